@@ -1,0 +1,585 @@
+//! Events: the facts appended to the streams.
+//!
+//! On the wire an event is one JSON object, the [`Envelope`]:
+//!
+//! ```json
+//! {"id":"d1:m-42","type":"message.sent","v":1,"occurred_at":1763840000000,
+//!  "actor":{"kind":"user","user":"alice","device":"d1"},
+//!  "payload":{"conv":"c1","sender":"alice","device":"d1","client_msg_id":"m-42",
+//!             "body":"hi","client_ts":1763839999000}}
+//! ```
+//!
+//! `type` names the payload; `v` is the schema version of that payload. Decoding checks both
+//! before it looks at the payload, so a consumer can tell apart an event type it has never
+//! heard of ([`DecodeError::UnknownType`]), one written by newer software
+//! ([`DecodeError::NewerVersion`]) and a broken payload ([`DecodeError::InvalidPayload`]).
+//! Those are the reasons a dead-letter entry carries.
+//!
+//! Event names are past tense: they state what happened, never what someone wants to happen.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{ClientMsgId, ConversationId, DeviceId, EventId, GroupId, SourceId, UserId};
+
+/// Who caused an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Actor {
+    /// A signed-in device.
+    User { user: UserId, device: DeviceId },
+    /// Another system, through the ingest subjects, or Anchorage itself (`source: "anchorage"`).
+    System { source: SourceId },
+}
+
+/// A message into a conversation, from a user's device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageSent {
+    pub conv: ConversationId,
+    pub sender: UserId,
+    pub device: DeviceId,
+    /// The sender's id for the message; retries reuse it, so it is the idempotency key.
+    pub client_msg_id: ClientMsgId,
+    /// Opaque to the server: text or any JSON (end-to-end encrypted payloads pass untouched).
+    pub body: Value,
+    /// The sender's clock when the message was composed, Unix milliseconds.
+    pub client_ts: i64,
+}
+
+/// A message into a conversation from another system (a bot, a notifier, an admin tool).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemMessagePosted {
+    pub conv: ConversationId,
+    pub body: Value,
+}
+
+/// A user has read a conversation up to `read_seq`. Read markers only move forward: a marker
+/// lower than the current one changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMarked {
+    pub user: UserId,
+    pub conv: ConversationId,
+    pub read_seq: u64,
+}
+
+/// The role of a group member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+/// Why members left a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemovalReason {
+    /// The member left by themselves.
+    Left,
+    /// An owner or admin removed the member.
+    Kicked,
+    /// Another system removed the member (directory sync, account deletion).
+    Removed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCreated {
+    pub group: GroupId,
+    pub owner: UserId,
+    pub title: String,
+    /// Initial members besides the owner.
+    #[serde(default)]
+    pub members: Vec<UserId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersAdded {
+    pub group: GroupId,
+    pub members: Vec<UserId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersRemoved {
+    pub group: GroupId,
+    pub members: Vec<UserId>,
+    pub reason: RemovalReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRoleChanged {
+    pub group: GroupId,
+    pub member: UserId,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberMuteChanged {
+    pub group: GroupId,
+    pub member: UserId,
+    /// Muted until this Unix millisecond; `None` unmutes.
+    pub muted_until: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberProfileChanged {
+    pub group: GroupId,
+    pub member: UserId,
+    /// The member's nickname in this group; `None` clears it.
+    pub nickname: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupProfileChanged {
+    pub group: GroupId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDismissed {
+    pub group: GroupId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCreated {
+    pub user: UserId,
+    pub display_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserUpdated {
+    pub user: UserId,
+    pub display_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDeleted {
+    pub user: UserId,
+}
+
+/// One device's session was ended; its sockets are closed and its token refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRevoked {
+    pub user: UserId,
+    pub device: DeviceId,
+}
+
+/// Why bytes are not an event this software can apply.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a JSON event envelope: {0}")]
+    Malformed(#[source] serde_json::Error),
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("event {type_name:?} has schema version {got}; this software reads up to {supported}")]
+    NewerVersion {
+        type_name: String,
+        got: u16,
+        supported: u16,
+    },
+    #[error("event {type_name:?} has schema version 0; versions start at 1")]
+    ZeroVersion { type_name: String },
+    #[error("invalid {type_name:?} payload: {source}")]
+    InvalidPayload {
+        type_name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl DecodeError {
+    /// A short stable code for dead-letter headers and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::UnknownType(_) => "unknown_type",
+            DecodeError::NewerVersion { .. } => "newer_version",
+            DecodeError::ZeroVersion { .. } => "bad_version",
+            DecodeError::InvalidPayload { .. } => "invalid_payload",
+        }
+    }
+}
+
+macro_rules! events {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal v $ver:literal ),* $(,)?) => {
+        /// Every event Anchorage knows, by type name.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Event {
+            $( $(#[$doc])* $variant($variant), )*
+        }
+
+        impl Event {
+            /// Every known type name with the newest schema version this software reads
+            /// and writes.
+            pub const TYPES: &'static [(&'static str, u16)] = &[$(($name, $ver)),*];
+
+            /// The type name, e.g. `"message.sent"`.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $( Event::$variant(_) => $name, )*
+                }
+            }
+
+            /// The schema version this software writes for this event.
+            pub fn version(&self) -> u16 {
+                match self {
+                    $( Event::$variant(_) => $ver, )*
+                }
+            }
+
+            fn payload(&self) -> Result<Value, serde_json::Error> {
+                match self {
+                    $( Event::$variant(p) => serde_json::to_value(p), )*
+                }
+            }
+
+            fn from_payload(type_name: &str, payload: Value) -> Option<Result<Event, serde_json::Error>> {
+                match type_name {
+                    $( $name => Some(serde_json::from_value(payload).map(Event::$variant)), )*
+                    _ => None,
+                }
+            }
+        }
+
+        $(
+            impl From<$variant> for Event {
+                fn from(p: $variant) -> Event {
+                    Event::$variant(p)
+                }
+            }
+        )*
+    };
+}
+
+events! {
+    MessageSent = "message.sent" v 1,
+    SystemMessagePosted = "message.system_posted" v 1,
+    ReadMarked = "read.marked" v 1,
+    GroupCreated = "group.created" v 1,
+    MembersAdded = "group.members_added" v 1,
+    MembersRemoved = "group.members_removed" v 1,
+    MemberRoleChanged = "group.member_role_changed" v 1,
+    MemberMuteChanged = "group.member_mute_changed" v 1,
+    MemberProfileChanged = "group.member_profile_changed" v 1,
+    GroupProfileChanged = "group.profile_changed" v 1,
+    GroupDismissed = "group.dismissed" v 1,
+    UserCreated = "user.created" v 1,
+    UserUpdated = "user.updated" v 1,
+    UserDeleted = "user.deleted" v 1,
+    SessionRevoked = "session.revoked" v 1,
+}
+
+impl Event {
+    /// The newest schema version known for `type_name`, if the type is known.
+    pub fn supported_version(type_name: &str) -> Option<u16> {
+        Self::TYPES
+            .iter()
+            .find(|(name, _)| *name == type_name)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// An event with its metadata: the unit stored on a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Unique per event; used as `Nats-Msg-Id` so a re-publish is stored once.
+    pub id: EventId,
+    /// When the event happened, Unix milliseconds (server clock for native events).
+    pub occurred_at: i64,
+    pub actor: Actor,
+    pub event: Event,
+}
+
+/// The JSON shape of an envelope, before the payload is interpreted.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    id: EventId,
+    #[serde(rename = "type")]
+    type_name: String,
+    v: u16,
+    occurred_at: i64,
+    actor: Actor,
+    payload: Value,
+}
+
+impl Envelope {
+    pub fn new(id: EventId, occurred_at: i64, actor: Actor, event: impl Into<Event>) -> Self {
+        Self {
+            id,
+            occurred_at,
+            actor,
+            event: event.into(),
+        }
+    }
+
+    /// The schema version this envelope is written with.
+    pub fn version(&self) -> u16 {
+        self.event.version()
+    }
+
+    /// Encodes the envelope as one JSON object.
+    pub fn to_json(&self) -> Vec<u8> {
+        let wire = Wire {
+            id: self.id.clone(),
+            type_name: self.event.type_name().to_owned(),
+            v: self.event.version(),
+            occurred_at: self.occurred_at,
+            actor: self.actor.clone(),
+            // Every payload is a plain struct of strings, numbers, enums and JSON values:
+            // serializing it into a `Value` has no failure case.
+            payload: self.event.payload().unwrap_or(Value::Null),
+        };
+        // `Wire` holds only JSON-representable data (see above), so this cannot fail.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Decodes an envelope, checking the type and schema version before the payload.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let wire: Wire = serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
+        let supported = Event::supported_version(&wire.type_name)
+            .ok_or_else(|| DecodeError::UnknownType(wire.type_name.clone()))?;
+        if wire.v == 0 {
+            return Err(DecodeError::ZeroVersion {
+                type_name: wire.type_name,
+            });
+        }
+        if wire.v > supported {
+            return Err(DecodeError::NewerVersion {
+                type_name: wire.type_name,
+                got: wire.v,
+                supported,
+            });
+        }
+        let event = match Event::from_payload(&wire.type_name, wire.payload) {
+            Some(Ok(event)) => event,
+            Some(Err(source)) => {
+                return Err(DecodeError::InvalidPayload {
+                    type_name: wire.type_name,
+                    source,
+                });
+            }
+            None => return Err(DecodeError::UnknownType(wire.type_name)),
+        };
+        Ok(Envelope {
+            id: wire.id,
+            occurred_at: wire.occurred_at,
+            actor: wire.actor,
+            event,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn user(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    fn alice() -> Actor {
+        Actor::User {
+            user: user("alice"),
+            device: DeviceId::parse("d1").unwrap(),
+        }
+    }
+
+    fn samples() -> Vec<Event> {
+        let conv = ConversationId::parse("c1").unwrap();
+        let group = GroupId::parse("g1").unwrap();
+        vec![
+            MessageSent {
+                conv: conv.clone(),
+                sender: user("alice"),
+                device: DeviceId::parse("d1").unwrap(),
+                client_msg_id: ClientMsgId::parse("m-1").unwrap(),
+                body: serde_json::json!({"text": "hi", "e2e": [1, 2, 3]}),
+                client_ts: 1_763_839_999_000,
+            }
+            .into(),
+            SystemMessagePosted {
+                conv: conv.clone(),
+                body: Value::String("deploy finished".into()),
+            }
+            .into(),
+            ReadMarked {
+                user: user("bob"),
+                conv,
+                read_seq: 42,
+            }
+            .into(),
+            GroupCreated {
+                group: group.clone(),
+                owner: user("alice"),
+                title: "Ops".into(),
+                members: vec![user("bob")],
+            }
+            .into(),
+            MembersAdded {
+                group: group.clone(),
+                members: vec![user("carol"), user("dave")],
+            }
+            .into(),
+            MembersRemoved {
+                group: group.clone(),
+                members: vec![user("dave")],
+                reason: RemovalReason::Kicked,
+            }
+            .into(),
+            MemberRoleChanged {
+                group: group.clone(),
+                member: user("bob"),
+                role: Role::Admin,
+            }
+            .into(),
+            MemberMuteChanged {
+                group: group.clone(),
+                member: user("bob"),
+                muted_until: Some(1),
+            }
+            .into(),
+            MemberProfileChanged {
+                group: group.clone(),
+                member: user("bob"),
+                nickname: None,
+            }
+            .into(),
+            GroupProfileChanged {
+                group: group.clone(),
+                title: Some("Ops 2".into()),
+                avatar: None,
+            }
+            .into(),
+            GroupDismissed { group }.into(),
+            UserCreated {
+                user: user("erin"),
+                display_name: "Erin".into(),
+            }
+            .into(),
+            UserUpdated {
+                user: user("erin"),
+                display_name: "Erin K.".into(),
+            }
+            .into(),
+            UserDeleted { user: user("erin") }.into(),
+            SessionRevoked {
+                user: user("alice"),
+                device: DeviceId::parse("d1").unwrap(),
+            }
+            .into(),
+        ]
+    }
+
+    #[test]
+    fn every_event_type_round_trips() {
+        let events = samples();
+        assert_eq!(events.len(), Event::TYPES.len(), "a sample per type");
+        for (i, event) in events.into_iter().enumerate() {
+            let env = Envelope::new(
+                EventId::parse(format!("e-{i}")).unwrap(),
+                1_763_840_000_000,
+                alice(),
+                event,
+            );
+            let back = Envelope::from_json(&env.to_json()).unwrap();
+            assert_eq!(back, env);
+        }
+    }
+
+    #[test]
+    fn wire_shape_is_stable() {
+        let env = Envelope::new(
+            EventId::parse("e1").unwrap(),
+            5,
+            Actor::System {
+                source: SourceId::parse("crm").unwrap(),
+            },
+            GroupDismissed {
+                group: GroupId::parse("g1").unwrap(),
+            },
+        );
+        let json: Value = serde_json::from_slice(&env.to_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": "e1", "type": "group.dismissed", "v": 1, "occurred_at": 5,
+                "actor": {"kind": "system", "source": "crm"},
+                "payload": {"group": "g1"}
+            })
+        );
+    }
+
+    fn raw(type_name: &str, v: u16, payload: Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "id": "e1", "type": type_name, "v": v, "occurred_at": 1,
+            "actor": {"kind": "system", "source": "crm"}, "payload": payload
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn unknown_type_is_named() {
+        let err = Envelope::from_json(&raw("group.exploded", 1, Value::Null)).unwrap_err();
+        assert!(matches!(&err, DecodeError::UnknownType(t) if t == "group.exploded"));
+        assert_eq!(err.code(), "unknown_type");
+    }
+
+    #[test]
+    fn newer_schema_version_is_refused_with_both_versions() {
+        let err = Envelope::from_json(&raw(
+            "group.dismissed",
+            2,
+            serde_json::json!({"group": "g1"}),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "event \"group.dismissed\" has schema version 2; this software reads up to 1"
+        );
+    }
+
+    #[test]
+    fn bad_payload_and_bad_json_are_told_apart() {
+        let err = Envelope::from_json(&raw(
+            "group.dismissed",
+            1,
+            serde_json::json!({"group": "no.dots"}),
+        ))
+        .unwrap_err();
+        assert_eq!(err.code(), "invalid_payload");
+        assert!(err.to_string().contains("group id contains '.'"), "{err}");
+        let err = Envelope::from_json(b"{not json").unwrap_err();
+        assert_eq!(err.code(), "malformed");
+        let err = Envelope::from_json(&raw("group.dismissed", 0, Value::Null)).unwrap_err();
+        assert_eq!(err.code(), "bad_version");
+    }
+
+    proptest! {
+        #[test]
+        fn message_bodies_pass_through_untouched(text in ".{0,200}", n in any::<i64>()) {
+            let body = serde_json::json!({"t": text, "n": n});
+            let env = Envelope::new(
+                EventId::parse("e").unwrap(),
+                n,
+                alice(),
+                MessageSent {
+                    conv: ConversationId::parse("c").unwrap(),
+                    sender: user("alice"),
+                    device: DeviceId::parse("d1").unwrap(),
+                    client_msg_id: ClientMsgId::parse("m").unwrap(),
+                    body: body.clone(),
+                    client_ts: n,
+                },
+            );
+            let back = Envelope::from_json(&env.to_json()).unwrap();
+            match back.event {
+                Event::MessageSent(m) => prop_assert_eq!(m.body, body),
+                other => prop_assert!(false, "decoded as {:?}", other),
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Identifier newtypes.
+//!
+//! Ids are parsed once at the boundary (a frame, an external event, a token) and are valid
+//! everywhere inside. Most ids become NATS subject tokens (`msg.<conv>`, `read.<user>.<conv>`),
+//! so their grammar is the subject-safe one: 1 to 64 bytes of `A-Z a-z 0-9 _ -`. Event ids and
+//! client message ids never appear in subjects and may also contain `.` and `:`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{kind} is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} is {len} bytes long; the limit is {max}")]
+    TooLong {
+        kind: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{kind} contains {found:?}; allowed are letters, digits{extra}")]
+    BadChar {
+        kind: &'static str,
+        found: char,
+        extra: &'static str,
+    },
+}
+
+/// Grammar shared by the subject-safe ids.
+const TOKEN_EXTRA: &str = ", '_' and '-'";
+/// Grammar of ids that never appear in subjects.
+const KEY_EXTRA: &str = ", '_', '-', '.' and ':'";
+
+fn check(
+    kind: &'static str,
+    s: &str,
+    max: usize,
+    allowed: fn(char) -> bool,
+    extra: &'static str,
+) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if s.len() > max {
+        return Err(IdError::TooLong {
+            kind,
+            len: s.len(),
+            max,
+        });
+    }
+    if let Some(found) = s.chars().find(|c| !allowed(*c)) {
+        return Err(IdError::BadChar { kind, found, extra });
+    }
+    Ok(())
+}
+
+fn token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+fn key_char(c: char) -> bool {
+    token_char(c) || c == '.' || c == ':'
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $allowed:ident, $extra:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Largest accepted length in bytes.
+            pub const MAX_LEN: usize = $max;
+
+            /// Parses `s`, naming the rule it breaks if it is not valid.
+            pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
+                let s = s.into();
+                check($kind, &s, $max, $allowed, $extra)?;
+                Ok(Self(s))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::parse(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::parse(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A user account. One user has many devices.
+    UserId, "user id", 64, token_char, TOKEN_EXTRA
+);
+id_type!(
+    /// One device (session) of a user; every device has its own token and delivery state.
+    DeviceId, "device id", 64, token_char, TOKEN_EXTRA
+);
+id_type!(
+    /// A conversation: a 1:1 chat or a group's chat. Messages are ordered within it.
+    ConversationId, "conversation id", 64, token_char, TOKEN_EXTRA
+);
+id_type!(
+    /// A group: its membership version chain lives on `grp.<group>`.
+    GroupId, "group id", 64, token_char, TOKEN_EXTRA
+);
+id_type!(
+    /// A system that publishes events into Anchorage (`ext.<source>.…`).
+    SourceId, "source id", 64, token_char, TOKEN_EXTRA
+);
+id_type!(
+    /// The id a client gives a message before sending it; retries reuse it.
+    ClientMsgId, "client message id", 128, key_char, KEY_EXTRA
+);
+id_type!(
+    /// The unique id of an event; it is the JetStream `Nats-Msg-Id`, so a re-publish of the
+    /// same event inside the duplicate window is stored once.
+    EventId, "event id", 192, key_char, KEY_EXTRA
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_subject_safe_tokens() {
+        assert_eq!(UserId::parse("alice_01-x").unwrap().as_str(), "alice_01-x");
+        assert!(ConversationId::parse("a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn rejects_what_would_break_a_subject() {
+        for bad in ["a.b", "a b", "a*", "a>", "ü", ""] {
+            assert!(UserId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let err = UserId::parse("a.b").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "user id contains '.'; allowed are letters, digits, '_' and '-'"
+        );
+        assert!(matches!(
+            GroupId::parse("g".repeat(65)),
+            Err(IdError::TooLong { len: 65, max: 64, .. })
+        ));
+    }
+
+    #[test]
+    fn keys_allow_dots_and_colons() {
+        assert!(EventId::parse("dev-1:0192.33").is_ok());
+        assert!(ClientMsgId::parse("a b").is_err());
+    }
+
+    #[test]
+    fn serde_validates() {
+        let ok: UserId = serde_json::from_str("\"bob\"").unwrap();
+        assert_eq!(ok.as_str(), "bob");
+        let bad = serde_json::from_str::<UserId>("\"b.o.b\"").unwrap_err();
+        assert!(bad.to_string().contains("user id contains '.'"), "{bad}");
+    }
+}

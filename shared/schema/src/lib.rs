@@ -1,0 +1,22 @@
+//! The Anchorage event schema: the facts every other part of the system agrees on.
+//!
+//! Everything that happens in Anchorage — a message sent, a read marker moved, a member added —
+//! is an [`Event`] wrapped in a versioned [`Envelope`] and appended to a JetStream stream. The
+//! streams are the source of truth; SQL projections, edge caches and client stores are derived
+//! from them. This crate holds:
+//!
+//! - [`ids`]: parse-don't-validate newtypes for every identifier, valid as subject tokens;
+//! - [`event`]: the envelope, the event payloads and their decoding rules;
+//! - [`subjects`]: every stream name, subject and header name, built in one place;
+//! - [`anchor`]: sequence numbers and anchors, the version vocabulary of sync.
+//!
+//! The crate has no I/O. It is shared by the bus, the projector, the edge and the SDK.
+
+pub mod anchor;
+pub mod event;
+pub mod ids;
+pub mod subjects;
+
+pub use anchor::{Anchor, Epoch, Seq};
+pub use event::{Actor, DecodeError, Envelope, Event};
+pub use ids::{ClientMsgId, ConversationId, DeviceId, EventId, GroupId, IdError, SourceId, UserId};

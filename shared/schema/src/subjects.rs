@@ -1,0 +1,136 @@
+//! Every stream name, subject and header name Anchorage uses, built in one place.
+//!
+//! The grammar (also in `streams/README.md`):
+//!
+//! | stream       | subjects                   | live copy (RePublish)           |
+//! |--------------|----------------------------|---------------------------------|
+//! | `MESSAGES`   | `msg.<conv>`               | `live.msg.<conv>`               |
+//! | `MEMBERSHIP` | `grp.<group>`              | `live.grp.<group>`              |
+//! | `READS`      | `read.<user>.<conv>`       | `live.read.<user>.<conv>`       |
+//! | `USERS`      | `user.<user>`              | `live.user.<user>`              |
+//! | `INGEST`     | `ext.<source>.<type…>`     | —                               |
+//! | `DEADLETTER` | `dlq.<stream>`             | —                               |
+//!
+//! Ids are subject-safe by construction (see [`crate::ids`]), so no function here escapes.
+
+use crate::ids::{ConversationId, GroupId, SourceId, UserId};
+
+/// Stream names.
+pub mod stream {
+    pub const MESSAGES: &str = "MESSAGES";
+    pub const MEMBERSHIP: &str = "MEMBERSHIP";
+    pub const READS: &str = "READS";
+    pub const USERS: &str = "USERS";
+    pub const INGEST: &str = "INGEST";
+    pub const DEADLETTER: &str = "DEADLETTER";
+
+    /// All streams, in the order `streams apply` creates them.
+    pub const ALL: &[&str] = &[MESSAGES, MEMBERSHIP, READS, USERS, INGEST, DEADLETTER];
+}
+
+/// Header names: the JetStream ones we rely on and our own.
+pub mod header {
+    /// Idempotency key for a publish (JetStream deduplicates within the duplicate window).
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// Optimistic concurrency: the publish succeeds only if the subject's last sequence is this.
+    pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+    /// On a republished message: its stream sequence.
+    pub const SEQUENCE: &str = "Nats-Sequence";
+    /// On a republished message: the previous sequence on the same subject (0 if none).
+    pub const LAST_SEQUENCE: &str = "Nats-Last-Sequence";
+    /// On a republished message: the stream it was stored in.
+    pub const STREAM: &str = "Nats-Stream";
+    /// On a republished message: the time the stream stored it (RFC 3339).
+    pub const TIME_STAMP: &str = "Nats-Time-Stamp";
+
+    /// The event type, so consumers can route without parsing the body.
+    pub const EVENT_TYPE: &str = "Anchorage-Event-Type";
+
+    /// Dead-letter entries: why the event was set aside (a stable code, then a sentence).
+    pub const DLQ_REASON: &str = "Anchorage-Dlq-Reason";
+    /// Dead-letter entries: the stable reason code alone (`malformed`, `unknown_type`, …).
+    pub const DLQ_CODE: &str = "Anchorage-Dlq-Code";
+    /// Dead-letter entries: the stream the event came from.
+    pub const DLQ_STREAM: &str = "Anchorage-Dlq-Stream";
+    /// Dead-letter entries: its sequence in that stream.
+    pub const DLQ_SEQ: &str = "Anchorage-Dlq-Seq";
+    /// Dead-letter entries: the subject it was published on.
+    pub const DLQ_SUBJECT: &str = "Anchorage-Dlq-Subject";
+    /// Dead-letter entries: the consumer that gave up on it.
+    pub const DLQ_CONSUMER: &str = "Anchorage-Dlq-Consumer";
+}
+
+/// The prefix of every live (republished) subject.
+pub const LIVE_PREFIX: &str = "live.";
+
+pub fn message(conv: &ConversationId) -> String {
+    format!("msg.{conv}")
+}
+
+pub fn live_message(conv: &ConversationId) -> String {
+    format!("live.msg.{conv}")
+}
+
+pub fn membership(group: &GroupId) -> String {
+    format!("grp.{group}")
+}
+
+pub fn live_membership(group: &GroupId) -> String {
+    format!("live.grp.{group}")
+}
+
+pub fn read(user: &UserId, conv: &ConversationId) -> String {
+    format!("read.{user}.{conv}")
+}
+
+/// Every live read marker of one user: what their devices subscribe to.
+pub fn live_reads_of(user: &UserId) -> String {
+    format!("live.read.{user}.>")
+}
+
+pub fn user(user: &UserId) -> String {
+    format!("user.{user}")
+}
+
+pub fn live_user(user: &UserId) -> String {
+    format!("live.user.{user}")
+}
+
+/// Where another system publishes an event of `type_name` (e.g. `user.created`).
+pub fn ingest(source: &SourceId, type_name: &str) -> String {
+    format!("ext.{source}.{type_name}")
+}
+
+/// Where an event from `stream` goes when it cannot be applied.
+pub fn deadletter(stream: &str) -> String {
+    format!("dlq.{stream}")
+}
+
+/// The last token of a subject (`msg.c1` → `c1`).
+pub fn last_token(subject: &str) -> &str {
+    subject.rsplit('.').next().unwrap_or(subject)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_the_grammar() {
+        let c = ConversationId::parse("c1").unwrap();
+        let u = UserId::parse("alice").unwrap();
+        let g = GroupId::parse("g1").unwrap();
+        let s = SourceId::parse("crm").unwrap();
+        assert_eq!(message(&c), "msg.c1");
+        assert_eq!(live_message(&c), "live.msg.c1");
+        assert_eq!(membership(&g), "grp.g1");
+        assert_eq!(live_membership(&g), "live.grp.g1");
+        assert_eq!(read(&u, &c), "read.alice.c1");
+        assert_eq!(live_reads_of(&u), "live.read.alice.>");
+        assert_eq!(user(&u), "user.alice");
+        assert_eq!(live_user(&u), "live.user.alice");
+        assert_eq!(ingest(&s, "user.created"), "ext.crm.user.created");
+        assert_eq!(deadletter("INGEST"), "dlq.INGEST");
+        assert_eq!(last_token("read.alice.c1"), "c1");
+    }
+}
