@@ -1,1 +1,377 @@
-//! placeholder
+//! Anchorage configuration.
+//!
+//! One TOML file (by default `anchorage.toml` in the working directory, or the path in
+//! `ANCHORAGE_CONFIG` / `--config`) over documented defaults, then `ANCHORAGE_*` environment
+//! variables over the file. Nested keys use a double underscore:
+//! `ANCHORAGE_EDGE__LISTEN=0.0.0.0:8080` sets `edge.listen`.
+//!
+//! Everything is checked at start: an unknown key, a value of the wrong type or out of range
+//! fails with a message that names the key and where the value came from.
+//! [`DEFAULT_TOML`] is the commented file `anchorage config default` prints; a test keeps it
+//! equal to [`Config::default`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The default configuration, with a comment on every key.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// The file read when no path is given, if it exists in the working directory.
+pub const DEFAULT_FILE: &str = "anchorage.toml";
+
+/// Environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "ANCHORAGE_";
+
+/// The whole configuration of an Anchorage process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub database: DatabaseConfig,
+    pub streams: StreamsConfig,
+    pub edge: EdgeConfig,
+    pub projector: ProjectorConfig,
+    pub auth: AuthConfig,
+    pub dev: DevConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Comma-separated server URLs.
+    pub url: String,
+    /// Optional `.creds` file for the service's NATS user.
+    pub credentials: Option<PathBuf>,
+    /// Client name shown by the server's monitoring.
+    pub name: String,
+    /// Timeout for JetStream requests (publish acks, stream info), in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            credentials: None,
+            name: "anchorage".into(),
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` or `postgres://user:pass@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+    /// SQLite `synchronous` pragma: `full` (durable on power loss) or `normal`.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://.anchorage/anchorage.db".into(),
+            max_connections: 8,
+            sqlite_synchronous: SqliteSynchronous::Full,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqliteSynchronous {
+    Full,
+    Normal,
+}
+
+impl SqliteSynchronous {
+    pub fn as_pragma(self) -> &'static str {
+        match self {
+            SqliteSynchronous::Full => "FULL",
+            SqliteSynchronous::Normal => "NORMAL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// Folder with `streams/*.json` and `consumers/<STREAM>/*.json`.
+    pub dir: PathBuf,
+    /// Replicas for every stream and consumer (1 for one server, 3 for a cluster).
+    pub replicas: usize,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self {
+            dir: "streams".into(),
+            replicas: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Address the WebSocket and HTTP API listen on.
+    pub listen: SocketAddr,
+    /// Largest WebSocket frame or HTTP body accepted, in bytes.
+    pub max_frame_bytes: u32,
+    /// Most WebSocket connections this edge holds; new ones past it get a retry-after.
+    pub max_connections: u32,
+    /// Allowed `Origin` headers for browser clients; empty allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_frame_bytes: 64 * 1024,
+            max_connections: 10_000,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectorConfig {
+    /// Most events fetched and applied in one transaction.
+    pub batch_size: u32,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        Self { batch_size: 256 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HMAC secret for device tokens (HS256). Set your own outside development.
+    pub hmac_secret: String,
+    /// Lifetime of tokens minted by `anchorage token`, in seconds.
+    pub token_ttl_secs: u64,
+}
+
+/// The development secret; `anchorage edge` warns when it is still in use.
+pub const DEV_HMAC_SECRET: &str = "anchorage-dev-secret-change-me";
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            hmac_secret: DEV_HMAC_SECRET.into(),
+            token_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevConfig {
+    /// Where `anchorage dev` keeps the NATS store and the SQLite database.
+    pub data_dir: PathBuf,
+    /// Client port of the nats-server `anchorage dev` starts.
+    pub nats_port: u16,
+    /// Path of the nats-server binary; empty looks in `.tools/` and on PATH.
+    pub nats_server: Option<PathBuf>,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: ".anchorage".into(),
+            nats_port: 4222,
+            nats_server: None,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{}", format_figment(.0))]
+    Invalid(Box<figment::Error>),
+    #[error("invalid value for {key}: {reason}")]
+    OutOfRange { key: &'static str, reason: String },
+}
+
+fn format_figment(err: &figment::Error) -> String {
+    err.clone()
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Config {
+    /// Loads defaults, then `path` (or `anchorage.toml` if it exists), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(path, Env::prefixed(ENV_PREFIX))
+    }
+
+    /// Like [`Config::load`], reading overrides from `env` (tests pass their own).
+    pub fn load_from(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(p) if !p.exists() => return Err(ConfigError::MissingFile(p.to_owned())),
+            Some(p) => figment = figment.merge(Toml::file_exact(p)),
+            None if Path::new(DEFAULT_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_FILE))
+            }
+            None => {}
+        }
+        let figment = figment.merge(env.ignore(&["config"]).split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document over the defaults, without files or environment.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: &str| {
+            Err(ConfigError::OutOfRange {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if !(self.database.url.starts_with("sqlite:")
+            || self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return bad(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            );
+        }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections", "must be at least 1");
+        }
+        if self.nats.url.trim().is_empty() {
+            return bad("nats.url", "must name at least one server");
+        }
+        if self.nats.request_timeout_ms < 100 {
+            return bad("nats.request_timeout_ms", "must be at least 100");
+        }
+        if !(1..=5).contains(&self.streams.replicas) {
+            return bad("streams.replicas", "must be between 1 and 5");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.edge.max_frame_bytes) {
+            return bad(
+                "edge.max_frame_bytes",
+                "must be between 1024 and 16777216 bytes",
+            );
+        }
+        if self.edge.max_connections == 0 {
+            return bad("edge.max_connections", "must be at least 1");
+        }
+        if !(1..=10_000).contains(&self.projector.batch_size) {
+            return bad("projector.batch_size", "must be between 1 and 10000");
+        }
+        if self.auth.hmac_secret.len() < 16 {
+            return bad("auth.hmac_secret", "must be at least 16 bytes long");
+        }
+        if self.auth.token_ttl_secs == 0 {
+            return bad("auth.token_ttl_secs", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML (without comments), e.g. to show the effective settings.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn documented_defaults_equal_the_code_defaults() {
+        assert_eq!(Config::from_toml(DEFAULT_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "anchorage.toml",
+                "[edge]\nlisten = \"127.0.0.1:9000\"\nmax_connections = 5\n",
+            )?;
+            jail.set_env("ANCHORAGE_EDGE__MAX_CONNECTIONS", "7");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.edge.listen.port(), 9000);
+            assert_eq!(config.edge.max_connections, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::from_toml("[edge]\nmax_frame_bytes = \"big\"\n").unwrap_err();
+        assert!(err.to_string().contains("edge.max_frame_bytes"), "{err}");
+        let err = Config::from_toml("[edge]\nmax_frame_bytes = 10\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for edge.max_frame_bytes: must be between 1024 and 16777216 bytes"
+        );
+        let err = Config::from_toml("[edge]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(err.to_string().contains("edge.listen"), "{err}");
+        let err = Config::from_toml("[database]\nurl = \"mysql://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("database.url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("[edge]\nlisten_port = 1\n").unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+        Jail::expect_with(|jail| {
+            jail.set_env("ANCHORAGE_EDGE__MAX_CONECTIONS", "1");
+            let err = Config::load(None).unwrap_err();
+            assert!(err.to_string().contains("max_conections"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_values_are_typed_and_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("ANCHORAGE_STREAMS__REPLICAS", "three");
+            let err = Config::load(None).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.to_lowercase().contains("streams.replicas"), "{msg}");
+            assert!(msg.contains("ANCHORAGE_"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/x.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+}
