@@ -1,1 +1,270 @@
-//! placeholder
+//! The SQL store: the only code in Anchorage that talks to the database.
+//!
+//! Projections, sync reads and replay verification go through [`Store`]. The same SQL runs on
+//! SQLite (the embedded default) and PostgreSQL (for scale): statements use `$N` parameters,
+//! which both accept, and only portable types (`TEXT`, `BIGINT`).
+//!
+//! SQLite durability is explicit: every connection sets `journal_mode = WAL`,
+//! `synchronous = FULL` (or `NORMAL` if configured), `busy_timeout` and `foreign_keys`. On
+//! PostgreSQL the server's `synchronous_commit = on` default is what we rely on.
+//!
+//! Migrations are embedded in the binary ([`MIGRATIONS`]) and applied in order, each in its own
+//! transaction, recorded in `schema_migrations`. A database migrated by newer software is
+//! refused rather than silently used.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+
+/// One schema migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order. Append only: never edit one that has shipped.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "checkpoints",
+    sql: include_str!("../migrations/0001_checkpoints.sql"),
+}];
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Settings for [`Store::connect`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    pub max_connections: u32,
+    /// SQLite `synchronous` pragma value (`FULL` or `NORMAL`).
+    pub sqlite_synchronous: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database url {0:?}: use sqlite:path or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("cannot create the database folder {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the database is at schema version {found}, newer than this software's {known}; upgrade Anchorage"
+    )]
+    NewerSchema { found: i64, known: i64 },
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        version: i64,
+        name: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// A pool of connections to the projection database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects, creating an SQLite file (and its folder) if it does not exist.
+    pub async fn connect(options: &StoreOptions) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let (backend, url) = prepare_url(&options.url)?;
+        let synchronous = options.sqlite_synchronous;
+        let mut pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            pool = pool.after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    let pragmas = format!(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;"
+                    );
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(pragmas)).execute(conn).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect(&url).await?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the migrations this database has not seen yet.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version BIGINT PRIMARY KEY,
+                name TEXT NOT NULL,
+                applied_at BIGINT NOT NULL
+            )",
+        )
+        .execute(&self.pool)
+        .await?;
+        let current: i64 =
+            sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("v")?;
+        let known = MIGRATIONS.last().map_or(0, |m| m.version);
+        if current > known {
+            return Err(StoreError::NewerSchema {
+                found: current,
+                known,
+            });
+        }
+        let mut applied = 0;
+        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+            let fail = |source| StoreError::Migration {
+                version: m.version,
+                name: m.name,
+                source,
+            };
+            let mut tx = self.pool.begin().await.map_err(fail)?;
+            sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(fail)?;
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+                .bind(m.version)
+                .bind(m.name)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+            tx.commit().await.map_err(fail)?;
+            tracing::info!(version = m.version, name = m.name, "applied migration");
+            applied += 1;
+        }
+        Ok(applied)
+    }
+
+    /// The newest migration applied to this database (0 for none).
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("v")?)
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Current time in Unix milliseconds.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Normalizes a database URL: for SQLite, creates the folder and asks for the file to be
+/// created if missing.
+fn prepare_url(url: &str) -> Result<(Backend, String), StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, url.to_owned()));
+    }
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    };
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path == ":memory:" {
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+            path: parent.to_owned(),
+            source,
+        })?;
+    }
+    let query = match query {
+        Some(q) if q.contains("mode=") => q.to_owned(),
+        Some(q) => format!("{q}&mode=rwc"),
+        None => "mode=rwc".to_owned(),
+    };
+    Ok((Backend::Sqlite, format!("sqlite://{path}?{query}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_options(dir: &std::path::Path) -> StoreOptions {
+        StoreOptions {
+            url: format!("sqlite://{}/nested/a.db", dir.display()),
+            max_connections: 2,
+            sqlite_synchronous: "FULL",
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_is_created_migrated_once_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&sqlite_options(dir.path())).await.unwrap();
+        assert_eq!(store.backend(), Backend::Sqlite);
+        assert_eq!(store.migrate().await.unwrap(), MIGRATIONS.len());
+        assert_eq!(store.migrate().await.unwrap(), 0, "second run applies nothing");
+        store.ping().await.unwrap();
+        let row = sqlx::query("PRAGMA journal_mode").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(row.try_get::<String, _>(0).unwrap().to_lowercase(), "wal");
+        let row = sqlx::query("PRAGMA synchronous").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(row.try_get::<i64, _>(0).unwrap(), 2, "FULL");
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&sqlite_options(dir.path())).await.unwrap();
+        store.migrate().await.unwrap();
+        sqlx::query("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let err = store.migrate().await.unwrap_err();
+        assert!(matches!(err, StoreError::NewerSchema { found: 999, .. }), "{err}");
+    }
+
+    #[test]
+    fn urls() {
+        assert!(matches!(
+            prepare_url("mysql://x"),
+            Err(StoreError::UnsupportedUrl(_))
+        ));
+        let (b, u) = prepare_url("postgres://u@h/db").unwrap();
+        assert_eq!((b, u.as_str()), (Backend::Postgres, "postgres://u@h/db"));
+        let dir = tempfile::tempdir().unwrap();
+        let (_, u) = prepare_url(&format!("sqlite:{}/x.db", dir.path().display())).unwrap();
+        assert!(u.ends_with("/x.db?mode=rwc"), "{u}");
+    }
+}
