@@ -1,1 +1,139 @@
-//! placeholder
+//! The Anchorage edge: the HTTP and WebSocket front of the system.
+//!
+//! An edge is stateless: it holds sockets and caches, nothing that cannot be rebuilt from the
+//! streams and the projections, so any number of edges can run behind any load balancer.
+//! [`run`] serves one listener until the shutdown token fires, then stops accepting, lets
+//! in-flight requests finish and returns.
+//!
+//! Health:
+//! - `GET /livez` — the process is up and serving (no dependencies checked);
+//! - `GET /readyz` — ready for traffic: NATS connected, the database answers and the streams on
+//!   the server match their definitions in `streams/`. Answers `503` with the failing checks
+//!   otherwise, so a load balancer keeps traffic away until all three hold.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anchorage_bus::{Bus, StreamSet};
+use anchorage_store::Store;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What every request handler shares.
+#[derive(Debug, Clone)]
+pub struct EdgeState {
+    pub bus: Bus,
+    pub store: Store,
+    /// The stream definitions this edge expects on the server.
+    pub streams: Arc<StreamSet>,
+    pub config: anchorage_config::EdgeConfig,
+}
+
+/// Serves the edge on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    state: EdgeState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "edge listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    tracing::info!(%addr, "edge stopped");
+    Ok(())
+}
+
+/// The edge's routes.
+pub fn router(state: EdgeState) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+/// The result of one readiness check.
+#[derive(Debug, Serialize)]
+struct Check {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl Check {
+    fn from_result(r: Result<(), String>) -> Self {
+        match r {
+            Ok(()) => Check {
+                ok: true,
+                error: None,
+            },
+            Err(e) => Check {
+                ok: false,
+                error: Some(e),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Readiness {
+    ready: bool,
+    nats: Check,
+    database: Check,
+    streams: Check,
+}
+
+/// Bound on each readiness check, so a hung dependency makes the probe fail, not hang.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn readyz(State(state): State<EdgeState>) -> impl IntoResponse {
+    let nats = Check::from_result(if state.bus.is_connected() {
+        Ok(())
+    } else {
+        Err("not connected".into())
+    });
+    let database = Check::from_result(
+        match tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within 2 s".into()),
+        },
+    );
+    let streams = Check::from_result(if nats.ok {
+        match tokio::time::timeout(CHECK_TIMEOUT, state.bus.check(&state.streams)).await {
+            Ok(Ok(report)) if report.in_sync() => Ok(()),
+            Ok(Ok(report)) => Err(format!(
+                "streams differ from their definitions; run `anchorage streams apply --check`: {}",
+                report.to_string().trim_end().replace('\n', "; ")
+            )),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 2 s".into()),
+        }
+    } else {
+        Err("NATS is not connected".into())
+    });
+    let ready = nats.ok && database.ok && streams.ok;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            ready,
+            nats,
+            database,
+            streams,
+        }),
+    )
+}

@@ -1,1 +1,267 @@
-//! placeholder
+//! The Anchorage projector: builds the SQL projections from the streams.
+//!
+//! One worker per [`Projection`], each reading its stream through its own durable pull
+//! consumer (defined in `streams/consumers/`). A worker applies a batch of events in one
+//! database transaction that also moves its checkpoint, commits, and only then acknowledges the
+//! messages: a crash anywhere re-applies nothing and skips nothing.
+//!
+//! - **Order.** On start and after every error the worker resets its consumer to the sequence
+//!   after its checkpoint, so events always arrive in stream order from there; events at or
+//!   below the checkpoint (redeliveries) are acknowledged without being applied.
+//! - **Poison events.** An event that cannot be decoded or can never apply goes to the
+//!   dead-letter stream at once, with the reason and origin in headers. An event whose
+//!   application keeps failing while the database is healthy is retried in place (with
+//!   backoff, keeping its ack wait extended) and dead-lettered after the consumer's
+//!   `max_deliver` attempts. Either way the checkpoint moves past it and the projection goes on.
+//! - **Outages.** When NATS or the database is unreachable the worker backs off (full jitter,
+//!   up to 10 s) and starts over from its checkpoint; nothing is dead-lettered for an outage.
+//! - **Lifetimes.** A checkpoint names the stream's epoch. If the stream was recreated the
+//!   worker refuses to mix lifetimes and says to rebuild with `anchorage replay`.
+
+mod projections;
+
+use std::time::Duration;
+
+use anchorage_bus::{Bus, Delivery, PullConsumer};
+use anchorage_schema::{Envelope, Seq};
+use anchorage_store::{Checkpoint, Store};
+use anyhow::{Context, bail};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use projections::{ApplyError, Projection};
+
+/// Tuning of the projector.
+#[derive(Debug, Clone)]
+pub struct ProjectorOptions {
+    /// Most events applied in one transaction.
+    pub batch_size: usize,
+    /// How long one pull waits for a first event before asking again.
+    pub idle_wait: Duration,
+    /// Which projections to run (all by default).
+    pub projections: Vec<Projection>,
+}
+
+impl ProjectorOptions {
+    pub fn from_config(config: &anchorage_config::ProjectorConfig) -> Self {
+        Self {
+            batch_size: config.batch_size as usize,
+            idle_wait: Duration::from_secs(5),
+            projections: Projection::ALL.to_vec(),
+        }
+    }
+}
+
+/// Runs every projection until `shutdown` is cancelled. Each worker finishes the batch it is
+/// applying before it stops.
+pub async fn run(
+    bus: Bus,
+    store: Store,
+    options: ProjectorOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut workers = JoinSet::new();
+    for &projection in &options.projections {
+        let worker = Worker {
+            projection,
+            bus: bus.clone(),
+            store: store.clone(),
+            batch_size: options.batch_size.max(1),
+            idle_wait: options.idle_wait,
+        };
+        workers.spawn(worker.run(shutdown.clone()));
+    }
+    tracing::info!(count = options.projections.len(), "projector running");
+    while let Some(done) = workers.join_next().await {
+        done.context("projection worker panicked")?;
+    }
+    tracing::info!("projector stopped");
+    Ok(())
+}
+
+struct Worker {
+    projection: Projection,
+    bus: Bus,
+    store: Store,
+    batch_size: usize,
+    idle_wait: Duration,
+}
+
+/// A random delay in `[0, min(10 s, 200 ms · 2^attempt)]`.
+fn backoff(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let ceiling = 200u64.saturating_mul(1 << attempt.min(10)).min(10_000);
+    let r = RandomState::new().hash_one(std::time::Instant::now()) % (ceiling + 1);
+    Duration::from_millis(r)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Worker {
+    async fn run(self, shutdown: CancellationToken) {
+        let name = self.projection.name();
+        let mut failures = 0u32;
+        loop {
+            match self.follow(&shutdown).await {
+                Ok(()) => return,
+                Err(err) => {
+                    failures += 1;
+                    tracing::warn!(projection = name, error = format!("{err:#}"), failures,
+                        "projection interrupted; resuming from its checkpoint");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff(failures)) => {}
+            }
+        }
+    }
+
+    /// Follows the stream from the checkpoint until shutdown (`Ok`) or an error.
+    async fn follow(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let p = self.projection;
+        let consumer = self
+            .bus
+            .pull_consumer(p.stream(), p.consumer())
+            .await
+            .context("binding the consumer")?;
+        let epoch = self.bus.stream_state(p.stream()).await?.epoch.0;
+        let mut checkpoint = match self.store.checkpoint(p.name()).await? {
+            Some(cp) if cp.epoch != epoch => bail!(
+                "stream {} was recreated (epoch {} is now {epoch}); rebuild the projections \
+                 with `anchorage replay`",
+                p.stream(),
+                cp.epoch
+            ),
+            Some(cp) => cp,
+            None => Checkpoint { epoch, last_seq: 0 },
+        };
+        consumer
+            .reset_to(Seq(checkpoint.last_seq + 1))
+            .await
+            .context("resetting the consumer to the checkpoint")?;
+        tracing::info!(projection = p.name(), last_seq = checkpoint.last_seq, "following");
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                batch = consumer.next_batch(self.batch_size, self.idle_wait) => batch?,
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            checkpoint = self.apply_batch(&consumer, checkpoint, &batch).await?;
+        }
+    }
+
+    /// Applies a batch in one transaction; if that fails, applies its events one by one to
+    /// isolate the one at fault.
+    async fn apply_batch(
+        &self,
+        consumer: &PullConsumer,
+        checkpoint: Checkpoint,
+        batch: &[Delivery],
+    ) -> anyhow::Result<Checkpoint> {
+        let fresh: Vec<&Delivery> = batch
+            .iter()
+            .filter(|d| d.seq.0 > checkpoint.last_seq)
+            .collect();
+        let mut next = checkpoint;
+        if let Some(last) = fresh.last() {
+            match self.try_apply(&fresh, checkpoint).await {
+                Ok(()) => next.last_seq = last.seq.0,
+                Err(err) => {
+                    tracing::debug!(projection = self.projection.name(), error = %err,
+                        "batch failed; applying one by one");
+                    for d in &fresh {
+                        next = self.apply_alone(consumer, next, d).await?;
+                    }
+                }
+            }
+        }
+        for d in batch {
+            // Committed already: a lost ack only causes a redelivery that is skipped.
+            if let Err(err) = d.ack().await {
+                tracing::debug!(error = %err, seq = %d.seq, "ack failed");
+            }
+        }
+        Ok(next)
+    }
+
+    async fn try_apply(&self, events: &[&Delivery], checkpoint: Checkpoint) -> Result<(), ApplyError> {
+        let mut tx = self.store.begin().await?;
+        for d in events {
+            let env = Envelope::from_json(d.payload()).map_err(|e| ApplyError::Rejected {
+                code: e.code(),
+                reason: e.to_string(),
+            })?;
+            self.projection.apply(&mut tx, d.seq.0, d.subject(), &env).await?;
+        }
+        let last = events.last().map_or(checkpoint.last_seq, |d| d.seq.0);
+        tx.set_checkpoint(
+            self.projection.name(),
+            self.projection.stream(),
+            Checkpoint {
+                epoch: checkpoint.epoch,
+                last_seq: last,
+            },
+            now_ms(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies one event in its own transaction, retrying while the database is healthy, and
+    /// dead-letters it when it cannot apply.
+    async fn apply_alone(
+        &self,
+        consumer: &PullConsumer,
+        checkpoint: Checkpoint,
+        d: &Delivery,
+    ) -> anyhow::Result<Checkpoint> {
+        let next = Checkpoint {
+            epoch: checkpoint.epoch,
+            last_seq: d.seq.0,
+        };
+        let max_attempts = consumer.max_deliver().max(1) as u32;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (code, reason) = match self.try_apply(&[d], checkpoint).await {
+                Ok(()) => return Ok(next),
+                Err(ApplyError::Rejected { code, reason }) => (code, reason),
+                Err(ApplyError::Store(err)) => {
+                    // An outage is nobody's event's fault: start over once the database is back.
+                    self.store
+                        .ping()
+                        .await
+                        .context("database unreachable while applying")?;
+                    if attempt < max_attempts {
+                        tracing::warn!(projection = self.projection.name(), seq = %d.seq,
+                            attempt, error = %err, "event failed to apply; retrying");
+                        d.in_progress().await.ok();
+                        tokio::time::sleep(backoff(attempt)).await;
+                        continue;
+                    }
+                    ("apply_failed", format!("failed {attempt} times: {err}"))
+                }
+            };
+            let dlq_seq = self
+                .bus
+                .dead_letter(self.projection.stream(), consumer.name(), d, code, &reason)
+                .await
+                .context("publishing to the dead-letter stream")?;
+            tracing::warn!(projection = self.projection.name(), seq = %d.seq, code, %reason,
+                dlq_seq = %dlq_seq, "event dead-lettered");
+            let mut tx = self.store.begin().await?;
+            tx.set_checkpoint(self.projection.name(), self.projection.stream(), next, now_ms())
+                .await?;
+            tx.commit().await?;
+            return Ok(next);
+        }
+    }
+}

@@ -1,1 +1,213 @@
-//! placeholder
+//! The JetStream bus: the only code in Anchorage that talks to NATS.
+//!
+//! Services get a [`Bus`] and speak in Anchorage terms (streams from `streams/`, events,
+//! anchors); nothing else imports `async_nats`. The bus owns:
+//!
+//! - the connection, with full-jitter reconnect backoff, short pings (so a half-open TCP
+//!   connection is noticed) and explicit request timeouts — see `connect`;
+//! - the stream and consumer definitions loaded from `streams/` ([`definitions`]) and their
+//!   idempotent application and drift check ([`apply`]);
+//! - stream lifetimes ([`Bus::stream_state`]): the epoch half of every anchor.
+
+pub mod apply;
+pub mod consume;
+pub mod publish;
+pub mod definitions;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anchorage_schema::{Epoch, Seq};
+use async_nats::jetstream;
+
+pub use apply::{ApplyReport, Change, Drift, Outcome};
+pub use consume::{Delivery, PullConsumer};
+pub use publish::{PublishError, Published};
+pub use definitions::{ConsumerDef, DefinitionError, StreamDef, StreamSet};
+
+/// How to reach NATS.
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    /// Comma-separated server URLs.
+    pub url: String,
+    /// Client name shown in the server's monitoring.
+    pub name: String,
+    /// Optional `.creds` file.
+    pub credentials: Option<PathBuf>,
+    /// Timeout for JetStream requests.
+    pub request_timeout: Duration,
+    /// Keep trying in the background if the first connect fails (long-running services), or
+    /// fail at once (one-shot commands).
+    pub retry_on_initial_connect: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot read NATS credentials {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("stream {stream} does not exist; run `anchorage streams apply`")]
+    StreamMissing { stream: String },
+    #[error("JetStream request about {subject} failed: {message}")]
+    JetStream { subject: String, message: String },
+}
+
+impl BusError {
+    fn jetstream(subject: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        BusError::JetStream {
+            subject: subject.into(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// What a stream holds right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamState {
+    pub epoch: Epoch,
+    /// Oldest retained sequence (0 if the stream is empty and never held anything).
+    pub first_seq: Seq,
+    /// Newest sequence.
+    pub last_seq: Seq,
+    pub messages: u64,
+}
+
+/// A connection to NATS with its JetStream context.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+/// Full-jitter exponential backoff for reconnects: a random delay in `[0, min(cap, base·2^n)]`,
+/// so a fleet of services that lost the same server does not return in lockstep.
+fn reconnect_delay(attempt: usize) -> Duration {
+    const BASE_MS: u64 = 100;
+    const CAP_MS: u64 = 5_000;
+    let ceiling = BASE_MS
+        .saturating_mul(1u64 << attempt.min(16))
+        .min(CAP_MS);
+    Duration::from_millis(jitter(ceiling + 1))
+}
+
+/// A cheap random number below `bound` (not cryptographic; used only for backoff jitter).
+fn jitter(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now()) % bound.max(1)
+}
+
+impl Bus {
+    /// Connects to NATS.
+    pub async fn connect(options: &BusOptions) -> Result<Bus, BusError> {
+        let mut connect = match &options.credentials {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .map_err(|source| BusError::Credentials {
+                    path: path.clone(),
+                    source,
+                })?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        connect = connect
+            .name(&options.name)
+            .ping_interval(Duration::from_secs(15))
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(options.request_timeout))
+            .reconnect_delay_callback(reconnect_delay);
+        if options.retry_on_initial_connect {
+            connect = connect.retry_on_initial_connect();
+        }
+        let client = connect
+            .connect(options.url.as_str())
+            .await
+            .map_err(|source| BusError::Connect {
+                url: options.url.clone(),
+                source,
+            })?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(options.request_timeout);
+        Ok(Bus { client, js })
+    }
+
+    /// Whether the connection to NATS is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The lifetime and range of a stream.
+    pub async fn stream_state(&self, stream: &str) -> Result<StreamState, BusError> {
+        let info = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| stream_error(stream, e))?
+            .get_info()
+            .await
+            .map_err(|e| BusError::jetstream(stream, e))?;
+        Ok(StreamState {
+            epoch: epoch_of(&info),
+            first_seq: Seq(info.state.first_sequence),
+            last_seq: Seq(info.state.last_sequence),
+            messages: info.state.messages,
+        })
+    }
+
+    /// Flushes pending publishes and closes the connection.
+    pub async fn close(&self) {
+        if let Err(err) = self.client.drain().await {
+            tracing::debug!(error = %err, "draining the NATS connection");
+        }
+    }
+
+    pub(crate) fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+}
+
+fn epoch_of(info: &jetstream::stream::Info) -> Epoch {
+    Epoch(u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0))
+}
+
+fn is_not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        err.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+fn stream_error(stream: &str, err: jetstream::context::GetStreamError) -> BusError {
+    if is_not_found(&err) {
+        BusError::StreamMissing {
+            stream: stream.to_owned(),
+        }
+    } else {
+        BusError::jetstream(stream, err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_are_jittered_and_capped() {
+        for attempt in 0..40 {
+            let d = reconnect_delay(attempt);
+            assert!(d <= Duration::from_millis(5_000), "{attempt}: {d:?}");
+        }
+        let early: Vec<_> = (0..50).map(|_| reconnect_delay(1)).collect();
+        assert!(early.iter().all(|d| *d <= Duration::from_millis(200)));
+        let late: std::collections::HashSet<_> = (0..50).map(|_| reconnect_delay(10)).collect();
+        assert!(late.len() > 10, "delays must spread out: {late:?}");
+    }
+}

@@ -12,6 +12,10 @@
 //! transaction, recorded in `schema_migrations`. A database migrated by newer software is
 //! refused rather than silently used.
 
+pub mod projection;
+
+pub use projection::{Checkpoint, GroupRow, MemberRow, NewMessage, Tx};
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,11 +31,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append only: never edit one that has shipped.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "checkpoints",
-    sql: include_str!("../migrations/0001_checkpoints.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "checkpoints",
+        sql: include_str!("../migrations/0001_checkpoints.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "projections",
+        sql: include_str!("../migrations/0002_projections.sql"),
+    },
+];
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,376 @@
+//! What each projection does with an event: the decisions, on top of the store's writes.
+//!
+//! Each function gets one decoded event with its stream sequence and subject and writes through
+//! the transaction it is given. An event that can never apply — it names another subject than
+//! the one it was published on, belongs to another stream, or refers to a group that does not
+//! exist — is [`ApplyError::Rejected`] with a stable code, and goes to the dead-letter stream.
+//! Database errors are [`ApplyError::Store`]: retried, never dead-lettered while the database
+//! is down.
+
+use anchorage_digest::{bucket_of, member_hash};
+use anchorage_schema::event::{
+    GroupCreated, MemberMuteChanged, MemberProfileChanged, MemberRoleChanged, MembersAdded,
+    MembersRemoved, Role,
+};
+use anchorage_schema::ids::UserId;
+use anchorage_schema::subjects::{self, stream};
+use anchorage_schema::{Actor, Envelope, Event};
+use anchorage_store::{GroupRow, MemberRow, NewMessage, StoreError, Tx};
+
+/// Why an event was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The event can never apply; it is set aside with this reason.
+    #[error("{code}: {reason}")]
+    Rejected { code: &'static str, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn reject(code: &'static str, reason: impl Into<String>) -> ApplyError {
+    ApplyError::Rejected {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// The projections, one per stream and durable consumer (`streams/consumers/<STREAM>/…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Projection {
+    Messages,
+    Reads,
+    Users,
+    Membership,
+}
+
+impl Projection {
+    pub const ALL: &'static [Projection] = &[
+        Projection::Messages,
+        Projection::Reads,
+        Projection::Users,
+        Projection::Membership,
+    ];
+
+    /// Name of the checkpoint row.
+    pub fn name(self) -> &'static str {
+        match self {
+            Projection::Messages => "messages",
+            Projection::Reads => "reads",
+            Projection::Users => "users",
+            Projection::Membership => "membership",
+        }
+    }
+
+    pub fn stream(self) -> &'static str {
+        match self {
+            Projection::Messages => stream::MESSAGES,
+            Projection::Reads => stream::READS,
+            Projection::Users => stream::USERS,
+            Projection::Membership => stream::MEMBERSHIP,
+        }
+    }
+
+    /// The durable consumer it reads through.
+    pub fn consumer(self) -> &'static str {
+        match self {
+            Projection::Messages => "projector_messages",
+            Projection::Reads => "projector_reads",
+            Projection::Users => "projector_users",
+            Projection::Membership => "projector_membership",
+        }
+    }
+
+    /// Applies one event at stream sequence `seq`, published on `subject`.
+    pub async fn apply(
+        self,
+        tx: &mut Tx,
+        seq: u64,
+        subject: &str,
+        env: &Envelope,
+    ) -> Result<(), ApplyError> {
+        match self {
+            Projection::Messages => apply_message(tx, seq, subject, env).await,
+            Projection::Reads => apply_read(tx, seq, subject, env).await,
+            Projection::Users => apply_user(tx, seq, subject, env).await,
+            Projection::Membership => apply_membership(tx, seq, subject, env).await,
+        }
+    }
+}
+
+fn expect_subject(subject: &str, expected: String) -> Result<(), ApplyError> {
+    if subject == expected {
+        Ok(())
+    } else {
+        Err(reject(
+            "subject_mismatch",
+            format!("event for {expected} was published on {subject}"),
+        ))
+    }
+}
+
+fn wrong_stream(env: &Envelope, stream: &str) -> ApplyError {
+    reject(
+        "wrong_stream",
+        format!("{} events do not belong on {stream}", env.event.type_name()),
+    )
+}
+
+async fn apply_message(
+    tx: &mut Tx,
+    seq: u64,
+    subject: &str,
+    env: &Envelope,
+) -> Result<(), ApplyError> {
+    match &env.event {
+        Event::MessageSent(m) => {
+            expect_subject(subject, subjects::message(&m.conv))?;
+            let body = m.body.to_string();
+            tx.insert_message(&NewMessage {
+                conv: m.conv.as_str(),
+                seq,
+                sender: m.sender.as_str(),
+                device: m.device.as_str(),
+                client_msg_id: m.client_msg_id.as_str(),
+                body: &body,
+                client_ts: m.client_ts,
+                server_ts: env.occurred_at,
+                event_id: env.id.as_str(),
+            })
+            .await?;
+            Ok(())
+        }
+        Event::SystemMessagePosted(m) => {
+            expect_subject(subject, subjects::message(&m.conv))?;
+            // `:` cannot occur in a user id, so a system sender never collides with a user.
+            let sender = match &env.actor {
+                Actor::System { source } => format!("system:{source}"),
+                Actor::User { user, .. } => format!("system:{user}"),
+            };
+            let body = m.body.to_string();
+            tx.insert_message(&NewMessage {
+                conv: m.conv.as_str(),
+                seq,
+                sender: &sender,
+                device: "",
+                client_msg_id: env.id.as_str(),
+                body: &body,
+                client_ts: env.occurred_at,
+                server_ts: env.occurred_at,
+                event_id: env.id.as_str(),
+            })
+            .await?;
+            Ok(())
+        }
+        _ => Err(wrong_stream(env, stream::MESSAGES)),
+    }
+}
+
+async fn apply_read(tx: &mut Tx, seq: u64, subject: &str, env: &Envelope) -> Result<(), ApplyError> {
+    let Event::ReadMarked(r) = &env.event else {
+        return Err(wrong_stream(env, stream::READS));
+    };
+    expect_subject(subject, subjects::read(&r.user, &r.conv))?;
+    tx.raise_read_marker(r.user.as_str(), r.conv.as_str(), r.read_seq, seq)
+        .await?;
+    Ok(())
+}
+
+async fn apply_user(tx: &mut Tx, seq: u64, subject: &str, env: &Envelope) -> Result<(), ApplyError> {
+    match &env.event {
+        Event::UserCreated(e) => {
+            expect_subject(subject, subjects::user(&e.user))?;
+            tx.put_user(e.user.as_str(), &e.display_name, seq).await?;
+        }
+        Event::UserUpdated(e) => {
+            expect_subject(subject, subjects::user(&e.user))?;
+            tx.put_user(e.user.as_str(), &e.display_name, seq).await?;
+        }
+        Event::UserDeleted(e) => {
+            expect_subject(subject, subjects::user(&e.user))?;
+            tx.delete_user(e.user.as_str(), seq).await?;
+        }
+        Event::SessionRevoked(e) => {
+            expect_subject(subject, subjects::user(&e.user))?;
+            tx.revoke_session(e.user.as_str(), e.device.as_str(), seq)
+                .await?;
+        }
+        _ => return Err(wrong_stream(env, stream::USERS)),
+    }
+    Ok(())
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Owner => "owner",
+        Role::Admin => "admin",
+        Role::Member => "member",
+    }
+}
+
+/// Adds `user` to the group (if not already a member), keeping digests in step.
+async fn join(
+    tx: &mut Tx,
+    group: &mut GroupRow,
+    user: &UserId,
+    role: Role,
+    seq: u64,
+) -> Result<(), StoreError> {
+    let existing = tx.member(&group.group, user.as_str()).await?;
+    if existing.as_ref().is_some_and(|m| m.removed_seq.is_none()) {
+        return Ok(());
+    }
+    tx.put_member(&MemberRow {
+        group: group.group.clone(),
+        user: user.to_string(),
+        role: role_name(role).into(),
+        nickname: None,
+        muted_until: None,
+        version: seq,
+        removed_seq: None,
+    })
+    .await?;
+    let h = member_hash(user.as_str());
+    tx.adjust_bucket(&group.group, bucket_of(user.as_str()), h, true)
+        .await?;
+    group.digest_sum = group.digest_sum.wrapping_add(h);
+    group.member_count += 1;
+    Ok(())
+}
+
+/// Turns a member into a tombstone at `seq`, keeping digests in step.
+async fn leave(tx: &mut Tx, group: &mut GroupRow, user: &UserId, seq: u64) -> Result<(), StoreError> {
+    let Some(mut m) = tx.member(&group.group, user.as_str()).await? else {
+        return Ok(());
+    };
+    if m.removed_seq.is_some() {
+        return Ok(());
+    }
+    m.removed_seq = Some(seq);
+    m.version = seq;
+    tx.put_member(&m).await?;
+    let h = member_hash(user.as_str());
+    tx.adjust_bucket(&group.group, bucket_of(user.as_str()), h, false)
+        .await?;
+    group.digest_sum = group.digest_sum.wrapping_sub(h);
+    group.member_count = group.member_count.saturating_sub(1);
+    Ok(())
+}
+
+/// Changes a present member's row; a change to a non-member is rejected.
+async fn update_member(
+    tx: &mut Tx,
+    group: &GroupRow,
+    user: &UserId,
+    seq: u64,
+    change: impl FnOnce(&mut MemberRow),
+) -> Result<(), ApplyError> {
+    match tx.member(&group.group, user.as_str()).await? {
+        Some(mut m) if m.removed_seq.is_none() => {
+            change(&mut m);
+            m.version = seq;
+            tx.put_member(&m).await?;
+            Ok(())
+        }
+        _ => Err(reject(
+            "not_a_member",
+            format!("{user} is not a member of group {}", group.group),
+        )),
+    }
+}
+
+async fn apply_membership(
+    tx: &mut Tx,
+    seq: u64,
+    subject: &str,
+    env: &Envelope,
+) -> Result<(), ApplyError> {
+    let group_id = match &env.event {
+        Event::GroupCreated(e) => &e.group,
+        Event::MembersAdded(e) => &e.group,
+        Event::MembersRemoved(e) => &e.group,
+        Event::MemberRoleChanged(e) => &e.group,
+        Event::MemberMuteChanged(e) => &e.group,
+        Event::MemberProfileChanged(e) => &e.group,
+        Event::GroupProfileChanged(e) => &e.group,
+        Event::GroupDismissed(e) => &e.group,
+        _ => return Err(wrong_stream(env, stream::MEMBERSHIP)),
+    };
+    expect_subject(subject, subjects::membership(group_id))?;
+    let existing = tx.group(group_id.as_str()).await?;
+
+    if let Event::GroupCreated(GroupCreated {
+        group,
+        owner,
+        title,
+        members,
+    }) = &env.event
+    {
+        if existing.is_some() {
+            return Err(reject("group_exists", format!("group {group} already exists")));
+        }
+        let mut row = GroupRow {
+            group: group.to_string(),
+            owner: owner.to_string(),
+            title: title.clone(),
+            avatar: None,
+            dismissed: false,
+            created_seq: seq,
+            version: seq,
+            digest_sum: 0,
+            member_count: 0,
+        };
+        join(tx, &mut row, owner, Role::Owner, seq).await?;
+        for m in members.iter().filter(|m| *m != owner) {
+            join(tx, &mut row, m, Role::Member, seq).await?;
+        }
+        tx.put_group(&row).await?;
+        return Ok(());
+    }
+
+    let Some(mut group) = existing else {
+        return Err(reject("unknown_group", format!("group {group_id} does not exist")));
+    };
+    if group.dismissed {
+        return Err(reject("group_dismissed", format!("group {group_id} was dismissed")));
+    }
+    match &env.event {
+        Event::MembersAdded(MembersAdded { members, .. }) => {
+            for m in members {
+                join(tx, &mut group, m, Role::Member, seq).await?;
+            }
+        }
+        Event::MembersRemoved(MembersRemoved { members, .. }) => {
+            for m in members {
+                leave(tx, &mut group, m, seq).await?;
+            }
+        }
+        Event::MemberRoleChanged(MemberRoleChanged { member, role, .. }) => {
+            update_member(tx, &group, member, seq, |m| m.role = role_name(*role).into()).await?;
+        }
+        Event::MemberMuteChanged(MemberMuteChanged {
+            member,
+            muted_until,
+            ..
+        }) => {
+            update_member(tx, &group, member, seq, |m| m.muted_until = *muted_until).await?;
+        }
+        Event::MemberProfileChanged(MemberProfileChanged {
+            member, nickname, ..
+        }) => {
+            update_member(tx, &group, member, seq, |m| m.nickname = nickname.clone()).await?;
+        }
+        Event::GroupProfileChanged(e) => {
+            if let Some(title) = &e.title {
+                group.title = title.clone();
+            }
+            if e.avatar.is_some() {
+                group.avatar = e.avatar.clone();
+            }
+        }
+        Event::GroupDismissed(_) => group.dismissed = true,
+        _ => return Err(wrong_stream(env, stream::MEMBERSHIP)),
+    }
+    group.version = seq;
+    tx.put_group(&group).await?;
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Durable pull consumers, as the projector uses them.
+//!
+//! A projection's position is its SQL checkpoint, not the consumer's ack floor: on start (and
+//! after any error) the worker calls [`PullConsumer::reset_to`] with the sequence after its
+//! checkpoint (JetStream consumer reset, ADR-60, nats-server ≥ 2.14), so deliveries resume in
+//! stream order from exactly there. Without it, redeliveries of messages left unacknowledged by
+//! a crash would arrive after newer messages, and a projection that skips what is below its
+//! checkpoint would lose them.
+//!
+//! [`PullConsumer::next_batch`] waits for the first message (bounded), then takes whatever else
+//! is ready without waiting, so a projection applies big batches under load and single events
+//! with no added latency when idle.
+
+use std::time::Duration;
+
+use anchorage_schema::subjects::header;
+use anchorage_schema::{Seq, subjects};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer as JsPullConsumer};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::{Bus, BusError};
+
+/// One delivered message.
+#[derive(Debug)]
+pub struct Delivery {
+    message: jetstream::Message,
+    /// Its sequence in the stream: the version it names.
+    pub seq: Seq,
+    /// How many times it has been delivered (1 on first delivery).
+    pub delivered: i64,
+    /// Messages still pending for the consumer after this one.
+    pub pending: u64,
+}
+
+impl Delivery {
+    pub fn subject(&self) -> &str {
+        self.message.subject.as_str()
+    }
+
+    pub fn payload(&self) -> &Bytes {
+        &self.message.payload
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str())
+    }
+
+    /// Acknowledges the message: it will not be delivered again.
+    pub async fn ack(&self) -> Result<(), BusError> {
+        self.message
+            .ack()
+            .await
+            .map_err(|e| BusError::jetstream(self.subject(), e))
+    }
+
+    /// Tells the server work on the message is ongoing (extends its ack wait).
+    pub async fn in_progress(&self) -> Result<(), BusError> {
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| BusError::jetstream(self.subject(), e))
+    }
+}
+
+/// A durable pull consumer defined in `streams/`.
+#[derive(Debug)]
+pub struct PullConsumer {
+    stream: jetstream::stream::Stream<()>,
+    consumer: JsPullConsumer,
+    name: String,
+    max_deliver: i64,
+}
+
+impl Bus {
+    /// Binds to an existing durable consumer (`streams apply` creates them).
+    pub async fn pull_consumer(&self, stream: &str, name: &str) -> Result<PullConsumer, BusError> {
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        let consumer: JsPullConsumer = handle
+            .get_consumer(name)
+            .await
+            .map_err(|e| BusError::jetstream(format!("{stream}/{name}"), e))?;
+        let max_deliver = consumer.cached_info().config.max_deliver;
+        Ok(PullConsumer {
+            stream: handle,
+            consumer,
+            name: name.to_owned(),
+            max_deliver,
+        })
+    }
+
+    /// Sets an event aside on the dead-letter stream with the reason and its origin in headers,
+    /// deduplicated by origin so a retry after a crash stores it once.
+    pub async fn dead_letter(
+        &self,
+        stream: &str,
+        consumer: &str,
+        delivery: &Delivery,
+        code: &str,
+        reason: &str,
+    ) -> Result<Seq, BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::MSG_ID, format!("dlq:{stream}:{}", delivery.seq).as_str());
+        headers.insert(header::DLQ_CODE, code);
+        headers.insert(header::DLQ_REASON, single_line(reason).as_str());
+        headers.insert(header::DLQ_STREAM, stream);
+        headers.insert(header::DLQ_SEQ, delivery.seq.to_string().as_str());
+        headers.insert(header::DLQ_SUBJECT, delivery.subject());
+        headers.insert(header::DLQ_CONSUMER, consumer);
+        let subject = subjects::deadletter(stream);
+        let ack = self
+            .jetstream()
+            .publish_with_headers(subject.clone(), headers, delivery.payload().clone())
+            .await
+            .map_err(|e| BusError::jetstream(&subject, e))?
+            .await
+            .map_err(|e| BusError::jetstream(&subject, e))?;
+        Ok(Seq(ack.sequence))
+    }
+}
+
+/// Header values cannot hold line breaks; reasons are kept to one line and a sane length.
+fn single_line(s: &str) -> String {
+    let mut line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.len() > 1024 {
+        let mut cut = 1024;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    line
+}
+
+impl PullConsumer {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Deliveries after which an event that keeps failing is dead-lettered.
+    pub fn max_deliver(&self) -> i64 {
+        self.max_deliver
+    }
+
+    /// Makes the next delivery start at stream sequence `next` (or the first retained one
+    /// after it), dropping pending and redelivery state.
+    pub async fn reset_to(&self, next: Seq) -> Result<(), BusError> {
+        self.stream
+            .reset_consumer(&self.name, Some(next.0.max(1)))
+            .await
+            .map_err(|e| BusError::jetstream(format!("reset {}", self.name), e))?;
+        Ok(())
+    }
+
+    /// Waits up to `wait` for a first message, then takes up to `max` without waiting.
+    pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        let mut out = Vec::new();
+        let first = self
+            .consumer
+            .batch()
+            .max_messages(1)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| BusError::jetstream(&self.name, e))?;
+        collect(first, &mut out, &self.name).await?;
+        if out.is_empty() || max <= 1 {
+            return Ok(out);
+        }
+        let rest = self
+            .consumer
+            .fetch()
+            .max_messages(max - 1)
+            .messages()
+            .await
+            .map_err(|e| BusError::jetstream(&self.name, e))?;
+        collect(rest, &mut out, &self.name).await?;
+        Ok(out)
+    }
+}
+
+async fn collect(
+    mut batch: jetstream::consumer::pull::Batch,
+    out: &mut Vec<Delivery>,
+    name: &str,
+) -> Result<(), BusError> {
+    while let Some(item) = batch.next().await {
+        let message = item.map_err(|e| BusError::jetstream(name, e))?;
+        let info = message
+            .info()
+            .map_err(|e| BusError::jetstream(name, e))?;
+        let (seq, delivered, pending) = (Seq(info.stream_sequence), info.delivered, info.pending);
+        out.push(Delivery {
+            message,
+            seq,
+            delivered,
+            pending,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_fit_in_a_header() {
+        assert_eq!(single_line("a\nb\r\tc"), "a b  c");
+        let long = "é".repeat(1000);
+        let cut = single_line(&long);
+        assert!(cut.len() <= 1024 && cut.chars().all(|c| c == 'é'));
+    }
+}

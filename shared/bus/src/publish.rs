@@ -1,0 +1,113 @@
+//! Appending events to the streams.
+//!
+//! Every event is published with its event id as `Nats-Msg-Id`, so a retry inside the stream's
+//! duplicate window is stored once and acknowledged with the original sequence
+//! (`duplicate: true`). Only a JetStream acknowledgement counts as "stored"; a timeout is
+//! ambiguous (the event may be stored), and the caller retries with the same event id.
+//!
+//! Commands that were decided on a version publish with
+//! `Nats-Expected-Last-Subject-Sequence`; a lost race comes back as
+//! [`PublishError::Conflict`] for the caller to re-read and decide again.
+
+use anchorage_schema::subjects::header;
+use anchorage_schema::{Envelope, Seq};
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+
+use crate::Bus;
+
+/// A stored event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub seq: Seq,
+    /// The event id was already stored: `seq` is the original's.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("{subject} changed since version {expected}")]
+    Conflict { subject: String, expected: Seq },
+    #[error("no stream stores {subject}")]
+    NoStream { subject: String },
+    #[error("publish to {subject} timed out; it may or may not be stored, retry with the same id")]
+    TimedOut { subject: String },
+    #[error("publish to {subject} failed: {message}")]
+    Other { subject: String, message: String },
+}
+
+impl Bus {
+    /// Publishes `event` on `subject` and waits for JetStream to store it.
+    pub async fn publish_event(
+        &self,
+        subject: &str,
+        event: &Envelope,
+        expected_last_subject_seq: Option<Seq>,
+    ) -> Result<Published, PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::MSG_ID, event.id.as_str());
+        headers.insert(header::EVENT_TYPE, event.event.type_name());
+        if let Some(expected) = expected_last_subject_seq {
+            headers.insert(
+                header::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                expected.to_string().as_str(),
+            );
+        }
+        let fail = |err: async_nats::jetstream::context::PublishError| match err.kind() {
+            PublishErrorKind::WrongLastSequence => PublishError::Conflict {
+                subject: subject.to_owned(),
+                expected: expected_last_subject_seq.unwrap_or_default(),
+            },
+            PublishErrorKind::StreamNotFound => PublishError::NoStream {
+                subject: subject.to_owned(),
+            },
+            PublishErrorKind::TimedOut => PublishError::TimedOut {
+                subject: subject.to_owned(),
+            },
+            _ => PublishError::Other {
+                subject: subject.to_owned(),
+                message: err.to_string(),
+            },
+        };
+        let ack = self
+            .jetstream()
+            .publish_with_headers(subject.to_owned(), headers, event.to_json().into())
+            .await
+            .map_err(fail)?
+            .await
+            .map_err(fail)?;
+        Ok(Published {
+            seq: Seq(ack.sequence),
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Publishes raw bytes on a subject and waits for JetStream to store them. For events from
+    /// other systems (tests, tools), which arrive as bytes we have not validated.
+    pub async fn publish_raw(
+        &self,
+        subject: &str,
+        msg_id: Option<&str>,
+        payload: Vec<u8>,
+    ) -> Result<Published, PublishError> {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = msg_id {
+            headers.insert(header::MSG_ID, id);
+        }
+        let other = |e: &dyn std::fmt::Display| PublishError::Other {
+            subject: subject.to_owned(),
+            message: e.to_string(),
+        };
+        let ack = self
+            .jetstream()
+            .publish_with_headers(subject.to_owned(), headers, payload.into())
+            .await
+            .map_err(|e| other(&e))?
+            .await
+            .map_err(|e| other(&e))?;
+        Ok(Published {
+            seq: Seq(ack.sequence),
+            duplicate: ack.duplicate,
+        })
+    }
+}

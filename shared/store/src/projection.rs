@@ -1,0 +1,400 @@
+//! Writes of the projections, inside one transaction per batch.
+//!
+//! A projection opens a [`Tx`], applies a batch of events through the methods here, moves its
+//! checkpoint with [`Tx::set_checkpoint`] and commits: rows and checkpoint land together or not
+//! at all. Every write is idempotent on its own as well (upserts keyed by the event's natural
+//! key, read markers max-wins), so an event applied twice — by a replay into a live database,
+//! say — changes nothing the second time.
+//!
+//! Digests are 64-bit wrapping sums; SQL integer arithmetic would overflow, so they are read,
+//! combined in Rust and written back, stored as the two's-complement `BIGINT` of the `u64`.
+
+use sqlx::{Any, Row, Transaction};
+
+use crate::{Store, StoreError};
+
+/// Where a projection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub epoch: u64,
+    pub last_seq: u64,
+}
+
+/// A message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    pub conv: &'a str,
+    pub seq: u64,
+    pub sender: &'a str,
+    pub device: &'a str,
+    pub client_msg_id: &'a str,
+    /// The body as JSON text.
+    pub body: &'a str,
+    pub client_ts: i64,
+    pub server_ts: i64,
+    pub event_id: &'a str,
+}
+
+/// A group row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    pub group: String,
+    pub owner: String,
+    pub title: String,
+    pub avatar: Option<String>,
+    pub dismissed: bool,
+    pub created_seq: u64,
+    /// MEMBERSHIP stream sequence of the group's last event.
+    pub version: u64,
+    pub digest_sum: u64,
+    pub member_count: u64,
+}
+
+/// A member row; `removed_seq` set makes it a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub group: String,
+    pub user: String,
+    pub role: String,
+    pub nickname: Option<String>,
+    pub muted_until: Option<i64>,
+    /// Sequence of the last event that changed this member.
+    pub version: u64,
+    pub removed_seq: Option<u64>,
+}
+
+/// One projection transaction.
+#[derive(Debug)]
+pub struct Tx {
+    tx: Transaction<'static, Any>,
+}
+
+impl Store {
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(Tx {
+            tx: self.pool.begin().await?,
+        })
+    }
+
+    /// A projection's checkpoint, outside any batch.
+    pub async fn checkpoint(&self, projection: &str) -> Result<Option<Checkpoint>, StoreError> {
+        let mut tx = self.begin().await?;
+        let cp = tx.checkpoint(projection).await?;
+        tx.commit().await?;
+        Ok(cp)
+    }
+}
+
+fn i(v: u64) -> i64 {
+    v as i64
+}
+
+fn u(v: i64) -> u64 {
+    v as u64
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
+    pub async fn checkpoint(&mut self, projection: &str) -> Result<Option<Checkpoint>, StoreError> {
+        let row = sqlx::query(
+            "SELECT epoch, last_seq FROM projection_checkpoints WHERE projection = $1",
+        )
+        .bind(projection)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(Checkpoint {
+                epoch: u(r.try_get("epoch")?),
+                last_seq: u(r.try_get("last_seq")?),
+            }),
+            None => None,
+        })
+    }
+
+    pub async fn set_checkpoint(
+        &mut self,
+        projection: &str,
+        stream: &str,
+        cp: Checkpoint,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, stream, epoch, last_seq, updated_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (projection) DO UPDATE
+             SET epoch = excluded.epoch, last_seq = excluded.last_seq,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(projection)
+        .bind(stream)
+        .bind(i(cp.epoch))
+        .bind(i(cp.last_seq))
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a message; `false` if this conversation already holds it (same seq, or the same
+    /// sender's `client_msg_id`).
+    pub async fn insert_message(&mut self, m: &NewMessage<'_>) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body, client_ts,
+                                   server_ts, event_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(m.conv)
+        .bind(i(m.seq))
+        .bind(m.sender)
+        .bind(m.device)
+        .bind(m.client_msg_id)
+        .bind(m.body)
+        .bind(m.client_ts)
+        .bind(m.server_ts)
+        .bind(m.event_id)
+        .execute(&mut *self.tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO conversations (conv_id, last_seq, last_ts, message_count)
+             VALUES ($1, $2, $3, 1)
+             ON CONFLICT (conv_id) DO UPDATE
+             SET last_seq = CASE WHEN excluded.last_seq > conversations.last_seq
+                                 THEN excluded.last_seq ELSE conversations.last_seq END,
+                 last_ts = CASE WHEN excluded.last_seq > conversations.last_seq
+                                THEN excluded.last_ts ELSE conversations.last_ts END,
+                 message_count = conversations.message_count + 1",
+        )
+        .bind(m.conv)
+        .bind(i(m.seq))
+        .bind(m.server_ts)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(true)
+    }
+
+    /// Moves a read marker forward; `false` if it already was at or past `read_seq`.
+    pub async fn raise_read_marker(
+        &mut self,
+        user: &str,
+        conv: &str,
+        read_seq: u64,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO read_markers (user_id, conv_id, read_seq, version)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (user_id, conv_id) DO UPDATE
+             SET read_seq = excluded.read_seq, version = excluded.version
+             WHERE excluded.read_seq > read_markers.read_seq",
+        )
+        .bind(user)
+        .bind(conv)
+        .bind(i(read_seq))
+        .bind(i(version))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn put_user(
+        &mut self,
+        user: &str,
+        display_name: &str,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (user_id, display_name, deleted, version) VALUES ($1, $2, 0, $3)
+             ON CONFLICT (user_id) DO UPDATE
+             SET display_name = excluded.display_name, deleted = 0, version = excluded.version",
+        )
+        .bind(user)
+        .bind(display_name)
+        .bind(i(version))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn user_exists(&mut self, user: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT deleted FROM users WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<i64, _>("deleted")? == 0,
+            None => false,
+        })
+    }
+
+    pub async fn delete_user(&mut self, user: &str, version: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (user_id, display_name, deleted, version) VALUES ($1, '', 1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET deleted = 1, version = excluded.version",
+        )
+        .bind(user)
+        .bind(i(version))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn revoke_session(
+        &mut self,
+        user: &str,
+        device: &str,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_sessions (user_id, device, version) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, device) DO NOTHING",
+        )
+        .bind(user)
+        .bind(device)
+        .bind(i(version))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn group(&mut self, group: &str) -> Result<Option<GroupRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT group_id, owner, title, avatar, dismissed, created_seq, version, digest_sum,
+                    member_count
+             FROM groups WHERE group_id = $1",
+        )
+        .bind(group)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(GroupRow {
+            group: r.try_get("group_id")?,
+            owner: r.try_get("owner")?,
+            title: r.try_get("title")?,
+            avatar: r.try_get("avatar")?,
+            dismissed: r.try_get::<i64, _>("dismissed")? != 0,
+            created_seq: u(r.try_get("created_seq")?),
+            version: u(r.try_get("version")?),
+            digest_sum: u(r.try_get("digest_sum")?),
+            member_count: u(r.try_get("member_count")?),
+        }))
+    }
+
+    /// Inserts or replaces a group row.
+    pub async fn put_group(&mut self, g: &GroupRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO groups (group_id, owner, title, avatar, dismissed, created_seq, version,
+                                 digest_sum, member_count)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (group_id) DO UPDATE
+             SET owner = excluded.owner, title = excluded.title, avatar = excluded.avatar,
+                 dismissed = excluded.dismissed, version = excluded.version,
+                 digest_sum = excluded.digest_sum, member_count = excluded.member_count",
+        )
+        .bind(&g.group)
+        .bind(&g.owner)
+        .bind(&g.title)
+        .bind(&g.avatar)
+        .bind(i64::from(g.dismissed))
+        .bind(i(g.created_seq))
+        .bind(i(g.version))
+        .bind(i(g.digest_sum))
+        .bind(i(g.member_count))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn member(&mut self, group: &str, user: &str) -> Result<Option<MemberRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT group_id, user_id, role, nickname, muted_until, version, removed_seq
+             FROM group_members WHERE group_id = $1 AND user_id = $2",
+        )
+        .bind(group)
+        .bind(user)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(MemberRow {
+            group: r.try_get("group_id")?,
+            user: r.try_get("user_id")?,
+            role: r.try_get("role")?,
+            nickname: r.try_get("nickname")?,
+            muted_until: r.try_get("muted_until")?,
+            version: u(r.try_get("version")?),
+            removed_seq: r.try_get::<Option<i64>, _>("removed_seq")?.map(u),
+        }))
+    }
+
+    /// Inserts or replaces a member row (a tombstone too).
+    pub async fn put_member(&mut self, m: &MemberRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO group_members (group_id, user_id, role, nickname, muted_until, version,
+                                        removed_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (group_id, user_id) DO UPDATE
+             SET role = excluded.role, nickname = excluded.nickname,
+                 muted_until = excluded.muted_until, version = excluded.version,
+                 removed_seq = excluded.removed_seq",
+        )
+        .bind(&m.group)
+        .bind(&m.user)
+        .bind(&m.role)
+        .bind(&m.nickname)
+        .bind(m.muted_until)
+        .bind(i(m.version))
+        .bind(m.removed_seq.map(i))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds (`joined`) or removes a member hash to a group's digest bucket.
+    pub async fn adjust_bucket(
+        &mut self,
+        group: &str,
+        bucket: u8,
+        hash: u64,
+        joined: bool,
+    ) -> Result<(), StoreError> {
+        let row = sqlx::query(
+            "SELECT sum, count FROM group_digest_buckets WHERE group_id = $1 AND bucket = $2",
+        )
+        .bind(group)
+        .bind(i64::from(bucket))
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let (sum, count) = match row {
+            Some(r) => (u(r.try_get("sum")?), u(r.try_get("count")?)),
+            None => (0, 0),
+        };
+        let (sum, count) = if joined {
+            (sum.wrapping_add(hash), count.wrapping_add(1))
+        } else {
+            (sum.wrapping_sub(hash), count.wrapping_sub(1))
+        };
+        sqlx::query(
+            "INSERT INTO group_digest_buckets (group_id, bucket, sum, count) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (group_id, bucket) DO UPDATE SET sum = excluded.sum, count = excluded.count",
+        )
+        .bind(group)
+        .bind(i64::from(bucket))
+        .bind(i(sum))
+        .bind(i(count))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}
