@@ -1,1 +1,215 @@
-//! placeholder
+//! The end-to-end test harness: real nats-server processes, real databases, real sockets.
+//!
+//! - [`TestNats::start`] spawns a nats-server with JetStream on a free port and a temporary
+//!   store; [`TestCluster::start`] spawns a 3-node cluster on loopback.
+//! - [`sqlite_url`] gives every test its own fresh SQLite file.
+//! - [`TestStack::start`] runs the projector and edge in-process through the same
+//!   [`anchorage::stack::Stack`] that `anchorage dev` uses, on a free port.
+//! - Every wait is bounded: [`eventually`] polls a condition until a deadline and fails the
+//!   test with a description of what it was waiting for.
+//!
+//! nats-server is found like `anchorage dev` finds it: `ANCHORAGE_DEV__NATS_SERVER`, then the
+//! repository's `.tools/`, then PATH — installing the pinned version into `.tools/` if needed.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anchorage::natsd::{self, ClusterNode, NatsServer, NatsServerOptions};
+use anchorage::stack::Stack;
+use anchorage_config::Config;
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The repository's stream definitions.
+pub fn streams_dir() -> PathBuf {
+    repo_root().join("streams")
+}
+
+/// The nats-server binary, located (and if need be installed) once per test binary.
+pub fn nats_binary() -> anyhow::Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let explicit = std::env::var_os("ANCHORAGE_DEV__NATS_SERVER").map(PathBuf::from);
+            natsd::locate(explicit.as_deref(), &repo_root()).map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// One nats-server with JetStream, in a temporary store that is removed with it.
+#[derive(Debug)]
+pub struct TestNats {
+    pub server: NatsServer,
+    pub dir: TempDir,
+}
+
+impl TestNats {
+    pub async fn start() -> anyhow::Result<TestNats> {
+        let dir = tempfile::tempdir()?;
+        let server = NatsServer::spawn(NatsServerOptions {
+            binary: nats_binary()?,
+            server_name: "test".into(),
+            // A fixed port, so a restarted server is found at the same address.
+            port: Some(natsd::free_port()?),
+            store_dir: dir.path().join("nats"),
+            sync_always: false,
+            cluster: None,
+        })
+        .await?;
+        Ok(TestNats { server, dir })
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+}
+
+/// A 3-node JetStream cluster on loopback.
+#[derive(Debug)]
+pub struct TestCluster {
+    pub nodes: Vec<NatsServer>,
+    pub dir: TempDir,
+}
+
+impl TestCluster {
+    pub async fn start(size: usize) -> anyhow::Result<TestCluster> {
+        let dir = tempfile::tempdir()?;
+        let routes = (0..size)
+            .map(|_| natsd::free_port())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let binary = nats_binary()?;
+        let spawns = (0..size).map(|i| {
+            NatsServer::spawn(NatsServerOptions {
+                binary: binary.clone(),
+                server_name: format!("n{i}"),
+                port: natsd::free_port().ok(),
+                store_dir: dir.path().join(format!("n{i}")),
+                sync_always: true,
+                cluster: Some(ClusterNode {
+                    cluster_name: "anchorage-test".into(),
+                    route_port: routes[i],
+                    peers: routes.clone(),
+                }),
+            })
+        });
+        let nodes = futures::future::try_join_all(spawns).await?;
+        Ok(TestCluster { nodes, dir })
+    }
+
+    /// All client URLs, comma-separated, as `nats.url` takes them.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A fresh SQLite database URL in `dir`.
+pub fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}/anchorage.db", dir.display())
+}
+
+/// A configuration for tests: given NATS and database, everything else default, edge on a free
+/// port.
+pub fn test_config(nats_url: &str, database_url: &str) -> Config {
+    let mut config = Config::default();
+    config.nats.url = nats_url.to_owned();
+    config.database.url = database_url.to_owned();
+    config.streams.dir = streams_dir();
+    config.edge.listen = "127.0.0.1:0".parse().expect("a valid address");
+    config
+}
+
+/// The services running in-process against a test NATS and database.
+#[derive(Debug)]
+pub struct TestStack {
+    pub stack: Stack,
+    pub config: Config,
+    pub db_dir: TempDir,
+}
+
+impl TestStack {
+    /// Starts a stack on a fresh SQLite database.
+    pub async fn start(nats_url: &str) -> anyhow::Result<TestStack> {
+        let db_dir = tempfile::tempdir()?;
+        let config = test_config(nats_url, &sqlite_url(db_dir.path()));
+        Self::start_with(config, db_dir).await
+    }
+
+    pub async fn start_with(config: Config, db_dir: TempDir) -> anyhow::Result<TestStack> {
+        let listener = tokio::net::TcpListener::bind(config.edge.listen).await?;
+        let stack = within(Duration::from_secs(30), "the stack to start", Stack::start(&config, listener))
+            .await??;
+        Ok(TestStack {
+            stack,
+            config,
+            db_dir,
+        })
+    }
+
+    pub fn edge_addr(&self) -> std::net::SocketAddr {
+        self.stack.edge_addr
+    }
+}
+
+/// Fails if `fut` does not finish within `limit`.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .with_context(|| format!("timed out after {limit:?} waiting for {what}"))
+}
+
+/// Polls `check` until it returns `Some`, failing after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    within(Duration::from_secs(10), "an HTTP answer", async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("no status line")?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        anyhow::Ok((status, body))
+    })
+    .await?
+}

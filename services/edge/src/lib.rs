@@ -11,6 +11,8 @@
 //!   the server match their definitions in `streams/`. Answers `503` with the failing checks
 //!   otherwise, so a load balancer keeps traffic away until all three hold.
 
+pub mod auth;
+
 use std::sync::Arc;
 use std::time::Duration;
 

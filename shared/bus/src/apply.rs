@@ -188,16 +188,16 @@ impl Bus {
     async fn reconcile_consumer(&self, def: &ConsumerDef, mode: Mode) -> Result<Change, BusError> {
         let js = self.jetstream();
         let what = format!("{}/{}", def.stream, def.name);
-        let stream = match js.get_stream_no_info(&def.stream).await {
-            Ok(s) => s,
-            // Check mode with a stream still to be created: its consumers are too.
-            Err(err) if mode == Mode::Check && crate::is_not_found(&err) => {
-                return Ok(Change::Created);
-            }
-            Err(err) => return Err(BusError::jetstream(&what, err)),
-        };
+        let stream = js
+            .get_stream_no_info(&def.stream)
+            .await
+            .map_err(|err| BusError::jetstream(&what, err))?;
         let info = match stream.consumer_info(&def.name).await {
             Ok(info) => info,
+            // Check mode with a stream still to be created: its consumers are too.
+            Err(err) if mode == Mode::Check && stream_not_found(&err) => {
+                return Ok(Change::Created);
+            }
             Err(err) if consumer_not_found(&err) => {
                 if mode == Mode::Apply {
                     stream
@@ -237,6 +237,16 @@ fn consumer_not_found(err: &jetstream::context::ConsumerInfoError) -> bool {
         jetstream::context::ConsumerInfoErrorKind::NotFound => true,
         jetstream::context::ConsumerInfoErrorKind::JetStream(e) => {
             e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+        }
+        _ => false,
+    }
+}
+
+fn stream_not_found(err: &jetstream::context::ConsumerInfoError) -> bool {
+    match err.kind() {
+        jetstream::context::ConsumerInfoErrorKind::StreamNotFound => true,
+        jetstream::context::ConsumerInfoErrorKind::JetStream(e) => {
+            e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
         }
         _ => false,
     }

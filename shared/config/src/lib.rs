@@ -232,7 +232,7 @@ impl Config {
             }
             None => {}
         }
-        let figment = figment.merge(env.ignore(&["config"]).split("__"));
+        let figment = figment.merge(env.ignore(&["config", "log"]).split("__"));
         let config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;

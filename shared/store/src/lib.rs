@@ -13,8 +13,10 @@
 //! refused rather than silently used.
 
 pub mod projection;
+pub mod read;
 
 pub use projection::{Checkpoint, GroupRow, MemberRow, NewMessage, Tx};
+pub use read::{ConversationRow, MessageRow};
 
 use std::path::PathBuf;
 use std::time::Duration;

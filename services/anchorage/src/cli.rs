@@ -1,0 +1,278 @@
+//! The `anchorage` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anchorage_bus::Bus;
+use anchorage_config::{Config, DEFAULT_TOML};
+use anchorage_edge::EdgeState;
+use anchorage_projector::ProjectorOptions;
+use anchorage_schema::{DeviceId, UserId};
+use anchorage_store::Store;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::natsd::{self, NatsServer, NatsServerOptions};
+use crate::stack::Stack;
+
+/// Anchorage: instant messaging on NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "anchorage", version, about)]
+pub struct Cli {
+    /// Configuration file (default: ./anchorage.toml if present).
+    #[arg(long, global = true, env = "ANCHORAGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole stack locally: nats-server, streams, SQLite, projector and edge.
+    Dev,
+    /// Run an edge (WebSocket and HTTP API).
+    Edge,
+    /// Run the projector (migrates the database first).
+    Projector,
+    /// Apply the database migrations.
+    Migrate,
+    /// Stream and consumer definitions.
+    Streams {
+        #[command(subcommand)]
+        command: StreamsCommand,
+    },
+    /// Mint a development device token (HS256 with auth.hmac_secret).
+    Token {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        device: String,
+        /// Lifetime in seconds (default: auth.token_ttl_secs).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StreamsCommand {
+    /// Create or update streams and consumers to match streams/ (never deletes).
+    Apply {
+        /// Change nothing; exit non-zero naming each difference.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the default configuration, with a comment on every key.
+    Default,
+    /// Print the effective configuration (defaults, file, environment).
+    Show,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Config {
+        command: ConfigCommand::Default,
+    } = cli.command
+    {
+        print!("{DEFAULT_TOML}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Dev => dev(config).await,
+        Command::Edge => edge(config).await,
+        Command::Projector => projector(config).await,
+        Command::Migrate => {
+            let store = Store::connect(&crate::store_options(&config)).await?;
+            let applied = store.migrate().await?;
+            println!(
+                "database at schema version {} ({applied} migrations applied)",
+                store.schema_version().await?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Streams {
+            command: StreamsCommand::Apply { check },
+        } => streams_apply(&config, check).await,
+        Command::Token { user, device, ttl } => {
+            let user = UserId::parse(user).context("--user")?;
+            let device = DeviceId::parse(device).context("--device")?;
+            let ttl = ttl.unwrap_or(config.auth.token_ttl_secs);
+            let token = anchorage_edge::auth::mint_hs256(&config.auth.hmac_secret, user, device, ttl)?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Show,
+        } => {
+            print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => unreachable!("handled before the configuration is loaded"),
+    }
+}
+
+async fn streams_apply(config: &Config, check: bool) -> anyhow::Result<ExitCode> {
+    let streams = crate::load_streams(config)?;
+    let bus = Bus::connect(&crate::bus_options(config, false)).await?;
+    let report = if check {
+        bus.check(&streams).await?
+    } else {
+        bus.apply(&streams).await?
+    };
+    bus.close().await;
+    print!("{report}");
+    if check {
+        if report.in_sync() {
+            println!("in sync: the server matches {}", config.streams.dir.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("drift: the server differs from {}", config.streams.dir.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    if report.refused() {
+        println!("some changes were refused; nothing was deleted");
+        return Ok(ExitCode::FAILURE);
+    }
+    if report.changed() {
+        println!("applied");
+    } else {
+        println!("no changes");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for a signal or a failing service, then stops `stack`.
+async fn serve_until_signal(mut stack: Stack) -> anyhow::Result<ExitCode> {
+    let outcome = tokio::select! {
+        signal = crate::shutdown_signal() => {
+            tracing::info!(signal = signal?, "shutting down");
+            Ok(())
+        }
+        err = stack.failed() => Err(err),
+    };
+    let stopped = stack.stop().await;
+    outcome?;
+    stopped?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dev(mut config: Config) -> anyhow::Result<ExitCode> {
+    let data_dir = config.dev.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let binary = natsd::locate(config.dev.nats_server.as_deref(), &std::env::current_dir()?)?;
+    let mut nats = NatsServer::spawn(NatsServerOptions {
+        binary,
+        server_name: "anchorage-dev".into(),
+        port: Some(config.dev.nats_port),
+        store_dir: data_dir.join("nats"),
+        sync_always: false,
+        cluster: None,
+    })
+    .await
+    .context("starting nats-server")?;
+    config.nats.url = nats.url();
+
+    let result = async {
+        let listener = TcpListener::bind(config.edge.listen)
+            .await
+            .with_context(|| format!("binding edge.listen = {}", config.edge.listen))?;
+        let stack = Stack::start(&config, listener).await?;
+        print!("{}", stack.applied);
+        print_welcome(&config, &stack, &nats);
+        serve_until_signal(stack).await
+    }
+    .await;
+
+    nats.stop(Duration::from_secs(10)).await?;
+    println!("stopped; data kept in {}", data_dir.display());
+    result
+}
+
+fn print_welcome(config: &Config, stack: &Stack, nats: &NatsServer) {
+    let addr = stack.edge_addr;
+    println!(
+        "\nAnchorage is running.\n\
+         \n  edge       http://{addr}  (WebSocket ws://{addr}/ws)\
+         \n  health     http://{addr}/livez   http://{addr}/readyz\
+         \n  nats       {nats_url}  (JetStream store in {store})\
+         \n  database   {db}\
+         \n\nMint a device token:\
+         \n  anchorage token --user alice --device laptop\
+         \n\nStop with Ctrl-C.\n",
+        nats_url = nats.url(),
+        store = nats.options().store_dir.display(),
+        db = config.database.url,
+    );
+}
+
+async fn edge(config: Config) -> anyhow::Result<ExitCode> {
+    if config.auth.hmac_secret == anchorage_config::DEV_HMAC_SECRET {
+        tracing::warn!("auth.hmac_secret is the development default; set your own secret");
+    }
+    let streams = crate::load_streams(&config)?;
+    let bus = Bus::connect(&crate::bus_options(&config, true)).await?;
+    let store = Store::connect(&crate::store_options(&config)).await?;
+    let listener = TcpListener::bind(config.edge.listen)
+        .await
+        .with_context(|| format!("binding edge.listen = {}", config.edge.listen))?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        // Detached on purpose: it only cancels the token the edge is waiting on.
+        if let Ok(name) = crate::shutdown_signal().await {
+            tracing::info!(signal = name, "shutting down");
+        }
+        signal.cancel();
+    });
+    let state = EdgeState {
+        bus: bus.clone(),
+        store: store.clone(),
+        streams: Arc::new(streams),
+        config: config.edge.clone(),
+    };
+    anchorage_edge::run(listener, state, shutdown).await?;
+    bus.close().await;
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn projector(config: Config) -> anyhow::Result<ExitCode> {
+    let bus = Bus::connect(&crate::bus_options(&config, true)).await?;
+    let store = Store::connect(&crate::store_options(&config)).await?;
+    store.migrate().await.context("migrating the database")?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        // Detached on purpose: it only cancels the token the projector is waiting on.
+        if let Ok(name) = crate::shutdown_signal().await {
+            tracing::info!(signal = name, "shutting down");
+        }
+        signal.cancel();
+    });
+    anchorage_projector::run(
+        bus.clone(),
+        store.clone(),
+        ProjectorOptions::from_config(&config.projector),
+        shutdown,
+    )
+    .await?;
+    bus.close().await;
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}

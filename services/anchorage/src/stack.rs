@@ -1,0 +1,103 @@
+//! The Anchorage services in one process: projector and edge over one bus and one store.
+//!
+//! `anchorage dev` runs a [`Stack`] next to a child nats-server; the end-to-end tests run one
+//! next to theirs. [`Stack::start`] applies the streams and migrates the database first, so a
+//! started stack is ready; [`Stack::stop`] cancels every task, waits for them (each finishes
+//! its current batch or request) and closes the connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anchorage_bus::{ApplyReport, Bus};
+use anchorage_config::Config;
+use anchorage_edge::EdgeState;
+use anchorage_projector::ProjectorOptions;
+use anchorage_store::Store;
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A running projector and edge.
+#[derive(Debug)]
+pub struct Stack {
+    pub bus: Bus,
+    pub store: Store,
+    /// Where the edge listens.
+    pub edge_addr: SocketAddr,
+    /// What `streams apply` did at start.
+    pub applied: ApplyReport,
+    tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Stack {
+    /// Connects, applies the streams, migrates the database and starts the services; the edge
+    /// serves on `listener`.
+    pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Stack> {
+        let streams = crate::load_streams(config)?;
+        let bus = Bus::connect(&crate::bus_options(config, false)).await?;
+        let applied = bus.apply(&streams).await.context("applying the streams")?;
+        anyhow::ensure!(
+            !applied.refused(),
+            "the streams on the server differ from streams/ in ways apply will not fix:\n{applied}"
+        );
+        let store = Store::connect(&crate::store_options(config))
+            .await
+            .context("connecting to the database")?;
+        store.migrate().await.context("migrating the database")?;
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(anchorage_projector::run(
+            bus.clone(),
+            store.clone(),
+            ProjectorOptions::from_config(&config.projector),
+            shutdown.child_token(),
+        ));
+        let edge_addr = listener.local_addr()?;
+        tasks.spawn(anchorage_edge::run(
+            listener,
+            EdgeState {
+                bus: bus.clone(),
+                store: store.clone(),
+                streams: Arc::new(streams),
+                config: config.edge.clone(),
+            },
+            shutdown.child_token(),
+        ));
+        Ok(Stack {
+            bus,
+            store,
+            edge_addr,
+            applied,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// Resolves when a service stops on its own — which only happens on an error.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        match self.tasks.join_next().await {
+            Some(Ok(Err(err))) => err,
+            Some(Ok(Ok(()))) => anyhow::anyhow!("a service stopped unexpectedly"),
+            Some(Err(join)) => anyhow::anyhow!("a service panicked: {join}"),
+            None => anyhow::anyhow!("no services are running"),
+        }
+    }
+
+    /// Stops every service and closes the connections.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let mut first_error = None;
+        while let Some(done) = self.tasks.join_next().await {
+            let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(err) = result {
+                first_error.get_or_insert(err);
+            }
+        }
+        self.bus.close().await;
+        self.store.close().await;
+        first_error.map_or(Ok(()), Err)
+    }
+}
