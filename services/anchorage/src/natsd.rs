@@ -215,9 +215,12 @@ impl NatsServer {
         Ok(())
     }
 
-    /// Starts a stopped or killed server again with the same options and store; the client
-    /// port stays the same when it was fixed, so give a fixed port to servers you restart.
+    /// Stops the server if it still runs, then starts it again with the same options, store
+    /// and client port.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.stop(Duration::from_secs(10)).await?;
+        }
         let mut options = self.options.clone();
         options.port = Some(self.port);
         let fresh = NatsServer::spawn(options).await?;
