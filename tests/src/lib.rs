@@ -152,8 +152,12 @@ impl TestStack {
 
     pub async fn start_with(config: Config, db_dir: TempDir) -> anyhow::Result<TestStack> {
         let listener = tokio::net::TcpListener::bind(config.edge.listen).await?;
-        let stack = within(Duration::from_secs(30), "the stack to start", Stack::start(&config, listener))
-            .await??;
+        let stack = within(
+            Duration::from_secs(30),
+            "the stack to start",
+            Stack::start(&config, listener),
+        )
+        .await??;
         Ok(TestStack {
             stack,
             config,
@@ -167,7 +171,11 @@ impl TestStack {
 }
 
 /// Fails if `fut` does not finish within `limit`.
-pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> anyhow::Result<T> {
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl Future<Output = T>,
+) -> anyhow::Result<T> {
     tokio::time::timeout(limit, fut)
         .await
         .with_context(|| format!("timed out after {limit:?} waiting for {what}"))

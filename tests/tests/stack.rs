@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use anchorage_bus::Bus;
 use anchorage_schema::event::{
-    GroupCreated, MembersAdded, MembersRemoved, MessageSent, ReadMarked, RemovalReason,
-    UserCreated,
+    GroupCreated, MembersAdded, MembersRemoved, MessageSent, ReadMarked, RemovalReason, UserCreated,
 };
 use anchorage_schema::subjects::{self, header};
 use anchorage_schema::{
@@ -61,12 +60,21 @@ async fn readyz_follows_nats_database_and_stream_drift() {
     // Someone edits a stream behind our back: not ready, and the drift is named.
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let mut info = js.get_stream("READS").await.unwrap().get_info().await.unwrap();
+    let mut info = js
+        .get_stream("READS")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
     info.config.max_message_size = 2048;
     js.update_stream(info.config).await.unwrap();
     let (status, body) = http_get(addr, "/readyz").await.unwrap();
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("stream READS: updated") && body.contains("max_msg_size"), "{body}");
+    assert!(
+        body.contains("stream READS: updated") && body.contains("max_msg_size"),
+        "{body}"
+    );
 
     // NATS goes away: not ready, the edge itself stays alive.
     let mut nats = nats;
@@ -96,11 +104,23 @@ async fn projections_follow_the_streams_and_poison_goes_to_the_dead_letter_strea
             .await
             .unwrap();
     }
-    bus.publish_raw(&subjects::message(&conv), Some("junk-1"), b"{not json".to_vec())
+    bus.publish_raw(
+        &subjects::message(&conv),
+        Some("junk-1"),
+        b"{not json".to_vec(),
+    )
+    .await
+    .unwrap();
+    let wrong = env(
+        "e-wrong",
+        UserCreated {
+            user: user("bob"),
+            display_name: "Bob".into(),
+        },
+    );
+    bus.publish_event(&subjects::message(&conv), &wrong, None)
         .await
         .unwrap();
-    let wrong = env("e-wrong", UserCreated { user: user("bob"), display_name: "Bob".into() });
-    bus.publish_event(&subjects::message(&conv), &wrong, None).await.unwrap();
     for n in 4..=5 {
         bus.publish_event(&subjects::message(&conv), &message(&conv, n), None)
             .await
@@ -115,7 +135,11 @@ async fn projections_follow_the_streams_and_poison_goes_to_the_dead_letter_strea
     assert_eq!(dup.seq.0, 2);
 
     let row = eventually(WAIT, "messages to be projected", || async {
-        store.conversation("c1").await.ok()?.filter(|c| c.message_count == 5)
+        store
+            .conversation("c1")
+            .await
+            .ok()?
+            .filter(|c| c.message_count == 5)
     })
     .await
     .unwrap();
@@ -136,21 +160,43 @@ async fn projections_follow_the_streams_and_poison_goes_to_the_dead_letter_strea
     let mut reasons = Vec::new();
     for seq in 1..=2 {
         let m = dlq.get_raw_message(seq).await.unwrap();
-        let h = |name: &str| m.headers.get(name).map(|v| v.to_string()).unwrap_or_default();
+        let h = |name: &str| {
+            m.headers
+                .get(name)
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        };
         assert_eq!(h(header::DLQ_STREAM), "MESSAGES");
         assert_eq!(h(header::DLQ_SUBJECT), "msg.c1");
-        reasons.push((h(header::DLQ_SEQ), h(header::DLQ_CODE), h(header::DLQ_REASON)));
+        reasons.push((
+            h(header::DLQ_SEQ),
+            h(header::DLQ_CODE),
+            h(header::DLQ_REASON),
+        ));
     }
     assert_eq!(reasons[0].0, "4");
     assert_eq!(reasons[0].1, "malformed");
-    assert!(reasons[0].2.starts_with("not a JSON event envelope"), "{reasons:?}");
-    assert_eq!((reasons[1].0.as_str(), reasons[1].1.as_str()), ("5", "wrong_stream"));
+    assert!(
+        reasons[0].2.starts_with("not a JSON event envelope"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        (reasons[1].0.as_str(), reasons[1].1.as_str()),
+        ("5", "wrong_stream")
+    );
     assert_eq!(m_count(&js, "DEADLETTER").await, 2);
     stack.stack.stop().await.unwrap();
 }
 
 async fn m_count(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream).await.unwrap().get_info().await.unwrap().state.messages
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap()
+        .state
+        .messages
 }
 
 #[tokio::test]
@@ -171,7 +217,10 @@ async fn membership_reads_and_users_are_projected_with_digests() {
             members: vec![user("bob")],
         },
     );
-    let v1 = bus.publish_event(&subject, &created, Some(anchorage_schema::Seq(0))).await.unwrap();
+    let v1 = bus
+        .publish_event(&subject, &created, Some(anchorage_schema::Seq(0)))
+        .await
+        .unwrap();
     let added = env(
         "g-2",
         MembersAdded {
@@ -179,50 +228,97 @@ async fn membership_reads_and_users_are_projected_with_digests() {
             members: vec![user("carol"), user("dave"), user("bob")],
         },
     );
-    let v2 = bus.publish_event(&subject, &added, Some(v1.seq)).await.unwrap();
+    let v2 = bus
+        .publish_event(&subject, &added, Some(v1.seq))
+        .await
+        .unwrap();
     // A command decided on a stale version loses the race.
     let stale = env(
         "g-stale",
-        MembersRemoved { group: g.clone(), members: vec![user("carol")], reason: RemovalReason::Kicked },
+        MembersRemoved {
+            group: g.clone(),
+            members: vec![user("carol")],
+            reason: RemovalReason::Kicked,
+        },
     );
-    let err = bus.publish_event(&subject, &stale, Some(v1.seq)).await.unwrap_err();
-    assert!(matches!(err, anchorage_bus::PublishError::Conflict { .. }), "{err}");
+    let err = bus
+        .publish_event(&subject, &stale, Some(v1.seq))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, anchorage_bus::PublishError::Conflict { .. }),
+        "{err}"
+    );
     let removed = env(
         "g-3",
-        MembersRemoved { group: g.clone(), members: vec![user("dave")], reason: RemovalReason::Left },
+        MembersRemoved {
+            group: g.clone(),
+            members: vec![user("dave")],
+            reason: RemovalReason::Left,
+        },
     );
-    let v3 = bus.publish_event(&subject, &removed, Some(v2.seq)).await.unwrap();
+    let v3 = bus
+        .publish_event(&subject, &removed, Some(v2.seq))
+        .await
+        .unwrap();
 
     let conv = ConversationId::parse("g1").unwrap();
     for read_seq in [5, 9, 7] {
         let e = env(
             &format!("r-{read_seq}"),
-            ReadMarked { user: user("bob"), conv: conv.clone(), read_seq },
+            ReadMarked {
+                user: user("bob"),
+                conv: conv.clone(),
+                read_seq,
+            },
         );
-        bus.publish_event(&subjects::read(&user("bob"), &conv), &e, None).await.unwrap();
+        bus.publish_event(&subjects::read(&user("bob"), &conv), &e, None)
+            .await
+            .unwrap();
     }
-    let e = env("u-1", UserCreated { user: user("erin"), display_name: "Erin".into() });
-    bus.publish_event(&subjects::user(&user("erin")), &e, None).await.unwrap();
+    let e = env(
+        "u-1",
+        UserCreated {
+            user: user("erin"),
+            display_name: "Erin".into(),
+        },
+    );
+    bus.publish_event(&subjects::user(&user("erin")), &e, None)
+        .await
+        .unwrap();
 
     let group = eventually(WAIT, "the group at its third version", || async {
-        store.group_row("g1").await.ok()?.filter(|g| g.version == v3.seq.0)
+        store
+            .group_row("g1")
+            .await
+            .ok()?
+            .filter(|g| g.version == v3.seq.0)
     })
     .await
     .unwrap();
     let members = store.member_ids("g1").await.unwrap();
     assert_eq!(members, vec!["alice", "bob", "carol"]);
     let digest = anchorage_digest::SetDigest::of(members.iter().map(String::as_str));
-    assert_eq!((group.digest_sum, group.member_count), (digest.sum, digest.count));
+    assert_eq!(
+        (group.digest_sum, group.member_count),
+        (digest.sum, digest.count)
+    );
 
     eventually(WAIT, "the read marker at its maximum", || async {
         (store.read_seq("bob", "g1").await.ok()?? == 9).then_some(())
     })
     .await
     .unwrap();
-    assert_eq!(store.read_seq("bob", "g1").await.unwrap(), Some(9), "max wins over a later 7");
-    eventually(WAIT, "the user", || async { store.user_active("erin").await.ok()?.then_some(()) })
-        .await
-        .unwrap();
+    assert_eq!(
+        store.read_seq("bob", "g1").await.unwrap(),
+        Some(9),
+        "max wins over a later 7"
+    );
+    eventually(WAIT, "the user", || async {
+        store.user_active("erin").await.ok()?.then_some(())
+    })
+    .await
+    .unwrap();
     stack.stack.stop().await.unwrap();
 }
 
@@ -231,12 +327,23 @@ async fn projector_resumes_after_a_nats_restart_without_loss_or_repeats() {
     let mut nats = TestNats::start().await.unwrap();
     let stack = TestStack::start(&nats.url()).await.unwrap();
     let conv = ConversationId::parse("c9").unwrap();
-    let publisher = Bus::connect(&anchorage::bus_options(&stack.config, false)).await.unwrap();
+    let publisher = Bus::connect(&anchorage::bus_options(&stack.config, false))
+        .await
+        .unwrap();
     for n in 1..=20 {
-        publisher.publish_event(&subjects::message(&conv), &message(&conv, n), None).await.unwrap();
+        publisher
+            .publish_event(&subjects::message(&conv), &message(&conv, n), None)
+            .await
+            .unwrap();
     }
     eventually(WAIT, "20 messages", || async {
-        stack.stack.store.conversation("c9").await.ok()?.filter(|c| c.message_count == 20)
+        stack
+            .stack
+            .store
+            .conversation("c9")
+            .await
+            .ok()?
+            .filter(|c| c.message_count == 20)
     })
     .await
     .unwrap();
@@ -246,18 +353,36 @@ async fn projector_resumes_after_a_nats_restart_without_loss_or_repeats() {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut live = client.subscribe("live.msg.c9").await.unwrap();
     client.flush().await.unwrap();
-    let publisher = Bus::connect(&anchorage::bus_options(&stack.config, false)).await.unwrap();
+    let publisher = Bus::connect(&anchorage::bus_options(&stack.config, false))
+        .await
+        .unwrap();
     for n in 21..=40 {
-        publisher.publish_event(&subjects::message(&conv), &message(&conv, n), None).await.unwrap();
+        publisher
+            .publish_event(&subjects::message(&conv), &message(&conv, n), None)
+            .await
+            .unwrap();
     }
-    let first_live = tokio::time::timeout(WAIT, live.next()).await.unwrap().unwrap();
+    let first_live = tokio::time::timeout(WAIT, live.next())
+        .await
+        .unwrap()
+        .unwrap();
     let h = first_live.headers.unwrap();
     assert_eq!(h.get(header::SEQUENCE).unwrap().as_str(), "21");
     assert_eq!(h.get(header::LAST_SEQUENCE).unwrap().as_str(), "20");
 
-    let row = eventually(Duration::from_secs(40), "40 messages after the restart", || async {
-        stack.stack.store.conversation("c9").await.ok()?.filter(|c| c.message_count == 40)
-    })
+    let row = eventually(
+        Duration::from_secs(40),
+        "40 messages after the restart",
+        || async {
+            stack
+                .stack
+                .store
+                .conversation("c9")
+                .await
+                .ok()?
+                .filter(|c| c.message_count == 40)
+        },
+    )
     .await
     .unwrap();
     assert_eq!(row.last_seq, 40);

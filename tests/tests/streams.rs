@@ -12,7 +12,9 @@ use clap::Parser;
 async fn bus(nats: &TestNats) -> Bus {
     let mut config = anchorage_config::Config::default();
     config.nats.url = nats.url();
-    Bus::connect(&anchorage::bus_options(&config, false)).await.unwrap()
+    Bus::connect(&anchorage::bus_options(&config, false))
+        .await
+        .unwrap()
 }
 
 /// Copies the repository's definitions, so a test can edit them.
@@ -56,10 +58,16 @@ async fn apply_twice_changes_nothing_the_second_time() {
     assert!(set.streams.len() >= 6 && set.consumers.len() >= 5);
 
     let first = bus.apply(&set).await.unwrap();
-    assert!(first.outcomes.iter().all(|o| o.change == Change::Created), "{first}");
+    assert!(
+        first.outcomes.iter().all(|o| o.change == Change::Created),
+        "{first}"
+    );
 
     let second = bus.apply(&set).await.unwrap();
-    assert!(second.in_sync(), "second apply changed something:\n{second}");
+    assert!(
+        second.in_sync(),
+        "second apply changed something:\n{second}"
+    );
     assert!(!second.changed());
     assert!(bus.check(&set).await.unwrap().in_sync());
 
@@ -86,17 +94,29 @@ async fn check_names_each_drift_and_apply_fixes_it() {
     )
     .unwrap();
 
-    assert_eq!(cli(&config_file, &["streams", "apply", "--check"]).await, ExitCode::FAILURE);
-    assert_eq!(cli(&config_file, &["streams", "apply"]).await, ExitCode::SUCCESS);
-    assert_eq!(cli(&config_file, &["streams", "apply", "--check"]).await, ExitCode::SUCCESS);
+    assert_eq!(
+        cli(&config_file, &["streams", "apply", "--check"]).await,
+        ExitCode::FAILURE
+    );
+    assert_eq!(
+        cli(&config_file, &["streams", "apply"]).await,
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        cli(&config_file, &["streams", "apply", "--check"]).await,
+        ExitCode::SUCCESS
+    );
 
     // Edit a stream and a consumer file.
     edit_json(&dir.path().join("streams/MESSAGES.json"), |v| {
         v["duplicate_window"] = serde_json::json!(300_000_000_000u64);
     });
-    edit_json(&dir.path().join("consumers/READS/projector_reads.json"), |v| {
-        v["max_ack_pending"] = serde_json::json!(77);
-    });
+    edit_json(
+        &dir.path().join("consumers/READS/projector_reads.json"),
+        |v| {
+            v["max_ack_pending"] = serde_json::json!(77);
+        },
+    );
     let set = StreamSet::load(dir.path(), 1).unwrap();
     let bus = bus(&nats).await;
     let report = bus.check(&set).await.unwrap();
@@ -106,13 +126,23 @@ async fn check_names_each_drift_and_apply_fixes_it() {
             && text.contains("duplicate_window: file 300000000000 != server 120000000000"),
         "{text}"
     );
-    assert!(text.contains("max_ack_pending: file 77 != server 1024"), "{text}");
+    assert!(
+        text.contains("max_ack_pending: file 77 != server 1024"),
+        "{text}"
+    );
     assert_eq!(
-        report.outcomes.iter().filter(|o| o.change != Change::Unchanged).count(),
+        report
+            .outcomes
+            .iter()
+            .filter(|o| o.change != Change::Unchanged)
+            .count(),
         2,
         "{text}"
     );
-    assert_eq!(cli(&config_file, &["streams", "apply", "--check"]).await, ExitCode::FAILURE);
+    assert_eq!(
+        cli(&config_file, &["streams", "apply", "--check"]).await,
+        ExitCode::FAILURE
+    );
 
     // Check changed nothing; apply does, once.
     assert!(!bus.check(&set).await.unwrap().in_sync());
@@ -126,15 +156,20 @@ async fn destructive_changes_are_refused_and_nothing_is_deleted() {
     let bus = bus(&nats).await;
     let dir = tempfile::tempdir().unwrap();
     copy_streams(dir.path());
-    bus.apply(&StreamSet::load(dir.path(), 1).unwrap()).await.unwrap();
+    bus.apply(&StreamSet::load(dir.path(), 1).unwrap())
+        .await
+        .unwrap();
 
     edit_json(&dir.path().join("streams/MESSAGES.json"), |v| {
         v["subjects"] = serde_json::json!(["message.*"]);
         v["max_msgs"] = serde_json::json!(10);
     });
-    edit_json(&dir.path().join("consumers/USERS/projector_users.json"), |v| {
-        v["deliver_policy"] = serde_json::json!("new");
-    });
+    edit_json(
+        &dir.path().join("consumers/USERS/projector_users.json"),
+        |v| {
+            v["deliver_policy"] = serde_json::json!("new");
+        },
+    );
     // Dropping a file never deletes what it defined.
     std::fs::remove_file(dir.path().join("streams/DEADLETTER.json")).unwrap();
 
@@ -144,8 +179,14 @@ async fn destructive_changes_are_refused_and_nothing_is_deleted() {
     let text = report.to_string();
     assert!(text.contains("stream MESSAGES: REFUSED"), "{text}");
     assert!(text.contains("subjects: removing [\"msg.*\"]"), "{text}");
-    assert!(text.contains("max_msgs: lowering the limit from -1 to 10"), "{text}");
-    assert!(text.contains("consumer USERS/projector_users: REFUSED"), "{text}");
+    assert!(
+        text.contains("max_msgs: lowering the limit from -1 to 10"),
+        "{text}"
+    );
+    assert!(
+        text.contains("consumer USERS/projector_users: REFUSED"),
+        "{text}"
+    );
     assert!(text.contains("deliver_policy"), "{text}");
 
     // The server still has the original definitions and every stream.
@@ -161,5 +202,8 @@ async fn a_broken_definition_names_its_file() {
         v["storage"] = serde_json::json!("floppy");
     });
     let err = StreamSet::load(dir.path(), 1).unwrap_err().to_string();
-    assert!(err.contains("READS.json") && err.contains("floppy"), "{err}");
+    assert!(
+        err.contains("READS.json") && err.contains("floppy"),
+        "{err}"
+    );
 }

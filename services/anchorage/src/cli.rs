@@ -110,7 +110,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let user = UserId::parse(user).context("--user")?;
             let device = DeviceId::parse(device).context("--device")?;
             let ttl = ttl.unwrap_or(config.auth.token_ttl_secs);
-            let token = anchorage_edge::auth::mint_hs256(&config.auth.hmac_secret, user, device, ttl)?;
+            let token =
+                anchorage_edge::auth::mint_hs256(&config.auth.hmac_secret, user, device, ttl)?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
@@ -138,10 +139,16 @@ async fn streams_apply(config: &Config, check: bool) -> anyhow::Result<ExitCode>
     print!("{report}");
     if check {
         if report.in_sync() {
-            println!("in sync: the server matches {}", config.streams.dir.display());
+            println!(
+                "in sync: the server matches {}",
+                config.streams.dir.display()
+            );
             return Ok(ExitCode::SUCCESS);
         }
-        println!("drift: the server differs from {}", config.streams.dir.display());
+        println!(
+            "drift: the server differs from {}",
+            config.streams.dir.display()
+        );
         return Ok(ExitCode::FAILURE);
     }
     if report.refused() {

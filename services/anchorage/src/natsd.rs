@@ -79,8 +79,14 @@ pub fn check_version(binary: &Path) -> anyhow::Result<(u32, u32, u32)> {
 
 fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     let v = text.trim().strip_prefix("nats-server: v")?;
-    let mut parts = v.split(|c: char| !c.is_ascii_digit()).map(str::parse::<u32>);
-    Some((parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?))
+    let mut parts = v
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    Some((
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+    ))
 }
 
 /// Cluster membership of one node.
@@ -161,13 +167,15 @@ impl NatsServer {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait()? {
-                let log = std::fs::read_to_string(work_dir.join("nats-server.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(work_dir.join("nats-server.log")).unwrap_or_default();
                 bail!("nats-server exited with {status}:\n{log}");
             }
             if let Ok(text) = std::fs::read_to_string(&ports_file)
                 && let Some(port) = client_port(&text)
-                && tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+                && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
             {
                 return Ok(port);
             }
@@ -269,7 +277,9 @@ fn render_config(o: &NatsServerOptions, work_dir: &Path) -> String {
 
 /// A free TCP port on loopback (for route ports, which peers must know in advance).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[cfg(test)]

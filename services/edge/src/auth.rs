@@ -66,19 +66,23 @@ pub fn verify_hs256(secret: &str, token: &str) -> Result<Claims, TokenError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp", "sub"]);
-    jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation)
-        .map(|data| data.claims)
-        .map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::InvalidSignature => TokenError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    TokenError::BadAlgorithm
-                }
-                _ => TokenError::Malformed(e.to_string()),
+    jsonwebtoken::decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .map(|data| data.claims)
+    .map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind;
+        match e.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::InvalidSignature => TokenError::BadSignature,
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                TokenError::BadAlgorithm
             }
-        })
+            _ => TokenError::Malformed(e.to_string()),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -88,7 +92,10 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123";
 
     fn ids() -> (UserId, DeviceId) {
-        (UserId::parse("alice").unwrap(), DeviceId::parse("phone").unwrap())
+        (
+            UserId::parse("alice").unwrap(),
+            DeviceId::parse("phone").unwrap(),
+        )
     }
 
     #[test]
@@ -106,7 +113,12 @@ mod tests {
         let t = mint_hs256("another-secret-entirely", u.clone(), d.clone(), 60).unwrap();
         assert_eq!(verify_hs256(SECRET, &t), Err(TokenError::BadSignature));
 
-        let claims = Claims { sub: u, device: d, iat: 1, exp: 2 };
+        let claims = Claims {
+            sub: u,
+            device: d,
+            iat: 1,
+            exp: 2,
+        };
         let old = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
@@ -118,6 +130,9 @@ mod tests {
         // alg: none — header {"alg":"none","typ":"JWT"}, no signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImRldmljZSI6InAiLCJpYXQiOjEsImV4cCI6OTk5OTk5OTk5OX0.";
         assert!(verify_hs256(SECRET, none).is_err());
-        assert!(matches!(verify_hs256(SECRET, "garbage"), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            verify_hs256(SECRET, "garbage"),
+            Err(TokenError::Malformed(_))
+        ));
     }
 }

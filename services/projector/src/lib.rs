@@ -110,8 +110,12 @@ impl Worker {
                 Ok(()) => return,
                 Err(err) => {
                     failures += 1;
-                    tracing::warn!(projection = name, error = format!("{err:#}"), failures,
-                        "projection interrupted; resuming from its checkpoint");
+                    tracing::warn!(
+                        projection = name,
+                        error = format!("{err:#}"),
+                        failures,
+                        "projection interrupted; resuming from its checkpoint"
+                    );
                 }
             }
             tokio::select! {
@@ -144,7 +148,11 @@ impl Worker {
             .reset_to(Seq(checkpoint.last_seq + 1))
             .await
             .context("resetting the consumer to the checkpoint")?;
-        tracing::info!(projection = p.name(), last_seq = checkpoint.last_seq, "following");
+        tracing::info!(
+            projection = p.name(),
+            last_seq = checkpoint.last_seq,
+            "following"
+        );
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -191,14 +199,20 @@ impl Worker {
         Ok(next)
     }
 
-    async fn try_apply(&self, events: &[&Delivery], checkpoint: Checkpoint) -> Result<(), ApplyError> {
+    async fn try_apply(
+        &self,
+        events: &[&Delivery],
+        checkpoint: Checkpoint,
+    ) -> Result<(), ApplyError> {
         let mut tx = self.store.begin().await?;
         for d in events {
             let env = Envelope::from_json(d.payload()).map_err(|e| ApplyError::Rejected {
                 code: e.code(),
                 reason: e.to_string(),
             })?;
-            self.projection.apply(&mut tx, d.seq.0, d.subject(), &env).await?;
+            self.projection
+                .apply(&mut tx, d.seq.0, d.subject(), &env)
+                .await?;
         }
         let last = events.last().map_or(checkpoint.last_seq, |d| d.seq.0);
         tx.set_checkpoint(
@@ -258,8 +272,13 @@ impl Worker {
             tracing::warn!(projection = self.projection.name(), seq = %d.seq, code, %reason,
                 dlq_seq = %dlq_seq, "event dead-lettered");
             let mut tx = self.store.begin().await?;
-            tx.set_checkpoint(self.projection.name(), self.projection.stream(), next, now_ms())
-                .await?;
+            tx.set_checkpoint(
+                self.projection.name(),
+                self.projection.stream(),
+                next,
+                now_ms(),
+            )
+            .await?;
             tx.commit().await?;
             return Ok(next);
         }

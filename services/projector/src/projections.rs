@@ -165,7 +165,12 @@ async fn apply_message(
     }
 }
 
-async fn apply_read(tx: &mut Tx, seq: u64, subject: &str, env: &Envelope) -> Result<(), ApplyError> {
+async fn apply_read(
+    tx: &mut Tx,
+    seq: u64,
+    subject: &str,
+    env: &Envelope,
+) -> Result<(), ApplyError> {
     let Event::ReadMarked(r) = &env.event else {
         return Err(wrong_stream(env, stream::READS));
     };
@@ -175,7 +180,12 @@ async fn apply_read(tx: &mut Tx, seq: u64, subject: &str, env: &Envelope) -> Res
     Ok(())
 }
 
-async fn apply_user(tx: &mut Tx, seq: u64, subject: &str, env: &Envelope) -> Result<(), ApplyError> {
+async fn apply_user(
+    tx: &mut Tx,
+    seq: u64,
+    subject: &str,
+    env: &Envelope,
+) -> Result<(), ApplyError> {
     match &env.event {
         Event::UserCreated(e) => {
             expect_subject(subject, subjects::user(&e.user))?;
@@ -238,7 +248,12 @@ async fn join(
 }
 
 /// Turns a member into a tombstone at `seq`, keeping digests in step.
-async fn leave(tx: &mut Tx, group: &mut GroupRow, user: &UserId, seq: u64) -> Result<(), StoreError> {
+async fn leave(
+    tx: &mut Tx,
+    group: &mut GroupRow,
+    user: &UserId,
+    seq: u64,
+) -> Result<(), StoreError> {
     let Some(mut m) = tx.member(&group.group, user.as_str()).await? else {
         return Ok(());
     };
@@ -306,7 +321,10 @@ async fn apply_membership(
     }) = &env.event
     {
         if existing.is_some() {
-            return Err(reject("group_exists", format!("group {group} already exists")));
+            return Err(reject(
+                "group_exists",
+                format!("group {group} already exists"),
+            ));
         }
         let mut row = GroupRow {
             group: group.to_string(),
@@ -328,10 +346,16 @@ async fn apply_membership(
     }
 
     let Some(mut group) = existing else {
-        return Err(reject("unknown_group", format!("group {group_id} does not exist")));
+        return Err(reject(
+            "unknown_group",
+            format!("group {group_id} does not exist"),
+        ));
     };
     if group.dismissed {
-        return Err(reject("group_dismissed", format!("group {group_id} was dismissed")));
+        return Err(reject(
+            "group_dismissed",
+            format!("group {group_id} was dismissed"),
+        ));
     }
     match &env.event {
         Event::MembersAdded(MembersAdded { members, .. }) => {
@@ -345,7 +369,10 @@ async fn apply_membership(
             }
         }
         Event::MemberRoleChanged(MemberRoleChanged { member, role, .. }) => {
-            update_member(tx, &group, member, seq, |m| m.role = role_name(*role).into()).await?;
+            update_member(tx, &group, member, seq, |m| {
+                m.role = role_name(*role).into()
+            })
+            .await?;
         }
         Event::MemberMuteChanged(MemberMuteChanged {
             member,

@@ -27,7 +27,11 @@ pub struct Drift {
 
 impl fmt::Display for Drift {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: file {} != server {}", self.key, self.file, self.server)
+        write!(
+            f,
+            "{}: file {} != server {}",
+            self.key, self.file, self.server
+        )
     }
 }
 
@@ -374,8 +378,12 @@ mod tests {
         assert!(destructive_stream_change(&drift("max_msgs", json!(200), json!(100))).is_none());
         let r = destructive_stream_change(&drift("max_msgs", json!(100), json!(-1))).unwrap();
         assert!(r.starts_with("max_msgs: lowering the limit"), "{r}");
-        assert!(destructive_stream_change(&drift("storage", json!("memory"), json!("file"))).is_some());
-        assert!(destructive_stream_change(&drift("duplicate_window", json!(1), json!(2))).is_none());
+        assert!(
+            destructive_stream_change(&drift("storage", json!("memory"), json!("file"))).is_some()
+        );
+        assert!(
+            destructive_stream_change(&drift("duplicate_window", json!(1), json!(2))).is_none()
+        );
     }
 
     #[test]
@@ -389,7 +397,10 @@ mod tests {
 
     #[test]
     fn consumer_policies_are_fixed() {
-        assert!(fixed_consumer_key("p", &drift("ack_policy", json!("all"), json!("explicit"))).is_some());
+        assert!(
+            fixed_consumer_key("p", &drift("ack_policy", json!("all"), json!("explicit")))
+                .is_some()
+        );
         assert!(fixed_consumer_key("p", &drift("max_ack_pending", json!(10), json!(5))).is_none());
     }
 }

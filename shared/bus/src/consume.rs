@@ -109,7 +109,10 @@ impl Bus {
         reason: &str,
     ) -> Result<Seq, BusError> {
         let mut headers = HeaderMap::new();
-        headers.insert(header::MSG_ID, format!("dlq:{stream}:{}", delivery.seq).as_str());
+        headers.insert(
+            header::MSG_ID,
+            format!("dlq:{stream}:{}", delivery.seq).as_str(),
+        );
         headers.insert(header::DLQ_CODE, code);
         headers.insert(header::DLQ_REASON, single_line(reason).as_str());
         headers.insert(header::DLQ_STREAM, stream);
@@ -198,9 +201,7 @@ async fn collect(
 ) -> Result<(), BusError> {
     while let Some(item) = batch.next().await {
         let message = item.map_err(|e| BusError::jetstream(name, e))?;
-        let info = message
-            .info()
-            .map_err(|e| BusError::jetstream(name, e))?;
+        let info = message.info().map_err(|e| BusError::jetstream(name, e))?;
         let (seq, delivered, pending) = (Seq(info.stream_sequence), info.delivered, info.pending);
         out.push(Delivery {
             message,

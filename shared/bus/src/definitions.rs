@@ -92,8 +92,7 @@ impl StreamSet {
                 }
                 let raw = read_object(&path)?;
                 let config: consumer::Config = parse(&path, &raw)?;
-                let Some(name) = config.durable_name.clone().or_else(|| config.name.clone())
-                else {
+                let Some(name) = config.durable_name.clone().or_else(|| config.name.clone()) else {
                     return Err(invalid(&path, "\"durable_name\" is missing"));
                 };
                 let keys = normalize(&path, &raw, &config)?;

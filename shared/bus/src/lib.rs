@@ -11,8 +11,8 @@
 
 pub mod apply;
 pub mod consume;
-pub mod publish;
 pub mod definitions;
+pub mod publish;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,8 +22,8 @@ use async_nats::jetstream;
 
 pub use apply::{ApplyReport, Change, Drift, Outcome};
 pub use consume::{Delivery, PullConsumer};
-pub use publish::{PublishError, Published};
 pub use definitions::{ConsumerDef, DefinitionError, StreamDef, StreamSet};
+pub use publish::{PublishError, Published};
 
 /// How to reach NATS.
 #[derive(Debug, Clone)]
@@ -93,9 +93,7 @@ pub struct Bus {
 fn reconnect_delay(attempt: usize) -> Duration {
     const BASE_MS: u64 = 100;
     const CAP_MS: u64 = 5_000;
-    let ceiling = BASE_MS
-        .saturating_mul(1u64 << attempt.min(16))
-        .min(CAP_MS);
+    let ceiling = BASE_MS.saturating_mul(1u64 << attempt.min(16)).min(CAP_MS);
     Duration::from_millis(jitter(ceiling + 1))
 }
 
@@ -126,8 +124,17 @@ impl Bus {
         if options.retry_on_initial_connect {
             connect = connect.retry_on_initial_connect();
         }
+        let servers = options
+            .url
+            .split(',')
+            .map(|s| s.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| BusError::Connect {
+                url: options.url.clone(),
+                source: source.into(),
+            })?;
         let client = connect
-            .connect(options.url.as_str())
+            .connect(servers)
             .await
             .map_err(|source| BusError::Connect {
                 url: options.url.clone(),

@@ -211,8 +211,16 @@ mod tests {
             ("x".repeat(2000), ErrorCode::TooLarge, None),
             ("{not json".into(), ErrorCode::BadFrame, None),
             (r#"{"id":4}"#.into(), ErrorCode::BadFrame, Some(4)),
-            (r#"{"id":5,"type":"dance"}"#.into(), ErrorCode::UnknownType, Some(5)),
-            (r#"{"id":6,"type":"hello"}"#.into(), ErrorCode::InvalidRequest, Some(6)),
+            (
+                r#"{"id":5,"type":"dance"}"#.into(),
+                ErrorCode::UnknownType,
+                Some(5),
+            ),
+            (
+                r#"{"id":6,"type":"hello"}"#.into(),
+                ErrorCode::InvalidRequest,
+                Some(6),
+            ),
             (
                 r#"{"id":7,"type":"ping","extra":true}"#.into(),
                 ErrorCode::InvalidRequest,

@@ -80,15 +80,15 @@ mod tests {
         assert!(!a.diffable(e, Seq(12), Seq(20)), "seq 11 was discarded");
         assert!(!a.diffable(e, Seq(1), Seq(9)), "anchor from the future");
         assert!(!a.diffable(Epoch(8), Seq(1), Seq(20)), "another lifetime");
-        assert!(Anchor::new(e, Seq(20)).diffable(e, Seq(1), Seq(20)), "up to date");
+        assert!(
+            Anchor::new(e, Seq(20)).diffable(e, Seq(1), Seq(20)),
+            "up to date"
+        );
     }
 
     #[test]
     fn serializes_as_plain_numbers() {
         let a = Anchor::new(Epoch(5), Seq(9));
-        assert_eq!(
-            serde_json::to_string(&a).unwrap(),
-            r#"{"epoch":5,"seq":9}"#
-        );
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"epoch":5,"seq":9}"#);
     }
 }

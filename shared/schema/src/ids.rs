@@ -173,7 +173,11 @@ mod tests {
         );
         assert!(matches!(
             GroupId::parse("g".repeat(65)),
-            Err(IdError::TooLong { len: 65, max: 64, .. })
+            Err(IdError::TooLong {
+                len: 65,
+                max: 64,
+                ..
+            })
         ));
     }
 

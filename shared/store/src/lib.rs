@@ -110,7 +110,9 @@ impl Store {
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
                          PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;"
                     );
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(pragmas)).execute(conn).await?;
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(pragmas))
+                        .execute(conn)
+                        .await?;
                     Ok(())
                 })
             });
@@ -155,13 +157,15 @@ impl Store {
             };
             let mut tx = self.pool.begin().await.map_err(fail)?;
             sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(fail)?;
-            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-                .bind(m.version)
-                .bind(m.name)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
             tx.commit().await.map_err(fail)?;
             tracing::info!(version = m.version, name = m.name, "applied migration");
             applied += 1;
@@ -247,11 +251,21 @@ mod tests {
         let store = Store::connect(&sqlite_options(dir.path())).await.unwrap();
         assert_eq!(store.backend(), Backend::Sqlite);
         assert_eq!(store.migrate().await.unwrap(), MIGRATIONS.len());
-        assert_eq!(store.migrate().await.unwrap(), 0, "second run applies nothing");
+        assert_eq!(
+            store.migrate().await.unwrap(),
+            0,
+            "second run applies nothing"
+        );
         store.ping().await.unwrap();
-        let row = sqlx::query("PRAGMA journal_mode").fetch_one(&store.pool).await.unwrap();
+        let row = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
         assert_eq!(row.try_get::<String, _>(0).unwrap().to_lowercase(), "wal");
-        let row = sqlx::query("PRAGMA synchronous").fetch_one(&store.pool).await.unwrap();
+        let row = sqlx::query("PRAGMA synchronous")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
         assert_eq!(row.try_get::<i64, _>(0).unwrap(), 2, "FULL");
     }
 
@@ -265,7 +279,10 @@ mod tests {
             .await
             .unwrap();
         let err = store.migrate().await.unwrap_err();
-        assert!(matches!(err, StoreError::NewerSchema { found: 999, .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 999, .. }),
+            "{err}"
+        );
     }
 
     #[test]

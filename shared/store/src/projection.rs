@@ -105,12 +105,11 @@ impl Tx {
     }
 
     pub async fn checkpoint(&mut self, projection: &str) -> Result<Option<Checkpoint>, StoreError> {
-        let row = sqlx::query(
-            "SELECT epoch, last_seq FROM projection_checkpoints WHERE projection = $1",
-        )
-        .bind(projection)
-        .fetch_optional(&mut *self.tx)
-        .await?;
+        let row =
+            sqlx::query("SELECT epoch, last_seq FROM projection_checkpoints WHERE projection = $1")
+                .bind(projection)
+                .fetch_optional(&mut *self.tx)
+                .await?;
         Ok(match row {
             Some(r) => Some(Checkpoint {
                 epoch: u(r.try_get("epoch")?),
@@ -317,7 +316,11 @@ impl Tx {
         Ok(())
     }
 
-    pub async fn member(&mut self, group: &str, user: &str) -> Result<Option<MemberRow>, StoreError> {
+    pub async fn member(
+        &mut self,
+        group: &str,
+        user: &str,
+    ) -> Result<Option<MemberRow>, StoreError> {
         let row = sqlx::query(
             "SELECT group_id, user_id, role, nickname, muted_until, version, removed_seq
              FROM group_members WHERE group_id = $1 AND user_id = $2",

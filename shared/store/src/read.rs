@@ -77,11 +77,12 @@ impl Store {
     }
 
     pub async fn read_seq(&self, user: &str, conv: &str) -> Result<Option<u64>, StoreError> {
-        let row = sqlx::query("SELECT read_seq FROM read_markers WHERE user_id = $1 AND conv_id = $2")
-            .bind(user)
-            .bind(conv)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT read_seq FROM read_markers WHERE user_id = $1 AND conv_id = $2")
+                .bind(user)
+                .bind(conv)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(match row {
             Some(r) => Some(r.try_get::<i64, _>("read_seq")? as u64),
             None => None,

@@ -1,0 +1,154 @@
+//! `anchorage dev` as a user runs it: a separate process that starts nats-server, becomes
+//! ready, and on SIGTERM stops everything, its nats-server included.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anchorage::natsd::free_port;
+use anchorage_tests::{eventually, http_get, nats_binary, streams_dir, within};
+use tokio::io::AsyncReadExt;
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+}
+
+/// The pid of the nats-server `anchorage dev` started, from its ports file name.
+fn nats_pid(data_dir: &Path) -> Option<u32> {
+    std::fs::read_dir(data_dir.join("nats/run"))
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".ports")?
+                .rsplit('_')
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+/// Starts `anchorage dev` in `dir` on free ports; returns the child and the edge address.
+fn start_dev(dir: &Path) -> (tokio::process::Child, std::net::SocketAddr) {
+    let data_dir = dir.join("data");
+    let edge_port = free_port().unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
+        .arg("dev")
+        .current_dir(dir)
+        .env("ANCHORAGE_DEV__DATA_DIR", &data_dir)
+        .env("ANCHORAGE_DEV__NATS_PORT", free_port().unwrap().to_string())
+        .env("ANCHORAGE_DEV__NATS_SERVER", nats_binary().unwrap())
+        .env("ANCHORAGE_EDGE__LISTEN", format!("127.0.0.1:{edge_port}"))
+        .env(
+            "ANCHORAGE_DATABASE__URL",
+            format!("sqlite://{}/anchorage.db", data_dir.display()),
+        )
+        .env("ANCHORAGE_STREAMS__DIR", streams_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, format!("127.0.0.1:{edge_port}").parse().unwrap())
+}
+
+/// Waits for readiness, sends SIGTERM, and checks that everything stopped; returns stdout.
+async fn run_until_ready_then_terminate(dir: &Path) -> String {
+    let (mut child, addr) = start_dev(dir);
+    let body = eventually(
+        Duration::from_secs(60),
+        "anchorage dev to be ready",
+        || async {
+            let (status, body) = http_get(addr, "/readyz").await.ok()?;
+            (status == 200).then_some(body)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(body.contains("\"ready\":true"), "{body}");
+    let pid = nats_pid(&dir.join("data")).expect("a nats-server ports file");
+    assert!(alive(pid));
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = within(
+        Duration::from_secs(30),
+        "anchorage dev to exit",
+        child.wait(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(exit.success(), "{exit}");
+    assert!(!alive(pid), "nats-server {pid} outlived anchorage dev");
+
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    assert!(out.contains("Anchorage is running."), "{out}");
+    assert!(out.contains("anchorage token --user"), "{out}");
+    assert!(out.contains("stopped; data kept in"), "{out}");
+    out
+}
+
+#[tokio::test]
+async fn dev_becomes_ready_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = run_until_ready_then_terminate(dir.path()).await;
+    assert!(first.contains("stream MESSAGES: created"), "{first}");
+    // Started again on the same data, the streams are found as they were left.
+    let second = run_until_ready_then_terminate(dir.path()).await;
+    assert!(second.contains("stream MESSAGES: unchanged"), "{second}");
+    assert!(
+        !second.contains("created") && !second.contains("updated"),
+        "{second}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_setting_fails_at_start_naming_the_key() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
+        .args(["config", "show"])
+        .env("ANCHORAGE_EDGE__MAX_FRAME_BYTES", "12")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("edge.max_frame_bytes"), "{err}");
+}
+
+#[tokio::test]
+async fn token_mints_a_verifiable_device_token() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
+        .args([
+            "token", "--user", "alice", "--device", "laptop", "--ttl", "60",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let claims =
+        anchorage_edge::auth::verify_hs256(anchorage_config::DEV_HMAC_SECRET, &token).unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.device.as_str()),
+        ("alice", "laptop")
+    );
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
+        .args(["token", "--user", "al.ice", "--device", "laptop"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("user id contains '.'"));
+}
