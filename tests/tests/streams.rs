@@ -214,7 +214,12 @@ async fn a_broken_definition_names_its_file() {
 async fn deploy_configs_are_accepted_by_the_pinned_server() {
     let binary = anchorage_tests::nats_binary().unwrap();
     let root = anchorage_tests::repo_root();
-    for conf in ["single.conf", "cluster/n1.conf", "cluster/n2.conf", "cluster/n3.conf"] {
+    for conf in [
+        "single.conf",
+        "cluster/n1.conf",
+        "cluster/n2.conf",
+        "cluster/n3.conf",
+    ] {
         let out = std::process::Command::new(&binary)
             .arg("-t")
             .arg("-c")
