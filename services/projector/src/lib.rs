@@ -18,6 +18,7 @@
 //! - **Lifetimes.** A checkpoint names the stream's epoch. If the stream was recreated the
 //!   worker refuses to mix lifetimes and says to rebuild with `anchorage replay`.
 
+mod ingest;
 mod projections;
 
 use std::time::Duration;
@@ -26,6 +27,7 @@ use anchorage_bus::{Bus, Delivery, PullConsumer};
 use anchorage_schema::{Envelope, Seq};
 use anchorage_store::{Checkpoint, Store};
 use anyhow::{Context, bail};
+use ingest::Ingest;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +42,8 @@ pub struct ProjectorOptions {
     pub idle_wait: Duration,
     /// Which projections to run (all by default).
     pub projections: Vec<Projection>,
+    /// Whether to run the ingest worker (events from other systems).
+    pub ingest: bool,
 }
 
 impl ProjectorOptions {
@@ -48,6 +52,7 @@ impl ProjectorOptions {
             batch_size: config.batch_size as usize,
             idle_wait: Duration::from_secs(5),
             projections: Projection::ALL.to_vec(),
+            ingest: true,
         }
     }
 }
@@ -61,9 +66,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut workers = JoinSet::new();
-    for &projection in &options.projections {
+    let mut handlers: Vec<Handler> = options
+        .projections
+        .iter()
+        .map(|p| Handler::Sql(*p))
+        .collect();
+    if options.ingest {
+        handlers.push(Handler::Ingest(Ingest::default()));
+    }
+    let count = handlers.len();
+    for handler in handlers {
         let worker = Worker {
-            projection,
+            handler,
             bus: bus.clone(),
             store: store.clone(),
             batch_size: options.batch_size.max(1),
@@ -71,7 +85,7 @@ pub async fn run(
         };
         workers.spawn(worker.run(shutdown.clone()));
     }
-    tracing::info!(count = options.projections.len(), "projector running");
+    tracing::info!(count, "projector running");
     while let Some(done) = workers.join_next().await {
         done.context("projection worker panicked")?;
     }
@@ -79,8 +93,39 @@ pub async fn run(
     Ok(())
 }
 
+/// What a worker does with the events of its stream.
+enum Handler {
+    /// Applies them to an SQL projection.
+    Sql(Projection),
+    /// Validates events from other systems and publishes them as native events.
+    Ingest(Ingest),
+}
+
+impl Handler {
+    fn name(&self) -> &'static str {
+        match self {
+            Handler::Sql(p) => p.name(),
+            Handler::Ingest(_) => "ingest",
+        }
+    }
+
+    fn stream(&self) -> &'static str {
+        match self {
+            Handler::Sql(p) => p.stream(),
+            Handler::Ingest(_) => anchorage_schema::subjects::stream::INGEST,
+        }
+    }
+
+    fn consumer(&self) -> &'static str {
+        match self {
+            Handler::Sql(p) => p.consumer(),
+            Handler::Ingest(_) => "projector_ingest",
+        }
+    }
+}
+
 struct Worker {
-    projection: Projection,
+    handler: Handler,
     bus: Bus,
     store: Store,
     batch_size: usize,
@@ -103,7 +148,7 @@ fn now_ms() -> i64 {
 
 impl Worker {
     async fn run(self, shutdown: CancellationToken) {
-        let name = self.projection.name();
+        let name = self.handler.name();
         let mut failures = 0u32;
         loop {
             match self.follow(&shutdown).await {
@@ -127,7 +172,7 @@ impl Worker {
 
     /// Follows the stream from the checkpoint until shutdown (`Ok`) or an error.
     async fn follow(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let p = self.projection;
+        let p = &self.handler;
         let consumer = self
             .bus
             .pull_consumer(p.stream(), p.consumer())
@@ -178,16 +223,26 @@ impl Worker {
             .filter(|d| d.seq.0 > checkpoint.last_seq)
             .collect();
         let mut next = checkpoint;
-        if let Some(last) = fresh.last() {
-            match self.try_apply(&fresh, checkpoint).await {
-                Ok(()) => next.last_seq = last.seq.0,
-                Err(err) => {
-                    tracing::debug!(projection = self.projection.name(), error = %err,
-                        "batch failed; applying one by one");
-                    for d in &fresh {
-                        next = self.apply_alone(consumer, next, d).await?;
-                    }
+        // Ingest publishes as it goes, so it checkpoints event by event: a failure later in
+        // a batch must not roll back the checkpoint of an event already published.
+        let batched = matches!(self.handler, Handler::Sql(_));
+        let applied = match fresh.last() {
+            Some(last) if batched => match self.try_apply(&fresh, checkpoint).await {
+                Ok(()) => {
+                    next.last_seq = last.seq.0;
+                    true
                 }
+                Err(err) => {
+                    tracing::debug!(projection = self.handler.name(), error = %err,
+                        "batch failed; applying one by one");
+                    false
+                }
+            },
+            _ => false,
+        };
+        if !applied {
+            for d in &fresh {
+                next = self.apply_alone(consumer, next, d).await?;
             }
         }
         for d in batch {
@@ -204,20 +259,34 @@ impl Worker {
         events: &[&Delivery],
         checkpoint: Checkpoint,
     ) -> Result<(), ApplyError> {
-        let mut tx = self.store.begin().await?;
-        for d in events {
-            let env = Envelope::from_json(d.payload()).map_err(|e| ApplyError::Rejected {
-                code: e.code(),
-                reason: e.to_string(),
-            })?;
-            self.projection
-                .apply(&mut tx, d.seq.0, d.subject(), &env)
-                .await?;
-        }
+        let mut tx = match &self.handler {
+            Handler::Sql(p) => {
+                let mut tx = self.store.begin().await?;
+                for d in events {
+                    let env =
+                        Envelope::from_json(d.payload()).map_err(|e| ApplyError::Rejected {
+                            code: e.code(),
+                            reason: e.to_string(),
+                        })?;
+                    p.apply(&mut tx, d.seq.0, d.subject(), &env).await?;
+                }
+                tx
+            }
+            Handler::Ingest(ingest) => {
+                // Publishing is idempotent by event id, so a retry after a failed commit
+                // republishes harmlessly; the checkpoint alone needs the transaction.
+                for d in events {
+                    ingest
+                        .apply(&self.bus, &self.store, d.subject(), d.payload())
+                        .await?;
+                }
+                self.store.begin().await?
+            }
+        };
         let last = events.last().map_or(checkpoint.last_seq, |d| d.seq.0);
         tx.set_checkpoint(
-            self.projection.name(),
-            self.projection.stream(),
+            self.handler.name(),
+            self.handler.stream(),
             Checkpoint {
                 epoch: checkpoint.epoch,
                 last_seq: last,
@@ -248,14 +317,15 @@ impl Worker {
             let (code, reason) = match self.try_apply(&[d], checkpoint).await {
                 Ok(()) => return Ok(next),
                 Err(ApplyError::Rejected { code, reason }) => (code, reason),
-                Err(ApplyError::Store(err)) => {
-                    // An outage is nobody's event's fault: start over once the database is back.
+                Err(err @ (ApplyError::Store(_) | ApplyError::Unavailable(_))) => {
+                    // An outage is nobody's event's fault: start over once it is over.
                     self.store
                         .ping()
                         .await
                         .context("database unreachable while applying")?;
+                    anyhow::ensure!(self.bus.is_connected(), "NATS unreachable while applying");
                     if attempt < max_attempts {
-                        tracing::warn!(projection = self.projection.name(), seq = %d.seq,
+                        tracing::warn!(projection = self.handler.name(), seq = %d.seq,
                             attempt, error = %err, "event failed to apply; retrying");
                         d.in_progress().await.ok();
                         tokio::time::sleep(backoff(attempt)).await;
@@ -266,19 +336,14 @@ impl Worker {
             };
             let dlq_seq = self
                 .bus
-                .dead_letter(self.projection.stream(), consumer.name(), d, code, &reason)
+                .dead_letter(self.handler.stream(), consumer.name(), d, code, &reason)
                 .await
                 .context("publishing to the dead-letter stream")?;
-            tracing::warn!(projection = self.projection.name(), seq = %d.seq, code, %reason,
+            tracing::warn!(projection = self.handler.name(), seq = %d.seq, code, %reason,
                 dlq_seq = %dlq_seq, "event dead-lettered");
             let mut tx = self.store.begin().await?;
-            tx.set_checkpoint(
-                self.projection.name(),
-                self.projection.stream(),
-                next,
-                now_ms(),
-            )
-            .await?;
+            tx.set_checkpoint(self.handler.name(), self.handler.stream(), next, now_ms())
+                .await?;
             tx.commit().await?;
             return Ok(next);
         }

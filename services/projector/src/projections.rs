@@ -25,6 +25,9 @@ pub enum ApplyError {
     Rejected { code: &'static str, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Something the event needs is not available right now (NATS, a lagging projection).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 fn reject(code: &'static str, reason: impl Into<String>) -> ApplyError {

@@ -1,0 +1,246 @@
+//! Events from other systems, published by a client that is not our code (the raw NATS text
+//! protocol over TCP): valid ones change state like native events, invalid ones — 1,000 of
+//! them — go to the dead-letter stream with reasons while the projector carries on.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anchorage_schema::subjects::header;
+use anchorage_tests::{TestNats, TestStack, eventually, within};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Publishes with nothing but the NATS text protocol: CONNECT, HPUB, PING/PONG.
+async fn raw_publish(port: u16, messages: &[(String, String, Vec<u8>)]) {
+    within(Duration::from_secs(30), "raw publishes", async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let mut line = String::new();
+        read.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("INFO "), "{line}");
+        write
+            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"lang\":\"raw\",\"version\":\"0\"}\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        for (subject, msg_id, payload) in messages {
+            let headers = format!("NATS/1.0\r\nNats-Msg-Id: {msg_id}\r\n\r\n");
+            buf.extend_from_slice(
+                format!("HPUB {subject} {} {}\r\n", headers.len(), headers.len() + payload.len())
+                    .as_bytes(),
+            );
+            buf.extend_from_slice(headers.as_bytes());
+            buf.extend_from_slice(payload);
+            buf.extend_from_slice(b"\r\n");
+        }
+        buf.extend_from_slice(b"PING\r\n");
+        write.write_all(&buf).await.unwrap();
+        loop {
+            line.clear();
+            read.read_line(&mut line).await.unwrap();
+            assert!(!line.starts_with("-ERR"), "{line}");
+            if line.starts_with("PONG") {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn ext(type_name: &str, id: &str, payload: Value) -> (String, String, Vec<u8>) {
+    let body = json!({"id": id, "type": type_name, "v": 1, "occurred_at": 1_763_840_000_000u64,
+                      "payload": payload});
+    (
+        format!("ext.crm.{type_name}"),
+        format!("crm:{id}"),
+        body.to_string().into_bytes(),
+    )
+}
+
+/// The n-th of a rotating set of invalid events, and the reason code it must get.
+fn invalid(n: usize) -> ((String, String, Vec<u8>), &'static str) {
+    let id = format!("bad-{n}");
+    match n % 8 {
+        0 => (
+            ("ext.crm.user.created".into(), id, b"{not json".to_vec()),
+            "malformed",
+        ),
+        1 => (
+            ext("user.promoted", &id, json!({"user": "x"})),
+            "unknown_type",
+        ),
+        2 => (
+            ext("user.created", &id, json!({"user": "x"})),
+            "schema_violation",
+        ),
+        3 => {
+            let (s, i, _) = ext("user.created", &id, json!({}));
+            let body = json!({"id": id, "type": "user.created", "v": 7, "occurred_at": 1,
+                              "payload": {"user": "x", "display_name": "X"}});
+            ((s, i, body.to_string().into_bytes()), "newer_version")
+        }
+        4 => {
+            let (_, i, b) = ext(
+                "user.created",
+                &id,
+                json!({"user": "x", "display_name": "X"}),
+            );
+            (("ext.crm.user.updated".into(), i, b), "type_mismatch")
+        }
+        5 => (
+            ext(
+                "group.members_added",
+                &id,
+                json!({"group": "nope", "members": ["alice"]}),
+            ),
+            "unknown_group",
+        ),
+        6 => (
+            ext("user.deleted", &id, json!({"user": "ghost"})),
+            "unknown_user",
+        ),
+        _ => (
+            ext(
+                "message.system_posted",
+                &id,
+                json!({"conv": "nowhere", "body": "hi"}),
+            ),
+            "unknown_conversation",
+        ),
+    }
+}
+
+#[tokio::test]
+async fn external_events_apply_like_native_ones_and_invalid_ones_are_dead_lettered() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let store = &stack.stack.store;
+
+    let mut batch = vec![
+        ext(
+            "user.created",
+            "u-alice",
+            json!({"user": "alice", "display_name": "Alice"}),
+        ),
+        ext(
+            "user.created",
+            "u-bob",
+            json!({"user": "bob", "display_name": "Bob"}),
+        ),
+        // Refers to users created just before: accepted once their projection caught up.
+        ext(
+            "group.created",
+            "g-1",
+            json!({"group": "g1", "owner": "alice", "title": "Ops", "members": ["bob"]}),
+        ),
+        // carol does not exist yet.
+        ext(
+            "group.members_added",
+            "g-2",
+            json!({"group": "g1", "members": ["carol"]}),
+        ),
+    ];
+    let mut expected: BTreeMap<&str, usize> = BTreeMap::new();
+    *expected.entry("unknown_user").or_default() += 1;
+    for n in 0..1000 {
+        let (msg, code) = invalid(n);
+        batch.push(msg);
+        *expected.entry(code).or_default() += 1;
+        if n == 500 {
+            batch.push(ext(
+                "user.created",
+                "u-carol",
+                json!({"user": "carol", "display_name": "Carol"}),
+            ));
+            batch.push(ext(
+                "group.members_added",
+                "g-3",
+                json!({"group": "g1", "members": ["carol"]}),
+            ));
+        }
+    }
+    batch.push(ext(
+        "message.system_posted",
+        "m-1",
+        json!({"conv": "g1", "body": {"text": "deployed"}}),
+    ));
+    // The same external event again, under another NATS message id: applied once.
+    let mut again = ext(
+        "message.system_posted",
+        "m-1",
+        json!({"conv": "g1", "body": {"text": "deployed"}}),
+    );
+    again.1 = "crm:m-1:retry".into();
+    batch.push(again);
+    raw_publish(nats.server.port(), &batch).await;
+
+    let total_dead: usize = expected.values().sum();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    eventually(
+        Duration::from_secs(120),
+        "every invalid event in the dead-letter stream",
+        || async {
+            let info = js
+                .get_stream("DEADLETTER")
+                .await
+                .ok()?
+                .get_info()
+                .await
+                .ok()?;
+            (info.state.messages as usize >= total_dead).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    let members = eventually(Duration::from_secs(30), "carol to join g1", || async {
+        let m = store.member_ids("g1").await.ok()?;
+        (m.len() == 3).then_some(m)
+    })
+    .await
+    .unwrap();
+    assert_eq!(members, vec!["alice", "bob", "carol"]);
+    let conv = eventually(Duration::from_secs(30), "the system message", || async {
+        store.conversation("g1").await.ok()?
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        conv.message_count, 1,
+        "the repeated external event was applied once"
+    );
+    let msgs = store.messages_after("g1", 0, 10).await.unwrap();
+    assert_eq!(msgs[0].sender, "system:crm");
+    assert_eq!(msgs[0].body, r#"{"text":"deployed"}"#);
+
+    // Every dead letter names its reason and origin; the counts match what was sent.
+    let dlq = js.get_stream("DEADLETTER").await.unwrap();
+    let info = dlq.get_info().await.unwrap();
+    let count = info.state.messages as usize;
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    for seq in 1..=info.state.last_sequence {
+        let m = dlq.get_raw_message(seq).await.unwrap();
+        let h = |name: &str| {
+            m.headers
+                .get(name)
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(h(header::DLQ_STREAM), "INGEST");
+        assert!(h(header::DLQ_SUBJECT).starts_with("ext.crm."));
+        assert!(!h(header::DLQ_REASON).is_empty());
+        *got.entry(h(header::DLQ_CODE)).or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> = expected
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(count, total_dead);
+    stack.stack.stop().await.unwrap();
+}
