@@ -2,7 +2,8 @@
 //!
 //! - [`TestNats::start`] spawns a nats-server with JetStream on a free port and a temporary
 //!   store; [`TestCluster::start`] spawns a 3-node cluster on loopback.
-//! - [`sqlite_url`] gives every test its own fresh SQLite file.
+//! - [`fresh_database`] gives every test its own empty database: an SQLite file, or a new
+//!   PostgreSQL database when the suite runs against PostgreSQL.
 //! - [`TestStack::start`] runs the projector and edge in-process through the same
 //!   [`anchorage::stack::Stack`] that `anchorage dev` uses, on a free port.
 //! - Every wait is bounded: [`eventually`] polls a condition until a deadline and fails the
@@ -123,6 +124,31 @@ pub fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}/anchorage.db", dir.display())
 }
 
+/// The PostgreSQL server the suite runs against, if any (`deploy/test.sh` starts one and runs
+/// the suite a second time with this set).
+pub const POSTGRES_ENV: &str = "ANCHORAGE_TEST_POSTGRES_URL";
+
+/// A fresh, empty database for one test: a new PostgreSQL database when
+/// `ANCHORAGE_TEST_POSTGRES_URL` is set, otherwise a new SQLite file in `dir`.
+pub async fn fresh_database(dir: &Path) -> anyhow::Result<String> {
+    let Ok(admin) = std::env::var(POSTGRES_ENV) else {
+        return Ok(sqlite_url(dir));
+    };
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("t{}_{n}_{nanos}", std::process::id());
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .context("ANCHORAGE_TEST_POSTGRES_URL has no database path")?;
+    let url = format!("{base}/{name}");
+    anchorage_store::ensure_database(&url).await?;
+    Ok(url)
+}
+
 /// A configuration for tests: given NATS and database, everything else default, edge on a free
 /// port.
 pub fn test_config(nats_url: &str, database_url: &str) -> Config {
@@ -146,7 +172,7 @@ impl TestStack {
     /// Starts a stack on a fresh SQLite database.
     pub async fn start(nats_url: &str) -> anyhow::Result<TestStack> {
         let db_dir = tempfile::tempdir()?;
-        let config = test_config(nats_url, &sqlite_url(db_dir.path()));
+        let config = test_config(nats_url, &fresh_database(db_dir.path()).await?);
         Self::start_with(config, db_dir).await
     }
 

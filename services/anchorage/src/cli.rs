@@ -45,6 +45,17 @@ pub enum Command {
         #[command(subcommand)]
         command: StreamsCommand,
     },
+    /// Rebuild every projection from the streams into a fresh database.
+    Replay {
+        /// The database to build (sqlite:path or postgres://…); created if missing. Running
+        /// again into the same database resumes an interrupted replay.
+        #[arg(long)]
+        into: String,
+        /// Compare the result with the live database (database.url) and exit non-zero naming
+        /// every difference.
+        #[arg(long)]
+        verify: bool,
+    },
     /// Mint a development device token (HS256 with auth.hmac_secret).
     Token {
         #[arg(long)]
@@ -106,6 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Streams {
             command: StreamsCommand::Apply { check },
         } => streams_apply(&config, check).await,
+        Command::Replay { into, verify } => crate::replay::run(&config, &into, verify).await,
         Command::Token { user, device, ttl } => {
             let user = UserId::parse(user).context("--user")?;
             let device = DeviceId::parse(device).context("--device")?;

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod natsd;
+pub mod replay;
 pub mod stack;
 
 use std::path::Path;

@@ -20,11 +20,12 @@
 
 mod ingest;
 mod projections;
+pub mod replay;
 
 use std::time::Duration;
 
 use anchorage_bus::{Bus, Delivery, PullConsumer};
-use anchorage_schema::{Envelope, Seq};
+use anchorage_schema::Seq;
 use anchorage_store::{Checkpoint, Store};
 use anyhow::{Context, bail};
 use ingest::Ingest;
@@ -32,6 +33,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use projections::{ApplyError, Projection};
+use projections::{apply_events, save_checkpoint};
+
+/// The checkpoint name of the ingest worker.
+pub const INGEST_NAME: &str = "ingest";
 
 /// Tuning of the projector.
 #[derive(Debug, Clone)]
@@ -105,7 +110,7 @@ impl Handler {
     fn name(&self) -> &'static str {
         match self {
             Handler::Sql(p) => p.name(),
-            Handler::Ingest(_) => "ingest",
+            Handler::Ingest(_) => INGEST_NAME,
         }
     }
 
@@ -138,12 +143,6 @@ fn backoff(attempt: u32) -> Duration {
     let ceiling = 200u64.saturating_mul(1 << attempt.min(10)).min(10_000);
     let r = RandomState::new().hash_one(std::time::Instant::now()) % (ceiling + 1);
     Duration::from_millis(r)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Worker {
@@ -259,18 +258,20 @@ impl Worker {
         events: &[&Delivery],
         checkpoint: Checkpoint,
     ) -> Result<(), ApplyError> {
-        let mut tx = match &self.handler {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        let next = Checkpoint {
+            epoch: checkpoint.epoch,
+            last_seq: last.seq.0,
+        };
+        match &self.handler {
             Handler::Sql(p) => {
-                let mut tx = self.store.begin().await?;
-                for d in events {
-                    let env =
-                        Envelope::from_json(d.payload()).map_err(|e| ApplyError::Rejected {
-                            code: e.code(),
-                            reason: e.to_string(),
-                        })?;
-                    p.apply(&mut tx, d.seq.0, d.subject(), &env).await?;
-                }
-                tx
+                let items: Vec<(u64, &str, &[u8])> = events
+                    .iter()
+                    .map(|d| (d.seq.0, d.subject(), d.payload().as_ref()))
+                    .collect();
+                apply_events(&self.store, *p, next, &items).await
             }
             Handler::Ingest(ingest) => {
                 // Publishing is idempotent by event id, so a retry after a failed commit
@@ -280,22 +281,11 @@ impl Worker {
                         .apply(&self.bus, &self.store, d.subject(), d.payload())
                         .await?;
                 }
-                self.store.begin().await?
+                save_checkpoint(&self.store, self.handler.name(), self.handler.stream(), next)
+                    .await?;
+                Ok(())
             }
-        };
-        let last = events.last().map_or(checkpoint.last_seq, |d| d.seq.0);
-        tx.set_checkpoint(
-            self.handler.name(),
-            self.handler.stream(),
-            Checkpoint {
-                epoch: checkpoint.epoch,
-                last_seq: last,
-            },
-            now_ms(),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        }
     }
 
     /// Applies one event in its own transaction, retrying while the database is healthy, and
@@ -341,10 +331,7 @@ impl Worker {
                 .context("publishing to the dead-letter stream")?;
             tracing::warn!(projection = self.handler.name(), seq = %d.seq, code, %reason,
                 dlq_seq = %dlq_seq, "event dead-lettered");
-            let mut tx = self.store.begin().await?;
-            tx.set_checkpoint(self.handler.name(), self.handler.stream(), next, now_ms())
-                .await?;
-            tx.commit().await?;
+            save_checkpoint(&self.store, self.handler.name(), self.handler.stream(), next).await?;
             return Ok(next);
         }
     }

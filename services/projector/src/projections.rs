@@ -15,7 +15,7 @@ use anchorage_schema::event::{
 use anchorage_schema::ids::UserId;
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{Actor, Envelope, Event};
-use anchorage_store::{GroupRow, MemberRow, NewMessage, StoreError, Tx};
+use anchorage_store::{Checkpoint, GroupRow, MemberRow, NewMessage, Store, StoreError, Tx};
 
 /// Why an event was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,7 @@ fn reject(code: &'static str, reason: impl Into<String>) -> ApplyError {
 }
 
 /// The projections, one per stream and durable consumer (`streams/consumers/<STREAM>/…`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Projection {
     Messages,
     Reads,
@@ -98,6 +98,46 @@ impl Projection {
             Projection::Membership => apply_membership(tx, seq, subject, env).await,
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Applies `events` (sequence, subject, payload) to projection `p` in one transaction that
+/// also moves the checkpoint to `next`: all of it lands, or none.
+pub(crate) async fn apply_events(
+    store: &Store,
+    p: Projection,
+    next: Checkpoint,
+    events: &[(u64, &str, &[u8])],
+) -> Result<(), ApplyError> {
+    let mut tx = store.begin().await?;
+    for (seq, subject, payload) in events {
+        let env = Envelope::from_json(payload).map_err(|e| ApplyError::Rejected {
+            code: e.code(),
+            reason: e.to_string(),
+        })?;
+        p.apply(&mut tx, *seq, subject, &env).await?;
+    }
+    tx.set_checkpoint(p.name(), p.stream(), next, now_ms())
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Moves a checkpoint without applying anything (past an event that was set aside).
+pub(crate) async fn save_checkpoint(
+    store: &Store,
+    name: &str,
+    stream: &str,
+    next: Checkpoint,
+) -> Result<(), StoreError> {
+    let mut tx = store.begin().await?;
+    tx.set_checkpoint(name, stream, next, now_ms()).await?;
+    tx.commit().await
 }
 
 fn expect_subject(subject: &str, expected: String) -> Result<(), ApplyError> {

@@ -225,3 +225,84 @@ mod tests {
         assert!(cut.len() <= 1024 && cut.chars().all(|c| c == 'é'));
     }
 }
+
+/// One stored event read back in order (for replay).
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: Seq,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// Reads a stream in order from a sequence, with an ordered consumer: ephemeral, no acks,
+/// recreated by the client on any gap, so it never skips or repeats.
+pub struct StreamReader {
+    messages: jetstream::consumer::pull::Ordered,
+    stream: String,
+}
+
+impl std::fmt::Debug for StreamReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamReader")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Reads `stream` from sequence `from` (or the first retained one after it).
+    pub async fn read_stream(&self, stream: &str, from: Seq) -> Result<StreamReader, BusError> {
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        let consumer = handle
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from.0.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::jetstream(stream, e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| BusError::jetstream(stream, e))?;
+        Ok(StreamReader {
+            messages,
+            stream: stream.to_owned(),
+        })
+    }
+}
+
+impl StreamReader {
+    /// The next stored event; waits for one if the reader is at the end of the stream.
+    pub async fn next(&mut self) -> Result<StoredEvent, BusError> {
+        let mut errors = 0;
+        loop {
+            let Some(item) = self.messages.next().await else {
+                return Err(BusError::jetstream(&self.stream, "the ordered consumer ended"));
+            };
+            let message = match item {
+                Ok(m) => m,
+                // Heartbeat misses and the like: the ordered consumer recreates itself.
+                Err(err) if errors < 20 => {
+                    errors += 1;
+                    tracing::debug!(stream = %self.stream, error = %err, "ordered read");
+                    continue;
+                }
+                Err(err) => return Err(BusError::jetstream(&self.stream, err)),
+            };
+            let info = message
+                .info()
+                .map_err(|e| BusError::jetstream(&self.stream, e))?;
+            return Ok(StoredEvent {
+                seq: Seq(info.stream_sequence),
+                subject: message.subject.to_string(),
+                payload: message.payload.clone(),
+            });
+        }
+    }
+}

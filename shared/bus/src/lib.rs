@@ -21,7 +21,7 @@ use anchorage_schema::{Epoch, Seq};
 use async_nats::jetstream;
 
 pub use apply::{ApplyReport, Change, Drift, Outcome};
-pub use consume::{Delivery, PullConsumer};
+pub use consume::{Delivery, PullConsumer, StoredEvent, StreamReader};
 pub use definitions::{ConsumerDef, DefinitionError, StreamDef, StreamSet};
 pub use publish::{PublishError, Published};
 

@@ -16,7 +16,7 @@ pub mod projection;
 pub mod read;
 
 pub use projection::{Checkpoint, GroupRow, MemberRow, NewMessage, Tx};
-pub use read::{ConversationRow, MessageRow};
+pub use read::{ConversationRow, Fingerprint, MessageRow};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -191,6 +191,47 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Creates the PostgreSQL database `url` names if it does not exist (SQLite files are created
+/// on connect). Connects to the server's `postgres` database to do so.
+pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
+    let (backend, _) = prepare_url(url)?;
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let Some(slash) = base[after_scheme..].rfind('/').map(|i| i + after_scheme) else {
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    };
+    let name = &base[slash + 1..];
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(StoreError::UnsupportedUrl(format!(
+            "{url}: the database name must be letters, digits and '_'"
+        )));
+    }
+    let admin = match query {
+        Some(q) => format!("{}/postgres?{q}", &base[..slash]),
+        None => format!("{}/postgres", &base[..slash]),
+    };
+    install_default_drivers();
+    let pool = AnyPoolOptions::new().max_connections(1).connect(&admin).await?;
+    let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&pool)
+        .await?
+        .is_some();
+    if !exists {
+        let create = format!("CREATE DATABASE \"{name}\"");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&pool).await?;
+        tracing::info!(database = name, "created database");
+    }
+    pool.close().await;
+    Ok(())
 }
 
 /// Current time in Unix milliseconds.

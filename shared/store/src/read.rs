@@ -1,5 +1,7 @@
 //! Reads of the projections: what sync, history and `replay --verify` ask.
 
+use std::collections::BTreeMap;
+
 use sqlx::Row;
 
 use crate::projection::GroupRow;
@@ -116,5 +118,157 @@ impl Store {
         let exists = tx.user_exists(user).await?;
         tx.commit().await?;
         Ok(exists)
+    }
+}
+
+/// A summary of the projections that two databases built from the same streams must agree on:
+/// row counts, every group's version and digest, every conversation's version and size, every
+/// read marker. Used by `anchorage replay --verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub checkpoints: BTreeMap<String, u64>,
+    pub counts: BTreeMap<&'static str, i64>,
+    /// group → (version, digest sum, member count, dismissed)
+    pub groups: BTreeMap<String, (u64, u64, u64, bool)>,
+    /// conversation → (last seq, message count)
+    pub conversations: BTreeMap<String, (u64, u64)>,
+    /// (user, conversation) → read seq
+    pub read_markers: BTreeMap<(String, String), u64>,
+}
+
+/// Tables compared by row count.
+const TABLES: &[&str] = &[
+    "messages",
+    "conversations",
+    "read_markers",
+    "users",
+    "revoked_sessions",
+    "groups",
+    "group_members",
+    "group_digest_buckets",
+];
+
+impl Store {
+    pub async fn fingerprint(&self) -> Result<Fingerprint, StoreError> {
+        let mut f = Fingerprint::default();
+        for row in sqlx::query("SELECT projection, last_seq FROM projection_checkpoints")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            f.checkpoints.insert(
+                row.try_get("projection")?,
+                row.try_get::<i64, _>("last_seq")? as u64,
+            );
+        }
+        for table in TABLES {
+            let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+            let n: i64 = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
+            f.counts.insert(table, n);
+        }
+        for row in sqlx::query(
+            "SELECT group_id, version, digest_sum, member_count, dismissed FROM groups",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            f.groups.insert(
+                row.try_get("group_id")?,
+                (
+                    row.try_get::<i64, _>("version")? as u64,
+                    row.try_get::<i64, _>("digest_sum")? as u64,
+                    row.try_get::<i64, _>("member_count")? as u64,
+                    row.try_get::<i64, _>("dismissed")? != 0,
+                ),
+            );
+        }
+        for row in sqlx::query("SELECT conv_id, last_seq, message_count FROM conversations")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            f.conversations.insert(
+                row.try_get("conv_id")?,
+                (
+                    row.try_get::<i64, _>("last_seq")? as u64,
+                    row.try_get::<i64, _>("message_count")? as u64,
+                ),
+            );
+        }
+        for row in sqlx::query("SELECT user_id, conv_id, read_seq FROM read_markers")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            f.read_markers.insert(
+                (row.try_get("user_id")?, row.try_get("conv_id")?),
+                row.try_get::<i64, _>("read_seq")? as u64,
+            );
+        }
+        Ok(f)
+    }
+}
+
+impl Fingerprint {
+    /// Every way `other` (rebuilt) differs from `self` (live), one line each.
+    pub fn differences(&self, other: &Fingerprint) -> Vec<String> {
+        let mut out = Vec::new();
+        diff_maps(&mut out, "checkpoint", &self.checkpoints, &other.checkpoints);
+        diff_maps(&mut out, "rows in", &self.counts, &other.counts);
+        diff_maps(
+            &mut out,
+            "group (version, digest, members, dismissed)",
+            &self.groups,
+            &other.groups,
+        );
+        diff_maps(
+            &mut out,
+            "conversation (last seq, messages)",
+            &self.conversations,
+            &other.conversations,
+        );
+        diff_maps(&mut out, "read marker", &self.read_markers, &other.read_markers);
+        out
+    }
+}
+
+fn diff_maps<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+    out: &mut Vec<String>,
+    what: &str,
+    live: &BTreeMap<K, V>,
+    rebuilt: &BTreeMap<K, V>,
+) {
+    for (k, v) in live {
+        match rebuilt.get(k) {
+            None => out.push(format!("{what} {k:?}: {v:?} live, missing in the rebuild")),
+            Some(r) if r != v => out.push(format!("{what} {k:?}: {v:?} live, {r:?} rebuilt")),
+            Some(_) => {}
+        }
+    }
+    for (k, r) in rebuilt {
+        if !live.contains_key(k) {
+            out.push(format!("{what} {k:?}: missing live, {r:?} rebuilt"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_each_mismatch() {
+        let mut live = Fingerprint::default();
+        live.groups.insert("g1".into(), (5, 9, 3, false));
+        live.read_markers.insert(("bob".into(), "c1".into()), 9);
+        let mut rebuilt = live.clone();
+        rebuilt.groups.insert("g1".into(), (4, 9, 3, false));
+        rebuilt.read_markers.clear();
+        rebuilt.counts.insert("messages", 1);
+        let d = live.differences(&rebuilt);
+        assert_eq!(d.len(), 3, "{d:#?}");
+        assert!(d.contains(&"group (version, digest, members, dismissed) \"g1\": (5, 9, 3, false) live, (4, 9, 3, false) rebuilt".to_owned()));
+        assert!(d.iter().any(|l| l.starts_with("read marker (\"bob\", \"c1\"): 9 live, missing")));
+        assert!(d.iter().any(|l| l.starts_with("rows in \"messages\": missing live")));
     }
 }

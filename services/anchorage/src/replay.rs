@@ -1,0 +1,187 @@
+//! `anchorage replay --into URL [--verify]`.
+//!
+//! Rebuilds the projections into another database with a progress line on the terminal
+//! (events/s, ETA). With `--verify`, the rebuild is brought to the live projector's checkpoints
+//! and compared with the live database: row counts, every group's version and digest, every
+//! conversation's version, every read marker. The live projector keeps moving while this runs,
+//! so the comparison is retried (catching the rebuild up each time) until both stand at the
+//! same checkpoints.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anchorage_bus::Bus;
+use anchorage_config::Config;
+use anchorage_projector::Projection;
+use anchorage_projector::replay::{Progress, ReplayOptions, ReplaySummary, replay};
+use anchorage_store::{Store, StoreOptions};
+use anyhow::{Context, bail};
+
+/// Attempts at catching the live projector at a standstill before giving up on `--verify`.
+const VERIFY_ATTEMPTS: usize = 20;
+
+pub async fn run(config: &Config, into: &str, verify: bool) -> anyhow::Result<ExitCode> {
+    if into == config.database.url {
+        bail!("--into names the live database ({into}); replay builds a separate one");
+    }
+    let bus = Bus::connect(&crate::bus_options(config, false)).await?;
+    anchorage_store::ensure_database(into)
+        .await
+        .with_context(|| format!("creating {into}"))?;
+    let target = Store::connect(&StoreOptions {
+        url: into.to_owned(),
+        ..crate::store_options(config)
+    })
+    .await
+    .with_context(|| format!("connecting to {into}"))?;
+    target.migrate().await?;
+    let live = if verify {
+        Some(Store::connect(&crate::store_options(config)).await.context("connecting to the live database")?)
+    } else {
+        None
+    };
+
+    let started = Instant::now();
+    let mut options = ReplayOptions {
+        batch_size: config.projector.batch_size as usize,
+        upto: BTreeMap::new(),
+    };
+    let mut meter = Meter::new();
+    let mut total = ReplaySummary::default();
+    let Some(live) = live else {
+        let s = replay(&bus, &target, &options, |p| meter.show(p)).await?;
+        meter.finish();
+        report(&s, started.elapsed());
+        return Ok(ExitCode::SUCCESS);
+    };
+
+    for attempt in 1..=VERIFY_ATTEMPTS {
+        let live_before = live.fingerprint().await?;
+        options.upto = Projection::ALL
+            .iter()
+            .map(|p| (*p, live_before.checkpoints.get(p.name()).copied().unwrap_or(0)))
+            .collect();
+        let s = replay(&bus, &target, &options, |p| meter.show(p)).await?;
+        total.applied += s.applied;
+        total.rejected += s.rejected;
+        let live_after = live.fingerprint().await?;
+        if live_after != live_before {
+            // The live projector moved while we compared; catch up and look again.
+            tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+            continue;
+        }
+        meter.finish();
+        report(&total, started.elapsed());
+        let rebuilt = target.fingerprint().await?;
+        let differences = compare(&live_after, &rebuilt);
+        if differences.is_empty() {
+            println!(
+                "verified: the rebuild equals the live projections ({} groups, {} conversations, {} read markers)",
+                rebuilt.groups.len(),
+                rebuilt.conversations.len(),
+                rebuilt.read_markers.len()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("{} differences between live and rebuilt:", differences.len());
+        for d in &differences {
+            println!("  {d}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    meter.finish();
+    bail!("the live projector kept moving; could not compare at a standstill after {VERIFY_ATTEMPTS} attempts")
+}
+
+/// Differences, ignoring the ingest checkpoint (replay sets it to the end of INGEST).
+fn compare(live: &anchorage_store::Fingerprint, rebuilt: &anchorage_store::Fingerprint) -> Vec<String> {
+    let strip = |f: &anchorage_store::Fingerprint| {
+        let mut f = f.clone();
+        f.checkpoints.remove(anchorage_projector::INGEST_NAME);
+        f
+    };
+    strip(live).differences(&strip(rebuilt))
+}
+
+fn report(s: &ReplaySummary, elapsed: Duration) {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    println!(
+        "replayed {} events ({} rejected as when live) in {:.1} s: {:.0} events/s",
+        s.applied + s.rejected,
+        s.rejected,
+        secs,
+        (s.applied + s.rejected) as f64 / secs
+    );
+}
+
+/// A progress line on stderr when it is a terminal; one line per projection otherwise.
+struct Meter {
+    tty: bool,
+    current: Option<(Projection, Instant)>,
+    last_draw: Instant,
+}
+
+impl Meter {
+    fn new() -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            current: None,
+            last_draw: Instant::now(),
+        }
+    }
+
+    fn show(&mut self, p: Progress) {
+        let start = match self.current {
+            Some((proj, start)) if proj == p.projection => start,
+            _ => {
+                self.finish();
+                let now = Instant::now();
+                self.current = Some((p.projection, now));
+                now
+            }
+        };
+        let done = p.done >= p.total;
+        if !self.tty {
+            if done {
+                eprintln!("{}: {} events", p.projection.name(), p.total);
+            }
+            return;
+        }
+        if !done && self.last_draw.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last_draw = Instant::now();
+        let elapsed = start.elapsed().as_secs_f64().max(1e-3);
+        let rate = p.done as f64 / elapsed;
+        let eta = if rate > 0.0 {
+            (p.total - p.done.min(p.total)) as f64 / rate
+        } else {
+            0.0
+        };
+        let width = 30;
+        let filled = if p.total == 0 {
+            width
+        } else {
+            (p.done.min(p.total) * width as u64 / p.total) as usize
+        };
+        eprint!(
+            "\r{:<11} [{}{}] {}/{} events  {:.0}/s  ETA {:.0}s   ",
+            p.projection.name(),
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            p.done,
+            p.total,
+            rate,
+            eta
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn finish(&mut self) {
+        if self.tty && self.current.take().is_some() {
+            eprintln!();
+        }
+    }
+}
