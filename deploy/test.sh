@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the full Anchorage test suite: unit, property and end-to-end tests against a real
-# nats-server (installed into .tools/ if missing) and real SQLite databases.
+# nats-server (installed into .tools/ if missing), real SQLite databases and — in a second
+# pass of the end-to-end tests — a real PostgreSQL (Debian's, installed if missing).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -10,13 +11,29 @@ export ANCHORAGE_DEV__NATS_SERVER
 echo "nats-server: $ANCHORAGE_DEV__NATS_SERVER ($("$ANCHORAGE_DEV__NATS_SERVER" --version))"
 
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
-# Unit, property and end-to-end tests (all targets; the crates have no doctests).
+pg_dir="$(mktemp -d)"
+chmod 755 "$pg_dir"
+cleanup() {
+  if [ -d "$pg_dir/pg/data" ]; then deploy/postgres.sh stop "$pg_dir/pg" || true; fi
+  rm -rf "$log" "$pg_dir"
+}
+trap cleanup EXIT
+
 set +e
+# 1. Everything — unit, property and end-to-end tests — on SQLite (all targets; the crates
+#    have no doctests).
 cargo test --workspace --all-targets --locked -j "${CARGO_BUILD_JOBS:-2}" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# 2. The end-to-end tests again on PostgreSQL: same code, same assertions.
+if [ "$status" = 0 ]; then
+  TESTS_POSTGRES_URL="$(deploy/postgres.sh start "$pg_dir/pg")"
+  export TESTS_POSTGRES_URL
+  echo "postgresql: $TESTS_POSTGRES_URL"
+  cargo test -p anchorage-tests -p anchorage --all-targets --locked -j "${CARGO_BUILD_JOBS:-2}" "$@" 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+fi
 set -e
-# One summary line over every test binary.
+# One summary line over every test binary of both passes.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit "$status"

@@ -126,10 +126,10 @@ pub fn sqlite_url(dir: &Path) -> String {
 
 /// The PostgreSQL server the suite runs against, if any (`deploy/test.sh` starts one and runs
 /// the suite a second time with this set).
-pub const POSTGRES_ENV: &str = "ANCHORAGE_TEST_POSTGRES_URL";
+pub const POSTGRES_ENV: &str = "TESTS_POSTGRES_URL";
 
 /// A fresh, empty database for one test: a new PostgreSQL database when
-/// `ANCHORAGE_TEST_POSTGRES_URL` is set, otherwise a new SQLite file in `dir`.
+/// `TESTS_POSTGRES_URL` is set, otherwise a new SQLite file in `dir`.
 pub async fn fresh_database(dir: &Path) -> anyhow::Result<String> {
     let Ok(admin) = std::env::var(POSTGRES_ENV) else {
         return Ok(sqlite_url(dir));
@@ -143,7 +143,7 @@ pub async fn fresh_database(dir: &Path) -> anyhow::Result<String> {
     let base = admin
         .rsplit_once('/')
         .map(|(b, _)| b.to_owned())
-        .context("ANCHORAGE_TEST_POSTGRES_URL has no database path")?;
+        .context("TESTS_POSTGRES_URL has no database path")?;
     let url = format!("{base}/{name}");
     anchorage_store::ensure_database(&url).await?;
     Ok(url)

@@ -38,7 +38,11 @@ pub async fn run(config: &Config, into: &str, verify: bool) -> anyhow::Result<Ex
     .with_context(|| format!("connecting to {into}"))?;
     target.migrate().await?;
     let live = if verify {
-        Some(Store::connect(&crate::store_options(config)).await.context("connecting to the live database")?)
+        Some(
+            Store::connect(&crate::store_options(config))
+                .await
+                .context("connecting to the live database")?,
+        )
     } else {
         None
     };
@@ -61,7 +65,12 @@ pub async fn run(config: &Config, into: &str, verify: bool) -> anyhow::Result<Ex
         let live_before = live.fingerprint().await?;
         options.upto = Projection::ALL
             .iter()
-            .map(|p| (*p, live_before.checkpoints.get(p.name()).copied().unwrap_or(0)))
+            .map(|p| {
+                (
+                    *p,
+                    live_before.checkpoints.get(p.name()).copied().unwrap_or(0),
+                )
+            })
             .collect();
         let s = replay(&bus, &target, &options, |p| meter.show(p)).await?;
         total.applied += s.applied;
@@ -85,18 +94,26 @@ pub async fn run(config: &Config, into: &str, verify: bool) -> anyhow::Result<Ex
             );
             return Ok(ExitCode::SUCCESS);
         }
-        println!("{} differences between live and rebuilt:", differences.len());
+        println!(
+            "{} differences between live and rebuilt:",
+            differences.len()
+        );
         for d in &differences {
             println!("  {d}");
         }
         return Ok(ExitCode::FAILURE);
     }
     meter.finish();
-    bail!("the live projector kept moving; could not compare at a standstill after {VERIFY_ATTEMPTS} attempts")
+    bail!(
+        "the live projector kept moving; could not compare at a standstill after {VERIFY_ATTEMPTS} attempts"
+    )
 }
 
 /// Differences, ignoring the ingest checkpoint (replay sets it to the end of INGEST).
-fn compare(live: &anchorage_store::Fingerprint, rebuilt: &anchorage_store::Fingerprint) -> Vec<String> {
+fn compare(
+    live: &anchorage_store::Fingerprint,
+    rebuilt: &anchorage_store::Fingerprint,
+) -> Vec<String> {
     let strip = |f: &anchorage_store::Fingerprint| {
         let mut f = f.clone();
         f.checkpoints.remove(anchorage_projector::INGEST_NAME);

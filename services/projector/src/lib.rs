@@ -281,8 +281,13 @@ impl Worker {
                         .apply(&self.bus, &self.store, d.subject(), d.payload())
                         .await?;
                 }
-                save_checkpoint(&self.store, self.handler.name(), self.handler.stream(), next)
-                    .await?;
+                save_checkpoint(
+                    &self.store,
+                    self.handler.name(),
+                    self.handler.stream(),
+                    next,
+                )
+                .await?;
                 Ok(())
             }
         }
@@ -331,7 +336,13 @@ impl Worker {
                 .context("publishing to the dead-letter stream")?;
             tracing::warn!(projection = self.handler.name(), seq = %d.seq, code, %reason,
                 dlq_seq = %dlq_seq, "event dead-lettered");
-            save_checkpoint(&self.store, self.handler.name(), self.handler.stream(), next).await?;
+            save_checkpoint(
+                &self.store,
+                self.handler.name(),
+                self.handler.stream(),
+                next,
+            )
+            .await?;
             return Ok(next);
         }
     }

@@ -14,9 +14,9 @@
 use std::collections::BTreeMap;
 
 use anchorage_bus::Bus;
-use anchorage_schema::subjects::stream;
 use anchorage_bus::StoredEvent;
 use anchorage_schema::Seq;
+use anchorage_schema::subjects::stream;
 use anchorage_store::{Checkpoint, Store};
 use anyhow::{Context, bail};
 

@@ -283,7 +283,10 @@ impl StreamReader {
         let mut errors = 0;
         loop {
             let Some(item) = self.messages.next().await else {
-                return Err(BusError::jetstream(&self.stream, "the ordered consumer ended"));
+                return Err(BusError::jetstream(
+                    &self.stream,
+                    "the ordered consumer ended",
+                ));
             };
             let message = match item {
                 Ok(m) => m,

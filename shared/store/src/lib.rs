@@ -219,7 +219,10 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
         None => format!("{}/postgres", &base[..slash]),
     };
     install_default_drivers();
-    let pool = AnyPoolOptions::new().max_connections(1).connect(&admin).await?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin)
+        .await?;
     let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
         .bind(name)
         .fetch_optional(&pool)
@@ -227,7 +230,9 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
         .is_some();
     if !exists {
         let create = format!("CREATE DATABASE \"{name}\"");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&pool).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+            .execute(&pool)
+            .await?;
         tracing::info!(database = name, "created database");
     }
     pool.close().await;

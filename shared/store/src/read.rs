@@ -168,11 +168,10 @@ impl Store {
                 .try_get("n")?;
             f.counts.insert(table, n);
         }
-        for row in sqlx::query(
-            "SELECT group_id, version, digest_sum, member_count, dismissed FROM groups",
-        )
-        .fetch_all(&self.pool)
-        .await?
+        for row in
+            sqlx::query("SELECT group_id, version, digest_sum, member_count, dismissed FROM groups")
+                .fetch_all(&self.pool)
+                .await?
         {
             f.groups.insert(
                 row.try_get("group_id")?,
@@ -213,7 +212,12 @@ impl Fingerprint {
     /// Every way `other` (rebuilt) differs from `self` (live), one line each.
     pub fn differences(&self, other: &Fingerprint) -> Vec<String> {
         let mut out = Vec::new();
-        diff_maps(&mut out, "checkpoint", &self.checkpoints, &other.checkpoints);
+        diff_maps(
+            &mut out,
+            "checkpoint",
+            &self.checkpoints,
+            &other.checkpoints,
+        );
         diff_maps(&mut out, "rows in", &self.counts, &other.counts);
         diff_maps(
             &mut out,
@@ -227,7 +231,12 @@ impl Fingerprint {
             &self.conversations,
             &other.conversations,
         );
-        diff_maps(&mut out, "read marker", &self.read_markers, &other.read_markers);
+        diff_maps(
+            &mut out,
+            "read marker",
+            &self.read_markers,
+            &other.read_markers,
+        );
         out
     }
 }
@@ -268,7 +277,13 @@ mod tests {
         let d = live.differences(&rebuilt);
         assert_eq!(d.len(), 3, "{d:#?}");
         assert!(d.contains(&"group (version, digest, members, dismissed) \"g1\": (5, 9, 3, false) live, (4, 9, 3, false) rebuilt".to_owned()));
-        assert!(d.iter().any(|l| l.starts_with("read marker (\"bob\", \"c1\"): 9 live, missing")));
-        assert!(d.iter().any(|l| l.starts_with("rows in \"messages\": missing live")));
+        assert!(
+            d.iter()
+                .any(|l| l.starts_with("read marker (\"bob\", \"c1\"): 9 live, missing"))
+        );
+        assert!(
+            d.iter()
+                .any(|l| l.starts_with("rows in \"messages\": missing live"))
+        );
     }
 }

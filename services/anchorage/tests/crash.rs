@@ -1,0 +1,361 @@
+//! `kill -9` of the projector — during live projection and during a replay — then a restart
+//! ends in exactly the state of an uninterrupted run. Runs on SQLite, and on PostgreSQL when
+//! the suite runs against it.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
+
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anchorage::cli::{Cli, run};
+use anchorage_bus::{Bus, StreamSet};
+use anchorage_schema::event::{
+    GroupCreated, MembersAdded, MembersRemoved, MessageSent, ReadMarked, RemovalReason, UserCreated,
+};
+use anchorage_schema::{
+    Actor, ClientMsgId, ConversationId, DeviceId, Envelope, Event, EventId, GroupId, SourceId,
+    UserId, subjects,
+};
+use anchorage_store::{Store, StoreOptions};
+use anchorage_tests::{TestNats, eventually, fresh_database, streams_dir, within};
+use clap::Parser;
+
+const MESSAGES: u32 = 1200;
+
+fn id(s: String) -> EventId {
+    EventId::parse(s).unwrap()
+}
+
+fn user(n: u32) -> UserId {
+    UserId::parse(format!("u{n}")).unwrap()
+}
+
+fn env(event_id: String, event: impl Into<Event>) -> Envelope {
+    Envelope::new(
+        id(event_id),
+        1_763_840_000_000,
+        Actor::System {
+            source: SourceId::parse("test").unwrap(),
+        },
+        event,
+    )
+}
+
+/// Messages in 12 conversations, 4 groups with joins and leaves, read markers, users.
+async fn workload(bus: &Bus) {
+    for n in 0..40 {
+        let e = env(
+            format!("user-{n}"),
+            UserCreated {
+                user: user(n),
+                display_name: format!("U{n}"),
+            },
+        );
+        bus.publish_event(&subjects::user(&user(n)), &e, None)
+            .await
+            .unwrap();
+    }
+    for g in 0..4 {
+        let group = GroupId::parse(format!("g{g}")).unwrap();
+        let subject = subjects::membership(&group);
+        let created = env(
+            format!("g{g}-c"),
+            GroupCreated {
+                group: group.clone(),
+                owner: user(g),
+                title: format!("G{g}"),
+                members: vec![],
+            },
+        );
+        bus.publish_event(&subject, &created, None).await.unwrap();
+        for k in 0..10 {
+            let added = env(
+                format!("g{g}-a{k}"),
+                MembersAdded {
+                    group: group.clone(),
+                    members: vec![user(10 + k), user(20 + k + g)],
+                },
+            );
+            bus.publish_event(&subject, &added, None).await.unwrap();
+        }
+        let removed = env(
+            format!("g{g}-r"),
+            MembersRemoved {
+                group: group.clone(),
+                members: vec![user(12), user(13)],
+                reason: RemovalReason::Left,
+            },
+        );
+        bus.publish_event(&subject, &removed, None).await.unwrap();
+    }
+    for n in 0..MESSAGES {
+        let conv = ConversationId::parse(format!("c{}", n % 12)).unwrap();
+        let e = env(
+            format!("d:m{n}"),
+            MessageSent {
+                conv: conv.clone(),
+                sender: user(n % 7),
+                device: DeviceId::parse("d").unwrap(),
+                client_msg_id: ClientMsgId::parse(format!("m{n}")).unwrap(),
+                body: serde_json::json!({"n": n}),
+                client_ts: i64::from(n),
+            },
+        );
+        bus.publish_event(&subjects::message(&conv), &e, None)
+            .await
+            .unwrap();
+        if n % 10 == 0 {
+            let reader = user(n % 5);
+            let read = env(
+                format!("r{n}"),
+                ReadMarked {
+                    user: reader.clone(),
+                    conv: conv.clone(),
+                    read_seq: u64::from(n),
+                },
+            );
+            bus.publish_event(&subjects::read(&reader, &conv), &read, None)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+struct Setup {
+    nats: TestNats,
+    dir: tempfile::TempDir,
+    live_url: String,
+    config_file: std::path::PathBuf,
+    bus: Bus,
+}
+
+async fn setup() -> Setup {
+    let nats = TestNats::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let live_url = fresh_database(&dir.path().join("live")).await.unwrap();
+    std::fs::create_dir_all(dir.path().join("live")).unwrap();
+    let config_file = dir.path().join("anchorage.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[nats]\nurl = \"{}\"\n[database]\nurl = \"{live_url}\"\n[streams]\ndir = \"{}\"\n\
+             [projector]\nbatch_size = 2\n",
+            nats.url(),
+            streams_dir().display()
+        ),
+    )
+    .unwrap();
+    let mut config = anchorage_config::Config::default();
+    config.nats.url = nats.url();
+    let bus = Bus::connect(&anchorage::bus_options(&config, false))
+        .await
+        .unwrap();
+    bus.apply(&StreamSet::load(&streams_dir(), 1).unwrap())
+        .await
+        .unwrap();
+    workload(&bus).await;
+    Setup {
+        nats,
+        dir,
+        live_url,
+        config_file,
+        bus,
+    }
+}
+
+fn spawn(config_file: &Path, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
+        .arg("--config")
+        .arg(config_file)
+        .args(args)
+        .env("ANCHORAGE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn store(url: &str) -> Store {
+    let store = Store::connect(&StoreOptions {
+        url: url.to_owned(),
+        max_connections: 2,
+        sqlite_synchronous: "FULL",
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+async fn checkpoint(store: &Store, name: &str) -> u64 {
+    store
+        .checkpoint(name)
+        .await
+        .unwrap()
+        .map_or(0, |c| c.last_seq)
+}
+
+/// Waits until the `messages` checkpoint is past `at`, then kills the process with SIGKILL,
+/// asserting the kill came before the end.
+async fn kill_midway(child: &mut tokio::process::Child, store: &Store, at: u64, end: u64) {
+    eventually(
+        Duration::from_secs(60),
+        "the projection to get going",
+        || async { (checkpoint(store, "messages").await > at).then_some(()) },
+    )
+    .await
+    .unwrap();
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let reached = checkpoint(store, "messages").await;
+    assert!(
+        reached < end,
+        "the kill came too late ({reached} of {end}) to test a crash"
+    );
+}
+
+async fn projected_everything(store: &Store, bus: &Bus) {
+    let mut targets = Vec::new();
+    for (name, stream) in [
+        ("messages", "MESSAGES"),
+        ("reads", "READS"),
+        ("users", "USERS"),
+        ("membership", "MEMBERSHIP"),
+    ] {
+        targets.push((name, bus.stream_state(stream).await.unwrap().last_seq.0));
+    }
+    eventually(
+        Duration::from_secs(120),
+        "every projection at the end of its stream",
+        || async {
+            for (name, last) in &targets {
+                if checkpoint(store, name).await < *last {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn cli(config_file: &Path, args: &[&str]) -> ExitCode {
+    let mut argv = vec!["anchorage", "--config", config_file.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    within(
+        Duration::from_secs(120),
+        "the command",
+        run(Cli::parse_from(argv)),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn kill_9_during_live_projection_then_restart_loses_and_repeats_nothing() {
+    let s = setup().await;
+    let live = store(&s.live_url).await;
+    let end = s.bus.stream_state("MESSAGES").await.unwrap().last_seq.0;
+
+    let mut projector = spawn(&s.config_file, &["projector"]);
+    kill_midway(&mut projector, &live, 50, end).await;
+    let mut projector = spawn(&s.config_file, &["projector"]);
+    projected_everything(&live, &s.bus).await;
+    projector.start_kill().unwrap();
+    projector.wait().await.unwrap();
+
+    let mut total = 0;
+    for c in 0..12 {
+        let conv = live.conversation(&format!("c{c}")).await.unwrap().unwrap();
+        assert_eq!(conv.message_count, u64::from(MESSAGES / 12));
+        let seqs: Vec<u64> = live
+            .messages_after(&conv.conv, 0, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        total += conv.message_count;
+    }
+    assert_eq!(total, u64::from(MESSAGES));
+    assert_eq!(live.member_ids("g1").await.unwrap().len(), 1 + 20 - 2);
+
+    // The crashed-and-resumed state equals a clean rebuild from the streams.
+    let rebuilt = fresh_database(&s.dir.path().join("rebuilt")).await.unwrap();
+    std::fs::create_dir_all(s.dir.path().join("rebuilt")).unwrap();
+    assert_eq!(
+        cli(&s.config_file, &["replay", "--into", &rebuilt, "--verify"]).await,
+        ExitCode::SUCCESS
+    );
+    drop(s.nats);
+}
+
+#[tokio::test]
+async fn kill_9_during_replay_then_rerun_ends_equal_to_the_live_state() {
+    let s = setup().await;
+    let live = store(&s.live_url).await;
+    let mut projector = spawn(&s.config_file, &["projector"]);
+    projected_everything(&live, &s.bus).await;
+    projector.start_kill().unwrap();
+    projector.wait().await.unwrap();
+
+    std::fs::create_dir_all(s.dir.path().join("rebuilt")).unwrap();
+    let rebuilt_url = fresh_database(&s.dir.path().join("rebuilt")).await.unwrap();
+    let end = s.bus.stream_state("MESSAGES").await.unwrap().last_seq.0;
+    let mut replay = spawn(&s.config_file, &["replay", "--into", &rebuilt_url]);
+    let rebuilt = eventually(
+        Duration::from_secs(60),
+        "the replay to create its database",
+        || async {
+            let store = Store::connect(&StoreOptions {
+                url: rebuilt_url.clone(),
+                max_connections: 2,
+                sqlite_synchronous: "FULL",
+            })
+            .await
+            .ok()?;
+            (store.schema_version().await.ok()? > 0).then_some(store)
+        },
+    )
+    .await
+    .unwrap();
+    kill_midway(&mut replay, &rebuilt, 50, end).await;
+
+    // Running it again resumes, and the result is verified against the live projections.
+    assert_eq!(
+        cli(
+            &s.config_file,
+            &["replay", "--into", &rebuilt_url, "--verify"]
+        )
+        .await,
+        ExitCode::SUCCESS
+    );
+    let a = live.fingerprint().await.unwrap();
+    let b = rebuilt.fingerprint().await.unwrap();
+    assert_eq!(a.conversations, b.conversations);
+    assert_eq!(a.groups, b.groups);
+    assert_eq!(a.read_markers, b.read_markers);
+    assert_eq!(a.counts, b.counts);
+
+    // Damage the live projection: verify names the difference and fails.
+    let raw = sqlx::AnyPool::connect(&s.live_url).await.unwrap();
+    sqlx::query("UPDATE groups SET member_count = member_count + 1 WHERE group_id = 'g2'")
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    assert_eq!(
+        cli(
+            &s.config_file,
+            &["replay", "--into", &rebuilt_url, "--verify"]
+        )
+        .await,
+        ExitCode::FAILURE
+    );
+    drop(s.nats);
+}
