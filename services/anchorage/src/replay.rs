@@ -178,11 +178,9 @@ impl Meter {
             0.0
         };
         let width = 30;
-        let filled = if p.total == 0 {
-            width
-        } else {
-            (p.done.min(p.total) * width as u64 / p.total) as usize
-        };
+        let filled = (p.done.min(p.total) * width as u64)
+            .checked_div(p.total)
+            .map_or(width, |f| f as usize);
         eprint!(
             "\r{:<11} [{}{}] {}/{} events  {:.0}/s  ETA {:.0}s   ",
             p.projection.name(),
