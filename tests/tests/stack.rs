@@ -217,6 +217,7 @@ async fn membership_reads_and_users_are_projected_with_digests() {
             owner: user("alice"),
             title: "Ops".into(),
             members: vec![user("bob")],
+            direct: false,
         },
     );
     let v1 = bus

@@ -66,6 +66,7 @@ async fn workload(bus: &Bus) {
                 owner: user(g),
                 title: format!("G{g}"),
                 members: vec![],
+                direct: false,
             },
         );
         bus.publish_event(&subject, &created, None).await.unwrap();

@@ -312,6 +312,11 @@ impl Worker {
             let (code, reason) = match self.try_apply(&[d], checkpoint).await {
                 Ok(()) => return Ok(next),
                 Err(ApplyError::Rejected { code, reason }) => (code, reason),
+                Err(ApplyError::Store(err)) if err.is_transient() => {
+                    // A busy or unreachable database is nobody's event's fault: start over
+                    // from the checkpoint once it answers again.
+                    return Err(err).context("database busy or unreachable while applying");
+                }
                 Err(err @ (ApplyError::Store(_) | ApplyError::Unavailable(_))) => {
                     // An outage is nobody's event's fault: start over once it is over.
                     self.store

@@ -361,6 +361,7 @@ async fn apply_membership(
         owner,
         title,
         members,
+        direct,
     }) = &env.event
     {
         if existing.is_some() {
@@ -374,6 +375,7 @@ async fn apply_membership(
             owner: owner.to_string(),
             title: title.clone(),
             avatar: None,
+            direct: *direct,
             dismissed: false,
             created_seq: seq,
             version: seq,

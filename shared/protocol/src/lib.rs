@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use anchorage_schema::Anchor;
+use anchorage_schema::{ClientMsgId, ConversationId, DeviceId, GroupId, UserId};
 
 /// The newest protocol version this software speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -23,22 +23,117 @@ pub type RequestId = u64;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
-    /// First frame on a connection: the protocol version and the client's anchors.
+    /// First frame on a connection: the protocol version, the device token, and optionally the
+    /// client's anchors. Answered with `welcome` and the conversations changed since.
     Hello {
         id: RequestId,
         protocol: u16,
+        token: String,
+        /// The client's highest contiguous seq per conversation; conversations not listed are
+        /// compared with what this device last acknowledged.
         #[serde(default)]
         anchors: Vec<ConvAnchor>,
+        /// Continue a bounded list of changes from a previous `welcome`'s cursor.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
     },
     /// Liveness check; answered with `pong`.
     Ping { id: RequestId },
+    /// Send a message. Retries reuse `client_msg_id` and get the same `seq`.
+    Send {
+        id: RequestId,
+        conv: ConversationId,
+        client_msg_id: ClientMsgId,
+        /// Text or any JSON; opaque to the server.
+        body: serde_json::Value,
+        /// The sender's clock, Unix milliseconds.
+        client_ts: i64,
+    },
+    /// Messages of a conversation after `after`, oldest first, bounded.
+    Sync {
+        id: RequestId,
+        conv: ConversationId,
+        after: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Messages of a conversation before `before` (0: the latest), newest first, bounded.
+    History {
+        id: RequestId,
+        conv: ConversationId,
+        #[serde(default)]
+        before: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// The user has read `conv` up to `seq` (markers only move forward).
+    Read {
+        id: RequestId,
+        conv: ConversationId,
+        seq: u64,
+    },
+    /// This device has received everything in `conv` up to `seq`.
+    Received {
+        id: RequestId,
+        conv: ConversationId,
+        seq: u64,
+    },
+    /// Open (or find) the 1:1 conversation with `peer`.
+    OpenDirect { id: RequestId, peer: UserId },
+    /// Create a group with the caller as owner.
+    CreateGroup {
+        id: RequestId,
+        group: GroupId,
+        title: String,
+        #[serde(default)]
+        members: Vec<UserId>,
+    },
+    /// Add members (owner and admins only).
+    AddMembers {
+        id: RequestId,
+        group: GroupId,
+        members: Vec<UserId>,
+    },
+    /// Remove members (owner and admins only).
+    RemoveMembers {
+        id: RequestId,
+        group: GroupId,
+        members: Vec<UserId>,
+    },
+    /// Leave a group.
+    Leave { id: RequestId, group: GroupId },
 }
 
 /// The client's version of one conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConvAnchor {
-    pub conv: anchorage_schema::ConversationId,
-    pub anchor: Anchor,
+    pub conv: ConversationId,
+    pub seq: u64,
+}
+
+/// A message as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub conv: ConversationId,
+    pub seq: u64,
+    pub sender: String,
+    pub device: String,
+    pub client_msg_id: String,
+    pub body: serde_json::Value,
+    pub client_ts: i64,
+    pub server_ts: i64,
+}
+
+/// A conversation that changed since the client's anchor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConvChange {
+    pub conv: ConversationId,
+    pub last_seq: u64,
+    /// Messages after the user's read marker (capped at 1000).
+    pub unread: u64,
+    pub read_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<Message>,
 }
 
 /// Frames the server sends.
@@ -49,11 +144,61 @@ pub enum ServerFrame {
     Welcome {
         id: RequestId,
         protocol: u16,
+        user: UserId,
+        device: DeviceId,
         /// Largest frame the server accepts, in bytes.
         max_frame_bytes: u32,
+        /// Conversations changed since the client's anchors, oldest change first.
+        changes: Vec<ConvChange>,
+        /// Present when more changes remain: send `hello` again with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
     },
     Pong {
         id: RequestId,
+    },
+    /// A message was stored: its sequence and the server's time.
+    Ack {
+        id: RequestId,
+        client_msg_id: ClientMsgId,
+        seq: u64,
+        server_ts: i64,
+        /// The message had been sent before; `seq` is the original's.
+        duplicate: bool,
+    },
+    /// Answer to `sync` and `history`.
+    Messages {
+        id: RequestId,
+        conv: ConversationId,
+        messages: Vec<Message>,
+        /// More messages remain in the requested direction.
+        more: bool,
+    },
+    /// A request succeeded with nothing else to say (read, received, group changes).
+    Ok {
+        id: RequestId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conv: Option<ConversationId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    /// Live: a new message; `prev` is the previous seq of the conversation (0 if none). A
+    /// client holding `prev` appends it; otherwise it syncs from its anchor.
+    Message {
+        prev: u64,
+        message: Message,
+    },
+    /// Live: the user's read marker moved (on another device).
+    Read {
+        conv: ConversationId,
+        seq: u64,
+    },
+    /// Live: the caller joined or left a conversation.
+    Membership {
+        conv: ConversationId,
+        joined: bool,
+        /// MEMBERSHIP stream sequence of the change.
+        version: u64,
     },
     /// A request failed, or a frame could not be read (then `id` is absent).
     Error {
@@ -65,6 +210,28 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
+}
+
+/// WebSocket close codes the server uses (4000–4999 are ours).
+pub mod close {
+    /// The token was missing, malformed, forged or of an unknown key.
+    pub const AUTH_FAILED: u16 = 4001;
+    /// The token expired (also during a connection): reconnect with a fresh one.
+    pub const TOKEN_EXPIRED: u16 = 4002;
+    /// No `hello` within the time allowed.
+    pub const HELLO_TIMEOUT: u16 = 4003;
+    /// The protocol version is not spoken here.
+    pub const UNSUPPORTED_PROTOCOL: u16 = 4004;
+    /// The session was revoked.
+    pub const REVOKED: u16 = 4005;
+    /// The client fell behind its live queue: reconnect and resync from your anchors.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// Too many frames too fast, repeatedly.
+    pub const RATE_LIMITED: u16 = 4029;
+    /// The server is shutting down or over capacity: reconnect elsewhere or later.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame exceeded the size limit.
+    pub const TOO_BIG: u16 = 1009;
 }
 
 /// Stable error codes; clients match on these, the message is for humans.
@@ -124,7 +291,20 @@ impl FrameError {
 }
 
 /// The request types this version of the protocol knows.
-pub const CLIENT_FRAME_TYPES: &[&str] = &["hello", "ping"];
+pub const CLIENT_FRAME_TYPES: &[&str] = &[
+    "hello",
+    "ping",
+    "send",
+    "sync",
+    "history",
+    "read",
+    "received",
+    "open_direct",
+    "create_group",
+    "add_members",
+    "remove_members",
+    "leave",
+];
 
 /// Decodes one client frame, refusing anything larger than `max_len` bytes before parsing.
 ///
@@ -188,7 +368,7 @@ mod tests {
     #[test]
     fn decodes_hello() {
         let f = decode_client_frame(
-            r#"{"type":"hello","id":1,"protocol":1,"anchors":[{"conv":"c1","anchor":{"epoch":3,"seq":9}}]}"#,
+            r#"{"type":"hello","id":1,"protocol":1,"token":"t","anchors":[{"conv":"c1","seq":9}]}"#,
             1024,
         )
         .unwrap();
@@ -197,11 +377,49 @@ mod tests {
                 id,
                 protocol,
                 anchors,
+                ..
             } => {
                 assert_eq!((id, protocol), (1, 1));
-                assert_eq!(anchors[0].anchor.seq.0, 9);
+                assert_eq!(anchors[0].seq, 9);
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_in_frames_are_validated() {
+        let (id, err) = decode_client_frame(
+            r#"{"type":"send","id":3,"conv":"a.b","client_msg_id":"m","body":"x","client_ts":1}"#,
+            1024,
+        )
+        .unwrap_err();
+        assert_eq!((id, err.code()), (Some(3), ErrorCode::InvalidRequest));
+        assert!(
+            err.to_string().contains("conversation id contains '.'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_frame_type_round_trips() {
+        let frames = [
+            r#"{"type":"ping","id":1}"#,
+            r#"{"type":"send","id":2,"conv":"c","client_msg_id":"m1","body":{"t":"hi"},"client_ts":5}"#,
+            r#"{"type":"sync","id":3,"conv":"c","after":4,"limit":10}"#,
+            r#"{"type":"history","id":4,"conv":"c","before":9}"#,
+            r#"{"type":"read","id":5,"conv":"c","seq":7}"#,
+            r#"{"type":"received","id":6,"conv":"c","seq":7}"#,
+            r#"{"type":"open_direct","id":7,"peer":"bob"}"#,
+            r#"{"type":"create_group","id":8,"group":"g","title":"G","members":["bob"]}"#,
+            r#"{"type":"add_members","id":9,"group":"g","members":["carol"]}"#,
+            r#"{"type":"remove_members","id":10,"group":"g","members":["carol"]}"#,
+            r#"{"type":"leave","id":11,"group":"g"}"#,
+        ];
+        assert_eq!(frames.len() + 1, CLIENT_FRAME_TYPES.len());
+        for text in frames {
+            let frame = decode_client_frame(text, 1024).unwrap();
+            let again = serde_json::to_string(&frame).unwrap();
+            assert_eq!(decode_client_frame(&again, 1024).unwrap(), frame, "{text}");
         }
     }
 

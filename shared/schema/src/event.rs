@@ -91,6 +91,9 @@ pub struct GroupCreated {
     /// Initial members besides the owner.
     #[serde(default)]
     pub members: Vec<UserId>,
+    /// A 1:1 conversation: exactly two members, who can neither add nor remove anyone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub direct: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,6 +420,7 @@ mod tests {
                 owner: user("alice"),
                 title: "Ops".into(),
                 members: vec![user("bob")],
+                direct: false,
             }
             .into(),
             MembersAdded {

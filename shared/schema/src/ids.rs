@@ -147,8 +147,9 @@ id_type!(
 );
 id_type!(
     /// The unique id of an event; it is the JetStream `Nats-Msg-Id`, so a re-publish of the
-    /// same event inside the duplicate window is stored once.
-    EventId, "event id", 192, key_char, KEY_EXTRA
+    /// same event inside the duplicate window is stored once. Long enough for
+    /// `<user>:<device>:<client_msg_id>`.
+    EventId, "event id", 260, key_char, KEY_EXTRA
 );
 
 #[cfg(test)]

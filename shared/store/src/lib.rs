@@ -16,7 +16,7 @@ pub mod projection;
 pub mod read;
 
 pub use projection::{Checkpoint, GroupRow, MemberRow, NewMessage, Tx};
-pub use read::{ConversationRow, Fingerprint, MessageRow};
+pub use read::{ConversationRow, ConversationState, Fingerprint, MessageRow};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "projections",
         sql: include_str!("../migrations/0002_projections.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "delivery",
+        sql: include_str!("../migrations/0003_delivery.sql"),
     },
 ];
 
@@ -85,6 +90,28 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether the error is about the database being busy or unreachable rather than about
+    /// the statement: retrying later will work (SQLite busy/locked, PostgreSQL serialization
+    /// failures and deadlocks, connection and pool errors).
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Sql(err) = self else {
+            return false;
+        };
+        match err {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            sqlx::Error::Database(db) => matches!(
+                db.code().as_deref(),
+                // SQLite: BUSY, LOCKED, BUSY_RECOVERY, BUSY_SNAPSHOT, BUSY_TIMEOUT.
+                Some("5" | "6" | "261" | "517" | "773")
+                // PostgreSQL: serialization failure, deadlock, admin shutdown, cannot connect now.
+                | Some("40001" | "40P01" | "57P01" | "57P03")
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// A pool of connections to the projection database.

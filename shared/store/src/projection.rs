@@ -42,6 +42,8 @@ pub struct GroupRow {
     pub owner: String,
     pub title: String,
     pub avatar: Option<String>,
+    /// A 1:1 conversation (fixed membership).
+    pub direct: bool,
     pub dismissed: bool,
     pub created_seq: u64,
     /// MEMBERSHIP stream sequence of the group's last event.
@@ -70,7 +72,19 @@ pub struct Tx {
 }
 
 impl Store {
+    /// Starts a write transaction. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a transaction that reads and then writes would otherwise fail with
+    /// `SQLITE_BUSY` when another writer committed in between, which no busy timeout cures.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
+        let tx = match self.backend {
+            crate::Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            crate::Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(Tx { tx })
+    }
+
+    /// Starts a transaction that only reads (it does not block writers).
+    pub(crate) async fn begin_read(&self) -> Result<Tx, StoreError> {
         Ok(Tx {
             tx: self.pool.begin().await?,
         })
@@ -78,7 +92,7 @@ impl Store {
 
     /// A projection's checkpoint, outside any batch.
     pub async fn checkpoint(&self, projection: &str) -> Result<Option<Checkpoint>, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_read().await?;
         let cp = tx.checkpoint(projection).await?;
         tx.commit().await?;
         Ok(cp)
@@ -270,8 +284,8 @@ impl Tx {
 
     pub async fn group(&mut self, group: &str) -> Result<Option<GroupRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT group_id, owner, title, avatar, dismissed, created_seq, version, digest_sum,
-                    member_count
+            "SELECT group_id, owner, title, avatar, direct, dismissed, created_seq, version,
+                    digest_sum, member_count
              FROM groups WHERE group_id = $1",
         )
         .bind(group)
@@ -283,6 +297,7 @@ impl Tx {
             owner: r.try_get("owner")?,
             title: r.try_get("title")?,
             avatar: r.try_get("avatar")?,
+            direct: r.try_get::<i64, _>("direct")? != 0,
             dismissed: r.try_get::<i64, _>("dismissed")? != 0,
             created_seq: u(r.try_get("created_seq")?),
             version: u(r.try_get("version")?),
@@ -295,8 +310,8 @@ impl Tx {
     pub async fn put_group(&mut self, g: &GroupRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO groups (group_id, owner, title, avatar, dismissed, created_seq, version,
-                                 digest_sum, member_count)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                 digest_sum, member_count, direct)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (group_id) DO UPDATE
              SET owner = excluded.owner, title = excluded.title, avatar = excluded.avatar,
                  dismissed = excluded.dismissed, version = excluded.version,
@@ -311,6 +326,7 @@ impl Tx {
         .bind(i(g.version))
         .bind(i(g.digest_sum))
         .bind(i(g.member_count))
+        .bind(i64::from(g.direct))
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -62,20 +62,7 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(MessageRow {
-                    conv: r.try_get("conv_id")?,
-                    seq: r.try_get::<i64, _>("seq")? as u64,
-                    sender: r.try_get("sender")?,
-                    device: r.try_get("device")?,
-                    client_msg_id: r.try_get("client_msg_id")?,
-                    body: r.try_get("body")?,
-                    client_ts: r.try_get("client_ts")?,
-                    server_ts: r.try_get("server_ts")?,
-                })
-            })
-            .collect()
+        rows.iter().map(message_row).collect()
     }
 
     pub async fn read_seq(&self, user: &str, conv: &str) -> Result<Option<u64>, StoreError> {
@@ -92,7 +79,7 @@ impl Store {
     }
 
     pub async fn group_row(&self, group: &str) -> Result<Option<GroupRow>, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_read().await?;
         let g = tx.group(group).await?;
         tx.commit().await?;
         Ok(g)
@@ -114,10 +101,197 @@ impl Store {
 
     /// Whether a user exists and is not deleted.
     pub async fn user_active(&self, user: &str) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_read().await?;
         let exists = tx.user_exists(user).await?;
         tx.commit().await?;
         Ok(exists)
+    }
+}
+
+/// A conversation of a user, with what a conversation list needs after a reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationState {
+    pub conv: String,
+    pub last_seq: u64,
+    pub read_seq: u64,
+    /// What this device acknowledged receiving.
+    pub delivered_seq: u64,
+}
+
+fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, StoreError> {
+    Ok(MessageRow {
+        conv: r.try_get("conv_id")?,
+        seq: r.try_get::<i64, _>("seq")? as u64,
+        sender: r.try_get("sender")?,
+        device: r.try_get("device")?,
+        client_msg_id: r.try_get("client_msg_id")?,
+        body: r.try_get("body")?,
+        client_ts: r.try_get("client_ts")?,
+        server_ts: r.try_get("server_ts")?,
+    })
+}
+
+impl Store {
+    /// The conversations (groups and 1:1s) `user` is a member of now, sorted.
+    pub async fn conversations_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.group_id FROM group_members m JOIN groups g ON g.group_id = m.group_id
+             WHERE m.user_id = $1 AND m.removed_seq IS NULL AND g.dismissed = 0
+             ORDER BY m.group_id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("group_id")?))
+            .collect()
+    }
+
+    /// The role of a current member, `None` for a non-member.
+    pub async fn member_role(&self, group: &str, user: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT role FROM group_members
+             WHERE group_id = $1 AND user_id = $2 AND removed_seq IS NULL",
+        )
+        .bind(group)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("role")?),
+            None => None,
+        })
+    }
+
+    /// Messages before `before` (all if 0), newest first, at most `limit`.
+    pub async fn messages_before(
+        &self,
+        conv: &str,
+        before: u64,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let before = if before == 0 { i64::MAX } else { before as i64 };
+        let rows = sqlx::query(
+            "SELECT conv_id, seq, sender, device, client_msg_id, body, client_ts, server_ts
+             FROM messages WHERE conv_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+        )
+        .bind(conv)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_row).collect()
+    }
+
+    /// A sender's message by its client id (a retry older than the duplicate window).
+    pub async fn message_by_client_id(
+        &self,
+        conv: &str,
+        sender: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<MessageRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT conv_id, seq, sender, device, client_msg_id, body, client_ts, server_ts
+             FROM messages WHERE conv_id = $1 AND sender = $2 AND client_msg_id = $3",
+        )
+        .bind(conv)
+        .bind(sender)
+        .bind(client_msg_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(message_row).transpose()
+    }
+
+    /// The user's conversations after `after_conv` (by id), at most `limit`, with their
+    /// versions, the user's read marker and what `device` acknowledged. The cost is
+    /// proportional to the number of the user's conversations, not to the size of any.
+    pub async fn conversation_states(
+        &self,
+        user: &str,
+        device: &str,
+        after_conv: &str,
+        limit: u32,
+    ) -> Result<Vec<ConversationState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.group_id AS conv_id,
+                    COALESCE(c.last_seq, 0) AS last_seq,
+                    COALESCE(r.read_seq, 0) AS read_seq,
+                    COALESCE(d.delivered_seq, 0) AS delivered_seq
+             FROM group_members m
+             JOIN groups g ON g.group_id = m.group_id
+             LEFT JOIN conversations c ON c.conv_id = m.group_id
+             LEFT JOIN read_markers r ON r.user_id = m.user_id AND r.conv_id = m.group_id
+             LEFT JOIN device_cursors d
+                    ON d.user_id = m.user_id AND d.device = $2 AND d.conv_id = m.group_id
+             WHERE m.user_id = $1 AND m.removed_seq IS NULL AND g.dismissed = 0
+               AND m.group_id > $3
+             ORDER BY m.group_id LIMIT $4",
+        )
+        .bind(user)
+        .bind(device)
+        .bind(after_conv)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConversationState {
+                    conv: r.try_get("conv_id")?,
+                    last_seq: r.try_get::<i64, _>("last_seq")? as u64,
+                    read_seq: r.try_get::<i64, _>("read_seq")? as u64,
+                    delivered_seq: r.try_get::<i64, _>("delivered_seq")? as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Messages after `after` in `conv`, counted up to `cap`.
+    pub async fn count_after(&self, conv: &str, after: u64, cap: u32) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM
+               (SELECT 1 AS one FROM messages WHERE conv_id = $1 AND seq > $2 LIMIT $3) AS t",
+        )
+        .bind(conv)
+        .bind(after as i64)
+        .bind(i64::from(cap))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? as u64)
+    }
+
+    /// Records that a device received `conv` up to `seq` (only ever moves forward).
+    pub async fn set_delivered(
+        &self,
+        user: &str,
+        device: &str,
+        conv: &str,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO device_cursors (user_id, device, conv_id, delivered_seq)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (user_id, device, conv_id) DO UPDATE
+             SET delivered_seq = excluded.delivered_seq
+             WHERE excluded.delivered_seq > device_cursors.delivered_seq",
+        )
+        .bind(user)
+        .bind(device)
+        .bind(conv)
+        .bind(seq as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a device's session was revoked.
+    pub async fn is_revoked(&self, user: &str, device: &str) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT 1 AS one FROM revoked_sessions WHERE user_id = $1 AND device = $2")
+                .bind(user)
+                .bind(device)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
     }
 }
 
