@@ -42,8 +42,50 @@ fn env(event_id: String, event: impl Into<Event>) -> Envelope {
     )
 }
 
-/// Messages in 12 conversations, 4 groups with joins and leaves, read markers, users.
+/// Events from another system, as it would publish them (some of them invalid).
+async fn external_events(bus: &Bus) {
+    let ext = |type_name: &str, id: &str, payload: serde_json::Value| {
+        let body = serde_json::json!({"id": id, "type": type_name, "v": 1,
+                                      "occurred_at": 1_763_840_000_000u64, "payload": payload});
+        (
+            format!("ext.crm.{type_name}"),
+            body.to_string().into_bytes(),
+        )
+    };
+    let mut events = Vec::new();
+    for n in 0..10 {
+        events.push(ext(
+            "user.created",
+            &format!("x{n}"),
+            serde_json::json!({"user": format!("x{n}"), "display_name": "X"}),
+        ));
+    }
+    events.push(ext("group.created", "xg", serde_json::json!({"group": "xg", "owner": "x0", "title": "CRM", "members": ["x1", "x2", "x3"]})));
+    events.push(ext(
+        "group.members_added",
+        "xg-a",
+        serde_json::json!({"group": "xg", "members": ["x4"]}),
+    ));
+    events.push(ext(
+        "message.system_posted",
+        "xg-m",
+        serde_json::json!({"conv": "xg", "body": "synced"}),
+    ));
+    events.push(ext(
+        "group.members_added",
+        "bad-1",
+        serde_json::json!({"group": "nope", "members": ["x4"]}),
+    ));
+    events.push(("ext.crm.user.created".into(), b"{broken".to_vec()));
+    for (subject, payload) in events {
+        bus.publish_raw(&subject, None, payload).await.unwrap();
+    }
+}
+
+/// Messages in 12 conversations, 4 groups with joins and leaves, read markers, users, and
+/// events from another system.
 async fn workload(bus: &Bus) {
+    external_events(bus).await;
     for n in 0..40 {
         let e = env(
             format!("user-{n}"),
@@ -170,7 +212,7 @@ fn spawn(config_file: &Path, args: &[&str]) -> tokio::process::Child {
         .arg("--config")
         .arg(config_file)
         .args(args)
-        .env("ANCHORAGE_LOG", "warn")
+        .env("ANCHORAGE_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -285,6 +327,20 @@ async fn kill_9_during_live_projection_then_restart_loses_and_repeats_nothing() 
     }
     assert_eq!(total, u64::from(MESSAGES));
     assert_eq!(live.member_ids("g1").await.unwrap().len(), 1 + 20 - 2);
+    let crm = eventually(Duration::from_secs(30), "the external group", || async {
+        let m = live.member_ids("xg").await.ok()?;
+        (m.len() == 5).then_some(m)
+    })
+    .await
+    .unwrap();
+    assert_eq!(crm, vec!["x0", "x1", "x2", "x3", "x4"]);
+    eventually(
+        Duration::from_secs(30),
+        "the external system message",
+        || async { live.conversation("xg").await.ok()? },
+    )
+    .await
+    .unwrap();
 
     // The crashed-and-resumed state equals a clean rebuild from the streams.
     let rebuilt = fresh_database(&s.dir.path().join("rebuilt")).await.unwrap();
