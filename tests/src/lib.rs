@@ -247,3 +247,185 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<
     })
     .await?
 }
+
+/// A device token for `user`/`device`, signed with the development secret.
+pub fn token(user: &str, device: &str, ttl_secs: u64) -> String {
+    anchorage_edge::auth::mint_hs256(
+        anchorage_config::DEV_HMAC_SECRET,
+        anchorage_schema::UserId::parse(user).expect("a valid user id"),
+        anchorage_schema::DeviceId::parse(device).expect("a valid device id"),
+        ttl_secs,
+    )
+    .expect("a token")
+}
+
+/// One more edge (no projector) on the same NATS and database, on a free port.
+#[derive(Debug)]
+pub struct TestEdge {
+    pub addr: std::net::SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestEdge {
+    pub async fn start(config: &Config) -> anyhow::Result<TestEdge> {
+        let bus = anchorage_bus::Bus::connect(&anchorage::bus_options(config, false)).await?;
+        let store = anchorage_store::Store::connect(&anchorage::store_options(config)).await?;
+        let streams = anchorage::load_streams(config)?;
+        let state = anchorage_edge::EdgeState::start(
+            bus,
+            store,
+            std::sync::Arc::new(streams),
+            config.edge.clone(),
+            &config.auth,
+        )
+        .await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(anchorage_edge::run(listener, state, shutdown.clone()));
+        Ok(TestEdge {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        within(Duration::from_secs(10), "the edge to stop", self.task).await???;
+        Ok(())
+    }
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client speaking the Anchorage protocol as raw JSON, for tests.
+#[derive(Debug)]
+pub struct WsClient {
+    ws: WsStream,
+    next_id: u64,
+    /// Frames that arrived while waiting for an answer (live pushes).
+    pushes: std::collections::VecDeque<serde_json::Value>,
+}
+
+/// How long a test waits for any one frame.
+const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+impl WsClient {
+    pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<WsClient> {
+        let (ws, _) = within(
+            FRAME_WAIT,
+            "the WebSocket handshake",
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+        )
+        .await??;
+        Ok(WsClient {
+            ws,
+            next_id: 1,
+            pushes: Default::default(),
+        })
+    }
+
+    /// Connects and says hello with a fresh token; returns the client and the welcome.
+    pub async fn signed_in(
+        addr: std::net::SocketAddr,
+        user: &str,
+        device: &str,
+    ) -> anyhow::Result<(WsClient, serde_json::Value)> {
+        let mut c = WsClient::connect(addr).await?;
+        let welcome = c
+            .request(serde_json::json!({"type": "hello", "protocol": 1,
+                                        "token": token(user, device, 3600)}))
+            .await?;
+        anyhow::ensure!(welcome["type"] == "welcome", "no welcome: {welcome}");
+        Ok((c, welcome))
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) -> anyhow::Result<()> {
+        use futures::SinkExt;
+        let text: String = text.into();
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await?;
+        Ok(())
+    }
+
+    /// The next frame from the server; an error once the server closed (with its code).
+    pub async fn next_frame(&mut self) -> anyhow::Result<serde_json::Value> {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let msg = within(FRAME_WAIT, "a frame", self.ws.next()).await?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map(|f| u16::from(f.code)).unwrap_or(0);
+                    bail!("closed with code {code}");
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("socket error: {e}"),
+                None => bail!("closed"),
+            }
+        }
+    }
+
+    /// Sends a request (an `id` is added) and waits for the frame answering it.
+    pub async fn request(
+        &mut self,
+        mut frame: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        frame["id"] = serde_json::json!(id);
+        self.send_text(frame.to_string()).await?;
+        loop {
+            let f = self.next_frame().await?;
+            if f["id"] == serde_json::json!(id) {
+                return Ok(f);
+            }
+            self.pushes.push_back(f);
+        }
+    }
+
+    /// Waits for a pushed frame matching `pred` (taking it from those already received first).
+    pub async fn push(
+        &mut self,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        if let Some(i) = self.pushes.iter().position(&mut pred)
+            && let Some(f) = self.pushes.remove(i)
+        {
+            return Ok(f);
+        }
+        loop {
+            let f = self.next_frame().await?;
+            if pred(&f) {
+                return Ok(f);
+            }
+            self.pushes.push_back(f);
+        }
+    }
+
+    /// Pushed frames received so far and not taken.
+    pub fn pending_pushes(&self) -> &std::collections::VecDeque<serde_json::Value> {
+        &self.pushes
+    }
+
+    /// Waits for the server to close the connection; returns the close code.
+    pub async fn closed(&mut self) -> anyhow::Result<u16> {
+        loop {
+            match self.next_frame().await {
+                Ok(f) => self.pushes.push_back(f),
+                Err(e) => {
+                    let text = e.to_string();
+                    return text
+                        .strip_prefix("closed with code ")
+                        .and_then(|c| c.parse().ok())
+                        .with_context(|| format!("no close code: {text}"));
+                }
+            }
+        }
+    }
+}

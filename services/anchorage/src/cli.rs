@@ -259,12 +259,14 @@ async fn edge(config: Config) -> anyhow::Result<ExitCode> {
         }
         signal.cancel();
     });
-    let state = EdgeState {
-        bus: bus.clone(),
-        store: store.clone(),
-        streams: Arc::new(streams),
-        config: config.edge.clone(),
-    };
+    let state = EdgeState::start(
+        bus.clone(),
+        store.clone(),
+        Arc::new(streams),
+        config.edge.clone(),
+        &config.auth,
+    )
+    .await?;
     anchorage_edge::run(listener, state, shutdown).await?;
     bus.close().await;
     store.close().await;

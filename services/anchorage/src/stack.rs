@@ -56,16 +56,15 @@ impl Stack {
             shutdown.child_token(),
         ));
         let edge_addr = listener.local_addr()?;
-        tasks.spawn(anchorage_edge::run(
-            listener,
-            EdgeState {
-                bus: bus.clone(),
-                store: store.clone(),
-                streams: Arc::new(streams),
-                config: config.edge.clone(),
-            },
-            shutdown.child_token(),
-        ));
+        let edge = EdgeState::start(
+            bus.clone(),
+            store.clone(),
+            Arc::new(streams),
+            config.edge.clone(),
+            &config.auth,
+        )
+        .await?;
+        tasks.spawn(anchorage_edge::run(listener, edge, shutdown.child_token()));
         Ok(Stack {
             bus,
             store,

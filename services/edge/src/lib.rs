@@ -12,6 +12,10 @@
 //!   otherwise, so a load balancer keeps traffic away until all three hold.
 
 pub mod auth;
+pub mod hub;
+mod limits;
+mod session;
+mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,19 +39,61 @@ pub struct EdgeState {
     /// The stream definitions this edge expects on the server.
     pub streams: Arc<StreamSet>,
     pub config: anchorage_config::EdgeConfig,
+    /// HMAC secret of device tokens.
+    pub auth_secret: Arc<str>,
+    pub hub: Arc<hub::Hub>,
+    /// One permit per WebSocket connection.
+    admission: Arc<tokio::sync::Semaphore>,
+    user_limits: Arc<limits::UserLimits>,
+    /// Fires when the edge shuts down; connections close with 1001.
+    shutdown: CancellationToken,
 }
 
-/// Serves the edge on `listener` until `shutdown` is cancelled.
+impl EdgeState {
+    /// Prepares an edge: starts following membership changes.
+    pub async fn start(
+        bus: Bus,
+        store: Store,
+        streams: Arc<StreamSet>,
+        config: anchorage_config::EdgeConfig,
+        auth: &anchorage_config::AuthConfig,
+    ) -> anyhow::Result<EdgeState> {
+        let hub = hub::Hub::start(bus.clone(), store.clone()).await?;
+        Ok(EdgeState {
+            admission: Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize)),
+            user_limits: Arc::new(limits::UserLimits::new(config.user_rate_per_sec)),
+            auth_secret: auth.hmac_secret.as_str().into(),
+            bus,
+            store,
+            streams,
+            config,
+            hub,
+            shutdown: CancellationToken::new(),
+        })
+    }
+}
+
+/// A cheap random number below `bound` (for jitter, not cryptography).
+pub(crate) fn jitter(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now()) % bound.max(1)
+}
+
+/// Serves the edge on `listener` until `shutdown` is cancelled; then closes every WebSocket
+/// with 1001 (clients reconnect elsewhere) and waits for in-flight requests.
 pub async fn run(
     listener: TcpListener,
-    state: EdgeState,
+    mut state: EdgeState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    state.shutdown = shutdown.clone();
+    let hub = state.hub.clone();
     tracing::info!(%addr, "edge listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
+    hub.shutdown();
     tracing::info!(%addr, "edge stopped");
     Ok(())
 }
@@ -57,6 +103,7 @@ pub fn router(state: EdgeState) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .route("/ws", get(ws::upgrade))
         .with_state(state)
 }
 

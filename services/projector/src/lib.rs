@@ -312,6 +312,9 @@ impl Worker {
             let (code, reason) = match self.try_apply(&[d], checkpoint).await {
                 Ok(()) => return Ok(next),
                 Err(ApplyError::Rejected { code, reason }) => (code, reason),
+                Err(err @ ApplyError::Contended(_)) => {
+                    return Err(err).context("resuming from the checkpoint");
+                }
                 Err(ApplyError::Store(err)) if err.is_transient() => {
                     // A busy or unreachable database is nobody's event's fault: start over
                     // from the checkpoint once it answers again.

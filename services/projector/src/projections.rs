@@ -28,6 +28,9 @@ pub enum ApplyError {
     /// Something the event needs is not available right now (NATS, a lagging projection).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The checkpoint moved under the worker: start over from it.
+    #[error("contended: {0}")]
+    Contended(String),
 }
 
 fn reject(code: &'static str, reason: impl Into<String>) -> ApplyError {
@@ -115,6 +118,17 @@ pub(crate) async fn apply_events(
     events: &[(u64, &str, &[u8])],
 ) -> Result<(), ApplyError> {
     let mut tx = store.begin().await?;
+    // One writer per projection: if the checkpoint moved under us, another projector is
+    // applying the same stream; back off rather than interleave.
+    if let (Some(first), Some(stored)) = (events.first(), tx.checkpoint(p.name()).await?)
+        && stored.last_seq >= first.0
+    {
+        return Err(ApplyError::Contended(format!(
+            "checkpoint of {} is at {} already: another projector is applying this stream",
+            p.name(),
+            stored.last_seq
+        )));
+    }
     for (seq, subject, payload) in events {
         let env = Envelope::from_json(payload).map_err(|e| ApplyError::Rejected {
             code: e.code(),

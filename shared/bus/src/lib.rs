@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod consume;
 pub mod definitions;
+pub mod live;
 pub mod publish;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use async_nats::jetstream;
 pub use apply::{ApplyReport, Change, Drift, Outcome};
 pub use consume::{Delivery, PullConsumer, StoredEvent, StreamReader};
 pub use definitions::{ConsumerDef, DefinitionError, StreamDef, StreamSet};
+pub use live::{LiveEvent, LiveSubscription};
 pub use publish::{PublishError, Published};
 
 /// How to reach NATS.
@@ -177,6 +179,10 @@ impl Bus {
 
     pub(crate) fn jetstream(&self) -> &jetstream::Context {
         &self.js
+    }
+
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 }
 

@@ -82,6 +82,21 @@ impl Bus {
         })
     }
 
+    /// The event stored at `seq` in `stream`.
+    pub async fn stored_event(&self, stream: &str, seq: Seq) -> Result<Envelope, PublishError> {
+        let other = |e: &dyn std::fmt::Display| PublishError::Other {
+            subject: format!("{stream}#{seq}"),
+            message: e.to_string(),
+        };
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| other(&e))?;
+        let message = handle.get_raw_message(seq.0).await.map_err(|e| other(&e))?;
+        Envelope::from_json(&message.payload).map_err(|e| other(&e))
+    }
+
     /// Publishes raw bytes on a subject and waits for JetStream to store them. For events from
     /// other systems (tests, tools), which arrive as bytes we have not validated.
     pub async fn publish_raw(

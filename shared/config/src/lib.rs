@@ -128,6 +128,16 @@ pub struct EdgeConfig {
     pub max_connections: u32,
     /// Allowed `Origin` headers for browser clients; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// Frames queued for one connection before it counts as too slow and is told to resync.
+    pub queue_frames: u32,
+    /// Requests per second one connection may make (token bucket refill).
+    pub rate_per_sec: u32,
+    /// Requests one connection may make in a burst.
+    pub rate_burst: u32,
+    /// Requests per second one user may make across all of their connections.
+    pub user_rate_per_sec: u32,
+    /// Time a new connection has to send `hello`, in milliseconds.
+    pub hello_timeout_ms: u64,
 }
 
 impl Default for EdgeConfig {
@@ -137,6 +147,11 @@ impl Default for EdgeConfig {
             max_frame_bytes: 64 * 1024,
             max_connections: 10_000,
             allowed_origins: Vec::new(),
+            queue_frames: 1024,
+            rate_per_sec: 50,
+            rate_burst: 100,
+            user_rate_per_sec: 100,
+            hello_timeout_ms: 10_000,
         }
     }
 }
@@ -286,6 +301,15 @@ impl Config {
         }
         if self.edge.max_connections == 0 {
             return bad("edge.max_connections", "must be at least 1");
+        }
+        if self.edge.queue_frames < 16 {
+            return bad("edge.queue_frames", "must be at least 16");
+        }
+        if self.edge.rate_per_sec == 0
+            || self.edge.rate_burst == 0
+            || self.edge.user_rate_per_sec == 0
+        {
+            return bad("edge.rate_per_sec", "rates and bursts must be at least 1");
         }
         if !(1..=10_000).contains(&self.projector.batch_size) {
             return bad("projector.batch_size", "must be between 1 and 10000");

@@ -48,6 +48,10 @@ pub enum ClientFrame {
         body: serde_json::Value,
         /// The sender's clock, Unix milliseconds.
         client_ts: i64,
+        /// Set on every attempt after the first: the server then also looks for the message
+        /// in history, so a retry long after the stream's duplicate window gets the same seq.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        retry: bool,
     },
     /// Messages of a conversation after `after`, oldest first, bounded.
     Sync {

@@ -152,6 +152,16 @@ id_type!(
     EventId, "event id", 260, key_char, KEY_EXTRA
 );
 
+impl ConversationId {
+    /// The 1:1 conversation between two users: the same id from either side,
+    /// `dm-` and 16 hex digits of xxh3-64 over the two ids in order.
+    pub fn direct(a: &UserId, b: &UserId) -> ConversationId {
+        let (x, y) = if a < b { (a, b) } else { (b, a) };
+        let h = xxhash_rust::xxh3::xxh3_64(format!("{x}\u{0}{y}").as_bytes());
+        ConversationId(format!("dm-{h:016x}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +196,21 @@ mod tests {
     fn keys_allow_dots_and_colons() {
         assert!(EventId::parse("dev-1:0192.33").is_ok());
         assert!(ClientMsgId::parse("a b").is_err());
+    }
+
+    #[test]
+    fn direct_conversations_are_symmetric_and_valid() {
+        let (a, b) = (
+            UserId::parse("alice").unwrap(),
+            UserId::parse("bob").unwrap(),
+        );
+        let id = ConversationId::direct(&a, &b);
+        assert_eq!(id, ConversationId::direct(&b, &a));
+        assert!(ConversationId::parse(id.as_str()).is_ok());
+        assert_ne!(
+            id,
+            ConversationId::direct(&a, &UserId::parse("carol").unwrap())
+        );
     }
 
     #[test]

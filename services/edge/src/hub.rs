@@ -1,0 +1,531 @@
+//! The live side of an edge: who is connected here, which conversations they are in, and the
+//! NATS subscriptions that feed them.
+//!
+//! Interest drives subscriptions: the edge subscribes to `live.msg.<conv>` while at least one
+//! member of `conv` is connected to it, so a message to a 100,000-member group costs one NATS
+//! delivery per edge, not one per member. Each live message is serialized once and handed to
+//! every local connection of every local member.
+//!
+//! Membership is followed live: every edge subscribes to `live.grp.>` and updates the
+//! conversations of its connected users as members join and leave, opening or closing
+//! interest. A connecting user's conversations come from the projection; membership events the
+//! projection had not applied yet are replayed from a short buffer of recent ones, so no
+//! change falls between the two.
+//!
+//! Queues are bounded: a connection whose queue is full is closed with
+//! [`close::SLOW_CONSUMER`] and resyncs from its anchors when it reconnects — it is never
+//! silently skipped.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anchorage_bus::Bus;
+use anchorage_protocol::{Message, ServerFrame, close};
+use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, UserId, subjects};
+use anchorage_store::Store;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A serialized server frame; cloning it shares the bytes (one serialization per message,
+/// however many recipients).
+pub type Frame = axum::extract::ws::Utf8Bytes;
+
+/// Identifies one connection on this edge.
+pub type ConnId = u64;
+
+/// Membership events kept to close the gap between a projection read and the live stream.
+const RECENT_MEMBERSHIP: usize = 4096;
+
+/// The sending half of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub id: ConnId,
+    pub user: UserId,
+    pub device: DeviceId,
+    tx: mpsc::Sender<Frame>,
+    kick: CancellationToken,
+    kick_code: Arc<AtomicU16>,
+}
+
+impl ConnHandle {
+    pub fn new(id: ConnId, user: UserId, device: DeviceId, tx: mpsc::Sender<Frame>) -> Self {
+        Self {
+            id,
+            user,
+            device,
+            tx,
+            kick: CancellationToken::new(),
+            kick_code: Arc::new(AtomicU16::new(0)),
+        }
+    }
+
+    /// Queues a frame without waiting; a full queue closes the connection (slow consumer).
+    pub fn push(&self, frame: Frame) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
+            self.close_with(close::SLOW_CONSUMER);
+        }
+    }
+
+    /// Asks the connection to close with `code`.
+    pub fn close_with(&self, code: u16) {
+        let _ = self
+            .kick_code
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        self.kick.cancel();
+    }
+
+    /// Resolves when the connection was asked to close; returns the close code.
+    pub async fn kicked(&self) -> u16 {
+        self.kick.cancelled().await;
+        self.kick_code.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, Default)]
+struct UserEntry {
+    conns: HashSet<ConnId>,
+    convs: HashSet<ConversationId>,
+    reads: Option<AbortHandle>,
+}
+
+#[derive(Debug)]
+struct ConvEntry {
+    users: HashSet<UserId>,
+    task: AbortHandle,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    conns: HashMap<ConnId, ConnHandle>,
+    users: HashMap<UserId, UserEntry>,
+    convs: HashMap<ConversationId, ConvEntry>,
+    recent: VecDeque<(u64, Envelope)>,
+}
+
+/// The live registry of one edge.
+#[derive(Debug)]
+pub struct Hub {
+    bus: Bus,
+    store: Store,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    membership: Mutex<Option<AbortHandle>>,
+}
+
+/// The frame of a live message event, if it is one.
+pub fn message_frame(prev: u64, seq: u64, env: &Envelope) -> Option<ServerFrame> {
+    let message = match &env.event {
+        Event::MessageSent(m) => Message {
+            conv: m.conv.clone(),
+            seq,
+            sender: m.sender.to_string(),
+            device: m.device.to_string(),
+            client_msg_id: m.client_msg_id.to_string(),
+            body: m.body.clone(),
+            client_ts: m.client_ts,
+            server_ts: env.occurred_at,
+        },
+        Event::SystemMessagePosted(m) => Message {
+            conv: m.conv.clone(),
+            seq,
+            sender: match &env.actor {
+                anchorage_schema::Actor::System { source } => format!("system:{source}"),
+                anchorage_schema::Actor::User { user, .. } => format!("system:{user}"),
+            },
+            device: String::new(),
+            client_msg_id: env.id.to_string(),
+            body: m.body.clone(),
+            client_ts: env.occurred_at,
+            server_ts: env.occurred_at,
+        },
+        _ => return None,
+    };
+    Some(ServerFrame::Message { prev, message })
+}
+
+impl Hub {
+    /// Creates the hub and starts following membership changes.
+    pub async fn start(bus: Bus, store: Store) -> anyhow::Result<Arc<Hub>> {
+        let hub = Arc::new(Hub {
+            bus: bus.clone(),
+            store,
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+            membership: Mutex::new(None),
+        });
+        let mut sub = bus.subscribe_live("live.grp.>").await?;
+        bus.flush().await?;
+        let weak = Arc::downgrade(&hub);
+        let task = tokio::spawn(async move {
+            while let Some(ev) = sub.next().await {
+                let Some(hub) = weak.upgrade() else { break };
+                match Envelope::from_json(&ev.payload) {
+                    Ok(env) => hub.on_membership(ev.seq.0, env),
+                    Err(err) => tracing::debug!(error = %err, "undecodable membership event"),
+                }
+            }
+        });
+        *hub.lock_membership() = Some(task.abort_handle());
+        Ok(hub)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves maps that are still consistent (every update
+        // is a single insert or remove), so a poisoned lock is safe to keep using.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_membership(&self) -> MutexGuard<'_, Option<AbortHandle>> {
+        self.membership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Number of connections on this edge.
+    pub fn connections(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    /// Registers a connection and returns its user's conversations.
+    pub async fn register(
+        self: &Arc<Self>,
+        conn: ConnHandle,
+    ) -> anyhow::Result<HashSet<ConversationId>> {
+        let user = conn.user.clone();
+        // Checkpoint first: every membership event after it is in the recent buffer or
+        // still to come on the live subscription.
+        let checkpoint = self
+            .store
+            .checkpoint("membership")
+            .await?
+            .map_or(0, |c| c.last_seq);
+        let loaded: HashSet<ConversationId> = self
+            .store
+            .conversations_of(user.as_str())
+            .await?
+            .into_iter()
+            .filter_map(|c| ConversationId::parse(c).ok())
+            .collect();
+        let mut state = self.lock();
+        state.conns.insert(conn.id, conn.clone());
+        let fresh = !state.users.contains_key(&user);
+        let entry = state.users.entry(user.clone()).or_default();
+        entry.conns.insert(conn.id);
+        if fresh {
+            entry.convs = loaded;
+            let replay: Vec<(u64, Envelope)> = state
+                .recent
+                .iter()
+                .filter(|(seq, _)| *seq > checkpoint)
+                .cloned()
+                .collect();
+            for (_, env) in replay {
+                for (u, conv, joined) in membership_changes(&env) {
+                    if u == user
+                        && let Some(e) = state.users.get_mut(&user)
+                    {
+                        if joined {
+                            e.convs.insert(conv);
+                        } else {
+                            e.convs.remove(&conv);
+                        }
+                    }
+                }
+            }
+            let convs: Vec<ConversationId> = state
+                .users
+                .get(&user)
+                .map(|e| e.convs.iter().cloned().collect())
+                .unwrap_or_default();
+            for conv in convs {
+                self.add_interest(&mut state, &user, conv);
+            }
+            let reads = self.spawn_reads(user.clone());
+            if let Some(e) = state.users.get_mut(&user) {
+                e.reads = Some(reads);
+            }
+        }
+        Ok(state
+            .users
+            .get(&user)
+            .map(|e| e.convs.clone())
+            .unwrap_or_default())
+    }
+
+    /// Removes a connection; interest goes with the last connection of a user.
+    pub fn unregister(&self, conn: ConnId) {
+        let mut state = self.lock();
+        let Some(handle) = state.conns.remove(&conn) else {
+            return;
+        };
+        let user = handle.user;
+        let Some(entry) = state.users.get_mut(&user) else {
+            return;
+        };
+        entry.conns.remove(&conn);
+        if !entry.conns.is_empty() {
+            return;
+        }
+        let Some(entry) = state.users.remove(&user) else {
+            return;
+        };
+        if let Some(reads) = entry.reads {
+            reads.abort();
+        }
+        for conv in entry.convs {
+            Self::drop_interest(&mut state, &user, &conv);
+        }
+    }
+
+    /// Whether `user` (connected here) is a member of `conv` right now.
+    pub fn is_member(&self, user: &UserId, conv: &ConversationId) -> bool {
+        self.lock()
+            .users
+            .get(user)
+            .is_some_and(|e| e.convs.contains(conv))
+    }
+
+    /// Records a membership the caller just caused, before its live copy arrives.
+    pub fn joined(self: &Arc<Self>, user: &UserId, conv: ConversationId) {
+        let mut state = self.lock();
+        let added = state
+            .users
+            .get_mut(user)
+            .is_some_and(|e| e.convs.insert(conv.clone()));
+        if added {
+            self.add_interest(&mut state, user, conv);
+        }
+    }
+
+    /// Closes every connection (shutdown) with `code`.
+    pub fn close_all(&self, code: u16) {
+        for conn in self.lock().conns.values() {
+            conn.close_with(code);
+        }
+    }
+
+    /// Closes the connections of one device (revoked session).
+    pub fn close_device(&self, user: &UserId, device: &DeviceId, code: u16) {
+        for conn in self.lock().conns.values() {
+            if &conn.user == user && &conn.device == device {
+                conn.close_with(code);
+            }
+        }
+    }
+
+    fn add_interest(self: &Arc<Self>, state: &mut State, user: &UserId, conv: ConversationId) {
+        if let Some(entry) = state.convs.get_mut(&conv) {
+            entry.users.insert(user.clone());
+            return;
+        }
+        let task = self.spawn_conv(conv.clone());
+        state.convs.insert(
+            conv,
+            ConvEntry {
+                users: HashSet::from([user.clone()]),
+                task,
+            },
+        );
+    }
+
+    fn drop_interest(state: &mut State, user: &UserId, conv: &ConversationId) {
+        let empty = state.convs.get_mut(conv).is_some_and(|e| {
+            e.users.remove(user);
+            e.users.is_empty()
+        });
+        if empty && let Some(entry) = state.convs.remove(conv) {
+            entry.task.abort();
+        }
+    }
+
+    /// Follows `live.msg.<conv>` while there is interest (aborted with the interest).
+    fn spawn_conv(self: &Arc<Self>, conv: ConversationId) -> AbortHandle {
+        let weak = Arc::downgrade(self);
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            let mut sub = match bus.subscribe_live(&subjects::live_message(&conv)).await {
+                Ok(sub) => sub,
+                Err(err) => {
+                    tracing::warn!(%conv, error = %err, "cannot follow conversation");
+                    return;
+                }
+            };
+            while let Some(ev) = sub.next().await {
+                let Some(hub) = weak.upgrade() else { break };
+                let Ok(env) = Envelope::from_json(&ev.payload) else {
+                    continue;
+                };
+                if let Some(frame) = message_frame(ev.prev.0, ev.seq.0, &env) {
+                    hub.deliver_conv(&conv, frame.to_json().into());
+                }
+            }
+        })
+        .abort_handle()
+    }
+
+    /// Follows the read markers of `user` for their connected devices.
+    fn spawn_reads(self: &Arc<Self>, user: UserId) -> AbortHandle {
+        let weak = Arc::downgrade(self);
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            let mut sub = match bus.subscribe_live(&subjects::live_reads_of(&user)).await {
+                Ok(sub) => sub,
+                Err(err) => {
+                    tracing::warn!(%user, error = %err, "cannot follow read markers");
+                    return;
+                }
+            };
+            while let Some(ev) = sub.next().await {
+                let Some(hub) = weak.upgrade() else { break };
+                let Ok(Envelope {
+                    event: Event::ReadMarked(r),
+                    ..
+                }) = Envelope::from_json(&ev.payload)
+                else {
+                    continue;
+                };
+                let frame: Frame = ServerFrame::Read {
+                    conv: r.conv,
+                    seq: r.read_seq,
+                }
+                .to_json()
+                .into();
+                hub.deliver_user(&user, &frame);
+            }
+        })
+        .abort_handle()
+    }
+
+    fn deliver_conv(&self, conv: &ConversationId, frame: Frame) {
+        let state = self.lock();
+        let Some(entry) = state.convs.get(conv) else {
+            return;
+        };
+        for user in &entry.users {
+            if let Some(u) = state.users.get(user) {
+                for id in &u.conns {
+                    if let Some(conn) = state.conns.get(id) {
+                        conn.push(frame.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver_user(&self, user: &UserId, frame: &Frame) {
+        let state = self.lock();
+        if let Some(u) = state.users.get(user) {
+            for id in &u.conns {
+                if let Some(conn) = state.conns.get(id) {
+                    conn.push(frame.clone());
+                }
+            }
+        }
+    }
+
+    fn on_membership(self: &Arc<Self>, seq: u64, env: Envelope) {
+        let changes = membership_changes(&env);
+        let mut state = self.lock();
+        for (user, conv, joined) in changes {
+            let changed = match state.users.get_mut(&user) {
+                Some(e) if joined => e.convs.insert(conv.clone()),
+                Some(e) => e.convs.remove(&conv),
+                None => false,
+            };
+            if !changed {
+                continue;
+            }
+            if joined {
+                self.add_interest(&mut state, &user, conv.clone());
+            } else {
+                Self::drop_interest(&mut state, &user, &conv);
+            }
+            let frame: Frame = ServerFrame::Membership {
+                conv,
+                joined,
+                version: seq,
+            }
+            .to_json()
+            .into();
+            if let Some(u) = state.users.get(&user) {
+                for id in &u.conns {
+                    if let Some(conn) = state.conns.get(id) {
+                        conn.push(frame.clone());
+                    }
+                }
+            }
+        }
+        if let Event::GroupDismissed(d) = &env.event {
+            let conv = ConversationId::parse(d.group.as_str()).ok();
+            if let Some(conv) = conv {
+                let users: Vec<UserId> = state
+                    .convs
+                    .get(&conv)
+                    .map(|e| e.users.iter().cloned().collect())
+                    .unwrap_or_default();
+                for user in users {
+                    if let Some(e) = state.users.get_mut(&user) {
+                        e.convs.remove(&conv);
+                    }
+                    Self::drop_interest(&mut state, &user, &conv);
+                }
+            }
+        }
+        state.recent.push_back((seq, env));
+        while state.recent.len() > RECENT_MEMBERSHIP {
+            state.recent.pop_front();
+        }
+    }
+
+    /// Stops every subscription.
+    pub fn shutdown(&self) {
+        if let Some(task) = self.lock_membership().take() {
+            task.abort();
+        }
+        let mut state = self.lock();
+        for (_, entry) in state.convs.drain() {
+            entry.task.abort();
+        }
+        for (_, entry) in state.users.drain() {
+            if let Some(r) = entry.reads {
+                r.abort();
+            }
+        }
+    }
+}
+
+/// Who joined (`true`) or left which conversation in a membership event.
+fn membership_changes(env: &Envelope) -> Vec<(UserId, ConversationId, bool)> {
+    let conv = |g: &anchorage_schema::GroupId| ConversationId::parse(g.as_str()).ok();
+    match &env.event {
+        Event::GroupCreated(e) => conv(&e.group)
+            .map(|c| {
+                std::iter::once(&e.owner)
+                    .chain(e.members.iter())
+                    .map(|u| (u.clone(), c.clone(), true))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Event::MembersAdded(e) => conv(&e.group)
+            .map(|c| {
+                e.members
+                    .iter()
+                    .map(|u| (u.clone(), c.clone(), true))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Event::MembersRemoved(e) => conv(&e.group)
+            .map(|c| {
+                e.members
+                    .iter()
+                    .map(|u| (u.clone(), c.clone(), false))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,105 @@
+//! Live subjects: the republished copies of stored events (`live.>`).
+//!
+//! Republish is core NATS — at most once — so a subscriber can miss one. Every live message
+//! carries its stream sequence and the previous sequence on the same subject; whoever consumes
+//! them checks the chain and repairs a gap from the projections (see `streams/README.md`).
+
+use anchorage_schema::Seq;
+use anchorage_schema::subjects::header;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::{Bus, BusError};
+
+/// One live copy of a stored event.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub subject: String,
+    /// Its stream sequence.
+    pub seq: Seq,
+    /// The previous sequence on the same subject (0 if none).
+    pub prev: Seq,
+    pub payload: Bytes,
+}
+
+/// A subscription to live subjects.
+#[derive(Debug)]
+pub struct LiveSubscription {
+    inner: async_nats::Subscriber,
+}
+
+impl Bus {
+    /// Subscribes to a live subject (wildcards allowed).
+    pub async fn subscribe_live(&self, subject: &str) -> Result<LiveSubscription, BusError> {
+        let inner = self
+            .client()
+            .subscribe(subject.to_owned())
+            .await
+            .map_err(|e| BusError::jetstream(subject, e))?;
+        Ok(LiveSubscription { inner })
+    }
+
+    /// Waits until everything sent so far (subscriptions included) reached the server.
+    pub async fn flush(&self) -> Result<(), BusError> {
+        self.client()
+            .flush()
+            .await
+            .map_err(|e| BusError::jetstream("flush", e))
+    }
+}
+
+impl Bus {
+    /// The sequence of the last event stored on `subject` in `stream` (0 if none): the current
+    /// version of that entity.
+    pub async fn last_subject_seq(&self, stream: &str, subject: &str) -> Result<Seq, BusError> {
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        match handle.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok(Seq(m.sequence)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                Ok(Seq(0))
+            }
+            Err(e) => Err(BusError::jetstream(subject, e)),
+        }
+    }
+}
+
+impl LiveSubscription {
+    /// The next live event; `None` when the subscription ended. Messages without the
+    /// republish headers are skipped (nothing but JetStream publishes on `live.>`).
+    pub async fn next(&mut self) -> Option<LiveEvent> {
+        loop {
+            let m = self.inner.next().await?;
+            let headers = m.headers.as_ref();
+            let num = |name: &str| {
+                headers
+                    .and_then(|h| h.get(name))
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+            };
+            let (Some(seq), Some(prev)) = (num(header::SEQUENCE), num(header::LAST_SEQUENCE))
+            else {
+                tracing::debug!(subject = %m.subject, "live message without sequence headers");
+                continue;
+            };
+            return Some(LiveEvent {
+                subject: m.subject.to_string(),
+                seq: Seq(seq),
+                prev: Seq(prev),
+                payload: m.payload,
+            });
+        }
+    }
+
+    /// Stops the subscription.
+    pub async fn unsubscribe(mut self) {
+        let _ = self.inner.unsubscribe().await;
+    }
+}
