@@ -429,3 +429,103 @@ impl WsClient {
         }
     }
 }
+
+/// A TCP proxy in front of an edge, to cut connections and lose traffic on purpose.
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub addr: std::net::SocketAddr,
+    control: std::sync::Arc<ProxyControl>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct ProxyControl {
+    /// Drop everything the server sends (as a network that lost it).
+    blackhole_down: std::sync::atomic::AtomicBool,
+    /// Refuse new connections (as a client that is offline).
+    offline: std::sync::atomic::AtomicBool,
+    connections: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: std::net::SocketAddr) -> anyhow::Result<TcpProxy> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let control = std::sync::Arc::new(ProxyControl::default());
+        let ctl = control.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if ctl.offline.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let ctl2 = ctl.clone();
+                let task = tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::io::copy(&mut cr, &mut sw);
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = sr.read(&mut buf).await?;
+                            if n == 0 {
+                                return std::io::Result::Ok(());
+                            }
+                            if !ctl2.blackhole_down.load(Ordering::SeqCst) {
+                                cw.write_all(&buf[..n]).await?;
+                            }
+                        }
+                    };
+                    let _ = tokio::join!(up, down);
+                });
+                ctl.connections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(task.abort_handle());
+            }
+        });
+        Ok(TcpProxy {
+            addr,
+            control,
+            accept,
+        })
+    }
+
+    /// Starts or stops losing everything the server sends.
+    pub fn blackhole_down(&self, on: bool) {
+        self.control
+            .blackhole_down
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Starts or stops refusing new connections.
+    pub fn offline(&self, on: bool) {
+        self.control
+            .offline
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Cuts every open connection.
+    pub fn cut(&self) {
+        for c in self
+            .control
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}

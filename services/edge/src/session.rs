@@ -560,8 +560,7 @@ impl Session {
                 .into()
             };
             let env = Envelope::new(
-                EventId::parse(format!("{me}:members:{group}:{}", version.0))
-                    .map_err(internal)?,
+                EventId::parse(format!("{me}:members:{group}:{}", version.0)).map_err(internal)?,
                 now_ms(),
                 self.actor(),
                 event,

@@ -1,0 +1,541 @@
+//! The engine: one background task that connects, catches up, flushes the outbox and the
+//! command queue, and applies live frames to the local store.
+//!
+//! Requests go one at a time over the socket, in the order they were queued; live frames that
+//! arrive while waiting for an answer are applied as they come. A lost connection ends the
+//! session; the engine waits (backoff) and starts a new one, picking up the outbox where it
+//! stood — a message whose ack was lost is sent again with `retry: true` and the server answers
+//! with the seq it already has.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, broadcast};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{LocalStore, Queued};
+use crate::{ClientEvent, ClientOptions, LocalMessage, OutboxEntry, backoff};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How long one answer may take before the connection is considered lost.
+const ANSWER_WAIT: Duration = Duration::from_secs(15);
+/// A connection that stayed up this long resets the backoff.
+const HELD: Duration = Duration::from_secs(10);
+
+/// Why a session ended.
+enum End {
+    Shutdown,
+    Lost {
+        code: Option<u16>,
+        retry_after: Option<Duration>,
+    },
+}
+
+fn lost(code: Option<u16>) -> End {
+    End::Lost {
+        code,
+        retry_after: None,
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pub(crate) store: LocalStore,
+    pub(crate) events: broadcast::Sender<ClientEvent>,
+    pub(crate) drop_pushes: AtomicU32,
+    options: ClientOptions,
+    wake: Notify,
+    /// Conversations to sync, with the anchor a detected gap started from (if any).
+    syncs: Mutex<BTreeMap<String, Option<u64>>>,
+    /// What was stored since the last `received` acknowledgements.
+    to_ack: Mutex<BTreeMap<String, u64>>,
+    shutdown: CancellationToken,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The user and device the server knows this client as (from `welcome`).
+    me: Mutex<Option<(String, String)>>,
+}
+
+struct Conn {
+    ws: Ws,
+    next_id: u64,
+}
+
+impl Engine {
+    pub(crate) fn start(options: ClientOptions, store: LocalStore) -> Arc<Engine> {
+        let (events, _) = broadcast::channel(1024);
+        let engine = Arc::new(Engine {
+            store,
+            events,
+            drop_pushes: AtomicU32::new(0),
+            options,
+            wake: Notify::new(),
+            syncs: Mutex::new(BTreeMap::new()),
+            to_ack: Mutex::new(BTreeMap::new()),
+            shutdown: CancellationToken::new(),
+            task: Mutex::new(None),
+            me: Mutex::new(None),
+        });
+        let task = tokio::spawn(engine.clone().run());
+        *engine.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        engine
+    }
+
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn request_sync(&self, conv: &str) {
+        self.syncs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(conv.to_owned())
+            .or_insert(None);
+        self.wake();
+    }
+
+    pub(crate) async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.store.close().await;
+    }
+
+    fn me(&self) -> (String, String) {
+        self.me
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    fn emit(&self, e: ClientEvent) {
+        let _ = self.events.send(e);
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut failures = 0u32;
+        loop {
+            let started = Instant::now();
+            let end = self.session().await;
+            let (code, retry_after) = match end {
+                End::Shutdown => return,
+                End::Lost { code, retry_after } => (code, retry_after),
+            };
+            self.emit(ClientEvent::Disconnected { code });
+            if let Some(code @ (4001 | 4002 | 4005)) = code {
+                self.emit(ClientEvent::AuthFailed { code });
+            }
+            failures = if started.elapsed() > HELD {
+                1
+            } else {
+                failures + 1
+            };
+            let wait = backoff::delay(failures, retry_after, backoff::random());
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn session(&self) -> End {
+        let connected = tokio::select! {
+            _ = self.shutdown.cancelled() => return End::Shutdown,
+            c = tokio_tungstenite::connect_async(self.options.url.as_str()) => c,
+        };
+        let ws = match connected {
+            Ok((ws, _)) => ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                return End::Lost {
+                    code: None,
+                    retry_after,
+                };
+            }
+            Err(_) => return lost(None),
+        };
+        let mut conn = Conn { ws, next_id: 1 };
+        match self.serve(&mut conn).await {
+            Ok(()) => {
+                let _ = conn.ws.close(None).await;
+                End::Shutdown
+            }
+            Err(end) => end,
+        }
+    }
+
+    async fn serve(&self, conn: &mut Conn) -> Result<(), End> {
+        let mut cursor: Option<String> = None;
+        loop {
+            let anchors: Vec<Value> = self
+                .store
+                .anchors()
+                .await
+                .map_err(|_| lost(None))?
+                .into_iter()
+                .map(|(conv, seq)| json!({"conv": conv, "seq": seq}))
+                .collect();
+            let mut hello = json!({"type": "hello", "protocol": anchorage_protocol::PROTOCOL_VERSION,
+                                   "token": (self.options.token)(), "anchors": anchors});
+            if let Some(c) = &cursor {
+                hello["cursor"] = json!(c);
+            }
+            let welcome = self.request(conn, hello).await?;
+            if welcome["type"] != "welcome" {
+                return Err(lost(None));
+            }
+            *self.me.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+                welcome["user"].as_str().unwrap_or_default().to_owned(),
+                welcome["device"].as_str().unwrap_or_default().to_owned(),
+            ));
+            for change in welcome["changes"].as_array().into_iter().flatten() {
+                if let Some(conv) = change["conv"].as_str() {
+                    self.request_sync(conv);
+                }
+            }
+            cursor = welcome["cursor"].as_str().map(str::to_owned);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        self.emit(ClientEvent::Connected);
+        loop {
+            self.run_syncs(conn).await?;
+            self.flush_queue(conn).await?;
+            self.acknowledge(conn).await?;
+            if !self
+                .syncs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                continue;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = self.wake.notified() => {}
+                frame = next_frame(conn) => {
+                    let frame = frame?;
+                    self.on_push(frame).await;
+                }
+            }
+        }
+    }
+
+    /// Sends a request and waits for its answer, applying live frames meanwhile.
+    async fn request(&self, conn: &mut Conn, mut frame: Value) -> Result<Value, End> {
+        let id = conn.next_id;
+        conn.next_id += 1;
+        frame["id"] = json!(id);
+        conn.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .map_err(|_| lost(None))?;
+        let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+        loop {
+            let next = tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+                _ = tokio::time::sleep_until(deadline) => return Err(lost(None)),
+                f = next_frame(conn) => f?,
+            };
+            if next["id"] == json!(id) {
+                return Ok(next);
+            }
+            self.on_push(next).await;
+        }
+    }
+
+    async fn on_push(&self, frame: Value) {
+        match frame["type"].as_str() {
+            Some("message") => {
+                if self
+                    .drop_pushes
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    return;
+                }
+                let Some(m) = to_local(&frame["message"]) else {
+                    return;
+                };
+                let (Some(seq), Some(prev)) = (m.seq, frame["prev"].as_u64()) else {
+                    return;
+                };
+                let Ok(anchor) = self.store.anchor(&m.conv).await else {
+                    return;
+                };
+                if seq <= anchor {
+                    return;
+                }
+                if prev == anchor {
+                    if self
+                        .store
+                        .append(&m.conv, std::slice::from_ref(&m), seq)
+                        .await
+                        .is_ok()
+                    {
+                        self.note_stored(&m.conv, seq);
+                    }
+                } else {
+                    // A message is missing between our anchor and this one: sync instead.
+                    self.syncs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(m.conv.clone(), Some(anchor));
+                }
+            }
+            Some("read") => {
+                if let (Some(conv), Some(seq)) = (frame["conv"].as_str(), frame["seq"].as_u64())
+                    && self.store.set_read(conv, seq).await.is_ok()
+                {
+                    self.emit(ClientEvent::Read {
+                        conv: conv.to_owned(),
+                        seq,
+                    });
+                }
+            }
+            Some("membership") => {
+                if let (Some(conv), Some(true)) =
+                    (frame["conv"].as_str(), frame["joined"].as_bool())
+                {
+                    self.request_sync(conv);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn note_stored(&self, conv: &str, seq: u64) {
+        self.to_ack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conv.to_owned(), seq);
+        self.emit(ClientEvent::Messages {
+            conv: conv.to_owned(),
+            seq,
+        });
+    }
+
+    async fn run_syncs(&self, conn: &mut Conn) -> Result<(), End> {
+        loop {
+            let next = {
+                let mut syncs = self.syncs.lock().unwrap_or_else(|p| p.into_inner());
+                let key = syncs.keys().next().cloned();
+                key.and_then(|k| syncs.remove(&k).map(|gap| (k, gap)))
+            };
+            let Some((conv, gap)) = next else {
+                return Ok(());
+            };
+            loop {
+                let anchor = self.store.anchor(&conv).await.map_err(|_| lost(None))?;
+                let page = self
+                    .request(
+                        conn,
+                        json!({"type": "sync", "conv": conv, "after": anchor, "limit": 500}),
+                    )
+                    .await?;
+                if page["type"] != "messages" {
+                    break;
+                }
+                let messages: Vec<LocalMessage> = page["messages"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(to_local)
+                    .collect();
+                if let Some(last) = messages.last().and_then(|m| m.seq) {
+                    self.store
+                        .append(&conv, &messages, last)
+                        .await
+                        .map_err(|_| lost(None))?;
+                    self.note_stored(&conv, last);
+                }
+                if page["more"] != true {
+                    break;
+                }
+            }
+            if let Some(from) = gap {
+                let to = self.store.anchor(&conv).await.unwrap_or(from);
+                self.emit(ClientEvent::GapRepaired { conv, from, to });
+            }
+        }
+    }
+
+    /// Sends what this device queued, oldest first, until the queue is empty.
+    async fn flush_queue(&self, conn: &mut Conn) -> Result<(), End> {
+        while let Some(item) = self.store.next_item().await.map_err(|_| lost(None))? {
+            match item {
+                Queued::Send {
+                    command_id,
+                    outbox_id,
+                    entry,
+                    body,
+                    client_ts,
+                } => {
+                    self.send_one(conn, command_id, outbox_id, entry, body, client_ts)
+                        .await?
+                }
+                Queued::Command { command_id, frame } => {
+                    self.command_one(conn, command_id, frame).await?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_one(
+        &self,
+        conn: &mut Conn,
+        command_id: i64,
+        outbox_id: i64,
+        entry: OutboxEntry,
+        body: Value,
+        client_ts: i64,
+    ) -> Result<(), End> {
+        let fail = |_| lost(None);
+        self.store.mark_sending(outbox_id).await.map_err(fail)?;
+        let answer = self
+            .request(
+                conn,
+                json!({"type": "send", "conv": entry.conv, "client_msg_id": entry.client_msg_id,
+                       "body": body, "client_ts": client_ts, "retry": entry.attempts > 0}),
+            )
+            .await?;
+        match (answer["type"].as_str(), answer["code"].as_str()) {
+            (Some("ack"), _) => {
+                let seq = answer["seq"].as_u64().unwrap_or(0);
+                self.store.mark_acked(outbox_id, seq).await.map_err(fail)?;
+                // Shown at its place at once; the anchor moves when the live copy or a sync
+                // confirms nothing is missing before it.
+                let (sender, device) = self.me();
+                let own = LocalMessage {
+                    conv: entry.conv.clone(),
+                    seq: Some(seq),
+                    sender,
+                    device,
+                    client_msg_id: entry.client_msg_id.clone(),
+                    body,
+                    client_ts,
+                    server_ts: answer["server_ts"].as_i64(),
+                };
+                self.store.put_message(&own).await.map_err(fail)?;
+                self.store
+                    .finish_command(command_id, None)
+                    .await
+                    .map_err(fail)?;
+                self.emit(ClientEvent::Acked {
+                    client_msg_id: entry.client_msg_id,
+                    seq,
+                });
+            }
+            (_, Some("rate_limited")) => {
+                let wait = answer["retry_after_ms"].as_u64().unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            (_, Some("internal" | "overloaded")) => return Err(lost(None)),
+            _ => {
+                let reason = answer["message"].as_str().unwrap_or("refused").to_owned();
+                self.store
+                    .mark_failed(outbox_id, &reason)
+                    .await
+                    .map_err(fail)?;
+                self.store
+                    .finish_command(command_id, Some(&reason))
+                    .await
+                    .map_err(fail)?;
+                self.emit(ClientEvent::Failed {
+                    client_msg_id: entry.client_msg_id,
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn command_one(&self, conn: &mut Conn, command_id: i64, frame: Value) -> Result<(), End> {
+        let fail = |_| lost(None);
+        let answer = self.request(conn, frame).await?;
+        match answer["code"].as_str() {
+            Some("rate_limited") => {
+                let wait = answer["retry_after_ms"].as_u64().unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            Some("internal" | "overloaded") => return Err(lost(None)),
+            Some(_) => {
+                let reason = answer["message"].as_str().unwrap_or("refused");
+                self.store
+                    .finish_command(command_id, Some(reason))
+                    .await
+                    .map_err(fail)?;
+            }
+            None => {
+                self.store
+                    .finish_command(command_id, None)
+                    .await
+                    .map_err(fail)?;
+                if let Some(conv) = answer["conv"].as_str() {
+                    self.request_sync(conv);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the server what this device has stored (downlink acknowledgements).
+    async fn acknowledge(&self, conn: &mut Conn) -> Result<(), End> {
+        let pending: Vec<(String, u64)> =
+            std::mem::take(&mut *self.to_ack.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
+        for (conv, seq) in pending {
+            self.request(conn, json!({"type": "received", "conv": conv, "seq": seq}))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The next JSON frame; the end of the connection (with its close code) otherwise.
+async fn next_frame(conn: &mut Conn) -> Result<Value, End> {
+    loop {
+        match conn.ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                if let Ok(v) = serde_json::from_str(&t) {
+                    return Ok(v);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Err(lost(frame.map(|f| u16::from(f.code))));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(lost(None)),
+        }
+    }
+}
+
+fn to_local(m: &Value) -> Option<LocalMessage> {
+    Some(LocalMessage {
+        conv: m["conv"].as_str()?.to_owned(),
+        seq: Some(m["seq"].as_u64()?),
+        sender: m["sender"].as_str().unwrap_or_default().to_owned(),
+        device: m["device"].as_str().unwrap_or_default().to_owned(),
+        client_msg_id: m["client_msg_id"].as_str().unwrap_or_default().to_owned(),
+        body: m["body"].clone(),
+        client_ts: m["client_ts"].as_i64().unwrap_or(0),
+        server_ts: m["server_ts"].as_i64(),
+    })
+}

@@ -1,0 +1,350 @@
+//! The client's local store (SQLite): messages, anchors, read markers, the outbox and the
+//! offline command queue. Everything the app shows comes from here, so it works offline and
+//! survives restarts; the engine brings it in line with the server.
+
+use std::path::Path;
+
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+
+use crate::{LocalMessage, OutboxEntry, OutboxState, SdkError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    conv TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL, device TEXT NOT NULL,
+    client_msg_id TEXT NOT NULL, body TEXT NOT NULL, client_ts INTEGER NOT NULL,
+    server_ts INTEGER NOT NULL, PRIMARY KEY (conv, seq));
+CREATE TABLE IF NOT EXISTS anchors (conv TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS read_markers (conv TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    local_id INTEGER PRIMARY KEY AUTOINCREMENT, conv TEXT NOT NULL,
+    client_msg_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL, client_ts INTEGER NOT NULL,
+    state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, seq INTEGER, error TEXT);
+CREATE TABLE IF NOT EXISTS commands (
+    local_id INTEGER PRIMARY KEY AUTOINCREMENT, frame TEXT NOT NULL, state TEXT NOT NULL,
+    error TEXT, outbox_id INTEGER);
+";
+
+/// One queued item, in the order it was made.
+#[derive(Debug, Clone)]
+pub enum Queued {
+    Send {
+        command_id: i64,
+        outbox_id: i64,
+        entry: OutboxEntry,
+        body: serde_json::Value,
+        client_ts: i64,
+    },
+    Command {
+        command_id: i64,
+        frame: serde_json::Value,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    pool: SqlitePool,
+}
+
+fn state_of(s: &str) -> OutboxState {
+    match s {
+        "sending" => OutboxState::Sending,
+        "acked" => OutboxState::Acked,
+        "failed" => OutboxState::Failed,
+        _ => OutboxState::Pending,
+    }
+}
+
+impl LocalStore {
+    pub async fn open(path: &Path) -> Result<LocalStore, SdkError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        // A send interrupted by a crash is sent again (same client id: the server keeps one).
+        sqlx::query("UPDATE outbox SET state = 'pending' WHERE state = 'sending'")
+            .execute(&pool)
+            .await?;
+        Ok(LocalStore { pool })
+    }
+
+    pub async fn anchor(&self, conv: &str) -> Result<u64, SdkError> {
+        let row = sqlx::query("SELECT seq FROM anchors WHERE conv = $1")
+            .bind(conv)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map_or(0, |r| r.get::<i64, _>("seq") as u64))
+    }
+
+    pub async fn anchors(&self) -> Result<Vec<(String, u64)>, SdkError> {
+        let rows = sqlx::query("SELECT conv, seq FROM anchors ORDER BY conv")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("conv"), r.get::<i64, _>("seq") as u64))
+            .collect())
+    }
+
+    /// Stores messages and moves the conversation's anchor to `anchor` (they are contiguous
+    /// up to it), in one transaction.
+    pub async fn append(
+        &self,
+        conv: &str,
+        messages: &[LocalMessage],
+        anchor: u64,
+    ) -> Result<(), SdkError> {
+        let mut tx = self.pool.begin().await?;
+        for m in messages {
+            insert_message(&mut tx, m).await?;
+        }
+        sqlx::query(
+            "INSERT INTO anchors (conv, seq) VALUES ($1, $2)
+             ON CONFLICT (conv) DO UPDATE SET seq = MAX(anchors.seq, excluded.seq)",
+        )
+        .bind(conv)
+        .bind(anchor as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores one message without moving the anchor (our own acked message, before its live
+    /// copy or a sync confirms there is no gap before it).
+    pub async fn put_message(&self, m: &LocalMessage) -> Result<(), SdkError> {
+        let mut tx = self.pool.begin().await?;
+        insert_message(&mut tx, m).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Messages of a conversation in display order: stored ones by seq, then the outbox's
+    /// unacknowledged ones by the time they were written.
+    pub async fn messages(&self, conv: &str) -> Result<Vec<LocalMessage>, SdkError> {
+        let mut out: Vec<LocalMessage> = sqlx::query(
+            "SELECT conv, seq, sender, device, client_msg_id, body, client_ts, server_ts
+             FROM messages WHERE conv = $1 ORDER BY seq",
+        )
+        .bind(conv)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| LocalMessage {
+            conv: r.get("conv"),
+            seq: Some(r.get::<i64, _>("seq") as u64),
+            sender: r.get("sender"),
+            device: r.get("device"),
+            client_msg_id: r.get("client_msg_id"),
+            body: serde_json::from_str(&r.get::<String, _>("body")).unwrap_or_default(),
+            client_ts: r.get("client_ts"),
+            server_ts: Some(r.get("server_ts")),
+        })
+        .collect();
+        let pending = sqlx::query(
+            "SELECT conv, client_msg_id, body, client_ts FROM outbox
+             WHERE conv = $1 AND state IN ('pending', 'sending', 'failed') ORDER BY client_ts, local_id",
+        )
+        .bind(conv)
+        .fetch_all(&self.pool)
+        .await?;
+        out.extend(pending.iter().map(|r| LocalMessage {
+            conv: r.get("conv"),
+            seq: None,
+            sender: String::new(),
+            device: String::new(),
+            client_msg_id: r.get("client_msg_id"),
+            body: serde_json::from_str(&r.get::<String, _>("body")).unwrap_or_default(),
+            client_ts: r.get("client_ts"),
+            server_ts: None,
+        }));
+        Ok(out)
+    }
+
+    pub async fn set_read(&self, conv: &str, seq: u64) -> Result<(), SdkError> {
+        sqlx::query(
+            "INSERT INTO read_markers (conv, seq) VALUES ($1, $2)
+             ON CONFLICT (conv) DO UPDATE SET seq = MAX(read_markers.seq, excluded.seq)",
+        )
+        .bind(conv)
+        .bind(seq as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn read_marker(&self, conv: &str) -> Result<u64, SdkError> {
+        let row = sqlx::query("SELECT seq FROM read_markers WHERE conv = $1")
+            .bind(conv)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map_or(0, |r| r.get::<i64, _>("seq") as u64))
+    }
+
+    /// Queues a message: an outbox row, and its place in the one queue of everything this
+    /// device asked for, so sends, reads and group actions reach the server in the order they
+    /// were made.
+    pub async fn enqueue_send(
+        &self,
+        conv: &str,
+        client_msg_id: &str,
+        body: &serde_json::Value,
+        client_ts: i64,
+    ) -> Result<(), SdkError> {
+        let mut tx = self.pool.begin().await?;
+        let outbox_id = sqlx::query(
+            "INSERT INTO outbox (conv, client_msg_id, body, client_ts, state)
+             VALUES ($1, $2, $3, $4, 'pending')",
+        )
+        .bind(conv)
+        .bind(client_msg_id)
+        .bind(body.to_string())
+        .bind(client_ts)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        sqlx::query("INSERT INTO commands (frame, state, outbox_id) VALUES ('{}', 'pending', $1)")
+            .bind(outbox_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The oldest queued item: a send (its outbox row) or a command (its frame).
+    pub async fn next_item(&self) -> Result<Option<Queued>, SdkError> {
+        let row = sqlx::query(
+            "SELECT c.local_id AS command_id, c.frame, c.outbox_id, o.conv, o.client_msg_id,
+                    o.body, o.client_ts, o.state, o.attempts, o.seq, o.error
+             FROM commands c LEFT JOIN outbox o ON o.local_id = c.outbox_id
+             WHERE c.state = 'pending' ORDER BY c.local_id LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| {
+            let command_id: i64 = r.get("command_id");
+            match r.get::<Option<i64>, _>("outbox_id") {
+                Some(outbox_id) => Queued::Send {
+                    command_id,
+                    outbox_id,
+                    entry: outbox_entry(&r),
+                    body: serde_json::from_str(&r.get::<String, _>("body")).unwrap_or_default(),
+                    client_ts: r.get("client_ts"),
+                },
+                None => Queued::Command {
+                    command_id,
+                    frame: serde_json::from_str(&r.get::<String, _>("frame")).unwrap_or_default(),
+                },
+            }
+        }))
+    }
+
+    pub async fn mark_sending(&self, local_id: i64) -> Result<(), SdkError> {
+        sqlx::query(
+            "UPDATE outbox SET state = 'sending', attempts = attempts + 1 WHERE local_id = $1",
+        )
+        .bind(local_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_acked(&self, local_id: i64, seq: u64) -> Result<(), SdkError> {
+        sqlx::query("UPDATE outbox SET state = 'acked', seq = $2 WHERE local_id = $1")
+            .bind(local_id)
+            .bind(seq as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn mark_failed(&self, local_id: i64, error: &str) -> Result<(), SdkError> {
+        sqlx::query("UPDATE outbox SET state = 'failed', error = $2 WHERE local_id = $1")
+            .bind(local_id)
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn outbox_entry(&self, client_msg_id: &str) -> Result<Option<OutboxEntry>, SdkError> {
+        let row = sqlx::query(
+            "SELECT conv, client_msg_id, state, attempts, seq, error FROM outbox
+             WHERE client_msg_id = $1",
+        )
+        .bind(client_msg_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| outbox_entry(&r)))
+    }
+
+    pub async fn enqueue_command(&self, frame: &serde_json::Value) -> Result<(), SdkError> {
+        sqlx::query("INSERT INTO commands (frame, state) VALUES ($1, 'pending')")
+            .bind(frame.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn finish_command(&self, local_id: i64, error: Option<&str>) -> Result<(), SdkError> {
+        sqlx::query("UPDATE commands SET state = $2, error = $3 WHERE local_id = $1")
+            .bind(local_id)
+            .bind(if error.is_some() { "failed" } else { "done" })
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn pending_commands(&self) -> Result<u64, SdkError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM commands WHERE state = 'pending' AND outbox_id IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get::<i64, _>("n") as u64)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn outbox_entry(r: &sqlx::sqlite::SqliteRow) -> OutboxEntry {
+    OutboxEntry {
+        conv: r.get("conv"),
+        client_msg_id: r.get("client_msg_id"),
+        state: state_of(&r.get::<String, _>("state")),
+        attempts: r.get::<i64, _>("attempts") as u32,
+        seq: r.get::<Option<i64>, _>("seq").map(|s| s as u64),
+        error: r.get("error"),
+    }
+}
+
+async fn insert_message(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    m: &LocalMessage,
+) -> Result<(), SdkError> {
+    let Some(seq) = m.seq else { return Ok(()) };
+    sqlx::query(
+        "INSERT INTO messages (conv, seq, sender, device, client_msg_id, body, client_ts, server_ts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(&m.conv)
+    .bind(seq as i64)
+    .bind(&m.sender)
+    .bind(&m.device)
+    .bind(&m.client_msg_id)
+    .bind(m.body.to_string())
+    .bind(m.client_ts)
+    .bind(m.server_ts.unwrap_or(0))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! The Rust client SDK against a real stack: outbox retries across cut connections, order
+//! across reconnects, gap repair, the offline queue, catch-up on reconnect.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anchorage_sdk::{Client, ClientEvent, ClientOptions, OutboxState};
+use anchorage_tests::{TcpProxy, TestEdge, TestNats, TestStack, eventually, token};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn client(
+    addr: std::net::SocketAddr,
+    dir: &std::path::Path,
+    user: &str,
+    device: &str,
+) -> Client {
+    let (u, d) = (user.to_owned(), device.to_owned());
+    Client::start(ClientOptions {
+        url: format!("ws://{addr}/ws"),
+        token: Arc::new(move || token(&u, &d, 3600)),
+        store_path: dir.join(format!("{user}-{device}.db")),
+    })
+    .await
+    .unwrap()
+}
+
+async fn acked(c: &Client, id: &str) -> u64 {
+    eventually(WAIT, "the send to be acknowledged", || async {
+        let e = c.outbox(id).await.ok()??;
+        (e.state == OutboxState::Acked).then_some(e.seq?)
+    })
+    .await
+    .unwrap()
+}
+
+async fn has_messages(c: &Client, conv: &str, n: usize) -> Vec<u64> {
+    eventually(WAIT, "the messages to arrive", || async {
+        let m = c.messages(conv).await.ok()?;
+        let seqs: Vec<u64> = m.iter().filter_map(|m| m.seq).collect();
+        (seqs.len() >= n).then_some(seqs)
+    })
+    .await
+    .unwrap()
+}
+
+struct Setup {
+    _nats: TestNats,
+    stack: TestStack,
+    edge2: TestEdge,
+    dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let edge2 = TestEdge::start(&stack.config).await.unwrap();
+    Setup {
+        _nats: nats,
+        stack,
+        edge2,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_send_cut_between_publish_and_ack_is_stored_once_and_acknowledged() {
+    let s = setup().await;
+    let proxy = TcpProxy::start(s.stack.edge_addr()).await.unwrap();
+    let alice = client(proxy.addr, s.dir.path(), "alice", "phone").await;
+    let bob = client(s.edge2.addr, s.dir.path(), "bob", "laptop").await;
+    alice.create_group("team", "Team", &["bob"]).await.unwrap();
+    let first = alice.send("team", json!("before")).await.unwrap();
+    acked(&alice, &first).await;
+
+    // The server's answers are lost; the message still reaches the server.
+    proxy.blackhole_down(true);
+    let id = alice.send("team", json!("the one")).await.unwrap();
+    let store = &s.stack.stack.store;
+    let stored = eventually(WAIT, "the message stored on the server", || async {
+        let rows = store.messages_after("team", 0, 100).await.ok()?;
+        rows.iter().find(|m| m.client_msg_id == id).map(|m| m.seq)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        alice.outbox(&id).await.unwrap().unwrap().state,
+        OutboxState::Sending
+    );
+    // Cut before the ack got through; the SDK reconnects and retries under the same id.
+    proxy.cut();
+    proxy.blackhole_down(false);
+    assert_eq!(
+        acked(&alice, &id).await,
+        stored,
+        "the retry got the original seq"
+    );
+    let copies = store
+        .messages_after("team", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.client_msg_id == id)
+        .count();
+    assert_eq!(copies, 1);
+    let local = alice.messages("team").await.unwrap();
+    assert_eq!(local.iter().filter(|m| m.client_msg_id == id).count(), 1);
+    let bob_seqs = has_messages(&bob, "team", 2).await;
+    assert_eq!(bob_seqs.iter().filter(|s| **s == stored).count(), 1);
+    alice.shutdown().await;
+    bob.shutdown().await;
+    s.edge2.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_senders_order_holds_across_reconnects() {
+    let s = setup().await;
+    let proxy = TcpProxy::start(s.stack.edge_addr()).await.unwrap();
+    let alice = client(proxy.addr, s.dir.path(), "alice", "phone").await;
+    let bob = client(s.edge2.addr, s.dir.path(), "bob", "laptop").await;
+    alice.create_group("team", "Team", &["bob"]).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        ids.push(alice.send("team", json!(n)).await.unwrap());
+        if n % 7 == 3 {
+            proxy.cut();
+        }
+    }
+    let mut seqs = Vec::new();
+    for id in &ids {
+        seqs.push(acked(&alice, id).await);
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "acked in send order: {seqs:?}"
+    );
+    // Bob sees them in the same order, each once.
+    let bob_seqs = has_messages(&bob, "team", 30).await;
+    assert_eq!(bob_seqs, seqs);
+    let bodies: Vec<i64> = bob
+        .messages("team")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.body.as_i64().unwrap())
+        .collect();
+    assert_eq!(bodies, (0..30).collect::<Vec<_>>());
+    alice.shutdown().await;
+    bob.shutdown().await;
+    s.edge2.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_push_is_repaired_by_gap_detection() {
+    let s = setup().await;
+    let alice = client(s.stack.edge_addr(), s.dir.path(), "alice", "phone").await;
+    let bob = client(s.edge2.addr, s.dir.path(), "bob", "laptop").await;
+    let mut events = bob.subscribe();
+    alice.create_group("team", "Team", &["bob"]).await.unwrap();
+    let id = alice.send("team", json!("zero")).await.unwrap();
+    let s0 = acked(&alice, &id).await;
+    has_messages(&bob, "team", 1).await;
+    assert_eq!(bob.anchor("team").await.unwrap(), s0);
+
+    bob.drop_next_pushes(1);
+    let a = alice.send("team", json!("lost in transit")).await.unwrap();
+    let b = alice.send("team", json!("after")).await.unwrap();
+    let (sa, sb) = (acked(&alice, &a).await, acked(&alice, &b).await);
+    let seqs = has_messages(&bob, "team", 3).await;
+    assert_eq!(seqs, vec![s0, sa, sb]);
+    assert_eq!(bob.anchor("team").await.unwrap(), sb);
+    let repaired = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(ClientEvent::GapRepaired { conv, from, to }) = events.recv().await {
+                return (conv, from, to);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(repaired, ("team".to_owned(), s0, sb));
+    alice.shutdown().await;
+    bob.shutdown().await;
+    s.edge2.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn offline_actions_flush_in_order_and_reads_reach_other_devices() {
+    let s = setup().await;
+    let proxy = TcpProxy::start(s.stack.edge_addr()).await.unwrap();
+    proxy.offline(true);
+    let alice = client(proxy.addr, s.dir.path(), "alice", "phone").await;
+    let bob_phone = client(s.stack.edge_addr(), s.dir.path(), "bob", "phone").await;
+    let bob_laptop = client(s.edge2.addr, s.dir.path(), "bob", "laptop").await;
+
+    // All of this happens offline: a group, messages into it, a 1:1 and a message there.
+    alice.create_group("trip", "Trip", &["bob"]).await.unwrap();
+    let m1 = alice.send("trip", json!("first")).await.unwrap();
+    let dm = alice.open_direct("alice", "bob").await.unwrap();
+    let m2 = alice.send(&dm, json!("psst")).await.unwrap();
+    let m3 = alice.send("trip", json!("second")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        alice.outbox(&m1).await.unwrap().unwrap().state,
+        OutboxState::Pending
+    );
+    let pending: Vec<_> = alice
+        .messages("trip")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(
+        pending,
+        vec![None, None],
+        "shown as pending, by client time"
+    );
+
+    proxy.offline(false);
+    let (s1, s2, s3) = (
+        acked(&alice, &m1).await,
+        acked(&alice, &m2).await,
+        acked(&alice, &m3).await,
+    );
+    assert!(s1 < s3);
+    assert_eq!(alice.pending_commands().await.unwrap(), 0);
+    assert_eq!(has_messages(&bob_laptop, "trip", 2).await, vec![s1, s3]);
+    assert_eq!(has_messages(&bob_laptop, &dm, 1).await, vec![s2]);
+
+    // Bob reads on his phone; the laptop learns of it.
+    has_messages(&bob_phone, "trip", 2).await;
+    bob_phone.mark_read("trip", s3).await.unwrap();
+    eventually(WAIT, "the read marker on bob's laptop", || async {
+        (bob_laptop.read_marker("trip").await.ok()? == s3).then_some(())
+    })
+    .await
+    .unwrap();
+    alice.shutdown().await;
+    bob_phone.shutdown().await;
+    bob_laptop.shutdown().await;
+    s.edge2.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_device_catches_up_on_reconnect_after_a_restart() {
+    let s = setup().await;
+    let alice = client(s.stack.edge_addr(), s.dir.path(), "alice", "phone").await;
+    let bob = client(s.edge2.addr, s.dir.path(), "bob", "laptop").await;
+    alice.create_group("team", "Team", &["bob"]).await.unwrap();
+    let id = alice.send("team", json!(0)).await.unwrap();
+    acked(&alice, &id).await;
+    has_messages(&bob, "team", 1).await;
+    bob.shutdown().await;
+
+    let mut last = 0;
+    for n in 1..=12 {
+        last = acked(&alice, &alice.send("team", json!(n)).await.unwrap()).await;
+    }
+    // Bob's app starts again with the same local store: it catches up from its anchor.
+    let bob = client(s.edge2.addr, s.dir.path(), "bob", "laptop").await;
+    let seqs = has_messages(&bob, "team", 13).await;
+    assert_eq!(seqs.len(), 13);
+    assert_eq!(*seqs.last().unwrap(), last);
+    assert_eq!(bob.anchor("team").await.unwrap(), last);
+    alice.shutdown().await;
+    bob.shutdown().await;
+    s.edge2.stop().await.unwrap();
+}
