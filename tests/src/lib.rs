@@ -86,22 +86,34 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start(size: usize) -> anyhow::Result<TestCluster> {
+        // A port chosen free can be taken by someone else before the server binds it; start
+        // over on fresh ports when that happens.
+        let mut last_error = None;
+        for _ in 0..3 {
+            match Self::try_start(size).await {
+                Ok(cluster) => return Ok(cluster),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+    }
+
+    async fn try_start(size: usize) -> anyhow::Result<TestCluster> {
         let dir = tempfile::tempdir()?;
-        let routes = (0..size)
-            .map(|_| natsd::free_port())
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ports = natsd::free_ports(size * 2)?;
+        let (routes, clients) = ports.split_at(size);
         let binary = nats_binary()?;
         let spawns = (0..size).map(|i| {
             NatsServer::spawn(NatsServerOptions {
                 binary: binary.clone(),
                 server_name: format!("n{i}"),
-                port: natsd::free_port().ok(),
+                port: Some(clients[i]),
                 store_dir: dir.path().join(format!("n{i}")),
                 sync_always: true,
                 cluster: Some(ClusterNode {
                     cluster_name: "anchorage-test".into(),
                     route_port: routes[i],
-                    peers: routes.clone(),
+                    peers: routes.to_vec(),
                 }),
             })
         });
@@ -367,6 +379,18 @@ impl WsClient {
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("socket error: {e}"),
                 None => bail!("closed"),
+            }
+        }
+    }
+
+    /// The next frame that is not a live push (pushes are kept for [`WsClient::push`]).
+    pub async fn next_answer(&mut self) -> anyhow::Result<serde_json::Value> {
+        loop {
+            let f = self.next_frame().await?;
+            if matches!(f["type"].as_str(), Some("message" | "read" | "membership")) {
+                self.pushes.push_back(f);
+            } else {
+                return Ok(f);
             }
         }
     }

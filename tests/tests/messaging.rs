@@ -335,7 +335,7 @@ async fn bad_input_gets_precise_errors_and_the_connection_carries_on() {
     ];
     for (text, code) in cases {
         alice.send_text(text).await.unwrap();
-        let f = alice.next_frame().await.unwrap();
+        let f = alice.next_answer().await.unwrap();
         // `hello` again on a signed-in connection is answered like a reconnect summary.
         if code == "hello_required" {
             assert_eq!(f["type"], "welcome", "{f}");
@@ -370,7 +370,7 @@ async fn bad_input_gets_precise_errors_and_the_connection_carries_on() {
             .unwrap();
     }
     for _ in 0..300 {
-        let f = bob.next_frame().await.unwrap();
+        let f = bob.next_answer().await.unwrap();
         if f["code"] == "rate_limited" {
             limited = Some(f);
             break;

@@ -74,7 +74,14 @@ async fn a_send_cut_between_publish_and_ack_is_stored_once_and_acknowledged() {
     let bob = client(s.edge2.addr, s.dir.path(), "bob", "laptop").await;
     alice.create_group("team", "Team", &["bob"]).await.unwrap();
     let first = alice.send("team", json!("before")).await.unwrap();
-    acked(&alice, &first).await;
+    let first_seq = acked(&alice, &first).await;
+    // Let the engine go quiet: a queued command's answer is the last thing in flight.
+    alice.mark_read("team", first_seq).await.unwrap();
+    eventually(WAIT, "the queue to drain", || async {
+        (alice.pending_commands().await.ok()? == 0).then_some(())
+    })
+    .await
+    .unwrap();
 
     // The server's answers are lost; the message still reaches the server.
     proxy.blackhole_down(true);

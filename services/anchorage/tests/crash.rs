@@ -260,6 +260,15 @@ async fn kill_midway(child: &mut tokio::process::Child, store: &Store, at: u64, 
 }
 
 async fn projected_everything(store: &Store, bus: &Bus) {
+    // External events first: translating them publishes more native events.
+    let ingest_end = bus.stream_state("INGEST").await.unwrap().last_seq.0;
+    eventually(
+        Duration::from_secs(120),
+        "ingest at the end of its stream",
+        || async { (checkpoint(store, "ingest").await >= ingest_end).then_some(()) },
+    )
+    .await
+    .unwrap();
     let mut targets = Vec::new();
     for (name, stream) in [
         ("messages", "MESSAGES"),

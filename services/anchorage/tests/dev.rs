@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anchorage::natsd::free_port;
+use anchorage::natsd::free_ports;
 use anchorage_tests::{eventually, http_get, nats_binary, streams_dir, within};
 use tokio::io::AsyncReadExt;
 
@@ -36,12 +36,13 @@ fn nats_pid(data_dir: &Path) -> Option<u32> {
 /// Starts `anchorage dev` in `dir` on free ports; returns the child and the edge address.
 fn start_dev(dir: &Path) -> (tokio::process::Child, std::net::SocketAddr) {
     let data_dir = dir.join("data");
-    let edge_port = free_port().unwrap();
+    let ports = free_ports(2).unwrap();
+    let (edge_port, nats_port) = (ports[0], ports[1]);
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
         .arg("dev")
         .current_dir(dir)
         .env("ANCHORAGE_DEV__DATA_DIR", &data_dir)
-        .env("ANCHORAGE_DEV__NATS_PORT", free_port().unwrap().to_string())
+        .env("ANCHORAGE_DEV__NATS_PORT", nats_port.to_string())
         .env("ANCHORAGE_DEV__NATS_SERVER", nats_binary().unwrap())
         .env("ANCHORAGE_EDGE__LISTEN", format!("127.0.0.1:{edge_port}"))
         .env(

@@ -19,6 +19,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anchorage_bus::Bus;
 use anchorage_protocol::{Message, ServerFrame, close};
@@ -94,6 +95,13 @@ struct UserEntry {
 struct ConvEntry {
     users: HashSet<UserId>,
     task: AbortHandle,
+    /// The live subscription is in place on the server.
+    ready: bool,
+    /// Membership frames held back until then: a client told "you joined" must not miss a
+    /// message published after it could have asked for history.
+    held: Vec<(UserId, Frame)>,
+    /// Turns true once the subscription is in place.
+    ready_rx: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -210,6 +218,27 @@ impl Hub {
             .into_iter()
             .filter_map(|c| ConversationId::parse(c).ok())
             .collect();
+        let (convs, pending) = self.register_locked(conn, loaded, checkpoint);
+        // Answer `hello` only once the live subscriptions are in place: a message published
+        // after the client's view of the conversations is then either in that view or pushed.
+        for mut rx in pending {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|ready| *ready)).await;
+        }
+        Ok(convs)
+    }
+
+    /// The part of [`Hub::register`] under the lock: returns the user's conversations and
+    /// the subscriptions still being set up.
+    fn register_locked(
+        self: &Arc<Self>,
+        conn: ConnHandle,
+        loaded: HashSet<ConversationId>,
+        checkpoint: u64,
+    ) -> (
+        HashSet<ConversationId>,
+        Vec<tokio::sync::watch::Receiver<bool>>,
+    ) {
+        let user = conn.user.clone();
         let mut state = self.lock();
         state.conns.insert(conn.id, conn.clone());
         let fresh = !state.users.contains_key(&user);
@@ -223,13 +252,17 @@ impl Hub {
                 .filter(|(seq, _)| *seq > checkpoint)
                 .cloned()
                 .collect();
-            for (_, env) in replay {
+            // Joins the projection had not applied yet: the client hears of them as live
+            // joins (once the subscription is in place), so it syncs them.
+            let mut late_joins = Vec::new();
+            for (seq, env) in replay {
                 for (u, conv, joined) in membership_changes(&env) {
                     if u == user
                         && let Some(e) = state.users.get_mut(&user)
                     {
                         if joined {
-                            e.convs.insert(conv);
+                            e.convs.insert(conv.clone());
+                            late_joins.push((seq, conv));
                         } else {
                             e.convs.remove(&conv);
                         }
@@ -244,16 +277,36 @@ impl Hub {
             for conv in convs {
                 self.add_interest(&mut state, &user, conv);
             }
+            for (seq, conv) in late_joins {
+                let frame: Frame = ServerFrame::Membership {
+                    conv: conv.clone(),
+                    joined: true,
+                    version: seq,
+                }
+                .to_json()
+                .into();
+                match state.convs.get_mut(&conv) {
+                    Some(entry) if !entry.ready => entry.held.push((user.clone(), frame)),
+                    _ => Self::push_user(&state, &user, &frame),
+                }
+            }
             let reads = self.spawn_reads(user.clone());
             if let Some(e) = state.users.get_mut(&user) {
                 e.reads = Some(reads);
             }
         }
-        Ok(state
+        let convs = state
             .users
             .get(&user)
             .map(|e| e.convs.clone())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        let pending: Vec<tokio::sync::watch::Receiver<bool>> = convs
+            .iter()
+            .filter_map(|c| state.convs.get(c))
+            .filter(|e| !e.ready)
+            .map(|e| e.ready_rx.clone())
+            .collect();
+        (convs, pending)
     }
 
     /// Removes a connection; interest goes with the last connection of a user.
@@ -322,12 +375,16 @@ impl Hub {
             entry.users.insert(user.clone());
             return;
         }
-        let task = self.spawn_conv(conv.clone());
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+        let task = self.spawn_conv(conv.clone(), ready_tx);
         state.convs.insert(
             conv,
             ConvEntry {
                 users: HashSet::from([user.clone()]),
                 task,
+                ready: false,
+                held: Vec::new(),
+                ready_rx,
             },
         );
     }
@@ -343,7 +400,11 @@ impl Hub {
     }
 
     /// Follows `live.msg.<conv>` while there is interest (aborted with the interest).
-    fn spawn_conv(self: &Arc<Self>, conv: ConversationId) -> AbortHandle {
+    fn spawn_conv(
+        self: &Arc<Self>,
+        conv: ConversationId,
+        ready_tx: tokio::sync::watch::Sender<bool>,
+    ) -> AbortHandle {
         let weak = Arc::downgrade(self);
         let bus = self.bus.clone();
         tokio::spawn(async move {
@@ -354,6 +415,13 @@ impl Hub {
                     return;
                 }
             };
+            if let Err(err) = bus.flush().await {
+                tracing::debug!(%conv, error = %err, "flushing a subscription");
+            }
+            if let Some(hub) = weak.upgrade() {
+                hub.conv_ready(&conv);
+            }
+            let _ = ready_tx.send(true);
             while let Some(ev) = sub.next().await {
                 let Some(hub) = weak.upgrade() else { break };
                 let Ok(env) = Envelope::from_json(&ev.payload) else {
@@ -400,6 +468,31 @@ impl Hub {
         .abort_handle()
     }
 
+    /// The subscription of `conv` is in place: release the frames held for it.
+    fn conv_ready(&self, conv: &ConversationId) {
+        let mut state = self.lock();
+        let held = match state.convs.get_mut(conv) {
+            Some(entry) => {
+                entry.ready = true;
+                std::mem::take(&mut entry.held)
+            }
+            None => return,
+        };
+        for (user, frame) in held {
+            Self::push_user(&state, &user, &frame);
+        }
+    }
+
+    fn push_user(state: &State, user: &UserId, frame: &Frame) {
+        if let Some(u) = state.users.get(user) {
+            for id in &u.conns {
+                if let Some(conn) = state.conns.get(id) {
+                    conn.push(frame.clone());
+                }
+            }
+        }
+    }
+
     fn deliver_conv(&self, conv: &ConversationId, frame: Frame) {
         let state = self.lock();
         let Some(entry) = state.convs.get(conv) else {
@@ -417,14 +510,7 @@ impl Hub {
     }
 
     fn deliver_user(&self, user: &UserId, frame: &Frame) {
-        let state = self.lock();
-        if let Some(u) = state.users.get(user) {
-            for id in &u.conns {
-                if let Some(conn) = state.conns.get(id) {
-                    conn.push(frame.clone());
-                }
-            }
-        }
+        Self::push_user(&self.lock(), user, frame);
     }
 
     fn on_membership(self: &Arc<Self>, seq: u64, env: Envelope) {
@@ -445,18 +531,15 @@ impl Hub {
                 Self::drop_interest(&mut state, &user, &conv);
             }
             let frame: Frame = ServerFrame::Membership {
-                conv,
+                conv: conv.clone(),
                 joined,
                 version: seq,
             }
             .to_json()
             .into();
-            if let Some(u) = state.users.get(&user) {
-                for id in &u.conns {
-                    if let Some(conn) = state.conns.get(id) {
-                        conn.push(frame.clone());
-                    }
-                }
+            match state.convs.get_mut(&conv) {
+                Some(entry) if joined && !entry.ready => entry.held.push((user, frame)),
+                _ => Self::push_user(&state, &user, &frame),
             }
         }
         if let Event::GroupDismissed(d) = &env.event {

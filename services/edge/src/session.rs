@@ -122,6 +122,26 @@ impl Session {
         cursor: Option<&str>,
     ) -> Answer {
         let store = &self.state.store;
+        // Everything stored before the live subscriptions were in place must be in the
+        // projection this summary reads: wait (briefly) for the projector to get there.
+        let end = self
+            .state
+            .bus
+            .stream_state(stream::MESSAGES)
+            .await
+            .map_err(internal)?
+            .last_seq;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while store
+            .checkpoint("messages")
+            .await
+            .map_err(internal)?
+            .map_or(0, |c| c.last_seq)
+            < end.0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let anchors: HashMap<&str, u64> =
             anchors.iter().map(|a| (a.conv.as_str(), a.seq)).collect();
         let user = self.claims.sub.as_str();

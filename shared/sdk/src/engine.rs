@@ -26,6 +26,8 @@ type Ws =
 
 /// How long one answer may take before the connection is considered lost.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
+/// How long a connection attempt (TCP and WebSocket handshake) may take.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// A connection that stayed up this long resets the backoff.
 const HELD: Duration = Duration::from_secs(10);
 
@@ -150,7 +152,13 @@ impl Engine {
     async fn session(&self) -> End {
         let connected = tokio::select! {
             _ = self.shutdown.cancelled() => return End::Shutdown,
-            c = tokio_tungstenite::connect_async(self.options.url.as_str()) => c,
+            c = tokio::time::timeout(
+                CONNECT_WAIT,
+                tokio_tungstenite::connect_async(self.options.url.as_str()),
+            ) => c,
+        };
+        let Ok(connected) = connected else {
+            return lost(None);
         };
         let ws = match connected {
             Ok((ws, _)) => ws,
