@@ -328,6 +328,41 @@ impl Session {
         })
     }
 
+    /// Waits (briefly) until the message projection holds everything the stream holds for
+    /// `conv` right now, so a sync never answers from a projection that lags behind messages
+    /// the client may have missed live. Returns whether it does; if not (the projector is far
+    /// behind), the answer says `more` and the client asks again.
+    async fn settled_conversation(
+        &self,
+        conv: &ConversationId,
+    ) -> Result<bool, (ErrorCode, String)> {
+        let last = self
+            .state
+            .bus
+            .last_subject_seq(stream::MESSAGES, &subjects::message(conv))
+            .await
+            .map_err(internal)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            // The projection's checkpoint, not the conversation's last seq: an event the
+            // projection set aside must not hold every sync up.
+            let at = self
+                .state
+                .store
+                .checkpoint("messages")
+                .await
+                .map_err(internal)?
+                .map_or(0, |c| c.last_seq);
+            if at >= last.0 {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn sync(
         &self,
         id: RequestId,
@@ -336,6 +371,7 @@ impl Session {
         limit: Option<u32>,
     ) -> Answer {
         self.member(&conv)?;
+        let settled = self.settled_conversation(&conv).await?;
         let limit = limit.unwrap_or(100).clamp(1, MAX_PAGE);
         let mut rows = self
             .state
@@ -343,7 +379,7 @@ impl Session {
             .messages_after(conv.as_str(), after, limit + 1)
             .await
             .map_err(internal)?;
-        let more = rows.len() > limit as usize;
+        let more = rows.len() > limit as usize || !settled;
         rows.truncate(limit as usize);
         Ok(ServerFrame::Messages {
             id,

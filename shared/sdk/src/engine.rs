@@ -8,7 +8,7 @@
 //! with the seq it already has.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,7 @@ fn lost(code: Option<u16>) -> End {
 pub(crate) struct Engine {
     pub(crate) store: LocalStore,
     pub(crate) events: broadcast::Sender<ClientEvent>,
-    pub(crate) drop_pushes: AtomicU32,
+    pub(crate) drop_push: AtomicU64,
     options: ClientOptions,
     wake: Notify,
     /// Conversations to sync, with the anchor a detected gap started from (if any).
@@ -75,7 +75,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             store,
             events,
-            drop_pushes: AtomicU32::new(0),
+            drop_push: AtomicU64::new(0),
             options,
             wake: Notify::new(),
             syncs: Mutex::new(BTreeMap::new()),
@@ -270,19 +270,19 @@ impl Engine {
     async fn on_push(&self, frame: Value) {
         match frame["type"].as_str() {
             Some("message") => {
-                if self
-                    .drop_pushes
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    return;
-                }
                 let Some(m) = to_local(&frame["message"]) else {
                     return;
                 };
                 let (Some(seq), Some(prev)) = (m.seq, frame["prev"].as_u64()) else {
                     return;
                 };
+                if self
+                    .drop_push
+                    .compare_exchange(seq, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return;
+                }
                 let Ok(anchor) = self.store.anchor(&m.conv).await else {
                     return;
                 };
@@ -356,8 +356,22 @@ impl Engine {
                         json!({"type": "sync", "conv": conv, "after": anchor, "limit": 500}),
                     )
                     .await?;
-                if page["type"] != "messages" {
-                    break;
+                match (page["type"].as_str(), page["code"].as_str()) {
+                    (Some("messages"), _) => {}
+                    (_, Some("rate_limited")) => {
+                        let wait = page["retry_after_ms"].as_u64().unwrap_or(1000);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                        continue;
+                    }
+                    (_, Some("internal" | "overloaded")) => {
+                        // Sync again on the next connection.
+                        self.request_sync(&conv);
+                        return Err(lost(None));
+                    }
+                    _ => {
+                        tracing::debug!(%conv, answer = %page, "sync refused");
+                        break;
+                    }
                 }
                 let messages: Vec<LocalMessage> = page["messages"]
                     .as_array()

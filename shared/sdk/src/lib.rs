@@ -239,12 +239,12 @@ impl Client {
         Ok(())
     }
 
-    /// Test hook: treat the next `n` live messages as lost in transit.
+    /// Test hook: treat the live copy of message `seq` as lost in transit.
     #[doc(hidden)]
-    pub fn drop_next_pushes(&self, n: u32) {
+    pub fn drop_push(&self, seq: u64) {
         self.engine
-            .drop_pushes
-            .store(n, std::sync::atomic::Ordering::SeqCst);
+            .drop_push
+            .store(seq, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Disconnects and stops the engine; the local store keeps everything.
