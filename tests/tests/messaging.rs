@@ -425,3 +425,77 @@ async fn tokens_are_checked_at_hello() {
     assert_eq!(c.closed().await.unwrap(), 4004);
     t.edge2.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_revoked_session_is_closed_at_once_and_refused_after() {
+    let t = two_edges().await;
+    let (mut bob, _) = WsClient::signed_in(t.edge2.addr, "bob", "laptop")
+        .await
+        .unwrap();
+    let (mut other, _) = WsClient::signed_in(t.edge2.addr, "bob", "phone")
+        .await
+        .unwrap();
+    let revoked = anchorage_schema::Envelope::new(
+        anchorage_schema::EventId::parse("revoke-1").unwrap(),
+        1,
+        anchorage_schema::Actor::System {
+            source: anchorage_schema::SourceId::parse("admin").unwrap(),
+        },
+        anchorage_schema::event::SessionRevoked {
+            user: anchorage_schema::UserId::parse("bob").unwrap(),
+            device: anchorage_schema::DeviceId::parse("laptop").unwrap(),
+        },
+    );
+    let bus = &t.stack.stack.bus;
+    bus.publish_event("user.bob", &revoked, None).await.unwrap();
+    assert_eq!(bob.closed().await.unwrap(), 4005);
+    // Bob's other device is not affected.
+    assert_eq!(
+        other.request(json!({"type": "ping"})).await.unwrap()["type"],
+        "pong"
+    );
+    // A fresh token for the revoked device is refused too.
+    let store = &t.stack.stack.store;
+    eventually(
+        Duration::from_secs(10),
+        "the revocation projected",
+        || async { store.is_revoked("bob", "laptop").await.ok()?.then_some(()) },
+    )
+    .await
+    .unwrap();
+    let mut again = WsClient::connect(t.edge2.addr).await.unwrap();
+    again
+        .send_text(
+            json!({"type": "hello", "id": 1, "protocol": 1, "token": token("bob", "laptop", 60)})
+                .to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.closed().await.unwrap(), 4005);
+    t.edge2.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_edge_at_capacity_refuses_new_sockets_with_a_retry_hint() {
+    let t = two_edges().await;
+    let mut config = t.stack.config.clone();
+    config.edge.max_connections = 2;
+    let small = TestEdge::start(&config).await.unwrap();
+    let (_a, _) = WsClient::signed_in(small.addr, "alice", "a").await.unwrap();
+    let (_b, _) = WsClient::signed_in(small.addr, "bob", "b").await.unwrap();
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", small.addr)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+            let retry: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=6).contains(&retry), "{retry}");
+        }
+        other => panic!("expected a 503, got {other:?}"),
+    }
+    small.stop().await.unwrap();
+    t.edge2.stop().await.unwrap();
+}

@@ -9,7 +9,8 @@ use anchorage_bus::Bus;
 use anchorage_config::{Config, DEFAULT_TOML};
 use anchorage_edge::EdgeState;
 use anchorage_projector::ProjectorOptions;
-use anchorage_schema::{DeviceId, UserId};
+use anchorage_schema::event::SessionRevoked;
+use anchorage_schema::{Actor, DeviceId, Envelope, EventId, SourceId, UserId, subjects};
 use anchorage_store::Store;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -65,6 +66,13 @@ pub enum Command {
         /// Lifetime in seconds (default: auth.token_ttl_secs).
         #[arg(long)]
         ttl: Option<u64>,
+    },
+    /// End a device's session: its sockets close at once and its tokens are refused.
+    Revoke {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        device: String,
     },
     /// Configuration helpers.
     Config {
@@ -125,6 +133,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let token =
                 anchorage_edge::auth::mint_hs256(&config.auth.hmac_secret, user, device, ttl)?;
             println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Revoke { user, device } => {
+            let user = UserId::parse(user).context("--user")?;
+            let device = DeviceId::parse(device).context("--device")?;
+            let bus = Bus::connect(&crate::bus_options(&config, false)).await?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let event = Envelope::new(
+                EventId::parse(format!("revoke:{user}:{device}:{now}"))?,
+                now,
+                Actor::System {
+                    source: SourceId::parse("anchorage")?,
+                },
+                SessionRevoked {
+                    user: user.clone(),
+                    device: device.clone(),
+                },
+            );
+            let stored = bus
+                .publish_event(&subjects::user(&user), &event, None)
+                .await?;
+            bus.close().await;
+            println!("revoked {user}/{device} (USERS seq {})", stored.seq);
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {

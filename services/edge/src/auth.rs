@@ -1,9 +1,11 @@
 //! Device tokens.
 //!
 //! Every device signs in with a JWT: `sub` is the user, `device` the device, `exp` the expiry
-//! (Unix seconds). Development uses an HMAC secret (HS256) and `anchorage token` to mint tokens.
-//! Verification accepts exactly the configured algorithm — `alg: none` and every other
-//! algorithm are refused — and requires `exp`.
+//! (Unix seconds). Development uses an HMAC secret (HS256) and `anchorage token` to mint tokens;
+//! production uses the public keys of its own issuer (EdDSA or RS256), picked by the token's
+//! `kid`. The [`Verifier`] accepts exactly those: `alg: none`, any other algorithm, a `kid`
+//! it does not know or an algorithm that does not match the key are refused, and `exp` is
+//! required.
 
 use anchorage_schema::{DeviceId, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -29,6 +31,8 @@ pub enum TokenError {
     BadSignature,
     #[error("token algorithm is not accepted")]
     BadAlgorithm,
+    #[error("token is signed with a key this server does not know")]
+    UnknownKey,
     #[error("token is malformed: {0}")]
     Malformed(String),
 }
@@ -37,6 +41,95 @@ fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Checks device tokens against the configured secret and public keys.
+pub struct Verifier {
+    hmac: Option<DecodingKey>,
+    keys: Vec<(String, Algorithm, DecodingKey)>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("hmac", &self.hmac.is_some())
+            .field("kids", &self.keys.iter().map(|k| &k.0).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// Loads the keys the configuration names; a key that cannot be read names its file.
+    pub fn from_config(auth: &anchorage_config::AuthConfig) -> anyhow::Result<Verifier> {
+        let mut keys = Vec::new();
+        for k in &auth.public_keys {
+            let pem = std::fs::read(&k.pem).map_err(|e| {
+                anyhow::anyhow!("auth.public_keys {}: {}: {e}", k.kid, k.pem.display())
+            })?;
+            let (alg, key) = match k.alg.as_str() {
+                "EdDSA" => (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem)),
+                "RS256" => (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem)),
+                other => anyhow::bail!("auth.public_keys {}: unsupported alg {other}", k.kid),
+            };
+            let key = key.map_err(|e| {
+                anyhow::anyhow!(
+                    "auth.public_keys {}: {} is not a {} public key: {e}",
+                    k.kid,
+                    k.pem.display(),
+                    k.alg
+                )
+            })?;
+            keys.push((k.kid.clone(), alg, key));
+        }
+        Ok(Verifier {
+            hmac: auth
+                .accept_hmac
+                .then(|| DecodingKey::from_secret(auth.hmac_secret.as_bytes())),
+            keys,
+        })
+    }
+
+    /// Verifies a token and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => TokenError::BadAlgorithm,
+            _ => TokenError::Malformed(e.to_string()),
+        })?;
+        let (alg, key) = match header.alg {
+            Algorithm::HS256 => match &self.hmac {
+                Some(key) => (Algorithm::HS256, key),
+                None => return Err(TokenError::BadAlgorithm),
+            },
+            alg @ (Algorithm::EdDSA | Algorithm::RS256) => {
+                let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
+                match self.keys.iter().find(|(k, a, _)| k == kid && *a == alg) {
+                    Some((_, a, key)) => (*a, key),
+                    None => return Err(TokenError::UnknownKey),
+                }
+            }
+            _ => return Err(TokenError::BadAlgorithm),
+        };
+        decode_with(token, alg, key)
+    }
+}
+
+fn decode_with(token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Claims, TokenError> {
+    let mut validation = Validation::new(alg);
+    validation.leeway = 0;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    jsonwebtoken::decode::<Claims>(token, key, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    TokenError::BadAlgorithm
+                }
+                _ => TokenError::Malformed(e.to_string()),
+            }
+        })
 }
 
 /// Mints an HS256 device token valid for `ttl_secs`.
@@ -96,6 +189,67 @@ mod tests {
             UserId::parse("alice").unwrap(),
             DeviceId::parse("phone").unwrap(),
         )
+    }
+
+    const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIOKb2ROWvkDSl87124cLKB/NqRqkipyeQUwK22hEBF+o\n-----END PRIVATE KEY-----\n";
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA2PRIiq/ptQFe0tcbMdBgaaPV0WZIMODekSOuN48wXBA=\n-----END PUBLIC KEY-----\n";
+
+    fn issuer_token(kid: &str, exp_in: i64) -> String {
+        let (u, d) = ids();
+        let now = now_secs() as i64;
+        let claims = Claims {
+            sub: u,
+            device: d,
+            iat: now as u64,
+            exp: (now + exp_in) as u64,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn verifier(accept_hmac: bool) -> Verifier {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("issuer.pem");
+        std::fs::write(&pem, ED_PUBLIC).unwrap();
+        Verifier::from_config(&anchorage_config::AuthConfig {
+            hmac_secret: SECRET.into(),
+            accept_hmac,
+            public_keys: vec![anchorage_config::PublicKeyConfig {
+                kid: "k1".into(),
+                alg: "EdDSA".into(),
+                pem,
+            }],
+            token_ttl_secs: 60,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn public_keys_are_chosen_by_kid() {
+        let v = verifier(false);
+        assert_eq!(
+            v.verify(&issuer_token("k1", 60)).unwrap().sub.as_str(),
+            "alice"
+        );
+        assert_eq!(
+            v.verify(&issuer_token("k2", 60)),
+            Err(TokenError::UnknownKey)
+        );
+        assert_eq!(v.verify(&issuer_token("k1", -10)), Err(TokenError::Expired));
+        let (u, d) = ids();
+        let hs = mint_hs256(SECRET, u, d, 60).unwrap();
+        assert_eq!(
+            v.verify(&hs),
+            Err(TokenError::BadAlgorithm),
+            "HS256 switched off"
+        );
+        assert!(verifier(true).verify(&hs).is_ok());
     }
 
     #[test]

@@ -120,6 +120,7 @@ pub struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
     membership: Mutex<Option<AbortHandle>>,
+    revocations: Mutex<Option<AbortHandle>>,
 }
 
 /// The frame of a live message event, if it is one.
@@ -162,6 +163,7 @@ impl Hub {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             membership: Mutex::new(None),
+            revocations: Mutex::new(None),
         });
         let mut sub = bus.subscribe_live("live.grp.>").await?;
         bus.flush().await?;
@@ -175,7 +177,25 @@ impl Hub {
                 }
             }
         });
+        // Revoked sessions are closed at once on every edge.
+        let mut users = bus.subscribe_live("live.user.>").await?;
+        bus.flush().await?;
+        let weak = Arc::downgrade(&hub);
+        let revocations = tokio::spawn(async move {
+            while let Some(ev) = users.next().await {
+                let Some(hub) = weak.upgrade() else { break };
+                if let Ok(Envelope {
+                    event: Event::SessionRevoked(r),
+                    ..
+                }) = Envelope::from_json(&ev.payload)
+                {
+                    tracing::info!(user = %r.user, device = %r.device, "session revoked");
+                    hub.close_device(&r.user, &r.device, close::REVOKED);
+                }
+            }
+        });
         *hub.lock_membership() = Some(task.abort_handle());
+        *hub.lock_revocations() = Some(revocations.abort_handle());
         Ok(hub)
     }
 
@@ -187,6 +207,10 @@ impl Hub {
 
     fn lock_membership(&self) -> MutexGuard<'_, Option<AbortHandle>> {
         self.membership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_revocations(&self) -> MutexGuard<'_, Option<AbortHandle>> {
+        self.revocations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn next_conn_id(&self) -> ConnId {
@@ -567,6 +591,9 @@ impl Hub {
     /// Stops every subscription.
     pub fn shutdown(&self) {
         if let Some(task) = self.lock_membership().take() {
+            task.abort();
+        }
+        if let Some(task) = self.lock_revocations().take() {
             task.abort();
         }
         let mut state = self.lock();

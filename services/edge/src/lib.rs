@@ -39,8 +39,8 @@ pub struct EdgeState {
     /// The stream definitions this edge expects on the server.
     pub streams: Arc<StreamSet>,
     pub config: anchorage_config::EdgeConfig,
-    /// HMAC secret of device tokens.
-    pub auth_secret: Arc<str>,
+    /// Checks device tokens.
+    pub verifier: Arc<auth::Verifier>,
     pub hub: Arc<hub::Hub>,
     /// One permit per WebSocket connection.
     admission: Arc<tokio::sync::Semaphore>,
@@ -62,7 +62,7 @@ impl EdgeState {
         Ok(EdgeState {
             admission: Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize)),
             user_limits: Arc::new(limits::UserLimits::new(config.user_rate_per_sec)),
-            auth_secret: auth.hmac_secret.as_str().into(),
+            verifier: Arc::new(auth::Verifier::from_config(auth)?),
             bus,
             store,
             streams,

@@ -151,7 +151,7 @@ async fn await_hello(
             let _ = sink.send(Message::Text(frame(&f))).await;
             return Err((close::UNSUPPORTED_PROTOCOL, "unsupported protocol".into()));
         }
-        let claims = match crate::auth::verify_hs256(&state.auth_secret, token) {
+        let claims = match state.verifier.verify(token) {
             Ok(c) => c,
             Err(err) => {
                 let code = match err {

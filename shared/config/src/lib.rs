@@ -174,8 +174,24 @@ impl Default for ProjectorConfig {
 pub struct AuthConfig {
     /// HMAC secret for device tokens (HS256). Set your own outside development.
     pub hmac_secret: String,
+    /// Whether HS256 tokens are accepted at all (turn off when only public keys sign).
+    pub accept_hmac: bool,
+    /// Public keys of your token issuer (EdDSA or RS256), chosen by the token's `kid`.
+    pub public_keys: Vec<PublicKeyConfig>,
     /// Lifetime of tokens minted by `anchorage token`, in seconds.
     pub token_ttl_secs: u64,
+}
+
+/// One public key that signs device tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// The `kid` header of the tokens this key signs.
+    pub kid: String,
+    /// `EdDSA` or `RS256`.
+    pub alg: String,
+    /// The public key, a PEM file.
+    pub pem: PathBuf,
 }
 
 /// The development secret; `anchorage edge` warns when it is still in use.
@@ -185,6 +201,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             hmac_secret: DEV_HMAC_SECRET.into(),
+            accept_hmac: true,
+            public_keys: Vec::new(),
             token_ttl_secs: 24 * 3600,
         }
     }
@@ -316,6 +334,17 @@ impl Config {
         }
         if self.auth.hmac_secret.len() < 16 {
             return bad("auth.hmac_secret", "must be at least 16 bytes long");
+        }
+        if let Some(k) = self
+            .auth
+            .public_keys
+            .iter()
+            .find(|k| k.alg != "EdDSA" && k.alg != "RS256")
+        {
+            return Err(ConfigError::OutOfRange {
+                key: "auth.public_keys",
+                reason: format!("key {:?} has alg {:?}; use EdDSA or RS256", k.kid, k.alg),
+            });
         }
         if self.auth.token_ttl_secs == 0 {
             return bad("auth.token_ttl_secs", "must be at least 1");
