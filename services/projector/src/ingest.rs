@@ -11,8 +11,8 @@
 //!    `ext:<source>:<id>`);
 //! 3. checks the ids it refers to against the projections (known users, an existing group, an
 //!    existing conversation) — after waiting until those projections have applied everything
-//!    this worker published before, so a `user.created` followed at once by a `group.created`
-//!    naming that user is accepted;
+//!    their streams hold, so a `user.created` followed at once by a `group.created` naming that
+//!    user is accepted, also right after a restart;
 //! 4. publishes the native event with its event id as `Nats-Msg-Id`.
 //!
 //! A valid event therefore changes state exactly as a native one does, and a repeat of the same
@@ -21,7 +21,7 @@
 //! goes to the dead-letter stream; the worker carries on.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use anchorage_bus::Bus;
@@ -254,11 +254,9 @@ fn projection_of(stream: &str) -> Option<Projection> {
 /// How long an event waits for the projections to apply what was published before it.
 const CATCH_UP: Duration = Duration::from_secs(30);
 
-/// The ingest worker's state: what it published last on each native stream.
+/// The ingest worker.
 #[derive(Debug, Default)]
-pub(crate) struct Ingest {
-    published: Mutex<HashMap<&'static str, u64>>,
-}
+pub(crate) struct Ingest;
 
 impl Ingest {
     /// Validates, checks and publishes one external event.
@@ -270,40 +268,55 @@ impl Ingest {
         payload: &[u8],
     ) -> Result<(), ApplyError> {
         let t = translate(subject, payload)?;
-        self.catch_up(store).await?;
+        self.catch_up(bus, store, &t.references).await?;
         for r in &t.references {
             check(store, r).await?;
         }
-        let published = bus
-            .publish_event(&t.subject, &t.envelope, None)
+        bus.publish_event(&t.subject, &t.envelope, None)
             .await
             .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
-        if let Ok(mut map) = self.published.lock() {
-            let last = map.entry(t.stream).or_default();
-            *last = (*last).max(published.seq.0);
-        }
         Ok(())
     }
 
-    /// Waits until every projection has applied what this worker published.
-    async fn catch_up(&self, store: &Store) -> Result<(), ApplyError> {
-        let targets: Vec<(&'static str, u64)> = match self.published.lock() {
-            Ok(map) => map.iter().map(|(k, v)| (*k, *v)).collect(),
-            Err(_) => Vec::new(),
-        };
+    /// Waits until the projections the references are checked against have applied
+    /// everything their streams hold right now — whoever published it, and across restarts
+    /// of this worker.
+    async fn catch_up(
+        &self,
+        bus: &Bus,
+        store: &Store,
+        references: &[Reference],
+    ) -> Result<(), ApplyError> {
+        let mut streams: Vec<&'static str> = references
+            .iter()
+            .flat_map(|r| match r {
+                Reference::UserExists(_) => &[stream::USERS][..],
+                Reference::GroupExists(_) | Reference::GroupAbsent(_) => &[stream::MEMBERSHIP][..],
+                Reference::ConversationExists(_) => &[stream::MESSAGES, stream::MEMBERSHIP][..],
+            })
+            .copied()
+            .collect();
+        streams.sort_unstable();
+        streams.dedup();
         let deadline = tokio::time::Instant::now() + CATCH_UP;
-        for (stream, seq) in targets {
+        for stream in streams {
             let Some(p) = projection_of(stream) else {
                 continue;
             };
+            let end = bus
+                .stream_state(stream)
+                .await
+                .map_err(|e| ApplyError::Unavailable(e.to_string()))?
+                .last_seq
+                .0;
             loop {
                 let at = store.checkpoint(p.name()).await?.map_or(0, |c| c.last_seq);
-                if at >= seq {
+                if at >= end {
                     break;
                 }
                 if tokio::time::Instant::now() > deadline {
                     return Err(ApplyError::Unavailable(format!(
-                        "projection {} is at {at}, behind {seq}",
+                        "projection {} is at {at}, behind {end}",
                         p.name()
                     )));
                 }

@@ -77,7 +77,7 @@ pub async fn run(
         .map(|p| Handler::Sql(*p))
         .collect();
     if options.ingest {
-        handlers.push(Handler::Ingest(Ingest::default()));
+        handlers.push(Handler::Ingest(Ingest));
     }
     let count = handlers.len();
     for handler in handlers {
