@@ -283,15 +283,7 @@ async fn edge(config: Config) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(config.edge.listen)
         .await
         .with_context(|| format!("binding edge.listen = {}", config.edge.listen))?;
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        // Detached on purpose: it only cancels the token the edge is waiting on.
-        if let Ok(name) = crate::shutdown_signal().await {
-            tracing::info!(signal = name, "shutting down");
-        }
-        signal.cancel();
-    });
+    let shutdown = cancel_on_signal();
     let state = EdgeState::start(
         bus.clone(),
         store.clone(),
@@ -306,19 +298,25 @@ async fn edge(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn projector(config: Config) -> anyhow::Result<ExitCode> {
-    let bus = Bus::connect(&crate::bus_options(&config, true)).await?;
-    let store = Store::connect(&crate::store_options(&config)).await?;
-    store.migrate().await.context("migrating the database")?;
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
+/// A token cancelled on SIGINT or SIGTERM.
+fn cancel_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let signal = token.clone();
     tokio::spawn(async move {
-        // Detached on purpose: it only cancels the token the projector is waiting on.
+        // Detached on purpose: it only cancels the token the service is waiting on.
         if let Ok(name) = crate::shutdown_signal().await {
             tracing::info!(signal = name, "shutting down");
         }
         signal.cancel();
     });
+    token
+}
+
+async fn projector(config: Config) -> anyhow::Result<ExitCode> {
+    let bus = Bus::connect(&crate::bus_options(&config, true)).await?;
+    let store = Store::connect(&crate::store_options(&config)).await?;
+    store.migrate().await.context("migrating the database")?;
+    let shutdown = cancel_on_signal();
     anchorage_projector::run(
         bus.clone(),
         store.clone(),

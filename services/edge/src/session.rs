@@ -64,6 +64,24 @@ fn to_message(row: anchorage_store::MessageRow) -> Option<Message> {
     })
 }
 
+/// Polls `reached` every 10 ms until it holds or `limit` passes; returns whether it held.
+async fn wait_for<F, Fut>(limit: Duration, mut reached: F) -> Result<bool, (ErrorCode, String)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, (ErrorCode, String)>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if reached().await? {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// One signed-in connection.
 #[derive(Debug)]
 pub struct Session {
@@ -131,17 +149,7 @@ impl Session {
             .await
             .map_err(internal)?
             .last_seq;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while store
-            .checkpoint("messages")
-            .await
-            .map_err(internal)?
-            .map_or(0, |c| c.last_seq)
-            < end.0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.messages_projected(end).await?;
         let anchors: HashMap<&str, u64> =
             anchors.iter().map(|a| (a.conv.as_str(), a.seq)).collect();
         let user = self.claims.sub.as_str();
@@ -342,25 +350,22 @@ impl Session {
             .last_subject_seq(stream::MESSAGES, &subjects::message(conv))
             .await
             .map_err(internal)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        loop {
-            // The projection's checkpoint, not the conversation's last seq: an event the
-            // projection set aside must not hold every sync up.
-            let at = self
-                .state
-                .store
+        self.messages_projected(last).await
+    }
+
+    /// Waits (up to 2 s) until the message projection has applied the MESSAGES stream up to
+    /// `seq` — its checkpoint, not a conversation's last seq, so an event the projection set
+    /// aside holds nothing up. Returns whether it got there.
+    async fn messages_projected(&self, seq: Seq) -> Result<bool, (ErrorCode, String)> {
+        let store = &self.state.store;
+        wait_for(Duration::from_secs(2), || async {
+            Ok(store
                 .checkpoint("messages")
                 .await
                 .map_err(internal)?
-                .map_or(0, |c| c.last_seq);
-            if at >= last.0 {
-                return Ok(true);
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+                .is_some_and(|c| c.last_seq >= seq.0))
+        })
+        .await
     }
 
     async fn sync(
@@ -655,20 +660,16 @@ impl Session {
             .last_subject_seq(stream::MEMBERSHIP, &subject)
             .await
             .map_err(internal)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        loop {
-            let at = self
-                .state
-                .store
+        let store = &self.state.store;
+        wait_for(Duration::from_secs(2), || async {
+            Ok(store
                 .group_row(group.as_str())
                 .await
                 .map_err(internal)?
-                .map_or(0, |g| g.version);
-            if at >= version.0 || tokio::time::Instant::now() > deadline {
-                return Ok(version);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+                .is_some_and(|g| g.version >= version.0))
+        })
+        .await?;
+        Ok(version)
     }
 
     async fn leave(&self, id: RequestId, group: GroupId) -> Answer {
