@@ -499,3 +499,74 @@ async fn an_edge_at_capacity_refuses_new_sockets_with_a_retry_hint() {
     small.stop().await.unwrap();
     t.edge2.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_others_carry_on() {
+    let t = two_edges().await;
+    let mut config = t.stack.config.clone();
+    config.edge.queue_frames = 16;
+    let small = TestEdge::start(&config).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(t.stack.edge_addr(), "alice", "a")
+        .await
+        .unwrap();
+    let (mut bob, _) = WsClient::signed_in(small.addr, "bob", "b").await.unwrap();
+    let (mut carol, _) = WsClient::signed_in(small.addr, "carol", "c").await.unwrap();
+    alice
+        .request(json!({"type": "create_group", "group": "big", "title": "Big", "members": ["bob", "carol"]}))
+        .await
+        .unwrap();
+    bob.push(|f| f["type"] == "membership").await.unwrap();
+    carol.push(|f| f["type"] == "membership").await.unwrap();
+
+    // Bob stops reading; a flood of large messages fills every buffer on the way to him.
+    let body = "x".repeat(16 * 1024);
+    let bus = &t.stack.stack.bus;
+    let conv = anchorage_schema::ConversationId::parse("big").unwrap();
+    let total = 1500;
+    let flood = async {
+        for n in 0..total {
+            let env = anchorage_schema::Envelope::new(
+                anchorage_schema::EventId::parse(format!("flood-{n}")).unwrap(),
+                1,
+                anchorage_schema::Actor::System {
+                    source: anchorage_schema::SourceId::parse("load").unwrap(),
+                },
+                anchorage_schema::event::SystemMessagePosted {
+                    conv: conv.clone(),
+                    body: json!(body),
+                },
+            );
+            bus.publish_event("msg.big", &env, None).await.unwrap();
+        }
+    };
+    // Carol keeps reading and gets every message, in order.
+    let read_all = async {
+        let mut last = 0;
+        for _ in 0..total {
+            let m = carol.push(|f| f["type"] == "message").await.unwrap();
+            let seq = m["message"]["seq"].as_u64().unwrap();
+            assert!(seq > last);
+            last = seq;
+        }
+        last
+    };
+    let ((), last) = tokio::join!(flood, read_all);
+    assert!(last > 0);
+    // Bob's connection was closed rather than skipped: draining what reached him ends in the
+    // slow-consumer close (or the socket drop that follows it), before all messages.
+    let mut received = 0;
+    let end = loop {
+        match bob.next_frame().await {
+            Ok(f) if f["type"] == "message" => received += 1,
+            Ok(_) => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(received < total, "bob got {received} of {total}");
+    assert!(
+        end.contains("4008") || end.contains("socket error") || end == "closed",
+        "{end}"
+    );
+    small.stop().await.unwrap();
+    t.edge2.stop().await.unwrap();
+}

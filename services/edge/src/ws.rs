@@ -74,12 +74,15 @@ async fn send_close(sink: &mut Sink, code: u16, reason: &str) {
         end -= 1;
     }
     let reason = &reason[..end];
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
+    // A client that stopped reading may never take the close frame: do not wait for it.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from(reason),
-        })))
-        .await;
+        }))),
+    )
+    .await;
 }
 
 pub(crate) fn frame(f: &ServerFrame) -> Frame {
@@ -285,7 +288,15 @@ async fn connection(socket: WebSocket, state: EdgeState, _permit: OwnedSemaphore
     state.hub.unregister(conn_id);
     drop(session);
     conn.close_with(close::GOING_AWAY);
-    let _ = writer.await;
+    // The writer may be stuck on a socket the client no longer reads: give it a moment to
+    // finish, then drop the socket.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
 }
 
 /// When the token stops being valid, as a deadline.
