@@ -67,6 +67,19 @@ pub enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
+    /// Measure a scenario next to its raw baseline (raw, send, replay, memory).
+    Bench {
+        scenario: String,
+        /// A small, fast run (a smoke test of the output, not of speed).
+        #[arg(long)]
+        quick: bool,
+        /// Print only the JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The client side of `bench memory` (idle sockets in a separate process).
+    #[command(hide = true)]
+    BenchClients { addr: String, count: usize },
     /// End a device's session: its sockets close at once and its tokens are refused.
     Revoke {
         #[arg(long)]
@@ -108,8 +121,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         print!("{DEFAULT_TOML}");
         return Ok(ExitCode::SUCCESS);
     }
+    match &cli.command {
+        Command::Bench {
+            scenario,
+            quick,
+            json,
+        } => {
+            let report = crate::bench::run(scenario, crate::bench::Sizes::new(*quick)).await?;
+            if *json {
+                println!("{report}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::BenchClients { addr, count } => {
+            crate::bench::idle_clients(addr, *count).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Bench { .. } | Command::BenchClients { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::Dev => dev(config).await,
         Command::Edge => edge(config).await,
         Command::Projector => projector(config).await,

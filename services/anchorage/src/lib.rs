@@ -2,6 +2,7 @@
 //! nats-server child management, so tests and `anchorage dev` run exactly the code production
 //! runs.
 
+pub mod bench;
 pub mod cli;
 pub mod natsd;
 pub mod replay;

@@ -90,6 +90,12 @@ pub async fn run(
     state.shutdown = shutdown.clone();
     let hub = state.hub.clone();
     tracing::info!(%addr, "edge listening");
+    // Frames are small and latency matters: no Nagle delay on accepted sockets.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;

@@ -154,7 +154,7 @@ impl Engine {
             _ = self.shutdown.cancelled() => return End::Shutdown,
             c = tokio::time::timeout(
                 CONNECT_WAIT,
-                tokio_tungstenite::connect_async(self.options.url.as_str()),
+                tokio_tungstenite::connect_async_with_config(self.options.url.as_str(), None, true),
             ) => c,
         };
         let Ok(connected) = connected else {

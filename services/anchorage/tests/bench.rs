@@ -1,0 +1,51 @@
+//! `anchorage bench … --quick --json` prints one JSON object with our figures and the
+//! baseline from the same run. A smoke test of the output's shape — never of speed.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
+
+use anchorage_tests::{nats_binary, repo_root};
+use serde_json::Value;
+
+fn bench(scenario: &str) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
+        .args(["bench", scenario, "--quick", "--json"])
+        .current_dir(repo_root())
+        .env("ANCHORAGE_DEV__NATS_SERVER", nats_binary().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn positive(v: &Value, path: &[&str]) {
+    let mut at = v;
+    for key in path {
+        at = &at[*key];
+    }
+    assert!(at.as_f64().is_some_and(|x| x > 0.0), "{path:?} in {v}");
+}
+
+#[test]
+fn raw_send_and_replay_report_figures_with_their_baselines() {
+    let raw = bench("raw");
+    assert_eq!(raw["scenario"], "raw");
+    positive(&raw, &["baseline", "jetstream_publish_msgs_per_sec"]);
+    positive(&raw, &["baseline", "jetstream_consume_msgs_per_sec"]);
+    positive(&raw, &["baseline", "websocket_push_frames_per_sec"]);
+    positive(&raw, &["machine", "cpus"]);
+
+    let send = bench("send");
+    positive(&send, &["ours", "accepted_msgs_per_sec"]);
+    positive(&send, &["ours", "ack_latency_ms_p99"]);
+    positive(&send, &["baseline", "jetstream_publish_msgs_per_sec"]);
+    positive(&send, &["ratio"]);
+
+    let replay = bench("replay");
+    positive(&replay, &["ours", "replay_events_per_sec"]);
+    positive(&replay, &["baseline", "jetstream_consume_msgs_per_sec"]);
+    positive(&replay, &["ratio"]);
+}
