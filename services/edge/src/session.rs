@@ -363,7 +363,8 @@ impl Session {
                 .checkpoint("messages")
                 .await
                 .map_err(internal)?
-                .is_some_and(|c| c.last_seq >= seq.0))
+                .map_or(0, |c| c.last_seq)
+                >= seq.0)
         })
         .await
     }
@@ -666,7 +667,8 @@ impl Session {
                 .group_row(group.as_str())
                 .await
                 .map_err(internal)?
-                .is_some_and(|g| g.version >= version.0))
+                .map_or(0, |g| g.version)
+                >= version.0)
         })
         .await?;
         Ok(version)
