@@ -444,7 +444,8 @@ async fn replay(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let store = anchorage_store::Store::connect(&anchorage_store::StoreOptions {
         url: format!("sqlite://{}/replay.db", env.dir.path().display()),
         max_connections: 4,
-        sqlite_synchronous: env.config.database.sqlite_synchronous.as_pragma(),
+        // As `anchorage replay` opens its target.
+        sqlite_synchronous: "NORMAL",
     })
     .await?;
     store.migrate().await?;

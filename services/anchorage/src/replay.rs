@@ -30,8 +30,11 @@ pub async fn run(config: &Config, into: &str, verify: bool) -> anyhow::Result<Ex
     anchorage_store::ensure_database(into)
         .await
         .with_context(|| format!("creating {into}"))?;
+    // The rebuild can always be run again (it resumes from its checkpoints), so it need not
+    // wait for every commit to reach the disk.
     let target = Store::connect(&StoreOptions {
         url: into.to_owned(),
+        sqlite_synchronous: "NORMAL",
         ..crate::store_options(config)
     })
     .await
