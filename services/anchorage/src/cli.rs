@@ -175,9 +175,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let user = UserId::parse(user).context("--user")?;
             let device = DeviceId::parse(device).context("--device")?;
             let bus = Bus::connect(&crate::bus_options(&config, false)).await?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            let now = anchorage_schema::now_ms();
             let event = Envelope::new(
                 EventId::parse(format!("revoke:{user}:{device}:{now}"))?,
                 now,

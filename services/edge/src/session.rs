@@ -6,6 +6,7 @@
 //! and published with `Nats-Expected-Last-Subject-Sequence`; a lost race re-reads and decides
 //! again, up to three times, then answers `conflict`.
 
+use anchorage_schema::now_ms;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -43,12 +44,6 @@ fn internal(err: impl std::fmt::Display) -> (ErrorCode, String) {
 
 fn forbidden(conv: &ConversationId) -> (ErrorCode, String) {
     (ErrorCode::Forbidden, format!("not a member of {conv}"))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn to_message(row: anchorage_store::MessageRow) -> Option<Message> {

@@ -13,6 +13,7 @@ use anchorage_schema::event::{
     MembersRemoved, Role,
 };
 use anchorage_schema::ids::UserId;
+use anchorage_schema::now_ms;
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{Actor, Envelope, Event};
 use anchorage_store::{Checkpoint, GroupRow, MemberRow, NewMessage, Store, StoreError, Tx};
@@ -101,12 +102,6 @@ impl Projection {
             Projection::Membership => apply_membership(tx, seq, subject, env).await,
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Applies `events` (sequence, subject, payload) to projection `p` in one transaction that

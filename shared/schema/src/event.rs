@@ -22,6 +22,14 @@ use serde_json::Value;
 
 use crate::ids::{ClientMsgId, ConversationId, DeviceId, EventId, GroupId, SourceId, UserId};
 
+/// The current time in Unix milliseconds, as events carry it (`occurred_at`, client and
+/// server timestamps).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Who caused an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -18,5 +18,5 @@ pub mod ids;
 pub mod subjects;
 
 pub use anchor::{Anchor, Epoch, Seq};
-pub use event::{Actor, DecodeError, Envelope, Event};
+pub use event::{Actor, DecodeError, Envelope, Event, now_ms};
 pub use ids::{ClientMsgId, ConversationId, DeviceId, EventId, GroupId, IdError, SourceId, UserId};

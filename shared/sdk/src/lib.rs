@@ -22,6 +22,7 @@ mod backoff;
 mod engine;
 mod store;
 
+use anchorage_schema::now_ms;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -138,12 +139,6 @@ impl std::fmt::Debug for ClientOptions {
 #[derive(Debug, Clone)]
 pub struct Client {
     engine: Arc<engine::Engine>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Client {
