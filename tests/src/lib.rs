@@ -283,15 +283,8 @@ impl TestEdge {
     pub async fn start(config: &Config) -> anyhow::Result<TestEdge> {
         let bus = anchorage_bus::Bus::connect(&anchorage::bus_options(config, false)).await?;
         let store = anchorage_store::Store::connect(&anchorage::store_options(config)).await?;
-        let streams = anchorage::load_streams(config)?;
-        let state = anchorage_edge::EdgeState::start(
-            bus,
-            store,
-            std::sync::Arc::new(streams),
-            config.edge.clone(),
-            &config.auth,
-        )
-        .await?;
+        let state =
+            anchorage::edge_state(config, bus, store, anchorage::load_streams(config)?).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -552,4 +545,33 @@ impl Drop for TcpProxy {
         self.cut();
         self.accept.abort();
     }
+}
+
+/// Every entry of the dead-letter stream, oldest first, as its headers (name → value).
+pub async fn dead_letters(
+    nats_url: &str,
+) -> anyhow::Result<Vec<std::collections::BTreeMap<String, String>>> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    let dlq = js
+        .get_stream(anchorage_schema::subjects::stream::DEADLETTER)
+        .await?;
+    let last = dlq.get_info().await?.state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let m = dlq.get_raw_message(seq).await?;
+        out.push(
+            m.headers
+                .iter()
+                .map(|(k, v)| {
+                    let value = v
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    (k.to_string(), value)
+                })
+                .collect(),
+        );
+    }
+    Ok(out)
 }

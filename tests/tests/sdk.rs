@@ -208,6 +208,7 @@ async fn offline_actions_flush_in_order_and_reads_reach_other_devices() {
     let proxy = TcpProxy::start(s.stack.edge_addr()).await.unwrap();
     proxy.offline(true);
     let alice = client(proxy.addr, s.dir.path(), "alice", "phone").await;
+    let mut alice_events = alice.subscribe();
     let bob_phone = client(s.stack.edge_addr(), s.dir.path(), "bob", "phone").await;
     let bob_laptop = client(s.edge2.addr, s.dir.path(), "bob", "laptop").await;
 
@@ -217,7 +218,15 @@ async fn offline_actions_flush_in_order_and_reads_reach_other_devices() {
     let dm = alice.open_direct("alice", "bob").await.unwrap();
     let m2 = alice.send(&dm, json!("psst")).await.unwrap();
     let m3 = alice.send("trip", json!("second")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A connection attempt fails while all of it is queued: nothing has left.
+    tokio::time::timeout(WAIT, async {
+        while !matches!(
+            alice_events.recv().await,
+            Ok(ClientEvent::Disconnected { .. })
+        ) {}
+    })
+    .await
+    .unwrap();
     assert_eq!(
         alice.outbox(&m1).await.unwrap().unwrap().state,
         OutboxState::Pending

@@ -14,7 +14,7 @@ use anchorage_schema::{
     Actor, ClientMsgId, ConversationId, DeviceId, Envelope, Event, EventId, GroupId, SourceId,
     UserId,
 };
-use anchorage_tests::{TestNats, TestStack, eventually, http_get};
+use anchorage_tests::{TestNats, TestStack, dead_letters, eventually, http_get};
 use futures::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -156,49 +156,31 @@ async fn projections_follow_the_streams_and_poison_goes_to_the_dead_letter_strea
     assert_eq!(seqs, vec![1, 2, 3, 6, 7]);
 
     // Both poison events are in the dead-letter stream with their reasons and origin.
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let dlq = js.get_stream("DEADLETTER").await.unwrap();
-    let mut reasons = Vec::new();
-    for seq in 1..=2 {
-        let m = dlq.get_raw_message(seq).await.unwrap();
-        let h = |name: &str| {
-            m.headers
-                .get(name)
-                .map(|v| v.to_string())
-                .unwrap_or_default()
-        };
-        assert_eq!(h(header::DLQ_STREAM), "MESSAGES");
-        assert_eq!(h(header::DLQ_SUBJECT), "msg.c1");
-        reasons.push((
-            h(header::DLQ_SEQ),
-            h(header::DLQ_CODE),
-            h(header::DLQ_REASON),
-        ));
+    let dead = dead_letters(&nats.url()).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    for d in &dead {
+        assert_eq!(d[header::DLQ_STREAM], "MESSAGES");
+        assert_eq!(d[header::DLQ_SUBJECT], "msg.c1");
     }
-    assert_eq!(reasons[0].0, "4");
-    assert_eq!(reasons[0].1, "malformed");
+    assert_eq!(
+        (
+            dead[0][header::DLQ_SEQ].as_str(),
+            dead[0][header::DLQ_CODE].as_str()
+        ),
+        ("4", "malformed")
+    );
     assert!(
-        reasons[0].2.starts_with("not a JSON event envelope"),
-        "{reasons:?}"
+        dead[0][header::DLQ_REASON].starts_with("not a JSON event envelope"),
+        "{dead:?}"
     );
     assert_eq!(
-        (reasons[1].0.as_str(), reasons[1].1.as_str()),
+        (
+            dead[1][header::DLQ_SEQ].as_str(),
+            dead[1][header::DLQ_CODE].as_str()
+        ),
         ("5", "wrong_stream")
     );
-    assert_eq!(m_count(&js, "DEADLETTER").await, 2);
     stack.stack.stop().await.unwrap();
-}
-
-async fn m_count(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap()
-        .state
-        .messages
 }
 
 #[tokio::test]

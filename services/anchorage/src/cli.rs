@@ -2,12 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anchorage_bus::Bus;
 use anchorage_config::{Config, DEFAULT_TOML};
-use anchorage_edge::EdgeState;
 use anchorage_projector::ProjectorOptions;
 use anchorage_schema::event::SessionRevoked;
 use anchorage_schema::{Actor, DeviceId, Envelope, EventId, SourceId, UserId, subjects};
@@ -318,14 +316,7 @@ async fn edge(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding edge.listen = {}", config.edge.listen))?;
     let shutdown = cancel_on_signal();
-    let state = EdgeState::start(
-        bus.clone(),
-        store.clone(),
-        Arc::new(streams),
-        config.edge.clone(),
-        &config.auth,
-    )
-    .await?;
+    let state = crate::edge_state(&config, bus.clone(), store.clone(), streams).await?;
     anchorage_edge::run(listener, state, shutdown).await?;
     bus.close().await;
     store.close().await;

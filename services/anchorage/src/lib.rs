@@ -46,6 +46,23 @@ pub fn load_streams_from(dir: &Path, replicas: usize) -> anyhow::Result<StreamSe
         .with_context(|| format!("loading stream definitions from {}", dir.display()))
 }
 
+/// An edge over `bus` and `store` as the configuration says, expecting `streams` on the server.
+pub async fn edge_state(
+    config: &Config,
+    bus: anchorage_bus::Bus,
+    store: anchorage_store::Store,
+    streams: StreamSet,
+) -> anyhow::Result<anchorage_edge::EdgeState> {
+    anchorage_edge::EdgeState::start(
+        bus,
+        store,
+        std::sync::Arc::new(streams),
+        config.edge.clone(),
+        &config.auth,
+    )
+    .await
+}
+
 /// Waits for Ctrl-C (SIGINT) or SIGTERM.
 pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

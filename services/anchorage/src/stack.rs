@@ -6,11 +6,9 @@
 //! its current batch or request) and closes the connections.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anchorage_bus::{ApplyReport, Bus};
 use anchorage_config::Config;
-use anchorage_edge::EdgeState;
 use anchorage_projector::ProjectorOptions;
 use anchorage_store::Store;
 use anyhow::Context;
@@ -56,14 +54,7 @@ impl Stack {
             shutdown.child_token(),
         ));
         let edge_addr = listener.local_addr()?;
-        let edge = EdgeState::start(
-            bus.clone(),
-            store.clone(),
-            Arc::new(streams),
-            config.edge.clone(),
-            &config.auth,
-        )
-        .await?;
+        let edge = crate::edge_state(config, bus.clone(), store.clone(), streams).await?;
         tasks.spawn(anchorage_edge::run(listener, edge, shutdown.child_token()));
         Ok(Stack {
             bus,

@@ -156,26 +156,11 @@ pub fn mint_hs256(
 
 /// Verifies an HS256 device token and returns its claims.
 pub fn verify_hs256(secret: &str, token: &str) -> Result<Claims, TokenError> {
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.leeway = 0;
-    validation.set_required_spec_claims(&["exp", "sub"]);
-    jsonwebtoken::decode::<Claims>(
+    decode_with(
         token,
+        Algorithm::HS256,
         &DecodingKey::from_secret(secret.as_bytes()),
-        &validation,
     )
-    .map(|data| data.claims)
-    .map_err(|e| {
-        use jsonwebtoken::errors::ErrorKind;
-        match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                TokenError::BadAlgorithm
-            }
-            _ => TokenError::Malformed(e.to_string()),
-        }
-    })
 }
 
 #[cfg(test)]
