@@ -242,6 +242,15 @@ impl Client {
             .store(seq, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Test hook: whether the push armed with [`Client::drop_push`] has been dropped.
+    #[doc(hidden)]
+    pub fn push_dropped(&self) -> bool {
+        self.engine
+            .drop_push
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+    }
+
     /// Disconnects and stops the engine; the local store keeps everything.
     pub async fn shutdown(&self) {
         self.engine.shutdown().await;
