@@ -452,6 +452,7 @@ async fn replay(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let options = anchorage_projector::replay::ReplayOptions {
         batch_size: 1000,
         upto: Default::default(),
+        membership: Default::default(),
     };
     let start = Instant::now();
     let summary = anchorage_projector::replay::replay(&bus, &store, &options, |_| {}).await?;

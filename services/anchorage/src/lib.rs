@@ -58,6 +58,7 @@ pub async fn edge_state(
         store,
         std::sync::Arc::new(streams),
         config.edge.clone(),
+        config.members.clone(),
         &config.auth,
     )
     .await

@@ -54,6 +54,9 @@ pub async fn run(config: &Config, into: &str, verify: bool) -> anyhow::Result<Ex
     let mut options = ReplayOptions {
         batch_size: config.projector.batch_size as usize,
         upto: BTreeMap::new(),
+        membership: anchorage_projector::MembershipRules {
+            tombstone_horizon: config.projector.tombstone_horizon,
+        },
     };
     let mut meter = Meter::new();
     let mut total = ReplaySummary::default();

@@ -12,6 +12,10 @@
 //! projection had not applied yet are replayed from a short buffer of recent ones, so no
 //! change falls between the two.
 //!
+//! Member-list notifications (`members_changed`, published by the projector once a change is
+//! committed) go to the connections that synced that group's list and still watch it — never
+//! to the whole group: a 100,000-member group's churn reaches only those who look at it.
+//!
 //! Queues are bounded: a connection whose queue is full is closed with
 //! [`close::SLOW_CONSUMER`] and resyncs from its anchors when it reconnects — it is never
 //! silently skipped.
@@ -110,6 +114,9 @@ struct State {
     users: HashMap<UserId, UserEntry>,
     convs: HashMap<ConversationId, ConvEntry>,
     recent: VecDeque<(u64, Envelope)>,
+    /// Connections watching a group's member list, and the reverse.
+    watchers: HashMap<ConversationId, HashSet<ConnId>>,
+    watching: HashMap<ConnId, HashSet<ConversationId>>,
 }
 
 /// The live registry of one edge.
@@ -121,6 +128,7 @@ pub struct Hub {
     next_id: AtomicU64,
     membership: Mutex<Option<AbortHandle>>,
     revocations: Mutex<Option<AbortHandle>>,
+    notices: Mutex<Option<AbortHandle>>,
 }
 
 /// The frame of a live message event, if it is one.
@@ -164,6 +172,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             membership: Mutex::new(None),
             revocations: Mutex::new(None),
+            notices: Mutex::new(None),
         });
         let mut sub = bus.subscribe_live("live.grp.>").await?;
         bus.flush().await?;
@@ -194,8 +203,26 @@ impl Hub {
                 }
             }
         });
+        // Member-list notifications, for the connections watching a group.
+        let mut notices = bus.subscribe_notices(subjects::NOTIFY_MEMBERS_ALL).await?;
+        bus.flush().await?;
+        let weak = Arc::downgrade(&hub);
+        let notices = tokio::spawn(async move {
+            while let Some((subject, payload)) = notices.next().await {
+                let Some(hub) = weak.upgrade() else { break };
+                let group = subjects::last_token(&subject);
+                let (Ok(conv), Ok(text)) = (
+                    ConversationId::parse(group),
+                    String::from_utf8(payload.to_vec()),
+                ) else {
+                    continue;
+                };
+                hub.deliver_watchers(&conv, text.into());
+            }
+        });
         *hub.lock_membership() = Some(task.abort_handle());
         *hub.lock_revocations() = Some(revocations.abort_handle());
+        *hub.notices.lock().unwrap_or_else(|p| p.into_inner()) = Some(notices.abort_handle());
         Ok(hub)
     }
 
@@ -339,6 +366,7 @@ impl Hub {
         let Some(handle) = state.conns.remove(&conn) else {
             return;
         };
+        Self::unwatch_all(&mut state, conn);
         let user = handle.user;
         let Some(entry) = state.users.get_mut(&user) else {
             return;
@@ -364,6 +392,64 @@ impl Hub {
             .users
             .get(user)
             .is_some_and(|e| e.convs.contains(conv))
+    }
+
+    /// Starts sending `conv`'s member-list notifications to `conn`.
+    pub fn watch_members(&self, conn: ConnId, conv: &ConversationId) {
+        let mut state = self.lock();
+        state.watchers.entry(conv.clone()).or_default().insert(conn);
+        state.watching.entry(conn).or_default().insert(conv.clone());
+    }
+
+    /// Stops sending `conv`'s member-list notifications to `conn`.
+    pub fn unwatch_members(&self, conn: ConnId, conv: &ConversationId) {
+        Self::unwatch(&mut self.lock(), conn, conv);
+    }
+
+    fn unwatch(state: &mut State, conn: ConnId, conv: &ConversationId) {
+        if let Some(w) = state.watchers.get_mut(conv) {
+            w.remove(&conn);
+            if w.is_empty() {
+                state.watchers.remove(conv);
+            }
+        }
+        if let Some(w) = state.watching.get_mut(&conn) {
+            w.remove(conv);
+            if w.is_empty() {
+                state.watching.remove(&conn);
+            }
+        }
+    }
+
+    fn unwatch_all(state: &mut State, conn: ConnId) {
+        for conv in state.watching.remove(&conn).unwrap_or_default() {
+            if let Some(w) = state.watchers.get_mut(&conv) {
+                w.remove(&conn);
+                if w.is_empty() {
+                    state.watchers.remove(&conv);
+                }
+            }
+        }
+    }
+
+    /// Hands a member-list notification to the watchers of `conv` who are still members.
+    fn deliver_watchers(&self, conv: &ConversationId, frame: Frame) {
+        let state = self.lock();
+        let Some(watchers) = state.watchers.get(conv) else {
+            return;
+        };
+        for id in watchers {
+            let Some(conn) = state.conns.get(id) else {
+                continue;
+            };
+            let member = state
+                .users
+                .get(&conn.user)
+                .is_some_and(|u| u.convs.contains(conv));
+            if member {
+                conn.push(frame.clone());
+            }
+        }
     }
 
     /// Records a membership the caller just caused, before its live copy arrives.
@@ -553,6 +639,14 @@ impl Hub {
                 self.add_interest(&mut state, &user, conv.clone());
             } else {
                 Self::drop_interest(&mut state, &user, &conv);
+                let conns: Vec<ConnId> = state
+                    .users
+                    .get(&user)
+                    .map(|u| u.conns.iter().copied().collect())
+                    .unwrap_or_default();
+                for conn in conns {
+                    Self::unwatch(&mut state, conn, &conv);
+                }
             }
             let frame: Frame = ServerFrame::Membership {
                 conv: conv.clone(),
@@ -594,6 +688,14 @@ impl Hub {
             task.abort();
         }
         if let Some(task) = self.lock_revocations().take() {
+            task.abort();
+        }
+        if let Some(task) = self
+            .notices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             task.abort();
         }
         let mut state = self.lock();

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod hub;
 mod limits;
+mod members;
 mod session;
 mod ws;
 
@@ -39,6 +40,8 @@ pub struct EdgeState {
     /// The stream definitions this edge expects on the server.
     pub streams: Arc<StreamSet>,
     pub config: anchorage_config::EdgeConfig,
+    /// How member lists are synchronized.
+    pub members: anchorage_config::MembersConfig,
     /// Checks device tokens.
     pub verifier: Arc<auth::Verifier>,
     pub hub: Arc<hub::Hub>,
@@ -56,6 +59,7 @@ impl EdgeState {
         store: Store,
         streams: Arc<StreamSet>,
         config: anchorage_config::EdgeConfig,
+        members: anchorage_config::MembersConfig,
         auth: &anchorage_config::AuthConfig,
     ) -> anyhow::Result<EdgeState> {
         let hub = hub::Hub::start(bus.clone(), store.clone()).await?;
@@ -67,6 +71,7 @@ impl EdgeState {
             store,
             streams,
             config,
+            members,
             hub,
             shutdown: CancellationToken::new(),
         })

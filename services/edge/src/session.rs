@@ -13,7 +13,8 @@ use std::time::Duration;
 use anchorage_bus::PublishError;
 use anchorage_protocol::{ClientFrame, ConvChange, ErrorCode, Message, RequestId, ServerFrame};
 use anchorage_schema::event::{
-    GroupCreated, MembersAdded, MembersRemoved, MessageSent, ReadMarked, RemovalReason,
+    GroupCreated, GroupDismissed, GroupProfileChanged, MemberMuteChanged, MemberProfileChanged,
+    MemberRoleChanged, MembersAdded, MembersRemoved, MessageSent, ReadMarked, RemovalReason, Role,
 };
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{
@@ -23,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::EdgeState;
 use crate::auth::Claims;
-use crate::hub::Frame;
+use crate::hub::{ConnId, Frame};
 
 /// Most messages one `sync` or `history` answer carries.
 const MAX_PAGE: u32 = 500;
@@ -80,14 +81,27 @@ where
 /// One signed-in connection.
 #[derive(Debug)]
 pub struct Session {
-    state: EdgeState,
-    claims: Claims,
+    pub(crate) state: EdgeState,
+    pub(crate) claims: Claims,
+    pub(crate) conn: ConnId,
     tx: mpsc::Sender<Frame>,
 }
 
+/// What a group command is decided on: the caller's role and the target member's (when the
+/// command names one), read at the group's current version.
+pub(crate) struct Decision {
+    pub my_role: Option<Role>,
+    pub target_role: Option<Role>,
+}
+
 impl Session {
-    pub fn new(state: EdgeState, claims: Claims, tx: mpsc::Sender<Frame>) -> Self {
-        Self { state, claims, tx }
+    pub fn new(state: EdgeState, claims: Claims, conn: ConnId, tx: mpsc::Sender<Frame>) -> Self {
+        Self {
+            state,
+            claims,
+            conn,
+            tx,
+        }
     }
 
     /// Queues an answer (waits for room: answers are never dropped).
@@ -102,7 +116,7 @@ impl Session {
         }
     }
 
-    fn member(&self, conv: &ConversationId) -> Result<(), (ErrorCode, String)> {
+    pub(crate) fn member(&self, conv: &ConversationId) -> Result<(), (ErrorCode, String)> {
         if self.state.hub.is_member(&self.claims.sub, conv) {
             Ok(())
         } else {
@@ -252,6 +266,66 @@ impl Session {
                 self.change_members(id, group, members, false).await
             }
             ClientFrame::Leave { id, group } => self.leave(id, group).await,
+            ClientFrame::SetRole {
+                id,
+                group,
+                member,
+                role,
+            } => self.set_role(id, group, member, role).await,
+            ClientFrame::MuteMember {
+                id,
+                group,
+                member,
+                until,
+            } => self.mute(id, group, member, until).await,
+            ClientFrame::SetNickname {
+                id,
+                group,
+                member,
+                nickname,
+            } => self.set_nickname(id, group, member, nickname).await,
+            ClientFrame::UpdateGroup {
+                id,
+                group,
+                title,
+                avatar,
+            } => self.update_group(id, group, title, avatar).await,
+            ClientFrame::DismissGroup { id, group } => self.dismiss(id, group).await,
+            ClientFrame::GroupVersions { id, cursor } => self.group_versions(id, cursor).await,
+            ClientFrame::MembersSync {
+                id,
+                group,
+                epoch,
+                version,
+                digest,
+            } => self.members_sync(id, group, epoch, version, digest).await,
+            ClientFrame::MembersFetch {
+                id,
+                group,
+                epoch,
+                anchor,
+                cursor,
+                buckets,
+            } => {
+                self.members_fetch(id, group, epoch, anchor, cursor, buckets)
+                    .await
+            }
+            ClientFrame::MembersSyncBatch {
+                id,
+                groups,
+                budget_bytes,
+                cursor,
+            } => {
+                self.members_sync_batch(id, groups, budget_bytes, cursor)
+                    .await
+            }
+            ClientFrame::MembersSearch {
+                id,
+                group,
+                query,
+                limit,
+            } => self.members_search(id, group, query, limit).await,
+            ClientFrame::MembersUnsubscribe { id, group } => self.members_unsubscribe(id, group),
         };
         let frame = answer.unwrap_or_else(|(code, message)| ServerFrame::Error {
             id,
@@ -273,6 +347,20 @@ impl Session {
     ) -> Answer {
         self.member(&conv)?;
         let user = &self.claims.sub;
+        if !conv.as_str().starts_with("dm-")
+            && let Some(until) = self
+                .state
+                .store
+                .muted_until(conv.as_str(), user.as_str())
+                .await
+                .map_err(internal)?
+            && until > now_ms()
+        {
+            return Err((
+                ErrorCode::Forbidden,
+                format!("muted in {conv} until {until}"),
+            ));
+        }
         if retry
             && let Some(row) = self
                 .state
@@ -557,7 +645,8 @@ impl Session {
         }
     }
 
-    /// Adds or removes members, decided on the group's current version.
+    /// Adds or removes members (owner and admins; only the owner removes admins; nobody
+    /// removes the owner).
     async fn change_members(
         &self,
         id: RequestId,
@@ -571,53 +660,233 @@ impl Session {
                 "between 1 and 1000 members".into(),
             ));
         }
+        let store = self.state.store.clone();
+        let removing = if add {
+            HashMap::new()
+        } else {
+            // Roles of those to remove, read before deciding (a role change in between moves
+            // the version, and the decision is then taken again).
+            let mut roles = HashMap::new();
+            for m in &members {
+                if let Some(r) = store
+                    .member_role(group.as_str(), m.as_str())
+                    .await
+                    .map_err(internal)?
+                {
+                    roles.insert(m.clone(), Role::from_name(&r));
+                }
+            }
+            roles
+        };
+        self.group_command(id, &group, None, "members", |d| {
+            staff(d, &group)?;
+            if add {
+                return Ok(MembersAdded {
+                    group: group.clone(),
+                    members: members.clone(),
+                }
+                .into());
+            }
+            for (m, role) in &removing {
+                if *role == Role::Owner || (*role == Role::Admin && d.my_role != Some(Role::Owner))
+                {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        format!("{m} cannot be removed by you"),
+                    ));
+                }
+            }
+            Ok(MembersRemoved {
+                group: group.clone(),
+                members: members.clone(),
+                reason: RemovalReason::Kicked,
+            }
+            .into())
+        })
+        .await
+    }
+
+    async fn set_role(&self, id: RequestId, group: GroupId, member: UserId, role: Role) -> Answer {
+        if role == Role::Owner {
+            return Err((
+                ErrorCode::InvalidRequest,
+                "ownership cannot be given away; roles are admin or member".into(),
+            ));
+        }
+        self.group_command(id, &group, Some(&member), "role", |d| {
+            if d.my_role != Some(Role::Owner) {
+                return Err((
+                    ErrorCode::Forbidden,
+                    format!("only the owner changes roles in {group}"),
+                ));
+            }
+            target_below(d, &member, Role::Owner)?;
+            Ok(MemberRoleChanged {
+                group: group.clone(),
+                member: member.clone(),
+                role,
+            }
+            .into())
+        })
+        .await
+    }
+
+    async fn mute(
+        &self,
+        id: RequestId,
+        group: GroupId,
+        member: UserId,
+        until: Option<i64>,
+    ) -> Answer {
+        self.group_command(id, &group, Some(&member), "mute", |d| {
+            staff(d, &group)?;
+            // Admins mute plain members; the owner mutes admins too.
+            let ceiling = if d.my_role == Some(Role::Owner) {
+                Role::Owner
+            } else {
+                Role::Admin
+            };
+            target_below(d, &member, ceiling)?;
+            Ok(MemberMuteChanged {
+                group: group.clone(),
+                member: member.clone(),
+                muted_until: until,
+            }
+            .into())
+        })
+        .await
+    }
+
+    async fn set_nickname(
+        &self,
+        id: RequestId,
+        group: GroupId,
+        member: UserId,
+        nickname: Option<String>,
+    ) -> Answer {
+        if nickname.as_ref().is_some_and(|n| n.len() > 64) {
+            return Err((
+                ErrorCode::InvalidRequest,
+                "a nickname has at most 64 bytes".into(),
+            ));
+        }
+        let me = self.claims.sub.clone();
+        self.group_command(id, &group, Some(&member), "nick", |d| {
+            if member != me {
+                staff(d, &group)?;
+            }
+            if d.target_role.is_none() {
+                return Err((
+                    ErrorCode::NotFound,
+                    format!("{member} is not a member of {group}"),
+                ));
+            }
+            Ok(MemberProfileChanged {
+                group: group.clone(),
+                member: member.clone(),
+                nickname: nickname.clone(),
+            }
+            .into())
+        })
+        .await
+    }
+
+    async fn update_group(
+        &self,
+        id: RequestId,
+        group: GroupId,
+        title: Option<String>,
+        avatar: Option<String>,
+    ) -> Answer {
+        if title.as_ref().is_some_and(|t| t.len() > 200)
+            || avatar.as_ref().is_some_and(|a| a.len() > 1024)
+            || (title.is_none() && avatar.is_none())
+        {
+            return Err((
+                ErrorCode::InvalidRequest,
+                "a title (at most 200 bytes) or an avatar (at most 1024 bytes)".into(),
+            ));
+        }
+        self.group_command(id, &group, None, "profile", |d| {
+            staff(d, &group)?;
+            Ok(GroupProfileChanged {
+                group: group.clone(),
+                title: title.clone(),
+                avatar: avatar.clone(),
+            }
+            .into())
+        })
+        .await
+    }
+
+    async fn dismiss(&self, id: RequestId, group: GroupId) -> Answer {
+        self.group_command(id, &group, None, "dismiss", |d| {
+            if d.my_role != Some(Role::Owner) {
+                return Err((
+                    ErrorCode::Forbidden,
+                    format!("only the owner dismisses {group}"),
+                ));
+            }
+            Ok(GroupDismissed {
+                group: group.clone(),
+            }
+            .into())
+        })
+        .await
+    }
+
+    /// Decides a command on the group's current version and publishes its event with
+    /// `Nats-Expected-Last-Subject-Sequence` of that version; a lost race decides again (up
+    /// to three times), then answers `conflict`.
+    async fn group_command<F>(
+        &self,
+        id: RequestId,
+        group: &GroupId,
+        target: Option<&UserId>,
+        kind: &str,
+        decide: F,
+    ) -> Answer
+    where
+        F: Fn(&Decision) -> Result<Event, (ErrorCode, String)>,
+    {
         let me = &self.claims.sub;
-        let subject = subjects::membership(&group);
+        let store = &self.state.store;
+        let subject = subjects::membership(group);
         for attempt in 0..3u32 {
-            let version = self.settled_version(&group).await?;
-            let row = self
-                .state
-                .store
-                .group_row(group.as_str())
-                .await
-                .map_err(internal)?;
+            let version = self.settled_version(group).await?;
+            let row = store.group_row(group.as_str()).await.map_err(internal)?;
             let Some(row) = row.filter(|g| !g.dismissed) else {
                 return Err((ErrorCode::NotFound, format!("group {group} does not exist")));
             };
             if row.direct {
                 return Err((
                     ErrorCode::Forbidden,
-                    "the members of a 1:1 conversation are fixed".into(),
+                    "a 1:1 conversation has fixed members and no roles".into(),
                 ));
             }
-            let role = self
-                .state
-                .store
-                .member_role(group.as_str(), me.as_str())
-                .await
-                .map_err(internal)?;
-            if !matches!(role.as_deref(), Some("owner" | "admin")) {
-                return Err((
-                    ErrorCode::Forbidden,
-                    format!("only owners and admins change the members of {group}"),
-                ));
-            }
-            let event: Event = if add {
-                MembersAdded {
-                    group: group.clone(),
-                    members: members.clone(),
+            let role_of = |user: &UserId| {
+                let store = store.clone();
+                let user = user.clone();
+                let group = group.clone();
+                async move {
+                    store
+                        .member_role(group.as_str(), user.as_str())
+                        .await
+                        .map(|r| r.map(|r| Role::from_name(&r)))
+                        .map_err(internal)
                 }
-                .into()
-            } else {
-                MembersRemoved {
-                    group: group.clone(),
-                    members: members.clone(),
-                    reason: RemovalReason::Kicked,
-                }
-                .into()
             };
+            let my_role = role_of(me).await?;
+            let target_role = match target {
+                Some(t) => role_of(t).await?,
+                None => None,
+            };
+            let event = decide(&Decision {
+                my_role,
+                target_role,
+            })?;
             let env = Envelope::new(
-                EventId::parse(format!("{me}:members:{group}:{}", version.0)).map_err(internal)?,
+                EventId::parse(format!("{me}:{kind}:{group}:{}", version.0)).map_err(internal)?,
                 now_ms(),
                 self.actor(),
                 event,
@@ -648,7 +917,10 @@ impl Session {
     }
 
     /// The group's version on the stream, once the projection has caught up with it.
-    async fn settled_version(&self, group: &GroupId) -> Result<Seq, (ErrorCode, String)> {
+    pub(crate) async fn settled_version(
+        &self,
+        group: &GroupId,
+    ) -> Result<Seq, (ErrorCode, String)> {
         let subject = subjects::membership(group);
         let version = self
             .state
@@ -694,5 +966,34 @@ impl Session {
             conv: Some(conv),
             seq: Some(p.seq.0),
         })
+    }
+}
+
+/// Only the owner and admins.
+fn staff(d: &Decision, group: &GroupId) -> Result<(), (ErrorCode, String)> {
+    if matches!(d.my_role, Some(Role::Owner | Role::Admin)) {
+        Ok(())
+    } else {
+        Err((
+            ErrorCode::Forbidden,
+            format!("only owners and admins do this in {group}"),
+        ))
+    }
+}
+
+/// The target must be a member whose role ranks below `ceiling`.
+fn target_below(d: &Decision, member: &UserId, ceiling: Role) -> Result<(), (ErrorCode, String)> {
+    let rank = |r: Role| match r {
+        Role::Owner => 2,
+        Role::Admin => 1,
+        Role::Member => 0,
+    };
+    match d.target_role {
+        None => Err((ErrorCode::NotFound, format!("{member} is not a member"))),
+        Some(r) if rank(r) >= rank(ceiling) => Err((
+            ErrorCode::Forbidden,
+            format!("{member} is {r:?} and cannot be changed by you"),
+        )),
+        Some(_) => Ok(()),
     }
 }

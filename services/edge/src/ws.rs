@@ -194,7 +194,18 @@ pub fn request_id(f: &ClientFrame) -> Option<RequestId> {
         | ClientFrame::CreateGroup { id, .. }
         | ClientFrame::AddMembers { id, .. }
         | ClientFrame::RemoveMembers { id, .. }
-        | ClientFrame::Leave { id, .. } => *id,
+        | ClientFrame::Leave { id, .. }
+        | ClientFrame::SetRole { id, .. }
+        | ClientFrame::MuteMember { id, .. }
+        | ClientFrame::SetNickname { id, .. }
+        | ClientFrame::UpdateGroup { id, .. }
+        | ClientFrame::DismissGroup { id, .. }
+        | ClientFrame::GroupVersions { id, .. }
+        | ClientFrame::MembersSync { id, .. }
+        | ClientFrame::MembersFetch { id, .. }
+        | ClientFrame::MembersSyncBatch { id, .. }
+        | ClientFrame::MembersSearch { id, .. }
+        | ClientFrame::MembersUnsubscribe { id, .. } => *id,
     })
 }
 
@@ -226,7 +237,7 @@ async fn connection(socket: WebSocket, state: EdgeState, _permit: OwnedSemaphore
             return;
         }
     }
-    let mut session = Session::new(state.clone(), claims.clone(), tx);
+    let mut session = Session::new(state.clone(), claims.clone(), conn_id, tx);
     session.hello(hello_id, &hello).await;
 
     let expires = expiry(&claims);

@@ -32,7 +32,7 @@ use ingest::Ingest;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use projections::{ApplyError, Projection};
+pub use projections::{ApplyError, MembershipRules, Notice, Projection};
 use projections::{apply_events, save_checkpoint};
 
 /// The checkpoint name of the ingest worker.
@@ -49,6 +49,7 @@ pub struct ProjectorOptions {
     pub projections: Vec<Projection>,
     /// Whether to run the ingest worker (events from other systems).
     pub ingest: bool,
+    pub membership: MembershipRules,
 }
 
 impl ProjectorOptions {
@@ -58,6 +59,9 @@ impl ProjectorOptions {
             idle_wait: Duration::from_secs(5),
             projections: Projection::ALL.to_vec(),
             ingest: true,
+            membership: MembershipRules {
+                tombstone_horizon: config.tombstone_horizon,
+            },
         }
     }
 }
@@ -87,6 +91,7 @@ pub async fn run(
             store: store.clone(),
             batch_size: options.batch_size.max(1),
             idle_wait: options.idle_wait,
+            rules: options.membership,
         };
         workers.spawn(worker.run(shutdown.clone()));
     }
@@ -135,6 +140,7 @@ struct Worker {
     store: Store,
     batch_size: usize,
     idle_wait: Duration,
+    rules: MembershipRules,
 }
 
 /// A random delay in `[0, min(10 s, 200 ms · 2^attempt)]`.
@@ -271,7 +277,15 @@ impl Worker {
                     .iter()
                     .map(|d| (d.seq.0, d.subject(), d.payload().as_ref()))
                     .collect();
-                apply_events(&self.store, *p, next, &items).await
+                let notices = apply_events(&self.store, *p, next, &items, self.rules).await?;
+                // Committed: announce it. At most once — a client that misses one sees the
+                // gap in `prev` on the next and syncs.
+                for n in notices {
+                    if let Err(err) = self.bus.notify(&n.subject, n.frame).await {
+                        tracing::debug!(subject = %n.subject, error = %err, "notification lost");
+                    }
+                }
+                Ok(())
             }
             Handler::Ingest(ingest) => {
                 // Publishing is idempotent by event id, so a retry after a failed commit

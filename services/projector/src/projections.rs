@@ -7,7 +7,10 @@
 //! Database errors are [`ApplyError::Store`]: retried, never dead-lettered while the database
 //! is down.
 
-use anchorage_digest::{bucket_of, member_hash};
+use std::collections::{BTreeMap, HashSet};
+
+use anchorage_digest::{SetDigest, bucket_of, member_hash};
+use anchorage_protocol::{MemberInfo, MembersChange, ServerFrame};
 use anchorage_schema::event::{
     GroupCreated, MemberMuteChanged, MemberProfileChanged, MemberRoleChanged, MembersAdded,
     MembersRemoved, Role,
@@ -87,31 +90,37 @@ impl Projection {
         }
     }
 
-    /// Applies one event at stream sequence `seq`, published on `subject`.
+    /// Applies one event at stream sequence `seq`, published on `subject`; returns the
+    /// notification to publish once the transaction committed, if any.
     pub async fn apply(
         self,
         tx: &mut Tx,
         seq: u64,
         subject: &str,
         env: &Envelope,
-    ) -> Result<(), ApplyError> {
+        rules: MembershipRules,
+    ) -> Result<Option<Notice>, ApplyError> {
         match self {
-            Projection::Messages => apply_message(tx, seq, subject, env).await,
-            Projection::Reads => apply_read(tx, seq, subject, env).await,
-            Projection::Users => apply_user(tx, seq, subject, env).await,
-            Projection::Membership => apply_membership(tx, seq, subject, env).await,
+            Projection::Messages => apply_message(tx, seq, subject, env).await.map(|_| None),
+            Projection::Reads => apply_read(tx, seq, subject, env).await.map(|_| None),
+            Projection::Users => apply_user(tx, seq, subject, env).await.map(|_| None),
+            Projection::Membership => apply_membership(tx, seq, subject, env, rules)
+                .await
+                .map(Some),
         }
     }
 }
 
 /// Applies `events` (sequence, subject, payload) to projection `p` in one transaction that
-/// also moves the checkpoint to `next`: all of it lands, or none.
+/// also moves the checkpoint to `next`: all of it lands, or none. Returns the notifications
+/// of what was applied, to publish now that it is committed.
 pub(crate) async fn apply_events(
     store: &Store,
     p: Projection,
     next: Checkpoint,
     events: &[(u64, &str, &[u8])],
-) -> Result<(), ApplyError> {
+    rules: MembershipRules,
+) -> Result<Vec<Notice>, ApplyError> {
     let mut tx = store.begin().await?;
     // One writer per projection: if the checkpoint moved under us, another projector is
     // applying the same stream; back off rather than interleave.
@@ -124,17 +133,18 @@ pub(crate) async fn apply_events(
             stored.last_seq
         )));
     }
+    let mut notices = Vec::new();
     for (seq, subject, payload) in events {
         let env = Envelope::from_json(payload).map_err(|e| ApplyError::Rejected {
             code: e.code(),
             reason: e.to_string(),
         })?;
-        p.apply(&mut tx, *seq, subject, &env).await?;
+        notices.extend(p.apply(&mut tx, *seq, subject, &env, rules).await?);
     }
     tx.set_checkpoint(p.name(), p.stream(), next, now_ms())
         .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(notices)
 }
 
 /// Moves a checkpoint without applying anything (past an event that was set aside).
@@ -262,65 +272,113 @@ async fn apply_user(
 }
 
 fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Owner => "owner",
-        Role::Admin => "admin",
-        Role::Member => "member",
+    role.as_str()
+}
+
+fn member_info(m: &MemberRow) -> Option<MemberInfo> {
+    MemberInfo::from_stored(&m.user, &m.role, m.nickname.clone(), m.muted_until)
+}
+
+/// A membership change to announce once its transaction committed: the subject and the
+/// `members_changed` frame, serialized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub subject: String,
+    pub frame: String,
+}
+
+/// Rules of the membership projection.
+#[derive(Debug, Clone, Copy)]
+pub struct MembershipRules {
+    /// Tombstones are purged this many MEMBERSHIP sequences after the removal.
+    pub tombstone_horizon: u64,
+}
+
+impl Default for MembershipRules {
+    fn default() -> Self {
+        Self {
+            tombstone_horizon: 1_000_000,
+        }
     }
 }
 
-/// Adds `user` to the group (if not already a member), keeping digests in step.
+/// One event's effect on a group: its digest buckets and what notifications carry.
+#[derive(Default)]
+struct Effect {
+    buckets: BTreeMap<u8, (u64, i64)>,
+    change: MembersChange,
+}
+
+/// Adds those of `users` who are not present members, keeping digests in step.
 async fn join(
     tx: &mut Tx,
     group: &mut GroupRow,
-    user: &UserId,
-    role: Role,
+    users: &[(&UserId, Role)],
     seq: u64,
+    effect: &mut Effect,
 ) -> Result<(), StoreError> {
-    let existing = tx.member(&group.group, user.as_str()).await?;
-    if existing.as_ref().is_some_and(|m| m.removed_seq.is_none()) {
-        return Ok(());
+    let ids: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
+    let existing = tx.members_of(&group.group, &ids).await?;
+    let mut seen = HashSet::new();
+    let mut rows = Vec::new();
+    for (user, role) in users {
+        let present = existing
+            .get(user.as_str())
+            .is_some_and(|m| m.removed_seq.is_none());
+        if present || !seen.insert(user.as_str()) {
+            continue;
+        }
+        let row = MemberRow {
+            group: group.group.clone(),
+            user: user.to_string(),
+            role: role_name(*role).into(),
+            nickname: None,
+            muted_until: None,
+            version: seq,
+            removed_seq: None,
+        };
+        let h = member_hash(user.as_str());
+        let b = effect.buckets.entry(bucket_of(user.as_str())).or_default();
+        b.0 = b.0.wrapping_add(h);
+        b.1 += 1;
+        group.digest_sum = group.digest_sum.wrapping_add(h);
+        group.member_count += 1;
+        effect.change.upserts.extend(member_info(&row));
+        rows.push(row);
     }
-    tx.put_member(&MemberRow {
-        group: group.group.clone(),
-        user: user.to_string(),
-        role: role_name(role).into(),
-        nickname: None,
-        muted_until: None,
-        version: seq,
-        removed_seq: None,
-    })
-    .await?;
-    let h = member_hash(user.as_str());
-    tx.adjust_bucket(&group.group, bucket_of(user.as_str()), h, true)
-        .await?;
-    group.digest_sum = group.digest_sum.wrapping_add(h);
-    group.member_count += 1;
-    Ok(())
+    tx.put_members(&rows).await
 }
 
-/// Turns a member into a tombstone at `seq`, keeping digests in step.
+/// Turns those of `users` who are present members into tombstones at `seq`.
 async fn leave(
     tx: &mut Tx,
     group: &mut GroupRow,
-    user: &UserId,
+    users: &[UserId],
     seq: u64,
+    effect: &mut Effect,
 ) -> Result<(), StoreError> {
-    let Some(mut m) = tx.member(&group.group, user.as_str()).await? else {
-        return Ok(());
-    };
-    if m.removed_seq.is_some() {
-        return Ok(());
+    let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    let mut existing = tx.members_of(&group.group, &ids).await?;
+    let mut rows = Vec::new();
+    for user in users {
+        let Some(mut m) = existing
+            .remove(user.as_str())
+            .filter(|m| m.removed_seq.is_none())
+        else {
+            continue;
+        };
+        m.removed_seq = Some(seq);
+        m.version = seq;
+        let h = member_hash(user.as_str());
+        let b = effect.buckets.entry(bucket_of(user.as_str())).or_default();
+        b.0 = b.0.wrapping_sub(h);
+        b.1 -= 1;
+        group.digest_sum = group.digest_sum.wrapping_sub(h);
+        group.member_count = group.member_count.saturating_sub(1);
+        effect.change.removed.push(user.clone());
+        rows.push(m);
     }
-    m.removed_seq = Some(seq);
-    m.version = seq;
-    tx.put_member(&m).await?;
-    let h = member_hash(user.as_str());
-    tx.adjust_bucket(&group.group, bucket_of(user.as_str()), h, false)
-        .await?;
-    group.digest_sum = group.digest_sum.wrapping_sub(h);
-    group.member_count = group.member_count.saturating_sub(1);
-    Ok(())
+    tx.put_members(&rows).await
 }
 
 /// Changes a present member's row; a change to a non-member is rejected.
@@ -329,6 +387,7 @@ async fn update_member(
     group: &GroupRow,
     user: &UserId,
     seq: u64,
+    effect: &mut Effect,
     change: impl FnOnce(&mut MemberRow),
 ) -> Result<(), ApplyError> {
     match tx.member(&group.group, user.as_str()).await? {
@@ -336,6 +395,7 @@ async fn update_member(
             change(&mut m);
             m.version = seq;
             tx.put_member(&m).await?;
+            effect.change.upserts.extend(member_info(&m));
             Ok(())
         }
         _ => Err(reject(
@@ -350,7 +410,8 @@ async fn apply_membership(
     seq: u64,
     subject: &str,
     env: &Envelope,
-) -> Result<(), ApplyError> {
+    rules: MembershipRules,
+) -> Result<Notice, ApplyError> {
     let group_id = match &env.event {
         Event::GroupCreated(e) => &e.group,
         Event::MembersAdded(e) => &e.group,
@@ -364,8 +425,9 @@ async fn apply_membership(
     };
     expect_subject(subject, subjects::membership(group_id))?;
     let existing = tx.group(group_id.as_str()).await?;
+    let mut effect = Effect::default();
 
-    if let Event::GroupCreated(GroupCreated {
+    let (mut group, prev) = if let Event::GroupCreated(GroupCreated {
         group,
         owner,
         title,
@@ -390,68 +452,108 @@ async fn apply_membership(
             version: seq,
             digest_sum: 0,
             member_count: 0,
+            horizon: 0,
         };
-        join(tx, &mut row, owner, Role::Owner, seq).await?;
-        for m in members.iter().filter(|m| *m != owner) {
-            join(tx, &mut row, m, Role::Member, seq).await?;
+        let joining: Vec<(&UserId, Role)> = std::iter::once((owner, Role::Owner))
+            .chain(
+                members
+                    .iter()
+                    .filter(|m| *m != owner)
+                    .map(|m| (m, Role::Member)),
+            )
+            .collect();
+        join(tx, &mut row, &joining, seq, &mut effect).await?;
+        effect.change.title = Some(title.clone());
+        (row, 0)
+    } else {
+        let Some(group) = existing else {
+            return Err(reject(
+                "unknown_group",
+                format!("group {group_id} does not exist"),
+            ));
+        };
+        if group.dismissed {
+            return Err(reject(
+                "group_dismissed",
+                format!("group {group_id} was dismissed"),
+            ));
         }
-        tx.put_group(&row).await?;
-        return Ok(());
-    }
-
-    let Some(mut group) = existing else {
-        return Err(reject(
-            "unknown_group",
-            format!("group {group_id} does not exist"),
-        ));
+        let prev = group.version;
+        let mut group = group;
+        match &env.event {
+            Event::MembersAdded(MembersAdded { members, .. }) => {
+                let joining: Vec<(&UserId, Role)> =
+                    members.iter().map(|m| (m, Role::Member)).collect();
+                join(tx, &mut group, &joining, seq, &mut effect).await?;
+            }
+            Event::MembersRemoved(MembersRemoved { members, .. }) => {
+                leave(tx, &mut group, members, seq, &mut effect).await?;
+            }
+            Event::MemberRoleChanged(MemberRoleChanged { member, role, .. }) => {
+                update_member(tx, &group, member, seq, &mut effect, |m| {
+                    m.role = role_name(*role).into()
+                })
+                .await?;
+            }
+            Event::MemberMuteChanged(MemberMuteChanged {
+                member,
+                muted_until,
+                ..
+            }) => {
+                update_member(tx, &group, member, seq, &mut effect, |m| {
+                    m.muted_until = *muted_until
+                })
+                .await?;
+            }
+            Event::MemberProfileChanged(MemberProfileChanged {
+                member, nickname, ..
+            }) => {
+                update_member(tx, &group, member, seq, &mut effect, |m| {
+                    m.nickname = nickname.clone()
+                })
+                .await?;
+            }
+            Event::GroupProfileChanged(e) => {
+                if let Some(title) = &e.title {
+                    group.title = title.clone();
+                }
+                if e.avatar.is_some() {
+                    group.avatar = e.avatar.clone();
+                }
+                effect.change.title = e.title.clone();
+                effect.change.avatar = e.avatar.clone();
+            }
+            Event::GroupDismissed(_) => {
+                group.dismissed = true;
+                effect.change.dismissed = true;
+            }
+            _ => return Err(wrong_stream(env, stream::MEMBERSHIP)),
+        }
+        (group, prev)
     };
-    if group.dismissed {
-        return Err(reject(
-            "group_dismissed",
-            format!("group {group_id} was dismissed"),
-        ));
-    }
-    match &env.event {
-        Event::MembersAdded(MembersAdded { members, .. }) => {
-            for m in members {
-                join(tx, &mut group, m, Role::Member, seq).await?;
-            }
-        }
-        Event::MembersRemoved(MembersRemoved { members, .. }) => {
-            for m in members {
-                leave(tx, &mut group, m, seq).await?;
-            }
-        }
-        Event::MemberRoleChanged(MemberRoleChanged { member, role, .. }) => {
-            update_member(tx, &group, member, seq, |m| {
-                m.role = role_name(*role).into()
-            })
-            .await?;
-        }
-        Event::MemberMuteChanged(MemberMuteChanged {
-            member,
-            muted_until,
-            ..
-        }) => {
-            update_member(tx, &group, member, seq, |m| m.muted_until = *muted_until).await?;
-        }
-        Event::MemberProfileChanged(MemberProfileChanged {
-            member, nickname, ..
-        }) => {
-            update_member(tx, &group, member, seq, |m| m.nickname = nickname.clone()).await?;
-        }
-        Event::GroupProfileChanged(e) => {
-            if let Some(title) = &e.title {
-                group.title = title.clone();
-            }
-            if e.avatar.is_some() {
-                group.avatar = e.avatar.clone();
-            }
-        }
-        Event::GroupDismissed(_) => group.dismissed = true,
-        _ => return Err(wrong_stream(env, stream::MEMBERSHIP)),
+    tx.adjust_buckets(&group.group, &effect.buckets).await?;
+    // Tombstones older than the horizon go; diffs from before them become realignments.
+    if let Some(bound) = seq.checked_sub(rules.tombstone_horizon)
+        && bound > group.horizon
+        && tx.purge_tombstones(&group.group, bound).await? > 0
+    {
+        group.horizon = bound;
     }
     group.version = seq;
     tx.put_group(&group).await?;
-    Ok(())
+    let frame = ServerFrame::MembersChanged {
+        group: group_id.clone(),
+        version: seq,
+        prev,
+        digest: SetDigest {
+            sum: group.digest_sum,
+            count: group.member_count,
+        }
+        .to_wire(),
+        change: effect.change,
+    };
+    Ok(Notice {
+        subject: subjects::notify_members(group_id),
+        frame: frame.to_json(),
+    })
 }

@@ -20,7 +20,7 @@ use anchorage_schema::subjects::stream;
 use anchorage_store::{Checkpoint, Store};
 use anyhow::{Context, bail};
 
-use crate::projections::{ApplyError, Projection, apply_events, save_checkpoint};
+use crate::projections::{ApplyError, MembershipRules, Projection, apply_events, save_checkpoint};
 
 /// How far a replay goes and how it reports.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +30,8 @@ pub struct ReplayOptions {
     /// Stop each projection at this sequence (e.g. the live projector's checkpoint, to compare
     /// like with like). Missing: the end of the stream as it is when the replay starts.
     pub upto: BTreeMap<Projection, u64>,
+    /// The same rules as the live projector's, or the result differs.
+    pub membership: MembershipRules,
 }
 
 /// Progress of one projection.
@@ -115,16 +117,18 @@ pub async fn replay(
                 last_seq: last.seq.0,
             };
             let items: Vec<(u64, &str, &[u8])> = batch.iter().map(parts).collect();
-            match apply_events(store, p, next, &items).await {
-                Ok(()) => summary.applied += items.len() as u64,
+            // A rebuild announces nothing: clients already heard of these changes.
+            match apply_events(store, p, next, &items, options.membership).await {
+                Ok(_) => summary.applied += items.len() as u64,
                 Err(ApplyError::Rejected { .. }) => {
                     for item in &items {
                         let one = Checkpoint {
                             epoch: at.epoch,
                             last_seq: item.0,
                         };
-                        match apply_events(store, p, one, std::slice::from_ref(item)).await {
-                            Ok(()) => summary.applied += 1,
+                        let one_event = std::slice::from_ref(item);
+                        match apply_events(store, p, one, one_event, options.membership).await {
+                            Ok(_) => summary.applied += 1,
                             Err(ApplyError::Rejected { .. }) => {
                                 summary.rejected += 1;
                                 save_checkpoint(store, p.name(), p.stream(), one).await?;

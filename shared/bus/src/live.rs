@@ -39,6 +39,24 @@ impl Bus {
         Ok(LiveSubscription { inner })
     }
 
+    /// Subscribes to notifications (core NATS subjects, wildcards allowed).
+    pub async fn subscribe_notices(&self, subject: &str) -> Result<Notices, BusError> {
+        let inner = self
+            .client()
+            .subscribe(subject.to_owned())
+            .await
+            .map_err(|e| BusError::jetstream(subject, e))?;
+        Ok(Notices { inner })
+    }
+
+    /// Publishes a notification on core NATS (not stored; at most once).
+    pub async fn notify(&self, subject: &str, payload: String) -> Result<(), BusError> {
+        self.client()
+            .publish(subject.to_owned(), payload.into())
+            .await
+            .map_err(|e| BusError::jetstream(subject, e))
+    }
+
     /// Waits until everything sent so far (subscriptions included) reached the server.
     pub async fn flush(&self) -> Result<(), BusError> {
         self.client()
@@ -101,5 +119,19 @@ impl LiveSubscription {
     /// Stops the subscription.
     pub async fn unsubscribe(mut self) {
         let _ = self.inner.unsubscribe().await;
+    }
+}
+
+/// A subscription to notifications: (subject, payload) pairs.
+#[derive(Debug)]
+pub struct Notices {
+    inner: async_nats::Subscriber,
+}
+
+impl Notices {
+    /// The next notification; `None` when the subscription ended.
+    pub async fn next(&mut self) -> Option<(String, Bytes)> {
+        let m = self.inner.next().await?;
+        Some((m.subject.to_string(), m.payload))
     }
 }

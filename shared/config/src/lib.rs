@@ -35,6 +35,7 @@ pub struct Config {
     pub streams: StreamsConfig,
     pub edge: EdgeConfig,
     pub projector: ProjectorConfig,
+    pub members: MembersConfig,
     pub auth: AuthConfig,
     pub dev: DevConfig,
 }
@@ -161,11 +162,42 @@ impl Default for EdgeConfig {
 pub struct ProjectorConfig {
     /// Most events fetched and applied in one transaction.
     pub batch_size: u32,
+    /// Tombstones of removed members are kept for this many MEMBERSHIP stream sequences;
+    /// a member-list diff from an older version becomes a realignment.
+    pub tombstone_horizon: u64,
 }
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self { batch_size: 256 }
+        Self {
+            batch_size: 256,
+            tombstone_horizon: 1_000_000,
+        }
+    }
+}
+
+/// How member lists of groups are synchronized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembersConfig {
+    /// Members per snapshot page of a realignment.
+    pub page_members: u32,
+    /// Changed members per diff answer; more come from the returned version.
+    pub diff_members: u32,
+    /// A diff touching more than this share of the group (percent) is sent as a realignment.
+    pub full_percent: u32,
+    /// Default and largest byte budget of one `members_sync_batch` answer.
+    pub batch_budget_bytes: u32,
+}
+
+impl Default for MembersConfig {
+    fn default() -> Self {
+        Self {
+            page_members: 10_000,
+            diff_members: 2_000,
+            full_percent: 50,
+            batch_budget_bytes: 256 * 1024,
+        }
     }
 }
 
@@ -319,6 +351,18 @@ impl Config {
         }
         if self.edge.max_connections == 0 {
             return bad("edge.max_connections", "must be at least 1");
+        }
+        if self.members.page_members < 100 || self.members.diff_members < 1000 {
+            return bad(
+                "members.page_members",
+                "pages need at least 100 members and diffs at least 1000 (one membership event)",
+            );
+        }
+        if !(1..=100).contains(&self.members.full_percent) {
+            return bad("members.full_percent", "must be between 1 and 100");
+        }
+        if self.members.batch_budget_bytes < 4096 {
+            return bad("members.batch_budget_bytes", "must be at least 4096");
         }
         if self.edge.queue_frames < 16 {
             return bad("edge.queue_frames", "must be at least 16");

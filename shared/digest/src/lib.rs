@@ -81,6 +81,24 @@ impl SetDigest {
             count: self.count.wrapping_add(other.count),
         }
     }
+
+    /// The wire form, `"<sum as 16 hex digits>:<count>"`: a string, because a 64-bit sum is
+    /// not exact as a JSON number in every client language.
+    pub fn to_wire(self) -> String {
+        format!("{:016x}:{}", self.sum, self.count)
+    }
+
+    /// Reads the wire form; `None` if it is not one.
+    pub fn from_wire(text: &str) -> Option<SetDigest> {
+        let (sum, count) = text.split_once(':')?;
+        if sum.len() != 16 {
+            return None;
+        }
+        Some(SetDigest {
+            sum: u64::from_str_radix(sum, 16).ok()?,
+            count: count.parse().ok()?,
+        })
+    }
 }
 
 /// A set digest split into [`BUCKETS`] bucket digests by member hash.
@@ -153,6 +171,23 @@ mod tests {
         let d = SetDigest::of(["alice", "bob"]);
         assert_eq!(d.count, 2);
         assert_eq!(d.sum, member_hash("alice").wrapping_add(member_hash("bob")));
+    }
+
+    #[test]
+    fn wire_form_round_trips_and_rejects_junk() {
+        let d = SetDigest::of(["alice", "bob", "carol"]);
+        assert_eq!(SetDigest::from_wire(&d.to_wire()), Some(d));
+        assert_eq!(SetDigest::EMPTY.to_wire(), "0000000000000000:0");
+        for bad in [
+            "",
+            "abc",
+            "zz:1",
+            "0000000000000000",
+            "0000000000000000:x",
+            "00:1",
+        ] {
+            assert_eq!(SetDigest::from_wire(bad), None, "{bad}");
+        }
     }
 
     #[test]

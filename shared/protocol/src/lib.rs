@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use anchorage_schema::event::Role;
 use anchorage_schema::{ClientMsgId, ConversationId, DeviceId, GroupId, UserId};
 
 /// The newest protocol version this software speaks.
@@ -106,6 +107,201 @@ pub enum ClientFrame {
     },
     /// Leave a group.
     Leave { id: RequestId, group: GroupId },
+    /// Change a member's role (owner only; the owner's own role is fixed).
+    SetRole {
+        id: RequestId,
+        group: GroupId,
+        member: UserId,
+        role: Role,
+    },
+    /// Mute a member until a Unix millisecond, or unmute (`until` absent). Owner and admins;
+    /// admins cannot mute the owner or each other.
+    MuteMember {
+        id: RequestId,
+        group: GroupId,
+        member: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<i64>,
+    },
+    /// Set or clear a member's nickname in the group: one's own, or anyone's as owner or admin.
+    SetNickname {
+        id: RequestId,
+        group: GroupId,
+        member: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nickname: Option<String>,
+    },
+    /// Change the group's title or avatar (owner and admins).
+    UpdateGroup {
+        id: RequestId,
+        group: GroupId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        avatar: Option<String>,
+    },
+    /// End the group for everyone (owner only).
+    DismissGroup { id: RequestId, group: GroupId },
+    /// The versions of the caller's groups, bounded; continue with `cursor`. Cheap: no member
+    /// lists. Answered with `group_versions`.
+    GroupVersions {
+        id: RequestId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
+    /// Bring one group's member list up to date from the client's copy (`epoch`, `version`,
+    /// `digest`; all absent for no copy). Answered with exactly one of `members_unchanged`,
+    /// `members_diff`, `members_page` (realignment) or `members_buckets`. Also subscribes this
+    /// connection to the group's `members_changed` notifications.
+    MembersSync {
+        id: RequestId,
+        group: GroupId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+        #[serde(default)]
+        version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+    },
+    /// The next snapshot page of a realignment pinned to `anchor`, or the members of some
+    /// digest buckets only.
+    MembersFetch {
+        id: RequestId,
+        group: GroupId,
+        epoch: String,
+        anchor: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        buckets: Option<Vec<u8>>,
+    },
+    /// `members_sync` over many groups in one answer, in the order given (most important
+    /// first), until `budget_bytes` is spent; the answer's `cursor` says where to go on.
+    MembersSyncBatch {
+        id: RequestId,
+        groups: Vec<GroupSync>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        budget_bytes: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<u32>,
+    },
+    /// Members whose id or nickname starts with `query`, from the server's list.
+    MembersSearch {
+        id: RequestId,
+        group: GroupId,
+        query: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Stop `members_changed` notifications of a group on this connection.
+    MembersUnsubscribe { id: RequestId, group: GroupId },
+}
+
+/// One group's entry in `members_sync_batch`: the client's copy, as in `members_sync`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSync {
+    pub group: GroupId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// A member as member lists carry it: the role is left out for plain members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub user: UserId,
+    #[serde(default = "plain_member", skip_serializing_if = "is_plain_member")]
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<i64>,
+}
+
+fn plain_member() -> Role {
+    Role::Member
+}
+
+fn is_plain_member(role: &Role) -> bool {
+    *role == Role::Member
+}
+
+impl MemberInfo {
+    /// A member from its stored fields; `None` if the id is not a valid user id.
+    pub fn from_stored(
+        user: &str,
+        role: &str,
+        nickname: Option<String>,
+        muted_until: Option<i64>,
+    ) -> Option<MemberInfo> {
+        Some(MemberInfo {
+            user: UserId::parse(user).ok()?,
+            role: Role::from_name(role),
+            nickname,
+            muted_until,
+        })
+    }
+
+    /// A plain member with nothing set is sent as its bare id in snapshot pages.
+    pub fn is_plain(&self) -> bool {
+        self.role == Role::Member && self.nickname.is_none() && self.muted_until.is_none()
+    }
+}
+
+/// A group and its version, as `group_versions` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupVersion {
+    pub group: GroupId,
+    pub version: u64,
+    pub members: u64,
+}
+
+/// What changed in one membership event, as notifications carry it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersChange {
+    /// Members who joined or whose row changed, as they are now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upserts: Vec<MemberInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dismissed: bool,
+}
+
+/// One group's answer in `members_batch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum GroupSyncResult {
+    /// The client's copy is current.
+    Unchanged { group: GroupId },
+    /// Apply these changes; continue from `version` while `more`.
+    Diff {
+        group: GroupId,
+        epoch: String,
+        version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+        upserts: Vec<MemberInfo>,
+        removed: Vec<UserId>,
+        more: bool,
+    },
+    /// The copy cannot be diffed (another epoch, past the horizon, too many changes, or a
+    /// digest mismatch): realign with `members_sync` when the group is needed.
+    Realign { group: GroupId },
+    /// The group cannot be synced by this caller.
+    Error {
+        group: GroupId,
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// The client's version of one conversation.
@@ -203,6 +399,82 @@ pub enum ServerFrame {
         joined: bool,
         /// MEMBERSHIP stream sequence of the change.
         version: u64,
+    },
+    /// Answer to `group_versions`.
+    GroupVersions {
+        id: RequestId,
+        /// The MEMBERSHIP stream's epoch: versions of another epoch cannot be compared.
+        epoch: String,
+        groups: Vec<GroupVersion>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
+    /// The client's member list is current (constant size).
+    MembersUnchanged {
+        id: RequestId,
+    },
+    /// Changes since the client's version, oldest first. `digest` (of the whole list at
+    /// `version`) comes with the last page; while `more`, sync again from `version`.
+    MembersDiff {
+        id: RequestId,
+        group: GroupId,
+        epoch: String,
+        version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+        upserts: Vec<MemberInfo>,
+        removed: Vec<UserId>,
+        more: bool,
+    },
+    /// A snapshot page pinned to `anchor`, members in id order: plain members by id in
+    /// `members`, the others in `details`. Fetch the next page with `cursor`; after the last,
+    /// sync from `anchor` for what changed since.
+    MembersPage {
+        id: RequestId,
+        group: GroupId,
+        epoch: String,
+        anchor: u64,
+        members: Vec<UserId>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        details: Vec<MemberInfo>,
+        /// Only these digest buckets (a partial realignment).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        buckets: Option<Vec<u8>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
+    /// Same version, different digest: the server's non-empty bucket digests at `version`,
+    /// so the client fetches only the buckets that differ.
+    MembersBuckets {
+        id: RequestId,
+        group: GroupId,
+        epoch: String,
+        version: u64,
+        /// `[bucket, digest]` pairs.
+        buckets: Vec<(u8, String)>,
+    },
+    /// Answer to `members_sync_batch`, in request order.
+    MembersBatch {
+        id: RequestId,
+        results: Vec<GroupSyncResult>,
+        /// Index of the first group not answered (the budget was spent); absent when done.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<u32>,
+    },
+    /// Answer to `members_search`.
+    MembersFound {
+        id: RequestId,
+        group: GroupId,
+        members: Vec<MemberInfo>,
+    },
+    /// Live: a group's members changed (to connections that synced its list). A client at
+    /// `prev` applies `change` and is then at `version` with `digest`; otherwise it syncs.
+    MembersChanged {
+        group: GroupId,
+        version: u64,
+        prev: u64,
+        digest: String,
+        change: MembersChange,
     },
     /// A request failed, or a frame could not be read (then `id` is absent).
     Error {
@@ -308,6 +580,17 @@ pub const CLIENT_FRAME_TYPES: &[&str] = &[
     "add_members",
     "remove_members",
     "leave",
+    "set_role",
+    "mute_member",
+    "set_nickname",
+    "update_group",
+    "dismiss_group",
+    "group_versions",
+    "members_sync",
+    "members_fetch",
+    "members_sync_batch",
+    "members_search",
+    "members_unsubscribe",
 ];
 
 /// Decodes one client frame, refusing anything larger than `max_len` bytes before parsing.
@@ -418,6 +701,17 @@ mod tests {
             r#"{"type":"add_members","id":9,"group":"g","members":["carol"]}"#,
             r#"{"type":"remove_members","id":10,"group":"g","members":["carol"]}"#,
             r#"{"type":"leave","id":11,"group":"g"}"#,
+            r#"{"type":"set_role","id":12,"group":"g","member":"bob","role":"admin"}"#,
+            r#"{"type":"mute_member","id":13,"group":"g","member":"bob","until":99}"#,
+            r#"{"type":"set_nickname","id":14,"group":"g","member":"bob","nickname":"B"}"#,
+            r#"{"type":"update_group","id":15,"group":"g","title":"T"}"#,
+            r#"{"type":"dismiss_group","id":16,"group":"g"}"#,
+            r#"{"type":"group_versions","id":17}"#,
+            r#"{"type":"members_sync","id":18,"group":"g","epoch":"5","version":9,"digest":"0000000000000001:1"}"#,
+            r#"{"type":"members_fetch","id":19,"group":"g","epoch":"5","anchor":9,"cursor":"u1","buckets":[3]}"#,
+            r#"{"type":"members_sync_batch","id":20,"groups":[{"group":"g","version":3}],"budget_bytes":4096}"#,
+            r#"{"type":"members_search","id":21,"group":"g","query":"al"}"#,
+            r#"{"type":"members_unsubscribe","id":22,"group":"g"}"#,
         ];
         assert_eq!(frames.len() + 1, CLIENT_FRAME_TYPES.len());
         for text in frames {
@@ -425,6 +719,30 @@ mod tests {
             let again = serde_json::to_string(&frame).unwrap();
             assert_eq!(decode_client_frame(&again, 1024).unwrap(), frame, "{text}");
         }
+    }
+
+    #[test]
+    fn member_lists_are_compact() {
+        let plain = MemberInfo {
+            user: UserId::parse("u0012345").unwrap(),
+            role: Role::Member,
+            nickname: None,
+            muted_until: None,
+        };
+        assert!(plain.is_plain());
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"user":"u0012345"}"#
+        );
+        let admin: MemberInfo = serde_json::from_str(r#"{"user":"a","role":"admin"}"#).unwrap();
+        assert_eq!(admin.role, Role::Admin);
+        assert_eq!(
+            ServerFrame::MembersUnchanged { id: 4_000_000_000 }
+                .to_json()
+                .len(),
+            44,
+            "an unchanged answer is constant size"
+        );
     }
 
     #[test]

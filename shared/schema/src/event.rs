@@ -79,6 +79,26 @@ pub enum Role {
     Member,
 }
 
+impl Role {
+    /// The stored name: `owner`, `admin` or `member`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// Reads a stored name; anything unknown is a plain member.
+    pub fn from_name(name: &str) -> Role {
+        match name {
+            "owner" => Role::Owner,
+            "admin" => Role::Admin,
+            _ => Role::Member,
+        }
+    }
+}
+
 /// Why members left a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -79,6 +79,15 @@ pub fn live_membership(group: &GroupId) -> String {
     format!("live.grp.{group}")
 }
 
+/// Where the projector announces a group's applied membership changes (core NATS, not
+/// stored: a missed one shows as a gap in `prev` and the client syncs).
+pub fn notify_members(group: &GroupId) -> String {
+    format!("notify.grp.{group}")
+}
+
+/// Every group's membership notifications.
+pub const NOTIFY_MEMBERS_ALL: &str = "notify.grp.>";
+
 pub fn read(user: &UserId, conv: &ConversationId) -> String {
     format!("read.{user}.{conv}")
 }

@@ -20,6 +20,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     local_id INTEGER PRIMARY KEY AUTOINCREMENT, conv TEXT NOT NULL,
     client_msg_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL, client_ts INTEGER NOT NULL,
     state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, seq INTEGER, error TEXT);
+CREATE TABLE IF NOT EXISTS member_lists (
+    grp TEXT PRIMARY KEY, epoch TEXT NOT NULL, version INTEGER NOT NULL,
+    digest_sum INTEGER NOT NULL, member_count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    grp TEXT NOT NULL, user TEXT NOT NULL, role TEXT NOT NULL, nickname TEXT,
+    muted_until INTEGER, bucket INTEGER NOT NULL, PRIMARY KEY (grp, user));
+CREATE INDEX IF NOT EXISTS members_bucket ON members (grp, bucket);
 CREATE TABLE IF NOT EXISTS commands (
     local_id INTEGER PRIMARY KEY AUTOINCREMENT, frame TEXT NOT NULL, state TEXT NOT NULL,
     error TEXT, outbox_id INTEGER);
@@ -43,7 +50,7 @@ pub enum Queued {
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 fn state_of(s: &str) -> OutboxState {

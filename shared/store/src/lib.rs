@@ -12,9 +12,11 @@
 //! transaction, recorded in `schema_migrations`. A database migrated by newer software is
 //! refused rather than silently used.
 
+pub mod members;
 pub mod projection;
 pub mod read;
 
+pub use members::GroupVersion;
 pub use projection::{Checkpoint, GroupRow, MemberRow, NewMessage, Tx};
 pub use read::{ConversationRow, ConversationState, Fingerprint, MessageRow};
 
@@ -48,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "delivery",
         sql: include_str!("../migrations/0003_delivery.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "members",
+        sql: include_str!("../migrations/0004_members.sql"),
     },
 ];
 
@@ -197,7 +204,38 @@ impl Store {
             tracing::info!(version = m.version, name = m.name, "applied migration");
             applied += 1;
         }
+        if applied > 0 {
+            self.fill_member_buckets().await?;
+        }
         Ok(applied)
+    }
+
+    /// Fills in the digest bucket of member rows written before buckets were stored.
+    async fn fill_member_buckets(&self) -> Result<(), StoreError> {
+        loop {
+            let rows = sqlx::query(
+                "SELECT group_id, user_id FROM group_members WHERE bucket IS NULL LIMIT 1000",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.pool.begin().await?;
+            for r in &rows {
+                let group: String = r.try_get("group_id")?;
+                let user: String = r.try_get("user_id")?;
+                sqlx::query(
+                    "UPDATE group_members SET bucket = $1 WHERE group_id = $2 AND user_id = $3",
+                )
+                .bind(i64::from(anchorage_digest::bucket_of(&user)))
+                .bind(group)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        }
     }
 
     /// The newest migration applied to this database (0 for none).

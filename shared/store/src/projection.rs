@@ -9,6 +9,8 @@
 //! Digests are 64-bit wrapping sums; SQL integer arithmetic would overflow, so they are read,
 //! combined in Rust and written back, stored as the two's-complement `BIGINT` of the `u64`.
 
+use std::collections::{BTreeMap, HashMap};
+
 use sqlx::{Any, Row, Transaction};
 
 use crate::{Store, StoreError};
@@ -50,6 +52,8 @@ pub struct GroupRow {
     pub version: u64,
     pub digest_sum: u64,
     pub member_count: u64,
+    /// Tombstones at or below this version were purged: no member diff from before it.
+    pub horizon: u64,
 }
 
 /// A member row; `removed_seq` set makes it a tombstone.
@@ -68,7 +72,7 @@ pub struct MemberRow {
 /// One projection transaction.
 #[derive(Debug)]
 pub struct Tx {
-    tx: Transaction<'static, Any>,
+    pub(crate) tx: Transaction<'static, Any>,
 }
 
 impl Store {
@@ -83,11 +87,17 @@ impl Store {
         Ok(Tx { tx })
     }
 
-    /// Starts a transaction that only reads (it does not block writers).
-    pub(crate) async fn begin_read(&self) -> Result<Tx, StoreError> {
-        Ok(Tx {
-            tx: self.pool.begin().await?,
-        })
+    /// Starts a transaction that only reads (it does not block writers). Every read in it
+    /// sees the same snapshot: SQLite's WAL gives a read transaction one, PostgreSQL is asked
+    /// for repeatable read.
+    pub async fn begin_read(&self) -> Result<Tx, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == crate::Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(Tx { tx })
     }
 
     /// A projection's checkpoint, outside any batch.
@@ -99,11 +109,11 @@ impl Store {
     }
 }
 
-fn i(v: u64) -> i64 {
+pub(crate) fn i(v: u64) -> i64 {
     v as i64
 }
 
-fn u(v: i64) -> u64 {
+pub(crate) fn u(v: i64) -> u64 {
     v as u64
 }
 
@@ -285,7 +295,7 @@ impl Tx {
     pub async fn group(&mut self, group: &str) -> Result<Option<GroupRow>, StoreError> {
         let row = sqlx::query(
             "SELECT group_id, owner, title, avatar, direct, dismissed, created_seq, version,
-                    digest_sum, member_count
+                    digest_sum, member_count, horizon
              FROM groups WHERE group_id = $1",
         )
         .bind(group)
@@ -303,6 +313,7 @@ impl Tx {
             version: u(r.try_get("version")?),
             digest_sum: u(r.try_get("digest_sum")?),
             member_count: u(r.try_get("member_count")?),
+            horizon: u(r.try_get("horizon")?),
         }))
     }
 
@@ -310,12 +321,13 @@ impl Tx {
     pub async fn put_group(&mut self, g: &GroupRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO groups (group_id, owner, title, avatar, dismissed, created_seq, version,
-                                 digest_sum, member_count, direct)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                 digest_sum, member_count, direct, horizon)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (group_id) DO UPDATE
              SET owner = excluded.owner, title = excluded.title, avatar = excluded.avatar,
                  dismissed = excluded.dismissed, version = excluded.version,
-                 digest_sum = excluded.digest_sum, member_count = excluded.member_count",
+                 digest_sum = excluded.digest_sum, member_count = excluded.member_count,
+                 horizon = excluded.horizon",
         )
         .bind(&g.group)
         .bind(&g.owner)
@@ -327,6 +339,7 @@ impl Tx {
         .bind(i(g.digest_sum))
         .bind(i(g.member_count))
         .bind(i64::from(g.direct))
+        .bind(i(g.horizon))
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -345,75 +358,147 @@ impl Tx {
         .bind(user)
         .fetch_optional(&mut *self.tx)
         .await?;
-        let Some(r) = row else { return Ok(None) };
-        Ok(Some(MemberRow {
-            group: r.try_get("group_id")?,
-            user: r.try_get("user_id")?,
-            role: r.try_get("role")?,
-            nickname: r.try_get("nickname")?,
-            muted_until: r.try_get("muted_until")?,
-            version: u(r.try_get("version")?),
-            removed_seq: r.try_get::<Option<i64>, _>("removed_seq")?.map(u),
-        }))
+        row.as_ref().map(member_row).transpose()
+    }
+
+    /// The rows (tombstones too) of those of `users` the group has ever had.
+    pub async fn members_of(
+        &mut self,
+        group: &str,
+        users: &[&str],
+    ) -> Result<HashMap<String, MemberRow>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in users.chunks(IN_CHUNK) {
+            let sql = format!(
+                "SELECT group_id, user_id, role, nickname, muted_until, version, removed_seq
+                 FROM group_members WHERE group_id = $1 AND user_id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(group);
+            for u in chunk {
+                q = q.bind(*u);
+            }
+            for r in q.fetch_all(&mut *self.tx).await? {
+                let m = member_row(&r)?;
+                found.insert(m.user.clone(), m);
+            }
+        }
+        Ok(found)
     }
 
     /// Inserts or replaces a member row (a tombstone too).
     pub async fn put_member(&mut self, m: &MemberRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO group_members (group_id, user_id, role, nickname, muted_until, version,
-                                        removed_seq)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (group_id, user_id) DO UPDATE
-             SET role = excluded.role, nickname = excluded.nickname,
-                 muted_until = excluded.muted_until, version = excluded.version,
-                 removed_seq = excluded.removed_seq",
-        )
-        .bind(&m.group)
-        .bind(&m.user)
-        .bind(&m.role)
-        .bind(&m.nickname)
-        .bind(m.muted_until)
-        .bind(i(m.version))
-        .bind(m.removed_seq.map(i))
-        .execute(&mut *self.tx)
-        .await?;
+        self.put_members(std::slice::from_ref(m)).await
+    }
+
+    /// Inserts or replaces member rows, many per statement.
+    pub async fn put_members(&mut self, rows: &[MemberRow]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|n| format!("({})", placeholders(n * 8 + 1, 8)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO group_members (group_id, user_id, role, nickname, muted_until,
+                                            version, removed_seq, bucket)
+                 VALUES {}
+                 ON CONFLICT (group_id, user_id) DO UPDATE
+                 SET role = excluded.role, nickname = excluded.nickname,
+                     muted_until = excluded.muted_until, version = excluded.version,
+                     removed_seq = excluded.removed_seq, bucket = excluded.bucket",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for m in chunk {
+                q = q
+                    .bind(&m.group)
+                    .bind(&m.user)
+                    .bind(&m.role)
+                    .bind(&m.nickname)
+                    .bind(m.muted_until)
+                    .bind(i(m.version))
+                    .bind(m.removed_seq.map(i))
+                    .bind(i64::from(anchorage_digest::bucket_of(&m.user)));
+            }
+            q.execute(&mut *self.tx).await?;
+        }
         Ok(())
     }
 
-    /// Adds (`joined`) or removes a member hash to a group's digest bucket.
-    pub async fn adjust_bucket(
+    /// Applies per-bucket digest changes of one group: for each bucket, the wrapping sum to
+    /// add and the member count change.
+    pub async fn adjust_buckets(
         &mut self,
         group: &str,
-        bucket: u8,
-        hash: u64,
-        joined: bool,
+        deltas: &BTreeMap<u8, (u64, i64)>,
     ) -> Result<(), StoreError> {
-        let row = sqlx::query(
-            "SELECT sum, count FROM group_digest_buckets WHERE group_id = $1 AND bucket = $2",
-        )
-        .bind(group)
-        .bind(i64::from(bucket))
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        let (sum, count) = match row {
-            Some(r) => (u(r.try_get("sum")?), u(r.try_get("count")?)),
-            None => (0, 0),
-        };
-        let (sum, count) = if joined {
-            (sum.wrapping_add(hash), count.wrapping_add(1))
-        } else {
-            (sum.wrapping_sub(hash), count.wrapping_sub(1))
-        };
-        sqlx::query(
-            "INSERT INTO group_digest_buckets (group_id, bucket, sum, count) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (group_id, bucket) DO UPDATE SET sum = excluded.sum, count = excluded.count",
-        )
-        .bind(group)
-        .bind(i64::from(bucket))
-        .bind(i(sum))
-        .bind(i(count))
-        .execute(&mut *self.tx)
-        .await?;
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut current: HashMap<u8, (u64, u64)> = HashMap::new();
+        for r in
+            sqlx::query("SELECT bucket, sum, count FROM group_digest_buckets WHERE group_id = $1")
+                .bind(group)
+                .fetch_all(&mut *self.tx)
+                .await?
+        {
+            current.insert(
+                r.try_get::<i64, _>("bucket")? as u8,
+                (u(r.try_get("sum")?), u(r.try_get("count")?)),
+            );
+        }
+        for (bucket, (add, count)) in deltas {
+            let (sum, n) = current.get(bucket).copied().unwrap_or((0, 0));
+            sqlx::query(
+                "INSERT INTO group_digest_buckets (group_id, bucket, sum, count)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (group_id, bucket) DO UPDATE
+                 SET sum = excluded.sum, count = excluded.count",
+            )
+            .bind(group)
+            .bind(i64::from(*bucket))
+            .bind(i(sum.wrapping_add(*add)))
+            .bind(i(n).wrapping_add(*count))
+            .execute(&mut *self.tx)
+            .await?;
+        }
         Ok(())
     }
+
+    /// Deletes the group's tombstones at or below `upto`; returns how many there were.
+    pub async fn purge_tombstones(&mut self, group: &str, upto: u64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM group_members
+             WHERE group_id = $1 AND version <= $2 AND removed_seq IS NOT NULL",
+        )
+        .bind(group)
+        .bind(i(upto))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Bound parameters per `IN (…)` list, well under every backend's limit.
+const IN_CHUNK: usize = 500;
+/// Rows per multi-row `INSERT`.
+const ROWS_PER_INSERT: usize = 100;
+
+/// `$first, $first+1, …` — `n` numbered placeholders.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|k| format!("${k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) fn member_row(r: &sqlx::any::AnyRow) -> Result<MemberRow, StoreError> {
+    Ok(MemberRow {
+        group: r.try_get("group_id")?,
+        user: r.try_get("user_id")?,
+        role: r.try_get("role")?,
+        nickname: r.try_get("nickname")?,
+        muted_until: r.try_get("muted_until")?,
+        version: u(r.try_get("version")?),
+        removed_seq: r.try_get::<Option<i64>, _>("removed_seq")?.map(u),
+    })
 }

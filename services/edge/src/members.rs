@@ -1,0 +1,571 @@
+//! Member lists of large groups: should we sync, what, how much, and when.
+//!
+//! `members_sync` compares the client's copy (epoch, version, digest) with the projection and
+//! answers exactly one of:
+//!
+//! - `members_unchanged` — same version and digest: a constant-size answer;
+//! - `members_diff` — the member rows changed since the client's version (upserts and
+//!   removals), bounded and cut at a version boundary, continued from the returned version;
+//! - `members_page` — a realignment: snapshot pages pinned to one anchor, resumable by cursor,
+//!   followed by the diff from that anchor. Only when the epoch differs, the version is older
+//!   than the group's tombstone horizon or newer than the server's, or the diff would touch
+//!   more than `members.full_percent` of the group;
+//! - `members_buckets` — same version, different digest (a damaged copy): the bucket digests,
+//!   so the client fetches only the buckets that differ.
+//!
+//! Each answer is read in one transaction, so version, digest and rows agree.
+
+use anchorage_digest::SetDigest;
+use anchorage_protocol::{
+    ErrorCode, GroupSync, GroupSyncResult, GroupVersion, MemberInfo, RequestId, ServerFrame,
+};
+use anchorage_schema::subjects::stream;
+use anchorage_schema::{ConversationId, GroupId, UserId};
+use anchorage_store::{GroupRow, MemberRow, StoreError, Tx};
+
+use crate::session::Session;
+
+type Answer = Result<ServerFrame, (ErrorCode, String)>;
+
+/// Groups per `group_versions` page.
+const VERSIONS_PER_PAGE: u32 = 1000;
+/// Groups per `members_sync_batch` request.
+const MAX_BATCH_GROUPS: usize = 1000;
+/// Members per `members_search` answer, at most.
+const MAX_SEARCH: u32 = 200;
+
+fn internal(err: impl std::fmt::Display) -> (ErrorCode, String) {
+    tracing::warn!(error = %err, "member sync failed");
+    (
+        ErrorCode::Internal,
+        format!("temporary failure, retry: {err}"),
+    )
+}
+
+/// What a client's copy of a member list needs, before looking at member rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    Unchanged,
+    /// Same version, different digest.
+    Buckets,
+    /// Realign from a snapshot.
+    Full,
+    /// Diff from the client's version (unless it turns out too large).
+    Diff,
+}
+
+/// Decides from the client's copy and the group row alone.
+pub(crate) fn plan(
+    same_epoch: bool,
+    version: u64,
+    digest: Option<SetDigest>,
+    group: &GroupRow,
+) -> Plan {
+    if !same_epoch || version == 0 || version > group.version || version < group.horizon {
+        return Plan::Full;
+    }
+    if version == group.version {
+        let server = digest_of(group);
+        return match digest {
+            Some(d) if d != server => Plan::Buckets,
+            _ => Plan::Unchanged,
+        };
+    }
+    Plan::Diff
+}
+
+/// Whether a diff touching `changed` member rows is too large a share of the group.
+pub(crate) fn too_large(changed: u64, members: u64, full_percent: u32) -> bool {
+    changed * 100 > u64::from(full_percent) * members.max(1)
+}
+
+fn digest_of(g: &GroupRow) -> SetDigest {
+    SetDigest {
+        sum: g.digest_sum,
+        count: g.member_count,
+    }
+}
+
+fn info(m: &MemberRow) -> Option<MemberInfo> {
+    MemberInfo::from_stored(&m.user, &m.role, m.nickname.clone(), m.muted_until)
+}
+
+/// One bounded diff page.
+struct DiffPage {
+    version: u64,
+    digest: Option<SetDigest>,
+    upserts: Vec<MemberInfo>,
+    removed: Vec<UserId>,
+    more: bool,
+}
+
+/// The changes since `version`, at most `limit` rows, cut where a version ends. `None` when a
+/// single version holds more than `limit` rows (then only a realignment can carry it).
+async fn diff_page(
+    tx: &mut Tx,
+    g: &GroupRow,
+    version: u64,
+    limit: u32,
+) -> Result<Option<DiffPage>, StoreError> {
+    let mut rows = tx.changed_members(&g.group, version, limit + 1).await?;
+    let (version, digest, more) = if rows.len() > limit as usize {
+        let boundary = rows[limit as usize].version;
+        rows.retain(|r| r.version < boundary);
+        match rows.last() {
+            Some(last) => (last.version, None, true),
+            None => return Ok(None),
+        }
+    } else {
+        (g.version, Some(digest_of(g)), false)
+    };
+    let mut upserts = Vec::new();
+    let mut removed = Vec::new();
+    for r in &rows {
+        if r.removed_seq.is_some() {
+            removed.extend(UserId::parse(r.user.as_str()).ok());
+        } else {
+            upserts.extend(info(r));
+        }
+    }
+    Ok(Some(DiffPage {
+        version,
+        digest,
+        upserts,
+        removed,
+        more,
+    }))
+}
+
+impl Session {
+    fn group_conv(&self, group: &GroupId) -> Result<ConversationId, (ErrorCode, String)> {
+        let conv = ConversationId::parse(group.as_str())
+            .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
+        self.member(&conv)?;
+        Ok(conv)
+    }
+
+    async fn membership_epoch(&self) -> Result<String, (ErrorCode, String)> {
+        Ok(self
+            .state
+            .bus
+            .stream_state(stream::MEMBERSHIP)
+            .await
+            .map_err(internal)?
+            .epoch
+            .0
+            .to_string())
+    }
+
+    /// Answers `group_versions`: the caller's groups with their versions and sizes.
+    pub(crate) async fn group_versions(&self, id: RequestId, cursor: Option<String>) -> Answer {
+        let epoch = self.membership_epoch().await?;
+        let rows = self
+            .state
+            .store
+            .group_versions(
+                self.claims.sub.as_str(),
+                cursor.as_deref().unwrap_or(""),
+                VERSIONS_PER_PAGE,
+            )
+            .await
+            .map_err(internal)?;
+        let cursor = (rows.len() == VERSIONS_PER_PAGE as usize)
+            .then(|| rows.last().map(|r| r.group.clone()))
+            .flatten();
+        let groups = rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(GroupVersion {
+                    group: GroupId::parse(r.group).ok()?,
+                    version: r.version,
+                    members: r.member_count,
+                })
+            })
+            .collect();
+        Ok(ServerFrame::GroupVersions {
+            id,
+            epoch,
+            groups,
+            cursor,
+        })
+    }
+
+    /// Answers `members_sync` and watches the group's notifications from now on.
+    pub(crate) async fn members_sync(
+        &self,
+        id: RequestId,
+        group: GroupId,
+        epoch: Option<String>,
+        version: u64,
+        digest: Option<String>,
+    ) -> Answer {
+        let conv = self.group_conv(&group)?;
+        let digest = match digest.as_deref() {
+            Some(d) => Some(SetDigest::from_wire(d).ok_or((
+                ErrorCode::InvalidRequest,
+                format!("digest {d:?} is not \"<16 hex digits>:<count>\""),
+            ))?),
+            None => None,
+        };
+        // Watch before reading: a change committed after the read is then notified.
+        self.state.hub.watch_members(self.conn, &conv);
+        let current = self.membership_epoch().await?;
+        let same_epoch = epoch.as_deref() == Some(current.as_str());
+        let mut tx = self.state.store.begin_read().await.map_err(internal)?;
+        let g = tx
+            .group(group.as_str())
+            .await
+            .map_err(internal)?
+            .filter(|g| !g.dismissed)
+            .ok_or((ErrorCode::NotFound, format!("group {group} does not exist")))?;
+        let cfg = &self.state.members;
+        let answer = match plan(same_epoch, version, digest, &g) {
+            Plan::Unchanged => ServerFrame::MembersUnchanged { id },
+            Plan::Buckets => {
+                let buckets = tx
+                    .bucket_digests(group.as_str())
+                    .await
+                    .map_err(internal)?
+                    .into_iter()
+                    .map(|(b, sum, count)| (b, SetDigest { sum, count }.to_wire()))
+                    .collect();
+                ServerFrame::MembersBuckets {
+                    id,
+                    group,
+                    epoch: current,
+                    version: g.version,
+                    buckets,
+                }
+            }
+            Plan::Full => {
+                self.page(&mut tx, id, &g, current, g.version, "", None)
+                    .await?
+            }
+            Plan::Diff => {
+                let changed = tx
+                    .changed_count(group.as_str(), version)
+                    .await
+                    .map_err(internal)?;
+                let page = if too_large(changed, g.member_count, cfg.full_percent) {
+                    None
+                } else {
+                    diff_page(&mut tx, &g, version, cfg.diff_members)
+                        .await
+                        .map_err(internal)?
+                };
+                match page {
+                    Some(p) => ServerFrame::MembersDiff {
+                        id,
+                        group,
+                        epoch: current,
+                        version: p.version,
+                        digest: p.digest.map(SetDigest::to_wire),
+                        upserts: p.upserts,
+                        removed: p.removed,
+                        more: p.more,
+                    },
+                    None => {
+                        self.page(&mut tx, id, &g, current, g.version, "", None)
+                            .await?
+                    }
+                }
+            }
+        };
+        tx.commit().await.map_err(internal)?;
+        Ok(answer)
+    }
+
+    /// One snapshot page of `g` pinned to `anchor`.
+    #[allow(clippy::too_many_arguments)]
+    async fn page(
+        &self,
+        tx: &mut Tx,
+        id: RequestId,
+        g: &GroupRow,
+        epoch: String,
+        anchor: u64,
+        after: &str,
+        buckets: Option<Vec<u8>>,
+    ) -> Answer {
+        let limit = self.state.members.page_members;
+        let rows = tx
+            .snapshot_page(&g.group, anchor, after, buckets.as_deref(), limit)
+            .await
+            .map_err(internal)?;
+        let cursor = (rows.len() == limit as usize)
+            .then(|| rows.last().map(|r| r.user.clone()))
+            .flatten();
+        let mut members = Vec::new();
+        let mut details = Vec::new();
+        for m in rows.iter().filter_map(info) {
+            if m.is_plain() {
+                members.push(m.user);
+            } else {
+                details.push(m);
+            }
+        }
+        Ok(ServerFrame::MembersPage {
+            id,
+            group: GroupId::parse(g.group.as_str()).map_err(internal)?,
+            epoch,
+            anchor,
+            members,
+            details,
+            buckets,
+            cursor,
+        })
+    }
+
+    /// Answers `members_fetch`: the next snapshot page, or the members of some buckets.
+    pub(crate) async fn members_fetch(
+        &self,
+        id: RequestId,
+        group: GroupId,
+        epoch: String,
+        anchor: u64,
+        cursor: Option<String>,
+        buckets: Option<Vec<u8>>,
+    ) -> Answer {
+        self.group_conv(&group)?;
+        if epoch != self.membership_epoch().await? {
+            return Err((
+                ErrorCode::Conflict,
+                "the membership stream was recreated; sync the group again".into(),
+            ));
+        }
+        let mut tx = self.state.store.begin_read().await.map_err(internal)?;
+        let g = tx
+            .group(group.as_str())
+            .await
+            .map_err(internal)?
+            .filter(|g| !g.dismissed)
+            .ok_or((ErrorCode::NotFound, format!("group {group} does not exist")))?;
+        if anchor > g.version || anchor < g.created_seq {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!("anchor {anchor} is not a version of {group}"),
+            ));
+        }
+        let answer = self
+            .page(
+                &mut tx,
+                id,
+                &g,
+                epoch,
+                anchor,
+                cursor.as_deref().unwrap_or(""),
+                buckets,
+            )
+            .await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(answer)
+    }
+
+    /// Answers `members_sync_batch`: groups in the order given until the byte budget is spent.
+    /// Realignments are not inlined (they are large): the group is marked `realign` and the
+    /// client syncs it on its own when it is needed.
+    pub(crate) async fn members_sync_batch(
+        &self,
+        id: RequestId,
+        groups: Vec<GroupSync>,
+        budget_bytes: Option<u32>,
+        cursor: Option<u32>,
+    ) -> Answer {
+        if groups.len() > MAX_BATCH_GROUPS {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!("at most {MAX_BATCH_GROUPS} groups per batch"),
+            ));
+        }
+        let cfg = &self.state.members;
+        let budget = budget_bytes
+            .unwrap_or(cfg.batch_budget_bytes)
+            .clamp(1024, cfg.batch_budget_bytes) as usize;
+        let current = self.membership_epoch().await?;
+        let start = cursor.unwrap_or(0) as usize;
+        let mut results = Vec::new();
+        let mut used = 0usize;
+        let mut next = None;
+        for (index, req) in groups.iter().enumerate().skip(start) {
+            let result = self.batch_one(req, &current).await?;
+            let size = serde_json::to_string(&result).map_or(0, |s| s.len()) + 1;
+            if used + size > budget && !results.is_empty() {
+                next = Some(index as u32);
+                break;
+            }
+            used += size;
+            results.push(result);
+        }
+        Ok(ServerFrame::MembersBatch {
+            id,
+            results,
+            cursor: next,
+        })
+    }
+
+    async fn batch_one(
+        &self,
+        req: &GroupSync,
+        current: &str,
+    ) -> Result<GroupSyncResult, (ErrorCode, String)> {
+        let group = req.group.clone();
+        let refuse = |code, message: String| GroupSyncResult::Error {
+            group: group.clone(),
+            code,
+            message,
+        };
+        if let Err((code, message)) = self.group_conv(&group) {
+            return Ok(refuse(code, message));
+        }
+        let digest = match req.digest.as_deref().map(SetDigest::from_wire) {
+            Some(None) => {
+                return Ok(refuse(
+                    ErrorCode::InvalidRequest,
+                    "digest is not \"<16 hex digits>:<count>\"".into(),
+                ));
+            }
+            Some(d) => d,
+            None => None,
+        };
+        let same_epoch = req.epoch.as_deref() == Some(current);
+        let mut tx = self.state.store.begin_read().await.map_err(internal)?;
+        let Some(g) = tx
+            .group(group.as_str())
+            .await
+            .map_err(internal)?
+            .filter(|g| !g.dismissed)
+        else {
+            return Ok(refuse(
+                ErrorCode::NotFound,
+                format!("group {group} does not exist"),
+            ));
+        };
+        let cfg = &self.state.members;
+        let result = match plan(same_epoch, req.version, digest, &g) {
+            Plan::Unchanged => GroupSyncResult::Unchanged { group },
+            Plan::Buckets | Plan::Full => GroupSyncResult::Realign { group },
+            Plan::Diff => {
+                let changed = tx
+                    .changed_count(group.as_str(), req.version)
+                    .await
+                    .map_err(internal)?;
+                let page = if too_large(changed, g.member_count, cfg.full_percent) {
+                    None
+                } else {
+                    diff_page(&mut tx, &g, req.version, cfg.diff_members)
+                        .await
+                        .map_err(internal)?
+                };
+                match page {
+                    Some(p) => GroupSyncResult::Diff {
+                        group,
+                        epoch: current.to_owned(),
+                        version: p.version,
+                        digest: p.digest.map(SetDigest::to_wire),
+                        upserts: p.upserts,
+                        removed: p.removed,
+                        more: p.more,
+                    },
+                    None => GroupSyncResult::Realign { group },
+                }
+            }
+        };
+        tx.commit().await.map_err(internal)?;
+        Ok(result)
+    }
+
+    /// Answers `members_search` from the server's list.
+    pub(crate) async fn members_search(
+        &self,
+        id: RequestId,
+        group: GroupId,
+        query: String,
+        limit: Option<u32>,
+    ) -> Answer {
+        self.group_conv(&group)?;
+        if query.is_empty() || query.len() > 64 {
+            return Err((ErrorCode::InvalidRequest, "a query of 1 to 64 bytes".into()));
+        }
+        let limit = limit.unwrap_or(50).clamp(1, MAX_SEARCH);
+        let rows = self
+            .state
+            .store
+            .search_members(group.as_str(), &query, limit)
+            .await
+            .map_err(internal)?;
+        Ok(ServerFrame::MembersFound {
+            id,
+            group,
+            members: rows.iter().filter_map(info).collect(),
+        })
+    }
+
+    /// Answers `members_unsubscribe`.
+    pub(crate) fn members_unsubscribe(&self, id: RequestId, group: GroupId) -> Answer {
+        let conv = ConversationId::parse(group.as_str())
+            .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
+        self.state.hub.unwatch_members(self.conn, &conv);
+        Ok(ServerFrame::Ok {
+            id,
+            conv: Some(conv),
+            seq: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(version: u64, horizon: u64, members: &[&str]) -> GroupRow {
+        let d = SetDigest::of(members.iter().copied());
+        GroupRow {
+            group: "g".into(),
+            owner: "o".into(),
+            title: String::new(),
+            avatar: None,
+            direct: false,
+            dismissed: false,
+            created_seq: 1,
+            version,
+            digest_sum: d.sum,
+            member_count: d.count,
+            horizon,
+        }
+    }
+
+    #[test]
+    fn the_plan_for_each_kind_of_copy() {
+        let g = group(100, 10, &["a", "b"]);
+        let same = Some(SetDigest::of(["a", "b"]));
+        let other = Some(SetDigest::of(["a"]));
+        assert_eq!(plan(true, 100, same, &g), Plan::Unchanged);
+        assert_eq!(
+            plan(true, 100, None, &g),
+            Plan::Unchanged,
+            "no digest: trust the version"
+        );
+        assert_eq!(plan(true, 100, other, &g), Plan::Buckets);
+        assert_eq!(plan(true, 50, other, &g), Plan::Diff);
+        assert_eq!(
+            plan(true, 10, None, &g),
+            Plan::Diff,
+            "at the horizon is still diffable"
+        );
+        assert_eq!(plan(true, 9, None, &g), Plan::Full, "past the horizon");
+        assert_eq!(plan(true, 101, same, &g), Plan::Full, "from the future");
+        assert_eq!(plan(false, 100, same, &g), Plan::Full, "another epoch");
+        assert_eq!(plan(true, 0, None, &g), Plan::Full, "no copy");
+    }
+
+    #[test]
+    fn a_diff_is_too_large_past_the_configured_share() {
+        assert!(!too_large(1, 100_000, 50));
+        assert!(!too_large(50_000, 100_000, 50));
+        assert!(too_large(50_001, 100_000, 50));
+        assert!(
+            too_large(1, 0, 50),
+            "an empty group has nothing to diff against"
+        );
+    }
+}
