@@ -380,7 +380,10 @@ impl WsClient {
     pub async fn next_answer(&mut self) -> anyhow::Result<serde_json::Value> {
         loop {
             let f = self.next_frame().await?;
-            if matches!(f["type"].as_str(), Some("message" | "read" | "membership")) {
+            if matches!(
+                f["type"].as_str(),
+                Some("message" | "read" | "membership" | "members_changed")
+            ) {
                 self.pushes.push_back(f);
             } else {
                 return Ok(f);

@@ -7,14 +7,14 @@
 //! stood — a message whose ack was lost is sent again with `retry: true` and the server answers
 //! with the seq it already has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +32,7 @@ const CONNECT_WAIT: Duration = Duration::from_secs(10);
 const HELD: Duration = Duration::from_secs(10);
 
 /// Why a session ended.
-enum End {
+pub(crate) enum End {
     Shutdown,
     Lost {
         code: Option<u16>,
@@ -40,7 +40,7 @@ enum End {
     },
 }
 
-fn lost(code: Option<u16>) -> End {
+pub(crate) fn lost(code: Option<u16>) -> End {
     End::Lost {
         code,
         retry_after: None,
@@ -52,6 +52,13 @@ pub(crate) struct Engine {
     pub(crate) store: LocalStore,
     pub(crate) events: broadcast::Sender<ClientEvent>,
     pub(crate) drop_push: AtomicU64,
+    /// Test hook: the version of a `members_changed` to treat as lost.
+    pub(crate) drop_notice: AtomicU64,
+    /// Groups whose member list to sync, each once, one at a time; `true` to check the
+    /// stored members against their digest first (when the app opens the group).
+    pub(crate) member_syncs: Mutex<BTreeMap<String, bool>>,
+    /// Requests from the app waiting for the connection, with where to put the answer.
+    asks: Mutex<VecDeque<(Value, oneshot::Sender<Value>)>>,
     options: ClientOptions,
     wake: Notify,
     /// Conversations to sync, with the anchor a detected gap started from (if any).
@@ -64,7 +71,7 @@ pub(crate) struct Engine {
     me: Mutex<Option<(String, String)>>,
 }
 
-struct Conn {
+pub(crate) struct Conn {
     ws: Ws,
     next_id: u64,
 }
@@ -76,6 +83,9 @@ impl Engine {
             store,
             events,
             drop_push: AtomicU64::new(0),
+            drop_notice: AtomicU64::new(0),
+            member_syncs: Mutex::new(BTreeMap::new()),
+            asks: Mutex::new(VecDeque::new()),
             options,
             wake: Notify::new(),
             syncs: Mutex::new(BTreeMap::new()),
@@ -102,6 +112,31 @@ impl Engine {
         self.wake();
     }
 
+    /// Schedules a sync of `group`'s member list (once, however often asked). With `verify`
+    /// the digest sent is computed from the stored members, so a damaged copy is found;
+    /// otherwise the maintained digest is sent (repairing a gap costs no full read).
+    pub(crate) fn request_member_sync(&self, group: &str, verify: bool) {
+        *self
+            .member_syncs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(group.to_owned())
+            .or_default() |= verify;
+        self.wake();
+    }
+
+    /// Sends `frame` over the connection when there is one and returns the answer; `None` if
+    /// no connection answered in time.
+    pub(crate) async fn ask(&self, frame: Value) -> Option<Value> {
+        let (tx, rx) = oneshot::channel();
+        self.asks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((frame, tx));
+        self.wake();
+        tokio::time::timeout(ANSWER_WAIT * 2, rx).await.ok()?.ok()
+    }
+
     pub(crate) async fn shutdown(&self) {
         self.shutdown.cancel();
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -119,7 +154,7 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    fn emit(&self, e: ClientEvent) {
+    pub(crate) fn emit(&self, e: ClientEvent) {
         let _ = self.events.send(e);
     }
 
@@ -223,14 +258,26 @@ impl Engine {
         self.emit(ClientEvent::Connected);
         loop {
             self.run_syncs(conn).await?;
+            self.run_asks(conn).await?;
+            self.run_member_syncs(conn).await?;
             self.flush_queue(conn).await?;
             self.acknowledge(conn).await?;
-            if !self
+            let busy = !self
                 .syncs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .is_empty()
-            {
+                || !self
+                    .member_syncs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty()
+                || !self
+                    .asks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+            if busy {
                 continue;
             }
             tokio::select! {
@@ -245,7 +292,7 @@ impl Engine {
     }
 
     /// Sends a request and waits for its answer, applying live frames meanwhile.
-    async fn request(&self, conn: &mut Conn, mut frame: Value) -> Result<Value, End> {
+    pub(crate) async fn request(&self, conn: &mut Conn, mut frame: Value) -> Result<Value, End> {
         let id = conn.next_id;
         conn.next_id += 1;
         frame["id"] = json!(id);
@@ -316,13 +363,19 @@ impl Engine {
                     });
                 }
             }
-            Some("membership") => {
-                if let (Some(conv), Some(true)) =
-                    (frame["conv"].as_str(), frame["joined"].as_bool())
-                {
-                    self.request_sync(conv);
+            Some("membership") => match (frame["conv"].as_str(), frame["joined"].as_bool()) {
+                (Some(conv), Some(true)) => self.request_sync(conv),
+                (Some(conv), Some(false)) => {
+                    // No longer a member: the list is not ours to keep.
+                    self.member_syncs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(conv);
+                    let _ = self.store.drop_member_list(conv).await;
                 }
-            }
+                _ => {}
+            },
+            Some("members_changed") => self.on_members_changed(frame).await,
             _ => {}
         }
     }
@@ -394,6 +447,22 @@ impl Engine {
                 let to = self.store.anchor(&conv).await.unwrap_or(from);
                 self.emit(ClientEvent::GapRepaired { conv, from, to });
             }
+        }
+    }
+
+    /// Sends the app's waiting requests and hands back the answers.
+    async fn run_asks(&self, conn: &mut Conn) -> Result<(), End> {
+        loop {
+            let next = self
+                .asks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            let Some((frame, reply)) = next else {
+                return Ok(());
+            };
+            let answer = self.request(conn, frame).await?;
+            let _ = reply.send(answer);
         }
     }
 

@@ -17,9 +17,13 @@
 //! - **Catch-up.** On reconnect the engine presents its anchors and syncs the conversations the
 //!   server reports as changed.
 //! - **Display order.** Stored messages by seq, then unacknowledged ones by client time.
+//! - **Member lists.** Kept per group with their version and digest, synced when the group's
+//!   conversation opens (never at login), kept current by live notifications while it is
+//!   watched; see the `members` module for the five layers.
 
 mod backoff;
 mod engine;
+mod members;
 mod store;
 
 use anchorage_schema::now_ms;
@@ -29,7 +33,10 @@ use std::sync::Arc;
 use anchorage_schema::{ConversationId, GroupId, UserId};
 use tokio::sync::broadcast;
 
+pub use anchorage_digest::SetDigest;
+pub use anchorage_protocol::MemberInfo;
 pub use backoff::delay as backoff_delay;
+pub use members::{MemberListState, MemberSyncKind};
 
 /// Where the outbox stands for one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +108,40 @@ pub enum ClientEvent {
     AuthFailed {
         code: u16,
     },
+    /// One round of a member-list sync landed: the copy is at `version`.
+    MembersSynced {
+        group: String,
+        version: u64,
+        via: MemberSyncKind,
+    },
+    /// A live member-list change was applied and its digest checked.
+    MembersChanged {
+        group: String,
+        version: u64,
+    },
+}
+
+/// One group's entry in [`Client::group_versions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupVersionInfo {
+    pub group: String,
+    pub version: u64,
+    pub members: u64,
+    /// The version of the local member list, if there is one.
+    pub local_version: Option<u64>,
+}
+
+/// What [`Client::sync_members_batch`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Answers received (one per budget-bounded round).
+    pub rounds: u32,
+    pub unchanged: u32,
+    pub diffs: u32,
+    /// Groups that need a realignment; each is scheduled for its own sync.
+    pub realign: Vec<String>,
+    /// Bytes of the answers.
+    pub bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +152,10 @@ pub enum SdkError {
     Id(#[from] anchorage_schema::IdError),
     #[error("the client was shut down")]
     Closed,
+    #[error("no answer from the server (offline?)")]
+    Unavailable,
+    #[error("refused by the server: {0}")]
+    Refused(String),
 }
 
 /// Produces a device token for each connection attempt (so it can be refreshed).
@@ -218,9 +263,240 @@ impl Client {
         Ok(conv.to_string())
     }
 
-    /// Asks for `conv` to be brought up to date now (when the user opens it).
+    /// Asks for `conv` to be brought up to date now (when the user opens it): its messages,
+    /// and for a group its member list.
     pub fn open_conversation(&self, conv: &str) {
         self.engine.request_sync(conv);
+        if !conv.starts_with("dm-") {
+            self.engine.request_member_sync(conv, true);
+        }
+    }
+
+    /// Schedules a sync of `group`'s member list (once, however often asked); from then on
+    /// live changes keep it current while connected.
+    pub fn sync_members(&self, group: &str) {
+        self.engine.request_member_sync(group, true);
+    }
+
+    /// The local member list of `group`, by id.
+    pub async fn members(&self, group: &str) -> Result<Vec<MemberInfo>, SdkError> {
+        self.engine.store.members(group).await
+    }
+
+    /// Where the local member list of `group` stands, if there is one.
+    pub async fn member_list(&self, group: &str) -> Result<Option<MemberListState>, SdkError> {
+        self.engine.store.member_list(group).await
+    }
+
+    /// The digest of the members stored locally (computed from them).
+    pub async fn member_digest(&self, group: &str) -> Result<SetDigest, SdkError> {
+        Ok(self.engine.store.computed_digest(group).await?.total())
+    }
+
+    /// Local members whose id or nickname starts with `prefix`.
+    pub async fn search_members(
+        &self,
+        group: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<MemberInfo>, SdkError> {
+        self.engine.store.search_members(group, prefix, limit).await
+    }
+
+    /// Members whose id or nickname starts with `query`, from the server's list (for members
+    /// not held locally).
+    pub async fn search_members_remote(
+        &self,
+        group: &str,
+        query: &str,
+        limit: u32,
+    ) -> Result<Vec<MemberInfo>, SdkError> {
+        let answer = self
+            .ask(serde_json::json!({"type": "members_search", "group": group,
+                                    "query": query, "limit": limit}))
+            .await?;
+        match serde_json::from_value(answer) {
+            Ok(anchorage_protocol::ServerFrame::MembersFound { members, .. }) => Ok(members),
+            Ok(other) => Err(SdkError::Refused(format!("{other:?}"))),
+            Err(e) => Err(SdkError::Refused(e.to_string())),
+        }
+    }
+
+    /// The server's versions of this user's groups next to the local member lists' (cheap: no
+    /// member lists move), so the app knows which lists are stale.
+    pub async fn group_versions(&self) -> Result<Vec<GroupVersionInfo>, SdkError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut frame = serde_json::json!({"type": "group_versions"});
+            if let Some(c) = &cursor {
+                frame["cursor"] = serde_json::json!(c);
+            }
+            let answer = self.ask(frame).await?;
+            let Ok(anchorage_protocol::ServerFrame::GroupVersions {
+                groups,
+                cursor: next,
+                ..
+            }) = serde_json::from_value(answer.clone())
+            else {
+                return Err(SdkError::Refused(answer.to_string()));
+            };
+            for g in groups {
+                let local = self.engine.store.member_list(g.group.as_str()).await?;
+                out.push(GroupVersionInfo {
+                    group: g.group.to_string(),
+                    version: g.version,
+                    members: g.members,
+                    local_version: local.map(|l| l.version),
+                });
+            }
+            match next {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Brings the member lists of many groups up to date in budget-bounded answers, in the
+    /// order given (most important first). Groups that need a realignment are scheduled for
+    /// their own sync and listed in the report.
+    pub async fn sync_members_batch(
+        &self,
+        groups: &[&str],
+        budget_bytes: u32,
+    ) -> Result<BatchReport, SdkError> {
+        use anchorage_protocol::{GroupSync, GroupSyncResult, ServerFrame};
+        let store = &self.engine.store;
+        let mut pending = Vec::new();
+        for g in groups {
+            let group = GroupId::parse(*g)?;
+            let entry = match store.member_list(g).await? {
+                Some(l) => GroupSync {
+                    group,
+                    epoch: Some(l.epoch),
+                    version: l.version,
+                    digest: Some(store.computed_digest(g).await?.total().to_wire()),
+                },
+                None => GroupSync {
+                    group,
+                    epoch: None,
+                    version: 0,
+                    digest: None,
+                },
+            };
+            pending.push(entry);
+        }
+        let mut report = BatchReport::default();
+        while !pending.is_empty() {
+            let answer = self
+                .ask(
+                    serde_json::json!({"type": "members_sync_batch", "groups": pending,
+                                        "budget_bytes": budget_bytes}),
+                )
+                .await?;
+            report.bytes += answer.to_string().len() as u64;
+            report.rounds += 1;
+            let Ok(ServerFrame::MembersBatch {
+                results, cursor, ..
+            }) = serde_json::from_value(answer.clone())
+            else {
+                return Err(SdkError::Refused(answer.to_string()));
+            };
+            for (result, asked) in results.into_iter().zip(&pending) {
+                match result {
+                    GroupSyncResult::Unchanged { .. } => report.unchanged += 1,
+                    GroupSyncResult::Diff {
+                        group,
+                        epoch,
+                        version,
+                        digest,
+                        upserts,
+                        removed,
+                        more,
+                    } => {
+                        report.diffs += 1;
+                        let change = members::Change {
+                            upserts: &upserts,
+                            removed: &removed,
+                        };
+                        let applied = store
+                            .apply_members(group.as_str(), &epoch, asked.version, version, change)
+                            .await?;
+                        let agrees = matches!(applied, members::Applied::Done(d)
+                            if digest.as_deref().and_then(SetDigest::from_wire).is_none_or(|e| e == d));
+                        if more || !agrees {
+                            self.engine.request_member_sync(group.as_str(), false);
+                        }
+                    }
+                    GroupSyncResult::Realign { group } => {
+                        self.engine.request_member_sync(group.as_str(), false);
+                        report.realign.push(group.to_string());
+                    }
+                    GroupSyncResult::Error { group, code, .. } => {
+                        if matches!(
+                            code,
+                            anchorage_protocol::ErrorCode::Forbidden
+                                | anchorage_protocol::ErrorCode::NotFound
+                        ) {
+                            store.drop_member_list(group.as_str()).await?;
+                        }
+                    }
+                }
+            }
+            match cursor {
+                Some(c) => {
+                    pending.drain(..c as usize);
+                }
+                None => break,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Adds members to a group (queued while offline).
+    pub async fn add_members(&self, group: &str, members: &[&str]) -> Result<(), SdkError> {
+        GroupId::parse(group)?;
+        self.command(serde_json::json!({"type": "add_members", "group": group, "members": members}))
+            .await
+    }
+
+    /// Removes members from a group (queued while offline).
+    pub async fn remove_members(&self, group: &str, members: &[&str]) -> Result<(), SdkError> {
+        GroupId::parse(group)?;
+        self.command(
+            serde_json::json!({"type": "remove_members", "group": group, "members": members}),
+        )
+        .await
+    }
+
+    async fn ask(&self, frame: serde_json::Value) -> Result<serde_json::Value, SdkError> {
+        let answer = self.engine.ask(frame).await.ok_or(SdkError::Unavailable)?;
+        if answer["type"] == "error" {
+            return Err(SdkError::Refused(
+                answer["message"].as_str().unwrap_or("refused").to_owned(),
+            ));
+        }
+        Ok(answer)
+    }
+
+    /// Test hook: treat the live member-list change to `version` as lost in transit.
+    #[doc(hidden)]
+    pub fn drop_member_notice(&self, version: u64) {
+        self.engine
+            .drop_notice
+            .store(version, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Test hook: delete `n` local member rows of `group` behind the digest's back.
+    #[doc(hidden)]
+    pub async fn damage_members(&self, group: &str, n: u32) -> Result<(), SdkError> {
+        self.engine.store.damage_members(group, n).await
+    }
+
+    /// Test hook: label the local copy of `group` with another stream epoch.
+    #[doc(hidden)]
+    pub async fn relabel_member_epoch(&self, group: &str, epoch: &str) -> Result<(), SdkError> {
+        self.engine.store.relabel_epoch(group, epoch).await
     }
 
     /// Commands still waiting to reach the server.

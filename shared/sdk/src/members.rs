@@ -1,0 +1,626 @@
+//! Member lists of groups on the device: the local copy and how it is kept in line.
+//!
+//! Per group the store keeps the epoch and version the copy was taken at, its digest and the
+//! members. The engine brings a copy up to date with `members_sync` when the group's
+//! conversation opens (never at login), one group at a time and at most once per group at a
+//! time:
+//!
+//! - `unchanged` ends it; a `diff` is applied and continued while the server says `more`;
+//! - a realignment's snapshot pages are collected and replace the copy in one transaction
+//!   only once the last page arrived — until then the old copy stays as it was;
+//! - on a digest mismatch at the same version the engine compares bucket digests and fetches
+//!   only the buckets that differ.
+//!
+//! The digest sent with a sync is computed from the stored members, so a damaged copy is
+//! noticed. A live `members_changed` is applied when its `prev` is the copy's version, at a
+//! cost proportional to the change, and its digest is checked; anything else schedules one
+//! sync of that group.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anchorage_digest::{BucketedDigest, SetDigest, bucket_of, member_hash};
+use anchorage_protocol::{ErrorCode, MemberInfo, ServerFrame};
+use anchorage_schema::UserId;
+use anchorage_schema::event::Role;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::engine::{Conn, End, Engine, lost};
+use crate::store::LocalStore;
+use crate::{ClientEvent, SdkError};
+
+/// Where a group's local member list stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberListState {
+    /// The MEMBERSHIP stream epoch the copy belongs to.
+    pub epoch: String,
+    pub version: u64,
+    /// The digest as maintained with each change.
+    pub digest: SetDigest,
+}
+
+/// A change to apply to a copy.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Change<'a> {
+    pub upserts: &'a [MemberInfo],
+    pub removed: &'a [UserId],
+}
+
+/// What applying a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Applied; the copy is now at this digest.
+    Done(SetDigest),
+    /// The copy was not at the expected version (something else moved it): nothing done.
+    Moved,
+}
+
+fn stored(v: u64) -> i64 {
+    v as i64
+}
+
+fn member_from_row(r: &sqlx::sqlite::SqliteRow) -> Option<MemberInfo> {
+    MemberInfo::from_stored(
+        r.get::<&str, _>("user"),
+        r.get::<&str, _>("role"),
+        r.get("nickname"),
+        r.get("muted_until"),
+    )
+}
+
+impl LocalStore {
+    pub async fn member_list(&self, group: &str) -> Result<Option<MemberListState>, SdkError> {
+        let row = sqlx::query(
+            "SELECT epoch, version, digest_sum, member_count FROM member_lists WHERE grp = $1",
+        )
+        .bind(group)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| MemberListState {
+            epoch: r.get("epoch"),
+            version: r.get::<i64, _>("version") as u64,
+            digest: SetDigest {
+                sum: r.get::<i64, _>("digest_sum") as u64,
+                count: r.get::<i64, _>("member_count") as u64,
+            },
+        }))
+    }
+
+    /// The bucketed digest of the members actually stored (not the maintained one).
+    pub async fn computed_digest(&self, group: &str) -> Result<BucketedDigest, SdkError> {
+        let rows = sqlx::query("SELECT user FROM members WHERE grp = $1")
+            .bind(group)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(BucketedDigest::of(
+            rows.iter().map(|r| r.get::<&str, _>("user")),
+        ))
+    }
+
+    pub async fn members(&self, group: &str) -> Result<Vec<MemberInfo>, SdkError> {
+        let rows = sqlx::query(
+            "SELECT user, role, nickname, muted_until FROM members WHERE grp = $1 ORDER BY user",
+        )
+        .bind(group)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().filter_map(member_from_row).collect())
+    }
+
+    /// Local members whose id or nickname starts with `prefix`, by id.
+    pub async fn search_members(
+        &self,
+        group: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<MemberInfo>, SdkError> {
+        let escaped: String = prefix
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let rows = sqlx::query(
+            "SELECT user, role, nickname, muted_until FROM members
+             WHERE grp = $1 AND (user LIKE $2 ESCAPE '\\' OR nickname LIKE $2 ESCAPE '\\')
+             ORDER BY user LIMIT $3",
+        )
+        .bind(group)
+        .bind(format!("{escaped}%"))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().filter_map(member_from_row).collect())
+    }
+
+    /// Applies a diff or a notification, if the copy is at `from` (`None`: no copy yet is
+    /// fine only for `from == 0`), and moves it to `version` of `epoch`.
+    pub(crate) async fn apply_members(
+        &self,
+        group: &str,
+        epoch: &str,
+        from: u64,
+        version: u64,
+        change: Change<'_>,
+    ) -> Result<Applied, SdkError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT epoch, version, digest_sum, member_count FROM member_lists WHERE grp = $1",
+        )
+        .bind(group)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut digest = match row {
+            Some(r)
+                if r.get::<i64, _>("version") as u64 == from
+                    && r.get::<String, _>("epoch") == epoch =>
+            {
+                SetDigest {
+                    sum: r.get::<i64, _>("digest_sum") as u64,
+                    count: r.get::<i64, _>("member_count") as u64,
+                }
+            }
+            _ => return Ok(Applied::Moved),
+        };
+        for m in change.upserts {
+            let existed = sqlx::query("SELECT 1 FROM members WHERE grp = $1 AND user = $2")
+                .bind(group)
+                .bind(m.user.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            put_member(&mut tx, group, m).await?;
+            if !existed {
+                digest.insert_hash(member_hash(m.user.as_str()));
+            }
+        }
+        for user in change.removed {
+            let gone = sqlx::query("DELETE FROM members WHERE grp = $1 AND user = $2")
+                .bind(group)
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if gone > 0 {
+                digest.remove_hash(member_hash(user.as_str()));
+            }
+        }
+        set_list(&mut tx, group, epoch, version, digest).await?;
+        tx.commit().await?;
+        Ok(Applied::Done(digest))
+    }
+
+    /// Replaces the copy (or, with `buckets`, the members of those buckets) by a snapshot
+    /// pinned to `anchor`, in one transaction; returns the new digest.
+    pub(crate) async fn replace_members(
+        &self,
+        group: &str,
+        epoch: &str,
+        anchor: u64,
+        members: &[MemberInfo],
+        buckets: Option<&[u8]>,
+    ) -> Result<SetDigest, SdkError> {
+        let mut tx = self.pool.begin().await?;
+        match buckets {
+            None => {
+                sqlx::query("DELETE FROM members WHERE grp = $1")
+                    .bind(group)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Some(buckets) => {
+                for b in buckets {
+                    sqlx::query("DELETE FROM members WHERE grp = $1 AND bucket = $2")
+                        .bind(group)
+                        .bind(i64::from(*b))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        for m in members {
+            put_member(&mut tx, group, m).await?;
+        }
+        let rows = sqlx::query("SELECT user FROM members WHERE grp = $1")
+            .bind(group)
+            .fetch_all(&mut *tx)
+            .await?;
+        let digest = SetDigest::of(rows.iter().map(|r| r.get::<&str, _>("user")));
+        set_list(&mut tx, group, epoch, anchor, digest).await?;
+        tx.commit().await?;
+        Ok(digest)
+    }
+
+    /// Forgets a group's member list (the user left or was removed, or it was dismissed).
+    pub(crate) async fn drop_member_list(&self, group: &str) -> Result<(), SdkError> {
+        let mut tx = self.pool.begin().await?;
+        for sql in [
+            "DELETE FROM members WHERE grp = $1",
+            "DELETE FROM member_lists WHERE grp = $1",
+        ] {
+            sqlx::query(sql).bind(group).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes up to `n` member rows and leaves the maintained digest as it was (a damaged
+    /// copy, for tests of the repair).
+    pub(crate) async fn damage_members(&self, group: &str, n: u32) -> Result<(), SdkError> {
+        sqlx::query(
+            "DELETE FROM members WHERE rowid IN
+               (SELECT rowid FROM members WHERE grp = $1 ORDER BY user LIMIT $2)",
+        )
+        .bind(group)
+        .bind(i64::from(n))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves the copy to another epoch label (for tests of a stream recreated underneath).
+    pub(crate) async fn relabel_epoch(&self, group: &str, epoch: &str) -> Result<(), SdkError> {
+        sqlx::query("UPDATE member_lists SET epoch = $1 WHERE grp = $2")
+            .bind(epoch)
+            .bind(group)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn put_member(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    group: &str,
+    m: &MemberInfo,
+) -> Result<(), SdkError> {
+    sqlx::query(
+        "INSERT INTO members (grp, user, role, nickname, muted_until, bucket)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (grp, user) DO UPDATE SET role = excluded.role,
+             nickname = excluded.nickname, muted_until = excluded.muted_until",
+    )
+    .bind(group)
+    .bind(m.user.as_str())
+    .bind(role_name(m.role))
+    .bind(&m.nickname)
+    .bind(m.muted_until)
+    .bind(i64::from(bucket_of(m.user.as_str())))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn role_name(r: Role) -> &'static str {
+    r.as_str()
+}
+
+async fn set_list(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    group: &str,
+    epoch: &str,
+    version: u64,
+    digest: SetDigest,
+) -> Result<(), SdkError> {
+    sqlx::query(
+        "INSERT INTO member_lists (grp, epoch, version, digest_sum, member_count)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (grp) DO UPDATE SET epoch = excluded.epoch, version = excluded.version,
+             digest_sum = excluded.digest_sum, member_count = excluded.member_count",
+    )
+    .bind(group)
+    .bind(epoch)
+    .bind(stored(version))
+    .bind(stored(digest.sum))
+    .bind(stored(digest.count))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// How a member-list sync round brought the copy in line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberSyncKind {
+    Unchanged,
+    Diff,
+    /// A realignment from snapshot pages.
+    Full,
+    /// Only the digest buckets that differed were fetched again.
+    Buckets,
+}
+
+/// Rounds one sync may take (diff pages, realignment, the diff after it) before it yields
+/// and is scheduled again.
+const MAX_ROUNDS: u32 = 64;
+
+fn members_of_page(members: Vec<UserId>, details: Vec<MemberInfo>) -> Vec<MemberInfo> {
+    members
+        .into_iter()
+        .map(|user| MemberInfo {
+            user,
+            role: Role::Member,
+            nickname: None,
+            muted_until: None,
+        })
+        .chain(details)
+        .collect()
+}
+
+impl Engine {
+    /// Syncs the member lists scheduled, one group at a time.
+    pub(crate) async fn run_member_syncs(&self, conn: &mut Conn) -> Result<(), End> {
+        loop {
+            let next = self
+                .member_syncs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_first();
+            let Some((group, verify)) = next else {
+                return Ok(());
+            };
+            if let Err(end) = self.sync_members(conn, &group, verify).await {
+                // Not done: again on the next connection.
+                self.request_member_sync(&group, verify);
+                return Err(end);
+            }
+        }
+    }
+
+    async fn sync_members(&self, conn: &mut Conn, group: &str, verify: bool) -> Result<(), End> {
+        let store_lost = |_| lost(None);
+        for round in 0..MAX_ROUNDS {
+            let list = self.store.member_list(group).await.map_err(store_lost)?;
+            let mut frame = json!({"type": "members_sync", "group": group});
+            if let Some(l) = &list {
+                // On open, the digest of what is stored (a damaged copy shows); otherwise,
+                // and after the first round, the maintained one.
+                let digest = if verify && round == 0 {
+                    self.store
+                        .computed_digest(group)
+                        .await
+                        .map_err(store_lost)?
+                        .total()
+                } else {
+                    l.digest
+                };
+                frame["epoch"] = json!(l.epoch);
+                frame["version"] = json!(l.version);
+                frame["digest"] = json!(digest.to_wire());
+            }
+            let answer = self.request(conn, frame).await?;
+            let kind = match serde_json::from_value::<ServerFrame>(answer) {
+                Ok(ServerFrame::MembersUnchanged { .. }) => {
+                    self.synced(
+                        group,
+                        list.map_or(0, |l| l.version),
+                        MemberSyncKind::Unchanged,
+                    );
+                    return Ok(());
+                }
+                Ok(ServerFrame::MembersDiff {
+                    epoch,
+                    version,
+                    digest,
+                    upserts,
+                    removed,
+                    more,
+                    ..
+                }) => {
+                    let from = list.map_or(0, |l| l.version);
+                    let change = Change {
+                        upserts: &upserts,
+                        removed: &removed,
+                    };
+                    let applied = self
+                        .store
+                        .apply_members(group, &epoch, from, version, change)
+                        .await
+                        .map_err(store_lost)?;
+                    self.synced(group, version, MemberSyncKind::Diff);
+                    let expected = digest.as_deref().and_then(SetDigest::from_wire);
+                    match applied {
+                        // Done when nothing more is coming and the digests agree; a
+                        // mismatch goes round again and is repaired by buckets.
+                        Applied::Done(d) if !more && expected.is_none_or(|e| e == d) => {
+                            return Ok(());
+                        }
+                        _ => continue,
+                    }
+                }
+                Ok(ServerFrame::MembersPage {
+                    epoch,
+                    anchor,
+                    members,
+                    details,
+                    cursor,
+                    ..
+                }) => {
+                    let first = members_of_page(members, details);
+                    let Some(all) = self
+                        .fetch_pages(conn, group, &epoch, anchor, first, cursor, None)
+                        .await?
+                    else {
+                        continue;
+                    };
+                    self.store
+                        .replace_members(group, &epoch, anchor, &all, None)
+                        .await
+                        .map_err(store_lost)?;
+                    MemberSyncKind::Full
+                }
+                Ok(ServerFrame::MembersBuckets {
+                    epoch,
+                    version,
+                    buckets,
+                    ..
+                }) => {
+                    let mut server = [SetDigest::EMPTY; anchorage_digest::BUCKETS];
+                    for (b, d) in &buckets {
+                        server[*b as usize] = SetDigest::from_wire(d).unwrap_or_default();
+                    }
+                    let local = self
+                        .store
+                        .computed_digest(group)
+                        .await
+                        .map_err(store_lost)?;
+                    let differing = local.differing(&server);
+                    let Some(all) = self
+                        .fetch_pages(
+                            conn,
+                            group,
+                            &epoch,
+                            version,
+                            Vec::new(),
+                            Some(String::new()),
+                            Some(&differing),
+                        )
+                        .await?
+                    else {
+                        continue;
+                    };
+                    self.store
+                        .replace_members(group, &epoch, version, &all, Some(&differing))
+                        .await
+                        .map_err(store_lost)?;
+                    MemberSyncKind::Buckets
+                }
+                Ok(ServerFrame::Error { code, .. }) => match code {
+                    ErrorCode::Forbidden | ErrorCode::NotFound => {
+                        self.store
+                            .drop_member_list(group)
+                            .await
+                            .map_err(store_lost)?;
+                        return Ok(());
+                    }
+                    ErrorCode::RateLimited | ErrorCode::Conflict => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    _ => return Err(lost(None)),
+                },
+                _ => return Err(lost(None)),
+            };
+            let version = self
+                .store
+                .member_list(group)
+                .await
+                .map_err(store_lost)?
+                .map_or(0, |l| l.version);
+            self.synced(group, version, kind);
+        }
+        // Still moving after many rounds: yield to other work and come back.
+        self.request_member_sync(group, false);
+        Ok(())
+    }
+
+    fn synced(&self, group: &str, version: u64, via: MemberSyncKind) {
+        self.emit(ClientEvent::MembersSynced {
+            group: group.to_owned(),
+            version,
+            via,
+        });
+    }
+
+    /// Collects snapshot pages from `cursor` on (pages of `buckets` only, when given);
+    /// `None` if the server asked to start over.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_pages(
+        &self,
+        conn: &mut Conn,
+        group: &str,
+        epoch: &str,
+        anchor: u64,
+        mut all: Vec<MemberInfo>,
+        mut cursor: Option<String>,
+        buckets: Option<&[u8]>,
+    ) -> Result<Option<Vec<MemberInfo>>, End> {
+        while let Some(c) = cursor {
+            let mut frame = json!({"type": "members_fetch", "group": group, "epoch": epoch,
+                                   "anchor": anchor});
+            if !c.is_empty() {
+                frame["cursor"] = json!(c);
+            }
+            if let Some(b) = buckets {
+                frame["buckets"] = json!(b);
+            }
+            match serde_json::from_value::<ServerFrame>(self.request(conn, frame).await?) {
+                Ok(ServerFrame::MembersPage {
+                    members,
+                    details,
+                    cursor: next,
+                    ..
+                }) => {
+                    all.extend(members_of_page(members, details));
+                    cursor = next;
+                }
+                Ok(ServerFrame::Error {
+                    code: ErrorCode::Conflict | ErrorCode::InvalidRequest,
+                    ..
+                }) => return Ok(None),
+                _ => return Err(lost(None)),
+            }
+        }
+        Ok(Some(all))
+    }
+
+    /// A live member-list change: applied when it follows the copy's version, otherwise
+    /// one sync of the group is scheduled.
+    pub(crate) async fn on_members_changed(&self, frame: Value) {
+        let Ok(ServerFrame::MembersChanged {
+            group,
+            version,
+            prev,
+            digest,
+            change,
+        }) = serde_json::from_value::<ServerFrame>(frame)
+        else {
+            return;
+        };
+        let group = group.as_str();
+        if self
+            .drop_notice
+            .compare_exchange(version, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return;
+        }
+        let Ok(Some(list)) = self.store.member_list(group).await else {
+            return;
+        };
+        if list.version >= version {
+            return;
+        }
+        if change.dismissed {
+            let _ = self.store.drop_member_list(group).await;
+            return;
+        }
+        if list.version != prev {
+            self.request_member_sync(group, false);
+            return;
+        }
+        let applied = self
+            .store
+            .apply_members(
+                group,
+                &list.epoch,
+                prev,
+                version,
+                Change {
+                    upserts: &change.upserts,
+                    removed: &change.removed,
+                },
+            )
+            .await;
+        match applied {
+            Ok(Applied::Done(d)) if SetDigest::from_wire(&digest) == Some(d) => {
+                self.emit(ClientEvent::MembersChanged {
+                    group: group.to_owned(),
+                    version,
+                });
+            }
+            _ => self.request_member_sync(group, true),
+        }
+    }
+}
