@@ -33,6 +33,10 @@ pub struct Sizes {
     pub sends: usize,
     /// Concurrent senders.
     pub senders: usize,
+    /// Members of the large group.
+    pub members: usize,
+    /// Small groups in a batch.
+    pub groups: usize,
 }
 
 impl Sizes {
@@ -43,6 +47,8 @@ impl Sizes {
                 sockets: 20,
                 sends: 400,
                 senders: 4,
+                members: 2_000,
+                groups: 50,
             }
         } else {
             Sizes {
@@ -50,6 +56,8 @@ impl Sizes {
                 sockets: 1_000,
                 sends: 20_000,
                 senders: 16,
+                members: 100_000,
+                groups: 500,
             }
         }
     }
@@ -63,7 +71,8 @@ pub async fn run(scenario: &str, sizes: Sizes) -> anyhow::Result<Value> {
         "send" => send(&env, sizes).await,
         "replay" => replay(&env, sizes).await,
         "memory" => memory(&env, sizes).await,
-        other => bail!("unknown scenario {other:?}: raw, send, replay, memory"),
+        "members" => members(&env, sizes).await,
+        other => bail!("unknown scenario {other:?}: raw, send, replay, memory, members"),
     };
     env.stop().await;
     let mut report = result?;
@@ -527,4 +536,386 @@ pub async fn idle_clients(addr: &str, count: usize) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(600)).await;
     drop(sockets);
     Ok(())
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends one request; returns the answer, its size in bytes and the round trip.
+async fn timed(ws: &mut Ws, id: u64, mut frame: Value) -> anyhow::Result<(Value, usize, f64)> {
+    frame["id"] = json!(id);
+    let t0 = Instant::now();
+    ws.send(Message::Text(frame.to_string().into())).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["id"] == json!(id) {
+                    return Ok((v, t.len(), t0.elapsed().as_secs_f64() * 1000.0));
+                }
+            }
+            Some(Ok(_)) => {}
+            other => bail!("connection ended: {other:?}"),
+        }
+    }
+}
+
+async fn membership_event(
+    bus: &Bus,
+    group: &str,
+    n: usize,
+    event: impl Into<anchorage_schema::Event>,
+) -> anyhow::Result<u64> {
+    let g = anchorage_schema::GroupId::parse(group)?;
+    let env = Envelope::new(
+        EventId::parse(format!("bench:{group}:{n}"))?,
+        anchorage_schema::now_ms(),
+        Actor::System {
+            source: anchorage_schema::SourceId::parse("bench")?,
+        },
+        event,
+    );
+    Ok(bus
+        .publish_event(&subjects::membership(&g), &env, None)
+        .await?
+        .seq
+        .0)
+}
+
+async fn membership_projected(stack: &Stack, seq: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while stack
+        .store
+        .checkpoint("membership")
+        .await?
+        .map_or(0, |c| c.last_seq)
+        < seq
+    {
+        if Instant::now() > deadline {
+            bail!("the membership projection did not catch up");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A client-side copy of one member list, as the bench keeps it.
+struct Copy {
+    epoch: String,
+    version: u64,
+    members: std::collections::BTreeSet<String>,
+}
+
+impl Copy {
+    fn digest(&self) -> String {
+        anchorage_digest::SetDigest::of(self.members.iter().map(String::as_str)).to_wire()
+    }
+
+    fn sync_frame(&self, group: &str) -> Value {
+        json!({"type": "members_sync", "group": group, "epoch": self.epoch,
+               "version": self.version, "digest": self.digest()})
+    }
+
+    fn apply_page(&mut self, page: &Value) {
+        for m in page["members"].as_array().into_iter().flatten() {
+            self.members.extend(m.as_str().map(str::to_owned));
+        }
+        for m in page["details"].as_array().into_iter().flatten() {
+            self.members.extend(m["user"].as_str().map(str::to_owned));
+        }
+    }
+
+    fn apply_diff(&mut self, diff: &Value) {
+        for m in diff["upserts"].as_array().into_iter().flatten() {
+            self.members.extend(m["user"].as_str().map(str::to_owned));
+        }
+        for m in diff["removed"].as_array().into_iter().flatten() {
+            if let Some(u) = m.as_str() {
+                self.members.remove(u);
+            }
+        }
+        self.version = diff["version"].as_u64().unwrap_or(self.version);
+    }
+}
+
+/// A full pull: the first page and every page after it. Returns the copy, bytes and time.
+async fn full_pull(ws: &mut Ws, id: &mut u64, group: &str) -> anyhow::Result<(Copy, usize, f64)> {
+    *id += 1;
+    let (mut page, mut bytes, mut ms) =
+        timed(ws, *id, json!({"type": "members_sync", "group": group})).await?;
+    if page["type"] != "members_page" {
+        bail!("expected a snapshot page: {page}");
+    }
+    let mut copy = Copy {
+        epoch: page["epoch"].as_str().unwrap_or_default().to_owned(),
+        version: page["anchor"].as_u64().unwrap_or(0),
+        members: Default::default(),
+    };
+    loop {
+        copy.apply_page(&page);
+        let Some(cursor) = page["cursor"].as_str().map(str::to_owned) else {
+            return Ok((copy, bytes, ms));
+        };
+        *id += 1;
+        let (next, b, t) = timed(
+            ws,
+            *id,
+            json!({"type": "members_fetch", "group": group, "epoch": copy.epoch,
+                   "anchor": copy.version, "cursor": cursor}),
+        )
+        .await?;
+        page = next;
+        bytes += b;
+        ms += t;
+    }
+}
+
+/// Diffs until the copy is current. Returns bytes, time and the members changed.
+async fn diff_to_current(
+    ws: &mut Ws,
+    id: &mut u64,
+    group: &str,
+    copy: &mut Copy,
+) -> anyhow::Result<(usize, f64, usize)> {
+    let (mut bytes, mut ms, mut changed) = (0, 0.0, 0);
+    loop {
+        *id += 1;
+        let (a, b, t) = timed(ws, *id, copy.sync_frame(group)).await?;
+        bytes += b;
+        ms += t;
+        match a["type"].as_str() {
+            Some("members_diff") => {
+                changed += a["upserts"].as_array().map_or(0, Vec::len)
+                    + a["removed"].as_array().map_or(0, Vec::len);
+                copy.apply_diff(&a);
+                if a["more"] != true {
+                    return Ok((bytes, ms, changed));
+                }
+            }
+            Some("members_unchanged") => return Ok((bytes, ms, changed)),
+            _ => bail!("expected a diff: {a}"),
+        }
+    }
+}
+
+async fn members(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
+    let bus = env.bus().await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let stack = Stack::start(&env.config, listener).await?;
+    let big = "big";
+    progress(&format!("a group of {} members", s.members));
+    let mut n = 0;
+    let mut last = membership_event(
+        &bus,
+        big,
+        n,
+        anchorage_schema::event::GroupCreated {
+            group: anchorage_schema::GroupId::parse(big)?,
+            owner: UserId::parse("owner")?,
+            title: "big".into(),
+            members: vec![UserId::parse("reader")?],
+            direct: false,
+        },
+    )
+    .await?;
+    let ids: Vec<usize> = (0..s.members.saturating_sub(2)).collect();
+    for chunk in ids.chunks(1000) {
+        n += 1;
+        let members = chunk
+            .iter()
+            .map(|i| UserId::parse(format!("u{i:06}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        last = membership_event(
+            &bus,
+            big,
+            n,
+            anchorage_schema::event::MembersAdded {
+                group: anchorage_schema::GroupId::parse(big)?,
+                members,
+            },
+        )
+        .await?;
+    }
+    membership_projected(&stack, last).await?;
+    let mut ws = signed_in(stack.edge_addr, &env.config, "reader").await?;
+    let mut id = 0u64;
+
+    progress("full realignment");
+    let (mut copy, full_bytes, full_ms) = full_pull(&mut ws, &mut id, big).await?;
+    let count = copy.members.len();
+
+    progress("unchanged check");
+    id += 1;
+    let (a, unchanged_bytes, unchanged_ms) = timed(&mut ws, id, copy.sync_frame(big)).await?;
+    if a["type"] != "members_unchanged" {
+        bail!("expected unchanged: {a}");
+    }
+
+    progress("1 change");
+    n += 1;
+    let seq = membership_event(
+        &bus,
+        big,
+        n,
+        anchorage_schema::event::MembersAdded {
+            group: anchorage_schema::GroupId::parse(big)?,
+            members: vec![UserId::parse("newcomer")?],
+        },
+    )
+    .await?;
+    membership_projected(&stack, seq).await?;
+    let (one_bytes, one_ms, _) = diff_to_current(&mut ws, &mut id, big, &mut copy).await?;
+
+    progress("1% churn");
+    let churn = (s.members / 100).max(2);
+    let leaving = (0..churn / 2)
+        .map(|i| UserId::parse(format!("u{:06}", i * 37 % ids.len().max(1))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let joining = (0..churn / 2)
+        .map(|i| UserId::parse(format!("churn{i:06}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    n += 1;
+    membership_event(
+        &bus,
+        big,
+        n,
+        anchorage_schema::event::MembersRemoved {
+            group: anchorage_schema::GroupId::parse(big)?,
+            members: leaving,
+            reason: anchorage_schema::event::RemovalReason::Removed,
+        },
+    )
+    .await?;
+    n += 1;
+    let seq = membership_event(
+        &bus,
+        big,
+        n,
+        anchorage_schema::event::MembersAdded {
+            group: anchorage_schema::GroupId::parse(big)?,
+            members: joining,
+        },
+    )
+    .await?;
+    membership_projected(&stack, seq).await?;
+    let (churn_bytes, churn_ms, churn_changed) =
+        diff_to_current(&mut ws, &mut id, big, &mut copy).await?;
+    let server = stack.store.group_row(big).await?.context("the group")?;
+    let digest = anchorage_digest::SetDigest {
+        sum: server.digest_sum,
+        count: server.member_count,
+    };
+    if copy.digest() != digest.to_wire() {
+        bail!("the bench's copy does not match the server after the diffs");
+    }
+
+    progress(&format!("{} groups in budget-bounded batches", s.groups));
+    let mut last = 0;
+    for g in 0..s.groups {
+        last = membership_event(
+            &bus,
+            &format!("team{g:03}"),
+            0,
+            anchorage_schema::event::GroupCreated {
+                group: anchorage_schema::GroupId::parse(format!("team{g:03}"))?,
+                owner: UserId::parse("owner")?,
+                title: "team".into(),
+                members: std::iter::once("reader".to_owned())
+                    .chain((0..18).map(|m| format!("t{g}m{m}")))
+                    .map(UserId::parse)
+                    .collect::<Result<Vec<_>, _>>()?,
+                direct: false,
+            },
+        )
+        .await?;
+    }
+    membership_projected(&stack, last).await?;
+    let mut copies = Vec::new();
+    let mut naive_batch_bytes = 0;
+    for g in 0..s.groups {
+        let (c, b, _) = full_pull(&mut ws, &mut id, &format!("team{g:03}")).await?;
+        naive_batch_bytes += b;
+        copies.push(c);
+    }
+    for g in (0..s.groups).step_by(10) {
+        last = membership_event(
+            &bus,
+            &format!("team{g:03}"),
+            1,
+            anchorage_schema::event::MembersAdded {
+                group: anchorage_schema::GroupId::parse(format!("team{g:03}"))?,
+                members: vec![UserId::parse(format!("late{g}"))?],
+            },
+        )
+        .await?;
+    }
+    membership_projected(&stack, last).await?;
+    let mut pending: Vec<Value> = copies
+        .iter()
+        .enumerate()
+        .map(|(g, c)| {
+            json!({"group": format!("team{g:03}"), "epoch": c.epoch, "version": c.version,
+                   "digest": c.digest()})
+        })
+        .collect();
+    let (mut batch_bytes, mut batch_ms, mut rounds, mut diffs) = (0, 0.0, 0, 0);
+    while !pending.is_empty() {
+        id += 1;
+        let (a, b, t) = timed(
+            &mut ws,
+            id,
+            json!({"type": "members_sync_batch", "groups": pending, "budget_bytes": 16 * 1024}),
+        )
+        .await?;
+        batch_bytes += b;
+        batch_ms += t;
+        rounds += 1;
+        diffs += a["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["result"] == "diff")
+            .count();
+        match a["cursor"].as_u64() {
+            Some(c) => {
+                pending.drain(..c as usize);
+            }
+            None => break,
+        }
+    }
+    stack.stop().await?;
+    bus.close().await;
+    let per = |bytes: usize, n: usize| bytes as f64 / n.max(1) as f64;
+    Ok(json!({
+        "ours": {
+            "unchanged_bytes": unchanged_bytes,
+            "unchanged_ms": unchanged_ms,
+            "one_change_bytes": one_bytes,
+            "one_change_ms": one_ms,
+            "churn_changed_members": churn_changed,
+            "churn_bytes": churn_bytes,
+            "churn_bytes_per_changed_member": per(churn_bytes, churn_changed),
+            "churn_ms": churn_ms,
+            "full_bytes": full_bytes,
+            "full_bytes_per_member": per(full_bytes, count),
+            "full_server_ms": full_ms,
+            "batch_groups": s.groups,
+            "batch_changed_groups": diffs,
+            "batch_bytes": batch_bytes,
+            "batch_rounds": rounds,
+            "batch_ms": batch_ms,
+        },
+        "baseline": {
+            "naive_full_pull_bytes": full_bytes,
+            "naive_batch_full_pull_bytes": naive_batch_bytes,
+        },
+        "ratio": {
+            "unchanged_vs_full_pull": per(unchanged_bytes, full_bytes),
+            "one_change_vs_full_pull": per(one_bytes, full_bytes),
+            "churn_vs_full_pull": per(churn_bytes, full_bytes),
+            "batch_vs_full_pulls": per(batch_bytes, naive_batch_bytes),
+        },
+        "target": "unchanged <= 64 B; diff <= 64 B per changed member; full <= 24 B per member and < 1 s server time",
+        "sizes": {"members": count, "groups": s.groups, "batch_budget_bytes": 16 * 1024},
+    }))
 }

@@ -49,3 +49,22 @@ fn raw_send_and_replay_report_figures_with_their_baselines() {
     positive(&replay, &["baseline", "jetstream_consume_msgs_per_sec"]);
     positive(&replay, &["ratio"]);
 }
+
+#[test]
+fn members_reports_bytes_and_times_next_to_full_pulls() {
+    let m = bench("members");
+    for key in [
+        "unchanged_bytes",
+        "one_change_bytes",
+        "churn_bytes_per_changed_member",
+        "full_bytes_per_member",
+        "full_server_ms",
+        "batch_bytes",
+        "batch_rounds",
+    ] {
+        positive(&m, &["ours", key]);
+    }
+    positive(&m, &["baseline", "naive_batch_full_pull_bytes"]);
+    positive(&m, &["ratio", "batch_vs_full_pulls"]);
+    assert!(m["ours"]["batch_rounds"].as_u64().unwrap() > 1, "{m}");
+}
