@@ -136,6 +136,39 @@ async fn diff_page(
     }))
 }
 
+/// The diff since `version`, unless it would touch too large a share of the group or one
+/// version alone is larger than a page: then `None`, and only a realignment will do.
+async fn bounded_diff(
+    tx: &mut Tx,
+    g: &GroupRow,
+    version: u64,
+    cfg: &anchorage_config::MembersConfig,
+) -> Result<Option<DiffPage>, (ErrorCode, String)> {
+    let changed = tx
+        .changed_count(&g.group, version)
+        .await
+        .map_err(internal)?;
+    if too_large(changed, g.member_count, cfg.full_percent) {
+        return Ok(None);
+    }
+    diff_page(tx, g, version, cfg.diff_members)
+        .await
+        .map_err(internal)
+}
+
+/// The group row, unless there is no such group (or it was dismissed).
+async fn live_group(tx: &mut Tx, group: &GroupId) -> Result<Option<GroupRow>, (ErrorCode, String)> {
+    Ok(tx
+        .group(group.as_str())
+        .await
+        .map_err(internal)?
+        .filter(|g| !g.dismissed))
+}
+
+fn no_group(group: &GroupId) -> (ErrorCode, String) {
+    (ErrorCode::NotFound, format!("group {group} does not exist"))
+}
+
 impl Session {
     fn group_conv(&self, group: &GroupId) -> Result<ConversationId, (ErrorCode, String)> {
         let conv = ConversationId::parse(group.as_str())
@@ -212,13 +245,9 @@ impl Session {
         let current = self.membership_epoch().await?;
         let same_epoch = epoch.as_deref() == Some(current.as_str());
         let mut tx = self.state.store.begin_read().await.map_err(internal)?;
-        let g = tx
-            .group(group.as_str())
-            .await
-            .map_err(internal)?
-            .filter(|g| !g.dismissed)
-            .ok_or((ErrorCode::NotFound, format!("group {group} does not exist")))?;
-        let cfg = &self.state.members;
+        let g = live_group(&mut tx, &group)
+            .await?
+            .ok_or_else(|| no_group(&group))?;
         let answer = match plan(same_epoch, version, digest, &g) {
             Plan::Unchanged => ServerFrame::MembersUnchanged { id },
             Plan::Buckets => {
@@ -242,17 +271,7 @@ impl Session {
                     .await?
             }
             Plan::Diff => {
-                let changed = tx
-                    .changed_count(group.as_str(), version)
-                    .await
-                    .map_err(internal)?;
-                let page = if too_large(changed, g.member_count, cfg.full_percent) {
-                    None
-                } else {
-                    diff_page(&mut tx, &g, version, cfg.diff_members)
-                        .await
-                        .map_err(internal)?
-                };
+                let page = bounded_diff(&mut tx, &g, version, &self.state.members).await?;
                 match page {
                     Some(p) => ServerFrame::MembersDiff {
                         id,
@@ -334,12 +353,9 @@ impl Session {
             ));
         }
         let mut tx = self.state.store.begin_read().await.map_err(internal)?;
-        let g = tx
-            .group(group.as_str())
-            .await
-            .map_err(internal)?
-            .filter(|g| !g.dismissed)
-            .ok_or((ErrorCode::NotFound, format!("group {group} does not exist")))?;
+        let g = live_group(&mut tx, &group)
+            .await?
+            .ok_or_else(|| no_group(&group))?;
         if anchor > g.version || anchor < g.created_seq {
             return Err((
                 ErrorCode::InvalidRequest,
@@ -429,33 +445,15 @@ impl Session {
         };
         let same_epoch = req.epoch.as_deref() == Some(current);
         let mut tx = self.state.store.begin_read().await.map_err(internal)?;
-        let Some(g) = tx
-            .group(group.as_str())
-            .await
-            .map_err(internal)?
-            .filter(|g| !g.dismissed)
-        else {
-            return Ok(refuse(
-                ErrorCode::NotFound,
-                format!("group {group} does not exist"),
-            ));
+        let Some(g) = live_group(&mut tx, &group).await? else {
+            let (code, message) = no_group(&group);
+            return Ok(refuse(code, message));
         };
-        let cfg = &self.state.members;
         let result = match plan(same_epoch, req.version, digest, &g) {
             Plan::Unchanged => GroupSyncResult::Unchanged { group },
             Plan::Buckets | Plan::Full => GroupSyncResult::Realign { group },
             Plan::Diff => {
-                let changed = tx
-                    .changed_count(group.as_str(), req.version)
-                    .await
-                    .map_err(internal)?;
-                let page = if too_large(changed, g.member_count, cfg.full_percent) {
-                    None
-                } else {
-                    diff_page(&mut tx, &g, req.version, cfg.diff_members)
-                        .await
-                        .map_err(internal)?
-                };
+                let page = bounded_diff(&mut tx, &g, req.version, &self.state.members).await?;
                 match page {
                     Some(p) => GroupSyncResult::Diff {
                         group,
