@@ -75,9 +75,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The client side of `bench memory` (idle sockets in a separate process).
+    /// The client side of the socket-heavy benchmarks (a separate process).
     #[command(hide = true)]
-    BenchClients { addr: String, count: usize },
+    BenchClients {
+        addr: String,
+        count: usize,
+        /// idle, fanout or reconnect.
+        #[arg(long, default_value = "idle")]
+        mode: String,
+        /// Users are <prefix><6 digits>.
+        #[arg(long, default_value = "idle")]
+        prefix: String,
+        /// Messages each socket waits for (fanout).
+        #[arg(long, default_value_t = 0)]
+        messages: usize,
+    },
     /// End a device's session: its sockets close at once and its tokens are refused.
     Revoke {
         #[arg(long)]
@@ -133,8 +145,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        Command::BenchClients { addr, count } => {
-            crate::bench::idle_clients(addr, *count).await?;
+        Command::BenchClients {
+            addr,
+            count,
+            mode,
+            prefix,
+            messages,
+        } => {
+            crate::bench_clients::run(addr, *count, mode, prefix, *messages).await?;
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}

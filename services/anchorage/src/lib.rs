@@ -3,6 +3,7 @@
 //! runs.
 
 pub mod bench;
+pub mod bench_clients;
 pub mod cli;
 pub mod natsd;
 pub mod replay;

@@ -68,3 +68,18 @@ fn members_reports_bytes_and_times_next_to_full_pulls() {
     positive(&m, &["ratio", "batch_vs_full_pulls"]);
     assert!(m["ours"]["batch_rounds"].as_u64().unwrap() > 1, "{m}");
 }
+
+#[test]
+fn fanout_and_reconnect_report_delivery_and_resync_times() {
+    let f = bench("fanout");
+    positive(&f, &["ours", "delivery_ms_p99"]);
+    positive(&f, &["ours", "deliveries_per_sec"]);
+    positive(&f, &["baseline", "websocket_push_frames_per_sec"]);
+    assert_eq!(f["ours"]["missing"], 0, "{f}");
+
+    let r = bench("reconnect");
+    positive(&r, &["ours", "all_resynced_s"]);
+    positive(&r, &["ours", "rss_peak_mib"]);
+    assert_eq!(r["ours"]["failures"], 0, "{r}");
+    assert_eq!(r["ours"]["resynced"], r["ours"]["clients"], "{r}");
+}

@@ -92,6 +92,8 @@ impl ConnHandle {
 struct UserEntry {
     conns: HashSet<ConnId>,
     convs: HashSet<ConversationId>,
+    /// Groups the user is muted in, until when (Unix ms).
+    muted: HashMap<ConversationId, i64>,
     reads: Option<AbortHandle>,
 }
 
@@ -269,7 +271,14 @@ impl Hub {
             .into_iter()
             .filter_map(|c| ConversationId::parse(c).ok())
             .collect();
-        let (convs, pending) = self.register_locked(conn, loaded, checkpoint);
+        let muted: HashMap<ConversationId, i64> = self
+            .store
+            .mutes_of(user.as_str())
+            .await?
+            .into_iter()
+            .filter_map(|(c, until)| Some((ConversationId::parse(c).ok()?, until)))
+            .collect();
+        let (convs, pending) = self.register_locked(conn, loaded, muted, checkpoint);
         // Answer `hello` only once the live subscriptions are in place: a message published
         // after the client's view of the conversations is then either in that view or pushed.
         for mut rx in pending {
@@ -284,6 +293,7 @@ impl Hub {
         self: &Arc<Self>,
         conn: ConnHandle,
         loaded: HashSet<ConversationId>,
+        muted: HashMap<ConversationId, i64>,
         checkpoint: u64,
     ) -> (
         HashSet<ConversationId>,
@@ -297,6 +307,7 @@ impl Hub {
         entry.conns.insert(conn.id);
         if fresh {
             entry.convs = loaded;
+            entry.muted = muted;
             let replay: Vec<(u64, Envelope)> = state
                 .recent
                 .iter()
@@ -307,6 +318,9 @@ impl Hub {
             // joins (once the subscription is in place), so it syncs them.
             let mut late_joins = Vec::new();
             for (seq, env) in replay {
+                if let Some(e) = state.users.get_mut(&user) {
+                    note_mute(e, &user, &env);
+                }
                 for (u, conv, joined) in membership_changes(&env) {
                     if u == user
                         && let Some(e) = state.users.get_mut(&user)
@@ -384,6 +398,14 @@ impl Hub {
         for conv in entry.convs {
             Self::drop_interest(&mut state, &user, &conv);
         }
+    }
+
+    /// Until when `user` (connected here) is muted in `conv`, if at all.
+    pub fn muted_until(&self, user: &UserId, conv: &ConversationId) -> Option<i64> {
+        self.lock()
+            .users
+            .get(user)
+            .and_then(|e| e.muted.get(conv).copied())
     }
 
     /// Whether `user` (connected here) is a member of `conv` right now.
@@ -626,10 +648,18 @@ impl Hub {
     fn on_membership(self: &Arc<Self>, seq: u64, env: Envelope) {
         let changes = membership_changes(&env);
         let mut state = self.lock();
+        if let Event::MemberMuteChanged(m) = &env.event
+            && let Some(e) = state.users.get_mut(&m.member)
+        {
+            note_mute(e, &m.member, &env);
+        }
         for (user, conv, joined) in changes {
             let changed = match state.users.get_mut(&user) {
                 Some(e) if joined => e.convs.insert(conv.clone()),
-                Some(e) => e.convs.remove(&conv),
+                Some(e) => {
+                    e.muted.remove(&conv);
+                    e.convs.remove(&conv)
+                }
                 None => false,
             };
             if !changed {
@@ -740,4 +770,21 @@ fn membership_changes(env: &Envelope) -> Vec<(UserId, ConversationId, bool)> {
             .unwrap_or_default(),
         _ => Vec::new(),
     }
+}
+
+/// Keeps a connected user's mutes in step with a mute event about them.
+fn note_mute(entry: &mut UserEntry, user: &UserId, env: &Envelope) {
+    let Event::MemberMuteChanged(m) = &env.event else {
+        return;
+    };
+    let Ok(conv) = ConversationId::parse(m.group.as_str()) else {
+        return;
+    };
+    if &m.member != user {
+        return;
+    }
+    match m.muted_until {
+        Some(until) => entry.muted.insert(conv, until),
+        None => entry.muted.remove(&conv),
+    };
 }

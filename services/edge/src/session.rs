@@ -87,6 +87,12 @@ pub struct Session {
     tx: mpsc::Sender<Frame>,
 }
 
+/// What a send turned into: its answer, or the acknowledgement that will give it.
+pub(crate) enum SendStart {
+    Done(ServerFrame),
+    Pending(std::pin::Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>),
+}
+
 /// What a group command is decided on: the caller's role and the target member's (when the
 /// command names one), read at the group's current version.
 pub(crate) struct Decision {
@@ -345,15 +351,30 @@ impl Session {
         client_ts: i64,
         retry: bool,
     ) -> Answer {
+        match self
+            .start_send(id, conv, client_msg_id, body, client_ts, retry)
+            .await?
+        {
+            SendStart::Done(frame) => Ok(frame),
+            SendStart::Pending(ack) => Ok(ack.await),
+        }
+    }
+
+    /// Checks and hands a message to the stream without waiting for it to be stored: the
+    /// answer comes from the returned acknowledgement. Messages started one after another are
+    /// stored in that order, so a connection can keep many sends in flight.
+    pub(crate) async fn start_send(
+        &self,
+        id: RequestId,
+        conv: ConversationId,
+        client_msg_id: ClientMsgId,
+        body: serde_json::Value,
+        client_ts: i64,
+        retry: bool,
+    ) -> Result<SendStart, (ErrorCode, String)> {
         self.member(&conv)?;
         let user = &self.claims.sub;
-        if !conv.as_str().starts_with("dm-")
-            && let Some(until) = self
-                .state
-                .store
-                .muted_until(conv.as_str(), user.as_str())
-                .await
-                .map_err(internal)?
+        if let Some(until) = self.state.hub.muted_until(user, &conv)
             && until > now_ms()
         {
             return Err((
@@ -369,13 +390,13 @@ impl Session {
                 .await
                 .map_err(internal)?
         {
-            return Ok(ServerFrame::Ack {
+            return Ok(SendStart::Done(ServerFrame::Ack {
                 id,
                 client_msg_id,
                 seq: row.seq,
                 server_ts: row.server_ts,
                 duplicate: true,
-            });
+            }));
         }
         let event_id = EventId::parse(format!("{user}:{}:{client_msg_id}", self.claims.device))
             .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
@@ -393,30 +414,43 @@ impl Session {
                 client_ts,
             },
         );
-        let published = self
+        let pending = self
             .state
             .bus
-            .publish_event(&subjects::message(&conv), &env, None)
+            .publish_event_pipelined(&subjects::message(&conv), &env)
             .await
             .map_err(internal)?;
-        let server_ts = if published.duplicate {
-            // The original's time, from the stored copy.
-            self.state
-                .bus
-                .stored_event(stream::MESSAGES, published.seq)
-                .await
-                .map(|e| e.occurred_at)
-                .unwrap_or(server_ts)
-        } else {
-            server_ts
-        };
-        Ok(ServerFrame::Ack {
-            id,
-            client_msg_id,
-            seq: published.seq.0,
-            server_ts,
-            duplicate: published.duplicate,
-        })
+        let bus = self.state.bus.clone();
+        Ok(SendStart::Pending(Box::pin(async move {
+            let published = match pending.stored().await {
+                Ok(p) => p,
+                Err(err) => {
+                    let (code, message) = internal(err);
+                    return ServerFrame::Error {
+                        id: Some(id),
+                        code,
+                        message,
+                        retry_after_ms: None,
+                    };
+                }
+            };
+            let server_ts = if published.duplicate {
+                // The original's time, from the stored copy.
+                bus.stored_event(stream::MESSAGES, published.seq)
+                    .await
+                    .map(|e| e.occurred_at)
+                    .unwrap_or(server_ts)
+            } else {
+                server_ts
+            };
+            ServerFrame::Ack {
+                id,
+                client_msg_id,
+                seq: published.seq.0,
+                server_ts,
+                duplicate: published.duplicate,
+            }
+        })))
     }
 
     /// Waits (briefly) until the message projection holds everything the stream holds for

@@ -23,7 +23,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::stream::{SplitSink, SplitStream};
+use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
@@ -31,7 +31,12 @@ use crate::EdgeState;
 use crate::auth::{Claims, TokenError};
 use crate::hub::{ConnHandle, Frame};
 use crate::limits::Bucket;
-use crate::session::Session;
+use crate::session::{SendStart, Session};
+
+/// Sends one connection may have in flight before it waits for the oldest acknowledgement.
+const MAX_INFLIGHT_SENDS: usize = 256;
+
+type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>;
 
 /// Upgrades `GET /ws` to a WebSocket, if admitted.
 pub async fn upgrade(
@@ -243,11 +248,17 @@ async fn connection(socket: WebSocket, state: EdgeState, _permit: OwnedSemaphore
     let expires = expiry(&claims);
     let mut bucket = Bucket::new(state.config.rate_per_sec, state.config.rate_burst);
     let max = state.config.max_frame_bytes as usize;
+    // Sends whose acknowledgements are still to come, answered in order as they arrive.
+    let mut inflight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     loop {
         let message = tokio::select! {
             _ = state.shutdown.cancelled() => { conn.close_with(close::GOING_AWAY); break; }
             _ = tokio::time::sleep_until(expires) => { conn.close_with(close::TOKEN_EXPIRED); break; }
             _ = conn.kicked() => break,
+            Some(answer) = inflight.next(), if !inflight.is_empty() => {
+                session.reply(answer).await;
+                continue;
+            }
             m = stream.next() => m,
         };
         let text = match message {
@@ -294,8 +305,39 @@ async fn connection(socket: WebSocket, state: EdgeState, _permit: OwnedSemaphore
                 .await;
             continue;
         }
+        if let ClientFrame::Send {
+            id,
+            conv,
+            client_msg_id,
+            body,
+            client_ts,
+            retry,
+        } = decoded
+        {
+            if inflight.len() >= MAX_INFLIGHT_SENDS
+                && let Some(answer) = inflight.next().await
+            {
+                session.reply(answer).await;
+            }
+            match session
+                .start_send(id, conv, client_msg_id, body, client_ts, retry)
+                .await
+            {
+                Ok(SendStart::Pending(ack)) => inflight.push_back(ack),
+                Ok(SendStart::Done(answer)) => session.reply(answer).await,
+                Err((code, message)) => session.reply(error_frame(Some(id), code, message)).await,
+            }
+            continue;
+        }
+        // Anything else waits for the sends before it, so answers keep the requests' order.
+        while let Some(answer) = inflight.next().await {
+            session.reply(answer).await;
+        }
         session.handle(decoded).await;
     }
+    // Sends still in flight go unanswered: the client sends them again under the same ids
+    // and gets the stored seqs.
+    drop(inflight);
     state.hub.unregister(conn_id);
     drop(session);
     conn.close_with(close::GOING_AWAY);

@@ -25,7 +25,7 @@ pub use apply::{ApplyReport, Change, Drift, Outcome};
 pub use consume::{Delivery, PullConsumer, StoredEvent, StreamReader};
 pub use definitions::{ConsumerDef, DefinitionError, StreamDef, StreamSet};
 pub use live::{LiveEvent, LiveSubscription, Notices};
-pub use publish::{PublishError, Published};
+pub use publish::{PendingAck, PublishError, Published};
 
 /// How to reach NATS.
 #[derive(Debug, Clone)]

@@ -36,7 +36,81 @@ pub enum PublishError {
     Other { subject: String, message: String },
 }
 
+/// An event handed to the server whose acknowledgement is still to come.
+pub struct PendingAck {
+    inner: async_nats::jetstream::context::PublishAckFuture,
+    subject: String,
+}
+
+impl std::fmt::Debug for PendingAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAck")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingAck {
+    /// Waits until JetStream stored the event.
+    pub async fn stored(self) -> Result<Published, PublishError> {
+        let subject = self.subject;
+        let ack = self
+            .inner
+            .await
+            .map_err(|e| publish_error(&subject, None, e))?;
+        Ok(Published {
+            seq: Seq(ack.sequence),
+            duplicate: ack.duplicate,
+        })
+    }
+}
+
+fn publish_error(
+    subject: &str,
+    expected: Option<Seq>,
+    err: async_nats::jetstream::context::PublishError,
+) -> PublishError {
+    match err.kind() {
+        PublishErrorKind::WrongLastSequence => PublishError::Conflict {
+            subject: subject.to_owned(),
+            expected: expected.unwrap_or_default(),
+        },
+        PublishErrorKind::StreamNotFound => PublishError::NoStream {
+            subject: subject.to_owned(),
+        },
+        PublishErrorKind::TimedOut => PublishError::TimedOut {
+            subject: subject.to_owned(),
+        },
+        _ => PublishError::Other {
+            subject: subject.to_owned(),
+            message: err.to_string(),
+        },
+    }
+}
+
 impl Bus {
+    /// Hands `event` to the server without waiting for it to be stored. Events handed over
+    /// one after another on this connection are stored in that order, so a caller can keep
+    /// many in flight and collect the acknowledgements as they come.
+    pub async fn publish_event_pipelined(
+        &self,
+        subject: &str,
+        event: &Envelope,
+    ) -> Result<PendingAck, PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::MSG_ID, event.id.as_str());
+        headers.insert(header::EVENT_TYPE, event.event.type_name());
+        let inner = self
+            .jetstream()
+            .publish_with_headers(subject.to_owned(), headers, event.to_json().into())
+            .await
+            .map_err(|e| publish_error(subject, None, e))?;
+        Ok(PendingAck {
+            inner,
+            subject: subject.to_owned(),
+        })
+    }
+
     /// Publishes `event` on `subject` and waits for JetStream to store it.
     pub async fn publish_event(
         &self,
@@ -53,22 +127,7 @@ impl Bus {
                 expected.to_string().as_str(),
             );
         }
-        let fail = |err: async_nats::jetstream::context::PublishError| match err.kind() {
-            PublishErrorKind::WrongLastSequence => PublishError::Conflict {
-                subject: subject.to_owned(),
-                expected: expected_last_subject_seq.unwrap_or_default(),
-            },
-            PublishErrorKind::StreamNotFound => PublishError::NoStream {
-                subject: subject.to_owned(),
-            },
-            PublishErrorKind::TimedOut => PublishError::TimedOut {
-                subject: subject.to_owned(),
-            },
-            _ => PublishError::Other {
-                subject: subject.to_owned(),
-                message: err.to_string(),
-            },
-        };
+        let fail = |err| publish_error(subject, expected_last_subject_seq, err);
         let ack = self
             .jetstream()
             .publish_with_headers(subject.to_owned(), headers, event.to_json().into())

@@ -35,7 +35,7 @@ use tokio::sync::broadcast;
 
 pub use anchorage_digest::SetDigest;
 pub use anchorage_protocol::MemberInfo;
-pub use backoff::delay as backoff_delay;
+pub use backoff::{delay as backoff_delay, random as backoff_random};
 pub use members::{MemberListState, MemberSyncKind};
 
 /// Where the outbox stands for one message.

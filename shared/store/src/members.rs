@@ -118,22 +118,6 @@ impl Tx {
 }
 
 impl Store {
-    /// Until when a present member is muted (`None`: not muted or not a member).
-    pub async fn muted_until(&self, group: &str, user: &str) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query(
-            "SELECT muted_until FROM group_members
-             WHERE group_id = $1 AND user_id = $2 AND removed_seq IS NULL",
-        )
-        .bind(group)
-        .bind(user)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(r) => r.try_get("muted_until")?,
-            None => None,
-        })
-    }
-
     /// Present members of `group` whose id or nickname starts with `prefix`, by id, at most
     /// `limit`.
     pub async fn search_members(

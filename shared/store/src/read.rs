@@ -147,6 +147,20 @@ impl Store {
             .collect()
     }
 
+    /// The groups in which `user` is muted, with until when (Unix ms).
+    pub async fn mutes_of(&self, user: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT group_id, muted_until FROM group_members
+             WHERE user_id = $1 AND removed_seq IS NULL AND muted_until IS NOT NULL",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("group_id")?, r.try_get("muted_until")?)))
+            .collect()
+    }
+
     /// The role of a current member, `None` for a non-member.
     pub async fn member_role(&self, group: &str, user: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query(
