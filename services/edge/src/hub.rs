@@ -94,7 +94,6 @@ struct UserEntry {
     convs: HashSet<ConversationId>,
     /// Groups the user is muted in, until when (Unix ms).
     muted: HashMap<ConversationId, i64>,
-    reads: Option<AbortHandle>,
 }
 
 #[derive(Debug)]
@@ -131,6 +130,7 @@ pub struct Hub {
     membership: Mutex<Option<AbortHandle>>,
     revocations: Mutex<Option<AbortHandle>>,
     notices: Mutex<Option<AbortHandle>>,
+    reads: Mutex<Option<AbortHandle>>,
 }
 
 /// The frame of a live message event, if it is one.
@@ -175,6 +175,7 @@ impl Hub {
             membership: Mutex::new(None),
             revocations: Mutex::new(None),
             notices: Mutex::new(None),
+            reads: Mutex::new(None),
         });
         let mut sub = bus.subscribe_live("live.grp.>").await?;
         bus.flush().await?;
@@ -205,6 +206,31 @@ impl Hub {
                 }
             }
         });
+        // Read markers of the users connected here, for their other devices: one subscription
+        // for the edge rather than one per user (every edge sees every marker; a marker is a
+        // few dozen bytes, a subscription and its task per connected user cost far more).
+        let mut reads = bus.subscribe_live(subjects::LIVE_READS_ALL).await?;
+        bus.flush().await?;
+        let weak = Arc::downgrade(&hub);
+        let reads = tokio::spawn(async move {
+            while let Some(ev) = reads.next().await {
+                let Some(hub) = weak.upgrade() else { break };
+                let Ok(Envelope {
+                    event: Event::ReadMarked(r),
+                    ..
+                }) = Envelope::from_json(&ev.payload)
+                else {
+                    continue;
+                };
+                let frame: Frame = ServerFrame::Read {
+                    conv: r.conv,
+                    seq: r.read_seq,
+                }
+                .to_json()
+                .into();
+                hub.deliver_user(&r.user, &frame);
+            }
+        });
         // Member-list notifications, for the connections watching a group.
         let mut notices = bus.subscribe_notices(subjects::NOTIFY_MEMBERS_ALL).await?;
         bus.flush().await?;
@@ -225,6 +251,7 @@ impl Hub {
         *hub.lock_membership() = Some(task.abort_handle());
         *hub.lock_revocations() = Some(revocations.abort_handle());
         *hub.notices.lock().unwrap_or_else(|p| p.into_inner()) = Some(notices.abort_handle());
+        *hub.reads.lock().unwrap_or_else(|p| p.into_inner()) = Some(reads.abort_handle());
         Ok(hub)
     }
 
@@ -355,10 +382,6 @@ impl Hub {
                     _ => Self::push_user(&state, &user, &frame),
                 }
             }
-            let reads = self.spawn_reads(user.clone());
-            if let Some(e) = state.users.get_mut(&user) {
-                e.reads = Some(reads);
-            }
         }
         let convs = state
             .users
@@ -392,9 +415,6 @@ impl Hub {
         let Some(entry) = state.users.remove(&user) else {
             return;
         };
-        if let Some(reads) = entry.reads {
-            reads.abort();
-        }
         for conv in entry.convs {
             Self::drop_interest(&mut state, &user, &conv);
         }
@@ -567,39 +587,6 @@ impl Hub {
         .abort_handle()
     }
 
-    /// Follows the read markers of `user` for their connected devices.
-    fn spawn_reads(self: &Arc<Self>, user: UserId) -> AbortHandle {
-        let weak = Arc::downgrade(self);
-        let bus = self.bus.clone();
-        tokio::spawn(async move {
-            let mut sub = match bus.subscribe_live(&subjects::live_reads_of(&user)).await {
-                Ok(sub) => sub,
-                Err(err) => {
-                    tracing::warn!(%user, error = %err, "cannot follow read markers");
-                    return;
-                }
-            };
-            while let Some(ev) = sub.next().await {
-                let Some(hub) = weak.upgrade() else { break };
-                let Ok(Envelope {
-                    event: Event::ReadMarked(r),
-                    ..
-                }) = Envelope::from_json(&ev.payload)
-                else {
-                    continue;
-                };
-                let frame: Frame = ServerFrame::Read {
-                    conv: r.conv,
-                    seq: r.read_seq,
-                }
-                .to_json()
-                .into();
-                hub.deliver_user(&user, &frame);
-            }
-        })
-        .abort_handle()
-    }
-
     /// The subscription of `conv` is in place: release the frames held for it.
     fn conv_ready(&self, conv: &ConversationId) {
         let mut state = self.lock();
@@ -720,23 +707,16 @@ impl Hub {
         if let Some(task) = self.lock_revocations().take() {
             task.abort();
         }
-        if let Some(task) = self
-            .notices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            task.abort();
+        for task in [&self.notices, &self.reads] {
+            if let Some(task) = task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                task.abort();
+            }
         }
         let mut state = self.lock();
         for (_, entry) in state.convs.drain() {
             entry.task.abort();
         }
-        for (_, entry) in state.users.drain() {
-            if let Some(r) = entry.reads {
-                r.abort();
-            }
-        }
+        state.users.clear();
     }
 }
 

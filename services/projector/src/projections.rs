@@ -133,13 +133,25 @@ pub(crate) async fn apply_events(
             stored.last_seq
         )));
     }
-    let mut notices = Vec::new();
-    for (seq, subject, payload) in events {
-        let env = Envelope::from_json(payload).map_err(|e| ApplyError::Rejected {
+    let decode = |payload: &[u8]| {
+        Envelope::from_json(payload).map_err(|e| ApplyError::Rejected {
             code: e.code(),
             reason: e.to_string(),
-        })?;
-        notices.extend(p.apply(&mut tx, *seq, subject, &env, rules).await?);
+        })
+    };
+    let mut notices = Vec::new();
+    if p == Projection::Messages {
+        // Messages go in together: multi-row inserts, one version move per conversation.
+        let rows = events
+            .iter()
+            .map(|(seq, subject, payload)| message_row(*seq, subject, &decode(payload)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.insert_messages(&rows).await?;
+    } else {
+        for (seq, subject, payload) in events {
+            let env = decode(payload)?;
+            notices.extend(p.apply(&mut tx, *seq, subject, &env, rules).await?);
+        }
     }
     tx.set_checkpoint(p.name(), p.stream(), next, now_ms())
         .await?;
@@ -177,29 +189,22 @@ fn wrong_stream(env: &Envelope, stream: &str) -> ApplyError {
     )
 }
 
-async fn apply_message(
-    tx: &mut Tx,
-    seq: u64,
-    subject: &str,
-    env: &Envelope,
-) -> Result<(), ApplyError> {
+/// The row a message event stores, or why it cannot be stored.
+fn message_row(seq: u64, subject: &str, env: &Envelope) -> Result<NewMessage, ApplyError> {
     match &env.event {
         Event::MessageSent(m) => {
             expect_subject(subject, subjects::message(&m.conv))?;
-            let body = m.body.to_string();
-            tx.insert_message(&NewMessage {
-                conv: m.conv.as_str(),
+            Ok(NewMessage {
+                conv: m.conv.to_string(),
                 seq,
-                sender: m.sender.as_str(),
-                device: m.device.as_str(),
-                client_msg_id: m.client_msg_id.as_str(),
-                body: &body,
+                sender: m.sender.to_string(),
+                device: m.device.to_string(),
+                client_msg_id: m.client_msg_id.to_string(),
+                body: m.body.to_string(),
                 client_ts: m.client_ts,
                 server_ts: env.occurred_at,
-                event_id: env.id.as_str(),
+                event_id: env.id.to_string(),
             })
-            .await?;
-            Ok(())
         }
         Event::SystemMessagePosted(m) => {
             expect_subject(subject, subjects::message(&m.conv))?;
@@ -208,23 +213,30 @@ async fn apply_message(
                 Actor::System { source } => format!("system:{source}"),
                 Actor::User { user, .. } => format!("system:{user}"),
             };
-            let body = m.body.to_string();
-            tx.insert_message(&NewMessage {
-                conv: m.conv.as_str(),
+            Ok(NewMessage {
+                conv: m.conv.to_string(),
                 seq,
-                sender: &sender,
-                device: "",
-                client_msg_id: env.id.as_str(),
-                body: &body,
+                sender,
+                device: String::new(),
+                client_msg_id: env.id.to_string(),
+                body: m.body.to_string(),
                 client_ts: env.occurred_at,
                 server_ts: env.occurred_at,
-                event_id: env.id.as_str(),
+                event_id: env.id.to_string(),
             })
-            .await?;
-            Ok(())
         }
         _ => Err(wrong_stream(env, stream::MESSAGES)),
     }
+}
+
+async fn apply_message(
+    tx: &mut Tx,
+    seq: u64,
+    subject: &str,
+    env: &Envelope,
+) -> Result<(), ApplyError> {
+    tx.insert_message(&message_row(seq, subject, env)?).await?;
+    Ok(())
 }
 
 async fn apply_read(

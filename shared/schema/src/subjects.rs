@@ -92,7 +92,10 @@ pub fn read(user: &UserId, conv: &ConversationId) -> String {
     format!("read.{user}.{conv}")
 }
 
-/// Every live read marker of one user: what their devices subscribe to.
+/// Every live read marker (what an edge follows for its connected users).
+pub const LIVE_READS_ALL: &str = "live.read.>";
+
+/// Every live read marker of one user.
 pub fn live_reads_of(user: &UserId) -> String {
     format!("live.read.{user}.>")
 }

@@ -461,7 +461,16 @@ impl Engine {
             let Some((frame, reply)) = next else {
                 return Ok(());
             };
-            let answer = self.request(conn, frame).await?;
+            let mut answer = self.request(conn, frame.clone()).await?;
+            // Rate limited: wait as told and ask again (a few times), like every request.
+            for _ in 0..10 {
+                if answer["code"] != "rate_limited" {
+                    break;
+                }
+                let wait = answer["retry_after_ms"].as_u64().unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                answer = self.request(conn, frame.clone()).await?;
+            }
             let _ = reply.send(answer);
         }
     }

@@ -24,17 +24,17 @@ pub struct Checkpoint {
 
 /// A message to store.
 #[derive(Debug, Clone)]
-pub struct NewMessage<'a> {
-    pub conv: &'a str,
+pub struct NewMessage {
+    pub conv: String,
     pub seq: u64,
-    pub sender: &'a str,
-    pub device: &'a str,
-    pub client_msg_id: &'a str,
+    pub sender: String,
+    pub device: String,
+    pub client_msg_id: String,
     /// The body as JSON text.
-    pub body: &'a str,
+    pub body: String,
     pub client_ts: i64,
     pub server_ts: i64,
-    pub event_id: &'a str,
+    pub event_id: String,
 }
 
 /// A group row.
@@ -169,43 +169,79 @@ impl Tx {
 
     /// Stores a message; `false` if this conversation already holds it (same seq, or the same
     /// sender's `client_msg_id`).
-    pub async fn insert_message(&mut self, m: &NewMessage<'_>) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body, client_ts,
-                                   server_ts, event_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(m.conv)
-        .bind(i(m.seq))
-        .bind(m.sender)
-        .bind(m.device)
-        .bind(m.client_msg_id)
-        .bind(m.body)
-        .bind(m.client_ts)
-        .bind(m.server_ts)
-        .bind(m.event_id)
-        .execute(&mut *self.tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
+    pub async fn insert_message(&mut self, m: &NewMessage) -> Result<bool, StoreError> {
+        Ok(self.insert_messages(std::slice::from_ref(m)).await? > 0)
+    }
+
+    /// Stores messages, many per statement, skipping those a conversation already holds;
+    /// then moves each conversation's version once. Returns how many were new.
+    pub async fn insert_messages(&mut self, messages: &[NewMessage]) -> Result<u64, StoreError> {
+        // conversation → (last seq, its time, messages added)
+        let mut convs: BTreeMap<&str, (u64, i64, i64)> = BTreeMap::new();
+        let by_key: HashMap<(&str, u64), &NewMessage> = messages
+            .iter()
+            .map(|m| ((m.conv.as_str(), m.seq), m))
+            .collect();
+        let mut inserted = 0;
+        for chunk in messages.chunks(ROWS_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|n| format!("({})", placeholders(n * 9 + 1, 9)))
+                .collect();
+            // Only numbered placeholders are formatted into the statement.
+            let sql = format!(
+                "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body,
+                                       client_ts, server_ts, event_id)
+                 VALUES {}
+                 ON CONFLICT DO NOTHING
+                 RETURNING conv_id, seq",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for m in chunk {
+                q = q
+                    .bind(&m.conv)
+                    .bind(i(m.seq))
+                    .bind(&m.sender)
+                    .bind(&m.device)
+                    .bind(&m.client_msg_id)
+                    .bind(&m.body)
+                    .bind(m.client_ts)
+                    .bind(m.server_ts)
+                    .bind(&m.event_id);
+            }
+            for r in q.fetch_all(&mut *self.tx).await? {
+                let conv: String = r.try_get("conv_id")?;
+                let seq = u(r.try_get("seq")?);
+                let Some(m) = by_key.get(&(conv.as_str(), seq)) else {
+                    continue;
+                };
+                inserted += 1;
+                let e = convs.entry(m.conv.as_str()).or_insert((0, 0, 0));
+                if m.seq > e.0 {
+                    (e.0, e.1) = (m.seq, m.server_ts);
+                }
+                e.2 += 1;
+            }
         }
-        sqlx::query(
-            "INSERT INTO conversations (conv_id, last_seq, last_ts, message_count)
-             VALUES ($1, $2, $3, 1)
-             ON CONFLICT (conv_id) DO UPDATE
-             SET last_seq = CASE WHEN excluded.last_seq > conversations.last_seq
-                                 THEN excluded.last_seq ELSE conversations.last_seq END,
-                 last_ts = CASE WHEN excluded.last_seq > conversations.last_seq
-                                THEN excluded.last_ts ELSE conversations.last_ts END,
-                 message_count = conversations.message_count + 1",
-        )
-        .bind(m.conv)
-        .bind(i(m.seq))
-        .bind(m.server_ts)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(true)
+        for (conv, (last_seq, last_ts, added)) in convs {
+            sqlx::query(
+                "INSERT INTO conversations (conv_id, last_seq, last_ts, message_count)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (conv_id) DO UPDATE
+                 SET last_seq = CASE WHEN excluded.last_seq > conversations.last_seq
+                                     THEN excluded.last_seq ELSE conversations.last_seq END,
+                     last_ts = CASE WHEN excluded.last_seq > conversations.last_seq
+                                    THEN excluded.last_ts ELSE conversations.last_ts END,
+                     message_count = conversations.message_count + excluded.message_count",
+            )
+            .bind(conv)
+            .bind(i(last_seq))
+            .bind(last_ts)
+            .bind(added)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(inserted)
     }
 
     /// Moves a read marker forward; `false` if it already was at or past `read_seq`.

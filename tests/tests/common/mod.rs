@@ -1,0 +1,155 @@
+//! Helpers shared by the member-list tests.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anchorage_bus::Bus;
+use anchorage_schema::event::{GroupCreated, MembersAdded};
+use anchorage_schema::subjects;
+use anchorage_schema::{Actor, Envelope, Event, EventId, GroupId, SourceId, UserId};
+use anchorage_sdk::{Client, ClientEvent, ClientOptions, MemberSyncKind};
+use anchorage_store::Store;
+use anchorage_tests::{eventually, token};
+use tokio::sync::broadcast;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+pub const BIG: &str = "big";
+pub const BIG_SIZE: usize = 100_000;
+/// Small, so a test can push a copy past it.
+pub const HORIZON: u64 = 40;
+
+pub fn member(n: usize) -> String {
+    format!("u{n:06}")
+}
+
+pub async fn publish(bus: &Bus, group: &str, n: u64, event: impl Into<Event>) -> u64 {
+    let g = GroupId::parse(group).unwrap();
+    let env = Envelope::new(
+        EventId::parse(format!("test:{group}:{n}")).unwrap(),
+        anchorage_schema::now_ms(),
+        Actor::System {
+            source: SourceId::parse("test").unwrap(),
+        },
+        event,
+    );
+    bus.publish_event(&subjects::membership(&g), &env, None)
+        .await
+        .unwrap()
+        .seq
+        .0
+}
+
+/// A group owned by alice with bob and carol, plus `extra` numbered members.
+pub async fn create_group(bus: &Bus, group: &str, others: &[&str], extra: usize) -> u64 {
+    let mut last = publish(
+        bus,
+        group,
+        0,
+        GroupCreated {
+            group: GroupId::parse(group).unwrap(),
+            owner: UserId::parse("alice").unwrap(),
+            title: group.to_owned(),
+            members: others.iter().map(|u| UserId::parse(*u).unwrap()).collect(),
+            direct: false,
+        },
+    )
+    .await;
+    for (i, chunk) in (0..extra).collect::<Vec<_>>().chunks(1000).enumerate() {
+        last = publish(
+            bus,
+            group,
+            i as u64 + 1,
+            MembersAdded {
+                group: GroupId::parse(group).unwrap(),
+                members: chunk
+                    .iter()
+                    .map(|n| UserId::parse(member(*n)).unwrap())
+                    .collect(),
+            },
+        )
+        .await;
+    }
+    last
+}
+
+pub async fn projected(store: &Store, group: &str, version: u64) {
+    projected_within(store, group, version, WAIT).await;
+}
+
+pub async fn projected_within(store: &Store, group: &str, version: u64, limit: Duration) {
+    eventually(limit, "the membership projection to catch up", || async {
+        let g = store.group_row(group).await.ok()??;
+        (g.version >= version).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+pub async fn client(addr: std::net::SocketAddr, dir: &std::path::Path, user: &str) -> Client {
+    let u = user.to_owned();
+    Client::start(ClientOptions {
+        url: format!("ws://{addr}/ws"),
+        token: Arc::new(move || token(&u, "d1", 3600)),
+        store_path: dir.join(format!("{user}.db")),
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits for a member-list sync of `group` by `via` to land.
+pub async fn synced_via(
+    events: &mut broadcast::Receiver<ClientEvent>,
+    group: &str,
+    via: MemberSyncKind,
+) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(ClientEvent::MembersSynced {
+                    group: g, via: v, ..
+                }) if g == group && v == via => {
+                    return;
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {via:?} sync of {group}"));
+}
+
+/// The client's copy equals the server's list: same digest, same members, same version.
+pub async fn assert_in_line(c: &Client, store: &Store, group: &str) {
+    let server = store.group_row(group).await.unwrap().unwrap();
+    let ok = eventually(WAIT, "the copy to reach the server's version", || async {
+        let l = c.member_list(group).await.ok()??;
+        (l.version == server.version).then_some(l)
+    })
+    .await;
+    let local = ok.unwrap_or_else(|e| panic!("{group}: {e}"));
+    let digest = c.member_digest(group).await.unwrap();
+    assert_eq!(
+        (digest.sum, digest.count),
+        (server.digest_sum, server.member_count),
+        "{group}: the digest of the stored members equals the server's"
+    );
+    assert_eq!(
+        local.digest, digest,
+        "{group}: the maintained digest agrees"
+    );
+    let mine: Vec<String> = c
+        .members(group)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.user.to_string())
+        .collect();
+    assert_eq!(
+        mine,
+        store.member_ids(group).await.unwrap(),
+        "{group}: member by member"
+    );
+}
