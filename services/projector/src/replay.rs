@@ -98,10 +98,25 @@ pub async fn replay(
         }
         let mut reader = bus.read_stream(p.stream(), Seq(at.last_seq + 1)).await?;
         let batch_size = options.batch_size.max(1);
+        // Reading runs ahead of writing: the next batches arrive while one is committed.
+        let (ahead, mut events) = tokio::sync::mpsc::channel(batch_size * 4);
+        let prefetch = tokio::spawn(async move {
+            loop {
+                let event = reader.next().await;
+                let last = match &event {
+                    Ok(e) => e.seq.0 >= target,
+                    Err(_) => true,
+                };
+                if ahead.send(event).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        let _stop_prefetch = AbortOnDrop(prefetch.abort_handle());
         while at.last_seq < target {
             let mut batch = Vec::with_capacity(batch_size);
             while batch.len() < batch_size {
-                let event = reader.next().await?;
+                let event = events.recv().await.context("the stream reader stopped")??;
                 let seq = event.seq.0;
                 if seq > target {
                     break;
@@ -159,4 +174,13 @@ pub async fn replay(
     )
     .await?;
     Ok(summary)
+}
+
+/// Aborts a task when dropped (a replay that fails stops its reader).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
