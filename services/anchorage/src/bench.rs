@@ -528,20 +528,9 @@ async fn memory(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let stack = Stack::start(&env.config, listener).await?;
     let addr = stack.edge_addr;
     // Clients run in a separate process so their memory is not counted.
-    let exe = std::env::current_exe()?;
     let before = rss_kib();
     progress("opening idle connections from a client process");
-    let mut child = tokio::process::Command::new(exe)
-        .args(["bench-clients", &addr.to_string(), &s.sockets.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut out = tokio::io::BufReader::new(child.stdout.take().context("client stdout")?);
-    let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line).await?;
-    if line.trim() != "ready" {
-        bail!("clients did not connect: {line:?}");
-    }
+    let (mut child, _out) = client_process(addr, s.sockets, "idle", 0).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib();
     child.start_kill()?;
