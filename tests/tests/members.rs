@@ -231,6 +231,12 @@ async fn group_commands_are_authorized_by_role() {
         "forbidden",
     )
     .await;
+    expect(
+        &mut alice,
+        json!({"type": "leave", "group": "club"}),
+        "forbidden",
+    )
+    .await;
     let list = alice
         .request(json!({"type": "members_sync", "group": "club"}))
         .await

@@ -979,6 +979,18 @@ impl Session {
         let me = &self.claims.sub;
         let conv = ConversationId::parse(group.as_str()).map_err(internal)?;
         self.member(&conv)?;
+        let role = self
+            .state
+            .store
+            .member_role(group.as_str(), me.as_str())
+            .await
+            .map_err(internal)?;
+        if role.as_deref() == Some("owner") {
+            return Err((
+                ErrorCode::Forbidden,
+                format!("the owner cannot leave {group}: dismiss it instead"),
+            ));
+        }
         let env = Envelope::new(
             EventId::parse(format!("{me}:leave:{group}:{}", now_ms())).map_err(internal)?,
             now_ms(),
