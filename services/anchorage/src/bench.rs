@@ -710,39 +710,8 @@ async fn members(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let stack = Stack::start(&env.config, listener).await?;
     let big = "big";
     progress(&format!("a group of {} members", s.members));
-    let mut n = 0;
-    let mut last = membership_event(
-        &bus,
-        big,
-        n,
-        anchorage_schema::event::GroupCreated {
-            group: anchorage_schema::GroupId::parse(big)?,
-            owner: UserId::parse("owner")?,
-            title: "big".into(),
-            members: vec![UserId::parse("reader")?],
-            direct: false,
-        },
-    )
-    .await?;
-    let ids: Vec<usize> = (0..s.members.saturating_sub(2)).collect();
-    for chunk in ids.chunks(1000) {
-        n += 1;
-        let members = chunk
-            .iter()
-            .map(|i| UserId::parse(format!("u{i:06}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        last = membership_event(
-            &bus,
-            big,
-            n,
-            anchorage_schema::event::MembersAdded {
-                group: anchorage_schema::GroupId::parse(big)?,
-                members,
-            },
-        )
-        .await?;
-    }
-    membership_projected(&stack, last).await?;
+    let numbered = s.members.saturating_sub(2);
+    let mut n = big_group(&bus, &stack, &["reader"], numbered).await?;
     let mut ws = signed_in(stack.edge_addr, &env.config, "reader").await?;
     let mut id = 0u64;
 
@@ -775,7 +744,7 @@ async fn members(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     progress("1% churn");
     let churn = (s.members / 100).max(2);
     let leaving = (0..churn / 2)
-        .map(|i| UserId::parse(format!("u{:06}", i * 37 % ids.len().max(1))))
+        .map(|i| UserId::parse(format!("u{:06}", i * 37 % numbered.max(1))))
         .collect::<Result<Vec<_>, _>>()?;
     let joining = (0..churn / 2)
         .map(|i| UserId::parse(format!("churn{i:06}")))
@@ -971,8 +940,14 @@ async fn report_line(
     serde_json::from_str(&line).with_context(|| format!("client report {line:?}"))
 }
 
-/// A group `big` of `members` members (`u000000`, …) owned by `owner`.
-async fn big_group(bus: &Bus, stack: &Stack, members: usize) -> anyhow::Result<()> {
+/// A group `big` owned by `owner` with `extra` and `numbered` members `u000000`, …, once
+/// projected; returns the number of the last event (the next one's id is one more).
+async fn big_group(
+    bus: &Bus,
+    stack: &Stack,
+    extra: &[&str],
+    numbered: usize,
+) -> anyhow::Result<usize> {
     let mut last = membership_event(
         bus,
         "big",
@@ -981,13 +956,18 @@ async fn big_group(bus: &Bus, stack: &Stack, members: usize) -> anyhow::Result<(
             group: anchorage_schema::GroupId::parse("big")?,
             owner: UserId::parse("owner")?,
             title: "big".into(),
-            members: Vec::new(),
+            members: extra
+                .iter()
+                .map(|u| UserId::parse(*u))
+                .collect::<Result<Vec<_>, _>>()?,
             direct: false,
         },
     )
     .await?;
-    let ids: Vec<usize> = (0..members).collect();
-    for (n, chunk) in ids.chunks(1000).enumerate() {
+    let ids: Vec<usize> = (0..numbered).collect();
+    let chunks = ids.chunks(1000);
+    let events = chunks.len();
+    for (n, chunk) in chunks.enumerate() {
         last = membership_event(
             bus,
             "big",
@@ -1002,7 +982,8 @@ async fn big_group(bus: &Bus, stack: &Stack, members: usize) -> anyhow::Result<(
         )
         .await?;
     }
-    membership_projected(stack, last).await
+    membership_projected(stack, last).await?;
+    Ok(events)
 }
 
 fn unix_nanos() -> u128 {
@@ -1095,7 +1076,7 @@ async fn fanout(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let stack = Stack::start(&env.config, listener).await?;
     progress(&format!("a group of {} members", s.members));
-    big_group(&bus, &stack, s.members).await?;
+    big_group(&bus, &stack, &[], s.members).await?;
     progress(&format!("{} members online", s.online));
     let (mut child, mut out) =
         client_process(stack.edge_addr, s.online, "fanout", s.fanouts).await?;
@@ -1159,7 +1140,7 @@ async fn reconnect(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let stack = Stack::start(&env.config, listener).await?;
     progress(&format!("a group of {} members", s.online));
-    big_group(&bus, &stack, s.online).await?;
+    big_group(&bus, &stack, &[], s.online).await?;
     // The edge the clients use, restarted on the same port.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

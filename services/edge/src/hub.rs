@@ -127,10 +127,9 @@ pub struct Hub {
     store: Store,
     state: Mutex<State>,
     next_id: AtomicU64,
-    membership: Mutex<Option<AbortHandle>>,
-    revocations: Mutex<Option<AbortHandle>>,
-    notices: Mutex<Option<AbortHandle>>,
-    reads: Mutex<Option<AbortHandle>>,
+    /// The edge-wide subscriptions (membership, revocations, read markers, member-list
+    /// notifications), stopped at shutdown.
+    followers: Mutex<Vec<AbortHandle>>,
 }
 
 /// The frame of a live message event, if it is one.
@@ -172,56 +171,23 @@ impl Hub {
             store,
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
-            membership: Mutex::new(None),
-            revocations: Mutex::new(None),
-            notices: Mutex::new(None),
-            reads: Mutex::new(None),
+            followers: Mutex::new(Vec::new()),
         });
-        let mut sub = bus.subscribe_live("live.grp.>").await?;
-        bus.flush().await?;
-        let weak = Arc::downgrade(&hub);
-        let task = tokio::spawn(async move {
-            while let Some(ev) = sub.next().await {
-                let Some(hub) = weak.upgrade() else { break };
-                match Envelope::from_json(&ev.payload) {
-                    Ok(env) => hub.on_membership(ev.seq.0, env),
-                    Err(err) => tracing::debug!(error = %err, "undecodable membership event"),
-                }
-            }
-        });
+        hub.follow_live("live.grp.>", |hub, seq, env| hub.on_membership(seq, env))
+            .await?;
         // Revoked sessions are closed at once on every edge.
-        let mut users = bus.subscribe_live("live.user.>").await?;
-        bus.flush().await?;
-        let weak = Arc::downgrade(&hub);
-        let revocations = tokio::spawn(async move {
-            while let Some(ev) = users.next().await {
-                let Some(hub) = weak.upgrade() else { break };
-                if let Ok(Envelope {
-                    event: Event::SessionRevoked(r),
-                    ..
-                }) = Envelope::from_json(&ev.payload)
-                {
-                    tracing::info!(user = %r.user, device = %r.device, "session revoked");
-                    hub.close_device(&r.user, &r.device, close::REVOKED);
-                }
+        hub.follow_live("live.user.>", |hub, _, env| {
+            if let Event::SessionRevoked(r) = env.event {
+                tracing::info!(user = %r.user, device = %r.device, "session revoked");
+                hub.close_device(&r.user, &r.device, close::REVOKED);
             }
-        });
+        })
+        .await?;
         // Read markers of the users connected here, for their other devices: one subscription
         // for the edge rather than one per user (every edge sees every marker; a marker is a
         // few dozen bytes, a subscription and its task per connected user cost far more).
-        let mut reads = bus.subscribe_live(subjects::LIVE_READS_ALL).await?;
-        bus.flush().await?;
-        let weak = Arc::downgrade(&hub);
-        let reads = tokio::spawn(async move {
-            while let Some(ev) = reads.next().await {
-                let Some(hub) = weak.upgrade() else { break };
-                let Ok(Envelope {
-                    event: Event::ReadMarked(r),
-                    ..
-                }) = Envelope::from_json(&ev.payload)
-                else {
-                    continue;
-                };
+        hub.follow_live(subjects::LIVE_READS_ALL, |hub, _, env| {
+            if let Event::ReadMarked(r) = env.event {
                 let frame: Frame = ServerFrame::Read {
                     conv: r.conv,
                     seq: r.read_seq,
@@ -230,7 +196,8 @@ impl Hub {
                 .into();
                 hub.deliver_user(&r.user, &frame);
             }
-        });
+        })
+        .await?;
         // Member-list notifications, for the connections watching a group.
         let mut notices = bus.subscribe_notices(subjects::NOTIFY_MEMBERS_ALL).await?;
         bus.flush().await?;
@@ -248,11 +215,32 @@ impl Hub {
                 hub.deliver_watchers(&conv, text.into());
             }
         });
-        *hub.lock_membership() = Some(task.abort_handle());
-        *hub.lock_revocations() = Some(revocations.abort_handle());
-        *hub.notices.lock().unwrap_or_else(|p| p.into_inner()) = Some(notices.abort_handle());
-        *hub.reads.lock().unwrap_or_else(|p| p.into_inner()) = Some(reads.abort_handle());
+        hub.lock_followers().push(notices.abort_handle());
         Ok(hub)
+    }
+
+    /// Follows a live subject edge-wide, handing each decodable event to `on` with its
+    /// sequence.
+    async fn follow_live(
+        self: &Arc<Self>,
+        subject: &str,
+        on: impl Fn(&Arc<Hub>, u64, Envelope) + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let mut sub = self.bus.subscribe_live(subject).await?;
+        self.bus.flush().await?;
+        let weak = Arc::downgrade(self);
+        let subject = subject.to_owned();
+        let task = tokio::spawn(async move {
+            while let Some(ev) = sub.next().await {
+                let Some(hub) = weak.upgrade() else { break };
+                match Envelope::from_json(&ev.payload) {
+                    Ok(env) => on(&hub, ev.seq.0, env),
+                    Err(err) => tracing::debug!(%subject, error = %err, "undecodable live event"),
+                }
+            }
+        });
+        self.lock_followers().push(task.abort_handle());
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -261,12 +249,8 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_membership(&self) -> MutexGuard<'_, Option<AbortHandle>> {
-        self.membership.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn lock_revocations(&self) -> MutexGuard<'_, Option<AbortHandle>> {
-        self.revocations.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_followers(&self) -> MutexGuard<'_, Vec<AbortHandle>> {
+        self.followers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn next_conn_id(&self) -> ConnId {
@@ -291,20 +275,17 @@ impl Hub {
             .checkpoint("membership")
             .await?
             .map_or(0, |c| c.last_seq);
-        let loaded: HashSet<ConversationId> = self
-            .store
-            .conversations_of(user.as_str())
-            .await?
-            .into_iter()
-            .filter_map(|c| ConversationId::parse(c).ok())
-            .collect();
-        let muted: HashMap<ConversationId, i64> = self
-            .store
-            .mutes_of(user.as_str())
-            .await?
-            .into_iter()
-            .filter_map(|(c, until)| Some((ConversationId::parse(c).ok()?, until)))
-            .collect();
+        let mut loaded = HashSet::new();
+        let mut muted = HashMap::new();
+        for (conv, until) in self.store.conversations_of(user.as_str()).await? {
+            let Ok(conv) = ConversationId::parse(conv) else {
+                continue;
+            };
+            if let Some(until) = until {
+                muted.insert(conv.clone(), until);
+            }
+            loaded.insert(conv);
+        }
         let (convs, pending) = self.register_locked(conn, loaded, muted, checkpoint);
         // Answer `hello` only once the live subscriptions are in place: a message published
         // after the client's view of the conversations is then either in that view or pushed.
@@ -464,13 +445,13 @@ impl Hub {
     }
 
     fn unwatch_all(state: &mut State, conn: ConnId) {
-        for conv in state.watching.remove(&conn).unwrap_or_default() {
-            if let Some(w) = state.watchers.get_mut(&conv) {
-                w.remove(&conn);
-                if w.is_empty() {
-                    state.watchers.remove(&conv);
-                }
-            }
+        let convs: Vec<ConversationId> = state
+            .watching
+            .get(&conn)
+            .map(|w| w.iter().cloned().collect())
+            .unwrap_or_default();
+        for conv in convs {
+            Self::unwatch(state, conn, &conv);
         }
     }
 
@@ -701,16 +682,8 @@ impl Hub {
 
     /// Stops every subscription.
     pub fn shutdown(&self) {
-        if let Some(task) = self.lock_membership().take() {
+        for task in self.lock_followers().drain(..) {
             task.abort();
-        }
-        if let Some(task) = self.lock_revocations().take() {
-            task.abort();
-        }
-        for task in [&self.notices, &self.reads] {
-            if let Some(task) = task.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                task.abort();
-            }
         }
         let mut state = self.lock();
         for (_, entry) in state.convs.drain() {

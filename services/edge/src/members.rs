@@ -156,6 +156,46 @@ async fn bounded_diff(
         .map_err(internal)
 }
 
+/// What a client's copy gets, once the rows were looked at where a diff is possible.
+enum Verdict {
+    Unchanged,
+    /// Same version, different digest: compare buckets.
+    Buckets,
+    Realign,
+    Diff(DiffPage),
+}
+
+async fn verdict(
+    tx: &mut Tx,
+    g: &GroupRow,
+    same_epoch: bool,
+    version: u64,
+    digest: Option<SetDigest>,
+    cfg: &anchorage_config::MembersConfig,
+) -> Result<Verdict, (ErrorCode, String)> {
+    Ok(match plan(same_epoch, version, digest, g) {
+        Plan::Unchanged => Verdict::Unchanged,
+        Plan::Buckets => Verdict::Buckets,
+        Plan::Full => Verdict::Realign,
+        Plan::Diff => match bounded_diff(tx, g, version, cfg).await? {
+            Some(page) => Verdict::Diff(page),
+            None => Verdict::Realign,
+        },
+    })
+}
+
+/// A digest in its wire form, if the client sent one.
+fn parse_digest(digest: Option<&str>) -> Result<Option<SetDigest>, (ErrorCode, String)> {
+    digest
+        .map(|d| {
+            SetDigest::from_wire(d).ok_or((
+                ErrorCode::InvalidRequest,
+                format!("digest {d:?} is not \"<16 hex digits>:<count>\""),
+            ))
+        })
+        .transpose()
+}
+
 /// The group row, unless there is no such group (or it was dismissed).
 async fn live_group(tx: &mut Tx, group: &GroupId) -> Result<Option<GroupRow>, (ErrorCode, String)> {
     Ok(tx
@@ -233,13 +273,7 @@ impl Session {
         digest: Option<String>,
     ) -> Answer {
         let conv = self.group_conv(&group)?;
-        let digest = match digest.as_deref() {
-            Some(d) => Some(SetDigest::from_wire(d).ok_or((
-                ErrorCode::InvalidRequest,
-                format!("digest {d:?} is not \"<16 hex digits>:<count>\""),
-            ))?),
-            None => None,
-        };
+        let digest = parse_digest(digest.as_deref())?;
         // Watch before reading: a change committed after the read is then notified.
         self.state.hub.watch_members(self.conn, &conv);
         let current = self.membership_epoch().await?;
@@ -248,9 +282,10 @@ impl Session {
         let g = live_group(&mut tx, &group)
             .await?
             .ok_or_else(|| no_group(&group))?;
-        let answer = match plan(same_epoch, version, digest, &g) {
-            Plan::Unchanged => ServerFrame::MembersUnchanged { id },
-            Plan::Buckets => {
+        let cfg = &self.state.members;
+        let answer = match verdict(&mut tx, &g, same_epoch, version, digest, cfg).await? {
+            Verdict::Unchanged => ServerFrame::MembersUnchanged { id },
+            Verdict::Buckets => {
                 let buckets = tx
                     .bucket_digests(group.as_str())
                     .await
@@ -266,29 +301,20 @@ impl Session {
                     buckets,
                 }
             }
-            Plan::Full => {
+            Verdict::Realign => {
                 self.page(&mut tx, id, &g, current, g.version, "", None)
                     .await?
             }
-            Plan::Diff => {
-                let page = bounded_diff(&mut tx, &g, version, &self.state.members).await?;
-                match page {
-                    Some(p) => ServerFrame::MembersDiff {
-                        id,
-                        group,
-                        epoch: current,
-                        version: p.version,
-                        digest: p.digest.map(SetDigest::to_wire),
-                        upserts: p.upserts,
-                        removed: p.removed,
-                        more: p.more,
-                    },
-                    None => {
-                        self.page(&mut tx, id, &g, current, g.version, "", None)
-                            .await?
-                    }
-                }
-            }
+            Verdict::Diff(p) => ServerFrame::MembersDiff {
+                id,
+                group,
+                epoch: current,
+                version: p.version,
+                digest: p.digest.map(SetDigest::to_wire),
+                upserts: p.upserts,
+                removed: p.removed,
+                more: p.more,
+            },
         };
         tx.commit().await.map_err(internal)?;
         Ok(answer)
@@ -433,15 +459,9 @@ impl Session {
         if let Err((code, message)) = self.group_conv(&group) {
             return Ok(refuse(code, message));
         }
-        let digest = match req.digest.as_deref().map(SetDigest::from_wire) {
-            Some(None) => {
-                return Ok(refuse(
-                    ErrorCode::InvalidRequest,
-                    "digest is not \"<16 hex digits>:<count>\"".into(),
-                ));
-            }
-            Some(d) => d,
-            None => None,
+        let digest = match parse_digest(req.digest.as_deref()) {
+            Ok(d) => d,
+            Err((code, message)) => return Ok(refuse(code, message)),
         };
         let same_epoch = req.epoch.as_deref() == Some(current);
         let mut tx = self.state.store.begin_read().await.map_err(internal)?;
@@ -449,24 +469,19 @@ impl Session {
             let (code, message) = no_group(&group);
             return Ok(refuse(code, message));
         };
-        let result = match plan(same_epoch, req.version, digest, &g) {
-            Plan::Unchanged => GroupSyncResult::Unchanged { group },
-            Plan::Buckets | Plan::Full => GroupSyncResult::Realign { group },
-            Plan::Diff => {
-                let page = bounded_diff(&mut tx, &g, req.version, &self.state.members).await?;
-                match page {
-                    Some(p) => GroupSyncResult::Diff {
-                        group,
-                        epoch: current.to_owned(),
-                        version: p.version,
-                        digest: p.digest.map(SetDigest::to_wire),
-                        upserts: p.upserts,
-                        removed: p.removed,
-                        more: p.more,
-                    },
-                    None => GroupSyncResult::Realign { group },
-                }
-            }
+        let cfg = &self.state.members;
+        let result = match verdict(&mut tx, &g, same_epoch, req.version, digest, cfg).await? {
+            Verdict::Unchanged => GroupSyncResult::Unchanged { group },
+            Verdict::Buckets | Verdict::Realign => GroupSyncResult::Realign { group },
+            Verdict::Diff(p) => GroupSyncResult::Diff {
+                group,
+                epoch: current.to_owned(),
+                version: p.version,
+                digest: p.digest.map(SetDigest::to_wire),
+                upserts: p.upserts,
+                removed: p.removed,
+                more: p.more,
+            },
         };
         tx.commit().await.map_err(internal)?;
         Ok(result)

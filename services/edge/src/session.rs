@@ -87,17 +87,26 @@ pub struct Session {
     tx: mpsc::Sender<Frame>,
 }
 
+/// The answer of a send, once JetStream acknowledged it.
+pub type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>;
+
 /// What a send turned into: its answer, or the acknowledgement that will give it.
-pub(crate) enum SendStart {
+enum SendStart {
     Done(ServerFrame),
-    Pending(std::pin::Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>),
+    Pending(AckFuture),
 }
 
-/// What a group command is decided on: the caller's role and the target member's (when the
-/// command names one), read at the group's current version.
+/// What a group command is decided on, read in one snapshot at the group's current version:
+/// the caller's role and the roles of the members the command names (absent: not a member).
 pub(crate) struct Decision {
     pub my_role: Option<Role>,
-    pub target_role: Option<Role>,
+    pub roles: HashMap<UserId, Role>,
+}
+
+impl Decision {
+    fn role(&self, user: &UserId) -> Option<Role> {
+        self.roles.get(user).copied()
+    }
 }
 
 impl Session {
@@ -222,8 +231,9 @@ impl Session {
         })
     }
 
-    /// Handles one request and queues its answer.
-    pub async fn handle(&mut self, frame: ClientFrame) {
+    /// Handles one request and queues its answer — except a send that went to the stream:
+    /// its answer is the returned acknowledgement, for the caller to queue when it comes.
+    pub async fn handle(&mut self, frame: ClientFrame) -> Option<AckFuture> {
         let id = crate::ws::request_id(&frame);
         let answer = match frame {
             ClientFrame::Ping { id } => Ok(ServerFrame::Pong { id }),
@@ -240,10 +250,14 @@ impl Session {
                 body,
                 client_ts,
                 retry,
-            } => {
-                self.send(id, conv, client_msg_id, body, client_ts, retry)
-                    .await
-            }
+            } => match self
+                .start_send(id, conv, client_msg_id, body, client_ts, retry)
+                .await
+            {
+                Ok(SendStart::Pending(ack)) => return Some(ack),
+                Ok(SendStart::Done(frame)) => Ok(frame),
+                Err(err) => Err(err),
+            },
             ClientFrame::Sync {
                 id,
                 conv,
@@ -340,30 +354,13 @@ impl Session {
             retry_after_ms: None,
         });
         self.reply(frame).await;
-    }
-
-    async fn send(
-        &self,
-        id: RequestId,
-        conv: ConversationId,
-        client_msg_id: ClientMsgId,
-        body: serde_json::Value,
-        client_ts: i64,
-        retry: bool,
-    ) -> Answer {
-        match self
-            .start_send(id, conv, client_msg_id, body, client_ts, retry)
-            .await?
-        {
-            SendStart::Done(frame) => Ok(frame),
-            SendStart::Pending(ack) => Ok(ack.await),
-        }
+        None
     }
 
     /// Checks and hands a message to the stream without waiting for it to be stored: the
     /// answer comes from the returned acknowledgement. Messages started one after another are
     /// stored in that order, so a connection can keep many sends in flight.
-    pub(crate) async fn start_send(
+    async fn start_send(
         &self,
         id: RequestId,
         conv: ConversationId,
@@ -694,25 +691,7 @@ impl Session {
                 "between 1 and 1000 members".into(),
             ));
         }
-        let store = self.state.store.clone();
-        let removing = if add {
-            HashMap::new()
-        } else {
-            // Roles of those to remove, read before deciding (a role change in between moves
-            // the version, and the decision is then taken again).
-            let mut roles = HashMap::new();
-            for m in &members {
-                if let Some(r) = store
-                    .member_role(group.as_str(), m.as_str())
-                    .await
-                    .map_err(internal)?
-                {
-                    roles.insert(m.clone(), Role::from_name(&r));
-                }
-            }
-            roles
-        };
-        self.group_command(id, &group, None, "members", |d| {
+        self.group_command(id, &group, &members, "members", |d| {
             staff(d, &group)?;
             if add {
                 return Ok(MembersAdded {
@@ -721,7 +700,7 @@ impl Session {
                 }
                 .into());
             }
-            for (m, role) in &removing {
+            for (m, role) in &d.roles {
                 if *role == Role::Owner || (*role == Role::Admin && d.my_role != Some(Role::Owner))
                 {
                     return Err((
@@ -747,7 +726,7 @@ impl Session {
                 "ownership cannot be given away; roles are admin or member".into(),
             ));
         }
-        self.group_command(id, &group, Some(&member), "role", |d| {
+        self.group_command(id, &group, std::slice::from_ref(&member), "role", |d| {
             if d.my_role != Some(Role::Owner) {
                 return Err((
                     ErrorCode::Forbidden,
@@ -772,7 +751,7 @@ impl Session {
         member: UserId,
         until: Option<i64>,
     ) -> Answer {
-        self.group_command(id, &group, Some(&member), "mute", |d| {
+        self.group_command(id, &group, std::slice::from_ref(&member), "mute", |d| {
             staff(d, &group)?;
             // Admins mute plain members; the owner mutes admins too.
             let ceiling = if d.my_role == Some(Role::Owner) {
@@ -805,11 +784,11 @@ impl Session {
             ));
         }
         let me = self.claims.sub.clone();
-        self.group_command(id, &group, Some(&member), "nick", |d| {
+        self.group_command(id, &group, std::slice::from_ref(&member), "nick", |d| {
             if member != me {
                 staff(d, &group)?;
             }
-            if d.target_role.is_none() {
+            if d.role(&member).is_none() {
                 return Err((
                     ErrorCode::NotFound,
                     format!("{member} is not a member of {group}"),
@@ -841,7 +820,7 @@ impl Session {
                 "a title (at most 200 bytes) or an avatar (at most 1024 bytes)".into(),
             ));
         }
-        self.group_command(id, &group, None, "profile", |d| {
+        self.group_command(id, &group, &[], "profile", |d| {
             staff(d, &group)?;
             Ok(GroupProfileChanged {
                 group: group.clone(),
@@ -854,7 +833,7 @@ impl Session {
     }
 
     async fn dismiss(&self, id: RequestId, group: GroupId) -> Answer {
-        self.group_command(id, &group, None, "dismiss", |d| {
+        self.group_command(id, &group, &[], "dismiss", |d| {
             if d.my_role != Some(Role::Owner) {
                 return Err((
                     ErrorCode::Forbidden,
@@ -876,7 +855,7 @@ impl Session {
         &self,
         id: RequestId,
         group: &GroupId,
-        target: Option<&UserId>,
+        targets: &[UserId],
         kind: &str,
         decide: F,
     ) -> Answer
@@ -884,11 +863,10 @@ impl Session {
         F: Fn(&Decision) -> Result<Event, (ErrorCode, String)>,
     {
         let me = &self.claims.sub;
-        let store = &self.state.store;
         let subject = subjects::membership(group);
         for attempt in 0..3u32 {
             let version = self.settled_version(group).await?;
-            let row = store.group_row(group.as_str()).await.map_err(internal)?;
+            let (row, mut roles) = self.group_and_roles(group, targets).await?;
             let Some(row) = row.filter(|g| !g.dismissed) else {
                 return Err((ErrorCode::NotFound, format!("group {group} does not exist")));
             };
@@ -898,27 +876,11 @@ impl Session {
                     "a 1:1 conversation has fixed members and no roles".into(),
                 ));
             }
-            let role_of = |user: &UserId| {
-                let store = store.clone();
-                let user = user.clone();
-                let group = group.clone();
-                async move {
-                    store
-                        .member_role(group.as_str(), user.as_str())
-                        .await
-                        .map(|r| r.map(|r| Role::from_name(&r)))
-                        .map_err(internal)
-                }
-            };
-            let my_role = role_of(me).await?;
-            let target_role = match target {
-                Some(t) => role_of(t).await?,
-                None => None,
-            };
-            let event = decide(&Decision {
-                my_role,
-                target_role,
-            })?;
+            let my_role = roles.get(me).copied();
+            if !targets.contains(me) {
+                roles.remove(me);
+            }
+            let event = decide(&Decision { my_role, roles })?;
             let env = Envelope::new(
                 EventId::parse(format!("{me}:{kind}:{group}:{}", version.0)).map_err(internal)?,
                 now_ms(),
@@ -948,6 +910,33 @@ impl Session {
             ErrorCode::Conflict,
             format!("group {group} kept changing; read it again and retry"),
         ))
+    }
+
+    /// The group row and the roles of the caller and of `users` who are present members, read
+    /// in one snapshot.
+    async fn group_and_roles(
+        &self,
+        group: &GroupId,
+        users: &[UserId],
+    ) -> Result<(Option<anchorage_store::GroupRow>, HashMap<UserId, Role>), (ErrorCode, String)>
+    {
+        let mut tx = self.state.store.begin_read().await.map_err(internal)?;
+        let row = tx.group(group.as_str()).await.map_err(internal)?;
+        let ids: Vec<&str> = std::iter::once(&self.claims.sub)
+            .chain(users)
+            .map(UserId::as_str)
+            .collect();
+        let rows = tx
+            .members_of(group.as_str(), &ids)
+            .await
+            .map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
+        let roles = rows
+            .into_values()
+            .filter(|m| m.removed_seq.is_none())
+            .filter_map(|m| Some((UserId::parse(m.user).ok()?, Role::from_name(&m.role))))
+            .collect();
+        Ok((row, roles))
     }
 
     /// The group's version on the stream, once the projection has caught up with it.
@@ -1034,7 +1023,7 @@ fn target_below(d: &Decision, member: &UserId, ceiling: Role) -> Result<(), (Err
         Role::Admin => 1,
         Role::Member => 0,
     };
-    match d.target_role {
+    match d.role(member) {
         None => Err((ErrorCode::NotFound, format!("{member} is not a member"))),
         Some(r) if rank(r) >= rank(ceiling) => Err((
             ErrorCode::Forbidden,

@@ -31,12 +31,10 @@ use crate::EdgeState;
 use crate::auth::{Claims, TokenError};
 use crate::hub::{ConnHandle, Frame};
 use crate::limits::Bucket;
-use crate::session::{SendStart, Session};
+use crate::session::{AckFuture, Session};
 
 /// Sends one connection may have in flight before it waits for the oldest acknowledgement.
 const MAX_INFLIGHT_SENDS: usize = 256;
-
-type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>;
 
 /// Upgrades `GET /ws` to a WebSocket, if admitted.
 pub async fn upgrade(
@@ -305,35 +303,21 @@ async fn connection(socket: WebSocket, state: EdgeState, _permit: OwnedSemaphore
                 .await;
             continue;
         }
-        if let ClientFrame::Send {
-            id,
-            conv,
-            client_msg_id,
-            body,
-            client_ts,
-            retry,
-        } = decoded
-        {
+        if matches!(decoded, ClientFrame::Send { .. }) {
             if inflight.len() >= MAX_INFLIGHT_SENDS
                 && let Some(answer) = inflight.next().await
             {
                 session.reply(answer).await;
             }
-            match session
-                .start_send(id, conv, client_msg_id, body, client_ts, retry)
-                .await
-            {
-                Ok(SendStart::Pending(ack)) => inflight.push_back(ack),
-                Ok(SendStart::Done(answer)) => session.reply(answer).await,
-                Err((code, message)) => session.reply(error_frame(Some(id), code, message)).await,
+        } else {
+            // Anything but a send waits for the sends before it: answers keep the order.
+            while let Some(answer) = inflight.next().await {
+                session.reply(answer).await;
             }
-            continue;
         }
-        // Anything else waits for the sends before it, so answers keep the requests' order.
-        while let Some(answer) = inflight.next().await {
-            session.reply(answer).await;
+        if let Some(ack) = session.handle(decoded).await {
+            inflight.push_back(ack);
         }
-        session.handle(decoded).await;
     }
     // Sends still in flight go unanswered: the client sends them again under the same ids
     // and gets the stored seqs.

@@ -283,10 +283,6 @@ async fn apply_user(
     Ok(())
 }
 
-fn role_name(role: Role) -> &'static str {
-    role.as_str()
-}
-
 fn member_info(m: &MemberRow) -> Option<MemberInfo> {
     MemberInfo::from_stored(&m.user, &m.role, m.nickname.clone(), m.muted_until)
 }
@@ -343,7 +339,7 @@ async fn join(
         let row = MemberRow {
             group: group.group.clone(),
             user: user.to_string(),
-            role: role_name(*role).into(),
+            role: role.as_str().into(),
             nickname: None,
             muted_until: None,
             version: seq,
@@ -503,7 +499,7 @@ async fn apply_membership(
             }
             Event::MemberRoleChanged(MemberRoleChanged { member, role, .. }) => {
                 update_member(tx, &group, member, seq, &mut effect, |m| {
-                    m.role = role_name(*role).into()
+                    m.role = role.as_str().into()
                 })
                 .await?;
             }

@@ -40,6 +40,7 @@ pub enum PublishError {
 pub struct PendingAck {
     inner: async_nats::jetstream::context::PublishAckFuture,
     subject: String,
+    expected: Option<Seq>,
 }
 
 impl std::fmt::Debug for PendingAck {
@@ -57,7 +58,7 @@ impl PendingAck {
         let ack = self
             .inner
             .await
-            .map_err(|e| publish_error(&subject, None, e))?;
+            .map_err(|e| publish_error(&subject, self.expected, e))?;
         Ok(Published {
             seq: Seq(ack.sequence),
             duplicate: ack.duplicate,
@@ -97,18 +98,7 @@ impl Bus {
         subject: &str,
         event: &Envelope,
     ) -> Result<PendingAck, PublishError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::MSG_ID, event.id.as_str());
-        headers.insert(header::EVENT_TYPE, event.event.type_name());
-        let inner = self
-            .jetstream()
-            .publish_with_headers(subject.to_owned(), headers, event.to_json().into())
-            .await
-            .map_err(|e| publish_error(subject, None, e))?;
-        Ok(PendingAck {
-            inner,
-            subject: subject.to_owned(),
-        })
+        self.hand_over(subject, event, None).await
     }
 
     /// Publishes `event` on `subject` and waits for JetStream to store it.
@@ -118,26 +108,36 @@ impl Bus {
         event: &Envelope,
         expected_last_subject_seq: Option<Seq>,
     ) -> Result<Published, PublishError> {
+        self.hand_over(subject, event, expected_last_subject_seq)
+            .await?
+            .stored()
+            .await
+    }
+
+    async fn hand_over(
+        &self,
+        subject: &str,
+        event: &Envelope,
+        expected: Option<Seq>,
+    ) -> Result<PendingAck, PublishError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::MSG_ID, event.id.as_str());
         headers.insert(header::EVENT_TYPE, event.event.type_name());
-        if let Some(expected) = expected_last_subject_seq {
+        if let Some(expected) = expected {
             headers.insert(
                 header::EXPECTED_LAST_SUBJECT_SEQUENCE,
                 expected.to_string().as_str(),
             );
         }
-        let fail = |err| publish_error(subject, expected_last_subject_seq, err);
-        let ack = self
+        let inner = self
             .jetstream()
             .publish_with_headers(subject.to_owned(), headers, event.to_json().into())
             .await
-            .map_err(fail)?
-            .await
-            .map_err(fail)?;
-        Ok(Published {
-            seq: Seq(ack.sequence),
-            duplicate: ack.duplicate,
+            .map_err(|e| publish_error(subject, expected, e))?;
+        Ok(PendingAck {
+            inner,
+            subject: subject.to_owned(),
+            expected,
         })
     }
 

@@ -292,25 +292,37 @@ impl Engine {
     }
 
     /// Sends a request and waits for its answer, applying live frames meanwhile.
+    /// A request refused as `rate_limited` waits as long as the server says and goes again,
+    /// so no caller has to.
     pub(crate) async fn request(&self, conn: &mut Conn, mut frame: Value) -> Result<Value, End> {
-        let id = conn.next_id;
-        conn.next_id += 1;
-        frame["id"] = json!(id);
-        conn.ws
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .map_err(|_| lost(None))?;
-        let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
         loop {
-            let next = tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(End::Shutdown),
-                _ = tokio::time::sleep_until(deadline) => return Err(lost(None)),
-                f = next_frame(conn) => f?,
+            let id = conn.next_id;
+            conn.next_id += 1;
+            frame["id"] = json!(id);
+            conn.ws
+                .send(Message::Text(frame.to_string().into()))
+                .await
+                .map_err(|_| lost(None))?;
+            let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+            let answer = loop {
+                let next = tokio::select! {
+                    _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+                    _ = tokio::time::sleep_until(deadline) => return Err(lost(None)),
+                    f = next_frame(conn) => f?,
+                };
+                if next["id"] == json!(id) {
+                    break next;
+                }
+                self.on_push(next).await;
             };
-            if next["id"] == json!(id) {
-                return Ok(next);
+            if answer["code"] != "rate_limited" {
+                return Ok(answer);
             }
-            self.on_push(next).await;
+            let wait = Duration::from_millis(answer["retry_after_ms"].as_u64().unwrap_or(1000));
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
     }
 
@@ -411,11 +423,6 @@ impl Engine {
                     .await?;
                 match (page["type"].as_str(), page["code"].as_str()) {
                     (Some("messages"), _) => {}
-                    (_, Some("rate_limited")) => {
-                        let wait = page["retry_after_ms"].as_u64().unwrap_or(1000);
-                        tokio::time::sleep(Duration::from_millis(wait)).await;
-                        continue;
-                    }
                     (_, Some("internal" | "overloaded")) => {
                         // Sync again on the next connection.
                         self.request_sync(&conv);
@@ -461,16 +468,7 @@ impl Engine {
             let Some((frame, reply)) = next else {
                 return Ok(());
             };
-            let mut answer = self.request(conn, frame.clone()).await?;
-            // Rate limited: wait as told and ask again (a few times), like every request.
-            for _ in 0..10 {
-                if answer["code"] != "rate_limited" {
-                    break;
-                }
-                let wait = answer["retry_after_ms"].as_u64().unwrap_or(1000);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                answer = self.request(conn, frame.clone()).await?;
-            }
+            let answer = self.request(conn, frame).await?;
             let _ = reply.send(answer);
         }
     }
@@ -542,10 +540,6 @@ impl Engine {
                     seq,
                 });
             }
-            (_, Some("rate_limited")) => {
-                let wait = answer["retry_after_ms"].as_u64().unwrap_or(1000);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
             (_, Some("internal" | "overloaded")) => return Err(lost(None)),
             _ => {
                 let reason = answer["message"].as_str().unwrap_or("refused").to_owned();
@@ -570,10 +564,6 @@ impl Engine {
         let fail = |_| lost(None);
         let answer = self.request(conn, frame).await?;
         match answer["code"].as_str() {
-            Some("rate_limited") => {
-                let wait = answer["retry_after_ms"].as_u64().unwrap_or(1000);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
             Some("internal" | "overloaded") => return Err(lost(None)),
             Some(_) => {
                 let reason = answer["message"].as_str().unwrap_or("refused");

@@ -17,7 +17,6 @@
 //! sync of that group.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anchorage_digest::{BucketedDigest, SetDigest, bucket_of, member_hash};
 use anchorage_protocol::{ErrorCode, MemberInfo, ServerFrame};
@@ -284,17 +283,13 @@ async fn put_member(
     )
     .bind(group)
     .bind(m.user.as_str())
-    .bind(role_name(m.role))
+    .bind(m.role.as_str())
     .bind(&m.nickname)
     .bind(m.muted_until)
     .bind(i64::from(bucket_of(m.user.as_str())))
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-fn role_name(r: Role) -> &'static str {
-    r.as_str()
 }
 
 async fn set_list(
@@ -486,20 +481,17 @@ impl Engine {
                         .map_err(store_lost)?;
                     MemberSyncKind::Buckets
                 }
-                Ok(ServerFrame::Error { code, .. }) => match code {
-                    ErrorCode::Forbidden | ErrorCode::NotFound => {
-                        self.store
-                            .drop_member_list(group)
-                            .await
-                            .map_err(store_lost)?;
-                        return Ok(());
-                    }
-                    ErrorCode::RateLimited | ErrorCode::Conflict => {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                    _ => return Err(lost(None)),
-                },
+                Ok(ServerFrame::Error {
+                    code: ErrorCode::Forbidden | ErrorCode::NotFound,
+                    ..
+                }) => {
+                    // Not (or no longer) a member: the list is not ours to keep.
+                    self.store
+                        .drop_member_list(group)
+                        .await
+                        .map_err(store_lost)?;
+                    return Ok(());
+                }
                 _ => return Err(lost(None)),
             };
             let version = self

@@ -132,26 +132,17 @@ fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, StoreError> {
 }
 
 impl Store {
-    /// The conversations (groups and 1:1s) `user` is a member of now, sorted.
-    pub async fn conversations_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+    /// The conversations (groups and 1:1s) `user` is a member of now, sorted, each with until
+    /// when the user is muted there (if at all).
+    pub async fn conversations_of(
+        &self,
+        user: &str,
+    ) -> Result<Vec<(String, Option<i64>)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT m.group_id FROM group_members m JOIN groups g ON g.group_id = m.group_id
+            "SELECT m.group_id, m.muted_until
+             FROM group_members m JOIN groups g ON g.group_id = m.group_id
              WHERE m.user_id = $1 AND m.removed_seq IS NULL AND g.dismissed = 0
              ORDER BY m.group_id",
-        )
-        .bind(user)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<String, _>("group_id")?))
-            .collect()
-    }
-
-    /// The groups in which `user` is muted, with until when (Unix ms).
-    pub async fn mutes_of(&self, user: &str) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT group_id, muted_until FROM group_members
-             WHERE user_id = $1 AND removed_seq IS NULL AND muted_until IS NOT NULL",
         )
         .bind(user)
         .fetch_all(&self.pool)
