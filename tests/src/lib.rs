@@ -296,6 +296,11 @@ impl TestEdge {
         })
     }
 
+    /// Starts shutting the edge down without waiting for it.
+    pub fn begin_stop(&self) {
+        self.shutdown.cancel();
+    }
+
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         within(Duration::from_secs(10), "the edge to stop", self.task).await???;

@@ -218,6 +218,12 @@ async fn direct_chats_reads_across_devices_and_reconnect_summaries() {
         .await
         .unwrap();
     assert_eq!(self_chat["code"], "invalid_request");
+    // The laptop's edge hears of the new conversation live; what is sent before that is
+    // synced, not pushed, so the live part of the test starts once it is told.
+    bob_laptop
+        .push(|f| f["type"] == "membership" && f["conv"] == conv.as_str())
+        .await
+        .unwrap();
 
     let mut last = 0;
     for n in 0..5 {
@@ -497,6 +503,31 @@ async fn an_edge_at_capacity_refuses_new_sockets_with_a_retry_hint() {
         other => panic!("expected a 503, got {other:?}"),
     }
     small.stop().await.unwrap();
+    t.edge2.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_edge_shutting_down_welcomes_no_one() {
+    // A socket accepted just before the shutdown began says hello after it: it is told to go
+    // away at once rather than welcomed and cut off in the middle of its resync.
+    let t = two_edges().await;
+    let leaving = TestEdge::start(&t.stack.config).await.unwrap();
+    let mut late = WsClient::connect(leaving.addr).await.unwrap();
+    leaving.begin_stop();
+    late.send_text(
+        json!({"type": "hello", "id": 1, "protocol": 1,
+               "token": anchorage_tests::token("alice", "a", 3600)})
+        .to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(late.closed().await.unwrap(), 1001);
+    assert!(
+        late.pending_pushes().is_empty(),
+        "{:?}",
+        late.pending_pushes()
+    );
+    leaving.stop().await.unwrap();
     t.edge2.stop().await.unwrap();
 }
 

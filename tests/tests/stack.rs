@@ -15,7 +15,6 @@ use anchorage_schema::{
     UserId,
 };
 use anchorage_tests::{TestNats, TestStack, dead_letters, eventually, http_get};
-use futures::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -335,9 +334,11 @@ async fn projector_resumes_after_a_nats_restart_without_loss_or_repeats() {
 
     nats.server.restart().await.unwrap();
     // Watch the republished live copy to know when the bus is back.
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut live = client.subscribe("live.msg.c9").await.unwrap();
-    client.flush().await.unwrap();
+    let watcher = Bus::connect(&anchorage::bus_options(&stack.config, false))
+        .await
+        .unwrap();
+    let mut live = watcher.subscribe_live("live.msg.c9").await.unwrap();
+    watcher.flush().await.unwrap();
     let publisher = Bus::connect(&anchorage::bus_options(&stack.config, false))
         .await
         .unwrap();
@@ -351,9 +352,8 @@ async fn projector_resumes_after_a_nats_restart_without_loss_or_repeats() {
         .await
         .unwrap()
         .unwrap();
-    let h = first_live.headers.unwrap();
-    assert_eq!(h.get(header::SEQUENCE).unwrap().as_str(), "21");
-    assert_eq!(h.get(header::LAST_SEQUENCE).unwrap().as_str(), "20");
+    assert_eq!(first_live.seq.0, 21);
+    assert_eq!(first_live.prev.0, 20);
 
     let row = eventually(
         Duration::from_secs(40),

@@ -233,3 +233,22 @@ async fn deploy_configs_are_accepted_by_the_pinned_server() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_subscription_is_in_place_on_the_server_once_flush_returns() {
+    // What the edges rely on: once `flush` returns, an event another connection publishes
+    // reaches the new subscription — it is never published before the server knows of it.
+    let nats = TestNats::start().await.unwrap();
+    let (listener, publisher) = (bus(&nats).await, bus(&nats).await);
+    for round in 0..300 {
+        let subject = format!("notify.grp.flush{round}");
+        let mut sub = listener.subscribe_notices(&subject).await.unwrap();
+        listener.flush().await.unwrap();
+        publisher.notify(&subject, round.to_string()).await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(2), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the subscription missed the publish"))
+            .unwrap();
+        assert_eq!(got.1, round.to_string().as_bytes());
+    }
+}

@@ -1208,6 +1208,7 @@ async fn reconnect(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
             "resynced_ms_p50": percentile(&times, 0.50),
             "resynced_ms_p99": percentile(&times, 0.99),
             "connection_attempts": report["attempts"],
+            "failure_reasons": report["failures"],
             "rss_before_mib": before as f64 / 1024.0,
             "rss_peak_mib": peak as f64 / 1024.0,
         },

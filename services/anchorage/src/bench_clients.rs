@@ -234,43 +234,11 @@ async fn follow(
                 continue;
             }
         };
-        let changed: Vec<String> = welcome["changes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["conv"].as_str().map(str::to_owned))
-            .collect();
-        let mut id = 1u64;
-        for conv in changed {
-            let mut after = if conv == "big" { anchor } else { 0 };
-            loop {
-                id += 1;
-                let sync = json!({"type": "sync", "id": id, "conv": conv, "after": after,
-                                  "limit": 500});
-                ws.send(Message::Text(sync.to_string().into())).await?;
-                let answer = loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Text(t))) => {
-                            let v: Value = serde_json::from_str(&t)?;
-                            if v["id"] == json!(id) {
-                                break v;
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        other => bail!("lost during sync: {other:?}"),
-                    }
-                };
-                if let Some(last) = answer["messages"]
-                    .as_array()
-                    .and_then(|m| m.last())
-                    .and_then(|m| m["seq"].as_u64())
-                {
-                    after = last;
-                }
-                if answer["more"] != true {
-                    break;
-                }
-            }
+        match resync(&mut ws, &welcome, &mut anchor).await? {
+            Resync::Done => {}
+            // The edge went away in the middle (it was shutting down): like any client, come
+            // back and go on from what arrived.
+            Resync::WentAway => continue,
         }
         let done = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -279,6 +247,68 @@ async fn follow(
         tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
         return Ok((done, attempts));
     }
+}
+
+/// How a resync after a welcome ended.
+enum Resync {
+    Done,
+    /// The edge closed the socket with "going away".
+    WentAway,
+}
+
+/// Fetches what changed while away, as the welcome lists it; `anchor` follows `big`.
+async fn resync(ws: &mut Ws, welcome: &Value, anchor: &mut u64) -> anyhow::Result<Resync> {
+    let changed: Vec<String> = welcome["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["conv"].as_str().map(str::to_owned))
+        .collect();
+    let mut id = 1u64;
+    for conv in changed {
+        let mut after = if conv == "big" { *anchor } else { 0 };
+        loop {
+            id += 1;
+            let sync = json!({"type": "sync", "id": id, "conv": conv, "after": after,
+                              "limit": 500});
+            // A failed send shows up as the end of the stream below.
+            let _ = ws.send(Message::Text(sync.to_string().into())).await;
+            let answer = loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(&t)?;
+                        if v["id"] == json!(id) {
+                            break v;
+                        }
+                    }
+                    Some(Ok(Message::Close(Some(close))))
+                        if u16::from(close.code) == anchorage_protocol::close::GOING_AWAY =>
+                    {
+                        return Ok(Resync::WentAway);
+                    }
+                    Some(Ok(Message::Close(Some(close)))) => {
+                        bail!("closed during sync: {} {}", close.code, close.reason)
+                    }
+                    Some(Ok(_)) => {}
+                    other => bail!("lost during sync: {other:?}"),
+                }
+            };
+            if let Some(last) = answer["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["seq"].as_u64())
+            {
+                after = last;
+                if conv == "big" {
+                    *anchor = last;
+                }
+            }
+            if answer["more"] != true {
+                break;
+            }
+        }
+    }
+    Ok(Resync::Done)
 }
 
 async fn reconnect(
@@ -297,15 +327,20 @@ async fn reconnect(
         .collect();
     let mut resynced = Vec::new();
     let mut attempts = 0u64;
-    let mut failures = 0u64;
+    // Why clients failed, with how many failed that way.
+    let mut failures: std::collections::BTreeMap<String, u64> = Default::default();
     for t in futures::future::join_all(tasks).await {
-        match t {
+        let why = match t {
             Ok(Ok(Ok((at, tries)))) => {
                 resynced.push(at as u64);
                 attempts += u64::from(tries);
+                continue;
             }
-            _ => failures += 1,
-        }
+            Ok(Ok(Err(e))) => format!("{e:#}"),
+            Ok(Err(_)) => "not back in line in time".to_owned(),
+            Err(e) => format!("client task: {e}"),
+        };
+        *failures.entry(why).or_default() += 1;
     }
     println!(
         "{}",

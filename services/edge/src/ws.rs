@@ -1,8 +1,9 @@
 //! One WebSocket connection: admission, `hello`, the reader loop and the writer task.
 //!
-//! - **Admission.** At most `edge.max_connections` sockets; past that the upgrade is refused
-//!   with `503` and a jittered `Retry-After`, so a reconnect storm spreads out. Browser
-//!   `Origin`s are checked against `edge.allowed_origins`.
+//! - **Admission.** At most `edge.max_connections` sockets; past that, or once the edge is
+//!   shutting down, the upgrade is refused with `503` and a jittered `Retry-After`, so a
+//!   reconnect storm spreads out. Browser `Origin`s are checked against
+//!   `edge.allowed_origins`.
 //! - **Limits.** Frames and messages over `edge.max_frame_bytes` close the socket with 1009;
 //!   every request draws from a per-connection and a per-user token bucket, and past them is
 //!   answered `rate_limited` with a `retry_after_ms`.
@@ -52,13 +53,11 @@ pub async fn upgrade(
     {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
+    if state.shutdown.is_cancelled() {
+        return busy("edge shutting down\n");
+    }
     let Ok(permit) = state.admission.clone().try_acquire_owned() else {
-        let mut response = (StatusCode::SERVICE_UNAVAILABLE, "edge at capacity\n").into_response();
-        let retry = 1 + crate::jitter(5);
-        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return response;
+        return busy("edge at capacity\n");
     };
     let max = state.config.max_frame_bytes as usize;
     ws.max_message_size(max)
@@ -66,6 +65,16 @@ pub async fn upgrade(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| connection(socket, state, permit))
+}
+
+/// `503` with a jittered `Retry-After`, so refused clients come back spread out.
+fn busy(why: &'static str) -> Response {
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    let retry = 1 + crate::jitter(5);
+    if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -222,6 +231,12 @@ async fn connection(socket: WebSocket, state: EdgeState, _permit: OwnedSemaphore
             return;
         }
     };
+    // An edge that began shutting down while the hello was on its way welcomes no one: the
+    // client would be closed right after, in the middle of its resync.
+    if state.shutdown.is_cancelled() {
+        send_close(&mut sink, close::GOING_AWAY, "edge shutting down").await;
+        return;
+    }
     let (tx, rx) = mpsc::channel::<Frame>(state.config.queue_frames as usize);
     let conn = ConnHandle::new(
         state.hub.next_conn_id(),

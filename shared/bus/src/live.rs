@@ -57,12 +57,19 @@ impl Bus {
             .map_err(|e| BusError::jetstream(subject, e))
     }
 
-    /// Waits until everything sent so far (subscriptions included) reached the server.
+    /// Waits until the server has processed everything sent so far on this connection
+    /// (subscriptions included), so an event published after this returns reaches them.
+    ///
+    /// Flushing the socket alone is not enough: the server may not have read the bytes yet.
+    /// A request to a fresh inbox nobody listens on is answered by the server itself ("no
+    /// responders") after everything before it on the connection — one round trip.
     pub async fn flush(&self) -> Result<(), BusError> {
-        self.client()
-            .flush()
-            .await
-            .map_err(|e| BusError::jetstream("flush", e))
+        let client = self.client();
+        match client.request(client.new_inbox(), Bytes::new()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Err(e) => Err(BusError::jetstream("flush", e)),
+        }
     }
 }
 
