@@ -8,9 +8,10 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use anchorage_schema::event::MembersAdded;
-use anchorage_schema::{GroupId, UserId};
-use anchorage_tests::{TestNats, TestStack, WsClient, eventually};
+use anchorage_schema::event::{MembersAdded, MembersRemoved, RemovalReason, SystemMessagePosted};
+use anchorage_schema::subjects::{self, stream};
+use anchorage_schema::{Actor, ConversationId, Envelope, EventId, GroupId, Seq, SourceId, UserId};
+use anchorage_tests::{TcpProxy, TestEdge, TestNats, TestStack, WsClient, eventually};
 use common::*;
 use serde_json::json;
 
@@ -167,6 +168,166 @@ async fn a_removed_member_hears_nothing_of_the_group_after_the_removal() {
         let answer = carol.request(frame.clone()).await.unwrap();
         assert_eq!(answer["code"], "forbidden", "{frame} → {answer}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_decided_after_a_removal_never_reaches_the_removed_member() {
+    // Messages and membership travel on different streams, so a message can reach an edge
+    // before a removal it was decided after. It carries the membership position it was
+    // decided on, and waits there until the edge's view has caught up.
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let (bus, addr) = (&stack.stack.bus, stack.edge_addr());
+    let last = create_group(bus, "deck", &["bob", "carol"], 0).await;
+    projected(&stack.stack.store, "deck", last).await;
+    let (mut bob, _) = WsClient::signed_in(addr, "bob", "d1").await.unwrap();
+    let (mut carol, _) = WsClient::signed_in(addr, "carol", "d1").await.unwrap();
+
+    // Decided on the next membership position, which is carol's removal.
+    let removal_at = bus
+        .stream_state(stream::MEMBERSHIP)
+        .await
+        .unwrap()
+        .last_seq
+        .0
+        + 1;
+    let conv = ConversationId::parse("deck").unwrap();
+    let message = Envelope::new(
+        EventId::parse("after-removal").unwrap(),
+        anchorage_schema::now_ms(),
+        Actor::System {
+            source: SourceId::parse("test").unwrap(),
+        },
+        SystemMessagePosted {
+            conv: conv.clone(),
+            body: json!("not for carol"),
+        },
+    );
+    bus.publish_event_pipelined(&subjects::message(&conv), &message, Some(Seq(removal_at)))
+        .await
+        .unwrap()
+        .stored()
+        .await
+        .unwrap();
+    // It is in the stream, but no one hears of it before the removal is known here.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for c in [&mut bob, &mut carol] {
+        assert_eq!(
+            c.request(json!({"type": "ping"})).await.unwrap()["type"],
+            "pong"
+        );
+        assert!(
+            !c.pending_pushes().iter().any(|f| f["type"] == "message"),
+            "{:?}",
+            c.pending_pushes()
+        );
+    }
+
+    let removed = publish(
+        bus,
+        "deck",
+        1,
+        MembersRemoved {
+            group: GroupId::parse("deck").unwrap(),
+            members: vec![UserId::parse("carol").unwrap()],
+            reason: RemovalReason::Kicked,
+        },
+    )
+    .await;
+    assert_eq!(removed, removal_at);
+    let got = bob
+        .push(|f| f["type"] == "message" && f["message"]["body"] == "not for carol")
+        .await
+        .unwrap();
+    assert_eq!(got["message"]["conv"], "deck");
+    carol
+        .push(|f| f["type"] == "membership" && f["joined"] == false)
+        .await
+        .unwrap();
+    assert_eq!(
+        carol.request(json!({"type": "ping"})).await.unwrap()["type"],
+        "pong"
+    );
+    let leaked: Vec<&serde_json::Value> = carol
+        .pending_pushes()
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .collect();
+    assert!(leaked.is_empty(), "carol heard: {leaked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_lost_a_removal_finds_it_in_the_stream() {
+    // The edge's NATS connection drops while carol is removed, so the live copy of the
+    // removal never reaches it. Back online, it finds the event in the stream by itself.
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let bus = &stack.stack.bus;
+    let target = nats.url().trim_start_matches("nats://").parse().unwrap();
+    let proxy = TcpProxy::start(target).await.unwrap();
+    let mut config = stack.config.clone();
+    config.nats.url = format!("nats://{}", proxy.addr);
+    let edge = TestEdge::start(&config).await.unwrap();
+    let last = create_group(bus, "reef", &["bob", "carol"], 0).await;
+    projected(&stack.stack.store, "reef", last).await;
+    let (mut bob, _) = WsClient::signed_in(edge.addr, "bob", "d1").await.unwrap();
+    let (mut carol, _) = WsClient::signed_in(edge.addr, "carol", "d1").await.unwrap();
+
+    proxy.offline(true);
+    proxy.cut();
+    let removal = publish(
+        bus,
+        "reef",
+        1,
+        MembersRemoved {
+            group: GroupId::parse("reef").unwrap(),
+            members: vec![UserId::parse("carol").unwrap()],
+            reason: RemovalReason::Kicked,
+        },
+    )
+    .await;
+    proxy.offline(false);
+    let mut left = None;
+    for _ in 0..3 {
+        if let Ok(f) = carol
+            .push(|f| f["type"] == "membership" && f["joined"] == false)
+            .await
+        {
+            left = Some(f);
+            break;
+        }
+    }
+    let left = left.expect("carol told she left, once the edge found the removal");
+    assert_eq!(left["version"], removal);
+
+    // From then on the edge's view is the stream's: the group's messages reach bob only.
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d1")
+        .await
+        .unwrap();
+    let sent = alice
+        .request(
+            json!({"type": "send", "conv": "reef", "client_msg_id": "m1",
+                        "body": "bob only", "client_ts": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent["type"], "ack", "{sent}");
+    bob.push(|f| f["type"] == "message" && f["message"]["client_msg_id"] == "m1")
+        .await
+        .unwrap();
+    assert_eq!(
+        carol.request(json!({"type": "ping"})).await.unwrap()["type"],
+        "pong"
+    );
+    assert!(
+        !carol
+            .pending_pushes()
+            .iter()
+            .any(|f| f["type"] == "message"),
+        "{:?}",
+        carol.pending_pushes()
+    );
+    edge.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,11 @@
 //!
 //! Membership is followed live: every edge subscribes to `live.grp.>` and updates the
 //! conversations of its connected users as members join and leave, opening or closing
-//! interest. A connecting user's conversations come from the projection; membership events the
+//! interest. Events are applied in stream order without gaps — one the live subscription lost
+//! is fetched from the stream — and the last one applied is the edge's membership position.
+//! A message carries the position its sender's edge decided on and is delivered once this
+//! edge has reached it, so a removal decided before a message always takes effect first.
+//! A connecting user's conversations come from the projection; membership events the
 //! projection had not applied yet are replayed from a short buffer of recent ones, so no
 //! change falls between the two.
 //!
@@ -27,7 +31,8 @@ use std::time::Duration;
 
 use anchorage_bus::Bus;
 use anchorage_protocol::{Message, ServerFrame, close};
-use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, UserId, subjects};
+use anchorage_schema::subjects::{self, stream};
+use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, UserId};
 use anchorage_store::Store;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -42,6 +47,12 @@ pub type ConnId = u64;
 
 /// Membership events kept to close the gap between a projection read and the live stream.
 const RECENT_MEMBERSHIP: usize = 4096;
+/// How often the edge compares its membership position with the stream, to find events its
+/// live subscription lost (a NATS reconnect loses what was published meanwhile).
+const MEMBERSHIP_CHECK: Duration = Duration::from_secs(2);
+/// How long a message waits for this edge's membership view to reach the position it was
+/// decided on before it is delivered anyway (members never lose a message to a stuck view).
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
 
 /// The sending half of one connection.
 #[derive(Debug, Clone)]
@@ -115,6 +126,8 @@ struct State {
     users: HashMap<UserId, UserEntry>,
     convs: HashMap<ConversationId, ConvEntry>,
     recent: VecDeque<(u64, Envelope)>,
+    /// The last MEMBERSHIP sequence applied: every membership event up to it is in the maps.
+    position: u64,
     /// Connections watching a group's member list, and the reverse.
     watchers: HashMap<ConversationId, HashSet<ConnId>>,
     watching: HashMap<ConnId, HashSet<ConversationId>>,
@@ -130,6 +143,8 @@ pub struct Hub {
     /// The edge-wide subscriptions (membership, revocations, read markers, member-list
     /// notifications), stopped at shutdown.
     followers: Mutex<Vec<AbortHandle>>,
+    /// [`State::position`], for messages waiting for it.
+    position: tokio::sync::watch::Sender<u64>,
 }
 
 /// The frame of a live message event, if it is one.
@@ -172,9 +187,9 @@ impl Hub {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             followers: Mutex::new(Vec::new()),
+            position: tokio::sync::watch::Sender::new(0),
         });
-        hub.follow_live("live.grp.>", |hub, seq, env| hub.on_membership(seq, env))
-            .await?;
+        hub.follow_membership().await?;
         // Revoked sessions are closed at once on every edge.
         hub.follow_live("live.user.>", |hub, _, env| {
             if let Event::SessionRevoked(r) = env.event {
@@ -217,6 +232,108 @@ impl Hub {
         });
         hub.lock_followers().push(notices.abort_handle());
         Ok(hub)
+    }
+
+    /// Follows every membership event in stream order, without gaps: the live copies, and
+    /// from the stream itself whatever they skipped (seen as a jump in the sequence, or by
+    /// comparing with the stream's last sequence every [`MEMBERSHIP_CHECK`]).
+    async fn follow_membership(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut sub = self.bus.subscribe_live("live.grp.>").await?;
+        self.bus.flush().await?;
+        // Nothing is connected yet: the view starts at the stream's end, and every event
+        // after it arrives live (or is fetched).
+        let start = self.bus.stream_state(stream::MEMBERSHIP).await?.last_seq.0;
+        self.advance(start, None);
+        let weak = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut check = tokio::time::interval(MEMBERSHIP_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    ev = sub.next() => {
+                        let Some(ev) = ev else { break };
+                        let Some(hub) = weak.upgrade() else { break };
+                        hub.catch_up(ev.seq.0.saturating_sub(1)).await;
+                        if ev.seq.0 == hub.lock().position + 1 {
+                            hub.advance(ev.seq.0, Envelope::from_json(&ev.payload).ok());
+                        }
+                    }
+                    _ = check.tick() => {
+                        let Some(hub) = weak.upgrade() else { break };
+                        match hub.bus.stream_state(stream::MEMBERSHIP).await {
+                            Ok(state) => hub.catch_up(state.last_seq.0).await,
+                            Err(err) => tracing::debug!(error = %err, "membership position"),
+                        }
+                    }
+                }
+            }
+        });
+        self.lock_followers().push(task.abort_handle());
+        Ok(())
+    }
+
+    /// Applies the stored membership events after this edge's position, up to `to`.
+    async fn catch_up(self: &Arc<Self>, to: u64) {
+        loop {
+            let next = self.lock().position + 1;
+            if next > to {
+                return;
+            }
+            match self
+                .bus
+                .stored_event_if_any(stream::MEMBERSHIP, anchorage_schema::Seq(next))
+                .await
+            {
+                Ok(stored) => {
+                    if stored.is_some() {
+                        tracing::info!(
+                            seq = next,
+                            "membership event fetched: its live copy was lost"
+                        );
+                    }
+                    self.advance(next, stored.and_then(Result::ok));
+                }
+                Err(err) => {
+                    // Tried again on the next event or check.
+                    tracing::warn!(seq = next, error = %err, "fetching a lost membership event");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves the membership position to `seq`, applying its event if there is one (an event
+    /// this edge cannot decode changes nothing here).
+    fn advance(self: &Arc<Self>, seq: u64, env: Option<Envelope>) {
+        match env {
+            Some(env) => self.on_membership(seq, env),
+            None => self.lock().position = seq,
+        }
+        self.position.send_replace(seq);
+    }
+
+    /// Whether `user` (connected here) is a member of `conv`, and if so the membership
+    /// position that answer stands on.
+    pub fn member_position(&self, user: &UserId, conv: &ConversationId) -> Option<u64> {
+        let state = self.lock();
+        state
+            .users
+            .get(user)
+            .is_some_and(|e| e.convs.contains(conv))
+            .then_some(state.position)
+    }
+
+    /// Waits until this edge's membership view reaches `position` (at most
+    /// [`MEMBERSHIP_WAIT`]).
+    async fn reach(&self, position: u64) {
+        let mut rx = self.position.subscribe();
+        let reached = tokio::time::timeout(MEMBERSHIP_WAIT, rx.wait_for(|p| *p >= position)).await;
+        if reached.is_err() {
+            tracing::warn!(
+                position,
+                "membership view behind a message's position; delivering"
+            );
+        }
     }
 
     /// Follows a live subject edge-wide, handing each decodable event to `on` with its
@@ -560,9 +677,18 @@ impl Hub {
                 let Ok(env) = Envelope::from_json(&ev.payload) else {
                     continue;
                 };
-                if let Some(frame) = message_frame(ev.prev.0, ev.seq.0, &env) {
-                    hub.deliver_conv(&conv, frame.to_json().into());
+                let Some(frame) = message_frame(ev.prev.0, ev.seq.0, &env) else {
+                    continue;
+                };
+                // Decided on a membership this edge has not seen yet: wait for it, so a member
+                // removed before the message does not get it (later messages of the
+                // conversation wait behind it, in order).
+                if let Some(position) = ev.membership
+                    && hub.position.borrow().lt(&position.0)
+                {
+                    hub.reach(position.0).await;
                 }
+                hub.deliver_conv(&conv, frame.to_json().into());
             }
         })
         .abort_handle()
@@ -674,6 +800,7 @@ impl Hub {
                 }
             }
         }
+        state.position = state.position.max(seq);
         state.recent.push_back((seq, env));
         while state.recent.len() > RECENT_MEMBERSHIP {
             state.recent.pop_front();

@@ -369,8 +369,14 @@ impl Session {
         client_ts: i64,
         retry: bool,
     ) -> Result<SendStart, (ErrorCode, String)> {
-        self.member(&conv)?;
         let user = &self.claims.sub;
+        // The membership position this send is decided on travels with the message: edges
+        // deliver it only once their view has reached it.
+        let position = self
+            .state
+            .hub
+            .member_position(user, &conv)
+            .ok_or_else(|| forbidden(&conv))?;
         if let Some(until) = self.state.hub.muted_until(user, &conv)
             && until > now_ms()
         {
@@ -414,7 +420,7 @@ impl Session {
         let pending = self
             .state
             .bus
-            .publish_event_pipelined(&subjects::message(&conv), &env)
+            .publish_event_pipelined(&subjects::message(&conv), &env, Some(Seq(position)))
             .await
             .map_err(internal)?;
         let bus = self.state.bus.clone();

@@ -154,16 +154,15 @@ impl Bus {
 
     /// The lifetime and range of a stream.
     pub async fn stream_state(&self, stream: &str) -> Result<StreamState, BusError> {
-        let info = self
+        let handle = self
             .js
             .get_stream(stream)
             .await
-            .map_err(|e| stream_error(stream, e))?
-            .get_info()
-            .await
-            .map_err(|e| BusError::jetstream(stream, e))?;
+            .map_err(|e| stream_error(stream, e))?;
+        // Looking the stream up fetched its info: one request.
+        let info = handle.cached_info();
         Ok(StreamState {
-            epoch: epoch_of(&info),
+            epoch: epoch_of(info),
             first_seq: Seq(info.state.first_sequence),
             last_seq: Seq(info.state.last_sequence),
             messages: info.state.messages,

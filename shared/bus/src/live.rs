@@ -19,6 +19,8 @@ pub struct LiveEvent {
     pub seq: Seq,
     /// The previous sequence on the same subject (0 if none).
     pub prev: Seq,
+    /// The MEMBERSHIP position the event was decided on, if it carries one.
+    pub membership: Option<Seq>,
     pub payload: Bytes,
 }
 
@@ -118,6 +120,7 @@ impl LiveSubscription {
                 subject: m.subject.to_string(),
                 seq: Seq(seq),
                 prev: Seq(prev),
+                membership: num(header::MEMBERSHIP_SEQ).map(Seq),
                 payload: m.payload,
             });
         }

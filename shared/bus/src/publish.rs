@@ -14,7 +14,7 @@ use anchorage_schema::{Envelope, Seq};
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 
-use crate::Bus;
+use crate::{Bus, BusError};
 
 /// A stored event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,12 +93,16 @@ impl Bus {
     /// Hands `event` to the server without waiting for it to be stored. Events handed over
     /// one after another on this connection are stored in that order, so a caller can keep
     /// many in flight and collect the acknowledgements as they come.
+    ///
+    /// `membership` is the MEMBERSHIP position the event was decided on (see
+    /// [`header::MEMBERSHIP_SEQ`]).
     pub async fn publish_event_pipelined(
         &self,
         subject: &str,
         event: &Envelope,
+        membership: Option<Seq>,
     ) -> Result<PendingAck, PublishError> {
-        self.hand_over(subject, event, None).await
+        self.hand_over(subject, event, None, membership).await
     }
 
     /// Publishes `event` on `subject` and waits for JetStream to store it.
@@ -108,7 +112,7 @@ impl Bus {
         event: &Envelope,
         expected_last_subject_seq: Option<Seq>,
     ) -> Result<Published, PublishError> {
-        self.hand_over(subject, event, expected_last_subject_seq)
+        self.hand_over(subject, event, expected_last_subject_seq, None)
             .await?
             .stored()
             .await
@@ -119,10 +123,14 @@ impl Bus {
         subject: &str,
         event: &Envelope,
         expected: Option<Seq>,
+        membership: Option<Seq>,
     ) -> Result<PendingAck, PublishError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::MSG_ID, event.id.as_str());
         headers.insert(header::EVENT_TYPE, event.event.type_name());
+        if let Some(position) = membership {
+            headers.insert(header::MEMBERSHIP_SEQ, position.to_string().as_str());
+        }
         if let Some(expected) = expected {
             headers.insert(
                 header::EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -154,6 +162,34 @@ impl Bus {
             .map_err(|e| other(&e))?;
         let message = handle.get_raw_message(seq.0).await.map_err(|e| other(&e))?;
         Envelope::from_json(&message.payload).map_err(|e| other(&e))
+    }
+
+    /// The event stored at `seq` in `stream`, or `None` if no message is stored there
+    /// (removed by the stream's limits) — told apart from a failure to ask.
+    pub async fn stored_event_if_any(
+        &self,
+        stream: &str,
+        seq: Seq,
+    ) -> Result<Option<Result<Envelope, String>>, BusError> {
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        match handle.get_raw_message(seq.0).await {
+            Ok(m) => Ok(Some(
+                Envelope::from_json(&m.payload).map_err(|e| e.to_string()),
+            )),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(BusError::jetstream(stream, e)),
+        }
     }
 
     /// Publishes raw bytes on a subject and waits for JetStream to store them. For events from

@@ -45,6 +45,10 @@ pub mod header {
 
     /// The event type, so consumers can route without parsing the body.
     pub const EVENT_TYPE: &str = "Anchorage-Event-Type";
+    /// On a message: the MEMBERSHIP position (last applied sequence) the sending edge decided
+    /// on. An edge delivers it only once its own membership view has reached that position,
+    /// so a member removed before the message was decided never receives it.
+    pub const MEMBERSHIP_SEQ: &str = "Anchorage-Membership-Seq";
 
     /// Dead-letter entries: why the event was set aside (a stable code, then a sentence).
     pub const DLQ_REASON: &str = "Anchorage-Dlq-Reason";
