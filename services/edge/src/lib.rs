@@ -32,16 +32,28 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What every request handler shares.
+/// What every request handler shares: one allocation per edge, a pointer per connection.
 #[derive(Debug, Clone)]
-pub struct EdgeState {
+pub struct EdgeState(Arc<Shared>);
+
+impl std::ops::Deref for EdgeState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of an edge its connections share.
+#[derive(Debug, Clone)]
+pub struct Shared {
     pub bus: Bus,
     pub store: Store,
     /// The stream definitions this edge expects on the server.
     pub streams: Arc<StreamSet>,
-    pub config: anchorage_config::EdgeConfig,
+    pub config: Arc<anchorage_config::EdgeConfig>,
     /// How member lists are synchronized.
-    pub members: anchorage_config::MembersConfig,
+    pub members: Arc<anchorage_config::MembersConfig>,
     /// Checks device tokens.
     pub verifier: Arc<auth::Verifier>,
     pub hub: Arc<hub::Hub>,
@@ -63,18 +75,18 @@ impl EdgeState {
         auth: &anchorage_config::AuthConfig,
     ) -> anyhow::Result<EdgeState> {
         let hub = hub::Hub::start(bus.clone(), store.clone()).await?;
-        Ok(EdgeState {
+        Ok(EdgeState(Arc::new(Shared {
             admission: Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize)),
             user_limits: Arc::new(limits::UserLimits::new(config.user_rate_per_sec)),
             verifier: Arc::new(auth::Verifier::from_config(auth)?),
             bus,
             store,
             streams,
-            config,
-            members,
+            config: Arc::new(config),
+            members: Arc::new(members),
             hub,
             shutdown: CancellationToken::new(),
-        })
+        })))
     }
 }
 
@@ -88,11 +100,14 @@ pub(crate) fn jitter(bound: u64) -> u64 {
 /// with 1001 (clients reconnect elsewhere) and waits for in-flight requests.
 pub async fn run(
     listener: TcpListener,
-    mut state: EdgeState,
+    state: EdgeState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    state.shutdown = shutdown.clone();
+    let state = EdgeState(Arc::new(Shared {
+        shutdown: shutdown.clone(),
+        ..Shared::clone(&state)
+    }));
     let hub = state.hub.clone();
     tracing::info!(%addr, "edge listening");
     // Frames are small and latency matters: no Nagle delay on accepted sockets.

@@ -121,7 +121,13 @@ impl Session {
 
     /// Queues an answer (waits for room: answers are never dropped).
     pub async fn reply(&self, f: ServerFrame) {
-        let _ = self.tx.send(crate::ws::frame(&f)).await;
+        let frame = crate::ws::frame(&f);
+        drop(f);
+        // Room is the rule; the wait for it is boxed so it does not weigh on every
+        // connection's future.
+        if let Err(mpsc::error::TrySendError::Full(frame)) = self.tx.try_send(frame) {
+            let _ = Box::pin(self.tx.send(frame)).await;
+        }
     }
 
     fn actor(&self) -> Actor {

@@ -221,20 +221,41 @@ pub fn request_id(f: &ClientFrame) -> Option<RequestId> {
     })
 }
 
-async fn connection(socket: WebSocket, state: EdgeState, _permit: OwnedSemaphorePermit) {
-    let (mut sink, mut stream) = socket.split();
-    let (hello_id, claims, hello) = match await_hello(&state, &mut sink, &mut stream).await {
-        Ok(h) => h,
-        Err((0, _)) => return,
-        Err((code, reason)) => {
-            send_close(&mut sink, code, &reason).await;
-            return;
-        }
-    };
+/// Serves one upgraded socket. Split before the future starts, so the socket itself is not
+/// kept in it for the connection's lifetime.
+fn connection(
+    socket: WebSocket,
+    state: EdgeState,
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> {
+    let (sink, stream) = socket.split();
+    serve(sink, stream, state, permit)
+}
+
+async fn serve(
+    mut sink: Sink,
+    mut stream: SplitStream<WebSocket>,
+    state: EdgeState,
+    _permit: OwnedSemaphorePermit,
+) {
+    let (hello_id, claims, hello) =
+        match Box::pin(await_hello(&state, &mut sink, &mut stream)).await {
+            Ok(h) => h,
+            Err((0, _)) => return,
+            Err((code, reason)) => {
+                Box::pin(send_close(&mut sink, code, &reason)).await;
+                return;
+            }
+        };
     // An edge that began shutting down while the hello was on its way welcomes no one: the
     // client would be closed right after, in the middle of its resync.
     if state.shutdown.is_cancelled() {
-        send_close(&mut sink, close::GOING_AWAY, "edge shutting down").await;
+        Box::pin(send_close(
+            &mut sink,
+            close::GOING_AWAY,
+            "edge shutting down",
+        ))
+        .await;
         return;
     }
     let (tx, rx) = mpsc::channel::<Frame>(state.config.queue_frames as usize);
@@ -246,7 +267,7 @@ async fn connection(socket: WebSocket, state: EdgeState, _permit: OwnedSemaphore
     );
     let writer = tokio::spawn(writer(sink, rx, conn.clone()));
     let conn_id = conn.id;
-    match state.hub.register(conn.clone()).await {
+    match Box::pin(state.hub.register(conn.clone())).await {
         Ok(_) => {}
         Err(err) => {
             tracing::warn!(error = format!("{err:#}"), "registering a connection");
@@ -255,17 +276,20 @@ async fn connection(socket: WebSocket, state: EdgeState, _permit: OwnedSemaphore
             return;
         }
     }
-    let mut session = Session::new(state.clone(), claims.clone(), conn_id, tx);
-    session.hello(hello_id, &hello).await;
-
     let expires = expiry(&claims);
     let mut bucket = Bucket::new(state.config.rate_per_sec, state.config.rate_burst);
     let max = state.config.max_frame_bytes as usize;
+    let shutdown = state.shutdown.clone();
+    // What an idle connection keeps is what it costs: the state moves into the session, the
+    // hello is dropped once answered, and the larger futures are boxed while they run.
+    let mut session = Session::new(state, claims, conn_id, tx);
+    Box::pin(session.hello(hello_id, &hello)).await;
+    drop(hello);
     // Sends whose acknowledgements are still to come, answered in order as they arrive.
     let mut inflight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     loop {
         let message = tokio::select! {
-            _ = state.shutdown.cancelled() => { conn.close_with(close::GOING_AWAY); break; }
+            _ = shutdown.cancelled() => { conn.close_with(close::GOING_AWAY); break; }
             _ = tokio::time::sleep_until(expires) => { conn.close_with(close::TOKEN_EXPIRED); break; }
             _ = conn.kicked() => break,
             Some(answer) = inflight.next(), if !inflight.is_empty() => {
@@ -306,7 +330,7 @@ async fn connection(socket: WebSocket, state: EdgeState, _permit: OwnedSemaphore
         };
         let limited = bucket
             .take(Instant::now())
-            .and_then(|()| state.user_limits.take(&claims.sub));
+            .and_then(|()| session.state.user_limits.take(&session.claims.sub));
         if let Err(wait) = limited {
             session
                 .reply(ServerFrame::Error {
@@ -330,14 +354,14 @@ async fn connection(socket: WebSocket, state: EdgeState, _permit: OwnedSemaphore
                 session.reply(answer).await;
             }
         }
-        if let Some(ack) = session.handle(decoded).await {
+        if let Some(ack) = Box::pin(session.handle(decoded)).await {
             inflight.push_back(ack);
         }
     }
     // Sends still in flight go unanswered: the client sends them again under the same ids
     // and gets the stored seqs.
     drop(inflight);
-    state.hub.unregister(conn_id);
+    session.state.hub.unregister(conn_id);
     drop(session);
     conn.close_with(close::GOING_AWAY);
     // The writer may be stuck on a socket the client no longer reads: give it a moment to
@@ -404,5 +428,21 @@ async fn writer(mut sink: Sink, mut rx: mpsc::Receiver<Frame>, conn: ConnHandle)
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn future_size<A, B, C, Fut>(_: impl Fn(A, B, C) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn an_idle_connection_keeps_a_small_future() {
+        // Every connected socket holds one of these for its lifetime: the larger futures it
+        // awaits now and then are boxed, the shared state is a pointer. (It was 7 KiB.)
+        let connection = future_size(super::connection);
+        assert!(connection <= 3 * 1024, "{connection} bytes");
+        assert_eq!(std::mem::size_of::<crate::EdgeState>(), 8);
     }
 }
