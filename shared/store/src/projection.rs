@@ -73,6 +73,7 @@ pub struct MemberRow {
 #[derive(Debug)]
 pub struct Tx {
     pub(crate) tx: Transaction<'static, Any>,
+    pub(crate) backend: crate::Backend,
 }
 
 impl Store {
@@ -84,7 +85,10 @@ impl Store {
             crate::Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             crate::Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(Tx { tx })
+        Ok(Tx {
+            tx,
+            backend: self.backend,
+        })
     }
 
     /// Starts a transaction that only reads (it does not block writers). Every read in it
@@ -97,7 +101,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        Ok(Tx { tx })
+        Ok(Tx {
+            tx,
+            backend: self.backend,
+        })
     }
 
     /// A projection's checkpoint, outside any batch.
@@ -184,17 +191,14 @@ impl Tx {
             .collect();
         let mut inserted = 0;
         for chunk in messages.chunks(ROWS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|n| format!("({})", placeholders(n * 9 + 1, 9)))
-                .collect();
-            // Only numbered placeholders are formatted into the statement.
+            // Only placeholders are formatted into the statement.
             let sql = format!(
                 "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body,
                                        client_ts, server_ts, event_id)
                  VALUES {}
                  ON CONFLICT DO NOTHING
                  RETURNING conv_id, seq",
-                values.join(", ")
+                rows_of_params(self.backend, chunk.len(), 9)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for m in chunk {
@@ -407,8 +411,9 @@ impl Tx {
         for chunk in users.chunks(IN_CHUNK) {
             let sql = format!(
                 "SELECT group_id, user_id, role, nickname, muted_until, version, removed_seq
-                 FROM group_members WHERE group_id = $1 AND user_id IN ({})",
-                placeholders(2, chunk.len())
+                 FROM group_members WHERE group_id = {} AND user_id IN ({})",
+                params(self.backend, 1, 1),
+                params(self.backend, 2, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(group);
             for u in chunk {
@@ -430,9 +435,6 @@ impl Tx {
     /// Inserts or replaces member rows, many per statement.
     pub async fn put_members(&mut self, rows: &[MemberRow]) -> Result<(), StoreError> {
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|n| format!("({})", placeholders(n * 8 + 1, 8)))
-                .collect();
             let sql = format!(
                 "INSERT INTO group_members (group_id, user_id, role, nickname, muted_until,
                                             version, removed_seq, bucket)
@@ -441,7 +443,7 @@ impl Tx {
                  SET role = excluded.role, nickname = excluded.nickname,
                      muted_until = excluded.muted_until, version = excluded.version,
                      removed_seq = excluded.removed_seq, bucket = excluded.bucket",
-                values.join(", ")
+                rows_of_params(self.backend, chunk.len(), 8)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for m in chunk {
@@ -527,6 +529,27 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// `n` placeholders for a statement whose parameters are all bound in order: numbered from
+/// `first` on PostgreSQL, plain `?` on SQLite. SQLite finds the name of a numbered parameter
+/// by a linear scan, once per bound value — quadratic in a statement's parameters, which for a
+/// 100-row insert cost more than the insert. A statement takes one form or the other
+/// throughout.
+pub(crate) fn params(backend: crate::Backend, first: usize, n: usize) -> String {
+    match backend {
+        crate::Backend::Postgres => placeholders(first, n),
+        crate::Backend::Sqlite => vec!["?"; n].join(", "),
+    }
+}
+
+/// `rows` parenthesized groups of `cols` placeholders, for a multi-row `VALUES` (see
+/// [`params`]).
+fn rows_of_params(backend: crate::Backend, rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", params(backend, r * cols + 1, cols)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn member_row(r: &sqlx::any::AnyRow) -> Result<MemberRow, StoreError> {
     Ok(MemberRow {
         group: r.try_get("group_id")?,
@@ -537,4 +560,24 @@ pub(crate) fn member_row(r: &sqlx::any::AnyRow) -> Result<MemberRow, StoreError>
         version: u(r.try_get("version")?),
         removed_seq: r.try_get::<Option<i64>, _>("removed_seq")?.map(u),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Backend;
+
+    #[test]
+    fn placeholders_are_numbered_on_postgres_and_plain_on_sqlite() {
+        assert_eq!(params(Backend::Postgres, 3, 2), "$3, $4");
+        assert_eq!(params(Backend::Sqlite, 3, 2), "?, ?");
+        assert_eq!(
+            rows_of_params(Backend::Postgres, 2, 2),
+            "($1, $2), ($3, $4)"
+        );
+        assert_eq!(
+            rows_of_params(Backend::Sqlite, 2, 3),
+            "(?, ?, ?), (?, ?, ?)"
+        );
+    }
 }
