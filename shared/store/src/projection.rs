@@ -518,8 +518,11 @@ impl Tx {
 
 /// Bound parameters per `IN (…)` list, well under every backend's limit.
 const IN_CHUNK: usize = 500;
-/// Rows per multi-row `INSERT`.
-const ROWS_PER_INSERT: usize = 100;
+/// Rows per multi-row `INSERT`: a projector batch in one statement where it fits. Each
+/// statement is a round trip to the database (to SQLite's worker thread), so fewer is faster:
+/// replaying into SQLite went from about 25k to about 40k events/s going from 100 to 1,000.
+/// At most 9 columns: 9,000 parameters, under SQLite's 32,766 and PostgreSQL's 65,535.
+const ROWS_PER_INSERT: usize = 1000;
 
 /// `$first, $first+1, …` — `n` numbered placeholders.
 pub(crate) fn placeholders(first: usize, n: usize) -> String {
