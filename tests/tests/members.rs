@@ -170,6 +170,33 @@ async fn a_removed_member_hears_nothing_of_the_group_after_the_removal() {
     }
 }
 
+/// Publishes `user`'s removal from `group`; returns its MEMBERSHIP sequence.
+async fn kick(bus: &anchorage_bus::Bus, group: &str, user: &str) -> u64 {
+    publish(
+        bus,
+        group,
+        1,
+        MembersRemoved {
+            group: GroupId::parse(group).unwrap(),
+            members: vec![UserId::parse(user).unwrap()],
+            reason: RemovalReason::Kicked,
+        },
+    )
+    .await
+}
+
+/// Fails if `c` was pushed a message: a ping's answer comes after anything queued before it.
+async fn assert_no_message(c: &mut WsClient) {
+    let pong = c.request(json!({"type": "ping"})).await.unwrap();
+    assert_eq!(pong["type"], "pong");
+    let messages: Vec<&serde_json::Value> = c
+        .pending_pushes()
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .collect();
+    assert!(messages.is_empty(), "{messages:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_decided_after_a_removal_never_reaches_the_removed_member() {
     // Messages and membership travel on different streams, so a message can reach an edge
@@ -212,29 +239,10 @@ async fn a_message_decided_after_a_removal_never_reaches_the_removed_member() {
     // It is in the stream, but no one hears of it before the removal is known here.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     for c in [&mut bob, &mut carol] {
-        assert_eq!(
-            c.request(json!({"type": "ping"})).await.unwrap()["type"],
-            "pong"
-        );
-        assert!(
-            !c.pending_pushes().iter().any(|f| f["type"] == "message"),
-            "{:?}",
-            c.pending_pushes()
-        );
+        assert_no_message(c).await;
     }
 
-    let removed = publish(
-        bus,
-        "deck",
-        1,
-        MembersRemoved {
-            group: GroupId::parse("deck").unwrap(),
-            members: vec![UserId::parse("carol").unwrap()],
-            reason: RemovalReason::Kicked,
-        },
-    )
-    .await;
-    assert_eq!(removed, removal_at);
+    assert_eq!(kick(bus, "deck", "carol").await, removal_at);
     let got = bob
         .push(|f| f["type"] == "message" && f["message"]["body"] == "not for carol")
         .await
@@ -244,16 +252,7 @@ async fn a_message_decided_after_a_removal_never_reaches_the_removed_member() {
         .push(|f| f["type"] == "membership" && f["joined"] == false)
         .await
         .unwrap();
-    assert_eq!(
-        carol.request(json!({"type": "ping"})).await.unwrap()["type"],
-        "pong"
-    );
-    let leaked: Vec<&serde_json::Value> = carol
-        .pending_pushes()
-        .iter()
-        .filter(|f| f["type"] == "message")
-        .collect();
-    assert!(leaked.is_empty(), "carol heard: {leaked:?}");
+    assert_no_message(&mut carol).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,17 +274,7 @@ async fn an_edge_that_lost_a_removal_finds_it_in_the_stream() {
 
     proxy.offline(true);
     proxy.cut();
-    let removal = publish(
-        bus,
-        "reef",
-        1,
-        MembersRemoved {
-            group: GroupId::parse("reef").unwrap(),
-            members: vec![UserId::parse("carol").unwrap()],
-            reason: RemovalReason::Kicked,
-        },
-    )
-    .await;
+    let removal = kick(bus, "reef", "carol").await;
     proxy.offline(false);
     let mut left = None;
     for _ in 0..3 {
@@ -315,18 +304,7 @@ async fn an_edge_that_lost_a_removal_finds_it_in_the_stream() {
     bob.push(|f| f["type"] == "message" && f["message"]["client_msg_id"] == "m1")
         .await
         .unwrap();
-    assert_eq!(
-        carol.request(json!({"type": "ping"})).await.unwrap()["type"],
-        "pong"
-    );
-    assert!(
-        !carol
-            .pending_pushes()
-            .iter()
-            .any(|f| f["type"] == "message"),
-        "{:?}",
-        carol.pending_pushes()
-    );
+    assert_no_message(&mut carol).await;
     edge.stop().await.unwrap();
 }
 

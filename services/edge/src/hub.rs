@@ -261,7 +261,10 @@ impl Hub {
                     _ = check.tick() => {
                         let Some(hub) = weak.upgrade() else { break };
                         match hub.bus.stream_state(stream::MEMBERSHIP).await {
-                            Ok(state) => hub.catch_up(state.last_seq.0).await,
+                            Ok(state) => {
+                                hub.rewind_if_recreated(state.last_seq.0);
+                                hub.catch_up(state.last_seq.0).await;
+                            }
                             Err(err) => tracing::debug!(error = %err, "membership position"),
                         }
                     }
@@ -299,6 +302,23 @@ impl Hub {
                     return;
                 }
             }
+        }
+    }
+
+    /// A MEMBERSHIP stream that ends before this edge's position was deleted and recreated:
+    /// follow the new one from its end (its earlier events reach this edge's users when they
+    /// reconnect, from the projection rebuilt for the new stream).
+    fn rewind_if_recreated(&self, last: u64) {
+        let mut state = self.lock();
+        if last < state.position {
+            tracing::warn!(
+                position = state.position,
+                last,
+                "the membership stream was recreated: following it from its end"
+            );
+            state.position = last;
+            drop(state);
+            self.position.send_replace(last);
         }
     }
 
