@@ -99,21 +99,6 @@ async fn five_hundred_groups_sync_in_budget_bounded_batches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_to_a_group_brings_its_member_list() {
-    // Signing in syncs no member list; answering in a group without opening it does.
-    let nats = TestNats::start().await.unwrap();
-    let stack = TestStack::start(&nats.url()).await.unwrap();
-    let last = create_group(&stack.stack.bus, "choir", &["bob", "carol"], 20).await;
-    projected(&stack.stack.store, "choir", last).await;
-    let dir = tempfile::tempdir().unwrap();
-    let bob = client(stack.edge_addr(), dir.path(), "bob").await;
-    assert!(bob.member_list("choir").await.unwrap().is_none());
-    bob.send("choir", json!("on my way")).await.unwrap();
-    assert_in_line(&bob, &stack.stack.store, "choir").await;
-    bob.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_member_hears_nothing_of_the_group_after_the_removal() {
     let nats = TestNats::start().await.unwrap();
     let stack = TestStack::start(&nats.url()).await.unwrap();

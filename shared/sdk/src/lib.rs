@@ -18,8 +18,8 @@
 //!   server reports as changed.
 //! - **Display order.** Stored messages by seq, then unacknowledged ones by client time.
 //! - **Member lists.** Kept per group with their version and digest, synced when the group's
-//!   conversation opens or a send to it finds no list (never at login), kept current by live
-//!   notifications while it is watched; see the `members` module for the five layers.
+//!   conversation opens (never at login), kept current by live notifications while it is
+//!   watched; see the `members` module for the five layers.
 
 mod backoff;
 mod engine;
@@ -200,10 +200,6 @@ impl Client {
     }
 
     /// Queues a message; returns its client id at once (see [`Client::outbox`]).
-    ///
-    /// A send to a group whose member list this device does not hold yet (answering from a
-    /// notification, say, without opening the conversation) also schedules that list's sync:
-    /// who will read it is part of showing a sent message.
     pub async fn send(&self, conv: &str, body: serde_json::Value) -> Result<String, SdkError> {
         ConversationId::parse(conv)?;
         let id = format!("{:x}-{:x}", now_ms(), backoff::random() & 0xffff_ffff);
@@ -211,9 +207,6 @@ impl Client {
             .store
             .enqueue_send(conv, &id, &body, now_ms())
             .await?;
-        if !conv.starts_with("dm-") && self.engine.store.member_list(conv).await?.is_none() {
-            self.engine.request_member_sync(conv, true);
-        }
         self.engine.wake();
         Ok(id)
     }
