@@ -151,17 +151,15 @@ impl Bus {
 
     /// The event stored at `seq` in `stream`.
     pub async fn stored_event(&self, stream: &str, seq: Seq) -> Result<Envelope, PublishError> {
-        let other = |e: &dyn std::fmt::Display| PublishError::Other {
+        let other = |message: String| PublishError::Other {
             subject: format!("{stream}#{seq}"),
-            message: e.to_string(),
+            message,
         };
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| other(&e))?;
-        let message = handle.get_raw_message(seq.0).await.map_err(|e| other(&e))?;
-        Envelope::from_json(&message.payload).map_err(|e| other(&e))
+        match self.stored_event_if_any(stream, seq).await {
+            Ok(Some(decoded)) => decoded.map_err(other),
+            Ok(None) => Err(other("no message stored there".to_owned())),
+            Err(e) => Err(other(e.to_string())),
+        }
     }
 
     /// The event stored at `seq` in `stream`, or `None` if no message is stored there
