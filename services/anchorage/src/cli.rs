@@ -182,8 +182,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let user = UserId::parse(user).context("--user")?;
             let device = DeviceId::parse(device).context("--device")?;
             let ttl = ttl.unwrap_or(config.auth.token_ttl_secs);
-            let token =
-                anchorage_edge::auth::mint_hs256(&config.auth.hmac_secret, user, device, ttl)?;
+            let token = anchorage_edge::auth::mint_configured(&config.auth, user, device, ttl)?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
@@ -213,7 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Show,
         } => {
-            print!("{}", config.to_toml());
+            print!("{}", config.redacted().to_toml());
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
@@ -324,8 +323,15 @@ fn print_welcome(config: &Config, stack: &Stack, nats: &NatsServer) {
 }
 
 async fn edge(config: Config) -> anyhow::Result<ExitCode> {
-    if config.auth.hmac_secret == anchorage_config::DEV_HMAC_SECRET {
-        tracing::warn!("auth.hmac_secret is the development default; set your own secret");
+    if config.auth.accept_hmac && config.auth.hmac_secret == anchorage_config::DEV_HMAC_SECRET {
+        if !config.auth.allow_dev_secret {
+            anyhow::bail!(
+                "auth.hmac_secret is the public development secret: anyone could sign in as \
+                 anyone. Set your own secret (ANCHORAGE_AUTH__HMAC_SECRET), or turn HS256 off \
+                 (auth.accept_hmac = false), or set auth.allow_dev_secret = true for a test setup"
+            );
+        }
+        tracing::warn!("auth.hmac_secret is the public development secret (allow_dev_secret)");
     }
     let streams = crate::load_streams(&config)?;
     let bus = Bus::connect(&crate::bus_options(&config, true)).await?;

@@ -23,6 +23,20 @@ pub fn bus_options(config: &Config, retry_on_initial_connect: bool) -> BusOption
         url: config.nats.url.clone(),
         name: config.nats.name.clone(),
         credentials: config.nats.credentials.clone(),
+        user: config
+            .nats
+            .user
+            .clone()
+            .map(|u| (u, config.nats.password.clone().unwrap_or_default())),
+        inbox_prefix: config.nats.inbox_prefix.clone().or_else(|| {
+            config
+                .nats
+                .user
+                .as_ref()
+                .map(|u| format!("{}{u}", anchorage_bus::INBOX_PREFIX_BASE))
+        }),
+        tls_ca: config.nats.tls_ca.clone(),
+        tls_client: config.nats.tls_cert.clone().zip(config.nats.tls_key.clone()),
         request_timeout: Duration::from_millis(config.nats.request_timeout_ms),
         retry_on_initial_connect,
     }

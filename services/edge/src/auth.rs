@@ -1,11 +1,13 @@
 //! Device tokens.
 //!
 //! Every device signs in with a JWT: `sub` is the user, `device` the device, `exp` the expiry
-//! (Unix seconds). Development uses an HMAC secret (HS256) and `anchorage token` to mint tokens;
-//! production uses the public keys of its own issuer (EdDSA or RS256), picked by the token's
-//! `kid`. The [`Verifier`] accepts exactly those: `alg: none`, any other algorithm, a `kid`
-//! it does not know or an algorithm that does not match the key are refused, and `exp` is
-//! required.
+//! (Unix seconds); `iat` and `nbf` are optional, and a token used before its `nbf` is refused.
+//! Development uses an HMAC secret (HS256) and `anchorage token` to mint tokens; production
+//! uses the public keys of its own issuer (EdDSA or RS256), picked by the token's `kid`. The
+//! [`Verifier`] accepts exactly those: `alg: none`, any other algorithm, a `kid` it does not
+//! know or an algorithm that does not match the key are refused, and `exp` is required. With
+//! `auth.audience` / `auth.issuer` set, `aud` / `iss` must name them; without, they are not
+//! checked.
 
 use anchorage_schema::{DeviceId, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -17,9 +19,19 @@ pub struct Claims {
     pub sub: UserId,
     pub device: DeviceId,
     /// Issued at, Unix seconds.
-    pub iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
     /// Expires at, Unix seconds.
     pub exp: u64,
+    /// Not valid before, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Who issued the token (checked against `auth.issuer` when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Whom the token is for (checked against `auth.audience` when set); a string or a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
 }
 
 /// Why a token was refused.
@@ -33,6 +45,12 @@ pub enum TokenError {
     BadAlgorithm,
     #[error("token is signed with a key this server does not know")]
     UnknownKey,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token is for another audience")]
+    WrongAudience,
+    #[error("token is from another issuer")]
+    WrongIssuer,
     #[error("token is malformed: {0}")]
     Malformed(String),
 }
@@ -47,6 +65,8 @@ fn now_secs() -> u64 {
 pub struct Verifier {
     hmac: Option<DecodingKey>,
     keys: Vec<(String, Algorithm, DecodingKey)>,
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -54,6 +74,8 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("hmac", &self.hmac.is_some())
             .field("kids", &self.keys.iter().map(|k| &k.0).collect::<Vec<_>>())
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
             .finish()
     }
 }
@@ -86,6 +108,8 @@ impl Verifier {
                 .accept_hmac
                 .then(|| DecodingKey::from_secret(auth.hmac_secret.as_bytes())),
             keys,
+            audience: auth.audience.clone(),
+            issuer: auth.issuer.clone(),
         })
     }
 
@@ -109,20 +133,48 @@ impl Verifier {
             }
             _ => return Err(TokenError::BadAlgorithm),
         };
-        decode_with(token, alg, key)
+        decode_with(
+            token,
+            alg,
+            key,
+            self.audience.as_deref(),
+            self.issuer.as_deref(),
+        )
     }
 }
 
-fn decode_with(token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Claims, TokenError> {
+fn decode_with(
+    token: &str,
+    alg: Algorithm,
+    key: &DecodingKey,
+    audience: Option<&str>,
+    issuer: Option<&str>,
+) -> Result<Claims, TokenError> {
     let mut validation = Validation::new(alg);
     validation.leeway = 0;
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    if let Some(iss) = issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
     jsonwebtoken::decode::<Claims>(token, key, &validation)
         .map(|data| data.claims)
         .map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidAudience => TokenError::WrongAudience,
+                ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                     TokenError::BadAlgorithm
@@ -139,12 +191,44 @@ pub fn mint_hs256(
     device: DeviceId,
     ttl_secs: u64,
 ) -> Result<String, TokenError> {
+    mint(secret, user, device, ttl_secs, None, None)
+}
+
+/// Mints an HS256 device token with the configuration's secret, for its audience and issuer
+/// if it names them (what `anchorage token` prints).
+pub fn mint_configured(
+    auth: &anchorage_config::AuthConfig,
+    user: UserId,
+    device: DeviceId,
+    ttl_secs: u64,
+) -> Result<String, TokenError> {
+    mint(
+        &auth.hmac_secret,
+        user,
+        device,
+        ttl_secs,
+        auth.audience.clone(),
+        auth.issuer.clone(),
+    )
+}
+
+fn mint(
+    secret: &str,
+    user: UserId,
+    device: DeviceId,
+    ttl_secs: u64,
+    audience: Option<String>,
+    issuer: Option<String>,
+) -> Result<String, TokenError> {
     let iat = now_secs();
     let claims = Claims {
         sub: user,
         device,
-        iat,
-        exp: iat + ttl_secs,
+        iat: Some(iat),
+        exp: iat.saturating_add(ttl_secs),
+        nbf: None,
+        iss: issuer,
+        aud: audience.map(serde_json::Value::String),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -160,6 +244,8 @@ pub fn verify_hs256(secret: &str, token: &str) -> Result<Claims, TokenError> {
         token,
         Algorithm::HS256,
         &DecodingKey::from_secret(secret.as_bytes()),
+        None,
+        None,
     )
 }
 
@@ -185,8 +271,11 @@ mod tests {
         let claims = Claims {
             sub: u,
             device: d,
-            iat: now as u64,
+            iat: Some(now as u64),
             exp: (now + exp_in) as u64,
+            nbf: None,
+            iss: None,
+            aud: None,
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(kid.into());
@@ -211,8 +300,85 @@ mod tests {
                 pem,
             }],
             token_ttl_secs: 60,
+            ..Default::default()
         })
         .unwrap()
+    }
+
+    fn hs(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn configured(audience: Option<&str>, issuer: Option<&str>) -> Verifier {
+        Verifier::from_config(&anchorage_config::AuthConfig {
+            hmac_secret: SECRET.into(),
+            audience: audience.map(Into::into),
+            issuer: issuer.map(Into::into),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn audience_issuer_and_not_before() {
+        let exp = now_secs() + 60;
+        let base = serde_json::json!({"sub": "alice", "device": "d", "exp": exp});
+        let with = |k: &str, v: serde_json::Value| {
+            let mut c = base.clone();
+            c[k] = v;
+            hs(c)
+        };
+        // Without configuration: no iat needed, aud and iss not checked.
+        let open = configured(None, None);
+        assert!(open.verify(&hs(base.clone())).is_ok());
+        assert!(open.verify(&with("aud", "chat".into())).is_ok());
+        assert!(open.verify(&with("aud", serde_json::json!(["x", "chat"]))).is_ok());
+        // nbf in the future is refused, in the past accepted.
+        assert_eq!(
+            open.verify(&with("nbf", (now_secs() + 600).into())),
+            Err(TokenError::NotYetValid)
+        );
+        assert!(open.verify(&with("nbf", (now_secs() - 5).into())).is_ok());
+        // A configured audience and issuer must be named.
+        let strict = configured(Some("chat"), Some("https://id.example"));
+        let mut good = base.clone();
+        good["aud"] = serde_json::json!(["other", "chat"]);
+        good["iss"] = "https://id.example".into();
+        assert!(strict.verify(&hs(good.clone())).is_ok());
+        let mut wrong_aud = good.clone();
+        wrong_aud["aud"] = "other".into();
+        assert_eq!(strict.verify(&hs(wrong_aud)), Err(TokenError::WrongAudience));
+        let mut wrong_iss = good.clone();
+        wrong_iss["iss"] = "https://evil.example".into();
+        assert_eq!(strict.verify(&hs(wrong_iss)), Err(TokenError::WrongIssuer));
+        assert!(strict.verify(&hs(base.clone())).is_err(), "aud and iss required");
+        // Tokens minted by `anchorage token` carry them.
+        let auth = anchorage_config::AuthConfig {
+            hmac_secret: SECRET.into(),
+            audience: Some("chat".into()),
+            issuer: Some("https://id.example".into()),
+            ..Default::default()
+        };
+        let (u, d) = ids();
+        assert!(strict.verify(&mint_configured(&auth, u, d, 60).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn an_expiry_at_the_end_of_time_is_a_number_like_any_other() {
+        let c = configured(None, None)
+            .verify(&hs(
+                serde_json::json!({"sub": "alice", "device": "d", "exp": u64::MAX}),
+            ))
+            .unwrap();
+        assert_eq!(c.exp, u64::MAX);
+        let (u, d) = ids();
+        let t = mint_hs256(SECRET, u, d, u64::MAX).unwrap();
+        assert_eq!(verify_hs256(SECRET, &t).unwrap().exp, u64::MAX);
     }
 
     #[test]
@@ -243,7 +409,7 @@ mod tests {
         let t = mint_hs256(SECRET, u.clone(), d.clone(), 60).unwrap();
         let c = verify_hs256(SECRET, &t).unwrap();
         assert_eq!((c.sub, c.device), (u, d));
-        assert_eq!(c.exp - c.iat, 60);
+        assert_eq!(c.exp - c.iat.unwrap(), 60);
     }
 
     #[test]
@@ -255,8 +421,11 @@ mod tests {
         let claims = Claims {
             sub: u,
             device: d,
-            iat: 1,
+            iat: Some(1),
             exp: 2,
+            nbf: None,
+            iss: None,
+            aud: None,
         };
         let old = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

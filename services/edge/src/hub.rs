@@ -345,7 +345,7 @@ impl Hub {
 
     /// Waits until this edge's membership view reaches `position` (at most
     /// [`MEMBERSHIP_WAIT`]).
-    async fn reach(&self, position: u64) {
+    pub(crate) async fn reach(&self, position: u64) {
         let mut rx = self.position.subscribe();
         let reached = tokio::time::timeout(MEMBERSHIP_WAIT, rx.wait_for(|p| *p >= position)).await;
         if reached.is_err() {

@@ -407,8 +407,13 @@ impl Session {
                 duplicate: true,
             }));
         }
-        let event_id = EventId::parse(format!("{user}:{}:{client_msg_id}", self.claims.device))
-            .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
+        // The idempotency key names the conversation: the same client id in two conversations
+        // is two messages.
+        let event_id = EventId::parse(format!(
+            "{user}:{}:{conv}:{client_msg_id}",
+            self.claims.device
+        ))
+        .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
         let server_ts = now_ms();
         let env = Envelope::new(
             event_id,
@@ -546,8 +551,31 @@ impl Session {
         })
     }
 
+    /// Refuses a position past the conversation's last message: a marker there would hide
+    /// every later message from the device's summaries.
+    async fn within_conversation(
+        &self,
+        conv: &ConversationId,
+        seq: u64,
+    ) -> Result<(), (ErrorCode, String)> {
+        let last = self
+            .state
+            .bus
+            .last_subject_seq(stream::MESSAGES, &subjects::message(conv))
+            .await
+            .map_err(internal)?;
+        if seq > last.0 {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!("seq {seq} is past the last message of {conv} ({})", last.0),
+            ));
+        }
+        Ok(())
+    }
+
     async fn read(&self, id: RequestId, conv: ConversationId, seq: u64) -> Answer {
         self.member(&conv)?;
+        self.within_conversation(&conv, seq).await?;
         let user = &self.claims.sub;
         let event_id = EventId::parse(format!("{user}:read:{conv}:{seq}"))
             .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
@@ -575,6 +603,7 @@ impl Session {
 
     async fn received(&self, id: RequestId, conv: ConversationId, seq: u64) -> Answer {
         self.member(&conv)?;
+        self.within_conversation(&conv, seq).await?;
         self.state
             .store
             .set_delivered(
@@ -592,6 +621,10 @@ impl Session {
         })
     }
 
+    /// Opens the 1:1 conversation with `peer`: joins the existing one only if its members are
+    /// exactly the caller and the peer (under its id, or the id it had before direct ids were
+    /// cryptographic), otherwise creates it. Who is a member is decided by the stream and the
+    /// projection, never assumed here.
     async fn open_direct(&self, id: RequestId, peer: UserId) -> Answer {
         let me = &self.claims.sub;
         if &peer == me {
@@ -601,7 +634,13 @@ impl Session {
             ));
         }
         let conv = ConversationId::direct(me, &peer);
-        if !self.state.hub.is_member(me, &conv) {
+        // Twice: the second time after losing the race to create it (to the peer).
+        for _ in 0..2 {
+            for candidate in [conv.clone(), ConversationId::legacy_direct(me, &peer)] {
+                if let Some(answer) = self.enter_direct(id, &candidate, &peer).await? {
+                    return Ok(answer);
+                }
+            }
             let group = GroupId::parse(conv.as_str()).map_err(internal)?;
             let env = Envelope::new(
                 EventId::parse(format!("direct:{conv}")).map_err(internal)?,
@@ -611,7 +650,7 @@ impl Session {
                     group: group.clone(),
                     owner: me.clone(),
                     title: String::new(),
-                    members: vec![peer],
+                    members: vec![peer.clone()],
                     direct: true,
                 },
             );
@@ -621,17 +660,85 @@ impl Session {
                 .publish_event(&subjects::membership(&group), &env, Some(Seq(0)))
                 .await
             {
-                // Created now, or by the peer a moment ago: either way it exists.
+                Ok(p) if !p.duplicate => {
+                    self.state.hub.joined(me, conv.clone());
+                    return Ok(ServerFrame::Ok {
+                        id,
+                        conv: Some(conv),
+                        seq: Some(p.seq.0),
+                    });
+                }
+                // It exists (the peer opened it a moment ago): look again.
                 Ok(_) | Err(PublishError::Conflict { .. }) => {}
                 Err(err) => return Err(internal(err)),
             }
-            self.state.hub.joined(me, conv.clone());
         }
-        Ok(ServerFrame::Ok {
+        Err((
+            ErrorCode::Conflict,
+            format!("the conversation with {peer} is being created; retry"),
+        ))
+    }
+
+    /// Enters `conv` if it is the caller's and `peer`'s 1:1 conversation: answers `ok` (after
+    /// bringing the caller back if they had left it), `None` if it does not exist or is not
+    /// theirs.
+    async fn enter_direct(
+        &self,
+        id: RequestId,
+        conv: &ConversationId,
+        peer: &UserId,
+    ) -> Result<Option<ServerFrame>, (ErrorCode, String)> {
+        let me = &self.claims.sub;
+        let group = GroupId::parse(conv.as_str()).map_err(internal)?;
+        let version = self.settled_version(&group).await?;
+        if version.0 == 0 {
+            return Ok(None);
+        }
+        let (row, roles) = self.group_and_roles(&group, std::slice::from_ref(peer)).await?;
+        let Some(row) = row else { return Ok(None) };
+        let pair = [me.as_str(), peer.as_str()];
+        let theirs = row.direct
+            && !row.dismissed
+            && pair.contains(&row.owner.as_str())
+            && row.member_count == roles.len() as u64;
+        if !theirs {
+            return Ok(None);
+        }
+        let mut seq = version;
+        if !roles.contains_key(me) {
+            // The caller had left: coming back is an event like any membership change.
+            let env = Envelope::new(
+                EventId::parse(format!("{me}:rejoin:{group}:{}", version.0)).map_err(internal)?,
+                now_ms(),
+                self.actor(),
+                MembersAdded {
+                    group: group.clone(),
+                    members: vec![me.clone()],
+                },
+            );
+            seq = match self
+                .state
+                .bus
+                .publish_event(&subjects::membership(&group), &env, Some(version))
+                .await
+            {
+                Ok(p) => p.seq,
+                Err(PublishError::Conflict { .. }) => {
+                    return Err((
+                        ErrorCode::Conflict,
+                        format!("{conv} changed meanwhile; retry"),
+                    ));
+                }
+                Err(err) => return Err(internal(err)),
+            };
+        }
+        // Answer once this edge's view holds the membership, so the next send is accepted.
+        self.state.hub.reach(seq.0).await;
+        Ok(Some(ServerFrame::Ok {
             id,
-            conv: Some(conv),
+            conv: Some(conv.clone()),
             seq: None,
-        })
+        }))
     }
 
     async fn create_group(
@@ -641,10 +748,13 @@ impl Session {
         title: String,
         members: Vec<UserId>,
     ) -> Answer {
-        if group.as_str().starts_with("dm-") {
+        if group.is_direct() {
             return Err((
                 ErrorCode::InvalidRequest,
-                "group ids starting with dm- are reserved".into(),
+                format!(
+                    "group ids starting with {} are reserved for 1:1 conversations",
+                    anchorage_schema::DIRECT_PREFIX
+                ),
             ));
         }
         if members.len() > 1000 || title.len() > 200 {
@@ -882,13 +992,21 @@ impl Session {
             let Some(row) = row.filter(|g| !g.dismissed) else {
                 return Err((ErrorCode::NotFound, format!("group {group} does not exist")));
             };
+            let my_role = roles.get(me).copied();
+            if my_role.is_none() {
+                // Whether two other users have a 1:1 conversation is nobody else's business.
+                return Err(if row.direct {
+                    (ErrorCode::NotFound, format!("group {group} does not exist"))
+                } else {
+                    (ErrorCode::Forbidden, format!("not a member of {group}"))
+                });
+            }
             if row.direct {
                 return Err((
                     ErrorCode::Forbidden,
                     "a 1:1 conversation has fixed members and no roles".into(),
                 ));
             }
-            let my_role = roles.get(me).copied();
             if !targets.contains(me) {
                 roles.remove(me);
             }
@@ -980,6 +1098,12 @@ impl Session {
         let me = &self.claims.sub;
         let conv = ConversationId::parse(group.as_str()).map_err(internal)?;
         self.member(&conv)?;
+        if conv.is_direct() {
+            return Err((
+                ErrorCode::Forbidden,
+                "a 1:1 conversation has fixed members and cannot be left".into(),
+            ));
+        }
         let role = self
             .state
             .store

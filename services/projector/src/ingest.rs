@@ -135,6 +135,16 @@ fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
     })?;
     let source =
         SourceId::parse(source).map_err(|e| reject("bad_subject", format!("{subject}: {e}")))?;
+    let depth = anchorage_schema::limits::json_depth(payload);
+    if depth > anchorage_schema::limits::MAX_JSON_DEPTH {
+        return Err(reject(
+            "too_deep",
+            format!(
+                "the event nests {depth} levels of arrays and objects; the limit is {}",
+                anchorage_schema::limits::MAX_JSON_DEPTH
+            ),
+        ));
+    }
     let body: Value = serde_json::from_slice(payload)
         .map_err(|e| reject("malformed", format!("not JSON: {e}")))?;
     let validators = VALIDATORS
@@ -194,6 +204,24 @@ fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
     });
     let envelope = Envelope::from_json(wire.to_string().as_bytes())
         .map_err(|e| reject(e.code(), e.to_string()))?;
+
+    // 1:1 conversations belong to their two users: no other system creates or changes one.
+    let group = match &envelope.event {
+        Event::GroupCreated(e) => Some(&e.group),
+        Event::MembersAdded(e) => Some(&e.group),
+        Event::MembersRemoved(e) => Some(&e.group),
+        _ => None,
+    };
+    if let Some(group) = group.filter(|g| g.is_direct()) {
+        return Err(reject(
+            "reserved_id",
+            format!(
+                "{group}: ids starting with {} are 1:1 conversations, which other systems \
+                 cannot create or change",
+                anchorage_schema::DIRECT_PREFIX
+            ),
+        ));
+    }
 
     use Reference::*;
     let (subject, stream, references) = match &envelope.event {
@@ -433,6 +461,38 @@ mod tests {
                 ev("group.members_added", json!({"group": "g", "members": []}))
             ),
             "schema_violation"
+        );
+        // Nobody else creates or changes 1:1 conversations.
+        for (subject, kind, payload) in [
+            (
+                "ext.crm.group.created",
+                "group.created",
+                json!({"group": "dm-0123456789abcdef", "owner": "u1", "title": "t"}),
+            ),
+            (
+                "ext.crm.group.members_added",
+                "group.members_added",
+                json!({"group": "dm-x", "members": ["u1"]}),
+            ),
+            (
+                "ext.crm.group.members_removed",
+                "group.members_removed",
+                json!({"group": "dm-x", "members": ["u1"]}),
+            ),
+        ] {
+            assert_eq!(code(subject, ev(kind, payload)), "reserved_id", "{subject}");
+        }
+        // What is accepted can be wrapped in an envelope and still decoded by every reader.
+        let mut deep = json!("x");
+        for _ in 0..40 {
+            deep = json!([deep]);
+        }
+        assert_eq!(
+            code(
+                "ext.crm.message.system_posted",
+                ev("message.system_posted", json!({"conv": "c1", "body": deep}))
+            ),
+            "too_deep"
         );
         let mut extra = ok;
         extra["payload"]["admin"] = json!(true);

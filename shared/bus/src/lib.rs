@@ -27,6 +27,10 @@ pub use definitions::{ConsumerDef, DefinitionError, StreamDef, StreamSet};
 pub use live::{LiveEvent, LiveSubscription, Notices};
 pub use publish::{PendingAck, PublishError, Published};
 
+/// Reply subjects of a NATS identity start with this and its name (`_INBOX_edge.…`), so
+/// that no identity can read another's replies.
+pub const INBOX_PREFIX_BASE: &str = "_INBOX_";
+
 /// How to reach NATS.
 #[derive(Debug, Clone)]
 pub struct BusOptions {
@@ -36,6 +40,14 @@ pub struct BusOptions {
     pub name: String,
     /// Optional `.creds` file.
     pub credentials: Option<PathBuf>,
+    /// User and password of this process's NATS identity.
+    pub user: Option<(String, String)>,
+    /// Prefix of reply subjects (each NATS identity may use only its own).
+    pub inbox_prefix: Option<String>,
+    /// TLS: the CA file that signed the servers' certificates (TLS required when set).
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: a client certificate and its key, for servers that verify clients.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
     /// Timeout for JetStream requests.
     pub request_timeout: Duration,
     /// Keep trying in the background if the first connect fails (long-running services), or
@@ -117,6 +129,18 @@ impl Bus {
                 })?,
             None => async_nats::ConnectOptions::new(),
         };
+        if let Some((user, password)) = &options.user {
+            connect = connect.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(prefix) = &options.inbox_prefix {
+            connect = connect.custom_inbox_prefix(prefix);
+        }
+        if let Some(ca) = &options.tls_ca {
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &options.tls_client {
+            connect = connect.add_client_certificate(cert.clone(), key.clone());
+        }
         connect = connect
             .name(&options.name)
             .ping_interval(Duration::from_secs(15))

@@ -45,8 +45,21 @@ pub struct Config {
 pub struct NatsConfig {
     /// Comma-separated server URLs.
     pub url: String,
-    /// Optional `.creds` file for the service's NATS user.
+    /// Optional `.creds` file for the service's NATS user (decentralized JWT auth).
     pub credentials: Option<PathBuf>,
+    /// The NATS user this process signs in as (`edge`, `projector`, `operator`, …; see
+    /// `deploy/SECURITY.md`).
+    pub user: Option<String>,
+    /// That user's password.
+    pub password: Option<String>,
+    /// Prefix of this process's reply subjects; each NATS user may only use its own
+    /// (`_INBOX_<user>` when empty and a user is set).
+    pub inbox_prefix: Option<String>,
+    /// PEM file of the CA that signed the servers' certificates: connect with TLS only.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for servers that verify clients.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Client name shown by the server's monitoring.
     pub name: String,
     /// Timeout for JetStream requests (publish acks, stream info), in milliseconds.
@@ -58,6 +71,12 @@ impl Default for NatsConfig {
         Self {
             url: "nats://127.0.0.1:4222".into(),
             credentials: None,
+            user: None,
+            password: None,
+            inbox_prefix: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             name: "anchorage".into(),
             request_timeout_ms: 5_000,
         }
@@ -212,6 +231,12 @@ pub struct AuthConfig {
     pub public_keys: Vec<PublicKeyConfig>,
     /// Lifetime of tokens minted by `anchorage token`, in seconds.
     pub token_ttl_secs: u64,
+    /// When set, a token's `aud` must name it (and `anchorage token` sets it).
+    pub audience: Option<String>,
+    /// When set, a token's `iss` must equal it (and `anchorage token` sets it).
+    pub issuer: Option<String>,
+    /// Lets `anchorage edge` start with the public development secret (never in production).
+    pub allow_dev_secret: bool,
 }
 
 /// One public key that signs device tokens.
@@ -226,7 +251,8 @@ pub struct PublicKeyConfig {
     pub pem: PathBuf,
 }
 
-/// The development secret; `anchorage edge` warns when it is still in use.
+/// The development secret: anyone can mint tokens with it. `anchorage edge` refuses to start
+/// with it unless `auth.allow_dev_secret` is set; `anchorage dev` uses it.
 pub const DEV_HMAC_SECRET: &str = "anchorage-dev-secret-change-me";
 
 impl Default for AuthConfig {
@@ -236,6 +262,9 @@ impl Default for AuthConfig {
             accept_hmac: true,
             public_keys: Vec::new(),
             token_ttl_secs: 24 * 3600,
+            audience: None,
+            issuer: None,
+            allow_dev_secret: false,
         }
     }
 }
@@ -396,9 +425,47 @@ impl Config {
         Ok(())
     }
 
+    /// The configuration with every secret replaced by [`REDACTED`]: the HMAC secret, NATS
+    /// passwords and the password in the database URL. What `anchorage config show` prints.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.auth.hmac_secret = REDACTED.into();
+        if c.nats.password.is_some() {
+            c.nats.password = Some(REDACTED.into());
+        }
+        c.database.url = redact_url(&c.database.url);
+        c.nats.url = c
+            .nats
+            .url
+            .split(',')
+            .map(|u| redact_url(u.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+        c
+    }
+
     /// The configuration as TOML (without comments), e.g. to show the effective settings.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// What a secret is shown as.
+pub const REDACTED: &str = "<redacted>";
+
+/// `scheme://user:password@host/…` with the password replaced by [`REDACTED`].
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}{tail}"),
+        None => url.to_owned(),
     }
 }
 
@@ -466,6 +533,23 @@ mod tests {
             assert!(msg.contains("ANCHORAGE_"), "{msg}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = Config::default();
+        c.auth.hmac_secret = "s3cr3t-s3cr3t-s3cr3t".into();
+        c.database.url = "postgres://app:hunter2@db.internal:5432/chat?sslmode=require".into();
+        c.nats.url = "nats://edge:pw1@n1:4222, nats://n2:4222".into();
+        c.nats.password = Some("pw2".into());
+        let shown = c.redacted().to_toml();
+        for secret in ["s3cr3t", "hunter2", "pw1", "pw2"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("postgres://app:<redacted>@db.internal:5432/chat?sslmode=require"));
+        assert!(shown.contains("nats://edge:<redacted>@n1:4222,nats://n2:4222"));
+        assert_eq!(redact_url("sqlite://.anchorage/a.db"), "sqlite://.anchorage/a.db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     #[test]

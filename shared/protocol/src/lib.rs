@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use anchorage_schema::event::Role;
 use anchorage_schema::{ClientMsgId, ConversationId, DeviceId, GroupId, UserId};
+use anchorage_schema::limits::{MAX_JSON_DEPTH, json_depth};
 
 /// The newest protocol version this software speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -502,10 +503,12 @@ pub mod close {
     pub const REVOKED: u16 = 4005;
     /// The client fell behind its live queue: reconnect and resync from your anchors.
     pub const SLOW_CONSUMER: u16 = 4008;
-    /// Too many frames too fast, repeatedly.
+    /// The client kept sending after being told `rate_limited`: back off before reconnecting.
     pub const RATE_LIMITED: u16 = 4029;
     /// The server is shutting down or over capacity: reconnect elsewhere or later.
     pub const GOING_AWAY: u16 = 1001;
+    /// A text frame was not valid UTF-8 (RFC 6455).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame exceeded the size limit.
     pub const TOO_BIG: u16 = 1009;
 }
@@ -553,6 +556,8 @@ pub enum FrameError {
     UnknownType(String),
     #[error("invalid {type_name:?} frame: {reason}")]
     Invalid { type_name: String, reason: String },
+    #[error("frame nests {depth} levels of arrays and objects; the limit is {max}")]
+    TooDeep { depth: usize, max: usize },
 }
 
 impl FrameError {
@@ -561,7 +566,7 @@ impl FrameError {
             FrameError::TooLarge { .. } => ErrorCode::TooLarge,
             FrameError::NotJson(_) | FrameError::MissingType => ErrorCode::BadFrame,
             FrameError::UnknownType(_) => ErrorCode::UnknownType,
-            FrameError::Invalid { .. } => ErrorCode::InvalidRequest,
+            FrameError::Invalid { .. } | FrameError::TooDeep { .. } => ErrorCode::InvalidRequest,
         }
     }
 }
@@ -610,6 +615,18 @@ pub fn decode_client_frame(
             },
         ));
     }
+    // Whatever is accepted here is stored inside an envelope a few levels deeper: bound the
+    // nesting so every reader of the stream can decode it (see `limits::MAX_JSON_DEPTH`).
+    let depth = json_depth(text.as_bytes());
+    if depth > MAX_JSON_DEPTH {
+        return Err((
+            None,
+            FrameError::TooDeep {
+                depth,
+                max: MAX_JSON_DEPTH,
+            },
+        ));
+    }
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| (None, FrameError::NotJson(e.to_string())))?;
     let id = value.get("id").and_then(serde_json::Value::as_u64);
@@ -620,6 +637,15 @@ pub fn decode_client_frame(
     if !CLIENT_FRAME_TYPES.contains(&type_name.as_str()) {
         return Err((id, FrameError::UnknownType(type_name)));
     }
+    if let Some(field) = out_of_range_number(&value) {
+        return Err((
+            id,
+            FrameError::Invalid {
+                type_name,
+                reason: format!("{field} must be below 2^63"),
+            },
+        ));
+    }
     serde_json::from_value(value).map_err(|e| {
         (
             id,
@@ -629,6 +655,31 @@ pub fn decode_client_frame(
             },
         )
     })
+}
+
+/// Largest value of any sequence, version or id number in a frame: sequences are stored as
+/// signed 64-bit integers.
+pub const MAX_NUMBER: u64 = i64::MAX as u64;
+
+/// The name of the first field outside a message body whose number is over [`MAX_NUMBER`].
+fn out_of_range_number(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    fn walk(v: &Value, name: &str) -> Option<String> {
+        match v {
+            Value::Number(n) => n
+                .as_u64()
+                .is_some_and(|n| n > MAX_NUMBER)
+                .then(|| name.to_owned()),
+            Value::Array(items) => items.iter().find_map(|i| walk(i, name)),
+            Value::Object(fields) => fields
+                .iter()
+                // A message body is the client's own JSON, stored as it is.
+                .filter(|(k, _)| k.as_str() != "body")
+                .find_map(|(k, v)| walk(v, k)),
+            _ => None,
+        }
+    }
+    walk(value, "")
 }
 
 impl ServerFrame {

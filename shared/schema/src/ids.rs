@@ -148,19 +148,52 @@ id_type!(
 id_type!(
     /// The unique id of an event; it is the JetStream `Nats-Msg-Id`, so a re-publish of the
     /// same event inside the duplicate window is stored once. Long enough for
-    /// `<user>:<device>:<client_msg_id>`.
-    EventId, "event id", 260, key_char, KEY_EXTRA
+    /// `<user>:<device>:<conv>:<client_msg_id>`.
+    EventId, "event id", 400, key_char, KEY_EXTRA
 );
 
 impl ConversationId {
-    /// The 1:1 conversation between two users: the same id from either side,
-    /// `dm-` and 16 hex digits of xxh3-64 over the two ids in order.
+    /// The 1:1 conversation between two users: the same id from either side, `dm-` and 40 hex
+    /// digits (160 bits) of SHA-256 over a domain tag and the two ids in order, each
+    /// length-prefixed — nobody can compute a pair of users whose id collides with another
+    /// pair's. Ids starting with `dm-` are reserved for these: no group is created under one.
     pub fn direct(a: &UserId, b: &UserId) -> ConversationId {
+        use sha2::Digest;
+        let (x, y) = if a < b { (a, b) } else { (b, a) };
+        let mut h = sha2::Sha256::new();
+        h.update(b"anchorage/direct-conversation/v1");
+        for id in [x, y] {
+            h.update((id.0.len() as u64).to_be_bytes());
+            h.update(id.0.as_bytes());
+        }
+        let digest = h.finalize();
+        let hex: String = digest[..20].iter().map(|b| format!("{b:02x}")).collect();
+        ConversationId(format!("{DIRECT_PREFIX}{hex}"))
+    }
+
+    /// The id 1:1 conversations had before [`ConversationId::direct`] (`dm-` and 16 hex digits
+    /// of xxh3-64). Those conversations keep their ids; a new id of this form is never made.
+    pub fn legacy_direct(a: &UserId, b: &UserId) -> ConversationId {
         let (x, y) = if a < b { (a, b) } else { (b, a) };
         let h = xxhash_rust::xxh3::xxh3_64(format!("{x}\u{0}{y}").as_bytes());
-        ConversationId(format!("dm-{h:016x}"))
+        ConversationId(format!("{DIRECT_PREFIX}{h:016x}"))
+    }
+
+    /// Whether the id is in the namespace of 1:1 conversations.
+    pub fn is_direct(&self) -> bool {
+        self.0.starts_with(DIRECT_PREFIX)
     }
 }
+
+impl GroupId {
+    /// Whether the id is in the namespace of 1:1 conversations (no group may take it).
+    pub fn is_direct(&self) -> bool {
+        self.0.starts_with(DIRECT_PREFIX)
+    }
+}
+
+/// The prefix of every 1:1 conversation id.
+pub const DIRECT_PREFIX: &str = "dm-";
 
 #[cfg(test)]
 mod tests {
@@ -210,6 +243,29 @@ mod tests {
         assert_ne!(
             id,
             ConversationId::direct(&a, &UserId::parse("carol").unwrap())
+        );
+        assert!(id.is_direct());
+        assert_eq!(id.as_str().len(), 43);
+    }
+
+    const KNOWN_ALICE_BOB: &str = "dm-196207ae46105cadbfe115201cc927315fdd2f17";
+
+    #[test]
+    fn direct_ids_separate_their_inputs() {
+        // Without length prefixes ("ab", "c") and ("a", "bc") could hash the same input.
+        let u = |s: &str| UserId::parse(s).unwrap();
+        assert_ne!(
+            ConversationId::direct(&u("ab"), &u("c")),
+            ConversationId::direct(&u("a"), &u("bc"))
+        );
+        // A known value, so the id of a pair never changes by accident.
+        assert_eq!(
+            ConversationId::direct(&u("alice"), &u("bob")).as_str(),
+            KNOWN_ALICE_BOB
+        );
+        assert_ne!(
+            ConversationId::direct(&u("alice"), &u("bob")),
+            ConversationId::legacy_direct(&u("alice"), &u("bob"))
         );
     }
 

@@ -8,15 +8,19 @@
 //! - [`ids`]: parse-don't-validate newtypes for every identifier, valid as subject tokens;
 //! - [`event`]: the envelope, the event payloads and their decoding rules;
 //! - [`subjects`]: every stream name, subject and header name, built in one place;
-//! - [`anchor`]: sequence numbers and anchors, the version vocabulary of sync.
+//! - [`anchor`]: sequence numbers and anchors, the version vocabulary of sync;
+//! - [`limits`]: the bounds every writer enforces so every reader can decode what it stored.
 //!
 //! The crate has no I/O. It is shared by the bus, the projector, the edge and the SDK.
 
 pub mod anchor;
 pub mod event;
 pub mod ids;
+pub mod limits;
 pub mod subjects;
 
 pub use anchor::{Anchor, Epoch, Seq};
 pub use event::{Actor, DecodeError, Envelope, Event, now_ms};
-pub use ids::{ClientMsgId, ConversationId, DeviceId, EventId, GroupId, IdError, SourceId, UserId};
+pub use ids::{
+    ClientMsgId, ConversationId, DIRECT_PREFIX, DeviceId, EventId, GroupId, IdError, SourceId, UserId,
+};
