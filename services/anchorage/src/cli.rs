@@ -7,8 +7,7 @@ use std::time::Duration;
 use anchorage_bus::Bus;
 use anchorage_config::{Config, DEFAULT_TOML};
 use anchorage_projector::ProjectorOptions;
-use anchorage_schema::event::SessionRevoked;
-use anchorage_schema::{Actor, DeviceId, Envelope, EventId, SourceId, UserId, subjects};
+use anchorage_schema::{DeviceId, UserId};
 use anchorage_store::Store;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -189,24 +188,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Revoke { user, device } => {
             let user = UserId::parse(user).context("--user")?;
             let device = DeviceId::parse(device).context("--device")?;
-            let bus = Bus::connect(&crate::bus_options(&config, false)).await?;
-            let now = anchorage_schema::now_ms();
-            let event = Envelope::new(
-                EventId::parse(format!("revoke:{user}:{device}:{now}"))?,
-                now,
-                Actor::System {
-                    source: SourceId::parse("anchorage")?,
-                },
-                SessionRevoked {
-                    user: user.clone(),
-                    device: device.clone(),
-                },
-            );
-            let stored = bus
-                .publish_event(&subjects::user(&user), &event, None)
-                .await?;
-            bus.close().await;
-            println!("revoked {user}/{device} (USERS seq {})", stored.seq);
+            let revoked = crate::revoke_session(&config, &user, &device).await?;
+            if !revoked.applied {
+                eprintln!(
+                    "revoked {user}/{device} (USERS seq {}), but the projector has not applied \
+                     it within 30 s: connected devices are closed, reconnects are refused once \
+                     the projector catches up",
+                    revoked.seq
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("revoked {user}/{device} (USERS seq {})", revoked.seq);
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {

@@ -36,7 +36,11 @@ pub fn bus_options(config: &Config, retry_on_initial_connect: bool) -> BusOption
                 .map(|u| format!("{}{u}", anchorage_bus::INBOX_PREFIX_BASE))
         }),
         tls_ca: config.nats.tls_ca.clone(),
-        tls_client: config.nats.tls_cert.clone().zip(config.nats.tls_key.clone()),
+        tls_client: config
+            .nats
+            .tls_cert
+            .clone()
+            .zip(config.nats.tls_key.clone()),
         request_timeout: Duration::from_millis(config.nats.request_timeout_ms),
         retry_on_initial_connect,
     }
@@ -87,4 +91,62 @@ pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
         r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; Ok("SIGINT") }
         _ = term.recv() => Ok("SIGTERM"),
     }
+}
+
+/// A session revocation, once stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Revoked {
+    /// Its USERS stream sequence.
+    pub seq: anchorage_schema::Seq,
+    /// Whether the projector applied it within 30 s (edges refuse the device from then on;
+    /// connected ones were closed as soon as the event was stored).
+    pub applied: bool,
+}
+
+/// Revokes a device's session: every edge closes its connections at once, and once this
+/// returns with `applied`, no edge welcomes it again.
+pub async fn revoke_session(
+    config: &Config,
+    user: &anchorage_schema::UserId,
+    device: &anchorage_schema::DeviceId,
+) -> anyhow::Result<Revoked> {
+    use anchorage_schema::event::SessionRevoked;
+    use anchorage_schema::{Actor, Envelope, EventId, SourceId, subjects};
+    let bus = anchorage_bus::Bus::connect(&bus_options(config, false)).await?;
+    let now = anchorage_schema::now_ms();
+    let event = Envelope::new(
+        EventId::parse(format!("revoke:{user}:{device}:{now}"))?,
+        now,
+        Actor::System {
+            source: SourceId::parse("anchorage")?,
+        },
+        SessionRevoked {
+            user: user.clone(),
+            device: device.clone(),
+        },
+    );
+    let stored = bus
+        .publish_event(&subjects::user(user), &event, None)
+        .await?;
+    bus.close().await;
+    // Edges refuse a device from the projection once the projector applied the revocation
+    // (and from what they heard live before that): wait for it, so a device reconnecting
+    // after this returns is refused on every edge.
+    let store = anchorage_store::Store::connect(&store_options(config)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let applied = loop {
+        let at = store.checkpoint("users").await?.map_or(0, |c| c.last_seq);
+        if at >= stored.seq.0 {
+            break true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    store.close().await;
+    Ok(Revoked {
+        seq: stored.seq,
+        applied,
+    })
 }

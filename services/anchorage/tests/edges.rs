@@ -22,6 +22,7 @@ async fn users_on_two_edge_processes_chat_and_sync_reads() {
         .env("ANCHORAGE_DATABASE__URL", &stack.config.database.url)
         .env("ANCHORAGE_STREAMS__DIR", &stack.config.streams.dir)
         .env("ANCHORAGE_EDGE__LISTEN", format!("127.0.0.1:{port}"))
+        .env("ANCHORAGE_AUTH__ALLOW_DEV_SECRET", "true")
         .env("ANCHORAGE_LOG", "error")
         .stdout(Stdio::null())
         .kill_on_drop(true)

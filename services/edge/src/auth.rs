@@ -337,7 +337,10 @@ mod tests {
         let open = configured(None, None);
         assert!(open.verify(&hs(base.clone())).is_ok());
         assert!(open.verify(&with("aud", "chat".into())).is_ok());
-        assert!(open.verify(&with("aud", serde_json::json!(["x", "chat"]))).is_ok());
+        assert!(
+            open.verify(&with("aud", serde_json::json!(["x", "chat"])))
+                .is_ok()
+        );
         // nbf in the future is refused, in the past accepted.
         assert_eq!(
             open.verify(&with("nbf", (now_secs() + 600).into())),
@@ -352,11 +355,17 @@ mod tests {
         assert!(strict.verify(&hs(good.clone())).is_ok());
         let mut wrong_aud = good.clone();
         wrong_aud["aud"] = "other".into();
-        assert_eq!(strict.verify(&hs(wrong_aud)), Err(TokenError::WrongAudience));
+        assert_eq!(
+            strict.verify(&hs(wrong_aud)),
+            Err(TokenError::WrongAudience)
+        );
         let mut wrong_iss = good.clone();
         wrong_iss["iss"] = "https://evil.example".into();
         assert_eq!(strict.verify(&hs(wrong_iss)), Err(TokenError::WrongIssuer));
-        assert!(strict.verify(&hs(base.clone())).is_err(), "aud and iss required");
+        assert!(
+            strict.verify(&hs(base.clone())).is_err(),
+            "aud and iss required"
+        );
         // Tokens minted by `anchorage token` carry them.
         let auth = anchorage_config::AuthConfig {
             hmac_secret: SECRET.into(),
@@ -365,7 +374,11 @@ mod tests {
             ..Default::default()
         };
         let (u, d) = ids();
-        assert!(strict.verify(&mint_configured(&auth, u, d, 60).unwrap()).is_ok());
+        assert!(
+            strict
+                .verify(&mint_configured(&auth, u, d, 60).unwrap())
+                .is_ok()
+        );
     }
 
     #[test]

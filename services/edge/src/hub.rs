@@ -34,7 +34,8 @@ use anchorage_protocol::{Message, ServerFrame, close};
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, UserId};
 use anchorage_store::Store;
-use tokio::sync::mpsc;
+
+use crate::outbox::Outbox;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -54,24 +55,27 @@ const MEMBERSHIP_CHECK: Duration = Duration::from_secs(2);
 /// decided on before it is delivered anyway (members never lose a message to a stuck view).
 const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
 
+/// How long an edge remembers a revocation it heard live; by then the projection has it.
+const REVOKED_MEMORY: Duration = Duration::from_secs(600);
+
 /// The sending half of one connection.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
     pub user: UserId,
     pub device: DeviceId,
-    tx: mpsc::Sender<Frame>,
+    outbox: Outbox,
     kick: CancellationToken,
     kick_code: Arc<AtomicU16>,
 }
 
 impl ConnHandle {
-    pub fn new(id: ConnId, user: UserId, device: DeviceId, tx: mpsc::Sender<Frame>) -> Self {
+    pub fn new(id: ConnId, user: UserId, device: DeviceId, outbox: Outbox) -> Self {
         Self {
             id,
             user,
             device,
-            tx,
+            outbox,
             kick: CancellationToken::new(),
             kick_code: Arc::new(AtomicU16::new(0)),
         }
@@ -79,8 +83,20 @@ impl ConnHandle {
 
     /// Queues a frame without waiting; a full queue closes the connection (slow consumer).
     pub fn push(&self, frame: Frame) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
-            self.close_with(close::SLOW_CONSUMER);
+        if let Err(refused) = self.outbox.try_push(frame)
+            && let Some(code) = refused.close_code()
+        {
+            self.close_with(code);
+        }
+    }
+
+    /// Queues an answer, waiting for a free slot if need be (answers are never dropped while
+    /// the connection lives); past the byte bounds the connection is closed as too slow.
+    pub async fn reply(&self, frame: Frame) {
+        if let Err(refused) = self.outbox.push(frame).await
+            && let Some(code) = refused.close_code()
+        {
+            self.close_with(code);
         }
     }
 
@@ -90,6 +106,11 @@ impl ConnHandle {
             .kick_code
             .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
         self.kick.cancel();
+    }
+
+    /// Whether the connection was asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.kick.is_cancelled()
     }
 
     /// Resolves when the connection was asked to close; returns the close code.
@@ -131,6 +152,8 @@ struct State {
     /// Connections watching a group's member list, and the reverse.
     watchers: HashMap<ConversationId, HashSet<ConnId>>,
     watching: HashMap<ConnId, HashSet<ConversationId>>,
+    /// Sessions revoked recently, and when this edge heard of it.
+    revoked: HashMap<(UserId, DeviceId), std::time::Instant>,
 }
 
 /// The live registry of one edge.
@@ -194,7 +217,7 @@ impl Hub {
         hub.follow_live("live.user.>", |hub, _, env| {
             if let Event::SessionRevoked(r) = env.event {
                 tracing::info!(user = %r.user, device = %r.device, "session revoked");
-                hub.close_device(&r.user, &r.device, close::REVOKED);
+                hub.revoke_device(&r.user, &r.device);
             }
         })
         .await?;
@@ -631,13 +654,29 @@ impl Hub {
         }
     }
 
-    /// Closes the connections of one device (revoked session).
-    pub fn close_device(&self, user: &UserId, device: &DeviceId, code: u16) {
-        for conn in self.lock().conns.values() {
+    /// Closes the connections of a revoked session, and remembers the revocation for
+    /// [`REVOKED_MEMORY`]: a connection registered after this runs finds it with
+    /// [`Hub::revoked`] even if the projection has not applied the revocation yet.
+    pub fn revoke_device(&self, user: &UserId, device: &DeviceId) {
+        let mut state = self.lock();
+        let now = std::time::Instant::now();
+        state
+            .revoked
+            .retain(|_, at| now.duration_since(*at) < REVOKED_MEMORY);
+        state.revoked.insert((user.clone(), device.clone()), now);
+        for conn in state.conns.values() {
             if &conn.user == user && &conn.device == device {
-                conn.close_with(code);
+                conn.close_with(close::REVOKED);
             }
         }
+    }
+
+    /// Whether this edge saw the session of `device` revoked recently (see
+    /// [`Hub::revoke_device`]). Asked after registering, so no revocation falls between.
+    pub fn revoked(&self, user: &UserId, device: &DeviceId) -> bool {
+        self.lock()
+            .revoked
+            .contains_key(&(user.clone(), device.clone()))
     }
 
     fn add_interest(self: &Arc<Self>, state: &mut State, user: &UserId, conv: ConversationId) {

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod hub;
 mod limits;
 mod members;
+mod outbox;
 mod session;
 mod ws;
 
@@ -57,8 +58,12 @@ pub struct Shared {
     /// Checks device tokens.
     pub verifier: Arc<auth::Verifier>,
     pub hub: Arc<hub::Hub>,
-    /// One permit per WebSocket connection.
+    /// One permit per signed-in WebSocket connection.
     admission: Arc<tokio::sync::Semaphore>,
+    /// Places of upgraded sockets that have not signed in yet.
+    pending: Arc<limits::PendingLimits>,
+    /// Bytes queued for the connections' sockets.
+    queue_budget: Arc<outbox::QueueBudget>,
     user_limits: Arc<limits::UserLimits>,
     /// Fires when the edge shuts down; connections close with 1001.
     shutdown: CancellationToken,
@@ -77,6 +82,14 @@ impl EdgeState {
         let hub = hub::Hub::start(bus.clone(), store.clone()).await?;
         Ok(EdgeState(Arc::new(Shared {
             admission: Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize)),
+            pending: Arc::new(limits::PendingLimits::new(
+                config.max_pending,
+                config.max_pending_per_ip,
+            )),
+            queue_budget: Arc::new(outbox::QueueBudget::new(
+                usize::try_from(config.queue_bytes).unwrap_or(usize::MAX),
+                usize::try_from(config.queued_bytes_total).unwrap_or(usize::MAX),
+            )),
             user_limits: Arc::new(limits::UserLimits::new(config.user_rate_per_sec)),
             verifier: Arc::new(auth::Verifier::from_config(auth)?),
             bus,
@@ -96,8 +109,17 @@ pub(crate) fn jitter(bound: u64) -> u64 {
     RandomState::new().hash_one(std::time::Instant::now()) % bound.max(1)
 }
 
+/// The address of the client at the other end of an HTTP connection.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Serves the edge on `listener` until `shutdown` is cancelled; then closes every WebSocket
 /// with 1001 (clients reconnect elsewhere) and waits for in-flight requests.
+///
+/// Every HTTP connection must send its request headers within `edge.http_header_timeout_ms`,
+/// and an idle keep-alive connection is closed after as long; connections not yet upgraded
+/// to WebSockets are at most `max_connections + max_pending` (past that, new ones are
+/// closed at once), so silent or half-sent connections cannot pile up.
 pub async fn run(
     listener: TcpListener,
     state: EdgeState,
@@ -109,16 +131,67 @@ pub async fn run(
         ..Shared::clone(&state)
     }));
     let hub = state.hub.clone();
+    let header_timeout = Duration::from_millis(state.config.http_header_timeout_ms);
+    let http_slots = Arc::new(tokio::sync::Semaphore::new(
+        (state.config.max_connections as usize).saturating_add(state.config.max_pending as usize),
+    ));
+    let app = router(state);
+    let connections = tokio_util::task::TaskTracker::new();
     tracing::info!(%addr, "edge listening");
-    // Frames are small and latency matters: no Nagle delay on accepted sockets.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(err) => {
+                    // Out of file descriptors, most likely: let some connections finish.
+                    tracing::warn!(error = %err, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = http_slots.clone().try_acquire_owned() else {
+            drop(tcp);
+            continue;
+        };
+        // Frames are small and latency matters: no Nagle delay.
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "TCP_NODELAY");
         }
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(
+                move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(PeerAddr(peer));
+                    tower_service::Service::call(&mut app.clone(), request)
+                },
+            );
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            let conn = http
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                served = conn.as_mut() => {
+                    if let Err(err) = served {
+                        tracing::debug!(error = %err, %peer, "HTTP connection");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), connections.wait()).await;
     hub.shutdown();
     tracing::info!(%addr, "edge stopped");
     Ok(())
@@ -166,6 +239,9 @@ struct Readiness {
     nats: Check,
     database: Check,
     streams: Check,
+    /// Bytes waiting in connection queues for their sockets (bounded by
+    /// `edge.queued_bytes_total`).
+    queued_bytes: usize,
 }
 
 /// Bound on each readiness check, so a hung dependency makes the probe fail, not hang.
@@ -209,6 +285,7 @@ async fn readyz(State(state): State<EdgeState>) -> impl IntoResponse {
             nats,
             database,
             streams,
+            queued_bytes: state.queue_budget.queued(),
         }),
     )
 }

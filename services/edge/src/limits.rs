@@ -1,7 +1,9 @@
-//! Token buckets for per-connection and per-user rate limits.
+//! Token buckets for per-connection and per-user rate limits, and the caps on sockets that
+//! have not signed in yet.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anchorage_schema::UserId;
@@ -68,10 +70,80 @@ impl UserLimits {
     }
 }
 
+/// Caps on upgraded sockets that have not sent a valid `hello` yet: in all, and per address.
+/// They are kept apart from `edge.max_connections`, so anonymous sockets never take the
+/// places of signed-in ones.
+#[derive(Debug)]
+pub struct PendingLimits {
+    max: u32,
+    max_per_ip: u32,
+    counts: Mutex<(u32, HashMap<IpAddr, u32>)>,
+}
+
+/// One pending socket's place; given back when dropped.
+#[derive(Debug)]
+pub struct PendingPlace {
+    limits: Arc<PendingLimits>,
+    ip: IpAddr,
+}
+
+impl PendingLimits {
+    pub fn new(max: u32, max_per_ip: u32) -> Self {
+        Self {
+            max,
+            max_per_ip,
+            counts: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// A place for a socket from `ip`, if both caps allow one.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PendingPlace> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *counts;
+        let mine = per_ip.get(&ip).copied().unwrap_or(0);
+        if *total >= self.max || (self.max_per_ip > 0 && mine >= self.max_per_ip) {
+            return None;
+        }
+        *total += 1;
+        per_ip.insert(ip, mine + 1);
+        Some(PendingPlace {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingPlace {
+    fn drop(&mut self) {
+        let mut counts = self.limits.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *counts;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn pending_sockets_are_capped_in_all_and_per_address() {
+        let limits = Arc::new(PendingLimits::new(3, 2));
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let a1 = limits.admit(a).unwrap();
+        let _a2 = limits.admit(a).unwrap();
+        assert!(limits.admit(a).is_none(), "per address");
+        let _b1 = limits.admit(b).unwrap();
+        assert!(limits.admit(b).is_none(), "in all");
+        drop(a1);
+        assert!(limits.admit(b).is_some());
+    }
 
     #[test]
     fn bucket_allows_the_burst_then_the_rate() {

@@ -275,7 +275,7 @@ impl Session {
         let conv = self.group_conv(&group)?;
         let digest = parse_digest(digest.as_deref())?;
         // Watch before reading: a change committed after the read is then notified.
-        self.state.hub.watch_members(self.conn, &conv);
+        self.state.hub.watch_members(self.conn.id, &conv);
         let current = self.membership_epoch().await?;
         let same_epoch = epoch.as_deref() == Some(current.as_str());
         let mut tx = self.state.store.begin_read().await.map_err(internal)?;
@@ -517,7 +517,7 @@ impl Session {
     pub(crate) fn members_unsubscribe(&self, id: RequestId, group: GroupId) -> Answer {
         let conv = ConversationId::parse(group.as_str())
             .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
-        self.state.hub.unwatch_members(self.conn, &conv);
+        self.state.hub.unwatch_members(self.conn.id, &conv);
         Ok(ServerFrame::Ok {
             id,
             conv: Some(conv),

@@ -20,16 +20,18 @@ use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{
     Actor, ClientMsgId, ConversationId, Envelope, Event, EventId, GroupId, Seq, UserId,
 };
-use tokio::sync::mpsc;
 
 use crate::EdgeState;
 use crate::auth::Claims;
-use crate::hub::{ConnId, Frame};
+use crate::hub::ConnHandle;
 
 /// Most messages one `sync` or `history` answer carries.
 const MAX_PAGE: u32 = 500;
 /// Conversations per `welcome`; more come with a cursor.
 const CHANGES_PER_WELCOME: u32 = 200;
+/// Bytes of message bodies one `sync` or `history` answer carries at most (at least one
+/// message); the rest comes with `more`.
+const PAGE_BYTES: usize = 1024 * 1024;
 /// Unread counts stop counting here.
 const UNREAD_CAP: u32 = 1000;
 
@@ -83,8 +85,7 @@ where
 pub struct Session {
     pub(crate) state: EdgeState,
     pub(crate) claims: Claims,
-    pub(crate) conn: ConnId,
-    tx: mpsc::Sender<Frame>,
+    pub(crate) conn: ConnHandle,
 }
 
 /// The answer of a send, once JetStream acknowledged it.
@@ -110,24 +111,20 @@ impl Decision {
 }
 
 impl Session {
-    pub fn new(state: EdgeState, claims: Claims, conn: ConnId, tx: mpsc::Sender<Frame>) -> Self {
+    pub fn new(state: EdgeState, claims: Claims, conn: ConnHandle) -> Self {
         Self {
             state,
             claims,
             conn,
-            tx,
         }
     }
 
-    /// Queues an answer (waits for room: answers are never dropped).
+    /// Queues an answer (waits for a free slot: answers are never dropped; past the byte
+    /// bounds the connection is closed as too slow).
     pub async fn reply(&self, f: ServerFrame) {
         let frame = crate::ws::frame(&f);
         drop(f);
-        // Room is the rule; the wait for it is boxed so it does not weigh on every
-        // connection's future.
-        if let Err(mpsc::error::TrySendError::Full(frame)) = self.tx.try_send(frame) {
-            let _ = Box::pin(self.tx.send(frame)).await;
-        }
+        self.conn.reply(frame).await;
     }
 
     fn actor(&self) -> Actor {
@@ -518,6 +515,7 @@ impl Session {
             .map_err(internal)?;
         let more = rows.len() > limit as usize || !settled;
         rows.truncate(limit as usize);
+        let more = cut_to_bytes(&mut rows) || more;
         Ok(ServerFrame::Messages {
             id,
             conv,
@@ -543,6 +541,7 @@ impl Session {
             .map_err(internal)?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
+        let more = cut_to_bytes(&mut rows) || more;
         Ok(ServerFrame::Messages {
             id,
             conv,
@@ -694,7 +693,9 @@ impl Session {
         if version.0 == 0 {
             return Ok(None);
         }
-        let (row, roles) = self.group_and_roles(&group, std::slice::from_ref(peer)).await?;
+        let (row, roles) = self
+            .group_and_roles(&group, std::slice::from_ref(peer))
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let pair = [me.as_str(), peer.as_str()];
         let theirs = row.direct
@@ -1138,6 +1139,22 @@ impl Session {
             seq: Some(p.seq.0),
         })
     }
+}
+
+/// Cuts a page of messages to [`PAGE_BYTES`] of bodies (keeping at least one); returns
+/// whether it cut anything.
+fn cut_to_bytes(rows: &mut Vec<anchorage_store::MessageRow>) -> bool {
+    let mut total = 0usize;
+    let keep = rows
+        .iter()
+        .position(|r| {
+            total += r.body.len();
+            total > PAGE_BYTES
+        })
+        .map_or(rows.len(), |i| i.max(1));
+    let cut = keep < rows.len();
+    rows.truncate(keep);
+    cut
 }
 
 /// Only the owner and admins.

@@ -1,45 +1,61 @@
 //! One WebSocket connection: admission, `hello`, the reader loop and the writer task.
 //!
-//! - **Admission.** At most `edge.max_connections` sockets; past that, or once the edge is
-//!   shutting down, the upgrade is refused with `503` and a jittered `Retry-After`, so a
-//!   reconnect storm spreads out. Browser `Origin`s are checked against
-//!   `edge.allowed_origins`.
-//! - **Limits.** Frames and messages over `edge.max_frame_bytes` close the socket with 1009;
-//!   every request draws from a per-connection and a per-user token bucket, and past them is
-//!   answered `rate_limited` with a `retry_after_ms`.
+//! - **Admission.** At most `edge.max_connections` signed-in sockets, and apart from them at
+//!   most `edge.max_pending` sockets still without `hello` (`edge.max_pending_per_ip` from one
+//!   address); past those, or once the edge is shutting down, the upgrade is refused with
+//!   `503` and a jittered `Retry-After`, so a reconnect storm spreads out. Browser `Origin`s
+//!   are checked against `edge.allowed_origins`.
+//! - **Limits.** Frames and messages over `edge.max_frame_bytes` close the socket with 1009,
+//!   before `hello` too; a text frame that is not UTF-8 closes it with 1007. Every frame —
+//!   undecodable ones included — draws from a per-connection and a per-user token bucket, and
+//!   past them is answered `rate_limited` with a `retry_after_ms`; a client that keeps sending
+//!   twice its burst while limited is closed with 4029. Before `hello`, a few bad frames are
+//!   answered, then the socket is closed with 4029.
 //! - **Authentication.** The first frame must be `hello` with a device token, within
 //!   `edge.hello_timeout_ms`. A bad token closes with 4001, an expired one with 4002, a revoked
-//!   session with 4005; a token that expires during the connection closes it with 4002.
+//!   session with 4005 — checked after the connection is registered, against the projection
+//!   and the revocations this edge heard live, so a revocation that returned is never missed;
+//!   a token that expires during the connection closes it with 4002.
 //! - **Order.** Requests of one connection are handled one after the other, so a sender's
 //!   messages are stored in the order it sent them.
-//! - **Writer.** Frames go through a bounded queue to a writer task that batches them into
-//!   one flush; a full queue closes the connection with 4008 (resync on reconnect).
+//! - **Writer.** Frames go through a queue bounded in frames and bytes (see [`crate::outbox`])
+//!   to a writer task that batches them into one flush; a full queue closes the connection
+//!   with 4008 (resync on reconnect). The writer stops writing data at once and sends the
+//!   close frame after what the socket already holds, so a client that reads, however
+//!   slowly, gets the 4008.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use anchorage_protocol::{
     ClientFrame, ErrorCode, PROTOCOL_VERSION, RequestId, ServerFrame, close, decode_client_frame,
 };
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use crate::EdgeState;
 use crate::auth::{Claims, TokenError};
 use crate::hub::{ConnHandle, Frame};
-use crate::limits::Bucket;
+use crate::limits::{Bucket, PendingPlace};
+use crate::outbox::{self, Inbox};
 use crate::session::{AckFuture, Session};
+use crate::{EdgeState, PeerAddr};
 
 /// Sends one connection may have in flight before it waits for the oldest acknowledgement.
 const MAX_INFLIGHT_SENDS: usize = 256;
+/// Frames answered before `hello` before the socket is closed with 4029.
+const MAX_FRAMES_BEFORE_HELLO: u32 = 16;
+/// How long a connection closed as too slow has to read what its socket holds and the close.
+const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Upgrades `GET /ws` to a WebSocket, if admitted.
 pub async fn upgrade(
     State(state): State<EdgeState>,
+    peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -56,15 +72,20 @@ pub async fn upgrade(
     if state.shutdown.is_cancelled() {
         return busy("edge shutting down\n");
     }
-    let Ok(permit) = state.admission.clone().try_acquire_owned() else {
+    if state.admission.available_permits() == 0 {
         return busy("edge at capacity\n");
+    }
+    // Until it signs in, the socket holds a pending place, never one of max_connections.
+    let ip = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(p)| p.0.ip());
+    let Some(place) = state.pending.admit(ip) else {
+        return busy("too many sockets waiting to sign in\n");
     };
     let max = state.config.max_frame_bytes as usize;
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| connection(socket, state, permit))
+        .on_upgrade(move |socket| connection(socket, state, place))
 }
 
 /// `503` with a jittered `Retry-After`, so refused clients come back spread out.
@@ -80,15 +101,19 @@ fn busy(why: &'static str) -> Response {
 type Sink = SplitSink<WebSocket, Message>;
 
 async fn send_close(sink: &mut Sink, code: u16, reason: &str) {
+    // A client that stopped reading may never take the close frame: do not wait for it.
+    send_close_within(sink, code, reason, Duration::from_secs(1)).await;
+}
+
+async fn send_close_within(sink: &mut Sink, code: u16, reason: &str, within: Duration) {
     // A close frame carries at most 125 bytes: 2 for the code, the rest for the reason.
     let mut end = reason.len().min(120);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
     let reason = &reason[..end];
-    // A client that stopped reading may never take the close frame: do not wait for it.
     let _ = tokio::time::timeout(
-        Duration::from_secs(1),
+        within,
         sink.send(Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from(reason),
@@ -110,7 +135,20 @@ fn error_frame(id: Option<RequestId>, code: ErrorCode, message: impl Into<String
     }
 }
 
-/// Waits for a valid `hello` and checks its token; answers bad frames meanwhile.
+/// The close code and reason for a failed socket read, if the client is owed one: a frame
+/// over the size limit (1009) or a text frame that is not UTF-8 (1007).
+fn read_failure(err: &axum::Error) -> Option<(u16, &'static str)> {
+    let e = err.to_string();
+    if e.contains("too long") || e.contains("Space limit") {
+        Some((close::TOO_BIG, "frame too large"))
+    } else if e.contains("UTF-8") {
+        Some((close::INVALID_PAYLOAD, "text frames must be UTF-8"))
+    } else {
+        None
+    }
+}
+
+/// Waits for a valid `hello` and checks its token; answers bad frames meanwhile (a few).
 async fn await_hello(
     state: &EdgeState,
     sink: &mut Sink,
@@ -119,11 +157,23 @@ async fn await_hello(
     let max = state.config.max_frame_bytes as usize;
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(state.config.hello_timeout_ms);
+    let mut answered = 0u32;
     loop {
         let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        if matches!(next, Ok(Some(Ok(Message::Text(_) | Message::Binary(_))))) {
+            answered += 1;
+            if answered > MAX_FRAMES_BEFORE_HELLO {
+                return Err((close::RATE_LIMITED, "too many frames before hello".into()));
+            }
+        }
         let text = match next {
             Err(_) => return Err((close::HELLO_TIMEOUT, "no hello in time".into())),
-            Ok(None) | Ok(Some(Err(_))) => return Err((0, String::new())),
+            Ok(Some(Err(err))) => {
+                return Err(
+                    read_failure(&err).map_or((0, String::new()), |(code, why)| (code, why.into()))
+                );
+            }
+            Ok(None) => return Err((0, String::new())),
             Ok(Some(Ok(Message::Text(t)))) => t,
             Ok(Some(Ok(Message::Close(_)))) => return Err((0, String::new())),
             Ok(Some(Ok(Message::Binary(_)))) => {
@@ -176,20 +226,24 @@ async fn await_hello(
                 return Err((code, err.to_string()));
             }
         };
-        match state
-            .store
-            .is_revoked(claims.sub.as_str(), claims.device.as_str())
-            .await
-        {
-            Ok(false) => {}
-            Ok(true) => return Err((close::REVOKED, "session revoked".into())),
-            Err(err) => {
-                tracing::warn!(error = %err, "checking revocation");
-                return Err((close::GOING_AWAY, "try again".into()));
-            }
-        }
         return Ok((id, claims, decoded));
     }
+}
+
+/// Whether the session was revoked: asked once the connection is registered, so a revocation
+/// heard live before that is in the hub's memory and one heard after closes the connection.
+async fn revoked(state: &EdgeState, claims: &Claims) -> Result<bool, (u16, String)> {
+    if state.hub.revoked(&claims.sub, &claims.device) {
+        return Ok(true);
+    }
+    state
+        .store
+        .is_revoked(claims.sub.as_str(), claims.device.as_str())
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "checking revocation");
+            (close::GOING_AWAY, "try again".into())
+        })
 }
 
 /// The request id of any client frame.
@@ -226,17 +280,17 @@ pub fn request_id(f: &ClientFrame) -> Option<RequestId> {
 fn connection(
     socket: WebSocket,
     state: EdgeState,
-    permit: OwnedSemaphorePermit,
+    place: PendingPlace,
 ) -> impl Future<Output = ()> {
     let (sink, stream) = socket.split();
-    serve(sink, stream, state, permit)
+    serve(sink, stream, state, place)
 }
 
 async fn serve(
     mut sink: Sink,
     mut stream: SplitStream<WebSocket>,
     state: EdgeState,
-    _permit: OwnedSemaphorePermit,
+    place: PendingPlace,
 ) {
     let (hello_id, claims, hello) =
         match Box::pin(await_hello(&state, &mut sink, &mut stream)).await {
@@ -258,14 +312,23 @@ async fn serve(
         .await;
         return;
     }
-    let (tx, rx) = mpsc::channel::<Frame>(state.config.queue_frames as usize);
+    // Signed in: the socket now takes one of max_connections instead of its pending place.
+    let Ok(_permit) = state.admission.clone().try_acquire_owned() else {
+        Box::pin(send_close(&mut sink, close::GOING_AWAY, "edge at capacity")).await;
+        return;
+    };
+    drop(place);
+    let (outbox, inbox) = outbox::channel(
+        state.config.queue_frames as usize,
+        state.queue_budget.clone(),
+    );
     let conn = ConnHandle::new(
         state.hub.next_conn_id(),
         claims.sub.clone(),
         claims.device.clone(),
-        tx.clone(),
+        outbox,
     );
-    let writer = tokio::spawn(writer(sink, rx, conn.clone()));
+    let writer = tokio::spawn(writer(sink, inbox, conn.clone()));
     let conn_id = conn.id;
     match Box::pin(state.hub.register(conn.clone())).await {
         Ok(_) => {}
@@ -276,14 +339,24 @@ async fn serve(
             return;
         }
     }
+    match Box::pin(revoked(&state, &claims)).await {
+        Ok(false) => {}
+        Ok(true) => conn.close_with(close::REVOKED),
+        Err((code, _)) => conn.close_with(code),
+    }
     let expires = expiry(&claims);
     let mut bucket = Bucket::new(state.config.rate_per_sec, state.config.rate_burst);
+    // Refusals in a row: a client that ignores `rate_limited` is disconnected.
+    let mut strikes = 0u32;
+    let max_strikes = state.config.rate_burst.saturating_mul(2);
     let max = state.config.max_frame_bytes as usize;
     let shutdown = state.shutdown.clone();
     // What an idle connection keeps is what it costs: the state moves into the session, the
     // hello is dropped once answered, and the larger futures are boxed while they run.
-    let mut session = Session::new(state, claims, conn_id, tx);
-    Box::pin(session.hello(hello_id, &hello)).await;
+    let mut session = Session::new(state, claims, conn.clone());
+    if !conn.is_closing() {
+        Box::pin(session.hello(hello_id, &hello)).await;
+    }
     drop(hello);
     // Sends whose acknowledgements are still to come, answered in order as they arrive.
     let mut inflight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
@@ -298,28 +371,60 @@ async fn serve(
             }
             m = stream.next() => m,
         };
-        let text = match message {
+        let message = match message {
             Some(Err(err)) => {
-                // The socket read failed; a frame over the size limit gets its precise code.
-                let e = err.to_string();
-                if e.contains("too long") || e.contains("Space limit") {
-                    conn.close_with(close::TOO_BIG);
+                if let Some((code, _)) = read_failure(&err) {
+                    if code == close::INVALID_PAYLOAD {
+                        session
+                            .reply(error_frame(
+                                None,
+                                ErrorCode::BadFrame,
+                                "text frames must be UTF-8",
+                            ))
+                            .await;
+                    }
+                    conn.close_with(code);
                 }
                 break;
             }
             None | Some(Ok(Message::Close(_))) => break,
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Binary(_))) => {
-                session
-                    .reply(error_frame(
-                        None,
-                        ErrorCode::BadFrame,
-                        "frames are JSON text",
-                    ))
-                    .await;
-                continue;
-            }
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => m,
             Some(Ok(_)) => continue,
+        };
+        // Every frame counts against the limits, whether it decodes or not.
+        let limited = bucket
+            .take(Instant::now())
+            .and_then(|()| session.state.user_limits.take(&session.claims.sub));
+        if let Err(wait) = limited {
+            strikes += 1;
+            if strikes > max_strikes {
+                conn.close_with(close::RATE_LIMITED);
+                break;
+            }
+            let id = match &message {
+                Message::Text(t) => peek_id(t),
+                _ => None,
+            };
+            session
+                .reply(ServerFrame::Error {
+                    id,
+                    code: ErrorCode::RateLimited,
+                    message: "too many requests".into(),
+                    retry_after_ms: Some(wait),
+                })
+                .await;
+            continue;
+        }
+        strikes = 0;
+        let Message::Text(text) = message else {
+            session
+                .reply(error_frame(
+                    None,
+                    ErrorCode::BadFrame,
+                    "frames are JSON text",
+                ))
+                .await;
+            continue;
         };
         let decoded = match decode_client_frame(&text, max) {
             Ok(f) => f,
@@ -328,20 +433,6 @@ async fn serve(
                 continue;
             }
         };
-        let limited = bucket
-            .take(Instant::now())
-            .and_then(|()| session.state.user_limits.take(&session.claims.sub));
-        if let Err(wait) = limited {
-            session
-                .reply(ServerFrame::Error {
-                    id: request_id(&decoded),
-                    code: ErrorCode::RateLimited,
-                    message: "too many requests".into(),
-                    retry_after_ms: Some(wait),
-                })
-                .await;
-            continue;
-        }
         if matches!(decoded, ClientFrame::Send { .. }) {
             if inflight.len() >= MAX_INFLIGHT_SENDS
                 && let Some(answer) = inflight.next().await
@@ -364,10 +455,10 @@ async fn serve(
     session.state.hub.unregister(conn_id);
     drop(session);
     conn.close_with(close::GOING_AWAY);
-    // The writer may be stuck on a socket the client no longer reads: give it a moment to
-    // finish, then drop the socket.
+    // The writer may be stuck on a socket the client reads slowly or not at all: give it
+    // time to deliver the close, then drop the socket.
     let abort = writer.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(2), writer)
+    if tokio::time::timeout(SLOW_CLOSE_GRACE + Duration::from_secs(1), writer)
         .await
         .is_err()
     {
@@ -375,60 +466,90 @@ async fn serve(
     }
 }
 
-/// When the token stops being valid, as a deadline.
+/// The request id of a frame that will not be decoded, if it has one where it should.
+fn peek_id(text: &str) -> Option<RequestId> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<RequestId>,
+    }
+    if text.len() > 64 * 1024 {
+        return None;
+    }
+    serde_json::from_str::<Id>(text).ok()?.id
+}
+
+/// When the token stops being valid, as a deadline (a very distant `exp` is just far away).
 fn expiry(claims: &Claims) -> tokio::time::Instant {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    tokio::time::Instant::now() + Duration::from_secs(claims.exp.saturating_sub(now))
+    let left = Duration::from_secs(claims.exp.saturating_sub(now));
+    let far = Duration::from_secs(100 * 365 * 86_400);
+    tokio::time::Instant::now() + left.min(far)
 }
 
-/// Sends queued frames, several per flush, until the connection is asked to close.
-async fn writer(mut sink: Sink, mut rx: mpsc::Receiver<Frame>, conn: ConnHandle) {
-    loop {
+/// Sends queued frames, several per flush, until the connection is asked to close; then the
+/// close frame, after what is already queued unless the client is too slow to take it.
+async fn writer(mut sink: Sink, mut inbox: Inbox, conn: ConnHandle) {
+    let code = loop {
         tokio::select! {
             biased;
-            code = conn.kicked() => {
-                // Deliver what is already queued unless the client is too slow to take it.
-                if code != close::SLOW_CONSUMER {
-                    while let Ok(f) = rx.try_recv() {
-                        if sink.feed(Message::Text(f)).await.is_err() {
+            code = conn.kicked() => break code,
+            next = inbox.recv() => {
+                let Some(first) = next else { return };
+                // A slow client must not keep the close from being sent: stop writing data
+                // the moment the connection is asked to close (what the socket already took
+                // still goes first).
+                tokio::select! {
+                    biased;
+                    code = conn.kicked() => break code,
+                    written = write_batch(&mut sink, first, &mut inbox) => {
+                        if written.is_err() {
                             return;
                         }
                     }
-                    let _ = sink.flush().await;
-                }
-                let reason = match code {
-                    close::SLOW_CONSUMER => "too slow: reconnect and resync from your anchors",
-                    close::TOO_BIG => "frame too large",
-                    close::TOKEN_EXPIRED => "token expired",
-                    close::REVOKED => "session revoked",
-                    _ => "going away",
-                };
-                send_close(&mut sink, code, reason).await;
-                return;
-            }
-            next = rx.recv() => {
-                let Some(first) = next else { return };
-                if sink.feed(Message::Text(first)).await.is_err() {
-                    return;
-                }
-                for _ in 0..64 {
-                    match rx.try_recv() {
-                        Ok(f) => {
-                            if sink.feed(Message::Text(f)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
                 }
             }
         }
+    };
+    let grace = if code == close::SLOW_CONSUMER {
+        SLOW_CLOSE_GRACE
+    } else {
+        let mut delivered = Ok(());
+        while let Some(f) = inbox.try_recv() {
+            delivered = sink.feed(Message::Text(f)).await;
+            if delivered.is_err() {
+                break;
+            }
+        }
+        if delivered.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.flush()).await;
+        Duration::from_secs(1)
+    };
+    let reason = match code {
+        close::SLOW_CONSUMER => "too slow: reconnect and resync from your anchors",
+        close::TOO_BIG => "frame too large",
+        close::TOKEN_EXPIRED => "token expired",
+        close::REVOKED => "session revoked",
+        close::INVALID_PAYLOAD => "text frames must be UTF-8",
+        close::RATE_LIMITED => "too many requests after rate_limited: back off",
+        _ => "going away",
+    };
+    send_close_within(&mut sink, code, reason, grace).await;
+}
+
+/// Writes `first` and whatever else is queued (up to 64 frames) in one flush.
+async fn write_batch(sink: &mut Sink, first: Frame, inbox: &mut Inbox) -> Result<(), axum::Error> {
+    sink.feed(Message::Text(first)).await?;
+    for _ in 0..64 {
+        match inbox.try_recv() {
+            Some(f) => sink.feed(Message::Text(f)).await?,
+            None => break,
+        }
     }
+    sink.flush().await
 }
 
 #[cfg(test)]

@@ -150,6 +150,20 @@ pub struct EdgeConfig {
     pub allowed_origins: Vec<String>,
     /// Frames queued for one connection before it counts as too slow and is told to resync.
     pub queue_frames: u32,
+    /// Bytes queued for one connection before it counts as too slow (closed with 4008).
+    pub queue_bytes: u64,
+    /// Bytes queued for all connections of this edge together; past it, the connection whose
+    /// frame does not fit is closed with 4008.
+    pub queued_bytes_total: u64,
+    /// Upgraded sockets that have not signed in yet (no `hello`): they never take one of
+    /// `max_connections`, and past this many new upgrades are refused with `503`.
+    pub max_pending: u32,
+    /// Sockets without `hello` from one IP address (0: no per-address cap). Behind a load
+    /// balancer that hides client addresses, set 0.
+    pub max_pending_per_ip: u32,
+    /// Time an HTTP client has to send a request's headers, and most an idle keep-alive
+    /// connection stays open, in milliseconds.
+    pub http_header_timeout_ms: u64,
     /// Requests per second one connection may make (token bucket refill).
     pub rate_per_sec: u32,
     /// Requests one connection may make in a burst.
@@ -168,6 +182,11 @@ impl Default for EdgeConfig {
             max_connections: 10_000,
             allowed_origins: Vec::new(),
             queue_frames: 1024,
+            queue_bytes: 8 * 1024 * 1024,
+            queued_bytes_total: 1024 * 1024 * 1024,
+            max_pending: 1_000,
+            max_pending_per_ip: 16,
+            http_header_timeout_ms: 10_000,
             rate_per_sec: 50,
             rate_burst: 100,
             user_rate_per_sec: 100,
@@ -396,6 +415,21 @@ impl Config {
         if self.edge.queue_frames < 16 {
             return bad("edge.queue_frames", "must be at least 16");
         }
+        if self.edge.queue_bytes < u64::from(self.edge.max_frame_bytes) {
+            return bad("edge.queue_bytes", "must be at least edge.max_frame_bytes");
+        }
+        if self.edge.queued_bytes_total < self.edge.queue_bytes {
+            return bad(
+                "edge.queued_bytes_total",
+                "must be at least edge.queue_bytes",
+            );
+        }
+        if self.edge.max_pending == 0 {
+            return bad("edge.max_pending", "must be at least 1");
+        }
+        if self.edge.http_header_timeout_ms < 100 {
+            return bad("edge.http_header_timeout_ms", "must be at least 100");
+        }
         if self.edge.rate_per_sec == 0
             || self.edge.rate_burst == 0
             || self.edge.user_rate_per_sec == 0
@@ -548,7 +582,10 @@ mod tests {
         }
         assert!(shown.contains("postgres://app:<redacted>@db.internal:5432/chat?sslmode=require"));
         assert!(shown.contains("nats://edge:<redacted>@n1:4222,nats://n2:4222"));
-        assert_eq!(redact_url("sqlite://.anchorage/a.db"), "sqlite://.anchorage/a.db");
+        assert_eq!(
+            redact_url("sqlite://.anchorage/a.db"),
+            "sqlite://.anchorage/a.db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 

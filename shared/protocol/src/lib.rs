@@ -12,8 +12,8 @@
 use serde::{Deserialize, Serialize};
 
 use anchorage_schema::event::Role;
-use anchorage_schema::{ClientMsgId, ConversationId, DeviceId, GroupId, UserId};
 use anchorage_schema::limits::{MAX_JSON_DEPTH, json_depth};
+use anchorage_schema::{ClientMsgId, ConversationId, DeviceId, GroupId, UserId};
 
 /// The newest protocol version this software speaks.
 pub const PROTOCOL_VERSION: u16 = 1;

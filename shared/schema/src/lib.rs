@@ -22,5 +22,6 @@ pub mod subjects;
 pub use anchor::{Anchor, Epoch, Seq};
 pub use event::{Actor, DecodeError, Envelope, Event, now_ms};
 pub use ids::{
-    ClientMsgId, ConversationId, DIRECT_PREFIX, DeviceId, EventId, GroupId, IdError, SourceId, UserId,
+    ClientMsgId, ConversationId, DIRECT_PREFIX, DeviceId, EventId, GroupId, IdError, SourceId,
+    UserId,
 };
