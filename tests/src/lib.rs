@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anchorage::natsd::{self, ClusterNode, NatsServer, NatsServerOptions};
+use anchorage::nats_auth::{self, Credentials};
+use anchorage::natsd::{self, ClusterNode, NatsServer, NatsServerOptions, TlsFiles};
 use anchorage::stack::Stack;
 use anchorage_config::Config;
 use anyhow::{Context, bail};
@@ -49,6 +50,48 @@ pub fn nats_binary() -> anyhow::Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The NATS users of every test server (random passwords, one set per test binary), with
+/// the integration `crm` reading MEMBERSHIP and USERS.
+pub fn credentials() -> &'static Credentials {
+    static CREDENTIALS: OnceLock<Credentials> = OnceLock::new();
+    CREDENTIALS.get_or_init(|| {
+        let integrations = std::collections::BTreeMap::from([(
+            "crm".to_owned(),
+            vec!["MEMBERSHIP".to_owned(), "USERS".to_owned()],
+        )]);
+        Credentials::generate(&integrations).expect("randomness for passwords")
+    })
+}
+
+/// Signs `config` in to NATS as `user` (one of [`credentials`]).
+pub fn sign_in(config: &mut Config, user: &str) {
+    config.nats.user = Some(user.to_owned());
+    config.nats.password = credentials().password(user).map(str::to_owned);
+    config.nats.inbox_prefix = None;
+}
+
+/// A configuration that reaches `nats_url` as the operator (everything allowed), for tests
+/// that administer streams or publish events directly.
+pub fn operator_config(nats_url: &str) -> Config {
+    let mut config = Config::default();
+    config.nats.url = nats_url.to_owned();
+    config.streams.dir = streams_dir();
+    sign_in(&mut config, nats_auth::OPERATOR);
+    config
+}
+
+/// A plain NATS client signed in as `user`, with that user's inbox prefix.
+pub async fn nats_client(nats_url: &str, user: &str) -> anyhow::Result<async_nats::Client> {
+    let password = credentials()
+        .password(user)
+        .with_context(|| format!("no test user {user}"))?;
+    Ok(async_nats::ConnectOptions::new()
+        .user_and_password(user.to_owned(), password.to_owned())
+        .custom_inbox_prefix(nats_auth::inbox_prefix(user))
+        .connect(nats_url)
+        .await?)
+}
+
 /// One nats-server with JetStream, in a temporary store that is removed with it.
 #[derive(Debug)]
 pub struct TestNats {
@@ -57,7 +100,13 @@ pub struct TestNats {
 }
 
 impl TestNats {
+    /// A server with the test users and their permissions.
     pub async fn start() -> anyhow::Result<TestNats> {
+        Self::start_with_tls(None).await
+    }
+
+    /// The same, requiring TLS with `tls`.
+    pub async fn start_with_tls(tls: Option<TlsFiles>) -> anyhow::Result<TestNats> {
         let dir = tempfile::tempdir()?;
         let server = NatsServer::spawn(NatsServerOptions {
             binary: nats_binary()?,
@@ -67,6 +116,8 @@ impl TestNats {
             store_dir: dir.path().join("nats"),
             sync_always: false,
             cluster: None,
+            auth: Some(credentials().clone()),
+            tls,
         })
         .await?;
         Ok(TestNats { server, dir })
@@ -115,6 +166,8 @@ impl TestCluster {
                     route_port: routes[i],
                     peers: routes.to_vec(),
                 }),
+                auth: Some(credentials().clone()),
+                tls: None,
             })
         });
         let nodes = futures::future::try_join_all(spawns).await?;
@@ -162,12 +215,11 @@ pub async fn fresh_database(dir: &Path) -> anyhow::Result<String> {
 }
 
 /// A configuration for tests: given NATS and database, everything else default, edge on a free
-/// port.
+/// port; it signs in to NATS as the operator ([`TestStack`] runs its edge and projector as
+/// their own users).
 pub fn test_config(nats_url: &str, database_url: &str) -> Config {
-    let mut config = Config::default();
-    config.nats.url = nats_url.to_owned();
+    let mut config = operator_config(nats_url);
     config.database.url = database_url.to_owned();
-    config.streams.dir = streams_dir();
     config.edge.listen = "127.0.0.1:0".parse().expect("a valid address");
     config
 }
@@ -193,7 +245,7 @@ impl TestStack {
         let stack = within(
             Duration::from_secs(30),
             "the stack to start",
-            Stack::start(&config, listener),
+            Stack::start_as(&config, listener, Some(credentials())),
         )
         .await??;
         Ok(TestStack {
@@ -280,7 +332,11 @@ pub struct TestEdge {
 }
 
 impl TestEdge {
+    /// An edge signed in to NATS as `edge`, configured like `config` otherwise.
     pub async fn start(config: &Config) -> anyhow::Result<TestEdge> {
+        let mut config = config.clone();
+        sign_in(&mut config, nats_auth::EDGE);
+        let config = &config;
         let bus = anchorage_bus::Bus::connect(&anchorage::bus_options(config, false)).await?;
         let store = anchorage_store::Store::connect(&anchorage::store_options(config)).await?;
         let state =
@@ -559,7 +615,7 @@ impl Drop for TcpProxy {
 pub async fn dead_letters(
     nats_url: &str,
 ) -> anyhow::Result<Vec<std::collections::BTreeMap<String, String>>> {
-    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    let js = async_nats::jetstream::new(nats_client(nats_url, nats_auth::OPERATOR).await?);
     let dlq = js
         .get_stream(anchorage_schema::subjects::stream::DEADLETTER)
         .await?;

@@ -52,8 +52,7 @@ async fn publish_until_acked(bus: &Bus, n: u32) -> u64 {
 #[tokio::test]
 async fn killing_a_node_under_load_loses_no_acknowledged_message() {
     let mut cluster = TestCluster::start(3).await.unwrap();
-    let mut config = anchorage_config::Config::default();
-    config.nats.url = cluster.url();
+    let config = anchorage_tests::operator_config(&cluster.url());
     let bus = Bus::connect(&anchorage::bus_options(&config, false))
         .await
         .unwrap();
@@ -93,8 +92,7 @@ async fn killing_a_node_under_load_loses_no_acknowledged_message() {
 
     // The killed node comes back and catches up.
     cluster.nodes[0].restart().await.unwrap();
-    let mut solo = anchorage_config::Config::default();
-    solo.nats.url = cluster.nodes[0].url();
+    let solo = anchorage_tests::operator_config(&cluster.nodes[0].url());
     let back = Bus::connect(&anchorage::bus_options(&solo, false))
         .await
         .unwrap();

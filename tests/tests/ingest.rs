@@ -22,7 +22,13 @@ async fn raw_publish(port: u16, messages: &[(String, String, Vec<u8>)]) {
         read.read_line(&mut line).await.unwrap();
         assert!(line.starts_with("INFO "), "{line}");
         write
-            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"lang\":\"raw\",\"version\":\"0\"}\r\n")
+            .write_all(
+                format!(
+                    "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"lang\":\"raw\",\"version\":\"0\",\"user\":\"operator\",\"pass\":\"{}\"}}\r\n",
+                    anchorage_tests::credentials().password("operator").unwrap()
+                )
+                .as_bytes(),
+            )
             .await
             .unwrap();
         let mut buf = Vec::new();
@@ -179,7 +185,9 @@ async fn external_events_apply_like_native_ones_and_invalid_ones_are_dead_letter
     raw_publish(nats.server.port(), &batch).await;
 
     let total_dead: usize = expected.values().sum();
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = anchorage_tests::nats_client(&nats.url(), "operator")
+        .await
+        .unwrap();
     let js = async_nats::jetstream::new(client);
     eventually(
         Duration::from_secs(120),

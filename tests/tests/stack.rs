@@ -59,7 +59,9 @@ async fn readyz_follows_nats_database_and_stream_drift() {
     assert!(body.contains("\"ready\":true"), "{body}");
 
     // Someone edits a stream behind our back: not ready, and the drift is named.
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = anchorage_tests::nats_client(&nats.url(), "operator")
+        .await
+        .unwrap();
     let js = async_nats::jetstream::new(client);
     let mut info = js
         .get_stream("READS")

@@ -12,8 +12,7 @@ use anchorage_tests::{TestNats, streams_dir};
 use clap::Parser;
 
 async fn bus(nats: &TestNats) -> Bus {
-    let mut config = anchorage_config::Config::default();
-    config.nats.url = nats.url();
+    let config = anchorage_tests::operator_config(&nats.url());
     Bus::connect(&anchorage::bus_options(&config, false))
         .await
         .unwrap()
@@ -89,8 +88,9 @@ async fn check_names_each_drift_and_apply_fixes_it() {
     std::fs::write(
         &config_file,
         format!(
-            "[nats]\nurl = \"{}\"\n[streams]\ndir = \"{}\"\n",
+            "[nats]\nurl = \"{}\"\nuser = \"operator\"\npassword = \"{}\"\n[streams]\ndir = \"{}\"\n",
             nats.url(),
+            anchorage_tests::credentials().password("operator").unwrap(),
             dir.path().display()
         ),
     )

@@ -141,6 +141,9 @@ impl BenchEnv {
             store_dir: dir.path().join("nats"),
             sync_always: false,
             cluster: None,
+            // A loopback server that lives for one run; what it measures is messaging.
+            auth: None,
+            tls: None,
         })
         .await?;
         let mut config = Config::default();
@@ -151,6 +154,9 @@ impl BenchEnv {
         config.edge.rate_burst = 1_000_000;
         config.edge.user_rate_per_sec = 1_000_000;
         config.edge.max_connections = 100_000;
+        // Every benchmark client connects from 127.0.0.1.
+        config.edge.max_pending = 100_000;
+        config.edge.max_pending_per_ip = 0;
         let streams = find_streams()?;
         config.streams.dir = streams;
         Ok(BenchEnv { dir, nats, config })

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::nats_auth::{self, Credentials};
 use crate::natsd::{self, NatsServer, NatsServerOptions};
 use crate::stack::Stack;
 
@@ -175,8 +176,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Streams {
             command: StreamsCommand::Apply { check },
-        } => streams_apply(&config, check).await,
-        Command::Replay { into, verify } => crate::replay::run(&config, &into, verify).await,
+        } => streams_apply(&with_dev_operator(config)?, check).await,
+        Command::Replay { into, verify } => {
+            crate::replay::run(&with_dev_operator(config)?, &into, verify).await
+        }
         Command::Token { user, device, ttl } => {
             let user = UserId::parse(user).context("--user")?;
             let device = DeviceId::parse(device).context("--device")?;
@@ -188,7 +191,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Revoke { user, device } => {
             let user = UserId::parse(user).context("--user")?;
             let device = DeviceId::parse(device).context("--device")?;
-            let revoked = crate::revoke_session(&config, &user, &device).await?;
+            let revoked =
+                crate::revoke_session(&with_dev_operator(config)?, &user, &device).await?;
             if !revoked.applied {
                 eprintln!(
                     "revoked {user}/{device} (USERS seq {}), but the projector has not applied \
@@ -269,6 +273,9 @@ async fn dev(mut config: Config) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let binary = natsd::locate(config.dev.nats_server.as_deref(), &std::env::current_dir()?)?;
+    // Every part signs in as its own NATS user; the passwords are generated once and kept.
+    let credentials =
+        Credentials::load_or_create(&dev_credentials_path(&config), &config.dev.integrations)?;
     let mut nats = NatsServer::spawn(NatsServerOptions {
         binary,
         server_name: "anchorage-dev".into(),
@@ -276,6 +283,8 @@ async fn dev(mut config: Config) -> anyhow::Result<ExitCode> {
         store_dir: data_dir.join("nats"),
         sync_always: false,
         cluster: None,
+        auth: Some(credentials.clone()),
+        tls: None,
     })
     .await
     .context("starting nats-server")?;
@@ -285,7 +294,7 @@ async fn dev(mut config: Config) -> anyhow::Result<ExitCode> {
         let listener = TcpListener::bind(config.edge.listen)
             .await
             .with_context(|| format!("binding edge.listen = {}", config.edge.listen))?;
-        let stack = Stack::start(&config, listener).await?;
+        let stack = Stack::start_as(&config, listener, Some(&credentials)).await?;
         print!("{}", stack.applied);
         print_welcome(&config, &stack, &nats);
         serve_until_signal(stack).await
@@ -307,11 +316,38 @@ fn print_welcome(config: &Config, stack: &Stack, nats: &NatsServer) {
          \n  database   {db}\
          \n\nMint a device token:\
          \n  anchorage token --user alice --device laptop\
+         \n\nNATS users (edge, projector, operator, ext_<source>) and their passwords are in\
+         \n  {creds}\
+         \n(`anchorage revoke`, `streams apply` and `replay` here use the operator from it.)\
          \n\nStop with Ctrl-C.\n",
         nats_url = nats.url(),
         store = nats.options().store_dir.display(),
         db = config.database.url,
+        creds = dev_credentials_path(config).display(),
     );
+}
+
+/// Where `anchorage dev` keeps the passwords of its NATS users.
+pub fn dev_credentials_path(config: &Config) -> std::path::PathBuf {
+    config.dev.data_dir.join("nats-credentials.json")
+}
+
+/// The configuration of an administrative command: with no NATS identity configured and a
+/// development server's credentials at hand, it signs in as that server's operator.
+fn with_dev_operator(mut config: Config) -> anyhow::Result<Config> {
+    if config.nats.user.is_none() && config.nats.credentials.is_none() {
+        let path = dev_credentials_path(&config);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let creds: Credentials = serde_json::from_str(&text)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if let Some(password) = creds.password(nats_auth::OPERATOR) {
+                tracing::info!(file = %path.display(), "signing in to NATS as the development operator");
+                config.nats.user = Some(nats_auth::OPERATOR.to_owned());
+                config.nats.password = Some(password.to_owned());
+            }
+        }
+    }
+    Ok(config)
 }
 
 async fn edge(config: Config) -> anyhow::Result<ExitCode> {

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_clients;
 pub mod cli;
+pub mod nats_auth;
 pub mod natsd;
 pub mod replay;
 pub mod stack;

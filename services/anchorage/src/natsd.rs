@@ -111,6 +111,37 @@ pub struct NatsServerOptions {
     /// fsync every write before acknowledging (`sync_interval: always`).
     pub sync_always: bool,
     pub cluster: Option<ClusterNode>,
+    /// Users and their permissions (see [`crate::nats_auth`]); `None` leaves the server open
+    /// (benchmarks only).
+    pub auth: Option<crate::nats_auth::Credentials>,
+    /// TLS for clients and routes.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A server's certificate and key, and the CA that signed its peers' (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    fn render(&self, verify: bool) -> String {
+        format!(
+            "tls {{
+    cert_file: {:?}
+    key_file: {:?}
+    ca_file: {:?}
+    verify: {verify}
+    timeout: 2
+  }}
+",
+            self.cert.display().to_string(),
+            self.key.display().to_string(),
+            self.ca.display().to_string(),
+        )
+    }
 }
 
 /// A running nats-server child.
@@ -260,23 +291,52 @@ fn render_config(o: &NatsServerOptions, work_dir: &Path) -> String {
             ""
         },
     );
+    if let Some(tls) = &o.tls {
+        c.push_str("  ");
+        c.push_str(&tls.render(false));
+    }
+    if let Some(auth) = &o.auth {
+        c.push_str(&crate::nats_auth::render_authorization(
+            &auth.users(),
+            crate::nats_auth::Secrets::Inline(auth),
+        ));
+    }
     if let Some(cluster) = &o.cluster {
+        // Routes authenticate with a password of their own (and TLS with verified peers).
+        let route_auth = o
+            .auth
+            .as_ref()
+            .map(|a| format!("{ROUTE_USER}:{}@", a.route_password))
+            .unwrap_or_default();
         let routes: Vec<String> = cluster
             .peers
             .iter()
-            .map(|p| format!("    \"nats-route://127.0.0.1:{p}\""))
+            .map(|p| format!("    \"nats-route://{route_auth}127.0.0.1:{p}\""))
             .collect();
         c.push_str(&format!(
-            "cluster {{\n  name: {}\n  listen: \"127.0.0.1:{}\"\n  routes: [\n{}\n  ]\n}}\n",
+            "cluster {{\n  name: {}\n  listen: \"127.0.0.1:{}\"\n  routes: [\n{}\n  ]\n",
             cluster.cluster_name,
             cluster.route_port,
             routes.join("\n")
         ));
+        if let Some(auth) = &o.auth {
+            c.push_str(&format!(
+                "  authorization {{ user: {ROUTE_USER:?}, password: {:?}, timeout: 2 }}\n",
+                auth.route_password
+            ));
+        }
+        if let Some(tls) = &o.tls {
+            c.push_str("  ");
+            c.push_str(&tls.render(true));
+        }
+        c.push_str("}\n");
     }
     c
 }
 
-/// A free TCP port on loopback (for route ports, which peers must know in advance).
+/// The user cluster nodes authenticate their routes with.
+pub const ROUTE_USER: &str = "route";
+
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(free_ports(1)?[0])
 }

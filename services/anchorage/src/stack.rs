@@ -12,6 +12,8 @@ use anchorage_config::Config;
 use anchorage_projector::ProjectorOptions;
 use anchorage_store::Store;
 use anyhow::Context;
+
+use crate::nats_auth::{self, Credentials};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -27,14 +29,39 @@ pub struct Stack {
     pub applied: ApplyReport,
     tasks: JoinSet<anyhow::Result<()>>,
     shutdown: CancellationToken,
+    /// The projector's and the edge's own connections, when they have their own identities.
+    service_buses: Vec<Bus>,
 }
 
 impl Stack {
     /// Connects, applies the streams, migrates the database and starts the services; the edge
-    /// serves on `listener`.
+    /// serves on `listener`. Everything connects to NATS as `config.nats` says.
     pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Stack> {
+        Self::start_as(config, listener, None).await
+    }
+
+    /// Like [`Stack::start`], but with `credentials` each part signs in as its own NATS user:
+    /// the projector as `projector`, the edge as `edge`, and stream administration (and
+    /// [`Stack::bus`]) as `operator` — the same least privilege as separate processes.
+    pub async fn start_as(
+        config: &Config,
+        listener: TcpListener,
+        credentials: Option<&Credentials>,
+    ) -> anyhow::Result<Stack> {
+        let as_user = |user: &str| -> anyhow::Result<Config> {
+            let mut c = config.clone();
+            if let Some(creds) = credentials {
+                let password = creds
+                    .password(user)
+                    .with_context(|| format!("no NATS password for {user}"))?;
+                c.nats.user = Some(user.to_owned());
+                c.nats.password = Some(password.to_owned());
+                c.nats.inbox_prefix = None;
+            }
+            Ok(c)
+        };
         let streams = crate::load_streams(config)?;
-        let bus = Bus::connect(&crate::bus_options(config, false)).await?;
+        let bus = Bus::connect(&crate::bus_options(&as_user(nats_auth::OPERATOR)?, false)).await?;
         let applied = bus.apply(&streams).await.context("applying the streams")?;
         anyhow::ensure!(
             !applied.refused(),
@@ -47,14 +74,27 @@ impl Stack {
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let mut service_buses = Vec::new();
+        let (projector_bus, edge_bus) = match credentials {
+            Some(_) => {
+                let projector =
+                    Bus::connect(&crate::bus_options(&as_user(nats_auth::PROJECTOR)?, false))
+                        .await?;
+                let edge =
+                    Bus::connect(&crate::bus_options(&as_user(nats_auth::EDGE)?, false)).await?;
+                service_buses.extend([projector.clone(), edge.clone()]);
+                (projector, edge)
+            }
+            None => (bus.clone(), bus.clone()),
+        };
         tasks.spawn(anchorage_projector::run(
-            bus.clone(),
+            projector_bus,
             store.clone(),
             ProjectorOptions::from_config(&config.projector),
             shutdown.child_token(),
         ));
         let edge_addr = listener.local_addr()?;
-        let edge = crate::edge_state(config, bus.clone(), store.clone(), streams).await?;
+        let edge = crate::edge_state(config, edge_bus, store.clone(), streams).await?;
         tasks.spawn(anchorage_edge::run(listener, edge, shutdown.child_token()));
         Ok(Stack {
             bus,
@@ -63,6 +103,7 @@ impl Stack {
             applied,
             tasks,
             shutdown,
+            service_buses,
         })
     }
 
@@ -85,6 +126,9 @@ impl Stack {
             if let Err(err) = result {
                 first_error.get_or_insert(err);
             }
+        }
+        for bus in self.service_buses {
+            bus.close().await;
         }
         self.bus.close().await;
         self.store.close().await;

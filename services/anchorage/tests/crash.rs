@@ -182,15 +182,15 @@ async fn setup() -> Setup {
     std::fs::write(
         &config_file,
         format!(
-            "[nats]\nurl = \"{}\"\n[database]\nurl = \"{live_url}\"\n[streams]\ndir = \"{}\"\n\
+            "[nats]\nurl = \"{}\"\nuser = \"operator\"\npassword = \"{}\"\n[database]\nurl = \"{live_url}\"\n[streams]\ndir = \"{}\"\n\
              [projector]\nbatch_size = 2\n",
             nats.url(),
+            anchorage_tests::credentials().password("operator").unwrap(),
             streams_dir().display()
         ),
     )
     .unwrap();
-    let mut config = anchorage_config::Config::default();
-    config.nats.url = nats.url();
+    let config = anchorage_tests::operator_config(&nats.url());
     let bus = Bus::connect(&anchorage::bus_options(&config, false))
         .await
         .unwrap();

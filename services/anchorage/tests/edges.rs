@@ -23,6 +23,11 @@ async fn users_on_two_edge_processes_chat_and_sync_reads() {
         .env("ANCHORAGE_STREAMS__DIR", &stack.config.streams.dir)
         .env("ANCHORAGE_EDGE__LISTEN", format!("127.0.0.1:{port}"))
         .env("ANCHORAGE_AUTH__ALLOW_DEV_SECRET", "true")
+        .env("ANCHORAGE_NATS__USER", "edge")
+        .env(
+            "ANCHORAGE_NATS__PASSWORD",
+            anchorage_tests::credentials().password("edge").unwrap(),
+        )
         .env("ANCHORAGE_LOG", "error")
         .stdout(Stdio::null())
         .kill_on_drop(true)

@@ -170,6 +170,14 @@ pub struct Hub {
     position: tokio::sync::watch::Sender<u64>,
 }
 
+/// The group a `members_changed` frame is about.
+fn members_changed_group(frame: &ServerFrame) -> Option<&str> {
+    match frame {
+        ServerFrame::MembersChanged { group, .. } => Some(group.as_str()),
+        _ => None,
+    }
+}
+
 /// The frame of a live message event, if it is one.
 pub fn message_frame(prev: u64, seq: u64, env: &Envelope) -> Option<ServerFrame> {
     let message = match &env.event {
@@ -244,13 +252,19 @@ impl Hub {
             while let Some((subject, payload)) = notices.next().await {
                 let Some(hub) = weak.upgrade() else { break };
                 let group = subjects::last_token(&subject);
-                let (Ok(conv), Ok(text)) = (
-                    ConversationId::parse(group),
-                    String::from_utf8(payload.to_vec()),
-                ) else {
+                let Ok(conv) = ConversationId::parse(group) else {
                     continue;
                 };
-                hub.deliver_watchers(&conv, text.into());
+                // Only a frame this edge built goes to a socket: the notification must be a
+                // `members_changed` of the group it was published for, re-serialized here.
+                match serde_json::from_slice::<ServerFrame>(&payload) {
+                    Ok(frame @ ServerFrame::MembersChanged { .. })
+                        if members_changed_group(&frame) == Some(conv.as_str()) =>
+                    {
+                        hub.deliver_watchers(&conv, frame.to_json().into());
+                    }
+                    _ => tracing::warn!(%subject, "ignoring an invalid member-list notification"),
+                }
             }
         });
         hub.lock_followers().push(notices.abort_handle());

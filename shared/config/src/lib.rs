@@ -297,6 +297,9 @@ pub struct DevConfig {
     pub nats_port: u16,
     /// Path of the nats-server binary; empty looks in `.tools/` and on PATH.
     pub nats_server: Option<PathBuf>,
+    /// Other systems that get a NATS user (`ext_<source>`) on the development server, and
+    /// the streams each may read with its own consumers.
+    pub integrations: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for DevConfig {
@@ -305,6 +308,10 @@ impl Default for DevConfig {
             data_dir: ".anchorage".into(),
             nats_port: 4222,
             nats_server: None,
+            integrations: std::collections::BTreeMap::from([(
+                "crm".to_owned(),
+                vec!["MEMBERSHIP".to_owned(), "USERS".to_owned()],
+            )]),
         }
     }
 }
@@ -452,6 +459,28 @@ impl Config {
                 key: "auth.public_keys",
                 reason: format!("key {:?} has alg {:?}; use EdDSA or RS256", k.kid, k.alg),
             });
+        }
+        for (source, streams) in &self.dev.integrations {
+            let valid = !source.is_empty()
+                && source.len() <= 64
+                && source
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                return Err(ConfigError::OutOfRange {
+                    key: "dev.integrations",
+                    reason: format!("{source:?} is not a source id (1-64 of A-Z a-z 0-9 _ -)"),
+                });
+            }
+            if let Some(s) = streams
+                .iter()
+                .find(|s| !["MEMBERSHIP", "USERS", "MESSAGES", "READS"].contains(&s.as_str()))
+            {
+                return Err(ConfigError::OutOfRange {
+                    key: "dev.integrations",
+                    reason: format!("{source}: {s:?} is not a stream an integration can read"),
+                });
+            }
         }
         if self.auth.token_ttl_secs == 0 {
             return bad("auth.token_ttl_secs", "must be at least 1");

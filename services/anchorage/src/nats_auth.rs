@@ -1,0 +1,347 @@
+//! Who may do what on NATS: one user per role, each allowed only the subjects its job needs.
+//!
+//! | identity | publishes | subscribes |
+//! |---|---|---|
+//! | `edge` | `msg.*`, `grp.*`, `read.*.*`; JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `notify.grp.>` |
+//! | `projector` | `msg.*`, `grp.*`, `user.*` (events translated from other systems), `dlq.*`, `notify.grp.*`; its pull consumers (fetch, ack) and JetStream reads | — |
+//! | `operator` | everything (`anchorage streams apply`, `revoke`, `replay`, administration) | everything |
+//! | `ext_<source>` | `ext.<source>.>` only | its own consumers (named `<source>`) on the streams it is given |
+//!
+//! Every identity receives replies only on its own inbox prefix, `_INBOX_<user>.>`, so no
+//! identity can read another's JetStream answers. Nobody but the server publishes `live.>`
+//! (stream RePublish is the server's own), and only the projector publishes `notify.>`.
+//! `deploy/SECURITY.md` explains each line; [`render_authorization`] writes the nats-server
+//! `authorization` block, with the passwords themselves or with environment references.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anchorage_bus::INBOX_PREFIX_BASE;
+use anchorage_schema::subjects::stream;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// The services' NATS users.
+pub const EDGE: &str = "edge";
+pub const PROJECTOR: &str = "projector";
+pub const OPERATOR: &str = "operator";
+/// Integration users are `ext_<source>`.
+pub const INTEGRATION_PREFIX: &str = "ext_";
+
+/// Streams an integration may read by default: membership and users, not anyone's messages
+/// or read markers.
+pub const INTEGRATION_READS: &[&str] = &[stream::MEMBERSHIP, stream::USERS];
+
+/// What one NATS user may publish and subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+/// The inbox prefix of `user` (`_INBOX_edge`).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("{INBOX_PREFIX_BASE}{user}")
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// JetStream reads every service makes: stream info, messages by sequence or by subject.
+const JS_READS: &[&str] = &[
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.*",
+    "$JS.API.STREAM.MSG.GET.*",
+    "$JS.API.DIRECT.GET.*",
+    "$JS.API.DIRECT.GET.*.>",
+    "$JS.API.CONSUMER.INFO.*.*",
+];
+
+/// The edge: publishes what its clients cause, reads streams, follows the live subjects.
+pub fn edge() -> Permissions {
+    let mut publish = strings(&["msg.*", "grp.*", "read.*.*"]);
+    publish.extend(strings(JS_READS));
+    publish.push(format!("{}.>", inbox_prefix(EDGE)));
+    Permissions {
+        publish,
+        subscribe: vec![
+            "live.>".into(),
+            "notify.grp.>".into(),
+            format!("{}.>", inbox_prefix(EDGE)),
+        ],
+    }
+}
+
+/// The projector: reads every stream through its durable consumers, acknowledges, publishes
+/// dead letters, member-list notifications and the native events of other systems' events.
+pub fn projector() -> Permissions {
+    let mut publish = strings(&[
+        "msg.*",
+        "grp.*",
+        "user.*",
+        "dlq.*",
+        "notify.grp.*",
+        "$JS.API.CONSUMER.MSG.NEXT.*.*",
+        // A projection moves its consumer back to its own checkpoint when they disagree.
+        "$JS.API.CONSUMER.RESET.*.*",
+        "$JS.ACK.>",
+    ]);
+    publish.extend(strings(JS_READS));
+    publish.push(format!("{}.>", inbox_prefix(PROJECTOR)));
+    Permissions {
+        publish,
+        subscribe: vec![format!("{}.>", inbox_prefix(PROJECTOR))],
+    }
+}
+
+/// The operator: everything (stream administration, revocations, replays).
+pub fn operator() -> Permissions {
+    Permissions {
+        publish: vec![">".into()],
+        subscribe: vec![">".into()],
+    }
+}
+
+/// An integration: publishes its own events, and reads `streams` through consumers named
+/// after it (`<source>`), nothing else.
+pub fn integration(source: &str, streams: &[String]) -> Permissions {
+    let user = format!("{INTEGRATION_PREFIX}{source}");
+    let inbox = format!("{}.>", inbox_prefix(&user));
+    let mut publish = vec![format!("ext.{source}.>"), inbox.clone()];
+    for s in streams {
+        publish.extend([
+            format!("$JS.API.STREAM.INFO.{s}"),
+            format!("$JS.API.CONSUMER.CREATE.{s}.{source}"),
+            format!("$JS.API.CONSUMER.CREATE.{s}.{source}.>"),
+            format!("$JS.API.CONSUMER.DURABLE.CREATE.{s}.{source}"),
+            format!("$JS.API.CONSUMER.INFO.{s}.{source}"),
+            format!("$JS.API.CONSUMER.DELETE.{s}.{source}"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{s}.{source}"),
+            format!("$JS.ACK.{s}.{source}.>"),
+        ]);
+    }
+    Permissions {
+        publish,
+        subscribe: vec![inbox],
+    }
+}
+
+/// Passwords of the NATS users, by user name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub users: BTreeMap<String, String>,
+    /// Integrations and the streams each may read.
+    #[serde(default)]
+    pub integrations: BTreeMap<String, Vec<String>>,
+    /// The password nodes of a cluster use on their routes.
+    #[serde(default)]
+    pub route_password: String,
+}
+
+/// A random password: 32 characters from a 62-letter alphabet (about 190 bits).
+pub fn random_password() -> anyhow::Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 64];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(bytes
+        .iter()
+        // 248 = 4 × 62: rejecting the rest keeps every letter equally likely.
+        .filter(|b| **b < 248)
+        .take(32)
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect())
+}
+
+impl Credentials {
+    /// Fresh random passwords for the three services and the named integrations.
+    pub fn generate(integrations: &BTreeMap<String, Vec<String>>) -> anyhow::Result<Credentials> {
+        let mut users = BTreeMap::new();
+        for user in [EDGE, PROJECTOR, OPERATOR] {
+            users.insert(user.to_owned(), random_password()?);
+        }
+        for source in integrations.keys() {
+            users.insert(format!("{INTEGRATION_PREFIX}{source}"), random_password()?);
+        }
+        Ok(Credentials {
+            users,
+            integrations: integrations.clone(),
+            route_password: random_password()?,
+        })
+    }
+
+    /// Reads credentials kept in `path`, or generates and keeps them there (readable by the
+    /// owner only).
+    pub fn load_or_create(
+        path: &Path,
+        integrations: &BTreeMap<String, Vec<String>>,
+    ) -> anyhow::Result<Credentials> {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let mut creds: Credentials = serde_json::from_str(&text)
+                .with_context(|| format!("reading NATS credentials {}", path.display()))?;
+            // Integrations added to the configuration since get their password now.
+            let mut changed = false;
+            for (source, streams) in integrations {
+                let user = format!("{INTEGRATION_PREFIX}{source}");
+                if let std::collections::btree_map::Entry::Vacant(e) = creds.users.entry(user) {
+                    e.insert(random_password()?);
+                    changed = true;
+                }
+                if creds.integrations.get(source) != Some(streams) {
+                    creds.integrations.insert(source.clone(), streams.clone());
+                    changed = true;
+                }
+            }
+            if changed {
+                write_private(path, &serde_json::to_string_pretty(&creds)?)?;
+            }
+            return Ok(creds);
+        }
+        let creds = Credentials::generate(integrations)?;
+        write_private(path, &serde_json::to_string_pretty(&creds)?)?;
+        Ok(creds)
+    }
+
+    /// The password of `user`.
+    pub fn password(&self, user: &str) -> Option<&str> {
+        self.users.get(user).map(String::as_str)
+    }
+
+    /// Every user with its permissions, in a stable order.
+    pub fn users(&self) -> Vec<(String, Permissions)> {
+        let mut users = vec![
+            (EDGE.to_owned(), edge()),
+            (PROJECTOR.to_owned(), projector()),
+            (OPERATOR.to_owned(), operator()),
+        ];
+        for (source, streams) in &self.integrations {
+            users.push((
+                format!("{INTEGRATION_PREFIX}{source}"),
+                integration(source, streams),
+            ));
+        }
+        users
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// How passwords appear in a rendered configuration.
+#[derive(Debug, Clone, Copy)]
+pub enum Secrets<'a> {
+    /// The passwords themselves (a generated development configuration).
+    Inline(&'a Credentials),
+    /// `$ANCHORAGE_NATS_<USER>_PASSWORD` environment references, for configurations kept in
+    /// version control (nats-server resolves them at start).
+    Environment,
+}
+
+/// The environment variable nats-server reads a user's password from in
+/// [`Secrets::Environment`] configurations.
+pub fn password_variable(user: &str) -> String {
+    format!("ANCHORAGE_NATS_{}_PASSWORD", user.to_ascii_uppercase())
+}
+
+fn quoted(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The nats-server `authorization` block for `users`.
+pub fn render_authorization(users: &[(String, Permissions)], secrets: Secrets<'_>) -> String {
+    let mut out = String::from("authorization {\n  users: [\n");
+    for (user, p) in users {
+        let password = match secrets {
+            Secrets::Inline(c) => format!("{:?}", c.password(user).unwrap_or_default()),
+            Secrets::Environment => format!("${}", password_variable(user)),
+        };
+        out.push_str(&format!(
+            "    {{\n      user: {user:?}\n      password: {password}\n      permissions: {{\n        \
+             publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}] }}\n      }}\n    }}\n",
+            quoted(&p.publish),
+            quoted(&p.subscribe)
+        ));
+    }
+    out.push_str("  ]\n}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_long_and_random() {
+        let (a, b) = (random_password().unwrap(), random_password().unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn each_identity_gets_only_its_subjects() {
+        let e = edge();
+        assert!(e.publish.contains(&"msg.*".to_owned()));
+        for forbidden in ["user.*", "ext.>", "live.>", "notify.grp.*", "dlq.*", ">"] {
+            assert!(!e.publish.contains(&forbidden.to_owned()), "{forbidden}");
+        }
+        let p = projector();
+        assert!(!p.subscribe.iter().any(|s| s.starts_with("live")));
+        let i = integration("crm", &["MEMBERSHIP".into()]);
+        assert_eq!(i.publish[0], "ext.crm.>");
+        assert!(i.publish.iter().all(|s| !s.contains("MESSAGES")));
+        assert_eq!(i.subscribe, vec!["_INBOX_ext_crm.>".to_owned()]);
+    }
+
+    #[test]
+    fn renders_passwords_inline_or_from_the_environment() {
+        let mut integrations = BTreeMap::new();
+        integrations.insert("crm".to_owned(), vec!["MEMBERSHIP".to_owned()]);
+        let creds = Credentials::generate(&integrations).unwrap();
+        let inline = render_authorization(&creds.users(), Secrets::Inline(&creds));
+        assert!(inline.contains(creds.password("edge").unwrap()));
+        assert!(inline.contains("user: \"ext_crm\""));
+        let env = render_authorization(&creds.users(), Secrets::Environment);
+        assert!(env.contains("password: $ANCHORAGE_NATS_EDGE_PASSWORD"));
+        assert!(!env.contains(creds.password("edge").unwrap()));
+    }
+
+    #[test]
+    fn kept_credentials_are_reused_and_extended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("creds.json");
+        let none = BTreeMap::new();
+        let first = Credentials::load_or_create(&path, &none).unwrap();
+        assert_eq!(Credentials::load_or_create(&path, &none).unwrap(), first);
+        let mut one = BTreeMap::new();
+        one.insert("crm".to_owned(), vec!["USERS".to_owned()]);
+        let more = Credentials::load_or_create(&path, &one).unwrap();
+        assert_eq!(more.password("edge"), first.password("edge"));
+        assert!(more.password("ext_crm").is_some());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "only the owner reads it");
+        }
+    }
+}

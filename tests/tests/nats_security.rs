@@ -1,0 +1,342 @@
+//! NATS locked down, against a real nats-server: every identity is refused what its job does
+//! not need, nobody connects without credentials, TLS protects client connections, and the
+//! edge forwards nothing to a socket that it did not build itself.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
+
+use std::time::Duration;
+
+use anchorage::nats_auth::{EDGE, OPERATOR, PROJECTOR};
+use anchorage::natsd::TlsFiles;
+use anchorage_tests::{
+    TestNats, TestStack, WsClient, credentials, eventually, fresh_database, nats_client,
+    test_config, within,
+};
+use async_nats::jetstream;
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+/// A client signed in as `user` that reports the server's errors (permission violations).
+async fn client_with_errors(
+    url: &str,
+    user: &str,
+) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let password = credentials().password(user).unwrap().to_owned();
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password(user.to_owned(), password)
+        .custom_inbox_prefix(anchorage::nats_auth::inbox_prefix(user))
+        .request_timeout(Some(Duration::from_millis(750)))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .unwrap();
+    (client, rx)
+}
+
+/// Waits for a permissions violation naming `subject`.
+async fn violation(errors: &mut mpsc::UnboundedReceiver<String>, subject: &str) {
+    within(Duration::from_secs(5), "a permissions violation", async {
+        loop {
+            let e = errors.recv().await.unwrap();
+            if e.to_lowercase().contains("permissions violation") && e.contains(subject) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no permissions violation for {subject}"));
+}
+
+async fn js_publish_fails(js: &jetstream::Context, subject: &str) {
+    let outcome = match js
+        .publish(subject.to_owned(), Bytes::from_static(b"{}"))
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()),
+        Err(e) => Err(e.into()),
+    };
+    assert!(outcome.is_err(), "{subject} was accepted");
+}
+
+#[tokio::test]
+async fn every_identity_is_refused_what_its_job_does_not_need() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let url = nats.url();
+
+    // The edge: no user events, no events of other systems, no live or notify subjects, no
+    // stream administration, nobody else's replies.
+    let (edge, mut errors) = client_with_errors(&url, EDGE).await;
+    let js = jetstream::new(edge.clone());
+    for subject in ["user.alice", "ext.crm.user.created", "dlq.MESSAGES"] {
+        js_publish_fails(&js, subject).await;
+    }
+    for subject in ["live.msg.g", "notify.grp.g"] {
+        edge.publish(subject, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        edge.flush().await.unwrap();
+        violation(&mut errors, subject).await;
+    }
+    assert!(
+        js.create_stream(jetstream::stream::Config {
+            name: "ROGUE".into(),
+            subjects: vec!["rogue.>".into()],
+            ..Default::default()
+        })
+        .await
+        .is_err()
+    );
+    assert!(js.delete_stream("MESSAGES").await.is_err());
+    let _sub = edge.subscribe("_INBOX_projector.>").await.unwrap();
+    violation(&mut errors, "_INBOX_projector.>").await;
+
+    // The projector: no live subjects, no read markers, no stream administration.
+    let (projector, mut errors) = client_with_errors(&url, PROJECTOR).await;
+    let js = jetstream::new(projector.clone());
+    let _sub = projector.subscribe("live.>").await.unwrap();
+    violation(&mut errors, "live.>").await;
+    js_publish_fails(&js, "read.alice.g").await;
+    assert!(js.delete_stream("MESSAGES").await.is_err());
+
+    // An integration: its own ext subjects only, and consumers named after it on the streams
+    // it was given.
+    let (crm, mut errors) = client_with_errors(&url, "ext_crm").await;
+    let js = jetstream::new(crm.clone());
+    for subject in ["ext.other.user.created", "msg.g", "grp.g", "user.alice"] {
+        js_publish_fails(&js, subject).await;
+    }
+    for subject in ["live.msg.>", "live.grp.>", "_INBOX_edge.>", "notify.grp.>"] {
+        let _sub = crm.subscribe(subject).await.unwrap();
+        violation(&mut errors, subject).await;
+    }
+    let messages = js.get_stream_no_info("MESSAGES").await.unwrap();
+    assert!(
+        messages
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some("crm".into()),
+                ..Default::default()
+            })
+            .await
+            .is_err(),
+        "nobody's messages"
+    );
+    let membership = js.get_stream_no_info("MEMBERSHIP").await.unwrap();
+    assert!(
+        membership
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some("someone_else".into()),
+                ..Default::default()
+            })
+            .await
+            .is_err(),
+        "only consumers named after the integration"
+    );
+
+    // Without credentials, or with a wrong password, nothing connects.
+    assert!(async_nats::connect(&url).await.is_err());
+    assert!(
+        async_nats::ConnectOptions::new()
+            .user_and_password(OPERATOR.into(), "guess".into())
+            .connect(&url)
+            .await
+            .is_err()
+    );
+    stack.stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_integration_examples_work_with_the_integration_identity() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let crm = nats_client(&nats.url(), "ext_crm").await.unwrap();
+    let js = jetstream::new(crm);
+    // INTEGRATION.md: publish an event with JetStream, its source and id as Nats-Msg-Id.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "crm:u-1");
+    let event = json!({"id": "u-1", "type": "user.created", "v": 1,
+                       "occurred_at": 1763840000000u64,
+                       "payload": {"user": "alice", "display_name": "Alice"}});
+    js.publish_with_headers(
+        "ext.crm.user.created",
+        headers,
+        Bytes::from(event.to_string()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let store = &stack.stack.store;
+    eventually(Duration::from_secs(20), "alice created", || async {
+        store.user_active("alice").await.ok()?.then_some(())
+    })
+    .await
+    .unwrap();
+    // INTEGRATION.md: a durable consumer of its own on MEMBERSHIP, read and acknowledged.
+    let (mut owner, _) = WsClient::signed_in(stack.edge_addr(), "owner", "d")
+        .await
+        .unwrap();
+    let ok = owner
+        .request(json!({"type": "create_group", "group": "support", "title": "Support"}))
+        .await
+        .unwrap();
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let consumer = js
+        .get_stream_no_info("MEMBERSHIP")
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("crm".into()),
+            filter_subject: "grp.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    use futures::StreamExt;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let first = batch.next().await.unwrap().unwrap();
+    assert_eq!(first.subject.as_str(), "grp.support");
+    first.ack().await.unwrap();
+    stack.stack.stop().await.unwrap();
+}
+
+/// A CA, and a certificate it signed for 127.0.0.1 and localhost, as PEM files in `dir`.
+fn certificates(dir: &std::path::Path) -> TlsFiles {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let files = TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+        ca: dir.join("ca.pem"),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    std::fs::write(&files.ca, ca.pem()).unwrap();
+    files
+}
+
+#[tokio::test]
+async fn the_stack_runs_over_tls_and_plain_connections_are_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    let tls = certificates(certs.path());
+    let ca = tls.ca.clone();
+    let nats = TestNats::start_with_tls(Some(tls)).await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    config.nats.tls_ca = Some(ca);
+    let stack = TestStack::start_with(config, db_dir).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    alice
+        .request(json!({"type": "create_group", "group": "g", "title": "G"}))
+        .await
+        .unwrap();
+    let ack = alice
+        .request(
+            json!({"type": "send", "conv": "g", "client_msg_id": "m1", "body": "hi",
+                        "client_ts": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let page = alice
+        .request(json!({"type": "sync", "conv": "g", "after": 0}))
+        .await
+        .unwrap();
+    assert_eq!(page["messages"][0]["body"], "hi", "{page}");
+    // Credentials alone, without TLS, get nowhere.
+    let password = credentials().password(OPERATOR).unwrap().to_owned();
+    let plain = async_nats::ConnectOptions::new()
+        .user_and_password(OPERATOR.into(), password)
+        .connect(nats.url())
+        .await;
+    assert!(plain.is_err(), "a plain-text connection was accepted");
+    stack.stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn forged_notifications_never_reach_a_socket() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    alice
+        .request(json!({"type": "create_group", "group": "g", "title": "G", "members": ["bob"]}))
+        .await
+        .unwrap();
+    let store = &stack.stack.store;
+    eventually(Duration::from_secs(20), "the group projected", || async {
+        store.group_row("g").await.ok()?.map(|_| ())
+    })
+    .await
+    .unwrap();
+    let synced = alice
+        .request(json!({"type": "members_sync", "group": "g"}))
+        .await
+        .unwrap();
+    assert!(
+        synced["type"].as_str().unwrap().starts_with("members_"),
+        "{synced}"
+    );
+    // Even someone allowed to publish there (the operator) cannot put arbitrary frames, or
+    // another group's notification, on alice's socket.
+    let operator = nats_client(&nats.url(), OPERATOR).await.unwrap();
+    for payload in [
+        r#"{"type":"welcome","injected":true}"#.to_owned(),
+        "not json".to_owned(),
+        json!({"type": "members_changed", "group": "other", "version": 99, "prev": 1,
+               "digest": "0-0", "change": {"upserts": [], "removed": []}})
+        .to_string(),
+    ] {
+        operator
+            .publish("notify.grp.g", Bytes::from(payload))
+            .await
+            .unwrap();
+    }
+    operator.flush().await.unwrap();
+    // A real change still arrives, and it is the first thing alice sees.
+    let added = alice
+        .request(json!({"type": "add_members", "group": "g", "members": ["carol"]}))
+        .await
+        .unwrap();
+    assert_eq!(added["type"], "ok", "{added}");
+    let first = alice
+        .push(|f| f["type"] == "members_changed")
+        .await
+        .unwrap();
+    assert_eq!(first["group"], "g", "{first}");
+    assert_eq!(first["version"], added["seq"], "the real change: {first}");
+    let pong = alice.request(json!({"type": "ping"})).await.unwrap();
+    assert_eq!(pong["type"], "pong");
+    for f in alice.pending_pushes() {
+        assert!(
+            f["type"] != "welcome" && f["group"] != "other" && f.get("injected").is_none(),
+            "{f}"
+        );
+    }
+    stack.stack.stop().await.unwrap();
+}
