@@ -62,7 +62,7 @@ async fn js_publish_fails(js: &jetstream::Context, subject: &str) {
         .await
     {
         Ok(ack) => ack.await.map(|_| ()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     };
     assert!(outcome.is_err(), "{subject} was accepted");
 }
