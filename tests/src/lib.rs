@@ -92,6 +92,28 @@ pub async fn nats_client(nats_url: &str, user: &str) -> anyhow::Result<async_nat
         .await?)
 }
 
+/// A CA, and a certificate it signed for 127.0.0.1 and localhost, as PEM files in `dir`.
+pub fn certificates(dir: &std::path::Path) -> TlsFiles {
+    let ca_key = rcgen::KeyPair::generate().expect("a test certificate");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("a test certificate");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("a test certificate");
+    let key = rcgen::KeyPair::generate().expect("a test certificate");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("a test certificate")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("a test certificate");
+    let files = TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+        ca: dir.join("ca.pem"),
+    };
+    std::fs::write(&files.cert, cert.pem()).expect("a test certificate");
+    std::fs::write(&files.key, key.serialize_pem()).expect("a test certificate");
+    std::fs::write(&files.ca, ca.pem()).expect("a test certificate");
+    files
+}
+
 /// One nats-server with JetStream, in a temporary store that is removed with it.
 #[derive(Debug)]
 pub struct TestNats {

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use anchorage::nats_auth::{EDGE, OPERATOR, PROJECTOR};
-use anchorage::natsd::TlsFiles;
 use anchorage_tests::{
     TestNats, TestStack, WsClient, credentials, eventually, fresh_database, nats_client,
     test_config, within,
@@ -215,32 +214,10 @@ async fn the_integration_examples_work_with_the_integration_identity() {
     stack.stack.stop().await.unwrap();
 }
 
-/// A CA, and a certificate it signed for 127.0.0.1 and localhost, as PEM files in `dir`.
-fn certificates(dir: &std::path::Path) -> TlsFiles {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let files = TlsFiles {
-        cert: dir.join("server.pem"),
-        key: dir.join("server-key.pem"),
-        ca: dir.join("ca.pem"),
-    };
-    std::fs::write(&files.cert, cert.pem()).unwrap();
-    std::fs::write(&files.key, key.serialize_pem()).unwrap();
-    std::fs::write(&files.ca, ca.pem()).unwrap();
-    files
-}
-
 #[tokio::test]
 async fn the_stack_runs_over_tls_and_plain_connections_are_refused() {
     let certs = tempfile::tempdir().unwrap();
-    let tls = certificates(certs.path());
+    let tls = anchorage_tests::certificates(certs.path());
     let ca = tls.ca.clone();
     let nats = TestNats::start_with_tls(Some(tls)).await.unwrap();
     let db_dir = tempfile::tempdir().unwrap();

@@ -214,21 +214,39 @@ async fn a_broken_definition_names_its_file() {
 async fn deploy_configs_are_accepted_by_the_pinned_server() {
     let binary = anchorage_tests::nats_binary().unwrap();
     let root = anchorage_tests::repo_root();
+    // The users and permissions in deploy/nats/auth.conf are what the code defines.
+    let rendered =
+        anchorage::nats_auth::render_for_deploy(&["crm=MEMBERSHIP,USERS".to_owned()]).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.join("deploy/nats/auth.conf")).unwrap(),
+        rendered,
+        "deploy/nats/auth.conf is stale: anchorage nats-auth --integration \
+         crm=MEMBERSHIP,USERS > deploy/nats/auth.conf"
+    );
+    let certs = tempfile::tempdir().unwrap();
+    let tls = anchorage_tests::certificates(certs.path());
     for conf in [
         "single.conf",
         "cluster/n1.conf",
         "cluster/n2.conf",
         "cluster/n3.conf",
     ] {
-        let out = std::process::Command::new(&binary)
+        let mut check = std::process::Command::new(&binary);
+        check
             .arg("-t")
             .arg("-c")
             .arg(root.join("deploy/nats").join(conf))
-            .output()
-            .unwrap();
+            .env("ANCHORAGE_NATS_TLS_CERT", &tls.cert)
+            .env("ANCHORAGE_NATS_TLS_KEY", &tls.key)
+            .env("ANCHORAGE_NATS_TLS_CA", &tls.ca);
+        for user in ["EDGE", "PROJECTOR", "OPERATOR", "EXT_CRM"] {
+            check.env(format!("ANCHORAGE_NATS_{user}_PASSWORD"), "a-password");
+        }
+        let out = check.output().unwrap();
         assert!(
             out.status.success(),
-            "{conf}: {}",
+            "{conf}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }

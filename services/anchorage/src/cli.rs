@@ -90,6 +90,14 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         messages: usize,
     },
+    /// Print the nats-server `authorization` block: a user per role with least-privilege
+    /// permissions, passwords read from $ANCHORAGE_NATS_<USER>_PASSWORD (deploy/SECURITY.md).
+    NatsAuth {
+        /// An integration and the streams it may read, e.g. `crm=MEMBERSHIP,USERS` (repeat
+        /// for more).
+        #[arg(long = "integration", value_name = "SOURCE=STREAMS")]
+        integrations: Vec<String>,
+    },
     /// End a device's session: its sockets close at once and its tokens are refused.
     Revoke {
         #[arg(long)]
@@ -155,11 +163,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::bench_clients::run(addr, *count, mode, prefix, *messages).await?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::NatsAuth { integrations } => {
+            print!("{}", nats_auth::render_for_deploy(integrations)?);
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Bench { .. } | Command::BenchClients { .. } => {
+        Command::Bench { .. } | Command::BenchClients { .. } | Command::NatsAuth { .. } => {
             unreachable!("handled before the configuration is loaded")
         }
         Command::Dev => dev(config).await,

@@ -155,3 +155,46 @@ async fn token_mints_a_verifiable_device_token() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("user id contains '.'"));
 }
+
+#[tokio::test]
+async fn an_edge_refuses_to_serve_with_the_public_development_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
+            .arg("edge")
+            .current_dir(dir.path())
+            .env("ANCHORAGE_EDGE__LISTEN", "127.0.0.1:0")
+            .output(),
+    )
+    .await
+    .expect("the edge stops at once")
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("auth.hmac_secret is the public development secret"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn config_show_prints_no_secret() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
+        .args(["config", "show"])
+        .env("ANCHORAGE_AUTH__HMAC_SECRET", "s3cr3t-hmac-s3cr3t-hmac")
+        .env(
+            "ANCHORAGE_DATABASE__URL",
+            "postgres://chat:hunter2@db.internal/chat",
+        )
+        .env("ANCHORAGE_NATS__USER", "edge")
+        .env("ANCHORAGE_NATS__PASSWORD", "nats-pass-123")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for secret in ["s3cr3t-hmac", "hunter2", "nats-pass-123"] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    assert!(shown.contains("postgres://chat:<redacted>@db.internal/chat"), "{shown}");
+}

@@ -472,13 +472,16 @@ impl Config {
                     reason: format!("{source:?} is not a source id (1-64 of A-Z a-z 0-9 _ -)"),
                 });
             }
-            if let Some(s) = streams
-                .iter()
-                .find(|s| !["MEMBERSHIP", "USERS", "MESSAGES", "READS"].contains(&s.as_str()))
-            {
+            let stream_name = |s: &String| {
+                !s.is_empty()
+                    && s.len() <= 64
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            };
+            if let Some(s) = streams.iter().find(|s| !stream_name(s)) {
                 return Err(ConfigError::OutOfRange {
                     key: "dev.integrations",
-                    reason: format!("{source}: {s:?} is not a stream an integration can read"),
+                    reason: format!("{source}: {s:?} is not a stream name"),
                 });
             }
         }
