@@ -95,7 +95,8 @@ pub async fn nats_client(nats_url: &str, user: &str) -> anyhow::Result<async_nat
 /// A CA, and a certificate it signed for 127.0.0.1 and localhost, as PEM files in `dir`.
 pub fn certificates(dir: &std::path::Path) -> TlsFiles {
     let ca_key = rcgen::KeyPair::generate().expect("a test certificate");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("a test certificate");
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).expect("a test certificate");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).expect("a test certificate");
     let key = rcgen::KeyPair::generate().expect("a test certificate");

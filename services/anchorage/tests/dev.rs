@@ -196,5 +196,8 @@ async fn config_show_prints_no_secret() {
     for secret in ["s3cr3t-hmac", "hunter2", "nats-pass-123"] {
         assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
     }
-    assert!(shown.contains("postgres://chat:<redacted>@db.internal/chat"), "{shown}");
+    assert!(
+        shown.contains("postgres://chat:<redacted>@db.internal/chat"),
+        "{shown}"
+    );
 }
