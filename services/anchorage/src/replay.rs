@@ -22,9 +22,68 @@ use anyhow::{Context, bail};
 /// Attempts at catching the live projector at a standstill before giving up on `--verify`.
 const VERIFY_ATTEMPTS: usize = 20;
 
+/// Whether two database URLs name the same database: SQLite files by their resolved path
+/// (`./a.db`, `a.db` and its absolute path are one file), PostgreSQL by host, port and
+/// database name.
+pub fn same_database(a: &str, b: &str) -> bool {
+    fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+        let rest = url.strip_prefix("sqlite:")?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let path = std::path::Path::new(rest.split('?').next().unwrap_or(rest));
+        let absolute = if path.is_absolute() {
+            path.to_owned()
+        } else {
+            std::env::current_dir().ok()?.join(path)
+        };
+        // A file that exists resolves through links too; one that does not yet is compared
+        // by its normalized path.
+        Some(std::fs::canonicalize(&absolute).unwrap_or_else(|_| {
+            absolute
+                .components()
+                .fold(std::path::PathBuf::new(), |mut p, c| {
+                    match c {
+                        std::path::Component::CurDir => {}
+                        std::path::Component::ParentDir => {
+                            p.pop();
+                        }
+                        other => p.push(other),
+                    }
+                    p
+                })
+        }))
+    }
+    fn postgres(url: &str) -> Option<(String, String, String)> {
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))?;
+        let rest = rest.split('?').next().unwrap_or(rest);
+        let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (host, port) = host.split_once(':').unwrap_or((host, "5432"));
+        let host = if host == "127.0.0.1" || host == "::1" {
+            "localhost"
+        } else {
+            host
+        };
+        Some((host.to_ascii_lowercase(), port.to_owned(), db.to_owned()))
+    }
+    match (sqlite_file(a), sqlite_file(b)) {
+        (Some(x), Some(y)) => return x == y,
+        (Some(_), None) | (None, Some(_)) => return false,
+        (None, None) => {}
+    }
+    match (postgres(a), postgres(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 pub async fn run(config: &Config, into: &str, verify: bool) -> anyhow::Result<ExitCode> {
-    if into == config.database.url {
-        bail!("--into names the live database ({into}); replay builds a separate one");
+    if same_database(into, &config.database.url) {
+        bail!(
+            "--into names the live database ({into} is {}); replay builds a separate one",
+            config.database.url
+        );
     }
     let bus = Bus::connect(&crate::bus_options(config, false)).await?;
     anchorage_store::ensure_database(into)
@@ -204,5 +263,35 @@ impl Meter {
         if self.tty && self.current.take().is_some() {
             eprintln!();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_database;
+
+    #[test]
+    fn the_live_database_is_recognized_however_it_is_named() {
+        let dir = std::env::current_dir().unwrap();
+        let abs = format!("sqlite://{}/.anchorage/live.db", dir.display());
+        assert!(same_database(
+            "sqlite://.anchorage/live.db",
+            "sqlite://./.anchorage/live.db"
+        ));
+        assert!(same_database("sqlite://.anchorage/live.db", &abs));
+        assert!(same_database(
+            "sqlite://x/../.anchorage/live.db",
+            "sqlite:.anchorage/live.db"
+        ));
+        assert!(!same_database(
+            "sqlite://.anchorage/live.db",
+            "sqlite://.anchorage/rebuilt.db"
+        ));
+        assert!(same_database(
+            "postgres://a:x@127.0.0.1/chat",
+            "postgresql://b@localhost:5432/chat?sslmode=disable"
+        ));
+        assert!(!same_database("postgres://h/chat", "postgres://h/chat2"));
+        assert!(!same_database("sqlite://chat", "postgres://h/chat"));
     }
 }

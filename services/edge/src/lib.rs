@@ -9,7 +9,8 @@
 //! - `GET /livez` — the process is up and serving (no dependencies checked);
 //! - `GET /readyz` — ready for traffic: NATS connected, the database answers and the streams on
 //!   the server match their definitions in `streams/`. Answers `503` with the failing checks
-//!   otherwise, so a load balancer keeps traffic away until all three hold.
+//!   otherwise, so a load balancer keeps traffic away until all three hold. The answer also
+//!   shows how far each projection is behind its stream, and the bytes queued for sockets.
 
 pub mod auth;
 pub mod hub;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anchorage_bus::{Bus, StreamSet};
+use anchorage_schema::subjects::stream;
 use anchorage_store::Store;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -242,6 +244,50 @@ struct Readiness {
     /// Bytes waiting in connection queues for their sockets (bounded by
     /// `edge.queued_bytes_total`).
     queued_bytes: usize,
+    /// How far each projection is behind its stream (informational: an edge serves while the
+    /// projector catches up, and says so in its answers).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    projections: std::collections::BTreeMap<&'static str, Lag>,
+}
+
+/// A projection's position against its stream.
+#[derive(Debug, Serialize)]
+struct Lag {
+    checkpoint: u64,
+    stream: u64,
+    behind: u64,
+}
+
+/// The projections and the streams they follow.
+const PROJECTIONS: &[(&str, &str)] = &[
+    ("messages", stream::MESSAGES),
+    ("membership", stream::MEMBERSHIP),
+    ("reads", stream::READS),
+    ("users", stream::USERS),
+    ("ingest", stream::INGEST),
+];
+
+/// Each projection's lag, as far as NATS and the database answer.
+async fn projection_lag(state: &EdgeState) -> std::collections::BTreeMap<&'static str, Lag> {
+    let mut lags = std::collections::BTreeMap::new();
+    for (name, stream) in PROJECTIONS {
+        let (Ok(s), Ok(cp)) = (
+            state.bus.stream_state(stream).await,
+            state.store.checkpoint(name).await,
+        ) else {
+            continue;
+        };
+        let checkpoint = cp.map_or(0, |c| c.last_seq);
+        lags.insert(
+            *name,
+            Lag {
+                checkpoint,
+                stream: s.last_seq.0,
+                behind: s.last_seq.0.saturating_sub(checkpoint),
+            },
+        );
+    }
+    lags
 }
 
 /// Bound on each readiness check, so a hung dependency makes the probe fail, not hang.
@@ -273,6 +319,13 @@ async fn readyz(State(state): State<EdgeState>) -> impl IntoResponse {
         Err("NATS is not connected".into())
     });
     let ready = nats.ok && database.ok && streams.ok;
+    let projections = if ready {
+        tokio::time::timeout(CHECK_TIMEOUT, projection_lag(&state))
+            .await
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
     let status = if ready {
         StatusCode::OK
     } else {
@@ -286,6 +339,7 @@ async fn readyz(State(state): State<EdgeState>) -> impl IntoResponse {
             database,
             streams,
             queued_bytes: state.queue_budget.queued(),
+            projections,
         }),
     )
 }

@@ -45,6 +45,36 @@ fn internal(err: impl std::fmt::Display) -> (ErrorCode, String) {
     )
 }
 
+/// A publish that failed: `overloaded` (retry after a moment, with the same ids) when the
+/// servers are passing through an election, a restart or back-pressure; `internal` otherwise.
+fn publish_failed(err: PublishError) -> (ErrorCode, String) {
+    if err.is_transient() {
+        tracing::info!(error = %err, "message store unavailable for a moment");
+        (
+            ErrorCode::Overloaded,
+            "the message store is unavailable for a moment (e.g. electing a leader); retry \
+             with the same ids"
+                .into(),
+        )
+    } else {
+        internal(err)
+    }
+}
+
+/// The error frame of a refusal; `overloaded` tells the client when to come back.
+pub(crate) fn error_frame(
+    id: Option<RequestId>,
+    (code, message): (ErrorCode, String),
+) -> ServerFrame {
+    let retry_after_ms = (code == ErrorCode::Overloaded).then(|| 250 + crate::jitter(750));
+    ServerFrame::Error {
+        id,
+        code,
+        message,
+        retry_after_ms,
+    }
+}
+
 fn forbidden(conv: &ConversationId) -> (ErrorCode, String) {
     (ErrorCode::Forbidden, format!("not a member of {conv}"))
 }
@@ -151,13 +181,8 @@ impl Session {
             return;
         };
         let answer = self.changes(id, anchors, cursor.as_deref()).await;
-        self.reply(answer.unwrap_or_else(|(code, message)| ServerFrame::Error {
-            id: Some(id),
-            code,
-            message,
-            retry_after_ms: None,
-        }))
-        .await;
+        self.reply(answer.unwrap_or_else(|e| error_frame(Some(id), e)))
+            .await;
     }
 
     async fn changes(
@@ -350,12 +375,7 @@ impl Session {
             } => self.members_search(id, group, query, limit).await,
             ClientFrame::MembersUnsubscribe { id, group } => self.members_unsubscribe(id, group),
         };
-        let frame = answer.unwrap_or_else(|(code, message)| ServerFrame::Error {
-            id,
-            code,
-            message,
-            retry_after_ms: None,
-        });
+        let frame = answer.unwrap_or_else(|e| error_frame(id, e));
         self.reply(frame).await;
         None
     }
@@ -386,6 +406,16 @@ impl Session {
             return Err((
                 ErrorCode::Forbidden,
                 format!("muted in {conv} until {until}"),
+            ));
+        }
+        // A retry may come after the stream's duplicate window: then the projection is what
+        // says whether the first attempt was stored, and it can say so only once it holds
+        // everything the stream holds for this conversation. Until then: come back later,
+        // never a second copy.
+        if retry && !self.settled_conversation(&conv).await? {
+            return Err((
+                ErrorCode::Overloaded,
+                format!("the history of {conv} is catching up; retry {client_msg_id} in a moment"),
             ));
         }
         if retry
@@ -430,20 +460,12 @@ impl Session {
             .bus
             .publish_event_pipelined(&subjects::message(&conv), &env, Some(Seq(position)))
             .await
-            .map_err(internal)?;
+            .map_err(publish_failed)?;
         let bus = self.state.bus.clone();
         Ok(SendStart::Pending(Box::pin(async move {
             let published = match pending.stored().await {
                 Ok(p) => p,
-                Err(err) => {
-                    let (code, message) = internal(err);
-                    return ServerFrame::Error {
-                        id: Some(id),
-                        code,
-                        message,
-                        retry_after_ms: None,
-                    };
-                }
+                Err(err) => return error_frame(Some(id), publish_failed(err)),
             };
             let server_ts = if published.duplicate {
                 // The original's time, from the stored copy.
@@ -592,7 +614,7 @@ impl Session {
             .bus
             .publish_event(&subjects::read(user, &conv), &env, None)
             .await
-            .map_err(internal)?;
+            .map_err(publish_failed)?;
         Ok(ServerFrame::Ok {
             id,
             conv: Some(conv),
@@ -669,7 +691,7 @@ impl Session {
                 }
                 // It exists (the peer opened it a moment ago): look again.
                 Ok(_) | Err(PublishError::Conflict { .. }) => {}
-                Err(err) => return Err(internal(err)),
+                Err(err) => return Err(publish_failed(err)),
             }
         }
         Err((
@@ -730,7 +752,7 @@ impl Session {
                         format!("{conv} changed meanwhile; retry"),
                     ));
                 }
-                Err(err) => return Err(internal(err)),
+                Err(err) => return Err(publish_failed(err)),
             };
         }
         // Answer once this edge's view holds the membership, so the next send is accepted.
@@ -795,7 +817,7 @@ impl Session {
             Ok(_) | Err(PublishError::Conflict { .. }) => {
                 Err((ErrorCode::Conflict, format!("group {group} already exists")))
             }
-            Err(err) => Err(internal(err)),
+            Err(err) => Err(publish_failed(err)),
         }
     }
 
@@ -1034,7 +1056,7 @@ impl Session {
                 Err(PublishError::Conflict { .. }) => {
                     tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
                 }
-                Err(err) => return Err(internal(err)),
+                Err(err) => return Err(publish_failed(err)),
             }
         }
         Err((
@@ -1132,7 +1154,7 @@ impl Session {
             .bus
             .publish_event(&subjects::membership(&group), &env, None)
             .await
-            .map_err(internal)?;
+            .map_err(publish_failed)?;
         Ok(ServerFrame::Ok {
             id,
             conv: Some(conv),

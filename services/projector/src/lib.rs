@@ -134,6 +134,9 @@ impl Handler {
     }
 }
 
+/// How often a projection that is behind says so in the log.
+const LAG_LOG_EVERY: Duration = Duration::from_secs(30);
+
 struct Worker {
     handler: Handler,
     bus: Bus,
@@ -184,6 +187,7 @@ impl Worker {
             .await
             .context("binding the consumer")?;
         let epoch = self.bus.stream_state(p.stream()).await?.epoch.0;
+        let mut last_lag_log = std::time::Instant::now();
         let mut checkpoint = match self.store.checkpoint(p.name()).await? {
             Some(cp) if cp.epoch != epoch => bail!(
                 "stream {} was recreated (epoch {} is now {epoch}); rebuild the projections \
@@ -211,22 +215,80 @@ impl Worker {
             if batch.is_empty() {
                 continue;
             }
-            checkpoint = self.apply_batch(&consumer, checkpoint, &batch).await?;
+            let (next, gap) = self.apply_batch(&consumer, checkpoint, &batch).await?;
+            checkpoint = next;
+            if let Some(missing) = gap {
+                // The consumer delivered past a sequence it never delivered (a leader change
+                // in the middle of a batch): never skip it — ask again from the checkpoint.
+                tracing::warn!(
+                    projection = p.name(),
+                    missing,
+                    last_seq = checkpoint.last_seq,
+                    "a delivery skipped an event; reading again from the checkpoint"
+                );
+                consumer
+                    .reset_to(Seq(checkpoint.last_seq + 1))
+                    .await
+                    .context("resetting the consumer after a gap")?;
+            }
+            if let Some(last) = batch.last()
+                && last.pending > 0
+                && last_lag_log.elapsed() > LAG_LOG_EVERY
+            {
+                last_lag_log = std::time::Instant::now();
+                tracing::info!(
+                    projection = p.name(),
+                    last_seq = checkpoint.last_seq,
+                    pending = last.pending,
+                    "projection behind its stream"
+                );
+            }
         }
     }
 
+    /// The deliveries of `batch` that continue the projection from `checkpoint` without a
+    /// hole, and the first sequence the consumer skipped, if it did. Streams have no holes
+    /// except where a message was deleted; a sequence that is still stored but was not
+    /// delivered is a skip, and nothing after it is applied.
+    async fn contiguous<'a>(
+        &self,
+        checkpoint: Checkpoint,
+        batch: &'a [Delivery],
+    ) -> anyhow::Result<(Vec<&'a Delivery>, Option<u64>)> {
+        let mut expected = checkpoint.last_seq + 1;
+        let mut fresh = Vec::new();
+        for d in batch {
+            if d.seq.0 < expected {
+                continue;
+            }
+            while d.seq.0 > expected {
+                let stored = self
+                    .bus
+                    .stored_event_if_any(self.handler.stream(), Seq(expected))
+                    .await
+                    .context("looking for a sequence the consumer skipped")?;
+                if stored.is_some() {
+                    return Ok((fresh, Some(expected)));
+                }
+                // Deleted from the stream: nothing to apply there.
+                expected += 1;
+            }
+            fresh.push(d);
+            expected += 1;
+        }
+        Ok((fresh, None))
+    }
+
     /// Applies a batch in one transaction; if that fails, applies its events one by one to
-    /// isolate the one at fault.
+    /// isolate the one at fault. Only the run that continues the checkpoint without a hole is
+    /// applied and acknowledged; returns the new checkpoint and the sequence skipped, if any.
     async fn apply_batch(
         &self,
         consumer: &PullConsumer,
         checkpoint: Checkpoint,
         batch: &[Delivery],
-    ) -> anyhow::Result<Checkpoint> {
-        let fresh: Vec<&Delivery> = batch
-            .iter()
-            .filter(|d| d.seq.0 > checkpoint.last_seq)
-            .collect();
+    ) -> anyhow::Result<(Checkpoint, Option<u64>)> {
+        let (fresh, gap) = self.contiguous(checkpoint, batch).await?;
         let mut next = checkpoint;
         // Ingest publishes as it goes, so it checkpoints event by event: a failure later in
         // a batch must not roll back the checkpoint of an event already published.
@@ -250,13 +312,13 @@ impl Worker {
                 next = self.apply_alone(consumer, next, d).await?;
             }
         }
-        for d in batch {
+        for d in batch.iter().filter(|d| d.seq.0 <= next.last_seq) {
             // Committed already: a lost ack only causes a redelivery that is skipped.
             if let Err(err) = d.ack().await {
                 tracing::debug!(error = %err, seq = %d.seq, "ack failed");
             }
         }
-        Ok(next)
+        Ok((next, gap))
     }
 
     async fn try_apply(

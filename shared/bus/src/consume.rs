@@ -168,31 +168,50 @@ impl PullConsumer {
     }
 
     /// Waits up to `wait` for a first message, then takes up to `max` without waiting.
+    ///
+    /// Every pull is bounded in time on this side too: a server that dies (or loses its
+    /// leadership) while holding a pull request never answers it, and a pull that waited for
+    /// it would stall the projection for good. Past the bound the pull fails, and the caller
+    /// resumes from its checkpoint.
     pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
         let mut out = Vec::new();
-        let first = self
-            .consumer
-            .batch()
-            .max_messages(1)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| BusError::jetstream(&self.name, e))?;
-        collect(first, &mut out, &self.name).await?;
-        if out.is_empty() || max <= 1 {
-            return Ok(out);
+        let bound = wait + PULL_MARGIN;
+        let pulled = tokio::time::timeout(bound, async {
+            let first = self
+                .consumer
+                .batch()
+                .max_messages(1)
+                .expires(wait)
+                .messages()
+                .await
+                .map_err(|e| BusError::jetstream(&self.name, e))?;
+            collect(first, &mut out, &self.name).await?;
+            if out.is_empty() || max <= 1 {
+                return Ok(());
+            }
+            let rest = self
+                .consumer
+                .fetch()
+                .max_messages(max - 1)
+                .messages()
+                .await
+                .map_err(|e| BusError::jetstream(&self.name, e))?;
+            collect(rest, &mut out, &self.name).await
+        })
+        .await;
+        match pulled {
+            Ok(Ok(())) => Ok(out),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(BusError::jetstream(
+                &self.name,
+                format!("no answer to a pull within {bound:?}"),
+            )),
         }
-        let rest = self
-            .consumer
-            .fetch()
-            .max_messages(max - 1)
-            .messages()
-            .await
-            .map_err(|e| BusError::jetstream(&self.name, e))?;
-        collect(rest, &mut out, &self.name).await?;
-        Ok(out)
     }
 }
+
+/// How much longer than its own expiry a pull may take before it counts as lost.
+const PULL_MARGIN: Duration = Duration::from_secs(5);
 
 async fn collect(
     mut batch: jetstream::consumer::pull::Batch,

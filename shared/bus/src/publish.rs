@@ -33,7 +33,25 @@ pub enum PublishError {
     #[error("publish to {subject} timed out; it may or may not be stored, retry with the same id")]
     TimedOut { subject: String },
     #[error("publish to {subject} failed: {message}")]
+    Unavailable { subject: String, message: String },
+    #[error("publish to {subject} failed: {message}")]
     Other { subject: String, message: String },
+}
+
+impl PublishError {
+    /// Whether the failure is a passing condition of the servers (an election, a restart, a
+    /// lost connection, back-pressure) rather than something about the event: the same
+    /// publish, retried with the same id after a moment, succeeds or finds the stored copy.
+    /// "No stream stores this subject" is one too: the streams of a running system do not
+    /// disappear, but while a stream elects a leader nobody answers for it.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            PublishError::NoStream { .. }
+                | PublishError::TimedOut { .. }
+                | PublishError::Unavailable { .. }
+        )
+    }
 }
 
 /// An event handed to the server whose acknowledgement is still to come.
@@ -82,6 +100,12 @@ fn publish_error(
         PublishErrorKind::TimedOut => PublishError::TimedOut {
             subject: subject.to_owned(),
         },
+        PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => {
+            PublishError::Unavailable {
+                subject: subject.to_owned(),
+                message: err.to_string(),
+            }
+        }
         _ => PublishError::Other {
             subject: subject.to_owned(),
             message: err.to_string(),

@@ -352,7 +352,14 @@ impl Config {
             }
             None => {}
         }
-        let figment = figment.merge(env.ignore(&["config", "log"]).split("__"));
+        // Only `ANCHORAGE_<SECTION>__<KEY>` is configuration: other `ANCHORAGE_*` variables
+        // (`ANCHORAGE_PORT`, `ANCHORAGE_SERVICE_HOST`, which Kubernetes sets for a Service
+        // named `anchorage`) are not ours to read.
+        let figment = figment.merge(
+            env.ignore(&["config", "log"])
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
         let config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
@@ -407,10 +414,13 @@ impl Config {
         if self.edge.max_connections == 0 {
             return bad("edge.max_connections", "must be at least 1");
         }
-        if self.members.page_members < 100 || self.members.diff_members < 1000 {
+        if self.members.page_members < 100 {
+            return bad("members.page_members", "pages need at least 100 members");
+        }
+        if self.members.diff_members < 1000 {
             return bad(
-                "members.page_members",
-                "pages need at least 100 members and diffs at least 1000 (one membership event)",
+                "members.diff_members",
+                "diffs need at least 1000 members (one membership event)",
             );
         }
         if !(1..=100).contains(&self.members.full_percent) {
@@ -437,11 +447,14 @@ impl Config {
         if self.edge.http_header_timeout_ms < 100 {
             return bad("edge.http_header_timeout_ms", "must be at least 100");
         }
-        if self.edge.rate_per_sec == 0
-            || self.edge.rate_burst == 0
-            || self.edge.user_rate_per_sec == 0
-        {
-            return bad("edge.rate_per_sec", "rates and bursts must be at least 1");
+        if self.edge.rate_per_sec == 0 {
+            return bad("edge.rate_per_sec", "must be at least 1");
+        }
+        if self.edge.rate_burst == 0 {
+            return bad("edge.rate_burst", "must be at least 1");
+        }
+        if self.edge.user_rate_per_sec == 0 {
+            return bad("edge.user_rate_per_sec", "must be at least 1");
         }
         if !(1..=10_000).contains(&self.projector.batch_size) {
             return bad("projector.batch_size", "must be between 1 and 10000");
@@ -599,6 +612,37 @@ mod tests {
             assert!(msg.contains("ANCHORAGE_"), "{msg}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn only_section_keys_are_read_from_the_environment() {
+        Jail::expect_with(|jail| {
+            // What Kubernetes injects for a Service named `anchorage`.
+            jail.set_env("ANCHORAGE_PORT", "tcp://10.0.0.7:8080");
+            jail.set_env("ANCHORAGE_SERVICE_HOST", "10.0.0.7");
+            jail.set_env("ANCHORAGE_PORT_8080_TCP_ADDR", "10.0.0.7");
+            jail.set_env("ANCHORAGE_EDGE__MAX_CONNECTIONS", "9");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.edge.max_connections, 9);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn each_range_error_names_its_own_key() {
+        for (toml, key) in [
+            ("[members]\ndiff_members = 10\n", "members.diff_members"),
+            ("[members]\npage_members = 10\n", "members.page_members"),
+            ("[edge]\nrate_burst = 0\n", "edge.rate_burst"),
+            ("[edge]\nrate_per_sec = 0\n", "edge.rate_per_sec"),
+            ("[edge]\nuser_rate_per_sec = 0\n", "edge.user_rate_per_sec"),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid value for {key}:")),
+                "{toml}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! Delivery under faults, against a real nats-server and database: a consumer that skips
+//! events, a retry after the duplicate window while the projector is down, NATS going away in
+//! the middle of sends. Nothing acknowledged is lost or stored twice; every refusal says
+//! whether to retry.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
+
+use std::path::Path;
+use std::time::Duration;
+
+use anchorage::nats_auth::{OPERATOR, PROJECTOR};
+use anchorage_bus::Bus;
+use anchorage_tests::{
+    TestEdge, TestNats, TestStack, WsClient, eventually, fresh_database, http_get, nats_client,
+    sign_in, test_config,
+};
+use serde_json::{Value, json};
+
+fn send(conv: &str, id: &str, retry: bool) -> Value {
+    json!({"type": "send", "conv": conv, "client_msg_id": id, "body": id, "client_ts": 1,
+           "retry": retry})
+}
+
+async fn sync_seqs(c: &mut WsClient, conv: &str) -> Vec<u64> {
+    let page = c
+        .request(json!({"type": "sync", "conv": conv, "after": 0}))
+        .await
+        .unwrap();
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+// A consumer that delivers past events it never delivered (as after a leader change in the
+// middle of a batch) does not make the projection skip them.
+#[tokio::test]
+async fn a_consumer_that_skips_events_does_not_make_the_projection_skip_them() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    alice
+        .request(json!({"type": "create_group", "group": "g", "title": "G"}))
+        .await
+        .unwrap();
+    let mut seqs = Vec::new();
+    for n in 0..3 {
+        let ack = alice
+            .request(send("g", &format!("a{n}"), false))
+            .await
+            .unwrap();
+        seqs.push(ack["seq"].as_u64().unwrap());
+    }
+    let store = &stack.stack.store;
+    let projected = |seq: u64| async move {
+        eventually(
+            Duration::from_secs(20),
+            "the messages projected",
+            || async {
+                let at = store.checkpoint("messages").await.ok()??.last_seq;
+                (at >= seq).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    };
+    projected(*seqs.last().unwrap()).await;
+    // The consumer is moved two events ahead behind the projector's back.
+    let operator = async_nats::jetstream::new(nats_client(&nats.url(), OPERATOR).await.unwrap());
+    let messages = operator.get_stream_no_info("MESSAGES").await.unwrap();
+    let last = *seqs.last().unwrap();
+    messages
+        .reset_consumer("projector_messages", Some(last + 3))
+        .await
+        .unwrap();
+    for n in 3..6 {
+        let ack = alice
+            .request(send("g", &format!("a{n}"), false))
+            .await
+            .unwrap();
+        seqs.push(ack["seq"].as_u64().unwrap());
+    }
+    projected(*seqs.last().unwrap()).await;
+    assert_eq!(
+        sync_seqs(&mut alice, "g").await,
+        seqs,
+        "every message, once, in order"
+    );
+    stack.stack.stop().await.unwrap();
+}
+
+fn copy_streams(to: &Path, duplicate_window_ns: u64) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    copy(&anchorage_tests::streams_dir(), to);
+    let path = to.join("streams/MESSAGES.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["duplicate_window"] = json!(duplicate_window_ns);
+    std::fs::write(&path, v.to_string()).unwrap();
+}
+
+// A retry that comes after the duplicate window while the projector is down gets the
+// original seq once the projector is back — never a second copy.
+#[tokio::test]
+async fn a_late_retry_while_the_projector_is_down_is_never_stored_twice() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let streams = tempfile::tempdir().unwrap();
+    copy_streams(streams.path(), 1_000_000_000);
+    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    config.streams.dir = streams.path().to_owned();
+    // The projector runs for the group to exist, then stops.
+    let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
+    let store = stack.stack.store.clone();
+    let edge = TestEdge::start(&config).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
+    alice
+        .request(json!({"type": "create_group", "group": "g", "title": "G"}))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the group projected", || async {
+        store.group_row("g").await.ok()?.map(|_| ())
+    })
+    .await
+    .unwrap();
+    stack.stack.stop().await.unwrap();
+
+    let first = alice.request(send("g", "m1", false)).await.unwrap();
+    assert_eq!(first["type"], "ack", "{first}");
+    // Past the duplicate window, the projector still down: no answer it cannot stand by.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let early = alice.request(send("g", "m1", true)).await.unwrap();
+    assert_eq!(early["code"], "overloaded", "{early}");
+    assert!(early["retry_after_ms"].as_u64().is_some(), "{early}");
+
+    // The projector comes back; the same retry now finds the original.
+    let mut projector_config = config.clone();
+    sign_in(&mut projector_config, PROJECTOR);
+    let bus = Bus::connect(&anchorage::bus_options(&projector_config, false))
+        .await
+        .unwrap();
+    let live_store = anchorage_store::Store::connect(&anchorage::store_options(&config))
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let projector = tokio::spawn(anchorage_projector::run(
+        bus,
+        live_store.clone(),
+        anchorage_projector::ProjectorOptions::from_config(&config.projector),
+        shutdown.clone(),
+    ));
+    let retried = eventually(Duration::from_secs(20), "the retry answered", || async {
+        let mut c = WsClient::signed_in(edge.addr, "alice", "d").await.ok()?.0;
+        let answer = c.request(send("g", "m1", true)).await.ok()?;
+        (answer["type"] == "ack").then_some(answer)
+    })
+    .await
+    .unwrap();
+    assert_eq!(retried["seq"], first["seq"], "{retried}");
+    assert_eq!(retried["duplicate"], true);
+    let (mut reader, _) = WsClient::signed_in(edge.addr, "alice", "d2").await.unwrap();
+    assert_eq!(
+        sync_seqs(&mut reader, "g").await,
+        vec![first["seq"].as_u64().unwrap()],
+        "one copy"
+    );
+    shutdown.cancel();
+    projector.await.unwrap().unwrap();
+    edge.stop().await.unwrap();
+}
+
+// While NATS is away, sends are refused as `overloaded` with a time to come back — not
+// `internal` with a misleading reason — and the same send succeeds once it is back.
+#[tokio::test]
+async fn sends_during_a_nats_outage_are_overloaded_and_retryable() {
+    let mut nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    alice
+        .request(json!({"type": "create_group", "group": "g", "title": "G"}))
+        .await
+        .unwrap();
+    let (status, body) = http_get(stack.edge_addr(), "/readyz").await.unwrap();
+    assert_eq!(status, 200);
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        ready["projections"]["messages"]["behind"].is_u64(),
+        "{ready}"
+    );
+
+    nats.server.stop(Duration::from_secs(5)).await.unwrap();
+    let refused = alice.request(send("g", "m1", false)).await.unwrap();
+    assert_eq!(refused["code"], "overloaded", "{refused}");
+    assert!(refused["retry_after_ms"].as_u64().is_some(), "{refused}");
+    nats.server.restart().await.unwrap();
+    let acked = eventually(
+        Duration::from_secs(30),
+        "the send accepted again",
+        || async {
+            let mut c = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+                .await
+                .ok()?
+                .0;
+            let answer = c.request(send("g", "m1", true)).await.ok()?;
+            (answer["type"] == "ack").then_some(answer)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(acked["seq"].as_u64().unwrap() > 0);
+    stack.stack.stop().await.unwrap();
+}
