@@ -226,3 +226,162 @@ async fn sends_during_a_nats_outage_are_overloaded_and_retryable() {
     assert!(acked["seq"].as_u64().unwrap() > 0);
     stack.stack.stop().await.unwrap();
 }
+
+/// Publishes an event of another system through JetStream, as `INTEGRATION.md` shows.
+async fn ext_event(
+    js: &async_nats::jetstream::Context,
+    source: &str,
+    kind: &str,
+    id: &str,
+    payload: Value,
+    msg_id: bool,
+) {
+    let event = json!({"id": id, "type": kind, "v": 1, "occurred_at": 1763840000000u64,
+                       "payload": payload});
+    let mut headers = async_nats::HeaderMap::new();
+    if msg_id {
+        headers.insert("Nats-Msg-Id", format!("{source}:{id}").as_str());
+    }
+    js.publish_with_headers(
+        format!("ext.{source}.{kind}"),
+        headers,
+        event.to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+// Other systems' events apply once per (source, id), durably: a retry long after the
+// duplicate window changes nothing, and two sources may use the same ids.
+#[tokio::test]
+async fn events_of_other_systems_apply_once_however_late_the_retry() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let store = &stack.stack.store;
+    let crm = async_nats::jetstream::new(nats_client(&nats.url(), "ext_crm").await.unwrap());
+    let user = |u: &str, name: &str| json!({"user": u, "display_name": name});
+    ext_event(
+        &crm,
+        "crm",
+        "user.created",
+        "u-1",
+        user("alice", "Alice"),
+        true,
+    )
+    .await;
+    ext_event(&crm, "crm", "user.created", "u-2", user("bob", "Bob"), true).await;
+    ext_event(
+        &crm,
+        "crm",
+        "group.created",
+        "g-1",
+        json!({"group": "support", "owner": "alice", "title": "Support"}),
+        true,
+    )
+    .await;
+    ext_event(
+        &crm,
+        "crm",
+        "group.members_added",
+        "m-1",
+        json!({"group": "support", "members": ["bob"]}),
+        true,
+    )
+    .await;
+    ext_event(
+        &crm,
+        "crm",
+        "group.members_removed",
+        "m-2",
+        json!({"group": "support", "members": ["bob"]}),
+        true,
+    )
+    .await;
+    ext_event(
+        &crm,
+        "crm",
+        "user.updated",
+        "u-3",
+        user("alice", "Alice B."),
+        true,
+    )
+    .await;
+    ext_event(
+        &crm,
+        "crm",
+        "user.deleted",
+        "u-4",
+        json!({"user": "bob"}),
+        true,
+    )
+    .await;
+    // Another system uses the same ids for its own events.
+    let operator = async_nats::jetstream::new(nats_client(&nats.url(), OPERATOR).await.unwrap());
+    ext_event(
+        &operator,
+        "hr",
+        "user.created",
+        "u-1",
+        user("carol", "Carol"),
+        true,
+    )
+    .await;
+    eventually(Duration::from_secs(30), "every event applied", || async {
+        let carol = store.display_name("carol").await.ok()??;
+        let bob_gone = !store.user_active("bob").await.ok()?;
+        (carol == "Carol" && bob_gone).then_some(())
+    })
+    .await
+    .unwrap();
+    // The same events again, as a retry after the duplicate window would store them.
+    for (kind, id, payload) in [
+        ("user.created", "u-1", user("alice", "Alice")),
+        ("user.created", "u-2", user("bob", "Bob")),
+        (
+            "group.created",
+            "g-1",
+            json!({"group": "support", "owner": "alice", "title": "S"}),
+        ),
+        (
+            "group.members_added",
+            "m-1",
+            json!({"group": "support", "members": ["bob"]}),
+        ),
+    ] {
+        ext_event(&crm, "crm", kind, id, payload, false).await;
+    }
+    // A new event after them, to know they were all taken in.
+    ext_event(
+        &crm,
+        "crm",
+        "user.created",
+        "u-5",
+        user("dave", "Dave"),
+        true,
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the retries taken in", || async {
+        store.user_active("dave").await.ok()?.then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        store.display_name("alice").await.unwrap().as_deref(),
+        Some("Alice B."),
+        "a retried user.created reverts nothing"
+    );
+    assert!(
+        !store.user_active("bob").await.unwrap(),
+        "a deleted user stays deleted"
+    );
+    assert_eq!(
+        store.member_role("support", "bob").await.unwrap(),
+        None,
+        "bob stays removed"
+    );
+    let dead = anchorage_tests::dead_letters(&nats.url()).await.unwrap();
+    assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
+    stack.stack.stop().await.unwrap();
+}

@@ -271,6 +271,21 @@ fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
     })
 }
 
+/// The system and the id an event came from, if another system sent it (its native id is
+/// `ext:<source>:<id>`).
+pub(crate) fn origin(env: &Envelope) -> Option<(String, String)> {
+    let anchorage_schema::Actor::System { source } = &env.actor else {
+        return None;
+    };
+    let id = env
+        .id
+        .as_str()
+        .strip_prefix("ext:")?
+        .strip_prefix(source.as_str())?
+        .strip_prefix(':')?;
+    Some((source.to_string(), id.to_owned()))
+}
+
 /// The projection that applies events of a native stream.
 fn projection_of(stream: &str) -> Option<Projection> {
     Projection::ALL
@@ -296,7 +311,15 @@ impl Ingest {
         payload: &[u8],
     ) -> Result<(), ApplyError> {
         let t = translate(subject, payload)?;
-        self.catch_up(bus, store, &t.references).await?;
+        // Applied once per (source, id), durably: a retry — however late — changes nothing.
+        // The projection of the event's own stream says so once it holds everything.
+        self.catch_up(bus, store, &t.references, t.stream).await?;
+        if let Some((source, id)) = origin(&t.envelope)
+            && let Some(seq) = store.ingested(&source, &id).await?
+        {
+            tracing::debug!(%source, %id, native_seq = seq, "already applied; skipped");
+            return Ok(());
+        }
         for r in &t.references {
             check(store, r).await?;
         }
@@ -314,15 +337,23 @@ impl Ingest {
         bus: &Bus,
         store: &Store,
         references: &[Reference],
+        target: &'static str,
     ) -> Result<(), ApplyError> {
-        let mut streams: Vec<&'static str> = references
-            .iter()
-            .flat_map(|r| match r {
-                Reference::UserExists(_) => &[stream::USERS][..],
-                Reference::GroupExists(_) | Reference::GroupAbsent(_) => &[stream::MEMBERSHIP][..],
-                Reference::ConversationExists(_) => &[stream::MESSAGES, stream::MEMBERSHIP][..],
-            })
-            .copied()
+        let mut streams: Vec<&'static str> = std::iter::once(target)
+            .chain(
+                references
+                    .iter()
+                    .flat_map(|r| match r {
+                        Reference::UserExists(_) => &[stream::USERS][..],
+                        Reference::GroupExists(_) | Reference::GroupAbsent(_) => {
+                            &[stream::MEMBERSHIP][..]
+                        }
+                        Reference::ConversationExists(_) => {
+                            &[stream::MESSAGES, stream::MEMBERSHIP][..]
+                        }
+                    })
+                    .copied(),
+            )
             .collect();
         streams.sort_unstable();
         streams.dedup();

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::ingest;
 use anchorage_digest::{SetDigest, bucket_of, member_hash};
 use anchorage_protocol::{MemberInfo, MembersChange, ServerFrame};
 use anchorage_schema::event::{
@@ -140,18 +141,28 @@ pub(crate) async fn apply_events(
         })
     };
     let mut notices = Vec::new();
+    // Events that came from other systems, recorded with what they became.
+    let mut ingested = Vec::new();
     if p == Projection::Messages {
         // Messages go in together: multi-row inserts, one version move per conversation.
         let rows = events
             .iter()
-            .map(|(seq, subject, payload)| message_row(*seq, subject, &decode(payload)?))
+            .map(|(seq, subject, payload)| {
+                let env = decode(payload)?;
+                ingested.extend(ingest::origin(&env).map(|(src, id)| (src, id, *seq)));
+                message_row(*seq, subject, &env)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         tx.insert_messages(&rows).await?;
     } else {
         for (seq, subject, payload) in events {
             let env = decode(payload)?;
+            ingested.extend(ingest::origin(&env).map(|(src, id)| (src, id, *seq)));
             notices.extend(p.apply(&mut tx, *seq, subject, &env, rules).await?);
         }
+    }
+    for (source, id, seq) in ingested {
+        tx.record_ingested(&source, &id, seq).await?;
     }
     tx.set_checkpoint(p.name(), p.stream(), next, now_ms())
         .await?;

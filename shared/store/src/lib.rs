@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "members",
         sql: include_str!("../migrations/0004_members.sql"),
     },
+    Migration {
+        version: 5,
+        name: "ingested",
+        sql: include_str!("../migrations/0005_ingested.sql"),
+    },
 ];
 
 /// Which database a store talks to.

@@ -357,6 +357,26 @@ impl Tx {
         }))
     }
 
+    /// Records that the event `event_id` of another system `source` was applied as the native
+    /// event at `native_seq` (once; a repeat is ignored).
+    pub async fn record_ingested(
+        &mut self,
+        source: &str,
+        event_id: &str,
+        native_seq: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO ingested_events (source, event_id, native_seq) VALUES ($1, $2, $3)
+             ON CONFLICT (source, event_id) DO NOTHING",
+        )
+        .bind(source)
+        .bind(event_id)
+        .bind(i(native_seq))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     /// Inserts or replaces a group row.
     pub async fn put_group(&mut self, g: &GroupRow) -> Result<(), StoreError> {
         sqlx::query(

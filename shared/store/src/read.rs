@@ -106,6 +106,31 @@ impl Store {
         tx.commit().await?;
         Ok(exists)
     }
+
+    /// A user's display name, if the user exists and is not deleted.
+    pub async fn display_name(&self, user: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT display_name FROM users WHERE user_id = $1 AND deleted = 0")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("display_name")).transpose()?)
+    }
+
+    /// The native sequence of an event from another system that was applied, by its source
+    /// and id.
+    pub async fn ingested(&self, source: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT native_seq FROM ingested_events WHERE source = $1 AND event_id = $2",
+        )
+        .bind(source)
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("native_seq"))
+            .transpose()?
+            .map(|s| s as u64))
+    }
 }
 
 /// A conversation of a user, with what a conversation list needs after a reconnect.
@@ -325,6 +350,7 @@ const TABLES: &[&str] = &[
     "groups",
     "group_members",
     "group_digest_buckets",
+    "ingested_events",
 ];
 
 impl Store {
