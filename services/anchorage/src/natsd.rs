@@ -165,6 +165,10 @@ impl NatsServer {
             }
         }
         let config_path = work_dir.join("nats-server.conf");
+        // A server left running by an earlier run that was killed (kill -9 leaves children
+        // behind) holds the port and the store: stop it — only if it is ours, by its pid file
+        // and its command line naming this very config file.
+        stop_leftover(&work_dir.join(PID_FILE), &config_path).await;
         std::fs::write(&config_path, render_config(&options, &work_dir))
             .with_context(|| format!("writing {}", config_path.display()))?;
         let log = std::fs::File::create(work_dir.join("nats-server.log"))?;
@@ -280,10 +284,11 @@ fn render_config(o: &NatsServerOptions, work_dir: &Path) -> String {
     let port = o.port.map_or(-1, i32::from);
     let mut c = format!(
         "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:-1\"\n\
-         ports_file_dir: {ports:?}\nmax_payload: 1MB\n\
+         ports_file_dir: {ports:?}\npid_file: {pid:?}\nmax_payload: 1MB\n\
          jetstream {{\n  store_dir: {store:?}\n{sync}}}\n",
         name = o.server_name,
         ports = work_dir.display().to_string(),
+        pid = work_dir.join(PID_FILE).display().to_string(),
         store = o.store_dir.join("jetstream").display().to_string(),
         sync = if o.sync_always {
             "  sync_interval: always\n"
@@ -336,6 +341,45 @@ fn render_config(o: &NatsServerOptions, work_dir: &Path) -> String {
 
 /// The user cluster nodes authenticate their routes with.
 pub const ROUTE_USER: &str = "route";
+
+/// Whether process `pid` exists and is not a zombie waiting to be reaped.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+/// Where a spawned server writes its pid.
+const PID_FILE: &str = "nats-server.pid";
+
+/// Stops the server whose pid is in `pid_file` if it is still running with `config` — a
+/// leftover of a run that was killed. Someone else's process is never touched.
+async fn stop_leftover(pid_file: &Path, config: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let config = config.as_os_str().as_encoded_bytes();
+        args.first().is_some_and(|a| a.ends_with(b"nats-server")) && args.contains(&config)
+    });
+    if !ours {
+        return;
+    }
+    tracing::warn!(pid, "stopping the nats-server an earlier run left behind");
+    for (signal, wait) in [("-TERM", 100), ("-KILL", 50)] {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+        for _ in 0..wait {
+            if !running(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
 
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(free_ports(1)?[0])

@@ -35,9 +35,17 @@ fn nats_pid(data_dir: &Path) -> Option<u32> {
 
 /// Starts `anchorage dev` in `dir` on free ports; returns the child and the edge address.
 fn start_dev(dir: &Path) -> (tokio::process::Child, std::net::SocketAddr) {
-    let data_dir = dir.join("data");
     let ports = free_ports(2).unwrap();
-    let (edge_port, nats_port) = (ports[0], ports[1]);
+    start_dev_on(dir, ports[0], ports[1])
+}
+
+/// Starts `anchorage dev` in `dir` with its edge and nats-server on the given ports.
+fn start_dev_on(
+    dir: &Path,
+    edge_port: u16,
+    nats_port: u16,
+) -> (tokio::process::Child, std::net::SocketAddr) {
+    let data_dir = dir.join("data");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
         .arg("dev")
         .current_dir(dir)
@@ -200,4 +208,45 @@ async fn config_show_prints_no_secret() {
         shown.contains("postgres://chat:<redacted>@db.internal/chat"),
         "{shown}"
     );
+}
+
+#[tokio::test]
+async fn a_killed_dev_leaves_no_server_in_the_way_of_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2).unwrap();
+    let ready = |addr: std::net::SocketAddr| async move {
+        eventually(
+            Duration::from_secs(60),
+            "anchorage dev to be ready",
+            || async { (http_get(addr, "/readyz").await.ok()?.0 == 200).then_some(()) },
+        )
+        .await
+        .unwrap();
+    };
+    let (mut first, addr) = start_dev_on(dir.path(), ports[0], ports[1]);
+    ready(addr).await;
+    let leftover = nats_pid(&dir.path().join("data")).expect("a nats-server ports file");
+    // kill -9: the nats-server child is left running, on the port and the store.
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    assert!(
+        alive(leftover),
+        "the situation under test: a leftover server"
+    );
+    let (mut second, addr) = start_dev_on(dir.path(), ports[0], ports[1]);
+    ready(addr).await;
+    assert!(!alive(leftover), "the leftover was stopped");
+    std::process::Command::new("kill")
+        .args(["-TERM", &second.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let exit = within(
+        Duration::from_secs(30),
+        "anchorage dev to exit",
+        second.wait(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(exit.success(), "{exit}");
 }
