@@ -385,3 +385,71 @@ async fn events_of_other_systems_apply_once_however_late_the_retry() {
     assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
     stack.stack.stop().await.unwrap();
 }
+
+// Pipelined sends keep the sender's order through refusals: once one is refused, the ones
+// after it are refused too until it is sent again, so a client that retries in order stores
+// everything in the order it was written.
+#[tokio::test]
+async fn pipelined_sends_keep_their_order_through_refusals() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    config.edge.rate_per_sec = 5;
+    config.edge.rate_burst = 10;
+    let stack = TestStack::start_with(config, db_dir).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    alice
+        .request(json!({"type": "create_group", "group": "g", "title": "G"}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // 40 sends in a pipe, faster than the rate allows: tokens come back while it is full.
+    let ids: Vec<String> = (0..40).map(|n| format!("m{n:02}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let mut frame = send("g", id, false);
+        frame["id"] = json!(1000 + n);
+        alice.send_text(frame.to_string()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut refused = Vec::new();
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..ids.len() {
+        let answer = alice.next_answer().await.unwrap();
+        let n = answer["id"].as_u64().unwrap() as usize - 1000;
+        if answer["type"] != "ack" {
+            *codes
+                .entry(answer["code"].as_str().unwrap().into())
+                .or_default() += 1;
+            refused.push(n);
+        }
+    }
+    assert!(codes.contains_key("rate_limited"), "{codes:?}");
+    assert!(codes.contains_key("out_of_order"), "{codes:?}");
+    // Retried in order, each until it is stored.
+    for n in refused {
+        loop {
+            let answer = alice.request(send("g", &ids[n], true)).await.unwrap();
+            if answer["type"] == "ack" {
+                break;
+            }
+            let wait = answer["retry_after_ms"].as_u64().unwrap_or(100);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+    let store = &stack.stack.store;
+    let page = eventually(
+        Duration::from_secs(20),
+        "all forty in the history",
+        || async {
+            let rows = store.messages_after("g", 0, 100).await.ok()?;
+            (rows.len() == ids.len()).then_some(rows)
+        },
+    )
+    .await
+    .unwrap();
+    let stored: Vec<String> = page.into_iter().map(|r| r.client_msg_id).collect();
+    assert_eq!(stored, ids, "stored in the order written");
+    stack.stack.stop().await.unwrap();
+}

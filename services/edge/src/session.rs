@@ -116,10 +116,28 @@ pub struct Session {
     pub(crate) state: EdgeState,
     pub(crate) claims: Claims,
     pub(crate) conn: ConnHandle,
+    /// The send that was refused for a passing reason: later sends are refused until it is
+    /// sent again.
+    blocked: Option<Box<(ConversationId, ClientMsgId)>>,
 }
 
 /// The answer of a send, once JetStream acknowledged it.
-pub type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>;
+pub type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = SendAnswer> + Send>>;
+
+/// The answer to a send, and which send it was if it was refused for a passing reason.
+#[derive(Debug)]
+pub struct SendAnswer {
+    pub frame: ServerFrame,
+    pub refused: Option<Box<(ConversationId, ClientMsgId)>>,
+}
+
+/// Whether a refusal is one the client retries (and so must keep its order through).
+fn passing(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::RateLimited | ErrorCode::Overloaded | ErrorCode::Internal
+    )
+}
 
 /// What a send turned into: its answer, or the acknowledgement that will give it.
 enum SendStart {
@@ -146,6 +164,7 @@ impl Session {
             state,
             claims,
             conn,
+            blocked: None,
         }
     }
 
@@ -278,14 +297,26 @@ impl Session {
                 body,
                 client_ts,
                 retry,
-            } => match self
-                .start_send(id, conv, client_msg_id, body, client_ts, retry)
-                .await
-            {
-                Ok(SendStart::Pending(ack)) => return Some(ack),
-                Ok(SendStart::Done(frame)) => Ok(frame),
-                Err(err) => Err(err),
-            },
+            } => {
+                if let Some(err) = self.out_of_order(&conv, &client_msg_id) {
+                    Err(err)
+                } else {
+                    let send = (conv.clone(), client_msg_id.clone());
+                    match self
+                        .start_send(id, conv, client_msg_id, body, client_ts, retry)
+                        .await
+                    {
+                        Ok(SendStart::Pending(ack)) => return Some(ack),
+                        Ok(SendStart::Done(frame)) => Ok(frame),
+                        Err(err) => {
+                            if passing(err.0) {
+                                self.block(send.0, send.1);
+                            }
+                            Err(err)
+                        }
+                    }
+                }
+            }
             ClientFrame::Sync {
                 id,
                 conv,
@@ -380,6 +411,44 @@ impl Session {
         None
     }
 
+    /// Queues the answer of a send whose acknowledgement came (or failed).
+    pub async fn answer_send(&mut self, answer: SendAnswer) {
+        if let Some(refused) = answer.refused {
+            let (conv, client_msg_id) = *refused;
+            self.block(conv, client_msg_id);
+        }
+        self.reply(answer.frame).await;
+    }
+
+    /// Remembers a send refused for a passing reason (the first one: the client retries from
+    /// there).
+    pub(crate) fn block(&mut self, conv: ConversationId, client_msg_id: ClientMsgId) {
+        if self.blocked.is_none() {
+            self.blocked = Some(Box::new((conv, client_msg_id)));
+        }
+    }
+
+    /// Refuses a send that would overtake a refused one; the refused one itself, sent again,
+    /// lifts the block.
+    fn out_of_order(
+        &mut self,
+        conv: &ConversationId,
+        client_msg_id: &ClientMsgId,
+    ) -> Option<(ErrorCode, String)> {
+        let blocked = self.blocked.as_deref()?;
+        if (&blocked.0, &blocked.1) == (conv, client_msg_id) {
+            self.blocked = None;
+            return None;
+        }
+        Some((
+            ErrorCode::OutOfOrder,
+            format!(
+                "{} in {} was refused: send it again before later messages",
+                blocked.1, blocked.0
+            ),
+        ))
+    }
+
     /// Checks and hands a message to the stream without waiting for it to be stored: the
     /// answer comes from the returned acknowledgement. Messages started one after another are
     /// stored in that order, so a connection can keep many sends in flight.
@@ -465,7 +534,14 @@ impl Session {
         Ok(SendStart::Pending(Box::pin(async move {
             let published = match pending.stored().await {
                 Ok(p) => p,
-                Err(err) => return error_frame(Some(id), publish_failed(err)),
+                Err(err) => {
+                    let err = publish_failed(err);
+                    let refused = passing(err.0).then(|| Box::new((conv, client_msg_id)));
+                    return SendAnswer {
+                        frame: error_frame(Some(id), err),
+                        refused,
+                    };
+                }
             };
             let server_ts = if published.duplicate {
                 // The original's time, from the stored copy.
@@ -476,12 +552,15 @@ impl Session {
             } else {
                 server_ts
             };
-            ServerFrame::Ack {
-                id,
-                client_msg_id,
-                seq: published.seq.0,
-                server_ts,
-                duplicate: published.duplicate,
+            SendAnswer {
+                frame: ServerFrame::Ack {
+                    id,
+                    client_msg_id,
+                    seq: published.seq.0,
+                    server_ts,
+                    duplicate: published.duplicate,
+                },
+                refused: None,
             }
         })))
     }

@@ -366,7 +366,7 @@ async fn serve(
             _ = tokio::time::sleep_until(expires) => { conn.close_with(close::TOKEN_EXPIRED); break; }
             _ = conn.kicked() => break,
             Some(answer) = inflight.next(), if !inflight.is_empty() => {
-                session.reply(answer).await;
+                session.answer_send(answer).await;
                 continue;
             }
             m = stream.next() => m,
@@ -402,7 +402,18 @@ async fn serve(
                 break;
             }
             let id = match &message {
-                Message::Text(t) => peek_id(t),
+                Message::Text(t) => {
+                    // A refused send holds back the sends after it (see `Session::block`).
+                    if let Ok(ClientFrame::Send {
+                        conv,
+                        client_msg_id,
+                        ..
+                    }) = decode_client_frame(t, max)
+                    {
+                        session.block(conv, client_msg_id);
+                    }
+                    peek_id(t)
+                }
                 _ => None,
             };
             session
@@ -437,12 +448,12 @@ async fn serve(
             if inflight.len() >= MAX_INFLIGHT_SENDS
                 && let Some(answer) = inflight.next().await
             {
-                session.reply(answer).await;
+                session.answer_send(answer).await;
             }
         } else {
             // Anything but a send waits for the sends before it: answers keep the order.
             while let Some(answer) = inflight.next().await {
-                session.reply(answer).await;
+                session.answer_send(answer).await;
             }
         }
         if let Some(ack) = Box::pin(session.handle(decoded)).await {

@@ -541,6 +541,10 @@ pub enum ErrorCode {
     Overloaded,
     /// A failure on our side; the request may be retried with the same ids.
     Internal,
+    /// An earlier send on this connection was refused (`rate_limited`, `overloaded`,
+    /// `internal`): later ones are refused too until that one is sent again, so a client that
+    /// retries in order keeps its order.
+    OutOfOrder,
 }
 
 /// Why a client frame could not be decoded.

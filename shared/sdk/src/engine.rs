@@ -540,7 +540,7 @@ impl Engine {
                     seq,
                 });
             }
-            (_, Some("internal" | "overloaded")) => return Err(lost(None)),
+            (_, Some("internal" | "overloaded" | "out_of_order")) => return Err(lost(None)),
             _ => {
                 let reason = answer["message"].as_str().unwrap_or("refused").to_owned();
                 self.store
@@ -564,7 +564,7 @@ impl Engine {
         let fail = |_| lost(None);
         let answer = self.request(conn, frame).await?;
         match answer["code"].as_str() {
-            Some("internal" | "overloaded") => return Err(lost(None)),
+            Some("internal" | "overloaded" | "out_of_order") => return Err(lost(None)),
             Some(_) => {
                 let reason = answer["message"].as_str().unwrap_or("refused");
                 self.store
