@@ -453,3 +453,56 @@ async fn pipelined_sends_keep_their_order_through_refusals() {
     assert_eq!(stored, ids, "stored in the order written");
     stack.stack.stop().await.unwrap();
 }
+
+// While the projector is down, `welcome` still names every conversation with new messages,
+// with its last seq from the stream.
+#[tokio::test]
+async fn welcome_tells_the_truth_while_the_projector_is_down() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
+    let store = stack.stack.store.clone();
+    let edge = TestEdge::start(&config).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
+    alice
+        .request(json!({"type": "create_group", "group": "g", "title": "G", "members": ["bob"]}))
+        .await
+        .unwrap();
+    let first = alice.request(send("g", "m1", false)).await.unwrap();
+    let seq = first["seq"].as_u64().unwrap();
+    eventually(Duration::from_secs(20), "the message projected", || async {
+        let at = store.checkpoint("messages").await.ok()??.last_seq;
+        (at >= seq).then_some(())
+    })
+    .await
+    .unwrap();
+    stack.stack.stop().await.unwrap();
+    // The projector is gone; alice writes on.
+    let second = alice.request(send("g", "m2", false)).await.unwrap();
+    let (_bob, welcome) = WsClient::signed_in(edge.addr, "bob", "d").await.unwrap();
+    let changes = welcome["changes"].as_array().unwrap();
+    let g = changes.iter().find(|c| c["conv"] == "g").cloned();
+    assert_eq!(
+        g.map(|c| c["last_seq"].clone()),
+        Some(second["seq"].clone()),
+        "{welcome}"
+    );
+    // Bob's anchor at the first message: the change is still announced.
+    let mut bob2 = WsClient::connect(edge.addr).await.unwrap();
+    let welcome = bob2
+        .request(json!({"type": "hello", "protocol": 1,
+                        "token": anchorage_tests::token("bob", "d2", 60),
+                        "anchors": [{"conv": "g", "seq": seq}]}))
+        .await
+        .unwrap();
+    assert!(
+        welcome["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["conv"] == "g"),
+        "{welcome}"
+    );
+    edge.stop().await.unwrap();
+}

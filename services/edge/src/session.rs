@@ -212,7 +212,9 @@ impl Session {
     ) -> Answer {
         let store = &self.state.store;
         // Everything stored before the live subscriptions were in place must be in the
-        // projection this summary reads: wait (briefly) for the projector to get there.
+        // summary: wait (briefly) for the projection to get there. If it does not (the
+        // projector is down or far behind), each conversation's last seq comes from the stream
+        // itself, so no change is left out.
         let end = self
             .state
             .bus
@@ -220,7 +222,7 @@ impl Session {
             .await
             .map_err(internal)?
             .last_seq;
-        self.messages_projected(end).await?;
+        let projected = self.messages_projected(end).await?;
         let anchors: HashMap<&str, u64> =
             anchors.iter().map(|a| (a.conv.as_str(), a.seq)).collect();
         let user = self.claims.sub.as_str();
@@ -242,12 +244,23 @@ impl Session {
                 .get(s.conv.as_str())
                 .copied()
                 .unwrap_or(s.delivered_seq);
-            if s.last_seq <= anchor {
-                continue;
-            }
             let Ok(conv) = ConversationId::parse(s.conv.clone()) else {
                 continue;
             };
+            let last_seq = if projected {
+                s.last_seq
+            } else {
+                self.state
+                    .bus
+                    .last_subject_seq(stream::MESSAGES, &subjects::message(&conv))
+                    .await
+                    .map_err(internal)?
+                    .0
+                    .max(s.last_seq)
+            };
+            if last_seq <= anchor {
+                continue;
+            }
             let unread = store
                 .count_after(&s.conv, s.read_seq, UNREAD_CAP)
                 .await
@@ -261,7 +274,7 @@ impl Session {
                 .and_then(to_message);
             changes.push(ConvChange {
                 conv,
-                last_seq: s.last_seq,
+                last_seq,
                 unread,
                 read_seq: s.read_seq,
                 last_message,
