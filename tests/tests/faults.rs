@@ -506,3 +506,105 @@ async fn welcome_tells_the_truth_while_the_projector_is_down() {
     );
     edge.stop().await.unwrap();
 }
+
+/// A projector signed in as `projector`, running until `shutdown`.
+async fn projector(
+    config: &anchorage_config::Config,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let mut config = config.clone();
+    sign_in(&mut config, PROJECTOR);
+    let bus = Bus::connect(&anchorage::bus_options(&config, false))
+        .await
+        .unwrap();
+    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
+        .await
+        .unwrap();
+    tokio::spawn(anchorage_projector::run(
+        bus,
+        store,
+        anchorage_projector::ProjectorOptions::from_config(&config.projector),
+        shutdown,
+    ))
+}
+
+// Shutdown is prompt while events from other systems are being applied, and loses none: an
+// event that cannot apply yet is applied after the restart, never set aside.
+#[tokio::test]
+async fn shutdown_in_the_middle_of_ingest_is_prompt_and_loses_nothing() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
+    let store = stack.stack.store.clone();
+    let crm = async_nats::jetstream::new(nats_client(&nats.url(), "ext_crm").await.unwrap());
+    ext_event(
+        &crm,
+        "crm",
+        "user.created",
+        "u-1",
+        json!({"user": "alice", "display_name": "Alice"}),
+        true,
+    )
+    .await;
+    ext_event(
+        &crm,
+        "crm",
+        "group.created",
+        "g-1",
+        json!({"group": "support", "owner": "alice", "title": "Support"}),
+        true,
+    )
+    .await;
+    eventually(Duration::from_secs(20), "the group", || async {
+        store.group_row("support").await.ok()?.map(|_| ())
+    })
+    .await
+    .unwrap();
+    stack.stack.stop().await.unwrap();
+    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
+        .await
+        .unwrap();
+
+    let posts = 300;
+    for n in 0..posts {
+        ext_event(
+            &crm,
+            "crm",
+            "message.system_posted",
+            &format!("p-{n}"),
+            json!({"conv": "support", "body": format!("post {n}")}),
+            true,
+        )
+        .await;
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = projector(&config, shutdown.clone()).await;
+    eventually(Duration::from_secs(20), "some posts applied", || async {
+        (store.messages_after("support", 0, 500).await.ok()?.len() >= 5).then_some(())
+    })
+    .await
+    .unwrap();
+    let asked = std::time::Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the projector stops within seconds")
+        .unwrap()
+        .unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(10));
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = projector(&config, shutdown.clone()).await;
+    let all = eventually(Duration::from_secs(60), "every post applied", || async {
+        let rows = store.messages_after("support", 0, 1000).await.ok()?;
+        (rows.len() >= posts).then_some(rows)
+    })
+    .await
+    .unwrap();
+    assert_eq!(all.len(), posts, "each once");
+    let dead = anchorage_tests::dead_letters(&nats.url()).await.unwrap();
+    assert!(dead.is_empty(), "nothing set aside: {dead:?}");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}

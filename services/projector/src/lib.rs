@@ -215,7 +215,13 @@ impl Worker {
             if batch.is_empty() {
                 continue;
             }
-            let (next, gap) = self.apply_batch(&consumer, checkpoint, &batch).await?;
+            // Shutdown does not wait for a batch that waits (an event from another system
+            // waiting for the projections it refers to): what was not committed is applied
+            // again after the restart — publishing is idempotent by event id.
+            let (next, gap) = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                applied = self.apply_batch(&consumer, checkpoint, &batch) => applied?,
+            };
             checkpoint = next;
             if let Some(missing) = gap {
                 // The consumer delivered past a sequence it never delivered (a leader change
@@ -396,7 +402,12 @@ impl Worker {
                     // from the checkpoint once it answers again.
                     return Err(err).context("database busy or unreachable while applying");
                 }
-                Err(err @ (ApplyError::Store(_) | ApplyError::Unavailable(_))) => {
+                Err(ApplyError::Unavailable(why)) => {
+                    // It cannot apply *yet* (NATS away, a projection it refers to behind):
+                    // never set aside for that — start over from the checkpoint later.
+                    anyhow::bail!("event {} cannot apply yet: {why}", d.seq);
+                }
+                Err(err @ ApplyError::Store(_)) => {
                     // An outage is nobody's event's fault: start over once it is over.
                     self.store
                         .ping()
