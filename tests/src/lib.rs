@@ -88,7 +88,12 @@ pub async fn nats_client(nats_url: &str, user: &str) -> anyhow::Result<async_nat
     Ok(async_nats::ConnectOptions::new()
         .user_and_password(user.to_owned(), password.to_owned())
         .custom_inbox_prefix(nats_auth::inbox_prefix(user))
-        .connect(nats_url)
+        .connect(
+            nats_url
+                .split(',')
+                .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+                .collect::<Result<Vec<_>, _>>()?,
+        )
         .await?)
 }
 

@@ -280,11 +280,51 @@ async fn a_client_message_id_is_scoped_to_its_conversation() {
         .await
         .unwrap();
     assert_eq!(retry["seq"], b["seq"], "{retry}");
+    // Another device of the same user numbering its messages alike writes its own message,
+    // and both can be read.
+    let (mut phone, _) = WsClient::signed_in(s.stack.edge_addr(), "alice", "phone")
+        .await
+        .unwrap();
+    let c = phone
+        .request(send("g2", "same", json!("three")))
+        .await
+        .unwrap();
+    assert_eq!(c["duplicate"], false, "{c}");
+    assert_ne!(c["seq"], b["seq"]);
+    let store = &s.stack.stack.store;
+    let seq_c = c["seq"].as_u64().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the phone's message projected",
+        || async {
+            let at = store.checkpoint("messages").await.ok()??.last_seq;
+            (at >= seq_c).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let retry = phone
+        .request(
+            json!({"type": "send", "conv": "g2", "client_msg_id": "same", "body": "three",
+                        "client_ts": 1, "retry": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        retry["seq"], c["seq"],
+        "the phone's retry finds the phone's message"
+    );
     let page = alice
         .request(json!({"type": "sync", "conv": "g2", "after": 0}))
         .await
         .unwrap();
-    assert_eq!(page["messages"][0]["body"], "two", "{page}");
+    let bodies: Vec<&Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["body"])
+        .collect();
+    assert_eq!(bodies, vec![&json!("two"), &json!("three")], "{page}");
 }
 
 // 4. Nothing is acknowledged that a reader cannot decode.
@@ -306,6 +346,7 @@ async fn bodies_nested_past_the_limit_are_refused_not_lost() {
     alice.send_text(deep).await.unwrap();
     let refused = alice.next_answer().await.unwrap();
     assert_eq!(refused["code"], "invalid_request", "{refused}");
+    assert_eq!(refused["id"], 50, "the refusal names its request");
     // Up to the limit it is stored and projected like any message.
     let ok = format!(
         r#"{{"type":"send","id":51,"conv":"g","client_msg_id":"ok","client_ts":1,"body":{}}}"#,
@@ -735,4 +776,26 @@ async fn garbage_is_rate_limited_and_ignoring_it_disconnects() {
         }
     }
     assert_eq!(c.closed().await.unwrap(), 4029);
+    // WebSocket pings count like requests, before and after hello.
+    for signed_in in [false, true] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        if signed_in {
+            ws.send(WsMessage::Text(hello("alice", "pinger").into()))
+                .await
+                .unwrap();
+            ws.next().await.unwrap().unwrap();
+        }
+        for _ in 0..200 {
+            if ws.send(WsMessage::Ping(vec![1].into())).await.is_err() {
+                break;
+            }
+        }
+        assert_eq!(
+            close_code(&mut ws, Duration::from_secs(10)).await,
+            4029,
+            "pings, signed in: {signed_in}"
+        );
+    }
 }

@@ -284,6 +284,10 @@ async fn dev(mut config: Config) -> anyhow::Result<ExitCode> {
     let data_dir = config.dev.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    // The database lives with the rest of the development data unless one is named.
+    if config.database.url == anchorage_config::DatabaseConfig::default().url {
+        config.database.url = format!("sqlite://{}/anchorage.db", data_dir.display());
+    }
     let binary = natsd::locate(config.dev.nats_server.as_deref(), &std::env::current_dir()?)?;
     // Every part signs in as its own NATS user; the passwords are generated once and kept.
     let credentials =

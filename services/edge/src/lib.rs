@@ -90,6 +90,7 @@ impl EdgeState {
             )),
             queue_budget: Arc::new(outbox::QueueBudget::new(
                 usize::try_from(config.queue_bytes).unwrap_or(usize::MAX),
+                usize::try_from(config.queue_bytes_per_user).unwrap_or(usize::MAX),
                 usize::try_from(config.queued_bytes_total).unwrap_or(usize::MAX),
             )),
             user_limits: Arc::new(limits::UserLimits::new(config.user_rate_per_sec)),

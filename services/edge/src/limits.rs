@@ -96,8 +96,17 @@ impl PendingLimits {
         }
     }
 
-    /// A place for a socket from `ip`, if both caps allow one.
+    /// A place for a socket from `ip`, if both caps allow one. IPv6 addresses count by their
+    /// /64 network: one host is given a whole /64 and could otherwise take a place per address.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PendingPlace> {
+        let ip = match ip {
+            IpAddr::V6(v6) => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(octets.into())
+            }
+            v4 => v4,
+        };
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per_ip) = &mut *counts;
         let mine = per_ip.get(&ip).copied().unwrap_or(0);
@@ -143,6 +152,19 @@ mod tests {
         assert!(limits.admit(b).is_none(), "in all");
         drop(a1);
         assert!(limits.admit(b).is_some());
+        // One /64 is one address.
+        let limits = Arc::new(PendingLimits::new(100, 2));
+        let host = |n: u16| IpAddr::V6([0x2001, 0xdb8, 0, 1, 0, 0, 0, n].into());
+        let _p = (
+            limits.admit(host(1)).unwrap(),
+            limits.admit(host(2)).unwrap(),
+        );
+        assert!(limits.admit(host(3)).is_none());
+        assert!(
+            limits
+                .admit(IpAddr::V6([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1].into()))
+                .is_some()
+        );
     }
 
     #[test]

@@ -2,16 +2,19 @@
 //! task, bounded in frames and in bytes.
 //!
 //! Each connection may have at most `edge.queue_frames` frames and `edge.queue_bytes` bytes
-//! waiting for its socket, and all connections of the edge together at most
-//! `edge.queued_bytes_total`. A frame that would go past a byte bound is not queued: the
+//! waiting for its socket, all connections of one user together `edge.queue_bytes_per_user`,
+//! and all connections of the edge together at most `edge.queued_bytes_total` — so one
+//! account's stalled sockets cannot use up what everyone shares. A frame that would go past a byte bound is not queued: the
 //! connection is closed with [`close::SLOW_CONSUMER`] and the client resyncs from its anchors
 //! when it reconnects. A client that asks for large answers and never reads them costs the edge
 //! its byte bound, not its memory.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use anchorage_protocol::close;
+use anchorage_schema::UserId;
 use tokio::sync::mpsc;
 
 use crate::hub::Frame;
@@ -21,16 +24,35 @@ use crate::hub::Frame;
 pub struct QueueBudget {
     queued: AtomicUsize,
     per_connection: usize,
+    per_user: usize,
     total: usize,
+    /// Bytes queued per user, shared by the user's connections while any is open.
+    users: Mutex<HashMap<UserId, Weak<AtomicUsize>>>,
 }
 
 impl QueueBudget {
-    pub fn new(per_connection: usize, total: usize) -> Self {
+    pub fn new(per_connection: usize, per_user: usize, total: usize) -> Self {
         Self {
             queued: AtomicUsize::new(0),
             per_connection,
+            per_user,
             total,
+            users: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The counter of `user`'s queued bytes (one per user while any of theirs is connected).
+    fn user_counter(&self, user: &UserId) -> Arc<AtomicUsize> {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(counter) = users.get(user).and_then(Weak::upgrade) {
+            return counter;
+        }
+        if users.len() > 1024 {
+            users.retain(|_, w| w.strong_count() > 0);
+        }
+        let counter = Arc::new(AtomicUsize::new(0));
+        users.insert(user.clone(), Arc::downgrade(&counter));
+        counter
     }
 
     /// Bytes queued on the edge right now.
@@ -63,6 +85,7 @@ impl Refused {
 pub struct Outbox {
     tx: mpsc::Sender<Frame>,
     queued: Arc<AtomicUsize>,
+    user: Arc<AtomicUsize>,
     budget: Arc<QueueBudget>,
 }
 
@@ -71,20 +94,28 @@ pub struct Outbox {
 pub struct Inbox {
     rx: mpsc::Receiver<Frame>,
     queued: Arc<AtomicUsize>,
+    user: Arc<AtomicUsize>,
     budget: Arc<QueueBudget>,
 }
 
-/// A queue of at most `frames` frames under `budget`.
-pub fn channel(frames: usize, budget: Arc<QueueBudget>) -> (Outbox, Inbox) {
+/// A queue of at most `frames` frames for a connection of `user`, under `budget`.
+pub fn channel(frames: usize, budget: Arc<QueueBudget>, user: &UserId) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::channel(frames);
     let queued = Arc::new(AtomicUsize::new(0));
+    let user = budget.user_counter(user);
     (
         Outbox {
             tx,
             queued: queued.clone(),
+            user: user.clone(),
             budget: budget.clone(),
         },
-        Inbox { rx, queued, budget },
+        Inbox {
+            rx,
+            queued,
+            user,
+            budget,
+        },
     )
 }
 
@@ -92,10 +123,13 @@ impl Outbox {
     /// Counts `len` bytes against both bounds, or refuses without counting.
     fn reserve(&self, len: usize) -> Result<(), Refused> {
         let mine = self.queued.fetch_add(len, Ordering::AcqRel) + len;
+        let users = self.user.fetch_add(len, Ordering::AcqRel) + len;
         let all = self.budget.queued.fetch_add(len, Ordering::AcqRel) + len;
         // A frame alone larger than the connection's bound still goes through an empty queue:
         // an answer is bounded by its own limits, the queue bounds what piles up.
-        if (mine > self.budget.per_connection && mine != len) || all > self.budget.total {
+        let piled_up =
+            mine != len && (mine > self.budget.per_connection || users > self.budget.per_user);
+        if piled_up || all > self.budget.total {
             self.release(len);
             return Err(Refused::TooSlow);
         }
@@ -104,6 +138,7 @@ impl Outbox {
 
     fn release(&self, len: usize) {
         self.queued.fetch_sub(len, Ordering::AcqRel);
+        self.user.fetch_sub(len, Ordering::AcqRel);
         self.budget.queued.fetch_sub(len, Ordering::AcqRel);
     }
 
@@ -144,6 +179,7 @@ impl Inbox {
     fn taken(&self, frame: &Frame) {
         let len = frame.len();
         self.queued.fetch_sub(len, Ordering::AcqRel);
+        self.user.fetch_sub(len, Ordering::AcqRel);
         self.budget.queued.fetch_sub(len, Ordering::AcqRel);
     }
 
@@ -178,11 +214,15 @@ mod tests {
         Frame::from("x".repeat(len))
     }
 
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
     #[tokio::test]
     async fn bytes_are_bounded_per_connection_and_per_edge() {
-        let budget = Arc::new(QueueBudget::new(100, 150));
-        let (a, mut a_rx) = channel(16, budget.clone());
-        let (b, b_rx) = channel(16, budget.clone());
+        let budget = Arc::new(QueueBudget::new(100, 1000, 150));
+        let (a, mut a_rx) = channel(16, budget.clone(), &user("a"));
+        let (b, b_rx) = channel(16, budget.clone(), &user("b"));
         assert_eq!(a.try_push(frame(60)), Ok(()));
         assert_eq!(a.push(frame(60)).await, Err(Refused::TooSlow), "a's bound");
         assert_eq!(b.try_push(frame(80)), Ok(()));
@@ -203,19 +243,42 @@ mod tests {
 
     #[tokio::test]
     async fn one_large_answer_goes_through_an_empty_queue() {
-        let budget = Arc::new(QueueBudget::new(100, 1000));
-        let (a, _rx) = channel(16, budget);
+        let budget = Arc::new(QueueBudget::new(100, 1000, 1000));
+        let (a, _rx) = channel(16, budget, &user("a"));
         assert_eq!(a.try_push(frame(500)), Ok(()));
         assert_eq!(a.try_push(frame(1)), Err(Refused::TooSlow));
     }
 
     #[tokio::test]
     async fn a_full_frame_queue_is_too_slow_for_pushes() {
-        let budget = Arc::new(QueueBudget::new(1000, 1000));
-        let (a, _rx) = channel(2, budget.clone());
+        let budget = Arc::new(QueueBudget::new(1000, 1000, 1000));
+        let (a, _rx) = channel(2, budget.clone(), &user("a"));
         assert_eq!(a.try_push(frame(1)), Ok(()));
         assert_eq!(a.try_push(frame(1)), Ok(()));
         assert_eq!(a.try_push(frame(1)), Err(Refused::TooSlow));
         assert_eq!(budget.queued(), 2);
+    }
+
+    #[tokio::test]
+    async fn one_user_cannot_take_what_everyone_shares() {
+        let budget = Arc::new(QueueBudget::new(100, 150, 1000));
+        let (a1, _r1) = channel(16, budget.clone(), &user("hog"));
+        let (a2, _r2) = channel(16, budget.clone(), &user("hog"));
+        let (v, _rv) = channel(16, budget.clone(), &user("victim"));
+        assert_eq!(a1.try_push(frame(90)), Ok(()));
+        assert_eq!(a2.try_push(frame(50)), Ok(()));
+        assert_eq!(
+            a2.try_push(frame(20)),
+            Err(Refused::TooSlow),
+            "the user's bound"
+        );
+        assert_eq!(v.try_push(frame(90)), Ok(()), "others are not affected");
+        drop((a1, _r1));
+        let (a3, _r3) = channel(16, budget, &user("hog"));
+        assert_eq!(
+            a3.try_push(frame(60)),
+            Ok(()),
+            "a closed connection gave its bytes back"
+        );
     }
 }

@@ -504,7 +504,12 @@ impl Session {
             && let Some(row) = self
                 .state
                 .store
-                .message_by_client_id(conv.as_str(), user.as_str(), client_msg_id.as_str())
+                .message_by_client_id(
+                    conv.as_str(),
+                    user.as_str(),
+                    self.claims.device.as_str(),
+                    client_msg_id.as_str(),
+                )
                 .await
                 .map_err(internal)?
         {

@@ -160,7 +160,12 @@ async fn await_hello(
     let mut answered = 0u32;
     loop {
         let next = tokio::time::timeout_at(deadline, stream.next()).await;
-        if matches!(next, Ok(Some(Ok(Message::Text(_) | Message::Binary(_))))) {
+        if matches!(
+            next,
+            Ok(Some(Ok(Message::Text(_)
+                | Message::Binary(_)
+                | Message::Ping(_))))
+        ) {
             answered += 1;
             if answered > MAX_FRAMES_BEFORE_HELLO {
                 return Err((close::RATE_LIMITED, "too many frames before hello".into()));
@@ -321,6 +326,7 @@ async fn serve(
     let (outbox, inbox) = outbox::channel(
         state.config.queue_frames as usize,
         state.queue_budget.clone(),
+        &claims.sub,
     );
     let conn = ConnHandle::new(
         state.hub.next_conn_id(),
@@ -388,7 +394,7 @@ async fn serve(
                 break;
             }
             None | Some(Ok(Message::Close(_))) => break,
-            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => m,
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_) | Message::Ping(_)))) => m,
             Some(Ok(_)) => continue,
         };
         // Every frame counts against the limits, whether it decodes or not.
@@ -427,6 +433,10 @@ async fn serve(
             continue;
         }
         strikes = 0;
+        if matches!(message, Message::Ping(_)) {
+            // Answered by the WebSocket layer; it only had to pass the limits.
+            continue;
+        }
         let Message::Text(text) = message else {
             session
                 .reply(error_frame(

@@ -205,19 +205,21 @@ fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
     let envelope = Envelope::from_json(wire.to_string().as_bytes())
         .map_err(|e| reject(e.code(), e.to_string()))?;
 
-    // 1:1 conversations belong to their two users: no other system creates or changes one.
-    let group = match &envelope.event {
-        Event::GroupCreated(e) => Some(&e.group),
-        Event::MembersAdded(e) => Some(&e.group),
-        Event::MembersRemoved(e) => Some(&e.group),
+    // 1:1 conversations belong to their two users: no other system creates, changes or
+    // writes into one.
+    let direct = match &envelope.event {
+        Event::GroupCreated(e) => e.group.is_direct().then(|| e.group.to_string()),
+        Event::MembersAdded(e) => e.group.is_direct().then(|| e.group.to_string()),
+        Event::MembersRemoved(e) => e.group.is_direct().then(|| e.group.to_string()),
+        Event::SystemMessagePosted(e) => e.conv.is_direct().then(|| e.conv.to_string()),
         _ => None,
     };
-    if let Some(group) = group.filter(|g| g.is_direct()) {
+    if let Some(id) = direct {
         return Err(reject(
             "reserved_id",
             format!(
-                "{group}: ids starting with {} are 1:1 conversations, which other systems \
-                 cannot create or change",
+                "{id}: ids starting with {} are 1:1 conversations, which other systems cannot \
+                 create, change or write into",
                 anchorage_schema::DIRECT_PREFIX
             ),
         ));
@@ -509,6 +511,11 @@ mod tests {
                 "ext.crm.group.members_removed",
                 "group.members_removed",
                 json!({"group": "dm-x", "members": ["u1"]}),
+            ),
+            (
+                "ext.crm.message.system_posted",
+                "message.system_posted",
+                json!({"conv": "dm-x", "body": "log in at https://evil.example"}),
             ),
         ] {
             assert_eq!(code(subject, ev(kind, payload)), "reserved_id", "{subject}");

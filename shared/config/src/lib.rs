@@ -152,6 +152,8 @@ pub struct EdgeConfig {
     pub queue_frames: u32,
     /// Bytes queued for one connection before it counts as too slow (closed with 4008).
     pub queue_bytes: u64,
+    /// Bytes queued for all connections of one user together (closed with 4008 past it).
+    pub queue_bytes_per_user: u64,
     /// Bytes queued for all connections of this edge together; past it, the connection whose
     /// frame does not fit is closed with 4008.
     pub queued_bytes_total: u64,
@@ -183,6 +185,7 @@ impl Default for EdgeConfig {
             allowed_origins: Vec::new(),
             queue_frames: 1024,
             queue_bytes: 8 * 1024 * 1024,
+            queue_bytes_per_user: 16 * 1024 * 1024,
             queued_bytes_total: 1024 * 1024 * 1024,
             max_pending: 1_000,
             max_pending_per_ip: 16,
@@ -435,10 +438,16 @@ impl Config {
         if self.edge.queue_bytes < u64::from(self.edge.max_frame_bytes) {
             return bad("edge.queue_bytes", "must be at least edge.max_frame_bytes");
         }
-        if self.edge.queued_bytes_total < self.edge.queue_bytes {
+        if self.edge.queue_bytes_per_user < self.edge.queue_bytes {
+            return bad(
+                "edge.queue_bytes_per_user",
+                "must be at least edge.queue_bytes",
+            );
+        }
+        if self.edge.queued_bytes_total < self.edge.queue_bytes_per_user {
             return bad(
                 "edge.queued_bytes_total",
-                "must be at least edge.queue_bytes",
+                "must be at least edge.queue_bytes_per_user",
             );
         }
         if self.edge.max_pending == 0 {
@@ -532,20 +541,45 @@ impl Config {
 /// What a secret is shown as.
 pub const REDACTED: &str = "<redacted>";
 
-/// `scheme://user:password@host/…` with the password replaced by [`REDACTED`].
+/// A URL with its secrets replaced by [`REDACTED`]: the password of `user:password@`, a NATS
+/// token (`nats://token@host`), and `password`, `pass`, `sslpassword` and `token` query
+/// parameters.
 fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:{REDACTED}@{host}"),
+            // A bare NATS userinfo is a token.
+            None if scheme.starts_with("nats") || scheme == "tls" || scheme == "ws" => {
+                format!("{REDACTED}@{host}")
+            }
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
     };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}{tail}"),
-        None => url.to_owned(),
-    }
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _))
+                        if ["password", "pass", "sslpassword", "token"]
+                            .contains(&k.to_ascii_lowercase().as_str()) =>
+                    {
+                        format!("{k}={REDACTED}")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 #[cfg(test)]
@@ -663,6 +697,14 @@ mod tests {
             "sqlite://.anchorage/a.db"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=dbSECRET&sslmode=require"),
+            "postgres://h/db?user=u&password=<redacted>&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("nats://tokenSECRET@127.0.0.1:4222"),
+            "nats://<redacted>@127.0.0.1:4222"
+        );
     }
 
     #[test]

@@ -623,8 +623,15 @@ pub fn decode_client_frame(
     // nesting so every reader of the stream can decode it (see `limits::MAX_JSON_DEPTH`).
     let depth = json_depth(text.as_bytes());
     if depth > MAX_JSON_DEPTH {
+        // The id, if the parser can still reach it, so a pipelining client knows which
+        // request this was.
+        #[derive(Deserialize)]
+        struct Id {
+            id: Option<RequestId>,
+        }
+        let id = serde_json::from_str::<Id>(text).ok().and_then(|f| f.id);
         return Err((
-            None,
+            id,
             FrameError::TooDeep {
                 depth,
                 max: MAX_JSON_DEPTH,

@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ingested",
         sql: include_str!("../migrations/0005_ingested.sql"),
     },
+    Migration {
+        version: 6,
+        name: "message_idempotency",
+        sql: include_str!("../migrations/0006_message_idempotency.sql"),
+    },
 ];
 
 /// Which database a store talks to.

@@ -218,14 +218,17 @@ impl Store {
         &self,
         conv: &str,
         sender: &str,
+        device: &str,
         client_msg_id: &str,
     ) -> Result<Option<MessageRow>, StoreError> {
         let row = sqlx::query(
             "SELECT conv_id, seq, sender, device, client_msg_id, body, client_ts, server_ts
-             FROM messages WHERE conv_id = $1 AND sender = $2 AND client_msg_id = $3",
+             FROM messages
+             WHERE conv_id = $1 AND sender = $2 AND device = $3 AND client_msg_id = $4",
         )
         .bind(conv)
         .bind(sender)
+        .bind(device)
         .bind(client_msg_id)
         .fetch_optional(&self.pool)
         .await?;
