@@ -78,11 +78,16 @@ impl Sender {
             }
             let mut wait = 0;
             let mut lost = sent < window.len();
-            for id in window.iter().take(sent) {
+            for (k, id) in window.iter().take(sent).enumerate() {
                 let Ok(answer) = c.next_answer().await else {
                     lost = true;
                     break;
                 };
+                assert_eq!(
+                    answer["id"],
+                    1 + k,
+                    "answers in the order of the sends: {answer}"
+                );
                 if answer["type"] == "ack" {
                     let seq = answer["seq"].as_u64().unwrap();
                     if let Some(before) = acked.insert(id.clone(), seq) {

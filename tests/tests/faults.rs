@@ -415,9 +415,10 @@ async fn pipelined_sends_keep_their_order_through_refusals() {
     }
     let mut refused = Vec::new();
     let mut codes = std::collections::BTreeMap::<String, usize>::new();
-    for _ in 0..ids.len() {
+    for expected in 0..ids.len() {
         let answer = alice.next_answer().await.unwrap();
         let n = answer["id"].as_u64().unwrap() as usize - 1000;
+        assert_eq!(n, expected, "answers in the order of the sends: {answer}");
         if answer["type"] != "ack" {
             *codes
                 .entry(answer["code"].as_str().unwrap().into())

@@ -291,8 +291,8 @@ impl Session {
         })
     }
 
-    /// Handles one request and queues its answer — except a send that went to the stream:
-    /// its answer is the returned acknowledgement, for the caller to queue when it comes.
+    /// Handles one request and queues its answer — except a send: its answer is returned, for
+    /// the caller to queue after the answers of the sends before it.
     pub async fn handle(&mut self, frame: ClientFrame) -> Option<AckFuture> {
         let id = crate::ws::request_id(&frame);
         let answer = match frame {
@@ -311,8 +311,10 @@ impl Session {
                 client_ts,
                 retry,
             } => {
-                if let Some(err) = self.out_of_order(&conv, &client_msg_id) {
-                    Err(err)
+                // Every answer to a send takes its place behind the sends before it, also one
+                // given at once (a refusal, a duplicate): answers keep the order of requests.
+                let frame = if let Some(err) = self.out_of_order(&conv, &client_msg_id) {
+                    error_frame(Some(id), err)
                 } else {
                     let send = (conv.clone(), client_msg_id.clone());
                     match self
@@ -320,15 +322,19 @@ impl Session {
                         .await
                     {
                         Ok(SendStart::Pending(ack)) => return Some(ack),
-                        Ok(SendStart::Done(frame)) => Ok(frame),
+                        Ok(SendStart::Done(frame)) => frame,
                         Err(err) => {
                             if passing(err.0) {
                                 self.block(send.0, send.1);
                             }
-                            Err(err)
+                            error_frame(Some(id), err)
                         }
                     }
-                }
+                };
+                return Some(Box::pin(std::future::ready(SendAnswer {
+                    frame,
+                    refused: None,
+                })));
             }
             ClientFrame::Sync {
                 id,

@@ -42,7 +42,7 @@ use crate::auth::{Claims, TokenError};
 use crate::hub::{ConnHandle, Frame};
 use crate::limits::{Bucket, PendingPlace};
 use crate::outbox::{self, Inbox};
-use crate::session::{AckFuture, Session};
+use crate::session::{AckFuture, SendAnswer, Session};
 use crate::{EdgeState, PeerAddr};
 
 /// Sends one connection may have in flight before it waits for the oldest acknowledgement.
@@ -407,6 +407,7 @@ async fn serve(
                 conn.close_with(close::RATE_LIMITED);
                 break;
             }
+            let mut send = false;
             let id = match &message {
                 Message::Text(t) => {
                     // A refused send holds back the sends after it (see `Session::block`).
@@ -417,19 +418,30 @@ async fn serve(
                     }) = decode_client_frame(t, max)
                     {
                         session.block(conv, client_msg_id);
+                        send = true;
                     }
                     peek_id(t)
                 }
                 _ => None,
             };
-            session
-                .reply(ServerFrame::Error {
-                    id,
-                    code: ErrorCode::RateLimited,
-                    message: "too many requests".into(),
-                    retry_after_ms: Some(wait),
-                })
-                .await;
+            let refusal = ServerFrame::Error {
+                id,
+                code: ErrorCode::RateLimited,
+                message: "too many requests".into(),
+                retry_after_ms: Some(wait),
+            };
+            // Answers keep the order of requests: behind the sends still in flight.
+            if send {
+                inflight.push_back(Box::pin(std::future::ready(SendAnswer {
+                    frame: refusal,
+                    refused: None,
+                })));
+            } else {
+                while let Some(answer) = inflight.next().await {
+                    session.answer_send(answer).await;
+                }
+                session.reply(refusal).await;
+            }
             continue;
         }
         strikes = 0;
