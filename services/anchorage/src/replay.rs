@@ -149,7 +149,20 @@ pub async fn run(config: &Config, into: &str, verify: bool) -> anyhow::Result<Ex
         meter.finish();
         report(&total, started.elapsed());
         let rebuilt = target.fingerprint().await?;
-        let differences = compare(&live_after, &rebuilt);
+        let mut differences = compare(&live_after, &rebuilt);
+        // At a standstill the live projections must be at their streams' ends: one that
+        // stopped short (a stalled consumer) is a difference too.
+        for p in Projection::ALL {
+            let end = bus.stream_state(p.stream()).await?.last_seq.0;
+            let at = live_after.checkpoints.get(p.name()).copied().unwrap_or(0);
+            if at < end {
+                differences.push(format!(
+                    "projection {} is at {at} while {} ends at {end}: the live projector stopped short",
+                    p.name(),
+                    p.stream()
+                ));
+            }
+        }
         if differences.is_empty() {
             println!(
                 "verified: the rebuild equals the live projections ({} groups, {} conversations, {} read markers)",

@@ -408,20 +408,52 @@ async fn kill_9_during_replay_then_rerun_ends_equal_to_the_live_state() {
     assert_eq!(a.read_markers, b.read_markers);
     assert_eq!(a.counts, b.counts);
 
-    // Damage the live projection: verify names the difference and fails.
+    assert_eq!(a.contents, b.contents);
+
+    // Damage the live projection, one change at a time — the first two touch no count,
+    // version or digest, only what a row says: verify notices each and fails.
     let raw = sqlx::AnyPool::connect(&s.live_url).await.unwrap();
-    sqlx::query("UPDATE groups SET member_count = member_count + 1 WHERE group_id = 'g2'")
-        .execute(&raw)
-        .await
-        .unwrap();
+    for (damage, undo) in [
+        (
+            "UPDATE messages SET body = '\"forged\"' WHERE seq = (SELECT MIN(seq) FROM messages)",
+            None,
+        ),
+        (
+            "UPDATE group_members SET role = 'admin' WHERE user_id = (SELECT MIN(user_id) \
+             FROM group_members WHERE role = 'member')",
+            None,
+        ),
+        (
+            "UPDATE groups SET member_count = member_count + 1 WHERE group_id = 'g2'",
+            Some("UPDATE groups SET member_count = member_count - 1 WHERE group_id = 'g2'"),
+        ),
+    ] {
+        let before = live.fingerprint().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(damage))
+            .execute(&raw)
+            .await
+            .unwrap();
+        let after = live.fingerprint().await.unwrap();
+        assert_ne!(
+            before.contents, after.contents,
+            "{damage}: seen in the contents"
+        );
+        assert_eq!(
+            cli(
+                &s.config_file,
+                &["replay", "--into", &rebuilt_url, "--verify"]
+            )
+            .await,
+            ExitCode::FAILURE,
+            "{damage}"
+        );
+        if let Some(undo) = undo {
+            sqlx::query(sqlx::AssertSqlSafe(undo))
+                .execute(&raw)
+                .await
+                .unwrap();
+        }
+    }
     raw.close().await;
-    assert_eq!(
-        cli(
-            &s.config_file,
-            &["replay", "--into", &rebuilt_url, "--verify"]
-        )
-        .await,
-        ExitCode::FAILURE
-    );
     drop(s.nats);
 }

@@ -341,7 +341,41 @@ pub struct Fingerprint {
     pub conversations: BTreeMap<String, (u64, u64)>,
     /// (user, conversation) → read seq
     pub read_markers: BTreeMap<(String, String), u64>,
+    /// (table, key) → a hash of every column of every row under that key: a changed body,
+    /// sender, name, role or flag shows here, named by its conversation, user or group.
+    pub contents: BTreeMap<(&'static str, String), u64>,
 }
+
+/// What the content hashes cover: each projected table, the column its rows are grouped by
+/// (the key a difference is named by), and every other column, in a stable order.
+const CONTENTS: &[(&str, &str, &str)] = &[
+    (
+        "messages",
+        "conv_id",
+        "seq, sender, device, client_msg_id, body, client_ts, server_ts, event_id",
+    ),
+    (
+        "conversations",
+        "conv_id",
+        "last_seq, last_ts, message_count",
+    ),
+    ("read_markers", "user_id", "conv_id, read_seq, version"),
+    ("users", "user_id", "display_name, deleted, version"),
+    ("revoked_sessions", "user_id", "device, version"),
+    (
+        "groups",
+        "group_id",
+        "owner, title, avatar, dismissed, created_seq, version, digest_sum, member_count, \
+         direct, horizon",
+    ),
+    (
+        "group_members",
+        "group_id",
+        "user_id, role, nickname, muted_until, version, removed_seq, bucket",
+    ),
+    ("group_digest_buckets", "group_id", "bucket, sum, count"),
+    ("ingested_events", "source", "event_id, native_seq"),
+];
 
 /// Tables compared by row count.
 const TABLES: &[&str] = &[
@@ -412,7 +446,41 @@ impl Store {
                 row.try_get::<i64, _>("read_seq")? as u64,
             );
         }
+        for (table, key, columns) in CONTENTS {
+            self.hash_contents(table, key, columns, &mut f.contents)
+                .await?;
+        }
         Ok(f)
+    }
+
+    /// Hashes every row of `table`, grouped by `key`: the wrapping sum of each row's xxh3, so
+    /// the order rows come in (and the databases' collations) do not matter. Streams the rows:
+    /// a table of millions is read once, not held.
+    async fn hash_contents(
+        &self,
+        table: &'static str,
+        key: &str,
+        columns: &str,
+        out: &mut BTreeMap<(&'static str, String), u64>,
+    ) -> Result<(), StoreError> {
+        use futures::StreamExt;
+        // Every value as text (NULL marked), so both databases hash the same bytes.
+        let select = columns
+            .split(',')
+            .map(|c| format!("COALESCE(CAST({} AS TEXT), '\u{2205}')", c.trim()))
+            .collect::<Vec<_>>()
+            .join(" || '\u{1f}' || ");
+        let sql = format!("SELECT {key} AS k, {select} AS v FROM {table}");
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&self.pool);
+        while let Some(row) = rows.next().await {
+            let row = row?;
+            let k: String = row.try_get("k")?;
+            let v: String = row.try_get("v")?;
+            let h = xxhash_rust::xxh3::xxh3_64(v.as_bytes());
+            let sum = out.entry((table, k)).or_insert(0);
+            *sum = sum.wrapping_add(h);
+        }
+        Ok(())
     }
 }
 
@@ -444,6 +512,12 @@ impl Fingerprint {
             "read marker",
             &self.read_markers,
             &other.read_markers,
+        );
+        diff_maps(
+            &mut out,
+            "rows of (table, key) differ:",
+            &self.contents,
+            &other.contents,
         );
         out
     }
