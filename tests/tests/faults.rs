@@ -609,3 +609,109 @@ async fn shutdown_in_the_middle_of_ingest_is_prompt_and_loses_nothing() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
+
+// Deleting a user (from another system) ends every session and every membership, and the id
+// is never taken again by accident.
+#[tokio::test]
+async fn a_deleted_user_is_signed_out_removed_everywhere_and_not_recreated() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let store = &stack.stack.store;
+    let crm = async_nats::jetstream::new(nats_client(&nats.url(), "ext_crm").await.unwrap());
+    let user = |u: &str, name: &str| json!({"user": u, "display_name": name});
+    ext_event(
+        &crm,
+        "crm",
+        "user.created",
+        "u-1",
+        user("alice", "Alice"),
+        true,
+    )
+    .await;
+    ext_event(&crm, "crm", "user.created", "u-2", user("bob", "Bob"), true).await;
+    ext_event(
+        &crm,
+        "crm",
+        "group.created",
+        "g-1",
+        json!({"group": "support", "owner": "alice", "title": "Support", "members": ["bob"]}),
+        true,
+    )
+    .await;
+    eventually(Duration::from_secs(20), "bob in the group", || async {
+        store.member_role("support", "bob").await.ok()?.map(|_| ())
+    })
+    .await
+    .unwrap();
+    let (mut bob, _) = WsClient::signed_in(stack.edge_addr(), "bob", "phone")
+        .await
+        .unwrap();
+    let dm = bob
+        .request(json!({"type": "open_direct", "peer": "alice"}))
+        .await
+        .unwrap();
+    let dm = dm["conv"].as_str().unwrap().to_owned();
+
+    ext_event(
+        &crm,
+        "crm",
+        "user.deleted",
+        "u-3",
+        json!({"user": "bob"}),
+        true,
+    )
+    .await;
+    assert_eq!(bob.closed().await.unwrap(), 4005, "signed out at once");
+    let mut again = WsClient::connect(stack.edge_addr()).await.unwrap();
+    again
+        .send_text(
+            json!({"type": "hello", "id": 1, "protocol": 1,
+                   "token": anchorage_tests::token("bob", "laptop", 60)})
+            .to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again.closed().await.unwrap(),
+        4005,
+        "no device signs in again"
+    );
+    for group in ["support", dm.as_str()] {
+        eventually(
+            Duration::from_secs(20),
+            "bob's memberships ended",
+            || async {
+                store
+                    .member_role(group, "bob")
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // A new user.created for the id is refused, not a resurrection.
+    ext_event(
+        &crm,
+        "crm",
+        "user.created",
+        "u-4",
+        user("bob", "Bob 2"),
+        true,
+    )
+    .await;
+    let dead = eventually(Duration::from_secs(20), "the refusal", || async {
+        let dead = anchorage_tests::dead_letters(&nats.url()).await.ok()?;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        dead[0].get("Anchorage-Dlq-Code").map(String::as_str),
+        Some("user_deleted")
+    );
+    assert!(!store.user_active("bob").await.unwrap());
+    stack.stack.stop().await.unwrap();
+}

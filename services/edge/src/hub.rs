@@ -152,8 +152,8 @@ struct State {
     /// Connections watching a group's member list, and the reverse.
     watchers: HashMap<ConversationId, HashSet<ConnId>>,
     watching: HashMap<ConnId, HashSet<ConversationId>>,
-    /// Sessions revoked recently, and when this edge heard of it.
-    revoked: HashMap<(UserId, DeviceId), std::time::Instant>,
+    /// Sessions revoked recently (all of a user's: no device), and when this edge heard of it.
+    revoked: HashMap<(UserId, Option<DeviceId>), std::time::Instant>,
 }
 
 /// The live registry of one edge.
@@ -222,11 +222,16 @@ impl Hub {
         });
         hub.follow_membership().await?;
         // Revoked sessions are closed at once on every edge.
-        hub.follow_live("live.user.>", |hub, _, env| {
-            if let Event::SessionRevoked(r) = env.event {
+        hub.follow_live("live.user.>", |hub, _, env| match env.event {
+            Event::SessionRevoked(r) => {
                 tracing::info!(user = %r.user, device = %r.device, "session revoked");
-                hub.revoke_device(&r.user, &r.device);
+                hub.revoke_device(&r.user, Some(&r.device));
             }
+            Event::UserDeleted(d) => {
+                tracing::info!(user = %d.user, "user deleted: every session ends");
+                hub.revoke_device(&d.user, None);
+            }
+            _ => {}
         })
         .await?;
         // Read markers of the users connected here, for their other devices: one subscription
@@ -671,26 +676,30 @@ impl Hub {
     /// Closes the connections of a revoked session, and remembers the revocation for
     /// [`REVOKED_MEMORY`]: a connection registered after this runs finds it with
     /// [`Hub::revoked`] even if the projection has not applied the revocation yet.
-    pub fn revoke_device(&self, user: &UserId, device: &DeviceId) {
+    /// With no `device`, every session of the user (a deleted user).
+    pub fn revoke_device(&self, user: &UserId, device: Option<&DeviceId>) {
         let mut state = self.lock();
         let now = std::time::Instant::now();
         state
             .revoked
             .retain(|_, at| now.duration_since(*at) < REVOKED_MEMORY);
-        state.revoked.insert((user.clone(), device.clone()), now);
+        state.revoked.insert((user.clone(), device.cloned()), now);
         for conn in state.conns.values() {
-            if &conn.user == user && &conn.device == device {
+            if &conn.user == user && device.is_none_or(|d| &conn.device == d) {
                 conn.close_with(close::REVOKED);
             }
         }
     }
 
-    /// Whether this edge saw the session of `device` revoked recently (see
-    /// [`Hub::revoke_device`]). Asked after registering, so no revocation falls between.
+    /// Whether this edge saw the session of `device` (or every session of the user)
+    /// revoked recently (see [`Hub::revoke_device`]). Asked after registering, so no
+    /// revocation falls between.
     pub fn revoked(&self, user: &UserId, device: &DeviceId) -> bool {
-        self.lock()
+        let state = self.lock();
+        state
             .revoked
-            .contains_key(&(user.clone(), device.clone()))
+            .contains_key(&(user.clone(), Some(device.clone())))
+            || state.revoked.contains_key(&(user.clone(), None))
     }
 
     fn add_interest(self: &Arc<Self>, state: &mut State, user: &UserId, conv: ConversationId) {

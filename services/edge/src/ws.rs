@@ -241,14 +241,19 @@ async fn revoked(state: &EdgeState, claims: &Claims) -> Result<bool, (u16, Strin
     if state.hub.revoked(&claims.sub, &claims.device) {
         return Ok(true);
     }
-    state
-        .store
+    let failed = |err: anchorage_store::StoreError| {
+        tracing::warn!(error = %err, "checking revocation");
+        (close::GOING_AWAY, "try again".to_owned())
+    };
+    let store = &state.store;
+    Ok(store
         .is_revoked(claims.sub.as_str(), claims.device.as_str())
         .await
-        .map_err(|err| {
-            tracing::warn!(error = %err, "checking revocation");
-            (close::GOING_AWAY, "try again".into())
-        })
+        .map_err(failed)?
+        || store
+            .user_deleted(claims.sub.as_str())
+            .await
+            .map_err(failed)?)
 }
 
 /// The request id of any client frame.

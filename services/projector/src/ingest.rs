@@ -25,9 +25,10 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use anchorage_bus::Bus;
+use anchorage_schema::event::{MembersRemoved, RemovalReason};
 use anchorage_schema::ids::{ConversationId, GroupId, SourceId, UserId};
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{Envelope, Event};
+use anchorage_schema::{Envelope, Event, EventId};
 use anchorage_store::Store;
 use serde_json::{Value, json};
 
@@ -108,9 +109,13 @@ fn reject(code: &'static str, reason: impl Into<String>) -> ApplyError {
 #[derive(Debug, Clone, PartialEq)]
 enum Reference {
     UserExists(UserId),
+    /// The id was never a deleted user's.
+    UserNotDeleted(UserId),
     GroupExists(GroupId),
     GroupAbsent(GroupId),
     ConversationExists(ConversationId),
+    /// The groups the user is in (read after the membership projection caught up).
+    GroupsOf(UserId),
 }
 
 /// A validated external event, ready to publish.
@@ -227,7 +232,11 @@ fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
 
     use Reference::*;
     let (subject, stream, references) = match &envelope.event {
-        Event::UserCreated(e) => (subjects::user(&e.user), stream::USERS, vec![]),
+        Event::UserCreated(e) => (
+            subjects::user(&e.user),
+            stream::USERS,
+            vec![UserNotDeleted(e.user.clone())],
+        ),
         Event::UserUpdated(e) => (
             subjects::user(&e.user),
             stream::USERS,
@@ -236,7 +245,8 @@ fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
         Event::UserDeleted(e) => (
             subjects::user(&e.user),
             stream::USERS,
-            vec![UserExists(e.user.clone())],
+            // Its memberships end with it: the membership projection must be current.
+            vec![UserExists(e.user.clone()), GroupsOf(e.user.clone())],
         ),
         Event::GroupCreated(e) => {
             let mut refs = vec![GroupAbsent(e.group.clone()), UserExists(e.owner.clone())];
@@ -328,6 +338,42 @@ impl Ingest {
         bus.publish_event(&t.subject, &t.envelope, None)
             .await
             .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        if let Event::UserDeleted(deleted) = &t.envelope.event {
+            self.end_memberships(bus, store, &t.envelope, &deleted.user)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A deleted user leaves every group and 1:1 conversation they were in, as membership
+    /// events like any removal (edges and member lists follow them); groups they owned carry
+    /// on without an owner. Idempotent: each removal has its own event id.
+    async fn end_memberships(
+        &self,
+        bus: &Bus,
+        store: &Store,
+        deleted: &Envelope,
+        user: &UserId,
+    ) -> Result<(), ApplyError> {
+        for (group, _) in store.conversations_of(user.as_str()).await? {
+            let Ok(group) = GroupId::parse(group) else {
+                continue;
+            };
+            let env = Envelope::new(
+                EventId::parse(format!("{}:leave:{group}", deleted.id))
+                    .map_err(|e| ApplyError::Unavailable(e.to_string()))?,
+                deleted.occurred_at,
+                deleted.actor.clone(),
+                MembersRemoved {
+                    group: group.clone(),
+                    members: vec![user.clone()],
+                    reason: RemovalReason::Removed,
+                },
+            );
+            bus.publish_event(&subjects::membership(&group), &env, None)
+                .await
+                .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -346,7 +392,10 @@ impl Ingest {
                 references
                     .iter()
                     .flat_map(|r| match r {
-                        Reference::UserExists(_) => &[stream::USERS][..],
+                        Reference::UserExists(_) | Reference::UserNotDeleted(_) => {
+                            &[stream::USERS][..]
+                        }
+                        Reference::GroupsOf(_) => &[stream::MEMBERSHIP][..],
                         Reference::GroupExists(_) | Reference::GroupAbsent(_) => {
                             &[stream::MEMBERSHIP][..]
                         }
@@ -395,6 +444,15 @@ async fn check(store: &Store, r: &Reference) -> Result<(), ApplyError> {
                 return Err(reject("unknown_user", format!("user {u} does not exist")));
             }
         }
+        Reference::UserNotDeleted(u) => {
+            if store.user_deleted(u.as_str()).await? {
+                return Err(reject(
+                    "user_deleted",
+                    format!("user {u} was deleted; a deleted user's id is not taken again"),
+                ));
+            }
+        }
+        Reference::GroupsOf(_) => {}
         Reference::GroupExists(g) => match store.group_row(g.as_str()).await? {
             Some(row) if !row.dismissed => {}
             _ => return Err(reject("unknown_group", format!("group {g} does not exist"))),

@@ -107,6 +107,15 @@ impl Store {
         Ok(exists)
     }
 
+    /// Whether the user was deleted (its id is never taken again).
+    pub async fn user_deleted(&self, user: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS one FROM users WHERE user_id = $1 AND deleted = 1")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// A user's display name, if the user exists and is not deleted.
     pub async fn display_name(&self, user: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT display_name FROM users WHERE user_id = $1 AND deleted = 0")
