@@ -412,41 +412,14 @@ async fn serve(
                 conn.close_with(close::RATE_LIMITED);
                 break;
             }
-            let mut send = false;
-            let id = match &message {
-                Message::Text(t) => {
-                    // A refused send holds back the sends after it (see `Session::block`).
-                    if let Ok(ClientFrame::Send {
-                        conv,
-                        client_msg_id,
-                        ..
-                    }) = decode_client_frame(t, max)
-                    {
-                        session.block(conv, client_msg_id);
-                        send = true;
-                    }
-                    peek_id(t)
-                }
-                _ => None,
-            };
-            let refusal = ServerFrame::Error {
-                id,
-                code: ErrorCode::RateLimited,
-                message: "too many requests".into(),
-                retry_after_ms: Some(wait),
-            };
-            // Answers keep the order of requests: behind the sends still in flight.
-            if send {
-                inflight.push_back(Box::pin(std::future::ready(SendAnswer {
-                    frame: refusal,
-                    refused: None,
-                })));
-            } else {
-                while let Some(answer) = inflight.next().await {
-                    session.answer_send(answer).await;
-                }
-                session.reply(refusal).await;
-            }
+            Box::pin(refuse_limited(
+                &mut session,
+                &mut inflight,
+                &message,
+                wait,
+                max,
+            ))
+            .await;
             continue;
         }
         strikes = 0;
@@ -501,6 +474,52 @@ async fn serve(
         .is_err()
     {
         abort.abort();
+    }
+}
+
+/// Answers a frame refused by the rate limits, in its place: a send behind the sends still in
+/// flight (and holding back the sends after it), anything else after them.
+async fn refuse_limited(
+    session: &mut Session,
+    inflight: &mut FuturesOrdered<AckFuture>,
+    message: &Message,
+    wait: u64,
+    max: usize,
+) {
+    let mut send = false;
+    let id = match &message {
+        Message::Text(t) => {
+            // A refused send holds back the sends after it (see `Session::block`).
+            if let Ok(ClientFrame::Send {
+                conv,
+                client_msg_id,
+                ..
+            }) = decode_client_frame(t, max)
+            {
+                session.block(conv, client_msg_id);
+                send = true;
+            }
+            peek_id(t)
+        }
+        _ => None,
+    };
+    let refusal = ServerFrame::Error {
+        id,
+        code: ErrorCode::RateLimited,
+        message: "too many requests".into(),
+        retry_after_ms: Some(wait),
+    };
+    // Answers keep the order of requests: behind the sends still in flight.
+    if send {
+        inflight.push_back(Box::pin(std::future::ready(SendAnswer {
+            frame: refusal,
+            refused: None,
+        })));
+    } else {
+        while let Some(answer) = inflight.next().await {
+            session.answer_send(answer).await;
+        }
+        session.reply(refusal).await;
     }
 }
 
