@@ -18,8 +18,14 @@ use anchorage_tests::{
 };
 use serde_json::{Value, json};
 
-/// Rounds of chaos in one run: a failure that shows one time in three shows here.
-const ROUNDS: usize = 3;
+/// Rounds of chaos in one run: a failure that shows one time in three shows here. A longer
+/// soak: `ANCHORAGE_CHAOS_ROUNDS=50 cargo test -p anchorage-tests --test chaos`.
+fn rounds() -> usize {
+    std::env::var("ANCHORAGE_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+}
 /// Messages each sender writes per round, and how many it keeps in flight.
 const MESSAGES: usize = 60;
 const WINDOW: usize = 10;
@@ -195,7 +201,7 @@ async fn acknowledged_messages_survive_leader_kills_exactly_once_in_order() {
     let edges = vec![stack.edge_addr(), edge2.addr];
     let (mut carol, _) = WsClient::signed_in(edges[1], "carol", "d").await.unwrap();
 
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         let conv = format!("chaos{round}");
         let (mut owner, _) = WsClient::signed_in(edges[0], "alice", "owner")
             .await

@@ -293,3 +293,46 @@ async fn a_device_catches_up_on_reconnect_after_a_restart() {
     bob.shutdown().await;
     s.edge2.stop().await.unwrap();
 }
+
+// The outbox pipelines, and keeps its order through refusals: a burst well past the edge's
+// rate limit is stored in the order it was written, each message once.
+#[tokio::test]
+async fn a_pipelined_outbox_keeps_its_order_through_refusals() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let mut config = anchorage_tests::test_config(
+        &nats.url(),
+        &anchorage_tests::fresh_database(db_dir.path())
+            .await
+            .unwrap(),
+    );
+    config.edge.rate_per_sec = 20;
+    config.edge.rate_burst = 10;
+    let stack = TestStack::start_with(config, db_dir).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = client(stack.edge_addr(), dir.path(), "alice", "phone").await;
+    alice.create_group("burst", "Burst", &[]).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        ids.push(alice.send("burst", json!(n)).await.unwrap());
+    }
+    let mut seqs = Vec::new();
+    for id in &ids {
+        seqs.push(acked(&alice, id).await);
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "stored in the order written: {seqs:?}"
+    );
+    let store = &stack.stack.store;
+    let rows = eventually(WAIT, "all sixty in the history", || async {
+        let rows = store.messages_after("burst", 0, 100).await.ok()?;
+        (rows.len() == 60).then_some(rows)
+    })
+    .await
+    .unwrap();
+    let bodies: Vec<String> = rows.iter().map(|r| r.body.clone()).collect();
+    let written: Vec<String> = (0..60).map(|n| n.to_string()).collect();
+    assert_eq!(bodies, written, "each once, in order");
+    alice.shutdown().await;
+}

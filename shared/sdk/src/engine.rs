@@ -40,6 +40,9 @@ pub(crate) enum End {
     },
 }
 
+/// Messages the outbox keeps in flight on one connection.
+const SEND_WINDOW: u32 = 32;
+
 pub(crate) fn lost(code: Option<u16>) -> End {
     End::Lost {
         code,
@@ -473,23 +476,107 @@ impl Engine {
         }
     }
 
-    /// Sends what this device queued, oldest first, until the queue is empty.
+    /// Sends what this device queued, oldest first, until the queue is empty. Consecutive
+    /// messages go pipelined, up to [`SEND_WINDOW`] in flight; the server keeps their order
+    /// through refusals (a refused one holds back the rest until it is sent again), and so
+    /// does this loop: it always starts again from the oldest message not acknowledged.
     async fn flush_queue(&self, conn: &mut Conn) -> Result<(), End> {
-        while let Some(item) = self.store.next_item().await.map_err(|_| lost(None))? {
-            match item {
-                Queued::Send {
+        loop {
+            let items = self
+                .store
+                .next_items(SEND_WINDOW)
+                .await
+                .map_err(|_| lost(None))?;
+            let sends: Vec<Queued> = items
+                .iter()
+                .take_while(|q| matches!(q, Queued::Send { .. }))
+                .cloned()
+                .collect();
+            match items.into_iter().next() {
+                None => return Ok(()),
+                Some(_) if sends.len() > 1 => self.send_window(conn, sends).await?,
+                Some(Queued::Send {
                     command_id,
                     outbox_id,
                     entry,
                     body,
                     client_ts,
-                } => {
+                }) => {
                     self.send_one(conn, command_id, outbox_id, entry, body, client_ts)
                         .await?
                 }
-                Queued::Command { command_id, frame } => {
+                Some(Queued::Command { command_id, frame }) => {
                     self.command_one(conn, command_id, frame).await?
                 }
+            }
+        }
+    }
+
+    /// Sends several queued messages without waiting for each answer, then settles their
+    /// answers in order. A message refused for a passing reason stays queued with those after
+    /// it, and the next round starts from it (after the wait the server asked for).
+    async fn send_window(&self, conn: &mut Conn, sends: Vec<Queued>) -> Result<(), End> {
+        let fail = |_| lost(None);
+        let mut pending = Vec::new();
+        for item in sends {
+            let Queued::Send {
+                command_id,
+                outbox_id,
+                entry,
+                body,
+                client_ts,
+            } = item
+            else {
+                continue;
+            };
+            self.store.mark_sending(outbox_id).await.map_err(fail)?;
+            let id = conn.next_id;
+            conn.next_id += 1;
+            let frame = json!({"type": "send", "id": id, "conv": entry.conv,
+                               "client_msg_id": entry.client_msg_id, "body": body,
+                               "client_ts": client_ts, "retry": entry.attempts > 0});
+            conn.ws
+                .send(Message::Text(frame.to_string().into()))
+                .await
+                .map_err(|_| lost(None))?;
+            pending.push((id, command_id, outbox_id, entry, body, client_ts));
+        }
+        let mut wait = None;
+        let mut reconnect = false;
+        for (id, command_id, outbox_id, entry, body, client_ts) in pending {
+            let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+            let answer = loop {
+                let next = tokio::select! {
+                    _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+                    _ = tokio::time::sleep_until(deadline) => return Err(lost(None)),
+                    f = next_frame(conn) => f?,
+                };
+                if next["id"] == json!(id) {
+                    break next;
+                }
+                self.on_push(next).await;
+            };
+            match answer["code"].as_str() {
+                Some("rate_limited" | "out_of_order") => {
+                    let ms = answer["retry_after_ms"].as_u64().unwrap_or(100);
+                    wait = Some(wait.unwrap_or(0u64).max(ms));
+                }
+                Some("internal" | "overloaded") => reconnect = true,
+                // An ack (also one behind a refusal: that send was stored already) or a
+                // refusal for good.
+                _ => {
+                    self.settle_send(&answer, command_id, outbox_id, entry, body, client_ts)
+                        .await?
+                }
+            }
+        }
+        if reconnect {
+            return Err(lost(None));
+        }
+        if let Some(ms) = wait {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
             }
         }
         Ok(())
@@ -513,6 +600,23 @@ impl Engine {
                        "body": body, "client_ts": client_ts, "retry": entry.attempts > 0}),
             )
             .await?;
+        self.settle_send(&answer, command_id, outbox_id, entry, body, client_ts)
+            .await
+    }
+
+    /// Applies the server's answer to one queued message: stored (acked), to be sent again
+    /// (the connection is given up: `internal`, `overloaded`, `out_of_order`), or refused for
+    /// good (failed).
+    async fn settle_send(
+        &self,
+        answer: &Value,
+        command_id: i64,
+        outbox_id: i64,
+        entry: OutboxEntry,
+        body: Value,
+        client_ts: i64,
+    ) -> Result<(), End> {
+        let fail = |_| lost(None);
         match (answer["type"].as_str(), answer["code"].as_str()) {
             (Some("ack"), _) => {
                 let seq = answer["seq"].as_u64().unwrap_or(0);

@@ -225,31 +225,37 @@ impl LocalStore {
     }
 
     /// The oldest queued item: a send (its outbox row) or a command (its frame).
-    pub async fn next_item(&self) -> Result<Option<Queued>, SdkError> {
-        let row = sqlx::query(
+    /// The oldest `limit` queued items, in order.
+    pub async fn next_items(&self, limit: u32) -> Result<Vec<Queued>, SdkError> {
+        let rows = sqlx::query(
             "SELECT c.local_id AS command_id, c.frame, c.outbox_id, o.conv, o.client_msg_id,
                     o.body, o.client_ts, o.state, o.attempts, o.seq, o.error
              FROM commands c LEFT JOIN outbox o ON o.local_id = c.outbox_id
-             WHERE c.state = 'pending' ORDER BY c.local_id LIMIT 1",
+             WHERE c.state = 'pending' ORDER BY c.local_id LIMIT $1",
         )
-        .fetch_optional(&self.pool)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
         .await?;
-        Ok(row.map(|r| {
-            let command_id: i64 = r.get("command_id");
-            match r.get::<Option<i64>, _>("outbox_id") {
-                Some(outbox_id) => Queued::Send {
-                    command_id,
-                    outbox_id,
-                    entry: outbox_entry(&r),
-                    body: serde_json::from_str(&r.get::<String, _>("body")).unwrap_or_default(),
-                    client_ts: r.get("client_ts"),
-                },
-                None => Queued::Command {
-                    command_id,
-                    frame: serde_json::from_str(&r.get::<String, _>("frame")).unwrap_or_default(),
-                },
-            }
-        }))
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let command_id: i64 = r.get("command_id");
+                match r.get::<Option<i64>, _>("outbox_id") {
+                    Some(outbox_id) => Queued::Send {
+                        command_id,
+                        outbox_id,
+                        entry: outbox_entry(&r),
+                        body: serde_json::from_str(&r.get::<String, _>("body")).unwrap_or_default(),
+                        client_ts: r.get("client_ts"),
+                    },
+                    None => Queued::Command {
+                        command_id,
+                        frame: serde_json::from_str(&r.get::<String, _>("frame"))
+                            .unwrap_or_default(),
+                    },
+                }
+            })
+            .collect())
     }
 
     pub async fn mark_sending(&self, local_id: i64) -> Result<(), SdkError> {
