@@ -212,6 +212,20 @@ impl TestCluster {
     }
 }
 
+/// Applies `set` once a new cluster accepts it (R3 streams need elected leaders first).
+pub async fn apply_when_ready(
+    bus: &anchorage_bus::Bus,
+    set: &anchorage_bus::StreamSet,
+) -> anyhow::Result<()> {
+    eventually(
+        Duration::from_secs(60),
+        "the cluster to accept R3 streams",
+        || async { bus.apply(set).await.ok().filter(|r| !r.refused()) },
+    )
+    .await
+    .map(|_| ())
+}
+
 /// A fresh SQLite database URL in `dir`.
 pub fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}/anchorage.db", dir.display())

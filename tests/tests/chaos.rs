@@ -188,13 +188,7 @@ async fn acknowledged_messages_survive_leader_kills_exactly_once_in_order() {
         .await
         .unwrap();
     let set = anchorage_bus::StreamSet::load(&config.streams.dir, 3).unwrap();
-    eventually(
-        Duration::from_secs(60),
-        "the cluster to accept R3 streams",
-        || async { bus.apply(&set).await.ok().filter(|r| !r.refused()) },
-    )
-    .await
-    .unwrap();
+    anchorage_tests::apply_when_ready(&bus, &set).await.unwrap();
     bus.close().await;
     let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
     let edge2 = TestEdge::start(&config).await.unwrap();

@@ -57,13 +57,7 @@ async fn killing_a_node_under_load_loses_no_acknowledged_message() {
         .await
         .unwrap();
     let set = StreamSet::load(&streams_dir(), 3).unwrap();
-    eventually(
-        Duration::from_secs(60),
-        "the cluster to accept R3 streams",
-        || async { bus.apply(&set).await.ok().filter(|r| !r.refused()) },
-    )
-    .await
-    .unwrap();
+    anchorage_tests::apply_when_ready(&bus, &set).await.unwrap();
     assert!(bus.check(&set).await.unwrap().in_sync());
 
     let mut acked = Vec::new();

@@ -148,21 +148,8 @@ async fn a_late_retry_while_the_projector_is_down_is_never_stored_twice() {
     assert!(early["retry_after_ms"].as_u64().is_some(), "{early}");
 
     // The projector comes back; the same retry now finds the original.
-    let mut projector_config = config.clone();
-    sign_in(&mut projector_config, PROJECTOR);
-    let bus = Bus::connect(&anchorage::bus_options(&projector_config, false))
-        .await
-        .unwrap();
-    let live_store = anchorage_store::Store::connect(&anchorage::store_options(&config))
-        .await
-        .unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let projector = tokio::spawn(anchorage_projector::run(
-        bus,
-        live_store.clone(),
-        anchorage_projector::ProjectorOptions::from_config(&config.projector),
-        shutdown.clone(),
-    ));
+    let projector = projector(&config, shutdown.clone()).await;
     let retried = eventually(Duration::from_secs(20), "the retry answered", || async {
         let mut c = WsClient::signed_in(edge.addr, "alice", "d").await.ok()?.0;
         let answer = c.request(send("g", "m1", true)).await.ok()?;

@@ -306,18 +306,7 @@ impl Engine {
                 .send(Message::Text(frame.to_string().into()))
                 .await
                 .map_err(|_| lost(None))?;
-            let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
-            let answer = loop {
-                let next = tokio::select! {
-                    _ = self.shutdown.cancelled() => return Err(End::Shutdown),
-                    _ = tokio::time::sleep_until(deadline) => return Err(lost(None)),
-                    f = next_frame(conn) => f?,
-                };
-                if next["id"] == json!(id) {
-                    break next;
-                }
-                self.on_push(next).await;
-            };
+            let answer = self.answer_to(conn, id).await?;
             if answer["code"] != "rate_limited" {
                 return Ok(answer);
             }
@@ -326,6 +315,22 @@ impl Engine {
                 _ = self.shutdown.cancelled() => return Err(End::Shutdown),
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// Waits for the answer to request `id`, applying live frames meanwhile.
+    async fn answer_to(&self, conn: &mut Conn, id: u64) -> Result<Value, End> {
+        let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+        loop {
+            let next = tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+                _ = tokio::time::sleep_until(deadline) => return Err(lost(None)),
+                f = next_frame(conn) => f?,
+            };
+            if next["id"] == json!(id) {
+                return Ok(next);
+            }
+            self.on_push(next).await;
         }
     }
 
@@ -544,18 +549,7 @@ impl Engine {
         let mut wait = None;
         let mut reconnect = false;
         for (id, command_id, outbox_id, entry, body, client_ts) in pending {
-            let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
-            let answer = loop {
-                let next = tokio::select! {
-                    _ = self.shutdown.cancelled() => return Err(End::Shutdown),
-                    _ = tokio::time::sleep_until(deadline) => return Err(lost(None)),
-                    f = next_frame(conn) => f?,
-                };
-                if next["id"] == json!(id) {
-                    break next;
-                }
-                self.on_push(next).await;
-            };
+            let answer = self.answer_to(conn, id).await?;
             match answer["code"].as_str() {
                 Some("rate_limited" | "out_of_order") => {
                     let ms = answer["retry_after_ms"].as_u64().unwrap_or(100);
