@@ -159,6 +159,13 @@ async fn a_late_retry_while_the_projector_is_down_is_never_stored_twice() {
     .unwrap();
     assert_eq!(retried["seq"], first["seq"], "{retried}");
     assert_eq!(retried["duplicate"], true);
+    // A repeat after the window that does not even say it is a retry: still the original.
+    let again = alice.request(send("g", "m1", false)).await.unwrap();
+    assert_eq!(
+        (&again["seq"], &again["duplicate"]),
+        (&first["seq"], &json!(true)),
+        "{again}"
+    );
     let (mut reader, _) = WsClient::signed_in(edge.addr, "alice", "d2").await.unwrap();
     assert_eq!(
         sync_seqs(&mut reader, "g").await,
@@ -192,9 +199,16 @@ async fn sends_during_a_nats_outage_are_overloaded_and_retryable() {
     );
 
     nats.server.stop(Duration::from_secs(5)).await.unwrap();
-    let refused = alice.request(send("g", "m1", false)).await.unwrap();
-    assert_eq!(refused["code"], "overloaded", "{refused}");
-    assert!(refused["retry_after_ms"].as_u64().is_some(), "{refused}");
+    for request in [
+        send("g", "m1", false),
+        json!({"type": "sync", "conv": "g", "after": 0}),
+        json!({"type": "read", "conv": "g", "seq": 1}),
+        json!({"type": "add_members", "group": "g", "members": ["bob"]}),
+    ] {
+        let refused = alice.request(request.clone()).await.unwrap();
+        assert_eq!(refused["code"], "overloaded", "{request} → {refused}");
+        assert!(refused["retry_after_ms"].as_u64().is_some(), "{refused}");
+    }
     nats.server.restart().await.unwrap();
     let acked = eventually(
         Duration::from_secs(30),
@@ -476,6 +490,27 @@ async fn welcome_tells_the_truth_while_the_projector_is_down() {
         Some(second["seq"].clone()),
         "{welcome}"
     );
+    // A conversation bob joins while the projector is down is announced too, and its history
+    // says when to come back rather than answering an empty page.
+    let created = alice
+        .request(json!({"type": "create_group", "group": "new", "title": "N", "members": ["bob"]}))
+        .await
+        .unwrap();
+    assert_eq!(created["type"], "ok", "{created}");
+    let posted = alice.request(send("new", "n1", false)).await.unwrap();
+    let (mut bob3, welcome) = WsClient::signed_in(edge.addr, "bob", "d3").await.unwrap();
+    let announced = welcome["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["conv"] == "new")
+        .map(|c| c["last_seq"].clone());
+    assert_eq!(announced, Some(posted["seq"].clone()), "{welcome}");
+    let page = bob3
+        .request(json!({"type": "sync", "conv": "new", "after": 0}))
+        .await
+        .unwrap();
+    assert_eq!(page["code"], "overloaded", "{page}");
     // Bob's anchor at the first message: the change is still announced.
     let mut bob2 = WsClient::connect(edge.addr).await.unwrap();
     let welcome = bob2

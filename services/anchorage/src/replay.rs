@@ -29,7 +29,8 @@ pub fn same_database(a: &str, b: &str) -> bool {
     fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
         let rest = url.strip_prefix("sqlite:")?;
         let rest = rest.strip_prefix("//").unwrap_or(rest);
-        let path = std::path::Path::new(rest.split('?').next().unwrap_or(rest));
+        let decoded = percent_decode(rest.split('?').next().unwrap_or(rest));
+        let path = std::path::Path::new(&decoded);
         let absolute = if path.is_absolute() {
             path.to_owned()
         } else {
@@ -68,7 +69,8 @@ pub fn same_database(a: &str, b: &str) -> bool {
         Some((host.to_ascii_lowercase(), port.to_owned(), db.to_owned()))
     }
     match (sqlite_file(a), sqlite_file(b)) {
-        (Some(x), Some(y)) => return x == y,
+        // The same file however it is reached: by path, or by device and inode (a hard link).
+        (Some(x), Some(y)) => return x == y || same_inode(&x, &y),
         (Some(_), None) | (None, Some(_)) => return false,
         (None, None) => {}
     }
@@ -76,6 +78,40 @@ pub fn same_database(a: &str, b: &str) -> bool {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
     }
+}
+
+/// `%XX` escapes decoded (as URLs may spell a path).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push(((hex(h).unwrap_or(0) << 4) | hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether two existing paths are one file (same device and inode).
+fn same_inode(a: &std::path::Path, b: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    let _ = (a, b);
+    false
 }
 
 pub async fn run(config: &Config, into: &str, verify: bool) -> anyhow::Result<ExitCode> {
@@ -306,5 +342,18 @@ mod tests {
         ));
         assert!(!same_database("postgres://h/chat", "postgres://h/chat2"));
         assert!(!same_database("sqlite://chat", "postgres://h/chat"));
+        assert!(same_database(
+            "sqlite://%2Etmp-x%2Flive.db",
+            "sqlite://.tmp-x/live.db"
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.db");
+        let link = dir.path().join("link.db");
+        std::fs::write(&live, b"").unwrap();
+        std::fs::hard_link(&live, &link).unwrap();
+        assert!(same_database(
+            &format!("sqlite://{}", live.display()),
+            &format!("sqlite://{}", link.display())
+        ));
     }
 }

@@ -589,6 +589,16 @@ impl Hub {
     }
 
     /// Whether `user` (connected here) is a member of `conv` right now.
+    /// The conversations this edge knows `user` to be in (from the membership stream, so also
+    /// those the projection has not applied yet).
+    pub fn conversations_of(&self, user: &UserId) -> Vec<ConversationId> {
+        self.lock()
+            .users
+            .get(user)
+            .map(|e| e.convs.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn is_member(&self, user: &UserId, conv: &ConversationId) -> bool {
         self.lock()
             .users

@@ -223,7 +223,7 @@ impl Session {
             .bus
             .stream_state(stream::MEMBERSHIP)
             .await
-            .map_err(internal)?
+            .map_err(crate::session::bus_failed)?
             .epoch
             .0
             .to_string())

@@ -61,6 +61,16 @@ fn publish_failed(err: PublishError) -> (ErrorCode, String) {
     }
 }
 
+/// A request to NATS that failed (a server restarting, a leader election, a lost
+/// connection): `overloaded`, to retry after a moment.
+pub(crate) fn bus_failed(err: anchorage_bus::BusError) -> (ErrorCode, String) {
+    tracing::info!(error = %err, "NATS unavailable for a moment");
+    (
+        ErrorCode::Overloaded,
+        "the message store is unavailable for a moment; retry".into(),
+    )
+}
+
 /// The error frame of a refusal; `overloaded` tells the client when to come back.
 pub(crate) fn error_frame(
     id: Option<RequestId>,
@@ -220,7 +230,7 @@ impl Session {
             .bus
             .stream_state(stream::MESSAGES)
             .await
-            .map_err(internal)?
+            .map_err(bus_failed)?
             .last_seq;
         let projected = self.messages_projected(end).await?;
         let anchors: HashMap<&str, u64> =
@@ -238,6 +248,23 @@ impl Session {
         let next_cursor = (states.len() == CHANGES_PER_WELCOME as usize)
             .then(|| states.last().map(|s| s.conv.clone()))
             .flatten();
+        let mut states = states;
+        if !projected && next_cursor.is_none() {
+            // Conversations joined since the projection stopped: the edge's own view of the
+            // membership stream has them; their history is all in the stream.
+            let known: std::collections::HashSet<String> =
+                states.iter().map(|s| s.conv.clone()).collect();
+            for conv in self.state.hub.conversations_of(&self.claims.sub) {
+                if !known.contains(conv.as_str()) {
+                    states.push(anchorage_store::ConversationState {
+                        conv: conv.to_string(),
+                        last_seq: 0,
+                        read_seq: 0,
+                        delivered_seq: 0,
+                    });
+                }
+            }
+        }
         let mut changes = Vec::new();
         for s in states {
             let anchor = anchors
@@ -254,7 +281,7 @@ impl Session {
                     .bus
                     .last_subject_seq(stream::MESSAGES, &subjects::message(&conv))
                     .await
-                    .map_err(internal)?
+                    .map_err(bus_failed)?
                     .0
                     .max(s.last_seq)
             };
@@ -506,18 +533,20 @@ impl Session {
                 format!("the history of {conv} is catching up; retry {client_msg_id} in a moment"),
             ));
         }
-        if retry
-            && let Some(row) = self
-                .state
-                .store
-                .message_by_client_id(
-                    conv.as_str(),
-                    user.as_str(),
-                    self.claims.device.as_str(),
-                    client_msg_id.as_str(),
-                )
-                .await
-                .map_err(internal)?
+        // Every send — marked as a retry or not — is looked up in the history first: a repeat
+        // after the stream's duplicate window must get the original, never a second copy
+        // that the history would not hold (one indexed read).
+        if let Some(row) = self
+            .state
+            .store
+            .message_by_client_id(
+                conv.as_str(),
+                user.as_str(),
+                self.claims.device.as_str(),
+                client_msg_id.as_str(),
+            )
+            .await
+            .map_err(internal)?
         {
             return Ok(SendStart::Done(ServerFrame::Ack {
                 id,
@@ -602,7 +631,7 @@ impl Session {
             .bus
             .last_subject_seq(stream::MESSAGES, &subjects::message(conv))
             .await
-            .map_err(internal)?;
+            .map_err(bus_failed)?;
         self.messages_projected(last).await
     }
 
@@ -638,6 +667,14 @@ impl Session {
             .messages_after(conv.as_str(), after, limit + 1)
             .await
             .map_err(internal)?;
+        if !settled && rows.is_empty() {
+            // Nothing to show yet, and more may be coming: say when to ask again rather than
+            // an empty page with `more`.
+            return Err((
+                ErrorCode::Overloaded,
+                format!("the history of {conv} is catching up; sync again in a moment"),
+            ));
+        }
         let more = rows.len() > limit as usize || !settled;
         rows.truncate(limit as usize);
         let more = cut_to_bytes(&mut rows) || more;
@@ -687,7 +724,7 @@ impl Session {
             .bus
             .last_subject_seq(stream::MESSAGES, &subjects::message(conv))
             .await
-            .map_err(internal)?;
+            .map_err(bus_failed)?;
         if seq > last.0 {
             return Err((
                 ErrorCode::InvalidRequest,
@@ -1206,7 +1243,7 @@ impl Session {
             .bus
             .last_subject_seq(stream::MEMBERSHIP, &subject)
             .await
-            .map_err(internal)?;
+            .map_err(bus_failed)?;
         let store = &self.state.store;
         wait_for(Duration::from_secs(2), || async {
             Ok(store

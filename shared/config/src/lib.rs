@@ -360,7 +360,10 @@ impl Config {
         // named `anchorage`) are not ours to read.
         let figment = figment.merge(
             env.ignore(&["config", "log"])
-                .filter(|key| key.as_str().contains("__"))
+                .filter(|key| {
+                    let key = key.as_str();
+                    key.contains("__") && !key.chars().any(|c| c.is_ascii_lowercase())
+                })
                 .split("__"),
         );
         let config: Config = figment
@@ -656,8 +659,11 @@ mod tests {
             jail.set_env("ANCHORAGE_SERVICE_HOST", "10.0.0.7");
             jail.set_env("ANCHORAGE_PORT_8080_TCP_ADDR", "10.0.0.7");
             jail.set_env("ANCHORAGE_EDGE__MAX_CONNECTIONS", "9");
+            // Not the documented spelling: ignored, not half-read.
+            jail.set_env("ANCHORAGE_Edge__Rate_Burst", "3");
             let config = Config::load(None).unwrap();
             assert_eq!(config.edge.max_connections, 9);
+            assert_eq!(config.edge.rate_burst, Config::default().edge.rate_burst);
             Ok(())
         });
     }
