@@ -427,20 +427,11 @@ async fn serve(
             // Answered by the WebSocket layer; it only had to pass the limits.
             continue;
         }
-        let Message::Text(text) = message else {
-            session
-                .reply(error_frame(
-                    None,
-                    ErrorCode::BadFrame,
-                    "frames are JSON text",
-                ))
-                .await;
-            continue;
-        };
-        let decoded = match decode_client_frame(&text, max) {
+        let decoded = decode_message(message, max);
+        let decoded = match decoded {
             Ok(f) => f,
-            Err((id, err)) => {
-                session.reply(ServerFrame::from_frame_error(id, &err)).await;
+            Err(refusal) => {
+                Box::pin(answer_in_order(&mut session, &mut inflight, *refusal)).await;
                 continue;
             }
         };
@@ -516,11 +507,35 @@ async fn refuse_limited(
             refused: None,
         })));
     } else {
-        while let Some(answer) = inflight.next().await {
-            session.answer_send(answer).await;
-        }
-        session.reply(refusal).await;
+        answer_in_order(session, inflight, refusal).await;
     }
+}
+
+/// The request a frame carries, or the refusal to answer it with (boxed: it is rare, and the
+/// connection's future keeps only what it needs).
+fn decode_message(message: Message, max: usize) -> Result<ClientFrame, Box<ServerFrame>> {
+    match message {
+        Message::Text(text) => decode_client_frame(&text, max)
+            .map_err(|(id, err)| Box::new(ServerFrame::from_frame_error(id, &err))),
+        _ => Err(Box::new(error_frame(
+            None,
+            ErrorCode::BadFrame,
+            "frames are JSON text",
+        ))),
+    }
+}
+
+/// Queues `frame` after the answers of the sends still in flight: answers keep the order of
+/// the requests.
+async fn answer_in_order(
+    session: &mut Session,
+    inflight: &mut FuturesOrdered<AckFuture>,
+    frame: ServerFrame,
+) {
+    while let Some(answer) = inflight.next().await {
+        session.answer_send(answer).await;
+    }
+    session.reply(frame).await;
 }
 
 /// The request id of a frame that will not be decoded, if it has one where it should.
