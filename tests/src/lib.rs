@@ -331,6 +331,17 @@ where
     }
 }
 
+/// Waits until `projection` has applied its stream up to `seq`.
+pub async fn projected(store: &anchorage_store::Store, projection: &str, seq: u64) {
+    let what = format!("projection {projection} at {seq}");
+    eventually(Duration::from_secs(20), &what, || async {
+        let at = store.checkpoint(projection).await.ok()??.last_seq;
+        (at >= seq).then_some(())
+    })
+    .await
+    .expect("the projection to catch up");
+}
+
 /// A minimal HTTP/1.1 GET: status code and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     within(Duration::from_secs(10), "an HTTP answer", async {

@@ -56,18 +56,7 @@ async fn a_consumer_that_skips_events_does_not_make_the_projection_skip_them() {
         seqs.push(ack["seq"].as_u64().unwrap());
     }
     let store = &stack.stack.store;
-    let projected = |seq: u64| async move {
-        eventually(
-            Duration::from_secs(20),
-            "the messages projected",
-            || async {
-                let at = store.checkpoint("messages").await.ok()??.last_seq;
-                (at >= seq).then_some(())
-            },
-        )
-        .await
-        .unwrap();
-    };
+    let projected = |seq: u64| anchorage_tests::projected(store, "messages", seq);
     projected(*seqs.last().unwrap()).await;
     // The consumer is moved two events ahead behind the projector's back.
     let operator = async_nats::jetstream::new(nats_client(&nats.url(), OPERATOR).await.unwrap());
@@ -254,6 +243,25 @@ async fn ext_event(
     .unwrap();
 }
 
+/// As the integration `crm`: users alice (`u-1`) and bob (`u-2`), and the group `support`
+/// (`g-1`) owned by alice with `members`.
+async fn alice_bob_and_support(crm: &async_nats::jetstream::Context, members: &[&str]) {
+    let user = |u: &str, name: &str| json!({"user": u, "display_name": name});
+    ext_event(
+        crm,
+        "crm",
+        "user.created",
+        "u-1",
+        user("alice", "Alice"),
+        true,
+    )
+    .await;
+    ext_event(crm, "crm", "user.created", "u-2", user("bob", "Bob"), true).await;
+    let group = json!({"group": "support", "owner": "alice", "title": "Support",
+                       "members": members});
+    ext_event(crm, "crm", "group.created", "g-1", group, true).await;
+}
+
 // Other systems' events apply once per (source, id), durably: a retry long after the
 // duplicate window changes nothing, and two sources may use the same ids.
 #[tokio::test]
@@ -263,25 +271,7 @@ async fn events_of_other_systems_apply_once_however_late_the_retry() {
     let store = &stack.stack.store;
     let crm = async_nats::jetstream::new(nats_client(&nats.url(), "ext_crm").await.unwrap());
     let user = |u: &str, name: &str| json!({"user": u, "display_name": name});
-    ext_event(
-        &crm,
-        "crm",
-        "user.created",
-        "u-1",
-        user("alice", "Alice"),
-        true,
-    )
-    .await;
-    ext_event(&crm, "crm", "user.created", "u-2", user("bob", "Bob"), true).await;
-    ext_event(
-        &crm,
-        "crm",
-        "group.created",
-        "g-1",
-        json!({"group": "support", "owner": "alice", "title": "Support"}),
-        true,
-    )
-    .await;
+    alice_bob_and_support(&crm, &[]).await;
     ext_event(
         &crm,
         "crm",
@@ -473,12 +463,7 @@ async fn welcome_tells_the_truth_while_the_projector_is_down() {
         .unwrap();
     let first = alice.request(send("g", "m1", false)).await.unwrap();
     let seq = first["seq"].as_u64().unwrap();
-    eventually(Duration::from_secs(20), "the message projected", || async {
-        let at = store.checkpoint("messages").await.ok()??.last_seq;
-        (at >= seq).then_some(())
-    })
-    .await
-    .unwrap();
+    anchorage_tests::projected(&store, "messages", seq).await;
     stack.stack.stop().await.unwrap();
     // The projector is gone; alice writes on.
     let second = alice.request(send("g", "m2", false)).await.unwrap();
@@ -561,24 +546,7 @@ async fn shutdown_in_the_middle_of_ingest_is_prompt_and_loses_nothing() {
     let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
     let store = stack.stack.store.clone();
     let crm = async_nats::jetstream::new(nats_client(&nats.url(), "ext_crm").await.unwrap());
-    ext_event(
-        &crm,
-        "crm",
-        "user.created",
-        "u-1",
-        json!({"user": "alice", "display_name": "Alice"}),
-        true,
-    )
-    .await;
-    ext_event(
-        &crm,
-        "crm",
-        "group.created",
-        "g-1",
-        json!({"group": "support", "owner": "alice", "title": "Support"}),
-        true,
-    )
-    .await;
+    alice_bob_and_support(&crm, &[]).await;
     eventually(Duration::from_secs(20), "the group", || async {
         store.group_row("support").await.ok()?.map(|_| ())
     })
@@ -641,25 +609,7 @@ async fn a_deleted_user_is_signed_out_removed_everywhere_and_not_recreated() {
     let store = &stack.stack.store;
     let crm = async_nats::jetstream::new(nats_client(&nats.url(), "ext_crm").await.unwrap());
     let user = |u: &str, name: &str| json!({"user": u, "display_name": name});
-    ext_event(
-        &crm,
-        "crm",
-        "user.created",
-        "u-1",
-        user("alice", "Alice"),
-        true,
-    )
-    .await;
-    ext_event(&crm, "crm", "user.created", "u-2", user("bob", "Bob"), true).await;
-    ext_event(
-        &crm,
-        "crm",
-        "group.created",
-        "g-1",
-        json!({"group": "support", "owner": "alice", "title": "Support", "members": ["bob"]}),
-        true,
-    )
-    .await;
+    alice_bob_and_support(&crm, &["bob"]).await;
     eventually(Duration::from_secs(20), "bob in the group", || async {
         store.member_role("support", "bob").await.ok()?.map(|_| ())
     })

@@ -253,7 +253,7 @@ async fn a_client_message_id_is_scoped_to_its_conversation() {
         .unwrap();
     for g in ["g1", "g2"] {
         let ok = alice
-            .request(json!({"type": "create_group", "group": g, "title": g}))
+            .request(json!({"type": "create_group", "group": g, "title": g, "members": ["bob"]}))
             .await
             .unwrap();
         assert_eq!(ok["type"], "ok", "{ok}");
@@ -293,16 +293,7 @@ async fn a_client_message_id_is_scoped_to_its_conversation() {
     assert_ne!(c["seq"], b["seq"]);
     let store = &s.stack.stack.store;
     let seq_c = c["seq"].as_u64().unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the phone's message projected",
-        || async {
-            let at = store.checkpoint("messages").await.ok()??.last_seq;
-            (at >= seq_c).then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    anchorage_tests::projected(store, "messages", seq_c).await;
     let retry = phone
         .request(
             json!({"type": "send", "conv": "g2", "client_msg_id": "same", "body": "three",
@@ -325,6 +316,30 @@ async fn a_client_message_id_is_scoped_to_its_conversation() {
         .map(|m| &m["body"])
         .collect();
     assert_eq!(bodies, vec![&json!("two"), &json!("three")], "{page}");
+    // Another user's message with the same id is theirs, not a repeat of alice's.
+    let (mut bob, _) = WsClient::signed_in(s.stack.edge_addr(), "bob", "phone")
+        .await
+        .unwrap();
+    let theirs = within(Duration::from_secs(10), "bob's send accepted", async {
+        loop {
+            let answer = bob
+                .request(send("g2", "same", json!("bob's")))
+                .await
+                .unwrap();
+            if answer["type"] == "ack" {
+                return answer;
+            }
+            assert_eq!(answer["code"], "forbidden", "{answer}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(theirs["duplicate"], false, "{theirs}");
+    assert!(
+        ![&b["seq"], &c["seq"]].contains(&&theirs["seq"]),
+        "{theirs}"
+    );
 }
 
 // 4. Nothing is acknowledged that a reader cannot decode.
@@ -405,13 +420,26 @@ async fn queued_bytes_are_bounded_and_slow_readers_get_4008() {
         .request(json!({"type": "add_members", "group": "g", "members": ["bob"]}))
         .await
         .unwrap();
-    let store = &s.stack.stack.store;
-    eventually(Duration::from_secs(10), "bob a member", || async {
-        store.member_role("g", "bob").await.ok()?.map(|_| ())
-    })
+    // Until this edge has applied the addition, bob's requests about g are refused.
+    let (mut probe, _) = WsClient::signed_in(addr, "bob", "probe").await.unwrap();
+    within(
+        Duration::from_secs(10),
+        "bob a member on this edge",
+        async {
+            loop {
+                let page = probe
+                    .request(json!({"type": "sync", "conv": "g", "after": 0, "limit": 1}))
+                    .await
+                    .unwrap();
+                if page["type"] == "messages" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        },
+    )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..30 {
         let q = json!({"type": "sync", "id": 100 + i, "conv": "g", "after": 0, "limit": 500});
         hog.send(WsMessage::Text(q.to_string().into()))

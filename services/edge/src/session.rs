@@ -24,6 +24,7 @@ use anchorage_schema::{
 use crate::EdgeState;
 use crate::auth::Claims;
 use crate::hub::ConnHandle;
+use crate::ws::error_frame;
 
 /// Most messages one `sync` or `history` answer carries.
 const MAX_PAGE: u32 = 500;
@@ -69,20 +70,6 @@ pub(crate) fn bus_failed(err: anchorage_bus::BusError) -> (ErrorCode, String) {
         ErrorCode::Overloaded,
         "the message store is unavailable for a moment; retry".into(),
     )
-}
-
-/// The error frame of a refusal; `overloaded` tells the client when to come back.
-pub(crate) fn error_frame(
-    id: Option<RequestId>,
-    (code, message): (ErrorCode, String),
-) -> ServerFrame {
-    let retry_after_ms = (code == ErrorCode::Overloaded).then(|| 250 + crate::jitter(750));
-    ServerFrame::Error {
-        id,
-        code,
-        message,
-        retry_after_ms,
-    }
 }
 
 fn forbidden(conv: &ConversationId) -> (ErrorCode, String) {
@@ -210,7 +197,7 @@ impl Session {
             return;
         };
         let answer = self.changes(id, anchors, cursor.as_deref()).await;
-        self.reply(answer.unwrap_or_else(|e| error_frame(Some(id), e)))
+        self.reply(answer.unwrap_or_else(|(code, message)| error_frame(Some(id), code, message)))
             .await;
     }
 
@@ -277,13 +264,7 @@ impl Session {
             let last_seq = if projected {
                 s.last_seq
             } else {
-                self.state
-                    .bus
-                    .last_subject_seq(stream::MESSAGES, &subjects::message(&conv))
-                    .await
-                    .map_err(bus_failed)?
-                    .0
-                    .max(s.last_seq)
+                self.conversation_end(&conv).await?.0.max(s.last_seq)
             };
             if last_seq <= anchor {
                 continue;
@@ -341,7 +322,7 @@ impl Session {
                 // Every answer to a send takes its place behind the sends before it, also one
                 // given at once (a refusal, a duplicate): answers keep the order of requests.
                 let frame = if let Some(err) = self.out_of_order(&conv, &client_msg_id) {
-                    error_frame(Some(id), err)
+                    error_frame(Some(id), err.0, err.1)
                 } else {
                     let send = (conv.clone(), client_msg_id.clone());
                     match self
@@ -354,7 +335,7 @@ impl Session {
                             if passing(err.0) {
                                 self.block(send.0, send.1);
                             }
-                            error_frame(Some(id), err)
+                            error_frame(Some(id), err.0, err.1)
                         }
                     }
                 };
@@ -452,7 +433,7 @@ impl Session {
             } => self.members_search(id, group, query, limit).await,
             ClientFrame::MembersUnsubscribe { id, group } => self.members_unsubscribe(id, group),
         };
-        let frame = answer.unwrap_or_else(|e| error_frame(id, e));
+        let frame = answer.unwrap_or_else(|(code, message)| error_frame(id, code, message));
         self.reply(frame).await;
         None
     }
@@ -591,7 +572,7 @@ impl Session {
                     let err = publish_failed(err);
                     let refused = passing(err.0).then(|| Box::new((conv, client_msg_id)));
                     return SendAnswer {
-                        frame: error_frame(Some(id), err),
+                        frame: error_frame(Some(id), err.0, err.1),
                         refused,
                     };
                 }
@@ -626,13 +607,17 @@ impl Session {
         &self,
         conv: &ConversationId,
     ) -> Result<bool, (ErrorCode, String)> {
-        let last = self
-            .state
+        let last = self.conversation_end(conv).await?;
+        self.messages_projected(last).await
+    }
+
+    /// The seq of the conversation's last message, from the stream itself.
+    async fn conversation_end(&self, conv: &ConversationId) -> Result<Seq, (ErrorCode, String)> {
+        self.state
             .bus
             .last_subject_seq(stream::MESSAGES, &subjects::message(conv))
             .await
-            .map_err(bus_failed)?;
-        self.messages_projected(last).await
+            .map_err(bus_failed)
     }
 
     /// Waits (up to 2 s) until the message projection has applied the MESSAGES stream up to
@@ -719,12 +704,7 @@ impl Session {
         conv: &ConversationId,
         seq: u64,
     ) -> Result<(), (ErrorCode, String)> {
-        let last = self
-            .state
-            .bus
-            .last_subject_seq(stream::MESSAGES, &subjects::message(conv))
-            .await
-            .map_err(bus_failed)?;
+        let last = self.conversation_end(conv).await?;
         if seq > last.0 {
             return Err((
                 ErrorCode::InvalidRequest,

@@ -126,12 +126,18 @@ pub(crate) fn frame(f: &ServerFrame) -> Frame {
     Utf8Bytes::from(f.to_json())
 }
 
-fn error_frame(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+/// The error frame of a refusal; `overloaded` tells the client when to come back.
+pub(crate) fn error_frame(
+    id: Option<RequestId>,
+    code: ErrorCode,
+    message: impl Into<String>,
+) -> ServerFrame {
+    let retry_after_ms = (code == ErrorCode::Overloaded).then(|| 250 + crate::jitter(750));
     ServerFrame::Error {
         id,
         code,
         message: message.into(),
-        retry_after_ms: None,
+        retry_after_ms,
     }
 }
 
@@ -477,22 +483,23 @@ async fn refuse_limited(
     wait: u64,
     max: usize,
 ) {
-    let mut send = false;
-    let id = match &message {
-        Message::Text(t) => {
-            // A refused send holds back the sends after it (see `Session::block`).
-            if let Ok(ClientFrame::Send {
+    // Decoded once, for the request id and, for a send, to hold back the sends after it
+    // (see `Session::block`); a frame that does not decode still has its id if readable.
+    let (id, send) = match message {
+        Message::Text(t) => match decode_client_frame(t, max) {
+            Ok(ClientFrame::Send {
+                id,
                 conv,
                 client_msg_id,
                 ..
-            }) = decode_client_frame(t, max)
-            {
+            }) => {
                 session.block(conv, client_msg_id);
-                send = true;
+                (Some(id), true)
             }
-            peek_id(t)
-        }
-        _ => None,
+            Ok(frame) => (request_id(&frame), false),
+            Err((id, _)) => (id, false),
+        },
+        _ => (None, false),
     };
     let refusal = ServerFrame::Error {
         id,
@@ -536,18 +543,6 @@ async fn answer_in_order(
         session.answer_send(answer).await;
     }
     session.reply(frame).await;
-}
-
-/// The request id of a frame that will not be decoded, if it has one where it should.
-fn peek_id(text: &str) -> Option<RequestId> {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: Option<RequestId>,
-    }
-    if text.len() > 64 * 1024 {
-        return None;
-    }
-    serde_json::from_str::<Id>(text).ok()?.id
 }
 
 /// When the token stops being valid, as a deadline (a very distant `exp` is just far away).
