@@ -155,11 +155,27 @@ async fn a_late_retry_while_the_projector_is_down_is_never_stored_twice() {
         (&first["seq"], &json!(true)),
         "{again}"
     );
+    // A message stamped when it was written, repeated past the window with that stamp (as an
+    // outbox does) and without `retry`: the original too.
+    let stamped = json!({"type": "send", "conv": "g", "client_msg_id": "m2", "body": "m2",
+                         "client_ts": anchorage_schema::now_ms()});
+    let original = alice.request(stamped.clone()).await.unwrap();
+    assert_eq!(original["type"], "ack", "{original}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let repeated = alice.request(stamped).await.unwrap();
+    assert_eq!(
+        (&repeated["seq"], &repeated["duplicate"]),
+        (&original["seq"], &json!(true)),
+        "{repeated}"
+    );
     let (mut reader, _) = WsClient::signed_in(edge.addr, "alice", "d2").await.unwrap();
     assert_eq!(
         sync_seqs(&mut reader, "g").await,
-        vec![first["seq"].as_u64().unwrap()],
-        "one copy"
+        vec![
+            first["seq"].as_u64().unwrap(),
+            original["seq"].as_u64().unwrap()
+        ],
+        "one copy each"
     );
     shutdown.cancel();
     projector.await.unwrap().unwrap();

@@ -414,7 +414,9 @@ async fn send(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
                     let id = 2 + next as u64;
                     sink.feed(Message::Text(
                         json!({"type": "send", "id": id, "conv": group,
-                               "client_msg_id": format!("m{next}"), "body": body, "client_ts": 1})
+                               "client_msg_id": format!("m{next}"), "body": body,
+                               // Written now, as a client's outbox stamps it.
+                               "client_ts": anchorage_schema::now_ms()})
                         .to_string()
                         .into(),
                     ))
@@ -1004,7 +1006,7 @@ async fn send_stamped(ws: &mut Ws, id: u64) -> anyhow::Result<u64> {
         ws,
         id,
         json!({"type": "send", "conv": "big", "client_msg_id": format!("f{id}"),
-               "body": {"t": unix_nanos() as u64}, "client_ts": 1}),
+               "body": {"t": unix_nanos() as u64}, "client_ts": anchorage_schema::now_ms()}),
     )
     .await?;
     a["seq"].as_u64().with_context(|| format!("not acked: {a}"))

@@ -66,6 +66,9 @@ pub struct Shared {
     pending: Arc<limits::PendingLimits>,
     /// Bytes queued for the connections' sockets.
     queue_budget: Arc<outbox::QueueBudget>,
+    /// A send whose `client_ts` is at most this old (ms) cannot be a repeat from beyond the
+    /// MESSAGES stream's duplicate window: half of that window, for clocks that differ.
+    fresh_send_ms: i64,
     user_limits: Arc<limits::UserLimits>,
     /// Fires when the edge shuts down; connections close with 1001.
     shutdown: CancellationToken,
@@ -82,12 +85,19 @@ impl EdgeState {
         auth: &anchorage_config::AuthConfig,
     ) -> anyhow::Result<EdgeState> {
         let hub = hub::Hub::start(bus.clone(), store.clone()).await?;
+        let window = streams
+            .streams
+            .iter()
+            .find(|s| s.config.name == stream::MESSAGES)
+            .map_or(Duration::from_secs(120), |s| s.config.duplicate_window);
+        let fresh_send_ms = i64::try_from(window.as_millis() / 2).unwrap_or(i64::MAX);
         Ok(EdgeState(Arc::new(Shared {
             admission: Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize)),
             pending: Arc::new(limits::PendingLimits::new(
                 config.max_pending,
                 config.max_pending_per_ip,
             )),
+            fresh_send_ms,
             queue_budget: Arc::new(outbox::QueueBudget::new(
                 usize::try_from(config.queue_bytes).unwrap_or(usize::MAX),
                 usize::try_from(config.queue_bytes_per_user).unwrap_or(usize::MAX),

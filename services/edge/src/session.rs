@@ -514,20 +514,25 @@ impl Session {
                 format!("the history of {conv} is catching up; retry {client_msg_id} in a moment"),
             ));
         }
-        // Every send — marked as a retry or not — is looked up in the history first: a repeat
-        // after the stream's duplicate window must get the original, never a second copy
-        // that the history would not hold (one indexed read).
-        if let Some(row) = self
-            .state
-            .store
-            .message_by_client_id(
-                conv.as_str(),
-                user.as_str(),
-                self.claims.device.as_str(),
-                client_msg_id.as_str(),
-            )
-            .await
-            .map_err(internal)?
+        // A repeat after the stream's duplicate window must get the original from the
+        // history, never a second copy the history would not hold. A send can be such a
+        // repeat only if it says so (`retry`) or was written long enough ago (its `client_ts`
+        // older than half the window, or from a clock running ahead): only those pay for the
+        // history lookup, fresh sends go straight to the stream (which deduplicates them).
+        let age = now_ms().saturating_sub(client_ts);
+        let maybe_repeat = retry || !(-1_000..=self.state.fresh_send_ms).contains(&age);
+        if maybe_repeat
+            && let Some(row) = self
+                .state
+                .store
+                .message_by_client_id(
+                    conv.as_str(),
+                    user.as_str(),
+                    self.claims.device.as_str(),
+                    client_msg_id.as_str(),
+                )
+                .await
+                .map_err(internal)?
         {
             return Ok(SendStart::Done(ServerFrame::Ack {
                 id,
