@@ -65,30 +65,14 @@ pub enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
-    /// Measure a scenario next to its raw baseline (raw, send, replay, memory).
+    /// Measure a scenario next to its raw baseline: raw, send, replay, memory, members,
+    /// fanout, reconnect (`--quick` for a smoke run, `--json` for one line). Runs the
+    /// `anchorage-bench` binary installed beside this one.
+    #[command(disable_help_flag = true)]
     Bench {
-        scenario: String,
-        /// A small, fast run (a smoke test of the output, not of speed).
-        #[arg(long)]
-        quick: bool,
-        /// Print only the JSON report.
-        #[arg(long)]
-        json: bool,
-    },
-    /// The client side of the socket-heavy benchmarks (a separate process).
-    #[command(hide = true)]
-    BenchClients {
-        addr: String,
-        count: usize,
-        /// idle, fanout or reconnect.
-        #[arg(long, default_value = "idle")]
-        mode: String,
-        /// Users are <prefix><6 digits>.
-        #[arg(long, default_value = "idle")]
-        prefix: String,
-        /// Messages each socket waits for (fanout).
-        #[arg(long, default_value_t = 0)]
-        messages: usize,
+        /// The scenario and its options, passed on.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Print the nats-server `authorization` block: a user per role with least-privilege
     /// permissions, passwords read from $ANCHORAGE_NATS_<USER>_PASSWORD (deploy/SECURITY.md).
@@ -140,29 +124,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     match &cli.command {
-        Command::Bench {
-            scenario,
-            quick,
-            json,
-        } => {
-            let report = crate::bench::run(scenario, crate::bench::Sizes::new(*quick)).await?;
-            if *json {
-                println!("{report}");
-            } else {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        Command::BenchClients {
-            addr,
-            count,
-            mode,
-            prefix,
-            messages,
-        } => {
-            crate::bench_clients::run(addr, *count, mode, prefix, *messages).await?;
-            return Ok(ExitCode::SUCCESS);
-        }
+        Command::Bench { args } => return bench(args).await,
         Command::NatsAuth { integrations } => {
             print!("{}", nats_auth::render_for_deploy(integrations)?);
             return Ok(ExitCode::SUCCESS);
@@ -171,7 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Bench { .. } | Command::BenchClients { .. } | Command::NatsAuth { .. } => {
+        Command::Bench { .. } | Command::NatsAuth { .. } => {
             unreachable!("handled before the configuration is loaded")
         }
         Command::Dev => dev(config).await,
@@ -420,4 +382,27 @@ async fn projector(config: Config) -> anyhow::Result<ExitCode> {
     bus.close().await;
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `anchorage-bench` (built beside this binary: `cargo build --release -p anchorage -p
+/// anchorage-bench`) with `args`, and exits as it does.
+async fn bench(args: &[String]) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    let bench = exe.with_file_name(format!("anchorage-bench{}", std::env::consts::EXE_SUFFIX));
+    if !bench.is_file() {
+        anyhow::bail!(
+            "{} not found: build it with `cargo build --release -p anchorage-bench`",
+            bench.display()
+        );
+    }
+    let status = tokio::process::Command::new(&bench)
+        .args(args)
+        .status()
+        .await
+        .with_context(|| format!("running {}", bench.display()))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }

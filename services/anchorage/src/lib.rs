@@ -2,8 +2,6 @@
 //! nats-server child management, so tests and `anchorage dev` run exactly the code production
 //! runs.
 
-pub mod bench;
-pub mod bench_clients;
 pub mod cli;
 pub mod nats_auth;
 pub mod natsd;

@@ -2,8 +2,8 @@
 //!
 //! | identity | publishes | subscribes |
 //! |---|---|---|
-//! | `edge` | `msg.*`, `grp.*`, `read.*.*`; JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `notify.grp.>` |
-//! | `projector` | `msg.*`, `grp.*`, `user.*` (events translated from other systems), `dlq.*`, `notify.grp.*`; its pull consumers (fetch, ack) and JetStream reads | — |
+//! | `edge` | `msg.*`, `grp.*`, `read.*.*`; JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `notify.grp.>`, `notify.progress.>` |
+//! | `projector` | `msg.*`, `grp.*`, `user.*` (events translated from other systems), `dlq.*`, `notify.grp.*`, `notify.progress.*`; its pull consumers (fetch, ack) and JetStream reads | — |
 //! | `operator` | everything (`anchorage streams apply`, `revoke`, `replay`, administration) | everything |
 //! | `ext_<source>` | `ext.<source>.>` only | its own consumers (named `<source>`) on the streams it is given |
 //!
@@ -63,13 +63,15 @@ pub fn edge() -> Permissions {
         subscribe: vec![
             "live.>".into(),
             "notify.grp.>".into(),
+            "notify.progress.>".into(),
             format!("{}.>", inbox_prefix(EDGE)),
         ],
     }
 }
 
 /// The projector: reads every stream through its durable consumers, acknowledges, publishes
-/// dead letters, member-list notifications and the native events of other systems' events.
+/// dead letters, member-list notifications, its progress and the native events of other
+/// systems' events.
 pub fn projector() -> Permissions {
     let mut publish = strings(&[
         "msg.*",
@@ -77,6 +79,7 @@ pub fn projector() -> Permissions {
         "user.*",
         "dlq.*",
         "notify.grp.*",
+        "notify.progress.*",
         "$JS.API.CONSUMER.MSG.NEXT.*.*",
         // A projection moves its consumer back to its own checkpoint when they disagree.
         "$JS.API.CONSUMER.RESET.*.*",
@@ -349,7 +352,15 @@ mod tests {
     fn each_identity_gets_only_its_subjects() {
         let e = edge();
         assert!(e.publish.contains(&"msg.*".to_owned()));
-        for forbidden in ["user.*", "ext.>", "live.>", "notify.grp.*", "dlq.*", ">"] {
+        for forbidden in [
+            "user.*",
+            "ext.>",
+            "live.>",
+            "notify.grp.*",
+            "notify.progress.*",
+            "dlq.*",
+            ">",
+        ] {
             assert!(!e.publish.contains(&forbidden.to_owned()), "{forbidden}");
         }
         let p = projector();

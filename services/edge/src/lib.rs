@@ -13,11 +13,11 @@
 //!   shows how far each projection is behind its stream, and the bytes queued for sockets.
 
 pub mod auth;
-pub mod hub;
 mod limits;
-mod members;
+pub mod live;
 mod outbox;
-mod session;
+mod progress;
+mod requests;
 mod ws;
 
 use std::sync::Arc;
@@ -59,7 +59,10 @@ pub struct Shared {
     pub members: Arc<anchorage_config::MembersConfig>,
     /// Checks device tokens.
     pub verifier: Arc<auth::Verifier>,
-    pub hub: Arc<hub::Hub>,
+    /// Connections, memberships and live subscriptions.
+    pub hub: Arc<live::Hub>,
+    /// How far the projections have got.
+    progress: Arc<progress::Progress>,
     /// One permit per signed-in WebSocket connection.
     admission: Arc<tokio::sync::Semaphore>,
     /// Places of upgraded sockets that have not signed in yet.
@@ -84,7 +87,8 @@ impl EdgeState {
         members: anchorage_config::MembersConfig,
         auth: &anchorage_config::AuthConfig,
     ) -> anyhow::Result<EdgeState> {
-        let hub = hub::Hub::start(bus.clone(), store.clone()).await?;
+        let hub = live::Hub::start(bus.clone(), store.clone()).await?;
+        let progress = progress::Progress::start(&bus, store.clone()).await?;
         let window = streams
             .streams
             .iter()
@@ -111,6 +115,7 @@ impl EdgeState {
             config: Arc::new(config),
             members: Arc::new(members),
             hub,
+            progress,
             shutdown: CancellationToken::new(),
         })))
     }
@@ -144,6 +149,7 @@ pub async fn run(
         ..Shared::clone(&state)
     }));
     let hub = state.hub.clone();
+    let progress = state.progress.clone();
     let header_timeout = Duration::from_millis(state.config.http_header_timeout_ms);
     let http_slots = Arc::new(tokio::sync::Semaphore::new(
         (state.config.max_connections as usize).saturating_add(state.config.max_pending as usize),
@@ -206,6 +212,7 @@ pub async fn run(
     connections.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), connections.wait()).await;
     hub.shutdown();
+    progress.shutdown();
     tracing::info!(%addr, "edge stopped");
     Ok(())
 }

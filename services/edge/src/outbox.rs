@@ -17,7 +17,7 @@ use anchorage_protocol::close;
 use anchorage_schema::UserId;
 use tokio::sync::mpsc;
 
-use crate::hub::Frame;
+use crate::live::Frame;
 
 /// The bytes queued on this edge, across connections, and the bounds.
 #[derive(Debug)]

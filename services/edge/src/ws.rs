@@ -27,8 +27,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use anchorage_protocol::request::Hello;
 use anchorage_protocol::{
-    ClientFrame, ErrorCode, PROTOCOL_VERSION, RequestId, ServerFrame, close, decode_client_frame,
+    PROTOCOL_VERSION, Request, RequestBody, RequestId, ServerFrame, close, decode_request,
 };
 use axum::Extension;
 use axum::extract::State;
@@ -39,10 +40,10 @@ use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 
 use crate::auth::{Claims, TokenError};
-use crate::hub::{ConnHandle, Frame};
 use crate::limits::{Bucket, PendingPlace};
+use crate::live::{ConnHandle, Frame, frame};
 use crate::outbox::{self, Inbox};
-use crate::session::{AckFuture, SendAnswer, Session};
+use crate::requests::{AckFuture, RequestError, SendAnswer, Session};
 use crate::{EdgeState, PeerAddr};
 
 /// Sends one connection may have in flight before it waits for the oldest acknowledgement.
@@ -122,25 +123,6 @@ async fn send_close_within(sink: &mut Sink, code: u16, reason: &str, within: Dur
     .await;
 }
 
-pub(crate) fn frame(f: &ServerFrame) -> Frame {
-    Utf8Bytes::from(f.to_json())
-}
-
-/// The error frame of a refusal; `overloaded` tells the client when to come back.
-pub(crate) fn error_frame(
-    id: Option<RequestId>,
-    code: ErrorCode,
-    message: impl Into<String>,
-) -> ServerFrame {
-    let retry_after_ms = (code == ErrorCode::Overloaded).then(|| 250 + crate::jitter(750));
-    ServerFrame::Error {
-        id,
-        code,
-        message: message.into(),
-        retry_after_ms,
-    }
-}
-
 /// The close code and reason for a failed socket read, if the client is owed one: a frame
 /// over the size limit (1009) or a text frame that is not UTF-8 (1007).
 fn read_failure(err: &axum::Error) -> Option<(u16, &'static str)> {
@@ -159,7 +141,7 @@ async fn await_hello(
     state: &EdgeState,
     sink: &mut Sink,
     stream: &mut SplitStream<WebSocket>,
-) -> Result<(RequestId, Claims, ClientFrame), (u16, String)> {
+) -> Result<(RequestId, Claims, Hello), (u16, String)> {
     let max = state.config.max_frame_bytes as usize;
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(state.config.hello_timeout_ms);
@@ -188,46 +170,35 @@ async fn await_hello(
             Ok(Some(Ok(Message::Text(t)))) => t,
             Ok(Some(Ok(Message::Close(_)))) => return Err((0, String::new())),
             Ok(Some(Ok(Message::Binary(_)))) => {
-                let f = error_frame(None, ErrorCode::BadFrame, "frames are JSON text");
+                let f = RequestError::NotText.into_frame(None);
                 let _ = sink.send(Message::Text(frame(&f))).await;
                 continue;
             }
             Ok(Some(Ok(_))) => continue,
         };
-        let decoded = match decode_client_frame(&text, max) {
-            Ok(f) => f,
+        let request = match decode_request(&text, max) {
+            Ok(r) => r,
             Err((id, err)) => {
-                let f = ServerFrame::from_frame_error(id, &err);
+                let f = RequestError::Frame(err).into_frame(id);
                 let _ = sink.send(Message::Text(frame(&f))).await;
                 continue;
             }
         };
-        let ClientFrame::Hello {
+        let Request {
             id,
-            protocol,
-            token,
-            ..
-        } = &decoded
+            body: RequestBody::Hello(hello),
+        } = request
         else {
-            let f = error_frame(
-                request_id(&decoded),
-                ErrorCode::HelloRequired,
-                "send hello with a device token first",
-            );
+            let f = RequestError::HelloRequired.into_frame(Some(request.id));
             let _ = sink.send(Message::Text(frame(&f))).await;
             continue;
         };
-        let id = *id;
-        if *protocol != PROTOCOL_VERSION {
-            let f = error_frame(
-                Some(id),
-                ErrorCode::UnsupportedProtocol,
-                format!("this server speaks protocol {PROTOCOL_VERSION}"),
-            );
+        if hello.protocol != PROTOCOL_VERSION {
+            let f = RequestError::UnsupportedProtocol.into_frame(Some(id));
             let _ = sink.send(Message::Text(frame(&f))).await;
             return Err((close::UNSUPPORTED_PROTOCOL, "unsupported protocol".into()));
         }
-        let claims = match state.verifier.verify(token) {
+        let claims = match state.verifier.verify(&hello.token) {
             Ok(c) => c,
             Err(err) => {
                 let code = match err {
@@ -237,7 +208,7 @@ async fn await_hello(
                 return Err((code, err.to_string()));
             }
         };
-        return Ok((id, claims, decoded));
+        return Ok((id, claims, hello));
     }
 }
 
@@ -260,35 +231,6 @@ async fn revoked(state: &EdgeState, claims: &Claims) -> Result<bool, (u16, Strin
             .user_deleted(claims.sub.as_str())
             .await
             .map_err(failed)?)
-}
-
-/// The request id of any client frame.
-pub fn request_id(f: &ClientFrame) -> Option<RequestId> {
-    Some(match f {
-        ClientFrame::Hello { id, .. }
-        | ClientFrame::Ping { id }
-        | ClientFrame::Send { id, .. }
-        | ClientFrame::Sync { id, .. }
-        | ClientFrame::History { id, .. }
-        | ClientFrame::Read { id, .. }
-        | ClientFrame::Received { id, .. }
-        | ClientFrame::OpenDirect { id, .. }
-        | ClientFrame::CreateGroup { id, .. }
-        | ClientFrame::AddMembers { id, .. }
-        | ClientFrame::RemoveMembers { id, .. }
-        | ClientFrame::Leave { id, .. }
-        | ClientFrame::SetRole { id, .. }
-        | ClientFrame::MuteMember { id, .. }
-        | ClientFrame::SetNickname { id, .. }
-        | ClientFrame::UpdateGroup { id, .. }
-        | ClientFrame::DismissGroup { id, .. }
-        | ClientFrame::GroupVersions { id, .. }
-        | ClientFrame::MembersSync { id, .. }
-        | ClientFrame::MembersFetch { id, .. }
-        | ClientFrame::MembersSyncBatch { id, .. }
-        | ClientFrame::MembersSearch { id, .. }
-        | ClientFrame::MembersUnsubscribe { id, .. } => *id,
-    })
 }
 
 /// Serves one upgraded socket. Split before the future starts, so the socket itself is not
@@ -392,13 +334,7 @@ async fn serve(
             Some(Err(err)) => {
                 if let Some((code, _)) = read_failure(&err) {
                     if code == close::INVALID_PAYLOAD {
-                        session
-                            .reply(error_frame(
-                                None,
-                                ErrorCode::BadFrame,
-                                "text frames must be UTF-8",
-                            ))
-                            .await;
+                        session.reply(RequestError::NotUtf8.into_frame(None)).await;
                     }
                     conn.close_with(code);
                 }
@@ -441,7 +377,7 @@ async fn serve(
                 continue;
             }
         };
-        if matches!(decoded, ClientFrame::Send { .. }) {
+        if matches!(decoded.body, RequestBody::Send(_)) {
             if inflight.len() >= MAX_INFLIGHT_SENDS
                 && let Some(answer) = inflight.next().await
             {
@@ -486,33 +422,26 @@ async fn refuse_limited(
     // Decoded once, for the request id and, for a send, to hold back the sends after it
     // (see `Session::block`); a frame that does not decode still has its id if readable.
     let (id, send) = match message {
-        Message::Text(t) => match decode_client_frame(t, max) {
-            Ok(ClientFrame::Send {
+        Message::Text(t) => match decode_request(t, max) {
+            Ok(Request {
                 id,
-                conv,
-                client_msg_id,
-                ..
+                body: RequestBody::Send(send),
             }) => {
-                session.block(conv, client_msg_id);
+                session.block(send.conv, send.client_msg_id);
                 (Some(id), true)
             }
-            Ok(frame) => (request_id(&frame), false),
+            Ok(request) => (Some(request.id), false),
             Err((id, _)) => (id, false),
         },
         _ => (None, false),
     };
-    let refusal = ServerFrame::Error {
-        id,
-        code: ErrorCode::RateLimited,
-        message: "too many requests".into(),
-        retry_after_ms: Some(wait),
-    };
+    let refusal = RequestError::RateLimited {
+        retry_after_ms: wait,
+    }
+    .into_frame(id);
     // Answers keep the order of requests: behind the sends still in flight.
     if send {
-        inflight.push_back(Box::pin(std::future::ready(SendAnswer {
-            frame: refusal,
-            refused: None,
-        })));
+        inflight.push_back(SendAnswer::ready(refusal));
     } else {
         answer_in_order(session, inflight, refusal).await;
     }
@@ -520,15 +449,11 @@ async fn refuse_limited(
 
 /// The request a frame carries, or the refusal to answer it with (boxed: it is rare, and the
 /// connection's future keeps only what it needs).
-fn decode_message(message: Message, max: usize) -> Result<ClientFrame, Box<ServerFrame>> {
+fn decode_message(message: Message, max: usize) -> Result<Request, Box<ServerFrame>> {
     match message {
-        Message::Text(text) => decode_client_frame(&text, max)
-            .map_err(|(id, err)| Box::new(ServerFrame::from_frame_error(id, &err))),
-        _ => Err(Box::new(error_frame(
-            None,
-            ErrorCode::BadFrame,
-            "frames are JSON text",
-        ))),
+        Message::Text(text) => decode_request(&text, max)
+            .map_err(|(id, err)| Box::new(RequestError::Frame(err).into_frame(id))),
+        _ => Err(Box::new(RequestError::NotText.into_frame(None))),
     }
 }
 

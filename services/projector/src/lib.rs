@@ -222,6 +222,9 @@ impl Worker {
                 _ = shutdown.cancelled() => return Ok(()),
                 applied = self.apply_batch(&consumer, checkpoint, &batch) => applied?,
             };
+            if next.last_seq > checkpoint.last_seq {
+                self.announce(next.last_seq).await;
+            }
             checkpoint = next;
             if let Some(missing) = gap {
                 // The consumer delivered past a sequence it never delivered (a leader change
@@ -249,6 +252,15 @@ impl Worker {
                     "projection behind its stream"
                 );
             }
+        }
+    }
+
+    /// Announces a committed checkpoint, for readers waiting for the projection (at most
+    /// once: one that missed it reads the checkpoint from the database).
+    async fn announce(&self, last_seq: u64) {
+        let subject = anchorage_schema::subjects::notify_progress(self.handler.name());
+        if let Err(err) = self.bus.notify(&subject, last_seq.to_string()).await {
+            tracing::debug!(%subject, error = %err, "progress announcement lost");
         }
     }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::ingest;
 use anchorage_digest::{SetDigest, bucket_of, member_hash};
-use anchorage_protocol::{MemberInfo, MembersChange, ServerFrame};
+use anchorage_protocol::{MemberInfo, MembersChange, MembersChanged, Push, ServerFrame};
 use anchorage_schema::event::{
     GroupCreated, MemberMuteChanged, MemberProfileChanged, MemberRoleChanged, MembersAdded,
     MembersRemoved, Role,
@@ -295,7 +295,7 @@ async fn apply_user(
 }
 
 fn member_info(m: &MemberRow) -> Option<MemberInfo> {
-    MemberInfo::from_stored(&m.user, &m.role, m.nickname.clone(), m.muted_until)
+    MemberInfo::from_stored(&m.user, m.role, m.nickname.clone(), m.muted_until)
 }
 
 /// A membership change to announce once its transaction committed: the subject and the
@@ -350,7 +350,7 @@ async fn join(
         let row = MemberRow {
             group: group.group.clone(),
             user: user.to_string(),
-            role: role.as_str().into(),
+            role: *role,
             nickname: None,
             muted_until: None,
             version: seq,
@@ -509,10 +509,7 @@ async fn apply_membership(
                 leave(tx, &mut group, members, seq, &mut effect).await?;
             }
             Event::MemberRoleChanged(MemberRoleChanged { member, role, .. }) => {
-                update_member(tx, &group, member, seq, &mut effect, |m| {
-                    m.role = role.as_str().into()
-                })
-                .await?;
+                update_member(tx, &group, member, seq, &mut effect, |m| m.role = *role).await?;
             }
             Event::MemberMuteChanged(MemberMuteChanged {
                 member,
@@ -560,7 +557,7 @@ async fn apply_membership(
     }
     group.version = seq;
     tx.put_group(&group).await?;
-    let frame = ServerFrame::MembersChanged {
+    let frame: ServerFrame = Push::MembersChanged(MembersChanged {
         group: group_id.clone(),
         version: seq,
         prev,
@@ -570,7 +567,8 @@ async fn apply_membership(
         }
         .to_wire(),
         change: effect.change,
-    };
+    })
+    .into();
     Ok(Notice {
         subject: subjects::notify_members(group_id),
         frame: frame.to_json(),

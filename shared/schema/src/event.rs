@@ -89,12 +89,13 @@ impl Role {
         }
     }
 
-    /// Reads a stored name; anything unknown is a plain member.
-    pub fn from_name(name: &str) -> Role {
+    /// Reads a stored name; `None` for anything else.
+    pub fn parse(name: &str) -> Option<Role> {
         match name {
-            "owner" => Role::Owner,
-            "admin" => Role::Admin,
-            _ => Role::Member,
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
         }
     }
 }

@@ -92,6 +92,23 @@ pub fn notify_members(group: &GroupId) -> String {
 /// Every group's membership notifications.
 pub const NOTIFY_MEMBERS_ALL: &str = "notify.grp.>";
 
+/// Where the projector announces a projection's new checkpoint (core NATS, not stored; the
+/// payload is the last applied stream sequence in decimal). Readers that wait for a
+/// projection wait for this instead of asking the database again and again; one that missed
+/// an announcement reads the checkpoint itself.
+pub fn notify_progress(projection: &str) -> String {
+    format!("notify.progress.{projection}")
+}
+
+/// Every projection's progress announcements.
+pub const NOTIFY_PROGRESS_ALL: &str = "notify.progress.>";
+
+/// Every group's live membership events (what every edge follows).
+pub const LIVE_MEMBERSHIP_ALL: &str = "live.grp.>";
+
+/// Every user's live account events.
+pub const LIVE_USERS_ALL: &str = "live.user.>";
+
 pub fn read(user: &UserId, conv: &ConversationId) -> String {
     format!("read.{user}.{conv}")
 }

@@ -12,8 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anchorage_protocol::request::{Hello, MarkReceived, SendMessage, Sync};
+use anchorage_protocol::{
+    ConvAnchor, ErrorCode, ErrorFrame, Message as WireMessage, Push, ReplyBody, Request,
+    RequestBody, ServerFrame,
+};
+use anchorage_schema::{ClientMsgId, ConversationId};
 use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{Notify, broadcast, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +67,7 @@ pub(crate) struct Engine {
     /// stored members against their digest first (when the app opens the group).
     pub(crate) member_syncs: Mutex<BTreeMap<String, bool>>,
     /// Requests from the app waiting for the connection, with where to put the answer.
-    asks: Mutex<VecDeque<(Value, oneshot::Sender<Value>)>>,
+    asks: Mutex<VecDeque<(RequestBody, oneshot::Sender<ServerFrame>)>>,
     options: ClientOptions,
     wake: Notify,
     /// Conversations to sync, with the anchor a detected gap started from (if any).
@@ -128,14 +134,14 @@ impl Engine {
         self.wake();
     }
 
-    /// Sends `frame` over the connection when there is one and returns the answer; `None` if
-    /// no connection answered in time.
-    pub(crate) async fn ask(&self, frame: Value) -> Option<Value> {
+    /// Sends `request` over the connection when there is one and returns the answer; `None`
+    /// if no connection answered in time.
+    pub(crate) async fn ask(&self, request: RequestBody) -> Option<ServerFrame> {
         let (tx, rx) = oneshot::channel();
         self.asks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push_back((frame, tx));
+            .push_back((request, tx));
         self.wake();
         tokio::time::timeout(ANSWER_WAIT * 2, rx).await.ok()?.ok()
     }
@@ -227,33 +233,38 @@ impl Engine {
     async fn serve(&self, conn: &mut Conn) -> Result<(), End> {
         let mut cursor: Option<String> = None;
         loop {
-            let anchors: Vec<Value> = self
+            let anchors = self
                 .store
                 .anchors()
                 .await
                 .map_err(|_| lost(None))?
                 .into_iter()
-                .map(|(conv, seq)| json!({"conv": conv, "seq": seq}))
+                .filter_map(|(conv, seq)| {
+                    Some(ConvAnchor {
+                        conv: ConversationId::parse(conv).ok()?,
+                        seq,
+                    })
+                })
                 .collect();
-            let mut hello = json!({"type": "hello", "protocol": anchorage_protocol::PROTOCOL_VERSION,
-                                   "token": (self.options.token)(), "anchors": anchors});
-            if let Some(c) = &cursor {
-                hello["cursor"] = json!(c);
-            }
-            let welcome = self.request(conn, hello).await?;
-            if welcome["type"] != "welcome" {
+            let hello = Hello {
+                protocol: anchorage_protocol::PROTOCOL_VERSION,
+                token: (self.options.token)(),
+                anchors,
+                cursor: cursor.take(),
+            };
+            let ServerFrame::Reply(anchorage_protocol::Reply {
+                body: ReplyBody::Welcome(welcome),
+                ..
+            }) = self.request(conn, hello.into()).await?
+            else {
                 return Err(lost(None));
+            };
+            *self.me.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((welcome.user.to_string(), welcome.device.to_string()));
+            for change in &welcome.changes {
+                self.request_sync(change.conv.as_str());
             }
-            *self.me.lock().unwrap_or_else(|p| p.into_inner()) = Some((
-                welcome["user"].as_str().unwrap_or_default().to_owned(),
-                welcome["device"].as_str().unwrap_or_default().to_owned(),
-            ));
-            for change in welcome["changes"].as_array().into_iter().flatten() {
-                if let Some(conv) = change["conv"].as_str() {
-                    self.request_sync(conv);
-                }
-            }
-            cursor = welcome["cursor"].as_str().map(str::to_owned);
+            cursor = welcome.cursor;
             if cursor.is_none() {
                 break;
             }
@@ -287,8 +298,9 @@ impl Engine {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 _ = self.wake.notified() => {}
                 frame = next_frame(conn) => {
-                    let frame = frame?;
-                    self.on_push(frame).await;
+                    if let ServerFrame::Push(push) = frame? {
+                        self.on_push(push).await;
+                    }
                 }
             }
         }
@@ -297,20 +309,17 @@ impl Engine {
     /// Sends a request and waits for its answer, applying live frames meanwhile.
     /// A request refused as `rate_limited` waits as long as the server says and goes again,
     /// so no caller has to.
-    pub(crate) async fn request(&self, conn: &mut Conn, mut frame: Value) -> Result<Value, End> {
+    pub(crate) async fn request(
+        &self,
+        conn: &mut Conn,
+        request: RequestBody,
+    ) -> Result<ServerFrame, End> {
         loop {
-            let id = conn.next_id;
-            conn.next_id += 1;
-            frame["id"] = json!(id);
-            conn.ws
-                .send(Message::Text(frame.to_string().into()))
-                .await
-                .map_err(|_| lost(None))?;
+            let id = conn.send(&request).await?;
             let answer = self.answer_to(conn, id).await?;
-            if answer["code"] != "rate_limited" {
+            let Some(wait) = refusal(&answer, &[ErrorCode::RateLimited]).map(retry_after) else {
                 return Ok(answer);
-            }
-            let wait = Duration::from_millis(answer["retry_after_ms"].as_u64().unwrap_or(1000));
+            };
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(End::Shutdown),
                 _ = tokio::time::sleep(wait) => {}
@@ -319,7 +328,7 @@ impl Engine {
     }
 
     /// Waits for the answer to request `id`, applying live frames meanwhile.
-    async fn answer_to(&self, conn: &mut Conn, id: u64) -> Result<Value, End> {
+    async fn answer_to(&self, conn: &mut Conn, id: u64) -> Result<ServerFrame, End> {
         let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
         loop {
             let next = tokio::select! {
@@ -327,20 +336,20 @@ impl Engine {
                 _ = tokio::time::sleep_until(deadline) => return Err(lost(None)),
                 f = next_frame(conn) => f?,
             };
-            if next["id"] == json!(id) {
-                return Ok(next);
+            match next {
+                ServerFrame::Push(push) => self.on_push(push).await,
+                answer if answer.id() == Some(id) => return Ok(answer),
+                // An answer to nothing this connection is waiting for.
+                _ => {}
             }
-            self.on_push(next).await;
         }
     }
 
-    async fn on_push(&self, frame: Value) {
-        match frame["type"].as_str() {
-            Some("message") => {
-                let Some(m) = to_local(&frame["message"]) else {
-                    return;
-                };
-                let (Some(seq), Some(prev)) = (m.seq, frame["prev"].as_u64()) else {
+    async fn on_push(&self, push: Push) {
+        match push {
+            Push::Message(live) => {
+                let m = to_local(live.message);
+                let (Some(seq), prev) = (m.seq, live.prev) else {
                     return;
                 };
                 if self
@@ -373,30 +382,26 @@ impl Engine {
                         .insert(m.conv.clone(), Some(anchor));
                 }
             }
-            Some("read") => {
-                if let (Some(conv), Some(seq)) = (frame["conv"].as_str(), frame["seq"].as_u64())
-                    && self.store.set_read(conv, seq).await.is_ok()
-                {
+            Push::Read(read) => {
+                let conv = read.conv.as_str();
+                if self.store.set_read(conv, read.seq).await.is_ok() {
                     self.emit(ClientEvent::Read {
                         conv: conv.to_owned(),
-                        seq,
+                        seq: read.seq,
                     });
                 }
             }
-            Some("membership") => match (frame["conv"].as_str(), frame["joined"].as_bool()) {
-                (Some(conv), Some(true)) => self.request_sync(conv),
-                (Some(conv), Some(false)) => {
-                    // No longer a member: the list is not ours to keep.
-                    self.member_syncs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(conv);
-                    let _ = self.store.drop_member_list(conv).await;
-                }
-                _ => {}
-            },
-            Some("members_changed") => self.on_members_changed(frame).await,
-            _ => {}
+            Push::Membership(m) if m.joined => self.request_sync(m.conv.as_str()),
+            Push::Membership(m) => {
+                // No longer a member: the list is not ours to keep.
+                let conv = m.conv.as_str();
+                self.member_syncs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(conv);
+                let _ = self.store.drop_member_list(conv).await;
+            }
+            Push::MembersChanged(change) => self.on_members_changed(change).await,
         }
     }
 
@@ -423,30 +428,30 @@ impl Engine {
             };
             loop {
                 let anchor = self.store.anchor(&conv).await.map_err(|_| lost(None))?;
-                let page = self
-                    .request(
-                        conn,
-                        json!({"type": "sync", "conv": conv, "after": anchor, "limit": 500}),
-                    )
-                    .await?;
-                match (page["type"].as_str(), page["code"].as_str()) {
-                    (Some("messages"), _) => {}
-                    (_, Some("internal" | "overloaded")) => {
+                let Ok(id) = ConversationId::parse(conv.as_str()) else {
+                    break;
+                };
+                let sync = Sync {
+                    conv: id,
+                    after: anchor,
+                    limit: Some(500),
+                };
+                let page = match self.request(conn, sync.into()).await? {
+                    ServerFrame::Reply(anchorage_protocol::Reply {
+                        body: ReplyBody::Messages(page),
+                        ..
+                    }) => page,
+                    answer if refusal(&answer, PASSING).is_some() => {
                         // Sync again on the next connection.
                         self.request_sync(&conv);
                         return Err(lost(None));
                     }
-                    _ => {
-                        tracing::debug!(%conv, answer = %page, "sync refused");
+                    answer => {
+                        tracing::debug!(%conv, ?answer, "sync refused");
                         break;
                     }
-                }
-                let messages: Vec<LocalMessage> = page["messages"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(to_local)
-                    .collect();
+                };
+                let messages: Vec<LocalMessage> = page.messages.into_iter().map(to_local).collect();
                 if let Some(last) = messages.last().and_then(|m| m.seq) {
                     self.store
                         .append(&conv, &messages, last)
@@ -454,7 +459,7 @@ impl Engine {
                         .map_err(|_| lost(None))?;
                     self.note_stored(&conv, last);
                 }
-                if page["more"] != true {
+                if !page.more {
                     break;
                 }
             }
@@ -473,10 +478,10 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .pop_front();
-            let Some((frame, reply)) = next else {
+            let Some((request, reply)) = next else {
                 return Ok(());
             };
-            let answer = self.request(conn, frame).await?;
+            let answer = self.request(conn, request).await?;
             let _ = reply.send(answer);
         }
     }
@@ -510,9 +515,10 @@ impl Engine {
                     self.send_one(conn, command_id, outbox_id, entry, body, client_ts)
                         .await?
                 }
-                Some(Queued::Command { command_id, frame }) => {
-                    self.command_one(conn, command_id, frame).await?
-                }
+                Some(Queued::Command {
+                    command_id,
+                    request,
+                }) => self.command_one(conn, command_id, request).await?,
             }
         }
     }
@@ -535,33 +541,23 @@ impl Engine {
                 continue;
             };
             self.store.mark_sending(outbox_id).await.map_err(fail)?;
-            let id = conn.next_id;
-            conn.next_id += 1;
-            let frame = json!({"type": "send", "id": id, "conv": entry.conv,
-                               "client_msg_id": entry.client_msg_id, "body": body,
-                               "client_ts": client_ts, "retry": entry.attempts > 0});
-            conn.ws
-                .send(Message::Text(frame.to_string().into()))
-                .await
-                .map_err(|_| lost(None))?;
+            let id = conn.send(&send_request(&entry, &body, client_ts)?).await?;
             pending.push((id, command_id, outbox_id, entry, body, client_ts));
         }
         let mut wait = None;
         let mut reconnect = false;
         for (id, command_id, outbox_id, entry, body, client_ts) in pending {
             let answer = self.answer_to(conn, id).await?;
-            match answer["code"].as_str() {
-                Some("rate_limited" | "out_of_order") => {
-                    let ms = answer["retry_after_ms"].as_u64().unwrap_or(100);
-                    wait = Some(wait.unwrap_or(0u64).max(ms));
-                }
-                Some("internal" | "overloaded") => reconnect = true,
+            if let Some(e) = refusal(&answer, &[ErrorCode::RateLimited, ErrorCode::OutOfOrder]) {
+                let ms = e.retry_after_ms.unwrap_or(100);
+                wait = Some(wait.unwrap_or(0u64).max(ms));
+            } else if refusal(&answer, &[ErrorCode::Internal, ErrorCode::Overloaded]).is_some() {
+                reconnect = true;
+            } else {
                 // An ack (also one behind a refusal: that send was stored already) or a
                 // refusal for good.
-                _ => {
-                    self.settle_send(&answer, command_id, outbox_id, entry, body, client_ts)
-                        .await?
-                }
+                self.settle_send(&answer, command_id, outbox_id, entry, body, client_ts)
+                    .await?
             }
         }
         if reconnect {
@@ -588,11 +584,7 @@ impl Engine {
         let fail = |_| lost(None);
         self.store.mark_sending(outbox_id).await.map_err(fail)?;
         let answer = self
-            .request(
-                conn,
-                json!({"type": "send", "conv": entry.conv, "client_msg_id": entry.client_msg_id,
-                       "body": body, "client_ts": client_ts, "retry": entry.attempts > 0}),
-            )
+            .request(conn, send_request(&entry, &body, client_ts)?)
             .await?;
         self.settle_send(&answer, command_id, outbox_id, entry, body, client_ts)
             .await
@@ -603,7 +595,7 @@ impl Engine {
     /// good (failed).
     async fn settle_send(
         &self,
-        answer: &Value,
+        answer: &ServerFrame,
         command_id: i64,
         outbox_id: i64,
         entry: OutboxEntry,
@@ -611,9 +603,12 @@ impl Engine {
         client_ts: i64,
     ) -> Result<(), End> {
         let fail = |_| lost(None);
-        match (answer["type"].as_str(), answer["code"].as_str()) {
-            (Some("ack"), _) => {
-                let seq = answer["seq"].as_u64().unwrap_or(0);
+        match answer {
+            ServerFrame::Reply(anchorage_protocol::Reply {
+                body: ReplyBody::Ack(ack),
+                ..
+            }) => {
+                let seq = ack.seq;
                 self.store.mark_acked(outbox_id, seq).await.map_err(fail)?;
                 // Shown at its place at once; the anchor moves when the live copy or a sync
                 // confirms nothing is missing before it.
@@ -626,7 +621,7 @@ impl Engine {
                     client_msg_id: entry.client_msg_id.clone(),
                     body,
                     client_ts,
-                    server_ts: answer["server_ts"].as_i64(),
+                    server_ts: Some(ack.server_ts),
                 };
                 self.store.put_message(&own).await.map_err(fail)?;
                 self.store
@@ -638,9 +633,9 @@ impl Engine {
                     seq,
                 });
             }
-            (_, Some("internal" | "overloaded" | "out_of_order")) => return Err(lost(None)),
-            _ => {
-                let reason = answer["message"].as_str().unwrap_or("refused").to_owned();
+            answer if refusal(answer, PASSING_OR_OUT_OF_ORDER).is_some() => return Err(lost(None)),
+            answer => {
+                let reason = reason(answer);
                 self.store
                     .mark_failed(outbox_id, &reason)
                     .await
@@ -658,27 +653,44 @@ impl Engine {
         Ok(())
     }
 
-    async fn command_one(&self, conn: &mut Conn, command_id: i64, frame: Value) -> Result<(), End> {
+    async fn command_one(
+        &self,
+        conn: &mut Conn,
+        command_id: i64,
+        request: Option<RequestBody>,
+    ) -> Result<(), End> {
         let fail = |_| lost(None);
-        let answer = self.request(conn, frame).await?;
-        match answer["code"].as_str() {
-            Some("internal" | "overloaded" | "out_of_order") => return Err(lost(None)),
-            Some(_) => {
-                let reason = answer["message"].as_str().unwrap_or("refused");
+        let Some(request) = request else {
+            return self
+                .store
+                .finish_command(command_id, Some("unreadable queued command"))
+                .await
+                .map_err(fail);
+        };
+        let answer = self.request(conn, request).await?;
+        match answer {
+            ServerFrame::Error(e) if PASSING_OR_OUT_OF_ORDER.contains(&e.code) => {
+                return Err(lost(None));
+            }
+            ServerFrame::Error(e) => {
                 self.store
-                    .finish_command(command_id, Some(reason))
+                    .finish_command(command_id, Some(&e.message))
                     .await
                     .map_err(fail)?;
             }
-            None => {
+            ServerFrame::Reply(reply) => {
                 self.store
                     .finish_command(command_id, None)
                     .await
                     .map_err(fail)?;
-                if let Some(conv) = answer["conv"].as_str() {
-                    self.request_sync(conv);
+                if let ReplyBody::Ok(anchorage_protocol::Done {
+                    conv: Some(conv), ..
+                }) = reply.body
+                {
+                    self.request_sync(conv.as_str());
                 }
             }
+            ServerFrame::Push(_) => {}
         }
         Ok(())
     }
@@ -690,22 +702,86 @@ impl Engine {
                 .into_iter()
                 .collect();
         for (conv, seq) in pending {
-            self.request(conn, json!({"type": "received", "conv": conv, "seq": seq}))
+            let Ok(conv) = ConversationId::parse(conv) else {
+                continue;
+            };
+            self.request(conn, MarkReceived { conv, seq }.into())
                 .await?;
         }
         Ok(())
     }
 }
 
-/// The next JSON frame; the end of the connection (with its close code) otherwise.
-async fn next_frame(conn: &mut Conn) -> Result<Value, End> {
+/// Refusals after which the connection is given up and the request sent again on the next.
+const PASSING: &[ErrorCode] = &[ErrorCode::Internal, ErrorCode::Overloaded];
+/// The same, and `out_of_order` (a send before it was refused).
+const PASSING_OR_OUT_OF_ORDER: &[ErrorCode] = &[
+    ErrorCode::Internal,
+    ErrorCode::Overloaded,
+    ErrorCode::OutOfOrder,
+];
+
+/// The error frame, if `answer` is a refusal with one of `codes`.
+pub(crate) fn refusal<'a>(answer: &'a ServerFrame, codes: &[ErrorCode]) -> Option<&'a ErrorFrame> {
+    match answer {
+        ServerFrame::Error(e) if codes.contains(&e.code) => Some(e),
+        _ => None,
+    }
+}
+
+/// How long the server asked to wait (a second if it did not say).
+fn retry_after(e: &ErrorFrame) -> Duration {
+    Duration::from_millis(e.retry_after_ms.unwrap_or(1000))
+}
+
+/// Why a request was refused, for the app.
+pub(crate) fn reason(answer: &ServerFrame) -> String {
+    match answer {
+        ServerFrame::Error(e) => e.message.clone(),
+        other => format!("unexpected answer {other:?}"),
+    }
+}
+
+/// The `send` of a queued message.
+fn send_request(entry: &OutboxEntry, body: &Value, client_ts: i64) -> Result<RequestBody, End> {
+    let (Ok(conv), Ok(client_msg_id)) = (
+        ConversationId::parse(entry.conv.as_str()),
+        ClientMsgId::parse(entry.client_msg_id.as_str()),
+    ) else {
+        return Err(lost(None));
+    };
+    Ok(SendMessage {
+        conv,
+        client_msg_id,
+        body: body.clone(),
+        client_ts,
+        retry: entry.attempts > 0,
+    }
+    .into())
+}
+
+impl Conn {
+    /// Sends a request under the next id; returns the id.
+    async fn send(&mut self, request: &RequestBody) -> Result<u64, End> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ws
+            .send(Message::Text(Request::encode(id, request).into()))
+            .await
+            .map_err(|_| lost(None))?;
+        Ok(id)
+    }
+}
+
+/// The next frame; the end of the connection (with its close code) otherwise. A frame this
+/// version cannot read is skipped.
+async fn next_frame(conn: &mut Conn) -> Result<ServerFrame, End> {
     loop {
         match conn.ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                if let Ok(v) = serde_json::from_str(&t) {
-                    return Ok(v);
-                }
-            }
+            Some(Ok(Message::Text(t))) => match serde_json::from_str(&t) {
+                Ok(frame) => return Ok(frame),
+                Err(err) => tracing::debug!(error = %err, "unreadable frame"),
+            },
             Some(Ok(Message::Close(frame))) => {
                 return Err(lost(frame.map(|f| u16::from(f.code))));
             }
@@ -715,15 +791,16 @@ async fn next_frame(conn: &mut Conn) -> Result<Value, End> {
     }
 }
 
-fn to_local(m: &Value) -> Option<LocalMessage> {
-    Some(LocalMessage {
-        conv: m["conv"].as_str()?.to_owned(),
-        seq: Some(m["seq"].as_u64()?),
-        sender: m["sender"].as_str().unwrap_or_default().to_owned(),
-        device: m["device"].as_str().unwrap_or_default().to_owned(),
-        client_msg_id: m["client_msg_id"].as_str().unwrap_or_default().to_owned(),
-        body: m["body"].clone(),
-        client_ts: m["client_ts"].as_i64().unwrap_or(0),
-        server_ts: m["server_ts"].as_i64(),
-    })
+/// A message from the server as the local store keeps it.
+fn to_local(m: WireMessage) -> LocalMessage {
+    LocalMessage {
+        conv: m.conv.to_string(),
+        seq: Some(m.seq),
+        sender: m.sender,
+        device: m.device,
+        client_msg_id: m.client_msg_id,
+        body: m.body,
+        client_ts: m.client_ts,
+        server_ts: Some(m.server_ts),
+    }
 }

@@ -30,6 +30,10 @@ use anchorage_schema::now_ms;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anchorage_protocol::request::{
+    AddMembers, CreateGroup, MarkRead, MembersSearch, MembersSyncBatch, OpenDirect, RemoveMembers,
+};
+use anchorage_protocol::{MembersBatch, ReplyBody, RequestBody, ServerFrame};
 use anchorage_schema::{ConversationId, GroupId, UserId};
 use tokio::sync::broadcast;
 
@@ -235,8 +239,8 @@ impl Client {
     pub async fn mark_read(&self, conv: &str, seq: u64) -> Result<(), SdkError> {
         ConversationId::parse(conv)?;
         self.engine.store.set_read(conv, seq).await?;
-        self.command(serde_json::json!({"type": "read", "conv": conv, "seq": seq}))
-            .await
+        let conv = ConversationId::parse(conv)?;
+        self.command(MarkRead { conv, seq }.into()).await
     }
 
     /// Creates a group (queued while offline).
@@ -246,20 +250,20 @@ impl Client {
         title: &str,
         members: &[&str],
     ) -> Result<(), SdkError> {
-        GroupId::parse(group)?;
-        self.command(
-            serde_json::json!({"type": "create_group", "group": group, "title": title,
-                                        "members": members}),
-        )
-        .await
+        let create = CreateGroup {
+            group: GroupId::parse(group)?,
+            title: title.to_owned(),
+            members: users(members)?,
+        };
+        self.command(create.into()).await
     }
 
     /// Opens the 1:1 conversation with `peer` (queued while offline); returns its id, which is
     /// known without asking the server.
     pub async fn open_direct(&self, me: &str, peer: &str) -> Result<String, SdkError> {
-        let conv = ConversationId::direct(&UserId::parse(me)?, &UserId::parse(peer)?);
-        self.command(serde_json::json!({"type": "open_direct", "peer": peer}))
-            .await?;
+        let peer = UserId::parse(peer)?;
+        let conv = ConversationId::direct(&UserId::parse(me)?, &peer);
+        self.command(OpenDirect { peer }.into()).await?;
         Ok(conv.to_string())
     }
 
@@ -311,14 +315,14 @@ impl Client {
         query: &str,
         limit: u32,
     ) -> Result<Vec<MemberInfo>, SdkError> {
-        let answer = self
-            .ask(serde_json::json!({"type": "members_search", "group": group,
-                                    "query": query, "limit": limit}))
-            .await?;
-        match serde_json::from_value(answer) {
-            Ok(anchorage_protocol::ServerFrame::MembersFound { members, .. }) => Ok(members),
-            Ok(other) => Err(SdkError::Refused(format!("{other:?}"))),
-            Err(e) => Err(SdkError::Refused(e.to_string())),
+        let search = MembersSearch {
+            group: GroupId::parse(group)?,
+            query: query.to_owned(),
+            limit: Some(limit),
+        };
+        match self.ask(search.into()).await? {
+            ReplyBody::MembersFound(found) => Ok(found.members),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -328,18 +332,12 @@ impl Client {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let mut frame = serde_json::json!({"type": "group_versions"});
-            if let Some(c) = &cursor {
-                frame["cursor"] = serde_json::json!(c);
-            }
-            let answer = self.ask(frame).await?;
-            let Ok(anchorage_protocol::ServerFrame::GroupVersions {
-                groups,
-                cursor: next,
-                ..
-            }) = serde_json::from_value(answer.clone())
-            else {
-                return Err(SdkError::Refused(answer.to_string()));
+            let ask = anchorage_protocol::request::GroupVersions {
+                cursor: cursor.take(),
+            };
+            let (groups, next) = match self.ask(ask.into()).await? {
+                ReplyBody::GroupVersions(v) => (v.groups, v.cursor),
+                other => return Err(unexpected(&other)),
             };
             for g in groups {
                 let local = self.engine.store.member_list(g.group.as_str()).await?;
@@ -365,7 +363,7 @@ impl Client {
         groups: &[&str],
         budget_bytes: u32,
     ) -> Result<BatchReport, SdkError> {
-        use anchorage_protocol::{GroupSync, GroupSyncResult, ServerFrame};
+        use anchorage_protocol::{GroupSync, GroupSyncResult};
         let store = &self.engine.store;
         let mut pending = Vec::new();
         for g in groups {
@@ -388,19 +386,16 @@ impl Client {
         }
         let mut report = BatchReport::default();
         while !pending.is_empty() {
-            let answer = self
-                .ask(
-                    serde_json::json!({"type": "members_sync_batch", "groups": pending,
-                                        "budget_bytes": budget_bytes}),
-                )
-                .await?;
-            report.bytes += answer.to_string().len() as u64;
+            let batch = MembersSyncBatch {
+                groups: pending.clone(),
+                budget_bytes: Some(budget_bytes),
+                cursor: None,
+            };
+            let answer = self.ask(batch.into()).await?;
+            report.bytes += ServerFrame::reply(0, answer.clone()).to_json().len() as u64;
             report.rounds += 1;
-            let Ok(ServerFrame::MembersBatch {
-                results, cursor, ..
-            }) = serde_json::from_value(answer.clone())
-            else {
-                return Err(SdkError::Refused(answer.to_string()));
+            let ReplyBody::MembersBatch(MembersBatch { results, cursor }) = answer else {
+                return Err(unexpected(&answer));
             };
             for (result, asked) in results.into_iter().zip(&pending) {
                 match result {
@@ -455,28 +450,33 @@ impl Client {
 
     /// Adds members to a group (queued while offline).
     pub async fn add_members(&self, group: &str, members: &[&str]) -> Result<(), SdkError> {
-        GroupId::parse(group)?;
-        self.command(serde_json::json!({"type": "add_members", "group": group, "members": members}))
-            .await
+        let add = AddMembers {
+            group: GroupId::parse(group)?,
+            members: users(members)?,
+        };
+        self.command(add.into()).await
     }
 
     /// Removes members from a group (queued while offline).
     pub async fn remove_members(&self, group: &str, members: &[&str]) -> Result<(), SdkError> {
-        GroupId::parse(group)?;
-        self.command(
-            serde_json::json!({"type": "remove_members", "group": group, "members": members}),
-        )
-        .await
+        let remove = RemoveMembers {
+            group: GroupId::parse(group)?,
+            members: users(members)?,
+        };
+        self.command(remove.into()).await
     }
 
-    async fn ask(&self, frame: serde_json::Value) -> Result<serde_json::Value, SdkError> {
-        let answer = self.engine.ask(frame).await.ok_or(SdkError::Unavailable)?;
-        if answer["type"] == "error" {
-            return Err(SdkError::Refused(
-                answer["message"].as_str().unwrap_or("refused").to_owned(),
-            ));
+    /// Sends a request now (not queued) and returns the answer's body.
+    async fn ask(&self, request: RequestBody) -> Result<ReplyBody, SdkError> {
+        match self
+            .engine
+            .ask(request)
+            .await
+            .ok_or(SdkError::Unavailable)?
+        {
+            ServerFrame::Reply(reply) => Ok(reply.body),
+            answer => Err(SdkError::Refused(engine::reason(&answer))),
         }
-        Ok(answer)
     }
 
     /// Test hook: treat the live member-list change to `version` as lost in transit.
@@ -504,8 +504,9 @@ impl Client {
         self.engine.store.pending_commands().await
     }
 
-    async fn command(&self, frame: serde_json::Value) -> Result<(), SdkError> {
-        self.engine.store.enqueue_command(&frame).await?;
+    /// Queues a request until the server has it (kept across restarts).
+    async fn command(&self, request: RequestBody) -> Result<(), SdkError> {
+        self.engine.store.enqueue_command(&request).await?;
         self.engine.wake();
         Ok(())
     }
@@ -531,4 +532,16 @@ impl Client {
     pub async fn shutdown(&self) {
         self.engine.shutdown().await;
     }
+}
+
+/// User ids, checked.
+fn users(ids: &[&str]) -> Result<Vec<UserId>, SdkError> {
+    ids.iter()
+        .map(|u| UserId::parse(*u).map_err(SdkError::from))
+        .collect()
+}
+
+/// An answer of the wrong kind.
+fn unexpected(answer: &ReplyBody) -> SdkError {
+    SdkError::Refused(format!("unexpected answer {answer:?}"))
 }

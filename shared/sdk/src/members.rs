@@ -19,10 +19,14 @@
 use std::sync::atomic::Ordering;
 
 use anchorage_digest::{BucketedDigest, SetDigest, bucket_of, member_hash};
-use anchorage_protocol::{ErrorCode, MemberInfo, ServerFrame};
+use anchorage_protocol::request::{MembersFetch, MembersSync};
+use anchorage_protocol::{
+    ErrorCode, MemberInfo, MembersBuckets, MembersChanged, MembersDiff, MembersPage, Reply,
+    ReplyBody, ServerFrame,
+};
+use anchorage_schema::GroupId;
 use anchorage_schema::UserId;
 use anchorage_schema::event::Role;
-use serde_json::{Value, json};
 use sqlx::Row;
 
 use crate::engine::{Conn, End, Engine, lost};
@@ -59,10 +63,11 @@ fn stored(v: u64) -> i64 {
     v as i64
 }
 
+/// A stored member (`None` for a row this version cannot read).
 fn member_from_row(r: &sqlx::sqlite::SqliteRow) -> Option<MemberInfo> {
     MemberInfo::from_stored(
         r.get::<&str, _>("user"),
-        r.get::<&str, _>("role"),
+        anchorage_schema::event::Role::parse(r.get::<&str, _>("role"))?,
         r.get("nickname"),
         r.get("muted_until"),
     )
@@ -367,7 +372,15 @@ impl Engine {
         let store_lost = |_| lost(None);
         for round in 0..MAX_ROUNDS {
             let list = self.store.member_list(group).await.map_err(store_lost)?;
-            let mut frame = json!({"type": "members_sync", "group": group});
+            let Ok(group_id) = GroupId::parse(group) else {
+                return Ok(());
+            };
+            let mut request = MembersSync {
+                group: group_id,
+                epoch: None,
+                version: 0,
+                digest: None,
+            };
             if let Some(l) = &list {
                 // On open, the digest of what is stored (a damaged copy shows); otherwise,
                 // and after the first round, the maintained one.
@@ -380,13 +393,17 @@ impl Engine {
                 } else {
                     l.digest
                 };
-                frame["epoch"] = json!(l.epoch);
-                frame["version"] = json!(l.version);
-                frame["digest"] = json!(digest.to_wire());
+                request.epoch = Some(l.epoch.clone());
+                request.version = l.version;
+                request.digest = Some(digest.to_wire());
             }
-            let answer = self.request(conn, frame).await?;
-            let kind = match serde_json::from_value::<ServerFrame>(answer) {
-                Ok(ServerFrame::MembersUnchanged { .. }) => {
+            let answer = match self.request(conn, request.into()).await? {
+                ServerFrame::Reply(reply) => Ok(reply.body),
+                ServerFrame::Error(e) => Err(e.code),
+                ServerFrame::Push(_) => return Err(lost(None)),
+            };
+            let kind = match answer {
+                Ok(ReplyBody::MembersUnchanged) => {
                     self.synced(
                         group,
                         list.map_or(0, |l| l.version),
@@ -394,7 +411,7 @@ impl Engine {
                     );
                     return Ok(());
                 }
-                Ok(ServerFrame::MembersDiff {
+                Ok(ReplyBody::MembersDiff(MembersDiff {
                     epoch,
                     version,
                     digest,
@@ -402,7 +419,7 @@ impl Engine {
                     removed,
                     more,
                     ..
-                }) => {
+                })) => {
                     let from = list.map_or(0, |l| l.version);
                     let change = Change {
                         upserts: &upserts,
@@ -424,14 +441,14 @@ impl Engine {
                         _ => continue,
                     }
                 }
-                Ok(ServerFrame::MembersPage {
+                Ok(ReplyBody::MembersPage(MembersPage {
                     epoch,
                     anchor,
                     members,
                     details,
                     cursor,
                     ..
-                }) => {
+                })) => {
                     let first = members_of_page(members, details);
                     let Some(all) = self
                         .fetch_pages(conn, group, &epoch, anchor, first, cursor, None)
@@ -445,12 +462,12 @@ impl Engine {
                         .map_err(store_lost)?;
                     MemberSyncKind::Full
                 }
-                Ok(ServerFrame::MembersBuckets {
+                Ok(ReplyBody::MembersBuckets(MembersBuckets {
                     epoch,
                     version,
                     buckets,
                     ..
-                }) => {
+                })) => {
                     let mut server = [SetDigest::EMPTY; anchorage_digest::BUCKETS];
                     for (b, d) in &buckets {
                         server[*b as usize] = SetDigest::from_wire(d).unwrap_or_default();
@@ -481,10 +498,7 @@ impl Engine {
                         .map_err(store_lost)?;
                     MemberSyncKind::Buckets
                 }
-                Ok(ServerFrame::Error {
-                    code: ErrorCode::Forbidden | ErrorCode::NotFound,
-                    ..
-                }) => {
+                Err(ErrorCode::Forbidden | ErrorCode::NotFound) => {
                     // Not (or no longer) a member: the list is not ours to keep.
                     self.store
                         .drop_member_list(group)
@@ -528,29 +542,30 @@ impl Engine {
         mut cursor: Option<String>,
         buckets: Option<&[u8]>,
     ) -> Result<Option<Vec<MemberInfo>>, End> {
+        let Ok(group) = GroupId::parse(group) else {
+            return Ok(None);
+        };
         while let Some(c) = cursor {
-            let mut frame = json!({"type": "members_fetch", "group": group, "epoch": epoch,
-                                   "anchor": anchor});
-            if !c.is_empty() {
-                frame["cursor"] = json!(c);
-            }
-            if let Some(b) = buckets {
-                frame["buckets"] = json!(b);
-            }
-            match serde_json::from_value::<ServerFrame>(self.request(conn, frame).await?) {
-                Ok(ServerFrame::MembersPage {
-                    members,
-                    details,
-                    cursor: next,
+            let fetch = MembersFetch {
+                group: group.clone(),
+                epoch: epoch.to_owned(),
+                anchor,
+                cursor: (!c.is_empty()).then_some(c),
+                buckets: buckets.map(<[u8]>::to_vec),
+            };
+            match self.request(conn, fetch.into()).await? {
+                ServerFrame::Reply(Reply {
+                    body: ReplyBody::MembersPage(page),
                     ..
                 }) => {
-                    all.extend(members_of_page(members, details));
-                    cursor = next;
+                    all.extend(members_of_page(page.members, page.details));
+                    cursor = page.cursor;
                 }
-                Ok(ServerFrame::Error {
-                    code: ErrorCode::Conflict | ErrorCode::InvalidRequest,
-                    ..
-                }) => return Ok(None),
+                ServerFrame::Error(e)
+                    if matches!(e.code, ErrorCode::Conflict | ErrorCode::InvalidRequest) =>
+                {
+                    return Ok(None);
+                }
                 _ => return Err(lost(None)),
             }
         }
@@ -559,17 +574,14 @@ impl Engine {
 
     /// A live member-list change: applied when it follows the copy's version, otherwise
     /// one sync of the group is scheduled.
-    pub(crate) async fn on_members_changed(&self, frame: Value) {
-        let Ok(ServerFrame::MembersChanged {
+    pub(crate) async fn on_members_changed(&self, notice: MembersChanged) {
+        let MembersChanged {
             group,
             version,
             prev,
             digest,
             change,
-        }) = serde_json::from_value::<ServerFrame>(frame)
-        else {
-            return;
-        };
+        } = notice;
         let group = group.as_str();
         if self
             .drop_notice

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use anchorage_protocol::RequestBody;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
@@ -44,7 +45,8 @@ pub enum Queued {
     },
     Command {
         command_id: i64,
-        frame: serde_json::Value,
+        /// `None` for a stored command this version cannot read.
+        request: Option<RequestBody>,
     },
 }
 
@@ -250,8 +252,7 @@ impl LocalStore {
                     },
                     None => Queued::Command {
                         command_id,
-                        frame: serde_json::from_str(&r.get::<String, _>("frame"))
-                            .unwrap_or_default(),
+                        request: serde_json::from_str(&r.get::<String, _>("frame")).ok(),
                     },
                 }
             })
@@ -297,9 +298,10 @@ impl LocalStore {
         Ok(row.map(|r| outbox_entry(&r)))
     }
 
-    pub async fn enqueue_command(&self, frame: &serde_json::Value) -> Result<(), SdkError> {
+    pub async fn enqueue_command(&self, request: &RequestBody) -> Result<(), SdkError> {
+        let frame = serde_json::to_string(request).map_err(|e| SdkError::Refused(e.to_string()))?;
         sqlx::query("INSERT INTO commands (frame, state) VALUES ($1, 'pending')")
-            .bind(frame.to_string())
+            .bind(frame)
             .execute(&self.pool)
             .await?;
         Ok(())

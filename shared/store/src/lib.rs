@@ -105,6 +105,8 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("invalid stored {what}: {value:?}")]
+    Invalid { what: &'static str, value: String },
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
 }

@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use sqlx::{Any, Row, Transaction};
 
+use anchorage_schema::event::Role;
+
 use crate::{Store, StoreError};
 
 /// Where a projection stands.
@@ -61,7 +63,7 @@ pub struct GroupRow {
 pub struct MemberRow {
     pub group: String,
     pub user: String,
-    pub role: String,
+    pub role: Role,
     pub nickname: Option<String>,
     pub muted_until: Option<i64>,
     /// Sequence of the last event that changed this member.
@@ -470,7 +472,7 @@ impl Tx {
                 q = q
                     .bind(&m.group)
                     .bind(&m.user)
-                    .bind(&m.role)
+                    .bind(m.role.as_str())
                     .bind(&m.nickname)
                     .bind(m.muted_until)
                     .bind(i(m.version))
@@ -573,11 +575,19 @@ fn rows_of_params(backend: crate::Backend, rows: usize, cols: usize) -> String {
         .join(", ")
 }
 
+/// A stored role name.
+pub(crate) fn role(name: String) -> Result<Role, StoreError> {
+    Role::parse(&name).ok_or(StoreError::Invalid {
+        what: "role",
+        value: name,
+    })
+}
+
 pub(crate) fn member_row(r: &sqlx::any::AnyRow) -> Result<MemberRow, StoreError> {
     Ok(MemberRow {
         group: r.try_get("group_id")?,
         user: r.try_get("user_id")?,
-        role: r.try_get("role")?,
+        role: role(r.try_get("role")?)?,
         nickname: r.try_get("nickname")?,
         muted_until: r.try_get("muted_until")?,
         version: u(r.try_get("version")?),

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use anchorage_schema::event::Role;
 use sqlx::Row;
 
 use crate::projection::GroupRow;
@@ -187,7 +188,7 @@ impl Store {
     }
 
     /// The role of a current member, `None` for a non-member.
-    pub async fn member_role(&self, group: &str, user: &str) -> Result<Option<String>, StoreError> {
+    pub async fn member_role(&self, group: &str, user: &str) -> Result<Option<Role>, StoreError> {
         let row = sqlx::query(
             "SELECT role FROM group_members
              WHERE group_id = $1 AND user_id = $2 AND removed_seq IS NULL",
@@ -197,7 +198,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
-            Some(r) => Some(r.try_get("role")?),
+            Some(r) => Some(crate::projection::role(r.try_get("role")?)?),
             None => None,
         })
     }

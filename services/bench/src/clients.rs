@@ -1,5 +1,5 @@
-//! The client side of the socket-heavy benchmarks, run as a separate process
-//! (`anchorage bench-clients`) so its sockets and memory are not counted against the server
+//! The client side of the socket-heavy scenarios, run as a separate process
+//! (`anchorage-bench clients`) so its sockets and memory are not counted against the server
 //! and each process stays within its own file-descriptor limit.
 //!
 //! It opens `count` signed-in sockets (users `<prefix><n>` with six digits), says `ready` on
@@ -14,116 +14,59 @@
 //!   anchor, syncs what the welcome reports changed, and records when it was back in line.
 //!   Prints one JSON line once all are resynced (or after two minutes).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anchorage_config::Config;
-use anchorage_schema::{DeviceId, UserId};
+use anchorage_protocol::request::Sync;
+use anchorage_protocol::{ConvAnchor, Push, Reply, ReplyBody, ServerFrame, Welcome, close};
+use anchorage_schema::ConversationId;
 use anyhow::bail;
-use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use futures::StreamExt;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use crate::client::{Refused, Ws, send, sign_in};
+use crate::env::unix_nanos;
 
 /// Connection attempts in flight while opening the sockets.
 const OPENING: usize = 64;
 /// How long the fanout and reconnect modes wait before reporting what they have.
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn unix_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
+/// What the clients do once connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Hold the sockets until killed.
+    Idle,
+    /// Report the delivery latencies of live messages.
+    Fanout,
+    /// Report when each client was back in line after the edge restarted.
+    Reconnect,
 }
 
 fn user(prefix: &str, n: usize) -> String {
     format!("{prefix}{n:06}")
 }
 
-/// Why one connection attempt failed.
-enum Refused {
-    /// The server is shedding load: try again after at least this long.
-    Busy(Option<Duration>),
-    Other(anyhow::Error),
-}
-
-/// Connects and signs in; returns the socket and the welcome.
-async fn sign_in(
-    addr: std::net::SocketAddr,
-    user: &str,
-    anchors: Value,
-) -> Result<(Ws, Value), Refused> {
-    // A small read buffer, as a client holding thousands of sockets would use: the default
-    // (128 KiB, zeroed as it grows) would make the clients, not the server, the bottleneck.
-    let config =
-        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
-    let connected =
-        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), Some(config), true)
-            .await;
-    let mut ws = match connected {
-        Ok((ws, _)) => ws,
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let hint = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_secs);
-            return Err(Refused::Busy(hint));
-        }
-        Err(e) => return Err(Refused::Other(e.into())),
-    };
-    let config = Config::default();
-    let token = (|| -> anyhow::Result<String> {
-        Ok(anchorage_edge::auth::mint_hs256(
-            &config.auth.hmac_secret,
-            UserId::parse(user)?,
-            DeviceId::parse("bench")?,
-            3600,
-        )?)
-    })()
-    .map_err(Refused::Other)?;
-    let hello =
-        json!({"type": "hello", "id": 0, "protocol": 1, "token": token, "anchors": anchors});
-    ws.send(Message::Text(hello.to_string().into()))
-        .await
-        .map_err(|e| Refused::Other(e.into()))?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(&t).map_err(|e| Refused::Other(e.into()))?;
-                if v["type"] == "welcome" {
-                    return Ok((ws, v));
-                }
-            }
-            Some(Ok(_)) => {}
-            other => return Err(Refused::Other(anyhow::anyhow!("no welcome: {other:?}"))),
-        }
-    }
+fn backoff(attempt: u32, hint: Option<Duration>) -> Duration {
+    anchorage_sdk::backoff_delay(attempt, hint, anchorage_sdk::backoff_random())
 }
 
 /// Opens `count` sockets, a few at a time.
-async fn open_all(
-    addr: std::net::SocketAddr,
-    prefix: &str,
-    count: usize,
-) -> anyhow::Result<Vec<Ws>> {
+async fn open_all(addr: SocketAddr, prefix: &str, count: usize) -> anyhow::Result<Vec<Ws>> {
+    let config = Config::default();
+    let config = &config;
     let opened = futures::stream::iter(0..count)
         .map(|n| {
             let name = user(prefix, n);
             async move {
                 for attempt in 1..=20u32 {
-                    match sign_in(addr, &name, json!([])).await {
+                    match sign_in(addr, config, &name, Vec::new()).await {
                         Ok((ws, _)) => return Ok(ws),
                         Err(Refused::Busy(hint)) => {
-                            let wait = anchorage_sdk::backoff_delay(
-                                attempt,
-                                hint,
-                                anchorage_sdk::backoff_random(),
-                            );
-                            tokio::time::sleep(wait).await;
+                            tokio::time::sleep(backoff(attempt, hint)).await
                         }
                         Err(Refused::Other(e)) => return Err(e),
                     }
@@ -139,25 +82,31 @@ async fn open_all(
 
 /// Runs the client side of a benchmark (see the module docs).
 pub async fn run(
-    addr: &str,
+    addr: SocketAddr,
     count: usize,
-    mode: &str,
+    mode: Mode,
     prefix: &str,
     messages: usize,
 ) -> anyhow::Result<()> {
-    let addr: std::net::SocketAddr = addr.parse()?;
     let sockets = open_all(addr, prefix, count).await?;
     println!("ready");
     match mode {
-        "idle" => {
+        Mode::Idle => {
             tokio::time::sleep(Duration::from_secs(600)).await;
             drop(sockets);
         }
-        "fanout" => fanout(sockets, messages).await?,
-        "reconnect" => reconnect(addr, prefix, sockets).await?,
-        other => bail!("unknown mode {other:?}: idle, fanout, reconnect"),
+        Mode::Fanout => fanout(sockets, messages).await?,
+        Mode::Reconnect => reconnect(addr, prefix, sockets).await?,
     }
     Ok(())
+}
+
+/// The live message a frame is, if it is one.
+fn live_message(text: &str) -> Option<anchorage_protocol::LiveMessage> {
+    match serde_json::from_str(text).ok()? {
+        ServerFrame::Push(Push::Message(m)) => Some(m),
+        _ => None,
+    }
 }
 
 async fn fanout(sockets: Vec<Ws>, messages: usize) -> anyhow::Result<()> {
@@ -174,13 +123,7 @@ async fn fanout(sockets: Vec<Ws>, messages: usize) -> anyhow::Result<()> {
                     break;
                 };
                 let now = unix_nanos();
-                let Ok(v) = serde_json::from_str::<Value>(&t) else {
-                    continue;
-                };
-                if v["type"] != "message" {
-                    continue;
-                }
-                if let Some(sent) = v["message"]["body"]["t"].as_u64() {
+                if let Some(sent) = live_message(&t).and_then(|m| m.message.body["t"].as_u64()) {
                     latencies.push(now.saturating_sub(u128::from(sent)) as f64 / 1e6);
                 }
             }
@@ -200,41 +143,37 @@ async fn fanout(sockets: Vec<Ws>, messages: usize) -> anyhow::Result<()> {
 
 /// One socket's life across an edge restart: returns when it was back in line (Unix ms), and
 /// how many connection attempts that took.
-async fn follow(
-    addr: std::net::SocketAddr,
-    name: String,
-    mut ws: Ws,
-) -> anyhow::Result<(u128, u32)> {
+async fn follow(addr: SocketAddr, name: String, mut ws: Ws) -> anyhow::Result<(u128, u32)> {
+    let config = Config::default();
+    let big = ConversationId::parse("big")?;
     let mut anchor = 0u64;
     // Live messages until the edge goes away.
     while let Some(Ok(m)) = ws.next().await {
         if let Message::Text(t) = m
-            && let Ok(v) = serde_json::from_str::<Value>(&t)
-            && v["type"] == "message"
+            && let Some(live) = live_message(&t)
         {
-            anchor = anchor.max(v["message"]["seq"].as_u64().unwrap_or(0));
+            anchor = anchor.max(live.message.seq);
         }
     }
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let anchors = json!([{"conv": "big", "seq": anchor}]);
-        let (mut ws, welcome) = match sign_in(addr, &name, anchors).await {
+        let anchors = vec![ConvAnchor {
+            conv: big.clone(),
+            seq: anchor,
+        }];
+        let (mut ws, welcome) = match sign_in(addr, &config, &name, anchors).await {
             Ok(ok) => ok,
             Err(Refused::Busy(hint)) => {
-                let wait =
-                    anchorage_sdk::backoff_delay(attempts, hint, anchorage_sdk::backoff_random());
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(backoff(attempts, hint)).await;
                 continue;
             }
             Err(Refused::Other(_)) => {
-                let wait =
-                    anchorage_sdk::backoff_delay(attempts, None, anchorage_sdk::backoff_random());
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(backoff(attempts, None)).await;
                 continue;
             }
         };
-        match resync(&mut ws, &welcome, &mut anchor).await? {
+        match resync(&mut ws, &welcome, &big, &mut anchor).await? {
             Resync::Done => {}
             // The edge went away in the middle (it was shutting down): like any client, come
             // back and go on from what arrived.
@@ -257,53 +196,57 @@ enum Resync {
 }
 
 /// Fetches what changed while away, as the welcome lists it; `anchor` follows `big`.
-async fn resync(ws: &mut Ws, welcome: &Value, anchor: &mut u64) -> anyhow::Result<Resync> {
-    let changed: Vec<String> = welcome["changes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["conv"].as_str().map(str::to_owned))
-        .collect();
+async fn resync(
+    ws: &mut Ws,
+    welcome: &Welcome,
+    big: &ConversationId,
+    anchor: &mut u64,
+) -> anyhow::Result<Resync> {
     let mut id = 1u64;
-    for conv in changed {
-        let mut after = if conv == "big" { *anchor } else { 0 };
+    for change in &welcome.changes {
+        let conv = &change.conv;
+        let mut after = if conv == big { *anchor } else { 0 };
         loop {
             id += 1;
-            let sync = json!({"type": "sync", "id": id, "conv": conv, "after": after,
-                              "limit": 500});
+            let sync = Sync {
+                conv: conv.clone(),
+                after,
+                limit: Some(500),
+            };
             // A failed send shows up as the end of the stream below.
-            let _ = ws.send(Message::Text(sync.to_string().into())).await;
+            let _ = send(ws, id, &sync.into()).await;
             let answer = loop {
                 match ws.next().await {
                     Some(Ok(Message::Text(t))) => {
-                        let v: Value = serde_json::from_str(&t)?;
-                        if v["id"] == json!(id) {
-                            break v;
+                        let frame: ServerFrame = serde_json::from_str(&t)?;
+                        if frame.id() == Some(id) {
+                            break frame;
                         }
                     }
-                    Some(Ok(Message::Close(Some(close))))
-                        if u16::from(close.code) == anchorage_protocol::close::GOING_AWAY =>
-                    {
+                    Some(Ok(Message::Close(Some(c)))) if u16::from(c.code) == close::GOING_AWAY => {
                         return Ok(Resync::WentAway);
                     }
-                    Some(Ok(Message::Close(Some(close)))) => {
-                        bail!("closed during sync: {} {}", close.code, close.reason)
+                    Some(Ok(Message::Close(Some(c)))) => {
+                        bail!("closed during sync: {} {}", c.code, c.reason)
                     }
                     Some(Ok(_)) => {}
                     other => bail!("lost during sync: {other:?}"),
                 }
             };
-            if let Some(last) = answer["messages"]
-                .as_array()
-                .and_then(|m| m.last())
-                .and_then(|m| m["seq"].as_u64())
-            {
-                after = last;
-                if conv == "big" {
-                    *anchor = last;
+            let ServerFrame::Reply(Reply {
+                body: ReplyBody::Messages(page),
+                ..
+            }) = answer
+            else {
+                bail!("sync refused: {answer:?}");
+            };
+            if let Some(last) = page.messages.last() {
+                after = last.seq;
+                if conv == big {
+                    *anchor = last.seq;
                 }
             }
-            if answer["more"] != true {
+            if !page.more {
                 break;
             }
         }
@@ -311,11 +254,7 @@ async fn resync(ws: &mut Ws, welcome: &Value, anchor: &mut u64) -> anyhow::Resul
     Ok(Resync::Done)
 }
 
-async fn reconnect(
-    addr: std::net::SocketAddr,
-    prefix: &str,
-    sockets: Vec<Ws>,
-) -> anyhow::Result<()> {
+async fn reconnect(addr: SocketAddr, prefix: &str, sockets: Vec<Ws>) -> anyhow::Result<()> {
     let prefix: Arc<str> = prefix.into();
     let tasks: Vec<_> = sockets
         .into_iter()

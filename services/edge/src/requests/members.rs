@@ -16,16 +16,19 @@
 //! Each answer is read in one transaction, so version, digest and rows agree.
 
 use anchorage_digest::SetDigest;
+use anchorage_protocol::request::{
+    GroupVersions as GroupVersionsRequest, MembersFetch, MembersSearch, MembersSync,
+    MembersSyncBatch, MembersUnsubscribe,
+};
 use anchorage_protocol::{
-    ErrorCode, GroupSync, GroupSyncResult, GroupVersion, MemberInfo, RequestId, ServerFrame,
+    Done, GroupSync, GroupSyncResult, GroupVersion, GroupVersions, MemberInfo, MembersBatch,
+    MembersBuckets, MembersDiff, MembersFound, MembersPage, ReplyBody,
 };
 use anchorage_schema::subjects::stream;
 use anchorage_schema::{ConversationId, GroupId, UserId};
 use anchorage_store::{GroupRow, MemberRow, StoreError, Tx};
 
-use crate::session::Session;
-
-type Answer = Result<ServerFrame, (ErrorCode, String)>;
+use super::{Answer, RequestError, Session};
 
 /// Groups per `group_versions` page.
 const VERSIONS_PER_PAGE: u32 = 1000;
@@ -33,14 +36,6 @@ const VERSIONS_PER_PAGE: u32 = 1000;
 const MAX_BATCH_GROUPS: usize = 1000;
 /// Members per `members_search` answer, at most.
 const MAX_SEARCH: u32 = 200;
-
-fn internal(err: impl std::fmt::Display) -> (ErrorCode, String) {
-    tracing::warn!(error = %err, "member sync failed");
-    (
-        ErrorCode::Internal,
-        format!("temporary failure, retry: {err}"),
-    )
-}
 
 /// What a client's copy of a member list needs, before looking at member rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +82,7 @@ fn digest_of(g: &GroupRow) -> SetDigest {
 }
 
 fn info(m: &MemberRow) -> Option<MemberInfo> {
-    MemberInfo::from_stored(&m.user, &m.role, m.nickname.clone(), m.muted_until)
+    MemberInfo::from_stored(&m.user, m.role, m.nickname.clone(), m.muted_until)
 }
 
 /// One bounded diff page.
@@ -143,17 +138,12 @@ async fn bounded_diff(
     g: &GroupRow,
     version: u64,
     cfg: &anchorage_config::MembersConfig,
-) -> Result<Option<DiffPage>, (ErrorCode, String)> {
-    let changed = tx
-        .changed_count(&g.group, version)
-        .await
-        .map_err(internal)?;
+) -> Result<Option<DiffPage>, StoreError> {
+    let changed = tx.changed_count(&g.group, version).await?;
     if too_large(changed, g.member_count, cfg.full_percent) {
         return Ok(None);
     }
-    diff_page(tx, g, version, cfg.diff_members)
-        .await
-        .map_err(internal)
+    diff_page(tx, g, version, cfg.diff_members).await
 }
 
 /// What a client's copy gets, once the rows were looked at where a diff is possible.
@@ -172,7 +162,7 @@ async fn verdict(
     version: u64,
     digest: Option<SetDigest>,
     cfg: &anchorage_config::MembersConfig,
-) -> Result<Verdict, (ErrorCode, String)> {
+) -> Result<Verdict, StoreError> {
     Ok(match plan(same_epoch, version, digest, g) {
         Plan::Unchanged => Verdict::Unchanged,
         Plan::Buckets => Verdict::Buckets,
@@ -185,52 +175,50 @@ async fn verdict(
 }
 
 /// A digest in its wire form, if the client sent one.
-fn parse_digest(digest: Option<&str>) -> Result<Option<SetDigest>, (ErrorCode, String)> {
+fn parse_digest(digest: Option<&str>) -> Result<Option<SetDigest>, RequestError> {
     digest
         .map(|d| {
-            SetDigest::from_wire(d).ok_or((
-                ErrorCode::InvalidRequest,
-                format!("digest {d:?} is not \"<16 hex digits>:<count>\""),
-            ))
+            SetDigest::from_wire(d).ok_or_else(|| {
+                RequestError::Invalid(format!("digest {d:?} is not \"<16 hex digits>:<count>\""))
+            })
         })
         .transpose()
 }
 
 /// The group row, unless there is no such group (or it was dismissed).
-async fn live_group(tx: &mut Tx, group: &GroupId) -> Result<Option<GroupRow>, (ErrorCode, String)> {
-    Ok(tx
-        .group(group.as_str())
-        .await
-        .map_err(internal)?
-        .filter(|g| !g.dismissed))
+async fn live_group(tx: &mut Tx, group: &GroupId) -> Result<Option<GroupRow>, StoreError> {
+    Ok(tx.group(group.as_str()).await?.filter(|g| !g.dismissed))
 }
 
-fn no_group(group: &GroupId) -> (ErrorCode, String) {
-    (ErrorCode::NotFound, format!("group {group} does not exist"))
+fn no_group(group: &GroupId) -> RequestError {
+    RequestError::NotFound(format!("group {group} does not exist"))
 }
 
 impl Session {
-    fn group_conv(&self, group: &GroupId) -> Result<ConversationId, (ErrorCode, String)> {
+    fn group_conv(&self, group: &GroupId) -> Result<ConversationId, RequestError> {
         let conv = ConversationId::parse(group.as_str())
-            .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
+            .map_err(|e| RequestError::Invalid(e.to_string()))?;
         self.member(&conv)?;
         Ok(conv)
     }
 
-    async fn membership_epoch(&self) -> Result<String, (ErrorCode, String)> {
+    async fn membership_epoch(&self) -> Result<String, RequestError> {
         Ok(self
             .state
             .bus
             .stream_state(stream::MEMBERSHIP)
-            .await
-            .map_err(crate::session::bus_failed)?
+            .await?
             .epoch
             .0
             .to_string())
     }
 
     /// Answers `group_versions`: the caller's groups with their versions and sizes.
-    pub(crate) async fn group_versions(&self, id: RequestId, cursor: Option<String>) -> Answer {
+    pub(super) async fn group_versions(
+        &self,
+        r: GroupVersionsRequest,
+    ) -> Result<GroupVersions, RequestError> {
+        let cursor = r.cursor;
         let epoch = self.membership_epoch().await?;
         let rows = self
             .state
@@ -240,8 +228,7 @@ impl Session {
                 cursor.as_deref().unwrap_or(""),
                 VERSIONS_PER_PAGE,
             )
-            .await
-            .map_err(internal)?;
+            .await?;
         let cursor = (rows.len() == VERSIONS_PER_PAGE as usize)
             .then(|| rows.last().map(|r| r.group.clone()))
             .flatten();
@@ -255,8 +242,7 @@ impl Session {
                 })
             })
             .collect();
-        Ok(ServerFrame::GroupVersions {
-            id,
+        Ok(GroupVersions {
             epoch,
             groups,
             cursor,
@@ -264,49 +250,46 @@ impl Session {
     }
 
     /// Answers `members_sync` and watches the group's notifications from now on.
-    pub(crate) async fn members_sync(
-        &self,
-        id: RequestId,
-        group: GroupId,
-        epoch: Option<String>,
-        version: u64,
-        digest: Option<String>,
-    ) -> Answer {
+    pub(super) async fn members_sync(&self, r: MembersSync) -> Answer {
+        let MembersSync {
+            group,
+            epoch,
+            version,
+            digest,
+        } = r;
         let conv = self.group_conv(&group)?;
         let digest = parse_digest(digest.as_deref())?;
         // Watch before reading: a change committed after the read is then notified.
         self.state.hub.watch_members(self.conn.id, &conv);
         let current = self.membership_epoch().await?;
         let same_epoch = epoch.as_deref() == Some(current.as_str());
-        let mut tx = self.state.store.begin_read().await.map_err(internal)?;
+        let mut tx = self.state.store.begin_read().await?;
         let g = live_group(&mut tx, &group)
             .await?
             .ok_or_else(|| no_group(&group))?;
         let cfg = &self.state.members;
         let answer = match verdict(&mut tx, &g, same_epoch, version, digest, cfg).await? {
-            Verdict::Unchanged => ServerFrame::MembersUnchanged { id },
+            Verdict::Unchanged => ReplyBody::MembersUnchanged,
             Verdict::Buckets => {
                 let buckets = tx
                     .bucket_digests(group.as_str())
-                    .await
-                    .map_err(internal)?
+                    .await?
                     .into_iter()
                     .map(|(b, sum, count)| (b, SetDigest { sum, count }.to_wire()))
                     .collect();
-                ServerFrame::MembersBuckets {
-                    id,
+                MembersBuckets {
                     group,
                     epoch: current,
                     version: g.version,
                     buckets,
                 }
+                .into()
             }
-            Verdict::Realign => {
-                self.page(&mut tx, id, &g, current, g.version, "", None)
-                    .await?
-            }
-            Verdict::Diff(p) => ServerFrame::MembersDiff {
-                id,
+            Verdict::Realign => self
+                .page(&mut tx, &g, current, g.version, "", None)
+                .await?
+                .into(),
+            Verdict::Diff(p) => MembersDiff {
                 group,
                 epoch: current,
                 version: p.version,
@@ -314,29 +297,27 @@ impl Session {
                 upserts: p.upserts,
                 removed: p.removed,
                 more: p.more,
-            },
+            }
+            .into(),
         };
-        tx.commit().await.map_err(internal)?;
+        tx.commit().await?;
         Ok(answer)
     }
 
     /// One snapshot page of `g` pinned to `anchor`.
-    #[allow(clippy::too_many_arguments)]
     async fn page(
         &self,
         tx: &mut Tx,
-        id: RequestId,
         g: &GroupRow,
         epoch: String,
         anchor: u64,
         after: &str,
         buckets: Option<Vec<u8>>,
-    ) -> Answer {
+    ) -> Result<MembersPage, RequestError> {
         let limit = self.state.members.page_members;
         let rows = tx
             .snapshot_page(&g.group, anchor, after, buckets.as_deref(), limit)
-            .await
-            .map_err(internal)?;
+            .await?;
         let cursor = (rows.len() == limit as usize)
             .then(|| rows.last().map(|r| r.user.clone()))
             .flatten();
@@ -349,9 +330,8 @@ impl Session {
                 details.push(m);
             }
         }
-        Ok(ServerFrame::MembersPage {
-            id,
-            group: GroupId::parse(g.group.as_str()).map_err(internal)?,
+        Ok(MembersPage {
+            group: GroupId::parse(g.group.as_str()).map_err(RequestError::internal)?,
             epoch,
             anchor,
             members,
@@ -362,36 +342,32 @@ impl Session {
     }
 
     /// Answers `members_fetch`: the next snapshot page, or the members of some buckets.
-    pub(crate) async fn members_fetch(
-        &self,
-        id: RequestId,
-        group: GroupId,
-        epoch: String,
-        anchor: u64,
-        cursor: Option<String>,
-        buckets: Option<Vec<u8>>,
-    ) -> Answer {
+    pub(super) async fn members_fetch(&self, r: MembersFetch) -> Result<MembersPage, RequestError> {
+        let MembersFetch {
+            group,
+            epoch,
+            anchor,
+            cursor,
+            buckets,
+        } = r;
         self.group_conv(&group)?;
         if epoch != self.membership_epoch().await? {
-            return Err((
-                ErrorCode::Conflict,
+            return Err(RequestError::Conflict(
                 "the membership stream was recreated; sync the group again".into(),
             ));
         }
-        let mut tx = self.state.store.begin_read().await.map_err(internal)?;
+        let mut tx = self.state.store.begin_read().await?;
         let g = live_group(&mut tx, &group)
             .await?
             .ok_or_else(|| no_group(&group))?;
         if anchor > g.version || anchor < g.created_seq {
-            return Err((
-                ErrorCode::InvalidRequest,
-                format!("anchor {anchor} is not a version of {group}"),
-            ));
+            return Err(RequestError::Invalid(format!(
+                "anchor {anchor} is not a version of {group}"
+            )));
         }
         let answer = self
             .page(
                 &mut tx,
-                id,
                 &g,
                 epoch,
                 anchor,
@@ -399,25 +375,26 @@ impl Session {
                 buckets,
             )
             .await?;
-        tx.commit().await.map_err(internal)?;
+        tx.commit().await?;
         Ok(answer)
     }
 
     /// Answers `members_sync_batch`: groups in the order given until the byte budget is spent.
     /// Realignments are not inlined (they are large): the group is marked `realign` and the
     /// client syncs it on its own when it is needed.
-    pub(crate) async fn members_sync_batch(
+    pub(super) async fn members_sync_batch(
         &self,
-        id: RequestId,
-        groups: Vec<GroupSync>,
-        budget_bytes: Option<u32>,
-        cursor: Option<u32>,
-    ) -> Answer {
+        r: MembersSyncBatch,
+    ) -> Result<MembersBatch, RequestError> {
+        let MembersSyncBatch {
+            groups,
+            budget_bytes,
+            cursor,
+        } = r;
         if groups.len() > MAX_BATCH_GROUPS {
-            return Err((
-                ErrorCode::InvalidRequest,
-                format!("at most {MAX_BATCH_GROUPS} groups per batch"),
-            ));
+            return Err(RequestError::Invalid(format!(
+                "at most {MAX_BATCH_GROUPS} groups per batch"
+            )));
         }
         let cfg = &self.state.members;
         let budget = budget_bytes
@@ -438,8 +415,7 @@ impl Session {
             used += size;
             results.push(result);
         }
-        Ok(ServerFrame::MembersBatch {
-            id,
+        Ok(MembersBatch {
             results,
             cursor: next,
         })
@@ -449,25 +425,27 @@ impl Session {
         &self,
         req: &GroupSync,
         current: &str,
-    ) -> Result<GroupSyncResult, (ErrorCode, String)> {
+    ) -> Result<GroupSyncResult, RequestError> {
         let group = req.group.clone();
-        let refuse = |code, message: String| GroupSyncResult::Error {
-            group: group.clone(),
-            code,
-            message,
+        let refuse = |err: RequestError| {
+            let (code, message) = err.into_parts();
+            GroupSyncResult::Error {
+                group: group.clone(),
+                code,
+                message,
+            }
         };
-        if let Err((code, message)) = self.group_conv(&group) {
-            return Ok(refuse(code, message));
+        if let Err(err) = self.group_conv(&group) {
+            return Ok(refuse(err));
         }
         let digest = match parse_digest(req.digest.as_deref()) {
             Ok(d) => d,
-            Err((code, message)) => return Ok(refuse(code, message)),
+            Err(err) => return Ok(refuse(err)),
         };
         let same_epoch = req.epoch.as_deref() == Some(current);
-        let mut tx = self.state.store.begin_read().await.map_err(internal)?;
+        let mut tx = self.state.store.begin_read().await?;
         let Some(g) = live_group(&mut tx, &group).await? else {
-            let (code, message) = no_group(&group);
-            return Ok(refuse(code, message));
+            return Ok(refuse(no_group(&group)));
         };
         let cfg = &self.state.members;
         let result = match verdict(&mut tx, &g, same_epoch, req.version, digest, cfg).await? {
@@ -483,43 +461,42 @@ impl Session {
                 more: p.more,
             },
         };
-        tx.commit().await.map_err(internal)?;
+        tx.commit().await?;
         Ok(result)
     }
 
     /// Answers `members_search` from the server's list.
-    pub(crate) async fn members_search(
+    pub(super) async fn members_search(
         &self,
-        id: RequestId,
-        group: GroupId,
-        query: String,
-        limit: Option<u32>,
-    ) -> Answer {
+        r: MembersSearch,
+    ) -> Result<MembersFound, RequestError> {
+        let MembersSearch {
+            group,
+            query,
+            limit,
+        } = r;
         self.group_conv(&group)?;
         if query.is_empty() || query.len() > 64 {
-            return Err((ErrorCode::InvalidRequest, "a query of 1 to 64 bytes".into()));
+            return Err(RequestError::Invalid("a query of 1 to 64 bytes".into()));
         }
         let limit = limit.unwrap_or(50).clamp(1, MAX_SEARCH);
         let rows = self
             .state
             .store
             .search_members(group.as_str(), &query, limit)
-            .await
-            .map_err(internal)?;
-        Ok(ServerFrame::MembersFound {
-            id,
+            .await?;
+        Ok(MembersFound {
             group,
             members: rows.iter().filter_map(info).collect(),
         })
     }
 
     /// Answers `members_unsubscribe`.
-    pub(crate) fn members_unsubscribe(&self, id: RequestId, group: GroupId) -> Answer {
-        let conv = ConversationId::parse(group.as_str())
-            .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
+    pub(super) fn members_unsubscribe(&self, r: MembersUnsubscribe) -> Result<Done, RequestError> {
+        let conv = ConversationId::parse(r.group.as_str())
+            .map_err(|e| RequestError::Invalid(e.to_string()))?;
         self.state.hub.unwatch_members(self.conn.id, &conv);
-        Ok(ServerFrame::Ok {
-            id,
+        Ok(Done {
             conv: Some(conv),
             seq: None,
         })

@@ -1,18 +1,23 @@
-//! `anchorage bench … --quick --json` prints one JSON object with our figures and the
-//! baseline from the same run. A smoke test of the output's shape — never of speed.
+//! `anchorage-bench … --quick --json` (what `anchorage bench` runs) prints one JSON object with
+//! our figures and the baseline from the same run. A smoke test of the output's shape — never
+//! of speed.
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test on any error
 
 use anchorage_tests::{nats_binary, repo_root};
 use serde_json::Value;
 
-fn bench(scenario: &str) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
-        .args(["bench", scenario, "--quick", "--json"])
+fn run(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_anchorage-bench"))
+        .args(args)
         .current_dir(repo_root())
         .env("ANCHORAGE_DEV__NATS_SERVER", nats_binary().unwrap())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn bench(scenario: &str) -> Value {
+    let out = run(&[scenario, "--quick", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -48,6 +53,18 @@ fn raw_send_and_replay_report_figures_with_their_baselines() {
     positive(&replay, &["ours", "replay_events_per_sec"]);
     positive(&replay, &["baseline", "jetstream_consume_msgs_per_sec"]);
     positive(&replay, &["ratio"]);
+
+    let memory = bench("memory");
+    positive(&memory, &["ours", "rss_after_kib"]);
+    assert_eq!(memory["ours"]["connections"], 20, "{memory}");
+}
+
+#[test]
+fn an_unknown_scenario_is_refused_with_the_list_of_scenarios() {
+    let out = run(&["dance", "--json"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dance") && err.contains("reconnect"), "{err}");
 }
 
 #[test]

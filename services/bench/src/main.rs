@@ -1,0 +1,82 @@
+//! `anchorage-bench <scenario> [--quick] [--json]` (also run as `anchorage bench …`).
+
+use std::process::ExitCode;
+
+use anchorage_bench::clients::Mode;
+use anchorage_bench::{Scenario, Sizes};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "anchorage bench",
+    about = "Measure a scenario next to its raw baseline",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    clients: Option<Clients>,
+    /// The scenario to measure.
+    #[arg(value_enum, required = true)]
+    scenario: Option<Scenario>,
+    /// A small, fast run (a smoke test of the output, not of speed).
+    #[arg(long)]
+    quick: bool,
+    /// Print the report on one line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Clients {
+    /// The client side of the socket-heavy scenarios (a separate process).
+    #[command(hide = true)]
+    Clients {
+        addr: std::net::SocketAddr,
+        count: usize,
+        #[arg(long, value_enum, default_value = "idle")]
+        mode: Mode,
+        /// Users are <prefix><6 digits>.
+        #[arg(long, default_value = "u")]
+        prefix: String,
+        /// Messages each socket waits for (fanout).
+        #[arg(long, default_value_t = 0)]
+        messages: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match (cli.clients, cli.scenario) {
+        (
+            Some(Clients::Clients {
+                addr,
+                count,
+                mode,
+                prefix,
+                messages,
+            }),
+            _,
+        ) => anchorage_bench::clients::run(addr, count, mode, &prefix, messages).await,
+        (None, Some(scenario)) => report(scenario, cli.quick, cli.json).await,
+        (None, None) => Err(anyhow::anyhow!("name a scenario")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("anchorage bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn report(scenario: Scenario, quick: bool, json: bool) -> anyhow::Result<()> {
+    let report = anchorage_bench::run(scenario, Sizes::new(quick)).await?;
+    if json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! `bench fanout`: one message to the online members of a large group, from the send to each
+//! socket, next to a bare axum server writing the same frame to the same client process.
+
+use std::time::Duration;
+
+use anchorage_protocol::ReplyBody;
+use anchorage_protocol::request::SendMessage;
+use anchorage_schema::{ClientMsgId, ConversationId};
+use anyhow::bail;
+use serde_json::{Value, json};
+
+use crate::client::{Ws, signed_in, timed};
+use crate::env::{
+    BenchEnv, ClientProcess, Sizes, big_group, percentile, progress, rate, sorted_latencies,
+    unix_nanos,
+};
+use crate::raw;
+
+/// Sends request `id`, a message to `big` carrying its send time; returns its seq.
+pub async fn send_stamped(ws: &mut Ws, id: u64) -> anyhow::Result<u64> {
+    let send = SendMessage {
+        conv: ConversationId::parse("big")?,
+        client_msg_id: ClientMsgId::parse(format!("f{id}"))?,
+        body: json!({"t": unix_nanos() as u64}),
+        client_ts: anchorage_schema::now_ms(),
+        retry: false,
+    };
+    match timed(ws, id, send).await?.0 {
+        ReplyBody::Ack(ack) => Ok(ack.seq),
+        other => bail!("not acked: {other:?}"),
+    }
+}
+
+pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
+    let bus = env.bus().await?;
+    progress(&format!(
+        "raw WebSocket fan-out to {} sockets (baseline)",
+        s.online
+    ));
+    let raw = raw::fanout(s.online, s.fanouts).await?;
+    let stack = env.stack().await?;
+    progress(&format!("a group of {} members", s.members));
+    big_group(&bus, &stack, &[], s.members).await?;
+    progress(&format!("{} members online", s.online));
+    let clients = ClientProcess::start(stack.edge_addr, s.online, "fanout", s.fanouts).await?;
+    let mut owner = signed_in(stack.edge_addr, &env.config, "owner").await?;
+    for n in 0..s.fanouts {
+        progress(&format!("message {} of {}", n + 1, s.fanouts));
+        send_stamped(&mut owner, n as u64 + 1).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let report = clients.report().await?;
+    stack.stop().await?;
+    bus.close().await;
+    let latencies = sorted_latencies(&report);
+    let missing = report["missing"].as_u64().unwrap_or(0);
+    let max = latencies.last().copied().unwrap_or_default();
+    let raw_max = raw.last().copied().unwrap_or_default();
+    // Every online member of one message, over the time the slowest one took.
+    let deliveries_per_sec = rate(s.online, max);
+    let raw_per_sec = rate(s.online, raw_max);
+    Ok(json!({
+        "ours": {
+            "delivery_ms_p50": percentile(&latencies, 0.50),
+            "delivery_ms_p99": percentile(&latencies, 0.99),
+            "delivery_ms_max": max.as_secs_f64() * 1000.0,
+            "deliveries": latencies.len(),
+            "missing": missing,
+            "deliveries_per_sec": deliveries_per_sec.round(),
+        },
+        "baseline": {
+            "raw_websocket_fanout_ms_p50": percentile(&raw, 0.50),
+            "raw_websocket_fanout_ms_p99": percentile(&raw, 0.99),
+            "raw_websocket_fanout_ms_max": raw_max.as_secs_f64() * 1000.0,
+            "websocket_push_frames_per_sec": raw_per_sec.round(),
+        },
+        "ratio": deliveries_per_sec / raw_per_sec,
+        "target": "p99 < 100 ms to 10,000 online members of a 100,000-member group",
+        "sizes": {"members": s.members, "online": s.online, "messages": s.fanouts},
+    }))
+}

@@ -1,0 +1,8 @@
+//! One file per scenario; each returns its report (our figures, the baselines, their ratio).
+
+pub mod fanout;
+pub mod members;
+pub mod memory;
+pub mod reconnect;
+pub mod replay;
+pub mod send;

@@ -1,0 +1,64 @@
+//! `bench replay`: rebuilding the projections from the streams into a fresh SQLite database,
+//! next to a raw ordered consumer reading the same stream.
+
+use std::time::Instant;
+
+use anchorage_schema::{ConversationId, subjects};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::env::{BenchEnv, Sizes, message_event, progress, rate};
+use crate::raw;
+
+pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
+    let bus = env.bus().await?;
+    progress("publishing events to replay");
+    let convs: Vec<ConversationId> = (0..100)
+        .map(|i| ConversationId::parse(format!("c{i}")))
+        .collect::<Result<_, _>>()?;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for n in 0..s.events {
+        let conv = &convs[n % convs.len()];
+        let event = message_event(n, conv, 200)?;
+        let subject = subjects::message(conv);
+        let bus = bus.clone();
+        pending.push(async move { bus.publish_event(&subject, &event, None).await });
+        while pending.len() > 256 {
+            if let Some(r) = pending.next().await {
+                r?;
+            }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    progress("raw consume (baseline)");
+    let baseline = raw::consume(&bus, "MESSAGES", s.events).await?;
+    progress("replay into a fresh database");
+    let store = anchorage_store::Store::connect(&anchorage_store::StoreOptions {
+        url: format!("sqlite://{}/replay.db", env.dir.path().display()),
+        max_connections: 4,
+        // As `anchorage replay` opens its target.
+        sqlite_synchronous: "NORMAL",
+    })
+    .await?;
+    store.migrate().await?;
+    let options = anchorage_projector::replay::ReplayOptions {
+        batch_size: 1000,
+        upto: Default::default(),
+        membership: Default::default(),
+    };
+    let start = Instant::now();
+    let summary = anchorage_projector::replay::replay(&bus, &store, &options, |_| {}).await?;
+    let elapsed = start.elapsed();
+    let replayed = (summary.applied + summary.rejected) as usize;
+    let ours = rate(replayed, elapsed);
+    store.close().await;
+    bus.close().await;
+    Ok(json!({
+        "ours": {"replay_events_per_sec": ours.round(), "events": replayed, "database": "sqlite"},
+        "baseline": {"jetstream_consume_msgs_per_sec": baseline.round()},
+        "ratio": ours / baseline,
+        "target": ">= 0.3 x raw consume",
+    }))
+}

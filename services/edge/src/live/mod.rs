@@ -1,0 +1,497 @@
+//! The live side of an edge: who is connected here, which conversations they are in, and the
+//! NATS subscriptions that feed them.
+//!
+//! Interest drives subscriptions: the edge subscribes to `live.msg.<conv>` while at least one
+//! member of `conv` is connected to it, so a message to a 100,000-member group costs one NATS
+//! delivery per edge, not one per member. Each live message is serialized once and handed to
+//! every local connection of every local member.
+//!
+//! Membership is followed live ([`membership`](self::membership)): every edge subscribes to
+//! `live.grp.>` and updates the conversations of its connected users as members join and
+//! leave, opening or closing interest. Events are applied in stream order without gaps — one
+//! the live subscription lost is fetched from the stream — and the last one applied is the
+//! edge's membership position. A message carries the position its sender's edge decided on and
+//! is delivered once this edge has reached it, so a removal decided before a message always
+//! takes effect first. A connecting user's conversations come from the projection; membership
+//! events the projection had not applied yet are replayed from a short buffer of recent ones,
+//! so no change falls between the two.
+//!
+//! Member-list notifications (`members_changed`, published by the projector once a change is
+//! committed) go to the connections that synced that group's list and still watch it — never
+//! to the whole group: a 100,000-member group's churn reaches only those who look at it.
+//!
+//! Queues are bounded: a connection whose queue is full is closed with
+//! [`close::SLOW_CONSUMER`](anchorage_protocol::close::SLOW_CONSUMER) and resyncs from its
+//! anchors when it reconnects — it is never silently skipped.
+//!
+//! The hub's state is split by job — [`Registry`](registry::Registry) of connections,
+//! [`MembershipView`](view::MembershipView), [`Interest`](interest::Interest),
+//! [`Watchers`](watchers::Watchers) — under one lock, so a delivery sees them agree; no task is
+//! started and nothing is awaited while it is held. Every task the hub starts is tracked and
+//! stopped through one cancellation token.
+
+mod conn;
+mod interest;
+mod membership;
+mod registry;
+mod view;
+mod watchers;
+
+pub(crate) use conn::frame;
+pub use conn::{ConnHandle, ConnId, Frame};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use anchorage_bus::Bus;
+use anchorage_protocol::{LiveMessage, MembershipChanged, Message, Push, ReadMoved, ServerFrame};
+use anchorage_schema::subjects;
+use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, UserId};
+use anchorage_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use interest::{Interest, Subscribe};
+use registry::Registry;
+use view::{Change, MembershipView};
+use watchers::Watchers;
+
+/// How long `hello` waits for the subscriptions of the user's conversations.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct State {
+    registry: Registry,
+    view: MembershipView,
+    interest: Interest,
+    watchers: Watchers,
+}
+
+/// The live registry of one edge.
+#[derive(Debug)]
+pub struct Hub {
+    bus: Bus,
+    store: Store,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    /// [`MembershipView::position`], for messages and answers waiting for it.
+    position: tokio::sync::watch::Sender<u64>,
+    /// Every task the hub started.
+    tasks: TaskTracker,
+    /// Stops them.
+    stop: CancellationToken,
+}
+
+/// The `members_changed` frame a notification carries, if it is one about `conv`.
+fn members_changed_of(payload: &[u8], conv: &ConversationId) -> Option<ServerFrame> {
+    match serde_json::from_slice::<ServerFrame>(payload).ok()? {
+        ServerFrame::Push(Push::MembersChanged(c)) if c.group.as_str() == conv.as_str() => {
+            Some(Push::MembersChanged(c).into())
+        }
+        _ => None,
+    }
+}
+
+impl Hub {
+    /// Creates the hub and starts following membership changes, revocations, read markers
+    /// and member-list notifications.
+    pub async fn start(bus: Bus, store: Store) -> anyhow::Result<Arc<Hub>> {
+        let hub = Arc::new(Hub {
+            bus: bus.clone(),
+            store,
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+            position: tokio::sync::watch::Sender::new(0),
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        });
+        hub.follow_membership().await?;
+        // Revoked sessions are closed at once on every edge.
+        hub.follow_live(subjects::LIVE_USERS_ALL, |hub, _, env| match env.event {
+            Event::SessionRevoked(r) => {
+                tracing::info!(user = %r.user, device = %r.device, "session revoked");
+                hub.revoke_device(&r.user, Some(&r.device));
+            }
+            Event::UserDeleted(d) => {
+                tracing::info!(user = %d.user, "user deleted: every session ends");
+                hub.revoke_device(&d.user, None);
+            }
+            _ => {}
+        })
+        .await?;
+        // Read markers of the users connected here, for their other devices: one subscription
+        // for the edge rather than one per user (every edge sees every marker; a marker is a
+        // few dozen bytes, a subscription and its task per connected user cost far more).
+        hub.follow_live(subjects::LIVE_READS_ALL, |hub, _, env| {
+            if let Event::ReadMarked(r) = env.event {
+                let push = Push::Read(ReadMoved {
+                    conv: r.conv,
+                    seq: r.read_seq,
+                });
+                hub.lock().registry.push_user(&r.user, &frame(&push.into()));
+            }
+        })
+        .await?;
+        // Member-list notifications, for the connections watching a group.
+        let mut notices = bus.subscribe_notices(subjects::NOTIFY_MEMBERS_ALL).await?;
+        bus.flush().await?;
+        hub.spawn(|hub: Weak<Hub>, stop| async move {
+            loop {
+                let notice = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    notice = notices.next() => notice,
+                };
+                let Some((subject, payload)) = notice else {
+                    break;
+                };
+                let Some(hub) = hub.upgrade() else { break };
+                let Ok(conv) = ConversationId::parse(subjects::last_token(&subject)) else {
+                    continue;
+                };
+                // Only a frame this edge built goes to a socket: the notification must be a
+                // `members_changed` of the group it was published for, re-serialized here.
+                match members_changed_of(&payload, &conv) {
+                    Some(f) => hub.deliver_watchers(&conv, frame(&f)),
+                    None => {
+                        tracing::warn!(%subject, "ignoring an invalid member-list notification")
+                    }
+                }
+            }
+        });
+        Ok(hub)
+    }
+
+    /// Starts a tracked task, given the hub (weakly: a task never keeps it alive) and the stop
+    /// signal.
+    fn spawn<F, Fut>(self: &Arc<Self>, task: F)
+    where
+        F: FnOnce(Weak<Hub>, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks
+            .spawn(task(Arc::downgrade(self), self.stop.clone()));
+    }
+
+    /// Follows a live subject edge-wide, handing each decodable event to `on` with its
+    /// sequence.
+    async fn follow_live(
+        self: &Arc<Self>,
+        subject: &str,
+        on: impl Fn(&Arc<Hub>, u64, Envelope) + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let mut sub = self.bus.subscribe_live(subject).await?;
+        self.bus.flush().await?;
+        let subject = subject.to_owned();
+        self.spawn(|hub, stop| async move {
+            loop {
+                let ev = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    ev = sub.next() => ev,
+                };
+                let Some(ev) = ev else { break };
+                let Some(hub) = hub.upgrade() else { break };
+                match Envelope::from_json(&ev.payload) {
+                    Ok(env) => on(&hub, ev.seq.0, env),
+                    Err(err) => tracing::debug!(%subject, error = %err, "undecodable live event"),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves maps that are still consistent (every update
+        // is a single insert or remove), so a poisoned lock is safe to keep using.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Number of connections on this edge.
+    pub fn connections(&self) -> usize {
+        self.lock().registry.len()
+    }
+
+    /// Registers a connection and returns its user's conversations, once the live
+    /// subscriptions of those conversations are in place: a message published after the
+    /// client's view of the conversations is then either in that view or pushed.
+    pub async fn register(
+        self: &Arc<Self>,
+        conn: ConnHandle,
+    ) -> anyhow::Result<HashSet<ConversationId>> {
+        let user = conn.user.clone();
+        // Checkpoint first: every membership event after it is in the recent buffer or
+        // still to come on the live subscription.
+        let checkpoint = self
+            .store
+            .checkpoint("membership")
+            .await?
+            .map_or(0, |c| c.last_seq);
+        let mut loaded = HashSet::new();
+        let mut muted = HashMap::new();
+        for (conv, until) in self.store.conversations_of(user.as_str()).await? {
+            let Ok(conv) = ConversationId::parse(conv) else {
+                continue;
+            };
+            if let Some(until) = until {
+                muted.insert(conv.clone(), until);
+            }
+            loaded.insert(conv);
+        }
+        let mut subscribe = Vec::new();
+        let (convs, pending) = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            state.registry.add(conn);
+            if !state.view.is_tracked(&user) {
+                let (convs, late_joins) = state.view.track(&user, loaded, muted, checkpoint);
+                for conv in convs {
+                    subscribe.extend(state.interest.add(&user, conv, &self.stop));
+                }
+                // Joins the projection had not applied yet: the client hears of them as live
+                // joins (once the subscription is in place), so it syncs them.
+                for (seq, conv) in late_joins {
+                    let f = membership_frame(&conv, true, seq);
+                    if let Some((user, f)) = state.interest.hold(&conv, user.clone(), f) {
+                        state.registry.push_user(&user, &f);
+                    }
+                }
+            }
+            let convs: HashSet<ConversationId> =
+                state.view.conversations_of(&user).cloned().collect();
+            let pending = state.interest.pending(&convs);
+            (convs, pending)
+        };
+        self.subscribe(subscribe);
+        for mut rx in pending {
+            let _ = tokio::time::timeout(SUBSCRIBE_WAIT, rx.wait_for(|ready| *ready)).await;
+        }
+        Ok(convs)
+    }
+
+    /// Removes a connection; interest goes with the last connection of a user.
+    pub fn unregister(&self, conn: ConnId) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.watchers.unwatch_all(conn);
+        let Some(Some(user)) = state.registry.remove(conn) else {
+            return;
+        };
+        for conv in state.view.untrack(&user) {
+            state.interest.remove(&user, &conv);
+        }
+    }
+
+    /// Until when `user` (connected here) is muted in `conv`, if at all.
+    pub fn muted_until(&self, user: &UserId, conv: &ConversationId) -> Option<i64> {
+        self.lock().view.muted_until(user, conv)
+    }
+
+    /// The conversations this edge knows `user` to be in (from the membership stream, so also
+    /// those the projection has not applied yet).
+    pub fn conversations_of(&self, user: &UserId) -> Vec<ConversationId> {
+        self.lock().view.conversations_of(user).cloned().collect()
+    }
+
+    /// Whether `user` (connected here) is a member of `conv` right now.
+    pub fn is_member(&self, user: &UserId, conv: &ConversationId) -> bool {
+        self.lock().view.is_member(user, conv)
+    }
+
+    /// Whether `user` (connected here) is a member of `conv`, and if so the membership
+    /// position that answer stands on.
+    pub fn member_position(&self, user: &UserId, conv: &ConversationId) -> Option<u64> {
+        let state = self.lock();
+        state
+            .view
+            .is_member(user, conv)
+            .then(|| state.view.position())
+    }
+
+    /// Starts sending `conv`'s member-list notifications to `conn`.
+    pub fn watch_members(&self, conn: ConnId, conv: &ConversationId) {
+        self.lock().watchers.watch(conn, conv);
+    }
+
+    /// Stops sending `conv`'s member-list notifications to `conn`.
+    pub fn unwatch_members(&self, conn: ConnId, conv: &ConversationId) {
+        self.lock().watchers.unwatch(conn, conv);
+    }
+
+    /// Hands a member-list notification to the watchers of `conv` who are still members.
+    fn deliver_watchers(&self, conv: &ConversationId, frame: Frame) {
+        let state = self.lock();
+        for id in state.watchers.of(conv) {
+            if let Some(conn) = state.registry.get(id)
+                && state.view.is_member(&conn.user, conv)
+            {
+                conn.push(frame.clone());
+            }
+        }
+    }
+
+    /// Records a membership the caller just caused, before its live copy arrives.
+    pub fn joined(self: &Arc<Self>, user: &UserId, conv: ConversationId) {
+        let subscribe = {
+            let mut state = self.lock();
+            if state.view.joined(user, conv.clone()) {
+                state.interest.add(user, conv, &self.stop)
+            } else {
+                None
+            }
+        };
+        self.subscribe(subscribe);
+    }
+
+    /// Closes every connection (shutdown) with `code`.
+    pub fn close_all(&self, code: u16) {
+        self.lock().registry.close_all(code);
+    }
+
+    /// Closes the connections of a revoked session, and remembers the revocation for a
+    /// while: a connection registered after this runs finds it with [`Hub::revoked`] even if
+    /// the projection has not applied the revocation yet. With no `device`, every session of
+    /// the user (a deleted user).
+    pub fn revoke_device(&self, user: &UserId, device: Option<&DeviceId>) {
+        self.lock().registry.revoke(user, device);
+    }
+
+    /// Whether this edge saw the session of `device` (or every session of the user)
+    /// revoked recently (see [`Hub::revoke_device`]). Asked after registering, so no
+    /// revocation falls between.
+    pub fn revoked(&self, user: &UserId, device: &DeviceId) -> bool {
+        self.lock().registry.revoked(user, device)
+    }
+
+    /// Applies one membership event: the view changes, then interest, watchers and frames
+    /// follow from what changed; new subscriptions start once the lock is released.
+    fn on_membership(self: &Arc<Self>, seq: u64, env: Envelope) {
+        let mut subscribe = Vec::new();
+        {
+            let mut state = self.lock();
+            let state = &mut *state;
+            for change in state.view.apply(seq, env) {
+                match change {
+                    Change::Joined { user, conv } => {
+                        subscribe.extend(state.interest.add(&user, conv.clone(), &self.stop));
+                        let f = membership_frame(&conv, true, seq);
+                        if let Some((user, f)) = state.interest.hold(&conv, user, f) {
+                            state.registry.push_user(&user, &f);
+                        }
+                    }
+                    Change::Left { user, conv } => {
+                        state.interest.remove(&user, &conv);
+                        for conn in state.registry.conns_of(&user) {
+                            state.watchers.unwatch(conn, &conv);
+                        }
+                        state
+                            .registry
+                            .push_user(&user, &membership_frame(&conv, false, seq));
+                    }
+                    Change::Dismissed { user, conv } => state.interest.remove(&user, &conv),
+                }
+            }
+        }
+        self.subscribe(subscribe);
+    }
+
+    /// Starts the subscriptions of new interest (outside the lock).
+    fn subscribe(self: &Arc<Self>, subscriptions: impl IntoIterator<Item = Subscribe>) {
+        for s in subscriptions {
+            self.spawn(|hub, _| follow_conversation(hub, s));
+        }
+    }
+
+    /// Hands a live message to every local connection of every local member of `conv`.
+    fn deliver_conv(&self, conv: &ConversationId, frame: &Frame) {
+        let state = self.lock();
+        for user in state.interest.users(conv) {
+            state.registry.push_user(user, frame);
+        }
+    }
+
+    /// Stops every subscription and task.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        let mut state = self.lock();
+        state.interest.clear();
+        state.view.clear();
+    }
+}
+
+/// The `membership` frame telling a user they joined or left `conv` at `seq`.
+fn membership_frame(conv: &ConversationId, joined: bool, seq: u64) -> Frame {
+    let push = Push::Membership(MembershipChanged {
+        conv: conv.clone(),
+        joined,
+        version: seq,
+    });
+    frame(&push.into())
+}
+
+/// The frame of a live message event, if it is one.
+pub fn message_frame(prev: u64, seq: u64, env: &Envelope) -> Option<ServerFrame> {
+    let message = Message::from_event(seq, env)?;
+    Some(Push::Message(LiveMessage { prev, message }).into())
+}
+
+/// Follows `live.msg.<conv>` until its interest ends.
+async fn follow_conversation(hub: Weak<Hub>, s: Subscribe) {
+    let Subscribe { conv, stop, ready } = s;
+    let Some(bus) = hub.upgrade().map(|h| h.bus.clone()) else {
+        return;
+    };
+    let subject = subjects::live_message(&conv);
+    let subscribed = tokio::select! {
+        _ = stop.cancelled() => return,
+        sub = bus.subscribe_live(&subject) => sub,
+    };
+    let mut sub = match subscribed {
+        Ok(sub) => sub,
+        Err(err) => {
+            tracing::warn!(%conv, error = %err, "cannot follow conversation");
+            return;
+        }
+    };
+    if let Err(err) = bus.flush().await {
+        tracing::debug!(%conv, error = %err, "flushing a subscription");
+    }
+    if let Some(hub) = hub.upgrade() {
+        // Release the frames held for the subscription.
+        let mut state = hub.lock();
+        for (user, f) in state.interest.ready(&conv) {
+            state.registry.push_user(&user, &f);
+        }
+    }
+    let _ = ready.send(true);
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => break,
+            ev = sub.next() => ev,
+        };
+        let Some(ev) = ev else { break };
+        let Some(hub) = hub.upgrade() else { break };
+        let Ok(env) = Envelope::from_json(&ev.payload) else {
+            continue;
+        };
+        let Some(f) = message_frame(ev.prev.0, ev.seq.0, &env) else {
+            continue;
+        };
+        // Decided on a membership this edge has not seen yet: wait for it, so a member removed
+        // before the message does not get it (later messages of the conversation wait behind
+        // it, in order).
+        if let Some(position) = ev.membership
+            && *hub.position.borrow() < position.0
+        {
+            hub.reach(position.0).await;
+        }
+        hub.deliver_conv(&conv, &frame(&f));
+    }
+    sub.unsubscribe().await;
+}

@@ -1,0 +1,398 @@
+//! 1:1 conversations and group commands.
+//!
+//! A group command is decided ([`rules::decide`]) on the group's current version and
+//! published with `Nats-Expected-Last-Subject-Sequence` of that version; a lost race re-reads
+//! and decides again, up to three times, then answers `conflict`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anchorage_bus::PublishError;
+use anchorage_protocol::Done;
+use anchorage_protocol::request::{
+    AddMembers, CreateGroup, Leave, MuteMember, OpenDirect, RemoveMembers, SetNickname, SetRole,
+    UpdateGroup,
+};
+use anchorage_schema::event::{GroupCreated, MembersAdded, MembersRemoved, RemovalReason, Role};
+use anchorage_schema::subjects::{self, stream};
+use anchorage_schema::{ConversationId, Envelope, EventId, GroupId, Seq, UserId, now_ms};
+use anchorage_store::GroupRow;
+
+use super::messages::PROJECTION_WAIT;
+use super::rules::{self, GroupCommand, GroupState};
+use super::{Answer, RequestError, Session};
+use crate::progress::Projection;
+
+impl From<AddMembers> for GroupCommand {
+    fn from(r: AddMembers) -> Self {
+        GroupCommand::Add(r.members)
+    }
+}
+
+impl From<RemoveMembers> for GroupCommand {
+    fn from(r: RemoveMembers) -> Self {
+        GroupCommand::Remove(r.members)
+    }
+}
+
+impl From<SetRole> for GroupCommand {
+    fn from(r: SetRole) -> Self {
+        GroupCommand::SetRole {
+            member: r.member,
+            role: r.role,
+        }
+    }
+}
+
+impl From<MuteMember> for GroupCommand {
+    fn from(r: MuteMember) -> Self {
+        GroupCommand::Mute {
+            member: r.member,
+            until: r.until,
+        }
+    }
+}
+
+impl From<SetNickname> for GroupCommand {
+    fn from(r: SetNickname) -> Self {
+        GroupCommand::Nickname {
+            member: r.member,
+            nickname: r.nickname,
+        }
+    }
+}
+
+impl From<UpdateGroup> for GroupCommand {
+    fn from(r: UpdateGroup) -> Self {
+        GroupCommand::Profile {
+            title: r.title,
+            avatar: r.avatar,
+        }
+    }
+}
+
+/// The conversation of a group (the same id).
+fn conversation(group: &GroupId) -> Result<ConversationId, RequestError> {
+    ConversationId::parse(group.as_str()).map_err(RequestError::internal)
+}
+
+/// The group of a conversation (the same id).
+fn group_of(conv: &ConversationId) -> Result<GroupId, RequestError> {
+    GroupId::parse(conv.as_str()).map_err(RequestError::internal)
+}
+
+fn event_id(id: String) -> Result<EventId, RequestError> {
+    EventId::parse(id).map_err(RequestError::internal)
+}
+
+impl Session {
+    /// Opens the 1:1 conversation with `peer`: joins the existing one only if its members are
+    /// exactly the caller and the peer (under its id, or the id it had before direct ids were
+    /// cryptographic), otherwise creates it. Who is a member is decided by the stream and the
+    /// projection, never assumed here.
+    pub(super) async fn open_direct(&self, r: OpenDirect) -> Result<Done, RequestError> {
+        let OpenDirect { peer } = r;
+        let me = &self.claims.sub;
+        if &peer == me {
+            return Err(RequestError::Invalid(
+                "a 1:1 conversation needs another user".into(),
+            ));
+        }
+        let conv = ConversationId::direct(me, &peer);
+        // Twice: the second time after losing the race to create it (to the peer).
+        for _ in 0..2 {
+            for candidate in [conv.clone(), ConversationId::legacy_direct(me, &peer)] {
+                if let Some(done) = self.enter_direct(&candidate, &peer).await? {
+                    return Ok(done);
+                }
+            }
+            let group = group_of(&conv)?;
+            let env = Envelope::new(
+                event_id(format!("direct:{conv}"))?,
+                now_ms(),
+                self.actor(),
+                GroupCreated {
+                    group: group.clone(),
+                    owner: me.clone(),
+                    title: String::new(),
+                    members: vec![peer.clone()],
+                    direct: true,
+                },
+            );
+            match self
+                .state
+                .bus
+                .publish_event(&subjects::membership(&group), &env, Some(Seq(0)))
+                .await
+            {
+                Ok(p) if !p.duplicate => {
+                    self.state.hub.joined(me, conv.clone());
+                    return Ok(Done {
+                        conv: Some(conv),
+                        seq: Some(p.seq.0),
+                    });
+                }
+                // It exists (the peer opened it a moment ago): look again.
+                Ok(_) | Err(PublishError::Conflict { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(RequestError::Conflict(format!(
+            "the conversation with {peer} is being created; retry"
+        )))
+    }
+
+    /// Enters `conv` if it is the caller's and `peer`'s 1:1 conversation: answers `ok` (after
+    /// bringing the caller back if they had left it), `None` if it does not exist or is not
+    /// theirs.
+    async fn enter_direct(
+        &self,
+        conv: &ConversationId,
+        peer: &UserId,
+    ) -> Result<Option<Done>, RequestError> {
+        let me = &self.claims.sub;
+        let group = group_of(conv)?;
+        let version = self.settled_version(&group).await?;
+        if version.0 == 0 {
+            return Ok(None);
+        }
+        let (row, roles) = self
+            .group_and_roles(&group, std::slice::from_ref(peer))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let pair = [me.as_str(), peer.as_str()];
+        let theirs = row.direct
+            && !row.dismissed
+            && pair.contains(&row.owner.as_str())
+            && row.member_count == roles.len() as u64;
+        if !theirs {
+            return Ok(None);
+        }
+        let mut seq = version;
+        if !roles.contains_key(me) {
+            // The caller had left: coming back is an event like any membership change.
+            let env = Envelope::new(
+                event_id(format!("{me}:rejoin:{group}:{}", version.0))?,
+                now_ms(),
+                self.actor(),
+                MembersAdded {
+                    group: group.clone(),
+                    members: vec![me.clone()],
+                },
+            );
+            seq = match self
+                .state
+                .bus
+                .publish_event(&subjects::membership(&group), &env, Some(version))
+                .await
+            {
+                Ok(p) => p.seq,
+                Err(PublishError::Conflict { .. }) => {
+                    return Err(RequestError::Conflict(format!(
+                        "{conv} changed meanwhile; retry"
+                    )));
+                }
+                Err(err) => return Err(err.into()),
+            };
+        }
+        // Answer once this edge's view holds the membership, so the next send is accepted.
+        self.state.hub.reach(seq.0).await;
+        Ok(Some(Done {
+            conv: Some(conv.clone()),
+            seq: None,
+        }))
+    }
+
+    pub(super) async fn create_group(&self, r: CreateGroup) -> Result<Done, RequestError> {
+        let CreateGroup {
+            group,
+            title,
+            members,
+        } = r;
+        if group.is_direct() {
+            return Err(RequestError::Invalid(format!(
+                "group ids starting with {} are reserved for 1:1 conversations",
+                anchorage_schema::DIRECT_PREFIX
+            )));
+        }
+        if members.len() > rules::MAX_MEMBERS_PER_COMMAND || title.len() > rules::MAX_TITLE {
+            return Err(RequestError::Invalid(
+                "at most 1000 members and 200 bytes of title".into(),
+            ));
+        }
+        let me = &self.claims.sub;
+        let env = Envelope::new(
+            event_id(format!("create:{group}"))?,
+            now_ms(),
+            self.actor(),
+            GroupCreated {
+                group: group.clone(),
+                owner: me.clone(),
+                title,
+                members,
+                direct: false,
+            },
+        );
+        match self
+            .state
+            .bus
+            .publish_event(&subjects::membership(&group), &env, Some(Seq(0)))
+            .await
+        {
+            Ok(p) if !p.duplicate => {
+                let conv = conversation(&group)?;
+                self.state.hub.joined(me, conv.clone());
+                Ok(Done {
+                    conv: Some(conv),
+                    seq: Some(p.seq.0),
+                })
+            }
+            Ok(_) | Err(PublishError::Conflict { .. }) => Err(RequestError::Conflict(format!(
+                "group {group} already exists"
+            ))),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Decides a command on the group's current version and publishes its event with
+    /// `Nats-Expected-Last-Subject-Sequence` of that version; a lost race decides again (up
+    /// to three times), then answers `conflict`.
+    pub(super) async fn group_command(&self, group: GroupId, command: GroupCommand) -> Answer {
+        command.check()?;
+        let me = &self.claims.sub;
+        let subject = subjects::membership(&group);
+        for attempt in 0..3u32 {
+            let version = self.settled_version(&group).await?;
+            let state = self.group_state(&group, command.targets()).await?;
+            let event = rules::decide(&state, &command)?;
+            let env = Envelope::new(
+                event_id(format!("{me}:{}:{group}:{}", command.kind(), version.0))?,
+                now_ms(),
+                self.actor(),
+                event,
+            );
+            match self
+                .state
+                .bus
+                .publish_event(&subject, &env, Some(version))
+                .await
+            {
+                Ok(p) => {
+                    return Ok(Done {
+                        conv: ConversationId::parse(group.as_str()).ok(),
+                        seq: Some(p.seq.0),
+                    }
+                    .into());
+                }
+                Err(PublishError::Conflict { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(RequestError::Conflict(format!(
+            "group {group} kept changing; read it again and retry"
+        )))
+    }
+
+    /// What a command on `group` naming `targets` is decided on.
+    async fn group_state(
+        &self,
+        group: &GroupId,
+        targets: &[UserId],
+    ) -> Result<GroupState, RequestError> {
+        let me = &self.claims.sub;
+        let (row, mut roles) = self.group_and_roles(group, targets).await?;
+        let my_role = roles.get(me).copied();
+        if !targets.contains(me) {
+            roles.remove(me);
+        }
+        Ok(GroupState {
+            group: group.clone(),
+            live: row.as_ref().is_some_and(|g| !g.dismissed),
+            direct: row.as_ref().is_some_and(|g| g.direct),
+            me: me.clone(),
+            my_role,
+            roles,
+        })
+    }
+
+    /// The group row and the roles of the caller and of `users` who are present members, read
+    /// in one snapshot.
+    async fn group_and_roles(
+        &self,
+        group: &GroupId,
+        users: &[UserId],
+    ) -> Result<(Option<GroupRow>, HashMap<UserId, Role>), RequestError> {
+        let mut tx = self.state.store.begin_read().await?;
+        let row = tx.group(group.as_str()).await?;
+        let ids: Vec<&str> = std::iter::once(&self.claims.sub)
+            .chain(users)
+            .map(UserId::as_str)
+            .collect();
+        let rows = tx.members_of(group.as_str(), &ids).await?;
+        tx.commit().await?;
+        let roles = rows
+            .into_values()
+            .filter(|m| m.removed_seq.is_none())
+            .filter_map(|m| Some((UserId::parse(m.user).ok()?, m.role)))
+            .collect();
+        Ok((row, roles))
+    }
+
+    /// The group's version on the stream, once the projection has caught up with it (or
+    /// [`PROJECTION_WAIT`] passed).
+    pub(super) async fn settled_version(&self, group: &GroupId) -> Result<Seq, RequestError> {
+        let version = self
+            .state
+            .bus
+            .last_subject_seq(stream::MEMBERSHIP, &subjects::membership(group))
+            .await?;
+        self.state
+            .progress
+            .reached(Projection::Membership, version.0, PROJECTION_WAIT)
+            .await?;
+        Ok(version)
+    }
+
+    pub(super) async fn leave(&self, r: Leave) -> Result<Done, RequestError> {
+        let Leave { group } = r;
+        let me = &self.claims.sub;
+        let conv = conversation(&group)?;
+        self.member(&conv)?;
+        if conv.is_direct() {
+            return Err(RequestError::Forbidden(
+                "a 1:1 conversation has fixed members and cannot be left".into(),
+            ));
+        }
+        let role = self
+            .state
+            .store
+            .member_role(group.as_str(), me.as_str())
+            .await?;
+        if role == Some(Role::Owner) {
+            return Err(RequestError::Forbidden(format!(
+                "the owner cannot leave {group}: dismiss it instead"
+            )));
+        }
+        let env = Envelope::new(
+            event_id(format!("{me}:leave:{group}:{}", now_ms()))?,
+            now_ms(),
+            self.actor(),
+            MembersRemoved {
+                group: group.clone(),
+                members: vec![me.clone()],
+                reason: RemovalReason::Left,
+            },
+        );
+        let p = self
+            .state
+            .bus
+            .publish_event(&subjects::membership(&group), &env, None)
+            .await?;
+        Ok(Done {
+            conv: Some(conv),
+            seq: Some(p.seq.0),
+        })
+    }
+}

@@ -1,0 +1,202 @@
+//! Reading a conversation: `sync` (after an anchor), `history` (before a point), and the
+//! markers `read` (the user's, synced to their devices) and `received` (this device's).
+
+use std::time::Duration;
+
+use anchorage_protocol::request::{History, MarkRead, MarkReceived, Sync};
+use anchorage_protocol::{Done, Message, Messages};
+use anchorage_schema::event::ReadMarked;
+use anchorage_schema::subjects::{self, stream};
+use anchorage_schema::{ConversationId, Envelope, EventId, Seq, now_ms};
+use anchorage_store::MessageRow;
+
+use super::{RequestError, Session};
+use crate::progress::Projection;
+
+/// Most messages one `sync` or `history` answer carries.
+const MAX_PAGE: u32 = 500;
+/// Bytes of message bodies one `sync` or `history` answer carries at most (at least one
+/// message); the rest comes with `more`.
+const PAGE_BYTES: usize = 1024 * 1024;
+/// How long a request waits for the projection to catch up with the stream.
+pub(super) const PROJECTION_WAIT: Duration = Duration::from_secs(2);
+
+/// A stored message as clients see it (`None` for a row that is not one: never stored so).
+pub(super) fn message_view(row: MessageRow) -> Option<Message> {
+    Some(Message {
+        conv: ConversationId::parse(row.conv).ok()?,
+        seq: row.seq,
+        sender: row.sender,
+        device: row.device,
+        client_msg_id: row.client_msg_id,
+        body: serde_json::from_str(&row.body).unwrap_or(serde_json::Value::String(row.body)),
+        client_ts: row.client_ts,
+        server_ts: row.server_ts,
+    })
+}
+
+impl Session {
+    /// Whether the message projection holds everything the stream holds for `conv` right
+    /// now (waiting briefly for it), so a sync never answers from a projection that lags
+    /// behind messages the client may have missed live. If not (the projector is far behind),
+    /// the answer says `more` and the client asks again.
+    pub(super) async fn settled_conversation(
+        &self,
+        conv: &ConversationId,
+    ) -> Result<bool, RequestError> {
+        let last = self.conversation_end(conv).await?;
+        self.messages_projected(last).await
+    }
+
+    /// The seq of the conversation's last message, from the stream itself.
+    pub(super) async fn conversation_end(
+        &self,
+        conv: &ConversationId,
+    ) -> Result<Seq, RequestError> {
+        Ok(self
+            .state
+            .bus
+            .last_subject_seq(stream::MESSAGES, &subjects::message(conv))
+            .await?)
+    }
+
+    /// Whether the message projection has applied the MESSAGES stream up to `seq` (waiting
+    /// up to [`PROJECTION_WAIT`]) — its checkpoint, not a conversation's last seq, so an
+    /// event the projection set aside holds nothing up.
+    pub(super) async fn messages_projected(&self, seq: Seq) -> Result<bool, RequestError> {
+        Ok(self
+            .state
+            .progress
+            .reached(Projection::Messages, seq.0, PROJECTION_WAIT)
+            .await?)
+    }
+
+    pub(super) async fn sync(&self, r: Sync) -> Result<Messages, RequestError> {
+        let Sync { conv, after, limit } = r;
+        self.member(&conv)?;
+        let settled = self.settled_conversation(&conv).await?;
+        let limit = limit.unwrap_or(100).clamp(1, MAX_PAGE);
+        let mut rows = self
+            .state
+            .store
+            .messages_after(conv.as_str(), after, limit + 1)
+            .await?;
+        if !settled && rows.is_empty() {
+            // Nothing to show yet, and more may be coming: say when to ask again rather than
+            // an empty page with `more`.
+            return Err(RequestError::Overloaded(format!(
+                "the history of {conv} is catching up; sync again in a moment"
+            )));
+        }
+        let more = rows.len() > limit as usize || !settled;
+        rows.truncate(limit as usize);
+        let more = cut_to_bytes(&mut rows) || more;
+        Ok(Messages {
+            conv,
+            messages: rows.into_iter().filter_map(message_view).collect(),
+            more,
+        })
+    }
+
+    pub(super) async fn history(&self, r: History) -> Result<Messages, RequestError> {
+        let History {
+            conv,
+            before,
+            limit,
+        } = r;
+        self.member(&conv)?;
+        let limit = limit.unwrap_or(50).clamp(1, MAX_PAGE);
+        let mut rows = self
+            .state
+            .store
+            .messages_before(conv.as_str(), before, limit + 1)
+            .await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let more = cut_to_bytes(&mut rows) || more;
+        Ok(Messages {
+            conv,
+            messages: rows.into_iter().filter_map(message_view).collect(),
+            more,
+        })
+    }
+
+    /// Refuses a position past the conversation's last message: a marker there would hide
+    /// every later message from the device's summaries.
+    async fn within_conversation(
+        &self,
+        conv: &ConversationId,
+        seq: u64,
+    ) -> Result<(), RequestError> {
+        let last = self.conversation_end(conv).await?;
+        if seq > last.0 {
+            return Err(RequestError::Invalid(format!(
+                "seq {seq} is past the last message of {conv} ({})",
+                last.0
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn read(&self, r: MarkRead) -> Result<Done, RequestError> {
+        let MarkRead { conv, seq } = r;
+        self.member(&conv)?;
+        self.within_conversation(&conv, seq).await?;
+        let user = &self.claims.sub;
+        let event_id = EventId::parse(format!("{user}:read:{conv}:{seq}"))
+            .map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let env = Envelope::new(
+            event_id,
+            now_ms(),
+            self.actor(),
+            ReadMarked {
+                user: user.clone(),
+                conv: conv.clone(),
+                read_seq: seq,
+            },
+        );
+        self.state
+            .bus
+            .publish_event(&subjects::read(user, &conv), &env, None)
+            .await?;
+        Ok(Done {
+            conv: Some(conv),
+            seq: Some(seq),
+        })
+    }
+
+    pub(super) async fn received(&self, r: MarkReceived) -> Result<Done, RequestError> {
+        let MarkReceived { conv, seq } = r;
+        self.member(&conv)?;
+        self.within_conversation(&conv, seq).await?;
+        self.state
+            .store
+            .set_delivered(
+                self.claims.sub.as_str(),
+                self.claims.device.as_str(),
+                conv.as_str(),
+                seq,
+            )
+            .await?;
+        Ok(Done {
+            conv: Some(conv),
+            seq: Some(seq),
+        })
+    }
+}
+
+/// Cuts a page of messages to [`PAGE_BYTES`] of bodies (keeping at least one); returns
+/// whether it cut anything.
+fn cut_to_bytes(rows: &mut Vec<MessageRow>) -> bool {
+    let mut total = 0usize;
+    let keep = rows
+        .iter()
+        .position(|r| {
+            total += r.body.len();
+            total > PAGE_BYTES
+        })
+        .map_or(rows.len(), |i| i.max(1));
+    let cut = keep < rows.len();
+    rows.truncate(keep);
+    cut
+}

@@ -1,0 +1,107 @@
+//! The answer to `hello`: which conversations changed since the client's anchors, with unread
+//! counts and each one's last message, bounded (the rest comes with a cursor).
+
+use std::collections::{HashMap, HashSet};
+
+use anchorage_protocol::request::Hello;
+use anchorage_protocol::{ConvChange, PROTOCOL_VERSION, Welcome};
+use anchorage_schema::ConversationId;
+use anchorage_schema::subjects::stream;
+use anchorage_store::ConversationState;
+
+use super::messages::message_view;
+use super::{RequestError, Session};
+
+/// Conversations per `welcome`; more come with a cursor.
+const CHANGES_PER_WELCOME: u32 = 200;
+/// Unread counts stop counting here.
+const UNREAD_CAP: u32 = 1000;
+
+impl Session {
+    pub(super) async fn welcome(&self, hello: &Hello) -> Result<Welcome, RequestError> {
+        let store = &self.state.store;
+        // Everything stored before the live subscriptions were in place must be in the
+        // summary: wait (briefly) for the projection to get there. If it does not (the
+        // projector is down or far behind), each conversation's last seq comes from the stream
+        // itself, so no change is left out.
+        let end = self
+            .state
+            .bus
+            .stream_state(stream::MESSAGES)
+            .await?
+            .last_seq;
+        let projected = self.messages_projected(end).await?;
+        let anchors: HashMap<&str, u64> = hello
+            .anchors
+            .iter()
+            .map(|a| (a.conv.as_str(), a.seq))
+            .collect();
+        let user = self.claims.sub.as_str();
+        let mut states = store
+            .conversation_states(
+                user,
+                self.claims.device.as_str(),
+                hello.cursor.as_deref().unwrap_or(""),
+                CHANGES_PER_WELCOME,
+            )
+            .await?;
+        let cursor = (states.len() == CHANGES_PER_WELCOME as usize)
+            .then(|| states.last().map(|s| s.conv.clone()))
+            .flatten();
+        if !projected && cursor.is_none() {
+            // Conversations joined since the projection stopped: the edge's own view of the
+            // membership stream has them; their history is all in the stream.
+            let known: HashSet<String> = states.iter().map(|s| s.conv.clone()).collect();
+            for conv in self.state.hub.conversations_of(&self.claims.sub) {
+                if !known.contains(conv.as_str()) {
+                    states.push(ConversationState {
+                        conv: conv.to_string(),
+                        last_seq: 0,
+                        read_seq: 0,
+                        delivered_seq: 0,
+                    });
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        for s in states {
+            let anchor = anchors
+                .get(s.conv.as_str())
+                .copied()
+                .unwrap_or(s.delivered_seq);
+            let Ok(conv) = ConversationId::parse(s.conv.clone()) else {
+                continue;
+            };
+            let last_seq = if projected {
+                s.last_seq
+            } else {
+                self.conversation_end(&conv).await?.0.max(s.last_seq)
+            };
+            if last_seq <= anchor {
+                continue;
+            }
+            let unread = store.count_after(&s.conv, s.read_seq, UNREAD_CAP).await?;
+            let last_message = store
+                .messages_before(&s.conv, 0, 1)
+                .await?
+                .into_iter()
+                .next()
+                .and_then(message_view);
+            changes.push(ConvChange {
+                conv,
+                last_seq,
+                unread,
+                read_seq: s.read_seq,
+                last_message,
+            });
+        }
+        Ok(Welcome {
+            protocol: PROTOCOL_VERSION,
+            user: self.claims.sub.clone(),
+            device: self.claims.device.clone(),
+            max_frame_bytes: self.state.config.max_frame_bytes,
+            changes,
+            cursor,
+        })
+    }
+}

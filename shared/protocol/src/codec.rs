@@ -1,0 +1,302 @@
+//! Decoding client frames strictly and precisely: [`decode_request`] says whether a frame was
+//! too large, not JSON, nested too deeply, of an unknown type or missing a field, so the edge
+//! can answer with an [`ErrorCode`] and keep the connection.
+
+use serde::Deserialize;
+
+use anchorage_schema::limits::{MAX_JSON_DEPTH, json_depth};
+
+use crate::RequestId;
+use crate::error::ErrorCode;
+use crate::reply::{ErrorFrame, ServerFrame};
+use crate::request::{REQUEST_TYPES, Request};
+
+/// Why a client frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // the variants' fields are named by their error messages
+pub enum FrameError {
+    /// Over the size limit (refused before parsing).
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    /// Not JSON (with the parser's reason).
+    #[error("frame is not JSON: {0}")]
+    NotJson(String),
+    /// JSON without a `type`.
+    #[error("frame has no \"type\" field")]
+    MissingType,
+    /// A `type` this version does not know.
+    #[error("unknown frame type {0:?}")]
+    UnknownType(String),
+    /// A known type with a missing, unknown or invalid field.
+    #[error("invalid {type_name:?} frame: {reason}")]
+    Invalid { type_name: String, reason: String },
+    /// Nested deeper than [`MAX_JSON_DEPTH`].
+    #[error("frame nests {depth} levels of arrays and objects; the limit is {max}")]
+    TooDeep { depth: usize, max: usize },
+}
+
+impl FrameError {
+    /// The error code the answer carries.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+            FrameError::NotJson(_) | FrameError::MissingType => ErrorCode::BadFrame,
+            FrameError::UnknownType(_) => ErrorCode::UnknownType,
+            FrameError::Invalid { .. } | FrameError::TooDeep { .. } => ErrorCode::InvalidRequest,
+        }
+    }
+}
+
+/// Decodes one client request, refusing anything larger than `max_len` bytes before parsing.
+///
+/// Returns the request id alongside the error when the frame was readable enough to have one,
+/// so the error frame can reference it.
+pub fn decode_request(
+    text: &str,
+    max_len: usize,
+) -> Result<Request, (Option<RequestId>, FrameError)> {
+    if text.len() > max_len {
+        return Err((
+            None,
+            FrameError::TooLarge {
+                len: text.len(),
+                max: max_len,
+            },
+        ));
+    }
+    // Whatever is accepted here is stored inside an envelope a few levels deeper: bound the
+    // nesting so every reader of the stream can decode it (see `limits::MAX_JSON_DEPTH`).
+    let depth = json_depth(text.as_bytes());
+    if depth > MAX_JSON_DEPTH {
+        // The id, if the parser can still reach it, so a pipelining client knows which
+        // request this was.
+        #[derive(Deserialize)]
+        struct Id {
+            id: Option<RequestId>,
+        }
+        let id = serde_json::from_str::<Id>(text).ok().and_then(|f| f.id);
+        return Err((
+            id,
+            FrameError::TooDeep {
+                depth,
+                max: MAX_JSON_DEPTH,
+            },
+        ));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| (None, FrameError::NotJson(e.to_string())))?;
+    let id = value.get("id").and_then(serde_json::Value::as_u64);
+    let type_name = match value.get("type").and_then(serde_json::Value::as_str) {
+        Some(t) => t.to_owned(),
+        None => return Err((id, FrameError::MissingType)),
+    };
+    if !REQUEST_TYPES.contains(&type_name.as_str()) {
+        return Err((id, FrameError::UnknownType(type_name)));
+    }
+    if let Some(field) = out_of_range_number(&value) {
+        return Err((
+            id,
+            FrameError::Invalid {
+                type_name,
+                reason: format!("{field} must be below 2^63"),
+            },
+        ));
+    }
+    let Some(id) = id else {
+        return Err((
+            None,
+            FrameError::Invalid {
+                type_name,
+                reason: "missing field `id` (a number below 2^63)".into(),
+            },
+        ));
+    };
+    let mut value = value;
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("id");
+    }
+    let body = serde_json::from_value(value).map_err(|e| {
+        (
+            Some(id),
+            FrameError::Invalid {
+                type_name,
+                reason: e.to_string(),
+            },
+        )
+    })?;
+    Ok(Request { id, body })
+}
+
+/// Largest value of any sequence, version or id number in a frame: sequences are stored as
+/// signed 64-bit integers.
+pub const MAX_NUMBER: u64 = i64::MAX as u64;
+
+/// The name of the first field outside a message body whose number is over [`MAX_NUMBER`].
+fn out_of_range_number(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    fn walk(v: &Value, name: &str) -> Option<String> {
+        match v {
+            Value::Number(n) => n
+                .as_u64()
+                .is_some_and(|n| n > MAX_NUMBER)
+                .then(|| name.to_owned()),
+            Value::Array(items) => items.iter().find_map(|i| walk(i, name)),
+            Value::Object(fields) => fields
+                .iter()
+                // A message body is the client's own JSON, stored as it is.
+                .filter(|(k, _)| k.as_str() != "body")
+                .find_map(|(k, v)| walk(v, k)),
+            _ => None,
+        }
+    }
+    walk(value, "")
+}
+
+impl ServerFrame {
+    /// An error frame for a failed decode.
+    pub fn from_frame_error(id: Option<RequestId>, err: &FrameError) -> Self {
+        ServerFrame::Error(ErrorFrame {
+            id,
+            code: err.code(),
+            message: err.to_string(),
+            retry_after_ms: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::members::MemberInfo;
+    use crate::request::RequestBody;
+    use anchorage_schema::UserId;
+    use anchorage_schema::event::Role;
+
+    #[test]
+    fn decodes_hello() {
+        let f = decode_request(
+            r#"{"type":"hello","id":1,"protocol":1,"token":"t","anchors":[{"conv":"c1","seq":9}]}"#,
+            1024,
+        )
+        .unwrap();
+        assert_eq!(f.id, 1);
+        match f.body {
+            RequestBody::Hello(hello) => {
+                assert_eq!(hello.protocol, 1);
+                assert_eq!(hello.anchors[0].seq, 9);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_in_frames_are_validated() {
+        let (id, err) = decode_request(
+            r#"{"type":"send","id":3,"conv":"a.b","client_msg_id":"m","body":"x","client_ts":1}"#,
+            1024,
+        )
+        .unwrap_err();
+        assert_eq!((id, err.code()), (Some(3), ErrorCode::InvalidRequest));
+        assert!(
+            err.to_string().contains("conversation id contains '.'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_frame_type_round_trips() {
+        let frames = [
+            r#"{"type":"ping","id":1}"#,
+            r#"{"type":"send","id":2,"conv":"c","client_msg_id":"m1","body":{"t":"hi"},"client_ts":5}"#,
+            r#"{"type":"sync","id":3,"conv":"c","after":4,"limit":10}"#,
+            r#"{"type":"history","id":4,"conv":"c","before":9}"#,
+            r#"{"type":"read","id":5,"conv":"c","seq":7}"#,
+            r#"{"type":"received","id":6,"conv":"c","seq":7}"#,
+            r#"{"type":"open_direct","id":7,"peer":"bob"}"#,
+            r#"{"type":"create_group","id":8,"group":"g","title":"G","members":["bob"]}"#,
+            r#"{"type":"add_members","id":9,"group":"g","members":["carol"]}"#,
+            r#"{"type":"remove_members","id":10,"group":"g","members":["carol"]}"#,
+            r#"{"type":"leave","id":11,"group":"g"}"#,
+            r#"{"type":"set_role","id":12,"group":"g","member":"bob","role":"admin"}"#,
+            r#"{"type":"mute_member","id":13,"group":"g","member":"bob","until":99}"#,
+            r#"{"type":"set_nickname","id":14,"group":"g","member":"bob","nickname":"B"}"#,
+            r#"{"type":"update_group","id":15,"group":"g","title":"T"}"#,
+            r#"{"type":"dismiss_group","id":16,"group":"g"}"#,
+            r#"{"type":"group_versions","id":17}"#,
+            r#"{"type":"members_sync","id":18,"group":"g","epoch":"5","version":9,"digest":"0000000000000001:1"}"#,
+            r#"{"type":"members_fetch","id":19,"group":"g","epoch":"5","anchor":9,"cursor":"u1","buckets":[3]}"#,
+            r#"{"type":"members_sync_batch","id":20,"groups":[{"group":"g","version":3}],"budget_bytes":4096}"#,
+            r#"{"type":"members_search","id":21,"group":"g","query":"al"}"#,
+            r#"{"type":"members_unsubscribe","id":22,"group":"g"}"#,
+        ];
+        assert_eq!(frames.len() + 1, REQUEST_TYPES.len());
+        for text in frames {
+            let frame = decode_request(text, 1024).unwrap();
+            let again = serde_json::to_string(&frame).unwrap();
+            assert_eq!(decode_request(&again, 1024).unwrap(), frame, "{text}");
+        }
+    }
+
+    #[test]
+    fn member_lists_are_compact() {
+        let plain = MemberInfo {
+            user: UserId::parse("u0012345").unwrap(),
+            role: Role::Member,
+            nickname: None,
+            muted_until: None,
+        };
+        assert!(plain.is_plain());
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"user":"u0012345"}"#
+        );
+        let admin: MemberInfo = serde_json::from_str(r#"{"user":"a","role":"admin"}"#).unwrap();
+        assert_eq!(admin.role, Role::Admin);
+        assert_eq!(
+            ServerFrame::reply(4_000_000_000, crate::ReplyBody::MembersUnchanged)
+                .to_json()
+                .len(),
+            44,
+            "an unchanged answer is constant size"
+        );
+    }
+
+    #[test]
+    fn each_bad_frame_gets_its_own_code() {
+        let cases = [
+            ("x".repeat(2000), ErrorCode::TooLarge, None),
+            ("{not json".into(), ErrorCode::BadFrame, None),
+            (r#"{"id":4}"#.into(), ErrorCode::BadFrame, Some(4)),
+            (
+                r#"{"id":5,"type":"dance"}"#.into(),
+                ErrorCode::UnknownType,
+                Some(5),
+            ),
+            (
+                r#"{"id":6,"type":"hello"}"#.into(),
+                ErrorCode::InvalidRequest,
+                Some(6),
+            ),
+            (
+                r#"{"id":7,"type":"ping","extra":true}"#.into(),
+                ErrorCode::InvalidRequest,
+                Some(7),
+            ),
+        ];
+        for (text, code, id) in cases {
+            let (got_id, err) = decode_request(&text, 1024).unwrap_err();
+            assert_eq!(err.code(), code, "{text}");
+            assert_eq!(got_id, id, "{text}");
+        }
+    }
+
+    #[test]
+    fn error_frame_shape() {
+        let (id, err) = decode_request(r#"{"id":9,"type":"dance"}"#, 64).unwrap_err();
+        let json = ServerFrame::from_frame_error(id, &err).to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"error","id":9,"code":"unknown_type","message":"unknown frame type \"dance\""}"#
+        );
+    }
+}

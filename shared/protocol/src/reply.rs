@@ -1,0 +1,482 @@
+//! What the server sends: a [`Reply`] to a request (carrying its `id`), a [`Push`] nobody
+//! asked for (live messages, markers, membership), or an [`ErrorFrame`].
+//!
+//! On the wire every frame is a flat JSON object tagged by `type`.
+
+use serde::{Deserialize, Serialize};
+
+use anchorage_schema::{
+    Actor, ClientMsgId, ConversationId, DeviceId, Envelope, Event, GroupId, UserId,
+};
+
+use crate::RequestId;
+use crate::error::ErrorCode;
+use crate::members::{GroupSyncResult, GroupVersion, MemberInfo, MembersChange};
+
+/// Any frame the server sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerFrame {
+    /// The answer to a request.
+    Reply(Reply),
+    /// A frame without a request: live messages, markers, membership.
+    Push(Push),
+    /// A request failed, or a frame could not be read.
+    Error(ErrorFrame),
+}
+
+/// The answer to the request with the same `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The request's id.
+    pub id: RequestId,
+    /// The answer.
+    pub body: ReplyBody,
+}
+
+/// Answers, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReplyBody {
+    /// Answer to `hello`.
+    Welcome(Welcome),
+    /// Answer to `ping`.
+    Pong,
+    /// A message was stored: its sequence and the server's time.
+    Ack(Ack),
+    /// Answer to `sync` and `history`.
+    Messages(Messages),
+    /// A request succeeded with nothing else to say (read, received, group changes).
+    Ok(Done),
+    /// Answer to `group_versions`.
+    GroupVersions(GroupVersions),
+    /// The client's member list is current (constant size).
+    MembersUnchanged,
+    /// Changes since the client's member-list version.
+    MembersDiff(MembersDiff),
+    /// A realignment page.
+    MembersPage(MembersPage),
+    /// Same version, different digest: the server's bucket digests.
+    MembersBuckets(MembersBuckets),
+    /// Answer to `members_sync_batch`.
+    MembersBatch(MembersBatch),
+    /// Answer to `members_search`.
+    MembersFound(MembersFound),
+}
+
+/// Frames without a request, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Push {
+    /// A new message; `prev` is the previous seq of the conversation (0 if none). A client
+    /// holding `prev` appends it; otherwise it syncs from its anchor.
+    Message(LiveMessage),
+    /// The user's read marker moved (on another device).
+    Read(ReadMoved),
+    /// The caller joined or left a conversation.
+    Membership(MembershipChanged),
+    /// A group's members changed (to connections that synced its list). A client at `prev`
+    /// applies `change` and is then at `version` with `digest`; otherwise it syncs.
+    MembersChanged(MembersChanged),
+}
+
+/// `error`: a request failed, or a frame could not be read (then `id` is absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// The request's id, when the frame was readable enough to have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// The stable code clients match on.
+    pub code: ErrorCode,
+    /// For humans.
+    pub message: String,
+    /// For `rate_limited` and `overloaded`: when to try again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// The frame types only the server sends that carry no request id.
+const PUSH_TYPES: &[&str] = &["message", "read", "membership", "members_changed"];
+
+impl ServerFrame {
+    /// A reply to request `id`.
+    pub fn reply(id: RequestId, body: impl Into<ReplyBody>) -> Self {
+        ServerFrame::Reply(Reply {
+            id,
+            body: body.into(),
+        })
+    }
+
+    /// An error about request `id` (absent when the frame had none).
+    pub fn error(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error(ErrorFrame {
+            id,
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        })
+    }
+
+    /// The id of the request this frame answers.
+    pub fn id(&self) -> Option<RequestId> {
+        match self {
+            ServerFrame::Reply(r) => Some(r.id),
+            ServerFrame::Push(_) => None,
+            ServerFrame::Error(e) => e.id,
+        }
+    }
+
+    /// The frame's JSON text.
+    pub fn to_json(&self) -> String {
+        // Server frames hold only strings, numbers, enums and JSON values: serialization
+        // cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl Serialize for ServerFrame {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct ReplyWire<'a> {
+            #[serde(flatten)]
+            body: &'a ReplyBody,
+            id: RequestId,
+        }
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum ErrorWire<'a> {
+            Error(&'a ErrorFrame),
+        }
+        match self {
+            ServerFrame::Reply(r) => ReplyWire {
+                body: &r.body,
+                id: r.id,
+            }
+            .serialize(serializer),
+            ServerFrame::Push(p) => p.serialize(serializer),
+            ServerFrame::Error(e) => ErrorWire::Error(e).serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerFrame {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut value = serde_json::Value::deserialize(deserializer)?;
+        let Some(fields) = value.as_object_mut() else {
+            return Err(D::Error::custom("a server frame is a JSON object"));
+        };
+        let kind = match fields.get("type").and_then(serde_json::Value::as_str) {
+            Some(kind) => kind.to_owned(),
+            None => return Err(D::Error::missing_field("type")),
+        };
+        if kind == "error" {
+            fields.remove("type");
+            return ErrorFrame::deserialize(value)
+                .map(ServerFrame::Error)
+                .map_err(D::Error::custom);
+        }
+        if PUSH_TYPES.contains(&kind.as_str()) {
+            return Push::deserialize(value)
+                .map(ServerFrame::Push)
+                .map_err(D::Error::custom);
+        }
+        let id = fields
+            .remove("id")
+            .ok_or_else(|| D::Error::missing_field("id"))?;
+        let id = RequestId::deserialize(id).map_err(D::Error::custom)?;
+        let body = ReplyBody::deserialize(value).map_err(D::Error::custom)?;
+        Ok(ServerFrame::Reply(Reply { id, body }))
+    }
+}
+
+macro_rules! into_reply {
+    ($($reply:ident => $variant:ident),* $(,)?) => {
+        $(impl From<$reply> for ReplyBody {
+            fn from(reply: $reply) -> Self {
+                ReplyBody::$variant(reply)
+            }
+        })*
+    };
+}
+
+into_reply! {
+    Welcome => Welcome,
+    Ack => Ack,
+    Messages => Messages,
+    Done => Ok,
+    GroupVersions => GroupVersions,
+    MembersDiff => MembersDiff,
+    MembersPage => MembersPage,
+    MembersBuckets => MembersBuckets,
+    MembersBatch => MembersBatch,
+    MembersFound => MembersFound,
+}
+
+impl Message {
+    /// The message an event stored at `seq` is, if it is one: a user's message or a system
+    /// post (sender `system:<source>`, the event id as its client id).
+    pub fn from_event(seq: u64, env: &Envelope) -> Option<Message> {
+        Some(match &env.event {
+            Event::MessageSent(m) => Message {
+                conv: m.conv.clone(),
+                seq,
+                sender: m.sender.to_string(),
+                device: m.device.to_string(),
+                client_msg_id: m.client_msg_id.to_string(),
+                body: m.body.clone(),
+                client_ts: m.client_ts,
+                server_ts: env.occurred_at,
+            },
+            Event::SystemMessagePosted(m) => Message {
+                conv: m.conv.clone(),
+                seq,
+                sender: match &env.actor {
+                    Actor::System { source } => format!("system:{source}"),
+                    Actor::User { user, .. } => format!("system:{user}"),
+                },
+                device: String::new(),
+                client_msg_id: env.id.to_string(),
+                body: m.body.clone(),
+                client_ts: env.occurred_at,
+                server_ts: env.occurred_at,
+            },
+            _ => return None,
+        })
+    }
+}
+
+impl From<Push> for ServerFrame {
+    fn from(push: Push) -> Self {
+        ServerFrame::Push(push)
+    }
+}
+
+impl From<ErrorFrame> for ServerFrame {
+    fn from(error: ErrorFrame) -> Self {
+        ServerFrame::Error(error)
+    }
+}
+
+/// A message as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Its place in the conversation (the MESSAGES stream sequence).
+    pub seq: u64,
+    /// Who sent it: a user id, or `system:<source>` for a message from another system.
+    pub sender: String,
+    /// From which device (empty for a system message).
+    pub device: String,
+    /// The sender's id of the message (the event id for a system message).
+    pub client_msg_id: String,
+    /// Text or any JSON, as sent.
+    pub body: serde_json::Value,
+    /// The sender's clock, Unix milliseconds.
+    pub client_ts: i64,
+    /// When the server stored it, Unix milliseconds.
+    pub server_ts: i64,
+}
+
+/// A conversation that changed since the client's anchor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConvChange {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Its last message's seq.
+    pub last_seq: u64,
+    /// Messages after the user's read marker (capped at 1000).
+    pub unread: u64,
+    /// The user's read marker.
+    pub read_seq: u64,
+    /// The last message, for a conversation list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<Message>,
+}
+
+/// `welcome`: the answer to `hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version spoken on this connection.
+    pub protocol: u16,
+    /// The signed-in user.
+    pub user: UserId,
+    /// The signed-in device.
+    pub device: DeviceId,
+    /// Largest frame the server accepts, in bytes.
+    pub max_frame_bytes: u32,
+    /// Conversations changed since the client's anchors, oldest change first.
+    pub changes: Vec<ConvChange>,
+    /// Present when more changes remain: send `hello` again with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `ack`: a message was stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The sender's id of the message.
+    pub client_msg_id: ClientMsgId,
+    /// Its place in the conversation.
+    pub seq: u64,
+    /// When the server stored it.
+    pub server_ts: i64,
+    /// The message had been sent before; `seq` is the original's.
+    pub duplicate: bool,
+}
+
+/// `messages`: the answer to `sync` and `history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Messages {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Oldest first for `sync`, newest first for `history`.
+    pub messages: Vec<Message>,
+    /// More messages remain in the requested direction.
+    pub more: bool,
+}
+
+/// `ok`: a request succeeded with nothing else to say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    /// The conversation it concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<ConversationId>,
+    /// The stream sequence of the event it published, or the marker's position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// `group_versions`: the caller's groups and their versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupVersions {
+    /// The MEMBERSHIP stream's epoch: versions of another epoch cannot be compared.
+    pub epoch: String,
+    /// The groups.
+    pub groups: Vec<GroupVersion>,
+    /// Present when more groups remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `members_diff`: changes since the client's version, oldest first. `digest` (of the whole
+/// list at `version`) comes with the last page; while `more`, sync again from `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersDiff {
+    /// The group.
+    pub group: GroupId,
+    /// The MEMBERSHIP stream's epoch.
+    pub epoch: String,
+    /// The version the list is at after applying this page.
+    pub version: u64,
+    /// The digest of the whole list at `version` (on the last page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Members who joined or changed, as they are now.
+    pub upserts: Vec<MemberInfo>,
+    /// Members who left.
+    pub removed: Vec<UserId>,
+    /// More changes remain.
+    pub more: bool,
+}
+
+/// `members_page`: a snapshot page pinned to `anchor`, members in id order: plain members by
+/// id in `members`, the others in `details`. Fetch the next page with `cursor`; after the
+/// last, sync from `anchor` for what changed since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersPage {
+    /// The group.
+    pub group: GroupId,
+    /// The MEMBERSHIP stream's epoch.
+    pub epoch: String,
+    /// The version the snapshot is pinned to.
+    pub anchor: u64,
+    /// Plain members.
+    pub members: Vec<UserId>,
+    /// Members with a role, nickname or mute.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<MemberInfo>,
+    /// Only these digest buckets (a partial realignment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Vec<u8>>,
+    /// Present when more pages remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `members_buckets`: same version, different digest: the server's non-empty bucket digests
+/// at `version`, so the client fetches only the buckets that differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersBuckets {
+    /// The group.
+    pub group: GroupId,
+    /// The MEMBERSHIP stream's epoch.
+    pub epoch: String,
+    /// The version the digests are of.
+    pub version: u64,
+    /// `[bucket, digest]` pairs.
+    pub buckets: Vec<(u8, String)>,
+}
+
+/// `members_batch`: the answer to `members_sync_batch`, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersBatch {
+    /// One result per group answered.
+    pub results: Vec<GroupSyncResult>,
+    /// Index of the first group not answered (the budget was spent); absent when done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<u32>,
+}
+
+/// `members_found`: the answer to `members_search`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersFound {
+    /// The group.
+    pub group: GroupId,
+    /// The members found, in id order.
+    pub members: Vec<MemberInfo>,
+}
+
+/// `message`: a new message, live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveMessage {
+    /// The conversation's previous seq (0 if none).
+    pub prev: u64,
+    /// The message.
+    pub message: Message,
+}
+
+/// `read`: the user's read marker moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMoved {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The new marker.
+    pub seq: u64,
+}
+
+/// `membership`: the caller joined or left a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipChanged {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Joined (or left).
+    pub joined: bool,
+    /// MEMBERSHIP stream sequence of the change.
+    pub version: u64,
+}
+
+/// `members_changed`: one committed membership change, to connections that watch the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersChanged {
+    /// The group.
+    pub group: GroupId,
+    /// The list's version after the change.
+    pub version: u64,
+    /// The list's version before it.
+    pub prev: u64,
+    /// The digest of the whole list at `version`.
+    pub digest: String,
+    /// What changed.
+    pub change: MembersChange,
+}

@@ -1,0 +1,507 @@
+//! What clients ask: one [`Request`] per frame, its `id` beside one struct per request type.
+//!
+//! On the wire a request is a flat JSON object: `{"type": "send", "id": 7, "conv": …}`.
+
+use serde::{Deserialize, Serialize};
+
+use anchorage_schema::event::Role;
+use anchorage_schema::{ClientMsgId, ConversationId, GroupId, UserId};
+
+use crate::RequestId;
+use crate::members::GroupSync;
+
+/// One client request: the client-chosen `id` its answer echoes, and what it asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Echoed in the answer (and in an error about this request).
+    pub id: RequestId,
+    /// What is asked.
+    pub body: RequestBody,
+}
+
+impl Request {
+    /// A request with its id.
+    pub fn new(id: RequestId, body: impl Into<RequestBody>) -> Self {
+        Self {
+            id,
+            body: body.into(),
+        }
+    }
+
+    /// The frame's JSON text.
+    pub fn to_json(&self) -> String {
+        Self::encode(self.id, &self.body)
+    }
+
+    /// The JSON text of request `id` asking `body` (without owning it).
+    pub fn encode(id: RequestId, body: &RequestBody) -> String {
+        // Requests hold only strings, numbers, enums and JSON values: serialization cannot
+        // fail.
+        serde_json::to_string(&Wire { body, id }).unwrap_or_default()
+    }
+}
+
+/// A request as it goes on the wire: the body's fields and the id, side by side.
+#[derive(Serialize)]
+struct Wire<'a> {
+    #[serde(flatten)]
+    body: &'a RequestBody,
+    id: RequestId,
+}
+
+impl Serialize for Request {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Wire {
+            body: &self.body,
+            id: self.id,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut value = serde_json::Value::deserialize(deserializer)?;
+        let id = value
+            .as_object_mut()
+            .and_then(|fields| fields.remove("id"))
+            .ok_or_else(|| D::Error::missing_field("id"))?;
+        let id = RequestId::deserialize(id).map_err(D::Error::custom)?;
+        let body = RequestBody::deserialize(value).map_err(D::Error::custom)?;
+        Ok(Request { id, body })
+    }
+}
+
+/// The request types, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RequestBody {
+    /// First frame on a connection. Answered with `welcome`.
+    Hello(Hello),
+    /// Liveness check; answered with `pong`.
+    Ping {},
+    /// Send a message; answered with `ack`.
+    Send(SendMessage),
+    /// Messages after an anchor; answered with `messages`.
+    Sync(Sync),
+    /// Messages before a point; answered with `messages`.
+    History(History),
+    /// Move the user's read marker; answered with `ok`.
+    Read(MarkRead),
+    /// Move this device's delivery marker; answered with `ok`.
+    Received(MarkReceived),
+    /// Open (or find) a 1:1 conversation; answered with `ok`.
+    OpenDirect(OpenDirect),
+    /// Create a group; answered with `ok`.
+    CreateGroup(CreateGroup),
+    /// Add members; answered with `ok`.
+    AddMembers(AddMembers),
+    /// Remove members; answered with `ok`.
+    RemoveMembers(RemoveMembers),
+    /// Leave a group; answered with `ok`.
+    Leave(Leave),
+    /// Change a member's role; answered with `ok`.
+    SetRole(SetRole),
+    /// Mute or unmute a member; answered with `ok`.
+    MuteMember(MuteMember),
+    /// Set or clear a nickname; answered with `ok`.
+    SetNickname(SetNickname),
+    /// Change a group's title or avatar; answered with `ok`.
+    UpdateGroup(UpdateGroup),
+    /// End a group; answered with `ok`.
+    DismissGroup(DismissGroup),
+    /// The versions of the caller's groups; answered with `group_versions`.
+    GroupVersions(GroupVersions),
+    /// Bring one member list up to date; answered with one `members_*` frame.
+    MembersSync(MembersSync),
+    /// A realignment page or some digest buckets; answered with `members_page`.
+    MembersFetch(MembersFetch),
+    /// Member lists of many groups in one answer; answered with `members_batch`.
+    MembersSyncBatch(MembersSyncBatch),
+    /// Members by id or nickname prefix; answered with `members_found`.
+    MembersSearch(MembersSearch),
+    /// Stop `members_changed` notifications of a group; answered with `ok`.
+    MembersUnsubscribe(MembersUnsubscribe),
+}
+
+impl RequestBody {
+    /// The request's `type` on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            RequestBody::Hello(_) => "hello",
+            RequestBody::Ping {} => "ping",
+            RequestBody::Send(_) => "send",
+            RequestBody::Sync(_) => "sync",
+            RequestBody::History(_) => "history",
+            RequestBody::Read(_) => "read",
+            RequestBody::Received(_) => "received",
+            RequestBody::OpenDirect(_) => "open_direct",
+            RequestBody::CreateGroup(_) => "create_group",
+            RequestBody::AddMembers(_) => "add_members",
+            RequestBody::RemoveMembers(_) => "remove_members",
+            RequestBody::Leave(_) => "leave",
+            RequestBody::SetRole(_) => "set_role",
+            RequestBody::MuteMember(_) => "mute_member",
+            RequestBody::SetNickname(_) => "set_nickname",
+            RequestBody::UpdateGroup(_) => "update_group",
+            RequestBody::DismissGroup(_) => "dismiss_group",
+            RequestBody::GroupVersions(_) => "group_versions",
+            RequestBody::MembersSync(_) => "members_sync",
+            RequestBody::MembersFetch(_) => "members_fetch",
+            RequestBody::MembersSyncBatch(_) => "members_sync_batch",
+            RequestBody::MembersSearch(_) => "members_search",
+            RequestBody::MembersUnsubscribe(_) => "members_unsubscribe",
+        }
+    }
+}
+
+/// The request types this version of the protocol knows.
+pub const REQUEST_TYPES: &[&str] = &[
+    "hello",
+    "ping",
+    "send",
+    "sync",
+    "history",
+    "read",
+    "received",
+    "open_direct",
+    "create_group",
+    "add_members",
+    "remove_members",
+    "leave",
+    "set_role",
+    "mute_member",
+    "set_nickname",
+    "update_group",
+    "dismiss_group",
+    "group_versions",
+    "members_sync",
+    "members_fetch",
+    "members_sync_batch",
+    "members_search",
+    "members_unsubscribe",
+];
+
+macro_rules! into_body {
+    ($($request:ident => $variant:ident),* $(,)?) => {
+        $(impl From<$request> for RequestBody {
+            fn from(request: $request) -> Self {
+                RequestBody::$variant(request)
+            }
+        })*
+    };
+}
+
+into_body! {
+    Hello => Hello,
+    SendMessage => Send,
+    Sync => Sync,
+    History => History,
+    MarkRead => Read,
+    MarkReceived => Received,
+    OpenDirect => OpenDirect,
+    CreateGroup => CreateGroup,
+    AddMembers => AddMembers,
+    RemoveMembers => RemoveMembers,
+    Leave => Leave,
+    SetRole => SetRole,
+    MuteMember => MuteMember,
+    SetNickname => SetNickname,
+    UpdateGroup => UpdateGroup,
+    DismissGroup => DismissGroup,
+    GroupVersions => GroupVersions,
+    MembersSync => MembersSync,
+    MembersFetch => MembersFetch,
+    MembersSyncBatch => MembersSyncBatch,
+    MembersSearch => MembersSearch,
+    MembersUnsubscribe => MembersUnsubscribe,
+}
+
+/// `hello`: the protocol version, the device token, and optionally the client's anchors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The protocol version the client speaks.
+    pub protocol: u16,
+    /// The device token.
+    pub token: String,
+    /// The client's highest contiguous seq per conversation; conversations not listed are
+    /// compared with what this device last acknowledged.
+    #[serde(default)]
+    pub anchors: Vec<ConvAnchor>,
+    /// Continue a bounded list of changes from a previous `welcome`'s cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// The client's version of one conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvAnchor {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The client's highest contiguous seq in it.
+    pub seq: u64,
+}
+
+/// `send`: a message. Retries reuse `client_msg_id` and get the same `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The client's id of the message, its idempotency key.
+    pub client_msg_id: ClientMsgId,
+    /// Text or any JSON; opaque to the server.
+    pub body: serde_json::Value,
+    /// The sender's clock, Unix milliseconds.
+    pub client_ts: i64,
+    /// Set on every attempt after the first: the server then also looks for the message in
+    /// history, so a retry long after the stream's duplicate window gets the same seq.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
+}
+
+/// `sync`: messages of a conversation after `after`, oldest first, bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sync {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The client's anchor: messages after this seq.
+    pub after: u64,
+    /// At most this many messages (default 100, at most 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `history`: messages of a conversation before `before` (0: the latest), newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct History {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Messages before this seq; 0 for the latest.
+    #[serde(default)]
+    pub before: u64,
+    /// At most this many messages (default 50, at most 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `read`: the user has read `conv` up to `seq` (markers only move forward).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRead {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Read up to here.
+    pub seq: u64,
+}
+
+/// `received`: this device has received everything in `conv` up to `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkReceived {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Received up to here.
+    pub seq: u64,
+}
+
+/// `open_direct`: open (or find) the 1:1 conversation with `peer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenDirect {
+    /// The other user.
+    pub peer: UserId,
+}
+
+/// `create_group`: a group with the caller as owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    /// The new group's id (ids starting with `dm-` are reserved).
+    pub group: GroupId,
+    /// At most 200 bytes.
+    pub title: String,
+    /// The first members besides the caller (at most 1000).
+    #[serde(default)]
+    pub members: Vec<UserId>,
+}
+
+/// `add_members` (owner and admins only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMembers {
+    /// The group.
+    pub group: GroupId,
+    /// Between 1 and 1000 users.
+    pub members: Vec<UserId>,
+}
+
+/// `remove_members` (owner and admins; only the owner removes admins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveMembers {
+    /// The group.
+    pub group: GroupId,
+    /// Between 1 and 1000 users.
+    pub members: Vec<UserId>,
+}
+
+/// `leave` a group (not as its owner, not a 1:1 conversation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Leave {
+    /// The group.
+    pub group: GroupId,
+}
+
+/// `set_role`: change a member's role (owner only; the owner's own role is fixed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetRole {
+    /// The group.
+    pub group: GroupId,
+    /// The member whose role changes.
+    pub member: UserId,
+    /// `admin` or `member`.
+    pub role: Role,
+}
+
+/// `mute_member` until a Unix millisecond, or unmute (`until` absent). Owner and admins;
+/// admins cannot mute the owner or each other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MuteMember {
+    /// The group.
+    pub group: GroupId,
+    /// The member to mute or unmute.
+    pub member: UserId,
+    /// Muted until this Unix millisecond; absent to unmute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
+}
+
+/// `set_nickname`: one's own, or anyone's as owner or admin; absent to clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetNickname {
+    /// The group.
+    pub group: GroupId,
+    /// Whose nickname.
+    pub member: UserId,
+    /// At most 64 bytes; absent to clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+}
+
+/// `update_group`: the title or avatar (owner and admins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroup {
+    /// The group.
+    pub group: GroupId,
+    /// A new title (at most 200 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// A new avatar (at most 1024 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+}
+
+/// `dismiss_group`: end the group for everyone (owner only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DismissGroup {
+    /// The group.
+    pub group: GroupId,
+}
+
+/// `group_versions`: the versions of the caller's groups, bounded; continue with `cursor`.
+/// Cheap: no member lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupVersions {
+    /// Where a previous answer stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `members_sync`: bring one group's member list up to date from the client's copy (all
+/// absent for no copy). Answered with exactly one of `members_unchanged`, `members_diff`,
+/// `members_page` (realignment) or `members_buckets`; also subscribes this connection to the
+/// group's `members_changed` notifications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersSync {
+    /// The group.
+    pub group: GroupId,
+    /// The epoch of the client's copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// The version of the client's copy (0: none).
+    #[serde(default)]
+    pub version: u64,
+    /// The digest of the client's copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// `members_fetch`: the next snapshot page of a realignment pinned to `anchor`, or the
+/// members of some digest buckets only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersFetch {
+    /// The group.
+    pub group: GroupId,
+    /// The epoch of the realignment.
+    pub epoch: String,
+    /// The version the realignment is pinned to.
+    pub anchor: u64,
+    /// Where the previous page stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Only these digest buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Vec<u8>>,
+}
+
+/// `members_sync_batch`: `members_sync` over many groups in one answer, in the order given
+/// (most important first), until `budget_bytes` is spent; the answer's `cursor` says where to
+/// go on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersSyncBatch {
+    /// The client's copies.
+    pub groups: Vec<GroupSync>,
+    /// Bytes of member data the answer may carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_bytes: Option<u32>,
+    /// Index of the first group to answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<u32>,
+}
+
+/// `members_search`: members whose id or nickname starts with `query`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersSearch {
+    /// The group.
+    pub group: GroupId,
+    /// The prefix.
+    pub query: String,
+    /// At most this many members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `members_unsubscribe`: stop `members_changed` notifications of a group on this
+/// connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersUnsubscribe {
+    /// The group.
+    pub group: GroupId,
+}
