@@ -121,11 +121,7 @@ impl EdgeState {
     }
 }
 
-/// A cheap random number below `bound` (for jitter, not cryptography).
-pub(crate) fn jitter(bound: u64) -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::Instant::now()) % bound.max(1)
-}
+pub(crate) use anchorage_schema::backoff::jitter;
 
 /// The address of the client at the other end of an HTTP connection.
 #[derive(Debug, Clone, Copy)]

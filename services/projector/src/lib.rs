@@ -148,10 +148,11 @@ struct Worker {
 
 /// A random delay in `[0, min(10 s, 200 ms · 2^attempt)]`.
 fn backoff(attempt: u32) -> Duration {
-    use std::hash::{BuildHasher, RandomState};
-    let ceiling = 200u64.saturating_mul(1 << attempt.min(10)).min(10_000);
-    let r = RandomState::new().hash_one(std::time::Instant::now()) % (ceiling + 1);
-    Duration::from_millis(r)
+    const RETRY: anchorage_schema::backoff::Backoff = anchorage_schema::backoff::Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    );
+    RETRY.delay(attempt, None)
 }
 
 impl Worker {

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::ingest;
-use anchorage_digest::{SetDigest, bucket_of, member_hash};
+use anchorage_digest::{SetDigest, bucket_of};
 use anchorage_protocol::{MemberInfo, MembersChange, MembersChanged, Push, ServerFrame};
 use anchorage_schema::event::{
     GroupCreated, MemberMuteChanged, MemberProfileChanged, MemberRoleChanged, MembersAdded,
@@ -321,10 +321,11 @@ impl Default for MembershipRules {
     }
 }
 
-/// One event's effect on a group: its digest buckets and what notifications carry.
+/// One event's effect on a group: the change of each digest bucket (members added and
+/// removed, as a digest of its own to combine with the bucket's) and what notifications carry.
 #[derive(Default)]
 struct Effect {
-    buckets: BTreeMap<u8, (u64, i64)>,
+    buckets: BTreeMap<u8, SetDigest>,
     change: MembersChange,
 }
 
@@ -356,12 +357,11 @@ async fn join(
             version: seq,
             removed_seq: None,
         };
-        let h = member_hash(user.as_str());
-        let b = effect.buckets.entry(bucket_of(user.as_str())).or_default();
-        b.0 = b.0.wrapping_add(h);
-        b.1 += 1;
-        group.digest_sum = group.digest_sum.wrapping_add(h);
-        group.member_count += 1;
+        let id = user.as_str();
+        effect.buckets.entry(bucket_of(id)).or_default().insert(id);
+        let mut digest = group.digest();
+        digest.insert(id);
+        group.set_digest(digest);
         effect.change.upserts.extend(member_info(&row));
         rows.push(row);
     }
@@ -388,12 +388,11 @@ async fn leave(
         };
         m.removed_seq = Some(seq);
         m.version = seq;
-        let h = member_hash(user.as_str());
-        let b = effect.buckets.entry(bucket_of(user.as_str())).or_default();
-        b.0 = b.0.wrapping_sub(h);
-        b.1 -= 1;
-        group.digest_sum = group.digest_sum.wrapping_sub(h);
-        group.member_count = group.member_count.saturating_sub(1);
+        let id = user.as_str();
+        effect.buckets.entry(bucket_of(id)).or_default().remove(id);
+        let mut digest = group.digest();
+        digest.remove(id);
+        group.set_digest(digest);
         effect.change.removed.push(user.clone());
         rows.push(m);
     }
@@ -561,11 +560,7 @@ async fn apply_membership(
         group: group_id.clone(),
         version: seq,
         prev,
-        digest: SetDigest {
-            sum: group.digest_sum,
-            count: group.member_count,
-        }
-        .to_wire(),
+        digest: group.digest().to_wire(),
         change: effect.change,
     })
     .into();

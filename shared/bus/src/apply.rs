@@ -20,8 +20,11 @@ use crate::{Bus, BusError};
 /// One key whose server value differs from its file value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Drift {
+    /// The setting.
     pub key: String,
+    /// Its value in the definition file.
     pub file: Value,
+    /// Its value on the server.
     pub server: Value,
 }
 
@@ -53,6 +56,7 @@ pub enum Change {
 pub struct Outcome {
     /// `stream MESSAGES` or `consumer MESSAGES/projector_messages`.
     pub what: String,
+    /// What was (or would be) done.
     pub change: Change,
 }
 
@@ -82,6 +86,7 @@ impl fmt::Display for Outcome {
 /// The outcomes of an apply or a check, in file order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ApplyReport {
+    /// One per stream and consumer.
     pub outcomes: Vec<Outcome>,
 }
 

@@ -35,14 +35,17 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The subject it was stored on.
     pub fn subject(&self) -> &str {
         self.message.subject.as_str()
     }
 
+    /// The stored bytes.
     pub fn payload(&self) -> &Bytes {
         &self.message.payload
     }
 
+    /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.message
             .headers
@@ -148,6 +151,7 @@ fn single_line(s: &str) -> String {
 }
 
 impl PullConsumer {
+    /// The consumer's durable name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -248,8 +252,11 @@ mod tests {
 /// One stored event read back in order (for replay).
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
+    /// Its stream sequence.
     pub seq: Seq,
+    /// The subject it was stored on.
     pub subject: String,
+    /// The stored bytes.
     pub payload: Bytes,
 }
 

@@ -17,7 +17,9 @@ use serde_json::{Map, Value};
 /// One stream file.
 #[derive(Debug, Clone)]
 pub struct StreamDef {
+    /// The file it comes from.
     pub file: PathBuf,
+    /// The stream's configuration.
     pub config: stream::Config,
     /// The file's keys, normalized through the config type (see [`normalize`]).
     pub(crate) keys: Map<String, Value>,
@@ -26,9 +28,13 @@ pub struct StreamDef {
 /// One consumer file.
 #[derive(Debug, Clone)]
 pub struct ConsumerDef {
+    /// The file it comes from.
     pub file: PathBuf,
+    /// The stream it reads.
     pub stream: String,
+    /// Its durable name.
     pub name: String,
+    /// The consumer's configuration.
     pub config: consumer::Config,
     pub(crate) keys: Map<String, Value>,
 }
@@ -36,11 +42,15 @@ pub struct ConsumerDef {
 /// All definitions under one folder.
 #[derive(Debug, Clone, Default)]
 pub struct StreamSet {
+    /// The streams, in file order.
     pub streams: Vec<StreamDef>,
+    /// The durable consumers, in file order.
     pub consumers: Vec<ConsumerDef>,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why the stream definitions cannot be loaded.
+#[allow(missing_docs)] // each variant's message says what it is
 pub enum DefinitionError {
     #[error("cannot read {path}: {source}")]
     Read {
@@ -108,10 +118,12 @@ impl StreamSet {
         Ok(set)
     }
 
+    /// The definition of stream `name`.
     pub fn stream(&self, name: &str) -> Option<&StreamDef> {
         self.streams.iter().find(|s| s.config.name == name)
     }
 
+    /// The definition of consumer `name` of `stream`.
     pub fn consumer(&self, stream: &str, name: &str) -> Option<&ConsumerDef> {
         self.consumers
             .iter()

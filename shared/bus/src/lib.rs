@@ -9,6 +9,8 @@
 //!   idempotent application and drift check ([`apply`]);
 //! - stream lifetimes ([`Bus::stream_state`]): the epoch half of every anchor.
 
+#![warn(missing_docs)]
+
 pub mod apply;
 pub mod consume;
 pub mod definitions;
@@ -56,6 +58,8 @@ pub struct BusOptions {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why talking to NATS failed.
+#[allow(missing_docs)] // each variant's message says what it is
 pub enum BusError {
     #[error("cannot read NATS credentials {path}: {source}")]
     Credentials {
@@ -87,11 +91,13 @@ impl BusError {
 /// What a stream holds right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamState {
+    /// The stream's lifetime (its creation time): sequences of another epoch do not compare.
     pub epoch: Epoch,
     /// Oldest retained sequence (0 if the stream is empty and never held anything).
     pub first_seq: Seq,
     /// Newest sequence.
     pub last_seq: Seq,
+    /// Messages held.
     pub messages: u64,
 }
 
@@ -105,16 +111,9 @@ pub struct Bus {
 /// Full-jitter exponential backoff for reconnects: a random delay in `[0, min(cap, base·2^n)]`,
 /// so a fleet of services that lost the same server does not return in lockstep.
 fn reconnect_delay(attempt: usize) -> Duration {
-    const BASE_MS: u64 = 100;
-    const CAP_MS: u64 = 5_000;
-    let ceiling = BASE_MS.saturating_mul(1u64 << attempt.min(16)).min(CAP_MS);
-    Duration::from_millis(jitter(ceiling + 1))
-}
-
-/// A cheap random number below `bound` (not cryptographic; used only for backoff jitter).
-fn jitter(bound: u64) -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::Instant::now()) % bound.max(1)
+    const RECONNECT: anchorage_schema::backoff::Backoff =
+        anchorage_schema::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    RECONNECT.delay(u32::try_from(attempt).unwrap_or(u32::MAX), None)
 }
 
 impl Bus {

@@ -14,6 +14,7 @@ use crate::{Bus, BusError};
 /// One live copy of a stored event.
 #[derive(Debug, Clone)]
 pub struct LiveEvent {
+    /// The live subject.
     pub subject: String,
     /// Its stream sequence.
     pub seq: Seq,
@@ -21,6 +22,7 @@ pub struct LiveEvent {
     pub prev: Seq,
     /// The MEMBERSHIP position the event was decided on, if it carries one.
     pub membership: Option<Seq>,
+    /// The stored bytes.
     pub payload: Bytes,
 }
 

@@ -19,12 +19,15 @@ use crate::{Bus, BusError};
 /// A stored event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
+    /// Its stream sequence.
     pub seq: Seq,
     /// The event id was already stored: `seq` is the original's.
     pub duplicate: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a publish failed.
+#[allow(missing_docs)] // each variant's message says what it is
 pub enum PublishError {
     #[error("{subject} changed since version {expected}")]
     Conflict { subject: String, expected: Seq },

@@ -10,6 +10,8 @@
 //! [`DEFAULT_TOML`] is the commented file `anchorage config default` prints; a test keeps it
 //! equal to [`Config::default`].
 
+#![warn(missing_docs)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -30,18 +32,27 @@ pub const ENV_PREFIX: &str = "ANCHORAGE_";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// How to reach NATS.
     pub nats: NatsConfig,
+    /// The projections' database.
     pub database: DatabaseConfig,
+    /// The stream and consumer definitions.
     pub streams: StreamsConfig,
+    /// The WebSocket edge.
     pub edge: EdgeConfig,
+    /// The projector.
     pub projector: ProjectorConfig,
+    /// Member-list sync.
     pub members: MembersConfig,
+    /// Device tokens.
     pub auth: AuthConfig,
+    /// `anchorage dev`.
     pub dev: DevConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[nats]`: how to reach NATS and as whom.
 pub struct NatsConfig {
     /// Comma-separated server URLs.
     pub url: String,
@@ -59,6 +70,7 @@ pub struct NatsConfig {
     pub tls_ca: Option<PathBuf>,
     /// Client certificate and key (PEM) for servers that verify clients.
     pub tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
     pub tls_key: Option<PathBuf>,
     /// Client name shown by the server's monitoring.
     pub name: String,
@@ -85,9 +97,11 @@ impl Default for NatsConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[database]`: the projections' database.
 pub struct DatabaseConfig {
     /// `sqlite://path/to/file.db` or `postgres://user:pass@host/db`.
     pub url: String,
+    /// Connections in the pool.
     pub max_connections: u32,
     /// SQLite `synchronous` pragma: `full` (durable on power loss) or `normal`.
     pub sqlite_synchronous: SqliteSynchronous,
@@ -105,12 +119,16 @@ impl Default for DatabaseConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// SQLite's `synchronous` setting.
 pub enum SqliteSynchronous {
+    /// Every commit reaches the disk before it returns.
     Full,
+    /// Commits reach the disk at checkpoints (WAL): a power loss can lose the last ones.
     Normal,
 }
 
 impl SqliteSynchronous {
+    /// The pragma value.
     pub fn as_pragma(self) -> &'static str {
         match self {
             SqliteSynchronous::Full => "FULL",
@@ -121,6 +139,7 @@ impl SqliteSynchronous {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[streams]`: where the definitions are and how many replicas.
 pub struct StreamsConfig {
     /// Folder with `streams/*.json` and `consumers/<STREAM>/*.json`.
     pub dir: PathBuf,
@@ -139,6 +158,7 @@ impl Default for StreamsConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[edge]`: the WebSocket and HTTP front.
 pub struct EdgeConfig {
     /// Address the WebSocket and HTTP API listen on.
     pub listen: SocketAddr,
@@ -200,6 +220,7 @@ impl Default for EdgeConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[projector]`: applying the streams to SQL.
 pub struct ProjectorConfig {
     /// Most events fetched and applied in one transaction.
     pub batch_size: u32,
@@ -244,6 +265,7 @@ impl Default for MembersConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[auth]`: device tokens.
 pub struct AuthConfig {
     /// HMAC secret for device tokens (HS256). Set your own outside development.
     pub hmac_secret: String,
@@ -293,6 +315,7 @@ impl Default for AuthConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[dev]`: the development stack.
 pub struct DevConfig {
     /// Where `anchorage dev` keeps the NATS store and the SQLite database.
     pub data_dir: PathBuf,
@@ -321,6 +344,7 @@ impl Default for DevConfig {
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's message says what it is
 pub enum ConfigError {
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),

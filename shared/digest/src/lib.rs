@@ -16,6 +16,8 @@
 //! The hash is xxh3-64 with seed 0 over the UTF-8 bytes of the id: any client in any language
 //! can compute it.
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -38,11 +40,14 @@ pub fn bucket_of(id: &str) -> u8 {
 /// astronomically unlikely case of a hash-sum collision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SetDigest {
+    /// Wrapping sum of the members' xxh3-64 hashes.
     pub sum: u64,
+    /// How many members.
     pub count: u64,
 }
 
 impl SetDigest {
+    /// The digest of no members.
     pub const EMPTY: SetDigest = SetDigest { sum: 0, count: 0 };
 
     /// The digest of a whole set. Callers must pass each member once.
@@ -64,11 +69,13 @@ impl SetDigest {
         self.remove_hash(member_hash(id));
     }
 
+    /// Adds a member by its hash.
     pub fn insert_hash(&mut self, h: u64) {
         self.sum = self.sum.wrapping_add(h);
         self.count = self.count.wrapping_add(1);
     }
 
+    /// Removes a member by its hash.
     pub fn remove_hash(&mut self, h: u64) {
         self.sum = self.sum.wrapping_sub(h);
         self.count = self.count.wrapping_sub(1);
@@ -116,6 +123,7 @@ impl Default for BucketedDigest {
 }
 
 impl BucketedDigest {
+    /// The digest of a set of member ids.
     pub fn of<'a>(members: impl IntoIterator<Item = &'a str>) -> Self {
         let mut d = Self::default();
         for m in members {
@@ -124,11 +132,13 @@ impl BucketedDigest {
         d
     }
 
+    /// Adds a member.
     pub fn insert(&mut self, id: &str) {
         let h = member_hash(id);
         self.buckets[(h >> 56) as usize].insert_hash(h);
     }
 
+    /// Removes a member.
     pub fn remove(&mut self, id: &str) {
         let h = member_hash(id);
         self.buckets[(h >> 56) as usize].remove_hash(h);
@@ -141,10 +151,12 @@ impl BucketedDigest {
             .fold(SetDigest::EMPTY, |acc, b| acc.combine(*b))
     }
 
+    /// The digest of one bucket.
     pub fn bucket(&self, index: u8) -> SetDigest {
         self.buckets[index as usize]
     }
 
+    /// Every bucket's digest.
     pub fn buckets(&self) -> &[SetDigest; BUCKETS] {
         &self.buckets
     }

@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 pub struct Seq(pub u64);
 
 impl Seq {
+    /// Before the first event.
     pub const ZERO: Seq = Seq(0);
 
+    /// The number.
     pub fn get(self) -> u64 {
         self.0
     }
@@ -49,11 +51,14 @@ impl fmt::Display for Epoch {
 /// stream lifetime `epoch`".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Anchor {
+    /// The stream's lifetime the sequence belongs to.
     pub epoch: Epoch,
+    /// The sequence within that lifetime.
     pub seq: Seq,
 }
 
 impl Anchor {
+    /// An anchor at `seq` of `epoch`.
     pub fn new(epoch: Epoch, seq: Seq) -> Self {
         Self { epoch, seq }
     }

@@ -35,16 +35,27 @@ pub fn now_ms() -> i64 {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Actor {
     /// A signed-in device.
-    User { user: UserId, device: DeviceId },
+    User {
+        /// The user.
+        user: UserId,
+        /// Their device.
+        device: DeviceId,
+    },
     /// Another system, through the ingest subjects, or Anchorage itself (`source: "anchorage"`).
-    System { source: SourceId },
+    System {
+        /// Which system.
+        source: SourceId,
+    },
 }
 
 /// A message into a conversation, from a user's device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageSent {
+    /// The conversation.
     pub conv: ConversationId,
+    /// Who sent it.
     pub sender: UserId,
+    /// From which device.
     pub device: DeviceId,
     /// The sender's id for the message; retries reuse it, so it is the idempotency key.
     pub client_msg_id: ClientMsgId,
@@ -57,7 +68,9 @@ pub struct MessageSent {
 /// A message into a conversation from another system (a bot, a notifier, an admin tool).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SystemMessagePosted {
+    /// The conversation.
     pub conv: ConversationId,
+    /// Text or any JSON, as posted.
     pub body: Value,
 }
 
@@ -65,8 +78,11 @@ pub struct SystemMessagePosted {
 /// lower than the current one changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadMarked {
+    /// Whose marker.
     pub user: UserId,
+    /// The conversation.
     pub conv: ConversationId,
+    /// Read up to this seq (markers only move forward).
     pub read_seq: u64,
 }
 
@@ -74,8 +90,11 @@ pub struct ReadMarked {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// Created the group; cannot be removed, demoted or muted.
     Owner,
+    /// Adds and removes members, mutes plain members, changes the profile.
     Admin,
+    /// A plain member.
     Member,
 }
 
@@ -113,9 +132,13 @@ pub enum RemovalReason {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A group (or a 1:1 conversation) was created.
 pub struct GroupCreated {
+    /// The group.
     pub group: GroupId,
+    /// Who created it; the owner.
     pub owner: UserId,
+    /// Its title.
     pub title: String,
     /// Initial members besides the owner.
     #[serde(default)]
@@ -126,81 +149,115 @@ pub struct GroupCreated {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Members joined a group.
 pub struct MembersAdded {
+    /// The group.
     pub group: GroupId,
+    /// Who joined.
     pub members: Vec<UserId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Members left or were removed from a group.
 pub struct MembersRemoved {
+    /// The group.
     pub group: GroupId,
+    /// Who left.
     pub members: Vec<UserId>,
+    /// Why.
     pub reason: RemovalReason,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A member's role changed.
 pub struct MemberRoleChanged {
+    /// The group.
     pub group: GroupId,
+    /// The member.
     pub member: UserId,
+    /// The new role.
     pub role: Role,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A member was muted or unmuted.
 pub struct MemberMuteChanged {
+    /// The group.
     pub group: GroupId,
+    /// The member.
     pub member: UserId,
     /// Muted until this Unix millisecond; `None` unmutes.
     pub muted_until: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A member's nickname in a group changed.
 pub struct MemberProfileChanged {
+    /// The group.
     pub group: GroupId,
+    /// The member.
     pub member: UserId,
     /// The member's nickname in this group; `None` clears it.
     pub nickname: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A group's title or avatar changed.
 pub struct GroupProfileChanged {
+    /// The group.
     pub group: GroupId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The new title.
     pub title: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The new avatar.
     pub avatar: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A group ended for everyone.
 pub struct GroupDismissed {
+    /// The group.
     pub group: GroupId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A user was created (by another system, through ingest).
 pub struct UserCreated {
+    /// The user.
     pub user: UserId,
+    /// The name shown for them.
     pub display_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A user's profile changed.
 pub struct UserUpdated {
+    /// The user.
     pub user: UserId,
+    /// The name shown for them.
     pub display_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A user was deleted: every session ends and every membership with it.
 pub struct UserDeleted {
+    /// The user.
     pub user: UserId,
 }
 
 /// One device's session was ended; its sockets are closed and its token refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRevoked {
+    /// The user.
     pub user: UserId,
+    /// The device whose session ended.
     pub device: DeviceId,
 }
 
 /// Why bytes are not an event this software can apply.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's message says what it is
 pub enum DecodeError {
     #[error("not a JSON event envelope: {0}")]
     Malformed(#[source] serde_json::Error),
@@ -287,20 +344,35 @@ macro_rules! events {
 }
 
 events! {
+    /// A user sent a message.
     MessageSent = "message.sent" v 1,
+    /// Another system posted a message.
     SystemMessagePosted = "message.system_posted" v 1,
+    /// A user read a conversation up to a point.
     ReadMarked = "read.marked" v 1,
+    /// A group was created.
     GroupCreated = "group.created" v 1,
+    /// Members joined.
     MembersAdded = "group.members_added" v 1,
+    /// Members left or were removed.
     MembersRemoved = "group.members_removed" v 1,
+    /// A member's role changed.
     MemberRoleChanged = "group.member_role_changed" v 1,
+    /// A member was muted or unmuted.
     MemberMuteChanged = "group.member_mute_changed" v 1,
+    /// A member's nickname changed.
     MemberProfileChanged = "group.member_profile_changed" v 1,
+    /// A group's title or avatar changed.
     GroupProfileChanged = "group.profile_changed" v 1,
+    /// A group ended.
     GroupDismissed = "group.dismissed" v 1,
+    /// A user was created.
     UserCreated = "user.created" v 1,
+    /// A user's profile changed.
     UserUpdated = "user.updated" v 1,
+    /// A user was deleted.
     UserDeleted = "user.deleted" v 1,
+    /// A session was ended.
     SessionRevoked = "session.revoked" v 1,
 }
 
@@ -321,7 +393,9 @@ pub struct Envelope {
     pub id: EventId,
     /// When the event happened, Unix milliseconds (server clock for native events).
     pub occurred_at: i64,
+    /// Who caused it.
     pub actor: Actor,
+    /// What happened.
     pub event: Event,
 }
 
@@ -338,6 +412,7 @@ struct Wire {
 }
 
 impl Envelope {
+    /// An envelope around `event`.
     pub fn new(id: EventId, occurred_at: i64, actor: Actor, event: impl Into<Event>) -> Self {
         Self {
             id,

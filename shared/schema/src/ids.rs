@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Why a string is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each variant's message says what it is
 pub enum IdError {
     #[error("{kind} is empty")]
     Empty { kind: &'static str },
@@ -82,6 +83,7 @@ macro_rules! id_type {
                 Ok(Self(s))
             }
 
+            /// The id as a string.
             pub fn as_str(&self) -> &str {
                 &self.0
             }

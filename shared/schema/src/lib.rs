@@ -9,14 +9,20 @@
 //! - [`event`]: the envelope, the event payloads and their decoding rules;
 //! - [`subjects`]: every stream name, subject and header name, built in one place;
 //! - [`anchor`]: sequence numbers and anchors, the version vocabulary of sync;
-//! - [`limits`]: the bounds every writer enforces so every reader can decode what it stored.
+//! - [`limits`]: the bounds every writer enforces so every reader can decode what it stored;
+//! - [`backoff`]: the one full-jitter backoff every retry loop uses;
+//! - [`search`]: prefix search with the same answer on every database.
 //!
 //! The crate has no I/O. It is shared by the bus, the projector, the edge and the SDK.
 
+#![warn(missing_docs)]
+
 pub mod anchor;
+pub mod backoff;
 pub mod event;
 pub mod ids;
 pub mod limits;
+pub mod search;
 pub mod subjects;
 
 pub use anchor::{Anchor, Epoch, Seq};

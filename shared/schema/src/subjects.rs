@@ -17,11 +17,17 @@ use crate::ids::{ConversationId, GroupId, SourceId, UserId};
 
 /// Stream names.
 pub mod stream {
+    /// Messages of every conversation.
     pub const MESSAGES: &str = "MESSAGES";
+    /// Group and membership changes.
     pub const MEMBERSHIP: &str = "MEMBERSHIP";
+    /// Read markers.
     pub const READS: &str = "READS";
+    /// Users and sessions.
     pub const USERS: &str = "USERS";
+    /// Events from other systems, before validation.
     pub const INGEST: &str = "INGEST";
+    /// Events no consumer could apply, with the reason.
     pub const DEADLETTER: &str = "DEADLETTER";
 
     /// All streams, in the order `streams apply` creates them.
@@ -67,18 +73,22 @@ pub mod header {
 /// The prefix of every live (republished) subject.
 pub const LIVE_PREFIX: &str = "live.";
 
+/// Where a conversation's messages are stored.
 pub fn message(conv: &ConversationId) -> String {
     format!("msg.{conv}")
 }
 
+/// Where the server republishes them live.
 pub fn live_message(conv: &ConversationId) -> String {
     format!("live.msg.{conv}")
 }
 
+/// Where a group's membership changes are stored.
 pub fn membership(group: &GroupId) -> String {
     format!("grp.{group}")
 }
 
+/// Where the server republishes them live.
 pub fn live_membership(group: &GroupId) -> String {
     format!("live.grp.{group}")
 }
@@ -109,6 +119,7 @@ pub const LIVE_MEMBERSHIP_ALL: &str = "live.grp.>";
 /// Every user's live account events.
 pub const LIVE_USERS_ALL: &str = "live.user.>";
 
+/// Where a user's read marker of a conversation is stored.
 pub fn read(user: &UserId, conv: &ConversationId) -> String {
     format!("read.{user}.{conv}")
 }
@@ -121,10 +132,12 @@ pub fn live_reads_of(user: &UserId) -> String {
     format!("live.read.{user}.>")
 }
 
+/// Where a user's account and session events are stored.
 pub fn user(user: &UserId) -> String {
     format!("user.{user}")
 }
 
+/// Where the server republishes them live.
 pub fn live_user(user: &UserId) -> String {
     format!("live.user.{user}")
 }

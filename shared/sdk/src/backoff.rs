@@ -6,27 +6,21 @@
 
 use std::time::Duration;
 
+use anchorage_schema::backoff::Backoff;
+
+/// The first retry waits at most this long.
 pub const BASE: Duration = Duration::from_millis(500);
+/// No retry waits longer (unless the server asks for it).
 pub const CAP: Duration = Duration::from_secs(20);
+
+const RECONNECT: Backoff = Backoff::new(BASE, CAP);
 
 /// The delay before reconnect attempt `failures` (1 for the first retry).
 pub fn delay(failures: u32, retry_after: Option<Duration>, random: u64) -> Duration {
-    let ceiling = BASE
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(CAP);
-    let ms = ceiling.as_millis() as u64;
-    let jittered = Duration::from_millis(random % (ms + 1));
-    match retry_after {
-        Some(hint) => jittered.max(hint),
-        None => jittered,
-    }
+    RECONNECT.delay_with(failures.saturating_sub(1), retry_after, random)
 }
 
-/// A cheap random number (for jitter only).
-pub fn random() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::Instant::now())
-}
+pub use anchorage_schema::backoff::random;
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,8 @@
 //!   conversation opens (never at login), kept current by live notifications while it is
 //!   watched; see the `members` module for the five layers.
 
+#![warn(missing_docs)]
+
 mod backoff;
 mod engine;
 mod members;
@@ -45,18 +47,26 @@ pub use members::{MemberListState, MemberSyncKind};
 /// Where the outbox stands for one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboxState {
+    /// Waiting for a connection.
     Pending,
+    /// Sent; its answer has not come yet.
     Sending,
+    /// Stored by the server.
     Acked,
+    /// Refused by the server for good.
     Failed,
 }
 
 /// One outbox entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
+    /// The conversation.
     pub conv: String,
+    /// The message's id, its idempotency key.
     pub client_msg_id: String,
+    /// Where it stands.
     pub state: OutboxState,
+    /// How often it was sent so far.
     pub attempts: u32,
     /// The server's seq, once acknowledged.
     pub seq: Option<u64>,
@@ -67,51 +77,47 @@ pub struct OutboxEntry {
 /// A message as the app shows it; `seq` is `None` while it waits in the outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalMessage {
+    /// The conversation.
     pub conv: String,
+    /// Its place in the conversation, once stored.
     pub seq: Option<u64>,
+    /// Who sent it.
     pub sender: String,
+    /// From which device.
     pub device: String,
+    /// The sender's id of the message.
     pub client_msg_id: String,
+    /// Text or any JSON.
     pub body: serde_json::Value,
+    /// The sender's clock, Unix milliseconds.
     pub client_ts: i64,
+    /// When the server stored it.
     pub server_ts: Option<i64>,
 }
 
 /// What happened, for the app to react to.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)] // the fields are named for what they hold
 pub enum ClientEvent {
+    /// Signed in and caught up.
     Connected,
-    Disconnected {
-        code: Option<u16>,
-    },
+    /// The connection ended (with the server's close code, if it sent one).
+    Disconnected { code: Option<u16> },
     /// New messages are stored for `conv`, up to `seq`.
-    Messages {
-        conv: String,
-        seq: u64,
-    },
-    Acked {
-        client_msg_id: String,
-        seq: u64,
-    },
+    Messages { conv: String, seq: u64 },
+    /// A message from the outbox was stored at `seq`.
+    Acked { client_msg_id: String, seq: u64 },
+    /// A message from the outbox was refused for good.
     Failed {
         client_msg_id: String,
         reason: String,
     },
     /// A read marker moved (on this or another device).
-    Read {
-        conv: String,
-        seq: u64,
-    },
+    Read { conv: String, seq: u64 },
     /// A missed live message was detected and filled in by a sync.
-    GapRepaired {
-        conv: String,
-        from: u64,
-        to: u64,
-    },
+    GapRepaired { conv: String, from: u64, to: u64 },
     /// The token was refused; the token source is asked again on the next attempt.
-    AuthFailed {
-        code: u16,
-    },
+    AuthFailed { code: u16 },
     /// One round of a member-list sync landed: the copy is at `version`.
     MembersSynced {
         group: String,
@@ -119,17 +125,17 @@ pub enum ClientEvent {
         via: MemberSyncKind,
     },
     /// A live member-list change was applied and its digest checked.
-    MembersChanged {
-        group: String,
-        version: u64,
-    },
+    MembersChanged { group: String, version: u64 },
 }
 
 /// One group's entry in [`Client::group_versions`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupVersionInfo {
+    /// The group.
     pub group: String,
+    /// The server's version of its member list.
     pub version: u64,
+    /// How many members it has.
     pub members: u64,
     /// The version of the local member list, if there is one.
     pub local_version: Option<u64>,
@@ -140,7 +146,9 @@ pub struct GroupVersionInfo {
 pub struct BatchReport {
     /// Answers received (one per budget-bounded round).
     pub rounds: u32,
+    /// Groups whose copy was current.
     pub unchanged: u32,
+    /// Groups brought up to date by a diff.
     pub diffs: u32,
     /// Groups that need a realignment; each is scheduled for its own sync.
     pub realign: Vec<String>,
@@ -148,7 +156,9 @@ pub struct BatchReport {
     pub bytes: u64,
 }
 
+/// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's message says what it is
 pub enum SdkError {
     #[error("local store: {0}")]
     Store(#[from] sqlx::Error),
@@ -170,6 +180,7 @@ pub type TokenSource = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct ClientOptions {
     /// `ws://host:port/ws`.
     pub url: String,
+    /// Where device tokens come from.
     pub token: TokenSource,
     /// The local SQLite file.
     pub store_path: PathBuf,

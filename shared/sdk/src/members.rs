@@ -27,6 +27,7 @@ use anchorage_protocol::{
 use anchorage_schema::GroupId;
 use anchorage_schema::UserId;
 use anchorage_schema::event::Role;
+use anchorage_schema::search::SearchPrefix;
 use sqlx::Row;
 
 use crate::engine::{Conn, End, Engine, lost};
@@ -38,6 +39,7 @@ use crate::{ClientEvent, SdkError};
 pub struct MemberListState {
     /// The MEMBERSHIP stream epoch the copy belongs to.
     pub epoch: String,
+    /// The version the copy is at.
     pub version: u64,
     /// The digest as maintained with each change.
     pub digest: SetDigest,
@@ -119,20 +121,15 @@ impl LocalStore {
         prefix: &str,
         limit: u32,
     ) -> Result<Vec<MemberInfo>, SdkError> {
-        let escaped: String = prefix
-            .chars()
-            .flat_map(|c| match c {
-                '%' | '_' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
+        let prefix = SearchPrefix::new(prefix);
         let rows = sqlx::query(
             "SELECT user, role, nickname, muted_until FROM members
-             WHERE grp = $1 AND (user LIKE $2 ESCAPE '\\' OR nickname LIKE $2 ESCAPE '\\')
+             WHERE grp = $1
+               AND (lower(user) LIKE $2 ESCAPE '\\' OR lower(nickname) LIKE $2 ESCAPE '\\')
              ORDER BY user LIMIT $3",
         )
         .bind(group)
-        .bind(format!("{escaped}%"))
+        .bind(prefix.like_pattern())
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -323,7 +320,9 @@ async fn set_list(
 /// How a member-list sync round brought the copy in line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberSyncKind {
+    /// The copy was current.
     Unchanged,
+    /// The changes since the copy's version were applied.
     Diff,
     /// A realignment from snapshot pages.
     Full,

@@ -12,6 +12,8 @@
 //! transaction, recorded in `schema_migrations`. A database migrated by newer software is
 //! refused rather than silently used.
 
+#![warn(missing_docs)]
+
 pub mod members;
 pub mod projection;
 pub mod read;
@@ -29,8 +31,11 @@ use sqlx::{AnyPool, Row};
 /// One schema migration.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
+    /// Its number; applied in order, once.
     pub version: i64,
+    /// A short name.
     pub name: &'static str,
+    /// The SQL, for both databases.
     pub sql: &'static str,
 }
 
@@ -71,20 +76,26 @@ pub const MIGRATIONS: &[Migration] = &[
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// SQLite (the embedded default).
     Sqlite,
+    /// PostgreSQL.
     Postgres,
 }
 
 /// Settings for [`Store::connect`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// `sqlite://path` or `postgres://…`.
     pub url: String,
+    /// Connections in the pool.
     pub max_connections: u32,
     /// SQLite `synchronous` pragma value (`FULL` or `NORMAL`).
     pub sqlite_synchronous: &'static str,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a database operation failed.
+#[allow(missing_docs)] // each variant's message says what it is
 pub enum StoreError {
     #[error("unsupported database url {0:?}: use sqlite:path or postgres://…")]
     UnsupportedUrl(String),
@@ -167,6 +178,7 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
+    /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
     }

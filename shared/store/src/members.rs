@@ -10,6 +10,7 @@
 //!   from `a` that follows the last page brings them. So the pages and that diff together
 //!   give exactly the set at the end, however the group changed in between.
 
+use anchorage_schema::search::{SearchPrefix, fold_ascii_sql};
 use sqlx::Row;
 
 use crate::projection::{i, member_row, placeholders, u};
@@ -18,8 +19,11 @@ use crate::{MemberRow, Store, StoreError, Tx};
 /// One group of a user, as the cheap "which of my groups changed" call lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupVersion {
+    /// The group.
     pub group: String,
+    /// Its version.
     pub version: u64,
+    /// Its size.
     pub member_count: u64,
 }
 
@@ -126,27 +130,24 @@ impl Store {
         prefix: &str,
         limit: u32,
     ) -> Result<Vec<MemberRow>, StoreError> {
-        // LIKE patterns: escape the wildcards of the user's text.
-        let escaped: String = prefix
-            .chars()
-            .flat_map(|c| match c {
-                '%' | '_' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        let pattern = format!("{escaped}%");
-        let rows = sqlx::query(
+        let prefix = SearchPrefix::new(prefix);
+        let postgres = self.backend() == crate::Backend::Postgres;
+        let sql = format!(
             "SELECT group_id, user_id, role, nickname, muted_until, version, removed_seq
              FROM group_members
              WHERE group_id = $1 AND removed_seq IS NULL
-               AND (user_id LIKE $2 ESCAPE '\\' OR nickname LIKE $2 ESCAPE '\\')
+               AND ({} LIKE $2 ESCAPE '\\' OR {} LIKE $2 ESCAPE '\\')
              ORDER BY user_id LIMIT $3",
-        )
-        .bind(group)
-        .bind(pattern)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+            fold_ascii_sql("user_id", postgres),
+            fold_ascii_sql("nickname", postgres),
+        );
+        // Built from fixed column names only; the user's text is bound.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(group)
+            .bind(prefix.like_pattern())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(member_row).collect()
     }
 

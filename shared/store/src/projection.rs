@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sqlx::{Any, Row, Transaction};
 
+use anchorage_digest::SetDigest;
 use anchorage_schema::event::Role;
 
 use crate::{Store, StoreError};
@@ -20,54 +21,94 @@ use crate::{Store, StoreError};
 /// Where a projection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The stream's lifetime the sequence belongs to.
     pub epoch: u64,
+    /// The last stream sequence applied.
     pub last_seq: u64,
 }
 
 /// A message to store.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// The conversation.
     pub conv: String,
+    /// Its place in the conversation (the stream sequence).
     pub seq: u64,
+    /// Who sent it (`system:<source>` for a system post).
     pub sender: String,
+    /// From which device.
     pub device: String,
+    /// The sender's id of the message.
     pub client_msg_id: String,
     /// The body as JSON text.
     pub body: String,
+    /// The sender's clock.
     pub client_ts: i64,
+    /// When it was stored.
     pub server_ts: i64,
+    /// The event's id.
     pub event_id: String,
 }
 
 /// A group row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupRow {
+    /// The group.
     pub group: String,
+    /// Who created it.
     pub owner: String,
+    /// Its title.
     pub title: String,
+    /// Its avatar.
     pub avatar: Option<String>,
     /// A 1:1 conversation (fixed membership).
     pub direct: bool,
+    /// Ended for everyone.
     pub dismissed: bool,
+    /// The MEMBERSHIP sequence of its creation.
     pub created_seq: u64,
     /// MEMBERSHIP stream sequence of the group's last event.
     pub version: u64,
+    /// The members' digest: wrapping sum of their hashes (see [`GroupRow::digest`]).
     pub digest_sum: u64,
+    /// How many members.
     pub member_count: u64,
     /// Tombstones at or below this version were purged: no member diff from before it.
     pub horizon: u64,
 }
 
+impl GroupRow {
+    /// The digest of the group's members.
+    pub fn digest(&self) -> SetDigest {
+        SetDigest {
+            sum: self.digest_sum,
+            count: self.member_count,
+        }
+    }
+
+    /// Sets the digest of the group's members.
+    pub fn set_digest(&mut self, digest: SetDigest) {
+        self.digest_sum = digest.sum;
+        self.member_count = digest.count;
+    }
+}
+
 /// A member row; `removed_seq` set makes it a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRow {
+    /// The group.
     pub group: String,
+    /// The member.
     pub user: String,
+    /// Owner, admin or member.
     pub role: Role,
+    /// Their nickname in the group.
     pub nickname: Option<String>,
+    /// Muted until this Unix millisecond.
     pub muted_until: Option<i64>,
     /// Sequence of the last event that changed this member.
     pub version: u64,
+    /// Set once the member left: the row is a tombstone from this sequence on.
     pub removed_seq: Option<u64>,
 }
 
@@ -127,16 +168,19 @@ pub(crate) fn u(v: i64) -> u64 {
 }
 
 impl Tx {
+    /// Commits the transaction.
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
         Ok(())
     }
 
+    /// Rolls the transaction back.
     pub async fn rollback(self) -> Result<(), StoreError> {
         self.tx.rollback().await?;
         Ok(())
     }
 
+    /// Where `projection` stands, if it ever applied anything.
     pub async fn checkpoint(&mut self, projection: &str) -> Result<Option<Checkpoint>, StoreError> {
         let row =
             sqlx::query("SELECT epoch, last_seq FROM projection_checkpoints WHERE projection = $1")
@@ -152,6 +196,7 @@ impl Tx {
         })
     }
 
+    /// Moves `projection`'s checkpoint.
     pub async fn set_checkpoint(
         &mut self,
         projection: &str,
@@ -274,6 +319,7 @@ impl Tx {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Creates or updates a user.
     pub async fn put_user(
         &mut self,
         user: &str,
@@ -293,6 +339,7 @@ impl Tx {
         Ok(())
     }
 
+    /// Whether a user exists.
     pub async fn user_exists(&mut self, user: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT deleted FROM users WHERE user_id = $1")
             .bind(user)
@@ -304,6 +351,7 @@ impl Tx {
         })
     }
 
+    /// Deletes a user.
     pub async fn delete_user(&mut self, user: &str, version: u64) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO users (user_id, display_name, deleted, version) VALUES ($1, '', 1, $2)
@@ -316,6 +364,7 @@ impl Tx {
         Ok(())
     }
 
+    /// Records a revoked session.
     pub async fn revoke_session(
         &mut self,
         user: &str,
@@ -334,6 +383,7 @@ impl Tx {
         Ok(())
     }
 
+    /// A group's row.
     pub async fn group(&mut self, group: &str) -> Result<Option<GroupRow>, StoreError> {
         let row = sqlx::query(
             "SELECT group_id, owner, title, avatar, direct, dismissed, created_seq, version,
@@ -407,6 +457,7 @@ impl Tx {
         Ok(())
     }
 
+    /// One member's row, tombstones included.
     pub async fn member(
         &mut self,
         group: &str,
@@ -484,30 +535,36 @@ impl Tx {
         Ok(())
     }
 
-    /// Applies per-bucket digest changes of one group: for each bucket, the wrapping sum to
-    /// add and the member count change.
+    /// Applies per-bucket digest changes of one group: for each bucket, the digest of the
+    /// members added minus those removed (see [`SetDigest::remove`]), combined with the
+    /// bucket's.
     pub async fn adjust_buckets(
         &mut self,
         group: &str,
-        deltas: &BTreeMap<u8, (u64, i64)>,
+        deltas: &BTreeMap<u8, SetDigest>,
     ) -> Result<(), StoreError> {
         if deltas.is_empty() {
             return Ok(());
         }
-        let mut current: HashMap<u8, (u64, u64)> = HashMap::new();
+        let mut current: HashMap<u8, SetDigest> = HashMap::new();
         for r in
             sqlx::query("SELECT bucket, sum, count FROM group_digest_buckets WHERE group_id = $1")
                 .bind(group)
                 .fetch_all(&mut *self.tx)
                 .await?
         {
-            current.insert(
-                r.try_get::<i64, _>("bucket")? as u8,
-                (u(r.try_get("sum")?), u(r.try_get("count")?)),
-            );
+            let stored = SetDigest {
+                sum: u(r.try_get("sum")?),
+                count: u(r.try_get("count")?),
+            };
+            current.insert(r.try_get::<i64, _>("bucket")? as u8, stored);
         }
-        for (bucket, (add, count)) in deltas {
-            let (sum, n) = current.get(bucket).copied().unwrap_or((0, 0));
+        for (bucket, delta) in deltas {
+            let now = current
+                .get(bucket)
+                .copied()
+                .unwrap_or_default()
+                .combine(*delta);
             sqlx::query(
                 "INSERT INTO group_digest_buckets (group_id, bucket, sum, count)
                  VALUES ($1, $2, $3, $4)
@@ -516,8 +573,8 @@ impl Tx {
             )
             .bind(group)
             .bind(i64::from(*bucket))
-            .bind(i(sum.wrapping_add(*add)))
-            .bind(i(n).wrapping_add(*count))
+            .bind(i(now.sum))
+            .bind(i(now.count))
             .execute(&mut *self.tx)
             .await?;
         }

@@ -11,26 +11,39 @@ use crate::{Store, StoreError};
 /// A conversation's version and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationRow {
+    /// The conversation.
     pub conv: String,
+    /// Its last message's seq.
     pub last_seq: u64,
+    /// When that message was stored.
     pub last_ts: i64,
+    /// How many messages it holds.
     pub message_count: u64,
 }
 
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRow {
+    /// The conversation.
     pub conv: String,
+    /// Its place in the conversation.
     pub seq: u64,
+    /// Who sent it (`system:<source>` for a system post).
     pub sender: String,
+    /// From which device.
     pub device: String,
+    /// The sender's id of the message.
     pub client_msg_id: String,
+    /// The body as JSON text.
     pub body: String,
+    /// The sender's clock.
     pub client_ts: i64,
+    /// When it was stored.
     pub server_ts: i64,
 }
 
 impl Store {
+    /// A conversation's version and size.
     pub async fn conversation(&self, conv: &str) -> Result<Option<ConversationRow>, StoreError> {
         let row = sqlx::query(
             "SELECT conv_id, last_seq, last_ts, message_count FROM conversations WHERE conv_id = $1",
@@ -66,6 +79,7 @@ impl Store {
         rows.iter().map(message_row).collect()
     }
 
+    /// A user's read marker in a conversation.
     pub async fn read_seq(&self, user: &str, conv: &str) -> Result<Option<u64>, StoreError> {
         let row =
             sqlx::query("SELECT read_seq FROM read_markers WHERE user_id = $1 AND conv_id = $2")
@@ -79,6 +93,7 @@ impl Store {
         })
     }
 
+    /// A group's row.
     pub async fn group_row(&self, group: &str) -> Result<Option<GroupRow>, StoreError> {
         let mut tx = self.begin_read().await?;
         let g = tx.group(group).await?;
@@ -146,8 +161,11 @@ impl Store {
 /// A conversation of a user, with what a conversation list needs after a reconnect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationState {
+    /// The conversation.
     pub conv: String,
+    /// Its last message's seq.
     pub last_seq: u64,
+    /// The user's read marker.
     pub read_seq: u64,
     /// What this device acknowledged receiving.
     pub delivered_seq: u64,
@@ -343,7 +361,9 @@ impl Store {
 /// read marker. Used by `anchorage replay --verify`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fingerprint {
+    /// Each projection's checkpoint.
     pub checkpoints: BTreeMap<String, u64>,
+    /// Rows per table.
     pub counts: BTreeMap<&'static str, i64>,
     /// group → (version, digest sum, member count, dismissed)
     pub groups: BTreeMap<String, (u64, u64, u64, bool)>,
@@ -401,6 +421,7 @@ const TABLES: &[&str] = &[
 ];
 
 impl Store {
+    /// What two databases built from the same streams must agree on.
     pub async fn fingerprint(&self) -> Result<Fingerprint, StoreError> {
         let mut f = Fingerprint::default();
         for row in sqlx::query("SELECT projection, last_seq FROM projection_checkpoints")

@@ -60,7 +60,7 @@ pub(crate) fn plan(
         return Plan::Full;
     }
     if version == group.version {
-        let server = digest_of(group);
+        let server = group.digest();
         return match digest {
             Some(d) if d != server => Plan::Buckets,
             _ => Plan::Unchanged,
@@ -72,13 +72,6 @@ pub(crate) fn plan(
 /// Whether a diff touching `changed` member rows is too large a share of the group.
 pub(crate) fn too_large(changed: u64, members: u64, full_percent: u32) -> bool {
     changed * 100 > u64::from(full_percent) * members.max(1)
-}
-
-fn digest_of(g: &GroupRow) -> SetDigest {
-    SetDigest {
-        sum: g.digest_sum,
-        count: g.member_count,
-    }
 }
 
 fn info(m: &MemberRow) -> Option<MemberInfo> {
@@ -111,7 +104,7 @@ async fn diff_page(
             None => return Ok(None),
         }
     } else {
-        (g.version, Some(digest_of(g)), false)
+        (g.version, Some(g.digest()), false)
     };
     let mut upserts = Vec::new();
     let mut removed = Vec::new();
