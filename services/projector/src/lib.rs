@@ -301,6 +301,11 @@ impl Worker {
     /// Applies a batch in one transaction; if that fails, applies its events one by one to
     /// isolate the one at fault. Only the run that continues the checkpoint without a hole is
     /// applied and acknowledged; returns the new checkpoint and the sequence skipped, if any.
+    #[tracing::instrument(level = "debug", skip_all, fields(
+        projection = self.handler.name(),
+        from = checkpoint.last_seq + 1,
+        events = batch.len(),
+    ))]
     async fn apply_batch(
         &self,
         consumer: &PullConsumer,

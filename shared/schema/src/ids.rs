@@ -192,6 +192,19 @@ impl GroupId {
     pub fn is_direct(&self) -> bool {
         self.0.starts_with(DIRECT_PREFIX)
     }
+
+    /// The group's conversation (same id, same grammar).
+    pub fn conversation(&self) -> ConversationId {
+        ConversationId(self.0.clone())
+    }
+}
+
+impl ConversationId {
+    /// The group a conversation belongs to (same id, same grammar; a 1:1 conversation is a
+    /// group of two with fixed members).
+    pub fn group(&self) -> GroupId {
+        GroupId(self.0.clone())
+    }
 }
 
 /// The prefix of every 1:1 conversation id.

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use anchorage_schema::{ConversationId, Envelope, Event, GroupId, UserId};
+use anchorage_schema::{ConversationId, Envelope, Event, UserId};
 
 /// Membership events kept to close the gap between a projection read and the live stream.
 const RECENT_MEMBERSHIP: usize = 4096;
@@ -138,9 +138,8 @@ impl MembershipView {
                 }
             }
         }
-        if let Event::GroupDismissed(d) = &env.event
-            && let Some(conv) = conversation(&d.group)
-        {
+        if let Event::GroupDismissed(d) = &env.event {
+            let conv = d.group.conversation();
             for (user, v) in &mut self.users {
                 if v.convs.remove(&conv) {
                     changes.push(Change::Dismissed {
@@ -164,10 +163,6 @@ impl MembershipView {
     }
 }
 
-fn conversation(group: &GroupId) -> Option<ConversationId> {
-    ConversationId::parse(group.as_str()).ok()
-}
-
 /// Who joined (`true`) or left which conversation in a membership event.
 fn membership_changes(env: &Envelope) -> Vec<(UserId, ConversationId, bool)> {
     let (group, users, joined): (_, Box<dyn Iterator<Item = &UserId>>, _) = match &env.event {
@@ -180,9 +175,7 @@ fn membership_changes(env: &Envelope) -> Vec<(UserId, ConversationId, bool)> {
         Event::MembersRemoved(e) => (&e.group, Box::new(e.members.iter()), false),
         _ => return Vec::new(),
     };
-    let Some(conv) = conversation(group) else {
-        return Vec::new();
-    };
+    let conv = group.conversation();
     users.map(|u| (u.clone(), conv.clone(), joined)).collect()
 }
 
@@ -194,9 +187,7 @@ fn note_mute(view: &mut UserView, user: &UserId, env: &Envelope) {
     if &m.member != user {
         return;
     }
-    let Some(conv) = conversation(&m.group) else {
-        return;
-    };
+    let conv = m.group.conversation();
     match m.muted_until {
         Some(until) => view.muted.insert(conv, until),
         None => view.muted.remove(&conv),

@@ -71,16 +71,6 @@ impl From<UpdateGroup> for GroupCommand {
     }
 }
 
-/// The conversation of a group (the same id).
-fn conversation(group: &GroupId) -> Result<ConversationId, RequestError> {
-    ConversationId::parse(group.as_str()).map_err(RequestError::internal)
-}
-
-/// The group of a conversation (the same id).
-fn group_of(conv: &ConversationId) -> Result<GroupId, RequestError> {
-    GroupId::parse(conv.as_str()).map_err(RequestError::internal)
-}
-
 fn event_id(id: String) -> Result<EventId, RequestError> {
     EventId::parse(id).map_err(RequestError::internal)
 }
@@ -106,7 +96,7 @@ impl Session {
                     return Ok(done);
                 }
             }
-            let group = group_of(&conv)?;
+            let group = conv.group();
             let env = Envelope::new(
                 event_id(format!("direct:{conv}"))?,
                 now_ms(),
@@ -151,7 +141,7 @@ impl Session {
         peer: &UserId,
     ) -> Result<Option<Done>, RequestError> {
         let me = &self.claims.sub;
-        let group = group_of(conv)?;
+        let group = conv.group();
         let version = self.settled_version(&group).await?;
         if version.0 == 0 {
             return Ok(None);
@@ -240,7 +230,7 @@ impl Session {
             .await
         {
             Ok(p) if !p.duplicate => {
-                let conv = conversation(&group)?;
+                let conv = group.conversation();
                 self.state.hub.joined(me, conv.clone());
                 Ok(Done {
                     conv: Some(conv),
@@ -279,7 +269,7 @@ impl Session {
             {
                 Ok(p) => {
                     return Ok(Done {
-                        conv: ConversationId::parse(group.as_str()).ok(),
+                        conv: Some(group.conversation()),
                         seq: Some(p.seq.0),
                     }
                     .into());
@@ -358,7 +348,7 @@ impl Session {
     pub(super) async fn leave(&self, r: Leave) -> Result<Done, RequestError> {
         let Leave { group } = r;
         let me = &self.claims.sub;
-        let conv = conversation(&group)?;
+        let conv = group.conversation();
         self.member(&conv)?;
         if conv.is_direct() {
             return Err(RequestError::Forbidden(

@@ -189,8 +189,7 @@ fn no_group(group: &GroupId) -> RequestError {
 
 impl Session {
     fn group_conv(&self, group: &GroupId) -> Result<ConversationId, RequestError> {
-        let conv = ConversationId::parse(group.as_str())
-            .map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let conv = group.conversation();
         self.member(&conv)?;
         Ok(conv)
     }
@@ -486,8 +485,7 @@ impl Session {
 
     /// Answers `members_unsubscribe`.
     pub(super) fn members_unsubscribe(&self, r: MembersUnsubscribe) -> Result<Done, RequestError> {
-        let conv = ConversationId::parse(r.group.as_str())
-            .map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let conv = r.group.conversation();
         self.state.hub.unwatch_members(self.conn.id, &conv);
         Ok(Done {
             conv: Some(conv),
