@@ -8,7 +8,7 @@
 //! - [`ids`]: parse-don't-validate newtypes for every identifier, valid as subject tokens;
 //! - [`event`]: the envelope, the event payloads and their decoding rules;
 //! - [`subjects`]: every stream name, subject and header name, built in one place;
-//! - [`anchor`]: sequence numbers and anchors, the version vocabulary of sync;
+//! - [`anchor`]: sequence numbers and stream epochs, the version vocabulary of sync;
 //! - [`limits`]: the bounds every writer enforces so every reader can decode what it stored;
 //! - [`backoff`]: the one full-jitter backoff every retry loop uses;
 //! - [`search`]: prefix search with the same answer on every database.
@@ -25,7 +25,7 @@ pub mod limits;
 pub mod search;
 pub mod subjects;
 
-pub use anchor::{Anchor, Epoch, Seq};
+pub use anchor::{Epoch, Seq};
 pub use event::{Actor, DecodeError, Envelope, Event, now_ms};
 pub use ids::{
     ClientMsgId, ConversationId, DIRECT_PREFIX, DeviceId, EventId, GroupId, IdError, SourceId,
