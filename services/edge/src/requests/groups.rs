@@ -13,6 +13,7 @@ use anchorage_protocol::request::{
     AddMembers, CreateGroup, Leave, MuteMember, OpenDirect, RemoveMembers, SetNickname, SetRole,
     UpdateGroup,
 };
+use anchorage_schema::backoff::Backoff;
 use anchorage_schema::event::{GroupCreated, MembersAdded, MembersRemoved, RemovalReason, Role};
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{ConversationId, Envelope, EventId, GroupId, Seq, UserId, now_ms};
@@ -22,6 +23,10 @@ use super::messages::PROJECTION_WAIT;
 use super::rules::{self, GroupCommand, GroupState};
 use super::{Answer, RequestError, Session};
 use crate::progress::Projection;
+
+/// How long a command that lost a race waits before deciding again (the racers spread out).
+const CONFLICT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
 
 impl From<AddMembers> for GroupCommand {
     fn from(r: AddMembers) -> Self {
@@ -275,7 +280,7 @@ impl Session {
                     .into());
                 }
                 Err(PublishError::Conflict { .. }) => {
-                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                    tokio::time::sleep(CONFLICT_BACKOFF.delay(attempt, None)).await;
                 }
                 Err(err) => return Err(err.into()),
             }
