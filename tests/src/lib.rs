@@ -6,12 +6,17 @@
 //!   PostgreSQL database when the suite runs against PostgreSQL.
 //! - [`TestStack::start`] runs the projector and edge in-process through the same
 //!   [`anchorage::stack::Stack`] that `anchorage dev` uses, on a free port.
+//! - [`WsClient`] speaks the typed protocol of `anchorage-protocol` over a real WebSocket:
+//!   requests are request structs, answers [`ServerFrame`]s; [`WsClient::ok`],
+//!   [`WsClient::ack`], [`WsClient::refused`] and the like unwrap the answer a test expects.
+//!   Malformed and hostile frames go as raw text through [`WsClient::send_text`].
 //! - Every wait is bounded: [`eventually`] polls a condition until a deadline and fails the
 //!   test with a description of what it was waiting for.
 //!
 //! nats-server is found like `anchorage dev` finds it: `ANCHORAGE_DEV__NATS_SERVER`, then the
 //! repository's `.tools/`, then PATH — installing the pinned version into `.tools/` if needed.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -21,6 +26,12 @@ use anchorage::nats_auth::{self, Credentials};
 use anchorage::natsd::{self, ClusterNode, NatsServer, NatsServerOptions, TlsFiles};
 use anchorage::stack::Stack;
 use anchorage_config::Config;
+use anchorage_protocol::request::{self, CreateGroup, Hello, SendMessage};
+use anchorage_protocol::{
+    Ack, Done, ErrorFrame, LiveMessage, MembersChanged, MembershipChanged, Messages, Push,
+    ReadMoved, ReplyBody, Request, RequestBody, RequestId, ServerFrame, Welcome,
+};
+use anchorage_schema::{ClientMsgId, ConversationId, GroupId, UserId};
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -420,17 +431,41 @@ impl TestEdge {
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A WebSocket client speaking the Anchorage protocol as raw JSON, for tests.
+/// A WebSocket client speaking the typed Anchorage protocol, for tests.
+///
+/// Requests are [`RequestBody`]s (or any request struct); frames come back as [`ServerFrame`]s.
+/// Pushes that arrive while waiting for an answer are kept for [`WsClient::push`], and
+/// answers to other requests for [`WsClient::next_answer`].
 #[derive(Debug)]
 pub struct WsClient {
     ws: WsStream,
-    next_id: u64,
-    /// Frames that arrived while waiting for an answer (live pushes).
-    pushes: std::collections::VecDeque<serde_json::Value>,
+    next_id: RequestId,
+    /// Pushes that arrived while waiting for something else.
+    pushes: VecDeque<Push>,
+    /// Replies and errors that arrived while waiting for the answer to another request.
+    answers: VecDeque<ServerFrame>,
 }
 
 /// How long a test waits for any one frame.
 const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+/// The server closed the connection: the error [`WsClient::next_frame`] fails with then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    /// The close code, if the server sent a close frame.
+    pub code: Option<u16>,
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "closed with code {code}"),
+            None => f.write_str("closed"),
+        }
+    }
+}
+
+impl std::error::Error for Closed {}
 
 impl WsClient {
     pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<WsClient> {
@@ -443,7 +478,8 @@ impl WsClient {
         Ok(WsClient {
             ws,
             next_id: 1,
-            pushes: Default::default(),
+            pushes: VecDeque::new(),
+            answers: VecDeque::new(),
         })
     }
 
@@ -452,16 +488,15 @@ impl WsClient {
         addr: std::net::SocketAddr,
         user: &str,
         device: &str,
-    ) -> anyhow::Result<(WsClient, serde_json::Value)> {
+    ) -> anyhow::Result<(WsClient, Welcome)> {
         let mut c = WsClient::connect(addr).await?;
-        let welcome = c
-            .request(serde_json::json!({"type": "hello", "protocol": 1,
-                                        "token": token(user, device, 3600)}))
-            .await?;
-        anyhow::ensure!(welcome["type"] == "welcome", "no welcome: {welcome}");
-        Ok((c, welcome))
+        match c.reply(hello(token(user, device, 3600))).await? {
+            ReplyBody::Welcome(welcome) => Ok((c, welcome)),
+            other => bail!("no welcome: {other:?}"),
+        }
     }
 
+    /// Sends raw text, for frames the protocol types cannot express (malformed, hostile).
     pub async fn send_text(&mut self, text: impl Into<String>) -> anyhow::Result<()> {
         use futures::SinkExt;
         let text: String = text.into();
@@ -471,96 +506,265 @@ impl WsClient {
         Ok(())
     }
 
-    /// The next frame from the server; an error once the server closed (with its code).
-    pub async fn next_frame(&mut self) -> anyhow::Result<serde_json::Value> {
+    /// Sends request `id` without waiting for its answer (to pipeline, or to choose the id).
+    pub async fn send_request(
+        &mut self,
+        id: RequestId,
+        body: impl Into<RequestBody>,
+    ) -> anyhow::Result<()> {
+        self.send_text(Request::encode(id, &body.into())).await
+    }
+
+    /// The next frame from the server; a [`Closed`] error once the server closed.
+    pub async fn next_frame(&mut self) -> anyhow::Result<ServerFrame> {
         use futures::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
         loop {
             let msg = within(FRAME_WAIT, "a frame", self.ws.next()).await?;
             match msg {
-                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(&t)
+                        .with_context(|| format!("not a server frame: {}", t.as_str()));
+                }
                 Some(Ok(Message::Close(frame))) => {
-                    let code = frame.map(|f| u16::from(f.code)).unwrap_or(0);
-                    bail!("closed with code {code}");
+                    return Err(Closed {
+                        code: Some(frame.map_or(0, |f| u16::from(f.code))),
+                    }
+                    .into());
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("socket error: {e}"),
-                None => bail!("closed"),
+                None => return Err(Closed { code: None }.into()),
             }
         }
     }
 
-    /// The next frame that is not a live push (pushes are kept for [`WsClient::push`]).
-    pub async fn next_answer(&mut self) -> anyhow::Result<serde_json::Value> {
-        loop {
-            let f = self.next_frame().await?;
-            if matches!(
-                f["type"].as_str(),
-                Some("message" | "read" | "membership" | "members_changed")
-            ) {
-                self.pushes.push_back(f);
-            } else {
-                return Ok(f);
-            }
-        }
-    }
-
-    /// Sends a request (an `id` is added) and waits for the frame answering it.
-    pub async fn request(
-        &mut self,
-        mut frame: serde_json::Value,
-    ) -> anyhow::Result<serde_json::Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        frame["id"] = serde_json::json!(id);
-        self.send_text(frame.to_string()).await?;
-        loop {
-            let f = self.next_frame().await?;
-            if f["id"] == serde_json::json!(id) {
-                return Ok(f);
-            }
-            self.pushes.push_back(f);
-        }
-    }
-
-    /// Waits for a pushed frame matching `pred` (taking it from those already received first).
-    pub async fn push(
-        &mut self,
-        mut pred: impl FnMut(&serde_json::Value) -> bool,
-    ) -> anyhow::Result<serde_json::Value> {
-        if let Some(i) = self.pushes.iter().position(&mut pred)
-            && let Some(f) = self.pushes.remove(i)
-        {
+    /// The next frame that is not a push (pushes are kept for [`WsClient::push`]): answers
+    /// that arrived earlier while waiting for another request first.
+    pub async fn next_answer(&mut self) -> anyhow::Result<ServerFrame> {
+        if let Some(f) = self.answers.pop_front() {
             return Ok(f);
         }
         loop {
-            let f = self.next_frame().await?;
-            if pred(&f) {
-                return Ok(f);
+            match self.next_frame().await? {
+                ServerFrame::Push(p) => self.pushes.push_back(p),
+                f => return Ok(f),
             }
-            self.pushes.push_back(f);
         }
     }
 
-    /// Pushed frames received so far and not taken.
-    pub fn pending_pushes(&self) -> &std::collections::VecDeque<serde_json::Value> {
+    /// Sends a request (with the next id) and waits for the frame answering it: its reply or
+    /// its error.
+    pub async fn request(&mut self, body: impl Into<RequestBody>) -> anyhow::Result<ServerFrame> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_request(id, body).await?;
+        loop {
+            match self.next_frame().await? {
+                f if f.id() == Some(id) => return Ok(f),
+                ServerFrame::Push(p) => self.pushes.push_back(p),
+                f => self.answers.push_back(f),
+            }
+        }
+    }
+
+    /// The reply to a request; fails with the error frame if it was refused.
+    pub async fn reply(&mut self, body: impl Into<RequestBody>) -> anyhow::Result<ReplyBody> {
+        let body = body.into();
+        match self.request(body.clone()).await? {
+            ServerFrame::Reply(r) => Ok(r.body),
+            other => bail!("{} refused: {other:?}", body.type_name()),
+        }
+    }
+
+    /// The `ok` answering a request; fails on any other answer.
+    pub async fn ok(&mut self, body: impl Into<RequestBody>) -> anyhow::Result<Done> {
+        match self.reply(body).await? {
+            ReplyBody::Ok(done) => Ok(done),
+            other => bail!("not ok: {other:?}"),
+        }
+    }
+
+    /// The `ack` answering a send; fails on any other answer.
+    pub async fn ack(&mut self, send: SendMessage) -> anyhow::Result<Ack> {
+        match self.reply(send).await? {
+            ReplyBody::Ack(ack) => Ok(ack),
+            other => bail!("not an ack: {other:?}"),
+        }
+    }
+
+    /// The `messages` answering a `sync` or `history`; fails on any other answer.
+    pub async fn messages(&mut self, body: impl Into<RequestBody>) -> anyhow::Result<Messages> {
+        match self.reply(body).await? {
+            ReplyBody::Messages(page) => Ok(page),
+            other => bail!("not messages: {other:?}"),
+        }
+    }
+
+    /// A `ping` answered with `pong`; fails on any other answer.
+    pub async fn ping(&mut self) -> anyhow::Result<()> {
+        match self.reply(RequestBody::Ping {}).await? {
+            ReplyBody::Pong => Ok(()),
+            other => bail!("not a pong: {other:?}"),
+        }
+    }
+
+    /// The error frame refusing a request; fails if it was answered otherwise.
+    pub async fn refused(&mut self, body: impl Into<RequestBody>) -> anyhow::Result<ErrorFrame> {
+        let body = body.into();
+        match self.request(body.clone()).await? {
+            ServerFrame::Error(e) => Ok(e),
+            other => bail!("{} not refused: {other:?}", body.type_name()),
+        }
+    }
+
+    /// Waits for a push matching `pred` (taking it from those already received first).
+    pub async fn push(&mut self, mut pred: impl FnMut(&Push) -> bool) -> anyhow::Result<Push> {
+        if let Some(i) = self.pushes.iter().position(&mut pred)
+            && let Some(p) = self.pushes.remove(i)
+        {
+            return Ok(p);
+        }
+        loop {
+            match self.next_frame().await? {
+                ServerFrame::Push(p) if pred(&p) => return Ok(p),
+                ServerFrame::Push(p) => self.pushes.push_back(p),
+                f => self.answers.push_back(f),
+            }
+        }
+    }
+
+    /// Waits for a push of type `T` matching `pred`, as [`WsClient::push`] does.
+    pub async fn pushed<T: PushBody>(
+        &mut self,
+        mut pred: impl FnMut(&T) -> bool,
+    ) -> anyhow::Result<T> {
+        let p = self.push(|p| T::of(p).is_some_and(&mut pred)).await?;
+        T::take(p).context("the push taken is of the type asked")
+    }
+
+    /// Pushes received so far and not taken.
+    pub fn pending_pushes(&self) -> &VecDeque<Push> {
         &self.pushes
     }
 
-    /// Waits for the server to close the connection; returns the close code.
+    /// Answers to other requests received so far and not taken by
+    /// [`WsClient::next_answer`].
+    pub fn pending_answers(&self) -> &VecDeque<ServerFrame> {
+        &self.answers
+    }
+
+    /// Waits for the server to close the connection; returns the close code. Frames that
+    /// come before the close are kept ([`WsClient::pending_pushes`],
+    /// [`WsClient::pending_answers`]).
     pub async fn closed(&mut self) -> anyhow::Result<u16> {
         loop {
             match self.next_frame().await {
-                Ok(f) => self.pushes.push_back(f),
+                Ok(ServerFrame::Push(p)) => self.pushes.push_back(p),
+                Ok(f) => self.answers.push_back(f),
                 Err(e) => {
-                    let text = e.to_string();
-                    return text
-                        .strip_prefix("closed with code ")
-                        .and_then(|c| c.parse().ok())
-                        .with_context(|| format!("no close code: {text}"));
+                    return match e.downcast_ref::<Closed>() {
+                        Some(Closed { code: Some(code) }) => Ok(*code),
+                        _ => Err(e.context("no close code")),
+                    };
                 }
             }
         }
+    }
+}
+
+/// The payload of one kind of [`Push`], for [`WsClient::pushed`].
+pub trait PushBody: Sized {
+    /// The payload, if `push` is of this kind.
+    fn of(push: &Push) -> Option<&Self>;
+    /// The payload, taken out of `push`.
+    fn take(push: Push) -> Option<Self>;
+}
+
+macro_rules! push_body {
+    ($($variant:ident($body:ty)),* $(,)?) => {
+        $(impl PushBody for $body {
+            fn of(push: &Push) -> Option<&Self> {
+                match push {
+                    Push::$variant(b) => Some(b),
+                    _ => None,
+                }
+            }
+
+            fn take(push: Push) -> Option<Self> {
+                match push {
+                    Push::$variant(b) => Some(b),
+                    _ => None,
+                }
+            }
+        })*
+    };
+}
+
+push_body! {
+    Message(LiveMessage),
+    Read(ReadMoved),
+    Membership(MembershipChanged),
+    MembersChanged(MembersChanged),
+}
+
+/// A conversation id (panics on an invalid one: tests name valid ids).
+pub fn conv_id(id: &str) -> ConversationId {
+    ConversationId::parse(id).expect("a valid conversation id")
+}
+
+/// A group id.
+pub fn group_id(id: &str) -> GroupId {
+    GroupId::parse(id).expect("a valid group id")
+}
+
+/// A user id.
+pub fn user_id(id: &str) -> UserId {
+    UserId::parse(id).expect("a valid user id")
+}
+
+/// User ids.
+pub fn user_ids(ids: &[&str]) -> Vec<UserId> {
+    ids.iter().map(|u| user_id(u)).collect()
+}
+
+/// `hello` in the protocol version this software speaks, with no anchors.
+pub fn hello(token: impl Into<String>) -> Hello {
+    Hello {
+        protocol: anchorage_protocol::PROTOCOL_VERSION,
+        token: token.into(),
+        anchors: Vec::new(),
+        cursor: None,
+    }
+}
+
+/// `send` of `body` into `conv` as `client_msg_id`, stamped 1 and not flagged as a retry
+/// (`SendMessage { client_ts: …, retry: true, ..send_message(…) }` for others).
+pub fn send_message(conv: &str, client_msg_id: &str, body: serde_json::Value) -> SendMessage {
+    SendMessage {
+        conv: conv_id(conv),
+        client_msg_id: ClientMsgId::parse(client_msg_id).expect("a valid client message id"),
+        body,
+        client_ts: 1,
+        retry: false,
+    }
+}
+
+/// `sync` of `conv` after `after`, with the server's default limit.
+pub fn sync(conv: &str, after: u64) -> request::Sync {
+    request::Sync {
+        conv: conv_id(conv),
+        after,
+        limit: None,
+    }
+}
+
+/// `create_group` of `group` titled `title` with `members` besides the caller.
+pub fn create_group(group: &str, title: &str, members: &[&str]) -> CreateGroup {
+    CreateGroup {
+        group: group_id(group),
+        title: title.to_owned(),
+        members: user_ids(members),
     }
 }
 

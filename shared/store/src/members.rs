@@ -137,9 +137,11 @@ impl Store {
              FROM group_members
              WHERE group_id = $1 AND removed_seq IS NULL
                AND ({} LIKE $2 ESCAPE '\\' OR {} LIKE $2 ESCAPE '\\')
-             ORDER BY user_id LIMIT $3",
+             ORDER BY user_id{} LIMIT $3",
             fold_ascii_sql("user_id", postgres),
             fold_ascii_sql("nickname", postgres),
+            // Byte order, as SQLite and the client store sort, whatever the server's locale.
+            if postgres { " COLLATE \"C\"" } else { "" },
         );
         // Built from fixed column names only; the user's text is bound.
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))

@@ -2,14 +2,20 @@
 //! database: groups and 1:1s, sends and retries, live push with `prev`, sync and history,
 //! read markers across devices, reconnect summaries, authorization, bad input.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::time::Duration;
 
-use anchorage_tests::{
-    TestEdge, TestNats, TestStack, WsClient, eventually, fresh_database, test_config, token,
+use anchorage_protocol::request::{
+    self, AddMembers, ConvAnchor, Hello, History, MarkRead, MarkReceived, OpenDirect, SendMessage,
 };
-use serde_json::{Value, json};
+use anchorage_protocol::{
+    ErrorCode, LiveMessage, MembershipChanged, Push, ReadMoved, Reply, ReplyBody, Request,
+    RequestBody, ServerFrame,
+};
+use anchorage_tests::{
+    TestEdge, TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database,
+    group_id, hello, send_message, sync, test_config, token, user_id, user_ids,
+};
+use serde_json::json;
 
 struct Two {
     _nats: TestNats,
@@ -31,8 +37,8 @@ async fn two_edges() -> Two {
     }
 }
 
-fn is_message(conv: &str) -> impl Fn(&Value) -> bool + '_ {
-    move |f: &Value| f["type"] == "message" && f["message"]["conv"] == conv
+fn is_message(conv: &str) -> impl Fn(&LiveMessage) -> bool + '_ {
+    move |m: &LiveMessage| m.message.conv.as_str() == conv
 }
 
 #[tokio::test]
@@ -40,67 +46,59 @@ async fn a_group_chat_across_two_edges() {
     let t = two_edges().await;
     let (e1, e2) = (t.stack.edge_addr(), t.edge2.addr);
     let (mut alice, welcome) = WsClient::signed_in(e1, "alice", "laptop").await.unwrap();
-    assert_eq!(welcome["user"], "alice");
-    assert_eq!(welcome["changes"], json!([]));
+    assert_eq!(welcome.user.as_str(), "alice");
+    assert_eq!(welcome.changes, vec![]);
     let (mut bob, _) = WsClient::signed_in(e2, "bob", "phone").await.unwrap();
     let (mut carol, _) = WsClient::signed_in(e2, "carol", "phone").await.unwrap();
 
-    let created = alice
-        .request(
-            json!({"type": "create_group", "group": "ops", "title": "Ops", "members": ["bob"]}),
-        )
+    alice
+        .ok(create_group("ops", "Ops", &["bob"]))
         .await
         .unwrap();
-    assert_eq!(created["type"], "ok", "{created}");
-    let joined = bob.push(|f| f["type"] == "membership").await.unwrap();
-    assert_eq!(
-        (joined["conv"].as_str(), joined["joined"].as_bool()),
-        (Some("ops"), Some(true))
-    );
+    let joined: MembershipChanged = bob.pushed(|_| true).await.unwrap();
+    assert_eq!((joined.conv.as_str(), joined.joined), ("ops", true));
     // Creating it again is a conflict.
     let again = alice
-        .request(json!({"type": "create_group", "group": "ops", "title": "Ops"}))
+        .refused(create_group("ops", "Ops", &[]))
         .await
         .unwrap();
-    assert_eq!(again["code"], "conflict");
+    assert_eq!(again.code, ErrorCode::Conflict);
 
     // Alice sends three messages; bob, on the other edge, gets each with the previous seq.
     let mut seqs = Vec::new();
     for n in 0..3 {
         let ack = alice
-            .request(
-                json!({"type": "send", "conv": "ops", "client_msg_id": format!("m{n}"),
-                            "body": {"text": format!("hi {n}")}, "client_ts": 1000 + n}),
-            )
+            .ack(SendMessage {
+                client_ts: 1000 + n,
+                ..send_message("ops", &format!("m{n}"), json!({"text": format!("hi {n}")}))
+            })
             .await
             .unwrap();
-        assert_eq!(ack["type"], "ack", "{ack}");
-        assert_eq!(ack["duplicate"], false);
-        seqs.push(ack["seq"].as_u64().unwrap());
+        assert!(!ack.duplicate);
+        seqs.push(ack.seq);
     }
     let mut prev = 0;
     for (n, seq) in seqs.iter().enumerate() {
-        let m = bob.push(is_message("ops")).await.unwrap();
-        assert_eq!(m["message"]["seq"].as_u64(), Some(*seq));
-        assert_eq!(m["prev"].as_u64(), Some(prev), "{m}");
-        assert_eq!(m["message"]["body"]["text"], format!("hi {n}"));
-        assert_eq!(m["message"]["sender"], "alice");
+        let m = bob.pushed(is_message("ops")).await.unwrap();
+        assert_eq!(m.message.seq, *seq);
+        assert_eq!(m.prev, prev, "{m:?}");
+        assert_eq!(m.message.body["text"], format!("hi {n}"));
+        assert_eq!(m.message.sender, "alice");
         prev = *seq;
     }
     // The sender's other sessions and the sender itself see the same stream.
-    let own = alice.push(is_message("ops")).await.unwrap();
-    assert_eq!(own["message"]["seq"].as_u64(), Some(seqs[0]));
+    let own = alice.pushed(is_message("ops")).await.unwrap();
+    assert_eq!(own.message.seq, seqs[0]);
 
     // A retry with the same client id gets the same seq and stores nothing new.
     let retry = alice
-        .request(json!({"type": "send", "conv": "ops", "client_msg_id": "m1",
-                        "body": {"text": "hi 1"}, "client_ts": 1001}))
+        .ack(SendMessage {
+            client_ts: 1001,
+            ..send_message("ops", "m1", json!({"text": "hi 1"}))
+        })
         .await
         .unwrap();
-    assert_eq!(
-        (retry["seq"].as_u64(), retry["duplicate"].as_bool()),
-        (Some(seqs[1]), Some(true))
-    );
+    assert_eq!((retry.seq, retry.duplicate), (seqs[1], true));
     let store = &t.stack.stack.store;
     eventually(
         Duration::from_secs(10),
@@ -111,82 +109,103 @@ async fn a_group_chat_across_two_edges() {
     .unwrap();
     // Long after the duplicate window, a retry flagged as such is found in history.
     let late = alice
-        .request(json!({"type": "send", "conv": "ops", "client_msg_id": "m2",
-                        "body": {"text": "hi 2"}, "client_ts": 1002, "retry": true}))
+        .ack(SendMessage {
+            client_ts: 1002,
+            retry: true,
+            ..send_message("ops", "m2", json!({"text": "hi 2"}))
+        })
         .await
         .unwrap();
-    assert_eq!(
-        (late["seq"].as_u64(), late["duplicate"].as_bool()),
-        (Some(seqs[2]), Some(true))
-    );
+    assert_eq!((late.seq, late.duplicate), (seqs[2], true));
 
     // Sync and history, bounded.
     let page = bob
-        .request(json!({"type": "sync", "conv": "ops", "after": 0, "limit": 2}))
+        .messages(request::Sync {
+            limit: Some(2),
+            ..sync("ops", 0)
+        })
         .await
         .unwrap();
-    assert_eq!(page["messages"].as_array().unwrap().len(), 2);
-    assert_eq!(page["more"], true);
+    assert_eq!(page.messages.len(), 2);
+    assert!(page.more);
     let rest = bob
-        .request(
-            json!({"type": "sync", "conv": "ops", "after": page["messages"][1]["seq"], "limit": 2}),
-        )
+        .messages(request::Sync {
+            limit: Some(2),
+            ..sync("ops", page.messages[1].seq)
+        })
         .await
         .unwrap();
-    assert_eq!(rest["messages"][0]["seq"].as_u64(), Some(seqs[2]));
-    assert_eq!(rest["more"], false);
+    assert_eq!(rest.messages[0].seq, seqs[2]);
+    assert!(!rest.more);
     let hist = bob
-        .request(json!({"type": "history", "conv": "ops", "limit": 2}))
+        .messages(History {
+            conv: conv_id("ops"),
+            before: 0,
+            limit: Some(2),
+        })
         .await
         .unwrap();
-    let hist_seqs: Vec<u64> = hist["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let hist_seqs: Vec<u64> = hist.messages.iter().map(|m| m.seq).collect();
     assert_eq!(hist_seqs, vec![seqs[2], seqs[1]]);
 
     // Carol is not a member: she can neither read nor send, and receives nothing.
     for req in [
-        json!({"type": "sync", "conv": "ops", "after": 0}),
-        json!({"type": "history", "conv": "ops"}),
-        json!({"type": "send", "conv": "ops", "client_msg_id": "x", "body": "let me in", "client_ts": 1}),
-        json!({"type": "read", "conv": "ops", "seq": 1}),
-        json!({"type": "add_members", "group": "ops", "members": ["carol"]}),
+        RequestBody::from(sync("ops", 0)),
+        History {
+            conv: conv_id("ops"),
+            before: 0,
+            limit: None,
+        }
+        .into(),
+        send_message("ops", "x", json!("let me in")).into(),
+        MarkRead {
+            conv: conv_id("ops"),
+            seq: 1,
+        }
+        .into(),
+        AddMembers {
+            group: group_id("ops"),
+            members: user_ids(&["carol"]),
+        }
+        .into(),
     ] {
-        let answer = carol.request(req.clone()).await.unwrap();
-        assert_eq!(answer["code"], "forbidden", "{req} → {answer}");
+        let answer = carol.refused(req.clone()).await.unwrap();
+        assert_eq!(answer.code, ErrorCode::Forbidden, "{req:?} → {answer:?}");
     }
     assert!(
         carol
             .pending_pushes()
             .iter()
-            .all(|f| f["type"] != "message")
+            .all(|p| !matches!(p, Push::Message(_)))
     );
     // Bob is a member but not an admin: he cannot add anyone.
     let denied = bob
-        .request(json!({"type": "add_members", "group": "ops", "members": ["carol"]}))
+        .refused(AddMembers {
+            group: group_id("ops"),
+            members: user_ids(&["carol"]),
+        })
         .await
         .unwrap();
-    assert_eq!(denied["code"], "forbidden");
+    assert_eq!(denied.code, ErrorCode::Forbidden);
 
     // Alice adds carol: from now on carol gets the group's messages live.
-    let added = alice
-        .request(json!({"type": "add_members", "group": "ops", "members": ["carol"]}))
+    alice
+        .ok(AddMembers {
+            group: group_id("ops"),
+            members: user_ids(&["carol"]),
+        })
         .await
         .unwrap();
-    assert_eq!(added["type"], "ok", "{added}");
     carol
-        .push(|f| f["type"] == "membership" && f["conv"] == "ops")
+        .pushed(|m: &MembershipChanged| m.conv.as_str() == "ops")
         .await
         .unwrap();
     let ack = alice
-        .request(json!({"type": "send", "conv": "ops", "client_msg_id": "m3", "body": "welcome carol", "client_ts": 1}))
+        .ack(send_message("ops", "m3", json!("welcome carol")))
         .await
         .unwrap();
-    let m = carol.push(is_message("ops")).await.unwrap();
-    assert_eq!(m["message"]["seq"], ack["seq"]);
+    let m = carol.pushed(is_message("ops")).await.unwrap();
+    assert_eq!(m.message.seq, ack.seq);
     t.edge2.stop().await.unwrap();
 }
 
@@ -199,49 +218,53 @@ async fn direct_chats_reads_across_devices_and_reconnect_summaries() {
     let (mut bob_laptop, _) = WsClient::signed_in(e2, "bob", "laptop").await.unwrap();
 
     let opened = alice
-        .request(json!({"type": "open_direct", "peer": "bob"}))
+        .ok(OpenDirect {
+            peer: user_id("bob"),
+        })
         .await
         .unwrap();
-    let conv = opened["conv"].as_str().unwrap().to_owned();
+    let conv = opened.conv.unwrap().as_str().to_owned();
     assert!(conv.starts_with("dm-"));
     let from_bob = bob_phone
-        .request(json!({"type": "open_direct", "peer": "alice"}))
+        .ok(OpenDirect {
+            peer: user_id("alice"),
+        })
         .await
         .unwrap();
     assert_eq!(
-        from_bob["conv"],
-        conv.as_str(),
+        from_bob.conv.as_ref().map(|c| c.as_str()),
+        Some(conv.as_str()),
         "the same conversation from both sides"
     );
     let self_chat = alice
-        .request(json!({"type": "open_direct", "peer": "alice"}))
+        .refused(OpenDirect {
+            peer: user_id("alice"),
+        })
         .await
         .unwrap();
-    assert_eq!(self_chat["code"], "invalid_request");
+    assert_eq!(self_chat.code, ErrorCode::InvalidRequest);
     // The laptop's edge hears of the new conversation live; what is sent before that is
     // synced, not pushed, so the live part of the test starts once it is told.
     bob_laptop
-        .push(|f| f["type"] == "membership" && f["conv"] == conv.as_str())
+        .pushed(|m: &MembershipChanged| m.conv.as_str() == conv)
         .await
         .unwrap();
 
     let mut last = 0;
     for n in 0..5 {
         let ack = alice
-            .request(json!({"type": "send", "conv": conv, "client_msg_id": format!("d{n}"), "body": n, "client_ts": n}))
+            .ack(SendMessage {
+                client_ts: n,
+                ..send_message(&conv, &format!("d{n}"), json!(n))
+            })
             .await
             .unwrap();
-        assert_eq!(ack["type"], "ack", "{ack}");
-        last = ack["seq"].as_u64().unwrap();
+        last = ack.seq;
     }
     for bob in [&mut bob_phone, &mut bob_laptop] {
         let mut got = Vec::new();
         while got.len() < 5 {
-            got.push(
-                bob.push(is_message(&conv)).await.unwrap()["message"]["seq"]
-                    .as_u64()
-                    .unwrap(),
-            );
+            got.push(bob.pushed(is_message(&conv)).await.unwrap().message.seq);
         }
         assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
     }
@@ -257,16 +280,15 @@ async fn direct_chats_reads_across_devices_and_reconnect_summaries() {
         .await
         .unwrap(),
     };
-    let ok = bob_phone
-        .request(json!({"type": "read", "conv": conv, "seq": third}))
+    bob_phone
+        .ok(MarkRead {
+            conv: conv_id(&conv),
+            seq: third,
+        })
         .await
         .unwrap();
-    assert_eq!(ok["type"], "ok");
-    let read = bob_laptop.push(|f| f["type"] == "read").await.unwrap();
-    assert_eq!(
-        (read["conv"].as_str(), read["seq"].as_u64()),
-        (Some(conv.as_str()), Some(third))
-    );
+    let read: ReadMoved = bob_laptop.pushed(|_| true).await.unwrap();
+    assert_eq!((read.conv.as_str(), read.seq), (conv.as_str(), third));
 
     // The laptop acknowledged nothing; reconnecting, it is offered the conversation with
     // its unread count and last message.
@@ -280,31 +302,42 @@ async fn direct_chats_reads_across_devices_and_reconnect_summaries() {
     .await
     .unwrap();
     let (_, welcome) = WsClient::signed_in(e2, "bob", "laptop").await.unwrap();
-    let change = &welcome["changes"][0];
-    assert_eq!(change["conv"], conv.as_str(), "{welcome}");
-    assert_eq!(change["last_seq"].as_u64(), Some(last));
-    assert_eq!(change["unread"].as_u64(), Some(2));
-    assert_eq!(change["last_message"]["body"], 4);
+    let change = &welcome.changes[0];
+    assert_eq!(change.conv.as_str(), conv, "{welcome:?}");
+    assert_eq!(change.last_seq, last);
+    assert_eq!(change.unread, 2);
+    assert_eq!(
+        change.last_message.as_ref().map(|m| &m.body),
+        Some(&json!(4))
+    );
 
     // The phone acknowledges receipt; its next reconnect has nothing to offer.
-    let ok = bob_phone
-        .request(json!({"type": "received", "conv": conv, "seq": last}))
+    bob_phone
+        .ok(MarkReceived {
+            conv: conv_id(&conv),
+            seq: last,
+        })
         .await
         .unwrap();
-    assert_eq!(ok["type"], "ok");
     drop(bob_phone);
     let (_, welcome) = WsClient::signed_in(e1, "bob", "phone").await.unwrap();
-    assert_eq!(welcome["changes"], json!([]), "{welcome}");
+    assert_eq!(welcome.changes, vec![], "{welcome:?}");
     // A client that says which seq it has gets only what is newer.
     let mut c = WsClient::connect(e2).await.unwrap();
     let w = c
-        .request(
-            json!({"type": "hello", "protocol": 1, "token": token("bob", "tablet", 60),
-                        "anchors": [{"conv": conv, "seq": last}]}),
-        )
+        .reply(Hello {
+            anchors: vec![ConvAnchor {
+                conv: conv_id(&conv),
+                seq: last,
+            }],
+            ..hello(token("bob", "tablet", 60))
+        })
         .await
         .unwrap();
-    assert_eq!(w["changes"], json!([]), "{w}");
+    let ReplyBody::Welcome(w) = w else {
+        panic!("no welcome: {w:?}")
+    };
+    assert_eq!(w.changes, vec![], "{w:?}");
     t.edge2.stop().await.unwrap();
 }
 
@@ -315,75 +348,86 @@ async fn bad_input_gets_precise_errors_and_the_connection_carries_on() {
     let (mut alice, _) = WsClient::signed_in(addr, "alice", "laptop").await.unwrap();
     let (mut bob, _) = WsClient::signed_in(addr, "bob", "phone").await.unwrap();
     alice
-        .request(json!({"type": "open_direct", "peer": "bob"}))
+        .request(OpenDirect {
+            peer: user_id("bob"),
+        })
         .await
         .unwrap();
 
     let cases = [
-        ("{not json", "bad_frame"),
-        (r#"{"id": 7, "type": "teleport"}"#, "unknown_type"),
+        ("{not json".to_owned(), ErrorCode::BadFrame),
         (
-            r#"{"id": 8, "type": "send", "conv": "c"}"#,
-            "invalid_request",
+            r#"{"id": 7, "type": "teleport"}"#.to_owned(),
+            ErrorCode::UnknownType,
         ),
         (
-            r#"{"id": 9, "type": "sync", "conv": "no.dots", "after": 0}"#,
-            "invalid_request",
+            r#"{"id": 8, "type": "send", "conv": "c"}"#.to_owned(),
+            ErrorCode::InvalidRequest,
         ),
         (
-            r#"{"id": 10, "type": "sync", "conv": "someone-elses", "after": 0}"#,
-            "forbidden",
+            r#"{"id": 9, "type": "sync", "conv": "no.dots", "after": 0}"#.to_owned(),
+            ErrorCode::InvalidRequest,
         ),
         (
-            r#"{"id": 11, "type": "hello", "protocol": 1, "token": "x"}"#,
-            "hello_required",
+            Request::encode(10, &sync("someone-elses", 0).into()),
+            ErrorCode::Forbidden,
+        ),
+        (
+            Request::encode(11, &hello("x").into()),
+            ErrorCode::HelloRequired,
         ),
     ];
     for (text, code) in cases {
-        alice.send_text(text).await.unwrap();
+        alice.send_text(text.as_str()).await.unwrap();
         let f = alice.next_answer().await.unwrap();
         // `hello` again on a signed-in connection is answered like a reconnect summary.
-        if code == "hello_required" {
-            assert_eq!(f["type"], "welcome", "{f}");
+        if code == ErrorCode::HelloRequired {
+            assert!(
+                matches!(
+                    f,
+                    ServerFrame::Reply(Reply {
+                        body: ReplyBody::Welcome(_),
+                        ..
+                    })
+                ),
+                "{f:?}"
+            );
             continue;
         }
-        assert_eq!(f["type"], "error", "{text} → {f}");
-        assert_eq!(f["code"], code, "{text} → {f}");
+        let ServerFrame::Error(e) = &f else {
+            panic!("{text} → {f:?}")
+        };
+        assert_eq!(e.code, code, "{text} → {f:?}");
     }
     // Still connected, still working.
-    assert_eq!(
-        alice.request(json!({"type": "ping"})).await.unwrap()["type"],
-        "pong"
-    );
+    alice.ping().await.unwrap();
 
     // An oversized frame closes only that socket, with 1009.
     let huge = "x".repeat(70 * 1024);
     alice
-        .send_text(json!({"type": "send", "conv": "c", "client_msg_id": "big", "body": huge, "client_ts": 1}).to_string())
+        .send_request(1000, send_message("c", "big", json!(huge)))
         .await
         .unwrap();
     assert_eq!(alice.closed().await.unwrap(), 1009);
-    assert_eq!(
-        bob.request(json!({"type": "ping"})).await.unwrap()["type"],
-        "pong"
-    );
+    bob.ping().await.unwrap();
 
     // Rate limits answer with a retry hint.
     let mut limited = None;
     for n in 0..300 {
-        bob.send_text(json!({"type": "ping", "id": 1000 + n}).to_string())
+        bob.send_request(1000 + n, RequestBody::Ping {})
             .await
             .unwrap();
     }
     for _ in 0..300 {
-        let f = bob.next_answer().await.unwrap();
-        if f["code"] == "rate_limited" {
-            limited = Some(f);
+        if let ServerFrame::Error(e) = bob.next_answer().await.unwrap()
+            && e.code == ErrorCode::RateLimited
+        {
+            limited = Some(e);
             break;
         }
     }
     let limited = limited.expect("a rate_limited error");
-    assert!(limited["retry_after_ms"].as_u64().unwrap() >= 1);
+    assert!(limited.retry_after_ms.unwrap() >= 1);
     t.edge2.stop().await.unwrap();
 }
 
@@ -394,8 +438,8 @@ async fn tokens_are_checked_at_hello() {
 
     // Requests before hello are refused until hello comes; no hello at all closes with 4003.
     let mut c = WsClient::connect(addr).await.unwrap();
-    let f = c.request(json!({"type": "ping"})).await.unwrap();
-    assert_eq!(f["code"], "hello_required");
+    let f = c.refused(RequestBody::Ping {}).await.unwrap();
+    assert_eq!(f.code, ErrorCode::HelloRequired);
     assert_eq!(c.closed().await.unwrap(), 4003);
 
     let forged = anchorage_edge::auth::mint_hs256(
@@ -408,26 +452,24 @@ async fn tokens_are_checked_at_hello() {
     let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImRldmljZSI6ImQiLCJpYXQiOjEsImV4cCI6OTk5OTk5OTk5OX0.";
     for (tok, code) in [(forged.as_str(), 4001), (none, 4001), ("garbage", 4001)] {
         let mut c = WsClient::connect(addr).await.unwrap();
-        c.send_text(json!({"type": "hello", "id": 1, "protocol": 1, "token": tok}).to_string())
-            .await
-            .unwrap();
+        c.send_request(1, hello(tok)).await.unwrap();
         assert_eq!(c.closed().await.unwrap(), code, "{tok}");
     }
     // A token that expires during the connection closes it with 4002.
     let mut c = WsClient::connect(addr).await.unwrap();
-    let w = c
-        .request(json!({"type": "hello", "protocol": 1, "token": token("alice", "d", 1)}))
-        .await
-        .unwrap();
-    assert_eq!(w["type"], "welcome");
+    let w = c.reply(hello(token("alice", "d", 1))).await.unwrap();
+    assert!(matches!(w, ReplyBody::Welcome(_)), "{w:?}");
     assert_eq!(c.closed().await.unwrap(), 4002);
     // An unknown protocol version.
     let mut c = WsClient::connect(addr).await.unwrap();
     let e = c
-        .request(json!({"type": "hello", "protocol": 9, "token": token("alice", "d", 60)}))
+        .refused(Hello {
+            protocol: 9,
+            ..hello(token("alice", "d", 60))
+        })
         .await
         .unwrap();
-    assert_eq!(e["code"], "unsupported_protocol");
+    assert_eq!(e.code, ErrorCode::UnsupportedProtocol);
     assert_eq!(c.closed().await.unwrap(), 4004);
     t.edge2.stop().await.unwrap();
 }
@@ -456,10 +498,7 @@ async fn a_revoked_session_is_closed_at_once_and_refused_after() {
     bus.publish_event("user.bob", &revoked, None).await.unwrap();
     assert_eq!(bob.closed().await.unwrap(), 4005);
     // Bob's other device is not affected.
-    assert_eq!(
-        other.request(json!({"type": "ping"})).await.unwrap()["type"],
-        "pong"
-    );
+    other.ping().await.unwrap();
     // A fresh token for the revoked device is refused too.
     let store = &t.stack.stack.store;
     eventually(
@@ -471,10 +510,7 @@ async fn a_revoked_session_is_closed_at_once_and_refused_after() {
     .unwrap();
     let mut again = WsClient::connect(t.edge2.addr).await.unwrap();
     again
-        .send_text(
-            json!({"type": "hello", "id": 1, "protocol": 1, "token": token("bob", "laptop", 60)})
-                .to_string(),
-        )
+        .send_request(1, hello(token("bob", "laptop", 60)))
         .await
         .unwrap();
     assert_eq!(again.closed().await.unwrap(), 4005);
@@ -514,18 +550,15 @@ async fn an_edge_shutting_down_welcomes_no_one() {
     let leaving = TestEdge::start(&t.stack.config).await.unwrap();
     let mut late = WsClient::connect(leaving.addr).await.unwrap();
     leaving.begin_stop();
-    late.send_text(
-        json!({"type": "hello", "id": 1, "protocol": 1,
-               "token": anchorage_tests::token("alice", "a", 3600)})
-        .to_string(),
-    )
-    .await
-    .unwrap();
+    late.send_request(1, hello(token("alice", "a", 3600)))
+        .await
+        .unwrap();
     assert_eq!(late.closed().await.unwrap(), 1001);
     assert!(
-        late.pending_pushes().is_empty(),
-        "{:?}",
-        late.pending_pushes()
+        late.pending_pushes().is_empty() && late.pending_answers().is_empty(),
+        "{:?} {:?}",
+        late.pending_pushes(),
+        late.pending_answers()
     );
     leaving.stop().await.unwrap();
     t.edge2.stop().await.unwrap();
@@ -544,12 +577,10 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_carry_on() {
     // Carol shares bob's edge but not his group.
     let (mut carol, _) = WsClient::signed_in(small.addr, "carol", "c").await.unwrap();
     alice
-        .request(
-            json!({"type": "create_group", "group": "big", "title": "Big", "members": ["bob"]}),
-        )
+        .request(create_group("big", "Big", &["bob"]))
         .await
         .unwrap();
-    bob.push(|f| f["type"] == "membership").await.unwrap();
+    bob.pushed(|_: &MembershipChanged| true).await.unwrap();
 
     // Bob stops reading; a flood of large messages fills every buffer on the way to him.
     let body = "x".repeat(16 * 1024);
@@ -575,7 +606,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_carry_on() {
     let mut received = 0;
     let end = loop {
         match bob.next_frame().await {
-            Ok(f) if f["type"] == "message" => received += 1,
+            Ok(ServerFrame::Push(Push::Message(_))) => received += 1,
             Ok(_) => {}
             Err(e) => break e.to_string(),
         }
@@ -587,19 +618,19 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_carry_on() {
     );
     // The edge and everyone else carry on (alice, who did not read either, was cut off too);
     // bob reconnects and resyncs from his anchor.
-    assert_eq!(
-        carol.request(json!({"type": "ping"})).await.unwrap()["type"],
-        "pong"
-    );
+    carol.ping().await.unwrap();
     let (mut bob, _) = WsClient::signed_in(t.edge2.addr, "bob", "b").await.unwrap();
     let page = bob
-        .request(json!({"type": "sync", "conv": "big", "after": 0, "limit": 100}))
+        .messages(request::Sync {
+            limit: Some(100),
+            ..sync("big", 0)
+        })
         .await
         .unwrap();
     // A page stops at 100 messages or 1 MiB of bodies, whichever comes first.
-    let got = page["messages"].as_array().unwrap().len();
-    assert_eq!(got, (1024 * 1024) / (16 * 1024 + 2), "{}", page["type"]);
-    assert_eq!(page["more"], true);
+    let got = page.messages.len();
+    assert_eq!(got, (1024 * 1024) / (16 * 1024 + 2));
+    assert!(page.more);
     small.stop().await.unwrap();
     t.edge2.stop().await.unwrap();
 }

@@ -1,8 +1,6 @@
 //! The stack in-process against a real nats-server and SQLite: readiness, projections,
 //! poison events, restarts.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::time::Duration;
 
 use anchorage_bus::Bus;

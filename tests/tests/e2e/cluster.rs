@@ -1,7 +1,5 @@
 //! A 3-node cluster with R3 streams: killing a node under load loses nothing acknowledged.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::time::Duration;
 
 use anchorage_bus::{Bus, StreamSet};

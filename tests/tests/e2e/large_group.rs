@@ -3,18 +3,18 @@
 //! horizon, another epoch), bucket repair of a damaged copy, live notifications with one lost —
 //! and member search.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
-mod common;
-
 use std::time::{Duration, Instant};
 
+use anchorage_protocol::RequestBody;
+use anchorage_protocol::request::{AddMembers, RemoveMembers, SetNickname};
 use anchorage_schema::subjects::stream;
 use anchorage_sdk::{ClientEvent, MemberSyncKind};
-use anchorage_tests::{TestNats, TestStack, WsClient, fresh_database, test_config};
-use common::*;
-use serde_json::json;
+use anchorage_tests::{
+    TestNats, TestStack, WsClient, fresh_database, group_id, test_config, user_id,
+};
 use tokio::sync::broadcast;
+
+use crate::common::*;
 
 /// Populating 100,000 members is the slow part on a loaded machine.
 const POPULATE: Duration = Duration::from_secs(300);
@@ -49,22 +49,27 @@ async fn big() -> Big {
 }
 
 impl Big {
-    async fn command(&mut self, frame: serde_json::Value) -> u64 {
-        let answer = self.alice.request(frame).await.unwrap();
-        assert_eq!(answer["type"], "ok", "{answer}");
-        let seq = answer["seq"].as_u64().unwrap();
+    async fn command(&mut self, request: impl Into<RequestBody>) -> u64 {
+        let done = self.alice.ok(request).await.unwrap();
+        let seq = done.seq.unwrap();
         projected(&self.stack.stack.store, BIG, seq).await;
         seq
     }
 
     async fn add(&mut self, members: &[String]) -> u64 {
-        self.command(json!({"type": "add_members", "group": BIG, "members": members}))
-            .await
+        self.command(AddMembers {
+            group: group_id(BIG),
+            members: members.iter().map(|m| user_id(m)).collect(),
+        })
+        .await
     }
 
     async fn remove(&mut self, members: &[String]) -> u64 {
-        self.command(json!({"type": "remove_members", "group": BIG, "members": members}))
-            .await
+        self.command(RemoveMembers {
+            group: group_id(BIG),
+            members: members.iter().map(|m| user_id(m)).collect(),
+        })
+        .await
     }
 }
 
@@ -122,10 +127,11 @@ async fn a_hundred_thousand_member_group_stays_in_line_through_every_layer() {
     bob.shutdown().await;
     b.remove(&[member(1)]).await;
     for n in 0..(HORIZON + 5) {
-        b.command(
-            json!({"type": "set_nickname", "group": BIG, "member": "alice",
-                         "nickname": format!("boss{n}")}),
-        )
+        b.command(SetNickname {
+            group: group_id(BIG),
+            member: user_id("alice"),
+            nickname: Some(format!("boss{n}")),
+        })
         .await;
     }
     let horizon = store.group_row(BIG).await.unwrap().unwrap().horizon;

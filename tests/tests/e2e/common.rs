@@ -1,7 +1,5 @@
 //! Helpers shared by the member-list tests.
 
-#![allow(dead_code)] // each test binary uses its own part
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -2,8 +2,6 @@
 //! protocol over TCP): valid ones change state like native events, invalid ones — 1,000 of
 //! them — go to the dead-letter stream with reasons while the projector carries on.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -1,19 +1,37 @@
 //! Member lists against a real stack: budget-bounded batches over 500 groups, a removed member
 //! who hears nothing more of the group, and group commands authorized by role. (The
-//! 100,000-member group has its own test binary, `large_group.rs`, so it runs alone.)
+//! 100,000-member group is in `large_group.rs`.)
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
-mod common;
-
-use std::collections::BTreeSet;
-
-use anchorage_schema::event::{MembersAdded, MembersRemoved, RemovalReason, SystemMessagePosted};
+use anchorage_protocol::request::{
+    DismissGroup, History, Leave, MembersSearch, MembersSync, MuteMember, RemoveMembers,
+    SetNickname, SetRole, UpdateGroup,
+};
+use anchorage_protocol::{
+    ErrorCode, LiveMessage, MembersChanged, MembershipChanged, Push, Reply, ReplyBody, RequestBody,
+    ServerFrame,
+};
+use anchorage_schema::event::{
+    MembersAdded, MembersRemoved, RemovalReason, Role, SystemMessagePosted,
+};
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{Actor, ConversationId, Envelope, EventId, GroupId, Seq, SourceId, UserId};
-use anchorage_tests::{TcpProxy, TestEdge, TestNats, TestStack, WsClient, eventually};
-use common::*;
+use anchorage_tests::{
+    TcpProxy, TestEdge, TestNats, TestStack, WsClient, conv_id, eventually, group_id, send_message,
+    sync, user_id, user_ids,
+};
 use serde_json::json;
+
+use crate::common::*;
+
+/// `members_sync` of `group` without a copy.
+fn members_sync(group: &str) -> MembersSync {
+    MembersSync {
+        group: group_id(group),
+        epoch: None,
+        version: 0,
+        digest: None,
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_groups_sync_in_budget_bounded_batches() {
@@ -111,62 +129,77 @@ async fn a_removed_member_hears_nothing_of_the_group_after_the_removal() {
     // recipient at the same moment, so once he has it, anything for carol is queued too.
     let (mut bob, _) = WsClient::signed_in(addr, "bob", "d1").await.unwrap();
     for c in [&mut carol, &mut bob] {
-        let sync = c
-            .request(json!({"type": "members_sync", "group": "crew"}))
-            .await
-            .unwrap();
-        assert_eq!(sync["type"], "members_page", "{sync}");
+        let sync = c.reply(members_sync("crew")).await.unwrap();
+        assert!(matches!(sync, ReplyBody::MembersPage(_)), "{sync:?}");
     }
 
     let removed = alice
-        .request(json!({"type": "remove_members", "group": "crew", "members": ["carol"]}))
+        .ok(RemoveMembers {
+            group: group_id("crew"),
+            members: user_ids(&["carol"]),
+        })
         .await
         .unwrap();
-    assert_eq!(removed["type"], "ok", "{removed}");
-    let removal = removed["seq"].as_u64().unwrap();
+    let removal = removed.seq.unwrap();
     let left = carol
-        .push(|f| f["type"] == "membership" && f["joined"] == false)
+        .pushed(|m: &MembershipChanged| !m.joined)
         .await
         .unwrap();
-    assert_eq!(left["version"], removal);
+    assert_eq!(left.version, removal);
 
     // After the removal: messages, member changes and reads of the group stay away.
-    let sent = alice
-        .request(
-            json!({"type": "send", "conv": "crew", "client_msg_id": "after",
-                        "body": "not for carol", "client_ts": 1}),
-        )
+    alice
+        .ack(send_message("crew", "after", json!("not for carol")))
         .await
         .unwrap();
-    assert_eq!(sent["type"], "ack", "{sent}");
-    let added = alice
-        .request(json!({"type": "add_members", "group": "crew", "members": ["dave"]}))
+    alice
+        .ok(anchorage_protocol::request::AddMembers {
+            group: group_id("crew"),
+            members: user_ids(&["dave"]),
+        })
         .await
         .unwrap();
-    assert_eq!(added["type"], "ok", "{added}");
-    bob.push(|f| f["type"] == "message" && f["message"]["client_msg_id"] == "after")
+    bob.pushed(|m: &LiveMessage| m.message.client_msg_id == "after")
         .await
         .unwrap();
-    bob.push(|f| f["type"] == "members_changed" && f["change"]["upserts"][0]["user"] == "dave")
-        .await
-        .unwrap();
+    bob.pushed(|c: &MembersChanged| {
+        c.change
+            .upserts
+            .first()
+            .is_some_and(|m| m.user.as_str() == "dave")
+    })
+    .await
+    .unwrap();
     // Frames reach a socket in the order they were queued: the pong comes after any leak.
-    let ping = carol.request(json!({"type": "ping"})).await.unwrap();
-    assert_eq!(ping["type"], "pong");
-    let leaked: Vec<&serde_json::Value> = carol
+    carol.ping().await.unwrap();
+    let leaked: Vec<&Push> = carol
         .pending_pushes()
         .iter()
-        .filter(|f| f["type"] == "message" || f["type"] == "members_changed")
+        .filter(|p| matches!(p, Push::Message(_) | Push::MembersChanged(_)))
         .collect();
     assert!(leaked.is_empty(), "carol heard: {leaked:?}");
-    for frame in [
-        json!({"type": "sync", "conv": "crew", "after": 0}),
-        json!({"type": "history", "conv": "crew"}),
-        json!({"type": "members_sync", "group": "crew"}),
-        json!({"type": "members_search", "group": "crew", "query": "u"}),
+    for request in [
+        RequestBody::from(sync("crew", 0)),
+        History {
+            conv: conv_id("crew"),
+            before: 0,
+            limit: None,
+        }
+        .into(),
+        members_sync("crew").into(),
+        MembersSearch {
+            group: group_id("crew"),
+            query: "u".into(),
+            limit: None,
+        }
+        .into(),
     ] {
-        let answer = carol.request(frame.clone()).await.unwrap();
-        assert_eq!(answer["code"], "forbidden", "{frame} → {answer}");
+        let answer = carol.refused(request.clone()).await.unwrap();
+        assert_eq!(
+            answer.code,
+            ErrorCode::Forbidden,
+            "{request:?} → {answer:?}"
+        );
     }
 }
 
@@ -187,12 +220,11 @@ async fn kick(bus: &anchorage_bus::Bus, group: &str, user: &str) -> u64 {
 
 /// Fails if `c` was pushed a message: a ping's answer comes after anything queued before it.
 async fn assert_no_message(c: &mut WsClient) {
-    let pong = c.request(json!({"type": "ping"})).await.unwrap();
-    assert_eq!(pong["type"], "pong");
-    let messages: Vec<&serde_json::Value> = c
+    c.ping().await.unwrap();
+    let messages: Vec<&Push> = c
         .pending_pushes()
         .iter()
-        .filter(|f| f["type"] == "message")
+        .filter(|p| matches!(p, Push::Message(_)))
         .collect();
     assert!(messages.is_empty(), "{messages:?}");
 }
@@ -239,12 +271,12 @@ async fn a_message_decided_after_a_removal_never_reaches_the_removed_member() {
     // Its live copy reaches the edge now; it is held there until the removal is known.
     assert_eq!(kick(bus, "deck", "carol").await, removal_at);
     let got = bob
-        .push(|f| f["type"] == "message" && f["message"]["body"] == "not for carol")
+        .pushed(|m: &LiveMessage| m.message.body == "not for carol")
         .await
         .unwrap();
-    assert_eq!(got["message"]["conv"], "deck");
+    assert_eq!(got.message.conv.as_str(), "deck");
     carol
-        .push(|f| f["type"] == "membership" && f["joined"] == false)
+        .pushed(|m: &MembershipChanged| !m.joined)
         .await
         .unwrap();
     assert_no_message(&mut carol).await;
@@ -273,30 +305,23 @@ async fn an_edge_that_lost_a_removal_finds_it_in_the_stream() {
     proxy.offline(false);
     let mut left = None;
     for _ in 0..3 {
-        if let Ok(f) = carol
-            .push(|f| f["type"] == "membership" && f["joined"] == false)
-            .await
-        {
+        if let Ok(f) = carol.pushed(|m: &MembershipChanged| !m.joined).await {
             left = Some(f);
             break;
         }
     }
     let left = left.expect("carol told she left, once the edge found the removal");
-    assert_eq!(left["version"], removal);
+    assert_eq!(left.version, removal);
 
     // From then on the edge's view is the stream's: the group's messages reach bob only.
     let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d1")
         .await
         .unwrap();
-    let sent = alice
-        .request(
-            json!({"type": "send", "conv": "reef", "client_msg_id": "m1",
-                        "body": "bob only", "client_ts": 1}),
-        )
+    alice
+        .ack(send_message("reef", "m1", json!("bob only")))
         .await
         .unwrap();
-    assert_eq!(sent["type"], "ack", "{sent}");
-    bob.push(|f| f["type"] == "message" && f["message"]["client_msg_id"] == "m1")
+    bob.pushed(|m: &LiveMessage| m.message.client_msg_id == "m1")
         .await
         .unwrap();
     assert_no_message(&mut carol).await;
@@ -313,105 +338,181 @@ async fn group_commands_are_authorized_by_role() {
     let (mut alice, _) = WsClient::signed_in(addr, "alice", "d1").await.unwrap();
     let (mut bob, _) = WsClient::signed_in(addr, "bob", "d1").await.unwrap();
     let (mut carol, _) = WsClient::signed_in(addr, "carol", "d1").await.unwrap();
-    let expect = async |c: &mut WsClient, frame: serde_json::Value, outcome: &str| {
-        let answer = c.request(frame.clone()).await.unwrap();
-        let got = answer["code"]
-            .as_str()
-            .unwrap_or(answer["type"].as_str().unwrap());
-        assert_eq!(got, outcome, "{frame} → {answer}");
-        if let Some(seq) = answer["seq"].as_u64() {
-            projected(&stack.stack.store, "club", seq).await;
+    // The outcome of each command: `None` for `ok`, or the code it is refused with.
+    let expect = async |c: &mut WsClient, request: RequestBody, outcome: Option<ErrorCode>| {
+        let answer = c.request(request.clone()).await.unwrap();
+        match (&answer, outcome) {
+            (
+                ServerFrame::Reply(Reply {
+                    body: ReplyBody::Ok(done),
+                    ..
+                }),
+                None,
+            ) => {
+                if let Some(seq) = done.seq {
+                    projected(&stack.stack.store, "club", seq).await;
+                }
+            }
+            (ServerFrame::Error(e), Some(code)) if e.code == code => {}
+            _ => panic!("{request:?} → {answer:?}, expected {outcome:?}"),
         }
     };
-    let role =
-        |m: &str, r: &str| json!({"type": "set_role", "group": "club", "member": m, "role": r});
-    let mute = |m: &str| json!({"type": "mute_member", "group": "club", "member": m, "until": 4_000_000_000_000i64});
-    expect(&mut bob, role("carol", "admin"), "forbidden").await;
-    expect(&mut alice, role("bob", "owner"), "invalid_request").await;
-    expect(&mut alice, role("nobody", "admin"), "not_found").await;
-    expect(&mut alice, role("bob", "admin"), "ok").await;
-    expect(&mut bob, mute("alice"), "forbidden").await;
-    expect(&mut bob, mute("carol"), "ok").await;
-    expect(&mut carol, mute("dave"), "forbidden").await;
+    let role = |m: &str, role: Role| -> RequestBody {
+        SetRole {
+            group: group_id("club"),
+            member: user_id(m),
+            role,
+        }
+        .into()
+    };
+    let mute = |m: &str| -> RequestBody {
+        MuteMember {
+            group: group_id("club"),
+            member: user_id(m),
+            until: Some(4_000_000_000_000),
+        }
+        .into()
+    };
+    let forbidden = Some(ErrorCode::Forbidden);
+    expect(&mut bob, role("carol", Role::Admin), forbidden).await;
+    expect(
+        &mut alice,
+        role("bob", Role::Owner),
+        Some(ErrorCode::InvalidRequest),
+    )
+    .await;
+    expect(
+        &mut alice,
+        role("nobody", Role::Admin),
+        Some(ErrorCode::NotFound),
+    )
+    .await;
+    expect(&mut alice, role("bob", Role::Admin), None).await;
+    expect(&mut bob, mute("alice"), forbidden).await;
+    expect(&mut bob, mute("carol"), None).await;
+    expect(&mut carol, mute("dave"), forbidden).await;
     let muted = carol
-        .request(
-            json!({"type": "send", "conv": "club", "client_msg_id": "m1", "body": "hi",
-                        "client_ts": 1}),
-        )
+        .refused(send_message("club", "m1", json!("hi")))
         .await
         .unwrap();
     assert_eq!(
-        muted["code"], "forbidden",
-        "a muted member cannot send: {muted}"
+        muted.code,
+        ErrorCode::Forbidden,
+        "a muted member cannot send: {muted:?}"
     );
     expect(
         &mut bob,
-        json!({"type": "remove_members", "group": "club", "members": ["alice"]}),
-        "forbidden",
+        RemoveMembers {
+            group: group_id("club"),
+            members: user_ids(&["alice"]),
+        }
+        .into(),
+        forbidden,
     )
     .await;
-    expect(
-        &mut carol,
-        json!({"type": "set_nickname", "group": "club", "member": "carol", "nickname": "C"}),
-        "ok",
-    )
-    .await;
-    expect(
-        &mut carol,
-        json!({"type": "set_nickname", "group": "club", "member": "dave", "nickname": "D"}),
-        "forbidden",
-    )
-    .await;
-    expect(
-        &mut bob,
-        json!({"type": "update_group", "group": "club", "title": "Club"}),
-        "ok",
-    )
-    .await;
+    let nickname = |m: &str, nickname: &str| -> RequestBody {
+        SetNickname {
+            group: group_id("club"),
+            member: user_id(m),
+            nickname: Some(nickname.to_owned()),
+        }
+        .into()
+    };
+    expect(&mut carol, nickname("carol", "C"), None).await;
+    expect(&mut carol, nickname("dave", "D"), forbidden).await;
     expect(
         &mut bob,
-        json!({"type": "dismiss_group", "group": "club"}),
-        "forbidden",
+        UpdateGroup {
+            group: group_id("club"),
+            title: Some("Club".into()),
+            avatar: None,
+        }
+        .into(),
+        None,
     )
     .await;
+    let dismiss = || -> RequestBody {
+        DismissGroup {
+            group: group_id("club"),
+        }
+        .into()
+    };
+    expect(&mut bob, dismiss(), forbidden).await;
     expect(
         &mut alice,
-        json!({"type": "leave", "group": "club"}),
-        "forbidden",
+        Leave {
+            group: group_id("club"),
+        }
+        .into(),
+        forbidden,
     )
     .await;
-    let list = alice
-        .request(json!({"type": "members_sync", "group": "club"}))
-        .await
-        .unwrap();
-    let details: BTreeSet<String> = list["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.to_string())
-        .collect();
+    let list = alice.reply(members_sync("club")).await.unwrap();
+    let ReplyBody::MembersPage(page) = &list else {
+        panic!("not a members page: {list:?}")
+    };
     assert!(
-        details
+        page.details
             .iter()
-            .any(|d| d.contains("\"bob\"") && d.contains("admin")),
-        "{list}"
+            .any(|d| d.user.as_str() == "bob" && d.role == Role::Admin),
+        "{list:?}"
     );
     assert!(
-        details
-            .iter()
-            .any(|d| d.contains("\"carol\"") && d.contains("muted_until") && d.contains("\"C\"")),
-        "{list}"
+        page.details.iter().any(|d| d.user.as_str() == "carol"
+            && d.muted_until.is_some()
+            && d.nickname.as_deref() == Some("C")),
+        "{list:?}"
     );
-    expect(
-        &mut alice,
-        json!({"type": "dismiss_group", "group": "club"}),
-        "ok",
-    )
-    .await;
-    expect(
-        &mut alice,
-        json!({"type": "members_sync", "group": "club"}),
-        "forbidden",
-    )
-    .await;
+    expect(&mut alice, dismiss(), None).await;
+    expect(&mut alice, members_sync("club").into(), forbidden).await;
+}
+
+/// Member search means one thing everywhere: the server's projection (SQLite, or PostgreSQL
+/// when the suite runs on it) and the client's local store give the same members in the same
+/// order — ASCII case ignored, other characters exact, `_` and `%` literal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_search_answers_alike_on_the_server_and_the_client() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let bus = &stack.stack.bus;
+    let users = ["bob", "BOBBY", "b_x", "bx", "carol", "dora"];
+    create_group(bus, "finders", &users, 0).await;
+    let nicknames = [("bx", "Émile"), ("carol", "bobcat"), ("dora", "50%off")];
+    let mut last = 0;
+    for (n, (user, nickname)) in nicknames.iter().enumerate() {
+        let change = anchorage_schema::event::MemberProfileChanged {
+            group: group_id("finders"),
+            member: user_id(user),
+            nickname: Some((*nickname).to_owned()),
+        };
+        last = publish(bus, "finders", 10 + n as u64, change).await;
+    }
+    projected(&stack.stack.store, "finders", last).await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = client(stack.edge_addr(), dir.path(), "alice").await;
+    alice.sync_members("finders");
+    assert_in_line(&alice, &stack.stack.store, "finders").await;
+
+    let cases: [(&str, &[&str]); 7] = [
+        ("bo", &["BOBBY", "bob", "carol"]),
+        ("BO", &["BOBBY", "bob", "carol"]),
+        ("b_", &["b_x"]),
+        ("É", &["bx"]),
+        ("é", &[]),
+        ("50%", &["dora"]),
+        ("%", &[]),
+    ];
+    for (query, expected) in cases {
+        let remote = alice
+            .search_members_remote("finders", query, 50)
+            .await
+            .unwrap();
+        let local = alice.search_members("finders", query, 50).await.unwrap();
+        let ids = |found: &[anchorage_sdk::MemberInfo]| -> Vec<String> {
+            found.iter().map(|m| m.user.to_string()).collect()
+        };
+        assert_eq!(ids(&remote), expected, "server, {query:?}");
+        assert_eq!(ids(&local), expected, "client, {query:?}");
+    }
+    alice.shutdown().await;
 }

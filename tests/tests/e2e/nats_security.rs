@@ -2,14 +2,14 @@
 //! not need, nobody connects without credentials, TLS protects client connections, and the
 //! edge forwards nothing to a socket that it did not build itself.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::time::Duration;
 
 use anchorage::nats_auth::{EDGE, OPERATOR, PROJECTOR};
+use anchorage_protocol::request::{AddMembers, MembersSync};
+use anchorage_protocol::{MembersChange, MembersChanged, Push, ReplyBody, ServerFrame};
 use anchorage_tests::{
-    TestNats, TestStack, WsClient, credentials, eventually, fresh_database, nats_client,
-    test_config, within,
+    TestNats, TestStack, WsClient, create_group, credentials, eventually, fresh_database, group_id,
+    nats_client, send_message, sync, test_config, user_ids, within,
 };
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -184,11 +184,10 @@ async fn the_integration_examples_work_with_the_integration_identity() {
     let (mut owner, _) = WsClient::signed_in(stack.edge_addr(), "owner", "d")
         .await
         .unwrap();
-    let ok = owner
-        .request(json!({"type": "create_group", "group": "support", "title": "Support"}))
+    owner
+        .ok(create_group("support", "Support", &[]))
         .await
         .unwrap();
-    assert_eq!(ok["type"], "ok", "{ok}");
     let consumer = js
         .get_stream_no_info("MEMBERSHIP")
         .await
@@ -227,23 +226,13 @@ async fn the_stack_runs_over_tls_and_plain_connections_are_refused() {
     let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
         .await
         .unwrap();
+    alice.request(create_group("g", "G", &[])).await.unwrap();
     alice
-        .request(json!({"type": "create_group", "group": "g", "title": "G"}))
+        .ack(send_message("g", "m1", json!("hi")))
         .await
         .unwrap();
-    let ack = alice
-        .request(
-            json!({"type": "send", "conv": "g", "client_msg_id": "m1", "body": "hi",
-                        "client_ts": 1}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(ack["type"], "ack", "{ack}");
-    let page = alice
-        .request(json!({"type": "sync", "conv": "g", "after": 0}))
-        .await
-        .unwrap();
-    assert_eq!(page["messages"][0]["body"], "hi", "{page}");
+    let page = alice.messages(sync("g", 0)).await.unwrap();
+    assert_eq!(page.messages[0].body, "hi", "{page:?}");
     // Credentials alone, without TLS, get nowhere.
     let password = credentials().password(OPERATOR).unwrap().to_owned();
     let plain = async_nats::ConnectOptions::new()
@@ -262,7 +251,7 @@ async fn forged_notifications_never_reach_a_socket() {
         .await
         .unwrap();
     alice
-        .request(json!({"type": "create_group", "group": "g", "title": "G", "members": ["bob"]}))
+        .request(create_group("g", "G", &["bob"]))
         .await
         .unwrap();
     let store = &stack.stack.store;
@@ -272,22 +261,39 @@ async fn forged_notifications_never_reach_a_socket() {
     .await
     .unwrap();
     let synced = alice
-        .request(json!({"type": "members_sync", "group": "g"}))
+        .reply(MembersSync {
+            group: group_id("g"),
+            epoch: None,
+            version: 0,
+            digest: None,
+        })
         .await
         .unwrap();
     assert!(
-        synced["type"].as_str().unwrap().starts_with("members_"),
-        "{synced}"
+        matches!(
+            synced,
+            ReplyBody::MembersUnchanged
+                | ReplyBody::MembersDiff(_)
+                | ReplyBody::MembersPage(_)
+                | ReplyBody::MembersBuckets(_)
+        ),
+        "{synced:?}"
     );
     // Even someone allowed to publish there (the operator) cannot put arbitrary frames, or
     // another group's notification, on alice's socket.
     let operator = nats_client(&nats.url(), OPERATOR).await.unwrap();
+    let other_group = ServerFrame::Push(Push::MembersChanged(MembersChanged {
+        group: group_id("other"),
+        version: 99,
+        prev: 1,
+        digest: "0-0".into(),
+        change: MembersChange::default(),
+    }));
     for payload in [
+        // A forged field no server frame has.
         r#"{"type":"welcome","injected":true}"#.to_owned(),
         "not json".to_owned(),
-        json!({"type": "members_changed", "group": "other", "version": 99, "prev": 1,
-               "digest": "0-0", "change": {"upserts": [], "removed": []}})
-        .to_string(),
+        other_group.to_json(),
     ] {
         operator
             .publish("notify.grp.g", Bytes::from(payload))
@@ -297,23 +303,28 @@ async fn forged_notifications_never_reach_a_socket() {
     operator.flush().await.unwrap();
     // A real change still arrives, and it is the first thing alice sees.
     let added = alice
-        .request(json!({"type": "add_members", "group": "g", "members": ["carol"]}))
+        .ok(AddMembers {
+            group: group_id("g"),
+            members: user_ids(&["carol"]),
+        })
         .await
         .unwrap();
-    assert_eq!(added["type"], "ok", "{added}");
-    let first = alice
-        .push(|f| f["type"] == "members_changed")
-        .await
-        .unwrap();
-    assert_eq!(first["group"], "g", "{first}");
-    assert_eq!(first["version"], added["seq"], "the real change: {first}");
-    let pong = alice.request(json!({"type": "ping"})).await.unwrap();
-    assert_eq!(pong["type"], "pong");
-    for f in alice.pending_pushes() {
+    let first: MembersChanged = alice.pushed(|_| true).await.unwrap();
+    assert_eq!(first.group.as_str(), "g", "{first:?}");
+    assert_eq!(Some(first.version), added.seq, "the real change: {first:?}");
+    alice.ping().await.unwrap();
+    // Nothing else reached the socket: no frame of another group, and no welcome (nor any
+    // other answer) nobody asked for.
+    for p in alice.pending_pushes() {
         assert!(
-            f["type"] != "welcome" && f["group"] != "other" && f.get("injected").is_none(),
-            "{f}"
+            !matches!(p, Push::MembersChanged(c) if c.group.as_str() == "other"),
+            "{p:?}"
         );
     }
+    assert!(
+        alice.pending_answers().is_empty(),
+        "{:?}",
+        alice.pending_answers()
+    );
     stack.stack.stop().await.unwrap();
 }

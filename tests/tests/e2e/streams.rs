@@ -1,8 +1,6 @@
 //! Streams as code: `streams apply` is idempotent, `--check` names drift, destructive changes
 //! are refused — against a real nats-server.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::path::Path;
 use std::process::ExitCode;
 

@@ -3,35 +3,43 @@
 //! the middle of sends. Nothing acknowledged is lost or stored twice; every refusal says
 //! whether to retry.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::path::Path;
 use std::time::Duration;
 
 use anchorage::nats_auth::{OPERATOR, PROJECTOR};
 use anchorage_bus::Bus;
+use anchorage_protocol::request::{
+    AddMembers, ConvAnchor, Hello, MarkRead, OpenDirect, SendMessage,
+};
+use anchorage_protocol::{Ack, ErrorCode, Reply, ReplyBody, RequestBody, ServerFrame};
 use anchorage_tests::{
-    TestEdge, TestNats, TestStack, WsClient, eventually, fresh_database, http_get, nats_client,
-    sign_in, test_config,
+    TestEdge, TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database,
+    group_id, hello, http_get, nats_client, send_message, sign_in, sync, test_config, token,
+    user_id, user_ids,
 };
 use serde_json::{Value, json};
 
-fn send(conv: &str, id: &str, retry: bool) -> Value {
-    json!({"type": "send", "conv": conv, "client_msg_id": id, "body": id, "client_ts": 1,
-           "retry": retry})
+fn send(conv: &str, id: &str, retry: bool) -> SendMessage {
+    SendMessage {
+        retry,
+        ..send_message(conv, id, json!(id))
+    }
+}
+
+/// The ack in `answer`, if it is one.
+fn ack_of(answer: ServerFrame) -> Option<Ack> {
+    match answer {
+        ServerFrame::Reply(Reply {
+            body: ReplyBody::Ack(ack),
+            ..
+        }) => Some(ack),
+        _ => None,
+    }
 }
 
 async fn sync_seqs(c: &mut WsClient, conv: &str) -> Vec<u64> {
-    let page = c
-        .request(json!({"type": "sync", "conv": conv, "after": 0}))
-        .await
-        .unwrap();
-    page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect()
+    let page = c.messages(sync(conv, 0)).await.unwrap();
+    page.messages.iter().map(|m| m.seq).collect()
 }
 
 // A consumer that delivers past events it never delivered (as after a leader change in the
@@ -43,17 +51,11 @@ async fn a_consumer_that_skips_events_does_not_make_the_projection_skip_them() {
     let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
         .await
         .unwrap();
-    alice
-        .request(json!({"type": "create_group", "group": "g", "title": "G"}))
-        .await
-        .unwrap();
+    alice.request(create_group("g", "G", &[])).await.unwrap();
     let mut seqs = Vec::new();
     for n in 0..3 {
-        let ack = alice
-            .request(send("g", &format!("a{n}"), false))
-            .await
-            .unwrap();
-        seqs.push(ack["seq"].as_u64().unwrap());
+        let ack = alice.ack(send("g", &format!("a{n}"), false)).await.unwrap();
+        seqs.push(ack.seq);
     }
     let store = &stack.stack.store;
     let projected = |seq: u64| anchorage_tests::projected(store, "messages", seq);
@@ -67,11 +69,8 @@ async fn a_consumer_that_skips_events_does_not_make_the_projection_skip_them() {
         .await
         .unwrap();
     for n in 3..6 {
-        let ack = alice
-            .request(send("g", &format!("a{n}"), false))
-            .await
-            .unwrap();
-        seqs.push(ack["seq"].as_u64().unwrap());
+        let ack = alice.ack(send("g", &format!("a{n}"), false)).await.unwrap();
+        seqs.push(ack.seq);
     }
     projected(*seqs.last().unwrap()).await;
     assert_eq!(
@@ -117,10 +116,7 @@ async fn a_late_retry_while_the_projector_is_down_is_never_stored_twice() {
     let store = stack.stack.store.clone();
     let edge = TestEdge::start(&config).await.unwrap();
     let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
-    alice
-        .request(json!({"type": "create_group", "group": "g", "title": "G"}))
-        .await
-        .unwrap();
+    alice.request(create_group("g", "G", &[])).await.unwrap();
     eventually(Duration::from_secs(20), "the group projected", || async {
         store.group_row("g").await.ok()?.map(|_| ())
     })
@@ -128,13 +124,12 @@ async fn a_late_retry_while_the_projector_is_down_is_never_stored_twice() {
     .unwrap();
     stack.stack.stop().await.unwrap();
 
-    let first = alice.request(send("g", "m1", false)).await.unwrap();
-    assert_eq!(first["type"], "ack", "{first}");
+    let first = alice.ack(send("g", "m1", false)).await.unwrap();
     // Past the duplicate window, the projector still down: no answer it cannot stand by.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let early = alice.request(send("g", "m1", true)).await.unwrap();
-    assert_eq!(early["code"], "overloaded", "{early}");
-    assert!(early["retry_after_ms"].as_u64().is_some(), "{early}");
+    let early = alice.refused(send("g", "m1", true)).await.unwrap();
+    assert_eq!(early.code, ErrorCode::Overloaded, "{early:?}");
+    assert!(early.retry_after_ms.is_some(), "{early:?}");
 
     // The projector comes back; the same retry now finds the original.
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -142,39 +137,33 @@ async fn a_late_retry_while_the_projector_is_down_is_never_stored_twice() {
     let retried = eventually(Duration::from_secs(20), "the retry answered", || async {
         let mut c = WsClient::signed_in(edge.addr, "alice", "d").await.ok()?.0;
         let answer = c.request(send("g", "m1", true)).await.ok()?;
-        (answer["type"] == "ack").then_some(answer)
+        ack_of(answer)
     })
     .await
     .unwrap();
-    assert_eq!(retried["seq"], first["seq"], "{retried}");
-    assert_eq!(retried["duplicate"], true);
+    assert_eq!(retried.seq, first.seq, "{retried:?}");
+    assert!(retried.duplicate);
     // A repeat after the window that does not even say it is a retry: still the original.
-    let again = alice.request(send("g", "m1", false)).await.unwrap();
-    assert_eq!(
-        (&again["seq"], &again["duplicate"]),
-        (&first["seq"], &json!(true)),
-        "{again}"
-    );
+    let again = alice.ack(send("g", "m1", false)).await.unwrap();
+    assert_eq!((again.seq, again.duplicate), (first.seq, true), "{again:?}");
     // A message stamped when it was written, repeated past the window with that stamp (as an
     // outbox does) and without `retry`: the original too.
-    let stamped = json!({"type": "send", "conv": "g", "client_msg_id": "m2", "body": "m2",
-                         "client_ts": anchorage_schema::now_ms()});
-    let original = alice.request(stamped.clone()).await.unwrap();
-    assert_eq!(original["type"], "ack", "{original}");
+    let stamped = SendMessage {
+        client_ts: anchorage_schema::now_ms(),
+        ..send_message("g", "m2", json!("m2"))
+    };
+    let original = alice.ack(stamped.clone()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let repeated = alice.request(stamped).await.unwrap();
+    let repeated = alice.ack(stamped).await.unwrap();
     assert_eq!(
-        (&repeated["seq"], &repeated["duplicate"]),
-        (&original["seq"], &json!(true)),
-        "{repeated}"
+        (repeated.seq, repeated.duplicate),
+        (original.seq, true),
+        "{repeated:?}"
     );
     let (mut reader, _) = WsClient::signed_in(edge.addr, "alice", "d2").await.unwrap();
     assert_eq!(
         sync_seqs(&mut reader, "g").await,
-        vec![
-            first["seq"].as_u64().unwrap(),
-            original["seq"].as_u64().unwrap()
-        ],
+        vec![first.seq, original.seq],
         "one copy each"
     );
     shutdown.cancel();
@@ -191,10 +180,7 @@ async fn sends_during_a_nats_outage_are_overloaded_and_retryable() {
     let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
         .await
         .unwrap();
-    alice
-        .request(json!({"type": "create_group", "group": "g", "title": "G"}))
-        .await
-        .unwrap();
+    alice.request(create_group("g", "G", &[])).await.unwrap();
     let (status, body) = http_get(stack.edge_addr(), "/readyz").await.unwrap();
     assert_eq!(status, 200);
     let ready: Value = serde_json::from_str(&body).unwrap();
@@ -205,14 +191,26 @@ async fn sends_during_a_nats_outage_are_overloaded_and_retryable() {
 
     nats.server.stop(Duration::from_secs(5)).await.unwrap();
     for request in [
-        send("g", "m1", false),
-        json!({"type": "sync", "conv": "g", "after": 0}),
-        json!({"type": "read", "conv": "g", "seq": 1}),
-        json!({"type": "add_members", "group": "g", "members": ["bob"]}),
+        RequestBody::from(send("g", "m1", false)),
+        sync("g", 0).into(),
+        MarkRead {
+            conv: conv_id("g"),
+            seq: 1,
+        }
+        .into(),
+        AddMembers {
+            group: group_id("g"),
+            members: user_ids(&["bob"]),
+        }
+        .into(),
     ] {
-        let refused = alice.request(request.clone()).await.unwrap();
-        assert_eq!(refused["code"], "overloaded", "{request} → {refused}");
-        assert!(refused["retry_after_ms"].as_u64().is_some(), "{refused}");
+        let refused = alice.refused(request.clone()).await.unwrap();
+        assert_eq!(
+            refused.code,
+            ErrorCode::Overloaded,
+            "{request:?} → {refused:?}"
+        );
+        assert!(refused.retry_after_ms.is_some(), "{refused:?}");
     }
     nats.server.restart().await.unwrap();
     let acked = eventually(
@@ -224,12 +222,12 @@ async fn sends_during_a_nats_outage_are_overloaded_and_retryable() {
                 .ok()?
                 .0;
             let answer = c.request(send("g", "m1", true)).await.ok()?;
-            (answer["type"] == "ack").then_some(answer)
+            ack_of(answer)
         },
     )
     .await
     .unwrap();
-    assert!(acked["seq"].as_u64().unwrap() > 0);
+    assert!(acked.seq > 0);
     stack.stack.stop().await.unwrap();
 }
 
@@ -407,42 +405,48 @@ async fn pipelined_sends_keep_their_order_through_refusals() {
     let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
         .await
         .unwrap();
-    alice
-        .request(json!({"type": "create_group", "group": "g", "title": "G"}))
-        .await
-        .unwrap();
+    alice.request(create_group("g", "G", &[])).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     // 40 sends in a pipe, faster than the rate allows: tokens come back while it is full.
     let ids: Vec<String> = (0..40).map(|n| format!("m{n:02}")).collect();
     for (n, id) in ids.iter().enumerate() {
-        let mut frame = send("g", id, false);
-        frame["id"] = json!(1000 + n);
-        alice.send_text(frame.to_string()).await.unwrap();
+        alice
+            .send_request(1000 + n as u64, send("g", id, false))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let mut refused = Vec::new();
-    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    let mut codes = std::collections::HashMap::<ErrorCode, usize>::new();
     for expected in 0..ids.len() {
         let answer = alice.next_answer().await.unwrap();
-        let n = answer["id"].as_u64().unwrap() as usize - 1000;
-        assert_eq!(n, expected, "answers in the order of the sends: {answer}");
-        if answer["type"] != "ack" {
-            *codes
-                .entry(answer["code"].as_str().unwrap().into())
-                .or_default() += 1;
-            refused.push(n);
+        let n = answer.id().unwrap() as usize - 1000;
+        assert_eq!(n, expected, "answers in the order of the sends: {answer:?}");
+        match answer {
+            ServerFrame::Reply(Reply {
+                body: ReplyBody::Ack(_),
+                ..
+            }) => {}
+            ServerFrame::Error(e) => {
+                *codes.entry(e.code).or_default() += 1;
+                refused.push(n);
+            }
+            other => panic!("neither an ack nor an error: {other:?}"),
         }
     }
-    assert!(codes.contains_key("rate_limited"), "{codes:?}");
-    assert!(codes.contains_key("out_of_order"), "{codes:?}");
+    assert!(codes.contains_key(&ErrorCode::RateLimited), "{codes:?}");
+    assert!(codes.contains_key(&ErrorCode::OutOfOrder), "{codes:?}");
     // Retried in order, each until it is stored.
     for n in refused {
         loop {
-            let answer = alice.request(send("g", &ids[n], true)).await.unwrap();
-            if answer["type"] == "ack" {
-                break;
-            }
-            let wait = answer["retry_after_ms"].as_u64().unwrap_or(100);
+            let wait = match alice.request(send("g", &ids[n], true)).await.unwrap() {
+                ServerFrame::Reply(Reply {
+                    body: ReplyBody::Ack(_),
+                    ..
+                }) => break,
+                ServerFrame::Error(e) => e.retry_after_ms.unwrap_or(100),
+                _ => 100,
+            };
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
     }
@@ -474,59 +478,49 @@ async fn welcome_tells_the_truth_while_the_projector_is_down() {
     let edge = TestEdge::start(&config).await.unwrap();
     let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
     alice
-        .request(json!({"type": "create_group", "group": "g", "title": "G", "members": ["bob"]}))
+        .request(create_group("g", "G", &["bob"]))
         .await
         .unwrap();
-    let first = alice.request(send("g", "m1", false)).await.unwrap();
-    let seq = first["seq"].as_u64().unwrap();
+    let first = alice.ack(send("g", "m1", false)).await.unwrap();
+    let seq = first.seq;
     anchorage_tests::projected(&store, "messages", seq).await;
     stack.stack.stop().await.unwrap();
     // The projector is gone; alice writes on.
-    let second = alice.request(send("g", "m2", false)).await.unwrap();
+    let second = alice.ack(send("g", "m2", false)).await.unwrap();
     let (_bob, welcome) = WsClient::signed_in(edge.addr, "bob", "d").await.unwrap();
-    let changes = welcome["changes"].as_array().unwrap();
-    let g = changes.iter().find(|c| c["conv"] == "g").cloned();
-    assert_eq!(
-        g.map(|c| c["last_seq"].clone()),
-        Some(second["seq"].clone()),
-        "{welcome}"
-    );
+    let g = welcome.changes.iter().find(|c| c.conv.as_str() == "g");
+    assert_eq!(g.map(|c| c.last_seq), Some(second.seq), "{welcome:?}");
     // A conversation bob joins while the projector is down is announced too, and its history
     // says when to come back rather than answering an empty page.
-    let created = alice
-        .request(json!({"type": "create_group", "group": "new", "title": "N", "members": ["bob"]}))
-        .await
-        .unwrap();
-    assert_eq!(created["type"], "ok", "{created}");
-    let posted = alice.request(send("new", "n1", false)).await.unwrap();
+    alice.ok(create_group("new", "N", &["bob"])).await.unwrap();
+    let posted = alice.ack(send("new", "n1", false)).await.unwrap();
     let (mut bob3, welcome) = WsClient::signed_in(edge.addr, "bob", "d3").await.unwrap();
-    let announced = welcome["changes"]
-        .as_array()
-        .unwrap()
+    let announced = welcome
+        .changes
         .iter()
-        .find(|c| c["conv"] == "new")
-        .map(|c| c["last_seq"].clone());
-    assert_eq!(announced, Some(posted["seq"].clone()), "{welcome}");
-    let page = bob3
-        .request(json!({"type": "sync", "conv": "new", "after": 0}))
-        .await
-        .unwrap();
-    assert_eq!(page["code"], "overloaded", "{page}");
+        .find(|c| c.conv.as_str() == "new")
+        .map(|c| c.last_seq);
+    assert_eq!(announced, Some(posted.seq), "{welcome:?}");
+    let page = bob3.refused(sync("new", 0)).await.unwrap();
+    assert_eq!(page.code, ErrorCode::Overloaded, "{page:?}");
     // Bob's anchor at the first message: the change is still announced.
     let mut bob2 = WsClient::connect(edge.addr).await.unwrap();
     let welcome = bob2
-        .request(json!({"type": "hello", "protocol": 1,
-                        "token": anchorage_tests::token("bob", "d2", 60),
-                        "anchors": [{"conv": "g", "seq": seq}]}))
+        .reply(Hello {
+            anchors: vec![ConvAnchor {
+                conv: conv_id("g"),
+                seq,
+            }],
+            ..hello(token("bob", "d2", 60))
+        })
         .await
         .unwrap();
+    let ReplyBody::Welcome(welcome) = welcome else {
+        panic!("no welcome: {welcome:?}")
+    };
     assert!(
-        welcome["changes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["conv"] == "g"),
-        "{welcome}"
+        welcome.changes.iter().any(|c| c.conv.as_str() == "g"),
+        "{welcome:?}"
     );
     edge.stop().await.unwrap();
 }
@@ -635,10 +629,12 @@ async fn a_deleted_user_is_signed_out_removed_everywhere_and_not_recreated() {
         .await
         .unwrap();
     let dm = bob
-        .request(json!({"type": "open_direct", "peer": "alice"}))
+        .ok(OpenDirect {
+            peer: user_id("alice"),
+        })
         .await
         .unwrap();
-    let dm = dm["conv"].as_str().unwrap().to_owned();
+    let dm = dm.conv.unwrap().as_str().to_owned();
 
     ext_event(
         &crm,
@@ -652,11 +648,7 @@ async fn a_deleted_user_is_signed_out_removed_everywhere_and_not_recreated() {
     assert_eq!(bob.closed().await.unwrap(), 4005, "signed out at once");
     let mut again = WsClient::connect(stack.edge_addr()).await.unwrap();
     again
-        .send_text(
-            json!({"type": "hello", "id": 1, "protocol": 1,
-                   "token": anchorage_tests::token("bob", "laptop", 60)})
-            .to_string(),
-        )
+        .send_request(1, hello(token("bob", "laptop", 60)))
         .await
         .unwrap();
     assert_eq!(

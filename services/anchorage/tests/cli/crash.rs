@@ -2,8 +2,6 @@
 //! ends in exactly the state of an uninterrupted run. Runs on SQLite, and on PostgreSQL when
 //! the suite runs against it.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;

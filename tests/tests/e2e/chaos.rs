@@ -5,21 +5,21 @@
 //! acknowledged with, in each sender's order; nothing unacknowledged shows up; and a rebuild
 //! of the projections from the streams equals the live ones (`replay --verify`).
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anchorage::nats_auth::OPERATOR;
+use anchorage_protocol::request::SendMessage;
+use anchorage_protocol::{ErrorCode, Message, Reply, ReplyBody, ServerFrame, request};
 use anchorage_tests::{
-    TestCluster, TestEdge, TestStack, WsClient, eventually, fresh_database, nats_client,
-    test_config, within,
+    TestCluster, TestEdge, TestStack, WsClient, create_group, eventually, fresh_database,
+    nats_client, send_message, sync, test_config, within,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Rounds of chaos in one run: a failure that shows one time in three shows here. A longer
-/// soak: `ANCHORAGE_CHAOS_ROUNDS=50 cargo test -p anchorage-tests --test chaos`.
+/// soak: `ANCHORAGE_CHAOS_ROUNDS=50 cargo test -p anchorage-tests --test e2e chaos::`.
 fn rounds() -> usize {
     std::env::var("ANCHORAGE_CHAOS_ROUNDS")
         .ok()
@@ -73,10 +73,11 @@ impl Sender {
             let c = self.connection().await;
             let mut sent = 0;
             for (k, id) in window.iter().enumerate() {
-                let frame = json!({"type": "send", "id": 1 + k, "conv": conv,
-                                   "client_msg_id": id, "body": {"n": id}, "client_ts": 1,
-                                   "retry": sent_before.contains(id)});
-                if c.send_text(frame.to_string()).await.is_err() {
+                let send = SendMessage {
+                    retry: sent_before.contains(id),
+                    ..send_message(conv, id, json!({"n": id}))
+                };
+                if c.send_request(1 + k as u64, send).await.is_err() {
                     break;
                 }
                 sent_before.insert(id.clone());
@@ -90,32 +91,37 @@ impl Sender {
                     break;
                 };
                 assert_eq!(
-                    answer["id"],
-                    1 + k,
-                    "answers in the order of the sends: {answer}"
+                    answer.id(),
+                    Some(1 + k as u64),
+                    "answers in the order of the sends: {answer:?}"
                 );
-                if answer["type"] == "ack" {
-                    let seq = answer["seq"].as_u64().unwrap();
-                    if let Some(before) = acked.insert(id.clone(), seq) {
-                        assert_eq!(before, seq, "{id} acknowledged at two seqs: {answer}");
+                match &answer {
+                    ServerFrame::Reply(Reply {
+                        body: ReplyBody::Ack(ack),
+                        ..
+                    }) => {
+                        if let Some(before) = acked.insert(id.clone(), ack.seq) {
+                            assert_eq!(
+                                before, ack.seq,
+                                "{id} acknowledged at two seqs: {answer:?}"
+                            );
+                        }
                     }
-                } else {
-                    let code = answer["code"].as_str().unwrap_or("");
                     // `forbidden`: this edge has not heard of the membership yet (it was
                     // just created, or the edge is catching up after a NATS node died).
-                    assert!(
-                        matches!(
-                            code,
-                            "overloaded"
-                                | "internal"
-                                | "out_of_order"
-                                | "rate_limited"
-                                | "forbidden"
-                        ),
-                        "{}: {answer}",
-                        self.user
-                    );
-                    wait = wait.max(answer["retry_after_ms"].as_u64().unwrap_or(100));
+                    ServerFrame::Error(e)
+                        if matches!(
+                            e.code,
+                            ErrorCode::Overloaded
+                                | ErrorCode::Internal
+                                | ErrorCode::OutOfOrder
+                                | ErrorCode::RateLimited
+                                | ErrorCode::Forbidden
+                        ) =>
+                    {
+                        wait = wait.max(e.retry_after_ms.unwrap_or(100));
+                    }
+                    _ => panic!("{}: {answer:?}", self.user),
                 }
             }
             if lost {
@@ -132,19 +138,22 @@ impl Sender {
     }
 }
 
-async fn all_messages(c: &mut WsClient, conv: &str) -> Vec<Value> {
+async fn all_messages(c: &mut WsClient, conv: &str) -> Vec<Message> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {
         let page = c
-            .request(json!({"type": "sync", "conv": conv, "after": after, "limit": 500}))
+            .messages(request::Sync {
+                limit: Some(500),
+                ..sync(conv, after)
+            })
             .await
             .unwrap();
-        let messages = page["messages"].as_array().unwrap().clone();
+        let messages = page.messages;
         if let Some(last) = messages.last() {
-            after = last["seq"].as_u64().unwrap();
+            after = last.seq;
         }
-        let more = page["more"] == true && !messages.is_empty();
+        let more = page.more && !messages.is_empty();
         out.extend(messages);
         if !more {
             return out;
@@ -205,21 +214,20 @@ async fn acknowledged_messages_survive_leader_kills_exactly_once_in_order() {
         let mut tried = false;
         loop {
             let created = owner
-                .request(
-                    json!({"type": "create_group", "group": conv, "title": "Chaos",
-                                "members": ["bob", "carol"]}),
-                )
+                .request(create_group(&conv, "Chaos", &["bob", "carol"]))
                 .await
                 .unwrap();
-            match created["code"].as_str() {
-                None => break,
-                Some("conflict") if tried => break,
-                Some("overloaded" | "internal") => {
-                    tried = true;
-                    let wait = created["retry_after_ms"].as_u64().unwrap_or(200);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                }
-                _ => panic!("{created}"),
+            match &created {
+                ServerFrame::Error(e) => match e.code {
+                    ErrorCode::Conflict if tried => break,
+                    ErrorCode::Overloaded | ErrorCode::Internal => {
+                        tried = true;
+                        let wait = e.retry_after_ms.unwrap_or(200);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                    _ => panic!("{created:?}"),
+                },
+                _ => break,
             }
         }
         drop(owner);
@@ -304,9 +312,9 @@ async fn acknowledged_messages_survive_leader_kills_exactly_once_in_order() {
             let mut by_id: BTreeMap<String, Vec<u64>> = BTreeMap::new();
             for m in &seen {
                 by_id
-                    .entry(m["client_msg_id"].as_str().unwrap().to_owned())
+                    .entry(m.client_msg_id.clone())
                     .or_default()
-                    .push(m["seq"].as_u64().unwrap());
+                    .push(m.seq);
             }
             for (user, acks) in &acked {
                 assert_eq!(acks.len(), MESSAGES, "{user} wrote everything");

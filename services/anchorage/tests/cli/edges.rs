@@ -2,13 +2,15 @@
 //! `anchorage edge` process on the same NATS and database. Users on different edges chat,
 //! and a user's read on one edge reaches their device on the other.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::process::Stdio;
 use std::time::Duration;
 
 use anchorage::natsd::free_port;
-use anchorage_tests::{TestNats, TestStack, WsClient, eventually, http_get};
+use anchorage_protocol::request::MarkRead;
+use anchorage_protocol::{LiveMessage, MembershipChanged, ReadMoved};
+use anchorage_tests::{
+    TestNats, TestStack, WsClient, conv_id, create_group, eventually, http_get, send_message,
+};
 use serde_json::json;
 
 #[tokio::test]
@@ -49,41 +51,46 @@ async fn users_on_two_edge_processes_chat_and_sync_reads() {
     let (mut bob_laptop, _) = WsClient::signed_in(stack.edge_addr(), "bob", "laptop")
         .await
         .unwrap();
-    let created = alice
-        .request(json!({"type": "create_group", "group": "g", "title": "G", "members": ["bob"]}))
+    alice.ok(create_group("g", "G", &["bob"])).await.unwrap();
+    bob_phone
+        .pushed(|_: &MembershipChanged| true)
         .await
         .unwrap();
-    assert_eq!(created["type"], "ok", "{created}");
-    bob_phone.push(|f| f["type"] == "membership").await.unwrap();
 
     let ack = alice
-        .request(json!({"type": "send", "conv": "g", "client_msg_id": "m1", "body": "hello", "client_ts": 1}))
+        .ack(send_message("g", "m1", json!("hello")))
         .await
         .unwrap();
-    let seq = ack["seq"].as_u64().unwrap();
-    let pushed = bob_phone.push(|f| f["type"] == "message").await.unwrap();
-    assert_eq!(pushed["message"]["seq"].as_u64(), Some(seq));
-    assert_eq!(pushed["prev"].as_u64(), Some(0));
+    let seq = ack.seq;
+    let pushed: LiveMessage = bob_phone.pushed(|_| true).await.unwrap();
+    assert_eq!(pushed.message.seq, seq);
+    assert_eq!(pushed.prev, 0);
 
     // Bob answers from the other process; alice gets it.
     let reply = bob_phone
-        .request(json!({"type": "send", "conv": "g", "client_msg_id": "r1", "body": "hi!", "client_ts": 2}))
+        .ack(anchorage_protocol::request::SendMessage {
+            client_ts: 2,
+            ..send_message("g", "r1", json!("hi!"))
+        })
         .await
         .unwrap();
     let got = alice
-        .push(|f| f["type"] == "message" && f["message"]["sender"] == "bob")
+        .pushed(|m: &LiveMessage| m.message.sender == "bob")
         .await
         .unwrap();
-    assert_eq!(got["message"]["seq"], reply["seq"]);
-    assert_eq!(got["prev"].as_u64(), Some(seq));
+    assert_eq!(got.message.seq, reply.seq);
+    assert_eq!(got.prev, seq);
 
     // A read on the phone (other process) reaches the laptop (this process).
     bob_phone
-        .request(json!({"type": "read", "conv": "g", "seq": reply["seq"]}))
+        .request(MarkRead {
+            conv: conv_id("g"),
+            seq: reply.seq,
+        })
         .await
         .unwrap();
-    let read = bob_laptop.push(|f| f["type"] == "read").await.unwrap();
-    assert_eq!(read["seq"], reply["seq"]);
+    let read: ReadMoved = bob_laptop.pushed(|_| true).await.unwrap();
+    assert_eq!(read.seq, reply.seq);
 
     edge.start_kill().unwrap();
     edge.wait().await.unwrap();

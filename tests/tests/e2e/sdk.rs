@@ -1,8 +1,6 @@
 //! The Rust client SDK against a real stack: outbox retries across cut connections, order
 //! across reconnects, gap repair, the offline queue, catch-up on reconnect.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::sync::Arc;
 use std::time::Duration;
 

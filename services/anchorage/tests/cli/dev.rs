@@ -1,8 +1,6 @@
 //! `anchorage dev` as a user runs it: a separate process that starts nats-server, becomes
 //! ready, and on SIGTERM stops everything, its nats-server included.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;

@@ -3,18 +3,22 @@
 //! payloads no reader can decode, exhausting the edge's memory and connection slots, racing a
 //! revocation, hostile tokens and frames.
 
-#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anchorage_config::Config;
+use anchorage_protocol::request::{
+    self, AddMembers, History, Leave, MarkRead, MarkReceived, OpenDirect, RemoveMembers,
+    SendMessage, SetNickname, UpdateGroup,
+};
+use anchorage_protocol::{ErrorCode, Reply, ReplyBody, Request, RequestBody, ServerFrame};
 use anchorage_schema::event::{GroupCreated, MembersRemoved, RemovalReason};
 use anchorage_schema::{
     Actor, ConversationId, DeviceId, Envelope, EventId, GroupId, SourceId, UserId, subjects,
 };
 use anchorage_tests::{
-    TestEdge, TestNats, TestStack, WsClient, eventually, fresh_database, test_config, token, within,
+    TestEdge, TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database,
+    group_id, hello, send_message, sync, test_config, token, user_ids, within,
 };
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -73,10 +77,6 @@ async fn projected(s: &Setup, group: &str, version: u64) {
     .unwrap();
 }
 
-fn send(conv: &str, id: &str, body: Value) -> Value {
-    json!({"type": "send", "conv": conv, "client_msg_id": id, "body": body, "client_ts": 1})
-}
-
 /// A WebSocket from a chosen local address (the loopback range is all ours).
 async fn connect_from(addr: SocketAddr, local: IpAddr) -> anyhow::Result<WsStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
@@ -107,8 +107,33 @@ where
     .unwrap()
 }
 
-fn hello(user: &str, device: &str) -> String {
-    json!({"type": "hello", "id": 1, "protocol": 1, "token": token(user, device, 3600)}).to_string()
+/// The text of `hello` (request 1) with a fresh token, for raw sockets.
+fn hello_text(user: &str, device: &str) -> String {
+    Request::encode(1, &hello(token(user, device, 3600)).into())
+}
+
+/// Whether a raw socket's message is a `welcome`.
+fn is_welcome(m: &WsMessage) -> bool {
+    m.to_text()
+        .ok()
+        .and_then(|t| serde_json::from_str::<ServerFrame>(t).ok())
+        .is_some_and(|f| {
+            matches!(
+                f,
+                ServerFrame::Reply(Reply {
+                    body: ReplyBody::Welcome(_),
+                    ..
+                })
+            )
+        })
+}
+
+fn history(conv: &str) -> History {
+    History {
+        conv: conv_id(conv),
+        before: 0,
+        limit: None,
+    }
 }
 
 // 1. 1:1 conversations cannot be captured, computed into, or probed.
@@ -135,17 +160,20 @@ async fn direct_conversations_belong_to_their_two_users() {
     projected(&s, target.as_str(), v).await;
     let (mut mallory, _) = WsClient::signed_in(addr, "mallory", "d").await.unwrap();
     let opened = mallory
-        .request(json!({"type": "open_direct", "peer": "pat"}))
+        .request(OpenDirect { peer: user("pat") })
         .await
         .unwrap();
-    assert_eq!(opened["type"], "error", "never joined: {opened}");
+    assert!(
+        matches!(opened, ServerFrame::Error(_)),
+        "never joined: {opened:?}"
+    );
     for probe in [
-        json!({"type": "history", "conv": target.as_str()}),
-        json!({"type": "sync", "conv": target.as_str(), "after": 0}),
-        send(target.as_str(), "x", json!("hi")),
+        RequestBody::from(history(target.as_str())),
+        sync(target.as_str(), 0).into(),
+        send_message(target.as_str(), "x", json!("hi")).into(),
     ] {
-        let answer = mallory.request(probe.clone()).await.unwrap();
-        assert_eq!(answer["code"], "forbidden", "{probe} → {answer}");
+        let answer = mallory.refused(probe.clone()).await.unwrap();
+        assert_eq!(answer.code, ErrorCode::Forbidden, "{probe:?} → {answer:?}");
     }
     // Whether two others have a 1:1 is not learned from group commands either.
     let (alice_bob, nobody) = (
@@ -153,30 +181,33 @@ async fn direct_conversations_belong_to_their_two_users() {
         ConversationId::direct(&user("carol"), &user("dave")),
     );
     let (mut alice, _) = WsClient::signed_in(addr, "alice", "d").await.unwrap();
-    let opened = alice
-        .request(json!({"type": "open_direct", "peer": "bob"}))
-        .await
-        .unwrap();
-    assert_eq!(opened["conv"], alice_bob.as_str(), "{opened}");
+    let opened = alice.ok(OpenDirect { peer: user("bob") }).await.unwrap();
+    assert_eq!(opened.conv.as_ref(), Some(&alice_bob), "{opened:?}");
     for conv in [&alice_bob, &nobody] {
         let answer = mallory
-            .request(json!({"type": "update_group", "group": conv.as_str(), "title": "x"}))
+            .refused(UpdateGroup {
+                group: group_id(conv.as_str()),
+                title: Some("x".into()),
+                avatar: None,
+            })
             .await
             .unwrap();
-        assert_eq!(answer["code"], "not_found", "{conv}: {answer}");
+        assert_eq!(answer.code, ErrorCode::NotFound, "{conv}: {answer:?}");
     }
     // The namespace is reserved for them.
     let answer = mallory
-        .request(json!({"type": "create_group", "group": nobody.as_str(), "title": "t"}))
+        .refused(create_group(nobody.as_str(), "t", &[]))
         .await
         .unwrap();
-    assert_eq!(answer["code"], "invalid_request", "{answer}");
+    assert_eq!(answer.code, ErrorCode::InvalidRequest, "{answer:?}");
     // A 1:1 cannot be left (its members are fixed) …
     let answer = alice
-        .request(json!({"type": "leave", "group": alice_bob.as_str()}))
+        .refused(Leave {
+            group: group_id(alice_bob.as_str()),
+        })
         .await
         .unwrap();
-    assert_eq!(answer["code"], "forbidden", "{answer}");
+    assert_eq!(answer.code, ErrorCode::Forbidden, "{answer:?}");
 }
 
 // 1 (existing ids) and 10. A 1:1 under the id of the old scheme keeps working; a member who
@@ -212,16 +243,19 @@ async fn old_direct_ids_keep_working_and_rejoining_is_an_event() {
     .await;
     projected(&s, legacy.as_str(), v).await;
     let (mut bob, _) = WsClient::signed_in(addr, "bob", "d").await.unwrap();
-    let denied = bob
-        .request(json!({"type": "history", "conv": legacy.as_str()}))
-        .await
-        .unwrap();
-    assert_eq!(denied["code"], "forbidden", "bob left: {denied}");
+    let denied = bob.refused(history(legacy.as_str())).await.unwrap();
+    assert_eq!(denied.code, ErrorCode::Forbidden, "bob left: {denied:?}");
     let opened = bob
-        .request(json!({"type": "open_direct", "peer": "alice"}))
+        .ok(OpenDirect {
+            peer: user("alice"),
+        })
         .await
         .unwrap();
-    assert_eq!(opened["conv"], legacy.as_str(), "the existing id: {opened}");
+    assert_eq!(
+        opened.conv.as_ref(),
+        Some(&legacy),
+        "the existing id: {opened:?}"
+    );
     // The projection says so too, and bob can write at once.
     let store = &s.stack.stack.store;
     eventually(
@@ -237,11 +271,9 @@ async fn old_direct_ids_keep_working_and_rejoining_is_an_event() {
     )
     .await
     .unwrap();
-    let ack = bob
-        .request(send(legacy.as_str(), "b1", json!("back")))
+    bob.ack(send_message(legacy.as_str(), "b1", json!("back")))
         .await
         .unwrap();
-    assert_eq!(ack["type"], "ack", "{ack}");
 }
 
 // 3. The same client message id in two conversations is two messages.
@@ -252,70 +284,54 @@ async fn a_client_message_id_is_scoped_to_its_conversation() {
         .await
         .unwrap();
     for g in ["g1", "g2"] {
-        let ok = alice
-            .request(json!({"type": "create_group", "group": g, "title": g, "members": ["bob"]}))
-            .await
-            .unwrap();
-        assert_eq!(ok["type"], "ok", "{ok}");
+        alice.ok(create_group(g, g, &["bob"])).await.unwrap();
     }
     let a = alice
-        .request(send("g1", "same", json!("one")))
+        .ack(send_message("g1", "same", json!("one")))
         .await
         .unwrap();
     let b = alice
-        .request(send("g2", "same", json!("two")))
+        .ack(send_message("g2", "same", json!("two")))
         .await
         .unwrap();
-    assert_eq!(
-        (a["duplicate"].as_bool(), b["duplicate"].as_bool()),
-        (Some(false), Some(false))
-    );
-    assert_ne!(a["seq"], b["seq"]);
+    assert_eq!((a.duplicate, b.duplicate), (false, false));
+    assert_ne!(a.seq, b.seq);
     // A retry in g2 still finds g2's message, not g1's.
     let retry = alice
-        .request(
-            json!({"type": "send", "conv": "g2", "client_msg_id": "same", "body": "two",
-                        "client_ts": 1, "retry": true}),
-        )
+        .ack(SendMessage {
+            retry: true,
+            ..send_message("g2", "same", json!("two"))
+        })
         .await
         .unwrap();
-    assert_eq!(retry["seq"], b["seq"], "{retry}");
+    assert_eq!(retry.seq, b.seq, "{retry:?}");
     // Another device of the same user numbering its messages alike writes its own message,
     // and both can be read.
     let (mut phone, _) = WsClient::signed_in(s.stack.edge_addr(), "alice", "phone")
         .await
         .unwrap();
     let c = phone
-        .request(send("g2", "same", json!("three")))
+        .ack(send_message("g2", "same", json!("three")))
         .await
         .unwrap();
-    assert_eq!(c["duplicate"], false, "{c}");
-    assert_ne!(c["seq"], b["seq"]);
+    assert!(!c.duplicate, "{c:?}");
+    assert_ne!(c.seq, b.seq);
     let store = &s.stack.stack.store;
-    let seq_c = c["seq"].as_u64().unwrap();
-    anchorage_tests::projected(store, "messages", seq_c).await;
+    anchorage_tests::projected(store, "messages", c.seq).await;
     let retry = phone
-        .request(
-            json!({"type": "send", "conv": "g2", "client_msg_id": "same", "body": "three",
-                        "client_ts": 1, "retry": true}),
-        )
+        .ack(SendMessage {
+            retry: true,
+            ..send_message("g2", "same", json!("three"))
+        })
         .await
         .unwrap();
     assert_eq!(
-        retry["seq"], c["seq"],
+        retry.seq, c.seq,
         "the phone's retry finds the phone's message"
     );
-    let page = alice
-        .request(json!({"type": "sync", "conv": "g2", "after": 0}))
-        .await
-        .unwrap();
-    let bodies: Vec<&Value> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| &m["body"])
-        .collect();
-    assert_eq!(bodies, vec![&json!("two"), &json!("three")], "{page}");
+    let page = alice.messages(sync("g2", 0)).await.unwrap();
+    let bodies: Vec<&Value> = page.messages.iter().map(|m| &m.body).collect();
+    assert_eq!(bodies, vec![&json!("two"), &json!("three")], "{page:?}");
     // Another user's message with the same id is theirs, not a repeat of alice's.
     let (mut bob, _) = WsClient::signed_in(s.stack.edge_addr(), "bob", "phone")
         .await
@@ -323,23 +339,24 @@ async fn a_client_message_id_is_scoped_to_its_conversation() {
     let theirs = within(Duration::from_secs(10), "bob's send accepted", async {
         loop {
             let answer = bob
-                .request(send("g2", "same", json!("bob's")))
+                .request(send_message("g2", "same", json!("bob's")))
                 .await
                 .unwrap();
-            if answer["type"] == "ack" {
-                return answer;
+            match answer {
+                ServerFrame::Reply(Reply {
+                    body: ReplyBody::Ack(ack),
+                    ..
+                }) => return ack,
+                ServerFrame::Error(e) if e.code == ErrorCode::Forbidden => {}
+                other => panic!("{other:?}"),
             }
-            assert_eq!(answer["code"], "forbidden", "{answer}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     })
     .await
     .unwrap();
-    assert_eq!(theirs["duplicate"], false, "{theirs}");
-    assert!(
-        ![&b["seq"], &c["seq"]].contains(&&theirs["seq"]),
-        "{theirs}"
-    );
+    assert!(!theirs.duplicate, "{theirs:?}");
+    assert!(![b.seq, c.seq].contains(&theirs.seq), "{theirs:?}");
 }
 
 // 4. Nothing is acknowledged that a reader cannot decode.
@@ -349,10 +366,7 @@ async fn bodies_nested_past_the_limit_are_refused_not_lost() {
     let (mut alice, _) = WsClient::signed_in(s.stack.edge_addr(), "alice", "d")
         .await
         .unwrap();
-    alice
-        .request(json!({"type": "create_group", "group": "g", "title": "g"}))
-        .await
-        .unwrap();
+    alice.request(create_group("g", "g", &[])).await.unwrap();
     let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
     let deep = format!(
         r#"{{"type":"send","id":50,"conv":"g","client_msg_id":"deep","client_ts":1,"body":{}}}"#,
@@ -360,22 +374,28 @@ async fn bodies_nested_past_the_limit_are_refused_not_lost() {
     );
     alice.send_text(deep).await.unwrap();
     let refused = alice.next_answer().await.unwrap();
-    assert_eq!(refused["code"], "invalid_request", "{refused}");
-    assert_eq!(refused["id"], 50, "the refusal names its request");
+    let ServerFrame::Error(e) = &refused else {
+        panic!("not refused: {refused:?}")
+    };
+    assert_eq!(e.code, ErrorCode::InvalidRequest, "{refused:?}");
+    assert_eq!(e.id, Some(50), "the refusal names its request");
     // Up to the limit it is stored and projected like any message.
-    let ok = format!(
-        r#"{{"type":"send","id":51,"conv":"g","client_msg_id":"ok","client_ts":1,"body":{}}}"#,
-        nested(30)
-    );
-    alice.send_text(ok).await.unwrap();
-    let ack = alice.next_answer().await.unwrap();
-    assert_eq!(ack["type"], "ack", "{ack}");
-    let page = alice
-        .request(json!({"type": "sync", "conv": "g", "after": 0}))
+    let body: Value = serde_json::from_str(&nested(30)).unwrap();
+    alice
+        .send_request(51, send_message("g", "ok", body))
         .await
         .unwrap();
-    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1), "{page}");
-    assert_eq!(page["messages"][0]["seq"], ack["seq"]);
+    let ack = alice.next_answer().await.unwrap();
+    let ServerFrame::Reply(Reply {
+        body: ReplyBody::Ack(ack),
+        ..
+    }) = ack
+    else {
+        panic!("not acknowledged: {ack:?}")
+    };
+    let page = alice.messages(sync("g", 0)).await.unwrap();
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![ack.seq], "{page:?}");
 }
 
 // 5 and 16. A client that asks for a lot and does not read costs its byte bound, and is told
@@ -391,17 +411,13 @@ async fn queued_bytes_are_bounded_and_slow_readers_get_4008() {
     .await;
     let addr = s.stack.edge_addr();
     let (mut alice, _) = WsClient::signed_in(addr, "alice", "d").await.unwrap();
-    alice
-        .request(json!({"type": "create_group", "group": "g", "title": "g"}))
-        .await
-        .unwrap();
+    alice.request(create_group("g", "g", &[])).await.unwrap();
     let big = "x".repeat(60_000);
     for n in 0..20 {
-        let ack = alice
-            .request(send("g", &format!("m{n}"), json!(big)))
+        alice
+            .ack(send_message("g", &format!("m{n}"), json!(big)))
             .await
             .unwrap();
-        assert_eq!(ack["type"], "ack");
     }
     // A reader with a small receive buffer asks for 30 pages of 1.2 MB and reads nothing.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -410,14 +426,17 @@ async fn queued_bytes_are_bounded_and_slow_readers_get_4008() {
     let (mut hog, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
         .await
         .unwrap();
-    hog.send(WsMessage::Text(hello("bob", "d").into()))
+    hog.send(WsMessage::Text(hello_text("bob", "d").into()))
         .await
         .unwrap();
     let welcome = hog.next().await.unwrap().unwrap();
-    assert!(welcome.to_text().unwrap().contains("welcome"));
+    assert!(is_welcome(&welcome), "{welcome}");
     // Bob joins so he may read.
     alice
-        .request(json!({"type": "add_members", "group": "g", "members": ["bob"]}))
+        .request(AddMembers {
+            group: group_id("g"),
+            members: user_ids(&["bob"]),
+        })
         .await
         .unwrap();
     // Until this edge has applied the addition, bob's requests about g are refused.
@@ -428,10 +447,19 @@ async fn queued_bytes_are_bounded_and_slow_readers_get_4008() {
         async {
             loop {
                 let page = probe
-                    .request(json!({"type": "sync", "conv": "g", "after": 0, "limit": 1}))
+                    .request(request::Sync {
+                        limit: Some(1),
+                        ..sync("g", 0)
+                    })
                     .await
                     .unwrap();
-                if page["type"] == "messages" {
+                if matches!(
+                    page,
+                    ServerFrame::Reply(Reply {
+                        body: ReplyBody::Messages(_),
+                        ..
+                    })
+                ) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
@@ -441,8 +469,11 @@ async fn queued_bytes_are_bounded_and_slow_readers_get_4008() {
     .await
     .unwrap();
     for i in 0..30 {
-        let q = json!({"type": "sync", "id": 100 + i, "conv": "g", "after": 0, "limit": 500});
-        hog.send(WsMessage::Text(q.to_string().into()))
+        let q = request::Sync {
+            limit: Some(500),
+            ..sync("g", 0)
+        };
+        hog.send(WsMessage::Text(Request::encode(100 + i, &q.into()).into()))
             .await
             .unwrap();
     }
@@ -477,10 +508,7 @@ async fn queued_bytes_are_bounded_and_slow_readers_get_4008() {
         "{ready}"
     );
     // Everyone else carries on.
-    assert_eq!(
-        alice.request(json!({"type": "ping"})).await.unwrap()["type"],
-        "pong"
-    );
+    alice.ping().await.unwrap();
 }
 
 // 6. Silent and half-sent HTTP connections are closed, and idle keep-alive ones too.
@@ -554,11 +582,11 @@ async fn anonymous_sockets_cannot_lock_out_real_clients() {
         .enumerate()
     {
         let mut ws = connect_from(addr, ip.into()).await.unwrap();
-        ws.send(WsMessage::Text(hello(&format!("u{i}"), "d").into()))
+        ws.send(WsMessage::Text(hello_text(&format!("u{i}"), "d").into()))
             .await
             .unwrap();
         let welcome = ws.next().await.unwrap().unwrap();
-        assert!(welcome.to_text().unwrap().contains("welcome"), "{welcome}");
+        assert!(is_welcome(&welcome), "{welcome}");
         real.push(ws);
     }
     drop(anonymous);
@@ -588,10 +616,10 @@ async fn a_revocation_that_returned_is_never_missed() {
                         continue;
                     };
                     let _ = ws
-                        .send(WsMessage::Text(hello("victim", &device).into()))
+                        .send(WsMessage::Text(hello_text("victim", &device).into()))
                         .await;
-                    if let Some(Ok(WsMessage::Text(t))) = ws.next().await
-                        && t.contains("welcome")
+                    if let Some(Ok(m)) = ws.next().await
+                        && is_welcome(&m)
                     {
                         welcomed.push(ws);
                     }
@@ -623,7 +651,7 @@ async fn a_revocation_that_returned_is_never_missed() {
             .unwrap()
             .0;
         again
-            .send(WsMessage::Text(hello("victim", &device).into()))
+            .send(WsMessage::Text(hello_text("victim", &device).into()))
             .await
             .unwrap();
         assert_eq!(close_code(&mut again, Duration::from_secs(10)).await, 4005);
@@ -650,15 +678,18 @@ async fn hostile_tokens_and_frames_get_their_documented_codes() {
         json!({"sub": "alice", "device": "d2", "exp": 4_000_000_000u64, "aud": "chat"}),
     ] {
         let mut c = WsClient::connect(addr).await.unwrap();
-        let welcome = c
-            .request(json!({"type": "hello", "protocol": 1, "token": sign(claims.clone())}))
-            .await
-            .unwrap();
-        assert_eq!(welcome["type"], "welcome", "{claims}: {welcome}");
-        assert_eq!(
-            c.request(json!({"type": "ping"})).await.unwrap()["type"],
-            "pong"
+        let welcome = c.request(hello(sign(claims.clone()))).await.unwrap();
+        assert!(
+            matches!(
+                welcome,
+                ServerFrame::Reply(Reply {
+                    body: ReplyBody::Welcome(_),
+                    ..
+                })
+            ),
+            "{claims}: {welcome:?}"
         );
+        c.ping().await.unwrap();
     }
     // Not valid yet: refused.
     let mut c = WsClient::connect(addr).await.unwrap();
@@ -666,9 +697,7 @@ async fn hostile_tokens_and_frames_get_their_documented_codes() {
         json!({"sub": "alice", "device": "d", "exp": 4_000_000_000u64,
                             "nbf": 3_900_000_000u64}),
     );
-    c.send_text(json!({"type": "hello", "id": 1, "protocol": 1, "token": early}).to_string())
-        .await
-        .unwrap();
+    c.send_request(1, hello(early)).await.unwrap();
     assert_eq!(c.closed().await.unwrap(), 4001);
     // A frame over the limit before hello: 1009.
     let mut c = WsClient::connect(addr).await.unwrap();
@@ -680,7 +709,7 @@ async fn hostile_tokens_and_frames_get_their_documented_codes() {
             .await
             .unwrap();
         if signed_in {
-            ws.send(WsMessage::Text(hello("alice", "d3").into()))
+            ws.send(WsMessage::Text(hello_text("alice", "d3").into()))
                 .await
                 .unwrap();
             ws.next().await.unwrap().unwrap();
@@ -708,41 +737,57 @@ async fn out_of_range_positions_and_removed_members_are_refused() {
     let addr = s.stack.edge_addr();
     let (mut alice, _) = WsClient::signed_in(addr, "alice", "d").await.unwrap();
     alice
-        .request(json!({"type": "create_group", "group": "g", "title": "g", "members": ["bob"]}))
+        .request(create_group("g", "g", &["bob"]))
         .await
         .unwrap();
-    let first = alice.request(send("g", "m1", json!("one"))).await.unwrap();
-    let seq = first["seq"].as_u64().unwrap();
+    let first = alice
+        .ack(send_message("g", "m1", json!("one")))
+        .await
+        .unwrap();
+    let seq = first.seq;
     let huge = 1u64 << 63;
     for probe in [
-        json!({"type": "sync", "conv": "g", "after": huge}),
-        json!({"type": "history", "conv": "g", "before": u64::MAX}),
-        json!({"type": "read", "conv": "g", "seq": seq + 1000}),
-        json!({"type": "received", "conv": "g", "seq": seq + 1000}),
+        RequestBody::from(sync("g", huge)),
+        History {
+            before: u64::MAX,
+            ..history("g")
+        }
+        .into(),
+        MarkRead {
+            conv: conv_id("g"),
+            seq: seq + 1000,
+        }
+        .into(),
+        MarkReceived {
+            conv: conv_id("g"),
+            seq: seq + 1000,
+        }
+        .into(),
     ] {
-        let answer = alice.request(probe.clone()).await.unwrap();
-        assert_eq!(answer["code"], "invalid_request", "{probe} → {answer}");
+        let answer = alice.refused(probe.clone()).await.unwrap();
+        assert_eq!(
+            answer.code,
+            ErrorCode::InvalidRequest,
+            "{probe:?} → {answer:?}"
+        );
     }
     // The device's summary still shows the conversation once something new arrives.
-    let second = alice.request(send("g", "m2", json!("two"))).await.unwrap();
-    let (_again, welcome) = WsClient::signed_in(addr, "alice", "d").await.unwrap();
-    let change = welcome["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["conv"] == "g")
-        .cloned();
-    assert_eq!(
-        change.map(|c| c["last_seq"].clone()),
-        Some(second["seq"].clone())
-    );
-    // A removed member renaming themselves: forbidden, as documented.
-    let (mut bob, _) = WsClient::signed_in(addr, "bob", "d").await.unwrap();
-    let removed = alice
-        .request(json!({"type": "remove_members", "group": "g", "members": ["bob"]}))
+    let second = alice
+        .ack(send_message("g", "m2", json!("two")))
         .await
         .unwrap();
-    assert_eq!(removed["type"], "ok", "{removed}");
+    let (_again, welcome) = WsClient::signed_in(addr, "alice", "d").await.unwrap();
+    let change = welcome.changes.iter().find(|c| c.conv.as_str() == "g");
+    assert_eq!(change.map(|c| c.last_seq), Some(second.seq));
+    // A removed member renaming themselves: forbidden, as documented.
+    let (mut bob, _) = WsClient::signed_in(addr, "bob", "d").await.unwrap();
+    alice
+        .ok(RemoveMembers {
+            group: group_id("g"),
+            members: user_ids(&["bob"]),
+        })
+        .await
+        .unwrap();
     let store = &s.stack.stack.store;
     eventually(Duration::from_secs(10), "bob removed", || async {
         store
@@ -755,10 +800,14 @@ async fn out_of_range_positions_and_removed_members_are_refused() {
     .await
     .unwrap();
     let answer = bob
-        .request(json!({"type": "set_nickname", "group": "g", "member": "bob", "nickname": "b"}))
+        .refused(SetNickname {
+            group: group_id("g"),
+            member: user("bob"),
+            nickname: Some("b".into()),
+        })
         .await
         .unwrap();
-    assert_eq!(answer["code"], "forbidden", "{answer}");
+    assert_eq!(answer.code, ErrorCode::Forbidden, "{answer:?}");
 }
 
 // 17. Garbage counts against the rate limit, and a client that ignores it is disconnected.
@@ -776,24 +825,26 @@ async fn garbage_is_rate_limited_and_ignoring_it_disconnects() {
             break;
         }
     }
-    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    // Frames by error code (`None`: not an error).
+    let mut codes = std::collections::HashMap::<Option<ErrorCode>, usize>::new();
     let close = loop {
         match c.next_frame().await {
-            Ok(f) => {
-                *codes
-                    .entry(f["code"].as_str().unwrap_or("?").into())
-                    .or_default() += 1
-            }
+            Ok(ServerFrame::Error(e)) => *codes.entry(Some(e.code)).or_default() += 1,
+            Ok(_) => *codes.entry(None).or_default() += 1,
             Err(e) => break e.to_string(),
         }
     };
     assert_eq!(close, "closed with code 4029", "{codes:?}");
     assert!(
-        codes.get("bad_frame").copied().unwrap_or(0) <= 12,
+        codes.get(&Some(ErrorCode::BadFrame)).copied().unwrap_or(0) <= 12,
         "{codes:?}"
     );
     assert!(
-        codes.get("rate_limited").copied().unwrap_or(0) >= 10,
+        codes
+            .get(&Some(ErrorCode::RateLimited))
+            .copied()
+            .unwrap_or(0)
+            >= 10,
         "{codes:?}"
     );
     // Before hello, a handful of bad frames are answered, then the socket is closed.
@@ -810,7 +861,7 @@ async fn garbage_is_rate_limited_and_ignoring_it_disconnects() {
             .await
             .unwrap();
         if signed_in {
-            ws.send(WsMessage::Text(hello("alice", "pinger").into()))
+            ws.send(WsMessage::Text(hello_text("alice", "pinger").into()))
                 .await
                 .unwrap();
             ws.next().await.unwrap().unwrap();

@@ -1,0 +1,20 @@
+//! The end-to-end tests, one test binary: real nats-server processes, real databases, real
+//! sockets. Each module is one area; every test starts its own nats-server (or cluster) and
+//! database, so tests of different modules never share state.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
+
+mod common;
+
+mod chaos;
+mod cluster;
+mod faults;
+mod ingest;
+mod large_group;
+mod members;
+mod messaging;
+mod nats_security;
+mod sdk;
+mod security;
+mod stack;
+mod streams;
