@@ -200,7 +200,7 @@ mod tests {
     use anchorage_schema::event::{
         GroupDismissed, MemberMuteChanged, MembersAdded, MembersRemoved, RemovalReason,
     };
-    use anchorage_schema::{Actor, EventId};
+    use anchorage_schema::{Actor, EventId, GroupId};
 
     fn user(name: &str) -> UserId {
         UserId::parse(name).unwrap()
