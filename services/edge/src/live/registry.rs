@@ -1,6 +1,6 @@
 //! Who is connected to this edge, and which sessions were revoked lately.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anchorage_protocol::close;
@@ -15,7 +15,9 @@ const REVOKED_MEMORY: Duration = Duration::from_secs(600);
 #[derive(Debug, Default)]
 pub(super) struct Registry {
     conns: HashMap<ConnId, ConnHandle>,
-    by_user: HashMap<UserId, HashSet<ConnId>>,
+    /// A user's connections here: a few at most, so a list (every user connected here has an
+    /// entry: it is kept small).
+    by_user: HashMap<UserId, Vec<ConnId>>,
     /// Sessions revoked recently (all of a user's: no device), and when this edge heard of it.
     revoked: HashMap<(UserId, Option<DeviceId>), Instant>,
 }
@@ -25,7 +27,7 @@ impl Registry {
     pub fn add(&mut self, conn: ConnHandle) -> bool {
         let conns = self.by_user.entry(conn.user.clone()).or_default();
         let first = conns.is_empty();
-        conns.insert(conn.id);
+        conns.push(conn.id);
         self.conns.insert(conn.id, conn);
         first
     }
@@ -34,7 +36,7 @@ impl Registry {
     pub fn remove(&mut self, id: ConnId) -> Option<Option<UserId>> {
         let conn = self.conns.remove(&id)?;
         let conns = self.by_user.get_mut(&conn.user)?;
-        conns.remove(&id);
+        conns.retain(|c| *c != id);
         if !conns.is_empty() {
             return Some(None);
         }

@@ -25,8 +25,9 @@ pub(super) enum Change {
 #[derive(Debug, Default)]
 struct UserView {
     convs: HashSet<ConversationId>,
-    /// Groups the user is muted in, until when (Unix ms).
-    muted: HashMap<ConversationId, i64>,
+    /// Groups the user is muted in, until when (Unix ms). Rare: a list, empty without an
+    /// allocation.
+    muted: Vec<(ConversationId, i64)>,
 }
 
 /// The view.
@@ -60,7 +61,10 @@ impl MembershipView {
         muted: HashMap<ConversationId, i64>,
         checkpoint: u64,
     ) -> (Vec<ConversationId>, Vec<(u64, ConversationId)>) {
-        let mut view = UserView { convs, muted };
+        let mut view = UserView {
+            convs,
+            muted: muted.into_iter().collect(),
+        };
         let mut late_joins = Vec::new();
         for (seq, env) in self.recent.iter().filter(|(seq, _)| *seq > checkpoint) {
             note_mute(&mut view, user, env);
@@ -104,7 +108,8 @@ impl MembershipView {
     pub fn muted_until(&self, user: &UserId, conv: &ConversationId) -> Option<i64> {
         self.users
             .get(user)
-            .and_then(|v| v.muted.get(conv).copied())
+            .and_then(|v| v.muted.iter().find(|(c, _)| c == conv))
+            .map(|(_, until)| *until)
     }
 
     /// Records a membership the caller just caused, before its event arrives; returns
@@ -132,7 +137,7 @@ impl MembershipView {
                     changes.push(Change::Joined { user, conv });
                 }
             } else {
-                v.muted.remove(&conv);
+                v.muted.retain(|(c, _)| *c != conv);
                 if v.convs.remove(&conv) {
                     changes.push(Change::Left { user, conv });
                 }
@@ -188,10 +193,10 @@ fn note_mute(view: &mut UserView, user: &UserId, env: &Envelope) {
         return;
     }
     let conv = m.group.conversation();
-    match m.muted_until {
-        Some(until) => view.muted.insert(conv, until),
-        None => view.muted.remove(&conv),
-    };
+    view.muted.retain(|(c, _)| *c != conv);
+    if let Some(until) = m.muted_until {
+        view.muted.push((conv, until));
+    }
 }
 
 #[cfg(test)]
