@@ -121,8 +121,6 @@ impl EdgeState {
     }
 }
 
-pub(crate) use anchorage_schema::backoff::jitter;
-
 /// The address of the client at the other end of an HTTP connection.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);

@@ -17,7 +17,9 @@ use anchorage_protocol::close;
 use anchorage_schema::UserId;
 use tokio::sync::mpsc;
 
-use crate::live::Frame;
+/// A serialized server frame; cloning it shares the bytes (one serialization per message,
+/// however many recipients).
+pub type Frame = axum::extract::ws::Utf8Bytes;
 
 /// The bytes queued on this edge, across connections, and the bounds.
 #[derive(Debug)]

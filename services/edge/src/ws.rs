@@ -92,7 +92,7 @@ pub async fn upgrade(
 /// `503` with a jittered `Retry-After`, so refused clients come back spread out.
 fn busy(why: &'static str) -> Response {
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
-    let retry = 1 + crate::jitter(5);
+    let retry = 1 + anchorage_schema::backoff::jitter(5);
     if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }

@@ -7,11 +7,8 @@ use anchorage_protocol::ServerFrame;
 use anchorage_schema::{DeviceId, UserId};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::outbox::Frame;
 use crate::outbox::Outbox;
-
-/// A serialized server frame; cloning it shares the bytes (one serialization per message,
-/// however many recipients).
-pub type Frame = axum::extract::ws::Utf8Bytes;
 
 /// Identifies one connection on this edge.
 pub type ConnId = u64;

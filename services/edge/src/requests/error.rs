@@ -99,7 +99,7 @@ impl RequestError {
         let code = self.code();
         let retry_after_ms = match &self {
             RequestError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
-            RequestError::Overloaded(_) => Some(250 + crate::jitter(750)),
+            RequestError::Overloaded(_) => Some(250 + anchorage_schema::backoff::jitter(750)),
             _ => None,
         };
         ServerFrame::Error(ErrorFrame {

@@ -19,9 +19,10 @@ use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{ConversationId, Envelope, EventId, GroupId, Seq, UserId, now_ms};
 use anchorage_store::GroupRow;
 
+use super::error::RequestError;
 use super::messages::PROJECTION_WAIT;
 use super::rules::{self, GroupCommand, GroupState};
-use super::{Answer, RequestError, Session};
+use super::session::{Answer, Session};
 use crate::progress::Projection;
 
 /// How long a command that lost a race waits before deciding again (the racers spread out).

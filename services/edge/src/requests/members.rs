@@ -28,7 +28,8 @@ use anchorage_schema::subjects::stream;
 use anchorage_schema::{ConversationId, GroupId, UserId};
 use anchorage_store::{GroupRow, MemberRow, StoreError, Tx};
 
-use super::{Answer, RequestError, Session};
+use super::error::RequestError;
+use super::session::{Answer, Session};
 
 /// Groups per `group_versions` page.
 const VERSIONS_PER_PAGE: u32 = 1000;

@@ -10,7 +10,8 @@ use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{ConversationId, Envelope, EventId, Seq, now_ms};
 use anchorage_store::MessageRow;
 
-use super::{RequestError, Session};
+use super::error::RequestError;
+use super::session::Session;
 use crate::progress::Projection;
 
 /// Most messages one `sync` or `history` answer carries.

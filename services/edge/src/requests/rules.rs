@@ -16,7 +16,7 @@ use anchorage_schema::event::{
 };
 use anchorage_schema::{Event, GroupId, UserId};
 
-use super::RequestError;
+use super::error::RequestError;
 
 /// Most members one command names.
 pub(crate) const MAX_MEMBERS_PER_COMMAND: usize = 1000;

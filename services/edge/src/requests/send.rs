@@ -12,7 +12,8 @@ use anchorage_schema::event::MessageSent;
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{ClientMsgId, ConversationId, Envelope, EventId, Seq, now_ms};
 
-use super::{RequestError, Session};
+use super::error::RequestError;
+use super::session::Session;
 
 /// The answer of a send, once JetStream acknowledged it.
 pub type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = SendAnswer> + Send>>;

@@ -9,8 +9,9 @@ use anchorage_schema::ConversationId;
 use anchorage_schema::subjects::stream;
 use anchorage_store::ConversationState;
 
+use super::error::RequestError;
 use super::messages::message_view;
-use super::{RequestError, Session};
+use super::session::Session;
 
 /// Conversations per `welcome`; more come with a cursor.
 const CHANGES_PER_WELCOME: u32 = 200;

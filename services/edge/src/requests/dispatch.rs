@@ -1,0 +1,58 @@
+//! The dispatcher: one decoded request in, its answer (with the request's id) out.
+
+use anchorage_protocol::request::Hello;
+use anchorage_protocol::{ReplyBody, Request, RequestBody, RequestId};
+
+use super::rules::GroupCommand;
+use super::send::AckFuture;
+use super::session::Session;
+
+impl Session {
+    /// Answers `hello`: the conversations changed since the client's anchors.
+    pub async fn hello(&mut self, id: RequestId, hello: &Hello) {
+        let answer = self.welcome(hello).await.map(Into::into);
+        self.answer(id, answer).await;
+    }
+
+    /// Handles one request and queues its answer — except a send: its answer is returned, for
+    /// the caller to queue after the answers of the sends before it.
+    #[tracing::instrument(level = "debug", skip_all, fields(
+        conn = self.conn.id,
+        user = %self.claims.sub,
+        device = %self.claims.device,
+        request = request.id,
+        kind = request.body.type_name(),
+    ))]
+    pub async fn handle(&mut self, request: Request) -> Option<AckFuture> {
+        let Request { id, body } = request;
+        let answer = match body {
+            RequestBody::Send(send) => return Some(self.send(id, send).await),
+            RequestBody::Ping {} => Ok(ReplyBody::Pong),
+            RequestBody::Hello(hello) => self.welcome(&hello).await.map(Into::into),
+            RequestBody::Sync(r) => self.sync(r).await.map(Into::into),
+            RequestBody::History(r) => self.history(r).await.map(Into::into),
+            RequestBody::Read(r) => self.read(r).await.map(Into::into),
+            RequestBody::Received(r) => self.received(r).await.map(Into::into),
+            RequestBody::OpenDirect(r) => self.open_direct(r).await.map(Into::into),
+            RequestBody::CreateGroup(r) => self.create_group(r).await.map(Into::into),
+            RequestBody::Leave(r) => self.leave(r).await.map(Into::into),
+            RequestBody::AddMembers(r) => self.group_command(r.group.clone(), r.into()).await,
+            RequestBody::RemoveMembers(r) => self.group_command(r.group.clone(), r.into()).await,
+            RequestBody::SetRole(r) => self.group_command(r.group.clone(), r.into()).await,
+            RequestBody::MuteMember(r) => self.group_command(r.group.clone(), r.into()).await,
+            RequestBody::SetNickname(r) => self.group_command(r.group.clone(), r.into()).await,
+            RequestBody::UpdateGroup(r) => self.group_command(r.group.clone(), r.into()).await,
+            RequestBody::DismissGroup(r) => {
+                self.group_command(r.group, GroupCommand::Dismiss).await
+            }
+            RequestBody::GroupVersions(r) => self.group_versions(r).await.map(Into::into),
+            RequestBody::MembersSync(r) => self.members_sync(r).await,
+            RequestBody::MembersFetch(r) => self.members_fetch(r).await.map(Into::into),
+            RequestBody::MembersSyncBatch(r) => self.members_sync_batch(r).await.map(Into::into),
+            RequestBody::MembersSearch(r) => self.members_search(r).await.map(Into::into),
+            RequestBody::MembersUnsubscribe(r) => self.members_unsubscribe(r).map(Into::into),
+        };
+        self.answer(id, answer).await;
+        None
+    }
+}

@@ -1,0 +1,68 @@
+//! One signed-in connection's state, and what every family of requests uses from it.
+
+use anchorage_protocol::{ReplyBody, RequestId, ServerFrame};
+use anchorage_schema::{Actor, ClientMsgId, ConversationId};
+
+use super::error::RequestError;
+use crate::EdgeState;
+use crate::auth::Claims;
+use crate::live::ConnHandle;
+
+/// A handler's outcome: the answer's body, or why the request was refused.
+pub(super) type Answer = Result<ReplyBody, RequestError>;
+
+/// One signed-in connection.
+#[derive(Debug)]
+pub struct Session {
+    pub(crate) state: EdgeState,
+    pub(crate) claims: Claims,
+    pub(crate) conn: ConnHandle,
+    /// The send that was refused for a passing reason: later sends are refused until it is
+    /// sent again.
+    pub(super) blocked: Option<Box<(ConversationId, ClientMsgId)>>,
+}
+
+impl Session {
+    /// A session for a connection signed in with `claims`.
+    pub fn new(state: EdgeState, claims: Claims, conn: ConnHandle) -> Self {
+        Self {
+            state,
+            claims,
+            conn,
+            blocked: None,
+        }
+    }
+
+    /// Queues a frame (waits for a free slot: answers are never dropped; past the byte bounds
+    /// the connection is closed as too slow).
+    pub async fn reply(&self, f: ServerFrame) {
+        let frame = crate::live::frame(&f);
+        drop(f);
+        self.conn.reply(frame).await;
+    }
+
+    /// Queues the answer to request `id`.
+    pub(super) async fn answer(&self, id: RequestId, answer: Answer) {
+        let frame = match answer {
+            Ok(body) => ServerFrame::reply(id, body),
+            Err(err) => err.into_frame(Some(id)),
+        };
+        self.reply(frame).await;
+    }
+
+    pub(super) fn actor(&self) -> Actor {
+        Actor::User {
+            user: self.claims.sub.clone(),
+            device: self.claims.device.clone(),
+        }
+    }
+
+    /// Refuses a caller who is not a member of `conv`.
+    pub(crate) fn member(&self, conv: &ConversationId) -> Result<(), RequestError> {
+        if self.state.hub.is_member(&self.claims.sub, conv) {
+            Ok(())
+        } else {
+            Err(RequestError::Forbidden(format!("not a member of {conv}")))
+        }
+    }
+}
