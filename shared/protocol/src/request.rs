@@ -432,22 +432,9 @@ pub struct GroupVersions {
 /// `members_sync`: bring one group's member list up to date from the client's copy (all
 /// absent for no copy). Answered with exactly one of `members_unchanged`, `members_diff`,
 /// `members_page` (realignment) or `members_buckets`; also subscribes this connection to the
-/// group's `members_changed` notifications.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MembersSync {
-    /// The group.
-    pub group: GroupId,
-    /// The epoch of the client's copy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<String>,
-    /// The version of the client's copy (0: none).
-    #[serde(default)]
-    pub version: u64,
-    /// The digest of the client's copy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-}
+/// group's `members_changed` notifications. The same fields as one group of
+/// `members_sync_batch`.
+pub type MembersSync = GroupSync;
 
 /// `members_fetch`: the next snapshot page of a realignment pinned to `anchor`, or the
 /// members of some digest buckets only.

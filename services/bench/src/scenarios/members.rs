@@ -40,16 +40,6 @@ impl MemberCopy {
         }
     }
 
-    fn sync_request(&self) -> MembersSync {
-        let s = self.as_sync();
-        MembersSync {
-            group: s.group,
-            epoch: s.epoch,
-            version: s.version,
-            digest: s.digest,
-        }
-    }
-
     fn apply_page(&mut self, page: MembersPage) {
         self.members.extend(page.members);
         self.members
@@ -123,7 +113,7 @@ async fn diff_to_current(
     let (mut bytes, mut ms, mut changed) = (0, 0.0, 0);
     loop {
         *id += 1;
-        let (answer, b, t) = timed(ws, *id, copy.sync_request()).await?;
+        let (answer, b, t) = timed(ws, *id, copy.as_sync()).await?;
         bytes += b;
         ms += t;
         match answer {
@@ -164,7 +154,7 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
 
     progress("unchanged check");
     id += 1;
-    let (a, unchanged_bytes, unchanged_ms) = timed(&mut ws, id, copy.sync_request()).await?;
+    let (a, unchanged_bytes, unchanged_ms) = timed(&mut ws, id, copy.as_sync()).await?;
     if a != ReplyBody::MembersUnchanged {
         bail!("expected unchanged: {a:?}");
     }

@@ -77,7 +77,7 @@ impl Session {
         self.member(&conv)?;
         let settled = self.settled_conversation(&conv).await?;
         let limit = limit.unwrap_or(100).clamp(1, MAX_PAGE);
-        let mut rows = self
+        let rows = self
             .state
             .store
             .messages_after(conv.as_str(), after, limit + 1)
@@ -89,14 +89,7 @@ impl Session {
                 "the history of {conv} is catching up; sync again in a moment"
             )));
         }
-        let more = rows.len() > limit as usize || !settled;
-        rows.truncate(limit as usize);
-        let more = cut_to_bytes(&mut rows) || more;
-        Ok(Messages {
-            conv,
-            messages: rows.into_iter().filter_map(message_view).collect(),
-            more,
-        })
+        Ok(page(conv, rows, limit, !settled))
     }
 
     pub(super) async fn history(&self, r: History) -> Result<Messages, RequestError> {
@@ -107,19 +100,12 @@ impl Session {
         } = r;
         self.member(&conv)?;
         let limit = limit.unwrap_or(50).clamp(1, MAX_PAGE);
-        let mut rows = self
+        let rows = self
             .state
             .store
             .messages_before(conv.as_str(), before, limit + 1)
             .await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let more = cut_to_bytes(&mut rows) || more;
-        Ok(Messages {
-            conv,
-            messages: rows.into_iter().filter_map(message_view).collect(),
-            more,
-        })
+        Ok(page(conv, rows, limit, false))
     }
 
     /// Refuses a position past the conversation's last message: a marker there would hide
@@ -183,6 +169,19 @@ impl Session {
             conv: Some(conv),
             seq: Some(seq),
         })
+    }
+}
+
+/// The answer carrying at most `limit` of `rows` (read with one more, to know whether more
+/// remain) and at most [`PAGE_BYTES`] of bodies; `more` also when the history is `unsettled`.
+fn page(conv: ConversationId, mut rows: Vec<MessageRow>, limit: u32, unsettled: bool) -> Messages {
+    let more = rows.len() > limit as usize || unsettled;
+    rows.truncate(limit as usize);
+    let more = cut_to_bytes(&mut rows) || more;
+    Messages {
+        conv,
+        messages: rows.into_iter().filter_map(message_view).collect(),
+        more,
     }
 }
 
