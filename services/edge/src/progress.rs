@@ -113,6 +113,8 @@ impl Progress {
                 };
                 match (projection, seq) {
                     (Some(p), Some(seq)) => follower.advance(p, seq),
+                    // A projection no request waits for (read markers, ingest).
+                    (None, Some(_)) => {}
                     _ => tracing::warn!(%subject, "ignoring an invalid progress announcement"),
                 }
             }
@@ -153,6 +155,9 @@ impl Progress {
         let known = changes.borrow_and_update().get(p);
         if known >= seq || self.refresh(p).await? >= seq {
             return Ok(true);
+        }
+        if within.is_zero() {
+            return Ok(false);
         }
         let reached = tokio::time::timeout(within, changes.wait_for(|a| a.get(p) >= seq))
             .await

@@ -107,7 +107,7 @@ pub fn decode_request(
             None,
             FrameError::Invalid {
                 type_name,
-                reason: "missing field `id` (a number below 2^63)".into(),
+                reason: "`id` must be a whole number below 2^63".into(),
             },
         ));
     };

@@ -9,9 +9,11 @@ use std::time::Duration;
 use anchorage::nats_auth::{OPERATOR, PROJECTOR};
 use anchorage_bus::Bus;
 use anchorage_protocol::request::{
-    AddMembers, ConvAnchor, Hello, MarkRead, OpenDirect, SendMessage,
+    AddMembers, ConvAnchor, Hello, History, MarkRead, OpenDirect, RemoveMembers, SendMessage,
+    SetRole, UpdateGroup,
 };
 use anchorage_protocol::{Ack, ErrorCode, Reply, ReplyBody, RequestBody, ServerFrame};
+use anchorage_schema::event::Role;
 use anchorage_tests::{
     TestEdge, TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database,
     group_id, hello, http_get, nats_client, send_message, sign_in, sync, test_config, token,
@@ -522,6 +524,117 @@ async fn welcome_tells_the_truth_while_the_projector_is_down() {
         welcome.changes.iter().any(|c| c.conv.as_str() == "g"),
         "{welcome:?}"
     );
+    edge.stop().await.unwrap();
+}
+
+// While the projector is behind, nobody acts on a group as it was: a command whose group has
+// changes the projection does not hold yet is refused as `overloaded` (a demoted admin never
+// acts as an admin), a member removed meanwhile hears nothing more of the group, and the
+// latest history says when to come back rather than leaving the newest messages out.
+#[tokio::test]
+async fn while_the_projector_is_behind_nobody_acts_on_a_stale_group() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
+    let store = stack.stack.store.clone();
+    let edge = TestEdge::start(&config).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
+    let (mut bob, _) = WsClient::signed_in(edge.addr, "bob", "d").await.unwrap();
+    alice
+        .ok(create_group("st", "S", &["bob", "carol"]))
+        .await
+        .unwrap();
+    alice
+        .ok(create_group("st2", "S2", &["carol"]))
+        .await
+        .unwrap();
+    let promoted = alice
+        .ok(SetRole {
+            group: group_id("st"),
+            member: user_id("bob"),
+            role: Role::Admin,
+        })
+        .await
+        .unwrap();
+    let first = alice.ack(send("st2", "m1", false)).await.unwrap();
+    anchorage_tests::projected(&store, "membership", promoted.seq.unwrap()).await;
+    anchorage_tests::projected(&store, "messages", first.seq).await;
+    stack.stack.stop().await.unwrap();
+
+    // The projection holds st as it is: alice demotes bob.
+    alice
+        .ok(SetRole {
+            group: group_id("st"),
+            member: user_id("bob"),
+            role: Role::Member,
+        })
+        .await
+        .unwrap();
+    // Bob is no admin any more, but the projection does not know yet: nothing is decided.
+    let add = AddMembers {
+        group: group_id("st"),
+        members: user_ids(&["dave"]),
+    };
+    let refused = bob.refused(add.clone()).await.unwrap();
+    assert_eq!(refused.code, ErrorCode::Overloaded, "{refused:?}");
+    assert!(refused.retry_after_ms.is_some(), "{refused:?}");
+    let profile = UpdateGroup {
+        group: group_id("st"),
+        title: Some("taken".into()),
+        avatar: None,
+    };
+    let refused = bob.refused(profile.clone()).await.unwrap();
+    assert_eq!(refused.code, ErrorCode::Overloaded, "{refused:?}");
+
+    // Carol leaves st2 (its state is projected) and alice writes on.
+    alice
+        .ok(RemoveMembers {
+            group: group_id("st2"),
+            members: user_ids(&["carol"]),
+        })
+        .await
+        .unwrap();
+    alice.ack(send("st2", "after", false)).await.unwrap();
+    let (_carol, welcome) = WsClient::signed_in(edge.addr, "carol", "new")
+        .await
+        .unwrap();
+    assert!(
+        welcome.changes.iter().all(|c| c.conv.as_str() != "st2"),
+        "a removed member's summary names the group: {welcome:?}"
+    );
+    // The newest messages of st2 are not projected: the latest page says to come back.
+    let history = History {
+        conv: conv_id("st2"),
+        before: 0,
+        limit: None,
+    };
+    let refused = alice.refused(history.clone()).await.unwrap();
+    assert_eq!(refused.code, ErrorCode::Overloaded, "{refused:?}");
+
+    // The projector is back: bob is refused as the member he is, the history is whole.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let projector = projector(&config, shutdown.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        let e = bob.refused(add.clone()).await.unwrap();
+        if e.code != ErrorCode::Overloaded || tokio::time::Instant::now() > deadline {
+            break e.code;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(code, ErrorCode::Forbidden);
+    let refused = bob.refused(profile).await.unwrap();
+    assert_eq!(refused.code, ErrorCode::Forbidden, "{refused:?}");
+    let page = alice.messages(history).await.unwrap();
+    let ids: Vec<&str> = page
+        .messages
+        .iter()
+        .map(|m| m.client_msg_id.as_str())
+        .collect();
+    assert_eq!(ids, ["after", "m1"], "{page:?}");
+    shutdown.cancel();
+    projector.await.unwrap().unwrap();
     edge.stop().await.unwrap();
 }
 

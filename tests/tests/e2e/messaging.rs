@@ -8,8 +8,8 @@ use anchorage_protocol::request::{
     self, AddMembers, ConvAnchor, Hello, History, MarkRead, MarkReceived, OpenDirect, SendMessage,
 };
 use anchorage_protocol::{
-    ErrorCode, LiveMessage, MembershipChanged, Push, ReadMoved, Reply, ReplyBody, Request,
-    RequestBody, ServerFrame,
+    ErrorCode, LiveMessage, MembershipChanged, Push, ReadMoved, ReplyBody, Request, RequestBody,
+    ServerFrame,
 };
 use anchorage_tests::{
     TestEdge, TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database,
@@ -372,35 +372,46 @@ async fn bad_input_gets_precise_errors_and_the_connection_carries_on() {
             Request::encode(10, &sync("someone-elses", 0).into()),
             ErrorCode::Forbidden,
         ),
+        // `hello` again on a signed-in connection must still sign in as the same device.
         (
             Request::encode(11, &hello("x").into()),
-            ErrorCode::HelloRequired,
+            ErrorCode::Forbidden,
+        ),
+        (
+            Request::encode(12, &hello(token("bob", "phone", 60)).into()),
+            ErrorCode::Forbidden,
+        ),
+        (
+            Request::encode(
+                13,
+                &Hello {
+                    protocol: 2,
+                    ..hello(token("alice", "laptop", 60))
+                }
+                .into(),
+            ),
+            ErrorCode::UnsupportedProtocol,
         ),
     ];
     for (text, code) in cases {
         alice.send_text(text.as_str()).await.unwrap();
         let f = alice.next_answer().await.unwrap();
-        // `hello` again on a signed-in connection is answered like a reconnect summary.
-        if code == ErrorCode::HelloRequired {
-            assert!(
-                matches!(
-                    f,
-                    ServerFrame::Reply(Reply {
-                        body: ReplyBody::Welcome(_),
-                        ..
-                    })
-                ),
-                "{f:?}"
-            );
-            continue;
-        }
         let ServerFrame::Error(e) = &f else {
             panic!("{text} → {f:?}")
         };
         assert_eq!(e.code, code, "{text} → {f:?}");
     }
-    // Still connected, still working.
+    // Still connected, still working; `hello` with the device's own token is answered like
+    // a reconnect summary, as the same user.
     alice.ping().await.unwrap();
+    let again = alice
+        .reply(hello(token("alice", "laptop", 60)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, ReplyBody::Welcome(w) if w.user.as_str() == "alice"),
+        "{again:?}"
+    );
 
     // An oversized frame closes only that socket, with 1009.
     let huge = "x".repeat(70 * 1024);

@@ -28,7 +28,10 @@ impl Session {
         let answer = match body {
             RequestBody::Send(send) => return Some(self.send(id, send).await),
             RequestBody::Ping {} => Ok(ReplyBody::Pong),
-            RequestBody::Hello(hello) => self.welcome(&hello).await.map(Into::into),
+            RequestBody::Hello(hello) => match self.same_sign_in(&hello) {
+                Ok(()) => self.welcome(&hello).await.map(Into::into),
+                Err(err) => Err(err),
+            },
             RequestBody::Sync(r) => self.sync(r).await.map(Into::into),
             RequestBody::History(r) => self.history(r).await.map(Into::into),
             RequestBody::Read(r) => self.read(r).await.map(Into::into),

@@ -336,18 +336,27 @@ impl Session {
         Ok((row, roles))
     }
 
-    /// The group's version on the stream, once the projection has caught up with it (or
-    /// [`PROJECTION_WAIT`] passed).
+    /// The group's version on the stream, once the projection holds it: a command is only
+    /// ever decided on the group as it is. If the projection does not get there within
+    /// [`PROJECTION_WAIT`] (the projector is down or far behind), `overloaded`: deciding on an
+    /// older state would let a demoted admin or a removed member act, and publishing against
+    /// the newest version would let the decision through.
     pub(super) async fn settled_version(&self, group: &GroupId) -> Result<Seq, RequestError> {
         let version = self
             .state
             .bus
             .last_subject_seq(stream::MEMBERSHIP, &subjects::membership(group))
             .await?;
-        self.state
+        let reached = self
+            .state
             .progress
             .reached(Projection::Membership, version.0, PROJECTION_WAIT)
             .await?;
+        if !reached {
+            return Err(RequestError::Overloaded(format!(
+                "the members of {group} are catching up; retry in a moment"
+            )));
+        }
         Ok(version)
     }
 

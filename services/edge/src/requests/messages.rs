@@ -99,6 +99,21 @@ impl Session {
             limit,
         } = r;
         self.member(&conv)?;
+        // The page must start where the conversation is: from its newest message (`before`
+        // 0), or from a point the projection may not have reached. Until the projection holds
+        // everything up to there, a page would leave the newest messages out without saying.
+        let projected_there = before > 0
+            && self
+                .state
+                .progress
+                .reached(Projection::Messages, before - 1, Duration::ZERO)
+                .await?;
+        let complete = projected_there || self.settled_conversation(&conv).await?;
+        if !complete {
+            return Err(RequestError::Overloaded(format!(
+                "the history of {conv} is catching up; ask again in a moment"
+            )));
+        }
         let limit = limit.unwrap_or(50).clamp(1, MAX_PAGE);
         let rows = self
             .state

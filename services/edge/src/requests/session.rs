@@ -1,5 +1,6 @@
 //! One signed-in connection's state, and what every family of requests uses from it.
 
+use anchorage_protocol::request::Hello;
 use anchorage_protocol::{ReplyBody, RequestId, ServerFrame};
 use anchorage_schema::{Actor, ClientMsgId, ConversationId};
 
@@ -55,6 +56,27 @@ impl Session {
             user: self.claims.sub.clone(),
             device: self.claims.device.clone(),
         }
+    }
+
+    /// A `hello` on a signed-in connection (to page through a long welcome, or to catch up
+    /// again) must speak the connection's protocol and carry a valid token of the same user
+    /// and device: a repeated `hello` never changes who the connection is, and never passes
+    /// with a token that would not sign in.
+    pub(super) fn same_sign_in(&self, hello: &Hello) -> Result<(), RequestError> {
+        if hello.protocol != anchorage_protocol::PROTOCOL_VERSION {
+            return Err(RequestError::UnsupportedProtocol);
+        }
+        let claims = self
+            .state
+            .verifier
+            .verify(&hello.token)
+            .map_err(|e| RequestError::Forbidden(format!("token refused: {e}")))?;
+        if claims.sub != self.claims.sub || claims.device != self.claims.device {
+            return Err(RequestError::Forbidden(
+                "the token is another device's; this connection stays signed in as it was".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses a caller who is not a member of `conv`.

@@ -49,11 +49,23 @@ impl Session {
         let cursor = (states.len() == CHANGES_PER_WELCOME as usize)
             .then(|| states.last().map(|s| s.conv.clone()))
             .flatten();
+        // The edge's own view of the membership stream is ahead of the projection: a
+        // conversation the user left since the projection stopped is not summarized (nothing
+        // of it after the removal reaches them), and one joined since is.
+        let member_of: HashSet<ConversationId> = self
+            .state
+            .hub
+            .conversations_of(&self.claims.sub)
+            .into_iter()
+            .collect();
+        states.retain(|s| {
+            ConversationId::parse(s.conv.as_str()).is_ok_and(|c| member_of.contains(&c))
+        });
         if !projected && cursor.is_none() {
-            // Conversations joined since the projection stopped: the edge's own view of the
-            // membership stream has them; their history is all in the stream.
+            // Conversations joined since the projection stopped: their history is all in the
+            // stream.
             let known: HashSet<String> = states.iter().map(|s| s.conv.clone()).collect();
-            for conv in self.state.hub.conversations_of(&self.claims.sub) {
+            for conv in &member_of {
                 if !known.contains(conv.as_str()) {
                     states.push(ConversationState {
                         conv: conv.to_string(),
