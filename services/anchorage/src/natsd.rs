@@ -153,8 +153,27 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts the server and waits until it accepts clients.
+    /// Starts the server and waits until it accepts clients. With ports chosen by the server,
+    /// a start that lost its port to another process between choosing and binding it (the
+    /// server can pick the same free port for two of its listeners) is tried again.
     pub async fn spawn(options: NatsServerOptions) -> anyhow::Result<NatsServer> {
+        let mut attempt = 0;
+        loop {
+            match Self::spawn_once(options.clone()).await {
+                Err(err)
+                    if attempt < 3
+                        && options.port.is_none()
+                        && format!("{err:#}").contains("address already in use") =>
+                {
+                    attempt += 1;
+                    tracing::info!(attempt, "nats-server lost a port while starting; again");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn spawn_once(options: NatsServerOptions) -> anyhow::Result<NatsServer> {
         let work_dir = options.store_dir.join("run");
         std::fs::create_dir_all(&work_dir)
             .with_context(|| format!("creating {}", work_dir.display()))?;
