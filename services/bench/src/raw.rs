@@ -51,6 +51,86 @@ pub async fn publish(url: &str, count: usize) -> anyhow::Result<f64> {
     Ok(rate(count, start.elapsed()))
 }
 
+/// The stream of the send-path baseline: like MESSAGES, with RePublish.
+const SEND_PATH_STREAM: &str = "BENCH_SEND_PATH";
+
+/// What a send does in NATS without any of our code: publish with `Nats-Msg-Id` (pipelined,
+/// 200-byte payloads) into a stream configured like MESSAGES, with its RePublish to live
+/// subjects that a subscriber follows (an edge) and one durable consumer reading and
+/// acknowledging every message (the projector). Returns the rate at which publishes are
+/// acknowledged, once the consumer has read everything too.
+pub async fn send_path(url: &str, count: usize) -> anyhow::Result<f64> {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    use async_nats::jetstream::stream::{Config, Republish};
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(Config {
+            name: SEND_PATH_STREAM.into(),
+            subjects: vec!["bench.send.>".into()],
+            duplicate_window: Duration::from_secs(120),
+            republish: Some(Republish {
+                source: "bench.send.>".into(),
+                destination: "bench.live.>".into(),
+                headers_only: false,
+            }),
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("bench_projector".into()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let mut live = client.subscribe("bench.live.>").await?;
+    let follower = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < count && live.next().await.is_some() {
+            seen += 1;
+        }
+    });
+    let projector = tokio::spawn(async move {
+        let mut messages = consumer.messages().await?;
+        let mut read = 0;
+        while read < count {
+            match messages.next().await {
+                Some(Ok(m)) => {
+                    m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    read += 1;
+                }
+                Some(Err(e)) => anyhow::bail!("{e}"),
+                None => break,
+            }
+        }
+        anyhow::Ok(())
+    });
+    let payload = bytes::Bytes::from(vec![b'x'; 200]);
+    let start = Instant::now();
+    let mut acks = futures::stream::FuturesOrdered::new();
+    for n in 0..count {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("send-{n}").as_str());
+        let ack = js
+            .publish_with_headers(format!("bench.send.c{}", n % 64), headers, payload.clone())
+            .await?;
+        acks.push_back(ack.into_future());
+        while acks.len() > 256 {
+            if let Some(r) = acks.next().await {
+                r?;
+            }
+        }
+    }
+    while let Some(r) = acks.next().await {
+        r?;
+    }
+    let published = start.elapsed();
+    projector.await??;
+    let _ = tokio::time::timeout(Duration::from_secs(5), follower).await;
+    Ok(rate(count, published))
+}
+
 /// Raw consume rate: an ordered consumer reading `count` stored messages of `stream`.
 pub async fn consume(bus: &Bus, stream: &str, count: usize) -> anyhow::Result<f64> {
     let mut reader = bus.read_stream(stream, anchorage_schema::Seq(1)).await?;

@@ -47,7 +47,9 @@ fn raw_send_and_replay_report_figures_with_their_baselines() {
     positive(&send, &["ours", "accepted_msgs_per_sec"]);
     positive(&send, &["ours", "ack_latency_ms_p99"]);
     positive(&send, &["baseline", "jetstream_publish_msgs_per_sec"]);
+    positive(&send, &["baseline", "send_path_msgs_per_sec"]);
     positive(&send, &["ratio"]);
+    positive(&send, &["ratio_to_send_path"]);
 
     let replay = bench("replay");
     positive(&replay, &["ours", "replay_events_per_sec"]);
