@@ -83,8 +83,8 @@ pub fn decode_request(
             },
         ));
     }
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| (None, FrameError::NotJson(e.to_string())))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| (top_level_id(text), FrameError::NotJson(e.to_string())))?;
     let id = value.get("id").and_then(serde_json::Value::as_u64);
     let type_name = match value.get("type").and_then(serde_json::Value::as_str) {
         Some(t) => t.to_owned(),
@@ -125,6 +125,57 @@ pub fn decode_request(
         )
     })?;
     Ok(Request { id, body })
+}
+
+/// The `id` of a frame the parser refused (a number beyond a double, a lone surrogate, a cut
+/// frame): a lenient scan for a top-level `"id"` key with a whole-number value, so a client
+/// with many requests in flight learns which one was refused. The last such key wins, as in
+/// a frame that parses.
+fn top_level_id(text: &str) -> Option<RequestId> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut expecting_key = false;
+    let mut key_is_id = false;
+    let mut found = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // A string: find its end, honouring escapes.
+                let start = i + 1;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                if depth == 1 && expecting_key {
+                    key_is_id = bytes.get(start..i) == Some(b"id".as_slice());
+                    expecting_key = false;
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                expecting_key = depth == 1 && bytes[i] == b'{';
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => expecting_key = true,
+            b':' if depth == 1 && key_is_id => {
+                key_is_id = false;
+                let rest = text.get(i + 1..)?.trim_start();
+                let digits =
+                    rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                let after = rest[digits..].trim_start();
+                if digits > 0 && (after.starts_with(',') || after.starts_with('}')) {
+                    found = rest[..digits]
+                        .parse::<RequestId>()
+                        .ok()
+                        .filter(|id| *id <= MAX_NUMBER);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    found
 }
 
 /// Largest value of any sequence, version or id number in a frame: sequences are stored as
@@ -287,6 +338,32 @@ mod tests {
             let (got_id, err) = decode_request(&text, 1024).unwrap_err();
             assert_eq!(err.code(), code, "{text}");
             assert_eq!(got_id, id, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_frame_the_parser_refuses_still_names_its_id() {
+        let cases = [
+            (r#"{"type":"send","id":60,"body":{"n":1e400}}"#, Some(60)),
+            (r#"{"type":"send","body":"\ud800","id":62}"#, Some(62)),
+            (
+                r#"{"body":{"id":5},"type":"send","id": 7 ,"x":1e999}"#,
+                Some(7),
+            ),
+            (r#"{"type":"send","note":"\"id\":9","x":1e999}"#, None),
+            (r#"{"type":"send","id":"3","x":1e999}"#, None),
+            (
+                r#"{"type":"send","id":99999999999999999999,"x":1e999}"#,
+                None,
+            ),
+            (r#"{"type":"send","id":4.5,"x":1e999}"#, None),
+            ("{not json", None),
+            (r#"{"id":12"#, None),
+        ];
+        for (text, id) in cases {
+            let (got, err) = decode_request(text, 1024).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadFrame, "{text}");
+            assert_eq!(got, id, "{text}");
         }
     }
 
