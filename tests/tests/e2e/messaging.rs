@@ -401,6 +401,19 @@ async fn bad_input_gets_precise_errors_and_the_connection_carries_on() {
         };
         assert_eq!(e.code, code, "{text} → {f:?}");
     }
+    // JSON the parser cannot represent is refused, naming the request when it can.
+    for text in [
+        r#"{"type":"send","id":30,"conv":"c","client_msg_id":"m","body":{"n":1e400},"client_ts":1}"#,
+        r#"{"type":"send","id":31,"conv":"c","client_msg_id":"m","body":"\ud800","client_ts":1}"#,
+    ] {
+        alice.send_text(text).await.unwrap();
+        let f = alice.next_answer().await.unwrap();
+        let ServerFrame::Error(e) = &f else {
+            panic!("{text} → {f:?}")
+        };
+        assert_eq!(e.code, ErrorCode::BadFrame, "{text} → {f:?}");
+        assert!(matches!(e.id, Some(30 | 31)), "{text} → {f:?}");
+    }
     // Still connected, still working; `hello` with the device's own token is answered like
     // a reconnect summary, as the same user.
     alice.ping().await.unwrap();
