@@ -165,6 +165,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Revoke { user, device } => {
             let user = UserId::parse(user).context("--user")?;
             let device = DeviceId::parse(device).context("--device")?;
+            eprintln!(
+                "revoking {user}/{device}: connected devices close at once; waiting up to 30 s \
+                 for the projector to record it"
+            );
             let revoked =
                 crate::revoke_session(&with_dev_operator(config)?, &user, &device).await?;
             if !revoked.applied {
