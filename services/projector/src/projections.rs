@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::ingest;
 use anchorage_digest::{SetDigest, bucket_of};
-use anchorage_protocol::{MemberInfo, MembersChange, MembersChanged, Push, ServerFrame};
+use anchorage_protocol::{
+    MemberInfo, MembersChange, MembersChanged, MessageParts, Push, ServerFrame,
+};
 use anchorage_schema::event::{
     GroupCreated, MemberMuteChanged, MemberProfileChanged, MemberRoleChanged, MembersAdded,
     MembersRemoved, Role,
@@ -19,7 +21,7 @@ use anchorage_schema::event::{
 use anchorage_schema::ids::UserId;
 use anchorage_schema::now_ms;
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{Actor, Envelope, Event};
+use anchorage_schema::{Envelope, Event};
 use anchorage_store::{Checkpoint, GroupRow, MemberRow, NewMessage, Store, StoreError, Tx};
 
 /// Why an event was not applied.
@@ -202,42 +204,19 @@ fn wrong_stream(env: &Envelope, stream: &str) -> ApplyError {
 
 /// The row a message event stores, or why it cannot be stored.
 fn message_row(seq: u64, subject: &str, env: &Envelope) -> Result<NewMessage, ApplyError> {
-    match &env.event {
-        Event::MessageSent(m) => {
-            expect_subject(subject, subjects::message(&m.conv))?;
-            Ok(NewMessage {
-                conv: m.conv.to_string(),
-                seq,
-                sender: m.sender.to_string(),
-                device: m.device.to_string(),
-                client_msg_id: m.client_msg_id.to_string(),
-                body: m.body.to_string(),
-                client_ts: m.client_ts,
-                server_ts: env.occurred_at,
-                event_id: env.id.to_string(),
-            })
-        }
-        Event::SystemMessagePosted(m) => {
-            expect_subject(subject, subjects::message(&m.conv))?;
-            // `:` cannot occur in a user id, so a system sender never collides with a user.
-            let sender = match &env.actor {
-                Actor::System { source } => format!("system:{source}"),
-                Actor::User { user, .. } => format!("system:{user}"),
-            };
-            Ok(NewMessage {
-                conv: m.conv.to_string(),
-                seq,
-                sender,
-                device: String::new(),
-                client_msg_id: env.id.to_string(),
-                body: m.body.to_string(),
-                client_ts: env.occurred_at,
-                server_ts: env.occurred_at,
-                event_id: env.id.to_string(),
-            })
-        }
-        _ => Err(wrong_stream(env, stream::MESSAGES)),
-    }
+    let p = MessageParts::of(env).ok_or_else(|| wrong_stream(env, stream::MESSAGES))?;
+    expect_subject(subject, subjects::message(p.conv))?;
+    Ok(NewMessage {
+        conv: p.conv.to_string(),
+        seq,
+        sender: p.sender,
+        device: p.device,
+        client_msg_id: p.client_msg_id,
+        body: p.body.to_string(),
+        client_ts: p.client_ts,
+        server_ts: p.server_ts,
+        event_id: env.id.to_string(),
+    })
 }
 
 async fn apply_message(

@@ -26,8 +26,8 @@ pub use error::{ErrorCode, close};
 pub use members::{GroupSync, GroupSyncResult, GroupVersion, MemberInfo, MembersChange};
 pub use reply::{
     Ack, ConvChange, Done, ErrorFrame, GroupVersions, LiveMessage, MembersBatch, MembersBuckets,
-    MembersChanged, MembersDiff, MembersFound, MembersPage, MembershipChanged, Message, Messages,
-    Push, ReadMoved, Reply, ReplyBody, ServerFrame, Welcome,
+    MembersChanged, MembersDiff, MembersFound, MembersPage, MembershipChanged, Message,
+    MessageParts, Messages, Push, ReadMoved, Reply, ReplyBody, ServerFrame, Welcome,
 };
 pub use request::{ConvAnchor, REQUEST_TYPES, Request, RequestBody};
 

@@ -212,35 +212,71 @@ into_reply! {
     MembersFound => MembersFound,
 }
 
-impl Message {
-    /// The message an event stored at `seq` is, if it is one: a user's message or a system
-    /// post (sender `system:<source>`, the event id as its client id).
-    pub fn from_event(seq: u64, env: &Envelope) -> Option<Message> {
+/// What a message event is, as every view of it (a live push, a stored row) shows it, with
+/// the body borrowed: a user's message, or a system post (sender `system:<source>` — `:`
+/// cannot occur in a user id, so it never collides with a user — and the event id as its
+/// client id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageParts<'a> {
+    /// The conversation.
+    pub conv: &'a ConversationId,
+    /// Who sent it.
+    pub sender: String,
+    /// From which device (empty for a system post).
+    pub device: String,
+    /// The sender's id of the message.
+    pub client_msg_id: String,
+    /// The body, as sent.
+    pub body: &'a serde_json::Value,
+    /// The sender's clock, Unix milliseconds.
+    pub client_ts: i64,
+    /// When it was stored, Unix milliseconds.
+    pub server_ts: i64,
+}
+
+impl<'a> MessageParts<'a> {
+    /// The parts of `env`, if it is a message event.
+    pub fn of(env: &'a Envelope) -> Option<Self> {
         Some(match &env.event {
-            Event::MessageSent(m) => Message {
-                conv: m.conv.clone(),
-                seq,
+            Event::MessageSent(m) => MessageParts {
+                conv: &m.conv,
                 sender: m.sender.to_string(),
                 device: m.device.to_string(),
                 client_msg_id: m.client_msg_id.to_string(),
-                body: m.body.clone(),
+                body: &m.body,
                 client_ts: m.client_ts,
                 server_ts: env.occurred_at,
             },
-            Event::SystemMessagePosted(m) => Message {
-                conv: m.conv.clone(),
-                seq,
+            Event::SystemMessagePosted(m) => MessageParts {
+                conv: &m.conv,
                 sender: match &env.actor {
                     Actor::System { source } => format!("system:{source}"),
                     Actor::User { user, .. } => format!("system:{user}"),
                 },
                 device: String::new(),
                 client_msg_id: env.id.to_string(),
-                body: m.body.clone(),
+                body: &m.body,
                 client_ts: env.occurred_at,
                 server_ts: env.occurred_at,
             },
             _ => return None,
+        })
+    }
+}
+
+impl Message {
+    /// The message an event stored at `seq` is, if it is one (see [`MessageParts`]).
+    pub fn from_event(seq: u64, env: &Envelope) -> Option<Message> {
+        let p = MessageParts::of(env)?;
+        Some(Message {
+            conv: p.conv.clone(),
+            seq,
+            sender: p.sender,
+            device: p.device,
+            client_msg_id: p.client_msg_id,
+            body: p.body.clone(),
+            client_ts: p.client_ts,
+            server_ts: p.server_ts,
         })
     }
 }
