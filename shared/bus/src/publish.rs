@@ -217,6 +217,34 @@ impl Bus {
         }
     }
 
+    /// The first event still stored on `subject` in `stream`, with its sequence; `None` if
+    /// none is (or it is not an event).
+    pub async fn first_subject_event(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<(Seq, Envelope)>, BusError> {
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        match handle.get_first_raw_message_by_subject(subject, 1).await {
+            Ok(m) => Ok(Envelope::from_json(&m.payload)
+                .ok()
+                .map(|env| (Seq(m.sequence), env))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(BusError::jetstream(subject, e)),
+        }
+    }
+
     /// Publishes raw bytes on a subject and waits for JetStream to store them. For events from
     /// other systems (tests, tools), which arrive as bytes we have not validated.
     pub async fn publish_raw(

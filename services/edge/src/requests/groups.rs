@@ -16,7 +16,7 @@ use anchorage_protocol::request::{
 use anchorage_schema::backoff::Backoff;
 use anchorage_schema::event::{GroupCreated, MembersAdded, MembersRemoved, RemovalReason, Role};
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{ConversationId, Envelope, EventId, GroupId, Seq, UserId, now_ms};
+use anchorage_schema::{ConversationId, Envelope, Event, EventId, GroupId, Seq, UserId, now_ms};
 use anchorage_store::GroupRow;
 
 use super::error::RequestError;
@@ -81,6 +81,20 @@ fn event_id(id: String) -> Result<EventId, RequestError> {
     EventId::parse(id).map_err(RequestError::internal)
 }
 
+/// What publishing a group's creation found.
+enum Created {
+    /// The group is new: the answer.
+    New(Done),
+    /// The group existed: its creation, if its first event can be read.
+    Exists(Option<Original>),
+}
+
+/// Who created an existing group, at which seq.
+struct Original {
+    owner: UserId,
+    seq: u64,
+}
+
 impl Session {
     /// Opens the 1:1 conversation with `peer`: joins the existing one only if its members are
     /// exactly the caller and the peer (under its id, or the id it had before direct ids were
@@ -102,35 +116,17 @@ impl Session {
                     return Ok(done);
                 }
             }
-            let group = conv.group();
-            let env = Envelope::new(
-                event_id(format!("direct:{conv}"))?,
-                now_ms(),
-                self.actor(),
-                GroupCreated {
-                    group: group.clone(),
-                    owner: me.clone(),
-                    title: String::new(),
-                    members: vec![peer.clone()],
-                    direct: true,
-                },
-            );
-            match self
-                .state
-                .bus
-                .publish_event(&subjects::membership(&group), &env, Some(Seq(0)))
-                .await
-            {
-                Ok(p) if !p.duplicate => {
-                    self.state.hub.joined(me, conv.clone());
-                    return Ok(Done {
-                        conv: Some(conv),
-                        seq: Some(p.seq.0),
-                    });
-                }
+            let created = GroupCreated {
+                group: conv.group(),
+                owner: me.clone(),
+                title: String::new(),
+                members: vec![peer.clone()],
+                direct: true,
+            };
+            match self.create(format!("direct:{conv}"), created).await? {
+                Created::New(done) => return Ok(done),
                 // It exists (the peer opened it a moment ago): look again.
-                Ok(_) | Err(PublishError::Conflict { .. }) => {}
-                Err(err) => return Err(err.into()),
+                Created::Exists(_) => {}
             }
         }
         Err(RequestError::Conflict(format!(
@@ -216,36 +212,63 @@ impl Session {
                 "at most 1000 members and 200 bytes of title".into(),
             ));
         }
-        let me = &self.claims.sub;
-        let env = Envelope::new(
-            event_id(format!("create:{group}"))?,
-            now_ms(),
-            self.actor(),
-            GroupCreated {
-                group: group.clone(),
-                owner: me.clone(),
-                title,
-                members,
-                direct: false,
-            },
-        );
+        let created = GroupCreated {
+            group: group.clone(),
+            owner: self.claims.sub.clone(),
+            title,
+            members,
+            direct: false,
+        };
+        match self.create(format!("create:{group}"), created).await? {
+            Created::New(done) => Ok(done),
+            // The caller's own creation, asked again (an answer lost on the way): the same
+            // answer, never a refusal of what was done.
+            Created::Exists(Some(original)) if original.owner == self.claims.sub => Ok(Done {
+                conv: Some(group.conversation()),
+                seq: Some(original.seq),
+            }),
+            Created::Exists(_) => Err(RequestError::Conflict(format!(
+                "group {group} already exists"
+            ))),
+        }
+    }
+
+    /// Publishes a group's creation, only if the group has no event yet.
+    async fn create(&self, id: String, created: GroupCreated) -> Result<Created, RequestError> {
+        let group = created.group.clone();
+        let subject = subjects::membership(&group);
+        let env = Envelope::new(event_id(id)?, now_ms(), self.actor(), created);
         match self
             .state
             .bus
-            .publish_event(&subjects::membership(&group), &env, Some(Seq(0)))
+            .publish_event(&subject, &env, Some(Seq(0)))
             .await
         {
             Ok(p) if !p.duplicate => {
                 let conv = group.conversation();
-                self.state.hub.joined(me, conv.clone());
-                Ok(Done {
+                self.state.hub.joined(&self.claims.sub, conv.clone());
+                Ok(Created::New(Done {
                     conv: Some(conv),
                     seq: Some(p.seq.0),
-                })
+                }))
             }
-            Ok(_) | Err(PublishError::Conflict { .. }) => Err(RequestError::Conflict(format!(
-                "group {group} already exists"
-            ))),
+            Ok(_) | Err(PublishError::Conflict { .. }) => {
+                // The group's first event says who created it.
+                let first = self
+                    .state
+                    .bus
+                    .first_subject_event(stream::MEMBERSHIP, &subject)
+                    .await?;
+                Ok(Created::Exists(first.and_then(
+                    |(seq, env)| match env.event {
+                        Event::GroupCreated(c) => Some(Original {
+                            owner: c.owner,
+                            seq: seq.0,
+                        }),
+                        _ => None,
+                    },
+                )))
+            }
             Err(err) => Err(err.into()),
         }
     }
