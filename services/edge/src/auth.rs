@@ -9,6 +9,7 @@
 //! `auth.audience` / `auth.issuer` set, `aud` / `iss` must name them; without, they are not
 //! checked.
 
+use anchorage_protocol::request::Hello;
 use anchorage_schema::{DeviceId, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,17 @@ pub enum TokenError {
     WrongIssuer,
     #[error("token is malformed: {0}")]
     Malformed(String),
+}
+
+/// Why a `hello` does not sign in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignInError {
+    /// The client speaks another protocol version.
+    #[error("this server speaks protocol {}", anchorage_protocol::PROTOCOL_VERSION)]
+    Protocol,
+    /// The token does not sign in.
+    #[error(transparent)]
+    Token(TokenError),
 }
 
 fn now_secs() -> u64 {
@@ -111,6 +123,14 @@ impl Verifier {
             audience: auth.audience.clone(),
             issuer: auth.issuer.clone(),
         })
+    }
+
+    /// Whom a `hello` signs in: it must speak this server's protocol and carry a valid token.
+    pub fn sign_in(&self, hello: &Hello) -> Result<Claims, SignInError> {
+        if hello.protocol != anchorage_protocol::PROTOCOL_VERSION {
+            return Err(SignInError::Protocol);
+        }
+        self.verify(&hello.token).map_err(SignInError::Token)
     }
 
     /// Verifies a token and returns its claims.

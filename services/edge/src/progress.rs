@@ -94,14 +94,9 @@ impl Progress {
         let follower = std::sync::Arc::downgrade(&progress);
         let shutdown = progress.stop.clone();
         progress.tasks.spawn(async move {
-            loop {
-                let notice = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    notice = notices.next() => notice,
-                };
-                let Some((subject, payload)) = notice else {
-                    break;
-                };
+            while let Some(Some((subject, payload))) =
+                shutdown.run_until_cancelled(notices.next()).await
+            {
                 // Only the projector publishes here; still, only a known projection and a
                 // number are taken.
                 let projection = Projection::from_name(subjects::last_token(&subject));

@@ -28,9 +28,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use anchorage_protocol::request::Hello;
-use anchorage_protocol::{
-    PROTOCOL_VERSION, Request, RequestBody, RequestId, ServerFrame, close, decode_request,
-};
+use anchorage_protocol::{Request, RequestBody, RequestId, ServerFrame, close, decode_request};
 use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -39,7 +37,7 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 
-use crate::auth::{Claims, TokenError};
+use crate::auth::{Claims, SignInError, TokenError};
 use crate::limits::{Bucket, PendingPlace};
 use crate::live::{ConnHandle, Frame, frame};
 use crate::outbox::{self, Inbox};
@@ -193,22 +191,21 @@ async fn await_hello(
             let _ = sink.send(Message::Text(frame(&f))).await;
             continue;
         };
-        if hello.protocol != PROTOCOL_VERSION {
-            let f = RequestError::UnsupportedProtocol.into_frame(Some(id));
-            let _ = sink.send(Message::Text(frame(&f))).await;
-            return Err((close::UNSUPPORTED_PROTOCOL, "unsupported protocol".into()));
-        }
-        let claims = match state.verifier.verify(&hello.token) {
-            Ok(c) => c,
-            Err(err) => {
+        return match state.verifier.sign_in(&hello) {
+            Ok(claims) => Ok((id, claims, hello)),
+            Err(SignInError::Protocol) => {
+                let f = RequestError::UnsupportedProtocol.into_frame(Some(id));
+                let _ = sink.send(Message::Text(frame(&f))).await;
+                Err((close::UNSUPPORTED_PROTOCOL, "unsupported protocol".into()))
+            }
+            Err(SignInError::Token(err)) => {
                 let code = match err {
                     TokenError::Expired => close::TOKEN_EXPIRED,
                     _ => close::AUTH_FAILED,
                 };
-                return Err((code, err.to_string()));
+                Err((code, err.to_string()))
             }
         };
-        return Ok((id, claims, hello));
     }
 }
 

@@ -524,12 +524,20 @@ async fn member_search_answers_alike_on_the_server_and_the_client() {
 async fn creating_a_group_again_is_the_same_answer_for_its_creator_only() {
     let nats = TestNats::start().await.unwrap();
     let stack = TestStack::start(&nats.url()).await.unwrap();
-    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d").await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
     let (mut mallory, _) = WsClient::signed_in(stack.edge_addr(), "mallory", "d")
         .await
         .unwrap();
-    let first = alice.ok(anchorage_tests::create_group("crew", "Crew", &["bob"])).await.unwrap();
-    let again = alice.ok(anchorage_tests::create_group("crew", "Crew", &["bob"])).await.unwrap();
+    let first = alice
+        .ok(anchorage_tests::create_group("crew", "Crew", &["bob"]))
+        .await
+        .unwrap();
+    let again = alice
+        .ok(anchorage_tests::create_group("crew", "Crew", &["bob"]))
+        .await
+        .unwrap();
     assert_eq!(again, first, "the same answer for the same creation");
     let taken = mallory
         .refused(anchorage_tests::create_group("crew", "Mine", &["mallory"]))
@@ -537,7 +545,10 @@ async fn creating_a_group_again_is_the_same_answer_for_its_creator_only() {
         .unwrap();
     assert_eq!(taken.code, ErrorCode::Conflict, "{taken:?}");
     // Another group of alice's is another creation.
-    let other = alice.ok(anchorage_tests::create_group("crew2", "Crew 2", &[])).await.unwrap();
+    let other = alice
+        .ok(anchorage_tests::create_group("crew2", "Crew 2", &[]))
+        .await
+        .unwrap();
     assert_ne!(other.seq, first.seq);
     projected(&stack.stack.store, "crew", first.seq.unwrap()).await;
     let row = stack.stack.store.group_row("crew").await.unwrap().unwrap();

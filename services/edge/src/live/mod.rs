@@ -138,14 +138,9 @@ impl Hub {
         let mut notices = bus.subscribe_notices(subjects::NOTIFY_MEMBERS_ALL).await?;
         bus.flush().await?;
         hub.spawn(|hub: Weak<Hub>, stop| async move {
-            loop {
-                let notice = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    notice = notices.next() => notice,
-                };
-                let Some((subject, payload)) = notice else {
-                    break;
-                };
+            while let Some(Some((subject, payload))) =
+                stop.run_until_cancelled(notices.next()).await
+            {
                 let Some(hub) = hub.upgrade() else { break };
                 let Ok(conv) = ConversationId::parse(subjects::last_token(&subject)) else {
                     continue;
@@ -185,12 +180,7 @@ impl Hub {
         self.bus.flush().await?;
         let subject = subject.to_owned();
         self.spawn(|hub, stop| async move {
-            loop {
-                let ev = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    ev = sub.next() => ev,
-                };
-                let Some(ev) = ev else { break };
+            while let Some(Some(ev)) = stop.run_until_cancelled(sub.next()).await {
                 let Some(hub) = hub.upgrade() else { break };
                 match Envelope::from_json(&ev.payload) {
                     Ok(env) => on(&hub, ev.seq.0, env),
@@ -279,7 +269,7 @@ impl Hub {
         let mut state = self.lock();
         let state = &mut *state;
         state.watchers.unwatch_all(conn);
-        let Some(Some(user)) = state.registry.remove(conn) else {
+        let Some(user) = state.registry.remove(conn) else {
             return;
         };
         for conv in state.view.untrack(&user) {
@@ -448,13 +438,10 @@ async fn follow_conversation(hub: Weak<Hub>, s: Subscribe) {
         return;
     };
     let subject = subjects::live_message(&conv);
-    let subscribed = tokio::select! {
-        _ = stop.cancelled() => return,
-        sub = bus.subscribe_live(&subject) => sub,
-    };
-    let mut sub = match subscribed {
-        Ok(sub) => sub,
-        Err(err) => {
+    let mut sub = match stop.run_until_cancelled(bus.subscribe_live(&subject)).await {
+        None => return,
+        Some(Ok(sub)) => sub,
+        Some(Err(err)) => {
             tracing::warn!(%conv, error = %err, "cannot follow conversation");
             return;
         }
@@ -470,12 +457,7 @@ async fn follow_conversation(hub: Weak<Hub>, s: Subscribe) {
         }
     }
     let _ = ready.send(true);
-    loop {
-        let ev = tokio::select! {
-            _ = stop.cancelled() => break,
-            ev = sub.next() => ev,
-        };
-        let Some(ev) = ev else { break };
+    while let Some(Some(ev)) = stop.run_until_cancelled(sub.next()).await {
         let Some(hub) = hub.upgrade() else { break };
         let Ok(env) = Envelope::from_json(&ev.payload) else {
             continue;

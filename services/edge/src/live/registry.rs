@@ -23,25 +23,25 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    /// Adds a connection; returns whether it is its user's first here.
-    pub fn add(&mut self, conn: ConnHandle) -> bool {
-        let conns = self.by_user.entry(conn.user.clone()).or_default();
-        let first = conns.is_empty();
-        conns.push(conn.id);
+    /// Adds a connection.
+    pub fn add(&mut self, conn: ConnHandle) {
+        self.by_user
+            .entry(conn.user.clone())
+            .or_default()
+            .push(conn.id);
         self.conns.insert(conn.id, conn);
-        first
     }
 
     /// Removes a connection; returns its user if it was that user's last one here.
-    pub fn remove(&mut self, id: ConnId) -> Option<Option<UserId>> {
+    pub fn remove(&mut self, id: ConnId) -> Option<UserId> {
         let conn = self.conns.remove(&id)?;
         let conns = self.by_user.get_mut(&conn.user)?;
         conns.retain(|c| *c != id);
         if !conns.is_empty() {
-            return Some(None);
+            return None;
         }
         self.by_user.remove(&conn.user);
-        Some(Some(conn.user))
+        Some(conn.user)
     }
 
     pub fn len(&self) -> usize {

@@ -6,7 +6,7 @@ use anchorage_schema::{Actor, ClientMsgId, ConversationId};
 
 use super::error::RequestError;
 use crate::EdgeState;
-use crate::auth::Claims;
+use crate::auth::{Claims, SignInError};
 use crate::live::ConnHandle;
 
 /// A handler's outcome: the answer's body, or why the request was refused.
@@ -63,14 +63,10 @@ impl Session {
     /// and device: a repeated `hello` never changes who the connection is, and never passes
     /// with a token that would not sign in.
     pub(super) fn same_sign_in(&self, hello: &Hello) -> Result<(), RequestError> {
-        if hello.protocol != anchorage_protocol::PROTOCOL_VERSION {
-            return Err(RequestError::UnsupportedProtocol);
-        }
-        let claims = self
-            .state
-            .verifier
-            .verify(&hello.token)
-            .map_err(|e| RequestError::Forbidden(format!("token refused: {e}")))?;
+        let claims = self.state.verifier.sign_in(hello).map_err(|e| match e {
+            SignInError::Protocol => RequestError::UnsupportedProtocol,
+            SignInError::Token(e) => RequestError::Forbidden(format!("token refused: {e}")),
+        })?;
         if claims.sub != self.claims.sub || claims.device != self.claims.device {
             return Err(RequestError::Forbidden(
                 "the token is another device's; this connection stays signed in as it was".into(),
