@@ -29,14 +29,29 @@ pub async fn publish(url: &str, count: usize) -> anyhow::Result<f64> {
         ..Default::default()
     })
     .await?;
+    let elapsed = publish_pipelined(&js, "raw", count).await?;
+    Ok(rate(count, elapsed))
+}
+
+/// Publishes `count` 200-byte messages with `Nats-Msg-Id` on `bench.<kind>.c0`…`c63`, 256 in
+/// flight; returns how long until every one was acknowledged.
+async fn publish_pipelined(
+    js: &async_nats::jetstream::Context,
+    kind: &str,
+    count: usize,
+) -> anyhow::Result<Duration> {
     let payload = bytes::Bytes::from(vec![b'x'; 200]);
     let start = Instant::now();
     let mut acks = futures::stream::FuturesOrdered::new();
     for n in 0..count {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("raw-{n}").as_str());
+        headers.insert("Nats-Msg-Id", format!("{kind}-{n}").as_str());
         let ack = js
-            .publish_with_headers(format!("bench.raw.c{}", n % 64), headers, payload.clone())
+            .publish_with_headers(
+                format!("bench.{kind}.c{}", n % 64),
+                headers,
+                payload.clone(),
+            )
             .await?;
         acks.push_back(ack.into_future());
         while acks.len() > 256 {
@@ -48,7 +63,7 @@ pub async fn publish(url: &str, count: usize) -> anyhow::Result<f64> {
     while let Some(r) = acks.next().await {
         r?;
     }
-    Ok(rate(count, start.elapsed()))
+    Ok(start.elapsed())
 }
 
 /// The stream of the send-path baseline: like MESSAGES, with RePublish.
@@ -106,26 +121,7 @@ pub async fn send_path(url: &str, count: usize) -> anyhow::Result<f64> {
         }
         anyhow::Ok(())
     });
-    let payload = bytes::Bytes::from(vec![b'x'; 200]);
-    let start = Instant::now();
-    let mut acks = futures::stream::FuturesOrdered::new();
-    for n in 0..count {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("send-{n}").as_str());
-        let ack = js
-            .publish_with_headers(format!("bench.send.c{}", n % 64), headers, payload.clone())
-            .await?;
-        acks.push_back(ack.into_future());
-        while acks.len() > 256 {
-            if let Some(r) = acks.next().await {
-                r?;
-            }
-        }
-    }
-    while let Some(r) = acks.next().await {
-        r?;
-    }
-    let published = start.elapsed();
+    let published = publish_pipelined(&js, "send", count).await?;
     projector.await??;
     let _ = tokio::time::timeout(Duration::from_secs(5), follower).await;
     Ok(rate(count, published))
