@@ -84,12 +84,7 @@ pub(crate) struct Progress {
 impl Progress {
     /// Starts following the announcements (until [`Progress::shutdown`]).
     pub async fn start(bus: &Bus, store: Store) -> anyhow::Result<std::sync::Arc<Progress>> {
-        let progress = std::sync::Arc::new(Progress {
-            applied: watch::Sender::new(Applied::default()),
-            store,
-            stop: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-        });
+        let progress = Progress::new(store);
         let mut notices = bus.subscribe_notices(subjects::NOTIFY_PROGRESS_ALL).await?;
         let follower = std::sync::Arc::downgrade(&progress);
         let shutdown = progress.stop.clone();
@@ -121,6 +116,16 @@ impl Progress {
     pub fn shutdown(&self) {
         self.stop.cancel();
         self.tasks.close();
+    }
+
+    /// Progress that knows only what the database says until announcements are followed.
+    fn new(store: Store) -> std::sync::Arc<Progress> {
+        std::sync::Arc::new(Progress {
+            applied: watch::Sender::new(Applied::default()),
+            store,
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
     }
 
     fn advance(&self, p: Projection, seq: u64) {
@@ -168,6 +173,91 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anchorage_store::{Checkpoint, StoreOptions};
+
+    async fn store(dir: &std::path::Path) -> Store {
+        let store = Store::connect(&StoreOptions {
+            url: format!("sqlite://{}/progress.db", dir.display()),
+            max_connections: 2,
+            sqlite_synchronous: "FULL",
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    async fn checkpoint(store: &Store, last_seq: u64) {
+        let mut tx = store.begin().await.unwrap();
+        let cp = Checkpoint { epoch: 1, last_seq };
+        tx.set_checkpoint("messages", "MESSAGES", cp, 0)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    // An announcement that never came costs time, never a wrong answer: the database has the
+    // last word before and after the wait; one that came ends the wait at once.
+    #[tokio::test]
+    async fn a_lost_announcement_costs_time_never_a_wrong_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        let progress = Progress::new(store.clone());
+        let wait = Duration::from_millis(300);
+        assert!(
+            !progress
+                .reached(Projection::Messages, 5, wait)
+                .await
+                .unwrap()
+        );
+        // Committed, not announced: found by the first read.
+        checkpoint(&store, 5).await;
+        assert!(
+            progress
+                .reached(Projection::Messages, 5, wait)
+                .await
+                .unwrap()
+        );
+        // Committed during the wait, not announced: found by the read when the wait ends.
+        let late = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                checkpoint(&store, 9).await;
+            })
+        };
+        let started = std::time::Instant::now();
+        assert!(
+            progress
+                .reached(Projection::Messages, 9, wait)
+                .await
+                .unwrap()
+        );
+        assert!(started.elapsed() >= wait, "waited the bound");
+        late.await.unwrap();
+        // Announced during the wait: answered without waiting the bound.
+        let announcer = progress.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            announcer.advance(Projection::Messages, 12);
+        });
+        let started = std::time::Instant::now();
+        let long = Duration::from_secs(10);
+        assert!(
+            progress
+                .reached(Projection::Messages, 12, long)
+                .await
+                .unwrap()
+        );
+        assert!(started.elapsed() < long / 2, "woken by the announcement");
+        // Nothing got there: no.
+        assert!(
+            !progress
+                .reached(Projection::Messages, 13, Duration::ZERO)
+                .await
+                .unwrap()
+        );
+    }
 
     #[test]
     fn progress_only_moves_forward() {

@@ -615,13 +615,15 @@ async fn while_the_projector_is_behind_nobody_acts_on_a_stale_group() {
     // The projector is back: bob is refused as the member he is, the history is whole.
     let shutdown = tokio_util::sync::CancellationToken::new();
     let projector = projector(&config, shutdown.clone()).await;
+    // As a client does: come back after the time the refusal names.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let code = loop {
         let e = bob.refused(add.clone()).await.unwrap();
         if e.code != ErrorCode::Overloaded || tokio::time::Instant::now() > deadline {
             break e.code;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let wait = e.retry_after_ms.expect("overloaded says when to retry");
+        tokio::time::sleep(Duration::from_millis(wait)).await;
     };
     assert_eq!(code, ErrorCode::Forbidden);
     let refused = bob.refused(profile).await.unwrap();
