@@ -281,11 +281,16 @@ mod tests {
             r#"{"type":"members_unsubscribe","id":22,"group":"g"}"#,
         ];
         assert_eq!(frames.len() + 1, REQUEST_TYPES.len());
+        let mut names = std::collections::BTreeSet::from(["hello"]);
         for text in frames {
             let frame = decode_request(text, 1024).unwrap();
             let again = serde_json::to_string(&frame).unwrap();
             assert_eq!(decode_request(&again, 1024).unwrap(), frame, "{text}");
+            // The wire names the decoder accepts are the ones the types give.
+            assert!(text.contains(&format!("\"{}\"", frame.body.type_name())));
+            names.insert(frame.body.type_name());
         }
+        assert_eq!(names, REQUEST_TYPES.iter().copied().collect());
     }
 
     #[test]

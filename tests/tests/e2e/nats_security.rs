@@ -79,7 +79,9 @@ async fn every_identity_is_refused_what_its_job_does_not_need() {
     for subject in ["user.alice", "ext.crm.user.created", "dlq.MESSAGES"] {
         js_publish_fails(&js, subject).await;
     }
-    for subject in ["live.msg.g", "notify.grp.g"] {
+    // A forged progress announcement would let an edge decide on a projection that has not
+    // applied what it says: only the projector announces.
+    for subject in ["live.msg.g", "notify.grp.g", "notify.progress.membership"] {
         edge.publish(subject, Bytes::from_static(b"{}"))
             .await
             .unwrap();
@@ -114,10 +116,21 @@ async fn every_identity_is_refused_what_its_job_does_not_need() {
     for subject in ["ext.other.user.created", "msg.g", "grp.g", "user.alice"] {
         js_publish_fails(&js, subject).await;
     }
-    for subject in ["live.msg.>", "live.grp.>", "_INBOX_edge.>", "notify.grp.>"] {
+    for subject in [
+        "live.msg.>",
+        "live.grp.>",
+        "_INBOX_edge.>",
+        "notify.grp.>",
+        "notify.progress.>",
+    ] {
         let _sub = crm.subscribe(subject).await.unwrap();
         violation(&mut errors, subject).await;
     }
+    crm.publish("notify.progress.messages", Bytes::from_static(b"999999"))
+        .await
+        .unwrap();
+    crm.flush().await.unwrap();
+    violation(&mut errors, "notify.progress.messages").await;
     let messages = js.get_stream_no_info("MESSAGES").await.unwrap();
     assert!(
         messages
