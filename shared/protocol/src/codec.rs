@@ -8,7 +8,6 @@ use anchorage_schema::limits::{MAX_JSON_DEPTH, json_depth};
 
 use crate::RequestId;
 use crate::error::ErrorCode;
-use crate::reply::{ErrorFrame, ServerFrame};
 use crate::request::{REQUEST_TYPES, Request};
 
 /// Why a client frame could not be decoded.
@@ -203,22 +202,11 @@ fn out_of_range_number(value: &serde_json::Value) -> Option<String> {
     walk(value, "")
 }
 
-impl ServerFrame {
-    /// An error frame for a failed decode.
-    pub fn from_frame_error(id: Option<RequestId>, err: &FrameError) -> Self {
-        ServerFrame::Error(ErrorFrame {
-            id,
-            code: err.code(),
-            message: err.to_string(),
-            retry_after_ms: None,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::members::MemberInfo;
+    use crate::reply::ServerFrame;
     use crate::request::RequestBody;
     use anchorage_schema::UserId;
     use anchorage_schema::event::Role;
@@ -375,7 +363,7 @@ mod tests {
     #[test]
     fn error_frame_shape() {
         let (id, err) = decode_request(r#"{"id":9,"type":"dance"}"#, 64).unwrap_err();
-        let json = ServerFrame::from_frame_error(id, &err).to_json();
+        let json = ServerFrame::error(id, err.code(), err.to_string()).to_json();
         assert_eq!(
             json,
             r#"{"type":"error","id":9,"code":"unknown_type","message":"unknown frame type \"dance\""}"#
