@@ -353,6 +353,21 @@ pub async fn projected(store: &anchorage_store::Store, projection: &str, seq: u6
     .expect("the projection to catch up");
 }
 
+/// Waits until the projection no longer counts `user` as a member of `group`.
+pub async fn membership_ended(store: &anchorage_store::Store, group: &str, user: &str) {
+    let what = format!("{user}'s membership of {group} ended");
+    eventually(Duration::from_secs(20), &what, || async {
+        store
+            .member_role(group, user)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .expect("the membership to end");
+}
+
 /// A minimal HTTP/1.1 GET: status code and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     within(Duration::from_secs(10), "an HTTP answer", async {

@@ -772,20 +772,7 @@ async fn a_deleted_user_is_signed_out_removed_everywhere_and_not_recreated() {
         "no device signs in again"
     );
     for group in ["support", dm.as_str()] {
-        eventually(
-            Duration::from_secs(20),
-            "bob's memberships ended",
-            || async {
-                store
-                    .member_role(group, "bob")
-                    .await
-                    .ok()?
-                    .is_none()
-                    .then_some(())
-            },
-        )
-        .await
-        .unwrap();
+        anchorage_tests::membership_ended(&store, group, "bob").await;
     }
     // A new user.created for the id is refused, not a resurrection.
     ext_event(

@@ -789,16 +789,7 @@ async fn out_of_range_positions_and_removed_members_are_refused() {
         .await
         .unwrap();
     let store = &s.stack.stack.store;
-    eventually(Duration::from_secs(10), "bob removed", || async {
-        store
-            .member_role("g", "bob")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    anchorage_tests::membership_ended(store, "g", "bob").await;
     let answer = bob
         .refused(SetNickname {
             group: group_id("g"),
