@@ -772,7 +772,7 @@ async fn a_deleted_user_is_signed_out_removed_everywhere_and_not_recreated() {
         "no device signs in again"
     );
     for group in ["support", dm.as_str()] {
-        anchorage_tests::membership_ended(&store, group, "bob").await;
+        anchorage_tests::membership_ended(store, group, "bob").await;
     }
     // A new user.created for the id is refused, not a resurrection.
     ext_event(
