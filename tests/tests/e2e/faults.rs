@@ -83,7 +83,7 @@ async fn a_consumer_that_skips_events_does_not_make_the_projection_skip_them() {
     stack.stack.stop().await.unwrap();
 }
 
-fn copy_streams(to: &Path, duplicate_window_ns: u64) {
+fn copy_streams(to: &Path, stream: &str, duplicate_window_ns: u64) {
     fn copy(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for entry in std::fs::read_dir(from).unwrap() {
@@ -97,7 +97,7 @@ fn copy_streams(to: &Path, duplicate_window_ns: u64) {
         }
     }
     copy(&anchorage_tests::streams_dir(), to);
-    let path = to.join("streams/MESSAGES.json");
+    let path = to.join(format!("streams/{stream}.json"));
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     v["duplicate_window"] = json!(duplicate_window_ns);
     std::fs::write(&path, v.to_string()).unwrap();
@@ -110,7 +110,7 @@ async fn a_late_retry_while_the_projector_is_down_is_never_stored_twice() {
     let nats = TestNats::start().await.unwrap();
     let db_dir = tempfile::tempdir().unwrap();
     let streams = tempfile::tempdir().unwrap();
-    copy_streams(streams.path(), 1_000_000_000);
+    copy_streams(streams.path(), "MESSAGES", 1_000_000_000);
     let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
     config.streams.dir = streams.path().to_owned();
     // The projector runs for the group to exist, then stops.
@@ -171,6 +171,34 @@ async fn a_late_retry_while_the_projector_is_down_is_never_stored_twice() {
     shutdown.cancel();
     projector.await.unwrap().unwrap();
     edge.stop().await.unwrap();
+}
+
+// A group creation asked again after the duplicate window (an answer lost, a retry a while
+// later) is still its creator's same answer — found from the group's first event, not a
+// `conflict` — and still a `conflict` for anyone else.
+#[tokio::test]
+async fn a_creation_retried_after_the_duplicate_window_gets_the_same_answer() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let streams = tempfile::tempdir().unwrap();
+    copy_streams(streams.path(), "MEMBERSHIP", 1_000_000_000);
+    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    config.streams.dir = streams.path().to_owned();
+    let stack = TestStack::start_with(config, db_dir).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    let (mut mallory, _) = WsClient::signed_in(stack.edge_addr(), "mallory", "d")
+        .await
+        .unwrap();
+    let first = alice.ok(create_group("g", "G", &["bob"])).await.unwrap();
+    // Past the window: the stream no longer recognizes the event id.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = alice.ok(create_group("g", "G", &["bob"])).await.unwrap();
+    assert_eq!(again, first);
+    let taken = mallory.refused(create_group("g", "M", &[])).await.unwrap();
+    assert_eq!(taken.code, ErrorCode::Conflict, "{taken:?}");
+    stack.stack.stop().await.unwrap();
 }
 
 // While NATS is away, sends are refused as `overloaded` with a time to come back — not
