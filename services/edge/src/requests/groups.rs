@@ -85,14 +85,8 @@ fn event_id(id: String) -> Result<EventId, RequestError> {
 enum Created {
     /// The group is new: the answer.
     New(Done),
-    /// The group existed: its creation, if its first event can be read.
-    Exists(Option<Original>),
-}
-
-/// Who created an existing group, at which seq.
-struct Original {
-    owner: UserId,
-    seq: u64,
+    /// The group existed: its creation and that event's seq, if its first event can be read.
+    Exists(Option<(GroupCreated, u64)>),
 }
 
 impl Session {
@@ -219,13 +213,17 @@ impl Session {
             members,
             direct: false,
         };
-        match self.create(format!("create:{group}"), created).await? {
+        match self
+            .create(format!("create:{group}"), created.clone())
+            .await?
+        {
             Created::New(done) => Ok(done),
-            // The caller's own creation, asked again (an answer lost on the way): the same
-            // answer, never a refusal of what was done.
-            Created::Exists(Some(original)) if original.owner == self.claims.sub => Ok(Done {
+            // The very same creation by the same user, asked again (an answer lost on the way):
+            // the same answer, never a refusal of what was done. Anything else under that id —
+            // another user's, or another title or member list — is a conflict.
+            Created::Exists(Some((original, seq))) if original == created => Ok(Done {
                 conv: Some(group.conversation()),
-                seq: Some(original.seq),
+                seq: Some(seq),
             }),
             Created::Exists(_) => Err(RequestError::Conflict(format!(
                 "group {group} already exists"
@@ -261,10 +259,7 @@ impl Session {
                     .await?;
                 Ok(Created::Exists(first.and_then(
                     |(seq, env)| match env.event {
-                        Event::GroupCreated(c) => Some(Original {
-                            owner: c.owner,
-                            seq: seq.0,
-                        }),
+                        Event::GroupCreated(c) => Some((c, seq.0)),
                         _ => None,
                     },
                 )))
