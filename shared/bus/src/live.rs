@@ -101,6 +101,34 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// The payload of the last message on `subject` in `stream` (a record whose last version
+    /// is the current one), or `None` if there is none.
+    pub async fn last_subject_payload(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<bytes::Bytes>, BusError> {
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        match handle.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok(Some(m.payload)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(BusError::jetstream(subject, e)),
+        }
+    }
+}
+
 impl LiveSubscription {
     /// The next live event; `None` when the subscription ended. Messages without the
     /// republish headers are skipped (nothing but JetStream publishes on `live.>`).

@@ -11,12 +11,14 @@
 //! - [`anchor`]: sequence numbers and stream epochs, the version vocabulary of sync;
 //! - [`limits`]: the bounds every writer enforces so every reader can decode what it stored;
 //! - [`backoff`]: the one full-jitter backoff every retry loop uses;
-//! - [`search`]: prefix search with the same answer on every database.
+//! - [`search`]: prefix search with the same answer on every database;
+//! - [`admin`]: server API keys and webhook endpoints as stored.
 //!
 //! The crate has no I/O. It is shared by the bus, the projector, the edge and the SDK.
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod anchor;
 pub mod backoff;
 pub mod event;

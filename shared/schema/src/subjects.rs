@@ -10,6 +10,7 @@
 //! | `USERS`      | `user.<user>`              | `live.user.<user>`              |
 //! | `INGEST`     | `ext.<source>.<type…>`     | —                               |
 //! | `DEADLETTER` | `dlq.<stream>`             | —                               |
+//! | `ADMIN`      | `admin.apikey.<id>`, `admin.webhook.<name>` | —              |
 //!
 //! Ids are subject-safe by construction (see [`crate::ids`]), so no function here escapes.
 
@@ -29,9 +30,11 @@ pub mod stream {
     pub const INGEST: &str = "INGEST";
     /// Events no consumer could apply, with the reason.
     pub const DEADLETTER: &str = "DEADLETTER";
+    /// Server API keys and webhook endpoints (the last record on a subject is current).
+    pub const ADMIN: &str = "ADMIN";
 
     /// All streams, in the order `streams apply` creates them.
-    pub const ALL: &[&str] = &[MESSAGES, MEMBERSHIP, READS, USERS, INGEST, DEADLETTER];
+    pub const ALL: &[&str] = &[MESSAGES, MEMBERSHIP, READS, USERS, INGEST, DEADLETTER, ADMIN];
 }
 
 /// Header names: the JetStream ones we rely on and our own.
@@ -151,6 +154,19 @@ pub fn ingest(source: &SourceId, type_name: &str) -> String {
 pub fn deadletter(stream: &str) -> String {
     format!("dlq.{stream}")
 }
+
+/// Where a server API key's record is kept (hashed; the last record is current).
+pub fn api_key(id: &str) -> String {
+    format!("admin.apikey.{id}")
+}
+
+/// Where a webhook endpoint's record is kept (the last record is current).
+pub fn webhook(name: &str) -> String {
+    format!("admin.webhook.{name}")
+}
+
+/// Every webhook endpoint's records.
+pub const WEBHOOKS_ALL: &str = "admin.webhook.*";
 
 /// The last token of a subject (`msg.c1` → `c1`).
 pub fn last_token(subject: &str) -> &str {

@@ -12,6 +12,7 @@ use anchorage_store::MessageRow;
 
 use super::error::RequestError;
 use super::session::Session;
+use crate::EdgeState;
 use crate::progress::Projection;
 
 /// Most messages one `sync` or `history` answer carries.
@@ -36,12 +37,12 @@ pub(super) fn message_view(row: MessageRow) -> Option<Message> {
     })
 }
 
-impl Session {
+impl EdgeState {
     /// Whether the message projection holds everything the stream holds for `conv` right
     /// now (waiting briefly for it), so a sync never answers from a projection that lags
     /// behind messages the client may have missed live. If not (the projector is far behind),
     /// the answer says `more` and the client asks again.
-    pub(super) async fn settled_conversation(
+    pub(crate) async fn settled_conversation(
         &self,
         conv: &ConversationId,
     ) -> Result<bool, RequestError> {
@@ -50,12 +51,11 @@ impl Session {
     }
 
     /// The seq of the conversation's last message, from the stream itself.
-    pub(super) async fn conversation_end(
+    pub(crate) async fn conversation_end(
         &self,
         conv: &ConversationId,
     ) -> Result<Seq, RequestError> {
         Ok(self
-            .state
             .bus
             .last_subject_seq(stream::MESSAGES, &subjects::message(conv))
             .await?)
@@ -64,18 +64,20 @@ impl Session {
     /// Whether the message projection has applied the MESSAGES stream up to `seq` (waiting
     /// up to [`PROJECTION_WAIT`]) — its checkpoint, not a conversation's last seq, so an
     /// event the projection set aside holds nothing up.
-    pub(super) async fn messages_projected(&self, seq: Seq) -> Result<bool, RequestError> {
+    pub(crate) async fn messages_projected(&self, seq: Seq) -> Result<bool, RequestError> {
         Ok(self
-            .state
             .progress
             .reached(Projection::Messages, seq.0, PROJECTION_WAIT)
             .await?)
     }
 
+}
+
+impl Session {
     pub(super) async fn sync(&self, r: Sync) -> Result<Messages, RequestError> {
         let Sync { conv, after, limit } = r;
         self.member(&conv)?;
-        let settled = self.settled_conversation(&conv).await?;
+        let settled = self.state.settled_conversation(&conv).await?;
         let limit = limit.unwrap_or(100).clamp(1, MAX_PAGE);
         let rows = self
             .state
@@ -108,7 +110,7 @@ impl Session {
                 .progress
                 .reached(Projection::Messages, before - 1, Duration::ZERO)
                 .await?;
-        let complete = projected_there || self.settled_conversation(&conv).await?;
+        let complete = projected_there || self.state.settled_conversation(&conv).await?;
         if !complete {
             return Err(RequestError::Overloaded(format!(
                 "the history of {conv} is catching up; ask again in a moment"
@@ -130,7 +132,7 @@ impl Session {
         conv: &ConversationId,
         seq: u64,
     ) -> Result<(), RequestError> {
-        let last = self.conversation_end(conv).await?;
+        let last = self.state.conversation_end(conv).await?;
         if seq > last.0 {
             return Err(RequestError::Invalid(format!(
                 "seq {seq} is past the last message of {conv} ({})",

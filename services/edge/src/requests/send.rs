@@ -127,7 +127,7 @@ impl Session {
         // says whether the first attempt was stored, and it can say so only once it holds
         // everything the stream holds for this conversation. Until then: come back later,
         // never a second copy.
-        if retry && !self.settled_conversation(&conv).await? {
+        if retry && !self.state.settled_conversation(&conv).await? {
             return Err(RequestError::Overloaded(format!(
                 "the history of {conv} is catching up; retry {client_msg_id} in a moment"
             )));

@@ -31,7 +31,7 @@ impl Session {
             .stream_state(stream::MESSAGES)
             .await?
             .last_seq;
-        let projected = self.messages_projected(end).await?;
+        let projected = self.state.messages_projected(end).await?;
         let anchors: HashMap<&str, u64> = hello
             .anchors
             .iter()
@@ -88,7 +88,7 @@ impl Session {
             let last_seq = if projected {
                 s.last_seq
             } else {
-                self.conversation_end(&conv).await?.0.max(s.last_seq)
+                self.state.conversation_end(&conv).await?.0.max(s.last_seq)
             };
             if last_seq <= anchor {
                 continue;
