@@ -89,10 +89,40 @@ pub enum Command {
         #[arg(long)]
         device: String,
     },
+    /// Server API keys (stored hashed on the ADMIN stream).
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
+    /// Print the server API's OpenAPI 3.1 document.
+    Openapi,
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Create a key and print it (once: only its hash is kept).
+    Create {
+        /// What the key is for.
+        #[arg(long)]
+        name: String,
+        /// read, write or admin (each includes the ones before).
+        #[arg(long, default_value = "write")]
+        scope: String,
+        /// Requests per second the key may make.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+    },
+    /// List the keys (never their secrets).
+    List,
+    /// Revoke a key: every edge refuses it from the next request on.
+    Revoke {
+        /// The key's id (the 16 hex digits after `ak_`).
+        id: String,
     },
 }
 
@@ -181,6 +211,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             println!("revoked {user}/{device} (USERS seq {})", revoked.seq);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apikey { command } => crate::apikey::run(&with_dev_operator(config)?, command).await,
+        Command::Openapi => {
+            println!("{}", anchorage_edge::openapi_json());
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {

@@ -2,6 +2,7 @@
 //! nats-server child management, so tests and `anchorage dev` run exactly the code production
 //! runs.
 
+pub mod apikey;
 pub mod cli;
 pub mod nats_auth;
 pub mod natsd;

@@ -2,7 +2,7 @@
 //!
 //! | identity | publishes | subscribes |
 //! |---|---|---|
-//! | `edge` | `msg.*`, `grp.*`, `read.*.*`; JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `notify.grp.>`, `notify.progress.>` |
+//! | `edge` | `msg.*`, `grp.*`, `read.*.*`, `user.*` (server API); JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `notify.grp.>`, `notify.progress.>` |
 //! | `projector` | `msg.*`, `grp.*`, `user.*` (events translated from other systems), `dlq.*`, `notify.grp.*`, `notify.progress.*`; its pull consumers (fetch, ack) and JetStream reads | — |
 //! | `operator` | everything (`anchorage streams apply`, `revoke`, `replay`, administration) | everything |
 //! | `ext_<source>` | `ext.<source>.>` only | its own consumers (named `<source>`) on the streams it is given |
@@ -53,9 +53,10 @@ const JS_READS: &[&str] = &[
     "$JS.API.CONSUMER.INFO.*.*",
 ];
 
-/// The edge: publishes what its clients cause, reads streams, follows the live subjects.
+/// The edge: publishes what its clients and the server API's callers cause, reads streams
+/// (API keys among them, which it cannot write), follows the live subjects.
 pub fn edge() -> Permissions {
-    let mut publish = strings(&["msg.*", "grp.*", "read.*.*"]);
+    let mut publish = strings(&["msg.*", "grp.*", "read.*.*", "user.*"]);
     publish.extend(strings(JS_READS));
     publish.push(format!("{}.>", inbox_prefix(EDGE)));
     Permissions {

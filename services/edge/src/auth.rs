@@ -130,7 +130,14 @@ impl Verifier {
         if hello.protocol != anchorage_protocol::PROTOCOL_VERSION {
             return Err(SignInError::Protocol);
         }
-        self.verify(&hello.token).map_err(SignInError::Token)
+        let claims = self.verify(&hello.token).map_err(SignInError::Token)?;
+        if claims.device.as_str() == crate::api::API_DEVICE {
+            // Messages the server API posts for a user carry that device.
+            return Err(SignInError::Token(TokenError::Malformed(
+                "device `api` is reserved for the server API".into(),
+            )));
+        }
+        Ok(claims)
     }
 
     /// Verifies a token and returns its claims.

@@ -12,9 +12,11 @@
 //!   otherwise, so a load balancer keeps traffic away until all three hold. The answer also
 //!   shows how far each projection is behind its stream, and the bytes queued for sockets.
 
+mod api;
 pub mod auth;
 mod limits;
 pub mod live;
+pub use api::openapi_json;
 mod outbox;
 mod progress;
 mod requests;
@@ -59,6 +61,10 @@ pub struct Shared {
     pub members: Arc<anchorage_config::MembersConfig>,
     /// Checks device tokens.
     pub verifier: Arc<auth::Verifier>,
+    /// How device tokens are minted (server API).
+    pub auth: Arc<anchorage_config::AuthConfig>,
+    /// The rates of the server API's keys.
+    api_limits: Arc<api::KeyLimits>,
     /// Connections, memberships and live subscriptions.
     pub hub: Arc<live::Hub>,
     /// How far the projections have got.
@@ -109,6 +115,8 @@ impl EdgeState {
             )),
             user_limits: Arc::new(limits::UserLimits::new(config.user_rate_per_sec)),
             verifier: Arc::new(auth::Verifier::from_config(auth)?),
+            auth: Arc::new(auth.clone()),
+            api_limits: Arc::new(api::KeyLimits::default()),
             bus,
             store,
             streams,
@@ -217,6 +225,10 @@ pub fn router(state: EdgeState) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/ws", get(ws::upgrade))
+        .merge(api::router())
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.max_frame_bytes as usize,
+        ))
         .with_state(state)
 }
 

@@ -12,7 +12,7 @@ use anchorage_schema::UserId;
 #[derive(Debug, Clone)]
 pub struct Bucket {
     tokens: f64,
-    last: Instant,
+    pub(crate) last: Instant,
     rate: f64,
     burst: f64,
 }

@@ -25,6 +25,8 @@ pub(crate) enum Projection {
     Messages,
     /// Groups and members (MEMBERSHIP stream).
     Membership,
+    /// Users and revoked sessions (USERS stream).
+    Users,
 }
 
 impl Projection {
@@ -32,6 +34,7 @@ impl Projection {
         match self {
             Projection::Messages => "messages",
             Projection::Membership => "membership",
+            Projection::Users => "users",
         }
     }
 
@@ -39,6 +42,7 @@ impl Projection {
         match name {
             "messages" => Some(Projection::Messages),
             "membership" => Some(Projection::Membership),
+            "users" => Some(Projection::Users),
             _ => None,
         }
     }
@@ -49,6 +53,7 @@ impl Projection {
 struct Applied {
     messages: u64,
     membership: u64,
+    users: u64,
 }
 
 impl Applied {
@@ -56,6 +61,7 @@ impl Applied {
         match p {
             Projection::Messages => self.messages,
             Projection::Membership => self.membership,
+            Projection::Users => self.users,
         }
     }
 
@@ -64,6 +70,7 @@ impl Applied {
         let slot = match p {
             Projection::Messages => &mut self.messages,
             Projection::Membership => &mut self.membership,
+            Projection::Users => &mut self.users,
         };
         let moved = seq > *slot;
         *slot = (*slot).max(seq);

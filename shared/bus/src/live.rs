@@ -102,20 +102,20 @@ impl Bus {
 }
 
 impl Bus {
-    /// The payload of the last message on `subject` in `stream` (a record whose last version
-    /// is the current one), or `None` if there is none.
+    /// The last message on `subject` in `stream` (a record whose last version is the current
+    /// one) with its sequence, or `None` if there is none.
     pub async fn last_subject_payload(
         &self,
         stream: &str,
         subject: &str,
-    ) -> Result<Option<bytes::Bytes>, BusError> {
+    ) -> Result<Option<(Seq, bytes::Bytes)>, BusError> {
         let handle = self
             .jetstream()
             .get_stream_no_info(stream)
             .await
             .map_err(|e| crate::stream_error(stream, e))?;
         match handle.get_last_raw_message_by_subject(subject).await {
-            Ok(m) => Ok(Some(m.payload)),
+            Ok(m) => Ok(Some((Seq(m.sequence), m.payload))),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -126,6 +126,29 @@ impl Bus {
             }
             Err(e) => Err(BusError::jetstream(subject, e)),
         }
+    }
+}
+
+impl Bus {
+    /// The subjects of `stream` matching `filter` that hold messages, sorted.
+    pub async fn subjects(&self, stream: &str, filter: &str) -> Result<Vec<String>, BusError> {
+        use futures::StreamExt;
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        let mut listing = handle
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| BusError::jetstream(stream, e))?;
+        let mut subjects = Vec::new();
+        while let Some(item) = listing.next().await {
+            let (subject, _) = item.map_err(|e| BusError::jetstream(stream, e))?;
+            subjects.push(subject);
+        }
+        subjects.sort();
+        Ok(subjects)
     }
 }
 

@@ -54,6 +54,8 @@ pub enum ErrorCode {
     Overloaded,
     /// A failure on our side; the request may be retried with the same ids.
     Internal,
+    /// Server API only: the API key is missing, malformed, unknown or revoked.
+    Unauthorized,
     /// An earlier send on this connection was refused (`rate_limited`, `overloaded`,
     /// `internal`): later ones are refused too until that one is sent again, so a client that
     /// retries in order keeps its order.

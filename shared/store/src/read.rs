@@ -132,6 +132,41 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// A user as projected: display name, whether deleted, version; `None` if never created.
+    pub async fn user_row(&self, user: &str) -> Result<Option<(String, bool, u64)>, StoreError> {
+        let row =
+            sqlx::query("SELECT display_name, deleted, version FROM users WHERE user_id = $1")
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok((
+                r.try_get("display_name")?,
+                r.try_get::<i64, _>("deleted")? != 0,
+                r.try_get::<i64, _>("version")? as u64,
+            ))
+        })
+        .transpose()
+    }
+
+    /// The devices of a user that have received messages or were revoked, each with whether
+    /// its session was revoked, sorted.
+    pub async fn devices_of(&self, user: &str) -> Result<Vec<(String, bool)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT device, MAX(revoked) AS revoked FROM (
+                 SELECT device, 0 AS revoked FROM device_cursors WHERE user_id = $1
+                 UNION ALL
+                 SELECT device, 1 AS revoked FROM revoked_sessions WHERE user_id = $1
+             ) d GROUP BY device ORDER BY device",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("device")?, r.try_get::<i64, _>("revoked")? != 0)))
+            .collect()
+    }
+
     /// A user's display name, if the user exists and is not deleted.
     pub async fn display_name(&self, user: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT display_name FROM users WHERE user_id = $1 AND deleted = 0")

@@ -72,11 +72,15 @@ async fn every_identity_is_refused_what_its_job_does_not_need() {
     let stack = TestStack::start(&nats.url()).await.unwrap();
     let url = nats.url();
 
-    // The edge: no user events, no events of other systems, no live or notify subjects, no
+    // The edge: no API keys, no events of other systems, no live or notify subjects, no
     // stream administration, nobody else's replies.
     let (edge, mut errors) = client_with_errors(&url, EDGE).await;
     let js = jetstream::new(edge.clone());
-    for subject in ["user.alice", "ext.crm.user.created", "dlq.MESSAGES"] {
+    for subject in [
+        "admin.apikey.0123456789abcdef",
+        "ext.crm.user.created",
+        "dlq.MESSAGES",
+    ] {
         js_publish_fails(&js, subject).await;
     }
     // A forged progress announcement would let an edge decide on a projection that has not

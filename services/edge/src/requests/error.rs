@@ -36,6 +36,10 @@ pub(crate) enum RequestError {
     NotText,
     /// A text frame that is not UTF-8.
     NotUtf8,
+    /// Server API: no valid API key.
+    Unauthorized(String),
+    /// A request or body over its size limit.
+    TooLarge(String),
 }
 
 impl RequestError {
@@ -54,6 +58,8 @@ impl RequestError {
             RequestError::UnsupportedProtocol => ErrorCode::UnsupportedProtocol,
             RequestError::Frame(err) => err.code(),
             RequestError::NotText | RequestError::NotUtf8 => ErrorCode::BadFrame,
+            RequestError::Unauthorized(_) => ErrorCode::Unauthorized,
+            RequestError::TooLarge(_) => ErrorCode::TooLarge,
         }
     }
 
@@ -72,7 +78,7 @@ impl RequestError {
         (self.code(), self.message())
     }
 
-    fn message(self) -> String {
+    pub fn message(self) -> String {
         match self {
             RequestError::Invalid(m)
             | RequestError::Forbidden(m)
@@ -80,7 +86,9 @@ impl RequestError {
             | RequestError::Conflict(m)
             | RequestError::Overloaded(m)
             | RequestError::Internal(m)
-            | RequestError::OutOfOrder(m) => m,
+            | RequestError::OutOfOrder(m)
+            | RequestError::Unauthorized(m)
+            | RequestError::TooLarge(m) => m,
             RequestError::RateLimited { .. } => "too many requests".into(),
             RequestError::HelloRequired => "send hello with a device token first".into(),
             RequestError::UnsupportedProtocol => format!(
@@ -97,17 +105,22 @@ impl RequestError {
     /// come back (`overloaded` jittered, so refused clients come back spread out).
     pub fn into_frame(self, id: Option<RequestId>) -> ServerFrame {
         let code = self.code();
-        let retry_after_ms = match &self {
-            RequestError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
-            RequestError::Overloaded(_) => Some(250 + anchorage_schema::backoff::jitter(750)),
-            _ => None,
-        };
+        let retry_after_ms = self.retry_after_ms();
         ServerFrame::Error(ErrorFrame {
             id,
             code,
             message: self.message(),
             retry_after_ms,
         })
+    }
+
+    /// When to come back, for `rate_limited` and `overloaded`.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            RequestError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+            RequestError::Overloaded(_) => Some(250 + anchorage_schema::backoff::jitter(750)),
+            _ => None,
+        }
     }
 
     /// A failure on our side, logged.

@@ -146,7 +146,10 @@ impl Session {
     }
 
     pub(super) async fn group_command(&self, group: GroupId, command: GroupCommand) -> Answer {
-        self.caller().group_command(group, command, None).await
+        self.caller()
+            .group_command(group, command, None)
+            .await
+            .map(Into::into)
     }
 
     /// Opens the 1:1 conversation with `peer`: joins the existing one only if its members are
@@ -393,7 +396,7 @@ impl Caller {
         group: GroupId,
         command: GroupCommand,
         idempotency: Option<&ClientMsgId>,
-    ) -> Answer {
+    ) -> Result<Done, RequestError> {
         command.check()?;
         let subject = subjects::membership(&group);
         for attempt in 0..3u32 {
@@ -418,8 +421,7 @@ impl Caller {
                     return Ok(Done {
                         conv: Some(group.conversation()),
                         seq: Some(p.seq.0),
-                    }
-                    .into());
+                    });
                 }
                 Err(PublishError::Conflict { .. }) => {
                     tokio::time::sleep(CONFLICT_BACKOFF.delay(attempt, None)).await;
@@ -499,7 +501,7 @@ impl Caller {
     /// [`PROJECTION_WAIT`] (the projector is down or far behind), `overloaded`: deciding on an
     /// older state would let a demoted admin or a removed member act, and publishing against
     /// the newest version would let the decision through.
-    pub(super) async fn settled_version(&self, group: &GroupId) -> Result<Seq, RequestError> {
+    pub(crate) async fn settled_version(&self, group: &GroupId) -> Result<Seq, RequestError> {
         let version = self
             .state
             .bus

@@ -21,7 +21,7 @@ const MAX_PAGE: u32 = 500;
 /// message); the rest comes with `more`.
 const PAGE_BYTES: usize = 1024 * 1024;
 /// How long a request waits for the projection to catch up with the stream.
-pub(super) const PROJECTION_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const PROJECTION_WAIT: Duration = Duration::from_secs(2);
 
 /// A stored message as clients see it (`None` for a row that is not one: never stored so).
 pub(super) fn message_view(row: MessageRow) -> Option<Message> {

@@ -26,5 +26,8 @@ mod session;
 mod welcome;
 
 pub(crate) use error::RequestError;
+pub(crate) use groups::Caller;
+pub(crate) use messages::PROJECTION_WAIT;
+pub(crate) use rules::GroupCommand;
 pub(crate) use send::{AckFuture, SendAnswer};
 pub use session::Session;

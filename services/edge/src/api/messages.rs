@@ -1,0 +1,286 @@
+//! Messages posted by the app's backend — as the system, or for a user (a bot is a user) —
+//! and a conversation's history.
+
+use anchorage_schema::admin::Scope;
+use anchorage_schema::event::{MessageSent, SystemMessagePosted};
+use anchorage_schema::subjects::{self, stream};
+use anchorage_schema::{Actor, ClientMsgId, ConversationId, DeviceId, Envelope, now_ms};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::keys::Key;
+use super::problem::{Body, Page, Params, Problem};
+use super::users::user_id;
+use super::{API_DEVICE, API_SOURCE, Written, backend, caller, event_id, idempotency_key};
+use crate::EdgeState;
+use crate::requests::RequestError;
+
+/// A message to post.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessage {
+    /// Text or any JSON (at most `edge.max_frame_bytes` encoded, nested at most 32 deep).
+    pub body: Value,
+    /// Post for this user (a member; a bot is a user). Absent: a system message.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub sender: Option<String>,
+    /// The idempotency key (or the `Idempotency-Key` header): a repeat, also days later, is
+    /// answered with the first post's seq and stored once.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    pub client_msg_id: Option<String>,
+}
+
+/// A stored message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Message {
+    /// Its place in the conversation (a MESSAGES stream sequence).
+    pub seq: u64,
+    /// Who sent it (`system:<source>` for a system message).
+    pub sender: String,
+    /// From which device (`api` for posts through this API; empty for system messages).
+    pub device: String,
+    /// The sender's id of the message.
+    pub client_msg_id: String,
+    /// Text or any JSON.
+    pub body: Value,
+    /// The sender's clock, Unix milliseconds.
+    pub client_ts: i64,
+    /// When it was stored, Unix milliseconds.
+    pub server_ts: i64,
+}
+
+/// A page of history, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct History {
+    /// Newest first.
+    pub messages: Vec<Message>,
+    /// Pass as `before` for older messages; absent at the beginning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<u64>,
+}
+
+/// Paging back through history.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryPage {
+    /// Messages before this seq (default: the newest).
+    #[param(minimum = 0)]
+    pub before: Option<u64>,
+    /// At most this many (1 to 500, default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+}
+
+fn conversation(s: String) -> Result<ConversationId, Problem> {
+    ConversationId::parse(s).map_err(|e| Problem::invalid(e.to_string()))
+}
+
+/// Post a message into a conversation.
+#[utoipa::path(post, path = "/v1/conversations/{conv}/messages", tag = "messages",
+    request_body = PostMessage,
+    params(("conv" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
+    responses((status = 201, description = "Stored (or stored before under the same key)", body = Written)),
+    security(("api_key" = [])))]
+pub async fn post(
+    State(state): State<EdgeState>,
+    key: Key,
+    Params(conv): Params<String>,
+    headers: HeaderMap,
+    Body(r): Body<PostMessage>,
+) -> Result<(StatusCode, Json<Written>), Problem> {
+    key.require(Scope::Write)?;
+    let conv = conversation(conv)?;
+    let encoded = serde_json::to_vec(&r.body).unwrap_or_default();
+    if encoded.len() > state.config.max_frame_bytes as usize {
+        return Err(RequestError::TooLarge("the body exceeds edge.max_frame_bytes".into()).into());
+    }
+    if anchorage_schema::limits::json_depth(&encoded) > anchorage_schema::limits::MAX_JSON_DEPTH {
+        return Err(Problem::invalid("the body is nested more than 32 deep"));
+    }
+    let given = idempotency_key(&headers, r.client_msg_id.as_deref())?;
+    let client_msg_id = match &given {
+        Some(k) => k.clone(),
+        None => ClientMsgId::parse(format!(
+            "api-{}-{:016x}",
+            now_ms(),
+            anchorage_schema::backoff::random()
+        ))
+        .map_err(|e| Problem::from(RequestError::internal(e)))?,
+    };
+    let group = conv.group();
+    let caller = caller(&state, &key);
+    let version = caller.settled_version(&group).await?;
+    let live = state
+        .store
+        .group_row(group.as_str())
+        .await
+        .map_err(RequestError::from)?
+        .is_some_and(|g| !g.dismissed);
+    if !live {
+        return Err(RequestError::NotFound(format!("{conv} does not exist")).into());
+    }
+    let device = DeviceId::parse(API_DEVICE).map_err(|e| Problem::from(RequestError::internal(e)))?;
+    let (env, sender, stored_device, stored_id) = match r.sender {
+        Some(sender) => {
+            let user = user_id(sender)?;
+            let role = state
+                .store
+                .member_role(group.as_str(), user.as_str())
+                .await
+                .map_err(RequestError::from)?;
+            if role.is_none() {
+                return Err(RequestError::Forbidden(format!("{user} is not a member of {conv}")).into());
+            }
+            let id = event_id(format!("{user}:{API_DEVICE}:{conv}:{client_msg_id}"))?;
+            let env = Envelope::new(
+                id,
+                now_ms(),
+                Actor::User {
+                    user: user.clone(),
+                    device: device.clone(),
+                },
+                MessageSent {
+                    conv: conv.clone(),
+                    sender: user.clone(),
+                    device,
+                    client_msg_id: client_msg_id.clone(),
+                    body: r.body,
+                    client_ts: now_ms(),
+                },
+            );
+            (env, user.to_string(), API_DEVICE.to_owned(), client_msg_id.to_string())
+        }
+        None => {
+            let id = event_id(format!("api:{}:{conv}:{client_msg_id}", key.0.id))?;
+            let stored_id = id.to_string();
+            let env = Envelope::new(
+                id,
+                now_ms(),
+                backend(),
+                SystemMessagePosted {
+                    conv: conv.clone(),
+                    body: r.body,
+                },
+            );
+            (env, format!("system:{API_SOURCE}"), String::new(), stored_id)
+        }
+    };
+    // A repeat after the stream's duplicate window gets the original from the history,
+    // never a second copy: the history answers once it holds all of the conversation.
+    if given.is_some() {
+        if !state.settled_conversation(&conv).await? {
+            return Err(RequestError::Overloaded(format!(
+                "the history of {conv} is catching up; retry in a moment"
+            ))
+            .into());
+        }
+        if let Some(row) = state
+            .store
+            .message_by_client_id(conv.as_str(), &sender, &stored_device, &stored_id)
+            .await
+            .map_err(RequestError::from)?
+        {
+            let same = serde_json::from_str::<Value>(&row.body).ok().as_ref() == message_body(&env);
+            if !same {
+                return Err(RequestError::Conflict(
+                    "the idempotency key was used for another message".into(),
+                )
+                .into());
+            }
+            return Ok((
+                StatusCode::CREATED,
+                Json(Written {
+                    seq: row.seq,
+                    duplicate: true,
+                }),
+            ));
+        }
+    }
+    let p = state
+        .bus
+        .publish_event_pipelined(&subjects::message(&conv), &env, Some(version))
+        .await
+        .map_err(RequestError::from)?
+        .stored()
+        .await
+        .map_err(RequestError::from)?;
+    if p.duplicate {
+        let stored = state
+            .bus
+            .stored_event(stream::MESSAGES, p.seq)
+            .await
+            .map_err(RequestError::from)?;
+        if message_body(&stored) != message_body(&env) {
+            return Err(RequestError::Conflict(
+                "the idempotency key was used for another message".into(),
+            )
+            .into());
+        }
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(Written {
+            seq: p.seq.0,
+            duplicate: p.duplicate,
+        }),
+    ))
+}
+
+fn message_body(env: &Envelope) -> Option<&Value> {
+    anchorage_protocol::MessageParts::of(env).map(|p| p.body)
+}
+
+/// A conversation's history, newest first.
+#[utoipa::path(get, path = "/v1/conversations/{conv}/messages", tag = "messages",
+    params(("conv" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), HistoryPage),
+    responses((status = 200, description = "A page of history", body = History)),
+    security(("api_key" = [])))]
+pub async fn history(
+    State(state): State<EdgeState>,
+    key: Key,
+    Params(conv): Params<String>,
+    Page(page): Page<HistoryPage>,
+) -> Result<Json<History>, Problem> {
+    key.require(Scope::Read)?;
+    let conv = conversation(conv)?;
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let exists = state
+        .store
+        .group_row(conv.group().as_str())
+        .await
+        .map_err(RequestError::from)?
+        .is_some();
+    if !exists {
+        return Err(RequestError::NotFound(format!("{conv} does not exist")).into());
+    }
+    let rows = state
+        .store
+        .messages_before(conv.as_str(), page.before.unwrap_or(0), limit + 1)
+        .await
+        .map_err(RequestError::from)?;
+    let more = rows.len() > limit as usize;
+    let messages: Vec<Message> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(|row| Message {
+            seq: row.seq,
+            sender: row.sender,
+            device: row.device,
+            client_msg_id: row.client_msg_id,
+            body: serde_json::from_str(&row.body).unwrap_or(Value::String(row.body)),
+            client_ts: row.client_ts,
+            server_ts: row.server_ts,
+        })
+        .collect();
+    let next_before = more.then(|| messages.last().map(|m| m.seq)).flatten();
+    Ok(Json(History {
+        messages,
+        next_before,
+    }))
+}

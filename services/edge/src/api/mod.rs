@@ -1,0 +1,245 @@
+//! The server API: HTTP and JSON under `/v1`, for an app's own backend (not for end users).
+//!
+//! Every write goes through the event path the WebSocket and ingest paths use — the event is
+//! decided on the stream's versions and published, never written into SQL — and answers with
+//! its stream sequence (`seq`). Writes take an `Idempotency-Key` header (messages also a
+//! `client_msg_id`): a repeat is stored once and answered with the first `seq`; the same key
+//! on another request is a `conflict`. Callers authenticate with API keys
+//! (`Authorization: Bearer ak_…`, managed by `anchorage apikey`), each with a scope and a
+//! rate. Errors are `application/problem+json` with the WebSocket protocol's stable codes.
+//! The OpenAPI 3.1 document is generated from these handlers: `GET /v1/openapi.json`, or
+//! `anchorage openapi`.
+
+mod groups;
+mod keys;
+mod messages;
+mod problem;
+mod users;
+
+use anchorage_schema::{Actor, ClientMsgId, EventId, SourceId};
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::routing::{get, post, put};
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+pub use keys::KeyLimits;
+pub use problem::Problem;
+
+use crate::EdgeState;
+use crate::requests::{Caller, RequestError};
+
+/// The device messages posted for a user through this API are stored with (device tokens for
+/// it are refused, so no device of a user can be mistaken for it).
+pub const API_DEVICE: &str = "api";
+/// The source system messages posted through this API are stored with (`system:api`).
+pub const API_SOURCE: &str = "api";
+
+/// What a write stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Written {
+    /// The stream sequence of the event (the version it made).
+    pub seq: u64,
+    /// The request was a repeat; `seq` is the first one's.
+    pub duplicate: bool,
+}
+
+/// The idempotency key of a write.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // read from the headers by `idempotency_key`; this names it in the document
+pub struct IdempotencyHeader {
+    /// A repeat of a write with the same key is applied once and answered like the first;
+    /// 1 to 128 of `A-Z a-z 0-9 _ - . :`.
+    #[param(rename = "Idempotency-Key", pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    idempotency_key: Option<String>,
+}
+
+/// The idempotency key of a write: the `Idempotency-Key` header, or the body's id; both
+/// given must agree.
+fn idempotency_key(headers: &HeaderMap, body: Option<&str>) -> Result<Option<ClientMsgId>, Problem> {
+    let header = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Problem::invalid("Idempotency-Key is not text"))?,
+        ),
+        None => None,
+    };
+    let key = match (header, body) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(Problem::invalid(
+                "Idempotency-Key and client_msg_id differ; give one",
+            ));
+        }
+        (Some(k), _) | (None, Some(k)) => k,
+        (None, None) => return Ok(None),
+    };
+    ClientMsgId::parse(key)
+        .map(Some)
+        .map_err(|e| Problem::invalid(format!("idempotency key: {e}")))
+}
+
+fn event_id(id: String) -> Result<EventId, Problem> {
+    EventId::parse(id).map_err(|e| Problem::from(RequestError::internal(e)))
+}
+
+/// The actor of the events this API publishes.
+fn backend() -> Actor {
+    Actor::System {
+        source: SourceId::parse(API_SOURCE).unwrap_or_else(|_| unreachable!("a valid id")),
+    }
+}
+
+/// The app's backend as the caller of group commands, named by its key.
+fn caller(state: &EdgeState, key: &keys::Key) -> Caller {
+    Caller {
+        state: state.clone(),
+        user: None,
+        actor: backend(),
+        key: format!("api:{}", key.0.id),
+    }
+}
+
+/// The OpenAPI document of the server API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Anchorage server API",
+        description = "For an app's own backend: users, device tokens, sessions, groups, members and messages. Every write is an event on the streams and answers with its sequence.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    paths(
+        users::create, users::get, users::update, users::delete, users::mint,
+        users::sessions, users::revoke, users::conversations,
+        groups::create, groups::get, groups::update, groups::dismiss, groups::add,
+        groups::remove, groups::role, groups::mute, groups::members,
+        messages::post, messages::history,
+    ),
+    components(schemas(Problem)),
+    modifiers(&Conventions),
+    tags(
+        (name = "users", description = "Users, device tokens, sessions, conversations"),
+        (name = "groups", description = "Groups and members"),
+        (name = "messages", description = "Posting and history"),
+    )
+)]
+struct ApiDoc;
+
+/// What every operation shares: the API key scheme and the problem answers.
+struct Conventions;
+
+impl utoipa::Modify for Conventions {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("ak_<id>_<secret>")
+                    .build(),
+            ),
+        );
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        let answers = [
+            ("400", "invalid_request: a field is missing, malformed or out of bounds"),
+            ("401", "unauthorized: no valid API key"),
+            ("403", "forbidden: the key's scope or the group's rules do not allow it"),
+            ("404", "not_found: the user, group or conversation does not exist"),
+            ("409", "conflict: the state changed, or an idempotency key was reused"),
+            ("413", "too_large: the body exceeds edge.max_frame_bytes"),
+            ("429", "rate_limited: the key's rate is spent; see Retry-After"),
+            ("500", "internal: retry with the same idempotency key"),
+            ("503", "overloaded: a projection is catching up; see Retry-After"),
+        ];
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (status, description) in answers {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                }
+            }
+        }
+    }
+}
+
+/// The OpenAPI 3.1 document, as JSON.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi_json(),
+    )
+}
+
+async fn no_route() -> Problem {
+    let mut p = Problem::from(RequestError::NotFound("no such route".into()));
+    p.detail = "no such route; see /v1/openapi.json".into();
+    p
+}
+
+/// The server API's routes.
+pub fn router() -> Router<EdgeState> {
+    Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/users", post(users::create))
+        .route(
+            "/v1/users/{user}",
+            get(users::get).patch(users::update).delete(users::delete),
+        )
+        .route("/v1/users/{user}/tokens", post(users::mint))
+        .route("/v1/users/{user}/sessions", get(users::sessions))
+        .route(
+            "/v1/users/{user}/sessions/{device}",
+            axum::routing::delete(users::revoke),
+        )
+        .route("/v1/users/{user}/conversations", get(users::conversations))
+        .route("/v1/groups", post(groups::create))
+        .route(
+            "/v1/groups/{group}",
+            get(groups::get)
+                .patch(groups::update)
+                .delete(groups::dismiss),
+        )
+        .route(
+            "/v1/groups/{group}/members",
+            get(groups::members).post(groups::add),
+        )
+        .route(
+            "/v1/groups/{group}/members/{user}",
+            axum::routing::delete(groups::remove),
+        )
+        .route("/v1/groups/{group}/members/{user}/role", put(groups::role))
+        .route("/v1/groups/{group}/members/{user}/mute", put(groups::mute))
+        .route(
+            "/v1/conversations/{conv}/messages",
+            get(messages::history).post(messages::post),
+        )
+        .route("/v1/{*rest}", axum::routing::any(no_route))
+}
