@@ -13,8 +13,11 @@ use utoipa::ToSchema;
 
 use super::keys::Key;
 use super::problem::{Body, Page, Params, Problem};
-use super::users::{AfterPage, user_id};
-use super::{Written, caller, idempotency_key};
+use super::users::{AfterPage, after_id, user_id};
+use super::{
+    Id, Written, applied, caller, idempotency_key, page_limit, some_string, whole,
+};
+use crate::progress::Projection;
 use crate::EdgeState;
 use crate::requests::{GroupCommand, RequestError};
 
@@ -34,7 +37,7 @@ pub struct CreateGroup {
     /// Members besides the owner (at most 1000).
     #[serde(default)]
     #[schema(max_items = 1000)]
-    pub members: Vec<String>,
+    pub members: Vec<Id>,
 }
 
 /// A group.
@@ -57,17 +60,17 @@ pub struct Group {
     pub version: u64,
 }
 
-/// A group's new profile.
+/// A group's new profile: a title, an avatar or both.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGroup {
     /// A new title (at most 200 bytes).
-    #[serde(default)]
-    #[schema(max_length = 200)]
+    #[serde(default, deserialize_with = "some_string")]
+    #[schema(max_length = 200, nullable = false)]
     pub title: Option<String>,
     /// A new avatar reference (at most 1024 bytes).
-    #[serde(default)]
-    #[schema(max_length = 1024)]
+    #[serde(default, deserialize_with = "some_string")]
+    #[schema(max_length = 1024, nullable = false)]
     pub avatar: Option<String>,
 }
 
@@ -77,7 +80,7 @@ pub struct UpdateGroup {
 pub struct AddMembers {
     /// 1 to 1000 users.
     #[schema(min_items = 1, max_items = 1000)]
-    pub members: Vec<String>,
+    pub members: Vec<Id>,
 }
 
 /// A member's new role.
@@ -94,7 +97,7 @@ pub struct SetRole {
 #[serde(deny_unknown_fields)]
 pub struct Mute {
     /// Muted until this time (Unix milliseconds); absent or null unmutes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     pub until: Option<i64>,
 }
 
@@ -127,8 +130,8 @@ fn group_id(s: String) -> Result<GroupId, Problem> {
     GroupId::parse(s).map_err(|e| Problem::invalid(e.to_string()))
 }
 
-fn users(ids: Vec<String>) -> Result<Vec<UserId>, Problem> {
-    ids.into_iter().map(user_id).collect()
+fn users(ids: Vec<Id>) -> Result<Vec<UserId>, Problem> {
+    ids.into_iter().map(|id| user_id(id.0)).collect()
 }
 
 async fn command(
@@ -139,11 +142,12 @@ async fn command(
     command: GroupCommand,
 ) -> Result<Json<Written>, Problem> {
     key.require(Scope::Write)?;
-    let group = group_id(group)?;
     let idem = idempotency_key(headers, None)?;
+    let group = group_id(group)?;
     let done = caller(state, key)
         .group_command(group, command, idem.as_ref())
         .await?;
+    applied(state, Projection::Membership, done.seq.unwrap_or(0)).await;
     Ok(Json(Written {
         seq: done.seq.unwrap_or(0),
         duplicate: false,
@@ -151,7 +155,7 @@ async fn command(
 }
 
 /// Create a group.
-#[utoipa::path(post, path = "/v1/groups", tag = "groups", request_body = CreateGroup,
+#[utoipa::path(post, operation_id = "group_create", path = "/v1/groups", tag = "groups", request_body = CreateGroup,
     params(super::IdempotencyHeader),
     responses((status = 201, description = "Created (or the very same creation again)", body = Written)),
     security(("api_key" = [])))]
@@ -162,16 +166,17 @@ pub async fn create(
     Body(r): Body<CreateGroup>,
 ) -> Result<(StatusCode, Json<Written>), Problem> {
     key.require(Scope::Write)?;
+    let idem = idempotency_key(&headers, None)?;
     let owner = user_id(r.owner)?;
     let request = CreateGroupRequest {
         group: group_id(r.group)?,
         title: r.title,
         members: users(r.members)?,
     };
-    let idem = idempotency_key(&headers, None)?;
     let done = caller(&state, &key)
         .create_group(request, owner, idem.as_ref())
         .await?;
+    applied(&state, Projection::Membership, done.seq.unwrap_or(0)).await;
     Ok((
         StatusCode::CREATED,
         Json(Written {
@@ -182,7 +187,7 @@ pub async fn create(
 }
 
 /// Get a group.
-#[utoipa::path(get, path = "/v1/groups/{group}", tag = "groups",
+#[utoipa::path(get, operation_id = "group_get", path = "/v1/groups/{group}", tag = "groups",
     params(("group" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses((status = 200, description = "The group", body = Group)),
     security(("api_key" = [])))]
@@ -213,7 +218,7 @@ pub async fn get(
 }
 
 /// Change a group's title or avatar.
-#[utoipa::path(patch, path = "/v1/groups/{group}", tag = "groups", request_body = UpdateGroup,
+#[utoipa::path(patch, operation_id = "group_update", path = "/v1/groups/{group}", tag = "groups", request_body = UpdateGroup,
     params(("group" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
     responses((status = 200, description = "Changed", body = Written)),
     security(("api_key" = [])))]
@@ -232,7 +237,7 @@ pub async fn update(
 }
 
 /// Dismiss a group.
-#[utoipa::path(delete, path = "/v1/groups/{group}", tag = "groups",
+#[utoipa::path(delete, operation_id = "group_dismiss", path = "/v1/groups/{group}", tag = "groups",
     params(("group" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
     responses((status = 200, description = "Dismissed", body = Written)),
     security(("api_key" = [])))]
@@ -246,7 +251,7 @@ pub async fn dismiss(
 }
 
 /// Add members.
-#[utoipa::path(post, path = "/v1/groups/{group}/members", tag = "groups", request_body = AddMembers,
+#[utoipa::path(post, operation_id = "group_add_members", path = "/v1/groups/{group}/members", tag = "groups", request_body = AddMembers,
     params(("group" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
     responses((status = 200, description = "Added", body = Written)),
     security(("api_key" = [])))]
@@ -262,7 +267,7 @@ pub async fn add(
 }
 
 /// Remove a member.
-#[utoipa::path(delete, path = "/v1/groups/{group}/members/{user}", tag = "groups",
+#[utoipa::path(delete, operation_id = "group_remove_member", path = "/v1/groups/{group}/members/{user}", tag = "groups",
     params(("group" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"),
            ("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
     responses((status = 200, description = "Removed", body = Written)),
@@ -278,7 +283,7 @@ pub async fn remove(
 }
 
 /// Set a member's role.
-#[utoipa::path(put, path = "/v1/groups/{group}/members/{user}/role", tag = "groups", request_body = SetRole,
+#[utoipa::path(put, operation_id = "group_set_role", path = "/v1/groups/{group}/members/{user}/role", tag = "groups", request_body = SetRole,
     params(("group" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"),
            ("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
     responses((status = 200, description = "Changed", body = Written)),
@@ -299,7 +304,7 @@ pub async fn role(
 }
 
 /// Mute or unmute a member.
-#[utoipa::path(put, path = "/v1/groups/{group}/members/{user}/mute", tag = "groups", request_body = Mute,
+#[utoipa::path(put, operation_id = "group_mute_member", path = "/v1/groups/{group}/members/{user}/mute", tag = "groups", request_body = Mute,
     params(("group" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"),
            ("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
     responses((status = 200, description = "Changed", body = Written)),
@@ -320,7 +325,7 @@ pub async fn mute(
 }
 
 /// List members, paged by id.
-#[utoipa::path(get, path = "/v1/groups/{group}/members", tag = "groups",
+#[utoipa::path(get, operation_id = "group_list_members", path = "/v1/groups/{group}/members", tag = "groups",
     params(("group" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), AfterPage),
     responses((status = 200, description = "A page of members", body = Members)),
     security(("api_key" = [])))]
@@ -332,8 +337,8 @@ pub async fn members(
 ) -> Result<Json<Members>, Problem> {
     key.require(Scope::Read)?;
     let group = group_id(group)?;
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let after = page.after.unwrap_or_default();
+    let limit = page_limit(page.limit, 100, 1000)?;
+    let after = after_id(page.after)?;
     let mut tx = state.store.begin_read().await.map_err(RequestError::from)?;
     let row = tx.group(group.as_str()).await.map_err(RequestError::from)?;
     if row.is_none_or(|g| g.dismissed) {

@@ -15,7 +15,11 @@ use utoipa::{IntoParams, ToSchema};
 use super::keys::Key;
 use super::problem::{Body, Page, Params, Problem};
 use super::users::user_id;
-use super::{API_DEVICE, API_SOURCE, Written, backend, caller, event_id, idempotency_key};
+use super::{
+    API_DEVICE, API_SOURCE, Written, applied, backend, caller, event_id, idempotency_key,
+    page_limit,
+};
+use crate::progress::Projection;
 use crate::EdgeState;
 use crate::requests::RequestError;
 
@@ -70,7 +74,7 @@ pub struct History {
 #[into_params(parameter_in = Query)]
 pub struct HistoryPage {
     /// Messages before this seq (default: the newest).
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 9223372036854775807_u64)]
     pub before: Option<u64>,
     /// At most this many (1 to 500, default 50).
     #[param(minimum = 1, maximum = 500)]
@@ -82,7 +86,7 @@ fn conversation(s: String) -> Result<ConversationId, Problem> {
 }
 
 /// Post a message into a conversation.
-#[utoipa::path(post, path = "/v1/conversations/{conv}/messages", tag = "messages",
+#[utoipa::path(post, operation_id = "message_post", path = "/v1/conversations/{conv}/messages", tag = "messages",
     request_body = PostMessage,
     params(("conv" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
     responses((status = 201, description = "Stored (or stored before under the same key)", body = Written)),
@@ -95,6 +99,7 @@ pub async fn post(
     Body(r): Body<PostMessage>,
 ) -> Result<(StatusCode, Json<Written>), Problem> {
     key.require(Scope::Write)?;
+    let given = idempotency_key(&headers, r.client_msg_id.as_deref())?;
     let conv = conversation(conv)?;
     let encoded = serde_json::to_vec(&r.body).unwrap_or_default();
     if encoded.len() > state.config.max_frame_bytes as usize {
@@ -103,7 +108,6 @@ pub async fn post(
     if anchorage_schema::limits::json_depth(&encoded) > anchorage_schema::limits::MAX_JSON_DEPTH {
         return Err(Problem::invalid("the body is nested more than 32 deep"));
     }
-    let given = idempotency_key(&headers, r.client_msg_id.as_deref())?;
     let client_msg_id = match &given {
         Some(k) => k.clone(),
         None => ClientMsgId::parse(format!(
@@ -223,6 +227,7 @@ pub async fn post(
             .into());
         }
     }
+    applied(&state, Projection::Messages, p.seq.0).await;
     Ok((
         StatusCode::CREATED,
         Json(Written {
@@ -237,7 +242,7 @@ fn message_body(env: &Envelope) -> Option<&Value> {
 }
 
 /// A conversation's history, newest first.
-#[utoipa::path(get, path = "/v1/conversations/{conv}/messages", tag = "messages",
+#[utoipa::path(get, operation_id = "message_history", path = "/v1/conversations/{conv}/messages", tag = "messages",
     params(("conv" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), HistoryPage),
     responses((status = 200, description = "A page of history", body = History)),
     security(("api_key" = [])))]
@@ -249,7 +254,11 @@ pub async fn history(
 ) -> Result<Json<History>, Problem> {
     key.require(Scope::Read)?;
     let conv = conversation(conv)?;
-    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let limit = page_limit(page.limit, 50, 500)?;
+    let before = page.before.unwrap_or(0);
+    if before > i64::MAX as u64 {
+        return Err(Problem::invalid("before is at most 2^63 - 1"));
+    }
     let exists = state
         .store
         .group_row(conv.group().as_str())
@@ -261,7 +270,7 @@ pub async fn history(
     }
     let rows = state
         .store
-        .messages_before(conv.as_str(), page.before.unwrap_or(0), limit + 1)
+        .messages_before(conv.as_str(), before, limit + 1)
         .await
         .map_err(RequestError::from)?;
     let more = rows.len() > limit as usize;

@@ -29,7 +29,8 @@ pub use keys::KeyLimits;
 pub use problem::Problem;
 
 use crate::EdgeState;
-use crate::requests::{Caller, RequestError};
+use crate::progress::Projection;
+use crate::requests::{Caller, PROJECTION_WAIT, RequestError};
 
 /// The device messages posted for a user through this API are stored with (device tokens for
 /// it are refused, so no device of a user can be mistaken for it).
@@ -69,9 +70,10 @@ fn idempotency_key(headers: &HeaderMap, body: Option<&str>) -> Result<Option<Cli
     };
     let key = match (header, body) {
         (Some(h), Some(b)) if h != b => {
-            return Err(Problem::invalid(
-                "Idempotency-Key and client_msg_id differ; give one",
-            ));
+            return Err(RequestError::Conflict(
+                "Idempotency-Key and client_msg_id name different keys; give one".into(),
+            )
+            .into());
         }
         (Some(k), _) | (None, Some(k)) => k,
         (None, None) => return Ok(None),
@@ -79,6 +81,46 @@ fn idempotency_key(headers: &HeaderMap, body: Option<&str>) -> Result<Option<Cli
     ClientMsgId::parse(key)
         .map(Some)
         .map_err(|e| Problem::invalid(format!("idempotency key: {e}")))
+}
+
+/// A page size: `default` when absent, refused outside `1..=max`.
+fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, Problem> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(Problem::invalid(format!("limit is between 1 and {max}"))),
+    }
+}
+
+/// Waits (up to [`PROJECTION_WAIT`]) until `projection` applied `seq`, so what a write
+/// answered is what the next read shows; a projection further behind answers later reads
+/// from where it is.
+async fn applied(state: &EdgeState, projection: Projection, seq: u64) {
+    let _ = state.progress.reached(projection, seq, PROJECTION_WAIT).await;
+}
+
+/// An id in a list: 1 to 64 of `A-Z a-z 0-9 _ -`.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+pub struct Id(pub String);
+
+/// A field that may be absent but, when present, is a string (never `null`).
+fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// A whole number that JSON may write as `5` or `5.0`.
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::Deserialize;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number"))),
+    }
 }
 
 fn event_id(id: String) -> Result<EventId, Problem> {
@@ -164,6 +206,13 @@ impl utoipa::Modify for Conventions {
             ("500", "internal: retry with the same idempotency key"),
             ("503", "overloaded: a projection is catching up; see Retry-After"),
         ];
+        // A profile change names a title, an avatar or both.
+        if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(o))) =
+            components.schemas.get_mut("UpdateGroup")
+        {
+            o.min_properties = Some(1);
+            o.max_properties = None;
+        }
         for item in doc.paths.paths.values_mut() {
             for op in [
                 &mut item.get,

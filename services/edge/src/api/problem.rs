@@ -95,8 +95,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Body(v)),
+        match axum::Json::<serde_json::Map<String, serde_json::Value>>::from_request(req, state)
+            .await
+        {
+            // An object, and only an object (serde would read a struct from an array too).
+            Ok(axum::Json(object)) => serde_json::from_value(serde_json::Value::Object(object))
+                .map(Body)
+                .map_err(|e| Problem::invalid(format!("the body does not fit: {e}"))),
             Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(RequestError::TooLarge("the body exceeds edge.max_frame_bytes".into()).into())
             }

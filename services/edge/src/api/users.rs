@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::keys::Key;
 use super::problem::{Body, Page, Params, Problem};
-use super::{API_DEVICE, Written, backend, event_id, idempotency_key};
+use super::{API_DEVICE, Written, applied, backend, event_id, idempotency_key, page_limit};
 use crate::EdgeState;
 use crate::progress::Projection;
 use crate::requests::{PROJECTION_WAIT, RequestError};
@@ -62,9 +62,9 @@ pub struct MintToken {
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub device: String,
     /// Lifetime in seconds (default `auth.token_ttl_secs`, at most 30 days).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole")]
     #[schema(minimum = 1, maximum = 2592000)]
-    pub ttl_secs: Option<u64>,
+    pub ttl_secs: Option<i64>,
 }
 
 /// A device token.
@@ -127,6 +127,14 @@ pub struct AfterPage {
     pub limit: Option<u32>,
 }
 
+/// The `after` of a page: empty, or an id.
+pub(super) fn after_id(after: Option<String>) -> Result<String, Problem> {
+    match after {
+        Some(a) if !a.is_empty() => Ok(user_id(a)?.into()),
+        _ => Ok(String::new()),
+    }
+}
+
 pub(super) fn user_id(s: String) -> Result<UserId, Problem> {
     UserId::parse(s).map_err(|e| Problem::invalid(e.to_string()))
 }
@@ -186,6 +194,7 @@ async fn publish_user(
             if p.duplicate && idem.is_some() {
                 caller.same_request(stream::USERS, p.seq, &env).await?;
             }
+            applied(state, Projection::Users, p.seq.0).await;
             Ok(Written {
                 seq: p.seq.0,
                 duplicate: p.duplicate,
@@ -200,7 +209,7 @@ async fn publish_user(
 }
 
 /// Create a user.
-#[utoipa::path(post, path = "/v1/users", tag = "users", request_body = CreateUser,
+#[utoipa::path(post, operation_id = "user_create", path = "/v1/users", tag = "users", request_body = CreateUser,
     params(super::IdempotencyHeader),
     responses((status = 201, description = "Created (or the same creation again)", body = Written)),
     security(("api_key" = [])))]
@@ -211,6 +220,7 @@ pub async fn create(
     Body(r): Body<CreateUser>,
 ) -> Result<(StatusCode, Json<Written>), Problem> {
     key.require(Scope::Write)?;
+    idempotency_key(&headers, None)?;
     let user = user_id(r.user)?;
     display_name(&r.display_name)?;
     let (version, row) = settled_user(&state, &user).await?;
@@ -240,7 +250,7 @@ pub async fn create(
 }
 
 /// Get a user.
-#[utoipa::path(get, path = "/v1/users/{user}", tag = "users",
+#[utoipa::path(get, operation_id = "user_get", path = "/v1/users/{user}", tag = "users",
     params(("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses((status = 200, description = "The user", body = User)),
     security(("api_key" = [])))]
@@ -269,8 +279,16 @@ async fn existing(state: &EdgeState, user: &UserId) -> Result<Seq, Problem> {
     }
 }
 
+/// Refuses a deleted user with `not_found` (a user known only from its tokens is not refused).
+async fn not_deleted(state: &EdgeState, user: &UserId) -> Result<(), Problem> {
+    match state.store.user_row(user.as_str()).await.map_err(RequestError::from)? {
+        Some((_, true, _)) => Err(RequestError::NotFound(format!("{user} was deleted")).into()),
+        _ => Ok(()),
+    }
+}
+
 /// Change a user's profile.
-#[utoipa::path(patch, path = "/v1/users/{user}", tag = "users", request_body = UpdateUser,
+#[utoipa::path(patch, operation_id = "user_update", path = "/v1/users/{user}", tag = "users", request_body = UpdateUser,
     params(("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
     responses((status = 200, description = "Changed", body = Written)),
     security(("api_key" = [])))]
@@ -294,7 +312,7 @@ pub async fn update(
 }
 
 /// Delete a user: every session ends and every membership with it; the id is never reused.
-#[utoipa::path(delete, path = "/v1/users/{user}", tag = "users",
+#[utoipa::path(delete, operation_id = "user_delete", path = "/v1/users/{user}", tag = "users",
     params(("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
     responses((status = 200, description = "Deleted", body = Written)),
     security(("api_key" = [])))]
@@ -313,7 +331,7 @@ pub async fn delete(
 }
 
 /// Mint a device token for a user (the app has signed its user in and asks for a token).
-#[utoipa::path(post, path = "/v1/users/{user}/tokens", tag = "users", request_body = MintToken,
+#[utoipa::path(post, operation_id = "user_mint_token", path = "/v1/users/{user}/tokens", tag = "users", request_body = MintToken,
     params(("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses((status = 201, description = "The token", body = Token)),
     security(("api_key" = [])))]
@@ -327,11 +345,15 @@ pub async fn mint(
     let user = user_id(user)?;
     let device = DeviceId::parse(r.device).map_err(|e| Problem::invalid(e.to_string()))?;
     if device.as_str() == API_DEVICE {
-        return Err(Problem::invalid(
-            "device `api` is reserved for messages posted through the server API",
-        ));
+        return Err(RequestError::Forbidden(
+            "device `api` is reserved for messages posted through the server API".into(),
+        )
+        .into());
     }
-    let ttl = r.ttl_secs.unwrap_or(state.auth.token_ttl_secs);
+    let ttl = match r.ttl_secs {
+        Some(t) => u64::try_from(t).unwrap_or(0),
+        None => state.auth.token_ttl_secs,
+    };
     if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
         return Err(Problem::invalid("ttl_secs is between 1 and 2592000"));
     }
@@ -352,7 +374,7 @@ pub async fn mint(
 }
 
 /// List a user's sessions (devices).
-#[utoipa::path(get, path = "/v1/users/{user}/sessions", tag = "users",
+#[utoipa::path(get, operation_id = "user_list_sessions", path = "/v1/users/{user}/sessions", tag = "users",
     params(("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses((status = 200, description = "The devices", body = Sessions)),
     security(("api_key" = [])))]
@@ -363,6 +385,7 @@ pub async fn sessions(
 ) -> Result<Json<Sessions>, Problem> {
     key.require(Scope::Read)?;
     let user = user_id(user)?;
+    not_deleted(&state, &user).await?;
     let devices = state
         .store
         .devices_of(user.as_str())
@@ -377,7 +400,7 @@ pub async fn sessions(
 }
 
 /// End a device's session: its sockets close and its tokens are refused on every edge.
-#[utoipa::path(delete, path = "/v1/users/{user}/sessions/{device}", tag = "users",
+#[utoipa::path(delete, operation_id = "user_revoke_session", path = "/v1/users/{user}/sessions/{device}", tag = "users",
     params(("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"),
            ("device" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses((status = 200, description = "Revoked", body = Written)),
@@ -416,7 +439,7 @@ pub async fn revoke(
 }
 
 /// A user's conversations with unread counts.
-#[utoipa::path(get, path = "/v1/users/{user}/conversations", tag = "users",
+#[utoipa::path(get, operation_id = "user_list_conversations", path = "/v1/users/{user}/conversations", tag = "users",
     params(("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), AfterPage),
     responses((status = 200, description = "A page of conversations", body = Conversations)),
     security(("api_key" = [])))]
@@ -428,8 +451,9 @@ pub async fn conversations(
 ) -> Result<Json<Conversations>, Problem> {
     key.require(Scope::Read)?;
     let user = user_id(user)?;
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let after = page.after.unwrap_or_default();
+    not_deleted(&state, &user).await?;
+    let limit = page_limit(page.limit, 100, 1000)?;
+    let after = after_id(page.after)?;
     let store = &state.store;
     let rows = store
         .conversation_states(user.as_str(), "", &after, limit + 1)

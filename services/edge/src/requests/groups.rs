@@ -339,10 +339,24 @@ impl Caller {
             // The very same creation, asked again (an answer lost on the way):
             // the same answer, never a refusal of what was done. Anything else under that id —
             // another owner's, or another title or member list — is a conflict.
-            Created::Exists(Some((original, seq))) if original == created => Ok(Done {
-                conv: Some(group.conversation()),
-                seq: Some(seq),
-            }),
+            Created::Exists(Some((original, seq))) if original == created => {
+                // Unless it was dismissed since: a dismissed group's id is never reused.
+                let dismissed = self
+                    .state
+                    .store
+                    .group_row(group.as_str())
+                    .await?
+                    .is_some_and(|g| g.dismissed);
+                if dismissed {
+                    return Err(RequestError::Conflict(format!(
+                        "group {group} was dismissed; its id is not reused"
+                    )));
+                }
+                Ok(Done {
+                    conv: Some(group.conversation()),
+                    seq: Some(seq),
+                })
+            }
             Created::Exists(_) => Err(RequestError::Conflict(format!(
                 "group {group} already exists"
             ))),
