@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the full Anchorage test suite: unit, property and end-to-end tests against a real
-# nats-server (installed into .tools/ if missing), real SQLite databases and — in a second
+# nats-server (installed into .tools/ if missing), real SQLite databases, the server API
+# against its OpenAPI document (schemathesis, installed into .tools/py) and — in a second
 # pass of the end-to-end tests — a real PostgreSQL (Debian's, installed if missing).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,7 +25,12 @@ set +e
 #    have no doctests).
 cargo test --workspace --all-targets --locked -j "${CARGO_BUILD_JOBS:-2}" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-# 2. The end-to-end tests again on PostgreSQL: same code, same assertions.
+# 2. The server API against its OpenAPI document: property-based tests generated from it.
+if [ "$status" = 0 ]; then
+  deploy/api-check.sh 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+fi
+# 3. The end-to-end tests again on PostgreSQL: same code, same assertions.
 if [ "$status" = 0 ]; then
   TESTS_POSTGRES_URL="$(deploy/postgres.sh start "$pg_dir/pg")"
   export TESTS_POSTGRES_URL

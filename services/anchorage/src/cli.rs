@@ -215,7 +215,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Apikey { command } => crate::apikey::run(&with_dev_operator(config)?, command).await,
         Command::Openapi => {
-            println!("{}", anchorage_edge::openapi_json());
+            print!("{}", anchorage_edge::openapi_json());
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
