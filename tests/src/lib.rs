@@ -391,6 +391,87 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<
     .await?
 }
 
+/// An HTTP answer: status, headers (names in lower case) and the body as JSON (`Null` if
+/// empty or not JSON).
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+}
+
+impl HttpAnswer {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 request with a JSON body (if any) and extra headers.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<HttpAnswer> {
+    within(Duration::from_secs(15), "an HTTP answer", async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() {
+            request.push_str("Content-Type: application/json\r\n");
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .context("no status line")?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        anyhow::Ok(HttpAnswer {
+            status,
+            headers,
+            body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        })
+    })
+    .await?
+}
+
+/// A server API key with `scope` and `rate` per second, stored on the test server; returns
+/// the key and its id.
+pub async fn api_key(
+    nats_url: &str,
+    scope: anchorage_schema::admin::Scope,
+    rate: u32,
+) -> (String, String) {
+    let bus =
+        anchorage_bus::Bus::connect(&anchorage::bus_options(&operator_config(nats_url), false))
+            .await
+            .expect("the operator connects");
+    let (record, key) = anchorage::apikey::create(&bus, "test", scope, rate)
+        .await
+        .expect("the key is stored");
+    bus.close().await;
+    (key, record.id)
+}
+
 /// A device token for `user`/`device`, signed with the development secret.
 pub fn token(user: &str, device: &str, ttl_secs: u64) -> String {
     anchorage_edge::auth::mint_hs256(

@@ -18,16 +18,7 @@ pub async fn run(config: &Config, command: ApikeyCommand) -> anyhow::Result<Exit
             let Some(scope) = Scope::parse(&scope) else {
                 bail!("--scope is read, write or admin");
             };
-            if name.trim().is_empty() || name.len() > 200 {
-                bail!("--name is 1 to 200 bytes");
-            }
-            if rate == 0 {
-                bail!("--rate is at least 1");
-            }
-            let (record, key) =
-                ApiKeyRecord::generate(&name, scope, rate, anchorage_schema::now_ms())
-                    .map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-            store(&bus, &record).await?;
+            let (record, key) = create(&bus, &name, scope, rate).await?;
             eprintln!(
                 "created API key {} ({name}, {}, {rate}/s); it is shown once:",
                 record.id,
@@ -53,19 +44,44 @@ pub async fn run(config: &Config, command: ApikeyCommand) -> anyhow::Result<Exit
             Ok(ExitCode::SUCCESS)
         }
         ApikeyCommand::Revoke { id } => {
-            let Some(mut record) = find(&bus, &id).await? else {
-                bail!("no API key {id}");
-            };
-            if record.revoked_at.is_none() {
-                record.revoked_at = Some(anchorage_schema::now_ms());
-                store(&bus, &record).await?;
-            }
+            let record = revoke(&bus, &id).await?;
             println!("revoked API key {id} ({})", record.name);
             Ok(ExitCode::SUCCESS)
         }
     };
     bus.close().await;
     result
+}
+
+/// Creates and stores a key: its record and the key itself (to hand out once).
+pub async fn create(
+    bus: &Bus,
+    name: &str,
+    scope: Scope,
+    rate: u32,
+) -> anyhow::Result<(ApiKeyRecord, String)> {
+    if name.trim().is_empty() || name.len() > 200 {
+        bail!("a key's name is 1 to 200 bytes");
+    }
+    if rate == 0 {
+        bail!("a key's rate is at least 1 request per second");
+    }
+    let (record, key) = ApiKeyRecord::generate(name, scope, rate, anchorage_schema::now_ms())
+        .map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    store(bus, &record).await?;
+    Ok((record, key))
+}
+
+/// Revokes key `id` (a revoked key stays revoked).
+pub async fn revoke(bus: &Bus, id: &str) -> anyhow::Result<ApiKeyRecord> {
+    let Some(mut record) = find(bus, id).await? else {
+        bail!("no API key {id}");
+    };
+    if record.revoked_at.is_none() {
+        record.revoked_at = Some(anchorage_schema::now_ms());
+        store(bus, &record).await?;
+    }
+    Ok(record)
 }
 
 async fn store(bus: &Bus, record: &ApiKeyRecord) -> anyhow::Result<()> {

@@ -213,7 +213,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("revoked {user}/{device} (USERS seq {})", revoked.seq);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Apikey { command } => crate::apikey::run(&with_dev_operator(config)?, command).await,
+        Command::Apikey { command } => {
+            crate::apikey::run(&with_dev_operator(config)?, command).await
+        }
         Command::Openapi => {
             print!("{}", anchorage_edge::openapi_json());
             Ok(ExitCode::SUCCESS)

@@ -74,7 +74,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Splits `ak_<id>_<secret>` into its id and secret.
@@ -214,7 +216,10 @@ mod tests {
         assert!(type_matches(&f(&["group.*"]), "group.created"));
         assert!(!type_matches(&f(&["group.*"]), "message.sent"));
         assert!(type_matches(&f(&["message.sent"]), "message.sent"));
-        assert!(!type_matches(&f(&["message.sent"]), "message.system_posted"));
+        assert!(!type_matches(
+            &f(&["message.sent"]),
+            "message.system_posted"
+        ));
         assert!(type_matches(&f(&["*"]), "user.deleted"));
     }
 }

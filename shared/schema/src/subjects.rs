@@ -34,7 +34,9 @@ pub mod stream {
     pub const ADMIN: &str = "ADMIN";
 
     /// All streams, in the order `streams apply` creates them.
-    pub const ALL: &[&str] = &[MESSAGES, MEMBERSHIP, READS, USERS, INGEST, DEADLETTER, ADMIN];
+    pub const ALL: &[&str] = &[
+        MESSAGES, MEMBERSHIP, READS, USERS, INGEST, DEADLETTER, ADMIN,
+    ];
 }
 
 /// Header names: the JetStream ones we rely on and our own.

@@ -1,5 +1,6 @@
-//! Helpers shared by the member-list tests.
+//! Helpers shared by the end-to-end tests.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use anchorage_schema::{Actor, Envelope, Event, EventId, GroupId, SourceId, UserI
 use anchorage_sdk::{Client, ClientEvent, ClientOptions, MemberSyncKind};
 use anchorage_store::Store;
 use anchorage_tests::{eventually, token};
+use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -150,4 +152,26 @@ pub async fn assert_in_line(c: &Client, store: &Store, group: &str) {
         store.member_ids(group).await.unwrap(),
         "{group}: member by member"
     );
+}
+
+/// Copies the stream definitions to `to`, with `stream`'s duplicate window set to
+/// `duplicate_window_ns` (short, so a test can outlast it).
+pub fn copy_streams(to: &Path, stream: &str, duplicate_window_ns: u64) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    copy(&anchorage_tests::streams_dir(), to);
+    let path = to.join(format!("streams/{stream}.json"));
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["duplicate_window"] = json!(duplicate_window_ns);
+    std::fs::write(&path, v.to_string()).unwrap();
 }

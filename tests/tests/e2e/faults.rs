@@ -3,7 +3,6 @@
 //! the middle of sends. Nothing acknowledged is lost or stored twice; every refusal says
 //! whether to retry.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anchorage::nats_auth::{OPERATOR, PROJECTOR};
@@ -20,6 +19,8 @@ use anchorage_tests::{
     user_id, user_ids,
 };
 use serde_json::{Value, json};
+
+use crate::common::copy_streams;
 
 fn send(conv: &str, id: &str, retry: bool) -> SendMessage {
     SendMessage {
@@ -81,26 +82,6 @@ async fn a_consumer_that_skips_events_does_not_make_the_projection_skip_them() {
         "every message, once, in order"
     );
     stack.stack.stop().await.unwrap();
-}
-
-fn copy_streams(to: &Path, stream: &str, duplicate_window_ns: u64) {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-    copy(&anchorage_tests::streams_dir(), to);
-    let path = to.join(format!("streams/{stream}.json"));
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    v["duplicate_window"] = json!(duplicate_window_ns);
-    std::fs::write(&path, v.to_string()).unwrap();
 }
 
 // A retry that comes after the duplicate window while the projector is down gets the

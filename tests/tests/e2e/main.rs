@@ -6,6 +6,7 @@
 
 mod common;
 
+mod api;
 mod chaos;
 mod cluster;
 mod faults;

@@ -14,11 +14,9 @@ use utoipa::ToSchema;
 use super::keys::Key;
 use super::problem::{Body, Page, Params, Problem};
 use super::users::{AfterPage, after_id, user_id};
-use super::{
-    Id, Written, applied, caller, idempotency_key, page_limit, some_string, whole,
-};
-use crate::progress::Projection;
+use super::{Id, Written, applied, caller, idempotency_key, page_limit, some_string, whole};
 use crate::EdgeState;
+use crate::progress::Projection;
 use crate::requests::{GroupCommand, RequestError};
 
 /// A new group.
@@ -279,7 +277,14 @@ pub async fn remove(
     headers: HeaderMap,
 ) -> Result<Json<Written>, Problem> {
     let user = user_id(user)?;
-    command(&state, &key, &headers, group, GroupCommand::Remove(vec![user])).await
+    command(
+        &state,
+        &key,
+        &headers,
+        group,
+        GroupCommand::Remove(vec![user]),
+    )
+    .await
 }
 
 /// Set a member's role.
@@ -300,7 +305,14 @@ pub async fn role(
         Some(role @ (Role::Admin | Role::Member)) => role,
         _ => return Err(Problem::invalid("role is admin or member")),
     };
-    command(&state, &key, &headers, group, GroupCommand::SetRole { member, role }).await
+    command(
+        &state,
+        &key,
+        &headers,
+        group,
+        GroupCommand::SetRole { member, role },
+    )
+    .await
 }
 
 /// Mute or unmute a member.
@@ -360,6 +372,8 @@ pub async fn members(
             muted_until: m.muted_until,
         })
         .collect();
-    let next = more.then(|| members.last().map(|m| m.user.clone())).flatten();
+    let next = more
+        .then(|| members.last().map(|m| m.user.clone()))
+        .flatten();
     Ok(Json(Members { members, next }))
 }

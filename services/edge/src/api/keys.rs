@@ -91,10 +91,9 @@ impl FromRequestParts<EdgeState> for Key {
         if record.revoked_at.is_some() {
             return Err(unauthorized("the API key was revoked"));
         }
-        state
-            .api_limits
-            .take(&record)
-            .map_err(|retry_after_ms| Problem::from(RequestError::RateLimited { retry_after_ms }))?;
+        state.api_limits.take(&record).map_err(|retry_after_ms| {
+            Problem::from(RequestError::RateLimited { retry_after_ms })
+        })?;
         Ok(Key(record))
     }
 }

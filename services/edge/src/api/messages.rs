@@ -19,8 +19,8 @@ use super::{
     API_DEVICE, API_SOURCE, Written, applied, backend, caller, event_id, idempotency_key,
     page_limit,
 };
-use crate::progress::Projection;
 use crate::EdgeState;
+use crate::progress::Projection;
 use crate::requests::RequestError;
 
 /// A message to post.
@@ -129,7 +129,8 @@ pub async fn post(
     if !live {
         return Err(RequestError::NotFound(format!("{conv} does not exist")).into());
     }
-    let device = DeviceId::parse(API_DEVICE).map_err(|e| Problem::from(RequestError::internal(e)))?;
+    let device =
+        DeviceId::parse(API_DEVICE).map_err(|e| Problem::from(RequestError::internal(e)))?;
     let (env, sender, stored_device, stored_id) = match r.sender {
         Some(sender) => {
             let user = user_id(sender)?;
@@ -139,7 +140,9 @@ pub async fn post(
                 .await
                 .map_err(RequestError::from)?;
             if role.is_none() {
-                return Err(RequestError::Forbidden(format!("{user} is not a member of {conv}")).into());
+                return Err(
+                    RequestError::Forbidden(format!("{user} is not a member of {conv}")).into(),
+                );
             }
             let id = event_id(format!("{user}:{API_DEVICE}:{conv}:{client_msg_id}"))?;
             let env = Envelope::new(
@@ -158,7 +161,12 @@ pub async fn post(
                     client_ts: now_ms(),
                 },
             );
-            (env, user.to_string(), API_DEVICE.to_owned(), client_msg_id.to_string())
+            (
+                env,
+                user.to_string(),
+                API_DEVICE.to_owned(),
+                client_msg_id.to_string(),
+            )
         }
         None => {
             let id = event_id(format!("api:{}:{conv}:{client_msg_id}", key.0.id))?;
@@ -172,7 +180,12 @@ pub async fn post(
                     body: r.body,
                 },
             );
-            (env, format!("system:{API_SOURCE}"), String::new(), stored_id)
+            (
+                env,
+                format!("system:{API_SOURCE}"),
+                String::new(),
+                stored_id,
+            )
         }
     };
     // A repeat after the stream's duplicate window gets the original from the history,

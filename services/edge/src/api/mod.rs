@@ -60,7 +60,10 @@ pub struct IdempotencyHeader {
 
 /// The idempotency key of a write: the `Idempotency-Key` header, or the body's id; both
 /// given must agree.
-fn idempotency_key(headers: &HeaderMap, body: Option<&str>) -> Result<Option<ClientMsgId>, Problem> {
+fn idempotency_key(
+    headers: &HeaderMap,
+    body: Option<&str>,
+) -> Result<Option<ClientMsgId>, Problem> {
     let header = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -96,7 +99,10 @@ fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, Problem
 /// answered is what the next read shows; a projection further behind answers later reads
 /// from where it is.
 async fn applied(state: &EdgeState, projection: Projection, seq: u64) {
-    let _ = state.progress.reached(projection, seq, PROJECTION_WAIT).await;
+    let _ = state
+        .progress
+        .reached(projection, seq, PROJECTION_WAIT)
+        .await;
 }
 
 /// An id in a list: 1 to 64 of `A-Z a-z 0-9 _ -`.
@@ -117,7 +123,11 @@ fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error
         None => Ok(None),
         Some(n) => n
             .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
             .map(Some)
             .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number"))),
     }
@@ -196,15 +206,33 @@ impl utoipa::Modify for Conventions {
                 .build()
         };
         let answers = [
-            ("400", "invalid_request: a field is missing, malformed or out of bounds"),
+            (
+                "400",
+                "invalid_request: a field is missing, malformed or out of bounds",
+            ),
             ("401", "unauthorized: no valid API key"),
-            ("403", "forbidden: the key's scope or the group's rules do not allow it"),
-            ("404", "not_found: the user, group or conversation does not exist"),
-            ("409", "conflict: the state changed, or an idempotency key was reused"),
+            (
+                "403",
+                "forbidden: the key's scope or the group's rules do not allow it",
+            ),
+            (
+                "404",
+                "not_found: the user, group or conversation does not exist",
+            ),
+            (
+                "409",
+                "conflict: the state changed, or an idempotency key was reused",
+            ),
             ("413", "too_large: the body exceeds edge.max_frame_bytes"),
-            ("429", "rate_limited: the key's rate is spent; see Retry-After"),
+            (
+                "429",
+                "rate_limited: the key's rate is spent; see Retry-After",
+            ),
             ("500", "internal: retry with the same idempotency key"),
-            ("503", "overloaded: a projection is catching up; see Retry-After"),
+            (
+                "503",
+                "overloaded: a projection is catching up; see Retry-After",
+            ),
         ];
         // A profile change names a title, an avatar or both.
         if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(o))) =

@@ -102,7 +102,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             Ok(axum::Json(object)) => serde_json::from_value(serde_json::Value::Object(object))
                 .map(Body)
                 .map_err(|e| Problem::invalid(format!("the body does not fit: {e}"))),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
                 Err(RequestError::TooLarge("the body exceeds edge.max_frame_bytes".into()).into())
             }
             Err(JsonRejection::MissingJsonContentType(_)) => Err(Problem::invalid(

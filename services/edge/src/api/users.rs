@@ -200,9 +200,9 @@ async fn publish_user(
                 duplicate: p.duplicate,
             })
         }
-        Err(anchorage_bus::PublishError::Conflict { .. }) => Err(RequestError::Conflict(
-            format!("{user} changed meanwhile; read it again and retry"),
-        )
+        Err(anchorage_bus::PublishError::Conflict { .. }) => Err(RequestError::Conflict(format!(
+            "{user} changed meanwhile; read it again and retry"
+        ))
         .into()),
         Err(e) => Err(RequestError::from(e).into()),
     }
@@ -242,8 +242,16 @@ pub async fn create(
                 user: user.clone(),
                 display_name: r.display_name,
             };
-            let w = publish_user(&state, &key, &headers, "create", &user, version, event.into())
-                .await?;
+            let w = publish_user(
+                &state,
+                &key,
+                &headers,
+                "create",
+                &user,
+                version,
+                event.into(),
+            )
+            .await?;
             Ok((StatusCode::CREATED, Json(w)))
         }
     }
@@ -261,7 +269,12 @@ pub async fn get(
 ) -> Result<Json<User>, Problem> {
     key.require(Scope::Read)?;
     let user = user_id(user)?;
-    match state.store.user_row(user.as_str()).await.map_err(RequestError::from)? {
+    match state
+        .store
+        .user_row(user.as_str())
+        .await
+        .map_err(RequestError::from)?
+    {
         Some((display_name, false, version)) => Ok(Json(User {
             user: user.to_string(),
             display_name,
@@ -281,7 +294,12 @@ async fn existing(state: &EdgeState, user: &UserId) -> Result<Seq, Problem> {
 
 /// Refuses a deleted user with `not_found` (a user known only from its tokens is not refused).
 async fn not_deleted(state: &EdgeState, user: &UserId) -> Result<(), Problem> {
-    match state.store.user_row(user.as_str()).await.map_err(RequestError::from)? {
+    match state
+        .store
+        .user_row(user.as_str())
+        .await
+        .map_err(RequestError::from)?
+    {
         Some((_, true, _)) => Err(RequestError::NotFound(format!("{user} was deleted")).into()),
         _ => Ok(()),
     }
@@ -307,7 +325,16 @@ pub async fn update(
         user: user.clone(),
         display_name: r.display_name,
     };
-    let w = publish_user(&state, &key, &headers, "update", &user, version, event.into()).await?;
+    let w = publish_user(
+        &state,
+        &key,
+        &headers,
+        "update",
+        &user,
+        version,
+        event.into(),
+    )
+    .await?;
     Ok(Json(w))
 }
 
@@ -326,7 +353,16 @@ pub async fn delete(
     let user = user_id(user)?;
     let version = existing(&state, &user).await?;
     let event = UserDeleted { user: user.clone() };
-    let w = publish_user(&state, &key, &headers, "delete", &user, version, event.into()).await?;
+    let w = publish_user(
+        &state,
+        &key,
+        &headers,
+        "delete",
+        &user,
+        version,
+        event.into(),
+    )
+    .await?;
     Ok(Json(w))
 }
 
@@ -414,7 +450,11 @@ pub async fn revoke(
     let user = user_id(user)?;
     let device = DeviceId::parse(device).map_err(|e| Problem::invalid(e.to_string()))?;
     let env = Envelope::new(
-        event_id(format!("api:{}:revoke:{user}:{device}:{}", key.0.id, now_ms()))?,
+        event_id(format!(
+            "api:{}:revoke:{user}:{device}:{}",
+            key.0.id,
+            now_ms()
+        ))?,
         now_ms(),
         backend(),
         SessionRevoked {

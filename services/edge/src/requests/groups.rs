@@ -179,7 +179,11 @@ impl Session {
                 members: vec![peer.clone()],
                 direct: true,
             };
-            match self.caller().create(format!("direct:{conv}"), created).await? {
+            match self
+                .caller()
+                .create(format!("direct:{conv}"), created)
+                .await?
+            {
                 Created::New(done) => return Ok(done),
                 // It exists (the peer opened it a moment ago): look again.
                 Created::Exists(_) => {}
@@ -332,7 +336,10 @@ impl Caller {
             direct: false,
         };
         match self
-            .create(self.event_key("create", &group, idempotency), created.clone())
+            .create(
+                self.event_key("create", &group, idempotency),
+                created.clone(),
+            )
             .await?
         {
             Created::New(done) => Ok(done),
@@ -460,7 +467,10 @@ impl Caller {
         let (me, my_role) = match &self.user {
             Some(user) => (user.clone(), roles.get(user).copied()),
             None => {
-                let owner = row.as_ref().filter(|_| live).map(|g| UserId::parse(g.owner.clone()));
+                let owner = row
+                    .as_ref()
+                    .filter(|_| live)
+                    .map(|g| UserId::parse(g.owner.clone()));
                 match owner {
                     Some(Ok(owner)) => (owner, Some(Role::Owner)),
                     Some(Err(e)) => return Err(RequestError::internal(e)),
@@ -494,12 +504,7 @@ impl Caller {
     ) -> Result<(Option<GroupRow>, HashMap<UserId, Role>), RequestError> {
         let mut tx = self.state.store.begin_read().await?;
         let row = tx.group(group.as_str()).await?;
-        let ids: Vec<&str> = self
-            .user
-            .iter()
-            .chain(users)
-            .map(UserId::as_str)
-            .collect();
+        let ids: Vec<&str> = self.user.iter().chain(users).map(UserId::as_str).collect();
         let rows = tx.members_of(group.as_str(), &ids).await?;
         tx.commit().await?;
         let roles = rows
@@ -533,5 +538,4 @@ impl Caller {
         }
         Ok(version)
     }
-
 }

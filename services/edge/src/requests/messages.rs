@@ -70,7 +70,6 @@ impl EdgeState {
             .reached(Projection::Messages, seq.0, PROJECTION_WAIT)
             .await?)
     }
-
 }
 
 impl Session {

@@ -1,0 +1,620 @@
+//! The server API: an app's backend driving users, tokens, groups and messages over HTTP,
+//! with API keys, idempotency keys and problem answers — and what a hostile or careless
+//! caller tries against it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anchorage_protocol::{LiveMessage, ReplyBody};
+use anchorage_schema::admin::Scope;
+use anchorage_tests::{
+    HttpAnswer, TestNats, TestStack, WsClient, api_key, fresh_database, hello, http, test_config,
+};
+use serde_json::{Value, json};
+
+use crate::common::copy_streams;
+
+/// Calls the API with `key`.
+async fn call(
+    addr: SocketAddr,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    idempotency: Option<&str>,
+) -> HttpAnswer {
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if let Some(k) = idempotency {
+        headers.push(("Idempotency-Key", k));
+    }
+    http(addr, method, path, &headers, body.as_ref())
+        .await
+        .unwrap()
+}
+
+/// A problem answer with `status` and `code`.
+fn problem(answer: &HttpAnswer, status: u16, code: &str) {
+    assert_eq!(answer.status, status, "{answer:?}");
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/problem+json"),
+        "{answer:?}"
+    );
+    assert_eq!(answer.body["code"], code, "{answer:?}");
+    assert_eq!(answer.body["status"], status, "{answer:?}");
+}
+
+fn seq(answer: &HttpAnswer) -> u64 {
+    assert!(
+        (200..300).contains(&answer.status),
+        "not a success: {answer:?}"
+    );
+    answer.body["seq"].as_u64().unwrap()
+}
+
+// The whole flow an app's backend runs: users, a device token its app signs in with, a group,
+// posts as the system and for a user (seen live by the member's device, in order), history,
+// unread counts, roles — every write answered with the seq the clients see.
+#[tokio::test]
+async fn an_app_backend_runs_a_chat_through_the_server_api() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let addr = stack.edge_addr();
+    let (key, _) = api_key(&nats.url(), Scope::Admin, 1000).await;
+    let call =
+        |method: &'static str, path: String, body: Option<Value>, idem: Option<&'static str>| {
+            let key = key.clone();
+            async move { call(addr, &key, method, &path, body, idem).await }
+        };
+
+    for (user, name) in [("alice", "Alice"), ("bob", "Bob")] {
+        let created = call(
+            "POST",
+            "/v1/users".into(),
+            Some(json!({"user": user, "display_name": name})),
+            None,
+        )
+        .await;
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    let again = call(
+        "POST",
+        "/v1/users".into(),
+        Some(json!({"user": "alice", "display_name": "Alice"})),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (again.status, again.body["duplicate"].as_bool()),
+        (201, Some(true)),
+        "{again:?}"
+    );
+    let other = call(
+        "POST",
+        "/v1/users".into(),
+        Some(json!({"user": "alice", "display_name": "Eve"})),
+        None,
+    )
+    .await;
+    problem(&other, 409, "conflict");
+    let alice = call("GET", "/v1/users/alice".into(), None, None).await;
+    assert_eq!(alice.body["display_name"], "Alice", "{alice:?}");
+
+    // The app signs bob in and hands his phone a token from the API.
+    let minted = call(
+        "POST",
+        "/v1/users/bob/tokens".into(),
+        Some(json!({"device": "phone", "ttl_secs": 600})),
+        None,
+    )
+    .await;
+    assert_eq!(minted.status, 201, "{minted:?}");
+    let token = minted.body["token"].as_str().unwrap().to_owned();
+    let mut phone = WsClient::connect(addr).await.unwrap();
+    assert!(matches!(
+        phone.reply(hello(token)).await.unwrap(),
+        ReplyBody::Welcome(_)
+    ));
+
+    let created = call(
+        "POST",
+        "/v1/groups".into(),
+        Some(json!({"group": "team", "title": "Team", "owner": "alice", "members": ["bob"]})),
+        Some("create-team"),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let group = call("GET", "/v1/groups/team".into(), None, None).await;
+    assert_eq!(
+        (
+            group.body["owner"].as_str(),
+            group.body["member_count"].as_u64()
+        ),
+        (Some("alice"), Some(2)),
+        "{group:?}"
+    );
+
+    let system = seq(&call(
+        "POST",
+        "/v1/conversations/team/messages".into(),
+        Some(json!({"body": "welcome"})),
+        None,
+    )
+    .await);
+    let posted = call(
+        "POST",
+        "/v1/conversations/team/messages".into(),
+        Some(json!({"body": {"text": "hi bob"}, "sender": "alice"})),
+        Some("alice-1"),
+    )
+    .await;
+    let by_alice = seq(&posted);
+    assert!(by_alice > system);
+    let live = phone
+        .pushed::<LiveMessage>(|m| m.message.seq == system)
+        .await
+        .unwrap();
+    assert_eq!(live.message.sender, "system:api");
+    let live = phone
+        .pushed::<LiveMessage>(|m| m.message.seq == by_alice)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            live.message.sender.as_str(),
+            live.message.device.as_str(),
+            live.prev
+        ),
+        ("alice", "api", system)
+    );
+    assert_eq!(live.message.body, json!({"text": "hi bob"}));
+
+    // The same post again is the same message.
+    let repeat = call(
+        "POST",
+        "/v1/conversations/team/messages".into(),
+        Some(json!({"body": {"text": "hi bob"}, "sender": "alice"})),
+        Some("alice-1"),
+    )
+    .await;
+    assert_eq!(
+        (seq(&repeat), repeat.body["duplicate"].as_bool()),
+        (by_alice, Some(true))
+    );
+    // A post for someone who is not a member is refused.
+    let outsider = call(
+        "POST",
+        "/v1/conversations/team/messages".into(),
+        Some(json!({"body": "x", "sender": "mallory"})),
+        None,
+    )
+    .await;
+    problem(&outsider, 403, "forbidden");
+
+    let history = call(
+        "GET",
+        "/v1/conversations/team/messages?limit=1".into(),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        history.body["messages"][0]["seq"].as_u64(),
+        Some(by_alice),
+        "{history:?}"
+    );
+    let before = history.body["next_before"].as_u64().unwrap();
+    let older = call(
+        "GET",
+        format!("/v1/conversations/team/messages?before={before}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        older.body["messages"].as_array().unwrap().len(),
+        1,
+        "{older:?}"
+    );
+    assert_eq!(older.body["messages"][0]["body"], "welcome");
+    assert!(older.body.get("next_before").is_none(), "{older:?}");
+
+    let convs = call("GET", "/v1/users/bob/conversations".into(), None, None).await;
+    assert_eq!(convs.body["conversations"][0]["conv"], "team", "{convs:?}");
+    assert_eq!(
+        convs.body["conversations"][0]["unread"].as_u64(),
+        Some(2),
+        "{convs:?}"
+    );
+
+    // Roles and rules: the backend acts with the owner's rights, never beyond them.
+    let promoted = call(
+        "PUT",
+        "/v1/groups/team/members/bob/role".into(),
+        Some(json!({"role": "admin"})),
+        None,
+    )
+    .await;
+    seq(&promoted);
+    let members = call("GET", "/v1/groups/team/members".into(), None, None).await;
+    assert_eq!(
+        members.body["members"],
+        json!([{"user": "alice", "role": "owner"}, {"user": "bob", "role": "admin"}])
+    );
+    let owner_out = call("DELETE", "/v1/groups/team/members/alice".into(), None, None).await;
+    problem(&owner_out, 403, "forbidden");
+    let owner_role = call(
+        "PUT",
+        "/v1/groups/team/members/alice/role".into(),
+        Some(json!({"role": "owner"})),
+        None,
+    )
+    .await;
+    problem(&owner_role, 400, "invalid_request");
+    seq(&call(
+        "PATCH",
+        "/v1/groups/team".into(),
+        Some(json!({"title": "Team 2"})),
+        None,
+    )
+    .await);
+    let sessions = call("GET", "/v1/users/bob/sessions".into(), None, None).await;
+    assert_eq!(sessions.status, 200, "{sessions:?}");
+
+    // Revoking bob's phone closes it.
+    seq(&call("DELETE", "/v1/users/bob/sessions/phone".into(), None, None).await);
+    assert_eq!(
+        phone.closed().await.unwrap(),
+        anchorage_protocol::close::REVOKED
+    );
+
+    seq(&call("DELETE", "/v1/groups/team".into(), None, None).await);
+    problem(
+        &call("GET", "/v1/groups/team".into(), None, None).await,
+        404,
+        "not_found",
+    );
+    let recreate = call(
+        "POST",
+        "/v1/groups".into(),
+        Some(json!({"group": "team", "title": "Team", "owner": "alice", "members": ["bob"]})),
+        None,
+    )
+    .await;
+    problem(&recreate, 409, "conflict");
+    seq(&call("DELETE", "/v1/users/alice".into(), None, None).await);
+    problem(
+        &call("GET", "/v1/users/alice".into(), None, None).await,
+        404,
+        "not_found",
+    );
+    let reused = call(
+        "POST",
+        "/v1/users".into(),
+        Some(json!({"user": "alice", "display_name": "Alice"})),
+        None,
+    )
+    .await;
+    problem(&reused, 409, "conflict");
+    stack.stack.stop().await.unwrap();
+}
+
+// Keys: missing, malformed, forged, out of scope, over their rate, revoked — each refused
+// with its code; and bodies the API cannot read.
+#[tokio::test]
+async fn api_keys_are_checked_scoped_rate_limited_and_revocable() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let addr = stack.edge_addr();
+    let (admin, admin_id) = api_key(&nats.url(), Scope::Admin, 1000).await;
+    let (reader, reader_id) = api_key(&nats.url(), Scope::Read, 1000).await;
+    let (writer, _) = api_key(&nats.url(), Scope::Write, 1000).await;
+
+    let none = http(addr, "GET", "/v1/users/alice", &[], None)
+        .await
+        .unwrap();
+    problem(&none, 401, "unauthorized");
+    for bad in [
+        "Bearer nope",
+        "Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+        "Bearer ak_0123456789abcdef_zz",
+    ] {
+        let answer = http(
+            addr,
+            "GET",
+            "/v1/users/alice",
+            &[("Authorization", bad)],
+            None,
+        )
+        .await
+        .unwrap();
+        problem(&answer, 401, "unauthorized");
+    }
+    // Another key's id with a made-up secret.
+    let forged = format!("ak_{reader_id}_{}", "0".repeat(64));
+    problem(
+        &call(addr, &forged, "GET", "/v1/users/alice", None, None).await,
+        401,
+        "unauthorized",
+    );
+
+    // Scopes: read cannot write, write cannot delete users or revoke sessions.
+    problem(
+        &call(addr, &reader, "GET", "/v1/users/alice", None, None).await,
+        404,
+        "not_found",
+    );
+    let write = call(
+        addr,
+        &reader,
+        "POST",
+        "/v1/users",
+        Some(json!({"user": "alice", "display_name": "A"})),
+        None,
+    )
+    .await;
+    problem(&write, 403, "forbidden");
+    assert_eq!(
+        call(
+            addr,
+            &writer,
+            "POST",
+            "/v1/users",
+            Some(json!({"user": "alice", "display_name": "A"})),
+            None
+        )
+        .await
+        .status,
+        201
+    );
+    problem(
+        &call(addr, &writer, "DELETE", "/v1/users/alice", None, None).await,
+        403,
+        "forbidden",
+    );
+    problem(
+        &call(
+            addr,
+            &writer,
+            "DELETE",
+            "/v1/users/alice/sessions/d",
+            None,
+            None,
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+
+    // The device name messages posted for users carry cannot get a token.
+    let reserved = call(
+        addr,
+        &writer,
+        "POST",
+        "/v1/users/alice/tokens",
+        Some(json!({"device": "api"})),
+        None,
+    )
+    .await;
+    problem(&reserved, 403, "forbidden");
+
+    // Bodies: too large, not an object, unknown fields, not JSON.
+    let big = json!({"body": "x".repeat(70 * 1024)});
+    problem(
+        &call(
+            addr,
+            &admin,
+            "POST",
+            "/v1/conversations/g/messages",
+            Some(big),
+            None,
+        )
+        .await,
+        413,
+        "too_large",
+    );
+    problem(
+        &call(
+            addr,
+            &admin,
+            "POST",
+            "/v1/users",
+            Some(json!([null, null])),
+            None,
+        )
+        .await,
+        400,
+        "invalid_request",
+    );
+    problem(
+        &call(
+            addr,
+            &admin,
+            "POST",
+            "/v1/users",
+            Some(json!({"user": "x", "display_name": "X", "admin": true})),
+            None,
+        )
+        .await,
+        400,
+        "invalid_request",
+    );
+    let auth = format!("Bearer {admin}");
+    let text = http(
+        addr,
+        "POST",
+        "/v1/users",
+        &[("Authorization", &auth), ("Content-Type", "text/plain")],
+        None,
+    )
+    .await
+    .unwrap();
+    problem(&text, 400, "invalid_request");
+    problem(
+        &call(addr, &admin, "GET", "/v1/users/a.b", None, None).await,
+        400,
+        "invalid_request",
+    );
+    problem(
+        &call(
+            addr,
+            &admin,
+            "GET",
+            "/v1/groups/g/members?limit=0",
+            None,
+            None,
+        )
+        .await,
+        400,
+        "invalid_request",
+    );
+    problem(
+        &call(addr, &admin, "GET", "/v1/nothing", None, None).await,
+        404,
+        "not_found",
+    );
+
+    // A key's rate: a burst of its rate, then 429 with Retry-After.
+    let (slow, _) = api_key(&nats.url(), Scope::Read, 2).await;
+    let mut limited = None;
+    for _ in 0..6 {
+        let answer = call(addr, &slow, "GET", "/v1/users/alice", None, None).await;
+        if answer.status == 429 {
+            limited = Some(answer);
+            break;
+        }
+    }
+    let limited = limited.expect("the key's rate is enforced");
+    problem(&limited, 429, "rate_limited");
+    assert!(limited.header("retry-after").is_some(), "{limited:?}");
+
+    // Revoked: refused from the next request on, on every edge (the record is the stream's).
+    let bus = anchorage_bus::Bus::connect(&anchorage::bus_options(
+        &anchorage_tests::operator_config(&nats.url()),
+        false,
+    ))
+    .await
+    .unwrap();
+    anchorage::apikey::revoke(&bus, &admin_id).await.unwrap();
+    let listed = anchorage::apikey::list(&bus).await.unwrap();
+    assert_eq!(listed.len(), 4);
+    assert!(
+        listed
+            .iter()
+            .all(|r| r.secret_sha256.len() == 64 && !admin.contains(&r.secret_sha256))
+    );
+    bus.close().await;
+    let revoked = call(addr, &admin, "GET", "/v1/users/alice", None, None).await;
+    problem(&revoked, 401, "unauthorized");
+    assert!(
+        revoked.body["detail"].as_str().unwrap().contains("revoked"),
+        "{revoked:?}"
+    );
+    stack.stack.stop().await.unwrap();
+}
+
+// An idempotency key names one request: the same key in another conversation is another
+// message, the same key with another body is a conflict, and a repeat after the stream's
+// duplicate window is still the first message — never a second copy.
+#[tokio::test]
+async fn idempotency_keys_are_scoped_to_their_request_and_outlive_the_duplicate_window() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let streams = tempfile::tempdir().unwrap();
+    copy_streams(streams.path(), "MESSAGES", 1_000_000_000);
+    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    config.streams.dir = streams.path().to_owned();
+    let stack = TestStack::start_with(config, db_dir).await.unwrap();
+    let addr = stack.edge_addr();
+    let (key, _) = api_key(&nats.url(), Scope::Write, 1000).await;
+    for g in ["g1", "g2"] {
+        let created = call(
+            addr,
+            &key,
+            "POST",
+            "/v1/groups",
+            Some(json!({"group": g, "title": g, "owner": "alice", "members": ["bob"]})),
+            None,
+        )
+        .await;
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    let post = |conv: &'static str, body: &'static str, sender: Option<&'static str>| {
+        let key = key.clone();
+        async move {
+            let mut b = json!({"body": body});
+            if let Some(s) = sender {
+                b["sender"] = json!(s);
+            }
+            call(
+                addr,
+                &key,
+                "POST",
+                &format!("/v1/conversations/{conv}/messages"),
+                Some(b),
+                Some("k-1"),
+            )
+            .await
+        }
+    };
+    for sender in [None, Some("bob")] {
+        let first = seq(&post("g1", "one", sender).await);
+        let elsewhere = seq(&post("g2", "one", sender).await);
+        assert_ne!(first, elsewhere, "another conversation, another message");
+        problem(&post("g1", "two", sender).await, 409, "conflict");
+        // Past the stream's duplicate window: the history answers.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let late = post("g1", "one", sender).await;
+        assert_eq!(
+            (seq(&late), late.body["duplicate"].as_bool()),
+            (first, Some(true)),
+            "{sender:?}: {late:?}"
+        );
+        problem(&post("g1", "two", sender).await, 409, "conflict");
+    }
+    // Header and body naming two different keys: refused.
+    let both = call(
+        addr,
+        &key,
+        "POST",
+        "/v1/conversations/g1/messages",
+        Some(json!({"body": "x", "client_msg_id": "k-2"})),
+        Some("k-3"),
+    )
+    .await;
+    problem(&both, 409, "conflict");
+    // A group command under a key: once, and the key cannot be reused for another change.
+    let add = |member: &'static str| {
+        let key = key.clone();
+        async move {
+            call(
+                addr,
+                &key,
+                "POST",
+                "/v1/groups/g1/members",
+                Some(json!({"members": [member]})),
+                Some("add-1"),
+            )
+            .await
+        }
+    };
+    let added = seq(&add("carol").await);
+    assert_eq!(seq(&add("carol").await), added);
+    problem(&add("dave").await, 409, "conflict");
+    let history = call(
+        addr,
+        &key,
+        "GET",
+        "/v1/conversations/g1/messages",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        history.body["messages"].as_array().unwrap().len(),
+        2,
+        "one copy each: {history:?}"
+    );
+    stack.stack.stop().await.unwrap();
+}
