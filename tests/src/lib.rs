@@ -454,6 +454,35 @@ pub async fn http(
     .await?
 }
 
+/// The edge's `/metrics` text.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    let (status, body) = http_get(addr, "/metrics").await.expect("/metrics answers");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The sum of the samples of metric `name` (a histogram's `_count`, `_sum` or `_bucket` are
+/// names of their own) whose labels include every pair of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
 /// A server API key with `scope` and `rate` per second, stored on the test server; returns
 /// the key and its id.
 pub async fn api_key(

@@ -10,12 +10,14 @@
 //! - `GET /readyz` — ready for traffic: NATS connected, the database answers and the streams on
 //!   the server match their definitions in `streams/`. Answers `503` with the failing checks
 //!   otherwise, so a load balancer keeps traffic away until all three hold. The answer also
-//!   shows how far each projection is behind its stream, and the bytes queued for sockets.
+//!   shows how far each projection is behind its stream, and the bytes queued for sockets;
+//! - `GET /metrics` — Prometheus metrics ([`metrics`]).
 
 mod api;
 pub mod auth;
 mod limits;
 pub mod live;
+pub mod metrics;
 pub use api::openapi_json;
 mod outbox;
 mod progress;
@@ -156,6 +158,7 @@ pub async fn run(
     let http_slots = Arc::new(tokio::sync::Semaphore::new(
         (state.config.max_connections as usize).saturating_add(state.config.max_pending as usize),
     ));
+    metrics::handle();
     let app = router(state);
     let connections = tokio_util::task::TaskTracker::new();
     tracing::info!(%addr, "edge listening");
@@ -225,7 +228,8 @@ pub fn router(state: EdgeState) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/ws", get(ws::upgrade))
-        .merge(api::router())
+        .route("/metrics", get(metrics::scrape))
+        .merge(api::router().layer(axum::middleware::from_fn(metrics::api)))
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.max_frame_bytes as usize,
         ))
@@ -276,14 +280,14 @@ struct Readiness {
 
 /// A projection's position against its stream.
 #[derive(Debug, Serialize)]
-struct Lag {
+pub(crate) struct Lag {
     checkpoint: u64,
     stream: u64,
-    behind: u64,
+    pub(crate) behind: u64,
 }
 
 /// The projections and the streams they follow.
-const PROJECTIONS: &[(&str, &str)] = &[
+pub(crate) const PROJECTIONS: &[(&'static str, &'static str)] = &[
     ("messages", stream::MESSAGES),
     ("membership", stream::MEMBERSHIP),
     ("reads", stream::READS),
@@ -292,7 +296,9 @@ const PROJECTIONS: &[(&str, &str)] = &[
 ];
 
 /// Each projection's lag, as far as NATS and the database answer.
-async fn projection_lag(state: &EdgeState) -> std::collections::BTreeMap<&'static str, Lag> {
+pub(crate) async fn projection_lag(
+    state: &EdgeState,
+) -> std::collections::BTreeMap<&'static str, Lag> {
     let mut lags = std::collections::BTreeMap::new();
     for (name, stream) in PROJECTIONS {
         let (Ok(s), Ok(cp)) = (
@@ -315,7 +321,7 @@ async fn projection_lag(state: &EdgeState) -> std::collections::BTreeMap<&'stati
 }
 
 /// Bound on each readiness check, so a hung dependency makes the probe fail, not hang.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn readyz(State(state): State<EdgeState>) -> impl IntoResponse {
     let nats = Check::from_result(if state.bus.is_connected() {

@@ -273,6 +273,7 @@ async fn serve(
         return;
     };
     drop(place);
+    let _connected = crate::metrics::Connected::new();
     let (outbox, inbox) = outbox::channel(
         state.config.queue_frames as usize,
         state.queue_budget.clone(),
@@ -502,6 +503,7 @@ async fn writer(mut sink: Sink, mut inbox: Inbox, conn: ConnHandle) {
         }
     };
     let grace = if code == close::SLOW_CONSUMER {
+        metrics::counter!("anchorage_slow_consumer_closes_total").increment(1);
         SLOW_CLOSE_GRACE
     } else {
         let mut delivered = Ok(());

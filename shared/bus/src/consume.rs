@@ -130,6 +130,12 @@ impl Bus {
             .map_err(|e| BusError::jetstream(&subject, e))?
             .await
             .map_err(|e| BusError::jetstream(&subject, e))?;
+        metrics::counter!(
+            "anchorage_dead_letters_total",
+            "stream" => stream.to_owned(),
+            "code" => code.to_owned()
+        )
+        .increment(1);
         Ok(Seq(ack.sequence))
     }
 }

@@ -116,7 +116,46 @@ fn reconnect_delay(attempt: usize) -> Duration {
     RECONNECT.delay(u32::try_from(attempt).unwrap_or(u32::MAX), None)
 }
 
+/// Logs a connection event and counts reconnections (`anchorage_nats_reconnects_total`).
+fn on_event(disconnected: &std::sync::atomic::AtomicBool, event: async_nats::Event) {
+    use std::sync::atomic::Ordering;
+    match event {
+        async_nats::Event::Connected => {
+            if disconnected.swap(false, Ordering::Relaxed) {
+                metrics::counter!("anchorage_nats_reconnects_total").increment(1);
+                tracing::info!("NATS connection restored");
+            }
+        }
+        async_nats::Event::Disconnected => {
+            disconnected.store(true, Ordering::Relaxed);
+            tracing::warn!("NATS connection lost; reconnecting");
+        }
+        async_nats::Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
+        async_nats::Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+        other => tracing::info!(event = %other, "NATS"),
+    }
+}
+
 impl Bus {
+    /// The number of messages `consumer` of `stream` has not delivered yet, and of those
+    /// delivered but not acknowledged.
+    pub async fn consumer_pending(
+        &self,
+        stream: &str,
+        consumer: &str,
+    ) -> Result<(u64, u64), BusError> {
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        let info = handle
+            .consumer_info(consumer)
+            .await
+            .map_err(|e| BusError::jetstream(consumer, e))?;
+        Ok((info.num_pending, info.num_ack_pending as u64))
+    }
+
     /// Connects to NATS.
     pub async fn connect(options: &BusOptions) -> Result<Bus, BusError> {
         let mut connect = match &options.credentials {
@@ -145,7 +184,14 @@ impl Bus {
             .ping_interval(Duration::from_secs(15))
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(options.request_timeout))
-            .reconnect_delay_callback(reconnect_delay);
+            .reconnect_delay_callback(reconnect_delay)
+            .event_callback({
+                let disconnected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                move |event| {
+                    let disconnected = disconnected.clone();
+                    async move { on_event(&disconnected, event) }
+                }
+            });
         if options.retry_on_initial_connect {
             connect = connect.retry_on_initial_connect();
         }

@@ -15,6 +15,7 @@ mod large_group;
 mod members;
 mod messaging;
 mod nats_security;
+mod observability;
 mod sdk;
 mod security;
 mod stack;

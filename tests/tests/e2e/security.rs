@@ -495,6 +495,11 @@ async fn queued_bytes_are_bounded_and_slow_readers_get_4008() {
     .await
     .unwrap();
     assert_eq!(code, 4008, "told to resync, after {received} bytes");
+    let metrics = anchorage_tests::scrape(addr).await;
+    assert!(
+        anchorage_tests::metric(&metrics, "anchorage_slow_consumer_closes_total", &[]) >= 1.0,
+        "the 4008 is counted"
+    );
     assert!(
         received < 16 * 1024 * 1024,
         "{received} bytes were queued for it"

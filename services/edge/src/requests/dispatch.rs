@@ -25,6 +25,7 @@ impl Session {
     ))]
     pub async fn handle(&mut self, request: Request) -> Option<AckFuture> {
         let Request { id, body } = request;
+        let kind = body.type_name();
         let answer = match body {
             RequestBody::Send(send) => return Some(self.send(id, send).await),
             RequestBody::Ping {} => Ok(ReplyBody::Pong),
@@ -55,6 +56,11 @@ impl Session {
             RequestBody::MembersSearch(r) => self.members_search(r).await.map(Into::into),
             RequestBody::MembersUnsubscribe(r) => self.members_unsubscribe(r).map(Into::into),
         };
+        let code = match &answer {
+            Ok(_) => "ok".to_owned(),
+            Err(err) => crate::metrics::code_name(err.code()),
+        };
+        crate::metrics::request(kind, &code);
         self.answer(id, answer).await;
         None
     }

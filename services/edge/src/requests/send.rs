@@ -41,19 +41,26 @@ impl Session {
     /// Starts a send; the returned future gives its answer, for the caller to queue behind
     /// the answers of the sends before it.
     pub(super) async fn send(&mut self, id: RequestId, send: SendMessage) -> AckFuture {
-        if let Err(err) = self.out_of_order(&send.conv, &send.client_msg_id) {
-            return SendAnswer::ready(err.into_frame(Some(id)));
-        }
-        let key = (send.conv.clone(), send.client_msg_id.clone());
-        match self.start_send(id, send).await {
-            Ok(ack) => ack,
-            Err(err) => {
-                if err.is_passing() {
-                    self.block(key.0, key.1);
+        let started = std::time::Instant::now();
+        let answer = if let Err(err) = self.out_of_order(&send.conv, &send.client_msg_id) {
+            SendAnswer::ready(err.into_frame(Some(id)))
+        } else {
+            let key = (send.conv.clone(), send.client_msg_id.clone());
+            match self.start_send(id, send).await {
+                Ok(ack) => ack,
+                Err(err) => {
+                    if err.is_passing() {
+                        self.block(key.0, key.1);
+                    }
+                    SendAnswer::ready(err.into_frame(Some(id)))
                 }
-                SendAnswer::ready(err.into_frame(Some(id)))
             }
-        }
+        };
+        Box::pin(async move {
+            let answer = answer.await;
+            crate::metrics::sent(&answer.frame, started);
+            answer
+        })
     }
 
     /// Queues the answer of a send whose acknowledgement came (or failed).
