@@ -287,7 +287,7 @@ pub(crate) struct Lag {
 }
 
 /// The projections and the streams they follow.
-pub(crate) const PROJECTIONS: &[(&'static str, &'static str)] = &[
+pub(crate) const PROJECTIONS: &[(&str, &str)] = &[
     ("messages", stream::MESSAGES),
     ("membership", stream::MEMBERSHIP),
     ("reads", stream::READS),

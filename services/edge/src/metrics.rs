@@ -43,7 +43,8 @@ pub fn handle() -> &'static PrometheusHandle {
 pub struct Connected(());
 
 impl Connected {
-    pub fn new() -> Self {
+    /// Counts a connection until the value is dropped.
+    pub fn count() -> Self {
         metrics::gauge!("anchorage_connections").increment(1.0);
         Connected(())
     }

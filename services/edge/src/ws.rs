@@ -273,7 +273,7 @@ async fn serve(
         return;
     };
     drop(place);
-    let _connected = crate::metrics::Connected::new();
+    let _connected = crate::metrics::Connected::count();
     let (outbox, inbox) = outbox::channel(
         state.config.queue_frames as usize,
         state.queue_budget.clone(),
