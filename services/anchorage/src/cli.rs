@@ -35,7 +35,7 @@ pub enum Command {
     Dev,
     /// Run an edge (WebSocket and HTTP API).
     Edge,
-    /// Run the projector (migrates the database first).
+    /// Run the projector and the webhook worker (migrates the database first).
     Projector,
     /// Apply the database migrations.
     Migrate,
@@ -413,13 +413,26 @@ async fn projector(config: Config) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&crate::store_options(&config)).await?;
     store.migrate().await.context("migrating the database")?;
     let shutdown = cancel_on_signal();
+    if let Some(addr) = config.projector.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("projector.metrics_listen {addr}"))?;
+        tokio::spawn(crate::serve_metrics(listener, shutdown.clone()));
+    }
+    let webhooks = tokio::spawn(anchorage_webhooks::run(
+        bus.clone(),
+        config.webhooks.clone(),
+        shutdown.clone(),
+    ));
     anchorage_projector::run(
         bus.clone(),
         store.clone(),
         ProjectorOptions::from_config(&config.projector),
-        shutdown,
+        shutdown.clone(),
     )
     .await?;
+    shutdown.cancel();
+    webhooks.await??;
     bus.close().await;
     store.close().await;
     Ok(ExitCode::SUCCESS)

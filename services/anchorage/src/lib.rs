@@ -150,3 +150,22 @@ pub async fn revoke_session(
         applied,
     })
 }
+
+/// Serves `GET /metrics` (Prometheus) on `listener` until `shutdown`: for processes without an
+/// edge (`anchorage projector`).
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let handle = anchorage_edge::metrics::handle();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { handle.render() }),
+        )
+        .route("/livez", axum::routing::get(|| async { "ok\n" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}

@@ -2,8 +2,8 @@
 //!
 //! | identity | publishes | subscribes |
 //! |---|---|---|
-//! | `edge` | `msg.*`, `grp.*`, `read.*.*`, `user.*` (server API); JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `notify.grp.>`, `notify.progress.>` |
-//! | `projector` | `msg.*`, `grp.*`, `user.*` (events translated from other systems), `dlq.*`, `notify.grp.*`, `notify.progress.*`; its pull consumers (fetch, ack) and JetStream reads | — |
+//! | `edge` | `msg.*`, `grp.*`, `read.*.*`, `user.*`, `admin.webhook.*` (server API); JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `notify.grp.>`, `notify.progress.>` |
+//! | `projector` | `msg.*`, `grp.*`, `user.*` (events translated from other systems), `dlq.*`, `notify.grp.*`, `notify.progress.*`; its pull consumers (fetch, ack), the webhook worker's consumers (create, delete) and JetStream reads | — |
 //! | `operator` | everything (`anchorage streams apply`, `revoke`, `replay`, administration) | everything |
 //! | `ext_<source>` | `ext.<source>.>` only | its own consumers (named `<source>`) on the streams it is given |
 //!
@@ -56,7 +56,7 @@ const JS_READS: &[&str] = &[
 /// The edge: publishes what its clients and the server API's callers cause, reads streams
 /// (API keys among them, which it cannot write), follows the live subjects.
 pub fn edge() -> Permissions {
-    let mut publish = strings(&["msg.*", "grp.*", "read.*.*", "user.*"]);
+    let mut publish = strings(&["msg.*", "grp.*", "read.*.*", "user.*", "admin.webhook.*"]);
     publish.extend(strings(JS_READS));
     publish.push(format!("{}.>", inbox_prefix(EDGE)));
     Permissions {
@@ -84,6 +84,11 @@ pub fn projector() -> Permissions {
         "$JS.API.CONSUMER.MSG.NEXT.*.*",
         // A projection moves its consumer back to its own checkpoint when they disagree.
         "$JS.API.CONSUMER.RESET.*.*",
+        // The webhook worker makes, restarts and deletes one consumer per endpoint and stream.
+        "$JS.API.CONSUMER.CREATE.*.*",
+        "$JS.API.CONSUMER.CREATE.*.*.>",
+        "$JS.API.CONSUMER.DURABLE.CREATE.*.*",
+        "$JS.API.CONSUMER.DELETE.*.*",
         "$JS.ACK.>",
     ]);
     publish.extend(strings(JS_READS));

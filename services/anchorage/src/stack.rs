@@ -1,4 +1,5 @@
-//! The Anchorage services in one process: projector and edge over one bus and one store.
+//! The Anchorage services in one process: projector, webhook worker and edge over one bus and
+//! one store.
 //!
 //! `anchorage dev` runs a [`Stack`] next to a child nats-server; the end-to-end tests run one
 //! next to theirs. [`Stack::start`] applies the streams and migrates the database first, so a
@@ -88,9 +89,14 @@ impl Stack {
             None => (bus.clone(), bus.clone()),
         };
         tasks.spawn(anchorage_projector::run(
-            projector_bus,
+            projector_bus.clone(),
             store.clone(),
             ProjectorOptions::from_config(&config.projector),
+            shutdown.child_token(),
+        ));
+        tasks.spawn(anchorage_webhooks::run(
+            projector_bus,
+            config.webhooks.clone(),
             shutdown.child_token(),
         ));
         let edge_addr = listener.local_addr()?;

@@ -71,6 +71,17 @@ impl Delivery {
     }
 }
 
+/// Where a consumer made by [`Bus::ensure_consumer`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerStart {
+    /// With the next message stored.
+    New,
+    /// At this stream sequence.
+    FromSeq(u64),
+    /// With the first message stored at or after this time (Unix milliseconds).
+    FromTime(i64),
+}
+
 /// A durable pull consumer defined in `streams/`.
 #[derive(Debug)]
 pub struct PullConsumer {
@@ -101,6 +112,83 @@ impl Bus {
         })
     }
 
+    /// Binds to durable consumer `name` of `stream`, delivering one message at a time in
+    /// stream order from `start`; creates it (again, if its `generation` differs: a new start
+    /// was asked for) when needed. Deliveries are retried by the caller, never dropped by the
+    /// server (no delivery limit).
+    pub async fn ensure_consumer(
+        &self,
+        stream: &str,
+        name: &str,
+        start: ConsumerStart,
+        generation: &str,
+    ) -> Result<PullConsumer, BusError> {
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        let what = || format!("{stream}/{name}");
+        if let Ok(existing) = handle.consumer_info(name).await {
+            if existing
+                .config
+                .metadata
+                .get("generation")
+                .map(String::as_str)
+                == Some(generation)
+            {
+                return self.pull_consumer(stream, name).await;
+            }
+            handle
+                .delete_consumer(name)
+                .await
+                .map_err(|e| BusError::jetstream(what(), e))?;
+        }
+        let deliver_policy = match start {
+            ConsumerStart::New => jetstream::consumer::DeliverPolicy::New,
+            ConsumerStart::FromSeq(seq) => jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: seq.max(1),
+            },
+            ConsumerStart::FromTime(ms) => jetstream::consumer::DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(ms) * 1_000_000,
+                )
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            },
+        };
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some(name.to_owned()),
+            deliver_policy,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+            max_ack_pending: 1,
+            metadata: [("generation".to_owned(), generation.to_owned())].into(),
+            ..Default::default()
+        };
+        handle
+            .create_consumer(config)
+            .await
+            .map_err(|e| BusError::jetstream(what(), e))?;
+        self.pull_consumer(stream, name).await
+    }
+
+    /// Deletes durable consumer `name` of `stream`, if it exists.
+    pub async fn delete_consumer(&self, stream: &str, name: &str) -> Result<(), BusError> {
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        if handle.consumer_info(name).await.is_ok() {
+            handle
+                .delete_consumer(name)
+                .await
+                .map_err(|e| BusError::jetstream(format!("{stream}/{name}"), e))?;
+        }
+        Ok(())
+    }
+
     /// Sets an event aside on the dead-letter stream with the reason and its origin in headers,
     /// deduplicated by origin so a retry after a crash stores it once.
     pub async fn dead_letter(
@@ -114,7 +202,7 @@ impl Bus {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::MSG_ID,
-            format!("dlq:{stream}:{}", delivery.seq).as_str(),
+            format!("dlq:{stream}:{consumer}:{}", delivery.seq).as_str(),
         );
         headers.insert(header::DLQ_CODE, code);
         headers.insert(header::DLQ_REASON, single_line(reason).as_str());

@@ -24,7 +24,7 @@ use anchorage_schema::{Epoch, Seq};
 use async_nats::jetstream;
 
 pub use apply::{ApplyReport, Change, Drift, Outcome};
-pub use consume::{Delivery, PullConsumer, StoredEvent, StreamReader};
+pub use consume::{ConsumerStart, Delivery, PullConsumer, StoredEvent, StreamReader};
 pub use definitions::{ConsumerDef, DefinitionError, StreamDef, StreamSet};
 pub use live::{LiveEvent, LiveSubscription, Notices};
 pub use publish::{PendingAck, PublishError, Published};

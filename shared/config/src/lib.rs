@@ -48,6 +48,12 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `anchorage dev`.
     pub dev: DevConfig,
+    /// Webhooks: events delivered to other systems' HTTP endpoints.
+    pub webhooks: WebhooksConfig,
+    /// Synchronous hooks on the message path.
+    pub hooks: HooksConfig,
+    /// Logs and traces.
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,6 +233,8 @@ pub struct ProjectorConfig {
     /// Tombstones of removed members are kept for this many MEMBERSHIP stream sequences;
     /// a member-list diff from an older version becomes a realignment.
     pub tombstone_horizon: u64,
+    /// Where `anchorage projector` serves `/metrics` (the edge serves its own); unset: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ProjectorConfig {
@@ -234,6 +242,7 @@ impl Default for ProjectorConfig {
         Self {
             batch_size: 256,
             tombstone_horizon: 1_000_000,
+            metrics_listen: None,
         }
     }
 }
@@ -338,6 +347,117 @@ impl Default for DevConfig {
                 "crm".to_owned(),
                 vec!["MEMBERSHIP".to_owned(), "USERS".to_owned()],
             )]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+/// `[webhooks]`: durable, signed deliveries of events to HTTP endpoints.
+pub struct WebhooksConfig {
+    /// How long one event is retried (full-jitter backoff) before it goes to the dead-letter
+    /// stream, in seconds.
+    pub retry_for_secs: u64,
+    /// Longest wait between two attempts, in milliseconds.
+    pub max_backoff_ms: u64,
+    /// Time one delivery attempt may take, in milliseconds.
+    pub timeout_ms: u64,
+    /// Endpoints from configuration (more are added through the server API).
+    pub endpoints: Vec<WebhookEndpointConfig>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            retry_for_secs: 24 * 3600,
+            max_backoff_ms: 5 * 60 * 1000,
+            timeout_ms: 10_000,
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+/// A webhook endpoint from configuration.
+pub struct WebhookEndpointConfig {
+    /// A name: letters, digits, `-` and `_`.
+    pub name: String,
+    /// Where deliveries are posted.
+    pub url: String,
+    /// The Standard Webhooks signing secret, `whsec_<base64>`.
+    pub secret: String,
+    /// Event types delivered (`message.sent`, `group.*`); empty: every type.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+/// `[hooks]`: synchronous calls on the message path.
+pub struct HooksConfig {
+    /// The before-send hook: asked about every message before it is stored.
+    pub before_send: Option<BeforeSendConfig>,
+}
+
+/// What the before-send hook does when it cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// The message is stored as sent.
+    FailOpen,
+    /// The message is refused (`overloaded`, so the client retries later).
+    FailClosed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+/// The before-send hook (moderation, enrichment).
+pub struct BeforeSendConfig {
+    /// Where each message is posted (signed like a webhook).
+    pub url: String,
+    /// The signing secret, `whsec_<base64>`.
+    pub secret: String,
+    /// The time budget of one call, in milliseconds.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_ms: u64,
+    /// What happens when the hook fails or runs out of time: `fail_open` or `fail_closed`.
+    pub on_failure: OnFailure,
+}
+
+fn default_hook_timeout() -> u64 {
+    500
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// For people: one line per event, coloured only on a terminal.
+    Text,
+    /// For machines: one JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+/// `[log]`: logs and traces.
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// Where to export trace spans (OTLP over HTTP with JSON), e.g. `http://127.0.0.1:4318`;
+    /// unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` exported spans carry.
+    pub service_name: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            otlp_endpoint: None,
+            service_name: "anchorage".into(),
         }
     }
 }
@@ -492,6 +612,43 @@ impl Config {
         if self.edge.user_rate_per_sec == 0 {
             return bad("edge.user_rate_per_sec", "must be at least 1");
         }
+        for e in &self.webhooks.endpoints {
+            if e.name.is_empty()
+                || e.name.len() > 64
+                || !e
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad(
+                    "webhooks.endpoints.name",
+                    "letters, digits, - and _ (1 to 64)",
+                );
+            }
+            if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
+                return bad("webhooks.endpoints.url", "an http:// or https:// URL");
+            }
+            if !e.secret.starts_with("whsec_") {
+                return bad("webhooks.endpoints.secret", "a secret reads whsec_<base64>");
+            }
+        }
+        if self.webhooks.retry_for_secs == 0 || self.webhooks.timeout_ms == 0 {
+            return bad(
+                "webhooks.retry_for_secs",
+                "retry_for_secs and timeout_ms are at least 1",
+            );
+        }
+        if let Some(h) = &self.hooks.before_send {
+            if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                return bad("hooks.before_send.url", "an http:// or https:// URL");
+            }
+            if !(1..=10_000).contains(&h.timeout_ms) {
+                return bad("hooks.before_send.timeout_ms", "between 1 and 10000");
+            }
+            if !h.secret.starts_with("whsec_") {
+                return bad("hooks.before_send.secret", "a secret reads whsec_<base64>");
+            }
+        }
         if !(1..=10_000).contains(&self.projector.batch_size) {
             return bad("projector.batch_size", "must be between 1 and 10000");
         }
@@ -545,6 +702,12 @@ impl Config {
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.auth.hmac_secret = REDACTED.into();
+        for e in &mut c.webhooks.endpoints {
+            e.secret = REDACTED.into();
+        }
+        if let Some(h) = &mut c.hooks.before_send {
+            h.secret = REDACTED.into();
+        }
         if c.nats.password.is_some() {
             c.nats.password = Some(REDACTED.into());
         }

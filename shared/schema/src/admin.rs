@@ -141,9 +141,12 @@ pub struct WebhookRecord {
     pub events: Vec<String>,
     /// Unix milliseconds.
     pub created_at: i64,
-    /// Deliveries restart from this stream sequence (on every stream) when it changes.
+    /// Where deliveries started again when last asked (otherwise: from `created_at`).
     #[serde(default)]
     pub redeliver: Option<Redeliver>,
+    /// When that was asked (Unix milliseconds): each ask starts over, also the same one again.
+    #[serde(default)]
+    pub redeliver_at: Option<i64>,
     /// A deleted endpoint gets nothing more.
     #[serde(default)]
     pub deleted: bool,

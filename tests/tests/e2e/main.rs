@@ -20,3 +20,4 @@ mod sdk;
 mod security;
 mod stack;
 mod streams;
+mod webhooks;

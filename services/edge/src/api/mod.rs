@@ -15,6 +15,7 @@ mod keys;
 mod messages;
 mod problem;
 mod users;
+mod webhooks;
 
 use anchorage_schema::{Actor, ClientMsgId, EventId, SourceId};
 use axum::Router;
@@ -117,7 +118,7 @@ fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
 }
 
 /// A whole number that JSON may write as `5` or `5.0`.
-fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+pub(crate) fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     use serde::Deserialize;
     match Option::<serde_json::Number>::deserialize(d)? {
         None => Ok(None),
@@ -168,6 +169,7 @@ fn caller(state: &EdgeState, key: &keys::Key) -> Caller {
         groups::create, groups::get, groups::update, groups::dismiss, groups::add,
         groups::remove, groups::role, groups::mute, groups::members,
         messages::post, messages::history,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::redeliver,
     ),
     components(schemas(Problem)),
     modifiers(&Conventions),
@@ -175,6 +177,7 @@ fn caller(state: &EdgeState, key: &keys::Key) -> Caller {
         (name = "users", description = "Users, device tokens, sessions, conversations"),
         (name = "groups", description = "Groups and members"),
         (name = "messages", description = "Posting and history"),
+        (name = "webhooks", description = "Signed, durable deliveries of events to your endpoints"),
     )
 )]
 struct ApiDoc;
@@ -318,5 +321,11 @@ pub fn router() -> Router<EdgeState> {
             "/v1/conversations/{conv}/messages",
             get(messages::history).post(messages::post),
         )
+        .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/v1/webhooks/{name}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{name}/redeliver", post(webhooks::redeliver))
         .route("/v1/{*rest}", axum::routing::any(no_route))
 }

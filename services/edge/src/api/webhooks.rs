@@ -1,0 +1,294 @@
+//! Webhook endpoints managed through the API: records on `admin.webhook.<name>`, which the
+//! webhook worker follows (endpoints from configuration are not listed here).
+
+use anchorage_schema::admin::{Redeliver, Scope, WebhookRecord};
+use anchorage_schema::subjects::{self, stream};
+use anchorage_schema::{UserId, now_ms};
+use anchorage_webhooks::Secret;
+use anchorage_webhooks::worker::{consumer_name, streams_for};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::keys::Key;
+use super::problem::{Body, Params, Problem};
+use super::{Written, whole};
+use crate::EdgeState;
+use crate::requests::RequestError;
+
+/// A new endpoint.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub name: String,
+    /// Where deliveries are posted: `http://` or `https://`.
+    #[schema(pattern = "^https?://.+", max_length = 2048)]
+    pub url: String,
+    /// Event types (`message.sent`, `group.*`, `*`); empty or absent: every type.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub events: Vec<EventFilter>,
+    /// The signing secret (`whsec_` and base64 of at least 16 bytes); absent: a new one.
+    #[serde(default)]
+    #[schema(pattern = "^whsec_[A-Za-z0-9+/=]{22,}$")]
+    pub secret: Option<String>,
+}
+
+/// An event type or a prefix ending in `*`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(pattern = "^([a-z_]+(\\.[a-z_]+)?(\\.\\*)?|\\*)$")]
+pub struct EventFilter(pub String);
+
+/// An endpoint just created: the only answer that shows its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedWebhook {
+    /// Its name.
+    pub name: String,
+    /// The signing secret: verify every delivery's `webhook-signature` with it.
+    pub secret: String,
+    /// The ADMIN stream sequence of the record.
+    pub seq: u64,
+}
+
+/// An endpoint and its backlog.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Webhook {
+    /// Its name.
+    pub name: String,
+    /// Where deliveries go.
+    pub url: String,
+    /// The event types it receives (empty: all).
+    pub events: Vec<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Events not yet delivered, over its streams (counted while its consumers exist).
+    pub backlog: u64,
+}
+
+/// Every endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Webhooks {
+    /// By name.
+    pub webhooks: Vec<Webhook>,
+}
+
+/// Where deliveries start again: one of the two.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedeliverFrom {
+    /// From this sequence of each of the endpoint's streams.
+    #[serde(default, deserialize_with = "whole")]
+    #[schema(minimum = 1)]
+    pub from_seq: Option<i64>,
+    /// From the events stored at or after this time, Unix milliseconds.
+    #[serde(default, deserialize_with = "whole")]
+    #[schema(minimum = 0)]
+    pub from_time: Option<i64>,
+}
+
+fn name_of(name: String) -> Result<String, Problem> {
+    UserId::parse(name.as_str()).map(|_| name).map_err(|e| {
+        Problem::invalid(format!(
+            "webhook name: {}",
+            e.to_string().replace("user id", "name")
+        ))
+    })
+}
+
+async fn record(state: &EdgeState, name: &str) -> Result<Option<WebhookRecord>, Problem> {
+    let stored = state
+        .bus
+        .last_subject_payload(stream::ADMIN, &subjects::webhook(name))
+        .await
+        .map_err(RequestError::from)?;
+    Ok(stored
+        .and_then(|(_, b)| serde_json::from_slice::<WebhookRecord>(&b).ok())
+        .filter(|r| !r.deleted))
+}
+
+async fn store(state: &EdgeState, r: &WebhookRecord) -> Result<u64, Problem> {
+    let bytes = serde_json::to_vec(r).map_err(|e| Problem::from(RequestError::internal(e)))?;
+    let p = state
+        .bus
+        .publish_raw(&subjects::webhook(&r.name), None, bytes)
+        .await
+        .map_err(RequestError::from)?;
+    Ok(p.seq.0)
+}
+
+async fn view(state: &EdgeState, r: WebhookRecord) -> Webhook {
+    let mut backlog = 0;
+    for s in streams_for(&r.events) {
+        if let Ok((pending, ack_pending)) =
+            state.bus.consumer_pending(s, &consumer_name(&r.name)).await
+        {
+            backlog += pending + ack_pending;
+        }
+    }
+    Webhook {
+        name: r.name,
+        url: r.url,
+        events: r.events,
+        created_at: r.created_at,
+        backlog,
+    }
+}
+
+/// Add a webhook endpoint.
+#[utoipa::path(post, operation_id = "webhook_create", path = "/v1/webhooks", tag = "webhooks",
+    request_body = CreateWebhook,
+    responses((status = 201, description = "Created; the secret is shown this once", body = CreatedWebhook)),
+    security(("api_key" = [])))]
+pub async fn create(
+    State(state): State<EdgeState>,
+    key: Key,
+    Body(r): Body<CreateWebhook>,
+) -> Result<(StatusCode, Json<CreatedWebhook>), Problem> {
+    key.require(Scope::Admin)?;
+    let name = name_of(r.name)?;
+    if !(r.url.starts_with("http://") || r.url.starts_with("https://")) || r.url.len() > 2048 {
+        return Err(Problem::invalid(
+            "url is an http:// or https:// URL of at most 2048 bytes",
+        ));
+    }
+    let events: Vec<String> = r.events.into_iter().map(|e| e.0).collect();
+    if events.len() > 64 || events.iter().any(|e| e.is_empty() || e.len() > 64) {
+        return Err(Problem::invalid(
+            "at most 64 event types of at most 64 bytes",
+        ));
+    }
+    if streams_for(&events).is_empty() {
+        return Err(Problem::invalid(
+            "no event type matches: message.*, group.*, user.*, session.*, read.* or *",
+        ));
+    }
+    let secret = match r.secret {
+        Some(s) => {
+            Secret::parse(&s).map_err(|e| Problem::invalid(e.to_string()))?;
+            s
+        }
+        None => Secret::generate().map_err(|e| Problem::from(RequestError::internal(e)))?,
+    };
+    if record(&state, &name).await?.is_some() {
+        return Err(RequestError::Conflict(format!("webhook {name} exists")).into());
+    }
+    let seq = store(
+        &state,
+        &WebhookRecord {
+            name: name.clone(),
+            url: r.url,
+            secret: secret.clone(),
+            events,
+            created_at: now_ms(),
+            redeliver: None,
+            redeliver_at: None,
+            deleted: false,
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedWebhook { name, secret, seq }),
+    ))
+}
+
+/// List the webhook endpoints and their backlogs.
+#[utoipa::path(get, operation_id = "webhook_list", path = "/v1/webhooks", tag = "webhooks",
+    responses((status = 200, description = "The endpoints", body = Webhooks)),
+    security(("api_key" = [])))]
+pub async fn list(State(state): State<EdgeState>, key: Key) -> Result<Json<Webhooks>, Problem> {
+    key.require(Scope::Admin)?;
+    let subjects = state
+        .bus
+        .subjects(stream::ADMIN, subjects::WEBHOOKS_ALL)
+        .await
+        .map_err(RequestError::from)?;
+    let mut webhooks = Vec::new();
+    for subject in subjects {
+        if let Some(r) = record(&state, subjects::last_token(&subject)).await? {
+            webhooks.push(view(&state, r).await);
+        }
+    }
+    Ok(Json(Webhooks { webhooks }))
+}
+
+/// Get a webhook endpoint and its backlog.
+#[utoipa::path(get, operation_id = "webhook_get", path = "/v1/webhooks/{name}", tag = "webhooks",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    responses((status = 200, description = "The endpoint", body = Webhook)),
+    security(("api_key" = [])))]
+pub async fn get(
+    State(state): State<EdgeState>,
+    key: Key,
+    Params(name): Params<String>,
+) -> Result<Json<Webhook>, Problem> {
+    key.require(Scope::Admin)?;
+    let name = name_of(name)?;
+    match record(&state, &name).await? {
+        Some(r) => Ok(Json(view(&state, r).await)),
+        None => Err(RequestError::NotFound(format!("no webhook {name}")).into()),
+    }
+}
+
+/// Delete a webhook endpoint: nothing more is delivered to it.
+#[utoipa::path(delete, operation_id = "webhook_delete", path = "/v1/webhooks/{name}", tag = "webhooks",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    responses((status = 200, description = "Deleted", body = Written)),
+    security(("api_key" = [])))]
+pub async fn delete(
+    State(state): State<EdgeState>,
+    key: Key,
+    Params(name): Params<String>,
+) -> Result<Json<Written>, Problem> {
+    key.require(Scope::Admin)?;
+    let name = name_of(name)?;
+    let Some(mut r) = record(&state, &name).await? else {
+        return Err(RequestError::NotFound(format!("no webhook {name}")).into());
+    };
+    r.deleted = true;
+    let seq = store(&state, &r).await?;
+    Ok(Json(Written {
+        seq,
+        duplicate: false,
+    }))
+}
+
+/// Deliver again from a sequence or a time (also what was delivered or dead-lettered).
+#[utoipa::path(post, operation_id = "webhook_redeliver", path = "/v1/webhooks/{name}/redeliver", tag = "webhooks",
+    request_body = RedeliverFrom,
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    responses((status = 200, description = "Deliveries start again from there", body = Written)),
+    security(("api_key" = [])))]
+pub async fn redeliver(
+    State(state): State<EdgeState>,
+    key: Key,
+    Params(name): Params<String>,
+    Body(r): Body<RedeliverFrom>,
+) -> Result<Json<Written>, Problem> {
+    key.require(Scope::Admin)?;
+    let name = name_of(name)?;
+    let from = match (r.from_seq, r.from_time) {
+        (Some(s), None) if s >= 1 => Redeliver::FromSeq(s as u64),
+        (None, Some(t)) if t >= 0 => Redeliver::FromTime(t),
+        _ => {
+            return Err(Problem::invalid(
+                "give from_seq (at least 1) or from_time (Unix milliseconds), not both",
+            ));
+        }
+    };
+    let Some(mut rec) = record(&state, &name).await? else {
+        return Err(RequestError::NotFound(format!("no webhook {name}")).into());
+    };
+    rec.redeliver = Some(from);
+    rec.redeliver_at = Some(now_ms());
+    let seq = store(&state, &rec).await?;
+    Ok(Json(Written {
+        seq,
+        duplicate: false,
+    }))
+}

@@ -1,0 +1,185 @@
+//! Signed HTTP deliveries: the webhook worker ([`worker`]) and the one-off signed call the
+//! before-send hook makes ([`Poster`]).
+//!
+//! Every request is signed per the Standard Webhooks specification: `webhook-id` (the event
+//! id, so a receiver deduplicates redeliveries), `webhook-timestamp` (Unix seconds) and
+//! `webhook-signature` (`v1,` and the base64 HMAC-SHA256 of `id.timestamp.body` under the
+//! endpoint's `whsec_` secret).
+
+pub mod worker;
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+pub use worker::run;
+
+/// A Standard Webhooks signing secret.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// Why a secret is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a signing secret reads whsec_ and base64 of at least 16 bytes")]
+pub struct BadSecret;
+
+impl Secret {
+    /// Parses `whsec_<base64>`.
+    pub fn parse(s: &str) -> Result<Secret, BadSecret> {
+        let key = STANDARD
+            .decode(s.strip_prefix("whsec_").ok_or(BadSecret)?)
+            .map_err(|_| BadSecret)?;
+        if key.len() < 16 {
+            return Err(BadSecret);
+        }
+        Ok(Secret(key))
+    }
+
+    /// A new random secret (32 bytes), as `whsec_<base64>`.
+    pub fn generate() -> Result<String, getrandom::Error> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)?;
+        Ok(format!("whsec_{}", STANDARD.encode(key)))
+    }
+
+    /// The `webhook-signature` of `body` sent as message `id` at `timestamp`.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    }
+}
+
+/// What a signed post came back with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The endpoint answered with this status and body.
+    Answered { status: u16, body: String },
+    /// No answer: connection refused, reset, timed out.
+    NoAnswer(String),
+}
+
+impl Outcome {
+    /// Whether the endpoint took it (2xx).
+    pub fn accepted(&self) -> bool {
+        matches!(self, Outcome::Answered { status, .. } if (200..300).contains(status))
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Answered { status, .. } => write!(f, "HTTP {status}"),
+            Outcome::NoAnswer(why) => write!(f, "no answer: {why}"),
+        }
+    }
+}
+
+/// Posts signed JSON (one connection pool per process).
+#[derive(Debug, Clone)]
+pub struct Poster {
+    client: reqwest::Client,
+}
+
+/// Longest answer body read back (the before-send hook's verdict).
+const MAX_ANSWER: usize = 1024 * 1024;
+
+impl Poster {
+    /// A poster whose every call is bounded by `timeout`.
+    pub fn new(timeout: Duration) -> anyhow::Result<Poster> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("anchorage/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Poster { client })
+    }
+
+    /// Posts `body` to `url` as message `id`, signed with `secret`.
+    pub async fn post(&self, url: &str, secret: &Secret, id: &str, body: Vec<u8>) -> Outcome {
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let signature = secret.sign(id, timestamp, &body);
+        let sent = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = match response.bytes().await {
+                    Ok(b) if b.len() <= MAX_ANSWER => String::from_utf8_lossy(&b).into_owned(),
+                    _ => String::new(),
+                };
+                Outcome::Answered { status, body }
+            }
+            Err(e) => Outcome::NoAnswer(without_url(&e)),
+        }
+    }
+}
+
+/// An error's text without the URL (which may carry credentials).
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "failed"
+    };
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut last = String::new();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    if last.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {last}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The example of the Standard Webhooks specification.
+    #[test]
+    fn signs_like_the_specification() {
+        let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn secrets_are_checked() {
+        assert!(Secret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
+        assert!(Secret::parse("whsec_not base64!").is_err());
+        assert!(Secret::parse("whsec_c2hvcnQ=").is_err(), "too short");
+        let fresh = Secret::generate().unwrap();
+        assert!(Secret::parse(&fresh).is_ok());
+    }
+}
