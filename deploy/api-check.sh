@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Checks the server API against its own OpenAPI document: validates the document
-# (openapi-spec-validator), then runs property-based tests generated from it (schemathesis:
-# positive and negative cases, every check, stateful sequences) against a real `anchorage dev`
-# stack with an admin API key. Tools are pinned and installed into .tools/py if missing.
+# Checks the server API from outside against a real `anchorage dev` stack: validates the
+# OpenAPI document (openapi-spec-validator), runs property-based tests generated from it
+# (schemathesis: positive and negative cases, every check, stateful sequences) with an admin
+# API key, then verifies webhook deliveries with the reference Standard Webhooks verifier
+# (deploy/webhook-check.py). Tools are pinned and installed into .tools/py if missing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 py="$root/.tools/py"
 if ! "$py/bin/schemathesis" --version 2>/dev/null | grep -q "4.32.5" \
-  || ! [ -x "$py/bin/openapi-spec-validator" ]; then
+  || ! [ -x "$py/bin/openapi-spec-validator" ] \
+  || ! "$py/bin/python" -c "import standardwebhooks" 2>/dev/null; then
   python3 -m venv "$py"
   "$py/bin/pip" install --quiet --disable-pip-version-check \
-    "schemathesis==4.32.5" "openapi-spec-validator==0.9.0"
+    "schemathesis==4.32.5" "openapi-spec-validator==0.9.0" "standardwebhooks==1.1.0"
 fi
 
 ANCHORAGE_DEV__NATS_SERVER="${ANCHORAGE_DEV__NATS_SERVER:-$(deploy/nats-server.sh)}"
@@ -28,6 +30,8 @@ export ANCHORAGE_DEV__DATA_DIR="$work/data"
 export ANCHORAGE_DEV__NATS_PORT="$nats_port"
 export ANCHORAGE_EDGE__LISTEN="127.0.0.1:$http_port"
 export ANCHORAGE_NATS__URL="nats://127.0.0.1:$nats_port"
+# Quick retries, so the webhook check's failures are retried within seconds.
+export ANCHORAGE_WEBHOOKS__TIMEOUT_MS=1000 ANCHORAGE_WEBHOOKS__MAX_BACKOFF_MS=300
 base="http://127.0.0.1:$http_port"
 
 "$bin" dev >"$work/dev.log" 2>&1 &
@@ -58,3 +62,4 @@ echo "schemathesis against $base"
   --checks all --max-examples "${API_CHECK_EXAMPLES:-60}" --workers 1 --seed 1 \
   --no-color
 echo "api-check: the server API conforms to its OpenAPI document"
+"$py/bin/python" deploy/webhook-check.py "$base" "$key"

@@ -11,7 +11,7 @@ pub mod worker;
 use std::time::Duration;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -32,10 +32,22 @@ impl std::fmt::Debug for Secret {
 #[error("a signing secret reads whsec_ and base64 of at least 16 bytes")]
 pub struct BadSecret;
 
+/// Base64 as secrets are written: padded, any trailing bits.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
+/// Longest secret accepted, in characters.
+pub const MAX_SECRET: usize = 200;
+
 impl Secret {
-    /// Parses `whsec_<base64>`.
+    /// Parses `whsec_<base64>` (of 16 bytes or more).
     pub fn parse(s: &str) -> Result<Secret, BadSecret> {
-        let key = STANDARD
+        if s.len() > MAX_SECRET {
+            return Err(BadSecret);
+        }
+        let key = LENIENT
             .decode(s.strip_prefix("whsec_").ok_or(BadSecret)?)
             .map_err(|_| BadSecret)?;
         if key.len() < 16 {

@@ -113,25 +113,34 @@ async fn applied(state: &EdgeState, projection: Projection, seq: u64) {
 pub struct Id(pub String);
 
 /// A field that may be absent but, when present, is a string (never `null`).
-fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn some_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
     <String as serde::Deserialize>::deserialize(d).map(Some)
 }
 
-/// A whole number that JSON may write as `5` or `5.0`.
+/// A whole number that JSON may write as `5` or `5.0`; `null` is absent.
 pub(crate) fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    use serde::Deserialize;
-    match Option::<serde_json::Number>::deserialize(d)? {
+    match <Option<serde_json::Number> as serde::Deserialize>::deserialize(d)? {
         None => Ok(None),
-        Some(n) => n
-            .as_i64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                    .map(|f| f as i64)
-            })
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number"))),
+        Some(n) => whole_number::<D::Error>(&n).map(Some),
     }
+}
+
+/// A field that may be absent but, when present, is a whole number (never `null`).
+pub(crate) fn some_whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let n = <serde_json::Number as serde::Deserialize>::deserialize(d)?;
+    whole_number::<D::Error>(&n).map(Some)
+}
+
+fn whole_number<E: serde::de::Error>(n: &serde_json::Number) -> Result<i64, E> {
+    n.as_i64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| E::custom(format!("{n} is not a whole number")))
 }
 
 fn event_id(id: String) -> Result<EventId, Problem> {
@@ -243,6 +252,24 @@ impl utoipa::Modify for Conventions {
         {
             o.min_properties = Some(1);
             o.max_properties = None;
+        }
+        // The event types an endpoint may name.
+        components.schemas.insert(
+            "EventFilter".to_owned(),
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .description(Some(
+                    "An event type, a family (`group.*`) or everything (`*`).",
+                ))
+                .enum_values(Some(webhooks::event_filters()))
+                .into(),
+        );
+        // A redelivery names one start.
+        if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(o))) =
+            components.schemas.get_mut("RedeliverFrom")
+        {
+            o.min_properties = Some(1);
+            o.max_properties = Some(1);
         }
         for item in doc.paths.paths.values_mut() {
             for op in [

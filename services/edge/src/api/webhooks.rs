@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::keys::Key;
 use super::problem::{Body, Params, Problem};
-use super::{Written, whole};
+use super::{Written, some_string, some_whole};
 use crate::EdgeState;
 use crate::requests::RequestError;
 
@@ -33,16 +33,33 @@ pub struct CreateWebhook {
     #[schema(max_items = 64)]
     pub events: Vec<EventFilter>,
     /// The signing secret (`whsec_` and base64 of at least 16 bytes); absent: a new one.
-    #[serde(default)]
-    #[schema(pattern = "^whsec_[A-Za-z0-9+/=]{22,}$")]
+    #[serde(default, deserialize_with = "some_string")]
+    #[schema(
+        pattern = "^whsec_(?:[A-Za-z0-9+/]{4}){5}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|(?:[A-Za-z0-9+/]{4})+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?)$",
+        max_length = 200,
+        nullable = false
+    )]
     pub secret: Option<String>,
 }
 
-/// An event type or a prefix ending in `*`.
+/// An event type (`message.sent`), a family (`group.*`) or everything (`*`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(transparent)]
-#[schema(pattern = "^([a-z_]+(\\.[a-z_]+)?(\\.\\*)?|\\*)$")]
 pub struct EventFilter(pub String);
+
+/// Every filter an endpoint may name.
+pub fn event_filters() -> Vec<String> {
+    let families = ["*", "message.*", "group.*", "user.*", "session.*", "read.*"];
+    families
+        .iter()
+        .map(|f| (*f).to_owned())
+        .chain(
+            anchorage_schema::Event::TYPES
+                .iter()
+                .map(|(t, _)| (*t).to_owned()),
+        )
+        .collect()
+}
 
 /// An endpoint just created: the only answer that shows its secret.
 #[derive(Debug, Serialize, ToSchema)]
@@ -77,17 +94,17 @@ pub struct Webhooks {
     pub webhooks: Vec<Webhook>,
 }
 
-/// Where deliveries start again: one of the two.
+/// Where deliveries start again: exactly one of the two.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedeliverFrom {
     /// From this sequence of each of the endpoint's streams.
-    #[serde(default, deserialize_with = "whole")]
-    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "some_whole")]
+    #[schema(minimum = 1, nullable = false)]
     pub from_seq: Option<i64>,
     /// From the events stored at or after this time, Unix milliseconds.
-    #[serde(default, deserialize_with = "whole")]
-    #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "some_whole")]
+    #[schema(minimum = 0, nullable = false)]
     pub from_time: Option<i64>,
 }
 
@@ -157,15 +174,12 @@ pub async fn create(
         ));
     }
     let events: Vec<String> = r.events.into_iter().map(|e| e.0).collect();
-    if events.len() > 64 || events.iter().any(|e| e.is_empty() || e.len() > 64) {
-        return Err(Problem::invalid(
-            "at most 64 event types of at most 64 bytes",
-        ));
-    }
-    if streams_for(&events).is_empty() {
-        return Err(Problem::invalid(
-            "no event type matches: message.*, group.*, user.*, session.*, read.* or *",
-        ));
+    let known = event_filters();
+    if events.len() > 64 || events.iter().any(|e| !known.contains(e)) {
+        return Err(Problem::invalid(format!(
+            "at most 64 event types, each one of: {}",
+            known.join(", ")
+        )));
     }
     let secret = match r.secret {
         Some(s) => {
