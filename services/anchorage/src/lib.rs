@@ -79,6 +79,7 @@ pub async fn edge_state(
         config.edge.clone(),
         config.members.clone(),
         &config.auth,
+        &config.hooks,
     )
     .await
 }

@@ -15,6 +15,7 @@
 
 mod api;
 pub mod auth;
+mod hook;
 mod limits;
 pub mod live;
 pub mod metrics;
@@ -67,6 +68,8 @@ pub struct Shared {
     pub auth: Arc<anchorage_config::AuthConfig>,
     /// The rates of the server API's keys.
     api_limits: Arc<api::KeyLimits>,
+    /// The before-send hook, if configured.
+    before_send: Option<Arc<hook::BeforeSend>>,
     /// Connections, memberships and live subscriptions.
     pub hub: Arc<live::Hub>,
     /// How far the projections have got.
@@ -94,7 +97,15 @@ impl EdgeState {
         config: anchorage_config::EdgeConfig,
         members: anchorage_config::MembersConfig,
         auth: &anchorage_config::AuthConfig,
+        hooks: &anchorage_config::HooksConfig,
     ) -> anyhow::Result<EdgeState> {
+        let before_send = match &hooks.before_send {
+            Some(h) => Some(Arc::new(hook::BeforeSend::from_config(
+                h,
+                config.max_frame_bytes as usize,
+            )?)),
+            None => None,
+        };
         let hub = live::Hub::start(bus.clone(), store.clone()).await?;
         let progress = progress::Progress::start(&bus, store.clone()).await?;
         let window = streams
@@ -119,6 +130,7 @@ impl EdgeState {
             verifier: Arc::new(auth::Verifier::from_config(auth)?),
             auth: Arc::new(auth.clone()),
             api_limits: Arc::new(api::KeyLimits::default()),
+            before_send,
             bus,
             store,
             streams,

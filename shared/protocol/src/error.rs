@@ -56,6 +56,9 @@ pub enum ErrorCode {
     Internal,
     /// Server API only: the API key is missing, malformed, unknown or revoked.
     Unauthorized,
+    /// The before-send hook refused the message; the message says why. Sending it again
+    /// unchanged is refused again.
+    Rejected,
     /// An earlier send on this connection was refused (`rate_limited`, `overloaded`,
     /// `internal`): later ones are refused too until that one is sent again, so a client that
     /// retries in order keeps its order.

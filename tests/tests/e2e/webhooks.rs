@@ -342,3 +342,186 @@ async fn webhooks_deliver_everything_in_order_through_failures_and_dead_letter_w
     stop.cancel();
     stack.stack.stop().await.unwrap();
 }
+
+/// The moderation service the before-send hook asks: by the body's text.
+async fn moderate(
+    axum::extract::State(secret): axum::extract::State<Arc<Secret>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let signed = h("webhook-timestamp")
+        .parse::<i64>()
+        .is_ok_and(|t| h("webhook-signature") == secret.sign(&h("webhook-id"), t, &body));
+    if !signed {
+        return (StatusCode::UNAUTHORIZED, String::new());
+    }
+    let draft: Value = serde_json::from_slice(&body).unwrap();
+    let verdict = match draft["body"].as_str().unwrap_or("") {
+        "bad" => json!({"action": "reject", "reason": "no bad words"}),
+        "rewrite" => json!({"action": "replace", "body": {"text": "[redacted]"}}),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            json!({"action": "allow"})
+        }
+        "broken" => return (StatusCode::OK, "not json".into()),
+        _ => json!({"action": "allow"}),
+    };
+    (StatusCode::OK, verdict.to_string())
+}
+
+/// A stack whose before-send hook is the moderation service above.
+async fn moderated(
+    on_failure: anchorage_config::OnFailure,
+) -> (TestNats, TestStack, CancellationToken) {
+    let secret = Secret::generate().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route("/before-send", axum::routing::post(moderate))
+        .with_state(Arc::new(Secret::parse(&secret).unwrap()));
+    let stop = CancellationToken::new();
+    let until = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { until.cancelled().await })
+            .await
+            .unwrap();
+    });
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    config.hooks.before_send = Some(anchorage_config::BeforeSendConfig {
+        url: format!("http://{hook_addr}/before-send"),
+        secret,
+        timeout_ms: 300,
+        on_failure,
+    });
+    let stack = TestStack::start_with(config, db_dir).await.unwrap();
+    (nats, stack, stop)
+}
+
+// The before-send hook allows, rejects (a documented code, for the socket and the API) and
+// replaces; when it fails or is too slow, `fail_closed` refuses for a retry and `fail_open`
+// lets the message through. Its time is measured.
+#[tokio::test]
+async fn the_before_send_hook_allows_rejects_replaces_and_fails_as_configured() {
+    use anchorage_protocol::ErrorCode;
+    use anchorage_tests::{WsClient, create_group, send_message, sync};
+
+    let (nats, stack, stop) = moderated(anchorage_config::OnFailure::FailClosed).await;
+    let addr = stack.edge_addr();
+    let (mut alice, _) = WsClient::signed_in(addr, "alice", "d").await.unwrap();
+    alice.ok(create_group("g", "G", &[])).await.unwrap();
+    let fine = alice
+        .ack(send_message("g", "m1", json!("hello")))
+        .await
+        .unwrap();
+    let bad = alice
+        .refused(send_message("g", "m2", json!("bad")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (bad.code, bad.message.as_str()),
+        (ErrorCode::Rejected, "no bad words")
+    );
+    let rewritten = alice
+        .ack(send_message("g", "m3", json!("rewrite")))
+        .await
+        .unwrap();
+    // A rejection does not hold back the sends after it.
+    let after = alice
+        .ack(send_message("g", "m4", json!("after")))
+        .await
+        .unwrap();
+    let messages = alice.messages(sync("g", 0)).await.unwrap().messages;
+    let bodies: Vec<(u64, Value)> = messages.iter().map(|m| (m.seq, m.body.clone())).collect();
+    assert_eq!(
+        bodies,
+        vec![
+            (fine.seq, json!("hello")),
+            (rewritten.seq, json!({"text": "[redacted]"})),
+            (after.seq, json!("after")),
+        ]
+    );
+    for failing in ["slow", "broken"] {
+        let refused = alice
+            .refused(send_message("g", failing, json!(failing)))
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.code,
+            ErrorCode::Overloaded,
+            "{failing}: {refused:?}"
+        );
+        assert!(refused.retry_after_ms.is_some());
+        // The refused send is retried first (order), with its own id: refused again.
+        let again = alice
+            .refused(send_message("g", failing, json!(failing)))
+            .await
+            .unwrap();
+        assert_eq!(again.code, ErrorCode::Overloaded);
+        // Once the hook answers, the same send goes through.
+        alice
+            .ack(send_message("g", failing, json!("fine now")))
+            .await
+            .unwrap();
+    }
+
+    // The server API's posts for a user go through it too.
+    let (key, _) = api_key(&nats.url(), Scope::Write, 100).await;
+    let rejected = call(
+        addr,
+        &key,
+        "POST",
+        "/v1/conversations/g/messages",
+        json!({"body": "bad", "sender": "alice"}),
+    )
+    .await;
+    assert_eq!(
+        (rejected.status, rejected.body["code"].as_str()),
+        (422, Some("rejected")),
+        "{rejected:?}"
+    );
+    let metrics = scrape(addr).await;
+    for outcome in ["allow", "reject", "replace", "failed_closed"] {
+        assert!(
+            metric(
+                &metrics,
+                "anchorage_before_send_seconds_count",
+                &[("outcome", outcome)]
+            ) >= 1.0,
+            "{outcome}"
+        );
+    }
+    stack.stack.stop().await.unwrap();
+    stop.cancel();
+
+    let (_nats, stack, stop) = moderated(anchorage_config::OnFailure::FailOpen).await;
+    let (mut bob, _) = WsClient::signed_in(stack.edge_addr(), "bob", "d")
+        .await
+        .unwrap();
+    bob.ok(create_group("h", "H", &[])).await.unwrap();
+    let through = bob
+        .ack(send_message("h", "s1", json!("slow")))
+        .await
+        .unwrap();
+    assert!(through.seq > 0);
+    let still = bob
+        .refused(send_message("h", "s2", json!("bad")))
+        .await
+        .unwrap();
+    assert_eq!(
+        still.code,
+        ErrorCode::Rejected,
+        "an answer is still an answer"
+    );
+    stack.stack.stop().await.unwrap();
+    stop.cancel();
+}

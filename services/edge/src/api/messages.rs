@@ -4,7 +4,7 @@
 use anchorage_schema::admin::Scope;
 use anchorage_schema::event::{MessageSent, SystemMessagePosted};
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{Actor, ClientMsgId, ConversationId, DeviceId, Envelope, now_ms};
+use anchorage_schema::{Actor, ClientMsgId, ConversationId, DeviceId, Envelope, Event, now_ms};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -188,6 +188,21 @@ pub async fn post(
             )
         }
     };
+    // The hook sees what a user sends (never the system's own posts), before any repeat is
+    // compared: a replaced body is what was stored.
+    let mut env = env;
+    if let (Some(hook), Event::MessageSent(m)) = (&state.before_send, &mut env.event) {
+        let draft = crate::hook::Draft {
+            conv: &m.conv,
+            sender: &m.sender,
+            device: &m.device,
+            client_msg_id: &m.client_msg_id,
+            body: &m.body,
+        };
+        if let Some(replaced) = hook.check(&env.id, &draft).await? {
+            m.body = replaced;
+        }
+    }
     // A repeat after the stream's duplicate window gets the original from the history,
     // never a second copy: the history answers once it holds all of the conversation.
     if given.is_some() {

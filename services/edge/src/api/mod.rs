@@ -236,6 +236,7 @@ impl utoipa::Modify for Conventions {
                 "conflict: the state changed, or an idempotency key was reused",
             ),
             ("413", "too_large: the body exceeds edge.max_frame_bytes"),
+            ("422", "rejected: the before-send hook refused the message"),
             (
                 "429",
                 "rate_limited: the key's rate is spent; see Retry-After",

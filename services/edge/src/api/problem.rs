@@ -24,8 +24,8 @@ pub struct Problem {
     /// What was wrong with this request.
     pub detail: String,
     /// The stable code (the same as the WebSocket protocol's): `invalid_request`,
-    /// `unauthorized`, `forbidden`, `not_found`, `conflict`, `too_large`, `rate_limited`,
-    /// `overloaded`, `internal`.
+    /// `unauthorized`, `forbidden`, `not_found`, `conflict`, `too_large`, `rejected`,
+    /// `rate_limited`, `overloaded`, `internal`.
     pub code: String,
     /// For `rate_limited` and `overloaded`: when to come back (also in `Retry-After`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -42,6 +42,7 @@ impl From<RequestError> for Problem {
             C::NotFound => StatusCode::NOT_FOUND,
             C::Conflict => StatusCode::CONFLICT,
             C::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            C::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
             C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             C::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             C::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -40,6 +40,8 @@ pub(crate) enum RequestError {
     Unauthorized(String),
     /// A request or body over its size limit.
     TooLarge(String),
+    /// The before-send hook refused the message.
+    Rejected(String),
 }
 
 impl RequestError {
@@ -60,6 +62,7 @@ impl RequestError {
             RequestError::NotText | RequestError::NotUtf8 => ErrorCode::BadFrame,
             RequestError::Unauthorized(_) => ErrorCode::Unauthorized,
             RequestError::TooLarge(_) => ErrorCode::TooLarge,
+            RequestError::Rejected(_) => ErrorCode::Rejected,
         }
     }
 
@@ -88,7 +91,8 @@ impl RequestError {
             | RequestError::Internal(m)
             | RequestError::OutOfOrder(m)
             | RequestError::Unauthorized(m)
-            | RequestError::TooLarge(m) => m,
+            | RequestError::TooLarge(m)
+            | RequestError::Rejected(m) => m,
             RequestError::RateLimited { .. } => "too many requests".into(),
             RequestError::HelloRequired => "send hello with a device token first".into(),
             RequestError::UnsupportedProtocol => format!(

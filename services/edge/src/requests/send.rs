@@ -173,6 +173,19 @@ impl Session {
             self.claims.device
         ))
         .map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let mut body = body;
+        if let Some(hook) = &self.state.before_send {
+            let draft = crate::hook::Draft {
+                conv: &conv,
+                sender: user,
+                device: &self.claims.device,
+                client_msg_id: &client_msg_id,
+                body: &body,
+            };
+            if let Some(replaced) = hook.check(&event_id, &draft).await? {
+                body = replaced;
+            }
+        }
         let server_ts = now_ms();
         let env = Envelope::new(
             event_id,
