@@ -8,6 +8,7 @@ pub mod nats_auth;
 pub mod natsd;
 pub mod replay;
 pub mod stack;
+pub mod telemetry;
 
 use std::path::Path;
 use std::time::Duration;

@@ -90,7 +90,9 @@ pub async fn api(request: Request, next: Next) -> Response {
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
-    let response = next.run(request).await;
+    let span = tracing::debug_span!("api", method = %method, route = %route, status = tracing::field::Empty);
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("status", response.status().as_u16());
     if route.starts_with("/v1/") || route == "unmatched" {
         let status = response.status().as_u16().to_string();
         metrics::counter!(

@@ -286,6 +286,11 @@ fn payload(d: &Delivery, stream: &str, events: &[String]) -> Option<(String, Vec
 /// Delivers one event with retries, or dead-letters it; acknowledges it either way. `false`
 /// when stopped before it was settled (it stays unacknowledged and comes again).
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(level = "debug", name = "webhook", skip_all, fields(
+    endpoint = %endpoint.name,
+    stream,
+    seq = d.seq.0,
+))]
 async fn handle(
     bus: &Bus,
     poster: &Poster,

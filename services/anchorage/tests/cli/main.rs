@@ -6,3 +6,4 @@
 mod crash;
 mod dev;
 mod edges;
+mod telemetry;
