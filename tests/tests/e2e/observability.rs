@@ -155,3 +155,65 @@ async fn every_metric_moves_when_its_event_happens() {
     .unwrap();
     stack.stack.stop().await.unwrap();
 }
+
+// The dashboard under deploy/ and the metrics table in deploy/OBSERVABILITY.md name only
+// metrics the code records, and the table names every one the dashboard uses.
+#[test]
+fn the_dashboard_and_the_docs_name_metrics_that_exist() {
+    fn names(text: &str) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("anchorage_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = tail[..end]
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum");
+            out.insert(name.to_owned());
+            rest = &tail[end..];
+        }
+        out
+    }
+    let root = anchorage_tests::repo_root();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/anchorage.json")).unwrap();
+    let used = names(&dashboard.to_string());
+    let documented = names(&read("deploy/OBSERVABILITY.md"));
+    let mut code = String::new();
+    for file in [
+        "services/edge/src/metrics.rs",
+        "services/edge/src/hook.rs",
+        "services/edge/src/ws.rs",
+        "services/webhooks/src/worker.rs",
+        "services/anchorage/src/telemetry.rs",
+        "shared/bus/src/lib.rs",
+        "shared/bus/src/consume.rs",
+    ] {
+        code.push_str(&read(file));
+    }
+    let recorded: std::collections::BTreeSet<String> = names(&code)
+        .into_iter()
+        .filter(|n| code.contains(&format!("\"{n}\"")))
+        .collect();
+    assert!(used.len() >= 15, "{used:?}");
+    for name in &used {
+        assert!(
+            recorded.contains(name),
+            "the dashboard uses {name}, which nothing records"
+        );
+        assert!(
+            documented.contains(name),
+            "{name} is not in deploy/OBSERVABILITY.md"
+        );
+    }
+    for name in &documented {
+        assert!(
+            recorded.contains(name),
+            "deploy/OBSERVABILITY.md names {name}, which nothing records"
+        );
+    }
+}
