@@ -330,14 +330,17 @@ fn print_welcome(config: &Config, stack: &Stack, nats: &NatsServer) {
     println!(
         "\nAnchorage is running.\n\
          \n  edge       http://{addr}  (WebSocket ws://{addr}/ws)\
-         \n  health     http://{addr}/livez   http://{addr}/readyz\
+         \n  health     http://{addr}/livez   http://{addr}/readyz   http://{addr}/metrics\
+         \n  server API http://{addr}/v1  (OpenAPI: http://{addr}/v1/openapi.json)\
          \n  nats       {nats_url}  (JetStream store in {store})\
          \n  database   {db}\
          \n\nMint a device token:\
          \n  anchorage token --user alice --device laptop\
+         \nCreate a server API key (for your backend):\
+         \n  anchorage apikey create --name backend --scope admin\
          \n\nNATS users (edge, projector, operator, ext_<source>) and their passwords are in\
          \n  {creds}\
-         \n(`anchorage revoke`, `streams apply` and `replay` here use the operator from it.)\
+         \n(`anchorage revoke`, `apikey`, `streams apply` and `replay` here use the operator from it.)\
          \n\nStop with Ctrl-C.\n",
         nats_url = nats.url(),
         store = nats.options().store_dir.display(),

@@ -132,7 +132,7 @@ fn on_event(disconnected: &std::sync::atomic::AtomicBool, event: async_nats::Eve
         }
         async_nats::Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
         async_nats::Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
-        other => tracing::info!(event = %other, "NATS"),
+        other => tracing::debug!(event = %other, "NATS"),
     }
 }
 
