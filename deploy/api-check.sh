@@ -20,7 +20,7 @@ fi
 ANCHORAGE_DEV__NATS_SERVER="${ANCHORAGE_DEV__NATS_SERVER:-$(deploy/nats-server.sh)}"
 export ANCHORAGE_DEV__NATS_SERVER
 cargo build --quiet --locked -p anchorage
-bin="$root/target/debug/anchorage"
+bin="${CARGO_TARGET_DIR:-$root/target}/debug/anchorage"
 
 work="$(mktemp -d)"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
