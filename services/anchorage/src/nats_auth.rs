@@ -358,8 +358,12 @@ mod tests {
     fn each_identity_gets_only_its_subjects() {
         let e = edge();
         assert!(e.publish.contains(&"msg.*".to_owned()));
+        // The server API writes users and webhook endpoints, never API keys.
+        assert!(e.publish.contains(&"user.*".to_owned()));
         for forbidden in [
-            "user.*",
+            "admin.apikey.*",
+            "admin.>",
+            "admin.*.*",
             "ext.>",
             "live.>",
             "notify.grp.*",

@@ -81,27 +81,12 @@ impl Bus {
     /// The sequence of the last event stored on `subject` in `stream` (0 if none): the current
     /// version of that entity.
     pub async fn last_subject_seq(&self, stream: &str, subject: &str) -> Result<Seq, BusError> {
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
-        match handle.get_last_raw_message_by_subject(subject).await {
-            Ok(m) => Ok(Seq(m.sequence)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
-                ) =>
-            {
-                Ok(Seq(0))
-            }
-            Err(e) => Err(BusError::jetstream(subject, e)),
-        }
+        Ok(self
+            .last_subject_payload(stream, subject)
+            .await?
+            .map_or(Seq(0), |(seq, _)| seq))
     }
-}
 
-impl Bus {
     /// The last message on `subject` in `stream` (a record whose last version is the current
     /// one) with its sequence, or `None` if there is none.
     pub async fn last_subject_payload(
