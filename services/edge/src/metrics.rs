@@ -88,7 +88,13 @@ pub async fn api(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    // Only the methods the API serves name a series: anything else is `other`, so requests
+    // cannot make up series.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let started = Instant::now();
     let span = tracing::debug_span!("api", method = %method, route = %route, status = tracing::field::Empty);
     let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;

@@ -25,10 +25,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use anchorage_bus::Bus;
-use anchorage_schema::event::{MembersRemoved, RemovalReason};
 use anchorage_schema::ids::{ConversationId, GroupId, SourceId, UserId};
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{Envelope, Event, EventId};
+use anchorage_schema::{Envelope, Event};
 use anchorage_store::Store;
 use serde_json::{Value, json};
 
@@ -359,17 +358,9 @@ impl Ingest {
             let Ok(group) = GroupId::parse(group) else {
                 continue;
             };
-            let env = Envelope::new(
-                EventId::parse(format!("{}:leave:{group}", deleted.id))
-                    .map_err(|e| ApplyError::Unavailable(e.to_string()))?,
-                deleted.occurred_at,
-                deleted.actor.clone(),
-                MembersRemoved {
-                    group: group.clone(),
-                    members: vec![user.clone()],
-                    reason: RemovalReason::Removed,
-                },
-            );
+            let env = deleted
+                .departure(&group, user)
+                .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
             bus.publish_event(&subjects::membership(&group), &env, None)
                 .await
                 .map_err(|e| ApplyError::Unavailable(e.to_string()))?;

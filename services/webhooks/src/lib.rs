@@ -119,7 +119,8 @@ impl Poster {
         Ok(Poster { client })
     }
 
-    /// Posts `body` to `url` as message `id`, signed with `secret`.
+    /// Posts `body` to `url` as message `id`, signed with `secret`. An answer is read up to
+    /// 1 MiB; a longer one counts as no answer.
     pub async fn post(&self, url: &str, secret: &Secret, id: &str, body: Vec<u8>) -> Outcome {
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -136,13 +137,28 @@ impl Poster {
             .send()
             .await;
         match sent {
-            Ok(response) => {
+            Ok(mut response) => {
                 let status = response.status().as_u16();
-                let body = match response.bytes().await {
-                    Ok(b) if b.len() <= MAX_ANSWER => String::from_utf8_lossy(&b).into_owned(),
-                    _ => String::new(),
-                };
-                Outcome::Answered { status, body }
+                // Read at most MAX_ANSWER bytes: an endpoint cannot make the process hold more.
+                let mut body = Vec::new();
+                loop {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_ANSWER => {
+                            body.extend_from_slice(&chunk);
+                        }
+                        Ok(Some(_)) => {
+                            return Outcome::NoAnswer(format!(
+                                "HTTP {status} with an answer over {MAX_ANSWER} bytes"
+                            ));
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Outcome::NoAnswer(without_url(&e)),
+                    }
+                }
+                Outcome::Answered {
+                    status,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                }
             }
             Err(e) => Outcome::NoAnswer(without_url(&e)),
         }

@@ -138,28 +138,45 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let poster = Poster::new(Duration::from_millis(config.timeout_ms))?;
     let mut running: HashMap<String, (Endpoint, CancellationToken)> = HashMap::new();
+    // Deleted endpoints whose consumers are gone (cleaned once per run of the worker).
+    let mut cleaned: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut tasks = JoinSet::new();
     loop {
         match endpoints(&bus, &config).await {
             Ok(list) => {
                 for (endpoint, deleted) in list {
-                    let current = running.get(&endpoint.name).map(|(e, _)| e);
+                    let current = running.get(&endpoint.name).map(|(e, _)| e).cloned();
                     if deleted {
-                        if let Some((_, stop)) = running.remove(&endpoint.name) {
-                            stop.cancel();
+                        // Stopped this round: its consumers are deleted now and once more
+                        // next round (a task stopping meanwhile may have just made one).
+                        let was_running = match running.remove(&endpoint.name) {
+                            Some((_, stop)) => {
+                                stop.cancel();
+                                true
+                            }
+                            None => false,
+                        };
+                        if !was_running && cleaned.contains(&endpoint.name) {
+                            continue;
                         }
+                        let mut all = true;
                         for (s, _) in STREAMS {
                             if let Err(e) =
                                 bus.delete_consumer(s, &consumer_name(&endpoint.name)).await
                             {
+                                all = false;
                                 tracing::warn!(error = %e, endpoint = %endpoint.name, "deleting a webhook consumer");
                             }
                         }
+                        if all && !was_running {
+                            cleaned.insert(endpoint.name.clone());
+                        }
                         continue;
                     }
-                    if current == Some(&endpoint) {
+                    if current.as_ref() == Some(&endpoint) {
                         continue;
                     }
+                    cleaned.remove(&endpoint.name);
                     if let Some((_, stop)) = running.remove(&endpoint.name) {
                         stop.cancel();
                     }
@@ -274,7 +291,8 @@ fn payload(d: &Delivery, stream: &str, events: &[String]) -> Option<(String, Vec
     }
     let mut envelope: Value = serde_json::from_slice(d.payload()).ok()?;
     let object = envelope.as_object_mut()?;
-    let id = object.get("id")?.as_str()?.to_owned();
+    // Event ids are unique within a stream: with the stream, within everything delivered.
+    let id = format!("{stream}:{}", object.get("id")?.as_str()?);
     if object.get("type").and_then(Value::as_str) != Some(type_name) {
         return None;
     }

@@ -245,6 +245,31 @@ impl Bus {
         }
     }
 
+    /// Stores a record (not an event) on `subject` only if the subject's last sequence is
+    /// still `expected` (0: no record yet), so two writers never overwrite each other unseen.
+    pub async fn publish_record(
+        &self,
+        subject: &str,
+        payload: Vec<u8>,
+        expected: Seq,
+    ) -> Result<Published, PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expected.to_string().as_str(),
+        );
+        self.jetstream()
+            .publish_with_headers(subject.to_owned(), headers, payload.into())
+            .await
+            .map_err(|e| publish_error(subject, Some(expected), e))?
+            .await
+            .map(|ack| Published {
+                seq: Seq(ack.sequence),
+                duplicate: ack.duplicate,
+            })
+            .map_err(|e| publish_error(subject, Some(expected), e))
+    }
+
     /// Publishes raw bytes on a subject and waits for JetStream to store them. For events from
     /// other systems (tests, tools), which arrive as bytes we have not validated.
     pub async fn publish_raw(

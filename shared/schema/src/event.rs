@@ -412,6 +412,21 @@ struct Wire {
 }
 
 impl Envelope {
+    /// The removal of deleted `user` from `group` that follows their deletion (`self`): one
+    /// per group, named after the deletion, so doing it again stores nothing twice.
+    pub fn departure(&self, group: &GroupId, user: &UserId) -> Result<Envelope, crate::IdError> {
+        Ok(Envelope::new(
+            EventId::parse(format!("{}:leave:{group}", self.id))?,
+            self.occurred_at,
+            self.actor.clone(),
+            MembersRemoved {
+                group: group.clone(),
+                members: vec![user.clone()],
+                reason: RemovalReason::Removed,
+            },
+        ))
+    }
+
     /// An envelope around `event`.
     pub fn new(id: EventId, occurred_at: i64, actor: Actor, event: impl Into<Event>) -> Self {
         Self {

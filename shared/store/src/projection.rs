@@ -500,6 +500,25 @@ impl Tx {
         Ok(found)
     }
 
+    /// Which of `users` were deleted.
+    pub async fn deleted_among(&mut self, users: &[&str]) -> Result<Vec<String>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in users.chunks(IN_CHUNK) {
+            let sql = format!(
+                "SELECT user_id FROM users WHERE deleted = 1 AND user_id IN ({})",
+                params(self.backend, 1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for u in chunk {
+                q = q.bind(*u);
+            }
+            for r in q.fetch_all(&mut *self.tx).await? {
+                found.push(r.try_get("user_id")?);
+            }
+        }
+        Ok(found)
+    }
+
     /// Inserts or replaces a member row (a tombstone too).
     pub async fn put_member(&mut self, m: &MemberRow) -> Result<(), StoreError> {
         self.put_members(std::slice::from_ref(m)).await

@@ -618,3 +618,281 @@ async fn idempotency_keys_are_scoped_to_their_request_and_outlive_the_duplicate_
     );
     stack.stack.stop().await.unwrap();
 }
+
+// What a careless or hostile backend tries: deleted users as members, owners and senders, a
+// muted member speaking through the API, system posts into someone's 1:1 conversation,
+// repeats after the state moved on, the same idempotency key from another API key, and a
+// lower-case `bearer`.
+#[tokio::test]
+async fn the_api_keeps_the_rules_a_device_keeps_and_repeats_stay_repeats() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let addr = stack.edge_addr();
+    let (admin, _) = api_key(&nats.url(), Scope::Admin, 1000).await;
+    let (other, _) = api_key(&nats.url(), Scope::Write, 1000).await;
+    let call = |key: &str, method: &'static str, path: &str, body: Value, idem: Option<&str>| {
+        let (key, path, idem) = (key.to_owned(), path.to_owned(), idem.map(str::to_owned));
+        async move {
+            let body = (!body.is_null()).then_some(body);
+            call(addr, &key, method, &path, body, idem.as_deref()).await
+        }
+    };
+    for user in ["alice", "bob", "zed"] {
+        let r = call(
+            &admin,
+            "POST",
+            "/v1/users",
+            json!({"user": user, "display_name": user}),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let created = call(
+        &admin,
+        "POST",
+        "/v1/groups",
+        json!({"group": "team", "title": "T", "owner": "alice", "members": ["bob", "zed"]}),
+        None,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let owned = call(
+        &admin,
+        "POST",
+        "/v1/groups",
+        json!({"group": "zeds", "title": "Z", "owner": "zed", "members": ["bob"]}),
+        None,
+    )
+    .await;
+    assert_eq!(owned.status, 201, "{owned:?}");
+
+    // A deleted user leaves every group, and is nobody's member, owner or sender again.
+    let deleted = call(
+        &admin,
+        "DELETE",
+        "/v1/users/zed",
+        Value::Null,
+        Some("del-zed"),
+    )
+    .await;
+    let deleted_at = seq(&deleted);
+    let members = call(&admin, "GET", "/v1/groups/team/members", Value::Null, None).await;
+    assert_eq!(
+        members.body["members"],
+        json!([{"user": "alice", "role": "owner"}, {"user": "bob", "role": "member"}])
+    );
+    let zeds = call(&admin, "GET", "/v1/groups/zeds/members", Value::Null, None).await;
+    assert_eq!(
+        zeds.body["members"],
+        json!([{"user": "bob", "role": "member"}])
+    );
+    // The same deletion again: the same answer, not `not_found`.
+    let again = call(
+        &admin,
+        "DELETE",
+        "/v1/users/zed",
+        Value::Null,
+        Some("del-zed"),
+    )
+    .await;
+    assert_eq!(
+        (seq(&again), again.body["duplicate"].as_bool()),
+        (deleted_at, Some(true))
+    );
+    problem(
+        &call(&admin, "DELETE", "/v1/users/zed", Value::Null, None).await,
+        404,
+        "not_found",
+    );
+    problem(
+        &call(
+            &admin,
+            "POST",
+            "/v1/groups/team/members",
+            json!({"members": ["zed"]}),
+            None,
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    problem(
+        &call(
+            &admin,
+            "POST",
+            "/v1/groups",
+            json!({"group": "z2", "title": "Z", "owner": "zed"}),
+            None,
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    problem(
+        &call(
+            &admin,
+            "POST",
+            "/v1/groups",
+            json!({"group": "z3", "title": "Z", "owner": "alice", "members": ["zed"]}),
+            None,
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    problem(
+        &call(
+            &admin,
+            "POST",
+            "/v1/conversations/zeds/messages",
+            json!({"body": "ghost", "sender": "zed"}),
+            None,
+        )
+        .await,
+        404,
+        "not_found",
+    );
+
+    // Muted is muted, whichever way the message comes.
+    let until = anchorage_schema::now_ms() + 3_600_000;
+    seq(&call(
+        &admin,
+        "PUT",
+        "/v1/groups/team/members/bob/mute",
+        json!({"until": until}),
+        None,
+    )
+    .await);
+    problem(
+        &call(
+            &admin,
+            "POST",
+            "/v1/conversations/team/messages",
+            json!({"body": "hush", "sender": "bob"}),
+            None,
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    seq(&call(
+        &admin,
+        "PUT",
+        "/v1/groups/team/members/bob/mute",
+        json!({"until": null}),
+        None,
+    )
+    .await);
+    seq(&call(
+        &admin,
+        "POST",
+        "/v1/conversations/team/messages",
+        json!({"body": "back", "sender": "bob"}),
+        None,
+    )
+    .await);
+
+    // A 1:1 conversation is its two members' own: no system posts into it.
+    let (mut a, _) = WsClient::signed_in(addr, "alice", "d").await.unwrap();
+    let dm = a
+        .ok(anchorage_protocol::request::OpenDirect {
+            peer: anchorage_tests::user_id("bob"),
+        })
+        .await
+        .unwrap();
+    let dm = dm.conv.unwrap();
+    problem(
+        &call(
+            &admin,
+            "POST",
+            &format!("/v1/conversations/{dm}/messages"),
+            json!({"body": "psst"}),
+            None,
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+
+    // A group command repeated after the state moved on is still its first answer.
+    let dismissed = call(
+        &admin,
+        "DELETE",
+        "/v1/groups/zeds",
+        Value::Null,
+        Some("dismiss-1"),
+    )
+    .await;
+    let first = seq(&dismissed);
+    let repeat = call(
+        &admin,
+        "DELETE",
+        "/v1/groups/zeds",
+        Value::Null,
+        Some("dismiss-1"),
+    )
+    .await;
+    assert_eq!(
+        (seq(&repeat), repeat.body["duplicate"].as_bool()),
+        (first, Some(true))
+    );
+    let add = call(
+        &admin,
+        "POST",
+        "/v1/groups/team/members",
+        json!({"members": ["carol"]}),
+        Some("add-c"),
+    )
+    .await;
+    let added = seq(&add);
+    assert_eq!(add.body["duplicate"].as_bool(), Some(false));
+    let add = call(
+        &admin,
+        "POST",
+        "/v1/groups/team/members",
+        json!({"members": ["carol"]}),
+        Some("add-c"),
+    )
+    .await;
+    assert_eq!(
+        (seq(&add), add.body["duplicate"].as_bool()),
+        (added, Some(true))
+    );
+
+    // An idempotency key names the request, whichever API key sends it.
+    let one = seq(&call(
+        &admin,
+        "POST",
+        "/v1/conversations/team/messages",
+        json!({"body": "once"}),
+        Some("sys-1"),
+    )
+    .await);
+    let two = call(
+        &other,
+        "POST",
+        "/v1/conversations/team/messages",
+        json!({"body": "once"}),
+        Some("sys-1"),
+    )
+    .await;
+    assert_eq!(
+        (seq(&two), two.body["duplicate"].as_bool()),
+        (one, Some(true))
+    );
+
+    // The scheme's name is case-insensitive.
+    let auth = format!("bearer {admin}");
+    let lower = http(
+        addr,
+        "GET",
+        "/v1/users/alice",
+        &[("Authorization", &auth)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(lower.status, 200, "{lower:?}");
+    stack.stack.stop().await.unwrap();
+}

@@ -43,6 +43,10 @@ async fn every_metric_moves_when_its_event_happens() {
     .unwrap();
     assert_eq!(answer.status, 200, "{answer:?}");
     http(addr, "GET", "/v1/groups/g", &[], None).await.unwrap();
+    // A made-up method names no series of its own.
+    http(addr, "FROBNICATE", "/v1/groups/g", &[], None)
+        .await
+        .unwrap();
     // A poison event: set aside with its code.
     let conv = ConversationId::parse("g").unwrap();
     stack

@@ -525,3 +525,28 @@ async fn the_before_send_hook_allows_rejects_replaces_and_fails_as_configured() 
     stack.stack.stop().await.unwrap();
     stop.cancel();
 }
+
+// An endpoint that answers with more than the poster reads: refused as no answer, without
+// holding it all in memory.
+#[tokio::test]
+async fn an_endless_answer_is_cut_off() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async { "x".repeat(3 * 1024 * 1024) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let poster = anchorage_webhooks::Poster::new(Duration::from_secs(5)).unwrap();
+    let secret = Secret::parse(&Secret::generate().unwrap()).unwrap();
+    let outcome = poster
+        .post(
+            &format!("http://{addr}/hook"),
+            &secret,
+            "id-1",
+            b"{}".to_vec(),
+        )
+        .await;
+    assert!(!outcome.accepted(), "{outcome}");
+    assert!(outcome.to_string().contains("over"), "{outcome}");
+}

@@ -142,14 +142,46 @@ async fn command(
     key.require(Scope::Write)?;
     let idem = idempotency_key(headers, None)?;
     let group = group_id(group)?;
-    let done = caller(state, key)
+    if let GroupCommand::Add(members) = &command {
+        super::not_deleted(state, members).await?;
+    }
+    let (done, duplicate) = caller(state, key)
         .group_command(group, command, idem.as_ref())
         .await?;
     applied(state, Projection::Membership, done.seq.unwrap_or(0)).await;
     Ok(Json(Written {
         seq: done.seq.unwrap_or(0),
-        duplicate: false,
+        duplicate,
     }))
+}
+
+/// Removes deleted `user` from every group and 1:1 conversation they are still in, one
+/// removal per group named after `deletion` (so doing it again stores nothing twice).
+pub(super) async fn end_memberships(
+    state: &EdgeState,
+    deletion: &anchorage_schema::Envelope,
+    user: &UserId,
+) -> Result<(), Problem> {
+    let groups = state
+        .store
+        .conversations_of(user.as_str())
+        .await
+        .map_err(RequestError::from)?;
+    for (group, _) in groups {
+        let Ok(group) = GroupId::parse(group) else {
+            continue;
+        };
+        let env = deletion
+            .departure(&group, user)
+            .map_err(|e| Problem::from(RequestError::internal(e)))?;
+        let p = state
+            .bus
+            .publish_event(&anchorage_schema::subjects::membership(&group), &env, None)
+            .await
+            .map_err(RequestError::from)?;
+        applied(state, Projection::Membership, p.seq.0).await;
+    }
+    Ok(())
 }
 
 /// Create a group.
@@ -171,6 +203,9 @@ pub async fn create(
         title: r.title,
         members: users(r.members)?,
     };
+    let mut everyone = request.members.clone();
+    everyone.push(owner.clone());
+    super::not_deleted(&state, &everyone).await?;
     let done = caller(&state, &key)
         .create_group(request, owner, idem.as_ref())
         .await?;

@@ -70,10 +70,13 @@ impl FromRequestParts<EdgeState> for Key {
             .headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| unauthorized("send the API key as Authorization: Bearer ak_…"))?;
+        // The scheme's name is case-insensitive (RFC 9110).
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| unauthorized("send the API key as Authorization: Bearer ak_…"))?;
         let (id, secret) = split_key(token.trim()).map_err(|e| unauthorized(&e.to_string()))?;
         let stored = state

@@ -16,8 +16,8 @@ use super::keys::Key;
 use super::problem::{Body, Page, Params, Problem};
 use super::users::user_id;
 use super::{
-    API_DEVICE, API_SOURCE, Written, applied, backend, caller, event_id, idempotency_key,
-    page_limit,
+    API_DEVICE, API_SOURCE, EVENT_PREFIX, Written, applied, backend, caller, event_id,
+    idempotency_key, page_limit,
 };
 use crate::EdgeState;
 use crate::progress::Projection;
@@ -27,7 +27,7 @@ use crate::requests::RequestError;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostMessage {
-    /// Text or any JSON (at most `edge.max_frame_bytes` encoded, nested at most 32 deep).
+    /// Text or any JSON (at most `edge.max_frame_bytes` encoded, nested at most 31 deep).
     pub body: Value,
     /// Post for this user (a member; a bot is a user). Absent: a system message.
     #[serde(default)]
@@ -105,8 +105,9 @@ pub async fn post(
     if encoded.len() > state.config.max_frame_bytes as usize {
         return Err(RequestError::TooLarge("the body exceeds edge.max_frame_bytes".into()).into());
     }
-    if anchorage_schema::limits::json_depth(&encoded) > anchorage_schema::limits::MAX_JSON_DEPTH {
-        return Err(Problem::invalid("the body is nested more than 32 deep"));
+    // As over the WebSocket: a body inside its request nests at most 32 deep in all.
+    if anchorage_schema::limits::json_depth(&encoded) >= anchorage_schema::limits::MAX_JSON_DEPTH {
+        return Err(Problem::invalid("the body is nested more than 31 deep"));
     }
     let client_msg_id = match &given {
         Some(k) => k.clone(),
@@ -134,15 +135,25 @@ pub async fn post(
     let (env, sender, stored_device, stored_id) = match r.sender {
         Some(sender) => {
             let user = user_id(sender)?;
-            let role = state
-                .store
-                .member_role(group.as_str(), user.as_str())
+            super::not_deleted(&state, std::slice::from_ref(&user)).await?;
+            let mut tx = state.store.begin_read().await.map_err(RequestError::from)?;
+            let rows = tx
+                .members_of(group.as_str(), &[user.as_str()])
                 .await
                 .map_err(RequestError::from)?;
-            if role.is_none() {
+            tx.commit().await.map_err(RequestError::from)?;
+            let Some(member) = rows.get(user.as_str()).filter(|m| m.removed_seq.is_none()) else {
                 return Err(
                     RequestError::Forbidden(format!("{user} is not a member of {conv}")).into(),
                 );
+            };
+            if let Some(until) = member.muted_until
+                && until > now_ms()
+            {
+                return Err(RequestError::Forbidden(format!(
+                    "{user} is muted in {conv} until {until}"
+                ))
+                .into());
             }
             let id = event_id(format!("{user}:{API_DEVICE}:{conv}:{client_msg_id}"))?;
             let env = Envelope::new(
@@ -169,7 +180,13 @@ pub async fn post(
             )
         }
         None => {
-            let id = event_id(format!("api:{}:{conv}:{client_msg_id}", key.0.id))?;
+            if conv.is_direct() {
+                return Err(RequestError::Forbidden(
+                    "system messages do not go into 1:1 conversations".into(),
+                )
+                .into());
+            }
+            let id = event_id(format!("{EVENT_PREFIX}:{conv}:{client_msg_id}"))?;
             let stored_id = id.to_string();
             let env = Envelope::new(
                 id,
@@ -188,23 +205,11 @@ pub async fn post(
             )
         }
     };
-    // The hook sees what a user sends (never the system's own posts), before any repeat is
-    // compared: a replaced body is what was stored.
-    let mut env = env;
-    if let (Some(hook), Event::MessageSent(m)) = (&state.before_send, &mut env.event) {
-        let draft = crate::hook::Draft {
-            conv: &m.conv,
-            sender: &m.sender,
-            device: &m.device,
-            client_msg_id: &m.client_msg_id,
-            body: &m.body,
-        };
-        if let Some(replaced) = hook.check(&env.id, &draft).await? {
-            m.body = replaced;
-        }
-    }
-    // A repeat after the stream's duplicate window gets the original from the history,
-    // never a second copy: the history answers once it holds all of the conversation.
+    // A repeat — also after the stream's duplicate window — gets the original from the
+    // history, never a second copy and never a second verdict of the hook: the history answers
+    // once it holds all of the conversation. With a before-send hook the stored body may be
+    // the hook's, so only without one is a repeat's body compared.
+    let hooked = state.before_send.is_some() && matches!(env.event, Event::MessageSent(_));
     if given.is_some() {
         if !state.settled_conversation(&conv).await? {
             return Err(RequestError::Overloaded(format!(
@@ -219,7 +224,7 @@ pub async fn post(
             .map_err(RequestError::from)?
         {
             let same = serde_json::from_str::<Value>(&row.body).ok().as_ref() == message_body(&env);
-            if !same {
+            if !same && !hooked {
                 return Err(RequestError::Conflict(
                     "the idempotency key was used for another message".into(),
                 )
@@ -232,6 +237,20 @@ pub async fn post(
                     duplicate: true,
                 }),
             ));
+        }
+    }
+    // The hook sees what a user sends (never the system's own posts).
+    let mut env = env;
+    if let (Some(hook), Event::MessageSent(m)) = (&state.before_send, &mut env.event) {
+        let draft = crate::hook::Draft {
+            conv: &m.conv,
+            sender: &m.sender,
+            device: &m.device,
+            client_msg_id: &m.client_msg_id,
+            body: &m.body,
+        };
+        if let Some(replaced) = hook.check(&env.id, &draft).await? {
+            m.body = replaced;
         }
     }
     let p = state
@@ -248,7 +267,7 @@ pub async fn post(
             .stored_event(stream::MESSAGES, p.seq)
             .await
             .map_err(RequestError::from)?;
-        if message_body(&stored) != message_body(&env) {
+        if !hooked && message_body(&stored) != message_body(&env) {
             return Err(RequestError::Conflict(
                 "the idempotency key was used for another message".into(),
             )

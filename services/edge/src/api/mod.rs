@@ -4,7 +4,8 @@
 //! decided on the stream's versions and published, never written into SQL — and answers with
 //! its stream sequence (`seq`). Writes take an `Idempotency-Key` header (messages also a
 //! `client_msg_id`): a repeat is stored once and answered with the first `seq`; the same key
-//! on another request is a `conflict`. Callers authenticate with API keys
+//! on another request is a `conflict`. The backend keeps the rules a device keeps (members,
+//! mutes, deleted users) and decides group commands with the owner's rights. Callers authenticate with API keys
 //! (`Authorization: Bearer ak_…`, managed by `anchorage apikey`), each with a scope and a
 //! rate. Errors are `application/problem+json` with the WebSocket protocol's stable codes.
 //! The OpenAPI 3.1 document is generated from these handlers: `GET /v1/openapi.json`, or
@@ -38,6 +39,9 @@ use crate::requests::{Caller, PROJECTION_WAIT, RequestError};
 pub const API_DEVICE: &str = "api";
 /// The source system messages posted through this API are stored with (`system:api`).
 pub const API_SOURCE: &str = "api";
+/// The first part of the ids of the events this API publishes. A user id holds no `.`, so no
+/// event a user's device causes (`<user>:…`) can carry one of these ids.
+pub const EVENT_PREFIX: &str = "api.backend";
 
 /// What a write stored.
 #[derive(Debug, Serialize, ToSchema)]
@@ -143,6 +147,50 @@ fn whole_number<E: serde::de::Error>(n: &serde_json::Number) -> Result<i64, E> {
         .ok_or_else(|| E::custom(format!("{n} is not a whole number")))
 }
 
+/// The seq of the last event on `subject` of `stream` if it is event `id`: a repeat of a
+/// write that was done (its answer lost), told apart after the state moved on — if that
+/// event is `event`; the same id on another event is a `conflict`.
+async fn repeat_of(
+    state: &EdgeState,
+    stream: &str,
+    subject: &str,
+    id: &str,
+    event: &anchorage_schema::Event,
+) -> Result<Option<u64>, Problem> {
+    let last = state
+        .bus
+        .last_subject_payload(stream, subject)
+        .await
+        .map_err(RequestError::from)?;
+    let Some((seq, env)) = last.and_then(|(seq, bytes)| {
+        anchorage_schema::Envelope::from_json(&bytes)
+            .ok()
+            .filter(|env| env.id.as_str() == id)
+            .map(|env| (seq, env))
+    }) else {
+        return Ok(None);
+    };
+    if &env.event != event {
+        return Err(RequestError::Conflict(
+            "the idempotency key was used for another request".into(),
+        )
+        .into());
+    }
+    Ok(Some(seq.0))
+}
+
+/// Refuses users that were deleted (a user known only from its tokens is not refused).
+async fn not_deleted(state: &EdgeState, users: &[anchorage_schema::UserId]) -> Result<(), Problem> {
+    let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+    let mut tx = state.store.begin_read().await.map_err(RequestError::from)?;
+    let deleted = tx.deleted_among(&ids).await.map_err(RequestError::from)?;
+    tx.commit().await.map_err(RequestError::from)?;
+    match deleted.first() {
+        Some(user) => Err(RequestError::NotFound(format!("{user} was deleted")).into()),
+        None => Ok(()),
+    }
+}
+
 fn event_id(id: String) -> Result<EventId, Problem> {
     EventId::parse(id).map_err(|e| Problem::from(RequestError::internal(e)))
 }
@@ -154,13 +202,14 @@ fn backend() -> Actor {
     }
 }
 
-/// The app's backend as the caller of group commands, named by its key.
-fn caller(state: &EdgeState, key: &keys::Key) -> Caller {
+/// The app's backend as the caller of group commands (every key alike: an idempotency key
+/// names a request whichever API key sends it).
+fn caller(state: &EdgeState, _key: &keys::Key) -> Caller {
     Caller {
         state: state.clone(),
         user: None,
         actor: backend(),
-        key: format!("api:{}", key.0.id),
+        key: EVENT_PREFIX.to_owned(),
     }
 }
 

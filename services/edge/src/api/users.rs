@@ -3,7 +3,7 @@
 use anchorage_schema::admin::Scope;
 use anchorage_schema::event::{SessionRevoked, UserCreated, UserDeleted, UserUpdated};
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{DeviceId, Envelope, Event, Seq, UserId, now_ms};
+use anchorage_schema::{ClientMsgId, DeviceId, Envelope, Event, Seq, UserId, now_ms};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -12,7 +12,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::keys::Key;
 use super::problem::{Body, Page, Params, Problem};
-use super::{API_DEVICE, Written, applied, backend, event_id, idempotency_key, page_limit};
+use super::{
+    API_DEVICE, EVENT_PREFIX, Written, applied, backend, event_id, idempotency_key, page_limit,
+    repeat_of,
+};
 use crate::EdgeState;
 use crate::progress::Projection;
 use crate::requests::{PROJECTION_WAIT, RequestError};
@@ -169,6 +172,28 @@ async fn settled_user(
 
 /// Publishes a user event decided on `version`; a repeat of an idempotency key answers what
 /// its first use stored.
+/// The id of a user event of `kind` sent under idempotency key `k`.
+fn keyed_id(kind: &str, user: &UserId, k: &ClientMsgId) -> String {
+    format!("{EVENT_PREFIX}:{kind}:{user}:key:{k}")
+}
+
+/// With an idempotency key whose event is the user's last: that event's seq (a repeat).
+async fn repeated(
+    state: &EdgeState,
+    headers: &HeaderMap,
+    kind: &str,
+    user: &UserId,
+    event: &Event,
+) -> Result<Option<u64>, Problem> {
+    match idempotency_key(headers, None)? {
+        Some(k) => {
+            let id = keyed_id(kind, user, &k);
+            repeat_of(state, stream::USERS, &subjects::user(user), &id, event).await
+        }
+        None => Ok(None),
+    }
+}
+
 async fn publish_user(
     state: &EdgeState,
     key: &Key,
@@ -180,8 +205,8 @@ async fn publish_user(
 ) -> Result<Written, Problem> {
     let idem = idempotency_key(headers, None)?;
     let id = match &idem {
-        Some(k) => format!("api:{}:{kind}:{user}:key:{k}", key.0.id),
-        None => format!("api:{}:{kind}:{user}:{}", key.0.id, version.0),
+        Some(k) => keyed_id(kind, user, k),
+        None => format!("{EVENT_PREFIX}:{kind}:{user}:{}", version.0),
     };
     let env = Envelope::new(event_id(id)?, now_ms(), backend(), event);
     let caller = super::caller(state, key);
@@ -292,19 +317,6 @@ async fn existing(state: &EdgeState, user: &UserId) -> Result<Seq, Problem> {
     }
 }
 
-/// Refuses a deleted user with `not_found` (a user known only from its tokens is not refused).
-async fn not_deleted(state: &EdgeState, user: &UserId) -> Result<(), Problem> {
-    match state
-        .store
-        .user_row(user.as_str())
-        .await
-        .map_err(RequestError::from)?
-    {
-        Some((_, true, _)) => Err(RequestError::NotFound(format!("{user} was deleted")).into()),
-        _ => Ok(()),
-    }
-}
-
 /// Change a user's profile.
 #[utoipa::path(patch, operation_id = "user_update", path = "/v1/users/{user}", tag = "users", request_body = UpdateUser,
     params(("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
@@ -320,21 +332,19 @@ pub async fn update(
     key.require(Scope::Write)?;
     let user = user_id(user)?;
     display_name(&r.display_name)?;
-    let version = existing(&state, &user).await?;
-    let event = UserUpdated {
+    let event: Event = UserUpdated {
         user: user.clone(),
         display_name: r.display_name,
-    };
-    let w = publish_user(
-        &state,
-        &key,
-        &headers,
-        "update",
-        &user,
-        version,
-        event.into(),
-    )
-    .await?;
+    }
+    .into();
+    if let Some(seq) = repeated(&state, &headers, "update", &user, &event).await? {
+        return Ok(Json(Written {
+            seq,
+            duplicate: true,
+        }));
+    }
+    let version = existing(&state, &user).await?;
+    let w = publish_user(&state, &key, &headers, "update", &user, version, event).await?;
     Ok(Json(w))
 }
 
@@ -351,19 +361,36 @@ pub async fn delete(
 ) -> Result<Json<Written>, Problem> {
     key.require(Scope::Admin)?;
     let user = user_id(user)?;
-    let version = existing(&state, &user).await?;
-    let event = UserDeleted { user: user.clone() };
-    let w = publish_user(
-        &state,
-        &key,
-        &headers,
-        "delete",
-        &user,
-        version,
-        event.into(),
-    )
-    .await?;
-    Ok(Json(w))
+    let event: Event = UserDeleted { user: user.clone() }.into();
+    let written = match repeated(&state, &headers, "delete", &user, &event).await? {
+        Some(seq) => Written {
+            seq,
+            duplicate: true,
+        },
+        None => {
+            let version = existing(&state, &user).await?;
+            let event = UserDeleted { user: user.clone() };
+            publish_user(
+                &state,
+                &key,
+                &headers,
+                "delete",
+                &user,
+                version,
+                event.into(),
+            )
+            .await?
+        }
+    };
+    // The deleted user leaves every group and 1:1 conversation (a repeat finishes what a
+    // crash in between left undone).
+    let deletion = state
+        .bus
+        .stored_event(stream::USERS, Seq(written.seq))
+        .await
+        .map_err(RequestError::from)?;
+    super::groups::end_memberships(&state, &deletion, &user).await?;
+    Ok(Json(written))
 }
 
 /// Mint a device token for a user (the app has signed its user in and asks for a token).
@@ -421,7 +448,7 @@ pub async fn sessions(
 ) -> Result<Json<Sessions>, Problem> {
     key.require(Scope::Read)?;
     let user = user_id(user)?;
-    not_deleted(&state, &user).await?;
+    super::not_deleted(&state, std::slice::from_ref(&user)).await?;
     let devices = state
         .store
         .devices_of(user.as_str())
@@ -451,8 +478,7 @@ pub async fn revoke(
     let device = DeviceId::parse(device).map_err(|e| Problem::invalid(e.to_string()))?;
     let env = Envelope::new(
         event_id(format!(
-            "api:{}:revoke:{user}:{device}:{}",
-            key.0.id,
+            "{EVENT_PREFIX}:revoke:{user}:{device}:{}",
             now_ms()
         ))?,
         now_ms(),
@@ -491,7 +517,7 @@ pub async fn conversations(
 ) -> Result<Json<Conversations>, Problem> {
     key.require(Scope::Read)?;
     let user = user_id(user)?;
-    not_deleted(&state, &user).await?;
+    super::not_deleted(&state, std::slice::from_ref(&user)).await?;
     let limit = page_limit(page.limit, 100, 1000)?;
     let after = after_id(page.after)?;
     let store = &state.store;

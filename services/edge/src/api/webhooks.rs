@@ -3,7 +3,7 @@
 
 use anchorage_schema::admin::{Redeliver, Scope, WebhookRecord};
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{UserId, now_ms};
+use anchorage_schema::{Seq, UserId, now_ms};
 use anchorage_webhooks::Secret;
 use anchorage_webhooks::worker::{consumer_name, streams_for};
 use axum::Json;
@@ -117,25 +117,41 @@ fn name_of(name: String) -> Result<String, Problem> {
     })
 }
 
-async fn record(state: &EdgeState, name: &str) -> Result<Option<WebhookRecord>, Problem> {
+/// The endpoint's current record (unless deleted), with the sequence of its last record (0 if
+/// it never had one) for the next write to expect.
+async fn record(state: &EdgeState, name: &str) -> Result<(Seq, Option<WebhookRecord>), Problem> {
     let stored = state
         .bus
         .last_subject_payload(stream::ADMIN, &subjects::webhook(name))
         .await
         .map_err(RequestError::from)?;
-    Ok(stored
-        .and_then(|(_, b)| serde_json::from_slice::<WebhookRecord>(&b).ok())
-        .filter(|r| !r.deleted))
+    Ok(match stored {
+        Some((seq, bytes)) => (
+            seq,
+            serde_json::from_slice::<WebhookRecord>(&bytes)
+                .ok()
+                .filter(|r| !r.deleted),
+        ),
+        None => (Seq(0), None),
+    })
 }
 
-async fn store(state: &EdgeState, r: &WebhookRecord) -> Result<u64, Problem> {
+/// Stores `r` if no other record came after the one at `expected`.
+async fn store(state: &EdgeState, r: &WebhookRecord, expected: Seq) -> Result<u64, Problem> {
     let bytes = serde_json::to_vec(r).map_err(|e| Problem::from(RequestError::internal(e)))?;
-    let p = state
+    match state
         .bus
-        .publish_raw(&subjects::webhook(&r.name), None, bytes)
+        .publish_record(&subjects::webhook(&r.name), bytes, expected)
         .await
-        .map_err(RequestError::from)?;
-    Ok(p.seq.0)
+    {
+        Ok(p) => Ok(p.seq.0),
+        Err(anchorage_bus::PublishError::Conflict { .. }) => Err(RequestError::Conflict(format!(
+            "webhook {} changed meanwhile; read it again and retry",
+            r.name
+        ))
+        .into()),
+        Err(e) => Err(RequestError::from(e).into()),
+    }
 }
 
 async fn view(state: &EdgeState, r: WebhookRecord) -> Webhook {
@@ -188,7 +204,8 @@ pub async fn create(
         }
         None => Secret::generate().map_err(|e| Problem::from(RequestError::internal(e)))?,
     };
-    if record(&state, &name).await?.is_some() {
+    let (last, existing) = record(&state, &name).await?;
+    if existing.is_some() {
         return Err(RequestError::Conflict(format!("webhook {name} exists")).into());
     }
     let seq = store(
@@ -203,6 +220,7 @@ pub async fn create(
             redeliver_at: None,
             deleted: false,
         },
+        last,
     )
     .await?;
     Ok((
@@ -224,7 +242,7 @@ pub async fn list(State(state): State<EdgeState>, key: Key) -> Result<Json<Webho
         .map_err(RequestError::from)?;
     let mut webhooks = Vec::new();
     for subject in subjects {
-        if let Some(r) = record(&state, subjects::last_token(&subject)).await? {
+        if let (_, Some(r)) = record(&state, subjects::last_token(&subject)).await? {
             webhooks.push(view(&state, r).await);
         }
     }
@@ -243,7 +261,7 @@ pub async fn get(
 ) -> Result<Json<Webhook>, Problem> {
     key.require(Scope::Admin)?;
     let name = name_of(name)?;
-    match record(&state, &name).await? {
+    match record(&state, &name).await?.1 {
         Some(r) => Ok(Json(view(&state, r).await)),
         None => Err(RequestError::NotFound(format!("no webhook {name}")).into()),
     }
@@ -261,11 +279,11 @@ pub async fn delete(
 ) -> Result<Json<Written>, Problem> {
     key.require(Scope::Admin)?;
     let name = name_of(name)?;
-    let Some(mut r) = record(&state, &name).await? else {
+    let (last, Some(mut r)) = record(&state, &name).await? else {
         return Err(RequestError::NotFound(format!("no webhook {name}")).into());
     };
     r.deleted = true;
-    let seq = store(&state, &r).await?;
+    let seq = store(&state, &r, last).await?;
     Ok(Json(Written {
         seq,
         duplicate: false,
@@ -295,12 +313,12 @@ pub async fn redeliver(
             ));
         }
     };
-    let Some(mut rec) = record(&state, &name).await? else {
+    let (last, Some(mut rec)) = record(&state, &name).await? else {
         return Err(RequestError::NotFound(format!("no webhook {name}")).into());
     };
     rec.redeliver = Some(from);
     rec.redeliver_at = Some(now_ms());
-    let seq = store(&state, &rec).await?;
+    let seq = store(&state, &rec, last).await?;
     Ok(Json(Written {
         seq,
         duplicate: false,

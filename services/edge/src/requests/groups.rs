@@ -149,7 +149,7 @@ impl Session {
         self.caller()
             .group_command(group, command, None)
             .await
-            .map(Into::into)
+            .map(|(done, _)| done.into())
     }
 
     /// Opens the 1:1 conversation with `peer`: joins the existing one only if its members are
@@ -417,9 +417,32 @@ impl Caller {
         group: GroupId,
         command: GroupCommand,
         idempotency: Option<&ClientMsgId>,
-    ) -> Result<Done, RequestError> {
+    ) -> Result<(Done, bool), RequestError> {
         command.check()?;
         let subject = subjects::membership(&group);
+        if idempotency.is_some() {
+            // Done already, the answer lost: the group's last event is this one.
+            let id = self.event_key(command.kind(), &group, idempotency);
+            if let Some((seq, bytes)) = self
+                .state
+                .bus
+                .last_subject_payload(stream::MEMBERSHIP, &subject)
+                .await?
+                && let Ok(env) = Envelope::from_json(&bytes)
+                && env.id.as_str() == id
+            {
+                if env.event != command.event(&group) {
+                    return Err(RequestError::Conflict(
+                        "the idempotency key was used for another request".into(),
+                    ));
+                }
+                let done = Done {
+                    conv: Some(group.conversation()),
+                    seq: Some(seq.0),
+                };
+                return Ok((done, true));
+            }
+        }
         for attempt in 0..3u32 {
             let version = self.settled_version(&group).await?;
             let state = self.group_state(&group, command.targets()).await?;
@@ -439,10 +462,11 @@ impl Caller {
                     if p.duplicate && idempotency.is_some() {
                         self.same_request(stream::MEMBERSHIP, p.seq, &env).await?;
                     }
-                    return Ok(Done {
+                    let done = Done {
                         conv: Some(group.conversation()),
                         seq: Some(p.seq.0),
-                    });
+                    };
+                    return Ok((done, p.duplicate));
                 }
                 Err(PublishError::Conflict { .. }) => {
                     tokio::time::sleep(CONFLICT_BACKOFF.delay(attempt, None)).await;

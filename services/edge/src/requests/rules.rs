@@ -140,13 +140,9 @@ pub(crate) fn decide(state: &GroupState, command: &GroupCommand) -> Result<Event
             "a 1:1 conversation has fixed members and no roles".into(),
         ));
     }
-    let group = group.clone();
-    Ok(match command.clone() {
-        GroupCommand::Add(members) => {
-            staff(state)?;
-            MembersAdded { group, members }.into()
-        }
-        GroupCommand::Remove(members) => {
+    match command {
+        GroupCommand::Add(_) | GroupCommand::Profile { .. } => staff(state)?,
+        GroupCommand::Remove(_) => {
             staff(state)?;
             for (member, role) in &state.roles {
                 if *role == Role::Owner || (*role == Role::Admin && !owner(state)) {
@@ -155,28 +151,16 @@ pub(crate) fn decide(state: &GroupState, command: &GroupCommand) -> Result<Event
                     )));
                 }
             }
-            MembersRemoved {
-                group,
-                members,
-                reason: RemovalReason::Kicked,
-            }
-            .into()
         }
-        GroupCommand::SetRole { member, role } => {
+        GroupCommand::SetRole { member, .. } => {
             if !owner(state) {
                 return Err(RequestError::Forbidden(format!(
                     "only the owner changes roles in {group}"
                 )));
             }
-            target_below(state, &member, Role::Owner)?;
-            MemberRoleChanged {
-                group,
-                member,
-                role,
-            }
-            .into()
+            target_below(state, member, Role::Owner)?;
         }
-        GroupCommand::Mute { member, until } => {
+        GroupCommand::Mute { member, .. } => {
             staff(state)?;
             // Admins mute plain members; the owner mutes admins too.
             let ceiling = if owner(state) {
@@ -184,38 +168,17 @@ pub(crate) fn decide(state: &GroupState, command: &GroupCommand) -> Result<Event
             } else {
                 Role::Admin
             };
-            target_below(state, &member, ceiling)?;
-            MemberMuteChanged {
-                group,
-                member,
-                muted_until: until,
-            }
-            .into()
+            target_below(state, member, ceiling)?;
         }
-        GroupCommand::Nickname { member, nickname } => {
-            if member != state.me {
+        GroupCommand::Nickname { member, .. } => {
+            if *member != state.me {
                 staff(state)?;
             }
-            if !state.roles.contains_key(&member) {
+            if !state.roles.contains_key(member) {
                 return Err(RequestError::NotFound(format!(
                     "{member} is not a member of {group}"
                 )));
             }
-            MemberProfileChanged {
-                group,
-                member,
-                nickname,
-            }
-            .into()
-        }
-        GroupCommand::Profile { title, avatar } => {
-            staff(state)?;
-            GroupProfileChanged {
-                group,
-                title,
-                avatar,
-            }
-            .into()
         }
         GroupCommand::Dismiss => {
             if !owner(state) {
@@ -223,9 +186,50 @@ pub(crate) fn decide(state: &GroupState, command: &GroupCommand) -> Result<Event
                     "only the owner dismisses {group}"
                 )));
             }
-            GroupDismissed { group }.into()
         }
-    })
+    }
+    Ok(command.event(group))
+}
+
+impl GroupCommand {
+    /// The event the command becomes on `group`, once allowed.
+    pub fn event(&self, group: &GroupId) -> Event {
+        let group = group.clone();
+        match self.clone() {
+            GroupCommand::Add(members) => MembersAdded { group, members }.into(),
+            GroupCommand::Remove(members) => MembersRemoved {
+                group,
+                members,
+                reason: RemovalReason::Kicked,
+            }
+            .into(),
+            GroupCommand::SetRole { member, role } => MemberRoleChanged {
+                group,
+                member,
+                role,
+            }
+            .into(),
+            GroupCommand::Mute { member, until } => MemberMuteChanged {
+                group,
+                member,
+                muted_until: until,
+            }
+            .into(),
+            GroupCommand::Nickname { member, nickname } => MemberProfileChanged {
+                group,
+                member,
+                nickname,
+            }
+            .into(),
+            GroupCommand::Profile { title, avatar } => GroupProfileChanged {
+                group,
+                title,
+                avatar,
+            }
+            .into(),
+            GroupCommand::Dismiss => GroupDismissed { group }.into(),
+        }
+    }
 }
 
 fn owner(state: &GroupState) -> bool {
