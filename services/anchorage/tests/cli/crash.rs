@@ -169,6 +169,8 @@ struct Setup {
     live_url: String,
     config_file: std::path::PathBuf,
     bus: Bus,
+    /// Where `anchorage projector` serves `/metrics`.
+    metrics: std::net::SocketAddr,
 }
 
 async fn setup() -> Setup {
@@ -177,11 +179,15 @@ async fn setup() -> Setup {
     let live_url = fresh_database(&dir.path().join("live")).await.unwrap();
     std::fs::create_dir_all(dir.path().join("live")).unwrap();
     let config_file = dir.path().join("anchorage.toml");
+    let metrics: std::net::SocketAddr =
+        format!("127.0.0.1:{}", anchorage::natsd::free_ports(1).unwrap()[0])
+            .parse()
+            .unwrap();
     std::fs::write(
         &config_file,
         format!(
             "[nats]\nurl = \"{}\"\nuser = \"operator\"\npassword = \"{}\"\n[database]\nurl = \"{live_url}\"\n[streams]\ndir = \"{}\"\n\
-             [projector]\nbatch_size = 2\n",
+             [projector]\nbatch_size = 2\nmetrics_listen = \"{metrics}\"\n",
             nats.url(),
             anchorage_tests::credentials().password("operator").unwrap(),
             streams_dir().display()
@@ -197,6 +203,7 @@ async fn setup() -> Setup {
         .unwrap();
     workload(&bus).await;
     Setup {
+        metrics,
         nats,
         dir,
         live_url,
@@ -315,6 +322,15 @@ async fn kill_9_during_live_projection_then_restart_loses_and_repeats_nothing() 
     kill_midway(&mut projector, &live, 50, end).await;
     let mut projector = spawn(&s.config_file, &["projector"]);
     projected_everything(&live, &s.bus).await;
+    // A projector without an edge serves its own metrics.
+    let (status, _) = anchorage_tests::http_get(s.metrics, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, body) = anchorage_tests::http_get(s.metrics, "/livez")
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
     projector.start_kill().unwrap();
     projector.wait().await.unwrap();
 
@@ -365,6 +381,15 @@ async fn kill_9_during_replay_then_rerun_ends_equal_to_the_live_state() {
     let live = store(&s.live_url).await;
     let mut projector = spawn(&s.config_file, &["projector"]);
     projected_everything(&live, &s.bus).await;
+    // A projector without an edge serves its own metrics.
+    let (status, _) = anchorage_tests::http_get(s.metrics, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, body) = anchorage_tests::http_get(s.metrics, "/livez")
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
     projector.start_kill().unwrap();
     projector.wait().await.unwrap();
 
