@@ -90,7 +90,8 @@ impl BeforeSend {
         let verdict = verdict.and_then(|v| match v {
             Verdict::Replace { body } => {
                 let encoded = serde_json::to_vec(&body).unwrap_or_default();
-                if encoded.len() > self.max_body || json_depth(&encoded) > MAX_JSON_DEPTH {
+                // A body nests at most 31 deep, as one sent over the WebSocket.
+                if encoded.len() > self.max_body || json_depth(&encoded) >= MAX_JSON_DEPTH {
                     Err("a replacement body over the size or nesting limits".to_owned())
                 } else {
                     Ok(Verdict::Replace { body })

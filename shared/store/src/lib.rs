@@ -71,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "message_idempotency",
         sql: include_str!("../migrations/0006_message_idempotency.sql"),
     },
+    Migration {
+        version: 7,
+        name: "posted_under_key",
+        sql: include_str!("../migrations/0007_posted_under_key.sql"),
+    },
 ];
 
 /// Which database a store talks to.

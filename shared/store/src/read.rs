@@ -298,6 +298,31 @@ impl Store {
         row.as_ref().map(message_row).transpose()
     }
 
+    /// A message the server API posted in `conv` under an idempotency key: for a user (device
+    /// `device`, client id `key`) or as the system (no device, client id `system_id`).
+    pub async fn posted_under_key(
+        &self,
+        conv: &str,
+        device: &str,
+        key: &str,
+        system_id: &str,
+    ) -> Result<Option<MessageRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT conv_id, seq, sender, device, client_msg_id, body, client_ts, server_ts
+             FROM messages
+             WHERE conv_id = $1 AND client_msg_id IN ($3, $4)
+               AND ((device = $2 AND client_msg_id = $3) OR (device = '' AND client_msg_id = $4))
+             ORDER BY seq LIMIT 1",
+        )
+        .bind(conv)
+        .bind(device)
+        .bind(key)
+        .bind(system_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(message_row).transpose()
+    }
+
     /// The user's conversations after `after_conv` (by id), at most `limit`, with their
     /// versions, the user's read marker and what `device` acknowledged. The cost is
     /// proportional to the number of the user's conversations, not to the size of any.

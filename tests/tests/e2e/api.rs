@@ -553,7 +553,12 @@ async fn idempotency_keys_are_scoped_to_their_request_and_outlive_the_duplicate_
                 "POST",
                 &format!("/v1/conversations/{conv}/messages"),
                 Some(b),
-                Some("k-1"),
+                // One key per sender: a key names one post in a conversation.
+                Some(if sender.is_some() {
+                    "k-user"
+                } else {
+                    "k-system"
+                }),
             )
             .await
         }
@@ -894,5 +899,209 @@ async fn the_api_keeps_the_rules_a_device_keeps_and_repeats_stay_repeats() {
     .await
     .unwrap();
     assert_eq!(lower.status, 200, "{lower:?}");
+    stack.stack.stop().await.unwrap();
+}
+
+// Deletions racing joins and posts, and one key for one request whatever its kind: no deleted
+// user is left a member, and a key is never applied twice to different requests.
+#[tokio::test]
+async fn deletions_racing_joins_leave_no_deleted_member_and_keys_bind_one_request() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let addr = stack.edge_addr();
+    let (admin, _) = api_key(&nats.url(), Scope::Admin, 10_000).await;
+    let call = |method: &'static str, path: String, body: Value, idem: Option<String>| {
+        let key = admin.clone();
+        async move {
+            let body = (!body.is_null()).then_some(body);
+            call(addr, &key, method, &path, body, idem.as_deref()).await
+        }
+    };
+    let users: Vec<String> = (0..12).map(|n| format!("r{n}")).collect();
+    for u in &users {
+        let r = call(
+            "POST",
+            "/v1/users".into(),
+            json!({"user": u, "display_name": u}),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let r = call(
+        "POST",
+        "/v1/groups".into(),
+        json!({"group": "rg", "title": "R", "owner": "boss"}),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let mut racing = tokio::task::JoinSet::new();
+    for u in users.clone() {
+        racing.spawn(call(
+            "DELETE",
+            format!("/v1/users/{u}"),
+            Value::Null,
+            Some(format!("del-{u}")),
+        ));
+        racing.spawn(call(
+            "POST",
+            "/v1/groups/rg/members".into(),
+            json!({"members": [u]}),
+            None,
+        ));
+        racing.spawn(call(
+            "POST",
+            "/v1/groups".into(),
+            json!({"group": format!("own-{u}"), "title": "O", "owner": u}),
+            None,
+        ));
+    }
+    while let Some(done) = racing.join_next().await {
+        let answer = done.unwrap();
+        assert!(answer.status < 500, "{answer:?}");
+    }
+    let members = call("GET", "/v1/groups/rg/members".into(), Value::Null, None).await;
+    assert_eq!(
+        members.body["members"],
+        json!([{"user": "boss", "role": "owner"}]),
+        "{members:?}"
+    );
+    for u in &users {
+        let own = call(
+            "GET",
+            format!("/v1/groups/own-{u}/members"),
+            Value::Null,
+            None,
+        )
+        .await;
+        if own.status == 200 {
+            assert_eq!(own.body["members"], json!([]), "{u}: {own:?}");
+        }
+        // A deleted user has no sessions to revoke, and a revoke does not bury the deletion.
+        problem(
+            &call(
+                "DELETE",
+                format!("/v1/users/{u}/sessions/d"),
+                Value::Null,
+                None,
+            )
+            .await,
+            404,
+            "not_found",
+        );
+        let again = call(
+            "DELETE",
+            format!("/v1/users/{u}"),
+            Value::Null,
+            Some(format!("del-{u}")),
+        )
+        .await;
+        assert_eq!(again.body["duplicate"].as_bool(), Some(true), "{again:?}");
+    }
+
+    // One key, one request, whatever the kind.
+    let r = call(
+        "POST",
+        "/v1/groups".into(),
+        json!({"group": "k", "title": "K", "owner": "boss"}),
+        Some("K1".into()),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["duplicate"].as_bool()),
+        (201, Some(false)),
+        "{r:?}"
+    );
+    let r = call(
+        "POST",
+        "/v1/groups".into(),
+        json!({"group": "k", "title": "K", "owner": "boss"}),
+        Some("K1".into()),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["duplicate"].as_bool()),
+        (201, Some(true)),
+        "{r:?}"
+    );
+    problem(
+        &call(
+            "PATCH",
+            "/v1/groups/k".into(),
+            json!({"title": "other"}),
+            Some("K1".into()),
+        )
+        .await,
+        409,
+        "conflict",
+    );
+    seq(&call(
+        "POST",
+        "/v1/groups/k/members".into(),
+        json!({"members": ["m"]}),
+        Some("K2".into()),
+    )
+    .await);
+    problem(
+        &call(
+            "PUT",
+            "/v1/groups/k/members/m/mute".into(),
+            json!({"until": 1}),
+            Some("K2".into()),
+        )
+        .await,
+        409,
+        "conflict",
+    );
+    let created = call(
+        "POST",
+        "/v1/users".into(),
+        json!({"user": "u1", "display_name": "U"}),
+        Some("U1".into()),
+    )
+    .await;
+    seq(&created);
+    problem(
+        &call(
+            "PATCH",
+            "/v1/users/u1".into(),
+            json!({"display_name": "V"}),
+            Some("U1".into()),
+        )
+        .await,
+        409,
+        "conflict",
+    );
+    // A post's key names one post in its conversation, whoever it is for.
+    seq(&call(
+        "POST",
+        "/v1/conversations/k/messages".into(),
+        json!({"body": "x", "sender": "m"}),
+        Some("P1".into()),
+    )
+    .await);
+    problem(
+        &call(
+            "POST",
+            "/v1/conversations/k/messages".into(),
+            json!({"body": "x", "sender": "boss"}),
+            Some("P1".into()),
+        )
+        .await,
+        409,
+        "conflict",
+    );
+    problem(
+        &call(
+            "POST",
+            "/v1/conversations/k/messages".into(),
+            json!({"body": "x"}),
+            Some("P1".into()),
+        )
+        .await,
+        409,
+        "conflict",
+    );
     stack.stack.stop().await.unwrap();
 }

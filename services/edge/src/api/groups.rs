@@ -18,6 +18,7 @@ use super::{Id, Written, applied, caller, idempotency_key, page_limit, some_stri
 use crate::EdgeState;
 use crate::progress::Projection;
 use crate::requests::{GroupCommand, RequestError};
+use anchorage_schema::subjects::stream;
 
 /// A new group.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -142,17 +143,61 @@ async fn command(
     key.require(Scope::Write)?;
     let idem = idempotency_key(headers, None)?;
     let group = group_id(group)?;
-    if let GroupCommand::Add(members) = &command {
-        super::not_deleted(state, members).await?;
-    }
+    let added = match &command {
+        GroupCommand::Add(members) => members.clone(),
+        _ => Vec::new(),
+    };
+    super::not_deleted(state, &added).await?;
     let (done, duplicate) = caller(state, key)
-        .group_command(group, command, idem.as_ref())
+        .group_command(group.clone(), command, idem.as_ref())
         .await?;
+    undo_for_deleted(state, &group, &added).await?;
     applied(state, Projection::Membership, done.seq.unwrap_or(0)).await;
     Ok(Json(Written {
         seq: done.seq.unwrap_or(0),
         duplicate,
     }))
+}
+
+/// After `users` joined `group`: any of them deleted meanwhile (a deletion racing the join,
+/// whose own clean-up may have looked before the join was stored) leaves again, by the same
+/// removal the deletion makes.
+async fn undo_for_deleted(
+    state: &EdgeState,
+    group: &GroupId,
+    users: &[UserId],
+) -> Result<(), Problem> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    super::settled(state, Projection::Users, stream::USERS).await?;
+    let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    let mut tx = state.store.begin_read().await.map_err(RequestError::from)?;
+    let deleted = tx.deleted_among(&ids).await.map_err(RequestError::from)?;
+    tx.commit().await.map_err(RequestError::from)?;
+    for user in deleted {
+        let user = user_id(user)?;
+        let Some((_, bytes)) = state
+            .bus
+            .last_subject_payload(stream::USERS, &anchorage_schema::subjects::user(&user))
+            .await
+            .map_err(RequestError::from)?
+        else {
+            continue;
+        };
+        let Ok(deletion) = anchorage_schema::Envelope::from_json(&bytes) else {
+            continue;
+        };
+        let env = deletion
+            .departure(group, &user)
+            .map_err(|e| Problem::from(RequestError::internal(e)))?;
+        state
+            .bus
+            .publish_event(&anchorage_schema::subjects::membership(group), &env, None)
+            .await
+            .map_err(RequestError::from)?;
+    }
+    Ok(())
 }
 
 /// Removes deleted `user` from every group and 1:1 conversation they are still in, one
@@ -162,6 +207,8 @@ pub(super) async fn end_memberships(
     deletion: &anchorage_schema::Envelope,
     user: &UserId,
 ) -> Result<(), Problem> {
+    // Every membership stored so far, also one an add racing the deletion just stored.
+    super::settled(state, Projection::Membership, stream::MEMBERSHIP).await?;
     let groups = state
         .store
         .conversations_of(user.as_str())
@@ -206,15 +253,17 @@ pub async fn create(
     let mut everyone = request.members.clone();
     everyone.push(owner.clone());
     super::not_deleted(&state, &everyone).await?;
-    let done = caller(&state, &key)
+    let group = request.group.clone();
+    let (done, duplicate) = caller(&state, &key)
         .create_group(request, owner, idem.as_ref())
         .await?;
+    undo_for_deleted(&state, &group, &everyone).await?;
     applied(&state, Projection::Membership, done.seq.unwrap_or(0)).await;
     Ok((
         StatusCode::CREATED,
         Json(Written {
             seq: done.seq.unwrap_or(0),
-            duplicate: false,
+            duplicate,
         }),
     ))
 }

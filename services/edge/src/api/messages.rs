@@ -217,12 +217,30 @@ pub async fn post(
             ))
             .into());
         }
+        // The key names one post in the conversation, whoever it was for.
+        let system_id = format!("{EVENT_PREFIX}:{conv}:{client_msg_id}");
         if let Some(row) = state
             .store
-            .message_by_client_id(conv.as_str(), &sender, &stored_device, &stored_id)
+            .posted_under_key(
+                conv.as_str(),
+                API_DEVICE,
+                client_msg_id.as_str(),
+                &system_id,
+            )
             .await
             .map_err(RequestError::from)?
         {
+            if (
+                row.sender.as_str(),
+                row.device.as_str(),
+                row.client_msg_id.as_str(),
+            ) != (sender.as_str(), stored_device.as_str(), stored_id.as_str())
+            {
+                return Err(RequestError::Conflict(
+                    "the idempotency key was used for another message".into(),
+                )
+                .into());
+            }
             let same = serde_json::from_str::<Value>(&row.body).ok().as_ref() == message_body(&env);
             if !same && !hooked {
                 return Err(RequestError::Conflict(

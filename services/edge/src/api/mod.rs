@@ -179,8 +179,36 @@ async fn repeat_of(
     Ok(Some(seq.0))
 }
 
-/// Refuses users that were deleted (a user known only from its tokens is not refused).
+/// Waits until `projection` holds everything `stream` holds now; `overloaded` if it does not
+/// get there in time.
+async fn settled(state: &EdgeState, projection: Projection, stream: &str) -> Result<(), Problem> {
+    let end = state
+        .bus
+        .stream_state(stream)
+        .await
+        .map_err(RequestError::from)?
+        .last_seq;
+    let reached = state
+        .progress
+        .reached(projection, end.0, PROJECTION_WAIT)
+        .await
+        .map_err(RequestError::from)?;
+    if reached {
+        Ok(())
+    } else {
+        Err(RequestError::Overloaded(format!("the {stream} projection is catching up")).into())
+    }
+}
+
+/// Refuses users that were deleted, as of every deletion stored so far (a user known only
+/// from its tokens is not refused).
 async fn not_deleted(state: &EdgeState, users: &[anchorage_schema::UserId]) -> Result<(), Problem> {
+    settled(
+        state,
+        Projection::Users,
+        anchorage_schema::subjects::stream::USERS,
+    )
+    .await?;
     let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
     let mut tx = state.store.begin_read().await.map_err(RequestError::from)?;
     let deleted = tx.deleted_among(&ids).await.map_err(RequestError::from)?;

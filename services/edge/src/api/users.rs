@@ -172,22 +172,22 @@ async fn settled_user(
 
 /// Publishes a user event decided on `version`; a repeat of an idempotency key answers what
 /// its first use stored.
-/// The id of a user event of `kind` sent under idempotency key `k`.
-fn keyed_id(kind: &str, user: &UserId, k: &ClientMsgId) -> String {
-    format!("{EVENT_PREFIX}:{kind}:{user}:key:{k}")
+/// The id of a user event sent under idempotency key `k`, whatever its kind: one key is one
+/// request.
+fn keyed_id(user: &UserId, k: &ClientMsgId) -> String {
+    format!("{EVENT_PREFIX}:user:{user}:key:{k}")
 }
 
 /// With an idempotency key whose event is the user's last: that event's seq (a repeat).
 async fn repeated(
     state: &EdgeState,
     headers: &HeaderMap,
-    kind: &str,
     user: &UserId,
     event: &Event,
 ) -> Result<Option<u64>, Problem> {
     match idempotency_key(headers, None)? {
         Some(k) => {
-            let id = keyed_id(kind, user, &k);
+            let id = keyed_id(user, &k);
             repeat_of(state, stream::USERS, &subjects::user(user), &id, event).await
         }
         None => Ok(None),
@@ -205,7 +205,7 @@ async fn publish_user(
 ) -> Result<Written, Problem> {
     let idem = idempotency_key(headers, None)?;
     let id = match &idem {
-        Some(k) => keyed_id(kind, user, k),
+        Some(k) => keyed_id(user, k),
         None => format!("{EVENT_PREFIX}:{kind}:{user}:{}", version.0),
     };
     let env = Envelope::new(event_id(id)?, now_ms(), backend(), event);
@@ -337,7 +337,7 @@ pub async fn update(
         display_name: r.display_name,
     }
     .into();
-    if let Some(seq) = repeated(&state, &headers, "update", &user, &event).await? {
+    if let Some(seq) = repeated(&state, &headers, &user, &event).await? {
         return Ok(Json(Written {
             seq,
             duplicate: true,
@@ -362,7 +362,7 @@ pub async fn delete(
     key.require(Scope::Admin)?;
     let user = user_id(user)?;
     let event: Event = UserDeleted { user: user.clone() }.into();
-    let written = match repeated(&state, &headers, "delete", &user, &event).await? {
+    let written = match repeated(&state, &headers, &user, &event).await? {
         Some(seq) => Written {
             seq,
             duplicate: true,
@@ -465,22 +465,26 @@ pub async fn sessions(
 /// End a device's session: its sockets close and its tokens are refused on every edge.
 #[utoipa::path(delete, operation_id = "user_revoke_session", path = "/v1/users/{user}/sessions/{device}", tag = "users",
     params(("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"),
-           ("device" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")),
+           ("device" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
     responses((status = 200, description = "Revoked", body = Written)),
     security(("api_key" = [])))]
 pub async fn revoke(
     State(state): State<EdgeState>,
     key: Key,
     Params((user, device)): Params<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Json<Written>, Problem> {
     key.require(Scope::Admin)?;
     let user = user_id(user)?;
     let device = DeviceId::parse(device).map_err(|e| Problem::invalid(e.to_string()))?;
+    // A deleted user has no sessions left to end (and their deletion stays their last event).
+    super::not_deleted(&state, std::slice::from_ref(&user)).await?;
+    let id = match idempotency_key(&headers, None)? {
+        Some(k) => keyed_id(&user, &k),
+        None => format!("{EVENT_PREFIX}:revoke:{user}:{device}:{}", now_ms()),
+    };
     let env = Envelope::new(
-        event_id(format!(
-            "{EVENT_PREFIX}:revoke:{user}:{device}:{}",
-            now_ms()
-        ))?,
+        event_id(id)?,
         now_ms(),
         backend(),
         SessionRevoked {
@@ -493,11 +497,13 @@ pub async fn revoke(
         .publish_event(&subjects::user(&user), &env, None)
         .await
         .map_err(RequestError::from)?;
+    if p.duplicate {
+        super::caller(&state, &key)
+            .same_request(stream::USERS, p.seq, &env)
+            .await?;
+    }
     // Answer once the projection refuses the device, so a reconnect after this is refused.
-    let _ = state
-        .progress
-        .reached(Projection::Users, p.seq.0, PROJECTION_WAIT)
-        .await;
+    applied(&state, Projection::Users, p.seq.0).await;
     Ok(Json(Written {
         seq: p.seq.0,
         duplicate: p.duplicate,

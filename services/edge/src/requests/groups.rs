@@ -99,11 +99,12 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
-    /// The id of an event of `kind` on `group` named by an idempotency key (a repeat is stored
-    /// once); without a key, a creation is named by its group alone.
+    /// The id of an event on `group` named by an idempotency key — whatever its kind, so one
+    /// key is one request (a repeat is stored once, another request under it is a
+    /// `conflict`); without a key, a creation is named by its group alone.
     fn event_key(&self, kind: &str, group: &GroupId, idempotency: Option<&ClientMsgId>) -> String {
         match idempotency {
-            Some(k) => format!("{}:{kind}:{group}:key:{k}", self.key),
+            Some(k) => format!("{}:group:{group}:key:{k}", self.key),
             None => format!("{kind}:{group}"),
         }
     }
@@ -258,7 +259,7 @@ impl Session {
 
     pub(super) async fn create_group(&self, r: CreateGroup) -> Result<Done, RequestError> {
         let owner = self.claims.sub.clone();
-        self.caller().create_group(r, owner, None).await
+        Ok(self.caller().create_group(r, owner, None).await?.0)
     }
 
     pub(super) async fn leave(&self, r: Leave) -> Result<Done, RequestError> {
@@ -305,13 +306,13 @@ impl Session {
 
 impl Caller {
     /// Creates a group owned by `owner`. A repeat of the very same creation (an answer lost on
-    /// the way) gets the same answer.
+    /// the way) gets the same answer, and `true`.
     pub(crate) async fn create_group(
         &self,
         r: CreateGroup,
         owner: UserId,
         idempotency: Option<&ClientMsgId>,
-    ) -> Result<Done, RequestError> {
+    ) -> Result<(Done, bool), RequestError> {
         let CreateGroup {
             group,
             title,
@@ -342,7 +343,7 @@ impl Caller {
             )
             .await?
         {
-            Created::New(done) => Ok(done),
+            Created::New(done) => Ok((done, false)),
             // The very same creation, asked again (an answer lost on the way):
             // the same answer, never a refusal of what was done. Anything else under that id —
             // another owner's, or another title or member list — is a conflict.
@@ -359,10 +360,11 @@ impl Caller {
                         "group {group} was dismissed; its id is not reused"
                     )));
                 }
-                Ok(Done {
+                let done = Done {
                     conv: Some(group.conversation()),
                     seq: Some(seq),
-                })
+                };
+                Ok((done, true))
             }
             Created::Exists(_) => Err(RequestError::Conflict(format!(
                 "group {group} already exists"
