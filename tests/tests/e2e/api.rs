@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use anchorage_protocol::{LiveMessage, ReplyBody};
 use anchorage_schema::admin::Scope;
-use anchorage_tests::{
-    HttpAnswer, TestNats, TestStack, WsClient, api_key, fresh_database, hello, http, test_config,
-};
+use anchorage_tests::{HttpAnswer, TestNats, TestStack, WsClient, api_key, hello, http};
 use serde_json::{Value, json};
 
-use crate::common::copy_streams;
+use crate::common::short_window_config;
 
 /// Calls the API with `key`.
 async fn call(
@@ -520,11 +518,7 @@ async fn api_keys_are_checked_scoped_rate_limited_and_revocable() {
 #[tokio::test]
 async fn idempotency_keys_are_scoped_to_their_request_and_outlive_the_duplicate_window() {
     let nats = TestNats::start().await.unwrap();
-    let db_dir = tempfile::tempdir().unwrap();
-    let streams = tempfile::tempdir().unwrap();
-    copy_streams(streams.path(), "MESSAGES", 1_000_000_000);
-    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
-    config.streams.dir = streams.path().to_owned();
+    let (config, db_dir, _streams) = short_window_config(&nats.url(), "MESSAGES").await;
     let stack = TestStack::start_with(config, db_dir).await.unwrap();
     let addr = stack.edge_addr();
     let (key, _) = api_key(&nats.url(), Scope::Write, 1000).await;

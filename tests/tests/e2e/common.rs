@@ -156,7 +156,7 @@ pub async fn assert_in_line(c: &Client, store: &Store, group: &str) {
 
 /// Copies the stream definitions to `to`, with `stream`'s duplicate window set to
 /// `duplicate_window_ns` (short, so a test can outlast it).
-pub fn copy_streams(to: &Path, stream: &str, duplicate_window_ns: u64) {
+fn copy_streams(to: &Path, stream: &str, duplicate_window_ns: u64) {
     fn copy(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for entry in std::fs::read_dir(from).unwrap() {
@@ -174,4 +174,25 @@ pub fn copy_streams(to: &Path, stream: &str, duplicate_window_ns: u64) {
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     v["duplicate_window"] = json!(duplicate_window_ns);
     std::fs::write(&path, v.to_string()).unwrap();
+}
+
+/// A configuration whose `stream` forgets message ids after one second (so a test can retry
+/// past its duplicate window), on a fresh database; keep the two folders while it runs.
+pub async fn short_window_config(
+    nats_url: &str,
+    stream: &str,
+) -> (
+    anchorage_config::Config,
+    tempfile::TempDir,
+    tempfile::TempDir,
+) {
+    let db_dir = tempfile::tempdir().unwrap();
+    let streams = tempfile::tempdir().unwrap();
+    copy_streams(streams.path(), stream, 1_000_000_000);
+    let database = anchorage_tests::fresh_database(db_dir.path())
+        .await
+        .unwrap();
+    let mut config = anchorage_tests::test_config(nats_url, &database);
+    config.streams.dir = streams.path().to_owned();
+    (config, db_dir, streams)
 }

@@ -20,7 +20,7 @@ use anchorage_tests::{
 };
 use serde_json::{Value, json};
 
-use crate::common::copy_streams;
+use crate::common::short_window_config;
 
 fn send(conv: &str, id: &str, retry: bool) -> SendMessage {
     SendMessage {
@@ -89,11 +89,7 @@ async fn a_consumer_that_skips_events_does_not_make_the_projection_skip_them() {
 #[tokio::test]
 async fn a_late_retry_while_the_projector_is_down_is_never_stored_twice() {
     let nats = TestNats::start().await.unwrap();
-    let db_dir = tempfile::tempdir().unwrap();
-    let streams = tempfile::tempdir().unwrap();
-    copy_streams(streams.path(), "MESSAGES", 1_000_000_000);
-    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
-    config.streams.dir = streams.path().to_owned();
+    let (config, db_dir, _streams) = short_window_config(&nats.url(), "MESSAGES").await;
     // The projector runs for the group to exist, then stops.
     let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
     let store = stack.stack.store.clone();
@@ -160,11 +156,7 @@ async fn a_late_retry_while_the_projector_is_down_is_never_stored_twice() {
 #[tokio::test]
 async fn a_creation_retried_after_the_duplicate_window_gets_the_same_answer() {
     let nats = TestNats::start().await.unwrap();
-    let db_dir = tempfile::tempdir().unwrap();
-    let streams = tempfile::tempdir().unwrap();
-    copy_streams(streams.path(), "MEMBERSHIP", 1_000_000_000);
-    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
-    config.streams.dir = streams.path().to_owned();
+    let (config, db_dir, _streams) = short_window_config(&nats.url(), "MEMBERSHIP").await;
     let stack = TestStack::start_with(config, db_dir).await.unwrap();
     let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
         .await
