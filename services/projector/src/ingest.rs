@@ -358,8 +358,12 @@ impl Ingest {
             let Ok(group) = GroupId::parse(group) else {
                 continue;
             };
+            let at = bus
+                .last_subject_seq(stream::MEMBERSHIP, &subjects::membership(&group))
+                .await
+                .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
             let env = deleted
-                .departure(&group, user)
+                .departure(&group, user, at)
                 .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
             bus.publish_event(&subjects::membership(&group), &env, None)
                 .await

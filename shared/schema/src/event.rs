@@ -412,11 +412,17 @@ struct Wire {
 }
 
 impl Envelope {
-    /// The removal of deleted `user` from `group` that follows their deletion (`self`): one
-    /// per group, named after the deletion, so doing it again stores nothing twice.
-    pub fn departure(&self, group: &GroupId, user: &UserId) -> Result<Envelope, crate::IdError> {
+    /// The removal of deleted `user` from `group` that follows their deletion (`self`), decided
+    /// on the group's version `at`: named after both, so doing it again on the same version
+    /// stores nothing twice, and a membership that came back since is removed again.
+    pub fn departure(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        at: crate::Seq,
+    ) -> Result<Envelope, crate::IdError> {
         Ok(Envelope::new(
-            EventId::parse(format!("{}:leave:{group}", self.id))?,
+            EventId::parse(format!("{}:leave:{group}:{}", self.id, at.0))?,
             self.occurred_at,
             self.actor.clone(),
             MembersRemoved {

@@ -699,10 +699,46 @@ async fn the_api_keeps_the_rules_a_device_keeps_and_repeats_stay_repeats() {
         (seq(&again), again.body["duplicate"].as_bool()),
         (deleted_at, Some(true))
     );
+    // A membership left behind (a crash between the deletion and its clean-up): asking to
+    // delete again, without the key, cleans it up and says the user is gone.
+    let team = anchorage_tests::group_id("team");
+    let leftover = anchorage_schema::Envelope::new(
+        anchorage_schema::EventId::parse("test:leftover").unwrap(),
+        anchorage_schema::now_ms(),
+        anchorage_schema::Actor::System {
+            source: anchorage_schema::SourceId::parse("test").unwrap(),
+        },
+        anchorage_schema::event::MembersAdded {
+            group: team.clone(),
+            members: vec![anchorage_tests::user_id("zed")],
+        },
+    );
+    let p = stack
+        .stack
+        .bus
+        .publish_event(
+            &anchorage_schema::subjects::membership(&team),
+            &leftover,
+            None,
+        )
+        .await
+        .unwrap();
+    anchorage_tests::projected(&stack.stack.store, "membership", p.seq.0).await;
+    let listed = call(&admin, "GET", "/v1/groups/team/members", Value::Null, None).await;
+    assert_eq!(
+        listed.body["members"].as_array().unwrap().len(),
+        3,
+        "{listed:?}"
+    );
     problem(
         &call(&admin, "DELETE", "/v1/users/zed", Value::Null, None).await,
         404,
         "not_found",
+    );
+    let listed = call(&admin, "GET", "/v1/groups/team/members", Value::Null, None).await;
+    assert_eq!(
+        listed.body["members"],
+        json!([{"user": "alice", "role": "owner"}, {"user": "bob", "role": "member"}])
     );
     problem(
         &call(

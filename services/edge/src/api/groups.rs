@@ -148,7 +148,7 @@ async fn command(
         _ => Vec::new(),
     };
     super::not_deleted(state, &added).await?;
-    let (done, duplicate) = caller(state, key)
+    let (done, duplicate) = caller(state)
         .group_command(group.clone(), command, idem.as_ref())
         .await?;
     undo_for_deleted(state, &group, &added).await?;
@@ -188,8 +188,16 @@ async fn undo_for_deleted(
         let Ok(deletion) = anchorage_schema::Envelope::from_json(&bytes) else {
             continue;
         };
+        let at = state
+            .bus
+            .last_subject_seq(
+                stream::MEMBERSHIP,
+                &anchorage_schema::subjects::membership(group),
+            )
+            .await
+            .map_err(RequestError::from)?;
         let env = deletion
-            .departure(group, &user)
+            .departure(group, &user, at)
             .map_err(|e| Problem::from(RequestError::internal(e)))?;
         state
             .bus
@@ -218,8 +226,16 @@ pub(super) async fn end_memberships(
         let Ok(group) = GroupId::parse(group) else {
             continue;
         };
+        let at = state
+            .bus
+            .last_subject_seq(
+                stream::MEMBERSHIP,
+                &anchorage_schema::subjects::membership(&group),
+            )
+            .await
+            .map_err(RequestError::from)?;
         let env = deletion
-            .departure(&group, user)
+            .departure(&group, user, at)
             .map_err(|e| Problem::from(RequestError::internal(e)))?;
         let p = state
             .bus
@@ -254,7 +270,7 @@ pub async fn create(
     everyone.push(owner.clone());
     super::not_deleted(&state, &everyone).await?;
     let group = request.group.clone();
-    let (done, duplicate) = caller(&state, &key)
+    let (done, duplicate) = caller(&state)
         .create_group(request, owner, idem.as_ref())
         .await?;
     undo_for_deleted(&state, &group, &everyone).await?;

@@ -119,7 +119,7 @@ pub async fn post(
         .map_err(|e| Problem::from(RequestError::internal(e)))?,
     };
     let group = conv.group();
-    let caller = caller(&state, &key);
+    let caller = caller(&state);
     let version = caller.settled_version(&group).await?;
     let live = state
         .store

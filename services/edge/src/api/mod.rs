@@ -232,7 +232,7 @@ fn backend() -> Actor {
 
 /// The app's backend as the caller of group commands (every key alike: an idempotency key
 /// names a request whichever API key sends it).
-fn caller(state: &EdgeState, _key: &keys::Key) -> Caller {
+fn caller(state: &EdgeState) -> Caller {
     Caller {
         state: state.clone(),
         user: None,

@@ -196,7 +196,6 @@ async fn repeated(
 
 async fn publish_user(
     state: &EdgeState,
-    key: &Key,
     headers: &HeaderMap,
     kind: &str,
     user: &UserId,
@@ -209,7 +208,7 @@ async fn publish_user(
         None => format!("{EVENT_PREFIX}:{kind}:{user}:{}", version.0),
     };
     let env = Envelope::new(event_id(id)?, now_ms(), backend(), event);
-    let caller = super::caller(state, key);
+    let caller = super::caller(state);
     match state
         .bus
         .publish_event(&subjects::user(user), &env, Some(version))
@@ -267,16 +266,7 @@ pub async fn create(
                 user: user.clone(),
                 display_name: r.display_name,
             };
-            let w = publish_user(
-                &state,
-                &key,
-                &headers,
-                "create",
-                &user,
-                version,
-                event.into(),
-            )
-            .await?;
+            let w = publish_user(&state, &headers, "create", &user, version, event.into()).await?;
             Ok((StatusCode::CREATED, Json(w)))
         }
     }
@@ -344,7 +334,7 @@ pub async fn update(
         }));
     }
     let version = existing(&state, &user).await?;
-    let w = publish_user(&state, &key, &headers, "update", &user, version, event).await?;
+    let w = publish_user(&state, &headers, "update", &user, version, event).await?;
     Ok(Json(w))
 }
 
@@ -367,20 +357,24 @@ pub async fn delete(
             seq,
             duplicate: true,
         },
-        None => {
-            let version = existing(&state, &user).await?;
-            let event = UserDeleted { user: user.clone() };
-            publish_user(
-                &state,
-                &key,
-                &headers,
-                "delete",
-                &user,
-                version,
-                event.into(),
-            )
-            .await?
-        }
+        None => match settled_user(&state, &user).await? {
+            (version, Some((_, false, _))) => {
+                publish_user(&state, &headers, "delete", &user, version, event).await?
+            }
+            (version, Some((_, true, _))) => {
+                // Deleted before: finish what a crash or a race may have left, then say so.
+                let deletion = state
+                    .bus
+                    .stored_event(stream::USERS, version)
+                    .await
+                    .map_err(RequestError::from)?;
+                if matches!(deletion.event, Event::UserDeleted(_)) {
+                    super::groups::end_memberships(&state, &deletion, &user).await?;
+                }
+                return Err(RequestError::NotFound(format!("{user} was deleted")).into());
+            }
+            (_, None) => return Err(RequestError::NotFound(format!("no user {user}")).into()),
+        },
     };
     // The deleted user leaves every group and 1:1 conversation (a repeat finishes what a
     // crash in between left undone).
@@ -498,7 +492,7 @@ pub async fn revoke(
         .await
         .map_err(RequestError::from)?;
     if p.duplicate {
-        super::caller(&state, &key)
+        super::caller(&state)
             .same_request(stream::USERS, p.seq, &env)
             .await?;
     }
