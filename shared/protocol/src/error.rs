@@ -64,3 +64,55 @@ pub enum ErrorCode {
     /// retries in order keeps its order.
     OutOfOrder,
 }
+
+impl ErrorCode {
+    /// The code as it is written on the wire (`not_found`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnsupportedProtocol => "unsupported_protocol",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Rejected => "rejected",
+            ErrorCode::OutOfOrder => "out_of_order",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_code_is_written_as_serde_writes_it() {
+        use ErrorCode::*;
+        for code in [
+            BadFrame,
+            UnknownType,
+            InvalidRequest,
+            TooLarge,
+            UnsupportedProtocol,
+            HelloRequired,
+            Forbidden,
+            NotFound,
+            Conflict,
+            RateLimited,
+            Overloaded,
+            Internal,
+            Unauthorized,
+            Rejected,
+            OutOfOrder,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+}

@@ -49,16 +49,13 @@ impl From<RequestError> for Problem {
             _ => StatusCode::BAD_REQUEST,
         };
         let retry_after_ms = err.retry_after_ms();
-        let code = serde_json::to_value(code)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let code = code.as_str();
         Problem {
             kind: format!("urn:anchorage:problem:{code}"),
             title: status.canonical_reason().unwrap_or("error").to_owned(),
             status: status.as_u16(),
             detail: err.message(),
-            code,
+            code: code.to_owned(),
             retry_after_ms,
         }
     }

@@ -57,10 +57,10 @@ impl Session {
             RequestBody::MembersUnsubscribe(r) => self.members_unsubscribe(r).map(Into::into),
         };
         let code = match &answer {
-            Ok(_) => "ok".to_owned(),
-            Err(err) => crate::metrics::code_name(err.code()),
+            Ok(_) => "ok",
+            Err(err) => err.code().as_str(),
         };
-        crate::metrics::request(kind, &code);
+        crate::metrics::request(kind, code);
         self.answer(id, answer).await;
         None
     }
