@@ -381,15 +381,6 @@ async fn kill_9_during_replay_then_rerun_ends_equal_to_the_live_state() {
     let live = store(&s.live_url).await;
     let mut projector = spawn(&s.config_file, &["projector"]);
     projected_everything(&live, &s.bus).await;
-    // A projector without an edge serves its own metrics.
-    let (status, _) = anchorage_tests::http_get(s.metrics, "/metrics")
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
-    let (status, body) = anchorage_tests::http_get(s.metrics, "/livez")
-        .await
-        .unwrap();
-    assert_eq!((status, body.as_str()), (200, "ok\n"));
     projector.start_kill().unwrap();
     projector.wait().await.unwrap();
 

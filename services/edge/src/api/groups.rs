@@ -159,6 +159,31 @@ async fn command(
     }))
 }
 
+/// Publishes deleted `user`'s departure from `group`, decided on the group's version now;
+/// its seq.
+async fn depart(
+    state: &EdgeState,
+    deletion: &anchorage_schema::Envelope,
+    group: &GroupId,
+    user: &UserId,
+) -> Result<u64, Problem> {
+    let subject = anchorage_schema::subjects::membership(group);
+    let at = state
+        .bus
+        .last_subject_seq(stream::MEMBERSHIP, &subject)
+        .await
+        .map_err(RequestError::from)?;
+    let env = deletion
+        .departure(group, user, at)
+        .map_err(|e| Problem::from(RequestError::internal(e)))?;
+    let p = state
+        .bus
+        .publish_event(&subject, &env, None)
+        .await
+        .map_err(RequestError::from)?;
+    Ok(p.seq.0)
+}
+
 /// After `users` joined `group`: any of them deleted meanwhile (a deletion racing the join,
 /// whose own clean-up may have looked before the join was stored) leaves again, by the same
 /// removal the deletion makes.
@@ -188,22 +213,7 @@ async fn undo_for_deleted(
         let Ok(deletion) = anchorage_schema::Envelope::from_json(&bytes) else {
             continue;
         };
-        let at = state
-            .bus
-            .last_subject_seq(
-                stream::MEMBERSHIP,
-                &anchorage_schema::subjects::membership(group),
-            )
-            .await
-            .map_err(RequestError::from)?;
-        let env = deletion
-            .departure(group, &user, at)
-            .map_err(|e| Problem::from(RequestError::internal(e)))?;
-        state
-            .bus
-            .publish_event(&anchorage_schema::subjects::membership(group), &env, None)
-            .await
-            .map_err(RequestError::from)?;
+        depart(state, &deletion, group, &user).await?;
     }
     Ok(())
 }
@@ -226,23 +236,8 @@ pub(super) async fn end_memberships(
         let Ok(group) = GroupId::parse(group) else {
             continue;
         };
-        let at = state
-            .bus
-            .last_subject_seq(
-                stream::MEMBERSHIP,
-                &anchorage_schema::subjects::membership(&group),
-            )
-            .await
-            .map_err(RequestError::from)?;
-        let env = deletion
-            .departure(&group, user, at)
-            .map_err(|e| Problem::from(RequestError::internal(e)))?;
-        let p = state
-            .bus
-            .publish_event(&anchorage_schema::subjects::membership(&group), &env, None)
-            .await
-            .map_err(RequestError::from)?;
-        applied(state, Projection::Membership, p.seq.0).await;
+        let seq = depart(state, deletion, &group, user).await?;
+        applied(state, Projection::Membership, seq).await;
     }
     Ok(())
 }
