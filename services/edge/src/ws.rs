@@ -9,7 +9,8 @@
 //!   before `hello` too; a text frame that is not UTF-8 closes it with 1007. Every frame —
 //!   undecodable ones included — draws from a per-connection and a per-user token bucket, and
 //!   past them is answered `rate_limited` with a `retry_after_ms`; a client that keeps sending
-//!   twice its burst while limited is closed with 4029. Before `hello`, a few bad frames are
+//!   while limited (twice its burst plus a pipelined window of sends in a row) is closed with
+//!   4029. Before `hello`, a few bad frames are
 //!   answered, then the socket is closed with 4029.
 //! - **Authentication.** The first frame must be `hello` with a device token, within
 //!   `edge.hello_timeout_ms`. A bad token closes with 4001, an expired one with 4002, a revoked
@@ -303,9 +304,15 @@ async fn serve(
     }
     let expires = expiry(&claims);
     let mut bucket = Bucket::new(state.config.rate_per_sec, state.config.rate_burst);
-    // Refusals in a row: a client that ignores `rate_limited` is disconnected.
+    // Refusals in a row: a client that ignores `rate_limited` is disconnected. A pipelining
+    // client may have a full window of sends on the wire before it reads its first refusal,
+    // so those are allowed on top of twice the burst.
     let mut strikes = 0u32;
-    let max_strikes = state.config.rate_burst.saturating_mul(2);
+    let max_strikes = state
+        .config
+        .rate_burst
+        .saturating_mul(2)
+        .saturating_add(MAX_INFLIGHT_SENDS as u32);
     let max = state.config.max_frame_bytes as usize;
     let shutdown = state.shutdown.clone();
     // What an idle connection keeps is what it costs: the state moves into the session, the

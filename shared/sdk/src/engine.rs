@@ -8,7 +8,7 @@
 //! with the seq it already has.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,9 @@ pub(crate) enum End {
     },
 }
 
-/// Messages the outbox keeps in flight on one connection.
+/// Messages the outbox keeps in flight on one connection, at most. After a `rate_limited`
+/// round the window shrinks to what the server took, and doubles again with each round that
+/// passes whole, so a limited client does not keep sending a full window of refusals.
 const SEND_WINDOW: u32 = 32;
 
 pub(crate) fn lost(code: Option<u16>) -> End {
@@ -78,6 +80,8 @@ pub(crate) struct Engine {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The user and device the server knows this client as (from `welcome`).
     me: Mutex<Option<(String, String)>>,
+    /// How many queued messages go in flight at once (see [`SEND_WINDOW`]).
+    window: AtomicU32,
 }
 
 pub(crate) struct Conn {
@@ -102,6 +106,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             task: Mutex::new(None),
             me: Mutex::new(None),
+            window: AtomicU32::new(SEND_WINDOW),
         });
         let task = tokio::spawn(engine.clone().run());
         *engine.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -494,7 +499,7 @@ impl Engine {
         loop {
             let items = self
                 .store
-                .next_items(SEND_WINDOW)
+                .next_items(self.window.load(Ordering::Relaxed).clamp(1, SEND_WINDOW))
                 .await
                 .map_err(|_| lost(None))?;
             let sends: Vec<Queued> = items
@@ -513,7 +518,10 @@ impl Engine {
                     client_ts,
                 }) => {
                     self.send_one(conn, command_id, outbox_id, entry, body, client_ts)
-                        .await?
+                        .await?;
+                    let window = self.window.load(Ordering::Relaxed);
+                    self.window
+                        .store(window.saturating_mul(2).min(SEND_WINDOW), Ordering::Relaxed);
                 }
                 Some(Queued::Command {
                     command_id,
@@ -546,6 +554,7 @@ impl Engine {
         }
         let mut wait = None;
         let mut reconnect = false;
+        let mut taken = 0u32;
         for (id, command_id, outbox_id, entry, body, client_ts) in pending {
             let answer = self.answer_to(conn, id).await?;
             if let Some(e) = refusal(&answer, &[ErrorCode::RateLimited, ErrorCode::OutOfOrder]) {
@@ -556,10 +565,19 @@ impl Engine {
             } else {
                 // An ack (also one behind a refusal: that send was stored already) or a
                 // refusal for good.
+                taken += 1;
                 self.settle_send(&answer, command_id, outbox_id, entry, body, client_ts)
                     .await?
             }
         }
+        let window = self.window.load(Ordering::Relaxed);
+        let next = if wait.is_some() {
+            taken.max(1)
+        } else {
+            window.saturating_mul(2)
+        };
+        self.window
+            .store(next.clamp(1, SEND_WINDOW), Ordering::Relaxed);
         if reconnect {
             return Err(lost(None));
         }

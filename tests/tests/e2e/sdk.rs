@@ -293,7 +293,8 @@ async fn a_device_catches_up_on_reconnect_after_a_restart() {
 }
 
 // The outbox pipelines, and keeps its order through refusals: a burst well past the edge's
-// rate limit is stored in the order it was written, each message once.
+// rate limit is stored in the order it was written, each message once, on one connection (a
+// pipelined window of refusals is not mistaken for a client ignoring them).
 #[tokio::test]
 async fn a_pipelined_outbox_keeps_its_order_through_refusals() {
     let nats = TestNats::start().await.unwrap();
@@ -310,6 +311,7 @@ async fn a_pipelined_outbox_keeps_its_order_through_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let alice = client(stack.edge_addr(), dir.path(), "alice", "phone").await;
     alice.create_group("burst", "Burst", &[]).await.unwrap();
+    let mut events = alice.subscribe();
     let mut ids = Vec::new();
     for n in 0..60 {
         ids.push(alice.send("burst", json!(n)).await.unwrap());
@@ -332,5 +334,11 @@ async fn a_pipelined_outbox_keeps_its_order_through_refusals() {
     let bodies: Vec<String> = rows.iter().map(|r| r.body.clone()).collect();
     let written: Vec<String> = (0..60).map(|n| n.to_string()).collect();
     assert_eq!(bodies, written, "each once, in order");
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, ClientEvent::Disconnected { .. }),
+            "the burst stays on its connection: {event:?}"
+        );
+    }
     alice.shutdown().await;
 }
