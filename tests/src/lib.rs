@@ -29,7 +29,7 @@ use anchorage_config::Config;
 use anchorage_protocol::request::{self, CreateGroup, Hello, SendMessage};
 use anchorage_protocol::{
     Ack, Done, ErrorFrame, LiveMessage, MembersChanged, MembershipChanged, Messages, Push,
-    ReadMoved, ReplyBody, Request, RequestBody, RequestId, ServerFrame, Welcome,
+    ReactionsChanged, ReadMoved, ReplyBody, Request, RequestBody, RequestId, ServerFrame, Welcome,
 };
 use anchorage_schema::{ClientMsgId, ConversationId, GroupId, UserId};
 use anyhow::{Context, bail};
@@ -831,6 +831,7 @@ push_body! {
     Read(ReadMoved),
     Membership(MembershipChanged),
     MembersChanged(MembersChanged),
+    Reactions(ReactionsChanged),
 }
 
 /// A conversation id (panics on an invalid one: tests name valid ids).
@@ -872,6 +873,9 @@ pub fn send_message(conv: &str, client_msg_id: &str, body: serde_json::Value) ->
         body,
         client_ts: 1,
         retry: false,
+        reply_to: None,
+        mentions: Vec::new(),
+        mention_all: false,
     }
 }
 

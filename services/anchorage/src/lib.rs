@@ -73,16 +73,7 @@ pub async fn edge_state(
     store: anchorage_store::Store,
     streams: StreamSet,
 ) -> anyhow::Result<anchorage_edge::EdgeState> {
-    anchorage_edge::EdgeState::start(
-        bus,
-        store,
-        std::sync::Arc::new(streams),
-        config.edge.clone(),
-        config.members.clone(),
-        &config.auth,
-        &config.hooks,
-    )
-    .await
+    anchorage_edge::EdgeState::start(bus, store, std::sync::Arc::new(streams), config).await
 }
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM.

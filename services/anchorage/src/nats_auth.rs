@@ -3,7 +3,7 @@
 //! | identity | publishes | subscribes |
 //! |---|---|---|
 //! | `edge` | `msg.*`, `grp.*`, `read.*.*`, `user.*`, `admin.webhook.*` (server API); JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `notify.grp.>`, `notify.progress.>` |
-//! | `projector` | `msg.*`, `grp.*`, `user.*` (events translated from other systems), `dlq.*`, `notify.grp.*`, `notify.progress.*`; its pull consumers (fetch, ack), the webhook worker's consumers (create, delete) and JetStream reads | — |
+//! | `projector` | `msg.*`, `grp.*`, `user.*` (events translated from other systems), `dlq.*`, `notify.grp.*`, `notify.progress.*`; its pull consumers (fetch, ack), the webhook worker's consumers (create, delete), erasing revoked messages from MESSAGES, and JetStream reads | — |
 //! | `operator` | everything (`anchorage streams apply`, `revoke`, `replay`, administration) | everything |
 //! | `ext_<source>` | `ext.<source>.>` only | its own consumers (named `<source>`) on the streams it is given |
 //!
@@ -89,6 +89,8 @@ pub fn projector() -> Permissions {
         "$JS.API.CONSUMER.CREATE.*.*.>",
         "$JS.API.CONSUMER.DURABLE.CREATE.*.*",
         "$JS.API.CONSUMER.DELETE.*.*",
+        // A revoke erases the message and its edits from MESSAGES; nobody else may.
+        "$JS.API.STREAM.MSG.DELETE.MESSAGES",
         "$JS.ACK.>",
     ]);
     publish.extend(strings(JS_READS));
@@ -375,6 +377,11 @@ mod tests {
         }
         let p = projector();
         assert!(!p.subscribe.iter().any(|s| s.starts_with("live")));
+        // Only revoked messages are erased, and only by the projector.
+        let erase = "$JS.API.STREAM.MSG.DELETE.MESSAGES".to_owned();
+        assert!(p.publish.contains(&erase));
+        assert!(!e.publish.iter().any(|s| s.contains("MSG.DELETE")));
+        assert!(!p.publish.iter().any(|s| s.contains("MSG.DELETE.*")));
         let i = integration("crm", &["MEMBERSHIP".into()]);
         assert_eq!(i.publish[0], "ext.crm.>");
         assert!(i.publish.iter().all(|s| !s.contains("MESSAGES")));

@@ -223,6 +223,9 @@ pub fn message_event(n: usize, conv: &ConversationId, body_len: usize) -> anyhow
             client_msg_id: ClientMsgId::parse(format!("m{n}"))?,
             body: Value::String("x".repeat(body_len)),
             client_ts: 1,
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
         },
     ))
 }

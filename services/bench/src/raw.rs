@@ -238,16 +238,15 @@ pub async fn fanout(online: usize, messages: usize) -> anyhow::Result<Vec<Durati
     for n in 0..messages {
         let live: ServerFrame = Push::Message(LiveMessage {
             prev: n as u64,
-            message: Message {
-                conv: big.clone(),
-                seq: n as u64 + 1,
-                sender: "owner".into(),
-                device: "bench".into(),
-                client_msg_id: format!("f{n}"),
-                body: json!({"t": unix_nanos() as u64}),
-                client_ts: 0,
-                server_ts: 0,
-            },
+            message: Box::new(Message::entry(
+                big.clone(),
+                n as u64 + 1,
+                "owner".into(),
+                "bench".into(),
+                format!("f{n}"),
+                json!({"t": unix_nanos() as u64}),
+                (0, 0),
+            )),
         })
         .into();
         frames.send(live.to_json().into())?;

@@ -62,6 +62,8 @@ pub struct Shared {
     pub config: Arc<anchorage_config::EdgeConfig>,
     /// How member lists are synchronized.
     pub members: Arc<anchorage_config::MembersConfig>,
+    /// What may change about a message once sent.
+    pub messages: Arc<anchorage_config::MessagesConfig>,
     /// Checks device tokens.
     pub verifier: Arc<auth::Verifier>,
     /// How device tokens are minted (server API).
@@ -89,16 +91,23 @@ pub struct Shared {
 }
 
 impl EdgeState {
-    /// Prepares an edge: starts following membership changes.
+    /// Prepares an edge: starts following membership changes. Of `config` it takes the
+    /// `edge`, `members`, `messages`, `auth` and `hooks` sections.
     pub async fn start(
         bus: Bus,
         store: Store,
         streams: Arc<StreamSet>,
-        config: anchorage_config::EdgeConfig,
-        members: anchorage_config::MembersConfig,
-        auth: &anchorage_config::AuthConfig,
-        hooks: &anchorage_config::HooksConfig,
+        config: &anchorage_config::Config,
     ) -> anyhow::Result<EdgeState> {
+        let anchorage_config::Config {
+            members,
+            messages,
+            auth,
+            hooks,
+            ..
+        } = config;
+        let (members, messages) = (members.clone(), messages.clone());
+        let config = config.edge.clone();
         let before_send = match &hooks.before_send {
             Some(h) => Some(Arc::new(hook::BeforeSend::from_config(
                 h,
@@ -106,7 +115,8 @@ impl EdgeState {
             )?)),
             None => None,
         };
-        let hub = live::Hub::start(bus.clone(), store.clone()).await?;
+        let flush = Duration::from_millis(messages.reaction_flush_ms);
+        let hub = live::Hub::start(bus.clone(), store.clone(), flush).await?;
         let progress = progress::Progress::start(&bus, store.clone()).await?;
         let window = streams
             .streams
@@ -136,6 +146,7 @@ impl EdgeState {
             streams,
             config: Arc::new(config),
             members: Arc::new(members),
+            messages: Arc::new(messages),
             hub,
             progress,
             shutdown: CancellationToken::new(),

@@ -363,7 +363,8 @@ impl Worker {
                     .iter()
                     .map(|d| (d.seq.0, d.subject(), d.payload().as_ref()))
                     .collect();
-                let notices = apply_events(&self.store, *p, next, &items, self.rules).await?;
+                let notices =
+                    apply_events(&self.store, &self.bus, *p, next, &items, self.rules).await?;
                 // Committed: announce it. At most once — a client that misses one sees the
                 // gap in `prev` on the next and syncs.
                 for n in notices {

@@ -10,9 +10,10 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::ingest;
+use anchorage_bus::Bus;
 use anchorage_digest::{SetDigest, bucket_of};
 use anchorage_protocol::{
-    MemberInfo, MembersChange, MembersChanged, MessageParts, Push, ServerFrame,
+    self as protocol, MemberInfo, MembersChange, MembersChanged, Message, Push, ServerFrame,
 };
 use anchorage_schema::event::{
     GroupCreated, MemberMuteChanged, MemberProfileChanged, MemberRoleChanged, MembersAdded,
@@ -21,8 +22,10 @@ use anchorage_schema::event::{
 use anchorage_schema::ids::UserId;
 use anchorage_schema::now_ms;
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{Envelope, Event};
-use anchorage_store::{Checkpoint, GroupRow, MemberRow, NewMessage, Store, StoreError, Tx};
+use anchorage_schema::{Envelope, Event, Seq};
+use anchorage_store::{
+    Checkpoint, EntryKind, GroupRow, MemberRow, NewMessage, Store, StoreError, Tombstone, Tx,
+};
 
 /// Why an event was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +107,8 @@ impl Projection {
         rules: MembershipRules,
     ) -> Result<Option<Notice>, ApplyError> {
         match self {
-            Projection::Messages => apply_message(tx, seq, subject, env).await.map(|_| None),
+            // Messages apply in runs, with the changes between them (`apply_events`).
+            Projection::Messages => Err(wrong_stream(env, "this path")),
             Projection::Reads => apply_read(tx, seq, subject, env).await.map(|_| None),
             Projection::Users => apply_user(tx, seq, subject, env).await.map(|_| None),
             Projection::Membership => apply_membership(tx, seq, subject, env, rules)
@@ -119,6 +123,7 @@ impl Projection {
 /// of what was applied, to publish now that it is committed.
 pub(crate) async fn apply_events(
     store: &Store,
+    bus: &Bus,
     p: Projection,
     next: Checkpoint,
     events: &[(u64, &str, &[u8])],
@@ -146,16 +151,22 @@ pub(crate) async fn apply_events(
     // Events that came from other systems, recorded with what they became.
     let mut ingested = Vec::new();
     if p == Projection::Messages {
-        // Messages go in together: multi-row inserts, one version move per conversation.
-        let rows = events
-            .iter()
-            .map(|(seq, subject, payload)| {
-                let env = decode(payload)?;
-                ingested.extend(ingest::origin(&env).map(|(src, id)| (src, id, *seq)));
-                message_row(*seq, subject, &env)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.insert_messages(&rows).await?;
+        // Messages go in together: multi-row inserts, one version move per conversation; a
+        // change to a message applies in its place between them.
+        let mut run = Vec::new();
+        for (seq, subject, payload) in events {
+            let env = decode(payload)?;
+            ingested.extend(ingest::origin(&env).map(|(src, id)| (src, id, *seq)));
+            let row = message_row(*seq, subject, &env)?;
+            if row.kind == EntryKind::Message {
+                run.push(row);
+                continue;
+            }
+            tx.insert_messages(&run).await?;
+            run.clear();
+            apply_change(&mut tx, bus, row, &env).await?;
+        }
+        tx.insert_messages(&run).await?;
     } else {
         for (seq, subject, payload) in events {
             let env = decode(payload)?;
@@ -202,30 +213,104 @@ fn wrong_stream(env: &Envelope, stream: &str) -> ApplyError {
     )
 }
 
-/// The row a message event stores, or why it cannot be stored.
+/// The row an entry of a conversation stores — a message, or a change to one — or why it
+/// cannot be stored.
 fn message_row(seq: u64, subject: &str, env: &Envelope) -> Result<NewMessage, ApplyError> {
-    let p = MessageParts::of(env).ok_or_else(|| wrong_stream(env, stream::MESSAGES))?;
-    expect_subject(subject, subjects::message(p.conv))?;
+    let entry = Message::from_event(seq, env).ok_or_else(|| wrong_stream(env, stream::MESSAGES))?;
+    expect_subject(subject, subjects::message(&entry.conv))?;
+    if let Some(target) = entry.target
+        && target >= seq
+    {
+        return Err(reject(
+            "bad_target",
+            format!("entry {seq} changes message {target}, which is not before it"),
+        ));
+    }
+    let mut mentions = entry.mentions;
+    if entry.mention_all {
+        mentions.push("*".to_owned());
+    }
     Ok(NewMessage {
-        conv: p.conv.to_string(),
+        conv: entry.conv.to_string(),
         seq,
-        sender: p.sender,
-        device: p.device,
-        client_msg_id: p.client_msg_id,
-        body: p.body.to_string(),
-        client_ts: p.client_ts,
-        server_ts: p.server_ts,
+        sender: entry.sender,
+        device: entry.device,
+        client_msg_id: entry.client_msg_id,
+        body: entry.body.to_string(),
+        client_ts: entry.client_ts,
+        server_ts: entry.server_ts,
         event_id: env.id.to_string(),
+        kind: match entry.kind {
+            protocol::EntryKind::Message => EntryKind::Message,
+            protocol::EntryKind::Edit => EntryKind::Edit,
+            protocol::EntryKind::Revoke => EntryKind::Revoke,
+            protocol::EntryKind::Reaction => EntryKind::Reaction,
+            protocol::EntryKind::Pin => EntryKind::Pin,
+        },
+        target: entry.target,
+        reply_to: entry.reply_to,
+        mentions,
+        flag: entry
+            .added
+            .or((entry.kind == protocol::EntryKind::Pin).then_some(entry.pinned)),
+        emoji: entry.emoji,
     })
 }
 
-async fn apply_message(
+/// Applies a change to a message (its entry `row` stored too). A revoke erases the events
+/// that held the message's text — the message and its edits — from the stream before the
+/// projection forgets them, so nothing is committed that says "erased" while the text is
+/// still stored; an edit that comes after its message was revoked is erased itself.
+async fn apply_change(
     tx: &mut Tx,
-    seq: u64,
-    subject: &str,
+    bus: &Bus,
+    row: NewMessage,
     env: &Envelope,
 ) -> Result<(), ApplyError> {
-    tx.insert_message(&message_row(seq, subject, env)?).await?;
+    let (conv, seq) = (row.conv.clone(), row.seq);
+    let target = row.target.unwrap_or_default();
+    let mut erase = Vec::new();
+    match &env.event {
+        Event::MessageEdited(_) => {
+            if tx.apply_edit(&conv, target, seq, &row.body).await? {
+                tx.insert_message(&row).await?;
+            } else {
+                // Decided before the revoke it came after: its text goes too, as if it had
+                // been erased with the others (a rebuild never sees it either).
+                erase.push(seq);
+            }
+        }
+        Event::MessageRevoked(r) => {
+            tx.insert_message(&row).await?;
+            erase = tx
+                .apply_revoke(&Tombstone {
+                    conv: conv.clone(),
+                    target,
+                    seq,
+                    sender: r.sender.clone(),
+                    device: r.device.clone(),
+                    client_msg_id: r.client_msg_id.clone(),
+                    client_ts: r.client_ts,
+                    sent_at: r.sent_at,
+                })
+                .await?;
+        }
+        Event::ReactionChanged(r) => {
+            tx.insert_message(&row).await?;
+            tx.apply_reaction(&conv, target, r.user.as_str(), &r.emoji, r.added, seq)
+                .await?;
+        }
+        Event::PinChanged(p) => {
+            tx.insert_message(&row).await?;
+            tx.apply_pin(&conv, target, p.pinned, seq).await?;
+        }
+        _ => return Err(wrong_stream(env, stream::MESSAGES)),
+    }
+    for at in erase {
+        bus.erase(stream::MESSAGES, Seq(at))
+            .await
+            .map_err(|e| ApplyError::Unavailable(format!("erasing {conv}#{at}: {e}")))?;
+    }
     Ok(())
 }
 

@@ -133,7 +133,7 @@ pub async fn replay(
             };
             let items: Vec<(u64, &str, &[u8])> = batch.iter().map(parts).collect();
             // A rebuild announces nothing: clients already heard of these changes.
-            match apply_events(store, p, next, &items, options.membership).await {
+            match apply_events(store, bus, p, next, &items, options.membership).await {
                 Ok(_) => summary.applied += items.len() as u64,
                 Err(ApplyError::Rejected { .. }) => {
                     for item in &items {
@@ -142,7 +142,8 @@ pub async fn replay(
                             last_seq: item.0,
                         };
                         let one_event = std::slice::from_ref(item);
-                        match apply_events(store, p, one, one_event, options.membership).await {
+                        match apply_events(store, bus, p, one, one_event, options.membership).await
+                        {
                             Ok(_) => summary.applied += 1,
                             Err(ApplyError::Rejected { .. }) => {
                                 summary.rejected += 1;

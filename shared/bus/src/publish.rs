@@ -217,6 +217,31 @@ impl Bus {
         }
     }
 
+    /// Erases the message at `seq` from `stream`: JetStream overwrites its bytes in the store
+    /// before it lets go of them (a secure delete), and the sequence stays taken. `false` if
+    /// nothing is stored there (erased already). Only a NATS user allowed
+    /// `$JS.API.STREAM.MSG.DELETE.<stream>` may do this (the projector).
+    pub async fn erase(&self, stream: &str, seq: Seq) -> Result<bool, BusError> {
+        use async_nats::jetstream::stream::DeleteMessageErrorKind;
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        match handle.delete_message(seq.0).await {
+            Ok(done) => Ok(done),
+            // Refused: fine if there is nothing left to erase there (the server names that
+            // case with more than one code).
+            Err(e) if matches!(e.kind(), DeleteMessageErrorKind::JetStream(_)) => {
+                match self.stored_event_if_any(stream, seq).await? {
+                    None => Ok(false),
+                    Some(_) => Err(BusError::jetstream(stream, e)),
+                }
+            }
+            Err(e) => Err(BusError::jetstream(stream, e)),
+        }
+    }
+
     /// The first event still stored on `subject` in `stream`, with its sequence; `None` if
     /// none is (or it is not an event).
     pub async fn first_subject_event(

@@ -44,6 +44,8 @@ pub struct Config {
     pub projector: ProjectorConfig,
     /// Member-list sync.
     pub members: MembersConfig,
+    /// Changes to messages: edits, reactions.
+    pub messages: MessagesConfig,
     /// Device tokens.
     pub auth: AuthConfig,
     /// `anchorage dev`.
@@ -268,6 +270,29 @@ impl Default for MembersConfig {
             diff_members: 2_000,
             full_percent: 50,
             batch_budget_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `[messages]`: what may change about a message once sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagesConfig {
+    /// How long after sending its sender may edit a message, in seconds.
+    pub edit_window_secs: u64,
+    /// Different emoji one message may carry.
+    pub max_reaction_kinds: u32,
+    /// Reactions to a conversation are pushed together at most this often, in milliseconds:
+    /// one frame per connection for many reactions.
+    pub reaction_flush_ms: u64,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        Self {
+            edit_window_secs: 2 * 24 * 3600,
+            max_reaction_kinds: 20,
+            reaction_flush_ms: 250,
         }
     }
 }

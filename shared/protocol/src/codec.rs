@@ -246,7 +246,7 @@ mod tests {
     fn every_frame_type_round_trips() {
         let frames = [
             r#"{"type":"ping","id":1}"#,
-            r#"{"type":"send","id":2,"conv":"c","client_msg_id":"m1","body":{"t":"hi"},"client_ts":5}"#,
+            r#"{"type":"send","id":2,"conv":"c","client_msg_id":"m1","body":{"t":"hi"},"client_ts":5,"reply_to":3,"mentions":["bob"],"mention_all":true}"#,
             r#"{"type":"sync","id":3,"conv":"c","after":4,"limit":10}"#,
             r#"{"type":"history","id":4,"conv":"c","before":9}"#,
             r#"{"type":"read","id":5,"conv":"c","seq":7}"#,
@@ -267,6 +267,12 @@ mod tests {
             r#"{"type":"members_sync_batch","id":20,"groups":[{"group":"g","version":3}],"budget_bytes":4096}"#,
             r#"{"type":"members_search","id":21,"group":"g","query":"al"}"#,
             r#"{"type":"members_unsubscribe","id":22,"group":"g"}"#,
+            r#"{"type":"edit","id":23,"conv":"c","seq":7,"body":{"t":"hi!"}}"#,
+            r#"{"type":"revoke","id":24,"conv":"c","seq":7}"#,
+            r#"{"type":"react","id":25,"conv":"c","seq":7,"emoji":"👍","remove":true}"#,
+            r#"{"type":"pin","id":26,"conv":"c","seq":7}"#,
+            r#"{"type":"reactors","id":27,"conv":"c","seq":7,"emoji":"👍","after":3,"limit":5}"#,
+            r#"{"type":"edits","id":28,"conv":"c","seq":7}"#,
         ];
         assert_eq!(frames.len() + 1, REQUEST_TYPES.len());
         let mut names = std::collections::BTreeSet::from(["hello"]);

@@ -25,9 +25,10 @@ pub use codec::{FrameError, MAX_NUMBER, decode_request};
 pub use error::{ErrorCode, close};
 pub use members::{GroupSync, GroupSyncResult, GroupVersion, MemberInfo, MembersChange};
 pub use reply::{
-    Ack, ConvChange, Done, ErrorFrame, GroupVersions, LiveMessage, MembersBatch, MembersBuckets,
-    MembersChanged, MembersDiff, MembersFound, MembersPage, MembershipChanged, Message,
-    MessageParts, Messages, Push, ReadMoved, Reply, ReplyBody, ServerFrame, Welcome,
+    Ack, ConvChange, Done, EntryKind, ErrorFrame, GroupVersions, LiveMessage, MembersBatch,
+    MembersBuckets, MembersChanged, MembersDiff, MembersFound, MembersPage, MembershipChanged,
+    Message, MessageParts, Messages, OwnReaction, Push, Reaction, ReactionDelta, ReactionsChanged,
+    Reactors, ReadMoved, Reply, ReplyBody, ServerFrame, Welcome,
 };
 pub use request::{ConvAnchor, REQUEST_TYPES, Request, RequestBody};
 

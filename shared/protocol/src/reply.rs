@@ -61,6 +61,8 @@ pub enum ReplyBody {
     MembersBatch(MembersBatch),
     /// Answer to `members_search`.
     MembersFound(MembersFound),
+    /// Answer to `reactors`.
+    Reactors(Reactors),
 }
 
 /// Frames without a request, tagged by `type`.
@@ -77,6 +79,9 @@ pub enum Push {
     /// A group's members changed (to connections that synced its list). A client at `prev`
     /// applies `change` and is then at `version` with `digest`; otherwise it syncs.
     MembersChanged(MembersChanged),
+    /// Reaction entries of a conversation, coalesced: a client at `prev` applies the counts
+    /// and is then at `seq`; otherwise it syncs.
+    Reactions(ReactionsChanged),
 }
 
 /// `error`: a request failed, or a frame could not be read (then `id` is absent).
@@ -95,7 +100,13 @@ pub struct ErrorFrame {
 }
 
 /// The frame types only the server sends that carry no request id.
-const PUSH_TYPES: &[&str] = &["message", "read", "membership", "members_changed"];
+const PUSH_TYPES: &[&str] = &[
+    "message",
+    "read",
+    "membership",
+    "members_changed",
+    "reactions",
+];
 
 impl ServerFrame {
     /// A reply to request `id`.
@@ -210,6 +221,7 @@ into_reply! {
     MembersBuckets => MembersBuckets,
     MembersBatch => MembersBatch,
     MembersFound => MembersFound,
+    Reactors => Reactors,
 }
 
 /// What a message event is, as every view of it (a live push, a stored row) shows it, with
@@ -265,19 +277,110 @@ impl<'a> MessageParts<'a> {
 }
 
 impl Message {
-    /// The message an event stored at `seq` is, if it is one (see [`MessageParts`]).
+    /// The entry an event stored at `seq` is, if it is one: a message (see
+    /// [`MessageParts`]) or a change to one.
     pub fn from_event(seq: u64, env: &Envelope) -> Option<Message> {
-        let p = MessageParts::of(env)?;
-        Some(Message {
-            conv: p.conv.clone(),
-            seq,
-            sender: p.sender,
-            device: p.device,
-            client_msg_id: p.client_msg_id,
-            body: p.body.clone(),
-            client_ts: p.client_ts,
-            server_ts: p.server_ts,
+        if let Some(p) = MessageParts::of(env) {
+            let (reply_to, mentions, mention_all) = match &env.event {
+                Event::MessageSent(m) => (
+                    m.reply_to,
+                    m.mentions.iter().map(ToString::to_string).collect(),
+                    m.mention_all,
+                ),
+                _ => (None, Vec::new(), false),
+            };
+            return Some(Message {
+                reply_to,
+                mentions,
+                mention_all,
+                ..Message::entry(
+                    p.conv.clone(),
+                    seq,
+                    p.sender,
+                    p.device,
+                    p.client_msg_id,
+                    p.body.clone(),
+                    (p.client_ts, p.server_ts),
+                )
+            });
+        }
+        let (sender, device) = match &env.actor {
+            Actor::User { user, device } => (user.to_string(), device.to_string()),
+            Actor::System { source } => (format!("system:{source}"), String::new()),
+        };
+        let times = (env.occurred_at, env.occurred_at);
+        let id = env.id.to_string();
+        let entry = |conv: &ConversationId, body, kind, target| Message {
+            kind,
+            target: Some(target),
+            ..Message::entry(
+                conv.clone(),
+                seq,
+                sender.clone(),
+                device.clone(),
+                id.clone(),
+                body,
+                times,
+            )
+        };
+        Some(match &env.event {
+            Event::MessageEdited(e) => entry(&e.conv, e.body.clone(), EntryKind::Edit, e.target),
+            Event::MessageRevoked(e) => entry(
+                &e.conv,
+                serde_json::Value::Null,
+                EntryKind::Revoke,
+                e.target,
+            ),
+            Event::ReactionChanged(e) => Message {
+                emoji: Some(e.emoji.clone()),
+                added: Some(e.added),
+                ..entry(
+                    &e.conv,
+                    serde_json::Value::Null,
+                    EntryKind::Reaction,
+                    e.target,
+                )
+            },
+            Event::PinChanged(e) => Message {
+                pinned: e.pinned,
+                ..entry(&e.conv, serde_json::Value::Null, EntryKind::Pin, e.target)
+            },
+            _ => return None,
         })
+    }
+
+    /// A plain entry: who, what and when, with no state beyond it.
+    pub fn entry(
+        conv: ConversationId,
+        seq: u64,
+        sender: String,
+        device: String,
+        client_msg_id: String,
+        body: serde_json::Value,
+        (client_ts, server_ts): (i64, i64),
+    ) -> Message {
+        Message {
+            conv,
+            seq,
+            sender,
+            device,
+            client_msg_id,
+            body,
+            client_ts,
+            server_ts,
+            kind: EntryKind::Message,
+            target: None,
+            emoji: None,
+            added: None,
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
+            edits: 0,
+            revoked: false,
+            pinned: false,
+            reactions: Vec::new(),
+            version: None,
+        }
     }
 }
 
@@ -312,6 +415,84 @@ pub struct Message {
     pub client_ts: i64,
     /// When the server stored it, Unix milliseconds.
     pub server_ts: i64,
+    /// What the entry is: a message (absent), or a change to message `target` — `edit`
+    /// (`body` is the new body), `revoke`, `reaction` (`emoji`, `added`) or `pin` (`pinned`).
+    #[serde(default, skip_serializing_if = "EntryKind::is_message")]
+    pub kind: EntryKind,
+    /// The message a change is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
+    /// A reaction entry's emoji.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// A reaction entry: added (or removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added: Option<bool>,
+    /// The message this one replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// Users the message mentions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+    /// The message mentions everyone (`@all`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mention_all: bool,
+    /// How often the message was edited (`body` is the latest).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub edits: u32,
+    /// Revoked for everyone: a tombstone, `body` is null.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
+    /// A message: pinned in its conversation; a pin entry: pinned (or unpinned).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
+    /// Reactions, by emoji in the order each first came.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+    /// The seq of the last entry reflected in this state (absent: none since the message).
+    /// A client applies an entry about this message only if the entry's seq is higher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// What an entry of a conversation is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A message.
+    #[default]
+    Message,
+    /// A new body for message `target`.
+    Edit,
+    /// Message `target` was revoked for everyone.
+    Revoke,
+    /// A reaction on message `target` was added or removed.
+    Reaction,
+    /// Message `target` was pinned or unpinned.
+    Pin,
+}
+
+impl EntryKind {
+    /// Whether this is a message (not a change to one).
+    pub fn is_message(&self) -> bool {
+        *self == EntryKind::Message
+    }
+}
+
+/// The reactions with one emoji on a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// How many reacted with it.
+    pub count: u64,
+    /// Whether the user reading is one of them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mine: bool,
 }
 
 /// A conversation that changed since the client's anchor.
@@ -328,6 +509,14 @@ pub struct ConvChange {
     /// The last message, for a conversation list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message: Option<Message>,
+    /// Messages after the user's read marker that mention them or everyone (capped at
+    /// 1000).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub mentions: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `welcome`: the answer to `hello`.
@@ -478,8 +667,8 @@ pub struct MembersFound {
 pub struct LiveMessage {
     /// The conversation's previous seq (0 if none).
     pub prev: u64,
-    /// The message.
-    pub message: Message,
+    /// The message (boxed: frames are moved around far more often than messages are read).
+    pub message: Box<Message>,
 }
 
 /// `read`: the user's read marker moved.
@@ -515,4 +704,59 @@ pub struct MembersChanged {
     pub digest: String,
     /// What changed.
     pub change: MembersChange,
+}
+
+/// `reactions`: the reaction entries (prev, seq] of a conversation, coalesced into count
+/// changes — one frame for many reactions, never one per reaction per member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionsChanged {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The conversation's seq before the first of these entries.
+    pub prev: u64,
+    /// The last of these entries.
+    pub seq: u64,
+    /// Count changes per message and emoji.
+    pub deltas: Vec<ReactionDelta>,
+    /// The reading user's own reactions among them (from their other devices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mine: Vec<OwnReaction>,
+}
+
+/// How the count of one emoji on one message changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionDelta {
+    /// The message.
+    pub target: u64,
+    /// The emoji.
+    pub emoji: String,
+    /// The change of its count.
+    pub delta: i64,
+}
+
+/// One of the reading user's own reactions, added or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnReaction {
+    /// The message.
+    pub target: u64,
+    /// The emoji.
+    pub emoji: String,
+    /// Added (or removed).
+    pub added: bool,
+}
+
+/// `reactors`: who reacted to a message with an emoji, in the order they did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reactors {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message.
+    pub seq: u64,
+    /// The emoji.
+    pub emoji: String,
+    /// The users.
+    pub users: Vec<String>,
+    /// Present when more remain: ask again with `after` set to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<u64>,
 }

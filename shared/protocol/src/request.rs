@@ -123,6 +123,18 @@ pub enum RequestBody {
     MembersSearch(MembersSearch),
     /// Stop `members_changed` notifications of a group; answered with `ok`.
     MembersUnsubscribe(MembersUnsubscribe),
+    /// Replace the body of one's own message; answered with `ok`.
+    Edit(Edit),
+    /// Revoke a message for everyone; answered with `ok`.
+    Revoke(Revoke),
+    /// Add or remove a reaction; answered with `ok`.
+    React(React),
+    /// Pin or unpin a message; answered with `ok`.
+    Pin(Pin),
+    /// Who reacted with an emoji; answered with `reactors`.
+    Reactors(ReactorsQuery),
+    /// A message's edits, oldest first; answered with `messages`.
+    Edits(Edits),
 }
 
 impl RequestBody {
@@ -152,6 +164,12 @@ impl RequestBody {
             RequestBody::MembersSyncBatch(_) => "members_sync_batch",
             RequestBody::MembersSearch(_) => "members_search",
             RequestBody::MembersUnsubscribe(_) => "members_unsubscribe",
+            RequestBody::Edit(_) => "edit",
+            RequestBody::Revoke(_) => "revoke",
+            RequestBody::React(_) => "react",
+            RequestBody::Pin(_) => "pin",
+            RequestBody::Reactors(_) => "reactors",
+            RequestBody::Edits(_) => "edits",
         }
     }
 }
@@ -181,6 +199,12 @@ pub const REQUEST_TYPES: &[&str] = &[
     "members_sync_batch",
     "members_search",
     "members_unsubscribe",
+    "edit",
+    "revoke",
+    "react",
+    "pin",
+    "reactors",
+    "edits",
 ];
 
 macro_rules! into_body {
@@ -216,6 +240,12 @@ into_body! {
     MembersSyncBatch => MembersSyncBatch,
     MembersSearch => MembersSearch,
     MembersUnsubscribe => MembersUnsubscribe,
+    Edit => Edit,
+    Revoke => Revoke,
+    React => React,
+    Pin => Pin,
+    ReactorsQuery => Reactors,
+    Edits => Edits,
 }
 
 /// `hello`: the protocol version, the device token, and optionally the client's anchors.
@@ -260,6 +290,95 @@ pub struct SendMessage {
     /// history, so a retry long after the stream's duplicate window gets the same seq.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry: bool,
+    /// The message this one replies to (its seq in the conversation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// Users the message mentions (at most 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
+    /// Mention everyone (`@all`): owners and admins of a group, either side of a 1:1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mention_all: bool,
+}
+
+/// `edit`: a new body for one's own message `seq`, within the edit window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Edit {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message.
+    pub seq: u64,
+    /// The new body.
+    pub body: serde_json::Value,
+}
+
+/// `revoke`: revoke message `seq` for everyone — its sender, or an owner or admin of the
+/// group. The text is erased; a tombstone stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoke {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message.
+    pub seq: u64,
+}
+
+/// `react`: add (or with `remove`, take back) a reaction on message `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct React {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message.
+    pub seq: u64,
+    /// An emoji: 1 to 32 bytes, no control characters or whitespace.
+    pub emoji: String,
+    /// Take the reaction back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
+}
+
+/// `pin`: pin (or with `unpin`, unpin) message `seq` — owners and admins of a group, either
+/// side of a 1:1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pin {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message.
+    pub seq: u64,
+    /// Unpin it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unpin: bool,
+}
+
+/// `reactors`: who reacted to message `seq` with `emoji`, in the order they did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactorsQuery {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message.
+    pub seq: u64,
+    /// The emoji.
+    pub emoji: String,
+    /// The previous page's cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// At most this many (default 100, at most 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `edits`: the edits of message `seq`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Edits {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message.
+    pub seq: u64,
 }
 
 /// `sync`: messages of a conversation after `after`, oldest first, bounded.

@@ -63,6 +63,90 @@ pub struct MessageSent {
     pub body: Value,
     /// The sender's clock when the message was composed, Unix milliseconds.
     pub client_ts: i64,
+    /// The message this one replies to (its seq in the conversation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// Users the message mentions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
+    /// The message mentions everyone in the conversation (`@all`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mention_all: bool,
+}
+
+/// A message's sender replaced its body. An entry of the conversation's own (with its seq);
+/// the message keeps its place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageEdited {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The edited message's seq.
+    pub target: u64,
+    /// Who edited it (its sender).
+    pub editor: UserId,
+    /// From which device.
+    pub device: DeviceId,
+    /// The new body.
+    pub body: Value,
+}
+
+/// A message was revoked for everyone. Its body and the bodies of its edits are erased from
+/// the streams and the projections; what remains is a tombstone: who sent it, under which id,
+/// when. Those are carried here, so a rebuild from the streams has the tombstone too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRevoked {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The revoked message's seq.
+    pub target: u64,
+    /// Its sender, as messages show it (a user id, or `system:<source>`).
+    pub sender: String,
+    /// Its sender's device (empty for a system post).
+    pub device: String,
+    /// Its client id.
+    pub client_msg_id: String,
+    /// Its sender's clock, Unix milliseconds.
+    pub client_ts: i64,
+    /// When it was stored, Unix milliseconds.
+    pub sent_at: i64,
+}
+
+/// A user added or removed a reaction on a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionChanged {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message's seq.
+    pub target: u64,
+    /// Who reacted.
+    pub user: UserId,
+    /// The reaction: an emoji (at most 32 bytes, no control characters).
+    pub emoji: String,
+    /// Added (or removed).
+    pub added: bool,
+}
+
+/// A message was pinned in its conversation, or unpinned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinChanged {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message's seq.
+    pub target: u64,
+    /// Pinned (or unpinned).
+    pub pinned: bool,
+}
+
+/// A user deleted messages for themselves: their devices stop showing them; nobody else is
+/// affected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagesHidden {
+    /// Whose view.
+    pub user: UserId,
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The messages' seqs.
+    pub seqs: Vec<u64>,
 }
 
 /// A message into a conversation from another system (a bot, a notifier, an admin tool).
@@ -348,6 +432,16 @@ events! {
     MessageSent = "message.sent" v 1,
     /// Another system posted a message.
     SystemMessagePosted = "message.system_posted" v 1,
+    /// A sender edited a message.
+    MessageEdited = "message.edited" v 1,
+    /// A message was revoked for everyone.
+    MessageRevoked = "message.revoked" v 1,
+    /// A reaction was added or removed.
+    ReactionChanged = "message.reaction_changed" v 1,
+    /// A message was pinned or unpinned.
+    PinChanged = "message.pin_changed" v 1,
+    /// A user deleted messages for themselves.
+    MessagesHidden = "message.hidden" v 1,
     /// A user read a conversation up to a point.
     ReadMarked = "read.marked" v 1,
     /// A group was created.
@@ -527,6 +621,47 @@ mod tests {
                 client_msg_id: ClientMsgId::parse("m-1").unwrap(),
                 body: serde_json::json!({"text": "hi", "e2e": [1, 2, 3]}),
                 client_ts: 1_763_839_999_000,
+                reply_to: Some(3),
+                mentions: vec![user("bob")],
+                mention_all: false,
+            }
+            .into(),
+            MessageEdited {
+                conv: conv.clone(),
+                target: 4,
+                editor: user("alice"),
+                device: DeviceId::parse("d1").unwrap(),
+                body: serde_json::json!("hi, edited"),
+            }
+            .into(),
+            MessageRevoked {
+                conv: conv.clone(),
+                target: 4,
+                sender: "alice".into(),
+                device: "d1".into(),
+                client_msg_id: "m-1".into(),
+                client_ts: 1_763_839_999_000,
+                sent_at: 1_763_840_000_000,
+            }
+            .into(),
+            ReactionChanged {
+                conv: conv.clone(),
+                target: 4,
+                user: user("bob"),
+                emoji: "👍".into(),
+                added: true,
+            }
+            .into(),
+            PinChanged {
+                conv: conv.clone(),
+                target: 4,
+                pinned: true,
+            }
+            .into(),
+            MessagesHidden {
+                user: user("bob"),
+                conv: conv.clone(),
+                seqs: vec![4, 5],
             }
             .into(),
             SystemMessagePosted {
@@ -702,6 +837,9 @@ mod tests {
                     client_msg_id: ClientMsgId::parse("m").unwrap(),
                     body: body.clone(),
                     client_ts: n,
+                    reply_to: None,
+                    mentions: Vec::new(),
+                    mention_all: false,
                 },
             );
             let back = Envelope::from_json(&env.to_json()).unwrap();

@@ -14,18 +14,18 @@ use std::time::{Duration, Instant};
 
 use anchorage_protocol::request::{Hello, MarkReceived, SendMessage, Sync};
 use anchorage_protocol::{
-    ConvAnchor, ErrorCode, ErrorFrame, Message as WireMessage, Push, ReplyBody, Request,
+    ConvAnchor, EntryKind, ErrorCode, ErrorFrame, Message as WireMessage, Push, ReplyBody, Request,
     RequestBody, ServerFrame,
 };
-use anchorage_schema::{ClientMsgId, ConversationId};
+use anchorage_schema::{ClientMsgId, ConversationId, UserId};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::{Notify, broadcast, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{LocalStore, Queued};
-use crate::{ClientEvent, ClientOptions, LocalMessage, OutboxEntry, backoff};
+use crate::store::{Change, Entry, LocalStore, Queued};
+use crate::{ClientEvent, ClientOptions, LocalMessage, OutboxEntry, Refs, backoff};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -353,10 +353,9 @@ impl Engine {
     async fn on_push(&self, push: Push) {
         match push {
             Push::Message(live) => {
-                let m = to_local(live.message);
-                let (Some(seq), prev) = (m.seq, live.prev) else {
-                    return;
-                };
+                let (seq, prev) = (live.message.seq, live.prev);
+                let conv = live.message.conv.to_string();
+                let entry = to_entry(*live.message);
                 if self
                     .drop_push
                     .compare_exchange(seq, 0, Ordering::SeqCst, Ordering::SeqCst)
@@ -364,27 +363,50 @@ impl Engine {
                 {
                     return;
                 }
-                let Ok(anchor) = self.store.anchor(&m.conv).await else {
+                let Ok(anchor) = self.store.anchor(&conv).await else {
                     return;
                 };
                 if seq <= anchor {
                     return;
                 }
                 if prev == anchor {
-                    if self
+                    let me = self.me().0;
+                    if let Ok(changed) = self
                         .store
-                        .append(&m.conv, std::slice::from_ref(&m), seq)
+                        .append(&conv, std::slice::from_ref(&entry), seq, &me)
                         .await
-                        .is_ok()
                     {
-                        self.note_stored(&m.conv, seq);
+                        self.note_stored(&conv, seq);
+                        self.note_changed(&conv, changed);
                     }
                 } else {
-                    // A message is missing between our anchor and this one: sync instead.
-                    self.syncs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(m.conv.clone(), Some(anchor));
+                    // An entry is missing between our anchor and this one: sync instead.
+                    self.gap(&conv, anchor);
+                }
+            }
+            Push::Reactions(r) => {
+                if self
+                    .drop_push
+                    .compare_exchange(r.seq, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return;
+                }
+                let conv = r.conv.to_string();
+                let Ok(anchor) = self.store.anchor(&conv).await else {
+                    return;
+                };
+                if r.seq <= anchor {
+                    return;
+                }
+                match self.store.apply_reactions(&r).await {
+                    Ok(Some(changed)) => {
+                        self.note_stored(&conv, r.seq);
+                        self.note_changed(&conv, changed);
+                    }
+                    // Not exactly applicable here: the entries one by one, from the anchor.
+                    Ok(None) => self.gap(&conv, anchor),
+                    Err(_) => {}
                 }
             }
             Push::Read(read) => {
@@ -407,6 +429,23 @@ impl Engine {
                 let _ = self.store.drop_member_list(conv).await;
             }
             Push::MembersChanged(change) => self.on_members_changed(change).await,
+        }
+    }
+
+    /// Something is missing after `anchor` in `conv`: sync from there.
+    fn gap(&self, conv: &str, anchor: u64) {
+        self.syncs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conv.to_owned(), Some(anchor));
+    }
+
+    fn note_changed(&self, conv: &str, changed: Vec<u64>) {
+        for seq in changed {
+            self.emit(ClientEvent::MessageChanged {
+                conv: conv.to_owned(),
+                seq,
+            });
         }
     }
 
@@ -456,13 +495,17 @@ impl Engine {
                         break;
                     }
                 };
-                let messages: Vec<LocalMessage> = page.messages.into_iter().map(to_local).collect();
-                if let Some(last) = messages.last().and_then(|m| m.seq) {
-                    self.store
-                        .append(&conv, &messages, last)
+                let last = page.messages.last().map(|m| m.seq);
+                let entries: Vec<Entry> = page.messages.into_iter().map(to_entry).collect();
+                if let Some(last) = last {
+                    let me = self.me().0;
+                    let changed = self
+                        .store
+                        .append(&conv, &entries, last, &me)
                         .await
                         .map_err(|_| lost(None))?;
                     self.note_stored(&conv, last);
+                    self.note_changed(&conv, changed);
                 }
                 if !page.more {
                     break;
@@ -640,8 +683,10 @@ impl Engine {
                     body,
                     client_ts,
                     server_ts: Some(ack.server_ts),
+                    refs: entry.refs.clone(),
+                    ..LocalMessage::default()
                 };
-                self.store.put_message(&own).await.map_err(fail)?;
+                self.store.put_message(own).await.map_err(fail)?;
                 self.store
                     .finish_command(command_id, None)
                     .await
@@ -768,12 +813,22 @@ fn send_request(entry: &OutboxEntry, body: &Value, client_ts: i64) -> Result<Req
     ) else {
         return Err(lost(None));
     };
+    let mentions = entry
+        .refs
+        .mentions
+        .iter()
+        .map(UserId::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| lost(None))?;
     Ok(SendMessage {
         conv,
         client_msg_id,
         body: body.clone(),
         client_ts,
         retry: entry.attempts > 0,
+        reply_to: entry.refs.reply_to,
+        mentions,
+        mention_all: entry.refs.mention_all,
     }
     .into())
 }
@@ -810,7 +865,7 @@ async fn next_frame(conn: &mut Conn) -> Result<ServerFrame, End> {
 }
 
 /// A message from the server as the local store keeps it.
-fn to_local(m: WireMessage) -> LocalMessage {
+pub(crate) fn to_local(m: WireMessage) -> LocalMessage {
     LocalMessage {
         conv: m.conv.to_string(),
         seq: Some(m.seq),
@@ -820,5 +875,33 @@ fn to_local(m: WireMessage) -> LocalMessage {
         body: m.body,
         client_ts: m.client_ts,
         server_ts: Some(m.server_ts),
+        refs: Refs {
+            reply_to: m.reply_to,
+            mentions: m.mentions,
+            mention_all: m.mention_all,
+        },
+        edits: m.edits,
+        revoked: m.revoked,
+        pinned: m.pinned,
+        reactions: m.reactions,
+    }
+}
+
+/// What the store does with an entry of a conversation: keep a message, apply a change.
+fn to_entry(m: WireMessage) -> Entry {
+    match (m.kind, m.target) {
+        (EntryKind::Message, _) | (_, None) => {
+            let version = m.version.unwrap_or(m.seq);
+            Entry::Message(Box::new((to_local(m), version)))
+        }
+        (kind, Some(target)) => Entry::Change(Change {
+            seq: m.seq,
+            target,
+            sender: m.sender,
+            kind,
+            body: m.body,
+            emoji: m.emoji,
+            on: m.added.unwrap_or(m.pinned),
+        }),
     }
 }

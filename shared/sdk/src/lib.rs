@@ -33,14 +33,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anchorage_protocol::request::{
-    AddMembers, CreateGroup, MarkRead, MembersSearch, MembersSyncBatch, OpenDirect, RemoveMembers,
+    AddMembers, CreateGroup, Edit, Edits, MarkRead, MembersSearch, MembersSyncBatch, OpenDirect,
+    Pin, React, ReactorsQuery, RemoveMembers, Revoke,
 };
-use anchorage_protocol::{MembersBatch, ReplyBody, RequestBody, ServerFrame};
+use anchorage_protocol::{MembersBatch, Reactors, ReplyBody, RequestBody, ServerFrame};
 use anchorage_schema::{ConversationId, GroupId, UserId};
 use tokio::sync::broadcast;
 
 pub use anchorage_digest::SetDigest;
-pub use anchorage_protocol::MemberInfo;
+pub use anchorage_protocol::{MemberInfo, Reaction};
 pub use backoff::{delay as backoff_delay, random as backoff_random};
 pub use members::{MemberListState, MemberSyncKind};
 
@@ -72,10 +73,28 @@ pub struct OutboxEntry {
     pub seq: Option<u64>,
     /// Why the server refused it, if it did.
     pub error: Option<String>,
+    /// What the message refers to.
+    pub refs: Refs,
 }
 
-/// A message as the app shows it; `seq` is `None` while it waits in the outbox.
-#[derive(Debug, Clone, PartialEq)]
+/// What a message refers to: the message it replies to and who it mentions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refs {
+    /// The message it replies to (its seq).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// Users it mentions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+    /// It mentions everyone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mention_all: bool,
+}
+
+/// A message as the app shows it; `seq` is `None` while it waits in the outbox. Its state is
+/// the latest this device knows: edited bodies, tombstones of revoked messages (`body` null),
+/// pins and reaction counts.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LocalMessage {
     /// The conversation.
     pub conv: String,
@@ -93,6 +112,16 @@ pub struct LocalMessage {
     pub client_ts: i64,
     /// When the server stored it.
     pub server_ts: Option<i64>,
+    /// What it refers to.
+    pub refs: Refs,
+    /// How often it was edited.
+    pub edits: u32,
+    /// Revoked for everyone: a tombstone.
+    pub revoked: bool,
+    /// Pinned in its conversation.
+    pub pinned: bool,
+    /// Reactions, by emoji in the order each first came.
+    pub reactions: Vec<Reaction>,
 }
 
 /// What happened, for the app to react to.
@@ -105,6 +134,8 @@ pub enum ClientEvent {
     Disconnected { code: Option<u16> },
     /// New messages are stored for `conv`, up to `seq`.
     Messages { conv: String, seq: u64 },
+    /// Stored message `seq` of `conv` changed (edited, revoked, pinned, reactions).
+    MessageChanged { conv: String, seq: u64 },
     /// A message from the outbox was stored at `seq`.
     Acked { client_msg_id: String, seq: u64 },
     /// A message from the outbox was refused for good.
@@ -216,14 +247,99 @@ impl Client {
 
     /// Queues a message; returns its client id at once (see [`Client::outbox`]).
     pub async fn send(&self, conv: &str, body: serde_json::Value) -> Result<String, SdkError> {
+        self.send_with(conv, body, Refs::default()).await
+    }
+
+    /// Queues a message that replies to another or mentions users; returns its client id.
+    pub async fn send_with(
+        &self,
+        conv: &str,
+        body: serde_json::Value,
+        refs: Refs,
+    ) -> Result<String, SdkError> {
         ConversationId::parse(conv)?;
+        for user in &refs.mentions {
+            UserId::parse(user.as_str())?;
+        }
         let id = format!("{:x}-{:x}", now_ms(), backoff::random() & 0xffff_ffff);
         self.engine
             .store
-            .enqueue_send(conv, &id, &body, now_ms())
+            .enqueue_send(conv, &id, &body, now_ms(), &refs)
             .await?;
         self.engine.wake();
         Ok(id)
+    }
+
+    /// Replaces the body of one's own message `seq` (queued while offline).
+    pub async fn edit(
+        &self,
+        conv: &str,
+        seq: u64,
+        body: serde_json::Value,
+    ) -> Result<(), SdkError> {
+        let conv = ConversationId::parse(conv)?;
+        self.command(Edit { conv, seq, body }.into()).await
+    }
+
+    /// Revokes message `seq` for everyone (queued while offline); its text is erased.
+    pub async fn revoke(&self, conv: &str, seq: u64) -> Result<(), SdkError> {
+        let conv = ConversationId::parse(conv)?;
+        self.command(Revoke { conv, seq }.into()).await
+    }
+
+    /// Adds (or with `remove`, takes back) a reaction on message `seq` (queued while offline).
+    pub async fn react(
+        &self,
+        conv: &str,
+        seq: u64,
+        emoji: &str,
+        remove: bool,
+    ) -> Result<(), SdkError> {
+        let conv = ConversationId::parse(conv)?;
+        let react = React {
+            conv,
+            seq,
+            emoji: emoji.to_owned(),
+            remove,
+        };
+        self.command(react.into()).await
+    }
+
+    /// Pins (or with `unpin`, unpins) message `seq` (queued while offline).
+    pub async fn pin(&self, conv: &str, seq: u64, unpin: bool) -> Result<(), SdkError> {
+        let conv = ConversationId::parse(conv)?;
+        self.command(Pin { conv, seq, unpin }.into()).await
+    }
+
+    /// Who reacted to message `seq` with `emoji`, a page at a time (`after`: the previous
+    /// page's cursor).
+    pub async fn reactors(
+        &self,
+        conv: &str,
+        seq: u64,
+        emoji: &str,
+        after: Option<u64>,
+    ) -> Result<Reactors, SdkError> {
+        let query = ReactorsQuery {
+            conv: ConversationId::parse(conv)?,
+            seq,
+            emoji: emoji.to_owned(),
+            after,
+            limit: None,
+        };
+        match self.ask(query.into()).await? {
+            ReplyBody::Reactors(r) => Ok(r),
+            other => Err(SdkError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// The edits of message `seq`, oldest first (bodies erased once it is revoked).
+    pub async fn edits(&self, conv: &str, seq: u64) -> Result<Vec<LocalMessage>, SdkError> {
+        let conv = ConversationId::parse(conv)?;
+        match self.ask(Edits { conv, seq }.into()).await? {
+            ReplyBody::Messages(m) => Ok(m.messages.into_iter().map(engine::to_local).collect()),
+            other => Err(SdkError::Refused(format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// The outbox state of a message sent from this device.

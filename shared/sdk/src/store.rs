@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use anchorage_protocol::RequestBody;
+use anchorage_protocol::{EntryKind, Reaction, ReactionsChanged, RequestBody};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
-use crate::{LocalMessage, OutboxEntry, OutboxState, SdkError};
+use crate::{LocalMessage, OutboxEntry, OutboxState, Refs, SdkError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -32,6 +32,17 @@ CREATE TABLE IF NOT EXISTS commands (
     local_id INTEGER PRIMARY KEY AUTOINCREMENT, frame TEXT NOT NULL, state TEXT NOT NULL,
     error TEXT, outbox_id INTEGER);
 ";
+
+/// Columns added since the first version of the local store, by `user_version`.
+const UPGRADES: &[&str] = &["
+ALTER TABLE messages ADD COLUMN refs TEXT;
+ALTER TABLE messages ADD COLUMN edits INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN reactions TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE messages ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN refs TEXT;
+"];
 
 /// One queued item, in the order it was made.
 #[derive(Debug, Clone)]
@@ -76,6 +87,23 @@ impl LocalStore {
             .connect_with(options)
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        let version: i64 = sqlx::query("PRAGMA user_version")
+            .fetch_one(&pool)
+            .await?
+            .get(0);
+        for (n, sql) in UPGRADES.iter().enumerate().skip(version.max(0) as usize) {
+            let mut tx = pool.begin().await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "PRAGMA user_version = {}",
+                n + 1
+            )))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
         // A send interrupted by a crash is sent again (same client id: the server keeps one).
         sqlx::query("UPDATE outbox SET state = 'pending' WHERE state = 'sending'")
             .execute(&pool)
@@ -101,17 +129,28 @@ impl LocalStore {
             .collect())
     }
 
-    /// Stores messages and moves the conversation's anchor to `anchor` (they are contiguous
-    /// up to it), in one transaction.
+    /// Stores entries — messages, and changes applied to the messages they name — and moves
+    /// the conversation's anchor to `anchor` (they are contiguous up to it), in one
+    /// transaction; `me` is this device's user (whose reactions are marked `mine`). Returns
+    /// the stored messages that changed.
     pub async fn append(
         &self,
         conv: &str,
-        messages: &[LocalMessage],
+        entries: &[Entry],
         anchor: u64,
-    ) -> Result<(), SdkError> {
+        me: &str,
+    ) -> Result<Vec<u64>, SdkError> {
         let mut tx = self.pool.begin().await?;
-        for m in messages {
-            insert_message(&mut tx, m).await?;
+        let mut changed = Vec::new();
+        for e in entries {
+            match e {
+                Entry::Message(m) => insert_message(&mut tx, m).await?,
+                Entry::Change(c) => {
+                    if apply_change(&mut tx, conv, c, me).await? {
+                        changed.push(c.target);
+                    }
+                }
+            }
         }
         sqlx::query(
             "INSERT INTO anchors (conv, seq) VALUES ($1, $2)
@@ -122,14 +161,64 @@ impl LocalStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(changed)
+    }
+
+    /// Applies coalesced reaction counts that continue the anchor (`prev`) and moves it to
+    /// `seq`. `None` if they cannot apply exactly — the anchor is elsewhere, or a message
+    /// already reflects some of them (read since): then a sync brings the entries one by one.
+    /// Otherwise the stored messages that changed.
+    pub async fn apply_reactions(
+        &self,
+        r: &ReactionsChanged,
+    ) -> Result<Option<Vec<u64>>, SdkError> {
+        let conv = r.conv.as_str();
+        let mut tx = self.pool.begin().await?;
+        let anchor = sqlx::query("SELECT seq FROM anchors WHERE conv = $1")
+            .bind(conv)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map_or(0, |row| row.get::<i64, _>("seq") as u64);
+        if anchor != r.prev {
+            return Ok(None);
+        }
+        let mut targets: Vec<u64> = r.deltas.iter().map(|d| d.target).collect();
+        targets.extend(r.mine.iter().map(|m| m.target));
+        targets.sort_unstable();
+        targets.dedup();
+        let mut changed = Vec::new();
+        for target in targets {
+            let Some((version, mut reactions)) = reaction_state(&mut tx, conv, target).await?
+            else {
+                continue;
+            };
+            if version > r.prev {
+                return Ok(None);
+            }
+            for d in r.deltas.iter().filter(|d| d.target == target) {
+                adjust(&mut reactions, &d.emoji, d.delta, None);
+            }
+            for m in r.mine.iter().filter(|m| m.target == target) {
+                adjust(&mut reactions, &m.emoji, 0, Some(m.added));
+            }
+            save_reactions(&mut tx, conv, target, &reactions, r.seq).await?;
+            changed.push(target);
+        }
+        sqlx::query("UPDATE anchors SET seq = $2 WHERE conv = $1")
+            .bind(conv)
+            .bind(r.seq as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(changed))
     }
 
     /// Stores one message without moving the anchor (our own acked message, before its live
     /// copy or a sync confirms there is no gap before it).
-    pub async fn put_message(&self, m: &LocalMessage) -> Result<(), SdkError> {
+    pub async fn put_message(&self, m: LocalMessage) -> Result<(), SdkError> {
         let mut tx = self.pool.begin().await?;
-        insert_message(&mut tx, m).await?;
+        let version = m.seq.unwrap_or_default();
+        insert_message(&mut tx, &(m, version)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -138,7 +227,8 @@ impl LocalStore {
     /// unacknowledged ones by the time they were written.
     pub async fn messages(&self, conv: &str) -> Result<Vec<LocalMessage>, SdkError> {
         let mut out: Vec<LocalMessage> = sqlx::query(
-            "SELECT conv, seq, sender, device, client_msg_id, body, client_ts, server_ts
+            "SELECT conv, seq, sender, device, client_msg_id, body, client_ts, server_ts, refs,
+                    edits, revoked, pinned, reactions
              FROM messages WHERE conv = $1 ORDER BY seq",
         )
         .bind(conv)
@@ -154,10 +244,15 @@ impl LocalStore {
             body: serde_json::from_str(&r.get::<String, _>("body")).unwrap_or_default(),
             client_ts: r.get("client_ts"),
             server_ts: Some(r.get("server_ts")),
+            refs: refs_of(r.get("refs")),
+            edits: r.get::<i64, _>("edits").clamp(0, i64::from(u32::MAX)) as u32,
+            revoked: r.get::<i64, _>("revoked") != 0,
+            pinned: r.get::<i64, _>("pinned") != 0,
+            reactions: serde_json::from_str(&r.get::<String, _>("reactions")).unwrap_or_default(),
         })
         .collect();
         let pending = sqlx::query(
-            "SELECT conv, client_msg_id, body, client_ts FROM outbox
+            "SELECT conv, client_msg_id, body, client_ts, refs FROM outbox
              WHERE conv = $1 AND state IN ('pending', 'sending', 'failed') ORDER BY client_ts, local_id",
         )
         .bind(conv)
@@ -165,13 +260,11 @@ impl LocalStore {
         .await?;
         out.extend(pending.iter().map(|r| LocalMessage {
             conv: r.get("conv"),
-            seq: None,
-            sender: String::new(),
-            device: String::new(),
             client_msg_id: r.get("client_msg_id"),
             body: serde_json::from_str(&r.get::<String, _>("body")).unwrap_or_default(),
             client_ts: r.get("client_ts"),
-            server_ts: None,
+            refs: refs_of(r.get("refs")),
+            ..LocalMessage::default()
         }));
         Ok(out)
     }
@@ -205,16 +298,18 @@ impl LocalStore {
         client_msg_id: &str,
         body: &serde_json::Value,
         client_ts: i64,
+        refs: &Refs,
     ) -> Result<(), SdkError> {
         let mut tx = self.pool.begin().await?;
         let outbox_id = sqlx::query(
-            "INSERT INTO outbox (conv, client_msg_id, body, client_ts, state)
-             VALUES ($1, $2, $3, $4, 'pending')",
+            "INSERT INTO outbox (conv, client_msg_id, body, client_ts, state, refs)
+             VALUES ($1, $2, $3, $4, 'pending', $5)",
         )
         .bind(conv)
         .bind(client_msg_id)
         .bind(body.to_string())
         .bind(client_ts)
+        .bind(refs_text(refs))
         .execute(&mut *tx)
         .await?
         .last_insert_rowid();
@@ -231,7 +326,7 @@ impl LocalStore {
     pub async fn next_items(&self, limit: u32) -> Result<Vec<Queued>, SdkError> {
         let rows = sqlx::query(
             "SELECT c.local_id AS command_id, c.frame, c.outbox_id, o.conv, o.client_msg_id,
-                    o.body, o.client_ts, o.state, o.attempts, o.seq, o.error
+                    o.body, o.client_ts, o.state, o.attempts, o.seq, o.error, o.refs
              FROM commands c LEFT JOIN outbox o ON o.local_id = c.outbox_id
              WHERE c.state = 'pending' ORDER BY c.local_id LIMIT $1",
         )
@@ -289,7 +384,7 @@ impl LocalStore {
 
     pub async fn outbox_entry(&self, client_msg_id: &str) -> Result<Option<OutboxEntry>, SdkError> {
         let row = sqlx::query(
-            "SELECT conv, client_msg_id, state, attempts, seq, error FROM outbox
+            "SELECT conv, client_msg_id, state, attempts, seq, error, refs FROM outbox
              WHERE client_msg_id = $1",
         )
         .bind(client_msg_id)
@@ -339,17 +434,66 @@ fn outbox_entry(r: &sqlx::sqlite::SqliteRow) -> OutboxEntry {
         attempts: r.get::<i64, _>("attempts") as u32,
         seq: r.get::<Option<i64>, _>("seq").map(|s| s as u64),
         error: r.get("error"),
+        refs: refs_of(r.get("refs")),
     }
 }
 
+fn refs_of(text: Option<String>) -> Refs {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn refs_text(refs: &Refs) -> Option<String> {
+    (refs != &Refs::default())
+        .then(|| serde_json::to_string(refs).ok())
+        .flatten()
+}
+
+/// An entry of a conversation as the store takes it.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// A message, in the state it was read in (`version`: the seq of the last change it
+    /// reflects).
+    Message(Box<(LocalMessage, u64)>),
+    /// A change to the message `target`.
+    Change(Change),
+}
+
+/// A change to a stored message.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The change's own seq.
+    pub seq: u64,
+    /// The message it changes.
+    pub target: u64,
+    /// Who made it.
+    pub sender: String,
+    /// What it does.
+    pub kind: EntryKind,
+    /// An edit's new body.
+    pub body: serde_json::Value,
+    /// A reaction's emoji.
+    pub emoji: Option<String>,
+    /// A reaction: added; a pin: pinned.
+    pub on: bool,
+}
+
+/// Stores a message, or a fresher state of one already stored.
 async fn insert_message(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    m: &LocalMessage,
+    entry: &(LocalMessage, u64),
 ) -> Result<(), SdkError> {
+    let (m, version) = entry;
     let Some(seq) = m.seq else { return Ok(()) };
     sqlx::query(
-        "INSERT INTO messages (conv, seq, sender, device, client_msg_id, body, client_ts, server_ts)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        "INSERT INTO messages (conv, seq, sender, device, client_msg_id, body, client_ts, server_ts,
+                               refs, edits, revoked, pinned, reactions, version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         ON CONFLICT (conv, seq) DO UPDATE
+         SET body = excluded.body, refs = excluded.refs, edits = excluded.edits,
+             revoked = excluded.revoked, pinned = excluded.pinned,
+             reactions = excluded.reactions, version = excluded.version
+         WHERE excluded.version > messages.version",
     )
     .bind(&m.conv)
     .bind(seq as i64)
@@ -359,7 +503,122 @@ async fn insert_message(
     .bind(m.body.to_string())
     .bind(m.client_ts)
     .bind(m.server_ts.unwrap_or(0))
+    .bind(refs_text(&m.refs))
+    .bind(i64::from(m.edits))
+    .bind(i64::from(m.revoked))
+    .bind(i64::from(m.pinned))
+    .bind(serde_json::to_string(&m.reactions).unwrap_or_else(|_| "[]".into()))
+    .bind((*version).max(seq) as i64)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A stored message's version and reactions, if it is stored.
+async fn reaction_state(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conv: &str,
+    seq: u64,
+) -> Result<Option<(u64, Vec<Reaction>)>, SdkError> {
+    let row = sqlx::query("SELECT version, reactions FROM messages WHERE conv = $1 AND seq = $2")
+        .bind(conv)
+        .bind(seq as i64)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|r| {
+        (
+            (r.get::<i64, _>("version") as u64).max(seq),
+            serde_json::from_str(&r.get::<String, _>("reactions")).unwrap_or_default(),
+        )
+    }))
+}
+
+async fn save_reactions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conv: &str,
+    seq: u64,
+    reactions: &[Reaction],
+    version: u64,
+) -> Result<(), SdkError> {
+    sqlx::query("UPDATE messages SET reactions = $3, version = $4 WHERE conv = $1 AND seq = $2")
+        .bind(conv)
+        .bind(seq as i64)
+        .bind(serde_json::to_string(reactions).unwrap_or_else(|_| "[]".into()))
+        .bind(version as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Moves the count of `emoji` by `delta` (and marks it `mine` or not), keeping the order
+/// in which emoji first came; an emoji nobody holds any more goes.
+pub(crate) fn adjust(reactions: &mut Vec<Reaction>, emoji: &str, delta: i64, mine: Option<bool>) {
+    let at = match reactions.iter().position(|r| r.emoji == emoji) {
+        Some(at) => at,
+        None => {
+            reactions.push(Reaction {
+                emoji: emoji.to_owned(),
+                count: 0,
+                mine: false,
+            });
+            reactions.len() - 1
+        }
+    };
+    let r = &mut reactions[at];
+    r.count = r.count.saturating_add_signed(delta);
+    if let Some(mine) = mine {
+        r.mine = mine;
+    }
+    if r.count == 0 && !r.mine {
+        reactions.remove(at);
+    }
+}
+
+/// Applies a change to the message it names, if this store holds that message and its
+/// state is older than the change; `true` if it changed.
+async fn apply_change(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conv: &str,
+    c: &Change,
+    me: &str,
+) -> Result<bool, SdkError> {
+    let Some((version, mut reactions)) = reaction_state(tx, conv, c.target).await? else {
+        return Ok(false);
+    };
+    if version >= c.seq {
+        return Ok(false);
+    }
+    let query = match c.kind {
+        EntryKind::Edit => sqlx::query(
+            "UPDATE messages SET body = $3, edits = edits + 1, version = $4
+             WHERE conv = $1 AND seq = $2 AND revoked = 0",
+        )
+        .bind(conv)
+        .bind(c.target as i64)
+        .bind(c.body.to_string()),
+        EntryKind::Revoke => sqlx::query(
+            "UPDATE messages SET body = 'null', revoked = 1, pinned = 0, reactions = '[]',
+                                 refs = NULL, version = $4
+             WHERE conv = $1 AND seq = $2 AND revoked = $3",
+        )
+        .bind(conv)
+        .bind(c.target as i64)
+        .bind(0i64),
+        EntryKind::Pin => sqlx::query(
+            "UPDATE messages SET pinned = $3, version = $4 WHERE conv = $1 AND seq = $2",
+        )
+        .bind(conv)
+        .bind(c.target as i64)
+        .bind(i64::from(c.on)),
+        EntryKind::Reaction => {
+            let emoji = c.emoji.as_deref().unwrap_or_default();
+            let mine = (c.sender == me).then_some(c.on);
+            adjust(&mut reactions, emoji, if c.on { 1 } else { -1 }, mine);
+            save_reactions(tx, conv, c.target, &reactions, c.seq).await?;
+            return Ok(true);
+        }
+        EntryKind::Message => return Ok(false),
+    };
+    let done = query.bind(c.seq as i64).execute(&mut **tx).await?;
+    Ok(done.rows_affected() > 0)
 }

@@ -19,8 +19,8 @@ pub mod projection;
 pub mod read;
 
 pub use members::GroupVersion;
-pub use projection::{Checkpoint, GroupRow, MemberRow, NewMessage, Tx};
-pub use read::{ConversationRow, ConversationState, Fingerprint, MessageRow};
+pub use projection::{Checkpoint, EntryKind, GroupRow, MemberRow, NewMessage, Tombstone, Tx};
+pub use read::{ConversationRow, ConversationState, Fingerprint, MessageRow, ReactionCount};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 7,
         name: "posted_under_key",
         sql: include_str!("../migrations/0007_posted_under_key.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "message_changes",
+        sql: include_str!("../migrations/0008_message_changes.sql"),
     },
 ];
 
@@ -170,7 +175,8 @@ impl Store {
                 Box::pin(async move {
                     let pragmas = format!(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
-                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;"
+                         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                         PRAGMA secure_delete = ON;"
                     );
                     sqlx::raw_sql(sqlx::AssertSqlSafe(pragmas))
                         .execute(conn)

@@ -48,6 +48,80 @@ pub struct NewMessage {
     pub server_ts: i64,
     /// The event's id.
     pub event_id: String,
+    /// `message`, or the change the entry makes to message `target`: `edit`, `revoke`,
+    /// `reaction` or `pin`.
+    pub kind: EntryKind,
+    /// The message a change is about.
+    pub target: Option<u64>,
+    /// The message a message replies to.
+    pub reply_to: Option<u64>,
+    /// Users a message mentions (`*` for everyone).
+    pub mentions: Vec<String>,
+    /// A reaction entry's emoji.
+    pub emoji: Option<String>,
+    /// A reaction entry: added (or removed); a pin entry: pinned (or unpinned).
+    pub flag: Option<bool>,
+}
+
+/// What a row of a conversation is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A message.
+    #[default]
+    Message,
+    /// A new body for a message.
+    Edit,
+    /// A message revoked for everyone.
+    Revoke,
+    /// A reaction added or removed.
+    Reaction,
+    /// A message pinned or unpinned.
+    Pin,
+}
+
+impl EntryKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Message => "message",
+            EntryKind::Edit => "edit",
+            EntryKind::Revoke => "revoke",
+            EntryKind::Reaction => "reaction",
+            EntryKind::Pin => "pin",
+        }
+    }
+
+    /// Reads a stored name (anything unknown is a message).
+    pub fn parse(name: &str) -> EntryKind {
+        match name {
+            "edit" => EntryKind::Edit,
+            "revoke" => EntryKind::Revoke,
+            "reaction" => EntryKind::Reaction,
+            "pin" => EntryKind::Pin,
+            _ => EntryKind::Message,
+        }
+    }
+}
+
+/// What a revoked message leaves behind, and where its text was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The conversation.
+    pub conv: String,
+    /// The revoked message.
+    pub target: u64,
+    /// The revoke entry's seq.
+    pub seq: u64,
+    /// The message's sender.
+    pub sender: String,
+    /// Its device.
+    pub device: String,
+    /// Its client id.
+    pub client_msg_id: String,
+    /// Its sender's clock.
+    pub client_ts: i64,
+    /// When it was stored.
+    pub sent_at: i64,
 }
 
 /// A group row.
@@ -241,14 +315,20 @@ impl Tx {
             // Only placeholders are formatted into the statement.
             let sql = format!(
                 "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body,
-                                       client_ts, server_ts, event_id)
+                                       client_ts, server_ts, event_id, kind, target,
+                                       reply_to, detail, flag)
                  VALUES {}
                  ON CONFLICT DO NOTHING
                  RETURNING conv_id, seq",
-                rows_of_params(self.backend, chunk.len(), 9)
+                rows_of_params(self.backend, chunk.len(), 14)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for m in chunk {
+                let detail = match m.kind {
+                    EntryKind::Reaction => m.emoji.clone(),
+                    _ if m.mentions.is_empty() => None,
+                    _ => serde_json::to_string(&m.mentions).ok(),
+                };
                 q = q
                     .bind(&m.conv)
                     .bind(i(m.seq))
@@ -258,7 +338,12 @@ impl Tx {
                     .bind(&m.body)
                     .bind(m.client_ts)
                     .bind(m.server_ts)
-                    .bind(&m.event_id);
+                    .bind(&m.event_id)
+                    .bind(m.kind.as_str())
+                    .bind(m.target.map(i))
+                    .bind(m.reply_to.map(i))
+                    .bind(detail)
+                    .bind(m.flag.map(i64::from));
             }
             for r in q.fetch_all(&mut *self.tx).await? {
                 let conv: String = r.try_get("conv_id")?;
@@ -271,7 +356,21 @@ impl Tx {
                 if m.seq > e.0 {
                     (e.0, e.1) = (m.seq, m.server_ts);
                 }
-                e.2 += 1;
+                if m.kind == EntryKind::Message {
+                    e.2 += 1;
+                    for user in &m.mentions {
+                        sqlx::query(
+                            "INSERT INTO mentions (conv_id, user_id, seq, sender)
+                             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&m.conv)
+                        .bind(user)
+                        .bind(i(m.seq))
+                        .bind(&m.sender)
+                        .execute(&mut *self.tx)
+                        .await?;
+                    }
+                }
             }
         }
         for (conv, (last_seq, last_ts, added)) in convs {
@@ -293,6 +392,221 @@ impl Tx {
             .await?;
         }
         Ok(inserted)
+    }
+
+    /// Replaces the body of message `target` with an edit stored at `seq`; `false` if there
+    /// is no such message or it was revoked (the edit entry is then a dead letter of sorts:
+    /// stored, and erased by the caller).
+    pub async fn apply_edit(
+        &mut self,
+        conv: &str,
+        target: u64,
+        seq: u64,
+        body: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET body = $1, edits = edits + 1, version = $2
+             WHERE conv_id = $3 AND seq = $4 AND kind = 'message' AND revoked = 0",
+        )
+        .bind(body)
+        .bind(i(seq))
+        .bind(conv)
+        .bind(i(target))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Turns a message into its tombstone: body, edits (their entries too), mentions,
+    /// reactions and pin gone — the same rows a rebuild from the erased stream writes from `t`.
+    /// Returns the seqs whose events held its text — the message and its edits — for the
+    /// caller to erase from the stream.
+    pub async fn apply_revoke(&mut self, t: &Tombstone) -> Result<Vec<u64>, StoreError> {
+        let mut erase: Vec<u64> = sqlx::query(
+            "SELECT seq FROM messages
+             WHERE conv_id = $1 AND ((seq = $2 AND kind = 'message')
+                                     OR (target = $2 AND kind = 'edit'))
+             ORDER BY seq",
+        )
+        .bind(&t.conv)
+        .bind(i(t.target))
+        .fetch_all(&mut *self.tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>("seq").map(u))
+        .collect::<Result<_, _>>()?;
+        if !erase.contains(&t.target) {
+            // Erased before this rebuild: only the tombstone comes back.
+            erase.insert(0, t.target);
+            sqlx::query(
+                "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body,
+                                       client_ts, server_ts, event_id, kind)
+                 VALUES ($1, $2, $3, $4, $5, 'null', $6, $7, '', 'message')
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&t.conv)
+            .bind(i(t.target))
+            .bind(&t.sender)
+            .bind(&t.device)
+            .bind(&t.client_msg_id)
+            .bind(t.client_ts)
+            .bind(t.sent_at)
+            .execute(&mut *self.tx)
+            .await?;
+            sqlx::query(
+                "UPDATE conversations SET message_count = message_count + 1 WHERE conv_id = $1",
+            )
+            .bind(&t.conv)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE messages SET body = 'null', detail = NULL, reply_to = NULL, revoked = 1,
+                                 pinned = 0, edits = 0, event_id = '', version = $1
+             WHERE conv_id = $2 AND seq = $3 AND kind = 'message'",
+        )
+        .bind(i(t.seq))
+        .bind(&t.conv)
+        .bind(i(t.target))
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("DELETE FROM messages WHERE conv_id = $1 AND target = $2 AND kind = 'edit'")
+            .bind(&t.conv)
+            .bind(i(t.target))
+            .execute(&mut *self.tx)
+            .await?;
+        for table in ["reactions", "reaction_counts"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE conv_id = $1 AND target = $2"
+            )))
+            .bind(&t.conv)
+            .bind(i(t.target))
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM mentions WHERE conv_id = $1 AND seq = $2")
+            .bind(&t.conv)
+            .bind(i(t.target))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(erase)
+    }
+
+    /// Whether message `target` of `conv` is there to be changed (stored and not revoked).
+    pub async fn changeable(&mut self, conv: &str, target: u64) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM messages
+             WHERE conv_id = $1 AND seq = $2 AND kind = 'message' AND revoked = 0",
+        )
+        .bind(conv)
+        .bind(i(target))
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Adds or removes `user`'s reaction `emoji` on message `target` (an entry at `seq`);
+    /// counts follow. Nothing changes for a message that is not there or revoked, for adding
+    /// what is there or removing what is not.
+    pub async fn apply_reaction(
+        &mut self,
+        conv: &str,
+        target: u64,
+        user: &str,
+        emoji: &str,
+        added: bool,
+        seq: u64,
+    ) -> Result<bool, StoreError> {
+        if !self.changeable(conv, target).await? {
+            return Ok(false);
+        }
+        let changed = if added {
+            sqlx::query(
+                "INSERT INTO reactions (conv_id, target, emoji, user_id, seq)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(conv)
+            .bind(i(target))
+            .bind(emoji)
+            .bind(user)
+            .bind(i(seq))
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected()
+                > 0
+        } else {
+            sqlx::query(
+                "DELETE FROM reactions
+                 WHERE conv_id = $1 AND target = $2 AND emoji = $3 AND user_id = $4",
+            )
+            .bind(conv)
+            .bind(i(target))
+            .bind(emoji)
+            .bind(user)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected()
+                > 0
+        };
+        if !changed {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO reaction_counts (conv_id, target, emoji, count, first_seq)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (conv_id, target, emoji) DO UPDATE
+             SET count = reaction_counts.count + excluded.count",
+        )
+        .bind(conv)
+        .bind(i(target))
+        .bind(emoji)
+        .bind(if added { 1i64 } else { -1 })
+        .bind(i(seq))
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM reaction_counts
+             WHERE conv_id = $1 AND target = $2 AND emoji = $3 AND count <= 0",
+        )
+        .bind(conv)
+        .bind(i(target))
+        .bind(emoji)
+        .execute(&mut *self.tx)
+        .await?;
+        self.touch(conv, target, seq).await?;
+        Ok(true)
+    }
+
+    /// Pins or unpins message `target` (an entry at `seq`); `false` if it is not there.
+    pub async fn apply_pin(
+        &mut self,
+        conv: &str,
+        target: u64,
+        pinned: bool,
+        seq: u64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET pinned = $1, version = $2
+             WHERE conv_id = $3 AND seq = $4 AND kind = 'message' AND revoked = 0",
+        )
+        .bind(i64::from(pinned))
+        .bind(i(seq))
+        .bind(conv)
+        .bind(i(target))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Records that message `target`'s state reflects the entry at `seq`.
+    async fn touch(&mut self, conv: &str, target: u64, seq: u64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE messages SET version = $1 WHERE conv_id = $2 AND seq = $3")
+            .bind(i(seq))
+            .bind(conv)
+            .bind(i(target))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
     }
 
     /// Moves a read marker forward; `false` if it already was at or past `read_seq`.

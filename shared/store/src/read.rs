@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anchorage_schema::event::Role;
 use sqlx::Row;
 
-use crate::projection::GroupRow;
+use crate::projection::{EntryKind, GroupRow};
 use crate::{Store, StoreError};
 
 /// A conversation's version and size.
@@ -40,7 +40,44 @@ pub struct MessageRow {
     pub client_ts: i64,
     /// When it was stored.
     pub server_ts: i64,
+    /// A message, or the change an entry makes to message `target`.
+    pub kind: EntryKind,
+    /// The message a change is about.
+    pub target: Option<u64>,
+    /// The message a message replies to.
+    pub reply_to: Option<u64>,
+    /// Users a message mentions (`*` for everyone).
+    pub mentions: Vec<String>,
+    /// A reaction entry's emoji.
+    pub emoji: Option<String>,
+    /// A reaction entry: added; a pin entry: pinned.
+    pub flag: Option<bool>,
+    /// How often a message was edited.
+    pub edits: u32,
+    /// The message was revoked (its body is JSON null).
+    pub revoked: bool,
+    /// The message is pinned.
+    pub pinned: bool,
+    /// The seq of the last entry reflected in a message's state (its own seq if none).
+    pub version: u64,
 }
+
+/// The reactions on one message with one emoji.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReactionCount {
+    /// The message.
+    pub target: u64,
+    /// The emoji.
+    pub emoji: String,
+    /// How many reacted with it.
+    pub count: u64,
+    /// Whether the asking user is one of them.
+    pub mine: bool,
+}
+
+/// The columns [`message_row`] reads.
+const MESSAGE_COLUMNS: &str = "conv_id, seq, sender, device, client_msg_id, body, client_ts, \
+     server_ts, kind, target, reply_to, detail, flag, edits, revoked, pinned, version";
 
 impl Store {
     /// A conversation's version and size.
@@ -67,10 +104,10 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT conv_id, seq, sender, device, client_msg_id, body, client_ts, server_ts
-             FROM messages WHERE conv_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS}
+             FROM messages WHERE conv_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        )))
         .bind(conv)
         .bind(after as i64)
         .bind(i64::from(limit))
@@ -207,16 +244,199 @@ pub struct ConversationState {
 }
 
 fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, StoreError> {
+    let seq = r.try_get::<i64, _>("seq")? as u64;
+    let kind = EntryKind::parse(&r.try_get::<String, _>("kind")?);
+    let detail: Option<String> = r.try_get("detail")?;
+    let (mentions, emoji) = match kind {
+        EntryKind::Reaction => (Vec::new(), detail),
+        _ => (
+            detail
+                .and_then(|d| serde_json::from_str(&d).ok())
+                .unwrap_or_default(),
+            None,
+        ),
+    };
+    let opt = |name: &str| -> Result<Option<u64>, StoreError> {
+        Ok(r.try_get::<Option<i64>, _>(name)?.map(|v| v as u64))
+    };
     Ok(MessageRow {
         conv: r.try_get("conv_id")?,
-        seq: r.try_get::<i64, _>("seq")? as u64,
+        seq,
         sender: r.try_get("sender")?,
         device: r.try_get("device")?,
         client_msg_id: r.try_get("client_msg_id")?,
         body: r.try_get("body")?,
         client_ts: r.try_get("client_ts")?,
         server_ts: r.try_get("server_ts")?,
+        kind,
+        target: opt("target")?,
+        reply_to: opt("reply_to")?,
+        mentions,
+        emoji,
+        flag: opt("flag")?.map(|f| f != 0),
+        edits: r.try_get::<i64, _>("edits")?.clamp(0, i64::from(u32::MAX)) as u32,
+        revoked: r.try_get::<i64, _>("revoked")? != 0,
+        pinned: r.try_get::<i64, _>("pinned")? != 0,
+        version: opt("version")?.unwrap_or(seq),
     })
+}
+
+impl Store {
+    /// One message of a conversation (not a change entry), in its current state.
+    pub async fn message(&self, conv: &str, seq: u64) -> Result<Option<MessageRow>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS}
+             FROM messages WHERE conv_id = $1 AND seq = $2 AND kind = 'message'"
+        )))
+        .bind(conv)
+        .bind(seq as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(message_row).transpose()
+    }
+
+    /// The edits of message `target`, oldest first.
+    pub async fn edits_of(&self, conv: &str, target: u64) -> Result<Vec<MessageRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS}
+             FROM messages WHERE conv_id = $1 AND target = $2 AND kind = 'edit'
+             ORDER BY seq LIMIT 1000"
+        )))
+        .bind(conv)
+        .bind(target as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_row).collect()
+    }
+
+    /// The reactions on messages `from..=to` of a conversation, with whether `user` is among
+    /// those who reacted, by message then emoji (in the order each emoji first came).
+    pub async fn reaction_counts(
+        &self,
+        conv: &str,
+        from: u64,
+        to: u64,
+        user: &str,
+    ) -> Result<Vec<ReactionCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.target, c.emoji, c.count,
+                    CASE WHEN r.user_id IS NULL THEN 0 ELSE 1 END AS mine
+             FROM reaction_counts c
+             LEFT JOIN reactions r ON r.conv_id = c.conv_id AND r.target = c.target
+                                  AND r.emoji = c.emoji AND r.user_id = $4
+             WHERE c.conv_id = $1 AND c.target >= $2 AND c.target <= $3
+             ORDER BY c.target, c.first_seq",
+        )
+        .bind(conv)
+        .bind(from as i64)
+        .bind(to as i64)
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReactionCount {
+                    target: r.try_get::<i64, _>("target")? as u64,
+                    emoji: r.try_get("emoji")?,
+                    count: r.try_get::<i64, _>("count")?.max(0) as u64,
+                    mine: r.try_get::<i64, _>("mine")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// Who reacted to message `target` with `emoji`, in the order they did, after the
+    /// reaction at `after` (a seq; 0 from the first), at most `limit`: `(user, seq)`.
+    pub async fn reactors(
+        &self,
+        conv: &str,
+        target: u64,
+        emoji: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT user_id, seq FROM reactions
+             WHERE conv_id = $1 AND target = $2 AND emoji = $3 AND seq > $4
+             ORDER BY seq LIMIT $5",
+        )
+        .bind(conv)
+        .bind(target as i64)
+        .bind(emoji)
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("user_id")?, r.try_get::<i64, _>("seq")? as u64)))
+            .collect()
+    }
+
+    /// Whether `user` reacted to message `target` with `emoji`, and the seq of the entry
+    /// that last changed that (0 if none ever did).
+    pub async fn reaction_of(
+        &self,
+        conv: &str,
+        target: u64,
+        emoji: &str,
+        user: &str,
+    ) -> Result<(bool, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, flag FROM messages
+             WHERE conv_id = $1 AND target = $2 AND kind = 'reaction' AND detail = $3
+               AND sender = $4
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(conv)
+        .bind(target as i64)
+        .bind(emoji)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => (
+                r.try_get::<Option<i64>, _>("flag")?.unwrap_or(0) != 0,
+                r.try_get::<i64, _>("seq")? as u64,
+            ),
+            None => (false, 0),
+        })
+    }
+
+    /// How many different emoji message `target` carries.
+    pub async fn emoji_count(&self, conv: &str, target: u64) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM reaction_counts WHERE conv_id = $1 AND target = $2",
+        )
+        .bind(conv)
+        .bind(target as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+    }
+
+    /// Messages after `after` in `conv` that mention `user` (by name or `@all`) and were
+    /// not sent by them, counted up to `cap`.
+    pub async fn mentions_after(
+        &self,
+        conv: &str,
+        user: &str,
+        after: u64,
+        cap: u32,
+    ) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM
+               (SELECT DISTINCT seq FROM mentions
+                WHERE conv_id = $1 AND user_id IN ($2, '*') AND seq > $3 AND sender <> $2
+                LIMIT $4) AS t",
+        )
+        .bind(conv)
+        .bind(user)
+        .bind(after as i64)
+        .bind(i64::from(cap))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? as u64)
+    }
 }
 
 impl Store {
@@ -264,10 +484,11 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<MessageRow>, StoreError> {
         let before = if before == 0 { i64::MAX } else { before as i64 };
-        let rows = sqlx::query(
-            "SELECT conv_id, seq, sender, device, client_msg_id, body, client_ts, server_ts
-             FROM messages WHERE conv_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS}
+             FROM messages WHERE conv_id = $1 AND seq < $2 AND kind = 'message'
+             ORDER BY seq DESC LIMIT $3"
+        )))
         .bind(conv)
         .bind(before)
         .bind(i64::from(limit))
@@ -284,11 +505,12 @@ impl Store {
         device: &str,
         client_msg_id: &str,
     ) -> Result<Option<MessageRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT conv_id, seq, sender, device, client_msg_id, body, client_ts, server_ts
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS}
              FROM messages
-             WHERE conv_id = $1 AND sender = $2 AND device = $3 AND client_msg_id = $4",
-        )
+             WHERE conv_id = $1 AND sender = $2 AND device = $3 AND client_msg_id = $4
+               AND kind = 'message'"
+        )))
         .bind(conv)
         .bind(sender)
         .bind(device)
@@ -307,13 +529,13 @@ impl Store {
         key: &str,
         system_id: &str,
     ) -> Result<Option<MessageRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT conv_id, seq, sender, device, client_msg_id, body, client_ts, server_ts
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS}
              FROM messages
-             WHERE conv_id = $1 AND client_msg_id IN ($3, $4)
+             WHERE conv_id = $1 AND client_msg_id IN ($3, $4) AND kind = 'message'
                AND ((device = $2 AND client_msg_id = $3) OR (device = '' AND client_msg_id = $4))
-             ORDER BY seq LIMIT 1",
-        )
+             ORDER BY seq LIMIT 1"
+        )))
         .bind(conv)
         .bind(device)
         .bind(key)
@@ -370,7 +592,9 @@ impl Store {
     pub async fn count_after(&self, conv: &str, after: u64, cap: u32) -> Result<u64, StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM
-               (SELECT 1 AS one FROM messages WHERE conv_id = $1 AND seq > $2 LIMIT $3) AS t",
+               (SELECT 1 AS one FROM messages
+                WHERE conv_id = $1 AND seq > $2 AND kind = 'message' AND revoked = 0
+                LIMIT $3) AS t",
         )
         .bind(conv)
         .bind(after as i64)
@@ -442,8 +666,16 @@ const CONTENTS: &[(&str, &str, &str)] = &[
     (
         "messages",
         "conv_id",
-        "seq, sender, device, client_msg_id, body, client_ts, server_ts, event_id",
+        "seq, sender, device, client_msg_id, body, client_ts, server_ts, event_id, kind, \
+         target, reply_to, detail, flag, edits, revoked, pinned, version",
     ),
+    ("reactions", "conv_id", "target, emoji, user_id, seq"),
+    (
+        "reaction_counts",
+        "conv_id",
+        "target, emoji, count, first_seq",
+    ),
+    ("mentions", "conv_id", "user_id, seq, sender"),
     (
         "conversations",
         "conv_id",
@@ -478,9 +710,48 @@ const TABLES: &[&str] = &[
     "group_members",
     "group_digest_buckets",
     "ingested_events",
+    "reactions",
+    "reaction_counts",
+    "mentions",
 ];
 
 impl Store {
+    /// Every projected table and text column holding `text` anywhere, as `table.column` — an
+    /// erasure audit: after a revoke, none holds the message's text.
+    pub async fn columns_containing(&self, text: &str) -> Result<Vec<String>, StoreError> {
+        let columns = match self.backend {
+            crate::Backend::Sqlite => {
+                "SELECT m.name AS t, p.name AS c
+                 FROM sqlite_master m, pragma_table_info(m.name) p
+                 WHERE m.type = 'table' AND p.type = 'TEXT'"
+            }
+            crate::Backend::Postgres => {
+                "SELECT table_name AS t, column_name AS c FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND data_type = 'text'"
+            }
+        };
+        let mut found = Vec::new();
+        for row in sqlx::query(columns).fetch_all(&self.pool).await? {
+            let (table, column): (String, String) = (row.try_get("t")?, row.try_get("c")?);
+            // Names come from the database's own catalogue, never from a caller.
+            let sql =
+                format!("SELECT COUNT(*) AS n FROM \"{table}\" WHERE strpos(\"{column}\", $1) > 0");
+            let sql = match self.backend {
+                crate::Backend::Sqlite => sql.replace("strpos(", "instr("),
+                crate::Backend::Postgres => sql,
+            };
+            let n: i64 = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(text)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
+            if n > 0 {
+                found.push(format!("{table}.{column}"));
+            }
+        }
+        Ok(found)
+    }
+
     /// What two databases built from the same streams must agree on.
     pub async fn fingerprint(&self) -> Result<Fingerprint, StoreError> {
         let mut f = Fingerprint::default();

@@ -24,6 +24,9 @@ fn message(n: u32) -> Envelope {
             client_msg_id: ClientMsgId::parse(format!("m{n}")).unwrap(),
             body: serde_json::json!(n),
             client_ts: i64::from(n),
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
         },
     )
 }

@@ -41,6 +41,9 @@ fn message(conv: &ConversationId, n: u32) -> Envelope {
             client_msg_id: ClientMsgId::parse(format!("m{n}")).unwrap(),
             body: serde_json::json!({"text": format!("hello {n}")}),
             client_ts: 1_763_839_999_000 + i64::from(n),
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
         },
     )
 }

@@ -141,6 +141,9 @@ async fn workload(bus: &Bus) {
                 client_msg_id: ClientMsgId::parse(format!("m{n}")).unwrap(),
                 body: serde_json::json!({"n": n}),
                 client_ts: i64::from(n),
+                reply_to: None,
+                mentions: Vec::new(),
+                mention_all: false,
             },
         );
         bus.publish_event(&subjects::message(&conv), &e, None)

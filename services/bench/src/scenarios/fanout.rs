@@ -24,6 +24,9 @@ pub async fn send_stamped(ws: &mut Ws, id: u64) -> anyhow::Result<u64> {
         body: json!({"t": unix_nanos() as u64}),
         client_ts: anchorage_schema::now_ms(),
         retry: false,
+        reply_to: None,
+        mentions: Vec::new(),
+        mention_all: false,
     };
     match timed(ws, id, send).await?.0 {
         ReplyBody::Ack(ack) => Ok(ack.seq),

@@ -62,6 +62,9 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
                         // Written now, as a client's outbox stamps it.
                         client_ts: anchorage_schema::now_ms(),
                         retry: false,
+                        reply_to: None,
+                        mentions: Vec::new(),
+                        mention_all: false,
                     });
                     let text = anchorage_protocol::Request::encode(2 + next as u64, &send);
                     sink.feed(Message::Text(text.into())).await?;

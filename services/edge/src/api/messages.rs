@@ -170,6 +170,9 @@ pub async fn post(
                     client_msg_id: client_msg_id.clone(),
                     body: r.body,
                     client_ts: now_ms(),
+                    reply_to: None,
+                    mentions: Vec::new(),
+                    mention_all: false,
                 },
             );
             (

@@ -46,7 +46,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use anchorage_bus::Bus;
-use anchorage_protocol::{LiveMessage, MembershipChanged, Message, Push, ReadMoved, ServerFrame};
+use anchorage_protocol::{
+    LiveMessage, MembershipChanged, Message, OwnReaction, Push, ReactionDelta, ReactionsChanged,
+    ReadMoved, ServerFrame,
+};
+use anchorage_schema::event::ReactionChanged;
 use anchorage_schema::subjects;
 use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, UserId};
 use anchorage_store::Store;
@@ -82,6 +86,8 @@ pub struct Hub {
     tasks: TaskTracker,
     /// Stops them.
     stop: CancellationToken,
+    /// How long reactions to a conversation are gathered into one frame.
+    reaction_flush: Duration,
 }
 
 /// The `members_changed` frame a notification carries, if it is one about `conv`.
@@ -97,7 +103,11 @@ fn members_changed_of(payload: &[u8], conv: &ConversationId) -> Option<ServerFra
 impl Hub {
     /// Creates the hub and starts following membership changes, revocations, read markers
     /// and member-list notifications.
-    pub async fn start(bus: Bus, store: Store) -> anyhow::Result<Arc<Hub>> {
+    pub async fn start(
+        bus: Bus,
+        store: Store,
+        reaction_flush: Duration,
+    ) -> anyhow::Result<Arc<Hub>> {
         let hub = Arc::new(Hub {
             bus: bus.clone(),
             store,
@@ -106,6 +116,7 @@ impl Hub {
             position: tokio::sync::watch::Sender::new(0),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            reaction_flush,
         });
         hub.follow_membership().await?;
         // Revoked sessions are closed at once on every edge.
@@ -405,6 +416,49 @@ impl Hub {
         }
     }
 
+    /// Hands gathered reactions to every local connection of every local member of `conv`:
+    /// one frame for all of them, and for a user who reacted, one with their own reactions.
+    fn deliver_reactions(&self, conv: &ConversationId, batch: ReactionBatch) {
+        let ReactionBatch {
+            prev,
+            seq,
+            deltas,
+            mine,
+        } = batch;
+        let shared = ReactionsChanged {
+            conv: conv.clone(),
+            prev,
+            seq,
+            deltas: deltas
+                .into_iter()
+                .filter(|(_, delta)| *delta != 0)
+                .map(|((target, emoji), delta)| ReactionDelta {
+                    target,
+                    emoji,
+                    delta,
+                })
+                .collect(),
+            mine: Vec::new(),
+        };
+        let own: HashMap<UserId, Frame> = mine
+            .into_iter()
+            .map(|(user, mine)| {
+                let push = Push::Reactions(ReactionsChanged {
+                    mine,
+                    ..shared.clone()
+                });
+                (user, frame(&push.into()))
+            })
+            .collect();
+        let everyone = frame(&Push::Reactions(shared).into());
+        let state = self.lock();
+        for user in state.interest.users(conv) {
+            state
+                .registry
+                .push_user(user, own.get(user).unwrap_or(&everyone));
+        }
+    }
+
     /// Stops every subscription and task.
     pub fn shutdown(&self) {
         self.stop.cancel();
@@ -428,7 +482,13 @@ fn membership_frame(conv: &ConversationId, joined: bool, seq: u64) -> Frame {
 /// The frame of a live message event, if it is one.
 pub fn message_frame(prev: u64, seq: u64, env: &Envelope) -> Option<ServerFrame> {
     let message = Message::from_event(seq, env)?;
-    Some(Push::Message(LiveMessage { prev, message }).into())
+    Some(
+        Push::Message(LiveMessage {
+            prev,
+            message: Box::new(message),
+        })
+        .into(),
+    )
 }
 
 /// Follows `live.msg.<conv>` until its interest ends.
@@ -457,12 +517,23 @@ async fn follow_conversation(hub: Weak<Hub>, s: Subscribe) {
         }
     }
     let _ = ready.send(true);
-    while let Some(Some(ev)) = stop.run_until_cancelled(sub.next()).await {
+    let flush = hub.upgrade().map_or(Duration::ZERO, |h| h.reaction_flush);
+    // Reactions gathered for one frame, and when it goes.
+    let mut gathered: Option<ReactionBatch> = None;
+    let mut due = tokio::time::Instant::now();
+    loop {
+        let ev = tokio::select! {
+            ev = stop.run_until_cancelled(sub.next()) => ev,
+            _ = tokio::time::sleep_until(due), if gathered.is_some() => {
+                if let (Some(hub), Some(batch)) = (hub.upgrade(), gathered.take()) {
+                    hub.deliver_reactions(&conv, batch);
+                }
+                continue;
+            }
+        };
+        let Some(Some(ev)) = ev else { break };
         let Some(hub) = hub.upgrade() else { break };
         let Ok(env) = Envelope::from_json(&ev.payload) else {
-            continue;
-        };
-        let Some(f) = message_frame(ev.prev.0, ev.seq.0, &env) else {
             continue;
         };
         // Decided on a membership this edge has not seen yet: wait for it, so a member removed
@@ -473,7 +544,72 @@ async fn follow_conversation(hub: Weak<Hub>, s: Subscribe) {
         {
             hub.reach(position.0).await;
         }
+        if let Event::ReactionChanged(r) = &env.event
+            && r.conv == conv
+        {
+            match &mut gathered {
+                // The next entry of the chain: one more for the same frame.
+                Some(batch) if batch.seq == ev.prev.0 => batch.add(ev.seq.0, r),
+                _ => {
+                    if let Some(batch) = gathered.take() {
+                        hub.deliver_reactions(&conv, batch);
+                    }
+                    let mut batch = ReactionBatch::starting(ev.prev.0);
+                    batch.add(ev.seq.0, r);
+                    gathered = Some(batch);
+                    due = tokio::time::Instant::now() + flush;
+                }
+            }
+            if flush.is_zero()
+                && let Some(batch) = gathered.take()
+            {
+                hub.deliver_reactions(&conv, batch);
+            }
+            continue;
+        }
+        // Anything else goes after the reactions before it.
+        if let Some(batch) = gathered.take() {
+            hub.deliver_reactions(&conv, batch);
+        }
+        let Some(f) = message_frame(ev.prev.0, ev.seq.0, &env) else {
+            continue;
+        };
         hub.deliver_conv(&conv, &frame(&f));
     }
     sub.unsubscribe().await;
+}
+
+/// Reaction entries of one conversation gathered for one frame: consecutive in its chain,
+/// summed per message and emoji, with each reacting user's own.
+#[derive(Debug)]
+struct ReactionBatch {
+    prev: u64,
+    seq: u64,
+    deltas: std::collections::BTreeMap<(u64, String), i64>,
+    mine: HashMap<UserId, Vec<OwnReaction>>,
+}
+
+impl ReactionBatch {
+    fn starting(prev: u64) -> Self {
+        Self {
+            prev,
+            seq: prev,
+            deltas: Default::default(),
+            mine: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, seq: u64, r: &ReactionChanged) {
+        self.seq = seq;
+        *self.deltas.entry((r.target, r.emoji.clone())).or_default() +=
+            if r.added { 1 } else { -1 };
+        self.mine
+            .entry(r.user.clone())
+            .or_default()
+            .push(OwnReaction {
+                target: r.target,
+                emoji: r.emoji.clone(),
+                added: r.added,
+            });
+    }
 }

@@ -55,6 +55,12 @@ impl Session {
             RequestBody::MembersSyncBatch(r) => self.members_sync_batch(r).await.map(Into::into),
             RequestBody::MembersSearch(r) => self.members_search(r).await.map(Into::into),
             RequestBody::MembersUnsubscribe(r) => self.members_unsubscribe(r).map(Into::into),
+            RequestBody::Edit(r) => self.edit(r).await.map(Into::into),
+            RequestBody::Revoke(r) => self.revoke(r).await.map(Into::into),
+            RequestBody::React(r) => self.react(r).await.map(Into::into),
+            RequestBody::Pin(r) => self.pin(r).await.map(Into::into),
+            RequestBody::Reactors(r) => self.reactors(r).await.map(Into::into),
+            RequestBody::Edits(r) => self.edits(r).await.map(Into::into),
         };
         let code = match &answer {
             Ok(_) => "ok",

@@ -4,11 +4,13 @@
 use std::time::Duration;
 
 use anchorage_protocol::request::{History, MarkRead, MarkReceived, Sync};
-use anchorage_protocol::{Done, Message, Messages};
+use std::collections::BTreeMap;
+
+use anchorage_protocol::{self as protocol, Done, Message, Messages, Reaction};
 use anchorage_schema::event::ReadMarked;
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{ConversationId, Envelope, EventId, Seq, now_ms};
-use anchorage_store::MessageRow;
+use anchorage_store::{EntryKind, MessageRow};
 
 use super::error::RequestError;
 use super::session::Session;
@@ -23,18 +25,78 @@ const PAGE_BYTES: usize = 1024 * 1024;
 /// How long a request waits for the projection to catch up with the stream.
 pub(crate) const PROJECTION_WAIT: Duration = Duration::from_secs(2);
 
-/// A stored message as clients see it (`None` for a row that is not one: never stored so).
-pub(super) fn message_view(row: MessageRow) -> Option<Message> {
+/// A stored entry as clients see it, with the reactions on it (`None` for a row that is not
+/// one: never stored so).
+pub(super) fn message_view(row: MessageRow, reactions: Vec<Reaction>) -> Option<Message> {
+    let kind = match row.kind {
+        EntryKind::Message => protocol::EntryKind::Message,
+        EntryKind::Edit => protocol::EntryKind::Edit,
+        EntryKind::Revoke => protocol::EntryKind::Revoke,
+        EntryKind::Reaction => protocol::EntryKind::Reaction,
+        EntryKind::Pin => protocol::EntryKind::Pin,
+    };
+    let message = row.kind == EntryKind::Message;
+    let mention_all = row.mentions.iter().any(|m| m == "*");
+    let mentions = row.mentions.into_iter().filter(|m| m != "*").collect();
     Some(Message {
-        conv: ConversationId::parse(row.conv).ok()?,
-        seq: row.seq,
-        sender: row.sender,
-        device: row.device,
-        client_msg_id: row.client_msg_id,
-        body: serde_json::from_str(&row.body).unwrap_or(serde_json::Value::String(row.body)),
-        client_ts: row.client_ts,
-        server_ts: row.server_ts,
+        kind,
+        target: row.target,
+        emoji: row.emoji,
+        added: (row.kind == EntryKind::Reaction).then_some(row.flag.unwrap_or(false)),
+        reply_to: row.reply_to,
+        mentions,
+        mention_all,
+        edits: row.edits,
+        revoked: row.revoked,
+        pinned: if message {
+            row.pinned
+        } else {
+            row.kind == EntryKind::Pin && row.flag.unwrap_or(false)
+        },
+        reactions,
+        version: (message && row.version > row.seq).then_some(row.version),
+        ..Message::entry(
+            ConversationId::parse(row.conv).ok()?,
+            row.seq,
+            row.sender,
+            row.device,
+            row.client_msg_id,
+            serde_json::from_str(&row.body).unwrap_or(serde_json::Value::String(row.body)),
+            (row.client_ts, row.server_ts),
+        )
     })
+}
+
+impl EdgeState {
+    /// Entries as `user` sees them: each message with its reactions (and whether `user` is
+    /// among those who reacted).
+    pub(crate) async fn views(
+        &self,
+        rows: Vec<MessageRow>,
+        user: &str,
+    ) -> Result<Vec<Message>, RequestError> {
+        let messages = rows.iter().filter(|r| r.kind == EntryKind::Message);
+        let (from, to) = messages.fold((u64::MAX, 0), |(lo, hi), r| (lo.min(r.seq), hi.max(r.seq)));
+        let mut reactions: BTreeMap<u64, Vec<Reaction>> = BTreeMap::new();
+        if from <= to
+            && let Some(conv) = rows.first().map(|r| r.conv.clone())
+        {
+            for c in self.store.reaction_counts(&conv, from, to, user).await? {
+                reactions.entry(c.target).or_default().push(Reaction {
+                    emoji: c.emoji,
+                    count: c.count,
+                    mine: c.mine,
+                });
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let r = reactions.remove(&row.seq).unwrap_or_default();
+                message_view(row, r)
+            })
+            .collect())
+    }
 }
 
 impl EdgeState {
@@ -90,7 +152,7 @@ impl Session {
                 "the history of {conv} is catching up; sync again in a moment"
             )));
         }
-        Ok(page(conv, rows, limit, !settled))
+        self.messages_page(conv, rows, limit, !settled).await
     }
 
     pub(super) async fn history(&self, r: History) -> Result<Messages, RequestError> {
@@ -121,7 +183,27 @@ impl Session {
             .store
             .messages_before(conv.as_str(), before, limit + 1)
             .await?;
-        Ok(page(conv, rows, limit, false))
+        self.messages_page(conv, rows, limit, false).await
+    }
+
+    /// The answer carrying at most `limit` of `rows` (read with one more, to know whether
+    /// more remain) and at most [`PAGE_BYTES`] of bodies; `more` also when the history is
+    /// `unsettled`.
+    async fn messages_page(
+        &self,
+        conv: ConversationId,
+        mut rows: Vec<MessageRow>,
+        limit: u32,
+        unsettled: bool,
+    ) -> Result<Messages, RequestError> {
+        let more = rows.len() > limit as usize || unsettled;
+        rows.truncate(limit as usize);
+        let more = cut_to_bytes(&mut rows) || more;
+        Ok(Messages {
+            conv,
+            messages: self.state.views(rows, self.claims.sub.as_str()).await?,
+            more,
+        })
     }
 
     /// Refuses a position past the conversation's last message: a marker there would hide
@@ -185,19 +267,6 @@ impl Session {
             conv: Some(conv),
             seq: Some(seq),
         })
-    }
-}
-
-/// The answer carrying at most `limit` of `rows` (read with one more, to know whether more
-/// remain) and at most [`PAGE_BYTES`] of bodies; `more` also when the history is `unsettled`.
-fn page(conv: ConversationId, mut rows: Vec<MessageRow>, limit: u32, unsettled: bool) -> Messages {
-    let more = rows.len() > limit as usize || unsettled;
-    rows.truncate(limit as usize);
-    let more = cut_to_bytes(&mut rows) || more;
-    Messages {
-        conv,
-        messages: rows.into_iter().filter_map(message_view).collect(),
-        more,
     }
 }
 

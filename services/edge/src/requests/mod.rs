@@ -6,6 +6,8 @@
 //!
 //! - [`send`](self::send): messages into the stream, answered in order, pipelined;
 //! - [`messages`](self::messages): sync, history and the read and delivery markers;
+//! - [`changes`](self::changes): edits, revokes, reactions and pins, each an entry of the
+//!   conversation, and who reacted;
 //! - [`welcome`](self::welcome): the summary `hello` is answered with;
 //! - [`groups`](self::groups): 1:1 conversations and group commands, decided by the pure
 //!   [`rules`](self::rules);
@@ -15,6 +17,7 @@
 //! from the live membership events: only members read or write a conversation, only owners
 //! and admins add or remove others.
 
+mod changes;
 mod dispatch;
 mod error;
 mod groups;

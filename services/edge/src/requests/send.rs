@@ -114,6 +114,9 @@ impl Session {
             body,
             client_ts,
             retry,
+            reply_to,
+            mentions,
+            mention_all,
         } = send;
         let user = &self.claims.sub;
         // The membership position this send is decided on travels with the message: edges
@@ -166,6 +169,8 @@ impl Session {
             };
             return Ok(SendAnswer::ready(ServerFrame::reply(id, ack)));
         }
+        self.check_references(&conv, reply_to, &mentions, mention_all)
+            .await?;
         // The idempotency key names the conversation: the same client id in two conversations
         // is two messages.
         let event_id = EventId::parse(format!(
@@ -198,6 +203,9 @@ impl Session {
                 client_msg_id: client_msg_id.clone(),
                 body,
                 client_ts,
+                reply_to,
+                mentions,
+                mention_all,
             },
         );
         let pending = self

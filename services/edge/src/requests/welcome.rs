@@ -10,7 +10,6 @@ use anchorage_schema::subjects::stream;
 use anchorage_store::ConversationState;
 
 use super::error::RequestError;
-use super::messages::message_view;
 use super::session::Session;
 
 /// Conversations per `welcome`; more come with a cursor.
@@ -94,18 +93,22 @@ impl Session {
                 continue;
             }
             let unread = store.count_after(&s.conv, s.read_seq, UNREAD_CAP).await?;
-            let last_message = store
-                .messages_before(&s.conv, 0, 1)
-                .await?
-                .into_iter()
-                .next()
-                .and_then(message_view);
+            let mentions = if unread > 0 {
+                store
+                    .mentions_after(&s.conv, user, s.read_seq, UNREAD_CAP)
+                    .await?
+            } else {
+                0
+            };
+            let last = store.messages_before(&s.conv, 0, 1).await?;
+            let last_message = self.state.views(last, user).await?.into_iter().next();
             changes.push(ConvChange {
                 conv,
                 last_seq,
                 unread,
                 read_seq: s.read_seq,
                 last_message,
+                mentions,
             });
         }
         Ok(Welcome {

@@ -1,0 +1,598 @@
+//! Changes to messages over real sockets, across two edges: edits, revokes (with the text
+//! erased from the stream and every table), reactions (coalesced into few frames), pins,
+//! replies and mentions — who may do what, and what every device sees.
+
+use std::time::Duration;
+
+use anchorage_protocol::request::{Edit, Edits, History, Pin, React, ReactorsQuery, Revoke};
+use anchorage_protocol::{
+    ConvAnchor, EntryKind, ErrorCode, LiveMessage, Message, Push, ReactionsChanged, ReplyBody,
+    ServerFrame,
+};
+use anchorage_schema::subjects::stream;
+use anchorage_tests::{
+    TestEdge, TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database,
+    hello, send_message, sync, test_config, token, user_ids,
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Two {
+    nats: TestNats,
+    stack: TestStack,
+    edge2: TestEdge,
+}
+
+async fn two_edges() -> Two {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    config.messages.reaction_flush_ms = 300;
+    let stack = TestStack::start_with(config, db_dir).await.unwrap();
+    let edge2 = TestEdge::start(&stack.config).await.unwrap();
+    Two { nats, stack, edge2 }
+}
+
+fn edit(conv: &str, seq: u64, body: serde_json::Value) -> Edit {
+    Edit {
+        conv: conv_id(conv),
+        seq,
+        body,
+    }
+}
+
+fn react(conv: &str, seq: u64, emoji: &str, remove: bool) -> React {
+    React {
+        conv: conv_id(conv),
+        seq,
+        emoji: emoji.into(),
+        remove,
+    }
+}
+
+fn history(conv: &str) -> History {
+    History {
+        conv: conv_id(conv),
+        before: 0,
+        limit: None,
+    }
+}
+
+/// The message `seq` as `history` shows it now.
+async fn current(c: &mut WsClient, conv: &str, seq: u64) -> Message {
+    let page = c.messages(history(conv)).await.unwrap();
+    page.messages
+        .into_iter()
+        .find(|m| m.seq == seq)
+        .unwrap_or_else(|| panic!("message {seq} is not in the history of {conv}"))
+}
+
+/// The next live entry of `conv` of the given kind.
+async fn entry(c: &mut WsClient, conv: &str, kind: EntryKind) -> LiveMessage {
+    c.pushed(|m: &LiveMessage| m.message.conv.as_str() == conv && m.message.kind == kind)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn edits_revokes_reactions_and_pins_reach_every_device_in_their_place() {
+    let t = two_edges().await;
+    let (e1, e2) = (t.stack.edge_addr(), t.edge2.addr);
+    let (mut alice, _) = WsClient::signed_in(e1, "alice", "laptop").await.unwrap();
+    let (mut phone, _) = WsClient::signed_in(e2, "alice", "phone").await.unwrap();
+    let (mut bob, _) = WsClient::signed_in(e2, "bob", "phone").await.unwrap();
+    let (mut carol, _) = WsClient::signed_in(e1, "carol", "laptop").await.unwrap();
+    alice
+        .ok(create_group("ops", "Ops", &["bob", "carol"]))
+        .await
+        .unwrap();
+    for c in [&mut bob, &mut carol] {
+        c.pushed(|m: &anchorage_protocol::MembershipChanged| m.joined)
+            .await
+            .unwrap();
+    }
+
+    // A message mentioning bob; bob replies mentioning alice. Plain members do not mention
+    // everyone, and a reply names a message of the conversation.
+    let first = alice
+        .ack(anchorage_protocol::request::SendMessage {
+            mentions: user_ids(&["bob"]),
+            ..send_message("ops", "m1", json!("deploy at 5?"))
+        })
+        .await
+        .unwrap()
+        .seq;
+    let everyone = bob
+        .request(anchorage_protocol::request::SendMessage {
+            mention_all: true,
+            ..send_message("ops", "b0", json!("@all"))
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&everyone, ServerFrame::Error(e) if e.code == ErrorCode::Forbidden),
+        "{everyone:?}"
+    );
+    let nowhere = bob
+        .request(anchorage_protocol::request::SendMessage {
+            reply_to: Some(first + 1000),
+            ..send_message("ops", "b1", json!("?"))
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&nowhere, ServerFrame::Error(e) if e.code == ErrorCode::NotFound),
+        "{nowhere:?}"
+    );
+    let reply = bob
+        .ack(anchorage_protocol::request::SendMessage {
+            reply_to: Some(first),
+            mentions: user_ids(&["alice"]),
+            ..send_message("ops", "b2", json!("yes"))
+        })
+        .await
+        .unwrap()
+        .seq;
+    let live = entry(&mut phone, "ops", EntryKind::Message).await;
+    assert_eq!(live.message.seq, first);
+    let live = entry(&mut phone, "ops", EntryKind::Message).await;
+    assert_eq!(
+        (live.message.seq, live.message.reply_to, live.prev),
+        (reply, Some(first), first)
+    );
+    assert_eq!(live.message.mentions, vec!["alice".to_owned()]);
+
+    // Only the sender edits; an edit is an entry of its own in the chain.
+    let refused = bob
+        .refused(edit("ops", first, json!("mine now")))
+        .await
+        .unwrap();
+    assert_eq!(refused.code, ErrorCode::Forbidden, "{refused:?}");
+    let missing = alice
+        .refused(edit("ops", 999_999, json!("?")))
+        .await
+        .unwrap();
+    assert_eq!(missing.code, ErrorCode::NotFound, "{missing:?}");
+    let edited = alice
+        .ok(edit("ops", first, json!("deploy at 6?")))
+        .await
+        .unwrap()
+        .seq
+        .unwrap();
+    for c in [&mut bob, &mut phone] {
+        let e = entry(c, "ops", EntryKind::Edit).await;
+        assert_eq!(
+            (e.prev, e.message.seq, e.message.target, &e.message.body),
+            (reply, edited, Some(first), &json!("deploy at 6?"))
+        );
+    }
+    // The same edit again is the same entry.
+    let again = alice
+        .ok(edit("ops", first, json!("deploy at 6?")))
+        .await
+        .unwrap();
+    assert_eq!(again.seq, Some(edited));
+
+    // Reactions: counted per emoji, pushed together, each user's own marked for them.
+    alice.ok(react("ops", first, "👍", false)).await.unwrap();
+    let thumb = bob.ok(react("ops", first, "👍", false)).await.unwrap().seq;
+    carol.ok(react("ops", first, "🎉", false)).await.unwrap();
+    carol.ok(react("ops", first, "🎉", true)).await.unwrap();
+    // Adding what is there already stores nothing new: nothing at all once the first is
+    // applied, the first entry itself before.
+    let again = bob.ok(react("ops", first, "👍", false)).await.unwrap();
+    assert!(again.seq.is_none() || again.seq == thumb, "{again:?}");
+    let bad = bob
+        .refused(react("ops", first, "a b", false))
+        .await
+        .unwrap();
+    assert_eq!(bad.code, ErrorCode::InvalidRequest);
+    let long = bob
+        .refused(react("ops", first, &"x".repeat(33), false))
+        .await
+        .unwrap();
+    assert_eq!(long.code, ErrorCode::InvalidRequest);
+    // What the phone saw: four reaction entries in few frames, applied in the chain.
+    let mut at = edited;
+    let mut frames = 0;
+    let mut thumbs = 0i64;
+    let mut party = 0i64;
+    let mut mine = Vec::new();
+    while at < edited + 4 {
+        let r: ReactionsChanged = match phone.pushed(|_| true).await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}: at {at}, pending {:?}", phone.pending_pushes()),
+        };
+        assert_eq!(r.prev, at, "the frames continue the chain");
+        at = r.seq;
+        frames += 1;
+        for d in &r.deltas {
+            assert_eq!(d.target, first);
+            match d.emoji.as_str() {
+                "👍" => thumbs += d.delta,
+                "🎉" => party += d.delta,
+                other => panic!("{other}"),
+            }
+        }
+        mine.extend(r.mine);
+    }
+    assert_eq!((thumbs, party), (2, 0));
+    assert!(frames < 4, "{frames} frames for 4 reactions");
+    assert_eq!(
+        mine.len(),
+        1,
+        "alice's own reaction, from her laptop: {mine:?}"
+    );
+    let m = current(&mut bob, "ops", first).await;
+    assert_eq!((m.edits, &m.body), (1, &json!("deploy at 6?")));
+    assert_eq!(m.reactions.len(), 1, "{:?}", m.reactions);
+    assert_eq!((m.reactions[0].count, m.reactions[0].mine), (2, true));
+    assert!(m.version.unwrap() > edited);
+    let page = bob
+        .reply(ReactorsQuery {
+            conv: conv_id("ops"),
+            seq: first,
+            emoji: "👍".into(),
+            after: None,
+            limit: Some(1),
+        })
+        .await
+        .unwrap();
+    let ReplyBody::Reactors(page) = page else {
+        panic!("{page:?}")
+    };
+    assert_eq!(page.users, vec!["alice".to_owned()]);
+    let rest = bob
+        .reply(ReactorsQuery {
+            conv: conv_id("ops"),
+            seq: first,
+            emoji: "👍".into(),
+            after: page.cursor,
+            limit: Some(1),
+        })
+        .await
+        .unwrap();
+    let ReplyBody::Reactors(rest) = rest else {
+        panic!("{rest:?}")
+    };
+    assert_eq!((rest.users, rest.cursor), (vec!["bob".to_owned()], None));
+
+    // Pins: owners and admins of a group.
+    let pin = |seq, unpin| Pin {
+        conv: conv_id("ops"),
+        seq,
+        unpin,
+    };
+    let refused = bob.refused(pin(reply, false)).await.unwrap();
+    assert_eq!(refused.code, ErrorCode::Forbidden);
+    alice.ok(pin(reply, false)).await.unwrap();
+    let p = entry(&mut bob, "ops", EntryKind::Pin).await;
+    assert_eq!((p.message.target, p.message.pinned), (Some(reply), true));
+    assert!(current(&mut carol, "ops", reply).await.pinned);
+
+    // Revoke: the sender or an owner/admin; everyone gets the tombstone entry.
+    let refused = carol.refused(Revoke {
+        conv: conv_id("ops"),
+        seq: first,
+    });
+    assert_eq!(refused.await.unwrap().code, ErrorCode::Forbidden);
+    let revoked = alice
+        .ok(Revoke {
+            conv: conv_id("ops"),
+            seq: first,
+        })
+        .await
+        .unwrap()
+        .seq
+        .unwrap();
+    for c in [&mut bob, &mut phone, &mut carol] {
+        let r = entry(c, "ops", EntryKind::Revoke).await;
+        assert_eq!((r.message.seq, r.message.target), (revoked, Some(first)));
+        assert_eq!(r.message.body, json!(null));
+    }
+    let m = current(&mut carol, "ops", first).await;
+    assert!(m.revoked && m.body.is_null() && m.reactions.is_empty() && m.edits == 0);
+    assert_eq!(
+        (m.sender.as_str(), m.client_msg_id.as_str()),
+        ("alice", "m1")
+    );
+    // Nothing more changes a revoked message.
+    for refused in [
+        alice
+            .refused(edit("ops", first, json!("back")))
+            .await
+            .unwrap(),
+        bob.refused(react("ops", first, "👍", false)).await.unwrap(),
+    ] {
+        assert_eq!(refused.code, ErrorCode::NotFound, "{refused:?}");
+    }
+    let edits = alice
+        .messages(Edits {
+            conv: conv_id("ops"),
+            seq: first,
+        })
+        .await
+        .unwrap();
+    assert!(edits.messages.is_empty(), "{edits:?}");
+    // An admin revokes someone else's message.
+    alice
+        .ok(anchorage_protocol::request::SetRole {
+            group: anchorage_tests::group_id("ops"),
+            member: anchorage_tests::user_id("carol"),
+            role: anchorage_schema::event::Role::Admin,
+        })
+        .await
+        .unwrap();
+    eventually(WAIT, "carol to be an admin", || async {
+        let role = t
+            .stack
+            .stack
+            .store
+            .member_role("ops", "carol")
+            .await
+            .ok()??;
+        (role == anchorage_schema::event::Role::Admin).then_some(())
+    })
+    .await
+    .unwrap();
+    carol
+        .ok(Revoke {
+            conv: conv_id("ops"),
+            seq: reply,
+        })
+        .await
+        .unwrap();
+
+    // A device that catches up by `sync` gets every entry in order: messages in their
+    // current state, then the changes.
+    let page = carol.messages(sync("ops", 0)).await.unwrap();
+    let kinds: Vec<EntryKind> = page.messages.iter().map(|m| m.kind).collect();
+    assert!(kinds.contains(&EntryKind::Reaction) && kinds.contains(&EntryKind::Pin));
+    assert!(
+        !kinds.contains(&EntryKind::Edit),
+        "a revoked message's edits are gone"
+    );
+    assert!(page.messages.windows(2).all(|w| w[0].seq < w[1].seq));
+
+    // Unread mentions in the welcome: bob's reply mentioned alice, but it is revoked now; a
+    // fresh one counts.
+    bob.ack(anchorage_protocol::request::SendMessage {
+        mentions: user_ids(&["alice"]),
+        ..send_message("ops", "b3", json!("@alice ping"))
+    })
+    .await
+    .unwrap();
+    let store = &t.stack.stack.store;
+    eventually(WAIT, "the mention in the history", || async {
+        let n = store.mentions_after("ops", "alice", 0, 10).await.ok()?;
+        (n == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut tablet = WsClient::connect(e2).await.unwrap();
+    let mut h = hello(token("alice", "tablet", 3600));
+    h.anchors = vec![ConvAnchor {
+        conv: conv_id("ops"),
+        seq: 0,
+    }];
+    let ReplyBody::Welcome(welcome) = tablet.reply(h).await.unwrap() else {
+        panic!("no welcome")
+    };
+    let change = welcome
+        .changes
+        .iter()
+        .find(|c| c.conv.as_str() == "ops")
+        .unwrap();
+    assert_eq!(change.mentions, 1, "{change:?}");
+    assert!(change.unread >= 1);
+    drop(t.nats);
+}
+
+#[tokio::test]
+async fn a_revoked_text_is_gone_from_the_stream_the_store_and_a_rebuild() {
+    let t = two_edges().await;
+    let (mut alice, _) = WsClient::signed_in(t.stack.edge_addr(), "alice", "laptop")
+        .await
+        .unwrap();
+    alice
+        .ok(create_group("vault", "Vault", &["bob"]))
+        .await
+        .unwrap();
+    let secret = format!("launch-code-{}", std::process::id());
+    let amended = format!("{secret}-amended");
+    let seq = alice
+        .ack(send_message("vault", "s1", json!({"text": secret})))
+        .await
+        .unwrap()
+        .seq;
+    alice
+        .ok(edit("vault", seq, json!({"text": amended})))
+        .await
+        .unwrap();
+    alice.ok(react("vault", seq, "🔥", false)).await.unwrap();
+    let keep = alice
+        .ack(send_message("vault", "s2", json!("still here")))
+        .await
+        .unwrap()
+        .seq;
+    let store = &t.stack.stack.store;
+    eventually(WAIT, "the edit in the history", || async {
+        let m = store.message("vault", seq).await.ok()??;
+        (m.edits == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(!store.columns_containing(&secret).await.unwrap().is_empty());
+
+    let revoked = alice
+        .ok(Revoke {
+            conv: conv_id("vault"),
+            seq,
+        })
+        .await
+        .unwrap()
+        .seq
+        .unwrap();
+    eventually(WAIT, "the tombstone in the history", || async {
+        store
+            .message("vault", seq)
+            .await
+            .ok()?
+            .filter(|m| m.revoked)
+    })
+    .await
+    .unwrap();
+    // No table holds the text, the original or the edit.
+    assert_eq!(
+        store.columns_containing(&secret).await.unwrap(),
+        Vec::<String>::new()
+    );
+    // No event on any stream holds it; the sequences stay as they were.
+    let bus = &t.stack.stack.bus;
+    let state = bus.stream_state(stream::MESSAGES).await.unwrap();
+    let mut reader = bus
+        .read_stream(stream::MESSAGES, anchorage_schema::Seq(1))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let e = reader.next().await.unwrap();
+        let text = String::from_utf8_lossy(&e.payload).into_owned();
+        assert!(
+            !text.contains(&secret),
+            "event {} holds the text: {text}",
+            e.seq
+        );
+        seen.push(e.seq.0);
+        if e.seq.0 >= state.last_seq.0 {
+            break;
+        }
+    }
+    assert!(!seen.contains(&seq), "the message's event is erased");
+    assert!(seen.contains(&keep) && seen.contains(&revoked));
+    for s in [stream::INGEST, stream::DEADLETTER] {
+        let st = bus.stream_state(s).await.unwrap();
+        assert_eq!(st.last_seq.0, 0, "{s} holds nothing of it");
+    }
+    // Nor do the server's files: JetStream overwrote the erased records.
+    let mut files = vec![t.nats.dir.path().to_path_buf()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{} holds the text", path.display());
+        }
+    }
+
+    // A rebuild from the streams has the tombstone, in its place, and no text.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = t.stack.config.clone();
+    config.database.url = fresh_database(dir.path()).await.unwrap();
+    let rebuilt = anchorage_store::Store::connect(&anchorage::store_options(&config))
+        .await
+        .unwrap();
+    rebuilt.migrate().await.unwrap();
+    let options = anchorage_projector::replay::ReplayOptions {
+        batch_size: 64,
+        upto: Default::default(),
+        membership: anchorage_projector::MembershipRules {
+            tombstone_horizon: config.projector.tombstone_horizon,
+        },
+    };
+    anchorage_projector::replay::replay(bus, &rebuilt, &options, |_| {})
+        .await
+        .unwrap();
+    let tomb = rebuilt.message("vault", seq).await.unwrap().unwrap();
+    assert!(tomb.revoked && tomb.body == "null");
+    assert_eq!(
+        (tomb.sender.as_str(), tomb.client_msg_id.as_str()),
+        ("alice", "s1")
+    );
+    assert_eq!(
+        rebuilt.columns_containing(&secret).await.unwrap(),
+        Vec::<String>::new()
+    );
+    let live = store.fingerprint().await.unwrap();
+    let again = rebuilt.fingerprint().await.unwrap();
+    // (Nothing was ingested: only the rebuild records where ingest stands.)
+    let differences: Vec<String> = live
+        .differences(&again)
+        .into_iter()
+        .filter(|d| !d.starts_with("checkpoint \"ingest\""))
+        .collect();
+    assert_eq!(differences, Vec::<String>::new());
+
+    // A retry of the revoked send long after still gets its seq, never a second copy.
+    let retry = alice
+        .ack(anchorage_protocol::request::SendMessage {
+            retry: true,
+            ..send_message("vault", "s1", json!({"text": secret}))
+        })
+        .await
+        .unwrap();
+    assert_eq!((retry.seq, retry.duplicate), (seq, true));
+}
+
+#[tokio::test]
+async fn reactions_in_a_busy_group_cost_frames_per_flush_not_per_reaction() {
+    let t = two_edges().await;
+    let members: Vec<String> = (0..40).map(|n| format!("m{n:02}")).collect();
+    let names: Vec<&str> = members.iter().map(String::as_str).collect();
+    let (mut owner, _) = WsClient::signed_in(t.stack.edge_addr(), "owner", "d")
+        .await
+        .unwrap();
+    owner.ok(create_group("big", "Big", &names)).await.unwrap();
+    let target = owner
+        .ack(send_message("big", "post", json!("react to me")))
+        .await
+        .unwrap()
+        .seq;
+    let mut clients = Vec::new();
+    for (n, m) in members.iter().enumerate() {
+        let edge = if n % 2 == 0 {
+            t.stack.edge_addr()
+        } else {
+            t.edge2.addr
+        };
+        let (c, _) = WsClient::signed_in(edge, m, "d").await.unwrap();
+        clients.push(c);
+    }
+    // Every member reacts at once.
+    for c in clients.iter_mut() {
+        c.send_request(1, react("big", target, "👍", false))
+            .await
+            .unwrap();
+    }
+    for c in clients.iter_mut() {
+        match c.next_answer().await.unwrap() {
+            ServerFrame::Reply(r) => assert!(matches!(r.body, ReplyBody::Ok(_))),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The owner watches: 40 reactions come in a handful of frames whose counts add up.
+    let mut at = target;
+    let mut frames = 0;
+    let mut count = 0i64;
+    while count < 40 {
+        let r: ReactionsChanged = owner.pushed(|_| true).await.unwrap();
+        assert_eq!(r.prev, at);
+        at = r.seq;
+        frames += 1;
+        count += r.deltas.iter().map(|d| d.delta).sum::<i64>();
+        assert!(r.mine.is_empty(), "the owner did not react");
+    }
+    assert_eq!(count, 40);
+    assert!(frames <= 10, "{frames} frames for 40 reactions");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let extra: Vec<&Push> = owner
+        .pending_pushes()
+        .iter()
+        .filter(|p| matches!(p, Push::Reactions(_)))
+        .collect();
+    assert!(extra.is_empty(), "{extra:?}");
+    let m = current(&mut owner, "big", target).await;
+    assert_eq!(m.reactions[0].count, 40);
+}
