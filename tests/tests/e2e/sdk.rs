@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anchorage_sdk::{Client, ClientEvent, ClientOptions, OutboxState};
+use anchorage_sdk::{Client, ClientEvent, ClientOptions, OutboxState, Refs};
 use anchorage_tests::{TcpProxy, TestEdge, TestNats, TestStack, eventually, token};
 use serde_json::json;
 
@@ -341,4 +341,106 @@ async fn a_pipelined_outbox_keeps_its_order_through_refusals() {
         );
     }
     alice.shutdown().await;
+}
+
+// The local store follows every change to a message: edits, reactions (coalesced frames),
+// pins, replies and revokes; a change lost in transit is noticed at the next entry and
+// repaired by a sync.
+#[tokio::test]
+async fn changes_to_messages_reach_the_local_store_and_a_lost_one_is_repaired() {
+    let s = setup().await;
+    let alice = client(s.stack.edge_addr(), s.dir.path(), "alice", "phone").await;
+    let bob = client(s.edge2.addr, s.dir.path(), "bob", "laptop").await;
+    alice.create_group("team", "Team", &["bob"]).await.unwrap();
+    let first = acked(&alice, &alice.send("team", json!("v1")).await.unwrap()).await;
+    has_messages(&bob, "team", 1).await;
+    let local = |c: &Client, seq: u64| {
+        let c = c.clone();
+        async move {
+            c.messages("team")
+                .await
+                .ok()?
+                .into_iter()
+                .find(|m| m.seq == Some(seq))
+        }
+    };
+
+    // Bob's copy of the edit is lost on the way; the next message shows the gap.
+    bob.drop_push(first + 1);
+    alice.edit("team", first, json!("v2")).await.unwrap();
+    let second = acked(
+        &alice,
+        &alice
+            .send_with(
+                "team",
+                json!("see above"),
+                Refs {
+                    reply_to: Some(first),
+                    mentions: vec!["bob".into()],
+                    mention_all: false,
+                },
+            )
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(second, first + 2, "the edit took the seq in between");
+    assert!(bob.push_dropped());
+    eventually(WAIT, "bob to see the edit", || async {
+        let m = local(&bob, first).await?;
+        (m.body == json!("v2") && m.edits == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let reply = eventually(WAIT, "bob to hold the reply", || local(&bob, second))
+        .await
+        .unwrap();
+    assert_eq!(reply.refs.reply_to, Some(first));
+    assert_eq!(reply.refs.mentions, vec!["bob".to_owned()]);
+
+    // Reactions arrive as coalesced counts; each side knows its own.
+    bob.react("team", first, "👍", false).await.unwrap();
+    alice.react("team", first, "👍", false).await.unwrap();
+    bob.react("team", first, "👀", false).await.unwrap();
+    bob.react("team", first, "👀", true).await.unwrap();
+    for (c, who) in [(&alice, "alice"), (&bob, "bob")] {
+        eventually(WAIT, "the reactions in the local store", || async {
+            let m = local(c, first).await?;
+            let r = &m.reactions;
+            (r.len() == 1 && r[0].emoji == "👍" && r[0].count == 2 && r[0].mine).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{who}: {e}"));
+    }
+
+    // A pin, then the revoke: every device keeps a tombstone in its place.
+    alice.pin("team", second, false).await.unwrap();
+    eventually(WAIT, "bob to see the pin", || async {
+        local(&bob, second).await?.pinned.then_some(())
+    })
+    .await
+    .unwrap();
+    alice.revoke("team", first).await.unwrap();
+    for c in [&alice, &bob] {
+        let m = eventually(WAIT, "the tombstone", || async {
+            local(c, first).await.filter(|m| m.revoked)
+        })
+        .await
+        .unwrap();
+        assert!(m.body.is_null() && m.reactions.is_empty(), "{m:?}");
+    }
+    let edits = bob.edits("team", first).await.unwrap();
+    assert!(edits.is_empty(), "{edits:?}");
+    // Only the sender or a group's staff revokes: bob's attempt is refused, his store keeps
+    // the message.
+    bob.revoke("team", second).await.unwrap();
+    eventually(WAIT, "the refused revoke to be settled", || async {
+        (bob.pending_commands().await.ok()? == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(!local(&bob, second).await.unwrap().revoked);
+    alice.shutdown().await;
+    bob.shutdown().await;
+    s.edge2.stop().await.unwrap();
 }
