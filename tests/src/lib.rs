@@ -29,7 +29,8 @@ use anchorage_config::Config;
 use anchorage_protocol::request::{self, CreateGroup, Hello, SendMessage};
 use anchorage_protocol::{
     Ack, Done, ErrorFrame, LiveMessage, MembersChanged, MembershipChanged, Messages, Push,
-    ReactionsChanged, ReadMoved, ReplyBody, Request, RequestBody, RequestId, ServerFrame, Welcome,
+    ReactionsChanged, ReadMoved, ReplyBody, Request, RequestBody, RequestId, ServerFrame,
+    TypingNow, Welcome,
 };
 use anchorage_schema::{ClientMsgId, ConversationId, GroupId, UserId};
 use anyhow::{Context, bail};
@@ -773,6 +774,16 @@ impl WsClient {
         &self.pushes
     }
 
+    /// Keeps a push read by the caller, for [`WsClient::push`] and the others.
+    pub fn keep_push(&mut self, push: Push) {
+        self.pushes.push_back(push);
+    }
+
+    /// Takes the kept pushes `pred` says yes to, in order; the others stay.
+    pub fn take_pushes(&mut self, mut pred: impl FnMut(&Push) -> bool) {
+        self.pushes.retain(|p| !pred(p));
+    }
+
     /// Answers to other requests received so far and not taken by
     /// [`WsClient::next_answer`].
     pub fn pending_answers(&self) -> &VecDeque<ServerFrame> {
@@ -832,6 +843,7 @@ push_body! {
     Membership(MembershipChanged),
     MembersChanged(MembersChanged),
     Reactions(ReactionsChanged),
+    Typing(TypingNow),
 }
 
 /// A conversation id (panics on an invalid one: tests name valid ids).

@@ -2,7 +2,7 @@
 //!
 //! | identity | publishes | subscribes |
 //! |---|---|---|
-//! | `edge` | `msg.*`, `grp.*`, `read.*.*`, `user.*`, `admin.webhook.*` (server API); JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `notify.grp.>`, `notify.progress.>` |
+//! | `edge` | `msg.*`, `grp.*`, `read.*.*`, `user.*`, `admin.webhook.*` (server API), `typing.*`; JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `typing.*`, `notify.grp.>`, `notify.progress.>` |
 //! | `projector` | `msg.*`, `grp.*`, `user.*` (events translated from other systems), `dlq.*`, `notify.grp.*`, `notify.progress.*`; its pull consumers (fetch, ack), the webhook worker's consumers (create, delete), erasing revoked messages from MESSAGES, and JetStream reads | — |
 //! | `operator` | everything (`anchorage streams apply`, `revoke`, `replay`, administration) | everything |
 //! | `ext_<source>` | `ext.<source>.>` only | its own consumers (named `<source>`) on the streams it is given |
@@ -56,13 +56,22 @@ const JS_READS: &[&str] = &[
 /// The edge: publishes what its clients and the server API's callers cause, reads streams
 /// (API keys among them, which it cannot write), follows the live subjects.
 pub fn edge() -> Permissions {
-    let mut publish = strings(&["msg.*", "grp.*", "read.*.*", "user.*", "admin.webhook.*"]);
+    let mut publish = strings(&[
+        "msg.*",
+        "grp.*",
+        "read.*.*",
+        "user.*",
+        "admin.webhook.*",
+        // Who is typing, between edges (never stored).
+        "typing.*",
+    ]);
     publish.extend(strings(JS_READS));
     publish.push(format!("{}.>", inbox_prefix(EDGE)));
     Permissions {
         publish,
         subscribe: vec![
             "live.>".into(),
+            "typing.*".into(),
             "notify.grp.>".into(),
             "notify.progress.>".into(),
             format!("{}.>", inbox_prefix(EDGE)),

@@ -273,6 +273,9 @@ mod tests {
             r#"{"type":"pin","id":26,"conv":"c","seq":7}"#,
             r#"{"type":"reactors","id":27,"conv":"c","seq":7,"emoji":"👍","after":3,"limit":5}"#,
             r#"{"type":"edits","id":28,"conv":"c","seq":7}"#,
+            r#"{"type":"view","id":29,"conv":"c"}"#,
+            r#"{"type":"unview","id":30,"conv":"c"}"#,
+            r#"{"type":"typing","id":31,"conv":"c","stop":true}"#,
         ];
         assert_eq!(frames.len() + 1, REQUEST_TYPES.len());
         let mut names = std::collections::BTreeSet::from(["hello"]);

@@ -28,7 +28,7 @@ pub use reply::{
     Ack, ConvChange, Done, EntryKind, ErrorFrame, GroupVersions, LiveMessage, MembersBatch,
     MembersBuckets, MembersChanged, MembersDiff, MembersFound, MembersPage, MembershipChanged,
     Message, MessageParts, Messages, OwnReaction, Push, Reaction, ReactionDelta, ReactionsChanged,
-    Reactors, ReadMoved, Reply, ReplyBody, ServerFrame, Welcome,
+    Reactors, ReadMoved, Reply, ReplyBody, ServerFrame, TypingNow, Welcome,
 };
 pub use request::{ConvAnchor, REQUEST_TYPES, Request, RequestBody};
 

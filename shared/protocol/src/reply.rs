@@ -82,6 +82,8 @@ pub enum Push {
     /// Reaction entries of a conversation, coalesced: a client at `prev` applies the counts
     /// and is then at `seq`; otherwise it syncs.
     Reactions(ReactionsChanged),
+    /// Who is typing in a conversation this connection views (the whole state, not a change).
+    Typing(TypingNow),
 }
 
 /// `error`: a request failed, or a frame could not be read (then `id` is absent).
@@ -106,6 +108,7 @@ const PUSH_TYPES: &[&str] = &[
     "membership",
     "members_changed",
     "reactions",
+    "typing",
 ];
 
 impl ServerFrame {
@@ -759,4 +762,15 @@ pub struct Reactors {
     /// Present when more remain: ask again with `after` set to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<u64>,
+}
+
+/// `typing`: who is typing in a conversation now — a few of them by name, and how many.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingNow {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Some of those typing (at most 3), in id order.
+    pub users: Vec<UserId>,
+    /// How many are typing (0: nobody any more).
+    pub count: u32,
 }

@@ -135,6 +135,12 @@ pub enum RequestBody {
     Reactors(ReactorsQuery),
     /// A message's edits, oldest first; answered with `messages`.
     Edits(Edits),
+    /// This connection shows a conversation (typing indicators start); answered with `ok`.
+    View(View),
+    /// It stopped showing it; answered with `ok`.
+    Unview(View),
+    /// The user is typing (or stopped); answered with `ok`.
+    Typing(Typing),
 }
 
 impl RequestBody {
@@ -170,6 +176,9 @@ impl RequestBody {
             RequestBody::Pin(_) => "pin",
             RequestBody::Reactors(_) => "reactors",
             RequestBody::Edits(_) => "edits",
+            RequestBody::View(_) => "view",
+            RequestBody::Unview(_) => "unview",
+            RequestBody::Typing(_) => "typing",
         }
     }
 }
@@ -205,6 +214,9 @@ pub const REQUEST_TYPES: &[&str] = &[
     "pin",
     "reactors",
     "edits",
+    "view",
+    "unview",
+    "typing",
 ];
 
 macro_rules! into_body {
@@ -246,6 +258,7 @@ into_body! {
     Pin => Pin,
     ReactorsQuery => Reactors,
     Edits => Edits,
+    Typing => Typing,
 }
 
 /// `hello`: the protocol version, the device token, and optionally the client's anchors.
@@ -610,4 +623,26 @@ pub struct MembersSearch {
 pub struct MembersUnsubscribe {
     /// The group.
     pub group: GroupId,
+}
+
+/// `view` and `unview`: this connection starts or stops showing a conversation. Only
+/// connections viewing a conversation get its `typing` pushes; one connection views at most 8
+/// conversations (viewing another stops the oldest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct View {
+    /// The conversation.
+    pub conv: ConversationId,
+}
+
+/// `typing`: the user is typing in a conversation (`"stop": true`: no longer). Never stored;
+/// a typing user is shown for 6 seconds unless the client says so again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Typing {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Stopped typing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop: bool,
 }

@@ -12,6 +12,9 @@
 //! | `DEADLETTER` | `dlq.<stream>`             | —                               |
 //! | `ADMIN`      | `admin.apikey.<id>`, `admin.webhook.<name>` | —              |
 //!
+//! Not stored: `typing.<conv>` (who is typing, between edges), `notify.grp.<group>` and
+//! `notify.progress.<projection>` (from the projector).
+//!
 //! Ids are subject-safe by construction (see [`crate::ids`]), so no function here escapes.
 
 use crate::ids::{ConversationId, GroupId, SourceId, UserId};
@@ -170,6 +173,11 @@ pub fn webhook(name: &str) -> String {
 /// Every webhook endpoint's records.
 pub const WEBHOOKS_ALL: &str = "admin.webhook.*";
 
+/// Where edges tell each other who is typing in a conversation (core NATS, never stored).
+pub fn typing(conv: &ConversationId) -> String {
+    format!("typing.{conv}")
+}
+
 /// The last token of a subject (`msg.c1` → `c1`).
 pub fn last_token(subject: &str) -> &str {
     subject.rsplit('.').next().unwrap_or(subject)
@@ -196,5 +204,6 @@ mod tests {
         assert_eq!(ingest(&s, "user.created"), "ext.crm.user.created");
         assert_eq!(deadletter("INGEST"), "dlq.INGEST");
         assert_eq!(last_token("read.alice.c1"), "c1");
+        assert_eq!(typing(&c), "typing.c1");
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anchorage_protocol::request::{Hello, MarkReceived, SendMessage, Sync};
+use anchorage_protocol::request::{Hello, MarkReceived, SendMessage, Sync, View};
 use anchorage_protocol::{
     ConvAnchor, EntryKind, ErrorCode, ErrorFrame, Message as WireMessage, Push, ReplyBody, Request,
     RequestBody, ServerFrame,
@@ -80,6 +80,8 @@ pub(crate) struct Engine {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The user and device the server knows this client as (from `welcome`).
     me: Mutex<Option<(String, String)>>,
+    /// Conversations the app has open (viewed again on every connection).
+    pub(crate) viewing: Mutex<std::collections::BTreeSet<String>>,
     /// How many queued messages go in flight at once (see [`SEND_WINDOW`]).
     window: AtomicU32,
 }
@@ -106,6 +108,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             task: Mutex::new(None),
             me: Mutex::new(None),
+            viewing: Mutex::new(Default::default()),
             window: AtomicU32::new(SEND_WINDOW),
         });
         let task = tokio::spawn(engine.clone().run());
@@ -275,6 +278,19 @@ impl Engine {
             }
         }
         self.emit(ClientEvent::Connected);
+        // The conversations the app has open are open on this connection too.
+        let viewing: Vec<String> = self
+            .viewing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for conv in viewing {
+            if let Ok(conv) = ConversationId::parse(conv) {
+                self.request(conn, RequestBody::View(View { conv })).await?;
+            }
+        }
         loop {
             self.run_syncs(conn).await?;
             self.run_asks(conn).await?;
@@ -429,6 +445,11 @@ impl Engine {
                 let _ = self.store.drop_member_list(conv).await;
             }
             Push::MembersChanged(change) => self.on_members_changed(change).await,
+            Push::Typing(t) => self.emit(ClientEvent::Typing {
+                conv: t.conv.to_string(),
+                users: t.users.iter().map(ToString::to_string).collect(),
+                count: t.count,
+            }),
         }
     }
 

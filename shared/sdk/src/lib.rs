@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use anchorage_protocol::request::{
     AddMembers, CreateGroup, Edit, Edits, MarkRead, MembersSearch, MembersSyncBatch, OpenDirect,
-    Pin, React, ReactorsQuery, RemoveMembers, Revoke,
+    Pin, React, ReactorsQuery, RemoveMembers, Revoke, Typing, View,
 };
 use anchorage_protocol::{MembersBatch, Reactors, ReplyBody, RequestBody, ServerFrame};
 use anchorage_schema::{ConversationId, GroupId, UserId};
@@ -136,6 +136,12 @@ pub enum ClientEvent {
     Messages { conv: String, seq: u64 },
     /// Stored message `seq` of `conv` changed (edited, revoked, pinned, reactions).
     MessageChanged { conv: String, seq: u64 },
+    /// Who is typing in a conversation the app views (`users`: a few of them; `count`: all).
+    Typing {
+        conv: String,
+        users: Vec<String>,
+        count: u32,
+    },
     /// A message from the outbox was stored at `seq`.
     Acked { client_msg_id: String, seq: u64 },
     /// A message from the outbox was refused for good.
@@ -309,6 +315,40 @@ impl Client {
     pub async fn pin(&self, conv: &str, seq: u64, unpin: bool) -> Result<(), SdkError> {
         let conv = ConversationId::parse(conv)?;
         self.command(Pin { conv, seq, unpin }.into()).await
+    }
+
+    /// The app shows `conv`: typing indicators start coming ([`ClientEvent::Typing`]), on
+    /// this connection and the next ones, until [`Client::unview`].
+    pub async fn view(&self, conv: &str) -> Result<(), SdkError> {
+        let id = ConversationId::parse(conv)?;
+        self.engine
+            .viewing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conv.to_owned());
+        self.ask(RequestBody::View(View { conv: id }))
+            .await
+            .map(drop)
+    }
+
+    /// The app stopped showing `conv`.
+    pub async fn unview(&self, conv: &str) -> Result<(), SdkError> {
+        let id = ConversationId::parse(conv)?;
+        self.engine
+            .viewing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(conv);
+        self.ask(RequestBody::Unview(View { conv: id }))
+            .await
+            .map(drop)
+    }
+
+    /// The user is typing in `conv` (or with `stop`, stopped). Not queued: a typing signal
+    /// that cannot go now is of no use later.
+    pub async fn typing(&self, conv: &str, stop: bool) -> Result<(), SdkError> {
+        let conv = ConversationId::parse(conv)?;
+        self.ask(Typing { conv, stop }.into()).await.map(drop)
     }
 
     /// Who reacted to message `seq` with `emoji`, a page at a time (`after`: the previous

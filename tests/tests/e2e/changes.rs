@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use anchorage_protocol::request::{Edit, Edits, History, Pin, React, ReactorsQuery, Revoke};
+use anchorage_protocol::request::{
+    Edit, Edits, History, Pin, React, ReactorsQuery, Revoke, Typing, View,
+};
 use anchorage_protocol::{
     ConvAnchor, EntryKind, ErrorCode, LiveMessage, Message, Push, ReactionsChanged, ReplyBody,
-    ServerFrame,
+    RequestBody, ServerFrame, TypingNow,
 };
 use anchorage_schema::subjects::stream;
 use anchorage_tests::{
@@ -595,4 +597,113 @@ async fn reactions_in_a_busy_group_cost_frames_per_flush_not_per_reaction() {
     assert!(extra.is_empty(), "{extra:?}");
     let m = current(&mut owner, "big", target).await;
     assert_eq!(m.reactions[0].count, 40);
+}
+
+fn view(conv: &str) -> RequestBody {
+    RequestBody::View(View {
+        conv: conv_id(conv),
+    })
+}
+
+fn typing(conv: &str, stop: bool) -> Typing {
+    Typing {
+        conv: conv_id(conv),
+        stop,
+    }
+}
+
+/// Every `typing` frame `c` got so far, after `wait`.
+async fn typing_frames(c: &mut WsClient, wait: Duration) -> Vec<TypingNow> {
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(frame) = tokio::time::timeout_at(deadline, c.next_frame()).await {
+        match frame.unwrap() {
+            ServerFrame::Push(p) => c.keep_push(p),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut out = Vec::new();
+    c.take_pushes(|p| match p {
+        Push::Typing(t) => {
+            out.push(t.clone());
+            true
+        }
+        _ => false,
+    });
+    out
+}
+
+#[tokio::test]
+async fn typing_reaches_only_the_connections_viewing_the_conversation() {
+    let t = two_edges().await;
+    let members: Vec<String> = (0..30).map(|n| format!("u{n:02}")).collect();
+    let names: Vec<&str> = members.iter().map(String::as_str).collect();
+    let (mut owner, _) = WsClient::signed_in(t.stack.edge_addr(), "owner", "d")
+        .await
+        .unwrap();
+    owner
+        .ok(create_group("room", "Room", &names))
+        .await
+        .unwrap();
+    let mut online = Vec::new();
+    for (n, m) in members.iter().enumerate() {
+        let edge = if n % 2 == 0 {
+            t.stack.edge_addr()
+        } else {
+            t.edge2.addr
+        };
+        online.push(WsClient::signed_in(edge, m, "d").await.unwrap().0);
+    }
+    // Three members have the conversation open, one on each edge and the owner; a stranger
+    // may not view it.
+    for c in online[0..2].iter_mut().chain([&mut owner]) {
+        c.ok(view("room")).await.unwrap();
+    }
+    let (mut stranger, _) = WsClient::signed_in(t.edge2.addr, "stranger", "d")
+        .await
+        .unwrap();
+    let refused = stranger.refused(view("room")).await.unwrap();
+    assert_eq!(refused.code, ErrorCode::Forbidden);
+    let refused = stranger.refused(typing("room", false)).await.unwrap();
+    assert_eq!(refused.code, ErrorCode::Forbidden);
+
+    // Ten members type, each many times: the viewers see them named (a few) and counted.
+    for c in online[10..20].iter_mut() {
+        for _ in 0..5 {
+            c.ok(typing("room", false)).await.unwrap();
+        }
+    }
+    let seen = typing_frames(&mut owner, Duration::from_millis(1500)).await;
+    let last = seen.last().expect("the owner saw typing");
+    assert_eq!((last.count, last.users.len()), (10, 3), "{last:?}");
+    assert!(seen.len() <= 6, "{} frames for 50 signals", seen.len());
+    for viewer in online[0..2].iter_mut() {
+        let seen = typing_frames(viewer, Duration::from_millis(300)).await;
+        assert_eq!(seen.last().map(|t| t.count), Some(10), "{seen:?}");
+    }
+    // Nobody else got a typing frame: it cost the viewers, not the members.
+    for c in online[2..].iter_mut() {
+        let seen = typing_frames(c, Duration::from_millis(50)).await;
+        assert!(seen.is_empty(), "{seen:?}");
+    }
+    // Stopping shows at once; the rest expire on their own.
+    online[10].ok(typing("room", true)).await.unwrap();
+    let seen = typing_frames(&mut owner, Duration::from_millis(800)).await;
+    assert_eq!(seen.last().map(|t| t.count), Some(9), "{seen:?}");
+    let seen = typing_frames(&mut owner, Duration::from_secs(7)).await;
+    assert_eq!(seen.last().map(|t| t.count), Some(0), "{seen:?}");
+    // A connection that stops viewing hears no more.
+    owner
+        .ok(RequestBody::Unview(View {
+            conv: conv_id("room"),
+        }))
+        .await
+        .unwrap();
+    online[12].ok(typing("room", false)).await.unwrap();
+    let seen = typing_frames(&mut online[0], Duration::from_millis(800)).await;
+    assert_eq!(seen.last().map(|t| t.count), Some(1));
+    assert!(
+        typing_frames(&mut owner, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
 }

@@ -35,6 +35,7 @@ mod interest;
 mod membership;
 mod registry;
 mod view;
+mod views;
 mod watchers;
 
 pub(crate) use conn::frame;
@@ -48,7 +49,7 @@ use std::time::Duration;
 use anchorage_bus::Bus;
 use anchorage_protocol::{
     LiveMessage, MembershipChanged, Message, OwnReaction, Push, ReactionDelta, ReactionsChanged,
-    ReadMoved, ServerFrame,
+    ReadMoved, ServerFrame, TypingNow,
 };
 use anchorage_schema::event::ReactionChanged;
 use anchorage_schema::subjects;
@@ -60,6 +61,7 @@ use tokio_util::task::TaskTracker;
 use interest::{Interest, Subscribe};
 use registry::Registry;
 use view::{Change, MembershipView};
+use views::Views;
 use watchers::Watchers;
 
 /// How long `hello` waits for the subscriptions of the user's conversations.
@@ -71,6 +73,25 @@ struct State {
     view: MembershipView,
     interest: Interest,
     watchers: Watchers,
+    views: Views,
+    /// When each user last said they type in each conversation (for the typing rate).
+    typed: HashMap<(UserId, ConversationId), std::time::Instant>,
+}
+
+/// A typing user is shown this long unless they say so again.
+const TYPING_LASTS: Duration = Duration::from_secs(6);
+/// One user's "typing" in one conversation goes to other edges at most this often.
+const TYPING_EVERY: Duration = Duration::from_secs(2);
+/// Typing indicators of a conversation are pushed at most this often (and expire on it).
+const TYPING_TICK: Duration = Duration::from_millis(250);
+/// Typing users named in a `typing` push; the rest are counted.
+const TYPING_NAMED: usize = 3;
+
+/// What edges tell each other on `typing.<conv>`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct TypingSignal {
+    pub(crate) user: UserId,
+    pub(crate) typing: bool,
 }
 
 /// The live registry of one edge.
@@ -280,6 +301,7 @@ impl Hub {
         let mut state = self.lock();
         let state = &mut *state;
         state.watchers.unwatch_all(conn);
+        state.views.unview_all(conn);
         let Some(user) = state.registry.remove(conn) else {
             return;
         };
@@ -322,6 +344,70 @@ impl Hub {
     /// Stops sending `conv`'s member-list notifications to `conn`.
     pub fn unwatch_members(&self, conn: ConnId, conv: &ConversationId) {
         self.lock().watchers.unwatch(conn, conv);
+    }
+
+    /// `conn` shows `conv`: it gets the conversation's typing indicators, and the edge
+    /// follows them while anyone here views it.
+    pub fn view(self: &Arc<Self>, conn: ConnId, conv: &ConversationId) {
+        let started = self.lock().views.view(conn, conv, &self.stop);
+        if let Some(stop) = started {
+            let conv = conv.clone();
+            self.spawn(|hub, _| follow_typing(hub, conv, stop));
+        }
+    }
+
+    /// `conn` no longer shows `conv`.
+    pub fn unview(&self, conn: ConnId, conv: &ConversationId) {
+        self.lock().views.unview(conn, conv);
+    }
+
+    /// Whether `user`'s typing in `conv` goes out now: a stop always does, a start at most
+    /// every [`TYPING_EVERY`] (the indicator lasts longer than that).
+    pub fn typing_allowed(&self, user: &UserId, conv: &ConversationId, typing: bool) -> bool {
+        let mut state = self.lock();
+        let key = (user.clone(), conv.clone());
+        let now = std::time::Instant::now();
+        if !typing {
+            return state.typed.remove(&key).is_some();
+        }
+        if state
+            .typed
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < TYPING_EVERY)
+        {
+            return false;
+        }
+        if state.typed.len() > 100_000 {
+            state
+                .typed
+                .retain(|_, at| now.duration_since(*at) < TYPING_LASTS);
+        }
+        state.typed.insert(key, now);
+        true
+    }
+
+    /// Hands who is typing in `conv` to the connections viewing it that are still members.
+    fn deliver_typing<'a>(
+        &self,
+        conv: &ConversationId,
+        typing: impl ExactSizeIterator<Item = &'a UserId>,
+    ) {
+        let count = u32::try_from(typing.len()).unwrap_or(u32::MAX);
+        let users = typing.take(TYPING_NAMED).cloned().collect();
+        let push = Push::Typing(TypingNow {
+            conv: conv.clone(),
+            users,
+            count,
+        });
+        let f = frame(&push.into());
+        let state = self.lock();
+        for id in state.views.of(conv) {
+            if let Some(conn) = state.registry.get(id)
+                && state.view.is_member(&conn.user, conv)
+            {
+                conn.push(f.clone());
+            }
+        }
     }
 
     /// Hands a member-list notification to the watchers of `conv` who are still members.
@@ -389,6 +475,7 @@ impl Hub {
                         state.interest.remove(&user, &conv);
                         for conn in state.registry.conns_of(&user) {
                             state.watchers.unwatch(conn, &conv);
+                            state.views.unview(conn, &conv);
                         }
                         state
                             .registry
@@ -466,6 +553,60 @@ impl Hub {
         let mut state = self.lock();
         state.interest.clear();
         state.view.clear();
+        state.views.clear();
+    }
+}
+
+/// Follows who is typing in `conv` while a connection here views it: signals from every edge
+/// (one per user and [`TYPING_EVERY`] at most), expiry after [`TYPING_LASTS`], and one push
+/// of the whole state to the viewers per [`TYPING_TICK`] when it changed.
+async fn follow_typing(hub: Weak<Hub>, conv: ConversationId, stop: CancellationToken) {
+    let Some(bus) = hub.upgrade().map(|h| h.bus.clone()) else {
+        return;
+    };
+    let subject = subjects::typing(&conv);
+    let mut signals = match stop
+        .run_until_cancelled(bus.subscribe_notices(&subject))
+        .await
+    {
+        None => return,
+        Some(Ok(signals)) => signals,
+        Some(Err(err)) => {
+            tracing::warn!(%conv, error = %err, "cannot follow typing");
+            return;
+        }
+    };
+    let mut typing: std::collections::BTreeMap<UserId, tokio::time::Instant> = Default::default();
+    let mut changed = false;
+    let mut tick = tokio::time::interval(TYPING_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            signal = signals.next() => {
+                let Some((_, payload)) = signal else { break };
+                // Only edges publish here, but nothing unchecked reaches a socket.
+                let Ok(s) = serde_json::from_slice::<TypingSignal>(&payload) else {
+                    tracing::debug!(%conv, "ignoring an invalid typing signal");
+                    continue;
+                };
+                if s.typing {
+                    let until = tokio::time::Instant::now() + TYPING_LASTS;
+                    changed |= typing.insert(s.user, until).is_none();
+                } else {
+                    changed |= typing.remove(&s.user).is_some();
+                }
+            }
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                let before = typing.len();
+                typing.retain(|_, until| *until > now);
+                if std::mem::take(&mut changed) || typing.len() != before {
+                    let Some(hub) = hub.upgrade() else { break };
+                    hub.deliver_typing(&conv, typing.keys());
+                }
+            }
+        }
     }
 }
 

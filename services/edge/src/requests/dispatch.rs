@@ -61,6 +61,9 @@ impl Session {
             RequestBody::Pin(r) => self.pin(r).await.map(Into::into),
             RequestBody::Reactors(r) => self.reactors(r).await.map(Into::into),
             RequestBody::Edits(r) => self.edits(r).await.map(Into::into),
+            RequestBody::View(r) => self.view(r).map(Into::into),
+            RequestBody::Unview(r) => self.unview(r).map(Into::into),
+            RequestBody::Typing(r) => self.typing(r).await.map(Into::into),
         };
         let code = match &answer {
             Ok(_) => "ok",

@@ -11,7 +11,8 @@
 //! - [`welcome`](self::welcome): the summary `hello` is answered with;
 //! - [`groups`](self::groups): 1:1 conversations and group commands, decided by the pure
 //!   [`rules`](self::rules);
-//! - [`members`](self::members): member-list sync.
+//! - [`members`](self::members): member-list sync;
+//! - [`typing`](self::typing): the conversations a connection views, and who is typing.
 //!
 //! Every request is authorized against the caller's memberships, which the hub keeps current
 //! from the live membership events: only members read or write a conversation, only owners
@@ -26,6 +27,7 @@ mod messages;
 mod rules;
 mod send;
 mod session;
+mod typing;
 mod welcome;
 
 pub(crate) use error::RequestError;
