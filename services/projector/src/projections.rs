@@ -24,7 +24,8 @@ use anchorage_schema::now_ms;
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{Envelope, Event, Seq};
 use anchorage_store::{
-    Checkpoint, EntryKind, GroupRow, MemberRow, NewMessage, Store, StoreError, Tombstone, Tx,
+    Checkpoint, EntryKind, GroupRow, MemberRow, NewMessage, PrefsChange, Store, StoreError,
+    Tombstone, Tx,
 };
 
 /// Why an event was not applied.
@@ -351,6 +352,27 @@ async fn apply_user(
         Event::SessionRevoked(e) => {
             expect_subject(subject, subjects::user(&e.user))?;
             tx.revoke_session(e.user.as_str(), e.device.as_str(), seq)
+                .await?;
+        }
+        Event::ConversationPrefsChanged(e) => {
+            expect_subject(subject, subjects::user(&e.user))?;
+            let change = PrefsChange {
+                pinned: e.pinned,
+                archived: e.archived,
+                muted_until: e.muted_until,
+                draft: e.draft.as_deref(),
+            };
+            tx.set_prefs(e.user.as_str(), e.conv.as_str(), &change, seq)
+                .await?;
+        }
+        Event::MessagesHidden(e) => {
+            expect_subject(subject, subjects::user(&e.user))?;
+            tx.hide_messages(e.user.as_str(), e.conv.as_str(), &e.seqs, seq)
+                .await?;
+        }
+        Event::PrivacyChanged(e) => {
+            expect_subject(subject, subjects::user(&e.user))?;
+            tx.set_privacy(e.user.as_str(), e.receipts, e.presence, seq)
                 .await?;
         }
         _ => return Err(wrong_stream(env, stream::USERS)),

@@ -137,6 +137,41 @@ pub struct PinChanged {
     pub pinned: bool,
 }
 
+/// A user changed how a conversation looks to them, on all their devices. Only the fields
+/// present change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationPrefsChanged {
+    /// Whose view.
+    pub user: UserId,
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Pinned to the top of their list (or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<bool>,
+    /// Archived (or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived: Option<bool>,
+    /// Do not disturb until this Unix millisecond; 0 ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<i64>,
+    /// The unsent text; empty clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<String>,
+}
+
+/// A user changed what others may see of them. Only the fields present change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivacyChanged {
+    /// The user.
+    pub user: UserId,
+    /// Others see how far they read (read receipts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<bool>,
+    /// Others see whether they are online and when they were last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<bool>,
+}
+
 /// A user deleted messages for themselves: their devices stop showing them; nobody else is
 /// affected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -442,6 +477,10 @@ events! {
     PinChanged = "message.pin_changed" v 1,
     /// A user deleted messages for themselves.
     MessagesHidden = "message.hidden" v 1,
+    /// A user changed how a conversation looks to them.
+    ConversationPrefsChanged = "conversation.prefs_changed" v 1,
+    /// A user changed what others may see of them.
+    PrivacyChanged = "user.privacy_changed" v 1,
     /// A user read a conversation up to a point.
     ReadMarked = "read.marked" v 1,
     /// A group was created.
@@ -662,6 +701,21 @@ mod tests {
                 user: user("bob"),
                 conv: conv.clone(),
                 seqs: vec![4, 5],
+            }
+            .into(),
+            ConversationPrefsChanged {
+                user: user("bob"),
+                conv: conv.clone(),
+                pinned: Some(true),
+                archived: None,
+                muted_until: Some(1_763_900_000_000),
+                draft: Some("see you".into()),
+            }
+            .into(),
+            PrivacyChanged {
+                user: user("bob"),
+                receipts: Some(false),
+                presence: None,
             }
             .into(),
             SystemMessagePosted {

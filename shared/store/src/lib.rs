@@ -19,8 +19,12 @@ pub mod projection;
 pub mod read;
 
 pub use members::GroupVersion;
-pub use projection::{Checkpoint, EntryKind, GroupRow, MemberRow, NewMessage, Tombstone, Tx};
-pub use read::{ConversationRow, ConversationState, Fingerprint, MessageRow, ReactionCount};
+pub use projection::{
+    Checkpoint, EntryKind, GroupRow, MemberRow, NewMessage, PrefsChange, Tombstone, Tx,
+};
+pub use read::{
+    ConversationRow, ConversationState, Fingerprint, MessageRow, Prefs, ReactionCount, UserState,
+};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -80,6 +84,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 8,
         name: "message_changes",
         sql: include_str!("../migrations/0008_message_changes.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "user_state",
+        sql: include_str!("../migrations/0009_user_state.sql"),
     },
 ];
 

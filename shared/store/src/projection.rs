@@ -103,6 +103,19 @@ impl EntryKind {
     }
 }
 
+/// The fields of a user's view of a conversation to change (absent: unchanged).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefsChange<'a> {
+    /// Pinned to the top of their list.
+    pub pinned: Option<bool>,
+    /// Archived.
+    pub archived: Option<bool>,
+    /// Do not disturb until (Unix ms); 0 ends it.
+    pub muted_until: Option<i64>,
+    /// The unsent text; empty clears it.
+    pub draft: Option<&'a str>,
+}
+
 /// What a revoked message leaves behind, and where its text was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tombstone {
@@ -606,6 +619,115 @@ impl Tx {
             .bind(i(target))
             .execute(&mut *self.tx)
             .await?;
+        Ok(())
+    }
+
+    /// Changes a user's view of a conversation: the fields given, at USERS sequence
+    /// `version`.
+    pub async fn set_prefs(
+        &mut self,
+        user: &str,
+        conv: &str,
+        change: &PrefsChange<'_>,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO conversation_prefs (user_id, conv_id, version) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, conv_id) DO UPDATE SET version = excluded.version",
+        )
+        .bind(user)
+        .bind(conv)
+        .bind(i(version))
+        .execute(&mut *self.tx)
+        .await?;
+        // Each field given is set on its own; the values are bound, the names are ours.
+        let fields: [(&str, Option<Option<String>>); 4] = [
+            (
+                "pinned",
+                change.pinned.map(|b| Some(i64::from(b).to_string())),
+            ),
+            (
+                "archived",
+                change.archived.map(|b| Some(i64::from(b).to_string())),
+            ),
+            (
+                "muted_until",
+                change.muted_until.map(|t| (t > 0).then(|| t.to_string())),
+            ),
+            (
+                "draft",
+                change.draft.map(|d| (!d.is_empty()).then(|| d.to_owned())),
+            ),
+        ];
+        for (column, value) in fields {
+            let Some(value) = value else { continue };
+            let cast = if column == "draft" {
+                "$1"
+            } else {
+                "CAST($1 AS BIGINT)"
+            };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE conversation_prefs SET {column} = {cast}
+                 WHERE user_id = $2 AND conv_id = $3"
+            )))
+            .bind(value)
+            .bind(user)
+            .bind(conv)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Hides messages of `conv` from `user` (deleted for them), at USERS sequence `version`.
+    pub async fn hide_messages(
+        &mut self,
+        user: &str,
+        conv: &str,
+        seqs: &[u64],
+        version: u64,
+    ) -> Result<(), StoreError> {
+        for seq in seqs {
+            sqlx::query(
+                "INSERT INTO hidden_messages (user_id, conv_id, seq, version)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(user)
+            .bind(conv)
+            .bind(i(*seq))
+            .bind(i(version))
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Changes what others may see of `user`: the fields given, at USERS sequence `version`.
+    pub async fn set_privacy(
+        &mut self,
+        user: &str,
+        receipts: Option<bool>,
+        presence: Option<bool>,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO privacy (user_id, version) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET version = excluded.version",
+        )
+        .bind(user)
+        .bind(i(version))
+        .execute(&mut *self.tx)
+        .await?;
+        for (column, value) in [("receipts", receipts), ("presence", presence)] {
+            let Some(value) = value else { continue };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE privacy SET {column} = $1 WHERE user_id = $2"
+            )))
+            .bind(i64::from(value))
+            .bind(user)
+            .execute(&mut *self.tx)
+            .await?;
+        }
         Ok(())
     }
 

@@ -75,6 +75,44 @@ pub struct ReactionCount {
     pub mine: bool,
 }
 
+/// Leaves out what the viewer (`$4`) deleted for themselves.
+const NOT_HIDDEN: &str = "AND NOT EXISTS (SELECT 1 FROM hidden_messages h \
+     WHERE h.user_id = $4 AND h.conv_id = messages.conv_id AND h.seq = messages.seq)";
+
+/// A user's own view of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefs {
+    /// The conversation.
+    pub conv: String,
+    /// Pinned to the top of their list.
+    pub pinned: bool,
+    /// Archived.
+    pub archived: bool,
+    /// Do not disturb until (Unix ms).
+    pub muted_until: Option<i64>,
+    /// The unsent text.
+    pub draft: Option<String>,
+    /// The USERS sequence of its last change.
+    pub version: u64,
+}
+
+/// A user's own state since a version (see [`Store::user_state_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserState {
+    /// Views of conversations that changed.
+    pub prefs: Vec<Prefs>,
+    /// Messages deleted for themselves since, as (conversation, seq).
+    pub hidden: Vec<(String, u64)>,
+    /// Others see their read receipts.
+    pub receipts: bool,
+    /// Others see their presence.
+    pub presence: bool,
+    /// Everything up to this USERS sequence is in here.
+    pub version: u64,
+    /// More remains after `version`.
+    pub more: bool,
+}
+
 /// The columns [`message_row`] reads.
 const MESSAGE_COLUMNS: &str = "conv_id, seq, sender, device, client_msg_id, body, client_ts, \
      server_ts, kind, target, reply_to, detail, flag, edits, revoked, pinned, version";
@@ -97,23 +135,132 @@ impl Store {
         }))
     }
 
-    /// Messages of a conversation after `after`, oldest first, at most `limit`.
+    /// Entries of a conversation after `after`, oldest first, at most `limit`.
     pub async fn messages_after(
         &self,
         conv: &str,
         after: u64,
         limit: u32,
     ) -> Result<Vec<MessageRow>, StoreError> {
+        self.messages_after_for(conv, after, limit, "").await
+    }
+
+    /// The same as `viewer` sees them: without the messages they deleted for themselves.
+    pub async fn messages_after_for(
+        &self,
+        conv: &str,
+        after: u64,
+        limit: u32,
+        viewer: &str,
+    ) -> Result<Vec<MessageRow>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS}
-             FROM messages WHERE conv_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+             FROM messages WHERE conv_id = $1 AND seq > $2 {NOT_HIDDEN}
+             ORDER BY seq LIMIT $3"
         )))
         .bind(conv)
         .bind(after as i64)
         .bind(i64::from(limit))
+        .bind(viewer)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(message_row).collect()
+    }
+
+    /// What `user` changed of their own state after USERS sequence `after`: their views of
+    /// conversations and the messages they deleted for themselves (at most `limit` of each,
+    /// cut at a version boundary, `more` if more remain), and their privacy settings.
+    pub async fn user_state_since(
+        &self,
+        user: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<UserState, StoreError> {
+        let prefs = sqlx::query(
+            "SELECT conv_id, pinned, archived, muted_until, draft, version
+             FROM conversation_prefs WHERE user_id = $1 AND version > $2
+             ORDER BY version LIMIT $3",
+        )
+        .bind(user)
+        .bind(after as i64)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut prefs: Vec<Prefs> = prefs
+            .iter()
+            .map(|r| {
+                Ok(Prefs {
+                    conv: r.try_get("conv_id")?,
+                    pinned: r.try_get::<i64, _>("pinned")? != 0,
+                    archived: r.try_get::<i64, _>("archived")? != 0,
+                    muted_until: r.try_get("muted_until")?,
+                    draft: r.try_get("draft")?,
+                    version: r.try_get::<i64, _>("version")? as u64,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let hidden = sqlx::query(
+            "SELECT conv_id, seq, version FROM hidden_messages
+             WHERE user_id = $1 AND version > $2 ORDER BY version, conv_id, seq LIMIT $3",
+        )
+        .bind(user)
+        .bind(after as i64)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut hidden: Vec<(String, u64, u64)> = hidden
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("conv_id")?,
+                    r.try_get::<i64, _>("seq")? as u64,
+                    r.try_get::<i64, _>("version")? as u64,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let privacy =
+            sqlx::query("SELECT receipts, presence, version FROM privacy WHERE user_id = $1")
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (receipts, presence, privacy_version) = match privacy {
+            Some(r) => (
+                r.try_get::<i64, _>("receipts")? != 0,
+                r.try_get::<i64, _>("presence")? != 0,
+                r.try_get::<i64, _>("version")? as u64,
+            ),
+            None => (true, true, 0),
+        };
+        // Where a cut list ends, the other is cut too: what comes back is complete up to a
+        // version, and the next page starts after it.
+        let limit = limit as usize;
+        let mut through = u64::MAX;
+        if prefs.len() > limit {
+            through = through.min(prefs[limit - 1].version);
+        }
+        if hidden.len() > limit {
+            through = through.min(hidden[limit - 1].2);
+        }
+        let more = through != u64::MAX;
+        if more {
+            prefs.retain(|p| p.version <= through);
+            hidden.retain(|h| h.2 <= through);
+        }
+        let newest = prefs
+            .iter()
+            .map(|p| p.version)
+            .chain(hidden.iter().map(|h| h.2))
+            .chain([after, if more { 0 } else { privacy_version }])
+            .max()
+            .unwrap_or(after);
+        Ok(UserState {
+            prefs,
+            hidden: hidden.into_iter().map(|(c, s, _)| (c, s)).collect(),
+            receipts,
+            presence,
+            version: if more { through } else { newest },
+            more,
+        })
     }
 
     /// A user's read marker in a conversation.
@@ -483,15 +630,27 @@ impl Store {
         before: u64,
         limit: u32,
     ) -> Result<Vec<MessageRow>, StoreError> {
+        self.messages_before_for(conv, before, limit, "").await
+    }
+
+    /// The same as `viewer` sees them: without the messages they deleted for themselves.
+    pub async fn messages_before_for(
+        &self,
+        conv: &str,
+        before: u64,
+        limit: u32,
+        viewer: &str,
+    ) -> Result<Vec<MessageRow>, StoreError> {
         let before = if before == 0 { i64::MAX } else { before as i64 };
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS}
-             FROM messages WHERE conv_id = $1 AND seq < $2 AND kind = 'message'
+             FROM messages WHERE conv_id = $1 AND seq < $2 AND kind = 'message' {NOT_HIDDEN}
              ORDER BY seq DESC LIMIT $3"
         )))
         .bind(conv)
         .bind(before)
         .bind(i64::from(limit))
+        .bind(viewer)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(message_row).collect()
@@ -677,6 +836,13 @@ const CONTENTS: &[(&str, &str, &str)] = &[
     ),
     ("mentions", "conv_id", "user_id, seq, sender"),
     (
+        "conversation_prefs",
+        "user_id",
+        "conv_id, pinned, archived, muted_until, draft, version",
+    ),
+    ("hidden_messages", "user_id", "conv_id, seq, version"),
+    ("privacy", "user_id", "receipts, presence, version"),
+    (
         "conversations",
         "conv_id",
         "last_seq, last_ts, message_count",
@@ -713,6 +879,9 @@ const TABLES: &[&str] = &[
     "reactions",
     "reaction_counts",
     "mentions",
+    "conversation_prefs",
+    "hidden_messages",
+    "privacy",
 ];
 
 impl Store {

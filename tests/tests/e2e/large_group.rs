@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use anchorage_protocol::RequestBody;
-use anchorage_protocol::request::{AddMembers, RemoveMembers, SetNickname};
+use anchorage_protocol::request::{AddMembers, React, RemoveMembers, SetNickname, Typing, View};
+use anchorage_protocol::{Push, RequestBody, ServerFrame};
 use anchorage_schema::subjects::stream;
 use anchorage_sdk::{ClientEvent, MemberSyncKind};
 use anchorage_tests::{
@@ -237,4 +237,79 @@ async fn a_hundred_thousand_member_group_stays_in_line_through_every_layer() {
     let local = bob.search_members(BIG, "churn000", 50).await.unwrap();
     assert_eq!(local.len(), 10);
     bob.shutdown().await;
+
+    // Reactions and typing in the 100,000-member group cost frames per flush and per viewer:
+    // alice views the conversation, carol is online without viewing it, twenty members react
+    // and type.
+    let conv = anchorage_tests::conv_id(BIG);
+    b.alice
+        .ok(RequestBody::View(View { conv: conv.clone() }))
+        .await
+        .unwrap();
+    let (mut carol, _) = WsClient::signed_in(addr, "carol", "d1").await.unwrap();
+    let target = b
+        .alice
+        .ack(anchorage_tests::send_message(
+            BIG,
+            "post",
+            serde_json::json!("react"),
+        ))
+        .await
+        .unwrap()
+        .seq;
+    let mut members = Vec::new();
+    for n in 0..20 {
+        let (c, _) = WsClient::signed_in(addr, &format!("churn{n:04}"), "d1")
+            .await
+            .unwrap();
+        members.push(c);
+    }
+    for c in members.iter_mut() {
+        c.ok(React {
+            conv: conv.clone(),
+            seq: target,
+            emoji: "👍".into(),
+            remove: false,
+        })
+        .await
+        .unwrap();
+        c.ok(Typing {
+            conv: conv.clone(),
+            stop: false,
+        })
+        .await
+        .unwrap();
+    }
+    let frames = |c: &mut WsClient| {
+        let (mut reactions, mut typing, mut counted) = (0, 0, 0i64);
+        c.take_pushes(|p| match p {
+            Push::Reactions(r) => {
+                reactions += 1;
+                counted += r.deltas.iter().map(|d| d.delta).sum::<i64>();
+                true
+            }
+            Push::Typing(_) => {
+                typing += 1;
+                true
+            }
+            _ => false,
+        });
+        (reactions, typing, counted)
+    };
+    let mut seen = Vec::new();
+    for c in [&mut b.alice, &mut carol] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(f) = tokio::time::timeout_at(deadline, c.next_frame()).await {
+            if let ServerFrame::Push(p) = f.unwrap() {
+                c.keep_push(p);
+            }
+        }
+        let (reactions, typing, counted) = frames(c);
+        eprintln!("{reactions} reaction frames ({counted} reactions), {typing} typing frames");
+        assert_eq!(counted, 20, "every reaction is counted");
+        assert!(reactions <= 8, "20 reactions in {reactions} frames");
+        seen.push(typing);
+    }
+    assert!(seen[0] >= 1, "alice views it: she sees who types");
+    assert_eq!(seen[1], 0, "carol does not view it: no typing frame");
 }
