@@ -873,6 +873,7 @@ pub fn hello(token: impl Into<String>) -> Hello {
         token: token.into(),
         anchors: Vec::new(),
         cursor: None,
+        state_version: None,
     }
 }
 

@@ -78,6 +78,7 @@ pub async fn sign_in(
         token: token(config, user)?,
         anchors,
         cursor: None,
+        state_version: None,
     };
     send(&mut ws, 0, &hello.into()).await?;
     match answer(&mut ws, 0).await?.0 {

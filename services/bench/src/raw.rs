@@ -202,6 +202,7 @@ pub async fn fanout(online: usize, messages: usize) -> anyhow::Result<Vec<Durati
             max_frame_bytes: 65_536,
             changes: Vec::<ConvChange>::new(),
             cursor: None,
+            state: None,
         },
     )
     .to_json();

@@ -276,6 +276,10 @@ mod tests {
             r#"{"type":"view","id":29,"conv":"c"}"#,
             r#"{"type":"unview","id":30,"conv":"c"}"#,
             r#"{"type":"typing","id":31,"conv":"c","stop":true}"#,
+            r#"{"type":"set_prefs","id":32,"conv":"c","pinned":true,"muted_until":0,"draft":"hi"}"#,
+            r#"{"type":"hide","id":33,"conv":"c","seqs":[4,5]}"#,
+            r#"{"type":"set_privacy","id":34,"receipts":false}"#,
+            r#"{"type":"user_state","id":35,"after":9}"#,
         ];
         assert_eq!(frames.len() + 1, REQUEST_TYPES.len());
         let mut names = std::collections::BTreeSet::from(["hello"]);

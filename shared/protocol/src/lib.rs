@@ -25,10 +25,11 @@ pub use codec::{FrameError, MAX_NUMBER, decode_request};
 pub use error::{ErrorCode, close};
 pub use members::{GroupSync, GroupSyncResult, GroupVersion, MemberInfo, MembersChange};
 pub use reply::{
-    Ack, ConvChange, Done, EntryKind, ErrorFrame, GroupVersions, LiveMessage, MembersBatch,
-    MembersBuckets, MembersChanged, MembersDiff, MembersFound, MembersPage, MembershipChanged,
-    Message, MessageParts, Messages, OwnReaction, Push, Reaction, ReactionDelta, ReactionsChanged,
-    Reactors, ReadMoved, Reply, ReplyBody, ServerFrame, TypingNow, Welcome,
+    Ack, ConvChange, ConvPrefs, Done, EntryKind, ErrorFrame, GroupVersions, HiddenMessages,
+    LiveMessage, MembersBatch, MembersBuckets, MembersChanged, MembersDiff, MembersFound,
+    MembersPage, MembershipChanged, Message, MessageParts, Messages, OwnReaction, Push, Reaction,
+    ReactionDelta, ReactionsChanged, Reactors, ReadMoved, Reply, ReplyBody, ServerFrame,
+    StateChange, StateChanged, TypingNow, UserState, Welcome,
 };
 pub use request::{ConvAnchor, REQUEST_TYPES, Request, RequestBody};
 

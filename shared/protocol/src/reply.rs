@@ -63,6 +63,8 @@ pub enum ReplyBody {
     MembersFound(MembersFound),
     /// Answer to `reactors`.
     Reactors(Reactors),
+    /// Answer to `user_state`.
+    UserState(UserState),
 }
 
 /// Frames without a request, tagged by `type`.
@@ -84,6 +86,9 @@ pub enum Push {
     Reactions(ReactionsChanged),
     /// Who is typing in a conversation this connection views (the whole state, not a change).
     Typing(TypingNow),
+    /// The user's own state changed (on another device, or this one): apply `change` if the
+    /// client's state version is `prev`, else ask `user_state`.
+    State(StateChanged),
 }
 
 /// `error`: a request failed, or a frame could not be read (then `id` is absent).
@@ -109,6 +114,7 @@ const PUSH_TYPES: &[&str] = &[
     "members_changed",
     "reactions",
     "typing",
+    "state",
 ];
 
 impl ServerFrame {
@@ -225,6 +231,7 @@ into_reply! {
     MembersBatch => MembersBatch,
     MembersFound => MembersFound,
     Reactors => Reactors,
+    UserState => UserState,
 }
 
 /// What a message event is, as every view of it (a live push, a stored row) shows it, with
@@ -538,6 +545,9 @@ pub struct Welcome {
     /// Present when more changes remain: send `hello` again with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// The user's own state: what changed since the `hello`'s `state_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<UserState>,
 }
 
 /// `ack`: a message was stored.
@@ -773,4 +783,99 @@ pub struct TypingNow {
     pub users: Vec<UserId>,
     /// How many are typing (0: nobody any more).
     pub count: u32,
+}
+
+/// The user's own state since a version: views of conversations that changed, messages
+/// deleted for themselves, privacy settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UserState {
+    /// Views of conversations that changed (their whole current view).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefs: Vec<ConvPrefs>,
+    /// Messages deleted for themselves since, by conversation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<HiddenMessages>,
+    /// Others see the user's read receipts.
+    pub receipts: bool,
+    /// Others see the user's presence.
+    pub presence: bool,
+    /// The version this state is complete up to.
+    pub version: u64,
+    /// More changes remain: ask `user_state` after `version`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+}
+
+/// The user's own view of one conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConvPrefs {
+    /// The conversation.
+    pub conv: String,
+    /// Pinned to the top of the list.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
+    /// Archived.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archived: bool,
+    /// Do not disturb until (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<i64>,
+    /// The unsent text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<String>,
+}
+
+/// Messages of one conversation deleted for oneself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HiddenMessages {
+    /// The conversation.
+    pub conv: String,
+    /// The messages' seqs.
+    pub seqs: Vec<u64>,
+}
+
+/// `state`: one change of the user's own state, live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChanged {
+    /// The state version this change applies to.
+    pub prev: u64,
+    /// The state version after it.
+    pub version: u64,
+    /// What changed.
+    pub change: StateChange,
+}
+
+/// One change of the user's own state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StateChange {
+    /// A view of a conversation: only the fields present changed (`muted_until` 0 and an
+    /// empty `draft` clear them).
+    Prefs {
+        /// The conversation.
+        conv: String,
+        /// Pinned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pinned: Option<bool>,
+        /// Archived.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        archived: Option<bool>,
+        /// Do not disturb until.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        muted_until: Option<i64>,
+        /// The unsent text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        draft: Option<String>,
+    },
+    /// Messages deleted for oneself.
+    Hidden(HiddenMessages),
+    /// Privacy: only the fields present changed.
+    Privacy {
+        /// Read receipts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipts: Option<bool>,
+        /// Presence.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        presence: Option<bool>,
+    },
 }

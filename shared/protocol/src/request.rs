@@ -141,6 +141,14 @@ pub enum RequestBody {
     Unview(View),
     /// The user is typing (or stopped); answered with `ok`.
     Typing(Typing),
+    /// Change the user's own view of a conversation; answered with `ok`.
+    SetPrefs(SetPrefs),
+    /// Delete messages for oneself; answered with `ok`.
+    Hide(Hide),
+    /// Change what others may see of the user; answered with `ok`.
+    SetPrivacy(SetPrivacy),
+    /// The user's own state since a version; answered with `user_state`.
+    UserState(UserStateQuery),
 }
 
 impl RequestBody {
@@ -179,6 +187,10 @@ impl RequestBody {
             RequestBody::View(_) => "view",
             RequestBody::Unview(_) => "unview",
             RequestBody::Typing(_) => "typing",
+            RequestBody::SetPrefs(_) => "set_prefs",
+            RequestBody::Hide(_) => "hide",
+            RequestBody::SetPrivacy(_) => "set_privacy",
+            RequestBody::UserState(_) => "user_state",
         }
     }
 }
@@ -217,6 +229,10 @@ pub const REQUEST_TYPES: &[&str] = &[
     "view",
     "unview",
     "typing",
+    "set_prefs",
+    "hide",
+    "set_privacy",
+    "user_state",
 ];
 
 macro_rules! into_body {
@@ -259,6 +275,10 @@ into_body! {
     ReactorsQuery => Reactors,
     Edits => Edits,
     Typing => Typing,
+    SetPrefs => SetPrefs,
+    Hide => Hide,
+    SetPrivacy => SetPrivacy,
+    UserStateQuery => UserState,
 }
 
 /// `hello`: the protocol version, the device token, and optionally the client's anchors.
@@ -276,6 +296,10 @@ pub struct Hello {
     /// Continue a bounded list of changes from a previous `welcome`'s cursor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// The version of the user's own state the client holds (`welcome.state.version`); the
+    /// welcome then carries what changed since (0 or absent: all of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<u64>,
 }
 
 /// The client's version of one conversation.
@@ -645,4 +669,56 @@ pub struct Typing {
     /// Stopped typing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stop: bool,
+}
+
+/// `set_prefs`: the user's own view of a conversation, on all their devices. Only the fields
+/// given change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPrefs {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Pinned to the top of the list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<bool>,
+    /// Archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived: Option<bool>,
+    /// Do not disturb until this Unix millisecond; 0 ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<i64>,
+    /// The unsent text (at most 4 KiB); empty clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<String>,
+}
+
+/// `hide`: delete messages for oneself (at most 100 per request); others keep them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hide {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The messages' seqs.
+    pub seqs: Vec<u64>,
+}
+
+/// `set_privacy`: what others may see of the user. Only the fields given change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPrivacy {
+    /// Others see how far the user read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<bool>,
+    /// Others see whether the user is online, and when last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<bool>,
+}
+
+/// `user_state`: what changed of the user's own state after version `after`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserStateQuery {
+    /// The version the client holds.
+    #[serde(default)]
+    pub after: u64,
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anchorage_protocol::request::{Hello, MarkReceived, SendMessage, Sync, View};
+use anchorage_protocol::request::{Hello, MarkReceived, SendMessage, Sync, UserStateQuery, View};
 use anchorage_protocol::{
     ConvAnchor, EntryKind, ErrorCode, ErrorFrame, Message as WireMessage, Push, ReplyBody, Request,
     RequestBody, ServerFrame,
@@ -82,6 +82,8 @@ pub(crate) struct Engine {
     me: Mutex<Option<(String, String)>>,
     /// Conversations the app has open (viewed again on every connection).
     pub(crate) viewing: Mutex<std::collections::BTreeSet<String>>,
+    /// A change of the user's own state was missed: ask for what changed.
+    state_sync: std::sync::atomic::AtomicBool,
     /// How many queued messages go in flight at once (see [`SEND_WINDOW`]).
     window: AtomicU32,
 }
@@ -109,6 +111,7 @@ impl Engine {
             task: Mutex::new(None),
             me: Mutex::new(None),
             viewing: Mutex::new(Default::default()),
+            state_sync: std::sync::atomic::AtomicBool::new(false),
             window: AtomicU32::new(SEND_WINDOW),
         });
         let task = tokio::spawn(engine.clone().run());
@@ -254,11 +257,13 @@ impl Engine {
                     })
                 })
                 .collect();
+            let state_version = self.store.state_version().await.map_err(|_| lost(None))?;
             let hello = Hello {
                 protocol: anchorage_protocol::PROTOCOL_VERSION,
                 token: (self.options.token)(),
                 anchors,
                 cursor: cursor.take(),
+                state_version: Some(state_version),
             };
             let ServerFrame::Reply(anchorage_protocol::Reply {
                 body: ReplyBody::Welcome(welcome),
@@ -271,6 +276,9 @@ impl Engine {
                 Some((welcome.user.to_string(), welcome.device.to_string()));
             for change in &welcome.changes {
                 self.request_sync(change.conv.as_str());
+            }
+            if let Some(state) = &welcome.state {
+                self.take_state(state).await?;
             }
             cursor = welcome.cursor;
             if cursor.is_none() {
@@ -292,6 +300,7 @@ impl Engine {
             }
         }
         loop {
+            self.run_state_sync(conn).await?;
             self.run_syncs(conn).await?;
             self.run_asks(conn).await?;
             self.run_member_syncs(conn).await?;
@@ -445,12 +454,72 @@ impl Engine {
                 let _ = self.store.drop_member_list(conv).await;
             }
             Push::MembersChanged(change) => self.on_members_changed(change).await,
+            Push::State(s) => {
+                if self
+                    .drop_push
+                    .compare_exchange(s.version, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return;
+                }
+                let Ok(held) = self.store.state_version().await else {
+                    return;
+                };
+                if s.version <= held {
+                    return;
+                }
+                if s.prev == held
+                    && self
+                        .store
+                        .apply_state_change(&s.change, s.version)
+                        .await
+                        .is_ok()
+                {
+                    self.emit(ClientEvent::StateChanged { version: s.version });
+                } else {
+                    // Something came between: ask for everything since.
+                    self.state_sync.store(true, Ordering::SeqCst);
+                    self.wake();
+                }
+            }
             Push::Typing(t) => self.emit(ClientEvent::Typing {
                 conv: t.conv.to_string(),
                 users: t.users.iter().map(ToString::to_string).collect(),
                 count: t.count,
             }),
         }
+    }
+
+    /// Stores a page of the user's own state; asks for the next one if more remain.
+    async fn take_state(&self, state: &anchorage_protocol::UserState) -> Result<(), End> {
+        self.store
+            .apply_state(state)
+            .await
+            .map_err(|_| lost(None))?;
+        self.state_sync.store(state.more, Ordering::SeqCst);
+        self.emit(ClientEvent::StateChanged {
+            version: state.version,
+        });
+        Ok(())
+    }
+
+    /// Brings the user's own state up to date when a change was missed.
+    async fn run_state_sync(&self, conn: &mut Conn) -> Result<(), End> {
+        while self.state_sync.swap(false, Ordering::SeqCst) {
+            let after = self.store.state_version().await.map_err(|_| lost(None))?;
+            match self.request(conn, UserStateQuery { after }.into()).await? {
+                ServerFrame::Reply(anchorage_protocol::Reply {
+                    body: ReplyBody::UserState(state),
+                    ..
+                }) => self.take_state(&state).await?,
+                answer if refusal(&answer, PASSING).is_some() => {
+                    self.state_sync.store(true, Ordering::SeqCst);
+                    return Err(lost(None));
+                }
+                answer => tracing::debug!(?answer, "user state refused"),
+            }
+        }
+        Ok(())
     }
 
     /// Something is missing after `anchor` in `conv`: sync from there.

@@ -33,15 +33,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anchorage_protocol::request::{
-    AddMembers, CreateGroup, Edit, Edits, MarkRead, MembersSearch, MembersSyncBatch, OpenDirect,
-    Pin, React, ReactorsQuery, RemoveMembers, Revoke, Typing, View,
+    AddMembers, CreateGroup, Edit, Edits, Hide, MarkRead, MembersSearch, MembersSyncBatch,
+    OpenDirect, Pin, React, ReactorsQuery, RemoveMembers, Revoke, SetPrivacy, Typing, View,
 };
 use anchorage_protocol::{MembersBatch, Reactors, ReplyBody, RequestBody, ServerFrame};
 use anchorage_schema::{ConversationId, GroupId, UserId};
 use tokio::sync::broadcast;
 
 pub use anchorage_digest::SetDigest;
-pub use anchorage_protocol::{MemberInfo, Reaction};
+pub use anchorage_protocol::request::SetPrefs;
+pub use anchorage_protocol::{ConvPrefs, MemberInfo, Reaction};
 pub use backoff::{delay as backoff_delay, random as backoff_random};
 pub use members::{MemberListState, MemberSyncKind};
 
@@ -136,6 +137,9 @@ pub enum ClientEvent {
     Messages { conv: String, seq: u64 },
     /// Stored message `seq` of `conv` changed (edited, revoked, pinned, reactions).
     MessageChanged { conv: String, seq: u64 },
+    /// The user's own state (conversation preferences, messages deleted for oneself,
+    /// privacy) changed; the store holds it at `version`.
+    StateChanged { version: u64 },
     /// Who is typing in a conversation the app views (`users`: a few of them; `count`: all).
     Typing {
         conv: String,
@@ -315,6 +319,43 @@ impl Client {
     pub async fn pin(&self, conv: &str, seq: u64, unpin: bool) -> Result<(), SdkError> {
         let conv = ConversationId::parse(conv)?;
         self.command(Pin { conv, seq, unpin }.into()).await
+    }
+
+    /// Changes how `conv` looks to the user on all their devices: only the fields given
+    /// (`muted_until` 0 and an empty `draft` clear them). Queued while offline.
+    pub async fn set_prefs(&self, prefs: SetPrefs) -> Result<(), SdkError> {
+        self.command(prefs.into()).await
+    }
+
+    /// How `conv` looks to the user, as this device knows it.
+    pub async fn prefs(&self, conv: &str) -> Result<ConvPrefs, SdkError> {
+        self.engine.store.prefs(conv).await
+    }
+
+    /// Deletes messages for the user (not for others), on all their devices. Queued while
+    /// offline.
+    pub async fn hide(&self, conv: &str, seqs: &[u64]) -> Result<(), SdkError> {
+        let conv = ConversationId::parse(conv)?;
+        let hide = Hide {
+            conv,
+            seqs: seqs.to_vec(),
+        };
+        self.command(hide.into()).await
+    }
+
+    /// Changes what others may see of the user (read receipts, presence). Queued while
+    /// offline.
+    pub async fn set_privacy(
+        &self,
+        receipts: Option<bool>,
+        presence: Option<bool>,
+    ) -> Result<(), SdkError> {
+        self.command(SetPrivacy { receipts, presence }.into()).await
+    }
+
+    /// The user's privacy settings as this device knows them: (receipts, presence).
+    pub async fn privacy(&self) -> Result<(bool, bool), SdkError> {
+        self.engine.store.privacy().await
     }
 
     /// The app shows `conv`: typing indicators start coming ([`ClientEvent::Typing`]), on

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use anchorage_protocol::{EntryKind, Reaction, ReactionsChanged, RequestBody};
+use anchorage_protocol::{
+    ConvPrefs, EntryKind, Reaction, ReactionsChanged, RequestBody, StateChange, UserState,
+};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
@@ -34,7 +36,8 @@ CREATE TABLE IF NOT EXISTS commands (
 ";
 
 /// Columns added since the first version of the local store, by `user_version`.
-const UPGRADES: &[&str] = &["
+const UPGRADES: &[&str] = &[
+    "
 ALTER TABLE messages ADD COLUMN refs TEXT;
 ALTER TABLE messages ADD COLUMN edits INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
@@ -42,7 +45,15 @@ ALTER TABLE messages ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN reactions TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE messages ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outbox ADD COLUMN refs TEXT;
-"];
+",
+    "
+CREATE TABLE prefs (
+    conv TEXT PRIMARY KEY, pinned INTEGER NOT NULL DEFAULT 0, archived INTEGER NOT NULL DEFAULT 0,
+    muted_until INTEGER, draft TEXT);
+CREATE TABLE hidden (conv TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (conv, seq));
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+",
+];
 
 /// One queued item, in the order it was made.
 #[derive(Debug, Clone)]
@@ -211,6 +222,131 @@ impl LocalStore {
             .await?;
         tx.commit().await?;
         Ok(Some(changed))
+    }
+
+    /// The version of the user's own state this store holds.
+    pub async fn state_version(&self) -> Result<u64, SdkError> {
+        Ok(self.meta("state_version").await?.unwrap_or(0) as u64)
+    }
+
+    async fn meta(&self, key: &str) -> Result<Option<i64>, SdkError> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get("value")))
+    }
+
+    /// The user's privacy settings as this device knows them: (receipts, presence).
+    pub async fn privacy(&self) -> Result<(bool, bool), SdkError> {
+        Ok((
+            self.meta("receipts").await?.unwrap_or(1) != 0,
+            self.meta("presence").await?.unwrap_or(1) != 0,
+        ))
+    }
+
+    /// The user's own view of `conv`.
+    pub async fn prefs(&self, conv: &str) -> Result<ConvPrefs, SdkError> {
+        let row =
+            sqlx::query("SELECT pinned, archived, muted_until, draft FROM prefs WHERE conv = $1")
+                .bind(conv)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map_or_else(
+            || ConvPrefs {
+                conv: conv.to_owned(),
+                ..ConvPrefs::default()
+            },
+            |r| ConvPrefs {
+                conv: conv.to_owned(),
+                pinned: r.get::<i64, _>("pinned") != 0,
+                archived: r.get::<i64, _>("archived") != 0,
+                muted_until: r.get("muted_until"),
+                draft: r.get("draft"),
+            },
+        ))
+    }
+
+    /// Applies a page of the user's own state (from `welcome` or `user_state`): whole views
+    /// of conversations, messages deleted for oneself, privacy; the store is then at its
+    /// version.
+    pub async fn apply_state(&self, state: &UserState) -> Result<(), SdkError> {
+        let mut tx = self.pool.begin().await?;
+        for p in &state.prefs {
+            sqlx::query(
+                "INSERT INTO prefs (conv, pinned, archived, muted_until, draft)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (conv) DO UPDATE SET pinned = excluded.pinned,
+                    archived = excluded.archived, muted_until = excluded.muted_until,
+                    draft = excluded.draft",
+            )
+            .bind(&p.conv)
+            .bind(i64::from(p.pinned))
+            .bind(i64::from(p.archived))
+            .bind(p.muted_until)
+            .bind(&p.draft)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for h in &state.hidden {
+            hide(&mut tx, &h.conv, &h.seqs).await?;
+        }
+        set_meta(&mut tx, "receipts", i64::from(state.receipts)).await?;
+        set_meta(&mut tx, "presence", i64::from(state.presence)).await?;
+        set_meta(&mut tx, "state_version", state.version as i64).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies one live change of the user's own state, at `version`.
+    pub async fn apply_state_change(
+        &self,
+        change: &StateChange,
+        version: u64,
+    ) -> Result<(), SdkError> {
+        let mut tx = self.pool.begin().await?;
+        match change {
+            StateChange::Prefs {
+                conv,
+                pinned,
+                archived,
+                muted_until,
+                draft,
+            } => {
+                sqlx::query("INSERT INTO prefs (conv) VALUES ($1) ON CONFLICT DO NOTHING")
+                    .bind(conv)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE prefs SET pinned = COALESCE($2, pinned),
+                        archived = COALESCE($3, archived),
+                        muted_until = CASE WHEN $4 IS NULL THEN muted_until
+                                           WHEN $4 = 0 THEN NULL ELSE $4 END,
+                        draft = CASE WHEN $5 IS NULL THEN draft
+                                     WHEN $5 = '' THEN NULL ELSE $5 END
+                     WHERE conv = $1",
+                )
+                .bind(conv)
+                .bind(pinned.map(i64::from))
+                .bind(archived.map(i64::from))
+                .bind(*muted_until)
+                .bind(draft)
+                .execute(&mut *tx)
+                .await?;
+            }
+            StateChange::Hidden(h) => hide(&mut tx, &h.conv, &h.seqs).await?,
+            StateChange::Privacy { receipts, presence } => {
+                if let Some(r) = receipts {
+                    set_meta(&mut tx, "receipts", i64::from(*r)).await?;
+                }
+                if let Some(p) = presence {
+                    set_meta(&mut tx, "presence", i64::from(*p)).await?;
+                }
+            }
+        }
+        set_meta(&mut tx, "state_version", version as i64).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Stores one message without moving the anchor (our own acked message, before its live
@@ -449,6 +585,43 @@ fn refs_text(refs: &Refs) -> Option<String> {
         .flatten()
 }
 
+async fn set_meta(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    key: &str,
+    value: i64,
+) -> Result<(), SdkError> {
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ($1, $2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Deletes messages for oneself: gone from this store, and never stored again.
+async fn hide(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conv: &str,
+    seqs: &[u64],
+) -> Result<(), SdkError> {
+    for seq in seqs {
+        sqlx::query("INSERT INTO hidden (conv, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(conv)
+            .bind(*seq as i64)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM messages WHERE conv = $1 AND seq = $2")
+            .bind(conv)
+            .bind(*seq as i64)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// An entry of a conversation as the store takes it.
 #[derive(Debug, Clone)]
 pub enum Entry {
@@ -485,6 +658,14 @@ async fn insert_message(
 ) -> Result<(), SdkError> {
     let (m, version) = entry;
     let Some(seq) = m.seq else { return Ok(()) };
+    let hidden = sqlx::query("SELECT 1 AS one FROM hidden WHERE conv = $1 AND seq = $2")
+        .bind(&m.conv)
+        .bind(seq as i64)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if hidden.is_some() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO messages (conv, seq, sender, device, client_msg_id, body, client_ts, server_ts,
                                refs, edits, revoked, pinned, reactions, version)

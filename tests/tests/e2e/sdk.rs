@@ -444,3 +444,119 @@ async fn changes_to_messages_reach_the_local_store_and_a_lost_one_is_repaired() 
     bob.shutdown().await;
     s.edge2.stop().await.unwrap();
 }
+
+// A user's own state — how each conversation looks to them, the messages they deleted for
+// themselves, their privacy — is the same on every device: live, after a restart, and after a
+// change lost on the way.
+#[tokio::test]
+async fn a_users_own_state_follows_them_to_every_device() {
+    let s = setup().await;
+    let phone = client(s.stack.edge_addr(), s.dir.path(), "alice", "phone").await;
+    let laptop = client(s.edge2.addr, s.dir.path(), "alice", "laptop").await;
+    let bob = client(s.edge2.addr, s.dir.path(), "bob", "phone").await;
+    phone.create_group("team", "Team", &["bob"]).await.unwrap();
+    let first = acked(&phone, &phone.send("team", json!("oops")).await.unwrap()).await;
+    let second = acked(&phone, &phone.send("team", json!("fine")).await.unwrap()).await;
+    has_messages(&laptop, "team", 2).await;
+    has_messages(&bob, "team", 2).await;
+
+    phone
+        .set_prefs(anchorage_sdk::SetPrefs {
+            conv: anchorage_tests::conv_id("team"),
+            pinned: Some(true),
+            archived: None,
+            muted_until: None,
+            draft: Some("half a thought".into()),
+        })
+        .await
+        .unwrap();
+    eventually(WAIT, "the laptop to see the pin and the draft", || async {
+        let p = laptop.prefs("team").await.ok()?;
+        (p.pinned && p.draft.as_deref() == Some("half a thought")).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Deleted for alice, on all her devices; bob keeps it.
+    phone.hide("team", &[first]).await.unwrap();
+    for c in [&phone, &laptop] {
+        eventually(WAIT, "the message gone for alice", || async {
+            let seqs: Vec<u64> = c
+                .messages("team")
+                .await
+                .ok()?
+                .iter()
+                .filter_map(|m| m.seq)
+                .collect();
+            (!seqs.contains(&first) && seqs.contains(&second)).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(has_messages(&bob, "team", 2).await.len(), 2);
+    let page = s
+        .stack
+        .stack
+        .store
+        .messages_after_for("team", 0, 10, "alice")
+        .await
+        .unwrap();
+    assert!(
+        page.iter().all(|m| m.seq != first),
+        "the server leaves it out too"
+    );
+
+    // While the laptop is off: archived, muted, receipts off; it catches up at sign-in.
+    laptop.shutdown().await;
+    phone
+        .set_prefs(anchorage_sdk::SetPrefs {
+            conv: anchorage_tests::conv_id("team"),
+            pinned: None,
+            archived: Some(true),
+            muted_until: Some(4_102_444_800_000),
+            draft: Some(String::new()),
+        })
+        .await
+        .unwrap();
+    phone.set_privacy(Some(false), None).await.unwrap();
+    let laptop = client(s.edge2.addr, s.dir.path(), "alice", "laptop").await;
+    eventually(WAIT, "the laptop to catch up on its state", || async {
+        let p = laptop.prefs("team").await.ok()?;
+        let privacy = laptop.privacy().await.ok()?;
+        (p.pinned
+            && p.archived
+            && p.muted_until == Some(4_102_444_800_000)
+            && p.draft.is_none()
+            && privacy == (false, true))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // A change lost on the way to the laptop is noticed at the next one and fetched.
+    let users = s.stack.stack.bus.stream_state("USERS").await.unwrap();
+    laptop.drop_push(users.last_seq.0 + 1);
+    phone
+        .set_prefs(anchorage_sdk::SetPrefs {
+            conv: anchorage_tests::conv_id("team"),
+            pinned: Some(false),
+            archived: None,
+            muted_until: None,
+            draft: None,
+        })
+        .await
+        .unwrap();
+    phone.set_privacy(None, Some(false)).await.unwrap();
+    eventually(WAIT, "the laptop to repair the lost change", || async {
+        let p = laptop.prefs("team").await.ok()?;
+        let privacy = laptop.privacy().await.ok()?;
+        (!p.pinned && privacy == (false, false)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(laptop.push_dropped());
+    phone.shutdown().await;
+    laptop.shutdown().await;
+    bob.shutdown().await;
+    s.edge2.stop().await.unwrap();
+}

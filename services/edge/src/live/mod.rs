@@ -48,8 +48,8 @@ use std::time::Duration;
 
 use anchorage_bus::Bus;
 use anchorage_protocol::{
-    LiveMessage, MembershipChanged, Message, OwnReaction, Push, ReactionDelta, ReactionsChanged,
-    ReadMoved, ServerFrame, TypingNow,
+    HiddenMessages, LiveMessage, MembershipChanged, Message, OwnReaction, Push, ReactionDelta,
+    ReactionsChanged, ReadMoved, ServerFrame, StateChange, StateChanged, TypingNow,
 };
 use anchorage_schema::event::ReactionChanged;
 use anchorage_schema::subjects;
@@ -140,18 +140,31 @@ impl Hub {
             reaction_flush,
         });
         hub.follow_membership().await?;
-        // Revoked sessions are closed at once on every edge.
-        hub.follow_live(subjects::LIVE_USERS_ALL, |hub, _, env| match env.event {
-            Event::SessionRevoked(r) => {
-                tracing::info!(user = %r.user, device = %r.device, "session revoked");
-                hub.revoke_device(&r.user, Some(&r.device));
-            }
-            Event::UserDeleted(d) => {
-                tracing::info!(user = %d.user, "user deleted: every session ends");
-                hub.revoke_device(&d.user, None);
-            }
-            _ => {}
-        })
+        // Revoked sessions are closed at once on every edge; changes of a user's own state go
+        // to their devices.
+        hub.follow_live(
+            subjects::LIVE_USERS_ALL,
+            |hub, (seq, prev), env| match env.event {
+                Event::SessionRevoked(r) => {
+                    tracing::info!(user = %r.user, device = %r.device, "session revoked");
+                    hub.revoke_device(&r.user, Some(&r.device));
+                }
+                Event::UserDeleted(d) => {
+                    tracing::info!(user = %d.user, "user deleted: every session ends");
+                    hub.revoke_device(&d.user, None);
+                }
+                event => {
+                    if let Some((user, change)) = state_change(event) {
+                        let push = Push::State(StateChanged {
+                            prev,
+                            version: seq,
+                            change,
+                        });
+                        hub.lock().registry.push_user(&user, &frame(&push.into()));
+                    }
+                }
+            },
+        )
         .await?;
         // Read markers of the users connected here, for their other devices: one subscription
         // for the edge rather than one per user (every edge sees every marker; a marker is a
@@ -206,7 +219,7 @@ impl Hub {
     async fn follow_live(
         self: &Arc<Self>,
         subject: &str,
-        on: impl Fn(&Arc<Hub>, u64, Envelope) + Send + 'static,
+        on: impl Fn(&Arc<Hub>, (u64, u64), Envelope) + Send + 'static,
     ) -> anyhow::Result<()> {
         let mut sub = self.bus.subscribe_live(subject).await?;
         self.bus.flush().await?;
@@ -215,7 +228,7 @@ impl Hub {
             while let Some(Some(ev)) = stop.run_until_cancelled(sub.next()).await {
                 let Some(hub) = hub.upgrade() else { break };
                 match Envelope::from_json(&ev.payload) {
-                    Ok(env) => on(&hub, ev.seq.0, env),
+                    Ok(env) => on(&hub, (ev.seq.0, ev.prev.0), env),
                     Err(err) => tracing::debug!(%subject, error = %err, "undecodable live event"),
                 }
             }
@@ -608,6 +621,37 @@ async fn follow_typing(hub: Weak<Hub>, conv: ConversationId, stop: CancellationT
             }
         }
     }
+}
+
+/// A change of a user's own state, as their devices get it, if the event is one.
+fn state_change(event: Event) -> Option<(UserId, StateChange)> {
+    Some(match event {
+        Event::ConversationPrefsChanged(e) => (
+            e.user,
+            StateChange::Prefs {
+                conv: e.conv.to_string(),
+                pinned: e.pinned,
+                archived: e.archived,
+                muted_until: e.muted_until,
+                draft: e.draft,
+            },
+        ),
+        Event::MessagesHidden(e) => (
+            e.user,
+            StateChange::Hidden(HiddenMessages {
+                conv: e.conv.to_string(),
+                seqs: e.seqs,
+            }),
+        ),
+        Event::PrivacyChanged(e) => (
+            e.user,
+            StateChange::Privacy {
+                receipts: e.receipts,
+                presence: e.presence,
+            },
+        ),
+        _ => return None,
+    })
 }
 
 /// The `membership` frame telling a user they joined or left `conv` at `seq`.

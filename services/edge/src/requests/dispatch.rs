@@ -64,6 +64,10 @@ impl Session {
             RequestBody::View(r) => self.view(r).map(Into::into),
             RequestBody::Unview(r) => self.unview(r).map(Into::into),
             RequestBody::Typing(r) => self.typing(r).await.map(Into::into),
+            RequestBody::SetPrefs(r) => self.set_prefs(r).await.map(Into::into),
+            RequestBody::Hide(r) => self.hide(r).await.map(Into::into),
+            RequestBody::SetPrivacy(r) => self.set_privacy(r).await.map(Into::into),
+            RequestBody::UserState(r) => self.user_state(r).await.map(Into::into),
         };
         let code = match &answer {
             Ok(_) => "ok",

@@ -143,7 +143,7 @@ impl Session {
         let rows = self
             .state
             .store
-            .messages_after(conv.as_str(), after, limit + 1)
+            .messages_after_for(conv.as_str(), after, limit + 1, self.claims.sub.as_str())
             .await?;
         if !settled && rows.is_empty() {
             // Nothing to show yet, and more may be coming: say when to ask again rather than
@@ -181,7 +181,7 @@ impl Session {
         let rows = self
             .state
             .store
-            .messages_before(conv.as_str(), before, limit + 1)
+            .messages_before_for(conv.as_str(), before, limit + 1, self.claims.sub.as_str())
             .await?;
         self.messages_page(conv, rows, limit, false).await
     }

@@ -12,7 +12,9 @@
 //! - [`groups`](self::groups): 1:1 conversations and group commands, decided by the pure
 //!   [`rules`](self::rules);
 //! - [`members`](self::members): member-list sync;
-//! - [`typing`](self::typing): the conversations a connection views, and who is typing.
+//! - [`typing`](self::typing): the conversations a connection views, and who is typing;
+//! - [`state`](self::state): the user's own state (conversation preferences, messages deleted
+//!   for oneself, privacy), the same on all their devices.
 //!
 //! Every request is authorized against the caller's memberships, which the hub keeps current
 //! from the live membership events: only members read or write a conversation, only owners
@@ -27,6 +29,7 @@ mod messages;
 mod rules;
 mod send;
 mod session;
+mod state;
 mod typing;
 mod welcome;
 

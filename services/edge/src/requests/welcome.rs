@@ -100,7 +100,7 @@ impl Session {
             } else {
                 0
             };
-            let last = store.messages_before(&s.conv, 0, 1).await?;
+            let last = store.messages_before_for(&s.conv, 0, 1, user).await?;
             let last_message = self.state.views(last, user).await?.into_iter().next();
             changes.push(ConvChange {
                 conv,
@@ -111,7 +111,13 @@ impl Session {
                 mentions,
             });
         }
+        // The user's own state comes with the first page.
+        let state = match hello.cursor {
+            None => Some(self.state_since(hello.state_version.unwrap_or(0)).await?),
+            Some(_) => None,
+        };
         Ok(Welcome {
+            state,
             protocol: PROTOCOL_VERSION,
             user: self.claims.sub.clone(),
             device: self.claims.device.clone(),

@@ -1,0 +1,186 @@
+//! The user's own state, the same on all their devices: how each conversation looks to them
+//! (pinned, archived, do not disturb, a draft), the messages they deleted for themselves, and
+//! what others may see of them. Each change is an event on the user's own subject in USERS;
+//! the projection keeps the current state with the version of each change, `welcome` and
+//! `user_state` hand out what changed since a version, and `state` pushes carry each change
+//! live with the version before it, so a device that missed one notices and asks.
+
+use anchorage_protocol::request::{Hide, SetPrefs, SetPrivacy, UserStateQuery};
+use anchorage_protocol::{ConvPrefs, Done, HiddenMessages, UserState};
+use anchorage_schema::event::{ConversationPrefsChanged, MessagesHidden, PrivacyChanged};
+use anchorage_schema::{Envelope, Event, EventId, backoff, now_ms, subjects};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::error::RequestError;
+use super::session::Session;
+
+/// Longest draft, in bytes.
+pub(crate) const MAX_DRAFT_BYTES: usize = 4096;
+/// Most messages one `hide` deletes for oneself.
+pub(crate) const MAX_HIDE: usize = 100;
+/// Most rows of each kind one state answer carries.
+pub(crate) const STATE_PAGE: u32 = 1000;
+
+impl Session {
+    /// Publishes a change of the user's own state under `id`.
+    async fn publish_state(
+        &self,
+        id: String,
+        event: impl Into<Event>,
+    ) -> Result<u64, RequestError> {
+        let id = EventId::parse(id).map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let env = Envelope::new(id, now_ms(), self.actor(), event);
+        let published = self
+            .state
+            .bus
+            .publish_event(&subjects::user(&self.claims.sub), &env, None)
+            .await?;
+        Ok(published.seq.0)
+    }
+
+    /// An id for a change that is new each time it is asked (setting a preference back and
+    /// forth is several changes).
+    fn fresh_id(&self, what: &str) -> String {
+        format!(
+            "{}:{}:{what}:{}:{:08x}",
+            self.claims.sub,
+            self.claims.device,
+            now_ms(),
+            backoff::random() & 0xffff_ffff
+        )
+    }
+
+    pub(super) async fn set_prefs(&self, r: SetPrefs) -> Result<Done, RequestError> {
+        let SetPrefs {
+            conv,
+            pinned,
+            archived,
+            muted_until,
+            draft,
+        } = r;
+        self.member(&conv)?;
+        if pinned.is_none() && archived.is_none() && muted_until.is_none() && draft.is_none() {
+            return Err(RequestError::Invalid("set_prefs changes nothing".into()));
+        }
+        if muted_until.is_some_and(|t| t < 0) {
+            return Err(RequestError::Invalid(
+                "muted_until is a Unix millisecond, or 0 to end it".into(),
+            ));
+        }
+        if let Some(d) = &draft
+            && d.len() > MAX_DRAFT_BYTES
+        {
+            return Err(RequestError::Invalid(format!(
+                "a draft holds at most {MAX_DRAFT_BYTES} bytes; this one has {}",
+                d.len()
+            )));
+        }
+        let event = ConversationPrefsChanged {
+            user: self.claims.sub.clone(),
+            conv: conv.clone(),
+            pinned,
+            archived,
+            muted_until,
+            draft,
+        };
+        let seq = self.publish_state(self.fresh_id("prefs"), event).await?;
+        Ok(Done {
+            conv: Some(conv),
+            seq: Some(seq),
+        })
+    }
+
+    pub(super) async fn hide(&self, r: Hide) -> Result<Done, RequestError> {
+        let Hide { conv, mut seqs } = r;
+        self.member(&conv)?;
+        seqs.sort_unstable();
+        seqs.dedup();
+        if seqs.is_empty() || seqs.len() > MAX_HIDE {
+            return Err(RequestError::Invalid(format!(
+                "hide 1 to {MAX_HIDE} messages at a time"
+            )));
+        }
+        let end = self.state.conversation_end(&conv).await?;
+        if let Some(past) = seqs.iter().find(|s| **s == 0 || **s > end.0) {
+            return Err(RequestError::NotFound(format!(
+                "no message {past} in {conv}"
+            )));
+        }
+        let user = &self.claims.sub;
+        let list = seqs
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        // The same messages hidden again are one change.
+        let id = format!("{user}:hide:{conv}:{:016x}", xxh3_64(list.as_bytes()));
+        let event = MessagesHidden {
+            user: user.clone(),
+            conv: conv.clone(),
+            seqs,
+        };
+        let seq = self.publish_state(id, event).await?;
+        Ok(Done {
+            conv: Some(conv),
+            seq: Some(seq),
+        })
+    }
+
+    pub(super) async fn set_privacy(&self, r: SetPrivacy) -> Result<Done, RequestError> {
+        let SetPrivacy { receipts, presence } = r;
+        if receipts.is_none() && presence.is_none() {
+            return Err(RequestError::Invalid("set_privacy changes nothing".into()));
+        }
+        let event = PrivacyChanged {
+            user: self.claims.sub.clone(),
+            receipts,
+            presence,
+        };
+        let seq = self.publish_state(self.fresh_id("privacy"), event).await?;
+        Ok(Done {
+            conv: None,
+            seq: Some(seq),
+        })
+    }
+
+    pub(super) async fn user_state(&self, r: UserStateQuery) -> Result<UserState, RequestError> {
+        self.state_since(r.after).await
+    }
+
+    /// What changed of the user's own state after version `after` (a page of it).
+    pub(super) async fn state_since(&self, after: u64) -> Result<UserState, RequestError> {
+        let s = self
+            .state
+            .store
+            .user_state_since(self.claims.sub.as_str(), after, STATE_PAGE)
+            .await?;
+        let mut hidden: Vec<HiddenMessages> = Vec::new();
+        for (conv, seq) in s.hidden {
+            match hidden.iter_mut().find(|h| h.conv == conv) {
+                Some(h) => h.seqs.push(seq),
+                None => hidden.push(HiddenMessages {
+                    conv,
+                    seqs: vec![seq],
+                }),
+            }
+        }
+        Ok(UserState {
+            prefs: s
+                .prefs
+                .into_iter()
+                .map(|p| ConvPrefs {
+                    conv: p.conv,
+                    pinned: p.pinned,
+                    archived: p.archived,
+                    muted_until: p.muted_until,
+                    draft: p.draft,
+                })
+                .collect(),
+            hidden,
+            receipts: s.receipts,
+            presence: s.presence,
+            version: s.version,
+            more: s.more,
+        })
+    }
+}
