@@ -29,7 +29,7 @@ use anchorage_config::Config;
 use anchorage_protocol::request::{self, CreateGroup, Hello, SendMessage};
 use anchorage_protocol::{
     Ack, Done, ErrorFrame, LiveMessage, MembersChanged, MembershipChanged, Messages, Push,
-    ReactionsChanged, ReadMoved, ReplyBody, Request, RequestBody, RequestId, ServerFrame,
+    ReactionsChanged, ReadMoved, Receipt, ReplyBody, Request, RequestBody, RequestId, ServerFrame,
     TypingNow, Welcome,
 };
 use anchorage_schema::{ClientMsgId, ConversationId, GroupId, UserId};
@@ -844,6 +844,7 @@ push_body! {
     MembersChanged(MembersChanged),
     Reactions(ReactionsChanged),
     Typing(TypingNow),
+    Receipt(Receipt),
 }
 
 /// A conversation id (panics on an invalid one: tests name valid ids).

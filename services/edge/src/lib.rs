@@ -116,7 +116,13 @@ impl EdgeState {
             None => None,
         };
         let flush = Duration::from_millis(messages.reaction_flush_ms);
-        let hub = live::Hub::start(bus.clone(), store.clone(), flush).await?;
+        let hub = live::Hub::start(
+            bus.clone(),
+            store.clone(),
+            flush,
+            messages.receipts_max_members,
+        )
+        .await?;
         let progress = progress::Progress::start(&bus, store.clone()).await?;
         let window = streams
             .streams

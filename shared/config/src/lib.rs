@@ -285,6 +285,9 @@ pub struct MessagesConfig {
     /// Reactions to a conversation are pushed together at most this often, in milliseconds:
     /// one frame per connection for many reactions.
     pub reaction_flush_ms: u64,
+    /// Up to this many members, a conversation shows who read how far (and pushes each read
+    /// to the others); larger ones only count the readers of a message.
+    pub receipts_max_members: u32,
 }
 
 impl Default for MessagesConfig {
@@ -293,6 +296,7 @@ impl Default for MessagesConfig {
             edit_window_secs: 2 * 24 * 3600,
             max_reaction_kinds: 20,
             reaction_flush_ms: 250,
+            receipts_max_members: 100,
         }
     }
 }

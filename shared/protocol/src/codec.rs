@@ -280,6 +280,7 @@ mod tests {
             r#"{"type":"hide","id":33,"conv":"c","seqs":[4,5]}"#,
             r#"{"type":"set_privacy","id":34,"receipts":false}"#,
             r#"{"type":"user_state","id":35,"after":9}"#,
+            r#"{"type":"receipts","id":36,"conv":"c","seq":7}"#,
         ];
         assert_eq!(frames.len() + 1, REQUEST_TYPES.len());
         let mut names = std::collections::BTreeSet::from(["hello"]);

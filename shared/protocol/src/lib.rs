@@ -28,8 +28,8 @@ pub use reply::{
     Ack, ConvChange, ConvPrefs, Done, EntryKind, ErrorFrame, GroupVersions, HiddenMessages,
     LiveMessage, MembersBatch, MembersBuckets, MembersChanged, MembersDiff, MembersFound,
     MembersPage, MembershipChanged, Message, MessageParts, Messages, OwnReaction, Push, Reaction,
-    ReactionDelta, ReactionsChanged, Reactors, ReadMoved, Reply, ReplyBody, ServerFrame,
-    StateChange, StateChanged, TypingNow, UserState, Welcome,
+    ReactionDelta, ReactionsChanged, Reactors, ReadMoved, Receipt, Receipts, Reply, ReplyBody,
+    ServerFrame, StateChange, StateChanged, TypingNow, UserState, Welcome,
 };
 pub use request::{ConvAnchor, REQUEST_TYPES, Request, RequestBody};
 

@@ -65,6 +65,8 @@ pub enum ReplyBody {
     Reactors(Reactors),
     /// Answer to `user_state`.
     UserState(UserState),
+    /// Answer to `receipts`.
+    Receipts(Receipts),
 }
 
 /// Frames without a request, tagged by `type`.
@@ -89,6 +91,9 @@ pub enum Push {
     /// The user's own state changed (on another device, or this one): apply `change` if the
     /// client's state version is `prev`, else ask `user_state`.
     State(StateChanged),
+    /// Another member read further (1:1s and small groups; not for members who hide their
+    /// receipts).
+    Receipt(Receipt),
 }
 
 /// `error`: a request failed, or a frame could not be read (then `id` is absent).
@@ -115,6 +120,7 @@ const PUSH_TYPES: &[&str] = &[
     "reactions",
     "typing",
     "state",
+    "receipt",
 ];
 
 impl ServerFrame {
@@ -232,6 +238,7 @@ into_reply! {
     MembersFound => MembersFound,
     Reactors => Reactors,
     UserState => UserState,
+    Receipts => Receipts,
 }
 
 /// What a message event is, as every view of it (a live push, a stored row) shows it, with
@@ -878,4 +885,29 @@ pub enum StateChange {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         presence: Option<bool>,
     },
+}
+
+/// How far one member read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The member.
+    pub user: String,
+    /// Read up to here.
+    pub seq: u64,
+}
+
+/// `receipts`: how far the other members read, or how many read a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipts {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Each other member's position (1:1s and groups up to `receipts_max_members`), without
+    /// members who hide their receipts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<Receipt>,
+    /// With `seq`: how many others read that message or further.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }

@@ -149,6 +149,8 @@ pub enum RequestBody {
     SetPrivacy(SetPrivacy),
     /// The user's own state since a version; answered with `user_state`.
     UserState(UserStateQuery),
+    /// How far the others read; answered with `receipts`.
+    Receipts(ReceiptsQuery),
 }
 
 impl RequestBody {
@@ -191,6 +193,7 @@ impl RequestBody {
             RequestBody::Hide(_) => "hide",
             RequestBody::SetPrivacy(_) => "set_privacy",
             RequestBody::UserState(_) => "user_state",
+            RequestBody::Receipts(_) => "receipts",
         }
     }
 }
@@ -233,6 +236,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "hide",
     "set_privacy",
     "user_state",
+    "receipts",
 ];
 
 macro_rules! into_body {
@@ -279,6 +283,7 @@ into_body! {
     Hide => Hide,
     SetPrivacy => SetPrivacy,
     UserStateQuery => UserState,
+    ReceiptsQuery => Receipts,
 }
 
 /// `hello`: the protocol version, the device token, and optionally the client's anchors.
@@ -721,4 +726,16 @@ pub struct UserStateQuery {
     /// The version the client holds.
     #[serde(default)]
     pub after: u64,
+}
+
+/// `receipts`: how far the other members read (a 1:1 or a small group), or how many read a
+/// message (`seq`, in any group).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptsQuery {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// Count those who read this message or further.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }

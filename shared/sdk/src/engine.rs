@@ -482,6 +482,11 @@ impl Engine {
                     self.wake();
                 }
             }
+            Push::Receipt(r) => self.emit(ClientEvent::Receipt {
+                conv: r.conv.to_string(),
+                user: r.user,
+                seq: r.seq,
+            }),
             Push::Typing(t) => self.emit(ClientEvent::Typing {
                 conv: t.conv.to_string(),
                 users: t.users.iter().map(ToString::to_string).collect(),

@@ -34,9 +34,10 @@ use std::sync::Arc;
 
 use anchorage_protocol::request::{
     AddMembers, CreateGroup, Edit, Edits, Hide, MarkRead, MembersSearch, MembersSyncBatch,
-    OpenDirect, Pin, React, ReactorsQuery, RemoveMembers, Revoke, SetPrivacy, Typing, View,
+    OpenDirect, Pin, React, ReactorsQuery, ReceiptsQuery, RemoveMembers, Revoke, SetPrivacy,
+    Typing, View,
 };
-use anchorage_protocol::{MembersBatch, Reactors, ReplyBody, RequestBody, ServerFrame};
+use anchorage_protocol::{MembersBatch, Reactors, Receipts, ReplyBody, RequestBody, ServerFrame};
 use anchorage_schema::{ConversationId, GroupId, UserId};
 use tokio::sync::broadcast;
 
@@ -137,6 +138,12 @@ pub enum ClientEvent {
     Messages { conv: String, seq: u64 },
     /// Stored message `seq` of `conv` changed (edited, revoked, pinned, reactions).
     MessageChanged { conv: String, seq: u64 },
+    /// Another member read `conv` up to `seq` (1:1s and small groups).
+    Receipt {
+        conv: String,
+        user: String,
+        seq: u64,
+    },
     /// The user's own state (conversation preferences, messages deleted for oneself,
     /// privacy) changed; the store holds it at `version`.
     StateChanged { version: u64 },
@@ -356,6 +363,16 @@ impl Client {
     /// The user's privacy settings as this device knows them: (receipts, presence).
     pub async fn privacy(&self) -> Result<(bool, bool), SdkError> {
         self.engine.store.privacy().await
+    }
+
+    /// How far the other members read `conv` (1:1s and small groups), and with `seq` how
+    /// many read that message or further (any group).
+    pub async fn receipts(&self, conv: &str, seq: Option<u64>) -> Result<Receipts, SdkError> {
+        let conv = ConversationId::parse(conv)?;
+        match self.ask(ReceiptsQuery { conv, seq }.into()).await? {
+            ReplyBody::Receipts(r) => Ok(r),
+            other => Err(SdkError::Refused(format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// The app shows `conv`: typing indicators start coming ([`ClientEvent::Typing`]), on

@@ -519,6 +519,68 @@ impl Store {
             .collect()
     }
 
+    /// How far each current member of `conv` read who shows their receipts, by user (those
+    /// who never read: 0).
+    pub async fn read_positions(&self, conv: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.user_id, COALESCE(r.read_seq, 0) AS read_seq
+             FROM group_members m
+             LEFT JOIN read_markers r ON r.user_id = m.user_id AND r.conv_id = m.group_id
+             LEFT JOIN privacy p ON p.user_id = m.user_id
+             WHERE m.group_id = $1 AND m.removed_seq IS NULL AND COALESCE(p.receipts, 1) = 1
+             ORDER BY m.user_id LIMIT 10000",
+        )
+        .bind(conv)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("user_id")?,
+                    r.try_get::<i64, _>("read_seq")? as u64,
+                ))
+            })
+            .collect()
+    }
+
+    /// How many current members of `conv` who show their receipts read it up to `seq` or
+    /// further, `except` one (the sender).
+    pub async fn readers_count(
+        &self,
+        conv: &str,
+        seq: u64,
+        except: &str,
+    ) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM read_markers r
+             JOIN group_members m ON m.group_id = r.conv_id AND m.user_id = r.user_id
+             LEFT JOIN privacy p ON p.user_id = r.user_id
+             WHERE r.conv_id = $1 AND r.read_seq >= $2 AND m.removed_seq IS NULL
+               AND COALESCE(p.receipts, 1) = 1 AND r.user_id <> $3",
+        )
+        .bind(conv)
+        .bind(seq as i64)
+        .bind(except)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+    }
+
+    /// What others may see of `user`: (read receipts, presence).
+    pub async fn privacy_of(&self, user: &str) -> Result<(bool, bool), StoreError> {
+        let row = sqlx::query("SELECT receipts, presence FROM privacy WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => (
+                r.try_get::<i64, _>("receipts")? != 0,
+                r.try_get::<i64, _>("presence")? != 0,
+            ),
+            None => (true, true),
+        })
+    }
+
     /// Whether `user` reacted to message `target` with `emoji`, and the seq of the entry
     /// that last changed that (0 if none ever did).
     pub async fn reaction_of(

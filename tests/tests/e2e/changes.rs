@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use anchorage_protocol::request::{
-    Edit, Edits, History, Pin, React, ReactorsQuery, Revoke, Typing, View,
+    Edit, Edits, History, Pin, React, ReactorsQuery, ReceiptsQuery, Revoke, Typing, View,
 };
 use anchorage_protocol::{
-    ConvAnchor, EntryKind, ErrorCode, LiveMessage, Message, Push, ReactionsChanged, ReplyBody,
-    RequestBody, ServerFrame, TypingNow,
+    ConvAnchor, EntryKind, ErrorCode, LiveMessage, Message, Push, ReactionsChanged, Receipts,
+    ReplyBody, RequestBody, ServerFrame, TypingNow,
 };
 use anchorage_schema::subjects::stream;
 use anchorage_tests::{
@@ -706,4 +706,158 @@ async fn typing_reaches_only_the_connections_viewing_the_conversation() {
             .await
             .is_empty()
     );
+}
+
+fn read(conv: &str, seq: u64) -> anchorage_protocol::request::MarkRead {
+    anchorage_protocol::request::MarkRead {
+        conv: conv_id(conv),
+        seq,
+    }
+}
+
+async fn receipts(c: &mut WsClient, conv: &str, seq: Option<u64>) -> Receipts {
+    match c
+        .reply(ReceiptsQuery {
+            conv: conv_id(conv),
+            seq,
+        })
+        .await
+        .unwrap()
+    {
+        ReplyBody::Receipts(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The receipts of `conv` once `count` others read `seq`.
+async fn receipts_counting(c: &mut WsClient, conv: &str, seq: u64, count: u64) -> Receipts {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = receipts(c, conv, Some(seq)).await;
+        if r.count == Some(count) {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn read_receipts_show_who_read_how_far_unless_they_hide_them() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    config.messages.receipts_max_members = 3;
+    let stack = TestStack::start_with(config, db_dir).await.unwrap();
+    let edge2 = TestEdge::start(&stack.config).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    let (mut bob, _) = WsClient::signed_in(edge2.addr, "bob", "d").await.unwrap();
+    let (mut carol, _) = WsClient::signed_in(edge2.addr, "carol", "d").await.unwrap();
+    alice
+        .ok(create_group("trio", "Trio", &["bob", "carol"]))
+        .await
+        .unwrap();
+    alice
+        .ok(create_group("crowd", "Crowd", &["bob", "carol", "dave"]))
+        .await
+        .unwrap();
+    let m1 = alice
+        .ack(send_message("trio", "t1", json!("one")))
+        .await
+        .unwrap()
+        .seq;
+    let m2 = alice
+        .ack(send_message("trio", "t2", json!("two")))
+        .await
+        .unwrap()
+        .seq;
+    let big = alice
+        .ack(send_message("crowd", "c1", json!("all")))
+        .await
+        .unwrap()
+        .seq;
+    eventually(WAIT, "the messages in the history", || async {
+        stack.stack.store.message("crowd", big).await.ok()?
+    })
+    .await
+    .unwrap();
+
+    // Bob reads: alice and carol see it live; the receipts say who read how far.
+    bob.ok(read("trio", m2)).await.unwrap();
+    for c in [&mut alice, &mut carol] {
+        let r: anchorage_protocol::Receipt = c
+            .pushed(|r: &anchorage_protocol::Receipt| r.user == "bob")
+            .await
+            .unwrap();
+        assert_eq!((r.conv.as_str(), r.seq), ("trio", m2));
+    }
+    let seen = receipts_counting(&mut alice, "trio", m2, 1).await;
+    let readers: Vec<(&str, u64)> = seen
+        .readers
+        .iter()
+        .map(|r| (r.user.as_str(), r.seq))
+        .collect();
+    assert_eq!(
+        readers,
+        vec![("bob", m2), ("carol", 0)],
+        "everyone but the asker"
+    );
+
+    // Carol hides her receipts: her reads are not shown, not counted, not pushed.
+    carol
+        .ok(anchorage_protocol::request::SetPrivacy {
+            receipts: Some(false),
+            presence: None,
+        })
+        .await
+        .unwrap();
+    eventually(WAIT, "carol's privacy in the projection", || async {
+        let (shown, _) = stack.stack.store.privacy_of("carol").await.ok()?;
+        (!shown).then_some(())
+    })
+    .await
+    .unwrap();
+    carol.ok(read("trio", m1)).await.unwrap();
+    bob.ok(read("trio", m2)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = receipts(&mut alice, "trio", Some(m1)).await;
+    assert_eq!(r.count, Some(1), "carol is not counted: {r:?}");
+    assert!(r.readers.iter().all(|r| r.user != "carol"), "{r:?}");
+    while let Ok(Ok(frame)) =
+        tokio::time::timeout(Duration::from_millis(300), alice.next_frame()).await
+    {
+        if let ServerFrame::Push(Push::Receipt(r)) = frame {
+            assert_ne!(r.user, "carol", "carol's read was pushed");
+        }
+    }
+    assert!(
+        alice
+            .pending_pushes()
+            .iter()
+            .all(|p| !matches!(p, Push::Receipt(r) if r.user == "carol"))
+    );
+
+    // A group past the size limit: no per-member positions, no pushes, only counts.
+    bob.ok(read("crowd", big)).await.unwrap();
+    let r = receipts_counting(&mut alice, "crowd", big, 1).await;
+    assert!(r.readers.is_empty(), "{r:?}");
+    while let Ok(Ok(frame)) =
+        tokio::time::timeout(Duration::from_millis(300), alice.next_frame()).await
+    {
+        if let ServerFrame::Push(Push::Receipt(r)) = frame {
+            assert_ne!(r.conv.as_str(), "crowd", "a large group's read was pushed");
+        }
+    }
+    // Strangers see nothing.
+    let (mut eve, _) = WsClient::signed_in(edge2.addr, "eve", "d").await.unwrap();
+    let refused = eve
+        .refused(ReceiptsQuery {
+            conv: conv_id("trio"),
+            seq: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused.code, ErrorCode::Forbidden);
 }

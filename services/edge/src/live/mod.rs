@@ -49,9 +49,9 @@ use std::time::Duration;
 use anchorage_bus::Bus;
 use anchorage_protocol::{
     HiddenMessages, LiveMessage, MembershipChanged, Message, OwnReaction, Push, ReactionDelta,
-    ReactionsChanged, ReadMoved, ServerFrame, StateChange, StateChanged, TypingNow,
+    ReactionsChanged, ReadMoved, Receipt, ServerFrame, StateChange, StateChanged, TypingNow,
 };
-use anchorage_schema::event::ReactionChanged;
+use anchorage_schema::event::{ReactionChanged, ReadMarked};
 use anchorage_schema::subjects;
 use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, UserId};
 use anchorage_store::Store;
@@ -109,7 +109,23 @@ pub struct Hub {
     stop: CancellationToken,
     /// How long reactions to a conversation are gathered into one frame.
     reaction_flush: Duration,
+    /// Conversations up to this size push each member's reads to the others.
+    receipts_max_members: u32,
+    /// Recently looked up: whether a conversation is small enough for receipts, and whether
+    /// a user shows theirs (with when it was looked up).
+    receipts: Mutex<ReceiptCache>,
 }
+
+/// What [`Hub::receipt`] looked up lately.
+#[derive(Debug, Default)]
+struct ReceiptCache {
+    small: HashMap<ConversationId, (bool, std::time::Instant)>,
+    shown: HashMap<UserId, (bool, std::time::Instant)>,
+}
+
+/// How long a looked-up conversation size or privacy setting is trusted (a privacy change
+/// seen live drops it at once).
+const RECEIPT_CACHE: Duration = Duration::from_secs(30);
 
 /// The `members_changed` frame a notification carries, if it is one about `conv`.
 fn members_changed_of(payload: &[u8], conv: &ConversationId) -> Option<ServerFrame> {
@@ -128,6 +144,7 @@ impl Hub {
         bus: Bus,
         store: Store,
         reaction_flush: Duration,
+        receipts_max_members: u32,
     ) -> anyhow::Result<Arc<Hub>> {
         let hub = Arc::new(Hub {
             bus: bus.clone(),
@@ -138,6 +155,8 @@ impl Hub {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             reaction_flush,
+            receipts_max_members,
+            receipts: Mutex::new(ReceiptCache::default()),
         });
         hub.follow_membership().await?;
         // Revoked sessions are closed at once on every edge; changes of a user's own state go
@@ -154,6 +173,9 @@ impl Hub {
                     hub.revoke_device(&d.user, None);
                 }
                 event => {
+                    if let Event::PrivacyChanged(p) = &event {
+                        hub.receipt_cache().shown.remove(&p.user);
+                    }
                     if let Some((user, change)) = state_change(event) {
                         let push = Push::State(StateChanged {
                             prev,
@@ -172,10 +194,11 @@ impl Hub {
         hub.follow_live(subjects::LIVE_READS_ALL, |hub, _, env| {
             if let Event::ReadMarked(r) = env.event {
                 let push = Push::Read(ReadMoved {
-                    conv: r.conv,
+                    conv: r.conv.clone(),
                     seq: r.read_seq,
                 });
                 hub.lock().registry.push_user(&r.user, &frame(&push.into()));
+                hub.receipt(r);
             }
         })
         .await?;
@@ -421,6 +444,96 @@ impl Hub {
                 conn.push(f.clone());
             }
         }
+    }
+
+    fn receipt_cache(&self) -> MutexGuard<'_, ReceiptCache> {
+        self.receipts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the other members connected here how far `r.user` read — in a 1:1 or a small
+    /// group, and only if the reader shows their receipts. Costs nothing when no other
+    /// member is connected here; sizes and settings are looked up once in a while.
+    fn receipt(self: &Arc<Self>, r: ReadMarked) {
+        let others = self.lock().interest.users(&r.conv).any(|u| *u != r.user);
+        if !others {
+            return;
+        }
+        self.spawn(|hub, _| async move {
+            let Some(hub) = hub.upgrade() else { return };
+            match hub.shows_receipt(&r.conv, &r.user).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => {
+                    tracing::debug!(conv = %r.conv, error = %err, "receipt not delivered");
+                    return;
+                }
+            }
+            let push = Push::Receipt(Receipt {
+                conv: r.conv.clone(),
+                user: r.user.to_string(),
+                seq: r.read_seq,
+            });
+            let f = frame(&push.into());
+            let state = hub.lock();
+            for user in state.interest.users(&r.conv) {
+                if *user != r.user {
+                    state.registry.push_user(user, &f);
+                }
+            }
+        });
+    }
+
+    /// Whether reads of `reader` in `conv` are shown to the others: a 1:1 or a group up to
+    /// the size limit, and a reader who shows their receipts.
+    async fn shows_receipt(&self, conv: &ConversationId, reader: &UserId) -> anyhow::Result<bool> {
+        let now = std::time::Instant::now();
+        let fresh = |at: &std::time::Instant| now.duration_since(*at) < RECEIPT_CACHE;
+        let (small, shown) = {
+            let cache = self.receipt_cache();
+            (
+                cache
+                    .small
+                    .get(conv)
+                    .filter(|(_, at)| fresh(at))
+                    .map(|c| c.0),
+                cache
+                    .shown
+                    .get(reader)
+                    .filter(|(_, at)| fresh(at))
+                    .map(|c| c.0),
+            )
+        };
+        let small = match small {
+            Some(small) => small,
+            None => {
+                let small =
+                    conv.is_direct()
+                        || self.store.group_row(conv.as_str()).await?.is_some_and(|g| {
+                            g.member_count <= u64::from(self.receipts_max_members)
+                        });
+                let mut cache = self.receipt_cache();
+                if cache.small.len() > 100_000 {
+                    cache.small.clear();
+                }
+                cache.small.insert(conv.clone(), (small, now));
+                small
+            }
+        };
+        if !small {
+            return Ok(false);
+        }
+        Ok(match shown {
+            Some(shown) => shown,
+            None => {
+                let shown = self.store.privacy_of(reader.as_str()).await?.0;
+                let mut cache = self.receipt_cache();
+                if cache.shown.len() > 100_000 {
+                    cache.shown.clear();
+                }
+                cache.shown.insert(reader.clone(), (shown, now));
+                shown
+            }
+        })
     }
 
     /// Hands a member-list notification to the watchers of `conv` who are still members.

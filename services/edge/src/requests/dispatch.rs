@@ -68,6 +68,7 @@ impl Session {
             RequestBody::Hide(r) => self.hide(r).await.map(Into::into),
             RequestBody::SetPrivacy(r) => self.set_privacy(r).await.map(Into::into),
             RequestBody::UserState(r) => self.user_state(r).await.map(Into::into),
+            RequestBody::Receipts(r) => self.receipts(r).await.map(Into::into),
         };
         let code = match &answer {
             Ok(_) => "ok",

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use anchorage_protocol::request::{History, MarkRead, MarkReceived, Sync};
+use anchorage_protocol::request::{History, MarkRead, MarkReceived, ReceiptsQuery, Sync};
 use std::collections::BTreeMap;
 
-use anchorage_protocol::{self as protocol, Done, Message, Messages, Reaction};
+use anchorage_protocol::{self as protocol, Done, Message, Messages, Reaction, Receipt, Receipts};
 use anchorage_schema::event::ReadMarked;
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{ConversationId, Envelope, EventId, Seq, now_ms};
@@ -247,6 +247,43 @@ impl Session {
         Ok(Done {
             conv: Some(conv),
             seq: Some(seq),
+        })
+    }
+
+    /// How far the others read: each of them in a 1:1 or a small group, how many read a
+    /// message (`seq`) in any; members who hide their receipts are left out.
+    pub(super) async fn receipts(&self, r: ReceiptsQuery) -> Result<Receipts, RequestError> {
+        let ReceiptsQuery { conv, seq } = r;
+        self.member(&conv)?;
+        let me = self.claims.sub.as_str();
+        let store = &self.state.store;
+        let small = conv.is_direct()
+            || store.group_row(conv.as_str()).await?.is_some_and(|g| {
+                g.member_count <= u64::from(self.state.messages.receipts_max_members)
+            });
+        let readers = if small {
+            store
+                .read_positions(conv.as_str())
+                .await?
+                .into_iter()
+                .filter(|(user, _)| user != me)
+                .map(|(user, seq)| Receipt {
+                    conv: conv.clone(),
+                    user,
+                    seq,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let count = match seq {
+            Some(seq) => Some(store.readers_count(conv.as_str(), seq, me).await?),
+            None => None,
+        };
+        Ok(Receipts {
+            conv,
+            readers,
+            count,
         })
     }
 
