@@ -375,8 +375,9 @@ async fn serve(
             continue;
         }
         let decoded = decode_message(message, max);
+        // Boxed: it waits for the sends before it, and the connection's future stays small.
         let decoded = match decoded {
-            Ok(f) => f,
+            Ok(f) => Box::new(f),
             Err(refusal) => {
                 Box::pin(answer_in_order(&mut session, &mut inflight, *refusal)).await;
                 continue;
@@ -394,7 +395,7 @@ async fn serve(
                 session.answer_send(answer).await;
             }
         }
-        if let Some(ack) = Box::pin(session.handle(decoded)).await {
+        if let Some(ack) = Box::pin(session.handle(*decoded)).await {
             inflight.push_back(ack);
         }
     }

@@ -552,9 +552,10 @@ pub struct Welcome {
     /// Present when more changes remain: send `hello` again with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
-    /// The user's own state: what changed since the `hello`'s `state_version`.
+    /// The user's own state: what changed since the `hello`'s `state_version` (boxed: a
+    /// welcome is rare, the frames it shares a type with are not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<UserState>,
+    pub state: Option<Box<UserState>>,
 }
 
 /// `ack`: a message was stored.

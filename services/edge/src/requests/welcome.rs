@@ -113,7 +113,9 @@ impl Session {
         }
         // The user's own state comes with the first page.
         let state = match hello.cursor {
-            None => Some(self.state_since(hello.state_version.unwrap_or(0)).await?),
+            None => Some(Box::new(
+                self.state_since(hello.state_version.unwrap_or(0)).await?,
+            )),
             Some(_) => None,
         };
         Ok(Welcome {
