@@ -66,7 +66,7 @@ pub enum Command {
         ttl: Option<u64>,
     },
     /// Measure a scenario next to its raw baseline: raw, send, replay, memory, members,
-    /// fanout, reconnect (`--quick` for a smoke run, `--json` for one line). Runs the
+    /// fanout, reconnect, signals (`--quick` for a smoke run, `--json` for one line). Runs the
     /// `anchorage-bench` binary installed beside this one.
     #[command(disable_help_flag = true)]
     Bench {

@@ -44,6 +44,15 @@ pub enum Mode {
     Fanout,
     /// Report when each client was back in line after the edge restarted.
     Reconnect,
+    /// Count the reaction and typing frames of conversation `big` (the first
+    /// [`signal_viewers`] sockets view it) until `messages` reactions were counted.
+    Signals,
+}
+
+/// Sockets of the signals mode that view the conversation (and so get its typing): one in a
+/// hundred, at least 5 and at most 100.
+pub fn signal_viewers(online: usize) -> usize {
+    (online / 100).clamp(5, 100).min(online)
 }
 
 fn user(prefix: &str, n: usize) -> String {
@@ -97,7 +106,74 @@ pub async fn run(
         }
         Mode::Fanout => fanout(sockets, messages).await?,
         Mode::Reconnect => reconnect(addr, prefix, sockets).await?,
+        Mode::Signals => signals(sockets, messages).await?,
     }
+    Ok(())
+}
+
+/// Each socket counts the reactions of `big` (from the coalesced frames' deltas) until it
+/// counted `reactions`, and the typing frames it gets; viewers wait a little longer for
+/// typing. Prints the totals.
+async fn signals(sockets: Vec<Ws>, reactions: usize) -> anyhow::Result<()> {
+    use anchorage_protocol::RequestBody;
+    use anchorage_protocol::request::View;
+    let big = ConversationId::parse("big")?;
+    let viewers = signal_viewers(sockets.len());
+    let tasks = sockets.into_iter().enumerate().map(|(n, mut ws)| {
+        let big = big.clone();
+        tokio::spawn(async move {
+            let viewer = n < viewers;
+            if viewer {
+                let view = RequestBody::View(View { conv: big });
+                if send(&mut ws, 1, &view).await.is_err() {
+                    return (0u64, 0u64, false, 0u128);
+                }
+            }
+            let (mut frames, mut typing, mut counted, mut done_at) = (0u64, 0u64, 0i64, 0u128);
+            let deadline = tokio::time::Instant::now() + LIMIT;
+            // After the reactions: viewers wait for typing, the others for stray frames.
+            let mut linger: Option<tokio::time::Instant> = None;
+            loop {
+                let until = linger.map_or(deadline, |l| l.min(deadline));
+                let next = tokio::time::timeout_at(until, ws.next()).await;
+                let Ok(Some(Ok(m))) = next else { break };
+                let Message::Text(t) = m else { continue };
+                match serde_json::from_str(&t) {
+                    Ok(ServerFrame::Push(Push::Reactions(r))) => {
+                        frames += 1;
+                        counted += r.deltas.iter().map(|d| d.delta).sum::<i64>();
+                        if counted >= reactions as i64 && linger.is_none() {
+                            done_at = unix_nanos();
+                            linger = Some(tokio::time::Instant::now() + Duration::from_secs(3));
+                        }
+                    }
+                    Ok(ServerFrame::Push(Push::Typing(_))) => typing += 1,
+                    _ => {}
+                }
+            }
+            (frames, typing, counted >= reactions as i64, done_at)
+        })
+    });
+    let (mut frames, mut typing, mut typing_receivers, mut complete, mut last) =
+        (0u64, 0u64, 0u64, 0u64, 0u128);
+    for t in futures::future::join_all(tasks).await {
+        let (f, ty, done, at) = t.unwrap_or_default();
+        frames += f;
+        typing += ty;
+        typing_receivers += u64::from(ty > 0);
+        complete += u64::from(done);
+        last = last.max(at);
+    }
+    println!(
+        "{}",
+        json!({
+            "reaction_frames": frames,
+            "typing_frames": typing,
+            "typing_receivers": typing_receivers,
+            "complete": complete,
+            "last_done_unix_ns": last.to_string(),
+        })
+    );
     Ok(())
 }
 

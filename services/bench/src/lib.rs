@@ -36,6 +36,9 @@ pub enum Scenario {
     Fanout,
     /// An edge restart under thousands of clients: how long until all are back in line.
     Reconnect,
+    /// Reactions and typing in a large group with many members online, next to raw
+    /// publishing and to one push per reaction per member.
+    Signals,
 }
 
 impl Scenario {
@@ -49,6 +52,7 @@ impl Scenario {
             Scenario::Members => "members",
             Scenario::Fanout => "fanout",
             Scenario::Reconnect => "reconnect",
+            Scenario::Signals => "signals",
         }
     }
 }
@@ -64,6 +68,7 @@ pub async fn run(scenario: Scenario, sizes: Sizes) -> anyhow::Result<Value> {
         Scenario::Members => scenarios::members::run(&env, sizes).await,
         Scenario::Fanout => scenarios::fanout::run(&env, sizes).await,
         Scenario::Reconnect => scenarios::reconnect::run(&env, sizes).await,
+        Scenario::Signals => scenarios::signals::run(&env, sizes).await,
     };
     env.stop().await;
     let mut report = result?;

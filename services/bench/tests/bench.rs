@@ -102,3 +102,19 @@ fn fanout_and_reconnect_report_delivery_and_resync_times() {
     assert_eq!(r["ours"]["failures"], 0, "{r}");
     assert_eq!(r["ours"]["resynced"], r["ours"]["clients"], "{r}");
 }
+
+#[test]
+fn signals_counts_reactions_and_typing_frames_next_to_one_push_per_reaction() {
+    let s = bench("signals");
+    positive(&s, &["ours", "reactions_per_sec"]);
+    positive(&s, &["baseline", "raw_jetstream_publish_per_sec"]);
+    positive(&s, &["ratio"]);
+    let online = s["sizes"]["online"].as_u64().unwrap();
+    assert_eq!(s["ours"]["members_complete"], online, "{s}");
+    let frames = s["ours"]["reaction_frames"].as_u64().unwrap();
+    let naive = s["baseline"]["frames_one_push_per_reaction_per_member"]
+        .as_u64()
+        .unwrap();
+    assert!(frames > 0 && frames < naive, "{s}");
+    assert_eq!(s["ours"]["typing_receivers"], s["sizes"]["viewers"], "{s}");
+}

@@ -6,3 +6,4 @@ pub mod memory;
 pub mod reconnect;
 pub mod replay;
 pub mod send;
+pub mod signals;
