@@ -28,9 +28,9 @@ use anchorage::stack::Stack;
 use anchorage_config::Config;
 use anchorage_protocol::request::{self, CreateGroup, Hello, SendMessage};
 use anchorage_protocol::{
-    Ack, Done, ErrorFrame, LiveMessage, MembersChanged, MembershipChanged, Messages, Push,
-    ReactionsChanged, ReadMoved, Receipt, ReplyBody, Request, RequestBody, RequestId, ServerFrame,
-    TypingNow, Welcome,
+    Ack, Done, ErrorFrame, LiveMessage, MembersChanged, MembershipChanged, Messages, PresenceInfo,
+    Push, ReactionsChanged, ReadMoved, Receipt, ReplyBody, Request, RequestBody, RequestId,
+    ServerFrame, TypingNow, Welcome,
 };
 use anchorage_schema::{ClientMsgId, ConversationId, GroupId, UserId};
 use anyhow::{Context, bail};
@@ -845,6 +845,7 @@ push_body! {
     Reactions(ReactionsChanged),
     Typing(TypingNow),
     Receipt(Receipt),
+    PresenceChanged(PresenceInfo),
 }
 
 /// A conversation id (panics on an invalid one: tests name valid ids).

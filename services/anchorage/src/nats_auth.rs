@@ -2,7 +2,7 @@
 //!
 //! | identity | publishes | subscribes |
 //! |---|---|---|
-//! | `edge` | `msg.*`, `grp.*`, `read.*.*`, `user.*`, `admin.webhook.*` (server API), `typing.*`; JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `typing.*`, `notify.grp.>`, `notify.progress.>` |
+//! | `edge` | `msg.*`, `grp.*`, `read.*.*`, `user.*`, `admin.webhook.*` (server API), `typing.*`, `presence.*.*`; JetStream reads (stream info, direct and message gets, consumer info) | `live.>`, `typing.*`, `notify.grp.>`, `notify.progress.>` |
 //! | `projector` | `msg.*`, `grp.*`, `user.*` (events translated from other systems), `dlq.*`, `notify.grp.*`, `notify.progress.*`; its pull consumers (fetch, ack), the webhook worker's consumers (create, delete), erasing revoked messages from MESSAGES, and JetStream reads | — |
 //! | `operator` | everything (`anchorage streams apply`, `revoke`, `replay`, administration) | everything |
 //! | `ext_<source>` | `ext.<source>.>` only | its own consumers (named `<source>`) on the streams it is given |
@@ -64,6 +64,8 @@ pub fn edge() -> Permissions {
         "admin.webhook.*",
         // Who is typing, between edges (never stored).
         "typing.*",
+        // Who is connected to this edge (records that expire).
+        "presence.*.*",
     ]);
     publish.extend(strings(JS_READS));
     publish.push(format!("{}.>", inbox_prefix(EDGE)));

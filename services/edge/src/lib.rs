@@ -121,6 +121,7 @@ impl EdgeState {
             store.clone(),
             flush,
             messages.receipts_max_members,
+            Duration::from_secs(config.presence_ttl_secs.clamp(1, 90)),
         )
         .await?;
         let progress = progress::Progress::start(&bus, store.clone()).await?;

@@ -202,6 +202,10 @@ pub struct EdgeConfig {
     pub user_rate_per_sec: u32,
     /// Time a new connection has to send `hello`, in milliseconds.
     pub hello_timeout_ms: u64,
+    /// A user counts as online while an edge's presence record of them is younger than this
+    /// (seconds, at most 90: the PRESENCE stream's age limit); edges refresh theirs every
+    /// third of it, so a crashed edge's users go offline within it.
+    pub presence_ttl_secs: u64,
 }
 
 impl Default for EdgeConfig {
@@ -222,6 +226,7 @@ impl Default for EdgeConfig {
             rate_burst: 100,
             user_rate_per_sec: 100,
             hello_timeout_ms: 10_000,
+            presence_ttl_secs: 90,
         }
     }
 }

@@ -281,6 +281,7 @@ mod tests {
             r#"{"type":"set_privacy","id":34,"receipts":false}"#,
             r#"{"type":"user_state","id":35,"after":9}"#,
             r#"{"type":"receipts","id":36,"conv":"c","seq":7}"#,
+            r#"{"type":"presence","id":37,"users":["bob"],"conv":"c"}"#,
         ];
         assert_eq!(frames.len() + 1, REQUEST_TYPES.len());
         let mut names = std::collections::BTreeSet::from(["hello"]);

@@ -27,9 +27,10 @@ pub use members::{GroupSync, GroupSyncResult, GroupVersion, MemberInfo, MembersC
 pub use reply::{
     Ack, ConvChange, ConvPrefs, Done, EntryKind, ErrorFrame, GroupVersions, HiddenMessages,
     LiveMessage, MembersBatch, MembersBuckets, MembersChanged, MembersDiff, MembersFound,
-    MembersPage, MembershipChanged, Message, MessageParts, Messages, OwnReaction, Push, Reaction,
-    ReactionDelta, ReactionsChanged, Reactors, ReadMoved, Receipt, Receipts, Reply, ReplyBody,
-    ServerFrame, StateChange, StateChanged, TypingNow, UserState, Welcome,
+    MembersPage, MembershipChanged, Message, MessageParts, Messages, OwnReaction, PresenceAnswer,
+    PresenceInfo, Push, Reaction, ReactionDelta, ReactionsChanged, Reactors, ReadMoved, Receipt,
+    Receipts, Reply, ReplyBody, ServerFrame, StateChange, StateChanged, TypingNow, UserState,
+    Welcome,
 };
 pub use request::{ConvAnchor, REQUEST_TYPES, Request, RequestBody};
 

@@ -67,6 +67,8 @@ pub enum ReplyBody {
     UserState(UserState),
     /// Answer to `receipts`.
     Receipts(Receipts),
+    /// Answer to `presence`.
+    Presence(PresenceAnswer),
 }
 
 /// Frames without a request, tagged by `type`.
@@ -94,6 +96,8 @@ pub enum Push {
     /// Another member read further (1:1s and small groups; not for members who hide their
     /// receipts).
     Receipt(Receipt),
+    /// The other member of a 1:1 came online or went offline.
+    PresenceChanged(PresenceInfo),
 }
 
 /// `error`: a request failed, or a frame could not be read (then `id` is absent).
@@ -121,6 +125,7 @@ const PUSH_TYPES: &[&str] = &[
     "typing",
     "state",
     "receipt",
+    "presence_changed",
 ];
 
 impl ServerFrame {
@@ -239,6 +244,7 @@ into_reply! {
     Reactors => Reactors,
     UserState => UserState,
     Receipts => Receipts,
+    PresenceAnswer => Presence,
 }
 
 /// What a message event is, as every view of it (a live push, a stored row) shows it, with
@@ -911,4 +917,32 @@ pub struct Receipts {
     /// With `seq`: how many others read that message or further.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+}
+
+/// Whether a user is online, and when they were last seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceInfo {
+    /// The user.
+    pub user: String,
+    /// Connected now (from any device, to any edge).
+    pub online: bool,
+    /// When their last device went away (Unix ms), if known and they are offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<i64>,
+    /// The user hides their presence (or shares no conversation with the caller): nothing
+    /// else is said.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
+}
+
+/// `presence`: the users asked about, and the online members of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceAnswer {
+    /// One per user asked about, in the order asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<PresenceInfo>,
+    /// With `conv`: how many of its members are online (those who hide their presence are
+    /// not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<u64>,
 }

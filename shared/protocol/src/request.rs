@@ -151,6 +151,8 @@ pub enum RequestBody {
     UserState(UserStateQuery),
     /// How far the others read; answered with `receipts`.
     Receipts(ReceiptsQuery),
+    /// Who is online; answered with `presence`.
+    Presence(PresenceQuery),
 }
 
 impl RequestBody {
@@ -194,6 +196,7 @@ impl RequestBody {
             RequestBody::SetPrivacy(_) => "set_privacy",
             RequestBody::UserState(_) => "user_state",
             RequestBody::Receipts(_) => "receipts",
+            RequestBody::Presence(_) => "presence",
         }
     }
 }
@@ -237,6 +240,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "set_privacy",
     "user_state",
     "receipts",
+    "presence",
 ];
 
 macro_rules! into_body {
@@ -284,6 +288,7 @@ into_body! {
     SetPrivacy => SetPrivacy,
     UserStateQuery => UserState,
     ReceiptsQuery => Receipts,
+    PresenceQuery => Presence,
 }
 
 /// `hello`: the protocol version, the device token, and optionally the client's anchors.
@@ -738,4 +743,18 @@ pub struct ReceiptsQuery {
     /// Count those who read this message or further.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+}
+
+/// `presence`: whether users are online and when they were last seen (at most 100, each
+/// sharing a conversation with the caller), and with `conv` how many of its members are
+/// online.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceQuery {
+    /// The users.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserId>,
+    /// Count the online members of this conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<ConversationId>,
 }

@@ -11,6 +11,7 @@
 //! | `INGEST`     | `ext.<source>.<type…>`     | —                               |
 //! | `DEADLETTER` | `dlq.<stream>`             | —                               |
 //! | `ADMIN`      | `admin.apikey.<id>`, `admin.webhook.<name>` | —              |
+//! | `PRESENCE`   | `presence.<user>.<edge>`   | `live.presence.<user>.<edge>`   |
 //!
 //! Not stored: `typing.<conv>` (who is typing, between edges), `notify.grp.<group>` and
 //! `notify.progress.<projection>` (from the projector).
@@ -35,10 +36,12 @@ pub mod stream {
     pub const DEADLETTER: &str = "DEADLETTER";
     /// Server API keys and webhook endpoints (the last record on a subject is current).
     pub const ADMIN: &str = "ADMIN";
+    /// Who is connected where (records that expire unless their edge refreshes them).
+    pub const PRESENCE: &str = "PRESENCE";
 
     /// All streams, in the order `streams apply` creates them.
     pub const ALL: &[&str] = &[
-        MESSAGES, MEMBERSHIP, READS, USERS, INGEST, DEADLETTER, ADMIN,
+        MESSAGES, MEMBERSHIP, READS, USERS, INGEST, DEADLETTER, ADMIN, PRESENCE,
     ];
 }
 
@@ -172,6 +175,15 @@ pub fn webhook(name: &str) -> String {
 
 /// Every webhook endpoint's records.
 pub const WEBHOOKS_ALL: &str = "admin.webhook.*";
+
+/// Where an edge records how many devices `user` has connected to it (the last record is
+/// current; it expires unless the edge refreshes it).
+pub fn presence(user: &UserId, edge: &str) -> String {
+    format!("presence.{user}.{edge}")
+}
+
+/// Every live presence record (what every edge follows).
+pub const LIVE_PRESENCE_ALL: &str = "live.presence.>";
 
 /// Where edges tell each other who is typing in a conversation (core NATS, never stored).
 pub fn typing(conv: &ConversationId) -> String {

@@ -482,6 +482,11 @@ impl Engine {
                     self.wake();
                 }
             }
+            Push::PresenceChanged(p) => self.emit(ClientEvent::Presence {
+                user: p.user,
+                online: p.online,
+                last_seen: p.last_seen,
+            }),
             Push::Receipt(r) => self.emit(ClientEvent::Receipt {
                 conv: r.conv.to_string(),
                 user: r.user,

@@ -34,8 +34,8 @@ use std::sync::Arc;
 
 use anchorage_protocol::request::{
     AddMembers, CreateGroup, Edit, Edits, Hide, MarkRead, MembersSearch, MembersSyncBatch,
-    OpenDirect, Pin, React, ReactorsQuery, ReceiptsQuery, RemoveMembers, Revoke, SetPrivacy,
-    Typing, View,
+    OpenDirect, Pin, PresenceQuery, React, ReactorsQuery, ReceiptsQuery, RemoveMembers, Revoke,
+    SetPrivacy, Typing, View,
 };
 use anchorage_protocol::{MembersBatch, Reactors, Receipts, ReplyBody, RequestBody, ServerFrame};
 use anchorage_schema::{ConversationId, GroupId, UserId};
@@ -43,7 +43,7 @@ use tokio::sync::broadcast;
 
 pub use anchorage_digest::SetDigest;
 pub use anchorage_protocol::request::SetPrefs;
-pub use anchorage_protocol::{ConvPrefs, MemberInfo, Reaction};
+pub use anchorage_protocol::{ConvPrefs, MemberInfo, PresenceInfo, Reaction};
 pub use backoff::{delay as backoff_delay, random as backoff_random};
 pub use members::{MemberListState, MemberSyncKind};
 
@@ -138,6 +138,12 @@ pub enum ClientEvent {
     Messages { conv: String, seq: u64 },
     /// Stored message `seq` of `conv` changed (edited, revoked, pinned, reactions).
     MessageChanged { conv: String, seq: u64 },
+    /// The other member of a 1:1 came online or went offline (`last_seen`: when).
+    Presence {
+        user: String,
+        online: bool,
+        last_seen: Option<i64>,
+    },
     /// Another member read `conv` up to `seq` (1:1s and small groups).
     Receipt {
         conv: String,
@@ -371,6 +377,31 @@ impl Client {
         let conv = ConversationId::parse(conv)?;
         match self.ask(ReceiptsQuery { conv, seq }.into()).await? {
             ReplyBody::Receipts(r) => Ok(r),
+            other => Err(SdkError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Whether `users` are online and when they were last seen (those who share a
+    /// conversation with this user and show their presence; the others come back `hidden`).
+    pub async fn presence(&self, users: &[&str]) -> Result<Vec<PresenceInfo>, SdkError> {
+        let query = PresenceQuery {
+            users: self::users(users)?,
+            conv: None,
+        };
+        match self.ask(query.into()).await? {
+            ReplyBody::Presence(p) => Ok(p.users),
+            other => Err(SdkError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// How many members of `conv` are online.
+    pub async fn online_count(&self, conv: &str) -> Result<u64, SdkError> {
+        let query = PresenceQuery {
+            users: Vec::new(),
+            conv: Some(ConversationId::parse(conv)?),
+        };
+        match self.ask(query.into()).await? {
+            ReplyBody::Presence(p) => Ok(p.online.unwrap_or(0)),
             other => Err(SdkError::Refused(format!("unexpected answer {other:?}"))),
         }
     }

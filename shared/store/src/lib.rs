@@ -90,6 +90,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "user_state",
         sql: include_str!("../migrations/0009_user_state.sql"),
     },
+    Migration {
+        version: 10,
+        name: "last_seen",
+        sql: include_str!("../migrations/0010_last_seen.sql"),
+    },
 ];
 
 /// Which database a store talks to.

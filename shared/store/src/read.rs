@@ -566,6 +566,110 @@ impl Store {
         Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
     }
 
+    /// Records that `user` was connected until `at` (the latest time wins).
+    pub async fn set_last_seen(&self, user: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO last_seen (user_id, at) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET at = excluded.at WHERE excluded.at > last_seen.at",
+        )
+        .bind(user)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// When `user` was last connected, if ever recorded.
+    pub async fn last_seen(&self, user: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT at FROM last_seen WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("at")?),
+            None => None,
+        })
+    }
+
+    /// Those of `others` who share a conversation with `user` now.
+    pub async fn sharing_a_conversation(
+        &self,
+        user: &str,
+        others: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in others.chunks(500) {
+            // Only placeholders are formatted into the statement.
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT DISTINCT o.user_id FROM group_members m
+                 JOIN groups g ON g.group_id = m.group_id AND g.dismissed = 0
+                 JOIN group_members o ON o.group_id = m.group_id
+                 WHERE m.user_id = $1 AND m.removed_seq IS NULL AND o.removed_seq IS NULL
+                   AND o.user_id IN ({list})"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user);
+            for other in chunk {
+                q = q.bind(other);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                found.push(row.try_get("user_id")?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The other member of each of `user`'s 1:1 conversations.
+    pub async fn direct_peers(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT o.user_id FROM group_members m
+             JOIN groups g ON g.group_id = m.group_id AND g.direct = 1 AND g.dismissed = 0
+             JOIN group_members o ON o.group_id = m.group_id AND o.user_id <> m.user_id
+             WHERE m.user_id = $1 AND m.removed_seq IS NULL AND o.removed_seq IS NULL",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("user_id")?))
+            .collect()
+    }
+
+    /// How many of `users` are current members of `group` who show their presence.
+    pub async fn members_showing_presence(
+        &self,
+        group: &str,
+        users: &[String],
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for chunk in users.chunks(500) {
+            // Only placeholders are formatted into the statement.
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT COUNT(*) AS n FROM group_members m
+                 LEFT JOIN privacy p ON p.user_id = m.user_id
+                 WHERE m.group_id = $1 AND m.removed_seq IS NULL
+                   AND COALESCE(p.presence, 1) = 1 AND m.user_id IN ({list})"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(group);
+            for user in chunk {
+                q = q.bind(user);
+            }
+            total += q
+                .fetch_one(&self.pool)
+                .await?
+                .try_get::<i64, _>("n")?
+                .max(0) as u64;
+        }
+        Ok(total)
+    }
+
     /// What others may see of `user`: (read receipts, presence).
     pub async fn privacy_of(&self, user: &str) -> Result<(bool, bool), StoreError> {
         let row = sqlx::query("SELECT receipts, presence FROM privacy WHERE user_id = $1")

@@ -861,3 +861,147 @@ async fn read_receipts_show_who_read_how_far_unless_they_hide_them() {
         .unwrap();
     assert_eq!(refused.code, ErrorCode::Forbidden);
 }
+
+async fn presence(
+    c: &mut WsClient,
+    users: &[&str],
+    conv: Option<&str>,
+) -> anchorage_protocol::PresenceAnswer {
+    let query = anchorage_protocol::request::PresenceQuery {
+        users: user_ids(users),
+        conv: conv.map(conv_id),
+    };
+    match c.reply(query).await.unwrap() {
+        ReplyBody::Presence(p) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn presence_reaches_1to1_peers_counts_groups_and_survives_an_edge_crash_by_expiry() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    config.edge.presence_ttl_secs = 3;
+    let stack = TestStack::start_with(config, db_dir).await.unwrap();
+    let edge2 = TestEdge::start(&stack.config).await.unwrap();
+    let (e1, e2) = (stack.edge_addr(), edge2.addr);
+    // The 1:1s exist before bob connects: his peers are looked up when he does.
+    for peer in ["alice", "ghost"] {
+        let (mut c, _) = WsClient::signed_in(e1, peer, "d").await.unwrap();
+        c.ok(anchorage_protocol::request::OpenDirect {
+            peer: anchorage_tests::user_id("bob"),
+        })
+        .await
+        .unwrap();
+    }
+    let (mut dave, _) = WsClient::signed_in(e1, "dave", "d").await.unwrap();
+    dave.ok(create_group("team", "Team", &["alice", "bob"]))
+        .await
+        .unwrap();
+    drop(dave);
+    // Alice's first connection closed with the loop above; wait until that is recorded.
+    eventually(WAIT, "alice's last seen", || async {
+        stack.stack.store.last_seen("alice").await.ok()?
+    })
+    .await
+    .unwrap();
+    let (mut bob, _) = WsClient::signed_in(e2, "bob", "d").await.unwrap();
+
+    // Alice comes online on the other edge: bob, her 1:1 peer, hears it; then she leaves.
+    let (alice, _) = WsClient::signed_in(e1, "alice", "d").await.unwrap();
+    let on: anchorage_protocol::PresenceInfo = bob
+        .pushed(|p: &anchorage_protocol::PresenceInfo| p.user == "alice" && p.online)
+        .await
+        .unwrap();
+    assert_eq!(on.last_seen, None);
+    let p = presence(&mut bob, &["alice", "dave", "stranger"], Some("team")).await;
+    let states: Vec<(&str, bool, bool)> = p
+        .users
+        .iter()
+        .map(|u| (u.user.as_str(), u.online, u.hidden))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("alice", true, false),
+            ("dave", false, false),
+            // No conversation in common: nothing said, not even whether they exist.
+            ("stranger", false, true),
+        ]
+    );
+    assert!(p.users[1].last_seen.is_some(), "dave was seen: {p:?}");
+    assert_eq!(p.online, Some(2), "alice and bob of team are online");
+    drop(alice);
+    let off: anchorage_protocol::PresenceInfo = bob
+        .pushed(|p: &anchorage_protocol::PresenceInfo| p.user == "alice" && !p.online)
+        .await
+        .unwrap();
+    assert!(off.last_seen.is_some());
+
+    // An edge that crashed stops refreshing its records: its users go offline by expiry.
+    let record = json!({"devices": 1, "at": anchorage_schema::now_ms()});
+    stack
+        .stack
+        .bus
+        .publish_raw(
+            "presence.ghost.crashed00",
+            None,
+            record.to_string().into_bytes(),
+        )
+        .await
+        .unwrap();
+    bob.pushed(|p: &anchorage_protocol::PresenceInfo| p.user == "ghost" && p.online)
+        .await
+        .unwrap();
+    let gone = tokio::time::Instant::now();
+    let off: anchorage_protocol::PresenceInfo = bob
+        .pushed(|p: &anchorage_protocol::PresenceInfo| p.user == "ghost" && !p.online)
+        .await
+        .unwrap();
+    assert!(
+        gone.elapsed() <= Duration::from_secs(5),
+        "{:?}",
+        gone.elapsed()
+    );
+    assert!(off.last_seen.is_some());
+
+    // Alice hides her presence: bob hears nothing more and asking says `hidden`.
+    let (mut alice, _) = WsClient::signed_in(e1, "alice", "d").await.unwrap();
+    bob.pushed(|p: &anchorage_protocol::PresenceInfo| p.user == "alice" && p.online)
+        .await
+        .unwrap();
+    alice
+        .ok(anchorage_protocol::request::SetPrivacy {
+            receipts: None,
+            presence: Some(false),
+        })
+        .await
+        .unwrap();
+    eventually(WAIT, "alice's privacy in the projection", || async {
+        let (_, shown) = stack.stack.store.privacy_of("alice").await.ok()?;
+        (!shown).then_some(())
+    })
+    .await
+    .unwrap();
+    let p = presence(&mut bob, &["alice"], Some("team")).await;
+    assert!(p.users[0].hidden && !p.users[0].online, "{p:?}");
+    assert_eq!(p.online, Some(1), "hidden members are not counted");
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    while let Ok(Ok(frame)) =
+        tokio::time::timeout(Duration::from_millis(200), bob.next_frame()).await
+    {
+        if let ServerFrame::Push(Push::PresenceChanged(p)) = frame {
+            assert_ne!(p.user, "alice", "a hidden user's presence was pushed");
+        }
+    }
+    let refused = bob
+        .refused(anchorage_protocol::request::PresenceQuery {
+            users: Vec::new(),
+            conv: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused.code, ErrorCode::InvalidRequest);
+}

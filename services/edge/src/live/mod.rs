@@ -33,6 +33,7 @@
 mod conn;
 mod interest;
 mod membership;
+mod presence;
 mod registry;
 mod view;
 mod views;
@@ -48,12 +49,13 @@ use std::time::Duration;
 
 use anchorage_bus::Bus;
 use anchorage_protocol::{
-    HiddenMessages, LiveMessage, MembershipChanged, Message, OwnReaction, Push, ReactionDelta,
-    ReactionsChanged, ReadMoved, Receipt, ServerFrame, StateChange, StateChanged, TypingNow,
+    HiddenMessages, LiveMessage, MembershipChanged, Message, OwnReaction, PresenceInfo, Push,
+    ReactionDelta, ReactionsChanged, ReadMoved, Receipt, ServerFrame, StateChange, StateChanged,
+    TypingNow,
 };
 use anchorage_schema::event::{ReactionChanged, ReadMarked};
-use anchorage_schema::subjects;
-use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, UserId};
+use anchorage_schema::subjects::{self, stream};
+use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, Seq, UserId};
 use anchorage_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -74,6 +76,7 @@ struct State {
     interest: Interest,
     watchers: Watchers,
     views: Views,
+    presence: presence::Presence,
     /// When each user last said they type in each conversation (for the typing rate).
     typed: HashMap<(UserId, ConversationId), std::time::Instant>,
 }
@@ -114,6 +117,17 @@ pub struct Hub {
     /// Recently looked up: whether a conversation is small enough for receipts, and whether
     /// a user shows theirs (with when it was looked up).
     receipts: Mutex<ReceiptCache>,
+    /// This edge's name in presence records (random, per process).
+    edge_id: String,
+    /// How long a presence record counts.
+    presence_ttl: Duration,
+}
+
+/// A presence record's payload.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PresenceRecord {
+    devices: u32,
+    at: i64,
 }
 
 /// What [`Hub::receipt`] looked up lately.
@@ -145,6 +159,7 @@ impl Hub {
         store: Store,
         reaction_flush: Duration,
         receipts_max_members: u32,
+        presence_ttl: Duration,
     ) -> anyhow::Result<Arc<Hub>> {
         let hub = Arc::new(Hub {
             bus: bus.clone(),
@@ -157,7 +172,13 @@ impl Hub {
             reaction_flush,
             receipts_max_members,
             receipts: Mutex::new(ReceiptCache::default()),
+            edge_id: format!(
+                "{:012x}",
+                anchorage_schema::backoff::random() & 0xffff_ffff_ffff
+            ),
+            presence_ttl,
         });
+        hub.follow_presence().await?;
         hub.follow_membership().await?;
         // Revoked sessions are closed at once on every edge; changes of a user's own state go
         // to their devices.
@@ -329,21 +350,225 @@ impl Hub {
         for mut rx in pending {
             let _ = tokio::time::timeout(SUBSCRIBE_WAIT, rx.wait_for(|ready| *ready)).await;
         }
+        self.connected(&user).await;
         Ok(convs)
     }
 
-    /// Removes a connection; interest goes with the last connection of a user.
-    pub fn unregister(&self, conn: ConnId) {
-        let mut state = self.lock();
-        let state = &mut *state;
-        state.watchers.unwatch_all(conn);
-        state.views.unview_all(conn);
-        let Some(user) = state.registry.remove(conn) else {
+    /// A connection of `user` opened here: their presence record says so, and on their first
+    /// connection here the peers whose presence they get are looked up.
+    async fn connected(self: &Arc<Self>, user: &UserId) {
+        let (devices, looked_up) = {
+            let state = self.lock();
+            (
+                state.registry.conns_of(user).count(),
+                state.presence.watches(user),
+            )
+        };
+        self.publish_presence(user, devices);
+        if looked_up {
+            return;
+        }
+        match self.store.direct_peers(user.as_str()).await {
+            Ok(peers) => {
+                let peers = peers
+                    .into_iter()
+                    .filter_map(|p| UserId::parse(p).ok())
+                    .collect();
+                let mut state = self.lock();
+                // Still connected: watch (a user gone meanwhile watches nobody).
+                if state.registry.conns_of(user).next().is_some() {
+                    state.presence.watch(user, peers);
+                }
+            }
+            Err(err) => tracing::debug!(%user, error = %err, "looking up 1:1 peers"),
+        }
+    }
+
+    /// Writes this edge's presence record of `user` (in the background: presence is never
+    /// worth holding a connection up).
+    fn publish_presence(self: &Arc<Self>, user: &UserId, devices: usize) {
+        let subject = subjects::presence(user, &self.edge_id);
+        let record = PresenceRecord {
+            devices: u32::try_from(devices).unwrap_or(u32::MAX),
+            at: anchorage_schema::now_ms(),
+        };
+        let payload = serde_json::to_vec(&record).unwrap_or_default();
+        let (user, gone) = (user.clone(), devices == 0);
+        self.spawn(|hub, _| async move {
+            let Some(hub) = hub.upgrade() else { return };
+            if let Err(err) = hub.bus.publish_raw(&subject, None, payload).await {
+                tracing::debug!(%subject, error = %err, "presence record not written");
+            }
+            if gone && let Err(err) = hub.store.set_last_seen(user.as_str(), record.at).await {
+                tracing::debug!(%user, error = %err, "last seen not written");
+            }
+        });
+    }
+
+    /// Follows every edge's presence records (after reading those still stored), refreshes
+    /// this edge's, and expires those not refreshed.
+    async fn follow_presence(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut live = self.bus.subscribe_live(subjects::LIVE_PRESENCE_ALL).await?;
+        self.bus.flush().await?;
+        // What is stored already: the records of users connected before this edge started.
+        let state = self.bus.stream_state(stream::PRESENCE).await?;
+        if state.last_seq.0 > 0 {
+            let mut reader = self.bus.read_stream(stream::PRESENCE, Seq(1)).await?;
+            loop {
+                let read = tokio::time::timeout(SUBSCRIBE_WAIT, reader.next()).await;
+                let Ok(Ok(e)) = read else { break };
+                self.on_presence(&e.subject, &e.payload);
+                if e.seq >= state.last_seq {
+                    break;
+                }
+            }
+        }
+        self.spawn(|hub, stop| async move {
+            while let Some(Some(ev)) = stop.run_until_cancelled(live.next()).await {
+                let Some(hub) = hub.upgrade() else { break };
+                let subject = ev.subject.strip_prefix(subjects::LIVE_PREFIX).unwrap_or("");
+                hub.on_presence(subject, &ev.payload);
+            }
+        });
+        let every = self.presence_ttl / 3;
+        self.spawn(move |hub, stop| async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while stop.run_until_cancelled(tick.tick()).await.is_some() {
+                let Some(hub) = hub.upgrade() else { break };
+                let users: Vec<(UserId, usize)> = hub
+                    .lock()
+                    .registry
+                    .users()
+                    .map(|(u, n)| (u.clone(), n))
+                    .collect();
+                for (user, devices) in users {
+                    hub.publish_presence(&user, devices);
+                }
+                let flips = {
+                    let ttl = hub.presence_ttl_ms();
+                    hub.lock().presence.sweep(anchorage_schema::now_ms(), ttl)
+                };
+                for (user, _, at) in &flips {
+                    // A crashed edge's user: remember when they were last seen.
+                    if let Err(err) = hub.store.set_last_seen(user.as_str(), *at).await {
+                        tracing::debug!(%user, error = %err, "last seen not written");
+                    }
+                }
+                hub.tell_presence(flips);
+            }
+        });
+        Ok(())
+    }
+
+    fn presence_ttl_ms(&self) -> i64 {
+        i64::try_from(self.presence_ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Takes one presence record (`presence.<user>.<edge>`), checked before use.
+    fn on_presence(self: &Arc<Self>, subject: &str, payload: &[u8]) {
+        let mut parts = subject.split('.');
+        let (Some("presence"), Some(user), Some(edge), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return;
         };
-        for conv in state.view.untrack(&user) {
-            state.interest.remove(&user, &conv);
+        let (Ok(user), Ok(record)) = (
+            UserId::parse(user),
+            serde_json::from_slice::<PresenceRecord>(payload),
+        ) else {
+            tracing::debug!(%subject, "ignoring an invalid presence record");
+            return;
+        };
+        let flip = {
+            let now = anchorage_schema::now_ms();
+            let ttl = self.presence_ttl_ms();
+            self.lock()
+                .presence
+                .apply(&user, edge, record.devices, record.at, now, ttl)
+        };
+        self.tell_presence(flip);
+    }
+
+    /// Tells the 1:1 peers connected here that users came online or went offline — those
+    /// who show their presence.
+    fn tell_presence(self: &Arc<Self>, flips: impl IntoIterator<Item = presence::Flip>) {
+        for (user, online, at) in flips {
+            let watched = self.lock().presence.watchers_of(&user).next().is_some();
+            if !watched {
+                continue;
+            }
+            self.spawn(move |hub, _| async move {
+                let Some(hub) = hub.upgrade() else { return };
+                match hub.store.privacy_of(user.as_str()).await {
+                    Ok((_, true)) => {}
+                    Ok((_, false)) => return,
+                    Err(err) => {
+                        tracing::debug!(%user, error = %err, "presence not told");
+                        return;
+                    }
+                }
+                let push = Push::PresenceChanged(PresenceInfo {
+                    user: user.to_string(),
+                    online,
+                    last_seen: (!online).then_some(at),
+                    hidden: false,
+                });
+                let f = frame(&push.into());
+                let state = hub.lock();
+                for watcher in state.presence.watchers_of(&user) {
+                    state.registry.push_user(watcher, &f);
+                }
+            });
         }
+    }
+
+    /// Whether `user` is online, and when last seen (from the records, then the database).
+    pub async fn presence_of(&self, user: &UserId) -> anyhow::Result<(bool, Option<i64>)> {
+        let (online, at) = {
+            let state = self.lock();
+            let now = anchorage_schema::now_ms();
+            (
+                state.presence.online(user, now, self.presence_ttl_ms()),
+                state.presence.last_at(user),
+            )
+        };
+        if online {
+            return Ok((true, None));
+        }
+        let stored = self.store.last_seen(user.as_str()).await?;
+        Ok((false, at.max(stored)))
+    }
+
+    /// Users online now, on any edge.
+    pub fn online_users(&self) -> Vec<UserId> {
+        let now = anchorage_schema::now_ms();
+        self.lock()
+            .presence
+            .online_users(now, self.presence_ttl_ms())
+    }
+
+    /// Removes a connection; interest goes with the last connection of a user.
+    pub fn unregister(self: &Arc<Self>, conn: ConnId) {
+        let (user, devices) = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            state.watchers.unwatch_all(conn);
+            state.views.unview_all(conn);
+            let Some(user) = state.registry.get(conn).map(|c| c.user.clone()) else {
+                return;
+            };
+            if state.registry.remove(conn).is_some() {
+                // The user's last connection here.
+                state.presence.unwatch(&user);
+                for conv in state.view.untrack(&user) {
+                    state.interest.remove(&user, &conv);
+                }
+            }
+            let devices = state.registry.conns_of(&user).count();
+            (user, devices)
+        };
+        self.publish_presence(&user, devices);
     }
 
     /// Until when `user` (connected here) is muted in `conv`, if at all.
@@ -680,6 +905,7 @@ impl Hub {
         state.interest.clear();
         state.view.clear();
         state.views.clear();
+        state.presence.clear();
     }
 }
 

@@ -57,6 +57,11 @@ impl Registry {
         self.by_user.get(user).into_iter().flatten().copied()
     }
 
+    /// Every user connected here, with how many connections they have.
+    pub fn users(&self) -> impl Iterator<Item = (&UserId, usize)> + '_ {
+        self.by_user.iter().map(|(user, conns)| (user, conns.len()))
+    }
+
     /// Queues `frame` to every connection of `user`.
     pub fn push_user(&self, user: &UserId, frame: &Frame) {
         for id in self.conns_of(user) {

@@ -69,6 +69,7 @@ impl Session {
             RequestBody::SetPrivacy(r) => self.set_privacy(r).await.map(Into::into),
             RequestBody::UserState(r) => self.user_state(r).await.map(Into::into),
             RequestBody::Receipts(r) => self.receipts(r).await.map(Into::into),
+            RequestBody::Presence(r) => self.presence(r).await.map(Into::into),
         };
         let code = match &answer {
             Ok(_) => "ok",

@@ -1,9 +1,10 @@
-//! What a connection shows and who is typing: `view` / `unview` mark the conversations a
-//! connection has open, `typing` tells the others. Nothing of it is stored; it travels between
-//! edges on core NATS and reaches only connections viewing the conversation.
+//! What a connection shows, who is typing, who is online: `view` / `unview` mark the
+//! conversations a connection has open, `typing` tells the others (nothing of it is stored; it
+//! travels between edges on core NATS and reaches only connections viewing the conversation),
+//! `presence` says who is online and when they were last seen.
 
-use anchorage_protocol::Done;
-use anchorage_protocol::request::{Typing, View};
+use anchorage_protocol::request::{PresenceQuery, Typing, View};
+use anchorage_protocol::{Done, PresenceAnswer, PresenceInfo};
 use anchorage_schema::subjects;
 
 use super::error::RequestError;
@@ -48,6 +49,79 @@ impl Session {
         Ok(Done {
             conv: Some(conv),
             seq: None,
+        })
+    }
+}
+
+/// Most users one `presence` request asks about.
+pub(crate) const MAX_PRESENCE: usize = 100;
+
+impl Session {
+    /// Whether users are online and when they were last seen — users who share a
+    /// conversation with the caller and show their presence; the others are `hidden` (so
+    /// nobody learns who exists or who hides). With `conv`, its online member count.
+    pub(super) async fn presence(&self, r: PresenceQuery) -> Result<PresenceAnswer, RequestError> {
+        let PresenceQuery { users, conv } = r;
+        if users.len() > MAX_PRESENCE {
+            return Err(RequestError::Invalid(format!(
+                "ask about at most {MAX_PRESENCE} users at a time"
+            )));
+        }
+        if users.is_empty() && conv.is_none() {
+            return Err(RequestError::Invalid("name users or a conversation".into()));
+        }
+        let store = &self.state.store;
+        let me = self.claims.sub.as_str();
+        let asked: Vec<String> = users.iter().map(ToString::to_string).collect();
+        let shared = store.sharing_a_conversation(me, &asked).await?;
+        let mut answers = Vec::with_capacity(users.len());
+        for user in users {
+            let hidden = || PresenceInfo {
+                user: user.to_string(),
+                online: false,
+                last_seen: None,
+                hidden: true,
+            };
+            if !shared.iter().any(|s| s == user.as_str())
+                || !store.privacy_of(user.as_str()).await?.1
+            {
+                answers.push(hidden());
+                continue;
+            }
+            let (online, last_seen) = self
+                .state
+                .hub
+                .presence_of(&user)
+                .await
+                .map_err(|e| RequestError::Overloaded(e.to_string()))?;
+            answers.push(PresenceInfo {
+                user: user.to_string(),
+                online,
+                last_seen,
+                hidden: false,
+            });
+        }
+        let online = match conv {
+            Some(conv) => {
+                self.member(&conv)?;
+                let online: Vec<String> = self
+                    .state
+                    .hub
+                    .online_users()
+                    .into_iter()
+                    .map(|u| u.to_string())
+                    .collect();
+                Some(
+                    store
+                        .members_showing_presence(conv.as_str(), &online)
+                        .await?,
+                )
+            }
+            None => None,
+        };
+        Ok(PresenceAnswer {
+            users: answers,
+            online,
         })
     }
 }
