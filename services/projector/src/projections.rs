@@ -151,6 +151,8 @@ pub(crate) async fn apply_events(
     let mut notices = Vec::new();
     // Events that came from other systems, recorded with what they became.
     let mut ingested = Vec::new();
+    // Whether text was erased (a revoke).
+    let mut erased = false;
     if p == Projection::Messages {
         // Messages go in together: multi-row inserts, one version move per conversation; a
         // change to a message applies in its place between them.
@@ -165,7 +167,7 @@ pub(crate) async fn apply_events(
             }
             tx.insert_messages(&run).await?;
             run.clear();
-            apply_change(&mut tx, bus, row, &env).await?;
+            erased |= apply_change(&mut tx, bus, row, &env).await?;
         }
         tx.insert_messages(&run).await?;
     } else {
@@ -181,6 +183,11 @@ pub(crate) async fn apply_events(
     tx.set_checkpoint(p.name(), p.stream(), next, now_ms())
         .await?;
     tx.commit().await?;
+    if erased {
+        // The old versions of the rows are gone from the database file; its log must not
+        // keep them either.
+        store.truncate_log().await?;
+    }
     Ok(notices)
 }
 
@@ -261,13 +268,14 @@ fn message_row(seq: u64, subject: &str, env: &Envelope) -> Result<NewMessage, Ap
 /// Applies a change to a message (its entry `row` stored too). A revoke erases the events
 /// that held the message's text — the message and its edits — from the stream before the
 /// projection forgets them, so nothing is committed that says "erased" while the text is
-/// still stored; an edit that comes after its message was revoked is erased itself.
+/// still stored; an edit that comes after its message was revoked is erased itself. Returns
+/// whether anything was erased.
 async fn apply_change(
     tx: &mut Tx,
     bus: &Bus,
     row: NewMessage,
     env: &Envelope,
-) -> Result<(), ApplyError> {
+) -> Result<bool, ApplyError> {
     let (conv, seq) = (row.conv.clone(), row.seq);
     let target = row.target.unwrap_or_default();
     let mut erase = Vec::new();
@@ -307,12 +315,12 @@ async fn apply_change(
         }
         _ => return Err(wrong_stream(env, stream::MESSAGES)),
     }
-    for at in erase {
-        bus.erase(stream::MESSAGES, Seq(at))
+    for at in &erase {
+        bus.erase(stream::MESSAGES, Seq(*at))
             .await
             .map_err(|e| ApplyError::Unavailable(format!("erasing {conv}#{at}: {e}")))?;
     }
-    Ok(())
+    Ok(!erase.is_empty())
 }
 
 async fn apply_read(

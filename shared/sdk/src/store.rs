@@ -206,6 +206,9 @@ impl LocalStore {
             if version > r.prev {
                 return Ok(None);
             }
+            if is_revoked(&mut tx, conv, target).await? {
+                continue;
+            }
             for d in r.deltas.iter().filter(|d| d.target == target) {
                 adjust(&mut reactions, &d.emoji, d.delta, None);
             }
@@ -714,6 +717,19 @@ async fn reaction_state(
     }))
 }
 
+async fn is_revoked(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conv: &str,
+    seq: u64,
+) -> Result<bool, SdkError> {
+    let row = sqlx::query("SELECT revoked FROM messages WHERE conv = $1 AND seq = $2")
+        .bind(conv)
+        .bind(seq as i64)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.is_some_and(|r| r.get::<i64, _>("revoked") != 0))
+}
+
 async fn save_reactions(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     conv: &str,
@@ -766,7 +782,8 @@ async fn apply_change(
     let Some((version, mut reactions)) = reaction_state(tx, conv, c.target).await? else {
         return Ok(false);
     };
-    if version >= c.seq {
+    if version >= c.seq || is_revoked(tx, conv, c.target).await? {
+        // Already reflected, or a tombstone: a revoked message never changes again.
         return Ok(false);
     }
     let query = match c.kind {

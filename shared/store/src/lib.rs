@@ -203,6 +203,27 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
+    /// After text was erased: SQLite's write-ahead log still holds the old pages until it is
+    /// checkpointed, so it is checkpointed and truncated (retried while readers hold it).
+    /// PostgreSQL keeps the old row versions until vacuum, which autovacuum runs.
+    pub async fn truncate_log(&self) -> Result<(), StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        for _ in 0..20 {
+            let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await?;
+            let busy: i64 = row.try_get(0)?;
+            if busy == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::warn!("the SQLite log stays busy: erased text leaves it at the next checkpoint");
+        Ok(())
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend

@@ -246,19 +246,29 @@ impl Store {
             prefs.retain(|p| p.version <= through);
             hidden.retain(|h| h.2 <= through);
         }
-        let newest = prefs
-            .iter()
-            .map(|p| p.version)
-            .chain(hidden.iter().map(|h| h.2))
-            .chain([after, if more { 0 } else { privacy_version }])
-            .max()
-            .unwrap_or(after);
+        let newest = if more {
+            through
+        } else {
+            // What the user's state is at now (never what the caller said it holds).
+            let current = sqlx::query(
+                "SELECT MAX(v) AS v FROM (
+                     SELECT MAX(version) AS v FROM conversation_prefs WHERE user_id = $1
+                     UNION ALL SELECT MAX(version) FROM hidden_messages WHERE user_id = $1
+                 ) AS t",
+            )
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<Option<i64>, _>("v")?
+            .map_or(0, |v| v as u64);
+            current.max(privacy_version)
+        };
         Ok(UserState {
             prefs,
             hidden: hidden.into_iter().map(|(c, s, _)| (c, s)).collect(),
             receipts,
             presence,
-            version: if more { through } else { newest },
+            version: newest,
             more,
         })
     }
@@ -915,18 +925,41 @@ impl Store {
 
     /// Messages after `after` in `conv`, counted up to `cap`.
     pub async fn count_after(&self, conv: &str, after: u64, cap: u32) -> Result<u64, StoreError> {
-        let row = sqlx::query(
+        self.count_after_for(conv, after, cap, "").await
+    }
+
+    /// The same without the messages `viewer` deleted for themselves.
+    pub async fn count_after_for(
+        &self,
+        conv: &str,
+        after: u64,
+        cap: u32,
+        viewer: &str,
+    ) -> Result<u64, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) AS n FROM
                (SELECT 1 AS one FROM messages
-                WHERE conv_id = $1 AND seq > $2 AND kind = 'message' AND revoked = 0
-                LIMIT $3) AS t",
-        )
+                WHERE conv_id = $1 AND seq > $2 AND kind = 'message' AND revoked = 0 {NOT_HIDDEN}
+                LIMIT $3) AS t"
+        )))
         .bind(conv)
         .bind(after as i64)
         .bind(i64::from(cap))
+        .bind(viewer)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get::<i64, _>("n")? as u64)
+    }
+
+    /// Which of `seqs` are messages of `conv` (not changes to them).
+    pub async fn messages_among(&self, conv: &str, seqs: &[u64]) -> Result<Vec<u64>, StoreError> {
+        let mut found = Vec::new();
+        for seq in seqs {
+            if self.message(conv, *seq).await?.is_some() {
+                found.push(*seq);
+            }
+        }
+        Ok(found)
     }
 
     /// Records that a device received `conv` up to `seq` (only ever moves forward).

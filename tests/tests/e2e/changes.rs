@@ -477,15 +477,21 @@ async fn a_revoked_text_is_gone_from_the_stream_the_store_and_a_rebuild() {
         let st = bus.stream_state(s).await.unwrap();
         assert_eq!(st.last_seq.0, 0, "{s} holds nothing of it");
     }
-    // Nor do the server's files: JetStream overwrote the erased records.
+    // Nor do the server's files: JetStream overwrote the erased records; SQLite overwrote the
+    // rows (`secure_delete`) and emptied its log.
     let mut files = vec![t.nats.dir.path().to_path_buf()];
+    if t.stack.config.database.url.starts_with("sqlite") {
+        files.push(t.stack.db_dir.path().to_path_buf());
+    }
     while let Some(path) = files.pop() {
         if path.is_dir() {
             files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
         } else {
             let bytes = std::fs::read(&path).unwrap();
-            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
-            assert!(!found, "{} holds the text", path.display());
+            for text in [&secret, &amended] {
+                let found = bytes.windows(text.len()).any(|w| w == text.as_bytes());
+                assert!(!found, "{} holds {text}", path.display());
+            }
         }
     }
 
@@ -1000,6 +1006,166 @@ async fn presence_reaches_1to1_peers_counts_groups_and_survives_an_edge_crash_by
         .refused(anchorage_protocol::request::PresenceQuery {
             users: Vec::new(),
             conv: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused.code, ErrorCode::InvalidRequest);
+}
+
+// An edit decided just before a revoke can be stored just after it (two devices racing):
+// nobody is shown it, the projector erases it, and the tombstone stays a tombstone.
+#[tokio::test]
+async fn an_edit_stored_after_the_revoke_is_never_shown_and_is_erased() {
+    let t = two_edges().await;
+    let (mut alice, _) = WsClient::signed_in(t.stack.edge_addr(), "alice", "d1")
+        .await
+        .unwrap();
+    let (mut bob, _) = WsClient::signed_in(t.edge2.addr, "bob", "d").await.unwrap();
+    alice
+        .ok(create_group("race", "Race", &["bob"]))
+        .await
+        .unwrap();
+    let seq = alice
+        .ack(send_message("race", "r1", json!("first words")))
+        .await
+        .unwrap()
+        .seq;
+    let revoked = alice
+        .ok(Revoke {
+            conv: conv_id("race"),
+            seq,
+        })
+        .await
+        .unwrap()
+        .seq
+        .unwrap();
+    entry(&mut bob, "race", EntryKind::Revoke).await;
+    // The losing edit, as the other device's edge published it.
+    let late = anchorage_schema::Envelope::new(
+        anchorage_schema::EventId::parse("alice:d2:edit:race:late").unwrap(),
+        anchorage_schema::now_ms(),
+        anchorage_schema::Actor::User {
+            user: anchorage_tests::user_id("alice"),
+            device: anchorage_schema::DeviceId::parse("d2").unwrap(),
+        },
+        anchorage_schema::event::MessageEdited {
+            conv: conv_id("race"),
+            target: seq,
+            editor: anchorage_tests::user_id("alice"),
+            device: anchorage_schema::DeviceId::parse("d2").unwrap(),
+            body: json!("LATE-EDIT-TEXT"),
+        },
+    );
+    let bus = &t.stack.stack.bus;
+    let stored = bus
+        .publish_event(
+            &anchorage_schema::subjects::message(&conv_id("race")),
+            &late,
+            None,
+        )
+        .await
+        .unwrap()
+        .seq;
+    let after = alice
+        .ack(send_message("race", "r2", json!("later")))
+        .await
+        .unwrap()
+        .seq;
+    // Bob gets the next message (its `prev` shows the hole: he syncs), never the edit.
+    let next: LiveMessage = bob
+        .pushed(|m: &LiveMessage| m.message.seq == after)
+        .await
+        .unwrap();
+    assert_eq!(next.prev, stored.0);
+    assert!(
+        bob.pending_pushes().iter().all(|p| !matches!(p,
+            Push::Message(m) if m.message.kind == EntryKind::Edit)),
+        "{:?}",
+        bob.pending_pushes()
+    );
+    let store = &t.stack.stack.store;
+    eventually(WAIT, "the late edit erased", || async {
+        bus.stored_event_if_any(stream::MESSAGES, stored)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let page = bob.messages(sync("race", revoked)).await.unwrap();
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![after], "the sync skips the erased edit");
+    let m = store.message("race", seq).await.unwrap().unwrap();
+    assert!(m.revoked && m.body == "null" && m.edits == 0, "{m:?}");
+    assert_eq!(
+        store.columns_containing("LATE-EDIT-TEXT").await.unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn the_users_own_state_refuses_what_is_not_theirs_to_state() {
+    let t = two_edges().await;
+    let (mut alice, _) = WsClient::signed_in(t.stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    alice.ok(create_group("one", "One", &[])).await.unwrap();
+    alice.ok(create_group("two", "Two", &[])).await.unwrap();
+    let in_one = alice
+        .ack(send_message("one", "m1", json!("x")))
+        .await
+        .unwrap()
+        .seq;
+    let in_two = alice
+        .ack(send_message("two", "m2", json!("y")))
+        .await
+        .unwrap()
+        .seq;
+    let edited = alice
+        .ok(edit("two", in_two, json!("y!")))
+        .await
+        .unwrap()
+        .seq
+        .unwrap();
+    let hide = |seqs: Vec<u64>| anchorage_protocol::request::Hide {
+        conv: conv_id("two"),
+        seqs,
+    };
+    // A message of another conversation, a change entry, nothing at all: not messages here.
+    for seqs in [
+        vec![in_one],
+        vec![edited],
+        vec![0],
+        vec![in_two, edited + 100],
+    ] {
+        let refused = alice.refused(hide(seqs.clone())).await.unwrap();
+        assert_eq!(refused.code, ErrorCode::NotFound, "{seqs:?}: {refused:?}");
+    }
+    alice.ok(hide(vec![in_two, in_two])).await.unwrap();
+    let store = &t.stack.stack.store;
+    eventually(WAIT, "the hidden message in the projection", || async {
+        let s = store.user_state_since("alice", 0, 10).await.ok()?;
+        (!s.hidden.is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    // The state's version is the server's, whatever the client claims to hold.
+    let claimed = i64::MAX as u64;
+    let real = match alice
+        .reply(anchorage_protocol::request::UserStateQuery { after: claimed })
+        .await
+        .unwrap()
+    {
+        ReplyBody::UserState(s) => s.version,
+        other => panic!("{other:?}"),
+    };
+    assert!(real > 0 && real < claimed, "{real}");
+    // Receipts of a seq past the end are refused like reads past it.
+    let refused = alice
+        .refused(ReceiptsQuery {
+            conv: conv_id("two"),
+            seq: Some(1_000_000_000_000),
         })
         .await
         .unwrap();

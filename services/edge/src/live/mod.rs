@@ -1044,6 +1044,9 @@ async fn follow_conversation(hub: Weak<Hub>, s: Subscribe) {
     let flush = hub.upgrade().map_or(Duration::ZERO, |h| h.reaction_flush);
     // Reactions gathered for one frame, and when it goes.
     let mut gathered: Option<ReactionBatch> = None;
+    // Messages revoked lately: a change decided before a revoke and stored after it (a
+    // race between two devices) is never delivered — the projector erases it.
+    let mut revoked: HashSet<u64> = HashSet::new();
     let mut due = tokio::time::Instant::now();
     loop {
         let ev = tokio::select! {
@@ -1067,6 +1070,18 @@ async fn follow_conversation(hub: Weak<Hub>, s: Subscribe) {
             && *hub.position.borrow() < position.0
         {
             hub.reach(position.0).await;
+        }
+        match &env.event {
+            Event::MessageRevoked(r) => {
+                if revoked.len() >= REVOKED_REMEMBERED {
+                    revoked.clear();
+                }
+                revoked.insert(r.target);
+            }
+            Event::MessageEdited(e) if revoked.contains(&e.target) => continue,
+            Event::ReactionChanged(e) if revoked.contains(&e.target) => continue,
+            Event::PinChanged(e) if revoked.contains(&e.target) => continue,
+            _ => {}
         }
         if let Event::ReactionChanged(r) = &env.event
             && r.conv == conv
@@ -1102,6 +1117,9 @@ async fn follow_conversation(hub: Weak<Hub>, s: Subscribe) {
     }
     sub.unsubscribe().await;
 }
+
+/// Revoked messages a conversation's follower remembers (to hold back late changes to them).
+const REVOKED_REMEMBERED: usize = 4096;
 
 /// Reaction entries of one conversation gathered for one frame: consecutive in its chain,
 /// summed per message and emoji, with each reacting user's own.

@@ -37,12 +37,40 @@ pub(crate) fn check_emoji(emoji: &str) -> Result<(), RequestError> {
             emoji.len()
         )));
     }
-    if emoji.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if emoji
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || invisible(c))
+    {
         return Err(RequestError::Invalid(
-            "a reaction holds no control characters or whitespace".into(),
+            "a reaction holds no control, invisible or direction characters, nor whitespace".into(),
+        ));
+    }
+    // Joiners and variation selectors shape what stands next to them: something must be
+    // there to see, and a joiner joins two things.
+    if emoji.chars().all(shaping) || emoji.starts_with(ZWJ) || emoji.ends_with(ZWJ) {
+        return Err(RequestError::Invalid(
+            "a reaction shows something: not only joiners or variation selectors".into(),
         ));
     }
     Ok(())
+}
+
+/// The zero-width joiner, which makes one emoji of several.
+const ZWJ: char = '\u{200D}';
+
+/// Characters that show nothing or turn the text's direction (zero-width spaces and
+/// non-joiners, direction marks, embeddings, overrides and isolates, word joiners and
+/// invisible operators, the byte-order mark, the Mongolian vowel separator, soft hyphens).
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{180E}' | '\u{200B}' | '\u{200C}' | '\u{200E}' | '\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}'
+        | '\u{FEFF}')
+}
+
+/// Characters that only shape others: the joiner and variation selectors.
+fn shaping(c: char) -> bool {
+    c == ZWJ || matches!(c, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
 }
 
 impl Session {
@@ -349,5 +377,34 @@ impl Session {
             messages: self.state.views(rows, self.claims.sub.as_str()).await?,
             more: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_emoji;
+
+    #[test]
+    fn reactions_are_visible_emoji() {
+        for fine in ["👍", "👍🏽", "❤\u{FE0F}", "👩\u{200D}💻", "🇳🇴", "+1", "ok"]
+        {
+            assert!(check_emoji(fine).is_ok(), "{fine:?} refused");
+        }
+        for bad in [
+            "",
+            "a b",
+            "\n",
+            "\u{200B}",
+            "\u{202E}",
+            "\u{FEFF}",
+            "\u{180E}",
+            "\u{FE0F}",
+            "👍\u{200D}",
+            "\u{200D}👍",
+            "👍\u{200B}",
+            &"x".repeat(33),
+        ] {
+            assert!(check_emoji(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -255,6 +255,9 @@ impl Session {
     pub(super) async fn receipts(&self, r: ReceiptsQuery) -> Result<Receipts, RequestError> {
         let ReceiptsQuery { conv, seq } = r;
         self.member(&conv)?;
+        if let Some(seq) = seq {
+            self.within_conversation(&conv, seq).await?;
+        }
         let me = self.claims.sub.as_str();
         let store = &self.state.store;
         let small = conv.is_direct()

@@ -169,6 +169,9 @@ impl Session {
             };
             return Ok(SendAnswer::ready(ServerFrame::reply(id, ack)));
         }
+        let mut mentions = mentions;
+        mentions.sort();
+        mentions.dedup();
         self.check_references(&conv, reply_to, &mentions, mention_all)
             .await?;
         // The idempotency key names the conversation: the same client id in two conversations

@@ -106,6 +106,26 @@ impl Session {
                 "no message {past} in {conv}"
             )));
         }
+        let last = seqs.last().copied().unwrap_or_default();
+        if !self
+            .state
+            .messages_projected(anchorage_schema::Seq(last))
+            .await?
+        {
+            return Err(RequestError::Overloaded(format!(
+                "the history of {conv} is catching up; try again in a moment"
+            )));
+        }
+        let found = self
+            .state
+            .store
+            .messages_among(conv.as_str(), &seqs)
+            .await?;
+        if let Some(other) = seqs.iter().find(|s| !found.contains(s)) {
+            return Err(RequestError::NotFound(format!(
+                "{other} is not a message of {conv}"
+            )));
+        }
         let user = &self.claims.sub;
         let list = seqs
             .iter()

@@ -92,7 +92,9 @@ impl Session {
             if last_seq <= anchor {
                 continue;
             }
-            let unread = store.count_after(&s.conv, s.read_seq, UNREAD_CAP).await?;
+            let unread = store
+                .count_after_for(&s.conv, s.read_seq, UNREAD_CAP, user)
+                .await?;
             let mentions = if unread > 0 {
                 store
                     .mentions_after(&s.conv, user, s.read_seq, UNREAD_CAP)
