@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use anchorage_protocol::request::{AddMembers, React, RemoveMembers, SetNickname, Typing, View};
+use anchorage_protocol::request::{
+    AddMembers, PresenceQuery, React, RemoveMembers, SetNickname, Typing, View,
+};
 use anchorage_protocol::{Push, RequestBody, ServerFrame};
 use anchorage_schema::subjects::stream;
 use anchorage_sdk::{ClientEvent, MemberSyncKind};
@@ -281,8 +283,12 @@ async fn a_hundred_thousand_member_group_stays_in_line_through_every_layer() {
         .unwrap();
     }
     let frames = |c: &mut WsClient| {
-        let (mut reactions, mut typing, mut counted) = (0, 0, 0i64);
+        let (mut reactions, mut typing, mut counted, mut presence) = (0, 0, 0i64, 0);
         c.take_pushes(|p| match p {
+            Push::PresenceChanged(_) => {
+                presence += 1;
+                true
+            }
             Push::Reactions(r) => {
                 reactions += 1;
                 counted += r.deltas.iter().map(|d| d.delta).sum::<i64>();
@@ -294,7 +300,7 @@ async fn a_hundred_thousand_member_group_stays_in_line_through_every_layer() {
             }
             _ => false,
         });
-        (reactions, typing, counted)
+        (reactions, typing, counted, presence)
     };
     let mut seen = Vec::new();
     for c in [&mut b.alice, &mut carol] {
@@ -304,12 +310,34 @@ async fn a_hundred_thousand_member_group_stays_in_line_through_every_layer() {
                 c.keep_push(p);
             }
         }
-        let (reactions, typing, counted) = frames(c);
-        eprintln!("{reactions} reaction frames ({counted} reactions), {typing} typing frames");
+        let (reactions, typing, counted, presence) = frames(c);
+        eprintln!(
+            "{reactions} reaction frames ({counted} reactions), {typing} typing frames, \
+             {presence} presence frames"
+        );
         assert_eq!(counted, 20, "every reaction is counted");
         assert!(reactions <= 8, "20 reactions in {reactions} frames");
+        // Twenty members came online: no join flood to a group's members.
+        assert_eq!(presence, 0, "presence goes to 1:1 peers only");
         seen.push(typing);
     }
     assert!(seen[0] >= 1, "alice views it: she sees who types");
     assert_eq!(seen[1], 0, "carol does not view it: no typing frame");
+    // The group's presence is a count on request.
+    let online = match b
+        .alice
+        .reply(PresenceQuery {
+            users: Vec::new(),
+            conv: Some(conv.clone()),
+        })
+        .await
+        .unwrap()
+    {
+        anchorage_protocol::ReplyBody::Presence(p) => p.online.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        online >= 22,
+        "alice, carol and the twenty are online: {online}"
+    );
 }
