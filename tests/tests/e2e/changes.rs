@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::common::{TwoEdges, two_edges_with};
 use anchorage_protocol::request::{
     Edit, Edits, History, Pin, React, ReactorsQuery, ReceiptsQuery, Revoke, Typing, View,
 };
@@ -13,27 +14,15 @@ use anchorage_protocol::{
 };
 use anchorage_schema::subjects::stream;
 use anchorage_tests::{
-    TestEdge, TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database,
-    hello, send_message, sync, test_config, token, user_ids,
+    WsClient, conv_id, create_group, eventually, fresh_database, hello, send_message, sync, token,
+    user_ids,
 };
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Two {
-    nats: TestNats,
-    stack: TestStack,
-    edge2: TestEdge,
-}
-
-async fn two_edges() -> Two {
-    let nats = TestNats::start().await.unwrap();
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
-    config.messages.reaction_flush_ms = 300;
-    let stack = TestStack::start_with(config, db_dir).await.unwrap();
-    let edge2 = TestEdge::start(&stack.config).await.unwrap();
-    Two { nats, stack, edge2 }
+async fn two_edges() -> TwoEdges {
+    two_edges_with(|c| c.messages.reaction_flush_ms = 300).await
 }
 
 fn edit(conv: &str, seq: u64, body: serde_json::Value) -> Edit {
@@ -750,12 +739,8 @@ async fn receipts_counting(c: &mut WsClient, conv: &str, seq: u64, count: u64) -
 
 #[tokio::test]
 async fn read_receipts_show_who_read_how_far_unless_they_hide_them() {
-    let nats = TestNats::start().await.unwrap();
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
-    config.messages.receipts_max_members = 3;
-    let stack = TestStack::start_with(config, db_dir).await.unwrap();
-    let edge2 = TestEdge::start(&stack.config).await.unwrap();
+    let TwoEdges { stack, edge2, .. } =
+        two_edges_with(|c| c.messages.receipts_max_members = 3).await;
     let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
         .await
         .unwrap();
@@ -885,12 +870,7 @@ async fn presence(
 
 #[tokio::test]
 async fn presence_reaches_1to1_peers_counts_groups_and_survives_an_edge_crash_by_expiry() {
-    let nats = TestNats::start().await.unwrap();
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
-    config.edge.presence_ttl_secs = 3;
-    let stack = TestStack::start_with(config, db_dir).await.unwrap();
-    let edge2 = TestEdge::start(&stack.config).await.unwrap();
+    let TwoEdges { stack, edge2, .. } = two_edges_with(|c| c.edge.presence_ttl_secs = 3).await;
     let (e1, e2) = (stack.edge_addr(), edge2.addr);
     // The 1:1s exist before bob connects: his peers are looked up when he does.
     for peer in ["alice", "ghost"] {

@@ -196,3 +196,28 @@ pub async fn short_window_config(
     config.streams.dir = streams.path().to_owned();
     (config, db_dir, streams)
 }
+
+/// A stack (NATS, database, projector, an edge) and a second edge.
+pub struct TwoEdges {
+    pub nats: anchorage_tests::TestNats,
+    pub stack: anchorage_tests::TestStack,
+    pub edge2: anchorage_tests::TestEdge,
+}
+
+/// A stack and a second edge, on a fresh database, configured by `configure`.
+pub async fn two_edges_with(configure: impl FnOnce(&mut anchorage_config::Config)) -> TwoEdges {
+    let nats = anchorage_tests::TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let database = anchorage_tests::fresh_database(db_dir.path())
+        .await
+        .unwrap();
+    let mut config = anchorage_tests::test_config(&nats.url(), &database);
+    configure(&mut config);
+    let stack = anchorage_tests::TestStack::start_with(config, db_dir)
+        .await
+        .unwrap();
+    let edge2 = anchorage_tests::TestEdge::start(&stack.config)
+        .await
+        .unwrap();
+    TwoEdges { nats, stack, edge2 }
+}

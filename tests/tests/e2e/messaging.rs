@@ -12,29 +12,15 @@ use anchorage_protocol::{
     ServerFrame,
 };
 use anchorage_tests::{
-    TestEdge, TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database,
-    group_id, hello, send_message, sync, test_config, token, user_id, user_ids,
+    TestEdge, WsClient, conv_id, create_group, eventually, group_id, hello, send_message, sync,
+    token, user_id, user_ids,
 };
 use serde_json::json;
 
-struct Two {
-    _nats: TestNats,
-    stack: TestStack,
-    edge2: TestEdge,
-}
+use crate::common::{TwoEdges, two_edges_with};
 
-async fn two_edges() -> Two {
-    let nats = TestNats::start().await.unwrap();
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
-    config.edge.hello_timeout_ms = 500;
-    let stack = TestStack::start_with(config, db_dir).await.unwrap();
-    let edge2 = TestEdge::start(&stack.config).await.unwrap();
-    Two {
-        _nats: nats,
-        stack,
-        edge2,
-    }
+async fn two_edges() -> TwoEdges {
+    two_edges_with(|c| c.edge.hello_timeout_ms = 500).await
 }
 
 fn is_message(conv: &str) -> impl Fn(&LiveMessage) -> bool + '_ {
