@@ -739,8 +739,11 @@ async fn receipts_counting(c: &mut WsClient, conv: &str, seq: u64, count: u64) -
 
 #[tokio::test]
 async fn read_receipts_show_who_read_how_far_unless_they_hide_them() {
-    let TwoEdges { stack, edge2, .. } =
-        two_edges_with(|c| c.messages.receipts_max_members = 3).await;
+    let TwoEdges {
+        nats: _nats,
+        stack,
+        edge2,
+    } = two_edges_with(|c| c.messages.receipts_max_members = 3).await;
     let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
         .await
         .unwrap();
@@ -870,7 +873,11 @@ async fn presence(
 
 #[tokio::test]
 async fn presence_reaches_1to1_peers_counts_groups_and_survives_an_edge_crash_by_expiry() {
-    let TwoEdges { stack, edge2, .. } = two_edges_with(|c| c.edge.presence_ttl_secs = 3).await;
+    let TwoEdges {
+        nats: _nats,
+        stack,
+        edge2,
+    } = two_edges_with(|c| c.edge.presence_ttl_secs = 3).await;
     let (e1, e2) = (stack.edge_addr(), edge2.addr);
     // The 1:1s exist before bob connects: his peers are looked up when he does.
     for peer in ["alice", "ghost"] {

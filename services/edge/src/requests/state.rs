@@ -13,6 +13,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::error::RequestError;
 use super::session::Session;
+use crate::progress::Projection;
 
 /// Longest draft, in bytes.
 pub(crate) const MAX_DRAFT_BYTES: usize = 4096;
@@ -164,7 +165,37 @@ impl Session {
     }
 
     pub(super) async fn user_state(&self, r: UserStateQuery) -> Result<UserState, RequestError> {
+        if !self.state_projected().await? {
+            return Err(RequestError::Overloaded(
+                "the user's state is catching up; ask again in a moment".into(),
+            ));
+        }
         self.state_since(r.after).await
+    }
+
+    /// The user's state for `welcome`: what changed since `after`, and if the projection has
+    /// not caught up with the user's subject yet, `more` (the device asks `user_state`).
+    pub(super) async fn welcome_state(&self, after: u64) -> Result<UserState, RequestError> {
+        let caught_up = self.state_projected().await?;
+        let mut state = self.state_since(after).await?;
+        state.more |= !caught_up;
+        Ok(state)
+    }
+
+    /// Whether the projection holds every change the user's subject holds (waiting briefly):
+    /// a device that missed a change and asks must get it, not an older state.
+    async fn state_projected(&self) -> Result<bool, RequestError> {
+        let subject = subjects::user(&self.claims.sub);
+        let last = self
+            .state
+            .bus
+            .last_subject_seq(anchorage_schema::subjects::stream::USERS, &subject)
+            .await?;
+        Ok(self
+            .state
+            .progress
+            .reached(Projection::Users, last.0, super::PROJECTION_WAIT)
+            .await?)
     }
 
     /// What changed of the user's own state after version `after` (a page of it).

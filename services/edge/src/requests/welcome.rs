@@ -116,7 +116,7 @@ impl Session {
         // The user's own state comes with the first page.
         let state = match hello.cursor {
             None => Some(Box::new(
-                self.state_since(hello.state_version.unwrap_or(0)).await?,
+                self.welcome_state(hello.state_version.unwrap_or(0)).await?,
             )),
             Some(_) => None,
         };
