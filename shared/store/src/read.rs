@@ -1094,7 +1094,8 @@ impl Store {
                  WHERE m.type = 'table' AND p.type = 'TEXT'"
             }
             crate::Backend::Postgres => {
-                "SELECT table_name AS t, column_name AS c FROM information_schema.columns
+                "SELECT CAST(table_name AS TEXT) AS t, CAST(column_name AS TEXT) AS c
+                 FROM information_schema.columns
                  WHERE table_schema = current_schema() AND data_type = 'text'"
             }
         };
