@@ -14,8 +14,8 @@ use anchorage_protocol::{
 };
 use anchorage_schema::subjects::stream;
 use anchorage_tests::{
-    WsClient, conv_id, create_group, eventually, fresh_database, hello, send_message, sync, token,
-    user_ids,
+    TestEdge, WsClient, conv_id, create_group, eventually, fresh_database, hello, send_message,
+    sync, token, user_ids,
 };
 use serde_json::json;
 
@@ -925,6 +925,23 @@ async fn presence_reaches_1to1_peers_counts_groups_and_survives_an_edge_crash_by
     );
     assert!(p.users[1].last_seen.is_some(), "dave was seen: {p:?}");
     assert_eq!(p.online, Some(2), "alice and bob of team are online");
+    // An edge started now — as the edge NATS user, with records stored — knows who is online.
+    let edge3 = TestEdge::start(&stack.config).await.unwrap();
+    let (mut dave, _) = WsClient::signed_in(edge3.addr, "dave", "d").await.unwrap();
+    let p = presence(&mut dave, &["alice"], None).await;
+    assert!(p.users[0].online, "{p:?}");
+    // A 1:1 made while both are connected: they hear of each other from then on.
+    dave.ok(anchorage_protocol::request::OpenDirect {
+        peer: anchorage_tests::user_id("bob"),
+    })
+    .await
+    .unwrap();
+    drop(dave);
+    let off: anchorage_protocol::PresenceInfo = bob
+        .pushed(|p: &anchorage_protocol::PresenceInfo| p.user == "dave" && !p.online)
+        .await
+        .unwrap();
+    assert!(off.last_seen.is_some());
     drop(alice);
     let off: anchorage_protocol::PresenceInfo = bob
         .pushed(|p: &anchorage_protocol::PresenceInfo| p.user == "alice" && !p.online)
@@ -971,6 +988,12 @@ async fn presence_reaches_1to1_peers_counts_groups_and_survives_an_edge_crash_by
         })
         .await
         .unwrap();
+    // Her peers stop showing her online at once.
+    let hidden: anchorage_protocol::PresenceInfo = bob
+        .pushed(|p: &anchorage_protocol::PresenceInfo| p.user == "alice" && p.hidden)
+        .await
+        .unwrap();
+    assert!(!hidden.online && hidden.last_seen.is_none());
     eventually(WAIT, "alice's privacy in the projection", || async {
         let (_, shown) = stack.stack.store.privacy_of("alice").await.ok()?;
         (!shown).then_some(())

@@ -55,7 +55,7 @@ use anchorage_protocol::{
 };
 use anchorage_schema::event::{ReactionChanged, ReadMarked};
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, Seq, UserId};
+use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, UserId};
 use anchorage_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -196,6 +196,9 @@ impl Hub {
                 event => {
                     if let Event::PrivacyChanged(p) = &event {
                         hub.receipt_cache().shown.remove(&p.user);
+                        if let Some(shown) = p.presence {
+                            hub.presence_shown(p.user.clone(), shown);
+                        }
                     }
                     if let Some((user, change)) = state_change(event) {
                         let push = Push::State(StateChanged {
@@ -410,17 +413,15 @@ impl Hub {
     async fn follow_presence(self: &Arc<Self>) -> anyhow::Result<()> {
         let mut live = self.bus.subscribe_live(subjects::LIVE_PRESENCE_ALL).await?;
         self.bus.flush().await?;
-        // What is stored already: the records of users connected before this edge started.
-        let state = self.bus.stream_state(stream::PRESENCE).await?;
-        if state.last_seq.0 > 0 {
-            let mut reader = self.bus.read_stream(stream::PRESENCE, Seq(1)).await?;
-            loop {
-                let read = tokio::time::timeout(SUBSCRIBE_WAIT, reader.next()).await;
-                let Ok(Ok(e)) = read else { break };
-                self.on_presence(&e.subject, &e.payload);
-                if e.seq >= state.last_seq {
-                    break;
-                }
+        // What is stored already: the records of users connected before this edge started,
+        // read subject by subject (an edge may read messages, never make consumers).
+        for subject in self.bus.subjects(stream::PRESENCE, "presence.*.*").await? {
+            if let Some((_, payload)) = self
+                .bus
+                .last_subject_payload(stream::PRESENCE, &subject)
+                .await?
+            {
+                self.on_presence(&subject, &payload);
             }
         }
         self.spawn(|hub, stop| async move {
@@ -521,6 +522,43 @@ impl Hub {
                 }
             });
         }
+    }
+
+    /// `user` turned their presence on or off: their 1:1 peers connected here hear it (off
+    /// reads as offline and hidden, so nobody keeps showing them online).
+    fn presence_shown(self: &Arc<Self>, user: UserId, shown: bool) {
+        if self.lock().presence.watchers_of(&user).next().is_none() {
+            return;
+        }
+        self.spawn(move |hub, _| async move {
+            let Some(hub) = hub.upgrade() else { return };
+            let info = if shown {
+                match hub.presence_of(&user).await {
+                    Ok((online, last_seen)) => PresenceInfo {
+                        user: user.to_string(),
+                        online,
+                        last_seen,
+                        hidden: false,
+                    },
+                    Err(err) => {
+                        tracing::debug!(%user, error = %err, "presence not told");
+                        return;
+                    }
+                }
+            } else {
+                PresenceInfo {
+                    user: user.to_string(),
+                    online: false,
+                    last_seen: None,
+                    hidden: true,
+                }
+            };
+            let f = frame(&Push::PresenceChanged(info).into());
+            let state = hub.lock();
+            for watcher in state.presence.watchers_of(&user) {
+                state.registry.push_user(watcher, &f);
+            }
+        });
     }
 
     /// Whether `user` is online, and when last seen (from the records, then the database).
@@ -813,6 +851,14 @@ impl Hub {
         {
             let mut state = self.lock();
             let state = &mut *state;
+            // A 1:1 made while its members are connected here: each watches the other.
+            if let Event::GroupCreated(g) = &env.event
+                && g.direct
+                && let [peer] = g.members.as_slice()
+            {
+                state.presence.add_peer(&g.owner, peer);
+                state.presence.add_peer(peer, &g.owner);
+            }
             for change in state.view.apply(seq, env) {
                 match change {
                     Change::Joined { user, conv } => {

@@ -120,6 +120,21 @@ impl Presence {
         self.watching.insert(user.clone(), peers);
     }
 
+    /// `user`, if connected here (their peers looked up), watches `peer` too (a 1:1 made
+    /// while they are connected).
+    pub fn add_peer(&mut self, user: &UserId, peer: &UserId) {
+        let Some(peers) = self.watching.get_mut(user) else {
+            return;
+        };
+        if !peers.contains(peer) {
+            peers.push(peer.clone());
+            self.watchers
+                .entry(peer.clone())
+                .or_default()
+                .insert(user.clone());
+        }
+    }
+
     /// `user` left this edge: they watch nobody any more.
     pub fn unwatch(&mut self, user: &UserId) {
         for peer in self.watching.remove(user).unwrap_or_default() {

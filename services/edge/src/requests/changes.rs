@@ -45,11 +45,11 @@ pub(crate) fn check_emoji(emoji: &str) -> Result<(), RequestError> {
             "a reaction holds no control, invisible or direction characters, nor whitespace".into(),
         ));
     }
-    // Joiners and variation selectors shape what stands next to them: something must be
-    // there to see, and a joiner joins two things.
-    if emoji.chars().all(shaping) || emoji.starts_with(ZWJ) || emoji.ends_with(ZWJ) {
+    // Joiners, selectors, skin tones, tags and combining marks shape what stands before
+    // them: a reaction starts with something to see, and a joiner joins two things.
+    if emoji.chars().next().is_none_or(shaping) || emoji.ends_with(ZWJ) {
         return Err(RequestError::Invalid(
-            "a reaction shows something: not only joiners or variation selectors".into(),
+            "a reaction starts with something visible: not a joiner, selector or mark".into(),
         ));
     }
     Ok(())
@@ -58,19 +58,30 @@ pub(crate) fn check_emoji(emoji: &str) -> Result<(), RequestError> {
 /// The zero-width joiner, which makes one emoji of several.
 const ZWJ: char = '\u{200D}';
 
-/// Characters that show nothing or turn the text's direction (zero-width spaces and
-/// non-joiners, direction marks, embeddings, overrides and isolates, word joiners and
-/// invisible operators, the byte-order mark, the Mongolian vowel separator, soft hyphens).
+/// Characters that show nothing, or turn or mark the text's direction: soft hyphens, the
+/// combining grapheme joiner, the Arabic letter mark, Hangul and Khmer fillers, Mongolian
+/// selectors and separator, zero-width spaces and non-joiners, direction marks, embeddings,
+/// overrides and isolates, word joiners, invisible operators and deprecated format
+/// characters, the Braille blank, the byte-order mark, interlinear annotations, shorthand
+/// format controls, musical formatting, variation selectors other than the emoji ones and the
+/// language tag.
 fn invisible(c: char) -> bool {
     matches!(c,
-        '\u{00AD}' | '\u{180E}' | '\u{200B}' | '\u{200C}' | '\u{200E}' | '\u{200F}'
-        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}'
-        | '\u{FEFF}')
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
+        | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}' | '\u{200C}' | '\u{200E}'
+        | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{2800}'
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0D}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FFF0}'..='\u{FFFB}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E001F}' | '\u{E0080}'..='\u{E01EF}')
 }
 
-/// Characters that only shape others: the joiner and variation selectors.
+/// Characters that only shape the one before them: the joiner, the emoji presentation
+/// selectors, skin tones, tag letters (subdivision flags), combining marks (the keycap).
 fn shaping(c: char) -> bool {
-    c == ZWJ || matches!(c, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
+    c == ZWJ
+        || matches!(c,
+            '\u{FE0E}' | '\u{FE0F}' | '\u{1F3FB}'..='\u{1F3FF}' | '\u{E0020}'..='\u{E007F}'
+            | '\u{0300}'..='\u{036F}' | '\u{20D0}'..='\u{20FF}')
 }
 
 impl Session {
@@ -386,8 +397,17 @@ mod tests {
 
     #[test]
     fn reactions_are_visible_emoji() {
-        for fine in ["👍", "👍🏽", "❤\u{FE0F}", "👩\u{200D}💻", "🇳🇴", "+1", "ok"]
-        {
+        for fine in [
+            "👍",
+            "👍🏽",
+            "❤\u{FE0F}",
+            "👩\u{200D}💻",
+            "🇳🇴",
+            "1\u{FE0F}\u{20E3}",
+            "🏴\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+            "+1",
+            "ok",
+        ] {
             assert!(check_emoji(fine).is_ok(), "{fine:?} refused");
         }
         for bad in [
@@ -399,6 +419,24 @@ mod tests {
             "\u{FEFF}",
             "\u{180E}",
             "\u{FE0F}",
+            "\u{061C}",
+            "👍\u{061C}",
+            "\u{206A}",
+            "\u{E0001}",
+            "\u{E0020}",
+            "\u{FFF9}",
+            "\u{3164}",
+            "\u{115F}",
+            "\u{2800}",
+            "\u{034F}",
+            "\u{0301}",
+            "🏽",
+            "\u{17B4}",
+            "\u{1BCA0}",
+            "\u{1D173}",
+            "👍\u{FE00}",
+            "👍\u{E0100}",
+            "👍\u{180B}",
             "👍\u{200D}",
             "\u{200D}👍",
             "👍\u{200B}",

@@ -58,8 +58,8 @@ pub(crate) const MAX_PRESENCE: usize = 100;
 
 impl Session {
     /// Whether users are online and when they were last seen — users who share a
-    /// conversation with the caller and show their presence; the others are `hidden` (so
-    /// nobody learns who exists or who hides). With `conv`, its online member count.
+    /// conversation with the caller, show their presence and are not deleted; the others are
+    /// `hidden` (so nobody learns who exists or who hides). With `conv`, its online member count.
     pub(super) async fn presence(&self, r: PresenceQuery) -> Result<PresenceAnswer, RequestError> {
         let PresenceQuery { users, conv } = r;
         if users.len() > MAX_PRESENCE {
@@ -84,6 +84,7 @@ impl Session {
             };
             if !shared.iter().any(|s| s == user.as_str())
                 || !store.privacy_of(user.as_str()).await?.1
+                || store.user_deleted(user.as_str()).await?
             {
                 answers.push(hidden());
                 continue;
