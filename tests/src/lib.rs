@@ -148,19 +148,29 @@ impl TestNats {
     /// The same, requiring TLS with `tls`.
     pub async fn start_with_tls(tls: Option<TlsFiles>) -> anyhow::Result<TestNats> {
         let dir = tempfile::tempdir()?;
-        let server = NatsServer::spawn(NatsServerOptions {
-            binary: nats_binary()?,
-            server_name: "test".into(),
-            // A fixed port, so a restarted server is found at the same address.
-            port: Some(natsd::free_port()?),
-            store_dir: dir.path().join("nats"),
-            sync_always: false,
-            cluster: None,
-            auth: Some(credentials().clone()),
-            tls,
-        })
-        .await?;
-        Ok(TestNats { server, dir })
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let spawned = NatsServer::spawn(NatsServerOptions {
+                binary: nats_binary()?,
+                server_name: "test".into(),
+                // A fixed port, so a restarted server is found at the same address.
+                port: Some(natsd::free_port()?),
+                store_dir: dir.path().join("nats"),
+                sync_always: false,
+                cluster: None,
+                auth: Some(credentials().clone()),
+                tls: tls.clone(),
+            })
+            .await;
+            match spawned {
+                Ok(server) => return Ok(TestNats { server, dir }),
+                // A port found free can be taken by another test's process before the server
+                // binds it: take another.
+                Err(e) if attempt < 5 && format!("{e:#}").contains("address already in use") => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn url(&self) -> String {

@@ -28,8 +28,9 @@ pub(crate) const MAX_EMOJI_BYTES: usize = 32;
 /// Most users one `reactors` answer lists.
 const MAX_REACTORS: u32 = 500;
 
-/// Refuses what cannot be a reaction: empty, longer than [`MAX_EMOJI_BYTES`], or holding
-/// control characters or whitespace.
+/// Refuses what cannot be a reaction: empty, longer than [`MAX_EMOJI_BYTES`], holding
+/// control, invisible or direction characters or whitespace, or not starting with something
+/// visible.
 pub(crate) fn check_emoji(emoji: &str) -> Result<(), RequestError> {
     if emoji.is_empty() || emoji.len() > MAX_EMOJI_BYTES {
         return Err(RequestError::Invalid(format!(

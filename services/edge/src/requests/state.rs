@@ -176,7 +176,9 @@ impl Session {
     /// The user's state for `welcome`: what changed since `after`, and if the projection has
     /// not caught up with the user's subject yet, `more` (the device asks `user_state`).
     pub(super) async fn welcome_state(&self, after: u64) -> Result<UserState, RequestError> {
-        let caught_up = self.state_projected().await?;
+        // A `hello` never fails for this: if it cannot tell (NATS passing through an
+        // election), the device asks again.
+        let caught_up = self.state_projected().await.unwrap_or(false);
         let mut state = self.state_since(after).await?;
         state.more |= !caught_up;
         Ok(state)
