@@ -12,9 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use crate::ingest;
 use anchorage_bus::Bus;
 use anchorage_digest::{SetDigest, bucket_of};
-use anchorage_protocol::{
-    self as protocol, MemberInfo, MembersChange, MembersChanged, Message, Push, ServerFrame,
-};
+use anchorage_protocol::{MemberInfo, MembersChange, MembersChanged, Message, Push, ServerFrame};
 use anchorage_schema::event::{
     GroupCreated, MemberMuteChanged, MemberProfileChanged, MemberRoleChanged, MembersAdded,
     MembersRemoved, Role,
@@ -248,19 +246,13 @@ fn message_row(seq: u64, subject: &str, env: &Envelope) -> Result<NewMessage, Ap
         client_ts: entry.client_ts,
         server_ts: entry.server_ts,
         event_id: env.id.to_string(),
-        kind: match entry.kind {
-            protocol::EntryKind::Message => EntryKind::Message,
-            protocol::EntryKind::Edit => EntryKind::Edit,
-            protocol::EntryKind::Revoke => EntryKind::Revoke,
-            protocol::EntryKind::Reaction => EntryKind::Reaction,
-            protocol::EntryKind::Pin => EntryKind::Pin,
-        },
+        kind: entry.kind,
         target: entry.target,
         reply_to: entry.reply_to,
         mentions,
         flag: entry
             .added
-            .or((entry.kind == protocol::EntryKind::Pin).then_some(entry.pinned)),
+            .or((entry.kind == EntryKind::Pin).then_some(entry.pinned)),
         emoji: entry.emoji,
     })
 }

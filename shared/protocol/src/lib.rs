@@ -21,16 +21,16 @@ pub mod members;
 pub mod reply;
 pub mod request;
 
+pub use anchorage_schema::EntryKind;
 pub use codec::{FrameError, MAX_NUMBER, decode_request};
 pub use error::{ErrorCode, close};
 pub use members::{GroupSync, GroupSyncResult, GroupVersion, MemberInfo, MembersChange};
 pub use reply::{
-    Ack, ConvChange, ConvPrefs, Done, EntryKind, ErrorFrame, GroupVersions, HiddenMessages,
-    LiveMessage, MembersBatch, MembersBuckets, MembersChanged, MembersDiff, MembersFound,
-    MembersPage, MembershipChanged, Message, MessageParts, Messages, OwnReaction, PresenceAnswer,
-    PresenceInfo, Push, Reaction, ReactionDelta, ReactionsChanged, Reactors, ReadMoved, Receipt,
-    Receipts, Reply, ReplyBody, ServerFrame, StateChange, StateChanged, TypingNow, UserState,
-    Welcome,
+    Ack, ConvChange, ConvPrefs, Done, ErrorFrame, GroupVersions, HiddenMessages, LiveMessage,
+    MembersBatch, MembersBuckets, MembersChanged, MembersDiff, MembersFound, MembersPage,
+    MembershipChanged, Message, MessageParts, Messages, OwnReaction, PresenceAnswer, PresenceInfo,
+    Push, Reaction, ReactionDelta, ReactionsChanged, Reactors, ReadMoved, Receipt, Receipts, Reply,
+    ReplyBody, ServerFrame, StateChange, StateChanged, TypingNow, UserState, Welcome,
 };
 pub use request::{ConvAnchor, REQUEST_TYPES, Request, RequestBody};
 

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use anchorage_schema::{
-    Actor, ClientMsgId, ConversationId, DeviceId, Envelope, Event, GroupId, UserId,
+    Actor, ClientMsgId, ConversationId, DeviceId, EntryKind, Envelope, Event, GroupId, UserId,
 };
 
 use crate::RequestId;
@@ -480,30 +480,6 @@ pub struct Message {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
-}
-
-/// What an entry of a conversation is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EntryKind {
-    /// A message.
-    #[default]
-    Message,
-    /// A new body for message `target`.
-    Edit,
-    /// Message `target` was revoked for everyone.
-    Revoke,
-    /// A reaction on message `target` was added or removed.
-    Reaction,
-    /// Message `target` was pinned or unpinned.
-    Pin,
-}
-
-impl EntryKind {
-    /// Whether this is a message (not a change to one).
-    pub fn is_message(&self) -> bool {
-        *self == EntryKind::Message
-    }
 }
 
 /// The reactions with one emoji on a message.

@@ -184,6 +184,53 @@ pub struct MessagesHidden {
     pub seqs: Vec<u64>,
 }
 
+/// What an entry of a conversation is: a message, or a change to the message it names. The
+/// same names on the wire (`kind`) and in the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A message.
+    #[default]
+    Message,
+    /// A new body for a message.
+    Edit,
+    /// A message revoked for everyone.
+    Revoke,
+    /// A reaction added or removed.
+    Reaction,
+    /// A message pinned or unpinned.
+    Pin,
+}
+
+impl EntryKind {
+    /// Whether this is a message (not a change to one).
+    pub fn is_message(&self) -> bool {
+        *self == EntryKind::Message
+    }
+
+    /// The name, as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Message => "message",
+            EntryKind::Edit => "edit",
+            EntryKind::Revoke => "revoke",
+            EntryKind::Reaction => "reaction",
+            EntryKind::Pin => "pin",
+        }
+    }
+
+    /// Reads a name (anything unknown is a message).
+    pub fn parse(name: &str) -> EntryKind {
+        match name {
+            "edit" => EntryKind::Edit,
+            "revoke" => EntryKind::Revoke,
+            "reaction" => EntryKind::Reaction,
+            "pin" => EntryKind::Pin,
+            _ => EntryKind::Message,
+        }
+    }
+}
+
 /// A message into a conversation from another system (a bot, a notifier, an admin tool).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SystemMessagePosted {
@@ -874,6 +921,16 @@ mod tests {
         assert_eq!(err.code(), "malformed");
         let err = Envelope::from_json(&raw("group.dismissed", 0, Value::Null)).unwrap_err();
         assert_eq!(err.code(), "bad_version");
+    }
+
+    #[test]
+    fn entry_kinds_are_stored_under_the_names_they_travel_with() {
+        use EntryKind::*;
+        for kind in [Message, Edit, Revoke, Reaction, Pin] {
+            let wire = serde_json::to_value(kind).unwrap();
+            assert_eq!(wire, serde_json::json!(kind.as_str()));
+            assert_eq!(EntryKind::parse(kind.as_str()), kind);
+        }
     }
 
     proptest! {

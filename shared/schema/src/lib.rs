@@ -28,7 +28,7 @@ pub mod search;
 pub mod subjects;
 
 pub use anchor::{Epoch, Seq};
-pub use event::{Actor, DecodeError, Envelope, Event, now_ms};
+pub use event::{Actor, DecodeError, EntryKind, Envelope, Event, now_ms};
 pub use ids::{
     ClientMsgId, ConversationId, DIRECT_PREFIX, DeviceId, EventId, GroupId, IdError, SourceId,
     UserId,

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::{Any, Row, Transaction};
 
 use anchorage_digest::SetDigest;
+pub use anchorage_schema::EntryKind;
 use anchorage_schema::event::Role;
 
 use crate::{Store, StoreError};
@@ -61,46 +62,6 @@ pub struct NewMessage {
     pub emoji: Option<String>,
     /// A reaction entry: added (or removed); a pin entry: pinned (or unpinned).
     pub flag: Option<bool>,
-}
-
-/// What a row of a conversation is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum EntryKind {
-    /// A message.
-    #[default]
-    Message,
-    /// A new body for a message.
-    Edit,
-    /// A message revoked for everyone.
-    Revoke,
-    /// A reaction added or removed.
-    Reaction,
-    /// A message pinned or unpinned.
-    Pin,
-}
-
-impl EntryKind {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntryKind::Message => "message",
-            EntryKind::Edit => "edit",
-            EntryKind::Revoke => "revoke",
-            EntryKind::Reaction => "reaction",
-            EntryKind::Pin => "pin",
-        }
-    }
-
-    /// Reads a stored name (anything unknown is a message).
-    pub fn parse(name: &str) -> EntryKind {
-        match name {
-            "edit" => EntryKind::Edit,
-            "revoke" => EntryKind::Revoke,
-            "reaction" => EntryKind::Reaction,
-            "pin" => EntryKind::Pin,
-            _ => EntryKind::Message,
-        }
-    }
 }
 
 /// The fields of a user's view of a conversation to change (absent: unchanged).

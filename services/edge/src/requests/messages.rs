@@ -6,7 +6,7 @@ use std::time::Duration;
 use anchorage_protocol::request::{History, MarkRead, MarkReceived, ReceiptsQuery, Sync};
 use std::collections::BTreeMap;
 
-use anchorage_protocol::{self as protocol, Done, Message, Messages, Reaction, Receipt, Receipts};
+use anchorage_protocol::{Done, Message, Messages, Reaction, Receipt, Receipts};
 use anchorage_schema::event::ReadMarked;
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{ConversationId, Envelope, EventId, Seq, now_ms};
@@ -28,14 +28,8 @@ pub(crate) const PROJECTION_WAIT: Duration = Duration::from_secs(2);
 /// A stored entry as clients see it, with the reactions on it (`None` for a row that is not
 /// one: never stored so).
 pub(super) fn message_view(row: MessageRow, reactions: Vec<Reaction>) -> Option<Message> {
-    let kind = match row.kind {
-        EntryKind::Message => protocol::EntryKind::Message,
-        EntryKind::Edit => protocol::EntryKind::Edit,
-        EntryKind::Revoke => protocol::EntryKind::Revoke,
-        EntryKind::Reaction => protocol::EntryKind::Reaction,
-        EntryKind::Pin => protocol::EntryKind::Pin,
-    };
-    let message = row.kind == EntryKind::Message;
+    let kind = row.kind;
+    let message = kind.is_message();
     let mention_all = row.mentions.iter().any(|m| m == "*");
     let mentions = row.mentions.into_iter().filter(|m| m != "*").collect();
     Some(Message {
