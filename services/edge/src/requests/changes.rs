@@ -126,21 +126,7 @@ impl Session {
     /// Message `seq` of `conv` as the projection holds it, once it holds it: `not_found` for
     /// a seq that is not a message of the conversation.
     async fn target(&self, conv: &ConversationId, seq: u64) -> Result<MessageRow, RequestError> {
-        let missing = || RequestError::NotFound(format!("no message {seq} in {conv}"));
-        let end = self.state.conversation_end(conv).await?;
-        if seq == 0 || seq > end.0 {
-            return Err(missing());
-        }
-        if !self.state.messages_projected(Seq(seq)).await? {
-            return Err(RequestError::Overloaded(format!(
-                "the history of {conv} is catching up; try again in a moment"
-            )));
-        }
-        self.state
-            .store
-            .message(conv.as_str(), seq)
-            .await?
-            .ok_or_else(missing)
+        self.target_projected(conv, seq, false).await
     }
 
     /// A message that can still change: stored and not revoked, in the state after every
@@ -151,19 +137,39 @@ impl Session {
         conv: &ConversationId,
         seq: u64,
     ) -> Result<MessageRow, RequestError> {
-        self.target(conv, seq).await?;
-        if !self.state.settled_conversation(conv).await? {
-            return Err(RequestError::Overloaded(format!(
-                "the history of {conv} is catching up; try again in a moment"
-            )));
-        }
-        let row = self.target(conv, seq).await?;
+        let row = self.target_projected(conv, seq, true).await?;
         if row.revoked {
             return Err(RequestError::NotFound(format!(
                 "message {seq} in {conv} was revoked"
             )));
         }
         Ok(row)
+    }
+
+    /// Message `seq` once the projection holds it — or with `settled`, once it holds the
+    /// whole conversation as the stream has it now (one look at the stream either way).
+    async fn target_projected(
+        &self,
+        conv: &ConversationId,
+        seq: u64,
+        settled: bool,
+    ) -> Result<MessageRow, RequestError> {
+        let missing = || RequestError::NotFound(format!("no message {seq} in {conv}"));
+        let end = self.state.conversation_end(conv).await?;
+        if seq == 0 || seq > end.0 {
+            return Err(missing());
+        }
+        let until = if settled { end } else { Seq(seq) };
+        if !self.state.messages_projected(until).await? {
+            return Err(RequestError::Overloaded(format!(
+                "the history of {conv} is catching up; try again in a moment"
+            )));
+        }
+        self.state
+            .store
+            .message(conv.as_str(), seq)
+            .await?
+            .ok_or_else(missing)
     }
 
     /// Publishes a change as an entry of `conv`, decided on the caller's membership.
