@@ -92,6 +92,8 @@ pub fn projector() -> Permissions {
         "dlq.*",
         "notify.grp.*",
         "notify.progress.*",
+        // Which process applies each projection (records that expire unless renewed).
+        "lease.*",
         "$JS.API.CONSUMER.MSG.NEXT.*.*",
         // A projection moves its consumer back to its own checkpoint when they disagree.
         "$JS.API.CONSUMER.RESET.*.*",

@@ -15,6 +15,12 @@
 //!   `max_deliver` attempts. Either way the checkpoint moves past it and the projection goes on.
 //! - **Outages.** When NATS or the database is unreachable the worker backs off (full jitter,
 //!   up to 10 s) and starts over from its checkpoint; nothing is dead-lettered for an outage.
+//! - **More than one process.** Any number of projector processes may run against one
+//!   database: each worker applies only while its process holds the projection's lease (see
+//!   `anchorage_bus::lease`); the others stand by and one of them takes over within a few
+//!   seconds of the holder dying. Every commit moves the checkpoint only from the value the
+//!   worker started from, so a holder that lost its lease mid-batch rolls back rather than
+//!   apply anything twice.
 //! - **Lifetimes.** A checkpoint names the stream's epoch. If the stream was recreated the
 //!   worker refuses to mix lifetimes and says to rebuild with `anchorage replay`.
 
@@ -24,7 +30,7 @@ pub mod replay;
 
 use std::time::Duration;
 
-use anchorage_bus::{Bus, Delivery, PullConsumer};
+use anchorage_bus::{Bus, Delivery, HeldLease, Holder, PullConsumer};
 use anchorage_schema::Seq;
 use anchorage_store::{Checkpoint, Store};
 use anyhow::{Context, bail};
@@ -84,9 +90,13 @@ pub async fn run(
         handlers.push(Handler::Ingest(Ingest));
     }
     let count = handlers.len();
+    // One holder per process: its workers may hold some leases while another process holds
+    // the others.
+    let holder = Holder::new();
     for handler in handlers {
         let worker = Worker {
             handler,
+            holder: holder.clone(),
             bus: bus.clone(),
             store: store.clone(),
             batch_size: options.batch_size.max(1),
@@ -139,6 +149,7 @@ const LAG_LOG_EVERY: Duration = Duration::from_secs(30);
 
 struct Worker {
     handler: Handler,
+    holder: Holder,
     bus: Bus,
     store: Store,
     batch_size: usize,
@@ -156,11 +167,41 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 impl Worker {
+    /// Applies the projection while this process holds its lease; stands by while another
+    /// does.
     async fn run(self, shutdown: CancellationToken) {
+        let name = self.handler.name();
+        let active = metrics::gauge!("anchorage_projection_active", "projection" => name);
+        loop {
+            active.set(0.0);
+            let Some(lease) = HeldLease::take(&self.bus, name, &self.holder, &shutdown).await
+            else {
+                return;
+            };
+            tracing::info!(
+                projection = name,
+                holder = self.holder.id(),
+                "holding the lease"
+            );
+            active.set(1.0);
+            self.run_while_held(lease.token()).await;
+            active.set(0.0);
+            // Given back on a clean stop, so a standby takes over at once; a lost lease is
+            // someone else's already.
+            lease.release().await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Follows the stream, starting over from the checkpoint after every interruption,
+    /// until `stop`.
+    async fn run_while_held(&self, shutdown: &CancellationToken) {
         let name = self.handler.name();
         let mut failures = 0u32;
         loop {
-            match self.follow(&shutdown).await {
+            match self.follow(shutdown).await {
                 Ok(()) => return,
                 Err(err) => {
                     failures += 1;
@@ -363,8 +404,16 @@ impl Worker {
                     .iter()
                     .map(|d| (d.seq.0, d.subject(), d.payload().as_ref()))
                     .collect();
-                let notices =
-                    apply_events(&self.store, &self.bus, *p, next, &items, self.rules).await?;
+                let notices = apply_events(
+                    &self.store,
+                    &self.bus,
+                    *p,
+                    checkpoint.last_seq,
+                    next,
+                    &items,
+                    self.rules,
+                )
+                .await?;
                 // Committed: announce it. At most once — a client that misses one sees the
                 // gap in `prev` on the next and syncs.
                 for n in notices {
@@ -386,10 +435,10 @@ impl Worker {
                     &self.store,
                     self.handler.name(),
                     self.handler.stream(),
+                    checkpoint.last_seq,
                     next,
                 )
-                .await?;
-                Ok(())
+                .await
             }
         }
     }
@@ -454,6 +503,7 @@ impl Worker {
                 &self.store,
                 self.handler.name(),
                 self.handler.stream(),
+                checkpoint.last_seq,
                 next,
             )
             .await?;

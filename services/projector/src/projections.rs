@@ -118,12 +118,13 @@ impl Projection {
 }
 
 /// Applies `events` (sequence, subject, payload) to projection `p` in one transaction that
-/// also moves the checkpoint to `next`: all of it lands, or none. Returns the notifications
-/// of what was applied, to publish now that it is committed.
+/// also moves the checkpoint from `from` to `next`: all of it lands, or none. Returns the
+/// notifications of what was applied, to publish now that it is committed.
 pub(crate) async fn apply_events(
     store: &Store,
     bus: &Bus,
     p: Projection,
+    from: u64,
     next: Checkpoint,
     events: &[(u64, &str, &[u8])],
     rules: MembershipRules,
@@ -131,14 +132,8 @@ pub(crate) async fn apply_events(
     let mut tx = store.begin().await?;
     // One writer per projection: if the checkpoint moved under us, another projector is
     // applying the same stream; back off rather than interleave.
-    if let (Some(first), Some(stored)) = (events.first(), tx.checkpoint(p.name()).await?)
-        && stored.last_seq >= first.0
-    {
-        return Err(ApplyError::Contended(format!(
-            "checkpoint of {} is at {} already: another projector is applying this stream",
-            p.name(),
-            stored.last_seq
-        )));
+    if tx.checkpoint(p.name()).await?.map_or(0, |c| c.last_seq) != from {
+        return Err(contended(p.name()));
     }
     let decode = |payload: &[u8]| {
         Envelope::from_json(payload).map_err(|e| ApplyError::Rejected {
@@ -178,8 +173,12 @@ pub(crate) async fn apply_events(
     for (source, id, seq) in ingested {
         tx.record_ingested(&source, &id, seq).await?;
     }
-    tx.set_checkpoint(p.name(), p.stream(), next, now_ms())
-        .await?;
+    if !tx
+        .advance_checkpoint(p.name(), p.stream(), from, next, now_ms())
+        .await?
+    {
+        return Err(contended(p.name()));
+    }
     tx.commit().await?;
     if erased {
         // The old versions of the rows are gone from the database file; its log must not
@@ -189,16 +188,31 @@ pub(crate) async fn apply_events(
     Ok(notices)
 }
 
-/// Moves a checkpoint without applying anything (past an event that was set aside).
+/// The checkpoint moved under its writer: another process applies the same stream.
+fn contended(name: &str) -> ApplyError {
+    ApplyError::Contended(format!(
+        "the checkpoint of {name} moved: another projector is applying this stream"
+    ))
+}
+
+/// Moves a checkpoint from `from` to `next` without applying anything (past an event that was
+/// set aside, or events from other systems that were republished).
 pub(crate) async fn save_checkpoint(
     store: &Store,
     name: &str,
     stream: &str,
+    from: u64,
     next: Checkpoint,
-) -> Result<(), StoreError> {
+) -> Result<(), ApplyError> {
     let mut tx = store.begin().await?;
-    tx.set_checkpoint(name, stream, next, now_ms()).await?;
-    tx.commit().await
+    if !tx
+        .advance_checkpoint(name, stream, from, next, now_ms())
+        .await?
+    {
+        return Err(contended(name));
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 fn expect_subject(subject: &str, expected: String) -> Result<(), ApplyError> {

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use anchorage_bus::Bus;
 use anchorage_bus::StoredEvent;
-use anchorage_schema::Seq;
 use anchorage_schema::subjects::stream;
+use anchorage_schema::{Seq, now_ms};
 use anchorage_store::{Checkpoint, Store};
 use anyhow::{Context, bail};
 
@@ -133,24 +133,27 @@ pub async fn replay(
             };
             let items: Vec<(u64, &str, &[u8])> = batch.iter().map(parts).collect();
             // A rebuild announces nothing: clients already heard of these changes.
-            match apply_events(store, bus, p, next, &items, options.membership).await {
+            let from = at.last_seq;
+            match apply_events(store, bus, p, from, next, &items, options.membership).await {
                 Ok(_) => summary.applied += items.len() as u64,
                 Err(ApplyError::Rejected { .. }) => {
+                    let mut from = from;
                     for item in &items {
                         let one = Checkpoint {
                             epoch: at.epoch,
                             last_seq: item.0,
                         };
                         let one_event = std::slice::from_ref(item);
-                        match apply_events(store, bus, p, one, one_event, options.membership).await
-                        {
+                        let rules = options.membership;
+                        match apply_events(store, bus, p, from, one, one_event, rules).await {
                             Ok(_) => summary.applied += 1,
                             Err(ApplyError::Rejected { .. }) => {
                                 summary.rejected += 1;
-                                save_checkpoint(store, p.name(), p.stream(), one).await?;
+                                save_checkpoint(store, p.name(), p.stream(), from, one).await?;
                             }
                             Err(err) => return Err(err).context("applying an event"),
                         }
+                        from = item.0;
                     }
                 }
                 Err(err) => return Err(err).context("applying a batch"),
@@ -164,16 +167,14 @@ pub async fn replay(
         }
     }
     let ingest = bus.stream_state(stream::INGEST).await?;
-    save_checkpoint(
-        store,
-        crate::INGEST_NAME,
-        stream::INGEST,
-        Checkpoint {
-            epoch: ingest.epoch.0,
-            last_seq: ingest.last_seq.0,
-        },
-    )
-    .await?;
+    let at = Checkpoint {
+        epoch: ingest.epoch.0,
+        last_seq: ingest.last_seq.0,
+    };
+    let mut tx = store.begin().await?;
+    tx.set_checkpoint(crate::INGEST_NAME, stream::INGEST, at, now_ms())
+        .await?;
+    tx.commit().await?;
     Ok(summary)
 }
 

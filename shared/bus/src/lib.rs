@@ -14,6 +14,7 @@
 pub mod apply;
 pub mod consume;
 pub mod definitions;
+pub mod lease;
 pub mod live;
 pub mod publish;
 
@@ -26,6 +27,7 @@ use async_nats::jetstream;
 pub use apply::{ApplyReport, Change, Drift, Outcome};
 pub use consume::{ConsumerStart, Delivery, PullConsumer, StoredEvent, StreamReader};
 pub use definitions::{ConsumerDef, DefinitionError, StreamDef, StreamSet};
+pub use lease::{HeldLease, Holder, LeaseRecord};
 pub use live::{LiveEvent, LiveSubscription, Notices};
 pub use publish::{PendingAck, PublishError, Published};
 

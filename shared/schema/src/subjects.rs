@@ -38,10 +38,13 @@ pub mod stream {
     pub const ADMIN: &str = "ADMIN";
     /// Who is connected where (records that expire unless their edge refreshes them).
     pub const PRESENCE: &str = "PRESENCE";
+    /// Which projector process applies each projection (records that expire unless their
+    /// holder renews them).
+    pub const LEASES: &str = "LEASES";
 
     /// All streams, in the order `streams apply` creates them.
     pub const ALL: &[&str] = &[
-        MESSAGES, MEMBERSHIP, READS, USERS, INGEST, DEADLETTER, ADMIN, PRESENCE,
+        MESSAGES, MEMBERSHIP, READS, USERS, INGEST, DEADLETTER, ADMIN, PRESENCE, LEASES,
     ];
 }
 
@@ -189,6 +192,14 @@ pub const LIVE_PRESENCE_ALL: &str = "live.presence.>";
 pub fn typing(conv: &ConversationId) -> String {
     format!("typing.{conv}")
 }
+
+/// The lease of a projection (`lease.messages`): who applies it now.
+pub fn lease(name: &str) -> String {
+    format!("lease.{name}")
+}
+
+/// Every lease.
+pub const LEASES_ALL: &str = "lease.*";
 
 /// The last token of a subject (`msg.c1` → `c1`).
 pub fn last_token(subject: &str) -> &str {

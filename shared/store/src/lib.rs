@@ -450,6 +450,54 @@ mod tests {
         assert_eq!(row.try_get::<i64, _>(0).unwrap(), 2, "FULL");
     }
 
+    // The fence between projector processes: a checkpoint moves only from where its writer
+    // started, so of two writers racing from the same place exactly one commits.
+    #[tokio::test]
+    async fn a_checkpoint_moves_only_from_where_its_writer_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&sqlite_options(dir.path())).await.unwrap();
+        store.migrate().await.unwrap();
+        let cp = |last_seq| Checkpoint { epoch: 1, last_seq };
+        let mut first = store.begin().await.unwrap();
+        assert!(
+            first
+                .advance_checkpoint("messages", "MESSAGES", 0, cp(5), 0)
+                .await
+                .unwrap()
+        );
+        let second = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin().await.unwrap();
+                let moved = tx
+                    .advance_checkpoint("messages", "MESSAGES", 0, cp(3), 0)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                moved
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        first.commit().await.unwrap();
+        assert!(!second.await.unwrap(), "the second writer started from 0");
+        assert_eq!(store.checkpoint("messages").await.unwrap(), Some(cp(5)));
+
+        let mut tx = store.begin().await.unwrap();
+        assert!(
+            !tx.advance_checkpoint("messages", "MESSAGES", 4, cp(9), 0)
+                .await
+                .unwrap(),
+            "a stale writer"
+        );
+        assert!(
+            tx.advance_checkpoint("messages", "MESSAGES", 5, cp(9), 0)
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+        assert_eq!(store.checkpoint("messages").await.unwrap(), Some(cp(9)));
+    }
+
     #[tokio::test]
     async fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -269,6 +269,38 @@ impl Tx {
         Ok(())
     }
 
+    /// Moves `projection`'s checkpoint to `to` only if it stands at `from` (0: it was never
+    /// set, or set to 0); `false`, changing nothing, if another writer moved it. This is the
+    /// fence between projector processes: whoever applied events past `from` first wins, and
+    /// the other's transaction must roll back. Under concurrent writers the row lock orders
+    /// them, and the condition is checked against the winner's committed value.
+    pub async fn advance_checkpoint(
+        &mut self,
+        projection: &str,
+        stream: &str,
+        from: u64,
+        to: Checkpoint,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, stream, epoch, last_seq, updated_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (projection) DO UPDATE
+             SET epoch = excluded.epoch, last_seq = excluded.last_seq,
+                 updated_at = excluded.updated_at
+             WHERE projection_checkpoints.last_seq = $6",
+        )
+        .bind(projection)
+        .bind(stream)
+        .bind(i(to.epoch))
+        .bind(i(to.last_seq))
+        .bind(now_ms)
+        .bind(i(from))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Stores a message; `false` if this conversation already holds it (same seq, or the same
     /// sender's `client_msg_id`).
     pub async fn insert_message(&mut self, m: &NewMessage) -> Result<bool, StoreError> {

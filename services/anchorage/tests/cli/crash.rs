@@ -19,17 +19,17 @@ use anchorage_store::{Store, StoreOptions};
 use anchorage_tests::{TestNats, eventually, fresh_database, streams_dir, within};
 use clap::Parser;
 
-const MESSAGES: u32 = 1200;
+pub(crate) const MESSAGES: u32 = 1200;
 
 fn id(s: String) -> EventId {
     EventId::parse(s).unwrap()
 }
 
-fn user(n: u32) -> UserId {
+pub(crate) fn user(n: u32) -> UserId {
     UserId::parse(format!("u{n}")).unwrap()
 }
 
-fn env(event_id: String, event: impl Into<Event>) -> Envelope {
+pub(crate) fn env(event_id: String, event: impl Into<Event>) -> Envelope {
     Envelope::new(
         id(event_id),
         1_763_840_000_000,
@@ -166,17 +166,17 @@ async fn workload(bus: &Bus) {
     }
 }
 
-struct Setup {
-    nats: TestNats,
-    dir: tempfile::TempDir,
-    live_url: String,
-    config_file: std::path::PathBuf,
-    bus: Bus,
+pub(crate) struct Setup {
+    pub(crate) nats: TestNats,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) live_url: String,
+    pub(crate) config_file: std::path::PathBuf,
+    pub(crate) bus: Bus,
     /// Where `anchorage projector` serves `/metrics`.
     metrics: std::net::SocketAddr,
 }
 
-async fn setup() -> Setup {
+pub(crate) async fn setup() -> Setup {
     let nats = TestNats::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let live_url = fresh_database(&dir.path().join("live")).await.unwrap();
@@ -216,11 +216,21 @@ async fn setup() -> Setup {
 }
 
 fn spawn(config_file: &Path, args: &[&str]) -> tokio::process::Child {
+    spawn_with(config_file, args, &[])
+}
+
+/// Starts `anchorage <args>` with extra environment variables (configuration overrides).
+pub(crate) fn spawn_with(
+    config_file: &Path,
+    args: &[&str],
+    vars: &[(&str, String)],
+) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_anchorage"))
         .arg("--config")
         .arg(config_file)
         .args(args)
         .env("ANCHORAGE_LOG", "error")
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -228,7 +238,7 @@ fn spawn(config_file: &Path, args: &[&str]) -> tokio::process::Child {
         .unwrap()
 }
 
-async fn store(url: &str) -> Store {
+pub(crate) async fn store(url: &str) -> Store {
     let store = Store::connect(&StoreOptions {
         url: url.to_owned(),
         max_connections: 2,
@@ -240,7 +250,7 @@ async fn store(url: &str) -> Store {
     store
 }
 
-async fn checkpoint(store: &Store, name: &str) -> u64 {
+pub(crate) async fn checkpoint(store: &Store, name: &str) -> u64 {
     store
         .checkpoint(name)
         .await
@@ -267,7 +277,7 @@ async fn kill_midway(child: &mut tokio::process::Child, store: &Store, at: u64, 
     );
 }
 
-async fn projected_everything(store: &Store, bus: &Bus) {
+pub(crate) async fn projected_everything(store: &Store, bus: &Bus) {
     // External events first: translating them publishes more native events.
     let ingest_end = bus.stream_state("INGEST").await.unwrap().last_seq.0;
     eventually(
@@ -302,7 +312,7 @@ async fn projected_everything(store: &Store, bus: &Bus) {
     .unwrap();
 }
 
-async fn cli(config_file: &Path, args: &[&str]) -> ExitCode {
+pub(crate) async fn cli(config_file: &Path, args: &[&str]) -> ExitCode {
     let mut argv = vec!["anchorage", "--config", config_file.to_str().unwrap()];
     argv.extend_from_slice(args);
     within(

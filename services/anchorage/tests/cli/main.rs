@@ -6,4 +6,5 @@
 mod crash;
 mod dev;
 mod edges;
+mod failover;
 mod telemetry;
