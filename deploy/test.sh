@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the full Anchorage test suite: unit, property and end-to-end tests against a real
 # nats-server (installed into .tools/ if missing), real SQLite databases, the server API
-# against its OpenAPI document (schemathesis, installed into .tools/py) and — in a second
+# against its OpenAPI document (schemathesis, installed into .tools/py), the deployment files
+# (deploy/deploy-check.sh) and — in a second
 # pass of the end-to-end tests — a real PostgreSQL (Debian's, installed if missing).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +31,13 @@ if [ "$status" = 0 ]; then
   deploy/api-check.sh 2>&1 | tee -a "$log"
   status=${PIPESTATUS[0]}
 fi
-# 3. The end-to-end tests again on PostgreSQL: same code, same assertions.
+# 3. The deployment files (compose, Helm chart, Dockerfile, systemd units) rendered and checked
+#    against the binary.
+if [ "$status" = 0 ]; then
+  deploy/deploy-check.sh 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+fi
+# 4. The end-to-end tests again on PostgreSQL: same code, same assertions.
 if [ "$status" = 0 ]; then
   TESTS_POSTGRES_URL="$(deploy/postgres.sh start "$pg_dir/pg")"
   export TESTS_POSTGRES_URL

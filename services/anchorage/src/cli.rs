@@ -96,6 +96,14 @@ pub enum Command {
     },
     /// Print the server API's OpenAPI 3.1 document.
     Openapi,
+    /// Ask a running edge or projector whether it is ready (exit 0) or not (exit 1): for
+    /// container health checks, which have no HTTP client of their own.
+    Health {
+        /// The URL to ask (`/readyz` of the edge's `edge.listen`, or of the projector's
+        /// `projector.metrics_listen`).
+        #[arg(default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -155,6 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match &cli.command {
         Command::Bench { args } => return bench(args).await,
+        Command::Health { url } => return health(url).await,
         Command::NatsAuth { integrations } => {
             print!("{}", nats_auth::render_for_deploy(integrations)?);
             return Ok(ExitCode::SUCCESS);
@@ -163,7 +172,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Bench { .. } | Command::NatsAuth { .. } => {
+        Command::Bench { .. } | Command::Health { .. } | Command::NatsAuth { .. } => {
             unreachable!("handled before the configuration is loaded")
         }
         Command::Dev => dev(config).await,
@@ -411,6 +420,25 @@ fn cancel_on_signal() -> CancellationToken {
     token
 }
 
+async fn health(url: &str) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?;
+    match client.get(url).send().await {
+        Ok(answer) if answer.status().is_success() => Ok(ExitCode::SUCCESS),
+        Ok(answer) => {
+            let status = answer.status();
+            let body = answer.text().await.unwrap_or_default();
+            eprintln!("{url}: {status} {}", body.trim());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(err) => {
+            eprintln!("{url}: {err}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 async fn projector(config: Config) -> anyhow::Result<ExitCode> {
     let bus = Bus::connect(&crate::bus_options(&config, true)).await?;
     let store = Store::connect(&crate::store_options(&config)).await?;
@@ -420,7 +448,12 @@ async fn projector(config: Config) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("projector.metrics_listen {addr}"))?;
-        tokio::spawn(crate::serve_metrics(listener, shutdown.clone()));
+        tokio::spawn(crate::serve_metrics(
+            listener,
+            bus.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ));
     }
     let webhooks = tokio::spawn(anchorage_webhooks::run(
         bus.clone(),

@@ -13,9 +13,9 @@ pub mod telemetry;
 use std::path::Path;
 use std::time::Duration;
 
-use anchorage_bus::{BusOptions, StreamSet};
+use anchorage_bus::{Bus, BusOptions, StreamSet};
 use anchorage_config::Config;
-use anchorage_store::StoreOptions;
+use anchorage_store::{Store, StoreOptions};
 use anyhow::Context;
 
 /// How the services reach NATS, from the configuration.
@@ -144,19 +144,34 @@ pub async fn revoke_session(
     })
 }
 
-/// Serves `GET /metrics` (Prometheus) on `listener` until `shutdown`: for processes without an
-/// edge (`anchorage projector`).
+/// Serves `GET /metrics` (Prometheus), `/livez` (the process is up) and `/readyz` (NATS is
+/// connected and the database answers) on `listener` until `shutdown`: for processes without
+/// an edge (`anchorage projector`). A standby projector is ready: it takes over the moment
+/// the holder of a lease goes away.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
+    bus: Bus,
+    store: Store,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
+    use axum::http::StatusCode;
     let handle = anchorage_edge::metrics::handle();
+    let readyz = move || async move {
+        if !bus.is_connected() {
+            return (StatusCode::SERVICE_UNAVAILABLE, "nats: not connected\n");
+        }
+        match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
+            Ok(Ok(())) => (StatusCode::OK, "ok\n"),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "database: not answering\n"),
+        }
+    };
     let app = axum::Router::new()
         .route(
             "/metrics",
             axum::routing::get(move || async move { handle.render() }),
         )
-        .route("/livez", axum::routing::get(|| async { "ok\n" }));
+        .route("/livez", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(readyz));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;

@@ -344,6 +344,10 @@ async fn kill_9_during_live_projection_then_restart_loses_and_repeats_nothing() 
         .await
         .unwrap();
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = anchorage_tests::http_get(s.metrics, "/readyz")
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
     projector.start_kill().unwrap();
     projector.wait().await.unwrap();
 
