@@ -66,8 +66,8 @@ pub enum Command {
         ttl: Option<u64>,
     },
     /// Measure a scenario next to its raw baseline: raw, send, replay, memory, members,
-    /// fanout, reconnect, signals (`--quick` for a smoke run, `--json` for one line). Runs the
-    /// `anchorage-bench` binary installed beside this one.
+    /// fanout, reconnect, signals, ingest (`--quick` for a smoke run, `--json` for one line).
+    /// Runs the `anchorage-bench` binary installed beside this one.
     #[command(disable_help_flag = true)]
     Bench {
         /// The scenario and its options, passed on.

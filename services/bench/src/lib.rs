@@ -39,6 +39,9 @@ pub enum Scenario {
     /// Reactions and typing in a large group with many members online, next to raw
     /// publishing and to one push per reaction per member.
     Signals,
+    /// Events from another system (users, a large group, system posts) until projected,
+    /// next to raw publishing.
+    Ingest,
 }
 
 impl Scenario {
@@ -53,6 +56,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Reconnect => "reconnect",
             Scenario::Signals => "signals",
+            Scenario::Ingest => "ingest",
         }
     }
 }
@@ -69,6 +73,7 @@ pub async fn run(scenario: Scenario, sizes: Sizes) -> anyhow::Result<Value> {
         Scenario::Fanout => scenarios::fanout::run(&env, sizes).await,
         Scenario::Reconnect => scenarios::reconnect::run(&env, sizes).await,
         Scenario::Signals => scenarios::signals::run(&env, sizes).await,
+        Scenario::Ingest => scenarios::ingest::run(&env, sizes).await,
     };
     env.stop().await;
     let mut report = result?;

@@ -118,3 +118,19 @@ fn signals_counts_reactions_and_typing_frames_next_to_one_push_per_reaction() {
     assert!(frames > 0 && frames < naive, "{s}");
     assert_eq!(s["ours"]["typing_receivers"], s["sizes"]["viewers"], "{s}");
 }
+
+#[test]
+fn ingest_reports_events_from_another_system_until_projected() {
+    let i = bench("ingest");
+    positive(&i, &["ours", "events_per_sec"]);
+    positive(&i, &["ours", "system_posts_per_sec"]);
+    positive(&i, &["baseline", "jetstream_publish_msgs_per_sec"]);
+    positive(&i, &["ratio"]);
+    let users = i["sizes"]["users"].as_u64().unwrap();
+    // The users, the group and its member chunks.
+    assert_eq!(
+        i["ours"]["events"].as_u64().unwrap(),
+        users + 1 + (users - 1).div_ceil(1000),
+        "{i}"
+    );
+}

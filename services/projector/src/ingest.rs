@@ -20,7 +20,7 @@
 //! beyond the duplicate window). An invalid one is rejected with a stable code and a reason and
 //! goes to the dead-letter stream; the worker carries on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use anchorage_bus::Bus;
 use anchorage_schema::ids::{ConversationId, GroupId, SourceId, UserId};
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{Envelope, Event};
-use anchorage_store::Store;
+use anchorage_store::{GroupRow, Store};
 use serde_json::{Value, json};
 
 use crate::projections::{ApplyError, Projection};
@@ -310,38 +310,302 @@ const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// The ingest worker.
 #[derive(Debug, Default)]
-pub(crate) struct Ingest;
+pub(crate) struct Ingest {
+    recent: std::sync::Mutex<Recent>,
+}
+
+/// What this worker stored that the projections may not hold yet: the sequences, and what
+/// they created. Only stored events are recorded (after their acknowledgement), so all of it
+/// is true of the streams; an entry goes once its projection passed it.
+#[derive(Debug, Default)]
+struct Recent {
+    /// Sequences stored, per stream.
+    ours: HashMap<&'static str, std::collections::BTreeSet<u64>>,
+    /// Users created (USERS sequence).
+    users: HashMap<String, u64>,
+    /// Groups created (MEMBERSHIP sequence).
+    groups: HashMap<String, u64>,
+    /// External events applied: (source, id) → their stream and sequence.
+    applied: HashMap<(String, String), (&'static str, u64)>,
+}
+
+impl Recent {
+    fn record(&mut self, t: &Translated, seq: u64) {
+        self.ours.entry(t.stream).or_default().insert(seq);
+        match &t.envelope.event {
+            Event::UserCreated(e) => {
+                self.users.insert(e.user.to_string(), seq);
+            }
+            Event::GroupCreated(e) => {
+                self.groups.insert(e.group.to_string(), seq);
+            }
+            _ => {}
+        }
+        if let Some(key) = origin(&t.envelope) {
+            self.applied.insert(key, (t.stream, seq));
+        }
+    }
+
+    /// Forgets what the projection of `stream` holds now (it is at `checkpoint`).
+    fn projected(&mut self, stream: &'static str, checkpoint: u64) {
+        if let Some(ours) = self.ours.get_mut(stream) {
+            *ours = ours.split_off(&(checkpoint + 1));
+        }
+        match stream {
+            stream::USERS => self.users.retain(|_, seq| *seq > checkpoint),
+            stream::MEMBERSHIP => self.groups.retain(|_, seq| *seq > checkpoint),
+            _ => {}
+        }
+        self.applied
+            .retain(|_, (s, seq)| *s != stream || *seq > checkpoint);
+    }
+
+    /// Whether every event of `stream` after `checkpoint` up to `end` is one of ours.
+    fn covers(&self, stream: &'static str, checkpoint: u64, end: u64) -> bool {
+        if checkpoint >= end {
+            return true;
+        }
+        let ours = self.ours.get(stream);
+        let count = ours.map_or(0, |o| o.range(checkpoint + 1..=end).count());
+        count as u64 == end.saturating_sub(checkpoint)
+    }
+}
+
+/// What the events of one run created, for the events after them in the same run to refer
+/// to before the projections hold it.
+#[derive(Debug, Default)]
+struct Created {
+    users: HashSet<String>,
+    groups: HashSet<String>,
+}
+
+/// How one event of a run ended.
+enum Outcome {
+    /// Applied before (by its source and id): nothing to publish.
+    Skipped,
+    /// Handed to the stream: the acknowledgement at this index says whether it is stored.
+    Published(usize),
+}
 
 impl Ingest {
-    /// Validates, checks and publishes one external event.
-    pub(crate) async fn apply(
+    /// Validates, checks and publishes a run of external events in their order, pipelined.
+    /// Returns how many from the start are done — stored, or skipped as applied before — and,
+    /// when that is fewer than all, why the first one not done is not (`None`: it starts the
+    /// next run). Nothing after the first event that fails is published.
+    ///
+    /// One wait for the projections per run, not per event: an event may refer to what an
+    /// earlier event of the same run creates (a user, then a group naming it), which the
+    /// projections do not hold yet. A user's deletion runs alone: the memberships it ends are
+    /// read from the projection, which must hold everything before it.
+    pub(crate) async fn apply_run(
         &self,
         bus: &Bus,
         store: &Store,
-        subject: &str,
-        payload: &[u8],
-    ) -> Result<(), ApplyError> {
-        let t = translate(subject, payload)?;
-        // Applied once per (source, id), durably: a retry — however late — changes nothing.
-        // The projection of the event's own stream says so once it holds everything.
-        self.catch_up(bus, store, &t.references, t.stream).await?;
-        if let Some((source, id)) = origin(&t.envelope)
-            && let Some(seq) = store.ingested(&source, &id).await?
-        {
-            tracing::debug!(%source, %id, native_seq = seq, "already applied; skipped");
-            return Ok(());
+        events: &[(&str, &[u8])],
+    ) -> (usize, Option<ApplyError>) {
+        let mut run = Vec::new();
+        let mut stop = None;
+        for (i, (subject, payload)) in events.iter().enumerate() {
+            match translate(subject, payload) {
+                Ok(t) => {
+                    let deleting = matches!(t.envelope.event, Event::UserDeleted(_));
+                    if deleting && i > 0 {
+                        break;
+                    }
+                    run.push(t);
+                    if deleting {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    stop = Some(e);
+                    break;
+                }
+            }
         }
-        for r in &t.references {
-            check(store, r).await?;
+        if run.is_empty() {
+            return (0, stop);
         }
-        bus.publish_event(&t.subject, &t.envelope, None)
+        match self.publish_run(bus, store, &run).await {
+            Ok((done, None)) => (done, stop.filter(|_| done == run.len())),
+            Ok((done, Some(err))) | Err((done, err)) => (done, Some(err)),
+        }
+    }
+
+    /// Checks and publishes translated events; how many are done and, if not all, why.
+    async fn publish_run(
+        &self,
+        bus: &Bus,
+        store: &Store,
+        run: &[Translated],
+    ) -> Result<(usize, Option<ApplyError>), (usize, ApplyError)> {
+        let fail = |e: ApplyError| (0, e);
+        let mut streams: Vec<&'static str> = run.iter().flat_map(Translated::depends_on).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        // The memberships a deletion ends are read from the projection: it must hold all.
+        let strict = run.iter().any(|t| {
+            t.references
+                .iter()
+                .any(|r| matches!(r, Reference::GroupsOf(_)))
+        });
+        self.catch_up(bus, store, &streams, strict)
             .await
-            .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
-        if let Event::UserDeleted(deleted) = &t.envelope.event {
-            self.end_memberships(bus, store, &t.envelope, &deleted.user)
-                .await?;
+            .map_err(fail)?;
+
+        // Everything the run refers to, looked up at once.
+        let mut users: Vec<&str> = run
+            .iter()
+            .flat_map(|t| &t.references)
+            .filter_map(|r| match r {
+                Reference::UserExists(u) | Reference::UserNotDeleted(u) => Some(u.as_str()),
+                _ => None,
+            })
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        let known = store
+            .users_among(&users)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let mut applied: HashSet<(String, String)> = HashSet::new();
+        let origins: Vec<(String, String)> =
+            run.iter().filter_map(|t| origin(&t.envelope)).collect();
+        let mut sources: Vec<&str> = origins.iter().map(|(s, _)| s.as_str()).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        for source in sources {
+            let ids: Vec<&str> = origins
+                .iter()
+                .filter(|(s, _)| s == source)
+                .map(|(_, id)| id.as_str())
+                .collect();
+            for id in store
+                .ingested_among(source, &ids)
+                .await
+                .map_err(|e| fail(e.into()))?
+            {
+                applied.insert((source.to_owned(), id));
+            }
         }
-        Ok(())
+
+        // What this worker stored before that the projections may not hold yet.
+        let mut created = Created::default();
+        {
+            let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            for t in run {
+                for r in &t.references {
+                    match r {
+                        Reference::UserExists(u) if recent.users.contains_key(u.as_str()) => {
+                            created.users.insert(u.to_string());
+                        }
+                        Reference::GroupExists(g) | Reference::GroupAbsent(g)
+                            if recent.groups.contains_key(g.as_str()) =>
+                        {
+                            created.groups.insert(g.to_string());
+                        }
+                        Reference::ConversationExists(c)
+                            if recent.groups.contains_key(c.as_str()) =>
+                        {
+                            created.groups.insert(c.to_string());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for key in &origins {
+                if recent.applied.contains_key(key) {
+                    applied.insert(key.clone());
+                }
+            }
+        }
+        let mut groups: HashMap<String, Option<GroupRow>> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(run.len());
+        let mut stop = None;
+        let mut to_publish = Vec::new();
+        for t in run {
+            if let Some(key) = origin(&t.envelope)
+                && !applied.insert(key)
+            {
+                // Applied once per (source, id), durably: a retry — however late — changes
+                // nothing. Also a repeat within this run.
+                outcomes.push(Outcome::Skipped);
+                continue;
+            }
+            let mut verdict = Ok(());
+            for r in &t.references {
+                verdict = check(store, r, &known, &created, &mut groups).await;
+                if verdict.is_err() {
+                    break;
+                }
+            }
+            if let Err(e) = verdict {
+                stop = Some(e);
+                break;
+            }
+            match &t.envelope.event {
+                Event::UserCreated(e) => {
+                    created.users.insert(e.user.to_string());
+                }
+                Event::GroupCreated(e) => {
+                    created.groups.insert(e.group.to_string());
+                }
+                _ => {}
+            }
+            outcomes.push(Outcome::Published(to_publish.len()));
+            to_publish.push(t);
+        }
+
+        // In order on one connection: stored in this order.
+        let mut pending = Vec::with_capacity(to_publish.len());
+        let mut refused = None;
+        for t in &to_publish {
+            match bus
+                .publish_event_pipelined(&t.subject, &t.envelope, None)
+                .await
+            {
+                Ok(ack) => pending.push(ack),
+                Err(e) => {
+                    refused = Some(ApplyError::Unavailable(e.to_string()));
+                    break;
+                }
+            }
+        }
+        let mut stored = 0;
+        for (ack, t) in pending.into_iter().zip(&to_publish) {
+            match ack.stored().await {
+                Ok(p) => {
+                    stored += 1;
+                    self.recent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record(t, p.seq.0);
+                }
+                Err(e) => {
+                    refused = Some(ApplyError::Unavailable(e.to_string()));
+                    break;
+                }
+            }
+        }
+        let done = outcomes
+            .iter()
+            .take_while(|o| match o {
+                Outcome::Skipped => true,
+                Outcome::Published(i) => *i < stored,
+            })
+            .count();
+        if let Some(err) = refused {
+            return Err((done, err));
+        }
+        if let [only] = run
+            && let Event::UserDeleted(deleted) = &only.envelope.event
+            && matches!(outcomes.first(), Some(Outcome::Published(_)))
+        {
+            self.end_memberships(bus, store, &only.envelope, &deleted.user)
+                .await
+                .map_err(fail)?;
+        }
+        Ok((done, stop))
     }
 
     /// A deleted user leaves every group and 1:1 conversation they were in, as membership
@@ -372,37 +636,16 @@ impl Ingest {
         Ok(())
     }
 
-    /// Waits until the projections the references are checked against have applied
-    /// everything their streams hold right now — whoever published it, and across restarts
-    /// of this worker.
+    /// Waits until the projections of `streams` have applied everything those streams hold
+    /// right now — whoever published it, and across restarts of this worker — except, unless
+    /// `strict`, what this worker stored itself and remembers.
     async fn catch_up(
         &self,
         bus: &Bus,
         store: &Store,
-        references: &[Reference],
-        target: &'static str,
+        streams: &[&'static str],
+        strict: bool,
     ) -> Result<(), ApplyError> {
-        let mut streams: Vec<&'static str> = std::iter::once(target)
-            .chain(
-                references
-                    .iter()
-                    .flat_map(|r| match r {
-                        Reference::UserExists(_) | Reference::UserNotDeleted(_) => {
-                            &[stream::USERS][..]
-                        }
-                        Reference::GroupsOf(_) => &[stream::MEMBERSHIP][..],
-                        Reference::GroupExists(_) | Reference::GroupAbsent(_) => {
-                            &[stream::MEMBERSHIP][..]
-                        }
-                        Reference::ConversationExists(_) => {
-                            &[stream::MESSAGES, stream::MEMBERSHIP][..]
-                        }
-                    })
-                    .copied(),
-            )
-            .collect();
-        streams.sort_unstable();
-        streams.dedup();
         let deadline = tokio::time::Instant::now() + CATCH_UP;
         for stream in streams {
             let Some(p) = projection_of(stream) else {
@@ -416,7 +659,12 @@ impl Ingest {
                 .0;
             loop {
                 let at = store.checkpoint(p.name()).await?.map_or(0, |c| c.last_seq);
-                if at >= end {
+                let covered = {
+                    let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+                    recent.projected(stream, at);
+                    !strict && recent.covers(stream, at, end)
+                };
+                if at >= end || covered {
                     break;
                 }
                 if tokio::time::Instant::now() > deadline {
@@ -425,22 +673,63 @@ impl Ingest {
                         p.name()
                     )));
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
         Ok(())
     }
 }
 
-async fn check(store: &Store, r: &Reference) -> Result<(), ApplyError> {
+impl Translated {
+    /// The streams whose projections must hold everything before this event is checked: its
+    /// own (whose projection records which external events were applied) and those of what
+    /// it refers to.
+    fn depends_on(&self) -> impl Iterator<Item = &'static str> + '_ {
+        std::iter::once(self.stream).chain(
+            self.references
+                .iter()
+                .flat_map(|r| match r {
+                    Reference::UserExists(_) | Reference::UserNotDeleted(_) => &[stream::USERS][..],
+                    Reference::GroupsOf(_)
+                    | Reference::GroupExists(_)
+                    | Reference::GroupAbsent(_) => &[stream::MEMBERSHIP][..],
+                    Reference::ConversationExists(_) => &[stream::MESSAGES, stream::MEMBERSHIP][..],
+                })
+                .copied(),
+        )
+    }
+}
+
+/// Checks one reference against the projections (`known`: the users the run refers to, as
+/// projected; `groups`: the groups looked up so far) and what the run created before it.
+async fn check(
+    store: &Store,
+    r: &Reference,
+    known: &HashMap<String, bool>,
+    created: &Created,
+    groups: &mut HashMap<String, Option<GroupRow>>,
+) -> Result<(), ApplyError> {
+    let mut group = async |g: &str| -> Result<Option<GroupRow>, ApplyError> {
+        if let Some(row) = groups.get(g) {
+            return Ok(row.clone());
+        }
+        let row = store.group_row(g).await?;
+        groups.insert(g.to_owned(), row.clone());
+        Ok(row)
+    };
     match r {
         Reference::UserExists(u) => {
-            if !store.user_active(u.as_str()).await? {
+            // The projection's answer first: it holds a deletion the overlay does not know of.
+            let active = match known.get(u.as_str()) {
+                Some(deleted) => !deleted,
+                None => created.users.contains(u.as_str()),
+            };
+            if !active {
                 return Err(reject("unknown_user", format!("user {u} does not exist")));
             }
         }
         Reference::UserNotDeleted(u) => {
-            if store.user_deleted(u.as_str()).await? {
+            if known.get(u.as_str()) == Some(&true) {
                 return Err(reject(
                     "user_deleted",
                     format!("user {u} was deleted; a deleted user's id is not taken again"),
@@ -448,21 +737,26 @@ async fn check(store: &Store, r: &Reference) -> Result<(), ApplyError> {
             }
         }
         Reference::GroupsOf(_) => {}
-        Reference::GroupExists(g) => match store.group_row(g.as_str()).await? {
-            Some(row) if !row.dismissed => {}
-            _ => return Err(reject("unknown_group", format!("group {g} does not exist"))),
-        },
+        Reference::GroupExists(g) => {
+            let exists = match group(g.as_str()).await? {
+                Some(row) => !row.dismissed,
+                None => created.groups.contains(g.as_str()),
+            };
+            if !exists {
+                return Err(reject("unknown_group", format!("group {g} does not exist")));
+            }
+        }
         Reference::GroupAbsent(g) => {
-            if store.group_row(g.as_str()).await?.is_some() {
+            if created.groups.contains(g.as_str()) || group(g.as_str()).await?.is_some() {
                 return Err(reject("group_exists", format!("group {g} already exists")));
             }
         }
         Reference::ConversationExists(c) => {
             let exists = store.conversation(c.as_str()).await?.is_some()
-                || store
-                    .group_row(c.as_str())
-                    .await?
-                    .is_some_and(|g| !g.dismissed);
+                || match group(c.as_str()).await? {
+                    Some(g) => !g.dismissed,
+                    None => created.groups.contains(c.as_str()),
+                };
             if !exists {
                 return Err(reject(
                     "unknown_conversation",

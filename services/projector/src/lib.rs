@@ -44,6 +44,10 @@ use projections::{apply_events, save_checkpoint};
 /// The checkpoint name of the ingest worker.
 pub const INGEST_NAME: &str = "ingest";
 
+/// Most events from other systems taken in as one run (under the `max_ack_pending` of
+/// `streams/consumers/INGEST/projector_ingest.json`).
+const INGEST_RUN: usize = 1000;
+
 /// Tuning of the projector.
 #[derive(Debug, Clone)]
 pub struct ProjectorOptions {
@@ -87,19 +91,25 @@ pub async fn run(
         .map(|p| Handler::Sql(*p))
         .collect();
     if options.ingest {
-        handlers.push(Handler::Ingest(Ingest));
+        handlers.push(Handler::Ingest(Ingest::default()));
     }
     let count = handlers.len();
     // One holder per process: its workers may hold some leases while another process holds
     // the others.
     let holder = Holder::new();
     for handler in handlers {
+        // Ingest takes in longer runs: each costs one wait for the projections and one
+        // checkpoint, however long (within what its consumer lets be unacknowledged).
+        let batch_size = match handler {
+            Handler::Sql(_) => options.batch_size.max(1),
+            Handler::Ingest(_) => (options.batch_size * 4).clamp(1, INGEST_RUN),
+        };
         let worker = Worker {
             handler,
             holder: holder.clone(),
             bus: bus.clone(),
             store: store.clone(),
-            batch_size: options.batch_size.max(1),
+            batch_size,
             idle_wait: options.idle_wait,
             rules: options.membership,
         };
@@ -355,11 +365,19 @@ impl Worker {
     ) -> anyhow::Result<(Checkpoint, Option<u64>)> {
         let (fresh, gap) = self.contiguous(checkpoint, batch).await?;
         let mut next = checkpoint;
-        // Ingest publishes as it goes, so it checkpoints event by event: a failure later in
-        // a batch must not roll back the checkpoint of an event already published.
-        let batched = matches!(self.handler, Handler::Sql(_));
+        if let Handler::Ingest(ingest) = &self.handler {
+            next = self
+                .ingest_runs(ingest, consumer, checkpoint, &fresh)
+                .await?;
+            for d in batch.iter().filter(|d| d.seq.0 <= next.last_seq) {
+                if let Err(err) = d.ack().await {
+                    tracing::debug!(error = %err, seq = %d.seq, "ack failed");
+                }
+            }
+            return Ok((next, gap));
+        }
         let applied = match fresh.last() {
-            Some(last) if batched => match self.try_apply(&fresh, checkpoint).await {
+            Some(last) => match self.try_apply(&fresh, checkpoint).await {
                 Ok(()) => {
                     next.last_seq = last.seq.0;
                     true
@@ -426,10 +444,15 @@ impl Worker {
             Handler::Ingest(ingest) => {
                 // Publishing is idempotent by event id, so a retry after a failed commit
                 // republishes harmlessly; the checkpoint alone needs the transaction.
-                for d in events {
-                    ingest
-                        .apply(&self.bus, &self.store, d.subject(), d.payload())
-                        .await?;
+                let items: Vec<(&str, &[u8])> = events
+                    .iter()
+                    .map(|d| (d.subject(), d.payload().as_ref()))
+                    .collect();
+                let (done, stopped) = ingest.apply_run(&self.bus, &self.store, &items).await;
+                if done < items.len() {
+                    return Err(stopped.unwrap_or_else(|| {
+                        ApplyError::Unavailable("a run ended before its last event".into())
+                    }));
                 }
                 save_checkpoint(
                     &self.store,
@@ -441,6 +464,49 @@ impl Worker {
                 .await
             }
         }
+    }
+
+    /// Takes in events from other systems in runs: each run is validated, checked and
+    /// published together, and the checkpoint moves past it once all of it is stored. The
+    /// event a run stops at goes alone (retried, or set aside). Returns the new checkpoint.
+    async fn ingest_runs(
+        &self,
+        ingest: &Ingest,
+        consumer: &PullConsumer,
+        checkpoint: Checkpoint,
+        fresh: &[&Delivery],
+    ) -> anyhow::Result<Checkpoint> {
+        let mut next = checkpoint;
+        let mut rest = fresh;
+        while let Some(first) = rest.first() {
+            let items: Vec<(&str, &[u8])> = rest
+                .iter()
+                .map(|d| (d.subject(), d.payload().as_ref()))
+                .collect();
+            let (done, _) = ingest.apply_run(&self.bus, &self.store, &items).await;
+            if done > 0 {
+                let to = Checkpoint {
+                    epoch: next.epoch,
+                    last_seq: rest[done - 1].seq.0,
+                };
+                save_checkpoint(
+                    &self.store,
+                    self.handler.name(),
+                    self.handler.stream(),
+                    next.last_seq,
+                    to,
+                )
+                .await?;
+                next = to;
+                rest = &rest[done..];
+            } else {
+                // It stopped at its first event: that one goes alone, to be retried or set
+                // aside with its reason.
+                next = self.apply_alone(consumer, next, first).await?;
+                rest = &rest[1..];
+            }
+        }
+        Ok(next)
     }
 
     /// Applies one event in its own transaction, retrying while the database is healthy, and

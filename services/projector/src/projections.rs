@@ -164,15 +164,28 @@ pub(crate) async fn apply_events(
         }
         tx.insert_messages(&run).await?;
     } else {
+        // Users created or renamed go in together, many per statement; anything else applies
+        // in its place between them.
+        let mut named: Vec<(UserId, String, u64)> = Vec::new();
         for (seq, subject, payload) in events {
             let env = decode(payload)?;
             ingested.extend(ingest::origin(&env).map(|(src, id)| (src, id, *seq)));
+            let naming = match &env.event {
+                Event::UserCreated(e) if p == Projection::Users => Some((&e.user, &e.display_name)),
+                Event::UserUpdated(e) if p == Projection::Users => Some((&e.user, &e.display_name)),
+                _ => None,
+            };
+            if let Some((user, name)) = naming {
+                expect_subject(subject, subjects::user(user))?;
+                named.push((user.clone(), name.clone(), *seq));
+                continue;
+            }
+            put_users(&mut tx, &mut named).await?;
             notices.extend(p.apply(&mut tx, *seq, subject, &env, rules).await?);
         }
+        put_users(&mut tx, &mut named).await?;
     }
-    for (source, id, seq) in ingested {
-        tx.record_ingested(&source, &id, seq).await?;
-    }
+    tx.record_ingested_many(&ingested).await?;
     if !tx
         .advance_checkpoint(p.name(), p.stream(), from, next, now_ms())
         .await?
@@ -186,6 +199,17 @@ pub(crate) async fn apply_events(
         store.truncate_log().await?;
     }
     Ok(notices)
+}
+
+/// Stores the users named so far (and forgets them).
+async fn put_users(tx: &mut Tx, named: &mut Vec<(UserId, String, u64)>) -> Result<(), StoreError> {
+    let rows: Vec<(&str, &str, u64)> = named
+        .iter()
+        .map(|(u, name, seq)| (u.as_str(), name.as_str(), *seq))
+        .collect();
+    tx.put_users(&rows).await?;
+    named.clear();
+    Ok(())
 }
 
 /// The checkpoint moved under its writer: another process applies the same stream.

@@ -173,6 +173,9 @@ impl StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite has one writer at a time: the writers of this process queue here, in order,
+    /// instead of polling the file lock (whose busy handler sleeps up to 100 ms at a time).
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -200,7 +203,11 @@ impl Store {
             });
         }
         let pool = pool.connect(&url).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            write_gate: Default::default(),
+        })
     }
 
     /// After text was erased: SQLite's write-ahead log still holds the old pages until it is

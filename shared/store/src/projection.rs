@@ -165,6 +165,8 @@ pub struct MemberRow {
 pub struct Tx {
     pub(crate) tx: Transaction<'static, Any>,
     pub(crate) backend: crate::Backend,
+    /// This process's turn to write (SQLite), held until commit or rollback.
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Store {
@@ -172,13 +174,17 @@ impl Store {
     /// (`BEGIN IMMEDIATE`): a transaction that reads and then writes would otherwise fail with
     /// `SQLITE_BUSY` when another writer committed in between, which no busy timeout cures.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        let tx = match self.backend {
-            crate::Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            crate::Backend::Postgres => self.pool.begin().await?,
+        let (tx, turn) = match self.backend {
+            crate::Backend::Sqlite => {
+                let turn = self.write_gate.clone().lock_owned().await;
+                (self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(turn))
+            }
+            crate::Backend::Postgres => (self.pool.begin().await?, None),
         };
         Ok(Tx {
             tx,
             backend: self.backend,
+            _turn: turn,
         })
     }
 
@@ -195,6 +201,7 @@ impl Store {
         Ok(Tx {
             tx,
             backend: self.backend,
+            _turn: None,
         })
     }
 
@@ -768,6 +775,47 @@ impl Tx {
         Ok(())
     }
 
+    /// Creates or updates users, many per statement: `(user, display_name, version)` in
+    /// stream order (a user named twice ends as the later says).
+    pub async fn put_users(&mut self, users: &[(&str, &str, u64)]) -> Result<(), StoreError> {
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (k, (user, _, _)) in users.iter().enumerate() {
+            last.insert(user, k);
+        }
+        let rows: Vec<&(&str, &str, u64)> = users
+            .iter()
+            .enumerate()
+            .filter(|(k, (user, _, _))| last.get(user) == Some(k))
+            .map(|(_, row)| row)
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            // Only placeholders are formatted into the statement.
+            let sql = format!(
+                "INSERT INTO users (user_id, display_name, deleted, version) VALUES {}
+                 ON CONFLICT (user_id) DO UPDATE
+                 SET display_name = excluded.display_name, deleted = 0,
+                     version = excluded.version",
+                (0..chunk.len())
+                    .map(|r| {
+                        let at = r * 3 + 1;
+                        format!(
+                            "({}, 0, {})",
+                            params(self.backend, at, 2),
+                            params(self.backend, at + 2, 1)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (user, name, version) in chunk {
+                q = q.bind(*user).bind(*name).bind(i(*version));
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
     /// Whether a user exists.
     pub async fn user_exists(&mut self, user: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT deleted FROM users WHERE user_id = $1")
@@ -855,6 +903,28 @@ impl Tx {
         .bind(i(native_seq))
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    /// Records events from other systems as applied, many per statement:
+    /// `(source, event id, native sequence)`.
+    pub async fn record_ingested_many(
+        &mut self,
+        events: &[(String, String, u64)],
+    ) -> Result<(), StoreError> {
+        for chunk in events.chunks(ROWS_PER_INSERT) {
+            // Only placeholders are formatted into the statement.
+            let sql = format!(
+                "INSERT INTO ingested_events (source, event_id, native_seq) VALUES {}
+                 ON CONFLICT (source, event_id) DO NOTHING",
+                rows_of_params(self.backend, chunk.len(), 3)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (source, id, seq) in chunk {
+                q = q.bind(source.as_str()).bind(id.as_str()).bind(i(*seq));
+            }
+            q.execute(&mut *self.tx).await?;
+        }
         Ok(())
     }
 
@@ -1044,7 +1114,7 @@ impl Tx {
 }
 
 /// Bound parameters per `IN (…)` list, well under every backend's limit.
-const IN_CHUNK: usize = 500;
+pub(crate) const IN_CHUNK: usize = 500;
 /// Rows per multi-row `INSERT`: a projector batch in one statement where it fits. Each
 /// statement is a round trip to the database (to SQLite's worker thread), so fewer is faster:
 /// replaying into SQLite went from about 25k to about 40k events/s going from 100 to 1,000.

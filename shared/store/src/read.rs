@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anchorage_schema::event::Role;
 use sqlx::Row;
 
-use crate::projection::{EntryKind, GroupRow};
+use crate::projection::{EntryKind, GroupRow, IN_CHUNK, params};
 use crate::{Store, StoreError};
 
 /// A conversation's version and size.
@@ -368,6 +368,54 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.try_get("display_name")).transpose()?)
+    }
+
+    /// Which of `users` were ever created, each with whether it was deleted since.
+    pub async fn users_among(
+        &self,
+        users: &[&str],
+    ) -> Result<std::collections::HashMap<String, bool>, StoreError> {
+        let mut found = std::collections::HashMap::new();
+        for chunk in users.chunks(IN_CHUNK) {
+            // Only placeholders are formatted into the statement.
+            let sql = format!(
+                "SELECT user_id, deleted FROM users WHERE user_id IN ({})",
+                params(self.backend(), 1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for u in chunk {
+                q = q.bind(*u);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                found.insert(r.try_get("user_id")?, r.try_get::<i64, _>("deleted")? != 0);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Which of the events `ids` of other system `source` were applied already.
+    pub async fn ingested_among(
+        &self,
+        source: &str,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut found = std::collections::HashSet::new();
+        for chunk in ids.chunks(IN_CHUNK) {
+            // Only placeholders are formatted into the statement.
+            let sql = format!(
+                "SELECT event_id FROM ingested_events WHERE source = {} AND event_id IN ({})",
+                params(self.backend(), 1, 1),
+                params(self.backend(), 2, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(source);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                found.insert(r.try_get("event_id")?);
+            }
+        }
+        Ok(found)
     }
 
     /// The native sequence of an event from another system that was applied, by its source

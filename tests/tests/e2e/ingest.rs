@@ -242,3 +242,100 @@ async fn external_events_apply_like_native_ones_and_invalid_ones_are_dead_letter
     assert_eq!(count, total_dead);
     stack.stack.stop().await.unwrap();
 }
+
+// Events arriving together are taken in as runs: each event sees what the events before it
+// created (also within its run, before any projection holds it) and nothing after it; a
+// deletion ends the memberships made just before it; repeats apply once.
+#[tokio::test]
+async fn a_run_of_events_sees_what_came_before_each_and_nothing_after() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let store = &stack.stack.store;
+    let user = |id: &str, name: &str| {
+        ext(
+            "user.created",
+            id,
+            json!({"user": name, "display_name": name}),
+        )
+    };
+    let add = |id: &str, member: &str| {
+        ext(
+            "group.members_added",
+            id,
+            json!({"group": "g2", "members": [member]}),
+        )
+    };
+    let mut repeat = user("u-dave", "dave");
+    repeat.1 = "crm:u-dave:again".into();
+    let batch = vec![
+        user("u-dave", "dave"),
+        user("u-erin", "erin"),
+        ext(
+            "group.created",
+            "g-2",
+            json!({"group": "g2", "owner": "dave", "title": "Run", "members": ["erin"]}),
+        ),
+        // Created a moment ago, in the same run.
+        ext(
+            "group.created",
+            "g-2b",
+            json!({"group": "g2", "owner": "dave", "title": "Again"}),
+        ),
+        ext("user.deleted", "d-erin", json!({"user": "erin"})),
+        add("a-erin", "erin"),
+        user("u-erin-2", "erin"),
+        // frank comes later.
+        add("a-frank-early", "frank"),
+        user("u-frank", "frank"),
+        add("a-frank", "frank"),
+        repeat,
+    ];
+    raw_publish(nats.server.port(), &batch).await;
+
+    let members = eventually(Duration::from_secs(60), "frank to join g2", || async {
+        let m = store.member_ids("g2").await.ok()?;
+        m.contains(&"frank".to_owned()).then_some(m)
+    })
+    .await
+    .unwrap();
+    assert_eq!(members, vec!["dave", "frank"], "erin's membership ended");
+    assert!(store.user_deleted("erin").await.unwrap());
+    let dead = eventually(Duration::from_secs(30), "four dead letters", || async {
+        let d = dead_letters(&nats.url()).await.ok()?;
+        (d.len() >= 4).then_some(d)
+    })
+    .await
+    .unwrap();
+    let codes: Vec<(&str, &str)> = dead
+        .iter()
+        .map(|d| (d[header::DLQ_CODE].as_str(), d[header::DLQ_REASON].as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("group_exists", "group g2 already exists"),
+            ("unknown_user", "user erin does not exist"),
+            (
+                "user_deleted",
+                "user erin was deleted; a deleted user's id is not taken again"
+            ),
+            ("unknown_user", "user frank does not exist"),
+        ]
+    );
+    // Everything was taken in: nothing more comes.
+    let end = stack
+        .stack
+        .bus
+        .stream_state("INGEST")
+        .await
+        .unwrap()
+        .last_seq
+        .0;
+    eventually(Duration::from_secs(30), "ingest at the end", || async {
+        (store.checkpoint("ingest").await.ok()??.last_seq >= end).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead_letters(&nats.url()).await.unwrap().len(), 4);
+    stack.stack.stop().await.unwrap();
+}

@@ -1,6 +1,7 @@
 //! One file per scenario; each returns its report (our figures, the baselines, their ratio).
 
 pub mod fanout;
+pub mod ingest;
 pub mod members;
 pub mod memory;
 pub mod reconnect;
