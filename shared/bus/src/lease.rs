@@ -190,6 +190,7 @@ impl HeldLease {
         stop: &CancellationToken,
     ) -> Option<HeldLease> {
         let mut waiting_on: Option<String> = None;
+        let mut last_warning: Option<Instant> = None;
         loop {
             let sent = Instant::now();
             let since_ms = now_ms();
@@ -207,7 +208,15 @@ impl HeldLease {
                         waiting_on = Some(r.holder);
                     }
                 }
-                Err(err) => tracing::debug!(lease = name, error = %err, "taking the lease"),
+                Err(err) => {
+                    // Nothing is applied without the lease: say so, now and then (a missing
+                    // LEASES stream needs `anchorage streams apply`).
+                    if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+                        last_warning = Some(Instant::now());
+                        tracing::warn!(lease = name, error = %err,
+                            "cannot take the lease; is the LEASES stream applied?");
+                    }
+                }
             }
             stop.run_until_cancelled(tokio::time::sleep(POLL)).await?;
         }
