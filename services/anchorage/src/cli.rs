@@ -445,6 +445,9 @@ async fn projector(config: Config) -> anyhow::Result<ExitCode> {
     store.migrate().await.context("migrating the database")?;
     let shutdown = cancel_on_signal();
     if let Some(addr) = config.projector.metrics_listen {
+        // The recorder goes in before any worker names a metric: one named before it would
+        // record nowhere.
+        anchorage_edge::metrics::handle();
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("projector.metrics_listen {addr}"))?;

@@ -49,6 +49,8 @@ impl Stack {
         listener: TcpListener,
         credentials: Option<&Credentials>,
     ) -> anyhow::Result<Stack> {
+        // Before the projector's workers name their metrics.
+        anchorage_edge::metrics::handle();
         let as_user = |user: &str| -> anyhow::Result<Config> {
             let mut c = config.clone();
             if let Some(creds) = credentials {

@@ -323,6 +323,8 @@ struct Recent {
     ours: HashMap<&'static str, std::collections::BTreeSet<u64>>,
     /// Users created (USERS sequence).
     users: HashMap<String, u64>,
+    /// Users deleted (USERS sequence): a deletion outranks what the projection still says.
+    deleted: HashMap<String, u64>,
     /// Groups created (MEMBERSHIP sequence).
     groups: HashMap<String, u64>,
     /// External events applied: (source, id) → their stream and sequence.
@@ -335,6 +337,9 @@ impl Recent {
         match &t.envelope.event {
             Event::UserCreated(e) => {
                 self.users.insert(e.user.to_string(), seq);
+            }
+            Event::UserDeleted(e) => {
+                self.deleted.insert(e.user.to_string(), seq);
             }
             Event::GroupCreated(e) => {
                 self.groups.insert(e.group.to_string(), seq);
@@ -352,7 +357,10 @@ impl Recent {
             *ours = ours.split_off(&(checkpoint + 1));
         }
         match stream {
-            stream::USERS => self.users.retain(|_, seq| *seq > checkpoint),
+            stream::USERS => {
+                self.users.retain(|_, seq| *seq > checkpoint);
+                self.deleted.retain(|_, seq| *seq > checkpoint);
+            }
             stream::MEMBERSHIP => self.groups.retain(|_, seq| *seq > checkpoint),
             _ => {}
         }
@@ -376,6 +384,8 @@ impl Recent {
 #[derive(Debug, Default)]
 struct Created {
     users: HashSet<String>,
+    /// Users this worker deleted that the projection may still show.
+    deleted: HashSet<String>,
     groups: HashSet<String>,
 }
 
@@ -402,6 +412,7 @@ impl Ingest {
         bus: &Bus,
         store: &Store,
         events: &[(&str, &[u8])],
+        still_held: &(dyn Fn() -> bool + Sync),
     ) -> (usize, Option<ApplyError>) {
         let mut run = Vec::new();
         let mut stop = None;
@@ -426,7 +437,7 @@ impl Ingest {
         if run.is_empty() {
             return (0, stop);
         }
-        match self.publish_run(bus, store, &run).await {
+        match self.publish_run(bus, store, &run, still_held).await {
             Ok((done, None)) => (done, stop.filter(|_| done == run.len())),
             Ok((done, Some(err))) | Err((done, err)) => (done, Some(err)),
         }
@@ -438,6 +449,7 @@ impl Ingest {
         bus: &Bus,
         store: &Store,
         run: &[Translated],
+        still_held: &(dyn Fn() -> bool + Sync),
     ) -> Result<(usize, Option<ApplyError>), (usize, ApplyError)> {
         let fail = |e: ApplyError| (0, e);
         let mut streams: Vec<&'static str> = run.iter().flat_map(Translated::depends_on).collect();
@@ -496,6 +508,11 @@ impl Ingest {
             for t in run {
                 for r in &t.references {
                     match r {
+                        Reference::UserExists(u) | Reference::UserNotDeleted(u)
+                            if recent.deleted.contains_key(u.as_str()) =>
+                        {
+                            created.deleted.insert(u.to_string());
+                        }
                         Reference::UserExists(u) if recent.users.contains_key(u.as_str()) => {
                             created.users.insert(u.to_string());
                         }
@@ -556,6 +573,14 @@ impl Ingest {
             to_publish.push(t);
         }
 
+        // What was checked is published only by the holder of the lease: a process that was
+        // paused past its lease must not act on what it checked before.
+        if !still_held() {
+            return Err((
+                0,
+                ApplyError::Unavailable("the ingest lease is no longer held".into()),
+            ));
+        }
         // In order on one connection: stored in this order.
         let mut pending = Vec::with_capacity(to_publish.len());
         let mut refused = None;
@@ -597,9 +622,11 @@ impl Ingest {
         if let Some(err) = refused {
             return Err((done, err));
         }
+        // Also when the deletion was stored before (a retry after a failure partway through
+        // the departures): they are named after it, so none is stored twice.
         if let [only] = run
             && let Event::UserDeleted(deleted) = &only.envelope.event
-            && matches!(outcomes.first(), Some(Outcome::Published(_)))
+            && !outcomes.is_empty()
         {
             self.end_memberships(bus, store, &only.envelope, &deleted.user)
                 .await
@@ -719,17 +746,19 @@ async fn check(
     };
     match r {
         Reference::UserExists(u) => {
-            // The projection's answer first: it holds a deletion the overlay does not know of.
-            let active = match known.get(u.as_str()) {
-                Some(deleted) => !deleted,
-                None => created.users.contains(u.as_str()),
-            };
+            // A deletion this worker stored first (the projection may not hold it yet), then
+            // the projection's answer: it holds a deletion by anyone else.
+            let active = !created.deleted.contains(u.as_str())
+                && match known.get(u.as_str()) {
+                    Some(deleted) => !deleted,
+                    None => created.users.contains(u.as_str()),
+                };
             if !active {
                 return Err(reject("unknown_user", format!("user {u} does not exist")));
             }
         }
         Reference::UserNotDeleted(u) => {
-            if known.get(u.as_str()) == Some(&true) {
+            if created.deleted.contains(u.as_str()) || known.get(u.as_str()) == Some(&true) {
                 return Err(reject(
                     "user_deleted",
                     format!("user {u} was deleted; a deleted user's id is not taken again"),

@@ -30,7 +30,7 @@ pub mod replay;
 
 use std::time::Duration;
 
-use anchorage_bus::{Bus, Delivery, HeldLease, Holder, PullConsumer};
+use anchorage_bus::{Bus, Delivery, HeldLease, Holder, LeaseClock, PullConsumer};
 use anchorage_schema::Seq;
 use anchorage_store::{Checkpoint, Store};
 use anyhow::{Context, bail};
@@ -91,7 +91,7 @@ pub async fn run(
         .map(|p| Handler::Sql(*p))
         .collect();
     if options.ingest {
-        handlers.push(Handler::Ingest(Ingest::default()));
+        handlers.push(Handler::Ingest(Box::default()));
     }
     let count = handlers.len();
     // One holder per process: its workers may hold some leases while another process holds
@@ -107,6 +107,7 @@ pub async fn run(
         let worker = Worker {
             handler,
             holder: holder.clone(),
+            lease: std::sync::Mutex::new(None),
             bus: bus.clone(),
             store: store.clone(),
             batch_size,
@@ -128,7 +129,7 @@ enum Handler {
     /// Applies them to an SQL projection.
     Sql(Projection),
     /// Validates events from other systems and publishes them as native events.
-    Ingest(Ingest),
+    Ingest(Box<Ingest>),
 }
 
 impl Handler {
@@ -160,6 +161,8 @@ const LAG_LOG_EVERY: Duration = Duration::from_secs(30);
 struct Worker {
     handler: Handler,
     holder: Holder,
+    /// The lease held now, for work that acts outside the database to ask before it acts.
+    lease: std::sync::Mutex<Option<LeaseClock>>,
     bus: Bus,
     store: Store,
     batch_size: usize,
@@ -194,6 +197,7 @@ impl Worker {
                 "holding the lease"
             );
             active.set(1.0);
+            *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease.clock().clone());
             self.run_while_held(lease.token()).await;
             active.set(0.0);
             // Given back on a clean stop, so a standby takes over at once; a lost lease is
@@ -203,6 +207,15 @@ impl Worker {
                 return;
             }
         }
+    }
+
+    /// Whether this process still holds the lease it works under.
+    fn holds_lease(&self) -> bool {
+        self.lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(LeaseClock::is_current)
     }
 
     /// Follows the stream, starting over from the checkpoint after every interruption,
@@ -448,7 +461,9 @@ impl Worker {
                     .iter()
                     .map(|d| (d.subject(), d.payload().as_ref()))
                     .collect();
-                let (done, stopped) = ingest.apply_run(&self.bus, &self.store, &items).await;
+                let (done, stopped) = ingest
+                    .apply_run(&self.bus, &self.store, &items, &|| self.holds_lease())
+                    .await;
                 if done < items.len() {
                     return Err(stopped.unwrap_or_else(|| {
                         ApplyError::Unavailable("a run ended before its last event".into())
@@ -483,7 +498,9 @@ impl Worker {
                 .iter()
                 .map(|d| (d.subject(), d.payload().as_ref()))
                 .collect();
-            let (done, _) = ingest.apply_run(&self.bus, &self.store, &items).await;
+            let (done, _) = ingest
+                .apply_run(&self.bus, &self.store, &items, &|| self.holds_lease())
+                .await;
             if done > 0 {
                 let to = Checkpoint {
                     epoch: next.epoch,

@@ -167,6 +167,39 @@ impl Bus {
     }
 }
 
+/// Whether a lease is still held, as far as this process can tell: its last stored renewal
+/// was sent less than `TTL − MARGIN` ago. Work with effects outside the database (publishing)
+/// asks right before it acts; a pause between the question and the act is the only overlap
+/// left, and what it publishes carries its event id for deduplication.
+#[derive(Debug, Clone)]
+pub struct LeaseClock {
+    stored_sent: std::sync::Arc<std::sync::Mutex<Instant>>,
+}
+
+impl LeaseClock {
+    fn new(sent: Instant) -> LeaseClock {
+        LeaseClock {
+            stored_sent: std::sync::Arc::new(std::sync::Mutex::new(sent)),
+        }
+    }
+
+    fn stored(&self, sent: Instant) {
+        *self.stored_sent.lock().unwrap_or_else(|e| e.into_inner()) = sent;
+    }
+
+    fn since_stored(&self) -> Duration {
+        self.stored_sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+
+    /// Whether the lease is still this process's.
+    pub fn is_current(&self) -> bool {
+        self.since_stored() < TTL.saturating_sub(MARGIN)
+    }
+}
+
 /// A lease this process holds, renewed in the background until it is released or lost.
 #[derive(Debug)]
 pub struct HeldLease {
@@ -175,6 +208,7 @@ pub struct HeldLease {
     work: CancellationToken,
     stop_renewing: CancellationToken,
     renewer: JoinHandle<Option<Seq>>,
+    clock: LeaseClock,
     bus: Bus,
     holder: Holder,
     since_ms: i64,
@@ -234,12 +268,13 @@ impl HeldLease {
     ) -> HeldLease {
         let work = stop.child_token();
         let stop_renewing = CancellationToken::new();
+        let clock = LeaseClock::new(sent);
         let renewer = tokio::spawn(renew(
             bus.clone(),
             name.to_owned(),
             holder.clone(),
             seq,
-            sent,
+            clock.clone(),
             since_ms,
             work.clone(),
             stop_renewing.clone(),
@@ -249,6 +284,7 @@ impl HeldLease {
             work,
             stop_renewing,
             renewer,
+            clock,
             bus: bus.clone(),
             holder: holder.clone(),
             since_ms,
@@ -259,6 +295,11 @@ impl HeldLease {
     /// watches it.
     pub fn token(&self) -> &CancellationToken {
         &self.work
+    }
+
+    /// Tells, without waiting for the renewer, whether the lease is still held.
+    pub fn clock(&self) -> &LeaseClock {
+        &self.clock
     }
 
     /// Stops renewing and gives the lease back so a standby takes it at once (if it is
@@ -284,7 +325,7 @@ async fn renew(
     name: String,
     holder: Holder,
     mut seq: Seq,
-    mut stored_sent: Instant,
+    clock: LeaseClock,
     since_ms: i64,
     work: CancellationToken,
     stop: CancellationToken,
@@ -302,7 +343,7 @@ async fn renew(
             _ = tokio::time::sleep(RENEW_EVERY) => {}
         }
         let deadline = TTL.saturating_sub(MARGIN);
-        let Some(left) = deadline.checked_sub(stored_sent.elapsed()) else {
+        let Some(left) = deadline.checked_sub(clock.since_stored()) else {
             return lost("no renewal was stored in time");
         };
         let sent = Instant::now();
@@ -310,7 +351,7 @@ async fn renew(
         match tokio::time::timeout(left, bus.publish_record(&subject, record, seq)).await {
             Ok(Ok(p)) => {
                 seq = p.seq;
-                stored_sent = sent;
+                clock.stored(sent);
             }
             Ok(Err(PublishError::Conflict { .. })) => {
                 return lost("another process holds it, or it expired");

@@ -27,7 +27,7 @@ use async_nats::jetstream;
 pub use apply::{ApplyReport, Change, Drift, Outcome};
 pub use consume::{ConsumerStart, Delivery, PullConsumer, StoredEvent, StreamReader};
 pub use definitions::{ConsumerDef, DefinitionError, StreamDef, StreamSet};
-pub use lease::{HeldLease, Holder, LeaseRecord};
+pub use lease::{HeldLease, Holder, LeaseClock, LeaseRecord};
 pub use live::{LiveEvent, LiveSubscription, Notices};
 pub use publish::{PendingAck, PublishError, Published};
 

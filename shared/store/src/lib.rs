@@ -168,6 +168,9 @@ impl StoreError {
     }
 }
 
+/// The PostgreSQL advisory lock migrations hold.
+const MIGRATION_LOCK: i64 = 0x616e_6368_6f72;
+
 /// A pool of connections to the projection database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -238,6 +241,28 @@ impl Store {
 
     /// Applies the migrations this database has not seen yet.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
+        // Processes starting together against a fresh PostgreSQL database take turns: the
+        // second sees what the first applied.
+        let mut lock = None;
+        if self.backend == Backend::Postgres && self.pool.options().get_max_connections() > 1 {
+            let mut conn = self.pool.acquire().await?;
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await?;
+            lock = Some(conn);
+        }
+        let result = self.migrate_in_turn().await;
+        if let Some(mut conn) = lock {
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await?;
+        }
+        result
+    }
+
+    async fn migrate_in_turn(&self) -> Result<usize, StoreError> {
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version BIGINT PRIMARY KEY,
@@ -266,7 +291,22 @@ impl Store {
                 name: m.name,
                 source,
             };
-            let mut tx = self.pool.begin().await.map_err(fail)?;
+            // On SQLite the write lock is taken at once, and whoever had it first may have
+            // applied this migration meanwhile (another process starting on the same file).
+            let mut tx = match self.backend {
+                Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+                Backend::Postgres => self.pool.begin().await,
+            }
+            .map_err(fail)?;
+            let done = sqlx::query("SELECT 1 AS one FROM schema_migrations WHERE version = $1")
+                .bind(m.version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(fail)?;
+            if done.is_some() {
+                tx.rollback().await.map_err(fail)?;
+                continue;
+            }
             sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(fail)?;
             sqlx::query(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",

@@ -339,3 +339,116 @@ async fn a_run_of_events_sees_what_came_before_each_and_nothing_after() {
     assert_eq!(dead_letters(&nats.url()).await.unwrap().len(), 4);
     stack.stack.stop().await.unwrap();
 }
+
+// A deletion this worker stored holds for what comes after it even while the users
+// projection has not applied it (here: its lease is held elsewhere for a while): the deleted
+// id is not taken again and the deleted user joins nothing.
+#[tokio::test]
+async fn a_deletion_holds_while_the_users_projection_lags() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let store = &stack.stack.store;
+    let bus = stack.stack.bus.clone();
+    raw_publish(
+        nats.server.port(),
+        &[
+            ext(
+                "user.created",
+                "u-ya",
+                json!({"user": "ya", "display_name": "A"}),
+            ),
+            ext(
+                "user.created",
+                "u-yc",
+                json!({"user": "yc", "display_name": "C"}),
+            ),
+            ext(
+                "group.created",
+                "g-y",
+                json!({"group": "gy", "owner": "ya", "title": "Y", "members": ["yc"]}),
+            ),
+        ],
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the group", || async {
+        (store.member_ids("gy").await.ok()?.len() == 2).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Another process "holds" the users projection: it stops applying.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let forger = tokio::spawn({
+        let (bus, stop) = (bus.clone(), stop.clone());
+        async move {
+            let record = json!({"holder": "elsewhere", "host": "h", "pid": 0, "since_ms": 0});
+            while !stop.is_cancelled() {
+                bus.publish_raw("lease.users", None, record.to_string().into_bytes())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let users_at = store.checkpoint("users").await.unwrap().unwrap().last_seq;
+    raw_publish(
+        nats.server.port(),
+        &[
+            ext("user.deleted", "d-yc", json!({"user": "yc"})),
+            ext(
+                "user.created",
+                "u-yc-again",
+                json!({"user": "yc", "display_name": "C again"}),
+            ),
+            ext(
+                "group.members_added",
+                "a-yc",
+                json!({"group": "gy", "members": ["yc"]}),
+            ),
+        ],
+    )
+    .await;
+    let end = bus.stream_state("INGEST").await.unwrap().last_seq.0;
+    eventually(Duration::from_secs(30), "ingest at the end", || async {
+        (store.checkpoint("ingest").await.ok()??.last_seq >= end).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        store.checkpoint("users").await.unwrap().unwrap().last_seq,
+        users_at,
+        "the users projection was held back meanwhile"
+    );
+    stop.cancel();
+    forger.await.unwrap();
+
+    eventually(Duration::from_secs(30), "yc deleted", || async {
+        store.user_deleted("yc").await.ok()?.then_some(())
+    })
+    .await
+    .unwrap();
+    let members = eventually(Duration::from_secs(30), "yc gone from gy", || async {
+        let m = store.member_ids("gy").await.ok()?;
+        (m.len() == 1).then_some(m)
+    })
+    .await
+    .unwrap();
+    assert_eq!(members, vec!["ya"]);
+    let codes: Vec<String> = dead_letters(&nats.url())
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d[header::DLQ_CODE].clone())
+        .collect();
+    assert_eq!(codes, vec!["user_deleted", "unknown_user"]);
+    let users = bus.stream_state("USERS").await.unwrap().last_seq.0;
+    eventually(Duration::from_secs(30), "users applied", || async {
+        (store.checkpoint("users").await.ok()??.last_seq >= users).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(store.user_deleted("yc").await.unwrap(), "still deleted");
+    assert_eq!(store.member_ids("gy").await.unwrap(), vec!["ya"]);
+    stack.stack.stop().await.unwrap();
+}
