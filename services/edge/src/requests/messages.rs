@@ -274,6 +274,13 @@ impl Session {
             Vec::new()
         };
         let count = match seq {
+            // Counted from the same list, so the answer agrees with itself while reads land.
+            Some(seq) if small => Some(
+                readers
+                    .iter()
+                    .filter(|r: &&Receipt| r.seq > 0 && r.seq >= seq)
+                    .count() as u64,
+            ),
             Some(seq) => Some(store.readers_count(conv.as_str(), seq, me).await?),
             None => None,
         };
