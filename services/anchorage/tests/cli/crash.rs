@@ -131,24 +131,7 @@ async fn workload(bus: &Bus) {
         bus.publish_event(&subject, &removed, None).await.unwrap();
     }
     for n in 0..MESSAGES {
-        let conv = ConversationId::parse(format!("c{}", n % 12)).unwrap();
-        let e = env(
-            format!("d:m{n}"),
-            MessageSent {
-                conv: conv.clone(),
-                sender: user(n % 7),
-                device: DeviceId::parse("d").unwrap(),
-                client_msg_id: ClientMsgId::parse(format!("m{n}")).unwrap(),
-                body: serde_json::json!({"n": n}),
-                client_ts: i64::from(n),
-                reply_to: None,
-                mentions: Vec::new(),
-                mention_all: false,
-            },
-        );
-        bus.publish_event(&subjects::message(&conv), &e, None)
-            .await
-            .unwrap();
+        let conv = publish_message(bus, "m", n).await;
         if n % 10 == 0 {
             let reader = user(n % 5);
             let read = env(
@@ -164,6 +147,30 @@ async fn workload(bus: &Bus) {
                 .unwrap();
         }
     }
+}
+
+/// Publishes message `n` of a series named `series`, from one of 7 users into one of 12
+/// conversations; returns the conversation.
+pub(crate) async fn publish_message(bus: &Bus, series: &str, n: u32) -> ConversationId {
+    let conv = ConversationId::parse(format!("c{}", n % 12)).unwrap();
+    let e = env(
+        format!("d:{series}{n}"),
+        MessageSent {
+            conv: conv.clone(),
+            sender: user(n % 7),
+            device: DeviceId::parse("d").unwrap(),
+            client_msg_id: ClientMsgId::parse(format!("{series}{n}")).unwrap(),
+            body: serde_json::json!({"n": n}),
+            client_ts: i64::from(n),
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
+        },
+    );
+    bus.publish_event(&subjects::message(&conv), &e, None)
+        .await
+        .unwrap();
+    conv
 }
 
 pub(crate) struct Setup {

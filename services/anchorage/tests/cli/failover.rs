@@ -8,18 +8,18 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anchorage_bus::{Bus, LeaseRecord};
-use anchorage_schema::event::MessageSent;
-use anchorage_schema::{ClientMsgId, ConversationId, DeviceId, subjects};
+use anchorage_schema::subjects;
 use anchorage_tests::eventually;
 
 use crate::crash::{
-    MESSAGES, checkpoint, cli, env, projected_everything, setup, spawn_with, store, user,
+    MESSAGES, checkpoint, cli, projected_everything, publish_message, setup, spawn_with, store,
 };
 
 /// Every lease a projector process takes: its projections and the ingest worker.
 const LEASES: &[&str] = &["messages", "reads", "users", "membership", "ingest"];
 /// Messages published while the projectors fail over.
 const DURING: u32 = 1200;
+/// The conversations `publish_message` spreads messages over.
 const CONVERSATIONS: u32 = 12;
 
 struct Projector {
@@ -84,24 +84,7 @@ async fn active(p: &Projector, projection: &str) -> Option<bool> {
 /// Publishes `DURING` more messages at a steady pace: the load the failover happens under.
 async fn publish_under_load(bus: Bus) {
     for n in 0..DURING {
-        let conv = ConversationId::parse(format!("c{}", n % CONVERSATIONS)).unwrap();
-        let e = env(
-            format!("d:f{n}"),
-            MessageSent {
-                conv: conv.clone(),
-                sender: user(n % 7),
-                device: DeviceId::parse("d").unwrap(),
-                client_msg_id: ClientMsgId::parse(format!("f{n}")).unwrap(),
-                body: serde_json::json!({"during": n}),
-                client_ts: i64::from(n),
-                reply_to: None,
-                mentions: Vec::new(),
-                mention_all: false,
-            },
-        );
-        bus.publish_event(&subjects::message(&conv), &e, None)
-            .await
-            .unwrap();
+        publish_message(&bus, "f", n).await;
         if n % 20 == 0 {
             tokio::time::sleep(Duration::from_millis(40)).await;
         }

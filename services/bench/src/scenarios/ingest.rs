@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anchorage_bus::Bus;
 use anchorage_schema::subjects::stream;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::env::{BenchEnv, Sizes, progress, rate};
@@ -23,27 +22,23 @@ fn external(type_name: &str, id: String, payload: Value) -> (String, Vec<u8>) {
     )
 }
 
-/// Publishes events in order, pipelined (256 in flight), as an integration would; how long
-/// until all were stored.
+/// Publishes events in order, pipelined, as an integration would; how long until all were
+/// stored.
 async fn publish_all(
     js: &async_nats::jetstream::Context,
     events: &[(String, Vec<u8>)],
 ) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let mut acks = futures::stream::FuturesOrdered::new();
-    for (subject, payload) in events {
-        let ack = js.publish(subject.clone(), payload.clone().into()).await?;
-        acks.push_back(ack.into_future());
-        while acks.len() > 256 {
-            if let Some(r) = acks.next().await {
-                r?;
-            }
-        }
-    }
-    while let Some(r) = acks.next().await {
-        r?;
-    }
-    Ok(start.elapsed())
+    raw::publish_in_order(
+        js,
+        events.iter().map(|(subject, payload)| {
+            (
+                subject.clone(),
+                async_nats::HeaderMap::new(),
+                payload.clone().into(),
+            )
+        }),
+    )
+    .await
 }
 
 /// Waits until the ingest worker has taken in every event of INGEST and the projections hold
