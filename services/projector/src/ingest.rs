@@ -536,7 +536,7 @@ impl Ingest {
                 }
             }
         }
-        let mut groups: HashMap<String, Option<GroupRow>> = HashMap::new();
+        let mut lookups = Lookups::default();
         let mut outcomes = Vec::with_capacity(run.len());
         let mut stop = None;
         let mut to_publish = Vec::new();
@@ -551,7 +551,7 @@ impl Ingest {
             }
             let mut verdict = Ok(());
             for r in &t.references {
-                verdict = check(store, r, &known, &created, &mut groups).await;
+                verdict = check(store, r, &known, &created, &mut lookups).await;
                 if verdict.is_err() {
                     break;
                 }
@@ -596,22 +596,23 @@ impl Ingest {
                 }
             }
         }
-        let mut stored = 0;
-        for (ack, t) in pending.into_iter().zip(&to_publish) {
+        let mut stored = Vec::with_capacity(pending.len());
+        for ack in pending {
             match ack.stored().await {
-                Ok(p) => {
-                    stored += 1;
-                    self.recent
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .record(t, p.seq.0);
-                }
+                Ok(p) => stored.push(p.seq.0),
                 Err(e) => {
                     refused = Some(ApplyError::Unavailable(e.to_string()));
                     break;
                 }
             }
         }
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            for (t, seq) in to_publish.iter().zip(&stored) {
+                recent.record(t, *seq);
+            }
+        }
+        let stored = stored.len();
         let done = outcomes
             .iter()
             .take_while(|o| match o {
@@ -673,6 +674,26 @@ impl Ingest {
         streams: &[&'static str],
         strict: bool,
     ) -> Result<(), ApplyError> {
+        // What is remembered of streams this run does not wait for goes once projected, so
+        // the memory stays bounded by how far the projections are behind.
+        let others: Vec<&'static str> = {
+            let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent
+                .ours
+                .iter()
+                .filter(|(s, ours)| !ours.is_empty() && !streams.contains(s))
+                .map(|(s, _)| *s)
+                .collect()
+        };
+        for stream in others {
+            if let Some(p) = projection_of(stream) {
+                let at = store.checkpoint(p.name()).await?.map_or(0, |c| c.last_seq);
+                self.recent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .projected(stream, at);
+            }
+        }
         let deadline = tokio::time::Instant::now() + CATCH_UP;
         for stream in streams {
             let Some(p) = projection_of(stream) else {
@@ -727,15 +748,27 @@ impl Translated {
     }
 }
 
+/// Groups and conversations looked up for a run, each once.
+#[derive(Debug, Default)]
+struct Lookups {
+    groups: HashMap<String, Option<GroupRow>>,
+    /// Whether the conversation holds a message.
+    conversations: HashMap<String, bool>,
+}
+
 /// Checks one reference against the projections (`known`: the users the run refers to, as
-/// projected; `groups`: the groups looked up so far) and what the run created before it.
+/// projected; `lookups`: what the run looked up so far) and what the run created before it.
 async fn check(
     store: &Store,
     r: &Reference,
     known: &HashMap<String, bool>,
     created: &Created,
-    groups: &mut HashMap<String, Option<GroupRow>>,
+    lookups: &mut Lookups,
 ) -> Result<(), ApplyError> {
+    let Lookups {
+        groups,
+        conversations,
+    } = lookups;
     let mut group = async |g: &str| -> Result<Option<GroupRow>, ApplyError> {
         if let Some(row) = groups.get(g) {
             return Ok(row.clone());
@@ -781,7 +814,15 @@ async fn check(
             }
         }
         Reference::ConversationExists(c) => {
-            let exists = store.conversation(c.as_str()).await?.is_some()
+            let has_messages = match conversations.get(c.as_str()) {
+                Some(known) => *known,
+                None => {
+                    let known = store.conversation(c.as_str()).await?.is_some();
+                    conversations.insert(c.to_string(), known);
+                    known
+                }
+            };
+            let exists = has_messages
                 || match group(c.as_str()).await? {
                     Some(g) => !g.dismissed,
                     None => created.groups.contains(c.as_str()),

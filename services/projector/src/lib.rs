@@ -492,14 +492,15 @@ impl Worker {
         fresh: &[&Delivery],
     ) -> anyhow::Result<Checkpoint> {
         let mut next = checkpoint;
+        let all: Vec<(&str, &[u8])> = fresh
+            .iter()
+            .map(|d| (d.subject(), d.payload().as_ref()))
+            .collect();
         let mut rest = fresh;
         while let Some(first) = rest.first() {
-            let items: Vec<(&str, &[u8])> = rest
-                .iter()
-                .map(|d| (d.subject(), d.payload().as_ref()))
-                .collect();
+            let items = &all[fresh.len() - rest.len()..];
             let (done, _) = ingest
-                .apply_run(&self.bus, &self.store, &items, &|| self.holds_lease())
+                .apply_run(&self.bus, &self.store, items, &|| self.holds_lease())
                 .await;
             if done > 0 {
                 let to = Checkpoint {

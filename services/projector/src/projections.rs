@@ -185,7 +185,7 @@ pub(crate) async fn apply_events(
         }
         put_users(&mut tx, &mut named).await?;
     }
-    tx.record_ingested_many(&ingested).await?;
+    tx.record_ingested(&ingested).await?;
     if !tx
         .advance_checkpoint(p.name(), p.stream(), from, next, now_ms())
         .await?
@@ -375,13 +375,9 @@ async fn apply_user(
     env: &Envelope,
 ) -> Result<(), ApplyError> {
     match &env.event {
-        Event::UserCreated(e) => {
-            expect_subject(subject, subjects::user(&e.user))?;
-            tx.put_user(e.user.as_str(), &e.display_name, seq).await?;
-        }
-        Event::UserUpdated(e) => {
-            expect_subject(subject, subjects::user(&e.user))?;
-            tx.put_user(e.user.as_str(), &e.display_name, seq).await?;
+        // Users created or renamed go in together (`apply_events`).
+        Event::UserCreated(_) | Event::UserUpdated(_) => {
+            return Err(wrong_stream(env, "this path"));
         }
         Event::UserDeleted(e) => {
             expect_subject(subject, subjects::user(&e.user))?;

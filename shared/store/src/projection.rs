@@ -755,26 +755,6 @@ impl Tx {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Creates or updates a user.
-    pub async fn put_user(
-        &mut self,
-        user: &str,
-        display_name: &str,
-        version: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO users (user_id, display_name, deleted, version) VALUES ($1, $2, 0, $3)
-             ON CONFLICT (user_id) DO UPDATE
-             SET display_name = excluded.display_name, deleted = 0, version = excluded.version",
-        )
-        .bind(user)
-        .bind(display_name)
-        .bind(i(version))
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
     /// Creates or updates users, many per statement: `(user, display_name, version)` in
     /// stream order (a user named twice ends as the later says).
     pub async fn put_users(&mut self, users: &[(&str, &str, u64)]) -> Result<(), StoreError> {
@@ -886,29 +866,9 @@ impl Tx {
         }))
     }
 
-    /// Records that the event `event_id` of another system `source` was applied as the native
-    /// event at `native_seq` (once; a repeat is ignored).
+    /// Records events from other systems as applied as native events, many per statement:
+    /// `(source, event id, native sequence)` (once; a repeat is ignored).
     pub async fn record_ingested(
-        &mut self,
-        source: &str,
-        event_id: &str,
-        native_seq: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO ingested_events (source, event_id, native_seq) VALUES ($1, $2, $3)
-             ON CONFLICT (source, event_id) DO NOTHING",
-        )
-        .bind(source)
-        .bind(event_id)
-        .bind(i(native_seq))
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    /// Records events from other systems as applied, many per statement:
-    /// `(source, event id, native sequence)`.
-    pub async fn record_ingested_many(
         &mut self,
         events: &[(String, String, u64)],
     ) -> Result<(), StoreError> {

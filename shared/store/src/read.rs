@@ -417,22 +417,6 @@ impl Store {
         }
         Ok(found)
     }
-
-    /// The native sequence of an event from another system that was applied, by its source
-    /// and id.
-    pub async fn ingested(&self, source: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
-        let row = sqlx::query(
-            "SELECT native_seq FROM ingested_events WHERE source = $1 AND event_id = $2",
-        )
-        .bind(source)
-        .bind(event_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>("native_seq"))
-            .transpose()?
-            .map(|s| s as u64))
-    }
 }
 
 /// A conversation of a user, with what a conversation list needs after a reconnect.

@@ -390,7 +390,19 @@ async fn a_deletion_holds_while_the_users_projection_lags() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the forged users lease",
+        || async {
+            let (_, r) = bus.lease("users").await.ok()??;
+            (r.holder == "elsewhere").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // The holder notices at its next renewal; that it stopped is asserted below (the users
+    // checkpoint stays where it was while ingest works).
+    tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
     let users_at = store.checkpoint("users").await.unwrap().unwrap().last_seq;
     raw_publish(
         nats.server.port(),
