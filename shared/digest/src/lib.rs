@@ -13,13 +13,22 @@
 //! member's hash). When the totals differ, comparing bucket digests narrows the mismatch to the
 //! buckets that differ, and only those need to be realigned.
 //!
+//! Under the buckets that differ, a [`Sketch`] of their members finds the members that differ,
+//! at a cost that follows the damage rather than the size of the buckets.
+//!
 //! The hash is xxh3-64 with seed 0 over the UTF-8 bytes of the id: any client in any language
 //! can compute it.
 
 #![warn(missing_docs)]
 
+mod sketch;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
+
+pub use sketch::{CELL_BYTES, Difference, HASHES, MAX_CELLS, Sketch};
 
 /// Number of buckets in a [`BucketedDigest`].
 pub const BUCKETS: usize = 256;
@@ -168,6 +177,53 @@ impl BucketedDigest {
             .map(|i| i as u8)
             .collect()
     }
+
+    /// The digest with these buckets' digests (the others empty).
+    pub fn from_buckets(buckets: impl IntoIterator<Item = (u8, SetDigest)>) -> Self {
+        let mut d = Self::default();
+        for (b, digest) in buckets {
+            d.buckets[b as usize] = digest;
+        }
+        d
+    }
+
+    /// The compact wire form, in standard base64: a 32-byte bitmap of the non-empty buckets
+    /// (bucket `b` is bit `b % 8` of byte `b / 8`), then for each of them in ascending order
+    /// its sum (u64) and count (u32), little-endian. 12 bytes per non-empty bucket.
+    pub fn to_wire(&self) -> String {
+        let mut bitmap = [0u8; BUCKETS / 8];
+        let mut entries = Vec::new();
+        for (b, d) in self.buckets.iter().enumerate() {
+            if *d != SetDigest::EMPTY {
+                bitmap[b / 8] |= 1 << (b % 8);
+                entries.extend_from_slice(&d.sum.to_le_bytes());
+                entries.extend_from_slice(&(d.count as u32).to_le_bytes());
+            }
+        }
+        let mut bytes = bitmap.to_vec();
+        bytes.extend_from_slice(&entries);
+        STANDARD.encode(bytes)
+    }
+
+    /// Reads the compact wire form; `None` if it is not one.
+    pub fn from_wire(text: &str) -> Option<Self> {
+        let bytes = STANDARD.decode(text).ok()?;
+        let (bitmap, mut entries) = bytes.split_at_checked(BUCKETS / 8)?;
+        let mut d = Self::default();
+        for b in 0..BUCKETS {
+            if bitmap[b / 8] & (1 << (b % 8)) == 0 {
+                continue;
+            }
+            let (entry, rest) = entries.split_at_checked(12)?;
+            let (sum, count) = entry.split_at(8);
+            d.buckets[b] = SetDigest {
+                sum: u64::from_le_bytes(sum.try_into().ok()?),
+                count: u64::from(u32::from_le_bytes(count.try_into().ok()?)),
+            };
+            entries = rest;
+        }
+        entries.is_empty().then_some(d)
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +256,24 @@ mod tests {
         ] {
             assert_eq!(SetDigest::from_wire(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn bucket_wire_form_round_trips_and_rejects_junk() {
+        let d = BucketedDigest::of(["alice", "bob", "carol"]);
+        let wire = d.to_wire();
+        // Bitmap and three entries.
+        assert_eq!(wire.len(), (32 + 3 * 12usize).div_ceil(3) * 4);
+        assert_eq!(BucketedDigest::from_wire(&wire), Some(d.clone()));
+        let empty = BucketedDigest::default();
+        assert_eq!(BucketedDigest::from_wire(&empty.to_wire()), Some(empty));
+        let mut bytes = STANDARD.decode(&wire).unwrap();
+        bytes.pop();
+        assert_eq!(BucketedDigest::from_wire(&STANDARD.encode(&bytes)), None, "short");
+        bytes.extend_from_slice(&[0; 13]);
+        assert_eq!(BucketedDigest::from_wire(&STANDARD.encode(&bytes)), None, "long");
+        assert_eq!(BucketedDigest::from_wire("!!"), None);
+        assert_eq!(BucketedDigest::from_wire(""), None);
     }
 
     #[test]
