@@ -107,7 +107,10 @@ impl SetDigest {
     /// Reads the wire form; `None` if it is not one.
     pub fn from_wire(text: &str) -> Option<SetDigest> {
         let (sum, count) = text.split_once(':')?;
-        if sum.len() != 16 {
+        if sum.len() != 16
+            || !sum.bytes().all(|c| c.is_ascii_hexdigit())
+            || !count.bytes().all(|c| c.is_ascii_digit())
+        {
             return None;
         }
         Some(SetDigest {
@@ -253,6 +256,8 @@ mod tests {
             "0000000000000000",
             "0000000000000000:x",
             "00:1",
+            "+000000000000001:1",
+            "0000000000000001:+1",
         ] {
             assert_eq!(SetDigest::from_wire(bad), None, "{bad}");
         }
@@ -269,9 +274,17 @@ mod tests {
         assert_eq!(BucketedDigest::from_wire(&empty.to_wire()), Some(empty));
         let mut bytes = STANDARD.decode(&wire).unwrap();
         bytes.pop();
-        assert_eq!(BucketedDigest::from_wire(&STANDARD.encode(&bytes)), None, "short");
+        assert_eq!(
+            BucketedDigest::from_wire(&STANDARD.encode(&bytes)),
+            None,
+            "short"
+        );
         bytes.extend_from_slice(&[0; 13]);
-        assert_eq!(BucketedDigest::from_wire(&STANDARD.encode(&bytes)), None, "long");
+        assert_eq!(
+            BucketedDigest::from_wire(&STANDARD.encode(&bytes)),
+            None,
+            "long"
+        );
         assert_eq!(BucketedDigest::from_wire("!!"), None);
         assert_eq!(BucketedDigest::from_wire(""), None);
     }

@@ -191,7 +191,7 @@ impl Sketch {
 
     /// Reads the wire form of a sketch of `cells` cells; `None` if it is not one.
     pub fn from_wire(text: &str, cells: usize) -> Option<Sketch> {
-        if cells == 0 || cells % HASHES != 0 || cells > MAX_CELLS {
+        if cells == 0 || !cells.is_multiple_of(HASHES) || cells > MAX_CELLS {
             return None;
         }
         let bytes = STANDARD.decode(text).ok()?;

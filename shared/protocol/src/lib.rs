@@ -28,9 +28,10 @@ pub use members::{GroupSync, GroupSyncResult, GroupVersion, MemberInfo, MembersC
 pub use reply::{
     Ack, ConvChange, ConvPrefs, Done, ErrorFrame, GroupVersions, HiddenMessages, LiveMessage,
     MembersBatch, MembersBuckets, MembersChanged, MembersDiff, MembersFound, MembersPage,
-    MembershipChanged, Message, MessageParts, Messages, OwnReaction, PresenceAnswer, PresenceInfo,
-    Push, Reaction, ReactionDelta, ReactionsChanged, Reactors, ReadMoved, Receipt, Receipts, Reply,
-    ReplyBody, ServerFrame, StateChange, StateChanged, TypingNow, UserState, Welcome,
+    MembersSketch, MembershipChanged, Message, MessageParts, Messages, OwnReaction, PresenceAnswer,
+    PresenceInfo, Push, Reaction, ReactionDelta, ReactionsChanged, Reactors, ReadMoved, Receipt,
+    Receipts, Reply, ReplyBody, ServerFrame, StateChange, StateChanged, TypingNow, UserState,
+    Welcome,
 };
 pub use request::{ConvAnchor, REQUEST_TYPES, Request, RequestBody};
 

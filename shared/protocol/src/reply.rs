@@ -57,6 +57,8 @@ pub enum ReplyBody {
     MembersPage(MembersPage),
     /// Same version, different digest: the server's bucket digests.
     MembersBuckets(MembersBuckets),
+    /// Answer to `members_sketch`.
+    MembersSketch(MembersSketch),
     /// Answer to `members_sync_batch`.
     MembersBatch(MembersBatch),
     /// Answer to `members_search`.
@@ -239,6 +241,7 @@ into_reply! {
     MembersDiff => MembersDiff,
     MembersPage => MembersPage,
     MembersBuckets => MembersBuckets,
+    MembersSketch => MembersSketch,
     MembersBatch => MembersBatch,
     MembersFound => MembersFound,
     Reactors => Reactors,
@@ -632,8 +635,8 @@ pub struct MembersPage {
     pub cursor: Option<String>,
 }
 
-/// `members_buckets`: same version, different digest: the server's non-empty bucket digests
-/// at `version`, so the client fetches only the buckets that differ.
+/// `members_buckets`: same version, different digest: the server's bucket digests at
+/// `version`, so the client looks only under the buckets that differ.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembersBuckets {
     /// The group.
@@ -642,8 +645,24 @@ pub struct MembersBuckets {
     pub epoch: String,
     /// The version the digests are of.
     pub version: u64,
-    /// `[bucket, digest]` pairs.
-    pub buckets: Vec<(u8, String)>,
+    /// The bucket digests in their compact wire form (base64: a bitmap of the non-empty
+    /// buckets, then sum and count of each).
+    pub digests: String,
+}
+
+/// `members_sketch`: the sketch asked for, of the members of `buckets` at `anchor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersSketch {
+    /// The group.
+    pub group: GroupId,
+    /// The MEMBERSHIP stream's epoch.
+    pub epoch: String,
+    /// The version it is pinned to.
+    pub anchor: u64,
+    /// Its cells.
+    pub cells: u32,
+    /// The cells in their wire form (base64, 16 bytes each).
+    pub sketch: String,
 }
 
 /// `members_batch`: the answer to `members_sync_batch`, in request order.

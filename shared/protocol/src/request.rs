@@ -115,8 +115,11 @@ pub enum RequestBody {
     GroupVersions(GroupVersions),
     /// Bring one member list up to date; answered with one `members_*` frame.
     MembersSync(MembersSync),
-    /// A realignment page or some digest buckets; answered with `members_page`.
+    /// A realignment page, some digest buckets or members by hash; answered with
+    /// `members_page`.
     MembersFetch(MembersFetch),
+    /// A sketch of the members of some digest buckets; answered with `members_sketch`.
+    MembersSketch(MembersSketch),
     /// Member lists of many groups in one answer; answered with `members_batch`.
     MembersSyncBatch(MembersSyncBatch),
     /// Members by id or nickname prefix; answered with `members_found`.
@@ -179,6 +182,7 @@ impl RequestBody {
             RequestBody::GroupVersions(_) => "group_versions",
             RequestBody::MembersSync(_) => "members_sync",
             RequestBody::MembersFetch(_) => "members_fetch",
+            RequestBody::MembersSketch(_) => "members_sketch",
             RequestBody::MembersSyncBatch(_) => "members_sync_batch",
             RequestBody::MembersSearch(_) => "members_search",
             RequestBody::MembersUnsubscribe(_) => "members_unsubscribe",
@@ -223,6 +227,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "group_versions",
     "members_sync",
     "members_fetch",
+    "members_sketch",
     "members_sync_batch",
     "members_search",
     "members_unsubscribe",
@@ -273,6 +278,7 @@ into_body! {
     GroupVersions => GroupVersions,
     MembersSync => MembersSync,
     MembersFetch => MembersFetch,
+    MembersSketch => MembersSketch,
     MembersSyncBatch => MembersSyncBatch,
     MembersSearch => MembersSearch,
     MembersUnsubscribe => MembersUnsubscribe,
@@ -602,8 +608,8 @@ pub struct GroupVersions {
 /// `members_sync_batch`.
 pub type MembersSync = GroupSync;
 
-/// `members_fetch`: the next snapshot page of a realignment pinned to `anchor`, or the
-/// members of some digest buckets only.
+/// `members_fetch`: the next snapshot page of a realignment pinned to `anchor`, the members
+/// of some digest buckets only, or the members with some hashes (found by a sketch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MembersFetch {
@@ -619,6 +625,31 @@ pub struct MembersFetch {
     /// Only these digest buckets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buckets: Option<Vec<u8>>,
+    /// Only the members with these hashes (16 hex digits each, at most
+    /// [`MAX_FETCH_HASHES`]); without `cursor` and `buckets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashes: Option<Vec<String>>,
+}
+
+/// Hashes one `members_fetch` may ask for.
+pub const MAX_FETCH_HASHES: usize = 1000;
+
+/// `members_sketch`: an invertible sketch of `cells` cells of the members of `buckets` in the
+/// snapshot pinned to `anchor` (the version of a `members_buckets` answer). The client
+/// subtracts its own sketch of the same buckets and decodes the member hashes that differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersSketch {
+    /// The group.
+    pub group: GroupId,
+    /// The epoch of the copy.
+    pub epoch: String,
+    /// The version the sketch is pinned to.
+    pub anchor: u64,
+    /// The digest buckets whose members it covers (at least one).
+    pub buckets: Vec<u8>,
+    /// Its size: a multiple of 4, at most 6,144.
+    pub cells: u32,
 }
 
 /// `members_sync_batch`: `members_sync` over many groups in one answer, in the order given

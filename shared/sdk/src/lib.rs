@@ -749,6 +749,13 @@ impl Client {
         self.engine.store.damage_members(group, n).await
     }
 
+    /// Test hook: add `n` local member rows of `group` that the server never had, behind the
+    /// digest's back.
+    #[doc(hidden)]
+    pub async fn add_phantom_members(&self, group: &str, n: u32) -> Result<(), SdkError> {
+        self.engine.store.add_phantom_members(group, n).await
+    }
+
     /// Test hook: label the local copy of `group` with another stream epoch.
     #[doc(hidden)]
     pub async fn relabel_member_epoch(&self, group: &str, epoch: &str) -> Result<(), SdkError> {

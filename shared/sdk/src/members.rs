@@ -8,8 +8,11 @@
 //! - `unchanged` ends it; a `diff` is applied and continued while the server says `more`;
 //! - a realignment's snapshot pages are collected and replace the copy in one transaction
 //!   only once the last page arrived — until then the old copy stays as it was;
-//! - on a digest mismatch at the same version the engine compares bucket digests and fetches
-//!   only the buckets that differ.
+//! - on a digest mismatch at the same version the engine compares bucket digests; under the
+//!   buckets that differ, a sketch of their members (asked for at a size that follows the
+//!   damage the bucket counts show) finds the members that differ, and only those are fetched
+//!   — or, when the damage is too large for a sketch to pay off or it cannot be decoded, those
+//!   buckets' members.
 //!
 //! The digest sent with a sync is computed from the stored members, so a damaged copy is
 //! noticed. A live `members_changed` is applied when its `prev` is the copy's version, at a
@@ -18,11 +21,15 @@
 
 use std::sync::atomic::Ordering;
 
-use anchorage_digest::{BucketedDigest, SetDigest, bucket_of, member_hash};
-use anchorage_protocol::request::{MembersFetch, MembersSync};
+use std::collections::HashSet;
+
+use anchorage_digest::{BucketedDigest, CELL_BYTES, SetDigest, Sketch, bucket_of, member_hash};
+use anchorage_protocol::request::{
+    MAX_FETCH_HASHES, MembersFetch, MembersSketch as SketchRequest, MembersSync,
+};
 use anchorage_protocol::{
-    ErrorCode, MemberInfo, MembersBuckets, MembersChanged, MembersDiff, MembersPage, Reply,
-    ReplyBody, ServerFrame,
+    ErrorCode, MemberInfo, MembersBuckets, MembersChanged, MembersDiff, MembersPage, MembersSketch,
+    Reply, ReplyBody, ServerFrame,
 };
 use anchorage_schema::GroupId;
 use anchorage_schema::UserId;
@@ -234,6 +241,55 @@ impl LocalStore {
         Ok(digest)
     }
 
+    /// The ids of the stored members of some buckets.
+    pub(crate) async fn bucket_members(
+        &self,
+        group: &str,
+        buckets: &[u8],
+    ) -> Result<Vec<String>, SdkError> {
+        let mut users = Vec::new();
+        for b in buckets {
+            let rows = sqlx::query("SELECT user FROM members WHERE grp = $1 AND bucket = $2")
+                .bind(group)
+                .bind(i64::from(*b))
+                .fetch_all(&self.pool)
+                .await?;
+            users.extend(rows.iter().map(|r| r.get::<String, _>("user")));
+        }
+        Ok(users)
+    }
+
+    /// Repairs the copy in one transaction: adds or updates `upserts`, deletes `removed`, and
+    /// moves it to `anchor` of `epoch`; returns the digest of what is now stored.
+    pub(crate) async fn patch_members(
+        &self,
+        group: &str,
+        epoch: &str,
+        anchor: u64,
+        upserts: &[MemberInfo],
+        removed: &[String],
+    ) -> Result<SetDigest, SdkError> {
+        let mut tx = self.pool.begin().await?;
+        for user in removed {
+            sqlx::query("DELETE FROM members WHERE grp = $1 AND user = $2")
+                .bind(group)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for m in upserts {
+            put_member(&mut tx, group, m).await?;
+        }
+        let rows = sqlx::query("SELECT user FROM members WHERE grp = $1")
+            .bind(group)
+            .fetch_all(&mut *tx)
+            .await?;
+        let digest = SetDigest::of(rows.iter().map(|r| r.get::<&str, _>("user")));
+        set_list(&mut tx, group, epoch, anchor, digest).await?;
+        tx.commit().await?;
+        Ok(digest)
+    }
+
     /// Forgets a group's member list (the user left or was removed, or it was dismissed).
     pub(crate) async fn drop_member_list(&self, group: &str) -> Result<(), SdkError> {
         let mut tx = self.pool.begin().await?;
@@ -258,6 +314,23 @@ impl LocalStore {
         .bind(i64::from(n))
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Adds `n` member rows the server never had and leaves the maintained digest as it was
+    /// (a damaged copy, for tests of the repair).
+    pub(crate) async fn add_phantom_members(&self, group: &str, n: u32) -> Result<(), SdkError> {
+        let mut tx = self.pool.begin().await?;
+        for k in 0..n {
+            let phantom = MemberInfo {
+                user: UserId::parse(format!("phantom{k}"))?,
+                role: Role::Member,
+                nickname: None,
+                muted_until: None,
+            };
+            put_member(&mut tx, group, &phantom).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -328,6 +401,38 @@ pub enum MemberSyncKind {
     Full,
     /// Only the digest buckets that differed were fetched again.
     Buckets,
+    /// Only the members that differed were fetched, found by a sketch of the differing
+    /// buckets.
+    Sketch,
+}
+
+/// Bytes a member is assumed to cost in a bucket's snapshot page, to judge whether a sketch
+/// is worth asking for.
+const PAGE_BYTES_PER_MEMBER: u64 = 12;
+
+/// The damage the bucket digests show: how many members differ at least, per differing
+/// bucket the difference of counts (at least one).
+fn damage(local: &BucketedDigest, server: &BucketedDigest, differing: &[u8]) -> u64 {
+    differing
+        .iter()
+        .map(|b| {
+            let (l, s) = (local.bucket(*b).count, server.bucket(*b).count);
+            l.abs_diff(s).max(1)
+        })
+        .sum()
+}
+
+/// The sketch sizes worth trying for that damage, smallest first: the sizes whose wire form
+/// costs less than fetching the differing buckets' members would.
+fn sketch_sizes(damage: u64, bucket_members: u64) -> Vec<usize> {
+    let pages = bucket_members * PAGE_BYTES_PER_MEMBER;
+    let first = Sketch::cells_for(damage);
+    [first, Sketch::cells_for(damage.saturating_mul(4))]
+        .into_iter()
+        .filter(|cells| (*cells * CELL_BYTES) as u64 * 4 / 3 < pages)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// Rounds one sync may take (diff pages, realignment, the diff after it) before it yields
@@ -464,38 +569,53 @@ impl Engine {
                 Ok(ReplyBody::MembersBuckets(MembersBuckets {
                     epoch,
                     version,
-                    buckets,
+                    digests,
                     ..
                 })) => {
-                    let mut server = [SetDigest::EMPTY; anchorage_digest::BUCKETS];
-                    for (b, d) in &buckets {
-                        server[*b as usize] = SetDigest::from_wire(d).unwrap_or_default();
-                    }
+                    let Some(server) = BucketedDigest::from_wire(&digests) else {
+                        return Err(lost(None));
+                    };
                     let local = self
                         .store
                         .computed_digest(group)
                         .await
                         .map_err(store_lost)?;
-                    let differing = local.differing(&server);
-                    let Some(all) = self
-                        .fetch_pages(
-                            conn,
-                            group,
-                            &epoch,
-                            version,
-                            Vec::new(),
-                            Some(String::new()),
-                            Some(&differing),
-                        )
-                        .await?
-                    else {
-                        continue;
-                    };
-                    self.store
-                        .replace_members(group, &epoch, version, &all, Some(&differing))
-                        .await
-                        .map_err(store_lost)?;
-                    MemberSyncKind::Buckets
+                    let differing = local.differing(server.buckets());
+                    let damage = damage(&local, &server, &differing);
+                    let in_buckets = differing.iter().map(|b| server.bucket(*b).count).sum();
+                    let mut repaired = false;
+                    for cells in sketch_sizes(damage, in_buckets) {
+                        if self
+                            .repair_by_sketch(conn, group, &epoch, version, &differing, cells)
+                            .await?
+                        {
+                            repaired = true;
+                            break;
+                        }
+                    }
+                    if repaired {
+                        MemberSyncKind::Sketch
+                    } else {
+                        let Some(all) = self
+                            .fetch_pages(
+                                conn,
+                                group,
+                                &epoch,
+                                version,
+                                Vec::new(),
+                                Some(String::new()),
+                                Some(&differing),
+                            )
+                            .await?
+                        else {
+                            continue;
+                        };
+                        self.store
+                            .replace_members(group, &epoch, version, &all, Some(&differing))
+                            .await
+                            .map_err(store_lost)?;
+                        MemberSyncKind::Buckets
+                    }
                 }
                 Err(ErrorCode::Forbidden | ErrorCode::NotFound) => {
                     // Not (or no longer) a member: the list is not ours to keep.
@@ -528,6 +648,94 @@ impl Engine {
         });
     }
 
+    /// Finds the members of `buckets` that differ from the server's at `anchor` with a
+    /// sketch of `cells` cells, fetches the missing ones, drops the extra ones. `false` when
+    /// the sketch could not be decoded (or the server asked to start over): nothing changed.
+    async fn repair_by_sketch(
+        &self,
+        conn: &mut Conn,
+        group: &str,
+        epoch: &str,
+        anchor: u64,
+        buckets: &[u8],
+        cells: usize,
+    ) -> Result<bool, End> {
+        let store_lost = |_| lost(None);
+        let Ok(group_id) = GroupId::parse(group) else {
+            return Ok(false);
+        };
+        let request = SketchRequest {
+            group: group_id.clone(),
+            epoch: epoch.to_owned(),
+            anchor,
+            buckets: buckets.to_vec(),
+            cells: cells as u32,
+        };
+        let theirs = match self.request(conn, request.into()).await? {
+            ServerFrame::Reply(Reply {
+                body:
+                    ReplyBody::MembersSketch(MembersSketch {
+                        sketch, cells: c, ..
+                    }),
+                ..
+            }) if c as usize == cells => Sketch::from_wire(&sketch, cells),
+            ServerFrame::Error(e)
+                if matches!(e.code, ErrorCode::Conflict | ErrorCode::InvalidRequest) =>
+            {
+                return Ok(false);
+            }
+            _ => return Err(lost(None)),
+        };
+        let local = self
+            .store
+            .bucket_members(group, buckets)
+            .await
+            .map_err(store_lost)?;
+        let mut ours = Sketch::new(cells);
+        for user in &local {
+            ours.insert(member_hash(user));
+        }
+        let Some(diff) = theirs
+            .and_then(|t| t.subtract(&ours))
+            .and_then(Sketch::decode)
+        else {
+            return Ok(false);
+        };
+        let extra: HashSet<u64> = diff.only_here.iter().copied().collect();
+        let removed: Vec<String> = local
+            .into_iter()
+            .filter(|u| extra.contains(&member_hash(u)))
+            .collect();
+        let mut missing = Vec::new();
+        for chunk in diff.only_there.chunks(MAX_FETCH_HASHES) {
+            let fetch = MembersFetch {
+                group: group_id.clone(),
+                epoch: epoch.to_owned(),
+                anchor,
+                cursor: None,
+                buckets: None,
+                hashes: Some(chunk.iter().map(|h| format!("{h:016x}")).collect()),
+            };
+            match self.request(conn, fetch.into()).await? {
+                ServerFrame::Reply(Reply {
+                    body: ReplyBody::MembersPage(page),
+                    ..
+                }) => missing.extend(members_of_page(page.members, page.details)),
+                ServerFrame::Error(e)
+                    if matches!(e.code, ErrorCode::Conflict | ErrorCode::InvalidRequest) =>
+                {
+                    return Ok(false);
+                }
+                _ => return Err(lost(None)),
+            }
+        }
+        self.store
+            .patch_members(group, epoch, anchor, &missing, &removed)
+            .await
+            .map_err(store_lost)?;
+        Ok(true)
+    }
+
     /// Collects snapshot pages from `cursor` on (pages of `buckets` only, when given);
     /// `None` if the server asked to start over.
     #[allow(clippy::too_many_arguments)]
@@ -551,6 +759,7 @@ impl Engine {
                 anchor,
                 cursor: (!c.is_empty()).then_some(c),
                 buckets: buckets.map(<[u8]>::to_vec),
+                hashes: None,
             };
             match self.request(conn, fetch.into()).await? {
                 ServerFrame::Reply(Reply {

@@ -164,9 +164,18 @@ async fn a_hundred_thousand_member_group_stays_in_line_through_every_layer() {
     synced_via(&mut events, BIG, MemberSyncKind::Full).await;
     assert_in_line(&bob, &store, BIG).await;
 
-    // A damaged copy at the right version: only the differing buckets come again.
+    // A damaged copy at the right version — members missing, and members the server never
+    // had: a sketch of the differing buckets finds them, and only those come again.
     bob.damage_members(BIG, 40).await.unwrap();
+    bob.add_phantom_members(BIG, 7).await.unwrap();
     assert_ne!(bob.member_digest(BIG).await.unwrap().count, BIG_SIZE as u64);
+    bob.sync_members(BIG);
+    synced_via(&mut events, BIG, MemberSyncKind::Sketch).await;
+    assert_in_line(&bob, &store, BIG).await;
+
+    // Damage too large for a sketch of the largest size to decode: the differing buckets'
+    // members come again instead.
+    bob.damage_members(BIG, 30_000).await.unwrap();
     bob.sync_members(BIG);
     synced_via(&mut events, BIG, MemberSyncKind::Buckets).await;
     assert_in_line(&bob, &store, BIG).await;

@@ -2,9 +2,10 @@
 //! who hears nothing more of the group, and group commands authorized by role. (The
 //! 100,000-member group is in `large_group.rs`.)
 
+use anchorage_digest::{BucketedDigest, SetDigest, Sketch, bucket_of, member_hash};
 use anchorage_protocol::request::{
-    DismissGroup, History, Leave, MembersSearch, MembersSync, MuteMember, RemoveMembers,
-    SetNickname, SetRole, UpdateGroup,
+    DismissGroup, History, Leave, MembersFetch, MembersSearch, MembersSketch, MembersSync,
+    MuteMember, RemoveMembers, SetNickname, SetRole, UpdateGroup,
 };
 use anchorage_protocol::{
     ErrorCode, LiveMessage, MembersChanged, MembershipChanged, Push, Reply, ReplyBody, RequestBody,
@@ -553,4 +554,193 @@ async fn creating_a_group_again_is_the_same_answer_for_its_creator_only() {
     projected(&stack.stack.store, "crew", first.seq.unwrap()).await;
     let row = stack.stack.store.group_row("crew").await.unwrap().unwrap();
     assert_eq!((row.owner.as_str(), row.title.as_str()), ("alice", "Crew"));
+}
+
+/// The second level of a repair, as a client without the SDK sees it: bucket digests, a
+/// sketch of the differing buckets that decodes to exactly the members missing and extra, the
+/// missing ones fetched by hash — and a precise refusal for every malformed or foreign ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sketch_finds_the_members_that_differ_and_refuses_what_it_cannot_answer() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let addr = stack.edge_addr();
+    let bus = &stack.stack.bus;
+    let last = create_group(bus, "big", &["bob"], 3000).await;
+    projected(&stack.stack.store, "big", last).await;
+    create_group(bus, "other", &["carol"], 0).await;
+    let (mut bob, _) = WsClient::signed_in(addr, "bob", "d1").await.unwrap();
+    let (mut mallory, _) = WsClient::signed_in(addr, "mallory", "d1").await.unwrap();
+
+    // A full copy, then damage: 25 members lost, 3 that were never members.
+    let ReplyBody::MembersPage(page) = bob.reply(members_sync("big")).await.unwrap() else {
+        panic!("expected a realignment");
+    };
+    assert!(page.cursor.is_none(), "one page");
+    let (epoch, anchor) = (page.epoch.clone(), page.anchor);
+    let server: Vec<String> = page
+        .members
+        .iter()
+        .map(|u| u.to_string())
+        .chain(page.details.iter().map(|d| d.user.to_string()))
+        .collect();
+    let lost: Vec<String> = server.iter().step_by(120).take(25).cloned().collect();
+    let phantoms = ["ghost1", "ghost2", "ghost3"];
+    let copy: Vec<String> = server
+        .iter()
+        .filter(|u| !lost.contains(u))
+        .cloned()
+        .chain(phantoms.iter().map(|p| p.to_string()))
+        .collect();
+    let sync = MembersSync {
+        group: group_id("big"),
+        epoch: Some(epoch.clone()),
+        version: anchor,
+        digest: Some(SetDigest::of(copy.iter().map(String::as_str)).to_wire()),
+    };
+    let ReplyBody::MembersBuckets(b) = bob.reply(sync).await.unwrap() else {
+        panic!("expected bucket digests");
+    };
+    let theirs = BucketedDigest::from_wire(&b.digests).unwrap();
+    assert_eq!(
+        theirs,
+        BucketedDigest::of(server.iter().map(String::as_str))
+    );
+    let ours = BucketedDigest::of(copy.iter().map(String::as_str));
+    let differing = ours.differing(theirs.buckets());
+    let mut expected: Vec<u8> = lost
+        .iter()
+        .map(String::as_str)
+        .chain(phantoms)
+        .map(bucket_of)
+        .collect();
+    expected.sort_unstable();
+    expected.dedup();
+    assert_eq!(differing, expected);
+
+    let sketch = |buckets: Vec<u8>, cells: u32| MembersSketch {
+        group: group_id("big"),
+        epoch: epoch.clone(),
+        anchor,
+        buckets,
+        cells,
+    };
+    let cells = Sketch::cells_for(28);
+    let ReplyBody::MembersSketch(answer) = bob
+        .reply(sketch(differing.clone(), cells as u32))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a sketch");
+    };
+    let mut mine = Sketch::new(cells);
+    for u in copy.iter().filter(|u| differing.contains(&bucket_of(u))) {
+        mine.insert(member_hash(u));
+    }
+    let diff = Sketch::from_wire(&answer.sketch, cells)
+        .and_then(|t| t.subtract(&mine))
+        .and_then(Sketch::decode)
+        .expect("decodes");
+    let hashes = |ids: &mut dyn Iterator<Item = &str>| {
+        let mut h: Vec<u64> = ids.map(member_hash).collect();
+        h.sort_unstable();
+        h
+    };
+    assert_eq!(
+        diff.only_there,
+        hashes(&mut lost.iter().map(String::as_str))
+    );
+    assert_eq!(diff.only_here, hashes(&mut phantoms.into_iter()));
+
+    let fetch = |hashes: Vec<String>| MembersFetch {
+        group: group_id("big"),
+        epoch: epoch.clone(),
+        anchor,
+        cursor: None,
+        buckets: None,
+        hashes: Some(hashes),
+    };
+    let hex = |h: &u64| format!("{h:016x}");
+    // A hash nobody has is simply not found.
+    let mut asked: Vec<String> = diff.only_there.iter().map(hex).collect();
+    asked.push(hex(&member_hash("nobody")));
+    let ReplyBody::MembersPage(found) = bob.reply(fetch(asked)).await.unwrap() else {
+        panic!("expected the missing members");
+    };
+    let mut got: Vec<String> = found
+        .members
+        .iter()
+        .map(|u| u.to_string())
+        .chain(found.details.iter().map(|d| d.user.to_string()))
+        .collect();
+    got.sort();
+    let mut want = lost.clone();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(found.cursor.is_none());
+
+    // Refusals, each precise; the connection carries on after every one.
+    let invalid = Some(ErrorCode::InvalidRequest);
+    let refused: Vec<(RequestBody, Option<ErrorCode>)> = vec![
+        (sketch(differing.clone(), 0).into(), invalid),
+        (sketch(differing.clone(), 30).into(), invalid),
+        (sketch(differing.clone(), 6148).into(), invalid),
+        (sketch(Vec::new(), 24).into(), invalid),
+        (
+            MembersSketch {
+                anchor: anchor + 1,
+                ..sketch(differing.clone(), 24)
+            }
+            .into(),
+            invalid,
+        ),
+        (
+            MembersSketch {
+                epoch: "1".into(),
+                ..sketch(differing.clone(), 24)
+            }
+            .into(),
+            Some(ErrorCode::Conflict),
+        ),
+        (fetch(Vec::new()).into(), invalid),
+        (fetch(vec!["xyz".into()]).into(), invalid),
+        (fetch(vec!["+000000000000001".into()]).into(), invalid),
+        (fetch(vec!["00".repeat(8); 1001]).into(), invalid),
+        (
+            MembersFetch {
+                cursor: Some("u1".into()),
+                ..fetch(vec![hex(&1)])
+            }
+            .into(),
+            invalid,
+        ),
+        (
+            MembersFetch {
+                buckets: Some(vec![1]),
+                ..fetch(vec![hex(&1)])
+            }
+            .into(),
+            invalid,
+        ),
+    ];
+    for (request, code) in refused {
+        let answer = bob.request(request.clone()).await.unwrap();
+        match answer {
+            ServerFrame::Error(e) if Some(e.code) == code => {}
+            other => panic!("{request:?} → {other:?}, expected {code:?}"),
+        }
+    }
+    // Someone else's group: neither its sketch nor its members by hash.
+    for request in [
+        RequestBody::from(sketch(differing.clone(), 24)),
+        fetch(vec![hex(&member_hash("bob"))]).into(),
+    ] {
+        match mallory.request(request).await.unwrap() {
+            ServerFrame::Error(e) if e.code == ErrorCode::Forbidden => {}
+            other => panic!("a stranger got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        bob.reply(sketch(vec![0, 0, 1], 24)).await.unwrap(),
+        ReplyBody::MembersSketch(_)
+    ));
 }

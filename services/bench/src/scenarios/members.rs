@@ -4,10 +4,11 @@
 
 use std::collections::BTreeSet;
 
-use anchorage_digest::SetDigest;
-use anchorage_protocol::request::{MembersFetch, MembersSync, MembersSyncBatch};
+use anchorage_digest::{BucketedDigest, SetDigest, Sketch, member_hash};
+use anchorage_protocol::request::{MembersFetch, MembersSketch, MembersSync, MembersSyncBatch};
 use anchorage_protocol::{
-    GroupSync, GroupSyncResult, MembersBatch, MembersDiff, MembersPage, ReplyBody,
+    GroupSync, GroupSyncResult, MembersBatch, MembersBuckets, MembersDiff, MembersPage, ReplyBody,
+    Request, RequestBody,
 };
 use anchorage_schema::event::{GroupCreated, MembersAdded, MembersRemoved, RemovalReason};
 use anchorage_schema::{GroupId, UserId};
@@ -18,6 +19,7 @@ use crate::client::{Ws, signed_in, timed};
 use crate::env::{BenchEnv, Sizes, big_group, membership_event, progress, projected};
 
 /// A client's copy of one member list: what the bench keeps to ask for changes.
+#[derive(Clone)]
 struct MemberCopy {
     group: GroupId,
     epoch: String,
@@ -93,6 +95,7 @@ async fn full_pull(
             anchor: copy.version,
             cursor: Some(cursor),
             buckets: None,
+            hashes: None,
         };
         let (next, b, t) = timed(ws, *id, fetch).await?;
         let ReplyBody::MembersPage(next) = next else {
@@ -128,6 +131,128 @@ async fn diff_to_current(
             other => bail!("expected a diff: {other:?}"),
         }
     }
+}
+
+/// Bytes and time of a repair, both ways.
+#[derive(Default)]
+struct Repair {
+    received: usize,
+    sent: usize,
+    ms: f64,
+    rounds: usize,
+}
+
+impl Repair {
+    async fn ask(
+        &mut self,
+        ws: &mut Ws,
+        id: &mut u64,
+        body: impl Into<RequestBody>,
+    ) -> anyhow::Result<ReplyBody> {
+        *id += 1;
+        let body = body.into();
+        self.sent += Request::encode(*id, &body).len();
+        let (answer, b, t) = timed(ws, *id, body).await?;
+        self.received += b;
+        self.ms += t;
+        self.rounds += 1;
+        Ok(answer)
+    }
+}
+
+/// Repairs a damaged copy the way a client does: bucket digests, a sketch of the differing
+/// buckets, the missing members by hash — or, with `by_buckets`, the differing buckets'
+/// members (the repair without the second level).
+async fn repair(
+    ws: &mut Ws,
+    id: &mut u64,
+    copy: &mut MemberCopy,
+    by_buckets: bool,
+) -> anyhow::Result<Repair> {
+    let mut r = Repair::default();
+    let answer = r.ask(ws, id, copy.as_sync()).await?;
+    let ReplyBody::MembersBuckets(MembersBuckets {
+        version, digests, ..
+    }) = answer
+    else {
+        bail!("expected bucket digests: {answer:?}");
+    };
+    let server = BucketedDigest::from_wire(&digests).context("bucket digests")?;
+    let local = BucketedDigest::of(copy.members.iter().map(UserId::as_str));
+    let differing = local.differing(server.buckets());
+    if by_buckets {
+        let mut cursor = Some(String::new());
+        let mut found = Vec::new();
+        while let Some(c) = cursor {
+            let fetch = MembersFetch {
+                group: copy.group.clone(),
+                epoch: copy.epoch.clone(),
+                anchor: version,
+                cursor: (!c.is_empty()).then_some(c),
+                buckets: Some(differing.clone()),
+                hashes: None,
+            };
+            let ReplyBody::MembersPage(page) = r.ask(ws, id, fetch).await? else {
+                bail!("expected a page of buckets");
+            };
+            cursor = page.cursor.clone();
+            found.extend(page.members);
+            found.extend(page.details.into_iter().map(|m| m.user));
+        }
+        copy.members
+            .retain(|m| !differing.contains(&((member_hash(m.as_str()) >> 56) as u8)));
+        copy.members.extend(found);
+        return Ok(r);
+    }
+    let damage: u64 = differing
+        .iter()
+        .map(|b| {
+            local
+                .bucket(*b)
+                .count
+                .abs_diff(server.bucket(*b).count)
+                .max(1)
+        })
+        .sum();
+    let cells = Sketch::cells_for(damage);
+    let ask = MembersSketch {
+        group: copy.group.clone(),
+        epoch: copy.epoch.clone(),
+        anchor: version,
+        buckets: differing.clone(),
+        cells: cells as u32,
+    };
+    let ReplyBody::MembersSketch(theirs) = r.ask(ws, id, ask).await? else {
+        bail!("expected a sketch");
+    };
+    let mut ours = Sketch::new(cells);
+    for m in &copy.members {
+        if differing.contains(&((member_hash(m.as_str()) >> 56) as u8)) {
+            ours.insert(member_hash(m.as_str()));
+        }
+    }
+    let diff = Sketch::from_wire(&theirs.sketch, cells)
+        .and_then(|t| t.subtract(&ours))
+        .and_then(Sketch::decode)
+        .context("the sketch did not decode (rare; run again)")?;
+    let fetch = MembersFetch {
+        group: copy.group.clone(),
+        epoch: copy.epoch.clone(),
+        anchor: version,
+        cursor: None,
+        buckets: None,
+        hashes: Some(
+            diff.only_there
+                .iter()
+                .map(|h| format!("{h:016x}"))
+                .collect(),
+        ),
+    };
+    let ReplyBody::MembersPage(page) = r.ask(ws, id, fetch).await? else {
+        bail!("expected the missing members");
+    };
+    copy.apply_page(page);
+    Ok(r)
 }
 
 fn users(ids: impl IntoIterator<Item = String>) -> anyhow::Result<Vec<UserId>> {
@@ -192,6 +317,28 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let server = stack.store.group_row(big).await?.context("the group")?;
     if copy.digest() != server.digest().to_wire() {
         bail!("the bench's copy does not match the server after the diffs");
+    }
+
+    progress("repair of a copy missing 40 members");
+    let mut damaged = copy.clone();
+    let step = (count / 40).max(1);
+    let lost: Vec<UserId> = copy
+        .members
+        .iter()
+        .step_by(step)
+        .take(40)
+        .cloned()
+        .collect();
+    for m in &lost {
+        damaged.members.remove(m);
+    }
+    let mut by_buckets = damaged.clone();
+    let repaired = repair(&mut ws, &mut id, &mut damaged, false).await?;
+    let old_way = repair(&mut ws, &mut id, &mut by_buckets, true).await?;
+    for c in [&damaged, &by_buckets] {
+        if c.members != copy.members {
+            bail!("a repaired copy does not match the server");
+        }
     }
 
     progress(&format!("{} groups in budget-bounded batches", s.groups));
@@ -275,8 +422,15 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
             "batch_bytes": batch_bytes,
             "batch_rounds": rounds,
             "batch_ms": batch_ms,
+            "repair_missing_members": lost.len(),
+            "repair_bytes": repaired.received,
+            "repair_sent_bytes": repaired.sent,
+            "repair_rounds": repaired.rounds,
+            "repair_ms": repaired.ms,
         },
         "baseline": {
+            "repair_by_buckets_bytes": old_way.received,
+            "repair_by_buckets_sent_bytes": old_way.sent,
             "naive_full_pull_bytes": full_bytes,
             "naive_batch_full_pull_bytes": naive_batch_bytes,
         },
@@ -285,8 +439,10 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
             "one_change_vs_full_pull": per(one_bytes, full_bytes),
             "churn_vs_full_pull": per(churn_bytes, full_bytes),
             "batch_vs_full_pulls": per(batch_bytes, naive_batch_bytes),
+            "repair_vs_by_buckets": per(repaired.received, old_way.received),
+            "repair_vs_full_pull": per(repaired.received, full_bytes),
         },
-        "target": "unchanged <= 64 B; diff <= 64 B per changed member; full <= 24 B per member and < 1 s server time",
+        "target": "unchanged <= 64 B; diff <= 64 B per changed member; full <= 24 B per member and < 1 s server time; repair of 40 missing <= 10 KB",
         "sizes": {"members": count, "groups": s.groups, "batch_budget_bytes": budget},
     }))
 }

@@ -52,6 +52,7 @@ impl Session {
             RequestBody::GroupVersions(r) => self.group_versions(r).await.map(Into::into),
             RequestBody::MembersSync(r) => self.members_sync(r).await,
             RequestBody::MembersFetch(r) => self.members_fetch(r).await.map(Into::into),
+            RequestBody::MembersSketch(r) => self.members_sketch(r).await.map(Into::into),
             RequestBody::MembersSyncBatch(r) => self.members_sync_batch(r).await.map(Into::into),
             RequestBody::MembersSearch(r) => self.members_search(r).await.map(Into::into),
             RequestBody::MembersUnsubscribe(r) => self.members_unsubscribe(r).map(Into::into),

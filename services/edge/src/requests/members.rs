@@ -11,18 +11,22 @@
 //!   than the group's tombstone horizon or newer than the server's, or the diff would touch
 //!   more than `members.full_percent` of the group;
 //! - `members_buckets` — same version, different digest (a damaged copy): the bucket digests,
-//!   so the client fetches only the buckets that differ.
+//!   so the client looks only under the buckets that differ: it asks `members_sketch` for an
+//!   invertible sketch of their members, decodes which members differ and fetches those by
+//!   hash (or, when the damage is too large for a sketch, fetches those buckets' members).
 //!
 //! Each answer is read in one transaction, so version, digest and rows agree.
 
-use anchorage_digest::SetDigest;
+use std::collections::{BTreeSet, HashSet};
+
+use anchorage_digest::{BucketedDigest, MAX_CELLS, SetDigest, Sketch, member_hash};
 use anchorage_protocol::request::{
-    GroupVersions as GroupVersionsRequest, MembersFetch, MembersSearch, MembersSync,
-    MembersSyncBatch, MembersUnsubscribe,
+    GroupVersions as GroupVersionsRequest, MAX_FETCH_HASHES, MembersFetch, MembersSearch,
+    MembersSketch as MembersSketchRequest, MembersSync, MembersSyncBatch, MembersUnsubscribe,
 };
 use anchorage_protocol::{
     Done, GroupSync, GroupSyncResult, GroupVersion, GroupVersions, MemberInfo, MembersBatch,
-    MembersBuckets, MembersDiff, MembersFound, MembersPage, ReplyBody,
+    MembersBuckets, MembersDiff, MembersFound, MembersPage, MembersSketch, ReplyBody,
 };
 use anchorage_schema::subjects::stream;
 use anchorage_schema::{ConversationId, GroupId, UserId};
@@ -37,6 +41,8 @@ const VERSIONS_PER_PAGE: u32 = 1000;
 const MAX_BATCH_GROUPS: usize = 1000;
 /// Members per `members_search` answer, at most.
 const MAX_SEARCH: u32 = 200;
+/// Member rows read per query while a sketch or a fetch by hash goes through buckets.
+const SCAN_ROWS: u32 = 10_000;
 
 /// What a client's copy of a member list needs, before looking at member rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +185,45 @@ fn parse_digest(digest: Option<&str>) -> Result<Option<SetDigest>, RequestError>
         .transpose()
 }
 
+/// The hashes of a `members_fetch`, each 16 hex digits.
+fn parse_hashes(hashes: &[String]) -> Result<HashSet<u64>, RequestError> {
+    if hashes.is_empty() || hashes.len() > MAX_FETCH_HASHES {
+        return Err(RequestError::Invalid(format!(
+            "fetch 1 to {MAX_FETCH_HASHES} hashes at a time"
+        )));
+    }
+    hashes
+        .iter()
+        .map(|h| {
+            (h.len() == 16 && h.bytes().all(|c| c.is_ascii_hexdigit()))
+                .then(|| u64::from_str_radix(h, 16).ok())
+                .flatten()
+                .ok_or_else(|| RequestError::Invalid(format!("hash {h:?} is not 16 hex digits")))
+        })
+        .collect()
+}
+
+/// Calls `each` with every member of `buckets` in the snapshot pinned to `anchor`.
+async fn scan_buckets(
+    tx: &mut Tx,
+    group: &str,
+    anchor: u64,
+    buckets: &[u8],
+    mut each: impl FnMut(&MemberRow),
+) -> Result<(), StoreError> {
+    let mut after = String::new();
+    loop {
+        let rows = tx
+            .snapshot_page(group, anchor, &after, Some(buckets), SCAN_ROWS)
+            .await?;
+        rows.iter().for_each(&mut each);
+        match rows.last() {
+            Some(last) if rows.len() == SCAN_ROWS as usize => after = last.user.clone(),
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// The group row, unless there is no such group (or it was dismissed).
 async fn live_group(tx: &mut Tx, group: &GroupId) -> Result<Option<GroupRow>, StoreError> {
     Ok(tx.group(group.as_str()).await?.filter(|g| !g.dismissed))
@@ -264,17 +309,17 @@ impl Session {
         let answer = match verdict(&mut tx, &g, same_epoch, version, digest, cfg).await? {
             Verdict::Unchanged => ReplyBody::MembersUnchanged,
             Verdict::Buckets => {
-                let buckets = tx
-                    .bucket_digests(group.as_str())
-                    .await?
-                    .into_iter()
-                    .map(|(b, sum, count)| (b, SetDigest { sum, count }.to_wire()))
-                    .collect();
+                let buckets = tx.bucket_digests(group.as_str()).await?;
+                let digests = BucketedDigest::from_buckets(
+                    buckets
+                        .into_iter()
+                        .map(|(b, sum, count)| (b, SetDigest { sum, count })),
+                );
                 MembersBuckets {
                     group,
                     epoch: current,
                     version: g.version,
-                    buckets,
+                    digests: digests.to_wire(),
                 }
                 .into()
             }
@@ -334,7 +379,34 @@ impl Session {
         })
     }
 
-    /// Answers `members_fetch`: the next snapshot page, or the members of some buckets.
+    /// The group of a request pinned to `anchor` of `epoch`, read in `tx`, if the caller may
+    /// see it and the anchor is one of its versions.
+    async fn pinned_group(
+        &self,
+        tx: &mut Tx,
+        group: &GroupId,
+        epoch: &str,
+        anchor: u64,
+    ) -> Result<GroupRow, RequestError> {
+        self.group_conv(group)?;
+        if epoch != self.membership_epoch().await? {
+            return Err(RequestError::Conflict(
+                "the membership stream was recreated; sync the group again".into(),
+            ));
+        }
+        let g = live_group(tx, group)
+            .await?
+            .ok_or_else(|| no_group(group))?;
+        if anchor > g.version || anchor < g.created_seq {
+            return Err(RequestError::Invalid(format!(
+                "anchor {anchor} is not a version of {group}"
+            )));
+        }
+        Ok(g)
+    }
+
+    /// Answers `members_fetch`: the next snapshot page, the members of some buckets, or the
+    /// members with some hashes.
     pub(super) async fn members_fetch(&self, r: MembersFetch) -> Result<MembersPage, RequestError> {
         let MembersFetch {
             group,
@@ -342,34 +414,99 @@ impl Session {
             anchor,
             cursor,
             buckets,
+            hashes,
         } = r;
-        self.group_conv(&group)?;
-        if epoch != self.membership_epoch().await? {
-            return Err(RequestError::Conflict(
-                "the membership stream was recreated; sync the group again".into(),
+        let wanted = hashes.as_deref().map(parse_hashes).transpose()?;
+        if wanted.is_some() && (cursor.is_some() || buckets.is_some()) {
+            return Err(RequestError::Invalid(
+                "hashes are fetched without a cursor or buckets".into(),
             ));
         }
         let mut tx = self.state.store.begin_read().await?;
-        let g = live_group(&mut tx, &group)
-            .await?
-            .ok_or_else(|| no_group(&group))?;
-        if anchor > g.version || anchor < g.created_seq {
-            return Err(RequestError::Invalid(format!(
-                "anchor {anchor} is not a version of {group}"
-            )));
-        }
-        let answer = self
-            .page(
-                &mut tx,
-                &g,
-                epoch,
-                anchor,
-                cursor.as_deref().unwrap_or(""),
-                buckets,
-            )
-            .await?;
+        let g = self.pinned_group(&mut tx, &group, &epoch, anchor).await?;
+        let answer = match wanted {
+            Some(wanted) => {
+                let buckets: BTreeSet<u8> = wanted.iter().map(|h| (h >> 56) as u8).collect();
+                let buckets: Vec<u8> = buckets.into_iter().collect();
+                let mut members = Vec::new();
+                let mut details = Vec::new();
+                scan_buckets(&mut tx, &g.group, anchor, &buckets, |m| {
+                    if wanted.contains(&member_hash(&m.user)) {
+                        match info(m) {
+                            Some(i) if i.is_plain() => members.push(i.user),
+                            Some(i) => details.push(i),
+                            None => {}
+                        }
+                    }
+                })
+                .await?;
+                MembersPage {
+                    group,
+                    epoch,
+                    anchor,
+                    members,
+                    details,
+                    buckets: None,
+                    cursor: None,
+                }
+            }
+            None => {
+                self.page(
+                    &mut tx,
+                    &g,
+                    epoch,
+                    anchor,
+                    cursor.as_deref().unwrap_or(""),
+                    buckets,
+                )
+                .await?
+            }
+        };
         tx.commit().await?;
         Ok(answer)
+    }
+
+    /// Answers `members_sketch`: a sketch of the members of some buckets at an anchor.
+    pub(super) async fn members_sketch(
+        &self,
+        r: MembersSketchRequest,
+    ) -> Result<MembersSketch, RequestError> {
+        let MembersSketchRequest {
+            group,
+            epoch,
+            anchor,
+            buckets,
+            cells,
+        } = r;
+        let size = cells as usize;
+        if size == 0 || !size.is_multiple_of(anchorage_digest::HASHES) || size > MAX_CELLS {
+            return Err(RequestError::Invalid(format!(
+                "a sketch has a multiple of {} cells, at most {MAX_CELLS}",
+                anchorage_digest::HASHES
+            )));
+        }
+        let buckets: BTreeSet<u8> = buckets.into_iter().collect();
+        if buckets.is_empty() {
+            return Err(RequestError::Invalid(
+                "a sketch covers at least one bucket".into(),
+            ));
+        }
+        let buckets: Vec<u8> = buckets.into_iter().collect();
+        let mut tx = self.state.store.begin_read().await?;
+        let g = self.pinned_group(&mut tx, &group, &epoch, anchor).await?;
+        let mut sketch = Sketch::new(size);
+        scan_buckets(&mut tx, &g.group, anchor, &buckets, |m| {
+            sketch.insert(member_hash(&m.user));
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(MembersSketch {
+            group,
+            epoch,
+            anchor,
+            cells,
+            sketch: sketch.to_wire(),
+        })
     }
 
     /// Answers `members_sync_batch`: groups in the order given until the byte budget is spent.
