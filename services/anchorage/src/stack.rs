@@ -115,6 +115,26 @@ impl Stack {
         })
     }
 
+    /// Starts one more edge on `listener`, over a NATS connection of its own (as another
+    /// process would have) and the same database; returns that connection. It stops with the
+    /// stack.
+    pub async fn add_edge(
+        &mut self,
+        config: &Config,
+        listener: TcpListener,
+    ) -> anyhow::Result<Bus> {
+        let streams = crate::load_streams(config)?;
+        let bus = Bus::connect(&crate::bus_options(config, false)).await?;
+        let edge = crate::edge_state(config, bus.clone(), self.store.clone(), streams).await?;
+        self.tasks.spawn(anchorage_edge::run(
+            listener,
+            edge,
+            self.shutdown.child_token(),
+        ));
+        self.service_buses.push(bus.clone());
+        Ok(bus)
+    }
+
     /// Resolves when a service stops on its own — which only happens on an error.
     pub async fn failed(&mut self) -> anyhow::Error {
         match self.tasks.join_next().await {

@@ -2,13 +2,13 @@
 //! (`anchorage-bench clients`) so its sockets and memory are not counted against the server
 //! and each process stays within its own file-descriptor limit.
 //!
-//! It opens `count` signed-in sockets (users `<prefix><n>` with six digits), says `ready` on
-//! stdout, then:
+//! It opens `count` signed-in sockets (users `<prefix><n>` with six digits; socket `n` to the
+//! `n % k`-th of the `k` edge addresses it is given), says `ready` on stdout, then:
 //!
 //! - `idle`: holds them until killed;
 //! - `fanout`: waits until every socket received `messages` live messages whose body carries
 //!   the send time (`{"t": unix nanoseconds}`), then prints one JSON line with every delivery
-//!   latency;
+//!   latency and holds the sockets until killed;
 //! - `reconnect`: follows the live messages of conversation `big`; when the edge closes the
 //!   sockets, each reconnects with full-jitter backoff (honouring `Retry-After`), presents its
 //!   anchor, syncs what the welcome reports changed, and records when it was back in line.
@@ -63,13 +63,19 @@ fn backoff(attempt: u32, hint: Option<Duration>) -> Duration {
     anchorage_sdk::backoff_delay(attempt, hint, anchorage_sdk::backoff_random())
 }
 
+/// The edge socket `n` connects to.
+fn edge_of(addrs: &[SocketAddr], n: usize) -> SocketAddr {
+    addrs[n % addrs.len()]
+}
+
 /// Opens `count` sockets, a few at a time.
-async fn open_all(addr: SocketAddr, prefix: &str, count: usize) -> anyhow::Result<Vec<Ws>> {
+async fn open_all(addrs: &[SocketAddr], prefix: &str, count: usize) -> anyhow::Result<Vec<Ws>> {
     let config = Config::default();
     let config = &config;
     let opened = futures::stream::iter(0..count)
         .map(|n| {
             let name = user(prefix, n);
+            let addr = edge_of(addrs, n);
             async move {
                 for attempt in 1..=20u32 {
                     match sign_in(addr, config, &name, Vec::new()).await {
@@ -91,13 +97,16 @@ async fn open_all(addr: SocketAddr, prefix: &str, count: usize) -> anyhow::Resul
 
 /// Runs the client side of a benchmark (see the module docs).
 pub async fn run(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     count: usize,
     mode: Mode,
     prefix: &str,
     messages: usize,
 ) -> anyhow::Result<()> {
-    let sockets = open_all(addr, prefix, count).await?;
+    if addrs.is_empty() {
+        bail!("no edge to connect to");
+    }
+    let sockets = open_all(addrs, prefix, count).await?;
     println!("ready");
     match mode {
         Mode::Idle => {
@@ -105,7 +114,7 @@ pub async fn run(
             drop(sockets);
         }
         Mode::Fanout => fanout(sockets, messages).await?,
-        Mode::Reconnect => reconnect(addr, prefix, sockets).await?,
+        Mode::Reconnect => reconnect(addrs, prefix, sockets).await?,
         Mode::Signals => signals(sockets, messages).await?,
     }
     Ok(())
@@ -203,17 +212,23 @@ async fn fanout(sockets: Vec<Ws>, messages: usize) -> anyhow::Result<()> {
                     latencies.push(now.saturating_sub(u128::from(sent)) as f64 / 1e6);
                 }
             }
-            latencies
+            (latencies, ws)
         })
     });
     let mut all = Vec::new();
     let mut missing = 0;
+    // The sockets stay open until the process is stopped: closing them is traffic of its own
+    // (presence), not part of the fan-out.
+    let mut open = Vec::new();
     for t in futures::future::join_all(tasks).await {
-        let got = t.unwrap_or_default();
+        let (got, ws) = t?;
         missing += messages.saturating_sub(got.len());
         all.extend(got);
+        open.push(ws);
     }
     println!("{}", json!({"latencies_ms": all, "missing": missing}));
+    std::future::pending::<()>().await;
+    drop(open);
     Ok(())
 }
 
@@ -330,13 +345,14 @@ async fn resync(
     Ok(Resync::Done)
 }
 
-async fn reconnect(addr: SocketAddr, prefix: &str, sockets: Vec<Ws>) -> anyhow::Result<()> {
+async fn reconnect(addrs: &[SocketAddr], prefix: &str, sockets: Vec<Ws>) -> anyhow::Result<()> {
     let prefix: Arc<str> = prefix.into();
     let tasks: Vec<_> = sockets
         .into_iter()
         .enumerate()
         .map(|(n, ws)| {
             let name = user(&prefix, n);
+            let addr = edge_of(addrs, n);
             tokio::spawn(tokio::time::timeout(LIMIT * 2, follow(addr, name, ws)))
         })
         .collect();

@@ -34,6 +34,8 @@ pub struct Sizes {
     pub online: usize,
     /// Messages fanned out.
     pub fanouts: usize,
+    /// Edges the clients of `send` and `fanout` are spread over.
+    pub edges: usize,
 }
 
 impl Sizes {
@@ -49,6 +51,7 @@ impl Sizes {
                 groups: 50,
                 online: 50,
                 fanouts: 2,
+                edges: 1,
             }
         } else {
             Sizes {
@@ -60,6 +63,7 @@ impl Sizes {
                 groups: 500,
                 online: 10_000,
                 fanouts: 5,
+                edges: 1,
             }
         }
     }
@@ -192,10 +196,54 @@ impl BenchEnv {
         Stack::start(&self.config, listener).await
     }
 
+    /// `n` edges besides the stack's own, each over its own NATS connection, as separate edge
+    /// processes would be: where they listen, and their connections (to count what NATS
+    /// delivers to each).
+    ///
+    /// Their presence records are refreshed once an hour instead of every 30 s: a refresh
+    /// sends every edge one record per connected user, a background cost that would otherwise
+    /// land in some measuring windows and not others.
+    pub async fn edges(&self, stack: &mut Stack, n: usize) -> anyhow::Result<Vec<Edge>> {
+        let mut config = self.config.clone();
+        config.edge.presence_ttl_secs = 3 * 3600;
+        let mut edges = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let bus = stack.add_edge(&config, listener).await?;
+            edges.push(Edge { addr, bus });
+        }
+        Ok(edges)
+    }
+
     /// Stops the server and removes its store.
     pub async fn stop(mut self) {
         let _ = self.nats.stop(Duration::from_secs(10)).await;
     }
+}
+
+/// An edge of a bench run, with its own NATS connection.
+#[derive(Debug)]
+pub struct Edge {
+    pub addr: std::net::SocketAddr,
+    pub bus: Bus,
+}
+
+/// Messages NATS delivered to each edge since `before` (from [`received`]).
+pub fn delivered_since(edges: &[Edge], before: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    edges
+        .iter()
+        .zip(before)
+        .map(|(e, b)| {
+            let now = e.bus.received();
+            (now.0 - b.0, now.1 - b.1)
+        })
+        .collect()
+}
+
+/// What NATS has delivered to each edge so far: messages and bytes.
+pub fn received(edges: &[Edge]) -> Vec<(u64, u64)> {
+    edges.iter().map(|e| e.bus.received()).collect()
 }
 
 /// The stream definitions: `streams/` in the working directory or above it.
@@ -323,11 +371,23 @@ impl ClientProcess {
         mode: &str,
         messages: usize,
     ) -> anyhow::Result<ClientProcess> {
+        Self::start_spread(&[addr], count, mode, messages).await
+    }
+
+    /// Starts `count` clients of `mode`, client `n` against `addrs[n % addrs.len()]`, and
+    /// waits until their sockets are open.
+    pub async fn start_spread(
+        addrs: &[std::net::SocketAddr],
+        count: usize,
+        mode: &str,
+        messages: usize,
+    ) -> anyhow::Result<ClientProcess> {
+        let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         let exe = std::env::current_exe()?;
         let mut child = tokio::process::Command::new(exe)
             .args([
                 "clients",
-                &addr.to_string(),
+                &addrs.join(","),
                 &count.to_string(),
                 "--mode",
                 mode,
@@ -350,9 +410,18 @@ impl ClientProcess {
 
     /// The process's report line, once it is done.
     pub async fn report(mut self) -> anyhow::Result<Value> {
+        let report = self.report_line().await?;
+        // Done once the line is out (a fan-out process holds its sockets until stopped).
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        Ok(report)
+    }
+
+    /// The process's report line, as soon as it is out (the process may still hold its
+    /// sockets).
+    pub async fn report_line(&mut self) -> anyhow::Result<Value> {
         let mut line = String::new();
         tokio::io::AsyncBufReadExt::read_line(&mut self.out, &mut line).await?;
-        let _ = self.child.wait().await;
         serde_json::from_str(&line).with_context(|| format!("client report {line:?}"))
     }
 

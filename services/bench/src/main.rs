@@ -25,6 +25,10 @@ struct Cli {
     /// Print the report on one line.
     #[arg(long)]
     json: bool,
+    /// Spread the clients of `send` and `fanout` over this many edges, each with its own
+    /// NATS connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    edges: u8,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -32,7 +36,9 @@ enum Clients {
     /// The client side of the socket-heavy scenarios (a separate process).
     #[command(hide = true)]
     Clients {
-        addr: std::net::SocketAddr,
+        /// Edge addresses, comma-separated.
+        #[arg(value_delimiter = ',')]
+        addrs: Vec<std::net::SocketAddr>,
         count: usize,
         #[arg(long, value_enum, default_value = "idle")]
         mode: Mode,
@@ -51,15 +57,21 @@ async fn main() -> ExitCode {
     let result = match (cli.clients, cli.scenario) {
         (
             Some(Clients::Clients {
-                addr,
+                addrs,
                 count,
                 mode,
                 prefix,
                 messages,
             }),
             _,
-        ) => anchorage_bench::clients::run(addr, count, mode, &prefix, messages).await,
-        (None, Some(scenario)) => report(scenario, cli.quick, cli.json).await,
+        ) => anchorage_bench::clients::run(&addrs, count, mode, &prefix, messages).await,
+        (None, Some(scenario)) => {
+            let sizes = Sizes {
+                edges: usize::from(cli.edges),
+                ..Sizes::new(cli.quick)
+            };
+            report(scenario, sizes, cli.json).await
+        }
         (None, None) => Err(anyhow::anyhow!("name a scenario")),
     };
     match result {
@@ -71,8 +83,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn report(scenario: Scenario, quick: bool, json: bool) -> anyhow::Result<()> {
-    let report = anchorage_bench::run(scenario, Sizes::new(quick)).await?;
+async fn report(scenario: Scenario, sizes: Sizes, json: bool) -> anyhow::Result<()> {
+    let report = anchorage_bench::run(scenario, sizes).await?;
     if json {
         println!("{report}");
     } else {

@@ -218,6 +218,17 @@ impl Bus {
         Ok(Bus { client, js })
     }
 
+    /// Messages and bytes this connection has received from NATS so far (payloads and
+    /// headers, without protocol overhead).
+    pub fn received(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        let stats = self.client.statistics();
+        (
+            stats.in_messages.load(Ordering::Relaxed),
+            stats.in_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// Whether the connection to NATS is up right now.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected

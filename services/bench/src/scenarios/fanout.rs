@@ -1,5 +1,7 @@
 //! `bench fanout`: one message to the online members of a large group, from the send to each
-//! socket, next to a bare axum server writing the same frame to the same client process.
+//! socket, next to a bare axum server writing the same frame to the same client process. With
+//! `--edges N` the members are spread over N edges, and the report counts what NATS delivered
+//! to each edge per message: one delivery per edge, however many of its sockets get it.
 
 use std::time::Duration;
 
@@ -11,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::client::{Ws, signed_in, timed};
 use crate::env::{
-    BenchEnv, ClientProcess, Sizes, big_group, percentile, progress, rate, sorted_latencies,
-    unix_nanos,
+    BenchEnv, ClientProcess, Sizes, big_group, delivered_since, percentile, progress, rate,
+    received, sorted_latencies, unix_nanos,
 };
 use crate::raw;
 
@@ -41,18 +43,37 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
         s.online
     ));
     let raw = raw::fanout(s.online, s.fanouts).await?;
-    let stack = env.stack().await?;
+    let mut stack = env.stack().await?;
+    let edges = env.edges(&mut stack, s.edges).await?;
+    let addrs: Vec<_> = edges.iter().map(|e| e.addr).collect();
     progress(&format!("a group of {} members", s.members));
     big_group(&bus, &stack, &[], s.members).await?;
-    progress(&format!("{} members online", s.online));
-    let clients = ClientProcess::start(stack.edge_addr, s.online, "fanout", s.fanouts).await?;
-    let mut owner = signed_in(stack.edge_addr, &env.config, "owner").await?;
+    progress(&format!(
+        "{} members online on {} edge(s)",
+        s.online,
+        edges.len()
+    ));
+    let mut clients = ClientProcess::start_spread(&addrs, s.online, "fanout", s.fanouts).await?;
+    let mut owner = signed_in(addrs[0], &env.config, "owner").await?;
+    // What reaches each edge with no message sent, over as long as the messages take.
+    let window = Duration::from_millis(500) * s.fanouts as u32;
+    let idle_from = received(&edges);
+    tokio::time::sleep(window).await;
+    let idle = delivered_since(&edges, &idle_from);
+    let before = received(&edges);
     for n in 0..s.fanouts {
         progress(&format!("message {} of {}", n + 1, s.fanouts));
         send_stamped(&mut owner, n as u64 + 1).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let report = clients.report().await?;
+    let report = clients.report_line().await?;
+    let delivered = delivered_since(&edges, &before);
+    clients.kill().await?;
+    let per_message: Vec<f64> = delivered
+        .iter()
+        .zip(&idle)
+        .map(|(d, i)| d.0.saturating_sub(i.0) as f64 / s.fanouts as f64)
+        .collect();
     stack.stop().await?;
     bus.close().await;
     let latencies = sorted_latencies(&report);
@@ -70,6 +91,13 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
             "deliveries": latencies.len(),
             "missing": missing,
             "deliveries_per_sec": deliveries_per_sec.round(),
+            "edges": edges.len(),
+            // Per edge: NATS messages received per message sent, beyond what it receives idle:
+            // the live delivery and the projector's announcement that it stored it (and, on the
+            // sender's edge, the publish acknowledgement).
+            "nats_messages_per_message_per_edge": per_message,
+            "nats_messages_per_edge_idle": idle.iter().map(|i| i.0).collect::<Vec<_>>(),
+            "sockets_per_edge": s.online.div_ceil(edges.len()),
         },
         "baseline": {
             "raw_websocket_fanout_ms_p50": percentile(&raw, 0.50),

@@ -1,5 +1,7 @@
 //! `bench send`: messages accepted through the edge (sent, stored, acknowledged), many senders
-//! each keeping a window of sends in flight, next to raw JetStream publishing.
+//! each keeping a window of sends in flight, next to raw JetStream publishing. With
+//! `--edges N` the senders are spread over N edges, and the report counts what NATS delivered
+//! to each edge per send.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{signed_in, timed};
-use crate::env::{BenchEnv, Sizes, percentile, progress, rate};
+use crate::env::{BenchEnv, Sizes, delivered_since, percentile, progress, rate, received};
 use crate::raw;
 
 /// Sends one sender keeps in flight.
@@ -26,14 +28,16 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let baseline = raw::publish(&env.config.nats.url, s.events).await?;
     progress("the send path in NATS alone: publish, RePublish, a consumer (baseline)");
     let path = raw::send_path(&env.config.nats.url, s.sends).await?;
-    let stack = env.stack().await?;
-    let addr = stack.edge_addr;
-    progress("sends through the edge");
+    let mut stack = env.stack().await?;
+    let edges = env.edges(&mut stack, s.edges).await?;
+    progress(&format!("sends through {} edge(s)", edges.len()));
+    let before = received(&edges);
     let per_sender = s.sends / s.senders;
     let ready = Arc::new(tokio::sync::Barrier::new(s.senders));
     let senders = (0..s.senders).map(|i| {
         let config = env.config.clone();
         let ready = ready.clone();
+        let addr = edges[i % edges.len()].addr;
         async move {
             let mut ws = signed_in(addr, &config, &format!("sender{i}")).await?;
             let group = format!("bench{i}");
@@ -95,6 +99,8 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let mut latencies: Vec<Duration> = all.into_iter().flat_map(|(_, _, l)| l).collect();
     latencies.sort();
     let ours = rate(latencies.len(), elapsed);
+    let delivered = delivered_since(&edges, &before);
+    let per_edge = (latencies.len() / edges.len()).max(1) as f64;
     stack.stop().await?;
     bus.close().await;
     Ok(json!({
@@ -102,6 +108,13 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
             "accepted_msgs_per_sec": ours.round(),
             "ack_latency_ms_p50": percentile(&latencies, 0.50),
             "ack_latency_ms_p99": percentile(&latencies, 0.99),
+            "edges": edges.len(),
+            // Per edge: NATS messages received per send it took (the publish acknowledgement,
+            // the live delivery to its sender's own socket, the projector's announcements).
+            "nats_messages_per_send_per_edge": delivered
+                .iter()
+                .map(|d| d.0 as f64 / per_edge)
+                .collect::<Vec<_>>(),
         },
         "baseline": {
             "jetstream_publish_msgs_per_sec": baseline.round(),
