@@ -21,6 +21,16 @@
 //!   seconds of the holder dying. Every commit moves the checkpoint only from the value the
 //!   worker started from, so a holder that lost its lease mid-batch rolls back rather than
 //!   apply anything twice.
+//! - **Partitions.** The messages projection, the largest, may be split by conversation
+//!   (`projector.message_partitions`): partition `i` of `n` applies the conversations whose
+//!   id hashes to `i` (xxh3-64 modulo `n`), through its own durable consumer, checkpoint and
+//!   lease (`messages-<i>-of-<n>`), so `n` workers write at once — in one process or spread
+//!   over several (`projector.partitions`). Each reads the whole stream and moves its
+//!   checkpoint over the others' events; the `messages` checkpoint, which readers wait on,
+//!   follows the lowest of them. A partition that starts without a checkpoint of its own
+//!   (the count changed) starts from `messages`, and applies what other layouts may have
+//!   applied only past each conversation's last entry, so nothing is applied twice. A
+//!   worker refuses to apply while a worker of another layout holds its lease.
 //! - **Lifetimes.** A checkpoint names the stream's epoch. If the stream was recreated the
 //!   worker refuses to mix lifetimes and says to rebuild with `anchorage replay`.
 
@@ -28,6 +38,7 @@ mod ingest;
 mod projections;
 pub mod replay;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anchorage_bus::{Bus, Delivery, HeldLease, Holder, LeaseClock, PullConsumer};
@@ -39,7 +50,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use projections::{ApplyError, MembershipRules, Notice, Projection};
-use projections::{apply_events, save_checkpoint};
+use projections::{Span, apply_events, conv_of_subject, save_checkpoint};
 
 /// The checkpoint name of the ingest worker.
 pub const INGEST_NAME: &str = "ingest";
@@ -60,6 +71,10 @@ pub struct ProjectorOptions {
     /// Whether to run the ingest worker (events from other systems).
     pub ingest: bool,
     pub membership: MembershipRules,
+    /// Partitions of the messages projection (1: one worker).
+    pub message_partitions: u16,
+    /// The partitions this process applies (empty: all).
+    pub partitions: Vec<u16>,
 }
 
 impl ProjectorOptions {
@@ -72,6 +87,8 @@ impl ProjectorOptions {
             membership: MembershipRules {
                 tombstone_horizon: config.tombstone_horizon,
             },
+            message_partitions: config.message_partitions.max(1),
+            partitions: config.partitions.clone(),
         }
     }
 }
@@ -85,11 +102,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut workers = JoinSet::new();
-    let mut handlers: Vec<Handler> = options
-        .projections
-        .iter()
-        .map(|p| Handler::Sql(*p))
-        .collect();
+    let count = options.message_partitions.max(1);
+    let mut handlers = Vec::new();
+    for &p in &options.projections {
+        if p != Projection::Messages || count == 1 {
+            handlers.push(Handler::Sql(p));
+            continue;
+        }
+        handlers.extend(
+            (0..count)
+                .filter(|i| options.partitions.is_empty() || options.partitions.contains(i))
+                .map(|index| Handler::Part(Partition { index, count })),
+        );
+    }
     if options.ingest {
         handlers.push(Handler::Ingest(Box::default()));
     }
@@ -101,10 +126,12 @@ pub async fn run(
         // Ingest takes in longer runs: each costs one wait for the projections and one
         // checkpoint, however long (within what its consumer lets be unacknowledged).
         let batch_size = match handler {
-            Handler::Sql(_) => options.batch_size.max(1),
+            Handler::Sql(_) | Handler::Part(_) => options.batch_size.max(1),
             Handler::Ingest(_) => (options.batch_size * 4).clamp(1, INGEST_RUN),
         };
         let worker = Worker {
+            name: handler.name(),
+            settled: AtomicU64::new(0),
             handler,
             holder: holder.clone(),
             lease: std::sync::Mutex::new(None),
@@ -124,33 +151,96 @@ pub async fn run(
     Ok(())
 }
 
+/// One share of the messages projection: the conversations whose id hashes to `index` of
+/// `count` (xxh3-64 of the id, modulo `count`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    pub index: u16,
+    pub count: u16,
+}
+
+impl Partition {
+    /// The partition of `count` that conversation `conv` belongs to.
+    pub fn of(conv: &str, count: u16) -> u16 {
+        (xxhash_rust::xxh3::xxh3_64(conv.as_bytes()) % u64::from(count.max(1))) as u16
+    }
+
+    /// Whether conversation `conv` is this partition's.
+    pub fn holds(self, conv: &str) -> bool {
+        Partition::of(conv, self.count) == self.index
+    }
+
+    /// Its checkpoint and lease: `messages-<index>-of-<count>`.
+    pub fn name(self) -> String {
+        format!("messages-{}-of-{}", self.index, self.count)
+    }
+
+    /// Its durable consumer, made like `projector_messages` when first needed.
+    fn consumer(self) -> String {
+        format!("projector_messages_{}_of_{}", self.index, self.count)
+    }
+
+    /// The partition a checkpoint or lease name is of, of any layout.
+    fn parse(name: &str) -> Option<Partition> {
+        let (index, count) = name.strip_prefix("messages-")?.split_once("-of-")?;
+        Some(Partition {
+            index: index.parse().ok()?,
+            count: count.parse().ok()?,
+        })
+    }
+}
+
 /// What a worker does with the events of its stream.
 enum Handler {
     /// Applies them to an SQL projection.
     Sql(Projection),
+    /// Applies one partition's share of them to the messages projection.
+    Part(Partition),
     /// Validates events from other systems and publishes them as native events.
     Ingest(Box<Ingest>),
 }
 
 impl Handler {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> String {
         match self {
-            Handler::Sql(p) => p.name(),
-            Handler::Ingest(_) => INGEST_NAME,
+            Handler::Sql(p) => p.name().to_owned(),
+            Handler::Part(part) => part.name(),
+            Handler::Ingest(_) => INGEST_NAME.to_owned(),
         }
     }
 
     fn stream(&self) -> &'static str {
         match self {
             Handler::Sql(p) => p.stream(),
+            Handler::Part(_) => Projection::Messages.stream(),
             Handler::Ingest(_) => anchorage_schema::subjects::stream::INGEST,
         }
     }
 
-    fn consumer(&self) -> &'static str {
+    /// The layout of the messages projection this worker belongs to (1: unpartitioned).
+    fn layout(&self) -> Option<u16> {
         match self {
-            Handler::Sql(p) => p.consumer(),
-            Handler::Ingest(_) => "projector_ingest",
+            Handler::Sql(Projection::Messages) => Some(1),
+            Handler::Part(part) => Some(part.count),
+            _ => None,
+        }
+    }
+
+    async fn consumer(&self, bus: &Bus) -> Result<PullConsumer, anchorage_bus::BusError> {
+        match self {
+            Handler::Sql(p) => bus.pull_consumer(p.stream(), p.consumer()).await,
+            Handler::Part(part) => {
+                let messages = Projection::Messages;
+                bus.consumer_like(messages.stream(), messages.consumer(), &part.consumer())
+                    .await
+            }
+            Handler::Ingest(_) => {
+                bus.pull_consumer(
+                    anchorage_schema::subjects::stream::INGEST,
+                    "projector_ingest",
+                )
+                .await
+            }
         }
     }
 }
@@ -159,6 +249,10 @@ impl Handler {
 const LAG_LOG_EVERY: Duration = Duration::from_secs(30);
 
 struct Worker {
+    /// The checkpoint and lease it works under.
+    name: String,
+    /// See [`Span::settled`]: set each time it starts following.
+    settled: AtomicU64,
     handler: Handler,
     holder: Holder,
     /// The lease held now, for work that acts outside the database to ask before it acts.
@@ -183,8 +277,9 @@ impl Worker {
     /// Applies the projection while this process holds its lease; stands by while another
     /// does.
     async fn run(self, shutdown: CancellationToken) {
-        let name = self.handler.name();
-        let active = metrics::gauge!("anchorage_projection_active", "projection" => name);
+        let name = self.name.as_str();
+        let active =
+            metrics::gauge!("anchorage_projection_active", "projection" => name.to_owned());
         loop {
             active.set(0.0);
             let Some(lease) = HeldLease::take(&self.bus, name, &self.holder, &shutdown).await
@@ -221,7 +316,7 @@ impl Worker {
     /// Follows the stream, starting over from the checkpoint after every interruption,
     /// until `stop`.
     async fn run_while_held(&self, shutdown: &CancellationToken) {
-        let name = self.handler.name();
+        let name = self.name.as_str();
         let mut failures = 0u32;
         loop {
             match self.follow(shutdown).await {
@@ -246,14 +341,25 @@ impl Worker {
     /// Follows the stream from the checkpoint until shutdown (`Ok`) or an error.
     async fn follow(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let p = &self.handler;
-        let consumer = self
-            .bus
-            .pull_consumer(p.stream(), p.consumer())
+        let consumer = p
+            .consumer(&self.bus)
             .await
             .context("binding the consumer")?;
         let epoch = self.bus.stream_state(p.stream()).await?.epoch.0;
         let mut last_lag_log = std::time::Instant::now();
-        let mut checkpoint = match self.store.checkpoint(p.name()).await? {
+        let mut own = self.store.checkpoint(&self.name).await?;
+        if let Some(layout) = p.layout() {
+            self.refuse_other_layouts(layout).await?;
+            // A partition new to this layout starts where the whole projection stands.
+            if own.is_none()
+                && layout > 1
+                && let Some(whole) = self.store.checkpoint(Projection::Messages.name()).await?
+            {
+                save_checkpoint(&self.store, &self.name, p.stream(), 0, whole).await?;
+                own = Some(whole);
+            }
+        }
+        let mut checkpoint = match own {
             Some(cp) if cp.epoch != epoch => bail!(
                 "stream {} was recreated (epoch {} is now {epoch}); rebuild the projections \
                  with `anchorage replay`",
@@ -263,12 +369,26 @@ impl Worker {
             Some(cp) => cp,
             None => Checkpoint { epoch, last_seq: 0 },
         };
+        if p.layout().is_some() {
+            // Another layout may have gone further: up to where the furthest stands, entries
+            // apply only past their conversation's last.
+            let furthest = self
+                .store
+                .checkpoints_with_prefix(Projection::Messages.name())
+                .await?
+                .into_iter()
+                .filter(|(_, cp, _)| cp.epoch == epoch)
+                .map(|(_, cp, _)| cp.last_seq)
+                .max()
+                .unwrap_or(0);
+            self.settled.store(furthest, Ordering::Relaxed);
+        }
         consumer
             .reset_to(Seq(checkpoint.last_seq + 1))
             .await
             .context("resetting the consumer to the checkpoint")?;
         tracing::info!(
-            projection = p.name(),
+            projection = %self.name,
             last_seq = checkpoint.last_seq,
             "following"
         );
@@ -288,14 +408,17 @@ impl Worker {
                 applied = self.apply_batch(&consumer, checkpoint, &batch) => applied?,
             };
             if next.last_seq > checkpoint.last_seq {
-                self.announce(next.last_seq).await;
+                match p {
+                    Handler::Part(part) => self.combine(*part, epoch).await?,
+                    _ => self.announce(&self.name, next.last_seq).await,
+                }
             }
             checkpoint = next;
             if let Some(missing) = gap {
                 // The consumer delivered past a sequence it never delivered (a leader change
                 // in the middle of a batch): never skip it — ask again from the checkpoint.
                 tracing::warn!(
-                    projection = p.name(),
+                    projection = %self.name,
                     missing,
                     last_seq = checkpoint.last_seq,
                     "a delivery skipped an event; reading again from the checkpoint"
@@ -311,7 +434,7 @@ impl Worker {
             {
                 last_lag_log = std::time::Instant::now();
                 tracing::info!(
-                    projection = p.name(),
+                    projection = %self.name,
                     last_seq = checkpoint.last_seq,
                     pending = last.pending,
                     "projection behind its stream"
@@ -320,10 +443,79 @@ impl Worker {
         }
     }
 
+    /// Moves the `messages` checkpoint, which readers wait on, up to the lowest of this
+    /// layout's partitions (once each has one), and announces it. Every partition does so
+    /// after each commit, so the last to commit sees everyone's.
+    async fn combine(&self, part: Partition, epoch: u64) -> anyhow::Result<()> {
+        let messages = Projection::Messages;
+        let rows = self.store.checkpoints_with_prefix("messages-").await?;
+        let ours: Vec<u64> = rows
+            .iter()
+            .filter(|(name, cp, _)| {
+                cp.epoch == epoch && Partition::parse(name).is_some_and(|p| p.count == part.count)
+            })
+            .map(|(_, cp, _)| cp.last_seq)
+            .collect();
+        if ours.len() < usize::from(part.count) {
+            return Ok(());
+        }
+        let lowest = ours.into_iter().min().unwrap_or(0);
+        let to = Checkpoint {
+            epoch,
+            last_seq: lowest,
+        };
+        let at = self
+            .store
+            .raise_checkpoint(
+                messages.name(),
+                messages.stream(),
+                to,
+                anchorage_schema::now_ms(),
+            )
+            .await?;
+        self.announce(messages.name(), at).await;
+        Ok(())
+    }
+
+    /// Fails while a worker of another layout of the messages projection holds its lease:
+    /// two layouts applying at once would apply a conversation's entries twice.
+    async fn refuse_other_layouts(&self, layout: u16) -> anyhow::Result<()> {
+        for subject in self
+            .bus
+            .subjects(anchorage_schema::subjects::stream::LEASES, "lease.*")
+            .await?
+        {
+            let name = subject.strip_prefix("lease.").unwrap_or(&subject);
+            let theirs = if name == Projection::Messages.name() {
+                1
+            } else {
+                match Partition::parse(name) {
+                    Some(p) => p.count,
+                    None => continue,
+                }
+            };
+            if theirs == layout {
+                continue;
+            }
+            if let Some((_, record)) = self.bus.lease(name).await?
+                && !record.released
+            {
+                bail!(
+                    "{name} is being applied by process {} on {}: the messages projection \
+                     cannot run in {layout} and {theirs} partitions at once; stop every \
+                     projector before changing projector.message_partitions",
+                    record.pid,
+                    record.host
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Announces a committed checkpoint, for readers waiting for the projection (at most
     /// once: one that missed it reads the checkpoint from the database).
-    async fn announce(&self, last_seq: u64) {
-        let subject = anchorage_schema::subjects::notify_progress(self.handler.name());
+    async fn announce(&self, name: &str, last_seq: u64) {
+        let subject = anchorage_schema::subjects::notify_progress(name);
         if let Err(err) = self.bus.notify(&subject, last_seq.to_string()).await {
             tracing::debug!(%subject, error = %err, "progress announcement lost");
         }
@@ -366,7 +558,7 @@ impl Worker {
     /// isolate the one at fault. Only the run that continues the checkpoint without a hole is
     /// applied and acknowledged; returns the new checkpoint and the sequence skipped, if any.
     #[tracing::instrument(level = "debug", skip_all, fields(
-        projection = self.handler.name(),
+        projection = %self.name,
         from = checkpoint.last_seq + 1,
         events = batch.len(),
     ))]
@@ -396,7 +588,7 @@ impl Worker {
                     true
                 }
                 Err(err) => {
-                    tracing::debug!(projection = self.handler.name(), error = %err,
+                    tracing::debug!(projection = %self.name, error = %err,
                         "batch failed; applying one by one");
                     false
                 }
@@ -429,22 +621,27 @@ impl Worker {
             epoch: checkpoint.epoch,
             last_seq: last.seq.0,
         };
+        let span = Span {
+            name: &self.name,
+            from: checkpoint.last_seq,
+            next,
+            settled: self.settled.load(Ordering::Relaxed),
+        };
         match &self.handler {
-            Handler::Sql(p) => {
+            Handler::Sql(_) | Handler::Part(_) => {
+                let (p, part) = match &self.handler {
+                    Handler::Part(part) => (Projection::Messages, Some(*part)),
+                    Handler::Sql(p) => (*p, None),
+                    Handler::Ingest(_) => unreachable!("matched above"),
+                };
+                // A partition moves its checkpoint over the other partitions' entries.
                 let items: Vec<(u64, &str, &[u8])> = events
                     .iter()
+                    .filter(|d| part.is_none_or(|part| part.holds(conv_of_subject(d.subject()))))
                     .map(|d| (d.seq.0, d.subject(), d.payload().as_ref()))
                     .collect();
-                let notices = apply_events(
-                    &self.store,
-                    &self.bus,
-                    *p,
-                    checkpoint.last_seq,
-                    next,
-                    &items,
-                    self.rules,
-                )
-                .await?;
+                let notices =
+                    apply_events(&self.store, &self.bus, p, span, &items, self.rules).await?;
                 // Committed: announce it. At most once — a client that misses one sees the
                 // gap in `prev` on the next and syncs.
                 for n in notices {
@@ -471,7 +668,7 @@ impl Worker {
                 }
                 save_checkpoint(
                     &self.store,
-                    self.handler.name(),
+                    &self.name,
                     self.handler.stream(),
                     checkpoint.last_seq,
                     next,
@@ -509,7 +706,7 @@ impl Worker {
                 };
                 save_checkpoint(
                     &self.store,
-                    self.handler.name(),
+                    &self.name,
                     self.handler.stream(),
                     next.last_seq,
                     to,
@@ -567,7 +764,7 @@ impl Worker {
                         .context("database unreachable while applying")?;
                     anyhow::ensure!(self.bus.is_connected(), "NATS unreachable while applying");
                     if attempt < max_attempts {
-                        tracing::warn!(projection = self.handler.name(), seq = %d.seq,
+                        tracing::warn!(projection = %self.name, seq = %d.seq,
                             attempt, error = %err, "event failed to apply; retrying");
                         d.in_progress().await.ok();
                         tokio::time::sleep(backoff(attempt)).await;
@@ -581,11 +778,11 @@ impl Worker {
                 .dead_letter(self.handler.stream(), consumer.name(), d, code, &reason)
                 .await
                 .context("publishing to the dead-letter stream")?;
-            tracing::warn!(projection = self.handler.name(), seq = %d.seq, code, %reason,
+            tracing::warn!(projection = %self.name, seq = %d.seq, code, %reason,
                 dlq_seq = %dlq_seq, "event dead-lettered");
             save_checkpoint(
                 &self.store,
-                self.handler.name(),
+                &self.name,
                 self.handler.stream(),
                 checkpoint.last_seq,
                 next,
@@ -593,5 +790,31 @@ impl Worker {
             .await?;
             return Ok(next);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_names_round_trip_and_every_conversation_has_one_partition() {
+        let p = Partition { index: 2, count: 4 };
+        assert_eq!(p.name(), "messages-2-of-4");
+        assert_eq!(Partition::parse(&p.name()), Some(p));
+        assert_eq!(Partition::parse("messages"), None);
+        assert_eq!(Partition::parse("messages-x-of-4"), None);
+        let mut sizes = [0u32; 4];
+        for n in 0..4000 {
+            let conv = format!("c{n}");
+            let holders: Vec<u16> = (0..4)
+                .filter(|&index| Partition { index, count: 4 }.holds(&conv))
+                .collect();
+            assert_eq!(holders.len(), 1, "{conv}");
+            sizes[usize::from(holders[0])] += 1;
+        }
+        // The hash spreads conversations evenly.
+        assert!(sizes.iter().all(|&n| (800..1200).contains(&n)), "{sizes:?}");
+        assert_eq!(Partition::of("anything", 1), 0);
     }
 }

@@ -117,23 +117,60 @@ impl Projection {
     }
 }
 
+/// Where a batch moves a projection's checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span<'a> {
+    /// The checkpoint row: the projection's name, or its partition's.
+    pub name: &'a str,
+    /// Where it stands: the batch's events come after.
+    pub from: u64,
+    /// Where the batch moves it.
+    pub next: Checkpoint,
+    /// Entries of conversations at or below this sequence may be applied already (by the
+    /// partitions of another layout of the messages projection): each applies only if it
+    /// comes after its conversation's last entry. 0: none.
+    pub settled: u64,
+}
+
+impl<'a> Span<'a> {
+    /// The whole of projection `p`, from `from` to `next`.
+    pub fn of(p: Projection, from: u64, next: Checkpoint) -> Span<'a> {
+        Span {
+            name: p.name(),
+            from,
+            next,
+            settled: 0,
+        }
+    }
+}
+
+/// The conversation an event of the MESSAGES stream belongs to, by its subject.
+pub(crate) fn conv_of_subject(subject: &str) -> &str {
+    subject.strip_prefix("msg.").unwrap_or(subject)
+}
+
 /// Applies `events` (sequence, subject, payload) to projection `p` in one transaction that
-/// also moves the checkpoint from `from` to `next`: all of it lands, or none. Returns the
+/// also moves the checkpoint as `span` says: all of it lands, or none. Returns the
 /// notifications of what was applied, to publish now that it is committed.
 pub(crate) async fn apply_events(
     store: &Store,
     bus: &Bus,
     p: Projection,
-    from: u64,
-    next: Checkpoint,
+    span: Span<'_>,
     events: &[(u64, &str, &[u8])],
     rules: MembershipRules,
 ) -> Result<Vec<Notice>, ApplyError> {
+    let Span {
+        name,
+        from,
+        next,
+        settled,
+    } = span;
     let mut tx = store.begin().await?;
     // One writer per projection: if the checkpoint moved under us, another projector is
     // applying the same stream; back off rather than interleave.
-    if tx.checkpoint(p.name()).await?.map_or(0, |c| c.last_seq) != from {
-        return Err(contended(p.name()));
+    if tx.checkpoint(name).await?.map_or(0, |c| c.last_seq) != from {
+        return Err(contended(name));
     }
     let decode = |payload: &[u8]| {
         Envelope::from_json(payload).map_err(|e| ApplyError::Rejected {
@@ -150,7 +187,27 @@ pub(crate) async fn apply_events(
         // Messages go in together: multi-row inserts, one version move per conversation; a
         // change to a message applies in its place between them.
         let mut run = Vec::new();
+        let applied_before = match events.first() {
+            Some((first, ..)) if *first <= settled => {
+                let mut convs: Vec<&str> = events
+                    .iter()
+                    .filter(|(seq, ..)| *seq <= settled)
+                    .map(|(_, subject, _)| conv_of_subject(subject))
+                    .collect();
+                convs.sort_unstable();
+                convs.dedup();
+                tx.last_entries(&convs).await?
+            }
+            _ => Default::default(),
+        };
         for (seq, subject, payload) in events {
+            if *seq <= settled
+                && applied_before
+                    .get(conv_of_subject(subject))
+                    .is_some_and(|last| *last >= *seq)
+            {
+                continue;
+            }
             let env = decode(payload)?;
             ingested.extend(ingest::origin(&env).map(|(src, id)| (src, id, *seq)));
             let row = message_row(*seq, subject, &env)?;
@@ -187,10 +244,10 @@ pub(crate) async fn apply_events(
     }
     tx.record_ingested(&ingested).await?;
     if !tx
-        .advance_checkpoint(p.name(), p.stream(), from, next, now_ms())
+        .advance_checkpoint(name, p.stream(), from, next, now_ms())
         .await?
     {
-        return Err(contended(p.name()));
+        return Err(contended(name));
     }
     tx.commit().await?;
     if erased {

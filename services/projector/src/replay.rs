@@ -20,7 +20,9 @@ use anchorage_schema::{Seq, now_ms};
 use anchorage_store::{Checkpoint, Store};
 use anyhow::{Context, bail};
 
-use crate::projections::{ApplyError, MembershipRules, Projection, apply_events, save_checkpoint};
+use crate::projections::{
+    ApplyError, MembershipRules, Projection, Span, apply_events, save_checkpoint,
+};
 
 /// How far a replay goes and how it reports.
 #[derive(Debug, Clone, Default)]
@@ -134,7 +136,8 @@ pub async fn replay(
             let items: Vec<(u64, &str, &[u8])> = batch.iter().map(parts).collect();
             // A rebuild announces nothing: clients already heard of these changes.
             let from = at.last_seq;
-            match apply_events(store, bus, p, from, next, &items, options.membership).await {
+            let span = Span::of(p, from, next);
+            match apply_events(store, bus, p, span, &items, options.membership).await {
                 Ok(_) => summary.applied += items.len() as u64,
                 Err(ApplyError::Rejected { .. }) => {
                     let mut from = from;
@@ -145,7 +148,8 @@ pub async fn replay(
                         };
                         let one_event = std::slice::from_ref(item);
                         let rules = options.membership;
-                        match apply_events(store, bus, p, from, one, one_event, rules).await {
+                        let span = Span::of(p, from, one);
+                        match apply_events(store, bus, p, span, one_event, rules).await {
                             Ok(_) => summary.applied += 1,
                             Err(ApplyError::Rejected { .. }) => {
                                 summary.rejected += 1;

@@ -112,6 +112,50 @@ impl Bus {
         })
     }
 
+    /// Binds to durable consumer `name` of `stream`, first making it as a copy of consumer
+    /// `like` (same acknowledgement, delivery and pending limits) if it does not exist: the
+    /// consumer of one partition of a projection, made from the projection's own.
+    pub async fn consumer_like(
+        &self,
+        stream: &str,
+        like: &str,
+        name: &str,
+    ) -> Result<PullConsumer, BusError> {
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        if handle.consumer_info(name).await.is_err() {
+            let what = || format!("{stream}/{like}");
+            let base = handle
+                .consumer_info(like)
+                .await
+                .map_err(|e| BusError::jetstream(what(), e))?
+                .config
+                .clone();
+            let config = jetstream::consumer::pull::Config {
+                durable_name: Some(name.to_owned()),
+                description: base.description,
+                deliver_policy: base.deliver_policy,
+                ack_policy: base.ack_policy,
+                ack_wait: base.ack_wait,
+                max_deliver: base.max_deliver,
+                max_ack_pending: base.max_ack_pending,
+                max_waiting: base.max_waiting,
+                replay_policy: base.replay_policy,
+                ..Default::default()
+            };
+            // Another process making it at the same moment makes the same one.
+            if let Err(err) = handle.create_consumer(config).await
+                && handle.consumer_info(name).await.is_err()
+            {
+                return Err(BusError::jetstream(format!("{stream}/{name}"), err));
+            }
+        }
+        self.pull_consumer(stream, name).await
+    }
+
     /// Binds to durable consumer `name` of `stream`, delivering one message at a time in
     /// stream order from `start`; creates it (again, if its `generation` differs: a new start
     /// was asked for) when needed. Deliveries are retried by the caller, never dropped by the

@@ -242,6 +242,12 @@ pub struct ProjectorConfig {
     pub tombstone_horizon: u64,
     /// Where `anchorage projector` serves `/metrics` (the edge serves its own); unset: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Partitions of the messages projection: its conversations are split among this many
+    /// workers by a hash of their id, each with its own consumer, checkpoint and lease, so
+    /// several processes (or connections) write at once. 1: one worker.
+    pub message_partitions: u16,
+    /// The partitions of the messages projection this process applies (empty: all of them).
+    pub partitions: Vec<u16>,
 }
 
 impl Default for ProjectorConfig {
@@ -250,6 +256,8 @@ impl Default for ProjectorConfig {
             batch_size: 256,
             tombstone_horizon: 1_000_000,
             metrics_listen: None,
+            message_partitions: 1,
+            partitions: Vec::new(),
         }
     }
 }
@@ -685,6 +693,23 @@ impl Config {
         }
         if !(1..=10_000).contains(&self.projector.batch_size) {
             return bad("projector.batch_size", "must be between 1 and 10000");
+        }
+        if !(1..=64).contains(&self.projector.message_partitions) {
+            return bad("projector.message_partitions", "must be between 1 and 64");
+        }
+        if let Some(p) = self
+            .projector
+            .partitions
+            .iter()
+            .find(|p| **p >= self.projector.message_partitions)
+        {
+            return bad(
+                "projector.partitions",
+                &format!(
+                    "partition {p} does not exist: there are {} (numbered from 0)",
+                    self.projector.message_partitions
+                ),
+            );
         }
         if self.auth.hmac_secret.len() < 16 {
             return bad("auth.hmac_secret", "must be at least 16 bytes long");

@@ -212,6 +212,66 @@ impl Store {
         tx.commit().await?;
         Ok(cp)
     }
+
+    /// The checkpoints whose name starts with `prefix`, with when each last moved (Unix ms).
+    pub async fn checkpoints_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, Checkpoint, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT projection, epoch, last_seq, updated_at FROM projection_checkpoints
+             WHERE substr(projection, 1, length($1)) = $1",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("projection")?,
+                    Checkpoint {
+                        epoch: u(r.try_get("epoch")?),
+                        last_seq: u(r.try_get("last_seq")?),
+                    },
+                    r.try_get("updated_at")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Moves checkpoint `projection` up to `to` (never down, never to another epoch's
+    /// position); returns where it stands. Several writers may raise it at once: the highest
+    /// wins.
+    pub async fn raise_checkpoint(
+        &self,
+        projection: &str,
+        stream: &str,
+        to: Checkpoint,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, stream, epoch, last_seq, updated_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (projection) DO UPDATE
+             SET last_seq = excluded.last_seq, updated_at = excluded.updated_at
+             WHERE projection_checkpoints.epoch = excluded.epoch
+               AND projection_checkpoints.last_seq < excluded.last_seq
+             RETURNING last_seq",
+        )
+        .bind(projection)
+        .bind(stream)
+        .bind(i(to.epoch))
+        .bind(i(to.last_seq))
+        .bind(now_ms)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        tx.commit().await?;
+        match row {
+            Some(r) => Ok(u(r.try_get("last_seq")?)),
+            None => Ok(self.checkpoint(projection).await?.map_or(0, |c| c.last_seq)),
+        }
+    }
 }
 
 pub(crate) fn i(v: u64) -> i64 {
@@ -249,6 +309,24 @@ impl Tx {
             }),
             None => None,
         })
+    }
+
+    /// The last entry each of `convs` holds (conversations it holds nothing of are left out).
+    pub async fn last_entries(
+        &mut self,
+        convs: &[&str],
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let mut last = HashMap::with_capacity(convs.len());
+        for conv in convs {
+            let row = sqlx::query("SELECT last_seq FROM conversations WHERE conv_id = $1")
+                .bind(conv)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+            if let Some(r) = row {
+                last.insert((*conv).to_owned(), u(r.try_get("last_seq")?));
+            }
+        }
+        Ok(last)
     }
 
     /// Moves `projection`'s checkpoint.

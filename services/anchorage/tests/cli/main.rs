@@ -7,4 +7,5 @@ mod crash;
 mod dev;
 mod edges;
 mod failover;
+mod partitions;
 mod telemetry;
