@@ -42,6 +42,9 @@ pub enum Scenario {
     /// Events from another system (users, a large group, system posts) until projected,
     /// next to raw publishing.
     Ingest,
+    /// The messages projection on PostgreSQL in 1, 2 and 4 partitions, next to a raw
+    /// consumer.
+    Partitions,
 }
 
 impl Scenario {
@@ -57,6 +60,7 @@ impl Scenario {
             Scenario::Reconnect => "reconnect",
             Scenario::Signals => "signals",
             Scenario::Ingest => "ingest",
+            Scenario::Partitions => "partitions",
         }
     }
 }
@@ -74,6 +78,7 @@ pub async fn run(scenario: Scenario, sizes: Sizes) -> anyhow::Result<Value> {
         Scenario::Reconnect => scenarios::reconnect::run(&env, sizes).await,
         Scenario::Signals => scenarios::signals::run(&env, sizes).await,
         Scenario::Ingest => scenarios::ingest::run(&env, sizes).await,
+        Scenario::Partitions => scenarios::partitions::run(&env, sizes).await,
     };
     env.stop().await;
     let mut report = result?;

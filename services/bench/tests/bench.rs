@@ -8,12 +8,17 @@ use anchorage_tests::{nats_binary, repo_root};
 use serde_json::Value;
 
 fn run(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_anchorage-bench"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_anchorage-bench"));
+    command
         .args(args)
         .current_dir(repo_root())
-        .env("ANCHORAGE_DEV__NATS_SERVER", nats_binary().unwrap())
-        .output()
-        .unwrap()
+        .env("ANCHORAGE_DEV__NATS_SERVER", nats_binary().unwrap());
+    // The PostgreSQL server of the suite, if it runs against one (otherwise `partitions`
+    // starts its own).
+    if let Ok(url) = std::env::var(anchorage_tests::POSTGRES_ENV) {
+        command.env("ANCHORAGE_BENCH_POSTGRES_URL", url);
+    }
+    command.output().unwrap()
 }
 
 fn bench(scenario: &str) -> Value {
@@ -133,4 +138,15 @@ fn ingest_reports_events_from_another_system_until_projected() {
         users + 1 + (users - 1).div_ceil(1000),
         "{i}"
     );
+}
+
+#[test]
+fn partitions_project_the_same_messages_in_one_two_and_four_partitions() {
+    let p = bench("partitions");
+    for count in [1, 2, 4] {
+        positive(&p, &["ours", &format!("partitions_{count}_events_per_sec")]);
+    }
+    positive(&p, &["baseline", "jetstream_consume_msgs_per_sec"]);
+    positive(&p, &["ratio", "four_vs_one"]);
+    assert_eq!(p["ours"]["database"], "postgresql", "{p}");
 }

@@ -59,6 +59,10 @@ pub const INGEST_NAME: &str = "ingest";
 /// `streams/consumers/INGEST/projector_ingest.json`).
 const INGEST_RUN: usize = 1000;
 
+/// Most events a partition of the messages projection fetches at once (the `max_ack_pending`
+/// of `streams/consumers/MESSAGES/projector_messages.json`).
+const PARTITION_FETCH: usize = 1024;
+
 /// Tuning of the projector.
 #[derive(Debug, Clone)]
 pub struct ProjectorOptions {
@@ -126,7 +130,13 @@ pub async fn run(
         // Ingest takes in longer runs: each costs one wait for the projections and one
         // checkpoint, however long (within what its consumer lets be unacknowledged).
         let batch_size = match handler {
-            Handler::Sql(_) | Handler::Part(_) => options.batch_size.max(1),
+            Handler::Sql(_) => options.batch_size.max(1),
+            // A partition reads every event and applies its share: it fetches as many more,
+            // so a transaction applies about a batch of its own (within what its consumer
+            // lets be unacknowledged).
+            Handler::Part(part) => {
+                (options.batch_size * usize::from(part.count)).clamp(1, PARTITION_FETCH)
+            }
             Handler::Ingest(_) => (options.batch_size * 4).clamp(1, INGEST_RUN),
         };
         let worker = Worker {
@@ -383,6 +393,11 @@ impl Worker {
                 .unwrap_or(0);
             self.settled.store(furthest, Ordering::Relaxed);
         }
+        if let Handler::Part(part) = p {
+            // The whole projection's checkpoint may have been lost with a crash of the
+            // database (it is written without waiting for the disk): set it again.
+            self.combine(*part, epoch).await?;
+        }
         consumer
             .reset_to(Seq(checkpoint.last_seq + 1))
             .await
@@ -600,7 +615,13 @@ impl Worker {
                 next = self.apply_alone(consumer, next, d).await?;
             }
         }
-        for d in batch.iter().filter(|d| d.seq.0 <= next.last_seq) {
+        let done = batch.iter().filter(|d| d.seq.0 <= next.last_seq);
+        // A partition's consumer takes one acknowledgement for all before it.
+        let acks: Vec<&Delivery> = match self.handler {
+            Handler::Part(_) => done.last().into_iter().collect(),
+            _ => done.collect(),
+        };
+        for d in acks {
             // Committed already: a lost ack only causes a redelivery that is skipped.
             if let Err(err) = d.ack().await {
                 tracing::debug!(error = %err, seq = %d.seq, "ack failed");

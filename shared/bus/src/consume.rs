@@ -113,8 +113,10 @@ impl Bus {
     }
 
     /// Binds to durable consumer `name` of `stream`, first making it as a copy of consumer
-    /// `like` (same acknowledgement, delivery and pending limits) if it does not exist: the
-    /// consumer of one partition of a projection, made from the projection's own.
+    /// `like` (same delivery, redelivery and pending limits) if it does not exist: the
+    /// consumer of one partition of a projection, made from the projection's own. It is
+    /// acknowledged cumulatively (`AckPolicy::All`): a partition passes over most events, and
+    /// acknowledging the last one it moved past acknowledges all before it.
     pub async fn consumer_like(
         &self,
         stream: &str,
@@ -138,7 +140,7 @@ impl Bus {
                 durable_name: Some(name.to_owned()),
                 description: base.description,
                 deliver_policy: base.deliver_policy,
-                ack_policy: base.ack_policy,
+                ack_policy: jetstream::consumer::AckPolicy::All,
                 ack_wait: base.ack_wait,
                 max_deliver: base.max_deliver,
                 max_ack_pending: base.max_ack_pending,

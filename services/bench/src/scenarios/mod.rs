@@ -4,6 +4,7 @@ pub mod fanout;
 pub mod ingest;
 pub mod members;
 pub mod memory;
+pub mod partitions;
 pub mod reconnect;
 pub mod replay;
 pub mod send;
