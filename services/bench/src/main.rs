@@ -37,7 +37,7 @@ enum Clients {
     #[command(hide = true)]
     Clients {
         /// Edge addresses, comma-separated.
-        #[arg(value_delimiter = ',')]
+        #[arg(value_delimiter = ',', required = true)]
         addrs: Vec<std::net::SocketAddr>,
         count: usize,
         #[arg(long, value_enum, default_value = "idle")]
