@@ -60,6 +60,8 @@ fn raw_send_and_replay_report_figures_with_their_baselines() {
     positive(&replay, &["ours", "replay_events_per_sec"]);
     positive(&replay, &["baseline", "jetstream_consume_msgs_per_sec"]);
     positive(&replay, &["ratio"]);
+    positive(&replay, &["ours", "postgresql_replay_events_per_sec"]);
+    positive(&replay, &["ratio_postgresql"]);
 
     let memory = bench("memory");
     positive(&memory, &["ours", "rss_after_kib"]);

@@ -196,7 +196,8 @@ impl Store {
                     let pragmas = format!(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
                          PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                         PRAGMA secure_delete = ON;"
+                         PRAGMA secure_delete = ON; PRAGMA cache_size = -32768; \
+                         PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;"
                     );
                     sqlx::raw_sql(sqlx::AssertSqlSafe(pragmas))
                         .execute(conn)

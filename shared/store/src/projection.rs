@@ -525,9 +525,10 @@ impl Tx {
     /// caller to erase from the stream.
     pub async fn apply_revoke(&mut self, t: &Tombstone) -> Result<Vec<u64>, StoreError> {
         let mut erase: Vec<u64> = sqlx::query(
+            // Two lookups, each by its own index.
             "SELECT seq FROM messages
-             WHERE conv_id = $1 AND ((seq = $2 AND kind = 'message')
-                                     OR (target = $2 AND kind = 'edit'))
+             WHERE (conv_id = $1 AND seq = $2 AND kind = 'message')
+                OR (conv_id = $1 AND target = $2 AND kind = 'edit')
              ORDER BY seq",
         )
         .bind(&t.conv)

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::env::{BenchEnv, Sizes, message_event, progress, rate, unix_ms};
+use crate::env::{BenchEnv, Postgres, Sizes, database_url, message_event, progress, rate, unix_ms};
 use crate::raw;
 
 /// The layouts measured.
@@ -143,86 +143,4 @@ async fn measure(env: &BenchEnv, s: Sizes, admin_url: &str) -> anyhow::Result<Va
         },
         "target": "N partitions project N x faster on PostgreSQL (as cores and disks allow)",
     }))
-}
-
-/// `admin_url` with its database replaced by `name`.
-fn database_url(admin_url: &str, name: &str) -> anyhow::Result<String> {
-    let (base, query) = match admin_url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (admin_url, None),
-    };
-    let (server, _) = base
-        .rsplit_once('/')
-        .filter(|(server, _)| server.contains("://"))
-        .context("the PostgreSQL URL names no database")?;
-    Ok(match query {
-        Some(q) => format!("{server}/{name}?{q}"),
-        None => format!("{server}/{name}"),
-    })
-}
-
-/// The PostgreSQL server the scenario writes to.
-struct Postgres {
-    url: String,
-    /// Set when this run started it (and stops it).
-    started: Option<tempfile::TempDir>,
-}
-
-impl Postgres {
-    async fn start() -> anyhow::Result<Postgres> {
-        if let Ok(url) = std::env::var("ANCHORAGE_BENCH_POSTGRES_URL") {
-            return Ok(Postgres { url, started: None });
-        }
-        progress("starting PostgreSQL (deploy/postgres.sh)");
-        let dir = tempfile::tempdir()?;
-        // The server runs as the postgres user, who must be able to enter the folder.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )?;
-        let out = tokio::process::Command::new("deploy/postgres.sh")
-            .arg("start")
-            .arg(dir.path().join("pg"))
-            .output()
-            .await
-            .context("running deploy/postgres.sh (from the repository root)")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "deploy/postgres.sh start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = String::from_utf8(out.stdout)?.trim().to_owned();
-        Ok(Postgres {
-            url,
-            started: Some(dir),
-        })
-    }
-
-    async fn stop(self) {
-        if let Some(dir) = self.started {
-            let _ = tokio::process::Command::new("deploy/postgres.sh")
-                .arg("stop")
-                .arg(dir.path().join("pg"))
-                .output()
-                .await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_database_url_keeps_the_server_and_the_options() {
-        assert_eq!(
-            database_url("postgres://postgres@127.0.0.1:5/postgres", "x").unwrap(),
-            "postgres://postgres@127.0.0.1:5/x"
-        );
-        assert_eq!(
-            database_url("postgres://u:p@h:5/db?sslmode=disable", "x").unwrap(),
-            "postgres://u:p@h:5/x?sslmode=disable"
-        );
-        assert!(database_url("nonsense", "x").is_err());
-    }
 }

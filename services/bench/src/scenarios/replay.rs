@@ -1,5 +1,5 @@
-//! `bench replay`: rebuilding the projections from the streams into a fresh SQLite database,
-//! next to a raw ordered consumer reading the same stream.
+//! `bench replay`: rebuilding the projections from the streams into a fresh SQLite database
+//! and a fresh PostgreSQL database, next to a raw ordered consumer reading the same stream.
 
 use std::time::Instant;
 
@@ -7,7 +7,7 @@ use anchorage_schema::{ConversationId, subjects};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::env::{BenchEnv, Sizes, message_event, progress, rate};
+use crate::env::{BenchEnv, Postgres, Sizes, database_url, message_event, progress, rate, unix_ms};
 use crate::raw;
 
 pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
@@ -34,9 +34,41 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     }
     progress("raw consume (baseline)");
     let baseline = raw::consume(&bus, "MESSAGES", s.events).await?;
-    progress("replay into a fresh database");
+    progress("replay into a fresh SQLite database");
+    let sqlite = replay_into(
+        &bus,
+        &format!("sqlite://{}/replay.db", env.dir.path().display()),
+    )
+    .await?;
+    progress("replay into a fresh PostgreSQL database");
+    let server = Postgres::start().await?;
+    let name = format!("bench_replay_{}", unix_ms());
+    let postgres = match database_url(&server.url, &name) {
+        Ok(url) => replay_into(&bus, &url).await,
+        Err(err) => Err(err),
+    };
+    server.stop().await;
+    let postgres = postgres?;
+    bus.close().await;
+    Ok(json!({
+        "ours": {
+            "replay_events_per_sec": sqlite.0.round(),
+            "events": sqlite.1,
+            "database": "sqlite",
+            "postgresql_replay_events_per_sec": postgres.0.round(),
+        },
+        "baseline": {"jetstream_consume_msgs_per_sec": baseline.round()},
+        "ratio": sqlite.0 / baseline,
+        "ratio_postgresql": postgres.0 / baseline,
+        "target": ">= 0.3 x raw consume (SQLite and PostgreSQL)",
+    }))
+}
+
+/// Rebuilds the projections into the fresh database at `url`: events per second, events.
+async fn replay_into(bus: &anchorage_bus::Bus, url: &str) -> anyhow::Result<(f64, usize)> {
+    anchorage_store::ensure_database(url).await?;
     let store = anchorage_store::Store::connect(&anchorage_store::StoreOptions {
-        url: format!("sqlite://{}/replay.db", env.dir.path().display()),
+        url: url.to_owned(),
         max_connections: 4,
         // As `anchorage replay` opens its target.
         sqlite_synchronous: "NORMAL",
@@ -49,16 +81,9 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
         membership: Default::default(),
     };
     let start = Instant::now();
-    let summary = anchorage_projector::replay::replay(&bus, &store, &options, |_| {}).await?;
+    let summary = anchorage_projector::replay::replay(bus, &store, &options, |_| {}).await?;
     let elapsed = start.elapsed();
     let replayed = (summary.applied + summary.rejected) as usize;
-    let ours = rate(replayed, elapsed);
     store.close().await;
-    bus.close().await;
-    Ok(json!({
-        "ours": {"replay_events_per_sec": ours.round(), "events": replayed, "database": "sqlite"},
-        "baseline": {"jetstream_consume_msgs_per_sec": baseline.round()},
-        "ratio": ours / baseline,
-        "target": ">= 0.3 x raw consume",
-    }))
+    Ok((rate(replayed, elapsed), replayed))
 }
