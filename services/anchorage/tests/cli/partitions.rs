@@ -28,13 +28,20 @@ fn projector(config_file: &Path, count: u16) -> tokio::process::Child {
     projector_of(config_file, count, "[]")
 }
 
-/// `anchorage projector` applying only `partitions` (a TOML list) of `count`.
+/// `anchorage projector` applying only `partitions` (a TOML list) of `count`, as the
+/// projector's own NATS user (which makes the partitions' consumers and reads the leases).
 fn projector_of(config_file: &Path, count: u16, partitions: &str) -> tokio::process::Child {
     let metrics = format!("127.0.0.1:{}", anchorage::natsd::free_ports(1).unwrap()[0]);
+    let password = anchorage_tests::credentials()
+        .password("projector")
+        .unwrap()
+        .to_owned();
     spawn_with(
         config_file,
         &["projector"],
         &[
+            ("ANCHORAGE_NATS__USER", "projector".to_owned()),
+            ("ANCHORAGE_NATS__PASSWORD", password),
             ("ANCHORAGE_PROJECTOR__MESSAGE_PARTITIONS", count.to_string()),
             ("ANCHORAGE_PROJECTOR__PARTITIONS", partitions.to_owned()),
             ("ANCHORAGE_PROJECTOR__METRICS_LISTEN", metrics),
