@@ -27,10 +27,15 @@
 //!   lease (`messages-<i>-of-<n>`), so `n` workers write at once — in one process or spread
 //!   over several (`projector.partitions`). Each reads the whole stream and moves its
 //!   checkpoint over the others' events; the `messages` checkpoint, which readers wait on,
-//!   follows the lowest of them. A partition that starts without a checkpoint of its own
-//!   (the count changed) starts from `messages`, and applies what other layouts may have
-//!   applied only past each conversation's last entry, so nothing is applied twice. A
-//!   worker refuses to apply while a worker of another layout holds its lease.
+//!   follows the lowest of them.
+//! - **Changing the partition count.** The count in force is a row beside the checkpoints
+//!   (`messages-layout`); a worker under another count stands by without taking a lease
+//!   until no worker under the count in force holds one, then claims its own. Every
+//!   transaction of the messages projection commits only while its count is in force (on
+//!   PostgreSQL it holds the row, so a claim waits for it): a paused worker of the old count
+//!   that wakes up rolls back. New partitions start where the whole projection stood, and an
+//!   entry that a worker under an earlier count passed — applied, refused by the history, or
+//!   set aside — is passed over, judged by that worker's own checkpoint.
 //! - **Lifetimes.** A checkpoint names the stream's epoch. If the stream was recreated the
 //!   worker refuses to mix lifetimes and says to rebuild with `anchorage replay`.
 
@@ -38,7 +43,6 @@ mod ingest;
 mod projections;
 pub mod replay;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anchorage_bus::{Bus, Delivery, HeldLease, Holder, LeaseClock, PullConsumer};
@@ -50,7 +54,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use projections::{ApplyError, MembershipRules, Notice, Projection};
-use projections::{Span, apply_events, conv_of_subject, save_checkpoint};
+use projections::{LAYOUT_ROW, Reached, Span, apply_events, conv_of_subject, save_checkpoint};
 
 /// The checkpoint name of the ingest worker.
 pub const INGEST_NAME: &str = "ingest";
@@ -58,6 +62,9 @@ pub const INGEST_NAME: &str = "ingest";
 /// Most events from other systems taken in as one run (under the `max_ack_pending` of
 /// `streams/consumers/INGEST/projector_ingest.json`).
 const INGEST_RUN: usize = 1000;
+
+/// How often a worker waiting for its partition count to be in force looks again.
+const LAYOUT_POLL: Duration = Duration::from_secs(2);
 
 /// Most events a partition of the messages projection fetches at once (the `max_ack_pending`
 /// of `streams/consumers/MESSAGES/projector_messages.json`).
@@ -141,7 +148,7 @@ pub async fn run(
         };
         let worker = Worker {
             name: handler.name(),
-            settled: AtomicU64::new(0),
+            reached: std::sync::Mutex::new(Vec::new()),
             handler,
             holder: holder.clone(),
             lease: std::sync::Mutex::new(None),
@@ -261,8 +268,8 @@ const LAG_LOG_EVERY: Duration = Duration::from_secs(30);
 struct Worker {
     /// The checkpoint and lease it works under.
     name: String,
-    /// See [`Span::settled`]: set each time it starts following.
-    settled: AtomicU64,
+    /// See [`Span::reached`]: read each time it starts following.
+    reached: std::sync::Mutex<Vec<Reached>>,
     handler: Handler,
     holder: Holder,
     /// The lease held now, for work that acts outside the database to ask before it acts.
@@ -292,6 +299,11 @@ impl Worker {
             metrics::gauge!("anchorage_projection_active", "projection" => name.to_owned());
         loop {
             active.set(0.0);
+            if let Some(count) = self.handler.layout()
+                && !self.wait_for_layout(count, &shutdown).await
+            {
+                return;
+            }
             let Some(lease) = HeldLease::take(&self.bus, name, &self.holder, &shutdown).await
             else {
                 return;
@@ -332,6 +344,17 @@ impl Worker {
             match self.follow(shutdown).await {
                 Ok(()) => return,
                 Err(err) => {
+                    if let Some(count) = self.handler.layout()
+                        && !matches!(self.layout_in_force().await, Ok(c) if c == count)
+                    {
+                        // Another partition count took over: give the lease back and wait.
+                        tracing::warn!(
+                            projection = name,
+                            error = format!("{err:#}"),
+                            "the messages projection runs under another partition count now"
+                        );
+                        return;
+                    }
                     failures += 1;
                     tracing::warn!(
                         projection = name,
@@ -359,7 +382,12 @@ impl Worker {
         let mut last_lag_log = std::time::Instant::now();
         let mut own = self.store.checkpoint(&self.name).await?;
         if let Some(layout) = p.layout() {
-            self.refuse_other_layouts(layout).await?;
+            let in_force = self.layout_in_force().await?;
+            if in_force != layout {
+                bail!(
+                    "the messages projection is applied in {in_force} partition(s), not {layout}"
+                );
+            }
             // A partition new to this layout starts where the whole projection stands.
             if own.is_none()
                 && layout > 1
@@ -380,18 +408,27 @@ impl Worker {
             None => Checkpoint { epoch, last_seq: 0 },
         };
         if p.layout().is_some() {
-            // Another layout may have gone further: up to where the furthest stands, entries
-            // apply only past their conversation's last.
-            let furthest = self
+            // Where the workers under every partition count went: what one of them passed is
+            // not applied again (a count changed, and the new partitions start where the
+            // slowest of the old ones stood).
+            let reached = self
                 .store
                 .checkpoints_with_prefix(Projection::Messages.name())
                 .await?
                 .into_iter()
                 .filter(|(_, cp, _)| cp.epoch == epoch)
-                .map(|(_, cp, _)| cp.last_seq)
-                .max()
-                .unwrap_or(0);
-            self.settled.store(furthest, Ordering::Relaxed);
+                .filter_map(|(name, cp, _)| {
+                    let part = match name.as_str() {
+                        "messages" => None,
+                        other => Some(Partition::parse(other)?),
+                    };
+                    Some(Reached {
+                        part,
+                        through: cp.last_seq,
+                    })
+                })
+                .collect();
+            *self.reached.lock().unwrap_or_else(|e| e.into_inner()) = reached;
         }
         if let Handler::Part(part) = p {
             // The whole projection's checkpoint may have been lost with a crash of the
@@ -492,9 +529,43 @@ impl Worker {
         Ok(())
     }
 
-    /// Fails while a worker of another layout of the messages projection holds its lease:
-    /// two layouts applying at once would apply a conversation's entries twice.
-    async fn refuse_other_layouts(&self, layout: u16) -> anyhow::Result<()> {
+    /// The partition count of the messages projection in force (1 until one is claimed).
+    async fn layout_in_force(&self) -> anyhow::Result<u16> {
+        let row = self.store.checkpoint(LAYOUT_ROW).await?;
+        Ok(row.map_or(1, |r| u16::try_from(r.last_seq).unwrap_or(0)))
+    }
+
+    /// Waits until `count` is the partition count in force, claiming it when no worker under
+    /// another count holds a lease; `false` on shutdown. Workers under another count never
+    /// take a lease meanwhile, so a stray process started with the wrong count stands by.
+    async fn wait_for_layout(&self, count: u16, shutdown: &CancellationToken) -> bool {
+        let mut last_warning: Option<std::time::Instant> = None;
+        loop {
+            match self.claim_layout(count).await {
+                Ok(None) => return true,
+                Ok(Some(why)) => {
+                    if last_warning.is_none_or(|at| at.elapsed() > LAG_LOG_EVERY) {
+                        last_warning = Some(std::time::Instant::now());
+                        tracing::warn!(projection = %self.name, %why, "standing by");
+                    }
+                }
+                Err(err) => tracing::debug!(projection = %self.name, error = %err,
+                    "looking up the partition count in force"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(LAYOUT_POLL) => {}
+            }
+        }
+    }
+
+    /// Makes `count` the partition count in force if it is not and no worker under the one in
+    /// force holds a lease; `None` when it is in force, or why it cannot be.
+    async fn claim_layout(&self, count: u16) -> anyhow::Result<Option<String>> {
+        let row = self.store.checkpoint(LAYOUT_ROW).await?.map(|r| r.last_seq);
+        if row.unwrap_or(1) == u64::from(count) && row.is_some() {
+            return Ok(None);
+        }
         for subject in self
             .bus
             .subjects(anchorage_schema::subjects::stream::LEASES, "lease.*")
@@ -509,22 +580,33 @@ impl Worker {
                     None => continue,
                 }
             };
-            if theirs == layout {
+            if theirs == count {
                 continue;
             }
             if let Some((_, record)) = self.bus.lease(name).await?
                 && !record.released
             {
-                bail!(
-                    "{name} is being applied by process {} on {}: the messages projection \
-                     cannot run in {layout} and {theirs} partitions at once; stop every \
-                     projector before changing projector.message_partitions",
-                    record.pid,
-                    record.host
-                );
+                return Ok(Some(format!(
+                    "{name} is applied by process {} on {}: the messages projection runs in \
+                     {theirs} partition(s), not {count}; stop every projector to change \
+                     projector.message_partitions",
+                    record.pid, record.host
+                )));
             }
         }
-        Ok(())
+        let stream = Projection::Messages.stream();
+        let now = anchorage_schema::now_ms();
+        if self
+            .store
+            .swap_setting(LAYOUT_ROW, stream, row, u64::from(count), now)
+            .await?
+        {
+            tracing::info!(projection = %self.name, count, "partition count in force");
+            return Ok(None);
+        }
+        Ok(Some(
+            "another process changed the partition count at the same moment".into(),
+        ))
     }
 
     /// Announces a committed checkpoint, for readers waiting for the projection (at most
@@ -642,11 +724,17 @@ impl Worker {
             epoch: checkpoint.epoch,
             last_seq: last.seq.0,
         };
+        let reached = self
+            .reached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let span = Span {
             name: &self.name,
             from: checkpoint.last_seq,
             next,
-            settled: self.settled.load(Ordering::Relaxed),
+            reached: &reached,
+            layout: self.handler.layout(),
         };
         match &self.handler {
             Handler::Sql(_) | Handler::Part(_) => {

@@ -126,10 +126,13 @@ pub(crate) struct Span<'a> {
     pub from: u64,
     /// Where the batch moves it.
     pub next: Checkpoint,
-    /// Entries of conversations at or below this sequence may be applied already (by the
-    /// partitions of another layout of the messages projection): each applies only if it
-    /// comes after its conversation's last entry. 0: none.
-    pub settled: u64,
+    /// How far the workers of the messages projection under earlier partition counts went:
+    /// an entry one of them passed is not applied again.
+    pub reached: &'a [Reached],
+    /// The partition count this worker of the messages projection applies under: the
+    /// transaction commits only while it is the one in force. `None`: no such check (a
+    /// rebuild, another projection).
+    pub layout: Option<u16>,
 }
 
 impl<'a> Span<'a> {
@@ -139,10 +142,29 @@ impl<'a> Span<'a> {
             name: p.name(),
             from,
             next,
-            settled: 0,
+            reached: &[],
+            layout: None,
         }
     }
+
+    /// Whether a worker under another partition count passed entry `seq` of `conv` already.
+    fn passed(&self, seq: u64, conv: &str) -> bool {
+        self.reached
+            .iter()
+            .any(|r| r.through >= seq && r.part.is_none_or(|p| p.holds(conv)))
+    }
 }
+
+/// How far one worker of the messages projection went: through this sequence it passed every
+/// entry of its conversations — the whole projection's (`part` is `None`) or one partition's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reached {
+    pub part: Option<crate::Partition>,
+    pub through: u64,
+}
+
+/// The setting row holding the partition count of the messages projection in force.
+pub(crate) const LAYOUT_ROW: &str = "messages-layout";
 
 /// The conversation an event of the MESSAGES stream belongs to, by its subject.
 pub(crate) fn conv_of_subject(subject: &str) -> &str {
@@ -161,16 +183,22 @@ pub(crate) async fn apply_events(
     rules: MembershipRules,
 ) -> Result<Vec<Notice>, ApplyError> {
     let Span {
-        name,
-        from,
-        next,
-        settled,
+        name, from, next, ..
     } = span;
     let mut tx = store.begin().await?;
     // One writer per projection: if the checkpoint moved under us, another projector is
     // applying the same stream; back off rather than interleave.
     if tx.checkpoint(name).await?.map_or(0, |c| c.last_seq) != from {
         return Err(contended(name));
+    }
+    // Workers under another partition count write other checkpoints: the count in force is
+    // their fence (a change of it waits for this transaction).
+    if let Some(count) = span.layout
+        && tx.setting_locked(LAYOUT_ROW).await?.unwrap_or(1) != u64::from(count)
+    {
+        return Err(ApplyError::Contended(format!(
+            "the messages projection is no longer applied in {count} partition(s)"
+        )));
     }
     let decode = |payload: &[u8]| {
         Envelope::from_json(payload).map_err(|e| ApplyError::Rejected {
@@ -187,25 +215,8 @@ pub(crate) async fn apply_events(
         // Messages go in together: multi-row inserts, one version move per conversation; a
         // change to a message applies in its place between them.
         let mut run = Vec::new();
-        let applied_before = match events.first() {
-            Some((first, ..)) if *first <= settled => {
-                let mut convs: Vec<&str> = events
-                    .iter()
-                    .filter(|(seq, ..)| *seq <= settled)
-                    .map(|(_, subject, _)| conv_of_subject(subject))
-                    .collect();
-                convs.sort_unstable();
-                convs.dedup();
-                tx.last_entries(&convs).await?
-            }
-            _ => Default::default(),
-        };
         for (seq, subject, payload) in events {
-            if *seq <= settled
-                && applied_before
-                    .get(conv_of_subject(subject))
-                    .is_some_and(|last| *last >= *seq)
-            {
+            if span.passed(*seq, conv_of_subject(subject)) {
                 continue;
             }
             let env = decode(payload)?;

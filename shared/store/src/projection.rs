@@ -239,6 +239,49 @@ impl Store {
             .collect()
     }
 
+    /// Sets setting row `name` (kept beside the checkpoints) to `to` if it is `from` (`None`:
+    /// absent); whether it did.
+    pub async fn swap_setting(
+        &self,
+        name: &str,
+        stream: &str,
+        from: Option<u64>,
+        to: u64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = match from {
+            None => {
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints
+                         (projection, stream, epoch, last_seq, updated_at)
+                     VALUES ($1, $2, 0, $3, $4)
+                     ON CONFLICT (projection) DO NOTHING",
+                )
+                .bind(name)
+                .bind(stream)
+                .bind(i(to))
+                .bind(now_ms)
+                .execute(&mut *tx.tx)
+                .await?
+            }
+            Some(from) => {
+                sqlx::query(
+                    "UPDATE projection_checkpoints SET last_seq = $1, updated_at = $2
+                     WHERE projection = $3 AND last_seq = $4",
+                )
+                .bind(i(to))
+                .bind(now_ms)
+                .bind(name)
+                .bind(i(from))
+                .execute(&mut *tx.tx)
+                .await?
+            }
+        };
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Moves checkpoint `projection` up to `to` (never down, never to another epoch's
     /// position); returns where it stands. Several writers may raise it at once: the highest
     /// wins.
@@ -318,22 +361,23 @@ impl Tx {
         })
     }
 
-    /// The last entry each of `convs` holds (conversations it holds nothing of are left out).
-    pub async fn last_entries(
-        &mut self,
-        convs: &[&str],
-    ) -> Result<HashMap<String, u64>, StoreError> {
-        let mut last = HashMap::with_capacity(convs.len());
-        for conv in convs {
-            let row = sqlx::query("SELECT last_seq FROM conversations WHERE conv_id = $1")
-                .bind(conv)
-                .fetch_optional(&mut *self.tx)
-                .await?;
-            if let Some(r) = row {
-                last.insert((*conv).to_owned(), u(r.try_get("last_seq")?));
-            }
-        }
-        Ok(last)
+    /// The value of setting row `name` (kept beside the checkpoints), read so that a change
+    /// of it waits until this transaction ends (PostgreSQL locks the row; SQLite has one
+    /// writer at a time).
+    pub async fn setting_locked(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
+        let lock = match self.backend {
+            crate::Backend::Postgres => " FOR SHARE",
+            crate::Backend::Sqlite => "",
+        };
+        let sql =
+            format!("SELECT last_seq FROM projection_checkpoints WHERE projection = $1{lock}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| r.try_get("last_seq").map(u))
+            .transpose()
+            .map_err(Into::into)
     }
 
     /// Moves `projection`'s checkpoint.

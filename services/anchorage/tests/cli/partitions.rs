@@ -22,6 +22,8 @@ use crate::crash::{
 /// Messages published (and edited) in each phase.
 const DURING: u32 = 600;
 const CONVERSATIONS: u32 = 12;
+/// Messages published after the count-2 process is killed.
+const LAST: u32 = 60;
 
 /// `anchorage projector` with the messages projection in `count` partitions.
 fn projector(config_file: &Path, count: u16) -> tokio::process::Child {
@@ -114,6 +116,50 @@ async fn partitions_apply_every_entry_once_across_a_crash_and_a_change_of_count(
     let load = tokio::spawn(publish_and_edit(s.bus.clone(), "q"));
     let mut b = projector_of(&s.config_file, 3, "[0,1]");
     load.await.unwrap();
+    // Entries these partitions pass without storing a row: an edit whose id repeats an
+    // earlier one's (stored by the stream, refused by the history) and events that cannot
+    // apply (set aside). The next count must not apply or set them aside again.
+    let conv = (0..CONVERSATIONS)
+        .map(|n| format!("c{n}"))
+        .find(|c| anchorage_projector::Partition::of(c, 3) != 2)
+        .unwrap();
+    let subject = format!("msg.{conv}");
+    let target = s.bus.stream_state("MESSAGES").await.unwrap().last_seq.0;
+    let message = env(
+        "d:dup-target".into(),
+        anchorage_schema::event::MessageSent {
+            conv: anchorage_schema::ConversationId::parse(conv.clone()).unwrap(),
+            sender: UserId::parse("u1").unwrap(),
+            device: DeviceId::parse("d").unwrap(),
+            client_msg_id: anchorage_schema::ClientMsgId::parse("dup-target").unwrap(),
+            body: serde_json::json!({"n": 0}),
+            client_ts: 0,
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
+        },
+    );
+    s.bus.publish_event(&subject, &message, None).await.unwrap();
+    let edit = |text: &str| {
+        env(
+            "d:dup-edit".into(),
+            MessageEdited {
+                conv: anchorage_schema::ConversationId::parse(conv.clone()).unwrap(),
+                target: target + 1,
+                editor: UserId::parse("u1").unwrap(),
+                device: DeviceId::parse("d").unwrap(),
+                body: serde_json::json!({"text": text}),
+            },
+        )
+        .to_json()
+    };
+    for text in ["B", "C", "B"] {
+        s.bus.publish_raw(&subject, None, edit(text)).await.unwrap();
+    }
+    s.bus
+        .publish_raw(&subject, None, b"{not json".to_vec())
+        .await
+        .unwrap();
     let ahead = s.bus.stream_state("MESSAGES").await.unwrap().last_seq.0;
     eventually(
         Duration::from_secs(60),
@@ -131,6 +177,8 @@ async fn partitions_apply_every_entry_once_across_a_crash_and_a_change_of_count(
     .unwrap();
     stop(&mut b, "-TERM").await;
     assert_eq!(checkpoint(&live, "messages").await, end);
+    let set_aside = s.bus.stream_state("DEADLETTER").await.unwrap().messages;
+    assert!(set_aside > 0);
 
     // Two partitions instead, under load: they start where the whole projection stands and
     // skip the entries partitions 0 and 1 of 3 had applied beyond it.
@@ -153,19 +201,37 @@ async fn partitions_apply_every_entry_once_across_a_crash_and_a_change_of_count(
         stale,
         "a process with another partition count applied while the count-2 one ran"
     );
+    // It stands by without taking a lease.
+    let lease = s.bus.lease("messages-2-of-3").await.unwrap();
+    assert!(lease.as_ref().is_none_or(|(_, r)| r.released), "{lease:?}");
+
+    // The count-2 process dies and comes back while the stray one waits: the projection goes
+    // on under one count or the other, never both, never stuck.
+    stop(&mut c, "-KILL").await;
+    let mut c = projector(&s.config_file, 2);
+    for n in 0..LAST {
+        publish_message(&s.bus, "s", n).await;
+    }
+    projected_everything(&live, &s.bus).await;
     stop(&mut d, "-KILL").await;
     stop(&mut c, "-TERM").await;
+    assert_eq!(
+        s.bus.stream_state("DEADLETTER").await.unwrap().messages,
+        set_aside,
+        "an event set aside under one partition count was set aside again under the next"
+    );
 
     let mut total = 0;
     for n in 0..CONVERSATIONS {
-        let conv = live.conversation(&format!("c{n}")).await.unwrap().unwrap();
+        let name = format!("c{n}");
+        let row = live.conversation(&name).await.unwrap().unwrap();
         assert_eq!(
-            conv.message_count,
-            u64::from((MESSAGES + 3 * DURING) / CONVERSATIONS)
+            row.message_count,
+            u64::from((MESSAGES + 3 * DURING + LAST) / CONVERSATIONS) + u64::from(name == conv)
         );
-        total += conv.message_count;
+        total += row.message_count;
     }
-    assert_eq!(total, u64::from(MESSAGES + 3 * DURING));
+    assert_eq!(total, u64::from(MESSAGES + 3 * DURING + LAST) + 1);
     let rebuilt = anchorage_tests::fresh_database(&s.dir.path().join("rebuilt"))
         .await
         .unwrap();
