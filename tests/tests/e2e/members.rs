@@ -744,3 +744,67 @@ async fn a_sketch_finds_the_members_that_differ_and_refuses_what_it_cannot_answe
         ReplyBody::MembersSketch(_)
     ));
 }
+
+// A sketch or a fetch by hash reads at most two snapshot pages of members: asking for the
+// buckets of a whole large group is refused with a precise error (and bucket pages serve it),
+// after reading no more than that; a few buckets are answered.
+#[tokio::test]
+async fn a_sketch_or_fetch_by_hash_over_too_many_members_is_refused_after_a_bounded_read() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let url = anchorage_tests::fresh_database(db_dir.path())
+        .await
+        .unwrap();
+    let mut config = anchorage_tests::test_config(&nats.url(), &url);
+    config.members.page_members = 1000;
+    let stack = TestStack::start_with(config, db_dir).await.unwrap();
+    let bus = &stack.stack.bus;
+    let last = create_group(bus, "big", &["bob"], 2600).await;
+    projected(&stack.stack.store, "big", last).await;
+    let (mut bob, _) = WsClient::signed_in(stack.edge_addr(), "bob", "d1")
+        .await
+        .unwrap();
+    let ReplyBody::MembersPage(page) = bob.reply(members_sync("big")).await.unwrap() else {
+        panic!("expected a realignment");
+    };
+    let (epoch, anchor) = (page.epoch.clone(), page.anchor);
+    let sketch = |buckets: Vec<u8>| MembersSketch {
+        group: group_id("big"),
+        epoch: epoch.clone(),
+        anchor,
+        buckets,
+        cells: 24,
+    };
+    let all: Vec<u8> = (0..=255).collect();
+    let refused = bob.request(sketch(all.clone())).await.unwrap();
+    let ServerFrame::Error(e) = refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert_eq!(e.code, ErrorCode::InvalidRequest);
+    assert!(
+        e.message.contains("more than 2000 members"),
+        "{}",
+        e.message
+    );
+    let hashes: Vec<String> = all
+        .iter()
+        .map(|b| format!("{b:02x}00000000000000"))
+        .collect();
+    let fetch = MembersFetch {
+        group: group_id("big"),
+        epoch: epoch.clone(),
+        anchor,
+        cursor: None,
+        buckets: None,
+        hashes: Some(hashes),
+    };
+    let ServerFrame::Error(e) = bob.request(fetch).await.unwrap() else {
+        panic!("expected a refusal");
+    };
+    assert_eq!(e.code, ErrorCode::InvalidRequest);
+    // A few buckets are answered, on the same connection.
+    let ReplyBody::MembersSketch(answer) = bob.reply(sketch(vec![1, 2, 3])).await.unwrap() else {
+        panic!("expected a sketch");
+    };
+    assert_eq!(answer.cells, 24);
+}

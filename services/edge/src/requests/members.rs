@@ -203,22 +203,33 @@ fn parse_hashes(hashes: &[String]) -> Result<HashSet<u64>, RequestError> {
         .collect()
 }
 
-/// Calls `each` with every member of `buckets` in the snapshot pinned to `anchor`.
+/// Calls `each` with every member of `buckets` in the snapshot pinned to `anchor`; refuses
+/// (having read at most `limit + 1` rows) when they are more than `limit`: a sketch or a
+/// fetch by hash is meant for a few buckets, and bucket pages serve the rest.
 async fn scan_buckets(
     tx: &mut Tx,
     group: &str,
     anchor: u64,
     buckets: &[u8],
+    limit: u32,
     mut each: impl FnMut(&MemberRow),
-) -> Result<(), StoreError> {
+) -> Result<(), RequestError> {
     let mut after = String::new();
+    let mut left = limit.saturating_add(1);
     loop {
+        let take = left.min(SCAN_ROWS);
         let rows = tx
-            .snapshot_page(group, anchor, &after, Some(buckets), SCAN_ROWS)
+            .snapshot_page(group, anchor, &after, Some(buckets), take)
             .await?;
+        left = left.saturating_sub(rows.len() as u32);
+        if left == 0 {
+            return Err(RequestError::Invalid(format!(
+                "those buckets hold more than {limit} members: fetch them by bucket pages"
+            )));
+        }
         rows.iter().for_each(&mut each);
         match rows.last() {
-            Some(last) if rows.len() == SCAN_ROWS as usize => after = last.user.clone(),
+            Some(last) if rows.len() == take as usize => after = last.user.clone(),
             _ => return Ok(()),
         }
     }
@@ -379,6 +390,11 @@ impl Session {
         })
     }
 
+    /// Most members a sketch or a fetch by hash reads: two snapshot pages.
+    fn scan_limit(&self) -> u32 {
+        self.state.members.page_members.saturating_mul(2)
+    }
+
     /// The group of a request pinned to `anchor` of `epoch`, read in `tx`, if the caller may
     /// see it and the anchor is one of its versions.
     async fn pinned_group(
@@ -430,7 +446,8 @@ impl Session {
                 let buckets: Vec<u8> = buckets.into_iter().collect();
                 let mut members = Vec::new();
                 let mut details = Vec::new();
-                scan_buckets(&mut tx, &g.group, anchor, &buckets, |m| {
+                let limit = self.scan_limit();
+                scan_buckets(&mut tx, &g.group, anchor, &buckets, limit, |m| {
                     if wanted.contains(&member_hash(&m.user)) {
                         match info(m) {
                             Some(i) if i.is_plain() => members.push(i.user),
@@ -495,7 +512,8 @@ impl Session {
         let mut tx = self.state.store.begin_read().await?;
         let g = self.pinned_group(&mut tx, &group, &epoch, anchor).await?;
         let mut sketch = Sketch::new(size);
-        scan_buckets(&mut tx, &g.group, anchor, &buckets, |m| {
+        let limit = self.scan_limit();
+        scan_buckets(&mut tx, &g.group, anchor, &buckets, limit, |m| {
             sketch.insert(member_hash(&m.user));
         })
         .await?;
