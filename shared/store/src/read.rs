@@ -1156,9 +1156,12 @@ impl Store {
     /// What two databases built from the same streams must agree on.
     pub async fn fingerprint(&self) -> Result<Fingerprint, StoreError> {
         let mut f = Fingerprint::default();
-        for row in sqlx::query("SELECT projection, last_seq FROM projection_checkpoints")
-            .fetch_all(&self.pool)
-            .await?
+        // Settings kept beside the checkpoints (epoch 0) say how the live projector runs, not
+        // what it built.
+        for row in
+            sqlx::query("SELECT projection, last_seq FROM projection_checkpoints WHERE epoch <> 0")
+                .fetch_all(&self.pool)
+                .await?
         {
             f.checkpoints.insert(
                 row.try_get("projection")?,

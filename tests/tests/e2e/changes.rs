@@ -1193,3 +1193,45 @@ async fn the_users_own_state_refuses_what_is_not_theirs_to_state() {
         .unwrap();
     assert_eq!(refused.code, ErrorCode::InvalidRequest);
 }
+
+// Going back to an earlier body is an edit of its own (B, C, then B again: three entries),
+// while the same edit sent again once it is stored stores nothing new.
+#[tokio::test]
+async fn editing_back_to_an_earlier_body_is_an_edit_of_its_own() {
+    let t = two_edges().await;
+    let (mut alice, _) = WsClient::signed_in(t.stack.edge_addr(), "alice", "laptop")
+        .await
+        .unwrap();
+    alice.ok(create_group("ed", "Ed", &["bob"])).await.unwrap();
+    let first = alice
+        .ack(send_message("ed", "m1", json!("A")))
+        .await
+        .unwrap()
+        .seq;
+    let mut seqs = Vec::new();
+    for body in ["B", "C", "B"] {
+        // Each edit is decided on the message as stored with the one before it.
+        let deadline = std::time::Instant::now() + WAIT;
+        let seq = loop {
+            match alice.request(edit("ed", first, json!(body))).await.unwrap() {
+                ServerFrame::Reply(r) => match r.body {
+                    anchorage_protocol::ReplyBody::Ok(d) => break d.seq.unwrap(),
+                    other => panic!("{other:?}"),
+                },
+                other => assert!(std::time::Instant::now() < deadline, "{other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        seqs.push(seq);
+        while current(&mut alice, "ed", first).await.body != json!(body) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "edit {body} not stored"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(seqs[0] < seqs[1] && seqs[1] < seqs[2], "{seqs:?}");
+    let again = alice.ok(edit("ed", first, json!("B"))).await.unwrap();
+    assert_eq!(again.seq, Some(seqs[2]));
+}

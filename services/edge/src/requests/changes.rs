@@ -217,10 +217,20 @@ impl Session {
             )));
         }
         let device = &self.claims.device;
-        // The same new body from the same device is one edit, however often it is sent.
+        let text = body.to_string();
+        if row.body == text {
+            // Already so (a retry of an edit that is stored): nothing to store.
+            return Ok(Done {
+                conv: Some(conv),
+                seq: Some(row.version),
+            });
+        }
+        // Named after the body and the state it changes: a retry before the edit is stored is
+        // stored once, and going back to an earlier body later is an edit of its own.
         let id = format!(
-            "{user}:{device}:edit:{conv}:{seq}:{:016x}",
-            xxh3_64(body.to_string().as_bytes())
+            "{user}:{device}:edit:{conv}:{seq}:{:016x}:{}",
+            xxh3_64(text.as_bytes()),
+            row.version
         );
         let mut body = body;
         // Moderation sees an edit like a message: a new body is a new text.
