@@ -278,6 +278,36 @@ pub fn message_event(n: usize, conv: &ConversationId, body_len: usize) -> anyhow
     ))
 }
 
+/// Publishes `events` messages of 200 B spread round-robin over `conversations` conversations
+/// (`c0`, `c1`, …), 256 in flight.
+pub async fn publish_messages(
+    bus: &Bus,
+    events: usize,
+    conversations: usize,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let convs: Vec<ConversationId> = (0..conversations)
+        .map(|i| ConversationId::parse(format!("c{i}")))
+        .collect::<Result<_, _>>()?;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for n in 0..events {
+        let conv = &convs[n % convs.len()];
+        let event = message_event(n, conv, 200)?;
+        let subject = anchorage_schema::subjects::message(conv);
+        let bus = bus.clone();
+        pending.push(async move { bus.publish_event(&subject, &event, None).await });
+        while pending.len() > 256 {
+            if let Some(r) = pending.next().await {
+                r?;
+            }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    Ok(())
+}
+
 /// Publishes membership event `n` of `group` from the system; returns its seq.
 pub async fn membership_event(
     bus: &Bus,

@@ -92,13 +92,17 @@ pub struct PullConsumer {
 }
 
 impl Bus {
-    /// Binds to an existing durable consumer (`streams apply` creates them).
-    pub async fn pull_consumer(&self, stream: &str, name: &str) -> Result<PullConsumer, BusError> {
-        let handle = self
-            .jetstream()
+    /// Stream `stream`, without asking the server about it first.
+    async fn stream_handle(&self, stream: &str) -> Result<jetstream::stream::Stream<()>, BusError> {
+        self.jetstream()
             .get_stream_no_info(stream)
             .await
-            .map_err(|e| crate::stream_error(stream, e))?;
+            .map_err(|e| crate::stream_error(stream, e))
+    }
+
+    /// Binds to an existing durable consumer (`streams apply` creates them).
+    pub async fn pull_consumer(&self, stream: &str, name: &str) -> Result<PullConsumer, BusError> {
+        let handle = self.stream_handle(stream).await?;
         let consumer: JsPullConsumer = handle
             .get_consumer(name)
             .await
@@ -123,11 +127,7 @@ impl Bus {
         like: &str,
         name: &str,
     ) -> Result<PullConsumer, BusError> {
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
+        let handle = self.stream_handle(stream).await?;
         if handle.consumer_info(name).await.is_err() {
             let what = || format!("{stream}/{like}");
             let base = handle
@@ -169,11 +169,7 @@ impl Bus {
         start: ConsumerStart,
         generation: &str,
     ) -> Result<PullConsumer, BusError> {
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
+        let handle = self.stream_handle(stream).await?;
         let what = || format!("{stream}/{name}");
         if let Ok(existing) = handle.consumer_info(name).await {
             if existing
@@ -221,11 +217,7 @@ impl Bus {
 
     /// Deletes durable consumer `name` of `stream`, if it exists.
     pub async fn delete_consumer(&self, stream: &str, name: &str) -> Result<(), BusError> {
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
+        let handle = self.stream_handle(stream).await?;
         if handle.consumer_info(name).await.is_ok() {
             handle
                 .delete_consumer(name)
@@ -418,11 +410,7 @@ impl std::fmt::Debug for StreamReader {
 impl Bus {
     /// Reads `stream` from sequence `from` (or the first retained one after it).
     pub async fn read_stream(&self, stream: &str, from: Seq) -> Result<StreamReader, BusError> {
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
+        let handle = self.stream_handle(stream).await?;
         let consumer = handle
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
                 deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {

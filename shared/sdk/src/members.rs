@@ -231,12 +231,7 @@ impl LocalStore {
         for m in members {
             put_member(&mut tx, group, m).await?;
         }
-        let rows = sqlx::query("SELECT user FROM members WHERE grp = $1")
-            .bind(group)
-            .fetch_all(&mut *tx)
-            .await?;
-        let digest = SetDigest::of(rows.iter().map(|r| r.get::<&str, _>("user")));
-        set_list(&mut tx, group, epoch, anchor, digest).await?;
+        let digest = settle_list(&mut tx, group, epoch, anchor).await?;
         tx.commit().await?;
         Ok(digest)
     }
@@ -280,12 +275,7 @@ impl LocalStore {
         for m in upserts {
             put_member(&mut tx, group, m).await?;
         }
-        let rows = sqlx::query("SELECT user FROM members WHERE grp = $1")
-            .bind(group)
-            .fetch_all(&mut *tx)
-            .await?;
-        let digest = SetDigest::of(rows.iter().map(|r| r.get::<&str, _>("user")));
-        set_list(&mut tx, group, epoch, anchor, digest).await?;
+        let digest = settle_list(&mut tx, group, epoch, anchor).await?;
         tx.commit().await?;
         Ok(digest)
     }
@@ -365,6 +355,23 @@ async fn put_member(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Moves the stored list to `version` of `epoch` with the digest of what it holds now;
+/// returns that digest.
+async fn settle_list(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    group: &str,
+    epoch: &str,
+    version: u64,
+) -> Result<SetDigest, SdkError> {
+    let rows = sqlx::query("SELECT user FROM members WHERE grp = $1")
+        .bind(group)
+        .fetch_all(&mut **tx)
+        .await?;
+    let digest = SetDigest::of(rows.iter().map(|r| r.get::<&str, _>("user")));
+    set_list(tx, group, epoch, version, digest).await?;
+    Ok(digest)
 }
 
 async fn set_list(

@@ -10,14 +10,14 @@
 use std::time::{Duration, Instant};
 
 use anchorage_projector::{Projection, ProjectorOptions};
-use anchorage_schema::{ConversationId, subjects};
 use anchorage_store::{Store, StoreOptions};
 use anyhow::Context;
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::env::{BenchEnv, Postgres, Sizes, database_url, message_event, progress, rate, unix_ms};
+use crate::env::{
+    BenchEnv, Postgres, Sizes, database_url, progress, publish_messages, rate, unix_ms,
+};
 use crate::raw;
 
 /// The layouts measured.
@@ -38,25 +38,7 @@ async fn measure(env: &BenchEnv, s: Sizes, admin_url: &str) -> anyhow::Result<Va
         "publishing {} messages in {CONVERSATIONS} conversations",
         s.events
     ));
-    let convs: Vec<ConversationId> = (0..CONVERSATIONS)
-        .map(|i| ConversationId::parse(format!("c{i}")))
-        .collect::<Result<_, _>>()?;
-    let mut pending = futures::stream::FuturesUnordered::new();
-    for n in 0..s.events {
-        let conv = &convs[n % convs.len()];
-        let event = message_event(n, conv, 200)?;
-        let subject = subjects::message(conv);
-        let bus = bus.clone();
-        pending.push(async move { bus.publish_event(&subject, &event, None).await });
-        while pending.len() > 256 {
-            if let Some(r) = pending.next().await {
-                r?;
-            }
-        }
-    }
-    while let Some(r) = pending.next().await {
-        r?;
-    }
+    publish_messages(&bus, s.events, CONVERSATIONS).await?;
     let end = bus.stream_state("MESSAGES").await?.last_seq.0;
     progress("raw consume (baseline)");
     let baseline = raw::consume(&bus, "MESSAGES", s.events).await?;

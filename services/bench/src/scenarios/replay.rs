@@ -3,35 +3,17 @@
 
 use std::time::Instant;
 
-use anchorage_schema::{ConversationId, subjects};
-use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::env::{BenchEnv, Postgres, Sizes, database_url, message_event, progress, rate, unix_ms};
+use crate::env::{
+    BenchEnv, Postgres, Sizes, database_url, progress, publish_messages, rate, unix_ms,
+};
 use crate::raw;
 
 pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let bus = env.bus().await?;
     progress("publishing events to replay");
-    let convs: Vec<ConversationId> = (0..100)
-        .map(|i| ConversationId::parse(format!("c{i}")))
-        .collect::<Result<_, _>>()?;
-    let mut pending = futures::stream::FuturesUnordered::new();
-    for n in 0..s.events {
-        let conv = &convs[n % convs.len()];
-        let event = message_event(n, conv, 200)?;
-        let subject = subjects::message(conv);
-        let bus = bus.clone();
-        pending.push(async move { bus.publish_event(&subject, &event, None).await });
-        while pending.len() > 256 {
-            if let Some(r) = pending.next().await {
-                r?;
-            }
-        }
-    }
-    while let Some(r) = pending.next().await {
-        r?;
-    }
+    publish_messages(&bus, s.events, 100).await?;
     progress("raw consume (baseline)");
     let baseline = raw::consume(&bus, "MESSAGES", s.events).await?;
     progress("replay into a fresh SQLite database");
