@@ -269,11 +269,8 @@ pub async fn fresh_database(dir: &Path) -> anyhow::Result<String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let name = format!("t{}_{n}_{nanos}", std::process::id());
-    let base = admin
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_owned())
+    let url = anchorage_store::database_named(&admin, &name)
         .context("TESTS_POSTGRES_URL has no database path")?;
-    let url = format!("{base}/{name}");
     anchorage_store::ensure_database(&url).await?;
     Ok(url)
 }

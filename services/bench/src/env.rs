@@ -476,22 +476,6 @@ pub fn sorted_latencies(report: &Value) -> Vec<Duration> {
     latencies
 }
 
-/// `admin_url` with its database replaced by `name`.
-pub fn database_url(admin_url: &str, name: &str) -> anyhow::Result<String> {
-    let (base, query) = match admin_url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (admin_url, None),
-    };
-    let (server, _) = base
-        .rsplit_once('/')
-        .filter(|(server, _)| server.contains("://"))
-        .context("the PostgreSQL URL names no database")?;
-    Ok(match query {
-        Some(q) => format!("{server}/{name}?{q}"),
-        None => format!("{server}/{name}"),
-    })
-}
-
 /// The PostgreSQL server the scenario writes to.
 #[derive(Debug)]
 pub struct Postgres {
@@ -540,23 +524,5 @@ impl Postgres {
                 .output()
                 .await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_database_url_keeps_the_server_and_the_options() {
-        assert_eq!(
-            database_url("postgres://postgres@127.0.0.1:5/postgres", "x").unwrap(),
-            "postgres://postgres@127.0.0.1:5/x"
-        );
-        assert_eq!(
-            database_url("postgres://u:p@h:5/db?sslmode=disable", "x").unwrap(),
-            "postgres://u:p@h:5/x?sslmode=disable"
-        );
-        assert!(database_url("nonsense", "x").is_err());
     }
 }

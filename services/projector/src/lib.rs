@@ -416,8 +416,8 @@ impl Worker {
                 .checkpoints_with_prefix(Projection::Messages.name())
                 .await?
                 .into_iter()
-                .filter(|(_, cp, _)| cp.epoch == epoch)
-                .filter_map(|(name, cp, _)| {
+                .filter(|(_, cp)| cp.epoch == epoch)
+                .filter_map(|(name, cp)| {
                     let part = match name.as_str() {
                         "messages" => None,
                         other => Some(Partition::parse(other)?),
@@ -503,10 +503,10 @@ impl Worker {
         let rows = self.store.checkpoints_with_prefix("messages-").await?;
         let ours: Vec<u64> = rows
             .iter()
-            .filter(|(name, cp, _)| {
+            .filter(|(name, cp)| {
                 cp.epoch == epoch && Partition::parse(name).is_some_and(|p| p.count == part.count)
             })
-            .map(|(_, cp, _)| cp.last_seq)
+            .map(|(_, cp)| cp.last_seq)
             .collect();
         if ours.len() < usize::from(part.count) {
             return Ok(());
@@ -563,7 +563,7 @@ impl Worker {
     /// force holds a lease; `None` when it is in force, or why it cannot be.
     async fn claim_layout(&self, count: u16) -> anyhow::Result<Option<String>> {
         let row = self.store.checkpoint(LAYOUT_ROW).await?.map(|r| r.last_seq);
-        if row.unwrap_or(1) == u64::from(count) && row.is_some() {
+        if row == Some(u64::from(count)) {
             return Ok(None);
         }
         for subject in self

@@ -376,13 +376,8 @@ impl Store {
     }
 }
 
-/// Creates the PostgreSQL database `url` names if it does not exist (SQLite files are created
-/// on connect). Connects to the server's `postgres` database to do so.
-pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
-    let (backend, _) = prepare_url(url)?;
-    if backend != Backend::Postgres {
-        return Ok(());
-    }
+/// A PostgreSQL URL's server part, database name and options (`?…`).
+fn split_database(url: &str) -> Result<(&str, &str, Option<&str>), StoreError> {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
@@ -391,16 +386,37 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
     let Some(slash) = base[after_scheme..].rfind('/').map(|i| i + after_scheme) else {
         return Err(StoreError::UnsupportedUrl(url.to_owned()));
     };
-    let name = &base[slash + 1..];
+    Ok((&base[..slash], &base[slash + 1..], query))
+}
+
+fn with_query(url: String, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{url}?{q}"),
+        None => url,
+    }
+}
+
+/// PostgreSQL URL `url` naming database `name` instead, on the same server with the same
+/// options.
+pub fn database_named(url: &str, name: &str) -> Result<String, StoreError> {
+    let (server, _, query) = split_database(url)?;
+    Ok(with_query(format!("{server}/{name}"), query))
+}
+
+/// Creates the PostgreSQL database `url` names if it does not exist (SQLite files are created
+/// on connect). Connects to the server's `postgres` database to do so.
+pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
+    let (backend, _) = prepare_url(url)?;
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    let (server, name, query) = split_database(url)?;
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(StoreError::UnsupportedUrl(format!(
             "{url}: the database name must be letters, digits and '_'"
         )));
     }
-    let admin = match query {
-        Some(q) => format!("{}/postgres?{q}", &base[..slash]),
-        None => format!("{}/postgres", &base[..slash]),
-    };
+    let admin = with_query(format!("{server}/postgres"), query);
     install_default_drivers();
     let pool = AnyPoolOptions::new()
         .max_connections(1)
@@ -465,6 +481,20 @@ fn prepare_url(url: &str) -> Result<(Backend, String), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_url_keeps_the_server_and_the_options() {
+        assert_eq!(
+            database_named("postgres://postgres@127.0.0.1:5/postgres", "x").unwrap(),
+            "postgres://postgres@127.0.0.1:5/x"
+        );
+        assert_eq!(
+            database_named("postgres://u:p@h:5/db?sslmode=disable", "x").unwrap(),
+            "postgres://u:p@h:5/x?sslmode=disable"
+        );
+        assert!(database_named("nonsense", "x").is_err());
+        assert!(database_named("postgres://host", "x").is_err());
+    }
 
     fn sqlite_options(dir: &std::path::Path) -> StoreOptions {
         StoreOptions {

@@ -213,13 +213,13 @@ impl Store {
         Ok(cp)
     }
 
-    /// The checkpoints whose name starts with `prefix`, with when each last moved (Unix ms).
+    /// The checkpoints whose name starts with `prefix`.
     pub async fn checkpoints_with_prefix(
         &self,
         prefix: &str,
-    ) -> Result<Vec<(String, Checkpoint, i64)>, StoreError> {
+    ) -> Result<Vec<(String, Checkpoint)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT projection, epoch, last_seq, updated_at FROM projection_checkpoints
+            "SELECT projection, epoch, last_seq FROM projection_checkpoints
              WHERE substr(projection, 1, length($1)) = $1",
         )
         .bind(prefix)
@@ -233,7 +233,6 @@ impl Store {
                         epoch: u(r.try_get("epoch")?),
                         last_seq: u(r.try_get("last_seq")?),
                     },
-                    r.try_get("updated_at")?,
                 ))
             })
             .collect()

@@ -24,6 +24,29 @@ use serde_json::json;
 
 use crate::common::*;
 
+/// `members_sketch` of `buckets` of group `big` at `anchor` of `epoch`.
+fn big_sketch(epoch: &str, anchor: u64, buckets: Vec<u8>, cells: u32) -> MembersSketch {
+    MembersSketch {
+        group: group_id("big"),
+        epoch: epoch.to_owned(),
+        anchor,
+        buckets,
+        cells,
+    }
+}
+
+/// `members_fetch` of the members of group `big` with `hashes` at `anchor` of `epoch`.
+fn big_fetch(epoch: &str, anchor: u64, hashes: Vec<String>) -> MembersFetch {
+    MembersFetch {
+        group: group_id("big"),
+        epoch: epoch.to_owned(),
+        anchor,
+        cursor: None,
+        buckets: None,
+        hashes: Some(hashes),
+    }
+}
+
 /// `members_sync` of `group` without a copy.
 fn members_sync(group: &str) -> MembersSync {
     MembersSync {
@@ -617,13 +640,7 @@ async fn a_sketch_finds_the_members_that_differ_and_refuses_what_it_cannot_answe
     expected.dedup();
     assert_eq!(differing, expected);
 
-    let sketch = |buckets: Vec<u8>, cells: u32| MembersSketch {
-        group: group_id("big"),
-        epoch: epoch.clone(),
-        anchor,
-        buckets,
-        cells,
-    };
+    let sketch = |buckets: Vec<u8>, cells: u32| big_sketch(&epoch, anchor, buckets, cells);
     let cells = Sketch::cells_for(28);
     let ReplyBody::MembersSketch(answer) = bob
         .reply(sketch(differing.clone(), cells as u32))
@@ -651,14 +668,7 @@ async fn a_sketch_finds_the_members_that_differ_and_refuses_what_it_cannot_answe
     );
     assert_eq!(diff.only_here, hashes(&mut phantoms.into_iter()));
 
-    let fetch = |hashes: Vec<String>| MembersFetch {
-        group: group_id("big"),
-        epoch: epoch.clone(),
-        anchor,
-        cursor: None,
-        buckets: None,
-        hashes: Some(hashes),
-    };
+    let fetch = |hashes: Vec<String>| big_fetch(&epoch, anchor, hashes);
     let hex = |h: &u64| format!("{h:016x}");
     // A hash nobody has is simply not found.
     let mut asked: Vec<String> = diff.only_there.iter().map(hex).collect();
@@ -768,13 +778,7 @@ async fn a_sketch_or_fetch_by_hash_over_too_many_members_is_refused_after_a_boun
         panic!("expected a realignment");
     };
     let (epoch, anchor) = (page.epoch.clone(), page.anchor);
-    let sketch = |buckets: Vec<u8>| MembersSketch {
-        group: group_id("big"),
-        epoch: epoch.clone(),
-        anchor,
-        buckets,
-        cells: 24,
-    };
+    let sketch = |buckets: Vec<u8>| big_sketch(&epoch, anchor, buckets, 24);
     let all: Vec<u8> = (0..=255).collect();
     let refused = bob.request(sketch(all.clone())).await.unwrap();
     let ServerFrame::Error(e) = refused else {
@@ -790,14 +794,7 @@ async fn a_sketch_or_fetch_by_hash_over_too_many_members_is_refused_after_a_boun
         .iter()
         .map(|b| format!("{b:02x}00000000000000"))
         .collect();
-    let fetch = MembersFetch {
-        group: group_id("big"),
-        epoch: epoch.clone(),
-        anchor,
-        cursor: None,
-        buckets: None,
-        hashes: Some(hashes),
-    };
+    let fetch = big_fetch(&epoch, anchor, hashes);
     let ServerFrame::Error(e) = bob.request(fetch).await.unwrap() else {
         panic!("expected a refusal");
     };

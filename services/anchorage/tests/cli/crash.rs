@@ -245,6 +245,26 @@ pub(crate) fn spawn_with(
         .unwrap()
 }
 
+/// Sends `signal` (`-TERM`, `-KILL`, …) to process `pid`.
+pub(crate) fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Waits (up to a minute) until checkpoint `name` is past `at`.
+pub(crate) async fn checkpoint_passes(store: &Store, name: &str, at: u64) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("checkpoint {name} past {at}"),
+        || async { (checkpoint(store, name).await > at).then_some(()) },
+    )
+    .await
+    .unwrap();
+}
+
 pub(crate) async fn store(url: &str) -> Store {
     let store = Store::connect(&StoreOptions {
         url: url.to_owned(),
@@ -268,13 +288,7 @@ pub(crate) async fn checkpoint(store: &Store, name: &str) -> u64 {
 /// Waits until the `messages` checkpoint is past `at`, then kills the process with SIGKILL,
 /// asserting the kill came before the end.
 async fn kill_midway(child: &mut tokio::process::Child, store: &Store, at: u64, end: u64) {
-    eventually(
-        Duration::from_secs(60),
-        "the projection to get going",
-        || async { (checkpoint(store, "messages").await > at).then_some(()) },
-    )
-    .await
-    .unwrap();
+    checkpoint_passes(store, "messages", at).await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     let reached = checkpoint(store, "messages").await;

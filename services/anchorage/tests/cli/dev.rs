@@ -81,11 +81,7 @@ async fn run_until_ready_then_terminate(dir: &Path) -> String {
     let pid = nats_pid(&dir.join("data")).expect("a nats-server ports file");
     assert!(alive(pid));
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::crash::signal(child.id().unwrap(), "-TERM");
     let exit = within(
         Duration::from_secs(30),
         "anchorage dev to exit",
@@ -234,10 +230,7 @@ async fn a_killed_dev_leaves_no_server_in_the_way_of_the_next_start() {
     let (mut second, addr) = start_dev_on(dir.path(), ports[0], ports[1]);
     ready(addr).await;
     assert!(!alive(leftover), "the leftover was stopped");
-    std::process::Command::new("kill")
-        .args(["-TERM", &second.id().unwrap().to_string()])
-        .status()
-        .unwrap();
+    crate::crash::signal(second.id().unwrap(), "-TERM");
     let exit = within(
         Duration::from_secs(30),
         "anchorage dev to exit",

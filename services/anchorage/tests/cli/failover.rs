@@ -12,7 +12,8 @@ use anchorage_schema::subjects;
 use anchorage_tests::eventually;
 
 use crate::crash::{
-    MESSAGES, checkpoint, cli, projected_everything, publish_message, setup, spawn_with, store,
+    MESSAGES, checkpoint, checkpoint_passes, cli, projected_everything, publish_message, setup,
+    signal, spawn_with, store,
 };
 
 /// Every lease a projector process takes: its projections and the ingest worker.
@@ -125,13 +126,7 @@ async fn projectors_fail_over_within_seconds_and_apply_everything_exactly_once()
 
     // kill -9 of the holder in the middle of the messages: the standby takes over in time
     // and carries on from the checkpoint.
-    eventually(
-        Duration::from_secs(60),
-        "the projection to get going",
-        || async { (checkpoint(&live, "messages").await > 50).then_some(()) },
-    )
-    .await
-    .unwrap();
+    checkpoint_passes(&live, "messages", 50).await;
     a.child.start_kill().unwrap();
     a.child.wait().await.unwrap();
     let killed = Instant::now();
@@ -197,11 +192,7 @@ async fn projectors_fail_over_within_seconds_and_apply_everything_exactly_once()
     )
     .await
     .unwrap();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &b.pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(b.pid, "-TERM");
     let stopped = Instant::now();
     b.child.wait().await.unwrap();
     holds_all(&s.bus, c.pid, Duration::from_secs(5), "the handover").await;

@@ -13,10 +13,10 @@ use std::time::Duration;
 use anchorage_bus::Bus;
 use anchorage_schema::event::MessageEdited;
 use anchorage_schema::{DeviceId, UserId, subjects};
-use anchorage_tests::eventually;
 
 use crate::crash::{
-    MESSAGES, checkpoint, cli, env, projected_everything, publish_message, setup, spawn_with, store,
+    MESSAGES, checkpoint, checkpoint_passes, cli, env, projected_everything, publish_message,
+    setup, signal, spawn_with, store,
 };
 
 /// Messages published (and edited) in each phase.
@@ -75,13 +75,8 @@ async fn publish_and_edit(bus: Bus, series: &'static str) {
     }
 }
 
-async fn stop(child: &mut tokio::process::Child, signal: &str) {
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+async fn stop(child: &mut tokio::process::Child, how: &str) {
+    signal(child.id().unwrap(), how);
     child.wait().await.unwrap();
 }
 
@@ -95,13 +90,7 @@ async fn partitions_apply_every_entry_once_across_a_crash_and_a_change_of_count(
     let load = tokio::spawn(publish_and_edit(s.bus.clone(), "p"));
     let mut a = projector(&s.config_file, 3);
     let mut b = projector(&s.config_file, 3);
-    eventually(
-        Duration::from_secs(60),
-        "the partitions to get going",
-        || async { (checkpoint(&live, "messages").await > 300).then_some(()) },
-    )
-    .await
-    .unwrap();
+    checkpoint_passes(&live, "messages", 300).await;
     stop(&mut a, "-KILL").await;
     load.await.unwrap();
     projected_everything(&live, &s.bus).await;
@@ -161,20 +150,9 @@ async fn partitions_apply_every_entry_once_across_a_crash_and_a_change_of_count(
         .await
         .unwrap();
     let ahead = s.bus.stream_state("MESSAGES").await.unwrap().last_seq.0;
-    eventually(
-        Duration::from_secs(60),
-        "partitions 0 and 1 at the end",
-        || async {
-            for i in 0..2 {
-                if checkpoint(&live, &format!("messages-{i}-of-3")).await < ahead {
-                    return None;
-                }
-            }
-            Some(())
-        },
-    )
-    .await
-    .unwrap();
+    for i in 0..2 {
+        checkpoint_passes(&live, &format!("messages-{i}-of-3"), ahead - 1).await;
+    }
     stop(&mut b, "-TERM").await;
     assert_eq!(checkpoint(&live, "messages").await, end);
     let set_aside = s.bus.stream_state("DEADLETTER").await.unwrap().messages;
@@ -184,13 +162,7 @@ async fn partitions_apply_every_entry_once_across_a_crash_and_a_change_of_count(
     // skip the entries partitions 0 and 1 of 3 had applied beyond it.
     let load = tokio::spawn(publish_and_edit(s.bus.clone(), "r"));
     let mut c = projector(&s.config_file, 2);
-    eventually(
-        Duration::from_secs(30),
-        "the two partitions to start",
-        || async { (checkpoint(&live, "messages-1-of-2").await > 0).then_some(()) },
-    )
-    .await
-    .unwrap();
+    checkpoint_passes(&live, "messages-1-of-2", 0).await;
     // A process with another count while that one runs: it must not apply.
     let stale = checkpoint(&live, "messages-2-of-3").await;
     let mut d = projector(&s.config_file, 3);

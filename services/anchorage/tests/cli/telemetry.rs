@@ -112,10 +112,7 @@ async fn json_logs_and_otlp_spans_with_who_and_which_request() {
 
     // SIGTERM, then every log line is one JSON object and none carries colour codes.
     let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    crate::crash::signal(pid, "-TERM");
     let mut stderr = String::new();
     child
         .stderr

@@ -15,9 +15,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::env::{
-    BenchEnv, Postgres, Sizes, database_url, progress, publish_messages, rate, unix_ms,
-};
+use crate::env::{BenchEnv, Postgres, Sizes, progress, publish_messages, rate, unix_ms};
 use crate::raw;
 
 /// The layouts measured.
@@ -49,7 +47,7 @@ async fn measure(env: &BenchEnv, s: Sizes, admin_url: &str) -> anyhow::Result<Va
         progress(&format!("projecting in {count} partition(s)"));
         // A database of its own, never one an earlier run filled.
         let name = format!("bench_partitions_{count}_{}", unix_ms());
-        let url = database_url(admin_url, &name)?;
+        let url = anchorage_store::database_named(admin_url, &name)?;
         anchorage_store::ensure_database(&url).await?;
         let store = Store::connect(&StoreOptions {
             url,

@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::env::{
-    BenchEnv, Postgres, Sizes, database_url, progress, publish_messages, rate, unix_ms,
-};
+use crate::env::{BenchEnv, Postgres, Sizes, progress, publish_messages, rate, unix_ms};
 use crate::raw;
 
 pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
@@ -25,9 +23,9 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     progress("replay into a fresh PostgreSQL database");
     let server = Postgres::start().await?;
     let name = format!("bench_replay_{}", unix_ms());
-    let postgres = match database_url(&server.url, &name) {
+    let postgres = match anchorage_store::database_named(&server.url, &name) {
         Ok(url) => replay_into(&bus, &url).await,
-        Err(err) => Err(err),
+        Err(err) => Err(err.into()),
     };
     server.stop().await;
     let postgres = postgres?;
