@@ -148,7 +148,7 @@ pub async fn run(
         };
         let worker = Worker {
             name: handler.name(),
-            reached: std::sync::Mutex::new(Vec::new()),
+            reached: std::sync::Mutex::new(std::sync::Arc::from([])),
             handler,
             holder: holder.clone(),
             lease: std::sync::Mutex::new(None),
@@ -269,7 +269,7 @@ struct Worker {
     /// The checkpoint and lease it works under.
     name: String,
     /// See [`Span::reached`]: read each time it starts following.
-    reached: std::sync::Mutex<Vec<Reached>>,
+    reached: std::sync::Mutex<std::sync::Arc<[Reached]>>,
     handler: Handler,
     holder: Holder,
     /// The lease held now, for work that acts outside the database to ask before it acts.
@@ -411,7 +411,7 @@ impl Worker {
             // Where the workers under every partition count went: what one of them passed is
             // not applied again (a count changed, and the new partitions start where the
             // slowest of the old ones stood).
-            let reached = self
+            let reached: std::sync::Arc<[Reached]> = self
                 .store
                 .checkpoints_with_prefix(Projection::Messages.name())
                 .await?
