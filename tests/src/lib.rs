@@ -919,7 +919,8 @@ pub fn create_group(group: &str, title: &str, members: &[&str]) -> CreateGroup {
     }
 }
 
-/// A TCP proxy in front of an edge, to cut connections and lose traffic on purpose.
+/// A TCP proxy in front of an edge (or of NATS), to cut connections and lose traffic on
+/// purpose.
 #[derive(Debug)]
 pub struct TcpProxy {
     pub addr: std::net::SocketAddr,
@@ -931,6 +932,8 @@ pub struct TcpProxy {
 struct ProxyControl {
     /// Drop everything the server sends (as a network that lost it).
     blackhole_down: std::sync::atomic::AtomicBool,
+    /// Drop everything the client sends.
+    blackhole_up: std::sync::atomic::AtomicBool,
     /// Refuse new connections (as a client that is offline).
     offline: std::sync::atomic::AtomicBool,
     connections: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
@@ -956,7 +959,18 @@ impl TcpProxy {
                 let task = tokio::spawn(async move {
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
-                    let up = tokio::io::copy(&mut cr, &mut sw);
+                    let up = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = cr.read(&mut buf).await?;
+                            if n == 0 {
+                                return std::io::Result::Ok(());
+                            }
+                            if !ctl2.blackhole_up.load(Ordering::SeqCst) {
+                                sw.write_all(&buf[..n]).await?;
+                            }
+                        }
+                    };
                     let down = async {
                         let mut buf = vec![0u8; 16 * 1024];
                         loop {
@@ -988,6 +1002,13 @@ impl TcpProxy {
     pub fn blackhole_down(&self, on: bool) {
         self.control
             .blackhole_down
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Starts or stops losing everything the client sends.
+    pub fn blackhole_up(&self, on: bool) {
+        self.control
+            .blackhole_up
             .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 

@@ -394,6 +394,92 @@ async fn events_of_other_systems_apply_once_however_late_the_retry() {
     stack.stack.stop().await.unwrap();
 }
 
+// A send lost on the way to NATS (the edge's connection died with it in the socket) while the
+// sends after it in the same conversation would reach the stream once the edge reconnects:
+// those wait for it, are answered `out_of_order` when it fails, and a client that retries in
+// order stores everything in the order written.
+#[tokio::test]
+async fn a_send_lost_on_the_way_to_nats_holds_back_the_sends_after_it() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    // An edge whose NATS connection goes through a proxy that can lose what it sends.
+    let target = nats.url().trim_start_matches("nats://").parse().unwrap();
+    let proxy = anchorage_tests::TcpProxy::start(target).await.unwrap();
+    let mut config = stack.config.clone();
+    config.nats.url = format!("nats://{}", proxy.addr);
+    config.nats.request_timeout_ms = 1_000;
+    let edge = TestEdge::start(&config).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
+    alice.request(create_group("g", "G", &[])).await.unwrap();
+    let first = alice.request(send("g", "m0", false)).await.unwrap();
+    assert!(ack_of(first).is_some());
+
+    // m1 is written to a connection that loses it; the connection is cut, and m2 and m3
+    // come while the edge reconnects.
+    proxy.blackhole_up(true);
+    alice.send_request(1, send("g", "m1", false)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    proxy.blackhole_up(false);
+    alice.send_request(2, send("g", "m2", false)).await.unwrap();
+    alice.send_request(3, send("g", "m3", false)).await.unwrap();
+    let mut codes = Vec::new();
+    for id in 1..=3 {
+        let answer = alice.next_answer().await.unwrap();
+        assert_eq!(answer.id(), Some(id), "answers in order: {answer:?}");
+        match answer {
+            ServerFrame::Error(e) => codes.push(e.code),
+            other => panic!("m{id} was lost or held back, not stored: {other:?}"),
+        }
+    }
+    assert!(
+        matches!(codes[0], ErrorCode::Overloaded | ErrorCode::Internal),
+        "{codes:?}"
+    );
+    assert_eq!(codes[1..], [ErrorCode::OutOfOrder, ErrorCode::OutOfOrder]);
+
+    // Retried in order, each until it is stored.
+    let mut seqs = Vec::new();
+    for id in ["m1", "m2", "m3"] {
+        let mut tries = 0;
+        let ack = loop {
+            let answer = alice.request(send("g", id, true)).await.unwrap();
+            match answer {
+                ServerFrame::Error(e) if tries < 100 => {
+                    tries += 1;
+                    let wait = e.retry_after_ms.unwrap_or(100);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                other => break ack_of(other).expect("the retry stored"),
+            }
+        };
+        seqs.push(ack.seq);
+    }
+    assert!(
+        seqs.is_sorted(),
+        "acknowledged in the order written: {seqs:?}"
+    );
+    let store = &stack.stack.store;
+    let rows = eventually(
+        Duration::from_secs(20),
+        "all four in the history",
+        || async {
+            let rows = store.messages_after("g", 0, 100).await.ok()?;
+            (rows.len() == 4).then_some(rows)
+        },
+    )
+    .await
+    .unwrap();
+    let stored: Vec<String> = rows.into_iter().map(|r| r.client_msg_id).collect();
+    assert_eq!(
+        stored,
+        ["m0", "m1", "m2", "m3"],
+        "stored in the order written"
+    );
+    edge.stop().await.unwrap();
+    stack.stack.stop().await.unwrap();
+}
+
 // Pipelined sends keep the sender's order through refusals: once one is refused, the ones
 // after it are refused too until it is sent again, so a client that retries in order stores
 // everything in the order it was written.

@@ -1,16 +1,26 @@
-//! Sends: checked, handed to the stream without waiting, answered in the order they came.
+//! Sends: checked, handed to the stream, answered in the order they came.
 //!
 //! A connection keeps many sends in flight; each answer takes its place behind the answers
 //! of the sends before it, also an answer given at once (a refusal, a duplicate). A send
 //! refused for a passing reason (`rate_limited`, `overloaded`, `internal`) blocks the sends
 //! after it with `out_of_order` until it is sent again, so a client that retries in order
 //! keeps its order.
+//!
+//! Within a conversation, a connection's sends reach the stream one after another: each is
+//! handed over once the one before it is stored. Handing it over earlier could store it
+//! although the one before was lost — NATS loses what was in the socket of a connection that
+//! dies and sends what was queued behind it once it reconnects, and a stream leader that dies
+//! loses what was on its way to it — and the retry of the lost one would then be stored after
+//! it. A send whose predecessor was not stored is not handed over at all: it is answered
+//! `out_of_order`, like every send after a refusal. Sends to different conversations do not
+//! wait for each other.
 
 use anchorage_protocol::request::SendMessage;
 use anchorage_protocol::{Ack, RequestId, ServerFrame};
 use anchorage_schema::event::MessageSent;
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{ClientMsgId, ConversationId, Envelope, EventId, Seq, now_ms};
+use tokio::sync::watch;
 
 use super::error::RequestError;
 use super::session::Session;
@@ -18,13 +28,13 @@ use super::session::Session;
 /// The answer of a send, once JetStream acknowledged it.
 pub type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = SendAnswer> + Send>>;
 
-/// The answer to a send, and which send it was if it was refused for a passing reason.
+/// The answer to a send, and what became of it if it was handed to the stream.
 #[derive(Debug)]
 pub struct SendAnswer {
     /// The `ack` or the refusal.
     pub frame: ServerFrame,
-    /// The send, if it was refused for a passing reason.
-    pub refused: Option<Box<(ConversationId, ClientMsgId)>>,
+    /// The send, if it was handed to the stream (or waited to be).
+    handed: Option<Box<Handed>>,
 }
 
 impl SendAnswer {
@@ -32,9 +42,48 @@ impl SendAnswer {
     pub fn ready(frame: ServerFrame) -> AckFuture {
         Box::pin(std::future::ready(SendAnswer {
             frame,
-            refused: None,
+            handed: None,
         }))
     }
+}
+
+/// The last send of one conversation on a connection that was handed to the stream (or waits
+/// to be).
+#[derive(Debug)]
+pub(crate) struct Lane {
+    /// Its number among the connection's sends.
+    no: u64,
+    /// Whether it was stored, once that is known (`Some(false)`: lost, or not handed over).
+    stored: watch::Receiver<Option<bool>>,
+    /// The first send of the lane that was handed over and not stored: nothing after it is
+    /// handed over until it is sent again.
+    stalled: Option<ClientMsgId>,
+}
+
+/// A send that was handed to the stream, and its fate.
+#[derive(Debug)]
+struct Handed {
+    conv: ConversationId,
+    client_msg_id: ClientMsgId,
+    no: u64,
+    fate: Fate,
+}
+
+/// When a send is handed to the stream.
+enum HandOver {
+    /// Handed over already: its acknowledgement is to come.
+    Now(anchorage_bus::PendingAck),
+    /// Once the send before it is stored.
+    After(watch::Receiver<Option<bool>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Stored,
+    /// Handed over, and no acknowledgement came: it may or may not be stored.
+    InDoubt,
+    /// Not handed over: the send before it was not stored.
+    HeldBack,
 }
 
 impl Session {
@@ -65,9 +114,32 @@ impl Session {
 
     /// Queues the answer of a send whose acknowledgement came (or failed).
     pub async fn answer_send(&mut self, answer: SendAnswer) {
-        if let Some(refused) = answer.refused {
-            let (conv, client_msg_id) = *refused;
-            self.block(conv, client_msg_id);
+        if let Some(handed) = answer.handed {
+            let Handed {
+                conv,
+                client_msg_id,
+                no,
+                fate,
+            } = *handed;
+            match fate {
+                // The lane is idle once its last send is stored.
+                Fate::Stored => {
+                    if self
+                        .lanes
+                        .get(&conv)
+                        .is_some_and(|l| l.no == no && l.stalled.is_none())
+                    {
+                        self.lanes.remove(&conv);
+                    }
+                }
+                Fate::InDoubt => {
+                    if let Some(lane) = self.lanes.get_mut(&conv) {
+                        lane.stalled.get_or_insert_with(|| client_msg_id.clone());
+                    }
+                    self.block(conv, client_msg_id);
+                }
+                Fate::HeldBack => {}
+            }
         }
         self.reply(answer.frame).await;
     }
@@ -104,7 +176,7 @@ impl Session {
     /// answer comes from the returned acknowledgement. Messages started one after another are
     /// stored in that order, so a connection can keep many sends in flight.
     async fn start_send(
-        &self,
+        &mut self,
         id: RequestId,
         send: SendMessage,
     ) -> Result<AckFuture, RequestError> {
@@ -118,6 +190,20 @@ impl Session {
             mentions,
             mention_all,
         } = send;
+        // A lane stalled on a send that was not stored takes only that send again (whatever
+        // becomes of it then: if it is refused again, the connection's sends are blocked on
+        // it).
+        match self.lanes.get(&conv).and_then(|l| l.stalled.as_ref()) {
+            Some(stalled) if *stalled == client_msg_id => {
+                self.lanes.remove(&conv);
+            }
+            Some(stalled) => {
+                return Err(RequestError::OutOfOrder(format!(
+                    "{stalled} in {conv} was not stored: send it again before later messages"
+                )));
+            }
+            None => {}
+        }
         let user = &self.claims.sub;
         // The membership position this send is decided on travels with the message: edges
         // deliver it only once their view has reached it.
@@ -211,24 +297,80 @@ impl Session {
                 mention_all,
             },
         );
-        let pending = self
-            .state
-            .bus
-            .publish_event_pipelined(&subjects::message(&conv), &env, Some(Seq(position)))
-            .await?;
+        let subject = subjects::message(&conv);
+        let position = Some(Seq(position));
         let bus = self.state.bus.clone();
+        let before = self
+            .lanes
+            .get(&conv)
+            .filter(|lane| *lane.stored.borrow() != Some(true))
+            .map(|lane| lane.stored.clone());
+        // With nothing to wait for, handed over now: the order of hand-over is the order of
+        // storage.
+        let hand_over = match before {
+            None => HandOver::Now(
+                bus.publish_event_pipelined(&subject, &env, position)
+                    .await?,
+            ),
+            Some(before) => HandOver::After(before),
+        };
+        self.handed += 1;
+        let no = self.handed;
+        let (done, stored) = watch::channel(None);
+        self.lanes.insert(
+            conv.clone(),
+            Lane {
+                no,
+                stored,
+                stalled: None,
+            },
+        );
         Ok(Box::pin(async move {
-            let published = match pending.stored().await {
+            let handed = |fate| {
+                Some(Box::new(Handed {
+                    conv: conv.clone(),
+                    client_msg_id: client_msg_id.clone(),
+                    no,
+                    fate,
+                }))
+            };
+            let pending = match hand_over {
+                HandOver::Now(pending) => Ok(pending),
+                HandOver::After(mut before) => {
+                    // A dropped sender (the connection closed) counts as not stored.
+                    let stored = before
+                        .wait_for(Option::is_some)
+                        .await
+                        .is_ok_and(|s| *s == Some(true));
+                    if !stored {
+                        let _ = done.send(Some(false));
+                        let err = RequestError::OutOfOrder(format!(
+                            "an earlier message of this connection in {conv} was not stored: \
+                             send it again first"
+                        ));
+                        return SendAnswer {
+                            frame: err.into_frame(Some(id)),
+                            handed: handed(Fate::HeldBack),
+                        };
+                    }
+                    bus.publish_event_pipelined(&subject, &env, position).await
+                }
+            };
+            let published = match pending {
+                Ok(pending) => pending.stored().await,
+                Err(err) => Err(err),
+            };
+            let published = match published {
                 Ok(p) => p,
                 Err(err) => {
-                    let err = RequestError::from(err);
-                    let refused = err.is_passing().then(|| Box::new((conv, client_msg_id)));
+                    let _ = done.send(Some(false));
                     return SendAnswer {
-                        frame: err.into_frame(Some(id)),
-                        refused,
+                        frame: RequestError::from(err).into_frame(Some(id)),
+                        handed: handed(Fate::InDoubt),
                     };
                 }
             };
+            let _ = done.send(Some(true));
             let server_ts = if published.duplicate {
                 // The original's time, from the stored copy.
                 bus.stored_event(stream::MESSAGES, published.seq)
@@ -239,14 +381,14 @@ impl Session {
                 server_ts
             };
             let ack = Ack {
-                client_msg_id,
+                client_msg_id: client_msg_id.clone(),
                 seq: published.seq.0,
                 server_ts,
                 duplicate: published.duplicate,
             };
             SendAnswer {
                 frame: ServerFrame::reply(id, ack),
-                refused: None,
+                handed: handed(Fate::Stored),
             }
         }))
     }

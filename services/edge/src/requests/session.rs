@@ -1,10 +1,13 @@
 //! One signed-in connection's state, and what every family of requests uses from it.
 
+use std::collections::HashMap;
+
 use anchorage_protocol::request::Hello;
 use anchorage_protocol::{ReplyBody, RequestId, ServerFrame};
 use anchorage_schema::{Actor, ClientMsgId, ConversationId};
 
 use super::error::RequestError;
+use super::send::Lane;
 use crate::EdgeState;
 use crate::auth::{Claims, SignInError};
 use crate::live::ConnHandle;
@@ -21,6 +24,11 @@ pub struct Session {
     /// The send that was refused for a passing reason: later sends are refused until it is
     /// sent again.
     pub(super) blocked: Option<Box<(ConversationId, ClientMsgId)>>,
+    /// Per conversation, the last send handed to the stream (or waiting to be): the next one
+    /// waits for it.
+    pub(super) lanes: HashMap<ConversationId, Lane>,
+    /// Sends handed to the stream so far (numbers the lanes' sends).
+    pub(super) handed: u64,
 }
 
 impl Session {
@@ -31,6 +39,8 @@ impl Session {
             claims,
             conn,
             blocked: None,
+            lanes: HashMap::new(),
+            handed: 0,
         }
     }
 
