@@ -39,9 +39,6 @@ pub enum PublishError {
     Unavailable { subject: String, message: String },
     #[error("publish to {subject} failed: {message}")]
     Other { subject: String, message: String },
-    /// The server answered that it did not store it.
-    #[error("{subject} refused the publish: {message}")]
-    Refused { subject: String, message: String },
 }
 
 impl PublishError {
@@ -119,44 +116,12 @@ fn publish_error(
     }
 }
 
-/// The headers every event is published with.
-fn event_headers(event: &Envelope, expected: Option<Seq>, membership: Option<Seq>) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(header::MSG_ID, event.id.as_str());
-    headers.insert(header::EVENT_TYPE, event.event.type_name());
-    if let Some(position) = membership {
-        headers.insert(header::MEMBERSHIP_SEQ, position.to_string().as_str());
-    }
-    if let Some(expected) = expected {
-        headers.insert(
-            header::EXPECTED_LAST_SUBJECT_SEQUENCE,
-            expected.to_string().as_str(),
-        );
-    }
-    headers
-}
-
-/// The server's answer to the last message of a batch.
-#[derive(serde::Deserialize)]
-struct BatchAck {
-    seq: Option<u64>,
-    count: Option<usize>,
-    error: Option<BatchAckError>,
-}
-
-#[derive(serde::Deserialize)]
-struct BatchAckError {
-    #[serde(default)]
-    description: String,
-}
-
 impl Bus {
     /// Hands `event` to the server without waiting for it to be stored. Events handed over
     /// one after another on this connection are stored in that order unless one is lost on the
     /// way (in the socket of a connection that dies, or on its way to a stream leader that
     /// dies): a later one may then be stored without it. A caller whose events must keep
-    /// their order hands the next over once the one before is stored, or hands them over
-    /// together with [`Bus::publish_batch`].
+    /// their order hands the next over once the one before is stored.
     ///
     /// `membership` is the MEMBERSHIP position the event was decided on (see
     /// [`header::MEMBERSHIP_SEQ`]).
@@ -182,74 +147,6 @@ impl Bus {
             .await
     }
 
-    /// Publishes `events` (each with the MEMBERSHIP position it was decided on) on
-    /// `subject` as one atomic batch and waits for it: all are stored at consecutive
-    /// sequences, in order, or none is. Returns the first one's sequence. The stream must
-    /// allow atomic publishing, and the server refuses a batch of which any event is a
-    /// duplicate ([`PublishError::Refused`]): the caller then publishes them one by one.
-    pub async fn publish_batch(
-        &self,
-        subject: &str,
-        events: &[(&Envelope, Option<Seq>)],
-    ) -> Result<Seq, PublishError> {
-        let refused = |message: String| PublishError::Refused {
-            subject: subject.to_owned(),
-            message,
-        };
-        let Some(last) = events.len().checked_sub(1) else {
-            return Err(refused("an empty batch".to_owned()));
-        };
-        let batch = self.client.new_inbox();
-        let lost = |e: &dyn std::fmt::Display| PublishError::Unavailable {
-            subject: subject.to_owned(),
-            message: e.to_string(),
-        };
-        for (n, (event, membership)) in events.iter().enumerate() {
-            let mut headers = event_headers(event, None, *membership);
-            headers.insert(header::BATCH_ID, batch.as_str());
-            headers.insert(header::BATCH_SEQUENCE, (n + 1).to_string().as_str());
-            let payload = event.to_json().into();
-            if n < last {
-                self.client
-                    .publish_with_headers(subject.to_owned(), headers, payload)
-                    .await
-                    .map_err(|e| lost(&e))?;
-                continue;
-            }
-            headers.insert(header::BATCH_COMMIT, "1");
-            let answer = self
-                .client
-                .request_with_headers(subject.to_owned(), headers, payload)
-                .await
-                .map_err(|e| match e.kind() {
-                    async_nats::RequestErrorKind::TimedOut => PublishError::TimedOut {
-                        subject: subject.to_owned(),
-                    },
-                    async_nats::RequestErrorKind::NoResponders => PublishError::NoStream {
-                        subject: subject.to_owned(),
-                    },
-                    async_nats::RequestErrorKind::InvalidSubject
-                    | async_nats::RequestErrorKind::MaxPayloadExceeded => refused(e.to_string()),
-                    _ => lost(&e),
-                })?;
-            let ack: BatchAck = serde_json::from_slice(&answer.payload)
-                .map_err(|e| lost(&format!("an answer that is not an acknowledgement: {e}")))?;
-            if let Some(error) = ack.error {
-                return Err(refused(error.description));
-            }
-            return match (ack.seq, ack.count) {
-                (Some(seq), Some(count)) if count == events.len() && seq >= last as u64 + 1 => {
-                    Ok(Seq(seq - last as u64))
-                }
-                _ => Err(lost(&format!(
-                    "the batch acknowledgement does not account for {} events",
-                    events.len()
-                ))),
-            };
-        }
-        Err(refused("an empty batch".to_owned()))
-    }
-
     async fn hand_over(
         &self,
         subject: &str,
@@ -257,7 +154,18 @@ impl Bus {
         expected: Option<Seq>,
         membership: Option<Seq>,
     ) -> Result<PendingAck, PublishError> {
-        let headers = event_headers(event, expected, membership);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::MSG_ID, event.id.as_str());
+        headers.insert(header::EVENT_TYPE, event.event.type_name());
+        if let Some(position) = membership {
+            headers.insert(header::MEMBERSHIP_SEQ, position.to_string().as_str());
+        }
+        if let Some(expected) = expected {
+            headers.insert(
+                header::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                expected.to_string().as_str(),
+            );
+        }
         let inner = self
             .jetstream()
             .publish_with_headers(subject.to_owned(), headers, event.to_json().into())

@@ -54,13 +54,6 @@ pub mod header {
     pub const MSG_ID: &str = "Nats-Msg-Id";
     /// Optimistic concurrency: the publish succeeds only if the subject's last sequence is this.
     pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
-    /// Atomic batches (stored all together at consecutive sequences, or not at all): the
-    /// batch a message belongs to.
-    pub const BATCH_ID: &str = "Nats-Batch-Id";
-    /// A message's place in its batch, from 1.
-    pub const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
-    /// On the last message of a batch: `1`, store the batch.
-    pub const BATCH_COMMIT: &str = "Nats-Batch-Commit";
     /// On a republished message: its stream sequence.
     pub const SEQUENCE: &str = "Nats-Sequence";
     /// On a republished message: the previous sequence on the same subject (0 if none).

@@ -397,7 +397,8 @@ async fn events_of_other_systems_apply_once_however_late_the_retry() {
 // A send lost on the way to NATS (the edge's connection died with it in the socket) while the
 // sends after it in the same conversation would reach the stream once the edge reconnects:
 // those wait for it, are answered `out_of_order` when it fails, and a client that retries in
-// order stores everything in the order written.
+// order stores everything in the order written. A repeat among sends that wait for each other
+// does not hold the others back.
 #[tokio::test]
 async fn a_send_lost_on_the_way_to_nats_holds_back_the_sends_after_it() {
     let nats = TestNats::start().await.unwrap();
@@ -412,7 +413,7 @@ async fn a_send_lost_on_the_way_to_nats_holds_back_the_sends_after_it() {
     let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
     alice.request(create_group("g", "G", &[])).await.unwrap();
     let first = alice.request(send("g", "m0", false)).await.unwrap();
-    assert!(ack_of(first).is_some());
+    let m0_seq = ack_of(first).expect("m0 stored").seq;
 
     // m1 is written to a connection that loses it; the connection is cut, and m2 and m3
     // come while the edge reconnects.
@@ -476,6 +477,37 @@ async fn a_send_lost_on_the_way_to_nats_holds_back_the_sends_after_it() {
         ["m0", "m1", "m2", "m3"],
         "stored in the order written"
     );
+
+    // A pipelined burst holding a repeat (m0 again, not marked as a retry): the repeat is
+    // acknowledged with the stored seq, the others are stored in order.
+    let burst = ["n0", "n1", "m0", "n2", "n3"];
+    for (n, id) in burst.iter().enumerate() {
+        alice
+            .send_request(10 + n as u64, send("g", id, false))
+            .await
+            .unwrap();
+    }
+    let mut acks = Vec::new();
+    for n in 0..burst.len() {
+        let answer = alice.next_answer().await.unwrap();
+        assert_eq!(answer.id(), Some(10 + n as u64), "answers in order");
+        acks.push(ack_of(answer).expect("every send of the burst acknowledged"));
+    }
+    assert!(acks[2].duplicate && acks[2].seq == m0_seq, "{acks:?}");
+    let fresh: Vec<u64> = [0, 1, 3, 4].iter().map(|&n| acks[n].seq).collect();
+    assert!(fresh.is_sorted() && fresh[0] > seqs[2], "{acks:?}");
+    let rows = eventually(
+        Duration::from_secs(20),
+        "the burst in the history",
+        || async {
+            let rows = store.messages_after("g", 0, 100).await.ok()?;
+            (rows.len() == 8).then_some(rows)
+        },
+    )
+    .await
+    .unwrap();
+    let stored: Vec<String> = rows.into_iter().map(|r| r.client_msg_id).collect();
+    assert_eq!(stored, ["m0", "m1", "m2", "m3", "n0", "n1", "n2", "n3"]);
     edge.stop().await.unwrap();
     stack.stack.stop().await.unwrap();
 }

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anchorage::cli::{Cli, run};
 use anchorage_bus::{Bus, Change, StreamSet};
-use anchorage_schema::Envelope;
 use anchorage_tests::{TestNats, streams_dir};
 use clap::Parser;
 
@@ -268,64 +267,4 @@ async fn a_subscription_is_in_place_on_the_server_once_flush_returns() {
             .unwrap();
         assert_eq!(got.1, round.to_string().as_bytes());
     }
-}
-
-fn message(n: u32) -> anchorage_schema::Envelope {
-    use anchorage_schema::event::MessageSent;
-    use anchorage_schema::{Actor, ClientMsgId, ConversationId, DeviceId, EventId, UserId};
-    Envelope::new(
-        EventId::parse(format!("d1:m{n}")).unwrap(),
-        1,
-        Actor::User {
-            user: UserId::parse("alice").unwrap(),
-            device: DeviceId::parse("d1").unwrap(),
-        },
-        MessageSent {
-            conv: ConversationId::parse("c1").unwrap(),
-            sender: UserId::parse("alice").unwrap(),
-            device: DeviceId::parse("d1").unwrap(),
-            client_msg_id: ClientMsgId::parse(format!("m{n}")).unwrap(),
-            body: serde_json::json!(n),
-            client_ts: i64::from(n),
-            reply_to: None,
-            mentions: Vec::new(),
-            mention_all: false,
-        },
-    )
-}
-
-#[tokio::test]
-async fn a_batch_is_stored_whole_in_order_or_not_at_all() {
-    use anchorage_bus::PublishError;
-    use anchorage_schema::{Seq, subjects};
-    let nats = TestNats::start().await.unwrap();
-    let bus = bus(&nats).await;
-    bus.apply(&StreamSet::load(&streams_dir(), 1).unwrap())
-        .await
-        .unwrap();
-    let subject = "msg.c1";
-    let stored = bus.publish_event(subject, &message(0), None).await.unwrap();
-    assert_eq!(stored.seq, Seq(1));
-    let batch = [message(1), message(2), message(3)];
-    let events: Vec<_> = batch.iter().map(|e| (e, Some(Seq(7)))).collect();
-    assert_eq!(bus.publish_batch(subject, &events).await.unwrap(), Seq(2));
-    for (n, seq) in (1..=3).zip(2..) {
-        let event = bus
-            .stored_event(subjects::stream::MESSAGES, Seq(seq))
-            .await
-            .unwrap();
-        assert_eq!(event.id, message(n).id, "in order at consecutive seqs");
-    }
-    // A batch that holds an event stored already is refused whole: m4 is not stored.
-    let again = [message(4), message(2)];
-    let events: Vec<_> = again.iter().map(|e| (e, None)).collect();
-    let refused = bus.publish_batch(subject, &events).await.unwrap_err();
-    assert!(
-        matches!(refused, PublishError::Refused { .. }),
-        "{refused:?}"
-    );
-    assert_eq!(bus.stream_state("MESSAGES").await.unwrap().last_seq, Seq(4));
-    let next = [message(4), message(5)];
-    let events: Vec<_> = next.iter().map(|e| (e, None)).collect();
-    assert_eq!(bus.publish_batch(subject, &events).await.unwrap(), Seq(5));
 }
