@@ -172,9 +172,9 @@ impl Session {
         )))
     }
 
-    /// Checks and hands a message to the stream without waiting for it to be stored: the
-    /// answer comes from the returned acknowledgement. Messages started one after another are
-    /// stored in that order, so a connection can keep many sends in flight.
+    /// Checks a message and hands it to the stream — at once, or once the send before it in
+    /// its conversation is stored — without waiting for it to be stored: the answer comes from
+    /// the returned future, so a connection can keep many sends in flight.
     async fn start_send(
         &mut self,
         id: RequestId,
