@@ -433,7 +433,8 @@ async fn refuse_limited(
                 id,
                 body: RequestBody::Send(send),
             }) => {
-                session.block(send.conv, send.client_msg_id);
+                let no = session.next_send();
+                session.block(send.conv, send.client_msg_id, no);
                 (Some(id), true)
             }
             Ok(request) => (Some(request.id), false),

@@ -394,6 +394,73 @@ async fn events_of_other_systems_apply_once_however_late_the_retry() {
     stack.stack.stop().await.unwrap();
 }
 
+// A send whose acknowledgement fails is known to be refused only after a later send may have
+// been refused already (here by the rate limit): the client is told to start again from the
+// earlier one, and starting from it gets everything stored in the order written.
+#[tokio::test]
+async fn the_first_refused_send_is_the_one_to_send_again() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let target = nats.url().trim_start_matches("nats://").parse().unwrap();
+    let proxy = anchorage_tests::TcpProxy::start(target).await.unwrap();
+    let mut config = stack.config.clone();
+    config.nats.url = format!("nats://{}", proxy.addr);
+    config.nats.request_timeout_ms = 1_000;
+    // Five frames at once (hello, the group, m1, m2, m3): the later sends find the bucket
+    // empty.
+    config.edge.rate_per_sec = 1;
+    config.edge.rate_burst = 5;
+    let edge = TestEdge::start(&config).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
+    alice.request(create_group("g", "G", &[])).await.unwrap();
+    proxy.blackhole_up(true);
+    alice.send_request(1, send("g", "m1", false)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    proxy.blackhole_up(false);
+    let ids = ["m1", "m2", "m3", "m4", "m5", "m6"];
+    for (n, id) in (2..).zip(&ids[1..]) {
+        alice.send_request(n, send("g", id, false)).await.unwrap();
+    }
+    let mut codes = Vec::new();
+    for id in 1..=ids.len() as u64 {
+        let answer = alice.next_answer().await.unwrap();
+        assert_eq!(answer.id(), Some(id), "answers in order: {answer:?}");
+        match answer {
+            ServerFrame::Error(e) => codes.push(e.code),
+            other => panic!("m{id} stored: {other:?}"),
+        }
+    }
+    assert!(
+        codes[1..]
+            .iter()
+            .all(|c| matches!(c, ErrorCode::OutOfOrder | ErrorCode::RateLimited))
+            && codes.contains(&ErrorCode::RateLimited),
+        "{codes:?}"
+    );
+    // Sent again in order from the first refused one: none of them is out of order.
+    let mut seqs = Vec::new();
+    for id in ids {
+        let mut tries = 0;
+        let ack = loop {
+            match alice.request(send("g", id, true)).await.unwrap() {
+                ServerFrame::Error(e) => {
+                    assert_ne!(e.code, ErrorCode::OutOfOrder, "{id}: {e:?}");
+                    tries += 1;
+                    assert!(tries < 100, "{id} never stored");
+                    let wait = e.retry_after_ms.unwrap_or(100);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                other => break ack_of(other).expect("an ack"),
+            }
+        };
+        seqs.push(ack.seq);
+    }
+    assert!(seqs.is_sorted(), "{seqs:?}");
+    edge.stop().await.unwrap();
+    stack.stack.stop().await.unwrap();
+}
+
 // A send lost on the way to NATS (the edge's connection died with it in the socket) while the
 // sends after it in the same conversation would reach the stream once the edge reconnects:
 // those wait for it, are answered `out_of_order` when it fails, and a client that retries in

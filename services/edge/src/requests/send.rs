@@ -91,15 +91,16 @@ impl Session {
     /// the answers of the sends before it.
     pub(super) async fn send(&mut self, id: RequestId, send: SendMessage) -> AckFuture {
         let started = std::time::Instant::now();
+        let no = self.next_send();
         let answer = if let Err(err) = self.out_of_order(&send.conv, &send.client_msg_id) {
             SendAnswer::ready(err.into_frame(Some(id)))
         } else {
             let key = (send.conv.clone(), send.client_msg_id.clone());
-            match self.start_send(id, send).await {
+            match self.start_send(id, no, send).await {
                 Ok(ack) => ack,
                 Err(err) => {
                     if err.is_passing() {
-                        self.block(key.0, key.1);
+                        self.block(key.0, key.1, no);
                     }
                     SendAnswer::ready(err.into_frame(Some(id)))
                 }
@@ -136,7 +137,7 @@ impl Session {
                     if let Some(lane) = self.lanes.get_mut(&conv) {
                         lane.stalled.get_or_insert_with(|| client_msg_id.clone());
                     }
-                    self.block(conv, client_msg_id);
+                    self.block(conv, client_msg_id, no);
                 }
                 Fate::HeldBack => {}
             }
@@ -144,11 +145,18 @@ impl Session {
         self.reply(answer.frame).await;
     }
 
-    /// Remembers a send refused for a passing reason (the first one: the client retries from
-    /// there).
-    pub(crate) fn block(&mut self, conv: ConversationId, client_msg_id: ClientMsgId) {
-        if self.blocked.is_none() {
-            self.blocked = Some(Box::new((conv, client_msg_id)));
+    /// Numbers a send as it is read.
+    pub(crate) fn next_send(&mut self) -> u64 {
+        self.read += 1;
+        self.read
+    }
+
+    /// Remembers a send (numbered `no` as it was read) refused for a passing reason: the
+    /// earliest one, which the client sees refused first and retries from. A send whose
+    /// acknowledgement failed is known to be refused only after later ones may have been.
+    pub(crate) fn block(&mut self, conv: ConversationId, client_msg_id: ClientMsgId, no: u64) {
+        if self.blocked.as_ref().is_none_or(|b| no < b.0) {
+            self.blocked = Some(Box::new((no, conv, client_msg_id)));
         }
     }
 
@@ -162,13 +170,13 @@ impl Session {
         let Some(blocked) = self.blocked.as_deref() else {
             return Ok(());
         };
-        if (&blocked.0, &blocked.1) == (conv, client_msg_id) {
+        if (&blocked.1, &blocked.2) == (conv, client_msg_id) {
             self.blocked = None;
             return Ok(());
         }
         Err(RequestError::OutOfOrder(format!(
             "{} in {} was refused: send it again before later messages",
-            blocked.1, blocked.0
+            blocked.2, blocked.1
         )))
     }
 
@@ -178,6 +186,7 @@ impl Session {
     async fn start_send(
         &mut self,
         id: RequestId,
+        no: u64,
         send: SendMessage,
     ) -> Result<AckFuture, RequestError> {
         let SendMessage {
@@ -314,8 +323,6 @@ impl Session {
             ),
             Some(before) => HandOver::After(before),
         };
-        self.handed += 1;
-        let no = self.handed;
         let (done, stored) = watch::channel(None);
         self.lanes.insert(
             conv.clone(),

@@ -23,12 +23,12 @@ pub struct Session {
     pub(crate) conn: ConnHandle,
     /// The send that was refused for a passing reason: later sends are refused until it is
     /// sent again.
-    pub(super) blocked: Option<Box<(ConversationId, ClientMsgId)>>,
+    pub(super) blocked: Option<Box<(u64, ConversationId, ClientMsgId)>>,
     /// Per conversation, the last send handed to the stream (or waiting to be): the next one
     /// waits for it.
     pub(super) lanes: HashMap<ConversationId, Lane>,
-    /// Sends handed to the stream so far (numbers the lanes' sends).
-    pub(super) handed: u64,
+    /// Sends read so far (numbers them in the order they came).
+    pub(super) read: u64,
 }
 
 impl Session {
@@ -40,7 +40,7 @@ impl Session {
             conn,
             blocked: None,
             lanes: HashMap::new(),
-            handed: 0,
+            read: 0,
         }
     }
 
