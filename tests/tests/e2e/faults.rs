@@ -394,6 +394,48 @@ async fn events_of_other_systems_apply_once_however_late_the_retry() {
     stack.stack.stop().await.unwrap();
 }
 
+/// An edge whose NATS connection goes through a proxy that can lose what the edge sends, with
+/// `tune` applied to its configuration.
+async fn edge_behind_a_lossy_proxy(
+    stack: &TestStack,
+    nats: &TestNats,
+    tune: impl FnOnce(&mut anchorage_config::Config),
+) -> (anchorage_tests::TcpProxy, TestEdge) {
+    let target = nats.url().trim_start_matches("nats://").parse().unwrap();
+    let proxy = anchorage_tests::TcpProxy::start(target).await.unwrap();
+    let mut config = stack.config.clone();
+    config.nats.url = format!("nats://{}", proxy.addr);
+    config.nats.request_timeout_ms = 1_000;
+    tune(&mut config);
+    let edge = TestEdge::start(&config).await.unwrap();
+    (proxy, edge)
+}
+
+/// Sends `id` (as request 1) into a connection to NATS that loses it, then cuts that
+/// connection: the edge reconnects, and what it sends next reaches the stream.
+async fn lose_on_the_way(proxy: &anchorage_tests::TcpProxy, client: &mut WsClient, id: &str) {
+    proxy.blackhole_up(true);
+    client.send_request(1, send("g", id, false)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    proxy.blackhole_up(false);
+}
+
+/// Sends `id` again (`retry`) until it is stored, waiting as told; never `out_of_order`.
+async fn send_again_until_stored(client: &mut WsClient, id: &str) -> Ack {
+    for _ in 0..100 {
+        match client.request(send("g", id, true)).await.unwrap() {
+            ServerFrame::Error(e) => {
+                assert_ne!(e.code, ErrorCode::OutOfOrder, "{id}: {e:?}");
+                let wait = e.retry_after_ms.unwrap_or(100);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            other => return ack_of(other).expect("an ack"),
+        }
+    }
+    panic!("{id} never stored");
+}
+
 // A send whose acknowledgement fails is known to be refused only after a later send may have
 // been refused already (here by the rate limit): the client is told to start again from the
 // earlier one, and starting from it gets everything stored in the order written.
@@ -401,23 +443,16 @@ async fn events_of_other_systems_apply_once_however_late_the_retry() {
 async fn the_first_refused_send_is_the_one_to_send_again() {
     let nats = TestNats::start().await.unwrap();
     let stack = TestStack::start(&nats.url()).await.unwrap();
-    let target = nats.url().trim_start_matches("nats://").parse().unwrap();
-    let proxy = anchorage_tests::TcpProxy::start(target).await.unwrap();
-    let mut config = stack.config.clone();
-    config.nats.url = format!("nats://{}", proxy.addr);
-    config.nats.request_timeout_ms = 1_000;
     // Five frames at once (hello, the group, m1, m2, m3): the later sends find the bucket
     // empty.
-    config.edge.rate_per_sec = 1;
-    config.edge.rate_burst = 5;
-    let edge = TestEdge::start(&config).await.unwrap();
+    let (proxy, edge) = edge_behind_a_lossy_proxy(&stack, &nats, |config| {
+        config.edge.rate_per_sec = 1;
+        config.edge.rate_burst = 5;
+    })
+    .await;
     let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
     alice.request(create_group("g", "G", &[])).await.unwrap();
-    proxy.blackhole_up(true);
-    alice.send_request(1, send("g", "m1", false)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.cut();
-    proxy.blackhole_up(false);
+    lose_on_the_way(&proxy, &mut alice, "m1").await;
     let ids = ["m1", "m2", "m3", "m4", "m5", "m6"];
     for (n, id) in (2..).zip(&ids[1..]) {
         alice.send_request(n, send("g", id, false)).await.unwrap();
@@ -441,20 +476,7 @@ async fn the_first_refused_send_is_the_one_to_send_again() {
     // Sent again in order from the first refused one: none of them is out of order.
     let mut seqs = Vec::new();
     for id in ids {
-        let mut tries = 0;
-        let ack = loop {
-            match alice.request(send("g", id, true)).await.unwrap() {
-                ServerFrame::Error(e) => {
-                    assert_ne!(e.code, ErrorCode::OutOfOrder, "{id}: {e:?}");
-                    tries += 1;
-                    assert!(tries < 100, "{id} never stored");
-                    let wait = e.retry_after_ms.unwrap_or(100);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                }
-                other => break ack_of(other).expect("an ack"),
-            }
-        };
-        seqs.push(ack.seq);
+        seqs.push(send_again_until_stored(&mut alice, id).await.seq);
     }
     assert!(seqs.is_sorted(), "{seqs:?}");
     edge.stop().await.unwrap();
@@ -470,13 +492,7 @@ async fn the_first_refused_send_is_the_one_to_send_again() {
 async fn a_send_lost_on_the_way_to_nats_holds_back_the_sends_after_it() {
     let nats = TestNats::start().await.unwrap();
     let stack = TestStack::start(&nats.url()).await.unwrap();
-    // An edge whose NATS connection goes through a proxy that can lose what it sends.
-    let target = nats.url().trim_start_matches("nats://").parse().unwrap();
-    let proxy = anchorage_tests::TcpProxy::start(target).await.unwrap();
-    let mut config = stack.config.clone();
-    config.nats.url = format!("nats://{}", proxy.addr);
-    config.nats.request_timeout_ms = 1_000;
-    let edge = TestEdge::start(&config).await.unwrap();
+    let (proxy, edge) = edge_behind_a_lossy_proxy(&stack, &nats, |_| {}).await;
     let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
     alice.request(create_group("g", "G", &[])).await.unwrap();
     let first = alice.request(send("g", "m0", false)).await.unwrap();
@@ -484,11 +500,7 @@ async fn a_send_lost_on_the_way_to_nats_holds_back_the_sends_after_it() {
 
     // m1 is written to a connection that loses it; the connection is cut, and m2 and m3
     // come while the edge reconnects.
-    proxy.blackhole_up(true);
-    alice.send_request(1, send("g", "m1", false)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.cut();
-    proxy.blackhole_up(false);
+    lose_on_the_way(&proxy, &mut alice, "m1").await;
     alice.send_request(2, send("g", "m2", false)).await.unwrap();
     alice.send_request(3, send("g", "m3", false)).await.unwrap();
     let mut codes = Vec::new();
@@ -509,19 +521,7 @@ async fn a_send_lost_on_the_way_to_nats_holds_back_the_sends_after_it() {
     // Retried in order, each until it is stored.
     let mut seqs = Vec::new();
     for id in ["m1", "m2", "m3"] {
-        let mut tries = 0;
-        let ack = loop {
-            let answer = alice.request(send("g", id, true)).await.unwrap();
-            match answer {
-                ServerFrame::Error(e) if tries < 100 => {
-                    tries += 1;
-                    let wait = e.retry_after_ms.unwrap_or(100);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                }
-                other => break ack_of(other).expect("the retry stored"),
-            }
-        };
-        seqs.push(ack.seq);
+        seqs.push(send_again_until_stored(&mut alice, id).await.seq);
     }
     assert!(
         seqs.is_sorted(),
