@@ -107,8 +107,9 @@ impl Sender {
                             );
                         }
                     }
-                    // `forbidden`: this edge has not heard of the membership yet (it was
-                    // just created, or the edge is catching up after a NATS node died).
+                    // `overloaded` also while this edge has not heard of the membership
+                    // yet (it was just created, or the edge is catching up after a NATS
+                    // node died): never `forbidden`, which would let later sends overtake.
                     ServerFrame::Error(e)
                         if matches!(
                             e.code,
@@ -116,7 +117,6 @@ impl Sender {
                                 | ErrorCode::Internal
                                 | ErrorCode::OutOfOrder
                                 | ErrorCode::RateLimited
-                                | ErrorCode::Forbidden
                         ) =>
                     {
                         wait = wait.max(e.retry_after_ms.unwrap_or(100));

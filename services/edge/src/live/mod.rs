@@ -635,6 +635,11 @@ impl Hub {
             .then(|| state.view.position())
     }
 
+    /// The last MEMBERSHIP event this edge applied.
+    pub fn membership_position(&self) -> u64 {
+        self.lock().view.position()
+    }
+
     /// Starts sending `conv`'s member-list notifications to `conn`.
     pub fn watch_members(&self, conn: ConnId, conv: &ConversationId) {
         self.lock().watchers.watch(conn, conv);

@@ -180,6 +180,25 @@ impl Session {
         )))
     }
 
+    /// The refusal of a send by someone this edge does not know as a member of `conv`:
+    /// `forbidden`, unless its view of the memberships is behind the stream (a group just
+    /// created or joined, an edge catching up after NATS came back), when it is `overloaded`
+    /// — a passing refusal, which holds back the sends after it, so a client that sends it
+    /// again once the membership arrived keeps its order.
+    async fn not_a_member(&self, conv: &ConversationId) -> RequestError {
+        let behind = match self.state.bus.stream_state(stream::MEMBERSHIP).await {
+            Ok(state) => self.state.hub.membership_position() < state.last_seq.0,
+            Err(_) => true,
+        };
+        if behind {
+            RequestError::Overloaded(format!(
+                "this server is catching up with the members of {conv}; retry in a moment"
+            ))
+        } else {
+            RequestError::Forbidden(format!("not a member of {conv}"))
+        }
+    }
+
     /// Checks a message and hands it to the stream — at once, or once the send before it in
     /// its conversation is stored — without waiting for it to be stored: the answer comes from
     /// the returned future, so a connection can keep many sends in flight.
@@ -216,11 +235,9 @@ impl Session {
         let user = &self.claims.sub;
         // The membership position this send is decided on travels with the message: edges
         // deliver it only once their view has reached it.
-        let position = self
-            .state
-            .hub
-            .member_position(user, &conv)
-            .ok_or_else(|| RequestError::Forbidden(format!("not a member of {conv}")))?;
+        let Some(position) = self.state.hub.member_position(user, &conv) else {
+            return Err(self.not_a_member(&conv).await);
+        };
         if let Some(until) = self.state.hub.muted_until(user, &conv)
             && until > now_ms()
         {
