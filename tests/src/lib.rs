@@ -934,6 +934,9 @@ struct ProxyControl {
     blackhole_down: std::sync::atomic::AtomicBool,
     /// Drop everything the client sends.
     blackhole_up: std::sync::atomic::AtomicBool,
+    /// Bytes dropped so far, each way.
+    swallowed_up: std::sync::atomic::AtomicU64,
+    swallowed_down: std::sync::atomic::AtomicU64,
     /// Refuse new connections (as a client that is offline).
     offline: std::sync::atomic::AtomicBool,
     connections: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
@@ -957,32 +960,10 @@ impl TcpProxy {
                 };
                 let ctl2 = ctl.clone();
                 let task = tokio::spawn(async move {
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = cr.read(&mut buf).await?;
-                            if n == 0 {
-                                return std::io::Result::Ok(());
-                            }
-                            if !ctl2.blackhole_up.load(Ordering::SeqCst) {
-                                sw.write_all(&buf[..n]).await?;
-                            }
-                        }
-                    };
-                    let down = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = sr.read(&mut buf).await?;
-                            if n == 0 {
-                                return std::io::Result::Ok(());
-                            }
-                            if !ctl2.blackhole_down.load(Ordering::SeqCst) {
-                                cw.write_all(&buf[..n]).await?;
-                            }
-                        }
-                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let up = relay(cr, sw, &ctl2.blackhole_up, &ctl2.swallowed_up);
+                    let down = relay(sr, cw, &ctl2.blackhole_down, &ctl2.swallowed_down);
                     let _ = tokio::join!(up, down);
                 });
                 ctl.connections
@@ -1003,6 +984,13 @@ impl TcpProxy {
         self.control
             .blackhole_down
             .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Bytes of what the client sent that were lost so far.
+    pub fn swallowed_up(&self) -> u64 {
+        self.control
+            .swallowed_up
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Starts or stops losing everything the client sends.
@@ -1029,6 +1017,29 @@ impl TcpProxy {
             .drain(..)
         {
             c.abort();
+        }
+    }
+}
+
+/// Copies what `from` reads to `to`, dropping it (and counting it in `swallowed`) while
+/// `blackhole` is set.
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    blackhole: &std::sync::atomic::AtomicBool,
+    swallowed: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if blackhole.load(Ordering::SeqCst) {
+            swallowed.fetch_add(n as u64, Ordering::SeqCst);
+        } else {
+            to.write_all(&buf[..n]).await?;
         }
     }
 }

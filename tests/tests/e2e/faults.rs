@@ -415,10 +415,26 @@ async fn edge_behind_a_lossy_proxy(
 /// connection: the edge reconnects, and what it sends next reaches the stream.
 async fn lose_on_the_way(proxy: &anchorage_tests::TcpProxy, client: &mut WsClient, id: &str) {
     proxy.blackhole_up(true);
+    let before = proxy.swallowed_up();
     client.send_request(1, send("g", id, false)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(Duration::from_secs(5), "the send lost", || async {
+        (proxy.swallowed_up() > before).then_some(())
+    })
+    .await
+    .unwrap();
     proxy.cut();
     proxy.blackhole_up(false);
+}
+
+/// The client ids of group g's history, oldest first, once it holds `count` messages.
+async fn history_of_g(store: &anchorage_store::Store, count: usize) -> Vec<String> {
+    let rows = eventually(Duration::from_secs(20), "the history", || async {
+        let rows = store.messages_after("g", 0, 100).await.ok()?;
+        (rows.len() == count).then_some(rows)
+    })
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| r.client_msg_id).collect()
 }
 
 /// Sends `id` again (`retry`) until it is stored, waiting as told; never `out_of_order`.
@@ -528,19 +544,8 @@ async fn a_send_lost_on_the_way_to_nats_holds_back_the_sends_after_it() {
         "acknowledged in the order written: {seqs:?}"
     );
     let store = &stack.stack.store;
-    let rows = eventually(
-        Duration::from_secs(20),
-        "all four in the history",
-        || async {
-            let rows = store.messages_after("g", 0, 100).await.ok()?;
-            (rows.len() == 4).then_some(rows)
-        },
-    )
-    .await
-    .unwrap();
-    let stored: Vec<String> = rows.into_iter().map(|r| r.client_msg_id).collect();
     assert_eq!(
-        stored,
+        history_of_g(store, 4).await,
         ["m0", "m1", "m2", "m3"],
         "stored in the order written"
     );
@@ -563,18 +568,10 @@ async fn a_send_lost_on_the_way_to_nats_holds_back_the_sends_after_it() {
     assert!(acks[2].duplicate && acks[2].seq == m0_seq, "{acks:?}");
     let fresh: Vec<u64> = [0, 1, 3, 4].iter().map(|&n| acks[n].seq).collect();
     assert!(fresh.is_sorted() && fresh[0] > seqs[2], "{acks:?}");
-    let rows = eventually(
-        Duration::from_secs(20),
-        "the burst in the history",
-        || async {
-            let rows = store.messages_after("g", 0, 100).await.ok()?;
-            (rows.len() == 8).then_some(rows)
-        },
-    )
-    .await
-    .unwrap();
-    let stored: Vec<String> = rows.into_iter().map(|r| r.client_msg_id).collect();
-    assert_eq!(stored, ["m0", "m1", "m2", "m3", "n0", "n1", "n2", "n3"]);
+    assert_eq!(
+        history_of_g(store, 8).await,
+        ["m0", "m1", "m2", "m3", "n0", "n1", "n2", "n3"]
+    );
     edge.stop().await.unwrap();
     stack.stack.stop().await.unwrap();
 }
@@ -638,19 +635,11 @@ async fn pipelined_sends_keep_their_order_through_refusals() {
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
     }
-    let store = &stack.stack.store;
-    let page = eventually(
-        Duration::from_secs(20),
-        "all forty in the history",
-        || async {
-            let rows = store.messages_after("g", 0, 100).await.ok()?;
-            (rows.len() == ids.len()).then_some(rows)
-        },
-    )
-    .await
-    .unwrap();
-    let stored: Vec<String> = page.into_iter().map(|r| r.client_msg_id).collect();
-    assert_eq!(stored, ids, "stored in the order written");
+    assert_eq!(
+        history_of_g(&stack.stack.store, ids.len()).await,
+        ids,
+        "stored in the order written"
+    );
     stack.stack.stop().await.unwrap();
 }
 
