@@ -452,6 +452,43 @@ async fn send_again_until_stored(client: &mut WsClient, id: &str) -> Ack {
     panic!("{id} never stored");
 }
 
+// An edge that has not heard of a membership yet (its NATS connection loses what the server
+// sends, so the new group's events do not reach it) cannot tell a new member from a stranger:
+// the send is `overloaded`, to retry, never a final-looking `forbidden` that would let the
+// sends after it overtake; once the edge hears again, the send is stored.
+#[tokio::test]
+async fn a_send_before_the_edge_heard_of_the_membership_is_retried_not_forbidden() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let (proxy, edge) = edge_behind_a_lossy_proxy(&stack, &nats, |_| {}).await;
+    let (mut bob, _) = WsClient::signed_in(edge.addr, "bob", "d").await.unwrap();
+    proxy.blackhole_down(true);
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    alice
+        .request(create_group("g", "G", &["bob"]))
+        .await
+        .unwrap();
+    let refused = bob.refused(send("g", "b1", false)).await.unwrap();
+    assert_eq!(refused.code, ErrorCode::Overloaded, "{refused:?}");
+    assert!(refused.retry_after_ms.is_some(), "{refused:?}");
+    // The edge hears again; the next membership event makes it fetch what it missed.
+    proxy.blackhole_down(false);
+    proxy.cut();
+    alice
+        .request(AddMembers {
+            group: group_id("g"),
+            members: user_ids(&["carol"]),
+        })
+        .await
+        .unwrap();
+    let stored = send_again_until_stored(&mut bob, "b1").await;
+    assert!(stored.seq > 0);
+    edge.stop().await.unwrap();
+    stack.stack.stop().await.unwrap();
+}
+
 // A send whose acknowledgement fails is known to be refused only after a later send may have
 // been refused already (here by the rate limit): the client is told to start again from the
 // earlier one, and starting from it gets everything stored in the order written.
