@@ -584,9 +584,21 @@ impl Ingest {
         // In order on one connection: stored in this order.
         let mut pending = Vec::with_capacity(to_publish.len());
         let mut refused = None;
+        // A post is decided at the memberships stored by now: it reaches (and can be found
+        // by) those who were members then.
+        let position = if to_publish.iter().any(|t| t.stream == stream::MESSAGES) {
+            let state = bus
+                .stream_state(stream::MEMBERSHIP)
+                .await
+                .map_err(|e| fail(ApplyError::Unavailable(e.to_string())))?;
+            Some(state.last_seq)
+        } else {
+            None
+        };
         for t in &to_publish {
+            let membership = position.filter(|_| t.stream == stream::MESSAGES);
             match bus
-                .publish_event_pipelined(&t.subject, &t.envelope, None)
+                .publish_event_pipelined(&t.subject, &t.envelope, membership)
                 .await
             {
                 Ok(ack) => pending.push(ack),

@@ -54,7 +54,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use projections::{ApplyError, MembershipRules, Notice, Projection};
-use projections::{LAYOUT_ROW, Reached, Span, apply_events, conv_of_subject, save_checkpoint};
+use projections::{
+    LAYOUT_ROW, Reached, Span, Stored, apply_events, conv_of_subject, save_checkpoint,
+};
 
 /// The checkpoint name of the ingest worker.
 pub const INGEST_NAME: &str = "ingest";
@@ -744,10 +746,15 @@ impl Worker {
                     Handler::Ingest(_) => unreachable!("matched above"),
                 };
                 // A partition moves its checkpoint over the other partitions' entries.
-                let items: Vec<(u64, &str, &[u8])> = events
+                let items: Vec<Stored> = events
                     .iter()
                     .filter(|d| part.is_none_or(|part| part.holds(conv_of_subject(d.subject()))))
-                    .map(|d| (d.seq.0, d.subject(), d.payload().as_ref()))
+                    .map(|d| Stored {
+                        seq: d.seq.0,
+                        subject: d.subject(),
+                        payload: d.payload().as_ref(),
+                        membership: d.membership(),
+                    })
                     .collect();
                 let notices =
                     apply_events(&self.store, &self.bus, p, span, &items, self.rules).await?;

@@ -166,6 +166,19 @@ pub(crate) struct Reached {
 /// The setting row holding the partition count of the messages projection in force.
 pub(crate) const LAYOUT_ROW: &str = "messages-layout";
 
+/// A stored event to apply.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stored<'a> {
+    /// Its stream sequence.
+    pub seq: u64,
+    /// The subject it was stored on.
+    pub subject: &'a str,
+    /// The stored bytes.
+    pub payload: &'a [u8],
+    /// The MEMBERSHIP position it was decided on, if it says (a message's).
+    pub membership: Option<u64>,
+}
+
 /// The conversation an event of the MESSAGES stream belongs to, by its subject.
 pub(crate) fn conv_of_subject(subject: &str) -> &str {
     subject.strip_prefix("msg.").unwrap_or(subject)
@@ -179,7 +192,7 @@ pub(crate) async fn apply_events(
     bus: &Bus,
     p: Projection,
     span: Span<'_>,
-    events: &[(u64, &str, &[u8])],
+    events: &[Stored<'_>],
     rules: MembershipRules,
 ) -> Result<Vec<Notice>, ApplyError> {
     let Span {
@@ -215,13 +228,13 @@ pub(crate) async fn apply_events(
         // Messages go in together: multi-row inserts, one version move per conversation; a
         // change to a message applies in its place between them.
         let mut run = Vec::new();
-        for (seq, subject, payload) in events {
-            if span.passed(*seq, conv_of_subject(subject)) {
+        for e in events {
+            if span.passed(e.seq, conv_of_subject(e.subject)) {
                 continue;
             }
-            let env = decode(payload)?;
-            ingested.extend(ingest::origin(&env).map(|(src, id)| (src, id, *seq)));
-            let row = message_row(*seq, subject, &env)?;
+            let env = decode(e.payload)?;
+            ingested.extend(ingest::origin(&env).map(|(src, id)| (src, id, e.seq)));
+            let row = message_row(e, &env)?;
             if row.kind == EntryKind::Message {
                 run.push(row);
                 continue;
@@ -235,9 +248,15 @@ pub(crate) async fn apply_events(
         // Users created or renamed go in together, many per statement; anything else applies
         // in its place between them.
         let mut named: Vec<(UserId, String, u64)> = Vec::new();
-        for (seq, subject, payload) in events {
+        for &Stored {
+            seq,
+            subject,
+            payload,
+            ..
+        } in events
+        {
             let env = decode(payload)?;
-            ingested.extend(ingest::origin(&env).map(|(src, id)| (src, id, *seq)));
+            ingested.extend(ingest::origin(&env).map(|(src, id)| (src, id, seq)));
             let naming = match &env.event {
                 Event::UserCreated(e) if p == Projection::Users => Some((&e.user, &e.display_name)),
                 Event::UserUpdated(e) if p == Projection::Users => Some((&e.user, &e.display_name)),
@@ -245,11 +264,11 @@ pub(crate) async fn apply_events(
             };
             if let Some((user, name)) = naming {
                 expect_subject(subject, subjects::user(user))?;
-                named.push((user.clone(), name.clone(), *seq));
+                named.push((user.clone(), name.clone(), seq));
                 continue;
             }
             put_users(&mut tx, &mut named).await?;
-            notices.extend(p.apply(&mut tx, *seq, subject, &env, rules).await?);
+            notices.extend(p.apply(&mut tx, seq, subject, &env, rules).await?);
         }
         put_users(&mut tx, &mut named).await?;
     }
@@ -327,7 +346,8 @@ fn wrong_stream(env: &Envelope, stream: &str) -> ApplyError {
 
 /// The row an entry of a conversation stores — a message, or a change to one — or why it
 /// cannot be stored.
-fn message_row(seq: u64, subject: &str, env: &Envelope) -> Result<NewMessage, ApplyError> {
+fn message_row(stored: &Stored, env: &Envelope) -> Result<NewMessage, ApplyError> {
+    let (seq, subject) = (stored.seq, stored.subject);
     let entry = Message::from_event(seq, env).ok_or_else(|| wrong_stream(env, stream::MESSAGES))?;
     expect_subject(subject, subjects::message(&entry.conv))?;
     if let Some(target) = entry.target
@@ -360,6 +380,7 @@ fn message_row(seq: u64, subject: &str, env: &Envelope) -> Result<NewMessage, Ap
             .added
             .or((entry.kind == EntryKind::Pin).then_some(entry.pinned)),
         emoji: entry.emoji,
+        membership: stored.membership,
     })
 }
 
@@ -553,7 +574,9 @@ async fn join(
         effect.change.upserts.extend(member_info(&row));
         rows.push(row);
     }
-    tx.put_members(&rows).await
+    tx.put_members(&rows).await?;
+    let joined: Vec<&str> = rows.iter().map(|r| r.user.as_str()).collect();
+    tx.open_spans(&group.group, &joined, seq).await
 }
 
 /// Turns those of `users` who are present members into tombstones at `seq`.
@@ -584,7 +607,9 @@ async fn leave(
         effect.change.removed.push(user.clone());
         rows.push(m);
     }
-    tx.put_members(&rows).await
+    tx.put_members(&rows).await?;
+    let left: Vec<&str> = rows.iter().map(|r| r.user.as_str()).collect();
+    tx.close_spans(&group.group, &left, seq).await
 }
 
 /// Changes a present member's row; a change to a non-member is rejected.

@@ -21,7 +21,7 @@ use anchorage_store::{Checkpoint, Store};
 use anyhow::{Context, bail};
 
 use crate::projections::{
-    ApplyError, MembershipRules, Projection, Span, apply_events, save_checkpoint,
+    ApplyError, MembershipRules, Projection, Span, Stored, apply_events, save_checkpoint,
 };
 
 /// How far a replay goes and how it reports.
@@ -54,8 +54,13 @@ pub struct ReplaySummary {
     pub rejected: u64,
 }
 
-fn parts(e: &StoredEvent) -> (u64, &str, &[u8]) {
-    (e.seq.0, e.subject.as_str(), e.payload.as_ref())
+fn parts(e: &StoredEvent) -> Stored<'_> {
+    Stored {
+        seq: e.seq.0,
+        subject: e.subject.as_str(),
+        payload: e.payload.as_ref(),
+        membership: e.membership,
+    }
 }
 
 /// Rebuilds every projection in `store` from the streams.
@@ -133,7 +138,7 @@ pub async fn replay(
                 epoch: at.epoch,
                 last_seq: last.seq.0,
             };
-            let items: Vec<(u64, &str, &[u8])> = batch.iter().map(parts).collect();
+            let items: Vec<Stored> = batch.iter().map(parts).collect();
             // A rebuild announces nothing: clients already heard of these changes.
             let from = at.last_seq;
             let span = Span::of(p, from, next);
@@ -144,7 +149,7 @@ pub async fn replay(
                     for item in &items {
                         let one = Checkpoint {
                             epoch: at.epoch,
-                            last_seq: item.0,
+                            last_seq: item.seq,
                         };
                         let one_event = std::slice::from_ref(item);
                         let rules = options.membership;
@@ -157,7 +162,7 @@ pub async fn replay(
                             }
                             Err(err) => return Err(err).context("applying an event"),
                         }
-                        from = item.0;
+                        from = item.seq;
                     }
                 }
                 Err(err) => return Err(err).context("applying a batch"),

@@ -45,6 +45,12 @@ impl Delivery {
         &self.message.payload
     }
 
+    /// The MEMBERSHIP position it was decided on ([`header::MEMBERSHIP_SEQ`]), if it says.
+    pub fn membership(&self) -> Option<u64> {
+        self.header(header::MEMBERSHIP_SEQ)
+            .and_then(|v| v.parse().ok())
+    }
+
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.message
@@ -390,6 +396,8 @@ pub struct StoredEvent {
     pub subject: String,
     /// The stored bytes.
     pub payload: Bytes,
+    /// The MEMBERSHIP position it was decided on ([`header::MEMBERSHIP_SEQ`]), if it says.
+    pub membership: Option<u64>,
 }
 
 /// Reads a stream in order from a sequence, with an ordered consumer: ephemeral, no acks,
@@ -455,10 +463,16 @@ impl StreamReader {
             let info = message
                 .info()
                 .map_err(|e| BusError::jetstream(&self.stream, e))?;
+            let membership = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(header::MEMBERSHIP_SEQ))
+                .and_then(|v| v.as_str().parse().ok());
             return Ok(StoredEvent {
                 seq: Seq(info.stream_sequence),
                 subject: message.subject.to_string(),
                 payload: message.payload.clone(),
+                membership,
             });
         }
     }

@@ -284,6 +284,7 @@ mod tests {
             r#"{"type":"user_state","id":35,"after":9}"#,
             r#"{"type":"receipts","id":36,"conv":"c","seq":7}"#,
             r#"{"type":"presence","id":37,"users":["bob"],"conv":"c"}"#,
+            r#"{"type":"search","id":38,"query":"deploy 東京","conv":"c","before":90,"limit":5}"#,
         ];
         assert_eq!(frames.len(), REQUEST_TYPES.len());
         let mut names = std::collections::BTreeSet::from(["hello"]);

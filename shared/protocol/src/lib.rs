@@ -30,8 +30,8 @@ pub use reply::{
     MembersBatch, MembersBuckets, MembersChanged, MembersDiff, MembersFound, MembersPage,
     MembersSketch, MembershipChanged, Message, MessageParts, Messages, OwnReaction, PresenceAnswer,
     PresenceInfo, Push, Reaction, ReactionDelta, ReactionsChanged, Reactors, ReadMoved, Receipt,
-    Receipts, Reply, ReplyBody, ServerFrame, StateChange, StateChanged, TypingNow, UserState,
-    Welcome,
+    Receipts, Reply, ReplyBody, SearchResult, SearchResults, ServerFrame, StateChange,
+    StateChanged, TypingNow, UserState, Welcome,
 };
 pub use request::{ConvAnchor, REQUEST_TYPES, Request, RequestBody};
 

@@ -63,6 +63,8 @@ pub enum ReplyBody {
     MembersBatch(MembersBatch),
     /// Answer to `members_search`.
     MembersFound(MembersFound),
+    /// Answer to `search`.
+    SearchResults(SearchResults),
     /// Answer to `reactors`.
     Reactors(Reactors),
     /// Answer to `user_state`.
@@ -244,6 +246,7 @@ into_reply! {
     MembersSketch => MembersSketch,
     MembersBatch => MembersBatch,
     MembersFound => MembersFound,
+    SearchResults => SearchResults,
     Reactors => Reactors,
     UserState => UserState,
     Receipts => Receipts,
@@ -673,6 +676,24 @@ pub struct MembersBatch {
     /// Index of the first group not answered (the budget was spent); absent when done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<u32>,
+}
+
+/// `search_results`: the answer to `search`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchResults {
+    /// The messages found.
+    pub results: Vec<SearchResult>,
+    /// More may be found before the last result's seq.
+    pub more: bool,
+}
+
+/// One message found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchResult {
+    /// The message in its current state.
+    pub message: Message,
+    /// The pieces of its text that matched, as written there (to highlight).
+    pub highlights: Vec<String>,
 }
 
 /// `members_found`: the answer to `members_search`.

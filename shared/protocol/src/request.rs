@@ -156,6 +156,8 @@ pub enum RequestBody {
     Receipts(ReceiptsQuery),
     /// Who is online; answered with `presence`.
     Presence(PresenceQuery),
+    /// Full-text search of the user's messages; answered with `search_results`.
+    Search(Search),
 }
 
 impl RequestBody {
@@ -201,6 +203,7 @@ impl RequestBody {
             RequestBody::UserState(_) => "user_state",
             RequestBody::Receipts(_) => "receipts",
             RequestBody::Presence(_) => "presence",
+            RequestBody::Search(_) => "search",
         }
     }
 }
@@ -246,6 +249,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "user_state",
     "receipts",
     "presence",
+    "search",
 ];
 
 macro_rules! into_body {
@@ -295,6 +299,7 @@ into_body! {
     UserStateQuery => UserState,
     ReceiptsQuery => Receipts,
     PresenceQuery => Presence,
+    Search => Search,
 }
 
 /// `hello`: the protocol version, the device token, and optionally the client's anchors.
@@ -677,6 +682,26 @@ pub struct MembersSearch {
     /// The prefix.
     pub query: String,
     /// At most this many members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `search`: the user's messages whose text matches `query` — in every conversation they are
+/// or were a member of, or in `conv` — newest first. Only messages that reached the user are
+/// found: none from before they joined or after they left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Search {
+    /// Words to find (every one must match; a word of three characters or more also matches
+    /// words that start with it).
+    pub query: String,
+    /// Only this conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<ConversationId>,
+    /// Messages before this seq (the last result's, for the next page); 0 for the newest.
+    #[serde(default)]
+    pub before: u64,
+    /// At most this many results (default 20, at most 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
 }

@@ -17,6 +17,8 @@
 pub mod members;
 pub mod projection;
 pub mod read;
+pub mod search;
+pub mod text;
 
 pub use members::GroupVersion;
 pub use projection::{
@@ -41,7 +43,12 @@ pub struct Migration {
     pub name: &'static str,
     /// The SQL, for both databases.
     pub sql: &'static str,
+    /// What differs between them, run after `sql`: for SQLite, and for PostgreSQL.
+    pub specific: (&'static str, &'static str),
 }
+
+/// A migration that is the same for both databases.
+const SAME: (&str, &str) = ("", "");
 
 /// Every migration, in order. Append only: never edit one that has shipped.
 pub const MIGRATIONS: &[Migration] = &[
@@ -49,51 +56,70 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "checkpoints",
         sql: include_str!("../migrations/0001_checkpoints.sql"),
+        specific: SAME,
     },
     Migration {
         version: 2,
         name: "projections",
         sql: include_str!("../migrations/0002_projections.sql"),
+        specific: SAME,
     },
     Migration {
         version: 3,
         name: "delivery",
         sql: include_str!("../migrations/0003_delivery.sql"),
+        specific: SAME,
     },
     Migration {
         version: 4,
         name: "members",
         sql: include_str!("../migrations/0004_members.sql"),
+        specific: SAME,
     },
     Migration {
         version: 5,
         name: "ingested",
         sql: include_str!("../migrations/0005_ingested.sql"),
+        specific: SAME,
     },
     Migration {
         version: 6,
         name: "message_idempotency",
         sql: include_str!("../migrations/0006_message_idempotency.sql"),
+        specific: SAME,
     },
     Migration {
         version: 7,
         name: "posted_under_key",
         sql: include_str!("../migrations/0007_posted_under_key.sql"),
+        specific: SAME,
     },
     Migration {
         version: 8,
         name: "message_changes",
         sql: include_str!("../migrations/0008_message_changes.sql"),
+        specific: SAME,
     },
     Migration {
         version: 9,
         name: "user_state",
         sql: include_str!("../migrations/0009_user_state.sql"),
+        specific: SAME,
     },
     Migration {
         version: 10,
         name: "last_seen",
         sql: include_str!("../migrations/0010_last_seen.sql"),
+        specific: SAME,
+    },
+    Migration {
+        version: 11,
+        name: "search",
+        sql: include_str!("../migrations/0011_search.sql"),
+        specific: (
+            include_str!("../migrations/0011_search.sqlite.sql"),
+            include_str!("../migrations/0011_search.postgres.sql"),
+        ),
     },
 ];
 
@@ -309,6 +335,20 @@ impl Store {
                 continue;
             }
             sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(fail)?;
+            let specific = match self.backend {
+                Backend::Sqlite => m.specific.0,
+                Backend::Postgres => m.specific.1,
+            };
+            if !specific.is_empty() {
+                sqlx::raw_sql(specific)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+            }
+            if m.name == "search" {
+                let n = search::index_stored_messages(&mut tx, self.backend).await?;
+                tracing::info!(messages = n, "indexed the stored messages for search");
+            }
             sqlx::query(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
             )

@@ -62,6 +62,9 @@ pub struct NewMessage {
     pub emoji: Option<String>,
     /// A reaction entry: added (or removed); a pin entry: pinned (or unpinned).
     pub flag: Option<bool>,
+    /// The MEMBERSHIP position a message was decided on: the members whose stretch of
+    /// membership holds it are the ones it reached (and who may find it by search).
+    pub membership: Option<u64>,
 }
 
 /// The fields of a user's view of a conversation to change (absent: unchanged).
@@ -457,11 +460,11 @@ impl Tx {
             let sql = format!(
                 "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body,
                                        client_ts, server_ts, event_id, kind, target,
-                                       reply_to, detail, flag)
+                                       reply_to, detail, flag, membership_seq)
                  VALUES {}
                  ON CONFLICT DO NOTHING
                  RETURNING conv_id, seq",
-                rows_of_params(self.backend, chunk.len(), 14)
+                rows_of_params(self.backend, chunk.len(), 15)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for m in chunk {
@@ -484,8 +487,10 @@ impl Tx {
                     .bind(m.target.map(i))
                     .bind(m.reply_to.map(i))
                     .bind(detail)
-                    .bind(m.flag.map(i64::from));
+                    .bind(m.flag.map(i64::from))
+                    .bind(m.membership.map(i));
             }
+            let mut new_texts = Vec::new();
             for r in q.fetch_all(&mut *self.tx).await? {
                 let conv: String = r.try_get("conv_id")?;
                 let seq = u(r.try_get("seq")?);
@@ -499,6 +504,7 @@ impl Tx {
                 }
                 if m.kind == EntryKind::Message {
                     e.2 += 1;
+                    new_texts.push((m.conv.as_str(), m.seq, m.body.as_str()));
                     for user in &m.mentions {
                         sqlx::query(
                             "INSERT INTO mentions (conv_id, user_id, seq, sender)
@@ -513,6 +519,7 @@ impl Tx {
                     }
                 }
             }
+            self.index_messages(&new_texts).await?;
         }
         // Every conversation's version moves in a few statements (each conversation once
         // per statement, as an upsert requires).
@@ -549,6 +556,8 @@ impl Tx {
         seq: u64,
         body: &str,
     ) -> Result<bool, StoreError> {
+        // The document goes while the row still holds the text it was indexed from.
+        self.unindex_message(conv, target).await?;
         let done = sqlx::query(
             "UPDATE messages SET body = $1, edits = edits + 1, version = $2
              WHERE conv_id = $3 AND seq = $4 AND kind = 'message' AND revoked = 0",
@@ -559,7 +568,11 @@ impl Tx {
         .bind(i(target))
         .execute(&mut *self.tx)
         .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.index_messages(&[(conv, target, body)]).await?;
+        Ok(true)
     }
 
     /// Turns a message into its tombstone: body, edits (their entries too), mentions,
@@ -606,9 +619,11 @@ impl Tx {
             .execute(&mut *self.tx)
             .await?;
         }
+        self.unindex_message(&t.conv, t.target).await?;
         sqlx::query(
             "UPDATE messages SET body = 'null', detail = NULL, reply_to = NULL, revoked = 1,
-                                 pinned = 0, edits = 0, event_id = '', version = $1
+                                 pinned = 0, edits = 0, event_id = '', membership_seq = NULL,
+                                 version = $1
              WHERE conv_id = $2 AND seq = $3 AND kind = 'message'",
         )
         .bind(i(t.seq))
@@ -1211,7 +1226,7 @@ pub(crate) const IN_CHUNK: usize = 500;
 /// Rows per multi-row `INSERT`: a projector batch in one statement where it fits. Each
 /// statement is a round trip to the database (to SQLite's worker thread), so fewer is faster:
 /// replaying into SQLite went from about 25k to about 40k events/s going from 100 to 1,000.
-/// At most 9 columns: 9,000 parameters, under SQLite's 32,766 and PostgreSQL's 65,535.
+/// At most 15 columns: 15,000 parameters, under SQLite's 32,766 and PostgreSQL's 65,535.
 const ROWS_PER_INSERT: usize = 1000;
 /// Conversations per statement that moves their versions.
 const CONVERSATIONS_PER_UPSERT: usize = 500;

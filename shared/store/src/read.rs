@@ -114,7 +114,7 @@ pub struct UserState {
 }
 
 /// The columns [`message_row`] reads.
-const MESSAGE_COLUMNS: &str = "conv_id, seq, sender, device, client_msg_id, body, client_ts, \
+pub(crate) const MESSAGE_COLUMNS: &str = "conv_id, seq, sender, device, client_msg_id, body, client_ts, \
      server_ts, kind, target, reply_to, detail, flag, edits, revoked, pinned, version";
 
 impl Store {
@@ -432,7 +432,7 @@ pub struct ConversationState {
     pub delivered_seq: u64,
 }
 
-fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, StoreError> {
+pub(crate) fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, StoreError> {
     let seq = r.try_get::<i64, _>("seq")? as u64;
     let kind = EntryKind::parse(&r.try_get::<String, _>("kind")?);
     let detail: Option<String> = r.try_get("detail")?;
@@ -1057,7 +1057,7 @@ const CONTENTS: &[(&str, &str, &str)] = &[
         "messages",
         "conv_id",
         "seq, sender, device, client_msg_id, body, client_ts, server_ts, event_id, kind, \
-         target, reply_to, detail, flag, edits, revoked, pinned, version",
+         target, reply_to, detail, flag, edits, revoked, pinned, version, membership_seq",
     ),
     ("reactions", "conv_id", "target, emoji, user_id, seq"),
     (
@@ -1093,6 +1093,7 @@ const CONTENTS: &[(&str, &str, &str)] = &[
         "user_id, role, nickname, muted_until, version, removed_seq, bucket",
     ),
     ("group_digest_buckets", "group_id", "bucket, sum, count"),
+    ("member_spans", "group_id", "user_id, joined_seq, left_seq"),
     ("ingested_events", "source", "event_id, native_seq"),
 ];
 
@@ -1113,6 +1114,9 @@ const TABLES: &[&str] = &[
     "conversation_prefs",
     "hidden_messages",
     "privacy",
+    "member_spans",
+    // Documents of the search index (SQLite's holds no text to hash).
+    "message_search",
 ];
 
 impl Store {

@@ -18,6 +18,7 @@ mod messaging;
 mod nats_security;
 mod observability;
 mod sdk;
+mod search;
 mod security;
 mod stack;
 mod streams;

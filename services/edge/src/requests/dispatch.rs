@@ -71,6 +71,7 @@ impl Session {
             RequestBody::UserState(r) => self.user_state(r).await.map(Into::into),
             RequestBody::Receipts(r) => self.receipts(r).await.map(Into::into),
             RequestBody::Presence(r) => self.presence(r).await.map(Into::into),
+            RequestBody::Search(r) => self.search(r).await.map(Into::into),
         };
         let code = match &answer {
             Ok(_) => "ok",

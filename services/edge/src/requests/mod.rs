@@ -13,6 +13,7 @@
 //!   [`rules`](self::rules);
 //! - [`members`](self::members): member-list sync;
 //! - [`typing`](self::typing): the conversations a connection views, and who is typing;
+//! - [`search`](self::search): full-text search of the messages that reached the user;
 //! - [`state`](self::state): the user's own state (conversation preferences, messages deleted
 //!   for oneself, privacy), the same on all their devices.
 //!
@@ -27,6 +28,7 @@ mod groups;
 mod members;
 mod messages;
 mod rules;
+mod search;
 mod send;
 mod session;
 mod state;

@@ -1,0 +1,322 @@
+//! Message search: the index the messages projection keeps, the membership stretches the
+//! membership projection keeps, and the query that joins them.
+//!
+//! The index holds one document per message — the terms of its current text ([`crate::text`])
+//! — written in the same transaction as the message row: an edit replaces the document, a
+//! revoke deletes it, and a rebuild by `anchorage replay` writes the same documents again.
+//! SQLite keeps it in an FTS5 table (rowid = the message's seq), PostgreSQL in a `tsvector`
+//! column with a GIN index.
+//!
+//! A user finds a message only if it was decided at a MEMBERSHIP position inside one of their
+//! stretches of membership of its conversation — the messages that reached them — and they did
+//! not delete it for themselves.
+
+use sqlx::Row;
+
+use crate::projection::{Tx, i, params};
+use crate::read::{MESSAGE_COLUMNS, MessageRow, message_row};
+use crate::text::{self, Query};
+use crate::{Backend, Store, StoreError};
+
+/// Documents per multi-row insert into the index.
+const DOCUMENTS_PER_INSERT: usize = 500;
+
+/// A search for one user.
+#[derive(Debug, Clone)]
+pub struct Search<'a> {
+    /// Whose messages: the conversations they are or were a member of.
+    pub user: &'a str,
+    /// The query.
+    pub query: &'a Query,
+    /// Only this conversation.
+    pub conv: Option<&'a str>,
+    /// Only messages before this seq (the next page); 0 for the newest.
+    pub before: u64,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// A message found, with what of its text matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The message in its current state.
+    pub message: MessageRow,
+    /// The pieces of its text that matched, as written there.
+    pub highlights: Vec<String>,
+}
+
+/// Highlights reported per message.
+const MAX_HIGHLIGHTS: usize = 16;
+
+/// The terms a stored body (JSON text) is indexed under; none for a body without text.
+pub(crate) fn terms_of_body(body: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .as_ref()
+        .and_then(text::searchable_text)
+        .map(text::index_terms)
+        .unwrap_or_default()
+}
+
+/// Indexes messages (conversation, seq, body as JSON text) that have no document yet.
+pub(crate) async fn index_messages(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    messages: &[(&str, u64, &str)],
+) -> Result<(), StoreError> {
+    let docs: Vec<(&str, u64, Vec<String>)> = messages
+        .iter()
+        .map(|(conv, seq, body)| (*conv, *seq, terms_of_body(body)))
+        .filter(|(_, _, terms)| !terms.is_empty())
+        .collect();
+    for chunk in docs.chunks(DOCUMENTS_PER_INSERT) {
+        let (sql, terms_of): (String, fn(&[String]) -> String) = match backend {
+            Backend::Sqlite => (
+                format!(
+                    "INSERT INTO message_search (rowid, conv_id, terms) VALUES {}",
+                    vec!["(?, ?, ?)"; chunk.len()].join(", ")
+                ),
+                text::fts5_text,
+            ),
+            Backend::Postgres => (
+                format!(
+                    "INSERT INTO message_search (seq, conv_id, terms) VALUES {}
+                     ON CONFLICT (seq) DO UPDATE SET terms = excluded.terms",
+                    (0..chunk.len())
+                        .map(|k| format!(
+                            "(${}, ${}, CAST(${} AS tsvector))",
+                            3 * k + 1,
+                            3 * k + 2,
+                            3 * k + 3
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                text::tsvector,
+            ),
+        };
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (conv, seq, terms) in chunk {
+            q = q.bind(i(*seq)).bind(*conv).bind(terms_of(terms));
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Indexes every message stored before the index existed, in the migration's transaction
+/// (a page at a time, in key order).
+pub(crate) async fn index_stored_messages(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+) -> Result<u64, StoreError> {
+    let (mut conv, mut seq) = (String::new(), -1_i64);
+    let mut indexed = 0;
+    loop {
+        let rows = sqlx::query(
+            "SELECT conv_id, seq, body FROM messages
+             WHERE (conv_id > $1 OR (conv_id = $1 AND seq > $2))
+               AND kind = 'message' AND revoked = 0
+             ORDER BY conv_id, seq LIMIT 1000",
+        )
+        .bind(&conv)
+        .bind(seq)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(indexed);
+        };
+        (conv, seq) = (last.try_get("conv_id")?, last.try_get("seq")?);
+        let page: Vec<(String, i64, String)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get("conv_id")?, r.try_get("seq")?, r.try_get("body")?)))
+            .collect::<Result<_, StoreError>>()?;
+        let docs: Vec<(&str, u64, &str)> = page
+            .iter()
+            .map(|(c, s, b)| (c.as_str(), *s as u64, b.as_str()))
+            .collect();
+        index_messages(conn, backend, &docs).await?;
+        indexed += docs.len() as u64;
+    }
+}
+
+impl Tx {
+    /// Indexes newly stored messages (conversation, seq, body as JSON text).
+    pub(crate) async fn index_messages(
+        &mut self,
+        messages: &[(&str, u64, &str)],
+    ) -> Result<(), StoreError> {
+        index_messages(&mut self.tx, self.backend, messages).await
+    }
+
+    /// Removes the document of message `seq` of `conv` — before its text changes (an edit or
+    /// a revoke). SQLite's index is told the terms the document was indexed under, from the
+    /// message's row, and its `secure-delete` takes them out of the index pages.
+    pub(crate) async fn unindex_message(&mut self, conv: &str, seq: u64) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("DELETE FROM message_search WHERE seq = $1")
+                .bind(i(seq))
+                .execute(&mut *self.tx)
+                .await?;
+            return Ok(());
+        }
+        let row = sqlx::query(
+            "SELECT body FROM messages
+             WHERE conv_id = $1 AND seq = $2 AND kind = 'message' AND revoked = 0",
+        )
+        .bind(conv)
+        .bind(i(seq))
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(row) = row else { return Ok(()) };
+        let terms = terms_of_body(&row.try_get::<String, _>("body")?);
+        if terms.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO message_search (message_search, rowid, terms, conv_id)
+             VALUES ('delete', $1, $2, $3)",
+        )
+        .bind(i(seq))
+        .bind(text::fts5_text(&terms))
+        .bind(conv)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Opens a stretch of membership of `group` at MEMBERSHIP sequence `seq` for each of
+    /// `users` (who joined by the event at `seq`).
+    pub async fn open_spans(
+        &mut self,
+        group: &str,
+        users: &[&str],
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        for chunk in users.chunks(DOCUMENTS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO member_spans (group_id, user_id, joined_seq) VALUES {}
+                 ON CONFLICT DO NOTHING",
+                (0..chunk.len())
+                    .map(|k| format!("({})", params(self.backend, 3 * k + 1, 3)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for user in chunk {
+                q = q.bind(group).bind(*user).bind(i(seq));
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the open stretch of `group` for each of `users` at MEMBERSHIP sequence `seq`
+    /// (the event that removed them).
+    pub async fn close_spans(
+        &mut self,
+        group: &str,
+        users: &[&str],
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        for chunk in users.chunks(crate::projection::IN_CHUNK) {
+            let sql = format!(
+                "UPDATE member_spans SET left_seq = $1
+                 WHERE group_id = $2 AND left_seq IS NULL AND joined_seq <= $1
+                   AND user_id IN ({})",
+                crate::projection::placeholders(3, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(i(seq))
+                .bind(group);
+            for user in chunk {
+                q = q.bind(*user);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Whether `user` is or was a member of `conv` (has a stretch of membership there).
+    pub async fn ever_member(&self, conv: &str, user: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM member_spans WHERE group_id = $1 AND user_id = $2 LIMIT 1",
+        )
+        .bind(conv)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// The messages `s.user` may find that match `s.query`, newest first (by seq), each in
+    /// its current state with what matched.
+    pub async fn search(&self, s: &Search<'_>) -> Result<Vec<Found>, StoreError> {
+        let (from, matches, query) = match self.backend {
+            Backend::Sqlite => (
+                "message_search d JOIN messages \
+                 ON messages.conv_id = d.conv_id AND messages.seq = d.rowid",
+                "message_search MATCH $1",
+                s.query.fts5(),
+            ),
+            Backend::Postgres => (
+                "message_search d JOIN messages \
+                 ON messages.conv_id = d.conv_id AND messages.seq = d.seq",
+                "d.terms @@ CAST($1 AS tsquery)",
+                s.query.tsquery(),
+            ),
+        };
+        // A message without a recorded position (stored before positions were kept) counts
+        // as decided when its group was created.
+        let sql = format!(
+            "SELECT {columns}
+             FROM {from}
+             JOIN groups g ON g.group_id = messages.conv_id
+             WHERE {matches}
+               AND messages.kind = 'message' AND messages.revoked = 0
+               AND messages.seq < $2 AND ($3 = '' OR messages.conv_id = $3)
+               AND EXISTS (
+                   SELECT 1 FROM member_spans sp
+                   WHERE sp.group_id = messages.conv_id AND sp.user_id = $4
+                     AND sp.joined_seq <= COALESCE(messages.membership_seq, g.created_seq)
+                     AND (sp.left_seq IS NULL
+                          OR COALESCE(messages.membership_seq, g.created_seq) < sp.left_seq))
+               AND NOT EXISTS (
+                   SELECT 1 FROM hidden_messages h
+                   WHERE h.user_id = $4 AND h.conv_id = messages.conv_id
+                     AND h.seq = messages.seq)
+             ORDER BY messages.seq DESC LIMIT $5",
+            columns = MESSAGE_COLUMNS
+                .split(", ")
+                .map(|c| format!("messages.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        let before = if s.before == 0 { i64::MAX } else { i(s.before) };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(query)
+            .bind(before)
+            .bind(s.conv.unwrap_or(""))
+            .bind(s.user)
+            .bind(i64::from(s.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let message = message_row(r)?;
+                let highlights = serde_json::from_str::<serde_json::Value>(&message.body)
+                    .ok()
+                    .as_ref()
+                    .and_then(text::searchable_text)
+                    .map(|t| s.query.highlights(t, MAX_HIGHLIGHTS))
+                    .unwrap_or_default();
+                Ok(Found {
+                    message,
+                    highlights,
+                })
+            })
+            .collect()
+    }
+}

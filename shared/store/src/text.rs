@@ -1,0 +1,497 @@
+//! How message text is cut into search terms, the same way for SQLite and PostgreSQL.
+//!
+//! Both databases index the terms computed here, not their own tokenizers' idea of the text:
+//! a word in one is a word in the other, and CJK text is findable in both.
+//!
+//! - A **word** is a run of letters and digits (with their combining marks). It is indexed
+//!   folded: compatibility-decomposed (NFKD), stripped of diacritics, lowercased — `Café`,
+//!   `CAFÉ` and `cafe` are one term. Words longer than [`MAX_TERM_CHARS`] are cut there.
+//! - **CJK** (Han ideographs, kana, Hangul) has no spaces between words, so each run of such
+//!   characters is indexed as overlapping **bigrams** (`東京都` → `東京`, `京都`), the scheme of
+//!   Lucene's CJK analyzer; a run of one character is indexed as itself. Every CJK character is
+//!   indexed once more on its own, after the text's terms, so a one-character query finds it.
+//!
+//! SQLite's index removes a document by the terms it was indexed under, recomputed from the
+//! stored text: a change to how text is cut here needs the index rebuilt (`anchorage replay`).
+//!
+//! A query is cut the same way. Every part must match (AND): a word of three characters or more
+//! matches the words that start with it (`deploy` finds `deployment`), a shorter one matches
+//! only itself, and a CJK run matches where the same characters stand together (its bigrams as
+//! a phrase).
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+
+/// Longest term indexed; longer words are cut to this many characters (in the index and in
+/// queries alike).
+pub const MAX_TERM_CHARS: usize = 64;
+/// Most parts (words and CJK runs) a query may have.
+pub const MAX_QUERY_PARTS: usize = 16;
+/// Longest query, in characters.
+pub const MAX_QUERY_CHARS: usize = 256;
+/// A word this long or longer matches as a prefix.
+const PREFIX_FROM: usize = 3;
+
+/// The text of a message body that search sees: a JSON string, or the string `text` of an
+/// object. Anything else (an encrypted payload, a card) is not indexed.
+pub fn searchable_text(body: &serde_json::Value) -> Option<&str> {
+    match body {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Object(o) => o.get("text").and_then(|t| t.as_str()),
+        _ => None,
+    }
+}
+
+/// A piece of the original text: a word, or one CJK character.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Piece {
+    /// Byte range in the original text.
+    start: usize,
+    end: usize,
+    kind: PieceKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PieceKind {
+    /// A word, folded.
+    Word(String),
+    /// A CJK character; `joined` when it directly follows the previous CJK character.
+    Cjk { c: char, joined: bool },
+}
+
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30FF // Hiragana, Katakana
+        | 0x31F0..=0x31FF // Katakana phonetic extensions
+        | 0x3400..=0x4DBF // CJK extension A
+        | 0x4E00..=0x9FFF // CJK unified ideographs
+        | 0xF900..=0xFAFF // CJK compatibility ideographs
+        | 0xFF66..=0xFF9D // halfwidth Katakana
+        | 0x1100..=0x11FF // Hangul Jamo
+        | 0x3130..=0x318F // Hangul compatibility Jamo
+        | 0xAC00..=0xD7AF // Hangul syllables
+        | 0x20000..=0x3134F // CJK extensions B–G
+    )
+}
+
+fn fold(word: &str) -> String {
+    word.nfkd()
+        .filter(|c| !is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .filter(|c| c.is_alphanumeric())
+        .take(MAX_TERM_CHARS)
+        .collect()
+}
+
+/// Cuts `text` into words and CJK characters, in order.
+fn pieces(text: &str) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut word: Option<usize> = None;
+    let mut last_cjk_end: Option<usize> = None;
+    let close = |out: &mut Vec<Piece>, start: usize, end: usize| {
+        let folded = fold(&text[start..end]);
+        if !folded.is_empty() {
+            out.push(Piece {
+                start,
+                end,
+                kind: PieceKind::Word(folded),
+            });
+        }
+    };
+    for (i, c) in text.char_indices() {
+        let end = i + c.len_utf8();
+        if is_cjk(c) {
+            if let Some(start) = word.take() {
+                close(&mut out, start, i);
+            }
+            out.push(Piece {
+                start: i,
+                end,
+                kind: PieceKind::Cjk {
+                    c,
+                    joined: last_cjk_end == Some(i),
+                },
+            });
+            last_cjk_end = Some(end);
+        } else if c.is_alphanumeric() || (word.is_some() && is_combining_mark(c)) {
+            word.get_or_insert(i);
+        } else if let Some(start) = word.take() {
+            close(&mut out, start, i);
+        }
+    }
+    if let Some(start) = word {
+        close(&mut out, start, text.len());
+    }
+    out
+}
+
+/// Runs of CJK characters standing together, as (first piece, past the last piece).
+fn cjk_runs(pieces: &[Piece]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, p) in pieces.iter().enumerate() {
+        if let PieceKind::Cjk { joined, .. } = p.kind {
+            match runs.last_mut() {
+                Some(run) if joined && run.1 == i => run.1 = i + 1,
+                _ => runs.push((i, i + 1)),
+            }
+        }
+    }
+    runs
+}
+
+fn cjk_char(p: &Piece) -> Option<char> {
+    match p.kind {
+        PieceKind::Cjk { c, .. } => Some(c),
+        PieceKind::Word(_) => None,
+    }
+}
+
+/// The terms `text` is indexed under, in order (a term's place is its position, for phrases).
+pub fn index_terms(text: &str) -> Vec<String> {
+    let pieces = pieces(text);
+    let runs = cjk_runs(&pieces);
+    let mut terms = Vec::new();
+    let mut unigrams = Vec::new();
+    let mut next_run = runs.iter().peekable();
+    let mut i = 0;
+    while i < pieces.len() {
+        match &pieces[i].kind {
+            PieceKind::Word(w) => {
+                terms.push(w.clone());
+                i += 1;
+            }
+            PieceKind::Cjk { .. } => {
+                let Some(&(start, end)) = next_run.next() else {
+                    break;
+                };
+                let chars: Vec<char> = pieces[start..end].iter().filter_map(cjk_char).collect();
+                terms.extend(grams(&chars));
+                // A one-character run is indexed as itself already.
+                if chars.len() > 1 {
+                    unigrams.extend(chars.iter().map(char::to_string));
+                }
+                i = end;
+            }
+        }
+    }
+    terms.extend(unigrams);
+    terms
+}
+
+/// Bigrams of a CJK run, or the run itself if it is one character.
+fn grams(chars: &[char]) -> Vec<String> {
+    if chars.len() == 1 {
+        return vec![chars[0].to_string()];
+    }
+    chars.windows(2).map(|w| w.iter().collect()).collect()
+}
+
+/// A parsed search query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    /// A word; `prefix` if it matches words that start with it.
+    Word { term: String, prefix: bool },
+    /// CJK characters standing together: their grams in order, and the characters.
+    Cjk {
+        grams: Vec<String>,
+        chars: Vec<char>,
+    },
+}
+
+/// Why a query cannot be run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// Nothing in it to search for (only spaces or punctuation).
+    #[error("the query has no word to search for")]
+    Empty,
+    /// Longer than [`MAX_QUERY_CHARS`].
+    #[error("the query is longer than {MAX_QUERY_CHARS} characters")]
+    TooLong,
+    /// More than [`MAX_QUERY_PARTS`] words.
+    #[error("the query has more than {MAX_QUERY_PARTS} words")]
+    TooManyParts,
+}
+
+impl Query {
+    /// Cuts `q` the way text is indexed.
+    pub fn parse(q: &str) -> Result<Query, QueryError> {
+        if q.chars().count() > MAX_QUERY_CHARS {
+            return Err(QueryError::TooLong);
+        }
+        let pieces = pieces(q);
+        let runs = cjk_runs(&pieces);
+        let mut parts = Vec::new();
+        let mut next_run = runs.iter();
+        let mut i = 0;
+        while i < pieces.len() {
+            match &pieces[i].kind {
+                PieceKind::Word(w) => {
+                    let part = Part::Word {
+                        prefix: w.chars().count() >= PREFIX_FROM,
+                        term: w.clone(),
+                    };
+                    if !parts.contains(&part) {
+                        parts.push(part);
+                    }
+                    i += 1;
+                }
+                PieceKind::Cjk { .. } => {
+                    let Some(&(start, end)) = next_run.next() else {
+                        break;
+                    };
+                    let chars: Vec<char> = pieces[start..end].iter().filter_map(cjk_char).collect();
+                    let part = Part::Cjk {
+                        grams: grams(&chars),
+                        chars,
+                    };
+                    if !parts.contains(&part) {
+                        parts.push(part);
+                    }
+                    i = end;
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Err(QueryError::Empty);
+        }
+        if parts.len() > MAX_QUERY_PARTS {
+            return Err(QueryError::TooManyParts);
+        }
+        Ok(Query { parts })
+    }
+
+    /// The query in SQLite FTS5 syntax. Terms hold only letters and digits, so quoting them
+    /// is enough: nothing in a query is read as an operator.
+    pub fn fts5(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Word { term, prefix } => {
+                    format!("\"{term}\"{}", if *prefix { " *" } else { "" })
+                }
+                Part::Cjk { grams, .. } => format!("\"{}\"", grams.join(" ")),
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    /// The query as a PostgreSQL `tsquery` literal (cast, not parsed by a text search
+    /// configuration: the terms are taken as they are).
+    pub fn tsquery(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Word { term, prefix } => {
+                    format!("{}{}", quote(term), if *prefix { ":*" } else { "" })
+                }
+                Part::Cjk { grams, .. } => {
+                    let phrase = grams.iter().map(|g| quote(g)).collect::<Vec<_>>();
+                    format!("({})", phrase.join(" <-> "))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" & ")
+    }
+
+    /// What of `text` the query matched, as it is written there: each distinct piece once, in
+    /// the order it first appears, at most `max`.
+    pub fn highlights(&self, text: &str, max: usize) -> Vec<String> {
+        let pieces = pieces(text);
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for p in &pieces {
+            if let PieceKind::Word(w) = &p.kind
+                && self.parts.iter().any(|part| match part {
+                    Part::Word { term, prefix: true } => w.starts_with(term.as_str()),
+                    Part::Word { term, .. } => w == term,
+                    Part::Cjk { .. } => false,
+                })
+            {
+                spans.push((p.start, p.end));
+            }
+        }
+        for (start, end) in cjk_runs(&pieces) {
+            let run = &pieces[start..end];
+            let chars: Vec<char> = run.iter().filter_map(cjk_char).collect();
+            for part in &self.parts {
+                let Part::Cjk { chars: wanted, .. } = part else {
+                    continue;
+                };
+                if wanted.len() > chars.len() {
+                    continue;
+                }
+                for at in 0..=chars.len() - wanted.len() {
+                    if chars[at..at + wanted.len()] == wanted[..] {
+                        spans.push((run[at].start, run[at + wanted.len() - 1].end));
+                    }
+                }
+            }
+        }
+        spans.sort_unstable();
+        let mut out: Vec<String> = Vec::new();
+        for (start, end) in spans {
+            let piece = &text[start..end];
+            if !out.iter().any(|o| o == piece) {
+                out.push(piece.to_owned());
+                if out.len() == max {
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A term quoted for a `tsvector` or `tsquery` literal.
+fn quote(term: &str) -> String {
+    format!("'{}'", term.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// `terms` as a PostgreSQL `tsvector` literal with their positions (1-based; PostgreSQL keeps
+/// positions up to 16,383, so a phrase further into a long text is matched by its terms only).
+pub fn tsvector(terms: &[String]) -> String {
+    terms
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("{}:{}", quote(t), (i + 1).min(16_383)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `terms` as the text SQLite's FTS5 indexes (its `ascii` tokenizer splits at the spaces and
+/// keeps every other character of a term).
+pub fn fts5_text(terms: &[String]) -> String {
+    terms.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn words_are_folded() {
+        assert_eq!(
+            index_terms("Café, CAFÉ & cafe — naïve Straße ﬁne №5"),
+            ["cafe", "cafe", "cafe", "naive", "straße", "fine", "5"]
+        );
+    }
+
+    #[test]
+    fn cjk_is_indexed_in_bigrams_and_characters() {
+        assert_eq!(
+            index_terms("東京都 ok 猫"),
+            ["東京", "京都", "ok", "猫", "東", "京", "都"]
+        );
+        // A lone character is indexed once.
+        assert_eq!(index_terms("猫"), ["猫"]);
+        assert_eq!(
+            index_terms("안녕하세요"),
+            ["안녕", "녕하", "하세", "세요", "안", "녕", "하", "세", "요"]
+        );
+    }
+
+    #[test]
+    fn queries_cut_like_text() {
+        let q = Query::parse("Deploy 東京 to").expect("parses");
+        assert_eq!(q.fts5(), "\"deploy\" * AND \"東京\" AND \"to\"");
+        assert_eq!(q.tsquery(), "'deploy':* & ('東京') & 'to'");
+        let q = Query::parse("東京都").expect("parses");
+        assert_eq!(q.fts5(), "\"東京 京都\"");
+        assert_eq!(q.tsquery(), "('東京' <-> '京都')");
+        assert_eq!(Query::parse(" ,.;  "), Err(QueryError::Empty));
+        assert_eq!(Query::parse(&"a ".repeat(17)).map(|q| q.parts.len()), Ok(1));
+        let many: String = (0..17).map(|i| format!("w{i} ")).collect();
+        assert_eq!(Query::parse(&many), Err(QueryError::TooManyParts));
+        assert_eq!(Query::parse(&"x".repeat(257)), Err(QueryError::TooLong));
+    }
+
+    #[test]
+    fn operators_in_a_query_are_words() {
+        let q = Query::parse("\"a\" OR b* NEAR(c) -d ' && !e <-> f:*").expect("parses");
+        assert_eq!(
+            q.fts5(),
+            "\"a\" AND \"or\" AND \"b\" AND \"near\" * AND \"c\" AND \"d\" AND \"e\" AND \"f\""
+        );
+        assert_eq!(
+            q.tsquery(),
+            "'a' & 'or' & 'b' & 'near':* & 'c' & 'd' & 'e' & 'f'"
+        );
+    }
+
+    #[test]
+    fn highlights_are_the_original_text() {
+        let q = Query::parse("cafe 京都").expect("parses");
+        assert_eq!(
+            q.highlights("Meet at the CAFÉ in 東京都, then Cafés 京都!", 16),
+            ["CAFÉ", "京都", "Cafés"]
+        );
+        assert!(q.highlights("nothing here", 16).is_empty());
+    }
+
+    #[test]
+    fn body_text() {
+        assert_eq!(searchable_text(&serde_json::json!("hi")), Some("hi"));
+        assert_eq!(
+            searchable_text(&serde_json::json!({"text": "hi", "x": 1})),
+            Some("hi")
+        );
+        assert_eq!(
+            searchable_text(&serde_json::json!({"ciphertext": "…"})),
+            None
+        );
+        assert_eq!(searchable_text(&serde_json::json!(12)), None);
+    }
+
+    #[test]
+    fn literals_quote_what_they_hold() {
+        assert_eq!(quote("it's"), "'it''s'");
+        assert_eq!(tsvector(&["a".to_owned(), "b".to_owned()]), "'a':1 'b':2");
+    }
+
+    proptest! {
+        /// Whatever the text, a query made of any of its words finds it: the terms of the
+        /// word's query are among the text's terms (prefix parts as prefixes of one).
+        #[test]
+        fn a_word_of_the_text_finds_the_text(text in "\\PC{0,80}", pick in 0usize..40) {
+            let terms = index_terms(&text);
+            let pieces = pieces(&text);
+            if pieces.is_empty() {
+                return Ok(());
+            }
+            let p = &pieces[pick % pieces.len()];
+            let q = Query::parse(&text[p.start..p.end]).expect("a piece is a query");
+            for part in &q.parts {
+                match part {
+                    Part::Word { term, prefix } => {
+                        let found = terms.iter().any(|t| {
+                            if *prefix { t.starts_with(term.as_str()) } else { t == term }
+                        });
+                        prop_assert!(found, "{term} not among {terms:?}");
+                    }
+                    Part::Cjk { grams, .. } => {
+                        for g in grams {
+                            prop_assert!(terms.contains(g));
+                        }
+                    }
+                }
+            }
+            prop_assert!(!q.highlights(&text, 16).is_empty());
+        }
+
+        /// Terms hold no character the query syntaxes or the `ascii` tokenizer treat
+        /// specially, and never more than the cap.
+        #[test]
+        fn terms_are_plain(text in "\\PC{0,200}") {
+            for t in index_terms(&text) {
+                prop_assert!(!t.is_empty() && t.chars().count() <= MAX_TERM_CHARS);
+                prop_assert!(t.chars().all(|c| c.is_alphanumeric() || is_cjk(c)));
+                prop_assert!(!t.chars().any(|c| c.is_ascii() && !c.is_ascii_alphanumeric()));
+            }
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Message search over real sockets: what a user finds is what reached them — nothing from
+//! before they joined or after they left, in its current text (edits, revokes and messages
+//! deleted for oneself included) — CJK text is findable, hostile queries are words, and a
+//! rebuild from the streams finds the same.
+
+use anchorage_protocol::request::{AddMembers, Edit, Hide, RemoveMembers, Revoke, Search};
+use anchorage_protocol::{ErrorCode, MembershipChanged, ReplyBody, SearchResults};
+use anchorage_schema::subjects::stream;
+use anchorage_store::Store;
+use anchorage_store::text::Query;
+use anchorage_tests::{
+    TestNats, TestStack, WsClient, conv_id, create_group, fresh_database, group_id, projected,
+    send_message, user_ids,
+};
+use serde_json::json;
+
+fn search(query: &str) -> Search {
+    Search {
+        query: query.into(),
+        conv: None,
+        before: 0,
+        limit: None,
+    }
+}
+
+async fn results(c: &mut WsClient, s: Search) -> SearchResults {
+    match c.reply(s).await.unwrap() {
+        ReplyBody::SearchResults(r) => r,
+        other => panic!("not search results: {other:?}"),
+    }
+}
+
+/// The seqs `c` finds for `query`, newest first.
+async fn found(c: &mut WsClient, query: &str) -> Vec<u64> {
+    seqs(&results(c, search(query)).await)
+}
+
+fn seqs(r: &SearchResults) -> Vec<u64> {
+    r.results.iter().map(|f| f.message.seq).collect()
+}
+
+async fn joined(c: &mut WsClient, conv: &str, yes: bool) {
+    c.pushed(|m: &MembershipChanged| m.conv.as_str() == conv && m.joined == yes)
+        .await
+        .unwrap();
+}
+
+async fn say(c: &mut WsClient, id: &str, body: serde_json::Value) -> u64 {
+    c.ack(send_message("ops", id, body)).await.unwrap().seq
+}
+
+/// Every user's results for `queries` on `store`, to compare a rebuild with.
+async fn everything_found(
+    store: &Store,
+    users: &[&str],
+    queries: &[&str],
+) -> Vec<(String, String, Vec<u64>)> {
+    let mut out = Vec::new();
+    for user in users {
+        for q in queries {
+            let query = Query::parse(q).unwrap();
+            let found = store
+                .search(&anchorage_store::search::Search {
+                    user,
+                    query: &query,
+                    conv: None,
+                    before: 0,
+                    limit: 100,
+                })
+                .await
+                .unwrap();
+            let seqs = found.iter().map(|f| f.message.seq).collect();
+            out.push((user.to_string(), q.to_string(), seqs));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_user_finds_what_reached_them_in_its_current_text() {
+    let nats = TestNats::start().await.unwrap();
+    let t = TestStack::start(&nats.url()).await.unwrap();
+    let addr = t.edge_addr();
+    let (mut alice, _) = WsClient::signed_in(addr, "alice", "laptop").await.unwrap();
+    let (mut bob, _) = WsClient::signed_in(addr, "bob", "phone").await.unwrap();
+    let (mut carol, _) = WsClient::signed_in(addr, "carol", "phone").await.unwrap();
+    let (mut dave, _) = WsClient::signed_in(addr, "dave", "phone").await.unwrap();
+    alice
+        .ok(create_group("ops", "Ops", &["bob"]))
+        .await
+        .unwrap();
+    joined(&mut bob, "ops", true).await;
+
+    let m1 = say(&mut alice, "m1", json!("Deploy the release at noon")).await;
+    let m2 = say(&mut alice, "m2", json!("東京都 meeting moved")).await;
+    let m3 = say(
+        &mut alice,
+        "m3",
+        json!({"text": "Café opens at 9", "lang": "en"}),
+    )
+    .await;
+    // Not text: an encrypted payload is not indexed, whatever it holds.
+    say(&mut alice, "m4", json!({"ciphertext": "deploy"})).await;
+    alice
+        .ok(AddMembers {
+            group: group_id("ops"),
+            members: user_ids(&["carol"]),
+        })
+        .await
+        .unwrap();
+    joined(&mut carol, "ops", true).await;
+    let m5 = say(&mut alice, "m5", json!("deploy again")).await;
+    alice
+        .ok(RemoveMembers {
+            group: group_id("ops"),
+            members: user_ids(&["bob"]),
+        })
+        .await
+        .unwrap();
+    joined(&mut bob, "ops", false).await;
+    let m6 = say(&mut alice, "m6", json!("deploying after bob left")).await;
+    alice
+        .ok(AddMembers {
+            group: group_id("ops"),
+            members: user_ids(&["bob"]),
+        })
+        .await
+        .unwrap();
+    joined(&mut bob, "ops", true).await;
+    let m7 = say(&mut alice, "m7", json!("bob is back: deploy")).await;
+    let store = &t.stack.store;
+    projected(store, "messages", m7).await;
+
+    // Each finds the messages of their own stretches of membership, newest first.
+    assert_eq!(found(&mut alice, "deploy").await, [m7, m6, m5, m1]);
+    assert_eq!(found(&mut bob, "deploy").await, [m7, m5, m1]);
+    assert_eq!(found(&mut carol, "deploy").await, [m7, m6, m5]);
+    assert_eq!(found(&mut dave, "deploy").await, Vec::<u64>::new());
+
+    // Pages: `before` the last result's seq; `more` says whether to ask.
+    let first = results(
+        &mut carol,
+        Search {
+            limit: Some(2),
+            ..search("deploy")
+        },
+    )
+    .await;
+    assert_eq!((seqs(&first), first.more), (vec![m7, m6], true));
+    let next = results(
+        &mut carol,
+        Search {
+            limit: Some(2),
+            before: m6,
+            conv: Some(conv_id("ops")),
+            ..search("deploy")
+        },
+    )
+    .await;
+    assert_eq!((seqs(&next), next.more), (vec![m5], false));
+
+    // Words fold case and diacritics, match as prefixes from three characters; CJK is found
+    // by any run of its characters; every part must match; highlights are the text's own.
+    let cafe = results(&mut alice, search("CAFE")).await;
+    assert_eq!(seqs(&cafe), [m3]);
+    assert_eq!(cafe.results[0].highlights, ["Café"]);
+    assert_eq!(
+        cafe.results[0].message.body,
+        json!({"text": "Café opens at 9", "lang": "en"})
+    );
+    let kyoto = results(&mut alice, search("京都")).await;
+    assert_eq!(
+        (seqs(&kyoto), kyoto.results[0].highlights.clone()),
+        (vec![m2], vec!["京都".to_owned()])
+    );
+    assert_eq!(found(&mut alice, "東").await, [m2]);
+    assert_eq!(found(&mut alice, "東京都 meet").await, [m2]);
+    assert_eq!(found(&mut alice, "都東").await, Vec::<u64>::new());
+    assert_eq!(found(&mut alice, "de").await, Vec::<u64>::new());
+    assert_eq!(found(&mut alice, "deploy noon").await, [m1]);
+    assert_eq!(found(&mut alice, "deploy tokyo").await, Vec::<u64>::new());
+
+    // Query syntax of either database is nothing but words.
+    for hostile in [
+        "deploy\" OR \"*",
+        "NEAR(deploy noon)",
+        "deploy:* | !noon",
+        "'; DROP TABLE messages; --",
+        "{terms}: deploy",
+        "^deploy",
+    ] {
+        let r = alice.request(search(hostile)).await.unwrap();
+        assert!(
+            matches!(&r, anchorage_protocol::ServerFrame::Reply(_)),
+            "{hostile}: {r:?}"
+        );
+    }
+    assert_eq!(
+        found(&mut alice, "deploy\" OR \"*").await,
+        Vec::<u64>::new()
+    );
+    assert_eq!(found(&mut alice, "(deploy) -noon").await, [m1]);
+
+    // Precise refusals.
+    for (bad, why) in [
+        (search(" ,;. "), "no word"),
+        (search(&"x".repeat(300)), "longer than"),
+        (
+            search(&(0..17).map(|i| format!("w{i} ")).collect::<String>()),
+            "more than",
+        ),
+    ] {
+        let e = alice.refused(bad).await.unwrap();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains(why), "{}", e.message);
+    }
+    let e = dave
+        .refused(Search {
+            conv: Some(conv_id("ops")),
+            ..search("deploy")
+        })
+        .await
+        .unwrap();
+    assert_eq!(e.code, ErrorCode::Forbidden);
+
+    // An edit replaces the text found, a revoke removes it, a message deleted for oneself is
+    // gone for that user only.
+    let edited = alice
+        .ok(Edit {
+            conv: conv_id("ops"),
+            seq: m1,
+            body: json!("Ship the release at noon"),
+        })
+        .await
+        .unwrap();
+    let revoked = alice
+        .ok(Revoke {
+            conv: conv_id("ops"),
+            seq: m5,
+        })
+        .await
+        .unwrap();
+    let hidden = carol
+        .ok(Hide {
+            conv: conv_id("ops"),
+            seqs: vec![m6],
+        })
+        .await
+        .unwrap();
+    projected(
+        store,
+        "messages",
+        revoked.seq.unwrap().max(edited.seq.unwrap()),
+    )
+    .await;
+    projected(store, "users", hidden.seq.unwrap()).await;
+    assert_eq!(found(&mut alice, "deploy").await, [m7, m6]);
+    assert_eq!(found(&mut carol, "deploy").await, [m7]);
+    let ship = results(&mut bob, search("ship")).await;
+    assert_eq!(seqs(&ship), [m1]);
+    assert_eq!(ship.results[0].message.edits, 1);
+    assert_eq!(ship.results[0].highlights, ["Ship"]);
+    // A former stretch still counts after leaving for good.
+    alice
+        .ok(RemoveMembers {
+            group: group_id("ops"),
+            members: user_ids(&["bob"]),
+        })
+        .await
+        .unwrap();
+    joined(&mut bob, "ops", false).await;
+    let ops_only = Search {
+        conv: Some(conv_id("ops")),
+        ..search("ship")
+    };
+    assert_eq!(seqs(&results(&mut bob, ops_only).await), [m1]);
+
+    // A rebuild from the streams finds the same for everyone.
+    let last = t
+        .stack
+        .bus
+        .stream_state(stream::MEMBERSHIP)
+        .await
+        .unwrap()
+        .last_seq;
+    projected(store, "membership", last.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = t.config.clone();
+    config.database.url = fresh_database(dir.path()).await.unwrap();
+    let rebuilt = Store::connect(&anchorage::store_options(&config))
+        .await
+        .unwrap();
+    rebuilt.migrate().await.unwrap();
+    let options = anchorage_projector::replay::ReplayOptions {
+        batch_size: 3,
+        upto: Default::default(),
+        membership: anchorage_projector::MembershipRules::default(),
+    };
+    anchorage_projector::replay::replay(&t.stack.bus, &rebuilt, &options, |_| {})
+        .await
+        .unwrap();
+    let users = ["alice", "bob", "carol", "dave"];
+    let queries = ["deploy", "ship", "京都", "cafe", "meeting", "bob"];
+    let live = everything_found(store, &users, &queries).await;
+    assert_eq!(everything_found(&rebuilt, &users, &queries).await, live);
+    assert!(live.iter().any(|(_, _, s)| s.len() > 1));
+    let differences: Vec<String> = store
+        .fingerprint()
+        .await
+        .unwrap()
+        .differences(&rebuilt.fingerprint().await.unwrap())
+        .into_iter()
+        .filter(|d| !d.starts_with("checkpoint \"ingest\""))
+        .collect();
+    assert_eq!(differences, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_revoked_text_leaves_no_term_in_the_index() {
+    let nats = TestNats::start().await.unwrap();
+    let t = TestStack::start(&nats.url()).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(t.edge_addr(), "alice", "laptop")
+        .await
+        .unwrap();
+    alice.ok(create_group("ops", "Ops", &[])).await.unwrap();
+    // A term no other text shares a prefix with, so the index holds it whole.
+    let word = format!("xylograph{}", std::process::id());
+    let seq = say(&mut alice, "s1", json!(format!("the {word} plan"))).await;
+    say(&mut alice, "s2", json!("the other plan")).await;
+    let store = &t.stack.store;
+    projected(store, "messages", seq + 1).await;
+    assert_eq!(found(&mut alice, &word).await, [seq]);
+    let sqlite = t.config.database.url.starts_with("sqlite");
+    let holding = |word: &str| {
+        let mut files = vec![t.db_dir.path().to_path_buf()];
+        let mut holding = Vec::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else if std::fs::read(&path)
+                .unwrap()
+                .windows(word.len())
+                .any(|w| w == word.as_bytes())
+            {
+                holding.push(path.display().to_string());
+            }
+        }
+        holding
+    };
+    if sqlite {
+        assert!(!holding(&word).is_empty(), "the index holds the term");
+    }
+
+    let revoked = alice
+        .ok(Revoke {
+            conv: conv_id("ops"),
+            seq,
+        })
+        .await
+        .unwrap();
+    projected(store, "messages", revoked.seq.unwrap()).await;
+    assert_eq!(found(&mut alice, &word).await, Vec::<u64>::new());
+    assert_eq!(found(&mut alice, "plan").await, [seq + 1]);
+    if sqlite {
+        assert_eq!(holding(&word), Vec::<String>::new());
+    }
+    assert_eq!(found(&mut alice, "other").await, [seq + 1]);
+}
