@@ -36,6 +36,8 @@ pub struct Sizes {
     pub fanouts: usize,
     /// Edges the clients of `send` and `fanout` are spread over.
     pub edges: usize,
+    /// Messages of text `search` searches.
+    pub searched: usize,
 }
 
 impl Sizes {
@@ -52,6 +54,7 @@ impl Sizes {
                 online: 50,
                 fanouts: 2,
                 edges: 1,
+                searched: 20_000,
             }
         } else {
             Sizes {
@@ -64,6 +67,7 @@ impl Sizes {
                 online: 10_000,
                 fanouts: 5,
                 edges: 1,
+                searched: 1_000_000,
             }
         }
     }

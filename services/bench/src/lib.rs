@@ -45,6 +45,8 @@ pub enum Scenario {
     /// The messages projection on PostgreSQL in 1, 2 and 4 partitions, next to a raw
     /// consumer.
     Partitions,
+    /// Full-text search over a large history, next to the bare index.
+    Search,
 }
 
 impl Scenario {
@@ -61,6 +63,7 @@ impl Scenario {
             Scenario::Signals => "signals",
             Scenario::Ingest => "ingest",
             Scenario::Partitions => "partitions",
+            Scenario::Search => "search",
         }
     }
 }
@@ -79,6 +82,7 @@ pub async fn run(scenario: Scenario, sizes: Sizes) -> anyhow::Result<Value> {
         Scenario::Signals => scenarios::signals::run(&env, sizes).await,
         Scenario::Ingest => scenarios::ingest::run(&env, sizes).await,
         Scenario::Partitions => scenarios::partitions::run(&env, sizes).await,
+        Scenario::Search => scenarios::search::run(&env, sizes).await,
     };
     env.stop().await;
     let mut report = result?;

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use anchorage_protocol::request::{
     AddMembers, CreateGroup, Edit, Edits, Hide, MarkRead, MembersSearch, MembersSyncBatch,
     OpenDirect, Pin, PresenceQuery, React, ReactorsQuery, ReceiptsQuery, RemoveMembers, Revoke,
-    SetPrivacy, Typing, View,
+    Search, SetPrivacy, Typing, View,
 };
 use anchorage_protocol::{MembersBatch, Reactors, Receipts, ReplyBody, RequestBody, ServerFrame};
 use anchorage_schema::{ConversationId, GroupId, UserId};
@@ -43,7 +43,9 @@ use tokio::sync::broadcast;
 
 pub use anchorage_digest::SetDigest;
 pub use anchorage_protocol::request::SetPrefs;
-pub use anchorage_protocol::{ConvPrefs, MemberInfo, PresenceInfo, Reaction};
+pub use anchorage_protocol::{
+    ConvPrefs, MemberInfo, PresenceInfo, Reaction, SearchResult, SearchResults,
+};
 pub use backoff::{delay as backoff_delay, random as backoff_random};
 pub use members::{MemberListState, MemberSyncKind};
 
@@ -578,6 +580,28 @@ impl Client {
         };
         match self.ask(search.into()).await? {
             ReplyBody::MembersFound(found) => Ok(found.members),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Messages of this user's conversations (or of `conv`) whose text matches `query`, newest
+    /// first, from the server's index: only messages that reached the user, in their current
+    /// text. `before` pages back (the last result's seq; 0 for the newest).
+    pub async fn search(
+        &self,
+        query: &str,
+        conv: Option<&str>,
+        before: u64,
+        limit: u32,
+    ) -> Result<SearchResults, SdkError> {
+        let search = Search {
+            query: query.to_owned(),
+            conv: conv.map(ConversationId::parse).transpose()?,
+            before,
+            limit: Some(limit),
+        };
+        match self.ask(search.into()).await? {
+            ReplyBody::SearchResults(found) => Ok(found),
             other => Err(unexpected(&other)),
         }
     }

@@ -254,29 +254,23 @@ impl Store {
     /// The messages `s.user` may find that match `s.query`, newest first (by seq), each in
     /// its current state with what matched.
     pub async fn search(&self, s: &Search<'_>) -> Result<Vec<Found>, StoreError> {
-        let (from, matches, query) = match self.backend {
-            Backend::Sqlite => (
-                "message_search d JOIN messages \
-                 ON messages.conv_id = d.conv_id AND messages.seq = d.rowid",
-                "message_search MATCH $1",
-                s.query.fts5(),
-            ),
-            Backend::Postgres => (
-                "message_search d JOIN messages \
-                 ON messages.conv_id = d.conv_id AND messages.seq = d.seq",
-                "d.terms @@ CAST($1 AS tsquery)",
-                s.query.tsquery(),
-            ),
+        // Documents are walked newest first by their own key (the seq) and stop at `limit`
+        // found: a common word costs the documents read until the user's are found, not
+        // every document holding it.
+        let (key, matches, query) = match self.backend {
+            Backend::Sqlite => ("d.rowid", "message_search MATCH $1", s.query.fts5()),
+            Backend::Postgres => ("d.seq", "d.terms @@ CAST($1 AS tsquery)", s.query.tsquery()),
         };
         // A message without a recorded position (stored before positions were kept) counts
         // as decided when its group was created.
         let sql = format!(
             "SELECT {columns}
-             FROM {from}
+             FROM message_search d
+             JOIN messages ON messages.conv_id = d.conv_id AND messages.seq = {key}
              JOIN groups g ON g.group_id = messages.conv_id
              WHERE {matches}
                AND messages.kind = 'message' AND messages.revoked = 0
-               AND messages.seq < $2 AND ($3 = '' OR messages.conv_id = $3)
+               AND {key} < $2 AND ($3 = '' OR d.conv_id = $3)
                AND EXISTS (
                    SELECT 1 FROM member_spans sp
                    WHERE sp.group_id = messages.conv_id AND sp.user_id = $4
@@ -287,7 +281,7 @@ impl Store {
                    SELECT 1 FROM hidden_messages h
                    WHERE h.user_id = $4 AND h.conv_id = messages.conv_id
                      AND h.seq = messages.seq)
-             ORDER BY messages.seq DESC LIMIT $5",
+             ORDER BY {key} DESC LIMIT $5",
             columns = MESSAGE_COLUMNS
                 .split(", ")
                 .map(|c| format!("messages.{c}"))

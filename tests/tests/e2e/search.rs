@@ -5,12 +5,13 @@
 
 use anchorage_protocol::request::{AddMembers, Edit, Hide, RemoveMembers, Revoke, Search};
 use anchorage_protocol::{ErrorCode, MembershipChanged, ReplyBody, SearchResults};
+use anchorage_schema::admin::Scope;
 use anchorage_schema::subjects::stream;
 use anchorage_store::Store;
 use anchorage_store::text::Query;
 use anchorage_tests::{
-    TestNats, TestStack, WsClient, conv_id, create_group, fresh_database, group_id, projected,
-    send_message, user_ids,
+    TestNats, TestStack, WsClient, api_key, conv_id, create_group, fresh_database, group_id, http,
+    projected, send_message, user_ids,
 };
 use serde_json::json;
 
@@ -136,6 +137,54 @@ async fn a_user_finds_what_reached_them_in_its_current_text() {
     assert_eq!(found(&mut bob, "deploy").await, [m7, m5, m1]);
     assert_eq!(found(&mut carol, "deploy").await, [m7, m6, m5]);
     assert_eq!(found(&mut dave, "deploy").await, Vec::<u64>::new());
+
+    // The server API finds the same for a user.
+    let (key, _) = api_key(&nats.url(), Scope::Read, 1000).await;
+    let auth = format!("Bearer {key}");
+    let get = |path: String| {
+        let auth = auth.clone();
+        async move {
+            http(addr, "GET", &path, &[("authorization", &auth)], None)
+                .await
+                .unwrap()
+        }
+    };
+    let page = get("/v1/users/carol/search?q=deploy&limit=2".into()).await;
+    assert_eq!(page.status, 200, "{:?}", page.body);
+    let api_seqs: Vec<u64> = page.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["message"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(api_seqs, [m7, m6]);
+    assert_eq!(page.body["results"][0]["conv"], json!("ops"));
+    assert_eq!(page.body["results"][0]["highlights"], json!(["deploy"]));
+    assert_eq!(page.body["next_before"], json!(m6));
+    let page = get(format!(
+        "/v1/users/carol/search?q=deploy&limit=2&before={m6}"
+    ))
+    .await;
+    assert_eq!(page.body["results"][0]["message"]["seq"], json!(m5));
+    assert!(page.body.get("next_before").is_none(), "{:?}", page.body);
+    assert_eq!(
+        get("/v1/users/carol/search?q=%20%2C%3B".into())
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        get("/v1/users/carol/search?q=deploy&limit=51".into())
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        get("/v1/users/dave/search?q=deploy&conv=ops".into())
+            .await
+            .status,
+        403
+    );
 
     // Pages: `before` the last result's seq; `more` says whether to ask.
     let first = results(

@@ -7,5 +7,6 @@ pub mod memory;
 pub mod partitions;
 pub mod reconnect;
 pub mod replay;
+pub mod search;
 pub mod send;
 pub mod signals;

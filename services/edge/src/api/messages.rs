@@ -361,3 +361,102 @@ pub async fn history(
         next_before,
     }))
 }
+
+/// A search of a user's messages.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParams {
+    /// Words to find: every one must match; a word of three characters or more also matches
+    /// words that start with it; CJK text matches where its characters stand together.
+    #[param(min_length = 1, max_length = 256)]
+    pub q: String,
+    /// Only this conversation (one the user is or was a member of).
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub conv: Option<String>,
+    /// Messages before this seq (default: the newest).
+    #[param(minimum = 0, maximum = 9223372036854775807_u64)]
+    pub before: Option<u64>,
+    /// At most this many (1 to 50, default 20).
+    #[param(minimum = 1, maximum = 50)]
+    pub limit: Option<u32>,
+}
+
+/// A message found.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Found {
+    /// Its conversation.
+    pub conv: String,
+    /// The message in its current state.
+    pub message: Message,
+    /// The pieces of its text that matched, as written there.
+    pub highlights: Vec<String>,
+}
+
+/// Messages found, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchPage {
+    /// Newest first.
+    pub results: Vec<Found>,
+    /// Pass as `before` for older results; absent when there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<u64>,
+}
+
+/// Full-text search of the messages that reached a user — in every conversation they are or
+/// were a member of, none from before they joined or after they left — as the user's own
+/// `search` request finds them.
+#[utoipa::path(get, operation_id = "user_search_messages", path = "/v1/users/{user}/search", tag = "messages",
+    params(("user" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), SearchParams),
+    responses((status = 200, description = "Messages found", body = SearchPage)),
+    security(("api_key" = [])))]
+pub async fn search(
+    State(state): State<EdgeState>,
+    key: Key,
+    Params(user): Params<String>,
+    Page(params): Page<SearchParams>,
+) -> Result<Json<SearchPage>, Problem> {
+    key.require(Scope::Read)?;
+    let user = user_id(user)?;
+    let limit = page_limit(params.limit, 20, 50)?;
+    let before = params.before.unwrap_or(0);
+    if before > i64::MAX as u64 {
+        return Err(Problem::invalid("before is at most 2^63 - 1"));
+    }
+    let conv = params.conv.map(conversation).transpose()?;
+    super::not_deleted(&state, std::slice::from_ref(&user)).await?;
+    let request = anchorage_protocol::request::Search {
+        query: params.q,
+        conv,
+        before,
+        limit: Some(limit),
+    };
+    let found = state.search(user.as_str(), &request).await?;
+    let results: Vec<Found> = found
+        .results
+        .into_iter()
+        .map(|r| {
+            let m = r.message;
+            Found {
+                conv: m.conv.to_string(),
+                message: Message {
+                    seq: m.seq,
+                    sender: m.sender,
+                    device: m.device,
+                    client_msg_id: m.client_msg_id,
+                    body: m.body,
+                    client_ts: m.client_ts,
+                    server_ts: m.server_ts,
+                },
+                highlights: r.highlights,
+            }
+        })
+        .collect();
+    let next_before = found
+        .more
+        .then(|| results.last().map(|f| f.message.seq))
+        .flatten();
+    Ok(Json(SearchPage {
+        results,
+        next_before,
+    }))
+}

@@ -254,7 +254,7 @@ fn caller(state: &EdgeState) -> Caller {
         users::sessions, users::revoke, users::conversations,
         groups::create, groups::get, groups::update, groups::dismiss, groups::add,
         groups::remove, groups::role, groups::mute, groups::members,
-        messages::post, messages::history,
+        messages::post, messages::history, messages::search,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::redeliver,
     ),
     components(schemas(Problem)),
@@ -262,7 +262,7 @@ fn caller(state: &EdgeState) -> Caller {
     tags(
         (name = "users", description = "Users, device tokens, sessions, conversations"),
         (name = "groups", description = "Groups and members"),
-        (name = "messages", description = "Posting and history"),
+        (name = "messages", description = "Posting, history and search"),
         (name = "webhooks", description = "Signed, durable deliveries of events to your endpoints"),
     )
 )]
@@ -405,6 +405,7 @@ pub fn router() -> Router<EdgeState> {
             axum::routing::delete(users::revoke),
         )
         .route("/v1/users/{user}/conversations", get(users::conversations))
+        .route("/v1/users/{user}/search", get(messages::search))
         .route("/v1/groups", post(groups::create))
         .route(
             "/v1/groups/{group}",

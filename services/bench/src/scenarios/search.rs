@@ -1,0 +1,305 @@
+//! `bench search`: full-text search over a large history — messages of realistic text (words
+//! of a Zipf-distributed vocabulary, some CJK) in 1,000 groups — rebuilt into SQLite by
+//! `replay` (index included), then queried as users: common, middling and rare words, two
+//! words, prefixes and CJK. Next to the bare index answering the same match in the same run:
+//! what membership windows, hidden messages and current state cost on top.
+
+use std::time::{Duration, Instant};
+
+use anchorage_schema::event::{GroupCreated, MessageSent};
+use anchorage_schema::{
+    Actor, ClientMsgId, ConversationId, DeviceId, Envelope, EventId, GroupId, SourceId, UserId,
+};
+use anchorage_store::text::Query;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::env::{BenchEnv, Sizes, percentile, progress, rate};
+
+/// Groups the messages are spread over, and users; each group has [`MEMBERS`] of them.
+const GROUPS: usize = 1_000;
+const USERS: usize = 200;
+const MEMBERS: usize = 10;
+/// Words of the vocabulary; word `k` is drawn with weight 1/(k+1).
+const VOCABULARY: usize = 5_000;
+/// Queries per kind, and at once.
+const QUERIES: usize = 300;
+const CONCURRENCY: usize = 4;
+const CJK: [&str; 8] = [
+    "東京都",
+    "会議室",
+    "打ち合わせ",
+    "明日",
+    "上海",
+    "北京大学",
+    "안녕하세요",
+    "회의",
+];
+
+/// A small deterministic generator (xorshift), so every run searches the same history.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A word rank with weight 1/(k+1) (inverse of the harmonic CDF, approximately).
+    fn zipf(&mut self) -> usize {
+        let h = (VOCABULARY as f64).ln() + 0.5772;
+        ((self.unit() * h).exp() - 1.0).clamp(0.0, (VOCABULARY - 1) as f64) as usize
+    }
+}
+
+/// Word `k` of the vocabulary: distinct, pronounceable-ish, 4 to 9 letters.
+fn word(k: usize) -> String {
+    const SYLLABLES: [&str; 16] = [
+        "ka", "lo", "mi", "ne", "tor", "sa", "vu", "rei", "po", "dan", "qui", "ber", "sol", "fi",
+        "gra", "hu",
+    ];
+    let mut out = String::new();
+    let mut n = k + 16;
+    while n > 0 {
+        out.push_str(SYLLABLES[n % 16]);
+        n /= 16;
+    }
+    out
+}
+
+fn text(rng: &mut Rng) -> String {
+    let words = 6 + (rng.next() % 8) as usize;
+    let mut parts: Vec<String> = (0..words).map(|_| word(rng.zipf())).collect();
+    if rng.next() % 10 == 0 {
+        parts.push(CJK[(rng.next() % CJK.len() as u64) as usize].to_owned());
+    }
+    parts.join(" ")
+}
+
+fn member(g: usize, m: usize) -> String {
+    format!("u{}", (g * 7 + m * 13) % USERS)
+}
+
+pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
+    let bus = env.bus().await?;
+    progress(&format!("creating {GROUPS} groups"));
+    let system = Actor::System {
+        source: SourceId::parse("bench")?,
+    };
+    for g in 0..GROUPS {
+        let created = GroupCreated {
+            group: GroupId::parse(format!("g{g}"))?,
+            owner: UserId::parse(member(g, 0))?,
+            title: format!("group {g}"),
+            members: (1..MEMBERS)
+                .map(|m| UserId::parse(member(g, m)))
+                .collect::<Result<_, _>>()?,
+            direct: false,
+        };
+        let env = Envelope::new(
+            EventId::parse(format!("bench:g{g}"))?,
+            1,
+            system.clone(),
+            created,
+        );
+        let subject = anchorage_schema::subjects::membership(&GroupId::parse(format!("g{g}"))?);
+        bus.publish_event(&subject, &env, None).await?;
+    }
+    progress(&format!("publishing {} messages of text", s.searched));
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for n in 0..s.searched {
+        let g = n % GROUPS;
+        let conv = ConversationId::parse(format!("g{g}"))?;
+        let sender = UserId::parse(member(g, n % MEMBERS))?;
+        let device = DeviceId::parse("d")?;
+        let sent = MessageSent {
+            conv: conv.clone(),
+            sender: sender.clone(),
+            device: device.clone(),
+            client_msg_id: ClientMsgId::parse(format!("m{n}"))?,
+            body: Value::String(text(&mut rng)),
+            client_ts: 1,
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
+        };
+        let event = Envelope::new(
+            EventId::parse(format!("bench:s:{n}"))?,
+            1,
+            Actor::User {
+                user: sender,
+                device,
+            },
+            sent,
+        );
+        let subject = anchorage_schema::subjects::message(&conv);
+        let bus = bus.clone();
+        pending.push(async move { bus.publish_event(&subject, &event, None).await });
+        while pending.len() > 256 {
+            if let Some(r) = pending.next().await {
+                r?;
+            }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+
+    progress("replaying into a fresh SQLite database (with the search index)");
+    let url = format!("sqlite://{}/search.db", env.dir.path().display());
+    anchorage_store::ensure_database(&url).await?;
+    let store = anchorage_store::Store::connect(&anchorage_store::StoreOptions {
+        url: url.clone(),
+        max_connections: 4,
+        sqlite_synchronous: "NORMAL",
+    })
+    .await?;
+    store.migrate().await?;
+    let options = anchorage_projector::replay::ReplayOptions {
+        batch_size: 1000,
+        upto: Default::default(),
+        membership: Default::default(),
+    };
+    let start = Instant::now();
+    let summary = anchorage_projector::replay::replay(&bus, &store, &options, |_| {}).await?;
+    let replay_rate = rate(summary.applied as usize, start.elapsed());
+    bus.close().await;
+
+    let kinds: Vec<(&str, Vec<String>)> = vec![
+        ("common word", (0..20).map(word).collect()),
+        ("middling word", (400..420).map(word).collect()),
+        ("rare word", (4000..4020).map(word).collect()),
+        (
+            "two words",
+            (0..20)
+                .map(|k| format!("{} {}", word(k), word(k + 40)))
+                .collect(),
+        ),
+        (
+            "prefix",
+            (0..20).map(|k| word(k + 200)[..3].to_owned()).collect(),
+        ),
+        ("cjk", CJK.iter().map(|c| c.to_string()).collect()),
+    ];
+    let raw = sqlx::AnyPool::connect(&url).await?;
+    let mut ours_all = Vec::new();
+    let mut bare_all = Vec::new();
+    let mut by_kind = serde_json::Map::new();
+    let mut found_total = 0;
+    let (mut ours_time, mut bare_time) = (Duration::ZERO, Duration::ZERO);
+    for (kind, queries) in &kinds {
+        progress(&format!("searching: {kind}"));
+        let (ours, found, ours_wall) = timed(QUERIES, |i| {
+            let store = store.clone();
+            let q = queries[i % queries.len()].clone();
+            let user = format!("u{}", (i * 31) % USERS);
+            async move {
+                let query = Query::parse(&q)?;
+                let found = store
+                    .search(&anchorage_store::search::Search {
+                        user: &user,
+                        query: &query,
+                        conv: None,
+                        before: 0,
+                        limit: 21,
+                    })
+                    .await?;
+                Ok(found.len())
+            }
+        })
+        .await?;
+        let (bare, _, bare_wall) = timed(QUERIES, |i| {
+            let raw = raw.clone();
+            let q = queries[i % queries.len()].clone();
+            async move {
+                let query = Query::parse(&q)?;
+                let rows = sqlx::query(
+                    "SELECT rowid FROM message_search WHERE message_search MATCH $1
+                     ORDER BY rowid DESC LIMIT 21",
+                )
+                .bind(query.fts5())
+                .fetch_all(&raw)
+                .await?;
+                Ok(rows.len())
+            }
+        })
+        .await?;
+        found_total += found;
+        by_kind.insert(
+            (*kind).to_owned(),
+            json!({
+                "queries_per_sec": rate(ours.len(), ours_wall).round(),
+                "bare_index_queries_per_sec": rate(bare.len(), bare_wall).round(),
+                "p50_ms": percentile(&sorted(&ours), 0.5),
+                "p99_ms": percentile(&sorted(&ours), 0.99),
+                "bare_index_p99_ms": percentile(&sorted(&bare), 0.99),
+                "results": found,
+            }),
+        );
+        ours_all.extend(ours);
+        bare_all.extend(bare);
+        ours_time += ours_wall;
+        bare_time += bare_wall;
+    }
+    raw.close().await;
+    store.close().await;
+    anyhow::ensure!(found_total > 0, "the searches found nothing");
+    let ours_qps = rate(ours_all.len(), ours_time);
+    let bare_qps = rate(bare_all.len(), bare_time);
+    Ok(json!({
+        "ours": {
+            "messages": s.searched,
+            "queries_per_sec": ours_qps.round(),
+            "p50_ms": percentile(&sorted(&ours_all), 0.5),
+            "p99_ms": percentile(&sorted(&ours_all), 0.99),
+            "by_kind": by_kind,
+            "replay_with_index_events_per_sec": replay_rate.round(),
+            "database": "sqlite",
+        },
+        "baseline": {
+            "bare_index_queries_per_sec": bare_qps.round(),
+            "bare_index_p99_ms": percentile(&sorted(&bare_all), 0.99),
+        },
+        "ratio": ours_qps / bare_qps,
+    }))
+}
+
+fn sorted(d: &[Duration]) -> Vec<Duration> {
+    let mut d = d.to_vec();
+    d.sort_unstable();
+    d
+}
+
+/// Runs `n` queries, [`CONCURRENCY`] at a time: each one's latency, the results found, and
+/// how long all took.
+async fn timed<F, Fut>(n: usize, query: F) -> anyhow::Result<(Vec<Duration>, usize, Duration)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<usize>>,
+{
+    let mut latencies = Vec::with_capacity(n);
+    let mut found = 0;
+    let start = Instant::now();
+    let mut running = futures::stream::iter((0..n).map(|i| {
+        let fut = query(i);
+        async move {
+            let start = Instant::now();
+            let r = fut.await;
+            r.map(|f| (start.elapsed(), f))
+        }
+    }))
+    .buffer_unordered(CONCURRENCY);
+    while let Some(r) = running.next().await {
+        let (latency, f) = r?;
+        latencies.push(latency);
+        found += f;
+    }
+    Ok((latencies, found, start.elapsed()))
+}
