@@ -76,7 +76,7 @@ fn word(k: usize) -> String {
 fn text(rng: &mut Rng) -> String {
     let words = 6 + (rng.next() % 8) as usize;
     let mut parts: Vec<String> = (0..words).map(|_| word(rng.zipf())).collect();
-    if rng.next() % 10 == 0 {
+    if rng.next().is_multiple_of(10) {
         parts.push(CJK[(rng.next() % CJK.len() as u64) as usize].to_owned());
     }
     parts.join(" ")
