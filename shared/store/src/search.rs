@@ -70,34 +70,37 @@ pub(crate) async fn index_messages(
         .filter(|(_, _, terms)| !terms.is_empty())
         .collect();
     for chunk in docs.chunks(DOCUMENTS_PER_INSERT) {
-        let (sql, terms_of): (String, fn(&[String]) -> String) = match backend {
-            Backend::Sqlite => (
-                format!(
-                    "INSERT INTO message_search (rowid, conv_id, terms) VALUES {}",
-                    vec!["(?, ?, ?)"; chunk.len()].join(", ")
-                ),
-                text::fts5_text,
+        let sql = match backend {
+            Backend::Sqlite => format!(
+                "INSERT INTO message_search (rowid, conv_id, terms) VALUES {}",
+                vec!["(?, ?, ?)"; chunk.len()].join(", ")
             ),
-            Backend::Postgres => (
-                format!(
-                    "INSERT INTO message_search (seq, conv_id, terms) VALUES {}
-                     ON CONFLICT (seq) DO UPDATE SET terms = excluded.terms",
-                    (0..chunk.len())
-                        .map(|k| format!(
-                            "(${}, ${}, CAST(${} AS tsvector))",
-                            3 * k + 1,
-                            3 * k + 2,
-                            3 * k + 3
-                        ))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                text::tsvector,
+            Backend::Postgres => format!(
+                "INSERT INTO message_search (seq, conv_id, terms) VALUES {}
+                 ON CONFLICT (seq) DO UPDATE SET terms = excluded.terms",
+                (0..chunk.len())
+                    .map(|k| format!(
+                        "(${}, ${}, CAST(${} AS tsvector))",
+                        3 * k + 1,
+                        3 * k + 2,
+                        3 * k + 3
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (conv, seq, terms) in chunk {
-            q = q.bind(i(*seq)).bind(*conv).bind(terms_of(terms));
+            let terms = match backend {
+                Backend::Sqlite => text::fts5_text(terms),
+                // The conversation is a lexeme of its own, for searches within some.
+                Backend::Postgres => format!(
+                    "{} {}",
+                    text::tsvector(terms),
+                    text::conversation_lexeme(conv)
+                ),
+            };
+            q = q.bind(i(*seq)).bind(*conv).bind(terms);
         }
         q.execute(&mut *conn).await?;
     }
@@ -239,6 +242,21 @@ impl Tx {
 }
 
 impl Store {
+    /// The conversations `user` is or was a member of, at most `limit`.
+    async fn conversations_ever(&self, user: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT group_id FROM member_spans WHERE user_id = $1
+             ORDER BY group_id LIMIT $2",
+        )
+        .bind(user)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("group_id").map_err(Into::into))
+            .collect()
+    }
+
     /// Whether `user` is or was a member of `conv` (has a stretch of membership there).
     pub async fn ever_member(&self, conv: &str, user: &str) -> Result<bool, StoreError> {
         let row = sqlx::query(
@@ -257,9 +275,26 @@ impl Store {
         // Documents are walked newest first by their own key (the seq) and stop at `limit`
         // found: a common word costs the documents read until the user's are found, not
         // every document holding it.
+        // PostgreSQL's index cannot walk in seq order: it is asked only for documents of the
+        // conversations the user was ever in (at most a thousand named; beyond, the spans
+        // alone decide).
         let (key, matches, query) = match self.backend {
             Backend::Sqlite => ("d.rowid", "message_search MATCH $1", s.query.fts5()),
-            Backend::Postgres => ("d.seq", "d.terms @@ CAST($1 AS tsquery)", s.query.tsquery()),
+            Backend::Postgres => {
+                let convs = match s.conv {
+                    Some(conv) => vec![conv.to_owned()],
+                    None => self.conversations_ever(s.user, 1001).await?,
+                };
+                if convs.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let query = if convs.len() > 1000 {
+                    s.query.tsquery()
+                } else {
+                    s.query.tsquery_within(&convs)
+                };
+                ("d.seq", "d.terms @@ CAST($1 AS tsquery)", query)
+            }
         };
         // A message without a recorded position (stored before positions were kept) counts
         // as decided when its group was created.

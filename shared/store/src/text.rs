@@ -298,6 +298,14 @@ impl Query {
             .join(" & ")
     }
 
+    /// The query as a `tsquery` literal that also requires the document to be in one of
+    /// `convs` (by their [`conversation_lexeme`]s): the index then yields only the documents
+    /// of the conversations asked about.
+    pub fn tsquery_within(&self, convs: &[String]) -> String {
+        let within: Vec<String> = convs.iter().map(|c| conversation_lexeme(c)).collect();
+        format!("({}) & ({})", self.tsquery(), within.join(" | "))
+    }
+
     /// What of `text` the query matched, as it is written there: each distinct piece once, in
     /// the order it first appears, at most `max`.
     pub fn highlights(&self, text: &str, max: usize) -> Vec<String> {
@@ -349,6 +357,12 @@ impl Query {
 /// A term quoted for a `tsvector` or `tsquery` literal.
 fn quote(term: &str) -> String {
     format!("'{}'", term.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The lexeme naming a document's conversation in PostgreSQL's index: `#` never appears in a
+/// term, so no word of a text can be mistaken for it.
+pub fn conversation_lexeme(conv: &str) -> String {
+    quote(&format!("#{conv}"))
 }
 
 /// `terms` as a PostgreSQL `tsvector` literal with their positions (1-based; PostgreSQL keeps
@@ -403,6 +417,10 @@ mod tests {
         let q = Query::parse("東京都").expect("parses");
         assert_eq!(q.fts5(), "\"東京 京都\"");
         assert_eq!(q.tsquery(), "('東京' <-> '京都')");
+        assert_eq!(
+            q.tsquery_within(&["ops".into(), "it's".into()]),
+            "(('東京' <-> '京都')) & ('#ops' | '#it''s')"
+        );
         assert_eq!(Query::parse(" ,.;  "), Err(QueryError::Empty));
         assert_eq!(Query::parse(&"a ".repeat(17)).map(|q| q.parts.len()), Ok(1));
         let many: String = (0..17).map(|i| format!("w{i} ")).collect();
