@@ -272,66 +272,24 @@ impl Store {
     /// The messages `s.user` may find that match `s.query`, newest first (by seq), each in
     /// its current state with what matched.
     pub async fn search(&self, s: &Search<'_>) -> Result<Vec<Found>, StoreError> {
-        // Documents are walked newest first by their own key (the seq) and stop at `limit`
-        // found: a common word costs the documents read until the user's are found, not
-        // every document holding it.
-        // PostgreSQL's index cannot walk in seq order: it is asked only for documents of the
-        // conversations the user was ever in (at most a thousand named; beyond, the spans
-        // alone decide).
-        let (key, matches, query) = match self.backend {
-            Backend::Sqlite => ("d.rowid", "message_search MATCH $1", s.query.fts5()),
-            Backend::Postgres => {
-                let convs = match s.conv {
-                    Some(conv) => vec![conv.to_owned()],
-                    None => self.conversations_ever(s.user, 1001).await?,
-                };
-                if convs.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let query = if convs.len() > 1000 {
-                    s.query.tsquery()
-                } else {
-                    s.query.tsquery_within(&convs)
-                };
-                ("d.seq", "d.terms @@ CAST($1 AS tsquery)", query)
-            }
-        };
-        // A message without a recorded position (stored before positions were kept) counts
-        // as decided when its group was created.
-        let sql = format!(
-            "SELECT {columns}
-             FROM message_search d
-             JOIN messages ON messages.conv_id = d.conv_id AND messages.seq = {key}
-             JOIN groups g ON g.group_id = messages.conv_id
-             WHERE {matches}
-               AND messages.kind = 'message' AND messages.revoked = 0
-               AND {key} < $2 AND ($3 = '' OR d.conv_id = $3)
-               AND EXISTS (
-                   SELECT 1 FROM member_spans sp
-                   WHERE sp.group_id = messages.conv_id AND sp.user_id = $4
-                     AND sp.joined_seq <= COALESCE(messages.membership_seq, g.created_seq)
-                     AND (sp.left_seq IS NULL
-                          OR COALESCE(messages.membership_seq, g.created_seq) < sp.left_seq))
-               AND NOT EXISTS (
-                   SELECT 1 FROM hidden_messages h
-                   WHERE h.user_id = $4 AND h.conv_id = messages.conv_id
-                     AND h.seq = messages.seq)
-             ORDER BY {key} DESC LIMIT $5",
-            columns = MESSAGE_COLUMNS
-                .split(", ")
-                .map(|c| format!("messages.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
         let before = if s.before == 0 { i64::MAX } else { i(s.before) };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(query)
-            .bind(before)
-            .bind(s.conv.unwrap_or(""))
-            .bind(s.user)
-            .bind(i64::from(s.limit))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = match self.backend {
+            // FTS5 walks its documents newest first (rowid = seq) and the query stops at
+            // `limit` found: a common word costs the documents read until the user's are
+            // found, not every document holding it.
+            Backend::Sqlite => {
+                let sql = reachable_sql("message_search MATCH $3 AND d.rowid < $4", "d.rowid");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(s.conv.unwrap_or(""))
+                    .bind(s.user)
+                    .bind(s.query.fts5())
+                    .bind(before)
+                    .bind(i64::from(s.limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Backend::Postgres => self.search_postgres(s, before).await?,
+        };
         rows.iter()
             .map(|r| {
                 let message = message_row(r)?;
@@ -348,4 +306,116 @@ impl Store {
             })
             .collect()
     }
+
+    /// PostgreSQL: candidates first — the index alone, asked only for the documents of the
+    /// conversations the user was ever in, newest first, a page at a time (the planner walks
+    /// the key backwards for a common word and reads the GIN index for a rare one) — then
+    /// the rules of what reached the user, applied to those candidates only. Asked as one
+    /// query, the planner would start from the messages table.
+    async fn search_postgres(
+        &self,
+        s: &Search<'_>,
+        mut before: i64,
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        let convs = match s.conv {
+            Some(conv) => vec![conv.to_owned()],
+            None => {
+                self.conversations_ever(s.user, MAX_CONVERSATIONS_NAMED + 1)
+                    .await?
+            }
+        };
+        if convs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Beyond that many, the query names none and the rules alone decide.
+        let query = if convs.len() > MAX_CONVERSATIONS_NAMED as usize {
+            s.query.tsquery()
+        } else {
+            s.query.tsquery_within(&convs)
+        };
+        let limit = s.limit as usize;
+        let page = (2 * limit).max(50);
+        let mut found = Vec::new();
+        loop {
+            let candidates: Vec<i64> = sqlx::query(
+                "SELECT seq FROM message_search
+                 WHERE terms @@ CAST($1 AS tsquery) AND seq < $2
+                 ORDER BY seq DESC LIMIT $3",
+            )
+            // Planned for this query's terms each time: a plan cached for any terms reads
+            // the whole index for a rare word or walks all of it for a common one.
+            .persistent(false)
+            .bind(&query)
+            .bind(before)
+            .bind(page as i64)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("seq"))
+            .collect::<Result<_, _>>()?;
+            let Some(&last) = candidates.last() else {
+                break;
+            };
+            // Only integers read from the database are formatted into the statement.
+            let among = candidates
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = reachable_sql(&format!("d.seq IN ({among})"), "d.seq");
+            found.extend(
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .persistent(false)
+                    .bind(s.conv.unwrap_or(""))
+                    .bind(s.user)
+                    .bind((limit - found.len().min(limit)) as i64)
+                    .fetch_all(&self.pool)
+                    .await?,
+            );
+            if found.len() >= limit || candidates.len() < page {
+                break;
+            }
+            before = last;
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+}
+
+/// Conversations a PostgreSQL search names in its query at most.
+const MAX_CONVERSATIONS_NAMED: u32 = 1000;
+
+/// The messages among the documents `documents` selects (`key`: the document's seq) that
+/// reached user `$2` — decided inside one of their stretches of membership — in conversation
+/// `$1` (or any, if empty), not revoked nor deleted by them, newest first; at most the last
+/// parameter's count (`$5` after a SQLite match's `$3` and `$4`, else `$3`).
+///
+/// A message without a recorded position (stored before positions were kept) counts as
+/// decided when its group was created.
+fn reachable_sql(documents: &str, key: &str) -> String {
+    let limit = if documents.contains("$4") { "$5" } else { "$3" };
+    format!(
+        "SELECT {columns}
+         FROM message_search d
+         JOIN messages ON messages.conv_id = d.conv_id AND messages.seq = {key}
+         JOIN groups g ON g.group_id = messages.conv_id
+         WHERE {documents}
+           AND messages.kind = 'message' AND messages.revoked = 0
+           AND ($1 = '' OR d.conv_id = $1)
+           AND EXISTS (
+               SELECT 1 FROM member_spans sp
+               WHERE sp.group_id = messages.conv_id AND sp.user_id = $2
+                 AND sp.joined_seq <= COALESCE(messages.membership_seq, g.created_seq)
+                 AND (sp.left_seq IS NULL
+                      OR COALESCE(messages.membership_seq, g.created_seq) < sp.left_seq))
+           AND NOT EXISTS (
+               SELECT 1 FROM hidden_messages h
+               WHERE h.user_id = $2 AND h.conv_id = messages.conv_id AND h.seq = messages.seq)
+         ORDER BY {key} DESC LIMIT {limit}",
+        columns = MESSAGE_COLUMNS
+            .split(", ")
+            .map(|c| format!("messages.{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
