@@ -25,6 +25,9 @@ use unicode_normalization::char::is_combining_mark;
 /// Longest term indexed; longer words are cut to this many characters (in the index and in
 /// queries alike).
 pub const MAX_TERM_CHARS: usize = 64;
+/// Bytes of terms (with a separator each) indexed per message at most: the beginning of a
+/// longer text is findable, the rest is not.
+pub const MAX_INDEXED_BYTES: usize = 128 * 1024;
 /// Most parts (words and CJK runs) a query may have.
 pub const MAX_QUERY_PARTS: usize = 16;
 /// Longest query, in characters.
@@ -175,6 +178,17 @@ pub fn index_terms(text: &str) -> Vec<String> {
         }
     }
     terms.extend(unigrams);
+    // A long text is indexed by its beginning: the index entry stays well within what either
+    // database takes for one document.
+    let mut bytes = 0;
+    let within = terms
+        .iter()
+        .take_while(|t| {
+            bytes += t.len() + 1;
+            bytes <= MAX_INDEXED_BYTES
+        })
+        .count();
+    terms.truncate(within);
     terms
 }
 
@@ -449,6 +463,14 @@ mod tests {
             ["CAFÉ", "京都", "Cafés"]
         );
         assert!(q.highlights("nothing here", 16).is_empty());
+    }
+
+    #[test]
+    fn a_long_text_is_indexed_by_its_beginning() {
+        let text = "lorem ".repeat(100_000);
+        let terms = index_terms(&text);
+        assert_eq!(terms.len(), MAX_INDEXED_BYTES / 6);
+        assert!(fts5_text(&terms).len() < MAX_INDEXED_BYTES);
     }
 
     #[test]

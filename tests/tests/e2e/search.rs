@@ -415,3 +415,74 @@ async fn a_revoked_text_leaves_no_term_in_the_index() {
     }
     assert_eq!(found(&mut alice, "other").await, [seq + 1]);
 }
+
+#[tokio::test]
+async fn the_sdk_searches_page_by_page() {
+    let nats = TestNats::start().await.unwrap();
+    let t = TestStack::start(&nats.url()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = |user: &'static str| {
+        anchorage_sdk::Client::start(anchorage_sdk::ClientOptions {
+            url: format!("ws://{}/ws", t.edge_addr()),
+            token: std::sync::Arc::new(move || anchorage_tests::token(user, "d1", 3600)),
+            store_path: dir.path().join(format!("{user}.db")),
+        })
+    };
+    let alice = client("alice").await.unwrap();
+    let bob = client("bob").await.unwrap();
+    alice.create_group("team", "Team", &["bob"]).await.unwrap();
+    for i in 0..30 {
+        alice
+            .send("team", json!(format!("standup note {i}")))
+            .await
+            .unwrap();
+    }
+    alice.send("team", json!("lunch?")).await.unwrap();
+    let all = anchorage_tests::eventually(
+        std::time::Duration::from_secs(20),
+        "bob to find every note",
+        || async {
+            let r = bob.search("standup", None, 0, 50).await.ok()?;
+            (r.results.len() == 30).then_some(r)
+        },
+    )
+    .await
+    .unwrap();
+    let newest_first: Vec<u64> = all.results.iter().map(|f| f.message.seq).collect();
+    assert!(newest_first.windows(2).all(|w| w[0] > w[1]));
+    assert!(!all.more);
+
+    // Pages of 7, each before the last one's last result, give the same, once each.
+    let mut paged = Vec::new();
+    let mut before = 0;
+    loop {
+        let page = bob
+            .search("standup", Some("team"), before, 7)
+            .await
+            .unwrap();
+        assert!(page.results.len() <= 7);
+        paged.extend(page.results.iter().map(|f| f.message.seq));
+        match page.results.last() {
+            Some(last) if page.more => before = last.message.seq,
+            _ => break,
+        }
+    }
+    assert_eq!(paged, newest_first);
+    assert_eq!(all.results[0].highlights, ["standup"]);
+
+    let refused = bob.search(" !? ", None, 0, 5).await.unwrap_err();
+    assert!(
+        matches!(&refused, anchorage_sdk::SdkError::Refused(m) if m.contains("no word")),
+        "{refused:?}"
+    );
+    let refused = bob
+        .search("lunch", Some("elsewhere"), 0, 5)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, anchorage_sdk::SdkError::Refused(_)),
+        "{refused:?}"
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
