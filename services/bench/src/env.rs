@@ -289,15 +289,31 @@ pub async fn publish_messages(
     events: usize,
     conversations: usize,
 ) -> anyhow::Result<()> {
-    use futures::StreamExt;
     let convs: Vec<ConversationId> = (0..conversations)
         .map(|i| ConversationId::parse(format!("c{i}")))
         .collect::<Result<_, _>>()?;
+    publish_all(
+        bus,
+        (0..events).map(|n| {
+            let conv = &convs[n % convs.len()];
+            Ok((
+                anchorage_schema::subjects::message(conv),
+                message_event(n, conv, 200)?,
+            ))
+        }),
+    )
+    .await
+}
+
+/// Publishes events (subject, event) in order, 256 in flight.
+pub async fn publish_all(
+    bus: &Bus,
+    events: impl Iterator<Item = anyhow::Result<(String, Envelope)>>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
     let mut pending = futures::stream::FuturesUnordered::new();
-    for n in 0..events {
-        let conv = &convs[n % convs.len()];
-        let event = message_event(n, conv, 200)?;
-        let subject = anchorage_schema::subjects::message(conv);
+    for event in events {
+        let (subject, event) = event?;
         let bus = bus.clone();
         pending.push(async move { bus.publish_event(&subject, &event, None).await });
         while pending.len() > 256 {

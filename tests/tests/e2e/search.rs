@@ -46,6 +46,16 @@ async fn joined(c: &mut WsClient, conv: &str, yes: bool) {
         .unwrap();
 }
 
+/// Adds `user` to the group `ops` (or removes them).
+async fn members(c: &mut WsClient, add: bool, user: &str) {
+    let (group, members) = (group_id("ops"), user_ids(&[user]));
+    if add {
+        c.ok(AddMembers { group, members }).await.unwrap();
+    } else {
+        c.ok(RemoveMembers { group, members }).await.unwrap();
+    }
+}
+
 async fn say(c: &mut WsClient, id: &str, body: serde_json::Value) -> u64 {
     c.ack(send_message("ops", id, body)).await.unwrap().seq
 }
@@ -102,31 +112,13 @@ async fn a_user_finds_what_reached_them_in_its_current_text() {
     .await;
     // Not text: an encrypted payload is not indexed, whatever it holds.
     say(&mut alice, "m4", json!({"ciphertext": "deploy"})).await;
-    alice
-        .ok(AddMembers {
-            group: group_id("ops"),
-            members: user_ids(&["carol"]),
-        })
-        .await
-        .unwrap();
+    members(&mut alice, true, "carol").await;
     joined(&mut carol, "ops", true).await;
     let m5 = say(&mut alice, "m5", json!("deploy again")).await;
-    alice
-        .ok(RemoveMembers {
-            group: group_id("ops"),
-            members: user_ids(&["bob"]),
-        })
-        .await
-        .unwrap();
+    members(&mut alice, false, "bob").await;
     joined(&mut bob, "ops", false).await;
     let m6 = say(&mut alice, "m6", json!("deploying after bob left")).await;
-    alice
-        .ok(AddMembers {
-            group: group_id("ops"),
-            members: user_ids(&["bob"]),
-        })
-        .await
-        .unwrap();
+    members(&mut alice, true, "bob").await;
     joined(&mut bob, "ops", true).await;
     let m7 = say(&mut alice, "m7", json!("bob is back: deploy")).await;
     let store = &t.stack.store;
@@ -310,13 +302,7 @@ async fn a_user_finds_what_reached_them_in_its_current_text() {
     assert_eq!(ship.results[0].message.edits, 1);
     assert_eq!(ship.results[0].highlights, ["Ship"]);
     // A former stretch still counts after leaving for good.
-    alice
-        .ok(RemoveMembers {
-            group: group_id("ops"),
-            members: user_ids(&["bob"]),
-        })
-        .await
-        .unwrap();
+    members(&mut alice, false, "bob").await;
     joined(&mut bob, "ops", false).await;
     let ops_only = Search {
         conv: Some(conv_id("ops")),

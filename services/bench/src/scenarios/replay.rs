@@ -46,6 +46,17 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
 
 /// Rebuilds the projections into the fresh database at `url`: events per second, events.
 async fn replay_into(bus: &anchorage_bus::Bus, url: &str) -> anyhow::Result<(f64, usize)> {
+    let (store, rate, replayed) = rebuild(bus, url).await?;
+    store.close().await;
+    Ok((rate, replayed))
+}
+
+/// Rebuilds the projections into the fresh database at `url`, as `anchorage replay` does:
+/// the store, events per second, events.
+pub(crate) async fn rebuild(
+    bus: &anchorage_bus::Bus,
+    url: &str,
+) -> anyhow::Result<(anchorage_store::Store, f64, usize)> {
     anchorage_store::ensure_database(url).await?;
     let store = anchorage_store::Store::connect(&anchorage_store::StoreOptions {
         url: url.to_owned(),
@@ -64,6 +75,5 @@ async fn replay_into(bus: &anchorage_bus::Bus, url: &str) -> anyhow::Result<(f64
     let summary = anchorage_projector::replay::replay(bus, &store, &options, |_| {}).await?;
     let elapsed = start.elapsed();
     let replayed = (summary.applied + summary.rejected) as usize;
-    store.close().await;
-    Ok((rate(replayed, elapsed), replayed))
+    Ok((store, rate(replayed, elapsed), replayed))
 }

@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use anchorage_schema::event::{GroupCreated, MessageSent};
 use anchorage_schema::{
-    Actor, ClientMsgId, ConversationId, DeviceId, Envelope, EventId, GroupId, SourceId, UserId,
+    Actor, ClientMsgId, ConversationId, DeviceId, Envelope, EventId, GroupId, UserId,
 };
 use anchorage_store::text::Query;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::env::{BenchEnv, Postgres, Sizes, percentile, progress, rate, unix_ms};
+use crate::env::{
+    BenchEnv, Postgres, Sizes, membership_event, percentile, progress, publish_all, rate, unix_ms,
+};
 
 /// Groups the messages are spread over, and users; each group has [`MEMBERS`] of them.
 const GROUPS: usize = 1_000;
@@ -89,9 +91,6 @@ fn member(g: usize, m: usize) -> String {
 pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let bus = env.bus().await?;
     progress(&format!("creating {GROUPS} groups"));
-    let system = Actor::System {
-        source: SourceId::parse("bench")?,
-    };
     for g in 0..GROUPS {
         let created = GroupCreated {
             group: GroupId::parse(format!("g{g}"))?,
@@ -102,19 +101,11 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
                 .collect::<Result<_, _>>()?,
             direct: false,
         };
-        let env = Envelope::new(
-            EventId::parse(format!("bench:g{g}"))?,
-            1,
-            system.clone(),
-            created,
-        );
-        let subject = anchorage_schema::subjects::membership(&GroupId::parse(format!("g{g}"))?);
-        bus.publish_event(&subject, &env, None).await?;
+        membership_event(&bus, &format!("g{g}"), 0, created).await?;
     }
     progress(&format!("publishing {} messages of text", s.searched));
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut pending = futures::stream::FuturesUnordered::new();
-    for n in 0..s.searched {
+    let messages = (0..s.searched).map(|n| {
         let g = n % GROUPS;
         let conv = ConversationId::parse(format!("g{g}"))?;
         let sender = UserId::parse(member(g, n % MEMBERS))?;
@@ -130,27 +121,14 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
             mentions: Vec::new(),
             mention_all: false,
         };
-        let event = Envelope::new(
-            EventId::parse(format!("bench:s:{n}"))?,
-            1,
-            Actor::User {
-                user: sender,
-                device,
-            },
-            sent,
-        );
-        let subject = anchorage_schema::subjects::message(&conv);
-        let bus = bus.clone();
-        pending.push(async move { bus.publish_event(&subject, &event, None).await });
-        while pending.len() > 256 {
-            if let Some(r) = pending.next().await {
-                r?;
-            }
-        }
-    }
-    while let Some(r) = pending.next().await {
-        r?;
-    }
+        let actor = Actor::User {
+            user: sender,
+            device,
+        };
+        let event = Envelope::new(EventId::parse(format!("bench:s:{n}"))?, 1, actor, sent);
+        Ok((anchorage_schema::subjects::message(&conv), event))
+    });
+    publish_all(&bus, messages).await?;
 
     progress("replaying into a fresh SQLite database (with the search index)");
     let sqlite = search_in(
@@ -211,22 +189,7 @@ struct Searched {
 /// Rebuilds the projections into the fresh database at `url` and searches it as users, and
 /// the bare index with the same matches.
 async fn search_in(bus: &anchorage_bus::Bus, url: &str) -> anyhow::Result<Searched> {
-    anchorage_store::ensure_database(url).await?;
-    let store = anchorage_store::Store::connect(&anchorage_store::StoreOptions {
-        url: url.to_owned(),
-        max_connections: 4,
-        sqlite_synchronous: "NORMAL",
-    })
-    .await?;
-    store.migrate().await?;
-    let options = anchorage_projector::replay::ReplayOptions {
-        batch_size: 1000,
-        upto: Default::default(),
-        membership: Default::default(),
-    };
-    let start = Instant::now();
-    let summary = anchorage_projector::replay::replay(bus, &store, &options, |_| {}).await?;
-    let replay_rate = rate(summary.applied as usize, start.elapsed());
+    let (store, replay_rate, _) = super::replay::rebuild(bus, url).await?;
     let postgres = store.backend() == anchorage_store::Backend::Postgres;
     if postgres {
         // As an operator runs it after a bulk load: the planner needs the tables' statistics.
