@@ -582,11 +582,14 @@ impl Ingest {
             ));
         }
         // In order on one connection: stored in this order.
-        let mut pending = Vec::with_capacity(to_publish.len());
+        let mut pending: std::collections::VecDeque<anchorage_bus::PendingAck> =
+            std::collections::VecDeque::with_capacity(to_publish.len());
+        let mut stored = Vec::with_capacity(to_publish.len());
         let mut refused = None;
-        // A post is decided at the memberships stored by now: it reaches (and can be found
-        // by) those who were members then.
-        let position = if to_publish.iter().any(|t| t.stream == stream::MESSAGES) {
+        // A post is decided at the memberships stored by then: it reaches (and can be found
+        // by) those who were members. Membership events of this run before a post count: the
+        // post waits until they are stored, to name their position.
+        let mut position = if to_publish.iter().any(|t| t.stream == stream::MESSAGES) {
             let state = bus
                 .stream_state(stream::MEMBERSHIP)
                 .await
@@ -595,26 +598,48 @@ impl Ingest {
         } else {
             None
         };
+        let mut membership_unconfirmed = false;
         for t in &to_publish {
+            if t.stream == stream::MESSAGES && membership_unconfirmed {
+                while let Some(ack) = pending.pop_front() {
+                    let at = stored.len();
+                    match ack.stored().await {
+                        Ok(p) => stored.push(p.seq.0),
+                        Err(e) => {
+                            refused = Some(ApplyError::Unavailable(e.to_string()));
+                            break;
+                        }
+                    }
+                    if to_publish[at].stream == stream::MEMBERSHIP {
+                        position = position.max(Some(anchorage_schema::Seq(stored[at])));
+                    }
+                }
+                if refused.is_some() {
+                    break;
+                }
+                membership_unconfirmed = false;
+            }
             let membership = position.filter(|_| t.stream == stream::MESSAGES);
             match bus
                 .publish_event_pipelined(&t.subject, &t.envelope, membership)
                 .await
             {
-                Ok(ack) => pending.push(ack),
+                Ok(ack) => pending.push_back(ack),
                 Err(e) => {
                     refused = Some(ApplyError::Unavailable(e.to_string()));
                     break;
                 }
             }
+            membership_unconfirmed |= t.stream == stream::MEMBERSHIP;
         }
-        let mut stored = Vec::with_capacity(pending.len());
-        for ack in pending {
-            match ack.stored().await {
-                Ok(p) => stored.push(p.seq.0),
-                Err(e) => {
-                    refused = Some(ApplyError::Unavailable(e.to_string()));
-                    break;
+        if refused.is_none() {
+            for ack in pending {
+                match ack.stored().await {
+                    Ok(p) => stored.push(p.seq.0),
+                    Err(e) => {
+                        refused = Some(ApplyError::Unavailable(e.to_string()));
+                        break;
+                    }
                 }
             }
         }
@@ -826,19 +851,20 @@ async fn check(
             }
         }
         Reference::ConversationExists(c) => {
-            let has_messages = match conversations.get(c.as_str()) {
-                Some(known) => *known,
-                None => {
-                    let known = store.conversation(c.as_str()).await?.is_some();
-                    conversations.insert(c.to_string(), known);
-                    known
-                }
+            // A dismissed group takes no more posts; a conversation without a group row is
+            // one that holds messages.
+            let exists = match group(c.as_str()).await? {
+                Some(g) => !g.dismissed,
+                None if created.groups.contains(c.as_str()) => true,
+                None => match conversations.get(c.as_str()) {
+                    Some(known) => *known,
+                    None => {
+                        let known = store.conversation(c.as_str()).await?.is_some();
+                        conversations.insert(c.to_string(), known);
+                        known
+                    }
+                },
             };
-            let exists = has_messages
-                || match group(c.as_str()).await? {
-                    Some(g) => !g.dismissed,
-                    None => created.groups.contains(c.as_str()),
-                };
             if !exists {
                 return Err(reject(
                     "unknown_conversation",

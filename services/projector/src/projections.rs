@@ -754,6 +754,8 @@ async fn apply_membership(
             Event::GroupDismissed(_) => {
                 group.dismissed = true;
                 effect.change.dismissed = true;
+                // Nothing decided after its end reached anyone.
+                tx.end_spans(&group.group, seq).await?;
             }
             _ => return Err(wrong_stream(env, stream::MEMBERSHIP)),
         }

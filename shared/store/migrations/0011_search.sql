@@ -14,7 +14,10 @@ CREATE TABLE member_spans (
 );
 CREATE INDEX member_spans_of_user ON member_spans (user_id, group_id);
 
--- Members before spans were recorded: from their row's version (the last change, so no
--- earlier than their joining) while they are members; `anchorage replay` makes them exact.
+-- Members before stretches were recorded find what they can read in the history: all of it
+-- (from position 0) while they are members, of a group not dismissed; `anchorage replay`
+-- into a new database makes the stretches exact from the streams.
 INSERT INTO member_spans (group_id, user_id, joined_seq, left_seq)
-SELECT group_id, user_id, version, NULL FROM group_members WHERE removed_seq IS NULL;
+SELECT m.group_id, m.user_id, 0, NULL
+FROM group_members m JOIN groups g ON g.group_id = m.group_id
+WHERE m.removed_seq IS NULL AND g.dismissed = 0;

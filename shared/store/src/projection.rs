@@ -556,8 +556,7 @@ impl Tx {
         seq: u64,
         body: &str,
     ) -> Result<bool, StoreError> {
-        // The document goes while the row still holds the text it was indexed from.
-        self.unindex_message(conv, target).await?;
+        self.unindex_message(target).await?;
         let done = sqlx::query(
             "UPDATE messages SET body = $1, edits = edits + 1, version = $2
              WHERE conv_id = $3 AND seq = $4 AND kind = 'message' AND revoked = 0",
@@ -619,7 +618,7 @@ impl Tx {
             .execute(&mut *self.tx)
             .await?;
         }
-        self.unindex_message(&t.conv, t.target).await?;
+        self.unindex_message(t.target).await?;
         sqlx::query(
             "UPDATE messages SET body = 'null', detail = NULL, reply_to = NULL, revoked = 1,
                                  pinned = 0, edits = 0, event_id = '', membership_seq = NULL,

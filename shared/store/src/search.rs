@@ -152,39 +152,15 @@ impl Tx {
         index_messages(&mut self.tx, self.backend, messages).await
     }
 
-    /// Removes the document of message `seq` of `conv` — before its text changes (an edit or
-    /// a revoke). SQLite's index is told the terms the document was indexed under, from the
-    /// message's row, and its `secure-delete` takes them out of the index pages.
-    pub(crate) async fn unindex_message(&mut self, conv: &str, seq: u64) -> Result<(), StoreError> {
-        if self.backend == Backend::Postgres {
-            sqlx::query("DELETE FROM message_search WHERE seq = $1")
-                .bind(i(seq))
-                .execute(&mut *self.tx)
-                .await?;
-            return Ok(());
-        }
-        let row = sqlx::query(
-            "SELECT body FROM messages
-             WHERE conv_id = $1 AND seq = $2 AND kind = 'message' AND revoked = 0",
-        )
-        .bind(conv)
-        .bind(i(seq))
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        let Some(row) = row else { return Ok(()) };
-        let terms = terms_of_body(&row.try_get::<String, _>("body")?);
-        if terms.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO message_search (message_search, rowid, terms, conv_id)
-             VALUES ('delete', $1, $2, $3)",
-        )
-        .bind(i(seq))
-        .bind(text::fts5_text(&terms))
-        .bind(conv)
-        .execute(&mut *self.tx)
-        .await?;
+    /// Removes the document of message `seq` (its text is about to change: an edit or a
+    /// revoke). SQLite's index reads the terms to take out from the document itself, and its
+    /// `secure-delete` takes them out of the index pages.
+    pub(crate) async fn unindex_message(&mut self, seq: u64) -> Result<(), StoreError> {
+        let sql = match self.backend {
+            Backend::Sqlite => "DELETE FROM message_search WHERE rowid = $1",
+            Backend::Postgres => "DELETE FROM message_search WHERE seq = $1",
+        };
+        sqlx::query(sql).bind(i(seq)).execute(&mut *self.tx).await?;
         Ok(())
     }
 
@@ -237,6 +213,22 @@ impl Tx {
             }
             q.execute(&mut *self.tx).await?;
         }
+        Ok(())
+    }
+}
+
+impl Tx {
+    /// Closes every open stretch of membership of `group` at MEMBERSHIP sequence `seq` (the
+    /// group ended).
+    pub async fn end_spans(&mut self, group: &str, seq: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE member_spans SET left_seq = $1
+             WHERE group_id = $2 AND left_seq IS NULL AND joined_seq <= $1",
+        )
+        .bind(i(seq))
+        .bind(group)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 }

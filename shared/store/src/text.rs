@@ -11,8 +11,9 @@
 //!   Lucene's CJK analyzer; a run of one character is indexed as itself. Every CJK character is
 //!   indexed once more on its own, after the text's terms, so a one-character query finds it.
 //!
-//! SQLite's index removes a document by the terms it was indexed under, recomputed from the
-//! stored text: a change to how text is cut here needs the index rebuilt (`anchorage replay`).
+//! Both indexes keep the terms a document was indexed under, so a change to how text is cut
+//! here never breaks removing one; messages indexed before the change are found the old way
+//! until the index is rebuilt (`anchorage replay`).
 //!
 //! A query is cut the same way. Every part must match (AND): a word of three characters or more
 //! matches the words that start with it (`deploy` finds `deployment`), a shorter one matches
@@ -28,8 +29,11 @@ pub const MAX_TERM_CHARS: usize = 64;
 /// Bytes of terms (with a separator each) indexed per message at most: the beginning of a
 /// longer text is findable, the rest is not.
 pub const MAX_INDEXED_BYTES: usize = 128 * 1024;
-/// Most parts (words and CJK runs) a query may have.
-pub const MAX_QUERY_PARTS: usize = 16;
+/// Terms indexed per message at most: the positions PostgreSQL keeps (1 to 16,383).
+pub const MAX_INDEXED_TERMS: usize = 16_383;
+/// The term between two runs of CJK text, so that a phrase never spans both: no query has it
+/// (queries hold letters and digits only), and SQLite's `ascii` tokenizer keeps it as a token.
+const GAP: &str = "\u{2063}";
 /// Longest query, in characters.
 pub const MAX_QUERY_CHARS: usize = 256;
 /// A word this long or longer matches as a prefix.
@@ -58,8 +62,10 @@ struct Piece {
 enum PieceKind {
     /// A word, folded.
     Word(String),
-    /// A CJK character; `joined` when it directly follows the previous CJK character.
-    Cjk { c: char, joined: bool },
+    /// A CJK character (with the marks that follow it), compatibility-composed (NFKC: half-
+    /// width kana, decomposed voiced kana and compatibility ideographs become the usual
+    /// character); `joined` when it directly follows the previous CJK character.
+    Cjk { unit: String, joined: bool },
 }
 
 fn is_cjk(c: char) -> bool {
@@ -77,13 +83,42 @@ fn is_cjk(c: char) -> bool {
     )
 }
 
+/// A mark that belongs to the CJK character before it: a combining mark (the voiced marks of
+/// decomposed kana) or a halfwidth voiced mark.
+fn is_cjk_mark(c: char) -> bool {
+    is_combining_mark(c) || matches!(c, '\u{FF9E}' | '\u{FF9F}')
+}
+
+/// A CJK character with its marks, composed (NFKC), without what a composition may bring that
+/// a term must not hold (a space, ASCII punctuation); the character itself if nothing is left.
+fn compose(unit: &str) -> String {
+    let composed: String = unit
+        .nfkc()
+        .filter(|c| !c.is_whitespace() && (!c.is_ascii() || c.is_ascii_alphanumeric()))
+        .collect();
+    if composed.is_empty() {
+        unit.to_owned()
+    } else {
+        composed
+    }
+}
+
 fn fold(word: &str) -> String {
-    word.nfkd()
+    let mut out = String::new();
+    for c in word
+        .nfkd()
         .filter(|c| !is_combining_mark(*c))
         .flat_map(char::to_lowercase)
-        .filter(|c| c.is_alphanumeric())
-        .take(MAX_TERM_CHARS)
-        .collect()
+    {
+        // Case folding beyond lowercasing: `ß` is `ss`, a final sigma is a sigma.
+        match c {
+            'ß' => out.push_str("ss"),
+            'ς' => out.push('σ'),
+            c if c.is_alphanumeric() => out.push(c),
+            _ => {}
+        }
+    }
+    out.chars().take(MAX_TERM_CHARS).collect()
 }
 
 /// Cuts `text` into words and CJK characters, in order.
@@ -103,7 +138,19 @@ fn pieces(text: &str) -> Vec<Piece> {
     };
     for (i, c) in text.char_indices() {
         let end = i + c.len_utf8();
-        if is_cjk(c) {
+        if word.is_none() && last_cjk_end == Some(i) && is_cjk_mark(c) {
+            // A mark of the CJK character before: part of it.
+            if let Some(Piece {
+                start,
+                end: piece_end,
+                kind: PieceKind::Cjk { unit, .. },
+            }) = out.last_mut()
+            {
+                *piece_end = end;
+                *unit = compose(&text[*start..end]);
+            }
+            last_cjk_end = Some(end);
+        } else if is_cjk(c) {
             if let Some(start) = word.take() {
                 close(&mut out, start, i);
             }
@@ -111,7 +158,7 @@ fn pieces(text: &str) -> Vec<Piece> {
                 start: i,
                 end,
                 kind: PieceKind::Cjk {
-                    c,
+                    unit: compose(&text[i..end]),
                     joined: last_cjk_end == Some(i),
                 },
             });
@@ -142,9 +189,9 @@ fn cjk_runs(pieces: &[Piece]) -> Vec<(usize, usize)> {
     runs
 }
 
-fn cjk_char(p: &Piece) -> Option<char> {
-    match p.kind {
-        PieceKind::Cjk { c, .. } => Some(c),
+fn cjk_unit(p: &Piece) -> Option<&str> {
+    match &p.kind {
+        PieceKind::Cjk { unit, .. } => Some(unit),
         PieceKind::Word(_) => None,
     }
 }
@@ -167,11 +214,13 @@ pub fn index_terms(text: &str) -> Vec<String> {
                 let Some(&(start, end)) = next_run.next() else {
                     break;
                 };
-                let chars: Vec<char> = pieces[start..end].iter().filter_map(cjk_char).collect();
-                terms.extend(grams(&chars));
+                let units: Vec<&str> = pieces[start..end].iter().filter_map(cjk_unit).collect();
+                terms.extend(grams(&units));
+                // Runs apart in the text are apart in the index: a phrase never spans two.
+                terms.push(GAP.to_owned());
                 // A one-character run is indexed as itself already.
-                if chars.len() > 1 {
-                    unigrams.extend(chars.iter().map(char::to_string));
+                if units.len() > 1 {
+                    unigrams.extend(units.iter().map(|u| u.to_string()));
                 }
                 i = end;
             }
@@ -179,10 +228,11 @@ pub fn index_terms(text: &str) -> Vec<String> {
     }
     terms.extend(unigrams);
     // A long text is indexed by its beginning: the index entry stays well within what either
-    // database takes for one document.
+    // database takes for one document, and within the positions PostgreSQL keeps.
     let mut bytes = 0;
     let within = terms
         .iter()
+        .take(MAX_INDEXED_TERMS)
         .take_while(|t| {
             bytes += t.len() + 1;
             bytes <= MAX_INDEXED_BYTES
@@ -193,11 +243,11 @@ pub fn index_terms(text: &str) -> Vec<String> {
 }
 
 /// Bigrams of a CJK run, or the run itself if it is one character.
-fn grams(chars: &[char]) -> Vec<String> {
-    if chars.len() == 1 {
-        return vec![chars[0].to_string()];
+fn grams(units: &[&str]) -> Vec<String> {
+    if units.len() == 1 {
+        return vec![units[0].to_owned()];
     }
-    chars.windows(2).map(|w| w.iter().collect()).collect()
+    units.windows(2).map(|w| w.concat()).collect()
 }
 
 /// A parsed search query.
@@ -213,7 +263,7 @@ enum Part {
     /// CJK characters standing together: their grams in order, and the characters.
     Cjk {
         grams: Vec<String>,
-        chars: Vec<char>,
+        units: Vec<String>,
     },
 }
 
@@ -226,9 +276,6 @@ pub enum QueryError {
     /// Longer than [`MAX_QUERY_CHARS`].
     #[error("the query is longer than {MAX_QUERY_CHARS} characters")]
     TooLong,
-    /// More than [`MAX_QUERY_PARTS`] words.
-    #[error("the query has more than {MAX_QUERY_PARTS} words")]
-    TooManyParts,
 }
 
 impl Query {
@@ -258,10 +305,10 @@ impl Query {
                     let Some(&(start, end)) = next_run.next() else {
                         break;
                     };
-                    let chars: Vec<char> = pieces[start..end].iter().filter_map(cjk_char).collect();
+                    let units: Vec<&str> = pieces[start..end].iter().filter_map(cjk_unit).collect();
                     let part = Part::Cjk {
-                        grams: grams(&chars),
-                        chars,
+                        grams: grams(&units),
+                        units: units.iter().map(|u| u.to_string()).collect(),
                     };
                     if !parts.contains(&part) {
                         parts.push(part);
@@ -272,9 +319,6 @@ impl Query {
         }
         if parts.is_empty() {
             return Err(QueryError::Empty);
-        }
-        if parts.len() > MAX_QUERY_PARTS {
-            return Err(QueryError::TooManyParts);
         }
         Ok(Query { parts })
     }
@@ -338,16 +382,16 @@ impl Query {
         }
         for (start, end) in cjk_runs(&pieces) {
             let run = &pieces[start..end];
-            let chars: Vec<char> = run.iter().filter_map(cjk_char).collect();
+            let units: Vec<&str> = run.iter().filter_map(cjk_unit).collect();
             for part in &self.parts {
-                let Part::Cjk { chars: wanted, .. } = part else {
+                let Part::Cjk { units: wanted, .. } = part else {
                     continue;
                 };
-                if wanted.len() > chars.len() {
+                if wanted.len() > units.len() {
                     continue;
                 }
-                for at in 0..=chars.len() - wanted.len() {
-                    if chars[at..at + wanted.len()] == wanted[..] {
+                for at in 0..=units.len() - wanted.len() {
+                    if units[at..at + wanted.len()] == wanted[..] {
                         spans.push((run[at].start, run[at + wanted.len() - 1].end));
                     }
                 }
@@ -379,13 +423,14 @@ pub fn conversation_lexeme(conv: &str) -> String {
     quote(&format!("#{conv}"))
 }
 
-/// `terms` as a PostgreSQL `tsvector` literal with their positions (1-based; PostgreSQL keeps
-/// positions up to 16,383, so a phrase further into a long text is matched by its terms only).
+/// `terms` as a PostgreSQL `tsvector` literal with their positions (1-based, at most
+/// [`MAX_INDEXED_TERMS`]); a [`GAP`] is a position left empty.
 pub fn tsvector(terms: &[String]) -> String {
     terms
         .iter()
         .enumerate()
-        .map(|(i, t)| format!("{}:{}", quote(t), (i + 1).min(16_383)))
+        .filter(|(_, t)| *t != GAP)
+        .map(|(i, t)| format!("{}:{}", quote(t), i + 1))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -405,22 +450,49 @@ mod tests {
     fn words_are_folded() {
         assert_eq!(
             index_terms("Café, CAFÉ & cafe — naïve Straße ﬁne №5"),
-            ["cafe", "cafe", "cafe", "naive", "straße", "fine", "5"]
+            ["cafe", "cafe", "cafe", "naive", "strasse", "fine", "5"]
         );
+        // Full case folding: the sharp s and the final sigma.
+        assert_eq!(index_terms("GRÜSSE Grüße"), ["grusse", "grusse"]);
+        assert_eq!(index_terms("ΣΊΣΥΦΟΣ Σίσυφος"), ["σισυφοσ", "σισυφοσ"]);
     }
 
     #[test]
     fn cjk_is_indexed_in_bigrams_and_characters() {
         assert_eq!(
             index_terms("東京都 ok 猫"),
-            ["東京", "京都", "ok", "猫", "東", "京", "都"]
+            ["東京", "京都", GAP, "ok", "猫", GAP, "東", "京", "都"]
         );
         // A lone character is indexed once.
-        assert_eq!(index_terms("猫"), ["猫"]);
+        assert_eq!(index_terms("猫"), ["猫", GAP]);
         assert_eq!(
             index_terms("안녕하세요"),
-            ["안녕", "녕하", "하세", "세요", "안", "녕", "하", "세", "요"]
+            [
+                "안녕", "녕하", "하세", "세요", GAP, "안", "녕", "하", "세", "요"
+            ]
         );
+    }
+
+    #[test]
+    fn runs_apart_are_apart_in_the_index() {
+        // `東京、京都` holds the pairs of `東京都`, but not standing together.
+        let terms = index_terms("東京、京都");
+        assert_eq!(&terms[..4], ["東京", GAP, "京都", GAP]);
+        let q = Query::parse("東京都").expect("parses");
+        assert!(q.highlights("東京、京都", 16).is_empty());
+        assert_eq!(tsvector(&terms[..3]), "'東京':1 '京都':3");
+    }
+
+    #[test]
+    fn cjk_is_composed_like_words_are_folded() {
+        // Decomposed voiced kana (as some input methods write it) and halfwidth kana index
+        // as the usual characters, and are found by them.
+        let decomposed = "か\u{3099}っこう";
+        assert_eq!(index_terms(decomposed)[..3], ["がっ", "っこ", "こう"]);
+        assert_eq!(index_terms("ｶﾀｶﾅ ｶﾞ")[..3], ["カタ", "タカ", "カナ"]);
+        assert!(index_terms("ｶﾞ").contains(&"ガ".to_owned()));
+        let q = Query::parse("がっこう").expect("parses");
+        assert_eq!(q.highlights(decomposed, 16), [decomposed]);
     }
 
     #[test]
@@ -437,8 +509,6 @@ mod tests {
         );
         assert_eq!(Query::parse(" ,.;  "), Err(QueryError::Empty));
         assert_eq!(Query::parse(&"a ".repeat(17)).map(|q| q.parts.len()), Ok(1));
-        let many: String = (0..17).map(|i| format!("w{i} ")).collect();
-        assert_eq!(Query::parse(&many), Err(QueryError::TooManyParts));
         assert_eq!(Query::parse(&"x".repeat(257)), Err(QueryError::TooLong));
     }
 
@@ -469,8 +539,12 @@ mod tests {
     fn a_long_text_is_indexed_by_its_beginning() {
         let text = "lorem ".repeat(100_000);
         let terms = index_terms(&text);
-        assert_eq!(terms.len(), MAX_INDEXED_BYTES / 6);
-        assert!(fts5_text(&terms).len() < MAX_INDEXED_BYTES);
+        assert_eq!(terms.len(), MAX_INDEXED_TERMS);
+        let text = format!("{} ", "w".repeat(60)).repeat(10_000);
+        let terms = index_terms(&text);
+        assert!(terms.len() < MAX_INDEXED_TERMS);
+        assert!(fts5_text(&terms).len() <= MAX_INDEXED_BYTES);
+        assert!(fts5_text(&terms).len() > MAX_INDEXED_BYTES - 64);
     }
 
     #[test]
@@ -524,13 +598,15 @@ mod tests {
         }
 
         /// Terms hold no character the query syntaxes or the `ascii` tokenizer treat
-        /// specially, and never more than the cap.
+        /// specially (no ASCII but letters and digits, no space), and never more than the cap.
         #[test]
         fn terms_are_plain(text in "\\PC{0,200}") {
             for t in index_terms(&text) {
                 prop_assert!(!t.is_empty() && t.chars().count() <= MAX_TERM_CHARS);
-                prop_assert!(t.chars().all(|c| c.is_alphanumeric() || is_cjk(c)));
-                prop_assert!(!t.chars().any(|c| c.is_ascii() && !c.is_ascii_alphanumeric()));
+                prop_assert!(
+                    !t.chars().any(|c| c.is_whitespace() || (c.is_ascii() && !c.is_ascii_alphanumeric())),
+                    "{t:?}"
+                );
             }
         }
     }

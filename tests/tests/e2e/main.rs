@@ -19,6 +19,7 @@ mod nats_security;
 mod observability;
 mod sdk;
 mod search;
+mod search_outside;
 mod security;
 mod stack;
 mod streams;

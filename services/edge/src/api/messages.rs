@@ -367,7 +367,8 @@ pub async fn history(
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
     /// Words to find: every one must match; a word of three characters or more also matches
-    /// words that start with it; CJK text matches where its characters stand together.
+    /// words that start with it; CJK text matches where its characters stand together. A
+    /// query without a word finds nothing.
     #[param(min_length = 1, max_length = 256)]
     pub q: String,
     /// Only this conversation (one the user is or was a member of).
@@ -422,8 +423,20 @@ pub async fn search(
     if before > i64::MAX as u64 {
         return Err(Problem::invalid("before is at most 2^63 - 1"));
     }
+    if params.q.is_empty() {
+        return Err(Problem::invalid("q is empty"));
+    }
     let conv = params.conv.map(conversation).transpose()?;
     super::not_deleted(&state, std::slice::from_ref(&user)).await?;
+    // A query without a word (only punctuation, say) finds nothing.
+    if anchorage_store::text::Query::parse(&params.q)
+        == Err(anchorage_store::text::QueryError::Empty)
+    {
+        return Ok(Json(SearchPage {
+            results: Vec::new(),
+            next_before: None,
+        }));
+    }
     let request = anchorage_protocol::request::Search {
         query: params.q,
         conv,
