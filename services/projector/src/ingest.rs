@@ -599,6 +599,8 @@ impl Ingest {
             None
         };
         let mut membership_unconfirmed = false;
+        // Whether an acknowledgement failed: what was handed over after it does not count.
+        let mut broken = false;
         for t in &to_publish {
             if t.stream == stream::MESSAGES && membership_unconfirmed {
                 while let Some(ack) = pending.pop_front() {
@@ -607,6 +609,7 @@ impl Ingest {
                         Ok(p) => stored.push(p.seq.0),
                         Err(e) => {
                             refused = Some(ApplyError::Unavailable(e.to_string()));
+                            broken = true;
                             break;
                         }
                     }
@@ -632,7 +635,7 @@ impl Ingest {
             }
             membership_unconfirmed |= t.stream == stream::MEMBERSHIP;
         }
-        if refused.is_none() {
+        if !broken {
             for ack in pending {
                 match ack.stored().await {
                     Ok(p) => stored.push(p.seq.0),

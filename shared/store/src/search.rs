@@ -215,9 +215,7 @@ impl Tx {
         }
         Ok(())
     }
-}
 
-impl Tx {
     /// Closes every open stretch of membership of `group` at MEMBERSHIP sequence `seq` (the
     /// group ended).
     pub async fn end_spans(&mut self, group: &str, seq: u64) -> Result<(), StoreError> {
@@ -270,7 +268,8 @@ impl Store {
             // `limit` found: a common word costs the documents read until the user's are
             // found, not every document holding it.
             Backend::Sqlite => {
-                let sql = reachable_sql("message_search MATCH $3 AND d.rowid < $4", "d.rowid");
+                let sql =
+                    reachable_sql("message_search MATCH $3 AND d.rowid < $4", "d.rowid", "$5");
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(s.conv.unwrap_or(""))
                     .bind(s.user)
@@ -354,7 +353,7 @@ impl Store {
                 .map(i64::to_string)
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = reachable_sql(&format!("d.seq IN ({among})"), "d.seq");
+            let sql = reachable_sql(&format!("d.seq IN ({among})"), "d.seq", "$3");
             found.extend(
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .persistent(false)
@@ -379,13 +378,12 @@ const MAX_CONVERSATIONS_NAMED: u32 = 1000;
 
 /// The messages among the documents `documents` selects (`key`: the document's seq) that
 /// reached user `$2` — decided inside one of their stretches of membership — in conversation
-/// `$1` (or any, if empty), not revoked nor deleted by them, newest first; at most the last
-/// parameter's count (`$5` after a SQLite match's `$3` and `$4`, else `$3`).
+/// `$1` (or any, if empty), not revoked nor deleted by them, newest first; at most parameter
+/// `limit` of them.
 ///
 /// A message without a recorded position (stored before positions were kept) counts as
 /// decided when its group was created.
-fn reachable_sql(documents: &str, key: &str) -> String {
-    let limit = if documents.contains("$4") { "$5" } else { "$3" };
+fn reachable_sql(documents: &str, key: &str, limit: &str) -> String {
     format!(
         "SELECT {columns}
          FROM message_search d

@@ -799,6 +799,8 @@ async fn index_churn(t: &TestStack) -> (Vec<String>, ()) {
     };
     // Back and forth, and through a body without text.
     let m1 = say(&mut alice, "churn", "m1", json!("alpha")).await;
+    // A change refers to a message the history holds.
+    projected(&t.stack.store, "messages", m1).await;
     for body in [
         json!("beta"),
         json!("alpha"),
@@ -809,6 +811,7 @@ async fn index_churn(t: &TestStack) -> (Vec<String>, ()) {
     }
     // A revoke in the middle of pipelined edits.
     let m2 = say(&mut alice, "churn", "m2", json!("epsilon")).await;
+    projected(&t.stack.store, "messages", m2).await;
     for k in 0..20u64 {
         alice
             .send_request(100 + k, edit(m2, json!(format!("zeta{k} zeta"))))
@@ -832,6 +835,7 @@ async fn index_churn(t: &TestStack) -> (Vec<String>, ()) {
     }
     // Concurrent edits from two connections.
     let m3 = say(&mut alice, "churn", "m3", json!("theta")).await;
+    projected(&t.stack.store, "messages", m3).await;
     for k in 0..25u64 {
         alice
             .send_request(200 + k, edit(m3, json!(format!("theta kappa{k}"))))
