@@ -405,15 +405,38 @@ async fn serve(
     session.state.hub.unregister(conn_id);
     drop(session);
     conn.close_with(close::GOING_AWAY);
-    // The writer may be stuck on a socket the client reads slowly or not at all: give it
-    // time to deliver the close, then drop the socket.
+    linger(writer, stream).await;
+}
+
+/// Waits for the writer to deliver the close — it may be stuck on a socket the client reads
+/// slowly or not at all — and for the client to close in turn, within the grace; meanwhile
+/// reads and drops what the client still sends. A socket closed with bytes unread is reset,
+/// and a reset makes the client's side discard what it had not read yet: the close among it.
+async fn linger(writer: tokio::task::JoinHandle<()>, mut stream: SplitStream<WebSocket>) {
     let abort = writer.abort_handle();
-    if tokio::time::timeout(SLOW_CLOSE_GRACE + Duration::from_secs(1), writer)
-        .await
-        .is_err()
-    {
-        abort.abort();
+    let mut deadline = tokio::time::Instant::now() + SLOW_CLOSE_GRACE + Duration::from_secs(1);
+    let mut writer = std::pin::pin!(writer);
+    let mut written = false;
+    loop {
+        tokio::select! {
+            _ = &mut writer, if !written => {
+                written = true;
+                // The close is on its way: a moment for the client's answer.
+                deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            }
+            m = stream.next() => {
+                if !matches!(m, Some(Ok(_))) {
+                    // The client closed (or the socket failed): nothing more to read.
+                    if !written {
+                        let _ = tokio::time::timeout_at(deadline, &mut writer).await;
+                    }
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
     }
+    abort.abort();
 }
 
 /// Answers a frame refused by the rate limits, in its place: a send behind the sends still in

@@ -58,6 +58,17 @@ async fn say(c: &mut WsClient, conv: &str, id: &str, body: Value) -> u64 {
     c.ack(send_message(conv, id, body)).await.unwrap().seq
 }
 
+/// A stack, and alice in her group `ops`.
+async fn alice_in_ops() -> (TestNats, TestStack, WsClient) {
+    let nats = TestNats::start().await.unwrap();
+    let t = TestStack::start(&nats.url()).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(t.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    alice.ok(create_group("ops", "Ops", &[])).await.unwrap();
+    (nats, t, alice)
+}
+
 /// The whole history of `conv` as `c` sees it, newest first.
 async fn history(c: &mut WsClient, conv: &str) -> Vec<anchorage_protocol::Message> {
     let mut out = Vec::new();
@@ -674,12 +685,7 @@ async fn hostile_queries_are_words_or_precise_refusals() {
 /// empty page as if nothing matched.
 #[tokio::test]
 async fn ws_before_beyond_i64_is_not_an_empty_answer() {
-    let nats = TestNats::start().await.unwrap();
-    let t = TestStack::start(&nats.url()).await.unwrap();
-    let (mut alice, _) = WsClient::signed_in(t.edge_addr(), "alice", "d")
-        .await
-        .unwrap();
-    alice.ok(create_group("ops", "Ops", &[])).await.unwrap();
+    let (_nats, t, mut alice) = alice_in_ops().await;
     let s = say(&mut alice, "ops", "m1", json!("deploy now")).await;
     projected(&t.stack.store, "messages", s).await;
     let frame = alice
@@ -710,12 +716,7 @@ async fn ws_before_beyond_i64_is_not_an_empty_answer() {
 /// `東京、京都` (two runs, whose pairs must not count as neighbours).
 #[tokio::test]
 async fn cjk_phrase_does_not_span_separate_runs() {
-    let nats = TestNats::start().await.unwrap();
-    let t = TestStack::start(&nats.url()).await.unwrap();
-    let (mut alice, _) = WsClient::signed_in(t.edge_addr(), "alice", "d")
-        .await
-        .unwrap();
-    alice.ok(create_group("ops", "Ops", &[])).await.unwrap();
+    let (_nats, t, mut alice) = alice_in_ops().await;
     let s = say(&mut alice, "ops", "m1", json!("東京、京都")).await;
     let s2 = say(&mut alice, "ops", "m2", json!("東京都")).await;
     projected(&t.stack.store, "messages", s2).await;
@@ -728,12 +729,7 @@ async fn cjk_phrase_does_not_span_separate_runs() {
 /// halfwidth kana are one text.
 #[tokio::test]
 async fn cjk_text_is_normalized_like_words() {
-    let nats = TestNats::start().await.unwrap();
-    let t = TestStack::start(&nats.url()).await.unwrap();
-    let (mut alice, _) = WsClient::signed_in(t.edge_addr(), "alice", "d")
-        .await
-        .unwrap();
-    alice.ok(create_group("ops", "Ops", &[])).await.unwrap();
+    let (_nats, t, mut alice) = alice_in_ops().await;
     let nfd = say(&mut alice, "ops", "m1", json!("か\u{3099}っこう")).await; // がっこう, NFD
     let half = say(&mut alice, "ops", "m2", json!("ｶﾀｶﾅ")).await;
     projected(&t.stack.store, "messages", half).await;
@@ -751,12 +747,7 @@ async fn cjk_text_is_normalized_like_words() {
 /// positions up to 16,383): a CJK phrase just within is found, one just beyond is not.
 #[tokio::test]
 async fn cjk_phrase_deep_in_a_long_text_is_found_within_the_indexed_beginning() {
-    let nats = TestNats::start().await.unwrap();
-    let t = TestStack::start(&nats.url()).await.unwrap();
-    let (mut alice, _) = WsClient::signed_in(t.edge_addr(), "alice", "d")
-        .await
-        .unwrap();
-    alice.ok(create_group("ops", "Ops", &[])).await.unwrap();
+    let (_nats, t, mut alice) = alice_in_ops().await;
     let within = say(
         &mut alice,
         "ops",
@@ -1108,12 +1099,7 @@ async fn api_search_refusals() {
 /// the Greek final sigma.
 #[tokio::test]
 async fn case_folding_of_sharp_s_and_final_sigma() {
-    let nats = TestNats::start().await.unwrap();
-    let t = TestStack::start(&nats.url()).await.unwrap();
-    let (mut alice, _) = WsClient::signed_in(t.edge_addr(), "alice", "d")
-        .await
-        .unwrap();
-    alice.ok(create_group("ops", "Ops", &[])).await.unwrap();
+    let (_nats, t, mut alice) = alice_in_ops().await;
     let de = say(&mut alice, "ops", "m1", json!("Grüße aus Köln")).await;
     let el = say(&mut alice, "ops", "m2", json!("ο Σίσυφος")).await;
     projected(&t.stack.store, "messages", el).await;
