@@ -366,6 +366,19 @@ impl Session {
         self.publish_change(&conv, id, event).await
     }
 
+    /// Refuses to answer from a history behind the conversation's stream (waiting briefly
+    /// for it): a client that saw a change live — a revoke, a reaction — must not be answered
+    /// as if it had not happened.
+    async fn settled(&self, conv: &ConversationId) -> Result<(), RequestError> {
+        if self.state.settled_conversation(conv).await? {
+            Ok(())
+        } else {
+            Err(RequestError::Overloaded(format!(
+                "the history of {conv} is catching up; ask again in a moment"
+            )))
+        }
+    }
+
     pub(super) async fn reactors(&self, r: ReactorsQuery) -> Result<Reactors, RequestError> {
         let ReactorsQuery {
             conv,
@@ -377,6 +390,7 @@ impl Session {
         check_emoji(&emoji)?;
         self.member(&conv)?;
         self.target(&conv, seq).await?;
+        self.settled(&conv).await?;
         let limit = limit.unwrap_or(100).clamp(1, MAX_REACTORS);
         let mut rows = self
             .state
@@ -399,6 +413,7 @@ impl Session {
         let Edits { conv, seq } = r;
         self.member(&conv)?;
         self.target(&conv, seq).await?;
+        self.settled(&conv).await?;
         let rows = self.state.store.edits_of(conv.as_str(), seq).await?;
         Ok(Messages {
             conv,
