@@ -80,10 +80,20 @@ async fn a_send_cut_between_publish_and_ack_is_stored_once_and_acknowledged() {
     alice.create_group("team", "Team", &["bob"]).await.unwrap();
     let first = alice.send("team", json!("before")).await.unwrap();
     let first_seq = acked(&alice, &first).await;
-    // Let the engine go quiet: a queued command's answer is the last thing in flight.
+    // Let the engine go quiet: a queued command's answer is the last thing in flight, and the
+    // device has acknowledged receiving its own message (an acknowledgement whose answer is
+    // lost would hold the next send back until the engine gives the connection up).
     alice.mark_read("team", first_seq).await.unwrap();
+    let store = &s.stack.stack.store;
     eventually(WAIT, "the queue to drain", || async {
-        (alice.pending_commands().await.ok()? == 0).then_some(())
+        let delivered = store
+            .conversation_states("alice", "phone", "", 10)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|c| c.conv == "team")?
+            .delivered_seq;
+        (alice.pending_commands().await.ok()? == 0 && delivered >= first_seq).then_some(())
     })
     .await
     .unwrap();
@@ -91,7 +101,6 @@ async fn a_send_cut_between_publish_and_ack_is_stored_once_and_acknowledged() {
     // The server's answers are lost; the message still reaches the server.
     proxy.blackhole_down(true);
     let id = alice.send("team", json!("the one")).await.unwrap();
-    let store = &s.stack.stack.store;
     let stored = eventually(WAIT, "the message stored on the server", || async {
         let rows = store.messages_after("team", 0, 100).await.ok()?;
         rows.iter().find(|m| m.client_msg_id == id).map(|m| m.seq)
