@@ -1079,3 +1079,31 @@ pub async fn dead_letters(
     }
     Ok(out)
 }
+
+/// The projections rebuilt from the streams into a fresh database beside `config`'s, as
+/// `anchorage replay --into` does, `batch_size` events per transaction. The folder holds the
+/// database (SQLite) while it lives.
+pub async fn rebuilt(
+    config: &Config,
+    bus: &anchorage_bus::Bus,
+    batch_size: usize,
+) -> (TempDir, anchorage_store::Store) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let mut config = config.clone();
+    config.database.url = fresh_database(dir.path()).await.expect("a fresh database");
+    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
+        .await
+        .expect("the fresh database opens");
+    store.migrate().await.expect("the fresh database migrates");
+    let options = anchorage_projector::replay::ReplayOptions {
+        batch_size,
+        upto: Default::default(),
+        membership: anchorage_projector::MembershipRules {
+            tombstone_horizon: config.projector.tombstone_horizon,
+        },
+    };
+    anchorage_projector::replay::replay(bus, &store, &options, |_| {})
+        .await
+        .expect("the rebuild");
+    (dir, store)
+}

@@ -14,8 +14,8 @@ use anchorage_protocol::{
 };
 use anchorage_schema::subjects::stream;
 use anchorage_tests::{
-    TestEdge, WsClient, conv_id, create_group, eventually, fresh_database, hello, send_message,
-    sync, token, user_ids,
+    TestEdge, WsClient, conv_id, create_group, eventually, hello, send_message, sync, token,
+    user_ids,
 };
 use serde_json::json;
 
@@ -485,23 +485,7 @@ async fn a_revoked_text_is_gone_from_the_stream_the_store_and_a_rebuild() {
     }
 
     // A rebuild from the streams has the tombstone, in its place, and no text.
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = t.stack.config.clone();
-    config.database.url = fresh_database(dir.path()).await.unwrap();
-    let rebuilt = anchorage_store::Store::connect(&anchorage::store_options(&config))
-        .await
-        .unwrap();
-    rebuilt.migrate().await.unwrap();
-    let options = anchorage_projector::replay::ReplayOptions {
-        batch_size: 64,
-        upto: Default::default(),
-        membership: anchorage_projector::MembershipRules {
-            tombstone_horizon: config.projector.tombstone_horizon,
-        },
-    };
-    anchorage_projector::replay::replay(bus, &rebuilt, &options, |_| {})
-        .await
-        .unwrap();
+    let (_dir, rebuilt) = anchorage_tests::rebuilt(&t.stack.config, bus, 64).await;
     let tomb = rebuilt.message("vault", seq).await.unwrap().unwrap();
     assert!(tomb.revoked && tomb.body == "null");
     assert_eq!(

@@ -10,8 +10,8 @@ use anchorage_schema::subjects::stream;
 use anchorage_store::Store;
 use anchorage_store::text::Query;
 use anchorage_tests::{
-    TestNats, TestStack, WsClient, api_key, conv_id, create_group, fresh_database, group_id, http,
-    projected, send_message, user_ids,
+    TestNats, TestStack, WsClient, api_key, conv_id, create_group, group_id, http, projected,
+    send_message, user_ids,
 };
 use serde_json::json;
 
@@ -317,21 +317,7 @@ async fn a_user_finds_what_reached_them_in_its_current_text() {
         .unwrap()
         .last_seq;
     projected(store, "membership", last.0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = t.config.clone();
-    config.database.url = fresh_database(dir.path()).await.unwrap();
-    let rebuilt = Store::connect(&anchorage::store_options(&config))
-        .await
-        .unwrap();
-    rebuilt.migrate().await.unwrap();
-    let options = anchorage_projector::replay::ReplayOptions {
-        batch_size: 3,
-        upto: Default::default(),
-        membership: anchorage_projector::MembershipRules::default(),
-    };
-    anchorage_projector::replay::replay(&t.stack.bus, &rebuilt, &options, |_| {})
-        .await
-        .unwrap();
+    let (_dir, rebuilt) = anchorage_tests::rebuilt(&t.config, &t.stack.bus, 3).await;
     let users = ["alice", "bob", "carol", "dave"];
     let queries = ["deploy", "ship", "京都", "cafe", "meeting", "bob"];
     let live = everything_found(store, &users, &queries).await;

@@ -15,7 +15,6 @@ use anchorage_protocol::{
 };
 use anchorage_schema::admin::Scope;
 use anchorage_schema::subjects::stream;
-use anchorage_store::Store;
 use anchorage_store::text::Query;
 use anchorage_tests::{
     HttpAnswer, TestNats, TestStack, WsClient, api_key, conv_id, create_group, eventually,
@@ -874,21 +873,7 @@ async fn index_churn(t: &TestStack) -> (Vec<String>, ()) {
 
 /// A rebuild from the streams finds for `users` what the live database finds.
 async fn rebuilt_agrees(t: &TestStack, users: &[&str], words: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = t.config.clone();
-    config.database.url = fresh_database(dir.path()).await.unwrap();
-    let rebuilt = Store::connect(&anchorage::store_options(&config))
-        .await
-        .unwrap();
-    rebuilt.migrate().await.unwrap();
-    let options = anchorage_projector::replay::ReplayOptions {
-        batch_size: 7,
-        upto: Default::default(),
-        membership: anchorage_projector::MembershipRules::default(),
-    };
-    anchorage_projector::replay::replay(&t.stack.bus, &rebuilt, &options, |_| {})
-        .await
-        .unwrap();
+    let (_dir, rebuilt) = anchorage_tests::rebuilt(&t.config, &t.stack.bus, 7).await;
     for user in users {
         for word in words {
             let query = Query::parse(word).unwrap();
