@@ -221,3 +221,24 @@ pub async fn two_edges_with(configure: impl FnOnce(&mut anchorage_config::Config
         .unwrap();
     TwoEdges { nats, stack, edge2 }
 }
+
+/// A projector signed in as `projector`, running until `shutdown`.
+pub async fn projector(
+    config: &anchorage_config::Config,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let mut config = config.clone();
+    anchorage_tests::sign_in(&mut config, anchorage::nats_auth::PROJECTOR);
+    let bus = Bus::connect(&anchorage::bus_options(&config, false))
+        .await
+        .unwrap();
+    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
+        .await
+        .unwrap();
+    tokio::spawn(anchorage_projector::run(
+        bus,
+        store,
+        anchorage_projector::ProjectorOptions::from_config(&config.projector),
+        shutdown,
+    ))
+}

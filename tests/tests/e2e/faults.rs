@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use anchorage::nats_auth::{OPERATOR, PROJECTOR};
-use anchorage_bus::Bus;
+use anchorage::nats_auth::OPERATOR;
 use anchorage_protocol::request::{
     AddMembers, ConvAnchor, Hello, History, MarkRead, OpenDirect, RemoveMembers, SendMessage,
     SetRole, UpdateGroup,
@@ -15,12 +14,12 @@ use anchorage_protocol::{Ack, ErrorCode, Reply, ReplyBody, RequestBody, ServerFr
 use anchorage_schema::event::Role;
 use anchorage_tests::{
     TestEdge, TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database,
-    group_id, hello, http_get, nats_client, send_message, sign_in, sync, test_config, token,
-    user_id, user_ids,
+    group_id, hello, http_get, nats_client, send_message, sync, test_config, token, user_id,
+    user_ids,
 };
 use serde_json::{Value, json};
 
-use crate::common::short_window_config;
+use crate::common::{projector, short_window_config};
 
 fn send(conv: &str, id: &str, retry: bool) -> SendMessage {
     SendMessage {
@@ -850,27 +849,6 @@ async fn while_the_projector_is_behind_nobody_acts_on_a_stale_group() {
     shutdown.cancel();
     projector.await.unwrap().unwrap();
     edge.stop().await.unwrap();
-}
-
-/// A projector signed in as `projector`, running until `shutdown`.
-async fn projector(
-    config: &anchorage_config::Config,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    let mut config = config.clone();
-    sign_in(&mut config, PROJECTOR);
-    let bus = Bus::connect(&anchorage::bus_options(&config, false))
-        .await
-        .unwrap();
-    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
-        .await
-        .unwrap();
-    tokio::spawn(anchorage_projector::run(
-        bus,
-        store,
-        anchorage_projector::ProjectorOptions::from_config(&config.projector),
-        shutdown,
-    ))
 }
 
 // Shutdown is prompt while events from other systems are being applied, and loses none: an

@@ -4,16 +4,22 @@
 //! rebuild from the streams finds the same.
 
 use anchorage_protocol::request::{AddMembers, Edit, Hide, RemoveMembers, Revoke, Search};
-use anchorage_protocol::{ErrorCode, MembershipChanged, ReplyBody, SearchResults};
+use std::time::Duration;
+
+use anchorage_protocol::{
+    ErrorCode, MembershipChanged, Reply, ReplyBody, SearchResults, ServerFrame,
+};
 use anchorage_schema::admin::Scope;
 use anchorage_schema::subjects::stream;
 use anchorage_store::Store;
 use anchorage_store::text::Query;
 use anchorage_tests::{
-    TestNats, TestStack, WsClient, api_key, conv_id, create_group, group_id, http, projected,
-    send_message, user_ids,
+    TestEdge, TestNats, TestStack, WsClient, api_key, conv_id, create_group, fresh_database,
+    group_id, http, projected, send_message, test_config, user_ids,
 };
 use serde_json::json;
+
+use crate::common::projector;
 
 fn search(query: &str) -> Search {
     Search {
@@ -455,4 +461,64 @@ async fn the_sdk_searches_page_by_page() {
     );
     alice.shutdown().await;
     bob.shutdown().await;
+}
+
+/// While the projector is down, a search is not answered from an index that misses what was
+/// stored: a member just added would find nothing of what the history will show them, so the
+/// answer is `overloaded`; once the projector is back, they find what was sent to them.
+#[tokio::test]
+async fn a_search_waits_for_the_memberships_and_messages_stored_before_it() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
+    let store = stack.stack.store.clone();
+    let edge = TestEdge::start(&config).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
+    let (mut carol, _) = WsClient::signed_in(edge.addr, "carol", "d").await.unwrap();
+    alice
+        .ok(create_group("ops", "Ops", &["bob"]))
+        .await
+        .unwrap();
+    let before = say(&mut alice, "m1", json!("walrus before carol")).await;
+    projected(&store, "messages", before).await;
+    stack.stack.stop().await.unwrap();
+
+    members(&mut alice, true, "carol").await;
+    joined(&mut carol, "ops", true).await;
+    let after = say(&mut alice, "m2", json!("walrus after carol")).await;
+    let refused = carol.refused(search("walrus")).await.unwrap();
+    assert_eq!(refused.code, ErrorCode::Overloaded, "{refused:?}");
+    assert!(refused.retry_after_ms.is_some(), "{refused:?}");
+    // Named conversation too: carol is a member, not `forbidden`.
+    let mut in_ops = search("walrus");
+    in_ops.conv = Some(conv_id("ops"));
+    let refused = carol.refused(in_ops.clone()).await.unwrap();
+    assert_eq!(refused.code, ErrorCode::Overloaded, "{refused:?}");
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let projector = projector(&config, shutdown.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        // As a client does: come back after the time the refusal names.
+        match carol.request(in_ops.clone()).await.unwrap() {
+            ServerFrame::Reply(Reply {
+                body: ReplyBody::SearchResults(r),
+                ..
+            }) => break r,
+            ServerFrame::Error(e)
+                if e.code == ErrorCode::Overloaded && tokio::time::Instant::now() < deadline =>
+            {
+                let wait = e.retry_after_ms.expect("overloaded says when to retry");
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            other => panic!("no search results: {other:?}"),
+        }
+    };
+    assert_eq!(seqs(&answer), [after], "{answer:?}");
+    assert_eq!(found(&mut carol, "walrus").await, [after]);
+    assert_eq!(found(&mut alice, "walrus").await, [after, before]);
+    shutdown.cancel();
+    projector.await.unwrap().unwrap();
+    edge.stop().await.unwrap();
 }

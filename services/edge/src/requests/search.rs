@@ -5,12 +5,16 @@ use std::collections::BTreeMap;
 
 use anchorage_protocol::request::Search;
 use anchorage_protocol::{SearchResult, SearchResults};
+use anchorage_schema::ConversationId;
+use anchorage_schema::subjects::stream;
 use anchorage_store::MessageRow;
 use anchorage_store::text::Query;
 
 use super::error::RequestError;
 use super::session::Session;
 use crate::EdgeState;
+use crate::progress::Projection;
+use crate::requests::messages::PROJECTION_WAIT;
 
 /// Results one answer carries by default, and at most.
 const DEFAULT_RESULTS: u32 = 20;
@@ -25,6 +29,8 @@ impl EdgeState {
         r: &Search,
     ) -> Result<SearchResults, RequestError> {
         let query = Query::parse(&r.query).map_err(|e| RequestError::Invalid(e.to_string()))?;
+        // Settled first: a member just added is a member of `conv`.
+        self.search_settled(r.conv.as_ref()).await?;
         if let Some(conv) = &r.conv
             && !self.store.ever_member(conv.as_str(), user).await?
         {
@@ -67,6 +73,37 @@ impl EdgeState {
             })
             .collect();
         Ok(SearchResults { results, more })
+    }
+}
+
+impl EdgeState {
+    /// Refuses to answer from an index behind what was stored when the search came (waiting
+    /// briefly for it): the memberships, which decide what the user finds — a member just
+    /// added must find what the history already shows them — and the messages of the
+    /// conversation searched, or of all.
+    async fn search_settled(&self, conv: Option<&ConversationId>) -> Result<(), RequestError> {
+        let memberships = self.bus.stream_state(stream::MEMBERSHIP).await?.last_seq;
+        let messages = match conv {
+            Some(conv) => self.conversation_end(conv).await?,
+            None => self.bus.stream_state(stream::MESSAGES).await?.last_seq,
+        };
+        let (members_held, messages_held) = tokio::try_join!(
+            async {
+                Ok::<_, RequestError>(
+                    self.progress
+                        .reached(Projection::Membership, memberships.0, PROJECTION_WAIT)
+                        .await?,
+                )
+            },
+            self.messages_projected(messages),
+        )?;
+        if members_held && messages_held {
+            Ok(())
+        } else {
+            Err(RequestError::Overloaded(
+                "the search index is catching up; ask again in a moment".into(),
+            ))
+        }
     }
 }
 
