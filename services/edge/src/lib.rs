@@ -68,6 +68,8 @@ pub struct Shared {
     pub verifier: Arc<auth::Verifier>,
     /// How device tokens are minted (server API).
     pub auth: Arc<anchorage_config::AuthConfig>,
+    /// Which push providers are configured, and the push services Web Push may call.
+    pub push: Arc<anchorage_config::PushConfig>,
     /// The rates of the server API's keys.
     api_limits: Arc<api::KeyLimits>,
     /// The before-send hook, if configured.
@@ -104,6 +106,7 @@ impl EdgeState {
             messages,
             auth,
             hooks,
+            push,
             ..
         } = config;
         let (members, messages) = (members.clone(), messages.clone());
@@ -146,6 +149,7 @@ impl EdgeState {
             user_limits: Arc::new(limits::UserLimits::new(config.user_rate_per_sec)),
             verifier: Arc::new(auth::Verifier::from_config(auth)?),
             auth: Arc::new(auth.clone()),
+            push: Arc::new(push.clone()),
             api_limits: Arc::new(api::KeyLimits::default()),
             before_send,
             bus,

@@ -471,11 +471,43 @@ async fn apply_user(
         Event::UserDeleted(e) => {
             expect_subject(subject, subjects::user(&e.user))?;
             tx.delete_user(e.user.as_str(), seq).await?;
+            tx.remove_push_targets_of(e.user.as_str(), seq).await?;
         }
         Event::SessionRevoked(e) => {
             expect_subject(subject, subjects::user(&e.user))?;
             tx.revoke_session(e.user.as_str(), e.device.as_str(), seq)
                 .await?;
+            // A device signed out is not notified any more.
+            tx.remove_push_target(e.user.as_str(), e.device.as_str(), None, seq)
+                .await?;
+        }
+        Event::PushTargetSet(e) => {
+            expect_subject(subject, subjects::user(&e.user))?;
+            if let Err(bad) = e.target.check() {
+                return Err(reject("invalid_payload", format!("push target: {bad}")));
+            }
+            let target = serde_json::to_string(&e.target)
+                .map_err(|err| ApplyError::Unavailable(err.to_string()))?;
+            tx.set_push_target(
+                e.user.as_str(),
+                e.device.as_str(),
+                e.target.provider(),
+                e.target.address(),
+                &target,
+                e.preview,
+                seq,
+            )
+            .await?;
+        }
+        Event::PushTargetRemoved(e) => {
+            expect_subject(subject, subjects::user(&e.user))?;
+            tx.remove_push_target(
+                e.user.as_str(),
+                e.device.as_str(),
+                e.address.as_deref(),
+                seq,
+            )
+            .await?;
         }
         Event::ConversationPrefsChanged(e) => {
             expect_subject(subject, subjects::user(&e.user))?;

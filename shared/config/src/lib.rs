@@ -52,6 +52,8 @@ pub struct Config {
     pub dev: DevConfig,
     /// Webhooks: events delivered to other systems' HTTP endpoints.
     pub webhooks: WebhooksConfig,
+    /// Offline push: notifications through FCM, APNs and Web Push.
+    pub push: PushConfig,
     /// Synchronous hooks on the message path.
     pub hooks: HooksConfig,
     /// Logs and traces.
@@ -432,6 +434,116 @@ pub struct WebhookEndpointConfig {
     /// Event types delivered (`message.sent`, `group.*`); empty: every type.
     #[serde(default)]
     pub events: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+/// `[push]`: notifications to devices that are not connected.
+pub struct PushConfig {
+    /// How long a message waits before it is pushed, in milliseconds: a user's device that
+    /// is online receives it (and acknowledges) within it, and then nothing is pushed.
+    pub grace_ms: u64,
+    /// How long a notification is retried (full-jitter backoff) before it is recorded as
+    /// failed, in seconds.
+    pub retry_for_secs: u64,
+    /// Longest wait between two attempts, in milliseconds.
+    pub max_backoff_ms: u64,
+    /// Time one call to a provider may take, in milliseconds.
+    pub timeout_ms: u64,
+    /// Calls to providers in flight at once, per worker.
+    pub concurrency: usize,
+    /// Firebase Cloud Messaging (HTTP v1); unset: FCM targets are refused.
+    pub fcm: Option<FcmConfig>,
+    /// Apple Push Notification service (token-based); unset: APNs targets are refused.
+    pub apns: Option<ApnsConfig>,
+    /// Web Push (VAPID); unset: Web Push targets are refused.
+    pub web_push: Option<WebPushConfig>,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            grace_ms: 3000,
+            retry_for_secs: 3600,
+            max_backoff_ms: 60_000,
+            timeout_ms: 10_000,
+            concurrency: 64,
+            fcm: None,
+            apns: None,
+            web_push: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+/// `[push.fcm]`.
+pub struct FcmConfig {
+    /// The Firebase project.
+    pub project_id: String,
+    /// The service account's JSON key file (its `client_email`, `private_key`, `token_uri`).
+    pub credentials: PathBuf,
+    /// The FCM API's base URL.
+    #[serde(default = "fcm_endpoint")]
+    pub endpoint: String,
+}
+
+fn fcm_endpoint() -> String {
+    "https://fcm.googleapis.com".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+/// `[push.apns]`: token-based authentication with a `.p8` signing key.
+pub struct ApnsConfig {
+    /// The signing key file (PKCS#8 PEM, from the Apple developer account).
+    pub key: PathBuf,
+    /// Its key id.
+    pub key_id: String,
+    /// The team id.
+    pub team_id: String,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: String,
+    /// Production base URL.
+    #[serde(default = "apns_endpoint")]
+    pub endpoint: String,
+    /// Base URL for tokens of development builds (`sandbox`).
+    #[serde(default = "apns_sandbox_endpoint")]
+    pub sandbox_endpoint: String,
+}
+
+fn apns_endpoint() -> String {
+    "https://api.push.apple.com".into()
+}
+
+fn apns_sandbox_endpoint() -> String {
+    "https://api.sandbox.push.apple.com".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+/// `[push.web_push]`: VAPID (RFC 8292) and the push services called.
+pub struct WebPushConfig {
+    /// The VAPID signing key file (P-256, PKCS#8 PEM); its public key is the
+    /// `applicationServerKey` browsers subscribe with.
+    pub vapid_key: PathBuf,
+    /// Who runs this server, for push services: `mailto:` or `https:` (VAPID `sub`).
+    pub subject: String,
+    /// Push services a subscription may name (`https://` only): a host, `host:port`, or
+    /// `.suffix` for subdomains. Subscriptions elsewhere are refused, so a user cannot make
+    /// the server call an address of their choosing.
+    #[serde(default = "browser_push_services")]
+    pub allowed_hosts: Vec<String>,
+    /// Push services reached over plain `http://` (`host:port`): a local service only.
+    #[serde(default)]
+    pub allowed_http_hosts: Vec<String>,
+}
+
+fn browser_push_services() -> Vec<String> {
+    anchorage_schema::push::BROWSER_PUSH_SERVICES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

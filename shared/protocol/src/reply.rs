@@ -825,6 +825,9 @@ pub struct UserState {
     /// Messages deleted for themselves since, by conversation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hidden: Vec<HiddenMessages>,
+    /// Devices whose push target changed since.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub push: Vec<DevicePush>,
     /// Others see the user's read receipts.
     pub receipts: bool,
     /// Others see the user's presence.
@@ -908,6 +911,21 @@ pub enum StateChange {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         presence: Option<bool>,
     },
+    /// A device's push target was set or removed.
+    Push(DevicePush),
+}
+
+/// Whether one of the user's devices is notified while offline, and how (never its address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicePush {
+    /// The device.
+    pub device: String,
+    /// `fcm`, `apns` or `web_push`; absent once removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Notifications show the text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preview: bool,
 }
 
 /// How far one member read.

@@ -158,6 +158,10 @@ pub enum RequestBody {
     Presence(PresenceQuery),
     /// Full-text search of the user's messages; answered with `search_results`.
     Search(Search),
+    /// Where this device is reached while offline; answered with `ok`.
+    SetPush(SetPush),
+    /// This device is not to be reached while offline any more; answered with `ok`.
+    RemovePush(RemovePush),
 }
 
 impl RequestBody {
@@ -204,6 +208,8 @@ impl RequestBody {
             RequestBody::Receipts(_) => "receipts",
             RequestBody::Presence(_) => "presence",
             RequestBody::Search(_) => "search",
+            RequestBody::SetPush(_) => "set_push",
+            RequestBody::RemovePush(_) => "remove_push",
         }
     }
 }
@@ -250,6 +256,8 @@ pub const REQUEST_TYPES: &[&str] = &[
     "receipts",
     "presence",
     "search",
+    "set_push",
+    "remove_push",
 ];
 
 macro_rules! into_body {
@@ -300,6 +308,8 @@ into_body! {
     ReceiptsQuery => Receipts,
     PresenceQuery => Presence,
     Search => Search,
+    SetPush => SetPush,
+    RemovePush => RemovePush,
 }
 
 /// `hello`: the protocol version, the device token, and optionally the client's anchors.
@@ -685,6 +695,27 @@ pub struct MembersSearch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
 }
+
+/// `set_push`: where this device is reached while it is not connected (replacing what it
+/// set before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPush {
+    /// The provider and the address it gave the device.
+    pub target: anchorage_schema::push::PushTarget,
+    /// Notifications show the message's text (default); `false`: only that one came.
+    #[serde(default = "yes")]
+    pub preview: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `remove_push`: this device is not notified while offline any more.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemovePush {}
 
 /// `search`: the user's messages whose text matches `query` — in every conversation they are
 /// or were a member of, or in `conv` — newest first. Only messages that reached the user are

@@ -421,6 +421,37 @@ pub struct SessionRevoked {
     pub device: DeviceId,
 }
 
+/// A device registered where it is reached while offline (replacing what it registered
+/// before). The same address registered by another device or user before is theirs no more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTargetSet {
+    /// The user.
+    pub user: UserId,
+    /// The device.
+    pub device: DeviceId,
+    /// The provider and address.
+    pub target: crate::push::PushTarget,
+    /// Notifications show the message's text (`false`: only that a message came, for
+    /// end-to-end encrypted bodies or private screens).
+    pub preview: bool,
+}
+
+/// A device's push target was removed: by the device (`address` absent), or because the
+/// provider said the address is no longer valid (`address` names it, so a newer registration
+/// of the device stays).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTargetRemoved {
+    /// The user.
+    pub user: UserId,
+    /// The device.
+    pub device: DeviceId,
+    /// Only if the device's target still has this address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Why, in a word: `unregistered` (by the device), `rejected` (by the provider).
+    pub reason: String,
+}
+
 /// Why bytes are not an event this software can apply.
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)] // each variant's message says what it is
@@ -554,6 +585,10 @@ events! {
     UserDeleted = "user.deleted" v 1,
     /// A session was ended.
     SessionRevoked = "session.revoked" v 1,
+    /// A device registered a push target.
+    PushTargetSet = "device.push_set" v 1,
+    /// A device's push target was removed.
+    PushTargetRemoved = "device.push_removed" v 1,
 }
 
 impl Event {
@@ -834,6 +869,23 @@ mod tests {
             SessionRevoked {
                 user: user("alice"),
                 device: DeviceId::parse("d1").unwrap(),
+            }
+            .into(),
+            PushTargetSet {
+                user: user("alice"),
+                device: DeviceId::parse("d1").unwrap(),
+                target: crate::push::PushTarget::Apns {
+                    token: "ab".repeat(32),
+                    sandbox: true,
+                },
+                preview: false,
+            }
+            .into(),
+            PushTargetRemoved {
+                user: user("alice"),
+                device: DeviceId::parse("d1").unwrap(),
+                address: Some("ab".repeat(32)),
+                reason: "rejected".into(),
             }
             .into(),
         ]

@@ -12,6 +12,7 @@
 //! - [`limits`]: the bounds every writer enforces so every reader can decode what it stored;
 //! - [`backoff`]: the one full-jitter backoff every retry loop uses;
 //! - [`search`]: prefix search with the same answer on every database;
+//! - [`push`]: where devices are reached while offline (push targets);
 //! - [`admin`]: server API keys and webhook endpoints as stored.
 //!
 //! The crate has no I/O. It is shared by the bus, the projector, the edge and the SDK.
@@ -24,6 +25,7 @@ pub mod backoff;
 pub mod event;
 pub mod ids;
 pub mod limits;
+pub mod push;
 pub mod search;
 pub mod subjects;
 

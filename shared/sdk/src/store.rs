@@ -53,6 +53,9 @@ CREATE TABLE prefs (
 CREATE TABLE hidden (conv TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (conv, seq));
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ",
+    "
+CREATE TABLE push_devices (device TEXT PRIMARY KEY, provider TEXT NOT NULL, preview INTEGER NOT NULL);
+",
 ];
 
 /// One queued item, in the order it was made.
@@ -294,6 +297,9 @@ impl LocalStore {
         for h in &state.hidden {
             hide(&mut tx, &h.conv, &h.seqs).await?;
         }
+        for p in &state.push {
+            device_push(&mut tx, p).await?;
+        }
         set_meta(&mut tx, "receipts", i64::from(state.receipts)).await?;
         set_meta(&mut tx, "presence", i64::from(state.presence)).await?;
         set_meta(&mut tx, "state_version", state.version as i64).await?;
@@ -338,6 +344,7 @@ impl LocalStore {
                 .await?;
             }
             StateChange::Hidden(h) => hide(&mut tx, &h.conv, &h.seqs).await?,
+            StateChange::Push(p) => device_push(&mut tx, p).await?,
             StateChange::Privacy { receipts, presence } => {
                 if let Some(r) = receipts {
                     set_meta(&mut tx, "receipts", i64::from(*r)).await?;
@@ -350,6 +357,18 @@ impl LocalStore {
         set_meta(&mut tx, "state_version", version as i64).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The user's devices that are notified while offline: (device, provider, preview).
+    pub async fn push_devices(&self) -> Result<Vec<(String, String, bool)>, SdkError> {
+        let rows =
+            sqlx::query("SELECT device, provider, preview FROM push_devices ORDER BY device")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) != 0))
+            .collect())
     }
 
     /// Stores one message without moving the anchor (our own acked message, before its live
@@ -819,4 +838,32 @@ async fn apply_change(
     };
     let done = query.bind(c.seq as i64).execute(&mut **tx).await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// Records how a device of the user is notified (or that it is not any more).
+async fn device_push(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    p: &anchorage_protocol::DevicePush,
+) -> Result<(), SdkError> {
+    match &p.provider {
+        Some(provider) => {
+            sqlx::query(
+                "INSERT INTO push_devices (device, provider, preview) VALUES ($1, $2, $3)
+                 ON CONFLICT (device) DO UPDATE SET provider = excluded.provider,
+                   preview = excluded.preview",
+            )
+            .bind(&p.device)
+            .bind(provider)
+            .bind(i64::from(p.preview))
+            .execute(&mut **tx)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM push_devices WHERE device = $1")
+                .bind(&p.device)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@
 
 pub mod members;
 pub mod projection;
+pub mod push;
 pub mod read;
 pub mod search;
 pub mod text;
@@ -120,6 +121,12 @@ pub const MIGRATIONS: &[Migration] = &[
             include_str!("../migrations/0011_search.sqlite.sql"),
             include_str!("../migrations/0011_search.postgres.sql"),
         ),
+    },
+    Migration {
+        version: 12,
+        name: "push",
+        sql: include_str!("../migrations/0012_push.sql"),
+        specific: SAME,
     },
 ];
 

@@ -103,6 +103,8 @@ pub struct UserState {
     pub prefs: Vec<Prefs>,
     /// Messages deleted for themselves since, as (conversation, seq).
     pub hidden: Vec<(String, u64)>,
+    /// Devices whose push target changed since.
+    pub push: Vec<crate::push::PushTargetRow>,
     /// Others see their read receipts.
     pub receipts: bool,
     /// Others see their presence.
@@ -218,6 +220,9 @@ impl Store {
                 ))
             })
             .collect::<Result<_, StoreError>>()?;
+        let mut push = self
+            .push_targets_since(user, after, limit.saturating_add(1))
+            .await?;
         let privacy =
             sqlx::query("SELECT receipts, presence, version FROM privacy WHERE user_id = $1")
                 .bind(user)
@@ -241,10 +246,14 @@ impl Store {
         if hidden.len() > limit {
             through = through.min(hidden[limit - 1].2);
         }
+        if push.len() > limit {
+            through = through.min(push[limit - 1].version);
+        }
         let more = through != u64::MAX;
         if more {
             prefs.retain(|p| p.version <= through);
             hidden.retain(|h| h.2 <= through);
+            push.retain(|p| p.version <= through);
         }
         let newest = if more {
             through
@@ -254,6 +263,7 @@ impl Store {
                 "SELECT MAX(v) AS v FROM (
                      SELECT MAX(version) AS v FROM conversation_prefs WHERE user_id = $1
                      UNION ALL SELECT MAX(version) FROM hidden_messages WHERE user_id = $1
+                     UNION ALL SELECT MAX(version) FROM push_targets WHERE user_id = $1
                  ) AS t",
             )
             .bind(user)
@@ -266,6 +276,7 @@ impl Store {
         Ok(UserState {
             prefs,
             hidden: hidden.into_iter().map(|(c, s, _)| (c, s)).collect(),
+            push,
             receipts,
             presence,
             version: newest,

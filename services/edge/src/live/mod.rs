@@ -49,9 +49,9 @@ use std::time::Duration;
 
 use anchorage_bus::Bus;
 use anchorage_protocol::{
-    HiddenMessages, LiveMessage, MembershipChanged, Message, OwnReaction, PresenceInfo, Push,
-    ReactionDelta, ReactionsChanged, ReadMoved, Receipt, ServerFrame, StateChange, StateChanged,
-    TypingNow,
+    DevicePush, HiddenMessages, LiveMessage, MembershipChanged, Message, OwnReaction, PresenceInfo,
+    Push, ReactionDelta, ReactionsChanged, ReadMoved, Receipt, ServerFrame, StateChange,
+    StateChanged, TypingNow,
 };
 use anchorage_schema::event::{ReactionChanged, ReadMarked};
 use anchorage_schema::subjects::{self, stream};
@@ -1039,6 +1039,22 @@ fn state_change(event: Event) -> Option<(UserId, StateChange)> {
                 receipts: e.receipts,
                 presence: e.presence,
             },
+        ),
+        Event::PushTargetSet(e) => (
+            e.user,
+            StateChange::Push(DevicePush {
+                device: e.device.to_string(),
+                provider: Some(e.target.provider().to_owned()),
+                preview: e.preview,
+            }),
+        ),
+        Event::PushTargetRemoved(e) => (
+            e.user,
+            StateChange::Push(DevicePush {
+                device: e.device.to_string(),
+                provider: None,
+                preview: false,
+            }),
         ),
         _ => return None,
     })

@@ -72,6 +72,8 @@ impl Session {
             RequestBody::Receipts(r) => self.receipts(r).await.map(Into::into),
             RequestBody::Presence(r) => self.presence(r).await.map(Into::into),
             RequestBody::Search(r) => self.search(r).await.map(Into::into),
+            RequestBody::SetPush(r) => self.set_push(r).await.map(Into::into),
+            RequestBody::RemovePush(r) => self.remove_push(r).await.map(Into::into),
         };
         let code = match &answer {
             Ok(_) => "ok",

@@ -5,9 +5,14 @@
 //! `user_state` hand out what changed since a version, and `state` pushes carry each change
 //! live with the version before it, so a device that missed one notices and asks.
 
-use anchorage_protocol::request::{Hide, SetPrefs, SetPrivacy, UserStateQuery};
-use anchorage_protocol::{ConvPrefs, Done, HiddenMessages, UserState};
-use anchorage_schema::event::{ConversationPrefsChanged, MessagesHidden, PrivacyChanged};
+use anchorage_protocol::request::{
+    Hide, RemovePush, SetPrefs, SetPrivacy, SetPush, UserStateQuery,
+};
+use anchorage_protocol::{ConvPrefs, DevicePush, Done, HiddenMessages, UserState};
+use anchorage_schema::event::{
+    ConversationPrefsChanged, MessagesHidden, PrivacyChanged, PushTargetRemoved, PushTargetSet,
+};
+use anchorage_schema::push::PushTarget;
 use anchorage_schema::{Envelope, Event, EventId, backoff, now_ms, subjects};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -164,6 +169,36 @@ impl Session {
         })
     }
 
+    pub(super) async fn set_push(&self, r: SetPush) -> Result<Done, RequestError> {
+        let SetPush { target, preview } = r;
+        self.state.push_target_allowed(&target)?;
+        let event = PushTargetSet {
+            user: self.claims.sub.clone(),
+            device: self.claims.device.clone(),
+            target,
+            preview,
+        };
+        let seq = self.publish_state(self.fresh_id("push"), event).await?;
+        Ok(Done {
+            conv: None,
+            seq: Some(seq),
+        })
+    }
+
+    pub(super) async fn remove_push(&self, _: RemovePush) -> Result<Done, RequestError> {
+        let event = PushTargetRemoved {
+            user: self.claims.sub.clone(),
+            device: self.claims.device.clone(),
+            address: None,
+            reason: "unregistered".into(),
+        };
+        let seq = self.publish_state(self.fresh_id("push"), event).await?;
+        Ok(Done {
+            conv: None,
+            seq: Some(seq),
+        })
+    }
+
     pub(super) async fn user_state(&self, r: UserStateQuery) -> Result<UserState, RequestError> {
         if !self.state_projected().await? {
             return Err(RequestError::Overloaded(
@@ -230,10 +265,56 @@ impl Session {
                 })
                 .collect(),
             hidden,
+            push: s.push.into_iter().map(device_push).collect(),
             receipts: s.receipts,
             presence: s.presence,
             version: s.version,
             more: s.more,
         })
+    }
+}
+
+/// How a device is notified, as its user's devices see it (never the address).
+fn device_push(row: anchorage_store::push::PushTargetRow) -> DevicePush {
+    let target = row
+        .target
+        .and_then(|t| serde_json::from_str::<PushTarget>(&t).ok());
+    DevicePush {
+        device: row.device,
+        provider: target.as_ref().map(|t| t.provider().to_owned()),
+        preview: target.is_some() && row.preview,
+    }
+}
+
+impl crate::EdgeState {
+    /// Refuses a target this server cannot push to: a malformed one, one of a provider that is
+    /// not configured, or a Web Push subscription at a push service the operator did not name.
+    pub(crate) fn push_target_allowed(&self, target: &PushTarget) -> Result<(), RequestError> {
+        target
+            .check()
+            .map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let off =
+            |name: &str| RequestError::Invalid(format!("this server does not push through {name}"));
+        match target {
+            PushTarget::Fcm { .. } if self.push.fcm.is_none() => Err(off("FCM")),
+            PushTarget::Apns { .. } if self.push.apns.is_none() => Err(off("APNs")),
+            PushTarget::WebPush { endpoint, .. } => {
+                let Some(web) = &self.push.web_push else {
+                    return Err(off("Web Push"));
+                };
+                if anchorage_schema::push::web_push_allowed(
+                    endpoint,
+                    &web.allowed_hosts,
+                    &web.allowed_http_hosts,
+                ) {
+                    Ok(())
+                } else {
+                    Err(RequestError::Invalid(
+                        "this server does not call that push service".into(),
+                    ))
+                }
+            }
+            _ => Ok(()),
+        }
     }
 }
