@@ -8,14 +8,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-py="$root/.tools/py"
-if ! "$py/bin/schemathesis" --version 2>/dev/null | grep -q "4.32.5" \
-  || ! [ -x "$py/bin/openapi-spec-validator" ] \
-  || ! "$py/bin/python" -c "import standardwebhooks" 2>/dev/null; then
-  python3 -m venv "$py"
-  "$py/bin/pip" install --quiet --disable-pip-version-check \
-    "schemathesis==4.32.5" "openapi-spec-validator==0.9.0" "standardwebhooks==1.1.0"
-fi
+py="$(dirname "$(dirname "$(deploy/python-tools.sh)")")"
 
 ANCHORAGE_DEV__NATS_SERVER="${ANCHORAGE_DEV__NATS_SERVER:-$(deploy/nats-server.sh)}"
 export ANCHORAGE_DEV__NATS_SERVER

@@ -11,6 +11,9 @@ cd "$root"
 ANCHORAGE_DEV__NATS_SERVER="$(deploy/nats-server.sh)"
 export ANCHORAGE_DEV__NATS_SERVER
 echo "nats-server: $ANCHORAGE_DEV__NATS_SERVER ($("$ANCHORAGE_DEV__NATS_SERVER" --version))"
+# The Python tools (the Web Push tests decrypt with http-ece; the API check below).
+ANCHORAGE_TESTS_PYTHON="$(deploy/python-tools.sh)"
+export ANCHORAGE_TESTS_PYTHON
 
 log="$(mktemp)"
 pg_dir="$(mktemp -d)"

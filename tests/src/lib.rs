@@ -13,8 +13,13 @@
 //! - Every wait is bounded: [`eventually`] polls a condition until a deadline and fails the
 //!   test with a description of what it was waiting for.
 //!
+//! - [`push`] has local push providers (FCM, APNs, Web Push) that check and record what they
+//!   are sent.
+//!
 //! nats-server is found like `anchorage dev` finds it: `ANCHORAGE_DEV__NATS_SERVER`, then the
 //! repository's `.tools/`, then PATH — installing the pinned version into `.tools/` if needed.
+
+pub mod push;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -940,6 +945,8 @@ struct ProxyControl {
     /// Refuse new connections (as a client that is offline).
     offline: std::sync::atomic::AtomicBool,
     connections: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Each open connection's own switch for losing what the server sends.
+    open_down: std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 impl TcpProxy {
@@ -959,11 +966,22 @@ impl TcpProxy {
                     continue;
                 };
                 let ctl2 = ctl.clone();
+                let own_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                ctl.open_down
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(own_down.clone());
                 let task = tokio::spawn(async move {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    let up = relay(cr, sw, &ctl2.blackhole_up, &ctl2.swallowed_up);
-                    let down = relay(sr, cw, &ctl2.blackhole_down, &ctl2.swallowed_down);
+                    let none = std::sync::atomic::AtomicBool::new(false);
+                    let up = relay(cr, sw, [&ctl2.blackhole_up, &none], &ctl2.swallowed_up);
+                    let down = relay(
+                        sr,
+                        cw,
+                        [&ctl2.blackhole_down, &own_down],
+                        &ctl2.swallowed_down,
+                    );
                     let _ = tokio::join!(up, down);
                 });
                 ctl.connections
@@ -984,6 +1002,19 @@ impl TcpProxy {
         self.control
             .blackhole_down
             .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Loses everything the server sends on the connections open now (new ones carry on).
+    pub fn blackhole_down_open(&self) {
+        for own in self
+            .control
+            .open_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            own.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// Bytes of what the client sent that were lost so far.
@@ -1022,11 +1053,11 @@ impl TcpProxy {
 }
 
 /// Copies what `from` reads to `to`, dropping it (and counting it in `swallowed`) while
-/// `blackhole` is set.
+/// either `blackhole` switch is set.
 async fn relay(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    blackhole: &std::sync::atomic::AtomicBool,
+    blackhole: [&std::sync::atomic::AtomicBool; 2],
     swallowed: &std::sync::atomic::AtomicU64,
 ) -> std::io::Result<()> {
     use std::sync::atomic::Ordering;
@@ -1036,7 +1067,7 @@ async fn relay(
         if n == 0 {
             return Ok(());
         }
-        if blackhole.load(Ordering::SeqCst) {
+        if blackhole.iter().any(|b| b.load(Ordering::SeqCst)) {
             swallowed.fetch_add(n as u64, Ordering::SeqCst);
         } else {
             to.write_all(&buf[..n]).await?;

@@ -463,6 +463,12 @@ async fn projector(config: Config) -> anyhow::Result<ExitCode> {
         config.webhooks.clone(),
         shutdown.clone(),
     ));
+    let push = tokio::spawn(anchorage_push::run(
+        bus.clone(),
+        store.clone(),
+        config.push.clone(),
+        shutdown.clone(),
+    ));
     anchorage_projector::run(
         bus.clone(),
         store.clone(),
@@ -472,6 +478,7 @@ async fn projector(config: Config) -> anyhow::Result<ExitCode> {
     .await?;
     shutdown.cancel();
     webhooks.await??;
+    push.await??;
     bus.close().await;
     store.close().await;
     Ok(ExitCode::SUCCESS)

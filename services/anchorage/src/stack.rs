@@ -97,8 +97,14 @@ impl Stack {
             shutdown.child_token(),
         ));
         tasks.spawn(anchorage_webhooks::run(
-            projector_bus,
+            projector_bus.clone(),
             config.webhooks.clone(),
+            shutdown.child_token(),
+        ));
+        tasks.spawn(anchorage_push::run(
+            projector_bus,
+            store.clone(),
+            config.push.clone(),
             shutdown.child_token(),
         ));
         let edge_addr = listener.local_addr()?;

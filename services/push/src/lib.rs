@@ -257,8 +257,8 @@ impl Providers {
 }
 
 /// Runs the push worker until `shutdown`: the stream consumer that queues notifications and
-/// the sender that works through the outbox. Without any provider configured it does
-/// nothing (targets are refused at registration then).
+/// the sender that works through the outbox. Without any provider configured it only waits
+/// for `shutdown` (targets are refused at registration then).
 pub async fn run(
     bus: Bus,
     store: Store,
@@ -267,6 +267,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let providers = Providers::new(&config)?;
     if !providers.any() {
+        shutdown.cancelled().await;
         return Ok(());
     }
     let worker = Arc::new(Worker {
@@ -594,7 +595,9 @@ impl Worker {
                     Duration::from_secs(1),
                     Duration::from_millis(self.config.max_backoff_ms.max(1)),
                 );
-                let delay = backoff.delay(job.attempts, wait).max(Duration::from_millis(100));
+                let delay = backoff
+                    .delay(job.attempts, wait)
+                    .max(Duration::from_millis(100));
                 if self.gave_up(job, delay) {
                     metrics::counter!("anchorage_push_failed_total", "provider" => provider)
                         .increment(1);

@@ -368,6 +368,30 @@ impl Client {
         self.command(SetPrivacy { receipts, presence }.into()).await
     }
 
+    /// Registers where this device is reached while it is not connected (an FCM or APNs
+    /// token, a Web Push subscription); `preview`: notifications show the text. Queued while
+    /// offline; registering again replaces the target.
+    pub async fn set_push(
+        &self,
+        target: anchorage_schema::push::PushTarget,
+        preview: bool,
+    ) -> Result<(), SdkError> {
+        self.command(anchorage_protocol::request::SetPush { target, preview }.into())
+            .await
+    }
+
+    /// This device is not notified while offline any more. Queued while offline.
+    pub async fn remove_push(&self) -> Result<(), SdkError> {
+        self.command(anchorage_protocol::request::RemovePush {}.into())
+            .await
+    }
+
+    /// The user's devices that are notified while offline, as this device knows them:
+    /// (device, provider, preview).
+    pub async fn push_devices(&self) -> Result<Vec<(String, String, bool)>, SdkError> {
+        self.engine.store.push_devices().await
+    }
+
     /// The user's privacy settings as this device knows them: (receipts, presence).
     pub async fn privacy(&self) -> Result<(bool, bool), SdkError> {
         self.engine.store.privacy().await
