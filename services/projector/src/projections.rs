@@ -488,16 +488,14 @@ async fn apply_user(
             }
             let target = serde_json::to_string(&e.target)
                 .map_err(|err| ApplyError::Unavailable(err.to_string()))?;
-            tx.set_push_target(
-                e.user.as_str(),
-                e.device.as_str(),
-                e.target.provider(),
-                e.target.address(),
-                &target,
-                e.preview,
-                seq,
-            )
-            .await?;
+            let target = anchorage_store::push::NewTarget {
+                provider: e.target.provider(),
+                address: e.target.address(),
+                json: &target,
+                preview: e.preview,
+            };
+            tx.set_push_target(e.user.as_str(), e.device.as_str(), &target, seq)
+                .await?;
         }
         Event::PushTargetRemoved(e) => {
             expect_subject(subject, subjects::user(&e.user))?;
@@ -516,6 +514,7 @@ async fn apply_user(
                 archived: e.archived,
                 muted_until: e.muted_until,
                 draft: e.draft.as_deref(),
+                notify: e.notify.as_deref(),
             };
             tx.set_prefs(e.user.as_str(), e.conv.as_str(), &change, seq)
                 .await?;

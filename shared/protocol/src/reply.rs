@@ -856,6 +856,9 @@ pub struct ConvPrefs {
     /// The unsent text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft: Option<String>,
+    /// `mentions` or `none` (absent: every message notifies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
 }
 
 /// Messages of one conversation deleted for oneself.
@@ -899,6 +902,9 @@ pub enum StateChange {
         /// The unsent text.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         draft: Option<String>,
+        /// Which messages notify (`all` restores the default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notify: Option<String>,
     },
     /// Messages deleted for oneself.
     Hidden(HiddenMessages),

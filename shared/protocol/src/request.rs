@@ -787,6 +787,10 @@ pub struct SetPrefs {
     /// The unsent text (at most 4 KiB); empty clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft: Option<String>,
+    /// Which messages notify the user while offline: `all` (the default), `mentions` (only
+    /// those that mention them), `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
 }
 
 /// `hide`: delete messages for oneself (at most 100 per request); others keep them.

@@ -157,6 +157,9 @@ pub struct ConversationPrefsChanged {
     /// The unsent text; empty clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft: Option<String>,
+    /// Which messages notify while offline: `all`, `mentions`, `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
 }
 
 /// A user changed what others may see of them. Only the fields present change.
@@ -792,6 +795,7 @@ mod tests {
                 archived: None,
                 muted_until: Some(1_763_900_000_000),
                 draft: Some("see you".into()),
+                notify: Some("mentions".into()),
             }
             .into(),
             PrivacyChanged {

@@ -55,6 +55,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ",
     "
 CREATE TABLE push_devices (device TEXT PRIMARY KEY, provider TEXT NOT NULL, preview INTEGER NOT NULL);
+ALTER TABLE prefs ADD COLUMN notify TEXT;
 ",
 ];
 
@@ -253,11 +254,12 @@ impl LocalStore {
 
     /// The user's own view of `conv`.
     pub async fn prefs(&self, conv: &str) -> Result<ConvPrefs, SdkError> {
-        let row =
-            sqlx::query("SELECT pinned, archived, muted_until, draft FROM prefs WHERE conv = $1")
-                .bind(conv)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT pinned, archived, muted_until, draft, notify FROM prefs WHERE conv = $1",
+        )
+        .bind(conv)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map_or_else(
             || ConvPrefs {
                 conv: conv.to_owned(),
@@ -269,6 +271,7 @@ impl LocalStore {
                 archived: r.get::<i64, _>("archived") != 0,
                 muted_until: r.get("muted_until"),
                 draft: r.get("draft"),
+                notify: r.get("notify"),
             },
         ))
     }
@@ -280,17 +283,18 @@ impl LocalStore {
         let mut tx = self.pool.begin().await?;
         for p in &state.prefs {
             sqlx::query(
-                "INSERT INTO prefs (conv, pinned, archived, muted_until, draft)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO prefs (conv, pinned, archived, muted_until, draft, notify)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (conv) DO UPDATE SET pinned = excluded.pinned,
                     archived = excluded.archived, muted_until = excluded.muted_until,
-                    draft = excluded.draft",
+                    draft = excluded.draft, notify = excluded.notify",
             )
             .bind(&p.conv)
             .bind(i64::from(p.pinned))
             .bind(i64::from(p.archived))
             .bind(p.muted_until)
             .bind(&p.draft)
+            .bind(&p.notify)
             .execute(&mut *tx)
             .await?;
         }
@@ -321,6 +325,7 @@ impl LocalStore {
                 archived,
                 muted_until,
                 draft,
+                notify,
             } => {
                 sqlx::query("INSERT INTO prefs (conv) VALUES ($1) ON CONFLICT DO NOTHING")
                     .bind(conv)
@@ -332,7 +337,9 @@ impl LocalStore {
                         muted_until = CASE WHEN $4 IS NULL THEN muted_until
                                            WHEN $4 = 0 THEN NULL ELSE $4 END,
                         draft = CASE WHEN $5 IS NULL THEN draft
-                                     WHEN $5 = '' THEN NULL ELSE $5 END
+                                     WHEN $5 = '' THEN NULL ELSE $5 END,
+                        notify = CASE WHEN $6 IS NULL THEN notify
+                                      WHEN $6 = 'all' THEN NULL ELSE $6 END
                      WHERE conv = $1",
                 )
                 .bind(conv)
@@ -340,6 +347,7 @@ impl LocalStore {
                 .bind(archived.map(i64::from))
                 .bind(*muted_until)
                 .bind(draft)
+                .bind(notify)
                 .execute(&mut *tx)
                 .await?;
             }

@@ -78,6 +78,8 @@ pub struct PrefsChange<'a> {
     pub muted_until: Option<i64>,
     /// The unsent text; empty clears it.
     pub draft: Option<&'a str>,
+    /// Which messages notify: `all` clears the setting.
+    pub notify: Option<&'a str>,
 }
 
 /// What a revoked message leaves behind, and where its text was.
@@ -788,7 +790,7 @@ impl Tx {
         .execute(&mut *self.tx)
         .await?;
         // Each field given is set on its own; the values are bound, the names are ours.
-        let fields: [(&str, Option<Option<String>>); 4] = [
+        let fields: [(&str, Option<Option<String>>); 5] = [
             (
                 "pinned",
                 change.pinned.map(|b| Some(i64::from(b).to_string())),
@@ -805,10 +807,14 @@ impl Tx {
                 "draft",
                 change.draft.map(|d| (!d.is_empty()).then(|| d.to_owned())),
             ),
+            (
+                "notify",
+                change.notify.map(|n| (n != "all").then(|| n.to_owned())),
+            ),
         ];
         for (column, value) in fields {
             let Some(value) = value else { continue };
-            let cast = if column == "draft" {
+            let cast = if column == "draft" || column == "notify" {
                 "$1"
             } else {
                 "CAST($1 AS BIGINT)"

@@ -29,6 +29,19 @@ pub struct PushTargetRow {
     pub version: u64,
 }
 
+/// A target to record.
+#[derive(Debug, Clone, Copy)]
+pub struct NewTarget<'a> {
+    /// `fcm`, `apns` or `web_push`.
+    pub provider: &'a str,
+    /// The token or endpoint.
+    pub address: &'a str,
+    /// The whole target as JSON.
+    pub json: &'a str,
+    /// Notifications show the text.
+    pub preview: bool,
+}
+
 /// A message to announce, as the worker read it from the stream.
 #[derive(Debug, Clone)]
 pub struct NewMessage<'a> {
@@ -108,12 +121,15 @@ impl Tx {
         &mut self,
         user: &str,
         device: &str,
-        provider: &str,
-        address: &str,
-        target_json: &str,
-        preview: bool,
+        target: &NewTarget<'_>,
         version: u64,
     ) -> Result<(), StoreError> {
+        let NewTarget {
+            provider,
+            address,
+            json: target_json,
+            preview,
+        } = *target;
         sqlx::query(
             "UPDATE push_targets SET provider = NULL, address = NULL, target = NULL, version = $1
              WHERE provider = $2 AND address = $3 AND NOT (user_id = $4 AND device = $5)",

@@ -92,6 +92,8 @@ pub struct Prefs {
     pub muted_until: Option<i64>,
     /// The unsent text.
     pub draft: Option<String>,
+    /// `mentions` or `none`.
+    pub notify: Option<String>,
     /// The USERS sequence of its last change.
     pub version: u64,
 }
@@ -179,7 +181,7 @@ impl Store {
         limit: u32,
     ) -> Result<UserState, StoreError> {
         let prefs = sqlx::query(
-            "SELECT conv_id, pinned, archived, muted_until, draft, version
+            "SELECT conv_id, pinned, archived, muted_until, draft, notify, version
              FROM conversation_prefs WHERE user_id = $1 AND version > $2
              ORDER BY version LIMIT $3",
         )
@@ -197,6 +199,7 @@ impl Store {
                     archived: r.try_get::<i64, _>("archived")? != 0,
                     muted_until: r.try_get("muted_until")?,
                     draft: r.try_get("draft")?,
+                    notify: r.try_get("notify")?,
                     version: r.try_get::<i64, _>("version")? as u64,
                 })
             })
@@ -1080,7 +1083,12 @@ const CONTENTS: &[(&str, &str, &str)] = &[
     (
         "conversation_prefs",
         "user_id",
-        "conv_id, pinned, archived, muted_until, draft, version",
+        "conv_id, pinned, archived, muted_until, draft, notify, version",
+    ),
+    (
+        "push_targets",
+        "user_id",
+        "device, provider, address, target, preview, version",
     ),
     ("hidden_messages", "user_id", "conv_id, seq, version"),
     ("privacy", "user_id", "receipts, presence, version"),

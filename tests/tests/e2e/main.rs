@@ -17,6 +17,7 @@ mod members;
 mod messaging;
 mod nats_security;
 mod observability;
+mod push;
 mod sdk;
 mod search;
 mod search_outside;

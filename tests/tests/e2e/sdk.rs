@@ -475,6 +475,7 @@ async fn a_users_own_state_follows_them_to_every_device() {
             archived: None,
             muted_until: None,
             draft: Some("half a thought".into()),
+            notify: None,
         })
         .await
         .unwrap();
@@ -523,6 +524,7 @@ async fn a_users_own_state_follows_them_to_every_device() {
             archived: Some(true),
             muted_until: Some(4_102_444_800_000),
             draft: Some(String::new()),
+            notify: None,
         })
         .await
         .unwrap();
@@ -551,6 +553,7 @@ async fn a_users_own_state_follows_them_to_every_device() {
             archived: None,
             muted_until: None,
             draft: None,
+            notify: None,
         })
         .await
         .unwrap();

@@ -1024,6 +1024,7 @@ fn state_change(event: Event) -> Option<(UserId, StateChange)> {
                 archived: e.archived,
                 muted_until: e.muted_until,
                 draft: e.draft,
+                notify: e.notify,
             },
         ),
         Event::MessagesHidden(e) => (

@@ -63,9 +63,15 @@ impl Session {
             archived,
             muted_until,
             draft,
+            notify,
         } = r;
         self.member(&conv)?;
-        if pinned.is_none() && archived.is_none() && muted_until.is_none() && draft.is_none() {
+        if pinned.is_none()
+            && archived.is_none()
+            && muted_until.is_none()
+            && draft.is_none()
+            && notify.is_none()
+        {
             return Err(RequestError::Invalid("set_prefs changes nothing".into()));
         }
         if muted_until.is_some_and(|t| t < 0) {
@@ -81,6 +87,13 @@ impl Session {
                 d.len()
             )));
         }
+        if let Some(n) = &notify
+            && !matches!(n.as_str(), "all" | "mentions" | "none")
+        {
+            return Err(RequestError::Invalid(
+                "notify is all, mentions or none".into(),
+            ));
+        }
         let event = ConversationPrefsChanged {
             user: self.claims.sub.clone(),
             conv: conv.clone(),
@@ -88,6 +101,7 @@ impl Session {
             archived,
             muted_until,
             draft,
+            notify,
         };
         let seq = self.publish_state(self.fresh_id("prefs"), event).await?;
         Ok(Done {
@@ -262,6 +276,7 @@ impl Session {
                     archived: p.archived,
                     muted_until: p.muted_until,
                     draft: p.draft,
+                    notify: p.notify,
                 })
                 .collect(),
             hidden,
