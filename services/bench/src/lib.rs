@@ -47,6 +47,9 @@ pub enum Scenario {
     Partitions,
     /// Full-text search over a large history, next to the bare index.
     Search,
+    /// A message to the offline members of a large group as pushes through a provider that
+    /// fails 10% of calls, next to the same calls made straight to it.
+    Push,
 }
 
 impl Scenario {
@@ -64,6 +67,7 @@ impl Scenario {
             Scenario::Ingest => "ingest",
             Scenario::Partitions => "partitions",
             Scenario::Search => "search",
+            Scenario::Push => "push",
         }
     }
 }
@@ -83,6 +87,7 @@ pub async fn run(scenario: Scenario, sizes: Sizes) -> anyhow::Result<Value> {
         Scenario::Ingest => scenarios::ingest::run(&env, sizes).await,
         Scenario::Partitions => scenarios::partitions::run(&env, sizes).await,
         Scenario::Search => scenarios::search::run(&env, sizes).await,
+        Scenario::Push => scenarios::push::run(&env, sizes).await,
     };
     env.stop().await;
     let mut report = result?;

@@ -5,6 +5,7 @@ pub mod ingest;
 pub mod members;
 pub mod memory;
 pub mod partitions;
+pub mod push;
 pub mod reconnect;
 pub mod replay;
 pub mod search;
