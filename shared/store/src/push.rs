@@ -42,6 +42,23 @@ pub struct NewTarget<'a> {
     pub preview: bool,
 }
 
+/// One row of the outbox, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRecord {
+    /// The device.
+    pub device: String,
+    /// The conversation.
+    pub conv: String,
+    /// The newest message queued.
+    pub seq: u64,
+    /// The newest announced or passed over.
+    pub pushed_seq: u64,
+    /// What the last attempt came to.
+    pub outcome: Option<String>,
+    /// When the row was last written (Unix ms).
+    pub updated_at: i64,
+}
+
 /// A message to announce, as the worker read it from the stream.
 #[derive(Debug, Clone)]
 pub struct NewMessage<'a> {
@@ -515,6 +532,34 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok((u(r.try_get("n")?), u(r.try_get("f")?)))
+    }
+
+    /// `user`'s notifications written last, newest first, at most `limit`.
+    pub async fn recent_pushes(
+        &self,
+        user: &str,
+        limit: u32,
+    ) -> Result<Vec<PushRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT device, conv_id, seq, pushed_seq, outcome, updated_at FROM push_outbox
+             WHERE user_id = $1 ORDER BY updated_at DESC, conv_id LIMIT $2",
+        )
+        .bind(user)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PushRecord {
+                    device: r.try_get("device")?,
+                    conv: r.try_get("conv_id")?,
+                    seq: u(r.try_get("seq")?),
+                    pushed_seq: u(r.try_get("pushed_seq")?),
+                    outcome: r.try_get("outcome")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
     }
 
     /// Outcomes recorded per device for `user` in `conv`: (device, pushed_seq, outcome).

@@ -1,20 +1,22 @@
 //! Offline push against local providers (FCM with its token endpoint, APNs over HTTP/2, a Web
 //! Push service decrypting with `http_ece`): who is notified and who is not, one notification
 //! per conversation with the exact badge, providers that fail or reject an address, addresses
-//! that move between accounts, hostile registrations, and two workers on one outbox.
+//! that move between accounts, hostile registrations, the server API, and two workers on one
+//! outbox.
 
 use std::time::Duration;
 
 use anchorage_protocol::request::{MarkReceived, RemovePush, SetPrefs, SetPush, UserStateQuery};
 use anchorage_protocol::{ErrorCode, ReplyBody, UserState};
+use anchorage_schema::admin::Scope;
 use anchorage_schema::push::PushTarget;
 use anchorage_store::Store;
 use anchorage_tests::push::{
     FakeApns, FakeFcm, FakeWebPush, Received, ec_public, quick_push_config,
 };
 use anchorage_tests::{
-    TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database, send_message,
-    test_config,
+    TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database, http,
+    send_message, test_config,
 };
 use base64::Engine;
 use serde_json::{Value, json};
@@ -662,4 +664,77 @@ async fn two_workers_send_each_notification_once() {
     assert!(p.fcm.log.refused() >= 3, "the provider failed on the way");
     shutdown.cancel();
     second.await.unwrap().unwrap();
+}
+
+/// A backend that keeps its apps' tokens registers them through the server API (write
+/// scope), sees where the user is reached and what the notifications came to (read scope),
+/// and removes them; bad targets and keys without the scope are refused precisely.
+#[tokio::test]
+async fn the_server_api_registers_lists_and_removes_targets() {
+    let p = push_stack(300, 0).await;
+    let nats_url = p.t.config.nats.url.clone();
+    let addr = p.t.edge_addr();
+    let (write, _) = anchorage_tests::api_key(&nats_url, Scope::Write, 1000).await;
+    let (read, _) = anchorage_tests::api_key(&nats_url, Scope::Read, 1000).await;
+    let call = |method: &'static str, path: String, key: String, body: Option<Value>| async move {
+        let auth = format!("Bearer {key}");
+        http(
+            addr,
+            method,
+            &path,
+            &[("authorization", &auth)],
+            body.as_ref(),
+        )
+        .await
+        .unwrap()
+    };
+    let path = "/v1/users/bob/devices/tablet/push".to_owned();
+    let target = json!({"target": {"provider": "fcm", "token": "fcm-bob-tablet"}});
+    let refused = call("PUT", path.clone(), read.clone(), Some(target.clone())).await;
+    assert_eq!(refused.status, 403, "{:?}", refused.body);
+    for bad in [
+        json!({"target": {"provider": "fcm"}}),
+        json!({"target": {"provider": "web_push", "endpoint": "https://10.0.0.1/x", "p256dh": p.web.p256dh, "auth": p.web.auth}}),
+        json!({"target": {"provider": "apns", "token": "not hex"}}),
+        json!({"target": "fcm"}),
+    ] {
+        let answer = call("PUT", path.clone(), write.clone(), Some(bad.clone())).await;
+        assert_eq!(answer.status, 400, "{bad}: {:?}", answer.body);
+    }
+    let done = call("PUT", path.clone(), write.clone(), Some(target)).await;
+    assert_eq!(done.status, 200, "{:?}", done.body);
+
+    let mut alice = p.device("alice", "laptop", None).await;
+    alice
+        .ok(create_group("ops", "Ops", &["bob"]))
+        .await
+        .unwrap();
+    let seq = say(&mut alice, "ops", "m1", json!("via the API")).await;
+    assert_eq!(p.outcome("bob", "tablet", "ops", seq).await, "delivered");
+    let listed = call("GET", "/v1/users/bob/push".into(), read.clone(), None).await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    assert_eq!(
+        listed.body["devices"],
+        json!([{"device": "tablet", "provider": "fcm", "preview": true}])
+    );
+    assert_eq!(listed.body["recent"][0]["outcome"], "delivered");
+    assert_eq!(listed.body["recent"][0]["pushed_seq"], seq);
+    assert!(
+        !listed.body.to_string().contains("fcm-bob-tablet"),
+        "the address is not shown: {}",
+        listed.body
+    );
+
+    let removed = call("DELETE", path, write, None).await;
+    assert_eq!(removed.status, 200, "{:?}", removed.body);
+    let listed = call("GET", "/v1/users/bob/push".into(), read, None).await;
+    assert_eq!(listed.body["devices"], json!([]));
+    let seq = say(&mut alice, "ops", "m2", json!("nobody to tell")).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let outcomes = p.store().push_outcomes("bob", "ops").await.unwrap();
+    assert!(
+        outcomes.iter().all(|(_, pushed, _)| *pushed < seq),
+        "{outcomes:?}"
+    );
+    assert_eq!(p.fcm.log.received().len(), 1);
 }

@@ -15,6 +15,7 @@ mod groups;
 mod keys;
 mod messages;
 mod problem;
+mod push;
 mod users;
 mod webhooks;
 
@@ -255,6 +256,7 @@ fn caller(state: &EdgeState) -> Caller {
         groups::create, groups::get, groups::update, groups::dismiss, groups::add,
         groups::remove, groups::role, groups::mute, groups::members,
         messages::post, messages::history, messages::search,
+        push::set, push::remove, push::get,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::redeliver,
     ),
     components(schemas(Problem)),
@@ -406,6 +408,11 @@ pub fn router() -> Router<EdgeState> {
         )
         .route("/v1/users/{user}/conversations", get(users::conversations))
         .route("/v1/users/{user}/search", get(messages::search))
+        .route(
+            "/v1/users/{user}/devices/{device}/push",
+            axum::routing::put(push::set).delete(push::remove),
+        )
+        .route("/v1/users/{user}/push", get(push::get))
         .route("/v1/groups", post(groups::create))
         .route(
             "/v1/groups/{group}",
