@@ -54,6 +54,8 @@ const TICK: Duration = Duration::from_millis(100);
 const BADGE_CAP: u32 = 999;
 /// Longest text shown in a notification, in characters.
 const PREVIEW_CHARS: usize = 200;
+/// How often the outbox's size is measured for the metrics.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// Waits after failures to reach NATS or the database.
 const PAUSES: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 /// How long a message waits for the projection that shows it, then is tried again.
@@ -449,8 +451,16 @@ impl Worker {
             .max(30_000);
         let mut failures = 0u32;
         let mut calls = tokio::task::JoinSet::new();
+        let mut gauged = tokio::time::Instant::now() - BACKLOG_EVERY;
         while !shutdown.is_cancelled() {
             while calls.try_join_next().is_some() {}
+            if gauged.elapsed() >= BACKLOG_EVERY {
+                gauged = tokio::time::Instant::now();
+                if let Ok((waiting, failing)) = self.store.push_backlog().await {
+                    metrics::gauge!("anchorage_push_backlog").set(waiting as f64);
+                    metrics::gauge!("anchorage_push_failing").set(failing as f64);
+                }
+            }
             let free = slots.available_permits();
             let jobs = if free == 0 {
                 Vec::new()

@@ -193,6 +193,7 @@ fn the_dashboard_and_the_docs_name_metrics_that_exist() {
         "services/edge/src/hook.rs",
         "services/edge/src/ws.rs",
         "services/webhooks/src/worker.rs",
+        "services/push/src/lib.rs",
         "services/projector/src/lib.rs",
         "services/anchorage/src/telemetry.rs",
         "shared/bus/src/lib.rs",

@@ -420,6 +420,17 @@ async fn failing_providers_rejected_addresses_and_moved_tokens() {
     assert_eq!(p.web.log.received().len(), 1, "Web Push after two failures");
     let carol = p.outcome("carol", "iphone", "ops", seq).await;
     assert!(carol.starts_with("failed: address rejected"), "{carol}");
+    let metrics = anchorage_tests::scrape(p.t.edge_addr()).await;
+    for (name, provider) in [
+        ("anchorage_push_delivered_total", "fcm"),
+        ("anchorage_push_retries_total", "fcm"),
+        ("anchorage_push_retries_total", "web_push"),
+        ("anchorage_push_rejected_total", "apns"),
+    ] {
+        let n = anchorage_tests::metric(&metrics, name, &[("provider", provider)]);
+        assert!(n >= 1.0, "{name} {provider}: {n}");
+    }
+    assert!(anchorage_tests::metric(&metrics, "anchorage_push_queued_total", &[]) >= 3.0);
     // The rejection removed carol's target: her other devices see it gone.
     let store = p.store().clone();
     eventually(WAIT, "carol's target removed", || {
