@@ -26,6 +26,7 @@ pub mod apns;
 pub mod fcm;
 pub mod webpush;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ use anchorage_schema::push::PushTarget;
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{Actor, DeviceId, Envelope, Event, EventId, SourceId, UserId, now_ms};
 use anchorage_store::Store;
-use anchorage_store::push::{NewMessage, PushJob};
+use anchorage_store::push::{NewMessage, PushJob, PushMessage, PushRecordOf};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::xxh3_64;
@@ -54,6 +55,8 @@ const TICK: Duration = Duration::from_millis(100);
 const BADGE_CAP: u32 = 999;
 /// Longest text shown in a notification, in characters.
 const PREVIEW_CHARS: usize = 200;
+/// Outcomes written in one transaction at most.
+const RECORDS_PER_BATCH: usize = 512;
 /// How often the outbox's size is measured for the metrics.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// Waits after failures to reach NATS or the database.
@@ -443,12 +446,14 @@ impl Worker {
     }
 
     /// Works through the outbox until `shutdown`: claims what is due and sends it,
-    /// `push.concurrency` calls at a time.
+    /// `push.concurrency` calls at a time; what each came to is recorded in batches.
     async fn send(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
         let claim_for = i64::try_from(self.config.timeout_ms.saturating_mul(3))
             .unwrap_or(i64::MAX)
             .max(30_000);
+        let (records, recorded) = tokio::sync::mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record(self.store.clone(), recorded));
         let mut failures = 0u32;
         let mut calls = tokio::task::JoinSet::new();
         let mut gauged = tokio::time::Instant::now() - BACKLOG_EVERY;
@@ -462,40 +467,64 @@ impl Worker {
                 }
             }
             let free = slots.available_permits();
-            let jobs = if free == 0 {
-                Vec::new()
+            let claimed = if free == 0 {
+                Ok(Vec::new())
             } else {
                 let now = now_ms();
-                match self
-                    .store
+                self.store
                     .claim_pushes(
                         now,
                         now + claim_for,
                         u32::try_from(free).unwrap_or(u32::MAX),
                     )
                     .await
-                {
-                    Ok(jobs) => {
-                        failures = 0;
-                        jobs
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "push: claiming notifications");
-                        self.pause(&mut failures, &shutdown).await;
-                        continue;
-                    }
+            };
+            let jobs = match claimed {
+                Ok(jobs) => {
+                    failures = 0;
+                    jobs
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "push: claiming notifications");
+                    self.pause(&mut failures, &shutdown).await;
+                    continue;
                 }
             };
             let full = !jobs.is_empty() && jobs.len() == free;
-            for job in jobs {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let worker = self.clone();
-                calls.spawn(async move {
-                    let _permit = permit;
-                    worker.deliver(job).await;
+            if !jobs.is_empty() {
+                // What the round's notifications share is read once.
+                let round = Arc::new(Round {
+                    projected: self
+                        .store
+                        .checkpoint("messages")
+                        .await
+                        .ok()
+                        .flatten()
+                        .map_or(0, |c| c.last_seq),
+                    messages: tokio::sync::Mutex::new(HashMap::new()),
                 });
+                for job in jobs {
+                    let Ok(permit) = slots.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let (worker, round, records) = (self.clone(), round.clone(), records.clone());
+                    calls.spawn(async move {
+                        let _permit = permit;
+                        match worker.decide(&job, &round).await {
+                            Ok((outcome, retry_at)) => {
+                                let _ = records.send(PushRecordOf {
+                                    job,
+                                    outcome,
+                                    retry_at,
+                                });
+                            }
+                            // The claim expires and the notification is tried again.
+                            Err(e) => tracing::warn!(user = %job.user, device = %job.device,
+                                conv = %job.conv, error = %e,
+                                "push: a notification waits for the database"),
+                        }
+                    });
+                }
             }
             if full {
                 // More may be due: wait for a free slot only.
@@ -511,21 +540,17 @@ impl Worker {
                 _ = tokio::time::sleep(TICK) => {}
             }
         }
-        // Calls in flight finish; what they claimed and did not end is claimed again later.
+        // Calls in flight finish and are recorded; what was claimed and not recorded is
+        // claimed again once its claim expires.
         while calls.join_next().await.is_some() {}
+        drop(records);
+        recorder.await?;
         Ok(())
     }
 
-    /// Decides about one claimed notification and sends it; records the outcome. A database
-    /// error leaves the claim to expire: the row is tried again.
-    async fn deliver(&self, job: PushJob) {
-        if let Err(e) = self.try_deliver(&job).await {
-            tracing::warn!(user = %job.user, device = %job.device, conv = %job.conv, error = %e,
-                "push: a notification waits for the database");
-        }
-    }
-
-    async fn try_deliver(&self, job: &PushJob) -> anyhow::Result<()> {
+    /// Decides about one claimed notification and sends it: what it came to, and when to try
+    /// again (`None`: never).
+    async fn decide(&self, job: &PushJob, round: &Round) -> anyhow::Result<(String, Option<i64>)> {
         let ctx = self.store.push_context(job).await?;
         let pass = |why: &str| format!("suppressed: {why}");
         let skip = if ctx.target.is_none() {
@@ -547,56 +572,47 @@ impl Worker {
         };
         if let Some(outcome) = skip {
             metrics::counter!("anchorage_push_suppressed_total").increment(1);
-            self.store.finish_push(job, &outcome).await?;
-            return Ok(());
+            return Ok((outcome, None));
         }
         let Some((target_json, preview)) = ctx.target else {
-            return Ok(());
+            return Ok((pass("no target"), None));
         };
         let target: PushTarget = match serde_json::from_str(&target_json) {
             Ok(t) => t,
-            Err(e) => {
-                self.store
-                    .finish_push(job, &format!("failed: stored target: {e}"))
-                    .await?;
-                return Ok(());
-            }
+            Err(e) => return Ok((format!("failed: stored target: {e}"), None)),
         };
         // The text and the badge come from the history: it must hold the message.
-        let projected = self
-            .store
-            .checkpoint("messages")
-            .await?
-            .map_or(0, |c| c.last_seq);
-        if projected < job.seq {
-            self.store
-                .retry_push(
-                    job,
-                    "waiting for the history",
-                    now_ms() + NOT_YET.as_millis() as i64,
-                )
-                .await?;
-            return Ok(());
+        if round.projected < job.seq {
+            let at = now_ms() + i64::try_from(NOT_YET.as_millis()).unwrap_or(i64::MAX);
+            return Ok(("waiting for the history".into(), Some(at)));
         }
-        let Some(message) = self.store.push_message(&job.conv, job.seq).await? else {
-            self.store
-                .finish_push(job, "suppressed: not a message")
-                .await?;
-            return Ok(());
+        let message = {
+            let mut messages = round.messages.lock().await;
+            let key = (job.conv.clone(), job.seq);
+            match messages.get(&key) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = self.store.push_message(&job.conv, job.seq).await?;
+                    messages.insert(key, m.clone());
+                    m
+                }
+            }
+        };
+        let Some(message) = message else {
+            return Ok((pass("not a message"), None));
         };
         if message.revoked {
-            self.store.finish_push(job, "suppressed: revoked").await?;
-            return Ok(());
+            return Ok((pass("revoked"), None));
         }
         let badge = self.store.unread_total(&job.user, BADGE_CAP).await?;
         let n = notification(job, &message, preview, badge);
         let sent = self.providers.send(&target, &n).await;
         let provider = target.provider();
-        match sent {
+        Ok(match sent {
             Sent::Delivered => {
                 metrics::counter!("anchorage_push_delivered_total", "provider" => provider)
                     .increment(1);
-                self.store.finish_push(job, "delivered").await?;
+                ("delivered".into(), None)
             }
             Sent::Retry(why, wait) => {
                 metrics::counter!("anchorage_push_retries_total", "provider" => provider)
@@ -612,32 +628,25 @@ impl Worker {
                     metrics::counter!("anchorage_push_failed_total", "provider" => provider)
                         .increment(1);
                     let outcome = format!("failed: {why} (after {} attempts)", job.attempts + 1);
-                    self.store.finish_push(job, &outcome).await?;
+                    (outcome, None)
                 } else {
                     let at = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-                    self.store
-                        .retry_push(job, &format!("retrying: {why}"), at)
-                        .await?;
+                    (format!("retrying: {why}"), Some(at))
                 }
             }
             Sent::Rejected(why) => {
                 metrics::counter!("anchorage_push_rejected_total", "provider" => provider)
                     .increment(1);
                 self.remove_target(job, &target).await?;
-                self.store
-                    .finish_push(job, &format!("failed: address rejected: {why}"))
-                    .await?;
+                (format!("failed: address rejected: {why}"), None)
             }
             Sent::Failed(why) => {
                 metrics::counter!("anchorage_push_failed_total", "provider" => provider)
                     .increment(1);
                 tracing::warn!(provider, error = %why, "push: a provider refused a notification");
-                self.store
-                    .finish_push(job, &format!("failed: {why}"))
-                    .await?;
+                (format!("failed: {why}"), None)
             }
-        }
-        Ok(())
+        })
     }
 
     /// Whether the retry period is over by the next attempt: the notification has been
@@ -679,6 +688,39 @@ impl Worker {
             .publish_event(&subjects::user(&user), &env, None)
             .await?;
         Ok(())
+    }
+}
+
+/// What the notifications of one claim share: how far the history is, and the messages
+/// they announce (read once each).
+struct Round {
+    projected: u64,
+    messages: tokio::sync::Mutex<HashMap<(String, u64), Option<PushMessage>>>,
+}
+
+/// Records outcomes as they come, many to a transaction, until every sender is gone. A batch
+/// that cannot be written is tried again a few times; past that its claims expire and the
+/// notifications are sent again (at least once, never lost).
+async fn record(store: Store, mut outcomes: tokio::sync::mpsc::UnboundedReceiver<PushRecordOf>) {
+    let mut batch = Vec::new();
+    while let Some(first) = outcomes.recv().await {
+        batch.push(first);
+        while batch.len() < RECORDS_PER_BATCH {
+            match outcomes.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        for attempt in 0..5u32 {
+            match store.record_pushes(&batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "push: recording outcomes");
+                    tokio::time::sleep(PAUSES.delay(attempt, None)).await;
+                }
+            }
+        }
+        batch.clear();
     }
 }
 

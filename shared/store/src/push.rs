@@ -59,6 +59,17 @@ pub struct PushRecord {
     pub updated_at: i64,
 }
 
+/// What one claimed notification came to (see [`Store::record_pushes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRecordOf {
+    /// The notification.
+    pub job: PushJob,
+    /// `delivered`, `suppressed: …`, `retrying: …`, `failed: …`.
+    pub outcome: String,
+    /// Tried again at this time (Unix ms); `None`: finished.
+    pub retry_at: Option<i64>,
+}
+
 /// A message to announce, as the worker read it from the stream.
 #[derive(Debug, Clone)]
 pub struct NewMessage<'a> {
@@ -354,121 +365,76 @@ impl Store {
             .collect()
     }
 
-    /// Ends `job`: announced or passed over (`outcome` says which and why); a newer message
-    /// that arrived meanwhile keeps the row waiting.
-    pub async fn finish_push(&self, job: &PushJob, outcome: &str) -> Result<(), StoreError> {
+    /// Records what several claimed notifications came to, in one transaction: each
+    /// finished (announced or passed over) or put back to be tried again at a time.
+    pub async fn record_pushes(&self, records: &[PushRecordOf]) -> Result<(), StoreError> {
         let max = match self.backend {
             Backend::Sqlite => "MAX",
             Backend::Postgres => "GREATEST",
         };
-        let sql = format!(
+        let finish = format!(
             "UPDATE push_outbox SET pushed_seq = {max}(pushed_seq, $1), claimed_until = 0,
                attempts = 0, failing_since = NULL,
                mention = CASE WHEN seq > $1 THEN mention ELSE 0 END,
                outcome = $2, updated_at = $3
              WHERE user_id = $4 AND device = $5 AND conv_id = $6"
         );
-        self.write_outbox(sql, job, outcome, None).await
-    }
-
-    /// Puts `job` back to be tried again at `retry_at` (Unix ms).
-    pub async fn retry_push(
-        &self,
-        job: &PushJob,
-        outcome: &str,
-        retry_at: i64,
-    ) -> Result<(), StoreError> {
-        let sql = "UPDATE push_outbox SET attempts = attempts + 1, due_at = $1, claimed_until = 0,
-               failing_since = COALESCE(failing_since, $3), outcome = $2, updated_at = $3
-             WHERE user_id = $4 AND device = $5 AND conv_id = $6"
-            .to_owned();
-        self.write_outbox(sql, job, outcome, Some(retry_at)).await
-    }
-
-    async fn write_outbox(
-        &self,
-        sql: String,
-        job: &PushJob,
-        outcome: &str,
-        retry_at: Option<i64>,
-    ) -> Result<(), StoreError> {
+        let retry = "UPDATE push_outbox SET attempts = attempts + 1, due_at = $1,
+               claimed_until = 0, failing_since = COALESCE(failing_since, $3), outcome = $2,
+               updated_at = $3
+             WHERE user_id = $4 AND device = $5 AND conv_id = $6";
+        let now = now_ms();
         let mut tx = self.begin().await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(retry_at.unwrap_or(i(job.seq)))
-            .bind(outcome)
-            .bind(now_ms())
-            .bind(job.user.as_str())
-            .bind(job.device.as_str())
-            .bind(job.conv.as_str())
-            .execute(&mut *tx.tx)
-            .await?;
+        for r in records {
+            let (sql, first) = match r.retry_at {
+                None => (finish.as_str(), i(r.job.seq)),
+                Some(at) => (retry, at),
+            };
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(first)
+                .bind(r.outcome.as_str())
+                .bind(now)
+                .bind(r.job.user.as_str())
+                .bind(r.job.device.as_str())
+                .bind(r.job.conv.as_str())
+                .execute(&mut *tx.tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
-    /// What decides whether and where `job` is sent.
+    /// What decides whether and where `job` is sent, in one statement.
     pub async fn push_context(&self, job: &PushJob) -> Result<PushContext, StoreError> {
-        let mut tx = self.begin_read().await?;
-        let target = sqlx::query(
-            "SELECT target, preview FROM push_targets
-             WHERE user_id = $1 AND device = $2 AND target IS NOT NULL",
+        let r = sqlx::query(
+            "SELECT
+               (SELECT target FROM push_targets WHERE user_id = $1 AND device = $2) AS target,
+               (SELECT preview FROM push_targets WHERE user_id = $1 AND device = $2) AS preview,
+               (SELECT read_seq FROM read_markers WHERE user_id = $1 AND conv_id = $3)
+                 AS read_seq,
+               (SELECT MAX(delivered_seq) FROM device_cursors WHERE user_id = $1 AND conv_id = $3)
+                 AS received_seq,
+               (SELECT muted_until FROM conversation_prefs WHERE user_id = $1 AND conv_id = $3)
+                 AS muted_until,
+               (SELECT notify FROM conversation_prefs WHERE user_id = $1 AND conv_id = $3)
+                 AS notify,
+               (SELECT COUNT(*) FROM group_members
+                WHERE group_id = $3 AND user_id = $1 AND removed_seq IS NULL) AS member",
         )
         .bind(job.user.as_str())
         .bind(job.device.as_str())
-        .fetch_optional(&mut *tx.tx)
-        .await?
-        .map(|r| -> Result<(String, bool), StoreError> {
-            Ok((r.try_get("target")?, r.try_get::<i64, _>("preview")? != 0))
-        })
-        .transpose()?;
-        let read_seq =
-            sqlx::query("SELECT read_seq FROM read_markers WHERE user_id = $1 AND conv_id = $2")
-                .bind(job.user.as_str())
-                .bind(job.conv.as_str())
-                .fetch_optional(&mut *tx.tx)
-                .await?
-                .map(|r| r.try_get::<i64, _>("read_seq"))
-                .transpose()?
-                .map_or(0, u);
-        let received_seq = sqlx::query(
-            "SELECT MAX(delivered_seq) AS d FROM device_cursors
-             WHERE user_id = $1 AND conv_id = $2",
-        )
-        .bind(job.user.as_str())
         .bind(job.conv.as_str())
-        .fetch_one(&mut *tx.tx)
-        .await?
-        .try_get::<Option<i64>, _>("d")?
-        .map_or(0, u);
-        let prefs = sqlx::query(
-            "SELECT muted_until, notify FROM conversation_prefs
-             WHERE user_id = $1 AND conv_id = $2",
-        )
-        .bind(job.user.as_str())
-        .bind(job.conv.as_str())
-        .fetch_optional(&mut *tx.tx)
+        .fetch_one(&self.pool)
         .await?;
-        let (muted_until, notify) = match prefs {
-            Some(r) => (r.try_get("muted_until")?, r.try_get("notify")?),
-            None => (None, None),
-        };
-        let member = sqlx::query(
-            "SELECT 1 AS one FROM group_members
-             WHERE group_id = $1 AND user_id = $2 AND removed_seq IS NULL",
-        )
-        .bind(job.conv.as_str())
-        .bind(job.user.as_str())
-        .fetch_optional(&mut *tx.tx)
-        .await?
-        .is_some();
-        tx.commit().await?;
+        let target: Option<String> = r.try_get("target")?;
+        let preview = r.try_get::<Option<i64>, _>("preview")?.unwrap_or(1) != 0;
         Ok(PushContext {
-            target,
-            read_seq,
-            received_seq,
-            muted_until,
-            notify,
-            member,
+            target: target.map(|t| (t, preview)),
+            read_seq: r.try_get::<Option<i64>, _>("read_seq")?.map_or(0, u),
+            received_seq: r.try_get::<Option<i64>, _>("received_seq")?.map_or(0, u),
+            muted_until: r.try_get("muted_until")?,
+            notify: r.try_get("notify")?,
+            member: r.try_get::<i64, _>("member")? > 0,
         })
     }
 
