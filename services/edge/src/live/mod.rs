@@ -1049,7 +1049,10 @@ fn state_change(event: Event) -> Option<(UserId, StateChange)> {
                 preview: e.preview,
             }),
         ),
-        Event::PushTargetRemoved(e) => (
+        // A removal that names an address applies only if the device still has it: what it
+        // came to, devices learn from `user_state` (the next change's `prev` shows the gap)
+        // or the next `welcome`.
+        Event::PushTargetRemoved(e) if e.address.is_none() => (
             e.user,
             StateChange::Push(DevicePush {
                 device: e.device.to_string(),
