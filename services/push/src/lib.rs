@@ -449,9 +449,12 @@ impl Worker {
     /// `push.concurrency` calls at a time; what each came to is recorded in batches.
     async fn send(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
-        let claim_for = i64::try_from(self.config.timeout_ms.saturating_mul(3))
+        // A claim outlives the longest a decision can take: up to three provider calls (an
+        // access token, the send, the send again with a renewed token), each bounded by the
+        // timeout, and the database around them.
+        let claim_for = i64::try_from(self.config.timeout_ms.saturating_mul(4))
             .unwrap_or(i64::MAX)
-            .max(30_000);
+            .saturating_add(30_000);
         let (records, recorded) = tokio::sync::mpsc::unbounded_channel();
         let recorder = tokio::spawn(record(self.store.clone(), recorded));
         let mut failures = 0u32;
@@ -586,26 +589,29 @@ impl Worker {
             let at = now_ms() + i64::try_from(NOT_YET.as_millis()).unwrap_or(i64::MAX);
             return Ok(("waiting for the history".into(), Some(at)));
         }
-        let message = {
-            let mut messages = round.messages.lock().await;
-            let key = (job.conv.clone(), job.seq);
-            match messages.get(&key) {
-                Some(m) => m.clone(),
-                None => {
-                    let m = self.store.push_message(&job.conv, job.seq).await?;
-                    messages.insert(key, m.clone());
-                    m
+        let mut seq = job.seq;
+        let mut message = self.message(round, &job.conv, seq).await?;
+        if message.as_ref().is_none_or(|m| m.revoked) {
+            // The newest waiting message is gone (revoked): announce the newest before it
+            // that is still there, if one came since the last notification.
+            match self
+                .store
+                .announceable(&job.conv, &job.user, job.pushed_seq, job.seq)
+                .await?
+            {
+                Some(earlier) => {
+                    seq = earlier;
+                    message = self.message(round, &job.conv, seq).await?;
                 }
+                None => return Ok((pass("revoked"), None)),
             }
-        };
-        let Some(message) = message else {
-            return Ok((pass("not a message"), None));
-        };
-        if message.revoked {
-            return Ok((pass("revoked"), None));
         }
+        let Some(message) = message.filter(|m| !m.revoked) else {
+            return Ok((pass("revoked"), None));
+        };
         let badge = self.store.unread_total(&job.user, BADGE_CAP).await?;
-        let n = notification(job, &message, preview, badge);
+        let mut n = notification(job, &message, preview, badge);
+        n.seq = seq;
         let sent = self.providers.send(&target, &n).await;
         let provider = target.provider();
         Ok(match sent {
@@ -637,7 +643,7 @@ impl Worker {
             Sent::Rejected(why) => {
                 metrics::counter!("anchorage_push_rejected_total", "provider" => provider)
                     .increment(1);
-                self.remove_target(job, &target).await?;
+                self.remove_target(job, &target, ctx.target_version).await?;
                 (format!("failed: address rejected: {why}"), None)
             }
             Sent::Failed(why) => {
@@ -647,6 +653,23 @@ impl Worker {
                 (format!("failed: {why}"), None)
             }
         })
+    }
+
+    /// Message `seq` of `conv`, read once per round.
+    async fn message(
+        &self,
+        round: &Round,
+        conv: &str,
+        seq: u64,
+    ) -> anyhow::Result<Option<PushMessage>> {
+        let mut messages = round.messages.lock().await;
+        let key = (conv.to_owned(), seq);
+        if let Some(m) = messages.get(&key) {
+            return Ok(m.clone());
+        }
+        let m = self.store.push_message(conv, seq).await?;
+        messages.insert(key, m.clone());
+        Ok(m)
     }
 
     /// Whether the retry period is over by the next attempt: the notification has been
@@ -661,14 +684,21 @@ impl Worker {
 
     /// Records that the provider refused the target's address: the target goes, unless the
     /// device registered another address since.
-    async fn remove_target(&self, job: &PushJob, target: &PushTarget) -> anyhow::Result<()> {
+    async fn remove_target(
+        &self,
+        job: &PushJob,
+        target: &PushTarget,
+        registered: u64,
+    ) -> anyhow::Result<()> {
         let (Ok(user), Ok(device)) = (UserId::parse(&job.user), DeviceId::parse(&job.device))
         else {
             return Ok(());
         };
         let address = target.address().to_owned();
+        // One removal per registration: the same address registered again and rejected
+        // again is removed again.
         let id = format!(
-            "push:{user}:{device}:rejected:{:016x}",
+            "push:{user}:{device}:rejected:{registered}:{:016x}",
             xxh3_64(address.as_bytes())
         );
         let env = Envelope::new(
@@ -734,11 +764,16 @@ fn notification(
     let text = serde_json::from_str::<Value>(&message.body)
         .ok()
         .and_then(|b| anchorage_store::text::searchable_text(&b).map(str::to_owned));
-    let sender = message
-        .sender_name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| message.sender.clone());
+    // A system post is stored under `system:<source>`, which names nobody.
+    let sender = if message.sender.starts_with("system:") {
+        String::new()
+    } else {
+        message
+            .sender_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| message.sender.clone())
+    };
     let direct = message.title.is_none();
     let (title, body) = match (preview, text) {
         (true, Some(text)) => {
@@ -748,7 +783,9 @@ fn notification(
                     (group.clone(), Some(format!("{sender}: {text}")))
                 }
                 Some(group) => (group.clone(), Some(text)),
-                None => (sender, Some(text)),
+                None if !sender.is_empty() => (sender, Some(text)),
+                // A system post into a 1:1 conversation: nobody to name.
+                None => ("New message".to_owned(), Some(text)),
             }
         }
         _ => ("New message".to_owned(), None),
@@ -782,6 +819,7 @@ mod tests {
             device: "phone".into(),
             conv: "ops".into(),
             seq: 42,
+            pushed_seq: 0,
             mention: false,
             attempts: 0,
             failing_since: None,
@@ -807,6 +845,14 @@ mod tests {
         let n = notification(&job(), &message(r#"{"text":"hi"}"#, None), true, 1);
         assert_eq!((n.title.as_str(), n.body.as_deref()), ("Alice", Some("hi")));
         assert!(n.urgent, "a 1:1 message is urgent");
+        let mut system = message(r#""your order shipped""#, None);
+        system.sender = "system:api".into();
+        system.sender_name = None;
+        let n = notification(&job(), &system, true, 1);
+        assert_eq!(
+            (n.title.as_str(), n.body.as_deref()),
+            ("New message", Some("your order shipped"))
+        );
         let n = notification(&job(), &message(r#""secret""#, Some("Ops")), false, 1);
         assert_eq!((n.title.as_str(), n.body), ("New message", None));
         // An encrypted body has no text to show.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anchorage_config::WebPushConfig;
-use anchorage_schema::push::{decode_key, web_push_allowed};
+use anchorage_schema::push::{decode_key, web_push_allowed, web_push_host};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ring::rand::SecureRandom;
@@ -214,6 +214,17 @@ impl WebPush {
             return Sent::Failed(
                 "the push service is not among push.web_push.allowed_hosts".into(),
             );
+        }
+        // What the HTTP client will connect to must be the host that was checked.
+        let parsed = reqwest::Url::parse(endpoint).ok().and_then(|u| {
+            let host = u.host_str()?.to_owned();
+            Some(match u.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            })
+        });
+        if parsed.is_none() || parsed.as_deref() != web_push_host(endpoint).ok().as_deref() {
+            return Sent::Failed("the endpoint's host is not the one it names".into());
         }
         let (Some(ua_public), Some(secret)) = (decode_key(p256dh), decode_key(auth)) else {
             return Sent::Rejected("the subscription's keys do not decode".into());

@@ -131,10 +131,27 @@ pub fn web_push_host(endpoint: &str) -> Result<String, BadTarget> {
         .strip_prefix("https://")
         .or_else(|| endpoint.strip_prefix("http://"))
         .ok_or_else(|| bad("a Web Push endpoint is an https:// URL"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // URL parsers read a backslash as `/` in http(s) URLs: it ends the host as surely.
+    let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or_default();
     if authority.is_empty() || authority.contains('@') || endpoint.contains('#') {
         return Err(bad(
             "a Web Push endpoint names a host, without user or fragment",
+        ));
+    }
+    // A host name and an optional port: nothing a URL parser could read differently.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    if !host_ok || !port_ok {
+        return Err(bad(
+            "a Web Push endpoint names a host (letters, digits, dots, dashes) and a port",
         ));
     }
     Ok(authority.to_ascii_lowercase())
@@ -280,6 +297,20 @@ mod tests {
         ));
         assert!(!web_push_allowed(
             "https://169.254.169.254/latest",
+            &allowed,
+            &http
+        ));
+        // A backslash ends the host for URL parsers: the host here is 127.0.0.2.
+        let backslash = "https://127.0.0.2\\.notify.windows.com/latest";
+        assert!(!web_push_allowed(backslash, &allowed, &http));
+        assert!(!web_push_allowed("https://[::1]/x", &allowed, &http));
+        assert!(!web_push_allowed(
+            "https://fcm.googleapis.com%2f@x/y",
+            &allowed,
+            &http
+        ));
+        assert!(!web_push_allowed(
+            "https://fcm.googleapis.com:/x",
             &allowed,
             &http
         ));

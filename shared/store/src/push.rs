@@ -101,6 +101,8 @@ pub struct PushJob {
     pub conv: String,
     /// The newest message to announce.
     pub seq: u64,
+    /// The newest announced or passed over before.
+    pub pushed_seq: u64,
     /// A message waiting mentions the user.
     pub mention: bool,
     /// Attempts that failed so far.
@@ -114,6 +116,8 @@ pub struct PushJob {
 pub struct PushContext {
     /// The device's target (JSON) and preview setting, if it still has one.
     pub target: Option<(String, bool)>,
+    /// The USERS sequence that registered it.
+    pub target_version: u64,
     /// How far the user read the conversation.
     pub read_seq: u64,
     /// The furthest any of the user's devices acknowledged receiving.
@@ -340,7 +344,8 @@ impl Store {
                SELECT user_id, device, conv_id FROM push_outbox
                WHERE seq > pushed_seq AND due_at <= $2 AND claimed_until <= $2
                ORDER BY due_at LIMIT $3 {lock})
-             RETURNING user_id, device, conv_id, seq, mention, attempts, failing_since"
+             RETURNING user_id, device, conv_id, seq, pushed_seq, mention, attempts,
+               failing_since"
         );
         let mut tx = self.begin().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -357,6 +362,7 @@ impl Store {
                     device: r.try_get("device")?,
                     conv: r.try_get("conv_id")?,
                     seq: u(r.try_get("seq")?),
+                    pushed_seq: u(r.try_get("pushed_seq")?),
                     mention: r.try_get::<i64, _>("mention")? != 0,
                     attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                     failing_since: r.try_get("failing_since")?,
@@ -410,6 +416,8 @@ impl Store {
             "SELECT
                (SELECT target FROM push_targets WHERE user_id = $1 AND device = $2) AS target,
                (SELECT preview FROM push_targets WHERE user_id = $1 AND device = $2) AS preview,
+               (SELECT version FROM push_targets WHERE user_id = $1 AND device = $2)
+                 AS target_version,
                (SELECT read_seq FROM read_markers WHERE user_id = $1 AND conv_id = $3)
                  AS read_seq,
                (SELECT MAX(delivered_seq) FROM device_cursors WHERE user_id = $1 AND conv_id = $3)
@@ -430,12 +438,45 @@ impl Store {
         let preview = r.try_get::<Option<i64>, _>("preview")?.unwrap_or(1) != 0;
         Ok(PushContext {
             target: target.map(|t| (t, preview)),
+            target_version: r.try_get::<Option<i64>, _>("target_version")?.map_or(0, u),
             read_seq: r.try_get::<Option<i64>, _>("read_seq")?.map_or(0, u),
             received_seq: r.try_get::<Option<i64>, _>("received_seq")?.map_or(0, u),
             muted_until: r.try_get("muted_until")?,
             notify: r.try_get("notify")?,
             member: r.try_get::<i64, _>("member")? > 0,
         })
+    }
+
+    /// The newest message of `conv` after `after` and up to `upto` that `user` may be
+    /// notified of: not revoked, not hidden by them, not theirs, and decided while they were a
+    /// member (what a notification announces when the newest waiting one is gone).
+    pub async fn announceable(
+        &self,
+        conv: &str,
+        user: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.seq FROM messages m JOIN groups g ON g.group_id = m.conv_id
+             WHERE m.conv_id = $1 AND m.seq > $2 AND m.seq <= $3 AND m.kind = 'message'
+               AND m.revoked = 0 AND m.sender <> $4
+               AND NOT EXISTS (SELECT 1 FROM hidden_messages h
+                               WHERE h.user_id = $4 AND h.conv_id = m.conv_id AND h.seq = m.seq)
+               AND EXISTS (SELECT 1 FROM member_spans s
+                           WHERE s.group_id = m.conv_id AND s.user_id = $4
+                             AND s.joined_seq <= COALESCE(m.membership_seq, g.created_seq)
+                             AND (s.left_seq IS NULL
+                                  OR s.left_seq > COALESCE(m.membership_seq, g.created_seq)))
+             ORDER BY m.seq DESC LIMIT 1",
+        )
+        .bind(conv)
+        .bind(i(after))
+        .bind(i(upto))
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok(u(r.try_get("seq")?))).transpose()
     }
 
     /// The message `seq` of `conv` as a notification shows it.

@@ -18,6 +18,7 @@ mod messaging;
 mod nats_security;
 mod observability;
 mod push;
+mod push_outside;
 mod sdk;
 mod search;
 mod search_outside;

@@ -82,11 +82,17 @@ async fn publish(
     headers: &HeaderMap,
     user: &UserId,
     what: &str,
+    device: &DeviceId,
     event: Event,
 ) -> Result<Json<Written>, Problem> {
+    // Without a key every request is its own: two in the same millisecond are two.
     let id = match idempotency_key(headers, None)? {
         Some(k) => format!("{EVENT_PREFIX}:user:{user}:key:{k}"),
-        None => format!("{EVENT_PREFIX}:{what}:{user}:{}", now_ms()),
+        None => format!(
+            "{EVENT_PREFIX}:{what}:{user}:{device}:{}:{:016x}",
+            now_ms(),
+            anchorage_schema::backoff::random()
+        ),
     };
     let env = Envelope::new(event_id(id)?, now_ms(), backend(), event);
     let p = state
@@ -129,11 +135,11 @@ pub async fn set(
     super::not_deleted(&state, std::slice::from_ref(&user)).await?;
     let event = PushTargetSet {
         user: user.clone(),
-        device,
+        device: device.clone(),
         target,
         preview: r.preview.unwrap_or(true),
     };
-    publish(&state, &headers, &user, "push", event.into()).await
+    publish(&state, &headers, &user, "push", &device, event.into()).await
 }
 
 /// Stop notifying a user's device while it is offline.
@@ -154,11 +160,11 @@ pub async fn remove(
     super::not_deleted(&state, std::slice::from_ref(&user)).await?;
     let event = PushTargetRemoved {
         user: user.clone(),
-        device,
+        device: device.clone(),
         address: None,
         reason: "unregistered".into(),
     };
-    publish(&state, &headers, &user, "unpush", event.into()).await
+    publish(&state, &headers, &user, "unpush", &device, event.into()).await
 }
 
 /// Where a user is reached while offline, and what their latest notifications came to.
