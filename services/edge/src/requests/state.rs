@@ -193,6 +193,12 @@ impl Session {
             preview,
         };
         let seq = self.publish_state(self.fresh_id("push"), event).await?;
+        // Answered once the target is in place (waiting briefly): a message sent after the
+        // `ok` finds it.
+        self.state
+            .progress
+            .reached(Projection::Users, seq, super::PROJECTION_WAIT)
+            .await?;
         Ok(Done {
             conv: None,
             seq: Some(seq),
