@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anchorage_config::{ApnsConfig, FcmConfig, PushConfig, WebPushConfig};
+use anchorage_schema::push::PushTarget;
 use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -540,4 +541,148 @@ pub fn quick_push_config() -> PushConfig {
         concurrency: 16,
         ..PushConfig::default()
     }
+}
+
+/// A stack whose push worker calls the three fakes, and what tests ask of it.
+#[derive(Debug)]
+pub struct PushStack {
+    pub nats: crate::TestNats,
+    pub t: crate::TestStack,
+    pub fcm: FakeFcm,
+    pub apns: FakeApns,
+    pub web: FakeWebPush,
+    /// Verifies the VAPID tokens the stack signs.
+    pub vapid: jsonwebtoken::DecodingKey,
+    _keys: tempfile::TempDir,
+}
+
+impl PushStack {
+    /// Starts NATS, the fakes (the Web Push service failing its first `web_fail_first`
+    /// requests) and a stack notifying after `grace_ms`.
+    pub async fn start(grace_ms: u64, web_fail_first: usize) -> PushStack {
+        let nats = crate::TestNats::start().await.expect("NATS");
+        let keys = tempfile::tempdir().expect("a key folder");
+        let (fcm, apns, web) = (
+            FakeFcm::start().await,
+            FakeApns::start().await,
+            FakeWebPush::start(web_fail_first).await,
+        );
+        let db_dir = tempfile::tempdir().expect("a database folder");
+        let database = crate::fresh_database(db_dir.path())
+            .await
+            .expect("a database");
+        let mut config = crate::test_config(&nats.url(), &database);
+        let (web_config, vapid) = web.config(keys.path());
+        config.push = PushConfig {
+            grace_ms,
+            fcm: Some(fcm.config(keys.path())),
+            apns: Some(apns.config(keys.path())),
+            web_push: Some(web_config),
+            ..quick_push_config()
+        };
+        let t = crate::TestStack::start_with(config, db_dir)
+            .await
+            .expect("the stack");
+        PushStack {
+            nats,
+            t,
+            fcm,
+            apns,
+            web,
+            vapid,
+            _keys: keys,
+        }
+    }
+
+    /// Stops the stack and starts another on the same database and NATS (a restart).
+    pub async fn restart(self) -> PushStack {
+        let crate::TestStack {
+            stack,
+            config,
+            db_dir,
+        } = self.t;
+        stack.stop().await.expect("the stack stops");
+        let t = crate::TestStack::start_with(config, db_dir)
+            .await
+            .expect("the stack starts again");
+        PushStack { t, ..self }
+    }
+
+    pub fn store(&self) -> &anchorage_store::Store {
+        &self.t.stack.store
+    }
+
+    /// A Web Push subscription at path `name` of the fake service.
+    pub fn web_target(&self, name: &str) -> PushTarget {
+        PushTarget::WebPush {
+            endpoint: self.web.endpoint(name),
+            p256dh: self.web.p256dh.clone(),
+            auth: self.web.auth.clone(),
+        }
+    }
+
+    /// `user` signed in on `device`, with `target` registered.
+    pub async fn device(
+        &self,
+        user: &str,
+        device: &str,
+        target: Option<PushTarget>,
+    ) -> crate::WsClient {
+        let (mut c, _) = crate::WsClient::signed_in(self.t.edge_addr(), user, device)
+            .await
+            .expect("signed in");
+        if let Some(target) = target {
+            let done = c
+                .ok(anchorage_protocol::request::SetPush {
+                    target,
+                    preview: true,
+                })
+                .await
+                .expect("registered");
+            crate::projected(self.store(), "users", done.seq.expect("a seq")).await;
+        }
+        c
+    }
+
+    /// The outcome recorded for `user`'s `device` in `conv` once it announced (or passed
+    /// over) `seq`.
+    pub async fn outcome(&self, user: &str, device: &str, conv: &str, seq: u64) -> String {
+        let store = self.store().clone();
+        crate::eventually(Duration::from_secs(30), "a push outcome", || {
+            let store = store.clone();
+            async move {
+                store
+                    .push_outcomes(user, conv)
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|(d, pushed, _)| d == device && *pushed >= seq)
+                    .and_then(|(_, _, outcome)| outcome)
+            }
+        })
+        .await
+        .expect("an outcome")
+    }
+
+    /// Whether `user`'s `device` has a target in the projection.
+    pub async fn has_target(&self, user: &str, device: &str) -> bool {
+        self.store()
+            .push_targets_since(user, 0, 1000)
+            .await
+            .expect("the targets")
+            .iter()
+            .any(|r| r.device == device && r.target.is_some())
+    }
+}
+
+/// An FCM target.
+pub fn fcm(token: &str) -> PushTarget {
+    PushTarget::Fcm {
+        token: token.into(),
+    }
+}
+
+/// What was sent to `address`.
+pub fn to<'a>(got: &'a [Received], address: &str) -> Vec<&'a Received> {
+    got.iter().filter(|r| r.address == address).collect()
 }

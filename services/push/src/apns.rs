@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anchorage_config::ApnsConfig;
 
-use crate::{Notification, Sent, retry_after};
+use crate::{Notification, Refusal, Sent, refusal};
 
 /// How long one provider token is used.
 const TOKEN_LIFE: Duration = Duration::from_secs(40 * 60);
@@ -88,16 +88,10 @@ impl Apns {
                 .body(n.apns_payload())
                 .send()
                 .await;
-            let answer = match answer {
-                Ok(a) => a,
-                Err(e) => return Sent::Retry(format!("no answer: {e}"), None),
+            let Refusal { status, wait, text } = match refusal(answer).await {
+                Ok(r) => r,
+                Err(settled) => return settled,
             };
-            let status = answer.status().as_u16();
-            let wait = retry_after(answer.headers());
-            if (200..300).contains(&status) {
-                return Sent::Delivered;
-            }
-            let text = answer.text().await.unwrap_or_default();
             let reason = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .and_then(|v| v.get("reason")?.as_str().map(str::to_owned))

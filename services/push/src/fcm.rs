@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anchorage_config::FcmConfig;
 use serde::Deserialize;
 
-use crate::{Notification, Sent, retry_after};
+use crate::{Notification, Refusal, Sent, refusal, retry_after};
 
 /// The OAuth scope FCM sends need.
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -130,16 +130,10 @@ impl Fcm {
                 .json(&body)
                 .send()
                 .await;
-            let answer = match answer {
-                Ok(a) => a,
-                Err(e) => return Sent::Retry(format!("no answer: {e}"), None),
+            let Refusal { status, wait, text } = match refusal(answer).await {
+                Ok(r) => r,
+                Err(settled) => return settled,
             };
-            let status = answer.status().as_u16();
-            let wait = retry_after(answer.headers());
-            if (200..300).contains(&status) {
-                return Sent::Delivered;
-            }
-            let text = answer.text().await.unwrap_or_default();
             let code = error_code(&text);
             return match (status, code.as_str()) {
                 (404, _) | (_, "UNREGISTERED") => Sent::Rejected(format!("HTTP {status} {code}")),

@@ -181,6 +181,26 @@ pub(crate) fn http_client(timeout: Duration, http2: bool) -> anyhow::Result<reqw
     Ok(builder.build()?)
 }
 
+/// A provider's refusal: its status, the `Retry-After` it named, and its body.
+pub(crate) struct Refusal {
+    pub status: u16,
+    pub wait: Option<Duration>,
+    pub text: String,
+}
+
+/// What a call came back with: a refusal to look at, or what is settled already — taken
+/// (2xx), or no answer (to try again).
+pub(crate) async fn refusal(answer: reqwest::Result<reqwest::Response>) -> Result<Refusal, Sent> {
+    let answer = answer.map_err(|e| Sent::Retry(format!("no answer: {e}"), None))?;
+    let status = answer.status().as_u16();
+    if (200..300).contains(&status) {
+        return Err(Sent::Delivered);
+    }
+    let wait = retry_after(answer.headers());
+    let text = answer.text().await.unwrap_or_default();
+    Ok(Refusal { status, wait, text })
+}
+
 /// A `Retry-After` in seconds, if the answer has one (at most an hour).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let secs: u64 = headers

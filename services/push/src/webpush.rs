@@ -11,7 +11,7 @@ use ring::rand::SecureRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use ring::{aead, agreement, hkdf};
 
-use crate::{Notification, Sent, retry_after};
+use crate::{Notification, Refusal, Sent, refusal};
 
 /// Record size written in the header: one record holds the whole payload.
 const RECORD_SIZE: u32 = 4096;
@@ -251,21 +251,15 @@ impl WebPush {
             .body(body)
             .send()
             .await;
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) => return Sent::Retry(format!("no answer: {e}"), None),
+        let Refusal { status, wait, text } = match refusal(answer).await {
+            Ok(r) => r,
+            Err(settled) => return settled,
         };
-        let status = answer.status().as_u16();
-        let wait = retry_after(answer.headers());
         match status {
-            200..=299 => Sent::Delivered,
             // The subscription expired or was unsubscribed.
             404 | 410 => Sent::Rejected(format!("HTTP {status}")),
             429 | 500..=599 => Sent::Retry(format!("HTTP {status}"), wait),
-            _ => {
-                let text = answer.text().await.unwrap_or_default();
-                Sent::Failed(format!("HTTP {status} {}", crate::short(&text)))
-            }
+            _ => Sent::Failed(format!("HTTP {status} {}", crate::short(&text))),
         }
     }
 }

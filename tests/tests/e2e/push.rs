@@ -11,9 +11,7 @@ use anchorage_protocol::{ErrorCode, ReplyBody, UserState};
 use anchorage_schema::admin::Scope;
 use anchorage_schema::push::PushTarget;
 use anchorage_store::Store;
-use anchorage_tests::push::{
-    FakeApns, FakeFcm, FakeWebPush, Received, ec_public, quick_push_config,
-};
+use anchorage_tests::push::{FakeWebPush, PushStack, ec_public, fcm, quick_push_config, to};
 use anchorage_tests::{
     TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database, http,
     send_message, test_config,
@@ -22,53 +20,6 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Push {
-    _nats: TestNats,
-    t: TestStack,
-    fcm: FakeFcm,
-    apns: FakeApns,
-    web: FakeWebPush,
-    vapid: jsonwebtoken::DecodingKey,
-    _keys: tempfile::TempDir,
-}
-
-/// A stack whose push worker calls the three fakes, with a `grace_ms` grace.
-async fn push_stack(grace_ms: u64, web_fail_first: usize) -> Push {
-    let nats = TestNats::start().await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let (fcm, apns, web) = (
-        FakeFcm::start().await,
-        FakeApns::start().await,
-        FakeWebPush::start(web_fail_first).await,
-    );
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
-    let (web_config, vapid) = web.config(keys.path());
-    config.push = anchorage_config::PushConfig {
-        grace_ms,
-        fcm: Some(fcm.config(keys.path())),
-        apns: Some(apns.config(keys.path())),
-        web_push: Some(web_config),
-        ..quick_push_config()
-    };
-    let t = TestStack::start_with(config, db_dir).await.unwrap();
-    Push {
-        _nats: nats,
-        t,
-        fcm,
-        apns,
-        web,
-        vapid,
-        _keys: keys,
-    }
-}
-
-fn fcm(token: &str) -> PushTarget {
-    PushTarget::Fcm {
-        token: token.into(),
-    }
-}
 
 fn apns_token(n: u8) -> String {
     format!("{n:02x}").repeat(32)
@@ -81,64 +32,8 @@ fn apns(n: u8) -> PushTarget {
     }
 }
 
-impl Push {
-    fn web_target(&self, name: &str) -> PushTarget {
-        PushTarget::WebPush {
-            endpoint: self.web.endpoint(name),
-            p256dh: self.web.p256dh.clone(),
-            auth: self.web.auth.clone(),
-        }
-    }
-
-    fn store(&self) -> &Store {
-        &self.t.stack.store
-    }
-
-    /// `user` signed in on `device`, with `target` registered and projected.
-    async fn device(&self, user: &str, device: &str, target: Option<PushTarget>) -> WsClient {
-        let (mut c, _) = WsClient::signed_in(self.t.edge_addr(), user, device)
-            .await
-            .unwrap();
-        if let Some(target) = target {
-            let done = c
-                .ok(SetPush {
-                    target,
-                    preview: true,
-                })
-                .await
-                .unwrap();
-            anchorage_tests::projected(self.store(), "users", done.seq.unwrap()).await;
-        }
-        c
-    }
-
-    /// The outcome recorded for `user`'s `device` in `conv` once it announced (or passed
-    /// over) `seq`.
-    async fn outcome(&self, user: &str, device: &str, conv: &str, seq: u64) -> String {
-        let store = self.store().clone();
-        eventually(WAIT, "a push outcome", || {
-            let store = store.clone();
-            async move {
-                store
-                    .push_outcomes(user, conv)
-                    .await
-                    .ok()?
-                    .into_iter()
-                    .find(|(d, pushed, _)| d == device && *pushed >= seq)
-                    .and_then(|(_, _, outcome)| outcome)
-            }
-        })
-        .await
-        .unwrap()
-    }
-}
-
 async fn say(c: &mut WsClient, conv: &str, id: &str, body: Value) -> u64 {
     c.ack(send_message(conv, id, body)).await.unwrap().seq
-}
-
-fn to<'a>(got: &'a [Received], address: &str) -> Vec<&'a Received> {
-    got.iter().filter(|r| r.address == address).collect()
 }
 
 /// Every provider gets what its platform shows — the group's title, the sender and text,
@@ -146,7 +41,7 @@ fn to<'a>(got: &'a [Received], address: &str) -> Vec<&'a Received> {
 /// grace make one notification, of the newest.
 #[tokio::test]
 async fn offline_members_are_notified_through_each_provider_once_per_conversation() {
-    let p = push_stack(1500, 0).await;
+    let p = PushStack::start(1500, 0).await;
     let mut alice = p.device("alice", "laptop", None).await;
     alice
         .ok(create_group("ops", "Ops", &["bob", "carol", "dave"]))
@@ -265,7 +160,7 @@ async fn offline_members_are_notified_through_each_provider_once_per_conversatio
 /// reaches the last.
 #[tokio::test]
 async fn received_read_muted_and_mentions_only_are_not_pushed() {
-    let p = push_stack(1500, 0).await;
+    let p = PushStack::start(1500, 0).await;
     let mut alice = p.device("alice", "laptop", None).await;
     alice
         .ok(create_group(
@@ -388,7 +283,7 @@ async fn received_read_muted_and_mentions_only_are_not_pushed() {
 /// is not notified.
 #[tokio::test]
 async fn failing_providers_rejected_addresses_and_moved_tokens() {
-    let p = push_stack(300, 2).await;
+    let p = PushStack::start(300, 2).await;
     let mut alice = p.device("alice", "laptop", None).await;
     alice
         .ok(create_group(
@@ -623,7 +518,7 @@ async fn hostile_registrations_are_refused() {
 /// also while the provider fails every third call.
 #[tokio::test]
 async fn two_workers_send_each_notification_once() {
-    let p = push_stack(300, 0).await;
+    let p = PushStack::start(300, 0).await;
     p.fcm.log.behaviour.lock().unwrap().fail_every = 3;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let second = {
@@ -682,7 +577,7 @@ async fn two_workers_send_each_notification_once() {
 /// and removes them; bad targets and keys without the scope are refused precisely.
 #[tokio::test]
 async fn the_server_api_registers_lists_and_removes_targets() {
-    let p = push_stack(300, 0).await;
+    let p = PushStack::start(300, 0).await;
     let nats_url = p.t.config.nats.url.clone();
     let addr = p.t.edge_addr();
     let (write, _) = anchorage_tests::api_key(&nats_url, Scope::Write, 1000).await;

@@ -14,125 +14,20 @@ use anchorage_protocol::request::{
 use anchorage_protocol::{ErrorCode, ReplyBody, ServerFrame};
 use anchorage_schema::admin::Scope;
 use anchorage_schema::push::PushTarget;
-use anchorage_store::Store;
-use anchorage_tests::push::{FakeApns, FakeFcm, FakeWebPush, Received, quick_push_config};
+use anchorage_tests::push::{PushStack, Received, fcm, to};
 use anchorage_tests::{
-    TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database, group_id,
-    http, send_message, test_config, user_id,
+    WsClient, conv_id, create_group, eventually, group_id, http, send_message, user_id,
 };
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Push {
-    nats: TestNats,
-    t: TestStack,
-    fcm: FakeFcm,
-    apns: FakeApns,
-    web: FakeWebPush,
-    _keys: tempfile::TempDir,
-}
-
-/// A stack whose push worker calls the three fakes, with a `grace_ms` grace.
-async fn push_stack(grace_ms: u64) -> Push {
-    let nats = TestNats::start().await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let (fcm, apns, web) = (
-        FakeFcm::start().await,
-        FakeApns::start().await,
-        FakeWebPush::start(0).await,
-    );
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
-    let (web_config, _vapid) = web.config(keys.path());
-    config.push = anchorage_config::PushConfig {
-        grace_ms,
-        fcm: Some(fcm.config(keys.path())),
-        apns: Some(apns.config(keys.path())),
-        web_push: Some(web_config),
-        ..quick_push_config()
-    };
-    let t = TestStack::start_with(config, db_dir).await.unwrap();
-    Push {
-        nats,
-        t,
-        fcm,
-        apns,
-        web,
-        _keys: keys,
-    }
-}
-
-fn fcm(token: &str) -> PushTarget {
-    PushTarget::Fcm {
-        token: token.into(),
-    }
-}
-
-fn to<'a>(got: &'a [Received], address: &str) -> Vec<&'a Received> {
-    got.iter().filter(|r| r.address == address).collect()
-}
-
-impl Push {
-    fn store(&self) -> &Store {
-        &self.t.stack.store
-    }
-
-    /// `user` signed in on `device`, with `target` registered and projected.
-    async fn device(&self, user: &str, device: &str, target: Option<PushTarget>) -> WsClient {
-        let (mut c, _) = WsClient::signed_in(self.t.edge_addr(), user, device)
-            .await
-            .unwrap();
-        if let Some(target) = target {
-            let done = c
-                .ok(SetPush {
-                    target,
-                    preview: true,
-                })
-                .await
-                .unwrap();
-            anchorage_tests::projected(self.store(), "users", done.seq.unwrap()).await;
-        }
-        c
-    }
-
-    /// The outcome recorded for `user`'s `device` in `conv` once it announced (or passed
-    /// over) `seq`.
-    async fn outcome(&self, user: &str, device: &str, conv: &str, seq: u64) -> String {
-        let store = self.store().clone();
-        eventually(WAIT, "a push outcome", || {
-            let store = store.clone();
-            async move {
-                store
-                    .push_outcomes(user, conv)
-                    .await
-                    .ok()?
-                    .into_iter()
-                    .find(|(d, pushed, _)| d == device && *pushed >= seq)
-                    .and_then(|(_, _, outcome)| outcome)
-            }
-        })
-        .await
-        .unwrap()
-    }
-
-    /// Whether `user`'s `device` has a target in the projection.
-    async fn has_target(&self, user: &str, device: &str) -> bool {
-        self.store()
-            .push_targets_since(user, 0, 1000)
-            .await
-            .unwrap()
-            .iter()
-            .any(|r| r.device == device && r.target.is_some())
-    }
-}
 
 async fn say(c: &mut WsClient, conv: &str, id: &str, body: Value) -> u64 {
     c.ack(send_message(conv, id, body)).await.unwrap().seq
 }
 
 /// Waits up to `limit` for FCM to have taken something for `token`.
-async fn fcm_for(p: &Push, token: &str, limit: Duration) -> Vec<Received> {
+async fn fcm_for(p: &PushStack, token: &str, limit: Duration) -> Vec<Received> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let got = p.fcm.log.received();
@@ -152,7 +47,7 @@ async fn fcm_for(p: &Push, token: &str, limit: Duration) -> Vec<Received> {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn web_push_endpoint_with_a_backslash_does_not_reach_an_unlisted_host() {
-    let p = push_stack(200).await;
+    let p = PushStack::start(200, 0).await;
     // An "internal service" at 127.0.0.2:443 that counts who connects.
     let listener = tokio::net::TcpListener::bind("127.0.0.2:443").await;
     let hits = Arc::new(AtomicUsize::new(0));
@@ -219,7 +114,7 @@ async fn web_push_endpoint_with_a_backslash_does_not_reach_an_unlisted_host() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn revoking_the_newest_message_does_not_swallow_the_unread_one_before_it() {
-    let p = push_stack(1500).await;
+    let p = PushStack::start(1500, 0).await;
     let mut alice = p.device("alice", "laptop", None).await;
     alice
         .ok(create_group("ops", "Ops", &["bob"]))
@@ -257,7 +152,7 @@ async fn revoking_the_newest_message_does_not_swallow_the_unread_one_before_it()
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn an_address_rejected_again_after_reregistering_is_removed_again() {
-    let p = push_stack(200).await;
+    let p = PushStack::start(200, 0).await;
     let mut alice = p.device("alice", "laptop", None).await;
     alice
         .ok(create_group("ops", "Ops", &["bob"]))
@@ -302,7 +197,7 @@ async fn an_address_rejected_again_after_reregistering_is_removed_again() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn concurrent_api_registrations_for_one_user_all_succeed() {
-    let p = push_stack(300).await;
+    let p = PushStack::start(300, 0).await;
     let addr = p.t.edge_addr();
     let (write, _) = anchorage_tests::api_key(&p.nats.url(), Scope::Write, 100_000).await;
     let (read, _) = anchorage_tests::api_key(&p.nats.url(), Scope::Read, 100_000).await;
@@ -357,7 +252,7 @@ async fn concurrent_api_registrations_for_one_user_all_succeed() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn a_system_post_is_not_attributed_to_a_pseudo_user() {
-    let p = push_stack(200).await;
+    let p = PushStack::start(200, 0).await;
     let mut alice = p.device("alice", "laptop", None).await;
     alice
         .ok(create_group("ops", "Ops", &["bob"]))
@@ -387,7 +282,7 @@ async fn a_system_post_is_not_attributed_to_a_pseudo_user() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn direct_messages_are_pushed_with_the_senders_name() {
-    let p = push_stack(200).await;
+    let p = PushStack::start(200, 0).await;
     let mut alice = p.device("alice", "laptop", None).await;
     drop(p.device("bob", "phone", Some(fcm("fcm-bob"))).await);
     let done = alice
@@ -412,7 +307,7 @@ async fn direct_messages_are_pushed_with_the_senders_name() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn removed_and_later_added_members_are_not_notified() {
-    let p = push_stack(1500).await;
+    let p = PushStack::start(1500, 0).await;
     let mut alice = p.device("alice", "laptop", None).await;
     alice
         .ok(create_group("ops", "Ops", &["bob", "carol"]))
@@ -462,7 +357,7 @@ async fn removed_and_later_added_members_are_not_notified() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn a_restart_mid_grace_sends_each_notification_once() {
-    let p = push_stack(1500).await;
+    let p = PushStack::start(1500, 0).await;
     p.fcm.log.behaviour.lock().unwrap().fail_next = 2;
     let mut alice = p.device("alice", "laptop", None).await;
     drop(p.device("bob", "phone", Some(fcm("fcm-bob"))).await);
@@ -487,29 +382,7 @@ async fn a_restart_mid_grace_sends_each_notification_once() {
         last.push(say(&mut alice, g, "b", json!(format!("hello {g}"))).await);
     }
     drop(alice);
-    let Push {
-        nats,
-        t,
-        fcm,
-        apns,
-        web,
-        _keys,
-    } = p;
-    let TestStack {
-        stack,
-        config,
-        db_dir,
-    } = t;
-    stack.stop().await.unwrap();
-    let t = TestStack::start_with(config, db_dir).await.unwrap();
-    let p = Push {
-        nats,
-        t,
-        fcm,
-        apns,
-        web,
-        _keys,
-    };
+    let p = p.restart().await;
     for (g, seq) in groups.iter().zip(&last) {
         assert_eq!(p.outcome("bob", "phone", g, *seq).await, "delivered");
         assert_eq!(p.outcome("bob", "iphone", g, *seq).await, "delivered");
@@ -550,7 +423,7 @@ async fn a_restart_mid_grace_sends_each_notification_once() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn hostile_bodies_are_cut_or_hidden() {
-    let p = push_stack(100).await;
+    let p = PushStack::start(100, 0).await;
     let mut alice = p.device("alice", "laptop", None).await;
     let long_title = "T\u{1F600}".repeat(40);
     alice
@@ -619,7 +492,7 @@ async fn hostile_bodies_are_cut_or_hidden() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn the_badge_counts_unread_over_conversations_without_hidden_or_revoked() {
-    let p = push_stack(100).await;
+    let p = PushStack::start(100, 0).await;
     let mut alice = p.device("alice", "laptop", None).await;
     alice
         .ok(create_group("ops", "Ops", &["bob"]))
@@ -668,7 +541,7 @@ async fn the_badge_counts_unread_over_conversations_without_hidden_or_revoked() 
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn notify_none_set_during_the_grace_is_honoured() {
-    let p = push_stack(1500).await;
+    let p = PushStack::start(1500, 0).await;
     let mut alice = p.device("alice", "laptop", None).await;
     alice
         .ok(create_group("ops", "Ops", &["bob"]))
@@ -707,7 +580,7 @@ async fn notify_none_set_during_the_grace_is_honoured() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn the_server_api_refuses_bad_calls() {
-    let p = push_stack(300).await;
+    let p = PushStack::start(300, 0).await;
     let addr = p.t.edge_addr();
     let (write, _) = anchorage_tests::api_key(&p.nats.url(), Scope::Write, 1000).await;
     let (read, _) = anchorage_tests::api_key(&p.nats.url(), Scope::Read, 1000).await;
@@ -816,7 +689,7 @@ async fn the_server_api_refuses_bad_calls() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn one_token_registered_by_two_users_at_once_belongs_to_one() {
-    let p = push_stack(200).await;
+    let p = PushStack::start(200, 0).await;
     let mut alice = p.device("alice", "laptop", None).await;
     alice
         .ok(create_group("ops", "Ops", &["bob", "erin"]))
@@ -852,7 +725,7 @@ async fn one_token_registered_by_two_users_at_once_belongs_to_one() {
 // ---------------------------------------------------------------------------------------
 #[tokio::test]
 async fn a_deleted_user_is_not_notified_nor_registrable() {
-    let p = push_stack(200).await;
+    let p = PushStack::start(200, 0).await;
     let addr = p.t.edge_addr();
     let (write, _) = anchorage_tests::api_key(&p.nats.url(), Scope::Write, 1000).await;
     let (admin, _) = anchorage_tests::api_key(&p.nats.url(), Scope::Admin, 1000).await;
