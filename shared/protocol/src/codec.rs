@@ -285,6 +285,8 @@ mod tests {
             r#"{"type":"receipts","id":36,"conv":"c","seq":7}"#,
             r#"{"type":"presence","id":37,"users":["bob"],"conv":"c"}"#,
             r#"{"type":"search","id":38,"query":"deploy 東京","conv":"c","before":90,"limit":5}"#,
+            r#"{"type":"set_push","id":39,"target":{"provider":"fcm","token":"t"},"preview":false}"#,
+            r#"{"type":"remove_push","id":40}"#,
         ];
         assert_eq!(frames.len(), REQUEST_TYPES.len());
         let mut names = std::collections::BTreeSet::from(["hello"]);

@@ -7,7 +7,8 @@
 //! reader takes from the streams is malformed.
 
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use serde::{Deserialize, Serialize};
 
 /// Longest FCM or APNs token accepted, in bytes.
@@ -110,12 +111,22 @@ impl PushTarget {
     }
 }
 
-/// Base64url, with or without padding, as browsers hand keys out.
+/// Base64url as browsers hand keys out: with or without padding, whatever the unused bits of
+/// the last character.
+const KEYS: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// A key of a Web Push subscription (base64url).
 pub fn decode_key(text: &str) -> Option<Vec<u8>> {
     if text.len() > 200 {
         return None;
     }
-    URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok()
+    KEYS.decode(text).ok()
 }
 
 /// The host (and port, if given) of a Web Push endpoint: `https://host[:port]/…`, no user
@@ -195,6 +206,7 @@ pub const BROWSER_PUSH_SERVICES: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn web(endpoint: &str) -> PushTarget {
         PushTarget::WebPush {

@@ -455,28 +455,40 @@ async fn hostile_registrations_are_refused() {
         p256dh: web.p256dh.clone(),
         auth: web.auth.clone(),
     };
-    for (target, why) in [
-        (fcm("tok"), "does not push through FCM"),
-        (apns(1), "does not push through APNs"),
+    for (target, code, why) in [
+        (
+            fcm("tok"),
+            ErrorCode::Forbidden,
+            "does not push through FCM",
+        ),
+        (apns(1), ErrorCode::Forbidden, "does not push through APNs"),
         (
             keys_of("https://169.254.169.254/latest/meta-data"),
+            ErrorCode::Forbidden,
             "does not call that push service",
         ),
         (
             keys_of(&format!("http://127.0.0.1:{}/x", t.edge_addr().port())),
+            ErrorCode::Forbidden,
             "does not call that push service",
         ),
         (
             keys_of("https://fcm.googleapis.com.evil.example/x"),
+            ErrorCode::Forbidden,
             "does not call that push service",
         ),
-        (keys_of("https://user@fcm.googleapis.com/x"), "without user"),
+        (
+            keys_of("https://user@fcm.googleapis.com/x"),
+            ErrorCode::InvalidRequest,
+            "without user",
+        ),
         (
             PushTarget::WebPush {
                 endpoint: web.endpoint("x"),
                 p256dh: "AAAA".into(),
                 auth: web.auth.clone(),
             },
+            ErrorCode::InvalidRequest,
             "p256dh",
         ),
         (
@@ -485,11 +497,12 @@ async fn hostile_registrations_are_refused() {
                 p256dh: web.p256dh.clone(),
                 auth: "not base64!".into(),
             },
+            ErrorCode::InvalidRequest,
             "auth",
         ),
     ] {
         let e = c.refused(refused(target.clone())).await.unwrap();
-        assert_eq!(e.code, ErrorCode::InvalidRequest, "{target:?}: {e:?}");
+        assert_eq!(e.code, code, "{target:?}: {e:?}");
         assert!(e.message.contains(why), "{target:?}: {}", e.message);
     }
     // Unknown providers and fields are not a target at all.
@@ -600,13 +613,16 @@ async fn the_server_api_registers_lists_and_removes_targets() {
     assert_eq!(refused.status, 403, "{:?}", refused.body);
     for bad in [
         json!({"target": {"provider": "fcm"}}),
-        json!({"target": {"provider": "web_push", "endpoint": "https://10.0.0.1/x", "p256dh": p.web.p256dh, "auth": p.web.auth}}),
         json!({"target": {"provider": "apns", "token": "not hex"}}),
         json!({"target": "fcm"}),
     ] {
         let answer = call("PUT", path.clone(), write.clone(), Some(bad.clone())).await;
         assert_eq!(answer.status, 400, "{bad}: {:?}", answer.body);
     }
+    // Well formed, but not a push service this server calls.
+    let internal = json!({"target": {"provider": "web_push", "endpoint": "https://10.0.0.1/x", "p256dh": p.web.p256dh, "auth": p.web.auth}});
+    let answer = call("PUT", path.clone(), write.clone(), Some(internal)).await;
+    assert_eq!(answer.status, 403, "{:?}", answer.body);
     let done = call("PUT", path.clone(), write.clone(), Some(target)).await;
     assert_eq!(done.status, 200, "{:?}", done.body);
 

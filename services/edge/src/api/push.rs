@@ -25,13 +25,89 @@ use crate::requests::RequestError;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetTarget {
-    /// `{"provider":"fcm","token":"…"}`, `{"provider":"apns","token":"<hex>","sandbox":false}`
-    /// or `{"provider":"web_push","endpoint":"https://…","p256dh":"…","auth":"…"}`.
-    #[schema(value_type = Object)]
+    /// The provider and the address it gave the device.
+    #[schema(value_type = Target)]
     pub target: serde_json::Value,
     /// Notifications show the message's text (default `true`).
     #[serde(default)]
     pub preview: Option<bool>,
+}
+
+/// A push target as documented. The server reads `anchorage_schema::push::PushTarget`; the
+/// document is at least as strict, so a target it describes is never refused as malformed.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // describes the body for the OpenAPI document
+pub enum Target {
+    Fcm(FcmTarget),
+    Apns(ApnsTarget),
+    WebPush(WebPushTarget),
+}
+
+/// `fcm`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub enum FcmName {
+    #[serde(rename = "fcm")]
+    Fcm,
+}
+
+/// `apns`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub enum ApnsName {
+    #[serde(rename = "apns")]
+    Apns,
+}
+
+/// `web_push`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub enum WebPushName {
+    #[serde(rename = "web_push")]
+    WebPush,
+}
+
+/// An FCM registration token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct FcmTarget {
+    provider: FcmName,
+    /// The registration token (printable ASCII).
+    #[schema(pattern = "^[!-~]{1,4096}$", max_length = 4096)]
+    token: String,
+}
+
+/// An APNs device token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ApnsTarget {
+    provider: ApnsName,
+    /// The device token in hex.
+    #[schema(pattern = "^([0-9a-fA-F]{2}){16,100}$")]
+    token: String,
+    /// Registered by a development build (the sandbox environment).
+    #[serde(default)]
+    sandbox: bool,
+}
+
+/// A browser's Web Push subscription.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct WebPushTarget {
+    provider: WebPushName,
+    /// The push service URL (a push service this server calls).
+    #[schema(
+        pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/:=+-]*)?$",
+        max_length = 2048
+    )]
+    endpoint: String,
+    /// The browser's P-256 public key, uncompressed (65 bytes), base64url.
+    #[schema(pattern = "^B[A-P][A-Za-z0-9_-]{85}$")]
+    p256dh: String,
+    /// The browser's 16-byte secret, base64url.
+    #[schema(pattern = "^[A-Za-z0-9_-]{22}$")]
+    auth: String,
 }
 
 /// How one device is notified.

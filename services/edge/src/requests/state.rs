@@ -308,14 +308,16 @@ fn device_push(row: anchorage_store::push::PushTargetRow) -> DevicePush {
 }
 
 impl crate::EdgeState {
-    /// Refuses a target this server cannot push to: a malformed one, one of a provider that is
-    /// not configured, or a Web Push subscription at a push service the operator did not name.
+    /// Refuses a target this server cannot push to: a malformed one (`invalid_request`), one of
+    /// a provider that is not configured or a Web Push subscription at a push service the
+    /// operator did not name (`forbidden`).
     pub(crate) fn push_target_allowed(&self, target: &PushTarget) -> Result<(), RequestError> {
         target
             .check()
             .map_err(|e| RequestError::Invalid(e.to_string()))?;
-        let off =
-            |name: &str| RequestError::Invalid(format!("this server does not push through {name}"));
+        let off = |name: &str| {
+            RequestError::Forbidden(format!("this server does not push through {name}"))
+        };
         match target {
             PushTarget::Fcm { .. } if self.push.fcm.is_none() => Err(off("FCM")),
             PushTarget::Apns { .. } if self.push.apns.is_none() => Err(off("APNs")),
@@ -330,7 +332,7 @@ impl crate::EdgeState {
                 ) {
                     Ok(())
                 } else {
-                    Err(RequestError::Invalid(
+                    Err(RequestError::Forbidden(
                         "this server does not call that push service".into(),
                     ))
                 }
