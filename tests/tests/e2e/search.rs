@@ -476,11 +476,13 @@ async fn a_search_waits_for_the_memberships_and_messages_stored_before_it() {
     let edge = TestEdge::start(&config).await.unwrap();
     let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
     let (mut carol, _) = WsClient::signed_in(edge.addr, "carol", "d").await.unwrap();
-    alice
+    let created = alice
         .ok(create_group("ops", "Ops", &["bob"]))
         .await
         .unwrap();
     let before = say(&mut alice, "m1", json!("walrus before carol")).await;
+    // The projection holds the group as it is: adding carol is decided while it is down.
+    projected(&store, "membership", created.seq.unwrap()).await;
     projected(&store, "messages", before).await;
     stack.stack.stop().await.unwrap();
 
