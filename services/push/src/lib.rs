@@ -353,20 +353,20 @@ impl Worker {
                     continue;
                 }
             };
-            for delivery in &batch {
-                // Unacknowledged, it comes again: a message is never passed over unqueued.
-                match self.queue_one(delivery, &shutdown).await {
-                    Ok(()) => {
+            // The batch is queued in one transaction and acknowledged after it: unacknowledged,
+            // it comes again, so a message is never passed over unqueued.
+            match self.queue_batch(&batch, &shutdown).await {
+                Ok(()) => {
+                    for delivery in &batch {
                         if let Err(e) = delivery.ack().await {
                             tracing::warn!(error = %e, "push: acknowledging");
                         }
-                        failures = 0;
                     }
-                    Err(e) => {
-                        tracing::warn!(seq = delivery.seq.0, error = %e, "push: queueing");
-                        self.pause(&mut failures, &shutdown).await;
-                        break;
-                    }
+                    failures = 0;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "push: queueing");
+                    self.pause(&mut failures, &shutdown).await;
                 }
             }
             if !batch.is_empty() {
@@ -386,77 +386,98 @@ impl Worker {
         }
     }
 
-    /// Queues the notifications of one stored event (only new messages have any).
-    async fn queue_one(
+    /// Queues the notifications of the new messages among `batch`, in one transaction, once
+    /// the membership projection holds every position they were decided on.
+    async fn queue_batch(
         &self,
-        delivery: &Delivery,
+        batch: &[Delivery],
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        // What the projector sets aside as undecodable has nothing to announce.
-        let Ok(env) = Envelope::from_json(delivery.payload()) else {
+        let messages: Vec<Queued> = batch.iter().filter_map(|d| self.queued(d)).collect();
+        if messages.is_empty() {
             return Ok(());
+        }
+        // Their recipients are the members when each was decided. A message without its
+        // position is decided on what is projected now.
+        let needed = messages.iter().filter_map(|m| m.membership).max();
+        let projected = match needed {
+            Some(m) => self.membership_reached(m, shutdown).await?,
+            None => self.membership_projected().await?,
         };
-        let (conv, sender, mentions, mention_all) = match &env.event {
+        let new: Vec<NewMessage<'_>> = messages
+            .iter()
+            .map(|m| NewMessage {
+                conv: m.conv.as_str(),
+                seq: m.seq,
+                membership: m.membership.unwrap_or(projected),
+                sender: m.sender.as_deref(),
+                mentions: &m.mentions,
+                mention_all: m.mention_all,
+                due_at: m.due_at,
+            })
+            .collect();
+        let raised = self.store.enqueue_pushes(&new).await?;
+        metrics::counter!("anchorage_push_queued_total").increment(raised);
+        Ok(())
+    }
+
+    /// What a stored event asks to be queued: only a new message has notifications.
+    fn queued(&self, delivery: &Delivery) -> Option<Queued> {
+        // What the projector sets aside as undecodable has nothing to announce.
+        let env = Envelope::from_json(delivery.payload()).ok()?;
+        let (conv, sender, mentions, mention_all) = match env.event {
             Event::MessageSent(m) => (
-                &m.conv,
-                Some(m.sender.as_str()),
+                m.conv,
+                Some(m.sender.to_string()),
                 m.mentions.iter().map(|u| u.to_string()).collect(),
                 m.mention_all,
             ),
-            Event::SystemMessagePosted(m) => (&m.conv, None, Vec::new(), false),
-            _ => return Ok(()),
+            Event::SystemMessagePosted(m) => (m.conv, None, Vec::new(), false),
+            _ => return None,
         };
         // The projector sets aside a message stored under another conversation's subject.
-        if delivery.subject() != subjects::message(conv) {
-            return Ok(());
+        if delivery.subject() != subjects::message(&conv) {
+            return None;
         }
         // A message older than the retry period is news to nobody (a consumer that was
         // stopped for long, a restore).
         let retry_for =
             i64::try_from(self.config.retry_for_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         if now_ms().saturating_sub(env.occurred_at) > retry_for {
-            return Ok(());
+            return None;
         }
-        // Its recipients are the members when it was decided: the membership projection
-        // must hold that position. A message without one is decided on what is projected.
-        let membership = match delivery.membership() {
-            Some(m) => {
-                self.membership_reached(m, shutdown).await?;
-                m
-            }
-            None => self
-                .store
-                .checkpoint("membership")
-                .await?
-                .map_or(0, |c| c.last_seq),
-        };
         let grace = i64::try_from(self.config.grace_ms).unwrap_or(i64::MAX);
-        let raised = self
-            .store
-            .enqueue_push(&NewMessage {
-                conv: conv.as_str(),
-                seq: delivery.seq.0,
-                membership,
-                sender,
-                mentions: &mentions,
-                mention_all,
-                due_at: env.occurred_at.max(now_ms() - grace).saturating_add(grace),
-            })
-            .await?;
-        metrics::counter!("anchorage_push_queued_total").increment(raised);
-        Ok(())
+        Some(Queued {
+            conv: conv.to_string(),
+            seq: delivery.seq.0,
+            membership: delivery.membership(),
+            sender,
+            mentions,
+            mention_all,
+            due_at: env.occurred_at.max(now_ms() - grace).saturating_add(grace),
+        })
     }
 
-    /// Waits until the membership projection holds MEMBERSHIP position `m`.
-    async fn membership_reached(&self, m: u64, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    /// The membership projection's checkpoint.
+    async fn membership_projected(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .store
+            .checkpoint("membership")
+            .await?
+            .map_or(0, |c| c.last_seq))
+    }
+
+    /// Waits until the membership projection holds MEMBERSHIP position `m`; returns where it
+    /// stands.
+    async fn membership_reached(
+        &self,
+        m: u64,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<u64> {
         loop {
-            let at = self
-                .store
-                .checkpoint("membership")
-                .await?
-                .map_or(0, |c| c.last_seq);
+            let at = self.membership_projected().await?;
             if at >= m {
-                return Ok(());
+                return Ok(at);
             }
             tokio::select! {
                 _ = shutdown.cancelled() => anyhow::bail!("shutting down"),
@@ -739,6 +760,18 @@ impl Worker {
             .await?;
         Ok(())
     }
+}
+
+/// A new message to queue, as read from the stream.
+struct Queued {
+    conv: String,
+    seq: u64,
+    /// The MEMBERSHIP position it was decided on, if it names one.
+    membership: Option<u64>,
+    sender: Option<String>,
+    mentions: Vec<String>,
+    mention_all: bool,
+    due_at: i64,
 }
 
 /// What the notifications of one claim share: how far the history is, and the messages

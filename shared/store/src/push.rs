@@ -264,11 +264,22 @@ impl Store {
         rows.iter().map(target_row).collect()
     }
 
-    /// Queues a notification of `m` for every device with a target of every user it reached
-    /// (a member at its MEMBERSHIP position, not its sender) who wants it: not `none`, and for
-    /// `mentions` only when it mentions them. Returns the rows raised. A message announced or
-    /// queued before (a redelivery) raises nothing.
-    pub async fn enqueue_push(&self, m: &NewMessage<'_>) -> Result<u64, StoreError> {
+    /// Queues, in one transaction, a notification of each of `messages` for every device
+    /// with a target of every user it reached (a member at its MEMBERSHIP position, not its
+    /// sender) who wants it: not `none`, and for `mentions` only when it mentions them.
+    /// Returns the rows raised. A message announced or queued before (a redelivery) raises
+    /// nothing.
+    pub async fn enqueue_pushes(&self, messages: &[NewMessage<'_>]) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut raised = 0;
+        for m in messages {
+            raised += self.enqueue_in(&mut tx, m).await?;
+        }
+        tx.commit().await?;
+        Ok(raised)
+    }
+
+    async fn enqueue_in(&self, tx: &mut Tx, m: &NewMessage<'_>) -> Result<u64, StoreError> {
         let mention_all = i64::from(m.mention_all);
         // Binds: 1 conv, 2 membership, 3 sender, 4 seq, 5 mention_all, 6 due_at, 7 now,
         // 8.. mentions.
@@ -321,10 +332,7 @@ impl Store {
         for user in m.mentions {
             q = q.bind(user.as_str());
         }
-        let mut tx = self.begin().await?;
-        let raised = q.execute(&mut *tx.tx).await?.rows_affected();
-        tx.commit().await?;
-        Ok(raised)
+        Ok(q.execute(&mut *tx.tx).await?.rows_affected())
     }
 
     /// Claims up to `limit` notifications due at `now` until `claim_until`, oldest due first.
