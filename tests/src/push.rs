@@ -664,6 +664,24 @@ impl PushStack {
         .expect("an outcome")
     }
 
+    /// Waits until every message stored so far is queued (the `push` consumer has nothing
+    /// pending or unacknowledged) and every notification queued is sent or passed over (the
+    /// outbox has nothing waiting): from then on, nothing more is sent until something new
+    /// happens. What a test that something was *not* sent waits for.
+    pub async fn settled(&self) {
+        let (bus, store) = (&self.t.stack.bus, self.store());
+        crate::eventually(Duration::from_secs(30), "the push worker idle", || async {
+            let consumer = bus
+                .consumer_pending(anchorage_schema::subjects::stream::MESSAGES, "push")
+                .await
+                .ok()?;
+            let (waiting, _) = store.push_backlog().await.ok()?;
+            (consumer == (0, 0) && waiting == 0).then_some(())
+        })
+        .await
+        .expect("the push worker settles");
+    }
+
     /// Whether `user`'s `device` has a target in the projection.
     pub async fn has_target(&self, user: &str, device: &str) -> bool {
         self.store()

@@ -128,7 +128,7 @@ async fn offline_members_are_notified_through_each_provider_once_per_conversatio
         .until("the second notification", |g| to(g, "fcm-bob").len() >= 2)
         .await;
     assert_eq!(p.outcome("bob", "phone", "ops", last).await, "delivered");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.settled().await;
     let got_now = p.fcm.log.received();
     let bobs = to(&got_now, "fcm-bob");
     assert_eq!(
@@ -418,7 +418,7 @@ async fn failing_providers_rejected_addresses_and_moved_tokens() {
     );
     let bobs = p.store().push_outcomes("bob", "ops").await.unwrap();
     assert!(bobs.iter().all(|(_, pushed, _)| *pushed < seq), "{bobs:?}");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    p.settled().await;
     assert_eq!(
         p.web.log.received().len(),
         1,
@@ -562,7 +562,7 @@ async fn two_workers_send_each_notification_once() {
     for (g, seq) in groups.iter().zip(&last) {
         assert_eq!(p.outcome("bob", "phone", g, *seq).await, "delivered");
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    p.settled().await;
     let got = p.fcm.log.received();
     let mut convs: Vec<String> = got
         .iter()
@@ -652,7 +652,7 @@ async fn the_server_api_registers_lists_and_removes_targets() {
     let listed = call("GET", "/v1/users/bob/push".into(), read, None).await;
     assert_eq!(listed.body["devices"], json!([]));
     let seq = say(&mut alice, "ops", "m2", json!("nobody to tell")).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    p.settled().await;
     let outcomes = p.store().push_outcomes("bob", "ops").await.unwrap();
     assert!(
         outcomes.iter().all(|(_, pushed, _)| *pushed < seq),

@@ -335,7 +335,7 @@ async fn removed_and_later_added_members_are_not_notified() {
     assert_eq!(p.outcome("bob", "phone", "ops", seq).await, "delivered");
     let carol = p.outcome("carol", "phone", "ops", seq).await;
     assert!(carol.starts_with("suppressed"), "{carol}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.settled().await;
     let got = p.fcm.log.received();
     assert!(to(&got, "fcm-carol").is_empty(), "{got:#?}");
     assert!(to(&got, "fcm-dave").is_empty(), "{got:#?}");
@@ -388,7 +388,7 @@ async fn a_restart_mid_grace_sends_each_notification_once() {
         assert_eq!(p.outcome("bob", "phone", g, *seq).await, "delivered");
         assert_eq!(p.outcome("bob", "iphone", g, *seq).await, "delivered");
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    p.settled().await;
     let mut convs: Vec<String> = p
         .fcm
         .log
@@ -565,7 +565,7 @@ async fn notify_none_set_during_the_grace_is_honoured() {
     drop(bob);
     // Queued before the setting was projected, it is passed over at send time; queued after,
     // it is not queued at all. Either way nothing is sent.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    p.settled().await;
     let rows = p.store().push_outcomes("bob", "ops").await.unwrap();
     assert!(
         rows.iter()
@@ -725,7 +725,7 @@ async fn one_token_registered_by_two_users_at_once_belongs_to_one() {
     assert_eq!(holders.iter().filter(|h| **h).count(), 1, "{holders:?}");
     say(&mut alice, "ops", "m1", json!("hello both")).await;
     fcm_for(&p, "fcm-shared", WAIT).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    p.settled().await;
     assert_eq!(to(&p.fcm.log.received(), "fcm-shared").len(), 1);
 }
 
@@ -782,7 +782,7 @@ async fn a_deleted_user_is_not_notified_nor_registrable() {
     .unwrap();
     assert!(again.status >= 400, "{again:?}");
     say(&mut alice, "ops", "m1", json!("anyone?")).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    p.settled().await;
     assert!(p.fcm.log.received().is_empty());
     assert!(!p.has_target("bob", "phone").await);
 }
