@@ -54,6 +54,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Offline push: notifications through FCM, APNs and Web Push.
     pub push: PushConfig,
+    /// Attachments: files in object storage.
+    pub attachments: AttachmentsConfig,
     /// Synchronous hooks on the message path.
     pub hooks: HooksConfig,
     /// Logs and traces.
@@ -546,6 +548,99 @@ fn browser_push_services() -> Vec<String> {
         .collect()
 }
 
+/// Where attachments are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobBackend {
+    /// No attachments: `upload` is refused.
+    Off,
+    /// A folder on this host, served by the edge (`anchorage dev`, single-host setups).
+    Fs,
+    /// An S3-compatible object store (`[attachments.s3]`).
+    S3,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+/// `[attachments]`: files messages carry, uploaded to and downloaded from object storage
+/// through short-lived URLs the server signs.
+pub struct AttachmentsConfig {
+    /// Where files are stored: `off`, `fs` or `s3`.
+    pub backend: BlobBackend,
+    /// Largest file, in bytes.
+    pub max_bytes: u64,
+    /// Media types a file may have: exact (`application/pdf`), a family (`image/*`), or
+    /// `*/*`.
+    pub allowed_types: Vec<String>,
+    /// How long an upload URL is valid, in seconds.
+    pub upload_ttl_secs: u64,
+    /// How long a download URL is valid, in seconds.
+    pub download_ttl_secs: u64,
+    /// `fs`: the folder files are kept in (every edge and projector of the host shares it).
+    pub dir: PathBuf,
+    /// `fs`: the edge's base URL as clients reach it (e.g. `https://chat.example.com`);
+    /// unset: URLs are relative to the edge a client is connected to.
+    pub public_url: Option<String>,
+    /// `s3`: the object store.
+    pub s3: Option<S3Config>,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        Self {
+            backend: BlobBackend::Off,
+            max_bytes: 25 * 1024 * 1024,
+            allowed_types: [
+                "image/*",
+                "video/*",
+                "audio/*",
+                "application/pdf",
+                "text/plain",
+            ]
+            .map(String::from)
+            .to_vec(),
+            upload_ttl_secs: 900,
+            download_ttl_secs: 300,
+            dir: ".anchorage/attachments".into(),
+            public_url: None,
+            s3: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+/// `[attachments.s3]`: an S3-compatible object store, signed with AWS Signature Version 4.
+pub struct S3Config {
+    /// The service's base URL, e.g. `https://s3.eu-west-1.amazonaws.com` or
+    /// `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    /// The region signed for (`us-east-1` for most S3-compatible servers).
+    #[serde(default = "s3_region")]
+    pub region: String,
+    /// The bucket.
+    pub bucket: String,
+    /// Prepended to every object name (e.g. `attachments/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key. Prefer the environment: ANCHORAGE_ATTACHMENTS__S3__SECRET_ACCESS_KEY.
+    pub secret_access_key: String,
+    /// Path-style URLs (`endpoint/bucket/key`), as most S3-compatible servers want; false:
+    /// virtual-hosted (`bucket.endpoint/key`), as AWS prefers.
+    #[serde(default = "yes")]
+    pub path_style: bool,
+}
+
+fn s3_region() -> String {
+    "us-east-1".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 /// `[hooks]`: synchronous calls on the message path.
@@ -865,6 +960,57 @@ impl Config {
         if self.auth.token_ttl_secs == 0 {
             return bad("auth.token_ttl_secs", "must be at least 1");
         }
+        let a = &self.attachments;
+        if a.max_bytes == 0 || a.max_bytes > 5 * 1024 * 1024 * 1024 {
+            return bad(
+                "attachments.max_bytes",
+                "between 1 byte and 5 GiB (the largest single upload S3 takes)",
+            );
+        }
+        if !(1..=604_800).contains(&a.upload_ttl_secs)
+            || !(1..=604_800).contains(&a.download_ttl_secs)
+        {
+            return bad(
+                "attachments.upload_ttl_secs",
+                "upload_ttl_secs and download_ttl_secs are between 1 second and 7 days",
+            );
+        }
+        if let Some(t) = a.allowed_types.iter().find(|t| {
+            let family = t.strip_suffix("/*").unwrap_or(t);
+            !(family == "*"
+                || anchorage_schema::attachment::check_content_type(t).is_ok()
+                || anchorage_schema::attachment::check_content_type(&format!("{family}/x")).is_ok())
+        }) {
+            return Err(ConfigError::OutOfRange {
+                key: "attachments.allowed_types",
+                reason: format!("{t:?} is not a media type, a family like image/* or */*"),
+            });
+        }
+        if let Some(u) = &a.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return bad("attachments.public_url", "an http:// or https:// URL");
+        }
+        match (&a.backend, &a.s3) {
+            (BlobBackend::S3, None) => {
+                return bad("attachments.s3", "backend s3 needs [attachments.s3]");
+            }
+            (BlobBackend::S3, Some(s3)) => {
+                if !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://")) {
+                    return bad("attachments.s3.endpoint", "an http:// or https:// URL");
+                }
+                if s3.bucket.is_empty()
+                    || s3.access_key_id.is_empty()
+                    || s3.secret_access_key.is_empty()
+                {
+                    return bad(
+                        "attachments.s3",
+                        "bucket, access_key_id and secret_access_key are required",
+                    );
+                }
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -873,6 +1019,9 @@ impl Config {
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.auth.hmac_secret = REDACTED.into();
+        if let Some(s3) = &mut c.attachments.s3 {
+            s3.secret_access_key = REDACTED.into();
+        }
         for e in &mut c.webhooks.endpoints {
             e.secret = REDACTED.into();
         }

@@ -72,6 +72,9 @@ pub struct MessageSent {
     /// The message mentions everyone in the conversation (`@all`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mention_all: bool,
+    /// Files the message carries (uploaded before it was sent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<crate::attachment::Attachment>,
 }
 
 /// A message's sender replaced its body. An entry of the conversation's own (with its seq);
@@ -748,6 +751,7 @@ mod tests {
                 reply_to: Some(3),
                 mentions: vec![user("bob")],
                 mention_all: false,
+                attachments: Vec::new(),
             }
             .into(),
             MessageEdited {
@@ -1007,6 +1011,7 @@ mod tests {
                     reply_to: None,
                     mentions: Vec::new(),
                     mention_all: false,
+                    attachments: Vec::new(),
                 },
             );
             let back = Envelope::from_json(&env.to_json()).unwrap();

@@ -13,6 +13,7 @@
 //! - [`backoff`]: the one full-jitter backoff every retry loop uses;
 //! - [`search`]: prefix search with the same answer on every database;
 //! - [`push`]: where devices are reached while offline (push targets);
+//! - [`attachment`]: files messages carry, by object id, name, type and size;
 //! - [`admin`]: server API keys and webhook endpoints as stored.
 //!
 //! The crate has no I/O. It is shared by the bus, the projector, the edge and the SDK.
@@ -21,6 +22,7 @@
 
 pub mod admin;
 pub mod anchor;
+pub mod attachment;
 pub mod backoff;
 pub mod event;
 pub mod ids;

@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod attachments;
 pub mod members;
 pub mod projection;
 pub mod push;
@@ -126,6 +127,12 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 12,
         name: "push",
         sql: include_str!("../migrations/0012_push.sql"),
+        specific: SAME,
+    },
+    Migration {
+        version: 13,
+        name: "attachments",
+        sql: include_str!("../migrations/0013_attachments.sql"),
         specific: SAME,
     },
 ];

@@ -65,6 +65,8 @@ pub struct NewMessage {
     /// The MEMBERSHIP position a message was decided on: the members whose stretch of
     /// membership holds it are the ones it reached (and who may find it by search).
     pub membership: Option<u64>,
+    /// The files a message carries.
+    pub attachments: Vec<anchorage_schema::attachment::Attachment>,
 }
 
 /// The fields of a user's view of a conversation to change (absent: unchanged).
@@ -462,11 +464,11 @@ impl Tx {
             let sql = format!(
                 "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body,
                                        client_ts, server_ts, event_id, kind, target,
-                                       reply_to, detail, flag, membership_seq)
+                                       reply_to, detail, flag, membership_seq, attachments)
                  VALUES {}
                  ON CONFLICT DO NOTHING
                  RETURNING conv_id, seq",
-                rows_of_params(self.backend, chunk.len(), 15)
+                rows_of_params(self.backend, chunk.len(), 16)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for m in chunk {
@@ -490,7 +492,12 @@ impl Tx {
                     .bind(m.reply_to.map(i))
                     .bind(detail)
                     .bind(m.flag.map(i64::from))
-                    .bind(m.membership.map(i));
+                    .bind(m.membership.map(i))
+                    .bind(
+                        (!m.attachments.is_empty())
+                            .then(|| serde_json::to_string(&m.attachments).ok())
+                            .flatten(),
+                    );
             }
             let mut new_texts = Vec::new();
             for r in q.fetch_all(&mut *self.tx).await? {
@@ -507,6 +514,11 @@ impl Tx {
                 if m.kind == EntryKind::Message {
                     e.2 += 1;
                     new_texts.push((m.conv.as_str(), m.seq, m.body.as_str()));
+                    if !m.attachments.is_empty() {
+                        let objects: Vec<&str> =
+                            m.attachments.iter().map(|a| a.id.object()).collect();
+                        self.name_objects(&m.conv, m.seq, &objects).await?;
+                    }
                     for user in &m.mentions {
                         sqlx::query(
                             "INSERT INTO mentions (conv_id, user_id, seq, sender)
@@ -621,10 +633,11 @@ impl Tx {
             .await?;
         }
         self.unindex_message(t.target).await?;
+        self.release_objects(&t.conv, t.target).await?;
         sqlx::query(
             "UPDATE messages SET body = 'null', detail = NULL, reply_to = NULL, revoked = 1,
                                  pinned = 0, edits = 0, event_id = '', membership_seq = NULL,
-                                 version = $1
+                                 attachments = NULL, version = $1
              WHERE conv_id = $2 AND seq = $3 AND kind = 'message'",
         )
         .bind(i(t.seq))

@@ -60,6 +60,8 @@ pub struct MessageRow {
     pub pinned: bool,
     /// The seq of the last entry reflected in a message's state (its own seq if none).
     pub version: u64,
+    /// The files a message carries.
+    pub attachments: Vec<anchorage_schema::attachment::Attachment>,
 }
 
 /// The reactions on one message with one emoji.
@@ -119,7 +121,7 @@ pub struct UserState {
 
 /// The columns [`message_row`] reads.
 pub(crate) const MESSAGE_COLUMNS: &str = "conv_id, seq, sender, device, client_msg_id, body, client_ts, \
-     server_ts, kind, target, reply_to, detail, flag, edits, revoked, pinned, version";
+     server_ts, kind, target, reply_to, detail, flag, edits, revoked, pinned, version, attachments";
 
 impl Store {
     /// A conversation's version and size.
@@ -481,6 +483,10 @@ pub(crate) fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, StoreErro
         revoked: r.try_get::<i64, _>("revoked")? != 0,
         pinned: r.try_get::<i64, _>("pinned")? != 0,
         version: opt("version")?.unwrap_or(seq),
+        attachments: r
+            .try_get::<Option<String>, _>("attachments")?
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -1071,8 +1077,10 @@ const CONTENTS: &[(&str, &str, &str)] = &[
         "messages",
         "conv_id",
         "seq, sender, device, client_msg_id, body, client_ts, server_ts, event_id, kind, \
-         target, reply_to, detail, flag, edits, revoked, pinned, version, membership_seq",
+         target, reply_to, detail, flag, edits, revoked, pinned, version, membership_seq, \
+         attachments",
     ),
+    ("message_attachments", "conv_id", "seq, object"),
     ("reactions", "conv_id", "target, emoji, user_id, seq"),
     (
         "reaction_counts",
@@ -1134,6 +1142,7 @@ const TABLES: &[&str] = &[
     "hidden_messages",
     "privacy",
     "member_spans",
+    "message_attachments",
     // Documents of the search index (SQLite's holds no text to hash).
     "message_search",
 ];
