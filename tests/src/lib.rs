@@ -903,6 +903,7 @@ pub fn send_message(conv: &str, client_msg_id: &str, body: serde_json::Value) ->
         reply_to: None,
         mentions: Vec::new(),
         mention_all: false,
+        attachments: Vec::new(),
     }
 }
 

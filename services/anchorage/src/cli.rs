@@ -300,6 +300,11 @@ async fn dev(mut config: Config) -> anyhow::Result<ExitCode> {
     if config.database.url == anchorage_config::DatabaseConfig::default().url {
         config.database.url = format!("sqlite://{}/anchorage.db", data_dir.display());
     }
+    // Attachments are kept with the rest of the development data, served by the edge.
+    if config.attachments.backend == anchorage_config::BlobBackend::Off {
+        config.attachments.backend = anchorage_config::BlobBackend::Fs;
+        config.attachments.dir = data_dir.join("attachments");
+    }
     let binary = natsd::locate(config.dev.nats_server.as_deref(), &std::env::current_dir()?)?;
     // Every part signs in as its own NATS user; the passwords are generated once and kept.
     let credentials =
@@ -392,6 +397,16 @@ async fn edge(config: Config) -> anyhow::Result<ExitCode> {
         }
         tracing::warn!("auth.hmac_secret is the public development secret (allow_dev_secret)");
     }
+    if config.attachments.backend != anchorage_config::BlobBackend::Off
+        && config.auth.hmac_secret == anchorage_config::DEV_HMAC_SECRET
+        && !config.auth.allow_dev_secret
+    {
+        anyhow::bail!(
+            "attachments are signed with a key derived from auth.hmac_secret, which is the \
+             public development secret: anyone could forge file URLs. Set your own secret \
+             (ANCHORAGE_AUTH__HMAC_SECRET) even if HS256 tokens are off"
+        );
+    }
     let streams = crate::load_streams(&config)?;
     let bus = Bus::connect(&crate::bus_options(&config, true)).await?;
     let store = Store::connect(&crate::store_options(&config)).await?;
@@ -469,6 +484,8 @@ async fn projector(config: Config) -> anyhow::Result<ExitCode> {
         config.push.clone(),
         shutdown.clone(),
     ));
+    let reaper =
+        crate::attachment_reaper(&config, store.clone(), shutdown.clone())?.map(tokio::spawn);
     anchorage_projector::run(
         bus.clone(),
         store.clone(),
@@ -479,6 +496,9 @@ async fn projector(config: Config) -> anyhow::Result<ExitCode> {
     shutdown.cancel();
     webhooks.await??;
     push.await??;
+    if let Some(reaper) = reaper {
+        reaper.await??;
+    }
     bus.close().await;
     store.close().await;
     Ok(ExitCode::SUCCESS)

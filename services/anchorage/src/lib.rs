@@ -177,3 +177,13 @@ pub async fn serve_metrics(
         .await?;
     Ok(())
 }
+
+/// The worker deleting the objects of revoked messages, if attachments are on.
+pub(crate) fn attachment_reaper(
+    config: &Config,
+    store: Store,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<impl Future<Output = anyhow::Result<()>> + use<>>> {
+    let blobs = anchorage_blobs::Blobs::from_config(&config.attachments, &config.auth.hmac_secret)?;
+    Ok(blobs.map(|b| anchorage_blobs::reap(store, std::sync::Arc::new(b), shutdown)))
+}

@@ -107,6 +107,11 @@ impl Stack {
             config.push.clone(),
             shutdown.child_token(),
         ));
+        if let Some(reaper) =
+            crate::attachment_reaper(config, store.clone(), shutdown.child_token())?
+        {
+            tasks.spawn(reaper);
+        }
         let edge_addr = listener.local_addr()?;
         let edge = crate::edge_state(config, edge_bus, store.clone(), streams).await?;
         tasks.spawn(anchorage_edge::run(listener, edge, shutdown.child_token()));

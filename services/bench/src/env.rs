@@ -278,6 +278,7 @@ pub fn message_event(n: usize, conv: &ConversationId, body_len: usize) -> anyhow
             reply_to: None,
             mentions: Vec::new(),
             mention_all: false,
+            attachments: Vec::new(),
         },
     ))
 }

@@ -15,6 +15,7 @@
 
 mod api;
 pub mod auth;
+mod blobs;
 mod hook;
 mod limits;
 pub mod live;
@@ -70,6 +71,8 @@ pub struct Shared {
     pub auth: Arc<anchorage_config::AuthConfig>,
     /// Which push providers are configured, and the push services Web Push may call.
     pub push: Arc<anchorage_config::PushConfig>,
+    /// Where attachments are stored; `None` when they are off.
+    pub blobs: Option<Arc<anchorage_blobs::Blobs>>,
     /// The rates of the server API's keys.
     api_limits: Arc<api::KeyLimits>,
     /// The before-send hook, if configured.
@@ -107,8 +110,11 @@ impl EdgeState {
             auth,
             hooks,
             push,
+            attachments,
             ..
         } = config;
+        let blobs =
+            anchorage_blobs::Blobs::from_config(attachments, &auth.hmac_secret)?.map(Arc::new);
         let (members, messages) = (members.clone(), messages.clone());
         let config = config.edge.clone();
         let before_send = match &hooks.before_send {
@@ -150,6 +156,7 @@ impl EdgeState {
             verifier: Arc::new(auth::Verifier::from_config(auth)?),
             auth: Arc::new(auth.clone()),
             push: Arc::new(push.clone()),
+            blobs,
             api_limits: Arc::new(api::KeyLimits::default()),
             before_send,
             bus,
@@ -267,6 +274,14 @@ pub fn router(state: EdgeState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.max_frame_bytes as usize,
         ))
+        // Files of the `fs` attachment backend: a body as large as the signed size (the
+        // handler counts it), not the frame limit.
+        .route(
+            "/v1/blobs/{object}",
+            get(blobs::get)
+                .put(blobs::put)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .with_state(state)
 }
 

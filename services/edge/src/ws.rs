@@ -374,9 +374,8 @@ async fn serve(
             // Answered by the WebSocket layer; it only had to pass the limits.
             continue;
         }
-        let decoded = decode_message(message, max);
         // Boxed: it waits for the sends before it, and the connection's future stays small.
-        let decoded = match decoded {
+        let decoded = match decode_message(message, max) {
             Ok(f) => Box::new(f),
             Err(refusal) => {
                 Box::pin(answer_in_order(&mut session, &mut inflight, *refusal)).await;

@@ -358,6 +358,15 @@ fn message_row(stored: &Stored, env: &Envelope) -> Result<NewMessage, ApplyError
             format!("entry {seq} changes message {target}, which is not before it"),
         ));
     }
+    if entry.attachments.len() > anchorage_schema::attachment::MAX_PER_MESSAGE {
+        return Err(reject(
+            "bad_attachment",
+            format!("message {seq} carries {} files", entry.attachments.len()),
+        ));
+    }
+    if let Some(err) = entry.attachments.iter().find_map(|a| a.check().err()) {
+        return Err(reject("bad_attachment", format!("message {seq}: {err}")));
+    }
     let mut mentions = entry.mentions;
     if entry.mention_all {
         mentions.push("*".to_owned());
@@ -381,6 +390,7 @@ fn message_row(stored: &Stored, env: &Envelope) -> Result<NewMessage, ApplyError
             .or((entry.kind == EntryKind::Pin).then_some(entry.pinned)),
         emoji: entry.emoji,
         membership: stored.membership,
+        attachments: entry.attachments,
     })
 }
 

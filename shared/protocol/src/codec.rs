@@ -287,6 +287,8 @@ mod tests {
             r#"{"type":"search","id":38,"query":"deploy 東京","conv":"c","before":90,"limit":5}"#,
             r#"{"type":"set_push","id":39,"target":{"provider":"fcm","token":"t"},"preview":false}"#,
             r#"{"type":"remove_push","id":40}"#,
+            r#"{"type":"upload","id":41,"conv":"c","name":"cat.png","content_type":"image/png","size":12}"#,
+            r#"{"type":"download","id":42,"conv":"c","seq":7,"attachment":"AAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBB"}"#,
         ];
         assert_eq!(frames.len(), REQUEST_TYPES.len());
         let mut names = std::collections::BTreeSet::from(["hello"]);

@@ -26,12 +26,12 @@ pub use codec::{FrameError, MAX_NUMBER, decode_request};
 pub use error::{ErrorCode, close};
 pub use members::{GroupSync, GroupSyncResult, GroupVersion, MemberInfo, MembersChange};
 pub use reply::{
-    Ack, ConvChange, ConvPrefs, DevicePush, Done, ErrorFrame, GroupVersions, HiddenMessages,
-    LiveMessage, MembersBatch, MembersBuckets, MembersChanged, MembersDiff, MembersFound,
-    MembersPage, MembersSketch, MembershipChanged, Message, MessageParts, Messages, OwnReaction,
-    PresenceAnswer, PresenceInfo, Push, Reaction, ReactionDelta, ReactionsChanged, Reactors,
-    ReadMoved, Receipt, Receipts, Reply, ReplyBody, SearchResult, SearchResults, ServerFrame,
-    StateChange, StateChanged, TypingNow, UserState, Welcome,
+    Ack, ConvChange, ConvPrefs, DevicePush, Done, DownloadGrant, ErrorFrame, GroupVersions,
+    HiddenMessages, LiveMessage, MembersBatch, MembersBuckets, MembersChanged, MembersDiff,
+    MembersFound, MembersPage, MembersSketch, MembershipChanged, Message, MessageParts, Messages,
+    OwnReaction, PresenceAnswer, PresenceInfo, Push, Reaction, ReactionDelta, ReactionsChanged,
+    Reactors, ReadMoved, Receipt, Receipts, Reply, ReplyBody, SearchResult, SearchResults,
+    ServerFrame, StateChange, StateChanged, TypingNow, UploadGrant, UserState, Welcome,
 };
 pub use request::{ConvAnchor, REQUEST_TYPES, Request, RequestBody};
 

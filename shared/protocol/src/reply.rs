@@ -3,6 +3,8 @@
 //!
 //! On the wire every frame is a flat JSON object tagged by `type`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use anchorage_schema::{
@@ -73,6 +75,10 @@ pub enum ReplyBody {
     Receipts(Receipts),
     /// Answer to `presence`.
     Presence(PresenceAnswer),
+    /// Answer to `upload`.
+    Upload(UploadGrant),
+    /// Answer to `download`.
+    Download(DownloadGrant),
 }
 
 /// Frames without a request, tagged by `type`.
@@ -251,6 +257,8 @@ into_reply! {
     UserState => UserState,
     Receipts => Receipts,
     PresenceAnswer => Presence,
+    UploadGrant => Upload,
+    DownloadGrant => Download,
 }
 
 /// What a message event is, as every view of it (a live push, a stored row) shows it, with
@@ -310,18 +318,20 @@ impl Message {
     /// [`MessageParts`]) or a change to one.
     pub fn from_event(seq: u64, env: &Envelope) -> Option<Message> {
         if let Some(p) = MessageParts::of(env) {
-            let (reply_to, mentions, mention_all) = match &env.event {
+            let (reply_to, mentions, mention_all, attachments) = match &env.event {
                 Event::MessageSent(m) => (
                     m.reply_to,
                     m.mentions.iter().map(ToString::to_string).collect(),
                     m.mention_all,
+                    m.attachments.clone(),
                 ),
-                _ => (None, Vec::new(), false),
+                _ => (None, Vec::new(), false, Vec::new()),
             };
             return Some(Message {
                 reply_to,
                 mentions,
                 mention_all,
+                attachments,
                 ..Message::entry(
                     p.conv.clone(),
                     seq,
@@ -409,6 +419,7 @@ impl Message {
             pinned: false,
             reactions: Vec::new(),
             version: None,
+            attachments: Vec::new(),
         }
     }
 }
@@ -482,6 +493,9 @@ pub struct Message {
     /// A client applies an entry about this message only if the entry's seq is higher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// Files the message carries (get one with `download`); none once revoked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<anchorage_schema::attachment::Attachment>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -676,6 +690,32 @@ pub struct MembersBatch {
     /// Index of the first group not answered (the budget was spent); absent when done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<u32>,
+}
+
+/// `upload`: the answer to `upload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadGrant {
+    /// The attachment to name in the message once the file is uploaded.
+    pub attachment: anchorage_schema::attachment::Attachment,
+    /// Where to upload it: absolute, or a path on the edge the client is connected to.
+    pub url: String,
+    /// The HTTP method (`PUT`); the body is the file, exactly `size` bytes.
+    pub method: String,
+    /// Headers the upload must carry, with these values (`content-type`).
+    pub headers: BTreeMap<String, String>,
+    /// When the URL stops working, Unix milliseconds.
+    pub expires_at: i64,
+}
+
+/// `download`: the answer to `download`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadGrant {
+    /// The file as the message names it.
+    pub attachment: anchorage_schema::attachment::Attachment,
+    /// Where to get it with `GET`: absolute, or a path on the edge the client is connected to.
+    pub url: String,
+    /// When the URL stops working, Unix milliseconds.
+    pub expires_at: i64,
 }
 
 /// `search_results`: the answer to `search`, newest first.

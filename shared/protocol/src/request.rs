@@ -162,6 +162,10 @@ pub enum RequestBody {
     SetPush(SetPush),
     /// This device is not to be reached while offline any more; answered with `ok`.
     RemovePush(RemovePush),
+    /// Where to upload a file for a message; answered with `upload`.
+    Upload(Upload),
+    /// Where to download a message's file; answered with `download`.
+    Download(Download),
 }
 
 impl RequestBody {
@@ -210,6 +214,8 @@ impl RequestBody {
             RequestBody::Search(_) => "search",
             RequestBody::SetPush(_) => "set_push",
             RequestBody::RemovePush(_) => "remove_push",
+            RequestBody::Upload(_) => "upload",
+            RequestBody::Download(_) => "download",
         }
     }
 }
@@ -258,6 +264,8 @@ pub const REQUEST_TYPES: &[&str] = &[
     "search",
     "set_push",
     "remove_push",
+    "upload",
+    "download",
 ];
 
 macro_rules! into_body {
@@ -310,6 +318,8 @@ into_body! {
     Search => Search,
     SetPush => SetPush,
     RemovePush => RemovePush,
+    Upload => Upload,
+    Download => Download,
 }
 
 /// `hello`: the protocol version, the device token, and optionally the client's anchors.
@@ -367,6 +377,10 @@ pub struct SendMessage {
     /// Mention everyone (`@all`): owners and admins of a group, either side of a 1:1.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mention_all: bool,
+    /// Files the message carries (at most 10), each uploaded first through `upload` for
+    /// this conversation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<anchorage_schema::attachment::Attachment>,
 }
 
 /// `edit`: a new body for one's own message `seq`, within the edit window.
@@ -710,6 +724,33 @@ pub struct SetPush {
 
 fn yes() -> bool {
     true
+}
+
+/// `upload`: where to put a file for a message to `conv`. The answer's attachment is named
+/// in the message once the file is there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upload {
+    /// The conversation the file is for (only there can a message carry it).
+    pub conv: ConversationId,
+    /// The file's name.
+    pub name: String,
+    /// Its media type, e.g. `image/png`.
+    pub content_type: String,
+    /// Its exact size in bytes.
+    pub size: u64,
+}
+
+/// `download`: where to get file `attachment` of message `seq` in `conv`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Download {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message carrying the file.
+    pub seq: u64,
+    /// The attachment's id.
+    pub attachment: anchorage_schema::attachment::AttachmentId,
 }
 
 /// `remove_push`: this device is not notified while offline any more.

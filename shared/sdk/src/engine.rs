@@ -70,7 +70,9 @@ pub(crate) struct Engine {
     pub(crate) member_syncs: Mutex<BTreeMap<String, bool>>,
     /// Requests from the app waiting for the connection, with where to put the answer.
     asks: Mutex<VecDeque<(RequestBody, oneshot::Sender<ServerFrame>)>>,
-    options: ClientOptions,
+    pub(crate) options: ClientOptions,
+    /// Uploads and downloads of files.
+    pub(crate) http: reqwest::Client,
     wake: Notify,
     /// Conversations to sync, with the anchor a detected gap started from (if any).
     syncs: Mutex<BTreeMap<String, Option<u64>>>,
@@ -104,6 +106,7 @@ impl Engine {
             member_syncs: Mutex::new(BTreeMap::new()),
             asks: Mutex::new(VecDeque::new()),
             options,
+            http: reqwest::Client::new(),
             wake: Notify::new(),
             syncs: Mutex::new(BTreeMap::new()),
             to_ack: Mutex::new(BTreeMap::new()),
@@ -929,6 +932,7 @@ fn send_request(entry: &OutboxEntry, body: &Value, client_ts: i64) -> Result<Req
         reply_to: entry.refs.reply_to,
         mentions,
         mention_all: entry.refs.mention_all,
+        attachments: entry.refs.attachments.clone(),
     }
     .into())
 }
@@ -979,6 +983,7 @@ pub(crate) fn to_local(m: WireMessage) -> LocalMessage {
             reply_to: m.reply_to,
             mentions: m.mentions,
             mention_all: m.mention_all,
+            attachments: m.attachments,
         },
         edits: m.edits,
         revoked: m.revoked,

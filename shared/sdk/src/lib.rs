@@ -33,11 +33,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anchorage_protocol::request::{
-    AddMembers, CreateGroup, Edit, Edits, Hide, MarkRead, MembersSearch, MembersSyncBatch,
-    OpenDirect, Pin, PresenceQuery, React, ReactorsQuery, ReceiptsQuery, RemoveMembers, Revoke,
-    Search, SetPrivacy, Typing, View,
+    AddMembers, CreateGroup, Download, Edit, Edits, Hide, MarkRead, MembersSearch,
+    MembersSyncBatch, OpenDirect, Pin, PresenceQuery, React, ReactorsQuery, ReceiptsQuery,
+    RemoveMembers, Revoke, Search, SetPrivacy, Typing, Upload, View,
 };
 use anchorage_protocol::{MembersBatch, Reactors, Receipts, ReplyBody, RequestBody, ServerFrame};
+pub use anchorage_schema::attachment::{Attachment, AttachmentId};
 use anchorage_schema::{ConversationId, GroupId, UserId};
 use tokio::sync::broadcast;
 
@@ -81,7 +82,8 @@ pub struct OutboxEntry {
     pub refs: Refs,
 }
 
-/// What a message refers to: the message it replies to and who it mentions.
+/// What a message refers to: the message it replies to, who it mentions, and the files it
+/// carries (each from [`Client::upload`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Refs {
     /// The message it replies to (its seq).
@@ -93,6 +95,9 @@ pub struct Refs {
     /// It mentions everyone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mention_all: bool,
+    /// Files it carries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 /// A message as the app shows it; `seq` is `None` while it waits in the outbox. Its state is
@@ -226,6 +231,8 @@ pub enum SdkError {
     Unavailable,
     #[error("refused by the server: {0}")]
     Refused(String),
+    #[error("file transfer: {0}")]
+    Transfer(String),
 }
 
 /// Produces a device token for each connection attempt (so it can be refreshed).
@@ -628,6 +635,98 @@ impl Client {
             ReplyBody::SearchResults(found) => Ok(found),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Uploads a file for a message to `conv` (online only): returns the attachment to send in
+    /// [`Refs::attachments`]. The file goes straight to the server's object storage through
+    /// a URL valid for a few minutes, issued for this conversation, this type and this size.
+    pub async fn upload(
+        &self,
+        conv: &str,
+        name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Attachment, SdkError> {
+        let upload = Upload {
+            conv: ConversationId::parse(conv)?,
+            name: name.to_owned(),
+            content_type: content_type.to_owned(),
+            size: bytes.len() as u64,
+        };
+        let grant = match self.ask(upload.into()).await? {
+            ReplyBody::Upload(grant) => grant,
+            other => return Err(unexpected(&other)),
+        };
+        let url = self.http_url(&grant.url)?;
+        let mut put = self.engine.http.put(url).body(bytes);
+        for (name, value) in &grant.headers {
+            put = put.header(name, value);
+        }
+        let answer = put
+            .send()
+            .await
+            .map_err(|e| SdkError::Transfer(e.without_url().to_string()))?;
+        if !answer.status().is_success() {
+            let status = answer.status();
+            let detail = answer.text().await.unwrap_or_default();
+            return Err(SdkError::Transfer(format!(
+                "upload answered {status}: {detail}"
+            )));
+        }
+        Ok(grant.attachment)
+    }
+
+    /// A URL to download file `attachment` of message `seq` in `conv`, valid for a few
+    /// minutes (online only; only for members who can read the message).
+    pub async fn download_url(
+        &self,
+        conv: &str,
+        seq: u64,
+        attachment: &AttachmentId,
+    ) -> Result<String, SdkError> {
+        let download = Download {
+            conv: ConversationId::parse(conv)?,
+            seq,
+            attachment: attachment.clone(),
+        };
+        match self.ask(download.into()).await? {
+            ReplyBody::Download(grant) => self.http_url(&grant.url),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Downloads file `attachment` of message `seq` in `conv`.
+    pub async fn download(
+        &self,
+        conv: &str,
+        seq: u64,
+        attachment: &AttachmentId,
+    ) -> Result<Vec<u8>, SdkError> {
+        let url = self.download_url(conv, seq, attachment).await?;
+        let transfer = |e: reqwest::Error| SdkError::Transfer(e.without_url().to_string());
+        let answer = self.engine.http.get(url).send().await.map_err(transfer)?;
+        if !answer.status().is_success() {
+            return Err(SdkError::Transfer(format!(
+                "download answered {}",
+                answer.status()
+            )));
+        }
+        Ok(answer.bytes().await.map_err(transfer)?.to_vec())
+    }
+
+    /// `url` as given by the server: absolute, or a path on the server this client connects to.
+    fn http_url(&self, url: &str) -> Result<String, SdkError> {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return Ok(url.to_owned());
+        }
+        let ws = &self.engine.options.url;
+        let base = ws
+            .strip_prefix("ws://")
+            .map(|rest| ("http://", rest))
+            .or_else(|| ws.strip_prefix("wss://").map(|rest| ("https://", rest)))
+            .ok_or_else(|| SdkError::Transfer(format!("{ws} is not a ws:// or wss:// URL")))?;
+        let host = base.1.split('/').next().unwrap_or_default();
+        Ok(format!("{}{host}{url}", base.0))
     }
 
     /// The server's versions of this user's groups next to the local member lists' (cheap: no

@@ -27,6 +27,7 @@ fn message(n: u32) -> Envelope {
             reply_to: None,
             mentions: Vec::new(),
             mention_all: false,
+            attachments: Vec::new(),
         },
     )
 }

@@ -386,6 +386,7 @@ async fn changes_to_messages_reach_the_local_store_and_a_lost_one_is_repaired() 
                     reply_to: Some(first),
                     mentions: vec!["bob".into()],
                     mention_all: false,
+                    attachments: Vec::new(),
                 },
             )
             .await

@@ -44,6 +44,7 @@ fn message(conv: &ConversationId, n: u32) -> Envelope {
             reply_to: None,
             mentions: Vec::new(),
             mention_all: false,
+            attachments: Vec::new(),
         },
     )
 }

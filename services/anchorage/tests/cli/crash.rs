@@ -165,6 +165,7 @@ pub(crate) async fn publish_message(bus: &Bus, series: &str, n: u32) -> Conversa
             reply_to: None,
             mentions: Vec::new(),
             mention_all: false,
+            attachments: Vec::new(),
         },
     );
     bus.publish_event(&subjects::message(&conv), &e, None)

@@ -126,6 +126,7 @@ async fn partitions_apply_every_entry_once_across_a_crash_and_a_change_of_count(
             reply_to: None,
             mentions: Vec::new(),
             mention_all: false,
+            attachments: Vec::new(),
         },
     );
     s.bus.publish_event(&subject, &message, None).await.unwrap();

@@ -29,6 +29,7 @@ pub async fn send_stamped(ws: &mut Ws, id: u64) -> anyhow::Result<u64> {
         reply_to: None,
         mentions: Vec::new(),
         mention_all: false,
+        attachments: Vec::new(),
     };
     match timed(ws, id, send).await?.0 {
         ReplyBody::Ack(ack) => Ok(ack.seq),

@@ -161,6 +161,7 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
         reply_to: None,
         mentions: Vec::new(),
         mention_all: false,
+        attachments: Vec::new(),
     };
     let message = Envelope::new(
         EventId::parse("bench:push:message")?,

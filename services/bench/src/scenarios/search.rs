@@ -120,6 +120,7 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
             reply_to: None,
             mentions: Vec::new(),
             mention_all: false,
+            attachments: Vec::new(),
         };
         let actor = Actor::User {
             user: sender,

@@ -69,6 +69,7 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
                         reply_to: None,
                         mentions: Vec::new(),
                         mention_all: false,
+                        attachments: Vec::new(),
                     });
                     let text = anchorage_protocol::Request::encode(2 + next as u64, &send);
                     sink.feed(Message::Text(text.into())).await?;

@@ -43,6 +43,7 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
         reply_to: None,
         mentions: Vec::new(),
         mention_all: false,
+        attachments: Vec::new(),
     };
     let target = match timed(&mut owner, 1, post).await?.0 {
         ReplyBody::Ack(ack) => ack.seq,

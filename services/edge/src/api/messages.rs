@@ -173,6 +173,7 @@ pub async fn post(
                     reply_to: None,
                     mentions: Vec::new(),
                     mention_all: false,
+                    attachments: Vec::new(),
                 },
             );
             (

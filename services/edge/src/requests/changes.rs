@@ -125,7 +125,11 @@ impl Session {
 
     /// Message `seq` of `conv` as the projection holds it, once it holds it: `not_found` for
     /// a seq that is not a message of the conversation.
-    async fn target(&self, conv: &ConversationId, seq: u64) -> Result<MessageRow, RequestError> {
+    pub(super) async fn target(
+        &self,
+        conv: &ConversationId,
+        seq: u64,
+    ) -> Result<MessageRow, RequestError> {
         self.target_projected(conv, seq, false).await
     }
 

@@ -74,6 +74,8 @@ impl Session {
             RequestBody::Search(r) => self.search(r).await.map(Into::into),
             RequestBody::SetPush(r) => self.set_push(r).await.map(Into::into),
             RequestBody::RemovePush(r) => self.remove_push(r).await.map(Into::into),
+            RequestBody::Upload(r) => self.upload(r).await.map(Into::into),
+            RequestBody::Download(r) => self.download(r).await.map(Into::into),
         };
         let code = match &answer {
             Ok(_) => "ok",

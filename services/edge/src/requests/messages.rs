@@ -49,6 +49,7 @@ pub(super) fn message_view(row: MessageRow, reactions: Vec<Reaction>) -> Option<
         },
         reactions,
         version: (message && row.version > row.seq).then_some(row.version),
+        attachments: row.attachments,
         ..Message::entry(
             ConversationId::parse(row.conv).ok()?,
             row.seq,

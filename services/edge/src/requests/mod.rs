@@ -21,6 +21,7 @@
 //! from the live membership events: only members read or write a conversation, only owners
 //! and admins add or remove others.
 
+mod attachments;
 mod changes;
 mod dispatch;
 mod error;

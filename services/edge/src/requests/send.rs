@@ -217,6 +217,7 @@ impl Session {
             reply_to,
             mentions,
             mention_all,
+            attachments,
         } = send;
         // A lane stalled on a send that was not stored takes only that send again (whatever
         // becomes of it then: if it is refused again, the connection's sends are blocked on
@@ -286,6 +287,15 @@ impl Session {
         mentions.dedup();
         self.check_references(&conv, reply_to, &mentions, mention_all)
             .await?;
+        if !attachments.is_empty() {
+            // Rare and slow (a call to object storage per file): kept out of every send's
+            // future.
+            Box::pin(
+                self.state
+                    .check_attachments(&conv, user.as_str(), &attachments),
+            )
+            .await?;
+        }
         // The idempotency key names the conversation: the same client id in two conversations
         // is two messages.
         let event_id = EventId::parse(format!(
@@ -321,6 +331,7 @@ impl Session {
                 reply_to,
                 mentions,
                 mention_all,
+                attachments,
             },
         );
         let subject = subjects::message(&conv);
