@@ -14,6 +14,9 @@ echo "nats-server: $ANCHORAGE_DEV__NATS_SERVER ($("$ANCHORAGE_DEV__NATS_SERVER" 
 # The Python tools (the Web Push tests decrypt with http-ece; the API check below).
 ANCHORAGE_TESTS_PYTHON="$(deploy/python-tools.sh)"
 export ANCHORAGE_TESTS_PYTHON
+# The Node packages (the attachment tests store files in s3rver, an S3-compatible server).
+ANCHORAGE_TESTS_S3RVER="$(deploy/node-tools.sh)"
+export ANCHORAGE_TESTS_S3RVER
 
 log="$(mktemp)"
 pg_dir="$(mktemp -d)"

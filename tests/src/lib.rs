@@ -20,6 +20,7 @@
 //! repository's `.tools/`, then PATH — installing the pinned version into `.tools/` if needed.
 
 pub mod push;
+pub mod s3;
 
 use std::collections::VecDeque;
 use std::future::Future;

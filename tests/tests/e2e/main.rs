@@ -7,6 +7,7 @@
 mod common;
 
 mod api;
+mod attachments;
 mod changes;
 mod chaos;
 mod cluster;
