@@ -422,7 +422,7 @@ async fn apns_send(
 
 /// The Python the tests run `tests/push/webpush_receiver.py` with: `ANCHORAGE_TESTS_PYTHON`,
 /// else the environment `deploy/python-tools.sh` installs.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON
         .get_or_init(|| {

@@ -271,6 +271,10 @@ async fn a_file_reaches_the_members_and_only_them(kind: Kind) {
         refused(&mut bob, download("team", 0, &a.id)).await,
         ErrorCode::NotFound
     );
+    // Every call to the store — the clients' and the server's own — was signed as S3 requires.
+    if let Some(s3) = &f.s3 {
+        assert_eq!(s3.refusals(), Vec::<String>::new());
+    }
 }
 
 #[tokio::test]
@@ -339,6 +343,17 @@ async fn files_are_held_to_what_was_issued(kind: Kind) {
     );
     assert_eq!(f.put(&g.url, "image/png", PNG).await, 200);
     let a = g.attachment;
+    if let Some(s3) = &f.s3 {
+        // The store itself refused the three uploads: the length and the type are signed.
+        let refusals = s3.refusals();
+        assert_eq!(refusals.len(), 3, "{refusals:?}");
+        assert!(
+            refusals
+                .iter()
+                .all(|r| r.ends_with("SignatureDoesNotMatch")),
+            "{refusals:?}"
+        );
+    }
 
     // Named otherwise than issued: refused.
     let bigger = Attachment {
@@ -511,6 +526,11 @@ async fn download_urls_expire_and_cannot_be_altered(kind: Kind) {
     // Late.
     tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(f.get(&g.url).await.0, 403);
+    if let Some(s3) = &f.s3 {
+        let refusals = s3.refusals();
+        assert_eq!(refusals.len(), 3, "{refusals:?}");
+        assert!(refusals[2].ends_with("Request has expired"), "{refusals:?}");
+    }
     // A new one works again.
     let g = f.download(&mut alice, "team", seq, &a.id).await;
     assert_eq!(f.get(&g.url).await.2, PNG);
