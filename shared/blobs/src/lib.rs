@@ -79,6 +79,26 @@ pub struct Grant {
     pub expires_at: i64,
 }
 
+/// Why an upload is not issued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The name or the media type is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// This server does not take files of that type.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// Larger than this server takes.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+impl From<BadAttachment> for Refusal {
+    fn from(err: BadAttachment) -> Self {
+        Refusal::Invalid(err.0)
+    }
+}
+
 /// Why object storage did not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -147,23 +167,23 @@ impl Blobs {
         name: &str,
         content_type: &str,
         size: u64,
-    ) -> Result<(Attachment, Grant), BadAttachment> {
+    ) -> Result<(Attachment, Grant), Refusal> {
         attachment::check_name(name)?;
         attachment::check_content_type(content_type)?;
         if !attachment::type_allowed(content_type, &self.allowed_types) {
-            return Err(BadAttachment(format!(
+            return Err(Refusal::NotAllowed(format!(
                 "files of type {content_type} are not accepted here (allowed: {})",
                 self.allowed_types.join(", ")
             )));
         }
         if size > self.max_bytes {
-            return Err(BadAttachment(format!(
+            return Err(Refusal::TooLarge(format!(
                 "a file has at most {} bytes; this one has {size}",
                 self.max_bytes
             )));
         }
         let mut random = [0u8; 16];
-        getrandom::fill(&mut random).map_err(|e| BadAttachment(e.to_string()))?;
+        getrandom::fill(&mut random).map_err(|e| Refusal::Invalid(e.to_string()))?;
         let object = URL_SAFE_NO_PAD.encode(random);
         let seal = self.seal(conv, uploader, &object, content_type, size);
         let a = Attachment {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// Most attachments one message carries.
 pub const MAX_PER_MESSAGE: usize = 10;
-/// Longest file name, in bytes.
+/// Longest file name, in characters.
 pub const MAX_NAME: usize = 255;
 /// Longest media type, in bytes.
 pub const MAX_CONTENT_TYPE: usize = 127;
@@ -126,11 +126,11 @@ impl Attachment {
     }
 }
 
-/// Checks a file name: 1 to [`MAX_NAME`] bytes, no control characters, no path separators,
-/// not `.` or `..`, not only spaces.
+/// Checks a file name: 1 to [`MAX_NAME`] characters, no control characters, no path
+/// separators, not only dots and spaces (so never `.` or `..`).
 pub fn check_name(name: &str) -> Result<(), BadAttachment> {
-    if name.is_empty() || name.len() > MAX_NAME {
-        return Err(bad(format!("a file name has 1 to {MAX_NAME} bytes")));
+    if name.is_empty() || name.chars().count() > MAX_NAME {
+        return Err(bad(format!("a file name has 1 to {MAX_NAME} characters")));
     }
     if name
         .chars()
@@ -140,8 +140,8 @@ pub fn check_name(name: &str) -> Result<(), BadAttachment> {
             "a file name holds no control characters and no / or \\",
         ));
     }
-    if name.trim().is_empty() || name == "." || name == ".." {
-        return Err(bad("a file name is not blank, . or .."));
+    if name.chars().all(|c| c == '.' || c.is_whitespace()) {
+        return Err(bad("a file name is not only dots and spaces"));
     }
     Ok(())
 }
@@ -212,11 +212,13 @@ mod tests {
             check_name(ok).expect(ok);
         }
         let long = "x".repeat(MAX_NAME + 1);
+        check_name(&"é".repeat(MAX_NAME)).expect("255 characters");
         for bad in [
             "",
             " ",
             ".",
             "..",
+            ". . .",
             "../etc/passwd",
             "a\\b",
             "a\nb",

@@ -310,7 +310,7 @@ async fn files_are_held_to_what_was_issued(kind: Kind) {
     );
     assert_eq!(
         refused(&mut alice, upload("team", "x.html", "text/html", 10)).await,
-        ErrorCode::InvalidRequest
+        ErrorCode::Forbidden
     );
     assert_eq!(
         refused(&mut alice, upload("team", "x.png", "image/png; x=1", 10)).await,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::attachments::File;
 use super::keys::Key;
 use super::problem::{Body, Page, Params, Problem};
 use super::users::user_id;
@@ -38,6 +39,11 @@ pub struct PostMessage {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub client_msg_id: Option<String>,
+    /// Files the message carries (at most 10; only a message with a `sender`), each
+    /// uploaded first through `POST /v1/conversations/{conv}/attachments` for that sender.
+    #[serde(default)]
+    #[schema(max_items = 10)]
+    pub attachments: Vec<File>,
 }
 
 /// A stored message.
@@ -57,6 +63,9 @@ pub struct Message {
     pub client_ts: i64,
     /// When it was stored, Unix milliseconds.
     pub server_ts: i64,
+    /// Files it carries (get one through its download URL).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<File>,
 }
 
 /// A page of history, newest first.
@@ -109,6 +118,16 @@ pub async fn post(
     if anchorage_schema::limits::json_depth(&encoded) >= anchorage_schema::limits::MAX_JSON_DEPTH {
         return Err(Problem::invalid("the body is nested more than 31 deep"));
     }
+    let attachments = r
+        .attachments
+        .into_iter()
+        .map(File::attachment)
+        .collect::<Result<Vec<_>, _>>()?;
+    if !attachments.is_empty() && r.sender.is_none() {
+        return Err(Problem::invalid(
+            "a system message carries no files: post it for a user (a bot is a user)",
+        ));
+    }
     let client_msg_id = match &given {
         Some(k) => k.clone(),
         None => ClientMsgId::parse(format!(
@@ -155,6 +174,9 @@ pub async fn post(
                 ))
                 .into());
             }
+            state
+                .check_attachments(&conv, user.as_str(), &attachments)
+                .await?;
             let id = event_id(format!("{user}:{API_DEVICE}:{conv}:{client_msg_id}"))?;
             let env = Envelope::new(
                 id,
@@ -173,7 +195,7 @@ pub async fn post(
                     reply_to: None,
                     mentions: Vec::new(),
                     mention_all: false,
-                    attachments: Vec::new(),
+                    attachments,
                 },
             );
             (
@@ -245,7 +267,8 @@ pub async fn post(
                 )
                 .into());
             }
-            let same = serde_json::from_str::<Value>(&row.body).ok().as_ref() == message_body(&env);
+            let same = serde_json::from_str::<Value>(&row.body).ok().as_ref() == message_body(&env)
+                && row.attachments.as_slice() == message_files(&env);
             if !same && !hooked {
                 return Err(RequestError::Conflict(
                     "the idempotency key was used for another message".into(),
@@ -289,7 +312,10 @@ pub async fn post(
             .stored_event(stream::MESSAGES, p.seq)
             .await
             .map_err(RequestError::from)?;
-        if !hooked && message_body(&stored) != message_body(&env) {
+        if !hooked
+            && (message_body(&stored) != message_body(&env)
+                || message_files(&stored) != message_files(&env))
+        {
             return Err(RequestError::Conflict(
                 "the idempotency key was used for another message".into(),
             )
@@ -308,6 +334,13 @@ pub async fn post(
 
 fn message_body(env: &Envelope) -> Option<&Value> {
     anchorage_protocol::MessageParts::of(env).map(|p| p.body)
+}
+
+fn message_files(env: &Envelope) -> &[anchorage_schema::attachment::Attachment] {
+    match &env.event {
+        Event::MessageSent(m) => &m.attachments,
+        _ => &[],
+    }
 }
 
 /// A conversation's history, newest first.
@@ -354,6 +387,7 @@ pub async fn history(
             body: serde_json::from_str(&row.body).unwrap_or(Value::String(row.body)),
             client_ts: row.client_ts,
             server_ts: row.server_ts,
+            attachments: row.attachments.into_iter().map(File::from).collect(),
         })
         .collect();
     let next_before = more.then(|| messages.last().map(|m| m.seq)).flatten();
@@ -460,6 +494,7 @@ pub async fn search(
                     body: m.body,
                     client_ts: m.client_ts,
                     server_ts: m.server_ts,
+                    attachments: m.attachments.into_iter().map(File::from).collect(),
                 },
                 highlights: r.highlights,
             }

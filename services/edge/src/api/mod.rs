@@ -11,6 +11,7 @@
 //! The OpenAPI 3.1 document is generated from these handlers: `GET /v1/openapi.json`, or
 //! `anchorage openapi`.
 
+mod attachments;
 mod groups;
 mod keys;
 mod messages;
@@ -256,6 +257,7 @@ fn caller(state: &EdgeState) -> Caller {
         groups::create, groups::get, groups::update, groups::dismiss, groups::add,
         groups::remove, groups::role, groups::mute, groups::members,
         messages::post, messages::history, messages::search,
+        attachments::upload, attachments::download,
         push::set, push::remove, push::get,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::redeliver,
     ),
@@ -433,6 +435,14 @@ pub fn router() -> Router<EdgeState> {
         .route(
             "/v1/conversations/{conv}/messages",
             get(messages::history).post(messages::post),
+        )
+        .route(
+            "/v1/conversations/{conv}/attachments",
+            post(attachments::upload),
+        )
+        .route(
+            "/v1/conversations/{conv}/messages/{seq}/attachments/{id}",
+            get(attachments::download),
         )
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
         .route(

@@ -13,6 +13,17 @@ use super::error::RequestError;
 use super::session::Session;
 use crate::EdgeState;
 
+impl From<anchorage_blobs::Refusal> for RequestError {
+    fn from(r: anchorage_blobs::Refusal) -> Self {
+        use anchorage_blobs::Refusal;
+        match r {
+            Refusal::Invalid(why) => RequestError::Invalid(why),
+            Refusal::NotAllowed(why) => RequestError::Forbidden(why),
+            Refusal::TooLarge(why) => RequestError::TooLarge(why),
+        }
+    }
+}
+
 impl EdgeState {
     /// The attachment storage, or `forbidden` when attachments are off.
     pub(crate) fn blobs(&self) -> Result<&anchorage_blobs::Blobs, RequestError> {
@@ -102,13 +113,7 @@ impl Session {
                 &content_type,
                 size,
             )
-            .map_err(|e| {
-                if size > blobs.max_bytes() {
-                    RequestError::TooLarge(e.0)
-                } else {
-                    RequestError::Invalid(e.0)
-                }
-            })?;
+            .map_err(RequestError::from)?;
         Ok(UploadGrant {
             attachment,
             url: grant.url,
