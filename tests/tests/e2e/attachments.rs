@@ -599,6 +599,27 @@ async fn revoking_deletes_files_no_other_message_names(kind: Kind) {
         .unwrap();
     let tomb = page.messages.iter().find(|m| m.seq == m1).unwrap();
     assert!(tomb.revoked && tomb.attachments.is_empty(), "{tomb:?}");
+    // A rebuild from the streams holds the same files and tombstones.
+    let store = &f.t.stack.store;
+    let (_rebuilt_dir, rebuilt) = anchorage_tests::rebuilt(&f.t.config, &f.t.stack.bus, 5).await;
+    let differences: Vec<String> = store
+        .fingerprint()
+        .await
+        .unwrap()
+        .differences(&rebuilt.fingerprint().await.unwrap())
+        .into_iter()
+        .filter(|d| !d.starts_with("checkpoint \"ingest\""))
+        .collect();
+    assert_eq!(differences, Vec::<String>::new());
+    assert_eq!(
+        rebuilt
+            .message("team", m2)
+            .await
+            .unwrap()
+            .unwrap()
+            .attachments,
+        vec![shared.clone()]
+    );
 
     alice
         .ok(Revoke {
@@ -608,7 +629,6 @@ async fn revoking_deletes_files_no_other_message_names(kind: Kind) {
         .await
         .unwrap();
     f.gone(&shared_url).await;
-    let store = &f.t.stack.store;
     eventually(WAIT, "the deletion queue to empty", || async {
         (store.deletion_backlog().await.ok()?.0 == 0).then_some(())
     })
@@ -777,4 +797,135 @@ async fn the_sdk_uploads_sends_and_downloads_files() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("at most"), "{err}");
+}
+
+/// The server API: an app's backend uploads a file for a message it posts for a user, the
+/// members' devices see it, and the backend gets a download URL; what the API refuses.
+#[tokio::test]
+async fn the_server_api_uploads_posts_and_downloads_files() {
+    use anchorage_schema::admin::Scope;
+    use anchorage_tests::{api_key, http};
+
+    let f = Files::start(Kind::Fs, 300).await;
+    let (key, _) = api_key(&f._nats.url(), Scope::Admin, 1000).await;
+    let (reader, _) = api_key(&f._nats.url(), Scope::Read, 1000).await;
+    let auth = format!("Bearer {key}");
+    let call = |method: &'static str, path: String, body: Option<serde_json::Value>| {
+        let auth = auth.clone();
+        let edge = f.edge();
+        async move {
+            http(
+                edge,
+                method,
+                &path,
+                &[("Authorization", auth.as_str())],
+                body.as_ref(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let mut alice = f.device("alice").await;
+    alice
+        .ok(create_group("team", "Team", &["bob"]))
+        .await
+        .unwrap();
+    let mut bob = f.device("bob").await;
+
+    let grant = call(
+        "POST",
+        "/v1/conversations/team/attachments".into(),
+        Some(json!({"sender": "alice", "name": "report.txt", "content_type": "text/plain", "size": 5})),
+    )
+    .await;
+    assert_eq!(grant.status, 201, "{grant:?}");
+    let url = grant.body["url"].as_str().unwrap().to_owned();
+    assert_eq!(grant.body["headers"]["content-type"], "text/plain");
+    assert_eq!(f.put(&url, "text/plain", b"hello").await, 200);
+    let file = grant.body["attachment"].clone();
+
+    let posted = call(
+        "POST",
+        "/v1/conversations/team/messages".into(),
+        Some(json!({"sender": "alice", "body": "the report", "attachments": [file], "client_msg_id": "r1"})),
+    )
+    .await;
+    assert_eq!(posted.status, 201, "{posted:?}");
+    let seq = posted.body["seq"].as_u64().unwrap();
+    let live = bob
+        .push(|p| matches!(p, Push::Message(m) if m.message.seq == seq))
+        .await
+        .unwrap();
+    let Push::Message(live) = live else {
+        unreachable!()
+    };
+    assert_eq!(live.message.attachments.len(), 1);
+    assert_eq!(live.message.attachments[0].id.as_str(), file["id"]);
+
+    let history = call("GET", "/v1/conversations/team/messages".into(), None).await;
+    assert_eq!(
+        history.body["messages"][0]["attachments"][0], file,
+        "{history:?}"
+    );
+    let id = file["id"].as_str().unwrap();
+    let got = call(
+        "GET",
+        format!("/v1/conversations/team/messages/{seq}/attachments/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(f.get(got.body["url"].as_str().unwrap()).await.2, b"hello");
+
+    // A system message carries no files; a sender who is not a member gets no upload; a
+    // read-only key uploads nothing; the same key with other files is another message.
+    let system = call(
+        "POST",
+        "/v1/conversations/team/messages".into(),
+        Some(json!({"body": "x", "attachments": [file]})),
+    )
+    .await;
+    assert_eq!(
+        (system.status, system.body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{system:?}"
+    );
+    let stranger = call(
+        "POST",
+        "/v1/conversations/team/attachments".into(),
+        Some(json!({"sender": "carol", "name": "a.txt", "content_type": "text/plain", "size": 1})),
+    )
+    .await;
+    assert_eq!(stranger.status, 403, "{stranger:?}");
+    let read_only = http(
+        f.edge(),
+        "POST",
+        "/v1/conversations/team/attachments",
+        &[("Authorization", &format!("Bearer {reader}"))],
+        Some(&json!({"sender": "alice", "name": "a.txt", "content_type": "text/plain", "size": 1})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_only.status, 403, "{read_only:?}");
+    let as_bob = call(
+        "POST",
+        "/v1/conversations/team/messages".into(),
+        Some(json!({"sender": "bob", "body": "mine", "attachments": [file]})),
+    )
+    .await;
+    assert_eq!(as_bob.status, 403, "{as_bob:?}");
+    let repeat = call(
+        "POST",
+        "/v1/conversations/team/messages".into(),
+        Some(json!({"sender": "alice", "body": "the report", "attachments": [], "client_msg_id": "r1"})),
+    )
+    .await;
+    assert_eq!(repeat.status, 409, "{repeat:?}");
+    let unknown = call(
+        "GET",
+        format!("/v1/conversations/team/messages/{seq}/attachments/AAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBB"),
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
 }

@@ -41,6 +41,7 @@ pub struct NewUpload {
     pub content_type: String,
     /// Its exact size in bytes (at most `attachments.max_bytes`).
     #[schema(minimum = 0, maximum = 5368709120_u64)]
+    #[serde(deserialize_with = "size")]
     pub size: u64,
 }
 
@@ -66,7 +67,16 @@ pub struct File {
     pub content_type: String,
     /// Its size in bytes, as issued.
     #[schema(minimum = 0, maximum = 5368709120_u64)]
+    #[serde(deserialize_with = "size")]
     pub size: u64,
+}
+
+/// A size as JSON may write it: `5` or `5.0`.
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    use serde::de::Error;
+    let n = <serde_json::Number as Deserialize>::deserialize(d)?;
+    let whole = super::whole_number::<D::Error>(&n)?;
+    u64::try_from(whole).map_err(|_| D::Error::custom("a size is not negative"))
 }
 
 impl File {

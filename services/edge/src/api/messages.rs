@@ -124,9 +124,10 @@ pub async fn post(
         .map(File::attachment)
         .collect::<Result<Vec<_>, _>>()?;
     if !attachments.is_empty() && r.sender.is_none() {
-        return Err(Problem::invalid(
-            "a system message carries no files: post it for a user (a bot is a user)",
-        ));
+        return Err(RequestError::Forbidden(
+            "a system message carries no files: post it for a user (a bot is a user)".into(),
+        )
+        .into());
     }
     let client_msg_id = match &given {
         Some(k) => k.clone(),
