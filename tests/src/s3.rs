@@ -145,6 +145,22 @@ async fn proxy(
         )
             .into_response();
     }
+    // Written once, as S3 does with `If-None-Match: *` (s3rver ignores the header).
+    if method == Method::PUT && headers.get("if-none-match").is_some_and(|v| v == "*") {
+        let exists = s
+            .http
+            .head(format!("http://127.0.0.1:{}{uri}", s.inner))
+            .send()
+            .await
+            .is_ok_and(|a| a.status().is_success());
+        if exists {
+            return (
+                StatusCode::PRECONDITION_FAILED,
+                "<Error><Code>PreconditionFailed</Code></Error>",
+            )
+                .into_response();
+        }
+    }
     let mut forward = s
         .http
         .request(method, format!("http://127.0.0.1:{}{uri}", s.inner))

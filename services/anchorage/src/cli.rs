@@ -484,8 +484,8 @@ async fn projector(config: Config) -> anyhow::Result<ExitCode> {
         config.push.clone(),
         shutdown.clone(),
     ));
-    let reaper =
-        crate::attachment_reaper(&config, store.clone(), shutdown.clone())?.map(tokio::spawn);
+    let reaper = crate::attachment_reaper(&config, store.clone(), bus.clone(), shutdown.clone())?
+        .map(tokio::spawn);
     anchorage_projector::run(
         bus.clone(),
         store.clone(),

@@ -182,8 +182,18 @@ pub async fn serve_metrics(
 pub(crate) fn attachment_reaper(
     config: &Config,
     store: Store,
+    bus: Bus,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Option<impl Future<Output = anyhow::Result<()>> + use<>>> {
     let blobs = anchorage_blobs::Blobs::from_config(&config.attachments, &config.auth.hmac_secret)?;
-    Ok(blobs.map(|b| anchorage_blobs::reap(store, std::sync::Arc::new(b), shutdown)))
+    // From its check to the stream, a send waits at most for the before-send hook and a
+    // publish (its own, or the one before it in its conversation).
+    let hook = config
+        .hooks
+        .before_send
+        .as_ref()
+        .map_or(0, |h| h.timeout_ms);
+    let send_takes = Duration::from_millis(hook + 2 * config.nats.request_timeout_ms);
+    Ok(blobs
+        .map(|b| anchorage_blobs::reap(store, std::sync::Arc::new(b), bus, send_takes, shutdown)))
 }

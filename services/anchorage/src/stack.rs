@@ -102,14 +102,17 @@ impl Stack {
             shutdown.child_token(),
         ));
         tasks.spawn(anchorage_push::run(
-            projector_bus,
+            projector_bus.clone(),
             store.clone(),
             config.push.clone(),
             shutdown.child_token(),
         ));
-        if let Some(reaper) =
-            crate::attachment_reaper(config, store.clone(), shutdown.child_token())?
-        {
+        if let Some(reaper) = crate::attachment_reaper(
+            config,
+            store.clone(),
+            projector_bus.clone(),
+            shutdown.child_token(),
+        )? {
             tasks.spawn(reaper);
         }
         let edge_addr = listener.local_addr()?;

@@ -73,8 +73,21 @@ pub(crate) async fn put(
             signed.size
         )));
     }
+    // Deleted with a revoked message: never stored again.
+    match state.store.object_released(&object).await {
+        Ok(false) => {}
+        Ok(true) => {
+            return refused(RequestError::Conflict(
+                "this file was deleted with a revoked message".into(),
+            ));
+        }
+        Err(err) => return refused(err.into()),
+    }
     match fs::store(&dir, &object, signed.size, body.into_data_stream()).await {
         Ok(()) => StatusCode::OK.into_response(),
+        Err(UploadError::Exists) => refused(RequestError::Conflict(
+            "this file is uploaded already".into(),
+        )),
         Err(err @ (UploadError::WrongSize { .. } | UploadError::Cut(_))) => {
             refused(RequestError::Invalid(err.to_string()))
         }

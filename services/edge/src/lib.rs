@@ -282,7 +282,38 @@ pub fn router(state: EdgeState) -> Router {
                 .put(blobs::put)
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
+        // A body that stalls is cut, as headers that stall are: no request holds its
+        // connection by sending nothing.
+        .layer(axum::middleware::map_request_with_state(
+            Duration::from_millis(state.config.http_header_timeout_ms),
+            cut_stalled_bodies,
+        ))
         .with_state(state)
+}
+
+async fn cut_stalled_bodies(
+    axum::extract::State(idle): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+) -> axum::extract::Request {
+    request.map(|body| axum::body::Body::from_stream(idle_cut(body, idle)))
+}
+
+/// A body's chunks, ending with an error when none comes for `idle`: a stalled request gives
+/// its connection back.
+fn idle_cut(
+    body: axum::body::Body,
+    idle: Duration,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, String>> {
+    use futures::StreamExt;
+    futures::stream::unfold(Some(body.into_data_stream()), move |stream| async move {
+        let mut stream = stream?;
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
+            Ok(Some(Err(err))) => Some((Err(err.to_string()), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(format!("nothing came for {idle:?}")), None)),
+        }
+    })
 }
 
 async fn livez() -> &'static str {

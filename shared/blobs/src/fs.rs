@@ -1,6 +1,8 @@
 //! Files in a folder: one file per object, named after it. An upload is written beside its
-//! final name and renamed into place only once it is complete and exactly the signed size, so
-//! a reader never sees half a file and a cut upload leaves nothing behind.
+//! final name and linked into place only once it is complete and exactly the signed size, so
+//! a reader never sees half a file and a cut upload leaves nothing behind. An object is written
+//! once: a second upload to its URL is refused, so a file cannot be swapped under a message
+//! that names it.
 
 use std::path::Path;
 
@@ -52,6 +54,9 @@ pub enum UploadError {
     /// The body could not be read to its end.
     #[error("the upload was cut: {0}")]
     Cut(String),
+    /// The object is stored already: an upload URL takes one file, once.
+    #[error("this file is uploaded already")]
+    Exists,
     /// The folder could not be written.
     #[error("storing the file: {0}")]
     Io(#[from] std::io::Error),
@@ -82,7 +87,7 @@ pub(crate) async fn delete(dir: &Path, object: &str) -> Result<(), BlobError> {
 }
 
 /// Stores `body` as `object` in `dir` if it is exactly `size` bytes (reading no more than
-/// that), replacing an earlier upload of the same object.
+/// that) and no upload of the object was stored before.
 pub async fn store<E: std::fmt::Display>(
     dir: &Path,
     object: &str,
@@ -93,6 +98,10 @@ pub async fn store<E: std::fmt::Display>(
         return Err(UploadError::Io(std::io::Error::other("not an object name")));
     }
     tokio::fs::create_dir_all(dir).await?;
+    let target = dir.join(object);
+    if tokio::fs::try_exists(&target).await? {
+        return Err(UploadError::Exists);
+    }
     let mut random = [0u8; 8];
     getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
     let part = dir.join(format!(
@@ -107,11 +116,14 @@ pub async fn store<E: std::fmt::Display>(
         let _ = tokio::fs::remove_file(&part).await;
         return Err(err);
     }
-    if let Err(err) = tokio::fs::rename(&part, dir.join(object)).await {
-        let _ = tokio::fs::remove_file(&part).await;
-        return Err(err.into());
+    // A link fails if the name exists: of two racing uploads, one is stored whole.
+    let linked = tokio::fs::hard_link(&part, &target).await;
+    let _ = tokio::fs::remove_file(&part).await;
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(UploadError::Exists),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 async fn write<E: std::fmt::Display>(
@@ -161,13 +173,19 @@ mod tests {
             .expect("stored");
         assert_eq!(size_of(d, OBJECT).await.expect("stat"), Some(5));
         assert_eq!(std::fs::read(d.join(OBJECT)).expect("read"), b"hello");
-        // Too long or too short: refused, and the stored file is untouched.
+        // Once stored, never replaced.
         assert!(matches!(
-            store(d, OBJECT, 5, chunks(&[b"hello", b"!"])).await,
+            store(d, OBJECT, 5, chunks(&[b"world"])).await,
+            Err(UploadError::Exists)
+        ));
+        // Too long or too short: refused, nothing stored.
+        const OTHER: &str = "BBBBBBBBBBBBBBBBBBBBBB";
+        assert!(matches!(
+            store(d, OTHER, 5, chunks(&[b"hello", b"!"])).await,
             Err(UploadError::WrongSize { expected: 5 })
         ));
         assert!(matches!(
-            store(d, OBJECT, 5, chunks(&[b"hell"])).await,
+            store(d, OTHER, 5, chunks(&[b"hell"])).await,
             Err(UploadError::WrongSize { expected: 5 })
         ));
         let cut = futures::stream::iter(vec![
@@ -175,9 +193,10 @@ mod tests {
             Err("connection reset".to_owned()),
         ]);
         assert!(matches!(
-            store(d, OBJECT, 5, cut).await,
+            store(d, OTHER, 5, cut).await,
             Err(UploadError::Cut(_))
         ));
+        assert_eq!(size_of(d, OTHER).await.expect("stat"), None);
         assert_eq!(std::fs::read(d.join(OBJECT)).expect("read"), b"hello");
         // No part files are left behind.
         assert_eq!(std::fs::read_dir(d).expect("list").count(), 1);

@@ -44,6 +44,7 @@ pub struct Blobs {
     allowed_types: Vec<String>,
     upload_ttl: u64,
     download_ttl: u64,
+    delete_grace: u64,
     http: reqwest::Client,
 }
 
@@ -139,10 +140,21 @@ impl Blobs {
             allowed_types: config.allowed_types.clone(),
             upload_ttl: config.upload_ttl_secs,
             download_ttl: config.download_ttl_secs,
+            delete_grace: config.delete_grace_secs,
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
+                .timeout(Duration::from_millis(config.timeout_ms))
                 .build()?,
         }))
+    }
+
+    /// How long an upload URL works.
+    pub fn upload_ttl(&self) -> Duration {
+        Duration::from_secs(self.upload_ttl)
+    }
+
+    /// How long a released object waits before it is deleted.
+    pub fn delete_grace(&self) -> Duration {
+        Duration::from_secs(self.delete_grace)
     }
 
     /// The largest file accepted, in bytes.
@@ -231,7 +243,7 @@ impl Blobs {
 
     fn upload_url(&self, object: &str, content_type: &str, size: u64, now: i64) -> Grant {
         let expires = now + self.upload_ttl as i64;
-        let headers = vec![("content-type".to_owned(), content_type.to_owned())];
+        let mut headers = vec![("content-type".to_owned(), content_type.to_owned())];
         let url = match &self.backend {
             Backend::Fs { base, .. } => {
                 let size = size.to_string();
@@ -245,10 +257,15 @@ impl Blobs {
                 headers: &[
                     ("content-type", content_type),
                     ("content-length", &size.to_string()),
+                    // Written once: the store refuses to replace the object.
+                    ("if-none-match", "*"),
                 ],
                 now,
             }),
         };
+        if matches!(self.backend, Backend::S3(_)) {
+            headers.push(("if-none-match".to_owned(), "*".to_owned()));
+        }
         Grant {
             url,
             method: "PUT",

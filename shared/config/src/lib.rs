@@ -576,6 +576,14 @@ pub struct AttachmentsConfig {
     pub upload_ttl_secs: u64,
     /// How long a download URL is valid, in seconds.
     pub download_ttl_secs: u64,
+    /// How long a revoked message's files wait before they are deleted, in seconds: longer
+    /// than a send takes from checking its files to being stored (the before-send hook's
+    /// budget included), so a send that checked a file just before the revoke never names a
+    /// deleted one.
+    pub delete_grace_secs: u64,
+    /// Time one call of the server to object storage may take (checking an upload,
+    /// deleting), in milliseconds.
+    pub timeout_ms: u64,
     /// `fs`: the folder files are kept in (every edge and projector of the host shares it).
     pub dir: PathBuf,
     /// `fs`: the edge's base URL as clients reach it (e.g. `https://chat.example.com`);
@@ -601,6 +609,8 @@ impl Default for AttachmentsConfig {
             .to_vec(),
             upload_ttl_secs: 900,
             download_ttl_secs: 300,
+            delete_grace_secs: 60,
+            timeout_ms: 3000,
             dir: ".anchorage/attachments".into(),
             public_url: None,
             s3: None,
@@ -974,6 +984,12 @@ impl Config {
                 "attachments.upload_ttl_secs",
                 "upload_ttl_secs and download_ttl_secs are between 1 second and 7 days",
             );
+        }
+        if !(100..=60_000).contains(&a.timeout_ms) {
+            return bad("attachments.timeout_ms", "between 100 and 60000");
+        }
+        if a.delete_grace_secs > 86_400 {
+            return bad("attachments.delete_grace_secs", "at most a day (86400)");
         }
         if let Some(t) = a.allowed_types.iter().find(|t| {
             let family = t.strip_suffix("/*").unwrap_or(t);

@@ -134,16 +134,22 @@ pub fn check_name(name: &str) -> Result<(), BadAttachment> {
     }
     if name
         .chars()
-        .any(|c| c.is_control() || c == '/' || c == '\\')
+        .any(|c| c.is_control() || c == '/' || c == '\\' || bidi(c))
     {
         return Err(bad(
-            "a file name holds no control characters and no / or \\",
+            "a file name holds no control or direction characters and no / or \\",
         ));
     }
     if name.chars().all(|c| c == '.' || c.is_whitespace()) {
         return Err(bad("a file name is not only dots and spaces"));
     }
     Ok(())
+}
+
+/// Direction marks, embeddings, overrides and isolates: they make a name show as another
+/// (`photo\u{202e}gnp.exe` shows as `photoexe.png`).
+fn bidi(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Checks a media type: `type/subtype` in lower case, of RFC 6838's restricted name
@@ -224,6 +230,8 @@ mod tests {
             "a\nb",
             "a\u{0}b",
             "a\u{7f}",
+            "photo\u{202e}gnp.exe",
+            "a\u{2066}b",
             long.as_str(),
         ] {
             assert!(check_name(bad).is_err(), "{bad:?}");

@@ -12,11 +12,14 @@ CREATE TABLE message_attachments (
 CREATE INDEX message_attachments_by_message ON message_attachments (conv_id, seq);
 
 -- Objects of revoked messages, to delete from object storage: an outbox the deletion worker
--- empties (retried with backoff while the store fails).
+-- works through (retried with backoff while the store fails). An object is deleted twice —
+-- after a grace, and again once every upload URL that could have re-created it has expired —
+-- and its row stays as a tombstone (`passes` 2): no message may name it again.
 CREATE TABLE attachment_deletions (
     object     TEXT PRIMARY KEY,
     queued_at  BIGINT NOT NULL,
     due_at     BIGINT NOT NULL,
+    passes     BIGINT NOT NULL DEFAULT 0,
     attempts   BIGINT NOT NULL DEFAULT 0,
     last_error TEXT
 );

@@ -3,8 +3,10 @@
 //!
 //! A message's attachments are written with it (its `attachments` column, and one
 //! `message_attachments` row per object). A revoke removes them in the same transaction and
-//! queues every object no other message names in `attachment_deletions`; the deletion worker
-//! deletes an object only after checking again that no message names it.
+//! queues every object no other message names in `attachment_deletions`; from then on no new
+//! message may name it. The deletion worker deletes an object only after checking again that
+//! no message names it, and deletes it a second time once every upload URL that could have
+//! re-created it has expired; the row stays as a tombstone.
 
 use sqlx::Row;
 
@@ -16,7 +18,11 @@ use crate::{Store, StoreError};
 pub struct Deletion {
     /// The object's name.
     pub object: String,
-    /// Attempts made so far.
+    /// When a revoke released it, Unix ms.
+    pub queued_at: i64,
+    /// Deletions done: 0 (none yet) or 1 (the second is due later).
+    pub passes: u32,
+    /// Failed attempts of this pass so far.
     pub attempts: u32,
 }
 
@@ -73,12 +79,21 @@ impl Tx {
 }
 
 impl Store {
-    /// Objects whose deletion is due at `now`, oldest due first, at most `limit`.
-    pub async fn due_deletions(&self, now: i64, limit: u32) -> Result<Vec<Deletion>, StoreError> {
+    /// Objects whose deletion is due: released at or before `released_by` (a first pass), or
+    /// whose second pass is due at `now`; oldest first, at most `limit`.
+    pub async fn due_deletions(
+        &self,
+        released_by: i64,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Deletion>, StoreError> {
         sqlx::query(
-            "SELECT object, attempts FROM attachment_deletions WHERE due_at <= $1
-             ORDER BY due_at LIMIT $2",
+            "SELECT object, queued_at, passes, attempts FROM attachment_deletions
+             WHERE (passes = 0 AND queued_at <= $1 AND due_at <= $2)
+                OR (passes = 1 AND due_at <= $2)
+             ORDER BY due_at LIMIT $3",
         )
+        .bind(released_by)
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -87,6 +102,8 @@ impl Store {
         .map(|r| {
             Ok(Deletion {
                 object: r.try_get("object")?,
+                queued_at: r.try_get("queued_at")?,
+                passes: u32::try_from(r.try_get::<i64, _>("passes")?).unwrap_or(u32::MAX),
                 attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
             })
         })
@@ -104,12 +121,39 @@ impl Store {
         )
     }
 
-    /// Takes `object` off the deletion queue (deleted, or named by a message again).
-    pub async fn deletion_done(&self, object: &str) -> Result<(), StoreError> {
+    /// Whether `object` was released by a revoke (queued for deletion, or deleted): no new
+    /// message may name it.
+    pub async fn object_released(&self, object: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 AS one FROM attachment_deletions WHERE object = $1")
+                .bind(object)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Takes `object` off the deletion queue: a message names it again.
+    pub async fn keep_object(&self, object: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM attachment_deletions WHERE object = $1")
             .bind(object)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Records a deletion pass of `object`: the next one at `next` (Unix ms), or none (the row
+    /// stays as a tombstone).
+    pub async fn deletion_passed(&self, object: &str, next: Option<i64>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE attachment_deletions
+             SET passes = passes + 1, attempts = 0, last_error = NULL, due_at = $1
+             WHERE object = $2",
+        )
+        .bind(next.unwrap_or(i64::MAX))
+        .bind(object)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -132,12 +176,14 @@ impl Store {
         Ok(())
     }
 
-    /// Objects waiting to be deleted, and when the oldest was queued (Unix ms).
+    /// Objects waiting for their first deletion, and when the oldest was released (Unix ms).
     pub async fn deletion_backlog(&self) -> Result<(u64, Option<i64>), StoreError> {
-        let row =
-            sqlx::query("SELECT COUNT(*) AS n, MIN(queued_at) AS oldest FROM attachment_deletions")
-                .fetch_one(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(queued_at) AS oldest FROM attachment_deletions
+             WHERE passes = 0",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok((u(row.try_get("n")?), row.try_get("oldest")?))
     }
 }

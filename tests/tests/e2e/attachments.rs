@@ -57,6 +57,7 @@ impl Files {
             max_bytes: MAX,
             allowed_types: vec!["image/*".into(), "text/plain".into()],
             download_ttl_secs,
+            delete_grace_secs: 1,
             dir: dir.path().join("files"),
             s3: s3.as_ref().map(S3rver::config),
             ..AttachmentsConfig::default()
@@ -91,10 +92,13 @@ impl Files {
         }
     }
 
+    /// A PUT with the headers an upload grant gives: the type, and for S3 the signed
+    /// `if-none-match: *` (the store takes the object once; the folder ignores it).
     async fn put(&self, url: &str, content_type: &str, bytes: &[u8]) -> u16 {
         self.http
             .put(self.absolute(url))
             .header("content-type", content_type)
+            .header("if-none-match", "*")
             .body(bytes.to_vec())
             .send()
             .await
@@ -133,6 +137,14 @@ impl Files {
         assert_eq!(
             g.headers.get("content-type").map(String::as_str),
             Some("image/png")
+        );
+        // What `put` sends: the type, and the write-once condition S3 signs.
+        assert!(
+            g.headers
+                .iter()
+                .all(|(k, v)| k == "content-type" || (k == "if-none-match" && v == "*")),
+            "{:?}",
+            g.headers
         );
         assert_eq!(self.put(&g.url, "image/png", bytes).await, 200);
         g.attachment
@@ -695,7 +707,7 @@ async fn a_store_that_is_down_delays_sends_and_deletions_but_loses_nothing() {
         .unwrap();
     let store = &f.t.stack.store;
     eventually(WAIT, "a failed deletion attempt", || async {
-        let due = store.due_deletions(i64::MAX, 10).await.ok()?;
+        let due = store.due_deletions(i64::MAX, i64::MAX, 10).await.ok()?;
         due.iter().any(|d| d.attempts > 0).then_some(())
     })
     .await

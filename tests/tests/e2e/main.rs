@@ -8,6 +8,7 @@ mod common;
 
 mod api;
 mod attachments;
+mod attachments_outside;
 mod changes;
 mod chaos;
 mod cluster;

@@ -30,7 +30,7 @@ pub struct NewUpload {
     #[schema(
         min_length = 1,
         max_length = 255,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f/\\]*[^\u0000-\u001f\u007f-\u009f/\\\s.][^\u0000-\u001f\u007f-\u009f/\\]*$"
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\]*[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\\s.][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\]*$"
     )]
     pub name: String,
     /// Its media type (one of `attachments.allowed_types`).
@@ -56,7 +56,7 @@ pub struct File {
     #[schema(
         min_length = 1,
         max_length = 255,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f/\\]*[^\u0000-\u001f\u007f-\u009f/\\\s.][^\u0000-\u001f\u007f-\u009f/\\]*$"
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\]*[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\\s.][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\]*$"
     )]
     pub name: String,
     /// Its media type, as issued.
@@ -71,12 +71,18 @@ pub struct File {
     pub size: u64,
 }
 
-/// A size as JSON may write it: `5` or `5.0`.
+/// A size as JSON may write it: `5` or `5.0`; one past any limit (`1e30`) stays too large.
 fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     use serde::de::Error;
     let n = <serde_json::Number as Deserialize>::deserialize(d)?;
-    let whole = super::whole_number::<D::Error>(&n)?;
-    u64::try_from(whole).map_err(|_| D::Error::custom("a size is not negative"))
+    if let Some(n) = n.as_u64() {
+        return Ok(n);
+    }
+    match n.as_f64() {
+        // Saturates: a size too large for a u64 is refused as too large.
+        Some(f) if f >= 0.0 && f.fract() == 0.0 => Ok(f as u64),
+        _ => Err(D::Error::custom(format!("{n} is not a size in bytes"))),
+    }
 }
 
 impl File {
@@ -175,6 +181,15 @@ pub async fn upload(
     let sender = user_id(r.sender)?;
     let blobs = state.blobs()?;
     member(&state, &conv, &sender).await?;
+    let live = state
+        .store
+        .group_row(conv.group().as_str())
+        .await
+        .map_err(RequestError::from)?
+        .is_some_and(|g| !g.dismissed);
+    if !live {
+        return Err(RequestError::NotFound(format!("{conv} does not exist")).into());
+    }
     let (attachment, grant) = blobs
         .issue(
             conv.as_str(),
@@ -248,7 +263,7 @@ pub async fn download(
 mod tests {
     /// The pattern of a file name the server takes: no control characters, no `/` or `\`, not
     /// only dots and spaces.
-    const NAME: &str = r"^[^\u0000-\u001f\u007f-\u009f/\\]*[^\u0000-\u001f\u007f-\u009f/\\\s.][^\u0000-\u001f\u007f-\u009f/\\]*$";
+    const NAME: &str = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\]*[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\\s.][^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069/\\]*$";
     /// The pattern of a media type: `type/subtype` in lower case, without parameters.
     const MEDIA_TYPE: &str = r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}$";
 

@@ -175,9 +175,6 @@ pub async fn post(
                 ))
                 .into());
             }
-            state
-                .check_attachments(&conv, user.as_str(), &attachments)
-                .await?;
             let id = event_id(format!("{user}:{API_DEVICE}:{conv}:{client_msg_id}"))?;
             let env = Envelope::new(
                 id,
@@ -284,6 +281,13 @@ pub async fn post(
                 }),
             ));
         }
+    }
+    // Not a repeat: its files are checked (a repeat is answered from the history, whatever
+    // became of the store meanwhile).
+    if let Event::MessageSent(m) = &env.event {
+        state
+            .check_attachments(&conv, m.sender.as_str(), &m.attachments)
+            .await?;
     }
     // The hook sees what a user sends (never the system's own posts).
     let mut env = env;

@@ -68,6 +68,14 @@ impl EdgeState {
             }
         }
         for a in attachments {
+            // Released by a revoke (deleted, or about to be): never named again, also when
+            // an upload URL re-created it.
+            if self.store.object_released(a.id.object()).await? {
+                return Err(RequestError::NotFound(format!(
+                    "attachment {} was deleted with a revoked message",
+                    a.id
+                )));
+            }
             match blobs.size_of(a.id.object()).await {
                 Ok(Some(size)) if size == a.size => {}
                 Ok(Some(size)) => {
