@@ -14,6 +14,16 @@ echo "nats-server: $ANCHORAGE_DEV__NATS_SERVER ($("$ANCHORAGE_DEV__NATS_SERVER" 
 # The Python tools (the Web Push tests decrypt with http-ece; the API check below).
 ANCHORAGE_TESTS_PYTHON="$(deploy/python-tools.sh)"
 export ANCHORAGE_TESTS_PYTHON
+# tmux: the terminal client's test drives `anchorage chat` in a tmux pane.
+if ! command -v tmux >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing tmux (apt-get install tmux)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux) >&2
+  else
+    echo "tmux is needed for the terminal client's test" >&2
+    exit 1
+  fi
+fi
 # The Node packages (the attachment tests store files in s3rver, an S3-compatible server).
 ANCHORAGE_TESTS_S3RVER="$(deploy/node-tools.sh)"
 export ANCHORAGE_TESTS_S3RVER

@@ -55,6 +55,23 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Chat in the terminal as `--user`: conversations with unread counts, history, live
+    /// messages (signs in with `--token`, or a token minted with auth.hmac_secret).
+    Chat {
+        /// The edge's WebSocket URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "terminal")]
+        device: String,
+        /// A device token (default: one minted with auth.hmac_secret for each connection).
+        #[arg(long, env = "ANCHORAGE_CHAT_TOKEN")]
+        token: Option<String>,
+        /// The local store (default: .anchorage/chat-<user>-<device>.db).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Mint a development device token (HS256 with auth.hmac_secret).
     Token {
         #[arg(long)]
@@ -193,6 +210,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay { into, verify } => {
             crate::replay::run(&with_dev_operator(config)?, &into, verify).await
         }
+        Command::Chat {
+            url,
+            user,
+            device,
+            token,
+            store,
+        } => chat(config, url, user, device, token, store).await,
         Command::Token { user, device, ttl } => {
             let user = UserId::parse(user).context("--user")?;
             let device = DeviceId::parse(device).context("--device")?;
@@ -501,6 +525,56 @@ async fn projector(config: Config) -> anyhow::Result<ExitCode> {
     }
     bus.close().await;
     store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn chat(
+    config: Config,
+    url: String,
+    user: String,
+    device: String,
+    token: Option<String>,
+    store: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let user_id = UserId::parse(user.clone()).context("--user")?;
+    let device_id = DeviceId::parse(device.clone()).context("--device")?;
+    let store_path = match store {
+        Some(path) => path,
+        None => {
+            let dir = config.dev.data_dir.clone();
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.join(format!("chat-{user}-{device}.db"))
+        }
+    };
+    let token: anchorage_sdk::TokenSource = match token {
+        Some(token) => std::sync::Arc::new(move || token.clone()),
+        None => {
+            // Checked once here, so a bad configuration says so before the screen opens.
+            anchorage_edge::auth::mint_configured(
+                &config.auth,
+                user_id.clone(),
+                device_id.clone(),
+                config.auth.token_ttl_secs,
+            )?;
+            let auth = config.auth.clone();
+            std::sync::Arc::new(move || {
+                anchorage_edge::auth::mint_configured(
+                    &auth,
+                    user_id.clone(),
+                    device_id.clone(),
+                    auth.token_ttl_secs,
+                )
+                .unwrap_or_default()
+            })
+        }
+    };
+    anchorage_chat::run(anchorage_chat::ChatOptions {
+        url,
+        user,
+        token,
+        store_path,
+    })
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -81,7 +81,7 @@ pub(crate) struct Engine {
     shutdown: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The user and device the server knows this client as (from `welcome`).
-    me: Mutex<Option<(String, String)>>,
+    pub(crate) me: Mutex<Option<(String, String)>>,
     /// Conversations the app has open (viewed again on every connection).
     pub(crate) viewing: Mutex<std::collections::BTreeSet<String>>,
     /// A change of the user's own state was missed: ask for what changed.
@@ -278,6 +278,11 @@ impl Engine {
             *self.me.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((welcome.user.to_string(), welcome.device.to_string()));
             for change in &welcome.changes {
+                // The read marker as the server has it (another device may have moved it).
+                self.store
+                    .set_read(change.conv.as_str(), change.read_seq)
+                    .await
+                    .map_err(|_| lost(None))?;
                 self.request_sync(change.conv.as_str());
             }
             if let Some(state) = &welcome.state {

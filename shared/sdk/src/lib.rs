@@ -133,6 +133,21 @@ pub struct LocalMessage {
     pub reactions: Vec<Reaction>,
 }
 
+/// A conversation as a list shows it, from the local store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationSummary {
+    /// The conversation.
+    pub conv: String,
+    /// The newest seq held.
+    pub last_seq: u64,
+    /// The user's read marker.
+    pub read_seq: u64,
+    /// Messages from others after the read marker (not revoked).
+    pub unread: u64,
+    /// When the newest message was stored (0 if none), newest conversations first.
+    pub last_ts: i64,
+}
+
 /// What happened, for the app to react to.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)] // the fields are named for what they hold
@@ -517,6 +532,20 @@ impl Client {
     /// The highest seq of `conv` this device holds without gaps.
     pub async fn anchor(&self, conv: &str) -> Result<u64, SdkError> {
         self.engine.store.anchor(conv).await
+    }
+
+    /// The user's conversations this device holds, the one with the newest message first,
+    /// with their unread counts.
+    pub async fn conversations(&self) -> Result<Vec<ConversationSummary>, SdkError> {
+        let me = self
+            .engine
+            .me
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .map(|(user, _)| user)
+            .unwrap_or_default();
+        self.engine.store.conversations(&me).await
     }
 
     /// The read marker of `conv` as this device knows it.

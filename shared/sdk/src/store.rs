@@ -391,6 +391,40 @@ impl LocalStore {
 
     /// Messages of a conversation in display order: stored ones by seq, then the outbox's
     /// unacknowledged ones by the time they were written.
+    /// The conversations held (synced, or written to), newest message first, with the
+    /// messages from others after the read marker counted.
+    pub async fn conversations(
+        &self,
+        me: &str,
+    ) -> Result<Vec<crate::ConversationSummary>, SdkError> {
+        let rows = sqlx::query(
+            "WITH convs AS (SELECT conv FROM anchors UNION SELECT conv FROM outbox)
+             SELECT c.conv AS conv,
+                    COALESCE(r.seq, 0) AS read_seq,
+                    COALESCE((SELECT MAX(seq) FROM messages m WHERE m.conv = c.conv), 0) AS last_seq,
+                    COALESCE((SELECT MAX(server_ts) FROM messages m WHERE m.conv = c.conv), 0)
+                        AS last_ts,
+                    (SELECT COUNT(*) FROM messages m
+                      WHERE m.conv = c.conv AND m.seq > COALESCE(r.seq, 0) AND m.revoked = 0
+                        AND m.sender <> $1) AS unread
+             FROM convs c LEFT JOIN read_markers r ON r.conv = c.conv
+             ORDER BY last_ts DESC, c.conv",
+        )
+        .bind(me)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::ConversationSummary {
+                conv: r.get("conv"),
+                last_seq: r.get::<i64, _>("last_seq").max(0) as u64,
+                read_seq: r.get::<i64, _>("read_seq").max(0) as u64,
+                unread: r.get::<i64, _>("unread").max(0) as u64,
+                last_ts: r.get("last_ts"),
+            })
+            .collect())
+    }
+
     pub async fn messages(&self, conv: &str) -> Result<Vec<LocalMessage>, SdkError> {
         let mut out: Vec<LocalMessage> = sqlx::query(
             "SELECT conv, seq, sender, device, client_msg_id, body, client_ts, server_ts, refs,

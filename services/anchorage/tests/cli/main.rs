@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test on any error
 
+mod chat;
 mod crash;
 mod dev;
 mod edges;
