@@ -443,7 +443,10 @@ mod tests {
             edits: 1,
             ..LocalMessage::default()
         };
-        assert_eq!(text(&message_line(&m, "alice")), "01:01 bob: hi  [2Jthere (edited)");
+        assert_eq!(
+            text(&message_line(&m, "alice")),
+            "01:01 bob: hi  [2Jthere (edited)"
+        );
         let pending = LocalMessage {
             body: serde_json::json!("soon"),
             ..LocalMessage::default()
@@ -456,6 +459,9 @@ mod tests {
             server_ts: Some(0),
             ..LocalMessage::default()
         };
-        assert_eq!(text(&message_line(&revoked, "alice")), "00:00 me: (revoked)");
+        assert_eq!(
+            text(&message_line(&revoked, "alice")),
+            "00:00 me: (revoked)"
+        );
     }
 }

@@ -5,221 +5,38 @@
 //! elsewhere, revokes that delete the files (and keep those another message still names),
 //! a store that is down for a while, and the Rust SDK.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use anchorage_config::{AttachmentsConfig, BlobBackend};
-use anchorage_protocol::request::{Download, Revoke, Sync, Upload};
-use anchorage_protocol::{DownloadGrant, ErrorCode, Push, ReplyBody, UploadGrant};
+use anchorage_protocol::request::{Revoke, Sync};
+use anchorage_protocol::{ErrorCode, Push};
 use anchorage_schema::attachment::{Attachment, AttachmentId};
 use anchorage_sdk::Refs;
-use anchorage_tests::s3::S3rver;
 use anchorage_tests::{
-    TestNats, TestStack, WsClient, conv_id, create_group, eventually, fresh_database, send_message,
-    test_config,
+    TestNats, TestStack, WsClient, conv_id, create_group, eventually, send_message,
 };
 use serde_json::json;
 
 use crate::common;
+use crate::files::{Files, Kind, MAX, PNG, download, refused, upload, with_files};
 
 const WAIT: Duration = Duration::from_secs(30);
-const MAX: u64 = 64 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Fs,
-    S3,
-}
-
-struct Files {
-    _nats: TestNats,
-    t: TestStack,
-    s3: Option<S3rver>,
-    dir: tempfile::TempDir,
-    http: reqwest::Client,
-}
-
-impl Files {
-    async fn start(kind: Kind, download_ttl_secs: u64) -> Files {
-        let nats = TestNats::start().await.unwrap();
-        let db_dir = tempfile::tempdir().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
-        let s3 = match kind {
-            Kind::S3 => Some(S3rver::start().await),
-            Kind::Fs => None,
-        };
-        config.attachments = AttachmentsConfig {
-            backend: match kind {
-                Kind::Fs => BlobBackend::Fs,
-                Kind::S3 => BlobBackend::S3,
-            },
-            max_bytes: MAX,
-            allowed_types: vec!["image/*".into(), "text/plain".into()],
-            download_ttl_secs,
-            delete_grace_secs: 1,
-            dir: dir.path().join("files"),
-            s3: s3.as_ref().map(S3rver::config),
-            ..AttachmentsConfig::default()
-        };
-        let t = TestStack::start_with(config, db_dir).await.unwrap();
-        Files {
-            _nats: nats,
-            t,
-            s3,
-            dir,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn edge(&self) -> SocketAddr {
-        self.t.edge_addr()
-    }
-
-    async fn device(&self, user: &str) -> WsClient {
-        WsClient::signed_in(self.edge(), user, "d1")
-            .await
-            .unwrap()
-            .0
-    }
-
-    /// A URL as a client resolves it: absolute, or a path on the edge it is connected to.
-    fn absolute(&self, url: &str) -> String {
-        if url.starts_with('/') {
-            format!("http://{}{url}", self.edge())
-        } else {
-            url.to_owned()
-        }
-    }
-
-    /// A PUT with the headers an upload grant gives: the type, and for S3 the signed
-    /// `if-none-match: *` (the store takes the object once; the folder ignores it).
-    async fn put(&self, url: &str, content_type: &str, bytes: &[u8]) -> u16 {
-        self.http
-            .put(self.absolute(url))
-            .header("content-type", content_type)
-            .header("if-none-match", "*")
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
-
-    async fn get(&self, url: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-        let answer = self.http.get(self.absolute(url)).send().await.unwrap();
-        let (status, headers) = (answer.status().as_u16(), answer.headers().clone());
-        (status, headers, answer.bytes().await.unwrap().to_vec())
-    }
-
-    /// `upload` answered with a grant.
-    async fn grant(
-        &self,
-        c: &mut WsClient,
-        conv: &str,
-        name: &str,
-        ct: &str,
-        size: u64,
-    ) -> UploadGrant {
-        match c.reply(upload(conv, name, ct, size)).await.unwrap() {
-            ReplyBody::Upload(g) => g,
-            other => panic!("not an upload grant: {other:?}"),
-        }
-    }
-
-    /// A file uploaded as the grant says.
-    async fn uploaded(&self, c: &mut WsClient, conv: &str, name: &str, bytes: &[u8]) -> Attachment {
-        let g = self
-            .grant(c, conv, name, "image/png", bytes.len() as u64)
-            .await;
-        assert_eq!(g.method, "PUT");
-        assert_eq!(
-            g.headers.get("content-type").map(String::as_str),
-            Some("image/png")
-        );
-        // What `put` sends: the type, and the write-once condition S3 signs.
-        assert!(
-            g.headers
-                .iter()
-                .all(|(k, v)| k == "content-type" || (k == "if-none-match" && v == "*")),
-            "{:?}",
-            g.headers
-        );
-        assert_eq!(self.put(&g.url, "image/png", bytes).await, 200);
-        g.attachment
-    }
-
-    async fn download(
-        &self,
-        c: &mut WsClient,
-        conv: &str,
-        seq: u64,
-        id: &AttachmentId,
-    ) -> DownloadGrant {
-        match c.reply(download(conv, seq, id)).await.unwrap() {
-            ReplyBody::Download(g) => g,
-            other => panic!("not a download grant: {other:?}"),
-        }
-    }
-
-    /// Waits until `url` (issued before the file was deleted) finds nothing.
-    async fn gone(&self, url: &str) {
-        eventually(WAIT, "the file to be deleted", || async {
-            (self.get(url).await.0 == 404).then_some(())
-        })
-        .await
-        .unwrap();
-    }
-}
-
-fn upload(conv: &str, name: &str, content_type: &str, size: u64) -> Upload {
-    Upload {
-        conv: conv_id(conv),
-        name: name.into(),
-        content_type: content_type.into(),
-        size,
-    }
-}
-
-fn download(conv: &str, seq: u64, id: &AttachmentId) -> Download {
-    Download {
-        conv: conv_id(conv),
-        seq,
-        attachment: id.clone(),
-    }
-}
-
-fn with_files(
-    conv: &str,
-    id: &str,
-    files: Vec<Attachment>,
-) -> anchorage_protocol::request::SendMessage {
-    anchorage_protocol::request::SendMessage {
-        attachments: files,
-        ..send_message(conv, id, json!("see attached"))
-    }
-}
-
-async fn refused(c: &mut WsClient, body: impl Into<anchorage_protocol::RequestBody>) -> ErrorCode {
-    c.refused(body).await.unwrap().code
-}
-
-const PNG: &[u8] = b"\x89PNG\r\n\x1a\n-a-cat-";
 
 /// A file reaches the members of the conversation — in the live message, in `sync`, as a
 /// download with its type and name — and nobody else.
 async fn a_file_reaches_the_members_and_only_them(kind: Kind) {
-    let f = Files::start(kind, 300).await;
-    let mut alice = f.device("alice").await;
+    let f = Files::start(kind).await;
+    let mut alice = f.device("alice", "d1").await;
     alice
         .ok(create_group("team", "Team", &["bob"]))
         .await
         .unwrap();
-    let mut bob = f.device("bob").await;
-    let mut carol = f.device("carol").await;
+    let mut bob = f.device("bob", "d1").await;
+    let mut carol = f.device("carol", "d1").await;
 
-    let a = f.uploaded(&mut alice, "team", "Ünïcødé cat.png", PNG).await;
+    let a = f
+        .uploaded(&mut alice, "team", "Ünïcødé cat.png", PNG)
+        .await
+        .0;
     assert_eq!(a.size, PNG.len() as u64);
     let seq = alice
         .ack(with_files("team", "m1", vec![a.clone()]))
@@ -249,7 +66,7 @@ async fn a_file_reaches_the_members_and_only_them(kind: Kind) {
     let g = f.download(&mut bob, "team", seq, &a.id).await;
     assert_eq!(g.attachment, a);
     assert!(g.expires_at > anchorage_schema::now_ms());
-    let (status, headers, bytes) = f.get(&g.url).await;
+    let (status, headers, bytes) = f.get_with_headers(&g.url).await;
     assert_eq!(status, 200);
     assert_eq!(bytes, PNG);
     assert_eq!(headers["content-type"], "image/png");
@@ -270,7 +87,7 @@ async fn a_file_reaches_the_members_and_only_them(kind: Kind) {
         ErrorCode::Forbidden
     );
     // Another message, another id, a seq past the end: nothing.
-    let other = f.uploaded(&mut alice, "team", "dog.png", b"dog").await;
+    let other = f.uploaded(&mut alice, "team", "dog.png", b"dog").await.0;
     assert_eq!(
         refused(&mut bob, download("team", seq, &other.id)).await,
         ErrorCode::NotFound
@@ -303,8 +120,8 @@ async fn a_file_reaches_the_members_and_only_them_s3() {
 /// takes nothing else under its URL, and a message names it only as issued, only once it is
 /// stored, only by its uploader, only in its conversation.
 async fn files_are_held_to_what_was_issued(kind: Kind) {
-    let f = Files::start(kind, 300).await;
-    let mut alice = f.device("alice").await;
+    let f = Files::start(kind).await;
+    let mut alice = f.device("alice", "d1").await;
     alice
         .ok(create_group("team", "Team", &["bob"]))
         .await
@@ -313,7 +130,7 @@ async fn files_are_held_to_what_was_issued(kind: Kind) {
         .ok(create_group("side", "Side", &["bob"]))
         .await
         .unwrap();
-    let mut bob = f.device("bob").await;
+    let mut bob = f.device("bob", "d1").await;
 
     // The limits of the configuration, and names that are not file names.
     assert_eq!(
@@ -463,7 +280,7 @@ async fn files_are_held_to_what_was_issued(kind: Kind) {
         .seq;
     let g = f.download(&mut bob, "team", seq, &a.id).await;
     assert_eq!(g.attachment.name, "kitten.png");
-    assert_eq!(f.get(&g.url).await.2, PNG);
+    assert_eq!(f.get(&g.url).await.1, PNG);
 }
 
 #[tokio::test]
@@ -479,13 +296,13 @@ async fn files_are_held_to_what_was_issued_s3() {
 /// A download URL works for a short while, for that file as issued: altering any part of it,
 /// or using it late, is refused by the store.
 async fn download_urls_expire_and_cannot_be_altered(kind: Kind) {
-    let f = Files::start(kind, 2).await;
-    let mut alice = f.device("alice").await;
+    let f = Files::start_with(kind, |c| c.attachments.download_ttl_secs = 2).await;
+    let mut alice = f.device("alice", "d1").await;
     alice
         .ok(create_group("team", "Team", &["bob"]))
         .await
         .unwrap();
-    let a = f.uploaded(&mut alice, "team", "cat.png", PNG).await;
+    let a = f.uploaded(&mut alice, "team", "cat.png", PNG).await.0;
     let seq = alice
         .ack(with_files("team", "m1", vec![a.clone()]))
         .await
@@ -545,7 +362,7 @@ async fn download_urls_expire_and_cannot_be_altered(kind: Kind) {
     }
     // A new one works again.
     let g = f.download(&mut alice, "team", seq, &a.id).await;
-    assert_eq!(f.get(&g.url).await.2, PNG);
+    assert_eq!(f.get(&g.url).await.1, PNG);
 }
 
 fn url_of(s: &str) -> reqwest::Url {
@@ -565,15 +382,15 @@ async fn download_urls_expire_and_cannot_be_altered_s3() {
 /// Revoking a message deletes its files from the store — except one another message still
 /// names — and its tombstone names none.
 async fn revoking_deletes_files_no_other_message_names(kind: Kind) {
-    let f = Files::start(kind, 300).await;
-    let mut alice = f.device("alice").await;
+    let f = Files::start(kind).await;
+    let mut alice = f.device("alice", "d1").await;
     alice
         .ok(create_group("team", "Team", &["bob"]))
         .await
         .unwrap();
-    let mut bob = f.device("bob").await;
-    let shared = f.uploaded(&mut alice, "team", "shared.png", PNG).await;
-    let own = f.uploaded(&mut alice, "team", "own.png", b"own").await;
+    let mut bob = f.device("bob", "d1").await;
+    let shared = f.uploaded(&mut alice, "team", "shared.png", PNG).await.0;
+    let own = f.uploaded(&mut alice, "team", "own.png", b"own").await.0;
     let m1 = alice
         .ack(with_files("team", "m1", vec![shared.clone(), own.clone()]))
         .await
@@ -647,9 +464,7 @@ async fn revoking_deletes_files_no_other_message_names(kind: Kind) {
     .await
     .unwrap();
     if kind == Kind::Fs {
-        let left: Vec<_> = std::fs::read_dir(f.dir.path().join("files"))
-            .unwrap()
-            .collect();
+        let left: Vec<_> = std::fs::read_dir(f.folder()).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
     }
 }
@@ -668,13 +483,13 @@ async fn revoking_deletes_files_no_other_message_names_s3() {
 /// later sends wait behind it), and a revoke's deletion waits; both complete once it is back.
 #[tokio::test]
 async fn a_store_that_is_down_delays_sends_and_deletions_but_loses_nothing() {
-    let mut f = Files::start(Kind::S3, 300).await;
-    let mut alice = f.device("alice").await;
+    let mut f = Files::start(Kind::S3).await;
+    let mut alice = f.device("alice", "d1").await;
     alice
         .ok(create_group("team", "Team", &["bob"]))
         .await
         .unwrap();
-    let a = f.uploaded(&mut alice, "team", "cat.png", PNG).await;
+    let a = f.uploaded(&mut alice, "team", "cat.png", PNG).await.0;
 
     f.s3.as_mut().unwrap().stop().await;
     let e = alice
@@ -762,11 +577,11 @@ async fn without_storage_files_are_refused() {
 /// member's SDK downloads it.
 #[tokio::test]
 async fn the_sdk_uploads_sends_and_downloads_files() {
-    let f = Files::start(Kind::Fs, 300).await;
+    let f = Files::start(Kind::Fs).await;
     let dir = tempfile::tempdir().unwrap();
     let alice = common::client(f.edge(), dir.path(), "alice").await;
     let bob = common::client(f.edge(), dir.path(), "bob").await;
-    let mut ws = f.device("alice").await;
+    let mut ws = f.device("alice", "d1").await;
     ws.ok(create_group("team", "Team", &["bob"])).await.unwrap();
 
     let file: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
@@ -818,9 +633,9 @@ async fn the_server_api_uploads_posts_and_downloads_files() {
     use anchorage_schema::admin::Scope;
     use anchorage_tests::{api_key, http};
 
-    let f = Files::start(Kind::Fs, 300).await;
-    let (key, _) = api_key(&f._nats.url(), Scope::Admin, 1000).await;
-    let (reader, _) = api_key(&f._nats.url(), Scope::Read, 1000).await;
+    let f = Files::start(Kind::Fs).await;
+    let (key, _) = api_key(&f.nats.url(), Scope::Admin, 1000).await;
+    let (reader, _) = api_key(&f.nats.url(), Scope::Read, 1000).await;
     let auth = format!("Bearer {key}");
     let call = |method: &'static str, path: String, body: Option<serde_json::Value>| {
         let auth = auth.clone();
@@ -837,12 +652,12 @@ async fn the_server_api_uploads_posts_and_downloads_files() {
             .unwrap()
         }
     };
-    let mut alice = f.device("alice").await;
+    let mut alice = f.device("alice", "d1").await;
     alice
         .ok(create_group("team", "Team", &["bob"]))
         .await
         .unwrap();
-    let mut bob = f.device("bob").await;
+    let mut bob = f.device("bob", "d1").await;
 
     let grant = call(
         "POST",
@@ -887,7 +702,7 @@ async fn the_server_api_uploads_posts_and_downloads_files() {
     )
     .await;
     assert_eq!(got.status, 200, "{got:?}");
-    assert_eq!(f.get(got.body["url"].as_str().unwrap()).await.2, b"hello");
+    assert_eq!(f.get(got.body["url"].as_str().unwrap()).await.1, b"hello");
 
     // A system message carries no files; a sender who is not a member gets no upload; a
     // read-only key uploads nothing; the same key with other files is another message.

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // test helpers fail the test on any error
 
 mod common;
+mod files;
 
 mod api;
 mod attachments;
