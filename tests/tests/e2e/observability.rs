@@ -194,6 +194,7 @@ fn the_dashboard_and_the_docs_name_metrics_that_exist() {
         "services/edge/src/ws.rs",
         "services/webhooks/src/worker.rs",
         "services/push/src/lib.rs",
+        "shared/blobs/src/reap.rs",
         "services/projector/src/lib.rs",
         "services/anchorage/src/telemetry.rs",
         "shared/bus/src/lib.rs",
