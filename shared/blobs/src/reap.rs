@@ -79,6 +79,12 @@ async fn round(
     grace: Duration,
     gate: &mut Option<(i64, u64)>,
 ) -> anyhow::Result<usize> {
+    let grace = ms(grace);
+    // Nothing due (the usual case): no look at the stream.
+    let now = anchorage_schema::now_ms();
+    if gate.is_none() && store.due_deletions(now - grace, now, 1).await?.is_empty() {
+        return Ok(0);
+    }
     let (began, end) = match *gate {
         Some(g) => g,
         None => {
@@ -94,7 +100,6 @@ async fn round(
         return Ok(0);
     }
     *gate = None;
-    let grace = ms(grace);
     let due = store
         .due_deletions(began - grace, anchorage_schema::now_ms(), ROUND)
         .await?;

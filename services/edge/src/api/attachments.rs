@@ -5,17 +5,16 @@ use std::collections::BTreeMap;
 
 use anchorage_schema::admin::Scope;
 use anchorage_schema::attachment::{Attachment, AttachmentId};
-use anchorage_schema::{ConversationId, UserId};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::caller;
 use super::keys::Key;
 use super::problem::{Body, Params, Problem};
 use super::users::user_id;
+use super::{caller, conversation};
 use crate::EdgeState;
 use crate::requests::RequestError;
 
@@ -136,34 +135,6 @@ pub struct DownloadTarget {
     pub expires_at: i64,
 }
 
-fn conversation(s: String) -> Result<ConversationId, Problem> {
-    ConversationId::parse(s).map_err(|e| Problem::invalid(e.to_string()))
-}
-
-/// Whether `user` is a member of `conv` now, as the projection holds every membership stored.
-pub(super) async fn member(
-    state: &EdgeState,
-    conv: &ConversationId,
-    user: &UserId,
-) -> Result<(), Problem> {
-    let group = conv.group();
-    caller(state).settled_version(&group).await?;
-    let mut tx = state.store.begin_read().await.map_err(RequestError::from)?;
-    let rows = tx
-        .members_of(group.as_str(), &[user.as_str()])
-        .await
-        .map_err(RequestError::from)?;
-    tx.commit().await.map_err(RequestError::from)?;
-    if rows
-        .get(user.as_str())
-        .is_some_and(|m| m.removed_seq.is_none())
-    {
-        Ok(())
-    } else {
-        Err(RequestError::Forbidden(format!("{user} is not a member of {conv}")).into())
-    }
-}
-
 /// Upload a file for a message `sender` posts into a conversation.
 #[utoipa::path(post, operation_id = "attachment_upload", path = "/v1/conversations/{conv}/attachments", tag = "messages",
     request_body = NewUpload,
@@ -180,16 +151,10 @@ pub async fn upload(
     let conv = conversation(conv)?;
     let sender = user_id(r.sender)?;
     let blobs = state.blobs()?;
-    member(&state, &conv, &sender).await?;
-    let live = state
-        .store
-        .group_row(conv.group().as_str())
-        .await
-        .map_err(RequestError::from)?
-        .is_some_and(|g| !g.dismissed);
-    if !live {
-        return Err(RequestError::NotFound(format!("{conv} does not exist")).into());
-    }
+    let group = conv.group();
+    caller(&state).settled_version(&group).await?;
+    super::member_now(&state, &group, &sender).await?;
+    super::live_group(&state, &group).await?;
     let (attachment, grant) = blobs
         .issue(
             conv.as_str(),

@@ -4,7 +4,7 @@
 use anchorage_schema::admin::Scope;
 use anchorage_schema::event::{MessageSent, SystemMessagePosted};
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{Actor, ClientMsgId, ConversationId, DeviceId, Envelope, Event, now_ms};
+use anchorage_schema::{Actor, ClientMsgId, DeviceId, Envelope, Event, now_ms};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -17,8 +17,8 @@ use super::keys::Key;
 use super::problem::{Body, Page, Params, Problem};
 use super::users::user_id;
 use super::{
-    API_DEVICE, API_SOURCE, EVENT_PREFIX, Written, applied, backend, caller, event_id,
-    idempotency_key, page_limit,
+    API_DEVICE, API_SOURCE, EVENT_PREFIX, Written, applied, backend, caller, conversation,
+    event_id, idempotency_key, page_limit,
 };
 use crate::EdgeState;
 use crate::progress::Projection;
@@ -90,10 +90,6 @@ pub struct HistoryPage {
     pub limit: Option<u32>,
 }
 
-fn conversation(s: String) -> Result<ConversationId, Problem> {
-    ConversationId::parse(s).map_err(|e| Problem::invalid(e.to_string()))
-}
-
 /// Post a message into a conversation.
 #[utoipa::path(post, operation_id = "message_post", path = "/v1/conversations/{conv}/messages", tag = "messages",
     request_body = PostMessage,
@@ -141,32 +137,14 @@ pub async fn post(
     let group = conv.group();
     let caller = caller(&state);
     let version = caller.settled_version(&group).await?;
-    let live = state
-        .store
-        .group_row(group.as_str())
-        .await
-        .map_err(RequestError::from)?
-        .is_some_and(|g| !g.dismissed);
-    if !live {
-        return Err(RequestError::NotFound(format!("{conv} does not exist")).into());
-    }
+    super::live_group(&state, &group).await?;
     let device =
         DeviceId::parse(API_DEVICE).map_err(|e| Problem::from(RequestError::internal(e)))?;
     let (env, sender, stored_device, stored_id) = match r.sender {
         Some(sender) => {
             let user = user_id(sender)?;
             super::not_deleted(&state, std::slice::from_ref(&user)).await?;
-            let mut tx = state.store.begin_read().await.map_err(RequestError::from)?;
-            let rows = tx
-                .members_of(group.as_str(), &[user.as_str()])
-                .await
-                .map_err(RequestError::from)?;
-            tx.commit().await.map_err(RequestError::from)?;
-            let Some(member) = rows.get(user.as_str()).filter(|m| m.removed_seq.is_none()) else {
-                return Err(
-                    RequestError::Forbidden(format!("{user} is not a member of {conv}")).into(),
-                );
-            };
+            let member = super::member_now(&state, &group, &user).await?;
             if let Some(until) = member.muted_until
                 && until > now_ms()
             {

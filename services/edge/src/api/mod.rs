@@ -221,6 +221,42 @@ async fn not_deleted(state: &EdgeState, users: &[anchorage_schema::UserId]) -> R
     }
 }
 
+fn conversation(s: String) -> Result<anchorage_schema::ConversationId, Problem> {
+    anchorage_schema::ConversationId::parse(s).map_err(|e| Problem::invalid(e.to_string()))
+}
+
+/// `not_found` unless `group` exists and was not dismissed.
+async fn live_group(state: &EdgeState, group: &anchorage_schema::GroupId) -> Result<(), Problem> {
+    let live = state
+        .store
+        .group_row(group.as_str())
+        .await
+        .map_err(RequestError::from)?
+        .is_some_and(|g| !g.dismissed);
+    if live {
+        Ok(())
+    } else {
+        Err(RequestError::NotFound(format!("{group} does not exist")).into())
+    }
+}
+
+/// `user`'s row in `group` if they are a member now; `forbidden` otherwise.
+async fn member_now(
+    state: &EdgeState,
+    group: &anchorage_schema::GroupId,
+    user: &anchorage_schema::UserId,
+) -> Result<anchorage_store::MemberRow, Problem> {
+    let mut tx = state.store.begin_read().await.map_err(RequestError::from)?;
+    let mut rows = tx
+        .members_of(group.as_str(), &[user.as_str()])
+        .await
+        .map_err(RequestError::from)?;
+    tx.commit().await.map_err(RequestError::from)?;
+    rows.remove(user.as_str())
+        .filter(|m| m.removed_seq.is_none())
+        .ok_or_else(|| RequestError::Forbidden(format!("{user} is not a member of {group}")).into())
+}
+
 fn event_id(id: String) -> Result<EventId, Problem> {
     EventId::parse(id).map_err(|e| Problem::from(RequestError::internal(e)))
 }
