@@ -11,7 +11,8 @@
 //! - [`members`]: member lists as both directions carry them;
 //! - [`codec`]: strict decoding of client frames, with a precise error for each way a frame can
 //!   be wrong;
-//! - [`error`]: stable error codes and WebSocket close codes.
+//! - [`error`]: stable error codes and WebSocket close codes;
+//! - [`schema`]: all of it as a JSON Schema, for clients in other languages.
 
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod members;
 pub mod reply;
 pub mod request;
+pub mod schema;
 
 pub use anchorage_schema::EntryKind;
 pub use codec::{FrameError, MAX_NUMBER, decode_request};

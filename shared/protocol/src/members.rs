@@ -9,7 +9,7 @@ use anchorage_schema::event::Role;
 use crate::error::ErrorCode;
 
 /// One group's entry in `members_sync_batch`: the client's copy, as in `members_sync`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupSync {
     /// The group.
@@ -26,7 +26,7 @@ pub struct GroupSync {
 }
 
 /// A member as member lists carry it: the role is left out for plain members.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MemberInfo {
     /// The member.
     pub user: UserId,
@@ -72,7 +72,7 @@ impl MemberInfo {
 }
 
 /// A group and its version, as `group_versions` lists them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GroupVersion {
     /// The group.
     pub group: GroupId,
@@ -83,7 +83,7 @@ pub struct GroupVersion {
 }
 
 /// What changed in one membership event, as notifications carry it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MembersChange {
     /// Members who joined or whose row changed, as they are now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -103,7 +103,7 @@ pub struct MembersChange {
 }
 
 /// One group's answer in `members_batch` (fields as in `members_diff`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "result", rename_all = "snake_case")]
 #[allow(missing_docs)] // the fields are those of the single-group answers
 pub enum GroupSyncResult {

@@ -36,7 +36,7 @@ pub struct Reply {
 }
 
 /// Answers, tagged by `type`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ReplyBody {
     /// Answer to `hello`.
@@ -82,7 +82,7 @@ pub enum ReplyBody {
 }
 
 /// Frames without a request, tagged by `type`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Push {
     /// A new message; `prev` is the previous seq of the conversation (0 if none). A client
@@ -111,7 +111,7 @@ pub enum Push {
 }
 
 /// `error`: a request failed, or a frame could not be read (then `id` is absent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorFrame {
     /// The request's id, when the frame was readable enough to have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,13 +176,13 @@ impl ServerFrame {
 
 impl Serialize for ServerFrame {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
+        #[derive(Serialize, schemars::JsonSchema)]
         struct ReplyWire<'a> {
             #[serde(flatten)]
             body: &'a ReplyBody,
             id: RequestId,
         }
-        #[derive(Serialize)]
+        #[derive(Serialize, schemars::JsonSchema)]
         #[serde(tag = "type", rename_all = "snake_case")]
         enum ErrorWire<'a> {
             Error(&'a ErrorFrame),
@@ -437,7 +437,7 @@ impl From<ErrorFrame> for ServerFrame {
 }
 
 /// A message as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Message {
     /// The conversation.
     pub conv: ConversationId,
@@ -503,7 +503,7 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// The reactions with one emoji on a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Reaction {
     /// The emoji.
     pub emoji: String,
@@ -515,7 +515,7 @@ pub struct Reaction {
 }
 
 /// A conversation that changed since the client's anchor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConvChange {
     /// The conversation.
     pub conv: ConversationId,
@@ -539,7 +539,7 @@ fn is_zero_u64(n: &u64) -> bool {
 }
 
 /// `welcome`: the answer to `hello`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Welcome {
     /// The protocol version spoken on this connection.
     pub protocol: u16,
@@ -561,7 +561,7 @@ pub struct Welcome {
 }
 
 /// `ack`: a message was stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Ack {
     /// The sender's id of the message.
     pub client_msg_id: ClientMsgId,
@@ -574,7 +574,7 @@ pub struct Ack {
 }
 
 /// `messages`: the answer to `sync` and `history`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Messages {
     /// The conversation.
     pub conv: ConversationId,
@@ -585,7 +585,7 @@ pub struct Messages {
 }
 
 /// `ok`: a request succeeded with nothing else to say.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Done {
     /// The conversation it concerned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -596,7 +596,7 @@ pub struct Done {
 }
 
 /// `group_versions`: the caller's groups and their versions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GroupVersions {
     /// The MEMBERSHIP stream's epoch: versions of another epoch cannot be compared.
     pub epoch: String,
@@ -609,7 +609,7 @@ pub struct GroupVersions {
 
 /// `members_diff`: changes since the client's version, oldest first. `digest` (of the whole
 /// list at `version`) comes with the last page; while `more`, sync again from `version`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MembersDiff {
     /// The group.
     pub group: GroupId,
@@ -631,7 +631,7 @@ pub struct MembersDiff {
 /// `members_page`: a snapshot page pinned to `anchor`, members in id order: plain members by
 /// id in `members`, the others in `details`. Fetch the next page with `cursor`; after the
 /// last, sync from `anchor` for what changed since.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MembersPage {
     /// The group.
     pub group: GroupId,
@@ -654,7 +654,7 @@ pub struct MembersPage {
 
 /// `members_buckets`: same version, different digest: the server's bucket digests at
 /// `version`, so the client looks only under the buckets that differ.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MembersBuckets {
     /// The group.
     pub group: GroupId,
@@ -668,7 +668,7 @@ pub struct MembersBuckets {
 }
 
 /// `members_sketch`: the sketch asked for, of the members of `buckets` at `anchor`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MembersSketch {
     /// The group.
     pub group: GroupId,
@@ -683,7 +683,7 @@ pub struct MembersSketch {
 }
 
 /// `members_batch`: the answer to `members_sync_batch`, in request order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MembersBatch {
     /// One result per group answered.
     pub results: Vec<GroupSyncResult>,
@@ -693,7 +693,7 @@ pub struct MembersBatch {
 }
 
 /// `upload`: the answer to `upload`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UploadGrant {
     /// The attachment to name in the message once the file is uploaded.
     pub attachment: anchorage_schema::attachment::Attachment,
@@ -708,7 +708,7 @@ pub struct UploadGrant {
 }
 
 /// `download`: the answer to `download`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DownloadGrant {
     /// The file as the message names it.
     pub attachment: anchorage_schema::attachment::Attachment,
@@ -719,7 +719,7 @@ pub struct DownloadGrant {
 }
 
 /// `search_results`: the answer to `search`, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SearchResults {
     /// The messages found.
     pub results: Vec<SearchResult>,
@@ -728,7 +728,7 @@ pub struct SearchResults {
 }
 
 /// One message found.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SearchResult {
     /// The message in its current state.
     pub message: Message,
@@ -737,7 +737,7 @@ pub struct SearchResult {
 }
 
 /// `members_found`: the answer to `members_search`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MembersFound {
     /// The group.
     pub group: GroupId,
@@ -746,7 +746,7 @@ pub struct MembersFound {
 }
 
 /// `message`: a new message, live.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LiveMessage {
     /// The conversation's previous seq (0 if none).
     pub prev: u64,
@@ -755,7 +755,7 @@ pub struct LiveMessage {
 }
 
 /// `read`: the user's read marker moved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReadMoved {
     /// The conversation.
     pub conv: ConversationId,
@@ -764,7 +764,7 @@ pub struct ReadMoved {
 }
 
 /// `membership`: the caller joined or left a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MembershipChanged {
     /// The conversation.
     pub conv: ConversationId,
@@ -775,7 +775,7 @@ pub struct MembershipChanged {
 }
 
 /// `members_changed`: one committed membership change, to connections that watch the list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MembersChanged {
     /// The group.
     pub group: GroupId,
@@ -791,7 +791,7 @@ pub struct MembersChanged {
 
 /// `reactions`: the reaction entries (prev, seq] of a conversation, coalesced into count
 /// changes — one frame for many reactions, never one per reaction per member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReactionsChanged {
     /// The conversation.
     pub conv: ConversationId,
@@ -807,7 +807,7 @@ pub struct ReactionsChanged {
 }
 
 /// How the count of one emoji on one message changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReactionDelta {
     /// The message.
     pub target: u64,
@@ -818,7 +818,7 @@ pub struct ReactionDelta {
 }
 
 /// One of the reading user's own reactions, added or removed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OwnReaction {
     /// The message.
     pub target: u64,
@@ -829,7 +829,7 @@ pub struct OwnReaction {
 }
 
 /// `reactors`: who reacted to a message with an emoji, in the order they did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Reactors {
     /// The conversation.
     pub conv: ConversationId,
@@ -845,7 +845,7 @@ pub struct Reactors {
 }
 
 /// `typing`: who is typing in a conversation now — a few of them by name, and how many.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TypingNow {
     /// The conversation.
     pub conv: ConversationId,
@@ -857,7 +857,7 @@ pub struct TypingNow {
 
 /// The user's own state since a version: views of conversations that changed, messages
 /// deleted for themselves, privacy settings.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UserState {
     /// Views of conversations that changed (their whole current view).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -880,7 +880,7 @@ pub struct UserState {
 }
 
 /// The user's own view of one conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConvPrefs {
     /// The conversation.
     pub conv: String,
@@ -902,7 +902,7 @@ pub struct ConvPrefs {
 }
 
 /// Messages of one conversation deleted for oneself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HiddenMessages {
     /// The conversation.
     pub conv: String,
@@ -911,7 +911,7 @@ pub struct HiddenMessages {
 }
 
 /// `state`: one change of the user's own state, live.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StateChanged {
     /// The state version this change applies to.
     pub prev: u64,
@@ -922,7 +922,7 @@ pub struct StateChanged {
 }
 
 /// One change of the user's own state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StateChange {
     /// A view of a conversation: only the fields present changed (`muted_until` 0 and an
@@ -962,7 +962,7 @@ pub enum StateChange {
 }
 
 /// Whether one of the user's devices is notified while offline, and how (never its address).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DevicePush {
     /// The device.
     pub device: String,
@@ -975,7 +975,7 @@ pub struct DevicePush {
 }
 
 /// How far one member read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Receipt {
     /// The conversation.
     pub conv: ConversationId,
@@ -986,7 +986,7 @@ pub struct Receipt {
 }
 
 /// `receipts`: how far the other members read, or how many read a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Receipts {
     /// The conversation.
     pub conv: ConversationId,
@@ -1000,7 +1000,7 @@ pub struct Receipts {
 }
 
 /// Whether a user is online, and when they were last seen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PresenceInfo {
     /// The user.
     pub user: String,
@@ -1016,7 +1016,7 @@ pub struct PresenceInfo {
 }
 
 /// `presence`: the users asked about, and the online members of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PresenceAnswer {
     /// One per user asked about, in the order asked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

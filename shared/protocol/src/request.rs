@@ -42,7 +42,7 @@ impl Request {
 }
 
 /// A request as it goes on the wire: the body's fields and the id, side by side.
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct Wire<'a> {
     #[serde(flatten)]
     body: &'a RequestBody,
@@ -74,7 +74,7 @@ impl<'de> Deserialize<'de> for Request {
 }
 
 /// The request types, tagged by `type`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RequestBody {
     /// First frame on a connection. Answered with `welcome`.
@@ -323,7 +323,7 @@ into_body! {
 }
 
 /// `hello`: the protocol version, the device token, and optionally the client's anchors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
     /// The protocol version the client speaks.
@@ -344,7 +344,7 @@ pub struct Hello {
 }
 
 /// The client's version of one conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConvAnchor {
     /// The conversation.
     pub conv: ConversationId,
@@ -353,7 +353,7 @@ pub struct ConvAnchor {
 }
 
 /// `send`: a message. Retries reuse `client_msg_id` and get the same `seq`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     /// The conversation.
@@ -384,7 +384,7 @@ pub struct SendMessage {
 }
 
 /// `edit`: a new body for one's own message `seq`, within the edit window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Edit {
     /// The conversation.
@@ -397,7 +397,7 @@ pub struct Edit {
 
 /// `revoke`: revoke message `seq` for everyone — its sender, or an owner or admin of the
 /// group. The text is erased; a tombstone stays.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Revoke {
     /// The conversation.
@@ -407,7 +407,7 @@ pub struct Revoke {
 }
 
 /// `react`: add (or with `remove`, take back) a reaction on message `seq`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct React {
     /// The conversation.
@@ -423,7 +423,7 @@ pub struct React {
 
 /// `pin`: pin (or with `unpin`, unpin) message `seq` — owners and admins of a group, either
 /// side of a 1:1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pin {
     /// The conversation.
@@ -436,7 +436,7 @@ pub struct Pin {
 }
 
 /// `reactors`: who reacted to message `seq` with `emoji`, in the order they did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReactorsQuery {
     /// The conversation.
@@ -454,7 +454,7 @@ pub struct ReactorsQuery {
 }
 
 /// `edits`: the edits of message `seq`, oldest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Edits {
     /// The conversation.
@@ -464,7 +464,7 @@ pub struct Edits {
 }
 
 /// `sync`: messages of a conversation after `after`, oldest first, bounded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sync {
     /// The conversation.
@@ -477,7 +477,7 @@ pub struct Sync {
 }
 
 /// `history`: messages of a conversation before `before` (0: the latest), newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct History {
     /// The conversation.
@@ -491,7 +491,7 @@ pub struct History {
 }
 
 /// `read`: the user has read `conv` up to `seq` (markers only move forward).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MarkRead {
     /// The conversation.
@@ -501,7 +501,7 @@ pub struct MarkRead {
 }
 
 /// `received`: this device has received everything in `conv` up to `seq`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MarkReceived {
     /// The conversation.
@@ -511,7 +511,7 @@ pub struct MarkReceived {
 }
 
 /// `open_direct`: open (or find) the 1:1 conversation with `peer`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenDirect {
     /// The other user.
@@ -519,7 +519,7 @@ pub struct OpenDirect {
 }
 
 /// `create_group`: a group with the caller as owner.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
     /// The new group's id (ids starting with `dm-` are reserved).
@@ -532,7 +532,7 @@ pub struct CreateGroup {
 }
 
 /// `add_members` (owner and admins only).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMembers {
     /// The group.
@@ -542,7 +542,7 @@ pub struct AddMembers {
 }
 
 /// `remove_members` (owner and admins; only the owner removes admins).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveMembers {
     /// The group.
@@ -552,7 +552,7 @@ pub struct RemoveMembers {
 }
 
 /// `leave` a group (not as its owner, not a 1:1 conversation).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Leave {
     /// The group.
@@ -560,7 +560,7 @@ pub struct Leave {
 }
 
 /// `set_role`: change a member's role (owner only; the owner's own role is fixed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetRole {
     /// The group.
@@ -573,7 +573,7 @@ pub struct SetRole {
 
 /// `mute_member` until a Unix millisecond, or unmute (`until` absent). Owner and admins;
 /// admins cannot mute the owner or each other.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MuteMember {
     /// The group.
@@ -586,7 +586,7 @@ pub struct MuteMember {
 }
 
 /// `set_nickname`: one's own, or anyone's as owner or admin; absent to clear.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetNickname {
     /// The group.
@@ -599,7 +599,7 @@ pub struct SetNickname {
 }
 
 /// `update_group`: the title or avatar (owner and admins).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGroup {
     /// The group.
@@ -613,7 +613,7 @@ pub struct UpdateGroup {
 }
 
 /// `dismiss_group`: end the group for everyone (owner only).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DismissGroup {
     /// The group.
@@ -622,7 +622,7 @@ pub struct DismissGroup {
 
 /// `group_versions`: the versions of the caller's groups, bounded; continue with `cursor`.
 /// Cheap: no member lists.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupVersions {
     /// Where a previous answer stopped.
@@ -639,7 +639,7 @@ pub type MembersSync = GroupSync;
 
 /// `members_fetch`: the next snapshot page of a realignment pinned to `anchor`, the members
 /// of some digest buckets only, or the members with some hashes (found by a sketch).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembersFetch {
     /// The group.
@@ -666,7 +666,7 @@ pub const MAX_FETCH_HASHES: usize = 1000;
 /// `members_sketch`: an invertible sketch of `cells` cells of the members of `buckets` in the
 /// snapshot pinned to `anchor` (the version of a `members_buckets` answer). The client
 /// subtracts its own sketch of the same buckets and decodes the member hashes that differ.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembersSketch {
     /// The group.
@@ -684,7 +684,7 @@ pub struct MembersSketch {
 /// `members_sync_batch`: `members_sync` over many groups in one answer, in the order given
 /// (most important first), until `budget_bytes` is spent; the answer's `cursor` says where to
 /// go on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembersSyncBatch {
     /// The client's copies.
@@ -698,7 +698,7 @@ pub struct MembersSyncBatch {
 }
 
 /// `members_search`: members whose id or nickname starts with `query`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembersSearch {
     /// The group.
@@ -712,7 +712,7 @@ pub struct MembersSearch {
 
 /// `set_push`: where this device is reached while it is not connected (replacing what it
 /// set before).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPush {
     /// The provider and the address it gave the device.
@@ -728,7 +728,7 @@ fn yes() -> bool {
 
 /// `upload`: where to put a file for a message to `conv`. The answer's attachment is named
 /// in the message once the file is there.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upload {
     /// The conversation the file is for (only there can a message carry it).
@@ -742,7 +742,7 @@ pub struct Upload {
 }
 
 /// `download`: where to get file `attachment` of message `seq` in `conv`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Download {
     /// The conversation.
@@ -754,14 +754,14 @@ pub struct Download {
 }
 
 /// `remove_push`: this device is not notified while offline any more.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemovePush {}
 
 /// `search`: the user's messages whose text matches `query` — in every conversation they are
 /// or were a member of, or in `conv` — newest first. Only messages that reached the user are
 /// found: none from before they joined or after they left.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Search {
     /// Words to find (every one must match; a word of three characters or more also matches
@@ -780,7 +780,7 @@ pub struct Search {
 
 /// `members_unsubscribe`: stop `members_changed` notifications of a group on this
 /// connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembersUnsubscribe {
     /// The group.
@@ -790,7 +790,7 @@ pub struct MembersUnsubscribe {
 /// `view` and `unview`: this connection starts or stops showing a conversation. Only
 /// connections viewing a conversation get its `typing` pushes; one connection views at most 8
 /// conversations (viewing another stops the oldest).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct View {
     /// The conversation.
@@ -799,7 +799,7 @@ pub struct View {
 
 /// `typing`: the user is typing in a conversation (`"stop": true`: no longer). Never stored;
 /// a typing user is shown for 6 seconds unless the client says so again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Typing {
     /// The conversation.
@@ -811,7 +811,7 @@ pub struct Typing {
 
 /// `set_prefs`: the user's own view of a conversation, on all their devices. Only the fields
 /// given change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPrefs {
     /// The conversation.
@@ -835,7 +835,7 @@ pub struct SetPrefs {
 }
 
 /// `hide`: delete messages for oneself (at most 100 per request); others keep them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Hide {
     /// The conversation.
@@ -845,7 +845,7 @@ pub struct Hide {
 }
 
 /// `set_privacy`: what others may see of the user. Only the fields given change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPrivacy {
     /// Others see how far the user read.
@@ -857,7 +857,7 @@ pub struct SetPrivacy {
 }
 
 /// `user_state`: what changed of the user's own state after version `after`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserStateQuery {
     /// The version the client holds.
@@ -867,7 +867,7 @@ pub struct UserStateQuery {
 
 /// `receipts`: how far the other members read (a 1:1 or a small group), or how many read a
 /// message (`seq`, in any group).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptsQuery {
     /// The conversation.
@@ -880,7 +880,7 @@ pub struct ReceiptsQuery {
 /// `presence`: whether users are online and when they were last seen (at most 100, each
 /// sharing a conversation with the caller), and with `conv` how many of its members are
 /// online.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceQuery {
     /// The users.

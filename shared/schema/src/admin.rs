@@ -9,7 +9,19 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// What an API key may do; each scope includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Read users, groups, members, messages and conversations.
@@ -42,7 +54,7 @@ impl Scope {
 }
 
 /// A server API key as stored: never the secret itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApiKeyRecord {
     /// 16 hex digits; the subject token.
     pub id: String,
@@ -128,7 +140,7 @@ impl ApiKeyRecord {
 }
 
 /// A webhook endpoint as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WebhookRecord {
     /// A subject token: letters, digits, `-` and `_`.
     pub name: String,
@@ -153,7 +165,7 @@ pub struct WebhookRecord {
 }
 
 /// Where an endpoint's deliveries start again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Redeliver {
     /// From this sequence of each stream.

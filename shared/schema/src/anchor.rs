@@ -12,7 +12,18 @@ use serde::{Deserialize, Serialize};
 
 /// A stream sequence number. `Seq(0)` means "nothing yet".
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(transparent)]
 pub struct Seq(pub u64);
@@ -36,7 +47,18 @@ impl fmt::Display for Seq {
 /// The lifetime of a stream: its creation time in nanoseconds since the Unix epoch, as the
 /// server reports it. Deleting and recreating a stream gives it a new epoch.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(transparent)]
 pub struct Epoch(pub u64);

@@ -33,7 +33,9 @@ fn bad(why: impl Into<String>) -> BadAttachment {
 }
 
 /// An attachment's id: `<object>.<seal>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct AttachmentId(String);
 
@@ -105,7 +107,7 @@ impl fmt::Display for AttachmentId {
 }
 
 /// A file a message carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Attachment {
     /// The uploaded object, as issued by `upload`.

@@ -31,7 +31,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// Who caused an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Actor {
     /// A signed-in device.
@@ -49,7 +49,7 @@ pub enum Actor {
 }
 
 /// A message into a conversation, from a user's device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageSent {
     /// The conversation.
     pub conv: ConversationId,
@@ -79,7 +79,7 @@ pub struct MessageSent {
 
 /// A message's sender replaced its body. An entry of the conversation's own (with its seq);
 /// the message keeps its place.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageEdited {
     /// The conversation.
     pub conv: ConversationId,
@@ -96,7 +96,7 @@ pub struct MessageEdited {
 /// A message was revoked for everyone. Its body and the bodies of its edits are erased from
 /// the streams and the projections; what remains is a tombstone: who sent it, under which id,
 /// when. Those are carried here, so a rebuild from the streams has the tombstone too.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageRevoked {
     /// The conversation.
     pub conv: ConversationId,
@@ -115,7 +115,7 @@ pub struct MessageRevoked {
 }
 
 /// A user added or removed a reaction on a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReactionChanged {
     /// The conversation.
     pub conv: ConversationId,
@@ -130,7 +130,7 @@ pub struct ReactionChanged {
 }
 
 /// A message was pinned in its conversation, or unpinned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PinChanged {
     /// The conversation.
     pub conv: ConversationId,
@@ -142,7 +142,7 @@ pub struct PinChanged {
 
 /// A user changed how a conversation looks to them, on all their devices. Only the fields
 /// present change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConversationPrefsChanged {
     /// Whose view.
     pub user: UserId,
@@ -166,7 +166,7 @@ pub struct ConversationPrefsChanged {
 }
 
 /// A user changed what others may see of them. Only the fields present change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PrivacyChanged {
     /// The user.
     pub user: UserId,
@@ -180,7 +180,7 @@ pub struct PrivacyChanged {
 
 /// A user deleted messages for themselves: their devices stop showing them; nobody else is
 /// affected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessagesHidden {
     /// Whose view.
     pub user: UserId,
@@ -192,7 +192,9 @@ pub struct MessagesHidden {
 
 /// What an entry of a conversation is: a message, or a change to the message it names. The
 /// same names on the wire (`kind`) and in the store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// A message.
@@ -238,7 +240,7 @@ impl EntryKind {
 }
 
 /// A message into a conversation from another system (a bot, a notifier, an admin tool).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SystemMessagePosted {
     /// The conversation.
     pub conv: ConversationId,
@@ -248,7 +250,7 @@ pub struct SystemMessagePosted {
 
 /// A user has read a conversation up to `read_seq`. Read markers only move forward: a marker
 /// lower than the current one changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReadMarked {
     /// Whose marker.
     pub user: UserId,
@@ -259,7 +261,7 @@ pub struct ReadMarked {
 }
 
 /// The role of a group member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Created the group; cannot be removed, demoted or muted.
@@ -292,7 +294,7 @@ impl Role {
 }
 
 /// Why members left a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RemovalReason {
     /// The member left by themselves.
@@ -303,7 +305,7 @@ pub enum RemovalReason {
     Removed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 /// A group (or a 1:1 conversation) was created.
 pub struct GroupCreated {
     /// The group.
@@ -320,7 +322,7 @@ pub struct GroupCreated {
     pub direct: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 /// Members joined a group.
 pub struct MembersAdded {
     /// The group.
@@ -329,7 +331,7 @@ pub struct MembersAdded {
     pub members: Vec<UserId>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 /// Members left or were removed from a group.
 pub struct MembersRemoved {
     /// The group.
@@ -340,7 +342,7 @@ pub struct MembersRemoved {
     pub reason: RemovalReason,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 /// A member's role changed.
 pub struct MemberRoleChanged {
     /// The group.
@@ -351,7 +353,7 @@ pub struct MemberRoleChanged {
     pub role: Role,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 /// A member was muted or unmuted.
 pub struct MemberMuteChanged {
     /// The group.
@@ -362,7 +364,7 @@ pub struct MemberMuteChanged {
     pub muted_until: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 /// A member's nickname in a group changed.
 pub struct MemberProfileChanged {
     /// The group.
@@ -373,7 +375,7 @@ pub struct MemberProfileChanged {
     pub nickname: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 /// A group's title or avatar changed.
 pub struct GroupProfileChanged {
     /// The group.
@@ -386,14 +388,14 @@ pub struct GroupProfileChanged {
     pub avatar: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 /// A group ended for everyone.
 pub struct GroupDismissed {
     /// The group.
     pub group: GroupId,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 /// A user was created (by another system, through ingest).
 pub struct UserCreated {
     /// The user.
@@ -402,7 +404,7 @@ pub struct UserCreated {
     pub display_name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 /// A user's profile changed.
 pub struct UserUpdated {
     /// The user.
@@ -411,7 +413,7 @@ pub struct UserUpdated {
     pub display_name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 /// A user was deleted: every session ends and every membership with it.
 pub struct UserDeleted {
     /// The user.
@@ -419,7 +421,7 @@ pub struct UserDeleted {
 }
 
 /// One device's session was ended; its sockets are closed and its token refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SessionRevoked {
     /// The user.
     pub user: UserId,
@@ -429,7 +431,7 @@ pub struct SessionRevoked {
 
 /// A device registered where it is reached while offline (replacing what it registered
 /// before). The same address registered by another device or user before is theirs no more.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PushTargetSet {
     /// The user.
     pub user: UserId,
@@ -445,7 +447,7 @@ pub struct PushTargetSet {
 /// A device's push target was removed: by the device (`address` absent), or because the
 /// provider said the address is no longer valid (`address` names it, so a newer registration
 /// of the device stays).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PushTargetRemoved {
     /// The user.
     pub user: UserId,
@@ -621,7 +623,7 @@ pub struct Envelope {
 }
 
 /// The JSON shape of an envelope, before the payload is interpreted.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
 struct Wire {
     id: EventId,
     #[serde(rename = "type")]

@@ -17,7 +17,7 @@ pub const MAX_TOKEN: usize = 4096;
 pub const MAX_ENDPOINT: usize = 2048;
 
 /// A device's address at a push provider.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PushTarget {
     /// Firebase Cloud Messaging (HTTP v1): the app's registration token.

@@ -1,0 +1,847 @@
+// The Anchorage client: one WebSocket to an edge, kept up across cuts, and the local store kept
+// in line with the server.
+//
+// - `hello` with the anchors held; the welcome's changes are pulled with `sync`.
+// - Messages go through the outbox: written to the store first, sent pipelined in the order
+//   written under their `client_msg_id`, and sent again under the same id (with `retry`)
+//   until the server acknowledges or refuses them for good.
+// - Live messages continue the chain when their `prev` is the anchor; any other `prev` is a
+//   gap, repaired with `sync` from the anchor. What is stored is acknowledged (`received`).
+// - Reconnects wait a full-jitter backoff and at least what the server asked for (a 503's
+//   `Retry-After`); 4002 takes a fresh token, 4005 and 4004 stop, 4008 resyncs.
+// - Member lists of groups sync when asked (the conversation opens): unchanged, a diff, a
+//   realignment, or a bucket repair; live changes apply when their `prev` is the copy's
+//   version and their digest matches.
+import { BACKOFF_MAX_MS, backoffDelay } from "./backoff.js";
+import { BucketedDigest } from "./digest.js";
+import { CLOSE, PROTOCOL_VERSION } from "./protocol.js";
+import { Store } from "./store.js";
+/** A request the server refused. */
+export class RequestError extends Error {
+    code;
+    retryAfterMs;
+    constructor(code, message, retryAfterMs) {
+        super(`${code}: ${message}`);
+        this.code = code;
+        this.retryAfterMs = retryAfterMs;
+    }
+}
+/** Why a connection ended. */
+class Lost {
+    code;
+    reason;
+    retryAfterMs;
+    constructor(code, reason, retryAfterMs = 0) {
+        this.code = code;
+        this.reason = reason;
+        this.retryAfterMs = retryAfterMs;
+    }
+}
+const PASSING = ["internal", "overloaded"];
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const isError = (f) => f.type === "error";
+/** One open socket: numbered requests and their answers. */
+class Connection {
+    ws;
+    onPush;
+    timeoutMs;
+    nextId = 1;
+    waiting = new Map();
+    ended = null;
+    endWaiters = [];
+    constructor(ws, onPush, timeoutMs) {
+        this.ws = ws;
+        this.onPush = onPush;
+        this.timeoutMs = timeoutMs;
+        ws.onmessage = (ev) => this.onFrame(ev.data);
+        ws.onclose = (ev) => this.end(new Lost(ev.code, ev.reason));
+        ws.onerror = () => this.end(new Lost());
+    }
+    onFrame(data) {
+        if (typeof data !== "string")
+            return;
+        let frame;
+        try {
+            frame = JSON.parse(data);
+        }
+        catch {
+            return;
+        }
+        if (typeof frame !== "object" || frame === null || typeof frame.type !== "string")
+            return;
+        const id = frame.id;
+        if (typeof id === "number" && this.waiting.has(id)) {
+            const w = this.waiting.get(id);
+            this.waiting.delete(id);
+            clearTimeout(w.timer);
+            w.resolve(frame);
+        }
+        else if (id === undefined && frame.type !== "error") {
+            this.onPush(frame);
+        }
+    }
+    end(lost) {
+        if (this.ended)
+            return;
+        this.ended = lost;
+        for (const w of this.waiting.values()) {
+            clearTimeout(w.timer);
+            w.reject(lost);
+        }
+        this.waiting.clear();
+        for (const f of this.endWaiters)
+            f(lost);
+        this.endWaiters = [];
+        try {
+            this.ws.close();
+        }
+        catch {
+            // already closed
+        }
+    }
+    /** Resolves when the connection ends. */
+    closed() {
+        return this.ended ? Promise.resolve(this.ended) : new Promise((r) => this.endWaiters.push(r));
+    }
+    /** Sends `body` and returns the promise of its answer. */
+    send(body) {
+        if (this.ended)
+            return Promise.reject(this.ended);
+        const id = this.nextId++;
+        const answer = new Promise((resolve, reject) => {
+            const timer = setTimeout(() => this.end(new Lost(undefined, "no answer in time")), this.timeoutMs);
+            this.waiting.set(id, { resolve, reject, timer });
+        });
+        this.ws.send(JSON.stringify({ ...body, id }));
+        return answer;
+    }
+    /** Sends `body`; a `rate_limited` answer waits as long as the server says and goes again. */
+    async request(body) {
+        for (;;) {
+            const answer = await this.send(body);
+            if (isError(answer) && answer.code === "rate_limited") {
+                await sleep(answer.retry_after_ms ?? 100);
+                continue;
+            }
+            return answer;
+        }
+    }
+}
+export class Client {
+    store;
+    options;
+    listeners = new Map();
+    conn = null;
+    running = false;
+    wakeUp = null;
+    syncs = new Map();
+    memberSyncs = new Map();
+    subscribed = new Set();
+    asks = [];
+    toAck = new Map();
+    pushes = Promise.resolve();
+    me = { user: "", device: "" };
+    window;
+    connectedWaiters = [];
+    constructor(options, store) {
+        const ws = options.WebSocket ?? globalThis.WebSocket;
+        if (!ws)
+            throw new Error("no WebSocket: pass options.WebSocket (Node < 22: the `ws` package)");
+        this.store = store;
+        this.options = {
+            url: options.url,
+            token: options.token,
+            WebSocket: ws,
+            sendWindow: Math.min(256, Math.max(1, options.sendWindow ?? 64)),
+            answerTimeoutMs: options.answerTimeoutMs ?? 20_000,
+            backoffBaseMs: options.backoffBaseMs ?? 500,
+            backoffMaxMs: options.backoffMaxMs ?? BACKOFF_MAX_MS,
+        };
+        this.window = this.options.sendWindow;
+    }
+    /** Opens the store and starts connecting. */
+    static async start(options) {
+        const client = new Client(options, options.store ?? (await Store.open()));
+        client.running = true;
+        void client.run();
+        return client;
+    }
+    /** The signed-in user and device (empty until the first welcome). */
+    get user() {
+        return this.me.user;
+    }
+    get device() {
+        return this.me.device;
+    }
+    get online() {
+        return this.conn !== null && !this.conn.ended && this.me.user !== "";
+    }
+    on(event, listener) {
+        let set = this.listeners.get(event);
+        if (!set) {
+            set = new Set();
+            this.listeners.set(event, set);
+        }
+        set.add(listener);
+        return () => set.delete(listener);
+    }
+    emit(event, value) {
+        for (const l of this.listeners.get(event) ?? []) {
+            try {
+                l(value);
+            }
+            catch (e) {
+                console.error(`anchorage: a ${event} listener threw`, e);
+            }
+        }
+    }
+    /** Resolves once signed in (at once if already). */
+    whenOnline() {
+        return this.online ? Promise.resolve() : new Promise((r) => this.connectedWaiters.push(r));
+    }
+    /** Stops connecting and closes the socket; the store stays. */
+    async stop() {
+        this.running = false;
+        this.conn?.end(new Lost(1000, "stopped"));
+        this.wake();
+        for (const a of this.asks.splice(0))
+            a.reject(new Error("client stopped"));
+    }
+    /** Cuts the current connection (as a network would); the client reconnects. */
+    cut() {
+        this.conn?.end(new Lost(undefined, "cut"));
+    }
+    wake() {
+        const w = this.wakeUp;
+        this.wakeUp = null;
+        w?.();
+    }
+    // Messages.
+    /**
+     * Writes a message: stored in the outbox at once, sent when connected, acknowledged with
+     * its `seq` (`acked`) or refused for good (`failed`). Returns its `client_msg_id`.
+     */
+    async send(conv, body, refs = {}) {
+        const clientMsgId = refs.clientMsgId ?? randomId();
+        await this.store.enqueue({ clientMsgId, conv, body, clientTs: Date.now(), replyTo: refs.replyTo, mentions: refs.mentions });
+        this.wake();
+        return clientMsgId;
+    }
+    /** Resolves with the seq once the server stored the message; rejects if it was refused. */
+    acked(clientMsgId) {
+        const settled = () => {
+            const e = this.store.outboxEntry(clientMsgId);
+            if (!e)
+                return new RequestError("invalid_request", `no message ${clientMsgId} in the outbox`);
+            if (e.state === "acked")
+                return e.seq;
+            if (e.state === "failed")
+                return new RequestError("rejected", e.error ?? "refused");
+            return null;
+        };
+        return new Promise((resolve, reject) => {
+            const check = () => {
+                const s = settled();
+                if (s === null)
+                    return false;
+                offAck();
+                offFail();
+                if (typeof s === "number")
+                    resolve(s);
+                else
+                    reject(s);
+                return true;
+            };
+            const offAck = this.on("acked", (e) => e.clientMsgId === clientMsgId && check());
+            const offFail = this.on("failed", (e) => e.clientMsgId === clientMsgId && check());
+            check();
+        });
+    }
+    outbox(clientMsgId) {
+        return this.store.outboxEntry(clientMsgId);
+    }
+    /** Messages of a conversation held on the device, oldest first. */
+    messages(conv) {
+        return this.store.messagesOf(conv);
+    }
+    anchor(conv) {
+        return this.store.anchor(conv);
+    }
+    /** Conversations with unread counts, most recent first. */
+    conversations() {
+        return this.store.conversations(this.me.user);
+    }
+    /** Pulls a conversation's entries after the anchor (done on welcome and on gaps; call when opening one). */
+    openConversation(conv) {
+        this.requestSync(conv, null);
+    }
+    /** Moves the read marker (forward only); the user's other devices follow. */
+    async markRead(conv, seq) {
+        if (await this.store.setRead(conv, seq)) {
+            this.emit("read", { conv, seq });
+            await this.ask({ type: "read", conv, seq });
+        }
+    }
+    /** Older messages than the device holds (newest first), straight from the server. */
+    async history(conv, before, limit = 50) {
+        const answer = await this.ask({ type: "history", conv, before, limit });
+        return answer.type === "messages" ? answer.messages : [];
+    }
+    // Conversations and groups.
+    async openDirect(peer) {
+        const answer = await this.ask({ type: "open_direct", peer });
+        const conv = answer.type === "ok" ? answer.conv : undefined;
+        if (!conv)
+            throw new RequestError("internal", "open_direct answered without a conversation");
+        this.requestSync(conv, null);
+        return conv;
+    }
+    async createGroup(group, title, members) {
+        await this.ask({ type: "create_group", group, title, members });
+        this.requestSync(group, null);
+    }
+    async addMembers(group, members) {
+        await this.ask({ type: "add_members", group, members });
+    }
+    async removeMembers(group, members) {
+        await this.ask({ type: "remove_members", group, members });
+    }
+    async leave(group) {
+        await this.ask({ type: "leave", group });
+    }
+    /** The user's groups with their versions and sizes (no member lists). */
+    async groupVersions() {
+        let cursor;
+        const groups = [];
+        let epoch = "";
+        do {
+            const a = await this.ask({ type: "group_versions", ...(cursor ? { cursor } : {}) });
+            if (a.type !== "group_versions")
+                break;
+            epoch = a.epoch;
+            groups.push(...a.groups);
+            cursor = a.cursor ?? undefined;
+        } while (cursor);
+        return { epoch, groups };
+    }
+    // Member lists.
+    /** Brings a group's member list in line (and keeps it so with live changes while connected). */
+    syncMembers(group) {
+        return new Promise((resolve) => {
+            const waiters = this.memberSyncs.get(group) ?? [];
+            waiters.push(resolve);
+            this.memberSyncs.set(group, waiters);
+            this.wake();
+        });
+    }
+    /** The group's members held on the device, by id; `offset`/`limit` page through them. */
+    members(group, offset = 0, limit = Infinity) {
+        const list = this.store.memberList(group);
+        if (!list)
+            return [];
+        return [...list.members.values()].sort((a, b) => (a.user < b.user ? -1 : a.user > b.user ? 1 : 0)).slice(offset, offset + limit);
+    }
+    memberList(group) {
+        return this.store.memberList(group);
+    }
+    /**
+     * Brings several groups in line in one request, most important first: unchanged and diffs
+     * come inlined, realignments are synced one by one.
+     */
+    async syncMembersBatch(groups, budgetBytes = 65_536) {
+        let rest = groups;
+        while (rest.length > 0) {
+            const entries = rest.map((group) => {
+                const list = this.store.memberList(group);
+                return list ? { group, epoch: list.epoch, version: list.version, digest: computed(list).total.toWire() } : { group };
+            });
+            const a = await this.ask({ type: "members_sync_batch", groups: entries, budget_bytes: budgetBytes });
+            if (a.type !== "members_batch")
+                return;
+            const again = [];
+            for (const r of a.results) {
+                this.subscribed.add(r.group);
+                if (r.result === "unchanged")
+                    this.emit("members", { group: r.group, version: this.store.memberList(r.group)?.version ?? 0, how: "unchanged" });
+                else if (r.result === "diff") {
+                    const list = this.store.memberList(r.group);
+                    const ok = list && list.epoch === r.epoch && (await this.store.changeMembers(r.group, list.version, r.version, r.upserts, r.removed));
+                    const matches = !r.digest || computed(this.store.memberList(r.group)).total.toWire() === r.digest;
+                    if (ok && !r.more && matches)
+                        this.emit("members", { group: r.group, version: r.version, how: "diff" });
+                    else
+                        again.push(r.group);
+                }
+                else if (r.result === "realign")
+                    again.push(r.group);
+            }
+            await Promise.all(again.map((g) => this.syncMembers(g)));
+            rest = a.cursor != null && a.cursor < rest.length ? rest.slice(a.cursor) : [];
+        }
+    }
+    // Requests the app asks.
+    /** Sends a request once connected and resolves with its answer (passing refusals are retried). */
+    ask(body) {
+        if (!this.running)
+            return Promise.reject(new Error("client stopped"));
+        return new Promise((resolve, reject) => {
+            this.asks.push({ body, resolve, reject, tries: 0 });
+            this.wake();
+        });
+    }
+    // The connection loop.
+    async run() {
+        let failures = 0;
+        while (this.running) {
+            const started = Date.now();
+            const lost = await this.session();
+            this.conn = null;
+            if (!this.running)
+                break;
+            const code = lost.code;
+            if (code === CLOSE.REVOKED || code === CLOSE.UNSUPPORTED_PROTOCOL) {
+                this.running = false;
+                this.emit("stopped", { code, reason: lost.reason ?? "" });
+                for (const a of this.asks.splice(0))
+                    a.reject(new Error(`stopped: ${code}`));
+                break;
+            }
+            if (code === CLOSE.AUTH_FAILED || code === CLOSE.TOKEN_EXPIRED)
+                this.emit("authFailed", { code });
+            if (code === CLOSE.SLOW_CONSUMER) {
+                // Pushes were lost: member lists are checked again once back.
+                for (const g of this.subscribed)
+                    if (!this.memberSyncs.has(g))
+                        this.memberSyncs.set(g, []);
+            }
+            // A connection that held for a while starts the backoff over.
+            failures = Date.now() - started > 10_000 ? 1 : failures + 1;
+            const wait = code === CLOSE.TOKEN_EXPIRED && failures === 1
+                ? 0
+                : backoffDelay(failures, lost.retryAfterMs, Math.random, this.options.backoffBaseMs, this.options.backoffMaxMs);
+            this.emit("disconnected", { code, reason: lost.reason, retryInMs: wait });
+            await Promise.race([sleep(wait), new Promise((r) => (this.wakeUp = r)).then(() => (this.running ? sleep(wait) : undefined))]);
+        }
+    }
+    async open() {
+        let ws;
+        try {
+            ws = new this.options.WebSocket(this.options.url);
+        }
+        catch (e) {
+            return new Lost(undefined, String(e));
+        }
+        const opened = await new Promise((resolve) => {
+            ws.onopen = () => resolve(true);
+            ws.onerror = () => resolve(false);
+            ws.onclose = () => resolve(false);
+            setTimeout(() => resolve(false), this.options.answerTimeoutMs);
+        });
+        if (opened)
+            return ws;
+        try {
+            ws.close();
+        }
+        catch {
+            // never opened
+        }
+        return new Lost(undefined, "could not connect", await this.retryAfter());
+    }
+    /**
+     * What a refused connection's `Retry-After` says. The platform WebSocket does not show the
+     * HTTP answer, so the edge is asked again over HTTP: a busy edge answers a plain `GET /ws`
+     * with the same 503 and `Retry-After`.
+     */
+    async retryAfter() {
+        if (typeof fetch !== "function")
+            return 0;
+        try {
+            const url = this.options.url.replace(/^ws/, "http");
+            const r = await fetch(url, { signal: AbortSignal.timeout(3000) });
+            const header = r.headers.get("retry-after");
+            const secs = header === null ? NaN : Number(header);
+            return r.status === 503 && Number.isFinite(secs) ? Math.min(secs * 1000, 600_000) : 0;
+        }
+        catch {
+            return 0;
+        }
+    }
+    async session() {
+        const ws = await this.open();
+        if (ws instanceof Lost)
+            return ws;
+        const conn = new Connection(ws, (p) => this.queuePush(p), this.options.answerTimeoutMs);
+        this.conn = conn;
+        try {
+            await this.signIn(conn);
+            this.emit("connected", { ...this.me });
+            for (const w of this.connectedWaiters.splice(0))
+                w();
+            // Member lists synced before are checked again, and their live changes come here.
+            for (const g of this.subscribed)
+                if (!this.memberSyncs.has(g))
+                    this.memberSyncs.set(g, []);
+            for (;;) {
+                if (!this.running)
+                    return new Lost(1000, "stopped");
+                const busy = await this.step(conn);
+                if (busy)
+                    continue;
+                await Promise.race([new Promise((r) => (this.wakeUp = r)), conn.closed()]);
+                if (conn.ended)
+                    return conn.ended;
+            }
+        }
+        catch (e) {
+            if (e instanceof Lost) {
+                conn.end(e);
+                return conn.ended ?? e;
+            }
+            conn.end(new Lost(undefined, String(e)));
+            return conn.ended ?? new Lost();
+        }
+    }
+    /** Does one round of work; true if there may be more. */
+    async step(conn) {
+        await this.pushes;
+        if (this.syncs.size > 0) {
+            await this.runSync(conn);
+            return true;
+        }
+        if (this.memberSyncs.size > 0) {
+            await this.runMemberSync(conn);
+            return true;
+        }
+        if (this.asks.length > 0) {
+            await this.runAsk(conn);
+            return true;
+        }
+        if (this.store.pending(1).length > 0) {
+            await this.flushOutbox(conn);
+            return true;
+        }
+        if (this.toAck.size > 0) {
+            const acks = [...this.toAck];
+            this.toAck.clear();
+            for (const [conv, seq] of acks)
+                await expect(conn.request({ type: "received", conv, seq }));
+            return true;
+        }
+        return false;
+    }
+    async signIn(conn) {
+        let cursor;
+        do {
+            const token = await this.options.token();
+            const answer = await conn.request({ type: "hello", protocol: PROTOCOL_VERSION, token, anchors: this.store.anchors(), ...(cursor ? { cursor } : {}) });
+            if (answer.type !== "welcome")
+                throw new Lost(undefined, isError(answer) ? `${answer.code}: ${answer.message}` : "no welcome");
+            const welcome = answer;
+            this.me = { user: welcome.user, device: welcome.device };
+            for (const c of welcome.changes)
+                await this.takeChange(c);
+            cursor = welcome.cursor ?? undefined;
+        } while (cursor);
+    }
+    async takeChange(c) {
+        await this.store.summarize(c.conv, c.last_seq, c.read_seq, c.unread, c.last_message);
+        if (c.last_seq > this.store.anchor(c.conv))
+            this.requestSync(c.conv, null);
+        this.emit("read", { conv: c.conv, seq: this.store.readSeq(c.conv) });
+    }
+    requestSync(conv, gapFrom) {
+        if (!this.syncs.has(conv) || gapFrom !== null)
+            this.syncs.set(conv, gapFrom ?? this.syncs.get(conv) ?? null);
+        this.wake();
+    }
+    /** Pulls one conversation from its anchor to its end. */
+    async runSync(conn) {
+        const [conv, gap] = this.syncs.entries().next().value;
+        this.syncs.delete(conv);
+        for (;;) {
+            const after = this.store.anchor(conv);
+            const answer = await conn.request({ type: "sync", conv, after, limit: 500 });
+            if (isError(answer)) {
+                if (PASSING.includes(answer.code)) {
+                    this.syncs.set(conv, gap);
+                    await sleep(answer.retry_after_ms ?? 200);
+                    return;
+                }
+                if (answer.code === "forbidden" || answer.code === "not_found")
+                    await this.store.forget(conv);
+                return;
+            }
+            if (answer.type !== "messages")
+                return;
+            const last = answer.messages.at(-1)?.seq;
+            if (last !== undefined) {
+                await this.store.append(conv, answer.messages, last, this.me.user);
+                this.stored(conv, last);
+            }
+            if (!answer.more)
+                break;
+        }
+        if (gap !== null)
+            this.emit("gapRepaired", { conv, from: gap, to: this.store.anchor(conv) });
+    }
+    stored(conv, seq) {
+        this.toAck.set(conv, Math.max(seq, this.toAck.get(conv) ?? 0));
+        this.emit("messages", { conv, seq });
+        this.wake();
+    }
+    async runAsk(conn) {
+        const ask = this.asks[0];
+        const answer = await conn.request(ask.body);
+        if (isError(answer) && PASSING.includes(answer.code) && ask.tries < 5) {
+            ask.tries += 1;
+            await sleep(answer.retry_after_ms ?? 200);
+            return;
+        }
+        this.asks.shift();
+        if (isError(answer))
+            ask.reject(new RequestError(answer.code, answer.message, answer.retry_after_ms ?? undefined));
+        else
+            ask.resolve(answer);
+    }
+    /**
+     * Sends the oldest queued messages pipelined, then settles their answers in order. A
+     * message refused for a passing reason stays queued with those after it; the next round
+     * starts again from it, after the wait the server asked for.
+     */
+    async flushOutbox(conn) {
+        const batch = this.store.pending(this.window);
+        const inFlight = [];
+        for (const e of batch) {
+            const retry = e.tried;
+            await this.store.markSending(e);
+            inFlight.push([
+                e,
+                conn.send({
+                    type: "send",
+                    conv: e.conv,
+                    client_msg_id: e.clientMsgId,
+                    body: e.body,
+                    client_ts: e.clientTs,
+                    ...(retry ? { retry: true } : {}),
+                    ...(e.replyTo ? { reply_to: e.replyTo } : {}),
+                    ...(e.mentions?.length ? { mentions: e.mentions } : {}),
+                    ...(e.attachments?.length ? { attachments: e.attachments } : {}),
+                }),
+            ]);
+        }
+        let wait = 0;
+        let reconnect = null;
+        let taken = 0;
+        for (const [e, pending] of inFlight) {
+            const answer = await pending;
+            if (isError(answer)) {
+                if (answer.code === "rate_limited" || answer.code === "out_of_order") {
+                    wait = Math.max(wait, answer.retry_after_ms ?? 100);
+                }
+                else if (PASSING.includes(answer.code)) {
+                    reconnect ??= new Lost(undefined, `send refused: ${answer.code}`, answer.retry_after_ms ?? 0);
+                }
+                else {
+                    taken++;
+                    await this.store.settle(e, { error: `${answer.code}: ${answer.message}` });
+                    this.emit("failed", { conv: e.conv, clientMsgId: e.clientMsgId, code: answer.code, message: answer.message });
+                }
+            }
+            else if (answer.type === "ack") {
+                taken++;
+                await this.store.settle(e, { seq: answer.seq });
+                await this.store.putOwn({
+                    conv: e.conv,
+                    seq: answer.seq,
+                    sender: this.me.user,
+                    device: this.me.device,
+                    client_msg_id: e.clientMsgId,
+                    body: e.body,
+                    client_ts: e.clientTs,
+                    server_ts: answer.server_ts,
+                });
+                this.emit("acked", { conv: e.conv, clientMsgId: e.clientMsgId, seq: answer.seq, duplicate: answer.duplicate ?? false });
+            }
+        }
+        this.window = wait > 0 ? Math.max(1, taken) : Math.min(this.options.sendWindow, this.window * 2);
+        if (reconnect)
+            throw reconnect;
+        if (wait > 0)
+            await sleep(wait);
+    }
+    // Pushes.
+    queuePush(p) {
+        this.pushes = this.pushes.then(() => this.onPush(p)).catch((e) => console.error("anchorage: a push could not be applied", e));
+    }
+    async onPush(p) {
+        this.emit("push", p);
+        switch (p.type) {
+            case "message": {
+                const m = p.message;
+                const anchor = this.store.anchor(m.conv);
+                if (m.seq <= anchor)
+                    return;
+                if (p.prev === anchor) {
+                    await this.store.append(m.conv, [m], m.seq, this.me.user);
+                    this.stored(m.conv, m.seq);
+                }
+                else {
+                    this.requestSync(m.conv, anchor);
+                }
+                return;
+            }
+            case "read":
+                if (await this.store.setRead(p.conv, p.seq))
+                    this.emit("read", { conv: p.conv, seq: p.seq });
+                return;
+            case "membership":
+                if (p.joined)
+                    this.requestSync(p.conv, null);
+                else {
+                    await this.store.forget(p.conv);
+                    await this.store.dropMembers(p.conv);
+                    this.subscribed.delete(p.conv);
+                }
+                this.emit("membership", { conv: p.conv, joined: p.joined });
+                return;
+            case "members_changed": {
+                const list = this.store.memberList(p.group);
+                if (p.change.dismissed) {
+                    await this.store.dropMembers(p.group);
+                    return;
+                }
+                const applied = list && (await this.store.changeMembers(p.group, p.prev, p.version, p.change.upserts ?? [], p.change.removed ?? []));
+                if (applied && computed(list).total.toWire() === p.digest) {
+                    this.emit("members", { group: p.group, version: p.version, how: "live" });
+                }
+                else if (list && list.version < p.version) {
+                    if (!this.memberSyncs.has(p.group))
+                        this.memberSyncs.set(p.group, []);
+                    this.wake();
+                }
+                return;
+            }
+            case "typing":
+                this.emit("typing", { conv: p.conv, users: p.users.map((u) => (typeof u === "string" ? u : String(u))) });
+                return;
+            default:
+                return;
+        }
+    }
+    // Member list sync.
+    async runMemberSync(conn) {
+        const [group, waiters] = this.memberSyncs.entries().next().value;
+        this.memberSyncs.delete(group);
+        try {
+            await this.syncGroup(conn, group);
+        }
+        finally {
+            for (const w of waiters)
+                w();
+        }
+    }
+    async syncGroup(conn, group) {
+        this.subscribed.add(group);
+        let how = "unchanged";
+        for (let round = 0; round < 8; round++) {
+            const list = this.store.memberList(group);
+            const answer = await conn.request(list ? { type: "members_sync", group, epoch: list.epoch, version: list.version, digest: computed(list).total.toWire() } : { type: "members_sync", group });
+            if (isError(answer)) {
+                if (PASSING.includes(answer.code)) {
+                    await sleep(answer.retry_after_ms ?? 200);
+                    continue;
+                }
+                if (answer.code === "conflict") {
+                    await this.store.dropMembers(group);
+                    continue;
+                }
+                // forbidden, not_found: the list is not ours to hold.
+                await this.store.dropMembers(group);
+                this.subscribed.delete(group);
+                return;
+            }
+            switch (answer.type) {
+                case "members_unchanged":
+                    this.emit("members", { group, version: list?.version ?? 0, how });
+                    return;
+                case "members_diff":
+                    if (!list || list.epoch !== answer.epoch || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
+                        await this.store.dropMembers(group);
+                        continue;
+                    }
+                    how = how === "unchanged" ? "diff" : how;
+                    if (!answer.more && answer.digest && computed(list).total.toWire() === answer.digest) {
+                        this.emit("members", { group, version: answer.version, how });
+                        return;
+                    }
+                    continue;
+                case "members_page": {
+                    // A realignment: collect every page, then replace the copy in one go.
+                    const members = [];
+                    let page = answer;
+                    for (;;) {
+                        members.push(...page.members.map((user) => ({ user })), ...(page.details ?? []));
+                        if (!page.cursor)
+                            break;
+                        const next = await conn.request({ type: "members_fetch", group, epoch: page.epoch, anchor: page.anchor, cursor: page.cursor });
+                        if (next.type !== "members_page") {
+                            members.length = 0;
+                            break;
+                        }
+                        page = next;
+                    }
+                    if (members.length > 0 || !page.cursor) {
+                        await this.store.replaceMembers(group, page.epoch, page.anchor, members);
+                        how = "realigned";
+                    }
+                    continue;
+                }
+                case "members_buckets": {
+                    // Same version, other members: fetch only the buckets that differ.
+                    const theirs = BucketedDigest.fromWire(answer.digests);
+                    if (!list || !theirs) {
+                        await this.store.dropMembers(group);
+                        continue;
+                    }
+                    const differing = computed(list).differing(theirs);
+                    const members = [];
+                    let cursor;
+                    let complete = true;
+                    do {
+                        const page = await conn.request({ type: "members_fetch", group, epoch: answer.epoch, anchor: answer.version, buckets: differing, ...(cursor ? { cursor } : {}) });
+                        if (page.type !== "members_page") {
+                            complete = false;
+                            break;
+                        }
+                        members.push(...page.members.map((user) => ({ user })), ...(page.details ?? []));
+                        cursor = page.cursor ?? undefined;
+                    } while (cursor);
+                    if (complete) {
+                        await this.store.replaceBuckets(group, new Set(differing), members, answer.version);
+                        how = "repaired";
+                    }
+                    continue;
+                }
+                default:
+                    return;
+            }
+        }
+    }
+}
+/** The digest of the members actually held (a damaged copy shows). */
+function computed(list) {
+    const d = new BucketedDigest();
+    for (const h of list.hashes.values())
+        d.insertHash(h);
+    return d;
+}
+async function expect(answer) {
+    const a = await answer;
+    if (isError(a) && PASSING.includes(a.code))
+        throw new Lost(undefined, `${a.code}: ${a.message}`, a.retry_after_ms ?? 0);
+}
+function randomId() {
+    const bytes = new Uint8Array(12);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(36).padStart(2, "0")).join("").slice(0, 22);
+}

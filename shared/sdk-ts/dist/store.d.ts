@@ -1,0 +1,124 @@
+import { BucketedDigest } from "./digest.js";
+import type { Attachment, MemberInfo, Message } from "./protocol.js";
+/** Where records are kept. `write` applies a batch (a value of `undefined` deletes). */
+export interface Backend {
+    load(): Promise<Map<string, unknown>>;
+    write(batch: Array<[string, unknown]>): Promise<void>;
+}
+/** Keeps nothing beyond the process: a fresh start every time. */
+export declare class MemoryBackend implements Backend {
+    private data;
+    load(): Promise<Map<string, unknown>>;
+    write(batch: Array<[string, unknown]>): Promise<void>;
+}
+/** IndexedDB (browsers): one object store of records, each batch one transaction. */
+export declare class IndexedDbBackend implements Backend {
+    private db;
+    constructor(name?: string);
+    load(): Promise<Map<string, unknown>>;
+    write(batch: Array<[string, unknown]>): Promise<void>;
+}
+/** What the device holds of a conversation. */
+export interface Conversation {
+    conv: string;
+    /** The highest seq up to which every entry is held. */
+    anchor: number;
+    /** The user's read marker. */
+    readSeq: number;
+    /** The conversation's last seq, as far as known. */
+    lastSeq: number;
+    /** Unread messages as the server counted them, for conversations not pulled yet. */
+    serverUnread: number;
+    /** The newest message, as the server summarized it. */
+    lastMessage?: Message | null;
+}
+/** A message the device wrote, until the server stored it (or refused it for good). */
+export interface OutboxEntry {
+    /** Order of writing. */
+    n: number;
+    clientMsgId: string;
+    conv: string;
+    body: unknown;
+    clientTs: number;
+    attachments?: Attachment[];
+    replyTo?: number;
+    mentions?: string[];
+    state: "queued" | "sending" | "acked" | "failed";
+    /** Sent at least once: later attempts say `retry`. */
+    tried: boolean;
+    seq?: number;
+    error?: string;
+}
+/** A group's member list on the device. */
+export interface MemberList {
+    epoch: string;
+    version: number;
+    members: Map<string, MemberInfo>;
+    /** Kept with every change: what the digest of `members` is. */
+    digest: BucketedDigest;
+    hashes: Map<string, bigint>;
+}
+/** A summary for a conversation list. */
+export interface ConversationSummary {
+    conv: string;
+    lastSeq: number;
+    readSeq: number;
+    unread: number;
+    lastMessage?: Message | null;
+}
+export declare class Store {
+    private backend;
+    private convs;
+    private messages;
+    private outbox;
+    private lists;
+    private nextN;
+    private writes;
+    private constructor();
+    static open(backend?: Backend): Promise<Store>;
+    /** Writes records in order; resolves once they are kept. */
+    private persist;
+    private conv;
+    anchors(): Array<{
+        conv: string;
+        seq: number;
+    }>;
+    anchor(conv: string): number;
+    readSeq(conv: string): number;
+    /** What the server summarized at `hello`. */
+    summarize(conv: string, lastSeq: number, readSeq: number, unread: number, lastMessage?: Message | null): Promise<void>;
+    setRead(conv: string, seq: number): Promise<boolean>;
+    forget(conv: string): Promise<void>;
+    /**
+     * Stores entries of `conv` (oldest first) that continue the chain up to `through`, and
+     * moves the anchor there. Changes (edits, revokes, reactions, pins) are applied to the
+     * messages they target.
+     */
+    append(conv: string, entries: Message[], through: number, me: string): Promise<void>;
+    /** Shows the device's own stored message at its place before the chain reaches it. */
+    putOwn(message: Message): Promise<void>;
+    /** The messages held, oldest first. */
+    messagesOf(conv: string): Message[];
+    conversations(me: string): ConversationSummary[];
+    enqueue(entry: Omit<OutboxEntry, "n" | "state" | "tried">): Promise<OutboxEntry>;
+    /** The oldest entries still to be sent, in the order they were written. */
+    pending(limit: number): OutboxEntry[];
+    outboxEntry(clientMsgId: string): OutboxEntry | undefined;
+    markSending(e: OutboxEntry): Promise<void>;
+    settle(e: OutboxEntry, outcome: {
+        seq: number;
+    } | {
+        error: string;
+    }): Promise<void>;
+    memberList(group: string): MemberList | undefined;
+    /** Replaces a group's copy (a realignment's last page, or a first copy). */
+    replaceMembers(group: string, epoch: string, version: number, members: MemberInfo[]): Promise<MemberList>;
+    /** Applies a change to a copy at version `prev`, moving it to `version`; false if it was elsewhere. */
+    changeMembers(group: string, prev: number | null, version: number, upserts: MemberInfo[], removed: string[]): Promise<boolean>;
+    /** Replaces the members of some buckets (a repaired copy), keeping the rest. */
+    replaceBuckets(group: string, buckets: Set<number>, members: MemberInfo[], version: number): Promise<void>;
+    dropMembers(group: string): Promise<void>;
+    private persistList;
+    /** Test hook: loses members of a copy without telling its digest, as a damaged disk would. */
+    damageMembers(group: string, n: number): void;
+}

@@ -1,0 +1,363 @@
+// The device's local copy: conversations with their anchors, messages, the outbox, member
+// lists. Kept in memory and written through to a key-value backend (memory, a file in Node,
+// IndexedDB in the browser), so a restart or a reload starts from what it held.
+import { BucketedDigest, memberHash } from "./digest.js";
+/** Keeps nothing beyond the process: a fresh start every time. */
+export class MemoryBackend {
+    data = new Map();
+    async load() {
+        return new Map(this.data);
+    }
+    async write(batch) {
+        for (const [k, v] of batch) {
+            if (v === undefined)
+                this.data.delete(k);
+            else
+                this.data.set(k, structuredClone(v));
+        }
+    }
+}
+/** IndexedDB (browsers): one object store of records, each batch one transaction. */
+export class IndexedDbBackend {
+    db;
+    constructor(name = "anchorage") {
+        this.db = new Promise((resolve, reject) => {
+            const open = indexedDB.open(name, 1);
+            open.onupgradeneeded = () => open.result.createObjectStore("records");
+            open.onsuccess = () => resolve(open.result);
+            open.onerror = () => reject(open.error);
+        });
+    }
+    async load() {
+        const db = await this.db;
+        return new Promise((resolve, reject) => {
+            const out = new Map();
+            const cursor = db.transaction("records").objectStore("records").openCursor();
+            cursor.onsuccess = () => {
+                const c = cursor.result;
+                if (!c)
+                    return resolve(out);
+                out.set(String(c.key), c.value);
+                c.continue();
+            };
+            cursor.onerror = () => reject(cursor.error);
+        });
+    }
+    async write(batch) {
+        const db = await this.db;
+        return new Promise((resolve, reject) => {
+            const tx = db.transaction("records", "readwrite");
+            const records = tx.objectStore("records");
+            for (const [k, v] of batch) {
+                if (v === undefined)
+                    records.delete(k);
+                else
+                    records.put(v, k);
+            }
+            tx.oncomplete = () => resolve();
+            tx.onerror = () => reject(tx.error);
+            tx.onabort = () => reject(tx.error);
+        });
+    }
+}
+/** Keeps at most this many outbox entries that are done (acked or failed). */
+const DONE_KEPT = 500;
+export class Store {
+    backend;
+    convs = new Map();
+    messages = new Map();
+    outbox = new Map();
+    lists = new Map();
+    nextN = 1;
+    writes = Promise.resolve();
+    constructor(backend) {
+        this.backend = backend;
+    }
+    static async open(backend = new MemoryBackend()) {
+        const store = new Store(backend);
+        for (const [k, v] of await backend.load()) {
+            if (k.startsWith("c:"))
+                store.convs.set(k.slice(2), v);
+            else if (k.startsWith("m:"))
+                store.messages.set(k.slice(2), v);
+            else if (k.startsWith("o:")) {
+                const e = v;
+                // Whatever was on the way when the device stopped goes again, as a retry.
+                if (e.state === "sending")
+                    e.state = "queued";
+                store.outbox.set(e.clientMsgId, e);
+                store.nextN = Math.max(store.nextN, e.n + 1);
+            }
+            else if (k.startsWith("g:")) {
+                const s = v;
+                const list = { epoch: s.epoch, version: s.version, members: new Map(), digest: new BucketedDigest(), hashes: new Map() };
+                for (const m of s.members)
+                    addMember(list, m);
+                store.lists.set(k.slice(2), list);
+            }
+        }
+        return store;
+    }
+    /** Writes records in order; resolves once they are kept. */
+    persist(batch) {
+        const next = this.writes.then(() => this.backend.write(batch));
+        this.writes = next.catch(() => undefined);
+        return next;
+    }
+    conv(conv) {
+        let c = this.convs.get(conv);
+        if (!c) {
+            c = { conv, anchor: 0, readSeq: 0, lastSeq: 0, serverUnread: 0 };
+            this.convs.set(conv, c);
+        }
+        return c;
+    }
+    // Conversations.
+    anchors() {
+        return [...this.convs.values()].filter((c) => c.anchor > 0).map((c) => ({ conv: c.conv, seq: c.anchor }));
+    }
+    anchor(conv) {
+        return this.convs.get(conv)?.anchor ?? 0;
+    }
+    readSeq(conv) {
+        return this.convs.get(conv)?.readSeq ?? 0;
+    }
+    /** What the server summarized at `hello`. */
+    async summarize(conv, lastSeq, readSeq, unread, lastMessage) {
+        const c = this.conv(conv);
+        c.lastSeq = Math.max(c.lastSeq, lastSeq);
+        c.readSeq = Math.max(c.readSeq, readSeq);
+        c.serverUnread = unread;
+        if (lastMessage)
+            c.lastMessage = lastMessage;
+        await this.persist([[`c:${conv}`, c]]);
+    }
+    async setRead(conv, seq) {
+        const c = this.conv(conv);
+        if (seq <= c.readSeq)
+            return false;
+        c.readSeq = seq;
+        await this.persist([[`c:${conv}`, c]]);
+        return true;
+    }
+    async forget(conv) {
+        this.convs.delete(conv);
+        this.messages.delete(conv);
+        await this.persist([[`c:${conv}`, undefined], [`m:${conv}`, undefined]]);
+    }
+    /**
+     * Stores entries of `conv` (oldest first) that continue the chain up to `through`, and
+     * moves the anchor there. Changes (edits, revokes, reactions, pins) are applied to the
+     * messages they target.
+     */
+    async append(conv, entries, through, me) {
+        const c = this.conv(conv);
+        const list = this.messages.get(conv) ?? [];
+        for (const e of entries) {
+            if (e.seq <= c.anchor)
+                continue;
+            applyEntry(list, e, me);
+            if (e.kind === undefined || e.kind === "message")
+                c.lastMessage = e;
+        }
+        c.anchor = Math.max(c.anchor, through);
+        c.lastSeq = Math.max(c.lastSeq, through);
+        c.serverUnread = 0;
+        this.messages.set(conv, list);
+        await this.persist([
+            [`c:${conv}`, c],
+            [`m:${conv}`, list],
+        ]);
+    }
+    /** Shows the device's own stored message at its place before the chain reaches it. */
+    async putOwn(message) {
+        const list = this.messages.get(message.conv) ?? [];
+        if (list.some((m) => m.seq === message.seq))
+            return;
+        insertSorted(list, message);
+        this.messages.set(message.conv, list);
+        await this.persist([[`m:${message.conv}`, list]]);
+    }
+    /** The messages held, oldest first. */
+    messagesOf(conv) {
+        return (this.messages.get(conv) ?? []).filter((m) => m.kind === undefined || m.kind === "message");
+    }
+    conversations(me) {
+        return [...this.convs.values()]
+            .map((c) => {
+            const held = this.messages.get(c.conv);
+            const unread = held
+                ? held.filter((m) => m.seq > c.readSeq && m.sender !== me && (m.kind ?? "message") === "message" && !m.revoked).length
+                : c.serverUnread;
+            return { conv: c.conv, lastSeq: c.lastSeq, readSeq: c.readSeq, unread, lastMessage: c.lastMessage };
+        })
+            .sort((a, b) => (b.lastMessage?.server_ts ?? 0) - (a.lastMessage?.server_ts ?? 0) || b.lastSeq - a.lastSeq);
+    }
+    // Outbox.
+    async enqueue(entry) {
+        const existing = this.outbox.get(entry.clientMsgId);
+        if (existing)
+            return existing;
+        const e = { ...entry, n: this.nextN++, state: "queued", tried: false };
+        this.outbox.set(e.clientMsgId, e);
+        await this.persist([[`o:${e.clientMsgId}`, e]]);
+        return e;
+    }
+    /** The oldest entries still to be sent, in the order they were written. */
+    pending(limit) {
+        return [...this.outbox.values()]
+            .filter((e) => e.state === "queued" || e.state === "sending")
+            .sort((a, b) => a.n - b.n)
+            .slice(0, limit);
+    }
+    outboxEntry(clientMsgId) {
+        return this.outbox.get(clientMsgId);
+    }
+    async markSending(e) {
+        e.state = "sending";
+        e.tried = true;
+        await this.persist([[`o:${e.clientMsgId}`, e]]);
+    }
+    async settle(e, outcome) {
+        if ("seq" in outcome) {
+            e.state = "acked";
+            e.seq = outcome.seq;
+        }
+        else {
+            e.state = "failed";
+            e.error = outcome.error;
+        }
+        const batch = [[`o:${e.clientMsgId}`, e]];
+        const done = [...this.outbox.values()].filter((x) => x.state === "acked" || x.state === "failed").sort((a, b) => a.n - b.n);
+        for (const old of done.slice(0, Math.max(0, done.length - DONE_KEPT))) {
+            this.outbox.delete(old.clientMsgId);
+            batch.push([`o:${old.clientMsgId}`, undefined]);
+        }
+        await this.persist(batch);
+    }
+    // Member lists.
+    memberList(group) {
+        return this.lists.get(group);
+    }
+    /** Replaces a group's copy (a realignment's last page, or a first copy). */
+    async replaceMembers(group, epoch, version, members) {
+        const list = { epoch, version, members: new Map(), digest: new BucketedDigest(), hashes: new Map() };
+        for (const m of members)
+            addMember(list, m);
+        this.lists.set(group, list);
+        await this.persistList(group, list);
+        return list;
+    }
+    /** Applies a change to a copy at version `prev`, moving it to `version`; false if it was elsewhere. */
+    async changeMembers(group, prev, version, upserts, removed) {
+        const list = this.lists.get(group);
+        if (!list || (prev !== null && list.version !== prev))
+            return false;
+        for (const user of removed)
+            removeMember(list, user);
+        for (const m of upserts)
+            addMember(list, m);
+        list.version = version;
+        await this.persistList(group, list);
+        return true;
+    }
+    /** Replaces the members of some buckets (a repaired copy), keeping the rest. */
+    async replaceBuckets(group, buckets, members, version) {
+        const list = this.lists.get(group);
+        if (!list)
+            return;
+        for (const [user, h] of [...list.hashes])
+            if (buckets.has(Number(h >> 56n)))
+                removeMember(list, user);
+        for (const m of members)
+            addMember(list, m);
+        list.version = version;
+        await this.persistList(group, list);
+    }
+    async dropMembers(group) {
+        this.lists.delete(group);
+        await this.persist([[`g:${group}`, undefined]]);
+    }
+    persistList(group, list) {
+        const stored = { epoch: list.epoch, version: list.version, members: [...list.members.values()] };
+        return this.persist([[`g:${group}`, stored]]);
+    }
+    /** Test hook: loses members of a copy without telling its digest, as a damaged disk would. */
+    damageMembers(group, n) {
+        const list = this.lists.get(group);
+        if (!list)
+            return;
+        for (const user of [...list.members.keys()].slice(0, n)) {
+            list.members.delete(user);
+            list.hashes.delete(user);
+        }
+    }
+}
+function addMember(list, m) {
+    if (!list.hashes.has(m.user)) {
+        const h = memberHash(m.user);
+        list.hashes.set(m.user, h);
+        list.digest.insertHash(h);
+    }
+    list.members.set(m.user, m);
+}
+function removeMember(list, user) {
+    const h = list.hashes.get(user);
+    if (h === undefined)
+        return;
+    list.hashes.delete(user);
+    list.members.delete(user);
+    list.digest.removeHash(h);
+}
+function insertSorted(list, m) {
+    let i = list.length;
+    while (i > 0 && list[i - 1].seq > m.seq)
+        i--;
+    if (list[i - 1]?.seq === m.seq)
+        list[i - 1] = m;
+    else
+        list.splice(i, 0, m);
+}
+/** Applies one entry of the chain to the messages held. */
+function applyEntry(list, e, me) {
+    const kind = e.kind ?? "message";
+    if (kind === "message") {
+        insertSorted(list, e);
+        return;
+    }
+    insertSorted(list, e);
+    const target = list.find((m) => m.seq === e.target && (m.kind ?? "message") === "message");
+    if (!target)
+        return;
+    switch (kind) {
+        case "edit":
+            if (!target.revoked) {
+                target.body = e.body;
+                target.edits = (target.edits ?? 0) + 1;
+            }
+            break;
+        case "revoke":
+            target.revoked = true;
+            target.body = null;
+            target.attachments = [];
+            break;
+        case "pin":
+            target.pinned = e.added ?? true;
+            break;
+        case "reaction": {
+            const emoji = e.emoji ?? "";
+            const reactions = target.reactions ?? [];
+            let r = reactions.find((x) => x.emoji === emoji);
+            if (!r) {
+                r = { emoji, count: 0 };
+                reactions.push(r);
+            }
+            const added = e.added ?? true;
+            r.count = Math.max(0, r.count + (added ? 1 : -1));
+            if (e.sender === me)
+                r.mine = added;
+            target.reactions = reactions.filter((x) => x.count > 0);
+            break;
+        }
+    }
+}

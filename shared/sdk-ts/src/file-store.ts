@@ -1,0 +1,31 @@
+// A file backend for Node: the records in one JSON file, replaced atomically on every write.
+
+import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { dirname } from "node:path";
+
+import type { Backend } from "./store.js";
+
+export class FileBackend implements Backend {
+  private data = new Map<string, unknown>();
+  constructor(private path: string) {}
+
+  async load(): Promise<Map<string, unknown>> {
+    try {
+      this.data = new Map(Object.entries(JSON.parse(await readFile(this.path, "utf8")) as Record<string, unknown>));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+    }
+    return new Map(this.data);
+  }
+
+  async write(batch: Array<[string, unknown]>): Promise<void> {
+    for (const [k, v] of batch) {
+      if (v === undefined) this.data.delete(k);
+      else this.data.set(k, JSON.parse(JSON.stringify(v)));
+    }
+    await mkdir(dirname(this.path), { recursive: true });
+    const tmp = `${this.path}.tmp`;
+    await writeFile(tmp, JSON.stringify(Object.fromEntries(this.data)));
+    await rename(tmp, this.path);
+  }
+}

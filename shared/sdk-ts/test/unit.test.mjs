@@ -1,0 +1,104 @@
+// Pure logic: the digest against the Rust crate's vectors, backoff, the local store.
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+
+import { BucketedDigest, MemoryBackend, SetDigest, Store, backoffDelay, bucketOfHash, memberHash } from "../dist/index.js";
+import { FileBackend } from "../dist/file-store.js";
+
+const vectors = JSON.parse(readFileSync(new URL("./digest-vectors.json", import.meta.url), "utf8"));
+
+test("member hashes are the Rust digest's for ids of every length class", () => {
+  assert.ok(vectors.hashes.length > 260);
+  for (const v of vectors.hashes) {
+    const h = memberHash(v.id);
+    assert.equal(h.toString(16).padStart(16, "0"), v.hash, `id of ${v.id.length} chars`);
+    assert.equal(bucketOfHash(h), v.bucket);
+  }
+});
+
+test("set digests and the compact bucket form are the Rust digest's", () => {
+  assert.equal(SetDigest.of([]).toWire(), vectors.sets[0].digest);
+  assert.equal(SetDigest.of(vectors.sets[1].members).toWire(), vectors.sets[1].digest);
+  const members = Array.from({ length: 1000 }, (_, i) => `u${String(i).padStart(6, "0")}`);
+  assert.equal(SetDigest.of(members).toWire(), vectors.sets[2].digest);
+  const bucketed = BucketedDigest.of(members);
+  assert.equal(bucketed.toWire(), vectors.sets[2].buckets);
+  assert.equal(BucketedDigest.of(vectors.sets[1].members).toWire(), vectors.buckets_of_few);
+  // And back: the wire form reads into the same buckets.
+  const read = BucketedDigest.fromWire(vectors.sets[2].buckets);
+  assert.deepEqual(read.differing(bucketed), []);
+  assert.equal(read.total.toWire(), vectors.sets[2].digest);
+  assert.equal(SetDigest.fromWire(vectors.sets[2].digest).toWire(), vectors.sets[2].digest);
+});
+
+test("the digest does not depend on order and removing undoes adding", () => {
+  const ids = ["carol", "alice", "bob", "dave"];
+  const a = SetDigest.of(ids);
+  const b = SetDigest.of([...ids].reverse());
+  assert.ok(a.equals(b));
+  b.removeHash(memberHash("dave"));
+  assert.ok(b.equals(SetDigest.of(["alice", "bob", "carol"])));
+  const damaged = BucketedDigest.of(["alice", "bob", "carol"]);
+  assert.deepEqual(damaged.differing(BucketedDigest.of(ids)), [bucketOfHash(memberHash("dave"))]);
+});
+
+test("bad bucket forms are refused, not misread", () => {
+  assert.equal(BucketedDigest.fromWire("not base64!"), null);
+  assert.equal(BucketedDigest.fromWire(btoa("short")), null);
+  const good = BucketedDigest.of(["alice"]).toWire();
+  const bytes = atob(good);
+  assert.equal(BucketedDigest.fromWire(btoa(bytes.slice(0, -1))), null);
+  assert.equal(BucketedDigest.fromWire(btoa(bytes + "\0")), null);
+  assert.equal(SetDigest.fromWire("xyz:1"), null);
+});
+
+test("backoff is full jitter, capped, and never shorter than the server asked", () => {
+  assert.equal(backoffDelay(1, 0, () => 0.999999), 499);
+  assert.equal(backoffDelay(3, 0, () => 0.5), 1000);
+  assert.equal(backoffDelay(30, 0, () => 0.999999), 19_999);
+  assert.equal(backoffDelay(1, 4000, () => 0.1), 4000);
+  assert.equal(backoffDelay(1, 0, () => 0), 0);
+  const spread = new Set(Array.from({ length: 200 }, () => backoffDelay(5)));
+  assert.ok(spread.size > 100, "waits are spread out");
+});
+
+test("a file store keeps conversations, the outbox and member lists across a restart", async () => {
+  const path = join(mkdtempSync(join(tmpdir(), "anchorage-sdk-")), "store.json");
+  const store = await Store.open(new FileBackend(path));
+  const m = (seq, sender, kind, extra = {}) => ({ conv: "g", seq, sender, device: "d", client_msg_id: `c${seq}`, body: `m${seq}`, client_ts: seq, server_ts: seq, kind, ...extra });
+  await store.append("g", [m(1, "bob"), m(2, "bob"), m(3, "alice"), m(4, "bob", "edit", { target: 1, body: "edited" }), m(5, "bob", "revoke", { target: 2, body: null })], 5, "alice");
+  await store.setRead("g", 1);
+  const e = await store.enqueue({ clientMsgId: "x1", conv: "g", body: "hi", clientTs: 7 });
+  await store.markSending(e);
+  await store.replaceMembers("g", "1", 9, [{ user: "alice", role: "owner" }, { user: "bob" }]);
+
+  const again = await Store.open(new FileBackend(path));
+  assert.equal(again.anchor("g"), 5);
+  assert.deepEqual(again.messagesOf("g").map((x) => [x.seq, x.body, x.revoked ?? false]), [[1, "edited", false], [2, null, true], [3, "m3", false]]);
+  // Unread: bob's messages after the marker that were not revoked.
+  assert.equal(again.conversations("alice")[0].unread, 0);
+  await again.setRead("g", 0);
+  assert.equal(again.conversations("alice").find((c) => c.conv === "g").unread, 0);
+  // What was on the way when the device stopped goes again, as a retry.
+  const pending = again.pending(10);
+  assert.equal(pending.length, 1);
+  assert.equal(pending[0].state, "queued");
+  assert.equal(pending[0].tried, true);
+  const list = again.memberList("g");
+  assert.equal(list.version, 9);
+  assert.equal(list.digest.total.toWire(), SetDigest.of(["alice", "bob"]).toWire());
+});
+
+test("a member change applies only at its version", async () => {
+  const store = await Store.open(new MemoryBackend());
+  await store.replaceMembers("g", "1", 5, [{ user: "a" }, { user: "b" }]);
+  assert.equal(await store.changeMembers("g", 4, 6, [{ user: "c" }], []), false);
+  assert.equal(await store.changeMembers("g", 5, 6, [{ user: "c" }], ["a"]), true);
+  const list = store.memberList("g");
+  assert.equal(list.version, 6);
+  assert.deepEqual([...list.members.keys()].sort(), ["b", "c"]);
+  assert.ok(list.digest.total.equals(SetDigest.of(["b", "c"])));
+});
