@@ -329,6 +329,8 @@ async fn dev(mut config: Config) -> anyhow::Result<ExitCode> {
         config.attachments.backend = anchorage_config::BlobBackend::Fs;
         config.attachments.dir = data_dir.join("attachments");
     }
+    // The web chat page, signing in as any development user.
+    config.edge.chat_page = true;
     let binary = natsd::locate(config.dev.nats_server.as_deref(), &std::env::current_dir()?)?;
     // Every part signs in as its own NATS user; the passwords are generated once and kept.
     let credentials =
@@ -367,6 +369,7 @@ fn print_welcome(config: &Config, stack: &Stack, nats: &NatsServer) {
     let addr = stack.edge_addr;
     println!(
         "\nAnchorage is running.\n\
+         \n  chat page  http://{addr}/  (sign in as any user)\
          \n  edge       http://{addr}  (WebSocket ws://{addr}/ws)\
          \n  health     http://{addr}/livez   http://{addr}/readyz   http://{addr}/metrics\
          \n  server API http://{addr}/v1  (OpenAPI: http://{addr}/v1/openapi.json)\

@@ -24,6 +24,7 @@ pub use api::openapi_json;
 mod outbox;
 mod progress;
 mod requests;
+mod web;
 mod ws;
 
 use std::sync::Arc;
@@ -265,7 +266,13 @@ pub async fn run(
 
 /// The edge's routes.
 pub fn router(state: EdgeState) -> Router {
+    let page = if state.config.chat_page {
+        web::router()
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(page)
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/ws", get(ws::upgrade))

@@ -32,6 +32,7 @@ use anchorage_protocol::request::Hello;
 use anchorage_protocol::{Request, RequestBody, RequestId, ServerFrame, close, decode_request};
 use axum::Extension;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -57,7 +58,7 @@ pub async fn upgrade(
     State(state): State<EdgeState>,
     peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if !state.config.allowed_origins.is_empty()
         && let Some(origin) = headers.get(header::ORIGIN)
@@ -79,6 +80,12 @@ pub async fn upgrade(
     let ip = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(p)| p.0.ip());
     let Some(place) = state.pending.admit(ip) else {
         return busy("too many sockets waiting to sign in\n");
+    };
+    // A plain GET gets the same `503` a refused upgrade would: browsers' WebSockets do not
+    // show a refused upgrade's `Retry-After`, so clients ask this way after a failed attempt.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
     };
     let max = state.config.max_frame_bytes as usize;
     ws.max_message_size(max)

@@ -210,6 +210,10 @@ pub struct EdgeConfig {
     /// (seconds, at most 90: the PRESENCE stream's age limit); edges refresh theirs every
     /// third of it, so a crashed edge's users go offline within it.
     pub presence_ttl_secs: u64,
+    /// Serve the web chat page at `/` (and the TypeScript SDK it runs on under `/sdk/`).
+    /// With the development secret, the page signs in as any user (`POST /dev/token`);
+    /// otherwise it asks for a device token. `anchorage dev` turns it on.
+    pub chat_page: bool,
 }
 
 impl Default for EdgeConfig {
@@ -231,6 +235,7 @@ impl Default for EdgeConfig {
             user_rate_per_sec: 100,
             hello_timeout_ms: 10_000,
             presence_ttl_secs: 90,
+            chat_page: false,
         }
     }
 }

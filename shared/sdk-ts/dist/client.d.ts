@@ -109,6 +109,8 @@ export declare class Client {
     private conn;
     private running;
     private wakeUp;
+    /** Set by `wake`: work came since the loop last looked. */
+    private woken;
     private syncs;
     private memberSyncs;
     private subscribed;
@@ -118,6 +120,9 @@ export declare class Client {
     private me;
     private window;
     private connectedWaiters;
+    private droppedPush;
+    private stopped;
+    private stopping;
     private constructor();
     /** Opens the store and starts connecting. */
     static start(options: ClientOptions): Promise<Client>;
@@ -131,6 +136,11 @@ export declare class Client {
     whenOnline(): Promise<void>;
     /** Stops connecting and closes the socket; the store stays. */
     stop(): Promise<void>;
+    /**
+     * Test hook: the live push of message `seq` is lost on its way (as at-most-once delivery
+     * may lose it), so the next one shows a gap.
+     */
+    dropPush(seq: number): void;
     /** Cuts the current connection (as a network would); the client reconnects. */
     cut(): void;
     private wake;
