@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the pinned Node packages the tests use into .tools/node (from tests/s3's lock file)
-# if they are missing, and prints the path of s3rver's command: an S3-compatible server that
-# checks AWS Signature Version 4, for the attachment tests.
+# Installs the pinned Node packages the tests use if they are missing: s3rver into .tools/node
+# (from tests/s3's lock file), and the TypeScript SDK's tools (the compiler, playwright-core)
+# into shared/sdk-ts/node_modules (from its lock file). Prints the path of s3rver's command:
+# an S3-compatible server that checks AWS Signature Version 4, for the attachment tests.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="$root/.tools/node"
@@ -19,5 +20,10 @@ if ! cmp -s "$root/tests/s3/package-lock.json" "$dir/package-lock.json" || ! [ -
   mkdir -p "$dir"
   cp "$root/tests/s3/package.json" "$root/tests/s3/package-lock.json" "$dir/"
   (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+sdk="$root/shared/sdk-ts"
+if ! cmp -s "$sdk/package-lock.json" "$sdk/node_modules/.installed-lock.json" 2>/dev/null; then
+  (cd "$sdk" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  cp "$sdk/package-lock.json" "$sdk/node_modules/.installed-lock.json"
 fi
 echo "$bin"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the full Anchorage test suite: unit, property and end-to-end tests against a real
-# nats-server (installed into .tools/ if missing), real SQLite databases, the server API
+# nats-server (installed into .tools/ if missing), real SQLite databases, the TypeScript SDK
+# and the web chat page (Node's test runner, and Chromium driven by playwright-core), the server API
 # against its OpenAPI document (schemathesis, installed into .tools/py), the deployment files
 # (deploy/deploy-check.sh) and — in a second
 # pass of the end-to-end tests — a real PostgreSQL (Debian's, installed if missing).
@@ -24,9 +25,23 @@ if ! command -v tmux >/dev/null; then
     exit 1
   fi
 fi
-# The Node packages (the attachment tests store files in s3rver, an S3-compatible server).
+# The Node packages (the attachment tests store files in s3rver, an S3-compatible server; the
+# TypeScript SDK's compiler and playwright-core).
 ANCHORAGE_TESTS_S3RVER="$(deploy/node-tools.sh)"
 export ANCHORAGE_TESTS_S3RVER
+# Chromium: the chat page's browser tests (Debian's, driven by playwright-core; no download).
+ANCHORAGE_CHROMIUM="${ANCHORAGE_CHROMIUM:-$(command -v chromium || true)}"
+if [ -z "$ANCHORAGE_CHROMIUM" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Chromium (apt-get install chromium)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >&2
+    ANCHORAGE_CHROMIUM="$(command -v chromium)"
+  else
+    echo "Chromium is needed for the chat page's browser tests (set ANCHORAGE_CHROMIUM)" >&2
+    exit 1
+  fi
+fi
+export ANCHORAGE_CHROMIUM
 
 log="$(mktemp)"
 pg_dir="$(mktemp -d)"
@@ -42,18 +57,26 @@ set +e
 #    have no doctests).
 cargo test --workspace --all-targets --locked -j "${CARGO_BUILD_JOBS:-2}" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-# 2. The server API against its OpenAPI document: property-based tests generated from it.
+# 2. The TypeScript SDK (unit tests, generated types, end-to-end against `anchorage dev` with
+#    socket cuts) and the web chat page in Chromium, on the binary the first pass built.
+if [ "$status" = 0 ]; then
+  ANCHORAGE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/anchorage"
+  export ANCHORAGE_BIN
+  (cd shared/sdk-ts && npm test) 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+fi
+# 3. The server API against its OpenAPI document: property-based tests generated from it.
 if [ "$status" = 0 ]; then
   deploy/api-check.sh 2>&1 | tee -a "$log"
   status=${PIPESTATUS[0]}
 fi
-# 3. The deployment files (compose, Helm chart, Dockerfile, systemd units) rendered and checked
+# 4. The deployment files (compose, Helm chart, Dockerfile, systemd units) rendered and checked
 #    against the binary.
 if [ "$status" = 0 ]; then
   deploy/deploy-check.sh 2>&1 | tee -a "$log"
   status=${PIPESTATUS[0]}
 fi
-# 4. The end-to-end tests again on PostgreSQL: same code, same assertions.
+# 5. The end-to-end tests again on PostgreSQL: same code, same assertions.
 if [ "$status" = 0 ]; then
   TESTS_POSTGRES_URL="$(deploy/postgres.sh start "$pg_dir/pg")"
   export TESTS_POSTGRES_URL
@@ -62,7 +85,8 @@ if [ "$status" = 0 ]; then
   status=${PIPESTATUS[0]}
 fi
 set -e
-# One summary line over every test binary of both passes.
+# One summary line over every test binary of both passes and the TypeScript tests.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     /^# pass [0-9]+$/ { p += $3 } /^# fail [0-9]+$/ { f += $3 } /^# skipped [0-9]+$/ { s += $3 }
      END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit "$status"

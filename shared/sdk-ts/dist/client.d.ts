@@ -112,6 +112,7 @@ export declare class Client {
     /** Set by `wake`: work came since the loop last looked. */
     private woken;
     private syncs;
+    private refusedSyncs;
     private memberSyncs;
     private subscribed;
     private asks;
@@ -169,6 +170,8 @@ export declare class Client {
     history(conv: string, before: number, limit?: number): Promise<Message[]>;
     openDirect(peer: string): Promise<string>;
     createGroup(group: string, title: string, members: string[]): Promise<void>;
+    /** Lists a conversation just joined (created, opened, or added to) and pulls it. */
+    private joined;
     addMembers(group: string, members: string[]): Promise<void>;
     removeMembers(group: string, members: string[]): Promise<void>;
     leave(group: string): Promise<void>;

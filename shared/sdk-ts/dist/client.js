@@ -137,6 +137,7 @@ export class Client {
     /** Set by `wake`: work came since the loop last looked. */
     woken = false;
     syncs = new Map();
+    refusedSyncs = new Map();
     memberSyncs = new Map();
     subscribed = new Set();
     asks = [];
@@ -307,12 +308,20 @@ export class Client {
         const conv = answer.type === "ok" ? answer.conv : undefined;
         if (!conv)
             throw new RequestError("internal", "open_direct answered without a conversation");
-        this.requestSync(conv, null);
+        await this.joined(conv);
         return conv;
     }
     async createGroup(group, title, members) {
         await this.ask({ type: "create_group", group, title, members });
-        this.requestSync(group, null);
+        await this.joined(group);
+    }
+    /** Lists a conversation just joined (created, opened, or added to) and pulls it. */
+    async joined(conv) {
+        const fresh = !this.store.isListed(conv);
+        await this.store.join(conv);
+        this.requestSync(conv, null);
+        if (fresh)
+            this.emit("membership", { conv, joined: true });
     }
     async addMembers(group, members) {
         await this.ask({ type: "add_members", group, members });
@@ -582,8 +591,17 @@ export class Client {
                     await sleep(answer.retry_after_ms ?? 200);
                     return;
                 }
-                if (answer.code === "forbidden" || answer.code === "not_found")
-                    await this.store.forget(conv);
+                // Joined a moment ago, the edge's view of the memberships may not show it yet: ask
+                // again a few times. A conversation left is forgotten on its `membership` push.
+                const tries = this.refusedSyncs.get(conv) ?? 0;
+                if (answer.code === "forbidden" && this.store.isListed(conv) && tries < 4) {
+                    this.refusedSyncs.set(conv, tries + 1);
+                    await sleep(250 * (tries + 1));
+                    this.syncs.set(conv, gap);
+                }
+                else {
+                    this.refusedSyncs.delete(conv);
+                }
                 return;
             }
             if (answer.type !== "messages")
@@ -596,6 +614,7 @@ export class Client {
             if (!answer.more)
                 break;
         }
+        this.refusedSyncs.delete(conv);
         if (gap !== null)
             this.emit("gapRepaired", { conv, from: gap, to: this.store.anchor(conv) });
     }
@@ -714,14 +733,14 @@ export class Client {
                     this.emit("read", { conv: p.conv, seq: p.seq });
                 return;
             case "membership":
-                if (p.joined)
-                    this.requestSync(p.conv, null);
-                else {
-                    await this.store.forget(p.conv);
-                    await this.store.dropMembers(p.conv);
-                    this.subscribed.delete(p.conv);
+                if (p.joined) {
+                    await this.joined(p.conv);
+                    return;
                 }
-                this.emit("membership", { conv: p.conv, joined: p.joined });
+                await this.store.forget(p.conv);
+                await this.store.dropMembers(p.conv);
+                this.subscribed.delete(p.conv);
+                this.emit("membership", { conv: p.conv, joined: false });
                 return;
             case "members_changed": {
                 const list = this.store.memberList(p.group);
@@ -772,6 +791,11 @@ export class Client {
                 }
                 if (answer.code === "conflict") {
                     await this.store.dropMembers(group);
+                    continue;
+                }
+                if (answer.code === "forbidden" && this.store.isListed(group) && round < 4) {
+                    // Joined a moment ago: the edge's view of the memberships may not show it yet.
+                    await sleep(250 * (round + 1));
                     continue;
                 }
                 // forbidden, not_found: the list is not ours to hold.

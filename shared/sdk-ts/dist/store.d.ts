@@ -87,6 +87,10 @@ export declare class Store {
     readSeq(conv: string): number;
     /** What the server summarized at `hello`. */
     summarize(conv: string, lastSeq: number, readSeq: number, unread: number, lastMessage?: Message | null): Promise<void>;
+    /** Whether the user is in `conv`, as far as the device knows. */
+    isListed(conv: string): boolean;
+    /** Lists a conversation the user is in, before any message of it is held. */
+    join(conv: string): Promise<void>;
     setRead(conv: string, seq: number): Promise<boolean>;
     forget(conv: string): Promise<void>;
     /**

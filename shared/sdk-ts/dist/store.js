@@ -132,6 +132,16 @@ export class Store {
             c.lastMessage = lastMessage;
         await this.persist([[`c:${conv}`, c]]);
     }
+    /** Whether the user is in `conv`, as far as the device knows. */
+    isListed(conv) {
+        return this.convs.has(conv);
+    }
+    /** Lists a conversation the user is in, before any message of it is held. */
+    async join(conv) {
+        if (this.convs.has(conv))
+            return;
+        await this.persist([[`c:${conv}`, this.conv(conv)]]);
+    }
     async setRead(conv, seq) {
         const c = this.conv(conv);
         if (seq <= c.readSeq)

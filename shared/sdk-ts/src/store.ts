@@ -198,6 +198,17 @@ export class Store {
     await this.persist([[`c:${conv}`, c]]);
   }
 
+  /** Whether the user is in `conv`, as far as the device knows. */
+  isListed(conv: string): boolean {
+    return this.convs.has(conv);
+  }
+
+  /** Lists a conversation the user is in, before any message of it is held. */
+  async join(conv: string): Promise<void> {
+    if (this.convs.has(conv)) return;
+    await this.persist([[`c:${conv}`, this.conv(conv)]]);
+  }
+
   async setRead(conv: string, seq: number): Promise<boolean> {
     const c = this.conv(conv);
     if (seq <= c.readSeq) return false;
