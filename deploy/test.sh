@@ -15,31 +15,27 @@ echo "nats-server: $ANCHORAGE_DEV__NATS_SERVER ($("$ANCHORAGE_DEV__NATS_SERVER" 
 # The Python tools (the Web Push tests decrypt with http-ece; the API check below).
 ANCHORAGE_TESTS_PYTHON="$(deploy/python-tools.sh)"
 export ANCHORAGE_TESTS_PYTHON
-# tmux: the terminal client's test drives `anchorage chat` in a tmux pane.
-if ! command -v tmux >/dev/null; then
+# Installs Debian package $1 (for $2) when its command is missing; fails if it cannot.
+apt_install() {
+  command -v "$1" >/dev/null && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing tmux (apt-get install tmux)" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux) >&2
+    echo "installing $1 (apt-get install $1)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1") >&2
   else
-    echo "tmux is needed for the terminal client's test" >&2
+    echo "$1 is needed for $2" >&2
     exit 1
   fi
-fi
+}
+# tmux: the terminal client's test drives `anchorage chat` in a tmux pane.
+apt_install tmux "the terminal client's test"
 # The Node packages (the attachment tests store files in s3rver, an S3-compatible server; the
 # TypeScript SDK's compiler and playwright-core).
 ANCHORAGE_TESTS_S3RVER="$(deploy/node-tools.sh)"
 export ANCHORAGE_TESTS_S3RVER
 # Chromium: the chat page's browser tests (Debian's, driven by playwright-core; no download).
-ANCHORAGE_CHROMIUM="${ANCHORAGE_CHROMIUM:-$(command -v chromium || true)}"
-if [ -z "$ANCHORAGE_CHROMIUM" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing Chromium (apt-get install chromium)" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >&2
-    ANCHORAGE_CHROMIUM="$(command -v chromium)"
-  else
-    echo "Chromium is needed for the chat page's browser tests (set ANCHORAGE_CHROMIUM)" >&2
-    exit 1
-  fi
+if [ -z "${ANCHORAGE_CHROMIUM:-}" ]; then
+  apt_install chromium "the chat page's browser tests (or set ANCHORAGE_CHROMIUM)"
+  ANCHORAGE_CHROMIUM="$(command -v chromium)"
 fi
 export ANCHORAGE_CHROMIUM
 

@@ -37,6 +37,18 @@ async function client(user, device = "node", options = {}) {
 
 const bodies = (c, conv) => c.messages(conv).map((m) => m.body);
 
+/**
+ * Two fresh users signed in (alice through `aliceUrl` when given, e.g. a proxy, bob through
+ * `bobUrl`) and their 1:1 conversation.
+ */
+async function pair({ aliceUrl, bobUrl } = {}) {
+  const [a, b] = [name("alice"), name("bob")];
+  const alice = await client(a, "node", aliceUrl ? { url: aliceUrl } : {});
+  const bob = await client(b, "node", bobUrl ? { url: bobUrl } : {});
+  await Promise.all([alice.whenOnline(), bob.whenOnline()]);
+  return { alice, bob, conv: await alice.openDirect(b) };
+}
+
 test("two users chat both ways; pipelined sends keep their order and are acknowledged once", async () => {
   const [a, b] = [name("alice"), name("bob")];
   const alice = await client(a);
@@ -76,12 +88,8 @@ test("a read on one device reaches the user's other device, and unread counts fo
 });
 
 test("sends cut between publish and ack are stored once, in order, through repeated socket cuts", async () => {
-  const [a, b] = [name("alice"), name("bob")];
   const proxy = await startProxy(stack.ports[0]);
-  const alice = await client(a, "node", { url: proxy.url });
-  const bob = await client(b);
-  await Promise.all([alice.whenOnline(), bob.whenOnline()]);
-  const conv = await alice.openDirect(b);
+  const { alice, bob, conv } = await pair({ aliceUrl: proxy.url });
   const ids = [];
   for (let i = 0; i < 300; i++) ids.push(await alice.send(conv, `n${i}`));
   // Cut the sockets while the window is in flight, several times.
@@ -102,11 +110,7 @@ test("sends cut between publish and ack are stored once, in order, through repea
 });
 
 test("a lost live push is a gap: repaired by sync from the anchor", async () => {
-  const [a, b] = [name("alice"), name("bob")];
-  const alice = await client(a);
-  const bob = await client(b);
-  await Promise.all([alice.whenOnline(), bob.whenOnline()]);
-  const conv = await alice.openDirect(b);
+  const { alice, bob, conv } = await pair();
   const first = await alice.acked(await alice.send(conv, "one"));
   await eventually("bob to hold the first", () => bob.anchor(conv) === first);
   const repaired = new Promise((r) => bob.on("gapRepaired", (e) => e.conv === conv && r(e)));
@@ -120,12 +124,8 @@ test("a lost live push is a gap: repaired by sync from the anchor", async () => 
 });
 
 test("what came while a device was offline arrives at reconnect, from its anchors", async () => {
-  const [a, b] = [name("alice"), name("bob")];
   const proxy = await startProxy(stack.ports[0]);
-  const alice = await client(a);
-  const bob = await client(b, "node", { url: proxy.url });
-  await Promise.all([alice.whenOnline(), bob.whenOnline()]);
-  const conv = await alice.openDirect(b);
+  const { alice, bob, conv } = await pair({ bobUrl: proxy.url });
   await alice.acked(await alice.send(conv, "before"));
   await eventually("bob to hold the first", () => bob.messages(conv).length === 1);
   proxy.refuse(1);
@@ -188,12 +188,8 @@ test("4005: a revoked session stops the client for good", async () => {
 });
 
 test("a message written offline is sent on reconnect; a refused one fails and does not hold back the rest", async () => {
-  const [a, b] = [name("alice"), name("bob")];
   const proxy = await startProxy(stack.ports[0]);
-  const alice = await client(a, "node", { url: proxy.url });
-  const bob = await client(b);
-  await Promise.all([alice.whenOnline(), bob.whenOnline()]);
-  const conv = await alice.openDirect(b);
+  const { alice, bob, conv } = await pair({ aliceUrl: proxy.url });
   proxy.refuse(1);
   proxy.cut();
   const offline = await alice.send(conv, "written offline");
