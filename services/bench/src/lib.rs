@@ -14,6 +14,7 @@ pub mod clients;
 pub mod env;
 pub mod raw;
 pub mod scenarios;
+pub mod sdk;
 
 use serde_json::Value;
 
@@ -50,6 +51,9 @@ pub enum Scenario {
     /// A message to the offline members of a large group as pushes through a provider that
     /// fails 10% of calls, next to the same calls made straight to it.
     Push,
+    /// The TypeScript SDK next to the Rust SDK: sends through the outbox, and reconnects after
+    /// an edge restart (needs Node.js ≥ 20).
+    Sdk,
 }
 
 impl Scenario {
@@ -68,6 +72,7 @@ impl Scenario {
             Scenario::Partitions => "partitions",
             Scenario::Search => "search",
             Scenario::Push => "push",
+            Scenario::Sdk => "sdk",
         }
     }
 }
@@ -88,6 +93,7 @@ pub async fn run(scenario: Scenario, sizes: Sizes) -> anyhow::Result<Value> {
         Scenario::Partitions => scenarios::partitions::run(&env, sizes).await,
         Scenario::Search => scenarios::search::run(&env, sizes).await,
         Scenario::Push => scenarios::push::run(&env, sizes).await,
+        Scenario::Sdk => scenarios::sdk::run(&env, sizes).await,
     };
     env.stop().await;
     let mut report = result?;

@@ -49,6 +49,9 @@ enum Clients {
         #[arg(long, default_value_t = 0)]
         messages: usize,
     },
+    /// The Rust SDK's side of `bench sdk`: a job on stdin, its report on stdout.
+    #[command(hide = true)]
+    SdkRunner,
 }
 
 #[tokio::main]
@@ -65,6 +68,7 @@ async fn main() -> ExitCode {
             }),
             _,
         ) => anchorage_bench::clients::run(&addrs, count, mode, &prefix, messages).await,
+        (Some(Clients::SdkRunner), _) => anchorage_bench::sdk::run().await,
         (None, Some(scenario)) => {
             let sizes = Sizes {
                 edges: usize::from(cli.edges),

@@ -8,6 +8,7 @@ pub mod partitions;
 pub mod push;
 pub mod reconnect;
 pub mod replay;
+pub mod sdk;
 pub mod search;
 pub mod send;
 pub mod signals;

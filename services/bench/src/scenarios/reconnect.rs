@@ -21,18 +21,7 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     // The edge the clients use, restarted on the same port.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let start_edge = |listener| {
-        let config = env.config.clone();
-        let (bus, store) = (stack.bus.clone(), stack.store.clone());
-        async move {
-            let streams = anchorage::load_streams(&config)?;
-            let state = anchorage::edge_state(&config, bus, store, streams).await?;
-            let stop = tokio_util::sync::CancellationToken::new();
-            let task = tokio::spawn(anchorage_edge::run(listener, state, stop.clone()));
-            anyhow::Ok((stop, task))
-        }
-    };
-    let (stop, task) = start_edge(listener).await?;
+    let (stop, task) = edge_on(&env.config, &stack, listener).await?;
     progress(&format!("{} clients connected", s.online));
     let clients = ClientProcess::start(addr, s.online, "reconnect", 0).await?;
     let mut owner = signed_in(stack.edge_addr, &env.config, "owner").await?;
@@ -50,7 +39,12 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     projected(&stack, "messages", last).await?;
     let before = rss_kib();
     let restarted = unix_ms();
-    let (stop, task) = start_edge(tokio::net::TcpListener::bind(addr).await?).await?;
+    let (stop, task) = edge_on(
+        &env.config,
+        &stack,
+        tokio::net::TcpListener::bind(addr).await?,
+    )
+    .await?;
     let (report, peak) = peak_rss(clients.report()).await;
     let report = report?;
     stop.cancel();
@@ -83,4 +77,22 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
         "target": "10,000 reconnects resynced in < 10 s with zero failures",
         "sizes": {"clients": s.online, "missed_messages": 3},
     }))
+}
+
+/// An edge of `stack` serving `listener` in this process, until its token is cancelled (then
+/// its task ends); restarting it on the same address is binding that address again.
+pub async fn edge_on(
+    config: &anchorage_config::Config,
+    stack: &anchorage::stack::Stack,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<(
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)> {
+    let streams = anchorage::load_streams(config)?;
+    let state =
+        anchorage::edge_state(config, stack.bus.clone(), stack.store.clone(), streams).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(anchorage_edge::run(listener, state, stop.clone()));
+    Ok((stop, task))
 }
