@@ -152,3 +152,25 @@ fn partitions_project_the_same_messages_in_one_two_and_four_partitions() {
     positive(&p, &["ratio", "four_vs_one"]);
     assert_eq!(p["ours"]["database"], "postgresql", "{p}");
 }
+
+#[test]
+fn sdk_puts_the_typescript_sdk_next_to_the_rust_sdk_in_one_run() {
+    let s = bench("sdk");
+    for side in ["ours", "baseline"] {
+        positive(&s, &[side, "send", "accepted_msgs_per_sec"]);
+        positive(&s, &[side, "send", "queued_to_acked_ms_p99"]);
+        positive(&s, &[side, "reconnect", "all_resynced_s"]);
+        let r = &s[side]["reconnect"];
+        assert_eq!(r["failures"], 0, "{s}");
+        assert_eq!(r["resynced"], s["sizes"]["reconnecting_clients"], "{s}");
+        // Every client lost its connection at the restart, and came back.
+        assert!(
+            r["disconnects"].as_u64().unwrap() >= r["clients"].as_u64().unwrap(),
+            "{s}"
+        );
+    }
+    assert_eq!(s["ours"]["sdk"], "typescript");
+    assert_eq!(s["baseline"]["sdk"], "rust");
+    positive(&s, &["ratio", "send"]);
+    positive(&s, &["ratio", "reconnect_p50"]);
+}

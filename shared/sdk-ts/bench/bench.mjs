@@ -129,5 +129,5 @@ let report;
 if (job.mode === "send") report = await send(members, job.messages ?? 0);
 else if (job.mode === "reconnect") report = await reconnect(members);
 else throw new Error(`unknown mode ${job.mode}`);
-process.stdout.write(`${JSON.stringify(report)}\n`);
-process.exit(0);
+// Written to a pipe, stdout is asynchronous: exit once the report is out.
+process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0));

@@ -73,6 +73,8 @@ export declare class Store {
     private outbox;
     private lists;
     private nextN;
+    /** Outbox entries that are acked or failed. */
+    private done;
     private writes;
     private constructor();
     static open(backend?: Backend): Promise<Store>;

@@ -69,6 +69,8 @@ export class Store {
     outbox = new Map();
     lists = new Map();
     nextN = 1;
+    /** Outbox entries that are acked or failed. */
+    done = 0;
     writes = Promise.resolve();
     constructor(backend) {
         this.backend = backend;
@@ -78,8 +80,12 @@ export class Store {
         for (const [k, v] of await backend.load()) {
             if (k.startsWith("c:"))
                 store.convs.set(k.slice(2), v);
-            else if (k.startsWith("m:"))
-                store.messages.set(k.slice(2), v);
+            else if (k.startsWith("e:")) {
+                const m = v;
+                const list = store.messages.get(m.conv) ?? [];
+                list.push(m);
+                store.messages.set(m.conv, list);
+            }
             else if (k.startsWith("o:")) {
                 const e = v;
                 // Whatever was on the way when the device stopped goes again, as a retry.
@@ -96,6 +102,11 @@ export class Store {
                 store.lists.set(k.slice(2), list);
             }
         }
+        for (const list of store.messages.values())
+            list.sort((a, b) => a.seq - b.seq);
+        const oldest = [...store.outbox.values()].sort((a, b) => a.n - b.n);
+        store.outbox = new Map(oldest.map((e) => [e.clientMsgId, e]));
+        store.done = oldest.filter((e) => e.state === "acked" || e.state === "failed").length;
         return store;
     }
     /** Writes records in order; resolves once they are kept. */
@@ -151,9 +162,10 @@ export class Store {
         return true;
     }
     async forget(conv) {
+        const held = this.messages.get(conv) ?? [];
         this.convs.delete(conv);
         this.messages.delete(conv);
-        await this.persist([[`c:${conv}`, undefined], [`m:${conv}`, undefined]]);
+        await this.persist([[`c:${conv}`, undefined], ...held.map((m) => [entryKey(m), undefined])]);
     }
     /**
      * Stores entries of `conv` (oldest first) that continue the chain up to `through`, and
@@ -163,10 +175,15 @@ export class Store {
     async append(conv, entries, through, me) {
         const c = this.conv(conv);
         const list = this.messages.get(conv) ?? [];
+        // Each entry is its own record: a write costs what it changes, not the whole history.
+        const changed = new Map();
         for (const e of entries) {
             if (e.seq <= c.anchor)
                 continue;
-            applyEntry(list, e, me);
+            const target = applyEntry(list, e, me);
+            changed.set(e.seq, e);
+            if (target)
+                changed.set(target.seq, target);
             if (e.kind === undefined || e.kind === "message")
                 c.lastMessage = e;
         }
@@ -174,19 +191,16 @@ export class Store {
         c.lastSeq = Math.max(c.lastSeq, through);
         c.serverUnread = 0;
         this.messages.set(conv, list);
-        await this.persist([
-            [`c:${conv}`, c],
-            [`m:${conv}`, list],
-        ]);
+        await this.persist([[`c:${conv}`, c], ...[...changed.values()].map((m) => [entryKey(m), m])]);
     }
     /** Shows the device's own stored message at its place before the chain reaches it. */
     async putOwn(message) {
         const list = this.messages.get(message.conv) ?? [];
-        if (list.some((m) => m.seq === message.seq))
+        if (find(list, message.seq))
             return;
         insertSorted(list, message);
         this.messages.set(message.conv, list);
-        await this.persist([[`m:${message.conv}`, list]]);
+        await this.persist([[entryKey(message), message]]);
     }
     /** The messages held, oldest first. */
     messagesOf(conv) {
@@ -215,10 +229,15 @@ export class Store {
     }
     /** The oldest entries still to be sent, in the order they were written. */
     pending(limit) {
-        return [...this.outbox.values()]
-            .filter((e) => e.state === "queued" || e.state === "sending")
-            .sort((a, b) => a.n - b.n)
-            .slice(0, limit);
+        // The outbox is kept in the order written.
+        const out = [];
+        for (const e of this.outbox.values()) {
+            if (out.length >= limit)
+                break;
+            if (e.state === "queued" || e.state === "sending")
+                out.push(e);
+        }
+        return out;
     }
     outboxEntry(clientMsgId) {
         return this.outbox.get(clientMsgId);
@@ -229,6 +248,8 @@ export class Store {
         await this.persist([[`o:${e.clientMsgId}`, e]]);
     }
     async settle(e, outcome) {
+        if (e.state !== "acked" && e.state !== "failed")
+            this.done++;
         if ("seq" in outcome) {
             e.state = "acked";
             e.seq = outcome.seq;
@@ -238,10 +259,17 @@ export class Store {
             e.error = outcome.error;
         }
         const batch = [[`o:${e.clientMsgId}`, e]];
-        const done = [...this.outbox.values()].filter((x) => x.state === "acked" || x.state === "failed").sort((a, b) => a.n - b.n);
-        for (const old of done.slice(0, Math.max(0, done.length - DONE_KEPT))) {
-            this.outbox.delete(old.clientMsgId);
-            batch.push([`o:${old.clientMsgId}`, undefined]);
+        // The oldest done entries go in bulk, once a tenth more than are kept have gathered.
+        if (this.done > DONE_KEPT + DONE_KEPT / 10) {
+            for (const old of this.outbox.values()) {
+                if (this.done <= DONE_KEPT)
+                    break;
+                if (old.state !== "acked" && old.state !== "failed")
+                    continue;
+                this.outbox.delete(old.clientMsgId);
+                this.done--;
+                batch.push([`o:${old.clientMsgId}`, undefined]);
+            }
         }
         await this.persist(batch);
     }
@@ -319,6 +347,23 @@ function removeMember(list, user) {
     list.members.delete(user);
     list.digest.removeHash(h);
 }
+/** The record of one entry of a conversation. */
+function entryKey(m) {
+    return `e:${m.seq}:${m.conv}`;
+}
+/** Entry `seq` of a list sorted by seq. */
+function find(list, seq) {
+    let lo = 0;
+    let hi = list.length;
+    while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (list[mid].seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return list[lo]?.seq === seq ? list[lo] : undefined;
+}
 function insertSorted(list, m) {
     let i = list.length;
     while (i > 0 && list[i - 1].seq > m.seq)
@@ -328,17 +373,15 @@ function insertSorted(list, m) {
     else
         list.splice(i, 0, m);
 }
-/** Applies one entry of the chain to the messages held. */
+/** Applies one entry of the chain to the messages held; returns the message it changed. */
 function applyEntry(list, e, me) {
     const kind = e.kind ?? "message";
-    if (kind === "message") {
-        insertSorted(list, e);
-        return;
-    }
     insertSorted(list, e);
-    const target = list.find((m) => m.seq === e.target && (m.kind ?? "message") === "message");
-    if (!target)
-        return;
+    if (kind === "message")
+        return undefined;
+    const target = e.target === undefined || e.target === null ? undefined : find(list, e.target);
+    if (!target || (target.kind ?? "message") !== "message")
+        return undefined;
     switch (kind) {
         case "edit":
             if (!target.revoked) {
@@ -370,4 +413,5 @@ function applyEntry(list, e, me) {
             break;
         }
     }
+    return target;
 }

@@ -489,6 +489,9 @@ export class Client {
           if (ok && !r.more && matches) this.emit("members", { group: r.group, version: r.version, how: "diff" });
           else again.push(r.group);
         } else if (r.result === "realign") again.push(r.group);
+        // A group joined a moment ago may not be visible to the server's answer yet: its own
+        // sync asks again for a while (any other refusal: the list is not ours to hold).
+        else if (r.code === "forbidden" && this.store.isListed(r.group)) again.push(r.group);
       }
       await Promise.all(again.map((g) => this.syncMembers(g)));
       rest = a.cursor != null && a.cursor < rest.length ? rest.slice(a.cursor) : [];

@@ -133,6 +133,8 @@ export class Store {
   private outbox = new Map<string, OutboxEntry>();
   private lists = new Map<string, MemberList>();
   private nextN = 1;
+  /** Outbox entries that are acked or failed. */
+  private done = 0;
   private writes: Promise<void> = Promise.resolve();
 
   private constructor(private backend: Backend) {}
@@ -141,7 +143,12 @@ export class Store {
     const store = new Store(backend);
     for (const [k, v] of await backend.load()) {
       if (k.startsWith("c:")) store.convs.set(k.slice(2), v as Conversation);
-      else if (k.startsWith("m:")) store.messages.set(k.slice(2), v as Message[]);
+      else if (k.startsWith("e:")) {
+        const m = v as Message;
+        const list = store.messages.get(m.conv) ?? [];
+        list.push(m);
+        store.messages.set(m.conv, list);
+      }
       else if (k.startsWith("o:")) {
         const e = v as OutboxEntry;
         // Whatever was on the way when the device stopped goes again, as a retry.
@@ -155,6 +162,10 @@ export class Store {
         store.lists.set(k.slice(2), list);
       }
     }
+    for (const list of store.messages.values()) list.sort((a, b) => a.seq - b.seq);
+    const oldest = [...store.outbox.values()].sort((a, b) => a.n - b.n);
+    store.outbox = new Map(oldest.map((e) => [e.clientMsgId, e]));
+    store.done = oldest.filter((e) => e.state === "acked" || e.state === "failed").length;
     return store;
   }
 
@@ -218,9 +229,10 @@ export class Store {
   }
 
   async forget(conv: string): Promise<void> {
+    const held = this.messages.get(conv) ?? [];
     this.convs.delete(conv);
     this.messages.delete(conv);
-    await this.persist([[`c:${conv}`, undefined], [`m:${conv}`, undefined]]);
+    await this.persist([[`c:${conv}`, undefined], ...held.map((m): [string, undefined] => [entryKey(m), undefined])]);
   }
 
   /**
@@ -231,28 +243,29 @@ export class Store {
   async append(conv: string, entries: Message[], through: number, me: string): Promise<void> {
     const c = this.conv(conv);
     const list = this.messages.get(conv) ?? [];
+    // Each entry is its own record: a write costs what it changes, not the whole history.
+    const changed = new Map<number, Message>();
     for (const e of entries) {
       if (e.seq <= c.anchor) continue;
-      applyEntry(list, e, me);
+      const target = applyEntry(list, e, me);
+      changed.set(e.seq, e);
+      if (target) changed.set(target.seq, target);
       if (e.kind === undefined || e.kind === "message") c.lastMessage = e;
     }
     c.anchor = Math.max(c.anchor, through);
     c.lastSeq = Math.max(c.lastSeq, through);
     c.serverUnread = 0;
     this.messages.set(conv, list);
-    await this.persist([
-      [`c:${conv}`, c],
-      [`m:${conv}`, list],
-    ]);
+    await this.persist([[`c:${conv}`, c], ...[...changed.values()].map((m): [string, Message] => [entryKey(m), m])]);
   }
 
   /** Shows the device's own stored message at its place before the chain reaches it. */
   async putOwn(message: Message): Promise<void> {
     const list = this.messages.get(message.conv) ?? [];
-    if (list.some((m) => m.seq === message.seq)) return;
+    if (find(list, message.seq)) return;
     insertSorted(list, message);
     this.messages.set(message.conv, list);
-    await this.persist([[`m:${message.conv}`, list]]);
+    await this.persist([[entryKey(message), message]]);
   }
 
   /** The messages held, oldest first. */
@@ -285,10 +298,13 @@ export class Store {
 
   /** The oldest entries still to be sent, in the order they were written. */
   pending(limit: number): OutboxEntry[] {
-    return [...this.outbox.values()]
-      .filter((e) => e.state === "queued" || e.state === "sending")
-      .sort((a, b) => a.n - b.n)
-      .slice(0, limit);
+    // The outbox is kept in the order written.
+    const out: OutboxEntry[] = [];
+    for (const e of this.outbox.values()) {
+      if (out.length >= limit) break;
+      if (e.state === "queued" || e.state === "sending") out.push(e);
+    }
+    return out;
   }
 
   outboxEntry(clientMsgId: string): OutboxEntry | undefined {
@@ -302,6 +318,7 @@ export class Store {
   }
 
   async settle(e: OutboxEntry, outcome: { seq: number } | { error: string }): Promise<void> {
+    if (e.state !== "acked" && e.state !== "failed") this.done++;
     if ("seq" in outcome) {
       e.state = "acked";
       e.seq = outcome.seq;
@@ -310,10 +327,15 @@ export class Store {
       e.error = outcome.error;
     }
     const batch: Array<[string, unknown]> = [[`o:${e.clientMsgId}`, e]];
-    const done = [...this.outbox.values()].filter((x) => x.state === "acked" || x.state === "failed").sort((a, b) => a.n - b.n);
-    for (const old of done.slice(0, Math.max(0, done.length - DONE_KEPT))) {
-      this.outbox.delete(old.clientMsgId);
-      batch.push([`o:${old.clientMsgId}`, undefined]);
+    // The oldest done entries go in bulk, once a tenth more than are kept have gathered.
+    if (this.done > DONE_KEPT + DONE_KEPT / 10) {
+      for (const old of this.outbox.values()) {
+        if (this.done <= DONE_KEPT) break;
+        if (old.state !== "acked" && old.state !== "failed") continue;
+        this.outbox.delete(old.clientMsgId);
+        this.done--;
+        batch.push([`o:${old.clientMsgId}`, undefined]);
+      }
     }
     await this.persist(batch);
   }
@@ -392,6 +414,23 @@ function removeMember(list: MemberList, user: string): void {
   list.digest.removeHash(h);
 }
 
+/** The record of one entry of a conversation. */
+function entryKey(m: Message): string {
+  return `e:${m.seq}:${m.conv}`;
+}
+
+/** Entry `seq` of a list sorted by seq. */
+function find(list: Message[], seq: number): Message | undefined {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (list[mid].seq < seq) lo = mid + 1;
+    else hi = mid;
+  }
+  return list[lo]?.seq === seq ? list[lo] : undefined;
+}
+
 function insertSorted(list: Message[], m: Message): void {
   let i = list.length;
   while (i > 0 && list[i - 1].seq > m.seq) i--;
@@ -399,16 +438,13 @@ function insertSorted(list: Message[], m: Message): void {
   else list.splice(i, 0, m);
 }
 
-/** Applies one entry of the chain to the messages held. */
-function applyEntry(list: Message[], e: Message, me: string): void {
+/** Applies one entry of the chain to the messages held; returns the message it changed. */
+function applyEntry(list: Message[], e: Message, me: string): Message | undefined {
   const kind = e.kind ?? "message";
-  if (kind === "message") {
-    insertSorted(list, e);
-    return;
-  }
   insertSorted(list, e);
-  const target = list.find((m) => m.seq === e.target && (m.kind ?? "message") === "message");
-  if (!target) return;
+  if (kind === "message") return undefined;
+  const target = e.target === undefined || e.target === null ? undefined : find(list, e.target);
+  if (!target || (target.kind ?? "message") !== "message") return undefined;
   switch (kind) {
     case "edit":
       if (!target.revoked) {
@@ -439,4 +475,5 @@ function applyEntry(list: Message[], e: Message, me: string): void {
       break;
     }
   }
+  return target;
 }
