@@ -687,6 +687,14 @@ impl Engine {
     /// it, and the next round starts from it (after the wait the server asked for).
     async fn send_window(&self, conn: &mut Conn, sends: Vec<Queued>) -> Result<(), End> {
         let fail = |_| lost(None);
+        let ids: Vec<i64> = sends
+            .iter()
+            .filter_map(|q| match q {
+                Queued::Send { outbox_id, .. } => Some(*outbox_id),
+                Queued::Command { .. } => None,
+            })
+            .collect();
+        self.store.mark_sending(&ids).await.map_err(fail)?;
         let mut pending = Vec::new();
         for item in sends {
             let Queued::Send {
@@ -699,7 +707,6 @@ impl Engine {
             else {
                 continue;
             };
-            self.store.mark_sending(outbox_id).await.map_err(fail)?;
             let id = conn.send(&send_request(&entry, &body, client_ts)?).await?;
             pending.push((id, command_id, outbox_id, entry, body, client_ts));
         }
@@ -751,7 +758,7 @@ impl Engine {
         client_ts: i64,
     ) -> Result<(), End> {
         let fail = |_| lost(None);
-        self.store.mark_sending(outbox_id).await.map_err(fail)?;
+        self.store.mark_sending(&[outbox_id]).await.map_err(fail)?;
         let answer = self
             .request(conn, send_request(&entry, &body, client_ts)?)
             .await?;
@@ -778,7 +785,6 @@ impl Engine {
                 ..
             }) => {
                 let seq = ack.seq;
-                self.store.mark_acked(outbox_id, seq).await.map_err(fail)?;
                 // Shown at its place at once; the anchor moves when the live copy or a sync
                 // confirms nothing is missing before it.
                 let (sender, device) = self.me();
@@ -794,9 +800,8 @@ impl Engine {
                     refs: entry.refs.clone(),
                     ..LocalMessage::default()
                 };
-                self.store.put_message(own).await.map_err(fail)?;
                 self.store
-                    .finish_command(command_id, None)
+                    .settle_acked(outbox_id, command_id, own)
                     .await
                     .map_err(fail)?;
                 self.emit(ClientEvent::Acked {
@@ -808,11 +813,7 @@ impl Engine {
             answer => {
                 let reason = reason(answer);
                 self.store
-                    .mark_failed(outbox_id, &reason)
-                    .await
-                    .map_err(fail)?;
-                self.store
-                    .finish_command(command_id, Some(&reason))
+                    .settle_failed(outbox_id, command_id, &reason)
                     .await
                     .map_err(fail)?;
                 self.emit(ClientEvent::Failed {

@@ -379,16 +379,6 @@ impl LocalStore {
             .collect())
     }
 
-    /// Stores one message without moving the anchor (our own acked message, before its live
-    /// copy or a sync confirms there is no gap before it).
-    pub async fn put_message(&self, m: LocalMessage) -> Result<(), SdkError> {
-        let mut tx = self.pool.begin().await?;
-        let version = m.seq.unwrap_or_default();
-        insert_message(&mut tx, &(m, version)).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Messages of a conversation in display order: stored ones by seq, then the outbox's
     /// unacknowledged ones by the time they were written.
     /// The conversations held (synced, or written to), newest message first, with the
@@ -554,31 +544,58 @@ impl LocalStore {
             .collect())
     }
 
-    pub async fn mark_sending(&self, local_id: i64) -> Result<(), SdkError> {
-        sqlx::query(
-            "UPDATE outbox SET state = 'sending', attempts = attempts + 1 WHERE local_id = $1",
-        )
-        .bind(local_id)
-        .execute(&self.pool)
-        .await?;
+    /// Outbox rows about to go out (one commit for a whole window of them).
+    pub async fn mark_sending(&self, local_ids: &[i64]) -> Result<(), SdkError> {
+        let mut tx = self.pool.begin().await?;
+        for id in local_ids {
+            sqlx::query(
+                "UPDATE outbox SET state = 'sending', attempts = attempts + 1 WHERE local_id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
-    pub async fn mark_acked(&self, local_id: i64, seq: u64) -> Result<(), SdkError> {
+    /// A queued message the server stored: its outbox row acknowledged, the message shown
+    /// at its place without moving the anchor (its live copy or a sync confirms there is no
+    /// gap before it), its queue entry done — one commit.
+    pub async fn settle_acked(
+        &self,
+        local_id: i64,
+        command_id: i64,
+        own: LocalMessage,
+    ) -> Result<(), SdkError> {
+        let seq = own.seq.unwrap_or_default();
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE outbox SET state = 'acked', seq = $2 WHERE local_id = $1")
             .bind(local_id)
             .bind(seq as i64)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        insert_message(&mut tx, &(own, seq)).await?;
+        finish_command(&mut tx, command_id, None).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    pub async fn mark_failed(&self, local_id: i64, error: &str) -> Result<(), SdkError> {
+    /// A queued message refused for good: its outbox row failed, its queue entry done.
+    pub async fn settle_failed(
+        &self,
+        local_id: i64,
+        command_id: i64,
+        error: &str,
+    ) -> Result<(), SdkError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE outbox SET state = 'failed', error = $2 WHERE local_id = $1")
             .bind(local_id)
             .bind(error)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        finish_command(&mut tx, command_id, Some(error)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -603,13 +620,8 @@ impl LocalStore {
     }
 
     pub async fn finish_command(&self, local_id: i64, error: Option<&str>) -> Result<(), SdkError> {
-        sqlx::query("UPDATE commands SET state = $2, error = $3 WHERE local_id = $1")
-            .bind(local_id)
-            .bind(if error.is_some() { "failed" } else { "done" })
-            .bind(error)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        finish_command(&mut conn, local_id, error).await
     }
 
     pub async fn pending_commands(&self) -> Result<u64, SdkError> {
@@ -624,6 +636,20 @@ impl LocalStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+async fn finish_command(
+    conn: &mut sqlx::SqliteConnection,
+    local_id: i64,
+    error: Option<&str>,
+) -> Result<(), SdkError> {
+    sqlx::query("UPDATE commands SET state = $2, error = $3 WHERE local_id = $1")
+        .bind(local_id)
+        .bind(if error.is_some() { "failed" } else { "done" })
+        .bind(error)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 fn outbox_entry(r: &sqlx::sqlite::SqliteRow) -> OutboxEntry {
