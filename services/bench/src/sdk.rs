@@ -96,27 +96,39 @@ async fn connected(events: &mut broadcast::Receiver<ClientEvent>) -> anyhow::Res
 async fn send(members: Vec<Member>, messages: usize) -> anyhow::Result<Value> {
     let started = Instant::now();
     let runs = members.into_iter().map(|mut m| async move {
-        let mut queued = std::collections::HashMap::with_capacity(messages);
+        // Acknowledgements are read while the messages are queued (they come as soon as the
+        // outbox sends), and matched to the moment each `send` was called.
+        let acks = tokio::spawn(async move {
+            let mut acked = std::collections::HashMap::with_capacity(messages);
+            while acked.len() < messages {
+                match m.events.recv().await {
+                    Ok(ClientEvent::Acked { client_msg_id, .. }) => {
+                        acked.insert(client_msg_id, Instant::now());
+                    }
+                    Ok(ClientEvent::Failed { reason, .. }) => bail!("a send was refused: {reason}"),
+                    Ok(_) => {}
+                    Err(e) => bail!("events: {e}"),
+                }
+            }
+            anyhow::Ok(acked)
+        });
+        let mut queued = Vec::with_capacity(messages);
         for n in 0..messages {
             let body = Value::String(format!("{n:>200}"));
-            let id = m.client.send(&m.conv, body).await?;
-            queued.insert(id, Instant::now());
+            let t0 = Instant::now();
+            queued.push((m.client.send(&m.conv, body).await?, t0));
         }
-        let mut latencies = Vec::with_capacity(messages);
-        while latencies.len() < messages {
-            match m.events.recv().await {
-                Ok(ClientEvent::Acked { client_msg_id, .. }) => {
-                    if let Some(t0) = queued.remove(&client_msg_id) {
-                        latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
-                    }
-                }
-                Ok(ClientEvent::Failed { reason, .. }) => bail!("a send was refused: {reason}"),
-                Ok(_) => {}
-                Err(e) => bail!("events: {e}"),
-            }
-        }
+        let acked = acks.await??;
         m.client.shutdown().await;
-        anyhow::Ok(latencies)
+        queued
+            .into_iter()
+            .map(|(id, t0)| {
+                let at = acked
+                    .get(&id)
+                    .context("a message acknowledged under another id")?;
+                Ok(at.duration_since(t0).as_secs_f64() * 1000.0)
+            })
+            .collect::<anyhow::Result<Vec<f64>>>()
     });
     let all = tokio::time::timeout(LIMIT, futures::future::try_join_all(runs))
         .await

@@ -37,28 +37,28 @@ function within(ms, what, promise) {
 async function send(members, messages) {
   const started = performance.now();
   const runs = members.map(async ({ client, conv }) => {
-    const queued = new Map();
-    const latencies = [];
+    // Acknowledgements are matched to the moment each `send` was called.
+    const acked = new Map();
     const done = new Promise((resolve, reject) => {
       client.on("acked", ({ clientMsgId }) => {
-        const t0 = queued.get(clientMsgId);
-        if (t0 === undefined) return;
-        queued.delete(clientMsgId);
-        latencies.push(performance.now() - t0);
-        if (latencies.length === messages) resolve();
+        acked.set(clientMsgId, performance.now());
+        if (acked.size === messages) resolve();
       });
       client.on("failed", ({ code, message }) => reject(new Error(`a send was refused: ${code}: ${message}`)));
     });
+    const queued = [];
     for (let n = 0; n < messages; n++) {
       const body = String(n).padStart(200);
-      // The id is known only once queued: the clock starts at the call, as the Rust runner's.
       const t0 = performance.now();
-      const id = await client.send(conv, body);
-      queued.set(id, t0);
+      queued.push([await client.send(conv, body), t0]);
     }
     if (messages > 0) await done;
     await client.stop();
-    return latencies;
+    return queued.map(([id, t0]) => {
+      const at = acked.get(id);
+      if (at === undefined) throw new Error("a message acknowledged under another id");
+      return at - t0;
+    });
   });
   const all = await within(LIMIT_MS, "sends acknowledged", Promise.all(runs));
   const latencies = all.flat();

@@ -164,6 +164,15 @@ export declare class Client {
     conversations(): ConversationSummary[];
     /** Pulls a conversation's entries after the anchor (done on welcome and on gaps; call when opening one). */
     openConversation(conv: string): void;
+    /**
+     * Changes the text of one's own message `seq`; resolves with the edit's own seq. The edit
+     * reaches every device (this one too) as an entry of the conversation.
+     */
+    edit(conv: string, seq: number, body: unknown): Promise<number | undefined>;
+    /** Revokes message `seq` for everyone (its text is erased on the server). */
+    revoke(conv: string, seq: number): Promise<number | undefined>;
+    /** Adds (or with `remove`, takes back) the user's reaction to message `seq`. */
+    react(conv: string, seq: number, emoji: string, remove?: boolean): Promise<number | undefined>;
     /** Moves the read marker (forward only); the user's other devices follow. */
     markRead(conv: string, seq: number): Promise<void>;
     /** Older messages than the device holds (newest first), straight from the server. */

@@ -38,7 +38,29 @@ class Lost {
     }
 }
 const PASSING = ["internal", "overloaded"];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** Waits `ms`, or less once `cancel` settles (its timer is cleared: a stopped client holds none). */
+function sleep(ms, cancel) {
+    return new Promise((resolve) => {
+        const timer = setTimeout(resolve, ms);
+        void cancel.then(() => {
+            clearTimeout(timer);
+            resolve();
+        });
+    });
+}
+/** No wait a server asks for is taken longer than this (timers overflow past 2^31 ms). */
+const MAX_SERVER_WAIT_MS = 600_000;
+/** A wait the server asked for (`retry_after_ms`), or `fallback`, within sane bounds. */
+function serverWait(ms, fallback) {
+    const v = typeof ms === "number" && Number.isFinite(ms) ? ms : fallback;
+    return Math.min(MAX_SERVER_WAIT_MS, Math.max(0, v));
+}
+/** The seq an `ok` answer names (absent when nothing was stored: a repeat). */
+function okSeq(a) {
+    return a.type === "ok" && typeof a.seq === "number" ? a.seq : undefined;
+}
+/** Seqs are integers JavaScript holds exactly. */
+const validSeq = (seq) => Number.isSafeInteger(seq) && seq > 0;
 const isError = (f) => f.type === "error";
 /** One open socket: numbered requests and their answers. */
 class Connection {
@@ -120,7 +142,7 @@ class Connection {
         for (;;) {
             const answer = await this.send(body);
             if (isError(answer) && answer.code === "rate_limited") {
-                await sleep(answer.retry_after_ms ?? 100);
+                await sleep(serverWait(answer.retry_after_ms, 100), this.closed());
                 continue;
             }
             return answer;
@@ -290,6 +312,21 @@ export class Client {
     openConversation(conv) {
         this.requestSync(conv, null);
     }
+    /**
+     * Changes the text of one's own message `seq`; resolves with the edit's own seq. The edit
+     * reaches every device (this one too) as an entry of the conversation.
+     */
+    async edit(conv, seq, body) {
+        return okSeq(await this.ask({ type: "edit", conv, seq, body }));
+    }
+    /** Revokes message `seq` for everyone (its text is erased on the server). */
+    async revoke(conv, seq) {
+        return okSeq(await this.ask({ type: "revoke", conv, seq }));
+    }
+    /** Adds (or with `remove`, takes back) the user's reaction to message `seq`. */
+    async react(conv, seq, emoji, remove = false) {
+        return okSeq(await this.ask({ type: "react", conv, seq, emoji, ...(remove ? { remove: true } : {}) }));
+    }
     /** Moves the read marker (forward only); the user's other devices follow. */
     async markRead(conv, seq) {
         if (await this.store.setRead(conv, seq)) {
@@ -445,9 +482,9 @@ export class Client {
             failures = Date.now() - started > 10_000 ? 1 : failures + 1;
             const wait = code === CLOSE.TOKEN_EXPIRED && failures === 1
                 ? 0
-                : backoffDelay(failures, lost.retryAfterMs, Math.random, this.options.backoffBaseMs, this.options.backoffMaxMs);
+                : backoffDelay(failures, serverWait(lost.retryAfterMs, 0), Math.random, this.options.backoffBaseMs, this.options.backoffMaxMs);
             this.emit("disconnected", { code, reason: lost.reason, retryInMs: wait });
-            await Promise.race([sleep(wait), this.stopping]);
+            await sleep(wait, this.stopping);
         }
     }
     async open() {
@@ -458,12 +495,14 @@ export class Client {
         catch (e) {
             return new Lost(undefined, String(e));
         }
+        let timer;
         const opened = await new Promise((resolve) => {
             ws.onopen = () => resolve(true);
             ws.onerror = () => resolve(false);
             ws.onclose = () => resolve(false);
-            setTimeout(() => resolve(false), this.options.answerTimeoutMs);
+            timer = setTimeout(() => resolve(false), this.options.answerTimeoutMs);
         });
+        clearTimeout(timer);
         if (opened)
             return ws;
         try {
@@ -487,7 +526,7 @@ export class Client {
             const r = await fetch(url, { signal: AbortSignal.timeout(3000) });
             const header = r.headers.get("retry-after");
             const secs = header === null ? NaN : Number(header);
-            return r.status === 503 && Number.isFinite(secs) ? Math.min(secs * 1000, 600_000) : 0;
+            return r.status === 503 && Number.isFinite(secs) ? Math.min(secs * 1000, MAX_SERVER_WAIT_MS) : 0;
         }
         catch {
             return 0;
@@ -592,7 +631,7 @@ export class Client {
             if (isError(answer)) {
                 if (PASSING.includes(answer.code)) {
                     this.syncs.set(conv, gap);
-                    await sleep(answer.retry_after_ms ?? 200);
+                    await sleep(serverWait(answer.retry_after_ms, 200), this.stopping);
                     return;
                 }
                 // Joined a moment ago, the edge's view of the memberships may not show it yet: ask
@@ -600,7 +639,7 @@ export class Client {
                 const tries = this.refusedSyncs.get(conv) ?? 0;
                 if (answer.code === "forbidden" && this.store.isListed(conv) && tries < 4) {
                     this.refusedSyncs.set(conv, tries + 1);
-                    await sleep(250 * (tries + 1));
+                    await sleep(250 * (tries + 1), this.stopping);
                     this.syncs.set(conv, gap);
                 }
                 else {
@@ -610,12 +649,20 @@ export class Client {
             }
             if (answer.type !== "messages")
                 return;
-            const last = answer.messages.at(-1)?.seq;
-            if (last !== undefined) {
-                await this.store.append(conv, answer.messages, last, this.me.user);
-                this.stored(conv, last);
+            // Only entries of this conversation, past the anchor, in strictly rising order are
+            // taken; an answer that does not move the anchor ends the pull.
+            const entries = [];
+            for (const m of answer.messages) {
+                if (m.conv !== conv || !validSeq(m.seq) || m.seq <= (entries.at(-1)?.seq ?? after))
+                    break;
+                entries.push(m);
             }
-            if (!answer.more)
+            const last = entries.at(-1)?.seq;
+            if (last === undefined)
+                break;
+            await this.store.append(conv, entries, last, this.me.user);
+            this.stored(conv, last);
+            if (!answer.more || entries.length < answer.messages.length)
                 break;
         }
         this.refusedSyncs.delete(conv);
@@ -632,7 +679,7 @@ export class Client {
         const answer = await conn.request(ask.body);
         if (isError(answer) && PASSING.includes(answer.code) && ask.tries < 5) {
             ask.tries += 1;
-            await sleep(answer.retry_after_ms ?? 200);
+            await sleep(serverWait(answer.retry_after_ms, 200), this.stopping);
             return;
         }
         this.asks.shift();
@@ -674,10 +721,10 @@ export class Client {
             const answer = await pending;
             if (isError(answer)) {
                 if (answer.code === "rate_limited" || answer.code === "out_of_order") {
-                    wait = Math.max(wait, answer.retry_after_ms ?? 100);
+                    wait = Math.max(wait, serverWait(answer.retry_after_ms, 100));
                 }
                 else if (PASSING.includes(answer.code)) {
-                    reconnect ??= new Lost(undefined, `send refused: ${answer.code}`, answer.retry_after_ms ?? 0);
+                    reconnect ??= new Lost(undefined, `send refused: ${answer.code}`, serverWait(answer.retry_after_ms, 0));
                 }
                 else {
                     taken++;
@@ -705,7 +752,7 @@ export class Client {
         if (reconnect)
             throw reconnect;
         if (wait > 0)
-            await sleep(wait);
+            await sleep(wait, this.stopping);
     }
     // Pushes.
     queuePush(p) {
@@ -720,9 +767,17 @@ export class Client {
                     this.droppedPush = 0;
                     return;
                 }
+                if (!validSeq(m.seq) || typeof m.conv !== "string")
+                    return;
                 const anchor = this.store.anchor(m.conv);
                 if (m.seq <= anchor)
                     return;
+                // A conversation the device does not list yet is pulled with `sync`, which the
+                // server authorizes, rather than started from a push.
+                if (!this.store.isListed(m.conv)) {
+                    this.requestSync(m.conv, null);
+                    return;
+                }
                 if (p.prev === anchor) {
                     await this.store.append(m.conv, [m], m.seq, this.me.user);
                     this.stored(m.conv, m.seq);
@@ -752,14 +807,33 @@ export class Client {
                     await this.store.dropMembers(p.group);
                     return;
                 }
-                const applied = list && (await this.store.changeMembers(p.group, p.prev, p.version, p.change.upserts ?? [], p.change.removed ?? []));
+                if (!list)
+                    return;
+                const held = list.version;
+                const applied = await this.store.changeMembers(p.group, p.prev, p.version, p.change.upserts ?? [], p.change.removed ?? []);
                 if (applied && computed(list).total.toWire() === p.digest) {
                     this.emit("members", { group: p.group, version: p.version, how: "live" });
                 }
-                else if (list && list.version < p.version) {
+                else if (held < p.version) {
+                    // A change that does not continue the copy, or whose digest does not match what
+                    // it made: the copy is brought in line by a sync (a diff, or a bucket repair).
                     if (!this.memberSyncs.has(p.group))
                         this.memberSyncs.set(p.group, []);
                     this.wake();
+                }
+                return;
+            }
+            case "reactions": {
+                if (!validSeq(p.seq) || !this.store.isListed(p.conv))
+                    return;
+                const anchor = this.store.anchor(p.conv);
+                if (p.seq <= anchor)
+                    return;
+                if (p.prev === anchor && (await this.store.applyReactions(p.conv, p.prev, p.seq, p.deltas, p.mine ?? []))) {
+                    this.stored(p.conv, p.seq);
+                }
+                else {
+                    this.requestSync(p.conv, anchor);
                 }
                 return;
             }
@@ -790,7 +864,7 @@ export class Client {
             const answer = await conn.request(list ? { type: "members_sync", group, epoch: list.epoch, version: list.version, digest: computed(list).total.toWire() } : { type: "members_sync", group });
             if (isError(answer)) {
                 if (PASSING.includes(answer.code)) {
-                    await sleep(answer.retry_after_ms ?? 200);
+                    await sleep(serverWait(answer.retry_after_ms, 200), this.stopping);
                     continue;
                 }
                 if (answer.code === "conflict") {
@@ -799,7 +873,7 @@ export class Client {
                 }
                 if (answer.code === "forbidden" && this.store.isListed(group) && round < 4) {
                     // Joined a moment ago: the edge's view of the memberships may not show it yet.
-                    await sleep(250 * (round + 1));
+                    await sleep(250 * (round + 1), this.stopping);
                     continue;
                 }
                 // forbidden, not_found: the list is not ours to hold.
@@ -893,7 +967,7 @@ function computed(list) {
 async function expect(answer) {
     const a = await answer;
     if (isError(a) && PASSING.includes(a.code))
-        throw new Lost(undefined, `${a.code}: ${a.message}`, a.retry_after_ms ?? 0);
+        throw new Lost(undefined, `${a.code}: ${a.message}`, serverWait(a.retry_after_ms, 0));
 }
 function randomId() {
     const bytes = new Uint8Array(12);

@@ -1,5 +1,5 @@
 import { BucketedDigest } from "./digest.js";
-import type { Attachment, MemberInfo, Message } from "./protocol.js";
+import type { Attachment, MemberInfo, Message, OwnReaction, ReactionDelta } from "./protocol.js";
 /** Where records are kept. `write` applies a batch (a value of `undefined` deletes). */
 export interface Backend {
     load(): Promise<Map<string, unknown>>;
@@ -101,6 +101,11 @@ export declare class Store {
      * messages they target.
      */
     append(conv: string, entries: Message[], through: number, me: string): Promise<void>;
+    /**
+     * Applies a coalesced `reactions` push standing for the entries `(prev, seq]`: only when
+     * the chain is at `prev` and no target's copy is past it (otherwise the caller syncs).
+     */
+    applyReactions(conv: string, prev: number, seq: number, deltas: ReactionDelta[], mine: OwnReaction[]): Promise<boolean>;
     /** Shows the device's own stored message at its place before the chain reaches it. */
     putOwn(message: Message): Promise<void>;
     /** The messages held, oldest first. */

@@ -111,7 +111,29 @@ class Lost {
 const PASSING: ErrorCode[] = ["internal", "overloaded"];
 type Listener<T> = (event: T) => void;
 type Answer = ServerFrame;
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+/** Waits `ms`, or less once `cancel` settles (its timer is cleared: a stopped client holds none). */
+function sleep(ms: number, cancel: Promise<unknown>): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    void cancel.then(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+/** No wait a server asks for is taken longer than this (timers overflow past 2^31 ms). */
+const MAX_SERVER_WAIT_MS = 600_000;
+/** A wait the server asked for (`retry_after_ms`), or `fallback`, within sane bounds. */
+function serverWait(ms: number | null | undefined, fallback: number): number {
+  const v = typeof ms === "number" && Number.isFinite(ms) ? ms : fallback;
+  return Math.min(MAX_SERVER_WAIT_MS, Math.max(0, v));
+}
+/** The seq an `ok` answer names (absent when nothing was stored: a repeat). */
+function okSeq(a: ReplyBody): number | undefined {
+  return a.type === "ok" && typeof (a as { seq?: unknown }).seq === "number" ? (a as { seq: number }).seq : undefined;
+}
+/** Seqs are integers JavaScript holds exactly. */
+const validSeq = (seq: unknown): seq is number => Number.isSafeInteger(seq) && (seq as number) > 0;
 const isError = (f: Answer): f is ErrorFrame & { type: "error" } => f.type === "error";
 
 /** One open socket: numbered requests and their answers. */
@@ -190,7 +212,7 @@ class Connection {
     for (;;) {
       const answer = await this.send(body);
       if (isError(answer) && answer.code === "rate_limited") {
-        await sleep(answer.retry_after_ms ?? 100);
+        await sleep(serverWait(answer.retry_after_ms, 100), this.closed());
         continue;
       }
       return answer;
@@ -378,6 +400,24 @@ export class Client {
     this.requestSync(conv, null);
   }
 
+  /**
+   * Changes the text of one's own message `seq`; resolves with the edit's own seq. The edit
+   * reaches every device (this one too) as an entry of the conversation.
+   */
+  async edit(conv: string, seq: number, body: unknown): Promise<number | undefined> {
+    return okSeq(await this.ask({ type: "edit", conv, seq, body }));
+  }
+
+  /** Revokes message `seq` for everyone (its text is erased on the server). */
+  async revoke(conv: string, seq: number): Promise<number | undefined> {
+    return okSeq(await this.ask({ type: "revoke", conv, seq }));
+  }
+
+  /** Adds (or with `remove`, takes back) the user's reaction to message `seq`. */
+  async react(conv: string, seq: number, emoji: string, remove = false): Promise<number | undefined> {
+    return okSeq(await this.ask({ type: "react", conv, seq, emoji, ...(remove ? { remove: true } : {}) }));
+  }
+
   /** Moves the read marker (forward only); the user's other devices follow. */
   async markRead(conv: string, seq: number): Promise<void> {
     if (await this.store.setRead(conv, seq)) {
@@ -535,9 +575,9 @@ export class Client {
       const wait =
         code === CLOSE.TOKEN_EXPIRED && failures === 1
           ? 0
-          : backoffDelay(failures, lost.retryAfterMs, Math.random, this.options.backoffBaseMs, this.options.backoffMaxMs);
+          : backoffDelay(failures, serverWait(lost.retryAfterMs, 0), Math.random, this.options.backoffBaseMs, this.options.backoffMaxMs);
       this.emit("disconnected", { code, reason: lost.reason, retryInMs: wait });
-      await Promise.race([sleep(wait), this.stopping]);
+      await sleep(wait, this.stopping);
     }
   }
 
@@ -548,12 +588,14 @@ export class Client {
     } catch (e) {
       return new Lost(undefined, String(e));
     }
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const opened = await new Promise<boolean>((resolve) => {
       ws.onopen = () => resolve(true);
       ws.onerror = () => resolve(false);
       ws.onclose = () => resolve(false);
-      setTimeout(() => resolve(false), this.options.answerTimeoutMs);
+      timer = setTimeout(() => resolve(false), this.options.answerTimeoutMs);
     });
+    clearTimeout(timer);
     if (opened) return ws;
     try {
       ws.close();
@@ -575,7 +617,7 @@ export class Client {
       const r = await fetch(url, { signal: AbortSignal.timeout(3000) });
       const header = r.headers.get("retry-after");
       const secs = header === null ? NaN : Number(header);
-      return r.status === 503 && Number.isFinite(secs) ? Math.min(secs * 1000, 600_000) : 0;
+      return r.status === 503 && Number.isFinite(secs) ? Math.min(secs * 1000, MAX_SERVER_WAIT_MS) : 0;
     } catch {
       return 0;
     }
@@ -672,7 +714,7 @@ export class Client {
       if (isError(answer)) {
         if (PASSING.includes(answer.code)) {
           this.syncs.set(conv, gap);
-          await sleep(answer.retry_after_ms ?? 200);
+          await sleep(serverWait(answer.retry_after_ms, 200), this.stopping);
           return;
         }
         // Joined a moment ago, the edge's view of the memberships may not show it yet: ask
@@ -680,7 +722,7 @@ export class Client {
         const tries = this.refusedSyncs.get(conv) ?? 0;
         if (answer.code === "forbidden" && this.store.isListed(conv) && tries < 4) {
           this.refusedSyncs.set(conv, tries + 1);
-          await sleep(250 * (tries + 1));
+          await sleep(250 * (tries + 1), this.stopping);
           this.syncs.set(conv, gap);
         } else {
           this.refusedSyncs.delete(conv);
@@ -688,12 +730,18 @@ export class Client {
         return;
       }
       if (answer.type !== "messages") return;
-      const last = answer.messages.at(-1)?.seq;
-      if (last !== undefined) {
-        await this.store.append(conv, answer.messages, last, this.me.user);
-        this.stored(conv, last);
+      // Only entries of this conversation, past the anchor, in strictly rising order are
+      // taken; an answer that does not move the anchor ends the pull.
+      const entries: Message[] = [];
+      for (const m of answer.messages) {
+        if (m.conv !== conv || !validSeq(m.seq) || m.seq <= (entries.at(-1)?.seq ?? after)) break;
+        entries.push(m);
       }
-      if (!answer.more) break;
+      const last = entries.at(-1)?.seq;
+      if (last === undefined) break;
+      await this.store.append(conv, entries, last, this.me.user);
+      this.stored(conv, last);
+      if (!answer.more || entries.length < answer.messages.length) break;
     }
     this.refusedSyncs.delete(conv);
     if (gap !== null) this.emit("gapRepaired", { conv, from: gap, to: this.store.anchor(conv) });
@@ -710,7 +758,7 @@ export class Client {
     const answer = await conn.request(ask.body);
     if (isError(answer) && PASSING.includes(answer.code) && ask.tries < 5) {
       ask.tries += 1;
-      await sleep(answer.retry_after_ms ?? 200);
+      await sleep(serverWait(answer.retry_after_ms, 200), this.stopping);
       return;
     }
     this.asks.shift();
@@ -751,9 +799,9 @@ export class Client {
       const answer = await pending;
       if (isError(answer)) {
         if (answer.code === "rate_limited" || answer.code === "out_of_order") {
-          wait = Math.max(wait, answer.retry_after_ms ?? 100);
+          wait = Math.max(wait, serverWait(answer.retry_after_ms, 100));
         } else if (PASSING.includes(answer.code)) {
-          reconnect ??= new Lost(undefined, `send refused: ${answer.code}`, answer.retry_after_ms ?? 0);
+          reconnect ??= new Lost(undefined, `send refused: ${answer.code}`, serverWait(answer.retry_after_ms, 0));
         } else {
           taken++;
           await this.store.settle(e, { error: `${answer.code}: ${answer.message}` });
@@ -777,7 +825,7 @@ export class Client {
     }
     this.window = wait > 0 ? Math.max(1, taken) : Math.min(this.options.sendWindow, this.window * 2);
     if (reconnect) throw reconnect;
-    if (wait > 0) await sleep(wait);
+    if (wait > 0) await sleep(wait, this.stopping);
   }
 
   // Pushes.
@@ -795,8 +843,15 @@ export class Client {
           this.droppedPush = 0;
           return;
         }
+        if (!validSeq(m.seq) || typeof m.conv !== "string") return;
         const anchor = this.store.anchor(m.conv);
         if (m.seq <= anchor) return;
+        // A conversation the device does not list yet is pulled with `sync`, which the
+        // server authorizes, rather than started from a push.
+        if (!this.store.isListed(m.conv)) {
+          this.requestSync(m.conv, null);
+          return;
+        }
         if (p.prev === anchor) {
           await this.store.append(m.conv, [m], m.seq, this.me.user);
           this.stored(m.conv, m.seq);
@@ -824,12 +879,27 @@ export class Client {
           await this.store.dropMembers(p.group);
           return;
         }
-        const applied = list && (await this.store.changeMembers(p.group, p.prev, p.version, p.change.upserts ?? [], p.change.removed ?? []));
+        if (!list) return;
+        const held = list.version;
+        const applied = await this.store.changeMembers(p.group, p.prev, p.version, p.change.upserts ?? [], p.change.removed ?? []);
         if (applied && computed(list).total.toWire() === p.digest) {
           this.emit("members", { group: p.group, version: p.version, how: "live" });
-        } else if (list && list.version < p.version) {
+        } else if (held < p.version) {
+          // A change that does not continue the copy, or whose digest does not match what
+          // it made: the copy is brought in line by a sync (a diff, or a bucket repair).
           if (!this.memberSyncs.has(p.group)) this.memberSyncs.set(p.group, []);
           this.wake();
+        }
+        return;
+      }
+      case "reactions": {
+        if (!validSeq(p.seq) || !this.store.isListed(p.conv)) return;
+        const anchor = this.store.anchor(p.conv);
+        if (p.seq <= anchor) return;
+        if (p.prev === anchor && (await this.store.applyReactions(p.conv, p.prev, p.seq, p.deltas, p.mine ?? []))) {
+          this.stored(p.conv, p.seq);
+        } else {
+          this.requestSync(p.conv, anchor);
         }
         return;
       }
@@ -863,7 +933,7 @@ export class Client {
       );
       if (isError(answer)) {
         if (PASSING.includes(answer.code)) {
-          await sleep(answer.retry_after_ms ?? 200);
+          await sleep(serverWait(answer.retry_after_ms, 200), this.stopping);
           continue;
         }
         if (answer.code === "conflict") {
@@ -872,7 +942,7 @@ export class Client {
         }
         if (answer.code === "forbidden" && this.store.isListed(group) && round < 4) {
           // Joined a moment ago: the edge's view of the memberships may not show it yet.
-          await sleep(250 * (round + 1));
+          await sleep(250 * (round + 1), this.stopping);
           continue;
         }
         // forbidden, not_found: the list is not ours to hold.
@@ -966,7 +1036,7 @@ function computed(list: MemberList): BucketedDigest {
 
 async function expect(answer: Promise<Answer>): Promise<void> {
   const a = await answer;
-  if (isError(a) && PASSING.includes(a.code)) throw new Lost(undefined, `${a.code}: ${a.message}`, a.retry_after_ms ?? 0);
+  if (isError(a) && PASSING.includes(a.code)) throw new Lost(undefined, `${a.code}: ${a.message}`, serverWait(a.retry_after_ms, 0));
 }
 
 function randomId(): string {

@@ -3,7 +3,7 @@
 // IndexedDB in the browser), so a restart or a reload starts from what it held.
 
 import { BucketedDigest, memberHash } from "./digest.js";
-import type { Attachment, MemberInfo, Message } from "./protocol.js";
+import type { Attachment, MemberInfo, Message, OwnReaction, ReactionDelta } from "./protocol.js";
 
 /** Where records are kept. `write` applies a batch (a value of `undefined` deletes). */
 export interface Backend {
@@ -259,6 +259,45 @@ export class Store {
     await this.persist([[`c:${conv}`, c], ...[...changed.values()].map((m): [string, Message] => [entryKey(m), m])]);
   }
 
+  /**
+   * Applies a coalesced `reactions` push standing for the entries `(prev, seq]`: only when
+   * the chain is at `prev` and no target's copy is past it (otherwise the caller syncs).
+   */
+  async applyReactions(conv: string, prev: number, seq: number, deltas: ReactionDelta[], mine: OwnReaction[]): Promise<boolean> {
+    const c = this.conv(conv);
+    if (c.anchor !== prev || seq <= prev) return false;
+    const list = this.messages.get(conv) ?? [];
+    const targets = new Map<number, Message>();
+    for (const { target } of [...deltas, ...mine]) {
+      const m = find(list, target);
+      // A message not held (older than the copy) has nothing to change.
+      if (!m || (m.kind ?? "message") !== "message") continue;
+      if ((m.version ?? m.seq) > prev) return false;
+      targets.set(target, m);
+    }
+    for (const d of deltas) {
+      const m = targets.get(d.target);
+      if (!m || !Number.isSafeInteger(d.delta)) continue;
+      const reactions = m.reactions ?? [];
+      let r = reactions.find((x) => x.emoji === d.emoji);
+      if (!r) {
+        r = { emoji: d.emoji, count: 0 };
+        reactions.push(r);
+      }
+      r.count = Math.max(0, r.count + d.delta);
+      m.reactions = reactions.filter((x) => x.count > 0);
+    }
+    for (const o of mine) {
+      const r = targets.get(o.target)?.reactions?.find((x) => x.emoji === o.emoji);
+      if (r) r.mine = o.added;
+    }
+    for (const m of targets.values()) m.version = seq;
+    c.anchor = seq;
+    c.lastSeq = Math.max(c.lastSeq, seq);
+    await this.persist([[`c:${conv}`, c], ...[...targets.values()].map((m): [string, Message] => [entryKey(m), m])]);
+    return true;
+  }
+
   /** Shows the device's own stored message at its place before the chain reaches it. */
   async putOwn(message: Message): Promise<void> {
     const list = this.messages.get(message.conv) ?? [];
@@ -445,6 +484,9 @@ function applyEntry(list: Message[], e: Message, me: string): Message | undefine
   if (kind === "message") return undefined;
   const target = e.target === undefined || e.target === null ? undefined : find(list, e.target);
   if (!target || (target.kind ?? "message") !== "message") return undefined;
+  // A copy read in its current state already reflects the entries up to its version.
+  if (e.seq <= (target.version ?? target.seq)) return undefined;
+  target.version = e.seq;
   switch (kind) {
     case "edit":
       if (!target.revoked) {

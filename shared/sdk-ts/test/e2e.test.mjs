@@ -229,6 +229,40 @@ test("a file store survives a restart: anchors, messages and the outbox carry ov
   await eventually("alice to get bob's", () => alice.messages(conv).some((m) => m.body === "from the restarted bob"));
 });
 
+test("edits and reactions count once: live (reactions coalesced) and on a device that syncs", async () => {
+  const { alice, bob, conv } = await pair();
+  const seq = await alice.acked(await alice.send(conv, "draft"));
+  await eventually("bob to hold it", () => bob.anchor(conv) === seq);
+  let synced = 0;
+  bob.on("gapRepaired", (e) => e.conv === conv && synced++);
+  const edit = await alice.edit(conv, seq, "final");
+  const reaction = await alice.react(conv, seq, "👍");
+  assert.ok(edit > seq && reaction > edit);
+  assert.equal(await alice.react(conv, seq, "👍"), undefined, "a repeat stores nothing");
+  // Bob gets the edit as an entry and the reaction in a coalesced `reactions` push.
+  await eventually("bob's copy to show both", () => bob.anchor(conv) === reaction);
+  const live = bob.messages(conv).find((m) => m.seq === seq);
+  assert.equal(live.body, "final");
+  assert.equal(live.edits, 1);
+  assert.deepEqual(live.reactions, [{ emoji: "👍", count: 1 }]);
+  assert.equal(synced, 0, "applied from the pushes, no repair");
+  // The sender's own device holds the same.
+  await eventually("alice's copy", () => alice.anchor(conv) === reaction);
+  assert.deepEqual(alice.messages(conv).find((m) => m.seq === seq).reactions, [{ emoji: "👍", count: 1, mine: true }]);
+
+  // A new device reads the message in its current state and the entries that made it so:
+  // each is applied once.
+  const fresh = await client(bob.user, "second");
+  await eventually("the second device to sync", () => fresh.anchor(conv) === reaction);
+  const copy = fresh.messages(conv).find((m) => m.seq === seq);
+  assert.equal(copy.edits, 1);
+  assert.equal(copy.body, "final");
+  assert.deepEqual(copy.reactions, [{ emoji: "👍", count: 1 }]);
+  const revoke = await alice.revoke(conv, seq);
+  await eventually("the revoke everywhere", () => [bob, fresh].every((c) => c.anchor(conv) === revoke));
+  assert.ok([bob, fresh].every((c) => c.messages(conv).find((m) => m.seq === seq).revoked));
+});
+
 test("member lists: realign, live changes, a damaged copy repaired by buckets, a batch", async () => {
   const owner = name("owner");
   const group = name("g");
@@ -255,6 +289,16 @@ test("member lists: realign, live changes, a damaged copy repaired by buckets, a
   await admin.addMembers(group, [`${group}late`]);
   await eventually("the live change", () => viewer.memberList(group).members.has(`${group}late`));
   assert.ok(seen.includes("live"));
+
+  // A live change onto a damaged copy continues its version but not its digest: the copy is
+  // brought in line by a sync, not kept.
+  viewer.store.damageMembers(group, 5);
+  const repairedLive = new Promise((r) => viewer.on("members", (e) => e.group === group && e.how === "repaired" && r()));
+  await admin.addMembers(group, [`${group}later`]);
+  await repairedLive;
+  assert.equal(viewer.memberList(group).members.size, everyone.length + 2);
+  await admin.removeMembers(group, [`${group}later`]);
+  await eventually("the removal", () => !viewer.memberList(group).members.has(`${group}later`));
 
   // A damaged copy: same version, other members. The sync finds the buckets that differ.
   viewer.store.damageMembers(group, 40);

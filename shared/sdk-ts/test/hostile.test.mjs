@@ -1,0 +1,110 @@
+// The SDK against a broken or malicious edge (test/fake-edge.mjs): what the server says is
+// checked before it is stored, and no answer drives the client into a tight loop.
+import assert from "node:assert/strict";
+import { test as nodeTest } from "node:test";
+
+import { Client } from "../dist/index.js";
+import { fakeEdge, message, welcome } from "./fake-edge.mjs";
+
+const test = (title, fn) => nodeTest(title, { timeout: 30_000 }, fn);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function against(edge) {
+  return Client.start({ url: edge.url, token: () => "t", backoffBaseMs: 50, backoffMaxMs: 200 });
+}
+
+test("waits the server asks for are bounded: a huge retry_after_ms is not a timer overflow", async () => {
+  // `overloaded` on a send ends the connection; the next attempt waits what it says (capped
+  // at ten minutes), never the 1 ms a timer past 2^31 ms would fire after.
+  const busy = await fakeEdge((f, send) => {
+    if (f.type === "hello") send(welcome(f));
+    else if (f.type === "send") send({ type: "error", id: f.id, code: "overloaded", message: "busy", retry_after_ms: 1e10 });
+  });
+  const c = await against(busy);
+  await c.send("ops", "hi");
+  await sleep(1500);
+  assert.equal(busy.connections(), 1, "no reconnect storm");
+  await c.stop();
+  await busy.close();
+
+  const limiting = await fakeEdge((f, send) => {
+    if (f.type === "hello") send(welcome(f));
+    else if (f.type === "sync") send({ type: "error", id: f.id, code: "rate_limited", message: "slow down", retry_after_ms: 2 ** 31 });
+  });
+  const d = await against(limiting);
+  await d.whenOnline();
+  d.openConversation("ops");
+  await sleep(1500);
+  assert.equal(limiting.count("sync"), 1, "asked once, then waiting");
+  await d.stop();
+  await limiting.close();
+});
+
+test("a sync answer that does not move the anchor ends the pull", async () => {
+  const edge = await fakeEdge((f, send) => {
+    if (f.type === "hello") send(welcome(f, [{ conv: "ops", last_seq: 5, unread: 5, read_seq: 0 }]));
+    else if (f.type === "sync") send({ type: "messages", id: f.id, conv: "ops", messages: [], more: true });
+  });
+  const c = await against(edge);
+  await c.whenOnline();
+  await sleep(1000);
+  assert.ok(edge.count("sync") <= 2, `${edge.count("sync")} syncs in a second`);
+  await c.stop();
+  await edge.close();
+});
+
+test("entries are taken only for their conversation, past the anchor, in rising order, and once", async () => {
+  let push;
+  const edge = await fakeEdge((f, send) => {
+    push = send;
+    if (f.type === "hello") send(welcome(f, [{ conv: "ops", last_seq: 3, unread: 1, read_seq: 0 }]));
+    else if (f.type === "sync" && f.conv === "ops") {
+      send({
+        type: "messages",
+        id: f.id,
+        conv: "ops",
+        messages: [
+          // In its current state: reacted to once, by the entry at 3.
+          message("ops", 2, "hello", { version: 3, reactions: [{ emoji: "👍", count: 1 }] }),
+          message("ops", 3, null, { kind: "reaction", target: 2, emoji: "👍", added: true }),
+          // What follows breaks the order: not taken.
+          message("ops", 3, "again"),
+          message("secret", 4, "into another conversation"),
+        ],
+        more: false,
+      });
+    } else if (f.type === "sync") send({ type: "error", id: f.id, code: "forbidden", message: "not a member" });
+    else if (f.type === "received") send({ type: "ok", id: f.id });
+  });
+  const c = await against(edge);
+  await c.whenOnline();
+  for (let i = 0; i < 100 && c.anchor("ops") < 3; i++) await sleep(20);
+  assert.equal(c.anchor("ops"), 3);
+  assert.deepEqual(c.messages("ops").map((m) => m.body), ["hello"]);
+  assert.deepEqual(c.messages("ops")[0].reactions, [{ emoji: "👍", count: 1 }], "the entry behind the state is not applied again");
+  assert.deepEqual(c.messages("secret"), []);
+
+  // A seq past what JavaScript holds exactly is ignored; the chain carries on after it.
+  push({ type: "message", prev: 3, message: message("ops", 2 ** 60, "huge") });
+  push({ type: "message", prev: 3, message: message("ops", 4, "next") });
+  // A conversation the device does not list is asked for with `sync`, which the server
+  // refuses here: nothing of it is kept.
+  push({ type: "message", prev: 0, message: message("stranger", 1, "not yours") });
+  for (let i = 0; i < 100 && (c.anchor("ops") < 4 || edge.count("sync") < 2); i++) await sleep(20);
+  assert.equal(c.anchor("ops"), 4);
+  assert.deepEqual(c.messages("ops").map((m) => m.body), ["hello", "next"]);
+  assert.equal(edge.count("sync"), 2, "the stranger's conversation was asked for");
+  await sleep(100);
+  assert.deepEqual(c.messages("stranger"), []);
+  assert.ok(!c.conversations().some((x) => x.conv === "stranger"));
+
+  // Coalesced reactions apply at their `prev`; one whose target is past `prev` is a sync.
+  push({ type: "reactions", conv: "ops", prev: 4, seq: 6, deltas: [{ target: 2, emoji: "🎉", delta: 2 }], mine: [{ target: 2, emoji: "🎉", added: true }] });
+  for (let i = 0; i < 100 && c.anchor("ops") < 6; i++) await sleep(20);
+  assert.deepEqual(c.messages("ops")[0].reactions, [
+    { emoji: "👍", count: 1 },
+    { emoji: "🎉", count: 2, mine: true },
+  ]);
+  await c.stop();
+  await edge.close();
+});
