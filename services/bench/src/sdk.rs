@@ -3,9 +3,10 @@
 //! the same steps, the same report. The job protocol (one JSON object per line):
 //!
 //! - stdin, first line: `{"mode": "send" | "reconnect", "url": "ws://…/ws",
-//!   "clients": [{"token": "…", "conv": "…"}], "messages": N}`;
-//! - the runner starts one SDK client per entry (each with its own local store), waits until
-//!   every one is signed in, and prints `{"ready": true}`;
+//!   "clients": [{"token": "…", "conv": "…"}], "messages": N, "store": "file" | "memory"}`;
+//! - the runner starts one SDK client per entry (each with its own local store: here always a
+//!   SQLite file, the Rust SDK's only store), waits until every one is signed in, and prints
+//!   `{"ready": true}`;
 //! - `send`: every client queues `messages` messages into its `conv` through its outbox at once
 //!   and waits for their acknowledgements; the report is `{"acked", "elapsed_ms",
 //!   "latencies_ms"}` (from queueing to acknowledgement);

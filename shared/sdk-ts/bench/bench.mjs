@@ -3,7 +3,8 @@
 //
 // - stdin, first line: {"mode": "send" | "reconnect", "url": "ws://…/ws",
 //   "clients": [{"token": "…", "conv": "…"}], "messages": N};
-// - one SDK client per entry (each with its own in-memory store), all signed in, then
+// - one SDK client per entry, each with its own store: a file flushed on every write, as the
+//   Rust SDK's SQLite file is (`"store": "memory"` in the job: in memory), all signed in, then
 //   {"ready": true} on stdout;
 // - send: every client queues `messages` messages into its `conv` at once and waits for their
 //   acknowledgements; report {"acked", "elapsed_ms", "latencies_ms"} (queued to acknowledged);
@@ -14,8 +15,12 @@
 //
 // Run by the bench as `node --experimental-websocket shared/sdk-ts/bench/bench.mjs`.
 
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { Client } from "../dist/index.js";
+import { Client, Store } from "../dist/index.js";
+import { FileBackend } from "../dist/file-store.js";
 
 const LIMIT_MS = 120_000;
 
@@ -118,9 +123,11 @@ async function reconnect(members) {
 }
 
 const job = await line("job");
+const dir = mkdtempSync(join(tmpdir(), "anchorage-bench-sdk-"));
 const members = [];
-for (const c of job.clients) {
-  const client = await Client.start({ url: job.url, token: () => c.token });
+for (const [i, c] of job.clients.entries()) {
+  const store = job.store === "memory" ? await Store.open() : await Store.open(new FileBackend(join(dir, `${i}.log`)));
+  const client = await Client.start({ url: job.url, token: () => c.token, store });
   members.push({ client, conv: c.conv });
 }
 await within(LIMIT_MS, "signed in", Promise.all(members.map((m) => m.client.whenOnline())));
@@ -129,5 +136,6 @@ let report;
 if (job.mode === "send") report = await send(members, job.messages ?? 0);
 else if (job.mode === "reconnect") report = await reconnect(members);
 else throw new Error(`unknown mode ${job.mode}`);
+rmSync(dir, { recursive: true, force: true });
 // Written to a pipe, stdout is asynchronous: exit once the report is out.
 process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0));

@@ -55,6 +55,8 @@ function serverWait(ms, fallback) {
     const v = typeof ms === "number" && Number.isFinite(ms) ? ms : fallback;
     return Math.min(MAX_SERVER_WAIT_MS, Math.max(0, v));
 }
+/** A refusal that, for a conversation the device was just told it joined, may pass. */
+const notVisibleYet = (code) => code === "forbidden" || code === "not_found";
 /** The seq an `ok` answer names (absent when nothing was stored: a repeat). */
 function okSeq(a) {
     return a.type === "ok" && typeof a.seq === "number" ? a.seq : undefined;
@@ -436,7 +438,7 @@ export class Client {
                     again.push(r.group);
                 // A group joined a moment ago may not be visible to the server's answer yet: its own
                 // sync asks again for a while (any other refusal: the list is not ours to hold).
-                else if (r.code === "forbidden" && this.store.isListed(r.group))
+                else if (notVisibleYet(r.code) && this.store.isListed(r.group))
                     again.push(r.group);
             }
             await Promise.all(again.map((g) => this.syncMembers(g)));
@@ -637,7 +639,7 @@ export class Client {
                 // Joined a moment ago, the edge's view of the memberships may not show it yet: ask
                 // again a few times. A conversation left is forgotten on its `membership` push.
                 const tries = this.refusedSyncs.get(conv) ?? 0;
-                if (answer.code === "forbidden" && this.store.isListed(conv) && tries < 4) {
+                if (notVisibleYet(answer.code) && this.store.isListed(conv) && tries < 6) {
                     this.refusedSyncs.set(conv, tries + 1);
                     await sleep(250 * (tries + 1), this.stopping);
                     this.syncs.set(conv, gap);
@@ -696,9 +698,10 @@ export class Client {
     async flushOutbox(conn) {
         const batch = this.store.pending(this.window);
         const inFlight = [];
-        for (const e of batch) {
-            const retry = e.tried;
-            await this.store.markSending(e);
+        const retries = batch.map((e) => e.tried);
+        await this.store.markSending(batch);
+        for (const [i, e] of batch.entries()) {
+            const retry = retries[i];
             inFlight.push([
                 e,
                 conn.send({
@@ -734,8 +737,7 @@ export class Client {
             }
             else if (answer.type === "ack") {
                 taken++;
-                await this.store.settle(e, { seq: answer.seq });
-                await this.store.putOwn({
+                const own = {
                     conv: e.conv,
                     seq: answer.seq,
                     sender: this.me.user,
@@ -744,7 +746,8 @@ export class Client {
                     body: e.body,
                     client_ts: e.clientTs,
                     server_ts: answer.server_ts,
-                });
+                };
+                await this.store.settle(e, { seq: answer.seq, own });
                 this.emit("acked", { conv: e.conv, clientMsgId: e.clientMsgId, seq: answer.seq, duplicate: answer.duplicate ?? false });
             }
         }
@@ -871,8 +874,9 @@ export class Client {
                     await this.store.dropMembers(group);
                     continue;
                 }
-                if (answer.code === "forbidden" && this.store.isListed(group) && round < 4) {
-                    // Joined a moment ago: the edge's view of the memberships may not show it yet.
+                if (notVisibleYet(answer.code) && this.store.isListed(group) && round < 6) {
+                    // Joined a moment ago: the server's copy of the memberships (or of the group) may
+                    // not show it yet.
                     await sleep(250 * (round + 1), this.stopping);
                     continue;
                 }

@@ -107,7 +107,7 @@ export declare class Store {
      */
     applyReactions(conv: string, prev: number, seq: number, deltas: ReactionDelta[], mine: OwnReaction[]): Promise<boolean>;
     /** Shows the device's own stored message at its place before the chain reaches it. */
-    putOwn(message: Message): Promise<void>;
+    private showOwn;
     /** The messages held, oldest first. */
     messagesOf(conv: string): Message[];
     conversations(me: string): ConversationSummary[];
@@ -115,9 +115,15 @@ export declare class Store {
     /** The oldest entries still to be sent, in the order they were written. */
     pending(limit: number): OutboxEntry[];
     outboxEntry(clientMsgId: string): OutboxEntry | undefined;
-    markSending(e: OutboxEntry): Promise<void>;
+    /** Entries about to go out (one write for a whole window of them). */
+    markSending(entries: OutboxEntry[]): Promise<void>;
+    /**
+     * An entry the server stored (with the device's own message, shown at its place before
+     * the chain reaches it) or refused for good: one write.
+     */
     settle(e: OutboxEntry, outcome: {
         seq: number;
+        own?: Message;
     } | {
         error: string;
     }): Promise<void>;

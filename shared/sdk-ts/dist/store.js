@@ -238,13 +238,13 @@ export class Store {
         return true;
     }
     /** Shows the device's own stored message at its place before the chain reaches it. */
-    async putOwn(message) {
+    showOwn(message) {
         const list = this.messages.get(message.conv) ?? [];
         if (find(list, message.seq))
-            return;
+            return [];
         insertSorted(list, message);
         this.messages.set(message.conv, list);
-        await this.persist([[entryKey(message), message]]);
+        return [[entryKey(message), message]];
     }
     /** The messages held, oldest first. */
     messagesOf(conv) {
@@ -286,11 +286,18 @@ export class Store {
     outboxEntry(clientMsgId) {
         return this.outbox.get(clientMsgId);
     }
-    async markSending(e) {
-        e.state = "sending";
-        e.tried = true;
-        await this.persist([[`o:${e.clientMsgId}`, e]]);
+    /** Entries about to go out (one write for a whole window of them). */
+    async markSending(entries) {
+        for (const e of entries) {
+            e.state = "sending";
+            e.tried = true;
+        }
+        await this.persist(entries.map((e) => [`o:${e.clientMsgId}`, e]));
     }
+    /**
+     * An entry the server stored (with the device's own message, shown at its place before
+     * the chain reaches it) or refused for good: one write.
+     */
     async settle(e, outcome) {
         if (e.state !== "acked" && e.state !== "failed")
             this.done++;
@@ -303,6 +310,8 @@ export class Store {
             e.error = outcome.error;
         }
         const batch = [[`o:${e.clientMsgId}`, e]];
+        if ("own" in outcome && outcome.own)
+            batch.push(...this.showOwn(outcome.own));
         // The oldest done entries go in bulk, once a tenth more than are kept have gathered.
         if (this.done > DONE_KEPT + DONE_KEPT / 10) {
             for (const old of this.outbox.values()) {

@@ -128,6 +128,9 @@ function serverWait(ms: number | null | undefined, fallback: number): number {
   const v = typeof ms === "number" && Number.isFinite(ms) ? ms : fallback;
   return Math.min(MAX_SERVER_WAIT_MS, Math.max(0, v));
 }
+/** A refusal that, for a conversation the device was just told it joined, may pass. */
+const notVisibleYet = (code: ErrorCode) => code === "forbidden" || code === "not_found";
+
 /** The seq an `ok` answer names (absent when nothing was stored: a repeat). */
 function okSeq(a: ReplyBody): number | undefined {
   return a.type === "ok" && typeof (a as { seq?: unknown }).seq === "number" ? (a as { seq: number }).seq : undefined;
@@ -531,7 +534,7 @@ export class Client {
         } else if (r.result === "realign") again.push(r.group);
         // A group joined a moment ago may not be visible to the server's answer yet: its own
         // sync asks again for a while (any other refusal: the list is not ours to hold).
-        else if (r.code === "forbidden" && this.store.isListed(r.group)) again.push(r.group);
+        else if (notVisibleYet(r.code) && this.store.isListed(r.group)) again.push(r.group);
       }
       await Promise.all(again.map((g) => this.syncMembers(g)));
       rest = a.cursor != null && a.cursor < rest.length ? rest.slice(a.cursor) : [];
@@ -720,7 +723,7 @@ export class Client {
         // Joined a moment ago, the edge's view of the memberships may not show it yet: ask
         // again a few times. A conversation left is forgotten on its `membership` push.
         const tries = this.refusedSyncs.get(conv) ?? 0;
-        if (answer.code === "forbidden" && this.store.isListed(conv) && tries < 4) {
+        if (notVisibleYet(answer.code) && this.store.isListed(conv) && tries < 6) {
           this.refusedSyncs.set(conv, tries + 1);
           await sleep(250 * (tries + 1), this.stopping);
           this.syncs.set(conv, gap);
@@ -774,9 +777,10 @@ export class Client {
   private async flushOutbox(conn: Connection): Promise<void> {
     const batch = this.store.pending(this.window);
     const inFlight: Array<[OutboxEntry, Promise<Answer>]> = [];
-    for (const e of batch) {
-      const retry = e.tried;
-      await this.store.markSending(e);
+    const retries = batch.map((e) => e.tried);
+    await this.store.markSending(batch);
+    for (const [i, e] of batch.entries()) {
+      const retry = retries[i];
       inFlight.push([
         e,
         conn.send({
@@ -809,8 +813,7 @@ export class Client {
         }
       } else if (answer.type === "ack") {
         taken++;
-        await this.store.settle(e, { seq: answer.seq });
-        await this.store.putOwn({
+        const own: Message = {
           conv: e.conv,
           seq: answer.seq,
           sender: this.me.user,
@@ -819,7 +822,8 @@ export class Client {
           body: e.body,
           client_ts: e.clientTs,
           server_ts: answer.server_ts,
-        });
+        };
+        await this.store.settle(e, { seq: answer.seq, own });
         this.emit("acked", { conv: e.conv, clientMsgId: e.clientMsgId, seq: answer.seq, duplicate: answer.duplicate ?? false });
       }
     }
@@ -940,8 +944,9 @@ export class Client {
           await this.store.dropMembers(group);
           continue;
         }
-        if (answer.code === "forbidden" && this.store.isListed(group) && round < 4) {
-          // Joined a moment ago: the edge's view of the memberships may not show it yet.
+        if (notVisibleYet(answer.code) && this.store.isListed(group) && round < 6) {
+          // Joined a moment ago: the server's copy of the memberships (or of the group) may
+          // not show it yet.
           await sleep(250 * (round + 1), this.stopping);
           continue;
         }

@@ -299,12 +299,12 @@ export class Store {
   }
 
   /** Shows the device's own stored message at its place before the chain reaches it. */
-  async putOwn(message: Message): Promise<void> {
+  private showOwn(message: Message): Array<[string, unknown]> {
     const list = this.messages.get(message.conv) ?? [];
-    if (find(list, message.seq)) return;
+    if (find(list, message.seq)) return [];
     insertSorted(list, message);
     this.messages.set(message.conv, list);
-    await this.persist([[entryKey(message), message]]);
+    return [[entryKey(message), message]];
   }
 
   /** The messages held, oldest first. */
@@ -350,13 +350,20 @@ export class Store {
     return this.outbox.get(clientMsgId);
   }
 
-  async markSending(e: OutboxEntry): Promise<void> {
-    e.state = "sending";
-    e.tried = true;
-    await this.persist([[`o:${e.clientMsgId}`, e]]);
+  /** Entries about to go out (one write for a whole window of them). */
+  async markSending(entries: OutboxEntry[]): Promise<void> {
+    for (const e of entries) {
+      e.state = "sending";
+      e.tried = true;
+    }
+    await this.persist(entries.map((e): [string, unknown] => [`o:${e.clientMsgId}`, e]));
   }
 
-  async settle(e: OutboxEntry, outcome: { seq: number } | { error: string }): Promise<void> {
+  /**
+   * An entry the server stored (with the device's own message, shown at its place before
+   * the chain reaches it) or refused for good: one write.
+   */
+  async settle(e: OutboxEntry, outcome: { seq: number; own?: Message } | { error: string }): Promise<void> {
     if (e.state !== "acked" && e.state !== "failed") this.done++;
     if ("seq" in outcome) {
       e.state = "acked";
@@ -366,6 +373,7 @@ export class Store {
       e.error = outcome.error;
     }
     const batch: Array<[string, unknown]> = [[`o:${e.clientMsgId}`, e]];
+    if ("own" in outcome && outcome.own) batch.push(...this.showOwn(outcome.own));
     // The oldest done entries go in bulk, once a tenth more than are kept have gathered.
     if (this.done > DONE_KEPT + DONE_KEPT / 10) {
       for (const old of this.outbox.values()) {

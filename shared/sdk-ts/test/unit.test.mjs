@@ -1,6 +1,6 @@
 // Pure logic: the digest against the Rust crate's vectors, backoff, the local store.
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -72,7 +72,7 @@ test("a file store keeps conversations, the outbox and member lists across a res
   await store.append("g", [m(1, "bob"), m(2, "bob"), m(3, "alice"), m(4, "bob", "edit", { target: 1, body: "edited" }), m(5, "bob", "revoke", { target: 2, body: null })], 5, "alice");
   await store.setRead("g", 1);
   const e = await store.enqueue({ clientMsgId: "x1", conv: "g", body: "hi", clientTs: 7 });
-  await store.markSending(e);
+  await store.markSending([e]);
   await store.replaceMembers("g", "1", 9, [{ user: "alice", role: "owner" }, { user: "bob" }]);
 
   const again = await Store.open(new FileBackend(path));
@@ -90,6 +90,30 @@ test("a file store keeps conversations, the outbox and member lists across a res
   const list = again.memberList("g");
   assert.equal(list.version, 9);
   assert.equal(list.digest.total.toWire(), SetDigest.of(["alice", "bob"]).toWire());
+});
+
+test("a file store is a log: a write appends what it changes, a torn tail is dropped, compaction keeps the records", async () => {
+  const path = join(mkdtempSync(join(tmpdir(), "anchorage-sdk-")), "store.log");
+  const backend = new FileBackend(path, false);
+  await backend.load();
+  await backend.write([["a", { n: 1 }], ["b", { n: 2 }]]);
+  const size = statSync(path).size;
+  await backend.write([["a", { n: 3 }]]);
+  assert.ok(statSync(path).size - size < 40, "one small line appended, not the whole store");
+  await backend.write([["b", undefined]]);
+  // A crash in the middle of a write leaves a torn line: it is not read.
+  appendFileSync(path, '[["c",{"n":');
+  const reopened = new FileBackend(path, false);
+  assert.deepEqual([...(await reopened.load())], [["a", { n: 3 }]]);
+  // Many writes over few records: the log is compacted, and holds the same.
+  for (let i = 0; i < 5000; i++) await reopened.write([[`k${i % 10}`, { i }]]);
+  assert.ok(readFileSync(path, "utf8").split("\n").length < 4000, "compacted");
+  const last = await new FileBackend(path, false).load();
+  assert.equal(last.size, 11);
+  assert.deepEqual(last.get("k9"), { i: 4999 });
+  // A store written whole, as one object, still loads.
+  writeFileSync(path, JSON.stringify({ x: { n: 1 } }));
+  assert.deepEqual([...(await new FileBackend(path, false).load())], [["x", { n: 1 }]]);
 });
 
 test("a member change applies only at its version", async () => {
