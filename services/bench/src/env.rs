@@ -484,6 +484,20 @@ impl ClientProcess {
     }
 }
 
+/// How long after `restarted` (Unix ms) each client of a reconnect report was back in line
+/// (its `resynced_unix_ms`), sorted.
+pub fn resync_times(report: &Value, restarted: u64) -> Vec<Duration> {
+    let mut times: Vec<Duration> = report["resynced_unix_ms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .map(|t| Duration::from_millis(t.saturating_sub(restarted)))
+        .collect();
+    times.sort();
+    times
+}
+
 /// Delivery latencies from a client process's report, sorted.
 pub fn sorted_latencies(report: &Value) -> Vec<Duration> {
     let mut latencies: Vec<Duration> = report["latencies_ms"]

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use super::fanout::send_stamped;
 use crate::client::signed_in;
 use crate::env::{
-    BenchEnv, ClientProcess, Sizes, big_group, peak_rss, percentile, progress, projected, rss_kib,
-    unix_ms,
+    BenchEnv, ClientProcess, Sizes, big_group, peak_rss, percentile, progress, projected,
+    resync_times, rss_kib, unix_ms,
 };
 
 pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
@@ -51,14 +51,7 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     task.await??;
     stack.stop().await?;
     bus.close().await;
-    let mut times: Vec<Duration> = report["resynced_unix_ms"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_u64)
-        .map(|t| Duration::from_millis(t.saturating_sub(restarted)))
-        .collect();
-    times.sort();
+    let times = resync_times(&report, restarted);
     // A client that did not report being back in line failed, whatever the reason.
     let failures = s.online.saturating_sub(times.len());
     Ok(json!({

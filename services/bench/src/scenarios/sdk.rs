@@ -31,7 +31,8 @@ use super::fanout::send_stamped;
 use super::reconnect::edge_on;
 use crate::client::{signed_in, token};
 use crate::env::{
-    BenchEnv, Sizes, big_group, membership_event, percentile, progress, projected, unix_ms,
+    BenchEnv, Sizes, big_group, membership_event, percentile, progress, projected, resync_times,
+    unix_ms,
 };
 
 /// The two SDKs.
@@ -235,14 +236,7 @@ async fn reconnect_round(
     let report = runner.report().await?;
     stop.cancel();
     task.await??;
-    let mut times: Vec<Duration> = report["resynced_unix_ms"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_u64)
-        .map(|t| Duration::from_millis(t.saturating_sub(restarted)))
-        .collect();
-    times.sort();
+    let times = resync_times(&report, restarted);
     Ok(json!({
         "clients": members.len(),
         "resynced": times.len(),
