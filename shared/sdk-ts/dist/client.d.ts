@@ -113,6 +113,8 @@ export declare class Client {
     private woken;
     private syncs;
     private refusedSyncs;
+    /** Conversations not listed yet whose sync a push started (a first message). */
+    private pulled;
     private memberSyncs;
     private subscribed;
     private asks;
@@ -122,7 +124,8 @@ export declare class Client {
     private window;
     private connectedWaiters;
     private droppedPush;
-    private stopped;
+    private halt;
+    /** Aborted by `stop`. */
     private stopping;
     private constructor();
     /** Opens the store and starts connecting. */

@@ -38,14 +38,32 @@ class Lost {
     }
 }
 const PASSING = ["internal", "overloaded"];
-/** Waits `ms`, or less once `cancel` settles (its timer is cleared: a stopped client holds none). */
-function sleep(ms, cancel) {
+/**
+ * Waits `ms`, or until `signal` is aborted: then its timer is cleared (a stopped client holds
+ * none), and either way its listener is removed (waits leave nothing behind).
+ */
+function sleep(ms, signal) {
+    return untilAborted(signal, (done) => {
+        const timer = setTimeout(done, ms);
+        return () => clearTimeout(timer);
+    });
+}
+/**
+ * Resolves when `start`'s callback is called or `signal` is aborted, whichever comes first;
+ * `start` returns what to undo at that point.
+ */
+function untilAborted(signal, start) {
     return new Promise((resolve) => {
-        const timer = setTimeout(resolve, ms);
-        void cancel.then(() => {
-            clearTimeout(timer);
+        if (signal.aborted)
+            return resolve();
+        let undo = () => undefined;
+        const done = () => {
+            signal.removeEventListener("abort", done);
+            undo();
             resolve();
-        });
+        };
+        signal.addEventListener("abort", done, { once: true });
+        undo = start(done);
     });
 }
 /** No wait a server asks for is taken longer than this (timers overflow past 2^31 ms). */
@@ -72,7 +90,9 @@ class Connection {
     nextId = 1;
     waiting = new Map();
     ended = null;
-    endWaiters = [];
+    gone = new AbortController();
+    /** Aborted when the connection ends. */
+    signal = this.gone.signal;
     constructor(ws, onPush, timeoutMs) {
         this.ws = ws;
         this.onPush = onPush;
@@ -113,19 +133,13 @@ class Connection {
             w.reject(lost);
         }
         this.waiting.clear();
-        for (const f of this.endWaiters)
-            f(lost);
-        this.endWaiters = [];
+        this.gone.abort();
         try {
             this.ws.close();
         }
         catch {
             // already closed
         }
-    }
-    /** Resolves when the connection ends. */
-    closed() {
-        return this.ended ? Promise.resolve(this.ended) : new Promise((r) => this.endWaiters.push(r));
     }
     /** Sends `body` and returns the promise of its answer. */
     send(body) {
@@ -144,7 +158,7 @@ class Connection {
         for (;;) {
             const answer = await this.send(body);
             if (isError(answer) && answer.code === "rate_limited") {
-                await sleep(serverWait(answer.retry_after_ms, 100), this.closed());
+                await sleep(serverWait(answer.retry_after_ms, 100), this.signal);
                 continue;
             }
             return answer;
@@ -162,6 +176,8 @@ export class Client {
     woken = false;
     syncs = new Map();
     refusedSyncs = new Map();
+    /** Conversations not listed yet whose sync a push started (a first message). */
+    pulled = new Set();
     memberSyncs = new Map();
     subscribed = new Set();
     asks = [];
@@ -171,8 +187,9 @@ export class Client {
     window;
     connectedWaiters = [];
     droppedPush = 0;
-    stopped = () => undefined;
-    stopping = new Promise((r) => (this.stopped = r));
+    halt = new AbortController();
+    /** Aborted by `stop`. */
+    stopping = this.halt.signal;
     constructor(options, store) {
         const ws = options.WebSocket ?? globalThis.WebSocket;
         if (!ws)
@@ -232,7 +249,7 @@ export class Client {
     /** Stops connecting and closes the socket; the store stays. */
     async stop() {
         this.running = false;
-        this.stopped();
+        this.halt.abort();
         this.conn?.end(new Lost(1000, "stopped"));
         this.wake();
         for (const a of this.asks.splice(0))
@@ -556,7 +573,10 @@ export class Client {
                 const busy = await this.step(conn);
                 if (busy || this.woken)
                     continue;
-                await Promise.race([new Promise((r) => (this.wakeUp = r)), conn.closed()]);
+                await untilAborted(conn.signal, (done) => {
+                    this.wakeUp = done;
+                    return () => undefined;
+                });
                 if (conn.ended)
                     return conn.ended;
             }
@@ -627,6 +647,7 @@ export class Client {
     async runSync(conn) {
         const [conv, gap] = this.syncs.entries().next().value;
         this.syncs.delete(conv);
+        const listed = this.store.isListed(conv);
         for (;;) {
             const after = this.store.anchor(conv);
             const answer = await conn.request({ type: "sync", conv, after, limit: 500 });
@@ -639,13 +660,14 @@ export class Client {
                 // Joined a moment ago, the edge's view of the memberships may not show it yet: ask
                 // again a few times. A conversation left is forgotten on its `membership` push.
                 const tries = this.refusedSyncs.get(conv) ?? 0;
-                if (notVisibleYet(answer.code) && this.store.isListed(conv) && tries < 6) {
+                if (notVisibleYet(answer.code) && (listed || this.pulled.has(conv)) && tries < 6) {
                     this.refusedSyncs.set(conv, tries + 1);
                     await sleep(250 * (tries + 1), this.stopping);
                     this.syncs.set(conv, gap);
                 }
                 else {
                     this.refusedSyncs.delete(conv);
+                    this.pulled.delete(conv);
                 }
                 return;
             }
@@ -668,6 +690,9 @@ export class Client {
                 break;
         }
         this.refusedSyncs.delete(conv);
+        this.pulled.delete(conv);
+        if (!listed && this.store.isListed(conv))
+            this.emit("membership", { conv, joined: true });
         if (gap !== null)
             this.emit("gapRepaired", { conv, from: gap, to: this.store.anchor(conv) });
     }
@@ -778,6 +803,7 @@ export class Client {
                 // A conversation the device does not list yet is pulled with `sync`, which the
                 // server authorizes, rather than started from a push.
                 if (!this.store.isListed(m.conv)) {
+                    this.pulled.add(m.conv);
                     this.requestSync(m.conv, null);
                     return;
                 }

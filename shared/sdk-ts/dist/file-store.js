@@ -2,7 +2,7 @@
 // costs what it changes. Loading replays the log; a torn last line (a write cut short by a
 // crash) is dropped. Once the log holds three times what is live, it is compacted: the live
 // records are written to a file beside it, flushed, and renamed into place.
-import { mkdir, open, readFile, rename } from "node:fs/promises";
+import { mkdir, open, readFile, rename, stat } from "node:fs/promises";
 import { dirname } from "node:path";
 /** The log is compacted once it holds this many times the live records (and at least this many lines' worth). */
 const COMPACT_FACTOR = 3;
@@ -72,6 +72,12 @@ export class FileBackend {
             await this.compact();
             return;
         }
+        // Another store compacted the same file (two instances on one path): what this one
+        // appended would go to a file no one reads any more.
+        const [mine, there] = await Promise.all([this.log.stat(), stat(this.path).catch(() => null)]);
+        if (!there || there.ino !== mine.ino || there.dev !== mine.dev) {
+            throw new Error(`${this.path} was replaced by another store: one store per file`);
+        }
         await this.log.appendFile(`${JSON.stringify(line)}\n`);
         if (this.durable)
             await this.log.datasync();
@@ -96,6 +102,14 @@ export class FileBackend {
             await out.close();
         }
         await rename(tmp, this.path);
+        // The rename itself is made durable, or a power cut could bring back the old file.
+        const dir = await open(dirname(this.path), "r");
+        try {
+            await dir.sync();
+        }
+        finally {
+            await dir.close();
+        }
         await this.log?.close();
         this.log = await open(this.path, "a");
         this.logged = this.data.size;

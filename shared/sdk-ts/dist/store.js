@@ -77,7 +77,14 @@ export class Store {
     }
     static async open(backend = new MemoryBackend()) {
         const store = new Store(backend);
+        // Stores written before each entry was its own record hold a conversation's entries as
+        // one list: they are split into records, in one write, below.
+        const lists = [];
         for (const [k, v] of await backend.load()) {
+            if (k.startsWith("m:") && Array.isArray(v)) {
+                lists.push([k, v]);
+                continue;
+            }
             if (k.startsWith("c:"))
                 store.convs.set(k.slice(2), v);
             else if (k.startsWith("e:")) {
@@ -102,11 +109,24 @@ export class Store {
                 store.lists.set(k.slice(2), list);
             }
         }
+        const split = [];
+        for (const [key, entries] of lists) {
+            for (const m of entries) {
+                const list = store.messages.get(m.conv) ?? [];
+                if (!list.some((x) => x.seq === m.seq))
+                    list.push(m);
+                store.messages.set(m.conv, list);
+                split.push([entryKey(m), m]);
+            }
+            split.push([key, undefined]);
+        }
         for (const list of store.messages.values())
             list.sort((a, b) => a.seq - b.seq);
         const oldest = [...store.outbox.values()].sort((a, b) => a.n - b.n);
         store.outbox = new Map(oldest.map((e) => [e.clientMsgId, e]));
         store.done = oldest.filter((e) => e.state === "acked" || e.state === "failed").length;
+        if (split.length > 0)
+            await store.persist(split);
         return store;
     }
     /** Writes records in order; resolves once they are kept. */

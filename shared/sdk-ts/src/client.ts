@@ -111,14 +111,32 @@ class Lost {
 const PASSING: ErrorCode[] = ["internal", "overloaded"];
 type Listener<T> = (event: T) => void;
 type Answer = ServerFrame;
-/** Waits `ms`, or less once `cancel` settles (its timer is cleared: a stopped client holds none). */
-function sleep(ms: number, cancel: Promise<unknown>): Promise<void> {
+/**
+ * Waits `ms`, or until `signal` is aborted: then its timer is cleared (a stopped client holds
+ * none), and either way its listener is removed (waits leave nothing behind).
+ */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return untilAborted(signal, (done) => {
+    const timer = setTimeout(done, ms);
+    return () => clearTimeout(timer);
+  });
+}
+
+/**
+ * Resolves when `start`'s callback is called or `signal` is aborted, whichever comes first;
+ * `start` returns what to undo at that point.
+ */
+function untilAborted(signal: AbortSignal, start: (done: () => void) => () => void): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    void cancel.then(() => {
-      clearTimeout(timer);
+    if (signal.aborted) return resolve();
+    let undo = () => undefined as void;
+    const done = () => {
+      signal.removeEventListener("abort", done);
+      undo();
       resolve();
-    });
+    };
+    signal.addEventListener("abort", done, { once: true });
+    undo = start(done);
   });
 }
 /** No wait a server asks for is taken longer than this (timers overflow past 2^31 ms). */
@@ -144,7 +162,9 @@ class Connection {
   private nextId = 1;
   private waiting = new Map<number, { resolve: (f: Answer) => void; reject: (e: Lost) => void; timer: ReturnType<typeof setTimeout> }>();
   ended: Lost | null = null;
-  private endWaiters: Array<(l: Lost) => void> = [];
+  private gone = new AbortController();
+  /** Aborted when the connection ends. */
+  readonly signal = this.gone.signal;
 
   constructor(
     private ws: WebSocket,
@@ -184,18 +204,12 @@ class Connection {
       w.reject(lost);
     }
     this.waiting.clear();
-    for (const f of this.endWaiters) f(lost);
-    this.endWaiters = [];
+    this.gone.abort();
     try {
       this.ws.close();
     } catch {
       // already closed
     }
-  }
-
-  /** Resolves when the connection ends. */
-  closed(): Promise<Lost> {
-    return this.ended ? Promise.resolve(this.ended) : new Promise((r) => this.endWaiters.push(r));
   }
 
   /** Sends `body` and returns the promise of its answer. */
@@ -215,7 +229,7 @@ class Connection {
     for (;;) {
       const answer = await this.send(body);
       if (isError(answer) && answer.code === "rate_limited") {
-        await sleep(serverWait(answer.retry_after_ms, 100), this.closed());
+        await sleep(serverWait(answer.retry_after_ms, 100), this.signal);
         continue;
       }
       return answer;
@@ -241,6 +255,8 @@ export class Client {
   private woken = false;
   private syncs = new Map<string, number | null>();
   private refusedSyncs = new Map<string, number>();
+  /** Conversations not listed yet whose sync a push started (a first message). */
+  private pulled = new Set<string>();
   private memberSyncs = new Map<string, Array<() => void>>();
   private subscribed = new Set<string>();
   private asks: Ask[] = [];
@@ -250,8 +266,9 @@ export class Client {
   private window: number;
   private connectedWaiters: Array<() => void> = [];
   private droppedPush = 0;
-  private stopped: () => void = () => undefined;
-  private stopping = new Promise<void>((r) => (this.stopped = r));
+  private halt = new AbortController();
+  /** Aborted by `stop`. */
+  private stopping = this.halt.signal;
 
   private constructor(options: ClientOptions, store: Store) {
     const ws = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketLike }).WebSocket;
@@ -316,7 +333,7 @@ export class Client {
   /** Stops connecting and closes the socket; the store stays. */
   async stop(): Promise<void> {
     this.running = false;
-    this.stopped();
+    this.halt.abort();
     this.conn?.end(new Lost(1000, "stopped"));
     this.wake();
     for (const a of this.asks.splice(0)) a.reject(new Error("client stopped"));
@@ -642,7 +659,10 @@ export class Client {
         this.woken = false;
         const busy = await this.step(conn);
         if (busy || this.woken) continue;
-        await Promise.race([new Promise<void>((r) => (this.wakeUp = r)), conn.closed()]);
+        await untilAborted(conn.signal, (done) => {
+          this.wakeUp = done;
+          return () => undefined;
+        });
         if (conn.ended) return conn.ended;
       }
     } catch (e) {
@@ -711,6 +731,7 @@ export class Client {
   private async runSync(conn: Connection): Promise<void> {
     const [conv, gap] = this.syncs.entries().next().value as [string, number | null];
     this.syncs.delete(conv);
+    const listed = this.store.isListed(conv);
     for (;;) {
       const after = this.store.anchor(conv);
       const answer = await conn.request({ type: "sync", conv, after, limit: 500 });
@@ -723,12 +744,13 @@ export class Client {
         // Joined a moment ago, the edge's view of the memberships may not show it yet: ask
         // again a few times. A conversation left is forgotten on its `membership` push.
         const tries = this.refusedSyncs.get(conv) ?? 0;
-        if (notVisibleYet(answer.code) && this.store.isListed(conv) && tries < 6) {
+        if (notVisibleYet(answer.code) && (listed || this.pulled.has(conv)) && tries < 6) {
           this.refusedSyncs.set(conv, tries + 1);
           await sleep(250 * (tries + 1), this.stopping);
           this.syncs.set(conv, gap);
         } else {
           this.refusedSyncs.delete(conv);
+          this.pulled.delete(conv);
         }
         return;
       }
@@ -747,6 +769,8 @@ export class Client {
       if (!answer.more || entries.length < answer.messages.length) break;
     }
     this.refusedSyncs.delete(conv);
+    this.pulled.delete(conv);
+    if (!listed && this.store.isListed(conv)) this.emit("membership", { conv, joined: true });
     if (gap !== null) this.emit("gapRepaired", { conv, from: gap, to: this.store.anchor(conv) });
   }
 
@@ -853,6 +877,7 @@ export class Client {
         // A conversation the device does not list yet is pulled with `sync`, which the
         // server authorizes, rather than started from a push.
         if (!this.store.isListed(m.conv)) {
+          this.pulled.add(m.conv);
           this.requestSync(m.conv, null);
           return;
         }

@@ -3,7 +3,7 @@
 // crash) is dropped. Once the log holds three times what is live, it is compacted: the live
 // records are written to a file beside it, flushed, and renamed into place.
 
-import { mkdir, open, readFile, rename } from "node:fs/promises";
+import { mkdir, open, readFile, rename, stat } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
 
@@ -69,6 +69,12 @@ export class FileBackend implements Backend {
       await this.compact();
       return;
     }
+    // Another store compacted the same file (two instances on one path): what this one
+    // appended would go to a file no one reads any more.
+    const [mine, there] = await Promise.all([this.log.stat(), stat(this.path).catch(() => null)]);
+    if (!there || there.ino !== mine.ino || there.dev !== mine.dev) {
+      throw new Error(`${this.path} was replaced by another store: one store per file`);
+    }
     await this.log.appendFile(`${JSON.stringify(line)}\n`);
     if (this.durable) await this.log.datasync();
   }
@@ -92,6 +98,13 @@ export class FileBackend implements Backend {
       await out.close();
     }
     await rename(tmp, this.path);
+    // The rename itself is made durable, or a power cut could bring back the old file.
+    const dir = await open(dirname(this.path), "r");
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
     await this.log?.close();
     this.log = await open(this.path, "a");
     this.logged = this.data.size;

@@ -93,7 +93,7 @@ test("entries are taken only for their conversation, past the anchor, in rising 
   for (let i = 0; i < 100 && (c.anchor("ops") < 4 || edge.count("sync") < 2); i++) await sleep(20);
   assert.equal(c.anchor("ops"), 4);
   assert.deepEqual(c.messages("ops").map((m) => m.body), ["hello", "next"]);
-  assert.equal(edge.count("sync"), 2, "the stranger's conversation was asked for");
+  assert.ok(edge.count("sync") >= 2, "the stranger's conversation was asked for");
   await sleep(100);
   assert.deepEqual(c.messages("stranger"), []);
   assert.ok(!c.conversations().some((x) => x.conv === "stranger"));
@@ -105,6 +105,30 @@ test("entries are taken only for their conversation, past the anchor, in rising 
     { emoji: "👍", count: 1 },
     { emoji: "🎉", count: 2, mine: true },
   ]);
+  await c.stop();
+  await edge.close();
+});
+
+test("a first message in a conversation not listed yet arrives even if the server's view lags", async () => {
+  let push;
+  let refused = 0;
+  const edge = await fakeEdge((f, send) => {
+    push = send;
+    if (f.type === "hello") send(welcome(f));
+    else if (f.type === "sync" && refused < 2) {
+      // The memberships the server answers from do not show the new 1:1 yet.
+      refused++;
+      send({ type: "error", id: f.id, code: "forbidden", message: "not a member" });
+    } else if (f.type === "sync") send({ type: "messages", id: f.id, conv: f.conv, messages: [message(f.conv, 1, "hi, new here")], more: false });
+    else if (f.type === "received") send({ type: "ok", id: f.id });
+  });
+  const c = await against(edge);
+  await c.whenOnline();
+  const joined = new Promise((r) => c.on("membership", (e) => e.conv === "dm" && e.joined && r()));
+  push({ type: "message", prev: 0, message: message("dm", 1, "hi, new here") });
+  await joined;
+  assert.deepEqual(c.messages("dm").map((m) => m.body), ["hi, new here"]);
+  assert.equal(edge.count("sync"), 3);
   await c.stop();
   await edge.close();
 });

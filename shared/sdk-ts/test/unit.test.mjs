@@ -116,6 +116,30 @@ test("a file store is a log: a write appends what it changes, a torn tail is dro
   assert.deepEqual([...(await new FileBackend(path, false).load())], [["x", { n: 1 }]]);
 });
 
+test("a store written with a conversation's entries as one list is split into records, nothing lost", async () => {
+  const path = join(mkdtempSync(join(tmpdir(), "anchorage-sdk-")), "old.json");
+  const m = (seq, body) => ({ conv: "g", seq, sender: "bob", device: "d", client_msg_id: `c${seq}`, body, client_ts: seq, server_ts: seq });
+  writeFileSync(path, JSON.stringify({ "c:g": { conv: "g", anchor: 2, readSeq: 0, lastSeq: 2, serverUnread: 0 }, "m:g": [m(1, "one"), m(2, "two")] }));
+  const store = await Store.open(new FileBackend(path, false));
+  assert.deepEqual(store.messagesOf("g").map((x) => x.body), ["one", "two"]);
+  assert.equal(store.anchor("g"), 2);
+  const records = await new FileBackend(path, false).load();
+  assert.ok(!records.has("m:g") && records.has("e:1:g") && records.has("e:2:g"));
+  assert.deepEqual((await Store.open(new FileBackend(path, false))).messagesOf("g").map((x) => x.body), ["one", "two"]);
+});
+
+test("a file store refuses to write once another store replaced its file", async () => {
+  const path = join(mkdtempSync(join(tmpdir(), "anchorage-sdk-")), "shared.log");
+  const first = new FileBackend(path, false);
+  await first.load();
+  await first.write([["a", 1]]);
+  const second = new FileBackend(path, false);
+  await second.load();
+  await assert.rejects(first.write([["a", 2]]), /replaced by another store/);
+  await second.write([["b", 3]]);
+  assert.deepEqual([...(await new FileBackend(path, false).load())], [["a", 1], ["b", 3]]);
+});
+
 test("a member change applies only at its version", async () => {
   const store = await Store.open(new MemoryBackend());
   await store.replaceMembers("g", "1", 5, [{ user: "a" }, { user: "b" }]);
