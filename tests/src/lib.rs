@@ -889,6 +889,7 @@ pub fn hello(token: impl Into<String>) -> Hello {
         anchors: Vec::new(),
         cursor: None,
         state_version: None,
+        compact: false,
     }
 }
 

@@ -93,6 +93,13 @@ fn members_reports_bytes_and_times_next_to_full_pulls() {
     positive(&m, &["baseline", "naive_batch_full_pull_bytes"]);
     positive(&m, &["ratio", "batch_vs_full_pulls"]);
     assert!(m["ours"]["batch_rounds"].as_u64().unwrap() > 1, "{m}");
+    // One change in its positional form fits in 64 bytes, and is smaller than the object.
+    let one = m["ours"]["one_change_bytes"].as_u64().unwrap();
+    assert!(one <= 64, "{m}");
+    assert!(
+        one < m["ours"]["one_change_object_bytes"].as_u64().unwrap(),
+        "{m}"
+    );
 }
 
 #[test]

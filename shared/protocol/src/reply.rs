@@ -12,6 +12,7 @@ use anchorage_schema::{
 };
 
 use crate::RequestId;
+use crate::compact::MembersDelta;
 use crate::error::ErrorCode;
 use crate::members::{GroupSyncResult, GroupVersion, MemberInfo, MembersChange};
 
@@ -24,6 +25,9 @@ pub enum ServerFrame {
     Push(Push),
     /// A request failed, or a frame could not be read.
     Error(ErrorFrame),
+    /// The answer to a `members_sync` that is a diff, in the positional form a client asks
+    /// for with `hello.compact` (see [`crate::compact`]).
+    Delta(MembersDelta),
 }
 
 /// The answer to the request with the same `id`.
@@ -163,6 +167,7 @@ impl ServerFrame {
             ServerFrame::Reply(r) => Some(r.id),
             ServerFrame::Push(_) => None,
             ServerFrame::Error(e) => e.id,
+            ServerFrame::Delta(d) => Some(d.id),
         }
     }
 
@@ -195,6 +200,7 @@ impl Serialize for ServerFrame {
             .serialize(serializer),
             ServerFrame::Push(p) => p.serialize(serializer),
             ServerFrame::Error(e) => ErrorWire::Error(e).serialize(serializer),
+            ServerFrame::Delta(d) => d.serialize(serializer),
         }
     }
 }
@@ -203,8 +209,13 @@ impl<'de> Deserialize<'de> for ServerFrame {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut value = serde_json::Value::deserialize(deserializer)?;
+        if value.is_array() {
+            return MembersDelta::from_value(value)
+                .map(ServerFrame::Delta)
+                .map_err(D::Error::custom);
+        }
         let Some(fields) = value.as_object_mut() else {
-            return Err(D::Error::custom("a server frame is a JSON object"));
+            return Err(D::Error::custom("a server frame is a JSON object or array"));
         };
         let kind = match fields.get("type").and_then(serde_json::Value::as_str) {
             Some(kind) => kind.to_owned(),

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
+use crate::compact::MembersDelta;
 use crate::error::close;
 use crate::reply::{ErrorFrame, Push, ReplyBody, ServerFrame};
 use crate::request::{Request, RequestBody};
@@ -44,10 +45,12 @@ impl JsonSchema for ServerFrame {
         let reply = with_id(generator.subschema_for::<ReplyBody>());
         let push = generator.subschema_for::<Push>();
         let error = generator.subschema_for::<ErrorFrame>();
+        let delta = generator.subschema_for::<MembersDelta>();
         json_schema!({
             "oneOf": [
                 reply,
                 push,
+                delta,
                 {
                     "allOf": [
                         error,

@@ -38,6 +38,27 @@ class Lost {
     }
 }
 const PASSING = ["internal", "overloaded"];
+const isCount = (v) => Number.isSafeInteger(v) && v >= 0;
+/** `[id, version, digest | null, upserts, removed, more]`, or null if it is not one. */
+function readDelta(a) {
+    const [id, version, digest, upserts, removed, more] = a;
+    if (a.length !== 6 || !isCount(id) || !isCount(version) || (digest !== null && typeof digest !== "string"))
+        return null;
+    if (!Array.isArray(upserts) || !Array.isArray(removed) || (more !== 0 && more !== 1))
+        return null;
+    const members = [];
+    for (const m of upserts) {
+        if (typeof m === "string")
+            members.push({ user: m });
+        else if (typeof m === "object" && m !== null && typeof m.user === "string")
+            members.push(m);
+        else
+            return null;
+    }
+    if (!removed.every((r) => typeof r === "string"))
+        return null;
+    return { type: "members_delta", id, version, digest, upserts: members, removed: removed, more: more === 1 };
+}
 /**
  * Waits `ms`, or until `signal` is aborted: then its timer is cleared (a stopped client holds
  * none), and either way its listener is removed (waits leave nothing behind).
@@ -104,12 +125,22 @@ class Connection {
     onFrame(data) {
         if (typeof data !== "string")
             return;
-        let frame;
+        let parsed;
         try {
-            frame = JSON.parse(data);
+            parsed = JSON.parse(data);
         }
         catch {
             return;
+        }
+        let frame;
+        if (Array.isArray(parsed)) {
+            const delta = readDelta(parsed);
+            if (!delta)
+                return;
+            frame = delta;
+        }
+        else {
+            frame = parsed;
         }
         if (typeof frame !== "object" || frame === null || typeof frame.type !== "string")
             return;
@@ -622,7 +653,7 @@ export class Client {
         let cursor;
         do {
             const token = await this.options.token();
-            const answer = await conn.request({ type: "hello", protocol: PROTOCOL_VERSION, token, anchors: this.store.anchors(), ...(cursor ? { cursor } : {}) });
+            const answer = await conn.request({ type: "hello", protocol: PROTOCOL_VERSION, token, anchors: this.store.anchors(), compact: true, ...(cursor ? { cursor } : {}) });
             if (answer.type !== "welcome")
                 throw new Lost(undefined, isError(answer) ? `${answer.code}: ${answer.message}` : "no welcome");
             const welcome = answer;
@@ -916,7 +947,9 @@ export class Client {
                     this.emit("members", { group, version: list?.version ?? 0, how });
                     return;
                 case "members_diff":
-                    if (!list || list.epoch !== answer.epoch || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
+                case "members_delta":
+                    // A delta's epoch is the one the request named: the copy's.
+                    if (!list || list.epoch !== (answer.type === "members_diff" ? answer.epoch : list.epoch) || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
                         await this.store.dropMembers(group);
                         continue;
                     }

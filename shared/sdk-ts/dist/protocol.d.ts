@@ -437,6 +437,10 @@ export type MembersChanged = {
     version: number;
 };
 /**
+ * `members_diff` in its positional form (asked for with `hello.compact`): [id, version, digest or null (on the last page), upserts (a plain member as its bare id), removed, more (1 while more changes remain, else 0)]. The group and the epoch are the request's.
+ */
+export type MembersDelta = [number, number, string | null, Array<(UserId) | (MemberInfo)>, Array<UserId>, 0 | 1];
+/**
  * `members_diff`: changes since the client's version, oldest first. `digest` (of the whole
  * list at `version`) comes with the last page; while `more`, sync again from `version`.
  */
@@ -966,6 +970,11 @@ export type RequestBody = ({
      * compared with what this device last acknowledged.
      */
     anchors?: Array<ConvAnchor>;
+    /**
+     * Answer a `members_sync` that is a diff in its positional form (a JSON array,
+     * `MembersDelta`) on this connection; the `hello` that signs in decides.
+     */
+    compact?: boolean;
     /**
      * Continue a bounded list of changes from a previous `welcome`'s cursor.
      */
@@ -1568,7 +1577,7 @@ export type SearchResults = {
 };
 export type ServerFrame = ((ReplyBody) & ({
     id: number;
-})) | (Push) | ((ErrorFrame) & ({
+})) | (Push) | (MembersDelta) | ((ErrorFrame) & ({
     type: "error";
 }));
 /**

@@ -110,7 +110,36 @@ class Lost {
 
 const PASSING: ErrorCode[] = ["internal", "overloaded"];
 type Listener<T> = (event: T) => void;
-type Answer = ServerFrame;
+/**
+ * A `members_diff` that came in its positional form (asked for with `hello.compact`): the
+ * group and the epoch are those of the `members_sync` it answers.
+ */
+interface MembersDelta {
+  type: "members_delta";
+  id: number;
+  version: number;
+  digest: string | null;
+  upserts: MemberInfo[];
+  removed: string[];
+  more: boolean;
+}
+type Answer = Exclude<ServerFrame, unknown[]> | MembersDelta;
+
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+/** `[id, version, digest | null, upserts, removed, more]`, or null if it is not one. */
+function readDelta(a: unknown[]): MembersDelta | null {
+  const [id, version, digest, upserts, removed, more] = a;
+  if (a.length !== 6 || !isCount(id) || !isCount(version) || (digest !== null && typeof digest !== "string")) return null;
+  if (!Array.isArray(upserts) || !Array.isArray(removed) || (more !== 0 && more !== 1)) return null;
+  const members: MemberInfo[] = [];
+  for (const m of upserts as unknown[]) {
+    if (typeof m === "string") members.push({ user: m });
+    else if (typeof m === "object" && m !== null && typeof (m as { user?: unknown }).user === "string") members.push(m as MemberInfo);
+    else return null;
+  }
+  if (!removed.every((r) => typeof r === "string")) return null;
+  return { type: "members_delta", id, version, digest, upserts: members, removed: removed as string[], more: more === 1 };
+}
 /**
  * Waits `ms`, or until `signal` is aborted: then its timer is cleared (a stopped client holds
  * none), and either way its listener is removed (waits leave nothing behind).
@@ -178,11 +207,19 @@ class Connection {
 
   private onFrame(data: unknown): void {
     if (typeof data !== "string") return;
-    let frame: Answer;
+    let parsed: unknown;
     try {
-      frame = JSON.parse(data) as Answer;
+      parsed = JSON.parse(data);
     } catch {
       return;
+    }
+    let frame: Answer;
+    if (Array.isArray(parsed)) {
+      const delta = readDelta(parsed);
+      if (!delta) return;
+      frame = delta;
+    } else {
+      frame = parsed as Answer;
     }
     if (typeof frame !== "object" || frame === null || typeof frame.type !== "string") return;
     const id = (frame as { id?: unknown }).id;
@@ -707,7 +744,7 @@ export class Client {
     let cursor: string | undefined;
     do {
       const token = await this.options.token();
-      const answer = await conn.request({ type: "hello", protocol: PROTOCOL_VERSION, token, anchors: this.store.anchors(), ...(cursor ? { cursor } : {}) });
+      const answer = await conn.request({ type: "hello", protocol: PROTOCOL_VERSION, token, anchors: this.store.anchors(), compact: true, ...(cursor ? { cursor } : {}) });
       if (answer.type !== "welcome") throw new Lost(undefined, isError(answer) ? `${answer.code}: ${answer.message}` : "no welcome");
       const welcome = answer as Welcome;
       this.me = { user: welcome.user, device: welcome.device };
@@ -985,7 +1022,9 @@ export class Client {
           this.emit("members", { group, version: list?.version ?? 0, how });
           return;
         case "members_diff":
-          if (!list || list.epoch !== answer.epoch || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
+        case "members_delta":
+          // A delta's epoch is the one the request named: the copy's.
+          if (!list || list.epoch !== (answer.type === "members_diff" ? answer.epoch : list.epoch) || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
             await this.store.dropMembers(group);
             continue;
           }

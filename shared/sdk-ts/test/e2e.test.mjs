@@ -315,6 +315,19 @@ test("member lists: realign, live changes, a damaged copy repaired by buckets, a
   await viewer.syncMembersBatch([group, small]);
   assert.equal(seen[before], "unchanged", "the big group is unchanged");
   assert.equal(viewer.memberList(small).members.size, 2);
+
+  // Back after a change made while away: a diff, in its positional form (the SDK asks for
+  // it in hello), onto the kept copy.
+  await viewer.stop();
+  await admin.addMembers(group, [`${group}away`]);
+  const back = await client(members[0], "node", { store: viewer.store });
+  const after = [];
+  back.on("members", (e) => e.group === group && after.push(e.how));
+  await back.whenOnline();
+  await back.syncMembers(group);
+  assert.ok(after.includes("diff"), `synced by ${after}`);
+  assert.ok(back.memberList(group).members.has(`${group}away`));
+  assert.equal(back.memberList(group).digest.total.toWire(), SetDigest.of([...everyone, `${group}late`, `${group}away`]).toWire());
 });
 
 test("a stranger's group stays closed: its list is refused and nothing is kept", async () => {

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test as nodeTest } from "node:test";
 
-import { Client } from "../dist/index.js";
+import { Client, SetDigest } from "../dist/index.js";
 import { fakeEdge, message, welcome } from "./fake-edge.mjs";
 
 const test = (title, fn) => nodeTest(title, { timeout: 30_000 }, fn);
@@ -129,6 +129,43 @@ test("a first message in a conversation not listed yet arrives even if the serve
   await joined;
   assert.deepEqual(c.messages("dm").map((m) => m.body), ["hi, new here"]);
   assert.equal(edge.count("sync"), 3);
+  await c.stop();
+  await edge.close();
+});
+
+test("a diff in its positional form is read strictly: strays and malformed arrays are not taken, a digest that does not match syncs again", async () => {
+  let syncs = 0;
+  const edge = await fakeEdge((f, send) => {
+    if (f.type === "hello") {
+      assert.equal(f.compact, true, "the SDK asks for the positional form");
+      send(welcome(f));
+    } else if (f.type === "members_sync") {
+      syncs++;
+      if (syncs === 1) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 5, members: ["a", "b"] });
+      else if (syncs === 2) {
+        assert.equal(f.version, 5);
+        // Not this request's: another id, too few elements, a bad member, a bad flag.
+        send([f.id + 100, 9, null, ["x"], [], 0]);
+        send([f.id, 9]);
+        send([f.id, 9, null, [{ nickname: "no user" }], [], 0]);
+        send([f.id, 9, null, ["x"], [], true]);
+        // The answer: a joins-and-leaves diff whose digest is not what it gives.
+        send([f.id, 6, SetDigest.of(["a", "b", "c"]).toWire(), ["c", { user: "d", role: "admin" }], ["a"], 0]);
+      } else {
+        assert.equal(f.version, 6, "synced again from the diff's version");
+        send({ type: "members_unchanged", id: f.id });
+      }
+    }
+  });
+  const c = await Client.start({ url: edge.url, token: () => "t", backoffBaseMs: 50, backoffMaxMs: 200, answerTimeoutMs: 2000 });
+  await c.whenOnline();
+  await c.syncMembers("g");
+  const list = c.memberList("g");
+  assert.deepEqual([...list.members.keys()].sort(), ["b", "c", "d"]);
+  assert.equal(list.members.get("d").role, "admin");
+  assert.equal(list.version, 6);
+  assert.equal(syncs, 3);
+  assert.equal(edge.connections(), 1, "the strays did not cost the connection");
   await c.stop();
   await edge.close();
 });

@@ -267,6 +267,7 @@ impl Engine {
                 anchors,
                 cursor: cursor.take(),
                 state_version: Some(state_version),
+                compact: true,
             };
             let ServerFrame::Reply(anchorage_protocol::Reply {
                 body: ReplyBody::Welcome(welcome),
@@ -862,7 +863,7 @@ impl Engine {
                     self.request_sync(conv.as_str());
                 }
             }
-            ServerFrame::Push(_) => {}
+            ServerFrame::Push(_) | ServerFrame::Delta(_) => {}
         }
         Ok(())
     }

@@ -508,9 +508,15 @@ impl Engine {
                 request.version = l.version;
                 request.digest = Some(digest.to_wire());
             }
+            let (group_id, epoch) = (request.group.clone(), request.epoch.clone());
             let answer = match self.request(conn, request.into()).await? {
                 ServerFrame::Reply(reply) => Ok(reply.body),
                 ServerFrame::Error(e) => Err(e.code),
+                // A diff is only ever an answer to the copy's epoch.
+                ServerFrame::Delta(d) => match epoch {
+                    Some(epoch) => Ok(ReplyBody::MembersDiff(d.into_diff(group_id, epoch))),
+                    None => return Err(lost(None)),
+                },
                 ServerFrame::Push(_) => return Err(lost(None)),
             };
             let kind = match answer {

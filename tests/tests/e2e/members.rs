@@ -4,7 +4,7 @@
 
 use anchorage_digest::{BucketedDigest, SetDigest, Sketch, bucket_of, member_hash};
 use anchorage_protocol::request::{
-    DismissGroup, History, Leave, MembersFetch, MembersSearch, MembersSketch, MembersSync,
+    DismissGroup, Hello, History, Leave, MembersFetch, MembersSearch, MembersSketch, MembersSync,
     MuteMember, RemoveMembers, SetNickname, SetRole, UpdateGroup,
 };
 use anchorage_protocol::{
@@ -804,4 +804,134 @@ async fn a_sketch_or_fetch_by_hash_over_too_many_members_is_refused_after_a_boun
         panic!("expected a sketch");
     };
     assert_eq!(answer.cells, 24);
+}
+
+/// A client that asks for it in `hello` gets a `members_sync` diff in its positional form,
+/// holding exactly the changes the object form holds for a client that did not ask; every
+/// other answer (realignment, unchanged, a batch) keeps its object form, and a repeated
+/// `hello` does not change the connection's choice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diff_comes_in_its_positional_form_only_to_a_client_that_asked() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let addr = stack.edge_addr();
+    let bus = &stack.stack.bus;
+    // Large enough that three changes are a diff, not a realignment.
+    let created = create_group(bus, "crew", &["bob", "carol"], 20).await;
+    projected(&stack.stack.store, "crew", created).await;
+    let (mut plain, _) = WsClient::signed_in(addr, "alice", "d1").await.unwrap();
+    let mut compact = WsClient::connect(addr).await.unwrap();
+    let asking = |device: &str| Hello {
+        compact: true,
+        ..anchorage_tests::hello(anchorage_tests::token("alice", device, 3600))
+    };
+    let welcome = compact.reply(asking("d2")).await.unwrap();
+    assert!(matches!(welcome, ReplyBody::Welcome(_)), "{welcome:?}");
+
+    let ReplyBody::MembersPage(page) = compact.reply(members_sync("crew")).await.unwrap() else {
+        panic!("a copy-less sync is a realignment, as an object");
+    };
+    let mut members: Vec<String> = page.members.iter().map(ToString::to_string).collect();
+    members.extend(page.details.iter().map(|m| m.user.to_string()));
+    let copy = MembersSync {
+        group: group_id("crew"),
+        epoch: Some(page.epoch.clone()),
+        version: page.anchor,
+        digest: Some(SetDigest::of(members.iter().map(String::as_str)).to_wire()),
+    };
+    assert_eq!(
+        compact.reply(copy.clone()).await.unwrap(),
+        ReplyBody::MembersUnchanged
+    );
+
+    publish(
+        bus,
+        "crew",
+        101,
+        MembersAdded {
+            group: group_id("crew"),
+            members: user_ids(&["dave"]),
+        },
+    )
+    .await;
+    publish(
+        bus,
+        "crew",
+        102,
+        MembersRemoved {
+            group: group_id("crew"),
+            members: user_ids(&["bob"]),
+            reason: RemovalReason::Removed,
+        },
+    )
+    .await;
+    let changed = publish(
+        bus,
+        "crew",
+        103,
+        anchorage_schema::event::MemberRoleChanged {
+            group: group_id("crew"),
+            member: user_id("carol"),
+            role: Role::Admin,
+        },
+    )
+    .await;
+    projected(&stack.stack.store, "crew", changed).await;
+
+    let ServerFrame::Delta(delta) = compact.request(copy.clone()).await.unwrap() else {
+        panic!("a diff in its positional form");
+    };
+    let ReplyBody::MembersDiff(object) = plain.reply(copy.clone()).await.unwrap() else {
+        panic!("a diff as an object to the client that did not ask");
+    };
+    assert_eq!(delta.version, changed);
+    assert!(!delta.more);
+    assert_eq!(
+        delta.into_diff(group_id("crew"), page.epoch.clone()),
+        object
+    );
+    assert!(object.upserts.iter().any(|m| m.user.as_str() == "dave"));
+    assert!(
+        object
+            .upserts
+            .iter()
+            .any(|m| m.user.as_str() == "carol" && m.role == Role::Admin)
+    );
+    assert_eq!(object.removed, user_ids(&["bob"]));
+
+    // A repeated hello keeps the choice made at sign-in, either way.
+    let again = Hello {
+        compact: false,
+        ..asking("d2")
+    };
+    assert!(matches!(
+        compact.reply(again).await.unwrap(),
+        ReplyBody::Welcome(_)
+    ));
+    assert!(matches!(
+        compact.request(copy.clone()).await.unwrap(),
+        ServerFrame::Delta(_)
+    ));
+    assert!(matches!(
+        plain.reply(asking("d1")).await.unwrap(),
+        ReplyBody::Welcome(_)
+    ));
+    assert!(matches!(
+        plain.reply(copy.clone()).await.unwrap(),
+        ReplyBody::MembersDiff(_)
+    ));
+
+    // A batch answers its diffs inside its object, for both.
+    let batch = anchorage_protocol::request::MembersSyncBatch {
+        groups: vec![copy.clone()],
+        budget_bytes: None,
+        cursor: None,
+    };
+    let ReplyBody::MembersBatch(b) = compact.reply(batch).await.unwrap() else {
+        panic!("a batch as an object");
+    };
+    assert!(matches!(
+        b.results.as_slice(),
+        [anchorage_protocol::GroupSyncResult::Diff { .. }]
+    ));
 }

@@ -3,19 +3,20 @@
 //! next to pulling the whole list each time.
 
 use std::collections::BTreeSet;
+use std::time::Instant;
 
 use anchorage_digest::{BucketedDigest, SetDigest, Sketch, member_hash};
 use anchorage_protocol::request::{MembersFetch, MembersSketch, MembersSync, MembersSyncBatch};
 use anchorage_protocol::{
     GroupSync, GroupSyncResult, MembersBatch, MembersBuckets, MembersDiff, MembersPage, ReplyBody,
-    Request, RequestBody,
+    Request, RequestBody, ServerFrame,
 };
 use anchorage_schema::event::{GroupCreated, MembersAdded, MembersRemoved, RemovalReason};
 use anchorage_schema::{GroupId, UserId};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::client::{Ws, signed_in, timed};
+use crate::client::{Ws, answer, send, signed_in, signed_in_as, timed};
 use crate::env::{BenchEnv, Sizes, big_group, membership_event, progress, projected};
 
 /// A client's copy of one member list: what the bench keeps to ask for changes.
@@ -116,9 +117,19 @@ async fn diff_to_current(
     let (mut bytes, mut ms, mut changed) = (0, 0.0, 0);
     loop {
         *id += 1;
-        let (answer, b, t) = timed(ws, *id, copy.as_sync()).await?;
+        let t0 = Instant::now();
+        send(ws, *id, &copy.as_sync().into()).await?;
+        let (frame, b) = answer(ws, *id).await?;
         bytes += b;
-        ms += t;
+        ms += t0.elapsed().as_secs_f64() * 1000.0;
+        let answer = match frame {
+            ServerFrame::Reply(reply) => reply.body,
+            // The positional form, on a connection that asked for it.
+            ServerFrame::Delta(d) => {
+                ReplyBody::MembersDiff(d.into_diff(copy.group.clone(), copy.epoch.clone()))
+            }
+            other => bail!("refused: {other:?}"),
+        };
         match answer {
             ReplyBody::MembersDiff(diff) => {
                 changed += diff.upserts.len() + diff.removed.len();
@@ -271,6 +282,7 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let numbered = s.members.saturating_sub(2);
     let mut n = big_group(&bus, &stack, &["reader"], numbered).await?;
     let mut ws = signed_in(stack.edge_addr, &env.config, "reader").await?;
+    let mut compact_ws = signed_in_as(stack.edge_addr, &env.config, "reader", true).await?;
     let mut id = 0u64;
 
     progress("full realignment");
@@ -292,7 +304,14 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     };
     let seq = membership_event(&bus, big, n, added).await?;
     projected(&stack, "membership", seq).await?;
+    // The same diff in its positional form (`hello.compact`), from the same copy.
+    let mut positional = copy.clone();
+    let (compact_bytes, compact_ms, _) =
+        diff_to_current(&mut compact_ws, &mut id, &mut positional).await?;
     let (one_bytes, one_ms, _) = diff_to_current(&mut ws, &mut id, &mut copy).await?;
+    if positional.digest() != copy.digest() || positional.version != copy.version {
+        bail!("the positional diff and the object diff disagree");
+    }
 
     progress("1% churn");
     let churn = (s.members / 100).max(2);
@@ -313,7 +332,7 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let seq = membership_event(&bus, big, n, added).await?;
     projected(&stack, "membership", seq).await?;
     let (churn_bytes, churn_ms, churn_changed) =
-        diff_to_current(&mut ws, &mut id, &mut copy).await?;
+        diff_to_current(&mut compact_ws, &mut id, &mut copy).await?;
     let server = stack.store.group_row(big).await?.context("the group")?;
     if copy.digest() != server.digest().to_wire() {
         bail!("the bench's copy does not match the server after the diffs");
@@ -408,8 +427,10 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
         "ours": {
             "unchanged_bytes": unchanged_bytes,
             "unchanged_ms": unchanged_ms,
-            "one_change_bytes": one_bytes,
-            "one_change_ms": one_ms,
+            "one_change_bytes": compact_bytes,
+            "one_change_ms": compact_ms,
+            "one_change_object_bytes": one_bytes,
+            "one_change_object_ms": one_ms,
             "churn_changed_members": churn_changed,
             "churn_bytes": churn_bytes,
             "churn_bytes_per_changed_member": per(churn_bytes, churn_changed),
@@ -436,7 +457,8 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
         },
         "ratio": {
             "unchanged_vs_full_pull": per(unchanged_bytes, full_bytes),
-            "one_change_vs_full_pull": per(one_bytes, full_bytes),
+            "one_change_vs_full_pull": per(compact_bytes, full_bytes),
+            "one_change_vs_object_form": per(compact_bytes, one_bytes),
             "churn_vs_full_pull": per(churn_bytes, full_bytes),
             "batch_vs_full_pulls": per(batch_bytes, naive_batch_bytes),
             "repair_vs_by_buckets": per(repaired.received, old_way.received),
