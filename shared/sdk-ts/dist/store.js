@@ -382,6 +382,10 @@ export class Store {
                 removeMember(list, user);
         for (const m of members)
             addMember(list, m);
+        // The kept digest came from the damaged copy: count it again from what is held now.
+        list.digest = new BucketedDigest();
+        for (const h of list.hashes.values())
+            list.digest.insertHash(h);
         list.version = version;
         await this.persistList(group, list);
     }
