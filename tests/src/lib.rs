@@ -889,7 +889,6 @@ pub fn hello(token: impl Into<String>) -> Hello {
         anchors: Vec::new(),
         cursor: None,
         state_version: None,
-        compact: false,
     }
 }
 

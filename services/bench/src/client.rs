@@ -52,17 +52,6 @@ pub async fn sign_in(
     user: &str,
     anchors: Vec<ConvAnchor>,
 ) -> Result<(Ws, Welcome), Refused> {
-    sign_in_as(addr, config, user, anchors, false).await
-}
-
-/// [`sign_in`], asking for member-list diffs in their positional form when `compact`.
-async fn sign_in_as(
-    addr: SocketAddr,
-    config: &Config,
-    user: &str,
-    anchors: Vec<ConvAnchor>,
-    compact: bool,
-) -> Result<(Ws, Welcome), Refused> {
     let ws_config =
         tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
     let connected = tokio_tungstenite::connect_async_with_config(
@@ -90,7 +79,6 @@ async fn sign_in_as(
         anchors,
         cursor: None,
         state_version: None,
-        compact,
     };
     send(&mut ws, 0, &hello.into()).await?;
     match answer(&mut ws, 0).await?.0 {
@@ -104,17 +92,7 @@ async fn sign_in_as(
 
 /// Signs `user` in with no anchors; fails on any refusal.
 pub async fn signed_in(addr: SocketAddr, config: &Config, user: &str) -> anyhow::Result<Ws> {
-    signed_in_as(addr, config, user, false).await
-}
-
-/// [`signed_in`], asking for member-list diffs in their positional form when `compact`.
-pub async fn signed_in_as(
-    addr: SocketAddr,
-    config: &Config,
-    user: &str,
-    compact: bool,
-) -> anyhow::Result<Ws> {
-    match sign_in_as(addr, config, user, Vec::new(), compact).await {
+    match sign_in(addr, config, user, Vec::new()).await {
         Ok((ws, _)) => Ok(ws),
         Err(Refused::Busy(_)) => bail!("{user}: the edge is busy"),
         Err(Refused::Other(e)) => Err(e),

@@ -213,6 +213,7 @@ pub async fn fanout(online: usize, messages: usize) -> anyhow::Result<Vec<Durati
             changes: Vec::<ConvChange>::new(),
             cursor: None,
             state: None,
+            compact: false,
         },
     )
     .to_json();

@@ -324,7 +324,7 @@ async fn serve(
     let shutdown = state.shutdown.clone();
     // What an idle connection keeps is what it costs: the state moves into the session, the
     // hello is dropped once answered, and the larger futures are boxed while they run.
-    let mut session = Session::new(state, claims, conn.clone(), &hello);
+    let mut session = Session::new(state, claims, conn.clone());
     if !conn.is_closing() {
         Box::pin(session.hello(hello_id, &hello)).await;
     }

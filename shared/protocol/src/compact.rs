@@ -1,5 +1,6 @@
-//! `members_diff` in its positional form, for clients that ask for it in `hello`
-//! (`compact: true`): a JSON array instead of a tagged object,
+//! `members_diff` in its positional form, for a `members_sync` that asks for it
+//! (`compact: true`, sent only to an edge whose `welcome` says `compact`): a JSON array
+//! instead of a tagged object,
 //!
 //! ```text
 //! [id, version, digest | null, upserts, removed, more]
@@ -151,7 +152,7 @@ impl JsonSchema for MembersDelta {
         let user = generator.subschema_for::<UserId>();
         let member = generator.subschema_for::<MemberInfo>();
         json_schema!({
-            "description": "`members_diff` in its positional form (asked for with `hello.compact`): [id, version, digest or null (on the last page), upserts (a plain member as its bare id), removed, more (1 while more changes remain, else 0)]. The group and the epoch are the request's.",
+            "description": "`members_diff` in its positional form (the answer to a `members_sync` with `compact`): [id, version, digest or null (on the last page), upserts (a plain member as its bare id), removed, more (1 while more changes remain, else 0)]. The group and the epoch are the request's.",
             "type": "array",
             "prefixItems": [
                 {"type": "integer", "format": "uint64", "minimum": 0},
@@ -267,6 +268,13 @@ mod tests {
             let back = MembersDelta::from_value(serde_json::from_str(&text).unwrap()).unwrap();
             prop_assert_eq!(back, d);
         }
+    }
+
+    #[test]
+    fn a_welcome_from_an_edge_that_does_not_offer_it_reads_as_not_offered() {
+        let old = r#"{"protocol":1,"user":"a","device":"d","max_frame_bytes":65536,"changes":[]}"#;
+        let welcome: crate::Welcome = serde_json::from_str(old).unwrap();
+        assert!(!welcome.compact);
     }
 
     #[test]

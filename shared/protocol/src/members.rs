@@ -23,6 +23,10 @@ pub struct GroupSync {
     /// The digest of the client's copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// `members_sync` only (refused in a batch): answer a diff in its positional form,
+    /// `MembersDelta`. Ask it only of an edge whose `welcome` says `compact`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compact: bool,
 }
 
 /// A member as member lists carry it: the role is left out for plain members.

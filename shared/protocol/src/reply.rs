@@ -25,8 +25,8 @@ pub enum ServerFrame {
     Push(Push),
     /// A request failed, or a frame could not be read.
     Error(ErrorFrame),
-    /// The answer to a `members_sync` that is a diff, in the positional form a client asks
-    /// for with `hello.compact` (see [`crate::compact`]).
+    /// The answer to a `members_sync` with `compact` that is a diff, in its positional form
+    /// (see [`crate::compact`]).
     Delta(MembersDelta),
 }
 
@@ -569,6 +569,10 @@ pub struct Welcome {
     /// welcome is rare, the frames it shares a type with are not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<Box<UserState>>,
+    /// This edge answers a `members_sync` with `compact` in the positional form
+    /// (`MembersDelta`); an edge that does not say so refuses the field.
+    #[serde(default)]
+    pub compact: bool,
 }
 
 /// `ack`: a message was stored.

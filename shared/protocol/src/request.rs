@@ -341,10 +341,6 @@ pub struct Hello {
     /// welcome then carries what changed since (0 or absent: all of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_version: Option<u64>,
-    /// Answer a `members_sync` that is a diff in its positional form (a JSON array,
-    /// `MembersDelta`) on this connection; the `hello` that signs in decides.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub compact: bool,
 }
 
 /// The client's version of one conversation.

@@ -39,6 +39,7 @@ class Lost {
 }
 const PASSING = ["internal", "overloaded"];
 const isCount = (v) => Number.isSafeInteger(v) && v >= 0;
+const isId = (v) => typeof v === "string" && v.length > 0;
 /** `[id, version, digest | null, upserts, removed, more]`, or null if it is not one. */
 function readDelta(a) {
     const [id, version, digest, upserts, removed, more] = a;
@@ -48,14 +49,14 @@ function readDelta(a) {
         return null;
     const members = [];
     for (const m of upserts) {
-        if (typeof m === "string")
+        if (isId(m))
             members.push({ user: m });
-        else if (typeof m === "object" && m !== null && typeof m.user === "string")
+        else if (typeof m === "object" && m !== null && isId(m.user))
             members.push(m);
         else
             return null;
     }
-    if (!removed.every((r) => typeof r === "string"))
+    if (!removed.every(isId))
         return null;
     return { type: "members_delta", id, version, digest, upserts: members, removed: removed, more: more === 1 };
 }
@@ -109,6 +110,8 @@ class Connection {
     onPush;
     timeoutMs;
     nextId = 1;
+    /** The edge answers a `members_sync` with `compact` positionally (its welcome says so). */
+    compact = false;
     waiting = new Map();
     ended = null;
     gone = new AbortController();
@@ -143,6 +146,9 @@ class Connection {
             frame = parsed;
         }
         if (typeof frame !== "object" || frame === null || typeof frame.type !== "string")
+            return;
+        // Only an array is a delta: an object calling itself one is not read.
+        if (frame.type === "members_delta" && !Array.isArray(parsed))
             return;
         const id = frame.id;
         if (typeof id === "number" && this.waiting.has(id)) {
@@ -653,10 +659,11 @@ export class Client {
         let cursor;
         do {
             const token = await this.options.token();
-            const answer = await conn.request({ type: "hello", protocol: PROTOCOL_VERSION, token, anchors: this.store.anchors(), compact: true, ...(cursor ? { cursor } : {}) });
+            const answer = await conn.request({ type: "hello", protocol: PROTOCOL_VERSION, token, anchors: this.store.anchors(), ...(cursor ? { cursor } : {}) });
             if (answer.type !== "welcome")
                 throw new Lost(undefined, isError(answer) ? `${answer.code}: ${answer.message}` : "no welcome");
             const welcome = answer;
+            conn.compact = welcome.compact === true;
             this.me = { user: welcome.user, device: welcome.device };
             for (const c of welcome.changes)
                 await this.takeChange(c);
@@ -743,6 +750,14 @@ export class Client {
         this.asks.shift();
         if (isError(answer))
             ask.reject(new RequestError(answer.code, answer.message, answer.retry_after_ms ?? undefined));
+        else if (answer.type === "members_delta") {
+            // An app's own `members_sync` with `compact`: the diff it stands for.
+            const { group, epoch } = ask.body;
+            if (ask.body.type !== "members_sync" || !group || !epoch)
+                ask.reject(new RequestError("internal", "a positional diff answered another request"));
+            else
+                ask.resolve({ type: "members_diff", group, epoch, version: answer.version, digest: answer.digest, upserts: answer.upserts, removed: answer.removed, more: answer.more });
+        }
         else
             ask.resolve(answer);
     }
@@ -921,7 +936,9 @@ export class Client {
         let how = "unchanged";
         for (let round = 0; round < 8; round++) {
             const list = this.store.memberList(group);
-            const answer = await conn.request(list ? { type: "members_sync", group, epoch: list.epoch, version: list.version, digest: computed(list).total.toWire() } : { type: "members_sync", group });
+            const answer = await conn.request(list
+                ? { type: "members_sync", group, epoch: list.epoch, version: list.version, digest: computed(list).total.toWire(), ...(conn.compact ? { compact: true } : {}) }
+                : { type: "members_sync", group });
             if (isError(answer)) {
                 if (PASSING.includes(answer.code)) {
                     await sleep(serverWait(answer.retry_after_ms, 200), this.stopping);
@@ -948,8 +965,8 @@ export class Client {
                     return;
                 case "members_diff":
                 case "members_delta":
-                    // A delta's epoch is the one the request named: the copy's.
-                    if (!list || list.epoch !== (answer.type === "members_diff" ? answer.epoch : list.epoch) || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
+                    // A delta's epoch is the one the request named: the copy's. A diff moves forward.
+                    if (!list || list.epoch !== (answer.type === "members_diff" ? answer.epoch : list.epoch) || answer.version <= list.version || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
                         await this.store.dropMembers(group);
                         continue;
                     }

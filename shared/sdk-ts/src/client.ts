@@ -111,8 +111,8 @@ class Lost {
 const PASSING: ErrorCode[] = ["internal", "overloaded"];
 type Listener<T> = (event: T) => void;
 /**
- * A `members_diff` that came in its positional form (asked for with `hello.compact`): the
- * group and the epoch are those of the `members_sync` it answers.
+ * A `members_diff` that came in its positional form (a `members_sync` with `compact`, asked
+ * only of an edge whose welcome says `compact`): the group and the epoch are the request's.
  */
 interface MembersDelta {
   type: "members_delta";
@@ -126,6 +126,7 @@ interface MembersDelta {
 type Answer = Exclude<ServerFrame, unknown[]> | MembersDelta;
 
 const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+const isId = (v: unknown): v is string => typeof v === "string" && v.length > 0;
 /** `[id, version, digest | null, upserts, removed, more]`, or null if it is not one. */
 function readDelta(a: unknown[]): MembersDelta | null {
   const [id, version, digest, upserts, removed, more] = a;
@@ -133,11 +134,11 @@ function readDelta(a: unknown[]): MembersDelta | null {
   if (!Array.isArray(upserts) || !Array.isArray(removed) || (more !== 0 && more !== 1)) return null;
   const members: MemberInfo[] = [];
   for (const m of upserts as unknown[]) {
-    if (typeof m === "string") members.push({ user: m });
-    else if (typeof m === "object" && m !== null && typeof (m as { user?: unknown }).user === "string") members.push(m as MemberInfo);
+    if (isId(m)) members.push({ user: m });
+    else if (typeof m === "object" && m !== null && isId((m as { user?: unknown }).user)) members.push(m as MemberInfo);
     else return null;
   }
-  if (!removed.every((r) => typeof r === "string")) return null;
+  if (!removed.every(isId)) return null;
   return { type: "members_delta", id, version, digest, upserts: members, removed: removed as string[], more: more === 1 };
 }
 /**
@@ -189,6 +190,8 @@ const isError = (f: Answer): f is ErrorFrame & { type: "error" } => f.type === "
 /** One open socket: numbered requests and their answers. */
 class Connection {
   private nextId = 1;
+  /** The edge answers a `members_sync` with `compact` positionally (its welcome says so). */
+  compact = false;
   private waiting = new Map<number, { resolve: (f: Answer) => void; reject: (e: Lost) => void; timer: ReturnType<typeof setTimeout> }>();
   ended: Lost | null = null;
   private gone = new AbortController();
@@ -222,6 +225,8 @@ class Connection {
       frame = parsed as Answer;
     }
     if (typeof frame !== "object" || frame === null || typeof frame.type !== "string") return;
+    // Only an array is a delta: an object calling itself one is not read.
+    if (frame.type === "members_delta" && !Array.isArray(parsed)) return;
     const id = (frame as { id?: unknown }).id;
     if (typeof id === "number" && this.waiting.has(id)) {
       const w = this.waiting.get(id)!;
@@ -744,9 +749,10 @@ export class Client {
     let cursor: string | undefined;
     do {
       const token = await this.options.token();
-      const answer = await conn.request({ type: "hello", protocol: PROTOCOL_VERSION, token, anchors: this.store.anchors(), compact: true, ...(cursor ? { cursor } : {}) });
+      const answer = await conn.request({ type: "hello", protocol: PROTOCOL_VERSION, token, anchors: this.store.anchors(), ...(cursor ? { cursor } : {}) });
       if (answer.type !== "welcome") throw new Lost(undefined, isError(answer) ? `${answer.code}: ${answer.message}` : "no welcome");
       const welcome = answer as Welcome;
+      conn.compact = welcome.compact === true;
       this.me = { user: welcome.user, device: welcome.device };
       for (const c of welcome.changes) await this.takeChange(c);
       cursor = welcome.cursor ?? undefined;
@@ -827,7 +833,12 @@ export class Client {
     }
     this.asks.shift();
     if (isError(answer)) ask.reject(new RequestError(answer.code, answer.message, answer.retry_after_ms ?? undefined));
-    else ask.resolve(answer as ReplyBody);
+    else if (answer.type === "members_delta") {
+      // An app's own `members_sync` with `compact`: the diff it stands for.
+      const { group, epoch } = ask.body as { group?: string; epoch?: string };
+      if (ask.body.type !== "members_sync" || !group || !epoch) ask.reject(new RequestError("internal", "a positional diff answered another request"));
+      else ask.resolve({ type: "members_diff", group, epoch, version: answer.version, digest: answer.digest, upserts: answer.upserts, removed: answer.removed, more: answer.more });
+    } else ask.resolve(answer as ReplyBody);
   }
 
   /**
@@ -995,7 +1006,9 @@ export class Client {
     for (let round = 0; round < 8; round++) {
       const list = this.store.memberList(group);
       const answer = await conn.request(
-        list ? { type: "members_sync", group, epoch: list.epoch, version: list.version, digest: computed(list).total.toWire() } : { type: "members_sync", group },
+        list
+          ? { type: "members_sync", group, epoch: list.epoch, version: list.version, digest: computed(list).total.toWire(), ...(conn.compact ? { compact: true } : {}) }
+          : { type: "members_sync", group },
       );
       if (isError(answer)) {
         if (PASSING.includes(answer.code)) {
@@ -1023,8 +1036,8 @@ export class Client {
           return;
         case "members_diff":
         case "members_delta":
-          // A delta's epoch is the one the request named: the copy's.
-          if (!list || list.epoch !== (answer.type === "members_diff" ? answer.epoch : list.epoch) || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
+          // A delta's epoch is the one the request named: the copy's. A diff moves forward.
+          if (!list || list.epoch !== (answer.type === "members_diff" ? answer.epoch : list.epoch) || answer.version <= list.version || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
             await this.store.dropMembers(group);
             continue;
           }

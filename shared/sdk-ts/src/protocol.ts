@@ -251,6 +251,11 @@ export type GroupId = string;
  */
 export type GroupSync = {
   /**
+   * `members_sync` only (refused in a batch): answer a diff in its positional form,
+   * `MembersDelta`. Ask it only of an edge whose `welcome` says `compact`.
+   */
+  compact?: boolean;
+  /**
    * The digest of the client's copy.
    */
   digest?: string | null;
@@ -470,7 +475,7 @@ export type MembersChanged = {
 };
 
 /**
- * `members_diff` in its positional form (asked for with `hello.compact`): [id, version, digest or null (on the last page), upserts (a plain member as its bare id), removed, more (1 while more changes remain, else 0)]. The group and the epoch are the request's.
+ * `members_diff` in its positional form (the answer to a `members_sync` with `compact`): [id, version, digest or null (on the last page), upserts (a plain member as its bare id), removed, more (1 while more changes remain, else 0)]. The group and the epoch are the request's.
  */
 export type MembersDelta = [number, number, string | null, Array<(UserId) | (MemberInfo)>, Array<UserId>, 0 | 1];
 
@@ -1026,11 +1031,6 @@ export type RequestBody = ({
    */
   anchors?: Array<ConvAnchor>;
   /**
-   * Answer a `members_sync` that is a diff in its positional form (a JSON array,
-   * `MembersDelta`) on this connection; the `hello` that signs in decides.
-   */
-  compact?: boolean;
-  /**
    * Continue a bounded list of changes from a previous `welcome`'s cursor.
    */
   cursor?: string | null;
@@ -1253,6 +1253,11 @@ export type RequestBody = ({
   cursor?: string | null;
   type: "group_versions";
 }) | ({
+  /**
+   * `members_sync` only (refused in a batch): answer a diff in its positional form,
+   * `MembersDelta`. Ask it only of an edge whose `welcome` says `compact`.
+   */
+  compact?: boolean;
   /**
    * The digest of the client's copy.
    */
@@ -1797,6 +1802,11 @@ export type Welcome = {
    * Conversations changed since the client's anchors, oldest change first.
    */
   changes: Array<ConvChange>;
+  /**
+   * This edge answers a `members_sync` with `compact` in the positional form
+   * (`MembersDelta`); an edge that does not say so refuses the field.
+   */
+  compact?: boolean;
   /**
    * Present when more changes remain: send `hello` again with it.
    */

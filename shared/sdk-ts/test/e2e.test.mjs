@@ -316,8 +316,8 @@ test("member lists: realign, live changes, a damaged copy repaired by buckets, a
   assert.equal(seen[before], "unchanged", "the big group is unchanged");
   assert.equal(viewer.memberList(small).members.size, 2);
 
-  // Back after a change made while away: a diff, in its positional form (the SDK asks for
-  // it in hello), onto the kept copy.
+  // Back after a change made while away: a diff, in its positional form (the edge's welcome
+  // offers it, the SDK asks), onto the kept copy.
   await viewer.stop();
   await admin.addMembers(group, [`${group}away`]);
   const back = await client(members[0], "node", { store: viewer.store });

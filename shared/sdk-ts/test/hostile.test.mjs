@@ -133,28 +133,32 @@ test("a first message in a conversation not listed yet arrives even if the serve
   await edge.close();
 });
 
-test("a diff in its positional form is read strictly: strays and malformed arrays are not taken, a digest that does not match syncs again", async () => {
+test("a diff in its positional form is read strictly: strays, malformed arrays and objects posing as one are not taken, a digest that does not match syncs again", async () => {
   let syncs = 0;
   const edge = await fakeEdge((f, send) => {
-    if (f.type === "hello") {
-      assert.equal(f.compact, true, "the SDK asks for the positional form");
-      send(welcome(f));
-    } else if (f.type === "members_sync") {
+    if (f.type === "hello") send({ ...welcome(f), compact: true });
+    else if (f.type === "members_sync") {
       syncs++;
       if (syncs === 1) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 5, members: ["a", "b"] });
       else if (syncs === 2) {
         assert.equal(f.version, 5);
-        // Not this request's: another id, too few elements, a bad member, a bad flag.
+        assert.equal(f.compact, true, "asked of an edge that says it can");
+        // Not this request's: another id, too few elements, bad members, a bad flag, an
+        // object calling itself a delta.
         send([f.id + 100, 9, null, ["x"], [], 0]);
         send([f.id, 9]);
         send([f.id, 9, null, [{ nickname: "no user" }], [], 0]);
+        send([f.id, 9, null, [""], [], 0]);
         send([f.id, 9, null, ["x"], [], true]);
+        send({ type: "members_delta", id: f.id, version: 9, upserts: "xyz", removed: [], more: false });
         // The answer: a joins-and-leaves diff whose digest is not what it gives.
         send([f.id, 6, SetDigest.of(["a", "b", "c"]).toWire(), ["c", { user: "d", role: "admin" }], ["a"], 0]);
-      } else {
+      } else if (syncs === 3) {
         assert.equal(f.version, 6, "synced again from the diff's version");
-        send({ type: "members_unchanged", id: f.id });
-      }
+        // A diff that does not move the copy forward is not taken: the copy is dropped.
+        send([f.id, 6, null, ["y"], [], 0]);
+      } else if (!f.epoch) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 6, members: ["b", "c"], details: [{ user: "d", role: "admin" }] });
+      else send({ type: "members_unchanged", id: f.id });
     }
   });
   const c = await Client.start({ url: edge.url, token: () => "t", backoffBaseMs: 50, backoffMaxMs: 200, answerTimeoutMs: 2000 });
@@ -164,8 +168,28 @@ test("a diff in its positional form is read strictly: strays and malformed array
   assert.deepEqual([...list.members.keys()].sort(), ["b", "c", "d"]);
   assert.equal(list.members.get("d").role, "admin");
   assert.equal(list.version, 6);
-  assert.equal(syncs, 3);
   assert.equal(edge.connections(), 1, "the strays did not cost the connection");
+  await c.stop();
+  await edge.close();
+});
+
+test("an edge whose welcome does not say compact is never asked for it", async () => {
+  const edge = await fakeEdge((f, send) => {
+    if (f.type === "hello") {
+      assert.equal(f.compact, undefined, "hello carries nothing an older edge refuses");
+      send(welcome(f));
+    } else if (f.type === "members_sync") {
+      if (f.compact !== undefined) send({ type: "error", id: f.id, code: "invalid_request", message: "unknown field `compact`" });
+      else if (!f.epoch) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 5, members: ["a"] });
+      else send({ type: "members_diff", id: f.id, group: "g", epoch: "e1", version: 7, digest: SetDigest.of(["a", "b"]).toWire(), upserts: [{ user: "b" }], removed: [], more: false });
+    }
+  });
+  const c = await against(edge);
+  await c.whenOnline();
+  await c.syncMembers("g");
+  await c.syncMembers("g");
+  assert.deepEqual([...c.memberList("g").members.keys()].sort(), ["a", "b"]);
+  assert.equal(c.memberList("g").version, 7);
   await c.stop();
   await edge.close();
 });

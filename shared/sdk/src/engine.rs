@@ -93,6 +93,8 @@ pub(crate) struct Engine {
 pub(crate) struct Conn {
     ws: Ws,
     next_id: u64,
+    /// The edge answers member-list diffs in their positional form when asked (`welcome`).
+    pub(crate) compact: bool,
 }
 
 impl Engine {
@@ -234,7 +236,11 @@ impl Engine {
             }
             Err(_) => return lost(None),
         };
-        let mut conn = Conn { ws, next_id: 1 };
+        let mut conn = Conn {
+            ws,
+            next_id: 1,
+            compact: false,
+        };
         match self.serve(&mut conn).await {
             Ok(()) => {
                 let _ = conn.ws.close(None).await;
@@ -267,7 +273,6 @@ impl Engine {
                 anchors,
                 cursor: cursor.take(),
                 state_version: Some(state_version),
-                compact: true,
             };
             let ServerFrame::Reply(anchorage_protocol::Reply {
                 body: ReplyBody::Welcome(welcome),
@@ -278,6 +283,7 @@ impl Engine {
             };
             *self.me.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((welcome.user.to_string(), welcome.device.to_string()));
+            conn.compact = welcome.compact;
             for change in &welcome.changes {
                 // The read marker as the server has it (another device may have moved it).
                 self.store
@@ -863,7 +869,14 @@ impl Engine {
                     self.request_sync(conv.as_str());
                 }
             }
-            ServerFrame::Push(_) | ServerFrame::Delta(_) => {}
+            // Not what a command gets, but an answer: the command is done, not sent again.
+            ServerFrame::Delta(_) => {
+                self.store
+                    .finish_command(command_id, None)
+                    .await
+                    .map_err(fail)?;
+            }
+            ServerFrame::Push(_) => {}
         }
         Ok(())
     }

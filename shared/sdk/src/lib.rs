@@ -806,12 +806,14 @@ impl Client {
                     epoch: Some(l.epoch),
                     version: l.version,
                     digest: Some(store.computed_digest(g).await?.total().to_wire()),
+                    compact: false,
                 },
                 None => GroupSync {
                     group,
                     epoch: None,
                     version: 0,
                     digest: None,
+                    compact: false,
                 },
             };
             pending.push(entry);

@@ -491,6 +491,7 @@ impl Engine {
                 epoch: None,
                 version: 0,
                 digest: None,
+                compact: conn.compact,
             };
             if let Some(l) = &list {
                 // On open, the digest of what is stored (a damaged copy shows); otherwise,

@@ -4,7 +4,7 @@
 
 use anchorage_digest::{BucketedDigest, SetDigest, Sketch, bucket_of, member_hash};
 use anchorage_protocol::request::{
-    DismissGroup, Hello, History, Leave, MembersFetch, MembersSearch, MembersSketch, MembersSync,
+    DismissGroup, History, Leave, MembersFetch, MembersSearch, MembersSketch, MembersSync,
     MuteMember, RemoveMembers, SetNickname, SetRole, UpdateGroup,
 };
 use anchorage_protocol::{
@@ -54,6 +54,7 @@ fn members_sync(group: &str) -> MembersSync {
         epoch: None,
         version: 0,
         digest: None,
+        compact: false,
     }
 }
 
@@ -619,6 +620,7 @@ async fn a_sketch_finds_the_members_that_differ_and_refuses_what_it_cannot_answe
         epoch: Some(epoch.clone()),
         version: anchor,
         digest: Some(SetDigest::of(copy.iter().map(String::as_str)).to_wire()),
+        compact: false,
     };
     let ReplyBody::MembersBuckets(b) = bob.reply(sync).await.unwrap() else {
         panic!("expected bucket digests");
@@ -806,29 +808,29 @@ async fn a_sketch_or_fetch_by_hash_over_too_many_members_is_refused_after_a_boun
     assert_eq!(answer.cells, 24);
 }
 
-/// A client that asks for it in `hello` gets a `members_sync` diff in its positional form,
-/// holding exactly the changes the object form holds for a client that did not ask; every
-/// other answer (realignment, unchanged, a batch) keeps its object form, and a repeated
-/// `hello` does not change the connection's choice.
+/// An edge says in `welcome` that it answers diffs in their positional form; a `members_sync`
+/// with `compact` then gets a diff as an array holding exactly the changes of the object a
+/// sync without it gets; every other answer (realignment, unchanged, errors) keeps its object
+/// form, and a batch refuses `compact` precisely.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_diff_comes_in_its_positional_form_only_to_a_client_that_asked() {
+async fn a_diff_comes_in_its_positional_form_only_when_asked() {
     let nats = TestNats::start().await.unwrap();
     let stack = TestStack::start(&nats.url()).await.unwrap();
-    let addr = stack.edge_addr();
     let bus = &stack.stack.bus;
     // Large enough that three changes are a diff, not a realignment.
     let created = create_group(bus, "crew", &["bob", "carol"], 20).await;
     projected(&stack.stack.store, "crew", created).await;
-    let (mut plain, _) = WsClient::signed_in(addr, "alice", "d1").await.unwrap();
-    let mut compact = WsClient::connect(addr).await.unwrap();
-    let asking = |device: &str| Hello {
-        compact: true,
-        ..anchorage_tests::hello(anchorage_tests::token("alice", device, 3600))
-    };
-    let welcome = compact.reply(asking("d2")).await.unwrap();
-    assert!(matches!(welcome, ReplyBody::Welcome(_)), "{welcome:?}");
+    let (mut alice, welcome) = WsClient::signed_in(stack.edge_addr(), "alice", "d1")
+        .await
+        .unwrap();
+    assert!(welcome.compact, "the edge says it can");
 
-    let ReplyBody::MembersPage(page) = compact.reply(members_sync("crew")).await.unwrap() else {
+    let compact_sync = |copy: &MembersSync| MembersSync {
+        compact: true,
+        ..copy.clone()
+    };
+    let no_copy = compact_sync(&members_sync("crew"));
+    let ReplyBody::MembersPage(page) = alice.reply(no_copy).await.unwrap() else {
         panic!("a copy-less sync is a realignment, as an object");
     };
     let mut members: Vec<String> = page.members.iter().map(ToString::to_string).collect();
@@ -838,9 +840,10 @@ async fn a_diff_comes_in_its_positional_form_only_to_a_client_that_asked() {
         epoch: Some(page.epoch.clone()),
         version: page.anchor,
         digest: Some(SetDigest::of(members.iter().map(String::as_str)).to_wire()),
+        compact: false,
     };
     assert_eq!(
-        compact.reply(copy.clone()).await.unwrap(),
+        alice.reply(compact_sync(&copy)).await.unwrap(),
         ReplyBody::MembersUnchanged
     );
 
@@ -878,11 +881,11 @@ async fn a_diff_comes_in_its_positional_form_only_to_a_client_that_asked() {
     .await;
     projected(&stack.stack.store, "crew", changed).await;
 
-    let ServerFrame::Delta(delta) = compact.request(copy.clone()).await.unwrap() else {
+    let ServerFrame::Delta(delta) = alice.request(compact_sync(&copy)).await.unwrap() else {
         panic!("a diff in its positional form");
     };
-    let ReplyBody::MembersDiff(object) = plain.reply(copy.clone()).await.unwrap() else {
-        panic!("a diff as an object to the client that did not ask");
+    let ReplyBody::MembersDiff(object) = alice.reply(copy.clone()).await.unwrap() else {
+        panic!("a diff as an object to a sync that did not ask");
     };
     assert_eq!(delta.version, changed);
     assert!(!delta.more);
@@ -899,35 +902,33 @@ async fn a_diff_comes_in_its_positional_form_only_to_a_client_that_asked() {
     );
     assert_eq!(object.removed, user_ids(&["bob"]));
 
-    // A repeated hello keeps the choice made at sign-in, either way.
-    let again = Hello {
-        compact: false,
-        ..asking("d2")
+    // Another epoch is a realignment, a stranger's group a refusal: objects both.
+    let other_epoch = MembersSync {
+        epoch: Some("1".into()),
+        ..compact_sync(&copy)
     };
     assert!(matches!(
-        compact.reply(again).await.unwrap(),
-        ReplyBody::Welcome(_)
+        alice.reply(other_epoch).await.unwrap(),
+        ReplyBody::MembersPage(_)
     ));
+    let (mut eve, _) = WsClient::signed_in(stack.edge_addr(), "eve", "d")
+        .await
+        .unwrap();
     assert!(matches!(
-        compact.request(copy.clone()).await.unwrap(),
-        ServerFrame::Delta(_)
-    ));
-    assert!(matches!(
-        plain.reply(asking("d1")).await.unwrap(),
-        ReplyBody::Welcome(_)
-    ));
-    assert!(matches!(
-        plain.reply(copy.clone()).await.unwrap(),
-        ReplyBody::MembersDiff(_)
+        eve.request(compact_sync(&copy)).await.unwrap(),
+        ServerFrame::Error(_)
     ));
 
-    // A batch answers its diffs inside its object, for both.
-    let batch = anchorage_protocol::request::MembersSyncBatch {
-        groups: vec![copy.clone()],
+    // A batch answers in one object: `compact` in it is refused, naming the group.
+    let batch = |sync: MembersSync| anchorage_protocol::request::MembersSyncBatch {
+        groups: vec![sync],
         budget_bytes: None,
         cursor: None,
     };
-    let ReplyBody::MembersBatch(b) = compact.reply(batch).await.unwrap() else {
+    let refused = alice.refused(batch(compact_sync(&copy))).await.unwrap();
+    assert_eq!(refused.code, ErrorCode::InvalidRequest);
+    assert!(refused.message.contains("crew"), "{refused:?}");
+    let ReplyBody::MembersBatch(b) = alice.reply(batch(copy.clone())).await.unwrap() else {
         panic!("a batch as an object");
     };
     assert!(matches!(

@@ -283,6 +283,7 @@ async fn forged_notifications_never_reach_a_socket() {
             epoch: None,
             version: 0,
             digest: None,
+            compact: false,
         })
         .await
         .unwrap();

@@ -16,7 +16,7 @@ use anchorage_schema::{GroupId, UserId};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::client::{Ws, answer, send, signed_in, signed_in_as, timed};
+use crate::client::{Ws, answer, send, signed_in, timed};
 use crate::env::{BenchEnv, Sizes, big_group, membership_event, progress, projected};
 
 /// A client's copy of one member list: what the bench keeps to ask for changes.
@@ -40,6 +40,7 @@ impl MemberCopy {
             epoch: Some(self.epoch.clone()),
             version: self.version,
             digest: Some(self.digest()),
+            compact: false,
         }
     }
 
@@ -72,6 +73,7 @@ async fn full_pull(
         epoch: None,
         version: 0,
         digest: None,
+        compact: false,
     };
     let (first, mut bytes, mut ms) = timed(ws, *id, sync).await?;
     let ReplyBody::MembersPage(mut page) = first else {
@@ -108,23 +110,29 @@ async fn full_pull(
     }
 }
 
-/// Diffs until the copy is current. Returns bytes, time and the members changed.
+/// Syncs `copy` by diffs until it is current, with the diffs in their positional form when
+/// `compact`; returns the bytes received, the time and the members changed.
 async fn diff_to_current(
     ws: &mut Ws,
     id: &mut u64,
     copy: &mut MemberCopy,
+    compact: bool,
 ) -> anyhow::Result<(usize, f64, usize)> {
     let (mut bytes, mut ms, mut changed) = (0, 0.0, 0);
     loop {
         *id += 1;
         let t0 = Instant::now();
-        send(ws, *id, &copy.as_sync().into()).await?;
+        let sync = GroupSync {
+            compact,
+            ..copy.as_sync()
+        };
+        send(ws, *id, &sync.into()).await?;
         let (frame, b) = answer(ws, *id).await?;
         bytes += b;
         ms += t0.elapsed().as_secs_f64() * 1000.0;
         let answer = match frame {
             ServerFrame::Reply(reply) => reply.body,
-            // The positional form, on a connection that asked for it.
+            // The positional form, asked for with `compact`.
             ServerFrame::Delta(d) => {
                 ReplyBody::MembersDiff(d.into_diff(copy.group.clone(), copy.epoch.clone()))
             }
@@ -282,7 +290,6 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let numbered = s.members.saturating_sub(2);
     let mut n = big_group(&bus, &stack, &["reader"], numbered).await?;
     let mut ws = signed_in(stack.edge_addr, &env.config, "reader").await?;
-    let mut compact_ws = signed_in_as(stack.edge_addr, &env.config, "reader", true).await?;
     let mut id = 0u64;
 
     progress("full realignment");
@@ -304,11 +311,11 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     };
     let seq = membership_event(&bus, big, n, added).await?;
     projected(&stack, "membership", seq).await?;
-    // The same diff in its positional form (`hello.compact`), from the same copy.
+    // The same diff in its positional form (`compact`), from the same copy.
     let mut positional = copy.clone();
     let (compact_bytes, compact_ms, _) =
-        diff_to_current(&mut compact_ws, &mut id, &mut positional).await?;
-    let (one_bytes, one_ms, _) = diff_to_current(&mut ws, &mut id, &mut copy).await?;
+        diff_to_current(&mut ws, &mut id, &mut positional, true).await?;
+    let (one_bytes, one_ms, _) = diff_to_current(&mut ws, &mut id, &mut copy, false).await?;
     if positional.digest() != copy.digest() || positional.version != copy.version {
         bail!("the positional diff and the object diff disagree");
     }
@@ -332,7 +339,7 @@ pub async fn run(env: &BenchEnv, s: Sizes) -> anyhow::Result<Value> {
     let seq = membership_event(&bus, big, n, added).await?;
     projected(&stack, "membership", seq).await?;
     let (churn_bytes, churn_ms, churn_changed) =
-        diff_to_current(&mut compact_ws, &mut id, &mut copy).await?;
+        diff_to_current(&mut ws, &mut id, &mut copy, true).await?;
     let server = stack.store.group_row(big).await?.context("the group")?;
     if copy.digest() != server.digest().to_wire() {
         bail!("the bench's copy does not match the server after the diffs");

@@ -1,7 +1,7 @@
 //! The dispatcher: one decoded request in, its answer (with the request's id) out.
 
 use anchorage_protocol::request::Hello;
-use anchorage_protocol::{ReplyBody, Request, RequestBody, RequestId};
+use anchorage_protocol::{MembersDelta, ReplyBody, Request, RequestBody, RequestId, ServerFrame};
 
 use super::rules::GroupCommand;
 use super::send::AckFuture;
@@ -26,6 +26,7 @@ impl Session {
     pub async fn handle(&mut self, request: Request) -> Option<AckFuture> {
         let Request { id, body } = request;
         let kind = body.type_name();
+        let positional = matches!(&body, RequestBody::MembersSync(r) if r.compact);
         let answer = match body {
             RequestBody::Send(send) => return Some(self.send(id, send).await),
             RequestBody::Ping {} => Ok(ReplyBody::Pong),
@@ -82,7 +83,14 @@ impl Session {
             Err(err) => err.code().as_str(),
         };
         crate::metrics::request(kind, code);
-        self.answer(id, answer).await;
+        match answer {
+            // Only `members_sync` answers a single diff.
+            Ok(ReplyBody::MembersDiff(diff)) if positional => {
+                self.reply(ServerFrame::Delta(MembersDelta::of(id, diff)))
+                    .await;
+            }
+            answer => self.answer(id, answer).await,
+        }
         None
     }
 }

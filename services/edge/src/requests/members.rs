@@ -300,11 +300,13 @@ impl Session {
 
     /// Answers `members_sync` and watches the group's notifications from now on.
     pub(super) async fn members_sync(&self, r: MembersSync) -> Answer {
+        // `compact` decides the answer's form only (the dispatcher's).
         let MembersSync {
             group,
             epoch,
             version,
             digest,
+            compact: _,
         } = r;
         let conv = self.group_conv(&group)?;
         let digest = parse_digest(digest.as_deref())?;
@@ -542,6 +544,12 @@ impl Session {
         if groups.len() > MAX_BATCH_GROUPS {
             return Err(RequestError::Invalid(format!(
                 "at most {MAX_BATCH_GROUPS} groups per batch"
+            )));
+        }
+        if let Some(g) = groups.iter().find(|g| g.compact) {
+            return Err(RequestError::Invalid(format!(
+                "{}: compact is for members_sync; a batch answers in one object",
+                g.group
             )));
         }
         let cfg = &self.state.members;

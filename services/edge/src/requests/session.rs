@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use anchorage_protocol::request::Hello;
-use anchorage_protocol::{MembersDelta, ReplyBody, RequestId, ServerFrame};
+use anchorage_protocol::{ReplyBody, RequestId, ServerFrame};
 use anchorage_schema::{Actor, ClientMsgId, ConversationId};
 
 use super::error::RequestError;
@@ -29,13 +29,11 @@ pub struct Session {
     pub(super) lanes: HashMap<ConversationId, Lane>,
     /// Sends read so far (numbers them in the order they came).
     pub(super) read: u64,
-    /// A `members_sync` diff is answered in its positional form (`hello.compact`).
-    compact: bool,
 }
 
 impl Session {
-    /// A session for a connection signed in with `hello`, whose token gave `claims`.
-    pub fn new(state: EdgeState, claims: Claims, conn: ConnHandle, hello: &Hello) -> Self {
+    /// A session for a connection signed in with `claims`.
+    pub fn new(state: EdgeState, claims: Claims, conn: ConnHandle) -> Self {
         Self {
             state,
             claims,
@@ -43,7 +41,6 @@ impl Session {
             blocked: None,
             lanes: HashMap::new(),
             read: 0,
-            compact: hello.compact,
         }
     }
 
@@ -58,10 +55,6 @@ impl Session {
     /// Queues the answer to request `id`.
     pub(super) async fn answer(&self, id: RequestId, answer: Answer) {
         let frame = match answer {
-            // Only `members_sync` answers a single diff.
-            Ok(ReplyBody::MembersDiff(diff)) if self.compact => {
-                ServerFrame::Delta(MembersDelta::of(id, diff))
-            }
             Ok(body) => ServerFrame::reply(id, body),
             Err(err) => err.into_frame(Some(id)),
         };

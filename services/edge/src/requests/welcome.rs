@@ -128,6 +128,7 @@ impl Session {
             max_frame_bytes: self.state.config.max_frame_bytes,
             changes,
             cursor,
+            compact: true,
         })
     }
 }
