@@ -741,7 +741,9 @@ export class Client {
     }
     async runAsk(conn) {
         const ask = this.asks[0];
-        const answer = await conn.request(ask.body);
+        // `compact` is for an edge that offers it; elsewhere the same diff comes as an object.
+        const body = ask.body.type === "members_sync" && !conn.compact ? { ...ask.body, compact: undefined } : ask.body;
+        const answer = await conn.request(body);
         if (isError(answer) && PASSING.includes(answer.code) && ask.tries < 5) {
             ask.tries += 1;
             await sleep(serverWait(answer.retry_after_ms, 200), this.stopping);
@@ -756,7 +758,7 @@ export class Client {
             if (ask.body.type !== "members_sync" || !group || !epoch)
                 ask.reject(new RequestError("internal", "a positional diff answered another request"));
             else
-                ask.resolve({ type: "members_diff", group, epoch, version: answer.version, digest: answer.digest, upserts: answer.upserts, removed: answer.removed, more: answer.more });
+                ask.resolve({ type: "members_diff", id: answer.id, group, epoch, version: answer.version, digest: answer.digest, upserts: answer.upserts, removed: answer.removed, more: answer.more });
         }
         else
             ask.resolve(answer);
@@ -936,8 +938,10 @@ export class Client {
         let how = "unchanged";
         for (let round = 0; round < 8; round++) {
             const list = this.store.memberList(group);
+            // Only a copy can be diffed, and only an edge that offers it is asked for the array.
+            const asked = list !== undefined && conn.compact;
             const answer = await conn.request(list
-                ? { type: "members_sync", group, epoch: list.epoch, version: list.version, digest: computed(list).total.toWire(), ...(conn.compact ? { compact: true } : {}) }
+                ? { type: "members_sync", group, epoch: list.epoch, version: list.version, digest: computed(list).total.toWire(), ...(asked ? { compact: true } : {}) }
                 : { type: "members_sync", group });
             if (isError(answer)) {
                 if (PASSING.includes(answer.code)) {
@@ -965,8 +969,9 @@ export class Client {
                     return;
                 case "members_diff":
                 case "members_delta":
-                    // A delta's epoch is the one the request named: the copy's. A diff moves forward.
-                    if (!list || list.epoch !== (answer.type === "members_diff" ? answer.epoch : list.epoch) || answer.version <= list.version || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
+                    // A delta (only when asked) has the epoch the request named: the copy's. A diff
+                    // moves forward.
+                    if (!list || (answer.type === "members_delta" && !asked) || list.epoch !== (answer.type === "members_diff" ? answer.epoch : list.epoch) || answer.version <= list.version || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
                         await this.store.dropMembers(group);
                         continue;
                     }

@@ -190,6 +190,9 @@ test("an edge whose welcome does not say compact is never asked for it", async (
   await c.syncMembers("g");
   assert.deepEqual([...c.memberList("g").members.keys()].sort(), ["a", "b"]);
   assert.equal(c.memberList("g").version, 7);
+  // An app's own ask with `compact` goes without it to such an edge, and gets the object.
+  const asked = await c.ask({ type: "members_sync", group: "g", epoch: "e1", version: 5, compact: true });
+  assert.equal(asked.type, "members_diff");
   await c.stop();
   await edge.close();
 });

@@ -869,10 +869,10 @@ impl Engine {
                     self.request_sync(conv.as_str());
                 }
             }
-            // Not what a command gets, but an answer: the command is done, not sent again.
+            // Not what a command gets: it ends refused, as a send answered so would.
             ServerFrame::Delta(_) => {
                 self.store
-                    .finish_command(command_id, None)
+                    .finish_command(command_id, Some("unexpected answer"))
                     .await
                     .map_err(fail)?;
             }

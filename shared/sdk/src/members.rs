@@ -491,7 +491,7 @@ impl Engine {
                 epoch: None,
                 version: 0,
                 digest: None,
-                compact: conn.compact,
+                compact: false,
             };
             if let Some(l) = &list {
                 // On open, the digest of what is stored (a damaged copy shows); otherwise,
@@ -508,15 +508,21 @@ impl Engine {
                 request.epoch = Some(l.epoch.clone());
                 request.version = l.version;
                 request.digest = Some(digest.to_wire());
+                // Only a copy can be diffed, and only an edge that offers it is asked.
+                request.compact = conn.compact;
             }
             let (group_id, epoch) = (request.group.clone(), request.epoch.clone());
+            let asked = request.compact;
             let answer = match self.request(conn, request.into()).await? {
                 ServerFrame::Reply(reply) => Ok(reply.body),
                 ServerFrame::Error(e) => Err(e.code),
-                // A diff is only ever an answer to the copy's epoch.
+                // A diff is only ever an answer to the copy's epoch, in this form only when
+                // asked.
                 ServerFrame::Delta(d) => match epoch {
-                    Some(epoch) => Ok(ReplyBody::MembersDiff(d.into_diff(group_id, epoch))),
-                    None => return Err(lost(None)),
+                    Some(epoch) if asked => {
+                        Ok(ReplyBody::MembersDiff(d.into_diff(group_id, epoch)))
+                    }
+                    _ => return Err(lost(None)),
                 },
                 ServerFrame::Push(_) => return Err(lost(None)),
             };
@@ -539,6 +545,10 @@ impl Engine {
                     ..
                 })) => {
                     let from = list.map_or(0, |l| l.version);
+                    if version <= from {
+                        // A diff moves the copy forward; anything else is not the server's.
+                        return Err(lost(None));
+                    }
                     let change = Change {
                         upserts: &upserts,
                         removed: &removed,
