@@ -15,7 +15,7 @@
 import { BACKOFF_MAX_MS, backoffDelay } from "./backoff.js";
 import { BucketedDigest } from "./digest.js";
 import { CLOSE, PROTOCOL_VERSION } from "./protocol.js";
-import { Store } from "./store.js";
+import { Store, isMember } from "./store.js";
 /** A request the server refused. */
 export class RequestError extends Error {
     code;
@@ -51,7 +51,7 @@ function readDelta(a) {
     for (const m of upserts) {
         if (isId(m))
             members.push({ user: m });
-        else if (typeof m === "object" && m !== null && isId(m.user))
+        else if (isMember(m))
             members.push(m);
         else
             return null;

@@ -139,3 +139,5 @@ export declare class Store {
     /** Test hook: loses members of a copy without telling its digest, as a damaged disk would. */
     damageMembers(group: string, n: number): void;
 }
+/** A member as the server describes one: an id, and a role, nickname and mute of their types. */
+export declare function isMember(m: unknown): m is MemberInfo;

@@ -353,8 +353,10 @@ export class Store {
     /** Replaces a group's copy (a realignment's last page, or a first copy). */
     async replaceMembers(group, epoch, version, members) {
         const list = { epoch, version, members: new Map(), digest: new BucketedDigest(), hashes: new Map() };
+        // A malformed member is not kept: the digest then differs and the copy is repaired.
         for (const m of members)
-            addMember(list, m);
+            if (isMember(m))
+                addMember(list, m);
         this.lists.set(group, list);
         await this.persistList(group, list);
         return list;
@@ -363,6 +365,8 @@ export class Store {
     async changeMembers(group, prev, version, upserts, removed) {
         const list = this.lists.get(group);
         if (!list || (prev !== null && list.version !== prev))
+            return false;
+        if (!upserts.every(isMember) || !removed.every(isUser))
             return false;
         for (const user of removed)
             removeMember(list, user);
@@ -381,7 +385,8 @@ export class Store {
             if (buckets.has(Number(h >> 56n)))
                 removeMember(list, user);
         for (const m of members)
-            addMember(list, m);
+            if (isMember(m))
+                addMember(list, m);
         // The kept digest came from the damaged copy: count it again from what is held now.
         list.digest = new BucketedDigest();
         for (const h of list.hashes.values())
@@ -408,6 +413,19 @@ export class Store {
         }
     }
 }
+const ROLES = new Set(["owner", "admin", "member"]);
+/** A member as the server describes one: an id, and a role, nickname and mute of their types. */
+export function isMember(m) {
+    if (typeof m !== "object" || m === null)
+        return false;
+    const { user, role, nickname, muted_until } = m;
+    return (typeof user === "string" &&
+        user.length > 0 &&
+        (role === undefined || ROLES.has(role)) &&
+        (nickname == null || typeof nickname === "string") &&
+        (muted_until == null || Number.isSafeInteger(muted_until)));
+}
+const isUser = (u) => typeof u === "string" && u.length > 0;
 function addMember(list, m) {
     if (!list.hashes.has(m.user)) {
         const h = memberHash(m.user);

@@ -30,7 +30,7 @@ import type {
 } from "./protocol.js";
 import { CLOSE, PROTOCOL_VERSION } from "./protocol.js";
 import type { ConversationSummary, MemberList, OutboxEntry } from "./store.js";
-import { Store } from "./store.js";
+import { Store, isMember } from "./store.js";
 
 /** A WebSocket constructor: the platform's (browsers, Node ≥ 22) or a compatible one. */
 export type WebSocketLike = {
@@ -135,7 +135,7 @@ function readDelta(a: unknown[]): MembersDelta | null {
   const members: MemberInfo[] = [];
   for (const m of upserts as unknown[]) {
     if (isId(m)) members.push({ user: m });
-    else if (typeof m === "object" && m !== null && isId((m as { user?: unknown }).user)) members.push(m as MemberInfo);
+    else if (isMember(m)) members.push(m);
     else return null;
   }
   if (!removed.every(isId)) return null;

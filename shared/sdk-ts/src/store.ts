@@ -414,7 +414,8 @@ export class Store {
   /** Replaces a group's copy (a realignment's last page, or a first copy). */
   async replaceMembers(group: string, epoch: string, version: number, members: MemberInfo[]): Promise<MemberList> {
     const list: MemberList = { epoch, version, members: new Map(), digest: new BucketedDigest(), hashes: new Map() };
-    for (const m of members) addMember(list, m);
+    // A malformed member is not kept: the digest then differs and the copy is repaired.
+    for (const m of members) if (isMember(m)) addMember(list, m);
     this.lists.set(group, list);
     await this.persistList(group, list);
     return list;
@@ -424,6 +425,7 @@ export class Store {
   async changeMembers(group: string, prev: number | null, version: number, upserts: MemberInfo[], removed: string[]): Promise<boolean> {
     const list = this.lists.get(group);
     if (!list || (prev !== null && list.version !== prev)) return false;
+    if (!upserts.every(isMember) || !removed.every(isUser)) return false;
     for (const user of removed) removeMember(list, user);
     for (const m of upserts) addMember(list, m);
     list.version = version;
@@ -436,7 +438,7 @@ export class Store {
     const list = this.lists.get(group);
     if (!list) return;
     for (const [user, h] of [...list.hashes]) if (buckets.has(Number(h >> 56n))) removeMember(list, user);
-    for (const m of members) addMember(list, m);
+    for (const m of members) if (isMember(m)) addMember(list, m);
     // The kept digest came from the damaged copy: count it again from what is held now.
     list.digest = new BucketedDigest();
     for (const h of list.hashes.values()) list.digest.insertHash(h);
@@ -464,6 +466,21 @@ export class Store {
     }
   }
 }
+
+const ROLES: ReadonlySet<unknown> = new Set(["owner", "admin", "member"]);
+/** A member as the server describes one: an id, and a role, nickname and mute of their types. */
+export function isMember(m: unknown): m is MemberInfo {
+  if (typeof m !== "object" || m === null) return false;
+  const { user, role, nickname, muted_until } = m as Record<string, unknown>;
+  return (
+    typeof user === "string" &&
+    user.length > 0 &&
+    (role === undefined || ROLES.has(role)) &&
+    (nickname == null || typeof nickname === "string") &&
+    (muted_until == null || Number.isSafeInteger(muted_until))
+  );
+}
+const isUser = (u: unknown): u is string => typeof u === "string" && u.length > 0;
 
 function addMember(list: MemberList, m: MemberInfo): void {
   if (!list.hashes.has(m.user)) {

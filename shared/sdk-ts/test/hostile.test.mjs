@@ -196,3 +196,29 @@ test("an edge whose welcome does not say compact is never asked for it", async (
   await c.stop();
   await edge.close();
 });
+
+test("members of the wrong shape are not kept: a page leaves them out, a diff carrying one is not applied", async () => {
+  let syncs = 0;
+  const edge = await fakeEdge((f, send) => {
+    if (f.type === "hello") send({ ...welcome(f), compact: true });
+    else if (f.type === "members_sync") {
+      syncs++;
+      if (syncs === 1) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 5, members: ["a", 7], details: [{ user: "b", role: "god" }, { user: "c", role: "admin", nickname: "C" }, { user: "e", muted_until: "soon" }] });
+      else if (syncs === 2) {
+        send([f.id, 6, null, [{ user: "r", role: "god" }], [], 0]);
+        send({ type: "members_diff", id: f.id, group: "g", epoch: "e1", version: 6, upserts: [{ user: "d", nickname: 5 }], removed: [], more: false });
+      } else if (!f.epoch) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 6, members: ["a"], details: [{ user: "c", role: "admin", nickname: "C" }] });
+      else send({ type: "members_unchanged", id: f.id });
+    }
+  });
+  const c = await against(edge);
+  await c.whenOnline();
+  await c.syncMembers("g");
+  const list = c.memberList("g");
+  assert.deepEqual([...list.members.keys()].sort(), ["a", "c"]);
+  assert.equal(list.members.get("c").role, "admin");
+  assert.equal(list.version, 6, "the malformed diff was dropped and the copy realigned");
+  assert.ok(syncs >= 3);
+  await c.stop();
+  await edge.close();
+});
