@@ -130,18 +130,27 @@ pub async fn answer(ws: &mut Ws, id: RequestId) -> anyhow::Result<(ServerFrame, 
     }
 }
 
+/// Sends one request; returns the frame answering it, its size in bytes and the round trip
+/// (ms).
+pub async fn timed_frame(
+    ws: &mut Ws,
+    id: RequestId,
+    body: impl Into<RequestBody>,
+) -> anyhow::Result<(ServerFrame, usize, f64)> {
+    let t0 = Instant::now();
+    send(ws, id, &body.into()).await?;
+    let (frame, len) = answer(ws, id).await?;
+    Ok((frame, len, t0.elapsed().as_secs_f64() * 1000.0))
+}
+
 /// Sends one request; returns the answer's body, its size in bytes and the round trip (ms).
 pub async fn timed(
     ws: &mut Ws,
     id: RequestId,
     body: impl Into<RequestBody>,
 ) -> anyhow::Result<(ReplyBody, usize, f64)> {
-    let t0 = Instant::now();
-    send(ws, id, &body.into()).await?;
-    let (frame, len) = answer(ws, id).await?;
-    let ms = t0.elapsed().as_secs_f64() * 1000.0;
-    match frame {
-        ServerFrame::Reply(reply) => Ok((reply.body, len, ms)),
-        other => bail!("refused: {other:?}"),
+    match timed_frame(ws, id, body).await? {
+        (ServerFrame::Reply(reply), len, ms) => Ok((reply.body, len, ms)),
+        (other, ..) => bail!("refused: {other:?}"),
     }
 }

@@ -305,12 +305,7 @@ mod tests {
 
     #[test]
     fn member_lists_are_compact() {
-        let plain = MemberInfo {
-            user: UserId::parse("u0012345").unwrap(),
-            role: Role::Member,
-            nickname: None,
-            muted_until: None,
-        };
+        let plain = MemberInfo::plain(UserId::parse("u0012345").unwrap());
         assert!(plain.is_plain());
         assert_eq!(
             serde_json::to_string(&plain).unwrap(),

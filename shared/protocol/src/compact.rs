@@ -90,12 +90,7 @@ impl MembersDelta {
         let upserts = upserts
             .into_iter()
             .map(|m| match m {
-                Value::String(_) => UserId::deserialize(m).map(|user| MemberInfo {
-                    user,
-                    role: anchorage_schema::event::Role::Member,
-                    nickname: None,
-                    muted_until: None,
-                }),
+                Value::String(_) => UserId::deserialize(m).map(MemberInfo::plain),
                 other => MemberInfo::deserialize(other),
             })
             .collect::<Result<Vec<_>, _>>()
@@ -117,8 +112,18 @@ impl MembersDelta {
     }
 }
 
-/// A plain member as its bare id, any other as the object.
+/// Upserts as the positional form writes them: a plain member as its bare id, any other as
+/// the object.
+struct Upserts<'a>(&'a [MemberInfo]);
+
+/// One of [`Upserts`].
 struct Upsert<'a>(&'a MemberInfo);
+
+impl Serialize for Upserts<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(Upsert))
+    }
+}
 
 impl Serialize for Upsert<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -136,7 +141,7 @@ impl Serialize for MembersDelta {
         seq.serialize_element(&self.id)?;
         seq.serialize_element(&self.version)?;
         seq.serialize_element(&self.digest)?;
-        seq.serialize_element(&self.upserts.iter().map(Upsert).collect::<Vec<_>>())?;
+        seq.serialize_element(&Upserts(&self.upserts))?;
         seq.serialize_element(&self.removed)?;
         seq.serialize_element(&u8::from(self.more))?;
         seq.end()
@@ -179,12 +184,7 @@ mod tests {
     }
 
     fn plain(id: &str) -> MemberInfo {
-        MemberInfo {
-            user: user(id),
-            role: Role::Member,
-            nickname: None,
-            muted_until: None,
-        }
+        MemberInfo::plain(user(id))
     }
 
     fn diff(upserts: Vec<MemberInfo>, removed: Vec<UserId>, more: bool) -> MembersDiff {

@@ -69,6 +69,17 @@ impl MemberInfo {
         })
     }
 
+    /// A plain member: no role, nickname or mute (what a bare id in a page or a positional
+    /// diff stands for).
+    pub fn plain(user: UserId) -> MemberInfo {
+        MemberInfo {
+            user,
+            role: Role::Member,
+            nickname: None,
+            muted_until: None,
+        }
+    }
+
     /// A plain member with nothing set is sent as its bare id in snapshot pages.
     pub fn is_plain(&self) -> bool {
         self.role == Role::Member && self.nickname.is_none() && self.muted_until.is_none()

@@ -15,7 +15,7 @@
 import { BACKOFF_MAX_MS, backoffDelay } from "./backoff.js";
 import { BucketedDigest } from "./digest.js";
 import { CLOSE, PROTOCOL_VERSION } from "./protocol.js";
-import { Store, isMember } from "./store.js";
+import { Store, isMember, isUserId } from "./store.js";
 /** A request the server refused. */
 export class RequestError extends Error {
     code;
@@ -39,7 +39,6 @@ class Lost {
 }
 const PASSING = ["internal", "overloaded"];
 const isCount = (v) => Number.isSafeInteger(v) && v >= 0;
-const isId = (v) => typeof v === "string" && v.length > 0;
 /** `[id, version, digest | null, upserts, removed, more]`, or null if it is not one. */
 function readDelta(a) {
     const [id, version, digest, upserts, removed, more] = a;
@@ -49,14 +48,14 @@ function readDelta(a) {
         return null;
     const members = [];
     for (const m of upserts) {
-        if (isId(m))
+        if (isUserId(m))
             members.push({ user: m });
         else if (isMember(m))
             members.push(m);
         else
             return null;
     }
-    if (!removed.every(isId))
+    if (!removed.every(isUserId))
         return null;
     return { type: "members_delta", id, version, digest, upserts: members, removed: removed, more: more === 1 };
 }
@@ -144,11 +143,11 @@ class Connection {
         }
         else {
             frame = parsed;
+            // Only an array is a delta: an object calling itself one is not read.
+            if (frame?.type === "members_delta")
+                return;
         }
         if (typeof frame !== "object" || frame === null || typeof frame.type !== "string")
-            return;
-        // Only an array is a delta: an object calling itself one is not read.
-        if (frame.type === "members_delta" && !Array.isArray(parsed))
             return;
         const id = frame.id;
         if (typeof id === "number" && this.waiting.has(id)) {
@@ -968,10 +967,11 @@ export class Client {
                     this.emit("members", { group, version: list?.version ?? 0, how });
                     return;
                 case "members_diff":
-                case "members_delta":
-                    // A delta (only when asked) has the epoch the request named: the copy's. A diff
-                    // moves forward.
-                    if (!list || (answer.type === "members_delta" && !asked) || list.epoch !== (answer.type === "members_diff" ? answer.epoch : list.epoch) || answer.version <= list.version || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
+                case "members_delta": {
+                    // A delta (taken only when asked) has the epoch the request named: the copy's.
+                    const epoch = answer.type === "members_diff" ? answer.epoch : asked ? list?.epoch : undefined;
+                    // A diff applies to this copy and moves it forward.
+                    if (!list || list.epoch !== epoch || answer.version <= list.version || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
                         await this.store.dropMembers(group);
                         continue;
                     }
@@ -981,6 +981,7 @@ export class Client {
                         return;
                     }
                     continue;
+                }
                 case "members_page": {
                     // A realignment: collect every page, then replace the copy in one go.
                     const members = [];

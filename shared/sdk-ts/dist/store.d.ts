@@ -139,5 +139,7 @@ export declare class Store {
     /** Test hook: loses members of a copy without telling its digest, as a damaged disk would. */
     damageMembers(group: string, n: number): void;
 }
+/** A user id as the server gives one: a non-empty string. */
+export declare const isUserId: (u: unknown) => u is string;
 /** A member as the server describes one: an id, and a role, nickname and mute of their types. */
 export declare function isMember(m: unknown): m is MemberInfo;

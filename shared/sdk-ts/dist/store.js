@@ -366,7 +366,7 @@ export class Store {
         const list = this.lists.get(group);
         if (!list || (prev !== null && list.version !== prev))
             return false;
-        if (!upserts.every(isMember) || !removed.every(isUser))
+        if (!upserts.every(isMember) || !removed.every(isUserId))
             return false;
         for (const user of removed)
             removeMember(list, user);
@@ -413,19 +413,19 @@ export class Store {
         }
     }
 }
+/** A user id as the server gives one: a non-empty string. */
+export const isUserId = (u) => typeof u === "string" && u.length > 0;
 const ROLES = new Set(["owner", "admin", "member"]);
 /** A member as the server describes one: an id, and a role, nickname and mute of their types. */
 export function isMember(m) {
     if (typeof m !== "object" || m === null)
         return false;
     const { user, role, nickname, muted_until } = m;
-    return (typeof user === "string" &&
-        user.length > 0 &&
+    return (isUserId(user) &&
         (role === undefined || ROLES.has(role)) &&
         (nickname == null || typeof nickname === "string") &&
         (muted_until == null || Number.isSafeInteger(muted_until)));
 }
-const isUser = (u) => typeof u === "string" && u.length > 0;
 function addMember(list, m) {
     if (!list.hashes.has(m.user)) {
         const h = memberHash(m.user);

@@ -30,7 +30,7 @@ import type {
 } from "./protocol.js";
 import { CLOSE, PROTOCOL_VERSION } from "./protocol.js";
 import type { ConversationSummary, MemberList, OutboxEntry } from "./store.js";
-import { Store, isMember } from "./store.js";
+import { Store, isMember, isUserId } from "./store.js";
 
 /** A WebSocket constructor: the platform's (browsers, Node ≥ 22) or a compatible one. */
 export type WebSocketLike = {
@@ -126,7 +126,6 @@ interface MembersDelta {
 type Answer = Exclude<ServerFrame, unknown[]> | MembersDelta;
 
 const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
-const isId = (v: unknown): v is string => typeof v === "string" && v.length > 0;
 /** `[id, version, digest | null, upserts, removed, more]`, or null if it is not one. */
 function readDelta(a: unknown[]): MembersDelta | null {
   const [id, version, digest, upserts, removed, more] = a;
@@ -134,11 +133,11 @@ function readDelta(a: unknown[]): MembersDelta | null {
   if (!Array.isArray(upserts) || !Array.isArray(removed) || (more !== 0 && more !== 1)) return null;
   const members: MemberInfo[] = [];
   for (const m of upserts as unknown[]) {
-    if (isId(m)) members.push({ user: m });
+    if (isUserId(m)) members.push({ user: m });
     else if (isMember(m)) members.push(m);
     else return null;
   }
-  if (!removed.every(isId)) return null;
+  if (!removed.every(isUserId)) return null;
   return { type: "members_delta", id, version, digest, upserts: members, removed: removed as string[], more: more === 1 };
 }
 /**
@@ -223,10 +222,10 @@ class Connection {
       frame = delta;
     } else {
       frame = parsed as Answer;
+      // Only an array is a delta: an object calling itself one is not read.
+      if ((frame as { type?: unknown })?.type === "members_delta") return;
     }
     if (typeof frame !== "object" || frame === null || typeof frame.type !== "string") return;
-    // Only an array is a delta: an object calling itself one is not read.
-    if (frame.type === "members_delta" && !Array.isArray(parsed)) return;
     const id = (frame as { id?: unknown }).id;
     if (typeof id === "number" && this.waiting.has(id)) {
       const w = this.waiting.get(id)!;
@@ -1039,10 +1038,11 @@ export class Client {
           this.emit("members", { group, version: list?.version ?? 0, how });
           return;
         case "members_diff":
-        case "members_delta":
-          // A delta (only when asked) has the epoch the request named: the copy's. A diff
-          // moves forward.
-          if (!list || (answer.type === "members_delta" && !asked) || list.epoch !== (answer.type === "members_diff" ? answer.epoch : list.epoch) || answer.version <= list.version || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
+        case "members_delta": {
+          // A delta (taken only when asked) has the epoch the request named: the copy's.
+          const epoch = answer.type === "members_diff" ? answer.epoch : asked ? list?.epoch : undefined;
+          // A diff applies to this copy and moves it forward.
+          if (!list || list.epoch !== epoch || answer.version <= list.version || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
             await this.store.dropMembers(group);
             continue;
           }
@@ -1052,6 +1052,7 @@ export class Client {
             return;
           }
           continue;
+        }
         case "members_page": {
           // A realignment: collect every page, then replace the copy in one go.
           const members: MemberInfo[] = [];

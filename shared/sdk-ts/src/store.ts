@@ -425,7 +425,7 @@ export class Store {
   async changeMembers(group: string, prev: number | null, version: number, upserts: MemberInfo[], removed: string[]): Promise<boolean> {
     const list = this.lists.get(group);
     if (!list || (prev !== null && list.version !== prev)) return false;
-    if (!upserts.every(isMember) || !removed.every(isUser)) return false;
+    if (!upserts.every(isMember) || !removed.every(isUserId)) return false;
     for (const user of removed) removeMember(list, user);
     for (const m of upserts) addMember(list, m);
     list.version = version;
@@ -467,20 +467,20 @@ export class Store {
   }
 }
 
+/** A user id as the server gives one: a non-empty string. */
+export const isUserId = (u: unknown): u is string => typeof u === "string" && u.length > 0;
 const ROLES: ReadonlySet<unknown> = new Set(["owner", "admin", "member"]);
 /** A member as the server describes one: an id, and a role, nickname and mute of their types. */
 export function isMember(m: unknown): m is MemberInfo {
   if (typeof m !== "object" || m === null) return false;
   const { user, role, nickname, muted_until } = m as Record<string, unknown>;
   return (
-    typeof user === "string" &&
-    user.length > 0 &&
+    isUserId(user) &&
     (role === undefined || ROLES.has(role)) &&
     (nickname == null || typeof nickname === "string") &&
     (muted_until == null || Number.isSafeInteger(muted_until))
   );
 }
-const isUser = (u: unknown): u is string => typeof u === "string" && u.length > 0;
 
 function addMember(list: MemberList, m: MemberInfo): void {
   if (!list.hashes.has(m.user)) {

@@ -13,6 +13,19 @@ async function against(edge) {
   return Client.start({ url: edge.url, token: () => "t", backoffBaseMs: 50, backoffMaxMs: 200 });
 }
 
+/**
+ * An edge whose welcome offers positional diffs and which answers the n-th `members_sync`
+ * (counting from 1) with `answer(n, frame, send)`; `syncs()` counts them.
+ */
+async function memberEdge(answer) {
+  let syncs = 0;
+  const edge = await fakeEdge((f, send) => {
+    if (f.type === "hello") send({ ...welcome(f), compact: true });
+    else if (f.type === "members_sync") answer(++syncs, f, send);
+  });
+  return Object.assign(edge, { syncs: () => syncs });
+}
+
 test("waits the server asks for are bounded: a huge retry_after_ms is not a timer overflow", async () => {
   // `overloaded` on a send ends the connection; the next attempt waits what it says (capped
   // at ten minutes), never the 1 ms a timer past 2^31 ms would fire after.
@@ -134,40 +147,36 @@ test("a first message in a conversation not listed yet arrives even if the serve
 });
 
 test("a diff in its positional form is read strictly: strays, malformed arrays and objects posing as one are not taken, a digest that does not match syncs again", async () => {
-  let syncs = 0;
-  const edge = await fakeEdge((f, send) => {
-    if (f.type === "hello") send({ ...welcome(f), compact: true });
-    else if (f.type === "members_sync") {
-      syncs++;
-      if (syncs === 1) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 5, members: ["a", "b"] });
-      else if (syncs === 2) {
-        assert.equal(f.version, 5);
-        assert.equal(f.compact, true, "asked of an edge that says it can");
-        // Not this request's: another id, too few elements, bad members, a bad flag, an
-        // object calling itself a delta.
-        send([f.id + 100, 9, null, ["x"], [], 0]);
-        send([f.id, 9]);
-        send([f.id, 9, null, [{ nickname: "no user" }], [], 0]);
-        send([f.id, 9, null, [""], [], 0]);
-        send([f.id, 9, null, ["x"], [], true]);
-        send({ type: "members_delta", id: f.id, version: 9, upserts: "xyz", removed: [], more: false });
-        // The answer: a joins-and-leaves diff whose digest is not what it gives.
-        send([f.id, 6, SetDigest.of(["a", "b", "c"]).toWire(), ["c", { user: "d", role: "admin" }], ["a"], 0]);
-      } else if (syncs === 3) {
-        assert.equal(f.version, 6, "synced again from the diff's version");
-        // A diff that does not move the copy forward is not taken: the copy is dropped.
-        send([f.id, 6, null, ["y"], [], 0]);
-      } else if (!f.epoch) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 6, members: ["b", "c"], details: [{ user: "d", role: "admin" }] });
-      else send({ type: "members_unchanged", id: f.id });
-    }
+  const edge = await memberEdge((syncs, f, send) => {
+    if (syncs === 1) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 5, members: ["a", "b"] });
+    else if (syncs === 2) {
+      assert.equal(f.version, 5);
+      assert.equal(f.compact, true, "asked of an edge that says it can");
+      // Not this request's: another id, too few elements, bad members, a bad flag, an
+      // object calling itself a delta.
+      send([f.id + 100, 9, null, ["x"], [], 0]);
+      send([f.id, 9]);
+      send([f.id, 9, null, [{ nickname: "no user" }], [], 0]);
+      send([f.id, 9, null, [""], [], 0]);
+      send([f.id, 9, null, ["x"], [], true]);
+      send({ type: "members_delta", id: f.id, version: 9, upserts: "xyz", removed: [], more: false });
+      // The answer: a joins-and-leaves diff whose digest is not what it gives.
+      send([f.id, 6, SetDigest.of(["a", "b", "c"]).toWire(), ["c", { user: "d", role: "admin" }], ["a"], 0]);
+    } else if (syncs === 3) {
+      assert.equal(f.version, 6, "synced again from the diff's version");
+      // A diff that does not move the copy forward is not taken: the copy is dropped.
+      send([f.id, 6, null, ["y"], [], 0]);
+    } else if (!f.epoch) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 6, members: ["b", "c"], details: [{ user: "d", role: "admin" }] });
+    else send({ type: "members_unchanged", id: f.id });
   });
-  const c = await Client.start({ url: edge.url, token: () => "t", backoffBaseMs: 50, backoffMaxMs: 200, answerTimeoutMs: 2000 });
+  const c = await against(edge);
   await c.whenOnline();
   await c.syncMembers("g");
   const list = c.memberList("g");
   assert.deepEqual([...list.members.keys()].sort(), ["b", "c", "d"]);
   assert.equal(list.members.get("d").role, "admin");
   assert.equal(list.version, 6);
+  assert.ok(edge.syncs() >= 4, "the mismatched digest and the diff that did not move forward were synced again");
   assert.equal(edge.connections(), 1, "the strays did not cost the connection");
   await c.stop();
   await edge.close();
@@ -198,18 +207,13 @@ test("an edge whose welcome does not say compact is never asked for it", async (
 });
 
 test("members of the wrong shape are not kept: a page leaves them out, a diff carrying one is not applied", async () => {
-  let syncs = 0;
-  const edge = await fakeEdge((f, send) => {
-    if (f.type === "hello") send({ ...welcome(f), compact: true });
-    else if (f.type === "members_sync") {
-      syncs++;
-      if (syncs === 1) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 5, members: ["a", 7], details: [{ user: "b", role: "god" }, { user: "c", role: "admin", nickname: "C" }, { user: "e", muted_until: "soon" }] });
-      else if (syncs === 2) {
-        send([f.id, 6, null, [{ user: "r", role: "god" }], [], 0]);
-        send({ type: "members_diff", id: f.id, group: "g", epoch: "e1", version: 6, upserts: [{ user: "d", nickname: 5 }], removed: [], more: false });
-      } else if (!f.epoch) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 6, members: ["a"], details: [{ user: "c", role: "admin", nickname: "C" }] });
-      else send({ type: "members_unchanged", id: f.id });
-    }
+  const edge = await memberEdge((syncs, f, send) => {
+    if (syncs === 1) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 5, members: ["a", 7], details: [{ user: "b", role: "god" }, { user: "c", role: "admin", nickname: "C" }, { user: "e", muted_until: "soon" }] });
+    else if (syncs === 2) {
+      send([f.id, 6, null, [{ user: "r", role: "god" }], [], 0]);
+      send({ type: "members_diff", id: f.id, group: "g", epoch: "e1", version: 6, upserts: [{ user: "d", nickname: 5 }], removed: [], more: false });
+    } else if (!f.epoch) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 6, members: ["a"], details: [{ user: "c", role: "admin", nickname: "C" }] });
+    else send({ type: "members_unchanged", id: f.id });
   });
   const c = await against(edge);
   await c.whenOnline();
@@ -218,7 +222,7 @@ test("members of the wrong shape are not kept: a page leaves them out, a diff ca
   assert.deepEqual([...list.members.keys()].sort(), ["a", "c"]);
   assert.equal(list.members.get("c").role, "admin");
   assert.equal(list.version, 6, "the malformed diff was dropped and the copy realigned");
-  assert.ok(syncs >= 3);
+  assert.ok(edge.syncs() >= 3, "the diff carrying a malformed member was followed by a realignment");
   await c.stop();
   await edge.close();
 });

@@ -33,7 +33,6 @@ use anchorage_protocol::{
 };
 use anchorage_schema::GroupId;
 use anchorage_schema::UserId;
-use anchorage_schema::event::Role;
 use anchorage_schema::search::SearchPrefix;
 use sqlx::Row;
 
@@ -312,12 +311,7 @@ impl LocalStore {
     pub(crate) async fn add_phantom_members(&self, group: &str, n: u32) -> Result<(), SdkError> {
         let mut tx = self.pool.begin().await?;
         for k in 0..n {
-            let phantom = MemberInfo {
-                user: UserId::parse(format!("phantom{k}"))?,
-                role: Role::Member,
-                nickname: None,
-                muted_until: None,
-            };
+            let phantom = MemberInfo::plain(UserId::parse(format!("phantom{k}"))?);
             put_member(&mut tx, group, &phantom).await?;
         }
         tx.commit().await?;
@@ -449,12 +443,7 @@ const MAX_ROUNDS: u32 = 64;
 fn members_of_page(members: Vec<UserId>, details: Vec<MemberInfo>) -> Vec<MemberInfo> {
     members
         .into_iter()
-        .map(|user| MemberInfo {
-            user,
-            role: Role::Member,
-            nickname: None,
-            muted_until: None,
-        })
+        .map(MemberInfo::plain)
         .chain(details)
         .collect()
 }

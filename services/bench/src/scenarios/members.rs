@@ -3,7 +3,6 @@
 //! next to pulling the whole list each time.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
 
 use anchorage_digest::{BucketedDigest, SetDigest, Sketch, member_hash};
 use anchorage_protocol::request::{MembersFetch, MembersSketch, MembersSync, MembersSyncBatch};
@@ -16,7 +15,7 @@ use anchorage_schema::{GroupId, UserId};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::client::{Ws, answer, send, signed_in, timed};
+use crate::client::{Ws, signed_in, timed, timed_frame};
 use crate::env::{BenchEnv, Sizes, big_group, membership_event, progress, projected};
 
 /// A client's copy of one member list: what the bench keeps to ask for changes.
@@ -121,15 +120,13 @@ async fn diff_to_current(
     let (mut bytes, mut ms, mut changed) = (0, 0.0, 0);
     loop {
         *id += 1;
-        let t0 = Instant::now();
         let sync = GroupSync {
             compact,
             ..copy.as_sync()
         };
-        send(ws, *id, &sync.into()).await?;
-        let (frame, b) = answer(ws, *id).await?;
+        let (frame, b, t) = timed_frame(ws, *id, sync).await?;
         bytes += b;
-        ms += t0.elapsed().as_secs_f64() * 1000.0;
+        ms += t;
         let answer = match frame {
             ServerFrame::Reply(reply) => reply.body,
             // The positional form, asked for with `compact`.
