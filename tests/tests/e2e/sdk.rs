@@ -1,5 +1,6 @@
 //! The Rust client SDK against a real stack: outbox retries across cut connections, order
-//! across reconnects, gap repair, the offline queue, catch-up on reconnect.
+//! across reconnects, gap repair, the offline queue, catch-up on reconnect; and against a
+//! scripted edge, what it asks and takes of positional member-list diffs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -571,4 +572,144 @@ async fn a_users_own_state_follows_them_to_every_device() {
     laptop.shutdown().await;
     bob.shutdown().await;
     s.edge2.stop().await.unwrap();
+}
+
+/// How the scripted edge answers a `members_sync` that carries a copy.
+#[derive(Clone, Copy)]
+enum DiffAnswer {
+    /// The diff to version 7 as an object.
+    Object,
+    /// The diff to version 7 as an array, whether asked for or not.
+    Array,
+    /// An array that does not move the copy forward (version 5).
+    Backward,
+}
+
+/// A scripted edge for the SDK's member-list sync: a welcome offering positional diffs or not,
+/// a realignment to `{a, b}` at version 5 for a sync without a copy, `answer` for a sync with
+/// one, `ok` to anything else. Returns its address, the `compact` of each sync with a copy, and
+/// the count of connections.
+async fn member_edge(
+    offer: bool,
+    answer: DiffAnswer,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<Option<bool>>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (seen, count) = (asked.clone(), connections.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(Message::Text(text))) = ws.next().await {
+                    let f: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    let id = f["id"].clone();
+                    let reply = match (f["type"].as_str(), f.get("epoch")) {
+                        (Some("hello"), _) => json!({"type": "welcome", "id": id, "protocol": 1,
+                            "user": "alice", "device": "d1", "max_frame_bytes": 65536,
+                            "changes": [], "compact": offer}),
+                        (Some("members_sync"), None) => json!({"type": "members_page",
+                            "id": id, "group": "g", "epoch": "e1", "anchor": 5,
+                            "members": ["a", "b"]}),
+                        (Some("members_sync"), Some(_)) => {
+                            seen.lock().unwrap().push(f["compact"].as_bool());
+                            let digest = anchorage_digest::SetDigest::of(["a", "b", "c"]);
+                            match answer {
+                                DiffAnswer::Object => json!({"type": "members_diff", "id": id,
+                                    "group": "g", "epoch": "e1", "version": 7,
+                                    "digest": digest.to_wire(), "upserts": [{"user": "c"}],
+                                    "removed": [], "more": false}),
+                                DiffAnswer::Array => json!([id, 7, digest.to_wire(), ["c"], [], 0]),
+                                DiffAnswer::Backward => json!([id, 5, null, ["c"], [], 0]),
+                            }
+                        }
+                        _ => json!({"type": "ok", "id": id}),
+                    };
+                    if ws
+                        .send(Message::Text(reply.to_string().into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, asked, connections)
+}
+
+/// The SDK asks for positional diffs only of an edge that offers them, takes an array only
+/// as the answer to a sync that asked, and never a diff that does not move its copy forward:
+/// a server that breaks either rule costs it the connection, not its member list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positional_diffs_are_asked_only_where_offered_and_taken_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // An older edge: never asked, its object diff applied.
+        (false, DiffAnswer::Object, Some(7)),
+        // An edge that offers it: asked, its array applied.
+        (true, DiffAnswer::Array, Some(7)),
+        // An array to a sync that did not ask, a diff that goes backwards: not applied.
+        (false, DiffAnswer::Array, None),
+        (true, DiffAnswer::Backward, None),
+    ];
+    for (n, (offer, answer, applied)) in cases.into_iter().enumerate() {
+        let (addr, asked, connections) = member_edge(offer, answer).await;
+        let c = client(addr, dir.path(), &format!("alice{n}"), "d1").await;
+        c.sync_members("g");
+        eventually(WAIT, "a sync with a copy", || async {
+            (!asked.lock().unwrap().is_empty()).then_some(())
+        })
+        .await
+        .unwrap();
+        let version = || async { c.member_list("g").await.unwrap().map(|l| l.version) };
+        match applied {
+            Some(v) => {
+                eventually(WAIT, "the diff applied", || async {
+                    (version().await == Some(v)).then_some(())
+                })
+                .await
+                .unwrap();
+                let members: Vec<String> = c
+                    .members("g")
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.user.to_string())
+                    .collect();
+                assert_eq!(members, ["a", "b", "c"], "case {n}");
+            }
+            None => {
+                eventually(WAIT, "the connection dropped", || async {
+                    (connections.load(std::sync::atomic::Ordering::SeqCst) > 1).then_some(())
+                })
+                .await
+                .unwrap();
+                assert_eq!(
+                    version().await,
+                    Some(5),
+                    "case {n}: the copy stays where it was"
+                );
+            }
+        }
+        let compact = asked.lock().unwrap().clone();
+        let expected = if offer { Some(true) } else { None };
+        assert!(
+            compact.iter().all(|c| *c == expected),
+            "case {n}: {compact:?}"
+        );
+        c.shutdown().await;
+    }
 }
