@@ -1114,13 +1114,17 @@ pub async fn dead_letters(
 }
 
 /// The projections rebuilt from the streams into a fresh database beside `config`'s, as
-/// `anchorage replay --into` does, `batch_size` events per transaction. The folder holds the
-/// database (SQLite) while it lives.
+/// `anchorage replay --into` does, `batch_size` events per transaction, and what the rebuild
+/// did. The folder holds the database (SQLite) while it lives.
 pub async fn rebuilt(
     config: &Config,
     bus: &anchorage_bus::Bus,
     batch_size: usize,
-) -> (TempDir, anchorage_store::Store) {
+) -> (
+    TempDir,
+    anchorage_store::Store,
+    anchorage_projector::replay::ReplaySummary,
+) {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let mut config = config.clone();
     config.database.url = fresh_database(dir.path()).await.expect("a fresh database");
@@ -1130,13 +1134,14 @@ pub async fn rebuilt(
     store.migrate().await.expect("the fresh database migrates");
     let options = anchorage_projector::replay::ReplayOptions {
         batch_size,
+        batch_bytes: anchorage_projector::replay::BATCH_BYTES,
         upto: Default::default(),
         membership: anchorage_projector::MembershipRules {
             tombstone_horizon: config.projector.tombstone_horizon,
         },
     };
-    anchorage_projector::replay::replay(bus, &store, &options, |_| {})
+    let summary = anchorage_projector::replay::replay(bus, &store, &options, |_| {})
         .await
         .expect("the rebuild");
-    (dir, store)
+    (dir, store, summary)
 }

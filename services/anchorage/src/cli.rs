@@ -54,6 +54,11 @@ pub enum Command {
         /// every difference.
         #[arg(long)]
         verify: bool,
+        /// Events per transaction, at most (larger batches rebuild faster; an interrupted
+        /// replay resumes from the last committed one).
+        #[arg(long, default_value_t = anchorage_projector::replay::BATCH as u64,
+              value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        batch: u64,
     },
     /// Chat in the terminal as `--user`: conversations with unread counts, history, live
     /// messages (signs in with `--token`, or a token minted with auth.hmac_secret).
@@ -207,9 +212,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Streams {
             command: StreamsCommand::Apply { check },
         } => streams_apply(&with_dev_operator(config)?, check).await,
-        Command::Replay { into, verify } => {
-            crate::replay::run(&with_dev_operator(config)?, &into, verify).await
-        }
+        Command::Replay {
+            into,
+            verify,
+            batch,
+        } => crate::replay::run(&with_dev_operator(config)?, &into, verify, batch as usize).await,
         Command::Chat {
             url,
             user,

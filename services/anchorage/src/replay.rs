@@ -114,7 +114,12 @@ fn same_inode(a: &std::path::Path, b: &std::path::Path) -> bool {
     false
 }
 
-pub async fn run(config: &Config, into: &str, verify: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    config: &Config,
+    into: &str,
+    verify: bool,
+    batch: usize,
+) -> anyhow::Result<ExitCode> {
     if same_database(into, &config.database.url) {
         bail!(
             "--into names the live database ({into} is {}); replay builds a separate one",
@@ -147,7 +152,8 @@ pub async fn run(config: &Config, into: &str, verify: bool) -> anyhow::Result<Ex
 
     let started = Instant::now();
     let mut options = ReplayOptions {
-        batch_size: config.projector.batch_size as usize,
+        batch_size: batch,
+        batch_bytes: anchorage_projector::replay::BATCH_BYTES,
         upto: BTreeMap::new(),
         membership: anchorage_projector::MembershipRules {
             tombstone_horizon: config.projector.tombstone_horizon,

@@ -184,6 +184,44 @@ pub(crate) fn conv_of_subject(subject: &str) -> &str {
     subject.strip_prefix("msg.").unwrap_or(subject)
 }
 
+/// Entries of the messages stream decoded, checked and with their search terms — all of
+/// applying them that needs no database — ahead of their transaction, which then spends its
+/// time on SQL (a rebuild prepares the next batch while one commits).
+pub(crate) struct Prepared {
+    /// Per entry, in order: its sequence, and the entry or why it can never apply.
+    entries: Vec<(u64, Result<Entry, ApplyError>)>,
+}
+
+/// An entry of the messages stream: its event, and its row.
+type Entry = (Envelope, NewMessage);
+
+impl Prepared {
+    /// Prepares `events` of the messages stream.
+    pub(crate) fn messages(events: &[Stored<'_>]) -> Prepared {
+        let entries = events
+            .iter()
+            .map(|e| {
+                let entry = decode(e.payload).and_then(|env| {
+                    let mut row = message_row(e, &env)?;
+                    if row.kind == EntryKind::Message {
+                        row.terms = Some(anchorage_store::message_terms(&row.body));
+                    }
+                    Ok((env, row))
+                });
+                (e.seq, entry)
+            })
+            .collect();
+        Prepared { entries }
+    }
+}
+
+fn decode(payload: &[u8]) -> Result<Envelope, ApplyError> {
+    Envelope::from_json(payload).map_err(|e| ApplyError::Rejected {
+        code: e.code(),
+        reason: e.to_string(),
+    })
+}
+
 /// Applies `events` (sequence, subject, payload) to projection `p` in one transaction that
 /// also moves the checkpoint as `span` says: all of it lands, or none. Returns the
 /// notifications of what was applied, to publish now that it is committed.
@@ -195,9 +233,29 @@ pub(crate) async fn apply_events(
     events: &[Stored<'_>],
     rules: MembershipRules,
 ) -> Result<Vec<Notice>, ApplyError> {
+    apply_prepared(store, bus, p, span, events, None, rules).await
+}
+
+/// [`apply_events`] with the entries of the messages stream prepared already (`prepared`,
+/// from exactly `events`; `None`: prepared here; ignored for another projection).
+pub(crate) async fn apply_prepared(
+    store: &Store,
+    bus: &Bus,
+    p: Projection,
+    span: Span<'_>,
+    events: &[Stored<'_>],
+    prepared: Option<Prepared>,
+    rules: MembershipRules,
+) -> Result<Vec<Notice>, ApplyError> {
     let Span {
         name, from, next, ..
     } = span;
+    // Before the transaction: it holds the database's writer while it lasts.
+    let prepared = match prepared {
+        _ if p != Projection::Messages => None,
+        Some(prepared) => Some(prepared),
+        None => Some(Prepared::messages(events)),
+    };
     let mut tx = store.begin().await?;
     // One writer per projection: if the checkpoint moved under us, another projector is
     // applying the same stream; back off rather than interleave.
@@ -213,28 +271,32 @@ pub(crate) async fn apply_events(
             "the messages projection is no longer applied in {count} partition(s)"
         )));
     }
-    let decode = |payload: &[u8]| {
-        Envelope::from_json(payload).map_err(|e| ApplyError::Rejected {
-            code: e.code(),
-            reason: e.to_string(),
-        })
-    };
     let mut notices = Vec::new();
     // Events that came from other systems, recorded with what they became.
     let mut ingested = Vec::new();
     // Whether text was erased (a revoke).
     let mut erased = false;
-    if p == Projection::Messages {
+    if let Some(prepared) = prepared {
+        if prepared.entries.len() != events.len()
+            || prepared
+                .entries
+                .iter()
+                .zip(events)
+                .any(|((seq, _), e)| *seq != e.seq)
+        {
+            return Err(ApplyError::Unavailable(
+                "the prepared entries are not those of the batch".into(),
+            ));
+        }
         // Messages go in together: multi-row inserts, one version move per conversation; a
         // change to a message applies in its place between them.
         let mut run = Vec::new();
-        for e in events {
+        for (e, (_, entry)) in events.iter().zip(prepared.entries) {
             if span.passed(e.seq, conv_of_subject(e.subject)) {
                 continue;
             }
-            let env = decode(e.payload)?;
+            let (env, row) = entry?;
             ingested.extend(ingest::origin(&env).map(|(src, id)| (src, id, e.seq)));
-            let row = message_row(e, &env)?;
             if row.kind == EntryKind::Message {
                 run.push(row);
                 continue;
@@ -391,6 +453,7 @@ fn message_row(stored: &Stored, env: &Envelope) -> Result<NewMessage, ApplyError
         emoji: entry.emoji,
         membership: stored.membership,
         attachments: entry.attachments,
+        terms: None,
     })
 }
 

@@ -21,14 +21,25 @@ use anchorage_store::{Checkpoint, Store};
 use anyhow::{Context, bail};
 
 use crate::projections::{
-    ApplyError, MembershipRules, Projection, Span, Stored, apply_events, save_checkpoint,
+    ApplyError, MembershipRules, Prepared, Projection, Span, Stored, apply_events, apply_prepared,
+    save_checkpoint,
 };
+
+/// Events per transaction of a rebuild. Larger than the live projector's batches, which
+/// keep what clients wait for short: a rebuild only wants throughput.
+pub const BATCH: usize = 10_000;
+
+/// Payload bytes per transaction of a rebuild, at most (about: a batch ends after the event
+/// that reaches it).
+pub const BATCH_BYTES: usize = 16 << 20;
 
 /// How far a replay goes and how it reports.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
     /// Events per transaction.
     pub batch_size: usize,
+    /// Payload bytes per transaction, at most (about).
+    pub batch_bytes: usize,
     /// Stop each projection at this sequence (e.g. the live projector's checkpoint, to compare
     /// like with like). Missing: the end of the stream as it is when the replay starts.
     pub upto: BTreeMap<Projection, u64>,
@@ -105,64 +116,97 @@ pub async fn replay(
         }
         let mut reader = bus.read_stream(p.stream(), Seq(at.last_seq + 1)).await?;
         let batch_size = options.batch_size.max(1);
-        // Reading runs ahead of writing: the next batches arrive while one is committed.
-        let (ahead, mut events) = tokio::sync::mpsc::channel(batch_size * 4);
-        let prefetch = tokio::spawn(async move {
+        let batch_bytes = options.batch_bytes.max(1);
+        // Reading and preparing run ahead of writing: the next batch is read, decoded and
+        // prepared while one is committed.
+        let (ahead, mut batches) = tokio::sync::mpsc::channel::<anyhow::Result<Ahead>>(1);
+        let mut prefetch = tokio::spawn(async move {
             loop {
-                let event = reader.next().await;
-                let last = match &event {
-                    Ok(e) => e.seq.0 >= target,
-                    Err(_) => true,
-                };
-                if ahead.send(event).await.is_err() || last {
+                let mut events = Vec::with_capacity(batch_size);
+                let (mut bytes, mut end) = (0, false);
+                while events.len() < batch_size && bytes < batch_bytes && !end {
+                    let event = match reader.next().await {
+                        Ok(event) => event,
+                        Err(err) => {
+                            let _ = ahead.send(Err(err.into())).await;
+                            return;
+                        }
+                    };
+                    let seq = event.seq.0;
+                    end = seq >= target;
+                    if seq <= target {
+                        bytes += event.payload.len();
+                        events.push(event);
+                    }
+                }
+                if events.is_empty() {
+                    return;
+                }
+                let batch = tokio::task::spawn_blocking(move || {
+                    let prepared = (p == Projection::Messages).then(|| {
+                        let items: Vec<Stored> = events.iter().map(parts).collect();
+                        Prepared::messages(&items)
+                    });
+                    Ahead { events, prepared }
+                })
+                .await
+                .context("preparing a batch");
+                if ahead.send(batch).await.is_err() || end {
                     return;
                 }
             }
         });
         let _stop_prefetch = AbortOnDrop(prefetch.abort_handle());
         while at.last_seq < target {
-            let mut batch = Vec::with_capacity(batch_size);
-            while batch.len() < batch_size {
-                let event = events.recv().await.context("the stream reader stopped")??;
-                let seq = event.seq.0;
-                if seq > target {
-                    break;
-                }
-                batch.push(event);
-                if seq == target {
-                    break;
-                }
-            }
-            let Some(last) = batch.last() else { break };
+            let Some(batch) = batches.recv().await else {
+                // The reader passed the target without stopping on it (the entry there was
+                // erased): everything up to it is applied — unless the reader failed.
+                (&mut prefetch).await.context("the stream reader stopped")?;
+                break;
+            };
+            let Ahead { events, prepared } = batch?;
+            let Some(last) = events.last() else { break };
             let next = Checkpoint {
                 epoch: at.epoch,
                 last_seq: last.seq.0,
             };
-            let items: Vec<Stored> = batch.iter().map(parts).collect();
+            let items: Vec<Stored> = events.iter().map(parts).collect();
             // A rebuild announces nothing: clients already heard of these changes.
             let from = at.last_seq;
             let span = Span::of(p, from, next);
-            match apply_events(store, bus, p, span, &items, options.membership).await {
+            let rules = options.membership;
+            match apply_prepared(store, bus, p, span, &items, prepared, rules).await {
                 Ok(_) => summary.applied += items.len() as u64,
                 Err(ApplyError::Rejected { .. }) => {
+                    // Halves of the batch apply on their own until the events at fault stand
+                    // alone: a few transactions per rejected event, not one per event.
                     let mut from = from;
-                    for item in &items {
-                        let one = Checkpoint {
-                            epoch: at.epoch,
-                            last_seq: item.seq,
+                    let mut parts = vec![&items[..]];
+                    while let Some(part) = parts.pop() {
+                        let (Some(first), Some(last)) = (part.first(), part.last()) else {
+                            continue;
                         };
-                        let one_event = std::slice::from_ref(item);
-                        let rules = options.membership;
-                        let span = Span::of(p, from, one);
-                        match apply_events(store, bus, p, span, one_event, rules).await {
-                            Ok(_) => summary.applied += 1,
-                            Err(ApplyError::Rejected { .. }) => {
+                        let to = Checkpoint {
+                            epoch: at.epoch,
+                            last_seq: last.seq,
+                        };
+                        let span = Span::of(p, from, to);
+                        match apply_events(store, bus, p, span, part, rules).await {
+                            Ok(_) => summary.applied += part.len() as u64,
+                            Err(ApplyError::Rejected { .. }) if part.len() == 1 => {
                                 summary.rejected += 1;
-                                save_checkpoint(store, p.name(), p.stream(), from, one).await?;
+                                save_checkpoint(store, p.name(), p.stream(), from, to).await?;
                             }
-                            Err(err) => return Err(err).context("applying an event"),
+                            Err(ApplyError::Rejected { .. }) => {
+                                let (head, tail) = part.split_at(part.len() / 2);
+                                parts.extend([tail, head]);
+                                continue;
+                            }
+                            Err(err) => {
+                                return Err(err).context(format!("applying event {}", first.seq));
+                            }
                         }
-                        from = item.seq;
+                        from = last.seq;
                     }
                 }
                 Err(err) => return Err(err).context("applying a batch"),
@@ -185,6 +229,12 @@ pub async fn replay(
         .await?;
     tx.commit().await?;
     Ok(summary)
+}
+
+/// A batch read ahead: its events, and for the messages stream their prepared entries.
+struct Ahead {
+    events: Vec<StoredEvent>,
+    prepared: Option<Prepared>,
 }
 
 /// Aborts a task when dropped (a replay that fails stops its reader).

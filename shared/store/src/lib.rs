@@ -29,6 +29,7 @@ pub use projection::{
 pub use read::{
     ConversationRow, ConversationState, Fingerprint, MessageRow, Prefs, ReactionCount, UserState,
 };
+pub use search::message_terms;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -9,6 +9,7 @@
 //! Digests are 64-bit wrapping sums; SQL integer arithmetic would overflow, so they are read,
 //! combined in Rust and written back, stored as the two's-complement `BIGINT` of the `u64`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use sqlx::{Any, Row, Transaction};
@@ -67,6 +68,9 @@ pub struct NewMessage {
     pub membership: Option<u64>,
     /// The files a message carries.
     pub attachments: Vec<anchorage_schema::attachment::Attachment>,
+    /// The search terms of a message's body ([`crate::message_terms`]), when worked out
+    /// ahead of the transaction; `None`: from the body as it is stored.
+    pub terms: Option<Vec<String>>,
 }
 
 /// The fields of a user's view of a conversation to change (absent: unchanged).
@@ -443,6 +447,54 @@ impl Tx {
         Ok(done.rows_affected() == 1)
     }
 
+    /// The multi-row insert of `chunk`, skipping the messages a conversation holds already,
+    /// followed by `tail` (a `RETURNING` clause, or nothing).
+    fn bind_messages<'q>(
+        &self,
+        chunk: &'q [NewMessage],
+        tail: &str,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+        // Only placeholders are formatted into the statement.
+        let sql = format!(
+            "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body,
+                                   client_ts, server_ts, event_id, kind, target,
+                                   reply_to, detail, flag, membership_seq, attachments)
+             VALUES {}
+             ON CONFLICT DO NOTHING {tail}",
+            rows_of_params(self.backend, chunk.len(), 16)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for m in chunk {
+            let detail = match m.kind {
+                EntryKind::Reaction => m.emoji.clone(),
+                _ if m.mentions.is_empty() => None,
+                _ => serde_json::to_string(&m.mentions).ok(),
+            };
+            q = q
+                .bind(&m.conv)
+                .bind(i(m.seq))
+                .bind(&m.sender)
+                .bind(&m.device)
+                .bind(&m.client_msg_id)
+                .bind(&m.body)
+                .bind(m.client_ts)
+                .bind(m.server_ts)
+                .bind(&m.event_id)
+                .bind(m.kind.as_str())
+                .bind(m.target.map(i))
+                .bind(m.reply_to.map(i))
+                .bind(detail)
+                .bind(m.flag.map(i64::from))
+                .bind(m.membership.map(i))
+                .bind(
+                    (!m.attachments.is_empty())
+                        .then(|| serde_json::to_string(&m.attachments).ok())
+                        .flatten(),
+                );
+        }
+        q
+    }
+
     /// Stores a message; `false` if this conversation already holds it (same seq, or the same
     /// sender's `client_msg_id`).
     pub async fn insert_message(&mut self, m: &NewMessage) -> Result<bool, StoreError> {
@@ -460,52 +512,44 @@ impl Tx {
             .collect();
         let mut inserted = 0;
         for chunk in messages.chunks(ROWS_PER_INSERT) {
-            // Only placeholders are formatted into the statement.
-            let sql = format!(
-                "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body,
-                                       client_ts, server_ts, event_id, kind, target,
-                                       reply_to, detail, flag, membership_seq, attachments)
-                 VALUES {}
-                 ON CONFLICT DO NOTHING
-                 RETURNING conv_id, seq",
-                rows_of_params(self.backend, chunk.len(), 16)
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for m in chunk {
-                let detail = match m.kind {
-                    EntryKind::Reaction => m.emoji.clone(),
-                    _ if m.mentions.is_empty() => None,
-                    _ => serde_json::to_string(&m.mentions).ok(),
-                };
-                q = q
-                    .bind(&m.conv)
-                    .bind(i(m.seq))
-                    .bind(&m.sender)
-                    .bind(&m.device)
-                    .bind(&m.client_msg_id)
-                    .bind(&m.body)
-                    .bind(m.client_ts)
-                    .bind(m.server_ts)
-                    .bind(&m.event_id)
-                    .bind(m.kind.as_str())
-                    .bind(m.target.map(i))
-                    .bind(m.reply_to.map(i))
-                    .bind(detail)
-                    .bind(m.flag.map(i64::from))
-                    .bind(m.membership.map(i))
-                    .bind(
-                        (!m.attachments.is_empty())
-                            .then(|| serde_json::to_string(&m.attachments).ok())
-                            .flatten(),
-                    );
-            }
-            let mut new_texts = Vec::new();
-            for r in q.fetch_all(&mut *self.tx).await? {
-                let conv: String = r.try_get("conv_id")?;
-                let seq = u(r.try_get("seq")?);
-                let Some(m) = by_key.get(&(conv.as_str(), seq)) else {
-                    continue;
-                };
+            // Nearly always every row is new, and then none has to come back. A chunk holding
+            // one stored already is taken back to the savepoint and inserted again, answering
+            // which rows are new.
+            sqlx::query("SAVEPOINT new_messages")
+                .execute(&mut *self.tx)
+                .await?;
+            let all_new = self
+                .bind_messages(chunk, "")
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected()
+                == chunk.len() as u64;
+            let stored: Vec<&NewMessage> = if all_new {
+                sqlx::query("RELEASE SAVEPOINT new_messages")
+                    .execute(&mut *self.tx)
+                    .await?;
+                chunk.iter().collect()
+            } else {
+                sqlx::query("ROLLBACK TO SAVEPOINT new_messages")
+                    .execute(&mut *self.tx)
+                    .await?;
+                sqlx::query("RELEASE SAVEPOINT new_messages")
+                    .execute(&mut *self.tx)
+                    .await?;
+                let mut stored = Vec::new();
+                for r in self
+                    .bind_messages(chunk, "RETURNING conv_id, seq")
+                    .fetch_all(&mut *self.tx)
+                    .await?
+                {
+                    let conv: String = r.try_get("conv_id")?;
+                    let seq = u(r.try_get("seq")?);
+                    stored.extend(by_key.get(&(conv.as_str(), seq)).copied());
+                }
+                stored
+            };
+            let mut new_docs = Vec::new();
+            for m in stored {
                 inserted += 1;
                 let e = convs.entry(m.conv.as_str()).or_insert((0, 0, 0));
                 if m.seq > e.0 {
@@ -513,7 +557,11 @@ impl Tx {
                 }
                 if m.kind == EntryKind::Message {
                     e.2 += 1;
-                    new_texts.push((m.conv.as_str(), m.seq, m.body.as_str()));
+                    let terms = match &m.terms {
+                        Some(terms) => Cow::Borrowed(terms.as_slice()),
+                        None => Cow::Owned(crate::message_terms(&m.body)),
+                    };
+                    new_docs.push((m.conv.as_str(), m.seq, terms));
                     if !m.attachments.is_empty() {
                         let objects: Vec<&str> =
                             m.attachments.iter().map(|a| a.id.object()).collect();
@@ -533,7 +581,11 @@ impl Tx {
                     }
                 }
             }
-            self.index_messages(&new_texts).await?;
+            let docs: Vec<(&str, u64, &[String])> = new_docs
+                .iter()
+                .map(|(conv, seq, terms)| (*conv, *seq, terms.as_ref()))
+                .collect();
+            self.index_documents(&docs).await?;
         }
         // Every conversation's version moves in a few statements (each conversation once
         // per statement, as an upsert requires).

@@ -49,7 +49,7 @@ pub struct Found {
 const MAX_HIGHLIGHTS: usize = 16;
 
 /// The terms a stored body (JSON text) is indexed under; none for a body without text.
-pub(crate) fn terms_of_body(body: &str) -> Vec<String> {
+pub fn message_terms(body: &str) -> Vec<String> {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .as_ref()
@@ -64,9 +64,27 @@ pub(crate) async fn index_messages(
     backend: Backend,
     messages: &[(&str, u64, &str)],
 ) -> Result<(), StoreError> {
-    let docs: Vec<(&str, u64, Vec<String>)> = messages
+    let terms: Vec<Vec<String>> = messages
         .iter()
-        .map(|(conv, seq, body)| (*conv, *seq, terms_of_body(body)))
+        .map(|(_, _, body)| message_terms(body))
+        .collect();
+    let docs: Vec<(&str, u64, &[String])> = messages
+        .iter()
+        .zip(&terms)
+        .map(|((conv, seq, _), terms)| (*conv, *seq, terms.as_slice()))
+        .collect();
+    index_documents(conn, backend, &docs).await
+}
+
+/// Writes the index documents of messages (conversation, seq, terms); a message without terms
+/// has none.
+pub(crate) async fn index_documents(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    docs: &[(&str, u64, &[String])],
+) -> Result<(), StoreError> {
+    let docs: Vec<&(&str, u64, &[String])> = docs
+        .iter()
         .filter(|(_, _, terms)| !terms.is_empty())
         .collect();
     for chunk in docs.chunks(DOCUMENTS_PER_INSERT) {
@@ -150,6 +168,15 @@ impl Tx {
         messages: &[(&str, u64, &str)],
     ) -> Result<(), StoreError> {
         index_messages(&mut self.tx, self.backend, messages).await
+    }
+
+    /// Writes the index documents of messages whose terms are known (conversation, seq,
+    /// terms).
+    pub(crate) async fn index_documents(
+        &mut self,
+        docs: &[(&str, u64, &[String])],
+    ) -> Result<(), StoreError> {
+        index_documents(&mut self.tx, self.backend, docs).await
     }
 
     /// Removes the document of message `seq` (its text is about to change: an edit or a

@@ -430,7 +430,7 @@ async fn revoking_deletes_files_no_other_message_names(kind: Kind) {
     assert!(tomb.revoked && tomb.attachments.is_empty(), "{tomb:?}");
     // A rebuild from the streams holds the same files and tombstones.
     let store = &f.t.stack.store;
-    let (_rebuilt_dir, rebuilt) = anchorage_tests::rebuilt(&f.t.config, &f.t.stack.bus, 5).await;
+    let (_rebuilt_dir, rebuilt, _) = anchorage_tests::rebuilt(&f.t.config, &f.t.stack.bus, 5).await;
     let differences: Vec<String> = store
         .fingerprint()
         .await

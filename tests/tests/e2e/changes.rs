@@ -485,7 +485,7 @@ async fn a_revoked_text_is_gone_from_the_stream_the_store_and_a_rebuild() {
     }
 
     // A rebuild from the streams has the tombstone, in its place, and no text.
-    let (_dir, rebuilt) = anchorage_tests::rebuilt(&t.stack.config, bus, 64).await;
+    let (_dir, rebuilt, _) = anchorage_tests::rebuilt(&t.stack.config, bus, 64).await;
     let tomb = rebuilt.message("vault", seq).await.unwrap().unwrap();
     assert!(tomb.revoked && tomb.body == "null");
     assert_eq!(

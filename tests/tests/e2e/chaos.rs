@@ -345,7 +345,8 @@ async fn acknowledged_messages_survive_leader_kills_exactly_once_in_order() {
     // A rebuild can be run again after a timeout (it resumes); the cluster is still settling.
     let mut verified = None;
     for _ in 0..5 {
-        match anchorage::replay::run(&config, &into, true).await {
+        match anchorage::replay::run(&config, &into, true, anchorage_projector::replay::BATCH).await
+        {
             Ok(code) => {
                 verified = Some(code);
                 break;

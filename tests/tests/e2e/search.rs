@@ -323,7 +323,7 @@ async fn a_user_finds_what_reached_them_in_its_current_text() {
         .unwrap()
         .last_seq;
     projected(store, "membership", last.0).await;
-    let (_dir, rebuilt) = anchorage_tests::rebuilt(&t.config, &t.stack.bus, 3).await;
+    let (_dir, rebuilt, _) = anchorage_tests::rebuilt(&t.config, &t.stack.bus, 3).await;
     let users = ["alice", "bob", "carol", "dave"];
     let queries = ["deploy", "ship", "京都", "cafe", "meeting", "bob"];
     let live = everything_found(store, &users, &queries).await;

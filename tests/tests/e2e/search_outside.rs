@@ -873,7 +873,7 @@ async fn index_churn(t: &TestStack) -> (Vec<String>, ()) {
 
 /// A rebuild from the streams finds for `users` what the live database finds.
 async fn rebuilt_agrees(t: &TestStack, users: &[&str], words: &[&str]) {
-    let (_dir, rebuilt) = anchorage_tests::rebuilt(&t.config, &t.stack.bus, 7).await;
+    let (_dir, rebuilt, _) = anchorage_tests::rebuilt(&t.config, &t.stack.bus, 7).await;
     for user in users {
         for word in words {
             let query = Query::parse(word).unwrap();

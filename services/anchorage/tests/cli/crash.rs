@@ -426,7 +426,10 @@ async fn kill_9_during_replay_then_rerun_ends_equal_to_the_live_state() {
     std::fs::create_dir_all(s.dir.path().join("rebuilt")).unwrap();
     let rebuilt_url = fresh_database(&s.dir.path().join("rebuilt")).await.unwrap();
     let end = s.bus.stream_state("MESSAGES").await.unwrap().last_seq.0;
-    let mut replay = spawn(&s.config_file, &["replay", "--into", &rebuilt_url]);
+    let mut replay = spawn(
+        &s.config_file,
+        &["replay", "--into", &rebuilt_url, "--batch", "100"],
+    );
     let rebuilt = eventually(
         Duration::from_secs(60),
         "the replay to create its database",

@@ -67,7 +67,8 @@ pub(crate) async fn rebuild(
     .await?;
     store.migrate().await?;
     let options = anchorage_projector::replay::ReplayOptions {
-        batch_size: 1000,
+        batch_size: anchorage_projector::replay::BATCH,
+        batch_bytes: anchorage_projector::replay::BATCH_BYTES,
         upto: Default::default(),
         membership: Default::default(),
     };
