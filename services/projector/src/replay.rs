@@ -142,15 +142,20 @@ pub async fn replay(
                 if events.is_empty() {
                     return;
                 }
-                let batch = tokio::task::spawn_blocking(move || {
-                    let prepared = (p == Projection::Messages).then(|| {
+                let batch = if p == Projection::Messages {
+                    tokio::task::spawn_blocking(move || {
                         let items: Vec<Stored> = events.iter().map(parts).collect();
-                        Prepared::messages(&items)
-                    });
-                    Ahead { events, prepared }
-                })
-                .await
-                .context("preparing a batch");
+                        let prepared = Some(Prepared::messages(&items));
+                        Ahead { events, prepared }
+                    })
+                    .await
+                    .context("preparing a batch")
+                } else {
+                    Ok(Ahead {
+                        events,
+                        prepared: None,
+                    })
+                };
                 if ahead.send(batch).await.is_err() || end {
                     return;
                 }

@@ -452,9 +452,9 @@ impl Tx {
     fn bind_messages<'q>(
         &self,
         chunk: &'q [NewMessage],
-        tail: &str,
+        tail: &'static str,
     ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-        // Only placeholders are formatted into the statement.
+        // Only placeholders (and a constant tail) are formatted into the statement.
         let sql = format!(
             "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body,
                                    client_ts, server_ts, event_id, kind, target,

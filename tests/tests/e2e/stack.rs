@@ -95,6 +95,71 @@ async fn readyz_follows_nats_database_and_stream_drift() {
     stack.stack.stop().await.unwrap();
 }
 
+fn row(seq: u64, client_msg_id: &str) -> anchorage_store::NewMessage {
+    anchorage_store::NewMessage {
+        conv: "c".into(),
+        seq,
+        sender: "alice".into(),
+        device: "d1".into(),
+        client_msg_id: client_msg_id.into(),
+        body: format!(r#"{{"text":"number {seq}"}}"#),
+        client_ts: 1,
+        server_ts: i64::try_from(seq).unwrap(),
+        event_id: format!("e{seq}"),
+        kind: anchorage_store::EntryKind::Message,
+        target: None,
+        reply_to: None,
+        mentions: Vec::new(),
+        emoji: None,
+        flag: None,
+        membership: None,
+        attachments: Vec::new(),
+        terms: None,
+    }
+}
+
+// A chunk of messages is inserted in one statement that answers nothing when every row is
+// new; one holding a message stored already (the same seq, or the same sender's id) is
+// taken back and inserted again answering which are new: only those count, move the
+// conversation and are indexed.
+#[tokio::test]
+async fn a_chunk_holding_stored_messages_stores_and_counts_only_the_new_ones() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let store = &stack.stack.store;
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.insert_messages(&[row(1, "a"), row(2, "b")])
+            .await
+            .unwrap(),
+        2
+    );
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    let chunk = [
+        row(2, "b"),
+        row(3, "a"),
+        row(4, "c"),
+        row(5, "c"),
+        row(6, "d"),
+    ];
+    assert_eq!(tx.insert_messages(&chunk).await.unwrap(), 2);
+    tx.commit().await.unwrap();
+
+    let seqs: Vec<u64> = store
+        .messages_after("c", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 4, 6]);
+    let conv = store.conversation("c").await.unwrap().unwrap();
+    assert_eq!((conv.message_count, conv.last_seq), (4, 6));
+    stack.stack.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_rebuild_sets_each_poison_event_aside_and_applies_everything_around_it() {
     let nats = TestNats::start().await.unwrap();
