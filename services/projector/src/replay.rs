@@ -33,6 +33,14 @@ pub const BATCH: usize = 10_000;
 /// that reaches it).
 pub const BATCH_BYTES: usize = 16 << 20;
 
+/// How long the reader may deliver nothing before the replay asks the stream whether anything
+/// is left up to its target.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long the reader may deliver nothing while the stream holds more before the replay fails
+/// (it resumes when run again).
+const STALLED: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How far a replay goes and how it reports.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
@@ -118,58 +126,101 @@ pub async fn replay(
         let batch_size = options.batch_size.max(1);
         let batch_bytes = options.batch_bytes.max(1);
         // Reading and preparing run ahead of writing: the next batch is read, decoded and
-        // prepared while one is committed.
-        let (ahead, mut batches) = tokio::sync::mpsc::channel::<anyhow::Result<Ahead>>(1);
+        // prepared while one is committed. The reader ends once it has read everything the
+        // stream holds up to the target — which may end in erased entries (Ok), or fails.
+        let (ahead, mut batches) = tokio::sync::mpsc::channel::<Ahead>(1);
+        let (source, stream_name, from) = (bus.clone(), p.stream(), at.last_seq);
         let mut prefetch = tokio::spawn(async move {
+            let mut last_read = from;
             loop {
                 let mut events = Vec::with_capacity(batch_size);
                 let (mut bytes, mut end) = (0, false);
+                let mut quiet_since: Option<std::time::Instant> = None;
                 while events.len() < batch_size && bytes < batch_bytes && !end {
-                    let event = match reader.next().await {
-                        Ok(event) => event,
-                        Err(err) => {
-                            let _ = ahead.send(Err(err.into())).await;
-                            return;
+                    let event = match tokio::time::timeout(QUIET, reader.next()).await {
+                        Ok(event) => event?,
+                        Err(_) => {
+                            // Nothing came for a while: the entries left up to the target may
+                            // all be erased, or the reader is slow.
+                            match source
+                                .first_stored_from(stream_name, Seq(last_read + 1))
+                                .await?
+                            {
+                                Some(next) if next.0 <= target => {
+                                    let since =
+                                        *quiet_since.get_or_insert_with(std::time::Instant::now);
+                                    if since.elapsed() > STALLED {
+                                        bail!(
+                                            "the stream reader of {stream_name} delivered nothing \
+                                             for {STALLED:?} while {next} is stored"
+                                        );
+                                    }
+                                    continue;
+                                }
+                                _ => {
+                                    end = true;
+                                    break;
+                                }
+                            }
                         }
                     };
+                    quiet_since = None;
                     let seq = event.seq.0;
+                    last_read = seq;
                     end = seq >= target;
                     if seq <= target {
                         bytes += event.payload.len();
                         events.push(event);
                     }
                 }
-                if events.is_empty() {
-                    return;
+                if !events.is_empty() {
+                    let batch = if p == Projection::Messages {
+                        tokio::task::spawn_blocking(move || {
+                            let items: Vec<Stored> = events.iter().map(parts).collect();
+                            let prepared = Some(Prepared::messages(&items));
+                            Ahead { events, prepared }
+                        })
+                        .await
+                        .context("preparing a batch")?
+                    } else {
+                        Ahead {
+                            events,
+                            prepared: None,
+                        }
+                    };
+                    if ahead.send(batch).await.is_err() {
+                        return Ok(());
+                    }
                 }
-                let batch = if p == Projection::Messages {
-                    tokio::task::spawn_blocking(move || {
-                        let items: Vec<Stored> = events.iter().map(parts).collect();
-                        let prepared = Some(Prepared::messages(&items));
-                        Ahead { events, prepared }
-                    })
-                    .await
-                    .context("preparing a batch")
-                } else {
-                    Ok(Ahead {
-                        events,
-                        prepared: None,
-                    })
-                };
-                if ahead.send(batch).await.is_err() || end {
-                    return;
+                if end {
+                    return anyhow::Ok(());
                 }
             }
         });
         let _stop_prefetch = AbortOnDrop(prefetch.abort_handle());
         while at.last_seq < target {
-            let Some(batch) = batches.recv().await else {
-                // The reader passed the target without stopping on it (the entry there was
-                // erased): everything up to it is applied — unless the reader failed.
-                (&mut prefetch).await.context("the stream reader stopped")?;
+            let Some(Ahead { events, prepared }) = batches.recv().await else {
+                // The reader read everything up to the target; what it did not deliver up to
+                // there was erased.
+                (&mut prefetch)
+                    .await
+                    .context("the stream reader stopped")?
+                    .context("reading the stream")?;
+                let end = Checkpoint {
+                    epoch: at.epoch,
+                    last_seq: target,
+                };
+                if end.last_seq > at.last_seq {
+                    save_checkpoint(store, p.name(), p.stream(), at.last_seq, end).await?;
+                }
+                at = end;
+                progress(Progress {
+                    projection: p,
+                    done: at.last_seq - first,
+                    total,
+                });
                 break;
             };
-            let Ahead { events, prepared } = batch?;
             let Some(last) = events.last() else { break };
             let next = Checkpoint {
                 epoch: at.epoch,

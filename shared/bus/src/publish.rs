@@ -219,6 +219,32 @@ impl Bus {
         }
     }
 
+    /// The sequence of the first message `stream` stores at or after `from`, if any (those
+    /// before it, up to `from`, were erased or never stored).
+    pub async fn first_stored_from(
+        &self,
+        stream: &str,
+        from: Seq,
+    ) -> Result<Option<Seq>, BusError> {
+        let handle = self
+            .jetstream()
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| crate::stream_error(stream, e))?;
+        match handle.get_first_raw_message_by_subject(">", from.0).await {
+            Ok(m) => Ok(Some(Seq(m.sequence))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(BusError::jetstream(stream, e)),
+        }
+    }
+
     /// Erases the message at `seq` from `stream`: JetStream overwrites its bytes in the store
     /// before it lets go of them (a secure delete), and the sequence stays taken. `false` if
     /// nothing is stored there (erased already). Only a NATS user allowed

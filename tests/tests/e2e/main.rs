@@ -22,6 +22,7 @@ mod nats_security;
 mod observability;
 mod push;
 mod push_outside;
+mod rebuild;
 mod sdk;
 mod search;
 mod search_outside;

@@ -161,62 +161,6 @@ async fn a_chunk_holding_stored_messages_stores_and_counts_only_the_new_ones() {
 }
 
 #[tokio::test]
-async fn a_rebuild_sets_each_poison_event_aside_and_applies_everything_around_it() {
-    let nats = TestNats::start().await.unwrap();
-    let stack = TestStack::start(&nats.url()).await.unwrap();
-    let bus: &Bus = &stack.stack.bus;
-    let store = &stack.stack.store;
-    let convs: Vec<ConversationId> = (0..3)
-        .map(|i| ConversationId::parse(format!("r{i}")).unwrap())
-        .collect();
-    // Poison first, side by side, in the middle of a batch, on a batch's edge and last.
-    let poison = [1, 2, 77, 128, 200];
-    for n in 1..=200u32 {
-        let conv = &convs[n as usize % convs.len()];
-        if poison.contains(&n) {
-            let junk = format!("junk-{n}");
-            bus.publish_raw(&subjects::message(conv), Some(&junk), b"{not json".to_vec())
-                .await
-                .unwrap();
-        } else {
-            bus.publish_event(&subjects::message(conv), &message(conv, n), None)
-                .await
-                .unwrap();
-        }
-    }
-    eventually(WAIT, "the live projection to reach the end", || async {
-        let at = store.checkpoint("messages").await.ok()??;
-        (at.last_seq == 200).then_some(())
-    })
-    .await
-    .unwrap();
-
-    let (_dir, rebuilt, summary) = anchorage_tests::rebuilt(&stack.config, bus, 64).await;
-    assert_eq!(
-        (summary.applied, summary.rejected),
-        (195, 5),
-        "each poison event set aside once, everything else applied"
-    );
-    let live = store.fingerprint().await.unwrap();
-    let again = rebuilt.fingerprint().await.unwrap();
-    let differences: Vec<String> = live
-        .differences(&again)
-        .into_iter()
-        .filter(|d| !d.starts_with("checkpoint \"ingest\""))
-        .collect();
-    assert_eq!(differences, Vec::<String>::new());
-    assert_eq!(
-        rebuilt
-            .checkpoint("messages")
-            .await
-            .unwrap()
-            .map(|c| c.last_seq),
-        Some(200)
-    );
-    stack.stack.stop().await.unwrap();
-}
-
-#[tokio::test]
 async fn projections_follow_the_streams_and_poison_goes_to_the_dead_letter_stream() {
     let nats = TestNats::start().await.unwrap();
     let stack = TestStack::start(&nats.url()).await.unwrap();
