@@ -279,6 +279,19 @@ fn is_not_found(err: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
+/// A message read from a stream, or `None` if none is stored there — told apart from a
+/// failure to ask (named after `what`).
+fn stored_or_none(
+    what: &str,
+    read: Result<jetstream::message::StreamMessage, jetstream::stream::RawMessageError>,
+) -> Result<Option<jetstream::message::StreamMessage>, BusError> {
+    match read {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(BusError::jetstream(what, e)),
+    }
+}
+
 fn stream_error(stream: &str, err: jetstream::context::GetStreamError) -> BusError {
     if is_not_found(&err) {
         BusError::StreamMissing {

@@ -99,18 +99,8 @@ impl Bus {
             .get_stream_no_info(stream)
             .await
             .map_err(|e| crate::stream_error(stream, e))?;
-        match handle.get_last_raw_message_by_subject(subject).await {
-            Ok(m) => Ok(Some((Seq(m.sequence), m.payload))),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(BusError::jetstream(subject, e)),
-        }
+        let last = handle.get_last_raw_message_by_subject(subject).await;
+        Ok(crate::stored_or_none(subject, last)?.map(|m| (Seq(m.sequence), m.payload)))
     }
 }
 

@@ -203,20 +203,8 @@ impl Bus {
             .get_stream_no_info(stream)
             .await
             .map_err(|e| crate::stream_error(stream, e))?;
-        match handle.get_raw_message(seq.0).await {
-            Ok(m) => Ok(Some(
-                Envelope::from_json(&m.payload).map_err(|e| e.to_string()),
-            )),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(BusError::jetstream(stream, e)),
-        }
+        let stored = crate::stored_or_none(stream, handle.get_raw_message(seq.0).await)?;
+        Ok(stored.map(|m| Envelope::from_json(&m.payload).map_err(|e| e.to_string())))
     }
 
     /// The sequence of the first message `stream` stores at or after `from`, if any (those
@@ -231,18 +219,8 @@ impl Bus {
             .get_stream_no_info(stream)
             .await
             .map_err(|e| crate::stream_error(stream, e))?;
-        match handle.get_first_raw_message_by_subject(">", from.0).await {
-            Ok(m) => Ok(Some(Seq(m.sequence))),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(BusError::jetstream(stream, e)),
-        }
+        let first = handle.get_first_raw_message_by_subject(">", from.0).await;
+        Ok(crate::stored_or_none(stream, first)?.map(|m| Seq(m.sequence)))
     }
 
     /// Erases the message at `seq` from `stream`: JetStream overwrites its bytes in the store

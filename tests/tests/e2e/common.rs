@@ -20,6 +20,22 @@ pub const BIG_SIZE: usize = 100_000;
 /// Small, so a test can push a copy past it.
 pub const HORIZON: u64 = 40;
 
+pub fn user(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+/// An event from the system named `test`, with id `id`, at a fixed time.
+pub fn system_event(id: &str, event: impl Into<Event>) -> Envelope {
+    Envelope::new(
+        EventId::parse(id).unwrap(),
+        1_763_840_000_000,
+        Actor::System {
+            source: SourceId::parse("test").unwrap(),
+        },
+        event,
+    )
+}
+
 pub fn member(n: usize) -> String {
     format!("u{n:06}")
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::common::{system_event, user};
 use anchorage_bus::Bus;
 use anchorage_projector::Projection;
 use anchorage_projector::replay::{BATCH_BYTES, ReplayOptions, replay};
@@ -12,31 +13,13 @@ use anchorage_schema::event::{
     MessageEdited, MessageRevoked, MessageSent, ReactionChanged, ReadMarked, UserCreated,
 };
 use anchorage_schema::subjects;
-use anchorage_schema::{
-    Actor, ClientMsgId, ConversationId, DeviceId, Envelope, Event, EventId, GroupId, SourceId,
-    UserId,
-};
+use anchorage_schema::{ClientMsgId, ConversationId, DeviceId, Envelope, Event, GroupId, UserId};
 use anchorage_tests::{TestNats, TestStack, dead_letters, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn user(s: &str) -> UserId {
-    UserId::parse(s).unwrap()
-}
-
-fn env(id: &str, event: impl Into<Event>) -> Envelope {
-    Envelope::new(
-        EventId::parse(id).unwrap(),
-        1_763_840_000_000,
-        Actor::System {
-            source: SourceId::parse("test").unwrap(),
-        },
-        event,
-    )
-}
-
 fn sent(conv: &ConversationId, id: &str, n: u32, mentions: Vec<UserId>) -> Envelope {
-    env(
+    system_event(
         &format!("ev-{id}-{n}"),
         MessageSent {
             conv: conv.clone(),
@@ -54,7 +37,7 @@ fn sent(conv: &ConversationId, id: &str, n: u32, mentions: Vec<UserId>) -> Envel
 }
 
 fn edited(conv: &ConversationId, target: u64, n: u32) -> Envelope {
-    env(
+    system_event(
         &format!("ev-edit-{n}"),
         MessageEdited {
             conv: conv.clone(),
@@ -67,7 +50,7 @@ fn edited(conv: &ConversationId, target: u64, n: u32) -> Envelope {
 }
 
 fn revoked(conv: &ConversationId, target: u64, cmid: &str, n: u32, client_ts: i64) -> Envelope {
-    env(
+    system_event(
         &format!("ev-revoke-{n}"),
         MessageRevoked {
             conv: conv.clone(),
@@ -82,7 +65,7 @@ fn revoked(conv: &ConversationId, target: u64, cmid: &str, n: u32, client_ts: i6
 }
 
 fn reacted(conv: &ConversationId, target: u64, n: u32, added: bool) -> Envelope {
-    env(
+    system_event(
         &format!("ev-react-{n}"),
         ReactionChanged {
             conv: conv.clone(),
@@ -325,7 +308,7 @@ async fn poison_anywhere_in_any_stream_is_set_aside_at_every_batch_size() {
                 .await
                 .unwrap();
         } else {
-            let e = env(
+            let e = system_event(
                 &format!("ev-user-{i}"),
                 UserCreated {
                     user: u.clone(),
@@ -342,7 +325,7 @@ async fn poison_anywhere_in_any_stream_is_set_aside_at_every_batch_size() {
                 .await
                 .unwrap();
         } else {
-            let e = env(
+            let e = system_event(
                 &format!("ev-read-{i}"),
                 ReadMarked {
                     user: u.clone(),
@@ -399,7 +382,7 @@ async fn ids_reused_on_the_edges_of_insert_chunks_count_once() {
         } else {
             format!("c{n}")
         };
-        let e = env(
+        let e = system_event(
             &format!("ev-big-{n}"),
             match sent(
                 &conv,

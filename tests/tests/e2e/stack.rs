@@ -3,36 +3,19 @@
 
 use std::time::Duration;
 
+use crate::common::{system_event, user};
 use anchorage_bus::Bus;
 use anchorage_schema::event::{
     GroupCreated, MembersAdded, MembersRemoved, MessageSent, ReadMarked, RemovalReason, UserCreated,
 };
 use anchorage_schema::subjects::{self, header};
-use anchorage_schema::{
-    Actor, ClientMsgId, ConversationId, DeviceId, Envelope, Event, EventId, GroupId, SourceId,
-    UserId,
-};
+use anchorage_schema::{ClientMsgId, ConversationId, DeviceId, Envelope, GroupId};
 use anchorage_tests::{TestNats, TestStack, dead_letters, eventually, http_get};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn user(s: &str) -> UserId {
-    UserId::parse(s).unwrap()
-}
-
-fn env(id: &str, event: impl Into<Event>) -> Envelope {
-    Envelope::new(
-        EventId::parse(id).unwrap(),
-        1_763_840_000_000,
-        Actor::System {
-            source: SourceId::parse("test").unwrap(),
-        },
-        event,
-    )
-}
-
 fn message(conv: &ConversationId, n: u32) -> Envelope {
-    env(
+    system_event(
         &format!("d1:m{n}"),
         MessageSent {
             conv: conv.clone(),
@@ -181,7 +164,7 @@ async fn projections_follow_the_streams_and_poison_goes_to_the_dead_letter_strea
     )
     .await
     .unwrap();
-    let wrong = env(
+    let wrong = system_event(
         "e-wrong",
         UserCreated {
             user: user("bob"),
@@ -260,7 +243,7 @@ async fn membership_reads_and_users_are_projected_with_digests() {
     let g = GroupId::parse("g1").unwrap();
     let subject = subjects::membership(&g);
 
-    let created = env(
+    let created = system_event(
         "g-1",
         GroupCreated {
             group: g.clone(),
@@ -274,7 +257,7 @@ async fn membership_reads_and_users_are_projected_with_digests() {
         .publish_event(&subject, &created, Some(anchorage_schema::Seq(0)))
         .await
         .unwrap();
-    let added = env(
+    let added = system_event(
         "g-2",
         MembersAdded {
             group: g.clone(),
@@ -286,7 +269,7 @@ async fn membership_reads_and_users_are_projected_with_digests() {
         .await
         .unwrap();
     // A command decided on a stale version loses the race.
-    let stale = env(
+    let stale = system_event(
         "g-stale",
         MembersRemoved {
             group: g.clone(),
@@ -302,7 +285,7 @@ async fn membership_reads_and_users_are_projected_with_digests() {
         matches!(err, anchorage_bus::PublishError::Conflict { .. }),
         "{err}"
     );
-    let removed = env(
+    let removed = system_event(
         "g-3",
         MembersRemoved {
             group: g.clone(),
@@ -317,7 +300,7 @@ async fn membership_reads_and_users_are_projected_with_digests() {
 
     let conv = ConversationId::parse("g1").unwrap();
     for read_seq in [5, 9, 7] {
-        let e = env(
+        let e = system_event(
             &format!("r-{read_seq}"),
             ReadMarked {
                 user: user("bob"),
@@ -329,7 +312,7 @@ async fn membership_reads_and_users_are_projected_with_digests() {
             .await
             .unwrap();
     }
-    let e = env(
+    let e = system_event(
         "u-1",
         UserCreated {
             user: user("erin"),
