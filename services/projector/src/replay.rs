@@ -122,87 +122,24 @@ pub async fn replay(
         if at.last_seq >= target {
             continue;
         }
-        let mut reader = bus.read_stream(p.stream(), Seq(at.last_seq + 1)).await?;
-        let batch_size = options.batch_size.max(1);
-        let batch_bytes = options.batch_bytes.max(1);
         // Reading and preparing run ahead of writing: the next batch is read, decoded and
-        // prepared while one is committed. The reader ends once it has read everything the
-        // stream holds up to the target — which may end in erased entries (Ok), or fails.
+        // prepared while one is committed.
         let (ahead, mut batches) = tokio::sync::mpsc::channel::<Ahead>(1);
-        let (source, stream_name, from) = (bus.clone(), p.stream(), at.last_seq);
-        let mut prefetch = tokio::spawn(async move {
-            let mut last_read = from;
-            loop {
-                let mut events = Vec::with_capacity(batch_size);
-                let (mut bytes, mut end) = (0, false);
-                let mut quiet_since: Option<std::time::Instant> = None;
-                while events.len() < batch_size && bytes < batch_bytes && !end {
-                    let event = match tokio::time::timeout(QUIET, reader.next()).await {
-                        Ok(event) => event?,
-                        Err(_) => {
-                            // Nothing came for a while: the entries left up to the target may
-                            // all be erased, or the reader is slow.
-                            match source
-                                .first_stored_from(stream_name, Seq(last_read + 1))
-                                .await?
-                            {
-                                Some(next) if next.0 <= target => {
-                                    let since =
-                                        *quiet_since.get_or_insert_with(std::time::Instant::now);
-                                    if since.elapsed() > STALLED {
-                                        bail!(
-                                            "the stream reader of {stream_name} delivered nothing \
-                                             for {STALLED:?} while {next} is stored"
-                                        );
-                                    }
-                                    continue;
-                                }
-                                _ => {
-                                    end = true;
-                                    break;
-                                }
-                            }
-                        }
-                    };
-                    quiet_since = None;
-                    let seq = event.seq.0;
-                    last_read = seq;
-                    end = seq >= target;
-                    if seq <= target {
-                        bytes += event.payload.len();
-                        events.push(event);
-                    }
-                }
-                if !events.is_empty() {
-                    let batch = if p == Projection::Messages {
-                        tokio::task::spawn_blocking(move || {
-                            let items: Vec<Stored> = events.iter().map(parts).collect();
-                            let prepared = Some(Prepared::messages(&items));
-                            Ahead { events, prepared }
-                        })
-                        .await
-                        .context("preparing a batch")?
-                    } else {
-                        Ahead {
-                            events,
-                            prepared: None,
-                        }
-                    };
-                    if ahead.send(batch).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                if end {
-                    return anyhow::Ok(());
-                }
-            }
-        });
-        let _stop_prefetch = AbortOnDrop(prefetch.abort_handle());
+        let limits = (options.batch_size.max(1), options.batch_bytes.max(1));
+        let mut reader = tokio::spawn(read_ahead(
+            bus.clone(),
+            p,
+            at.last_seq,
+            target,
+            limits,
+            ahead,
+        ));
+        let _stop_reader = AbortOnDrop(reader.abort_handle());
         while at.last_seq < target {
             let Some(Ahead { events, prepared }) = batches.recv().await else {
-                // The reader read everything up to the target; what it did not deliver up to
+                // The reader read everything up to the target: what it did not deliver up to
                 // there was erased.
-                (&mut prefetch)
+                (&mut reader)
                     .await
                     .context("the stream reader stopped")?
                     .context("reading the stream")?;
@@ -210,9 +147,7 @@ pub async fn replay(
                     epoch: at.epoch,
                     last_seq: target,
                 };
-                if end.last_seq > at.last_seq {
-                    save_checkpoint(store, p.name(), p.stream(), at.last_seq, end).await?;
-                }
+                save_checkpoint(store, p.name(), p.stream(), at.last_seq, end).await?;
                 at = end;
                 progress(Progress {
                     projection: p,
@@ -228,42 +163,15 @@ pub async fn replay(
             };
             let items: Vec<Stored> = events.iter().map(parts).collect();
             // A rebuild announces nothing: clients already heard of these changes.
-            let from = at.last_seq;
-            let span = Span::of(p, from, next);
+            let span = Span::of(p, at.last_seq, next);
             let rules = options.membership;
             match apply_prepared(store, bus, p, span, &items, prepared, rules).await {
                 Ok(_) => summary.applied += items.len() as u64,
                 Err(ApplyError::Rejected { .. }) => {
-                    // Halves of the batch apply on their own until the events at fault stand
-                    // alone: a few transactions per rejected event, not one per event.
-                    let mut from = from;
-                    let mut parts = vec![&items[..]];
-                    while let Some(part) = parts.pop() {
-                        let (Some(first), Some(last)) = (part.first(), part.last()) else {
-                            continue;
-                        };
-                        let to = Checkpoint {
-                            epoch: at.epoch,
-                            last_seq: last.seq,
-                        };
-                        let span = Span::of(p, from, to);
-                        match apply_events(store, bus, p, span, part, rules).await {
-                            Ok(_) => summary.applied += part.len() as u64,
-                            Err(ApplyError::Rejected { .. }) if part.len() == 1 => {
-                                summary.rejected += 1;
-                                save_checkpoint(store, p.name(), p.stream(), from, to).await?;
-                            }
-                            Err(ApplyError::Rejected { .. }) => {
-                                let (head, tail) = part.split_at(part.len() / 2);
-                                parts.extend([tail, head]);
-                                continue;
-                            }
-                            Err(err) => {
-                                return Err(err).context(format!("applying event {}", first.seq));
-                            }
-                        }
-                        from = last.seq;
-                    }
+                    let (applied, rejected) =
+                        apply_halves(store, bus, p, at, &items, rules).await?;
+                    summary.applied += applied;
+                    summary.rejected += rejected;
                 }
                 Err(err) => return Err(err).context("applying a batch"),
             }
@@ -285,6 +193,141 @@ pub async fn replay(
         .await?;
     tx.commit().await?;
     Ok(summary)
+}
+
+/// Applies a batch that was rejected as a whole in halves, each in its own transaction from
+/// checkpoint `at`, until the events at fault stand alone and are set aside: a few transactions
+/// per rejected event, not one per event. Returns how many events were applied and rejected.
+async fn apply_halves(
+    store: &Store,
+    bus: &Bus,
+    p: Projection,
+    at: Checkpoint,
+    items: &[Stored<'_>],
+    rules: MembershipRules,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut applied, mut rejected) = (0, 0);
+    let mut from = at.last_seq;
+    let mut parts = vec![items];
+    while let Some(part) = parts.pop() {
+        let (Some(first), Some(last)) = (part.first(), part.last()) else {
+            continue;
+        };
+        let to = Checkpoint {
+            epoch: at.epoch,
+            last_seq: last.seq,
+        };
+        match apply_events(store, bus, p, Span::of(p, from, to), part, rules).await {
+            Ok(_) => applied += part.len() as u64,
+            Err(ApplyError::Rejected { .. }) if part.len() == 1 => {
+                rejected += 1;
+                save_checkpoint(store, p.name(), p.stream(), from, to).await?;
+            }
+            Err(ApplyError::Rejected { .. }) => {
+                let (head, tail) = part.split_at(part.len() / 2);
+                parts.extend([tail, head]);
+                continue;
+            }
+            Err(err) => return Err(err).context(format!("applying event {}", first.seq)),
+        }
+        from = last.seq;
+    }
+    Ok((applied, rejected))
+}
+
+/// Reads the stream of projection `p` after `from` up to `target` into `ahead`, in batches of
+/// at most `limits` (events, payload bytes), those of the messages stream prepared. Ends once
+/// it has read everything the stream holds up to the target — what it did not deliver there
+/// was erased — or when its batches are no longer taken.
+async fn read_ahead(
+    bus: Bus,
+    p: Projection,
+    from: u64,
+    target: u64,
+    limits: (usize, usize),
+    ahead: tokio::sync::mpsc::Sender<Ahead>,
+) -> anyhow::Result<()> {
+    let mut reader = bus.read_stream(p.stream(), Seq(from + 1)).await?;
+    let mut last_read = from;
+    loop {
+        let (events, end) = read_batch(
+            &bus,
+            p.stream(),
+            &mut reader,
+            &mut last_read,
+            target,
+            limits,
+        )
+        .await?;
+        if !events.is_empty() {
+            let batch = if p == Projection::Messages {
+                tokio::task::spawn_blocking(move || {
+                    let items: Vec<Stored> = events.iter().map(parts).collect();
+                    let prepared = Some(Prepared::messages(&items));
+                    Ahead { events, prepared }
+                })
+                .await
+                .context("preparing a batch")?
+            } else {
+                Ahead {
+                    events,
+                    prepared: None,
+                }
+            };
+            if ahead.send(batch).await.is_err() {
+                return Ok(());
+            }
+        }
+        if end {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads the next batch of at most `limits` (events, payload bytes) up to `target`, and whether
+/// the stream holds nothing more up to there. When the reader delivers nothing for a while,
+/// the stream is asked whether anything is left: the entries up to the target may all have
+/// been erased.
+async fn read_batch(
+    bus: &Bus,
+    stream: &str,
+    reader: &mut anchorage_bus::StreamReader,
+    last_read: &mut u64,
+    target: u64,
+    (max_events, max_bytes): (usize, usize),
+) -> anyhow::Result<(Vec<StoredEvent>, bool)> {
+    let mut events = Vec::with_capacity(max_events.min(BATCH));
+    let mut bytes = 0;
+    let mut quiet_since: Option<std::time::Instant> = None;
+    while events.len() < max_events && bytes < max_bytes {
+        let Ok(event) = tokio::time::timeout(QUIET, reader.next()).await else {
+            match bus.first_stored_from(stream, Seq(*last_read + 1)).await? {
+                Some(next) if next.0 <= target => {
+                    let since = *quiet_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > STALLED {
+                        bail!(
+                            "the stream reader of {stream} delivered nothing for {STALLED:?} \
+                             while {next} is stored"
+                        );
+                    }
+                    continue;
+                }
+                _ => return Ok((events, true)),
+            }
+        };
+        let event = event?;
+        quiet_since = None;
+        let seq = event.seq.0;
+        *last_read = seq;
+        if seq <= target {
+            bytes += event.payload.len();
+            events.push(event);
+        }
+        if seq >= target {
+            return Ok((events, true));
+        }
+    }
+    Ok((events, false))
 }
 
 /// A batch read ahead: its events, and for the messages stream their prepared entries.
