@@ -495,6 +495,53 @@ impl Tx {
         q
     }
 
+    /// Inserts `chunk`, skipping the messages a conversation holds already (the same seq, or
+    /// the same sender's id); returns the new ones. Nearly always every row is new, and then
+    /// none has to come back: a chunk holding one stored already is taken back to a savepoint
+    /// and inserted again, answering which rows are new.
+    async fn insert_chunk<'m>(
+        &mut self,
+        chunk: &'m [NewMessage],
+    ) -> Result<Vec<&'m NewMessage>, StoreError> {
+        if let [one] = chunk {
+            // One row: whether it went in says which is new.
+            let done = self.bind_messages(chunk, "").execute(&mut *self.tx).await?;
+            return Ok(if done.rows_affected() == 1 {
+                vec![one]
+            } else {
+                Vec::new()
+            });
+        }
+        sqlx::query("SAVEPOINT new_messages")
+            .execute(&mut *self.tx)
+            .await?;
+        let done = self.bind_messages(chunk, "").execute(&mut *self.tx).await?;
+        if done.rows_affected() == chunk.len() as u64 {
+            sqlx::query("RELEASE SAVEPOINT new_messages")
+                .execute(&mut *self.tx)
+                .await?;
+            return Ok(chunk.iter().collect());
+        }
+        sqlx::query("ROLLBACK TO SAVEPOINT new_messages")
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("RELEASE SAVEPOINT new_messages")
+            .execute(&mut *self.tx)
+            .await?;
+        let mut new = std::collections::HashSet::new();
+        for r in self
+            .bind_messages(chunk, "RETURNING conv_id, seq")
+            .fetch_all(&mut *self.tx)
+            .await?
+        {
+            new.insert((r.try_get::<String, _>("conv_id")?, u(r.try_get("seq")?)));
+        }
+        Ok(chunk
+            .iter()
+            .filter(|m| new.contains(&(m.conv.clone(), m.seq)))
+            .collect())
+    }
+
     /// Stores a message; `false` if this conversation already holds it (same seq, or the same
     /// sender's `client_msg_id`).
     pub async fn insert_message(&mut self, m: &NewMessage) -> Result<bool, StoreError> {
@@ -506,48 +553,9 @@ impl Tx {
     pub async fn insert_messages(&mut self, messages: &[NewMessage]) -> Result<u64, StoreError> {
         // conversation → (last seq, its time, messages added)
         let mut convs: BTreeMap<&str, (u64, i64, i64)> = BTreeMap::new();
-        let by_key: HashMap<(&str, u64), &NewMessage> = messages
-            .iter()
-            .map(|m| ((m.conv.as_str(), m.seq), m))
-            .collect();
         let mut inserted = 0;
         for chunk in messages.chunks(ROWS_PER_INSERT) {
-            // Nearly always every row is new, and then none has to come back. A chunk holding
-            // one stored already is taken back to the savepoint and inserted again, answering
-            // which rows are new.
-            sqlx::query("SAVEPOINT new_messages")
-                .execute(&mut *self.tx)
-                .await?;
-            let all_new = self
-                .bind_messages(chunk, "")
-                .execute(&mut *self.tx)
-                .await?
-                .rows_affected()
-                == chunk.len() as u64;
-            let stored: Vec<&NewMessage> = if all_new {
-                sqlx::query("RELEASE SAVEPOINT new_messages")
-                    .execute(&mut *self.tx)
-                    .await?;
-                chunk.iter().collect()
-            } else {
-                sqlx::query("ROLLBACK TO SAVEPOINT new_messages")
-                    .execute(&mut *self.tx)
-                    .await?;
-                sqlx::query("RELEASE SAVEPOINT new_messages")
-                    .execute(&mut *self.tx)
-                    .await?;
-                let mut stored = Vec::new();
-                for r in self
-                    .bind_messages(chunk, "RETURNING conv_id, seq")
-                    .fetch_all(&mut *self.tx)
-                    .await?
-                {
-                    let conv: String = r.try_get("conv_id")?;
-                    let seq = u(r.try_get("seq")?);
-                    stored.extend(by_key.get(&(conv.as_str(), seq)).copied());
-                }
-                stored
-            };
+            let stored = self.insert_chunk(chunk).await?;
             let mut new_docs = Vec::new();
             for m in stored {
                 inserted += 1;

@@ -128,6 +128,10 @@ async fn a_chunk_holding_stored_messages_stores_and_counts_only_the_new_ones() {
         row(6, "d"),
     ];
     assert_eq!(tx.insert_messages(&chunk).await.unwrap(), 2);
+    // A single row says by itself whether it went in.
+    assert_eq!(tx.insert_messages(&[row(7, "a")]).await.unwrap(), 0);
+    assert!(!tx.insert_message(&row(4, "c")).await.unwrap());
+    assert!(tx.insert_message(&row(8, "e")).await.unwrap());
     tx.commit().await.unwrap();
 
     let seqs: Vec<u64> = store
@@ -137,9 +141,9 @@ async fn a_chunk_holding_stored_messages_stores_and_counts_only_the_new_ones() {
         .iter()
         .map(|m| m.seq)
         .collect();
-    assert_eq!(seqs, vec![1, 2, 4, 6]);
+    assert_eq!(seqs, vec![1, 2, 4, 6, 8]);
     let conv = store.conversation("c").await.unwrap().unwrap();
-    assert_eq!((conv.message_count, conv.last_seq), (4, 6));
+    assert_eq!((conv.message_count, conv.last_seq), (5, 8));
     stack.stack.stop().await.unwrap();
 }
 
