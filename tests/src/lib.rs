@@ -1113,6 +1113,35 @@ pub async fn dead_letters(
     Ok(out)
 }
 
+/// A fresh, migrated database beside `config`'s for a rebuild, as `anchorage replay --into`
+/// makes it. The folder holds the database (SQLite) while it lives.
+pub async fn rebuild_target(config: &Config) -> (TempDir, anchorage_store::Store) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let mut config = config.clone();
+    config.database.url = fresh_database(dir.path()).await.expect("a fresh database");
+    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
+        .await
+        .expect("the fresh database opens");
+    store.migrate().await.expect("the fresh database migrates");
+    (dir, store)
+}
+
+/// How `anchorage replay` rebuilds under `config`, `batch_size` events per transaction, to
+/// the streams' ends.
+pub fn replay_options(
+    config: &Config,
+    batch_size: usize,
+) -> anchorage_projector::replay::ReplayOptions {
+    anchorage_projector::replay::ReplayOptions {
+        batch_size,
+        batch_bytes: anchorage_projector::replay::BATCH_BYTES,
+        upto: Default::default(),
+        membership: anchorage_projector::MembershipRules {
+            tombstone_horizon: config.projector.tombstone_horizon,
+        },
+    }
+}
+
 /// The projections rebuilt from the streams into a fresh database beside `config`'s, as
 /// `anchorage replay --into` does, `batch_size` events per transaction, and what the rebuild
 /// did. The folder holds the database (SQLite) while it lives.
@@ -1125,23 +1154,28 @@ pub async fn rebuilt(
     anchorage_store::Store,
     anchorage_projector::replay::ReplaySummary,
 ) {
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let mut config = config.clone();
-    config.database.url = fresh_database(dir.path()).await.expect("a fresh database");
-    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
-        .await
-        .expect("the fresh database opens");
-    store.migrate().await.expect("the fresh database migrates");
-    let options = anchorage_projector::replay::ReplayOptions {
-        batch_size,
-        batch_bytes: anchorage_projector::replay::BATCH_BYTES,
-        upto: Default::default(),
-        membership: anchorage_projector::MembershipRules {
-            tombstone_horizon: config.projector.tombstone_horizon,
-        },
-    };
+    let (dir, store) = rebuild_target(config).await;
+    let options = replay_options(config, batch_size);
     let summary = anchorage_projector::replay::replay(bus, &store, &options, |_| {})
         .await
         .expect("the rebuild");
     (dir, store, summary)
+}
+
+/// How a rebuild differs from the live projections, leaving out where the ingest worker
+/// stands (a rebuild records the end of `INGEST`; the effects of its events are in the native
+/// streams).
+pub async fn rebuild_differences(
+    live: &anchorage_store::Store,
+    rebuilt: &anchorage_store::Store,
+) -> Vec<String> {
+    let live = live.fingerprint().await.expect("the live fingerprint");
+    let again = rebuilt
+        .fingerprint()
+        .await
+        .expect("the rebuilt fingerprint");
+    live.differences(&again)
+        .into_iter()
+        .filter(|d| !d.starts_with("checkpoint \"ingest\""))
+        .collect()
 }

@@ -8,13 +8,16 @@ use std::time::Duration;
 use crate::common::{system_event, user};
 use anchorage_bus::Bus;
 use anchorage_projector::Projection;
-use anchorage_projector::replay::{BATCH_BYTES, ReplayOptions, replay};
+use anchorage_projector::replay::{ReplayOptions, replay};
 use anchorage_schema::event::{
     MessageEdited, MessageRevoked, MessageSent, ReactionChanged, ReadMarked, UserCreated,
 };
 use anchorage_schema::subjects;
 use anchorage_schema::{ClientMsgId, ConversationId, DeviceId, Envelope, Event, GroupId, UserId};
-use anchorage_tests::{TestNats, TestStack, dead_letters, eventually};
+use anchorage_tests::{
+    TestNats, TestStack, dead_letters, eventually, rebuild_differences, rebuild_target,
+    replay_options,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -92,30 +95,6 @@ async fn live_at_end(bus: &Bus, store: &anchorage_store::Store) {
     }
 }
 
-async fn fresh(config: &anchorage_config::Config) -> (tempfile::TempDir, anchorage_store::Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config.clone();
-    config.database.url = anchorage_tests::fresh_database(dir.path()).await.unwrap();
-    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    (dir, store)
-}
-
-fn rules(config: &anchorage_config::Config) -> anchorage_projector::MembershipRules {
-    anchorage_projector::MembershipRules {
-        tombstone_horizon: config.projector.tombstone_horizon,
-    }
-}
-
-fn diffs(a: &anchorage_store::Fingerprint, b: &anchorage_store::Fingerprint) -> Vec<String> {
-    a.differences(b)
-        .into_iter()
-        .filter(|d| !d.starts_with("checkpoint \"ingest\""))
-        .collect()
-}
-
 /// Message 1 revoked (at 3), then an edit of it (at 4) decided before the revoke: the live
 /// projector erases the edit, so the last sequence of MESSAGES is a hole. A replay's target
 /// is that hole.
@@ -154,13 +133,8 @@ async fn a_rebuild_finishes_when_the_last_message_sequence_was_erased() {
     assert_eq!(state.last_seq.0, 4);
     assert_eq!(state.messages, 2, "1 and 4 erased: {state:?}");
 
-    let (_dir, rebuilt) = fresh(&stack.config).await;
-    let options = ReplayOptions {
-        batch_size: anchorage_projector::replay::BATCH,
-        batch_bytes: BATCH_BYTES,
-        upto: BTreeMap::new(),
-        membership: rules(&stack.config),
-    };
+    let (_dir, rebuilt) = rebuild_target(&stack.config).await;
+    let options = replay_options(&stack.config, anchorage_projector::replay::BATCH);
     let done = tokio::time::timeout(
         Duration::from_secs(20),
         replay(bus, &rebuilt, &options, |_| {}),
@@ -173,11 +147,10 @@ async fn a_rebuild_finishes_when_the_last_message_sequence_was_erased() {
         rebuilt.checkpoint("messages").await.unwrap()
     );
     done.unwrap().unwrap();
-    let d = diffs(
-        &store.fingerprint().await.unwrap(),
-        &rebuilt.fingerprint().await.unwrap(),
+    assert_eq!(
+        rebuild_differences(store, &rebuilt).await,
+        Vec::<String>::new()
     );
-    assert_eq!(d, Vec::<String>::new());
     stack.stack.stop().await.unwrap();
 }
 
@@ -202,12 +175,10 @@ async fn a_rebuild_up_to_an_erased_sequence_ends_at_it() {
     live_at_end(bus, store).await;
 
     for batch in [1, 2, 10_000] {
-        let (_dir, rebuilt) = fresh(&stack.config).await;
+        let (_dir, rebuilt) = rebuild_target(&stack.config).await;
         let options = ReplayOptions {
-            batch_size: batch,
-            batch_bytes: BATCH_BYTES,
             upto: BTreeMap::from([(Projection::Messages, 4)]),
-            membership: rules(&stack.config),
+            ..replay_options(&stack.config, batch)
         };
         let result = tokio::time::timeout(
             Duration::from_secs(20),
@@ -347,11 +318,10 @@ async fn poison_anywhere_in_any_stream_is_set_aside_at_every_batch_size() {
     }
     live_at_end(bus, store).await;
     let dead = dead_letters(&nats.url()).await.unwrap().len() as u64;
-    let live = store.fingerprint().await.unwrap();
     let mut failures = Vec::new();
     for batch in [1, 2, 3, 5, 8, 13, 64, 1000, 10_000] {
         let (_dir, rebuilt, summary) = anchorage_tests::rebuilt(&stack.config, bus, batch).await;
-        let d = diffs(&live, &rebuilt.fingerprint().await.unwrap());
+        let d = rebuild_differences(store, &rebuilt).await;
         if summary.rejected != dead || !d.is_empty() {
             failures.push(format!(
                 "batch {batch}: rejected {} (dead letters {dead}), differences {d:?}",
@@ -407,11 +377,10 @@ async fn ids_reused_on_the_edges_of_insert_chunks_count_once() {
     .await
     .unwrap();
     live_at_end(bus, store).await;
-    let live = store.fingerprint().await.unwrap();
     for batch in [10_000, 999, 1000] {
         let (_dir, rebuilt, summary) = anchorage_tests::rebuilt(&stack.config, bus, batch).await;
         assert_eq!((summary.applied, summary.rejected), (2500, 0));
-        let d = diffs(&live, &rebuilt.fingerprint().await.unwrap());
+        let d = rebuild_differences(store, &rebuilt).await;
         assert_eq!(d, Vec::<String>::new(), "batch {batch}");
         let c = rebuilt.conversation("big").await.unwrap().unwrap();
         assert_eq!(
@@ -445,13 +414,8 @@ async fn a_rebuild_fails_when_nats_goes_away_in_the_middle() {
     .await
     .unwrap();
     live_at_end(bus, store).await;
-    let (_dir, rebuilt) = fresh(&stack.config).await;
-    let options = ReplayOptions {
-        batch_size: 50,
-        batch_bytes: BATCH_BYTES,
-        upto: BTreeMap::new(),
-        membership: rules(&stack.config),
-    };
+    let (_dir, rebuilt) = rebuild_target(&stack.config).await;
+    let options = replay_options(&stack.config, 50);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut nats = nats;
     let killer = async move {

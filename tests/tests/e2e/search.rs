@@ -329,15 +329,10 @@ async fn a_user_finds_what_reached_them_in_its_current_text() {
     let live = everything_found(store, &users, &queries).await;
     assert_eq!(everything_found(&rebuilt, &users, &queries).await, live);
     assert!(live.iter().any(|(_, _, s)| s.len() > 1));
-    let differences: Vec<String> = store
-        .fingerprint()
-        .await
-        .unwrap()
-        .differences(&rebuilt.fingerprint().await.unwrap())
-        .into_iter()
-        .filter(|d| !d.starts_with("checkpoint \"ingest\""))
-        .collect();
-    assert_eq!(differences, Vec::<String>::new());
+    assert_eq!(
+        anchorage_tests::rebuild_differences(store, &rebuilt).await,
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test]
