@@ -101,6 +101,13 @@ fn row(seq: u64, client_msg_id: &str) -> anchorage_store::NewMessage {
     }
 }
 
+fn in_d(m: anchorage_store::NewMessage) -> anchorage_store::NewMessage {
+    anchorage_store::NewMessage {
+        conv: "d".into(),
+        ..m
+    }
+}
+
 // A chunk of messages is inserted in one statement that answers nothing when every row is
 // new; one holding a message stored already (the same seq, or the same sender's id) is
 // taken back and inserted again answering which are new: only those count, move the
@@ -126,8 +133,11 @@ async fn a_chunk_holding_stored_messages_stores_and_counts_only_the_new_ones() {
         row(4, "c"),
         row(5, "c"),
         row(6, "d"),
+        // The same id in another conversation is another message.
+        in_d(row(9, "a")),
     ];
-    assert_eq!(tx.insert_messages(&chunk).await.unwrap(), 2);
+    assert_eq!(tx.insert_messages(&chunk).await.unwrap(), 3);
+    assert!(!tx.insert_message(&in_d(row(10, "a"))).await.unwrap());
     // A single row says by itself whether it went in.
     assert_eq!(tx.insert_messages(&[row(7, "a")]).await.unwrap(), 0);
     assert!(!tx.insert_message(&row(4, "c")).await.unwrap());
@@ -144,6 +154,8 @@ async fn a_chunk_holding_stored_messages_stores_and_counts_only_the_new_ones() {
     assert_eq!(seqs, vec![1, 2, 4, 6, 8]);
     let conv = store.conversation("c").await.unwrap().unwrap();
     assert_eq!((conv.message_count, conv.last_seq), (5, 8));
+    let other = store.conversation("d").await.unwrap().unwrap();
+    assert_eq!((other.message_count, other.last_seq), (1, 9));
     stack.stack.stop().await.unwrap();
 }
 
