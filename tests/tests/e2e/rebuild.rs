@@ -95,6 +95,22 @@ async fn live_at_end(bus: &Bus, store: &anchorage_store::Store) {
     }
 }
 
+/// Stores `events` in `conv`, pipelined, once each is acknowledged.
+async fn store_pipelined(bus: &Bus, conv: &ConversationId, events: impl Iterator<Item = Envelope>) {
+    let subject = subjects::message(conv);
+    let mut pending = Vec::new();
+    for e in events {
+        pending.push(
+            bus.publish_event_pipelined(&subject, &e, None)
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in pending {
+        ack.stored().await.unwrap();
+    }
+}
+
 /// Message 1 revoked (at 3), then an edit of it (at 4) decided before the revoke: the live
 /// projector erases the edit, so the last sequence of MESSAGES is a hole. A replay's target
 /// is that hole.
@@ -344,38 +360,21 @@ async fn ids_reused_on_the_edges_of_insert_chunks_count_once() {
     let bus: &Bus = &stack.stack.bus;
     let store = &stack.stack.store;
     let conv = ConversationId::parse("big").unwrap();
-    let subject = subjects::message(&conv);
     let dup_at = [2u32, 1000, 1001, 1002, 1999, 2000, 2001, 2500];
-    for n in 1..=2500u32 {
+    let events = (1..=2500u32).map(|n| {
         let id = if dup_at.contains(&n) {
             format!("c{}", n / 2)
         } else {
             format!("c{n}")
         };
-        let e = system_event(
-            &format!("ev-big-{n}"),
-            match sent(
-                &conv,
-                &id,
-                n,
-                vec![user("bob"), user(&format!("u{}", n % 5))],
-            )
-            .event
-            {
-                Event::MessageSent(m) => m,
-                _ => unreachable!(),
-            },
-        );
-        bus.publish_event_pipelined(&subject, &e, None)
-            .await
-            .unwrap();
-    }
-    eventually(WAIT, "all stored", || async {
-        let s = bus.stream_state(subjects::stream::MESSAGES).await.ok()?;
-        (s.last_seq.0 == 2500).then_some(())
-    })
-    .await
-    .unwrap();
+        sent(
+            &conv,
+            &id,
+            n,
+            vec![user("bob"), user(&format!("u{}", n % 5))],
+        )
+    });
+    store_pipelined(bus, &conv, events).await;
     live_at_end(bus, store).await;
     for batch in [10_000, 999, 1000] {
         let (_dir, rebuilt, summary) = anchorage_tests::rebuilt(&stack.config, bus, batch).await;
@@ -400,19 +399,8 @@ async fn a_rebuild_fails_when_nats_goes_away_in_the_middle() {
     let bus: &Bus = &stack.stack.bus;
     let store = &stack.stack.store;
     let conv = ConversationId::parse("k").unwrap();
-    let subject = subjects::message(&conv);
-    for n in 1..=3000u32 {
-        let e = sent(&conv, &format!("k{n}"), n, vec![]);
-        bus.publish_event_pipelined(&subject, &e, None)
-            .await
-            .unwrap();
-    }
-    eventually(WAIT, "all stored", || async {
-        let s = bus.stream_state(subjects::stream::MESSAGES).await.ok()?;
-        (s.last_seq.0 == 3000).then_some(())
-    })
-    .await
-    .unwrap();
+    let events = (1..=3000u32).map(|n| sent(&conv, &format!("k{n}"), n, vec![]));
+    store_pipelined(bus, &conv, events).await;
     live_at_end(bus, store).await;
     let (_dir, rebuilt) = rebuild_target(&stack.config).await;
     let options = replay_options(&stack.config, 50);
