@@ -53,6 +53,39 @@ test("waits the server asks for are bounded: a huge retry_after_ms is not a time
   await limiting.close();
 });
 
+test("an overloaded answer is asked again on the same connection, at the pace the server sets", async () => {
+  // A projection catching up: two refusals, then the page. No reconnect, no second hello.
+  let syncs = 0;
+  const catching = await fakeEdge((f, send) => {
+    if (f.type === "hello") send(welcome(f, [{ conv: "ops", last_seq: 1, unread: 1, read_seq: 0 }]));
+    else if (f.type === "sync" && ++syncs <= 2) send({ type: "error", id: f.id, code: "overloaded", message: "catching up", retry_after_ms: 50 });
+    else if (f.type === "sync") send({ type: "messages", id: f.id, conv: "ops", messages: [message("ops", 1, "hi")], more: false });
+    else if (f.type === "received") send({ type: "ok", id: f.id });
+  });
+  const c = await against(catching);
+  for (let i = 0; i < 150 && c.anchor("ops") < 1; i++) await sleep(20);
+  assert.equal(c.anchor("ops"), 1);
+  assert.deepEqual(c.messages("ops").map((m) => m.body), ["hi"]);
+  assert.equal(catching.count("sync"), 3);
+  assert.equal(catching.connections(), 1, "asked again, not reconnected");
+  await c.stop();
+  await catching.close();
+
+  // An edge that stays overloaded is asked again as often as it says, not in a tight loop.
+  const stuck = await fakeEdge((f, send) => {
+    if (f.type === "hello") send(welcome(f, [{ conv: "ops", last_seq: 1, unread: 1, read_seq: 0 }]));
+    else if (f.type === "sync") send({ type: "error", id: f.id, code: "overloaded", message: "catching up", retry_after_ms: 200 });
+  });
+  const d = await against(stuck);
+  await d.whenOnline();
+  await sleep(1000);
+  const asked = stuck.count("sync");
+  await d.stop();
+  await stuck.close();
+  assert.ok(asked >= 2 && asked <= 7, `${asked} syncs in a second`);
+  assert.deepEqual(d.messages("ops"), []);
+});
+
 test("a sync answer that does not move the anchor ends the pull", async () => {
   const edge = await fakeEdge((f, send) => {
     if (f.type === "hello") send(welcome(f, [{ conv: "ops", last_seq: 5, unread: 5, read_seq: 0 }]));

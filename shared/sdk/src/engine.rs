@@ -353,17 +353,24 @@ impl Engine {
 
     /// Sends a request and waits for its answer, applying live frames meanwhile.
     /// A request refused as `rate_limited` waits as long as the server says and goes again,
-    /// so no caller has to.
+    /// so no caller has to; one refused as `overloaded` (a projection catching up) does the
+    /// same up to [`OVERLOADED_TRIES`] times before its caller gives the connection up.
     pub(crate) async fn request(
         &self,
         conn: &mut Conn,
         request: RequestBody,
     ) -> Result<ServerFrame, End> {
+        let mut overloaded = 0;
         loop {
             let id = conn.send(&request).await?;
             let answer = self.answer_to(conn, id).await?;
-            let Some(wait) = refusal(&answer, &[ErrorCode::RateLimited]).map(retry_after) else {
-                return Ok(answer);
+            let wait = match refusal(&answer, &[ErrorCode::RateLimited, ErrorCode::Overloaded]) {
+                Some(e) if e.code == ErrorCode::RateLimited => retry_after(e),
+                Some(e) if overloaded < OVERLOADED_TRIES => {
+                    overloaded += 1;
+                    retry_after(e)
+                }
+                _ => return Ok(answer),
             };
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(End::Shutdown),
@@ -723,7 +730,7 @@ impl Engine {
         for (id, command_id, outbox_id, entry, body, client_ts) in pending {
             let answer = self.answer_to(conn, id).await?;
             if let Some(e) = refusal(&answer, &[ErrorCode::RateLimited, ErrorCode::OutOfOrder]) {
-                let ms = e.retry_after_ms.unwrap_or(100);
+                let ms = e.retry_after_ms.unwrap_or(100).min(MAX_SERVER_WAIT_MS);
                 wait = Some(wait.unwrap_or(0u64).max(ms));
             } else if refusal(&answer, &[ErrorCode::Internal, ErrorCode::Overloaded]).is_some() {
                 reconnect = true;
@@ -898,6 +905,11 @@ impl Engine {
     }
 }
 
+/// How often a request answered `overloaded` is asked again on the same connection. The edge
+/// says so while a projection catches up, usually for well under a second; reconnecting would
+/// only add a backoff and a `hello`.
+const OVERLOADED_TRIES: u32 = 5;
+
 /// Refusals after which the connection is given up and the request sent again on the next.
 const PASSING: &[ErrorCode] = &[ErrorCode::Internal, ErrorCode::Overloaded];
 /// The same, and `out_of_order` (a send before it was refused).
@@ -915,10 +927,13 @@ pub(crate) fn refusal<'a>(answer: &'a ServerFrame, codes: &[ErrorCode]) -> Optio
     }
 }
 
-/// How long the server asked to wait (a second if it did not say).
+/// How long the server asked to wait (a second if it did not say, ten minutes at most).
 fn retry_after(e: &ErrorFrame) -> Duration {
-    Duration::from_millis(e.retry_after_ms.unwrap_or(1000))
+    Duration::from_millis(e.retry_after_ms.unwrap_or(1000).min(MAX_SERVER_WAIT_MS))
 }
+
+/// No wait a server asks for is taken longer than this.
+const MAX_SERVER_WAIT_MS: u64 = 600_000;
 
 /// Why a request was refused, for the app.
 pub(crate) fn reason(answer: &ServerFrame) -> String {

@@ -585,56 +585,36 @@ enum DiffAnswer {
     Backward,
 }
 
-/// A scripted edge for the SDK's member-list sync: a welcome offering positional diffs or not,
-/// a realignment to `{a, b}` at version 5 for a sync without a copy, `answer` for a sync with
-/// one, `ok` to anything else. Returns its address, the `compact` of each sync with a copy, and
-/// the count of connections.
-async fn member_edge(
-    offer: bool,
-    answer: DiffAnswer,
-) -> (
-    std::net::SocketAddr,
-    Arc<std::sync::Mutex<Vec<Option<bool>>>>,
-    Arc<std::sync::atomic::AtomicUsize>,
-) {
+/// A scripted edge: answers each client frame with what `answer` makes of it (one frame, as
+/// JSON), and the `hello` of the user alice (device d1) with a welcome listing `changes`.
+/// Returns its address and the count of connections.
+async fn scripted_edge(
+    changes: serde_json::Value,
+    compact: bool,
+    answer: impl Fn(&serde_json::Value) -> serde_json::Value + Send + Sync + 'static,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (seen, count) = (asked.clone(), connections.clone());
+    let count = connections.clone();
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let seen = seen.clone();
+            let (answer, changes) = (answer.clone(), changes.clone());
             tokio::spawn(async move {
                 let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
                     return;
                 };
                 while let Some(Ok(Message::Text(text))) = ws.next().await {
                     let f: serde_json::Value = serde_json::from_str(&text).unwrap();
-                    let id = f["id"].clone();
-                    let reply = match (f["type"].as_str(), f.get("epoch")) {
-                        (Some("hello"), _) => json!({"type": "welcome", "id": id, "protocol": 1,
-                            "user": "alice", "device": "d1", "max_frame_bytes": 65536,
-                            "changes": [], "compact": offer}),
-                        (Some("members_sync"), None) => json!({"type": "members_page",
-                            "id": id, "group": "g", "epoch": "e1", "anchor": 5,
-                            "members": ["a", "b"]}),
-                        (Some("members_sync"), Some(_)) => {
-                            seen.lock().unwrap().push(f["compact"].as_bool());
-                            let digest = anchorage_digest::SetDigest::of(["a", "b", "c"]);
-                            match answer {
-                                DiffAnswer::Object => json!({"type": "members_diff", "id": id,
-                                    "group": "g", "epoch": "e1", "version": 7,
-                                    "digest": digest.to_wire(), "upserts": [{"user": "c"}],
-                                    "removed": [], "more": false}),
-                                DiffAnswer::Array => json!([id, 7, digest.to_wire(), ["c"], [], 0]),
-                                DiffAnswer::Backward => json!([id, 5, null, ["c"], [], 0]),
-                            }
-                        }
-                        _ => json!({"type": "ok", "id": id}),
+                    let reply = match f["type"].as_str() {
+                        Some("hello") => json!({"type": "welcome", "id": f["id"],
+                            "protocol": 1, "user": "alice", "device": "d1",
+                            "max_frame_bytes": 65536, "changes": changes, "compact": compact}),
+                        _ => answer(&f),
                     };
                     if ws
                         .send(Message::Text(reply.to_string().into()))
@@ -647,7 +627,91 @@ async fn member_edge(
             });
         }
     });
+    (addr, connections)
+}
+
+/// A scripted edge for the SDK's member-list sync: a welcome offering positional diffs or not,
+/// a realignment to `{a, b}` at version 5 for a sync without a copy, `answer` for a sync with
+/// one, `ok` to anything else. Returns its address, the `compact` of each sync with a copy, and
+/// the count of connections.
+async fn member_edge(
+    offer: bool,
+    answer: DiffAnswer,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<Option<bool>>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let (addr, connections) = scripted_edge(json!([]), offer, move |f| {
+        let id = f["id"].clone();
+        match (f["type"].as_str(), f.get("epoch")) {
+            (Some("members_sync"), None) => json!({"type": "members_page",
+                "id": id, "group": "g", "epoch": "e1", "anchor": 5,
+                "members": ["a", "b"]}),
+            (Some("members_sync"), Some(_)) => {
+                seen.lock().unwrap().push(f["compact"].as_bool());
+                let digest = anchorage_digest::SetDigest::of(["a", "b", "c"]);
+                match answer {
+                    DiffAnswer::Object => json!({"type": "members_diff", "id": id,
+                        "group": "g", "epoch": "e1", "version": 7,
+                        "digest": digest.to_wire(), "upserts": [{"user": "c"}],
+                        "removed": [], "more": false}),
+                    DiffAnswer::Array => json!([id, 7, digest.to_wire(), ["c"], [], 0]),
+                    DiffAnswer::Backward => json!([id, 5, null, ["c"], [], 0]),
+                }
+            }
+            _ => json!({"type": "ok", "id": id}),
+        }
+    })
+    .await;
     (addr, asked, connections)
+}
+
+/// An edge whose projection catches up (`sync` answered `overloaded`) is asked again on the
+/// same connection at the pace it sets; one that stays overloaded costs the connection after
+/// a few asks, and the next connection asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_answer_is_asked_again_on_the_same_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let changes = json!([{"conv": "ops", "last_seq": 1, "unread": 1, "read_seq": 0}]);
+    for (refusals, reconnects) in [(2, false), (usize::MAX, true)] {
+        let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let asked = syncs.clone();
+        let (addr, connections) = scripted_edge(changes.clone(), false, move |f| {
+            let id = f["id"].clone();
+            if f["type"] != "sync" {
+                return json!({"type": "ok", "id": id});
+            }
+            if asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < refusals {
+                return json!({"type": "error", "id": id, "code": "overloaded",
+                    "message": "catching up", "retry_after_ms": 50});
+            }
+            json!({"type": "messages", "id": id, "conv": "ops", "more": false,
+                "messages": [{"conv": "ops", "seq": 1, "sender": "eve", "device": "x",
+                    "client_msg_id": "c1", "body": "hi", "client_ts": 1, "server_ts": 1}]})
+        })
+        .await;
+        let c = client(addr, dir.path(), &format!("alice{refusals}"), "d1").await;
+        let connected = || connections.load(std::sync::atomic::Ordering::SeqCst);
+        let asks = || syncs.load(std::sync::atomic::Ordering::SeqCst);
+        if reconnects {
+            eventually(WAIT, "a second connection", || async {
+                (connected() >= 2).then_some(())
+            })
+            .await
+            .unwrap();
+            // Asked six times on the first connection, at the pace it set.
+            assert!(asks() >= 6, "{} syncs", asks());
+            assert!(c.messages("ops").await.unwrap().is_empty());
+        } else {
+            assert_eq!(has_messages(&c, "ops", 1).await, [1]);
+            assert_eq!(asks(), 3);
+            assert_eq!(connected(), 1, "asked again, not reconnected");
+        }
+        c.shutdown().await;
+    }
 }
 
 /// The SDK asks for positional diffs only of an edge that offers them, takes an array only
