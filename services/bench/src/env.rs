@@ -65,7 +65,7 @@ impl Sizes {
                 members: 100_000,
                 groups: 500,
                 online: 10_000,
-                fanouts: 5,
+                fanouts: 20,
                 edges: 1,
                 searched: 1_000_000,
             }
