@@ -795,10 +795,12 @@ export class Client {
         for (const [e, pending] of inFlight) {
             const answer = await pending;
             if (isError(answer)) {
-                if (answer.code === "rate_limited" || answer.code === "out_of_order") {
+                // A server catching up says how long to wait: the window goes again on the same
+                // connection, since every client reconnecting at once would only add to the load.
+                if (answer.code === "rate_limited" || answer.code === "out_of_order" || answer.code === "overloaded") {
                     wait = Math.max(wait, serverWait(answer.retry_after_ms, 100));
                 }
-                else if (PASSING.includes(answer.code)) {
+                else if (answer.code === "internal") {
                     reconnect ??= new Lost(undefined, `send refused: ${answer.code}`, serverWait(answer.retry_after_ms, 0));
                 }
                 else {

@@ -27,8 +27,8 @@ async function memberEdge(answer) {
 }
 
 test("waits the server asks for are bounded: a huge retry_after_ms is not a timer overflow", async () => {
-  // `overloaded` on a send ends the connection; the next attempt waits what it says (capped
-  // at ten minutes), never the 1 ms a timer past 2^31 ms would fire after.
+  // `overloaded` on a send waits what it says (capped at ten minutes) before the send goes
+  // again on the same connection, never the 1 ms a timer past 2^31 ms would fire after.
   const busy = await fakeEdge((f, send) => {
     if (f.type === "hello") send(welcome(f));
     else if (f.type === "send") send({ type: "error", id: f.id, code: "overloaded", message: "busy", retry_after_ms: 1e10 });
@@ -37,6 +37,7 @@ test("waits the server asks for are bounded: a huge retry_after_ms is not a time
   await c.send("ops", "hi");
   await sleep(1500);
   assert.equal(busy.connections(), 1, "no reconnect storm");
+  assert.equal(busy.count("send"), 1, "waiting, not sending again");
   await c.stop();
   await busy.close();
 
@@ -70,6 +71,22 @@ test("an overloaded answer is asked again on the same connection, at the pace th
   assert.equal(catching.connections(), 1, "asked again, not reconnected");
   await c.stop();
   await catching.close();
+
+  // A send refused the same way goes again on the same connection once the wait is over.
+  let sends = 0;
+  const members = await fakeEdge((f, send) => {
+    if (f.type === "hello") send(welcome(f));
+    else if (f.type === "send" && ++sends <= 2) send({ type: "error", id: f.id, code: "overloaded", message: "catching up with the members", retry_after_ms: 50 });
+    else if (f.type === "send") send({ type: "ack", id: f.id, client_msg_id: f.client_msg_id, seq: 1, server_ts: 1, duplicate: false });
+  });
+  const e = await against(members);
+  const acked = new Promise((resolve) => e.on("acked", resolve));
+  await e.send("ops", "hi");
+  assert.equal((await acked).seq, 1);
+  assert.equal(members.count("send"), 3);
+  assert.equal(members.connections(), 1, "sent again, not reconnected");
+  await e.stop();
+  await members.close();
 
   // An edge that stays overloaded is asked again as often as it says, not in a tight loop.
   const stuck = await fakeEdge((f, send) => {

@@ -729,10 +729,19 @@ impl Engine {
         let mut taken = 0u32;
         for (id, command_id, outbox_id, entry, body, client_ts) in pending {
             let answer = self.answer_to(conn, id).await?;
-            if let Some(e) = refusal(&answer, &[ErrorCode::RateLimited, ErrorCode::OutOfOrder]) {
+            // A server catching up says how long to wait: the window goes again on the same
+            // connection, since every client reconnecting at once would only add to the load.
+            if let Some(e) = refusal(
+                &answer,
+                &[
+                    ErrorCode::RateLimited,
+                    ErrorCode::OutOfOrder,
+                    ErrorCode::Overloaded,
+                ],
+            ) {
                 let ms = e.retry_after_ms.unwrap_or(100).min(MAX_SERVER_WAIT_MS);
                 wait = Some(wait.unwrap_or(0u64).max(ms));
-            } else if refusal(&answer, &[ErrorCode::Internal, ErrorCode::Overloaded]).is_some() {
+            } else if refusal(&answer, &[ErrorCode::Internal]).is_some() {
                 reconnect = true;
             } else {
                 // An ack (also one behind a refusal: that send was stored already) or a

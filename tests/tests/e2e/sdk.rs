@@ -585,17 +585,17 @@ enum DiffAnswer {
     Backward,
 }
 
-/// A scripted edge: answers each client frame with what `answer` makes of it (one frame, as
-/// JSON), and the `hello` of the user alice (device d1) with a welcome listing `changes`.
-/// Returns its address and the count of connections.
+/// A scripted edge on `listener`: answers each client frame with what `answer` makes of it
+/// (one frame, as JSON), and the `hello` of the user alice (device d1) with a welcome listing
+/// `changes`. Returns its address and the count of connections.
 async fn scripted_edge(
+    listener: tokio::net::TcpListener,
     changes: serde_json::Value,
     compact: bool,
     answer: impl Fn(&serde_json::Value) -> serde_json::Value + Send + Sync + 'static,
 ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = connections.clone();
@@ -644,7 +644,7 @@ async fn member_edge(
 ) {
     let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = asked.clone();
-    let (addr, connections) = scripted_edge(json!([]), offer, move |f| {
+    let (addr, connections) = scripted_edge(listener().await, json!([]), offer, move |f| {
         let id = f["id"].clone();
         match (f["type"].as_str(), f.get("epoch")) {
             (Some("members_sync"), None) => json!({"type": "members_page",
@@ -679,20 +679,21 @@ async fn an_overloaded_answer_is_asked_again_on_the_same_connection() {
     for (refusals, reconnects) in [(2, false), (usize::MAX, true)] {
         let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let asked = syncs.clone();
-        let (addr, connections) = scripted_edge(changes.clone(), false, move |f| {
-            let id = f["id"].clone();
-            if f["type"] != "sync" {
-                return json!({"type": "ok", "id": id});
-            }
-            if asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < refusals {
-                return json!({"type": "error", "id": id, "code": "overloaded",
+        let (addr, connections) =
+            scripted_edge(listener().await, changes.clone(), false, move |f| {
+                let id = f["id"].clone();
+                if f["type"] != "sync" {
+                    return json!({"type": "ok", "id": id});
+                }
+                if asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < refusals {
+                    return json!({"type": "error", "id": id, "code": "overloaded",
                     "message": "catching up", "retry_after_ms": 50});
-            }
-            json!({"type": "messages", "id": id, "conv": "ops", "more": false,
+                }
+                json!({"type": "messages", "id": id, "conv": "ops", "more": false,
                 "messages": [{"conv": "ops", "seq": 1, "sender": "eve", "device": "x",
                     "client_msg_id": "c1", "body": "hi", "client_ts": 1, "server_ts": 1}]})
-        })
-        .await;
+            })
+            .await;
         let c = client(addr, dir.path(), &format!("alice{refusals}"), "d1").await;
         let connected = || connections.load(std::sync::atomic::Ordering::SeqCst);
         let asks = || syncs.load(std::sync::atomic::Ordering::SeqCst);
@@ -712,6 +713,58 @@ async fn an_overloaded_answer_is_asked_again_on_the_same_connection() {
         }
         c.shutdown().await;
     }
+}
+
+/// A listener on a free port of loopback.
+async fn listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// Sends refused as `overloaded` (an edge whose copy of the memberships is behind, right
+/// after a group was created) go again on the same connection once the wait the edge asked
+/// for is over, in their order: many clients reconnecting at once would only add to the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overloaded_sends_go_again_on_the_same_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    // Queued before the edge answers, the four go out as one window.
+    let listener = listener().await;
+    let c = client(listener.local_addr().unwrap(), dir.path(), "alice", "d1").await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(c.send("ops", json!(n)).await.unwrap());
+    }
+    let sends = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = sends.clone();
+    let (_, connections) = scripted_edge(listener, json!([]), false, move |f| {
+        let id = f["id"].clone();
+        if f["type"] != "send" {
+            return json!({"type": "ok", "id": id});
+        }
+        let mut seen = seen.lock().unwrap();
+        seen.push(f["client_msg_id"].as_str().unwrap().to_owned());
+        let acked = seen.len().saturating_sub(4);
+        match seen.len() {
+            1 | 2 => json!({"type": "error", "id": id, "code": "overloaded",
+                "message": "catching up with the members", "retry_after_ms": 50}),
+            3 | 4 => json!({"type": "error", "id": id, "code": "out_of_order",
+                "message": "a send before it was refused"}),
+            _ => json!({"type": "ack", "id": id, "client_msg_id": f["client_msg_id"],
+                "seq": acked, "server_ts": 1, "duplicate": false}),
+        }
+    })
+    .await;
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(acked(&c, id).await, n as u64 + 1, "in their order");
+    }
+    let sent = sends.lock().unwrap().clone();
+    assert_eq!(sent[..4], ids[..], "one window");
+    assert_eq!(sent[4..], ids[..], "then again from the first");
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "sent again, not reconnected"
+    );
+    c.shutdown().await;
 }
 
 /// The SDK asks for positional diffs only of an edge that offers them, takes an array only
