@@ -170,10 +170,12 @@ function untilAborted(signal: AbortSignal, start: (done: () => void) => () => vo
 }
 /** No wait a server asks for is taken longer than this (timers overflow past 2^31 ms). */
 const MAX_SERVER_WAIT_MS = 600_000;
+/** Nor shorter than this: a server that says 0 does not drive a loop. */
+const MIN_SERVER_WAIT_MS = 50;
 /** A wait the server asked for (`retry_after_ms`), or `fallback`, within sane bounds. */
 function serverWait(ms: number | null | undefined, fallback: number): number {
   const v = typeof ms === "number" && Number.isFinite(ms) ? ms : fallback;
-  return Math.min(MAX_SERVER_WAIT_MS, Math.max(0, v));
+  return Math.min(MAX_SERVER_WAIT_MS, Math.max(MIN_SERVER_WAIT_MS, v));
 }
 /** A refusal that, for a conversation the device was just told it joined, may pass. */
 const notVisibleYet = (code: ErrorCode) => code === "forbidden" || code === "not_found";

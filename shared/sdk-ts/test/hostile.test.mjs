@@ -88,6 +88,22 @@ test("an overloaded answer is asked again on the same connection, at the pace th
   await e.stop();
   await members.close();
 
+  // One that says to wait 0 ms (or less) is waited for the least wait, not sent in a loop.
+  for (const wait of [0, -5]) {
+    const zero = await fakeEdge((f, send) => {
+      if (f.type === "hello") send(welcome(f));
+      else if (f.type === "send") send({ type: "error", id: f.id, code: "overloaded", message: "busy", retry_after_ms: wait });
+    });
+    const z = await against(zero);
+    for (let n = 0; n < 4; n++) await z.send("ops", `m${n}`);
+    await sleep(1000);
+    const sent = zero.count("send");
+    await z.stop();
+    await zero.close();
+    assert.ok(sent <= 40, `${sent} sends in a second for a wait of ${wait}`);
+    assert.equal(zero.connections(), 1);
+  }
+
   // An edge that stays overloaded is asked again as often as it says, not in a tight loop.
   const stuck = await fakeEdge((f, send) => {
     if (f.type === "hello") send(welcome(f, [{ conv: "ops", last_seq: 1, unread: 1, read_seq: 0 }]));

@@ -353,12 +353,33 @@ impl Engine {
 
     /// Sends a request and waits for its answer, applying live frames meanwhile.
     /// A request refused as `rate_limited` waits as long as the server says and goes again,
-    /// so no caller has to; one refused as `overloaded` (a projection catching up) does the
-    /// same up to [`OVERLOADED_TRIES`] times before its caller gives the connection up.
+    /// so no caller has to.
     pub(crate) async fn request(
         &self,
         conn: &mut Conn,
         request: RequestBody,
+    ) -> Result<ServerFrame, End> {
+        self.request_with(conn, request, 0).await
+    }
+
+    /// Like [`Engine::request`] for what the engine itself keeps in line (the user's state,
+    /// history, member lists, queued commands): a refusal as `overloaded` (a projection
+    /// catching up) also waits, at most [`OVERLOADED_WAIT`] at a time, and goes again on the
+    /// same connection, up to [`OVERLOADED_TRIES`] times before its caller gives the
+    /// connection up. The app's own requests get the refusal at once.
+    pub(crate) async fn request_or_wait(
+        &self,
+        conn: &mut Conn,
+        request: RequestBody,
+    ) -> Result<ServerFrame, End> {
+        self.request_with(conn, request, OVERLOADED_TRIES).await
+    }
+
+    async fn request_with(
+        &self,
+        conn: &mut Conn,
+        request: RequestBody,
+        overloaded_tries: u32,
     ) -> Result<ServerFrame, End> {
         let mut overloaded = 0;
         loop {
@@ -366,9 +387,9 @@ impl Engine {
             let answer = self.answer_to(conn, id).await?;
             let wait = match refusal(&answer, &[ErrorCode::RateLimited, ErrorCode::Overloaded]) {
                 Some(e) if e.code == ErrorCode::RateLimited => retry_after(e),
-                Some(e) if overloaded < OVERLOADED_TRIES => {
+                Some(e) if overloaded < overloaded_tries => {
                     overloaded += 1;
-                    retry_after(e)
+                    retry_after(e).min(OVERLOADED_WAIT)
                 }
                 _ => return Ok(answer),
             };
@@ -539,7 +560,10 @@ impl Engine {
     async fn run_state_sync(&self, conn: &mut Conn) -> Result<(), End> {
         while self.state_sync.swap(false, Ordering::SeqCst) {
             let after = self.store.state_version().await.map_err(|_| lost(None))?;
-            match self.request(conn, UserStateQuery { after }.into()).await? {
+            match self
+                .request_or_wait(conn, UserStateQuery { after }.into())
+                .await?
+            {
                 ServerFrame::Reply(anchorage_protocol::Reply {
                     body: ReplyBody::UserState(state),
                     ..
@@ -602,7 +626,7 @@ impl Engine {
                     after: anchor,
                     limit: Some(500),
                 };
-                let page = match self.request(conn, sync.into()).await? {
+                let page = match self.request_or_wait(conn, sync.into()).await? {
                     ServerFrame::Reply(anchorage_protocol::Reply {
                         body: ReplyBody::Messages(page),
                         ..
@@ -674,20 +698,7 @@ impl Engine {
                 .collect();
             match items.into_iter().next() {
                 None => return Ok(()),
-                Some(_) if sends.len() > 1 => self.send_window(conn, sends).await?,
-                Some(Queued::Send {
-                    command_id,
-                    outbox_id,
-                    entry,
-                    body,
-                    client_ts,
-                }) => {
-                    self.send_one(conn, command_id, outbox_id, entry, body, client_ts)
-                        .await?;
-                    let window = self.window.load(Ordering::Relaxed);
-                    self.window
-                        .store(window.saturating_mul(2).min(SEND_WINDOW), Ordering::Relaxed);
-                }
+                Some(Queued::Send { .. }) => self.send_window(conn, sends).await?,
                 Some(Queued::Command {
                     command_id,
                     request,
@@ -739,7 +750,7 @@ impl Engine {
                     ErrorCode::Overloaded,
                 ],
             ) {
-                let ms = e.retry_after_ms.unwrap_or(100).min(MAX_SERVER_WAIT_MS);
+                let ms = server_wait_ms(e.retry_after_ms, 100);
                 wait = Some(wait.unwrap_or(0u64).max(ms));
             } else if refusal(&answer, &[ErrorCode::Internal]).is_some() {
                 reconnect = true;
@@ -769,24 +780,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    async fn send_one(
-        &self,
-        conn: &mut Conn,
-        command_id: i64,
-        outbox_id: i64,
-        entry: OutboxEntry,
-        body: Value,
-        client_ts: i64,
-    ) -> Result<(), End> {
-        let fail = |_| lost(None);
-        self.store.mark_sending(&[outbox_id]).await.map_err(fail)?;
-        let answer = self
-            .request(conn, send_request(&entry, &body, client_ts)?)
-            .await?;
-        self.settle_send(&answer, command_id, outbox_id, entry, body, client_ts)
-            .await
     }
 
     /// Applies the server's answer to one queued message: stored (acked), to be sent again
@@ -862,7 +855,7 @@ impl Engine {
                 .await
                 .map_err(fail);
         };
-        let answer = self.request(conn, request).await?;
+        let answer = self.request_or_wait(conn, request).await?;
         match answer {
             ServerFrame::Error(e) if PASSING_OR_OUT_OF_ORDER.contains(&e.code) => {
                 return Err(lost(None));
@@ -936,13 +929,26 @@ pub(crate) fn refusal<'a>(answer: &'a ServerFrame, codes: &[ErrorCode]) -> Optio
     }
 }
 
-/// How long the server asked to wait (a second if it did not say, ten minutes at most).
+/// How long the server asked to wait (a second if it did not say), within
+/// [`server_wait_ms`]'s bounds.
 fn retry_after(e: &ErrorFrame) -> Duration {
-    Duration::from_millis(e.retry_after_ms.unwrap_or(1000).min(MAX_SERVER_WAIT_MS))
+    Duration::from_millis(server_wait_ms(e.retry_after_ms, 1000))
 }
 
+/// A wait the server names in milliseconds (`fallback` if it did not), never shorter than
+/// [`MIN_SERVER_WAIT_MS`] — a server saying 0 does not drive a loop — nor longer than
+/// [`MAX_SERVER_WAIT_MS`].
+fn server_wait_ms(ms: Option<u64>, fallback: u64) -> u64 {
+    ms.unwrap_or(fallback)
+        .clamp(MIN_SERVER_WAIT_MS, MAX_SERVER_WAIT_MS)
+}
+
+/// No wait a server asks for is taken shorter than this.
+const MIN_SERVER_WAIT_MS: u64 = 50;
 /// No wait a server asks for is taken longer than this.
 const MAX_SERVER_WAIT_MS: u64 = 600_000;
+/// The longest wait for a projection catching up between two asks.
+const OVERLOADED_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a request was refused, for the app.
 pub(crate) fn reason(answer: &ServerFrame) -> String {

@@ -5,10 +5,12 @@
 //!
 //! - **Connecting.** Full-jitter exponential backoff from about 0.5 s to 20 s between attempts,
 //!   at least as long as a server's retry-after hint; the count resets once a connection held.
-//!   A request refused as `rate_limited` or `overloaded` waits what the server names (capped
-//!   at ten minutes) and goes again on the same connection — outside the outbox, `overloaded`
-//!   five times at most before the connection is given up — so a server catching up is not
-//!   met with every client reconnecting at once.
+//!   Sends, and what the engine keeps in line itself (the user's state, history, member
+//!   lists, queued commands), wait out `rate_limited` and `overloaded` for as long as the
+//!   server names (50 ms to ten minutes) and go again on the same connection, so a server
+//!   catching up is not met with every client reconnecting at once; outside the outbox,
+//!   `overloaded` five times at most, five seconds at a time, before the connection is given
+//!   up. The app's own requests get `overloaded` at once.
 //! - **Outbox.** [`Client::send`] writes the message to the outbox (`pending`) and returns at
 //!   once; the engine sends it (`sending`), retrying under the same `client_msg_id` across
 //!   reconnects and restarts until the server acknowledges it (`acked`, with its seq) or refuses

@@ -502,7 +502,7 @@ impl Engine {
             }
             let (group_id, epoch) = (request.group.clone(), request.epoch.clone());
             let asked = request.compact;
-            let answer = match self.request(conn, request.into()).await? {
+            let answer = match self.request_or_wait(conn, request.into()).await? {
                 ServerFrame::Reply(reply) => Ok(reply.body),
                 ServerFrame::Error(e) => Err(e.code),
                 // A diff is only ever an answer to the copy's epoch, in this form only when
@@ -684,7 +684,7 @@ impl Engine {
             buckets: buckets.to_vec(),
             cells: cells as u32,
         };
-        let theirs = match self.request(conn, request.into()).await? {
+        let theirs = match self.request_or_wait(conn, request.into()).await? {
             ServerFrame::Reply(Reply {
                 body:
                     ReplyBody::MembersSketch(MembersSketch {
@@ -729,7 +729,7 @@ impl Engine {
                 buckets: None,
                 hashes: Some(chunk.iter().map(|h| format!("{h:016x}")).collect()),
             };
-            match self.request(conn, fetch.into()).await? {
+            match self.request_or_wait(conn, fetch.into()).await? {
                 ServerFrame::Reply(Reply {
                     body: ReplyBody::MembersPage(page),
                     ..
@@ -774,7 +774,7 @@ impl Engine {
                 buckets: buckets.map(<[u8]>::to_vec),
                 hashes: None,
             };
-            match self.request(conn, fetch.into()).await? {
+            match self.request_or_wait(conn, fetch.into()).await? {
                 ServerFrame::Reply(Reply {
                     body: ReplyBody::MembersPage(page),
                     ..

@@ -722,7 +722,8 @@ async fn listener() -> tokio::net::TcpListener {
 
 /// Sends refused as `overloaded` (an edge whose copy of the memberships is behind, right
 /// after a group was created) go again on the same connection once the wait the edge asked
-/// for is over, in their order: many clients reconnecting at once would only add to the load.
+/// for is over, in their order, however often it says so: many clients reconnecting at once
+/// would only add to the load. A wait of 0 is taken as the least wait, not as a loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overloaded_sends_go_again_on_the_same_connection() {
     let dir = tempfile::tempdir().unwrap();
@@ -733,8 +734,10 @@ async fn overloaded_sends_go_again_on_the_same_connection() {
     for n in 0..4 {
         ids.push(c.send("ops", json!(n)).await.unwrap());
     }
+    const REFUSED: usize = 10;
     let sends = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = sends.clone();
+    let started = std::time::Instant::now();
     let (_, connections) = scripted_edge(listener, json!([]), false, move |f| {
         let id = f["id"].clone();
         if f["type"] != "send" {
@@ -742,14 +745,15 @@ async fn overloaded_sends_go_again_on_the_same_connection() {
         }
         let mut seen = seen.lock().unwrap();
         seen.push(f["client_msg_id"].as_str().unwrap().to_owned());
-        let acked = seen.len().saturating_sub(4);
         match seen.len() {
-            1 | 2 => json!({"type": "error", "id": id, "code": "overloaded",
-                "message": "catching up with the members", "retry_after_ms": 50}),
-            3 | 4 => json!({"type": "error", "id": id, "code": "out_of_order",
+            1 => json!({"type": "error", "id": id, "code": "overloaded",
+                "message": "catching up with the members", "retry_after_ms": 0}),
+            2..=4 => json!({"type": "error", "id": id, "code": "out_of_order",
                 "message": "a send before it was refused"}),
-            _ => json!({"type": "ack", "id": id, "client_msg_id": f["client_msg_id"],
-                "seq": acked, "server_ts": 1, "duplicate": false}),
+            n if n <= REFUSED => json!({"type": "error", "id": id, "code": "overloaded",
+                "message": "catching up with the members", "retry_after_ms": 0}),
+            n => json!({"type": "ack", "id": id, "client_msg_id": f["client_msg_id"],
+                "seq": n - REFUSED, "server_ts": 1, "duplicate": false}),
         }
     })
     .await;
@@ -758,11 +762,57 @@ async fn overloaded_sends_go_again_on_the_same_connection() {
     }
     let sent = sends.lock().unwrap().clone();
     assert_eq!(sent[..4], ids[..], "one window");
-    assert_eq!(sent[4..], ids[..], "then again from the first");
+    assert!(
+        sent[4..REFUSED].iter().all(|s| *s == ids[0]),
+        "then the first alone while it is refused: {sent:?}"
+    );
+    assert_eq!(sent[REFUSED..], ids[..], "then all of them in order");
     assert_eq!(
         connections.load(std::sync::atomic::Ordering::SeqCst),
         1,
         "sent again, not reconnected"
+    );
+    // Seven refused rounds, each waiting at least the least wait.
+    assert!(
+        started.elapsed() >= Duration::from_millis(7 * 50),
+        "{:?}",
+        started.elapsed()
+    );
+    c.shutdown().await;
+}
+
+/// The app's own request gets an `overloaded` refusal at once: it is the app's to decide
+/// whether to ask again, and the engine's other work does not wait behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_request_is_answered_overloaded_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _) = scripted_edge(listener().await, json!([]), false, |f| {
+        let id = f["id"].clone();
+        match f["type"].as_str() {
+            Some("presence") => json!({"type": "error", "id": id, "code": "overloaded",
+                "message": "catching up", "retry_after_ms": 8000}),
+            Some("send") => json!({"type": "ack", "id": id,
+                "client_msg_id": f["client_msg_id"], "seq": 1, "server_ts": 1,
+                "duplicate": false}),
+            _ => json!({"type": "ok", "id": id}),
+        }
+    })
+    .await;
+    let c = client(addr, dir.path(), "alice", "d1").await;
+    let started = std::time::Instant::now();
+    let answer = c.presence(&["bob"]).await;
+    assert!(answer.is_err(), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let id = c.send("ops", json!("hi")).await.unwrap();
+    assert_eq!(acked(&c, &id).await, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
     );
     c.shutdown().await;
 }
