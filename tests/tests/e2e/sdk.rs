@@ -802,13 +802,9 @@ async fn an_apps_request_is_answered_overloaded_at_once() {
     let started = std::time::Instant::now();
     let answer = c.presence(&["bob"]).await;
     assert!(answer.is_err(), "{answer:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
     let id = c.send("ops", json!("hi")).await.unwrap();
     assert_eq!(acked(&c, &id).await, 1);
+    // The refusal and then the send, both long before the 8 s the edge named.
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
