@@ -691,14 +691,16 @@ impl Engine {
                 .next_items(self.window.load(Ordering::Relaxed).clamp(1, SEND_WINDOW))
                 .await
                 .map_err(|_| lost(None))?;
-            let sends: Vec<Queued> = items
-                .iter()
-                .take_while(|q| matches!(q, Queued::Send { .. }))
-                .cloned()
-                .collect();
-            match items.into_iter().next() {
+            let mut items = items.into_iter();
+            match items.next() {
                 None => return Ok(()),
-                Some(Queued::Send { .. }) => self.send_window(conn, sends).await?,
+                Some(first @ Queued::Send { .. }) => {
+                    // The sends that come before the next command go as one window.
+                    let sends = std::iter::once(first)
+                        .chain(items.take_while(|q| matches!(q, Queued::Send { .. })))
+                        .collect();
+                    self.send_window(conn, sends).await?
+                }
                 Some(Queued::Command {
                     command_id,
                     request,
@@ -782,9 +784,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies the server's answer to one queued message: stored (acked), to be sent again
-    /// (the connection is given up: `internal`, `overloaded`, `out_of_order`), or refused for
-    /// good (failed).
+    /// Applies the server's answer to one queued message: stored (acked), or refused for good
+    /// (failed). The window has taken the refusals that pass (waited out, or the connection
+    /// given up) before.
     async fn settle_send(
         &self,
         answer: &ServerFrame,
@@ -825,7 +827,6 @@ impl Engine {
                     seq,
                 });
             }
-            answer if refusal(answer, PASSING_OR_OUT_OF_ORDER).is_some() => return Err(lost(None)),
             answer => {
                 let reason = reason(answer);
                 self.store
