@@ -80,6 +80,14 @@ fn reacted(conv: &ConversationId, target: u64, n: u32, added: bool) -> Envelope 
     )
 }
 
+/// A nats-server and a stack of their own: the tests read and erase the streams' sequences,
+/// and one kills the server.
+async fn own_stack() -> (TestNats, TestStack) {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    (nats, stack)
+}
+
 async fn live_at_end(bus: &Bus, store: &anchorage_store::Store) {
     for p in Projection::ALL {
         let end = bus.stream_state(p.stream()).await.unwrap().last_seq.0;
@@ -138,8 +146,7 @@ async fn stream_ending_in_a_hole(bus: &Bus, conv: &ConversationId) {
 // revoke). A rebuild must finish, at that sequence.
 #[tokio::test]
 async fn a_rebuild_finishes_when_the_last_message_sequence_was_erased() {
-    let nats = TestNats::start().await.unwrap();
-    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let (_nats, stack) = own_stack().await;
     let bus: &Bus = &stack.stack.bus;
     let store = &stack.stack.store;
     let conv = ConversationId::parse("h").unwrap();
@@ -174,8 +181,7 @@ async fn a_rebuild_finishes_when_the_last_message_sequence_was_erased() {
 // `upto` to the live checkpoint): the rebuild must end at the target.
 #[tokio::test]
 async fn a_rebuild_up_to_an_erased_sequence_ends_at_it() {
-    let nats = TestNats::start().await.unwrap();
-    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let (_nats, stack) = own_stack().await;
     let bus: &Bus = &stack.stack.bus;
     let store = &stack.stack.store;
     let conv = ConversationId::parse("h").unwrap();
@@ -217,8 +223,7 @@ async fn a_rebuild_up_to_an_erased_sequence_ends_at_it() {
 // batch size rebuilds the live state exactly and rejects exactly the dead letters.
 #[tokio::test]
 async fn poison_anywhere_in_any_stream_is_set_aside_at_every_batch_size() {
-    let nats = TestNats::start().await.unwrap();
-    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let (nats, stack) = own_stack().await;
     let bus: &Bus = &stack.stack.bus;
     let store = &stack.stack.store;
     let convs: Vec<ConversationId> = (0..3)
@@ -355,8 +360,7 @@ async fn poison_anywhere_in_any_stream_is_set_aside_at_every_batch_size() {
 // the live projection (rows, counts, mentions, search documents).
 #[tokio::test]
 async fn ids_reused_on_the_edges_of_insert_chunks_count_once() {
-    let nats = TestNats::start().await.unwrap();
-    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let (_nats, stack) = own_stack().await;
     let bus: &Bus = &stack.stack.bus;
     let store = &stack.stack.store;
     let conv = ConversationId::parse("big").unwrap();
@@ -394,8 +398,7 @@ async fn ids_reused_on_the_edges_of_insert_chunks_count_once() {
 // NATS goes away in the middle of a replay: the replay must fail, not finish early.
 #[tokio::test]
 async fn a_rebuild_fails_when_nats_goes_away_in_the_middle() {
-    let nats = TestNats::start().await.unwrap();
-    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let (nats, stack) = own_stack().await;
     let bus: &Bus = &stack.stack.bus;
     let store = &stack.stack.store;
     let conv = ConversationId::parse("k").unwrap();
