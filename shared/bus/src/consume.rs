@@ -99,7 +99,10 @@ pub struct PullConsumer {
 
 impl Bus {
     /// Stream `stream`, without asking the server about it first.
-    async fn stream_handle(&self, stream: &str) -> Result<jetstream::stream::Stream<()>, BusError> {
+    pub(crate) async fn stream_handle(
+        &self,
+        stream: &str,
+    ) -> Result<jetstream::stream::Stream<()>, BusError> {
         self.jetstream()
             .get_stream_no_info(stream)
             .await

@@ -146,11 +146,7 @@ impl Bus {
         stream: &str,
         consumer: &str,
     ) -> Result<(u64, u64), BusError> {
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
+        let handle = self.stream_handle(stream).await?;
         let info = handle
             .consumer_info(consumer)
             .await

@@ -94,11 +94,7 @@ impl Bus {
         stream: &str,
         subject: &str,
     ) -> Result<Option<(Seq, bytes::Bytes)>, BusError> {
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
+        let handle = self.stream_handle(stream).await?;
         let last = handle.get_last_raw_message_by_subject(subject).await;
         Ok(crate::stored_or_none(subject, last)?.map(|m| (Seq(m.sequence), m.payload)))
     }
@@ -108,11 +104,7 @@ impl Bus {
     /// The subjects of `stream` matching `filter` that hold messages, sorted.
     pub async fn subjects(&self, stream: &str, filter: &str) -> Result<Vec<String>, BusError> {
         use futures::StreamExt;
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
+        let handle = self.stream_handle(stream).await?;
         let mut listing = handle
             .info_with_subjects(filter)
             .await

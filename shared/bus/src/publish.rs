@@ -198,11 +198,7 @@ impl Bus {
         stream: &str,
         seq: Seq,
     ) -> Result<Option<Result<Envelope, String>>, BusError> {
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
+        let handle = self.stream_handle(stream).await?;
         let stored = crate::stored_or_none(stream, handle.get_raw_message(seq.0).await)?;
         Ok(stored.map(|m| Envelope::from_json(&m.payload).map_err(|e| e.to_string())))
     }
@@ -214,11 +210,7 @@ impl Bus {
         stream: &str,
         from: Seq,
     ) -> Result<Option<Seq>, BusError> {
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
+        let handle = self.stream_handle(stream).await?;
         let first = handle.get_first_raw_message_by_subject(">", from.0).await;
         Ok(crate::stored_or_none(stream, first)?.map(|m| Seq(m.sequence)))
     }
@@ -229,11 +221,7 @@ impl Bus {
     /// `$JS.API.STREAM.MSG.DELETE.<stream>` may do this (the projector).
     pub async fn erase(&self, stream: &str, seq: Seq) -> Result<bool, BusError> {
         use async_nats::jetstream::stream::DeleteMessageErrorKind;
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
+        let handle = self.stream_handle(stream).await?;
         match handle.delete_message(seq.0).await {
             Ok(done) => Ok(done),
             // Refused: fine if there is nothing left to erase there (the server names that
@@ -255,25 +243,13 @@ impl Bus {
         stream: &str,
         subject: &str,
     ) -> Result<Option<(Seq, Envelope)>, BusError> {
-        let handle = self
-            .jetstream()
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| crate::stream_error(stream, e))?;
-        match handle.get_first_raw_message_by_subject(subject, 1).await {
-            Ok(m) => Ok(Envelope::from_json(&m.payload)
+        let handle = self.stream_handle(stream).await?;
+        let first = handle.get_first_raw_message_by_subject(subject, 1).await;
+        Ok(crate::stored_or_none(subject, first)?.and_then(|m| {
+            Envelope::from_json(&m.payload)
                 .ok()
-                .map(|env| (Seq(m.sequence), env))),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(BusError::jetstream(subject, e)),
-        }
+                .map(|env| (Seq(m.sequence), env))
+        }))
     }
 
     /// Stores a record (not an event) on `subject` only if the subject's last sequence is
