@@ -72,6 +72,15 @@ const LAYOUT_POLL: Duration = Duration::from_secs(2);
 /// of `streams/consumers/MESSAGES/projector_messages.json`).
 const PARTITION_FETCH: usize = 1024;
 
+/// A pull of the next batch, in flight or answered.
+type Pull<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Vec<Delivery>, anchorage_bus::BusError>>
+            + Send
+            + 'a,
+    >,
+>;
+
 /// Tuning of the projector.
 #[derive(Debug, Clone)]
 pub struct ProjectorOptions {
@@ -446,21 +455,38 @@ impl Worker {
             last_seq = checkpoint.last_seq,
             "following"
         );
+        // The next batch is pulled while one is applied: its transfer overlaps the commit.
+        // It is applied from the checkpoint as it stands then, like any batch (what it holds
+        // again is skipped, a hole before it is found).
+        let pull =
+            || -> Pull<'_> { Box::pin(consumer.next_batch(self.batch_size, self.idle_wait)) };
+        let mut ahead: Option<Pull<'_>> = None;
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                batch = consumer.next_batch(self.batch_size, self.idle_wait) => batch?,
+                batch = ahead.take().unwrap_or_else(pull) => batch?,
             };
             if batch.is_empty() {
                 continue;
             }
+            let mut next_pull = pull();
+            let mut pulled = None;
+            let apply = self.apply_batch(&consumer, checkpoint, &batch);
+            tokio::pin!(apply);
             // Shutdown does not wait for a batch that waits (an event from another system
             // waiting for the projections it refers to): what was not committed is applied
             // again after the restart — publishing is idempotent by event id.
-            let (next, gap) = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                applied = self.apply_batch(&consumer, checkpoint, &batch) => applied?,
+            let (next, gap) = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    applied = &mut apply => break applied?,
+                    batch = &mut next_pull, if pulled.is_none() => pulled = Some(batch),
+                }
             };
+            ahead = Some(match pulled {
+                Some(batch) => Box::pin(std::future::ready(batch)),
+                None => next_pull,
+            });
             if next.last_seq > checkpoint.last_seq {
                 match p {
                     Handler::Part(part) => self.combine(*part, epoch).await?,
@@ -477,6 +503,8 @@ impl Worker {
                     last_seq = checkpoint.last_seq,
                     "a delivery skipped an event; reading again from the checkpoint"
                 );
+                // What was pulled ahead is read again after the reset.
+                ahead = None;
                 consumer
                     .reset_to(Seq(checkpoint.last_seq + 1))
                     .await
