@@ -104,6 +104,20 @@ fn compose(unit: &str) -> String {
 }
 
 fn fold(word: &str) -> String {
+    if word.is_ascii() {
+        // Most words: NFKD leaves ASCII as it is and it has no diacritics, so folding is
+        // lowercasing (what the general path below gives, without its per-character work).
+        return word
+            .bytes()
+            .filter(u8::is_ascii_alphanumeric)
+            .take(MAX_TERM_CHARS)
+            .map(|b| char::from(b.to_ascii_lowercase()))
+            .collect();
+    }
+    fold_unicode(word)
+}
+
+fn fold_unicode(word: &str) -> String {
     let mut out = String::new();
     for c in word
         .nfkd()
@@ -595,6 +609,12 @@ mod tests {
                 }
             }
             prop_assert!(!q.highlights(&text, 16).is_empty());
+        }
+
+        /// An ASCII word folds as the general path folds it.
+        #[test]
+        fn ascii_words_fold_as_any_word(word in "[ -~]{0,100}") {
+            prop_assert_eq!(fold(&word), fold_unicode(&word));
         }
 
         /// Terms hold no character the query syntaxes or the `ascii` tokenizer treat
