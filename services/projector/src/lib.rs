@@ -61,8 +61,9 @@ use projections::{
 /// The checkpoint name of the ingest worker.
 pub const INGEST_NAME: &str = "ingest";
 
-/// Most events from other systems taken in as one run (under the `max_ack_pending` of
-/// `streams/consumers/INGEST/projector_ingest.json`).
+/// Most events from other systems taken in as one run (half the `max_ack_pending` of
+/// `streams/consumers/INGEST/projector_ingest.json`: the next run is pulled while one is
+/// taken in).
 const INGEST_RUN: usize = 1000;
 
 /// How often a worker waiting for its partition count to be in force looks again.
@@ -80,6 +81,17 @@ type Pull<'a> = std::pin::Pin<
             + 'a,
     >,
 >;
+
+/// Lets a pull run to its end and drops what it brought (until shutdown). A pull dropped
+/// while in flight leaves its request with the server until the request expires, and a reset
+/// to the checkpoint would hand the first event after it to that request — which nobody
+/// reads — instead of the next pull.
+async fn settle(pull: Pull<'_>, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = pull => {}
+    }
+}
 
 /// Tuning of the projector.
 #[derive(Debug, Clone)]
@@ -458,33 +470,51 @@ impl Worker {
         // The next batch is pulled while one is applied: its transfer overlaps the commit.
         // It is applied from the checkpoint as it stands then, like any batch (what it holds
         // again is skipped, a hole before it is found).
-        let pull =
-            || -> Pull<'_> { Box::pin(consumer.next_batch(self.batch_size, self.idle_wait)) };
+        let pull = |max: usize| -> Pull<'_> { Box::pin(consumer.next_batch(max, self.idle_wait)) };
         let mut ahead: Option<Pull<'_>> = None;
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                batch = ahead.take().unwrap_or_else(pull) => batch?,
+                batch = ahead.take().unwrap_or_else(|| pull(self.batch_size)) => batch?,
             };
             if batch.is_empty() {
                 continue;
             }
-            let mut next_pull = pull();
+            // Within what the consumer lets be unacknowledged besides this batch: a pull the
+            // server holds back for that limit would outlast its own bound.
+            let room = consumer
+                .max_ack_pending()
+                .map_or(self.batch_size, |limit| limit.saturating_sub(batch.len()))
+                .min(self.batch_size);
+            let mut next_pull: Pull<'_> = if room > 0 {
+                pull(room)
+            } else {
+                Box::pin(std::future::pending())
+            };
             let mut pulled = None;
             let apply = self.apply_batch(&consumer, checkpoint, &batch);
             tokio::pin!(apply);
             // Shutdown does not wait for a batch that waits (an event from another system
             // waiting for the projections it refers to): what was not committed is applied
             // again after the restart — publishing is idempotent by event id.
-            let (next, gap) = loop {
+            let applied = loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    applied = &mut apply => break applied?,
+                    applied = &mut apply => break applied,
                     batch = &mut next_pull, if pulled.is_none() => pulled = Some(batch),
                 }
             };
-            ahead = Some(match pulled {
-                Some(batch) => Box::pin(std::future::ready(batch)),
+            let (next, gap) = match applied {
+                Ok(applied) => applied,
+                Err(err) => {
+                    if room > 0 && pulled.is_none() {
+                        settle(next_pull, shutdown).await;
+                    }
+                    return Err(err);
+                }
+            };
+            ahead = (room > 0).then(|| match pulled {
+                Some(batch) => Box::pin(std::future::ready(batch)) as Pull<'_>,
                 None => next_pull,
             });
             if next.last_seq > checkpoint.last_seq {
@@ -504,7 +534,9 @@ impl Worker {
                     "a delivery skipped an event; reading again from the checkpoint"
                 );
                 // What was pulled ahead is read again after the reset.
-                ahead = None;
+                if let Some(stale) = ahead.take() {
+                    settle(stale, shutdown).await;
+                }
                 consumer
                     .reset_to(Seq(checkpoint.last_seq + 1))
                     .await

@@ -95,6 +95,7 @@ pub struct PullConsumer {
     consumer: JsPullConsumer,
     name: String,
     max_deliver: i64,
+    max_ack_pending: i64,
 }
 
 impl Bus {
@@ -116,12 +117,14 @@ impl Bus {
             .get_consumer(name)
             .await
             .map_err(|e| BusError::jetstream(format!("{stream}/{name}"), e))?;
-        let max_deliver = consumer.cached_info().config.max_deliver;
+        let config = &consumer.cached_info().config;
+        let (max_deliver, max_ack_pending) = (config.max_deliver, config.max_ack_pending);
         Ok(PullConsumer {
             stream: handle,
             consumer,
             name: name.to_owned(),
             max_deliver,
+            max_ack_pending,
         })
     }
 
@@ -300,6 +303,13 @@ impl PullConsumer {
     /// Deliveries after which an event that keeps failing is dead-lettered.
     pub fn max_deliver(&self) -> i64 {
         self.max_deliver
+    }
+
+    /// Deliveries the server lets be unacknowledged at once; `None`: no limit.
+    pub fn max_ack_pending(&self) -> Option<usize> {
+        usize::try_from(self.max_ack_pending)
+            .ok()
+            .filter(|n| *n > 0)
     }
 
     /// Makes the next delivery start at stream sequence `next` (or the first retained one
