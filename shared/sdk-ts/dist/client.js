@@ -941,6 +941,8 @@ export class Client {
         let how = "unchanged";
         for (let round = 0; round < 8; round++) {
             const list = this.store.memberList(group);
+            // The copy is changed in place by live changes: the version asked from is kept.
+            const from = list?.version;
             // Only a copy can be diffed, and only an edge that offers it is asked for the array.
             const asked = list !== undefined && conn.compact;
             const answer = await conn.request(list
@@ -975,7 +977,15 @@ export class Client {
                     // A delta (taken only when asked) has the epoch the request named: the copy's.
                     const epoch = answer.type === "members_diff" ? answer.epoch : asked ? list?.epoch : undefined;
                     // A diff applies to this copy and moves it forward.
-                    if (!list || list.epoch !== epoch || answer.version <= list.version || !(await this.store.changeMembers(group, list.version, answer.version, answer.upserts, answer.removed))) {
+                    if (!list || from === undefined || list.epoch !== epoch || answer.version <= from) {
+                        await this.store.dropMembers(group);
+                        continue;
+                    }
+                    // A live change moved the copy while the diff was on its way: asked again from
+                    // where the copy is now, not realigned.
+                    if (this.store.memberList(group) !== list || list.version !== from)
+                        continue;
+                    if (!(await this.store.changeMembers(group, from, answer.version, answer.upserts, answer.removed))) {
                         await this.store.dropMembers(group);
                         continue;
                     }

@@ -320,6 +320,11 @@ test("member lists: realign, live changes, a damaged copy repaired by buckets, a
   // offers it, the SDK asks), onto the kept copy.
   await viewer.stop();
   await admin.addMembers(group, [`${group}away`]);
+  // Projected before the device is back, so that it comes as a diff and not live.
+  await eventually("the change to be projected", async () => {
+    await admin.syncMembers(group);
+    return admin.memberList(group)?.members.has(`${group}away`);
+  });
   const back = await client(members[0], "node", { store: viewer.store });
   const after = [];
   back.on("members", (e) => e.group === group && after.push(e.how));

@@ -248,6 +248,33 @@ test("a diff in its positional form is read strictly: strays, malformed arrays a
   await edge.close();
 });
 
+test("a live change that lands while a diff is on its way is not a realignment", async () => {
+  // The first copy is taken at 5. Asked for a diff from 5, the edge first delivers the change
+  // live (5 → 6), then answers with the same change as a diff: the copy is there already.
+  const a6 = SetDigest.of(["a", "b"]).toWire();
+  let pages = 0;
+  const edge = await memberEdge((_, f, send) => {
+    if (!f.epoch) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: ++pages === 1 ? 5 : 6, members: pages === 1 ? ["a"] : ["a", "b"] });
+    else if (f.version === 5) {
+      send({ type: "members_changed", group: "g", prev: 5, version: 6, digest: a6, change: { upserts: [{ user: "b" }], removed: [] } });
+      send({ type: "members_diff", id: f.id, group: "g", epoch: "e1", version: 6, digest: a6, upserts: [{ user: "b" }], removed: [], more: false });
+    } else send({ type: "members_unchanged", id: f.id });
+  });
+  const c = await against(edge);
+  const seen = [];
+  c.on("members", (e) => seen.push(e.how));
+  await c.whenOnline();
+  await c.syncMembers("g");
+  const list = c.memberList("g");
+  assert.deepEqual([...list.members.keys()].sort(), ["a", "b"]);
+  assert.equal(list.version, 6);
+  assert.deepEqual(seen, ["live", "realigned"], "the live change, then the sync that took the first copy");
+  assert.equal(pages, 1, "the copy the live change moved was asked again from 6, not realigned");
+  assert.equal(edge.syncs(), 3, "a page, the diff the live change overtook, then unchanged");
+  await c.stop();
+  await edge.close();
+});
+
 test("an edge whose welcome does not say compact is never asked for it", async () => {
   const edge = await fakeEdge((f, send) => {
     if (f.type === "hello") {
