@@ -519,7 +519,14 @@ impl Worker {
             });
             if next.last_seq > checkpoint.last_seq {
                 match p {
-                    Handler::Part(part) => self.combine(*part, epoch).await?,
+                    Handler::Part(part) => {
+                        if let Err(err) = self.combine(*part, epoch).await {
+                            if let Some(stale) = ahead.take() {
+                                settle(stale, shutdown).await;
+                            }
+                            return Err(err);
+                        }
+                    }
                     _ => self.announce(&self.name, next.last_seq).await,
                 }
             }
@@ -536,6 +543,10 @@ impl Worker {
                 // What was pulled ahead is read again after the reset.
                 if let Some(stale) = ahead.take() {
                     settle(stale, shutdown).await;
+                }
+                // Stopped (or the lease lost) meanwhile: the consumer is the next holder's.
+                if shutdown.is_cancelled() {
+                    return Ok(());
                 }
                 consumer
                     .reset_to(Seq(checkpoint.last_seq + 1))

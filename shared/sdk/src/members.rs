@@ -547,8 +547,10 @@ impl Engine {
                         .apply_members(group, &epoch, from, version, change)
                         .await
                         .map_err(store_lost)?;
-                    self.synced(group, version, MemberSyncKind::Diff);
                     let expected = digest.as_deref().and_then(SetDigest::from_wire);
+                    if let Applied::Done(_) = applied {
+                        self.synced(group, version, MemberSyncKind::Diff);
+                    }
                     match applied {
                         // Done when nothing more is coming and the digests agree; a
                         // mismatch goes round again and is repaired by buckets.
