@@ -547,18 +547,16 @@ impl Engine {
                         .apply_members(group, &epoch, from, version, change)
                         .await
                         .map_err(store_lost)?;
+                    // Something else moved the copy: asked again from where it is.
+                    let Applied::Done(d) = applied else { continue };
+                    self.synced(group, version, MemberSyncKind::Diff);
+                    // Done when nothing more is coming and the digests agree; a mismatch
+                    // goes round again and is repaired by buckets.
                     let expected = digest.as_deref().and_then(SetDigest::from_wire);
-                    if let Applied::Done(_) = applied {
-                        self.synced(group, version, MemberSyncKind::Diff);
+                    if !more && expected.is_none_or(|e| e == d) {
+                        return Ok(());
                     }
-                    match applied {
-                        // Done when nothing more is coming and the digests agree; a
-                        // mismatch goes round again and is repaired by buckets.
-                        Applied::Done(d) if !more && expected.is_none_or(|e| e == d) => {
-                            return Ok(());
-                        }
-                        _ => continue,
-                    }
+                    continue;
                 }
                 Ok(ReplyBody::MembersPage(MembersPage {
                     epoch,
