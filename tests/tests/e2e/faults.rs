@@ -488,6 +488,44 @@ async fn a_send_before_the_edge_heard_of_the_membership_is_retried_not_forbidden
     stack.stack.stop().await.unwrap();
 }
 
+// Membership events this edge missed and an operator then purged from the stream are gone
+// for good: the edge moves past them and applies what follows (a "no message" answer inside
+// the stream's range is never taken for a purge).
+#[tokio::test]
+async fn membership_events_purged_before_the_edge_fetched_them_are_moved_past() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let (proxy, edge) = edge_behind_a_lossy_proxy(&stack, &nats, |_| {}).await;
+    let (mut bob, _) = WsClient::signed_in(edge.addr, "bob", "d").await.unwrap();
+    proxy.blackhole_down(true);
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    alice
+        .request(create_group("old", "Old", &["bob"]))
+        .await
+        .unwrap();
+    let operator = async_nats::jetstream::new(nats_client(&nats.url(), OPERATOR).await.unwrap());
+    let mut membership = operator.get_stream("MEMBERSHIP").await.unwrap();
+    let purged = membership.info().await.unwrap().state.last_sequence;
+    anchorage_tests::projected(&stack.stack.store, "membership", purged).await;
+    membership.purge().sequence(purged + 1).await.unwrap();
+    alice.request(create_group("g", "G", &["bob"])).await.unwrap();
+    proxy.blackhole_down(false);
+    proxy.cut();
+    alice
+        .request(AddMembers {
+            group: group_id("g"),
+            members: user_ids(&["carol"]),
+        })
+        .await
+        .unwrap();
+    let stored = send_again_until_stored(&mut bob, "b1").await;
+    assert!(stored.seq > 0);
+    edge.stop().await.unwrap();
+    stack.stack.stop().await.unwrap();
+}
+
 // A send whose acknowledgement fails is known to be refused only after a later send may have
 // been refused already (here by the rate limit): the client is told to start again from the
 // earlier one, and starting from it gets everything stored in the order written.

@@ -71,14 +71,17 @@ impl Hub {
                 .stored_event_if_any(stream::MEMBERSHIP, Seq(next))
                 .await
             {
-                Ok(stored) => {
-                    if stored.is_some() {
-                        tracing::info!(
-                            seq = next,
-                            "membership event fetched: its live copy was lost"
-                        );
+                Ok(Some(stored)) => {
+                    tracing::info!(
+                        seq = next,
+                        "membership event fetched: its live copy was lost"
+                    );
+                    self.advance(next, stored.ok());
+                }
+                Ok(None) => {
+                    if !self.skip_purged(next, to).await {
+                        return;
                     }
-                    self.advance(next, stored.and_then(Result::ok));
                 }
                 Err(err) => {
                     // Tried again on the next event or check.
@@ -87,6 +90,31 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Moves past `next` when the stream no longer holds it because it was purged (the
+    /// MEMBERSHIP stream denies deleting single events, so a purge is the only hole it can
+    /// have: everything before its first sequence). Anything else answered "no message" for an
+    /// event that exists — a leader elected a moment ago that has not applied it yet — and
+    /// `false` leaves the position where it is, to ask again on the next event or check. A view
+    /// that moved past a membership it never applied would refuse that member's sends.
+    async fn skip_purged(self: &Arc<Self>, next: u64, to: u64) -> bool {
+        let first = match self.bus.stream_state(stream::MEMBERSHIP).await {
+            Ok(state) => state.first_seq.0,
+            Err(err) => {
+                tracing::warn!(seq = next, error = %err, "membership position");
+                return false;
+            }
+        };
+        if next >= first {
+            tracing::warn!(
+                seq = next,
+                "membership event not found on the stream's leader yet: asking again"
+            );
+            return false;
+        }
+        self.advance(first.saturating_sub(1).min(to), None);
+        true
     }
 
     /// A MEMBERSHIP stream that ends before this edge's position was deleted and recreated:
