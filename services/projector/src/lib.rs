@@ -695,6 +695,11 @@ impl Worker {
     /// hole, and the first sequence the consumer skipped, if it did. Streams have no holes
     /// except where a message was deleted; a sequence that is still stored but was not
     /// delivered is a skip, and nothing after it is applied.
+    ///
+    /// A hole is known deleted only from a server that stores a later message: it applied
+    /// everything before that one. A server that holds nothing from the hole on (a stream
+    /// leader elected a moment ago that has not applied the events the consumer delivered)
+    /// proves nothing, and the hole counts as a skip, to be delivered again.
     async fn contiguous<'a>(
         &self,
         checkpoint: Checkpoint,
@@ -706,17 +711,20 @@ impl Worker {
             if d.seq.0 < expected {
                 continue;
             }
-            while d.seq.0 > expected {
+            if d.seq.0 > expected {
                 let stored = self
                     .bus
-                    .stored_event_if_any(self.handler.stream(), Seq(expected))
+                    .first_stored_from(self.handler.stream(), Seq(expected))
                     .await
                     .context("looking for a sequence the consumer skipped")?;
-                if stored.is_some() {
+                // Deleted from the stream before `next`: nothing to apply there (and a
+                // delivery erased since it was delivered is applied as delivered).
+                if let Some(Seq(next)) = stored {
+                    expected = expected.max(next.min(d.seq.0));
+                }
+                if d.seq.0 > expected {
                     return Ok((fresh, Some(expected)));
                 }
-                // Deleted from the stream: nothing to apply there.
-                expected += 1;
             }
             fresh.push(d);
             expected += 1;

@@ -83,6 +83,58 @@ async fn a_consumer_that_skips_events_does_not_make_the_projection_skip_them() {
     stack.stack.stop().await.unwrap();
 }
 
+// Events erased from the stream before the projector read them (a run of them, between
+// others) leave holes its consumer delivers across: they are passed, everything around them
+// is applied once, in order.
+#[tokio::test]
+async fn holes_erased_before_the_projector_read_them_are_passed() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(db_dir.path()).await.unwrap();
+    let config = test_config(&nats.url(), &database);
+    let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
+    let store = stack.stack.store.clone();
+    let edge = TestEdge::start(&config).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
+    alice.request(create_group("g", "G", &[])).await.unwrap();
+    let first = alice.ack(send("g", "a0", false)).await.unwrap();
+    anchorage_tests::projected(&store, "messages", first.seq).await;
+    stack.stack.stop().await.unwrap();
+
+    let mut seqs = vec![first.seq];
+    for n in 1..7 {
+        seqs.push(
+            alice
+                .ack(send("g", &format!("a{n}"), false))
+                .await
+                .unwrap()
+                .seq,
+        );
+    }
+    let operator = async_nats::jetstream::new(nats_client(&nats.url(), OPERATOR).await.unwrap());
+    let messages = operator.get_stream_no_info("MESSAGES").await.unwrap();
+    // a1, then a3 to a5: one hole alone, and a run of three.
+    for at in [1, 3, 4, 5] {
+        assert!(messages.delete_message(seqs[at]).await.unwrap());
+    }
+    let kept: Vec<u64> = [0, 2, 6].iter().map(|&at| seqs[at]).collect();
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let projector = projector(&config, shutdown.clone()).await;
+    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
+        .await
+        .unwrap();
+    anchorage_tests::projected(&store, "messages", seqs[6]).await;
+    assert_eq!(
+        sync_seqs(&mut alice, "g").await,
+        kept,
+        "the rest, once, in order"
+    );
+    shutdown.cancel();
+    projector.await.unwrap().unwrap();
+    edge.stop().await.unwrap();
+}
+
 // A retry that comes after the duplicate window while the projector is down gets the
 // original seq once the projector is back — never a second copy.
 #[tokio::test]
@@ -510,7 +562,10 @@ async fn membership_events_purged_before_the_edge_fetched_them_are_moved_past() 
     let purged = membership.info().await.unwrap().state.last_sequence;
     anchorage_tests::projected(&stack.stack.store, "membership", purged).await;
     membership.purge().sequence(purged + 1).await.unwrap();
-    alice.request(create_group("g", "G", &["bob"])).await.unwrap();
+    alice
+        .request(create_group("g", "G", &["bob"]))
+        .await
+        .unwrap();
     proxy.blackhole_down(false);
     proxy.cut();
     alice
