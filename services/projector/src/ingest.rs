@@ -802,7 +802,7 @@ struct Lookups {
 async fn check(
     store: &Store,
     r: &Reference,
-    known: &HashMap<String, bool>,
+    known: &anchorage_store::UsersKnown,
     created: &Created,
     lookups: &mut Lookups,
 ) -> Result<(), ApplyError> {
@@ -832,7 +832,7 @@ async fn check(
             }
         }
         Reference::UserNotDeleted(u) => {
-            if created.deleted.contains(u.as_str()) || known.get(u.as_str()) == Some(&true) {
+            if created.deleted.contains(u.as_str()) || known.get(u.as_str()) == Some(true) {
                 return Err(reject(
                     "user_deleted",
                     format!("user {u} was deleted; a deleted user's id is not taken again"),

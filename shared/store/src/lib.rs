@@ -28,6 +28,7 @@ pub use projection::{
 };
 pub use read::{
     ConversationRow, ConversationState, Fingerprint, MessageRow, Prefs, ReactionCount, UserState,
+    UsersKnown,
 };
 pub use search::message_terms;
 
@@ -658,5 +659,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, u) = prepare_url(&format!("sqlite:{}/x.db", dir.path().display())).unwrap();
         assert!(u.ends_with("/x.db?mode=rwc"), "{u}");
+    }
+
+    // Users asked about in chunks: a chunk all active costs a count; one with a user never
+    // created or deleted is read row by row, and every answer is right either way.
+    #[tokio::test]
+    async fn users_among_tells_active_deleted_and_never_created_apart_in_every_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&sqlite_options(dir.path())).await.unwrap();
+        store.migrate().await.unwrap();
+        let names: Vec<String> = (0..1_400).map(|n| format!("u{n:04}")).collect();
+        // Chunks of 500: the first all active, the second with a deletion, the third with
+        // users never created.
+        let created: Vec<(&str, &str, u64)> = names
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| !(1_100..1_110).contains(n))
+            .map(|(n, u)| (u.as_str(), "U", n as u64 + 1))
+            .collect();
+        let mut tx = store.begin().await.unwrap();
+        tx.put_users(&created).await.unwrap();
+        tx.delete_user("u0700", 5_000).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let asked: Vec<&str> = names.iter().map(String::as_str).collect();
+        let known = store.users_among(&asked).await.unwrap();
+        for (n, u) in asked.iter().enumerate() {
+            let expected = match n {
+                700 => Some(true),
+                1_100..1_110 => None,
+                _ => Some(false),
+            };
+            assert_eq!(known.get(u), expected, "{u}");
+        }
+        let none = store.users_among(&["nobody", "u0001"]).await.unwrap();
+        assert_eq!((none.get("nobody"), none.get("u0001")), (None, Some(false)));
     }
 }

@@ -1263,25 +1263,29 @@ impl Tx {
             };
             current.insert(r.try_get::<i64, _>("bucket")? as u8, stored);
         }
+        // Every bucket in one statement (at most 256 rows): a join of many members moves
+        // most of them, and a statement per bucket made that join cost 256 round trips.
+        let sql = format!(
+            "INSERT INTO group_digest_buckets (group_id, bucket, sum, count)
+             VALUES {}
+             ON CONFLICT (group_id, bucket) DO UPDATE
+             SET sum = excluded.sum, count = excluded.count",
+            rows_of_params(self.backend, deltas.len(), 4)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (bucket, delta) in deltas {
             let now = current
                 .get(bucket)
                 .copied()
                 .unwrap_or_default()
                 .combine(*delta);
-            sqlx::query(
-                "INSERT INTO group_digest_buckets (group_id, bucket, sum, count)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (group_id, bucket) DO UPDATE
-                 SET sum = excluded.sum, count = excluded.count",
-            )
-            .bind(group)
-            .bind(i64::from(*bucket))
-            .bind(i(now.sum))
-            .bind(i(now.count))
-            .execute(&mut *self.tx)
-            .await?;
+            q = q
+                .bind(group)
+                .bind(i64::from(*bucket))
+                .bind(i(now.sum))
+                .bind(i(now.count));
         }
+        q.execute(&mut *self.tx).await?;
         Ok(())
     }
 

@@ -8,6 +8,27 @@ use sqlx::Row;
 use crate::projection::{EntryKind, GroupRow, IN_CHUNK, params};
 use crate::{Store, StoreError};
 
+/// What the projection holds of some users (see [`Store::users_among`]).
+#[derive(Debug, Default)]
+pub struct UsersKnown {
+    /// Users it never saw created.
+    missing: std::collections::HashSet<String>,
+    /// Users it holds as deleted.
+    deleted: std::collections::HashSet<String>,
+}
+
+impl UsersKnown {
+    /// `Some(deleted)` for a user the projection holds (of those asked about), `None` for one
+    /// it never saw created.
+    pub fn get(&self, user: &str) -> Option<bool> {
+        if self.missing.contains(user) {
+            None
+        } else {
+            Some(self.deleted.contains(user))
+        }
+    }
+}
+
 /// A conversation's version and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationRow {
@@ -386,27 +407,48 @@ impl Store {
         Ok(row.map(|r| r.try_get("display_name")).transpose()?)
     }
 
-    /// Which of `users` were ever created, each with whether it was deleted since.
-    pub async fn users_among(
-        &self,
-        users: &[&str],
-    ) -> Result<std::collections::HashMap<String, bool>, StoreError> {
-        let mut found = std::collections::HashMap::new();
+    /// What the projection holds of `users`: which it never saw created, and which were
+    /// deleted since.
+    ///
+    /// A chunk of users who all exist and are active — what a large group's members almost
+    /// always are — costs one count, not a row per user.
+    pub async fn users_among(&self, users: &[&str]) -> Result<UsersKnown, StoreError> {
+        let mut known = UsersKnown::default();
         for chunk in users.chunks(IN_CHUNK) {
-            // Only placeholders are formatted into the statement.
+            // Only placeholders are formatted into the statements.
+            let list = params(self.backend(), 1, chunk.len());
             let sql = format!(
-                "SELECT user_id, deleted FROM users WHERE user_id IN ({})",
-                params(self.backend(), 1, chunk.len())
+                "SELECT COUNT(*) AS active FROM users WHERE deleted = 0 AND user_id IN ({list})"
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for u in chunk {
                 q = q.bind(*u);
             }
-            for r in q.fetch_all(&self.pool).await? {
-                found.insert(r.try_get("user_id")?, r.try_get::<i64, _>("deleted")? != 0);
+            let active: i64 = q.fetch_one(&self.pool).await?.try_get("active")?;
+            if usize::try_from(active).is_ok_and(|a| a == chunk.len()) {
+                continue;
             }
+            let sql = format!("SELECT user_id, deleted FROM users WHERE user_id IN ({list})");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for u in chunk {
+                q = q.bind(*u);
+            }
+            let mut held = std::collections::HashSet::new();
+            for r in q.fetch_all(&self.pool).await? {
+                let user: String = r.try_get("user_id")?;
+                if r.try_get::<i64, _>("deleted")? != 0 {
+                    known.deleted.insert(user.clone());
+                }
+                held.insert(user);
+            }
+            known.missing.extend(
+                chunk
+                    .iter()
+                    .filter(|u| !held.contains(**u))
+                    .map(|u| (*u).to_owned()),
+            );
         }
-        Ok(found)
+        Ok(known)
     }
 
     /// Which of the events `ids` of other system `source` were applied already.
