@@ -694,5 +694,9 @@ mod tests {
         }
         let none = store.users_among(&["nobody", "u0001"]).await.unwrap();
         assert_eq!((none.get("nobody"), none.get("u0001")), (None, Some(false)));
+        let new = store.users_among(&["new1", "new2"]).await.unwrap();
+        assert_eq!((new.get("new1"), new.get("new2")), (None, None));
+        let gone = store.users_among(&["u0700"]).await.unwrap();
+        assert_eq!(gone.get("u0700"), Some(true));
     }
 }

@@ -411,21 +411,29 @@ impl Store {
     /// deleted since.
     ///
     /// A chunk of users who all exist and are active — what a large group's members almost
-    /// always are — costs one count, not a row per user.
+    /// always are — or who are all new costs one count, not a row per user.
     pub async fn users_among(&self, users: &[&str]) -> Result<UsersKnown, StoreError> {
         let mut known = UsersKnown::default();
         for chunk in users.chunks(IN_CHUNK) {
             // Only placeholders are formatted into the statements.
             let list = params(self.backend(), 1, chunk.len());
             let sql = format!(
-                "SELECT COUNT(*) AS active FROM users WHERE deleted = 0 AND user_id IN ({list})"
+                "SELECT COUNT(*) AS held,
+                        COALESCE(SUM(CASE WHEN deleted <> 0 THEN 1 ELSE 0 END), 0) AS deleted
+                 FROM users WHERE user_id IN ({list})"
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for u in chunk {
                 q = q.bind(*u);
             }
-            let active: i64 = q.fetch_one(&self.pool).await?.try_get("active")?;
-            if usize::try_from(active).is_ok_and(|a| a == chunk.len()) {
+            let counted = q.fetch_one(&self.pool).await?;
+            let held: i64 = counted.try_get("held")?;
+            let deleted: i64 = counted.try_get("deleted")?;
+            if held == 0 {
+                known.missing.extend(chunk.iter().map(|u| (*u).to_owned()));
+                continue;
+            }
+            if deleted == 0 && usize::try_from(held).is_ok_and(|h| h == chunk.len()) {
                 continue;
             }
             let sql = format!("SELECT user_id, deleted FROM users WHERE user_id IN ({list})");
