@@ -471,21 +471,22 @@ impl Worker {
         // It is applied from the checkpoint as it stands then, like any batch (what it holds
         // again is skipped, a hole before it is found).
         let pull = |max: usize| -> Pull<'_> { Box::pin(consumer.next_batch(max, self.idle_wait)) };
+        // Every pull stays within what the consumer lets be unacknowledged (a batch size may
+        // be configured above it): a pull the server holds back for that limit would outlast
+        // its own bound.
+        let limit = consumer.max_ack_pending().unwrap_or(usize::MAX);
+        let batch_size = self.batch_size.min(limit);
         let mut ahead: Option<Pull<'_>> = None;
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                batch = ahead.take().unwrap_or_else(|| pull(self.batch_size)) => batch?,
+                batch = ahead.take().unwrap_or_else(|| pull(batch_size)) => batch?,
             };
             if batch.is_empty() {
                 continue;
             }
-            // Within what the consumer lets be unacknowledged besides this batch: a pull the
-            // server holds back for that limit would outlast its own bound.
-            let room = consumer
-                .max_ack_pending()
-                .map_or(self.batch_size, |limit| limit.saturating_sub(batch.len()))
-                .min(self.batch_size);
+            // The next one, besides this batch still unacknowledged.
+            let room = limit.saturating_sub(batch.len()).min(batch_size);
             let mut next_pull: Pull<'_> = if room > 0 {
                 pull(room)
             } else {

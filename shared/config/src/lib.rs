@@ -244,7 +244,8 @@ impl Default for EdgeConfig {
 #[serde(default, deny_unknown_fields)]
 /// `[projector]`: applying the streams to SQL.
 pub struct ProjectorConfig {
-    /// Most events fetched and applied in one transaction.
+    /// Most events fetched and applied in one transaction (and never more than the
+    /// projection's consumer lets be unacknowledged, its `max_ack_pending`).
     pub batch_size: u32,
     /// Tombstones of removed members are kept for this many MEMBERSHIP stream sequences;
     /// a member-list diff from an older version becomes a realignment.

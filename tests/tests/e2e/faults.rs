@@ -135,6 +135,49 @@ async fn holes_erased_before_the_projector_read_them_are_passed() {
     edge.stop().await.unwrap();
 }
 
+// A batch size above what a consumer lets be unacknowledged (the configuration allows up to
+// 10,000; the consumers let 1,024 be) does not stall a backlog larger than that limit on a
+// pull the server holds back: every pull stays within the limit.
+#[tokio::test]
+async fn a_batch_size_above_the_consumers_pending_limit_drains_a_backlog() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(db_dir.path()).await.unwrap();
+    let mut config = test_config(&nats.url(), &database);
+    config.projector.batch_size = 4_000;
+    config.edge.rate_per_sec = 100_000;
+    config.edge.rate_burst = 100_000;
+    config.edge.user_rate_per_sec = 100_000;
+    let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
+    let edge = TestEdge::start(&config).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
+    alice.request(create_group("g", "G", &[])).await.unwrap();
+    let first = alice.ack(send("g", "a0", false)).await.unwrap();
+    anchorage_tests::projected(&stack.stack.store, "messages", first.seq).await;
+    stack.stack.stop().await.unwrap();
+
+    let backlog = 1_500;
+    let mut last = first.seq;
+    for n in 1..backlog {
+        last = alice
+            .ack(send("g", &format!("a{n}"), false))
+            .await
+            .unwrap()
+            .seq;
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let projector = projector(&config, shutdown.clone()).await;
+    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
+        .await
+        .unwrap();
+    anchorage_tests::projected(&store, "messages", last).await;
+    let conv = store.conversation("g").await.unwrap().unwrap();
+    assert_eq!(conv.message_count, backlog, "every message, once");
+    shutdown.cancel();
+    projector.await.unwrap().unwrap();
+    edge.stop().await.unwrap();
+}
+
 // A retry that comes after the duplicate window while the projector is down gets the
 // original seq once the projector is back — never a second copy.
 #[tokio::test]
