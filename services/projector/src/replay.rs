@@ -301,19 +301,28 @@ async fn read_batch(
     let mut quiet_since: Option<std::time::Instant> = None;
     while events.len() < max_events && bytes < max_bytes {
         let Ok(event) = tokio::time::timeout(QUIET, reader.next()).await else {
-            match bus.first_stored_from(stream, Seq(*last_read + 1)).await? {
-                Some(next) if next.0 <= target => {
-                    let since = *quiet_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() > STALLED {
-                        bail!(
-                            "the stream reader of {stream} delivered nothing for {STALLED:?} \
-                             while {next} is stored"
-                        );
+            let left = match bus.first_stored_from(stream, Seq(*last_read + 1)).await? {
+                Some(next) if next.0 <= target => format!("{next} is stored"),
+                Some(_) => return Ok((events, true)),
+                // Nothing stored from there: erased up to the end, if the server that answered
+                // has reached the target at all (a leader elected a moment ago may not have
+                // applied everything yet).
+                None => {
+                    let last = bus.stream_state(stream).await?.last_seq.0;
+                    if last >= target {
+                        return Ok((events, true));
                     }
-                    continue;
+                    format!("the stream's leader is at {last}, short of {target}")
                 }
-                _ => return Ok((events, true)),
+            };
+            let since = *quiet_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > STALLED {
+                bail!(
+                    "the stream reader of {stream} delivered nothing for {STALLED:?} while \
+                     {left}"
+                );
             }
+            continue;
         };
         let event = event?;
         quiet_since = None;
