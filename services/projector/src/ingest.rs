@@ -802,7 +802,7 @@ struct Lookups {
 async fn check(
     store: &Store,
     r: &Reference,
-    known: &anchorage_store::UsersKnown,
+    known: &anchorage_store::UsersKnown<'_>,
     created: &Created,
     lookups: &mut Lookups,
 ) -> Result<(), ApplyError> {

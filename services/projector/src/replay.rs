@@ -304,15 +304,19 @@ async fn read_batch(
             let left = match bus.first_stored_from(stream, Seq(*last_read + 1)).await? {
                 Some(next) if next.0 <= target => format!("{next} is stored"),
                 Some(_) => return Ok((events, true)),
-                // Nothing stored from there: erased up to the end, if the server that answered
-                // has reached the target at all (a leader elected a moment ago may not have
-                // applied everything yet).
+                // Nothing stored from there: erased up to the end, if the leader has reached
+                // the target at all (one elected a moment ago may not have applied everything
+                // yet) and, asked again after saying so, still stores nothing from there.
                 None => {
                     let last = bus.stream_state(stream).await?.last_seq.0;
-                    if last >= target {
-                        return Ok((events, true));
+                    if last < target {
+                        format!("the stream's leader is at {last}, short of {target}")
+                    } else {
+                        match bus.first_stored_from(stream, Seq(*last_read + 1)).await? {
+                            Some(next) if next.0 <= target => format!("{next} is stored"),
+                            _ => return Ok((events, true)),
+                        }
                     }
-                    format!("the stream's leader is at {last}, short of {target}")
                 }
             };
             let since = *quiet_since.get_or_insert_with(std::time::Instant::now);

@@ -698,5 +698,6 @@ mod tests {
         assert_eq!((new.get("new1"), new.get("new2")), (None, None));
         let gone = store.users_among(&["u0700"]).await.unwrap();
         assert_eq!(gone.get("u0700"), Some(true));
+        assert_eq!(gone.get("u0001"), None, "not asked about");
     }
 }

@@ -10,18 +10,20 @@ use crate::{Store, StoreError};
 
 /// What the projection holds of some users (see [`Store::users_among`]).
 #[derive(Debug, Default)]
-pub struct UsersKnown {
-    /// Users it never saw created.
+pub struct UsersKnown<'a> {
+    /// The users asked about.
+    asked: std::collections::HashSet<&'a str>,
+    /// Those it never saw created.
     missing: std::collections::HashSet<String>,
-    /// Users it holds as deleted.
+    /// Those it holds as deleted.
     deleted: std::collections::HashSet<String>,
 }
 
-impl UsersKnown {
-    /// `Some(deleted)` for a user the projection holds (of those asked about), `None` for one
-    /// it never saw created.
+impl UsersKnown<'_> {
+    /// `Some(deleted)` for a user the projection holds, `None` for one it never saw created
+    /// (or that was not asked about).
     pub fn get(&self, user: &str) -> Option<bool> {
-        if self.missing.contains(user) {
+        if !self.asked.contains(user) || self.missing.contains(user) {
             None
         } else {
             Some(self.deleted.contains(user))
@@ -412,8 +414,11 @@ impl Store {
     ///
     /// A chunk of users who all exist and are active — what a large group's members almost
     /// always are — or who are all new costs one count, not a row per user.
-    pub async fn users_among(&self, users: &[&str]) -> Result<UsersKnown, StoreError> {
-        let mut known = UsersKnown::default();
+    pub async fn users_among<'a>(&self, users: &[&'a str]) -> Result<UsersKnown<'a>, StoreError> {
+        let mut known = UsersKnown {
+            asked: users.iter().copied().collect(),
+            ..UsersKnown::default()
+        };
         for chunk in users.chunks(IN_CHUNK) {
             // Only placeholders are formatted into the statements.
             let list = params(self.backend(), 1, chunk.len());

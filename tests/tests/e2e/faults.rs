@@ -531,10 +531,11 @@ async fn history_of_g(store: &anchorage_store::Store, count: usize) -> Vec<Strin
     rows.into_iter().map(|r| r.client_msg_id).collect()
 }
 
-/// Sends `id` again (`retry`) until it is stored, waiting as told; never `out_of_order`.
-async fn send_again_until_stored(client: &mut WsClient, id: &str) -> Ack {
+/// Sends `id` to `conv` again (`retry`) until it is stored, waiting as told; never
+/// `out_of_order`.
+async fn send_again_until_stored(client: &mut WsClient, conv: &str, id: &str) -> Ack {
     for _ in 0..100 {
-        match client.request(send("g", id, true)).await.unwrap() {
+        match client.request(send(conv, id, true)).await.unwrap() {
             ServerFrame::Error(e) => {
                 assert_ne!(e.code, ErrorCode::OutOfOrder, "{id}: {e:?}");
                 let wait = e.retry_after_ms.unwrap_or(100);
@@ -577,49 +578,68 @@ async fn a_send_before_the_edge_heard_of_the_membership_is_retried_not_forbidden
         })
         .await
         .unwrap();
-    let stored = send_again_until_stored(&mut bob, "b1").await;
+    let stored = send_again_until_stored(&mut bob, "g", "b1").await;
     assert!(stored.seq > 0);
     edge.stop().await.unwrap();
     stack.stack.stop().await.unwrap();
 }
 
 // Membership events this edge missed and an operator then purged from the stream are gone
-// for good: the edge moves past them and applies what follows (a "no message" answer inside
-// the stream's range is never taken for a purge).
+// for good, whether the purge took the stream's start or one group's subject from its
+// middle: the edge moves past them and applies what follows (a "no message" answer is never
+// taken for a purge unless the stream shows one).
 #[tokio::test]
 async fn membership_events_purged_before_the_edge_fetched_them_are_moved_past() {
     let nats = TestNats::start().await.unwrap();
     let stack = TestStack::start(&nats.url()).await.unwrap();
     let (proxy, edge) = edge_behind_a_lossy_proxy(&stack, &nats, |_| {}).await;
     let (mut bob, _) = WsClient::signed_in(edge.addr, "bob", "d").await.unwrap();
-    proxy.blackhole_down(true);
     let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
-        .await
-        .unwrap();
-    alice
-        .request(create_group("old", "Old", &["bob"]))
         .await
         .unwrap();
     let operator = async_nats::jetstream::new(nats_client(&nats.url(), OPERATOR).await.unwrap());
     let mut membership = operator.get_stream("MEMBERSHIP").await.unwrap();
-    let purged = membership.info().await.unwrap().state.last_sequence;
-    anchorage_tests::projected(&stack.stack.store, "membership", purged).await;
-    membership.purge().sequence(purged + 1).await.unwrap();
-    alice
-        .request(create_group("g", "G", &["bob"]))
-        .await
-        .unwrap();
-    proxy.blackhole_down(false);
-    proxy.cut();
-    alice
-        .request(AddMembers {
-            group: group_id("g"),
-            members: user_ids(&["carol"]),
-        })
-        .await
-        .unwrap();
-    let stored = send_again_until_stored(&mut bob, "b1").await;
-    assert!(stored.seq > 0);
+    for (round, purge_subject) in [(0, false), (1, true)] {
+        proxy.blackhole_down(true);
+        let before = format!("before{round}");
+        let old = format!("old{round}");
+        let g = format!("g{round}");
+        alice
+            .request(create_group(&before, "B", &["bob"]))
+            .await
+            .unwrap();
+        alice
+            .request(create_group(&old, "O", &["bob"]))
+            .await
+            .unwrap();
+        let purged = membership.info().await.unwrap().state.last_sequence;
+        anchorage_tests::projected(&stack.stack.store, "membership", purged).await;
+        if purge_subject {
+            // A hole in the middle: `before` stays, `old` goes.
+            membership
+                .purge()
+                .filter(format!("grp.{old}"))
+                .await
+                .unwrap();
+        } else {
+            membership.purge().sequence(purged + 1).await.unwrap();
+        }
+        alice
+            .request(create_group(&g, "G", &["bob"]))
+            .await
+            .unwrap();
+        proxy.blackhole_down(false);
+        proxy.cut();
+        alice
+            .request(AddMembers {
+                group: group_id(&g),
+                members: user_ids(&["carol"]),
+            })
+            .await
+            .unwrap();
+        let stored = send_again_until_stored(&mut bob, &g, "b1").await;
+        assert!(stored.seq > 0);
+    }
     edge.stop().await.unwrap();
     stack.stack.stop().await.unwrap();
 }
@@ -664,7 +684,7 @@ async fn the_first_refused_send_is_the_one_to_send_again() {
     // Sent again in order from the first refused one: none of them is out of order.
     let mut seqs = Vec::new();
     for id in ids {
-        seqs.push(send_again_until_stored(&mut alice, id).await.seq);
+        seqs.push(send_again_until_stored(&mut alice, "g", id).await.seq);
     }
     assert!(seqs.is_sorted(), "{seqs:?}");
     edge.stop().await.unwrap();
@@ -709,7 +729,7 @@ async fn a_send_lost_on_the_way_to_nats_holds_back_the_sends_after_it() {
     // Retried in order, each until it is stored.
     let mut seqs = Vec::new();
     for id in ["m1", "m2", "m3"] {
-        seqs.push(send_again_until_stored(&mut alice, id).await.seq);
+        seqs.push(send_again_until_stored(&mut alice, "g", id).await.seq);
     }
     assert!(
         seqs.is_sorted(),

@@ -92,28 +92,43 @@ impl Hub {
         }
     }
 
-    /// Moves past `next` when the stream no longer holds it because it was purged (the
-    /// MEMBERSHIP stream denies deleting single events, so a purge is the only hole it can
-    /// have: everything before its first sequence). Anything else answered "no message" for an
-    /// event that exists — a leader elected a moment ago that has not applied it yet — and
-    /// `false` leaves the position where it is, to ask again on the next event or check. A view
-    /// that moved past a membership it never applied would refuse that member's sends.
+    /// Moves past `next` when the stream no longer holds it because it was purged — all of
+    /// the stream up to a sequence, or one group's subject (the MEMBERSHIP stream denies
+    /// deleting single events, so purges are its only holes). Known only from a server that
+    /// stores a later event (it applied everything before that one), or from the stream's
+    /// first sequence. Anything else answered "no message" for an event that exists — a
+    /// leader elected a moment ago that has not applied it yet — and `false` leaves the
+    /// position where it is, to ask again on the next event or check. A view that moved past
+    /// a membership it never applied would refuse that member's sends.
     async fn skip_purged(self: &Arc<Self>, next: u64, to: u64) -> bool {
-        let first = match self.bus.stream_state(stream::MEMBERSHIP).await {
-            Ok(state) => state.first_seq.0,
+        let past = match self
+            .bus
+            .first_stored_from(stream::MEMBERSHIP, Seq(next))
+            .await
+        {
+            Ok(Some(stored)) if stored.0 > next => Some(stored.0),
+            Ok(Some(_)) => None,
+            Ok(None) => match self.bus.stream_state(stream::MEMBERSHIP).await {
+                Ok(state) if next < state.first_seq.0 => Some(state.first_seq.0),
+                Ok(_) => None,
+                Err(err) => {
+                    tracing::warn!(seq = next, error = %err, "membership position");
+                    return false;
+                }
+            },
             Err(err) => {
-                tracing::warn!(seq = next, error = %err, "membership position");
+                tracing::warn!(seq = next, error = %err, "looking past a missing membership event");
                 return false;
             }
         };
-        if next >= first {
+        let Some(stored) = past else {
             tracing::warn!(
                 seq = next,
                 "membership event not found on the stream's leader yet: asking again"
             );
             return false;
-        }
-        self.advance(first.saturating_sub(1).min(to), None);
+        };
+        self.advance((stored - 1).min(to), None);
         true
     }
 
