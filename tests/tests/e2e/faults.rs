@@ -83,28 +83,72 @@ async fn a_consumer_that_skips_events_does_not_make_the_projection_skip_them() {
     stack.stack.stop().await.unwrap();
 }
 
+/// A stack whose projector applied group g and its first message `a0`, then stopped; its
+/// edge stays up, with alice connected.
+struct ProjectorStopped {
+    config: anchorage_config::Config,
+    edge: TestEdge,
+    alice: WsClient,
+    /// The sequence of `a0`.
+    first: u64,
+    /// The database's folder.
+    _db_dir: tempfile::TempDir,
+}
+
+impl ProjectorStopped {
+    async fn start(nats: &TestNats, tune: impl FnOnce(&mut anchorage_config::Config)) -> Self {
+        let db_dir = tempfile::tempdir().unwrap();
+        let database = fresh_database(db_dir.path()).await.unwrap();
+        let mut config = test_config(&nats.url(), &database);
+        tune(&mut config);
+        let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
+        let edge = TestEdge::start(&config).await.unwrap();
+        let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
+        alice.request(create_group("g", "G", &[])).await.unwrap();
+        let first = alice.ack(send("g", "a0", false)).await.unwrap().seq;
+        anchorage_tests::projected(&stack.stack.store, "messages", first).await;
+        let TestStack { stack, db_dir, .. } = stack;
+        stack.stop().await.unwrap();
+        Self {
+            config,
+            edge,
+            alice,
+            first,
+            _db_dir: db_dir,
+        }
+    }
+
+    /// Starts a projector again and waits until the messages projection reaches `seq`;
+    /// returns a store to look at what it applied, and the projector to stop.
+    async fn project_up_to(
+        &self,
+        seq: u64,
+    ) -> (
+        anchorage_store::Store,
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let projector = projector(&self.config, shutdown.clone()).await;
+        let store = anchorage_store::Store::connect(&anchorage::store_options(&self.config))
+            .await
+            .unwrap();
+        anchorage_tests::projected(&store, "messages", seq).await;
+        (store, shutdown, projector)
+    }
+}
+
 // Events erased from the stream before the projector read them (a run of them, between
 // others) leave holes its consumer delivers across: they are passed, everything around them
 // is applied once, in order.
 #[tokio::test]
 async fn holes_erased_before_the_projector_read_them_are_passed() {
     let nats = TestNats::start().await.unwrap();
-    let db_dir = tempfile::tempdir().unwrap();
-    let database = fresh_database(db_dir.path()).await.unwrap();
-    let config = test_config(&nats.url(), &database);
-    let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
-    let store = stack.stack.store.clone();
-    let edge = TestEdge::start(&config).await.unwrap();
-    let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
-    alice.request(create_group("g", "G", &[])).await.unwrap();
-    let first = alice.ack(send("g", "a0", false)).await.unwrap();
-    anchorage_tests::projected(&store, "messages", first.seq).await;
-    stack.stack.stop().await.unwrap();
-
-    let mut seqs = vec![first.seq];
+    let mut s = ProjectorStopped::start(&nats, |_| {}).await;
+    let mut seqs = vec![s.first];
     for n in 1..7 {
         seqs.push(
-            alice
+            s.alice
                 .ack(send("g", &format!("a{n}"), false))
                 .await
                 .unwrap()
@@ -119,20 +163,15 @@ async fn holes_erased_before_the_projector_read_them_are_passed() {
     }
     let kept: Vec<u64> = [0, 2, 6].iter().map(|&at| seqs[at]).collect();
 
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let projector = projector(&config, shutdown.clone()).await;
-    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
-        .await
-        .unwrap();
-    anchorage_tests::projected(&store, "messages", seqs[6]).await;
+    let (_store, shutdown, projector) = s.project_up_to(seqs[6]).await;
     assert_eq!(
-        sync_seqs(&mut alice, "g").await,
+        sync_seqs(&mut s.alice, "g").await,
         kept,
         "the rest, once, in order"
     );
     shutdown.cancel();
     projector.await.unwrap().unwrap();
-    edge.stop().await.unwrap();
+    s.edge.stop().await.unwrap();
 }
 
 // A batch size above what a consumer lets be unacknowledged (the configuration allows up to
@@ -141,41 +180,29 @@ async fn holes_erased_before_the_projector_read_them_are_passed() {
 #[tokio::test]
 async fn a_batch_size_above_the_consumers_pending_limit_drains_a_backlog() {
     let nats = TestNats::start().await.unwrap();
-    let db_dir = tempfile::tempdir().unwrap();
-    let database = fresh_database(db_dir.path()).await.unwrap();
-    let mut config = test_config(&nats.url(), &database);
-    config.projector.batch_size = 4_000;
-    config.edge.rate_per_sec = 100_000;
-    config.edge.rate_burst = 100_000;
-    config.edge.user_rate_per_sec = 100_000;
-    let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
-    let edge = TestEdge::start(&config).await.unwrap();
-    let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
-    alice.request(create_group("g", "G", &[])).await.unwrap();
-    let first = alice.ack(send("g", "a0", false)).await.unwrap();
-    anchorage_tests::projected(&stack.stack.store, "messages", first.seq).await;
-    stack.stack.stop().await.unwrap();
-
+    let mut s = ProjectorStopped::start(&nats, |config| {
+        config.projector.batch_size = 4_000;
+        config.edge.rate_per_sec = 100_000;
+        config.edge.rate_burst = 100_000;
+        config.edge.user_rate_per_sec = 100_000;
+    })
+    .await;
     let backlog = 1_500;
-    let mut last = first.seq;
+    let mut last = s.first;
     for n in 1..backlog {
-        last = alice
+        last = s
+            .alice
             .ack(send("g", &format!("a{n}"), false))
             .await
             .unwrap()
             .seq;
     }
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let projector = projector(&config, shutdown.clone()).await;
-    let store = anchorage_store::Store::connect(&anchorage::store_options(&config))
-        .await
-        .unwrap();
-    anchorage_tests::projected(&store, "messages", last).await;
+    let (store, shutdown, projector) = s.project_up_to(last).await;
     let conv = store.conversation("g").await.unwrap().unwrap();
     assert_eq!(conv.message_count, backlog, "every message, once");
     shutdown.cancel();
     projector.await.unwrap().unwrap();
-    edge.stop().await.unwrap();
+    s.edge.stop().await.unwrap();
 }
 
 // A retry that comes after the duplicate window while the projector is down gets the
