@@ -485,13 +485,9 @@ impl Worker {
             if batch.is_empty() {
                 continue;
             }
-            // The next one, besides this batch still unacknowledged.
+            // The next one, besides this batch still unacknowledged (none without room).
             let room = limit.saturating_sub(batch.len()).min(batch_size);
-            let mut next_pull: Pull<'_> = if room > 0 {
-                pull(room)
-            } else {
-                Box::pin(std::future::pending())
-            };
+            let mut next_pull = (room > 0).then(|| pull(room));
             let mut pulled = None;
             let apply = self.apply_batch(&consumer, checkpoint, &batch);
             tokio::pin!(apply);
@@ -502,22 +498,23 @@ impl Worker {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     applied = &mut apply => break applied,
-                    batch = &mut next_pull, if pulled.is_none() => pulled = Some(batch),
+                    batch = async { next_pull.as_mut().expect("guarded").await },
+                        if pulled.is_none() && next_pull.is_some() => pulled = Some(batch),
                 }
             };
             let (next, gap) = match applied {
                 Ok(applied) => applied,
                 Err(err) => {
-                    if room > 0 && pulled.is_none() {
-                        settle(next_pull, shutdown).await;
+                    if let (None, Some(in_flight)) = (pulled, next_pull) {
+                        settle(in_flight, shutdown).await;
                     }
                     return Err(err);
                 }
             };
-            ahead = (room > 0).then(|| match pulled {
-                Some(batch) => Box::pin(std::future::ready(batch)) as Pull<'_>,
+            ahead = match pulled {
+                Some(batch) => Some(Box::pin(std::future::ready(batch))),
                 None => next_pull,
-            });
+            };
             if next.last_seq > checkpoint.last_seq {
                 match p {
                     Handler::Part(part) => {
@@ -697,10 +694,8 @@ impl Worker {
     /// except where a message was deleted; a sequence that is still stored but was not
     /// delivered is a skip, and nothing after it is applied.
     ///
-    /// A hole is known deleted only from a server that stores a later message: it applied
-    /// everything before that one. A server that holds nothing from the hole on (a stream
-    /// leader elected a moment ago that has not applied the events the consumer delivered)
-    /// proves nothing, and the hole counts as a skip, to be delivered again.
+    /// A hole is passed only where the stream shows nothing is stored ([`Bus::hole_end`]);
+    /// anything else counts as a skip, to be delivered again.
     async fn contiguous<'a>(
         &self,
         checkpoint: Checkpoint,
@@ -713,15 +708,15 @@ impl Worker {
                 continue;
             }
             if d.seq.0 > expected {
-                let stored = self
+                let end = self
                     .bus
-                    .first_stored_from(self.handler.stream(), Seq(expected))
+                    .hole_end(self.handler.stream(), Seq(expected))
                     .await
                     .context("looking for a sequence the consumer skipped")?;
-                // Deleted from the stream before `next`: nothing to apply there (and a
-                // delivery erased since it was delivered is applied as delivered).
-                if let Some(Seq(next)) = stored {
-                    expected = expected.max(next.min(d.seq.0));
+                // Nothing to apply up to the hole's end (and a delivery erased since it was
+                // delivered is applied as delivered).
+                if let Some(end) = end {
+                    expected = end.0.min(d.seq.0);
                 }
                 if d.seq.0 > expected {
                     return Ok((fresh, Some(expected)));

@@ -215,6 +215,23 @@ impl Bus {
         Ok(crate::stored_or_none(stream, first)?.map(|m| Seq(m.sequence)))
     }
 
+    /// Where a hole at `seq` in `stream` ends — the first sequence after it that may hold a
+    /// message — when the stream shows that nothing is stored at `seq`: its leader stores a
+    /// later message (a server applies messages in order, so it holds everything before that
+    /// one), or `seq` is below the stream's first sequence (purged). `None` when `seq` is
+    /// stored or nothing shows otherwise: a leader elected a moment ago answers "no message"
+    /// for what it has not applied yet, and a reader that took that for a hole would pass an
+    /// event it never read.
+    pub async fn hole_end(&self, stream: &str, seq: Seq) -> Result<Option<Seq>, BusError> {
+        Ok(match self.first_stored_from(stream, seq).await? {
+            Some(next) => (next > seq).then_some(next),
+            None => {
+                let first = self.stream_state(stream).await?.first_seq;
+                (seq < first).then_some(first)
+            }
+        })
+    }
+
     /// Erases the message at `seq` from `stream`: JetStream overwrites its bytes in the store
     /// before it lets go of them (a secure delete), and the sequence stays taken. `false` if
     /// nothing is stored there (erased already). Only a NATS user allowed

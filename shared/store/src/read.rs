@@ -11,11 +11,9 @@ use crate::{Store, StoreError};
 /// What the projection holds of some users (see [`Store::users_among`]).
 #[derive(Debug, Default)]
 pub struct UsersKnown<'a> {
-    /// The users asked about.
-    asked: std::collections::HashSet<&'a str>,
-    /// Those it never saw created.
-    missing: std::collections::HashSet<String>,
-    /// Those it holds as deleted.
+    /// The users asked about that it holds.
+    held: std::collections::HashSet<&'a str>,
+    /// Those of them deleted.
     deleted: std::collections::HashSet<String>,
 }
 
@@ -23,11 +21,9 @@ impl UsersKnown<'_> {
     /// `Some(deleted)` for a user the projection holds, `None` for one it never saw created
     /// (or that was not asked about).
     pub fn get(&self, user: &str) -> Option<bool> {
-        if !self.asked.contains(user) || self.missing.contains(user) {
-            None
-        } else {
-            Some(self.deleted.contains(user))
-        }
+        self.held
+            .contains(user)
+            .then(|| self.deleted.contains(user))
     }
 }
 
@@ -415,51 +411,47 @@ impl Store {
     /// A chunk of users who all exist and are active — what a large group's members almost
     /// always are — or who are all new costs one count, not a row per user.
     pub async fn users_among<'a>(&self, users: &[&'a str]) -> Result<UsersKnown<'a>, StoreError> {
-        let mut known = UsersKnown {
-            asked: users.iter().copied().collect(),
-            ..UsersKnown::default()
-        };
+        let mut known = UsersKnown::default();
         for chunk in users.chunks(IN_CHUNK) {
             // Only placeholders are formatted into the statements.
             let list = params(self.backend(), 1, chunk.len());
-            let sql = format!(
+            let query = |sql: String| {
+                chunk
+                    .iter()
+                    .fold(sqlx::query(sqlx::AssertSqlSafe(sql)), |q, u| q.bind(*u))
+            };
+            let counted = query(format!(
                 "SELECT COUNT(*) AS held,
                         COALESCE(SUM(CASE WHEN deleted <> 0 THEN 1 ELSE 0 END), 0) AS deleted
                  FROM users WHERE user_id IN ({list})"
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for u in chunk {
-                q = q.bind(*u);
-            }
-            let counted = q.fetch_one(&self.pool).await?;
+            ))
+            .fetch_one(&self.pool)
+            .await?;
             let held: i64 = counted.try_get("held")?;
             let deleted: i64 = counted.try_get("deleted")?;
             if held == 0 {
-                known.missing.extend(chunk.iter().map(|u| (*u).to_owned()));
                 continue;
             }
             if deleted == 0 && usize::try_from(held).is_ok_and(|h| h == chunk.len()) {
+                known.held.extend(chunk.iter().copied());
                 continue;
             }
-            let sql = format!("SELECT user_id, deleted FROM users WHERE user_id IN ({list})");
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for u in chunk {
-                q = q.bind(*u);
-            }
-            let mut held = std::collections::HashSet::new();
-            for r in q.fetch_all(&self.pool).await? {
+            let rows = query(format!(
+                "SELECT user_id, deleted FROM users WHERE user_id IN ({list})"
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+            let mut found = std::collections::HashSet::new();
+            for r in rows {
                 let user: String = r.try_get("user_id")?;
                 if r.try_get::<i64, _>("deleted")? != 0 {
                     known.deleted.insert(user.clone());
                 }
-                held.insert(user);
+                found.insert(user);
             }
-            known.missing.extend(
-                chunk
-                    .iter()
-                    .filter(|u| !held.contains(**u))
-                    .map(|u| (*u).to_owned()),
-            );
+            known
+                .held
+                .extend(chunk.iter().copied().filter(|u| found.contains(*u)));
         }
         Ok(known)
     }

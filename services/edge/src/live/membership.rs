@@ -92,44 +92,31 @@ impl Hub {
         }
     }
 
-    /// Moves past `next` when the stream no longer holds it because it was purged — all of
-    /// the stream up to a sequence, or one group's subject (the MEMBERSHIP stream denies
-    /// deleting single events, so purges are its only holes). Known only from a server that
-    /// stores a later event (it applied everything before that one), or from the stream's
-    /// first sequence. Anything else answered "no message" for an event that exists — a
-    /// leader elected a moment ago that has not applied it yet — and `false` leaves the
-    /// position where it is, to ask again on the next event or check. A view that moved past
-    /// a membership it never applied would refuse that member's sends.
+    /// Moves past `next` when the stream shows it holds nothing there ([`Bus::hole_end`]: the
+    /// MEMBERSHIP stream denies deleting single events, so its holes are purges — of its
+    /// start, or of one group's subject). Otherwise `false` leaves the position where it is,
+    /// to ask again on the next event or check: a view that moved past a membership it never
+    /// applied would refuse that member's sends.
+    ///
+    /// [`Bus::hole_end`]: anchorage_bus::Bus::hole_end
     async fn skip_purged(self: &Arc<Self>, next: u64, to: u64) -> bool {
-        let past = match self
-            .bus
-            .first_stored_from(stream::MEMBERSHIP, Seq(next))
-            .await
-        {
-            Ok(Some(stored)) if stored.0 > next => Some(stored.0),
-            Ok(Some(_)) => None,
-            Ok(None) => match self.bus.stream_state(stream::MEMBERSHIP).await {
-                Ok(state) if next < state.first_seq.0 => Some(state.first_seq.0),
-                Ok(_) => None,
-                Err(err) => {
-                    tracing::warn!(seq = next, error = %err, "membership position");
-                    return false;
-                }
-            },
+        match self.bus.hole_end(stream::MEMBERSHIP, Seq(next)).await {
+            Ok(Some(end)) => {
+                self.advance((end.0 - 1).min(to), None);
+                true
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    seq = next,
+                    "membership event not found on the stream's leader yet: asking again"
+                );
+                false
+            }
             Err(err) => {
                 tracing::warn!(seq = next, error = %err, "looking past a missing membership event");
-                return false;
+                false
             }
-        };
-        let Some(stored) = past else {
-            tracing::warn!(
-                seq = next,
-                "membership event not found on the stream's leader yet: asking again"
-            );
-            return false;
-        };
-        self.advance((stored - 1).min(to), None);
-        true
+        }
     }
 
     /// A MEMBERSHIP stream that ends before this edge's position was deleted and recreated:
