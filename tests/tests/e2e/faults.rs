@@ -118,24 +118,47 @@ impl ProjectorStopped {
         }
     }
 
+    /// Sends `a1` up to `a{count - 1}` while the projector is down; the sequences of all
+    /// `count` messages, `a0`'s first.
+    async fn backlog(&mut self, count: usize) -> Vec<u64> {
+        let mut seqs = vec![self.first];
+        for n in 1..count {
+            let id = format!("a{n}");
+            seqs.push(self.alice.ack(send("g", &id, false)).await.unwrap().seq);
+        }
+        seqs
+    }
+
     /// Starts a projector again and waits until the messages projection reaches `seq`;
     /// returns a store to look at what it applied, and the projector to stop.
-    async fn project_up_to(
-        &self,
-        seq: u64,
-    ) -> (
-        anchorage_store::Store,
-        tokio_util::sync::CancellationToken,
-        tokio::task::JoinHandle<anyhow::Result<()>>,
-    ) {
+    async fn project_up_to(&self, seq: u64) -> (anchorage_store::Store, Restarted) {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let projector = projector(&self.config, shutdown.clone()).await;
         let store = anchorage_store::Store::connect(&anchorage::store_options(&self.config))
             .await
             .unwrap();
         anchorage_tests::projected(&store, "messages", seq).await;
-        (store, shutdown, projector)
+        (
+            store,
+            Restarted {
+                shutdown,
+                projector,
+            },
+        )
     }
+
+    /// Stops the restarted projector (it must end cleanly), then the edge.
+    async fn stop(self, restarted: Restarted) {
+        restarted.shutdown.cancel();
+        restarted.projector.await.unwrap().unwrap();
+        self.edge.stop().await.unwrap();
+    }
+}
+
+/// A projector started again by [`ProjectorStopped::project_up_to`].
+struct Restarted {
+    shutdown: tokio_util::sync::CancellationToken,
+    projector: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 // Events erased from the stream before the projector read them (a run of them, between
@@ -145,16 +168,7 @@ impl ProjectorStopped {
 async fn holes_erased_before_the_projector_read_them_are_passed() {
     let nats = TestNats::start().await.unwrap();
     let mut s = ProjectorStopped::start(&nats, |_| {}).await;
-    let mut seqs = vec![s.first];
-    for n in 1..7 {
-        seqs.push(
-            s.alice
-                .ack(send("g", &format!("a{n}"), false))
-                .await
-                .unwrap()
-                .seq,
-        );
-    }
+    let seqs = s.backlog(7).await;
     let operator = async_nats::jetstream::new(nats_client(&nats.url(), OPERATOR).await.unwrap());
     let messages = operator.get_stream_no_info("MESSAGES").await.unwrap();
     // a1, then a3 to a5: one hole alone, and a run of three.
@@ -163,15 +177,13 @@ async fn holes_erased_before_the_projector_read_them_are_passed() {
     }
     let kept: Vec<u64> = [0, 2, 6].iter().map(|&at| seqs[at]).collect();
 
-    let (_store, shutdown, projector) = s.project_up_to(seqs[6]).await;
+    let (_store, restarted) = s.project_up_to(seqs[6]).await;
     assert_eq!(
         sync_seqs(&mut s.alice, "g").await,
         kept,
         "the rest, once, in order"
     );
-    shutdown.cancel();
-    projector.await.unwrap().unwrap();
-    s.edge.stop().await.unwrap();
+    s.stop(restarted).await;
 }
 
 // A batch size above what a consumer lets be unacknowledged (the configuration allows up to
@@ -188,21 +200,11 @@ async fn a_batch_size_above_the_consumers_pending_limit_drains_a_backlog() {
     })
     .await;
     let backlog = 1_500;
-    let mut last = s.first;
-    for n in 1..backlog {
-        last = s
-            .alice
-            .ack(send("g", &format!("a{n}"), false))
-            .await
-            .unwrap()
-            .seq;
-    }
-    let (store, shutdown, projector) = s.project_up_to(last).await;
+    let last = *s.backlog(backlog).await.last().unwrap();
+    let (store, restarted) = s.project_up_to(last).await;
     let conv = store.conversation("g").await.unwrap().unwrap();
-    assert_eq!(conv.message_count, backlog, "every message, once");
-    shutdown.cancel();
-    projector.await.unwrap().unwrap();
-    s.edge.stop().await.unwrap();
+    assert_eq!(conv.message_count, backlog as u64, "every message, once");
+    s.stop(restarted).await;
 }
 
 // A retry that comes after the duplicate window while the projector is down gets the
