@@ -137,6 +137,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0013_attachments.sql"),
         specific: SAME,
     },
+    Migration {
+        version: 14,
+        name: "changes_by_target",
+        sql: include_str!("../migrations/0014_changes_by_target.sql"),
+        specific: SAME,
+    },
 ];
 
 /// Which database a store talks to.

@@ -447,80 +447,37 @@ impl Tx {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The multi-row insert of `chunk`, skipping the messages a conversation holds already,
-    /// followed by `tail` (a `RETURNING` clause, or nothing).
-    fn bind_messages<'q>(
-        &self,
-        chunk: &'q [NewMessage],
-        tail: &'static str,
-    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-        // Only placeholders (and a constant tail) are formatted into the statement.
-        let sql = format!(
-            "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body,
-                                   client_ts, server_ts, event_id, kind, target,
-                                   reply_to, detail, flag, membership_seq, attachments)
-             VALUES {}
-             ON CONFLICT DO NOTHING {tail}",
-            rows_of_params(self.backend, chunk.len(), 16)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for m in chunk {
-            let detail = match m.kind {
-                EntryKind::Reaction => m.emoji.clone(),
-                _ if m.mentions.is_empty() => None,
-                _ => serde_json::to_string(&m.mentions).ok(),
-            };
-            q = q
-                .bind(&m.conv)
-                .bind(i(m.seq))
-                .bind(&m.sender)
-                .bind(&m.device)
-                .bind(&m.client_msg_id)
-                .bind(&m.body)
-                .bind(m.client_ts)
-                .bind(m.server_ts)
-                .bind(&m.event_id)
-                .bind(m.kind.as_str())
-                .bind(m.target.map(i))
-                .bind(m.reply_to.map(i))
-                .bind(detail)
-                .bind(m.flag.map(i64::from))
-                .bind(m.membership.map(i))
-                .bind(
-                    (!m.attachments.is_empty())
-                        .then(|| serde_json::to_string(&m.attachments).ok())
-                        .flatten(),
-                );
-        }
-        q
-    }
-
-    /// Inserts `chunk`, skipping the messages a conversation holds already (the same seq, or
-    /// the same sender's id); returns the new ones. Nearly always every row is new, and then
-    /// none has to come back: a chunk holding one stored already is taken back to a savepoint
-    /// and inserted again, answering which rows are new.
-    async fn insert_chunk<'m>(
+    /// Inserts `chunk` with `insert` (its statement, from [`bind_messages`]), skipping the
+    /// messages a conversation holds already (the same seq, or the same sender's id), and
+    /// runs `meanwhile` while the database executes the insert. Returns the new rows and what
+    /// `meanwhile` made. Nearly always every row is new, and then none has to come back: a
+    /// chunk holding one stored already is taken back to a savepoint and inserted again,
+    /// answering which rows are new.
+    async fn insert_chunk<'m, T>(
         &mut self,
         chunk: &'m [NewMessage],
-    ) -> Result<Vec<&'m NewMessage>, StoreError> {
+        insert: Statement,
+        meanwhile: impl FnOnce() -> T,
+    ) -> Result<(Vec<&'m NewMessage>, T), StoreError> {
         if let [one] = chunk {
             // One row: whether it went in says which is new.
-            let done = self.bind_messages(chunk, "").execute(&mut *self.tx).await?;
-            return Ok(if done.rows_affected() == 1 {
+            let (done, made) = overlapped(insert.execute(&mut *self.tx), meanwhile).await;
+            let new = if done?.rows_affected() == 1 {
                 vec![one]
             } else {
                 Vec::new()
-            });
+            };
+            return Ok((new, made));
         }
         sqlx::query("SAVEPOINT new_messages")
             .execute(&mut *self.tx)
             .await?;
-        let done = self.bind_messages(chunk, "").execute(&mut *self.tx).await?;
-        if done.rows_affected() == chunk.len() as u64 {
+        let (done, made) = overlapped(insert.execute(&mut *self.tx), meanwhile).await;
+        if done?.rows_affected() == chunk.len() as u64 {
             sqlx::query("RELEASE SAVEPOINT new_messages")
                 .execute(&mut *self.tx)
                 .await?;
-            return Ok(chunk.iter().collect());
+            return Ok((chunk.iter().collect(), made));
         }
         sqlx::query("ROLLBACK TO SAVEPOINT new_messages")
             .execute(&mut *self.tx)
@@ -529,17 +486,17 @@ impl Tx {
             .execute(&mut *self.tx)
             .await?;
         let mut new = std::collections::HashSet::new();
-        for r in self
-            .bind_messages(chunk, "RETURNING conv_id, seq")
+        for r in bind_messages(self.backend, chunk, "RETURNING conv_id, seq")
             .fetch_all(&mut *self.tx)
             .await?
         {
             new.insert((r.try_get::<String, _>("conv_id")?, u(r.try_get("seq")?)));
         }
-        Ok(chunk
+        let new = chunk
             .iter()
             .filter(|m| new.contains(&(m.conv.clone(), m.seq)))
-            .collect())
+            .collect();
+        Ok((new, made))
     }
 
     /// Stores a message; `false` if this conversation already holds it (same seq, or the same
@@ -550,13 +507,29 @@ impl Tx {
 
     /// Stores messages, many per statement, skipping those a conversation already holds;
     /// then moves each conversation's version once. Returns how many were new.
+    ///
+    /// The database never waits for the statements to be made: a chunk's search documents
+    /// are made while its rows go in, and the next chunk's rows are bound while the documents
+    /// go in.
     pub async fn insert_messages(&mut self, messages: &[NewMessage]) -> Result<u64, StoreError> {
+        let backend = self.backend;
         // conversation → (last seq, its time, messages added)
         let mut convs: BTreeMap<&str, (u64, i64, i64)> = BTreeMap::new();
         let mut inserted = 0;
-        for chunk in messages.chunks(ROWS_PER_INSERT) {
-            let stored = self.insert_chunk(chunk).await?;
-            let mut new_docs = Vec::new();
+        let chunks: Vec<&[NewMessage]> = messages.chunks(ROWS_PER_INSERT).collect();
+        let mut next = chunks.first().map(|c| bind_messages(backend, c, ""));
+        for (k, chunk) in chunks.iter().enumerate() {
+            let insert = next
+                .take()
+                .unwrap_or_else(|| bind_messages(backend, chunk, ""));
+            let (stored, documents) = self
+                .insert_chunk(chunk, insert, || documents_of(backend, chunk.iter()))
+                .await?;
+            let documents = if stored.len() == chunk.len() {
+                documents
+            } else {
+                documents_of(backend, stored.iter().copied())
+            };
             for m in stored {
                 inserted += 1;
                 let e = convs.entry(m.conv.as_str()).or_insert((0, 0, 0));
@@ -565,11 +538,6 @@ impl Tx {
                 }
                 if m.kind == EntryKind::Message {
                     e.2 += 1;
-                    let terms = match &m.terms {
-                        Some(terms) => Cow::Borrowed(terms.as_slice()),
-                        None => Cow::Owned(crate::message_terms(&m.body)),
-                    };
-                    new_docs.push((m.conv.as_str(), m.seq, terms));
                     if !m.attachments.is_empty() {
                         let objects: Vec<&str> =
                             m.attachments.iter().map(|a| a.id.object()).collect();
@@ -589,11 +557,20 @@ impl Tx {
                     }
                 }
             }
-            let docs: Vec<(&str, u64, &[String])> = new_docs
-                .iter()
-                .map(|(conv, seq, terms)| (*conv, *seq, terms.as_ref()))
-                .collect();
-            self.index_documents(&docs).await?;
+            let bind_next = || chunks.get(k + 1).map(|c| bind_messages(backend, c, ""));
+            let mut documents = documents.into_iter();
+            next = match documents.next() {
+                // The next chunk's rows are bound while the first documents go in.
+                Some(first) => {
+                    let (done, bound) = overlapped(first.execute(&mut *self.tx), bind_next).await;
+                    done?;
+                    bound
+                }
+                None => bind_next(),
+            };
+            for statement in documents {
+                statement.execute(&mut *self.tx).await?;
+            }
         }
         // Every conversation's version moves in a few statements (each conversation once
         // per statement, as an upsert requires).
@@ -1303,12 +1280,100 @@ impl Tx {
     }
 }
 
+/// A statement bound and ready to run.
+pub(crate) type Statement = sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>;
+
+/// Runs `statement` and, once the database has it, `work`, which so runs while the database
+/// executes the statement (the statement's first poll hands it over); then waits for the
+/// statement.
+pub(crate) async fn overlapped<F: std::future::Future, T>(
+    statement: F,
+    work: impl FnOnce() -> T,
+) -> (F::Output, T) {
+    let mut statement = std::pin::pin!(statement);
+    let first =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(statement.as_mut().poll(cx))).await;
+    let made = work();
+    let done = match first {
+        std::task::Poll::Ready(done) => done,
+        std::task::Poll::Pending => statement.await,
+    };
+    (done, made)
+}
+
+/// The multi-row insert of `chunk`, skipping the messages a conversation holds already,
+/// followed by `tail` (a `RETURNING` clause, or nothing).
+fn bind_messages(backend: crate::Backend, chunk: &[NewMessage], tail: &'static str) -> Statement {
+    // Only placeholders (and a constant tail) are formatted into the statement.
+    let sql = format!(
+        "INSERT INTO messages (conv_id, seq, sender, device, client_msg_id, body,
+                               client_ts, server_ts, event_id, kind, target,
+                               reply_to, detail, flag, membership_seq, attachments)
+         VALUES {}
+         ON CONFLICT DO NOTHING {tail}",
+        rows_of_params(backend, chunk.len(), 16)
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for m in chunk {
+        let detail = match m.kind {
+            EntryKind::Reaction => m.emoji.clone(),
+            _ if m.mentions.is_empty() => None,
+            _ => serde_json::to_string(&m.mentions).ok(),
+        };
+        q = q
+            .bind(m.conv.as_str())
+            .bind(i(m.seq))
+            .bind(m.sender.as_str())
+            .bind(m.device.as_str())
+            .bind(m.client_msg_id.as_str())
+            .bind(m.body.as_str())
+            .bind(m.client_ts)
+            .bind(m.server_ts)
+            .bind(m.event_id.as_str())
+            .bind(m.kind.as_str())
+            .bind(m.target.map(i))
+            .bind(m.reply_to.map(i))
+            .bind(detail)
+            .bind(m.flag.map(i64::from))
+            .bind(m.membership.map(i))
+            .bind(
+                (!m.attachments.is_empty())
+                    .then(|| serde_json::to_string(&m.attachments).ok())
+                    .flatten(),
+            );
+    }
+    q
+}
+
+/// The statements that write the search documents of `messages` (of those that are messages,
+/// not changes to one).
+fn documents_of<'m>(
+    backend: crate::Backend,
+    messages: impl Iterator<Item = &'m NewMessage>,
+) -> Vec<Statement> {
+    let terms: Vec<(&str, u64, Cow<'m, [String]>)> = messages
+        .filter(|m| m.kind == EntryKind::Message)
+        .map(|m| {
+            let terms = match &m.terms {
+                Some(terms) => Cow::Borrowed(terms.as_slice()),
+                None => Cow::Owned(crate::message_terms(&m.body)),
+            };
+            (m.conv.as_str(), m.seq, terms)
+        })
+        .collect();
+    let docs: Vec<(&str, u64, &[String])> = terms
+        .iter()
+        .map(|(conv, seq, terms)| (*conv, *seq, terms.as_ref()))
+        .collect();
+    crate::search::document_statements(backend, &docs)
+}
+
 /// Bound parameters per `IN (…)` list, well under every backend's limit.
 pub(crate) const IN_CHUNK: usize = 500;
 /// Rows per multi-row `INSERT`: a projector batch in one statement where it fits. Each
 /// statement is a round trip to the database (to SQLite's worker thread), so fewer is faster:
 /// replaying into SQLite went from about 25k to about 40k events/s going from 100 to 1,000.
-/// At most 15 columns: 15,000 parameters, under SQLite's 32,766 and PostgreSQL's 65,535.
+/// At most 16 columns: 16,000 parameters, under SQLite's 32,766 and PostgreSQL's 65,535.
 const ROWS_PER_INSERT: usize = 1000;
 /// Conversations per statement that moves their versions.
 const CONVERSATIONS_PER_UPSERT: usize = 500;

@@ -13,7 +13,7 @@
 
 use sqlx::Row;
 
-use crate::projection::{Tx, i, params};
+use crate::projection::{Statement, Tx, i, params};
 use crate::read::{MESSAGE_COLUMNS, MessageRow, message_row};
 use crate::text::{self, Query};
 use crate::{Backend, Store, StoreError};
@@ -83,46 +83,59 @@ pub(crate) async fn index_documents(
     backend: Backend,
     docs: &[(&str, u64, &[String])],
 ) -> Result<(), StoreError> {
+    for statement in document_statements(backend, docs) {
+        statement.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The statements [`index_documents`] runs, bound and ready: they can be made while the
+/// database is busy with something else.
+pub(crate) fn document_statements(
+    backend: Backend,
+    docs: &[(&str, u64, &[String])],
+) -> Vec<Statement> {
     let docs: Vec<&(&str, u64, &[String])> = docs
         .iter()
         .filter(|(_, _, terms)| !terms.is_empty())
         .collect();
-    for chunk in docs.chunks(DOCUMENTS_PER_INSERT) {
-        let sql = match backend {
-            Backend::Sqlite => format!(
-                "INSERT INTO message_search (rowid, conv_id, terms) VALUES {}",
-                vec!["(?, ?, ?)"; chunk.len()].join(", ")
-            ),
-            Backend::Postgres => format!(
-                "INSERT INTO message_search (seq, conv_id, terms) VALUES {}
-                 ON CONFLICT (seq) DO UPDATE SET terms = excluded.terms",
-                (0..chunk.len())
-                    .map(|k| format!(
-                        "(${}, ${}, CAST(${} AS tsvector))",
-                        3 * k + 1,
-                        3 * k + 2,
-                        3 * k + 3
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        };
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (conv, seq, terms) in chunk {
-            let terms = match backend {
-                Backend::Sqlite => text::fts5_text(terms),
-                // The conversation is a lexeme of its own, for searches within some.
+    docs.chunks(DOCUMENTS_PER_INSERT)
+        .map(|chunk| {
+            let sql = match backend {
+                Backend::Sqlite => format!(
+                    "INSERT INTO message_search (rowid, conv_id, terms) VALUES {}",
+                    vec!["(?, ?, ?)"; chunk.len()].join(", ")
+                ),
                 Backend::Postgres => format!(
-                    "{} {}",
-                    text::tsvector(terms),
-                    text::conversation_lexeme(conv)
+                    "INSERT INTO message_search (seq, conv_id, terms) VALUES {}
+                     ON CONFLICT (seq) DO UPDATE SET terms = excluded.terms",
+                    (0..chunk.len())
+                        .map(|k| format!(
+                            "(${}, ${}, CAST(${} AS tsvector))",
+                            3 * k + 1,
+                            3 * k + 2,
+                            3 * k + 3
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             };
-            q = q.bind(i(*seq)).bind(*conv).bind(terms);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (conv, seq, terms) in chunk {
+                let terms = match backend {
+                    Backend::Sqlite => text::fts5_text(terms),
+                    // The conversation is a lexeme of its own, for searches within some.
+                    Backend::Postgres => format!(
+                        "{} {}",
+                        text::tsvector(terms),
+                        text::conversation_lexeme(conv)
+                    ),
+                };
+                q = q.bind(i(*seq)).bind(*conv).bind(terms);
+            }
+            q
+        })
+        .collect()
 }
 
 /// Indexes every message stored before the index existed, in the migration's transaction
@@ -168,15 +181,6 @@ impl Tx {
         messages: &[(&str, u64, &str)],
     ) -> Result<(), StoreError> {
         index_messages(&mut self.tx, self.backend, messages).await
-    }
-
-    /// Writes the index documents of messages whose terms are known (conversation, seq,
-    /// terms).
-    pub(crate) async fn index_documents(
-        &mut self,
-        docs: &[(&str, u64, &[String])],
-    ) -> Result<(), StoreError> {
-        index_documents(&mut self.tx, self.backend, docs).await
     }
 
     /// Removes the document of message `seq` (its text is about to change: an edit or a

@@ -156,6 +156,23 @@ async fn a_chunk_holding_stored_messages_stores_and_counts_only_the_new_ones() {
     assert_eq!((conv.message_count, conv.last_seq), (5, 8));
     let other = store.conversation("d").await.unwrap().unwrap();
     assert_eq!((other.message_count, other.last_seq), (1, 9));
+
+    // Many chunks, each bound while the one before is written: a message stored already in
+    // the middle one is skipped there alone.
+    let in_e = |seq: u64| anchorage_store::NewMessage {
+        conv: "e".into(),
+        ..row(seq, &format!("m{seq}"))
+    };
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.insert_message(&in_e(1_500)).await.unwrap());
+    let many: Vec<_> = (1_000..3_500).map(in_e).collect();
+    assert_eq!(tx.insert_messages(&many).await.unwrap(), 2_499);
+    tx.commit().await.unwrap();
+    let conv = store.conversation("e").await.unwrap().unwrap();
+    assert_eq!((conv.message_count, conv.last_seq), (2_500, 3_499));
+    let stored = store.messages_after("e", 0, 5_000).await.unwrap();
+    assert_eq!(stored.len(), 2_500);
+    assert!(stored.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
     stack.stack.stop().await.unwrap();
 }
 
