@@ -231,6 +231,7 @@ export declare class Client {
     private queuePush;
     private onPush;
     private runMemberSync;
+    /** Syncs a group's member list: true once it ended, false if it yielded still moving. */
     private syncGroup;
 }
 export {};

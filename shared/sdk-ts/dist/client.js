@@ -37,6 +37,11 @@ class Lost {
         this.retryAfterMs = retryAfterMs;
     }
 }
+/**
+ * Rounds one member sync may take (diff pages, a realignment, the diff after it) before it
+ * yields to other work and is scheduled again.
+ */
+const MEMBER_SYNC_ROUNDS = 64;
 const PASSING = ["internal", "overloaded"];
 const isCount = (v) => Number.isSafeInteger(v) && v >= 0;
 /** `[id, version, digest | null, upserts, removed, more]`, or null if it is not one. */
@@ -928,18 +933,26 @@ export class Client {
     async runMemberSync(conn) {
         const [group, waiters] = this.memberSyncs.entries().next().value;
         this.memberSyncs.delete(group);
+        let ended = true;
         try {
-            await this.syncGroup(conn, group);
+            ended = await this.syncGroup(conn, group);
         }
         finally {
-            for (const w of waiters)
-                w();
+            if (ended)
+                for (const w of waiters)
+                    w();
+            // Still moving: the sync goes on after the work queued behind it, and whoever waits
+            // for it waits for its end.
+            else
+                this.memberSyncs.set(group, [...waiters, ...(this.memberSyncs.get(group) ?? [])]);
         }
     }
+    /** Syncs a group's member list: true once it ended, false if it yielded still moving. */
     async syncGroup(conn, group) {
         this.subscribed.add(group);
+        const start = this.store.memberList(group)?.version;
         let how = "unchanged";
-        for (let round = 0; round < 8; round++) {
+        for (let round = 0; round < MEMBER_SYNC_ROUNDS; round++) {
             const list = this.store.memberList(group);
             // The copy is changed in place by live changes: the version asked from is kept.
             const from = list?.version;
@@ -966,12 +979,12 @@ export class Client {
                 // forbidden, not_found: the list is not ours to hold.
                 await this.store.dropMembers(group);
                 this.subscribed.delete(group);
-                return;
+                return true;
             }
             switch (answer.type) {
                 case "members_unchanged":
                     this.emit("members", { group, version: list?.version ?? 0, how });
-                    return;
+                    return true;
                 case "members_diff":
                 case "members_delta": {
                     // A delta (taken only when asked) has the epoch the request named: the copy's.
@@ -992,7 +1005,7 @@ export class Client {
                     how = how === "unchanged" ? "diff" : how;
                     if (!answer.more && answer.digest && computed(list).total.toWire() === answer.digest) {
                         this.emit("members", { group, version: answer.version, how });
-                        return;
+                        return true;
                     }
                     continue;
                 }
@@ -1044,9 +1057,13 @@ export class Client {
                     continue;
                 }
                 default:
-                    return;
+                    return true;
             }
         }
+        // Out of rounds: a copy that moved forward goes on after other work; one that did not
+        // in all of them (an edge that never lets it settle) is left as it is.
+        const now = this.store.memberList(group)?.version;
+        return now === undefined || (start !== undefined && now <= start);
     }
 }
 /**

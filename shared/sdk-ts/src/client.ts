@@ -108,6 +108,12 @@ class Lost {
   ) {}
 }
 
+/**
+ * Rounds one member sync may take (diff pages, a realignment, the diff after it) before it
+ * yields to other work and is scheduled again.
+ */
+const MEMBER_SYNC_ROUNDS = 64;
+
 const PASSING: ErrorCode[] = ["internal", "overloaded"];
 type Listener<T> = (event: T) => void;
 /**
@@ -998,17 +1004,23 @@ export class Client {
   private async runMemberSync(conn: Connection): Promise<void> {
     const [group, waiters] = this.memberSyncs.entries().next().value as [string, Array<() => void>];
     this.memberSyncs.delete(group);
+    let ended = true;
     try {
-      await this.syncGroup(conn, group);
+      ended = await this.syncGroup(conn, group);
     } finally {
-      for (const w of waiters) w();
+      if (ended) for (const w of waiters) w();
+      // Still moving: the sync goes on after the work queued behind it, and whoever waits
+      // for it waits for its end.
+      else this.memberSyncs.set(group, [...waiters, ...(this.memberSyncs.get(group) ?? [])]);
     }
   }
 
-  private async syncGroup(conn: Connection, group: string): Promise<void> {
+  /** Syncs a group's member list: true once it ended, false if it yielded still moving. */
+  private async syncGroup(conn: Connection, group: string): Promise<boolean> {
     this.subscribed.add(group);
+    const start = this.store.memberList(group)?.version;
     let how: MemberSyncKind = "unchanged";
-    for (let round = 0; round < 8; round++) {
+    for (let round = 0; round < MEMBER_SYNC_ROUNDS; round++) {
       const list = this.store.memberList(group);
       // The copy is changed in place by live changes: the version asked from is kept.
       const from = list?.version;
@@ -1037,12 +1049,12 @@ export class Client {
         // forbidden, not_found: the list is not ours to hold.
         await this.store.dropMembers(group);
         this.subscribed.delete(group);
-        return;
+        return true;
       }
       switch (answer.type) {
         case "members_unchanged":
           this.emit("members", { group, version: list?.version ?? 0, how });
-          return;
+          return true;
         case "members_diff":
         case "members_delta": {
           // A delta (taken only when asked) has the epoch the request named: the copy's.
@@ -1062,7 +1074,7 @@ export class Client {
           how = how === "unchanged" ? "diff" : how;
           if (!answer.more && answer.digest && computed(list).total.toWire() === answer.digest) {
             this.emit("members", { group, version: answer.version, how });
-            return;
+            return true;
           }
           continue;
         }
@@ -1113,9 +1125,13 @@ export class Client {
           continue;
         }
         default:
-          return;
+          return true;
       }
     }
+    // Out of rounds: a copy that moved forward goes on after other work; one that did not
+    // in all of them (an edge that never lets it settle) is left as it is.
+    const now = this.store.memberList(group)?.version;
+    return now === undefined || (start !== undefined && now <= start);
   }
 }
 

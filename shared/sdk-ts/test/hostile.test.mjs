@@ -275,6 +275,48 @@ test("a live change that lands while a diff is on its way is not a realignment",
   await edge.close();
 });
 
+test("a member diff longer than one sync's rounds goes on after other work until the copy is in line", async () => {
+  // A copy taken at version 1 that is 99 versions behind, one version per diff page: more
+  // pages than one sync takes before it yields.
+  const N = 100;
+  const users = (n) => Array.from({ length: n }, (_, k) => `u${k}`);
+  const edge = await memberEdge((_, f, send) => {
+    if (!f.epoch) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 1, members: ["u0"] });
+    else if (f.version < N) {
+      const version = f.version + 1;
+      const end = version === N ? { digest: SetDigest.of(users(N)).toWire() } : {};
+      send({ type: "members_diff", id: f.id, group: "g", epoch: "e1", version, ...end, upserts: [{ user: `u${version - 1}` }], removed: [], more: version < N });
+    } else send({ type: "members_unchanged", id: f.id });
+  });
+  const c = await against(edge);
+  const seen = [];
+  c.on("members", (e) => seen.push(e.version));
+  await c.whenOnline();
+  await c.syncMembers("g");
+  const list = c.memberList("g");
+  assert.equal(list.version, N, "the waiter was answered once the copy was in line, not when the sync yielded");
+  assert.deepEqual([...list.members.keys()].sort(), users(N).sort());
+  assert.deepEqual(seen, [N], "announced once, at the end");
+  assert.equal(edge.syncs(), N, "a page, then one diff per version");
+  await c.stop();
+  await edge.close();
+});
+
+test("an edge that never lets a member list settle is asked a bounded number of times", async () => {
+  // Every ask is a conflict: the copy is dropped and asked for again, and never moves.
+  const edge = await memberEdge((_, f, send) => send({ type: "error", id: f.id, code: "conflict", message: "start over" }));
+  const c = await against(edge);
+  await c.whenOnline();
+  await c.syncMembers("g");
+  const asked = edge.syncs();
+  assert.ok(asked >= 8 && asked <= 64, `asked ${asked} times`);
+  await sleep(300);
+  assert.equal(edge.syncs(), asked, "a sync that got nowhere is not scheduled again");
+  assert.equal(c.memberList("g"), undefined);
+  await c.stop();
+  await edge.close();
+});
+
 test("an edge whose welcome does not say compact is never asked for it", async () => {
   const edge = await fakeEdge((f, send) => {
     if (f.type === "hello") {
