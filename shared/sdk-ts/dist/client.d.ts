@@ -116,6 +116,10 @@ export declare class Client {
     /** Conversations not listed yet whose sync a push started (a first message). */
     private pulled;
     private memberSyncs;
+    /** Member syncs that yielded still moving: they go on once the rest of the work is done. */
+    private resumedMemberSyncs;
+    /** How often each member sync scheduled again has yielded. */
+    private memberSyncResumes;
     private subscribed;
     private asks;
     private toAck;

@@ -39,9 +39,14 @@ class Lost {
 }
 /**
  * Rounds one member sync may take (diff pages, a realignment, the diff after it) before it
- * yields to other work and is scheduled again.
+ * yields to other work and, if its copy moved forward, is scheduled again.
  */
 const MEMBER_SYNC_ROUNDS = 64;
+/**
+ * Times a member sync is scheduled again after yielding: an edge that moves a copy forward
+ * without end is asked a bounded number of times.
+ */
+const MEMBER_SYNC_RESUMES = 15;
 const PASSING = ["internal", "overloaded"];
 const isCount = (v) => Number.isSafeInteger(v) && v >= 0;
 /** `[id, version, digest | null, upserts, removed, more]`, or null if it is not one. */
@@ -222,6 +227,10 @@ export class Client {
     /** Conversations not listed yet whose sync a push started (a first message). */
     pulled = new Set();
     memberSyncs = new Map();
+    /** Member syncs that yielded still moving: they go on once the rest of the work is done. */
+    resumedMemberSyncs = new Map();
+    /** How often each member sync scheduled again has yielded. */
+    memberSyncResumes = new Map();
     subscribed = new Set();
     asks = [];
     toAck = new Map();
@@ -297,6 +306,11 @@ export class Client {
         this.wake();
         for (const a of this.asks.splice(0))
             a.reject(new Error("client stopped"));
+        for (const waiters of [...this.memberSyncs.values(), ...this.resumedMemberSyncs.values()])
+            for (const w of waiters)
+                w();
+        this.memberSyncs.clear();
+        this.resumedMemberSyncs.clear();
     }
     /**
      * Test hook: the live push of message `seq` is lost on its way (as at-most-once delivery
@@ -659,6 +673,12 @@ export class Client {
                 await expect(conn.request({ type: "received", conv, seq }));
             return true;
         }
+        if (this.resumedMemberSyncs.size > 0) {
+            for (const [group, waiters] of this.resumedMemberSyncs)
+                this.memberSyncs.set(group, [...waiters, ...(this.memberSyncs.get(group) ?? [])]);
+            this.resumedMemberSyncs.clear();
+            return true;
+        }
         return false;
     }
     async signIn(conn) {
@@ -938,19 +958,25 @@ export class Client {
             ended = await this.syncGroup(conn, group);
         }
         finally {
-            if (ended)
+            const resumes = this.memberSyncResumes.get(group) ?? 0;
+            if (ended || resumes >= MEMBER_SYNC_RESUMES) {
+                this.memberSyncResumes.delete(group);
                 for (const w of waiters)
                     w();
-            // Still moving: the sync goes on after the work queued behind it, and whoever waits
-            // for it waits for its end.
-            else
-                this.memberSyncs.set(group, [...waiters, ...(this.memberSyncs.get(group) ?? [])]);
+            }
+            else {
+                // Still moving: the sync goes on after the rest of the work, and whoever waits for
+                // it waits for its end.
+                this.memberSyncResumes.set(group, resumes + 1);
+                this.resumedMemberSyncs.set(group, [...(this.resumedMemberSyncs.get(group) ?? []), ...waiters]);
+            }
         }
     }
     /** Syncs a group's member list: true once it ended, false if it yielded still moving. */
     async syncGroup(conn, group) {
         this.subscribed.add(group);
-        const start = this.store.memberList(group)?.version;
+        const start = this.store.memberList(group);
+        const [startEpoch, startVersion] = [start?.epoch, start?.version];
         let how = "unchanged";
         for (let round = 0; round < MEMBER_SYNC_ROUNDS; round++) {
             const list = this.store.memberList(group);
@@ -1060,10 +1086,13 @@ export class Client {
                     return true;
             }
         }
-        // Out of rounds: a copy that moved forward goes on after other work; one that did not
-        // in all of them (an edge that never lets it settle) is left as it is.
-        const now = this.store.memberList(group)?.version;
-        return now === undefined || (start !== undefined && now <= start);
+        // Out of rounds: a copy that moved forward (or to another epoch) goes on after other
+        // work; one that did not in all of them (an edge that never lets it settle) is left as
+        // it is.
+        const now = this.store.memberList(group);
+        if (!now)
+            return true;
+        return startVersion !== undefined && now.epoch === startEpoch && now.version <= startVersion;
     }
 }
 /**

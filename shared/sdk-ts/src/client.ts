@@ -110,9 +110,15 @@ class Lost {
 
 /**
  * Rounds one member sync may take (diff pages, a realignment, the diff after it) before it
- * yields to other work and is scheduled again.
+ * yields to other work and, if its copy moved forward, is scheduled again.
  */
 const MEMBER_SYNC_ROUNDS = 64;
+
+/**
+ * Times a member sync is scheduled again after yielding: an edge that moves a copy forward
+ * without end is asked a bounded number of times.
+ */
+const MEMBER_SYNC_RESUMES = 15;
 
 const PASSING: ErrorCode[] = ["internal", "overloaded"];
 type Listener<T> = (event: T) => void;
@@ -307,6 +313,10 @@ export class Client {
   /** Conversations not listed yet whose sync a push started (a first message). */
   private pulled = new Set<string>();
   private memberSyncs = new Map<string, Array<() => void>>();
+  /** Member syncs that yielded still moving: they go on once the rest of the work is done. */
+  private resumedMemberSyncs = new Map<string, Array<() => void>>();
+  /** How often each member sync scheduled again has yielded. */
+  private memberSyncResumes = new Map<string, number>();
   private subscribed = new Set<string>();
   private asks: Ask[] = [];
   private toAck = new Map<string, number>();
@@ -386,6 +396,9 @@ export class Client {
     this.conn?.end(new Lost(1000, "stopped"));
     this.wake();
     for (const a of this.asks.splice(0)) a.reject(new Error("client stopped"));
+    for (const waiters of [...this.memberSyncs.values(), ...this.resumedMemberSyncs.values()]) for (const w of waiters) w();
+    this.memberSyncs.clear();
+    this.resumedMemberSyncs.clear();
   }
 
   /**
@@ -749,6 +762,11 @@ export class Client {
       for (const [conv, seq] of acks) await expect(conn.request({ type: "received", conv, seq }));
       return true;
     }
+    if (this.resumedMemberSyncs.size > 0) {
+      for (const [group, waiters] of this.resumedMemberSyncs) this.memberSyncs.set(group, [...waiters, ...(this.memberSyncs.get(group) ?? [])]);
+      this.resumedMemberSyncs.clear();
+      return true;
+    }
     return false;
   }
 
@@ -1008,17 +1026,24 @@ export class Client {
     try {
       ended = await this.syncGroup(conn, group);
     } finally {
-      if (ended) for (const w of waiters) w();
-      // Still moving: the sync goes on after the work queued behind it, and whoever waits
-      // for it waits for its end.
-      else this.memberSyncs.set(group, [...waiters, ...(this.memberSyncs.get(group) ?? [])]);
+      const resumes = this.memberSyncResumes.get(group) ?? 0;
+      if (ended || resumes >= MEMBER_SYNC_RESUMES) {
+        this.memberSyncResumes.delete(group);
+        for (const w of waiters) w();
+      } else {
+        // Still moving: the sync goes on after the rest of the work, and whoever waits for
+        // it waits for its end.
+        this.memberSyncResumes.set(group, resumes + 1);
+        this.resumedMemberSyncs.set(group, [...(this.resumedMemberSyncs.get(group) ?? []), ...waiters]);
+      }
     }
   }
 
   /** Syncs a group's member list: true once it ended, false if it yielded still moving. */
   private async syncGroup(conn: Connection, group: string): Promise<boolean> {
     this.subscribed.add(group);
-    const start = this.store.memberList(group)?.version;
+    const start = this.store.memberList(group);
+    const [startEpoch, startVersion] = [start?.epoch, start?.version];
     let how: MemberSyncKind = "unchanged";
     for (let round = 0; round < MEMBER_SYNC_ROUNDS; round++) {
       const list = this.store.memberList(group);
@@ -1128,10 +1153,12 @@ export class Client {
           return true;
       }
     }
-    // Out of rounds: a copy that moved forward goes on after other work; one that did not
-    // in all of them (an edge that never lets it settle) is left as it is.
-    const now = this.store.memberList(group)?.version;
-    return now === undefined || (start !== undefined && now <= start);
+    // Out of rounds: a copy that moved forward (or to another epoch) goes on after other
+    // work; one that did not in all of them (an edge that never lets it settle) is left as
+    // it is.
+    const now = this.store.memberList(group);
+    if (!now) return true;
+    return startVersion !== undefined && now.epoch === startEpoch && now.version <= startVersion;
   }
 }
 

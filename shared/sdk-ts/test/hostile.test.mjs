@@ -302,6 +302,29 @@ test("a member diff longer than one sync's rounds goes on after other work until
   await edge.close();
 });
 
+test("an edge that moves a member list forward without end is asked a bounded number of times, and other work goes on meanwhile", async () => {
+  const edge = await memberEdge((_, f, send) => {
+    if (!f.epoch) send({ type: "members_page", id: f.id, group: f.group, epoch: "e1", anchor: 1, members: ["u0"] });
+    else send({ type: "members_diff", id: f.id, group: f.group, epoch: "e1", version: f.version + 1, upserts: [{ user: `u${f.version}` }], removed: [], more: true });
+  });
+  const c = await against(edge);
+  await c.whenOnline();
+  let synced = false;
+  const sync = c.syncMembers("g").then(() => (synced = true));
+  while (edge.syncs() < 100) await sleep(5);
+  // Asked while the sync runs: answered between its rounds, not after all of them.
+  const answer = await c.ask({ type: "members_sync", group: "other" });
+  assert.equal(answer.type, "members_page");
+  assert.equal(synced, false, "the ask was answered while the sync still ran");
+  await sync;
+  const asked = edge.syncs();
+  assert.ok(asked > 64 && asked <= 64 * 16 + 2, `asked ${asked} times`);
+  await sleep(300);
+  assert.equal(edge.syncs(), asked, "nothing more once it gave up");
+  await c.stop();
+  await edge.close();
+});
+
 test("an edge that never lets a member list settle is asked a bounded number of times", async () => {
   // Every ask is a conflict: the copy is dropped and asked for again, and never moves.
   const edge = await memberEdge((_, f, send) => send({ type: "error", id: f.id, code: "conflict", message: "start over" }));

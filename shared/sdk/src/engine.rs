@@ -68,6 +68,8 @@ pub(crate) struct Engine {
     /// Groups whose member list to sync, each once, one at a time; `true` to check the
     /// stored members against their digest first (when the app opens the group).
     pub(crate) member_syncs: Mutex<BTreeMap<String, bool>>,
+    /// How often each member sync scheduled again has yielded still moving.
+    pub(crate) member_sync_resumes: Mutex<BTreeMap<String, u32>>,
     /// Requests from the app waiting for the connection, with where to put the answer.
     asks: Mutex<VecDeque<(RequestBody, oneshot::Sender<ServerFrame>)>>,
     pub(crate) options: ClientOptions,
@@ -106,6 +108,7 @@ impl Engine {
             drop_push: AtomicU64::new(0),
             drop_notice: AtomicU64::new(0),
             member_syncs: Mutex::new(BTreeMap::new()),
+            member_sync_resumes: Mutex::new(BTreeMap::new()),
             asks: Mutex::new(VecDeque::new()),
             options,
             http: reqwest::Client::new(),

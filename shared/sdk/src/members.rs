@@ -437,8 +437,12 @@ fn sketch_sizes(damage: u64, bucket_members: u64) -> Vec<usize> {
 }
 
 /// Rounds one sync may take (diff pages, realignment, the diff after it) before it yields
-/// and is scheduled again.
+/// and, if its copy moved forward, is scheduled again.
 const MAX_ROUNDS: u32 = 64;
+
+/// Times a member sync is scheduled again after yielding: an edge that moves a copy forward
+/// without end is asked a bounded number of times.
+const MAX_RESUMES: u32 = 15;
 
 fn members_of_page(members: Vec<UserId>, details: Vec<MemberInfo>) -> Vec<MemberInfo> {
     members
@@ -451,31 +455,56 @@ fn members_of_page(members: Vec<UserId>, details: Vec<MemberInfo>) -> Vec<Member
 impl Engine {
     /// Syncs the member lists scheduled, one group at a time.
     pub(crate) async fn run_member_syncs(&self, conn: &mut Conn) -> Result<(), End> {
-        loop {
+        // The groups scheduled now: one scheduled again during this pass waits for the next,
+        // after the outbox and the acknowledgements.
+        let scheduled: Vec<String> = self
+            .member_syncs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for group in scheduled {
             let next = self
                 .member_syncs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .pop_first();
-            let Some((group, verify)) = next else {
-                return Ok(());
+                .remove(&group);
+            let Some(verify) = next else { continue };
+            let moving = match self.sync_members(conn, &group, verify).await {
+                Ok(moving) => moving,
+                Err(end) => {
+                    // Not done: again on the next connection.
+                    self.request_member_sync(&group, verify);
+                    return Err(end);
+                }
             };
-            if let Err(end) = self.sync_members(conn, &group, verify).await {
-                // Not done: again on the next connection.
-                self.request_member_sync(&group, verify);
-                return Err(end);
+            let mut resumes = self
+                .member_sync_resumes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let resumed = resumes.get(&group).copied().unwrap_or(0);
+            if moving && resumed < MAX_RESUMES {
+                resumes.insert(group.clone(), resumed + 1);
+                drop(resumes);
+                self.request_member_sync(&group, false);
+            } else {
+                resumes.remove(&group);
             }
         }
+        Ok(())
     }
 
-    async fn sync_members(&self, conn: &mut Conn, group: &str, verify: bool) -> Result<(), End> {
+    /// Syncs a group's member list; `true` if it yielded after its rounds with the copy still
+    /// moving forward (to be scheduled again).
+    async fn sync_members(&self, conn: &mut Conn, group: &str, verify: bool) -> Result<bool, End> {
         let store_lost = |_| lost(None);
-        let held = |list: Option<MemberListState>| list.map(|l| l.version);
+        let held = |list: Option<MemberListState>| list.map(|l| (l.epoch, l.version));
         let start = held(self.store.member_list(group).await.map_err(store_lost)?);
         for round in 0..MAX_ROUNDS {
             let list = self.store.member_list(group).await.map_err(store_lost)?;
             let Ok(group_id) = GroupId::parse(group) else {
-                return Ok(());
+                return Ok(false);
             };
             let mut request = MembersSync {
                 group: group_id,
@@ -524,7 +553,7 @@ impl Engine {
                         list.map_or(0, |l| l.version),
                         MemberSyncKind::Unchanged,
                     );
-                    return Ok(());
+                    return Ok(false);
                 }
                 Ok(ReplyBody::MembersDiff(MembersDiff {
                     epoch,
@@ -556,7 +585,7 @@ impl Engine {
                     // goes round again and is repaired by buckets.
                     let expected = digest.as_deref().and_then(SetDigest::from_wire);
                     if !more && expected.is_none_or(|e| e == d) {
-                        return Ok(());
+                        return Ok(false);
                     }
                     continue;
                 }
@@ -638,7 +667,7 @@ impl Engine {
                         .drop_member_list(group)
                         .await
                         .map_err(store_lost)?;
-                    return Ok(());
+                    return Ok(false);
                 }
                 _ => return Err(lost(None)),
             };
@@ -650,13 +679,13 @@ impl Engine {
                 .map_or(0, |l| l.version);
             self.synced(group, version, kind);
         }
-        // Out of rounds: a copy that moved forward goes on after other work; one that did not
-        // in all of them (an edge that never lets it settle) is left as it is.
+        // Out of rounds: a copy that moved forward (or to another epoch) goes on after other
+        // work; one that did not in all of them (an edge that never lets it settle) is left
+        // as it is.
         let now = held(self.store.member_list(group).await.map_err(store_lost)?);
-        if now.is_some_and(|now| start.is_none_or(|start| now > start)) {
-            self.request_member_sync(group, false);
-        }
-        Ok(())
+        Ok(now.is_some_and(|(epoch, version)| {
+            start.is_none_or(|(from_epoch, from)| epoch != from_epoch || version > from)
+        }))
     }
 
     fn synced(&self, group: &str, version: u64, via: MemberSyncKind) {

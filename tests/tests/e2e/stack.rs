@@ -157,14 +157,15 @@ async fn a_chunk_holding_stored_messages_stores_and_counts_only_the_new_ones() {
     let other = store.conversation("d").await.unwrap().unwrap();
     assert_eq!((other.message_count, other.last_seq), (1, 9));
 
-    // Many chunks, each bound while the one before is written: a message stored already in
-    // the middle one is skipped there alone.
+    // Many chunks (1,000 rows each), each bound while the one before is written: a message
+    // stored already in the middle one is skipped there alone, and only the new ones get a
+    // search document (SQLite refuses a second document for a seq).
     let in_e = |seq: u64| anchorage_store::NewMessage {
         conv: "e".into(),
         ..row(seq, &format!("m{seq}"))
     };
     let mut tx = store.begin().await.unwrap();
-    assert!(tx.insert_message(&in_e(1_500)).await.unwrap());
+    assert!(tx.insert_message(&in_e(2_500)).await.unwrap());
     let many: Vec<_> = (1_000..3_500).map(in_e).collect();
     assert_eq!(tx.insert_messages(&many).await.unwrap(), 2_499);
     tx.commit().await.unwrap();
