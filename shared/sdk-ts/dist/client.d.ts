@@ -116,10 +116,10 @@ export declare class Client {
     /** Conversations not listed yet whose sync a push started (a first message). */
     private pulled;
     private memberSyncs;
-    /** Member syncs that yielded still moving: they go on once the rest of the work is done. */
-    private resumedMemberSyncs;
-    /** How often each member sync scheduled again has yielded. */
+    /** How often in a row each member sync has yielded still moving. */
     private memberSyncResumes;
+    /** A member sync just yielded: the next step goes to the rest of the work. */
+    private memberSyncYielded;
     private subscribed;
     private asks;
     private toAck;
@@ -144,6 +144,8 @@ export declare class Client {
     whenOnline(): Promise<void>;
     /** Stops connecting and closes the socket; the store stays. */
     stop(): Promise<void>;
+    /** Answers whoever waits for a member sync: the client stopped. */
+    private endMemberSyncs;
     /**
      * Test hook: the live push of message `seq` is lost on its way (as at-most-once delivery
      * may lose it), so the next one shows a gap.

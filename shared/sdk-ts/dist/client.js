@@ -227,10 +227,10 @@ export class Client {
     /** Conversations not listed yet whose sync a push started (a first message). */
     pulled = new Set();
     memberSyncs = new Map();
-    /** Member syncs that yielded still moving: they go on once the rest of the work is done. */
-    resumedMemberSyncs = new Map();
-    /** How often each member sync scheduled again has yielded. */
+    /** How often in a row each member sync has yielded still moving. */
     memberSyncResumes = new Map();
+    /** A member sync just yielded: the next step goes to the rest of the work. */
+    memberSyncYielded = false;
     subscribed = new Set();
     asks = [];
     toAck = new Map();
@@ -306,11 +306,14 @@ export class Client {
         this.wake();
         for (const a of this.asks.splice(0))
             a.reject(new Error("client stopped"));
-        for (const waiters of [...this.memberSyncs.values(), ...this.resumedMemberSyncs.values()])
+        this.endMemberSyncs();
+    }
+    /** Answers whoever waits for a member sync: the client stopped. */
+    endMemberSyncs() {
+        for (const waiters of this.memberSyncs.values())
             for (const w of waiters)
                 w();
         this.memberSyncs.clear();
-        this.resumedMemberSyncs.clear();
     }
     /**
      * Test hook: the live push of message `seq` is lost on its way (as at-most-once delivery
@@ -544,6 +547,7 @@ export class Client {
                 this.emit("stopped", { code, reason: lost.reason ?? "" });
                 for (const a of this.asks.splice(0))
                     a.reject(new Error(`stopped: ${code}`));
+                this.endMemberSyncs();
                 break;
             }
             if (code === CLOSE.AUTH_FAILED || code === CLOSE.TOKEN_EXPIRED)
@@ -654,10 +658,12 @@ export class Client {
             await this.runSync(conn);
             return true;
         }
-        if (this.memberSyncs.size > 0) {
+        if (this.memberSyncs.size > 0 && !this.memberSyncYielded) {
             await this.runMemberSync(conn);
             return true;
         }
+        // One step for the rest of the work after a member sync yielded.
+        this.memberSyncYielded = false;
         if (this.asks.length > 0) {
             await this.runAsk(conn);
             return true;
@@ -673,10 +679,8 @@ export class Client {
                 await expect(conn.request({ type: "received", conv, seq }));
             return true;
         }
-        if (this.resumedMemberSyncs.size > 0) {
-            for (const [group, waiters] of this.resumedMemberSyncs)
-                this.memberSyncs.set(group, [...waiters, ...(this.memberSyncs.get(group) ?? [])]);
-            this.resumedMemberSyncs.clear();
+        if (this.memberSyncs.size > 0) {
+            await this.runMemberSync(conn);
             return true;
         }
         return false;
@@ -959,16 +963,17 @@ export class Client {
         }
         finally {
             const resumes = this.memberSyncResumes.get(group) ?? 0;
-            if (ended || resumes >= MEMBER_SYNC_RESUMES) {
+            if (ended || resumes >= MEMBER_SYNC_RESUMES || !this.running) {
                 this.memberSyncResumes.delete(group);
                 for (const w of waiters)
                     w();
             }
             else {
-                // Still moving: the sync goes on after the rest of the work, and whoever waits for
-                // it waits for its end.
+                // Still moving: the sync goes on after a step of the rest of the work, and whoever
+                // waits for it waits for its end.
                 this.memberSyncResumes.set(group, resumes + 1);
-                this.resumedMemberSyncs.set(group, [...(this.resumedMemberSyncs.get(group) ?? []), ...waiters]);
+                this.memberSyncs.set(group, [...waiters, ...(this.memberSyncs.get(group) ?? [])]);
+                this.memberSyncYielded = true;
             }
         }
     }

@@ -313,10 +313,10 @@ export class Client {
   /** Conversations not listed yet whose sync a push started (a first message). */
   private pulled = new Set<string>();
   private memberSyncs = new Map<string, Array<() => void>>();
-  /** Member syncs that yielded still moving: they go on once the rest of the work is done. */
-  private resumedMemberSyncs = new Map<string, Array<() => void>>();
-  /** How often each member sync scheduled again has yielded. */
+  /** How often in a row each member sync has yielded still moving. */
   private memberSyncResumes = new Map<string, number>();
+  /** A member sync just yielded: the next step goes to the rest of the work. */
+  private memberSyncYielded = false;
   private subscribed = new Set<string>();
   private asks: Ask[] = [];
   private toAck = new Map<string, number>();
@@ -396,9 +396,13 @@ export class Client {
     this.conn?.end(new Lost(1000, "stopped"));
     this.wake();
     for (const a of this.asks.splice(0)) a.reject(new Error("client stopped"));
-    for (const waiters of [...this.memberSyncs.values(), ...this.resumedMemberSyncs.values()]) for (const w of waiters) w();
+    this.endMemberSyncs();
+  }
+
+  /** Answers whoever waits for a member sync: the client stopped. */
+  private endMemberSyncs(): void {
+    for (const waiters of this.memberSyncs.values()) for (const w of waiters) w();
     this.memberSyncs.clear();
-    this.resumedMemberSyncs.clear();
   }
 
   /**
@@ -645,6 +649,7 @@ export class Client {
         this.running = false;
         this.emit("stopped", { code, reason: lost.reason ?? "" });
         for (const a of this.asks.splice(0)) a.reject(new Error(`stopped: ${code}`));
+        this.endMemberSyncs();
         break;
       }
       if (code === CLOSE.AUTH_FAILED || code === CLOSE.TOKEN_EXPIRED) this.emit("authFailed", { code });
@@ -744,10 +749,12 @@ export class Client {
       await this.runSync(conn);
       return true;
     }
-    if (this.memberSyncs.size > 0) {
+    if (this.memberSyncs.size > 0 && !this.memberSyncYielded) {
       await this.runMemberSync(conn);
       return true;
     }
+    // One step for the rest of the work after a member sync yielded.
+    this.memberSyncYielded = false;
     if (this.asks.length > 0) {
       await this.runAsk(conn);
       return true;
@@ -762,9 +769,8 @@ export class Client {
       for (const [conv, seq] of acks) await expect(conn.request({ type: "received", conv, seq }));
       return true;
     }
-    if (this.resumedMemberSyncs.size > 0) {
-      for (const [group, waiters] of this.resumedMemberSyncs) this.memberSyncs.set(group, [...waiters, ...(this.memberSyncs.get(group) ?? [])]);
-      this.resumedMemberSyncs.clear();
+    if (this.memberSyncs.size > 0) {
+      await this.runMemberSync(conn);
       return true;
     }
     return false;
@@ -1027,14 +1033,15 @@ export class Client {
       ended = await this.syncGroup(conn, group);
     } finally {
       const resumes = this.memberSyncResumes.get(group) ?? 0;
-      if (ended || resumes >= MEMBER_SYNC_RESUMES) {
+      if (ended || resumes >= MEMBER_SYNC_RESUMES || !this.running) {
         this.memberSyncResumes.delete(group);
         for (const w of waiters) w();
       } else {
-        // Still moving: the sync goes on after the rest of the work, and whoever waits for
-        // it waits for its end.
+        // Still moving: the sync goes on after a step of the rest of the work, and whoever
+        // waits for it waits for its end.
         this.memberSyncResumes.set(group, resumes + 1);
-        this.resumedMemberSyncs.set(group, [...(this.resumedMemberSyncs.get(group) ?? []), ...waiters]);
+        this.memberSyncs.set(group, [...waiters, ...(this.memberSyncs.get(group) ?? [])]);
+        this.memberSyncYielded = true;
       }
     }
   }

@@ -497,6 +497,7 @@ impl Engine {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(conv);
+                self.member_sync_ended(conv);
                 let _ = self.store.drop_member_list(conv).await;
             }
             Push::MembersChanged(change) => self.on_members_changed(change).await,

@@ -455,44 +455,60 @@ fn members_of_page(members: Vec<UserId>, details: Vec<MemberInfo>) -> Vec<Member
 impl Engine {
     /// Syncs the member lists scheduled, one group at a time.
     pub(crate) async fn run_member_syncs(&self, conn: &mut Conn) -> Result<(), End> {
-        // The groups scheduled now: one scheduled again during this pass waits for the next,
-        // after the outbox and the acknowledgements.
-        let scheduled: Vec<String> = self
-            .member_syncs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        for group in scheduled {
+        // Syncs that yielded still moving go on in the next pass, after the outbox and the
+        // acknowledgements.
+        let mut resumed = Vec::new();
+        let done = loop {
             let next = self
                 .member_syncs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&group);
-            let Some(verify) = next else { continue };
-            let moving = match self.sync_members(conn, &group, verify).await {
-                Ok(moving) => moving,
+                .pop_first();
+            let Some((group, verify)) = next else {
+                break Ok(());
+            };
+            match self.sync_members(conn, &group, verify).await {
+                Ok(true) => {
+                    if self.resume_member_sync(&group) {
+                        resumed.push(group);
+                    }
+                }
+                Ok(false) => self.member_sync_ended(&group),
                 Err(end) => {
                     // Not done: again on the next connection.
                     self.request_member_sync(&group, verify);
-                    return Err(end);
+                    break Err(end);
                 }
-            };
-            let mut resumes = self
-                .member_sync_resumes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let resumed = resumes.get(&group).copied().unwrap_or(0);
-            if moving && resumed < MAX_RESUMES {
-                resumes.insert(group.clone(), resumed + 1);
-                drop(resumes);
-                self.request_member_sync(&group, false);
-            } else {
-                resumes.remove(&group);
             }
+        };
+        for group in resumed {
+            self.request_member_sync(&group, false);
         }
-        Ok(())
+        done
+    }
+
+    /// Counts one more yield of the sync of `group` still moving: whether it may go on (at
+    /// most [`MAX_RESUMES`] times in a row). A sync that ends starts the count again.
+    fn resume_member_sync(&self, group: &str) -> bool {
+        let mut resumes = self
+            .member_sync_resumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let count = resumes.entry(group.to_owned()).or_default();
+        *count += 1;
+        if *count <= MAX_RESUMES {
+            return true;
+        }
+        resumes.remove(group);
+        false
+    }
+
+    /// Forgets how often the sync of `group` yielded: it ended, or the group is no longer ours.
+    pub(crate) fn member_sync_ended(&self, group: &str) {
+        self.member_sync_resumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(group);
     }
 
     /// Syncs a group's member list; `true` if it yielded after its rounds with the copy still
