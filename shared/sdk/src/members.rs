@@ -455,18 +455,26 @@ fn members_of_page(members: Vec<UserId>, details: Vec<MemberInfo>) -> Vec<Member
 impl Engine {
     /// Syncs the member lists scheduled, one group at a time.
     pub(crate) async fn run_member_syncs(&self, conn: &mut Conn) -> Result<(), End> {
-        // Syncs that yielded still moving go on in the next pass, after the outbox and the
-        // acknowledgements.
+        // The groups scheduled now. One scheduled again during this pass (a change that did
+        // not continue its copy), and one that yielded still moving, go on in the next pass,
+        // after the outbox and the acknowledgements.
+        let scheduled: Vec<String> = self
+            .member_syncs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let mut resumed = Vec::new();
-        let done = loop {
+        let mut done = Ok(());
+        for group in scheduled {
             let next = self
                 .member_syncs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .pop_first();
-            let Some((group, verify)) = next else {
-                break Ok(());
-            };
+                .remove(&group);
+            // Taken off the schedule meanwhile (the group was left).
+            let Some(verify) = next else { continue };
             match self.sync_members(conn, &group, verify).await {
                 Ok(true) => {
                     if self.resume_member_sync(&group) {
@@ -477,10 +485,11 @@ impl Engine {
                 Err(end) => {
                     // Not done: again on the next connection.
                     self.request_member_sync(&group, verify);
-                    break Err(end);
+                    done = Err(end);
+                    break;
                 }
             }
-        };
+        }
         for group in resumed {
             self.request_member_sync(&group, false);
         }
