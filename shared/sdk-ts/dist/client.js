@@ -47,6 +47,8 @@ const MEMBER_SYNC_ROUNDS = 64;
  * without end is asked a bounded number of times.
  */
 const MEMBER_SYNC_RESUMES = 15;
+/** Waits a member sync takes for a busy server (`overloaded`, `internal`) before it ends for now. */
+const MEMBER_SYNC_WAITS = 8;
 const PASSING = ["internal", "overloaded"];
 const isCount = (v) => Number.isSafeInteger(v) && v >= 0;
 /** `[id, version, digest | null, upserts, removed, more]`, or null if it is not one. */
@@ -983,6 +985,7 @@ export class Client {
         const start = this.store.memberList(group);
         const [startEpoch, startVersion] = [start?.epoch, start?.version];
         let how = "unchanged";
+        let waits = 0;
         for (let round = 0; round < MEMBER_SYNC_ROUNDS; round++) {
             const list = this.store.memberList(group);
             // The copy is changed in place by live changes: the version asked from is kept.
@@ -994,6 +997,9 @@ export class Client {
                 : { type: "members_sync", group });
             if (isError(answer)) {
                 if (PASSING.includes(answer.code)) {
+                    // Each wait holds up the rest of the work: after a few, the sync ends for now.
+                    if (++waits > MEMBER_SYNC_WAITS)
+                        return true;
                     await sleep(serverWait(answer.retry_after_ms, 200), this.stopping);
                     continue;
                 }

@@ -120,6 +120,9 @@ const MEMBER_SYNC_ROUNDS = 64;
  */
 const MEMBER_SYNC_RESUMES = 15;
 
+/** Waits a member sync takes for a busy server (`overloaded`, `internal`) before it ends for now. */
+const MEMBER_SYNC_WAITS = 8;
+
 const PASSING: ErrorCode[] = ["internal", "overloaded"];
 type Listener<T> = (event: T) => void;
 /**
@@ -1052,6 +1055,7 @@ export class Client {
     const start = this.store.memberList(group);
     const [startEpoch, startVersion] = [start?.epoch, start?.version];
     let how: MemberSyncKind = "unchanged";
+    let waits = 0;
     for (let round = 0; round < MEMBER_SYNC_ROUNDS; round++) {
       const list = this.store.memberList(group);
       // The copy is changed in place by live changes: the version asked from is kept.
@@ -1065,6 +1069,8 @@ export class Client {
       );
       if (isError(answer)) {
         if (PASSING.includes(answer.code)) {
+          // Each wait holds up the rest of the work: after a few, the sync ends for now.
+          if (++waits > MEMBER_SYNC_WAITS) return true;
           await sleep(serverWait(answer.retry_after_ms, 200), this.stopping);
           continue;
         }
