@@ -702,6 +702,17 @@ mod tests {
         assert_eq!((none.get("nobody"), none.get("u0001")), (None, Some(false)));
         let new = store.users_among(&["new1", "new2"]).await.unwrap();
         assert_eq!((new.get("new1"), new.get("new2")), (None, None));
+        // The same user named twice in a chunk is not a chunk of active users short of one.
+        let twice = store
+            .users_among(&["u0001", "u0001", "u0700", "nobody"])
+            .await
+            .unwrap();
+        assert_eq!(
+            ["u0001", "u0700", "nobody"].map(|u| twice.get(u)),
+            [Some(false), Some(true), None]
+        );
+        let again = store.users_among(&["u0001", "u0001"]).await.unwrap();
+        assert_eq!(again.get("u0001"), Some(false));
         let gone = store.users_among(&["u0700"]).await.unwrap();
         assert_eq!(gone.get("u0700"), Some(true));
         assert_eq!(gone.get("u0001"), None, "not asked about");

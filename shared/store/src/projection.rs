@@ -508,9 +508,9 @@ impl Tx {
     /// Stores messages, many per statement, skipping those a conversation already holds;
     /// then moves each conversation's version once. Returns how many were new.
     ///
-    /// The database never waits for the statements to be made: a chunk's search documents
-    /// are made while its rows go in, and the next chunk's rows are bound while the documents
-    /// go in.
+    /// After the first chunk's rows, every statement is made while the database runs the one
+    /// before: a chunk's search documents while its rows go in, the next chunk's rows while
+    /// the documents go in.
     pub async fn insert_messages(&mut self, messages: &[NewMessage]) -> Result<u64, StoreError> {
         let backend = self.backend;
         // conversation → (last seq, its time, messages added)
