@@ -20,14 +20,14 @@
 //! beyond the duplicate window). An invalid one is rejected with a stable code and a reason and
 //! goes to the dead-letter stream; the worker carries on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use anchorage_bus::Bus;
+use anchorage_bus::{Bus, PendingAck};
 use anchorage_schema::ids::{ConversationId, GroupId, SourceId, UserId};
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{Envelope, Event};
+use anchorage_schema::{Envelope, Event, Seq};
 use anchorage_store::{GroupRow, Store};
 use serde_json::{Value, json};
 
@@ -398,6 +398,36 @@ enum Outcome {
     Published(usize),
 }
 
+/// Events of a run translated, checked and handed to their streams together: the streams store
+/// one part while the next is translated and checked.
+const PART: usize = 250;
+
+/// A run being taken in, part by part: what it checked, created and handed over so far.
+#[derive(Default)]
+struct Run {
+    /// The events taken into the run, in order.
+    events: Vec<Translated>,
+    /// How each ended, in order, up to the one a check stopped at.
+    outcomes: Vec<Outcome>,
+    /// The events handed to their streams (indices into `events`), in the order handed over.
+    published: Vec<usize>,
+    /// Their acknowledgements not awaited yet, in the same order.
+    pending: VecDeque<PendingAck>,
+    /// The stream sequences of those acknowledged, in the same order.
+    stored: Vec<u64>,
+    /// External events applied before, or by this run: (source, id).
+    applied: HashSet<(String, String)>,
+    created: Created,
+    lookups: Lookups,
+    /// The membership position a post is decided at, read when the run hands over its first.
+    position: Option<Seq>,
+    /// Whether a membership event was handed over since the last acknowledgement awaited.
+    membership_unconfirmed: bool,
+    /// Why handing over stopped: an acknowledgement, a publish or a lookup failed. What was
+    /// handed over after a failed acknowledgement does not count.
+    refused: Option<ApplyError>,
+}
+
 impl Ingest {
     /// Validates, checks and publishes a run of external events in their order, pipelined.
     /// Returns how many from the start are done — stored, or skipped as applied before — and,
@@ -407,7 +437,10 @@ impl Ingest {
     /// One wait for the projections per run, not per event: an event may refer to what an
     /// earlier event of the same run creates (a user, then a group naming it), which the
     /// projections do not hold yet. A user's deletion runs alone: the memberships it ends are
-    /// read from the projection, which must hold everything before it.
+    /// read from the projection, which must hold everything before it. A run goes in parts
+    /// of [`PART`]: each is translated, looked up and checked while the streams store the part
+    /// before; a part that refers to a projection the run did not wait for starts the next
+    /// run.
     pub(crate) async fn apply_run(
         &self,
         bus: &Bus,
@@ -415,59 +448,119 @@ impl Ingest {
         events: &[(&str, &[u8])],
         still_held: &(dyn Fn() -> bool + Sync),
     ) -> (usize, Option<ApplyError>) {
-        let mut run = Vec::new();
-        let mut stop = None;
-        for (i, (subject, payload)) in events.iter().enumerate() {
-            match translate(subject, payload) {
-                Ok(t) => {
-                    let deleting = matches!(t.envelope.event, Event::UserDeleted(_));
-                    if deleting && i > 0 {
+        let mut run = Run::default();
+        // The streams whose projections the run waited for.
+        let mut current: Vec<&'static str> = Vec::new();
+        // An event a check refused, and an event that cannot be read, which ends the run.
+        let (mut refused_by_check, mut unreadable) = (None, None);
+        let mut rest = events;
+        while !rest.is_empty() {
+            let mut part = Vec::new();
+            let mut last = false;
+            let mut cannot_read = None;
+            for (subject, payload) in rest.iter().take(PART) {
+                match translate(subject, payload) {
+                    Ok(t) => {
+                        let deleting = matches!(t.envelope.event, Event::UserDeleted(_));
+                        if deleting && !(run.events.is_empty() && part.is_empty()) {
+                            last = true;
+                            break;
+                        }
+                        part.push(t);
+                        if deleting {
+                            last = true;
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        cannot_read = Some(e);
+                        last = true;
                         break;
                     }
-                    run.push(t);
-                    if deleting {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    stop = Some(e);
-                    break;
                 }
             }
+            let mut streams: Vec<&'static str> =
+                part.iter().flat_map(Translated::depends_on).collect();
+            streams.sort_unstable();
+            streams.dedup();
+            if run.events.is_empty() {
+                if part.is_empty() {
+                    return (0, cannot_read);
+                }
+                // The memberships a deletion ends are read from the projection: it must
+                // hold all.
+                let strict = part.iter().any(|t| {
+                    t.references
+                        .iter()
+                        .any(|r| matches!(r, Reference::GroupsOf(_)))
+                });
+                if let Err(e) = self.catch_up(bus, store, &streams, strict).await {
+                    return (0, Some(e));
+                }
+                current = streams;
+            } else if streams.iter().any(|s| !current.contains(s)) {
+                break;
+            }
+            let (first, taken) = (run.events.len(), part.len());
+            run.events.extend(part);
+            match self
+                .take_part(bus, store, &mut run, first, still_held)
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(e)) => {
+                    refused_by_check = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    run.refused.get_or_insert(e);
+                }
+            }
+            if run.refused.is_some() {
+                break;
+            }
+            rest = &rest[taken..];
+            if last {
+                unreadable = cannot_read;
+                break;
+            }
         }
-        if run.is_empty() {
-            return (0, stop);
-        }
-        match self.publish_run(bus, store, &run, still_held).await {
-            Ok((done, None)) => (done, stop.filter(|_| done == run.len())),
-            Ok((done, Some(err))) | Err((done, err)) => (done, Some(err)),
+        let translated = run.events.len();
+        match self.settle(bus, store, run).await {
+            (done, Some(err)) => (done, Some(err)),
+            (done, None) => (
+                done,
+                refused_by_check.or(unreadable.filter(|_| done == translated)),
+            ),
         }
     }
 
-    /// Checks and publishes translated events; how many are done and, if not all, why.
-    async fn publish_run(
+    /// Looks up, checks and hands over the events of `run` from `first` on: `Some` why a
+    /// check refused one (those before it are handed over), or why a lookup failed.
+    async fn take_part(
         &self,
         bus: &Bus,
         store: &Store,
-        run: &[Translated],
+        run: &mut Run,
+        first: usize,
         still_held: &(dyn Fn() -> bool + Sync),
-    ) -> Result<(usize, Option<ApplyError>), (usize, ApplyError)> {
-        let fail = |e: ApplyError| (0, e);
-        let mut streams: Vec<&'static str> = run.iter().flat_map(Translated::depends_on).collect();
-        streams.sort_unstable();
-        streams.dedup();
-        // The memberships a deletion ends are read from the projection: it must hold all.
-        let strict = run.iter().any(|t| {
-            t.references
-                .iter()
-                .any(|r| matches!(r, Reference::GroupsOf(_)))
-        });
-        self.catch_up(bus, store, &streams, strict)
-            .await
-            .map_err(fail)?;
-
-        // Everything the run refers to, looked up at once.
-        let mut users: Vec<&str> = run
+    ) -> Result<Option<ApplyError>, ApplyError> {
+        let Run {
+            events,
+            outcomes,
+            published,
+            pending,
+            stored,
+            applied,
+            created,
+            lookups,
+            position,
+            membership_unconfirmed,
+            refused,
+        } = run;
+        let part = &events[first..];
+        // Everything the part refers to, looked up at once.
+        let mut users: Vec<&str> = part
             .iter()
             .flat_map(|t| &t.references)
             .filter_map(|r| match r {
@@ -477,13 +570,9 @@ impl Ingest {
             .collect();
         users.sort_unstable();
         users.dedup();
-        let known = store
-            .users_among(&users)
-            .await
-            .map_err(|e| fail(e.into()))?;
-        let mut applied: HashSet<(String, String)> = HashSet::new();
+        let known = store.users_among(&users).await?;
         let origins: Vec<(String, String)> =
-            run.iter().filter_map(|t| origin(&t.envelope)).collect();
+            part.iter().filter_map(|t| origin(&t.envelope)).collect();
         let mut sources: Vec<&str> = origins.iter().map(|(s, _)| s.as_str()).collect();
         sources.sort_unstable();
         sources.dedup();
@@ -493,20 +582,15 @@ impl Ingest {
                 .filter(|(s, _)| s == source)
                 .map(|(_, id)| id.as_str())
                 .collect();
-            for id in store
-                .ingested_among(source, &ids)
-                .await
-                .map_err(|e| fail(e.into()))?
-            {
+            for id in store.ingested_among(source, &ids).await? {
                 applied.insert((source.to_owned(), id));
             }
         }
 
         // What this worker stored before that the projections may not hold yet.
-        let mut created = Created::default();
         {
             let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            for t in run {
+            for t in part {
                 for r in &t.references {
                     match r {
                         Reference::UserExists(u) | Reference::UserNotDeleted(u)
@@ -537,11 +621,9 @@ impl Ingest {
                 }
             }
         }
-        let mut lookups = Lookups::default();
-        let mut outcomes = Vec::with_capacity(run.len());
         let mut stop = None;
-        let mut to_publish = Vec::new();
-        for t in run {
+        let mut to_publish = Vec::with_capacity(part.len());
+        for (i, t) in part.iter().enumerate() {
             if let Some(key) = origin(&t.envelope)
                 && !applied.insert(key)
             {
@@ -552,7 +634,7 @@ impl Ingest {
             }
             let mut verdict = Ok(());
             for r in &t.references {
-                verdict = check(store, r, &known, &created, &mut lookups).await;
+                verdict = check(store, r, &known, created, lookups).await;
                 if verdict.is_err() {
                     break;
                 }
@@ -570,87 +652,93 @@ impl Ingest {
                 }
                 _ => {}
             }
-            outcomes.push(Outcome::Published(to_publish.len()));
-            to_publish.push(t);
+            outcomes.push(Outcome::Published(published.len() + to_publish.len()));
+            to_publish.push(first + i);
         }
 
         // What was checked is published only by the holder of the lease: a process that was
         // paused past its lease must not act on what it checked before.
         if !still_held() {
-            return Err((
-                0,
-                ApplyError::Unavailable("the ingest lease is no longer held".into()),
+            return Err(ApplyError::Unavailable(
+                "the ingest lease is no longer held".into(),
             ));
         }
-        // In order on one connection: stored in this order.
-        let mut pending: std::collections::VecDeque<anchorage_bus::PendingAck> =
-            std::collections::VecDeque::with_capacity(to_publish.len());
-        let mut stored = Vec::with_capacity(to_publish.len());
-        let mut refused = None;
-        // A post is decided at the memberships stored by then: it reaches (and can be found
-        // by) those who were members. Membership events of this run before a post count: the
-        // post waits until they are stored, to name their position.
-        let mut position = if to_publish.iter().any(|t| t.stream == stream::MESSAGES) {
-            let state = bus
-                .stream_state(stream::MEMBERSHIP)
-                .await
-                .map_err(|e| fail(ApplyError::Unavailable(e.to_string())))?;
-            Some(state.last_seq)
-        } else {
-            None
-        };
-        let mut membership_unconfirmed = false;
-        // Whether an acknowledgement failed: what was handed over after it does not count.
-        let mut broken = false;
-        for t in &to_publish {
-            if t.stream == stream::MESSAGES && membership_unconfirmed {
-                while let Some(ack) = pending.pop_front() {
-                    let at = stored.len();
-                    match ack.stored().await {
-                        Ok(p) => stored.push(p.seq.0),
-                        Err(e) => {
-                            refused = Some(ApplyError::Unavailable(e.to_string()));
-                            broken = true;
-                            break;
+        // In order on one connection: stored in this order. A post is decided at the
+        // memberships stored by then: it reaches (and can be found by) those who were
+        // members. Membership events of this run before a post count: the post waits until
+        // they are stored, to name their position.
+        for at in to_publish {
+            let t = &events[at];
+            if t.stream == stream::MESSAGES {
+                if position.is_none() {
+                    let state = bus
+                        .stream_state(stream::MEMBERSHIP)
+                        .await
+                        .map_err(|e| ApplyError::Unavailable(e.to_string()))?;
+                    *position = Some(state.last_seq);
+                }
+                if *membership_unconfirmed {
+                    while let Some(ack) = pending.pop_front() {
+                        let n = stored.len();
+                        match ack.stored().await {
+                            Ok(p) => stored.push(p.seq.0),
+                            Err(e) => {
+                                // What was handed over after it does not count.
+                                pending.clear();
+                                return Err(ApplyError::Unavailable(e.to_string()));
+                            }
+                        }
+                        if events[published[n]].stream == stream::MEMBERSHIP {
+                            *position = (*position).max(Some(Seq(stored[n])));
                         }
                     }
-                    if to_publish[at].stream == stream::MEMBERSHIP {
-                        position = position.max(Some(anchorage_schema::Seq(stored[at])));
-                    }
+                    *membership_unconfirmed = false;
                 }
-                if refused.is_some() {
-                    break;
-                }
-                membership_unconfirmed = false;
             }
             let membership = position.filter(|_| t.stream == stream::MESSAGES);
             match bus
                 .publish_event_pipelined(&t.subject, &t.envelope, membership)
                 .await
             {
-                Ok(ack) => pending.push_back(ack),
+                Ok(ack) => {
+                    pending.push_back(ack);
+                    published.push(at);
+                }
                 Err(e) => {
-                    refused = Some(ApplyError::Unavailable(e.to_string()));
+                    *refused = Some(ApplyError::Unavailable(e.to_string()));
                     break;
                 }
             }
-            membership_unconfirmed |= t.stream == stream::MEMBERSHIP;
+            *membership_unconfirmed |= t.stream == stream::MEMBERSHIP;
         }
-        if !broken {
-            for ack in pending {
-                match ack.stored().await {
-                    Ok(p) => stored.push(p.seq.0),
-                    Err(e) => {
-                        refused = Some(ApplyError::Unavailable(e.to_string()));
-                        break;
-                    }
+        Ok(stop)
+    }
+
+    /// Awaits what `run` handed over and remembers what was stored; how many events from the
+    /// start are done and, if handing over failed, why.
+    async fn settle(&self, bus: &Bus, store: &Store, run: Run) -> (usize, Option<ApplyError>) {
+        let Run {
+            events,
+            outcomes,
+            published,
+            pending,
+            mut stored,
+            mut refused,
+            ..
+        } = run;
+        for ack in pending {
+            match ack.stored().await {
+                Ok(p) => stored.push(p.seq.0),
+                Err(e) => {
+                    refused.get_or_insert(ApplyError::Unavailable(e.to_string()));
+                    break;
                 }
             }
         }
         {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            for (t, seq) in to_publish.iter().zip(&stored) {
-                recent.record(t, *seq);
+            for (at, seq) in published.iter().zip(&stored) {
+                recent.record(&events[*at], *seq);
             }
         }
         let stored = stored.len();
@@ -661,20 +749,21 @@ impl Ingest {
                 Outcome::Published(i) => *i < stored,
             })
             .count();
-        if let Some(err) = refused {
-            return Err((done, err));
+        if refused.is_some() {
+            return (done, refused);
         }
         // Also when the deletion was stored before (a retry after a failure partway through
         // the departures): they are named after it, so none is stored twice.
-        if let [only] = run
+        if let [only] = events.as_slice()
             && let Event::UserDeleted(deleted) = &only.envelope.event
             && !outcomes.is_empty()
-        {
-            self.end_memberships(bus, store, &only.envelope, &deleted.user)
+            && let Err(e) = self
+                .end_memberships(bus, store, &only.envelope, &deleted.user)
                 .await
-                .map_err(fail)?;
+        {
+            return (0, Some(e));
         }
-        Ok((done, stop))
+        (done, None)
     }
 
     /// A deleted user leaves every group and 1:1 conversation they were in, as membership

@@ -55,6 +55,42 @@ async fn raw_publish(port: u16, messages: &[(String, String, Vec<u8>)]) {
     .unwrap();
 }
 
+/// Keeps `leases` held by another process ("elsewhere") until `stop`, once that shows; the
+/// workers holding them here stop at their next renewal.
+async fn hold_elsewhere(
+    bus: &anchorage_bus::Bus,
+    leases: &[&'static str],
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let forger = tokio::spawn({
+        let (bus, leases) = (bus.clone(), leases.to_vec());
+        async move {
+            let record = json!({"holder": "elsewhere", "host": "h", "pid": 0, "since_ms": 0});
+            while !stop.is_cancelled() {
+                for lease in &leases {
+                    bus.publish_raw(
+                        &format!("lease.{lease}"),
+                        None,
+                        record.to_string().into_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    });
+    for lease in leases {
+        eventually(Duration::from_secs(10), "a forged lease", || async {
+            let (_, r) = bus.lease(lease).await.ok()??;
+            (r.holder == "elsewhere").then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    forger
+}
+
 fn ext(type_name: &str, id: &str, payload: Value) -> (String, String, Vec<u8>) {
     let body = json!({"id": id, "type": type_name, "v": 1, "occurred_at": 1_763_840_000_000u64,
                       "payload": payload});
@@ -378,28 +414,7 @@ async fn a_deletion_holds_while_the_users_projection_lags() {
 
     // Another process "holds" the users projection: it stops applying.
     let stop = tokio_util::sync::CancellationToken::new();
-    let forger = tokio::spawn({
-        let (bus, stop) = (bus.clone(), stop.clone());
-        async move {
-            let record = json!({"holder": "elsewhere", "host": "h", "pid": 0, "since_ms": 0});
-            while !stop.is_cancelled() {
-                bus.publish_raw("lease.users", None, record.to_string().into_bytes())
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }
-    });
-    eventually(
-        Duration::from_secs(10),
-        "the forged users lease",
-        || async {
-            let (_, r) = bus.lease("users").await.ok()??;
-            (r.holder == "elsewhere").then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    let forger = hold_elsewhere(&bus, &["users"], stop.clone()).await;
     // The holder notices at its next renewal; that it stopped is asserted below (the users
     // checkpoint stays where it was while ingest works).
     tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
@@ -462,5 +477,165 @@ async fn a_deletion_holds_while_the_users_projection_lags() {
     .unwrap();
     assert!(store.user_deleted("yc").await.unwrap(), "still deleted");
     assert_eq!(store.member_ids("gy").await.unwrap(), vec!["ya"]);
+    stack.stack.stop().await.unwrap();
+}
+
+// A run longer than a part (250 events) is checked part by part while the streams store the
+// part before: a later part sees what an earlier one created — stored, perhaps not yet
+// acknowledged, and not projected (the users and membership projections are held elsewhere
+// meanwhile) — a repeat of an earlier part's id applies once, and an event a later part
+// refuses is set aside alone while those after it apply.
+#[tokio::test]
+async fn a_run_longer_than_a_part_sees_what_its_earlier_parts_created() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let store = &stack.stack.store;
+    let bus = stack.stack.bus.clone();
+    let user = |id: &str, name: &str| {
+        ext(
+            "user.created",
+            id,
+            json!({"user": name, "display_name": name}),
+        )
+    };
+    let add = |id: &str, members: &[&str]| {
+        ext(
+            "group.members_added",
+            id,
+            json!({"group": "g5", "members": members}),
+        )
+    };
+    raw_publish(
+        nats.server.port(),
+        &[
+            user("u-olga", "olga"),
+            ext(
+                "group.created",
+                "g-4",
+                json!({"group": "g4", "owner": "olga", "title": "Before"}),
+            ),
+        ],
+    )
+    .await;
+    eventually(Duration::from_secs(30), "g4", || async {
+        (store.member_ids("g4").await.ok()? == ["olga"]).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The whole batch waits in INGEST until the ingest worker takes over again, and is then
+    // one pull; the projections it refers to stay held until it was all taken in.
+    let (hold_ingest, hold_projections) = (
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let ingest_forger = hold_elsewhere(&bus, &["ingest"], hold_ingest.clone()).await;
+    let projections_forger =
+        hold_elsewhere(&bus, &["users", "membership"], hold_projections.clone()).await;
+    tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
+    let users_at = store.checkpoint("users").await.unwrap().unwrap().last_seq;
+    let membership_at = store
+        .checkpoint("membership")
+        .await
+        .unwrap()
+        .unwrap()
+        .last_seq;
+
+    let names: Vec<String> = (0..400).map(|n| format!("p{n:03}")).collect();
+    let mut batch = vec![
+        ext(
+            "message.system_posted",
+            "post-1",
+            json!({"conv": "g4", "body": "Welcome"}),
+        ),
+        ext(
+            "group.created",
+            "g-5",
+            json!({"group": "g5", "owner": "olga", "title": "Parts"}),
+        ),
+    ];
+    batch.extend(names.iter().map(|n| user(&format!("u-{n}"), n)));
+    // The second part: p005 was created in the first, p399 in this one.
+    batch.push(add("a-1", &["p005", "p399"]));
+    let mut repeat = user("u-p010", "p010");
+    repeat.1 = "crm:u-p010:again".into();
+    repeat.2 = serde_json::to_vec(&json!({"id": "u-p010", "type": "user.created", "v": 1,
+        "occurred_at": 1_763_840_000_000u64,
+        "payload": {"user": "p010", "display_name": "Impostor"}}))
+    .unwrap();
+    batch.push(repeat);
+    batch.push(add("a-2", &["nobody"]));
+    batch.push(add("a-3", &["p100"]));
+    assert_eq!(batch.len(), 406);
+    raw_publish(nats.server.port(), &batch).await;
+
+    hold_ingest.cancel();
+    ingest_forger.await.unwrap();
+    let end = bus.stream_state("INGEST").await.unwrap().last_seq.0;
+    eventually(Duration::from_secs(60), "ingest at the end", || async {
+        (store.checkpoint("ingest").await.ok()??.last_seq >= end).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        store.checkpoint("users").await.unwrap().unwrap().last_seq,
+        users_at,
+        "the users projection was held back meanwhile"
+    );
+    assert_eq!(
+        store
+            .checkpoint("membership")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        membership_at,
+        "the membership projection was held back meanwhile"
+    );
+    hold_projections.cancel();
+    projections_forger.await.unwrap();
+
+    for (name, stream) in [("users", "USERS"), ("membership", "MEMBERSHIP")] {
+        let last = bus.stream_state(stream).await.unwrap().last_seq.0;
+        eventually(Duration::from_secs(30), name, || async {
+            (store.checkpoint(name).await.ok()??.last_seq >= last).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    let mut members = store.member_ids("g5").await.unwrap();
+    members.sort();
+    assert_eq!(members, ["olga", "p005", "p100", "p399"]);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let known = store.users_among(&refs).await.unwrap();
+    assert!(
+        refs.iter().all(|n| known.get(n) == Some(false)),
+        "all 400 users, active"
+    );
+    let (display_name, _, _) = store.user_row("p010").await.unwrap().unwrap();
+    assert_eq!(display_name, "p010", "the repeat changed nothing");
+    assert_eq!(
+        bus.stream_state("USERS").await.unwrap().last_seq.0 - users_at,
+        400,
+        "each user stored once"
+    );
+    let dead: Vec<(String, String)> = dead_letters(&nats.url())
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| (d[header::DLQ_CODE].clone(), d[header::DLQ_REASON].clone()))
+        .collect();
+    assert_eq!(
+        dead,
+        [(
+            "unknown_user".to_owned(),
+            "user nobody does not exist".to_owned()
+        )]
+    );
+    eventually(Duration::from_secs(30), "the post", || async {
+        (store.conversation("g4").await.ok()??.message_count == 1).then_some(())
+    })
+    .await
+    .unwrap();
     stack.stack.stop().await.unwrap();
 }
