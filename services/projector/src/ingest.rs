@@ -149,7 +149,7 @@ fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
             ),
         ));
     }
-    let body: Value = serde_json::from_slice(payload)
+    let mut body: Value = serde_json::from_slice(payload)
         .map_err(|e| reject("malformed", format!("not JSON: {e}")))?;
     let validators = VALIDATORS
         .as_ref()
@@ -195,20 +195,19 @@ fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
         return Err(reject("schema_violation", errors.join("; ")));
     }
 
-    let (native_type, mut native_payload) = (type_name, body["payload"].clone());
+    let mut native_payload = body["payload"].take();
     if type_name == "group.members_removed" {
         native_payload["reason"] = json!("removed");
     }
     let wire = json!({
         "id": format!("ext:{source}:{}", body["id"].as_str().unwrap_or_default()),
-        "type": native_type,
+        "type": type_name,
         "v": 1,
-        "occurred_at": body["occurred_at"],
+        "occurred_at": body["occurred_at"].take(),
         "actor": {"kind": "system", "source": source.as_str()},
         "payload": native_payload,
     });
-    let envelope = Envelope::from_json(wire.to_string().as_bytes())
-        .map_err(|e| reject(e.code(), e.to_string()))?;
+    let envelope = Envelope::from_value(wire).map_err(|e| reject(e.code(), e.to_string()))?;
 
     // 1:1 conversations belong to their two users: no other system creates, changes or
     // writes into one.
@@ -423,8 +422,9 @@ struct Run {
     position: Option<Seq>,
     /// Whether a membership event was handed over since the last acknowledgement awaited.
     membership_unconfirmed: bool,
-    /// Why handing over stopped: an acknowledgement, a publish or a lookup failed. What was
-    /// handed over after a failed acknowledgement does not count.
+    /// Why handing over stopped: a lookup, a publish or an acknowledgement failed, or the
+    /// lease is no longer held. What was handed over after a failed acknowledgement does not
+    /// count.
     refused: Option<ApplyError>,
 }
 
@@ -498,6 +498,10 @@ impl Ingest {
                     return (0, Some(e));
                 }
                 current = streams;
+            } else if part.is_empty() {
+                // A deletion starts the next run; an event that cannot be read stops this one.
+                unreadable = cannot_read;
+                break;
             } else if streams.iter().any(|s| !current.contains(s)) {
                 break;
             }
@@ -513,11 +517,9 @@ impl Ingest {
                     break;
                 }
                 Err(e) => {
-                    run.refused.get_or_insert(e);
+                    run.refused = Some(e);
+                    break;
                 }
-            }
-            if run.refused.is_some() {
-                break;
             }
             rest = &rest[taken..];
             if last {
@@ -536,7 +538,9 @@ impl Ingest {
     }
 
     /// Looks up, checks and hands over the events of `run` from `first` on: `Some` why a
-    /// check refused one (those before it are handed over), or why a lookup failed.
+    /// check refused one (those before it are handed over); `Err` why handing over cannot go
+    /// on (a lookup or a publish failed, an acknowledgement awaited for a post's membership
+    /// position failed, the lease is no longer held).
     async fn take_part(
         &self,
         bus: &Bus,
@@ -556,7 +560,7 @@ impl Ingest {
             lookups,
             position,
             membership_unconfirmed,
-            refused,
+            ..
         } = run;
         let part = &events[first..];
         // Everything the part refers to, looked up at once.
@@ -704,10 +708,7 @@ impl Ingest {
                     pending.push_back(ack);
                     published.push(at);
                 }
-                Err(e) => {
-                    *refused = Some(ApplyError::Unavailable(e.to_string()));
-                    break;
-                }
+                Err(e) => return Err(ApplyError::Unavailable(e.to_string())),
             }
             *membership_unconfirmed |= t.stream == stream::MEMBERSHIP;
         }

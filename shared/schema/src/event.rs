@@ -689,7 +689,16 @@ impl Envelope {
 
     /// Decodes an envelope, checking the type and schema version before the payload.
     pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let wire: Wire = serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
+        Self::from_wire(serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?)
+    }
+
+    /// Decodes an envelope built as a JSON value (not written out and read back), with the
+    /// checks of [`Envelope::from_json`].
+    pub fn from_value(value: Value) -> Result<Self, DecodeError> {
+        Self::from_wire(serde_json::from_value(value).map_err(DecodeError::Malformed)?)
+    }
+
+    fn from_wire(wire: Wire) -> Result<Self, DecodeError> {
         let supported = Event::supported_version(&wire.type_name)
             .ok_or_else(|| DecodeError::UnknownType(wire.type_name.clone()))?;
         if wire.v == 0 {
@@ -901,6 +910,20 @@ mod tests {
         ]
     }
 
+    /// Decodes `bytes` from the bytes and, when they are JSON, from the parsed value: both
+    /// answer alike.
+    fn decoded(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        let from_bytes = Envelope::from_json(bytes);
+        if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
+            let from_value = Envelope::from_value(value);
+            assert_eq!(
+                from_bytes.as_ref().map_err(|e| e.to_string()),
+                from_value.as_ref().map_err(|e| e.to_string())
+            );
+        }
+        from_bytes
+    }
+
     #[test]
     fn every_event_type_round_trips() {
         let events = samples();
@@ -912,7 +935,7 @@ mod tests {
                 alice(),
                 event,
             );
-            let back = Envelope::from_json(&env.to_json()).unwrap();
+            let back = decoded(&env.to_json()).unwrap();
             assert_eq!(back, env);
         }
     }
@@ -950,14 +973,14 @@ mod tests {
 
     #[test]
     fn unknown_type_is_named() {
-        let err = Envelope::from_json(&raw("group.exploded", 1, Value::Null)).unwrap_err();
+        let err = decoded(&raw("group.exploded", 1, Value::Null)).unwrap_err();
         assert!(matches!(&err, DecodeError::UnknownType(t) if t == "group.exploded"));
         assert_eq!(err.code(), "unknown_type");
     }
 
     #[test]
     fn newer_schema_version_is_refused_with_both_versions() {
-        let err = Envelope::from_json(&raw(
+        let err = decoded(&raw(
             "group.dismissed",
             2,
             serde_json::json!({"group": "g1"}),
@@ -971,7 +994,7 @@ mod tests {
 
     #[test]
     fn bad_payload_and_bad_json_are_told_apart() {
-        let err = Envelope::from_json(&raw(
+        let err = decoded(&raw(
             "group.dismissed",
             1,
             serde_json::json!({"group": "no.dots"}),
@@ -979,9 +1002,9 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.code(), "invalid_payload");
         assert!(err.to_string().contains("group id contains '.'"), "{err}");
-        let err = Envelope::from_json(b"{not json").unwrap_err();
+        let err = decoded(b"{not json").unwrap_err();
         assert_eq!(err.code(), "malformed");
-        let err = Envelope::from_json(&raw("group.dismissed", 0, Value::Null)).unwrap_err();
+        let err = decoded(&raw("group.dismissed", 0, Value::Null)).unwrap_err();
         assert_eq!(err.code(), "bad_version");
     }
 
@@ -1016,7 +1039,7 @@ mod tests {
                     attachments: Vec::new(),
                 },
             );
-            let back = Envelope::from_json(&env.to_json()).unwrap();
+            let back = decoded(&env.to_json()).unwrap();
             match back.event {
                 Event::MessageSent(m) => prop_assert_eq!(m.body, body),
                 other => prop_assert!(false, "decoded as {:?}", other),
