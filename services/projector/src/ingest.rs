@@ -439,8 +439,8 @@ impl Ingest {
     /// projections do not hold yet. A user's deletion runs alone: the memberships it ends are
     /// read from the projection, which must hold everything before it. A run goes in parts
     /// of [`PART`]: each is translated, looked up and checked while the streams store the part
-    /// before; a part that refers to a projection the run did not wait for starts the next
-    /// run.
+    /// before; a part that refers to a projection the run did not wait for waits for it
+    /// first.
     pub(crate) async fn apply_run(
         &self,
         bus: &Bus,
@@ -502,8 +502,20 @@ impl Ingest {
                 // A deletion starts the next run; an event that cannot be read stops this one.
                 unreadable = cannot_read;
                 break;
-            } else if streams.iter().any(|s| !current.contains(s)) {
-                break;
+            } else {
+                // Projections the run did not wait for yet are waited for now, as at a run's
+                // start: no event of the run went to their streams.
+                let new: Vec<&'static str> = streams
+                    .into_iter()
+                    .filter(|s| !current.contains(s))
+                    .collect();
+                if !new.is_empty() {
+                    if let Err(e) = self.catch_up(bus, store, &new, false).await {
+                        run.refused = Some(e);
+                        break;
+                    }
+                    current.extend(new);
+                }
             }
             let (first, taken) = (run.events.len(), part.len());
             run.events.extend(part);

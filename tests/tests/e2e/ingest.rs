@@ -640,3 +640,78 @@ async fn a_run_longer_than_a_part_sees_what_its_earlier_parts_created() {
     .unwrap();
     stack.stack.stop().await.unwrap();
 }
+
+// A part of a run that refers to a projection its run did not wait for waits for it first: a
+// group another process created — stored, not yet projected — is not created again by an
+// event in the run's second part.
+#[tokio::test]
+async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let store = &stack.stack.store;
+    let bus = stack.stack.bus.clone();
+    let (hold_ingest, hold_membership) = (
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let ingest_forger = hold_elsewhere(&bus, &["ingest"], hold_ingest.clone()).await;
+    let membership_forger = hold_elsewhere(&bus, &["membership"], hold_membership.clone()).await;
+    tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
+    crate::common::create_group(&bus, "gx", &[], 0).await;
+
+    // The first part holds only users; the second creates gx again.
+    let mut batch: Vec<_> = (0..300)
+        .map(|n| {
+            let name = format!("q{n:03}");
+            ext(
+                "user.created",
+                &format!("u-{name}"),
+                json!({"user": name, "display_name": name}),
+            )
+        })
+        .collect();
+    batch.push(ext(
+        "group.created",
+        "g-x",
+        json!({"group": "gx", "owner": "q000", "title": "Again"}),
+    ));
+    raw_publish(nats.server.port(), &batch).await;
+    hold_ingest.cancel();
+    ingest_forger.await.unwrap();
+    // The second part waits while the membership projection is held.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        store.group_row("gx").await.unwrap().is_none(),
+        "not projected yet"
+    );
+    hold_membership.cancel();
+    membership_forger.await.unwrap();
+
+    let end = bus.stream_state("INGEST").await.unwrap().last_seq.0;
+    eventually(Duration::from_secs(60), "ingest at the end", || async {
+        (store.checkpoint("ingest").await.ok()??.last_seq >= end).then_some(())
+    })
+    .await
+    .unwrap();
+    let dead: Vec<(String, String)> = dead_letters(&nats.url())
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| (d[header::DLQ_CODE].clone(), d[header::DLQ_REASON].clone()))
+        .collect();
+    assert_eq!(
+        dead,
+        [(
+            "group_exists".to_owned(),
+            "group gx already exists".to_owned()
+        )]
+    );
+    let members = eventually(Duration::from_secs(30), "gx projected", || async {
+        let m = store.member_ids("gx").await.ok()?;
+        (!m.is_empty()).then_some(m)
+    })
+    .await
+    .unwrap();
+    assert_eq!(members, ["alice"], "the first creation stands");
+    stack.stack.stop().await.unwrap();
+}
