@@ -422,9 +422,9 @@ struct Run {
     position: Option<Seq>,
     /// Whether a membership event was handed over since the last acknowledgement awaited.
     membership_unconfirmed: bool,
-    /// Why handing over stopped: a lookup, a publish or an acknowledgement failed, or the
-    /// lease is no longer held. What was handed over after a failed acknowledgement does not
-    /// count.
+    /// Why handing over stopped: a lookup, a publish or an acknowledgement failed, a
+    /// projection waited for by a later part did not catch up, or the lease is no longer
+    /// held. What was handed over after a failed acknowledgement does not count.
     refused: Option<ApplyError>,
 }
 
@@ -434,7 +434,7 @@ impl Ingest {
     /// when that is fewer than all, why the first one not done is not (`None`: it starts the
     /// next run). Nothing after the first event that fails is published.
     ///
-    /// One wait for the projections per run, not per event: an event may refer to what an
+    /// One wait for each projection per run, not per event: an event may refer to what an
     /// earlier event of the same run creates (a user, then a group naming it), which the
     /// projections do not hold yet. A user's deletion runs alone: the memberships it ends are
     /// read from the projection, which must hold everything before it. A run goes in parts

@@ -693,7 +693,8 @@ impl Envelope {
     }
 
     /// Decodes an envelope built as a JSON value (not written out and read back), with the
-    /// checks of [`Envelope::from_json`].
+    /// checks of [`Envelope::from_json`]. A value cannot repeat a key, and an error in it has no
+    /// line and column.
     pub fn from_value(value: Value) -> Result<Self, DecodeError> {
         Self::from_wire(serde_json::from_value(value).map_err(DecodeError::Malformed)?)
     }
@@ -911,14 +912,14 @@ mod tests {
     }
 
     /// Decodes `bytes` from the bytes and, when they are JSON, from the parsed value: both
-    /// answer alike.
+    /// decode the same envelope, or refuse with the same code.
     fn decoded(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         let from_bytes = Envelope::from_json(bytes);
         if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
             let from_value = Envelope::from_value(value);
             assert_eq!(
-                from_bytes.as_ref().map_err(|e| e.to_string()),
-                from_value.as_ref().map_err(|e| e.to_string())
+                from_bytes.as_ref().map_err(DecodeError::code),
+                from_value.as_ref().map_err(DecodeError::code)
             );
         }
         from_bytes

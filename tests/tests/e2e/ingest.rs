@@ -658,6 +658,8 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     let membership_forger = hold_elsewhere(&bus, &["membership"], hold_membership.clone()).await;
     tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
     crate::common::create_group(&bus, "gx", &[], 0).await;
+    let ingest_at = store.checkpoint("ingest").await.unwrap();
+    let users_stored = bus.stream_state("USERS").await.unwrap().last_seq.0;
 
     // The first part holds only users; the second creates gx again.
     let mut batch: Vec<_> = (0..300)
@@ -678,8 +680,25 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     raw_publish(nats.server.port(), &batch).await;
     hold_ingest.cancel();
     ingest_forger.await.unwrap();
-    // The second part waits while the membership projection is held.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The first part is stored; the second waits, within the run, while the membership
+    // projection is held: the run is not over, so the ingest checkpoint has not moved.
+    eventually(Duration::from_secs(30), "the first part stored", || async {
+        let stored = bus.stream_state("USERS").await.ok()?.last_seq.0;
+        (stored == users_stored + 250).then_some(())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_stored + 250,
+        "the second part waits"
+    );
+    assert_eq!(
+        store.checkpoint("ingest").await.unwrap(),
+        ingest_at,
+        "the run goes on"
+    );
     assert!(
         store.group_row("gx").await.unwrap().is_none(),
         "not projected yet"
