@@ -91,6 +91,26 @@ async fn hold_elsewhere(
     forger
 }
 
+/// Waits until the ingest worker has taken in everything `INGEST` holds now.
+async fn taken_in(bus: &anchorage_bus::Bus, store: &anchorage_store::Store) {
+    let end = bus.stream_state("INGEST").await.unwrap().last_seq.0;
+    eventually(Duration::from_secs(60), "ingest at the end", || async {
+        (store.checkpoint("ingest").await.ok()??.last_seq >= end).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// The code and reason of every dead letter, in order.
+async fn dead_reasons(nats_url: &str) -> Vec<(String, String)> {
+    dead_letters(nats_url)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| (d[header::DLQ_CODE].clone(), d[header::DLQ_REASON].clone()))
+        .collect()
+}
+
 fn ext(type_name: &str, id: &str, payload: Value) -> (String, String, Vec<u8>) {
     let body = json!({"id": id, "type": type_name, "v": 1, "occurred_at": 1_763_840_000_000u64,
                       "payload": payload});
@@ -359,19 +379,7 @@ async fn a_run_of_events_sees_what_came_before_each_and_nothing_after() {
         ]
     );
     // Everything was taken in: nothing more comes.
-    let end = stack
-        .stack
-        .bus
-        .stream_state("INGEST")
-        .await
-        .unwrap()
-        .last_seq
-        .0;
-    eventually(Duration::from_secs(30), "ingest at the end", || async {
-        (store.checkpoint("ingest").await.ok()??.last_seq >= end).then_some(())
-    })
-    .await
-    .unwrap();
+    taken_in(&stack.stack.bus, store).await;
     assert_eq!(dead_letters(&nats.url()).await.unwrap().len(), 4);
     stack.stack.stop().await.unwrap();
 }
@@ -436,12 +444,7 @@ async fn a_deletion_holds_while_the_users_projection_lags() {
         ],
     )
     .await;
-    let end = bus.stream_state("INGEST").await.unwrap().last_seq.0;
-    eventually(Duration::from_secs(30), "ingest at the end", || async {
-        (store.checkpoint("ingest").await.ok()??.last_seq >= end).then_some(())
-    })
-    .await
-    .unwrap();
+    taken_in(&bus, store).await;
     assert_eq!(
         store.checkpoint("users").await.unwrap().unwrap().last_seq,
         users_at,
@@ -572,12 +575,7 @@ async fn a_run_longer_than_a_part_sees_what_its_earlier_parts_created() {
 
     hold_ingest.cancel();
     ingest_forger.await.unwrap();
-    let end = bus.stream_state("INGEST").await.unwrap().last_seq.0;
-    eventually(Duration::from_secs(60), "ingest at the end", || async {
-        (store.checkpoint("ingest").await.ok()??.last_seq >= end).then_some(())
-    })
-    .await
-    .unwrap();
+    taken_in(&bus, store).await;
     assert_eq!(
         store.checkpoint("users").await.unwrap().unwrap().last_seq,
         users_at,
@@ -620,14 +618,8 @@ async fn a_run_longer_than_a_part_sees_what_its_earlier_parts_created() {
         400,
         "each user stored once"
     );
-    let dead: Vec<(String, String)> = dead_letters(&nats.url())
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| (d[header::DLQ_CODE].clone(), d[header::DLQ_REASON].clone()))
-        .collect();
     assert_eq!(
-        dead,
+        dead_reasons(&nats.url()).await,
         [(
             "unknown_user".to_owned(),
             "user nobody does not exist".to_owned()
@@ -706,20 +698,9 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     hold_membership.cancel();
     membership_forger.await.unwrap();
 
-    let end = bus.stream_state("INGEST").await.unwrap().last_seq.0;
-    eventually(Duration::from_secs(60), "ingest at the end", || async {
-        (store.checkpoint("ingest").await.ok()??.last_seq >= end).then_some(())
-    })
-    .await
-    .unwrap();
-    let dead: Vec<(String, String)> = dead_letters(&nats.url())
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| (d[header::DLQ_CODE].clone(), d[header::DLQ_REASON].clone()))
-        .collect();
+    taken_in(&bus, store).await;
     assert_eq!(
-        dead,
+        dead_reasons(&nats.url()).await,
         [(
             "group_exists".to_owned(),
             "group gx already exists".to_owned()
