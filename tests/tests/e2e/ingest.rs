@@ -635,7 +635,8 @@ async fn a_run_longer_than_a_part_sees_what_its_earlier_parts_created() {
 
 // A part of a run that refers to a projection its run did not wait for waits for it first: a
 // group another process created — stored, not yet projected — is not created again by an
-// event in the run's second part.
+// event in the run's second part. The ingest lease lost while the part waits: nothing more is
+// published until the worker holds it again, and the run taken in again stores nothing twice.
 #[tokio::test]
 async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     let nats = TestNats::start().await.unwrap();
@@ -695,10 +696,32 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
         store.group_row("gx").await.unwrap().is_none(),
         "not projected yet"
     );
+
+    let hold_ingest = tokio_util::sync::CancellationToken::new();
+    let ingest_forger = hold_elsewhere(&bus, &["ingest"], hold_ingest.clone()).await;
+    tokio::time::sleep(anchorage_bus::lease::TTL + anchorage_bus::lease::RENEW_EVERY).await;
     hold_membership.cancel();
     membership_forger.await.unwrap();
+    eventually(Duration::from_secs(30), "gx projected", || async {
+        store.group_row("gx").await.ok()?.map(|_| ())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
+    assert_eq!(
+        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_stored + 250,
+        "nothing published without the lease"
+    );
+    hold_ingest.cancel();
+    ingest_forger.await.unwrap();
 
     taken_in(&bus, store).await;
+    assert_eq!(
+        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_stored + 300,
+        "each user stored once"
+    );
     assert_eq!(
         dead_reasons(&nats.url()).await,
         [(
