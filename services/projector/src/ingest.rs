@@ -422,10 +422,6 @@ struct Run {
     position: Option<Seq>,
     /// Whether a membership event was handed over since the last acknowledgement awaited.
     membership_unconfirmed: bool,
-    /// Why handing over stopped: a lookup, a publish or an acknowledgement failed, a
-    /// projection waited for by a later part did not catch up, or the lease is no longer
-    /// held. What was handed over after a failed acknowledgement does not count.
-    refused: Option<ApplyError>,
 }
 
 impl Ingest {
@@ -453,6 +449,10 @@ impl Ingest {
         let mut current: Vec<&'static str> = Vec::new();
         // An event a check refused, and an event that cannot be read, which ends the run.
         let (mut refused_by_check, mut unreadable) = (None, None);
+        // Why handing over stopped: a lookup, a publish or an acknowledgement failed, a
+        // projection waited for by a later part did not catch up, or the lease is no longer
+        // held.
+        let mut refused = None;
         let mut rest = events;
         while !rest.is_empty() {
             let mut part = Vec::new();
@@ -511,7 +511,7 @@ impl Ingest {
                     .collect();
                 if !new.is_empty() {
                     if let Err(e) = self.catch_up(bus, store, &new, false).await {
-                        run.refused = Some(e);
+                        refused = Some(e);
                         break;
                     }
                     current.extend(new);
@@ -529,7 +529,7 @@ impl Ingest {
                     break;
                 }
                 Err(e) => {
-                    run.refused = Some(e);
+                    refused = Some(e);
                     break;
                 }
             }
@@ -540,7 +540,7 @@ impl Ingest {
             }
         }
         let translated = run.events.len();
-        match self.settle(bus, store, run).await {
+        match self.settle(bus, store, run, refused).await {
             (done, Some(err)) => (done, Some(err)),
             (done, None) => (
                 done,
@@ -587,14 +587,16 @@ impl Ingest {
         users.sort_unstable();
         users.dedup();
         let known = store.users_among(&users).await?;
-        let origins: Vec<(String, String)> =
-            part.iter().filter_map(|t| origin(&t.envelope)).collect();
-        let mut sources: Vec<&str> = origins.iter().map(|(s, _)| s.as_str()).collect();
+        // Each event's (source, id), if another system sent it.
+        let origins: Vec<Option<(String, String)>> =
+            part.iter().map(|t| origin(&t.envelope)).collect();
+        let mut sources: Vec<&str> = origins.iter().flatten().map(|(s, _)| s.as_str()).collect();
         sources.sort_unstable();
         sources.dedup();
         for source in sources {
             let ids: Vec<&str> = origins
                 .iter()
+                .flatten()
                 .filter(|(s, _)| s == source)
                 .map(|(_, id)| id.as_str())
                 .collect();
@@ -631,7 +633,7 @@ impl Ingest {
                     }
                 }
             }
-            for key in &origins {
+            for key in origins.iter().flatten() {
                 if recent.applied.contains_key(key) {
                     applied.insert(key.clone());
                 }
@@ -639,8 +641,8 @@ impl Ingest {
         }
         let mut stop = None;
         let mut to_publish = Vec::with_capacity(part.len());
-        for (i, t) in part.iter().enumerate() {
-            if let Some(key) = origin(&t.envelope)
+        for ((i, t), key) in part.iter().enumerate().zip(origins) {
+            if let Some(key) = key
                 && !applied.insert(key)
             {
                 // Applied once per (source, id), durably: a retry — however late — changes
@@ -728,15 +730,21 @@ impl Ingest {
     }
 
     /// Awaits what `run` handed over and remembers what was stored; how many events from the
-    /// start are done and, if handing over failed, why.
-    async fn settle(&self, bus: &Bus, store: &Store, run: Run) -> (usize, Option<ApplyError>) {
+    /// start are done and, if handing over failed (`refused` it already had), why. What was
+    /// handed over after a failed acknowledgement does not count.
+    async fn settle(
+        &self,
+        bus: &Bus,
+        store: &Store,
+        run: Run,
+        mut refused: Option<ApplyError>,
+    ) -> (usize, Option<ApplyError>) {
         let Run {
             events,
             outcomes,
             published,
             pending,
             mut stored,
-            mut refused,
             ..
         } = run;
         for ack in pending {
