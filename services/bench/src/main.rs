@@ -6,6 +6,11 @@ use anchorage_bench::clients::Mode;
 use anchorage_bench::{Scenario, Sizes};
 use clap::Parser;
 
+/// mimalloc: the hot paths (decoding events, building rows and frames) make and drop many small
+/// values across threads, where it spends a fraction of glibc's time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "anchorage bench",
