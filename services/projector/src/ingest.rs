@@ -305,7 +305,7 @@ fn projection_of(stream: &str) -> Option<Projection> {
         .find(|p| p.stream() == stream)
 }
 
-/// How long an event waits for the projections to apply what was published before it.
+/// How long a run waits, in all, for the projections to apply what was published before it.
 const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// The ingest worker.
@@ -436,7 +436,7 @@ impl Ingest {
     /// read from the projection, which must hold everything before it. A run goes in parts
     /// of [`PART`]: each is translated, looked up and checked while the streams store the part
     /// before; a part that refers to a projection the run did not wait for waits for it
-    /// first.
+    /// first. All the run's waits together last at most [`CATCH_UP`].
     pub(crate) async fn apply_run(
         &self,
         bus: &Bus,
@@ -453,6 +453,7 @@ impl Ingest {
         // projection waited for by a later part did not catch up, or the lease is no longer
         // held.
         let mut refused = None;
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
         let mut rest = events;
         while !rest.is_empty() {
             let mut part = Vec::new();
@@ -494,7 +495,7 @@ impl Ingest {
                         .iter()
                         .any(|r| matches!(r, Reference::GroupsOf(_)))
                 });
-                if let Err(e) = self.catch_up(bus, store, &streams, strict).await {
+                if let Err(e) = self.catch_up(bus, store, &streams, strict, deadline).await {
                     return (0, Some(e));
                 }
                 current = streams;
@@ -510,7 +511,7 @@ impl Ingest {
                     .filter(|s| !current.contains(s))
                     .collect();
                 if !new.is_empty() {
-                    if let Err(e) = self.catch_up(bus, store, &new, false).await {
+                    if let Err(e) = self.catch_up(bus, store, &new, false, deadline).await {
                         refused = Some(e);
                         break;
                     }
@@ -817,13 +818,14 @@ impl Ingest {
 
     /// Waits until the projections of `streams` have applied everything those streams hold
     /// right now — whoever published it, and across restarts of this worker — except, unless
-    /// `strict`, what this worker stored itself and remembers.
+    /// `strict`, what this worker stored itself and remembers; until `deadline`.
     async fn catch_up(
         &self,
         bus: &Bus,
         store: &Store,
         streams: &[&'static str],
         strict: bool,
+        deadline: tokio::time::Instant,
     ) -> Result<(), ApplyError> {
         // What is remembered of streams this run does not wait for goes once projected, so
         // the memory stays bounded by how far the projections are behind.
@@ -845,7 +847,6 @@ impl Ingest {
                     .projected(stream, at);
             }
         }
-        let deadline = tokio::time::Instant::now() + CATCH_UP;
         for stream in streams {
             let Some(p) = projection_of(stream) else {
                 continue;

@@ -738,3 +738,113 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     assert_eq!(members, ["alice"], "the first creation stands");
     stack.stack.stop().await.unwrap();
 }
+
+/// All of a run's waits for its projections together last at most 30 s: a run whose first
+/// part waited about 17 s for the users projection gives up on the membership projection
+/// for its second part some 13 s later, not 30. What the first part stored counts (the
+/// ingest checkpoint moves past it), nothing is stored twice, and the rest is taken in once
+/// the projection is back.
+#[tokio::test]
+async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
+    use anchorage_schema::event::UserCreated;
+    use anchorage_schema::subjects;
+    use tokio_util::sync::CancellationToken;
+
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let store = &stack.stack.store;
+    let bus = stack.stack.bus.clone();
+    let (hold_ingest, hold_users, hold_membership) = (
+        CancellationToken::new(),
+        CancellationToken::new(),
+        CancellationToken::new(),
+    );
+    let ingest_forger = hold_elsewhere(&bus, &["ingest"], hold_ingest.clone()).await;
+    let users_forger = hold_elsewhere(&bus, &["users"], hold_users.clone()).await;
+    let membership_forger = hold_elsewhere(&bus, &["membership"], hold_membership.clone()).await;
+    tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
+    // A user created by another writer: the users projection is behind its stream.
+    let zz = crate::common::user("zz");
+    let created = crate::common::system_event(
+        "e-zz",
+        UserCreated {
+            user: zz.clone(),
+            display_name: "Z".into(),
+        },
+    );
+    bus.publish_event(&subjects::user(&zz), &created, None)
+        .await
+        .unwrap();
+    // And a group: the membership projection is behind too.
+    crate::common::create_group(&bus, "gq", &[], 0).await;
+    let ingest_at = store.checkpoint("ingest").await.unwrap();
+    let users_stored = bus.stream_state("USERS").await.unwrap().last_seq.0;
+
+    // The first part holds only users; the second creates a group.
+    let mut batch: Vec<_> = (0..300)
+        .map(|n| {
+            let name = format!("z{n:03}");
+            ext(
+                "user.created",
+                &format!("u-{name}"),
+                json!({"user": name, "display_name": name}),
+            )
+        })
+        .collect();
+    batch.push(ext(
+        "group.created",
+        "g-z",
+        json!({"group": "gz", "owner": "z000", "title": "Z"}),
+    ));
+    raw_publish(nats.server.port(), &batch).await;
+    hold_ingest.cancel();
+    ingest_forger.await.unwrap();
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_stored,
+        "the first part waits for the users projection"
+    );
+    hold_users.cancel();
+    users_forger.await.unwrap();
+    eventually(Duration::from_secs(30), "the first part stored", || async {
+        let stored = bus.stream_state("USERS").await.ok()?.last_seq.0;
+        (stored == users_stored + 250).then_some(())
+    })
+    .await
+    .unwrap();
+    // The run gives up once its 30 s are over (it began within the lease's TTL of
+    // `started`); each wait allowed 30 s of its own, this one would end about 50 s in.
+    let ended = eventually(Duration::from_secs(60), "the run over", || async {
+        let at = store.checkpoint("ingest").await.ok()?;
+        (at != ingest_at).then(|| started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(
+        ended >= Duration::from_secs(25) && ended <= Duration::from_secs(42),
+        "the run ended {ended:?} after the worker could take it in"
+    );
+    assert_eq!(
+        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_stored + 250,
+        "the second part was not handed over"
+    );
+
+    hold_membership.cancel();
+    membership_forger.await.unwrap();
+    taken_in(&bus, store).await;
+    assert_eq!(
+        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_stored + 300,
+        "each user stored once"
+    );
+    eventually(Duration::from_secs(30), "gz projected", || async {
+        store.group_row("gz").await.ok()?.map(|_| ())
+    })
+    .await
+    .unwrap();
+    assert!(dead_reasons(&nats.url()).await.is_empty());
+    stack.stack.stop().await.unwrap();
+}
