@@ -91,6 +91,7 @@ health = re.search(r'HEALTHCHECK.*\n\s*CMD \["anchorage", "health", "([^"]+)"\]'
 check(health and health.group(1).endswith("/readyz"), "Dockerfile: health check on /readyz")
 docker_env = dict(re.findall(r"(ANCHORAGE_\w+)=(\S+)", dockerfile))
 check(docker_env, "Dockerfile: no environment")
+check(re.search(r"^\s*MIMALLOC_ALLOW_THP=0\b", dockerfile, re.M), "Dockerfile: huge pages allowed")
 config_accepts("Dockerfile", docker_env)
 # `anchorage health` answers 1 for what is not ready (nothing listens on port 9).
 run = subprocess.run([BIN, "health", "http://127.0.0.1:9/readyz"], capture_output=True)
@@ -145,6 +146,7 @@ for role, d in deployments.items():
                   f"{role}: {e['name']} holds a secret in plain text")
             env[e["name"]] = e["value"]
     check(env.get("ANCHORAGE_NATS__USER") == role, f"{role}: NATS user")
+    check(env.get("MIMALLOC_ALLOW_THP") == "0", f"{role}: huge pages allowed")
     check("ANCHORAGE_DATABASE__URL" in env and "ANCHORAGE_NATS__PASSWORD" in env,
           f"{role}: database or NATS password missing")
     env["ANCHORAGE_DATABASE__URL"] = "postgres://anchorage@postgres/anchorage"
@@ -185,6 +187,8 @@ for unit, role, user in [
     check(f"Environment=ANCHORAGE_NATS__USER={user}" in text, f"{unit}: NATS user")
     check(re.search(r"^User=(?!root)\w+", text, re.M), f"{unit}: runs as root")
     check("NoNewPrivileges=yes" in text, f"{unit}: NoNewPrivileges")
+    if role != "migrate":
+        check("Environment=MIMALLOC_ALLOW_THP=0" in text, f"{unit}: huge pages allowed")
     env = dict(re.findall(r"^Environment=(ANCHORAGE_\w+)=(\S+)$", text, re.M))
     config_accepts(f"systemd {unit}", env)
 

@@ -305,7 +305,8 @@ fn projection_of(stream: &str) -> Option<Projection> {
         .find(|p| p.stream() == stream)
 }
 
-/// How long a run waits, in all, for the projections to apply what was published before it.
+/// How long after its start a run may still wait for the projections to apply what was
+/// published before it (the wait of each run that follows starts afresh).
 const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// The ingest worker.
@@ -436,7 +437,7 @@ impl Ingest {
     /// read from the projection, which must hold everything before it. A run goes in parts
     /// of [`PART`]: each is translated, looked up and checked while the streams store the part
     /// before; a part that refers to a projection the run did not wait for waits for it
-    /// first. All the run's waits together last at most [`CATCH_UP`].
+    /// first. A run stops waiting once [`CATCH_UP`] has passed since it started.
     pub(crate) async fn apply_run(
         &self,
         bus: &Bus,

@@ -739,10 +739,10 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     stack.stack.stop().await.unwrap();
 }
 
-/// All of a run's waits for its projections together last at most 30 s: a run whose first
-/// part waited about 17 s for the users projection gives up on the membership projection
-/// for its second part some 13 s later, not 30. What the first part stored counts (the
-/// ingest checkpoint moves past it), nothing is stored twice, and the rest is taken in once
+/// A run stops waiting for its projections 30 s after it started: a run whose first part
+/// waited about 20 s for the users projection gives up on the membership projection for its
+/// second part some 10 s later, not 30. What the first part stored counts (the ingest
+/// checkpoint moves exactly past it), nothing is stored twice, and the rest is taken in once
 /// the projection is back.
 #[tokio::test]
 async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
@@ -779,6 +779,7 @@ async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
     crate::common::create_group(&bus, "gq", &[], 0).await;
     let ingest_at = store.checkpoint("ingest").await.unwrap();
     let users_stored = bus.stream_state("USERS").await.unwrap().last_seq.0;
+    let ingest_before = bus.stream_state("INGEST").await.unwrap().last_seq.0;
 
     // The first part holds only users; the second creates a group.
     let mut batch: Vec<_> = (0..300)
@@ -814,14 +815,20 @@ async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
     })
     .await
     .unwrap();
-    // The run gives up once its 30 s are over (it began within the lease's TTL of
-    // `started`); each wait allowed 30 s of its own, this one would end about 50 s in.
-    let ended = eventually(Duration::from_secs(60), "the run over", || async {
+    // The run gives up once its 30 s are over (it began once the worker took the lease over,
+    // within the lease's TTL and a poll of `started`); were each wait allowed 30 s of its own,
+    // it would end some 53 s in.
+    let (ended, at) = eventually(Duration::from_secs(60), "the run over", || async {
         let at = store.checkpoint("ingest").await.ok()?;
-        (at != ingest_at).then(|| started.elapsed())
+        (at != ingest_at).then(|| (started.elapsed(), at))
     })
     .await
     .unwrap();
+    assert_eq!(
+        at.map(|c| c.last_seq),
+        Some(ingest_before + 250),
+        "the checkpoint moves exactly past the first part"
+    );
     assert!(
         ended >= Duration::from_secs(25) && ended <= Duration::from_secs(42),
         "the run ended {ended:?} after the worker could take it in"

@@ -30,6 +30,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Environment every role shares: NATS URL, replicas, database, configuration file. */}}
 {{- define "anchorage.env" -}}
+- name: MIMALLOC_ALLOW_THP
+  value: "0"
 - name: ANCHORAGE_NATS__URL
   value: {{ .Values.nats.url | quote }}
 - name: ANCHORAGE_STREAMS__REPLICAS
