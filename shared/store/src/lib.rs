@@ -667,6 +667,71 @@ mod tests {
         assert!(u.ends_with("/x.db?mode=rwc"), "{u}");
     }
 
+    // A device takes the version of a state answer as "everything up to here": a change
+    // applied while the answer is read must be in its lists or beyond its version. Each
+    // change here touches its own conversation, so one counted and not sent is never
+    // repaired by a later one: the device's copy would differ at the end.
+    #[tokio::test]
+    async fn a_state_answer_read_while_changes_apply_holds_what_its_version_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = sqlite_options(dir.path());
+        options.sqlite_synchronous = "NORMAL";
+        options.max_connections = 4;
+        let store = Store::connect(&options).await.unwrap();
+        store.migrate().await.unwrap();
+        const CHANGES: u64 = 400;
+        let writer = tokio::spawn({
+            let store = store.clone();
+            async move {
+                for v in 1..=CHANGES {
+                    let mut tx = store.begin().await.unwrap();
+                    if v % 2 == 0 {
+                        tx.set_privacy("alice", Some(v % 4 == 0), None, v)
+                            .await
+                            .unwrap();
+                    } else {
+                        let draft = format!("draft {v}");
+                        let change = PrefsChange {
+                            draft: Some(&draft),
+                            ..PrefsChange::default()
+                        };
+                        tx.set_prefs("alice", &format!("c{v}"), &change, v)
+                            .await
+                            .unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        // A device following along: it asks for what changed after what it holds.
+        let mut held = 0;
+        let mut drafts = std::collections::BTreeMap::new();
+        let mut receipts = true;
+        let mut take = |s: UserState| {
+            for p in s.prefs {
+                drafts.insert(p.conv, p.draft);
+            }
+            receipts = s.receipts;
+            s.version
+        };
+        let mut answers = 0;
+        while !writer.is_finished() {
+            held = take(store.user_state_since("alice", held, 1_000).await.unwrap());
+            answers += 1;
+        }
+        writer.await.unwrap();
+        held = take(store.user_state_since("alice", held, 1_000).await.unwrap());
+        assert_eq!(held, CHANGES);
+        let all = store.user_state_since("alice", 0, 1_000).await.unwrap();
+        let expected: std::collections::BTreeMap<_, _> =
+            all.prefs.into_iter().map(|p| (p.conv, p.draft)).collect();
+        assert_eq!(expected.len(), CHANGES as usize / 2);
+        assert!(answers > 10, "the device asked {answers} times only");
+        assert_eq!(drafts, expected, "after {answers} answers");
+        assert_eq!(receipts, all.receipts);
+    }
+
     // Users asked about in chunks: a chunk all active costs a count; one with a user never
     // created or deleted is read row by row, and every answer is right either way.
     #[tokio::test]

@@ -243,6 +243,26 @@ fn target_row(r: &sqlx::any::AnyRow) -> Result<PushTargetRow, StoreError> {
     })
 }
 
+/// `user`'s targets changed after version `after`, read by `db` (the pool, or a transaction
+/// that reads more with them).
+pub(crate) async fn push_targets_since<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    user: &str,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<PushTargetRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT user_id, device, target, preview, version FROM push_targets
+         WHERE user_id = $1 AND version > $2 ORDER BY version, device LIMIT $3",
+    )
+    .bind(user)
+    .bind(i(after))
+    .bind(i64::from(limit))
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(target_row).collect()
+}
+
 impl Store {
     /// `user`'s targets changed after version `after` (removed ones without a target), by
     /// version, at most `limit`.
@@ -252,16 +272,7 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<PushTargetRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT user_id, device, target, preview, version FROM push_targets
-             WHERE user_id = $1 AND version > $2 ORDER BY version, device LIMIT $3",
-        )
-        .bind(user)
-        .bind(i(after))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(target_row).collect()
+        push_targets_since(&self.pool, user, after, limit).await
     }
 
     /// Queues, in one transaction, a notification of each of `messages` for every device

@@ -201,6 +201,10 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<UserState, StoreError> {
+        // One snapshot for every read: a change applied between two of them would otherwise
+        // be counted in the version without being in the lists, and the device that takes
+        // this version would never ask for it.
+        let mut tx = self.begin_read().await?;
         let prefs = sqlx::query(
             "SELECT conv_id, pinned, archived, muted_until, draft, notify, version
              FROM conversation_prefs WHERE user_id = $1 AND version > $2
@@ -209,7 +213,7 @@ impl Store {
         .bind(user)
         .bind(after as i64)
         .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx.tx)
         .await?;
         let mut prefs: Vec<Prefs> = prefs
             .iter()
@@ -232,7 +236,7 @@ impl Store {
         .bind(user)
         .bind(after as i64)
         .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx.tx)
         .await?;
         let mut hidden: Vec<(String, u64, u64)> = hidden
             .iter()
@@ -244,13 +248,13 @@ impl Store {
                 ))
             })
             .collect::<Result<_, StoreError>>()?;
-        let mut push = self
-            .push_targets_since(user, after, limit.saturating_add(1))
-            .await?;
+        let mut push =
+            crate::push::push_targets_since(&mut *tx.tx, user, after, limit.saturating_add(1))
+                .await?;
         let privacy =
             sqlx::query("SELECT receipts, presence, version FROM privacy WHERE user_id = $1")
                 .bind(user)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx.tx)
                 .await?;
         let (receipts, presence, privacy_version) = match privacy {
             Some(r) => (
@@ -291,12 +295,13 @@ impl Store {
                  ) AS t",
             )
             .bind(user)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx.tx)
             .await?
             .try_get::<Option<i64>, _>("v")?
             .map_or(0, |v| v as u64);
             current.max(privacy_version)
         };
+        tx.commit().await?;
         Ok(UserState {
             prefs,
             hidden: hidden.into_iter().map(|(c, s, _)| (c, s)).collect(),
