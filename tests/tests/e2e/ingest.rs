@@ -121,6 +121,42 @@ fn ext(type_name: &str, id: &str, payload: Value) -> (String, String, Vec<u8>) {
     )
 }
 
+/// A run of two parts: 300 users named `{prefix}000`… (the first part holds 250 of them),
+/// then `group` created by the first of them, as event `id`.
+fn users_then_group(
+    prefix: &str,
+    group: &str,
+    id: &str,
+    title: &str,
+) -> Vec<(String, String, Vec<u8>)> {
+    let mut batch: Vec<_> = (0..300)
+        .map(|n| {
+            let name = format!("{prefix}{n:03}");
+            ext(
+                "user.created",
+                &format!("u-{name}"),
+                json!({"user": name, "display_name": name}),
+            )
+        })
+        .collect();
+    batch.push(ext(
+        "group.created",
+        id,
+        json!({"group": group, "owner": format!("{prefix}000"), "title": title}),
+    ));
+    batch
+}
+
+/// Waits until USERS holds exactly `n` more than `before`.
+async fn users_stored(bus: &anchorage_bus::Bus, before: u64, n: u64, what: &str) {
+    eventually(Duration::from_secs(30), what, || async {
+        let stored = bus.stream_state("USERS").await.ok()?.last_seq.0;
+        (stored == before + n).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 /// The n-th of a rotating set of invalid events, and the reason code it must get.
 fn invalid(n: usize) -> ((String, String, Vec<u8>), &'static str) {
     let id = format!("bad-{n}");
@@ -537,7 +573,7 @@ async fn a_run_longer_than_a_part_sees_what_its_earlier_parts_created() {
         hold_elsewhere(&bus, &["users", "membership"], hold_projections.clone()).await;
     tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
     let users_at = store.checkpoint("users").await.unwrap().unwrap().last_seq;
-    let users_stored = bus.stream_state("USERS").await.unwrap().last_seq.0;
+    let users_before = bus.stream_state("USERS").await.unwrap().last_seq.0;
     let membership_at = store
         .checkpoint("membership")
         .await
@@ -614,7 +650,7 @@ async fn a_run_longer_than_a_part_sees_what_its_earlier_parts_created() {
     let (display_name, _, _) = store.user_row("p010").await.unwrap().unwrap();
     assert_eq!(display_name, "p010", "the repeat changed nothing");
     assert_eq!(
-        bus.stream_state("USERS").await.unwrap().last_seq.0 - users_stored,
+        bus.stream_state("USERS").await.unwrap().last_seq.0 - users_before,
         400,
         "each user stored once"
     );
@@ -652,39 +688,20 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
     crate::common::create_group(&bus, "gx", &[], 0).await;
     let ingest_at = store.checkpoint("ingest").await.unwrap();
-    let users_stored = bus.stream_state("USERS").await.unwrap().last_seq.0;
+    let users_before = bus.stream_state("USERS").await.unwrap().last_seq.0;
 
     // The first part holds only users; the second creates gx again.
-    let mut batch: Vec<_> = (0..300)
-        .map(|n| {
-            let name = format!("q{n:03}");
-            ext(
-                "user.created",
-                &format!("u-{name}"),
-                json!({"user": name, "display_name": name}),
-            )
-        })
-        .collect();
-    batch.push(ext(
-        "group.created",
-        "g-x",
-        json!({"group": "gx", "owner": "q000", "title": "Again"}),
-    ));
+    let batch = users_then_group("q", "gx", "g-x", "Again");
     raw_publish(nats.server.port(), &batch).await;
     hold_ingest.cancel();
     ingest_forger.await.unwrap();
     // The first part is stored; the second waits, within the run, while the membership
     // projection is held: the run is not over, so the ingest checkpoint has not moved.
-    eventually(Duration::from_secs(30), "the first part stored", || async {
-        let stored = bus.stream_state("USERS").await.ok()?.last_seq.0;
-        (stored == users_stored + 250).then_some(())
-    })
-    .await
-    .unwrap();
+    users_stored(&bus, users_before, 250, "the first part stored").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         bus.stream_state("USERS").await.unwrap().last_seq.0,
-        users_stored + 250,
+        users_before + 250,
         "the second part waits"
     );
     assert_eq!(
@@ -710,7 +727,7 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
     assert_eq!(
         bus.stream_state("USERS").await.unwrap().last_seq.0,
-        users_stored + 250,
+        users_before + 250,
         "nothing published without the lease"
     );
     hold_ingest.cancel();
@@ -719,7 +736,7 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     taken_in(&bus, store).await;
     assert_eq!(
         bus.stream_state("USERS").await.unwrap().last_seq.0,
-        users_stored + 300,
+        users_before + 300,
         "each user stored once"
     );
     assert_eq!(
@@ -778,25 +795,11 @@ async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
     // And a group: the membership projection is behind too.
     crate::common::create_group(&bus, "gq", &[], 0).await;
     let ingest_at = store.checkpoint("ingest").await.unwrap();
-    let users_stored = bus.stream_state("USERS").await.unwrap().last_seq.0;
+    let users_before = bus.stream_state("USERS").await.unwrap().last_seq.0;
     let ingest_before = bus.stream_state("INGEST").await.unwrap().last_seq.0;
 
     // The first part holds only users; the second creates a group.
-    let mut batch: Vec<_> = (0..300)
-        .map(|n| {
-            let name = format!("z{n:03}");
-            ext(
-                "user.created",
-                &format!("u-{name}"),
-                json!({"user": name, "display_name": name}),
-            )
-        })
-        .collect();
-    batch.push(ext(
-        "group.created",
-        "g-z",
-        json!({"group": "gz", "owner": "z000", "title": "Z"}),
-    ));
+    let batch = users_then_group("z", "gz", "g-z", "Z");
     raw_publish(nats.server.port(), &batch).await;
     hold_ingest.cancel();
     ingest_forger.await.unwrap();
@@ -804,17 +807,12 @@ async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(
         bus.stream_state("USERS").await.unwrap().last_seq.0,
-        users_stored,
+        users_before,
         "the first part waits for the users projection"
     );
     hold_users.cancel();
     users_forger.await.unwrap();
-    eventually(Duration::from_secs(30), "the first part stored", || async {
-        let stored = bus.stream_state("USERS").await.ok()?.last_seq.0;
-        (stored == users_stored + 250).then_some(())
-    })
-    .await
-    .unwrap();
+    users_stored(&bus, users_before, 250, "the first part stored").await;
     // The run gives up once its 30 s are over (it began once the worker took the lease over,
     // within the lease's TTL and a poll of `started`); were each wait allowed 30 s of its own,
     // it would end some 53 s in.
@@ -835,7 +833,7 @@ async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
     );
     assert_eq!(
         bus.stream_state("USERS").await.unwrap().last_seq.0,
-        users_stored + 250,
+        users_before + 250,
         "the second part was not handed over"
     );
 
@@ -844,7 +842,7 @@ async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
     taken_in(&bus, store).await;
     assert_eq!(
         bus.stream_state("USERS").await.unwrap().last_seq.0,
-        users_stored + 300,
+        users_before + 300,
         "each user stored once"
     );
     eventually(Duration::from_secs(30), "gz projected", || async {
