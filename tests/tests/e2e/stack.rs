@@ -469,3 +469,74 @@ async fn projector_resumes_after_a_nats_restart_without_loss_or_repeats() {
     assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
     stack.stack.stop().await.unwrap();
 }
+
+/// A device takes the version of a state answer as "everything up to here": a change applied
+/// while the answer is read must be in its lists or beyond its version — on SQLite, and on
+/// PostgreSQL, whose default isolation gives each statement its own snapshot. Each prefs
+/// change touches its own conversation, so one counted and not sent is never repaired by a
+/// later one: the device's copy would differ at the end.
+#[tokio::test]
+async fn a_state_answer_read_while_changes_apply_holds_what_its_version_counts() {
+    use anchorage_store::{PrefsChange, Store, StoreOptions, UserState};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&StoreOptions {
+        url: anchorage_tests::fresh_database(dir.path()).await.unwrap(),
+        max_connections: 4,
+        sqlite_synchronous: "NORMAL",
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    const CHANGES: u64 = 400;
+    let writer = tokio::spawn({
+        let store = store.clone();
+        async move {
+            for v in 1..=CHANGES {
+                let mut tx = store.begin().await.unwrap();
+                if v % 2 == 0 {
+                    tx.set_privacy("alice", Some(v % 4 == 0), None, v)
+                        .await
+                        .unwrap();
+                } else {
+                    let draft = format!("draft {v}");
+                    let change = PrefsChange {
+                        draft: Some(&draft),
+                        ..PrefsChange::default()
+                    };
+                    tx.set_prefs("alice", &format!("c{v}"), &change, v)
+                        .await
+                        .unwrap();
+                }
+                tx.commit().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    // A device following along: it asks for what changed after what it holds.
+    let mut held = 0;
+    let mut drafts = std::collections::BTreeMap::new();
+    let mut receipts = true;
+    let mut take = |s: UserState| {
+        for p in s.prefs {
+            drafts.insert(p.conv, p.draft);
+        }
+        receipts = s.receipts;
+        s.version
+    };
+    let mut answers = 0;
+    while !writer.is_finished() {
+        held = take(store.user_state_since("alice", held, 1_000).await.unwrap());
+        answers += 1;
+    }
+    writer.await.unwrap();
+    held = take(store.user_state_since("alice", held, 1_000).await.unwrap());
+    assert_eq!(held, CHANGES);
+    let all = store.user_state_since("alice", 0, 1_000).await.unwrap();
+    let expected: std::collections::BTreeMap<_, _> =
+        all.prefs.into_iter().map(|p| (p.conv, p.draft)).collect();
+    assert_eq!(expected.len(), CHANGES as usize / 2);
+    assert!(answers > 10, "the device asked {answers} times only");
+    assert_eq!(drafts, expected, "after {answers} answers");
+    assert_eq!(receipts, all.receipts);
+    store.close().await;
+}
