@@ -147,6 +147,11 @@ fn users_then_group(
     batch
 }
 
+/// The last sequence of USERS.
+async fn users_seq(bus: &anchorage_bus::Bus) -> u64 {
+    bus.stream_state("USERS").await.unwrap().last_seq.0
+}
+
 /// Waits until USERS holds exactly `n` more than `before`.
 async fn users_stored(bus: &anchorage_bus::Bus, before: u64, n: u64, what: &str) {
     eventually(Duration::from_secs(30), what, || async {
@@ -508,7 +513,7 @@ async fn a_deletion_holds_while_the_users_projection_lags() {
         .map(|d| d[header::DLQ_CODE].clone())
         .collect();
     assert_eq!(codes, vec!["user_deleted", "unknown_user"]);
-    let users = bus.stream_state("USERS").await.unwrap().last_seq.0;
+    let users = users_seq(&bus).await;
     eventually(Duration::from_secs(30), "users applied", || async {
         (store.checkpoint("users").await.ok()??.last_seq >= users).then_some(())
     })
@@ -573,7 +578,7 @@ async fn a_run_longer_than_a_part_sees_what_its_earlier_parts_created() {
         hold_elsewhere(&bus, &["users", "membership"], hold_projections.clone()).await;
     tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
     let users_at = store.checkpoint("users").await.unwrap().unwrap().last_seq;
-    let users_before = bus.stream_state("USERS").await.unwrap().last_seq.0;
+    let users_before = users_seq(&bus).await;
     let membership_at = store
         .checkpoint("membership")
         .await
@@ -650,7 +655,7 @@ async fn a_run_longer_than_a_part_sees_what_its_earlier_parts_created() {
     let (display_name, _, _) = store.user_row("p010").await.unwrap().unwrap();
     assert_eq!(display_name, "p010", "the repeat changed nothing");
     assert_eq!(
-        bus.stream_state("USERS").await.unwrap().last_seq.0 - users_before,
+        users_seq(&bus).await - users_before,
         400,
         "each user stored once"
     );
@@ -688,7 +693,7 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
     crate::common::create_group(&bus, "gx", &[], 0).await;
     let ingest_at = store.checkpoint("ingest").await.unwrap();
-    let users_before = bus.stream_state("USERS").await.unwrap().last_seq.0;
+    let users_before = users_seq(&bus).await;
 
     // The first part holds only users; the second creates gx again.
     let batch = users_then_group("q", "gx", "g-x", "Again");
@@ -700,7 +705,7 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     users_stored(&bus, users_before, 250, "the first part stored").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_seq(&bus).await,
         users_before + 250,
         "the second part waits"
     );
@@ -726,7 +731,7 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
     .unwrap();
     tokio::time::sleep(anchorage_bus::lease::RENEW_EVERY * 2).await;
     assert_eq!(
-        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_seq(&bus).await,
         users_before + 250,
         "nothing published without the lease"
     );
@@ -735,7 +740,7 @@ async fn a_later_part_waits_for_a_projection_its_run_did_not_wait_for() {
 
     taken_in(&bus, store).await;
     assert_eq!(
-        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_seq(&bus).await,
         users_before + 300,
         "each user stored once"
     );
@@ -795,7 +800,7 @@ async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
     // And a group: the membership projection is behind too.
     crate::common::create_group(&bus, "gq", &[], 0).await;
     let ingest_at = store.checkpoint("ingest").await.unwrap();
-    let users_before = bus.stream_state("USERS").await.unwrap().last_seq.0;
+    let users_before = users_seq(&bus).await;
     let ingest_before = bus.stream_state("INGEST").await.unwrap().last_seq.0;
 
     // The first part holds only users; the second creates a group.
@@ -806,7 +811,7 @@ async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
     let started = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(
-        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_seq(&bus).await,
         users_before,
         "the first part waits for the users projection"
     );
@@ -832,7 +837,7 @@ async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
         "the run ended {ended:?} after the worker could take it in"
     );
     assert_eq!(
-        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_seq(&bus).await,
         users_before + 250,
         "the second part was not handed over"
     );
@@ -841,7 +846,7 @@ async fn a_run_waits_for_its_projections_thirty_seconds_in_all() {
     membership_forger.await.unwrap();
     taken_in(&bus, store).await;
     assert_eq!(
-        bus.stream_state("USERS").await.unwrap().last_seq.0,
+        users_seq(&bus).await,
         users_before + 300,
         "each user stored once"
     );
