@@ -198,7 +198,11 @@ export declare class Client {
         epoch: string;
         groups: GroupVersion[];
     }>;
-    /** Brings a group's member list in line (and keeps it so with live changes while connected). */
+    /**
+     * Brings a group's member list in line (and keeps it so with live changes while connected).
+     * Resolves once the sync ended: a connection lost on the way does not end it, it goes on
+     * once connected again (or ends when the client stops).
+     */
     syncMembers(group: string): Promise<void>;
     /** The group's members held on the device, by id; `offset`/`limit` page through them. */
     members(group: string, offset?: number, limit?: number): MemberInfo[];

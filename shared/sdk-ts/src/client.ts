@@ -573,7 +573,11 @@ export class Client {
 
   // Member lists.
 
-  /** Brings a group's member list in line (and keeps it so with live changes while connected). */
+  /**
+   * Brings a group's member list in line (and keeps it so with live changes while connected).
+   * Resolves once the sync ended: a connection lost on the way does not end it, it goes on
+   * once connected again (or ends when the client stops).
+   */
   syncMembers(group: string): Promise<void> {
     return new Promise((resolve) => {
       const waiters = this.memberSyncs.get(group) ?? [];
@@ -1032,11 +1036,19 @@ export class Client {
     const [group, waiters] = this.memberSyncs.entries().next().value as [string, Array<() => void>];
     this.memberSyncs.delete(group);
     let ended = true;
+    let lost = false;
     try {
       ended = await this.syncGroup(conn, group);
+    } catch (e) {
+      lost = e instanceof Lost;
+      throw e;
     } finally {
       const resumes = this.memberSyncResumes.get(group) ?? 0;
-      if (ended || resumes >= MEMBER_SYNC_RESUMES || !this.running) {
+      if (lost && this.running) {
+        // The connection went in the middle: the sync starts over once connected again, and
+        // whoever waits for it waits for its end, not for the connection's.
+        this.memberSyncs.set(group, [...waiters, ...(this.memberSyncs.get(group) ?? [])]);
+      } else if (ended || resumes >= MEMBER_SYNC_RESUMES || !this.running) {
         this.memberSyncResumes.delete(group);
         for (const w of waiters) w();
       } else {

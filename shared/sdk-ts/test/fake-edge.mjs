@@ -25,8 +25,8 @@ function frame(text) {
 }
 
 /**
- * Starts the edge. `onFrame(frame, send)` sees each client frame (parsed JSON) and answers
- * with `send(object)`; `send` also pushes. Returns its URL, the count of connections and of
+ * Starts the edge. `onFrame(frame, send, hangUp)` sees each client frame (parsed JSON) and
+ * answers with `send(object)`; `send` also pushes, `hangUp()` drops the connection. Returns its URL, the count of connections and of
  * frames by type, and `close()`.
  */
 export async function fakeEdge(onFrame) {
@@ -74,7 +74,7 @@ export async function fakeEdge(onFrame) {
         if (op !== 1) continue;
         const f = JSON.parse(String(data));
         seen.set(f.type, (seen.get(f.type) ?? 0) + 1);
-        onFrame(f, send);
+        onFrame(f, send, () => socket.destroy());
       }
     });
   });

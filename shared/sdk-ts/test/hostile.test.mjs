@@ -347,6 +347,57 @@ test("an edge that never lets a member list settle is asked a bounded number of 
   await edge.close();
 });
 
+test("a member sync cut off by a lost connection is answered once it ends on the next one, not when the connection went", async () => {
+  // The first connection drops as the first page is asked for; the second answers it, then
+  // a diff to version 3.
+  const all = ["u0", "u1", "u2"];
+  let hello = 0;
+  const edge = await fakeEdge((f, send, hangUp) => {
+    if (f.type === "hello") {
+      hello++;
+      send({ ...welcome(f), compact: true });
+    } else if (f.type !== "members_sync") return;
+    else if (hello === 1) hangUp();
+    else if (!f.epoch) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 2, members: ["u0", "u1"] });
+    else if (f.version < 3) send({ type: "members_diff", id: f.id, group: "g", epoch: "e1", version: 3, digest: SetDigest.of(all).toWire(), upserts: [{ user: "u2" }], removed: [], more: false });
+    else send({ type: "members_unchanged", id: f.id });
+  });
+  const c = await against(edge);
+  try {
+    await c.whenOnline();
+    await c.syncMembers("g");
+    assert.equal(edge.connections(), 2, "answered only after the second connection");
+    const list = c.memberList("g");
+    assert.ok(list, "the waiter was answered with the list in hand");
+    assert.equal(list.version, 3);
+    assert.deepEqual([...list.members.keys()].sort(), all);
+  } finally {
+    await c.stop();
+    await edge.close();
+  }
+});
+
+test("a member sync waited for ends when the client stops, connected or not", async () => {
+  const edge = await fakeEdge((f, send, hangUp) => {
+    if (f.type === "hello") send({ ...welcome(f), compact: true });
+    else if (f.type === "members_sync") hangUp();
+  });
+  const c = await against(edge);
+  try {
+    await c.whenOnline();
+    let ended = false;
+    const sync = c.syncMembers("g").then(() => (ended = true));
+    while (edge.connections() < 3) await sleep(10);
+    assert.equal(ended, false, "still waiting while every connection is cut off mid-sync");
+    await c.stop();
+    await sync;
+    assert.equal(c.memberList("g"), undefined);
+  } finally {
+    await c.stop();
+    await edge.close();
+  }
+});
+
 test("an edge whose welcome does not say compact is never asked for it", async () => {
   const edge = await fakeEdge((f, send) => {
     if (f.type === "hello") {
