@@ -27,8 +27,8 @@ pub use projection::{
     Checkpoint, EntryKind, GroupRow, MemberRow, NewMessage, PrefsChange, Tombstone, Tx,
 };
 pub use read::{
-    ConversationRow, ConversationState, Fingerprint, MessageRow, Prefs, ReactionCount, UserState,
-    UsersKnown,
+    ConversationRow, ConversationState, EntryPage, Fingerprint, MessageRow, PageAt, Prefs,
+    ReactionCount, UserState, UsersKnown,
 };
 pub use search::message_terms;
 

@@ -96,6 +96,24 @@ pub struct ReactionCount {
     pub mine: bool,
 }
 
+/// Where a page of a conversation starts (see [`Store::page_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageAt {
+    /// Its entries after this seq, oldest first: messages and the changes to them.
+    After(u64),
+    /// Its messages before this seq (from the newest if 0), newest first.
+    Before(u64),
+}
+
+/// Entries of a conversation and the reactions on the messages among them, as of one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryPage {
+    /// The entries.
+    pub rows: Vec<MessageRow>,
+    /// The reactions on the messages among them, by message then emoji.
+    pub reactions: Vec<ReactionCount>,
+}
+
 /// Leaves out what the viewer (`$4`) deleted for themselves.
 const NOT_HIDDEN: &str = "AND NOT EXISTS (SELECT 1 FROM hidden_messages h \
      WHERE h.user_id = $4 AND h.conv_id = messages.conv_id AND h.seq = messages.seq)";
@@ -178,18 +196,33 @@ impl Store {
         limit: u32,
         viewer: &str,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS}
-             FROM messages WHERE conv_id = $1 AND seq > $2 {NOT_HIDDEN}
-             ORDER BY seq LIMIT $3"
-        )))
-        .bind(conv)
-        .bind(after as i64)
-        .bind(i64::from(limit))
-        .bind(viewer)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(message_row).collect()
+        entries_after(&self.pool, conv, after, limit, viewer).await
+    }
+
+    /// A page of `conv` as `viewer` sees it, with the reactions on its messages, read in one
+    /// snapshot. A message's `version` says which changes to it a device holds: counts read
+    /// apart from it could hold a reaction applied after it, which the device would count
+    /// again when the reaction's own entry comes.
+    pub async fn page_for(
+        &self,
+        conv: &str,
+        at: PageAt,
+        limit: u32,
+        viewer: &str,
+    ) -> Result<EntryPage, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let rows = match at {
+            PageAt::After(after) => entries_after(&mut *tx.tx, conv, after, limit, viewer).await?,
+            PageAt::Before(before) => {
+                messages_before(&mut *tx.tx, conv, before, limit, viewer).await?
+            }
+        };
+        let reactions = match message_span(&rows) {
+            Some((from, to)) => reaction_counts(&mut *tx.tx, conv, from, to, viewer).await?,
+            None => Vec::new(),
+        };
+        tx.commit().await?;
+        Ok(EntryPage { rows, reactions })
     }
 
     /// What `user` changed of their own state after USERS sequence `after`: their views of
@@ -579,31 +612,7 @@ impl Store {
         to: u64,
         user: &str,
     ) -> Result<Vec<ReactionCount>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.target, c.emoji, c.count,
-                    CASE WHEN r.user_id IS NULL THEN 0 ELSE 1 END AS mine
-             FROM reaction_counts c
-             LEFT JOIN reactions r ON r.conv_id = c.conv_id AND r.target = c.target
-                                  AND r.emoji = c.emoji AND r.user_id = $4
-             WHERE c.conv_id = $1 AND c.target >= $2 AND c.target <= $3
-             ORDER BY c.target, c.first_seq",
-        )
-        .bind(conv)
-        .bind(from as i64)
-        .bind(to as i64)
-        .bind(user)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ReactionCount {
-                    target: r.try_get::<i64, _>("target")? as u64,
-                    emoji: r.try_get("emoji")?,
-                    count: r.try_get::<i64, _>("count")?.max(0) as u64,
-                    mine: r.try_get::<i64, _>("mine")? != 0,
-                })
-            })
-            .collect()
+        reaction_counts(&self.pool, conv, from, to, user).await
     }
 
     /// Who reacted to message `target` with `emoji`, in the order they did, after the
@@ -921,19 +930,7 @@ impl Store {
         limit: u32,
         viewer: &str,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let before = if before == 0 { i64::MAX } else { before as i64 };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS}
-             FROM messages WHERE conv_id = $1 AND seq < $2 AND kind = 'message' {NOT_HIDDEN}
-             ORDER BY seq DESC LIMIT $3"
-        )))
-        .bind(conv)
-        .bind(before)
-        .bind(i64::from(limit))
-        .bind(viewer)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(message_row).collect()
+        messages_before(&self.pool, conv, before, limit, viewer).await
     }
 
     /// A sender's message by its client id (a retry older than the duplicate window).
@@ -1391,6 +1388,97 @@ fn diff_maps<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
             out.push(format!("{what} {k:?}: missing live, {r:?} rebuilt"));
         }
     }
+}
+
+/// The lowest and highest seq of the messages among `rows` (changes to messages left out).
+fn message_span(rows: &[MessageRow]) -> Option<(u64, u64)> {
+    let seqs = rows.iter().filter(|r| r.kind == EntryKind::Message);
+    let (from, to) = seqs.fold((u64::MAX, 0), |(lo, hi), r| (lo.min(r.seq), hi.max(r.seq)));
+    (from <= to).then_some((from, to))
+}
+
+/// Entries of `conv` after `after`, oldest first, at most `limit`, without what `viewer`
+/// deleted for themselves; read by `db` (the pool, or a transaction that reads more with
+/// them).
+async fn entries_after<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    conv: &str,
+    after: u64,
+    limit: u32,
+    viewer: &str,
+) -> Result<Vec<MessageRow>, StoreError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS}
+         FROM messages WHERE conv_id = $1 AND seq > $2 {NOT_HIDDEN}
+         ORDER BY seq LIMIT $3"
+    )))
+    .bind(conv)
+    .bind(after as i64)
+    .bind(i64::from(limit))
+    .bind(viewer)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(message_row).collect()
+}
+
+/// Messages of `conv` before `before` (all if 0), newest first, at most `limit`, without what
+/// `viewer` deleted for themselves; read by `db`.
+async fn messages_before<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    conv: &str,
+    before: u64,
+    limit: u32,
+    viewer: &str,
+) -> Result<Vec<MessageRow>, StoreError> {
+    let before = if before == 0 { i64::MAX } else { before as i64 };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS}
+         FROM messages WHERE conv_id = $1 AND seq < $2 AND kind = 'message' {NOT_HIDDEN}
+         ORDER BY seq DESC LIMIT $3"
+    )))
+    .bind(conv)
+    .bind(before)
+    .bind(i64::from(limit))
+    .bind(viewer)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(message_row).collect()
+}
+
+/// The reactions on messages `from..=to` of `conv`, with whether `user` is among those who
+/// reacted, by message then emoji; read by `db`.
+async fn reaction_counts<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    conv: &str,
+    from: u64,
+    to: u64,
+    user: &str,
+) -> Result<Vec<ReactionCount>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT c.target, c.emoji, c.count,
+                CASE WHEN r.user_id IS NULL THEN 0 ELSE 1 END AS mine
+         FROM reaction_counts c
+         LEFT JOIN reactions r ON r.conv_id = c.conv_id AND r.target = c.target
+                              AND r.emoji = c.emoji AND r.user_id = $4
+         WHERE c.conv_id = $1 AND c.target >= $2 AND c.target <= $3
+         ORDER BY c.target, c.first_seq",
+    )
+    .bind(conv)
+    .bind(from as i64)
+    .bind(to as i64)
+    .bind(user)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ReactionCount {
+                target: r.try_get::<i64, _>("target")? as u64,
+                emoji: r.try_get("emoji")?,
+                count: r.try_get::<i64, _>("count")?.max(0) as u64,
+                mine: r.try_get::<i64, _>("mine")? != 0,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -540,3 +540,155 @@ async fn a_state_answer_read_while_changes_apply_holds_what_its_version_counts()
     assert_eq!(receipts, all.receipts);
     store.close().await;
 }
+
+/// A page of a conversation carries each message with its `version` and the reactions on it;
+/// a device applies a later reaction entry only if it is past that version. Reactions
+/// applied while pages are read must be counted in the page or come after its versions,
+/// never both — on SQLite and on PostgreSQL — or the device counts one twice (or takes a
+/// removal off twice), and nothing corrects it.
+#[tokio::test]
+async fn a_page_read_while_reactions_apply_counts_each_reaction_once() {
+    use anchorage_store::{EntryKind, NewMessage, PageAt, Store, StoreOptions};
+    use std::collections::{BTreeMap, BTreeSet};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&StoreOptions {
+        url: anchorage_tests::fresh_database(dir.path()).await.unwrap(),
+        max_connections: 4,
+        sqlite_synchronous: "NORMAL",
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    const ENTRIES: u64 = 1_000;
+    let entry = |seq: u64, sender: &str, kind: EntryKind| NewMessage {
+        conv: "c".into(),
+        seq,
+        sender: sender.into(),
+        device: "d".into(),
+        client_msg_id: format!("e{seq}"),
+        body: "\"hi\"".into(),
+        client_ts: 1,
+        server_ts: 1,
+        event_id: format!("e{seq}"),
+        kind,
+        target: None,
+        reply_to: None,
+        mentions: Vec::new(),
+        emoji: None,
+        flag: None,
+        membership: None,
+        attachments: Vec::new(),
+        terms: None,
+    };
+    let writer = tokio::spawn({
+        let store = store.clone();
+        async move {
+            // Messages, and between them ten users toggling three emoji on the newest few,
+            // each change taking effect (as the projection decides them), one per commit.
+            let mut held = BTreeSet::new();
+            let mut messages = Vec::new();
+            let mut x = 7u64;
+            for seq in 1..=ENTRIES {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let mut tx = store.begin().await.unwrap();
+                if messages.is_empty() || (x >> 50).is_multiple_of(4) {
+                    tx.insert_message(&entry(seq, "alice", EntryKind::Message))
+                        .await
+                        .unwrap();
+                    messages.push(seq);
+                } else {
+                    let newest = &messages[messages.len().saturating_sub(4)..];
+                    let (target, user, emoji) = (
+                        newest[(x >> 33) as usize % newest.len()],
+                        format!("u{}", (x >> 20) % 10),
+                        ["👍", "🎉", "👀"][((x >> 40) % 3) as usize],
+                    );
+                    let added = held.insert((target, user.clone(), emoji));
+                    if !added {
+                        held.remove(&(target, user.clone(), emoji));
+                    }
+                    tx.insert_message(&NewMessage {
+                        target: Some(target),
+                        emoji: Some(emoji.into()),
+                        flag: Some(added),
+                        ..entry(seq, &user, EntryKind::Reaction)
+                    })
+                    .await
+                    .unwrap();
+                    let applied = tx.apply_reaction("c", target, &user, emoji, added, seq);
+                    assert!(applied.await.unwrap());
+                }
+                tx.commit().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    // A device following along, page after page from its anchor, as the SDKs do: a message
+    // with its version and counts, a reaction entry applied if past the message's version.
+    let mut anchor = 0;
+    let mut device: BTreeMap<u64, (u64, BTreeMap<String, i64>)> = BTreeMap::new();
+    let mut take = |page: anchorage_store::EntryPage| {
+        for row in &page.rows {
+            match row.kind {
+                EntryKind::Message => {
+                    let counts = page.reactions.iter().filter(|c| c.target == row.seq);
+                    let counts = counts.map(|c| (c.emoji.clone(), c.count as i64)).collect();
+                    device.insert(row.seq, (row.version.max(row.seq), counts));
+                }
+                EntryKind::Reaction => {
+                    let target = row.target.unwrap();
+                    let (version, counts) = device.get_mut(&target).unwrap();
+                    if row.seq > *version {
+                        let n = counts.entry(row.emoji.clone().unwrap()).or_default();
+                        *n += if row.flag == Some(true) { 1 } else { -1 };
+                        *version = row.seq;
+                    }
+                }
+                other => panic!("no {other:?} entries here"),
+            }
+        }
+        page.rows.last().map(|row| row.seq)
+    };
+    let mut pages = 0;
+    while !writer.is_finished() {
+        // Small pages, so messages and the reactions on them cross page boundaries.
+        let page = store.page_for("c", PageAt::After(anchor), 7, "u0").await;
+        anchor = take(page.unwrap()).unwrap_or(anchor);
+        pages += 1;
+    }
+    writer.await.unwrap();
+    while let Some(last) = take(
+        store
+            .page_for("c", PageAt::After(anchor), 500, "u0")
+            .await
+            .unwrap(),
+    ) {
+        anchor = last;
+    }
+    assert_eq!(anchor, ENTRIES);
+    let expected: BTreeMap<u64, BTreeMap<String, i64>> = store
+        .reaction_counts("c", 1, ENTRIES, "u0")
+        .await
+        .unwrap()
+        .into_iter()
+        .fold(BTreeMap::new(), |mut all, c| {
+            all.entry(c.target)
+                .or_default()
+                .insert(c.emoji, c.count as i64);
+            all
+        });
+    let held: BTreeMap<u64, BTreeMap<String, i64>> = device
+        .into_iter()
+        .map(|(seq, (_, counts))| (seq, counts.into_iter().filter(|(_, n)| *n != 0).collect()))
+        .filter(|(_, counts): &(u64, BTreeMap<String, i64>)| !counts.is_empty())
+        .collect();
+    assert!(pages > 10, "the device asked {pages} times only");
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(seq, counts)| held.get(seq) != Some(counts))
+        .map(|(seq, counts)| format!("#{seq}: {:?} held, {counts:?} stored", held.get(seq)))
+        .collect();
+    assert!(wrong.is_empty(), "after {pages} pages: {wrong:?}");
+    assert_eq!(held, expected);
+    store.close().await;
+}

@@ -10,7 +10,7 @@ use anchorage_protocol::{Done, Message, Messages, Reaction, Receipt, Receipts};
 use anchorage_schema::event::ReadMarked;
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{ConversationId, Envelope, EventId, Seq, now_ms};
-use anchorage_store::{EntryKind, MessageRow};
+use anchorage_store::{EntryKind, EntryPage, MessageRow, PageAt};
 
 use super::error::RequestError;
 use super::session::Session;
@@ -62,9 +62,49 @@ pub(super) fn message_view(row: MessageRow, reactions: Vec<Reaction>) -> Option<
     })
 }
 
+/// The entries of a page as clients see them: each message with the reactions on it read
+/// with it.
+pub(super) fn page_views(page: EntryPage) -> Vec<Message> {
+    let mut reactions: BTreeMap<u64, Vec<Reaction>> = BTreeMap::new();
+    for c in page.reactions {
+        reactions.entry(c.target).or_default().push(Reaction {
+            emoji: c.emoji,
+            count: c.count,
+            mine: c.mine,
+        });
+    }
+    page.rows
+        .into_iter()
+        .filter_map(|row| {
+            let r = reactions.remove(&row.seq).unwrap_or_default();
+            message_view(row, r)
+        })
+        .collect()
+}
+
+/// The answer carrying at most `limit` of the page's entries (read with one more, to know
+/// whether more remain) and at most [`PAGE_BYTES`] of bodies; `more` also when the history is
+/// `unsettled`.
+fn messages_page(
+    conv: ConversationId,
+    mut page: EntryPage,
+    limit: u32,
+    unsettled: bool,
+) -> Messages {
+    let more = page.rows.len() > limit as usize || unsettled;
+    page.rows.truncate(limit as usize);
+    let more = cut_to_bytes(&mut page.rows) || more;
+    Messages {
+        conv,
+        messages: page_views(page),
+        more,
+    }
+}
+
 impl EdgeState {
-    /// Entries as `user` sees them: each message with its reactions (and whether `user` is
-    /// among those who reacted).
+    /// Entries of one conversation as `user` sees them, each message with its reactions read
+    /// now (and whether `user` is among those who reacted): for answers that carry no version
+    /// a device goes on from (search results, a message's edits).
     pub(crate) async fn views(
         &self,
         rows: Vec<MessageRow>,
@@ -72,25 +112,13 @@ impl EdgeState {
     ) -> Result<Vec<Message>, RequestError> {
         let messages = rows.iter().filter(|r| r.kind == EntryKind::Message);
         let (from, to) = messages.fold((u64::MAX, 0), |(lo, hi), r| (lo.min(r.seq), hi.max(r.seq)));
-        let mut reactions: BTreeMap<u64, Vec<Reaction>> = BTreeMap::new();
+        let mut reactions = Vec::new();
         if from <= to
             && let Some(conv) = rows.first().map(|r| r.conv.clone())
         {
-            for c in self.store.reaction_counts(&conv, from, to, user).await? {
-                reactions.entry(c.target).or_default().push(Reaction {
-                    emoji: c.emoji,
-                    count: c.count,
-                    mine: c.mine,
-                });
-            }
+            reactions = self.store.reaction_counts(&conv, from, to, user).await?;
         }
-        Ok(rows
-            .into_iter()
-            .filter_map(|row| {
-                let r = reactions.remove(&row.seq).unwrap_or_default();
-                message_view(row, r)
-            })
-            .collect())
+        Ok(page_views(EntryPage { rows, reactions }))
     }
 }
 
@@ -135,19 +163,24 @@ impl Session {
         self.member(&conv)?;
         let settled = self.state.settled_conversation(&conv).await?;
         let limit = limit.unwrap_or(100).clamp(1, MAX_PAGE);
-        let rows = self
+        let page = self
             .state
             .store
-            .messages_after_for(conv.as_str(), after, limit + 1, self.claims.sub.as_str())
+            .page_for(
+                conv.as_str(),
+                PageAt::After(after),
+                limit + 1,
+                self.claims.sub.as_str(),
+            )
             .await?;
-        if !settled && rows.is_empty() {
+        if !settled && page.rows.is_empty() {
             // Nothing to show yet, and more may be coming: say when to ask again rather than
             // an empty page with `more`.
             return Err(RequestError::Overloaded(format!(
                 "the history of {conv} is catching up; sync again in a moment"
             )));
         }
-        self.messages_page(conv, rows, limit, !settled).await
+        Ok(messages_page(conv, page, limit, !settled))
     }
 
     pub(super) async fn history(&self, r: History) -> Result<Messages, RequestError> {
@@ -173,32 +206,17 @@ impl Session {
             )));
         }
         let limit = limit.unwrap_or(50).clamp(1, MAX_PAGE);
-        let rows = self
+        let page = self
             .state
             .store
-            .messages_before_for(conv.as_str(), before, limit + 1, self.claims.sub.as_str())
+            .page_for(
+                conv.as_str(),
+                PageAt::Before(before),
+                limit + 1,
+                self.claims.sub.as_str(),
+            )
             .await?;
-        self.messages_page(conv, rows, limit, false).await
-    }
-
-    /// The answer carrying at most `limit` of `rows` (read with one more, to know whether
-    /// more remain) and at most [`PAGE_BYTES`] of bodies; `more` also when the history is
-    /// `unsettled`.
-    async fn messages_page(
-        &self,
-        conv: ConversationId,
-        mut rows: Vec<MessageRow>,
-        limit: u32,
-        unsettled: bool,
-    ) -> Result<Messages, RequestError> {
-        let more = rows.len() > limit as usize || unsettled;
-        rows.truncate(limit as usize);
-        let more = cut_to_bytes(&mut rows) || more;
-        Ok(Messages {
-            conv,
-            messages: self.state.views(rows, self.claims.sub.as_str()).await?,
-            more,
-        })
+        Ok(messages_page(conv, page, limit, false))
     }
 
     /// Refuses a position past the conversation's last message: a marker there would hide

@@ -102,8 +102,10 @@ impl Session {
             } else {
                 0
             };
-            let last = store.messages_before_for(&s.conv, 0, 1, user).await?;
-            let last_message = self.state.views(last, user).await?.into_iter().next();
+            let last = store
+                .page_for(&s.conv, anchorage_store::PageAt::Before(0), 1, user)
+                .await?;
+            let last_message = super::messages::page_views(last).into_iter().next();
             changes.push(ConvChange {
                 conv,
                 last_seq,
