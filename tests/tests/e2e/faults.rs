@@ -1172,3 +1172,62 @@ async fn a_deleted_user_is_signed_out_removed_everywhere_and_not_recreated() {
     assert!(!store.user_active("bob").await.unwrap());
     stack.stack.stop().await.unwrap();
 }
+
+// An edge brings a connecting user's memberships from the projection up to the stream with
+// the membership events it keeps. While the projector is down, the dismissal of a group bob
+// is in and a new group with him in it are on the stream only: an edge that was up meanwhile,
+// and one started afterwards, both let him send to the new group and refuse the dismissed one.
+#[tokio::test]
+async fn memberships_the_projection_lacks_are_brought_in_for_a_user_who_connects() {
+    let nats = TestNats::start().await.unwrap();
+    let db_dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(db_dir.path()).await.unwrap();
+    let config = test_config(&nats.url(), &database);
+    let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
+    let store = stack.stack.store.clone();
+    let edge = TestEdge::start(&config).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(edge.addr, "alice", "d").await.unwrap();
+    alice
+        .request(create_group("old", "Old", &["bob"]))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "bob in old", || async {
+        store.member_role("old", "bob").await.ok().flatten()
+    })
+    .await
+    .unwrap();
+    let TestStack { stack, db_dir, .. } = stack;
+    stack.stop().await.unwrap();
+    alice
+        .ok(anchorage_protocol::request::DismissGroup {
+            group: group_id("old"),
+        })
+        .await
+        .unwrap();
+    alice
+        .request(create_group("new", "New", &["bob"]))
+        .await
+        .unwrap();
+    let later = TestEdge::start(&config).await.unwrap();
+    for (at, device) in [(edge.addr, "d1"), (later.addr, "d2")] {
+        let (mut bob, _) = WsClient::signed_in(at, "bob", device).await.unwrap();
+        // Taken once this edge's view holds the new group (until then: `overloaded`, to try
+        // again) — and so the dismissal before it.
+        let mut tries = 0;
+        let ack = loop {
+            match bob.request(send("new", device, false)).await.unwrap() {
+                ServerFrame::Error(e) if e.code == ErrorCode::Overloaded && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                answer => break ack_of(answer).unwrap_or_else(|| panic!("no ack at {device}")),
+            }
+        };
+        assert!(!ack.duplicate);
+        let refused = bob.refused(send("old", device, false)).await.unwrap();
+        assert_eq!(refused.code, ErrorCode::Forbidden, "{refused:?}");
+    }
+    later.stop().await.unwrap();
+    edge.stop().await.unwrap();
+    drop(db_dir);
+}

@@ -25,10 +25,24 @@ impl Hub {
             .subscribe_live(subjects::LIVE_MEMBERSHIP_ALL)
             .await?;
         self.bus.flush().await?;
-        // Nothing is connected yet: the view starts at the stream's end, and every event
-        // after it arrives live (or is fetched).
-        let start = self.bus.stream_state(stream::MEMBERSHIP).await?.last_seq.0;
-        self.advance(start, None);
+        // Nothing is connected yet: the view starts where the membership projection is (as
+        // far back as the view keeps events), and every event after it is fetched or arrives
+        // live — so a user who connects, read from the projection, is brought up to the view
+        // from the events it kept.
+        let end = self.bus.stream_state(stream::MEMBERSHIP).await?.last_seq.0;
+        let checkpoint = match self.store.checkpoint("membership").await {
+            Ok(checkpoint) => checkpoint.map_or(0, |c| c.last_seq),
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the membership checkpoint: starting at the stream's end");
+                end
+            }
+        };
+        let start = checkpoint.clamp(
+            end.saturating_sub(super::view::RECENT_MEMBERSHIP as u64),
+            end,
+        );
+        self.lock().view.restart_at(start);
+        self.position.send_replace(start);
         self.spawn(|hub, stop| async move {
             let mut check = tokio::time::interval(MEMBERSHIP_CHECK);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -131,7 +145,7 @@ impl Hub {
                 last,
                 "the membership stream was recreated: following it from its end"
             );
-            state.view.set_position(last);
+            state.view.restart_at(last);
             drop(state);
             self.position.send_replace(last);
         }

@@ -68,6 +68,11 @@ use watchers::Watchers;
 
 /// How long `hello` waits for the subscriptions of the user's conversations.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+/// How long `hello` waits for a membership projection that is further behind the stream than
+/// the edge keeps events, before the connection is closed (the client comes back later).
+const COVER_WAIT: Duration = Duration::from_secs(5);
+/// How often it looks again meanwhile.
+const COVER_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Default)]
 struct State {
@@ -307,13 +312,74 @@ impl Hub {
         conn: ConnHandle,
     ) -> anyhow::Result<HashSet<ConversationId>> {
         let user = conn.user.clone();
-        // Checkpoint first: every membership event after it is in the recent buffer or
-        // still to come on the live subscription.
-        let checkpoint = self
-            .store
-            .checkpoint("membership")
-            .await?
-            .map_or(0, |c| c.last_seq);
+        let mut conn = Some(conn);
+        let give_up = tokio::time::Instant::now() + COVER_WAIT;
+        let (convs, pending, subscribe) = loop {
+            // Checkpoint first: every membership event after it is in the view's recent
+            // buffer (while the view keeps it) or still to come on the live subscription.
+            let checkpoint = self
+                .store
+                .checkpoint("membership")
+                .await?
+                .map_or(0, |c| c.last_seq);
+            let read = if self.lock().view.is_tracked(&user) {
+                None
+            } else {
+                Some(self.memberships_of(&user).await?)
+            };
+            {
+                let mut state = self.lock();
+                let state = &mut *state;
+                let tracked = state.view.is_tracked(&user);
+                if tracked || (read.is_some() && state.view.covers(checkpoint)) {
+                    let mut subscribe = Vec::new();
+                    if let Some(conn) = conn.take() {
+                        state.registry.add(conn);
+                    }
+                    if let (false, Some((loaded, muted))) = (tracked, read) {
+                        let (convs, late_joins) =
+                            state.view.track(&user, loaded, muted, checkpoint);
+                        for conv in convs {
+                            subscribe.extend(state.interest.add(&user, conv, &self.stop));
+                        }
+                        // Joins the projection had not applied yet: the client hears of them
+                        // as live joins (once the subscription is in place), so it syncs them.
+                        for (seq, conv) in late_joins {
+                            let f = membership_frame(&conv, true, seq);
+                            if let Some((user, f)) = state.interest.hold(&conv, user.clone(), f) {
+                                state.registry.push_user(&user, &f);
+                            }
+                        }
+                    }
+                    let convs: HashSet<ConversationId> =
+                        state.view.conversations_of(&user).cloned().collect();
+                    let pending = state.interest.pending(&convs);
+                    break (convs, pending, subscribe);
+                }
+            }
+            // The projection is further behind than the view keeps events (or the view moved
+            // past it while it was read): its memberships could miss some the view can no
+            // longer replay.
+            anyhow::ensure!(
+                tokio::time::Instant::now() < give_up,
+                "the membership projection (at {checkpoint}) is further behind the stream than \
+                 this edge keeps events: connect again once it caught up"
+            );
+            tokio::time::sleep(COVER_POLL).await;
+        };
+        self.subscribe(subscribe);
+        for mut rx in pending {
+            let _ = tokio::time::timeout(SUBSCRIBE_WAIT, rx.wait_for(|ready| *ready)).await;
+        }
+        self.connected(&user).await;
+        Ok(convs)
+    }
+
+    /// `user`'s conversations as the membership projection holds them, and their mutes.
+    async fn memberships_of(
+        &self,
+        user: &UserId,
+    ) -> anyhow::Result<(HashSet<ConversationId>, HashMap<ConversationId, i64>)> {
         let mut loaded = HashSet::new();
         let mut muted = HashMap::new();
         for (conv, until) in self.store.conversations_of(user.as_str()).await? {
@@ -325,36 +391,7 @@ impl Hub {
             }
             loaded.insert(conv);
         }
-        let mut subscribe = Vec::new();
-        let (convs, pending) = {
-            let mut state = self.lock();
-            let state = &mut *state;
-            state.registry.add(conn);
-            if !state.view.is_tracked(&user) {
-                let (convs, late_joins) = state.view.track(&user, loaded, muted, checkpoint);
-                for conv in convs {
-                    subscribe.extend(state.interest.add(&user, conv, &self.stop));
-                }
-                // Joins the projection had not applied yet: the client hears of them as live
-                // joins (once the subscription is in place), so it syncs them.
-                for (seq, conv) in late_joins {
-                    let f = membership_frame(&conv, true, seq);
-                    if let Some((user, f)) = state.interest.hold(&conv, user.clone(), f) {
-                        state.registry.push_user(&user, &f);
-                    }
-                }
-            }
-            let convs: HashSet<ConversationId> =
-                state.view.conversations_of(&user).cloned().collect();
-            let pending = state.interest.pending(&convs);
-            (convs, pending)
-        };
-        self.subscribe(subscribe);
-        for mut rx in pending {
-            let _ = tokio::time::timeout(SUBSCRIBE_WAIT, rx.wait_for(|ready| *ready)).await;
-        }
-        self.connected(&user).await;
-        Ok(convs)
+        Ok((loaded, muted))
     }
 
     /// A connection of `user` opened here: their presence record says so, and on their first

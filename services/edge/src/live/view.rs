@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use anchorage_schema::{ConversationId, Envelope, Event, UserId};
 
 /// Membership events kept to close the gap between a projection read and the live stream.
-const RECENT_MEMBERSHIP: usize = 4096;
+pub(super) const RECENT_MEMBERSHIP: usize = 4096;
 
 /// What one membership event changed for a local user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,9 @@ pub(super) struct MembershipView {
     recent: VecDeque<(u64, Envelope)>,
     /// The last MEMBERSHIP sequence applied: every membership event up to it is in the view.
     position: u64,
+    /// Every event this view applied after this sequence is in `recent`: a projection read
+    /// at a checkpoint below it may miss events this view can no longer replay.
+    floor: u64,
 }
 
 impl MembershipView {
@@ -44,16 +47,31 @@ impl MembershipView {
         self.position
     }
 
-    /// Moves the position without an event (one this edge cannot decode, or a stream that
-    /// was recreated and is followed from its end).
+    /// Moves the position past events that change no membership (ones this edge cannot
+    /// decode, purged ones).
     pub fn set_position(&mut self, seq: u64) {
         self.position = seq;
     }
 
+    /// Follows the stream from `seq` on, with nothing to replay before it: at the start, or
+    /// on a stream that was recreated (the events kept are of the stream that was).
+    pub fn restart_at(&mut self, seq: u64) {
+        self.position = seq;
+        self.floor = seq;
+        self.recent.clear();
+    }
+
+    /// Whether a user's memberships read from the projection at `checkpoint` can be brought
+    /// up to this view's position: every event after it is still kept here.
+    pub fn covers(&self, checkpoint: u64) -> bool {
+        checkpoint >= self.floor
+    }
+
     /// Starts tracking `user` from the projection's view (`convs`, `muted`, as of the
-    /// membership projection's `checkpoint`), replaying the recent events the projection had
-    /// not applied. Returns the user's conversations and the joins replayed, with their seqs
-    /// (the client hears of them as live joins, so it syncs them).
+    /// membership projection's `checkpoint`, which this view [covers](Self::covers)),
+    /// replaying the recent events the projection had not applied. Returns the user's
+    /// conversations and the joins replayed that still hold, with their seqs (the client
+    /// hears of them as live joins, so it syncs them).
     pub fn track(
         &mut self,
         user: &UserId,
@@ -68,6 +86,15 @@ impl MembershipView {
         let mut late_joins = Vec::new();
         for (seq, env) in self.recent.iter().filter(|(seq, _)| *seq > checkpoint) {
             note_mute(&mut view, user, env);
+            // Left, removed or dismissed: no longer theirs, nor a join to tell of.
+            let gone = |view: &mut UserView, late: &mut Vec<(u64, ConversationId)>, conv| {
+                view.muted.retain(|(c, _)| *c != conv);
+                late.retain(|(_, c)| *c != conv);
+                view.convs.remove(&conv);
+            };
+            if let Event::GroupDismissed(d) = &env.event {
+                gone(&mut view, &mut late_joins, d.group.conversation());
+            }
             for (u, conv, joined) in membership_changes(env) {
                 if &u != user {
                     continue;
@@ -76,7 +103,7 @@ impl MembershipView {
                     view.convs.insert(conv.clone());
                     late_joins.push((*seq, conv));
                 } else {
-                    view.convs.remove(&conv);
+                    gone(&mut view, &mut late_joins, conv);
                 }
             }
         }
@@ -157,7 +184,9 @@ impl MembershipView {
         self.position = self.position.max(seq);
         self.recent.push_back((seq, env));
         while self.recent.len() > RECENT_MEMBERSHIP {
-            self.recent.pop_front();
+            if let Some((seq, _)) = self.recent.pop_front() {
+                self.floor = seq;
+            }
         }
         changes
     }
@@ -293,6 +322,61 @@ mod tests {
         // Tracked with the projection at 4: the join at 3 is in the projection already.
         view.untrack(&user("ann"));
         let (_, late) = view.track(&user("ann"), HashSet::new(), HashMap::new(), 4);
+        assert!(late.is_empty());
+    }
+
+    #[test]
+    fn a_dismissal_the_projection_had_not_applied_is_replayed() {
+        let mut view = MembershipView::default();
+        let other = GroupId::parse("h").unwrap();
+        view.apply(
+            3,
+            env(
+                3,
+                MembersAdded {
+                    group: other.clone(),
+                    members: vec![user("ann")],
+                },
+            ),
+        );
+        view.apply(4, env(4, GroupDismissed { group: group() }));
+        view.apply(5, env(5, GroupDismissed { group: other }));
+        // The projection had applied up to 2, with ann in g (and muted there): g was
+        // dismissed since, and h joined and dismissed — neither is hers, nor a join to tell.
+        let held = HashSet::from([conv("g")]);
+        let muted = HashMap::from([(conv("g"), 99)]);
+        let (convs, late) = view.track(&user("ann"), held, muted, 2);
+        assert!(convs.is_empty(), "{convs:?}");
+        assert!(late.is_empty(), "{late:?}");
+        assert!(!view.is_member(&user("ann"), &conv("g")));
+        assert_eq!(view.muted_until(&user("ann"), &conv("g")), None);
+    }
+
+    #[test]
+    fn a_checkpoint_is_covered_while_the_events_after_it_are_kept() {
+        let mut view = MembershipView::default();
+        view.restart_at(10);
+        assert!(view.covers(10));
+        assert!(!view.covers(9), "what came before the start is not kept");
+        let added = MembersAdded {
+            group: group(),
+            members: vec![user("ann")],
+        };
+        let last = 10 + RECENT_MEMBERSHIP as u64 + 5;
+        for seq in 11..=last {
+            view.apply(seq, env(seq, added.clone()));
+        }
+        // The oldest five went: a read at 14 could miss the event at 15, kept no more.
+        assert!(!view.covers(14));
+        assert!(view.covers(15));
+        assert!(view.covers(last));
+        // Events this edge cannot decode, or purged ones, change no membership.
+        view.set_position(last + 1);
+        assert!(view.covers(15));
+        // A recreated stream is followed from its end: nothing of the old one is replayed.
+        view.restart_at(3);
+        assert!(view.covers(3) && !view.covers(2));
+        let (_, late) = view.track(&user("ann"), HashSet::new(), HashMap::new(), 3);
         assert!(late.is_empty());
     }
 }
