@@ -384,13 +384,17 @@ impl Store {
                 .map(i64::to_string)
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = reachable_sql(&format!("d.seq IN ({among})"), "d.seq", "$3");
+            // The terms again: an edit applied since the candidates were read may have
+            // taken the words away, and this statement reads the documents as they are now.
+            let documents = format!("d.seq IN ({among}) AND d.terms @@ CAST($4 AS tsquery)");
+            let sql = reachable_sql(&documents, "d.seq", "$3");
             found.extend(
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .persistent(false)
                     .bind(s.conv.unwrap_or(""))
                     .bind(s.user)
                     .bind((limit - found.len().min(limit)) as i64)
+                    .bind(&query)
                     .fetch_all(&self.pool)
                     .await?,
             );

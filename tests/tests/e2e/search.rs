@@ -519,3 +519,69 @@ async fn a_search_waits_for_the_memberships_and_messages_stored_before_it() {
     projector.await.unwrap().unwrap();
     edge.stop().await.unwrap();
 }
+
+// A search reads its candidates and then what reached the user in two statements on
+// PostgreSQL: an edit applied in between must not make a message that no longer holds the
+// words a result. Searched over and over while one message's text goes back and forth.
+#[tokio::test]
+async fn a_message_edited_while_it_is_searched_is_found_only_holding_the_words() {
+    let nats = TestNats::start().await.unwrap();
+    let t = TestStack::start(&nats.url()).await.unwrap();
+    let (mut alice, _) = WsClient::signed_in(t.edge_addr(), "alice", "laptop")
+        .await
+        .unwrap();
+    alice
+        .ok(create_group("ops", "Ops", &["bob"]))
+        .await
+        .unwrap();
+    let m1 = say(&mut alice, "m1", json!("invoice due friday")).await;
+    let store = t.stack.store.clone();
+    projected(&store, "messages", m1).await;
+    const EDITS: usize = 200;
+    let editor = tokio::spawn(async move {
+        for n in 0..EDITS {
+            let text = if n % 2 == 0 {
+                "hello there"
+            } else {
+                "invoice due friday"
+            };
+            let edit = || Edit {
+                conv: conv_id("ops"),
+                seq: m1,
+                body: json!(text),
+            };
+            // At the pace the edge allows.
+            while let ServerFrame::Error(e) = alice.request(edit()).await.unwrap() {
+                assert_eq!(e.code, ErrorCode::RateLimited, "{e:?}");
+                let wait = e.retry_after_ms.unwrap_or(10);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+        }
+    });
+    let query = Query::parse("invoice").unwrap();
+    let (mut searches, mut hits) = (0, 0);
+    while !editor.is_finished() {
+        let found = store
+            .search(&anchorage_store::search::Search {
+                user: "bob",
+                query: &query,
+                conv: None,
+                before: 0,
+                limit: 20,
+            })
+            .await
+            .unwrap();
+        for f in &found {
+            assert!(
+                f.message.body.contains("invoice"),
+                "found holding {} after {searches} searches",
+                f.message.body
+            );
+            hits += 1;
+        }
+        searches += 1;
+    }
+    editor.await.unwrap();
+    assert!(hits > 10, "{hits} hits in {searches} searches");
+    t.stack.stop().await.unwrap();
+}
