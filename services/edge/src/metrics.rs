@@ -1,10 +1,10 @@
 //! Metrics in the Prometheus text format, served at `GET /metrics`.
 //!
 //! Counted as they happen: connections, requests by type and code, send-to-ack latency,
-//! slow-consumer closes (4008), server API requests, dead letters by code, NATS reconnects,
-//! webhook deliveries, before-send hook latency. Read at each scrape: bytes queued for
-//! sockets, each projection's lag behind its stream and each projector consumer's pending
-//! messages.
+//! slow-consumer closes (4008), sign-ins with uncovered memberships, server API requests,
+//! dead letters by code, NATS reconnects, webhook deliveries, before-send hook latency. Read
+//! at each scrape: bytes queued for sockets, each projection's lag behind its stream and each
+//! projector consumer's pending messages.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -60,6 +60,12 @@ impl Drop for Connected {
 /// static, so counting allocates nothing.
 pub fn request(kind: &'static str, code: &'static str) {
     metrics::counter!("anchorage_requests_total", "type" => kind, "code" => code).increment(1);
+}
+
+/// Counts a device signed in with memberships the projection and the edge's view did not
+/// bring together in time.
+pub fn uncovered_memberships() {
+    metrics::counter!("anchorage_edge_uncovered_memberships_total").increment(1);
 }
 
 /// Counts a send by its answer, and its time from arrival to acknowledgement.

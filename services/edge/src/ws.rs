@@ -295,7 +295,7 @@ async fn serve(
     );
     let writer = tokio::spawn(writer(sink, inbox, conn.clone()));
     let conn_id = conn.id;
-    match Box::pin(state.hub.register(conn.clone())).await {
+    match Box::pin(state.hub.register(conn.clone(), &state.progress)).await {
         Ok(_) => {}
         Err(err) => {
             tracing::warn!(error = format!("{err:#}"), "registering a connection");

@@ -472,6 +472,9 @@ export class Client {
      * once connected again (or ends when the client stops).
      */
     syncMembers(group) {
+        // A stopped client syncs nothing more: nobody would answer the waiter.
+        if (!this.running)
+            return Promise.resolve();
         return new Promise((resolve) => {
             const waiters = this.memberSyncs.get(group) ?? [];
             waiters.push(resolve);

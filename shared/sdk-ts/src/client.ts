@@ -579,6 +579,8 @@ export class Client {
    * once connected again (or ends when the client stops).
    */
   syncMembers(group: string): Promise<void> {
+    // A stopped client syncs nothing more: nobody would answer the waiter.
+    if (!this.running) return Promise.resolve();
     return new Promise((resolve) => {
       const waiters = this.memberSyncs.get(group) ?? [];
       waiters.push(resolve);

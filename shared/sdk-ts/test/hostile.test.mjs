@@ -392,6 +392,7 @@ test("a member sync waited for ends when the client stops, connected or not", as
     await c.stop();
     await sync;
     assert.equal(c.memberList("g"), undefined);
+    await c.syncMembers("g"); // asked after the stop: answered at once
   } finally {
     await c.stop();
     await edge.close();

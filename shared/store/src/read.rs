@@ -882,18 +882,20 @@ impl Store {
         &self,
         user: &str,
     ) -> Result<Vec<(String, Option<i64>)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT m.group_id, m.muted_until
-             FROM group_members m JOIN groups g ON g.group_id = m.group_id
-             WHERE m.user_id = $1 AND m.removed_seq IS NULL AND g.dismissed = 0
-             ORDER BY m.group_id",
-        )
-        .bind(user)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("group_id")?, r.try_get("muted_until")?)))
-            .collect()
+        conversations_of(&self.pool, user).await
+    }
+
+    /// The same, with the membership projection's checkpoint they are as of (0 before any):
+    /// read in one snapshot, so no event applied in between is both in them and after it.
+    pub async fn conversations_at(
+        &self,
+        user: &str,
+    ) -> Result<(u64, Vec<(String, Option<i64>)>), StoreError> {
+        let mut tx = self.begin_read().await?;
+        let checkpoint = tx.checkpoint("membership").await?.map_or(0, |c| c.last_seq);
+        let convs = conversations_of(&mut *tx.tx, user).await?;
+        tx.commit().await?;
+        Ok((checkpoint, convs))
     }
 
     /// The role of a current member, `None` for a non-member.
@@ -1388,6 +1390,25 @@ fn diff_maps<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
             out.push(format!("{what} {k:?}: missing live, {r:?} rebuilt"));
         }
     }
+}
+
+/// The groups `user` is a member of, not dismissed, with when their mute ends; read by `db`.
+async fn conversations_of<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    user: &str,
+) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT m.group_id, m.muted_until
+         FROM group_members m JOIN groups g ON g.group_id = m.group_id
+         WHERE m.user_id = $1 AND m.removed_seq IS NULL AND g.dismissed = 0
+         ORDER BY m.group_id",
+    )
+    .bind(user)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("group_id")?, r.try_get("muted_until")?)))
+        .collect()
 }
 
 /// The lowest and highest seq of the messages among `rows` (changes to messages left out).

@@ -86,10 +86,9 @@ impl Hub {
                 .await
             {
                 Ok(Some(stored)) => {
-                    tracing::info!(
-                        seq = next,
-                        "membership event fetched: its live copy was lost"
-                    );
+                    // At the start, the events after the projection's checkpoint; later, one
+                    // whose live copy was lost.
+                    tracing::debug!(seq = next, "membership event fetched from the stream");
                     self.advance(next, stored.ok());
                 }
                 Ok(None) => {

@@ -57,22 +57,26 @@ use anchorage_schema::event::{ReactionChanged, ReadMarked};
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{ConversationId, DeviceId, Envelope, Event, UserId};
 use anchorage_store::Store;
+
+use crate::progress::{Progress, Projection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use interest::{Interest, Subscribe};
 use registry::Registry;
-use view::{Change, MembershipView};
+use view::{Change, Coverage, MembershipView};
 use views::Views;
 use watchers::Watchers;
 
 /// How long `hello` waits for the subscriptions of the user's conversations.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
-/// How long `hello` waits for a membership projection that is further behind the stream than
-/// the edge keeps events, before the connection is closed (the client comes back later).
+/// How long `hello` waits for a membership projection further behind the stream than the
+/// edge keeps events, or for the edge's view to reach the projection.
 const COVER_WAIT: Duration = Duration::from_secs(5);
-/// How often it looks again meanwhile.
-const COVER_POLL: Duration = Duration::from_millis(50);
+
+/// A user's memberships as the projection holds them: its checkpoint, their conversations and
+/// their mutes.
+type Memberships = (u64, HashSet<ConversationId>, HashMap<ConversationId, i64>);
 
 #[derive(Debug, Default)]
 struct State {
@@ -307,65 +311,75 @@ impl Hub {
     /// Registers a connection and returns its user's conversations, once the live
     /// subscriptions of those conversations are in place: a message published after the
     /// client's view of the conversations is then either in that view or pushed.
-    pub async fn register(
+    ///
+    /// The user's memberships are read from the projection and brought up to this edge's
+    /// view with the membership events it keeps. A projection further behind than those, or
+    /// a view behind the projection, is waited for once (up to [`COVER_WAIT`]); then the read
+    /// is taken as it is, and the wait counted (`anchorage_edge_uncovered_memberships_total`).
+    pub(crate) async fn register(
         self: &Arc<Self>,
         conn: ConnHandle,
+        progress: &Progress,
     ) -> anyhow::Result<HashSet<ConversationId>> {
         let user = conn.user.clone();
         let mut conn = Some(conn);
-        let give_up = tokio::time::Instant::now() + COVER_WAIT;
+        let mut waited = false;
+        // A read kept while the view catches up with it.
+        let mut kept = None;
         let (convs, pending, subscribe) = loop {
-            // Checkpoint first: every membership event after it is in the view's recent
-            // buffer (while the view keeps it) or still to come on the live subscription.
-            let checkpoint = self
-                .store
-                .checkpoint("membership")
-                .await?
-                .map_or(0, |c| c.last_seq);
-            let read = if self.lock().view.is_tracked(&user) {
-                None
-            } else {
-                Some(self.memberships_of(&user).await?)
+            let read = match kept.take() {
+                Some(read) => Some(read),
+                None if self.lock().view.is_tracked(&user) => None,
+                None => Some(self.memberships_of(&user).await?),
             };
-            {
+            let coverage = {
                 let mut state = self.lock();
-                let state = &mut *state;
-                let tracked = state.view.is_tracked(&user);
-                if tracked || (read.is_some() && state.view.covers(checkpoint)) {
-                    let mut subscribe = Vec::new();
+                let coverage = match &read {
+                    _ if state.view.is_tracked(&user) => Coverage::Covered,
+                    // Their last connection closed since: read again.
+                    None => continue,
+                    Some((checkpoint, ..)) => state.view.covers(*checkpoint),
+                };
+                if coverage == Coverage::Covered || waited {
+                    if coverage != Coverage::Covered {
+                        crate::metrics::uncovered_memberships();
+                        tracing::warn!(
+                            %user,
+                            ?coverage,
+                            "the membership projection and this edge's view did not meet in \
+                             time: the user's memberships are taken as the projection holds them"
+                        );
+                    }
                     if let Some(conn) = conn.take() {
                         state.registry.add(conn);
                     }
-                    if let (false, Some((loaded, muted))) = (tracked, read) {
-                        let (convs, late_joins) =
-                            state.view.track(&user, loaded, muted, checkpoint);
-                        for conv in convs {
-                            subscribe.extend(state.interest.add(&user, conv, &self.stop));
-                        }
-                        // Joins the projection had not applied yet: the client hears of them
-                        // as live joins (once the subscription is in place), so it syncs them.
-                        for (seq, conv) in late_joins {
-                            let f = membership_frame(&conv, true, seq);
-                            if let Some((user, f)) = state.interest.hold(&conv, user.clone(), f) {
-                                state.registry.push_user(&user, &f);
-                            }
-                        }
-                    }
-                    let convs: HashSet<ConversationId> =
-                        state.view.conversations_of(&user).cloned().collect();
-                    let pending = state.interest.pending(&convs);
-                    break (convs, pending, subscribe);
+                    break self.admit(&mut state, &user, read);
                 }
+                coverage
+            };
+            // One wait, then the read is taken whatever it misses (a projection still behind)
+            // or holds twice (live changes the view applies after it).
+            waited = true;
+            match coverage {
+                Coverage::ProjectionBehind(floor) => {
+                    progress
+                        .reached(Projection::Membership, floor, COVER_WAIT)
+                        .await?;
+                }
+                Coverage::ViewBehind => {
+                    let checkpoint = read.as_ref().map_or(0, |(checkpoint, ..)| *checkpoint);
+                    let mut position = self.position.subscribe();
+                    tokio::select! {
+                        _ = tokio::time::timeout(
+                            COVER_WAIT,
+                            position.wait_for(|p| *p >= checkpoint),
+                        ) => {}
+                        _ = self.stop.cancelled() => anyhow::bail!("shutting down"),
+                    }
+                    kept = read;
+                }
+                Coverage::Covered => {}
             }
-            // The projection is further behind than the view keeps events (or the view moved
-            // past it while it was read): its memberships could miss some the view can no
-            // longer replay.
-            anyhow::ensure!(
-                tokio::time::Instant::now() < give_up,
-                "the membership projection (at {checkpoint}) is further behind the stream than \
-                 this edge keeps events: connect again once it caught up"
-            );
-            tokio::time::sleep(COVER_POLL).await;
         };
         self.subscribe(subscribe);
         for mut rx in pending {
@@ -375,14 +389,46 @@ impl Hub {
         Ok(convs)
     }
 
-    /// `user`'s conversations as the membership projection holds them, and their mutes.
-    async fn memberships_of(
+    /// Tracks `user` from `read` (their memberships as the projection holds them, and its
+    /// checkpoint) unless they are tracked already; returns their conversations, the
+    /// subscriptions to wait for, and those to start.
+    fn admit(
         &self,
+        state: &mut State,
         user: &UserId,
-    ) -> anyhow::Result<(HashSet<ConversationId>, HashMap<ConversationId, i64>)> {
+        read: Option<Memberships>,
+    ) -> (
+        HashSet<ConversationId>,
+        Vec<tokio::sync::watch::Receiver<bool>>,
+        Vec<Subscribe>,
+    ) {
+        let mut subscribe = Vec::new();
+        if let (false, Some((checkpoint, loaded, muted))) = (state.view.is_tracked(user), read) {
+            let (convs, late_joins) = state.view.track(user, loaded, muted, checkpoint);
+            for conv in convs {
+                subscribe.extend(state.interest.add(user, conv, &self.stop));
+            }
+            // Joins the projection had not applied yet: the client hears of them as live
+            // joins (once the subscription is in place), so it syncs them.
+            for (seq, conv) in late_joins {
+                let f = membership_frame(&conv, true, seq);
+                if let Some((user, f)) = state.interest.hold(&conv, user.clone(), f) {
+                    state.registry.push_user(&user, &f);
+                }
+            }
+        }
+        let convs: HashSet<ConversationId> = state.view.conversations_of(user).cloned().collect();
+        let pending = state.interest.pending(&convs);
+        (convs, pending, subscribe)
+    }
+
+    /// `user`'s conversations as the membership projection holds them, their mutes, and the
+    /// projection's checkpoint they are as of.
+    async fn memberships_of(&self, user: &UserId) -> anyhow::Result<Memberships> {
         let mut loaded = HashSet::new();
         let mut muted = HashMap::new();
-        for (conv, until) in self.store.conversations_of(user.as_str()).await? {
+        let (checkpoint, convs) = self.store.conversations_at(user.as_str()).await?;
+        for (conv, until) in convs {
             let Ok(conv) = ConversationId::parse(conv) else {
                 continue;
             };
@@ -391,7 +437,7 @@ impl Hub {
             }
             loaded.insert(conv);
         }
-        Ok((loaded, muted))
+        Ok((checkpoint, loaded, muted))
     }
 
     /// A connection of `user` opened here: their presence record says so, and on their first

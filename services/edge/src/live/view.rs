@@ -11,6 +11,17 @@ use anchorage_schema::{ConversationId, Envelope, Event, UserId};
 /// Membership events kept to close the gap between a projection read and the live stream.
 pub(super) const RECENT_MEMBERSHIP: usize = 4096;
 
+/// How a projection read relates to the view (see [`MembershipView::covers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Coverage {
+    /// The view can bring it up to its position.
+    Covered,
+    /// The view no longer keeps the events after it: the projection must reach this first.
+    ProjectionBehind(u64),
+    /// It holds events the view has yet to apply (which would reach the user twice).
+    ViewBehind,
+}
+
 /// What one membership event changed for a local user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Change {
@@ -62,9 +73,16 @@ impl MembershipView {
     }
 
     /// Whether a user's memberships read from the projection at `checkpoint` can be brought
-    /// up to this view's position: every event after it is still kept here.
-    pub fn covers(&self, checkpoint: u64) -> bool {
-        checkpoint >= self.floor
+    /// exactly to this view's position: every event after it is still kept here, and none of
+    /// those the view has yet to apply is in the read already.
+    pub fn covers(&self, checkpoint: u64) -> Coverage {
+        if checkpoint < self.floor {
+            Coverage::ProjectionBehind(self.floor)
+        } else if checkpoint > self.position {
+            Coverage::ViewBehind
+        } else {
+            Coverage::Covered
+        }
     }
 
     /// Starts tracking `user` from the projection's view (`convs`, `muted`, as of the
@@ -356,8 +374,13 @@ mod tests {
     fn a_checkpoint_is_covered_while_the_events_after_it_are_kept() {
         let mut view = MembershipView::default();
         view.restart_at(10);
-        assert!(view.covers(10));
-        assert!(!view.covers(9), "what came before the start is not kept");
+        assert_eq!(view.covers(10), Coverage::Covered);
+        assert_eq!(
+            view.covers(9),
+            Coverage::ProjectionBehind(10),
+            "what came before the start is not kept"
+        );
+        assert_eq!(view.covers(11), Coverage::ViewBehind);
         let added = MembersAdded {
             group: group(),
             members: vec![user("ann")],
@@ -367,15 +390,17 @@ mod tests {
             view.apply(seq, env(seq, added.clone()));
         }
         // The oldest five went: a read at 14 could miss the event at 15, kept no more.
-        assert!(!view.covers(14));
-        assert!(view.covers(15));
-        assert!(view.covers(last));
+        assert_eq!(view.covers(14), Coverage::ProjectionBehind(15));
+        assert_eq!(view.covers(15), Coverage::Covered);
+        assert_eq!(view.covers(last), Coverage::Covered);
         // Events this edge cannot decode, or purged ones, change no membership.
         view.set_position(last + 1);
-        assert!(view.covers(15));
+        assert_eq!(view.covers(15), Coverage::Covered);
+        assert_eq!(view.covers(last + 1), Coverage::Covered);
         // A recreated stream is followed from its end: nothing of the old one is replayed.
         view.restart_at(3);
-        assert!(view.covers(3) && !view.covers(2));
+        assert_eq!(view.covers(3), Coverage::Covered);
+        assert_eq!(view.covers(2), Coverage::ProjectionBehind(3));
         let (_, late) = view.track(&user("ann"), HashSet::new(), HashMap::new(), 3);
         assert!(late.is_empty());
     }
