@@ -78,7 +78,13 @@ export declare class Store {
     private writes;
     private constructor();
     static open(backend?: Backend): Promise<Store>;
-    /** Writes records in order; resolves once they are kept. */
+    /**
+     * Writes records in order; resolves once they are kept. The records are taken as they are
+     * now: a later change to the same objects (an anchor moved by the next push) is not written
+     * ahead of the records that go with it. After a write fails, every later one fails too —
+     * memory is ahead of what is kept, and nothing may be acknowledged on top of it — until the
+     * store is opened again from what was kept.
+     */
     private persist;
     private conv;
     anchors(): Array<{

@@ -129,10 +129,17 @@ export class Store {
             await store.persist(split);
         return store;
     }
-    /** Writes records in order; resolves once they are kept. */
+    /**
+     * Writes records in order; resolves once they are kept. The records are taken as they are
+     * now: a later change to the same objects (an anchor moved by the next push) is not written
+     * ahead of the records that go with it. After a write fails, every later one fails too —
+     * memory is ahead of what is kept, and nothing may be acknowledged on top of it — until the
+     * store is opened again from what was kept.
+     */
     persist(batch) {
-        const next = this.writes.then(() => this.backend.write(batch));
-        this.writes = next.catch(() => undefined);
+        const taken = batch.map(([k, v]) => [k, v === undefined ? undefined : structuredClone(v)]);
+        const next = this.writes.then(() => this.backend.write(taken));
+        this.writes = next;
         return next;
     }
     conv(conv) {
@@ -225,8 +232,8 @@ export class Store {
         const targets = new Map();
         for (const { target } of [...deltas, ...mine]) {
             const m = find(list, target);
-            // A message not held (older than the copy) has nothing to change.
-            if (!m || (m.kind ?? "message") !== "message")
+            // A message not held (older than the copy), or revoked, has nothing to change.
+            if (!m || (m.kind ?? "message") !== "message" || m.revoked)
                 continue;
             if ((m.version ?? m.seq) > prev)
                 return false;
@@ -477,24 +484,32 @@ function applyEntry(list, e, me) {
     const target = e.target === undefined || e.target === null ? undefined : find(list, e.target);
     if (!target || (target.kind ?? "message") !== "message")
         return undefined;
-    // A copy read in its current state already reflects the entries up to its version.
-    if (e.seq <= (target.version ?? target.seq))
+    // A copy read in its current state already reflects the entries up to its version; a
+    // revoked message (a tombstone) never changes again.
+    if (e.seq <= (target.version ?? target.seq) || target.revoked)
         return undefined;
     target.version = e.seq;
     switch (kind) {
         case "edit":
-            if (!target.revoked) {
-                target.body = e.body;
-                target.edits = (target.edits ?? 0) + 1;
-            }
+            target.body = e.body;
+            target.edits = (target.edits ?? 0) + 1;
             break;
         case "revoke":
+            // What the server's tombstone keeps: nothing of the text, its references, files, pin
+            // or reactions.
             target.revoked = true;
             target.body = null;
             target.attachments = [];
+            target.pinned = false;
+            target.reactions = [];
+            target.edits = 0;
+            delete target.reply_to;
+            delete target.mentions;
+            delete target.mention_all;
             break;
         case "pin":
-            target.pinned = e.added ?? true;
+            // A pin entry says `pinned` (left out when false: an unpin).
+            target.pinned = e.pinned === true;
             break;
         case "reaction": {
             const emoji = e.emoji ?? "";

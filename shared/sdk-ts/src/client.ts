@@ -611,6 +611,9 @@ export class Client {
         const list = this.store.memberList(group);
         return list ? { group, epoch: list.epoch, version: list.version, digest: computed(list).total.toWire() } : { group };
       });
+      // The version each diff is computed from: it applies to that copy only, not to one a
+      // live change moved meanwhile.
+      const asked = new Map(entries.map((e) => [e.group, "version" in e ? e.version : undefined]));
       const a = await this.ask({ type: "members_sync_batch", groups: entries, budget_bytes: budgetBytes });
       if (a.type !== "members_batch") return;
       const again: string[] = [];
@@ -619,7 +622,8 @@ export class Client {
         if (r.result === "unchanged") this.emit("members", { group: r.group, version: this.store.memberList(r.group)?.version ?? 0, how: "unchanged" });
         else if (r.result === "diff") {
           const list = this.store.memberList(r.group);
-          const ok = list && list.epoch === r.epoch && (await this.store.changeMembers(r.group, list.version, r.version, r.upserts, r.removed));
+          const from = asked.get(r.group);
+          const ok = list && from !== undefined && list.epoch === r.epoch && (await this.store.changeMembers(r.group, from, r.version, r.upserts, r.removed));
           const matches = !r.digest || computed(this.store.memberList(r.group)!).total.toWire() === r.digest;
           if (ok && !r.more && matches) this.emit("members", { group: r.group, version: r.version, how: "diff" });
           else again.push(r.group);

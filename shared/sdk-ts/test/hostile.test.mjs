@@ -399,6 +399,34 @@ test("a member sync waited for ends when the client stops, connected or not", as
   }
 });
 
+test("a batch diff applies only to the copy it was computed from, not to one a live change moved meanwhile", async () => {
+  // The copy is at version 1 ({u0}). The batch is asked from 1; before its answer, a live
+  // change makes u1 an admin at version 3; the answer is the diff 1 → 2 (u1 a plain member).
+  const digest = SetDigest.of(["u0", "u1"]).toWire();
+  const edge = await fakeEdge((f, send) => {
+    if (f.type === "hello") send({ ...welcome(f), compact: true });
+    else if (f.type === "members_sync" && !f.epoch) send({ type: "members_page", id: f.id, group: "g", epoch: "e1", anchor: 1, members: ["u0"] });
+    else if (f.type === "members_sync") send({ type: "members_unchanged", id: f.id });
+    else if (f.type === "members_sync_batch") {
+      send({ type: "members_changed", group: "g", prev: 1, version: 3, digest, change: { upserts: [{ user: "u1", role: "admin" }], removed: [] } });
+      send({ type: "members_batch", id: f.id, results: [{ group: "g", result: "diff", epoch: "e1", version: 2, digest, upserts: [{ user: "u1" }], removed: [], more: false }] });
+    }
+  });
+  const c = await against(edge);
+  try {
+    await c.whenOnline();
+    await c.syncMembers("g");
+    assert.equal(c.memberList("g").version, 1);
+    await c.syncMembersBatch(["g"]);
+    const list = c.memberList("g");
+    assert.equal(list.version, 3, "not taken back to the diff's version");
+    assert.equal(list.members.get("u1")?.role, "admin", "the later change holds");
+  } finally {
+    await c.stop();
+    await edge.close();
+  }
+});
+
 test("an edge whose welcome does not say compact is never asked for it", async () => {
   const edge = await fakeEdge((f, send) => {
     if (f.type === "hello") {

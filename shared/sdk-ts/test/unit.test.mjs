@@ -150,3 +150,52 @@ test("a member change applies only at its version", async () => {
   assert.deepEqual([...list.members.keys()].sort(), ["b", "c"]);
   assert.ok(list.digest.total.equals(SetDigest.of(["b", "c"])));
 });
+
+test("changes apply as the server's copy has them: an unpin unpins, a revoke leaves a bare tombstone that takes no later change", async () => {
+  const store = await Store.open(new MemoryBackend());
+  const m = (seq, kind, extra = {}) => ({ conv: "g", seq, sender: "bob", device: "d", client_msg_id: `c${seq}`, body: `m${seq}`, client_ts: seq, server_ts: seq, kind, ...extra });
+  await store.append("g", [m(1), m(2, "pin", { target: 1, pinned: true }), m(3, "reaction", { target: 1, emoji: "👍", added: true })], 3, "alice");
+  let [one] = store.messagesOf("g");
+  assert.equal(one.pinned, true);
+  assert.deepEqual(one.reactions, [{ emoji: "👍", count: 1 }]);
+  // An unpin entry leaves `pinned` out (false).
+  await store.append("g", [m(4, "pin", { target: 1 })], 4, "alice");
+  [one] = store.messagesOf("g");
+  assert.equal(one.pinned, false, "unpinned");
+  await store.append("g", [m(5, "pin", { target: 1, pinned: true }), m(6, "revoke", { target: 1, body: null })], 6, "alice");
+  [one] = store.messagesOf("g");
+  assert.deepEqual([one.revoked, one.body, one.pinned, one.reactions, one.edits], [true, null, false, [], 0]);
+  // A change decided before the revoke and stored after it changes nothing.
+  await store.append("g", [m(7, "reaction", { target: 1, emoji: "🎉", added: true }), m(8, "edit", { target: 1, body: "back" }), m(9, "pin", { target: 1, pinned: true })], 9, "alice");
+  [one] = store.messagesOf("g");
+  assert.deepEqual([one.revoked, one.body, one.pinned, one.reactions, one.version], [true, null, false, [], 6]);
+  assert.equal(await store.applyReactions("g", 9, 10, [{ target: 1, emoji: "👀", delta: 1 }], []), true);
+  assert.deepEqual(store.messagesOf("g")[0].reactions, [], "a coalesced reaction passes a tombstone by");
+});
+
+test("a write keeps the records as they were when asked for, and after a failed write nothing more is written", async () => {
+  // A backend that takes its time, keeps what it is given as JSON, and fails when told to.
+  const kept = [];
+  let fail = false;
+  const backend = {
+    load: async () => new Map(),
+    write: async (batch) => {
+      await new Promise((r) => setTimeout(r, 20));
+      if (fail) throw new Error("disk full");
+      kept.push(JSON.parse(JSON.stringify(batch)));
+    },
+  };
+  const store = await Store.open(backend);
+  const m = (seq) => ({ conv: "g", seq, sender: "bob", device: "d", client_msg_id: `c${seq}`, body: `m${seq}`, client_ts: seq, server_ts: seq });
+  // The second append moves the anchor while the first is still on its way.
+  const first = store.append("g", [m(1)], 1, "alice");
+  const second = store.append("g", [m(2)], 2, "alice");
+  await Promise.all([first, second]);
+  const anchors = kept.map((batch) => batch.find(([k]) => k === "c:g")[1].anchor);
+  assert.deepEqual(anchors, [1, 2], "each write holds the anchor that goes with its entries");
+  fail = true;
+  await assert.rejects(store.append("g", [m(3)], 3, "alice"));
+  fail = false;
+  await assert.rejects(store.append("g", [m(4)], 4, "alice"), "memory is ahead of what is kept: nothing more is written on top of it");
+  assert.equal(kept.length, 2);
+});
