@@ -252,6 +252,7 @@ async fn follow(addr: SocketAddr, name: String, mut ws: Ws) -> anyhow::Result<(u
         let anchors = vec![ConvAnchor {
             conv: big.clone(),
             seq: anchor,
+            read: None,
         }];
         let (mut ws, welcome) = match sign_in(addr, &config, &name, anchors).await {
             Ok(ok) => ok,

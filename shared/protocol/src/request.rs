@@ -350,6 +350,11 @@ pub struct ConvAnchor {
     pub conv: ConversationId,
     /// The client's highest contiguous seq in it.
     pub seq: u64,
+    /// The read marker the client holds for it: a conversation whose marker moved past it (a
+    /// read on another device while this one was away) is summarized even with no new
+    /// message. Without it, only new messages make a conversation summarized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<u64>,
 }
 
 /// `send`: a message. Retries reuse `client_msg_id` and get the same `seq`.

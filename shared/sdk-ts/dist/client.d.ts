@@ -182,8 +182,13 @@ export declare class Client {
     revoke(conv: string, seq: number): Promise<number | undefined>;
     /** Adds (or with `remove`, takes back) the user's reaction to message `seq`. */
     react(conv: string, seq: number, emoji: string, remove?: boolean): Promise<number | undefined>;
-    /** Moves the read marker (forward only); the user's other devices follow. */
+    /**
+     * Moves the read marker (forward only); the user's other devices follow. A marker the
+     * server did not confirm (the client stopped, the request failed) is sent again each time
+     * the client connects, until it does.
+     */
     markRead(conv: string, seq: number): Promise<void>;
+    private sendRead;
     /** Older messages than the device holds (newest first), straight from the server. */
     history(conv: string, before: number, limit?: number): Promise<Message[]>;
     openDirect(peer: string): Promise<string>;

@@ -408,11 +408,28 @@ export class Client {
     async react(conv, seq, emoji, remove = false) {
         return okSeq(await this.ask({ type: "react", conv, seq, emoji, ...(remove ? { remove: true } : {}) }));
     }
-    /** Moves the read marker (forward only); the user's other devices follow. */
+    /**
+     * Moves the read marker (forward only); the user's other devices follow. A marker the
+     * server did not confirm (the client stopped, the request failed) is sent again each time
+     * the client connects, until it does.
+     */
     async markRead(conv, seq) {
-        if (await this.store.setRead(conv, seq)) {
+        if (await this.store.setRead(conv, seq))
             this.emit("read", { conv, seq });
-            await this.ask({ type: "read", conv, seq });
+        if (this.store.unsentReads().some(([c]) => c === conv))
+            await this.sendRead(conv, this.store.readSeq(conv));
+    }
+    async sendRead(conv, seq) {
+        try {
+            const answer = await this.ask({ type: "read", conv, seq });
+            if (answer.type === "ok")
+                await this.store.readHeld(conv, seq);
+        }
+        catch (e) {
+            // Refused for good (no longer a member, past the conversation's end): not sent again.
+            if (e instanceof RequestError && !PASSING.includes(e.code))
+                await this.store.readHeld(conv, seq);
+            throw e;
         }
     }
     /** Older messages than the device holds (newest first), straight from the server. */
@@ -636,6 +653,10 @@ export class Client {
             this.emit("connected", { ...this.me });
             for (const w of this.connectedWaiters.splice(0))
                 w();
+            // Read markers the server did not confirm before: again (a failure waits for the next
+            // connection).
+            for (const [conv, seq] of this.store.unsentReads())
+                void this.sendRead(conv, seq).catch(() => undefined);
             // Member lists synced before are checked again, and their live changes come here.
             for (const g of this.subscribed)
                 if (!this.memberSyncs.has(g))
@@ -912,6 +933,7 @@ export class Client {
             case "read":
                 if (await this.store.setRead(p.conv, p.seq))
                     this.emit("read", { conv: p.conv, seq: p.seq });
+                await this.store.readHeld(p.conv, p.seq);
                 return;
             case "membership":
                 if (p.joined) {

@@ -72,6 +72,12 @@ export type ConvAnchor = {
      */
     conv: ConversationId;
     /**
+     * The read marker the client holds for it: a conversation whose marker moved past it (a
+     * read on another device while this one was away) is summarized even with no new
+     * message. Without it, only new messages make a conversation summarized.
+     */
+    read?: number | null;
+    /**
      * The client's highest contiguous seq in it.
      */
     seq: number;

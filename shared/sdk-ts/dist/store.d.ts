@@ -25,6 +25,12 @@ export interface Conversation {
     anchor: number;
     /** The user's read marker. */
     readSeq: number;
+    /**
+     * The read marker the server is known to hold (it confirmed or told it); one moved past it
+     * on this device is sent again until it does. Absent in stores written before it was kept:
+     * taken as `readSeq` then.
+     */
+    readSent?: number;
     /** The conversation's last seq, as far as known. */
     lastSeq: number;
     /** Unread messages as the server counted them, for conversations not pulled yet. */
@@ -87,9 +93,11 @@ export declare class Store {
      */
     private persist;
     private conv;
+    /** Each conversation held: its anchor, and the read marker held there. */
     anchors(): Array<{
         conv: string;
         seq: number;
+        read: number;
     }>;
     anchor(conv: string): number;
     readSeq(conv: string): number;
@@ -100,6 +108,10 @@ export declare class Store {
     /** Lists a conversation the user is in, before any message of it is held. */
     join(conv: string): Promise<void>;
     setRead(conv: string, seq: number): Promise<boolean>;
+    /** The server holds the read marker `seq` of `conv` (it confirmed it, or told it). */
+    readHeld(conv: string, seq: number): Promise<void>;
+    /** Read markers moved on this device that the server is not known to hold. */
+    unsentReads(): Array<[string, number]>;
     forget(conv: string): Promise<void>;
     /**
      * Stores entries of `conv` (oldest first) that continue the chain up to `through`, and

@@ -151,8 +151,9 @@ export class Store {
         return c;
     }
     // Conversations.
+    /** Each conversation held: its anchor, and the read marker held there. */
     anchors() {
-        return [...this.convs.values()].filter((c) => c.anchor > 0).map((c) => ({ conv: c.conv, seq: c.anchor }));
+        return [...this.convs.values()].filter((c) => c.anchor > 0).map((c) => ({ conv: c.conv, seq: c.anchor, read: c.readSeq }));
     }
     anchor(conv) {
         return this.convs.get(conv)?.anchor ?? 0;
@@ -164,6 +165,7 @@ export class Store {
     async summarize(conv, lastSeq, readSeq, unread, lastMessage) {
         const c = this.conv(conv);
         c.lastSeq = Math.max(c.lastSeq, lastSeq);
+        c.readSent = Math.max(c.readSent ?? c.readSeq, readSeq);
         c.readSeq = Math.max(c.readSeq, readSeq);
         c.serverUnread = unread;
         if (lastMessage)
@@ -184,9 +186,22 @@ export class Store {
         const c = this.conv(conv);
         if (seq <= c.readSeq)
             return false;
+        c.readSent ??= c.readSeq;
         c.readSeq = seq;
         await this.persist([[`c:${conv}`, c]]);
         return true;
+    }
+    /** The server holds the read marker `seq` of `conv` (it confirmed it, or told it). */
+    async readHeld(conv, seq) {
+        const c = this.convs.get(conv);
+        if (!c || seq <= (c.readSent ?? c.readSeq))
+            return;
+        c.readSent = seq;
+        await this.persist([[`c:${conv}`, c]]);
+    }
+    /** Read markers moved on this device that the server is not known to hold. */
+    unsentReads() {
+        return [...this.convs.values()].filter((c) => c.readSeq > (c.readSent ?? c.readSeq)).map((c) => [c.conv, c.readSeq]);
     }
     async forget(conv) {
         const held = this.messages.get(conv) ?? [];

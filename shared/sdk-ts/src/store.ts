@@ -73,6 +73,12 @@ export interface Conversation {
   anchor: number;
   /** The user's read marker. */
   readSeq: number;
+  /**
+   * The read marker the server is known to hold (it confirmed or told it); one moved past it
+   * on this device is sent again until it does. Absent in stores written before it was kept:
+   * taken as `readSeq` then.
+   */
+  readSent?: number;
   /** The conversation's last seq, as far as known. */
   lastSeq: number;
   /** Unread messages as the server counted them, for conversations not pulled yet. */
@@ -212,8 +218,9 @@ export class Store {
 
   // Conversations.
 
-  anchors(): Array<{ conv: string; seq: number }> {
-    return [...this.convs.values()].filter((c) => c.anchor > 0).map((c) => ({ conv: c.conv, seq: c.anchor }));
+  /** Each conversation held: its anchor, and the read marker held there. */
+  anchors(): Array<{ conv: string; seq: number; read: number }> {
+    return [...this.convs.values()].filter((c) => c.anchor > 0).map((c) => ({ conv: c.conv, seq: c.anchor, read: c.readSeq }));
   }
 
   anchor(conv: string): number {
@@ -228,6 +235,7 @@ export class Store {
   async summarize(conv: string, lastSeq: number, readSeq: number, unread: number, lastMessage?: Message | null): Promise<void> {
     const c = this.conv(conv);
     c.lastSeq = Math.max(c.lastSeq, lastSeq);
+    c.readSent = Math.max(c.readSent ?? c.readSeq, readSeq);
     c.readSeq = Math.max(c.readSeq, readSeq);
     c.serverUnread = unread;
     if (lastMessage) c.lastMessage = lastMessage;
@@ -248,9 +256,23 @@ export class Store {
   async setRead(conv: string, seq: number): Promise<boolean> {
     const c = this.conv(conv);
     if (seq <= c.readSeq) return false;
+    c.readSent ??= c.readSeq;
     c.readSeq = seq;
     await this.persist([[`c:${conv}`, c]]);
     return true;
+  }
+
+  /** The server holds the read marker `seq` of `conv` (it confirmed it, or told it). */
+  async readHeld(conv: string, seq: number): Promise<void> {
+    const c = this.convs.get(conv);
+    if (!c || seq <= (c.readSent ?? c.readSeq)) return;
+    c.readSent = seq;
+    await this.persist([[`c:${conv}`, c]]);
+  }
+
+  /** Read markers moved on this device that the server is not known to hold. */
+  unsentReads(): Array<[string, number]> {
+    return [...this.convs.values()].filter((c) => c.readSeq > (c.readSent ?? c.readSeq)).map((c) => [c.conv, c.readSeq]);
   }
 
   async forget(conv: string): Promise<void> {

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test as nodeTest } from "node:test";
 
-import { Client, SetDigest } from "../dist/index.js";
+import { Client, MemoryBackend, SetDigest, Store } from "../dist/index.js";
 import { fakeEdge, message, welcome } from "./fake-edge.mjs";
 
 const test = (title, fn) => nodeTest(title, { timeout: 30_000 }, fn);
@@ -423,6 +423,48 @@ test("a batch diff applies only to the copy it was computed from, not to one a l
     assert.equal(list.members.get("u1")?.role, "admin", "the later change holds");
   } finally {
     await c.stop();
+    await edge.close();
+  }
+});
+
+test("a read marker the server never confirmed is sent again by the next client on the same store, until it is", async () => {
+  // The edge holds "g" up to 9 for bob; the first connection's reads go unanswered.
+  let answering = false;
+  const reads = [];
+  const edge = await fakeEdge((f, send) => {
+    if (f.type === "hello") send(welcome(f, f.anchors?.length ? [] : [{ conv: "g", last_seq: 9, unread: 9, read_seq: 0 }]));
+    else if (f.type === "sync") send({ type: "messages", id: f.id, conv: "g", messages: f.after < 9 ? [message("g", 9, "hi")] : [], more: false });
+    else if (f.type === "read") {
+      reads.push([f.conv, f.seq, answering]);
+      if (answering) send({ type: "ok", id: f.id, conv: f.conv, seq: f.seq });
+    }
+  });
+  const backend = new MemoryBackend();
+  const open = async () => Client.start({ url: edge.url, token: () => "t", backoffBaseMs: 50, backoffMaxMs: 200, store: await Store.open(backend) });
+  try {
+    const first = await open();
+    await first.whenOnline();
+    while (first.store.anchor("g") < 9) await sleep(10);
+    const marked = first.markRead("g", 9).catch(() => "stopped");
+    while (reads.length < 1) await sleep(10);
+    await first.stop();
+    assert.equal(await marked, "stopped");
+    assert.equal(first.store.readSeq("g"), 9, "kept on the device");
+
+    answering = true;
+    const second = await open();
+    await second.whenOnline();
+    while (reads.length < 2) await sleep(10);
+    assert.deepEqual(reads[1], ["g", 9, true], "sent again once connected");
+    await sleep(100);
+    await second.stop();
+
+    const third = await open();
+    await third.whenOnline();
+    await sleep(300);
+    await third.stop();
+    assert.equal(reads.length, 2, "confirmed: not sent again");
+  } finally {
     await edge.close();
   }
 });

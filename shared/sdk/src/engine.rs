@@ -262,10 +262,11 @@ impl Engine {
                 .await
                 .map_err(|_| lost(None))?
                 .into_iter()
-                .filter_map(|(conv, seq)| {
+                .filter_map(|(conv, seq, read)| {
                     Some(ConvAnchor {
                         conv: ConversationId::parse(conv).ok()?,
                         seq,
+                        read: Some(read),
                     })
                 })
                 .collect();

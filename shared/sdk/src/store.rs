@@ -134,13 +134,20 @@ impl LocalStore {
         Ok(row.map_or(0, |r| r.get::<i64, _>("seq") as u64))
     }
 
-    pub async fn anchors(&self) -> Result<Vec<(String, u64)>, SdkError> {
-        let rows = sqlx::query("SELECT conv, seq FROM anchors ORDER BY conv")
-            .fetch_all(&self.pool)
-            .await?;
+    /// Each conversation held: its anchor, and the read marker held there (0: none).
+    pub async fn anchors(&self) -> Result<Vec<(String, u64, u64)>, SdkError> {
+        let rows = sqlx::query(
+            "SELECT a.conv, a.seq, COALESCE(r.seq, 0) AS read_seq
+             FROM anchors a LEFT JOIN read_markers r ON r.conv = a.conv ORDER BY a.conv",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .iter()
-            .map(|r| (r.get("conv"), r.get::<i64, _>("seq") as u64))
+            .map(|r| {
+                let seq = |c: &str| r.get::<i64, _>(c).max(0) as u64;
+                (r.get("conv"), seq("seq"), seq("read_seq"))
+            })
             .collect())
     }
 

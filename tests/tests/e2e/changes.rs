@@ -366,6 +366,7 @@ async fn edits_revokes_reactions_and_pins_reach_every_device_in_their_place() {
     h.anchors = vec![ConvAnchor {
         conv: conv_id("ops"),
         seq: 0,
+        read: None,
     }];
     let ReplyBody::Welcome(welcome) = tablet.reply(h).await.unwrap() else {
         panic!("no welcome")

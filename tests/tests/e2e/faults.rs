@@ -908,6 +908,7 @@ async fn welcome_tells_the_truth_while_the_projector_is_down() {
             anchors: vec![ConvAnchor {
                 conv: conv_id("g"),
                 seq,
+                read: None,
             }],
             ..hello(token("bob", "d2", 60))
         })

@@ -315,6 +315,7 @@ async fn direct_chats_reads_across_devices_and_reconnect_summaries() {
             anchors: vec![ConvAnchor {
                 conv: conv_id(&conv),
                 seq: last,
+                read: None,
             }],
             ..hello(token("bob", "tablet", 60))
         })
@@ -324,6 +325,36 @@ async fn direct_chats_reads_across_devices_and_reconnect_summaries() {
         panic!("no welcome: {w:?}")
     };
     assert_eq!(w.changes, vec![], "{w:?}");
+    // One that also says which read marker it holds hears of a marker moved past it (read on
+    // another device while it was away), with no new message; of its own, nothing.
+    for (held, listed) in [(0, true), (third, false)] {
+        let mut c = WsClient::connect(e2).await.unwrap();
+        let w = c
+            .reply(Hello {
+                anchors: vec![ConvAnchor {
+                    conv: conv_id(&conv),
+                    seq: last,
+                    read: Some(held),
+                }],
+                ..hello(token("bob", "tablet", 60))
+            })
+            .await
+            .unwrap();
+        let ReplyBody::Welcome(w) = w else {
+            panic!("no welcome: {w:?}")
+        };
+        let read: Vec<_> = w
+            .changes
+            .iter()
+            .map(|c| (c.conv.as_str(), c.read_seq))
+            .collect();
+        let expected = if listed {
+            vec![(conv.as_str(), third)]
+        } else {
+            vec![]
+        };
+        assert_eq!(read, expected, "holding read marker {held}: {w:?}");
+    }
     t.edge2.stop().await.unwrap();
 }
 

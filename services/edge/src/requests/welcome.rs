@@ -31,10 +31,10 @@ impl Session {
             .await?
             .last_seq;
         let projected = self.state.messages_projected(end).await?;
-        let anchors: HashMap<&str, u64> = hello
+        let anchors: HashMap<&str, (u64, Option<u64>)> = hello
             .anchors
             .iter()
-            .map(|a| (a.conv.as_str(), a.seq))
+            .map(|a| (a.conv.as_str(), (a.seq, a.read)))
             .collect();
         let user = self.claims.sub.as_str();
         let mut states = store
@@ -77,10 +77,10 @@ impl Session {
         }
         let mut changes = Vec::new();
         for s in states {
-            let anchor = anchors
+            let (anchor, read) = anchors
                 .get(s.conv.as_str())
                 .copied()
-                .unwrap_or(s.delivered_seq);
+                .unwrap_or((s.delivered_seq, None));
             let Ok(conv) = ConversationId::parse(s.conv.clone()) else {
                 continue;
             };
@@ -89,7 +89,9 @@ impl Session {
             } else {
                 self.state.conversation_end(&conv).await?.0.max(s.last_seq)
             };
-            if last_seq <= anchor {
+            // Nothing new, and no read marker past the one the device holds (a read on
+            // another device while it was away reaches it here, or never).
+            if last_seq <= anchor && read.is_none_or(|read| s.read_seq <= read) {
                 continue;
             }
             let unread = store
