@@ -550,14 +550,20 @@ impl Engine {
 
     /// Stores a page of the user's own state; asks for the next one if more remain.
     async fn take_state(&self, state: &anchorage_protocol::UserState) -> Result<(), End> {
-        self.store
+        let applied = self
+            .store
             .apply_state(state)
             .await
             .map_err(|_| lost(None))?;
-        self.state_sync.store(state.more, Ordering::SeqCst);
-        self.emit(ClientEvent::StateChanged {
-            version: state.version,
-        });
+        // More to come: ask again. A catch-up a live change asked for meanwhile stays asked
+        // for; an answer older than the live changes applied since changes nothing (what came
+        // after those comes live, or shows a gap that asks).
+        self.state_sync.fetch_or(state.more, Ordering::SeqCst);
+        if applied {
+            self.emit(ClientEvent::StateChanged {
+                version: state.version,
+            });
+        }
         Ok(())
     }
 

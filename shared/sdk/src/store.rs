@@ -286,8 +286,16 @@ impl LocalStore {
     /// Applies a page of the user's own state (from `welcome` or `user_state`): whole views
     /// of conversations, messages deleted for oneself, privacy; the store is then at its
     /// version.
-    pub async fn apply_state(&self, state: &UserState) -> Result<(), SdkError> {
+    pub async fn apply_state(&self, state: &UserState) -> Result<bool, SdkError> {
         let mut tx = self.pool.begin().await?;
+        let held = sqlx::query("SELECT value FROM meta WHERE key = 'state_version'")
+            .fetch_optional(&mut *tx)
+            .await?
+            .map_or(0, |r| r.get::<i64, _>("value").max(0) as u64);
+        if state.version < held {
+            // Read before live changes this device applied since: it holds all of it already.
+            return Ok(false);
+        }
         for p in &state.prefs {
             sqlx::query(
                 "INSERT INTO prefs (conv, pinned, archived, muted_until, draft, notify)
@@ -315,7 +323,7 @@ impl LocalStore {
         set_meta(&mut tx, "presence", i64::from(state.presence)).await?;
         set_meta(&mut tx, "state_version", state.version as i64).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Applies one live change of the user's own state, at `version`.
@@ -582,7 +590,10 @@ impl LocalStore {
             .bind(seq as i64)
             .execute(&mut *tx)
             .await?;
-        insert_message(&mut tx, &(own, seq)).await?;
+        // The server's copy may differ from what was sent (a before-send hook replaced the
+        // body, mentions come sorted): this copy is provisional, version 0, and the first copy
+        // from the server takes its place — and one already here stays.
+        insert_row(&mut tx, &own, Stored::Provisional).await?;
         finish_command(&mut tx, command_id, None).await?;
         tx.commit().await?;
         Ok(())
@@ -754,7 +765,35 @@ async fn insert_message(
     entry: &(LocalMessage, u64),
 ) -> Result<(), SdkError> {
     let (m, version) = entry;
+    insert_row(tx, m, Stored::Version(*version)).await
+}
+
+/// How a message row is stored.
+#[derive(Debug, Clone, Copy)]
+enum Stored {
+    /// As the server has it at this version: replaces an older state.
+    Version(u64),
+    /// The device's own copy of what it sent, until the server's comes: never replaces one.
+    Provisional,
+}
+
+async fn insert_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    m: &LocalMessage,
+    stored: Stored,
+) -> Result<(), SdkError> {
     let Some(seq) = m.seq else { return Ok(()) };
+    let (version, on_conflict) = match stored {
+        Stored::Version(version) => (
+            version.max(seq) as i64,
+            "DO UPDATE
+             SET body = excluded.body, refs = excluded.refs, edits = excluded.edits,
+                 revoked = excluded.revoked, pinned = excluded.pinned,
+                 reactions = excluded.reactions, version = excluded.version
+             WHERE excluded.version > messages.version",
+        ),
+        Stored::Provisional => (0, "DO NOTHING"),
+    };
     let hidden = sqlx::query("SELECT 1 AS one FROM hidden WHERE conv = $1 AND seq = $2")
         .bind(&m.conv)
         .bind(seq as i64)
@@ -763,16 +802,13 @@ async fn insert_message(
     if hidden.is_some() {
         return Ok(());
     }
-    sqlx::query(
+    // Only a fixed clause is formatted into the statement.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO messages (conv, seq, sender, device, client_msg_id, body, client_ts, server_ts,
                                refs, edits, revoked, pinned, reactions, version)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-         ON CONFLICT (conv, seq) DO UPDATE
-         SET body = excluded.body, refs = excluded.refs, edits = excluded.edits,
-             revoked = excluded.revoked, pinned = excluded.pinned,
-             reactions = excluded.reactions, version = excluded.version
-         WHERE excluded.version > messages.version",
-    )
+         ON CONFLICT (conv, seq) {on_conflict}"
+    )))
     .bind(&m.conv)
     .bind(seq as i64)
     .bind(&m.sender)
@@ -786,7 +822,7 @@ async fn insert_message(
     .bind(i64::from(m.revoked))
     .bind(i64::from(m.pinned))
     .bind(serde_json::to_string(&m.reactions).unwrap_or_else(|_| "[]".into()))
-    .bind((*version).max(seq) as i64)
+    .bind(version)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -941,4 +977,97 @@ async fn device_push(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, body: &str, mentions: &[&str]) -> LocalMessage {
+        LocalMessage {
+            conv: "g".into(),
+            seq: Some(seq),
+            sender: "alice".into(),
+            device: "d".into(),
+            client_msg_id: "m-1".into(),
+            body: serde_json::json!(body),
+            client_ts: 1,
+            server_ts: Some(2),
+            refs: Refs {
+                mentions: mentions.iter().map(|m| m.to_string()).collect(),
+                ..Refs::default()
+            },
+            edits: 0,
+            revoked: false,
+            pinned: false,
+            reactions: Vec::new(),
+        }
+    }
+
+    /// A state answer read before live changes the device applied since changes nothing:
+    /// neither the prefs those set nor the version they reached.
+    #[tokio::test]
+    async fn a_state_answer_older_than_what_the_device_holds_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&dir.path().join("s.db")).await.unwrap();
+        let change = StateChange::Prefs {
+            conv: "g".into(),
+            pinned: Some(true),
+            archived: None,
+            muted_until: None,
+            draft: Some("new".into()),
+            notify: None,
+        };
+        store.apply_state_change(&change, 5).await.unwrap();
+        let older = UserState {
+            prefs: vec![ConvPrefs {
+                conv: "g".into(),
+                pinned: false,
+                archived: false,
+                muted_until: None,
+                draft: Some("old".into()),
+                notify: None,
+            }],
+            hidden: Vec::new(),
+            push: Vec::new(),
+            receipts: true,
+            presence: true,
+            version: 3,
+            more: false,
+        };
+        assert!(!store.apply_state(&older).await.unwrap());
+        let prefs = store.prefs("g").await.unwrap();
+        assert_eq!((prefs.pinned, prefs.draft.as_deref()), (true, Some("new")));
+        assert_eq!(store.state_version().await.unwrap(), 5);
+        let newer = UserState {
+            version: 5,
+            ..older
+        };
+        assert!(
+            store.apply_state(&newer).await.unwrap(),
+            "as new as held: taken"
+        );
+    }
+
+    /// The device's copy of a message it sent gives way to the server's, which may differ
+    /// (a before-send hook replaced the body; mentions come sorted) — whichever comes first.
+    #[tokio::test]
+    async fn the_servers_copy_of_an_own_message_replaces_the_one_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&dir.path().join("s.db")).await.unwrap();
+        let sent = message(5, "my card is 4111 1111 1111 1111", &["zoe", "bob"]);
+        let server = message(5, "my card is [redacted]", &["bob", "zoe"]);
+        // Acknowledged first, then its live copy (or a sync) brings the server's.
+        store.settle_acked(1, 1, sent.clone()).await.unwrap();
+        let entry = Entry::Message(Box::new((server.clone(), 5)));
+        store.append("g", &[entry], 5, "alice").await.unwrap();
+        assert_eq!(store.messages("g").await.unwrap(), vec![server.clone()]);
+        // The server's copy first, then the acknowledgement: it stays.
+        let other = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&other.path().join("s.db")).await.unwrap();
+        let entry = Entry::Message(Box::new((server.clone(), 5)));
+        store.append("g", &[entry], 5, "alice").await.unwrap();
+        store.settle_acked(1, 1, sent).await.unwrap();
+        assert_eq!(store.messages("g").await.unwrap(), vec![server]);
+    }
 }
