@@ -44,6 +44,14 @@ export interface ClientEvents {
         code: number;
         reason: string;
     };
+    /**
+     * A write to the local store failed: the client stopped, since what it holds in memory is
+     * ahead of what the store kept (nothing is acknowledged on top of that). Open the store
+     * again (`Store.open`) and start a client on it.
+     */
+    storeFailed: {
+        error: string;
+    };
     /** Entries of a conversation were stored; the local copy reaches `seq`. */
     messages: {
         conv: string;
@@ -116,6 +124,8 @@ export declare class Client {
     /** Conversations not listed yet whose sync a push started (a first message). */
     private pulled;
     private memberSyncs;
+    /** Read markers on their way to the server, by conversation. */
+    private reading;
     /** How often in a row each member sync has yielded still moving. */
     private memberSyncResumes;
     /** A member sync just yielded: the next step goes to the rest of the work. */
@@ -188,6 +198,10 @@ export declare class Client {
      * the client connects, until it does.
      */
     markRead(conv: string, seq: number): Promise<void>;
+    /**
+     * Sends the read marker of `conv` until the server holds it: one request at a time per
+     * conversation, each with the marker as it is then (a marker moved meanwhile goes next).
+     */
     private sendRead;
     /** Older messages than the device holds (newest first), straight from the server. */
     history(conv: string, before: number, limit?: number): Promise<Message[]>;

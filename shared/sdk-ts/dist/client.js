@@ -229,6 +229,8 @@ export class Client {
     /** Conversations not listed yet whose sync a push started (a first message). */
     pulled = new Set();
     memberSyncs = new Map();
+    /** Read markers on their way to the server, by conversation. */
+    reading = new Map();
     /** How often in a row each member sync has yielded still moving. */
     memberSyncResumes = new Map();
     /** A member sync just yielded: the next step goes to the rest of the work. */
@@ -264,6 +266,12 @@ export class Client {
     static async start(options) {
         const client = new Client(options, options.store ?? (await Store.open()));
         client.running = true;
+        client.store.whenFailed((e) => {
+            if (!client.running)
+                return;
+            client.emit("storeFailed", { error: e.message });
+            void client.stop();
+        });
         void client.run();
         return client;
     }
@@ -341,7 +349,12 @@ export class Client {
      */
     async send(conv, body, refs = {}) {
         const clientMsgId = refs.clientMsgId ?? randomId();
-        await this.store.enqueue({ clientMsgId, conv, body, clientTs: Date.now(), replyTo: refs.replyTo, mentions: refs.mentions });
+        // Kept as it goes on the wire: JSON (a body that is not — a function, a cycle — is refused
+        // here, not left to jam the outbox).
+        const json = body === undefined ? undefined : JSON.stringify(body);
+        if (json === undefined)
+            throw new RequestError("invalid_request", "a message body must be JSON");
+        await this.store.enqueue({ clientMsgId, conv, body: JSON.parse(json), clientTs: Date.now(), replyTo: refs.replyTo, mentions: refs.mentions });
         this.wake();
         return clientMsgId;
     }
@@ -416,21 +429,41 @@ export class Client {
     async markRead(conv, seq) {
         if (await this.store.setRead(conv, seq))
             this.emit("read", { conv, seq });
-        if (this.store.unsentReads().some(([c]) => c === conv))
-            await this.sendRead(conv, this.store.readSeq(conv));
+        await this.sendRead(conv);
     }
-    async sendRead(conv, seq) {
-        try {
-            const answer = await this.ask({ type: "read", conv, seq });
-            if (answer.type === "ok")
-                await this.store.readHeld(conv, seq);
-        }
-        catch (e) {
-            // Refused for good (no longer a member, past the conversation's end): not sent again.
-            if (e instanceof RequestError && !PASSING.includes(e.code))
-                await this.store.readHeld(conv, seq);
-            throw e;
-        }
+    /**
+     * Sends the read marker of `conv` until the server holds it: one request at a time per
+     * conversation, each with the marker as it is then (a marker moved meanwhile goes next).
+     */
+    sendRead(conv) {
+        const pending = this.reading.get(conv);
+        if (pending)
+            return pending;
+        const sending = (async () => {
+            try {
+                while (this.store.readUnsent(conv)) {
+                    const seq = this.store.readSeq(conv);
+                    try {
+                        const answer = await this.ask({ type: "read", conv, seq });
+                        if (answer.type !== "ok")
+                            return;
+                        await this.store.readHeld(conv, seq);
+                    }
+                    catch (e) {
+                        // Refused for good (no longer a member, past the conversation's end): not sent
+                        // again. A passing refusal waits for the next connection.
+                        if (e instanceof RequestError && !PASSING.includes(e.code))
+                            await this.store.readHeld(conv, seq);
+                        throw e;
+                    }
+                }
+            }
+            finally {
+                this.reading.delete(conv);
+            }
+        })();
+        this.reading.set(conv, sending);
+        return sending;
     }
     /** Older messages than the device holds (newest first), straight from the server. */
     async history(conv, before, limit = 50) {
@@ -655,8 +688,8 @@ export class Client {
                 w();
             // Read markers the server did not confirm before: again (a failure waits for the next
             // connection).
-            for (const [conv, seq] of this.store.unsentReads())
-                void this.sendRead(conv, seq).catch(() => undefined);
+            for (const conv of this.store.unsentReads())
+                void this.sendRead(conv).catch(() => undefined);
             // Member lists synced before are checked again, and their live changes come here.
             for (const g of this.subscribed)
                 if (!this.memberSyncs.has(g))

@@ -92,6 +92,11 @@ export declare class Store {
      * store is opened again from what was kept.
      */
     private persist;
+    /** The write that failed, once one did: the store keeps nothing more until opened again. */
+    failure: Error | null;
+    private onFailure;
+    /** Calls `f` once a write fails (at once if one did). */
+    whenFailed(f: (e: Error) => void): void;
     private conv;
     /** Each conversation held: its anchor, and the read marker held there. */
     anchors(): Array<{
@@ -110,8 +115,10 @@ export declare class Store {
     setRead(conv: string, seq: number): Promise<boolean>;
     /** The server holds the read marker `seq` of `conv` (it confirmed it, or told it). */
     readHeld(conv: string, seq: number): Promise<void>;
-    /** Read markers moved on this device that the server is not known to hold. */
-    unsentReads(): Array<[string, number]>;
+    /** Conversations whose read marker moved on this device past what the server is known to hold. */
+    unsentReads(): string[];
+    /** Whether the read marker of `conv` moved past what the server is known to hold. */
+    readUnsent(conv: string): boolean;
     forget(conv: string): Promise<void>;
     /**
      * Stores entries of `conv` (oldest first) that continue the chain up to `through`, and

@@ -136,11 +136,37 @@ export class Store {
      * memory is ahead of what is kept, and nothing may be acknowledged on top of it — until the
      * store is opened again from what was kept.
      */
-    persist(batch) {
-        const taken = batch.map(([k, v]) => [k, v === undefined ? undefined : structuredClone(v)]);
-        const next = this.writes.then(() => this.backend.write(taken));
+    persist(batch, fresh = false) {
+        let next;
+        try {
+            // `fresh`: records made for this write alone, which nothing changes afterwards.
+            const taken = fresh ? batch : batch.map(([k, v]) => [k, v === undefined ? undefined : structuredClone(v)]);
+            next = this.writes.then(() => this.backend.write(taken));
+        }
+        catch (e) {
+            next = Promise.reject(e);
+        }
+        if (!this.failure) {
+            next.catch((e) => {
+                if (this.failure)
+                    return;
+                this.failure = e instanceof Error ? e : new Error(String(e));
+                for (const f of this.onFailure)
+                    f(this.failure);
+            });
+        }
         this.writes = next;
         return next;
+    }
+    /** The write that failed, once one did: the store keeps nothing more until opened again. */
+    failure = null;
+    onFailure = [];
+    /** Calls `f` once a write fails (at once if one did). */
+    whenFailed(f) {
+        if (this.failure)
+            f(this.failure);
+        else
+            this.onFailure.push(f);
     }
     conv(conv) {
         let c = this.convs.get(conv);
@@ -199,9 +225,14 @@ export class Store {
         c.readSent = seq;
         await this.persist([[`c:${conv}`, c]]);
     }
-    /** Read markers moved on this device that the server is not known to hold. */
+    /** Conversations whose read marker moved on this device past what the server is known to hold. */
     unsentReads() {
-        return [...this.convs.values()].filter((c) => c.readSeq > (c.readSent ?? c.readSeq)).map((c) => [c.conv, c.readSeq]);
+        return [...this.convs.values()].filter((c) => c.readSeq > (c.readSent ?? c.readSeq)).map((c) => c.conv);
+    }
+    /** Whether the read marker of `conv` moved past what the server is known to hold. */
+    readUnsent(conv) {
+        const c = this.convs.get(conv);
+        return c !== undefined && c.readSeq > (c.readSent ?? c.readSeq);
     }
     async forget(conv) {
         const held = this.messages.get(conv) ?? [];
@@ -219,6 +250,8 @@ export class Store {
         const list = this.messages.get(conv) ?? [];
         // Each entry is its own record: a write costs what it changes, not the whole history.
         const changed = new Map();
+        // Edits of a message revoked since: their text goes with it, as on the server.
+        const erased = new Map();
         for (const e of entries) {
             if (e.seq <= c.anchor)
                 continue;
@@ -226,14 +259,26 @@ export class Store {
             changed.set(e.seq, e);
             if (target)
                 changed.set(target.seq, target);
+            if (e.kind === "revoke" && target) {
+                for (const x of list)
+                    if (x.kind === "edit" && x.target === target.seq)
+                        erased.set(x.seq, x);
+            }
             if (e.kind === undefined || e.kind === "message")
                 c.lastMessage = e;
         }
+        for (const seq of erased.keys())
+            changed.delete(seq);
+        const kept = erased.size > 0 ? list.filter((m) => !erased.has(m.seq)) : list;
         c.anchor = Math.max(c.anchor, through);
         c.lastSeq = Math.max(c.lastSeq, through);
         c.serverUnread = 0;
-        this.messages.set(conv, list);
-        await this.persist([[`c:${conv}`, c], ...[...changed.values()].map((m) => [entryKey(m), m])]);
+        this.messages.set(conv, kept);
+        await this.persist([
+            [`c:${conv}`, c],
+            ...[...changed.values()].map((m) => [entryKey(m), m]),
+            ...[...erased.values()].map((m) => [entryKey(m), undefined]),
+        ]);
     }
     /**
      * Applies a coalesced `reactions` push standing for the entries `(prev, seq]`: only when
@@ -421,8 +466,9 @@ export class Store {
         await this.persist([[`g:${group}`, undefined]]);
     }
     persistList(group, list) {
+        // Made for this write; its members are replaced, never changed in place: kept as it is.
         const stored = { epoch: list.epoch, version: list.version, members: [...list.members.values()] };
-        return this.persist([[`g:${group}`, stored]]);
+        return this.persist([[`g:${group}`, stored]], true);
     }
     /** Test hook: loses members of a copy without telling its digest, as a damaged disk would. */
     damageMembers(group, n) {

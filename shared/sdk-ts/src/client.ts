@@ -65,6 +65,12 @@ export interface ClientEvents {
   authFailed: { code: number };
   /** The client gave up for good: the session was revoked (4005) or the protocol is not spoken (4004). */
   stopped: { code: number; reason: string };
+  /**
+   * A write to the local store failed: the client stopped, since what it holds in memory is
+   * ahead of what the store kept (nothing is acknowledged on top of that). Open the store
+   * again (`Store.open`) and start a client on it.
+   */
+  storeFailed: { error: string };
   /** Entries of a conversation were stored; the local copy reaches `seq`. */
   messages: { conv: string; seq: number };
   /** A sync closed a gap in the chain. */
@@ -316,6 +322,8 @@ export class Client {
   /** Conversations not listed yet whose sync a push started (a first message). */
   private pulled = new Set<string>();
   private memberSyncs = new Map<string, Array<() => void>>();
+  /** Read markers on their way to the server, by conversation. */
+  private reading = new Map<string, Promise<void>>();
   /** How often in a row each member sync has yielded still moving. */
   private memberSyncResumes = new Map<string, number>();
   /** A member sync just yielded: the next step goes to the rest of the work. */
@@ -352,6 +360,11 @@ export class Client {
   static async start(options: ClientOptions): Promise<Client> {
     const client = new Client(options, options.store ?? (await Store.open()));
     client.running = true;
+    client.store.whenFailed((e) => {
+      if (!client.running) return;
+      client.emit("storeFailed", { error: e.message });
+      void client.stop();
+    });
     void client.run();
     return client;
   }
@@ -436,7 +449,11 @@ export class Client {
    */
   async send(conv: string, body: unknown, refs: { clientMsgId?: string; replyTo?: number; mentions?: string[] } = {}): Promise<string> {
     const clientMsgId = refs.clientMsgId ?? randomId();
-    await this.store.enqueue({ clientMsgId, conv, body, clientTs: Date.now(), replyTo: refs.replyTo, mentions: refs.mentions });
+    // Kept as it goes on the wire: JSON (a body that is not — a function, a cycle — is refused
+    // here, not left to jam the outbox).
+    const json = body === undefined ? undefined : JSON.stringify(body);
+    if (json === undefined) throw new RequestError("invalid_request", "a message body must be JSON");
+    await this.store.enqueue({ clientMsgId, conv, body: JSON.parse(json), clientTs: Date.now(), replyTo: refs.replyTo, mentions: refs.mentions });
     this.wake();
     return clientMsgId;
   }
@@ -514,18 +531,37 @@ export class Client {
    */
   async markRead(conv: string, seq: number): Promise<void> {
     if (await this.store.setRead(conv, seq)) this.emit("read", { conv, seq });
-    if (this.store.unsentReads().some(([c]) => c === conv)) await this.sendRead(conv, this.store.readSeq(conv));
+    await this.sendRead(conv);
   }
 
-  private async sendRead(conv: string, seq: number): Promise<void> {
-    try {
-      const answer = await this.ask({ type: "read", conv, seq });
-      if (answer.type === "ok") await this.store.readHeld(conv, seq);
-    } catch (e) {
-      // Refused for good (no longer a member, past the conversation's end): not sent again.
-      if (e instanceof RequestError && !PASSING.includes(e.code)) await this.store.readHeld(conv, seq);
-      throw e;
-    }
+  /**
+   * Sends the read marker of `conv` until the server holds it: one request at a time per
+   * conversation, each with the marker as it is then (a marker moved meanwhile goes next).
+   */
+  private sendRead(conv: string): Promise<void> {
+    const pending = this.reading.get(conv);
+    if (pending) return pending;
+    const sending = (async () => {
+      try {
+        while (this.store.readUnsent(conv)) {
+          const seq = this.store.readSeq(conv);
+          try {
+            const answer = await this.ask({ type: "read", conv, seq });
+            if (answer.type !== "ok") return;
+            await this.store.readHeld(conv, seq);
+          } catch (e) {
+            // Refused for good (no longer a member, past the conversation's end): not sent
+            // again. A passing refusal waits for the next connection.
+            if (e instanceof RequestError && !PASSING.includes(e.code)) await this.store.readHeld(conv, seq);
+            throw e;
+          }
+        }
+      } finally {
+        this.reading.delete(conv);
+      }
+    })();
+    this.reading.set(conv, sending);
+    return sending;
   }
 
   /** Older messages than the device holds (newest first), straight from the server. */
@@ -747,7 +783,7 @@ export class Client {
       for (const w of this.connectedWaiters.splice(0)) w();
       // Read markers the server did not confirm before: again (a failure waits for the next
       // connection).
-      for (const [conv, seq] of this.store.unsentReads()) void this.sendRead(conv, seq).catch(() => undefined);
+      for (const conv of this.store.unsentReads()) void this.sendRead(conv).catch(() => undefined);
       // Member lists synced before are checked again, and their live changes come here.
       for (const g of this.subscribed) if (!this.memberSyncs.has(g)) this.memberSyncs.set(g, []);
       for (;;) {

@@ -447,7 +447,12 @@ test("a read marker the server never confirmed is sent again by the next client 
     while (first.store.anchor("g") < 9) await sleep(10);
     const marked = first.markRead("g", 9).catch(() => "stopped");
     while (reads.length < 1) await sleep(10);
+    // Asked again while the first is unanswered: one request on its way, not one per ask.
+    const again = [first.markRead("g", 9).catch(() => "stopped"), first.markRead("g", 9).catch(() => "stopped")];
+    await sleep(200);
+    assert.equal(reads.length, 1);
     await first.stop();
+    assert.deepEqual(await Promise.all(again), ["stopped", "stopped"]);
     assert.equal(await marked, "stopped");
     assert.equal(first.store.readSeq("g"), 9, "kept on the device");
 
@@ -465,6 +470,36 @@ test("a read marker the server never confirmed is sent again by the next client 
     await third.stop();
     assert.equal(reads.length, 2, "confirmed: not sent again");
   } finally {
+    await edge.close();
+  }
+});
+
+test("a client whose store fails a write stops and says so, rather than going on ahead of what was kept", async () => {
+  const edge = await fakeEdge((f, send) => {
+    if (f.type === "hello") send(welcome(f, [{ conv: "g", last_seq: 1, unread: 1, read_seq: 0 }]));
+    else if (f.type === "sync") send({ type: "messages", id: f.id, conv: "g", messages: [message("g", 1, "hi")], more: false });
+  });
+  let failing = false;
+  const backend = new MemoryBackend();
+  const write = backend.write.bind(backend);
+  backend.write = async (batch) => {
+    if (failing) throw new Error("disk full");
+    return write(batch);
+  };
+  const store = await Store.open(backend);
+  // The first write (the welcome's summary) fails.
+  failing = true;
+  const c = await Client.start({ url: edge.url, token: () => "t", backoffBaseMs: 50, backoffMaxMs: 200, store });
+  try {
+    const e = await new Promise((resolve) => (store.failure ? resolve({ error: store.failure.message }) : c.on("storeFailed", resolve)));
+    assert.equal(e.error, "disk full");
+    await sleep(300);
+    const connections = edge.connections();
+    await sleep(300);
+    assert.equal(edge.connections(), connections, "stopped: no more connections");
+    await assert.rejects(c.ask({ type: "ping" }), /stopped/);
+  } finally {
+    await c.stop();
     await edge.close();
   }
 });

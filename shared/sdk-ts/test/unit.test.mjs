@@ -152,7 +152,8 @@ test("a member change applies only at its version", async () => {
 });
 
 test("changes apply as the server's copy has them: an unpin unpins, a revoke leaves a bare tombstone that takes no later change", async () => {
-  const store = await Store.open(new MemoryBackend());
+  const backend = new MemoryBackend();
+  const store = await Store.open(backend);
   const m = (seq, kind, extra = {}) => ({ conv: "g", seq, sender: "bob", device: "d", client_msg_id: `c${seq}`, body: `m${seq}`, client_ts: seq, server_ts: seq, kind, ...extra });
   await store.append("g", [m(1), m(2, "pin", { target: 1, pinned: true }), m(3, "reaction", { target: 1, emoji: "👍", added: true })], 3, "alice");
   let [one] = store.messagesOf("g");
@@ -162,14 +163,17 @@ test("changes apply as the server's copy has them: an unpin unpins, a revoke lea
   await store.append("g", [m(4, "pin", { target: 1 })], 4, "alice");
   [one] = store.messagesOf("g");
   assert.equal(one.pinned, false, "unpinned");
-  await store.append("g", [m(5, "pin", { target: 1, pinned: true }), m(6, "revoke", { target: 1, body: null })], 6, "alice");
+  await store.append("g", [m(5, "pin", { target: 1, pinned: true }), m(55, "edit", { target: 1, body: "secret, edited" })], 55, "alice");
+  await store.append("g", [m(56, "revoke", { target: 1, body: null })], 56, "alice");
+  const records = [...(await backend.load()).values()];
+  assert.ok(!JSON.stringify(records).includes("secret"), "the edits' text goes with the revoke");
   [one] = store.messagesOf("g");
   assert.deepEqual([one.revoked, one.body, one.pinned, one.reactions, one.edits], [true, null, false, [], 0]);
   // A change decided before the revoke and stored after it changes nothing.
-  await store.append("g", [m(7, "reaction", { target: 1, emoji: "🎉", added: true }), m(8, "edit", { target: 1, body: "back" }), m(9, "pin", { target: 1, pinned: true })], 9, "alice");
+  await store.append("g", [m(57, "reaction", { target: 1, emoji: "🎉", added: true }), m(58, "edit", { target: 1, body: "back" }), m(59, "pin", { target: 1, pinned: true })], 59, "alice");
   [one] = store.messagesOf("g");
-  assert.deepEqual([one.revoked, one.body, one.pinned, one.reactions, one.version], [true, null, false, [], 6]);
-  assert.equal(await store.applyReactions("g", 9, 10, [{ target: 1, emoji: "👀", delta: 1 }], []), true);
+  assert.deepEqual([one.revoked, one.body, one.pinned, one.reactions, one.version], [true, null, false, [], 56]);
+  assert.equal(await store.applyReactions("g", 59, 60, [{ target: 1, emoji: "👀", delta: 1 }], []), true);
   assert.deepEqual(store.messagesOf("g")[0].reactions, [], "a coalesced reaction passes a tombstone by");
 });
 

@@ -289,12 +289,16 @@ impl Engine {
                 Some((welcome.user.to_string(), welcome.device.to_string()));
             conn.compact = welcome.compact;
             for change in &welcome.changes {
+                let conv = change.conv.as_str();
                 // The read marker as the server has it (another device may have moved it).
                 self.store
-                    .set_read(change.conv.as_str(), change.read_seq)
+                    .set_read(conv, change.read_seq)
                     .await
                     .map_err(|_| lost(None))?;
-                self.request_sync(change.conv.as_str());
+                // Listed for its read marker alone: nothing to pull.
+                if change.last_seq > self.store.anchor(conv).await.map_err(|_| lost(None))? {
+                    self.request_sync(conv);
+                }
             }
             if let Some(state) = &welcome.state {
                 self.take_state(state).await?;
