@@ -98,8 +98,14 @@ export declare class Store {
     /** Calls `f` once a write fails (at once if one did). */
     whenFailed(f: (e: Error) => void): void;
     private conv;
-    /** Each conversation held: its anchor, and the read marker held there. */
-    anchors(): Array<{
+    /**
+     * The conversations held, most recently active first, each with its anchor and the read
+     * marker held there — as many as fit in `maxBytes` of JSON, so a `hello` stays far below
+     * the edge's frame limit however many conversations the user is in. The server compares
+     * the rest with what this device acknowledged (`received`): at worst one it summarizes
+     * holds nothing new.
+     */
+    anchors(maxBytes?: number): Array<{
         conv: string;
         seq: number;
         read: number;

@@ -133,6 +133,9 @@ export interface ConversationSummary {
 /** Keeps at most this many outbox entries that are done (acked or failed). */
 const DONE_KEPT = 500;
 
+/** JSON bytes of anchors a `hello` carries at most (the edge's frames are 64 KiB by default). */
+const ANCHOR_BYTES = 32_768;
+
 export class Store {
   private convs = new Map<string, Conversation>();
   private messages = new Map<string, Message[]>();
@@ -241,9 +244,24 @@ export class Store {
 
   // Conversations.
 
-  /** Each conversation held: its anchor, and the read marker held there. */
-  anchors(): Array<{ conv: string; seq: number; read: number }> {
-    return [...this.convs.values()].filter((c) => c.anchor > 0).map((c) => ({ conv: c.conv, seq: c.anchor, read: c.readSeq }));
+  /**
+   * The conversations held, most recently active first, each with its anchor and the read
+   * marker held there — as many as fit in `maxBytes` of JSON, so a `hello` stays far below
+   * the edge's frame limit however many conversations the user is in. The server compares
+   * the rest with what this device acknowledged (`received`): at worst one it summarizes
+   * holds nothing new.
+   */
+  anchors(maxBytes = ANCHOR_BYTES): Array<{ conv: string; seq: number; read: number }> {
+    const held = [...this.convs.values()].filter((c) => c.anchor > 0).sort((a, b) => b.anchor - a.anchor);
+    const out: Array<{ conv: string; seq: number; read: number }> = [];
+    let bytes = 0;
+    for (const c of held) {
+      const a = { conv: c.conv, seq: c.anchor, read: c.readSeq };
+      bytes += JSON.stringify(a).length + 1;
+      if (bytes > maxBytes) break;
+      out.push(a);
+    }
+    return out;
   }
 
   anchor(conv: string): number {

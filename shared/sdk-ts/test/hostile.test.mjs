@@ -504,6 +504,31 @@ test("a client whose store fails a write stops and says so, rather than going on
   }
 });
 
+test("a device in thousands of conversations signs in: its hello carries the most recent anchors that fit", async () => {
+  const store = await Store.open(new MemoryBackend());
+  for (let n = 1; n <= 3000; n++) {
+    const conv = `conversation-number-${String(n).padStart(6, "0")}`;
+    await store.append(conv, [message(conv, n * 10, "hi")], n * 10, "bob");
+  }
+  let hello;
+  const edge = await fakeEdge((f, send) => {
+    if (f.type !== "hello") return;
+    hello = f;
+    send(welcome(f));
+  });
+  const c = await Client.start({ url: edge.url, token: () => "t", store });
+  try {
+    await c.whenOnline();
+    const bytes = JSON.stringify(hello).length;
+    assert.ok(bytes < 40_000, `hello of ${bytes} bytes`);
+    assert.ok(hello.anchors.length > 300, `${hello.anchors.length} anchors`);
+    assert.equal(hello.anchors[0].seq, 30_000, "the most recent first");
+  } finally {
+    await c.stop();
+    await edge.close();
+  }
+});
+
 test("an edge whose welcome does not say compact is never asked for it", async () => {
   const edge = await fakeEdge((f, send) => {
     if (f.type === "hello") {

@@ -256,20 +256,8 @@ impl Engine {
     async fn serve(&self, conn: &mut Conn) -> Result<(), End> {
         let mut cursor: Option<String> = None;
         loop {
-            let anchors = self
-                .store
-                .anchors()
-                .await
-                .map_err(|_| lost(None))?
-                .into_iter()
-                .filter_map(|(conv, seq, read)| {
-                    Some(ConvAnchor {
-                        conv: ConversationId::parse(conv).ok()?,
-                        seq,
-                        read: Some(read),
-                    })
-                })
-                .collect();
+            let held = self.store.anchors().await.map_err(|_| lost(None))?;
+            let anchors = anchors_within(held, ANCHOR_BYTES);
             let state_version = self.store.state_version().await.map_err(|_| lost(None))?;
             let hello = Hello {
                 protocol: anchorage_protocol::PROTOCOL_VERSION,
@@ -1074,5 +1062,54 @@ fn to_entry(m: WireMessage) -> Entry {
             emoji: m.emoji,
             on: m.added.unwrap_or(m.pinned),
         }),
+    }
+}
+
+/// JSON bytes of anchors a `hello` carries at most (the edge's frames are 64 KiB by default).
+const ANCHOR_BYTES: usize = 32_768;
+
+/// The anchors of `held` (conversation, anchor, read marker) a `hello` carries: the most
+/// recently active first, as many as fit in `max_bytes` of JSON, so a user in thousands of
+/// conversations still signs in. The server compares the rest with what this device
+/// acknowledged (`received`): at worst one it summarizes holds nothing new.
+fn anchors_within(mut held: Vec<(String, u64, u64)>, max_bytes: usize) -> Vec<ConvAnchor> {
+    held.sort_by_key(|h| std::cmp::Reverse(h.1));
+    let mut bytes = 0;
+    let mut out = Vec::new();
+    for (conv, seq, read) in held {
+        let Ok(conv) = ConversationId::parse(conv) else {
+            continue;
+        };
+        let anchor = ConvAnchor {
+            conv,
+            seq,
+            read: Some(read),
+        };
+        bytes += serde_json::to_string(&anchor).map_or(0, |s| s.len()) + 1;
+        if bytes > max_bytes {
+            break;
+        }
+        out.push(anchor);
+    }
+    out
+}
+
+#[cfg(test)]
+mod anchor_tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_carries_the_most_recent_anchors_that_fit() {
+        let held: Vec<_> = (1..=5_000u64)
+            .map(|n| (format!("conversation-number-{n:06}"), n * 10, n))
+            .collect();
+        let anchors = anchors_within(held, ANCHOR_BYTES);
+        let json = serde_json::to_string(&anchors).unwrap();
+        assert!(json.len() <= ANCHOR_BYTES + 1, "{} bytes", json.len());
+        assert!(anchors.len() > 300, "{} anchors", anchors.len());
+        assert_eq!(anchors[0].seq, 50_000, "the most recent first");
+        assert!(anchors.windows(2).all(|w| w[0].seq > w[1].seq));
+        let few = anchors_within(vec![("a".into(), 1, 0), ("bad id!".into(), 2, 0)], 100);
+        assert_eq!(few.len(), 1, "an id that does not parse is left out");
     }
 }
