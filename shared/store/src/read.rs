@@ -196,7 +196,7 @@ impl Store {
         limit: u32,
         viewer: &str,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        entries_after(&self.pool, conv, after, limit, viewer).await
+        page_rows(&self.pool, conv, PageAt::After(after), limit, viewer).await
     }
 
     /// A page of `conv` as `viewer` sees it, with the reactions on its messages, read in one
@@ -211,12 +211,7 @@ impl Store {
         viewer: &str,
     ) -> Result<EntryPage, StoreError> {
         let mut tx = self.begin_read().await?;
-        let rows = match at {
-            PageAt::After(after) => entries_after(&mut *tx.tx, conv, after, limit, viewer).await?,
-            PageAt::Before(before) => {
-                messages_before(&mut *tx.tx, conv, before, limit, viewer).await?
-            }
-        };
+        let rows = page_rows(&mut *tx.tx, conv, at, limit, viewer).await?;
         let reactions = match message_span(&rows) {
             Some((from, to)) => reaction_counts(&mut *tx.tx, conv, from, to, viewer).await?,
             None => Vec::new(),
@@ -932,7 +927,7 @@ impl Store {
         limit: u32,
         viewer: &str,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        messages_before(&self.pool, conv, before, limit, viewer).await
+        page_rows(&self.pool, conv, PageAt::Before(before), limit, viewer).await
     }
 
     /// A sender's message by its client id (a retry older than the duplicate window).
@@ -1418,47 +1413,32 @@ fn message_span(rows: &[MessageRow]) -> Option<(u64, u64)> {
     (from <= to).then_some((from, to))
 }
 
-/// Entries of `conv` after `after`, oldest first, at most `limit`, without what `viewer`
+/// The rows of a page of `conv` (see [`PageAt`]), at most `limit`, without what `viewer`
 /// deleted for themselves; read by `db` (the pool, or a transaction that reads more with
 /// them).
-async fn entries_after<'e>(
+async fn page_rows<'e>(
     db: impl sqlx::Executor<'e, Database = sqlx::Any>,
     conv: &str,
-    after: u64,
+    at: PageAt,
     limit: u32,
     viewer: &str,
 ) -> Result<Vec<MessageRow>, StoreError> {
+    let (filter, order, from) = match at {
+        PageAt::After(after) => ("seq > $2", "seq", after as i64),
+        PageAt::Before(before) => (
+            "seq < $2 AND kind = 'message'",
+            "seq DESC",
+            if before == 0 { i64::MAX } else { before as i64 },
+        ),
+    };
+    // Only fixed clauses are formatted into the statement.
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {MESSAGE_COLUMNS}
-         FROM messages WHERE conv_id = $1 AND seq > $2 {NOT_HIDDEN}
-         ORDER BY seq LIMIT $3"
+         FROM messages WHERE conv_id = $1 AND {filter} {NOT_HIDDEN}
+         ORDER BY {order} LIMIT $3"
     )))
     .bind(conv)
-    .bind(after as i64)
-    .bind(i64::from(limit))
-    .bind(viewer)
-    .fetch_all(db)
-    .await?;
-    rows.iter().map(message_row).collect()
-}
-
-/// Messages of `conv` before `before` (all if 0), newest first, at most `limit`, without what
-/// `viewer` deleted for themselves; read by `db`.
-async fn messages_before<'e>(
-    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    conv: &str,
-    before: u64,
-    limit: u32,
-    viewer: &str,
-) -> Result<Vec<MessageRow>, StoreError> {
-    let before = if before == 0 { i64::MAX } else { before as i64 };
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {MESSAGE_COLUMNS}
-         FROM messages WHERE conv_id = $1 AND seq < $2 AND kind = 'message' {NOT_HIDDEN}
-         ORDER BY seq DESC LIMIT $3"
-    )))
-    .bind(conv)
-    .bind(before)
+    .bind(from)
     .bind(i64::from(limit))
     .bind(viewer)
     .fetch_all(db)

@@ -470,6 +470,19 @@ async fn projector_resumes_after_a_nats_restart_without_loss_or_repeats() {
     stack.stack.stop().await.unwrap();
 }
 
+/// A store on a fresh database (PostgreSQL in the suite's second pass), migrated.
+async fn migrated_store(dir: &std::path::Path) -> anchorage_store::Store {
+    let store = anchorage_store::Store::connect(&anchorage_store::StoreOptions {
+        url: anchorage_tests::fresh_database(dir).await.unwrap(),
+        max_connections: 4,
+        sqlite_synchronous: "NORMAL",
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
 /// A device takes the version of a state answer as "everything up to here": a change applied
 /// while the answer is read must be in its lists or beyond its version — on SQLite, and on
 /// PostgreSQL, whose default isolation gives each statement its own snapshot. Each prefs
@@ -477,16 +490,9 @@ async fn projector_resumes_after_a_nats_restart_without_loss_or_repeats() {
 /// later one: the device's copy would differ at the end.
 #[tokio::test]
 async fn a_state_answer_read_while_changes_apply_holds_what_its_version_counts() {
-    use anchorage_store::{PrefsChange, Store, StoreOptions, UserState};
+    use anchorage_store::{PrefsChange, UserState};
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&StoreOptions {
-        url: anchorage_tests::fresh_database(dir.path()).await.unwrap(),
-        max_connections: 4,
-        sqlite_synchronous: "NORMAL",
-    })
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_store(dir.path()).await;
     const CHANGES: u64 = 400;
     let writer = tokio::spawn({
         let store = store.clone();
@@ -548,17 +554,10 @@ async fn a_state_answer_read_while_changes_apply_holds_what_its_version_counts()
 /// removal off twice), and nothing corrects it.
 #[tokio::test]
 async fn a_page_read_while_reactions_apply_counts_each_reaction_once() {
-    use anchorage_store::{EntryKind, NewMessage, PageAt, Store, StoreOptions};
+    use anchorage_store::{EntryKind, NewMessage, PageAt};
     use std::collections::{BTreeMap, BTreeSet};
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&StoreOptions {
-        url: anchorage_tests::fresh_database(dir.path()).await.unwrap(),
-        max_connections: 4,
-        sqlite_synchronous: "NORMAL",
-    })
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_store(dir.path()).await;
     const ENTRIES: u64 = 1_000;
     let entry = |seq: u64, sender: &str, kind: EntryKind| NewMessage {
         conv: "c".into(),
