@@ -308,6 +308,51 @@ async fn direct_chats_reads_across_devices_and_reconnect_summaries() {
     drop(bob_phone);
     let (_, welcome) = WsClient::signed_in(e1, "bob", "phone").await.unwrap();
     assert_eq!(welcome.changes, vec![], "{welcome:?}");
+    // Someone else's conversation named in an anchor (a direct chat's id can be computed)
+    // tells nothing: not even its read marker.
+    let other = alice
+        .ok(OpenDirect {
+            peer: user_id("carol"),
+        })
+        .await
+        .unwrap()
+        .conv
+        .unwrap();
+    let seen = alice
+        .ack(send_message(other.as_str(), "to-carol", json!("hi")))
+        .await
+        .unwrap()
+        .seq;
+    alice
+        .ok(MarkRead {
+            conv: other.clone(),
+            seq: seen,
+        })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "alice's marker projected",
+        || async { (store.read_seq("alice", other.as_str()).await.ok()?? == seen).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let mut c = WsClient::connect(e2).await.unwrap();
+    let w = c
+        .reply(Hello {
+            anchors: vec![ConvAnchor {
+                conv: other.clone(),
+                seq: 0,
+                read: Some(0),
+            }],
+            ..hello(token("bob", "tablet", 60))
+        })
+        .await
+        .unwrap();
+    let ReplyBody::Welcome(w) = w else {
+        panic!("no welcome: {w:?}")
+    };
+    assert!(w.changes.iter().all(|c| c.conv != other), "{w:?}");
     // A client that says which seq it has gets only what is newer. One that also says which
     // read marker it holds hears of a marker moved past it (read on another device while it
     // was away), with no new message; of its own, nothing.

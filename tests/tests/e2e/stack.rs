@@ -560,24 +560,9 @@ async fn a_page_read_while_reactions_apply_counts_each_reaction_once() {
     let store = migrated_store(dir.path()).await;
     const ENTRIES: u64 = 1_000;
     let entry = |seq: u64, sender: &str, kind: EntryKind| NewMessage {
-        conv: "c".into(),
-        seq,
         sender: sender.into(),
-        device: "d".into(),
-        client_msg_id: format!("e{seq}"),
-        body: "\"hi\"".into(),
-        client_ts: 1,
-        server_ts: 1,
-        event_id: format!("e{seq}"),
         kind,
-        target: None,
-        reply_to: None,
-        mentions: Vec::new(),
-        emoji: None,
-        flag: None,
-        membership: None,
-        attachments: Vec::new(),
-        terms: None,
+        ..row(seq, &format!("e{seq}"))
     };
     let writer = tokio::spawn({
         let store = store.clone();
