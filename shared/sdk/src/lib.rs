@@ -561,10 +561,14 @@ impl Client {
 
     /// Marks `conv` read up to `seq` (queued while offline).
     pub async fn mark_read(&self, conv: &str, seq: u64) -> Result<(), SdkError> {
-        ConversationId::parse(conv)?;
-        self.engine.store.set_read(conv, seq).await?;
-        let conv = ConversationId::parse(conv)?;
-        self.command(MarkRead { conv, seq }.into()).await
+        let request = MarkRead {
+            conv: ConversationId::parse(conv)?,
+            seq,
+        }
+        .into();
+        self.engine.store.mark_read(conv, seq, &request).await?;
+        self.engine.wake();
+        Ok(())
     }
 
     /// Creates a group (queued while offline).

@@ -475,14 +475,22 @@ impl LocalStore {
     }
 
     pub async fn set_read(&self, conv: &str, seq: u64) -> Result<(), SdkError> {
-        sqlx::query(
-            "INSERT INTO read_markers (conv, seq) VALUES ($1, $2)
-             ON CONFLICT (conv) DO UPDATE SET seq = MAX(read_markers.seq, excluded.seq)",
-        )
-        .bind(conv)
-        .bind(seq as i64)
-        .execute(&self.pool)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        raise_read(&mut conn, conv, seq).await
+    }
+
+    /// Marks `conv` read up to `seq` here and queues the request that tells the server, in one
+    /// transaction: a marker stored without its request would never reach the other devices.
+    pub async fn mark_read(
+        &self,
+        conv: &str,
+        seq: u64,
+        request: &RequestBody,
+    ) -> Result<(), SdkError> {
+        let mut tx = self.pool.begin().await?;
+        raise_read(&mut tx, conv, seq).await?;
+        insert_command(&mut tx, request).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -629,12 +637,8 @@ impl LocalStore {
     }
 
     pub async fn enqueue_command(&self, request: &RequestBody) -> Result<(), SdkError> {
-        let frame = serde_json::to_string(request).map_err(|e| SdkError::Refused(e.to_string()))?;
-        sqlx::query("INSERT INTO commands (frame, state) VALUES ($1, 'pending')")
-            .bind(frame)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        insert_command(&mut conn, request).await
     }
 
     pub async fn finish_command(&self, local_id: i64, error: Option<&str>) -> Result<(), SdkError> {
@@ -979,6 +983,36 @@ async fn device_push(
     Ok(())
 }
 
+/// Raises the local read marker of `conv` to `seq` (never lowers it).
+async fn raise_read(
+    conn: &mut sqlx::SqliteConnection,
+    conv: &str,
+    seq: u64,
+) -> Result<(), SdkError> {
+    sqlx::query(
+        "INSERT INTO read_markers (conv, seq) VALUES ($1, $2)
+             ON CONFLICT (conv) DO UPDATE SET seq = MAX(read_markers.seq, excluded.seq)",
+    )
+    .bind(conv)
+    .bind(seq as i64)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Queues a request for the server, after everything queued before it.
+async fn insert_command(
+    conn: &mut sqlx::SqliteConnection,
+    request: &RequestBody,
+) -> Result<(), SdkError> {
+    let frame = serde_json::to_string(request).map_err(|e| SdkError::Refused(e.to_string()))?;
+    sqlx::query("INSERT INTO commands (frame, state) VALUES ($1, 'pending')")
+        .bind(frame)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1002,6 +1036,36 @@ mod tests {
             pinned: false,
             reactions: Vec::new(),
         }
+    }
+
+    /// A read marker is stored only with the request that tells the server: were it kept while
+    /// the request was not, the other devices would never hear of it (the device would not
+    /// send it again, and a sign-in lists a conversation only for a marker ahead of its own).
+    #[tokio::test]
+    async fn a_read_marker_is_kept_only_with_its_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&dir.path().join("s.db")).await.unwrap();
+        let read = |seq| -> RequestBody {
+            anchorage_protocol::request::MarkRead {
+                conv: anchorage_schema::ConversationId::parse("g-team").unwrap(),
+                seq,
+            }
+            .into()
+        };
+        store.mark_read("g-team", 4, &read(4)).await.unwrap();
+        assert_eq!(store.read_marker("g-team").await.unwrap(), 4);
+        assert_eq!(store.pending_commands().await.unwrap(), 1);
+
+        sqlx::query(
+            "CREATE TRIGGER refuse_commands BEFORE INSERT ON commands
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        assert!(store.mark_read("g-team", 9, &read(9)).await.is_err());
+        assert_eq!(store.read_marker("g-team").await.unwrap(), 4);
+        assert_eq!(store.pending_commands().await.unwrap(), 1);
     }
 
     /// A state answer read before live changes the device applied since changes nothing:
