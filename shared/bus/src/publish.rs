@@ -92,11 +92,33 @@ fn publish_error(
     expected: Option<Seq>,
     err: async_nats::jetstream::context::PublishError,
 ) -> PublishError {
+    use async_nats::jetstream::ErrorCode;
+    // What the server answered, when it did: a clustered stream names some refusals with
+    // codes of its own.
+    let code = std::error::Error::source(&err)
+        .and_then(|e| e.downcast_ref::<async_nats::jetstream::Error>())
+        .map(async_nats::jetstream::Error::error_code);
     match err.kind() {
+        // A clustered stream refuses a publish that races another one proposed on the same
+        // version with its own code (no sequence in the message): the same lost race.
         PublishErrorKind::WrongLastSequence => PublishError::Conflict {
             subject: subject.to_owned(),
             expected: expected.unwrap_or_default(),
         },
+        _ if code == Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT) => {
+            PublishError::Conflict {
+                subject: subject.to_owned(),
+                expected: expected.unwrap_or_default(),
+            }
+        }
+        // The same id is being stored by a clustered stream right now: retried with it in a
+        // moment, the publish finds the stored copy.
+        _ if code == Some(ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT) => {
+            PublishError::Unavailable {
+                subject: subject.to_owned(),
+                message: err.to_string(),
+            }
+        }
         PublishErrorKind::StreamNotFound => PublishError::NoStream {
             subject: subject.to_owned(),
         },

@@ -205,7 +205,14 @@ async fn publish_user(
     let idem = idempotency_key(headers, None)?;
     let id = match &idem {
         Some(k) => keyed_id(user, k),
-        None => format!("{EVENT_PREFIX}:{kind}:{user}:{}", version.0),
+        // Without a key each request is its own: two changes decided on the same version must
+        // not share an id (the second would be dropped as a repeat); the version check
+        // refuses the second as a conflict.
+        None => format!(
+            "{EVENT_PREFIX}:{kind}:{user}:{}:{:016x}",
+            version.0,
+            anchorage_schema::backoff::random()
+        ),
     };
     let env = Envelope::new(event_id(id)?, now_ms(), backend(), event);
     let caller = super::caller(state);

@@ -451,7 +451,17 @@ impl Caller {
             let event = rules::decide(&state, &command)?;
             let id = match idempotency {
                 Some(_) => self.event_key(command.kind(), &group, idempotency),
-                None => format!("{}:{}:{group}:{}", self.key, command.kind(), version.0),
+                // Without a key each request is its own: two different commands decided on
+                // the same version must not share an id (the stream would take the second
+                // for a repeat of the first and drop it); the version check turns the second
+                // into a conflict, decided again.
+                None => format!(
+                    "{}:{}:{group}:{}:{:016x}",
+                    self.key,
+                    command.kind(),
+                    version.0,
+                    anchorage_schema::backoff::random()
+                ),
             };
             let env = Envelope::new(event_id(id)?, now_ms(), self.actor.clone(), event);
             match self
