@@ -235,7 +235,7 @@ async fn deliver(
     let name = consumer_name(&endpoint.name);
     let outage = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut failures = 0u32;
-    while !stop.is_cancelled() {
+    'bound: while !stop.is_cancelled() {
         let consumer = match bus
             .ensure_consumer(stream, &name, endpoint.start, &endpoint.generation)
             .await
@@ -270,14 +270,49 @@ async fn deliver(
                     "stream" => stream
                 )
                 .set(d.pending as f64);
-                if !handle(
+                match handle(
                     &bus, &poster, &config, &endpoint, &secret, stream, &name, &d, &stop,
                 )
                 .await
                 {
-                    return;
+                    Handled::Settled => {}
+                    Handled::Stopped => return,
+                    // Not settled: after a pause (NATS is restarting, or electing a leader)
+                    // the consumer is bound again and the event comes again — at once if
+                    // NATS takes the request for it, else once its ack wait is over.
+                    Handled::Unsettled => {
+                        failures += 1;
+                        let _ = stop
+                            .run_until_cancelled(tokio::time::sleep(outage.delay(failures, None)))
+                            .await;
+                        let _ = d.again().await;
+                        continue 'bound;
+                    }
                 }
             }
+        }
+    }
+}
+
+/// What became of one delivered event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    /// Delivered or dead-lettered, and acknowledged.
+    Settled,
+    /// Stopped before it was settled: it stays unacknowledged.
+    Stopped,
+    /// Delivered or to be dead-lettered, but NATS refused the acknowledgement or the dead
+    /// letter: it stays unacknowledged and comes again.
+    Unsettled,
+}
+
+/// An acknowledgement as a [`Handled`].
+async fn settle(d: &Delivery) -> Handled {
+    match d.ack().await {
+        Ok(()) => Handled::Settled,
+        Err(e) => {
+            tracing::warn!(error = %e, seq = d.seq.0, "acknowledging a webhook event");
+            Handled::Unsettled
         }
     }
 }
@@ -303,8 +338,7 @@ fn payload(d: &Delivery, stream: &str, events: &[String]) -> Option<(String, Vec
     Some((id, serde_json::to_vec(&envelope).ok()?))
 }
 
-/// Delivers one event with retries, or dead-letters it; acknowledges it either way. `false`
-/// when stopped before it was settled (it stays unacknowledged and comes again).
+/// Delivers one event with retries, or dead-letters it; acknowledges it either way.
 #[allow(clippy::too_many_arguments)]
 #[tracing::instrument(level = "debug", name = "webhook", skip_all, fields(
     endpoint = %endpoint.name,
@@ -321,10 +355,10 @@ async fn handle(
     consumer: &str,
     d: &Delivery,
     stop: &CancellationToken,
-) -> bool {
+) -> Handled {
     let Some((id, body)) = payload(d, stream, &endpoint.events) else {
         // Not one of its types (or not an event: the projector dead-letters those).
-        return d.ack().await.is_ok();
+        return settle(d).await;
     };
     let backoff = Backoff::new(
         Duration::from_millis(500),
@@ -345,7 +379,7 @@ async fn handle(
         if outcome.accepted() {
             metrics::counter!("anchorage_webhook_deliveries_total", &labels("delivered"))
                 .increment(1);
-            return d.ack().await.is_ok();
+            return settle(d).await;
         }
         metrics::counter!("anchorage_webhook_deliveries_total", &labels("failed")).increment(1);
         tracing::debug!(endpoint = %endpoint.name, %id, %outcome, attempt, "webhook attempt failed");
@@ -357,19 +391,19 @@ async fn handle(
                 attempt + 1
             );
             tracing::warn!(%reason, %id, "webhook event dead-lettered");
-            if bus
+            if let Err(e) = bus
                 .dead_letter(stream, consumer, d, "webhook_failed", &reason)
                 .await
-                .is_err()
             {
-                return false;
+                tracing::warn!(error = %e, %id, "dead-lettering a webhook event");
+                return Handled::Unsettled;
             }
             metrics::counter!(
                 "anchorage_webhook_deliveries_total",
                 &labels("dead_lettered")
             )
             .increment(1);
-            return d.ack().await.is_ok();
+            return settle(d).await;
         }
         // Wait, telling the server the event is still being worked on.
         let wait = backoff
@@ -386,11 +420,11 @@ async fn handle(
                 .await
                 .is_none()
             {
-                return false;
+                return Handled::Stopped;
             }
         }
     }
-    false
+    Handled::Stopped
 }
 
 #[cfg(test)]

@@ -68,6 +68,14 @@ impl Delivery {
             .map_err(|e| BusError::jetstream(self.subject(), e))
     }
 
+    /// Asks for the message again now rather than once its ack wait is over.
+    pub async fn again(&self) -> Result<(), BusError> {
+        self.message
+            .ack_with(AckKind::Nak(None))
+            .await
+            .map_err(|e| BusError::jetstream(self.subject(), e))
+    }
+
     /// Tells the server work on the message is ongoing (extends its ack wait).
     pub async fn in_progress(&self) -> Result<(), BusError> {
         self.message

@@ -551,13 +551,22 @@ async fn an_endless_answer_is_cut_off() {
     assert!(outcome.to_string().contains("over"), "{outcome}");
 }
 
-// NATS goes away while events are being delivered and comes back: the worker binds its
-// consumers again and every event arrives, in order, none skipped.
-#[tokio::test]
-async fn deliveries_survive_a_nats_outage() {
-    let mut nats = TestNats::start().await.unwrap();
+/// A stack whose webhook endpoint `steady` (all `message.*` events) posts to a receiver,
+/// and the group `o` (owner alice) to post in; `tweak` adjusts the configuration first.
+struct Hooked {
+    nats: TestNats,
+    stack: TestStack,
+    addr: SocketAddr,
+    key: String,
+    receiver: Arc<Receiver>,
+    stop: CancellationToken,
+}
+
+async fn hooked(tweak: impl FnOnce(&mut anchorage_config::Config)) -> Hooked {
+    let nats = TestNats::start().await.unwrap();
     let db_dir = tempfile::tempdir().unwrap();
-    let config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    let mut config = test_config(&nats.url(), &fresh_database(db_dir.path()).await.unwrap());
+    tweak(&mut config);
     let stack = TestStack::start_with(config, db_dir).await.unwrap();
     let addr = stack.edge_addr();
     let (key, _) = api_key(&nats.url(), Scope::Admin, 10_000).await;
@@ -588,46 +597,53 @@ async fn deliveries_survive_a_nats_outage() {
     )
     .await;
     assert_eq!(r.status, 201, "{r:?}");
-    let post = |n: usize| {
-        let key = key.clone();
-        async move {
-            let r = call(
-                addr,
-                &key,
-                "POST",
-                "/v1/conversations/o/messages",
-                json!({"body": format!("m{n}"), "sender": "alice"}),
-            )
-            .await;
-            assert_eq!(r.status, 201, "{r:?}");
-            r.body["seq"].as_u64().unwrap()
-        }
-    };
+    Hooked {
+        nats,
+        stack,
+        addr,
+        key,
+        receiver,
+        stop,
+    }
+}
+
+/// Posts `m<n>` as alice in `o` until it is stored (NATS may be coming back); its seq.
+async fn post_in_o(addr: SocketAddr, key: &str, n: usize) -> u64 {
+    eventually(Duration::from_secs(30), "a post stored", || async {
+        let r = call(
+            addr,
+            key,
+            "POST",
+            "/v1/conversations/o/messages",
+            json!({"body": format!("m{n}"), "sender": "alice"}),
+        )
+        .await;
+        (r.status == 201).then(|| r.body["seq"].as_u64().unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+// NATS goes away while events are being delivered and comes back: the worker binds its
+// consumers again and every event arrives, in order, none skipped.
+#[tokio::test]
+async fn deliveries_survive_a_nats_outage() {
+    let Hooked {
+        mut nats,
+        stack,
+        addr,
+        key,
+        receiver,
+        stop,
+    } = hooked(|_| {}).await;
     let mut posted = Vec::new();
     for n in 0..5 {
-        posted.push(post(n).await);
+        posted.push(post_in_o(addr, &key, n).await);
     }
     nats.server.stop(Duration::from_secs(5)).await.unwrap();
     nats.server.restart().await.unwrap();
     for n in 5..10 {
-        let seq = eventually(
-            Duration::from_secs(30),
-            "a post after the outage",
-            || async {
-                let r = call(
-                    addr,
-                    &key,
-                    "POST",
-                    "/v1/conversations/o/messages",
-                    json!({"body": format!("m{n}"), "sender": "alice"}),
-                )
-                .await;
-                (r.status == 201).then(|| r.body["seq"].as_u64().unwrap())
-            },
-        )
-        .await
-        .unwrap();
-        posted.push(seq);
+        posted.push(post_in_o(addr, &key, n).await);
     }
     let got = eventually(
         Duration::from_secs(60),
@@ -641,6 +657,61 @@ async fn deliveries_survive_a_nats_outage() {
     .unwrap();
     assert_eq!(seqs_of(&got, "o"), posted, "all, once each, in order");
     assert!(got.iter().all(|r| r.signed));
+    stop.cancel();
+    stack.stack.stop().await.unwrap();
+}
+
+// NATS goes away just as an event is to be settled — dead-lettered after its endpoint kept
+// failing, or acknowledged after it was taken — and comes back: the event comes again, and
+// the endpoint's deliveries go on. A refused dead letter or acknowledgement once ended the
+// endpoint's delivery for good, without a word, until the process restarted.
+#[tokio::test]
+async fn an_event_not_settled_during_an_outage_comes_again_and_deliveries_go_on() {
+    let Hooked {
+        mut nats,
+        stack,
+        addr,
+        key,
+        receiver,
+        stop,
+    } = hooked(|config| {
+        config.webhooks.retry_for_secs = 1;
+        config.webhooks.max_backoff_ms = 200;
+        // A dead letter or acknowledgement refused while NATS is away is known soon.
+        config.nats.request_timeout_ms = 500;
+    })
+    .await;
+    receiver
+        .script
+        .lock()
+        .unwrap()
+        .extend(std::iter::repeat_n(Act::Fail(503), 1000));
+    let first = post_in_o(addr, &key, 0).await;
+    eventually(Duration::from_secs(30), "a first attempt", || async {
+        (receiver.attempts.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    nats.server.stop(Duration::from_secs(5)).await.unwrap();
+    // Past the event's retry period: it is dead-lettered (or, taken, acknowledged) while NATS
+    // is away.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = receiver.attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(attempts > 1, "the endpoint was tried again: {attempts}");
+    receiver.script.lock().unwrap().clear();
+    nats.server.restart().await.unwrap();
+    let second = post_in_o(addr, &key, 1).await;
+    let got = eventually(
+        Duration::from_secs(60),
+        "both messages delivered",
+        || async {
+            let got = receiver.accepted();
+            (seqs_of(&got, "o").len() == 2).then_some(got)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(seqs_of(&got, "o"), vec![first, second], "in order");
     stop.cancel();
     stack.stack.stop().await.unwrap();
 }
