@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anchorage_bus::{Bus, ConsumerStart, Delivery};
 use anchorage_config::WebhooksConfig;
+use anchorage_schema::Event;
 use anchorage_schema::admin::{Redeliver, WebhookRecord, type_matches};
 use anchorage_schema::backoff::Backoff;
 use anchorage_schema::subjects::{self, header, stream};
@@ -33,12 +34,12 @@ use crate::{Poster, Secret};
 const REFRESH: Duration = Duration::from_secs(2);
 /// How long one pull waits for an event.
 const PULL_WAIT: Duration = Duration::from_secs(5);
-/// The streams whose events webhooks carry, and the event-type prefix of each.
-pub const STREAMS: &[(&str, &[&str])] = &[
-    (stream::MESSAGES, &["message."]),
-    (stream::MEMBERSHIP, &["group."]),
-    (stream::USERS, &["user.", "session."]),
-    (stream::READS, &["read."]),
+/// The streams whose events webhooks carry.
+pub const STREAMS: &[&str] = &[
+    stream::MESSAGES,
+    stream::MEMBERSHIP,
+    stream::USERS,
+    stream::READS,
 ];
 
 /// The durable consumer of endpoint `name` on each of its streams.
@@ -46,20 +47,32 @@ pub fn consumer_name(name: &str) -> String {
     format!("webhook_{name}")
 }
 
-/// The streams carrying the event types `filter` selects.
+/// The stream an event type is stored on, if webhooks carry it: devices' push addresses stay
+/// inside (the server API lists which devices have a target, without the address).
+pub fn stream_of(type_name: &str) -> Option<&'static str> {
+    match type_name {
+        // A user's own view of conversations goes with the user.
+        "message.hidden" | "conversation.prefs_changed" => Some(stream::USERS),
+        t if t.starts_with("device.") => None,
+        t if t.starts_with("message.") => Some(stream::MESSAGES),
+        t if t.starts_with("group.") => Some(stream::MEMBERSHIP),
+        t if t.starts_with("user.") || t.starts_with("session.") => Some(stream::USERS),
+        t if t.starts_with("read.") => Some(stream::READS),
+        _ => None,
+    }
+}
+
+/// The streams storing the event types `filter` selects (none: it selects nothing a webhook
+/// carries).
 pub fn streams_for(filter: &[String]) -> Vec<&'static str> {
     STREAMS
         .iter()
-        .filter(|(_, prefixes)| {
-            filter.is_empty()
-                || filter.iter().any(|f| {
-                    f == "*"
-                        || prefixes
-                            .iter()
-                            .any(|p| f.starts_with(p) || p.starts_with(f.trim_end_matches('*')))
-                })
+        .copied()
+        .filter(|s| {
+            Event::TYPES
+                .iter()
+                .any(|(t, _)| stream_of(t) == Some(*s) && type_matches(filter, t))
         })
-        .map(|(s, _)| *s)
         .collect()
 }
 
@@ -160,7 +173,7 @@ pub async fn run(
                             continue;
                         }
                         let mut all = true;
-                        for (s, _) in STREAMS {
+                        for s in STREAMS {
                             if let Err(e) =
                                 bus.delete_consumer(s, &consumer_name(&endpoint.name)).await
                             {
@@ -321,9 +334,7 @@ async fn settle(d: &Delivery) -> Handled {
 /// stored at; `None` for what is not an event of the endpoint's types.
 fn payload(d: &Delivery, stream: &str, events: &[String]) -> Option<(String, Vec<u8>)> {
     let type_name = d.header(header::EVENT_TYPE)?;
-    // Devices' push addresses stay inside: `device.*` events are never delivered (the server
-    // API lists which devices have a target, without the address).
-    if type_name.starts_with("device.") || !type_matches(events, type_name) {
+    if stream_of(type_name) != Some(stream) || !type_matches(events, type_name) {
         return None;
     }
     let mut envelope: Value = serde_json::from_slice(d.payload()).ok()?;
@@ -436,12 +447,32 @@ mod tests {
         let f = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         assert_eq!(streams_for(&[]).len(), 4);
         assert_eq!(streams_for(&f(&["*"])).len(), 4);
-        assert_eq!(streams_for(&f(&["message.*"])), vec![stream::MESSAGES]);
+        // A user's own deletions and conversation settings are stored with the user.
+        assert_eq!(
+            streams_for(&f(&["message.*"])),
+            vec![stream::MESSAGES, stream::USERS]
+        );
+        assert_eq!(streams_for(&f(&["message.hidden"])), vec![stream::USERS]);
+        assert_eq!(
+            streams_for(&f(&["conversation.prefs_changed"])),
+            vec![stream::USERS]
+        );
         assert_eq!(
             streams_for(&f(&["message.sent", "group.created"])),
             vec![stream::MESSAGES, stream::MEMBERSHIP]
         );
         assert_eq!(streams_for(&f(&["session.revoked"])), vec![stream::USERS]);
         assert!(streams_for(&f(&["nothing.here"])).is_empty());
+        assert!(streams_for(&f(&["device.*"])).is_empty());
+        assert!(streams_for(&f(&["device.push_set"])).is_empty());
+    }
+
+    /// Every event type a webhook may carry has a stream, and only devices' push addresses
+    /// have none.
+    #[test]
+    fn every_event_type_has_its_stream() {
+        for (t, _) in Event::TYPES {
+            assert_eq!(stream_of(t).is_none(), t.starts_with("device."), "{t}");
+        }
     }
 }

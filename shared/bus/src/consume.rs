@@ -211,11 +211,16 @@ impl Bus {
             ConsumerStart::FromSeq(seq) => jetstream::consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: seq.max(1),
             },
+            // A time past what can be named starts past everything stored (never before it).
             ConsumerStart::FromTime(ms) => jetstream::consumer::DeliverPolicy::ByStartTime {
                 start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
                     i128::from(ms) * 1_000_000,
                 )
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                .unwrap_or(if ms < 0 {
+                    time::OffsetDateTime::UNIX_EPOCH
+                } else {
+                    time::PrimitiveDateTime::MAX.assume_utc()
+                }),
             },
         };
         let config = jetstream::consumer::pull::Config {

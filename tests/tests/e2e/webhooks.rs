@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anchorage_protocol::request::{Hide, SetPrefs};
 use anchorage_schema::admin::Scope;
 use anchorage_tests::{
-    HttpAnswer, TestNats, TestStack, api_key, dead_letters, eventually, fresh_database, http,
-    metric, scrape, test_config,
+    HttpAnswer, TestNats, TestStack, WsClient, api_key, conv_id, dead_letters, eventually,
+    fresh_database, http, metric, scrape, test_config,
 };
 use anchorage_webhooks::Secret;
 use axum::body::Bytes;
@@ -325,6 +326,16 @@ async fn webhooks_deliver_everything_in_order_through_failures_and_dead_letter_w
     .await
     .unwrap();
     assert_eq!(seqs_of(&flaky.accepted()[before..], "a"), posted["a"]);
+
+    // A time that cannot be named (the year 10000 and later) is refused, not taken for the
+    // beginning of the streams.
+    for from in [
+        json!({"from_time": 253_402_300_800_000_i64}),
+        json!({"from_time": i64::MAX}),
+    ] {
+        let r = call(addr, &key, "POST", "/v1/webhooks/flaky/redeliver", from).await;
+        assert_eq!(r.status, 400, "{r:?}");
+    }
 
     // Deleted: nothing more.
     assert_eq!(
@@ -712,6 +723,102 @@ async fn an_event_not_settled_during_an_outage_comes_again_and_deliveries_go_on(
     .await
     .unwrap();
     assert_eq!(seqs_of(&got, "o"), vec![first, second], "in order");
+    stop.cancel();
+    stack.stack.stop().await.unwrap();
+}
+
+// A user's own state is stored with the user: an endpoint naming `message.hidden` or
+// `conversation.prefs_changed` gets them (from `USERS`), and `message.*` covers the hides. A
+// filter that selects nothing a webhook carries (devices' push targets) is refused.
+#[tokio::test]
+async fn a_users_own_state_reaches_the_endpoints_that_name_it() {
+    let Hooked {
+        nats,
+        stack,
+        addr,
+        key,
+        receiver,
+        stop,
+    } = hooked(|_| {}).await;
+    let hook = serve(
+        "127.0.0.1:0".parse().unwrap(),
+        receiver.clone(),
+        stop.clone(),
+    )
+    .await;
+    let own = call(
+        addr,
+        &key,
+        "POST",
+        "/v1/webhooks",
+        json!({"name": "own", "url": format!("http://{hook}/hook"),
+               "events": ["conversation.prefs_changed"]}),
+    )
+    .await;
+    assert_eq!(own.status, 201, "{own:?}");
+    for events in [json!(["device.push_set"]), json!(["device.*"])] {
+        let refused = call(
+            addr,
+            &key,
+            "POST",
+            "/v1/webhooks",
+            json!({"name": "pushes", "url": format!("http://{hook}/hook"), "events": events}),
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{events}: {refused:?}");
+    }
+    let seq = post_in_o(addr, &key, 0).await;
+    let (mut alice, _) = WsClient::signed_in(addr, "alice", "d").await.unwrap();
+    alice
+        .ok(Hide {
+            conv: conv_id("o"),
+            seqs: vec![seq],
+        })
+        .await
+        .unwrap();
+    alice
+        .ok(SetPrefs {
+            conv: conv_id("o"),
+            pinned: Some(true),
+            archived: None,
+            muted_until: None,
+            draft: None,
+            notify: None,
+        })
+        .await
+        .unwrap();
+    // Each endpoint gets what it names, once: `steady` (`message.*`) the post and the hide,
+    // `own` the pin.
+    let got = eventually(Duration::from_secs(30), "the user's state", || async {
+        let got = receiver.accepted();
+        let types: Vec<String> = got
+            .iter()
+            .map(|r| r.body["type"].as_str().unwrap_or("").to_owned())
+            .collect();
+        (types.len() >= 3).then_some(got)
+    })
+    .await
+    .unwrap();
+    let mut types: Vec<(&str, &str)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.body["type"].as_str().unwrap(),
+                r.body["stream"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        vec![
+            ("conversation.prefs_changed", "USERS"),
+            ("message.hidden", "USERS"),
+            ("message.sent", "MESSAGES"),
+        ],
+        "{got:?}"
+    );
+    drop(nats);
     stop.cancel();
     stack.stack.stop().await.unwrap();
 }

@@ -5,7 +5,7 @@ use anchorage_schema::admin::{Redeliver, Scope, WebhookRecord};
 use anchorage_schema::subjects::{self, stream};
 use anchorage_schema::{Seq, UserId, now_ms};
 use anchorage_webhooks::Secret;
-use anchorage_webhooks::worker::{consumer_name, streams_for};
+use anchorage_webhooks::worker::{consumer_name, stream_of, streams_for};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -47,15 +47,24 @@ pub struct CreateWebhook {
 #[serde(transparent)]
 pub struct EventFilter(pub String);
 
-/// Every filter an endpoint may name.
+/// Every filter an endpoint may name: each selects events a webhook carries.
 pub fn event_filters() -> Vec<String> {
-    let families = ["*", "message.*", "group.*", "user.*", "session.*", "read.*"];
+    let families = [
+        "*",
+        "message.*",
+        "conversation.*",
+        "group.*",
+        "user.*",
+        "session.*",
+        "read.*",
+    ];
     families
         .iter()
         .map(|f| (*f).to_owned())
         .chain(
             anchorage_schema::Event::TYPES
                 .iter()
+                .filter(|(t, _)| stream_of(t).is_some())
                 .map(|(t, _)| (*t).to_owned()),
         )
         .collect()
@@ -290,6 +299,9 @@ pub async fn delete(
     }))
 }
 
+/// The last Unix millisecond of the year 9999: the latest time a redelivery may start from.
+const LATEST_MS: i64 = 253_402_300_799_999;
+
 /// Deliver again from a sequence or a time (also what was delivered or dead-lettered).
 #[utoipa::path(post, operation_id = "webhook_redeliver", path = "/v1/webhooks/{name}/redeliver", tag = "webhooks",
     request_body = RedeliverFrom,
@@ -306,10 +318,11 @@ pub async fn redeliver(
     let name = name_of(name)?;
     let from = match (r.from_seq, r.from_time) {
         (Some(s), None) if s >= 1 => Redeliver::FromSeq(s as u64),
-        (None, Some(t)) if t >= 0 => Redeliver::FromTime(t),
+        (None, Some(t)) if (0..=LATEST_MS).contains(&t) => Redeliver::FromTime(t),
         _ => {
             return Err(Problem::invalid(
-                "give from_seq (at least 1) or from_time (Unix milliseconds), not both",
+                "give from_seq (at least 1) or from_time (Unix milliseconds, before the year \
+                 10000), not both",
             ));
         }
     };
