@@ -574,6 +574,35 @@ async fn idempotency_keys_are_scoped_to_their_request_and_outlive_the_duplicate_
         );
         problem(&post("g1", "two", sender).await, 409, "conflict");
     }
+    // The stored copy no longer holds what was posted — edited, then revoked: a repeat is
+    // still that post, never a conflict (a backend told so would post it again under another
+    // key, a revoked message among them).
+    let bobs = seq(&post("g1", "one", Some("bob")).await);
+    let (mut bob, _) = WsClient::signed_in(addr, "bob", "d").await.unwrap();
+    let conv = anchorage_tests::conv_id("g1");
+    let changes: [anchorage_protocol::RequestBody; 2] = [
+        anchorage_protocol::request::Edit {
+            conv: conv.clone(),
+            seq: bobs,
+            body: json!("uno"),
+        }
+        .into(),
+        anchorage_protocol::request::Revoke { conv, seq: bobs }.into(),
+    ];
+    for change in changes {
+        let done = bob.ok(change.clone()).await.unwrap();
+        anchorage_tests::projected(&stack.stack.store, "messages", done.seq.unwrap()).await;
+        let again = post("g1", "one", Some("bob")).await;
+        assert_eq!(
+            (seq(&again), again.body["duplicate"].as_bool()),
+            (bobs, Some(true)),
+            "after {change:?}: {again:?}"
+        );
+        if matches!(change, anchorage_protocol::RequestBody::Edit(_)) {
+            // Still not a key for another message: compared with the post as it was made.
+            problem(&post("g1", "two", Some("bob")).await, 409, "conflict");
+        }
+    }
     // Header and body naming two different keys: refused.
     let both = call(
         addr,

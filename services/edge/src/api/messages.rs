@@ -4,7 +4,7 @@
 use anchorage_schema::admin::Scope;
 use anchorage_schema::event::{MessageSent, SystemMessagePosted};
 use anchorage_schema::subjects::{self, stream};
-use anchorage_schema::{Actor, ClientMsgId, DeviceId, Envelope, Event, now_ms};
+use anchorage_schema::{Actor, ClientMsgId, DeviceId, Envelope, Event, Seq, now_ms};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -243,9 +243,30 @@ pub async fn post(
                 )
                 .into());
             }
-            let same = serde_json::from_str::<Value>(&row.body).ok().as_ref() == message_body(&env)
-                && row.attachments.as_slice() == message_files(&env);
-            if !same && !hooked {
+            // What was posted is compared with what the history holds of it: the stored
+            // copy, or once an edit replaced its body the event as it was posted. A revoke
+            // erased both: a repeat of a revoked post is that post (never posted again).
+            let same = if hooked || row.revoked {
+                true
+            } else if row.edits == 0 {
+                serde_json::from_str::<Value>(&row.body).ok().as_ref() == message_body(&env)
+                    && row.attachments.as_slice() == message_files(&env)
+            } else {
+                match state
+                    .bus
+                    .stored_event_if_any(stream::MESSAGES, Seq(row.seq))
+                    .await
+                    .map_err(RequestError::from)?
+                {
+                    Some(Ok(posted)) => {
+                        message_body(&posted) == message_body(&env)
+                            && message_files(&posted) == message_files(&env)
+                    }
+                    // Gone from the stream (past its limits): nothing left to compare.
+                    _ => true,
+                }
+            };
+            if !same {
                 return Err(RequestError::Conflict(
                     "the idempotency key was used for another message".into(),
                 )
