@@ -187,9 +187,69 @@ fn without_url(e: &reqwest::Error) -> String {
     }
 }
 
+/// Checks an endpoint's URL: `http` or `https`, a host, at most 2048 bytes, and no user name,
+/// password or fragment (credentials in a URL end up in logs and dead letters; an endpoint
+/// authenticates deliveries by their signature).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let why = "an http:// or https:// URL with a host, at most 2048 bytes, without user, \
+               password or #fragment";
+    if url.len() > 2048 {
+        return Err(why.into());
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|_| why.to_owned())?;
+    let fine = matches!(parsed.scheme(), "http" | "https")
+        && parsed.host_str().is_some_and(|h| !h.is_empty())
+        && parsed.username().is_empty()
+        && parsed.password().is_none()
+        && parsed.fragment().is_none();
+    if fine { Ok(()) } else { Err(why.into()) }
+}
+
+/// An endpoint's URL as logs and dead letters show it: scheme, host, port and path (a query
+/// may carry a token).
+pub fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            u.path()
+        ),
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_urls_are_checked_and_shown_without_secrets() {
+        for fine in [
+            "https://crm.example.com/hooks",
+            "http://127.0.0.1:8080/hook?tenant=7",
+        ] {
+            assert_eq!(check_url(fine), Ok(()), "{fine}");
+        }
+        for bad in [
+            "http://",
+            "http://a b/",
+            "ftp://example.com/",
+            "https://user:pass@example.com/hook",
+            "https://token@example.com/hook",
+            "https://example.com/hook#part",
+            "example.com/hook",
+            "",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_url(&format!("https://example.com/{}", "a".repeat(2048))).is_err());
+        assert_eq!(
+            shown_url("https://example.com:8443/hooks/in?token=s3cret"),
+            "https://example.com:8443/hooks/in"
+        );
+    }
 
     // The example of the Standard Webhooks specification.
     #[test]

@@ -201,7 +201,7 @@ pub async fn run(
                             continue;
                         }
                     };
-                    tracing::info!(endpoint = %endpoint.name, url = %endpoint.url, "webhook endpoint running");
+                    tracing::info!(endpoint = %endpoint.name, url = %crate::shown_url(&endpoint.url), "webhook endpoint running");
                     for s in streams_for(&endpoint.events) {
                         tasks.spawn(deliver(
                             bus.clone(),
@@ -398,7 +398,7 @@ async fn handle(
             let reason = format!(
                 "endpoint {} ({}): {outcome} after {} attempts",
                 endpoint.name,
-                endpoint.url,
+                crate::shown_url(&endpoint.url),
                 attempt + 1
             );
             tracing::warn!(%reason, %id, "webhook event dead-lettered");

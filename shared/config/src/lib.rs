@@ -897,11 +897,13 @@ impl Config {
                 return bad("webhooks.endpoints.secret", "a secret reads whsec_<base64>");
             }
         }
-        if self.webhooks.retry_for_secs == 0 || self.webhooks.timeout_ms == 0 {
-            return bad(
-                "webhooks.retry_for_secs",
-                "retry_for_secs and timeout_ms are at least 1",
-            );
+        if self.webhooks.retry_for_secs == 0 {
+            return bad("webhooks.retry_for_secs", "at least 1");
+        }
+        // Within the consumers' ack wait (30 s), with room for the acknowledgement: an attempt
+        // that outlasted it would have the event handed to another worker meanwhile.
+        if !(1..=20_000).contains(&self.webhooks.timeout_ms) {
+            return bad("webhooks.timeout_ms", "1 to 20000");
         }
         if let Some(h) = &self.hooks.before_send {
             if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
@@ -1154,6 +1156,12 @@ mod tests {
         assert!(err.to_string().contains("edge.listen"), "{err}");
         let err = Config::from_toml("[database]\nurl = \"mysql://x\"\n").unwrap_err();
         assert!(err.to_string().contains("database.url"), "{err}");
+        // An attempt must end within the consumers' ack wait.
+        for ms in [0, 20_001] {
+            let err = Config::from_toml(&format!("[webhooks]\ntimeout_ms = {ms}\n")).unwrap_err();
+            assert!(err.to_string().contains("webhooks.timeout_ms"), "{err}");
+        }
+        assert!(Config::from_toml("[webhooks]\ntimeout_ms = 20000\n").is_ok());
     }
 
     #[test]

@@ -162,6 +162,10 @@ pub struct WebhookRecord {
     /// A deleted endpoint gets nothing more.
     #[serde(default)]
     pub deleted: bool,
+    /// The `Idempotency-Key` of the request that made this record (the creation, or the last
+    /// redelivery asked): the same request again is answered alike, not applied twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Where an endpoint's deliveries start again.

@@ -822,3 +822,89 @@ async fn a_users_own_state_reaches_the_endpoints_that_name_it() {
     stop.cancel();
     stack.stack.stop().await.unwrap();
 }
+
+// Under an `Idempotency-Key`, an endpoint's creation asked again (its answer lost) gets the same
+// answer, secret included, and a redelivery asked again starts over once; the key with another
+// request is a conflict.
+#[tokio::test]
+async fn webhook_changes_under_a_key_apply_once() {
+    let Hooked {
+        nats,
+        stack,
+        addr,
+        key,
+        receiver: _,
+        stop,
+    } = hooked(|_| {}).await;
+    let keyed = |method: &'static str, path: &'static str, body: Value, idem: &'static str| {
+        let key = key.clone();
+        async move {
+            let auth = format!("Bearer {key}");
+            http(
+                addr,
+                method,
+                path,
+                &[("Authorization", &auth), ("Idempotency-Key", idem)],
+                Some(&body),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let create = |url: &'static str| {
+        keyed(
+            "POST",
+            "/v1/webhooks",
+            json!({"name": "crm", "url": url, "events": ["group.*"]}),
+            "create-crm",
+        )
+    };
+    let first = create("https://crm.example.com/in").await;
+    assert_eq!(first.status, 201, "{first:?}");
+    let again = create("https://crm.example.com/in").await;
+    assert_eq!(again.status, 201, "{again:?}");
+    assert_eq!(again.body, first.body, "the same answer, secret included");
+    let other = create("https://other.example.com/in").await;
+    assert_eq!(other.status, 409, "{other:?}");
+    // Credentials in a URL would show in logs and dead letters: refused, as are URLs that
+    // name no host.
+    for url in ["https://user:pass@crm.example.com/in", "http://", "http://a b/"] {
+        let refused = call(
+            addr,
+            &key,
+            "POST",
+            "/v1/webhooks",
+            json!({"name": "bad", "url": url, "events": ["group.*"]}),
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{url}: {refused:?}");
+    }
+    let unkeyed = call(
+        addr,
+        &key,
+        "POST",
+        "/v1/webhooks",
+        json!({"name": "crm", "url": "https://crm.example.com/in", "events": ["group.*"]}),
+    )
+    .await;
+    assert_eq!(unkeyed.status, 409, "{unkeyed:?}");
+
+    let redeliver = |from: Value| keyed("POST", "/v1/webhooks/crm/redeliver", from, "again-1");
+    let started = redeliver(json!({"from_seq": 1})).await;
+    assert_eq!(started.status, 200, "{started:?}");
+    let repeat = redeliver(json!({"from_seq": 1})).await;
+    assert_eq!(
+        (
+            repeat.status,
+            &repeat.body["seq"],
+            &repeat.body["duplicate"]
+        ),
+        (200, &started.body["seq"], &json!(true)),
+        "{repeat:?}"
+    );
+    let reused = redeliver(json!({"from_seq": 2})).await;
+    assert_eq!(reused.status, 409, "{reused:?}");
+    drop(nats);
+    stop.cancel();
+    stack.stack.stop().await.unwrap();
+}

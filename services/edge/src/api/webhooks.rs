@@ -8,13 +8,13 @@ use anchorage_webhooks::Secret;
 use anchorage_webhooks::worker::{consumer_name, stream_of, streams_for};
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::keys::Key;
 use super::problem::{Body, Params, Problem};
-use super::{Written, some_string, some_whole};
+use super::{Written, idempotency_key, some_string, some_whole};
 use crate::EdgeState;
 use crate::requests::RequestError;
 
@@ -184,20 +184,19 @@ async fn view(state: &EdgeState, r: WebhookRecord) -> Webhook {
 /// Add a webhook endpoint.
 #[utoipa::path(post, operation_id = "webhook_create", path = "/v1/webhooks", tag = "webhooks",
     request_body = CreateWebhook,
-    responses((status = 201, description = "Created; the secret is shown this once", body = CreatedWebhook)),
+    params(super::IdempotencyHeader),
+    responses((status = 201, description = "Created; the secret is shown this once (and to the same creation again, under its Idempotency-Key)", body = CreatedWebhook)),
     security(("api_key" = [])))]
 pub async fn create(
     State(state): State<EdgeState>,
     key: Key,
+    headers: HeaderMap,
     Body(r): Body<CreateWebhook>,
 ) -> Result<(StatusCode, Json<CreatedWebhook>), Problem> {
     key.require(Scope::Admin)?;
+    let idem = idempotency_key(&headers, None)?.map(|k| k.to_string());
     let name = name_of(r.name)?;
-    if !(r.url.starts_with("http://") || r.url.starts_with("https://")) || r.url.len() > 2048 {
-        return Err(Problem::invalid(
-            "url is an http:// or https:// URL of at most 2048 bytes",
-        ));
-    }
+    anchorage_webhooks::check_url(&r.url).map_err(|why| Problem::invalid(format!("url: {why}")))?;
     let events: Vec<String> = r.events.into_iter().map(|e| e.0).collect();
     let known = event_filters();
     if events.len() > 64 || events.iter().any(|e| !known.contains(e)) {
@@ -206,6 +205,7 @@ pub async fn create(
             known.join(", ")
         )));
     }
+    let given_secret = r.secret.is_some();
     let secret = match r.secret {
         Some(s) => {
             Secret::parse(&s).map_err(|e| Problem::invalid(e.to_string()))?;
@@ -214,7 +214,24 @@ pub async fn create(
         None => Secret::generate().map_err(|e| Problem::from(RequestError::internal(e)))?,
     };
     let (last, existing) = record(&state, &name).await?;
-    if existing.is_some() {
+    if let Some(existing) = existing {
+        // The same creation again (its answer lost): the same answer, secret included.
+        let same = idem.is_some()
+            && existing.key == idem
+            && existing.redeliver.is_none()
+            && existing.url == r.url
+            && existing.events == events
+            && (!given_secret || secret == existing.secret);
+        if same {
+            return Ok((
+                StatusCode::CREATED,
+                Json(CreatedWebhook {
+                    name,
+                    secret: existing.secret,
+                    seq: last.0,
+                }),
+            ));
+        }
         return Err(RequestError::Conflict(format!("webhook {name} exists")).into());
     }
     let seq = store(
@@ -228,6 +245,7 @@ pub async fn create(
             redeliver: None,
             redeliver_at: None,
             deleted: false,
+            key: idem,
         },
         last,
     )
@@ -305,16 +323,18 @@ const LATEST_MS: i64 = 253_402_300_799_999;
 /// Deliver again from a sequence or a time (also what was delivered or dead-lettered).
 #[utoipa::path(post, operation_id = "webhook_redeliver", path = "/v1/webhooks/{name}/redeliver", tag = "webhooks",
     request_body = RedeliverFrom,
-    params(("name" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"), super::IdempotencyHeader),
     responses((status = 200, description = "Deliveries start again from there", body = Written)),
     security(("api_key" = [])))]
 pub async fn redeliver(
     State(state): State<EdgeState>,
     key: Key,
     Params(name): Params<String>,
+    headers: HeaderMap,
     Body(r): Body<RedeliverFrom>,
 ) -> Result<Json<Written>, Problem> {
     key.require(Scope::Admin)?;
+    let idem = idempotency_key(&headers, None)?.map(|k| k.to_string());
     let name = name_of(name)?;
     let from = match (r.from_seq, r.from_time) {
         (Some(s), None) if s >= 1 => Redeliver::FromSeq(s as u64),
@@ -329,8 +349,22 @@ pub async fn redeliver(
     let (last, Some(mut rec)) = record(&state, &name).await? else {
         return Err(RequestError::NotFound(format!("no webhook {name}")).into());
     };
+    if idem.is_some() && rec.key == idem {
+        // The same ask again: deliveries started over once already.
+        if rec.redeliver.as_ref() == Some(&from) {
+            return Ok(Json(Written {
+                seq: last.0,
+                duplicate: true,
+            }));
+        }
+        return Err(RequestError::Conflict(
+            "the idempotency key was used for another request".into(),
+        )
+        .into());
+    }
     rec.redeliver = Some(from);
     rec.redeliver_at = Some(now_ms());
+    rec.key = idem;
     let seq = store(&state, &rec, last).await?;
     Ok(Json(Written {
         seq,
