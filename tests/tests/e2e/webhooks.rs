@@ -868,7 +868,11 @@ async fn webhook_changes_under_a_key_apply_once() {
     assert_eq!(other.status, 409, "{other:?}");
     // Credentials in a URL would show in logs and dead letters: refused, as are URLs that
     // name no host.
-    for url in ["https://user:pass@crm.example.com/in", "http://", "http://a b/"] {
+    for url in [
+        "https://user:pass@crm.example.com/in",
+        "http://",
+        "http://a b/",
+    ] {
         let refused = call(
             addr,
             &key,

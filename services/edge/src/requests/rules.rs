@@ -104,6 +104,9 @@ impl GroupCommand {
             GroupCommand::SetRole {
                 role: Role::Owner, ..
             } => invalid("ownership cannot be given away; roles are admin or member"),
+            GroupCommand::Mute { until: Some(t), .. } if *t < 0 => {
+                invalid("until is a Unix millisecond time (0 or more); null unmutes")
+            }
             GroupCommand::Nickname {
                 nickname: Some(n), ..
             } if n.len() > MAX_NICKNAME => invalid("a nickname has at most 64 bytes"),
@@ -358,6 +361,11 @@ mod tests {
         assert!(decide(&owner, &mute("ann")).is_ok());
         let admin = given(Some(Role::Admin), &[("olga", Role::Owner)]);
         assert_eq!(refused(&admin, mute("olga")), ErrorCode::Forbidden);
+        let before_1970 = GroupCommand::Mute {
+            member: user("bob"),
+            until: Some(-1),
+        };
+        assert_eq!(refused(&owner, before_1970), ErrorCode::InvalidRequest);
     }
 
     #[test]
