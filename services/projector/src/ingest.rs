@@ -127,6 +127,9 @@ struct Translated {
 }
 
 /// Validates and translates one external event published on `subject`.
+/// How far ahead of this server's clock an event from another system may say it happened.
+const MAX_AHEAD_MS: i64 = 5 * 60 * 1000;
+
 fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
     let rest = subject
         .strip_prefix("ext.")
@@ -139,6 +142,12 @@ fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
     })?;
     let source =
         SourceId::parse(source).map_err(|e| reject("bad_subject", format!("{subject}: {e}")))?;
+    if anchorage_schema::RESERVED_SOURCES.contains(&source.as_str()) {
+        return Err(reject(
+            "bad_subject",
+            format!("{subject}: the source {source} is Anchorage's own"),
+        ));
+    }
     let depth = anchorage_schema::limits::json_depth(payload);
     if depth > anchorage_schema::limits::MAX_JSON_DEPTH {
         return Err(reject(
@@ -208,6 +217,22 @@ fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
         "payload": native_payload,
     });
     let envelope = Envelope::from_value(wire).map_err(|e| reject(e.code(), e.to_string()))?;
+    // The time an event happened becomes its message's time and when its push is due: a time
+    // ahead of this server's clock (beyond its skew) would hold back every notification of
+    // the conversation until then.
+    let ahead = envelope
+        .occurred_at
+        .saturating_sub(anchorage_schema::now_ms());
+    if ahead > MAX_AHEAD_MS {
+        return Err(reject(
+            "in_future",
+            format!(
+                "occurred_at {} is {ahead} ms ahead of this server's clock (Unix milliseconds, \
+                 at most {MAX_AHEAD_MS} ms ahead)",
+                envelope.occurred_at
+            ),
+        ));
+    }
 
     // 1:1 conversations belong to their two users: no other system creates, changes or
     // writes into one.
@@ -1052,6 +1077,20 @@ mod tests {
         let mut newer = ok.clone();
         newer["v"] = json!(2);
         assert_eq!(code("ext.crm.user.created", newer), "newer_version");
+        // A time ahead of the clock (here in microseconds) would hold back pushes.
+        let mut ahead = ok.clone();
+        ahead["occurred_at"] = json!(anchorage_schema::now_ms() * 1000);
+        assert_eq!(code("ext.crm.user.created", ahead), "in_future");
+        let mut skewed = ok.clone();
+        skewed["occurred_at"] = json!(anchorage_schema::now_ms() + 60_000);
+        assert!(translate("ext.crm.user.created", skewed.to_string().as_bytes()).is_ok());
+        // Anchorage's own sources are nobody else's to speak as.
+        for source in ["api", "anchorage"] {
+            assert_eq!(
+                code(&format!("ext.{source}.user.created"), ok.clone()),
+                "bad_subject"
+            );
+        }
         assert_eq!(
             code(
                 "ext.crm.user.created",

@@ -567,8 +567,16 @@ async fn apply_user(
                 json: &target,
                 preview: e.preview,
             };
-            tx.set_push_target(e.user.as_str(), e.device.as_str(), &target, seq)
-                .await?;
+            // A device signed out for good is not notified again, whoever registers it
+            // afterwards (an app's backend refreshing its token, a request racing the
+            // revocation).
+            if !tx
+                .session_revoked(e.user.as_str(), e.device.as_str())
+                .await?
+            {
+                tx.set_push_target(e.user.as_str(), e.device.as_str(), &target, seq)
+                    .await?;
+            }
         }
         Event::PushTargetRemoved(e) => {
             expect_subject(subject, subjects::user(&e.user))?;

@@ -136,8 +136,7 @@ impl Fcm {
             };
             let code = error_code(&text);
             return match (status, code.as_str()) {
-                (404, _) | (_, "UNREGISTERED") => Sent::Rejected(format!("HTTP {status} {code}")),
-                (403, "SENDER_ID_MISMATCH") => Sent::Rejected(format!("HTTP {status} {code}")),
+                _ if token_gone(&code) => Sent::Rejected(format!("HTTP {status} {code}")),
                 (401, _) if !renewed => {
                     renewed = true;
                     continue;
@@ -147,6 +146,14 @@ impl Fcm {
             };
         }
     }
+}
+
+/// Whether FCM says the token takes no message any more, so the device's target is removed:
+/// FCM's own `UNREGISTERED` alone. A bare 404 (a wrong `project_id`, a proxy) or a
+/// `SENDER_ID_MISMATCH` (credentials of another project) is a configuration to fix, and
+/// removing on it would take every device's token at once.
+fn token_gone(code: &str) -> bool {
+    code == "UNREGISTERED"
 }
 
 /// The FCM error code of an error answer (`details[].errorCode`, else `status`).
@@ -178,5 +185,14 @@ mod tests {
             "RESOURCE_EXHAUSTED"
         );
         assert_eq!(error_code("<html>"), "");
+        assert!(token_gone(&error_code(unregistered)));
+        // A project that does not exist, or a proxy's 404, is not the token's fault.
+        for answer in [
+            r#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND"}}"#,
+            "<html>404</html>",
+            r#"{"error":{"code":403,"status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"SENDER_ID_MISMATCH"}]}}"#,
+        ] {
+            assert!(!token_gone(&error_code(answer)), "{answer}");
+        }
     }
 }

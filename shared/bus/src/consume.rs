@@ -273,10 +273,18 @@ impl Bus {
         headers.insert(header::DLQ_SEQ, delivery.seq.to_string().as_str());
         headers.insert(header::DLQ_SUBJECT, delivery.subject());
         headers.insert(header::DLQ_CONSUMER, consumer);
+        // An event as large as its stream allows, with these headers, would not fit in the
+        // dead-letter stream: setting it aside would fail every time and hold up everything
+        // after it. Its copy is cut to fit; the whole of it stays where the headers say.
+        let mut payload = delivery.payload().clone();
+        if payload.len() > DEAD_LETTER_COPY {
+            headers.insert(header::DLQ_TRUNCATED, payload.len().to_string().as_str());
+            payload.truncate(DEAD_LETTER_COPY);
+        }
         let subject = subjects::deadletter(stream);
         let ack = self
             .jetstream()
-            .publish_with_headers(subject.clone(), headers, delivery.payload().clone())
+            .publish_with_headers(subject.clone(), headers, payload)
             .await
             .map_err(|e| BusError::jetstream(&subject, e))?
             .await
@@ -290,6 +298,10 @@ impl Bus {
         Ok(Seq(ack.sequence))
     }
 }
+
+/// Most bytes of an event a dead letter carries: with its headers, well within the dead-letter
+/// stream's 1 MiB messages.
+const DEAD_LETTER_COPY: usize = 512 * 1024;
 
 /// Header values cannot hold line breaks; reasons are kept to one line and a sane length.
 fn single_line(s: &str) -> String {

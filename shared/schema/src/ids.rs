@@ -212,6 +212,10 @@ impl ConversationId {
 /// The prefix of every 1:1 conversation id.
 pub const DIRECT_PREFIX: &str = "dm-";
 
+/// Sources that are Anchorage's own (`api`: the server API's system posts, `anchorage`: the
+/// operator's commands): no integration is named so, so none speaks as them.
+pub const RESERVED_SOURCES: &[&str] = &["api", "anchorage"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,6 @@ pub mod subjects;
 pub use anchor::{Epoch, Seq};
 pub use event::{Actor, DecodeError, EntryKind, Envelope, Event, now_ms};
 pub use ids::{
-    ClientMsgId, ConversationId, DIRECT_PREFIX, DeviceId, EventId, GroupId, IdError, SourceId,
-    UserId,
+    ClientMsgId, ConversationId, DIRECT_PREFIX, DeviceId, EventId, GroupId, IdError,
+    RESERVED_SOURCES, SourceId, UserId,
 };

@@ -82,6 +82,9 @@ pub mod header {
     pub const DLQ_SUBJECT: &str = "Anchorage-Dlq-Subject";
     /// Dead-letter entries: the consumer that gave up on it.
     pub const DLQ_CONSUMER: &str = "Anchorage-Dlq-Consumer";
+    /// On a dead letter whose copy of the event was cut to fit: the event's size in bytes (the
+    /// whole event is where `Anchorage-Dlq-Stream` and `-Seq` say).
+    pub const DLQ_TRUNCATED: &str = "Anchorage-Dlq-Truncated";
 }
 
 /// The prefix of every live (republished) subject.

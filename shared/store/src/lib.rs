@@ -716,5 +716,23 @@ mod tests {
         let gone = store.users_among(&["u0700"]).await.unwrap();
         assert_eq!(gone.get("u0700"), Some(true));
         assert_eq!(gone.get("u0001"), None, "not asked about");
+
+        // A change of a deleted user stored after the deletion (another writer's race) does
+        // not bring them back, nor rename them.
+        let mut tx = store.begin().await.unwrap();
+        tx.put_users(&[("u0700", "Back", 5_001), ("u0701", "Renamed", 5_002)])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let after = store.users_among(&["u0700", "u0701"]).await.unwrap();
+        assert_eq!(
+            (after.get("u0700"), after.get("u0701")),
+            (Some(true), Some(false))
+        );
+        assert_eq!(
+            store.user_row("u0700").await.unwrap().map(|r| r.0),
+            Some("U".to_owned()),
+            "a deleted user keeps the name they had"
+        );
     }
 }

@@ -959,7 +959,8 @@ impl Tx {
     }
 
     /// Creates or updates users, many per statement: `(user, display_name, version)` in
-    /// stream order (a user named twice ends as the later says).
+    /// stream order (a user named twice ends as the later says). A deleted user stays deleted:
+    /// a change stored after the deletion (a race between two writers) changes nothing.
     pub async fn put_users(&mut self, users: &[(&str, &str, u64)]) -> Result<(), StoreError> {
         let mut last: HashMap<&str, usize> = HashMap::new();
         for (k, (user, _, _)) in users.iter().enumerate() {
@@ -976,8 +977,8 @@ impl Tx {
             let sql = format!(
                 "INSERT INTO users (user_id, display_name, deleted, version) VALUES {}
                  ON CONFLICT (user_id) DO UPDATE
-                 SET display_name = excluded.display_name, deleted = 0,
-                     version = excluded.version",
+                 SET display_name = excluded.display_name, version = excluded.version
+                 WHERE users.deleted = 0",
                 (0..chunk.len())
                     .map(|r| {
                         let at = r * 3 + 1;
@@ -1022,6 +1023,17 @@ impl Tx {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    /// Whether the session of `device` was revoked (for good: the device never signs in again).
+    pub async fn session_revoked(&mut self, user: &str, device: &str) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT 1 AS one FROM revoked_sessions WHERE user_id = $1 AND device = $2")
+                .bind(user)
+                .bind(device)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        Ok(row.is_some())
     }
 
     /// Records a revoked session.

@@ -1232,3 +1232,50 @@ async fn memberships_the_projection_lacks_are_brought_in_for_a_user_who_connects
     edge.stop().await.unwrap();
     drop(db_dir);
 }
+
+// An event as large as its stream takes that a projection refuses: its dead letter carries it
+// cut to fit (the whole of it stays in its stream, where the headers point), and what follows
+// it is applied. Whole, it would not fit in the dead-letter stream beside its headers, and
+// setting it aside would fail every time, holding up everything after it.
+#[tokio::test]
+async fn an_event_too_large_to_set_aside_whole_is_set_aside_cut() {
+    let nats = TestNats::start().await.unwrap();
+    let stack = TestStack::start(&nats.url()).await.unwrap();
+    let store = &stack.stack.store;
+    let (mut alice, _) = WsClient::signed_in(stack.edge_addr(), "alice", "d")
+        .await
+        .unwrap();
+    alice.ok(create_group("big", "Big", &[])).await.unwrap();
+    let js = async_nats::jetstream::new(nats_client(&nats.url(), OPERATOR).await.unwrap());
+    // Not an event, and as large as the stream takes.
+    let size = 1_048_576 - 64;
+    let stored = js
+        .publish("msg.big", vec![b'x'; size].into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    alice
+        .ack(send_message("big", "m1", json!("after it")))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the message after it", || async {
+        let rows = store.messages_after("big", 0, 10).await.ok()?;
+        (rows.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let dead = anchorage_tests::dead_letters(&nats.url()).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let entry = &dead[0];
+    assert_eq!(
+        entry.get("Anchorage-Dlq-Seq").map(String::as_str),
+        Some(stored.sequence.to_string().as_str())
+    );
+    assert_eq!(
+        entry.get("Anchorage-Dlq-Truncated").map(String::as_str),
+        Some(size.to_string().as_str()),
+        "{entry:?}"
+    );
+    stack.stack.stop().await.unwrap();
+}

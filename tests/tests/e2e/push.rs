@@ -395,6 +395,32 @@ async fn failing_providers_rejected_addresses_and_moved_tokens() {
     .await
     .unwrap();
     assert!(revoked.applied);
+    // A registration stored after the revocation (the app's backend refreshing the browser's
+    // subscription, a request racing the sign-out) does not bring its notifications back.
+    let again = anchorage_schema::Envelope::new(
+        anchorage_schema::EventId::parse("push:dave:browser:after-revoke").unwrap(),
+        anchorage_schema::now_ms(),
+        anchorage_schema::Actor::System {
+            source: anchorage_schema::SourceId::parse("anchorage").unwrap(),
+        },
+        anchorage_schema::event::PushTargetSet {
+            user: anchorage_tests::user_id("dave"),
+            device: anchorage_schema::DeviceId::parse("browser").unwrap(),
+            target: p.web_target("dave"),
+            preview: true,
+        },
+    );
+    let published =
+        p.t.stack
+            .bus
+            .publish_event(
+                &anchorage_schema::subjects::user(&anchorage_tests::user_id("dave")),
+                &again,
+                None,
+            )
+            .await
+            .unwrap();
+    anchorage_tests::projected(p.store(), "users", published.seq.0).await;
 
     let seq = say(&mut alice, "ops", "m2", json!("second call")).await;
     assert_eq!(p.outcome("carol", "iphone", "ops", seq).await, "delivered");

@@ -95,8 +95,9 @@ pub struct SetRole {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Mute {
-    /// Muted until this time (Unix milliseconds); absent or null unmutes.
+    /// Muted until this time (Unix milliseconds, 0 or more); absent or null unmutes.
     #[serde(default, deserialize_with = "whole")]
+    #[schema(minimum = 0)]
     pub until: Option<i64>,
 }
 

@@ -25,8 +25,9 @@ pub struct CreateWebhook {
     /// 1 to 64 of `A-Z a-z 0-9 _ -`.
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
-    /// Where deliveries are posted: `http://` or `https://`.
-    #[schema(pattern = "^https?://.+", max_length = 2048)]
+    /// Where deliveries are posted: `http://` or `https://`, a host, no user or password
+    /// (deliveries are signed; credentials in a URL end up in logs) and no `#fragment`.
+    #[schema(pattern = r"^https?://[^/?#@\s]+([/?][^#\s]*)?$", max_length = 2048)]
     pub url: String,
     /// Event types (`message.sent`, `group.*`, `*`); empty or absent: every type.
     #[serde(default)]
