@@ -127,6 +127,10 @@ struct Translated {
 }
 
 /// Validates and translates one external event published on `subject`.
+/// The largest event from another system: 1 MiB less room for what its native event adds (the
+/// `ext:<source>:` id, the actor, headers).
+const MAX_EVENT_BYTES: usize = 1024 * 1024 - 16 * 1024;
+
 /// How far ahead of this server's clock an event from another system may say it happened.
 const MAX_AHEAD_MS: i64 = 5 * 60 * 1000;
 
@@ -146,6 +150,16 @@ fn translate(subject: &str, payload: &[u8]) -> Result<Translated, ApplyError> {
         return Err(reject(
             "bad_subject",
             format!("{subject}: the source {source} is Anchorage's own"),
+        ));
+    }
+    // Its native event, a little larger, goes to a stream that takes 1 MiB messages.
+    if payload.len() > MAX_EVENT_BYTES {
+        return Err(reject(
+            "too_large",
+            format!(
+                "the event is {} bytes; the limit is {MAX_EVENT_BYTES}",
+                payload.len()
+            ),
         ));
     }
     let depth = anchorage_schema::limits::json_depth(payload);
@@ -1084,6 +1098,10 @@ mod tests {
         let mut skewed = ok.clone();
         skewed["occurred_at"] = json!(anchorage_schema::now_ms() + 60_000);
         assert!(translate("ext.crm.user.created", skewed.to_string().as_bytes()).is_ok());
+        // Too large for its native event to fit where it goes.
+        let mut large = ok.clone();
+        large["payload"]["display_name"] = json!("x".repeat(MAX_EVENT_BYTES));
+        assert_eq!(code("ext.crm.user.created", large), "too_large");
         // Anchorage's own sources are nobody else's to speak as.
         for source in ["api", "anchorage"] {
             assert_eq!(

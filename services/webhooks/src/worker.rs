@@ -62,6 +62,17 @@ pub fn stream_of(type_name: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether `filter` selects event type `t`. A user's deletions for themselves are stored with
+/// the user: `message.*` is the conversations' messages, and `message.hidden` is selected by
+/// its name (or by `*`).
+pub fn selects(filter: &[String], t: &str) -> bool {
+    if t == "message.hidden" {
+        filter.is_empty() || filter.iter().any(|f| f == "*" || f == t)
+    } else {
+        type_matches(filter, t)
+    }
+}
+
 /// The streams storing the event types `filter` selects (none: it selects nothing a webhook
 /// carries).
 pub fn streams_for(filter: &[String]) -> Vec<&'static str> {
@@ -71,7 +82,7 @@ pub fn streams_for(filter: &[String]) -> Vec<&'static str> {
         .filter(|s| {
             Event::TYPES
                 .iter()
-                .any(|(t, _)| stream_of(t) == Some(*s) && type_matches(filter, t))
+                .any(|(t, _)| stream_of(t) == Some(*s) && selects(filter, t))
         })
         .collect()
 }
@@ -314,8 +325,8 @@ enum Handled {
     Settled,
     /// Stopped before it was settled: it stays unacknowledged.
     Stopped,
-    /// Delivered or to be dead-lettered, but NATS refused the acknowledgement or the dead
-    /// letter: it stays unacknowledged and comes again.
+    /// Delivered or dead-lettered, but NATS refused the acknowledgement: it stays
+    /// unacknowledged and comes again.
     Unsettled,
 }
 
@@ -334,7 +345,7 @@ async fn settle(d: &Delivery) -> Handled {
 /// stored at; `None` for what is not an event of the endpoint's types.
 fn payload(d: &Delivery, stream: &str, events: &[String]) -> Option<(String, Vec<u8>)> {
     let type_name = d.header(header::EVENT_TYPE)?;
-    if stream_of(type_name) != Some(stream) || !type_matches(events, type_name) {
+    if stream_of(type_name) != Some(stream) || !selects(events, type_name) {
         return None;
     }
     let mut envelope: Value = serde_json::from_slice(d.payload()).ok()?;
@@ -383,6 +394,10 @@ async fn handle(
         ]
     };
     for attempt in 0u32.. {
+        if attempt > 0 {
+            // The attempt may take all of `timeout_ms`: its ack wait starts now.
+            let _ = d.in_progress().await;
+        }
         let started = Instant::now();
         let outcome = poster.post(&endpoint.url, secret, &id, body.clone()).await;
         metrics::histogram!("anchorage_webhook_delivery_seconds", "endpoint" => endpoint.name.clone())
@@ -402,12 +417,24 @@ async fn handle(
                 attempt + 1
             );
             tracing::warn!(%reason, %id, "webhook event dead-lettered");
-            if let Err(e) = bus
+            // Set aside it must be: a dead letter NATS refuses (restarting, electing a leader)
+            // is asked again, not the endpoint — its retry period is over.
+            let outage = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+            let mut refused = 0u32;
+            while let Err(e) = bus
                 .dead_letter(stream, consumer, d, "webhook_failed", &reason)
                 .await
             {
                 tracing::warn!(error = %e, %id, "dead-lettering a webhook event");
-                return Handled::Unsettled;
+                refused += 1;
+                let _ = d.in_progress().await;
+                if stop
+                    .run_until_cancelled(tokio::time::sleep(outage.delay(refused, None)))
+                    .await
+                    .is_none()
+                {
+                    return Handled::Stopped;
+                }
             }
             metrics::counter!(
                 "anchorage_webhook_deliveries_total",
@@ -447,9 +474,11 @@ mod tests {
         let f = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         assert_eq!(streams_for(&[]).len(), 4);
         assert_eq!(streams_for(&f(&["*"])).len(), 4);
-        // A user's own deletions and conversation settings are stored with the user.
+        // A user's own deletions and conversation settings are stored with the user, and named
+        // on their own: `message.*` is the conversations' messages.
+        assert_eq!(streams_for(&f(&["message.*"])), vec![stream::MESSAGES]);
         assert_eq!(
-            streams_for(&f(&["message.*"])),
+            streams_for(&f(&["message.*", "message.hidden"])),
             vec![stream::MESSAGES, stream::USERS]
         );
         assert_eq!(streams_for(&f(&["message.hidden"])), vec![stream::USERS]);

@@ -111,9 +111,12 @@ fn publish_error(
                 expected: expected.unwrap_or_default(),
             }
         }
-        // The same id is being stored by a clustered stream right now: retried with it in a
-        // moment, the publish finds the stored copy.
-        _ if code == Some(ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT) => {
+        // The same id is being stored by a clustered stream right now (retried with it in a
+        // moment, the publish finds the stored copy), or a leader elected a moment ago cannot
+        // check a subject's last sequence yet.
+        _ if code == Some(ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
+            || code == Some(ErrorCode::STREAM_EXPECTED_LAST_SEQ_PER_SUBJECT_NOT_READY) =>
+        {
             PublishError::Unavailable {
                 subject: subject.to_owned(),
                 message: err.to_string(),

@@ -962,6 +962,12 @@ impl Config {
                     reason: format!("{source:?} is not a source id (1-64 of A-Z a-z 0-9 _ -)"),
                 });
             }
+            if anchorage_schema::RESERVED_SOURCES.contains(&source.as_str()) {
+                return Err(ConfigError::OutOfRange {
+                    key: "dev.integrations",
+                    reason: format!("{source:?} is a source of Anchorage's own"),
+                });
+            }
             let stream_name = |s: &String| {
                 !s.is_empty()
                     && s.len() <= 64

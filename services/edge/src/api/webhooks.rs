@@ -27,7 +27,10 @@ pub struct CreateWebhook {
     pub name: String,
     /// Where deliveries are posted: `http://` or `https://`, a host, no user or password
     /// (deliveries are signed; credentials in a URL end up in logs) and no `#fragment`.
-    #[schema(pattern = r"^https?://[^/?#@\s]+([/?][^#\s]*)?$", max_length = 2048)]
+    #[schema(
+        pattern = r"^https?://[^/?#@\x00-\x20]+([/?][^#\x00-\x20]*)?$",
+        max_length = 2048
+    )]
     pub url: String,
     /// Event types (`message.sent`, `group.*`, `*`); empty or absent: every type.
     #[serde(default)]
@@ -112,9 +115,9 @@ pub struct RedeliverFrom {
     #[serde(default, deserialize_with = "some_whole")]
     #[schema(minimum = 1, nullable = false)]
     pub from_seq: Option<i64>,
-    /// From the events stored at or after this time, Unix milliseconds.
+    /// From the events stored at or after this time, Unix milliseconds (before the year 10000).
     #[serde(default, deserialize_with = "some_whole")]
-    #[schema(minimum = 0, nullable = false)]
+    #[schema(minimum = 0, maximum = 253_402_300_799_999_i64, nullable = false)]
     pub from_time: Option<i64>,
 }
 

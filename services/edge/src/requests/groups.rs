@@ -400,6 +400,13 @@ impl Caller {
                     .bus
                     .first_subject_event(stream::MEMBERSHIP, &subject)
                     .await?;
+                if first.is_none() {
+                    // Another creation is on its way into a clustered stream and not stored
+                    // yet: which one it is is known in a moment.
+                    return Err(RequestError::Overloaded(format!(
+                        "group {group} is being created; retry in a moment"
+                    )));
+                }
                 Ok(Created::Exists(first.and_then(
                     |(seq, env)| match env.event {
                         Event::GroupCreated(c) => Some((c, seq.0)),
