@@ -307,6 +307,24 @@ impl TestStack {
         Self::start_with(config, db_dir).await
     }
 
+    /// Starts a stack on a fresh SQLite database against `cluster`, its streams with three
+    /// replicas (applied once the cluster has elected their leaders); `tune` adjusts the
+    /// configuration first.
+    pub async fn on_cluster(
+        cluster: &TestCluster,
+        tune: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<TestStack> {
+        let db_dir = tempfile::tempdir()?;
+        let mut config = test_config(&cluster.url(), &fresh_database(db_dir.path()).await?);
+        config.streams.replicas = 3;
+        tune(&mut config);
+        let bus = anchorage_bus::Bus::connect(&anchorage::bus_options(&config, false)).await?;
+        let set = anchorage_bus::StreamSet::load(&config.streams.dir, 3)?;
+        apply_when_ready(&bus, &set).await?;
+        bus.close().await;
+        Self::start_with(config, db_dir).await
+    }
+
     pub async fn start_with(config: Config, db_dir: TempDir) -> anyhow::Result<TestStack> {
         let listener = tokio::net::TcpListener::bind(config.edge.listen).await?;
         let stack = within(

@@ -970,21 +970,7 @@ async fn the_api_keeps_the_rules_a_device_keeps_and_repeats_stay_repeats() {
 #[tokio::test]
 async fn changes_at_once_without_a_key_each_take_effect() {
     let cluster = TestCluster::start(3).await.unwrap();
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut config = anchorage_tests::test_config(
-        &cluster.url(),
-        &anchorage_tests::fresh_database(db_dir.path())
-            .await
-            .unwrap(),
-    );
-    config.streams.replicas = 3;
-    let bus = anchorage_bus::Bus::connect(&anchorage::bus_options(&config, false))
-        .await
-        .unwrap();
-    let set = anchorage_bus::StreamSet::load(&config.streams.dir, 3).unwrap();
-    anchorage_tests::apply_when_ready(&bus, &set).await.unwrap();
-    bus.close().await;
-    let stack = TestStack::start_with(config, db_dir).await.unwrap();
+    let stack = TestStack::on_cluster(&cluster, |_| {}).await.unwrap();
     let addr = stack.edge_addr();
     let (admin, _) = api_key(&cluster.url(), Scope::Admin, 10_000).await;
     // Asks until done: a conflict (the group or user changed meanwhile) and a moment's

@@ -14,7 +14,7 @@ use anchorage_protocol::request::SendMessage;
 use anchorage_protocol::{ErrorCode, Message, Reply, ReplyBody, ServerFrame, request};
 use anchorage_tests::{
     TestCluster, TestEdge, TestStack, WsClient, create_group, eventually, fresh_database,
-    nats_client, send_message, sync, test_config, within,
+    nats_client, send_message, sync, within,
 };
 use serde_json::json;
 
@@ -183,23 +183,14 @@ async fn leader(cluster: &TestCluster, stream: &str, consumer: Option<&str>) -> 
 #[tokio::test]
 async fn acknowledged_messages_survive_leader_kills_exactly_once_in_order() {
     let mut cluster = TestCluster::start(3).await.unwrap();
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(
-        &cluster.url(),
-        &fresh_database(db_dir.path()).await.unwrap(),
-    );
-    config.streams.replicas = 3;
-    config.edge.rate_per_sec = 10_000;
-    config.edge.rate_burst = 10_000;
-    config.edge.user_rate_per_sec = 10_000;
-    // The cluster accepts R3 streams once it has elected its leaders.
-    let bus = anchorage_bus::Bus::connect(&anchorage::bus_options(&config, false))
-        .await
-        .unwrap();
-    let set = anchorage_bus::StreamSet::load(&config.streams.dir, 3).unwrap();
-    anchorage_tests::apply_when_ready(&bus, &set).await.unwrap();
-    bus.close().await;
-    let stack = TestStack::start_with(config.clone(), db_dir).await.unwrap();
+    let stack = TestStack::on_cluster(&cluster, |config| {
+        config.edge.rate_per_sec = 10_000;
+        config.edge.rate_burst = 10_000;
+        config.edge.user_rate_per_sec = 10_000;
+    })
+    .await
+    .unwrap();
+    let config = stack.config.clone();
     let edge2 = TestEdge::start(&config).await.unwrap();
     let edges = vec![stack.edge_addr(), edge2.addr];
     let (mut carol, _) = WsClient::signed_in(edges[1], "carol", "d").await.unwrap();
