@@ -99,13 +99,11 @@ fn publish_error(
         .and_then(|e| e.downcast_ref::<async_nats::jetstream::Error>())
         .map(async_nats::jetstream::Error::error_code);
     match err.kind() {
-        // A clustered stream refuses a publish that races another one proposed on the same
-        // version with its own code (no sequence in the message): the same lost race.
-        PublishErrorKind::WrongLastSequence => PublishError::Conflict {
-            subject: subject.to_owned(),
-            expected: expected.unwrap_or_default(),
-        },
-        _ if code == Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT) => {
+        // A lost race; a clustered stream names one that raced another publish proposed on the
+        // same version with a code of its own (no sequence in the message).
+        kind if kind == PublishErrorKind::WrongLastSequence
+            || code == Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT) =>
+        {
             PublishError::Conflict {
                 subject: subject.to_owned(),
                 expected: expected.unwrap_or_default(),

@@ -32,6 +32,32 @@ fn apns(n: u8) -> PushTarget {
     }
 }
 
+/// Stores a change of a device's push target as the operator would, on the user's subject, and
+/// waits until the users projection applied it.
+async fn as_operator(p: &PushStack, id: &str, event: impl Into<anchorage_schema::Event>) {
+    let event = event.into();
+    let user = match &event {
+        anchorage_schema::Event::PushTargetSet(e) => e.user.clone(),
+        anchorage_schema::Event::PushTargetRemoved(e) => e.user.clone(),
+        other => panic!("not a push target change: {other:?}"),
+    };
+    let env = anchorage_schema::Envelope::new(
+        anchorage_schema::EventId::parse(id).unwrap(),
+        anchorage_schema::now_ms(),
+        anchorage_schema::Actor::System {
+            source: anchorage_schema::SourceId::parse("anchorage").unwrap(),
+        },
+        event,
+    );
+    let published =
+        p.t.stack
+            .bus
+            .publish_event(&anchorage_schema::subjects::user(&user), &env, None)
+            .await
+            .unwrap();
+    anchorage_tests::projected(p.store(), "users", published.seq.0).await;
+}
+
 async fn say(c: &mut WsClient, conv: &str, id: &str, body: Value) -> u64 {
     c.ack(send_message(conv, id, body)).await.unwrap().seq
 }
@@ -359,30 +385,17 @@ async fn failing_providers_rejected_addresses_and_moved_tokens() {
     );
     // A removal naming an address the device no longer has leaves its new one.
     let mut carol_phone = p.device("carol", "iphone", Some(apns(3))).await;
-    let stale = anchorage_schema::Envelope::new(
-        anchorage_schema::EventId::parse("push:carol:iphone:rejected:late").unwrap(),
-        anchorage_schema::now_ms(),
-        anchorage_schema::Actor::System {
-            source: anchorage_schema::SourceId::parse("anchorage").unwrap(),
-        },
+    as_operator(
+        &p,
+        "push:carol:iphone:rejected:late",
         anchorage_schema::event::PushTargetRemoved {
             user: anchorage_tests::user_id("carol"),
             device: anchorage_schema::DeviceId::parse("iphone").unwrap(),
             address: Some(apns_token(2)),
             reason: "rejected".into(),
         },
-    );
-    let published =
-        p.t.stack
-            .bus
-            .publish_event(
-                &anchorage_schema::subjects::user(&anchorage_tests::user_id("carol")),
-                &stale,
-                None,
-            )
-            .await
-            .unwrap();
-    anchorage_tests::projected(p.store(), "users", published.seq.0).await;
+    )
+    .await;
 
     // Bob's phone is signed into erin's account now: the token is erin's, not bob's.
     let _erin = p.device("erin", "phone", Some(fcm("fcm-bob"))).await;
@@ -397,30 +410,17 @@ async fn failing_providers_rejected_addresses_and_moved_tokens() {
     assert!(revoked.applied);
     // A registration stored after the revocation (the app's backend refreshing the browser's
     // subscription, a request racing the sign-out) does not bring its notifications back.
-    let again = anchorage_schema::Envelope::new(
-        anchorage_schema::EventId::parse("push:dave:browser:after-revoke").unwrap(),
-        anchorage_schema::now_ms(),
-        anchorage_schema::Actor::System {
-            source: anchorage_schema::SourceId::parse("anchorage").unwrap(),
-        },
+    as_operator(
+        &p,
+        "push:dave:browser:after-revoke",
         anchorage_schema::event::PushTargetSet {
             user: anchorage_tests::user_id("dave"),
             device: anchorage_schema::DeviceId::parse("browser").unwrap(),
             target: p.web_target("dave"),
             preview: true,
         },
-    );
-    let published =
-        p.t.stack
-            .bus
-            .publish_event(
-                &anchorage_schema::subjects::user(&anchorage_tests::user_id("dave")),
-                &again,
-                None,
-            )
-            .await
-            .unwrap();
-    anchorage_tests::projected(p.store(), "users", published.seq.0).await;
+    )
+    .await;
 
     let seq = say(&mut alice, "ops", "m2", json!("second call")).await;
     assert_eq!(p.outcome("carol", "iphone", "ops", seq).await, "delivered");
